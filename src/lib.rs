@@ -1,0 +1,3 @@
+//! recipe: fine-tune large language models from declarative TOML recipes.
+pub mod data;
+pub mod text;
