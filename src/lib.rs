@@ -1,3 +1,4 @@
 //! recipe: fine-tune large language models from declarative TOML recipes.
+pub mod cli;
 pub mod data;
 pub mod text;
