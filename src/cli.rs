@@ -1,5 +1,374 @@
-//! Command-line interface (filled in by the runner core).
+//! Command-line interface. Exit codes: 0 ok, 1 run failure, 2 recipe error.
+
+use crate::cache::{filehash::FileHasher, Cache};
+use crate::diag::{render_all, Diagnostic};
+use crate::plan::{build_dag, make_plan, render_json, render_text};
+use crate::recipe::validate::{check, Checked};
+use crate::run::{execute, fmt_secs, RunOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const ABOUT: &str = "Fine-tune large language models from declarative TOML recipes.";
+
+const AFTER: &str = "\
+Examples:
+  recipe run recipes/quickstart.toml              run the quickstart on the CPU
+  recipe plan recipes/chatglm3_lora.toml          dry run: schedule, cache hits, memory
+  recipe run recipes/chatglm3_lora.toml --set steps.train.max_steps=10
+  recipe run recipes/chatglm3_lora.toml --until tokens
+  recipe explain train                            every key of a step kind
+  recipe cache ls                                 what the cache holds
+
+A recipe is a DAG of steps: [steps.<id>] tables with a `kind` and parameters;
+a parameter naming another step's id (data = \"tokens\") is an edge. Every
+step's output is cached by content, so unchanged steps never run twice.";
+
+#[derive(Parser)]
+#[command(name = "recipe", version, about = ABOUT, after_help = AFTER)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct RecipeArgs {
+    /// The recipe file (TOML).
+    file: PathBuf,
+    /// Override a key: `vars.lr=1e-4`, `steps.train.max_steps=10` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Cache directory [default: .recipe/cache beside the recipe, or $RECIPE_CACHE].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a recipe: every step not already cached, independent steps in parallel.
+    #[command(after_help = "\
+Examples:
+  recipe run recipes/quickstart.toml
+  recipe run recipes/chatglm3_lora.toml --plan          same as `recipe plan`
+  recipe run r.toml --set steps.train.max_steps=10 --jobs 2
+  recipe run r.toml --until tokens                      the tokens step and what it needs
+  recipe run r.toml --only train                        just train (inputs must be cached)")]
+    Run {
+        #[command(flatten)]
+        r: RecipeArgs,
+        /// Validate and print the plan without computing (CI dry run).
+        #[arg(long)]
+        plan: bool,
+        /// Output format of --plan.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// How many independent steps may run at once.
+        #[arg(long, short = 'j', default_value_t = 2)]
+        jobs: usize,
+        /// Run only this step; its inputs must be cached.
+        #[arg(long, value_name = "STEP")]
+        only: Option<String>,
+        /// Run this step and the steps it depends on.
+        #[arg(long, value_name = "STEP")]
+        until: Option<String>,
+        /// auto, cpu, cuda or cuda:N (steps with their own `device` key use that).
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Validate a recipe and print the schedule, cache hits and estimates.
+    #[command(after_help = "\
+Examples:
+  recipe plan recipes/chatglm3_lora.toml
+  recipe plan recipes/chatglm3_lora.toml --format json
+  recipe plan r.toml --set steps.base.path=/models/chatglm3-6b")]
+    Plan {
+        #[command(flatten)]
+        r: RecipeArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List step kinds, or every key of one kind with its type and default.
+    Explain {
+        /// A step kind, e.g. `train`.
+        kind: Option<String>,
+    },
+    /// Inspect or prune the step cache.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+    /// Show tokenized examples of a step, trained tokens highlighted.
+    Inspect {
+        #[command(flatten)]
+        r: RecipeArgs,
+        /// The tokenize (or template / load.dataset) step to show.
+        #[arg(long)]
+        step: String,
+        /// How many examples.
+        #[arg(short = 'n', default_value_t = 3)]
+        n: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: InspectFormat,
+    },
+    /// Run the kernel self-test: every CUDA kernel against its CPU twin.
+    Selftest {
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Benchmarks: kernels and train-step throughput.
+    Bench {
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum InspectFormat {
+    Text,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List entries, most recently used first.
+    #[command(after_help = "Example:\n  recipe cache ls --cache-dir recipes/.recipe/cache")]
+    Ls {
+        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
+        cache_dir: PathBuf,
+    },
+    /// Prune entries by age and total size (least recently used first).
+    #[command(after_help = "Example:\n  recipe cache gc --max-size 20GB --older-than 14d")]
+    Gc {
+        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
+        cache_dir: PathBuf,
+        /// Keep the cache under this size, e.g. 20GB.
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Drop entries unused for this long, e.g. 14d, 12h.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+}
+
+fn color_enabled() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
 pub fn main() -> i32 {
-    eprintln!("recipe: CLI not wired yet");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.cmd {
+        Cmd::Run { r, plan, format, jobs, only, until, device } => {
+            if plan {
+                cmd_plan(&r, format)
+            } else {
+                cmd_run(&r, RunOptions { jobs, only, until, device, progress: std::io::stderr().is_terminal() })
+            }
+        }
+        Cmd::Plan { r, format } => cmd_plan(&r, format),
+        Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
+        Cmd::Cache { cmd } => cmd_cache(cmd),
+        Cmd::Inspect { .. } => fail("`recipe inspect` is not implemented yet in this version"),
+        Cmd::Selftest { .. } | Cmd::Bench { .. } => {
+            fail("the CUDA backend is not part of this build yet; `selftest` and `bench` come with it")
+        }
+    }
+}
+
+fn fail(msg: &str) -> i32 {
+    eprintln!("error: {msg}");
     1
+}
+
+/// Load, validate, and build the DAG. Prints diagnostics; `Err(2)` on errors.
+fn prepare(r: &RecipeArgs, plan_only: bool) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
+    let (recipe, mut diags) = crate::recipe::load(&r.file, &r.sets);
+    let color = color_enabled();
+    let Some(recipe) = recipe else {
+        let srcs = crate::diag::Sources::default();
+        eprint!("{}", render_all(&diags, &srcs, color));
+        return Err(2);
+    };
+    let checked = check(recipe, plan_only, &mut diags);
+    let dag = build_dag(&checked, &mut diags);
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags.into_iter().partition(Diagnostic::is_error);
+    let srcs = &checked.recipe.sources;
+    if !errors.is_empty() {
+        let mut all = errors;
+        all.extend(warnings);
+        eprint!("{}", render_all(&all, srcs, color));
+        return Err(2);
+    }
+    for w in &warnings {
+        eprint!("{}", w.render(srcs, color));
+    }
+    match dag {
+        Some(d) => Ok((checked, d, warnings)),
+        None => Err(2),
+    }
+}
+
+fn open_cache(r: &RecipeArgs, checked: &Checked) -> Result<Cache, i32> {
+    let root = crate::cache::default_root(&checked.recipe.dir, r.cache_dir.as_deref());
+    Cache::open(&root).map_err(|e| {
+        eprintln!("error: {e:#}");
+        1
+    })
+}
+
+fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
+    let (checked, dag, warnings) = match prepare(r, true) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let cache = match open_cache(r, &checked) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let hasher = FileHasher::open(&cache.root);
+    let plan = match make_plan(&checked, &dag, &cache, &hasher) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    match format {
+        Format::Text => print!("{}", render_text(&checked, &plan, &cache, std::io::stdout().is_terminal() && color_enabled())),
+        Format::Json => {
+            let ws: Vec<String> =
+                warnings.iter().map(|w| w.render(&checked.recipe.sources, false).trim_end().to_string()).collect();
+            println!("{}", render_json(&checked, &plan, &cache, &ws))
+        }
+    }
+    0
+}
+
+fn cmd_run(r: &RecipeArgs, opts: RunOptions) -> i32 {
+    let t0 = Instant::now();
+    let (checked, dag, _) = match prepare(r, false) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let cache = match open_cache(r, &checked) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let hasher = FileHasher::open(&cache.root);
+    let plan = match make_plan(&checked, &dag, &cache, &hasher) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    match execute(&checked, &plan, &cache, &opts) {
+        Ok(s) => {
+            eprintln!(
+                "done: {} ran, {} cached in {}",
+                s.ran.len(),
+                s.cached.len(),
+                fmt_secs(t0.elapsed().as_secs_f64())
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn cmd_explain(kind: Option<&str>) -> i32 {
+    match kind {
+        None => {
+            println!("step kinds (recipe explain KIND shows every key):");
+            for s in crate::steps::KINDS {
+                println!("  {:<14} {}", s.kind(), s.about());
+            }
+            0
+        }
+        Some(k) => {
+            let Some(s) = crate::steps::find(k) else {
+                eprintln!("error: unknown step kind `{k}`; known kinds: {}", crate::steps::kind_names().join(", "));
+                return 2;
+            };
+            println!("{} — {}\n", s.kind(), s.about());
+            for p in s.params().iter().chain(crate::steps::COMMON) {
+                let d = match (p.required, p.default) {
+                    (true, _) => "required".to_string(),
+                    (false, Some(d)) => format!("default {d}"),
+                    (false, None) => "optional".to_string(),
+                };
+                println!("  {:<28} {:<16} {}\n  {:<28} {}", p.name, d, p.ty.describe(), "", p.doc);
+            }
+            0
+        }
+    }
+}
+
+fn cmd_cache(cmd: CacheCmd) -> i32 {
+    match cmd {
+        CacheCmd::Ls { cache_dir } => {
+            let Ok(cache) = open_existing(&cache_dir) else {
+                return fail(&format!("no cache at `{}`", cache_dir.display()));
+            };
+            let entries = cache.list();
+            let total: u64 = entries.iter().map(|(m, _)| m.size_bytes).sum();
+            println!("{:<12} {:<14} {:<16} {:>10} {:>9}  recipe", "key", "kind", "step", "size", "wall");
+            for (m, _) in &entries {
+                println!(
+                    "{:<12} {:<14} {:<16} {:>10} {:>9}  {}",
+                    &m.key[..12.min(m.key.len())],
+                    m.kind,
+                    m.step,
+                    crate::util::human_bytes(m.size_bytes),
+                    fmt_secs(m.wall_secs),
+                    m.recipe
+                );
+            }
+            println!("{} entries, {}", entries.len(), crate::util::human_bytes(total));
+            0
+        }
+        CacheCmd::Gc { cache_dir, max_size, older_than } => {
+            let Ok(cache) = open_existing(&cache_dir) else {
+                return fail(&format!("no cache at `{}`", cache_dir.display()));
+            };
+            let max = match max_size.as_deref().map(crate::util::parse_size) {
+                Some(None) => return fail("--max-size: not a size (e.g. 20GB, 500MB)"),
+                Some(Some(v)) => Some(v),
+                None => None,
+            };
+            let age = match older_than.as_deref().map(crate::util::parse_duration) {
+                Some(None) => return fail("--older-than: not a duration (e.g. 14d, 12h)"),
+                Some(Some(v)) => Some(v),
+                None => None,
+            };
+            match cache.gc(max, age) {
+                Ok((n, bytes)) => {
+                    println!("removed {n} entries, freed {}", crate::util::human_bytes(bytes));
+                    0
+                }
+                Err(e) => fail(&format!("{e:#}")),
+            }
+        }
+    }
+}
+
+fn open_existing(dir: &Path) -> anyhow::Result<Cache> {
+    anyhow::ensure!(dir.join("entries").is_dir(), "no cache");
+    Cache::open(dir)
 }

@@ -1,4 +1,16 @@
 //! recipe: fine-tune large language models from declarative TOML recipes.
+//!
+//! Layers, top to bottom: `cli` → `recipe` (parse, include, vars, validate)
+//! → `plan` (DAG, cache keys, estimates) → `run` (scheduler) → `steps`
+//! (one file per kind) → libraries (`data`, `text`, ...). `cache` stores
+//! every step's output by content.
+pub mod cache;
 pub mod cli;
 pub mod data;
+pub mod diag;
+pub mod plan;
+pub mod recipe;
+pub mod run;
+pub mod steps;
 pub mod text;
+pub mod util;

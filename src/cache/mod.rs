@@ -1,0 +1,190 @@
+//! The content-addressed step cache.
+//!
+//! ```text
+//! <root>/entries/<key>/manifest.json   a finished entry (manifest written last)
+//! <root>/entries/<key>/...             the step's output files
+//! <root>/tmp/<key>.<pid>.<nanos>/       an entry being written
+//! <root>/work/<key>/                    scratch that survives a kill (checkpoints)
+//! <root>/state/<recipe>/<step>.json     what each recipe step last resolved to
+//! ```
+//!
+//! A step writes into a tmp dir; `publish` writes the manifest and renames
+//! the dir into `entries/`. A rename is atomic, so a step killed mid-write
+//! leaves only a tmp dir, which no lookup ever trusts and `gc` removes.
+
+pub mod filehash;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bump to invalidate every entry (e.g. after a change in key computation).
+pub const CACHE_EPOCH: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: String,
+    pub kind: String,
+    pub format_version: u32,
+    /// Step id and recipe that produced the entry (informational).
+    pub step: String,
+    pub recipe: String,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, String>,
+    pub files: BTreeMap<String, String>,
+    pub created: u64,
+    pub size_bytes: u64,
+    pub wall_secs: f64,
+    pub recipe_version: String,
+}
+
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+impl Cache {
+    pub fn open(root: &Path) -> Result<Cache> {
+        for d in ["entries", "tmp", "work", "state"] {
+            std::fs::create_dir_all(root.join(d))
+                .with_context(|| format!("cannot create cache dir `{}`", root.join(d).display()))?;
+        }
+        Ok(Cache { root: root.to_path_buf() })
+    }
+
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join("entries").join(key)
+    }
+
+    /// The output dir of a finished entry, if there is one.
+    pub fn lookup(&self, key: &str) -> Option<PathBuf> {
+        let d = self.entry_dir(key);
+        d.join("manifest.json").is_file().then_some(d)
+    }
+
+    pub fn manifest(&self, key: &str) -> Option<Manifest> {
+        let b = std::fs::read(self.entry_dir(key).join("manifest.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// A fresh temporary dir to write an entry into.
+    pub fn begin(&self, key: &str) -> Result<PathBuf> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let d = self.root.join("tmp").join(format!("{key}.{}.{nanos}", std::process::id()));
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create `{}`", d.display()))?;
+        Ok(d)
+    }
+
+    pub fn work_dir(&self, key: &str) -> PathBuf {
+        self.root.join("work").join(key)
+    }
+
+    /// Write the manifest into `tmp` and move it into place. If another
+    /// process published the same key first, keep theirs.
+    pub fn publish(&self, tmp: &Path, mut m: Manifest) -> Result<PathBuf> {
+        m.size_bytes = crate::util::dir_size(tmp);
+        let bytes = serde_json::to_vec_pretty(&m)?;
+        crate::util::write_atomic(&tmp.join("manifest.json"), &bytes)?;
+        let dst = self.entry_dir(&m.key);
+        if let Err(e) = std::fs::rename(tmp, &dst) {
+            if self.lookup(&m.key).is_some() {
+                let _ = std::fs::remove_dir_all(tmp);
+            } else {
+                return Err(e).with_context(|| format!("cannot publish cache entry `{}`", dst.display()));
+            }
+        }
+        // A finished step needs no scratch any more.
+        let _ = std::fs::remove_dir_all(self.work_dir(&m.key));
+        Ok(dst)
+    }
+
+    /// Mark an entry as used now (gc prunes the least recently used first).
+    pub fn touch(&self, key: &str) {
+        if let Ok(f) = std::fs::File::options().write(true).open(self.entry_dir(key).join("manifest.json")) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// All finished entries with their last-use time, newest first.
+    pub fn list(&self) -> Vec<(Manifest, u64)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("entries")) {
+            for e in rd.flatten() {
+                let mpath = e.path().join("manifest.json");
+                let used = std::fs::metadata(&mpath)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if let Some(m) = std::fs::read(&mpath).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) {
+                    out.push((m, used));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.key.cmp(&b.0.key)));
+        out
+    }
+
+    /// Remove entries unused for longer than `older_than` seconds, then the
+    /// least recently used until the total is under `max_size`; also stale
+    /// tmp dirs of dead processes. Returns (removed entries, bytes freed).
+    pub fn gc(&self, max_size: Option<u64>, older_than: Option<u64>) -> Result<(usize, u64)> {
+        let now = crate::util::now_secs();
+        let mut entries = self.list();
+        let mut removed = 0;
+        let mut freed = 0;
+        let mut keep = Vec::new();
+        for (m, used) in entries.drain(..) {
+            if older_than.is_some_and(|age| now.saturating_sub(used) > age) {
+                freed += m.size_bytes;
+                removed += 1;
+                std::fs::remove_dir_all(self.entry_dir(&m.key))?;
+            } else {
+                keep.push((m, used));
+            }
+        }
+        if let Some(max) = max_size {
+            let mut total: u64 = keep.iter().map(|(m, _)| m.size_bytes).sum();
+            while total > max {
+                let Some((m, _)) = keep.pop() else { break };
+                total -= m.size_bytes;
+                freed += m.size_bytes;
+                removed += 1;
+                std::fs::remove_dir_all(self.entry_dir(&m.key))?;
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let pid: Option<u32> = name.split('.').nth(1).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    freed += crate::util::dir_size(&e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok((removed, freed))
+    }
+
+    /// Where the last resolution of `recipe`'s step `id` is remembered.
+    pub fn state_path(&self, recipe: &Path, id: &str) -> PathBuf {
+        let tag = blake3::hash(recipe.display().to_string().as_bytes()).to_hex();
+        self.root.join("state").join(&tag[..16]).join(format!("{id}.json"))
+    }
+}
+
+/// Default cache root: `--cache-dir`, else `$RECIPE_CACHE`, else
+/// `.recipe/cache` beside the recipe file.
+pub fn default_root(recipe_dir: &Path, flag: Option<&Path>) -> PathBuf {
+    if let Some(f) = flag {
+        return f.to_path_buf();
+    }
+    if let Some(e) = std::env::var_os("RECIPE_CACHE").filter(|e| !e.is_empty()) {
+        return PathBuf::from(e);
+    }
+    recipe_dir.join(".recipe").join("cache")
+}
