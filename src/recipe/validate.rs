@@ -18,6 +18,7 @@ pub struct CheckedStep {
     pub refs: IndexMap<String, String>,
     /// Input files and dirs whose contents are part of the cache key.
     pub files: Vec<PathBuf>,
+    /// Where each key's value was written.
     pub spans: IndexMap<String, Span>,
     pub header: Span,
 }
@@ -120,7 +121,8 @@ fn check_step(recipe: &Recipe, def: &StepDef, plan_only: bool, diags: &mut Vec<D
     let before = diags.iter().filter(|d| d.is_error()).count();
 
     for (key, entry) in &def.params {
-        spans.insert(key.clone(), entry.key_span);
+        // Errors about a value point at the value.
+        spans.insert(key.clone(), entry.node.span);
         let Some(spec) = specs.iter().find(|s| s.name == key) else {
             let mut d = Diagnostic::error("unknown key")
                 .at(entry.key_span)
