@@ -13,4 +13,5 @@ pub mod recipe;
 pub mod run;
 pub mod steps;
 pub mod text;
+pub mod train;
 pub mod util;

@@ -1,0 +1,366 @@
+//! The training loop: epochs or max_steps, seeded order, gradient
+//! accumulation, global-norm clipping, LR schedule, logging, eval,
+//! checkpoints (atomic) and resume after a kill.
+//!
+//! The loop is written against two small traits, [`TrainModel`] and
+//! [`Optim`], so it runs the same for LoRA, full fine-tuning, QLoRA and any
+//! backend. Loss normalisation follows transformers ≥ 4.46: the token losses
+//! of all micro-batches in one accumulation window are summed and divided
+//! by the number of trained tokens in the window.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod rng;
+
+use anyhow::{bail, Result};
+use batch::{collate, epoch_order, Batch, PadSide, Samples};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// What the loop needs from a model.
+pub trait TrainModel: Send {
+    /// Forward and backward on one micro-batch. Adds `scale · ∂(Σ token
+    /// losses)/∂θ` into the gradient buffers; returns (Σ token losses,
+    /// trained tokens). `seed` drives dropout for this micro-batch.
+    fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)>;
+    /// No gradients: (Σ token losses, trained tokens, correct argmax).
+    fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)>;
+    /// Trainable tensors and their gradients, in a fixed order.
+    fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
+    fn zero_grad(&mut self);
+    /// Write the trained result (a PEFT adapter, or full weights) into `dir`.
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// Restore trainable values written by `save`.
+    fn load(&mut self, dir: &Path) -> Result<()>;
+}
+
+/// What the loop needs from an optimizer.
+pub trait Optim: Send {
+    /// One update of every (param, grad) pair at learning rate `lr`.
+    fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()>;
+    fn save(&self, path: &Path) -> Result<()>;
+    fn load(&mut self, path: &Path) -> Result<()>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveStrategy {
+    No,
+    Steps(usize),
+    Epoch,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub num_epochs: f64,
+    /// > 0 overrides num_epochs.
+    pub max_steps: i64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub group_by_length: bool,
+    pub logging_steps: usize,
+    pub eval_steps: Option<usize>,
+    pub save: SaveStrategy,
+    pub save_total_limit: Option<usize>,
+    pub pad_id: u32,
+    pub pad_side: PadSide,
+}
+
+impl TrainConfig {
+    /// Total optimizer steps, as transformers' Trainer computes them.
+    pub fn total_steps(&self, n_examples: usize) -> usize {
+        if self.max_steps > 0 {
+            return self.max_steps as usize;
+        }
+        let per_epoch = self.steps_per_epoch(n_examples);
+        (self.num_epochs * per_epoch as f64).ceil() as usize
+    }
+    pub fn steps_per_epoch(&self, n_examples: usize) -> usize {
+        (n_examples.div_ceil(self.batch_size.max(1)) / self.grad_accum.max(1)).max(1)
+    }
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    pub step: usize,
+    pub epoch: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grad_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_token_accuracy: Option<f64>,
+}
+
+/// Where the loop writes and how it reports.
+pub struct TrainIo<'a> {
+    /// Checkpoints (survives a kill).
+    pub work: &'a Path,
+    /// Final adapter / weights, metrics.jsonl.
+    pub out: &'a Path,
+    pub log: &'a (dyn Fn(&str) + Sync),
+    pub bar: Option<indicatif::ProgressBar>,
+    /// Test hook: stop (as if killed) after this many optimizer steps.
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub resumed_from: Option<usize>,
+    pub final_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub wall_secs: f64,
+    pub tokens: u64,
+}
+
+/// Global L2 norm of all gradients; scales them down to `max_norm` if above
+/// (torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), ≤ 1).
+pub fn clip_grad_norm(pg: &mut [(&mut [f32], &mut [f32])], max_norm: f64) -> f64 {
+    let total: f64 = pg.iter().map(|(_, g)| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt();
+    if max_norm > 0.0 {
+        let coef = (max_norm / (total + 1e-6)).min(1.0) as f32;
+        if coef < 1.0 {
+            for (_, g) in pg.iter_mut() {
+                g.iter_mut().for_each(|x| *x *= coef);
+            }
+        }
+    }
+    total
+}
+
+/// Mean loss and token accuracy over a dataset.
+pub fn evaluate(model: &mut dyn TrainModel, data: &dyn Samples, cfg: &TrainConfig) -> Result<(f64, f64)> {
+    let (mut loss, mut n, mut correct) = (0.0, 0usize, 0usize);
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(cfg.batch_size.max(1)) {
+        let samples: Vec<_> = chunk.iter().map(|&i| data.get(i)).collect();
+        let b = collate(&samples, cfg.pad_id, cfg.pad_side);
+        let (l, c, k) = model.eval_batch(&b)?;
+        loss += l;
+        n += c;
+        correct += k;
+    }
+    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+}
+
+/// Train to the end (or to `io.stop_after`), resuming from the newest
+/// checkpoint in `io.work` if there is one.
+pub fn train(
+    model: &mut dyn TrainModel,
+    optim: &mut dyn Optim,
+    lr_at: &dyn Fn(usize) -> f64,
+    data: &dyn Samples,
+    eval: Option<&dyn Samples>,
+    cfg: &TrainConfig,
+    io: &TrainIo,
+) -> Result<TrainReport> {
+    if data.is_empty() {
+        bail!("the training set is empty");
+    }
+    let t0 = Instant::now();
+    let total = cfg.total_steps(data.len());
+    let micro_per_epoch = data.len().div_ceil(cfg.batch_size.max(1));
+    let mut state = checkpoint::TrainerState::default();
+    let resumed_from = match checkpoint::latest(io.work) {
+        Some(dir) => {
+            state = checkpoint::load(&dir, model, optim)?;
+            (io.log)(&format!("resuming from {} (step {})", dir.display(), state.step));
+            Some(state.step)
+        }
+        None => None,
+    };
+    if let Some(bar) = &io.bar {
+        bar.set_length(total as u64);
+        bar.set_position(state.step as u64);
+    }
+    let mut window_loss = 0.0;
+    let mut window_steps = 0usize;
+    let mut tokens_since = 0u64;
+    let mut t_log = Instant::now();
+    let mut last_loss = None;
+    let mut last_eval = None;
+
+    'outer: while state.step < total {
+        let order = epoch_order(data, cfg.seed, state.epoch as u64, cfg.batch_size, cfg.group_by_length);
+        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
+        while state.micro < batches.len() {
+            // One accumulation window (cut short at the end of the epoch).
+            let end = (state.micro + cfg.grad_accum.max(1)).min(batches.len());
+            let window: Vec<Batch> = batches[state.micro..end]
+                .iter()
+                .map(|ix| collate(&ix.iter().map(|&i| data.get(i)).collect::<Vec<_>>(), cfg.pad_id, cfg.pad_side))
+                .collect();
+            let items: usize = window.iter().map(Batch::trained_tokens).sum();
+            let scale = 1.0 / items.max(1) as f32;
+            model.zero_grad();
+            let mut loss_sum = 0.0;
+            for (k, b) in window.iter().enumerate() {
+                let seed = rng::Rng::derive(cfg.seed, &[2, state.step as u64, k as u64]).next_u64();
+                let (l, _) = model.forward_backward(b, scale, seed)?;
+                loss_sum += l;
+                tokens_since += b.real_tokens() as u64;
+            }
+            let loss = loss_sum / items.max(1) as f64;
+            if !loss.is_finite() {
+                bail!(
+                    "loss is {loss} at step {} (epoch {}); stopped. The last good checkpoint is kept in {}",
+                    state.step + 1,
+                    state.epoch,
+                    io.work.display()
+                );
+            }
+            let lr = lr_at(state.step);
+            let grad_norm = {
+                let mut pg = model.trainables();
+                let norm = clip_grad_norm(&mut pg, cfg.max_grad_norm);
+                if !norm.is_finite() {
+                    bail!("gradient norm is {norm} at step {}; stopped, last good checkpoint kept", state.step + 1);
+                }
+                optim.step(&mut pg, lr as f32)?;
+                norm
+            };
+            state.step += 1;
+            state.micro = end;
+            window_loss += loss;
+            window_steps += 1;
+            last_loss = Some(loss);
+            let epoch_f = state.epoch as f64 + state.micro as f64 / micro_per_epoch.max(1) as f64;
+            if let Some(bar) = &io.bar {
+                bar.set_position(state.step as u64);
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            if cfg.logging_steps > 0 && (state.step % cfg.logging_steps == 0 || state.step == total) {
+                let secs = t_log.elapsed().as_secs_f64().max(1e-9);
+                let line = LogLine {
+                    step: state.step,
+                    epoch: round4(epoch_f),
+                    loss: Some(window_loss / window_steps.max(1) as f64),
+                    lr: Some(lr),
+                    grad_norm: Some(grad_norm),
+                    tokens_per_s: Some(tokens_since as f64 / secs),
+                    eval_loss: None,
+                    eval_token_accuracy: None,
+                };
+                (io.log)(&format!(
+                    "step {:>5}/{total}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
+                    line.step,
+                    line.loss.unwrap_or(0.0),
+                    lr,
+                    grad_norm,
+                    line.tokens_per_s.unwrap_or(0.0)
+                ));
+                state.log.push(line);
+                window_loss = 0.0;
+                window_steps = 0;
+                tokens_since = 0;
+                t_log = Instant::now();
+            }
+            if let (Some(every), Some(ev)) = (cfg.eval_steps, eval) {
+                if every > 0 && state.step % every == 0 {
+                    let (el, acc) = evaluate(model, ev, cfg)?;
+                    (io.log)(&format!("step {:>5}/{total}  eval_loss {el:.4}  token_accuracy {acc:.4}", state.step));
+                    last_eval = Some(el);
+                    state.log.push(LogLine {
+                        step: state.step,
+                        epoch: round4(epoch_f),
+                        loss: None,
+                        lr: None,
+                        grad_norm: None,
+                        tokens_per_s: None,
+                        eval_loss: Some(el),
+                        eval_token_accuracy: Some(acc),
+                    });
+                }
+            }
+            let epoch_done = state.micro >= batches.len();
+            let save_now = match cfg.save {
+                SaveStrategy::No => false,
+                SaveStrategy::Steps(n) => n > 0 && state.step % n == 0,
+                SaveStrategy::Epoch => epoch_done,
+            };
+            if epoch_done {
+                state.epoch += 1;
+                state.micro = 0;
+            }
+            if save_now && state.step < total {
+                checkpoint::save(io.work, &state, model, optim, cfg.save_total_limit)?;
+            }
+            if io.stop_after.is_some_and(|s| state.step >= s) {
+                return Ok(TrainReport {
+                    steps: state.step,
+                    resumed_from,
+                    final_loss: last_loss,
+                    eval_loss: last_eval,
+                    wall_secs: t0.elapsed().as_secs_f64(),
+                    tokens: 0,
+                });
+            }
+            if state.step >= total {
+                break 'outer;
+            }
+            if epoch_done {
+                continue 'outer;
+            }
+        }
+        state.epoch += 1;
+        state.micro = 0;
+    }
+    if let Some(bar) = &io.bar {
+        bar.finish_and_clear();
+    }
+    if let Some(ev) = eval {
+        let (el, acc) = evaluate(model, ev, cfg)?;
+        (io.log)(&format!("final eval_loss {el:.4}  token_accuracy {acc:.4}"));
+        last_eval = Some(el);
+        state.log.push(LogLine {
+            step: state.step,
+            epoch: state.epoch as f64,
+            loss: None,
+            lr: None,
+            grad_norm: None,
+            tokens_per_s: None,
+            eval_loss: Some(el),
+            eval_token_accuracy: Some(acc),
+        });
+    }
+    model.save(io.out)?;
+    write_metrics(&io.out.join("metrics.jsonl"), &state.log)?;
+    let report = TrainReport {
+        steps: state.step,
+        resumed_from,
+        final_loss: last_loss,
+        eval_loss: last_eval,
+        wall_secs: t0.elapsed().as_secs_f64(),
+        tokens: 0,
+    };
+    std::fs::write(io.out.join("train_report.json"), serde_json::to_vec_pretty(&report)?)?;
+    Ok(report)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+pub fn write_metrics(path: &Path, log: &[LogLine]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for l in log {
+        serde_json::to_writer(&mut f, l)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
