@@ -1,1 +1,2 @@
 pub mod example;
+pub mod rng;
