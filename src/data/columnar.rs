@@ -134,3 +134,55 @@ impl Iterator for BatchRows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{collect, fixture};
+
+    #[test]
+    fn parquet_values() {
+        let p = fixture("advertise.parquet");
+        let f = p.display().to_string();
+        let fr = open_parquet(&p).unwrap();
+        assert_eq!(
+            fr.columns.clone().unwrap(),
+            ["content", "summary", "id", "weight", "ids", "meta"]
+        );
+        assert_eq!(parquet_columns(&p).unwrap(), fr.columns.clone().unwrap());
+        let rows: Vec<_> = collect(fr).into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            rows,
+            vec![
+                (format!("{f}#0"), r#"{"content":"类型#裤*版型#宽松","summary":"宽松的阔腿裤这两年真的吸粉不少。","id":1,"weight":0.1,"ids":[1,2],"meta":{"k":"x","v":1}}"#.to_string()),
+                (format!("{f}#1"), r#"{"content":"类型#裙*颜色#红色","summary":"红色的连衣裙很显气质。","id":2,"weight":2.5,"ids":[],"meta":{"k":"y","v":null}}"#.to_string()),
+                (format!("{f}#2"), r#"{"content":"类型#上衣*风格#简约","summary":null,"id":3,"weight":-1.0,"ids":null,"meta":null}"#.to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn arrow_stream_conversations_and_scalars() {
+        let p = fixture("conv_disk/data-00000-of-00001.arrow");
+        let f = p.display().to_string();
+        let rows: Vec<_> = collect(open_arrow(&p).unwrap())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (format!("{f}#0"), r#"{"conversations":[{"role":"user","content":"类型#上衣*材质#牛仔布*颜色#白色"},{"role":"assistant","content":"简约而不简单的牛仔外套，白色的衣身十分百搭。"}],"score":0.5,"ok":true,"n":1,"tags":["a","b"],"note":null}"#.to_string()),
+                (format!("{f}#1"), r#"{"conversations":[{"role":"system","content":"你是一个助手"},{"role":"user","content":"你好"},{"role":"assistant","content":"你好，有什么可以帮你？"}],"score":1.25,"ok":false,"n":-3,"tags":[],"note":"第二"}"#.to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_arrow_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::data::testutil::write(&dir, "x.arrow", b"not arrow at all");
+        let e = open_arrow(&p).err().unwrap().to_string();
+        assert!(e.starts_with(&format!("{}: arrow: ", p.display())), "{e}");
+    }
+}

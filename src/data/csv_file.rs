@@ -118,3 +118,54 @@ impl Iterator for CsvRows {
         Some(Ok(Row { loc, fields }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{collect, write};
+
+    const OPTS: CsvOptions = CsvOptions {
+        delimiter: b',',
+        empty_as_null: true,
+    };
+
+    #[test]
+    fn header_bom_quoting_nulls_and_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "\u{feff}label,review\n1,\"距离川沙公路较近,但是公交指示不对\"\n0,\"say \"\"hi\"\"\nsecond line\"\n1,\n0,a,b\n1,好\n";
+        let p = write(&dir, "c.csv", text.as_bytes());
+        let f = p.display().to_string();
+        let fr = open(&p, OPTS).unwrap();
+        assert_eq!(fr.columns, Some(vec!["label".to_string(), "review".to_string()]));
+        assert_eq!(
+            collect(fr),
+            vec![
+                Ok((format!("{f}:2"), r#"{"label":"1","review":"距离川沙公路较近,但是公交指示不对"}"#.to_string())),
+                Ok((format!("{f}:3"), r#"{"label":"0","review":"say \"hi\"\nsecond line"}"#.to_string())),
+                Ok((format!("{f}:5"), r#"{"label":"1","review":null}"#.to_string())),
+                Err(format!("{f}:6: expected 2 fields (as in the header), found 3")),
+                Ok((format!("{f}:7"), r#"{"label":"1","review":"好"}"#.to_string())),
+            ]
+        );
+    }
+
+    #[test]
+    fn delimiter_and_empty_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "c.tsv", b"a\tb\nx,y\t\n");
+        let opts = CsvOptions {
+            delimiter: b'\t',
+            empty_as_null: false,
+        };
+        let f = p.display().to_string();
+        assert_eq!(
+            collect(open(&p, opts).unwrap()),
+            vec![Ok((format!("{f}:2"), r#"{"a":"x,y","b":""}"#.to_string()))]
+        );
+        let p = write(&dir, "empty.csv", b"");
+        assert_eq!(
+            open(&p, OPTS).err().unwrap().to_string(),
+            format!("{f2}: the CSV file has no header row", f2 = p.display())
+        );
+    }
+}

@@ -56,3 +56,35 @@ pub fn open(path: &Path) -> Result<FileRows, DataError> {
         rows: Box::new(rows),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{collect, write};
+
+    #[test]
+    fn reads_arrays_and_data_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "a.json", br#"[{"a": "x", "b": {"c": 1}}, 3, {"a": null}]"#);
+        let f = p.display().to_string();
+        assert_eq!(
+            collect(open(&p).unwrap()),
+            vec![
+                Ok((format!("{f}#0"), r#"{"a":"x","b":{"c":1}}"#.to_string())),
+                Err(format!("{f}#1: expected a JSON object, got a number")),
+                Ok((format!("{f}#2"), r#"{"a":null}"#.to_string())),
+            ]
+        );
+        let p = write(&dir, "b.json", "{\"version\": 1, \"data\": [{\"问\": \"答\"}]}".as_bytes());
+        let f = p.display().to_string();
+        assert_eq!(
+            collect(open(&p).unwrap()),
+            vec![Ok((format!("{f}#0"), r#"{"问":"答"}"#.to_string()))]
+        );
+        let p = write(&dir, "c.json", b"\"text\"");
+        assert_eq!(
+            open(&p).err().unwrap().to_string(),
+            format!("{}: expected a JSON array of objects, got a string", p.display())
+        );
+    }
+}

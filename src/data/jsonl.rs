@@ -95,3 +95,32 @@ impl Iterator for JsonlRows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{collect, write};
+
+    #[test]
+    fn reads_lines_skips_blanks_and_reports_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "a.jsonl",
+            "\u{feff}{\"instruction\": \"三原色是什么？\", \"n\": 1}\r\n\n  \n{\"x\": [1, 2.5, null]}\n{\"x\": oops}\n[1]\n{\"last\": true}"
+                .as_bytes(),
+        );
+        let f = p.display().to_string();
+        let rows = collect(open(&p).unwrap());
+        assert_eq!(
+            rows,
+            vec![
+                Ok((format!("{f}:1"), r#"{"instruction":"三原色是什么？","n":1}"#.to_string())),
+                Ok((format!("{f}:4"), r#"{"x":[1,2.5,null]}"#.to_string())),
+                Err(format!("{f}:5: invalid JSON at column 7: expected value")),
+                Err(format!("{f}:6: expected a JSON object, got an array")),
+                Ok((format!("{f}:7"), r#"{"last":true}"#.to_string())),
+            ]
+        );
+    }
+}

@@ -19,6 +19,8 @@ pub mod rng;
 pub mod row;
 pub mod source;
 pub mod transform;
+#[cfg(test)]
+mod testutil;
 
 pub use error::DataError;
 pub use format::RecordFormat;
