@@ -324,3 +324,194 @@ fn conversation(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::row::Pos;
+
+    fn loc() -> Location {
+        Location {
+            file: "d.jsonl".into(),
+            pos: Pos::Line(7),
+        }
+    }
+
+    fn cols(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn conv(f: &Formatter, json: &str) -> Result<Example, String> {
+        f.to_example(serde_json::from_str(json).unwrap(), &loc())
+            .map_err(|e| e.to_string())
+    }
+
+    fn m(role: Role, content: &str) -> Message {
+        Message {
+            role,
+            content: content.into(),
+            metadata: String::new(),
+        }
+    }
+
+    #[test]
+    fn alpaca() {
+        let f = Formatter::new(RecordFormat::Alpaca, &BTreeMap::new(), None).unwrap();
+        assert_eq!(f.required_columns(), ["instruction", "output"]);
+        let ex = conv(&f, r#"{"instruction": "将下列句子翻译成英语。", "input": "我喜欢学习。", "output": "I like studying."}"#).unwrap();
+        assert_eq!(
+            ex.messages,
+            vec![
+                m(Role::User, "将下列句子翻译成英语。\n我喜欢学习。"),
+                m(Role::Assistant, "I like studying.")
+            ]
+        );
+        assert_eq!(ex.source, "d.jsonl:7");
+        assert_eq!(
+            serde_json::Value::Object(ex.extra).to_string(),
+            r#"{"instruction":"将下列句子翻译成英语。","input":"我喜欢学习。"}"#
+        );
+        // Renamed columns (Chinese-LLaMA's instruct/query/answer), empty and null input.
+        let f = Formatter::new(
+            RecordFormat::Alpaca,
+            &cols(&[("instruction", "instruct"), ("input", "query"), ("output", "answer")]),
+            None,
+        )
+        .unwrap();
+        for input in [r#""""#, "null"] {
+            let ex = conv(&f, &format!(r#"{{"instruct": "i", "query": {input}, "answer": 5}}"#)).unwrap();
+            assert_eq!(ex.messages, vec![m(Role::User, "i"), m(Role::Assistant, "5")]);
+        }
+        assert_eq!(
+            conv(&f, r#"{"instruct": "i", "answer": null}"#).unwrap_err(),
+            "d.jsonl:7: column 'answer' should be a string, got null"
+        );
+        assert_eq!(
+            conv(&f, r#"{"instruct": ["i"], "answer": "a"}"#).unwrap_err(),
+            "d.jsonl:7: column 'instruct' should be a string, got an array"
+        );
+        assert_eq!(
+            conv(&f, r#"{"instruction": "i", "answer": "a"}"#).unwrap_err(),
+            "d.jsonl:7: no column 'instruct' (columns: instruction, answer)"
+        );
+    }
+
+    #[test]
+    fn conversations_chatglm3_and_sharegpt() {
+        let f = Formatter::new(RecordFormat::Conversations, &BTreeMap::new(), None).unwrap();
+        let ex = conv(
+            &f,
+            r#"{"conversations": [
+                {"role": "system", "content": "你是助手", "tools": [{"name": "weather"}]},
+                {"role": "user", "content": "北京天气"},
+                {"role": "assistant", "metadata": "weather", "content": "tool_call(city='北京')"},
+                {"role": "observation", "content": {"temp": 20}},
+                {"role": "assistant", "content": "20度"}]}"#,
+        )
+        .unwrap();
+        let mut call = m(Role::Assistant, "tool_call(city='北京')");
+        call.metadata = "weather".into();
+        assert_eq!(
+            ex.messages,
+            vec![
+                m(Role::System, "你是助手"),
+                m(Role::User, "北京天气"),
+                call,
+                m(Role::Observation, r#"{"temp":20}"#),
+                m(Role::Assistant, "20度"),
+            ]
+        );
+        assert_eq!(ex.extra["tools"].to_string(), r#"[{"name":"weather"}]"#);
+        let f = Formatter::new(
+            RecordFormat::Conversations,
+            &cols(&[("conversations", "items")]),
+            None,
+        )
+        .unwrap();
+        let ex = conv(
+            &f,
+            r#"{"items": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ex.messages, vec![m(Role::User, "hi"), m(Role::Assistant, "hello")]);
+        assert_eq!(
+            conv(&f, r#"{"items": [{"role": "robot", "content": "x"}]}"#).unwrap_err(),
+            "d.jsonl:7: items[0]: unknown role 'robot'"
+        );
+        assert_eq!(
+            conv(&f, r#"{"items": "text"}"#).unwrap_err(),
+            "d.jsonl:7: column 'items' should be a list of messages, got a string"
+        );
+        assert_eq!(
+            conv(&f, r#"{"items": []}"#).unwrap_err(),
+            "d.jsonl:7: column 'items' has no messages"
+        );
+    }
+
+    #[test]
+    fn text_label_with_classes() {
+        let classes = ["Unlabeled", "complaint", "no_complaint"].map(String::from);
+        let f = Formatter::new(
+            RecordFormat::TextLabel,
+            &cols(&[("text", "Tweet text"), ("label", "Label")]),
+            Some(&classes),
+        )
+        .unwrap();
+        let ex = conv(&f, r#"{"Tweet text": "@EE good upload", "Label": 2}"#).unwrap();
+        assert_eq!(
+            ex.messages,
+            vec![m(Role::User, "@EE good upload"), m(Role::Assistant, "no complaint")]
+        );
+        assert_eq!(ex.extra["label"], 2);
+        let ex = conv(&f, r#"{"Tweet text": "t", "Label": "1"}"#).unwrap();
+        assert_eq!(ex.messages[1], m(Role::Assistant, "complaint"));
+        assert_eq!(
+            conv(&f, r#"{"Tweet text": "t", "Label": 3}"#).unwrap_err(),
+            "d.jsonl:7: column 'Label': label 3 is out of range for 3 classes"
+        );
+        // Without classes the label is used as text.
+        let f = Formatter::new(RecordFormat::TextLabel, &BTreeMap::new(), None).unwrap();
+        let ex = conv(&f, r#"{"text": "好", "label": "positive"}"#).unwrap();
+        assert_eq!(ex.messages[1], m(Role::Assistant, "positive"));
+        let ex = conv(&f, r#"{"text": "好", "label": 1}"#).unwrap();
+        assert_eq!(ex.messages[1], m(Role::Assistant, "1"));
+    }
+
+    #[test]
+    fn prompt_response_text_raw_and_spec_errors() {
+        let f = Formatter::new(
+            RecordFormat::PromptResponse,
+            &cols(&[("prompt", "content"), ("response", "summary"), ("system", "sys")]),
+            None,
+        )
+        .unwrap();
+        let ex = conv(&f, r#"{"content": "类型#裤", "summary": "宽松", "sys": "s"}"#).unwrap();
+        assert_eq!(
+            ex.messages,
+            vec![m(Role::System, "s"), m(Role::User, "类型#裤"), m(Role::Assistant, "宽松")]
+        );
+        assert!(ex.extra.is_empty());
+        let ex = conv(&f, r#"{"content": "p", "summary": "r"}"#).unwrap();
+        assert_eq!(ex.messages.len(), 2);
+
+        let f = Formatter::new(RecordFormat::Text, &cols(&[("text", "review")]), None).unwrap();
+        let ex = conv(&f, r#"{"review": "早餐太差", "label": 0}"#).unwrap();
+        assert_eq!(ex.messages, vec![m(Role::Text, "早餐太差")]);
+
+        let f = Formatter::new(RecordFormat::Raw, &BTreeMap::new(), None).unwrap();
+        let ex = conv(&f, r#"{"b": 1, "a": [true]}"#).unwrap();
+        assert!(ex.messages.is_empty());
+        assert_eq!(serde_json::Value::Object(ex.extra).to_string(), r#"{"b":1,"a":[true]}"#);
+
+        let e = Formatter::new(RecordFormat::Alpaca, &cols(&[("prompt", "x")]), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "columns: unknown role 'prompt' for format \"alpaca\" (expected one of: instruction, input, output, system)"
+        );
+        let e = Formatter::new(RecordFormat::Text, &BTreeMap::new(), Some(&["a".into()])).unwrap_err();
+        assert_eq!(e.to_string(), "classes: only used by format \"text_label\", not \"text\"");
+    }
+}

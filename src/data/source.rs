@@ -258,3 +258,84 @@ fn hf_dataset_folder(dir: &Path) -> Result<Resolved, DataError> {
         class_names,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{fixture, write};
+
+    fn formats(r: &Resolved) -> Vec<(String, FileFormat)> {
+        r.files
+            .iter()
+            .map(|f| {
+                let name = f.path.file_name().unwrap().to_str().unwrap().to_string();
+                (name, f.format)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hf_disk_folders() {
+        let r = resolve(&fixture("alpaca_zh_disk"), FileFormat::Auto, None).unwrap();
+        assert_eq!(
+            formats(&r),
+            vec![
+                ("data-00000-of-00002.arrow".to_string(), FileFormat::Arrow),
+                ("data-00001-of-00002.arrow".to_string(), FileFormat::Arrow),
+            ]
+        );
+        let dd = fixture("raft_dict");
+        let r = resolve(&dd, FileFormat::HfDisk, None).unwrap();
+        assert_eq!(r.files[0].path, dd.join("train/data-00000-of-00001.arrow"));
+        assert_eq!(
+            r.class_names["Label"],
+            ["Unlabeled", "complaint", "no_complaint"]
+        );
+        let r = resolve(&dd, FileFormat::Auto, Some("test")).unwrap();
+        assert_eq!(r.files[0].path, dd.join("test/data-00000-of-00001.arrow"));
+        let e = resolve(&dd, FileFormat::Auto, Some("validation")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no split 'validation' (splits: train, test)", dd.display())
+        );
+    }
+
+    #[test]
+    fn files_and_shard_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir, "b.jsonl", b"{}\n");
+        write(&dir, "a.json", b"{\"x\": 1}\n{\"x\": 2}\n");
+        write(&dir, "c.json", b"[\n{\"x\": 1}\n]\n");
+        write(&dir, "d.json", b"{\n \"data\": []\n}\n");
+        write(&dir, "notes.txt", b"ignored");
+        write(&dir, ".hidden.csv", b"ignored");
+        let r = resolve(dir.path(), FileFormat::Auto, None).unwrap();
+        assert_eq!(
+            formats(&r),
+            vec![
+                ("a.json".to_string(), FileFormat::Jsonl),
+                ("b.jsonl".to_string(), FileFormat::Jsonl),
+                ("c.json".to_string(), FileFormat::Json),
+                ("d.json".to_string(), FileFormat::Json),
+            ]
+        );
+        let txt = dir.path().join("notes.txt");
+        let e = resolve(&txt, FileFormat::Auto, None).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: cannot tell the file format", txt.display())), "{e}");
+        let r = resolve(&txt, FileFormat::Csv, None).unwrap();
+        assert_eq!(r.files[0].format, FileFormat::Csv);
+        let missing = dir.path().join("nope.csv");
+        assert_eq!(
+            resolve(&missing, FileFormat::Auto, None).unwrap_err().to_string(),
+            format!("{}: no such file or directory", missing.display())
+        );
+        let e = resolve(dir.path(), FileFormat::HfDisk, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: not a save_to_disk folder (no state.json or dataset_dict.json)",
+                dir.path().display()
+            )
+        );
+    }
+}

@@ -91,3 +91,85 @@ impl Transform {
         Ok((!has_null).then_some(Row { loc, fields }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::row::Pos;
+
+    fn row(json: &str) -> Row {
+        Row {
+            loc: Location {
+                file: "f.jsonl".into(),
+                pos: Pos::Line(3),
+            },
+            fields: serde_json::from_str(json).unwrap(),
+        }
+    }
+
+    fn t() -> Transform {
+        Transform {
+            rename: vec![("instruct".into(), "instruction".into()), ("query".into(), "input".into())],
+            select: Some(vec!["input".into(), "instruction".into(), "review".into()]),
+            drop_null: vec!["review".into()],
+        }
+    }
+
+    #[test]
+    fn rename_select_drop_null() {
+        let out = t()
+            .apply(row(r#"{"instruct": "a", "x": 1, "query": "b", "review": "r"}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(out.fields).to_string(),
+            r#"{"input":"b","instruction":"a","review":"r"}"#
+        );
+        let only_rename = Transform {
+            select: None,
+            drop_null: vec![],
+            ..t()
+        };
+        let out = only_rename
+            .apply(row(r#"{"instruct": "a", "x": 1, "query": "b"}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(out.fields).to_string(),
+            r#"{"instruction":"a","x":1,"input":"b"}"#
+        );
+        assert!(t()
+            .apply(row(r#"{"instruct": "a", "query": "b", "review": null}"#))
+            .unwrap()
+            .is_none());
+        let e = t().apply(row(r#"{"instruct": "a", "review": 1}"#)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f.jsonl:3: no column 'input' (columns: instruction, review)"
+        );
+        let dn = Transform {
+            drop_null: vec!["review".into()],
+            ..Transform::default()
+        };
+        assert!(dn.apply(row(r#"{"a": 1}"#)).unwrap().is_none());
+    }
+
+    #[test]
+    fn schema_checks_name_file_and_columns() {
+        let cols: Vec<String> = ["instruct", "query", "review"].map(String::from).to_vec();
+        t().check_schema("d.csv", &cols, &["instruction".to_string()])
+            .unwrap();
+        let e = t()
+            .check_schema("d.csv", &cols, &["output".to_string()])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.csv: no column 'output' (columns: input, instruction, review)"
+        );
+        let e = t().check_schema("d.csv", &cols[1..], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.csv: no column 'instruct' (columns: query, review)"
+        );
+    }
+}
