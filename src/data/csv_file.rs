@@ -136,15 +136,32 @@ mod tests {
         let p = write(&dir, "c.csv", text.as_bytes());
         let f = p.display().to_string();
         let fr = open(&p, OPTS).unwrap();
-        assert_eq!(fr.columns, Some(vec!["label".to_string(), "review".to_string()]));
+        assert_eq!(
+            fr.columns,
+            Some(vec!["label".to_string(), "review".to_string()])
+        );
         assert_eq!(
             collect(fr),
             vec![
-                Ok((format!("{f}:2"), r#"{"label":"1","review":"距离川沙公路较近,但是公交指示不对"}"#.to_string())),
-                Ok((format!("{f}:3"), r#"{"label":"0","review":"say \"hi\"\nsecond line"}"#.to_string())),
-                Ok((format!("{f}:5"), r#"{"label":"1","review":null}"#.to_string())),
-                Err(format!("{f}:6: expected 2 fields (as in the header), found 3")),
-                Ok((format!("{f}:7"), r#"{"label":"1","review":"好"}"#.to_string())),
+                Ok((
+                    format!("{f}:2"),
+                    r#"{"label":"1","review":"距离川沙公路较近,但是公交指示不对"}"#.to_string()
+                )),
+                Ok((
+                    format!("{f}:3"),
+                    r#"{"label":"0","review":"say \"hi\"\nsecond line"}"#.to_string()
+                )),
+                Ok((
+                    format!("{f}:5"),
+                    r#"{"label":"1","review":null}"#.to_string()
+                )),
+                Err(format!(
+                    "{f}:6: expected 2 fields (as in the header), found 3"
+                )),
+                Ok((
+                    format!("{f}:7"),
+                    r#"{"label":"1","review":"好"}"#.to_string()
+                )),
             ]
         );
     }

@@ -377,13 +377,24 @@ mod tests {
         // Renamed columns (Chinese-LLaMA's instruct/query/answer), empty and null input.
         let f = Formatter::new(
             RecordFormat::Alpaca,
-            &cols(&[("instruction", "instruct"), ("input", "query"), ("output", "answer")]),
+            &cols(&[
+                ("instruction", "instruct"),
+                ("input", "query"),
+                ("output", "answer"),
+            ]),
             None,
         )
         .unwrap();
         for input in [r#""""#, "null"] {
-            let ex = conv(&f, &format!(r#"{{"instruct": "i", "query": {input}, "answer": 5}}"#)).unwrap();
-            assert_eq!(ex.messages, vec![m(Role::User, "i"), m(Role::Assistant, "5")]);
+            let ex = conv(
+                &f,
+                &format!(r#"{{"instruct": "i", "query": {input}, "answer": 5}}"#),
+            )
+            .unwrap();
+            assert_eq!(
+                ex.messages,
+                vec![m(Role::User, "i"), m(Role::Assistant, "5")]
+            );
         }
         assert_eq!(
             conv(&f, r#"{"instruct": "i", "answer": null}"#).unwrap_err(),
@@ -436,7 +447,10 @@ mod tests {
             r#"{"items": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}"#,
         )
         .unwrap();
-        assert_eq!(ex.messages, vec![m(Role::User, "hi"), m(Role::Assistant, "hello")]);
+        assert_eq!(
+            ex.messages,
+            vec![m(Role::User, "hi"), m(Role::Assistant, "hello")]
+        );
         assert_eq!(
             conv(&f, r#"{"items": [{"role": "robot", "content": "x"}]}"#).unwrap_err(),
             "d.jsonl:7: items[0]: unknown role 'robot'"
@@ -463,7 +477,10 @@ mod tests {
         let ex = conv(&f, r#"{"Tweet text": "@EE good upload", "Label": 2}"#).unwrap();
         assert_eq!(
             ex.messages,
-            vec![m(Role::User, "@EE good upload"), m(Role::Assistant, "no complaint")]
+            vec![
+                m(Role::User, "@EE good upload"),
+                m(Role::Assistant, "no complaint")
+            ]
         );
         assert_eq!(ex.extra["label"], 2);
         let ex = conv(&f, r#"{"Tweet text": "t", "Label": "1"}"#).unwrap();
@@ -484,14 +501,26 @@ mod tests {
     fn prompt_response_text_raw_and_spec_errors() {
         let f = Formatter::new(
             RecordFormat::PromptResponse,
-            &cols(&[("prompt", "content"), ("response", "summary"), ("system", "sys")]),
+            &cols(&[
+                ("prompt", "content"),
+                ("response", "summary"),
+                ("system", "sys"),
+            ]),
             None,
         )
         .unwrap();
-        let ex = conv(&f, r#"{"content": "类型#裤", "summary": "宽松", "sys": "s"}"#).unwrap();
+        let ex = conv(
+            &f,
+            r#"{"content": "类型#裤", "summary": "宽松", "sys": "s"}"#,
+        )
+        .unwrap();
         assert_eq!(
             ex.messages,
-            vec![m(Role::System, "s"), m(Role::User, "类型#裤"), m(Role::Assistant, "宽松")]
+            vec![
+                m(Role::System, "s"),
+                m(Role::User, "类型#裤"),
+                m(Role::Assistant, "宽松")
+            ]
         );
         assert!(ex.extra.is_empty());
         let ex = conv(&f, r#"{"content": "p", "summary": "r"}"#).unwrap();
@@ -504,14 +533,21 @@ mod tests {
         let f = Formatter::new(RecordFormat::Raw, &BTreeMap::new(), None).unwrap();
         let ex = conv(&f, r#"{"b": 1, "a": [true]}"#).unwrap();
         assert!(ex.messages.is_empty());
-        assert_eq!(serde_json::Value::Object(ex.extra).to_string(), r#"{"b":1,"a":[true]}"#);
+        assert_eq!(
+            serde_json::Value::Object(ex.extra).to_string(),
+            r#"{"b":1,"a":[true]}"#
+        );
 
         let e = Formatter::new(RecordFormat::Alpaca, &cols(&[("prompt", "x")]), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "columns: unknown role 'prompt' for format \"alpaca\" (expected one of: instruction, input, output, system)"
         );
-        let e = Formatter::new(RecordFormat::Text, &BTreeMap::new(), Some(&["a".into()])).unwrap_err();
-        assert_eq!(e.to_string(), "classes: only used by format \"text_label\", not \"text\"");
+        let e =
+            Formatter::new(RecordFormat::Text, &BTreeMap::new(), Some(&["a".into()])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "classes: only used by format \"text_label\", not \"text\""
+        );
     }
 }

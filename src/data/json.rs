@@ -65,7 +65,11 @@ mod tests {
     #[test]
     fn reads_arrays_and_data_objects() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(&dir, "a.json", br#"[{"a": "x", "b": {"c": 1}}, 3, {"a": null}]"#);
+        let p = write(
+            &dir,
+            "a.json",
+            br#"[{"a": "x", "b": {"c": 1}}, 3, {"a": null}]"#,
+        );
         let f = p.display().to_string();
         assert_eq!(
             collect(open(&p).unwrap()),
@@ -75,7 +79,11 @@ mod tests {
                 Ok((format!("{f}#2"), r#"{"a":null}"#.to_string())),
             ]
         );
-        let p = write(&dir, "b.json", "{\"version\": 1, \"data\": [{\"问\": \"答\"}]}".as_bytes());
+        let p = write(
+            &dir,
+            "b.json",
+            "{\"version\": 1, \"data\": [{\"问\": \"答\"}]}".as_bytes(),
+        );
         let f = p.display().to_string();
         assert_eq!(
             collect(open(&p).unwrap()),
@@ -84,7 +92,10 @@ mod tests {
         let p = write(&dir, "c.json", b"\"text\"");
         assert_eq!(
             open(&p).err().unwrap().to_string(),
-            format!("{}: expected a JSON array of objects, got a string", p.display())
+            format!(
+                "{}: expected a JSON array of objects, got a string",
+                p.display()
+            )
         );
     }
 }

@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                Ok((format!("{f}:1"), r#"{"instruction":"三原色是什么？","n":1}"#.to_string())),
+                Ok((
+                    format!("{f}:1"),
+                    r#"{"instruction":"三原色是什么？","n":1}"#.to_string()
+                )),
                 Ok((format!("{f}:4"), r#"{"x":[1,2.5,null]}"#.to_string())),
                 Err(format!("{f}:5: invalid JSON at column 7: expected value")),
                 Err(format!("{f}:6: expected a JSON object, got an array")),

@@ -525,3 +525,400 @@ fn check_first_line(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::example::{Message, Role};
+    use crate::data::testutil::{fixture, write};
+
+    fn spec(path: &Path) -> LoadSpec {
+        LoadSpec {
+            path: path.to_path_buf(),
+            ..LoadSpec::default()
+        }
+    }
+
+    fn examples(path: &Path) -> Vec<Example> {
+        read_examples(path).map(Result::unwrap).collect()
+    }
+
+    /// The `i` column of raw examples.
+    fn ids(path: &Path) -> Vec<usize> {
+        examples(path)
+            .iter()
+            .map(|e| e.extra["i"].as_u64().unwrap() as usize)
+            .collect()
+    }
+
+    fn numbered_jsonl(dir: &tempfile::TempDir, n: usize) -> PathBuf {
+        let text: String = (0..n).map(|i| format!("{{\"i\": {i}}}\n")).collect();
+        write(dir, "rows.jsonl", text.as_bytes())
+    }
+
+    fn usizes(v: &serde_json::Value) -> Vec<usize> {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    #[test]
+    fn split_matches_hf_train_test_split() {
+        let fx: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("split_indices.json")).unwrap())
+                .unwrap();
+        for case in fx["cases"].as_array().unwrap() {
+            let n = case["n"].as_u64().unwrap();
+            let seed = case["seed"].as_u64().unwrap();
+            let ts: TestSize = serde_json::from_value(case["test_size"].clone()).unwrap();
+            let (n_train, n_test) = split_sizes(ts, n).unwrap();
+            let (train, test) = split_indices(n as usize, n_test as usize, seed);
+            assert_eq!(train.len() as u64, n_train);
+            let (want_train, want_test) = (usizes(&case["train"]), usizes(&case["test"]));
+            if case.get("truncated").is_some() {
+                assert_eq!(train[..want_train.len()], want_train, "n={n} seed={seed}");
+                assert_eq!(test[..want_test.len()], want_test, "n={n} seed={seed}");
+                continue;
+            }
+            assert_eq!(
+                (&train, &test),
+                (&want_train, &want_test),
+                "n={n} seed={seed}"
+            );
+            // End to end through files.
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            let s = LoadSpec {
+                test_size: Some(ts),
+                seed,
+                ..spec(&numbered_jsonl(&dir, n as usize))
+            };
+            let rep = load(&s, &out, &|_| {}).unwrap();
+            assert_eq!((rep.train, rep.test), (n_train, n_test));
+            assert_eq!(ids(&out.join("train.jsonl")), want_train);
+            assert_eq!(ids(&out.join("test.jsonl")), want_test);
+        }
+        // shuffle(seed=9).select(range(5)) == sample = 5, seed = 9.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let s = LoadSpec {
+            sample: Some(5),
+            seed: 9,
+            ..spec(&numbered_jsonl(&dir, 20))
+        };
+        load(&s, &out, &|_| {}).unwrap();
+        assert_eq!(
+            ids(&out.join("train.jsonl")),
+            usizes(&fx["shuffle_20_seed9_first5"])
+        );
+        assert!(!out.join("test.jsonl").exists());
+    }
+
+    #[test]
+    fn split_size_errors() {
+        assert_eq!(split_sizes(TestSize::Fraction(0.2), 10).unwrap(), (8, 2));
+        assert_eq!(split_sizes(TestSize::Fraction(0.25), 7).unwrap(), (5, 2));
+        assert_eq!(
+            split_sizes(TestSize::Count(3), 3).unwrap_err().to_string(),
+            "test_size: 3 of 3 rows leaves the train split empty"
+        );
+    }
+
+    #[test]
+    fn skip_bad_rows_and_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "d.jsonl",
+            "{\"content\": \"类型#裤\", \"summary\": \"宽松\"}\n{bad\n{\"content\": \"c\", \"summary\": [1]}\n{\"content\": \"c2\", \"summary\": null}\n{\"content\": \"c3\", \"summary\": \"s3\"}\n".as_bytes(),
+        );
+        let f = p.display().to_string();
+        let out = dir.path().join("out");
+        let mut s = LoadSpec {
+            format: RecordFormat::PromptResponse,
+            columns: [("prompt", "content"), ("response", "summary")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+            drop_null: vec!["summary".into()],
+            ..spec(&p)
+        };
+        let e = load(&s, &out, &|_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{f}:2: invalid JSON at column 2: key must be a string")
+        );
+        s.on_error = OnError::Skip;
+        let calls = std::cell::Cell::new(0u64);
+        let rep = load(&s, &out, &|n| calls.set(n)).unwrap();
+        assert_eq!(calls.get(), 5);
+        assert_eq!(
+            rep,
+            LoadReport {
+                files: vec![f.clone()],
+                rows_read: 5,
+                skipped: 2,
+                dropped_null: 1,
+                kept: 2,
+                train: 2,
+                test: 0,
+                errors: vec![
+                    format!("{f}:2: invalid JSON at column 2: key must be a string"),
+                    format!("{f}:3: column 'summary' should be a string, got an array"),
+                ],
+            }
+        );
+        let stats: LoadReport =
+            serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
+        assert_eq!(stats, rep);
+        let ex = examples(&out.join("train.jsonl"));
+        assert_eq!(ex[0].source, format!("{f}:1"));
+        assert_eq!(
+            ex[0].messages,
+            vec![
+                Message {
+                    role: Role::User,
+                    content: "类型#裤".into(),
+                    metadata: String::new()
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: "宽松".into(),
+                    metadata: String::new()
+                },
+            ]
+        );
+        assert_eq!(ex[1].source, format!("{f}:5"));
+        assert!(!out.join("rows.tmp.jsonl").exists());
+    }
+
+    #[test]
+    fn csv_filter_limit_empty_and_missing_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "hotel.csv",
+            "label,review\n1,距离川沙公路较近\n0,\n1,\"好,很好\"\n0,差\n".as_bytes(),
+        );
+        let f = p.display().to_string();
+        let out = dir.path().join("out");
+        let s = LoadSpec {
+            format: RecordFormat::Text,
+            columns: [("text".to_string(), "review".to_string())].into(),
+            drop_null: vec!["review".into()],
+            limit: Some(2),
+            ..spec(&p)
+        };
+        let rep = load(&s, &out, &|_| {}).unwrap();
+        assert_eq!((rep.rows_read, rep.dropped_null, rep.kept), (3, 1, 2));
+        let texts: Vec<String> = examples(&out.join("train.jsonl"))
+            .into_iter()
+            .map(|e| e.messages[0].content.clone())
+            .collect();
+        assert_eq!(texts, ["距离川沙公路较近", "好,很好"]);
+
+        let empty = write(&dir, "empty.csv", b"label,review\n0,\n");
+        let e = load(&spec(&empty).clone_with(&s), &out, &|_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: the dataset is empty after filtering (1 rows read, 1 dropped by drop_null, 0 bad rows skipped)",
+                empty.display()
+            )
+        );
+        let s2 = LoadSpec {
+            columns: [("text".to_string(), "text".to_string())].into(),
+            drop_null: vec![],
+            ..s.clone()
+        };
+        assert_eq!(
+            load(&s2, &out, &|_| {}).unwrap_err().to_string(),
+            format!("{f}: no column 'text' (columns: label, review)")
+        );
+        assert_eq!(
+            check(&s2),
+            vec![format!("{f}: no column 'text' (columns: label, review)")]
+        );
+        assert_eq!(check(&s), Vec::<String>::new());
+    }
+
+    impl LoadSpec {
+        /// `other`'s options with this path.
+        fn clone_with(&self, other: &LoadSpec) -> LoadSpec {
+            LoadSpec {
+                path: self.path.clone(),
+                ..other.clone()
+            }
+        }
+    }
+
+    #[test]
+    fn hf_disk_alpaca_and_raft_class_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let disk = fixture("alpaca_zh_disk");
+        let s = LoadSpec {
+            format: RecordFormat::Alpaca,
+            ..spec(&disk)
+        };
+        let rep = load(&s, &out, &|_| {}).unwrap();
+        assert_eq!((rep.rows_read, rep.train), (5, 5));
+        let ex = examples(&out.join("train.jsonl"));
+        assert_eq!(
+            ex[2].messages[0].content,
+            "将下列句子翻译成英语。\n我喜欢学习。"
+        );
+        assert_eq!(ex[2].messages[1].content, "I like studying.");
+        assert_eq!(ex[0].messages[0].content, "保持健康的三个提示。");
+        assert_eq!(
+            ex[3].source,
+            format!("{}#0", disk.join("data-00001-of-00002.arrow").display())
+        );
+        assert_eq!(ex[4].extra["input"], "快乐");
+
+        let s = LoadSpec {
+            format: RecordFormat::TextLabel,
+            columns: [("text", "Tweet text"), ("label", "Label")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+            ..spec(&fixture("raft_dict"))
+        };
+        load(&s, &out, &|_| {}).unwrap();
+        let labels: Vec<String> = examples(&out.join("train.jsonl"))
+            .into_iter()
+            .map(|e| e.messages[1].content.clone())
+            .collect();
+        assert_eq!(labels, ["no complaint", "complaint", "no complaint"]);
+        let s = LoadSpec {
+            hf_split: Some("test".into()),
+            ..s
+        };
+        load(&s, &out, &|_| {}).unwrap();
+        let ex = examples(&out.join("train.jsonl"));
+        assert_eq!(ex[1].messages[0].content, "测试 推文");
+        assert_eq!(ex[1].messages[1].content, "Unlabeled");
+    }
+
+    #[test]
+    fn parquet_prompt_response_with_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let s = LoadSpec {
+            format: RecordFormat::PromptResponse,
+            columns: [("prompt", "content"), ("response", "summary")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+            drop_null: vec!["summary".into()],
+            test_size: Some(TestSize::Count(1)),
+            seed: 0,
+            ..spec(&fixture("advertise.parquet"))
+        };
+        let rep = load(&s, &out, &|_| {}).unwrap();
+        assert_eq!(
+            (rep.kept, rep.train, rep.test, rep.dropped_null),
+            (2, 1, 1, 1)
+        );
+        // numpy: default_rng(0).permutation(2) == [0, 1]: test = row 0, train = row 1.
+        assert_eq!(permutation(2, 0), [0, 1]);
+        let train = examples(&out.join("train.jsonl"));
+        let test = examples(&out.join("test.jsonl"));
+        assert_eq!(train[0].messages[0].content, "类型#裙*颜色#红色");
+        assert_eq!(
+            test[0].messages[1].content,
+            "宽松的阔腿裤这两年真的吸粉不少。"
+        );
+    }
+
+    #[test]
+    fn check_reports_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "c.jsonl", b"{\"conversations\": \"x\"}\n{bad\n");
+        let f = p.display().to_string();
+        let s = LoadSpec {
+            format: RecordFormat::Conversations,
+            test_size: Some(TestSize::Fraction(1.5)),
+            select: Some(vec!["other".into()]),
+            ..spec(&p)
+        };
+        assert_eq!(
+            check(&s),
+            vec![
+                "select: leaves out column 'conversations', which is needed".to_string(),
+                "test_size: a fraction must be between 0 and 1 (exclusive), got 1.5".to_string(),
+                format!("{f}:1: no column 'other' (columns: conversations)"),
+            ]
+        );
+        let s = LoadSpec {
+            format: RecordFormat::Conversations,
+            ..spec(&p)
+        };
+        assert_eq!(
+            check(&s),
+            vec![format!(
+                "{f}:1: column 'conversations' should be a list of messages, got a string"
+            )]
+        );
+        let missing = dir.path().join("missing.jsonl");
+        assert_eq!(
+            check(&spec(&missing)),
+            vec![format!("{}: no such file or directory", missing.display())]
+        );
+        assert!(check(&spec(&fixture("conv_disk"))).is_empty());
+    }
+
+    #[test]
+    fn spec_from_toml() {
+        let s: LoadSpec = toml::from_str(
+            r#"
+            path = "data/alpaca.jsonl"
+            format = "alpaca"
+            file_format = "jsonl"
+            columns = { instruction = "instruct", input = "query", output = "answer" }
+            rename = { b = "a", a = "b" }
+            test_size = 0.2
+            on_error = "skip"
+            csv_delimiter = ";"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.format, RecordFormat::Alpaca);
+        assert_eq!(s.file_format, FileFormat::Jsonl);
+        assert_eq!(s.columns["output"], "answer");
+        assert_eq!((s.rename["b"].as_str(), s.rename["a"].as_str()), ("a", "b"));
+        assert_eq!(s.test_size, Some(TestSize::Fraction(0.2)));
+        assert_eq!(
+            (s.seed, s.on_error, s.csv_delimiter),
+            (42, OnError::Skip, Some(';'))
+        );
+        assert!(s.csv_empty_as_null);
+        let s: LoadSpec = toml::from_str("path = 'x'\ntest_size = 100").unwrap();
+        assert_eq!(s.test_size, Some(TestSize::Count(100)));
+        let e = toml::from_str::<LoadSpec>("path = 'x'\ntest_sise = 1").unwrap_err();
+        assert!(e.to_string().contains("unknown field `test_sise`"), "{e}");
+    }
+
+    #[test]
+    fn read_examples_names_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "train.jsonl",
+            b"{\"messages\": []}\n\n{\"messages\": 1}\n",
+        );
+        let got: Vec<Result<Example, String>> = read_examples(&p)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(got[0], Ok(Example::default()));
+        let e = got[1].clone().unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}:3: not an Example: ", p.display())),
+            "{e}"
+        );
+        assert_eq!(got.len(), 2);
+        let missing = dir.path().join("nope.jsonl");
+        let got: Vec<_> = read_examples(&missing).collect();
+        assert_eq!(got.len(), 1);
+        assert!(got[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .starts_with(&missing.display().to_string()));
+    }
+}

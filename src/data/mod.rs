@@ -18,9 +18,9 @@ pub mod load;
 pub mod rng;
 pub mod row;
 pub mod source;
-pub mod transform;
 #[cfg(test)]
 mod testutil;
+pub mod transform;
 
 pub use error::DataError;
 pub use format::RecordFormat;

@@ -296,7 +296,10 @@ mod tests {
         let e = resolve(&dd, FileFormat::Auto, Some("validation")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("{}: no split 'validation' (splits: train, test)", dd.display())
+            format!(
+                "{}: no split 'validation' (splits: train, test)",
+                dd.display()
+            )
         );
     }
 
@@ -320,16 +323,25 @@ mod tests {
             ]
         );
         let txt = dir.path().join("notes.txt");
-        let e = resolve(&txt, FileFormat::Auto, None).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{}: cannot tell the file format", txt.display())), "{e}");
+        let e = resolve(&txt, FileFormat::Auto, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{}: cannot tell the file format", txt.display())),
+            "{e}"
+        );
         let r = resolve(&txt, FileFormat::Csv, None).unwrap();
         assert_eq!(r.files[0].format, FileFormat::Csv);
         let missing = dir.path().join("nope.csv");
         assert_eq!(
-            resolve(&missing, FileFormat::Auto, None).unwrap_err().to_string(),
+            resolve(&missing, FileFormat::Auto, None)
+                .unwrap_err()
+                .to_string(),
             format!("{}: no such file or directory", missing.display())
         );
-        let e = resolve(dir.path(), FileFormat::HfDisk, None).unwrap_err().to_string();
+        let e = resolve(dir.path(), FileFormat::HfDisk, None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             format!(

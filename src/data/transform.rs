@@ -109,7 +109,10 @@ mod tests {
 
     fn t() -> Transform {
         Transform {
-            rename: vec![("instruct".into(), "instruction".into()), ("query".into(), "input".into())],
+            rename: vec![
+                ("instruct".into(), "instruction".into()),
+                ("query".into(), "input".into()),
+            ],
             select: Some(vec!["input".into(), "instruction".into(), "review".into()]),
             drop_null: vec!["review".into()],
         }
@@ -118,7 +121,9 @@ mod tests {
     #[test]
     fn rename_select_drop_null() {
         let out = t()
-            .apply(row(r#"{"instruct": "a", "x": 1, "query": "b", "review": "r"}"#))
+            .apply(row(
+                r#"{"instruct": "a", "x": 1, "query": "b", "review": "r"}"#,
+            ))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -142,7 +147,9 @@ mod tests {
             .apply(row(r#"{"instruct": "a", "query": "b", "review": null}"#))
             .unwrap()
             .is_none());
-        let e = t().apply(row(r#"{"instruct": "a", "review": 1}"#)).unwrap_err();
+        let e = t()
+            .apply(row(r#"{"instruct": "a", "review": 1}"#))
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "f.jsonl:3: no column 'input' (columns: instruction, review)"
