@@ -63,7 +63,8 @@ pub struct LoadSpec {
     pub drop_null: Vec<String>,
     /// Keep the first N rows (after drop_null).
     pub limit: Option<u64>,
-    /// Keep N rows drawn with `seed` (after limit).
+    /// Keep N rows drawn with `seed` (after limit), in HF `shuffle(seed).select(range(N))`
+    /// order; N at or above the row count keeps every row, shuffled.
     pub sample: Option<u64>,
     pub test_size: Option<TestSize>,
     pub seed: u64,
@@ -333,7 +334,7 @@ fn write_rows(
                     line.push(b'\n');
                     w.write_all(&line).map_err(|e| DataError::io(tmp, e))?;
                     offsets.push(offsets[offsets.len() - 1] + line.len() as u64);
-                    if spec.limit.is_some_and(|l| offsets.len() as u64 - 1 >= l) {
+                    if spec.limit.is_some_and(|l| offsets.len() as u64 > l) {
                         break 'files;
                     }
                 }
@@ -511,8 +512,8 @@ fn check_first_line(
     transform: &Transform,
     formatter: &Formatter,
 ) -> Result<(), DataError> {
-    let fr = jsonl::open(path)?;
-    match fr.rows.into_iter().next() {
+    let mut fr = jsonl::open(path)?;
+    match fr.rows.next() {
         None => Err(DataError::Empty {
             path: path.to_path_buf(),
             detail: String::new(),
@@ -920,5 +921,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with(&missing.display().to_string()));
+    }
+
+    /// Throughput check, not run by default: `cargo test --lib data::load::tests::big -- --ignored`.
+    #[test]
+    #[ignore]
+    fn big_jsonl_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 200_000;
+        let text: String = (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"instruction\": \"问题{i}\", \"input\": \"\", \"output\": \"回答{i}\"}}\n"
+                )
+            })
+            .collect();
+        let p = write(&dir, "big.jsonl", text.as_bytes());
+        let s = LoadSpec {
+            format: RecordFormat::Alpaca,
+            test_size: Some(TestSize::Fraction(0.1)),
+            ..spec(&p)
+        };
+        let t = std::time::Instant::now();
+        let rep = load(&s, &dir.path().join("out"), &|_| {}).unwrap();
+        eprintln!("{n} rows in {:?}", t.elapsed());
+        assert_eq!((rep.train, rep.test), (180_000, 20_000));
     }
 }

@@ -154,6 +154,15 @@ mod tests {
             e.to_string(),
             "f.jsonl:3: no column 'input' (columns: instruction, review)"
         );
+        let swap = Transform {
+            rename: vec![("a".into(), "b".into()), ("b".into(), "a".into())],
+            ..Transform::default()
+        };
+        let out = swap.apply(row(r#"{"a": 1, "b": 2}"#)).unwrap().unwrap();
+        assert_eq!(
+            serde_json::Value::Object(out.fields).to_string(),
+            r#"{"b":1,"a":2}"#
+        );
         let dn = Transform {
             drop_null: vec!["review".into()],
             ..Transform::default()
