@@ -216,7 +216,8 @@ fn convert(recipe: &Recipe, spec: &ParamSpec, node: &Node) -> Result<Value, Diag
         (Ty::Str | Ty::Step(_), V::Str(s)) => Value::String(s.clone()),
         (Ty::Int, V::Int(i)) => Value::from(*i),
         (Ty::Float, V::Int(i)) => Value::from(*i as f64),
-        (Ty::Float, V::Float(f)) if f.is_finite() => Value::from(*f),
+        (Ty::Float | Ty::Number, V::Float(f)) if f.is_finite() => Value::from(*f),
+        (Ty::Number, V::Int(i)) => Value::from(*i),
         (Ty::Bool, V::Bool(b)) => Value::Bool(*b),
         (Ty::Enum(allowed), V::Str(s)) => {
             if !allowed.contains(&s.as_str()) {

@@ -2,7 +2,7 @@
 //! map them onto `Example`s by record format, filter, split.
 //! Output: `train.jsonl` (and `test.jsonl` when split) + `stats.json`.
 
-use super::{def, opt, req, CheckCtx, ParamSpec, RunCtx, Step, Ty};
+use super::{def, opt, req, CheckCtx, ParamSpec, Params, RunCtx, Step, Ty};
 
 pub struct LoadDataset;
 
@@ -28,7 +28,7 @@ static PARAMS: &[ParamSpec] = &[
     opt("drop_null", Ty::StrList, "drop rows where any of these columns is null or missing"),
     opt("limit", Ty::Int, "keep the first N rows"),
     opt("sample", Ty::Int, "keep N rows sampled with `seed`"),
-    opt("test_size", Ty::Float, "split off a test set: a fraction (0.2) or a row count (100)"),
+    opt("test_size", Ty::Number, "split off a test set: a fraction (0.2) or a row count (100)"),
     def("seed", Ty::Int, "42", "seed for `sample` and the train/test split"),
     def("on_error", Ty::Enum(&["fail", "skip"]), "\"fail\"", "bad rows: stop with file:line, or skip and count"),
     def("csv_delimiter", Ty::Str, "\",\"", "CSV field delimiter"),
@@ -53,42 +53,49 @@ impl Step for LoadDataset {
         }
         if c.params.str("csv_delimiter").len() != 1 {
             c.error("csv_delimiter", "the CSV delimiter must be exactly one byte");
+            return;
+        }
+        // Cheap checks against file headers (columns, formats, splits).
+        match spec(c.params) {
+            Ok(s) if s.path.exists() => {
+                for problem in crate::data::check(&s) {
+                    c.error("path", problem);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                c.error("format", format!("{e:#}"));
+            }
         }
     }
     fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        interim_run(ctx)
+        let spec = spec(ctx.params)?;
+        let bar = ctx.bar(0, "rows");
+        let report = crate::data::load(&spec, ctx.out, &|n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        let mut msg = format!("{} rows read: {} train", report.rows_read, report.train);
+        if report.test > 0 {
+            msg.push_str(&format!(", {} test", report.test));
+        }
+        if report.skipped > 0 {
+            msg.push_str(&format!(", {} bad rows skipped", report.skipped));
+        }
+        if report.dropped_null > 0 {
+            msg.push_str(&format!(", {} dropped as null", report.dropped_null));
+        }
+        ctx.info(msg);
+        Ok(())
     }
 }
 
-/// Interim reader (JSON/JSONL rows kept raw) until the full data library lands.
-fn interim_run(ctx: &RunCtx) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let path = ctx.params.path("path").context("`path` is not set")?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let mut rows = Vec::new();
-    if path.extension().is_some_and(|e| e == "json") {
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("`{}` is not valid JSON", path.display()))?;
-        rows.extend(v.as_array().cloned().unwrap_or_default());
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
-            rows.push(v);
-        }
-    }
-    anyhow::ensure!(!rows.is_empty(), "`{}` has no rows", path.display());
-    let mut f = std::io::BufWriter::new(std::fs::File::create(ctx.out.join("train.jsonl"))?);
-    for r in &rows {
-        serde_json::to_writer(&mut f, r)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    std::fs::write(ctx.out.join("stats.json"), serde_json::json!({ "rows": rows.len() }).to_string())?;
-    ctx.info(format!("{} rows from {}", rows.len(), path.display()));
-    Ok(())
+
+/// The step's params as the data library's `LoadSpec`.
+fn spec(p: &Params) -> anyhow::Result<crate::data::LoadSpec> {
+    let map: serde_json::Map<String, serde_json::Value> = p
+        .map
+        .iter()
+        .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "output" | "description" | "after"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(serde_json::from_value(serde_json::Value::Object(map))?)
 }

@@ -51,8 +51,10 @@ pub fn kind_names() -> Vec<&'static str> {
 pub enum Ty {
     Str,
     Int,
-    /// Integer or float (a float param accepts `3`).
+    /// Integer or float (a float param accepts `3`, stored as 3.0).
     Float,
+    /// Integer or float, kept as written (e.g. `test_size`: 0.2 or 100).
+    Number,
     Bool,
     Enum(&'static [&'static str]),
     StrList,
@@ -77,7 +79,7 @@ impl Ty {
         match self {
             Ty::Str => "a string".into(),
             Ty::Int => "an integer".into(),
-            Ty::Float => "a number".into(),
+            Ty::Float | Ty::Number => "a number".into(),
             Ty::Bool => "true or false".into(),
             Ty::Enum(v) => format!("one of {}", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")),
             Ty::StrList => "an array of strings".into(),
