@@ -34,6 +34,7 @@ pub struct Shape {
     pub tied: bool,
     pub gated: bool,
     pub dtype_bytes: u64,
+    pub family: &'static str,
 }
 
 impl Shape {
@@ -62,7 +63,8 @@ impl Shape {
             Some("float32") => 4,
             _ => 2,
         };
-        Some(Shape { hidden, layers, heads, kv_heads, head_dim, inter, vocab, tied, gated, dtype_bytes })
+        let family = family_of(cfg).ok()?;
+        Some(Shape { hidden, layers, heads, kv_heads, head_dim, inter, vocab, tied, gated, dtype_bytes, family })
     }
 
     /// Parameters of all linear layers inside the blocks (what gets quantized).
@@ -80,18 +82,47 @@ impl Shape {
     pub fn total_params(&self) -> u64 {
         self.linear_params() + self.embed_params() + self.layers * 2 * self.hidden
     }
-    /// LoRA parameters for rank r on the given (d_in, d_out) module shapes.
+    /// Linear modules of one block as the family names them: (name, d_in, d_out).
     pub fn module_shapes(&self) -> Vec<(&'static str, u64, u64)> {
-        let h = self.hidden;
+        let (h, i) = (self.hidden, self.inter);
         let q = self.heads * self.head_dim;
         let kv = self.kv_heads * self.head_dim;
-        let mut v = vec![("q", h, q), ("k", h, kv), ("v", h, kv), ("o", q, h)];
-        if self.gated {
-            v.extend([("gate", h, self.inter), ("up", h, self.inter), ("down", self.inter, h)]);
-        } else {
-            v.extend([("up", h, self.inter), ("down", self.inter, h)]);
+        match self.family {
+            "chatglm" => vec![("query_key_value", h, q + 2 * kv), ("dense", q, h), ("dense_h_to_4h", h, 2 * i), ("dense_4h_to_h", i, h)],
+            "bloom" => vec![("query_key_value", h, 3 * h), ("dense", h, h), ("dense_h_to_4h", h, i), ("dense_4h_to_h", i, h)],
+            "gpt2" => vec![("c_attn", h, 3 * h), ("c_proj", h, h), ("c_fc", h, i), ("c_proj", i, h)],
+            "qwen" => vec![("c_attn", h, 3 * h), ("c_proj", h, h), ("w1", h, i), ("w2", h, i), ("c_proj", i, h)],
+            _ => vec![
+                ("q_proj", h, q),
+                ("k_proj", h, kv),
+                ("v_proj", h, kv),
+                ("o_proj", q, h),
+                ("gate_proj", h, i),
+                ("up_proj", h, i),
+                ("down_proj", i, h),
+            ],
         }
-        v
+    }
+    /// PEFT's default LoRA targets for the family.
+    pub fn default_targets(&self) -> &'static [&'static str] {
+        match self.family {
+            "chatglm" | "bloom" => &["query_key_value"],
+            "gpt2" | "qwen" => &["c_attn"],
+            _ => &["q_proj", "v_proj"],
+        }
+    }
+    /// LoRA parameters of rank r on the targeted modules (names, or "all-linear").
+    pub fn lora_params(&self, r: u64, targets: &[String]) -> u64 {
+        let all = targets.iter().any(|t| t == "all-linear");
+        let defaults: Vec<String> = self.default_targets().iter().map(|s| s.to_string()).collect();
+        let targets = if targets.is_empty() { &defaults } else { targets };
+        let per_layer: u64 = self
+            .module_shapes()
+            .iter()
+            .filter(|(n, _, _)| all || targets.iter().any(|t| t.rsplit('.').next() == Some(*n)))
+            .map(|(_, i, o)| r * (i + o))
+            .sum();
+        self.layers * per_layer
     }
 }
 
@@ -179,23 +210,7 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     };
     let full = p.str("method") == "full";
     let r = p.usize("r") as u64;
-    let targets = p.strs("target_modules");
-    let all_linear = targets.iter().any(|t| t == "all-linear");
-    let trainable = if full {
-        s.total_params()
-    } else {
-        let shapes = s.module_shapes();
-        let picked: Vec<_> = shapes
-            .iter()
-            .filter(|(n, _, _)| {
-                all_linear
-                    || (targets.is_empty() && matches!(*n, "q" | "k" | "v"))
-                    || targets.iter().any(|t| target_matches(t, n))
-            })
-            .collect();
-        let picked = if picked.is_empty() { shapes.iter().filter(|(n, _, _)| matches!(*n, "q" | "v")).collect() } else { picked };
-        s.layers * picked.iter().map(|(_, i, o)| r * (i + o)).sum::<u64>()
-    };
+    let trainable = if full { s.total_params() } else { s.lora_params(r, &p.strs("target_modules")) };
     let train_bytes = trainable * 4;
     let grads = trainable * 4;
     let optim = match p.str("optim") {
@@ -243,21 +258,6 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
             ("total".into(), total),
         ],
     })
-}
-
-/// Does a PEFT target name pick one of our canonical module slots?
-fn target_matches(t: &str, slot: &str) -> bool {
-    let t = t.rsplit('.').next().unwrap_or(t);
-    match slot {
-        "q" => matches!(t, "q_proj" | "query_key_value" | "c_attn" | "query"),
-        "k" => matches!(t, "k_proj" | "query_key_value" | "c_attn" | "key"),
-        "v" => matches!(t, "v_proj" | "query_key_value" | "c_attn" | "value"),
-        "o" => matches!(t, "o_proj" | "dense" | "c_proj" | "out_proj"),
-        "gate" => matches!(t, "gate_proj" | "dense_h_to_4h" | "w1" | "w2"),
-        "up" => matches!(t, "up_proj" | "dense_h_to_4h" | "w1" | "w2" | "c_fc"),
-        "down" => matches!(t, "down_proj" | "dense_4h_to_h" | "c_proj"),
-        _ => false,
-    }
 }
 
 /// `load.model`'s output: the resolved family and config (weights stay in
