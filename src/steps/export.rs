@@ -6,7 +6,7 @@ use super::{def, opt, req, ParamSpec, Step, Ty};
 pub struct Export;
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["merge", "load.model", "quantize"]), "the model to export"),
+    req("model", Ty::Step(&["merge", "load.model", "quantize", "train"]), "the model to export (a train step with method = \"full\" is a model)"),
     opt("adapter", Ty::Step(&["train"]), "the adapter, to compare merged logits with base + adapter"),
     def("max_shard_size", Ty::Str, "\"5GB\"", "largest safetensors shard, e.g. \"2GB\", \"500MB\""),
     def("verify", Ty::Bool, "true", "compare logits of the export with base + adapter on a few inputs"),

@@ -8,7 +8,8 @@ pub struct Generate;
 static PARAMS: &[ParamSpec] = &[
     req("model", Ty::Step(&["load.model", "quantize", "merge", "export"]), "the model"),
     opt("adapter", Ty::Step(&["train"]), "a train step whose adapter is applied"),
-    opt("prompts", Ty::StrList, "prompts, rendered with the model's template"),
+    opt("prompts", Ty::StrList, "user messages, rendered with `template`"),
+    def("template", Ty::Str, "\"model\"", "how prompts are rendered: a built-in template name, \"model\", or \"none\" (raw text)"),
     opt("data", Ty::Step(&["template"]), "or: templated examples whose prompts are used"),
     opt("system", Ty::Str, "system message"),
     def("max_new_tokens", Ty::Int, "64", "tokens to generate per prompt"),
