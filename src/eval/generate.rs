@@ -325,3 +325,23 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn gen_config_from_json() {
+        let c: GenConfig = serde_json::from_str(
+            r#"{"max_new_tokens": 5, "do_sample": true, "top_p": 0.9, "stop_ids": [2]}"#,
+        )
+        .expect("parse");
+        assert_eq!(c.max_new_tokens, 5);
+        assert!(c.sampling.do_sample);
+        assert_eq!(c.sampling.top_p, 0.9);
+        assert_eq!(c.sampling.top_k, 50);
+        assert_eq!(c.stop_ids, [2]);
+        let e = serde_json::from_str::<GenConfig>(r#"{"top_q": 1}"#);
+        assert!(e.is_err(), "unknown keys are rejected");
+    }
+}

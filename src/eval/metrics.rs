@@ -9,8 +9,8 @@ use super::cut::cut;
 use super::pystr::py_strip;
 use super::rouge::rouge_scores;
 
-/// Scores of one prediction/reference pair, on the scale finetune_demo averages.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Generation scores on the scale finetune_demo averages: of one pair, or their means.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ExampleScores {
     /// `round(f * 100, 4)`; 0 where rouge_chinese would raise (empty side).
     #[serde(rename = "rouge-1")]
@@ -22,34 +22,15 @@ pub struct ExampleScores {
     /// nltk sentence BLEU-4 (method 3 smoothing), in [0, 1] (finetune_demo does not scale it).
     #[serde(rename = "bleu-4")]
     pub bleu4: f64,
-    /// 1.0 if the stripped texts are equal.
+    /// 100 if the stripped texts are equal, else 0 (so the mean is a percentage).
     #[serde(rename = "exact-match")]
     pub exact_match: f64,
 }
 
-/// Means over examples (what finetune_demo's `compute_metrics` returns, plus exact match ×100).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GenerationMetrics {
-    #[serde(rename = "rouge-1")]
-    pub rouge1: f64,
-    #[serde(rename = "rouge-2")]
-    pub rouge2: f64,
-    #[serde(rename = "rouge-l")]
-    pub rougel: f64,
-    #[serde(rename = "bleu-4")]
-    pub bleu4: f64,
-    /// Percentage of exact matches (stripped texts).
-    #[serde(rename = "exact-match")]
-    pub exact_match: f64,
-    pub count: usize,
-    #[serde(skip)]
-    pub per_example: Vec<ExampleScores>,
-}
-
-impl GenerationMetrics {
-    /// Name/value pairs in a fixed order (for metrics.json and tables).
-    pub fn named(&self) -> Vec<(&'static str, f64)> {
-        vec![
+impl ExampleScores {
+    /// Name/value pairs in a fixed order (for metrics.json, predictions.jsonl and tables).
+    pub fn named(&self) -> [(&'static str, f64); 5] {
+        [
             ("rouge-1", self.rouge1),
             ("rouge-2", self.rouge2),
             ("rouge-l", self.rougel),
@@ -57,6 +38,19 @@ impl GenerationMetrics {
             ("exact-match", self.exact_match),
         ]
     }
+}
+
+/// What finetune_demo's `compute_metrics` returns (means over pairs), plus exact match.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationMetrics {
+    #[serde(flatten)]
+    pub mean: ExampleScores,
+    /// Pairs in the means.
+    pub count: usize,
+    /// Pairs left out ([`EmptyPairs::Skip`]).
+    pub skipped: usize,
+    #[serde(skip)]
+    pub per_example: Vec<ExampleScores>,
 }
 
 /// Python `round(x, 4)`: the double nearest to the correctly rounded 4-decimal value.
@@ -87,26 +81,60 @@ pub fn score_example(pred: &str, reference: &str) -> ExampleScores {
         rouge2: round4(rouge.rouge2 * 100.0),
         rougel: round4(rouge.rougel * 100.0),
         bleu4: bleu4(&pt, &rt),
-        exact_match: f64::from(u8::from(p == r)),
+        exact_match: if p == r { 100.0 } else { 0.0 },
     }
 }
 
+/// What to do with a pair whose stripped prediction or reference is empty (rouge_chinese
+/// raises `ValueError` there, so finetune_demo itself would crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyPairs {
+    /// Score ROUGE as 0 (BLEU is 0 by nltk's own rules) and keep the pair in the means.
+    #[default]
+    Zero,
+    /// Leave the pair out of the means (GLM-4's finetune.py skips empty predictions/labels).
+    Skip,
+}
+
 /// finetune_demo `compute_metrics` over decoded predictions and references (same length;
-/// extra items of the longer list are ignored).
+/// extra items of the longer list are ignored). Empty pairs score 0 ([`EmptyPairs::Zero`]).
 pub fn compute_generation_metrics<S: AsRef<str>>(preds: &[S], refs: &[S]) -> GenerationMetrics {
-    let per_example: Vec<ExampleScores> = preds
-        .iter()
-        .zip(refs)
-        .map(|(p, r)| score_example(p.as_ref(), r.as_ref()))
-        .collect();
-    let e = &per_example;
+    compute_generation_metrics_with(preds, refs, EmptyPairs::Zero)
+}
+
+/// [`compute_generation_metrics`] with a choice for empty pairs. `per_example` always has one
+/// entry per pair; `count` is the number of pairs in the means, `skipped` the others.
+pub fn compute_generation_metrics_with<S: AsRef<str>>(
+    preds: &[S],
+    refs: &[S],
+    empty: EmptyPairs,
+) -> GenerationMetrics {
+    let mut per_example = Vec::new();
+    let mut used = Vec::new();
+    for (p, r) in preds.iter().zip(refs) {
+        let (p, r) = (p.as_ref(), r.as_ref());
+        let is_empty = py_strip(p).is_empty() || py_strip(r).is_empty();
+        per_example.push(score_example(p, r));
+        used.push(!(is_empty && empty == EmptyPairs::Skip));
+    }
+    let kept = || {
+        per_example
+            .iter()
+            .zip(&used)
+            .filter(|(_, &u)| u)
+            .map(|(s, _)| s)
+    };
     GenerationMetrics {
-        rouge1: mean(e.iter().map(|s| s.rouge1)),
-        rouge2: mean(e.iter().map(|s| s.rouge2)),
-        rougel: mean(e.iter().map(|s| s.rougel)),
-        bleu4: mean(e.iter().map(|s| s.bleu4)),
-        exact_match: 100.0 * mean(e.iter().map(|s| s.exact_match)),
-        count: e.len(),
+        mean: ExampleScores {
+            rouge1: mean(kept().map(|s| s.rouge1)),
+            rouge2: mean(kept().map(|s| s.rouge2)),
+            rougel: mean(kept().map(|s| s.rougel)),
+            bleu4: mean(kept().map(|s| s.bleu4)),
+            exact_match: mean(kept().map(|s| s.exact_match)),
+        },
+        count: kept().count(),
+        skipped: used.iter().filter(|&&u| !u).count(),
         per_example,
     }
 }
@@ -142,6 +170,17 @@ pub fn token_accuracy(pred_ids: &[u32], labels: &[i64]) -> Option<f64> {
         hit += usize::from(i64::from(p) == l);
     }
     (n > 0).then(|| hit as f64 / n as f64)
+}
+
+/// Token accuracy of a causal LM before the shift: `pred_ids[t]` (argmax of the logits at
+/// position t) predicts `labels[t + 1]`, as the causal loss pairs them; -100 is ignored.
+pub fn causal_token_accuracy(pred_ids: &[u32], labels: &[i64]) -> Option<f64> {
+    token_accuracy(pred_ids, labels.get(1..).unwrap_or(&[]))
+}
+
+/// Perplexity exp(sum / count) from a summed NLL (natural log) over `count` tokens.
+pub fn perplexity_from_sum(nll_sum: f64, count: usize) -> Option<f64> {
+    (count > 0).then(|| (nll_sum / count as f64).exp())
 }
 
 /// Perplexity exp(mean NLL) from per-token losses (natural log). None for no tokens.
@@ -201,33 +240,45 @@ mod tests {
         assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     }
 
-    #[test]
-    fn bleu_and_rouge_match_python_per_pair() {
-        let fx = fixture();
-        for row in fx["pairs"].as_array().expect("pairs") {
-            let (pt, rt) = (strings(&row["pred_tokens"]), strings(&row["ref_tokens"]));
-            let bleu = bleu4(&pt, &rt);
-            let want = row["bleu4"].as_f64().expect("bleu");
-            assert!(
-                (bleu - want).abs() < TOL,
-                "bleu {pt:?} {rt:?}: {bleu} vs {want}"
-            );
-            let rouge = rouge_scores(&pt, &rt);
-            match &row["rouge"] {
-                Value::Null => assert!(rouge.is_none(), "{pt:?} {rt:?} should have no rouge"),
-                r => {
-                    let got = rouge.expect("rouge");
-                    for (k, v) in [
-                        ("rouge-1", got.rouge1),
-                        ("rouge-2", got.rouge2),
-                        ("rouge-l", got.rougel),
-                    ] {
-                        let want = r[k]["f"].as_f64().or_else(|| r[k].as_f64()).expect("f");
-                        assert!((v - want).abs() < TOL, "{k} {pt:?} {rt:?}: {v} vs {want}");
-                    }
+    /// BLEU-4 and ROUGE of one fixture row (given tokens) against the Python values.
+    fn check_scores(row: &Value) {
+        let (pt, rt) = (strings(&row["pred_tokens"]), strings(&row["ref_tokens"]));
+        let bleu = bleu4(&pt, &rt);
+        let want = row["bleu4"].as_f64().expect("bleu");
+        assert!(
+            (bleu - want).abs() < TOL,
+            "bleu {pt:?} {rt:?}: {bleu} vs {want}"
+        );
+        match (&row["rouge"], rouge_scores(&pt, &rt)) {
+            (Value::Null, None) => {}
+            (r, Some(got)) if !r.is_null() => {
+                for (k, v) in [
+                    ("rouge-1", got.rouge1),
+                    ("rouge-2", got.rouge2),
+                    ("rouge-l", got.rougel),
+                ] {
+                    let want = r[k].as_f64().expect("f");
+                    assert!((v - want).abs() < TOL, "{k} {pt:?} {rt:?}: {v} vs {want}");
                 }
             }
+            (r, got) => panic!("{pt:?} {rt:?}: python {r} vs rust {got:?}"),
         }
+    }
+
+    #[test]
+    fn bleu_and_rouge_match_python_per_pair() {
+        for row in fixture()["pairs"].as_array().expect("pairs") {
+            check_scores(row);
+        }
+    }
+
+    /// Random token lists (repeats, sentence ends, quotes, spaces) against nltk/rouge_chinese.
+    #[test]
+    fn bleu_and_rouge_match_python_on_random_tokens() {
+        let fx = fixture();
+        let rows = fx["token_fuzz"].as_array().expect("fuzz");
+        assert!(rows.len() >= 100);
+        rows.iter().for_each(check_scores);
     }
 
     #[test]
@@ -244,13 +295,24 @@ mod tests {
             .collect();
         let m = compute_generation_metrics(&preds, &refs);
         let a = &fx["aggregate"];
-        for (k, v) in m.named().into_iter().take(4) {
+        for (k, v) in m.mean.named().into_iter().take(4) {
             let want = a[k].as_f64().expect("agg");
             assert!((v - want).abs() < TOL, "{k}: {v} vs {want}");
         }
         assert_eq!(m.count, rows.len());
         // exact matches in the fixture: identical pair, "complaint", "  no complaint  ", "" vs "".
-        assert!((m.exact_match - 100.0 * 4.0 / rows.len() as f64).abs() < 1e-12);
+        assert!((m.mean.exact_match - 100.0 * 4.0 / rows.len() as f64).abs() < 1e-12);
+        // Skipping the 3 empty pairs: means over the others (bleu of empty pairs is 0).
+        let s = compute_generation_metrics_with(&preds, &refs, EmptyPairs::Skip);
+        assert_eq!((s.count, s.skipped), (rows.len() - 3, 3));
+        let n = rows.len() as f64;
+        let want = a["bleu-4"].as_f64().expect("agg") * n / (n - 3.0);
+        assert!(
+            (s.mean.bleu4 - want).abs() < TOL,
+            "{} vs {want}",
+            s.mean.bleu4
+        );
+        assert!((s.mean.exact_match - 100.0 * 3.0 / (n - 3.0)).abs() < 1e-12);
     }
 
     #[test]
@@ -267,6 +329,13 @@ mod tests {
             Some(2.0 / 3.0)
         );
         assert_eq!(token_accuracy(&[1], &[-100]), None);
+        // Unshifted: position t predicts label t+1 (the last prediction has no label).
+        assert_eq!(
+            causal_token_accuracy(&[2, 7, 4, 9], &[-100, 2, 5, 4]),
+            Some(2.0 / 3.0)
+        );
+        assert_eq!(causal_token_accuracy(&[2], &[]), None);
+        assert_eq!(perplexity_from_sum(6.0, 3), Some(2f64.exp()));
         let p = perplexity(&[1.0, 2.0, 3.0]).expect("ppl");
         assert!((p - 2f64.exp()).abs() < 1e-12);
         assert_eq!(round4(12.345_649_9), 12.3456);

@@ -20,8 +20,8 @@ pub use bleu::bleu4;
 pub use cut::cut;
 pub use generate::{generate, CausalLm, FinishReason, GenConfig, Generation};
 pub use metrics::{
-    compute_generation_metrics, exact_match, label_accuracy, perplexity, token_accuracy,
-    ExampleScores, GenerationMetrics,
+    compute_generation_metrics, compute_generation_metrics_with, exact_match, label_accuracy,
+    perplexity, token_accuracy, EmptyPairs, ExampleScores, GenerationMetrics,
 };
 pub use rouge::{rouge_scores, RougeScores};
 pub use sampling::{Sampler, SamplingParams};

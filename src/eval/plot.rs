@@ -3,8 +3,9 @@
 //! plotters renders text only with its `ttf` (system fonts via font-kit) or `ab_glyph`
 //! (a font file registered at run time) features; neither is enabled, and CI machines may
 //! have no fonts. So this file draws tick labels itself with a built-in 3×5 pixel font
-//! (digits, '.', '-', 'e', '+'): axes, grid, ticks with numbers, the training loss in blue
-//! and the eval loss (when logged) in orange. There is no title or axis name.
+//! (digits, '.', '-', 'e', '+' and the legend's capitals): axes, grid, ticks with numbers, the
+//! training loss in blue and the eval loss (when logged) in orange with a "TRAIN"/"EVAL"
+//! legend. There is no title or axis name.
 
 use std::path::Path;
 
@@ -29,6 +30,15 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
         '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
         'e' => [0b000, 0b111, 0b111, 0b100, 0b011],
+        // Capitals for the legend ("TRAIN", "EVAL").
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
+        'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
+        'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
+        'I' => [0b111, 0b010, 0b010, 0b010, 0b111],
+        'N' => [0b101, 0b111, 0b111, 0b111, 0b101],
+        'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
+        'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
         _ => return None,
     })
 }
@@ -187,6 +197,18 @@ pub fn plot_loss_curve(
         } else if pix.len() > 1 {
             root.draw(&PathElement::new(pix, color.stroke_width(2)))
                 .map_err(|e| perr(&e))?;
+        }
+    }
+    if !eval.is_empty() {
+        let lx = left + pw - 8 - 5 * ADV - 24;
+        for (i, (name, color)) in [("TRAIN", BLUE), ("EVAL", orange)].into_iter().enumerate() {
+            let y = top + 8 + i as i32 * 8 * PX;
+            root.draw(&PathElement::new(
+                vec![(lx, y + 5), (lx + 18, y + 5)],
+                color.stroke_width(2),
+            ))
+            .map_err(|e| perr(&e))?;
+            draw_text(&root, name, lx + 24, y).map_err(|e| perr(&e))?;
         }
     }
     root.present().map_err(|e| perr(&e))?;

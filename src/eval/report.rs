@@ -47,26 +47,17 @@ pub struct PredictionRecord {
 
 /// Per-example scores as an ordered name -> value map.
 pub fn example_scores_map(s: &ExampleScores) -> IndexMap<String, f64> {
-    [
-        ("rouge-1", s.rouge1),
-        ("rouge-2", s.rouge2),
-        ("rouge-l", s.rougel),
-        ("bleu-4", s.bleu4),
-        ("exact-match", s.exact_match),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Aggregate metrics as an ordered name -> value map (plus "count").
-pub fn metrics_map(m: &GenerationMetrics) -> IndexMap<String, f64> {
-    let mut map: IndexMap<String, f64> = m
-        .named()
+    s.named()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        .collect()
+}
+
+/// Aggregate metrics as an ordered name -> value map (plus "count" and "skipped").
+pub fn metrics_map(m: &GenerationMetrics) -> IndexMap<String, f64> {
+    let mut map = example_scores_map(&m.mean);
     map.insert("count".to_string(), m.count as f64);
+    map.insert("skipped".to_string(), m.skipped as f64);
     map
 }
 

@@ -14,6 +14,8 @@ the Rust side defines those ROUGE scores as 0.0 (the aggregate below does the sa
 """
 import json
 import os
+import random
+import re
 import sys
 
 import jieba
@@ -115,7 +117,35 @@ def metrics_fixture():
         "南京市长江大桥",
         "Hello, world! 123.45 ok_ok",
         "　全角空格　和\t制表符\r\n换行",
+        "版本v1.2.3-rc发布了，增长3.5%，邮箱foo_bar@example.com",
+        "下载地址https://github.com/THUDM/ChatGLM3.git谢谢",
+        "型号RTX-4090和A100_80G的显存分别是24GB和80GB",
+        "他的电话是138-0013-8000，身份证号11010519491231002X",
+        "我爱自然语言处理😀！你呢？",
+        "這是繁體中文的句子，臺灣的天氣很好。",
+        "日本語のテキストとカタカナ",
+        "한국어 텍스트",
+        "工信处女干事每月经过下属科室都要亲口交代24口交换机等技术性器件的安装工作",
+        "研究生命的起源",
+        "乒乓球拍卖完了",
+        "这款连衣裙采用雪纺面料，轻盈又飘逸。穿起来十分舒适，适合夏天穿着。",
+        "李小福是创新办主任也是云计算方面的专家",
+        "AT&T和T恤、B超、c#、C++都在词典里",
+        "结果：1/2的人选择了A，另外50%选择了B——差距不大……",
+        "“引号”「括号」（圆括号）【方括号】《书名号》",
+        "a.b.c_d-e%f 1.2.3 .5 5. x-",
     ]
+    # Random token lists over a small vocabulary (repeats, sentence ends, quotes, spaces):
+    # BLEU and ROUGE on given tokens, no segmentation.
+    rng = random.Random(7)
+    vocab = ["我", "你", "好", "的", "。", "？", "”", "…", ".", "a", "b", " ", "是", "！"]
+    fuzz = []
+    for _ in range(150):
+        pt = [rng.choice(vocab) for _ in range(rng.randint(0, 14))]
+        rt = [rng.choice(vocab) for _ in range(rng.randint(0, 14))]
+        bleu = float(sentence_bleu([rt], pt, smoothing_function=SmoothingFunction().method3))
+        rouge, _ = rouge_or_none(pt, rt)
+        fuzz.append({"pred_tokens": pt, "ref_tokens": rt, "bleu4": bleu, "rouge": rouge})
     return {
         "versions": {
             "python": sys.version.split()[0],
@@ -127,6 +157,7 @@ def metrics_fixture():
         "pairs": rows,
         "aggregate": aggregate,
         "jieba_extra": [{"text": t, "tokens": list(jieba.cut(t))} for t in extra],
+        "token_fuzz": fuzz,
     }
 
 
@@ -141,10 +172,16 @@ def logits_fixture():
         {"repetition_penalty": 1.1, "temperature": 0.3, "top_k": 3, "top_p": 1.0},
         {"repetition_penalty": 2.0, "temperature": 1.0, "top_k": 1, "top_p": 0.95},
     ]
+    # The last two cases use a large, flat vocabulary: many tokens sit near the top-p cut.
+    configs += [
+        {"repetition_penalty": 1.2, "temperature": 0.8, "top_k": 0, "top_p": 0.9, "vocab": 2000, "scale": 1.0},
+        {"repetition_penalty": 1.0, "temperature": 1.0, "top_k": 200, "top_p": 0.7, "vocab": 2000, "scale": 0.5},
+    ]
     for cfg in configs:
         batch = 3
-        scores = torch.randn(batch, vocab, generator=g) * 3.0
-        input_ids = torch.randint(0, vocab, (batch, 7), generator=g)
+        vocab = cfg.pop("vocab", 40)
+        scores = torch.randn(batch, vocab, generator=g) * cfg.pop("scale", 3.0)
+        input_ids = torch.randint(0, vocab, (batch, 7 if vocab < 100 else 60), generator=g)
         procs = []
         if cfg["repetition_penalty"] != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(cfg["repetition_penalty"]))
@@ -158,16 +195,18 @@ def logits_fixture():
         stages = []
         for p in procs:
             out = p(input_ids, out)
-            stages.append({"name": type(p).__name__, "scores": [[float(x) for x in row] for row in out]})
-        cases.append(
-            {
-                "config": cfg,
-                "input_ids": input_ids.tolist(),
-                "scores": [[float(x) for x in row] for row in scores],
-                "stages": stages,
-                "processed": [[float(x) for x in row] for row in out],
-            }
-        )
+            stages.append({"name": type(p).__name__, "scores": f32rows(out)})
+        case = {"config": cfg, "input_ids": input_ids.tolist(), "scores": f32rows(scores)}
+        if vocab <= 100:
+            # Small vocabulary: every stage's full output.
+            case["stages"] = stages
+        else:
+            # Large vocabulary: the final kept ids and their values only (keeps the file small).
+            case["kept"] = [[i for i, x in enumerate(row) if x != float("-inf")] for row in out.tolist()]
+            case["kept_values"] = [
+                [f32(row[i]) for i in kept] for row, kept in zip(out.tolist(), case["kept"])
+            ]
+        cases.append(case)
     return {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "note": "processor order as transformers _get_logits_processor: repetition penalty, temperature, top-k, top-p",
@@ -175,26 +214,36 @@ def logits_fixture():
     }
 
 
+def f32(x):
+    """A float32 as its shortest round-trip decimal (a marker replaced after json.dumps); -inf -> null."""
+    x = float(x)
+    if x == float("-inf"):
+        return None
+    return "@f:" + str(np.float32(x))
+
+
+def f32rows(t):
+    return [[f32(x) for x in row] for row in t.tolist()]
+
+
+def dump_compact(obj, name):
+    path = os.path.join(OUT, name)
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = re.sub(r'"@f:([^"]*)"', r"\1", text)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print("wrote", path)
+
+
 def dump(obj, name):
     path = os.path.join(OUT, name)
     with open(path, "w", encoding="utf-8") as f:
-        # -inf is written as the JSON-incompatible token -Infinity; the Rust test maps null instead.
         json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False, default=str)
         f.write("\n")
     print("wrote", path)
 
 
-def no_inf(obj):
-    if isinstance(obj, float) and obj == float("-inf"):
-        return None
-    if isinstance(obj, list):
-        return [no_inf(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: no_inf(v) for k, v in obj.items()}
-    return obj
-
-
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     dump(metrics_fixture(), "metrics.json")
-    dump(no_inf(logits_fixture()), "logits.json")
+    dump_compact(logits_fixture(), "logits.json")
