@@ -20,8 +20,14 @@ pub use bleu::bleu4;
 pub use cut::cut;
 pub use generate::{generate, CausalLm, FinishReason, GenConfig, Generation};
 pub use metrics::{
-    compute_generation_metrics, compute_generation_metrics_with, exact_match, label_accuracy,
-    perplexity, token_accuracy, EmptyPairs, ExampleScores, GenerationMetrics,
+    causal_token_accuracy, compute_generation_metrics, compute_generation_metrics_with,
+    exact_match, label_accuracy, perplexity, perplexity_from_sum, token_accuracy, EmptyPairs,
+    ExampleScores, GenerationMetrics,
+};
+pub use plot::plot_loss_curve;
+pub use report::{
+    example_scores_map, metrics_map, read_train_metrics, render_comparison, render_train_summary,
+    write_metrics_json, write_predictions_jsonl, PredictionRecord, ReportError, TrainRecord,
 };
 pub use rouge::{rouge_scores, RougeScores};
 pub use sampling::{Sampler, SamplingParams};

@@ -135,6 +135,21 @@ def metrics_fixture():
         "“引号”「括号」（圆括号）【方括号】《书名号》",
         "a.b.c_d-e%f 1.2.3 .5 5. x-",
     ]
+    # Random mixed strings: dictionary words, single han characters, ASCII runs with connectors,
+    # punctuation, whitespace, other scripts (jieba segmentation only).
+    words = [l.split()[0] for l in open(os.path.join(os.path.dirname(jieba.__file__), "dict.txt"), encoding="utf-8")]
+    pieces = list("，。！？、；：“”‘’（）《》…—·-_.%+#&@/ \t\n\u3000abcXYZ0123456789") + [
+        "e-mail", "v1.2.3", "3.5%", "a_b", "x.com", "1.5.6", "C++", "c#", "AT&T", "😀", "ｱｲ", "가나", "繁體", "臺灣",
+    ]
+    rng = random.Random(3)
+    jieba_fuzz = []
+    for _ in range(300):
+        k = rng.randint(1, 12)
+        t = "".join(rng.choice(words) if rng.random() < 0.6 else rng.choice(pieces) for _ in range(k))
+        if rng.random() < 0.3:
+            t += "".join(chr(rng.randint(0x4E00, 0x9FD5)) for _ in range(rng.randint(1, 6)))
+        jieba_fuzz.append({"text": t, "tokens": list(jieba.cut(t))})
+
     # Random token lists over a small vocabulary (repeats, sentence ends, quotes, spaces):
     # BLEU and ROUGE on given tokens, no segmentation.
     rng = random.Random(7)
@@ -156,7 +171,7 @@ def metrics_fixture():
         },
         "pairs": rows,
         "aggregate": aggregate,
-        "jieba_extra": [{"text": t, "tokens": list(jieba.cut(t))} for t in extra],
+        "jieba_extra": [{"text": t, "tokens": list(jieba.cut(t))} for t in extra] + jieba_fuzz,
         "token_fuzz": fuzz,
     }
 
