@@ -70,6 +70,9 @@ pub fn generate<M: CausalLm + ?Sized>(
     cfg: &GenConfig,
     mut on_token: impl FnMut(usize, u32),
 ) -> anyhow::Result<Vec<Generation>> {
+    cfg.sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!("generation config: {e}"))?;
     let rows = prompts.len();
     let mut out: Vec<Generation> = (0..rows)
         .map(|_| Generation {
@@ -126,6 +129,43 @@ pub fn generate<M: CausalLm + ?Sized>(
         logits = model.decode(&last, &active)?;
     }
     Ok(out)
+}
+
+/// A left-padded batch, as transformers feeds decoder-only models in `generate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftPadded {
+    /// rows × len, row-major; padding first.
+    pub ids: Vec<u32>,
+    /// rows × len; 0 on padding, 1 on tokens.
+    pub attention_mask: Vec<u8>,
+    /// rows × len; `cumsum(mask) − 1`, and 1 on padding (transformers' `prepare_inputs_for_generation`).
+    pub position_ids: Vec<u32>,
+    pub rows: usize,
+    pub len: usize,
+}
+
+/// Left-pads `rows` to the longest with `pad_id` (a helper for [`CausalLm`] implementers).
+pub fn left_pad(rows: &[Vec<u32>], pad_id: u32) -> LeftPadded {
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let n = rows.len() * len;
+    let (mut ids, mut attention_mask, mut position_ids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in rows {
+        let pad = len - r.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(r.iter().copied()));
+        attention_mask.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1, r.len())));
+        position_ids.extend(std::iter::repeat_n(1u32, pad).chain(0..r.len() as u32));
+    }
+    LeftPadded {
+        ids,
+        attention_mask,
+        position_ids,
+        rows: rows.len(),
+        len,
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +369,44 @@ mod tests {
 #[cfg(test)]
 mod config_tests {
     use super::*;
+
+    #[test]
+    fn left_padding_layout() {
+        let b = left_pad(&[vec![5, 6, 7], vec![9]], 0);
+        assert_eq!((b.rows, b.len), (2, 3));
+        assert_eq!(b.ids, [5, 6, 7, 0, 0, 9]);
+        assert_eq!(b.attention_mask, [1, 1, 1, 0, 0, 1]);
+        assert_eq!(b.position_ids, [0, 1, 2, 1, 1, 0]);
+    }
+
+    #[test]
+    fn invalid_sampling_is_an_error() {
+        struct Never;
+        impl CausalLm for Never {
+            fn vocab(&self) -> usize {
+                1
+            }
+            fn prefill(&mut self, _: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+                unreachable!("validation happens first")
+            }
+            fn decode(&mut self, _: &[u32], _: &[bool]) -> anyhow::Result<Vec<Vec<f32>>> {
+                unreachable!("validation happens first")
+            }
+        }
+        let cfg = GenConfig {
+            sampling: SamplingParams {
+                do_sample: true,
+                top_p: 2.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = generate(&mut Never, &[vec![0]], &cfg, |_, _| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "generation config: top_p: has to be in [0, 1], got 2"
+        );
+    }
 
     #[test]
     fn gen_config_from_json() {

@@ -18,7 +18,7 @@ pub mod sampling;
 
 pub use bleu::bleu4;
 pub use cut::cut;
-pub use generate::{generate, CausalLm, FinishReason, GenConfig, Generation};
+pub use generate::{generate, left_pad, CausalLm, FinishReason, GenConfig, Generation, LeftPadded};
 pub use metrics::{
     causal_token_accuracy, compute_generation_metrics, compute_generation_metrics_with,
     exact_match, label_accuracy, perplexity, perplexity_from_sum, token_accuracy, EmptyPairs,

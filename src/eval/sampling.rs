@@ -36,6 +36,31 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// The checks transformers' processors make at construction; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.repetition_penalty > 0.0) {
+            return Err(format!(
+                "repetition_penalty: has to be a strictly positive float, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if self.do_sample {
+            if !(self.temperature > 0.0) {
+                return Err(format!(
+                    "temperature: has to be a strictly positive float, got {} \
+                     (for greedy decoding set do_sample = false)",
+                    self.temperature
+                ));
+            }
+            if !(0.0..=1.0).contains(&self.top_p) {
+                return Err(format!("top_p: has to be in [0, 1], got {}", self.top_p));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `RepetitionPenaltyLogitsProcessor`: every distinct id of `history` (prompt without padding
 /// plus generated ids) gets s·penalty if s < 0, else s / penalty — once per id.
 pub fn apply_repetition_penalty(scores: &mut [f32], history: &[u32], penalty: f32) {
@@ -331,6 +356,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn validation_messages() {
+        let bad = SamplingParams {
+            do_sample: true,
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "temperature: has to be a strictly positive float, got 0 (for greedy decoding set do_sample = false)"
+        );
+        // Greedy ignores temperature, like transformers (the warper is not built).
+        assert!(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+        let bad = SamplingParams {
+            do_sample: true,
+            top_p: 1.5,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "top_p: has to be in [0, 1], got 1.5"
+        );
+        let bad = SamplingParams {
+            repetition_penalty: 0.0,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .starts_with("repetition_penalty:"));
     }
 
     #[test]
