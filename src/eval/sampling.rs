@@ -39,14 +39,14 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// The checks transformers' processors make at construction; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(format!(
                 "repetition_penalty: has to be a strictly positive float, got {}",
                 self.repetition_penalty
             ));
         }
         if self.do_sample {
-            if !(self.temperature > 0.0) {
+            if self.temperature.is_nan() || self.temperature <= 0.0 {
                 return Err(format!(
                     "temperature: has to be a strictly positive float, got {} \
                      (for greedy decoding set do_sample = false)",
