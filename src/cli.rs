@@ -117,6 +117,15 @@ Examples:
         #[arg(long, value_enum, default_value = "text")]
         format: InspectFormat,
     },
+    /// Summarise a training run: loss, lr, grad norm, tokens/s, eval metrics.
+    #[command(after_help = "Example:\n  recipe report output/quickstart/adapter")]
+    Report {
+        /// A train step's output dir (holds metrics.jsonl), or an evaluate step's (metrics.json).
+        run_dir: PathBuf,
+        /// Rows of the table (evenly spaced over the run).
+        #[arg(long, default_value_t = 20)]
+        rows: usize,
+    },
     /// Run the kernel self-test: every CUDA kernel against its CPU twin.
     Selftest {
         #[arg(long, default_value = "auto")]
@@ -180,6 +189,7 @@ pub fn main() -> i32 {
         }
         Cmd::Plan { r, format } => cmd_plan(&r, format),
         Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
+        Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect { .. } => fail("`recipe inspect` is not implemented yet in this version"),
         Cmd::Selftest { .. } | Cmd::Bench { .. } => {
@@ -371,4 +381,32 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
 fn open_existing(dir: &Path) -> anyhow::Result<Cache> {
     anyhow::ensure!(dir.join("entries").is_dir(), "no cache");
     Cache::open(dir)
+}
+
+fn cmd_report(dir: &Path, rows: usize) -> i32 {
+    let mut shown = false;
+    let m = dir.join("metrics.jsonl");
+    if m.is_file() {
+        match crate::eval::report::read_train_metrics(&m) {
+            Ok(recs) => {
+                print!("{}", crate::eval::report::render_train_summary(&recs, rows));
+                shown = true;
+            }
+            Err(e) => return fail(&format!("{e}")),
+        }
+    }
+    let j = dir.join("metrics.json");
+    if j.is_file() {
+        match std::fs::read_to_string(&j) {
+            Ok(t) => {
+                println!("{}", t.trim_end());
+                shown = true;
+            }
+            Err(e) => return fail(&format!("cannot read `{}`: {e}", j.display())),
+        }
+    }
+    if !shown {
+        return fail(&format!("`{}` has no metrics.jsonl (train) or metrics.json (evaluate)", dir.display()));
+    }
+    0
 }
