@@ -1,1 +1,8 @@
+//! Text side of a recipe: tokenizers (tokenizer.json or SentencePiece),
+//! HF-compatible chat templates, templates -> segments, tokenization with
+//! label masks, and the token-dataset file the trainer reads.
 pub mod segment;
+pub mod sentencepiece;
+pub mod tokenizer;
+
+pub use tokenizer::{PaddingSide, TokenizerBundle};
