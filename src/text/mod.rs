@@ -4,6 +4,7 @@
 pub mod jinja;
 pub mod segment;
 pub mod sentencepiece;
+pub mod template;
 pub mod tokenizer;
 
 pub use tokenizer::{PaddingSide, TokenizerBundle};
