@@ -52,7 +52,10 @@ pub fn to_jvalue(v: &Value) -> JValue {
         }
         Value::String(s) => JValue::from(s.as_str()),
         Value::Array(a) => a.iter().map(to_jvalue).collect(),
-        Value::Object(o) => JValue::from_pairs(o.iter().map(|(k, v)| (JValue::from(k.as_str()), to_jvalue(v)))),
+        Value::Object(o) => JValue::from_pairs(
+            o.iter()
+                .map(|(k, v)| (JValue::from(k.as_str()), to_jvalue(v))),
+        ),
     }
 }
 
@@ -83,7 +86,11 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let s = format!("{f:?}");
     // Rust "1e20" vs Python "1e+20".
@@ -94,7 +101,12 @@ fn py_float(f: f64) -> String {
 }
 
 /// Python `json.dumps(v, ensure_ascii=False, indent=indent)`.
-pub fn py_json(v: &JValue, indent: Option<usize>, level: usize, out: &mut String) -> Result<(), Error> {
+pub fn py_json(
+    v: &JValue,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     let nl = |out: &mut String, lvl: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -155,7 +167,10 @@ pub fn py_json(v: &JValue, indent: Option<usize>, level: usize, out: &mut String
             out.push('}');
         }
         _ => {
-            return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize {}", v.kind())))
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: cannot serialize {}", v.kind()),
+            ))
         }
     }
     Ok(())
@@ -174,7 +189,10 @@ fn tojson(v: JValue, kwargs: Kwargs) -> Result<JValue, Error> {
 }
 
 fn raise_exception(msg: String) -> Result<JValue, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("raise_exception: {msg}"),
+    ))
 }
 
 /// `strftime_now(fmt)`: the current UTC time; supports the common
@@ -202,9 +220,29 @@ pub fn strftime(secs: i64, fmt: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
     let wd = DAYS[days.rem_euclid(7) as usize];
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
@@ -245,12 +283,20 @@ pub fn strftime(secs: i64, fmt: &str) -> String {
 /// Rewrites `{% generation %}` / `{% endgeneration %}` (with optional `-`
 /// whitespace control) into blocks that print the marker characters.
 fn rewrite_generation(src: &str) -> (String, bool) {
-    let re = regex::Regex::new(r"\{%(-?)\s*(generation|endgeneration)\s*(-?)%\}").expect("static regex");
+    let re =
+        regex::Regex::new(r"\{%(-?)\s*(generation|endgeneration)\s*(-?)%\}").expect("static regex");
     let mut found = false;
     let out = re.replace_all(src, |c: &regex::Captures| {
         found = true;
-        let m = if &c[2] == "generation" { GEN_START } else { GEN_END };
-        format!("{{%{} if true %}}{{{{ '{m}' }}}}{{% endif {}%}}", &c[1], &c[3])
+        let m = if &c[2] == "generation" {
+            GEN_START
+        } else {
+            GEN_END
+        };
+        format!(
+            "{{%{} if true %}}{{{{ '{m}' }}}}{{% endif {}%}}",
+            &c[1], &c[3]
+        )
     });
     (out.into_owned(), found)
 }
@@ -270,8 +316,12 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", src).map_err(|e| anyhow!("chat template: {e:#}"))?;
-        Ok(ChatTemplate { env, has_generation })
+        env.add_template_owned("chat", src)
+            .map_err(|e| anyhow!("chat template: {e:#}"))?;
+        Ok(ChatTemplate {
+            env,
+            has_generation,
+        })
     }
 
     /// The rendered text, markers included when the template has
@@ -281,9 +331,21 @@ impl ChatTemplate {
         for (k, v) in &ctx.vars {
             pairs.push((JValue::from(k.as_str()), to_jvalue(v)));
         }
-        pairs.push((JValue::from("messages"), messages.iter().map(to_jvalue).collect()));
-        pairs.push((JValue::from("add_generation_prompt"), JValue::from(ctx.add_generation_prompt)));
-        pairs.push((JValue::from("tools"), ctx.tools.as_ref().map(to_jvalue).unwrap_or(JValue::from(()))));
+        pairs.push((
+            JValue::from("messages"),
+            messages.iter().map(to_jvalue).collect(),
+        ));
+        pairs.push((
+            JValue::from("add_generation_prompt"),
+            JValue::from(ctx.add_generation_prompt),
+        ));
+        pairs.push((
+            JValue::from("tools"),
+            ctx.tools
+                .as_ref()
+                .map(to_jvalue)
+                .unwrap_or(JValue::from(())),
+        ));
         let t = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
         t.render(JValue::from_pairs(pairs)).map_err(|e| {
             let mut s = format!("rendering chat template: {e}");
@@ -300,7 +362,11 @@ impl ChatTemplate {
     }
 
     /// Rendered text and the byte ranges inside `{% generation %}` blocks.
-    pub fn render_marked(&self, messages: &[Value], ctx: &ChatContext) -> Result<(String, Vec<(usize, usize)>)> {
+    pub fn render_marked(
+        &self,
+        messages: &[Value],
+        ctx: &ChatContext,
+    ) -> Result<(String, Vec<(usize, usize)>)> {
         let raw = self.render_raw(messages, ctx)?;
         let mut out = String::with_capacity(raw.len());
         let mut ranges = Vec::new();
@@ -326,14 +392,21 @@ mod tests {
     #[test]
     fn strftime_known_dates() {
         // 2024-02-29 13:05:09 UTC, a Thursday.
-        assert_eq!(strftime(1709211909, "%Y-%m-%d %H:%M:%S %A %b %j %I%p %%"), "2024-02-29 13:05:09 Thursday Feb 060 01PM %");
+        assert_eq!(
+            strftime(1709211909, "%Y-%m-%d %H:%M:%S %A %b %j %I%p %%"),
+            "2024-02-29 13:05:09 Thursday Feb 060 01PM %"
+        );
         assert_eq!(strftime(0, "%d %B %Y"), "01 January 1970");
     }
 
     #[test]
     fn tojson_is_python_json_dumps() {
-        let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ [] | tojson }}").unwrap();
-        let x: Value = serde_json::from_str(r#"{"b": [1, 2.5, "<a & 'b'>"], "a": {"z": null, "y": true}, "c": "中\n\u0001"}"#).unwrap();
+        let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ [] | tojson }}")
+            .unwrap();
+        let x: Value = serde_json::from_str(
+            r#"{"b": [1, 2.5, "<a & 'b'>"], "a": {"z": null, "y": true}, "c": "中\n\u0001"}"#,
+        )
+        .unwrap();
         let mut ctx = ChatContext::default();
         ctx.vars.insert("x".into(), x);
         let s = t.render(&[], &ctx).unwrap();
@@ -349,7 +422,10 @@ mod tests {
         let src = "{% for m in messages %}{% if m.role == 'assistant' %}A: {%- generation -%}  {{ m.content }}|{% endgeneration %}\n{% else %}U: {{ m.content }}\n{% endif %}{% endfor %}";
         let t = ChatTemplate::new(src).unwrap();
         assert!(t.has_generation);
-        let msgs: Vec<Value> = serde_json::from_str(r#"[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]"#).unwrap();
+        let msgs: Vec<Value> = serde_json::from_str(
+            r#"[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]"#,
+        )
+        .unwrap();
         let (s, r) = t.render_marked(&msgs, &ChatContext::default()).unwrap();
         assert_eq!(s, "U: hi\nA:yo|");
         assert_eq!(r, vec![(8, 11)]);
@@ -359,7 +435,10 @@ mod tests {
     #[test]
     fn raise_exception_message() {
         let t = ChatTemplate::new("{{ raise_exception('only user/assistant roles') }}").unwrap();
-        let e = t.render(&[], &ChatContext::default()).unwrap_err().to_string();
+        let e = t
+            .render(&[], &ChatContext::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("only user/assistant roles"), "{e}");
     }
 
@@ -367,7 +446,8 @@ mod tests {
     /// (tests/fixtures/text/jinja_cases.json, from text_make_fixtures.py).
     #[test]
     fn matches_transformers_apply_chat_template() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/jinja_cases.json");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/text/jinja_cases.json");
         let f: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
         let mut n = 0;
         for c in f["cases"].as_array().unwrap() {
@@ -375,13 +455,21 @@ mod tests {
             let t = ChatTemplate::new(f["templates"][name].as_str().unwrap()).unwrap();
             let mut ctx = ChatContext {
                 add_generation_prompt: c["add_generation_prompt"].as_bool().unwrap(),
-                tools: if c["tools"].is_null() { None } else { Some(c["tools"].clone()) },
+                tools: if c["tools"].is_null() {
+                    None
+                } else {
+                    Some(c["tools"].clone())
+                },
                 vars: Default::default(),
             };
             ctx.vars.insert("bos_token".into(), f["bos_token"].clone());
             ctx.vars.insert("eos_token".into(), f["eos_token"].clone());
             let got = t.render(c["messages"].as_array().unwrap(), &ctx).unwrap();
-            assert_eq!(got, c["expected"].as_str().unwrap(), "template {name}, case {c}");
+            assert_eq!(
+                got,
+                c["expected"].as_str().unwrap(),
+                "template {name}, case {c}"
+            );
             n += 1;
         }
         assert!(n >= 20, "{n} cases");

@@ -88,7 +88,9 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.with_context(|| format!("field of {n} bytes runs past the end at byte {}", self.pos))?;
+        let end = end.with_context(|| {
+            format!("field of {n} bytes runs past the end at byte {}", self.pos)
+        })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -112,7 +114,10 @@ impl<'a> Reader<'a> {
                 Field::Bytes(self.take(n)?)
             }
             5 => Field::Fixed32(u32::from_le_bytes(self.take(4)?.try_into()?)),
-            w => bail!("unsupported protobuf wire type {w} (field {num}) at byte {}", self.pos),
+            w => bail!(
+                "unsupported protobuf wire type {w} (field {num}) at byte {}",
+                self.pos
+            ),
         };
         Ok(Some((num, f)))
     }
@@ -125,7 +130,8 @@ fn as_string(b: &[u8], what: &str) -> Result<String> {
 impl SpModel {
     pub fn from_file(path: &Path) -> Result<SpModel> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        SpModel::parse(&bytes).with_context(|| format!("parsing SentencePiece model {}", path.display()))
+        SpModel::parse(&bytes)
+            .with_context(|| format!("parsing SentencePiece model {}", path.display()))
     }
 
     pub fn parse(bytes: &[u8]) -> Result<SpModel> {
@@ -144,9 +150,13 @@ impl SpModel {
         let mut r = Reader::new(bytes);
         while let Some((num, f)) = r.next()? {
             match (num, f) {
-                (1, Field::Bytes(b)) => m.pieces.push(parse_piece(b).with_context(|| format!("piece {}", m.pieces.len()))?),
+                (1, Field::Bytes(b)) => m
+                    .pieces
+                    .push(parse_piece(b).with_context(|| format!("piece {}", m.pieces.len()))?),
                 (2, Field::Bytes(b)) => parse_trainer_spec(b, &mut m).context("trainer_spec")?,
-                (3, Field::Bytes(b)) => parse_normalizer_spec(b, &mut m).context("normalizer_spec")?,
+                (3, Field::Bytes(b)) => {
+                    parse_normalizer_spec(b, &mut m).context("normalizer_spec")?
+                }
                 _ => {}
             }
         }
@@ -175,7 +185,12 @@ impl SpModel {
             .pieces
             .iter()
             .enumerate()
-            .filter(|(_, p)| matches!(p.kind, PieceType::Control | PieceType::Unknown | PieceType::UserDefined))
+            .filter(|(_, p)| {
+                matches!(
+                    p.kind,
+                    PieceType::Control | PieceType::Unknown | PieceType::UserDefined
+                )
+            })
             .map(|(i, p)| added_token_json(i, &p.piece, p.kind != PieceType::UserDefined))
             .collect();
         let mut norms = Vec::new();
@@ -244,11 +259,18 @@ fn generate_merges(pieces: &[SpPiece], vocab: &HashMap<&str, usize>) -> Vec<(Str
             .partial_cmp(&(a.2, clen(a.0), clen(a.1)))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 fn parse_piece(b: &[u8]) -> Result<SpPiece> {
-    let mut p = SpPiece { piece: String::new(), score: 0.0, kind: PieceType::Normal };
+    let mut p = SpPiece {
+        piece: String::new(),
+        score: 0.0,
+        kind: PieceType::Normal,
+    };
     let mut r = Reader::new(b);
     while let Some((num, f)) = r.next()? {
         match (num, f) {
@@ -306,7 +328,9 @@ mod tests {
     use super::*;
 
     fn fixture(p: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text").join(p)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/text")
+            .join(p)
     }
 
     #[test]
@@ -330,7 +354,9 @@ mod tests {
         let m = SpModel::from_file(&fixture("glm3/tokenizer.model")).unwrap();
         let tj = serde_json::to_string(&m.to_tokenizer_json().unwrap()).unwrap();
         let tok: tokenizers::Tokenizer = tj.parse().unwrap();
-        let want: Value = serde_json::from_str(&std::fs::read_to_string(fixture("sp_ids.json")).unwrap()).unwrap();
+        let want: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("sp_ids.json")).unwrap())
+                .unwrap();
         let mut bad = Vec::new();
         for c in want["cases"].as_array().unwrap() {
             let text = c["text"].as_str().unwrap();
@@ -343,7 +369,13 @@ mod tests {
         assert!(bad.is_empty(), "mismatches:\n{}", bad.join("\n"));
         // ChatGLM3 behaviour: "\n" alone -> [dummy prefix, <0x0A>].
         let nl = tok.encode("\n", false).unwrap().get_ids().to_vec();
-        assert_eq!(nl, vec![want["dummy_prefix_id"].as_u64().unwrap() as u32, want["newline_id"].as_u64().unwrap() as u32]);
+        assert_eq!(
+            nl,
+            vec![
+                want["dummy_prefix_id"].as_u64().unwrap() as u32,
+                want["newline_id"].as_u64().unwrap() as u32
+            ]
+        );
         // Decoding drops the dummy prefix and fuses byte pieces.
         let e = tok.encode("emoji 😀 and 你好", false).unwrap();
         assert_eq!(tok.decode(e.get_ids(), true).unwrap(), "emoji 😀 and 你好");

@@ -74,7 +74,10 @@ pub enum Template {
     /// The tokenizer's chat_template, compiled when a renderer is made.
     Model,
     /// Jinja source; `name` is the built-in name or the file it came from.
-    Jinja { name: String, source: String },
+    Jinja {
+        name: String,
+        source: String,
+    },
 }
 
 impl std::fmt::Debug for Template {
@@ -83,8 +86,19 @@ impl std::fmt::Debug for Template {
     }
 }
 
-pub const BUILTIN_NAMES: &[&str] =
-    &["chatglm3", "chatglm", "alpaca", "human_assistant", "sharp_human", "raft_label", "plain", "chatml", "qwen", "llama3", "model"];
+pub const BUILTIN_NAMES: &[&str] = &[
+    "chatglm3",
+    "chatglm",
+    "alpaca",
+    "human_assistant",
+    "sharp_human",
+    "raft_label",
+    "plain",
+    "chatml",
+    "qwen",
+    "llama3",
+    "model",
+];
 
 impl Template {
     /// A built-in name, `model`, a path to a `.jinja` file (relative to
@@ -100,22 +114,42 @@ impl Template {
             "raft_label" => return b(Builtin::RaftLabel),
             "plain" => return b(Builtin::Plain),
             "model" => return Ok(Template::Model),
-            "chatml" | "qwen" => return Ok(Template::Jinja { name: s.into(), source: QWEN2_JINJA.into() }),
-            "llama3" => return Ok(Template::Jinja { name: s.into(), source: LLAMA3_JINJA.into() }),
+            "chatml" | "qwen" => {
+                return Ok(Template::Jinja {
+                    name: s.into(),
+                    source: QWEN2_JINJA.into(),
+                })
+            }
+            "llama3" => {
+                return Ok(Template::Jinja {
+                    name: s.into(),
+                    source: LLAMA3_JINJA.into(),
+                })
+            }
             _ => {}
         }
         if s.contains("{{") || s.contains("{%") {
-            return Ok(Template::Jinja { name: "inline".into(), source: s.into() });
+            return Ok(Template::Jinja {
+                name: "inline".into(),
+                source: s.into(),
+            });
         }
         if s.ends_with(".jinja") || s.ends_with(".j2") || s.contains('/') {
             let p = match base_dir {
                 Some(d) => d.join(s),
                 None => Path::new(s).to_path_buf(),
             };
-            let source = std::fs::read_to_string(&p).with_context(|| format!("reading template file {}", p.display()))?;
-            return Ok(Template::Jinja { name: p.display().to_string(), source });
+            let source = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading template file {}", p.display()))?;
+            return Ok(Template::Jinja {
+                name: p.display().to_string(),
+                source,
+            });
         }
-        bail!("unknown template {s:?}: expected one of {}, a .jinja file, or inline Jinja", BUILTIN_NAMES.join(", "))
+        bail!(
+            "unknown template {s:?}: expected one of {}, a .jinja file, or inline Jinja",
+            BUILTIN_NAMES.join(", ")
+        )
     }
 
     pub fn name(&self) -> String {
@@ -144,7 +178,13 @@ impl Template {
 
     pub fn default_end(&self) -> EndToken {
         match self {
-            Template::Builtin(Builtin::ChatGlm3 | Builtin::Alpaca | Builtin::HumanAssistant | Builtin::SharpHuman | Builtin::Plain) => EndToken::Eos,
+            Template::Builtin(
+                Builtin::ChatGlm3
+                | Builtin::Alpaca
+                | Builtin::HumanAssistant
+                | Builtin::SharpHuman
+                | Builtin::Plain,
+            ) => EndToken::Eos,
             Template::Builtin(Builtin::RaftLabel) => EndToken::Pad,
             _ => EndToken::None,
         }
@@ -155,7 +195,13 @@ impl Template {
     pub fn adds_prefix(&self) -> bool {
         matches!(
             self,
-            Template::Builtin(Builtin::Alpaca | Builtin::HumanAssistant | Builtin::SharpHuman | Builtin::RaftLabel | Builtin::Plain)
+            Template::Builtin(
+                Builtin::Alpaca
+                    | Builtin::HumanAssistant
+                    | Builtin::SharpHuman
+                    | Builtin::RaftLabel
+                    | Builtin::Plain
+            )
         )
     }
 }
@@ -188,7 +234,11 @@ pub struct Renderer {
 }
 
 fn seg(piece: Piece, role: Role, trainable: bool) -> Segment {
-    Segment { piece, role, trainable }
+    Segment {
+        piece,
+        role,
+        trainable,
+    }
 }
 fn text(s: impl Into<String>, role: Role, trainable: bool) -> Segment {
     seg(Piece::Text(s.into()), role, trainable)
@@ -198,7 +248,8 @@ fn special(s: &str, role: Role, trainable: bool) -> Segment {
 }
 
 fn extra_str<'a>(ex: &'a Example, keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(|k| ex.extra.get(*k).and_then(Value::as_str))
+    keys.iter()
+        .find_map(|k| ex.extra.get(*k).and_then(Value::as_str))
 }
 
 fn where_(ex: &Example) -> String {
@@ -211,14 +262,30 @@ fn where_(ex: &Example) -> String {
 
 /// (instruction, input, output) for alpaca-like templates.
 fn alpaca_parts(ex: &Example) -> Result<(String, String, String)> {
-    let user = ex.messages.iter().find(|m| m.role == Role::User).map(|m| m.content.as_str());
-    let asst = ex.messages.iter().rev().find(|m| m.role == Role::Assistant).map(|m| m.content.as_str());
+    let user = ex
+        .messages
+        .iter()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str());
+    let asst = ex
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str());
     let instruction = extra_str(ex, &["instruction"]).or(user);
     let output = extra_str(ex, &["output"]).or(asst);
     let (Some(i), Some(o)) = (instruction, output) else {
-        bail!("{}example needs an instruction (or user message) and an output (or assistant message)", where_(ex));
+        bail!(
+            "{}example needs an instruction (or user message) and an output (or assistant message)",
+            where_(ex)
+        );
     };
-    let input = if extra_str(ex, &["instruction"]).is_some() { extra_str(ex, &["input"]).unwrap_or("") } else { "" };
+    let input = if extra_str(ex, &["instruction"]).is_some() {
+        extra_str(ex, &["input"]).unwrap_or("")
+    } else {
+        ""
+    };
     Ok((i.to_string(), input.to_string(), o.to_string()))
 }
 
@@ -228,7 +295,10 @@ fn glm_role(r: Role, ex: &Example) -> Result<&'static str> {
         Role::User => "<|user|>",
         Role::Assistant => "<|assistant|>",
         Role::Observation | Role::Tool => "<|observation|>",
-        Role::Text => bail!("{}chatglm3 template has no role for plain text messages", where_(ex)),
+        Role::Text => bail!(
+            "{}chatglm3 template has no role for plain text messages",
+            where_(ex)
+        ),
     })
 }
 
@@ -236,7 +306,12 @@ impl Renderer {
     pub fn new(template: Template, bundle: Option<&TokenizerBundle>) -> Result<Renderer> {
         let mut vars = serde_json::Map::new();
         if let Some(b) = bundle {
-            for (k, v) in [("bos_token", &b.bos_token), ("eos_token", &b.eos_token), ("pad_token", &b.pad_token), ("unk_token", &b.unk_token)] {
+            for (k, v) in [
+                ("bos_token", &b.bos_token),
+                ("eos_token", &b.eos_token),
+                ("pad_token", &b.pad_token),
+                ("unk_token", &b.unk_token),
+            ] {
                 if let Some(v) = v {
                     vars.insert(k.into(), json!(v));
                 }
@@ -249,23 +324,34 @@ impl Renderer {
                 let src = b.chat_template.as_deref().with_context(|| {
                     format!("template \"model\": {} has no chat_template (tokenizer_config.json or chat_template.jinja)", b.dir.display())
                 })?;
-                Some(Arc::new(ChatTemplate::new(src).context("the model's chat_template")?))
+                Some(Arc::new(
+                    ChatTemplate::new(src).context("the model's chat_template")?,
+                ))
             }
-            Template::Jinja { name, source } => {
-                Some(Arc::new(ChatTemplate::new(source).with_context(|| format!("template {name}"))?))
-            }
+            Template::Jinja { name, source } => Some(Arc::new(
+                ChatTemplate::new(source).with_context(|| format!("template {name}"))?,
+            )),
         };
-        Ok(Renderer { template, jinja, vars })
+        Ok(Renderer {
+            template,
+            jinja,
+            vars,
+        })
     }
 
     pub fn render(&self, ex: &Example) -> Result<Rendered> {
         if let Some(j) = &self.jinja {
             return self.render_jinja(j, ex);
         }
-        let Template::Builtin(b) = &self.template else { unreachable!("non-builtin templates have a compiled jinja") };
+        let Template::Builtin(b) = &self.template else {
+            unreachable!("non-builtin templates have a compiled jinja")
+        };
         let segments = match b {
             Builtin::ChatGlm3 => {
-                let mut s = vec![special("[gMASK]", Role::System, false), special("sop", Role::System, false)];
+                let mut s = vec![
+                    special("[gMASK]", Role::System, false),
+                    special("sop", Role::System, false),
+                ];
                 for m in &ex.messages {
                     let t = m.role == Role::Assistant;
                     s.push(special(glm_role(m.role, ex)?, m.role, t));
@@ -275,10 +361,29 @@ impl Renderer {
                 s
             }
             Builtin::ChatGlm => {
-                let sys: String = ex.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect();
-                let turns: Vec<_> = ex.messages.iter().filter(|m| m.role != Role::System).collect();
+                let sys: String = ex
+                    .messages
+                    .iter()
+                    .filter(|m| m.role == Role::System)
+                    .map(|m| m.content.as_str())
+                    .collect();
+                let turns: Vec<_> = ex
+                    .messages
+                    .iter()
+                    .filter(|m| m.role != Role::System)
+                    .collect();
                 let n = turns.len();
-                if n < 2 || n % 2 != 0 || turns.iter().enumerate().any(|(i, m)| m.role != if i % 2 == 0 { Role::User } else { Role::Assistant }) {
+                if n < 2
+                    || n % 2 != 0
+                    || turns.iter().enumerate().any(|(i, m)| {
+                        m.role
+                            != if i % 2 == 0 {
+                                Role::User
+                            } else {
+                                Role::Assistant
+                            }
+                    })
+                {
                     bail!("{}chatglm template needs alternating user/assistant messages ending with an assistant reply", where_(ex));
                 }
                 let mut prompt = sys;
@@ -286,9 +391,16 @@ impl Renderer {
                     prompt.push_str(&turns[0].content);
                 } else {
                     for (i, p) in turns[..n - 2].chunks(2).enumerate() {
-                        prompt.push_str(&format!("[Round {}]\n问：{}\n答：{}\n", i, p[0].content, p[1].content));
+                        prompt.push_str(&format!(
+                            "[Round {}]\n问：{}\n答：{}\n",
+                            i, p[0].content, p[1].content
+                        ));
                     }
-                    prompt.push_str(&format!("[Round {}]\n问：{}\n答：", n / 2 - 1, turns[n - 2].content));
+                    prompt.push_str(&format!(
+                        "[Round {}]\n问：{}\n答：",
+                        n / 2 - 1,
+                        turns[n - 2].content
+                    ));
                 }
                 vec![
                     text(prompt, Role::User, false),
@@ -303,35 +415,79 @@ impl Renderer {
                 if !input.is_empty() {
                     ins = format!("{ins}\n{input}");
                 }
-                vec![text(ALPACA_PROMPT.replace("{instruction}", &ins), Role::User, false), text(out, Role::Assistant, true)]
+                vec![
+                    text(
+                        ALPACA_PROMPT.replace("{instruction}", &ins),
+                        Role::User,
+                        false,
+                    ),
+                    text(out, Role::Assistant, true),
+                ]
             }
             Builtin::HumanAssistant => {
                 let (ins, input, out) = alpaca_parts(ex)?;
                 let p = format!("Human: {ins}\n{input}");
-                vec![text(format!("{}\n\nAssistant: ", p.trim()), Role::User, false), text(out, Role::Assistant, true)]
+                vec![
+                    text(format!("{}\n\nAssistant: ", p.trim()), Role::User, false),
+                    text(out, Role::Assistant, true),
+                ]
             }
             Builtin::SharpHuman => {
                 let (ins, input, out) = alpaca_parts(ex)?;
-                let ins = if input.is_empty() { ins } else { format!("{ins}\n{input}") };
-                vec![text(format!("###Human:\n{ins}\n\n### Assistant:\n"), Role::User, false), text(out, Role::Assistant, true)]
+                let ins = if input.is_empty() {
+                    ins
+                } else {
+                    format!("{ins}\n{input}")
+                };
+                vec![
+                    text(
+                        format!("###Human:\n{ins}\n\n### Assistant:\n"),
+                        Role::User,
+                        false,
+                    ),
+                    text(out, Role::Assistant, true),
+                ]
             }
             Builtin::RaftLabel => {
-                let user = ex.messages.iter().find(|m| m.role == Role::User).map(|m| m.content.as_str());
-                let asst = ex.messages.iter().rev().find(|m| m.role == Role::Assistant).map(|m| m.content.as_str());
-                let (Some(t), Some(l)) = (extra_str(ex, &["Tweet text", "text"]).or(user), extra_str(ex, &["text_label", "label"]).or(asst))
-                else {
+                let user = ex
+                    .messages
+                    .iter()
+                    .find(|m| m.role == Role::User)
+                    .map(|m| m.content.as_str());
+                let asst = ex
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::Assistant)
+                    .map(|m| m.content.as_str());
+                let (Some(t), Some(l)) = (
+                    extra_str(ex, &["Tweet text", "text"]).or(user),
+                    extra_str(ex, &["text_label", "label"]).or(asst),
+                ) else {
                     bail!("{}raft_label template needs a text (or user message) and a label (or assistant message)", where_(ex));
                 };
-                vec![text(format!("Tweet text : {t} Label : "), Role::User, false), text(l, Role::Assistant, true)]
+                vec![
+                    text(format!("Tweet text : {t} Label : "), Role::User, false),
+                    text(l, Role::Assistant, true),
+                ]
             }
             Builtin::Plain => ex
                 .messages
                 .iter()
-                .map(|m| text(m.content.clone(), m.role, matches!(m.role, Role::Assistant | Role::Text)))
+                .map(|m| {
+                    text(
+                        m.content.clone(),
+                        m.role,
+                        matches!(m.role, Role::Assistant | Role::Text),
+                    )
+                })
                 .collect(),
         };
         let whole_string = matches!(b, Builtin::SharpHuman | Builtin::Plain);
-        Ok(Rendered { segments, whole_string })
+        Ok(Rendered {
+            segments,
+            whole_string,
+        })
     }
 
     fn render_jinja(&self, j: &ChatTemplate, ex: &Example) -> Result<Rendered> {
@@ -391,12 +547,19 @@ impl Renderer {
         if pos < full.len() {
             segments.push(text(&full[pos..], Role::User, false));
         }
-        Ok(Rendered { segments, whole_string: true })
+        Ok(Rendered {
+            segments,
+            whole_string: true,
+        })
     }
 }
 
 /// One-off rendering (compiles Jinja each call; use `Renderer` in loops).
-pub fn render(template: &Template, ex: &Example, bundle: Option<&TokenizerBundle>) -> Result<Rendered> {
+pub fn render(
+    template: &Template,
+    ex: &Example,
+    bundle: Option<&TokenizerBundle>,
+) -> Result<Rendered> {
     Renderer::new(template.clone(), bundle)?.render(ex)
 }
 
@@ -407,7 +570,14 @@ mod tests {
 
     fn conv(ms: &[(Role, &str)]) -> Example {
         Example {
-            messages: ms.iter().map(|(r, c)| Message { role: *r, content: c.to_string(), metadata: String::new() }).collect(),
+            messages: ms
+                .iter()
+                .map(|(r, c)| Message {
+                    role: *r,
+                    content: c.to_string(),
+                    metadata: String::new(),
+                })
+                .collect(),
             source: "data.jsonl:3".into(),
             ..Default::default()
         }
@@ -416,9 +586,18 @@ mod tests {
     #[test]
     fn chatglm3_segments() {
         let ex = conv(&[(Role::User, "你好"), (Role::Assistant, "hi")]);
-        let r = render(&Template::from_name_or_source("chatglm3", None).unwrap(), &ex, None).unwrap();
+        let r = render(
+            &Template::from_name_or_source("chatglm3", None).unwrap(),
+            &ex,
+            None,
+        )
+        .unwrap();
         assert!(!r.whole_string);
-        let got: Vec<(Piece, bool)> = r.segments.into_iter().map(|s| (s.piece, s.trainable)).collect();
+        let got: Vec<(Piece, bool)> = r
+            .segments
+            .into_iter()
+            .map(|s| (s.piece, s.trainable))
+            .collect();
         let sp = |s: &str| Piece::Special(s.into());
         let tx = |s: &str| Piece::Text(s.into());
         assert_eq!(
@@ -438,13 +617,34 @@ mod tests {
 
     #[test]
     fn chatglm_v1_rounds() {
-        let ex = conv(&[(Role::User, "q0"), (Role::Assistant, "r0"), (Role::User, "q1"), (Role::Assistant, "r1")]);
-        let r = render(&Template::from_name_or_source("chatglm", None).unwrap(), &ex, None).unwrap();
-        assert_eq!(r.text(), "[Round 0]\n问：q0\n答：r0\n[Round 1]\n问：q1\n答：[gMASK]<sop>r1<eop>");
+        let ex = conv(&[
+            (Role::User, "q0"),
+            (Role::Assistant, "r0"),
+            (Role::User, "q1"),
+            (Role::Assistant, "r1"),
+        ]);
+        let r = render(
+            &Template::from_name_or_source("chatglm", None).unwrap(),
+            &ex,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.text(),
+            "[Round 0]\n问：q0\n答：r0\n[Round 1]\n问：q1\n答：[gMASK]<sop>r1<eop>"
+        );
         let one = conv(&[(Role::User, "q"), (Role::Assistant, "r")]);
-        let r = render(&Template::from_name_or_source("chatglm", None).unwrap(), &one, None).unwrap();
+        let r = render(
+            &Template::from_name_or_source("chatglm", None).unwrap(),
+            &one,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.text(), "q[gMASK]<sop>r<eop>");
-        assert_eq!(r.segments.iter().map(|s| s.trainable).collect::<Vec<_>>(), vec![false, false, true, true, true]);
+        assert_eq!(
+            r.segments.iter().map(|s| s.trainable).collect::<Vec<_>>(),
+            vec![false, false, true, true, true]
+        );
     }
 
     #[test]
@@ -453,21 +653,52 @@ mod tests {
         ex.extra.insert("instruction".into(), json!("Translate"));
         ex.extra.insert("input".into(), json!("今天"));
         ex.extra.insert("output".into(), json!("Today"));
-        let t = |n: &str, ex: &Example| render(&Template::from_name_or_source(n, None).unwrap(), ex, None).unwrap().text();
-        assert_eq!(t("alpaca", &ex), ALPACA_PROMPT.replace("{instruction}", "Translate\n今天") + "Today");
-        assert_eq!(t("human_assistant", &ex), "Human: Translate\n今天\n\nAssistant: Today");
-        assert_eq!(t("sharp_human", &ex), "###Human:\nTranslate\n今天\n\n### Assistant:\nToday");
+        let t = |n: &str, ex: &Example| {
+            render(&Template::from_name_or_source(n, None).unwrap(), ex, None)
+                .unwrap()
+                .text()
+        };
+        assert_eq!(
+            t("alpaca", &ex),
+            ALPACA_PROMPT.replace("{instruction}", "Translate\n今天") + "Today"
+        );
+        assert_eq!(
+            t("human_assistant", &ex),
+            "Human: Translate\n今天\n\nAssistant: Today"
+        );
+        assert_eq!(
+            t("sharp_human", &ex),
+            "###Human:\nTranslate\n今天\n\n### Assistant:\nToday"
+        );
         ex.extra.insert("input".into(), json!(""));
-        assert_eq!(t("human_assistant", &ex), "Human: Translate\n\nAssistant: Today");
+        assert_eq!(
+            t("human_assistant", &ex),
+            "Human: Translate\n\nAssistant: Today"
+        );
         let raft = conv(&[(Role::User, "I hate this"), (Role::Assistant, "complaint")]);
-        let r = render(&Template::from_name_or_source("raft_label", None).unwrap(), &raft, None).unwrap();
+        let r = render(
+            &Template::from_name_or_source("raft_label", None).unwrap(),
+            &raft,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.text(), "Tweet text : I hate this Label : complaint");
     }
 
     #[test]
     fn jinja_ranges_prefix_and_generation() {
-        let ex = conv(&[(Role::User, "a"), (Role::Assistant, "b"), (Role::User, "c"), (Role::Assistant, "d")]);
-        let r = render(&Template::from_name_or_source("chatml", None).unwrap(), &ex, None).unwrap();
+        let ex = conv(&[
+            (Role::User, "a"),
+            (Role::Assistant, "b"),
+            (Role::User, "c"),
+            (Role::Assistant, "d"),
+        ]);
+        let r = render(
+            &Template::from_name_or_source("chatml", None).unwrap(),
+            &ex,
+            None,
+        )
+        .unwrap();
         assert!(r.whole_string);
         let trained: Vec<&str> = r
             .segments
@@ -482,17 +713,36 @@ mod tests {
         let g = "{% for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}{% generation %}{{ m.content }};{% endgeneration %}{% else %}{{ m.content }};{% endif %}{% endfor %}";
         let r = render(&Template::from_name_or_source(g, None).unwrap(), &ex, None).unwrap();
         assert_eq!(r.text(), "user: a;assistant: b;user: c;assistant: d;");
-        let trained: Vec<String> = r.segments.iter().filter(|s| s.trainable).map(|s| format!("{:?}", s.piece)).collect();
+        let trained: Vec<String> = r
+            .segments
+            .iter()
+            .filter(|s| s.trainable)
+            .map(|s| format!("{:?}", s.piece))
+            .collect();
         assert_eq!(trained, vec!["Text(\"b;\")", "Text(\"d;\")"]);
         // A template that is not prefix-stable without generation blocks.
         let bad = "{% for m in messages %}{{ m.content }}{% if not loop.last %},{% endif %}{% endfor %}{% if add_generation_prompt %}>{% endif %}";
-        let e = render(&Template::from_name_or_source(bad, None).unwrap(), &ex, None).unwrap_err().to_string();
-        assert!(e.contains("data.jsonl:3") && e.contains("generation"), "{e}");
+        let e = render(
+            &Template::from_name_or_source(bad, None).unwrap(),
+            &ex,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("data.jsonl:3") && e.contains("generation"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_name() {
-        let e = Template::from_name_or_source("chatgml3", None).unwrap_err().to_string();
-        assert!(e.starts_with("unknown template \"chatgml3\": expected one of chatglm3,"), "{e}");
+        let e = Template::from_name_or_source("chatgml3", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown template \"chatgml3\": expected one of chatglm3,"),
+            "{e}"
+        );
     }
 }

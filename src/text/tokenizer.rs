@@ -24,8 +24,17 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-pub const CHATGLM3_SPECIAL: [&str; 9] =
-    ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
+pub const CHATGLM3_SPECIAL: [&str; 9] = [
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,7 +89,10 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 /// Rewrites "a b" merges to [a, b] pairs (both forms are accepted by
 /// tokenizers 0.23, this keeps older files with odd spaces loading too).
 fn normalise_merges(tj: &mut Value) {
-    if let Some(m) = tj.pointer_mut("/model/merges").and_then(Value::as_array_mut) {
+    if let Some(m) = tj
+        .pointer_mut("/model/merges")
+        .and_then(Value::as_array_mut)
+    {
         for e in m.iter_mut() {
             if let Value::String(s) = e {
                 if let Some((a, b)) = s.split_once(' ') {
@@ -96,9 +108,16 @@ impl TokenizerBundle {
         let dir = dir.as_ref();
         let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let stm = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(Value::Null);
-        let tokenizer_class = cfg.get("tokenizer_class").and_then(Value::as_str).map(str::to_string);
-        let auto_map = cfg.get("auto_map").map(|v| v.to_string()).unwrap_or_default();
-        let is_glm = tokenizer_class.as_deref() == Some("ChatGLMTokenizer") || auto_map.contains("ChatGLMTokenizer");
+        let tokenizer_class = cfg
+            .get("tokenizer_class")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let auto_map = cfg
+            .get("auto_map")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let is_glm = tokenizer_class.as_deref() == Some("ChatGLMTokenizer")
+            || auto_map.contains("ChatGLMTokenizer");
 
         let tj_path = dir.join("tokenizer.json");
         let sp_path = dir.join("tokenizer.model");
@@ -108,7 +127,9 @@ impl TokenizerBundle {
         } else if sp_path.exists() {
             from_sp = true;
             let sp = SpModel::from_file(&sp_path)?;
-            let mut tj = sp.to_tokenizer_json().with_context(|| format!("converting {}", sp_path.display()))?;
+            let mut tj = sp
+                .to_tokenizer_json()
+                .with_context(|| format!("converting {}", sp_path.display()))?;
             let n = sp.pieces.len();
             let added = tj["added_tokens"].as_array_mut().context("added_tokens")?;
             if is_glm {
@@ -119,7 +140,13 @@ impl TokenizerBundle {
                 // Tokens beyond the SP vocab, in id order.
                 let mut extra: Vec<(usize, String, bool)> = dec
                     .iter()
-                    .filter_map(|(k, v)| Some((k.parse().ok()?, token_str(Some(v))?, v.get("special").and_then(Value::as_bool).unwrap_or(true))))
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.parse().ok()?,
+                            token_str(Some(v))?,
+                            v.get("special").and_then(Value::as_bool).unwrap_or(true),
+                        ))
+                    })
                     .filter(|(id, _, _)| *id >= n)
                     .collect();
                 extra.sort();
@@ -139,10 +166,15 @@ impl TokenizerBundle {
         // landed where the files say.
         if let Some(a) = tj["added_tokens"].as_array() {
             for t in a {
-                let (Some(c), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) else { continue };
+                let (Some(c), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) else {
+                    continue;
+                };
                 let got = tok.token_to_id(c);
                 if got != Some(id as u32) {
-                    bail!("{}: added token {c:?} should have id {id}, the tokenizer gives {got:?}", dir.display());
+                    bail!(
+                        "{}: added token {c:?} should have id {id}, the tokenizer gives {got:?}",
+                        dir.display()
+                    );
                 }
             }
         }
@@ -180,7 +212,10 @@ impl TokenizerBundle {
             Some("left") => PaddingSide::Left,
             Some("right") | None if !is_glm => PaddingSide::Right,
             None => PaddingSide::Left,
-            Some(o) => bail!("{}/tokenizer_config.json: padding_side {o:?}, expected \"left\" or \"right\"", dir.display()),
+            Some(o) => bail!(
+                "{}/tokenizer_config.json: padding_side {o:?}, expected \"left\" or \"right\"",
+                dir.display()
+            ),
         };
 
         // What tokenizer(text) adds around the text.
@@ -188,17 +223,34 @@ impl TokenizerBundle {
             let g = |t: &str| tok.token_to_id(t).context("ChatGLM special token");
             (vec![g("[gMASK]")?, g("sop")?], vec![])
         } else {
-            let with = tok.encode("a", true).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec();
-            let without = tok.encode("a", false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec();
-            match (0..=with.len().saturating_sub(without.len())).find(|&i| with[i..].starts_with(&without)) {
+            let with = tok
+                .encode("a", true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .get_ids()
+                .to_vec();
+            let without = tok
+                .encode("a", false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .get_ids()
+                .to_vec();
+            match (0..=with.len().saturating_sub(without.len()))
+                .find(|&i| with[i..].starts_with(&without))
+            {
                 Some(i) => (with[..i].to_vec(), with[i + without.len()..].to_vec()),
                 None => (vec![], vec![]),
             }
         };
-        let llama_like = from_sp || tokenizer_class.as_deref().is_some_and(|c| c.starts_with("Llama"));
-        let add_bos = cfg.get("add_bos_token").and_then(Value::as_bool).or(if from_sp && !is_glm { Some(true) } else { None });
+        let llama_like = from_sp
+            || tokenizer_class
+                .as_deref()
+                .is_some_and(|c| c.starts_with("Llama"));
+        let add_bos = cfg
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .or(if from_sp && !is_glm { Some(true) } else { None });
         if let (Some(b), Some(add)) = (bos_id, add_bos) {
-            if add && !prefix_ids.contains(&b) && (llama_like || cfg.get("add_bos_token").is_some()) {
+            if add && !prefix_ids.contains(&b) && (llama_like || cfg.get("add_bos_token").is_some())
+            {
                 prefix_ids.insert(0, b);
             } else if !add {
                 prefix_ids.retain(|&x| x != b);
@@ -229,14 +281,19 @@ impl TokenizerBundle {
         }
         let jinja = dir.join("chat_template.jinja");
         if jinja.exists() {
-            chat_template = Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?);
+            chat_template = Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("reading {}", jinja.display()))?,
+            );
         }
 
         let mut stop_ids = Vec::new();
         if let Some(g) = read_json(&dir.join("generation_config.json"))? {
             match g.get("eos_token_id") {
                 Some(Value::Number(n)) => stop_ids.extend(n.as_u64().map(|x| x as u32)),
-                Some(Value::Array(a)) => stop_ids.extend(a.iter().filter_map(Value::as_u64).map(|x| x as u32)),
+                Some(Value::Array(a)) => {
+                    stop_ids.extend(a.iter().filter_map(Value::as_u64).map(|x| x as u32))
+                }
                 _ => {}
             }
         }
@@ -275,25 +332,36 @@ impl TokenizerBundle {
     /// Ids of `text` without special tokens added (added tokens in the text
     /// are still matched, as transformers does).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let e = self.tok.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let e = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(e.get_ids().to_vec())
     }
 
     /// Ids and byte offsets (start, end) into `text`, without special tokens.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
-        let e = self.tok.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let e = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tok.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("decoding: {e}"))
+        self.tok
+            .decode(ids, skip_special)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
     }
 
     /// Id of a special piece such as "<|user|>" or "[gMASK]".
     pub fn special_id(&self, content: &str) -> Result<u32> {
-        self.tok
-            .token_to_id(content)
-            .with_context(|| format!("special token {content:?} is not in the tokenizer of {}", self.dir.display()))
+        self.tok.token_to_id(content).with_context(|| {
+            format!(
+                "special token {content:?} is not in the tokenizer of {}",
+                self.dir.display()
+            )
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -301,7 +369,8 @@ impl TokenizerBundle {
     }
 
     pub fn is_chatglm(&self) -> bool {
-        self.tokenizer_class.as_deref() == Some("ChatGLMTokenizer") || self.tok.token_to_id("[gMASK]").is_some()
+        self.tokenizer_class.as_deref() == Some("ChatGLMTokenizer")
+            || self.tok.token_to_id("[gMASK]").is_some()
     }
 }
 
@@ -310,7 +379,9 @@ mod tests {
     use super::*;
 
     fn fixture(p: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text").join(p)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/text")
+            .join(p)
     }
 
     #[test]
@@ -340,11 +411,17 @@ mod tests {
     #[test]
     fn bloom_dir_and_string_merges() {
         let b = TokenizerBundle::from_dir(fixture("bloom")).unwrap();
-        assert_eq!((b.bos_id, b.eos_id, b.pad_id, b.unk_id), (Some(1), Some(2), Some(3), Some(0)));
+        assert_eq!(
+            (b.bos_id, b.eos_id, b.pad_id, b.unk_id),
+            (Some(1), Some(2), Some(3), Some(0))
+        );
         assert_eq!(b.padding_side, PaddingSide::Left);
         assert!(b.prefix_ids.is_empty() && b.suffix_ids.is_empty());
         // The same tokenizer with "a b" merges loads and encodes the same.
-        let mut tj: Value = serde_json::from_str(&std::fs::read_to_string(fixture("bloom/tokenizer.json")).unwrap()).unwrap();
+        let mut tj: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("bloom/tokenizer.json")).unwrap(),
+        )
+        .unwrap();
         let merges = tj["model"]["merges"].as_array_mut().unwrap();
         assert!(merges[0].is_array());
         for m in merges.iter_mut() {
@@ -352,7 +429,11 @@ mod tests {
             *m = Value::String(s);
         }
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_string(&tj).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            serde_json::to_string(&tj).unwrap(),
+        )
+        .unwrap();
         let b2 = TokenizerBundle::from_dir(dir.path()).unwrap();
         let t = "Machine learning 人工智能 1234";
         assert_eq!(b.encode(t).unwrap(), b2.encode(t).unwrap());
@@ -361,15 +442,27 @@ mod tests {
     #[test]
     fn config_variants() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(fixture("bloom/tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::copy(
+            fixture("bloom/tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("tokenizer_config.json"),
             r#"{"eos_token": {"content": "</s>", "special": true, "__type": "AddedToken"},
                 "chat_template": [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]}"#,
         )
         .unwrap();
-        std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"pad_token": "<pad>"}"#).unwrap();
-        std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [2, 1]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"pad_token": "<pad>"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"eos_token_id": [2, 1]}"#,
+        )
+        .unwrap();
         let b = TokenizerBundle::from_dir(dir.path()).unwrap();
         assert_eq!((b.eos_id, b.pad_id), (Some(2), Some(3)));
         assert_eq!(b.chat_template.as_deref(), Some("D"));
@@ -379,8 +472,18 @@ mod tests {
         let b = TokenizerBundle::from_dir(dir.path()).unwrap();
         assert_eq!(b.chat_template.as_deref(), Some("J"));
         // A missing pad token is reported with the file.
-        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"pad_token": "<nope>"}"#).unwrap();
-        let e = TokenizerBundle::from_dir(dir.path()).err().unwrap().to_string();
-        assert!(e.contains("pad_token \"<nope>\" is not in the vocabulary"), "{e}");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"pad_token": "<nope>"}"#,
+        )
+        .unwrap();
+        let e = TokenizerBundle::from_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("pad_token \"<nope>\" is not in the vocabulary"),
+            "{e}"
+        );
     }
 }

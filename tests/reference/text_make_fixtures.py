@@ -131,14 +131,15 @@ CONVS = [
 ALPACA = [
     {"instruction": "人工智能是什么", "input": "", "output": "人工智能是计算机科学的一个分支。"},
     {"instruction": "Translate to English", "input": "今天天气很好", "output": "The weather is nice today."},
-    {"instruction": "重复下面的句子", "input": "机器学习是人工智能的一个分支，使机器能够从数据中学习。" * 8,
+    {"instruction": "重复下面的句子", "input": "机器学习是人工智能的一个分支，使机器能够从数据中学习。",
      "output": "机器学习是人工智能的一个分支。" * 10},
 ]
 
 RAFT = [
     {"text": "If I can't get my 3rd pair of @beatsbydre powerbeats to work today I'm doneski man.", "label": "complaint"},
     {"text": "The weather is nice today", "label": "no complaint"},
-    {"text": "Machine learning enables machines to learn from data without being explicitly programmed. " * 2,
+    {"text": "Machine learning enables machines to learn from data without being explicitly programmed. "
+             "Neural networks are a set of rules.",
      "label": "no complaint"},
 ]
 

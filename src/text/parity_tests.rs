@@ -1,0 +1,362 @@
+//! Byte-for-byte parity of input_ids / labels / attention_mask with the
+//! seeds' Python preprocessing (tests/reference/text_make_fixtures.py wrote
+//! tests/fixtures/text/parity_*.json from tests/fixtures/text/cases.jsonl).
+
+use super::*;
+use crate::data::example::{Example, Message, Role};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/text")
+        .join(p)
+}
+
+fn load(p: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(p)).unwrap()).unwrap()
+}
+
+/// cases.jsonl rows of one kind, as the data loader would map them.
+fn cases(kind: &str) -> Vec<Example> {
+    let text = std::fs::read_to_string(fixture("cases.jsonl")).unwrap();
+    let msg = |r: Role, c: &str| Message {
+        role: r,
+        content: c.into(),
+        metadata: String::new(),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["kind"] != kind {
+            continue;
+        }
+        let source = format!("cases.jsonl:{}", i + 1);
+        let mut ex = Example {
+            source,
+            ..Default::default()
+        };
+        match kind {
+            "conv" => {
+                for m in v["conversations"].as_array().unwrap() {
+                    ex.messages.push(msg(
+                        Role::parse(m["role"].as_str().unwrap()).unwrap(),
+                        m["content"].as_str().unwrap(),
+                    ));
+                }
+            }
+            "alpaca" => {
+                for k in ["instruction", "input", "output"] {
+                    ex.extra.insert(k.into(), v[k].clone());
+                }
+                ex.messages
+                    .push(msg(Role::User, v["instruction"].as_str().unwrap()));
+                ex.messages
+                    .push(msg(Role::Assistant, v["output"].as_str().unwrap()));
+            }
+            "raft" => {
+                ex.messages
+                    .push(msg(Role::User, v["text"].as_str().unwrap()));
+                ex.messages
+                    .push(msg(Role::Assistant, v["label"].as_str().unwrap()));
+            }
+            _ => unreachable!(),
+        }
+        out.push(ex);
+    }
+    out
+}
+
+fn run(
+    dir: &str,
+    template: &str,
+    exs: Vec<Example>,
+    opts: &TokenizeOptions,
+) -> (Vec<TokenRow>, TokenizeStats) {
+    let bundle = TokenizerBundle::from_dir(fixture(dir)).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source(template, None).unwrap(),
+        Some(&bundle),
+    )
+    .unwrap();
+    let (w, stats) = tokenize_rows(exs, &r, &bundle, opts).unwrap();
+    (w.rows().to_vec(), stats)
+}
+
+fn check(rows: &[TokenRow], want: &Value, with_attention: bool) {
+    let want = want.as_array().unwrap();
+    assert_eq!(rows.len(), want.len());
+    for (i, (r, w)) in rows.iter().zip(want).enumerate() {
+        let ids: Vec<u32> = serde_json::from_value(w["input_ids"].clone()).unwrap();
+        let labels: Vec<i32> = serde_json::from_value(w["labels"].clone()).unwrap();
+        assert_eq!(r.input_ids, ids, "row {i} input_ids");
+        assert_eq!(r.labels, labels, "row {i} labels");
+        if with_attention {
+            let am: Vec<u8> = serde_json::from_value(w["attention_mask"].clone()).unwrap();
+            assert_eq!(r.attention_mask, am, "row {i} attention_mask");
+        }
+    }
+}
+
+/// ChatGLM3 finetune_demo process_batch: segment-wise SP encoding, shifted
+/// mask, eos, truncation to max_input + max_output + 1.
+#[test]
+fn chatglm3_finetune_demo() {
+    let f = load("parity_glm3.json");
+    let opts = TokenizeOptions {
+        max_input_length: Some(64),
+        max_output_length: Some(32),
+        ..Default::default()
+    };
+    let (rows, stats) = run("glm3", "chatglm3", cases("conv"), &opts);
+    check(&rows, &f["rows"], false);
+    // The third conversation is cut at 97 tokens: its eos is gone.
+    assert_eq!((stats.truncated, stats.eos_truncated), (1, 1));
+    assert!(
+        stats.warnings[0].contains("lost their end token"),
+        "{:?}",
+        stats.warnings
+    );
+    // [gMASK] sop <|user|> ▁ \n 你好 <|assistant|>
+    let ex = Example {
+        messages: vec![
+            Message {
+                role: Role::User,
+                content: "你好".into(),
+                metadata: String::new(),
+            },
+            Message {
+                role: Role::Assistant,
+                content: "x".into(),
+                metadata: String::new(),
+            },
+        ],
+        ..Default::default()
+    };
+    let (rows, _) = run("glm3", "chatglm3", vec![ex], &TokenizeOptions::default());
+    let want: Vec<u32> = serde_json::from_value(f["user_nihao"].clone()).unwrap();
+    assert_eq!(rows[0].input_ids[..want.len()], want[..]);
+}
+
+/// PEFT RAFT example (seed 001): prompt masked, label + pad token trained,
+/// left padding to 64 with attention 0.
+#[test]
+fn raft_left_padding() {
+    let f = load("parity_raft.json");
+    let opts = TokenizeOptions {
+        max_length: Some(64),
+        pad_to_max_length: true,
+        ..Default::default()
+    };
+    let (rows, stats) = run("bloom", "raft_label", cases("raft"), &opts);
+    check(&rows, &f["rows"], true);
+    assert_eq!(stats.rows, 3);
+    // The third example loses its pad "end token" to truncation.
+    assert_eq!((stats.truncated, stats.eos_truncated), (1, 1));
+}
+
+/// alpaca_zh on BLOOM (seed 002): "Human: …\n\nAssistant: " masked,
+/// response + eos trained, truncated at 256 (and at 48).
+#[test]
+fn human_assistant_truncation() {
+    let f = load("parity_human_assistant.json");
+    let opts = TokenizeOptions {
+        max_length: Some(256),
+        ..Default::default()
+    };
+    let (rows, _) = run("bloom", "human_assistant", cases("alpaca"), &opts);
+    check(&rows, &f["rows"], true);
+    let opts = TokenizeOptions {
+        max_length: Some(48),
+        ..Default::default()
+    };
+    let (rows, stats) = run("bloom", "human_assistant", cases("alpaca"), &opts);
+    check(&rows, &f["rows_48"], true);
+    assert_eq!(stats.eos_truncated, stats.truncated);
+    assert!(stats.truncated >= 1);
+}
+
+/// Chinese-LLaMA collate (seed 001): bos + PROMPT_TEMPLATE masked,
+/// output + eos trained, right padding with pad id and -100.
+#[test]
+fn chinese_llama_alpaca_right_padding() {
+    let f = load("parity_alpaca_llama.json");
+    let opts = TokenizeOptions {
+        max_length: Some(96),
+        pad_to_max_length: true,
+        ..Default::default()
+    };
+    let (rows, _) = run("llama", "alpaca", cases("alpaca"), &opts);
+    check(&rows, &f["rows"], false);
+}
+
+#[test]
+fn all_masked_example_names_its_row() {
+    let bundle = TokenizerBundle::from_dir(fixture("glm3")).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source("chatglm3", None).unwrap(),
+        Some(&bundle),
+    )
+    .unwrap();
+    let mut exs = cases("conv");
+    exs[1].messages.retain(|m| m.role != Role::Assistant);
+    let e = tokenize_rows(exs.clone(), &r, &bundle, &TokenizeOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "cases.jsonl:2: no trained tokens after templating (template chatglm3, train_on Completion); set on_empty = \"skip\" to drop such examples"
+    );
+    let opts = TokenizeOptions {
+        on_empty: OnEmpty::Skip,
+        ..Default::default()
+    };
+    let (w, stats) = tokenize_rows(exs, &r, &bundle, &opts).unwrap();
+    assert_eq!((w.len(), stats.skipped_empty), (2, 1));
+    assert_eq!(stats.skipped_sources, vec!["cases.jsonl:2".to_string()]);
+    // Truncation that removes every trained token is reported the same way.
+    let bloom = TokenizerBundle::from_dir(fixture("bloom")).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source("raft_label", None).unwrap(),
+        Some(&bloom),
+    )
+    .unwrap();
+    let opts = TokenizeOptions {
+        max_length: Some(4),
+        ..Default::default()
+    };
+    let e = tokenize_rows(cases("raft"), &r, &bloom, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("cases.jsonl:7: no trained tokens after templating and truncation"),
+        "{e}"
+    );
+}
+
+#[test]
+fn train_on_variants_and_packing() {
+    let exs = cases("conv");
+    let two = vec![exs[1].clone()];
+    let last = TokenizeOptions {
+        train_on: TrainOn::LastAssistant,
+        ..Default::default()
+    };
+    let (all_rows, _) = run("glm3", "chatglm3", two.clone(), &TokenizeOptions::default());
+    let (last_rows, _) = run("glm3", "chatglm3", two.clone(), &last);
+    let trained = |r: &TokenRow| r.labels.iter().filter(|&&l| l != IGNORE).count();
+    assert!(trained(&last_rows[0]) < trained(&all_rows[0]));
+    // The last reply's labels are the same either way.
+    let n = all_rows[0].labels.len();
+    let k = 20;
+    assert_eq!(last_rows[0].labels[n - k..], all_rows[0].labels[n - k..]);
+    let (every, _) = run(
+        "glm3",
+        "chatglm3",
+        two,
+        &TokenizeOptions {
+            train_on: TrainOn::All,
+            ..Default::default()
+        },
+    );
+    assert_eq!(trained(&every[0]), n - 1); // shifted: all but the first
+
+    // Packing: rows of at most 128 tokens with example boundaries.
+    let opts = TokenizeOptions {
+        max_length: Some(128),
+        packing: true,
+        pad_to_max_length: true,
+        padding_side: Some(PaddingSide::Right),
+        ..Default::default()
+    };
+    let (rows, stats) = run("glm3", "chatglm3", exs.clone(), &opts);
+    let (single, _) = run(
+        "glm3",
+        "chatglm3",
+        exs,
+        &TokenizeOptions {
+            max_length: Some(128),
+            ..Default::default()
+        },
+    );
+    assert_eq!(stats.examples, 3);
+    let lens: Vec<usize> = single.iter().map(|r| r.input_ids.len()).collect();
+    assert!(rows.iter().all(|r| r.input_ids.len() == 128));
+    // Greedy: first row holds examples 0 and 1 if they fit.
+    if lens[0] + lens[1] <= 128 {
+        assert_eq!(rows[0].boundaries, vec![0, lens[0] as u32]);
+        assert_eq!(
+            rows[0].input_ids[lens[0]..lens[0] + lens[1]],
+            single[1].input_ids[..]
+        );
+        assert_eq!(
+            rows[0].labels[lens[0]..lens[0] + lens[1]],
+            single[1].labels[..]
+        );
+    }
+}
+
+#[test]
+fn jinja_template_tokenized_whole_with_offsets() {
+    // ChatML on the byte-level tokenizer: trained tokens are exactly the
+    // assistant replies plus "<|im_end|>\n" text.
+    let bundle = TokenizerBundle::from_dir(fixture("bloom")).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source("chatml", None).unwrap(),
+        Some(&bundle),
+    )
+    .unwrap();
+    let ex = cases("conv").remove(1);
+    let e = tokenize_example(&r, &bundle, &ex, &TokenizeOptions::default())
+        .unwrap()
+        .unwrap();
+    let full = r.render(&ex).unwrap().text();
+    assert_eq!(e.input_ids, bundle.encode(&full).unwrap());
+    let trained: Vec<u32> = e
+        .labels
+        .iter()
+        .filter(|&&l| l != IGNORE)
+        .map(|&l| l as u32)
+        .collect();
+    let text = bundle.decode(&trained, false).unwrap();
+    assert_eq!(
+        text,
+        "你好，我是人工智能助手。<|im_end|>\nMachine learning enables machines to learn from data.\n机器学习是人工智能的一个分支。<|im_end|>\n"
+    );
+}
+
+#[test]
+fn dataset_file_and_inspect() {
+    let bundle = TokenizerBundle::from_dir(fixture("bloom")).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source("raft_label", None).unwrap(),
+        Some(&bundle),
+    )
+    .unwrap();
+    let opts = TokenizeOptions {
+        max_length: Some(64),
+        pad_to_max_length: true,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokens.bin");
+    let stats = tokenize(cases("raft"), &r, &bundle, &opts, &p).unwrap();
+    let ds = TokenDataset::open(&p).unwrap();
+    assert!(ds.padded);
+    assert_eq!(ds.len(), stats.rows);
+    let row = ds.get(1);
+    assert_eq!(row.input_ids.len(), 64);
+    let s = inspect_text(&bundle, &row, false).unwrap();
+    assert!(
+        s.ends_with("Tweet text : The weather is nice today Label : [[no complaint<pad>]]\n"),
+        "{s}"
+    );
+    assert!(s.contains("\n<pad×38>Tweet"), "{s}");
+    let c = inspect_text(&bundle, &row, true).unwrap();
+    assert!(c.contains("\x1b[1;32mno complaint<pad>\x1b[0m"), "{c}");
+    let j: Value = serde_json::from_str(&row_json(&row)).unwrap();
+    assert_eq!(j["labels"].as_array().unwrap().len(), 64);
+    assert_eq!(j["attention_mask"][0], json!(0));
+}
