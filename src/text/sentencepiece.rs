@@ -13,8 +13,13 @@
 //! - control (type 3) and unknown pieces become special added tokens,
 //!   user-defined pieces (type 4) plain added tokens.
 //!
-//! Not handled (as in LlamaConverter): `remove_extra_whitespaces` and the
-//! precompiled normalization charsmap. Unigram models are refused.
+//! Beyond LlamaConverter (so that models whose truth is the `sentencepiece`
+//! library itself, like ChatGLM3's, encode as it does): a non-empty
+//! `precompiled_charsmap` becomes a `Precompiled` normalizer first, and
+//! `remove_extra_whitespaces` strips leading/trailing spaces and collapses
+//! runs of spaces before the dummy prefix. LLaMA-style models (identity
+//! normalization, no whitespace removal) get exactly LlamaConverter's
+//! tokenizer. Unigram models are refused.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -53,6 +58,8 @@ pub struct SpModel {
     pub pad_id: i64,
     pub add_dummy_prefix: bool,
     pub remove_extra_whitespaces: bool,
+    /// normalizer_spec.precompiled_charsmap (empty for "identity").
+    pub charsmap: Vec<u8>,
 }
 
 /// Protobuf wire reader over a byte slice.
@@ -146,6 +153,7 @@ impl SpModel {
             pad_id: -1,
             add_dummy_prefix: true,
             remove_extra_whitespaces: true,
+            charsmap: Vec::new(),
         };
         let mut r = Reader::new(bytes);
         while let Some((num, f)) = r.next()? {
@@ -194,6 +202,15 @@ impl SpModel {
             .map(|(i, p)| added_token_json(i, &p.piece, p.kind != PieceType::UserDefined))
             .collect();
         let mut norms = Vec::new();
+        if !self.charsmap.is_empty() {
+            norms.push(
+                json!({"type": "Precompiled", "precompiled_charsmap": base64(&self.charsmap)}),
+            );
+        }
+        if self.remove_extra_whitespaces {
+            norms.push(json!({"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""}));
+            norms.push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}));
+        }
         if self.add_dummy_prefix {
             norms.push(json!({"type": "Prepend", "prepend": "▁"}));
         }
@@ -229,6 +246,25 @@ impl SpModel {
             }
         }))
     }
+}
+
+/// Standard base64 with padding (tokenizers stores the charsmap so).
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn added_token_json(id: usize, content: &str, special: bool) -> Value {
@@ -315,6 +351,7 @@ fn parse_normalizer_spec(b: &[u8], m: &mut SpModel) -> Result<()> {
     let mut r = Reader::new(b);
     while let Some((num, f)) = r.next()? {
         match (num, f) {
+            (2, Field::Bytes(c)) => m.charsmap = c.to_vec(),
             (3, Field::Varint(v)) => m.add_dummy_prefix = v != 0,
             (4, Field::Varint(v)) => m.remove_extra_whitespaces = v != 0,
             _ => {}
@@ -348,15 +385,23 @@ mod tests {
         assert_eq!(m.pieces[13].kind, PieceType::Byte);
     }
 
-    /// Ids from the `sentencepiece` package (tests/fixtures/text/sp_ids.json).
     #[test]
-    fn converter_matches_sentencepiece_ids() {
-        let m = SpModel::from_file(&fixture("glm3/tokenizer.model")).unwrap();
-        let tj = serde_json::to_string(&m.to_tokenizer_json().unwrap()).unwrap();
-        let tok: tokenizers::Tokenizer = tj.parse().unwrap();
-        let want: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture("sp_ids.json")).unwrap())
-                .unwrap();
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    fn load(model: &str) -> tokenizers::Tokenizer {
+        let m = SpModel::from_file(&fixture(model)).unwrap();
+        serde_json::to_string(&m.to_tokenizer_json().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn check_ids(tok: &tokenizers::Tokenizer, want: &Value) {
         let mut bad = Vec::new();
         for c in want["cases"].as_array().unwrap() {
             let text = c["text"].as_str().unwrap();
@@ -367,6 +412,28 @@ mod tests {
             }
         }
         assert!(bad.is_empty(), "mismatches:\n{}", bad.join("\n"));
+    }
+
+    /// A model with a charsmap and remove_extra_whitespaces
+    /// (tests/fixtures/text/sp_ids_nfkc.json).
+    #[test]
+    fn converter_follows_sentencepiece_normalization() {
+        let m = SpModel::from_file(&fixture("sp_nfkc/tokenizer.model")).unwrap();
+        assert!(m.remove_extra_whitespaces && !m.charsmap.is_empty());
+        let want: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("sp_ids_nfkc.json")).unwrap())
+                .unwrap();
+        check_ids(&load("sp_nfkc/tokenizer.model"), &want);
+    }
+
+    /// Ids from the `sentencepiece` package (tests/fixtures/text/sp_ids.json).
+    #[test]
+    fn converter_matches_sentencepiece_ids() {
+        let tok = load("glm3/tokenizer.model");
+        let want: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("sp_ids.json")).unwrap())
+                .unwrap();
+        check_ids(&tok, &want);
         // ChatGLM3 behaviour: "\n" alone -> [dummy prefix, <0x0A>].
         let nl = tok.encode("\n", false).unwrap().get_ids().to_vec();
         assert_eq!(

@@ -55,13 +55,14 @@ The weather is nice today, let us go for a walk in the park.
 """
 
 
-def train_sp(tmp):
+def train_sp(tmp, name="sp", **kw):
+    """LLaMA/ChatGLM3-like settings by default; kw overrides them."""
     corpus = os.path.join(tmp, "corpus.txt")
     with open(corpus, "w", encoding="utf-8") as f:
         for _ in range(3):
             f.write(CORPUS)
-    prefix = os.path.join(tmp, "sp")
-    spm.SentencePieceTrainer.train(
+    prefix = os.path.join(tmp, name)
+    args = dict(
         input=corpus,
         model_prefix=prefix,
         model_type="bpe",
@@ -75,6 +76,9 @@ def train_sp(tmp):
         num_threads=1,
         minloglevel=2,
     )
+    args.update(kw)
+    args = {k: v for k, v in args.items() if v is not None}
+    spm.SentencePieceTrainer.train(**args)
     return prefix + ".model"
 
 
@@ -96,6 +100,9 @@ SP_TESTS = [
     "",
     " ",
     "类型#上衣*材质#牛仔布",
+    "全角ＡＢＣ１２３，半角 abc\u3000x",
+    "  a  b \t c\n  d  ",
+    "   ",
 ]
 
 GLM3_SPECIAL = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
@@ -158,6 +165,23 @@ def main():
         "dummy_prefix_id": sp.piece_to_id("▁"),
         "newline_id": sp.piece_to_id("<0x0A>"),
     })
+
+    # A second model with a normalization charsmap (a small custom rule
+    # table: full-width letters/digits/comma and the ideographic space, to
+    # keep the file small; nmt_nfkc's is 240 KB) and
+    # remove_extra_whitespaces, to test those paths.
+    tsv = os.path.join(tmp, "rules.tsv")
+    with open(tsv, "w") as f:
+        for a, b, n in [(0xFF21, 0x41, 26), (0xFF41, 0x61, 26), (0xFF10, 0x30, 10)]:
+            for i in range(n):
+                f.write(f"{a + i:X}\t{b + i:X}\n")
+        f.write("3000\t20\nFF0C\t2C\n")
+    nfkc_path = train_sp(tmp, "nfkc", normalization_rule_name=None, normalization_rule_tsv=tsv,
+                         remove_extra_whitespaces=True)
+    sp2 = spm.SentencePieceProcessor(model_file=nfkc_path)
+    os.makedirs(os.path.join(OUT, "sp_nfkc"), exist_ok=True)
+    shutil.copy(nfkc_path, os.path.join(OUT, "sp_nfkc", "tokenizer.model"))
+    write_json("sp_ids_nfkc.json", {"cases": [{"text": t, "ids": sp2.encode(t)} for t in SP_TESTS]})
 
     # --- ChatGLM3-style dir ---
     glm = os.path.join(OUT, "glm3")
