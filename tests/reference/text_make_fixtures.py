@@ -172,8 +172,8 @@ def main():
     # remove_extra_whitespaces, to test those paths.
     tsv = os.path.join(tmp, "rules.tsv")
     with open(tsv, "w") as f:
-        for a, b, n in [(0xFF21, 0x41, 26), (0xFF41, 0x61, 26), (0xFF10, 0x30, 10)]:
-            for i in range(n):
+        for a, b, count in [(0xFF21, 0x41, 26), (0xFF41, 0x61, 26), (0xFF10, 0x30, 10)]:
+            for i in range(count):
                 f.write(f"{a + i:X}\t{b + i:X}\n")
         f.write("3000\t20\nFF0C\t2C\n")
     nfkc_path = train_sp(tmp, "nfkc", normalization_rule_name=None, normalization_rule_tsv=tsv,
