@@ -45,6 +45,11 @@ pub enum PaddingSide {
 
 pub struct TokenizerBundle {
     pub tok: Tokenizer,
+    /// For ChatGLM: a copy that does not match special tokens inside text,
+    /// as ChatGLM's SPTokenizer.encode (plain sentencepiece) does; used by
+    /// `encode` (segment text). `encode_with_offsets` (whole rendered
+    /// strings) still matches them.
+    tok_plain: Option<Tokenizer>,
     pub dir: PathBuf,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -308,8 +313,14 @@ impl TokenizerBundle {
             }
         }
 
+        let tok_plain = is_glm.then(|| {
+            let mut t = tok.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
         Ok(TokenizerBundle {
             tok,
+            tok_plain,
             dir: dir.to_path_buf(),
             bos_token,
             eos_token,
@@ -330,10 +341,12 @@ impl TokenizerBundle {
     }
 
     /// Ids of `text` without special tokens added (added tokens in the text
-    /// are still matched, as transformers does).
+    /// are still matched, as transformers does, except for ChatGLM).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let e = self
-            .tok
+            .tok_plain
+            .as_ref()
+            .unwrap_or(&self.tok)
             .encode(text, false)
             .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(e.get_ids().to_vec())
@@ -394,9 +407,16 @@ mod tests {
         assert_eq!(b.prefix_ids, vec![701, 703]);
         assert_eq!(b.stop_ids, vec![2, 706, 708]);
         assert!(b.chat_template.as_deref().unwrap().contains("[gMASK]sop"));
-        // Special tokens inside text are matched whole.
-        let ids = b.encode("<|user|>").unwrap();
-        assert_eq!(ids, vec![706]);
+        // Inside segment text, special tokens are plain text (ChatGLM's
+        // SPTokenizer.encode is plain sentencepiece): "philosophy" keeps
+        // its "sop"; whole rendered strings still match them.
+        let ids = b.encode("philosophy <|user|></s>").unwrap();
+        assert!(
+            !ids.iter().any(|&i| i == 703 || i == 706 || i == 2),
+            "{ids:?}"
+        );
+        let (ids, _) = b.encode_with_offsets("[gMASK]sop<|user|>").unwrap();
+        assert_eq!(ids, vec![701, 703, 706]);
     }
 
     #[test]
