@@ -375,11 +375,22 @@ fn qwen3_real_tokenizer_ids() {
     let f = load("qwen3_ids.json");
     for c in f["cases"].as_array().unwrap() {
         let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
-        assert_eq!(bundle.encode_with_offsets(c["text"].as_str().unwrap()).unwrap().0, ids);
+        assert_eq!(
+            bundle
+                .encode_with_offsets(c["text"].as_str().unwrap())
+                .unwrap()
+                .0,
+            ids
+        );
     }
     // The model's template through the renderer: whole-string ids.
     let r = Renderer::new(Template::Model, Some(&bundle)).unwrap();
     let ex = cases("conv").remove(0);
-    let e = tokenize_example(&r, &bundle, &ex, &TokenizeOptions::default()).unwrap().unwrap();
-    assert_eq!(e.input_ids, bundle.encode(&r.render(&ex).unwrap().text()).unwrap());
+    let e = tokenize_example(&r, &bundle, &ex, &TokenizeOptions::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e.input_ids,
+        bundle.encode(&r.render(&ex).unwrap().text()).unwrap()
+    );
 }

@@ -260,19 +260,19 @@ fn where_(ex: &Example) -> String {
     }
 }
 
+/// The first user message and the last assistant message, if any.
+fn first_user_last_assistant(ex: &Example) -> (Option<&str>, Option<&str>) {
+    let user = ex.messages.iter().find(|m| m.role == Role::User);
+    let asst = ex.messages.iter().rev().find(|m| m.role == Role::Assistant);
+    (
+        user.map(|m| m.content.as_str()),
+        asst.map(|m| m.content.as_str()),
+    )
+}
+
 /// (instruction, input, output) for alpaca-like templates.
 fn alpaca_parts(ex: &Example) -> Result<(String, String, String)> {
-    let user = ex
-        .messages
-        .iter()
-        .find(|m| m.role == Role::User)
-        .map(|m| m.content.as_str());
-    let asst = ex
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::Assistant)
-        .map(|m| m.content.as_str());
+    let (user, asst) = first_user_last_assistant(ex);
     let instruction = extra_str(ex, &["instruction"]).or(user);
     let output = extra_str(ex, &["output"]).or(asst);
     let (Some(i), Some(o)) = (instruction, output) else {
@@ -449,17 +449,7 @@ impl Renderer {
                 ]
             }
             Builtin::RaftLabel => {
-                let user = ex
-                    .messages
-                    .iter()
-                    .find(|m| m.role == Role::User)
-                    .map(|m| m.content.as_str());
-                let asst = ex
-                    .messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == Role::Assistant)
-                    .map(|m| m.content.as_str());
+                let (user, asst) = first_user_last_assistant(ex);
                 let (Some(t), Some(l)) = (
                     extra_str(ex, &["Tweet text", "text"]).or(user),
                     extra_str(ex, &["text_label", "label"]).or(asst),
@@ -568,6 +558,15 @@ mod tests {
     use super::*;
     use crate::data::example::Message;
 
+    fn rend(name: &str, ex: &Example) -> Rendered {
+        render(
+            &Template::from_name_or_source(name, None).unwrap(),
+            ex,
+            None,
+        )
+        .unwrap()
+    }
+
     fn conv(ms: &[(Role, &str)]) -> Example {
         Example {
             messages: ms
@@ -586,12 +585,7 @@ mod tests {
     #[test]
     fn chatglm3_segments() {
         let ex = conv(&[(Role::User, "你好"), (Role::Assistant, "hi")]);
-        let r = render(
-            &Template::from_name_or_source("chatglm3", None).unwrap(),
-            &ex,
-            None,
-        )
-        .unwrap();
+        let r = rend("chatglm3", &ex);
         assert!(!r.whole_string);
         let got: Vec<(Piece, bool)> = r
             .segments
@@ -623,23 +617,13 @@ mod tests {
             (Role::User, "q1"),
             (Role::Assistant, "r1"),
         ]);
-        let r = render(
-            &Template::from_name_or_source("chatglm", None).unwrap(),
-            &ex,
-            None,
-        )
-        .unwrap();
+        let r = rend("chatglm", &ex);
         assert_eq!(
             r.text(),
             "[Round 0]\n问：q0\n答：r0\n[Round 1]\n问：q1\n答：[gMASK]<sop>r1<eop>"
         );
         let one = conv(&[(Role::User, "q"), (Role::Assistant, "r")]);
-        let r = render(
-            &Template::from_name_or_source("chatglm", None).unwrap(),
-            &one,
-            None,
-        )
-        .unwrap();
+        let r = rend("chatglm", &one);
         assert_eq!(r.text(), "q[gMASK]<sop>r<eop>");
         assert_eq!(
             r.segments.iter().map(|s| s.trainable).collect::<Vec<_>>(),
@@ -653,11 +637,7 @@ mod tests {
         ex.extra.insert("instruction".into(), json!("Translate"));
         ex.extra.insert("input".into(), json!("今天"));
         ex.extra.insert("output".into(), json!("Today"));
-        let t = |n: &str, ex: &Example| {
-            render(&Template::from_name_or_source(n, None).unwrap(), ex, None)
-                .unwrap()
-                .text()
-        };
+        let t = |n: &str, ex: &Example| rend(n, ex).text();
         assert_eq!(
             t("alpaca", &ex),
             ALPACA_PROMPT.replace("{instruction}", "Translate\n今天") + "Today"
@@ -676,12 +656,7 @@ mod tests {
             "Human: Translate\n\nAssistant: Today"
         );
         let raft = conv(&[(Role::User, "I hate this"), (Role::Assistant, "complaint")]);
-        let r = render(
-            &Template::from_name_or_source("raft_label", None).unwrap(),
-            &raft,
-            None,
-        )
-        .unwrap();
+        let r = rend("raft_label", &raft);
         assert_eq!(r.text(), "Tweet text : I hate this Label : complaint");
     }
 
@@ -693,12 +668,7 @@ mod tests {
             (Role::User, "c"),
             (Role::Assistant, "d"),
         ]);
-        let r = render(
-            &Template::from_name_or_source("chatml", None).unwrap(),
-            &ex,
-            None,
-        )
-        .unwrap();
+        let r = rend("chatml", &ex);
         assert!(r.whole_string);
         let trained: Vec<&str> = r
             .segments
@@ -711,7 +681,7 @@ mod tests {
             .collect();
         assert_eq!(trained, vec!["b<|im_end|>\n", "d<|im_end|>\n"]);
         let g = "{% for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}{% generation %}{{ m.content }};{% endgeneration %}{% else %}{{ m.content }};{% endif %}{% endfor %}";
-        let r = render(&Template::from_name_or_source(g, None).unwrap(), &ex, None).unwrap();
+        let r = rend(g, &ex);
         assert_eq!(r.text(), "user: a;assistant: b;user: c;assistant: d;");
         let trained: Vec<String> = r
             .segments
