@@ -26,6 +26,7 @@ pub use inspect::{inspect_text, row_json};
 pub use jinja::{ChatContext, ChatTemplate};
 pub use template::{render, MaskRule, Rendered, Renderer, Template};
 pub use tokenize::{
-    tokenize, tokenize_example, tokenize_rows, OnEmpty, TokenizeOptions, TokenizeStats, TrainOn,
+    prompt_ids, tokenize, tokenize_example, tokenize_rows, OnEmpty, TokenizeOptions, TokenizeStats,
+    TrainOn,
 };
 pub use tokenizer::{PaddingSide, TokenizerBundle};

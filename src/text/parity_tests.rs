@@ -394,3 +394,64 @@ fn qwen3_real_tokenizer_ids() {
         bundle.encode(&r.render(&ex).unwrap().text()).unwrap()
     );
 }
+
+/// Generation prompts are the start of the training rows.
+#[test]
+fn prompt_ids_prefix_training_rows() {
+    let check = |dir: &str, template: &str, exs: Vec<Example>, extra: usize| {
+        let bundle = TokenizerBundle::from_dir(fixture(dir)).unwrap();
+        let r = Renderer::new(
+            Template::from_name_or_source(template, None).unwrap(),
+            Some(&bundle),
+        )
+        .unwrap();
+        let opts = TokenizeOptions::default();
+        for ex in exs {
+            let (p, reference) = prompt_ids(&r, &bundle, &ex, &opts).unwrap();
+            let e = tokenize_example(&r, &bundle, &ex, &opts).unwrap().unwrap();
+            // chatglm3: the row goes on with "\n" + reply after <|assistant|>.
+            assert_eq!(p[..], e.input_ids[..p.len()], "{template} {}", ex.source);
+            assert!(e.input_ids.len() > p.len() + extra);
+            assert_eq!(
+                reference.as_deref(),
+                ex.messages.last().map(|m| m.content.as_str())
+            );
+            if template == "chatglm3" {
+                assert_eq!(
+                    *p.last().unwrap(),
+                    bundle.special_id("<|assistant|>").unwrap()
+                );
+            }
+        }
+    };
+    check("glm3", "chatglm3", cases("conv"), 1);
+    check("bloom", "human_assistant", cases("alpaca"), 0);
+    check("llama", "alpaca", cases("alpaca"), 0);
+    check("bloom", "raft_label", cases("raft"), 0);
+    check("bloom", "chatml", cases("conv"), 0);
+}
+
+#[test]
+fn options_problems() {
+    let o = TokenizeOptions {
+        max_input_length: Some(8),
+        packing: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        o.problems(),
+        vec!["max_input_length and max_output_length go together".to_string()]
+    );
+    let o = TokenizeOptions {
+        pad_to_max_length: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        o.problems(),
+        vec!["pad_to_max_length and packing need max_length".to_string()]
+    );
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Renderer>();
+    send_sync::<TokenizerBundle>();
+    send_sync::<TokenDataset>();
+}

@@ -274,10 +274,12 @@ fn first_user_last_assistant(ex: &Example) -> (Option<&str>, Option<&str>) {
 fn alpaca_parts(ex: &Example) -> Result<(String, String, String)> {
     let (user, asst) = first_user_last_assistant(ex);
     let instruction = extra_str(ex, &["instruction"]).or(user);
-    let output = extra_str(ex, &["output"]).or(asst);
-    let (Some(i), Some(o)) = (instruction, output) else {
+    // A missing output renders as "" (a prompt for generation); training
+    // on it fails later with "no trained tokens".
+    let o = extra_str(ex, &["output"]).or(asst).unwrap_or("");
+    let Some(i) = instruction else {
         bail!(
-            "{}example needs an instruction (or user message) and an output (or assistant message)",
+            "{}example needs an instruction (or a user message)",
             where_(ex)
         );
     };
@@ -450,11 +452,14 @@ impl Renderer {
             }
             Builtin::RaftLabel => {
                 let (user, asst) = first_user_last_assistant(ex);
-                let (Some(t), Some(l)) = (
-                    extra_str(ex, &["Tweet text", "text"]).or(user),
-                    extra_str(ex, &["text_label", "label"]).or(asst),
-                ) else {
-                    bail!("{}raft_label template needs a text (or user message) and a label (or assistant message)", where_(ex));
+                let l = extra_str(ex, &["text_label", "label"])
+                    .or(asst)
+                    .unwrap_or("");
+                let Some(t) = extra_str(ex, &["Tweet text", "text"]).or(user) else {
+                    bail!(
+                        "{}raft_label template needs a text (or a user message)",
+                        where_(ex)
+                    );
                 };
                 vec![
                     text(format!("Tweet text : {t} Label : "), Role::User, false),
@@ -480,23 +485,62 @@ impl Renderer {
         })
     }
 
-    fn render_jinja(&self, j: &ChatTemplate, ex: &Example) -> Result<Rendered> {
-        let msgs: Vec<Value> = ex
+    /// The prompt for generation (all masked) and the reference reply:
+    /// everything before the last assistant message (when the example ends
+    /// with one) plus the generation prompt (chatglm3: <|assistant|>;
+    /// chatglm: [gMASK] <sop>; Jinja: add_generation_prompt=true).
+    pub fn render_prompt(&self, ex: &Example) -> Result<(Rendered, Option<String>)> {
+        let ends_with_reply = ex
             .messages
-            .iter()
-            .map(|m| {
-                let mut o = json!({"role": m.role.as_str(), "content": m.content});
-                if !m.metadata.is_empty() {
-                    o["metadata"] = json!(m.metadata);
-                }
-                o
-            })
-            .collect();
-        let ctx = |agp: bool| ChatContext {
-            add_generation_prompt: agp,
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant);
+        let reference = ends_with_reply.then(|| ex.messages[ex.messages.len() - 1].content.clone());
+        let mut head = ex.clone();
+        if ends_with_reply {
+            head.messages.pop();
+        }
+        if let Some(j) = &self.jinja {
+            let msgs = messages_json(&head);
+            let ctx = self.chat_context(&head, true);
+            let s = j
+                .render(&msgs, &ctx)
+                .with_context(|| format!("{}template {}", where_(ex), self.template.name()))?;
+            let r = Rendered {
+                segments: vec![text(s, Role::User, false)],
+                whole_string: true,
+            };
+            return Ok((r, reference));
+        }
+        let Template::Builtin(b) = &self.template else {
+            unreachable!("non-builtin templates have a compiled jinja")
+        };
+        let mut r = match b {
+            Builtin::ChatGlm3 | Builtin::Plain => self.render(&head)?,
+            _ => self.render(ex)?,
+        };
+        match b {
+            Builtin::ChatGlm3 => r
+                .segments
+                .push(special("<|assistant|>", Role::Assistant, false)),
+            Builtin::ChatGlm => r.segments.truncate(3),
+            Builtin::Plain => {}
+            _ => r.segments.truncate(1),
+        }
+        r.segments.iter_mut().for_each(|s| s.trainable = false);
+        Ok((r, reference))
+    }
+
+    fn chat_context(&self, ex: &Example, add_generation_prompt: bool) -> ChatContext {
+        ChatContext {
+            add_generation_prompt,
             tools: ex.extra.get("tools").cloned(),
             vars: self.vars.clone(),
-        };
+        }
+    }
+
+    fn render_jinja(&self, j: &ChatTemplate, ex: &Example) -> Result<Rendered> {
+        let msgs = messages_json(ex);
+        let ctx = |agp: bool| self.chat_context(ex, agp);
         let ctxerr = || format!("{}template {}", where_(ex), self.template.name());
         let (full, mut ranges) = j.render_marked(&msgs, &ctx(false)).with_context(ctxerr)?;
         if !j.has_generation {
@@ -542,6 +586,20 @@ impl Renderer {
             whole_string: true,
         })
     }
+}
+
+/// Messages as the chat template sees them: {role, content[, metadata]}.
+fn messages_json(ex: &Example) -> Vec<Value> {
+    ex.messages
+        .iter()
+        .map(|m| {
+            let mut o = json!({"role": m.role.as_str(), "content": m.content});
+            if !m.metadata.is_empty() {
+                o["metadata"] = json!(m.metadata);
+            }
+            o
+        })
+        .collect()
 }
 
 /// One-off rendering (compiles Jinja each call; use `Renderer` in loops).

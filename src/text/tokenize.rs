@@ -74,6 +74,24 @@ pub struct TokenizeOptions {
 }
 
 impl TokenizeOptions {
+    /// Option combinations that cannot work, as messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_input_length.is_some() != self.max_output_length.is_some() {
+            p.push("max_input_length and max_output_length go together".to_string());
+        }
+        if (self.pad_to_max_length || self.packing)
+            && self.max_length.is_none()
+            && self.max_input_length.is_none()
+        {
+            p.push("pad_to_max_length and packing need max_length".to_string());
+        }
+        if self.max_length == Some(0) {
+            p.push("max_length must be at least 1".to_string());
+        }
+        p
+    }
+
     /// The row length cap for this template.
     pub fn length_cap(&self, template: &Template) -> Option<usize> {
         if let Some(m) = self.max_length {
@@ -201,29 +219,28 @@ fn where_(ex: &Example) -> String {
     }
 }
 
-/// Tokenizes one example. `Ok(None)`: nothing to train and `on_empty = skip`.
-pub fn tokenize_example(
-    renderer: &Renderer,
+/// Token ids of segments, and whether each token is trainable (before the
+/// mask rule). `whole_string`: the concatenated text is encoded once and
+/// a token belongs to the segment holding its first byte.
+fn encode_segments(
+    segs: &[Segment],
+    whole_string: bool,
+    template: &Template,
     bundle: &TokenizerBundle,
     ex: &Example,
+    add_prefix: bool,
     opts: &TokenizeOptions,
-) -> Result<Option<Encoded>> {
-    let template = &renderer.template;
-    let rendered = renderer.render(ex)?;
-    let mut segs = rendered.segments;
-    apply_train_on(&mut segs, opts.train_on);
-    let rule = opts.mask_rule.unwrap_or(template.mask_rule());
-
+) -> Result<(Vec<u32>, Vec<bool>)> {
     let mut ids: Vec<u32> = Vec::new();
     let mut mask: Vec<bool> = Vec::new();
-    if opts.add_prefix.unwrap_or(template.adds_prefix()) {
+    if add_prefix {
         ids.extend(&bundle.prefix_ids);
         mask.extend(bundle.prefix_ids.iter().map(|_| false));
     }
-    if rendered.whole_string {
+    if whole_string {
         let mut full = String::new();
         let mut edges = Vec::with_capacity(segs.len()); // (end byte, trainable)
-        for s in &segs {
+        for s in segs {
             match &s.piece {
                 Piece::Text(t) | Piece::Special(t) => full.push_str(t),
             }
@@ -262,6 +279,59 @@ pub fn tokenize_example(
             ids.extend(t);
         }
     }
+
+    Ok((ids, mask))
+}
+
+/// The prompt of `ex` for generation (everything before the last
+/// assistant reply, plus the template's generation prompt) and that reply
+/// as the reference, if the example ends with one. Built as training
+/// encodes it, so prompt ids equal the start of the training row (for
+/// Jinja templates: transformers' add_generation_prompt=True).
+pub fn prompt_ids(
+    renderer: &Renderer,
+    bundle: &TokenizerBundle,
+    ex: &Example,
+    opts: &TokenizeOptions,
+) -> Result<(Vec<u32>, Option<String>)> {
+    let template = &renderer.template;
+    let (rendered, reference) = renderer.render_prompt(ex)?;
+    let add_prefix = opts.add_prefix.unwrap_or(template.adds_prefix());
+    let (ids, _) = encode_segments(
+        &rendered.segments,
+        rendered.whole_string,
+        template,
+        bundle,
+        ex,
+        add_prefix,
+        opts,
+    )?;
+    Ok((ids, reference))
+}
+
+/// Tokenizes one example. `Ok(None)`: nothing to train and `on_empty = skip`.
+pub fn tokenize_example(
+    renderer: &Renderer,
+    bundle: &TokenizerBundle,
+    ex: &Example,
+    opts: &TokenizeOptions,
+) -> Result<Option<Encoded>> {
+    let template = &renderer.template;
+    let rendered = renderer.render(ex)?;
+    let mut segs = rendered.segments;
+    apply_train_on(&mut segs, opts.train_on);
+    let rule = opts.mask_rule.unwrap_or(template.mask_rule());
+
+    let add_prefix = opts.add_prefix.unwrap_or(template.adds_prefix());
+    let (mut ids, mut mask) = encode_segments(
+        &segs,
+        rendered.whole_string,
+        template,
+        bundle,
+        ex,
+        add_prefix,
+        opts,
+    )?;
 
     let end = match (opts.add_eos, template.default_end()) {
         (Some(false), _) => EndToken::None,
@@ -370,10 +440,11 @@ pub fn tokenize_rows(
     bundle: &TokenizerBundle,
     opts: &TokenizeOptions,
 ) -> Result<(TokenDatasetWriter, TokenizeStats)> {
-    let cap = opts.length_cap(&renderer.template);
-    if (opts.pad_to_max_length || opts.packing) && cap.is_none() {
-        bail!("padding to a fixed length and packing need max_length (or max_input_length + max_output_length)");
+    let problems = opts.problems();
+    if !problems.is_empty() {
+        bail!("tokenize options: {}", problems.join("; "));
     }
+    let cap = opts.length_cap(&renderer.template);
     let pad = if opts.pad_to_max_length || opts.packing {
         Some(pad_id(bundle, opts)?)
     } else {
