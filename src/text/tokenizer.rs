@@ -15,7 +15,11 @@
 //! get ChatGLM3's nine special tokens right after the SentencePiece vocab
 //! ([MASK], [gMASK], [sMASK], sop, eop, <|system|>, <|user|>, <|assistant|>,
 //! <|observation|>), eos `</s>`, pad `<unk>`, left padding, and the
-//! [gMASK] sop prefix that `tokenizer(text)` adds.
+//! [gMASK] sop prefix that `tokenizer(text)` adds. Segment text is encoded
+//! as plain sentencepiece (special tokens inside text are not matched).
+//! ChatGLM-6B v1 (commands inside its SP vocab) loads without the nine
+//! tokens, but its text preprocessing (<n>, <|tab|>, <|blank_n|>) is not
+//! reproduced.
 
 use super::sentencepiece::{added_token_json, SpModel};
 use anyhow::{bail, Context, Result};
@@ -23,6 +27,9 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
+
+/// A token's byte range (start, end) in the encoded text.
+pub type Span = (usize, usize);
 
 pub const CHATGLM3_SPECIAL: [&str; 9] = [
     "[MASK]",
@@ -137,7 +144,10 @@ impl TokenizerBundle {
                 .with_context(|| format!("converting {}", sp_path.display()))?;
             let n = sp.pieces.len();
             let added = tj["added_tokens"].as_array_mut().context("added_tokens")?;
-            if is_glm {
+            // ChatGLM2/3 keep their commands outside the SP vocab;
+            // ChatGLM-6B v1 has [gMASK] <sop> <eop> inside it.
+            let glm3 = is_glm && !sp.pieces.iter().any(|p| p.piece == "[gMASK]");
+            if glm3 {
                 for (i, t) in CHATGLM3_SPECIAL.iter().enumerate() {
                     added.push(added_token_json(n + i, t, true));
                 }
@@ -224,7 +234,7 @@ impl TokenizerBundle {
         };
 
         // What tokenizer(text) adds around the text.
-        let (mut prefix_ids, mut suffix_ids) = if is_glm {
+        let (mut prefix_ids, mut suffix_ids) = if is_glm && tok.token_to_id("sop").is_some() {
             let g = |t: &str| tok.token_to_id(t).context("ChatGLM special token");
             (vec![g("[gMASK]")?, g("sop")?], vec![])
         } else {
@@ -353,7 +363,7 @@ impl TokenizerBundle {
     }
 
     /// Ids and byte offsets (start, end) into `text`, without special tokens.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let e = self
             .tok
             .encode(text, false)
