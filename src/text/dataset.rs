@@ -42,6 +42,17 @@ pub struct TokenRow {
     pub boundaries: Vec<u32>,
 }
 
+impl TokenRow {
+    pub fn as_row_ref(&self) -> RowRef<'_> {
+        RowRef {
+            input_ids: &self.input_ids,
+            labels: &self.labels,
+            attention_mask: &self.attention_mask,
+            boundaries: &self.boundaries,
+        }
+    }
+}
+
 /// A borrowed row of an open dataset.
 #[derive(Clone, Copy, Debug)]
 pub struct RowRef<'a> {
@@ -334,6 +345,7 @@ mod tests {
         assert_eq!(ds.n_tokens(), 8);
         for (i, r) in ds.iter().enumerate() {
             assert_eq!(r.to_owned(), w.rows()[i]);
+            assert_eq!(w.rows()[i].as_row_ref().to_owned(), r.to_owned());
         }
         // Truncated file is refused.
         let bytes = std::fs::read(&p).unwrap();

@@ -475,3 +475,28 @@ mod tests {
         assert!(n >= 20, "{n} cases");
     }
 }
+
+#[cfg(test)]
+mod builtin_sources {
+    /// The built-in template files are the ones the fixtures were rendered
+    /// with by transformers.
+    #[test]
+    fn builtins_equal_fixture_templates() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/text/jinja_cases.json");
+        let f: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        assert_eq!(
+            f["templates"]["chatml"],
+            include_str!("templates/chatml.jinja")
+        );
+        assert_eq!(
+            f["templates"]["qwen25"],
+            include_str!("templates/qwen2.jinja")
+        );
+        assert_eq!(
+            f["templates"]["llama3"],
+            include_str!("templates/llama3.jinja")
+        );
+    }
+}

@@ -11,7 +11,8 @@
 //! - `alpaca` (Chinese-LLaMA PROMPT_TEMPLATE), `human_assistant`
 //!   (alpaca_zh on BLOOM), `raft_label` (PEFT's RAFT example, ends with the
 //!   pad token), `sharp_human` (Qwen CSV `text` column), `plain`.
-//! - `chatml` / `qwen` (Qwen2.5 template), `llama3`, and `model` (the
+//! - `chatml` (Qwen2-Instruct's ChatML template), `qwen` (Qwen2.5's, with
+//!   tools), `llama3` (LLaMA-3-Instruct's), and `model` (the
 //!   tokenizer's own chat_template), plus any inline or file Jinja: these
 //!   render the whole conversation to one string (tokenized once, as
 //!   apply_chat_template does) and mark trainable byte ranges: the
@@ -34,6 +35,9 @@ use std::sync::Arc;
 
 pub const ALPACA_PROMPT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response: ";
 
+/// Qwen2-Instruct's template (ChatML with a default system prompt).
+const CHATML_JINJA: &str = include_str!("templates/chatml.jinja");
+/// Qwen2.5-Instruct's template (tools, tool calls and responses).
 const QWEN2_JINJA: &str = include_str!("templates/qwen2.jinja");
 const LLAMA3_JINJA: &str = include_str!("templates/llama3.jinja");
 
@@ -114,7 +118,13 @@ impl Template {
             "raft_label" => return b(Builtin::RaftLabel),
             "plain" => return b(Builtin::Plain),
             "model" => return Ok(Template::Model),
-            "chatml" | "qwen" => {
+            "chatml" => {
+                return Ok(Template::Jinja {
+                    name: s.into(),
+                    source: CHATML_JINJA.into(),
+                })
+            }
+            "qwen" => {
                 return Ok(Template::Jinja {
                     name: s.into(),
                     source: QWEN2_JINJA.into(),
