@@ -455,3 +455,21 @@ fn options_problems() {
     send_sync::<TokenizerBundle>();
     send_sync::<TokenDataset>();
 }
+
+#[test]
+fn options_from_toml() {
+    let o: TokenizeOptions = toml::from_str(
+        "train_on = \"last_assistant\"\nmax_length = 64\npad_to_max_length = true\npadding_side = \"left\"\nmask_rule = \"shifted\"\non_empty = \"skip\"",
+    )
+    .unwrap();
+    assert_eq!(o.train_on, TrainOn::LastAssistant);
+    assert_eq!(
+        (o.max_length, o.padding_side, o.mask_rule),
+        (Some(64), Some(PaddingSide::Left), Some(MaskRule::Shifted))
+    );
+    assert_eq!(o.on_empty, OnEmpty::Skip);
+    let e = toml::from_str::<TokenizeOptions>("max_len = 3")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `max_len`"), "{e}");
+}
