@@ -473,3 +473,56 @@ fn options_from_toml() {
         .to_string();
     assert!(e.contains("unknown field `max_len`"), "{e}");
 }
+
+/// finetune_demo trains observation turns; `train_on = "assistant"` does not.
+#[test]
+fn chatglm3_observation_turns() {
+    let m = |r: Role, c: &str| Message {
+        role: r,
+        content: c.into(),
+        metadata: String::new(),
+    };
+    let ex = Example {
+        messages: vec![
+            m(Role::User, "天气"),
+            m(Role::Assistant, "查询"),
+            Message {
+                role: Role::Observation,
+                content: "{\"t\": 20}".into(),
+                metadata: "get_weather".into(),
+            },
+            m(Role::Assistant, "20度"),
+        ],
+        ..Default::default()
+    };
+    let bundle = TokenizerBundle::from_dir(fixture("glm3")).unwrap();
+    let r = Renderer::new(
+        Template::from_name_or_source("chatglm3", None).unwrap(),
+        Some(&bundle),
+    )
+    .unwrap();
+    let obs = bundle.special_id("<|observation|>").unwrap() as i32;
+    let comp = tokenize_example(&r, &bundle, &ex, &TokenizeOptions::default())
+        .unwrap()
+        .unwrap();
+    let asst = TokenizeOptions {
+        train_on: TrainOn::Assistant,
+        ..Default::default()
+    };
+    let only = tokenize_example(&r, &bundle, &ex, &asst).unwrap().unwrap();
+    assert_eq!(comp.input_ids, only.input_ids);
+    // The <|observation|> token follows a reply, so it is trained either way
+    // (shifted mask); the observation text "get_weather\n{...}" is trained
+    // only under `completion`.
+    let p = comp
+        .input_ids
+        .iter()
+        .position(|&i| i as i32 == obs)
+        .unwrap();
+    assert_eq!((comp.labels[p], only.labels[p]), (obs, obs));
+    assert_ne!(comp.labels[p + 2], IGNORE);
+    assert_eq!(only.labels[p + 2], IGNORE);
+    // Metadata is encoded with its newline: <|observation|> encode("get_weather\n").
+    let meta = bundle.encode("get_weather\n").unwrap();
+    assert_eq!(comp.input_ids[p + 1..p + 1 + meta.len()], meta[..]);
+}

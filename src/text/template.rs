@@ -3,8 +3,8 @@
 //!
 //! Built-ins (exact strings from the workflows in the seeds):
 //! - `chatglm3`: [gMASK] sop, then per message <|role|>, metadata + "\n",
-//!   content; every piece encoded separately; assistant messages trainable,
-//!   with the shifted mask (see `MaskRule::Shifted`) and eos appended.
+//!   content; every piece encoded separately; messages other than system and
+//!   user trainable (as finetune_demo: observation too), with the shifted mask (see `MaskRule::Shifted`) and eos appended.
 //! - `chatglm` (ChatGLM-6B v1): prompt (the query alone for one turn, else
 //!   "[Round i]\n问：q\n答：r\n"… "[Round n]\n问：q\n答："), [gMASK] <sop>
 //!   at the end of the prompt, answer, <eop>; trained from <sop> on.
@@ -365,7 +365,9 @@ impl Renderer {
                     special("sop", Role::System, false),
                 ];
                 for m in &ex.messages {
-                    let t = m.role == Role::Assistant;
+                    // finetune_demo: every role but system/user is trained
+                    // (observation included).
+                    let t = !matches!(m.role, Role::System | Role::User);
                     s.push(special(glm_role(m.role, ex)?, m.role, t));
                     s.push(text(format!("{}\n", m.metadata), m.role, t));
                     s.push(text(m.content.clone(), m.role, t));

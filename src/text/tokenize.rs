@@ -25,10 +25,11 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainOn {
-    /// What the template marks trainable: every assistant reply.
+    /// What the template marks trainable: every reply (for chatglm3 also
+    /// observation turns, as finetune_demo does).
     #[default]
     Completion,
-    /// Same as `completion` (kept as its own name for chat recipes).
+    /// Only assistant-role segments of what the template marks.
     Assistant,
     /// Only the last assistant reply.
     LastAssistant,
@@ -192,11 +193,17 @@ impl TokenizeStats {
 /// Applies `train_on` to the template's flags.
 pub fn apply_train_on(segs: &mut [Segment], train_on: TrainOn) {
     match train_on {
-        TrainOn::Completion | TrainOn::Assistant => {}
+        TrainOn::Completion => {}
+        TrainOn::Assistant => segs
+            .iter_mut()
+            .for_each(|s| s.trainable = s.trainable && s.role == Role::Assistant),
         TrainOn::All => segs.iter_mut().for_each(|s| s.trainable = true),
         TrainOn::LastAssistant => {
             // The last run of trainable assistant segments.
-            let Some(end) = segs.iter().rposition(|s| s.trainable) else {
+            let Some(end) = segs
+                .iter()
+                .rposition(|s| s.trainable && s.role == Role::Assistant)
+            else {
                 return;
             };
             let mut start = end;
