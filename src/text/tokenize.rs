@@ -14,7 +14,7 @@
 
 use super::dataset::{TokenDatasetWriter, TokenRow, IGNORE};
 use super::segment::{Piece, Segment};
-use super::template::{Builtin, EndToken, MaskRule, Renderer, Template};
+use super::template::{Builtin, EndToken, MaskRule, Rendered, Renderer, Template};
 use super::tokenizer::{PaddingSide, TokenizerBundle};
 use crate::data::example::{Example, Role};
 use anyhow::{bail, Context, Result};
@@ -230,17 +230,16 @@ fn where_(ex: &Example) -> String {
 /// mask rule). `whole_string`: the concatenated text is encoded once and
 /// a token belongs to the segment holding its first byte.
 fn encode_segments(
-    segs: &[Segment],
-    whole_string: bool,
+    rendered: &Rendered,
     template: &Template,
     bundle: &TokenizerBundle,
     ex: &Example,
-    add_prefix: bool,
     opts: &TokenizeOptions,
 ) -> Result<(Vec<u32>, Vec<bool>)> {
+    let (segs, whole_string) = (&rendered.segments, rendered.whole_string);
     let mut ids: Vec<u32> = Vec::new();
     let mut mask: Vec<bool> = Vec::new();
-    if add_prefix {
+    if opts.add_prefix.unwrap_or(template.adds_prefix()) {
         ids.extend(&bundle.prefix_ids);
         mask.extend(bundle.prefix_ids.iter().map(|_| false));
     }
@@ -301,18 +300,8 @@ pub fn prompt_ids(
     ex: &Example,
     opts: &TokenizeOptions,
 ) -> Result<(Vec<u32>, Option<String>)> {
-    let template = &renderer.template;
     let (rendered, reference) = renderer.render_prompt(ex)?;
-    let add_prefix = opts.add_prefix.unwrap_or(template.adds_prefix());
-    let (ids, _) = encode_segments(
-        &rendered.segments,
-        rendered.whole_string,
-        template,
-        bundle,
-        ex,
-        add_prefix,
-        opts,
-    )?;
+    let (ids, _) = encode_segments(&rendered, &renderer.template, bundle, ex, opts)?;
     Ok((ids, reference))
 }
 
@@ -324,21 +313,10 @@ pub fn tokenize_example(
     opts: &TokenizeOptions,
 ) -> Result<Option<Encoded>> {
     let template = &renderer.template;
-    let rendered = renderer.render(ex)?;
-    let mut segs = rendered.segments;
-    apply_train_on(&mut segs, opts.train_on);
+    let mut rendered = renderer.render(ex)?;
+    apply_train_on(&mut rendered.segments, opts.train_on);
     let rule = opts.mask_rule.unwrap_or(template.mask_rule());
-
-    let add_prefix = opts.add_prefix.unwrap_or(template.adds_prefix());
-    let (mut ids, mut mask) = encode_segments(
-        &segs,
-        rendered.whole_string,
-        template,
-        bundle,
-        ex,
-        add_prefix,
-        opts,
-    )?;
+    let (mut ids, mut mask) = encode_segments(&rendered, template, bundle, ex, opts)?;
 
     let end = match (opts.add_eos, template.default_end()) {
         (Some(false), _) => EndToken::None,
