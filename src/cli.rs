@@ -105,12 +105,22 @@ Examples:
         cmd: CacheCmd,
     },
     /// Show tokenized examples of a step, trained tokens highlighted.
+    #[command(after_help = "\
+Examples:
+  recipe inspect recipes/chatglm3_lora.toml --step tokens -n 2
+  recipe inspect recipes/chatglm3_lora.toml --step tokens --format jsonl
+  recipe inspect recipes/chatglm3_lora.toml --step prompts      segments of the template step
+
+The step must be cached: run `recipe run FILE --until STEP` first.")]
     Inspect {
         #[command(flatten)]
         r: RecipeArgs,
         /// The tokenize (or template / load.dataset) step to show.
         #[arg(long)]
         step: String,
+        /// Which split.
+        #[arg(long, default_value = "train")]
+        split: String,
         /// How many examples.
         #[arg(short = 'n', default_value_t = 3)]
         n: usize,
@@ -191,7 +201,7 @@ pub fn main() -> i32 {
         Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
         Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
-        Cmd::Inspect { .. } => fail("`recipe inspect` is not implemented yet in this version"),
+        Cmd::Inspect { r, step, split, n, format } => cmd_inspect(&r, &step, &split, n, format),
         Cmd::Selftest { .. } | Cmd::Bench { .. } => {
             fail("the CUDA backend is not part of this build yet; `selftest` and `bench` come with it")
         }
@@ -409,4 +419,77 @@ fn cmd_report(dir: &Path, rows: usize) -> i32 {
         return fail(&format!("`{}` has no metrics.jsonl (train) or metrics.json (evaluate)", dir.display()));
     }
     0
+}
+
+fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: InspectFormat) -> i32 {
+    let (checked, dag, _) = match prepare(r, false) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let cache = match open_cache(r, &checked) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let plan = match make_plan(&checked, &dag, &cache, &FileHasher::open(&cache.root)) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let Some(ps) = plan.get(step) else {
+        return fail(&format!("no step named `{step}` in `{}`", r.file.display()));
+    };
+    let Some(dir) = cache.lookup(&ps.key) else {
+        return fail(&format!(
+            "step `{step}` is not cached ({}); run `recipe run {} --until {step}` first",
+            ps.reason,
+            r.file.display()
+        ));
+    };
+    let result = (|| -> anyhow::Result<()> {
+        match ps.kind {
+            "tokenize" => {
+                let path = dir.join(format!("{split}.tokens"));
+                let ds = crate::text::TokenDataset::open(&path)?;
+                let model = checked.steps[step].refs.get("model").and_then(|m| plan.get(m));
+                let bundle = match model.and_then(|m| cache.lookup(&m.key)) {
+                    Some(mdir) => {
+                        let input = crate::steps::InputRef {
+                            step: String::new(),
+                            kind: "load.model",
+                            dir: mdir,
+                            params: Default::default(),
+                        };
+                        let dirs = crate::steps::io::model_dirs(&input)?;
+                        Some(crate::text::TokenizerBundle::from_dir(&dirs.tokenizer)?)
+                    }
+                    None => None,
+                };
+                let color = std::io::stdout().is_terminal() && color_enabled();
+                for i in 0..n.min(ds.len()) {
+                    let row = ds.get(i);
+                    match (format, &bundle) {
+                        (InspectFormat::Jsonl, _) | (_, None) => println!("{}", crate::text::row_json(&row)),
+                        (InspectFormat::Text, Some(b)) => {
+                            println!("--- example {i}");
+                            println!("{}", crate::text::inspect_text(b, &row, color)?);
+                        }
+                    }
+                }
+            }
+            _ => {
+                let seg = dir.join(format!("{split}.segments.jsonl"));
+                let plain = dir.join(format!("{split}.jsonl"));
+                let path = if seg.is_file() { seg } else { plain };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("step `{step}` has no `{}`: {e}", path.display()))?;
+                for line in text.lines().take(n) {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("{e:#}")),
+    }
 }

@@ -10,6 +10,7 @@
 mod evaluate;
 mod export;
 mod generate;
+pub mod io;
 mod load_dataset;
 mod load_model;
 mod merge;

@@ -2,7 +2,9 @@
 //! role, trainable) with a built-in template, the model's chat_template,
 //! or an inline / file Jinja template.
 
-use super::{def, opt, req, CheckCtx, ParamSpec, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, ParamSpec, RunCtx, Step, Ty};
+use anyhow::Context;
+use std::io::Write;
 
 pub struct Template;
 
@@ -51,5 +53,57 @@ impl Step for Template {
         if t == "model" && c.params.get("model").is_none() && c.params.get("source").is_none() && c.params.get("file").is_none() {
             c.error("model", "template = \"model\" needs `model = \"<load.model step>\"` to read its chat_template");
         }
+    }
+    /// Writes `template.json` (the resolved template), and per split the
+    /// examples (`<split>.jsonl`) and their segments (`<split>.segments.jsonl`).
+    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
+        let p = ctx.params;
+        let spec = match (p.opt_str("source"), p.path("file")) {
+            (Some(src), _) => src.to_string(),
+            (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read `{}`", f.display()))?,
+            (None, None) => p.str("template").to_string(),
+        };
+        let template = crate::text::Template::from_name_or_source(&spec, Some(ctx.recipe_dir))?;
+        let bundle = match ctx.opt_input("model") {
+            Some(_) => Some(io::tokenizer(ctx, "model")?),
+            None => None,
+        };
+        let renderer = crate::text::Renderer::new(template, bundle.as_ref())?;
+        let data = ctx.input("data")?;
+        let mut counts = Vec::new();
+        for (split, path) in io::splits(&data.dir) {
+            let mut examples = io::read_examples(&path)?;
+            if let Some(sys) = p.opt_str("system") {
+                for ex in &mut examples {
+                    if !ex.messages.iter().any(|m| m.role == crate::data::example::Role::System) {
+                        let m = crate::data::example::Message {
+                            role: crate::data::example::Role::System,
+                            content: sys.to_string(),
+                            metadata: String::new(),
+                        };
+                        ex.messages.insert(0, m);
+                    }
+                }
+            }
+            let mut ex_out = std::io::BufWriter::new(std::fs::File::create(ctx.out.join(format!("{split}.jsonl")))?);
+            let mut seg_out =
+                std::io::BufWriter::new(std::fs::File::create(ctx.out.join(format!("{split}.segments.jsonl")))?);
+            for ex in &examples {
+                let r = renderer.render(ex).with_context(|| format!("rendering example {}", ex.source))?;
+                serde_json::to_writer(&mut ex_out, ex)?;
+                ex_out.write_all(b"\n")?;
+                serde_json::to_writer(&mut seg_out, &serde_json::json!({"source": ex.source, "whole_string": r.whole_string, "segments": r.segments}))?;
+                seg_out.write_all(b"\n")?;
+            }
+            ex_out.flush()?;
+            seg_out.flush()?;
+            counts.push(format!("{} {split}", examples.len()));
+        }
+        std::fs::write(
+            ctx.out.join("template.json"),
+            serde_json::to_vec_pretty(&serde_json::json!({ "template": spec, "system": p.opt_str("system") }))?,
+        )?;
+        ctx.info(format!("rendered {} examples", counts.join(", ")));
+        Ok(())
     }
 }
