@@ -1,0 +1,169 @@
+//! Linear layers (nn.Linear convention, W [d_out, d_in]) with an optional LoRA adapter, and the
+//! `QuantLinear` trait a 4-bit weight implements to plug in as a frozen base weight.
+
+use crate::backend::Backend;
+
+/// A frozen quantized weight W [d_out, d_in] that can multiply without materializing W.
+pub trait QuantLinear: Send + Sync {
+    fn d_in(&self) -> usize;
+    fn d_out(&self) -> usize;
+    /// y[n, d_out] = x[n, d_in] · Wᵀ (overwrites y).
+    fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize);
+    /// dx[n, d_in] += dy[n, d_out] · W.
+    fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize);
+}
+
+pub enum LinearWeight {
+    /// Row-major [d_out, d_in].
+    Dense(Vec<f32>),
+    Quant(Box<dyn QuantLinear>),
+}
+
+/// A LoRA adapter on one linear: A [r, d_in], B [d_out, r], scale s = alpha/r (rsLoRA alpha/√r).
+pub struct LoraWeights {
+    pub r: usize,
+    pub scale: f32,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub grad_a: Vec<f32>,
+    pub grad_b: Vec<f32>,
+}
+
+pub struct Linear {
+    /// Module name as in the checkpoint / PEFT (e.g. `model.layers.0.self_attn.q_proj`).
+    pub name: String,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub weight: LinearWeight,
+    pub bias: Option<Vec<f32>>,
+    /// Full fine-tuning / modules_to_save gradients (allocated when trainable).
+    pub grad_w: Option<Vec<f32>>,
+    pub grad_b: Option<Vec<f32>>,
+    pub lora: Option<LoraWeights>,
+    /// Stored [in, out] in the checkpoint (GPT-2 Conv1D; PEFT fan_in_fan_out). Held transposed here.
+    pub conv1d: bool,
+}
+
+impl Linear {
+    pub fn dense(
+        name: String,
+        d_in: usize,
+        d_out: usize,
+        w: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Linear {
+        Linear {
+            name,
+            d_in,
+            d_out,
+            weight: LinearWeight::Dense(w),
+            bias,
+            grad_w: None,
+            grad_b: None,
+            lora: None,
+            conv1d: false,
+        }
+    }
+
+    /// Makes W (and b) trainable: allocates their gradients. Fails for quantized weights.
+    pub fn set_trainable(&mut self) -> Result<(), String> {
+        if matches!(self.weight, LinearWeight::Quant(_)) {
+            return Err(format!(
+                "{}: a quantized weight cannot be trained",
+                self.name
+            ));
+        }
+        self.grad_w = Some(vec![0.0; self.d_in * self.d_out]);
+        self.grad_b = self.bias.as_ref().map(|b| vec![0.0; b.len()]);
+        Ok(())
+    }
+
+    /// y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ.  y [n, d_out] (overwritten), x [n, d_in].
+    pub fn forward(&self, be: &dyn Backend, y: &mut [f32], x: &[f32], n: usize) {
+        let (di, dout) = (self.d_in, self.d_out);
+        match &self.weight {
+            LinearWeight::Dense(w) => be.matmul(y, x, w, n, dout, di, false, true, 0.0),
+            LinearWeight::Quant(q) => q.matmul_xwt(y, x, n),
+        }
+        if let Some(b) = &self.bias {
+            for row in y[..n * dout].chunks_mut(dout) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        if let Some(l) = &self.lora {
+            be.lora_fwd(y, x, &l.a, &l.b, n, di, dout, l.r, l.scale);
+        }
+    }
+
+    /// From dy [n, d_out]: dx [n, d_in] (= when !accumulate, += otherwise) = dy·W + s·(dy·B)·A;
+    /// grads: dW += dyᵀ·x, db += Σdy (when trainable), dA, dB (fused LoRA backward).
+    pub fn backward(
+        &mut self,
+        be: &dyn Backend,
+        dx: Option<&mut [f32]>,
+        accumulate: bool,
+        dy: &[f32],
+        x: &[f32],
+        n: usize,
+    ) {
+        let (di, dout) = (self.d_in, self.d_out);
+        if let Some(gw) = &mut self.grad_w {
+            be.matmul(gw, dy, x, dout, di, n, true, false, 1.0);
+        }
+        if let Some(gb) = &mut self.grad_b {
+            for row in dy[..n * dout].chunks(dout) {
+                gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+            }
+        }
+        let mut scratch;
+        let dx = match dx {
+            Some(dx) => {
+                match &self.weight {
+                    LinearWeight::Dense(w) => be.matmul(
+                        dx,
+                        dy,
+                        w,
+                        n,
+                        di,
+                        dout,
+                        false,
+                        false,
+                        if accumulate { 1.0 } else { 0.0 },
+                    ),
+                    LinearWeight::Quant(q) => {
+                        if !accumulate {
+                            dx[..n * di].iter_mut().for_each(|v| *v = 0.0);
+                        }
+                        q.matmul_dyw(dx, dy, n)
+                    }
+                }
+                dx
+            }
+            None => {
+                scratch = vec![0.0; if self.lora.is_some() { n * di } else { 0 }];
+                &mut scratch[..]
+            }
+        };
+        if let Some(l) = &mut self.lora {
+            be.lora_bwd(
+                dx,
+                &mut l.grad_a,
+                &mut l.grad_b,
+                dy,
+                x,
+                &l.a,
+                &l.b,
+                n,
+                di,
+                dout,
+                l.r,
+                l.scale,
+            );
+        }
+    }
+
+    /// Number of frozen base parameters.
+    pub fn numel(&self) -> usize {
+        self.d_in * self.d_out + self.bias.as_ref().map_or(0, |b| b.len())
+    }
+}
