@@ -26,7 +26,8 @@ torch.manual_seed(0)
 torch.set_default_dtype(torch.float32)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "engine")
-V, H, NH, HD, FF, L = 64, 32, 4, 8, 48, 2
+V, H, NH, HD, FF, L = 48, 32, 4, 8, 32, 2
+HS = 16  # BLOOM / GPT-2 hidden size (4 heads of 4): keeps their fixtures small
 B, T = 2, 8
 
 
@@ -149,7 +150,7 @@ randomize(m, 11)
 make("qwen2", m, lora(r"model\.layers\.1\..*_proj", use_rslora=True))
 
 # ---------------------------------------------------------------- gpt2 (Conv1D, learned positions, tied)
-cfg = transformers.GPT2Config(vocab_size=V, n_positions=32, n_embd=H, n_layer=L, n_head=NH, n_inner=FF,
+cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=HS, n_layer=L, n_head=NH, n_inner=2 * HS,
                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2,
                               pad_token_id=0, attn_implementation="eager")
 m = transformers.GPT2LMHeadModel(cfg)
@@ -157,7 +158,7 @@ randomize(m, 12)
 make("gpt2", m, lora(["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True))
 
 # ---------------------------------------------------------------- bloom (ALiBi, embedding layernorm, tied)
-cfg = transformers.BloomConfig(vocab_size=V, hidden_size=H, n_layer=L, n_head=NH, hidden_dropout=0.0,
+cfg = transformers.BloomConfig(vocab_size=V, hidden_size=HS, n_layer=L, n_head=NH, hidden_dropout=0.0,
                                attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                                attn_implementation="eager")
 m = transformers.BloomForCausalLM(cfg)
