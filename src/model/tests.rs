@@ -204,3 +204,121 @@ family_tests!(gpt2, "gpt2");
 family_tests!(bloom, "bloom");
 family_tests!(chatglm, "chatglm");
 family_tests!(qwen, "qwen");
+
+/// A row packing two examples equals running each example alone (positions restart, no
+/// attention across the boundary, no prediction across it).
+#[test]
+fn packed_sequences_equal_separate_runs() {
+    for family in ["llama", "bloom", "gpt2", "chatglm"] {
+        let (model, _, _) = fixture(family);
+        let v = model.arch.vocab;
+        let ex1: Vec<u32> = vec![5, 9, 17, 3, 22];
+        let ex2: Vec<u32> = vec![7, 30, 11];
+        let one = |ids: &Vec<u32>| Batch { b: 1, t: ids.len(), input_ids: ids.clone(), attention_mask: vec![1; ids.len()], labels: Some(ids.iter().map(|&x| x as i64).collect()), segments: None };
+        let (o1, o2) = (model.forward(&one(&ex1)).unwrap(), model.forward(&one(&ex2)).unwrap());
+        let ids: Vec<u32> = ex1.iter().chain(&ex2).cloned().collect();
+        let packed = Batch { segments: Some(vec![0, 0, 0, 0, 0, 1, 1, 1]), ..one(&ids) };
+        let op = model.forward(&packed).unwrap();
+        let want: Vec<f32> = o1.logits.iter().chain(&o2.logits).cloned().collect();
+        close(&format!("{family} packed logits"), &op.logits, &want, 1e-5);
+        assert_eq!(op.n_tokens, o1.n_tokens + o2.n_tokens);
+        let mean = (o1.loss.unwrap() * o1.n_tokens as f32 + o2.loss.unwrap() * o2.n_tokens as f32) / op.n_tokens as f32;
+        close(&format!("{family} packed loss"), &[op.loss.unwrap()], &[mean], 1e-5);
+        assert_eq!(op.logits.len(), 8 * v);
+    }
+}
+
+/// Sharded checkpoints (model.safetensors.index.json) and bf16 storage load.
+#[test]
+fn sharded_and_bf16_weights_load() {
+    let (model, _, batch) = fixture("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir("llama").join("config.json"), tmp.path().join("config.json")).unwrap();
+    let all = read_all(&dir("llama").join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        let t: Vec<(String, Vec<usize>, &[f32])> = part.iter().map(|n| ((*n).clone(), all[*n].1.clone(), &all[*n].0[..])).collect();
+        load::write_f32(&tmp.path().join(file), &t).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    let sharded = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(sharded.forward(&batch).unwrap().logits, model.forward(&batch).unwrap().logits);
+    // bf16 / f16 decoding
+    let x = [1.5f32, -0.375, 3.0e-3];
+    let bf: Vec<u8> = x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+    let hf: Vec<u8> = x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    let got = load::decode_f32(safetensors::Dtype::BF16, &bf[1..]).map(|_| ());
+    assert!(got.is_some(), "unaligned slices decode");
+    let d = load::decode_f32(safetensors::Dtype::BF16, &bf).unwrap();
+    assert_eq!(d[..2], [1.5, -0.375]);
+    assert!((d[2] - 3.0e-3).abs() < 2e-5);
+    let d = load::decode_f32(safetensors::Dtype::F16, &hf).unwrap();
+    assert_eq!(d[..2], [1.5, -0.375]);
+}
+
+/// PEFT target matching: suffix names, full-match regex, all-linear without the head.
+#[test]
+fn lora_targets_match_like_peft() {
+    use crate::lora::{LoraConfig, Targets};
+    let names = Targets::Names(vec!["q_proj".into(), "model.layers.1.mlp.down_proj".into()]);
+    assert!(names.matches("model.layers.0.self_attn.q_proj", None));
+    assert!(!names.matches("model.layers.0.self_attn.xq_proj", None));
+    assert!(names.matches("model.layers.1.mlp.down_proj", None));
+    assert!(!names.matches("model.layers.0.mlp.down_proj", None));
+    let (mut model, _, batch) = fixture("bloom");
+    let base = model.forward(&batch).unwrap().logits;
+    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: Targets::Regex(r".*\.1.*query_key_value".into()), use_rslora: false, modules_to_save: vec![], seed: 3 };
+    let got = lora::apply(&mut model, &cfg).unwrap();
+    assert_eq!(got, vec!["transformer.h.1.self_attention.query_key_value".to_string()]);
+    // B = 0 at init: the adapted model computes exactly the base model; A within 1/sqrt(d_in).
+    assert_eq!(model.forward(&batch).unwrap().logits, base);
+    let a = &model.layers[1].qkv[0].lora.as_ref().unwrap().a;
+    let bound = 1.0 / (model.arch.hidden as f32).sqrt();
+    assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
+    let (mut llama, _, _) = fixture("llama");
+    let all = LoraConfig { targets: Targets::AllLinear, ..cfg.clone() };
+    let got = lora::apply(&mut llama, &all).unwrap();
+    assert_eq!(got.len(), 14);
+    assert!(!got.iter().any(|n| n == "lm_head"));
+    let none = LoraConfig { targets: Targets::Names(vec!["nothing".into()]), ..cfg };
+    assert!(lora::apply(&mut llama, &none).unwrap_err().to_string().starts_with("target_modules Names([\"nothing\"]): matches no linear layer"));
+}
+
+/// An adapter saved here reloads to the same logits; keys and config follow PEFT's format.
+#[test]
+fn peft_save_load_round_trip() {
+    use crate::lora::{LoraConfig, Targets};
+    for (family, targets, mts) in [("llama", Targets::AllLinear, vec!["embed_tokens".to_string()]), ("gpt2", Targets::Names(vec!["c_attn".into(), "c_fc".into()]), vec![])] {
+        let (mut model, _, batch) = fixture(family);
+        let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets, use_rslora: false, modules_to_save: mts, seed: 7 };
+        lora::apply(&mut model, &cfg).unwrap();
+        // a training-like change to every trainable tensor
+        for (i, p) in model.params_mut().into_iter().enumerate() {
+            p.value.iter_mut().enumerate().for_each(|(j, x)| *x += 0.01 * ((i * 31 + j) as f32).sin());
+        }
+        let want = model.forward(&batch).unwrap().logits;
+        let tmp = tempfile::tempdir().unwrap();
+        lora::save_peft(&model, &cfg, "tiny", tmp.path()).unwrap();
+        let saved = read_all(&tmp.path().join("adapter_model.safetensors")).unwrap();
+        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(c["fan_in_fan_out"], family == "gpt2");
+        if family == "llama" {
+            assert_eq!(saved["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].1, vec![4, 32]);
+            assert_eq!(saved["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].1, vec![16, 4]);
+            assert!(saved.contains_key("base_model.model.model.embed_tokens.weight"));
+        } else {
+            assert_eq!(saved["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].1, vec![48, 4]);
+        }
+        let (mut fresh, _, _) = fixture(family);
+        let back = lora::load_peft(&mut fresh, tmp.path()).unwrap();
+        assert_eq!(back.r, 4);
+        assert_eq!(fresh.forward(&batch).unwrap().logits, want);
+    }
+}
