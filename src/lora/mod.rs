@@ -37,7 +37,7 @@ pub enum Targets {
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f32,
-    /// Dropout on the LoRA input (not applied by this engine yet: must be 0 for exact training).
+    /// Dropout on the LoRA input during `forward_backward` (seeded by `TrainOptions::dropout_seed`).
     pub dropout: f32,
     pub targets: Targets,
     pub use_rslora: bool,
@@ -114,14 +114,9 @@ pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraErr
         }
         let bound = 1.0 / (l.d_in as f32).sqrt();
         let a = (0..cfg.r * l.d_in).map(|_| rng.uniform() * bound).collect();
-        l.lora = Some(LoraWeights {
-            r: cfg.r,
-            scale: s,
-            a,
-            b: vec![0.0; l.d_out * cfg.r],
-            grad_a: vec![0.0; cfg.r * l.d_in],
-            grad_b: vec![0.0; l.d_out * cfg.r],
-        });
+        let mut lw = LoraWeights::new(cfg.r, s, a, vec![0.0; l.d_out * cfg.r], l.d_in, l.d_out);
+        lw.dropout = cfg.dropout;
+        l.lora = Some(lw);
         adapted.push(l.name.clone());
     }
     if adapted.is_empty() {
@@ -359,14 +354,9 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
         let a = take(&k(&l.name, "lora_A.weight"), &[r, l.d_in])?;
         let b = take(&k(&l.name, "lora_B.weight"), &[l.d_out, r])?;
         if let (Some(a), Some(b)) = (a, b) {
-            l.lora = Some(LoraWeights {
-                r,
-                scale: s,
-                a,
-                b,
-                grad_a: vec![0.0; r * l.d_in],
-                grad_b: vec![0.0; l.d_out * r],
-            });
+            let mut lw = LoraWeights::new(r, s, a, b, l.d_in, l.d_out);
+            lw.dropout = cfg.dropout;
+            l.lora = Some(lw);
         }
         let shape = if l.conv1d {
             [l.d_in, l.d_out]

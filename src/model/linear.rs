@@ -27,6 +27,28 @@ pub struct LoraWeights {
     pub b: Vec<f32>,
     pub grad_a: Vec<f32>,
     pub grad_b: Vec<f32>,
+    /// Dropout probability on the adapter's input (PEFT `lora_dropout`).
+    pub dropout: f32,
+    /// Set by the model during a training forward/backward: the seed of this call's dropout mask
+    /// (None: no dropout, e.g. inference). The backward regenerates the same mask from it.
+    pub dropout_key: Option<u64>,
+}
+
+impl LoraWeights {
+    pub fn new(r: usize, scale: f32, a: Vec<f32>, b: Vec<f32>, d_in: usize, d_out: usize) -> LoraWeights {
+        LoraWeights { r, scale, a, b, grad_a: vec![0.0; r * d_in], grad_b: vec![0.0; d_out * r], dropout: 0.0, dropout_key: None }
+    }
+
+    /// x ⊙ mask / (1 − p) with the mask drawn from `dropout_key` (None when no dropout applies).
+    fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
+        let key = self.dropout_key?;
+        if self.dropout <= 0.0 {
+            return None;
+        }
+        let mut rng = crate::lora::SplitMix(key);
+        let keep = 1.0 / (1.0 - self.dropout);
+        Some(x.iter().map(|v| if (rng.uniform() + 1.0) * 0.5 >= self.dropout { v * keep } else { 0.0 }).collect())
+    }
 }
 
 pub struct Linear {
@@ -91,7 +113,8 @@ impl Linear {
             }
         }
         if let Some(l) = &self.lora {
-            be.lora_fwd(y, x, &l.a, &l.b, n, di, dout, l.r, l.scale);
+            let xd = l.dropped(&x[..n * di]);
+            be.lora_fwd(y, xd.as_deref().unwrap_or(x), &l.a, &l.b, n, di, dout, l.r, l.scale);
         }
     }
 
@@ -145,20 +168,21 @@ impl Linear {
             }
         };
         if let Some(l) = &mut self.lora {
-            be.lora_bwd(
-                dx,
-                &mut l.grad_a,
-                &mut l.grad_b,
-                dy,
-                x,
-                &l.a,
-                &l.b,
-                n,
-                di,
-                dout,
-                l.r,
-                l.scale,
-            );
+            match l.dropped(&x[..n * di]) {
+                None => be.lora_bwd(dx, &mut l.grad_a, &mut l.grad_b, dy, x, &l.a, &l.b, n, di, dout, l.r, l.scale),
+                Some(xd) => {
+                    // x_d = x ⊙ mask/(1−p): dX gets dX_d ⊙ mask/(1−p) (same mask, same key).
+                    let mut dxl = vec![0.0; n * di];
+                    be.lora_bwd(&mut dxl, &mut l.grad_a, &mut l.grad_b, dy, &xd, &l.a, &l.b, n, di, dout, l.r, l.scale);
+                    let keep = 1.0 / (1.0 - l.dropout);
+                    let mut rng = crate::lora::SplitMix(l.dropout_key.unwrap_or(0));
+                    for (d, v) in dx[..n * di].iter_mut().zip(&dxl) {
+                        if (rng.uniform() + 1.0) * 0.5 >= l.dropout {
+                            *d += v * keep;
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Output {
 pub struct TrainOptions {
     /// Keep only each layer's input; recompute the layer in backward.
     pub checkpointing: bool,
+    /// Seed of this step's LoRA dropout masks (vary it per step); dropout is off in `forward`.
+    pub dropout_seed: u64,
 }
 
 /// One trainable tensor and its accumulated gradient, for the optimizer.
@@ -423,6 +425,30 @@ impl Model {
         let ctx = self.ctx(batch)?;
         let targets = Self::targets(batch, &ctx)
             .ok_or_else(|| ModelError::Batch("labels are required for training".into()))?;
+        for (i, l) in self.linears_mut().into_iter().enumerate() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout_key = Some(
+                    opts.dropout_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                );
+            }
+        }
+        let r = self.forward_backward_inner(batch, opts, ctx, targets);
+        for l in self.linears_mut() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout_key = None;
+            }
+        }
+        r
+    }
+
+    fn forward_backward_inner(
+        &mut self,
+        batch: &Batch,
+        opts: TrainOptions,
+        ctx: Ctx,
+        targets: Vec<i64>,
+    ) -> Result<f32, ModelError> {
         let be = self.backend.clone();
         let be = &*be;
         let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
