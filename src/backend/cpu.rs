@@ -391,6 +391,70 @@ impl Backend for CpuBackend {
         let _ = b;
     }
 
+    fn attention_cached_fwd(
+        &self,
+        out: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        valid: &[u8],
+        alibi: Option<(&[f32], &[f32])>,
+        dims: AttnDims,
+        cap: usize,
+        past: usize,
+        scale: f32,
+    ) {
+        let AttnDims { t, nh, nkv, hd, .. } = dims;
+        let rep = nh / nkv;
+        out.par_chunks_mut(nh * hd).enumerate().for_each(|(ti, o)| {
+            let (bi, i) = (ti / t, ti % t);
+            o.iter_mut().for_each(|x| *x = 0.0);
+            let qslot = bi * cap + past + i;
+            if valid[qslot] == 0 {
+                return;
+            }
+            let mut p = vec![f32::NEG_INFINITY; past + i + 1];
+            for h in 0..nh {
+                let g = h / rep;
+                let qh = &q[(ti * nh + h) * hd..][..hd];
+                let mut mx = f32::NEG_INFINITY;
+                for (j, pj) in p.iter_mut().enumerate() {
+                    let slot = bi * cap + j;
+                    if valid[slot] == 0 {
+                        *pj = f32::NEG_INFINITY;
+                        continue;
+                    }
+                    let kj = &k[(slot * nkv + g) * hd..][..hd];
+                    let mut s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    if let Some((slopes, kpos)) = alibi {
+                        s += slopes[h] * kpos[slot];
+                    }
+                    *pj = s;
+                    mx = mx.max(s);
+                }
+                let mut sum = 0.0;
+                for pj in p.iter_mut() {
+                    *pj = if *pj == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (*pj - mx).exp()
+                    };
+                    sum += *pj;
+                }
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let vj = &v[((bi * cap + j) * nkv + g) * hd..][..hd];
+                    for d in 0..hd {
+                        oh[d] += pj / sum * vj[d];
+                    }
+                }
+            }
+        });
+    }
+
     fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
         a.par_iter_mut().enumerate().for_each(|(i, a)| {
             let s = 1.0 / (1.0 + (-e[i]).exp());

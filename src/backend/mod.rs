@@ -157,6 +157,25 @@ pub trait Backend: Send + Sync {
         scale: f32,
     );
 
+    /// Attention of new queries over a KV cache (generation, no backward).
+    /// out, q [B,Tn,NH,HD]; k, v caches [B,cap,KV,HD] already holding the new keys at
+    /// past..past+Tn; valid [B*cap]; query i (cache slot past+i) sees valid slots j <= past+i.
+    /// ALiBi: (slopes [NH], key positions [B*cap]). `dims.t` is Tn.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached_fwd(
+        &self,
+        out: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        valid: &[u8],
+        alibi: Option<(&[f32], &[f32])>,
+        dims: AttnDims,
+        cap: usize,
+        past: usize,
+        scale: f32,
+    );
+
     /// a = silu(e) ⊙ g, all [len].
     fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]);
     /// σ = sigmoid(e); dg = da⊙e·σ; de = da⊙g⊙σ·(1 + e·(1−σ)).

@@ -226,8 +226,39 @@ impl Layer {
         ctx: &Ctx,
     ) {
         let n = ctx.n;
-        let (h, qd, kd, f) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.ffn);
-        let AttnDims { b, t, nh, nkv, hd } = ctx.dims;
+        let AttnDims { b, t, nh, hd, .. } = ctx.dims;
+        self.qkv_fwd(be, arch, acts, x, &ctx.pos, n);
+        acts.probs.resize(b * nh * t * t, 0.0);
+        acts.att.resize(n * arch.q_dim(), 0.0);
+        let mask = AttnMask {
+            valid: &ctx.valid,
+            segment: &ctx.segment,
+            alibi: ctx.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
+        };
+        be.attention_fwd(
+            &mut acts.att,
+            &mut acts.probs,
+            &acts.q,
+            &acts.k,
+            &acts.v,
+            &mask,
+            ctx.dims,
+            1.0 / (hd as f32).sqrt(),
+        );
+        self.post_attn_fwd(be, arch, out, acts, x, n);
+    }
+
+    /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), RoPE at pos [n].
+    pub fn qkv_fwd(
+        &self,
+        be: &dyn Backend,
+        arch: &Arch,
+        acts: &mut Acts,
+        x: &[f32],
+        pos: &[f32],
+        n: usize,
+    ) {
+        let (h, qd, kd, hd) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.head_dim);
         acts.h1.resize(n * h, 0.0);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
         acts.q.resize(n * qd, 0.0);
@@ -248,12 +279,22 @@ impl Layer {
             base,
         } = arch.positions
         {
-            be.rope(&mut acts.q, &ctx.pos, n, nh, hd, rot_dim, base, kind, false);
+            be.rope(
+                &mut acts.q,
+                pos,
+                n,
+                arch.heads,
+                hd,
+                rot_dim,
+                base,
+                kind,
+                false,
+            );
             be.rope(
                 &mut acts.k,
-                &ctx.pos,
+                pos,
                 n,
-                nkv,
+                arch.kv_heads,
                 hd,
                 rot_dim,
                 base,
@@ -261,23 +302,20 @@ impl Layer {
                 false,
             );
         }
-        acts.probs.resize(b * nh * t * t, 0.0);
-        acts.att.resize(n * qd, 0.0);
-        let mask = AttnMask {
-            valid: &ctx.valid,
-            segment: &ctx.segment,
-            alibi: ctx.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
-        };
-        be.attention_fwd(
-            &mut acts.att,
-            &mut acts.probs,
-            &acts.q,
-            &acts.k,
-            &acts.v,
-            &mask,
-            ctx.dims,
-            1.0 / (hd as f32).sqrt(),
-        );
+    }
+
+    /// Second half, from the attention output `acts.att` [n, NH·HD]: x2 = x + o(att);
+    /// out = x2 + mlp(ln2(x2)).
+    pub fn post_attn_fwd(
+        &self,
+        be: &dyn Backend,
+        arch: &Arch,
+        out: &mut [f32],
+        acts: &mut Acts,
+        x: &[f32],
+        n: usize,
+    ) {
+        let (h, f) = (arch.hidden, arch.ffn);
         acts.x2.resize(n * h, 0.0);
         self.o.forward(be, &mut acts.x2, &acts.att, n);
         acts.x2.iter_mut().zip(x).for_each(|(y, x)| *y += x);

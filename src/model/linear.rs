@@ -35,8 +35,24 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
-    pub fn new(r: usize, scale: f32, a: Vec<f32>, b: Vec<f32>, d_in: usize, d_out: usize) -> LoraWeights {
-        LoraWeights { r, scale, a, b, grad_a: vec![0.0; r * d_in], grad_b: vec![0.0; d_out * r], dropout: 0.0, dropout_key: None }
+    pub fn new(
+        r: usize,
+        scale: f32,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+    ) -> LoraWeights {
+        LoraWeights {
+            r,
+            scale,
+            a,
+            b,
+            grad_a: vec![0.0; r * d_in],
+            grad_b: vec![0.0; d_out * r],
+            dropout: 0.0,
+            dropout_key: None,
+        }
     }
 
     /// x ⊙ mask / (1 − p) with the mask drawn from `dropout_key` (None when no dropout applies).
@@ -47,7 +63,17 @@ impl LoraWeights {
         }
         let mut rng = crate::lora::SplitMix(key);
         let keep = 1.0 / (1.0 - self.dropout);
-        Some(x.iter().map(|v| if (rng.uniform() + 1.0) * 0.5 >= self.dropout { v * keep } else { 0.0 }).collect())
+        Some(
+            x.iter()
+                .map(|v| {
+                    if (rng.uniform() + 1.0) * 0.5 >= self.dropout {
+                        v * keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -114,7 +140,17 @@ impl Linear {
         }
         if let Some(l) = &self.lora {
             let xd = l.dropped(&x[..n * di]);
-            be.lora_fwd(y, xd.as_deref().unwrap_or(x), &l.a, &l.b, n, di, dout, l.r, l.scale);
+            be.lora_fwd(
+                y,
+                xd.as_deref().unwrap_or(x),
+                &l.a,
+                &l.b,
+                n,
+                di,
+                dout,
+                l.r,
+                l.scale,
+            );
         }
     }
 
@@ -169,11 +205,37 @@ impl Linear {
         };
         if let Some(l) = &mut self.lora {
             match l.dropped(&x[..n * di]) {
-                None => be.lora_bwd(dx, &mut l.grad_a, &mut l.grad_b, dy, x, &l.a, &l.b, n, di, dout, l.r, l.scale),
+                None => be.lora_bwd(
+                    dx,
+                    &mut l.grad_a,
+                    &mut l.grad_b,
+                    dy,
+                    x,
+                    &l.a,
+                    &l.b,
+                    n,
+                    di,
+                    dout,
+                    l.r,
+                    l.scale,
+                ),
                 Some(xd) => {
                     // x_d = x ⊙ mask/(1−p): dX gets dX_d ⊙ mask/(1−p) (same mask, same key).
                     let mut dxl = vec![0.0; n * di];
-                    be.lora_bwd(&mut dxl, &mut l.grad_a, &mut l.grad_b, dy, &xd, &l.a, &l.b, n, di, dout, l.r, l.scale);
+                    be.lora_bwd(
+                        &mut dxl,
+                        &mut l.grad_a,
+                        &mut l.grad_b,
+                        dy,
+                        &xd,
+                        &l.a,
+                        &l.b,
+                        n,
+                        di,
+                        dout,
+                        l.r,
+                        l.scale,
+                    );
                     let keep = 1.0 / (1.0 - l.dropout);
                     let mut rng = crate::lora::SplitMix(l.dropout_key.unwrap_or(0));
                     for (d, v) in dx[..n * di].iter_mut().zip(&dxl) {

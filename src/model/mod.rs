@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod block;
+pub mod cache;
 pub mod linear;
 pub mod load;
 #[cfg(test)]
@@ -11,6 +12,7 @@ mod tests;
 
 pub use arch::{Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout};
 pub use block::{Acts, Ctx, Layer, Norm, Param};
+pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
 pub use load::{LoadError, WeightFiles};
 

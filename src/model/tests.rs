@@ -159,7 +159,13 @@ fn check_checkpointing(family: &str) {
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
         model.set_full_trainable().unwrap();
         let loss = model
-            .forward_backward(&batch, TrainOptions { checkpointing: ck, dropout_seed: 5 })
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: 5,
+                },
+            )
             .unwrap();
         let g: Vec<Vec<f32>> = model
             .params_mut()
@@ -214,16 +220,35 @@ fn packed_sequences_equal_separate_runs() {
         let v = model.arch.vocab;
         let ex1: Vec<u32> = vec![5, 9, 17, 3, 22];
         let ex2: Vec<u32> = vec![7, 30, 11];
-        let one = |ids: &Vec<u32>| Batch { b: 1, t: ids.len(), input_ids: ids.clone(), attention_mask: vec![1; ids.len()], labels: Some(ids.iter().map(|&x| x as i64).collect()), segments: None };
-        let (o1, o2) = (model.forward(&one(&ex1)).unwrap(), model.forward(&one(&ex2)).unwrap());
+        let one = |ids: &Vec<u32>| Batch {
+            b: 1,
+            t: ids.len(),
+            input_ids: ids.clone(),
+            attention_mask: vec![1; ids.len()],
+            labels: Some(ids.iter().map(|&x| x as i64).collect()),
+            segments: None,
+        };
+        let (o1, o2) = (
+            model.forward(&one(&ex1)).unwrap(),
+            model.forward(&one(&ex2)).unwrap(),
+        );
         let ids: Vec<u32> = ex1.iter().chain(&ex2).cloned().collect();
-        let packed = Batch { segments: Some(vec![0, 0, 0, 0, 0, 1, 1, 1]), ..one(&ids) };
+        let packed = Batch {
+            segments: Some(vec![0, 0, 0, 0, 0, 1, 1, 1]),
+            ..one(&ids)
+        };
         let op = model.forward(&packed).unwrap();
         let want: Vec<f32> = o1.logits.iter().chain(&o2.logits).cloned().collect();
         close(&format!("{family} packed logits"), &op.logits, &want, 1e-5);
         assert_eq!(op.n_tokens, o1.n_tokens + o2.n_tokens);
-        let mean = (o1.loss.unwrap() * o1.n_tokens as f32 + o2.loss.unwrap() * o2.n_tokens as f32) / op.n_tokens as f32;
-        close(&format!("{family} packed loss"), &[op.loss.unwrap()], &[mean], 1e-5);
+        let mean = (o1.loss.unwrap() * o1.n_tokens as f32 + o2.loss.unwrap() * o2.n_tokens as f32)
+            / op.n_tokens as f32;
+        close(
+            &format!("{family} packed loss"),
+            &[op.loss.unwrap()],
+            &[mean],
+            1e-5,
+        );
         assert_eq!(op.logits.len(), 8 * v);
     }
 }
@@ -233,26 +258,49 @@ fn packed_sequences_equal_separate_runs() {
 fn sharded_and_bf16_weights_load() {
     let (model, _, batch) = fixture("llama");
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(dir("llama").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        dir("llama").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let all = read_all(&dir("llama").join("model.safetensors")).unwrap();
     let mut names: Vec<&String> = all.keys().collect();
     names.sort();
     let (a, b) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-        let t: Vec<(String, Vec<usize>, &[f32])> = part.iter().map(|n| ((*n).clone(), all[*n].1.clone(), &all[*n].0[..])).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let t: Vec<(String, Vec<usize>, &[f32])> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].1.clone(), &all[*n].0[..]))
+            .collect();
         load::write_f32(&tmp.path().join(file), &t).unwrap();
         for n in part {
             map.insert((*n).clone(), serde_json::json!(file));
         }
     }
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
     let sharded = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
-    assert_eq!(sharded.forward(&batch).unwrap().logits, model.forward(&batch).unwrap().logits);
+    assert_eq!(
+        sharded.forward(&batch).unwrap().logits,
+        model.forward(&batch).unwrap().logits
+    );
     // bf16 / f16 decoding
     let x = [1.5f32, -0.375, 3.0e-3];
-    let bf: Vec<u8> = x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
-    let hf: Vec<u8> = x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    let bf: Vec<u8> = x
+        .iter()
+        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    let hf: Vec<u8> = x
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
     let got = load::decode_f32(safetensors::Dtype::BF16, &bf[1..]).map(|_| ());
     assert!(got.is_some(), "unaligned slices decode");
     let d = load::decode_f32(safetensors::Dtype::BF16, &bf).unwrap();
@@ -273,48 +321,102 @@ fn lora_targets_match_like_peft() {
     assert!(!names.matches("model.layers.0.mlp.down_proj", None));
     let (mut model, _, batch) = fixture("bloom");
     let base = model.forward(&batch).unwrap().logits;
-    let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: Targets::Regex(r".*\.1.*query_key_value".into()), use_rslora: false, modules_to_save: vec![], seed: 3 };
+    let cfg = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: Targets::Regex(r".*\.1.*query_key_value".into()),
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 3,
+    };
     let got = lora::apply(&mut model, &cfg).unwrap();
-    assert_eq!(got, vec!["transformer.h.1.self_attention.query_key_value".to_string()]);
+    assert_eq!(
+        got,
+        vec!["transformer.h.1.self_attention.query_key_value".to_string()]
+    );
     // B = 0 at init: the adapted model computes exactly the base model; A within 1/sqrt(d_in).
     assert_eq!(model.forward(&batch).unwrap().logits, base);
     let a = &model.layers[1].qkv[0].lora.as_ref().unwrap().a;
     let bound = 1.0 / (model.arch.hidden as f32).sqrt();
     assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
     let (mut llama, _, _) = fixture("llama");
-    let all = LoraConfig { targets: Targets::AllLinear, ..cfg.clone() };
+    let all = LoraConfig {
+        targets: Targets::AllLinear,
+        ..cfg.clone()
+    };
     let got = lora::apply(&mut llama, &all).unwrap();
     assert_eq!(got.len(), 14);
     assert!(!got.iter().any(|n| n == "lm_head"));
-    let none = LoraConfig { targets: Targets::Names(vec!["nothing".into()]), ..cfg };
-    assert!(lora::apply(&mut llama, &none).unwrap_err().to_string().starts_with("target_modules Names([\"nothing\"]): matches no linear layer"));
+    let none = LoraConfig {
+        targets: Targets::Names(vec!["nothing".into()]),
+        ..cfg
+    };
+    assert!(lora::apply(&mut llama, &none)
+        .unwrap_err()
+        .to_string()
+        .starts_with("target_modules Names([\"nothing\"]): matches no linear layer"));
 }
 
 /// An adapter saved here reloads to the same logits; keys and config follow PEFT's format.
 #[test]
 fn peft_save_load_round_trip() {
     use crate::lora::{LoraConfig, Targets};
-    for (family, targets, mts) in [("llama", Targets::AllLinear, vec!["embed_tokens".to_string()]), ("gpt2", Targets::Names(vec!["c_attn".into(), "c_fc".into()]), vec![])] {
+    for (family, targets, mts) in [
+        (
+            "llama",
+            Targets::AllLinear,
+            vec!["embed_tokens".to_string()],
+        ),
+        (
+            "gpt2",
+            Targets::Names(vec!["c_attn".into(), "c_fc".into()]),
+            vec![],
+        ),
+    ] {
         let (mut model, _, batch) = fixture(family);
-        let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, targets, use_rslora: false, modules_to_save: mts, seed: 7 };
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets,
+            use_rslora: false,
+            modules_to_save: mts,
+            seed: 7,
+        };
         lora::apply(&mut model, &cfg).unwrap();
         // a training-like change to every trainable tensor
         for (i, p) in model.params_mut().into_iter().enumerate() {
-            p.value.iter_mut().enumerate().for_each(|(j, x)| *x += 0.01 * ((i * 31 + j) as f32).sin());
+            p.value
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += 0.01 * ((i * 31 + j) as f32).sin());
         }
         let want = model.forward(&batch).unwrap().logits;
         let tmp = tempfile::tempdir().unwrap();
         lora::save_peft(&model, &cfg, "tiny", tmp.path()).unwrap();
         let saved = read_all(&tmp.path().join("adapter_model.safetensors")).unwrap();
-        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(c["peft_type"], "LORA");
         assert_eq!(c["fan_in_fan_out"], family == "gpt2");
         if family == "llama" {
-            assert_eq!(saved["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].1, vec![4, 32]);
-            assert_eq!(saved["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].1, vec![16, 4]);
+            assert_eq!(
+                saved["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].1,
+                vec![4, 32]
+            );
+            assert_eq!(
+                saved["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].1,
+                vec![16, 4]
+            );
             assert!(saved.contains_key("base_model.model.model.embed_tokens.weight"));
         } else {
-            assert_eq!(saved["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].1, vec![48, 4]);
+            assert_eq!(
+                saved["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].1,
+                vec![48, 4]
+            );
         }
         let (mut fresh, _, _) = fixture(family);
         let back = lora::load_peft(&mut fresh, tmp.path()).unwrap();
@@ -336,8 +438,20 @@ fn lora_dropout_is_seeded_and_differentiable() {
                 lw.dropout = p;
             }
         }
-        let loss = model.forward_backward(&batch, TrainOptions { checkpointing: ck, dropout_seed: seed }).unwrap();
-        let g: Vec<Vec<f32>> = model.params_mut().into_iter().map(|p| p.grad.to_vec()).collect();
+        let loss = model
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: seed,
+                },
+            )
+            .unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.grad.to_vec())
+            .collect();
         (loss, g)
     };
     let a = run(0.3, 1, false);
@@ -358,14 +472,83 @@ fn lora_dropout_is_seeded_and_differentiable() {
         }
     };
     set(&mut model, 0.0);
-    let opts = TrainOptions { checkpointing: false, dropout_seed: 1 };
+    let opts = TrainOptions {
+        checkpointing: false,
+        dropout_seed: 1,
+    };
     model.forward_backward(&batch, opts).unwrap();
-    let g = model.params_mut().into_iter().find(|p| p.name == "model.layers.1.self_attn.q_proj.lora_A.weight").unwrap().grad[3];
+    let g = model
+        .params_mut()
+        .into_iter()
+        .find(|p| p.name == "model.layers.1.self_attn.q_proj.lora_A.weight")
+        .unwrap()
+        .grad[3];
     let h = 1e-2;
     set(&mut model, h);
     let lp = model.forward_backward(&batch, opts).unwrap();
     set(&mut model, -2.0 * h);
     let lm = model.forward_backward(&batch, opts).unwrap();
     let fd = (lp - lm) / (2.0 * h);
-    assert!((fd - g).abs() < 2e-3 * (1.0 + g.abs()), "fd {fd} vs grad {g}");
+    assert!(
+        (fd - g).abs() < 2e-3 * (1.0 + g.abs()),
+        "fd {fd} vs grad {g}"
+    );
+}
+
+/// Prefill of a left-padded prompt then one token at a time reproduces `forward`'s logits.
+#[test]
+fn kv_cache_steps_match_full_forward() {
+    for family in ["llama", "qwen2", "gpt2", "bloom", "chatglm", "qwen"] {
+        let (model, _, batch) = fixture(family);
+        let (b, t, v) = (batch.b, batch.t, model.arch.vocab);
+        let full = model
+            .forward(&Batch {
+                labels: None,
+                ..batch.clone()
+            })
+            .unwrap()
+            .logits;
+        let mut cache = model.new_cache(b, t);
+        let split = 5;
+        let cols = |a: usize, z: usize, x: &[u32]| -> Vec<u32> {
+            (0..b)
+                .flat_map(|r| x[r * t + a..r * t + z].to_vec())
+                .collect()
+        };
+        let mask: Vec<u32> = batch.attention_mask.iter().map(|&m| m as u32).collect();
+        let as_u8 = |x: Vec<u32>| -> Vec<u8> { x.into_iter().map(|m| m as u8).collect() };
+        let mut got = vec![0.0; b * t * v];
+        let mut put = |a: usize, z: usize, l: &[f32]| {
+            for r in 0..b {
+                for i in a..z {
+                    got[(r * t + i) * v..][..v]
+                        .copy_from_slice(&l[(r * (z - a) + i - a) * v..][..v]);
+                }
+            }
+        };
+        let l = model
+            .forward_step(
+                &mut cache,
+                &cols(0, split, &batch.input_ids),
+                &as_u8(cols(0, split, &mask)),
+            )
+            .unwrap();
+        put(0, split, &l);
+        for i in split..t {
+            let l = model
+                .forward_step(
+                    &mut cache,
+                    &cols(i, i + 1, &batch.input_ids),
+                    &as_u8(cols(i, i + 1, &mask)),
+                )
+                .unwrap();
+            put(i, i + 1, &l);
+        }
+        close(
+            &format!("{family} kv-cache logits"),
+            &valid_logits(&got, &batch, v),
+            &valid_logits(&full, &batch, v),
+            1e-5,
+        );
+    }
 }
