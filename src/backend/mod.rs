@@ -128,7 +128,14 @@ pub trait Backend: Send + Sync {
         inverse: bool,
     );
 
-    /// out[B,T,NH,HD], probs[B,NH,T,T] (saved for backward) from q, k, v; scores scaled by `scale`.
+    /// Length of the buffer `attention_fwd` saves for its backward (the CPU keeps the
+    /// probabilities [B,NH,T,T]; a flash-style backend may keep only row statistics).
+    fn attention_saved_len(&self, dims: AttnDims) -> usize {
+        dims.b * dims.nh * dims.t * dims.t
+    }
+
+    /// out[B,T,NH,HD] and `saved` (`attention_saved_len`; CPU: probs [B,NH,T,T]) from q, k, v;
+    /// scores scaled by `scale`.
     #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,

@@ -141,6 +141,7 @@ pub struct Acts {
     pub q: Vec<f32>,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
+    /// What the backend's attention saves for its backward (CPU: probabilities).
     pub probs: Vec<f32>,
     pub att: Vec<f32>,
     pub x2: Vec<f32>,
@@ -226,9 +227,9 @@ impl Layer {
         ctx: &Ctx,
     ) {
         let n = ctx.n;
-        let AttnDims { b, t, nh, hd, .. } = ctx.dims;
+        let hd = ctx.dims.hd;
         self.qkv_fwd(be, arch, acts, x, &ctx.pos, n);
-        acts.probs.resize(b * nh * t * t, 0.0);
+        acts.probs.resize(be.attention_saved_len(ctx.dims), 0.0);
         acts.att.resize(n * arch.q_dim(), 0.0);
         let mask = AttnMask {
             valid: &ctx.valid,

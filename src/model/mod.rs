@@ -32,6 +32,10 @@ pub enum ModelError {
     Train(String),
 }
 
+/// Row chunk (in logits elements) for the head + cross-entropy in `forward_backward`.
+/// (Tiny under test so the fixture tests run several chunks.)
+const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
+
 #[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Backend to compute with; the CPU backend when None.
@@ -478,35 +482,35 @@ impl Model {
         let mut hf = vec![0.0; n * h];
         let mut fst = block::NormStats::default();
         self.final_norm.forward(be, &mut hf, &mut fst, &xl, n);
-        let mut logits = vec![0.0; n * v];
-        self.head_fwd(&mut logits, &hf, n);
         let cnt = targets.iter().filter(|&&t| t >= 0).count();
         let scale = if cnt > 0 { 1.0 / cnt as f32 } else { 0.0 };
-        let mut dlogits = vec![0.0; n * v];
-        let loss_sum = be.cross_entropy(Some(&mut dlogits), &logits, &targets, v, scale);
-        drop(logits);
-        // head
+        // head + cross-entropy in row chunks: logits never exist for all N rows at once.
+        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
+        let mut logits = vec![0.0; rows * v];
+        let mut dlogits = vec![0.0; rows * v];
         let mut dhf = vec![0.0; n * h];
-        match &mut self.head {
-            Some(l) => l.backward(be, Some(&mut dhf), false, &dlogits, &hf, n),
-            None => {
-                be.matmul(
-                    &mut dhf,
-                    &dlogits,
-                    &self.emb.value,
-                    n,
-                    h,
-                    v,
-                    false,
-                    false,
-                    0.0,
-                );
-                if let Some(g) = &mut self.emb.grad {
-                    be.matmul(g, &dlogits, &hf, v, h, n, true, false, 1.0);
+        let mut loss_sum = 0.0;
+        for r0 in (0..n).step_by(rows) {
+            let m = rows.min(n - r0);
+            let (hc, lc, dc) = (
+                &hf[r0 * h..(r0 + m) * h],
+                &mut logits[..m * v],
+                &mut dlogits[..m * v],
+            );
+            self.head_fwd(lc, hc, m);
+            loss_sum += be.cross_entropy(Some(dc), lc, &targets[r0..r0 + m], v, scale);
+            let dh = &mut dhf[r0 * h..(r0 + m) * h];
+            match &mut self.head {
+                Some(l) => l.backward(be, Some(dh), false, dc, hc, m),
+                None => {
+                    be.matmul(dh, dc, &self.emb.value, m, h, v, false, false, 0.0);
+                    if let Some(g) = &mut self.emb.grad {
+                        be.matmul(g, dc, hc, v, h, m, true, false, 1.0);
+                    }
                 }
             }
         }
-        drop(dlogits);
+        drop((logits, dlogits));
         let mut dx = vec![0.0; n * h];
         self.final_norm.backward(be, &mut dx, &dhf, &xl, &fst, n);
         // layers in reverse
