@@ -6,6 +6,17 @@ use rayon::prelude::*;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
+impl CpuBackend {
+    /// y[n,m] = x[n,k]·w[m,k]ᵀ in plain loops (the slow oracle for matmul paths).
+    pub fn matmul_ref(&self, y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize) {
+        for t in 0..n {
+            for o in 0..m {
+                y[t * m + o] = (0..k).map(|i| x[t * k + i] * w[o * k + i]).sum();
+            }
+        }
+    }
+}
+
 fn parallelism(flops: usize) -> gemm::Parallelism {
     if flops > 1 << 18 {
         gemm::Parallelism::Rayon(0)

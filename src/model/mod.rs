@@ -96,6 +96,8 @@ pub struct Model {
     /// None: tied to `emb`.
     pub head: Option<Linear>,
     pub backend: Arc<dyn Backend>,
+    /// The checkpoint's config.json text (written back by `save_pretrained`).
+    pub config_json: String,
 }
 
 fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
@@ -176,6 +178,7 @@ impl Model {
     /// Loads config.json and the safetensors weights of a Hugging Face model directory.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
         let arch = Arch::from_dir(dir)?;
+        let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
         let files = WeightFiles::open(dir)?;
         let names = arch.names();
         let (v, h) = (arch.vocab, arch.hidden);
@@ -260,7 +263,94 @@ impl Model {
             final_norm,
             head,
             backend,
+            config_json,
         })
+    }
+
+    /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
+    /// weights back to [in, out]; a tied head is not listed). Fails on quantized weights.
+    pub fn state_dict(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+        let (v, h) = (self.arch.vocab, self.arch.hidden);
+        let mut out = vec![(
+            format!("{}.weight", self.emb_name),
+            vec![v, h],
+            self.emb.value.clone(),
+        )];
+        if let Some(p) = &self.pos_emb {
+            out.push((
+                "transformer.wpe.weight".into(),
+                vec![p.value.len() / h, h],
+                p.value.clone(),
+            ));
+        }
+        let norm = |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &Norm| {
+            out.push((format!("{}.weight", n.name), vec![h], n.w.value.clone()));
+            if let Some(b) = &n.b {
+                out.push((format!("{}.bias", n.name), vec![h], b.value.clone()));
+            }
+        };
+        let lin =
+            |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, l: &Linear| -> Result<(), ModelError> {
+                let LinearWeight::Dense(w) = &l.weight else {
+                    return Err(ModelError::Train(format!(
+                        "{}: quantized weights cannot be saved densely",
+                        l.name
+                    )));
+                };
+                if l.conv1d {
+                    let mut t = vec![0.0; w.len()];
+                    for o in 0..l.d_out {
+                        for i in 0..l.d_in {
+                            t[i * l.d_out + o] = w[o * l.d_in + i];
+                        }
+                    }
+                    out.push((format!("{}.weight", l.name), vec![l.d_in, l.d_out], t));
+                } else {
+                    out.push((
+                        format!("{}.weight", l.name),
+                        vec![l.d_out, l.d_in],
+                        w.clone(),
+                    ));
+                }
+                if let Some(b) = &l.bias {
+                    out.push((format!("{}.bias", l.name), vec![l.d_out], b.clone()));
+                }
+                Ok(())
+            };
+        if let Some(n) = &self.emb_norm {
+            norm(&mut out, n);
+        }
+        for layer in &self.layers {
+            norm(&mut out, &layer.ln1);
+            norm(&mut out, &layer.ln2);
+            for l in layer.linears() {
+                lin(&mut out, l)?;
+            }
+        }
+        norm(&mut out, &self.final_norm);
+        if let Some(l) = &self.head {
+            lin(&mut out, l)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes config.json and model.safetensors (f32) loadable by transformers (and `Model::load`).
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let err = |e: std::io::Error| {
+            ModelError::Load(LoadError::File {
+                path: dir.display().to_string(),
+                msg: e.to_string(),
+            })
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::write(dir.join("config.json"), &self.config_json).map_err(err)?;
+        let sd = self.state_dict()?;
+        let views: Vec<(String, Vec<usize>, &[f32])> = sd
+            .iter()
+            .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
+            .collect();
+        load::write_f32(&dir.join("model.safetensors"), &views)?;
+        Ok(())
     }
 
     fn ctx(&self, batch: &Batch) -> Result<Ctx, ModelError> {

@@ -552,3 +552,89 @@ fn kv_cache_steps_match_full_forward() {
         );
     }
 }
+
+/// save_pretrained then load gives the same model; merging an adapter keeps its logits.
+#[test]
+fn save_pretrained_and_merge() {
+    for family in ["gpt2", "chatglm", "bloom"] {
+        let (mut model, r, batch) = fixture(family);
+        lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
+        lora::merge(&mut model).unwrap();
+        let v = model.arch.vocab;
+        let merged = model.forward(&batch).unwrap().logits;
+        close(
+            &format!("{family} merged logits"),
+            &valid_logits(&merged, &batch, v),
+            &valid_logits(&r["lora_logits"].0, &batch, v),
+            1e-5,
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path()).unwrap();
+        let back = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(back.forward(&batch).unwrap().logits, merged, "{family}");
+    }
+}
+
+/// A frozen `QuantLinear` plugs in as a base weight: same outputs and LoRA grads as dense.
+#[test]
+fn quant_linear_plugs_in() {
+    struct DenseAsQuant(Vec<f32>, usize, usize);
+    impl QuantLinear for DenseAsQuant {
+        fn d_in(&self) -> usize {
+            self.1
+        }
+        fn d_out(&self) -> usize {
+            self.2
+        }
+        fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize) {
+            crate::backend::CpuBackend.matmul_ref(y, x, &self.0, n, self.2, self.1);
+        }
+        fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize) {
+            for t in 0..n {
+                for o in 0..self.2 {
+                    for i in 0..self.1 {
+                        dx[t * self.1 + i] += dy[t * self.2 + o] * self.0[o * self.1 + i];
+                    }
+                }
+            }
+        }
+    }
+    let run = |quant: bool| {
+        let (mut model, _, batch) = fixture("llama");
+        if quant {
+            for l in model.linears_mut() {
+                if let LinearWeight::Dense(w) = &l.weight {
+                    l.weight =
+                        LinearWeight::Quant(Box::new(DenseAsQuant(w.clone(), l.d_in, l.d_out)));
+                }
+            }
+        }
+        lora::load_peft(&mut model, &dir("llama").join("adapter")).unwrap();
+        let loss = model
+            .forward_backward(&batch, TrainOptions::default())
+            .unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.grad.to_vec())
+            .collect();
+        (loss, g)
+    };
+    let (a, b) = (run(false), run(true));
+    close("quant loss", &[b.0], &[a.0], 1e-6);
+    for (x, y) in a.1.iter().zip(&b.1) {
+        close("quant grads", y, x, 1e-5);
+    }
+    let (mut model, _, _) = fixture("qwen");
+    let l = &mut model.layers[0].o;
+    l.weight = LinearWeight::Quant(Box::new(DenseAsQuant(
+        vec![0.0; l.d_in * l.d_out],
+        l.d_in,
+        l.d_out,
+    )));
+    assert!(model
+        .set_full_trainable()
+        .unwrap_err()
+        .to_string()
+        .contains("a quantized weight cannot be trained"));
+}
