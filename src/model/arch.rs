@@ -542,6 +542,20 @@ impl Arch {
         v
     }
 
+    /// f32 values one layer keeps for its backward at batch b × length t (CPU backend: x, h1,
+    /// q, k, v, attention probs [B,NH,T,T], att, x2, h2, MLP e/g/a, norm stats). With gradient
+    /// checkpointing only x (b·t·hidden) stays per layer and one layer's set is live at a time.
+    pub fn activation_floats_per_layer(&self, b: usize, t: usize) -> u64 {
+        let n = (b * t) as u64;
+        let (h, q, kv, f) = (
+            self.hidden as u64,
+            self.q_dim() as u64,
+            self.kv_dim() as u64,
+            self.ffn as u64,
+        );
+        n * (4 * h + 2 * q + 2 * kv + 3 * f + 4) + (b * self.heads * t * t) as u64
+    }
+
     /// Parameter counts per module group: embedding, per layer (attention, mlp, norms), head.
     pub fn param_counts(&self) -> ParamCounts {
         let h = self.hidden as u64;

@@ -638,3 +638,64 @@ fn quant_linear_plugs_in() {
         .to_string()
         .contains("a quantized weight cannot be trained"));
 }
+
+/// Writes adapters trained-like here plus our logits for tests/reference/engine_check_saved_adapter.py
+/// (run: ENGINE_PEFT_CHECK_DIR=/tmp/x cargo test --lib write_adapters_for_peft_check -- --ignored).
+#[test]
+#[ignore]
+fn write_adapters_for_peft_check() {
+    use crate::lora::{LoraConfig, Targets};
+    let out = PathBuf::from(std::env::var("ENGINE_PEFT_CHECK_DIR").expect("ENGINE_PEFT_CHECK_DIR"));
+    for (family, targets, mts) in [
+        (
+            "llama",
+            Targets::AllLinear,
+            vec!["embed_tokens".to_string()],
+        ),
+        (
+            "gpt2",
+            Targets::Names(vec!["c_attn".into(), "c_proj".into()]),
+            vec![],
+        ),
+        (
+            "bloom",
+            Targets::Regex(r".*\.1.*query_key_value".into()),
+            vec![],
+        ),
+        (
+            "qwen2",
+            Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            vec![],
+        ),
+    ] {
+        let (mut model, _, batch) = fixture(family);
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets,
+            use_rslora: family == "qwen2",
+            modules_to_save: mts,
+            seed: 11,
+        };
+        lora::apply(&mut model, &cfg).unwrap();
+        for (i, p) in model.params_mut().into_iter().enumerate() {
+            p.value
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += 0.05 * ((i * 17 + j) as f32).cos());
+        }
+        let o = model.forward(&batch).unwrap();
+        let d = out.join(family);
+        lora::save_peft(&model, &cfg, &dir(family).display().to_string(), &d).unwrap();
+        let shape = vec![batch.b, batch.t, model.arch.vocab];
+        load::write_f32(
+            &d.join("ours.safetensors"),
+            &[
+                ("logits".into(), shape, &o.logits[..]),
+                ("loss".into(), vec![1], &[o.loss.unwrap()][..]),
+            ],
+        )
+        .unwrap();
+    }
+}
