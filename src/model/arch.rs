@@ -204,6 +204,23 @@ impl Arch {
         let tie = |d| bool_or(&c, "tie_word_embeddings", d);
         let a = match mt.as_str() {
             "llama" | "mistral" | "qwen2" => {
+                let scaling = c
+                    .get("rope_scaling")
+                    .filter(|v| !v.is_null())
+                    .or_else(|| c.get("rope_parameters"));
+                let rope_type = scaling
+                    .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                if rope_type != "default" {
+                    return Err(ArchError::Key {
+                        path: path.into(),
+                        key: "rope_scaling".into(),
+                        msg: format!(
+                            "rope type \"{rope_type}\" is not supported (only the default RoPE)"
+                        ),
+                    });
+                }
                 let hidden = uint(&c, path, "hidden_size")?;
                 let heads = uint(&c, path, "num_attention_heads")?;
                 let hd = uint_or(&c, path, "head_dim", hidden / heads)?;

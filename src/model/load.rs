@@ -136,6 +136,24 @@ impl WeightFiles {
         Ok((v, t.shape().to_vec()))
     }
 
+    /// The stored bytes of a tensor (little-endian, possibly unaligned) with dtype and shape,
+    /// borrowed from the memory map: for readers that convert on their own (e.g. quantize).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8]), LoadError> {
+        let &i = self.index.get(name).ok_or_else(|| LoadError::Missing {
+            dir: self.dir.display().to_string(),
+            name: name.into(),
+        })?;
+        let (p, m) = &self.files[i];
+        let terr = |msg: String| LoadError::Tensor {
+            path: p.display().to_string(),
+            name: name.into(),
+            msg,
+        };
+        let st = SafeTensors::deserialize(&m[..]).map_err(|e| terr(e.to_string()))?;
+        let t = st.tensor(name).map_err(|e| terr(e.to_string()))?;
+        Ok((t.dtype(), t.shape().to_vec(), t.data()))
+    }
+
     /// The tensor, checked to have `shape`.
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let (v, s) = self.get(name)?;

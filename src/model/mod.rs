@@ -40,7 +40,14 @@ const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
 pub struct LoadOptions {
     /// Backend to compute with; the CPU backend when None.
     pub backend: Option<Arc<dyn Backend>>,
+    /// Called with (module name, W [d_out, d_in] in nn.Linear layout, d_in, d_out) for every
+    /// layer linear as it loads (not the head); a returned `QuantLinear` replaces the dense
+    /// weight, so a quantized load never holds more than one dense f32 weight at a time.
+    pub quantize: Option<QuantizeHook>,
 }
+
+pub type QuantizeHook =
+    Arc<dyn Fn(&str, &[f32], usize, usize) -> Option<Box<dyn QuantLinear>> + Send + Sync>;
 
 /// A batch of token rows. Positions: RoPE / learned positions count from each row's (or packed
 /// example's) first token including left padding, as transformers does without position_ids;
@@ -201,7 +208,15 @@ impl Model {
             let mut lin = arch
                 .layer_linears(i)
                 .into_iter()
-                .map(|(n, di, d_o, b)| linear_of(&files, &arch, &n, di, d_o, b))
+                .map(|(n, di, d_o, b)| {
+                    let mut l = linear_of(&files, &arch, &n, di, d_o, b)?;
+                    if let (Some(q), LinearWeight::Dense(w)) = (&opts.quantize, &l.weight) {
+                        if let Some(qw) = q(&n, w, di, d_o) {
+                            l.weight = LinearWeight::Quant(qw);
+                        }
+                    }
+                    Ok::<_, LoadError>(l)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let mlp_out = lin.pop().expect("mlp out");
             let n_qkv = if arch.qkv == QkvLayout::Separate {

@@ -7,6 +7,7 @@ use super::*;
 use crate::lora;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 type Tensors = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
@@ -698,4 +699,61 @@ fn write_adapters_for_peft_check() {
         )
         .unwrap();
     }
+}
+
+#[test]
+fn quantize_hook_and_rope_scaling_error() {
+    let hook: QuantizeHook = Arc::new(
+        |name: &str, _w: &[f32], d_in: usize, d_out: usize| -> Option<Box<dyn QuantLinear>> {
+            struct Zero(usize, usize);
+            impl QuantLinear for Zero {
+                fn d_in(&self) -> usize {
+                    self.0
+                }
+                fn d_out(&self) -> usize {
+                    self.1
+                }
+                fn matmul_xwt(&self, y: &mut [f32], _x: &[f32], n: usize) {
+                    y[..n * self.1].iter_mut().for_each(|v| *v = 0.0);
+                }
+                fn matmul_dyw(&self, _dx: &mut [f32], _dy: &[f32], _n: usize) {}
+            }
+            name.ends_with("mlp.down_proj")
+                .then(|| Box::new(Zero(d_in, d_out)) as Box<dyn QuantLinear>)
+        },
+    );
+    let m = Model::load(
+        &dir("llama"),
+        &LoadOptions {
+            quantize: Some(hook),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let quant: Vec<&str> = m
+        .layers
+        .iter()
+        .flat_map(|l| l.linears())
+        .filter(|l| matches!(l.weight, LinearWeight::Quant(_)))
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        quant,
+        [
+            "model.layers.0.mlp.down_proj",
+            "model.layers.1.mlp.down_proj"
+        ]
+    );
+    let files = WeightFiles::open(&dir("llama")).unwrap();
+    let (dt, shape, bytes) = files.raw("model.norm.weight").unwrap();
+    assert_eq!(
+        (dt, shape, bytes.len()),
+        (safetensors::Dtype::F32, vec![32], 128)
+    );
+    let cfg = r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,"vocab_size":10,
+        "intermediate_size":8,"rope_scaling":{"rope_type":"llama3","factor":8.0}}"#;
+    assert_eq!(
+        Arch::from_config_json(cfg, "c.json").unwrap_err().to_string(),
+        "c.json: key \"rope_scaling\": rope type \"llama3\" is not supported (only the default RoPE)"
+    );
 }
