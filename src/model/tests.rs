@@ -757,3 +757,54 @@ fn quantize_hook_and_rope_scaling_error() {
         "c.json: key \"rope_scaling\": rope type \"llama3\" is not supported (only the default RoPE)"
     );
 }
+
+/// Timing on a larger model: ENGINE_BENCH_DIR=<hf dir> cargo test --lib bench_forward_backward -- --ignored --nocapture
+#[test]
+#[ignore]
+fn bench_forward_backward() {
+    use crate::lora::{LoraConfig, Targets};
+    let d = PathBuf::from(std::env::var("ENGINE_BENCH_DIR").expect("ENGINE_BENCH_DIR"));
+    let mut model = Model::load(&d, &LoadOptions::default()).unwrap();
+    let cfg = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: Targets::AllLinear,
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 1,
+    };
+    lora::apply(&mut model, &cfg).unwrap();
+    let (b, t) = (4, 256);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| (i * 7919 % model.arch.vocab) as u32)
+        .collect();
+    let batch = Batch {
+        b,
+        t,
+        input_ids: ids.clone(),
+        attention_mask: vec![1; b * t],
+        labels: Some(ids.iter().map(|&x| x as i64).collect()),
+        segments: None,
+    };
+    for ck in [false, true] {
+        let t0 = std::time::Instant::now();
+        let loss = model
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: 0,
+                },
+            )
+            .unwrap();
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "checkpointing={ck}: loss {loss:.4}, {s:.2}s, {:.0} tokens/s",
+            (b * t) as f64 / s
+        );
+    }
+    let t0 = std::time::Instant::now();
+    model.forward(&batch).unwrap();
+    println!("forward: {:.2}s", t0.elapsed().as_secs_f64());
+}
