@@ -348,6 +348,7 @@ impl Layer {
     }
 
     /// dx [N,H] (overwritten) from dout [N,H], the layer input x and its saved `acts`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &dyn Backend,

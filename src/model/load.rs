@@ -170,7 +170,10 @@ impl WeightFiles {
 }
 
 /// Reads a whole safetensors file into (name -> (f32 data, shape)); for small files (adapters, fixtures).
-pub fn read_all(path: &Path) -> Result<HashMap<String, (Vec<f32>, Vec<usize>)>, LoadError> {
+/// name -> (f32 data, shape)
+pub type TensorMap = HashMap<String, (Vec<f32>, Vec<usize>)>;
+
+pub fn read_all(path: &Path) -> Result<TensorMap, LoadError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, e))?;
     let mut out = HashMap::new();

@@ -32,6 +32,9 @@ pub enum ModelError {
     Train(String),
 }
 
+/// (checkpoint name, shape, f32 data)
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Row chunk (in logits elements) for the head + cross-entropy in `forward_backward`.
 /// (Tiny under test so the fixture tests run several chunks.)
 const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
@@ -231,18 +234,16 @@ impl Model {
                 ln1: norm_of(
                     &files,
                     &arch,
-                    &resolve(&files, &format!("{}.weight", ln.ln1))
-                        .trim_end_matches(".weight")
-                        .to_string(),
+                    resolve(&files, &format!("{}.weight", ln.ln1))
+                        .trim_end_matches(".weight"),
                 )?,
                 qkv: lin,
                 o,
                 ln2: norm_of(
                     &files,
                     &arch,
-                    &resolve(&files, &format!("{}.weight", ln.ln2))
-                        .trim_end_matches(".weight")
-                        .to_string(),
+                    resolve(&files, &format!("{}.weight", ln.ln2))
+                        .trim_end_matches(".weight"),
                 )?,
                 mlp_in: rest.collect(),
                 mlp_out,
@@ -284,7 +285,7 @@ impl Model {
 
     /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
     /// weights back to [in, out]; a tied head is not listed). Fails on quantized weights.
-    pub fn state_dict(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+    pub fn state_dict(&self) -> Result<Vec<NamedTensor>, ModelError> {
         let (v, h) = (self.arch.vocab, self.arch.hidden);
         let mut out = vec![(
             format!("{}.weight", self.emb_name),
