@@ -284,6 +284,16 @@ impl Arch {
                     model_type: mt.clone(),
                 }
             }
+            "chatglm"
+                if c.get("position_encoding_2d").is_some()
+                    || c.get("padded_vocab_size").is_none() =>
+            {
+                return Err(ArchError::Key {
+                    path: path.into(),
+                    key: "model_type".into(),
+                    msg: "ChatGLM-6B (v1, 2D positions) is not supported; ChatGLM2/3 are".into(),
+                });
+            }
             "chatglm" => {
                 let hidden = uint(&c, path, "hidden_size")?;
                 let heads = uint(&c, path, "num_attention_heads")?;

@@ -112,10 +112,10 @@ pub struct Model {
 
 fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
     let h = arch.hidden;
-    let w = Param::frozen(files.get_shaped(&format!("{name}.weight"), &[h])?);
+    let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
     let b = match arch.norm {
         NormKind::Layer => Some(Param::frozen(
-            files.get_shaped(&format!("{name}.bias"), &[h])?,
+            files.get_shaped(&resolve(files, &format!("{name}.bias")), &[h])?,
         )),
         NormKind::Rms => None,
     };
@@ -128,7 +128,8 @@ fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadErr
     })
 }
 
-/// Old GPT-2 checkpoints have no `transformer.` prefix.
+/// GPT-2 and BLOOM checkpoints saved from the base model have no `transformer.` prefix; module
+/// names stay canonical (as PEFT sees them on the *ForCausalLM model).
 fn resolve(files: &WeightFiles, name: &str) -> String {
     if !files.contains(name) {
         if let Some(s) = name.strip_prefix("transformer.") {
@@ -231,29 +232,15 @@ impl Model {
             let mut rest = rest.into_iter();
             let o = rest.next().expect("o");
             layers.push(Layer {
-                ln1: norm_of(
-                    &files,
-                    &arch,
-                    resolve(&files, &format!("{}.weight", ln.ln1))
-                        .trim_end_matches(".weight"),
-                )?,
+                ln1: norm_of(&files, &arch, &ln.ln1)?,
                 qkv: lin,
                 o,
-                ln2: norm_of(
-                    &files,
-                    &arch,
-                    resolve(&files, &format!("{}.weight", ln.ln2))
-                        .trim_end_matches(".weight"),
-                )?,
+                ln2: norm_of(&files, &arch, &ln.ln2)?,
                 mlp_in: rest.collect(),
                 mlp_out,
             });
         }
-        let final_norm = norm_of(
-            &files,
-            &arch,
-            resolve(&files, &format!("{}.weight", names.final_norm)).trim_end_matches(".weight"),
-        )?;
+        let final_norm = norm_of(&files, &arch, &names.final_norm)?;
         let head = match &names.head {
             Some(n) => Some(linear_of(
                 &files,

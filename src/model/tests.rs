@@ -808,3 +808,37 @@ fn bench_forward_backward() {
     model.forward(&batch).unwrap();
     println!("forward: {:.2}s", t0.elapsed().as_secs_f64());
 }
+
+/// GPT-2 / BLOOM checkpoints saved from the base model (no `transformer.` prefix) load with the
+/// canonical module names.
+#[test]
+fn unprefixed_checkpoints_load() {
+    for family in ["gpt2", "bloom"] {
+        let (model, _, batch) = fixture(family);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir(family).join("config.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
+        let all = read_all(&dir(family).join("model.safetensors")).unwrap();
+        let t: Vec<(String, Vec<usize>, &[f32])> = all
+            .iter()
+            .map(|(n, (d, s))| {
+                (
+                    n.trim_start_matches("transformer.").to_string(),
+                    s.clone(),
+                    &d[..],
+                )
+            })
+            .collect();
+        load::write_f32(&tmp.path().join("model.safetensors"), &t).unwrap();
+        let m = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(
+            m.forward(&batch).unwrap().logits,
+            model.forward(&batch).unwrap().logits
+        );
+        assert!(m.layers[0].ln1.name.starts_with("transformer.h.0."));
+        assert!(m.layers[0].qkv[0].name.starts_with("transformer.h.0."));
+    }
+}
