@@ -6,6 +6,45 @@ use rayon::prelude::*;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
+/// Scores of query (row bi, position i, head h, kv group g) against keys 0..=i into `p`
+/// (−∞ where masked). Returns false when the query sees no key (padding).
+#[allow(clippy::too_many_arguments)]
+fn scores(
+    p: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    mask: &AttnMask,
+    dims: AttnDims,
+    bi: usize,
+    i: usize,
+    h: usize,
+    g: usize,
+    scale: f32,
+) -> bool {
+    let AttnDims { t, nh, nkv, hd, .. } = dims;
+    let ti = bi * t + i;
+    if mask.valid[ti] == 0 {
+        return false;
+    }
+    let qi = &q[(ti * nh + h) * hd..][..hd];
+    let mut any = false;
+    for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
+        let tj = bi * t + j;
+        if mask.valid[tj] == 0 || mask.segment[tj] != mask.segment[ti] {
+            *pj = f32::NEG_INFINITY;
+            continue;
+        }
+        let kj = &k[(tj * nkv + g) * hd..][..hd];
+        let mut s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+        if let Some((slopes, kpos)) = mask.alibi {
+            s += slopes[h] * kpos[tj];
+        }
+        *pj = s;
+        any = true;
+    }
+    any
+}
+
 impl CpuBackend {
     /// y[n,m] = x[n,k]·w[m,k]ᵀ in plain loops (the slow oracle for matmul paths).
     pub fn matmul_ref(&self, y: &mut [f32], x: &[f32], w: &[f32], n: usize, m: usize, k: usize) {
@@ -254,7 +293,7 @@ impl Backend for CpuBackend {
     fn attention_fwd(
         &self,
         out: &mut [f32],
-        probs: &mut [f32],
+        saved: &mut [f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
@@ -262,74 +301,44 @@ impl Backend for CpuBackend {
         dims: AttnDims,
         scale: f32,
     ) {
-        let AttnDims {
-            b: _,
-            t,
-            nh,
-            nkv,
-            hd,
-        } = dims;
+        let AttnDims { t, nh, nkv, hd, .. } = dims;
         let rep = nh / nkv;
-        // one (b, h) per task: probs [B,NH,T,T] chunks are disjoint.
-        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let g = h / rep;
-            for i in 0..t {
-                let row = &mut p[i * t..(i + 1) * t];
-                row.iter_mut().for_each(|x| *x = 0.0);
-                let ti = bi * t + i;
-                if mask.valid[ti] == 0 {
-                    continue;
-                }
-                let qi = &q[(ti * nh + h) * hd..(ti * nh + h + 1) * hd];
-                let mut mx = f32::NEG_INFINITY;
-                for j in 0..=i {
-                    let tj = bi * t + j;
-                    if mask.valid[tj] == 0 || mask.segment[tj] != mask.segment[ti] {
-                        row[j] = f32::NEG_INFINITY;
+        // one token per task: all its heads (out row and lse row are contiguous).
+        out.par_chunks_mut(nh * hd)
+            .zip(saved.par_chunks_mut(nh))
+            .enumerate()
+            .for_each(|(ti, (o, lse))| {
+                let (bi, i) = (ti / t, ti % t);
+                o.iter_mut().for_each(|x| *x = 0.0);
+                let mut p = vec![0.0f32; i + 1];
+                for h in 0..nh {
+                    lse[h] = f32::NEG_INFINITY;
+                    if !scores(&mut p, q, k, mask, dims, bi, i, h, h / rep, scale) {
                         continue;
                     }
-                    let kj = &k[(tj * nkv + g) * hd..(tj * nkv + g + 1) * hd];
-                    let mut s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    if let Some((slopes, kpos)) = mask.alibi {
-                        s += slopes[h] * kpos[tj];
-                    }
-                    row[j] = s;
-                    mx = mx.max(s);
-                }
-                let mut sum = 0.0;
-                for x in row[..=i].iter_mut() {
-                    *x = if *x == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (*x - mx).exp()
-                    };
-                    sum += *x;
-                }
-                for x in row[..=i].iter_mut() {
-                    *x /= sum;
-                }
-            }
-        });
-        let probs = &*probs;
-        out.par_chunks_mut(nh * hd).enumerate().for_each(|(ti, o)| {
-            let (bi, i) = (ti / t, ti % t);
-            o.iter_mut().for_each(|x| *x = 0.0);
-            for h in 0..nh {
-                let g = h / rep;
-                let p = &probs[((bi * nh + h) * t + i) * t..][..t];
-                let oh = &mut o[h * hd..(h + 1) * hd];
-                for (j, &pj) in p.iter().enumerate().take(i + 1) {
-                    if pj == 0.0 {
-                        continue;
-                    }
-                    let vj = &v[((bi * t + j) * nkv + g) * hd..][..hd];
-                    for d in 0..hd {
-                        oh[d] += pj * vj[d];
+                    let mx = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = p
+                        .iter()
+                        .map(|s| {
+                            if *s == f32::NEG_INFINITY {
+                                0.0
+                            } else {
+                                (s - mx).exp()
+                            }
+                        })
+                        .sum();
+                    lse[h] = mx + sum.ln();
+                    let oh = &mut o[h * hd..(h + 1) * hd];
+                    for (j, s) in p.iter().enumerate() {
+                        if *s == f32::NEG_INFINITY {
+                            continue;
+                        }
+                        let pj = (s - lse[h]).exp();
+                        let vj = &v[((bi * t + j) * nkv + h / rep) * hd..][..hd];
+                        oh.iter_mut().zip(vj).for_each(|(o, v)| *o += pj * v);
                     }
                 }
-            }
-        });
+            });
     }
 
     fn attention_bwd(
@@ -341,16 +350,14 @@ impl Backend for CpuBackend {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        probs: &[f32],
+        saved: &[f32],
+        mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
     ) {
-        let AttnDims { b, t, nh, nkv, hd } = dims;
+        let AttnDims { t, nh, nkv, hd, .. } = dims;
         let rep = nh / nkv;
-        dq.iter_mut().for_each(|x| *x = 0.0);
-        dk.iter_mut().for_each(|x| *x = 0.0);
-        dv.iter_mut().for_each(|x| *x = 0.0);
-        // Parallel over batch rows: each owns its slice of dq/dk/dv.
+        // one batch row per task: it owns its slices of dq/dk/dv.
         dq.par_chunks_mut(t * nh * hd)
             .zip(
                 dk.par_chunks_mut(t * nkv * hd)
@@ -358,48 +365,57 @@ impl Backend for CpuBackend {
             )
             .enumerate()
             .for_each(|(bi, (dq, (dk, dv)))| {
-                let mut ds = vec![0.0f32; t];
-                for h in 0..nh {
-                    let g = h / rep;
-                    for i in 0..t {
-                        let p = &probs[((bi * nh + h) * t + i) * t..][..t];
-                        let ti = bi * t + i;
+                dq.iter_mut()
+                    .chain(dk.iter_mut())
+                    .chain(dv.iter_mut())
+                    .for_each(|x| *x = 0.0);
+                let mut p = vec![0.0f32; t];
+                let mut dp = vec![0.0f32; t];
+                for i in 0..t {
+                    let ti = bi * t + i;
+                    for h in 0..nh {
+                        let g = h / rep;
+                        let lse = saved[ti * nh + h];
+                        if lse == f32::NEG_INFINITY
+                            || !scores(&mut p[..=i], q, k, mask, dims, bi, i, h, g, scale)
+                        {
+                            continue;
+                        }
                         let doi = &dout[(ti * nh + h) * hd..][..hd];
                         let mut dot = 0.0;
                         for j in 0..=i {
-                            if p[j] == 0.0 {
-                                ds[j] = 0.0;
+                            if p[j] == f32::NEG_INFINITY {
+                                p[j] = 0.0;
                                 continue;
                             }
+                            p[j] = (p[j] - lse).exp();
                             let vj = &v[((bi * t + j) * nkv + g) * hd..][..hd];
-                            let dp = doi.iter().zip(vj).map(|(a, b)| a * b).sum::<f32>();
-                            ds[j] = dp;
-                            dot += dp * p[j];
-                            let dvj = &mut dv[(j * nkv + g) * hd..][..hd];
-                            for d in 0..hd {
-                                dvj[d] += p[j] * doi[d];
-                            }
+                            dp[j] = doi.iter().zip(vj).map(|(a, b)| a * b).sum::<f32>();
+                            dot += dp[j] * p[j];
+                            dv[(j * nkv + g) * hd..][..hd]
+                                .iter_mut()
+                                .zip(doi)
+                                .for_each(|(d, o)| *d += p[j] * o);
                         }
                         let qi = &q[(ti * nh + h) * hd..][..hd];
                         for j in 0..=i {
                             if p[j] == 0.0 {
                                 continue;
                             }
-                            let s = p[j] * (ds[j] - dot) * scale;
+                            let s = p[j] * (dp[j] - dot) * scale;
                             let kj = &k[((bi * t + j) * nkv + g) * hd..][..hd];
-                            let dqi = &mut dq[(i * nh + h) * hd..][..hd];
-                            for d in 0..hd {
-                                dqi[d] += s * kj[d];
-                            }
-                            let dkj = &mut dk[(j * nkv + g) * hd..][..hd];
-                            for d in 0..hd {
-                                dkj[d] += s * qi[d];
-                            }
+                            dq[(i * nh + h) * hd..][..hd]
+                                .iter_mut()
+                                .zip(kj)
+                                .for_each(|(d, k)| *d += s * k);
+                            dk[(j * nkv + g) * hd..][..hd]
+                                .iter_mut()
+                                .zip(qi)
+                                .for_each(|(d, q)| *d += s * q);
                         }
                     }
                 }
             });
-        let _ = b;
     }
 
     fn attention_cached_fwd(

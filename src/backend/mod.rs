@@ -128,19 +128,19 @@ pub trait Backend: Send + Sync {
         inverse: bool,
     );
 
-    /// Length of the buffer `attention_fwd` saves for its backward (the CPU keeps the
-    /// probabilities [B,NH,T,T]; a flash-style backend may keep only row statistics).
+    /// Length of the buffer `attention_fwd` saves for its backward. The CPU keeps one
+    /// logsumexp per (token, head): [B,T,NH]; the probabilities are recomputed in backward.
     fn attention_saved_len(&self, dims: AttnDims) -> usize {
-        dims.b * dims.nh * dims.t * dims.t
+        dims.b * dims.t * dims.nh
     }
 
-    /// out[B,T,NH,HD] and `saved` (`attention_saved_len`; CPU: probs [B,NH,T,T]) from q, k, v;
-    /// scores scaled by `scale`.
+    /// Causal attention: out[B,T,NH,HD] = softmax(scale·q·kᵀ + alibi, masked)·v, and `saved`
+    /// (`attention_saved_len` values; CPU: row logsumexp [B,T,NH], −∞ for rows with no key).
     #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
         out: &mut [f32],
-        probs: &mut [f32],
+        saved: &mut [f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
@@ -148,7 +148,8 @@ pub trait Backend: Send + Sync {
         dims: AttnDims,
         scale: f32,
     );
-    /// dq, dk, dv overwritten. dS = P⊙(dP − rowsum(dP⊙P)), dP = dO·Vᵀ; dQ = s·dS·K; dK = s·dSᵀ·Q; dV = Pᵀ·dO.
+    /// dq, dk, dv overwritten. With P recomputed from `saved`: dP = dO·Vᵀ;
+    /// dS = P⊙(dP − rowsum(dP⊙P)); dQ = s·dS·K; dK = s·dSᵀ·Q; dV = Pᵀ·dO.
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
@@ -159,7 +160,8 @@ pub trait Backend: Send + Sync {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        probs: &[f32],
+        saved: &[f32],
+        mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
     );

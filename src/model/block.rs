@@ -132,6 +132,16 @@ pub struct Ctx {
     pub alibi: Option<(Vec<f32>, Vec<f32>)>,
 }
 
+impl Ctx {
+    pub fn mask(&self) -> AttnMask<'_> {
+        AttnMask {
+            valid: &self.valid,
+            segment: &self.segment,
+            alibi: self.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
+        }
+    }
+}
+
 /// Activations a layer keeps for its backward.
 #[derive(Default)]
 pub struct Acts {
@@ -142,7 +152,7 @@ pub struct Acts {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     /// What the backend's attention saves for its backward (CPU: probabilities).
-    pub probs: Vec<f32>,
+    pub attn_saved: Vec<f32>,
     pub att: Vec<f32>,
     pub x2: Vec<f32>,
     pub h2: Vec<f32>,
@@ -229,16 +239,13 @@ impl Layer {
         let n = ctx.n;
         let hd = ctx.dims.hd;
         self.qkv_fwd(be, arch, acts, x, &ctx.pos, n);
-        acts.probs.resize(be.attention_saved_len(ctx.dims), 0.0);
+        acts.attn_saved
+            .resize(be.attention_saved_len(ctx.dims), 0.0);
         acts.att.resize(n * arch.q_dim(), 0.0);
-        let mask = AttnMask {
-            valid: &ctx.valid,
-            segment: &ctx.segment,
-            alibi: ctx.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
-        };
+        let mask = ctx.mask();
         be.attention_fwd(
             &mut acts.att,
-            &mut acts.probs,
+            &mut acts.attn_saved,
             &acts.q,
             &acts.k,
             &acts.v,
@@ -396,6 +403,7 @@ impl Layer {
         self.o
             .backward(be, Some(&mut datt), false, &dx2, &acts.att, n);
         let (mut dq, mut dk, mut dv) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+        let mask = ctx.mask();
         be.attention_bwd(
             &mut dq,
             &mut dk,
@@ -404,7 +412,8 @@ impl Layer {
             &acts.q,
             &acts.k,
             &acts.v,
-            &acts.probs,
+            &acts.attn_saved,
+            &mask,
             ctx.dims,
             1.0 / (hd as f32).sqrt(),
         );
