@@ -70,6 +70,88 @@ pub struct Batch {
     pub segments: Option<Vec<u32>>,
 }
 
+impl Batch {
+    /// Pads rows of (ids, labels) to the longest row: `left` pads at the start (as for the
+    /// causal-LM recipes), else at the end; padding gets `pad_id`, mask 0 and label −100.
+    /// `labels` of a row may be empty (no labels for any row = inference batch).
+    pub fn padded(rows: &[(Vec<u32>, Vec<i64>)], pad_id: u32, left: bool) -> Batch {
+        let b = rows.len();
+        let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let with_labels = rows.iter().any(|r| !r.1.is_empty());
+        let mut batch = Batch {
+            b,
+            t,
+            input_ids: vec![pad_id; b * t],
+            attention_mask: vec![0; b * t],
+            labels: with_labels.then(|| vec![-100; b * t]),
+            segments: None,
+        };
+        for (r, (ids, labels)) in rows.iter().enumerate() {
+            let off = if left { t - ids.len() } else { 0 };
+            for (i, &id) in ids.iter().enumerate() {
+                batch.input_ids[r * t + off + i] = id;
+                batch.attention_mask[r * t + off + i] = 1;
+                if let (Some(l), Some(&x)) = (&mut batch.labels, labels.get(i)) {
+                    l[r * t + off + i] = x;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Packs examples greedily, in order, into rows of at most `max_len` tokens (an example
+    /// longer than `max_len` gets a row of its own, truncated); rows are right-padded.
+    pub fn packed(examples: &[(Vec<u32>, Vec<i64>)], max_len: usize, pad_id: u32) -> Batch {
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut used = usize::MAX;
+        for (e, (ids, _)) in examples.iter().enumerate() {
+            let len = ids.len().min(max_len);
+            if used.saturating_add(len) > max_len {
+                rows.push(Vec::new());
+                used = 0;
+            }
+            rows.last_mut().expect("row").push(e);
+            used += len;
+        }
+        let t = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&e| examples[e].0.len().min(max_len))
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        let b = rows.len();
+        let mut batch = Batch {
+            b,
+            t,
+            input_ids: vec![pad_id; b * t],
+            attention_mask: vec![0; b * t],
+            labels: Some(vec![-100; b * t]),
+            segments: Some(vec![u32::MAX; b * t]),
+        };
+        for (r, row) in rows.iter().enumerate() {
+            let mut k = r * t;
+            for (s, &e) in row.iter().enumerate() {
+                let (ids, labels) = &examples[e];
+                for i in 0..ids.len().min(max_len) {
+                    batch.input_ids[k] = ids[i];
+                    batch.attention_mask[k] = 1;
+                    if let (Some(l), Some(&x)) = (&mut batch.labels, labels.get(i)) {
+                        l[k] = x;
+                    }
+                    if let Some(sg) = &mut batch.segments {
+                        sg[k] = s as u32;
+                    }
+                    k += 1;
+                }
+            }
+        }
+        batch
+    }
+}
+
 pub struct Output {
     /// [B, T, V]
     pub logits: Vec<f32>,

@@ -842,3 +842,31 @@ fn unprefixed_checkpoints_load() {
         assert!(m.layers[0].qkv[0].name.starts_with("transformer.h.0."));
     }
 }
+
+#[test]
+fn batch_padding_and_packing() {
+    let rows = vec![(vec![5, 6, 7], vec![-100, 6, 7]), (vec![8], vec![8])];
+    let b = Batch::padded(&rows, 0, true);
+    assert_eq!((b.b, b.t), (2, 3));
+    assert_eq!(b.input_ids, [5, 6, 7, 0, 0, 8]);
+    assert_eq!(b.attention_mask, [1, 1, 1, 0, 0, 1]);
+    assert_eq!(b.labels.unwrap(), [-100, 6, 7, -100, -100, 8]);
+    let r = Batch::padded(&rows, 0, false);
+    assert_eq!(r.input_ids, [5, 6, 7, 8, 0, 0]);
+    let p = Batch::packed(
+        &[
+            (vec![1, 2, 3], vec![1, 2, 3]),
+            (vec![4, 5], vec![4, 5]),
+            (vec![6, 7, 8], vec![6, 7, 8]),
+        ],
+        5,
+        0,
+    );
+    assert_eq!((p.b, p.t), (2, 5));
+    assert_eq!(p.input_ids, [1, 2, 3, 4, 5, 6, 7, 8, 0, 0]);
+    assert_eq!(
+        p.segments.unwrap(),
+        [0, 0, 0, 1, 1, 0, 0, 0, u32::MAX, u32::MAX]
+    );
+    assert_eq!(p.attention_mask, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]);
+}
