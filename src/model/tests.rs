@@ -406,11 +406,11 @@ fn peft_save_load_round_trip() {
         if family == "llama" {
             assert_eq!(
                 saved["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].1,
-                vec![4, 32]
+                vec![4, 16]
             );
             assert_eq!(
                 saved["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].1,
-                vec![16, 4]
+                vec![8, 4]
             );
             assert!(saved.contains_key("base_model.model.model.embed_tokens.weight"));
         } else {
@@ -748,7 +748,7 @@ fn quantize_hook_and_rope_scaling_error() {
     let (dt, shape, bytes) = files.raw("model.norm.weight").unwrap();
     assert_eq!(
         (dt, shape, bytes.len()),
-        (safetensors::Dtype::F32, vec![32], 128)
+        (safetensors::Dtype::F32, vec![16], 64)
     );
     let cfg = r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,"vocab_size":10,
         "intermediate_size":8,"rope_scaling":{"rope_type":"llama3","factor":8.0}}"#;

@@ -26,8 +26,8 @@ torch.manual_seed(0)
 torch.set_default_dtype(torch.float32)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "engine")
-V, H, NH, HD, FF, L = 48, 32, 4, 8, 32, 2
-HS = 16  # BLOOM / GPT-2 hidden size (4 heads of 4): keeps their fixtures small
+V, H, NH, HD, FF, L = 48, 16, 4, 4, 32, 2
+HS = H
 B, T = 2, 8
 
 
@@ -169,7 +169,7 @@ make("bloom", m, lora(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to
 # ---------------------------------------------------------------- chatglm via GlmForCausalLM
 NG = 2
 cfg = transformers.GlmConfig(vocab_size=V, hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
-                             num_attention_heads=NH, num_key_value_heads=NG, head_dim=HD, rms_norm_eps=1e-5,
+                             num_attention_heads=NH, num_key_value_heads=NG, head_dim=2 * HD, rms_norm_eps=1e-5,
                              tie_word_embeddings=False, attention_bias=True, bos_token_id=1, eos_token_id=2,
                              pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 20000.0,
                                                               "partial_rotary_factor": 0.5},
@@ -207,10 +207,10 @@ def glm_fuse(sd):
 
 def glm_save(model, d):
     sd = glm_fuse({k: v.detach() for k, v in model.state_dict().items()})
-    sd["transformer.rotary_pos_emb.inv_freq"] = torch.ones(HD // 4)  # present in real checkpoints, unused
+    sd["transformer.rotary_pos_emb.inv_freq"] = torch.ones(HD // 2)  # present in real checkpoints, unused
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"))
     json.dump({"architectures": ["ChatGLMModel"], "model_type": "chatglm", "num_layers": L,
-               "padded_vocab_size": V, "hidden_size": H, "ffn_hidden_size": FF, "kv_channels": HD,
+               "padded_vocab_size": V, "hidden_size": H, "ffn_hidden_size": FF, "kv_channels": 2 * HD,
                "num_attention_heads": NH, "seq_length": 64, "hidden_dropout": 0.0, "attention_dropout": 0.0,
                "layernorm_epsilon": 1e-5, "rmsnorm": True, "apply_residual_connection_post_layernorm": False,
                "post_layer_norm": True, "add_bias_linear": False, "add_qkv_bias": True,
@@ -226,7 +226,7 @@ make("chatglm", m, lora(["o_proj", "gate_up_proj", "down_proj"]), rename=glm_ren
 
 # ---------------------------------------------------------------- qwen v1 via Qwen2ForCausalLM (MHA)
 cfg = transformers.Qwen2Config(vocab_size=V, hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
-                               num_attention_heads=NH, num_key_value_heads=NH, rms_norm_eps=1e-6,
+                               num_attention_heads=2, num_key_value_heads=2, rms_norm_eps=1e-6,
                                tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                                attn_implementation="eager")
 m = transformers.Qwen2ForCausalLM(cfg)
@@ -260,8 +260,8 @@ def qwen_save(model, d):
     sd = qwen_fuse({k: v.detach() for k, v in model.state_dict().items()})
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"))
     json.dump({"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": H,
-               "num_attention_heads": NH, "num_hidden_layers": L, "intermediate_size": 2 * FF,
-               "kv_channels": HD, "layer_norm_epsilon": 1e-6, "rotary_emb_base": 10000, "rotary_pct": 1.0,
+               "num_attention_heads": 2, "num_hidden_layers": L, "intermediate_size": 2 * FF,
+               "kv_channels": H // 2, "layer_norm_epsilon": 1e-6, "rotary_emb_base": 10000, "rotary_pct": 1.0,
                "no_bias": True, "vocab_size": V, "seq_length": 64, "max_position_embeddings": 64,
                "tie_word_embeddings": False, "use_dynamic_ntk": True, "use_logn_attn": True,
                "emb_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "torch_dtype": "float32"},
