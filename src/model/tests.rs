@@ -698,6 +698,9 @@ fn write_adapters_for_peft_check() {
             ],
         )
         .unwrap();
+        // merged full model for transformers
+        lora::merge(&mut model).unwrap();
+        model.save_pretrained(&d.join("merged")).unwrap();
     }
 }
 
@@ -869,4 +872,40 @@ fn batch_padding_and_packing() {
         [0, 0, 0, 1, 1, 0, 0, 0, u32::MAX, u32::MAX]
     );
     assert_eq!(p.attention_mask, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]);
+}
+
+/// Packed backward: gradients of a packed row equal the token-weighted mean of the separate
+/// examples' gradients (full fine-tuning, so every weight's gradient is compared).
+#[test]
+fn packed_gradients_equal_separate() {
+    for family in ["llama", "bloom", "gpt2"] {
+        let ex = [
+            (vec![5u32, 9, 17, 3, 22], vec![-100i64, 9, 17, 3, 22]),
+            (vec![7, 30, 11], vec![7, 30, 11]),
+        ];
+        let grads = |batch: &Batch| {
+            let (mut model, _, _) = fixture(family);
+            model.set_full_trainable().unwrap();
+            model
+                .forward_backward(batch, TrainOptions::default())
+                .unwrap();
+            model
+                .params_mut()
+                .into_iter()
+                .map(|p| p.grad.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let g1 = grads(&Batch::padded(&ex[..1], 0, false));
+        let g2 = grads(&Batch::padded(&ex[1..], 0, false));
+        let gp = grads(&Batch::packed(&ex, 8, 0));
+        let (n1, n2) = (4.0, 2.0); // predicted tokens per example (shifted labels)
+        for ((a, b), p) in g1.iter().zip(&g2).zip(&gp) {
+            let want: Vec<f32> = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| (n1 * a + n2 * b) / (n1 + n2))
+                .collect();
+            close(&format!("{family} packed grads"), p, &want, 1e-5);
+        }
+    }
 }

@@ -1,4 +1,5 @@
-"""Checks that PEFT loads adapters saved by the Rust engine and computes the same logits.
+"""Checks that PEFT loads adapters saved by the Rust engine and computes the same logits, and
+that transformers loads the merged model written by `Model::save_pretrained`.
 
 Run:
   ENGINE_PEFT_CHECK_DIR=/tmp/peftcheck cargo test --lib write_adapters_for_peft_check -- --ignored
@@ -30,4 +31,11 @@ for family in sorted(os.listdir(root)):
     good = err < 1e-4 and lerr < 1e-5
     ok &= good
     print(f"{family}: max |logits diff| {err:.2e}, |loss diff| {lerr:.2e} {'OK' if good else 'MISMATCH'}")
+    # the adapter merged and written by Model::save_pretrained loads in transformers
+    merged = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(root, family, "merged"), attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = merged(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+    err = (out.logits[valid] - ours["logits"][valid]).abs().max().item()
+    ok &= err < 1e-4
+    print(f"{family} merged: max |logits diff| {err:.2e} {'OK' if err < 1e-4 else 'MISMATCH'}")
 sys.exit(0 if ok else 1)
