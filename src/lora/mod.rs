@@ -252,7 +252,7 @@ pub fn save_peft(
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "r": cfg.r,
-        "lora_alpha": cfg.alpha,
+        "lora_alpha": if cfg.alpha.fract() == 0.0 { json!(cfg.alpha as i64) } else { json!(cfg.alpha) },
         "lora_dropout": cfg.dropout,
         "target_modules": targets,
         "bias": "none",
@@ -286,6 +286,25 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
     }
     if c.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
         return Err(key_err("use_dora", "DoRA is not supported"));
+    }
+    // Options that would change the math silently if ignored.
+    for k in ["rank_pattern", "alpha_pattern"] {
+        if c.get(k)
+            .and_then(|v| v.as_object())
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(key_err(k, "per-module ranks/alphas are not supported"));
+        }
+    }
+    if c.get("layers_to_transform").is_some_and(|v| !v.is_null()) {
+        return Err(key_err("layers_to_transform", "is not supported"));
+    }
+    if c.get("bias")
+        .and_then(|v| v.as_str())
+        .is_some_and(|b| b != "none")
+        || c.get("lora_bias").and_then(|v| v.as_bool()) == Some(true)
+    {
+        return Err(key_err("bias", "only \"none\" is supported"));
     }
     let r = c
         .get("r")

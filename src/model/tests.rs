@@ -909,3 +909,44 @@ fn packed_gradients_equal_separate() {
         }
     }
 }
+
+#[test]
+fn peft_config_options_that_change_the_math_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir("llama").join("adapter/adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("llama").join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    for (k, v, msg) in [
+        (
+            "rank_pattern",
+            serde_json::json!({"q_proj": 8}),
+            "key \"rank_pattern\": per-module ranks/alphas are not supported",
+        ),
+        (
+            "use_dora",
+            serde_json::json!(true),
+            "key \"use_dora\": DoRA is not supported",
+        ),
+        (
+            "bias",
+            serde_json::json!("all"),
+            "key \"bias\": only \"none\" is supported",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[k] = v;
+        std::fs::write(tmp.path().join("adapter_config.json"), c.to_string()).unwrap();
+        let (mut model, _, _) = fixture("llama");
+        let e = lora::load_peft(&mut model, tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with(msg), "{e}");
+        assert!(e.contains("adapter_config.json"), "{e}");
+    }
+}
