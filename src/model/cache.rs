@@ -49,8 +49,41 @@ impl Model {
         ids: &[u32],
         mask: &[u8],
     ) -> Result<Vec<f32>, ModelError> {
+        let y = self.step_hidden(cache, ids, mask)?;
+        let n = ids.len();
+        let mut logits = vec![0.0; n * self.arch.vocab];
+        self.head_fwd(&mut logits, &y, n);
+        Ok(logits)
+    }
+
+    /// Like `forward_step` but returns only each row's last-position logits [B, V] (what
+    /// sampling needs; a long prefill never holds [B, Tn, V]).
+    pub fn forward_step_last(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+    ) -> Result<Vec<f32>, ModelError> {
+        let y = self.step_hidden(cache, ids, mask)?;
+        let (b, h) = (cache.b, self.arch.hidden);
+        let tn = ids.len() / b;
+        let last: Vec<f32> = (0..b)
+            .flat_map(|r| y[(r * tn + tn - 1) * h..(r * tn + tn) * h].to_vec())
+            .collect();
+        let mut logits = vec![0.0; b * self.arch.vocab];
+        self.head_fwd(&mut logits, &last, b);
+        Ok(logits)
+    }
+
+    /// Final-norm hidden states [B*Tn, H] of the new tokens; appends their keys/values.
+    fn step_hidden(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+    ) -> Result<Vec<f32>, ModelError> {
         let (b, past) = (cache.b, cache.len);
-        if ids.len() % b != 0 || mask.len() != ids.len() {
+        if ids.is_empty() || ids.len() % b != 0 || mask.len() != ids.len() {
             return Err(ModelError::Batch(format!(
                 "forward_step: ids ({}) and mask ({}) must be B*Tn with B = {b}",
                 ids.len(),
@@ -79,12 +112,7 @@ impl Model {
             }
         }
         let be = &*self.backend;
-        let (h, v, kd, n) = (
-            self.arch.hidden,
-            self.arch.vocab,
-            self.arch.kv_dim(),
-            b * tn,
-        );
+        let (h, kd, n) = (self.arch.hidden, self.arch.kv_dim(), b * tn);
         let mut pos = vec![0.0; n];
         for r in 0..b {
             for i in 0..tn {
@@ -153,9 +181,7 @@ impl Model {
         }
         self.final_norm
             .forward(be, &mut y, &mut Default::default(), &x, n);
-        let mut logits = vec![0.0; n * v];
-        self.head_fwd(&mut logits, &y, n);
         cache.len += tn;
-        Ok(logits)
+        Ok(y)
     }
 }

@@ -541,7 +541,7 @@ impl Model {
     }
 
     /// logits [N,V] from the final hidden states hf [N,H].
-    fn head_fwd(&self, logits: &mut [f32], hf: &[f32], n: usize) {
+    pub(crate) fn head_fwd(&self, logits: &mut [f32], hf: &[f32], n: usize) {
         match &self.head {
             Some(l) => l.forward(&*self.backend, logits, hf, n),
             None => self.backend.matmul(
@@ -560,24 +560,14 @@ impl Model {
 
     /// Forward only (no activations kept beyond one layer): logits [B,T,V] and the loss.
     pub fn forward(&self, batch: &Batch) -> Result<Output, ModelError> {
-        let be = &*self.backend;
-        let ctx = self.ctx(batch)?;
-        let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
-        let (mut x, _, _) = self.embed(&ctx, &batch.input_ids);
-        let mut acts = Acts::default();
-        let mut y = vec![0.0; n * h];
-        for l in &self.layers {
-            l.forward(be, &self.arch, &mut y, &mut acts, &x, &ctx);
-            std::mem::swap(&mut x, &mut y);
-        }
-        let mut st = block::NormStats::default();
-        self.final_norm.forward(be, &mut y, &mut st, &x, n);
+        let (ctx, hf) = self.final_hidden(batch)?;
+        let (n, v) = (ctx.n, self.arch.vocab);
         let mut logits = vec![0.0; n * v];
-        self.head_fwd(&mut logits, &y, n);
+        self.head_fwd(&mut logits, &hf, n);
         let (loss, n_tokens) = match Self::targets(batch, &ctx) {
             Some(tg) => {
                 let cnt = tg.iter().filter(|&&t| t >= 0).count();
-                let s = be.cross_entropy(None, &logits, &tg, v, 1.0);
+                let s = self.backend.cross_entropy(None, &logits, &tg, v, 1.0);
                 (
                     Some(if cnt > 0 {
                         (s / cnt as f64) as f32
@@ -594,6 +584,43 @@ impl Model {
             loss,
             n_tokens,
         })
+    }
+
+    /// Evaluation loss without keeping logits (head + cross-entropy in row chunks):
+    /// (sum of token losses, number of predicted tokens). Needs labels.
+    pub fn eval_loss(&self, batch: &Batch) -> Result<(f64, usize), ModelError> {
+        let (ctx, hf) = self.final_hidden(batch)?;
+        let targets = Self::targets(batch, &ctx)
+            .ok_or_else(|| ModelError::Batch("labels are required for eval_loss".into()))?;
+        let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
+        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
+        let mut logits = vec![0.0; rows * v];
+        let mut sum = 0.0;
+        for r0 in (0..n).step_by(rows) {
+            let m = rows.min(n - r0);
+            self.head_fwd(&mut logits[..m * v], &hf[r0 * h..(r0 + m) * h], m);
+            sum += self
+                .backend
+                .cross_entropy(None, &logits[..m * v], &targets[r0..r0 + m], v, 1.0);
+        }
+        Ok((sum, targets.iter().filter(|&&t| t >= 0).count()))
+    }
+
+    /// Final-norm hidden states [N,H] (no activations kept beyond one layer).
+    fn final_hidden(&self, batch: &Batch) -> Result<(Ctx, Vec<f32>), ModelError> {
+        let be = &*self.backend;
+        let ctx = self.ctx(batch)?;
+        let (n, h) = (ctx.n, self.arch.hidden);
+        let (mut x, _, _) = self.embed(&ctx, &batch.input_ids);
+        let mut acts = Acts::default();
+        let mut y = vec![0.0; n * h];
+        for l in &self.layers {
+            l.forward(be, &self.arch, &mut y, &mut acts, &x, &ctx);
+            std::mem::swap(&mut x, &mut y);
+        }
+        self.final_norm
+            .forward(be, &mut y, &mut block::NormStats::default(), &x, n);
+        Ok((ctx, y))
     }
 
     /// Forward + backward: accumulates gradients into every trainable tensor (call `zero_grad`

@@ -950,3 +950,38 @@ fn peft_config_options_that_change_the_math_are_rejected() {
         assert!(e.contains("adapter_config.json"), "{e}");
     }
 }
+
+/// eval_loss equals forward's loss; forward_step_last equals the last column of forward_step.
+#[test]
+fn eval_loss_and_last_logits() {
+    let (model, r, batch) = fixture("chatglm");
+    let (sum, cnt) = model.eval_loss(&batch).unwrap();
+    close(
+        "eval_loss",
+        &[(sum / cnt as f64) as f32],
+        &r["loss"].0,
+        1e-5,
+    );
+    let v = model.arch.vocab;
+    let mut c1 = model.new_cache(batch.b, batch.t);
+    let mut c2 = model.new_cache(batch.b, batch.t);
+    let all = model
+        .forward_step(&mut c1, &batch.input_ids, &batch.attention_mask)
+        .unwrap();
+    let last = model
+        .forward_step_last(&mut c2, &batch.input_ids, &batch.attention_mask)
+        .unwrap();
+    for row in 0..batch.b {
+        // (a different matmul shape may round differently)
+        close(
+            "last logits",
+            &last[row * v..(row + 1) * v],
+            &all[((row + 1) * batch.t - 1) * v..((row + 1) * batch.t) * v],
+            1e-6,
+        );
+    }
+    assert!(
+        model.forward_step(&mut c1, &[1, 2], &[1, 1]).is_err(),
+        "capacity exceeded"
+    );
+}
