@@ -2,13 +2,17 @@
 //!
 //! Layers, top to bottom: `cli` → `recipe` (parse, include, vars, validate)
 //! → `plan` (DAG, cache keys, estimates) → `run` (scheduler) → `steps`
-//! (one file per kind) → libraries (`data`, `text`, `train`, `eval`, ...).
-//! `cache` stores every step's output by content.
+//! (one file per kind) → libraries (`data`, `text`, `model`, `lora`,
+//! `backend`, `train`, `eval`, ...). `cache` stores every step's output by
+//! content.
+pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod diag;
 pub mod eval;
+pub mod lora;
+pub mod model;
 pub mod plan;
 pub mod recipe;
 pub mod run;

@@ -1,0 +1,263 @@
+//! The `Backend` trait: every numeric op the transformer needs, forward and backward side by side,
+//! on f32 slices. The model code (src/model/) is written once against this trait; `cpu.rs` is the
+//! reference implementation (plain loops + `gemm` + rayon), CUDA implements the same trait.
+//!
+//! Conventions: row-major; arguments are outputs first, then inputs, then dims; shapes in comments.
+//! `N` is the number of tokens (batch × time).
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+/// How the rotary embedding pairs dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RopeKind {
+    /// LLaMA `rotate_half`: dim i pairs with i + rot_dim/2, θ_i = base^(−2i/rot_dim).
+    Half,
+    /// ChatGLM / GLM: adjacent pairs (2i, 2i+1) on the first rot_dim dims, θ_i = base^(−2i/rot_dim).
+    Interleaved,
+}
+
+/// Which keys each query may see. Key j is visible to query i (same batch row) iff
+/// j <= i, `valid[j]`, `valid[i]` and `segment[i] == segment[j]`. A query with no visible key outputs 0.
+pub struct AttnMask<'a> {
+    /// [B*T] 1 = real token, 0 = padding.
+    pub valid: &'a [u8],
+    /// [B*T] packed-example index (all 0 without packing).
+    pub segment: &'a [u32],
+    /// ALiBi: (slopes [NH], key positions [B*T]); bias = slope_h · pos_j.
+    pub alibi: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// Attention dims: q [B,T,NH,HD], k/v [B,T,KV,HD]; head h reads kv group h / (NH/KV).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnDims {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
+pub trait Backend: Send + Sync {
+    /// C[m,n] = beta·C + op(A)·op(B), op = transpose when the flag is set.
+    /// A is [m,k] (or [k,m] when `ta`), B is [k,n] (or [n,k] when `tb`).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        c: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        beta: f32,
+    );
+
+    /// y[n,d] = w ⊙ x·rstd, rstd[n] = 1/sqrt(mean(x²)+eps) (HF RMSNorm, f32 variance).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_fwd(
+        &self,
+        y: &mut [f32],
+        rstd: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        d: usize,
+        eps: f32,
+    );
+    /// dx[n,d] (overwritten) and dw[d] (accumulated, if given) from dy[n,d].
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut [f32],
+        dw: Option<&mut [f32]>,
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        n: usize,
+        d: usize,
+    );
+
+    /// y[n,d] = (x−mean)·rstd ⊙ w + b.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        y: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        n: usize,
+        d: usize,
+        eps: f32,
+    );
+    /// dx (overwritten), dw/db (accumulated, if given).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        dx: &mut [f32],
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        n: usize,
+        d: usize,
+    );
+
+    /// In place on x[n, heads, hd]; pos[n]; rotates the first rot_dim dims of each head.
+    /// `inverse` applies the transpose rotation (the backward).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut [f32],
+        pos: &[f32],
+        n: usize,
+        heads: usize,
+        hd: usize,
+        rot_dim: usize,
+        base: f32,
+        kind: RopeKind,
+        inverse: bool,
+    );
+
+    /// Length of the buffer `attention_fwd` saves for its backward. The CPU keeps one
+    /// logsumexp per (token, head): [B,T,NH]; the probabilities are recomputed in backward.
+    fn attention_saved_len(&self, dims: AttnDims) -> usize {
+        dims.b * dims.t * dims.nh
+    }
+
+    /// Causal attention: out[B,T,NH,HD] = softmax(scale·q·kᵀ + alibi, masked)·v, and `saved`
+    /// (`attention_saved_len` values; CPU: row logsumexp [B,T,NH], −∞ for rows with no key).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        out: &mut [f32],
+        saved: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    );
+    /// dq, dk, dv overwritten. With P recomputed from `saved`: dP = dO·Vᵀ;
+    /// dS = P⊙(dP − rowsum(dP⊙P)); dQ = s·dS·K; dK = s·dSᵀ·Q; dV = Pᵀ·dO.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        dout: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        saved: &[f32],
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    );
+
+    /// Attention of new queries over a KV cache (generation, no backward).
+    /// out, q [B,Tn,NH,HD]; k, v caches [B,cap,KV,HD] already holding the new keys at
+    /// past..past+Tn; valid [B*cap]; query i (cache slot past+i) sees valid slots j <= past+i.
+    /// ALiBi: (slopes [NH], key positions [B*cap]). `dims.t` is Tn.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached_fwd(
+        &self,
+        out: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        valid: &[u8],
+        alibi: Option<(&[f32], &[f32])>,
+        dims: AttnDims,
+        cap: usize,
+        past: usize,
+        scale: f32,
+    );
+
+    /// a = silu(e) ⊙ g, all [len].
+    fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]);
+    /// σ = sigmoid(e); dg = da⊙e·σ; de = da⊙g⊙σ·(1 + e·(1−σ)).
+    fn swiglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]);
+    /// y = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+    fn gelu_fwd(&self, y: &mut [f32], x: &[f32]);
+    fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]);
+
+    /// y[n,d] = table[ids[i]].
+    fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize);
+    /// dtable[ids[i]] += dy[i] (accumulated).
+    fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize);
+
+    /// Per row i with target t_i >= 0: loss_i = logsumexp(logits_i) − logits_i[t_i];
+    /// dlogits_i = scale·(softmax(logits_i) − onehot(t_i)); rows with t_i < 0 get 0.
+    /// Returns Σ loss_i (unscaled). logits, dlogits [n,v].
+    fn cross_entropy(
+        &self,
+        dlogits: Option<&mut [f32]>,
+        logits: &[f32],
+        targets: &[i64],
+        v: usize,
+        scale: f32,
+    ) -> f64;
+
+    /// LoRA forward (fused): y[n,dout] += s·(x·Aᵀ)·Bᵀ. x [n,din], A [r,din], B [dout,r].
+    #[allow(clippy::too_many_arguments)]
+    fn lora_fwd(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        din: usize,
+        dout: usize,
+        r: usize,
+        s: f32,
+    ) {
+        let mut v = vec![0.0; n * r];
+        self.matmul(&mut v, x, a, n, r, din, false, true, 0.0);
+        for x in v.iter_mut() {
+            *x *= s;
+        }
+        self.matmul(y, &v, b, n, dout, r, false, true, 1.0);
+    }
+    /// LoRA backward (fused): u = dY·B [n,r]; v = x·Aᵀ (recomputed); dA += s·uᵀx; dB += s·dYᵀv;
+    /// dX += s·u·A. Never forms xᵀ·dY (din×dout).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd(
+        &self,
+        dx: &mut [f32],
+        da: &mut [f32],
+        db: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        din: usize,
+        dout: usize,
+        r: usize,
+        s: f32,
+    ) {
+        let mut u = vec![0.0; n * r];
+        self.matmul(&mut u, dy, b, n, r, dout, false, false, 0.0);
+        let mut v = vec![0.0; n * r];
+        self.matmul(&mut v, x, a, n, r, din, false, true, 0.0);
+        for t in u.iter_mut().chain(v.iter_mut()) {
+            *t *= s;
+        }
+        self.matmul(da, &u, x, r, din, n, true, false, 1.0);
+        self.matmul(db, dy, &v, dout, r, n, true, false, 1.0);
+        self.matmul(dx, &u, a, n, din, r, false, false, 1.0);
+    }
+}

@@ -1,0 +1,666 @@
+//! `Arch`: one description of a decoder-only transformer, built from a Hugging Face `config.json`
+//! for each supported family, plus the checkpoint names of every weight and parameter counts.
+
+use crate::backend::RopeKind;
+use serde_json::Value;
+use std::path::Path;
+
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen, chatglm, bloom, gpt2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: unsupported model_type \"{got}\" (supported: {SUPPORTED})")]
+    Unsupported { path: String, got: String },
+    #[error("{path}: key \"{key}\": {msg}")]
+    Key {
+        path: String,
+        key: String,
+        msg: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Qwen,
+    ChatGlm,
+    Bloom,
+    Gpt2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Positions {
+    Rope {
+        kind: RopeKind,
+        rot_dim: usize,
+        base: f32,
+    },
+    Alibi,
+    Learned {
+        max: usize,
+    },
+}
+
+/// How the q/k/v projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum QkvLayout {
+    /// Three linears q_proj, k_proj, v_proj.
+    Separate,
+    /// One linear, output [q (NH·HD) | k (KV·HD) | v (KV·HD)] (ChatGLM, Qwen v1, GPT-2).
+    Concat,
+    /// One linear, output per head [h][q|k|v][HD] (BLOOM).
+    PerHead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MlpKind {
+    /// down(silu(gate(x)) ⊙ up(x)); `fused`: one linear holds [gate; up] (ChatGLM).
+    SwiGlu { fused: bool },
+    /// proj(gelu_tanh(fc(x))).
+    GeluTanh,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Arch {
+    pub family: Family,
+    pub model_type: String,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub norm: NormKind,
+    pub eps: f32,
+    pub positions: Positions,
+    pub qkv: QkvLayout,
+    pub qkv_bias: bool,
+    /// Bias on the attention output and the MLP linears.
+    pub out_bias: bool,
+    pub mlp: MlpKind,
+    pub tied: bool,
+    /// LayerNorm right after the embedding (BLOOM).
+    pub emb_norm: bool,
+    /// Linear weights stored [in, out] (GPT-2 Conv1D).
+    pub conv1d: bool,
+    pub eos_token_id: Option<u32>,
+}
+
+/// Checkpoint names (without `.weight` / `.bias`) of one layer's pieces; the same strings are the
+/// module names PEFT targets.
+#[derive(Debug, Clone)]
+pub struct LayerNames {
+    pub ln1: String,
+    pub ln2: String,
+    /// Separate: [q, k, v]; fused: [qkv].
+    pub qkv: Vec<String>,
+    pub o: String,
+    /// SwiGLU separate: [gate, up]; fused or GELU: [fc].
+    pub mlp_in: Vec<String>,
+    pub mlp_out: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub emb: String,
+    pub pos_emb: Option<String>,
+    pub emb_norm: Option<String>,
+    pub final_norm: String,
+    /// None when tied to `emb`.
+    pub head: Option<String>,
+}
+
+fn get<'a>(c: &'a Value, path: &str, key: &str) -> Result<&'a Value, ArchError> {
+    c.get(key)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ArchError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg: "missing".into(),
+        })
+}
+fn uint(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
+    get(c, path, key)?
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| ArchError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg: "expected an unsigned integer".into(),
+        })
+}
+fn uint_or(c: &Value, path: &str, key: &str, d: usize) -> Result<usize, ArchError> {
+    if c.get(key).is_none_or(|v| v.is_null()) {
+        Ok(d)
+    } else {
+        uint(c, path, key)
+    }
+}
+fn float_or(c: &Value, key: &str, d: f64) -> f64 {
+    c.get(key).and_then(|v| v.as_f64()).unwrap_or(d)
+}
+fn bool_or(c: &Value, key: &str, d: bool) -> bool {
+    c.get(key).and_then(|v| v.as_bool()).unwrap_or(d)
+}
+fn eos(c: &Value) -> Option<u32> {
+    match c.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_u64().map(|v| v as u32),
+        Some(Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
+        _ => None,
+    }
+}
+fn rope_theta(c: &Value) -> f64 {
+    c.get("rope_theta")
+        .and_then(|v| v.as_f64())
+        .or_else(|| {
+            c.get("rope_parameters")
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(|v| v.as_f64())
+        })
+        .unwrap_or(10000.0)
+}
+
+impl Arch {
+    /// Reads `<dir>/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Arch, ArchError> {
+        let path = dir.join("config.json");
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| ArchError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        Self::from_config_json(&text, &p)
+    }
+
+    /// Parses a config.json text; `path` only names the source in errors.
+    pub fn from_config_json(text: &str, path: &str) -> Result<Arch, ArchError> {
+        let c: Value = serde_json::from_str(text).map_err(|source| ArchError::Json {
+            path: path.into(),
+            source,
+        })?;
+        let mt = c
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let tie = |d| bool_or(&c, "tie_word_embeddings", d);
+        let a = match mt.as_str() {
+            "llama" | "mistral" | "qwen2" => {
+                let scaling = c
+                    .get("rope_scaling")
+                    .filter(|v| !v.is_null())
+                    .or_else(|| c.get("rope_parameters"));
+                let rope_type = scaling
+                    .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                if rope_type != "default" {
+                    return Err(ArchError::Key {
+                        path: path.into(),
+                        key: "rope_scaling".into(),
+                        msg: format!(
+                            "rope type \"{rope_type}\" is not supported (only the default RoPE)"
+                        ),
+                    });
+                }
+                let hidden = uint(&c, path, "hidden_size")?;
+                let heads = uint(&c, path, "num_attention_heads")?;
+                let hd = uint_or(&c, path, "head_dim", hidden / heads)?;
+                let q2 = mt == "qwen2";
+                Arch {
+                    family: if q2 { Family::Qwen2 } else { Family::Llama },
+                    vocab: uint(&c, path, "vocab_size")?,
+                    hidden,
+                    layers: uint(&c, path, "num_hidden_layers")?,
+                    heads,
+                    kv_heads: uint_or(&c, path, "num_key_value_heads", heads)?,
+                    head_dim: hd,
+                    ffn: uint(&c, path, "intermediate_size")?,
+                    norm: NormKind::Rms,
+                    eps: float_or(&c, "rms_norm_eps", 1e-6) as f32,
+                    positions: Positions::Rope {
+                        kind: RopeKind::Half,
+                        rot_dim: hd,
+                        base: rope_theta(&c) as f32,
+                    },
+                    qkv: QkvLayout::Separate,
+                    qkv_bias: q2 || bool_or(&c, "attention_bias", false),
+                    out_bias: false,
+                    mlp: MlpKind::SwiGlu { fused: false },
+                    tied: tie(false),
+                    emb_norm: false,
+                    conv1d: false,
+                    eos_token_id: eos(&c),
+                    model_type: mt.clone(),
+                }
+            }
+            "qwen" => {
+                let hidden = uint(&c, path, "hidden_size")?;
+                let heads = uint(&c, path, "num_attention_heads")?;
+                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let pct = float_or(&c, "rotary_pct", 1.0);
+                Arch {
+                    family: Family::Qwen,
+                    vocab: uint(&c, path, "vocab_size")?,
+                    hidden,
+                    layers: uint(&c, path, "num_hidden_layers")?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hd,
+                    ffn: uint(&c, path, "intermediate_size")? / 2,
+                    norm: NormKind::Rms,
+                    eps: float_or(&c, "layer_norm_epsilon", 1e-6) as f32,
+                    positions: Positions::Rope {
+                        kind: RopeKind::Half,
+                        rot_dim: (hd as f64 * pct) as usize,
+                        base: float_or(&c, "rotary_emb_base", 10000.0) as f32,
+                    },
+                    qkv: QkvLayout::Concat,
+                    qkv_bias: true,
+                    out_bias: !bool_or(&c, "no_bias", true),
+                    mlp: MlpKind::SwiGlu { fused: false },
+                    tied: tie(false),
+                    emb_norm: false,
+                    conv1d: false,
+                    eos_token_id: eos(&c),
+                    model_type: mt.clone(),
+                }
+            }
+            "chatglm"
+                if c.get("position_encoding_2d").is_some()
+                    || c.get("padded_vocab_size").is_none() =>
+            {
+                return Err(ArchError::Key {
+                    path: path.into(),
+                    key: "model_type".into(),
+                    msg: "ChatGLM-6B (v1, 2D positions) is not supported; ChatGLM2/3 are".into(),
+                });
+            }
+            "chatglm" => {
+                let hidden = uint(&c, path, "hidden_size")?;
+                let heads = uint(&c, path, "num_attention_heads")?;
+                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let mqa = bool_or(&c, "multi_query_attention", false);
+                if !bool_or(&c, "rmsnorm", true) {
+                    return Err(ArchError::Key {
+                        path: path.into(),
+                        key: "rmsnorm".into(),
+                        msg: "only rmsnorm=true (ChatGLM2/3) is supported".into(),
+                    });
+                }
+                Arch {
+                    family: Family::ChatGlm,
+                    vocab: uint(&c, path, "padded_vocab_size")?,
+                    hidden,
+                    layers: uint(&c, path, "num_layers")?,
+                    heads,
+                    kv_heads: if mqa {
+                        uint(&c, path, "multi_query_group_num")?
+                    } else {
+                        heads
+                    },
+                    head_dim: hd,
+                    ffn: uint(&c, path, "ffn_hidden_size")?,
+                    norm: NormKind::Rms,
+                    eps: float_or(&c, "layernorm_epsilon", 1e-5) as f32,
+                    positions: Positions::Rope {
+                        kind: RopeKind::Interleaved,
+                        rot_dim: hd / 2,
+                        base: 10000.0 * float_or(&c, "rope_ratio", 1.0) as f32,
+                    },
+                    qkv: QkvLayout::Concat,
+                    qkv_bias: bool_or(&c, "add_qkv_bias", true)
+                        || bool_or(&c, "add_bias_linear", false),
+                    out_bias: bool_or(&c, "add_bias_linear", false),
+                    mlp: MlpKind::SwiGlu { fused: true },
+                    tied: false,
+                    emb_norm: false,
+                    conv1d: false,
+                    eos_token_id: eos(&c),
+                    model_type: mt.clone(),
+                }
+            }
+            "bloom" => {
+                let hidden = uint_or(&c, path, "hidden_size", uint_or(&c, path, "n_embed", 0)?)?;
+                let heads = uint_or(
+                    &c,
+                    path,
+                    "n_head",
+                    uint_or(&c, path, "num_attention_heads", 0)?,
+                )?;
+                if hidden == 0 || heads == 0 {
+                    return Err(ArchError::Key {
+                        path: path.into(),
+                        key: "hidden_size/n_head".into(),
+                        msg: "missing".into(),
+                    });
+                }
+                Arch {
+                    family: Family::Bloom,
+                    vocab: uint(&c, path, "vocab_size")?,
+                    hidden,
+                    layers: uint_or(
+                        &c,
+                        path,
+                        "n_layer",
+                        uint_or(&c, path, "num_hidden_layers", 0)?,
+                    )?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hidden / heads,
+                    ffn: 4 * hidden,
+                    norm: NormKind::Layer,
+                    eps: float_or(&c, "layer_norm_epsilon", 1e-5) as f32,
+                    positions: Positions::Alibi,
+                    qkv: QkvLayout::PerHead,
+                    qkv_bias: true,
+                    out_bias: true,
+                    mlp: MlpKind::GeluTanh,
+                    tied: tie(true),
+                    emb_norm: true,
+                    conv1d: false,
+                    eos_token_id: eos(&c),
+                    model_type: mt.clone(),
+                }
+            }
+            "gpt2" => {
+                let hidden = uint(&c, path, "n_embd")?;
+                let heads = uint(&c, path, "n_head")?;
+                Arch {
+                    family: Family::Gpt2,
+                    vocab: uint(&c, path, "vocab_size")?,
+                    hidden,
+                    layers: uint(&c, path, "n_layer")?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hidden / heads,
+                    ffn: uint_or(&c, path, "n_inner", 4 * hidden)?,
+                    norm: NormKind::Layer,
+                    eps: float_or(&c, "layer_norm_epsilon", 1e-5) as f32,
+                    positions: Positions::Learned {
+                        max: uint(&c, path, "n_positions")?,
+                    },
+                    qkv: QkvLayout::Concat,
+                    qkv_bias: true,
+                    out_bias: true,
+                    mlp: MlpKind::GeluTanh,
+                    tied: tie(true),
+                    emb_norm: false,
+                    conv1d: true,
+                    eos_token_id: eos(&c),
+                    model_type: mt.clone(),
+                }
+            }
+            _ => {
+                return Err(ArchError::Unsupported {
+                    path: path.into(),
+                    got: mt,
+                })
+            }
+        };
+        if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+            return Err(ArchError::Key {
+                path: path.into(),
+                key: "num_key_value_heads".into(),
+                msg: format!(
+                    "{} heads not divisible into {} kv groups",
+                    a.heads, a.kv_heads
+                ),
+            });
+        }
+        Ok(a)
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    pub fn names(&self) -> Names {
+        let s = String::from;
+        match self.family {
+            Family::Llama | Family::Qwen2 => Names {
+                emb: s("model.embed_tokens"),
+                pos_emb: None,
+                emb_norm: None,
+                final_norm: s("model.norm"),
+                head: (!self.tied).then(|| s("lm_head")),
+            },
+            Family::Qwen => Names {
+                emb: s("transformer.wte"),
+                pos_emb: None,
+                emb_norm: None,
+                final_norm: s("transformer.ln_f"),
+                head: (!self.tied).then(|| s("lm_head")),
+            },
+            Family::ChatGlm => Names {
+                emb: s("transformer.embedding.word_embeddings"),
+                pos_emb: None,
+                emb_norm: None,
+                final_norm: s("transformer.encoder.final_layernorm"),
+                head: Some(s("transformer.output_layer")),
+            },
+            Family::Bloom => Names {
+                emb: s("transformer.word_embeddings"),
+                pos_emb: None,
+                emb_norm: Some(s("transformer.word_embeddings_layernorm")),
+                final_norm: s("transformer.ln_f"),
+                head: (!self.tied).then(|| s("lm_head")),
+            },
+            Family::Gpt2 => Names {
+                emb: s("transformer.wte"),
+                pos_emb: Some(s("transformer.wpe")),
+                emb_norm: None,
+                final_norm: s("transformer.ln_f"),
+                head: (!self.tied).then(|| s("lm_head")),
+            },
+        }
+    }
+
+    pub fn layer_names(&self, i: usize) -> LayerNames {
+        match self.family {
+            Family::Llama | Family::Qwen2 => {
+                let p = format!("model.layers.{i}");
+                LayerNames {
+                    ln1: format!("{p}.input_layernorm"),
+                    ln2: format!("{p}.post_attention_layernorm"),
+                    qkv: ["q", "k", "v"]
+                        .iter()
+                        .map(|x| format!("{p}.self_attn.{x}_proj"))
+                        .collect(),
+                    o: format!("{p}.self_attn.o_proj"),
+                    mlp_in: vec![format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj")],
+                    mlp_out: format!("{p}.mlp.down_proj"),
+                }
+            }
+            Family::Qwen => {
+                let p = format!("transformer.h.{i}");
+                // modeling_qwen.py: c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection.
+                LayerNames {
+                    ln1: format!("{p}.ln_1"),
+                    ln2: format!("{p}.ln_2"),
+                    qkv: vec![format!("{p}.attn.c_attn")],
+                    o: format!("{p}.attn.c_proj"),
+                    mlp_in: vec![format!("{p}.mlp.w2"), format!("{p}.mlp.w1")],
+                    mlp_out: format!("{p}.mlp.c_proj"),
+                }
+            }
+            Family::ChatGlm => {
+                let p = format!("transformer.encoder.layers.{i}");
+                LayerNames {
+                    ln1: format!("{p}.input_layernorm"),
+                    ln2: format!("{p}.post_attention_layernorm"),
+                    qkv: vec![format!("{p}.self_attention.query_key_value")],
+                    o: format!("{p}.self_attention.dense"),
+                    mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
+                    mlp_out: format!("{p}.mlp.dense_4h_to_h"),
+                }
+            }
+            Family::Bloom => {
+                let p = format!("transformer.h.{i}");
+                LayerNames {
+                    ln1: format!("{p}.input_layernorm"),
+                    ln2: format!("{p}.post_attention_layernorm"),
+                    qkv: vec![format!("{p}.self_attention.query_key_value")],
+                    o: format!("{p}.self_attention.dense"),
+                    mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
+                    mlp_out: format!("{p}.mlp.dense_4h_to_h"),
+                }
+            }
+            Family::Gpt2 => {
+                let p = format!("transformer.h.{i}");
+                LayerNames {
+                    ln1: format!("{p}.ln_1"),
+                    ln2: format!("{p}.ln_2"),
+                    qkv: vec![format!("{p}.attn.c_attn")],
+                    o: format!("{p}.attn.c_proj"),
+                    mlp_in: vec![format!("{p}.mlp.c_fc")],
+                    mlp_out: format!("{p}.mlp.c_proj"),
+                }
+            }
+        }
+    }
+
+    /// (module name, d_in, d_out, has_bias) of every linear layer of layer i, in forward order.
+    pub fn layer_linears(&self, i: usize) -> Vec<(String, usize, usize, bool)> {
+        let n = self.layer_names(i);
+        let (h, q, kv, f) = (self.hidden, self.q_dim(), self.kv_dim(), self.ffn);
+        let mut v = Vec::new();
+        match self.qkv {
+            QkvLayout::Separate => {
+                v.push((n.qkv[0].clone(), h, q, self.qkv_bias));
+                v.push((n.qkv[1].clone(), h, kv, self.qkv_bias));
+                v.push((n.qkv[2].clone(), h, kv, self.qkv_bias));
+            }
+            _ => v.push((n.qkv[0].clone(), h, q + 2 * kv, self.qkv_bias)),
+        }
+        v.push((n.o.clone(), q, h, self.out_bias));
+        match self.mlp {
+            MlpKind::SwiGlu { fused: false } => {
+                v.push((n.mlp_in[0].clone(), h, f, self.out_bias));
+                v.push((n.mlp_in[1].clone(), h, f, self.out_bias));
+            }
+            MlpKind::SwiGlu { fused: true } => {
+                v.push((n.mlp_in[0].clone(), h, 2 * f, self.out_bias))
+            }
+            MlpKind::GeluTanh => v.push((n.mlp_in[0].clone(), h, f, self.out_bias)),
+        }
+        v.push((n.mlp_out.clone(), f, h, self.out_bias));
+        v
+    }
+
+    /// f32 values one layer keeps for its backward at batch b × length t (CPU backend: x, h1,
+    /// q, k, v, attention probs [B,NH,T,T], att, x2, h2, MLP e/g/a, norm stats). With gradient
+    /// checkpointing only x (b·t·hidden) stays per layer and one layer's set is live at a time.
+    pub fn activation_floats_per_layer(&self, b: usize, t: usize) -> u64 {
+        let n = (b * t) as u64;
+        let (h, q, kv, f) = (
+            self.hidden as u64,
+            self.q_dim() as u64,
+            self.kv_dim() as u64,
+            self.ffn as u64,
+        );
+        n * (4 * h + 2 * q + 2 * kv + 3 * f + 4) + (b * self.heads * t * t) as u64
+    }
+
+    /// Parameter counts per module group: embedding, per layer (attention, mlp, norms), head.
+    pub fn param_counts(&self) -> ParamCounts {
+        let h = self.hidden as u64;
+        let norm = if self.norm == NormKind::Layer {
+            2 * h
+        } else {
+            h
+        };
+        let mut attn = 0;
+        let mut mlp = 0;
+        for (name, i, o, b) in self.layer_linears(0) {
+            let c = (i * o) as u64 + if b { o as u64 } else { 0 };
+            if name.contains("mlp") {
+                mlp += c
+            } else {
+                attn += c
+            }
+        }
+        let emb = self.vocab as u64 * h
+            + match self.positions {
+                Positions::Learned { max } => max as u64 * h,
+                _ => 0,
+            }
+            + if self.emb_norm { norm } else { 0 };
+        ParamCounts {
+            embedding: emb,
+            attention_per_layer: attn,
+            mlp_per_layer: mlp,
+            norms_per_layer: 2 * norm,
+            final_norm: norm,
+            head: if self.tied { 0 } else { self.vocab as u64 * h },
+            layers: self.layers as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ParamCounts {
+    pub embedding: u64,
+    pub attention_per_layer: u64,
+    pub mlp_per_layer: u64,
+    pub norms_per_layer: u64,
+    pub final_norm: u64,
+    /// 0 when tied to the embedding.
+    pub head: u64,
+    pub layers: u64,
+}
+
+impl ParamCounts {
+    pub fn total(&self) -> u64 {
+        self.embedding
+            + self.layers * (self.attention_per_layer + self.mlp_per_layer + self.norms_per_layer)
+            + self.final_norm
+            + self.head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatglm3_6b_counts_from_config_alone() {
+        let cfg = r#"{"model_type":"chatglm","num_layers":28,"padded_vocab_size":65024,"hidden_size":4096,
+          "ffn_hidden_size":13696,"kv_channels":128,"num_attention_heads":32,"multi_query_attention":true,
+          "multi_query_group_num":2,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"add_bias_linear":false,"rope_ratio":1}"#;
+        let a = Arch::from_config_json(cfg, "config.json").unwrap();
+        assert_eq!(a.kv_dim(), 256);
+        // ChatGLM3-6B's published count: 2·65024·4096 (embedding + output_layer) + 28·(4096·4608
+        // + 4608 + 4096² + 4096·27392 + 13696·4096 + 2·4096) + 4096 = 6,243,584,000.
+        assert_eq!(a.param_counts().total(), 6_243_584_000);
+    }
+
+    #[test]
+    fn unknown_model_type_lists_supported() {
+        let e = Arch::from_config_json(r#"{"model_type":"t5"}"#, "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "m/config.json: unsupported model_type \"t5\" (supported: llama, mistral, qwen2, qwen, chatglm, bloom, gpt2)");
+    }
+}

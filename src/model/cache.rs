@@ -1,0 +1,187 @@
+//! Incremental decoding with a KV cache: `Model::forward_step` runs new tokens against the
+//! cached keys/values of everything before them (prefill = the whole prompt as one step).
+//! Positions follow `Model::forward` (RoPE / learned: slot index incl. left padding; ALiBi:
+//! count of real tokens − 1), so a prefill plus steps reproduces the full forward's logits.
+
+use super::block::Acts;
+use super::{alibi_slopes, Model, ModelError, Positions};
+use crate::backend::AttnDims;
+
+pub struct KvCache {
+    pub b: usize,
+    /// Capacity in tokens per row.
+    pub cap: usize,
+    /// Tokens already cached per row.
+    pub len: usize,
+    /// Per layer [B, cap, KV·HD].
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// [B*cap] 1 = real token.
+    valid: Vec<u8>,
+    /// [B*cap] ALiBi key positions.
+    kpos: Vec<f32>,
+    /// [B] real tokens so far.
+    count: Vec<i64>,
+}
+
+impl Model {
+    /// An empty cache for `b` rows of up to `cap` tokens.
+    pub fn new_cache(&self, b: usize, cap: usize) -> KvCache {
+        let kd = self.arch.kv_dim();
+        let layers = self.layers.len();
+        KvCache {
+            b,
+            cap,
+            len: 0,
+            k: vec![vec![0.0; b * cap * kd]; layers],
+            v: vec![vec![0.0; b * cap * kd]; layers],
+            valid: vec![0; b * cap],
+            kpos: vec![0.0; b * cap],
+            count: vec![0; b],
+        }
+    }
+
+    /// Runs `ids` [B, Tn] (mask [B, Tn], 0 = left padding) after the cached tokens; returns
+    /// logits [B, Tn, V] and appends the new keys/values to the cache.
+    pub fn forward_step(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+    ) -> Result<Vec<f32>, ModelError> {
+        let y = self.step_hidden(cache, ids, mask)?;
+        let n = ids.len();
+        let mut logits = vec![0.0; n * self.arch.vocab];
+        self.head_fwd(&mut logits, &y, n);
+        Ok(logits)
+    }
+
+    /// Like `forward_step` but returns only each row's last-position logits [B, V] (what
+    /// sampling needs; a long prefill never holds [B, Tn, V]).
+    pub fn forward_step_last(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+    ) -> Result<Vec<f32>, ModelError> {
+        let y = self.step_hidden(cache, ids, mask)?;
+        let (b, h) = (cache.b, self.arch.hidden);
+        let tn = ids.len() / b;
+        let last: Vec<f32> = (0..b)
+            .flat_map(|r| y[(r * tn + tn - 1) * h..(r * tn + tn) * h].to_vec())
+            .collect();
+        let mut logits = vec![0.0; b * self.arch.vocab];
+        self.head_fwd(&mut logits, &last, b);
+        Ok(logits)
+    }
+
+    /// Final-norm hidden states [B*Tn, H] of the new tokens; appends their keys/values.
+    fn step_hidden(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+    ) -> Result<Vec<f32>, ModelError> {
+        let (b, past) = (cache.b, cache.len);
+        if ids.is_empty() || ids.len() % b != 0 || mask.len() != ids.len() {
+            return Err(ModelError::Batch(format!(
+                "forward_step: ids ({}) and mask ({}) must be B*Tn with B = {b}",
+                ids.len(),
+                mask.len()
+            )));
+        }
+        let tn = ids.len() / b;
+        if past + tn > cache.cap {
+            return Err(ModelError::Batch(format!(
+                "forward_step: cache capacity {} exceeded ({} + {tn})",
+                cache.cap, past
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.arch.vocab) {
+            return Err(ModelError::Batch(format!(
+                "token id {bad} >= vocab size {}",
+                self.arch.vocab
+            )));
+        }
+        if let Positions::Learned { max } = self.arch.positions {
+            if past + tn > max {
+                return Err(ModelError::Batch(format!(
+                    "sequence length {} > max positions {max}",
+                    past + tn
+                )));
+            }
+        }
+        let be = &*self.backend;
+        let (h, kd, n) = (self.arch.hidden, self.arch.kv_dim(), b * tn);
+        let mut pos = vec![0.0; n];
+        for r in 0..b {
+            for i in 0..tn {
+                let slot = r * cache.cap + past + i;
+                pos[r * tn + i] = (past + i) as f32;
+                cache.valid[slot] = mask[r * tn + i];
+                cache.count[r] += mask[r * tn + i] as i64;
+                cache.kpos[slot] = ((cache.count[r] - 1) * mask[r * tn + i] as i64) as f32;
+            }
+        }
+        // embedding
+        let mut x = vec![0.0; n * h];
+        be.embedding_fwd(&mut x, &self.emb.value, ids, h);
+        if let Some(pe) = &self.pos_emb {
+            for k in 0..n {
+                let p = pos[k] as usize;
+                x[k * h..(k + 1) * h]
+                    .iter_mut()
+                    .zip(&pe.value[p * h..(p + 1) * h])
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        if let Some(en) = &self.emb_norm {
+            let mut y = vec![0.0; n * h];
+            en.forward(be, &mut y, &mut Default::default(), &x, n);
+            x = y;
+        }
+        let slopes =
+            (self.arch.positions == Positions::Alibi).then(|| alibi_slopes(self.arch.heads));
+        let dims = AttnDims {
+            b,
+            t: tn,
+            nh: self.arch.heads,
+            nkv: self.arch.kv_heads,
+            hd: self.arch.head_dim,
+        };
+        let mut acts = Acts::default();
+        let mut y = vec![0.0; n * h];
+        for (li, l) in self.layers.iter().enumerate() {
+            l.qkv_fwd(be, &self.arch, &mut acts, &x, &pos, n);
+            for r in 0..b {
+                for i in 0..tn {
+                    let slot = r * cache.cap + past + i;
+                    cache.k[li][slot * kd..(slot + 1) * kd]
+                        .copy_from_slice(&acts.k[(r * tn + i) * kd..][..kd]);
+                    cache.v[li][slot * kd..(slot + 1) * kd]
+                        .copy_from_slice(&acts.v[(r * tn + i) * kd..][..kd]);
+                }
+            }
+            acts.att.resize(n * self.arch.q_dim(), 0.0);
+            let alibi = slopes.as_ref().map(|s| (&s[..], &cache.kpos[..]));
+            be.attention_cached_fwd(
+                &mut acts.att,
+                &acts.q,
+                &cache.k[li],
+                &cache.v[li],
+                &cache.valid,
+                alibi,
+                dims,
+                cache.cap,
+                past,
+                1.0 / (self.arch.head_dim as f32).sqrt(),
+            );
+            l.post_attn_fwd(be, &self.arch, &mut y, &mut acts, &x, n);
+            std::mem::swap(&mut x, &mut y);
+        }
+        self.final_norm
+            .forward(be, &mut y, &mut Default::default(), &x, n);
+        cache.len += tn;
+        Ok(y)
+    }
+}

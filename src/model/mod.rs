@@ -1,0 +1,883 @@
+//! The CPU transformer engine: a Hugging Face checkpoint loaded into one `Arch`-driven model with
+//! explicit forward and backward (no autograd), LoRA / full fine-tuning gradients and optional
+//! gradient checkpointing.
+
+pub mod arch;
+pub mod block;
+pub mod cache;
+pub mod linear;
+pub mod load;
+#[cfg(test)]
+mod tests;
+
+pub use arch::{Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout};
+pub use block::{Acts, Ctx, Layer, Norm, Param};
+pub use cache::KvCache;
+pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
+pub use load::{LoadError, WeightFiles};
+
+use crate::backend::{AttnDims, Backend, CpuBackend};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("batch: {0}")]
+    Batch(String),
+    #[error("{0}")]
+    Train(String),
+}
+
+/// (checkpoint name, shape, f32 data)
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Row chunk (in logits elements) for the head + cross-entropy in `forward_backward`.
+/// (Tiny under test so the fixture tests run several chunks.)
+const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
+
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Backend to compute with; the CPU backend when None.
+    pub backend: Option<Arc<dyn Backend>>,
+    /// Called with (module name, W [d_out, d_in] in nn.Linear layout, d_in, d_out) for every
+    /// layer linear as it loads (not the head); a returned `QuantLinear` replaces the dense
+    /// weight, so a quantized load never holds more than one dense f32 weight at a time.
+    pub quantize: Option<QuantizeHook>,
+}
+
+pub type QuantizeHook =
+    Arc<dyn Fn(&str, &[f32], usize, usize) -> Option<Box<dyn QuantLinear>> + Send + Sync>;
+
+/// A batch of token rows. Positions: RoPE / learned positions count from each row's (or packed
+/// example's) first token including left padding, as transformers does without position_ids;
+/// ALiBi key positions are cumsum(mask)−1 (BLOOM).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    /// [B*T]
+    pub input_ids: Vec<u32>,
+    /// [B*T] 1 = token, 0 = padding.
+    pub attention_mask: Vec<u8>,
+    /// [B*T] unshifted labels (-100 = ignored); logits at t predict labels[t+1].
+    pub labels: Option<Vec<i64>>,
+    /// [B*T] packed-example index per token: no attention across examples, positions restart,
+    /// no prediction across a boundary.
+    pub segments: Option<Vec<u32>>,
+}
+
+impl Batch {
+    /// Pads rows of (ids, labels) to the longest row: `left` pads at the start (as for the
+    /// causal-LM recipes), else at the end; padding gets `pad_id`, mask 0 and label −100.
+    /// `labels` of a row may be empty (no labels for any row = inference batch).
+    pub fn padded(rows: &[(Vec<u32>, Vec<i64>)], pad_id: u32, left: bool) -> Batch {
+        let b = rows.len();
+        let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let with_labels = rows.iter().any(|r| !r.1.is_empty());
+        let mut batch = Batch {
+            b,
+            t,
+            input_ids: vec![pad_id; b * t],
+            attention_mask: vec![0; b * t],
+            labels: with_labels.then(|| vec![-100; b * t]),
+            segments: None,
+        };
+        for (r, (ids, labels)) in rows.iter().enumerate() {
+            let off = if left { t - ids.len() } else { 0 };
+            for (i, &id) in ids.iter().enumerate() {
+                batch.input_ids[r * t + off + i] = id;
+                batch.attention_mask[r * t + off + i] = 1;
+                if let (Some(l), Some(&x)) = (&mut batch.labels, labels.get(i)) {
+                    l[r * t + off + i] = x;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Packs examples greedily, in order, into rows of at most `max_len` tokens (an example
+    /// longer than `max_len` gets a row of its own, truncated); rows are right-padded.
+    pub fn packed(examples: &[(Vec<u32>, Vec<i64>)], max_len: usize, pad_id: u32) -> Batch {
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut used = usize::MAX;
+        for (e, (ids, _)) in examples.iter().enumerate() {
+            let len = ids.len().min(max_len);
+            if used.saturating_add(len) > max_len {
+                rows.push(Vec::new());
+                used = 0;
+            }
+            rows.last_mut().expect("row").push(e);
+            used += len;
+        }
+        let t = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&e| examples[e].0.len().min(max_len))
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        let b = rows.len();
+        let mut batch = Batch {
+            b,
+            t,
+            input_ids: vec![pad_id; b * t],
+            attention_mask: vec![0; b * t],
+            labels: Some(vec![-100; b * t]),
+            segments: Some(vec![u32::MAX; b * t]),
+        };
+        for (r, row) in rows.iter().enumerate() {
+            let mut k = r * t;
+            for (s, &e) in row.iter().enumerate() {
+                let (ids, labels) = &examples[e];
+                for i in 0..ids.len().min(max_len) {
+                    batch.input_ids[k] = ids[i];
+                    batch.attention_mask[k] = 1;
+                    if let (Some(l), Some(&x)) = (&mut batch.labels, labels.get(i)) {
+                        l[k] = x;
+                    }
+                    if let Some(sg) = &mut batch.segments {
+                        sg[k] = s as u32;
+                    }
+                    k += 1;
+                }
+            }
+        }
+        batch
+    }
+}
+
+pub struct Output {
+    /// [B, T, V]
+    pub logits: Vec<f32>,
+    /// Mean cross-entropy over predicted tokens (None without labels).
+    pub loss: Option<f32>,
+    /// Number of tokens the loss averages over.
+    pub n_tokens: usize,
+}
+
+/// How `forward_backward` keeps activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainOptions {
+    /// Keep only each layer's input; recompute the layer in backward.
+    pub checkpointing: bool,
+    /// Seed of this step's LoRA dropout masks (vary it per step); dropout is off in `forward`.
+    pub dropout_seed: u64,
+}
+
+/// One trainable tensor and its accumulated gradient, for the optimizer.
+pub struct ParamMut<'a> {
+    pub name: String,
+    pub value: &'a mut [f32],
+    pub grad: &'a mut [f32],
+}
+
+pub struct Model {
+    pub arch: Arch,
+    pub emb: Param,
+    pub emb_name: String,
+    pub pos_emb: Option<Param>,
+    pub emb_norm: Option<Norm>,
+    pub layers: Vec<Layer>,
+    pub final_norm: Norm,
+    /// None: tied to `emb`.
+    pub head: Option<Linear>,
+    pub backend: Arc<dyn Backend>,
+    /// The checkpoint's config.json text (written back by `save_pretrained`).
+    pub config_json: String,
+}
+
+fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
+    let h = arch.hidden;
+    let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
+    let b = match arch.norm {
+        NormKind::Layer => Some(Param::frozen(
+            files.get_shaped(&resolve(files, &format!("{name}.bias")), &[h])?,
+        )),
+        NormKind::Rms => None,
+    };
+    Ok(Norm {
+        name: name.to_string(),
+        kind: arch.norm,
+        eps: arch.eps,
+        w,
+        b,
+    })
+}
+
+/// GPT-2 and BLOOM checkpoints saved from the base model have no `transformer.` prefix; module
+/// names stay canonical (as PEFT sees them on the *ForCausalLM model).
+fn resolve(files: &WeightFiles, name: &str) -> String {
+    if !files.contains(name) {
+        if let Some(s) = name.strip_prefix("transformer.") {
+            if files.contains(s) {
+                return s.to_string();
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn linear_of(
+    files: &WeightFiles,
+    arch: &Arch,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+) -> Result<Linear, LoadError> {
+    let wname = resolve(files, &format!("{name}.weight"));
+    let w = if arch.conv1d {
+        let t = files.get_shaped(&wname, &[d_in, d_out])?;
+        let mut w = vec![0.0; d_in * d_out];
+        for i in 0..d_in {
+            for o in 0..d_out {
+                w[o * d_in + i] = t[i * d_out + o];
+            }
+        }
+        w
+    } else {
+        files.get_shaped(&wname, &[d_out, d_in])?
+    };
+    let b = if bias {
+        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
+    } else {
+        None
+    };
+    let mut l = Linear::dense(name.to_string(), d_in, d_out, w, b);
+    l.conv1d = arch.conv1d;
+    Ok(l)
+}
+
+/// ALiBi slopes as BLOOM's build_alibi_tensor computes them.
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
+    let closest = 1usize << (usize::BITS - 1 - heads.leading_zeros());
+    let base = 2f32.powf(-(2f32.powf(-((closest as f32).log2() - 3.0))));
+    let mut s: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32)).collect();
+    if closest != heads {
+        let extra = 2f32.powf(-(2f32.powf(-((2.0 * closest as f32).log2() - 3.0))));
+        let n = (heads - closest).min(closest);
+        s.extend((0..n).map(|i| extra.powi((1 + 2 * i) as i32)));
+    }
+    s
+}
+
+impl Model {
+    /// Loads config.json and the safetensors weights of a Hugging Face model directory.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let arch = Arch::from_dir(dir)?;
+        let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+        let files = WeightFiles::open(dir)?;
+        let names = arch.names();
+        let (v, h) = (arch.vocab, arch.hidden);
+        let emb = Param::frozen(
+            files.get_shaped(&resolve(&files, &format!("{}.weight", names.emb)), &[v, h])?,
+        );
+        let pos_emb = match (arch.positions, &names.pos_emb) {
+            (Positions::Learned { max }, Some(p)) => Some(Param::frozen(
+                files.get_shaped(&resolve(&files, &format!("{p}.weight")), &[max, h])?,
+            )),
+            _ => None,
+        };
+        let emb_norm = match &names.emb_norm {
+            Some(n) => Some(norm_of(&files, &arch, n)?),
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(arch.layers);
+        for i in 0..arch.layers {
+            let ln = arch.layer_names(i);
+            let mut lin = arch
+                .layer_linears(i)
+                .into_iter()
+                .map(|(n, di, d_o, b)| {
+                    let mut l = linear_of(&files, &arch, &n, di, d_o, b)?;
+                    if let (Some(q), LinearWeight::Dense(w)) = (&opts.quantize, &l.weight) {
+                        if let Some(qw) = q(&n, w, di, d_o) {
+                            l.weight = LinearWeight::Quant(qw);
+                        }
+                    }
+                    Ok::<_, LoadError>(l)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mlp_out = lin.pop().expect("mlp out");
+            let n_qkv = if arch.qkv == QkvLayout::Separate {
+                3
+            } else {
+                1
+            };
+            let rest = lin.split_off(n_qkv);
+            let mut rest = rest.into_iter();
+            let o = rest.next().expect("o");
+            layers.push(Layer {
+                ln1: norm_of(&files, &arch, &ln.ln1)?,
+                qkv: lin,
+                o,
+                ln2: norm_of(&files, &arch, &ln.ln2)?,
+                mlp_in: rest.collect(),
+                mlp_out,
+            });
+        }
+        let final_norm = norm_of(&files, &arch, &names.final_norm)?;
+        let head = match &names.head {
+            Some(n) => Some(linear_of(
+                &files,
+                &Arch {
+                    conv1d: false,
+                    ..arch.clone()
+                },
+                n,
+                h,
+                v,
+                false,
+            )?),
+            None => None,
+        };
+        let backend = opts.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend));
+        Ok(Model {
+            arch,
+            emb,
+            emb_name: names.emb,
+            pos_emb,
+            emb_norm,
+            layers,
+            final_norm,
+            head,
+            backend,
+            config_json,
+        })
+    }
+
+    /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
+    /// weights back to [in, out]; a tied head is not listed). Fails on quantized weights.
+    pub fn state_dict(&self) -> Result<Vec<NamedTensor>, ModelError> {
+        let (v, h) = (self.arch.vocab, self.arch.hidden);
+        let mut out = vec![(
+            format!("{}.weight", self.emb_name),
+            vec![v, h],
+            self.emb.value.clone(),
+        )];
+        if let Some(p) = &self.pos_emb {
+            out.push((
+                "transformer.wpe.weight".into(),
+                vec![p.value.len() / h, h],
+                p.value.clone(),
+            ));
+        }
+        let norm = |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &Norm| {
+            out.push((format!("{}.weight", n.name), vec![h], n.w.value.clone()));
+            if let Some(b) = &n.b {
+                out.push((format!("{}.bias", n.name), vec![h], b.value.clone()));
+            }
+        };
+        let lin =
+            |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, l: &Linear| -> Result<(), ModelError> {
+                let LinearWeight::Dense(w) = &l.weight else {
+                    return Err(ModelError::Train(format!(
+                        "{}: quantized weights cannot be saved densely",
+                        l.name
+                    )));
+                };
+                if l.conv1d {
+                    let mut t = vec![0.0; w.len()];
+                    for o in 0..l.d_out {
+                        for i in 0..l.d_in {
+                            t[i * l.d_out + o] = w[o * l.d_in + i];
+                        }
+                    }
+                    out.push((format!("{}.weight", l.name), vec![l.d_in, l.d_out], t));
+                } else {
+                    out.push((
+                        format!("{}.weight", l.name),
+                        vec![l.d_out, l.d_in],
+                        w.clone(),
+                    ));
+                }
+                if let Some(b) = &l.bias {
+                    out.push((format!("{}.bias", l.name), vec![l.d_out], b.clone()));
+                }
+                Ok(())
+            };
+        if let Some(n) = &self.emb_norm {
+            norm(&mut out, n);
+        }
+        for layer in &self.layers {
+            norm(&mut out, &layer.ln1);
+            norm(&mut out, &layer.ln2);
+            for l in layer.linears() {
+                lin(&mut out, l)?;
+            }
+        }
+        norm(&mut out, &self.final_norm);
+        if let Some(l) = &self.head {
+            lin(&mut out, l)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes config.json and model.safetensors (f32) loadable by transformers (and `Model::load`).
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let err = |e: std::io::Error| {
+            ModelError::Load(LoadError::File {
+                path: dir.display().to_string(),
+                msg: e.to_string(),
+            })
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::write(dir.join("config.json"), &self.config_json).map_err(err)?;
+        let sd = self.state_dict()?;
+        let views: Vec<(String, Vec<usize>, &[f32])> = sd
+            .iter()
+            .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
+            .collect();
+        load::write_f32(&dir.join("model.safetensors"), &views)?;
+        Ok(())
+    }
+
+    fn ctx(&self, batch: &Batch) -> Result<Ctx, ModelError> {
+        let (b, t) = (batch.b, batch.t);
+        let n = b * t;
+        if batch.input_ids.len() != n || batch.attention_mask.len() != n {
+            return Err(ModelError::Batch(format!(
+                "input_ids/attention_mask must have B*T = {n} entries"
+            )));
+        }
+        if let Some(&bad) = batch
+            .input_ids
+            .iter()
+            .find(|&&i| i as usize >= self.arch.vocab)
+        {
+            return Err(ModelError::Batch(format!(
+                "token id {bad} >= vocab size {}",
+                self.arch.vocab
+            )));
+        }
+        let segment = batch.segments.clone().unwrap_or_else(|| vec![0; n]);
+        let mut pos = vec![0.0; n];
+        let mut kpos = vec![0.0; n];
+        for r in 0..b {
+            let (mut p, mut c) = (0usize, 0i64);
+            for i in 0..t {
+                let k = r * t + i;
+                if i > 0 && segment[k] != segment[k - 1] {
+                    p = 0;
+                    c = 0;
+                }
+                pos[k] = p as f32;
+                p += 1;
+                c += batch.attention_mask[k] as i64;
+                kpos[k] = ((c - 1) * batch.attention_mask[k] as i64) as f32;
+            }
+        }
+        if let Positions::Learned { max } = self.arch.positions {
+            if t > max {
+                return Err(ModelError::Batch(format!(
+                    "sequence length {t} > max positions {max}"
+                )));
+            }
+        }
+        let alibi = (self.arch.positions == Positions::Alibi)
+            .then(|| (alibi_slopes(self.arch.heads), kpos));
+        let dims = AttnDims {
+            b,
+            t,
+            nh: self.arch.heads,
+            nkv: self.arch.kv_heads,
+            hd: self.arch.head_dim,
+        };
+        Ok(Ctx {
+            n,
+            dims,
+            pos,
+            valid: batch.attention_mask.clone(),
+            segment,
+            alibi,
+        })
+    }
+
+    /// Shifted targets [N]: target[t] = labels[t+1] inside the same row and example, else -100.
+    fn targets(batch: &Batch, ctx: &Ctx) -> Option<Vec<i64>> {
+        let labels = batch.labels.as_ref()?;
+        let t = batch.t;
+        Some(
+            (0..ctx.n)
+                .map(|k| {
+                    if k % t + 1 < t && ctx.segment[k] == ctx.segment[k + 1] {
+                        labels[k + 1]
+                    } else {
+                        -100
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// x [N,H] = embedding (+ learned positions, + embedding layernorm).
+    fn embed(&self, ctx: &Ctx, ids: &[u32]) -> (Vec<f32>, Vec<f32>, block::NormStats) {
+        let be = &*self.backend;
+        let h = self.arch.hidden;
+        let mut x = vec![0.0; ctx.n * h];
+        be.embedding_fwd(&mut x, &self.emb.value, ids, h);
+        if let Some(pe) = &self.pos_emb {
+            for k in 0..ctx.n {
+                let p = ctx.pos[k] as usize;
+                x[k * h..(k + 1) * h]
+                    .iter_mut()
+                    .zip(&pe.value[p * h..(p + 1) * h])
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        let mut st = block::NormStats::default();
+        if let Some(en) = &self.emb_norm {
+            let mut y = vec![0.0; ctx.n * h];
+            en.forward(be, &mut y, &mut st, &x, ctx.n);
+            return (y, x, st);
+        }
+        (x.clone(), x, st)
+    }
+
+    /// logits [N,V] from the final hidden states hf [N,H].
+    pub(crate) fn head_fwd(&self, logits: &mut [f32], hf: &[f32], n: usize) {
+        match &self.head {
+            Some(l) => l.forward(&*self.backend, logits, hf, n),
+            None => self.backend.matmul(
+                logits,
+                hf,
+                &self.emb.value,
+                n,
+                self.arch.vocab,
+                self.arch.hidden,
+                false,
+                true,
+                0.0,
+            ),
+        }
+    }
+
+    /// Forward only (no activations kept beyond one layer): logits [B,T,V] and the loss.
+    pub fn forward(&self, batch: &Batch) -> Result<Output, ModelError> {
+        let (ctx, hf) = self.final_hidden(batch)?;
+        let (n, v) = (ctx.n, self.arch.vocab);
+        let mut logits = vec![0.0; n * v];
+        self.head_fwd(&mut logits, &hf, n);
+        let (loss, n_tokens) = match Self::targets(batch, &ctx) {
+            Some(tg) => {
+                let cnt = tg.iter().filter(|&&t| t >= 0).count();
+                let s = self.backend.cross_entropy(None, &logits, &tg, v, 1.0);
+                (
+                    Some(if cnt > 0 {
+                        (s / cnt as f64) as f32
+                    } else {
+                        0.0
+                    }),
+                    cnt,
+                )
+            }
+            None => (None, 0),
+        };
+        Ok(Output {
+            logits,
+            loss,
+            n_tokens,
+        })
+    }
+
+    /// Evaluation loss without keeping logits (head + cross-entropy in row chunks):
+    /// (sum of token losses, number of predicted tokens). Needs labels.
+    pub fn eval_loss(&self, batch: &Batch) -> Result<(f64, usize), ModelError> {
+        let (ctx, hf) = self.final_hidden(batch)?;
+        let targets = Self::targets(batch, &ctx)
+            .ok_or_else(|| ModelError::Batch("labels are required for eval_loss".into()))?;
+        let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
+        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
+        let mut logits = vec![0.0; rows * v];
+        let mut sum = 0.0;
+        for r0 in (0..n).step_by(rows) {
+            let m = rows.min(n - r0);
+            self.head_fwd(&mut logits[..m * v], &hf[r0 * h..(r0 + m) * h], m);
+            sum += self
+                .backend
+                .cross_entropy(None, &logits[..m * v], &targets[r0..r0 + m], v, 1.0);
+        }
+        Ok((sum, targets.iter().filter(|&&t| t >= 0).count()))
+    }
+
+    /// Final-norm hidden states [N,H] (no activations kept beyond one layer).
+    fn final_hidden(&self, batch: &Batch) -> Result<(Ctx, Vec<f32>), ModelError> {
+        let be = &*self.backend;
+        let ctx = self.ctx(batch)?;
+        let (n, h) = (ctx.n, self.arch.hidden);
+        let (mut x, _, _) = self.embed(&ctx, &batch.input_ids);
+        let mut acts = Acts::default();
+        let mut y = vec![0.0; n * h];
+        for l in &self.layers {
+            l.forward(be, &self.arch, &mut y, &mut acts, &x, &ctx);
+            std::mem::swap(&mut x, &mut y);
+        }
+        self.final_norm
+            .forward(be, &mut y, &mut block::NormStats::default(), &x, n);
+        Ok((ctx, y))
+    }
+
+    /// Forward + backward: accumulates gradients into every trainable tensor (call `zero_grad`
+    /// between optimizer steps) and returns the mean loss over the batch's predicted tokens.
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        opts: TrainOptions,
+    ) -> Result<f32, ModelError> {
+        let ctx = self.ctx(batch)?;
+        let targets = Self::targets(batch, &ctx)
+            .ok_or_else(|| ModelError::Batch("labels are required for training".into()))?;
+        for (i, l) in self.linears_mut().into_iter().enumerate() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout_key = Some(
+                    opts.dropout_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                );
+            }
+        }
+        let r = self.forward_backward_inner(batch, opts, ctx, targets);
+        for l in self.linears_mut() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout_key = None;
+            }
+        }
+        r
+    }
+
+    fn forward_backward_inner(
+        &mut self,
+        batch: &Batch,
+        opts: TrainOptions,
+        ctx: Ctx,
+        targets: Vec<i64>,
+    ) -> Result<f32, ModelError> {
+        let be = self.backend.clone();
+        let be = &*be;
+        let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
+        let (x0, x_pre_norm, emb_st) = self.embed(&ctx, &batch.input_ids);
+        // forward, keeping each layer's input (and its activations unless checkpointing)
+        let mut inputs = vec![x0];
+        let mut saved: Vec<Acts> = Vec::new();
+        for l in &self.layers {
+            let mut acts = Acts::default();
+            let mut y = vec![0.0; n * h];
+            l.forward(
+                be,
+                &self.arch,
+                &mut y,
+                &mut acts,
+                inputs.last().expect("input"),
+                &ctx,
+            );
+            if !opts.checkpointing {
+                saved.push(acts);
+            }
+            inputs.push(y);
+        }
+        let xl = inputs.pop().expect("last");
+        let mut hf = vec![0.0; n * h];
+        let mut fst = block::NormStats::default();
+        self.final_norm.forward(be, &mut hf, &mut fst, &xl, n);
+        let cnt = targets.iter().filter(|&&t| t >= 0).count();
+        let scale = if cnt > 0 { 1.0 / cnt as f32 } else { 0.0 };
+        // head + cross-entropy in row chunks: logits never exist for all N rows at once.
+        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
+        let mut logits = vec![0.0; rows * v];
+        let mut dlogits = vec![0.0; rows * v];
+        let mut dhf = vec![0.0; n * h];
+        let mut loss_sum = 0.0;
+        for r0 in (0..n).step_by(rows) {
+            let m = rows.min(n - r0);
+            let (hc, lc, dc) = (
+                &hf[r0 * h..(r0 + m) * h],
+                &mut logits[..m * v],
+                &mut dlogits[..m * v],
+            );
+            self.head_fwd(lc, hc, m);
+            loss_sum += be.cross_entropy(Some(dc), lc, &targets[r0..r0 + m], v, scale);
+            let dh = &mut dhf[r0 * h..(r0 + m) * h];
+            match &mut self.head {
+                Some(l) => l.backward(be, Some(dh), false, dc, hc, m),
+                None => {
+                    be.matmul(dh, dc, &self.emb.value, m, h, v, false, false, 0.0);
+                    if let Some(g) = &mut self.emb.grad {
+                        be.matmul(g, dc, hc, v, h, m, true, false, 1.0);
+                    }
+                }
+            }
+        }
+        drop((logits, dlogits));
+        let mut dx = vec![0.0; n * h];
+        self.final_norm.backward(be, &mut dx, &dhf, &xl, &fst, n);
+        // layers in reverse
+        let mut dprev = vec![0.0; n * h];
+        for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            let x = &inputs[i];
+            let recomputed;
+            let acts = if opts.checkpointing {
+                let mut a = Acts::default();
+                let mut y = vec![0.0; n * h];
+                l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
+                recomputed = a;
+                &recomputed
+            } else {
+                &saved[i]
+            };
+            l.backward(be, &self.arch, &mut dprev, &dx, x, acts, &ctx);
+            std::mem::swap(&mut dx, &mut dprev);
+        }
+        // embedding
+        if let Some(en) = &mut self.emb_norm {
+            let mut d = vec![0.0; n * h];
+            en.backward(be, &mut d, &dx, &x_pre_norm, &emb_st, n);
+            dx = d;
+        }
+        if let Some(pe) = &mut self.pos_emb {
+            if let Some(g) = &mut pe.grad {
+                for k in 0..n {
+                    let p = ctx.pos[k] as usize;
+                    g[p * h..(p + 1) * h]
+                        .iter_mut()
+                        .zip(&dx[k * h..(k + 1) * h])
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        if let Some(g) = &mut self.emb.grad {
+            be.embedding_bwd(g, &dx, &batch.input_ids, h);
+        }
+        Ok(if cnt > 0 {
+            (loss_sum / cnt as f64) as f32
+        } else {
+            0.0
+        })
+    }
+
+    /// Every linear layer (all layers, then the untied head).
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .collect();
+        if let Some(h) = &mut self.head {
+            v.push(h);
+        }
+        v
+    }
+
+    /// Every norm with its module name.
+    pub fn norms_mut(&mut self) -> Vec<&mut Norm> {
+        let mut v: Vec<&mut Norm> = Vec::new();
+        if let Some(n) = &mut self.emb_norm {
+            v.push(n);
+        }
+        for l in &mut self.layers {
+            v.push(&mut l.ln1);
+            v.push(&mut l.ln2);
+        }
+        v.push(&mut self.final_norm);
+        v
+    }
+
+    /// Full fine-tuning: every weight trainable (fails on quantized weights).
+    pub fn set_full_trainable(&mut self) -> Result<(), ModelError> {
+        self.emb.set_trainable();
+        if let Some(p) = &mut self.pos_emb {
+            p.set_trainable();
+        }
+        for n in self.norms_mut() {
+            n.w.set_trainable();
+            if let Some(b) = &mut n.b {
+                b.set_trainable();
+            }
+        }
+        for l in self.linears_mut() {
+            l.set_trainable().map_err(ModelError::Train)?;
+        }
+        Ok(())
+    }
+
+    /// Trainable tensors with their gradients, named as in the checkpoint (`<module>.weight`,
+    /// `.bias`, and `<module>.lora_A.weight` / `.lora_B.weight` for adapters).
+    pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let mut out = Vec::new();
+        fn push<'a>(out: &mut Vec<ParamMut<'a>>, name: String, p: &'a mut Param) {
+            if let Some(g) = &mut p.grad {
+                out.push(ParamMut {
+                    name,
+                    value: &mut p.value,
+                    grad: g,
+                });
+            }
+        }
+        push(&mut out, format!("{}.weight", self.emb_name), &mut self.emb);
+        if let Some(p) = &mut self.pos_emb {
+            push(&mut out, "transformer.wpe.weight".into(), p);
+        }
+        let mut norms: Vec<&mut Norm> = Vec::new();
+        if let Some(n) = &mut self.emb_norm {
+            norms.push(n);
+        }
+        let mut lins: Vec<&mut Linear> = Vec::new();
+        for l in &mut self.layers {
+            norms.push(&mut l.ln1);
+            norms.push(&mut l.ln2);
+            lins.extend(l.qkv.iter_mut());
+            lins.push(&mut l.o);
+            lins.extend(l.mlp_in.iter_mut());
+            lins.push(&mut l.mlp_out);
+        }
+        norms.push(&mut self.final_norm);
+        if let Some(h) = &mut self.head {
+            lins.push(h);
+        }
+        for n in norms {
+            push(&mut out, format!("{}.weight", n.name), &mut n.w);
+            if let Some(b) = &mut n.b {
+                push(&mut out, format!("{}.bias", n.name), b);
+            }
+        }
+        for l in lins {
+            if let (LinearWeight::Dense(w), Some(g)) = (&mut l.weight, &mut l.grad_w) {
+                out.push(ParamMut {
+                    name: format!("{}.weight", l.name),
+                    value: w,
+                    grad: g,
+                });
+            }
+            if let (Some(b), Some(g)) = (&mut l.bias, &mut l.grad_b) {
+                out.push(ParamMut {
+                    name: format!("{}.bias", l.name),
+                    value: b,
+                    grad: g,
+                });
+            }
+            if let Some(lw) = &mut l.lora {
+                out.push(ParamMut {
+                    name: format!("{}.lora_A.weight", l.name),
+                    value: &mut lw.a,
+                    grad: &mut lw.grad_a,
+                });
+                out.push(ParamMut {
+                    name: format!("{}.lora_B.weight", l.name),
+                    value: &mut lw.b,
+                    grad: &mut lw.grad_b,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in self.params_mut() {
+            p.grad.iter_mut().for_each(|g| *g = 0.0);
+        }
+    }
+}

@@ -1,0 +1,987 @@
+//! Engine tests against transformers + peft fixtures (tests/reference/engine_make_fixtures.py).
+//! Tolerances: logits/loss 1e-5 and gradients 1e-4, as |ours − ref| ≤ tol·(1 + |ref|)
+//! elementwise (f32 through two layers; the reference is f32 torch on the CPU).
+
+use super::load::read_all;
+use super::*;
+use crate::lora;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+type Tensors = HashMap<String, (Vec<f32>, Vec<usize>)>;
+
+fn dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/engine")
+        .join(family)
+}
+
+fn fixture(family: &str) -> (Model, Tensors, Batch) {
+    let d = dir(family);
+    let model = Model::load(&d, &LoadOptions::default()).unwrap();
+    let r = read_all(&d.join("ref.safetensors")).unwrap();
+    let (ids, s) = &r["input_ids"];
+    let batch = Batch {
+        b: s[0],
+        t: s[1],
+        input_ids: ids.iter().map(|&x| x as u32).collect(),
+        attention_mask: r["attention_mask"].0.iter().map(|&x| x as u8).collect(),
+        labels: Some(r["labels"].0.iter().map(|&x| x as i64).collect()),
+        segments: None,
+    };
+    (model, r, batch)
+}
+
+#[track_caller]
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs() / (1.0 + w.abs());
+        if e > worst.0 || e.is_nan() {
+            worst = (e, i);
+        }
+    }
+    assert!(
+        worst.0 <= tol,
+        "{what}: worst error {} at {} (got {}, want {})",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
+}
+
+/// Logits at real (non-padding) positions only: padded query rows are undefined in transformers.
+fn valid_logits(l: &[f32], batch: &Batch, v: usize) -> Vec<f32> {
+    (0..batch.b * batch.t)
+        .filter(|&k| batch.attention_mask[k] == 1)
+        .flat_map(|k| l[k * v..(k + 1) * v].to_vec())
+        .collect()
+}
+
+fn check_forward(family: &str) {
+    let (model, r, batch) = fixture(family);
+    let out = model.forward(&batch).unwrap();
+    let v = model.arch.vocab;
+    close(
+        &format!("{family} logits"),
+        &valid_logits(&out.logits, &batch, v),
+        &valid_logits(&r["logits"].0, &batch, v),
+        1e-5,
+    );
+    close(
+        &format!("{family} loss"),
+        &[out.loss.unwrap()],
+        &r["loss"].0,
+        1e-5,
+    );
+}
+
+fn check_full_grads(family: &str) {
+    let (mut model, r, batch) = fixture(family);
+    model.set_full_trainable().unwrap();
+    let loss = model
+        .forward_backward(&batch, TrainOptions::default())
+        .unwrap();
+    close(&format!("{family} full loss"), &[loss], &r["loss"].0, 1e-5);
+    let conv1d = model.arch.conv1d;
+    let mut n = 0;
+    for p in model.params_mut() {
+        let (want, shape) = r
+            .get(&format!("full_grad.{}", p.name))
+            .unwrap_or_else(|| panic!("{family}: no reference grad for {}", p.name));
+        // GPT-2 Conv1D weights are [in, out] in the reference; ours are [out, in].
+        let want = if conv1d
+            && p.name.ends_with(".weight")
+            && shape.len() == 2
+            && !p.name.contains("wte")
+            && !p.name.contains("wpe")
+        {
+            let (i, o) = (shape[0], shape[1]);
+            let mut t = vec![0.0; i * o];
+            for a in 0..i {
+                for b in 0..o {
+                    t[b * i + a] = want[a * o + b];
+                }
+            }
+            t
+        } else {
+            want.clone()
+        };
+        close(&format!("{family} grad {}", p.name), p.grad, &want, 1e-4);
+        n += 1;
+    }
+    let n_ref = r.keys().filter(|k| k.starts_with("full_grad.")).count();
+    assert_eq!(n, n_ref, "{family}: number of trainable tensors");
+}
+
+fn check_lora(family: &str) {
+    let (mut model, r, batch) = fixture(family);
+    lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
+    let out = model.forward(&batch).unwrap();
+    let v = model.arch.vocab;
+    close(
+        &format!("{family} lora logits"),
+        &valid_logits(&out.logits, &batch, v),
+        &valid_logits(&r["lora_logits"].0, &batch, v),
+        1e-5,
+    );
+    let loss = model
+        .forward_backward(&batch, TrainOptions::default())
+        .unwrap();
+    close(
+        &format!("{family} lora loss"),
+        &[loss],
+        &r["lora_loss"].0,
+        1e-5,
+    );
+    let mut n = 0;
+    for p in model.params_mut() {
+        let key = format!("lora_grad.base_model.model.{}", p.name);
+        let (want, _) = r
+            .get(&key)
+            .unwrap_or_else(|| panic!("{family}: no reference grad {key}"));
+        close(&format!("{family} {}", key), p.grad, want, 1e-4);
+        n += 1;
+    }
+    assert_eq!(
+        n,
+        r.keys().filter(|k| k.starts_with("lora_grad.")).count(),
+        "{family}: number of adapter tensors"
+    );
+}
+
+/// Checkpointing on/off gives bit-identical gradients.
+fn check_checkpointing(family: &str) {
+    let grads = |ck: bool| {
+        let (mut model, _, batch) = fixture(family);
+        lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
+        model.set_full_trainable().unwrap();
+        let loss = model
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: 5,
+                },
+            )
+            .unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.grad.to_vec())
+            .collect();
+        (loss, g)
+    };
+    assert_eq!(
+        grads(false),
+        grads(true),
+        "{family}: checkpointing changed the result"
+    );
+}
+
+macro_rules! family_tests {
+    ($m:ident, $f:literal) => {
+        mod $m {
+            #[test]
+            fn forward_matches_transformers() {
+                super::check_forward($f);
+            }
+            #[test]
+            fn full_grads_match_autograd() {
+                super::check_full_grads($f);
+            }
+            #[test]
+            fn lora_matches_peft() {
+                super::check_lora($f);
+            }
+            #[test]
+            fn checkpointing_is_identical() {
+                super::check_checkpointing($f);
+            }
+        }
+    };
+}
+
+family_tests!(llama, "llama");
+family_tests!(qwen2, "qwen2");
+family_tests!(gpt2, "gpt2");
+family_tests!(bloom, "bloom");
+family_tests!(chatglm, "chatglm");
+family_tests!(qwen, "qwen");
+
+/// A row packing two examples equals running each example alone (positions restart, no
+/// attention across the boundary, no prediction across it).
+#[test]
+fn packed_sequences_equal_separate_runs() {
+    for family in ["llama", "bloom", "gpt2", "chatglm"] {
+        let (model, _, _) = fixture(family);
+        let v = model.arch.vocab;
+        let ex1: Vec<u32> = vec![5, 9, 17, 3, 22];
+        let ex2: Vec<u32> = vec![7, 30, 11];
+        let one = |ids: &Vec<u32>| Batch {
+            b: 1,
+            t: ids.len(),
+            input_ids: ids.clone(),
+            attention_mask: vec![1; ids.len()],
+            labels: Some(ids.iter().map(|&x| x as i64).collect()),
+            segments: None,
+        };
+        let (o1, o2) = (
+            model.forward(&one(&ex1)).unwrap(),
+            model.forward(&one(&ex2)).unwrap(),
+        );
+        let ids: Vec<u32> = ex1.iter().chain(&ex2).cloned().collect();
+        let packed = Batch {
+            segments: Some(vec![0, 0, 0, 0, 0, 1, 1, 1]),
+            ..one(&ids)
+        };
+        let op = model.forward(&packed).unwrap();
+        let want: Vec<f32> = o1.logits.iter().chain(&o2.logits).cloned().collect();
+        close(&format!("{family} packed logits"), &op.logits, &want, 1e-5);
+        assert_eq!(op.n_tokens, o1.n_tokens + o2.n_tokens);
+        let mean = (o1.loss.unwrap() * o1.n_tokens as f32 + o2.loss.unwrap() * o2.n_tokens as f32)
+            / op.n_tokens as f32;
+        close(
+            &format!("{family} packed loss"),
+            &[op.loss.unwrap()],
+            &[mean],
+            1e-5,
+        );
+        assert_eq!(op.logits.len(), 8 * v);
+    }
+}
+
+/// Sharded checkpoints (model.safetensors.index.json) and bf16 storage load.
+#[test]
+fn sharded_and_bf16_weights_load() {
+    let (model, _, batch) = fixture("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir("llama").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let all = read_all(&dir("llama").join("model.safetensors")).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let t: Vec<(String, Vec<usize>, &[f32])> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].1.clone(), &all[*n].0[..]))
+            .collect();
+        load::write_f32(&tmp.path().join(file), &t).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let sharded = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        sharded.forward(&batch).unwrap().logits,
+        model.forward(&batch).unwrap().logits
+    );
+    // bf16 / f16 decoding
+    let x = [1.5f32, -0.375, 3.0e-3];
+    let bf: Vec<u8> = x
+        .iter()
+        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    let hf: Vec<u8> = x
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let got = load::decode_f32(safetensors::Dtype::BF16, &bf[1..]).map(|_| ());
+    assert!(got.is_some(), "unaligned slices decode");
+    let d = load::decode_f32(safetensors::Dtype::BF16, &bf).unwrap();
+    assert_eq!(d[..2], [1.5, -0.375]);
+    assert!((d[2] - 3.0e-3).abs() < 2e-5);
+    let d = load::decode_f32(safetensors::Dtype::F16, &hf).unwrap();
+    assert_eq!(d[..2], [1.5, -0.375]);
+}
+
+/// PEFT target matching: suffix names, full-match regex, all-linear without the head.
+#[test]
+fn lora_targets_match_like_peft() {
+    use crate::lora::{LoraConfig, Targets};
+    let names = Targets::Names(vec!["q_proj".into(), "model.layers.1.mlp.down_proj".into()]);
+    assert!(names.matches("model.layers.0.self_attn.q_proj", None));
+    assert!(!names.matches("model.layers.0.self_attn.xq_proj", None));
+    assert!(names.matches("model.layers.1.mlp.down_proj", None));
+    assert!(!names.matches("model.layers.0.mlp.down_proj", None));
+    let (mut model, _, batch) = fixture("bloom");
+    let base = model.forward(&batch).unwrap().logits;
+    let cfg = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: Targets::Regex(r".*\.1.*query_key_value".into()),
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 3,
+    };
+    let got = lora::apply(&mut model, &cfg).unwrap();
+    assert_eq!(
+        got,
+        vec!["transformer.h.1.self_attention.query_key_value".to_string()]
+    );
+    // B = 0 at init: the adapted model computes exactly the base model; A within 1/sqrt(d_in).
+    assert_eq!(model.forward(&batch).unwrap().logits, base);
+    let a = &model.layers[1].qkv[0].lora.as_ref().unwrap().a;
+    let bound = 1.0 / (model.arch.hidden as f32).sqrt();
+    assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
+    let (mut llama, _, _) = fixture("llama");
+    let all = LoraConfig {
+        targets: Targets::AllLinear,
+        ..cfg.clone()
+    };
+    let got = lora::apply(&mut llama, &all).unwrap();
+    assert_eq!(got.len(), 14);
+    assert!(!got.iter().any(|n| n == "lm_head"));
+    let none = LoraConfig {
+        targets: Targets::Names(vec!["nothing".into()]),
+        ..cfg
+    };
+    assert!(lora::apply(&mut llama, &none)
+        .unwrap_err()
+        .to_string()
+        .starts_with("target_modules Names([\"nothing\"]): matches no linear layer"));
+}
+
+/// An adapter saved here reloads to the same logits; keys and config follow PEFT's format.
+#[test]
+fn peft_save_load_round_trip() {
+    use crate::lora::{LoraConfig, Targets};
+    for (family, targets, mts) in [
+        (
+            "llama",
+            Targets::AllLinear,
+            vec!["embed_tokens".to_string()],
+        ),
+        (
+            "gpt2",
+            Targets::Names(vec!["c_attn".into(), "c_fc".into()]),
+            vec![],
+        ),
+    ] {
+        let (mut model, _, batch) = fixture(family);
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets,
+            use_rslora: false,
+            modules_to_save: mts,
+            seed: 7,
+        };
+        lora::apply(&mut model, &cfg).unwrap();
+        // a training-like change to every trainable tensor
+        for (i, p) in model.params_mut().into_iter().enumerate() {
+            p.value
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += 0.01 * ((i * 31 + j) as f32).sin());
+        }
+        let want = model.forward(&batch).unwrap().logits;
+        let tmp = tempfile::tempdir().unwrap();
+        lora::save_peft(&model, &cfg, "tiny", tmp.path()).unwrap();
+        let saved = read_all(&tmp.path().join("adapter_model.safetensors")).unwrap();
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(c["fan_in_fan_out"], family == "gpt2");
+        if family == "llama" {
+            assert_eq!(
+                saved["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"].1,
+                vec![4, 16]
+            );
+            assert_eq!(
+                saved["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].1,
+                vec![8, 4]
+            );
+            assert!(saved.contains_key("base_model.model.model.embed_tokens.weight"));
+        } else {
+            assert_eq!(
+                saved["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].1,
+                vec![48, 4]
+            );
+        }
+        let (mut fresh, _, _) = fixture(family);
+        let back = lora::load_peft(&mut fresh, tmp.path()).unwrap();
+        assert_eq!(back.r, 4);
+        assert_eq!(fresh.forward(&batch).unwrap().logits, want);
+    }
+}
+
+/// LoRA dropout: seeded (same seed = same grads, also under checkpointing), changes the result
+/// vs no dropout, and its gradient matches finite differences of the same-mask loss.
+#[test]
+fn lora_dropout_is_seeded_and_differentiable() {
+    const P: f32 = 0.3;
+    let run = |p: f32, seed: u64, ck: bool| {
+        let (mut model, _, batch) = fixture("qwen2");
+        lora::load_peft(&mut model, &dir("qwen2").join("adapter")).unwrap();
+        for l in model.linears_mut() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout = p;
+            }
+        }
+        let loss = model
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: seed,
+                },
+            )
+            .unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.grad.to_vec())
+            .collect();
+        (loss, g)
+    };
+    let a = run(0.3, 1, false);
+    assert_eq!(a, run(0.3, 1, true));
+    assert_ne!(a.0, run(0.3, 2, false).0);
+    assert_ne!(a.0, run(0.0, 1, false).0);
+    // finite difference on one A entry, same mask (same seed)
+    let (mut model, _, batch) = fixture("qwen2");
+    lora::load_peft(&mut model, &dir("qwen2").join("adapter")).unwrap();
+    let set = |m: &mut Model, delta: f32| {
+        for l in m.linears_mut() {
+            if let Some(lw) = &mut l.lora {
+                lw.dropout = P;
+                if l.name.ends_with("layers.1.self_attn.q_proj") {
+                    lw.a[3] += delta;
+                }
+            }
+        }
+    };
+    set(&mut model, 0.0);
+    let opts = TrainOptions {
+        checkpointing: false,
+        dropout_seed: 1,
+    };
+    model.forward_backward(&batch, opts).unwrap();
+    let g = model
+        .params_mut()
+        .into_iter()
+        .find(|p| p.name == "model.layers.1.self_attn.q_proj.lora_A.weight")
+        .unwrap()
+        .grad[3];
+    let h = 1e-2;
+    set(&mut model, h);
+    let lp = model.forward_backward(&batch, opts).unwrap();
+    set(&mut model, -2.0 * h);
+    let lm = model.forward_backward(&batch, opts).unwrap();
+    let fd = (lp - lm) / (2.0 * h);
+    assert!(
+        (fd - g).abs() < 2e-3 * (1.0 + g.abs()),
+        "fd {fd} vs grad {g}"
+    );
+}
+
+/// Prefill of a left-padded prompt then one token at a time reproduces `forward`'s logits.
+#[test]
+fn kv_cache_steps_match_full_forward() {
+    for family in ["llama", "qwen2", "gpt2", "bloom", "chatglm", "qwen"] {
+        let (model, _, batch) = fixture(family);
+        let (b, t, v) = (batch.b, batch.t, model.arch.vocab);
+        let full = model
+            .forward(&Batch {
+                labels: None,
+                ..batch.clone()
+            })
+            .unwrap()
+            .logits;
+        let mut cache = model.new_cache(b, t);
+        let split = 5;
+        let cols = |a: usize, z: usize, x: &[u32]| -> Vec<u32> {
+            (0..b)
+                .flat_map(|r| x[r * t + a..r * t + z].to_vec())
+                .collect()
+        };
+        let mask: Vec<u32> = batch.attention_mask.iter().map(|&m| m as u32).collect();
+        let as_u8 = |x: Vec<u32>| -> Vec<u8> { x.into_iter().map(|m| m as u8).collect() };
+        let mut got = vec![0.0; b * t * v];
+        let mut put = |a: usize, z: usize, l: &[f32]| {
+            for r in 0..b {
+                for i in a..z {
+                    got[(r * t + i) * v..][..v]
+                        .copy_from_slice(&l[(r * (z - a) + i - a) * v..][..v]);
+                }
+            }
+        };
+        let l = model
+            .forward_step(
+                &mut cache,
+                &cols(0, split, &batch.input_ids),
+                &as_u8(cols(0, split, &mask)),
+            )
+            .unwrap();
+        put(0, split, &l);
+        for i in split..t {
+            let l = model
+                .forward_step(
+                    &mut cache,
+                    &cols(i, i + 1, &batch.input_ids),
+                    &as_u8(cols(i, i + 1, &mask)),
+                )
+                .unwrap();
+            put(i, i + 1, &l);
+        }
+        close(
+            &format!("{family} kv-cache logits"),
+            &valid_logits(&got, &batch, v),
+            &valid_logits(&full, &batch, v),
+            1e-5,
+        );
+    }
+}
+
+/// save_pretrained then load gives the same model; merging an adapter keeps its logits.
+#[test]
+fn save_pretrained_and_merge() {
+    for family in ["gpt2", "chatglm", "bloom"] {
+        let (mut model, r, batch) = fixture(family);
+        lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
+        lora::merge(&mut model).unwrap();
+        let v = model.arch.vocab;
+        let merged = model.forward(&batch).unwrap().logits;
+        close(
+            &format!("{family} merged logits"),
+            &valid_logits(&merged, &batch, v),
+            &valid_logits(&r["lora_logits"].0, &batch, v),
+            1e-5,
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path()).unwrap();
+        let back = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(back.forward(&batch).unwrap().logits, merged, "{family}");
+    }
+}
+
+/// A frozen `QuantLinear` plugs in as a base weight: same outputs and LoRA grads as dense.
+#[test]
+fn quant_linear_plugs_in() {
+    struct DenseAsQuant(Vec<f32>, usize, usize);
+    impl QuantLinear for DenseAsQuant {
+        fn d_in(&self) -> usize {
+            self.1
+        }
+        fn d_out(&self) -> usize {
+            self.2
+        }
+        fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize) {
+            crate::backend::CpuBackend.matmul_ref(y, x, &self.0, n, self.2, self.1);
+        }
+        fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize) {
+            for t in 0..n {
+                for o in 0..self.2 {
+                    for i in 0..self.1 {
+                        dx[t * self.1 + i] += dy[t * self.2 + o] * self.0[o * self.1 + i];
+                    }
+                }
+            }
+        }
+    }
+    let run = |quant: bool| {
+        let (mut model, _, batch) = fixture("llama");
+        if quant {
+            for l in model.linears_mut() {
+                if let LinearWeight::Dense(w) = &l.weight {
+                    l.weight =
+                        LinearWeight::Quant(Box::new(DenseAsQuant(w.clone(), l.d_in, l.d_out)));
+                }
+            }
+        }
+        lora::load_peft(&mut model, &dir("llama").join("adapter")).unwrap();
+        let loss = model
+            .forward_backward(&batch, TrainOptions::default())
+            .unwrap();
+        let g: Vec<Vec<f32>> = model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.grad.to_vec())
+            .collect();
+        (loss, g)
+    };
+    let (a, b) = (run(false), run(true));
+    close("quant loss", &[b.0], &[a.0], 1e-6);
+    for (x, y) in a.1.iter().zip(&b.1) {
+        close("quant grads", y, x, 1e-5);
+    }
+    let (mut model, _, _) = fixture("qwen");
+    let l = &mut model.layers[0].o;
+    l.weight = LinearWeight::Quant(Box::new(DenseAsQuant(
+        vec![0.0; l.d_in * l.d_out],
+        l.d_in,
+        l.d_out,
+    )));
+    assert!(model
+        .set_full_trainable()
+        .unwrap_err()
+        .to_string()
+        .contains("a quantized weight cannot be trained"));
+}
+
+/// Writes adapters trained-like here plus our logits for tests/reference/engine_check_saved_adapter.py
+/// (run: ENGINE_PEFT_CHECK_DIR=/tmp/x cargo test --lib write_adapters_for_peft_check -- --ignored).
+#[test]
+#[ignore]
+fn write_adapters_for_peft_check() {
+    use crate::lora::{LoraConfig, Targets};
+    let out = PathBuf::from(std::env::var("ENGINE_PEFT_CHECK_DIR").expect("ENGINE_PEFT_CHECK_DIR"));
+    for (family, targets, mts) in [
+        (
+            "llama",
+            Targets::AllLinear,
+            vec!["embed_tokens".to_string()],
+        ),
+        (
+            "gpt2",
+            Targets::Names(vec!["c_attn".into(), "c_proj".into()]),
+            vec![],
+        ),
+        (
+            "bloom",
+            Targets::Regex(r".*\.1.*query_key_value".into()),
+            vec![],
+        ),
+        (
+            "qwen2",
+            Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            vec![],
+        ),
+    ] {
+        let (mut model, _, batch) = fixture(family);
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets,
+            use_rslora: family == "qwen2",
+            modules_to_save: mts,
+            seed: 11,
+        };
+        lora::apply(&mut model, &cfg).unwrap();
+        for (i, p) in model.params_mut().into_iter().enumerate() {
+            p.value
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += 0.05 * ((i * 17 + j) as f32).cos());
+        }
+        let o = model.forward(&batch).unwrap();
+        let d = out.join(family);
+        lora::save_peft(&model, &cfg, &dir(family).display().to_string(), &d).unwrap();
+        let shape = vec![batch.b, batch.t, model.arch.vocab];
+        load::write_f32(
+            &d.join("ours.safetensors"),
+            &[
+                ("logits".into(), shape, &o.logits[..]),
+                ("loss".into(), vec![1], &[o.loss.unwrap()][..]),
+            ],
+        )
+        .unwrap();
+        // merged full model for transformers
+        lora::merge(&mut model).unwrap();
+        model.save_pretrained(&d.join("merged")).unwrap();
+    }
+}
+
+#[test]
+fn quantize_hook_and_rope_scaling_error() {
+    let hook: QuantizeHook = Arc::new(
+        |name: &str, _w: &[f32], d_in: usize, d_out: usize| -> Option<Box<dyn QuantLinear>> {
+            struct Zero(usize, usize);
+            impl QuantLinear for Zero {
+                fn d_in(&self) -> usize {
+                    self.0
+                }
+                fn d_out(&self) -> usize {
+                    self.1
+                }
+                fn matmul_xwt(&self, y: &mut [f32], _x: &[f32], n: usize) {
+                    y[..n * self.1].iter_mut().for_each(|v| *v = 0.0);
+                }
+                fn matmul_dyw(&self, _dx: &mut [f32], _dy: &[f32], _n: usize) {}
+            }
+            name.ends_with("mlp.down_proj")
+                .then(|| Box::new(Zero(d_in, d_out)) as Box<dyn QuantLinear>)
+        },
+    );
+    let m = Model::load(
+        &dir("llama"),
+        &LoadOptions {
+            quantize: Some(hook),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let quant: Vec<&str> = m
+        .layers
+        .iter()
+        .flat_map(|l| l.linears())
+        .filter(|l| matches!(l.weight, LinearWeight::Quant(_)))
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        quant,
+        [
+            "model.layers.0.mlp.down_proj",
+            "model.layers.1.mlp.down_proj"
+        ]
+    );
+    let files = WeightFiles::open(&dir("llama")).unwrap();
+    let (dt, shape, bytes) = files.raw("model.norm.weight").unwrap();
+    assert_eq!(
+        (dt, shape, bytes.len()),
+        (safetensors::Dtype::F32, vec![16], 64)
+    );
+    let cfg = r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,"vocab_size":10,
+        "intermediate_size":8,"rope_scaling":{"rope_type":"llama3","factor":8.0}}"#;
+    assert_eq!(
+        Arch::from_config_json(cfg, "c.json").unwrap_err().to_string(),
+        "c.json: key \"rope_scaling\": rope type \"llama3\" is not supported (only the default RoPE)"
+    );
+}
+
+/// Timing on a larger model: ENGINE_BENCH_DIR=<hf dir> cargo test --lib bench_forward_backward -- --ignored --nocapture
+#[test]
+#[ignore]
+fn bench_forward_backward() {
+    use crate::lora::{LoraConfig, Targets};
+    let d = PathBuf::from(std::env::var("ENGINE_BENCH_DIR").expect("ENGINE_BENCH_DIR"));
+    let mut model = Model::load(&d, &LoadOptions::default()).unwrap();
+    let cfg = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: Targets::AllLinear,
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 1,
+    };
+    lora::apply(&mut model, &cfg).unwrap();
+    let (b, t) = (4, 256);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| (i * 7919 % model.arch.vocab) as u32)
+        .collect();
+    let batch = Batch {
+        b,
+        t,
+        input_ids: ids.clone(),
+        attention_mask: vec![1; b * t],
+        labels: Some(ids.iter().map(|&x| x as i64).collect()),
+        segments: None,
+    };
+    for ck in [false, true] {
+        let t0 = std::time::Instant::now();
+        let loss = model
+            .forward_backward(
+                &batch,
+                TrainOptions {
+                    checkpointing: ck,
+                    dropout_seed: 0,
+                },
+            )
+            .unwrap();
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "checkpointing={ck}: loss {loss:.4}, {s:.2}s, {:.0} tokens/s",
+            (b * t) as f64 / s
+        );
+    }
+    let t0 = std::time::Instant::now();
+    model.forward(&batch).unwrap();
+    println!("forward: {:.2}s", t0.elapsed().as_secs_f64());
+}
+
+/// GPT-2 / BLOOM checkpoints saved from the base model (no `transformer.` prefix) load with the
+/// canonical module names.
+#[test]
+fn unprefixed_checkpoints_load() {
+    for family in ["gpt2", "bloom"] {
+        let (model, _, batch) = fixture(family);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir(family).join("config.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
+        let all = read_all(&dir(family).join("model.safetensors")).unwrap();
+        let t: Vec<(String, Vec<usize>, &[f32])> = all
+            .iter()
+            .map(|(n, (d, s))| {
+                (
+                    n.trim_start_matches("transformer.").to_string(),
+                    s.clone(),
+                    &d[..],
+                )
+            })
+            .collect();
+        load::write_f32(&tmp.path().join("model.safetensors"), &t).unwrap();
+        let m = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(
+            m.forward(&batch).unwrap().logits,
+            model.forward(&batch).unwrap().logits
+        );
+        assert!(m.layers[0].ln1.name.starts_with("transformer.h.0."));
+        assert!(m.layers[0].qkv[0].name.starts_with("transformer.h.0."));
+    }
+}
+
+#[test]
+fn batch_padding_and_packing() {
+    let rows = vec![(vec![5, 6, 7], vec![-100, 6, 7]), (vec![8], vec![8])];
+    let b = Batch::padded(&rows, 0, true);
+    assert_eq!((b.b, b.t), (2, 3));
+    assert_eq!(b.input_ids, [5, 6, 7, 0, 0, 8]);
+    assert_eq!(b.attention_mask, [1, 1, 1, 0, 0, 1]);
+    assert_eq!(b.labels.unwrap(), [-100, 6, 7, -100, -100, 8]);
+    let r = Batch::padded(&rows, 0, false);
+    assert_eq!(r.input_ids, [5, 6, 7, 8, 0, 0]);
+    let p = Batch::packed(
+        &[
+            (vec![1, 2, 3], vec![1, 2, 3]),
+            (vec![4, 5], vec![4, 5]),
+            (vec![6, 7, 8], vec![6, 7, 8]),
+        ],
+        5,
+        0,
+    );
+    assert_eq!((p.b, p.t), (2, 5));
+    assert_eq!(p.input_ids, [1, 2, 3, 4, 5, 6, 7, 8, 0, 0]);
+    assert_eq!(
+        p.segments.unwrap(),
+        [0, 0, 0, 1, 1, 0, 0, 0, u32::MAX, u32::MAX]
+    );
+    assert_eq!(p.attention_mask, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]);
+}
+
+/// Packed backward: gradients of a packed row equal the token-weighted mean of the separate
+/// examples' gradients (full fine-tuning, so every weight's gradient is compared).
+#[test]
+fn packed_gradients_equal_separate() {
+    for family in ["llama", "bloom", "gpt2"] {
+        let ex = [
+            (vec![5u32, 9, 17, 3, 22], vec![-100i64, 9, 17, 3, 22]),
+            (vec![7, 30, 11], vec![7, 30, 11]),
+        ];
+        let grads = |batch: &Batch| {
+            let (mut model, _, _) = fixture(family);
+            model.set_full_trainable().unwrap();
+            model
+                .forward_backward(batch, TrainOptions::default())
+                .unwrap();
+            model
+                .params_mut()
+                .into_iter()
+                .map(|p| p.grad.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let g1 = grads(&Batch::padded(&ex[..1], 0, false));
+        let g2 = grads(&Batch::padded(&ex[1..], 0, false));
+        let gp = grads(&Batch::packed(&ex, 8, 0));
+        let (n1, n2) = (4.0, 2.0); // predicted tokens per example (shifted labels)
+        for ((a, b), p) in g1.iter().zip(&g2).zip(&gp) {
+            let want: Vec<f32> = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| (n1 * a + n2 * b) / (n1 + n2))
+                .collect();
+            close(&format!("{family} packed grads"), p, &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn peft_config_options_that_change_the_math_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir("llama").join("adapter/adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("llama").join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    for (k, v, msg) in [
+        (
+            "rank_pattern",
+            serde_json::json!({"q_proj": 8}),
+            "key \"rank_pattern\": per-module ranks/alphas are not supported",
+        ),
+        (
+            "use_dora",
+            serde_json::json!(true),
+            "key \"use_dora\": DoRA is not supported",
+        ),
+        (
+            "bias",
+            serde_json::json!("all"),
+            "key \"bias\": only \"none\" is supported",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[k] = v;
+        std::fs::write(tmp.path().join("adapter_config.json"), c.to_string()).unwrap();
+        let (mut model, _, _) = fixture("llama");
+        let e = lora::load_peft(&mut model, tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with(msg), "{e}");
+        assert!(e.contains("adapter_config.json"), "{e}");
+    }
+}
+
+/// eval_loss equals forward's loss; forward_step_last equals the last column of forward_step.
+#[test]
+fn eval_loss_and_last_logits() {
+    let (model, r, batch) = fixture("chatglm");
+    let (sum, cnt) = model.eval_loss(&batch).unwrap();
+    close(
+        "eval_loss",
+        &[(sum / cnt as f64) as f32],
+        &r["loss"].0,
+        1e-5,
+    );
+    let v = model.arch.vocab;
+    let mut c1 = model.new_cache(batch.b, batch.t);
+    let mut c2 = model.new_cache(batch.b, batch.t);
+    let all = model
+        .forward_step(&mut c1, &batch.input_ids, &batch.attention_mask)
+        .unwrap();
+    let last = model
+        .forward_step_last(&mut c2, &batch.input_ids, &batch.attention_mask)
+        .unwrap();
+    for row in 0..batch.b {
+        // (a different matmul shape may round differently)
+        close(
+            "last logits",
+            &last[row * v..(row + 1) * v],
+            &all[((row + 1) * batch.t - 1) * v..((row + 1) * batch.t) * v],
+            1e-6,
+        );
+    }
+    assert!(
+        model.forward_step(&mut c1, &[1, 2], &[1, 1]).is_err(),
+        "capacity exceeded"
+    );
+}
