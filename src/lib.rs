@@ -1,4 +1,6 @@
 //! recipe: fine-tune large language models from declarative TOML recipes.
 pub mod cli;
 pub mod data;
+pub mod optim;
+pub mod quant;
 pub mod text;
