@@ -24,6 +24,12 @@ pub(crate) fn unhex_f32(s: &str) -> Vec<f32> {
         .collect()
 }
 
+/// The generator scale, stored as f64 hex (serde_json's float parsing may be off by an ulp).
+fn scale(case: &Value) -> f64 {
+    let b = unhex(case["scale_f64"].as_str().unwrap());
+    f64::from_le_bytes(b[..8].try_into().unwrap())
+}
+
 fn fixture() -> Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant/quant4.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("read quant4.json")).expect("json")
@@ -74,7 +80,7 @@ fn blockwise8_matches_bitsandbytes_cpu() {
         let name = case["name"].as_str().unwrap();
         let n = case["n"].as_u64().unwrap() as usize;
         let bs = case["blocksize"].as_u64().unwrap() as usize;
-        let mut x = gen(case["seed"].as_u64().unwrap(), n, case["scale"].as_f64().unwrap());
+        let mut x = gen(case["seed"].as_u64().unwrap(), n, scale(case));
         if case["power"].as_i64().unwrap() == 4 {
             // two f32 squarings, as the script does
             x.iter_mut().for_each(|v| {
@@ -102,7 +108,7 @@ fn case_input(case: &Value) -> (Vec<f32>, Vec<usize>) {
     let x = if let Some(h) = case.get("input") {
         unhex_f32(h.as_str().unwrap())
     } else {
-        let mut x = gen(case["seed"].as_u64().unwrap(), n, case["scale"].as_f64().unwrap());
+        let mut x = gen(case["seed"].as_u64().unwrap(), n, scale(case));
         if name.contains("zero_blocks") {
             x[..64].fill(0.0);
             x[192..].fill(0.0);

@@ -46,6 +46,11 @@ def hexf(a):
     return np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes().hex()
 
 
+def hex64(a):
+    """f64 values as hex (serde_json's default float parsing is not always exact)."""
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64)).tobytes().hex()
+
+
 def hexu8(a):
     return np.ascontiguousarray(np.asarray(a, dtype=np.uint8)).tobytes().hex()
 
@@ -99,7 +104,7 @@ for name, qt, shape, bs, dq, seed, scale in cases4:
         print(f"  note: bnb CPU kernel dequant differs from flat-block dequant for {name}")
     n = x.size
     rec = {"name": name, "quant_type": qt, "shape": shape, "blocksize": bs, "double_quant": dq,
-           "seed": seed, "scale": scale, "packed": hexu8(packed.reshape(-1).numpy()),
+           "seed": seed, "scale": scale, "scale_f64": hex64([scale]), "packed": hexu8(packed.reshape(-1).numpy()),
            "packed_shape": list(packed.shape)}
     if shape is not None and seed == 0:
         rec["input"] = hexf(x)
@@ -138,7 +143,7 @@ for name, signed, n, bs, seed, scale, power in [("dyn_signed_1000_bs256", True, 
     code = F.create_dynamic_map(signed=signed)
     q, am = torch.ops.bitsandbytes.quantize_blockwise(torch.from_numpy(x.copy()), code, bs)
     dq = torch.ops.bitsandbytes.dequantize_blockwise(q, am, code, bs, torch.float32)
-    out8.append({"name": name, "signed": signed, "n": n, "blocksize": bs, "seed": seed, "scale": scale,
+    out8.append({"name": name, "signed": signed, "n": n, "blocksize": bs, "seed": seed, "scale": scale, "scale_f64": hex64([scale]),
                  "power": power, "code": hexf(code.numpy()), "codes": hexu8(q.numpy()), "absmax": hexf(am.numpy()),
                  "dequant": hexf(dq.numpy())})
 
@@ -162,7 +167,7 @@ for s, lr in enumerate(lrs):
     for p, g in zip(params, grads_for(s, sizes, 300)):
         p.grad = torch.from_numpy(g.copy())
     opt.step()
-    adamw_steps.append({"lr": lr, "params": [hexf(p.detach().numpy()) for p in params],
+    adamw_steps.append({"lr": lr, "lr_f64": hex64([lr]), "params": [hexf(p.detach().numpy()) for p in params],
                         "exp_avg": [hexf(opt.state[p]["exp_avg"].numpy()) for p in params],
                         "exp_avg_sq": [hexf(opt.state[p]["exp_avg_sq"].numpy()) for p in params]})
 adamw = {"sizes": sizes, "param_seed": 200, "grad_seed": 300, "betas": [0.9, 0.999], "eps": 1e-8,
@@ -182,7 +187,7 @@ for s, lr in enumerate(lrs8):
     opt8.step()
     st0 = opt8.state[params8[0]]
     st1 = opt8.state[params8[1]]
-    steps8.append({"lr": lr, "params": [hexf(p.detach().numpy()) for p in params8],
+    steps8.append({"lr": lr, "lr_f64": hex64([lr]), "params": [hexf(p.detach().numpy()) for p in params8],
                    "state1": hexu8(st0["state1"].numpy()), "state2": hexu8(st0["state2"].numpy()),
                    "absmax1": hexf(st0["absmax1"].numpy()), "absmax2": hexf(st0["absmax2"].numpy()),
                    "small_m": hexf(st1["state1"].numpy()), "small_v": hexf(st1["state2"].numpy())})
@@ -197,7 +202,7 @@ for max_norm in [0.3, 1e9]:
     for p, g in zip(ps, gs):
         p.grad = g.clone()
     total = torch.nn.utils.clip_grad_norm_(ps, max_norm)
-    clip.append({"max_norm": max_norm, "sizes": [64, 96, 5], "seed": 600, "scale": 0.2,
+    clip.append({"max_norm": max_norm, "sizes": [64, 96, 5], "seed": 600, "scale": 0.2, "scale_f64": hex64([0.2]),
                  "total_norm": hexf([total.item()]), "grads": [hexf(p.grad.numpy()) for p in ps]})
 
 # schedules via transformers.get_scheduler
@@ -213,7 +218,8 @@ for kind, total, warm in [("constant", 100, 0), ("constant_with_warmup", 100, 10
         vals.append(o.param_groups[0]["lr"])
         o.step()
         s.step()
-    sched.append({"kind": kind, "total": total, "warmup": warm, "base_lr": 2e-4, "lrs": vals})
+    sched.append({"kind": kind, "total": total, "warmup": warm, "base_lr": 2e-4, "base_lr_f64": hex64([2e-4]), "lrs": vals,
+                  "lrs_f64": hex64(vals)})
 
 with open(os.path.join(OUT, "optim.json"), "w") as f:
     json.dump({"versions": VERSIONS, "adamw": adamw, "adamw8bit": adamw8, "clip": clip, "schedules": sched,
