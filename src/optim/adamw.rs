@@ -39,7 +39,14 @@ impl AdamwScalars {
 }
 
 /// One AdamW step on p, m, v (all [n]) with gradient g [n].
-pub fn adamw_step(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &AdamwScalars, weight_decay: bool) {
+pub fn adamw_step(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    s: &AdamwScalars,
+    weight_decay: bool,
+) {
     assert!(p.len() == g.len() && m.len() == g.len() && v.len() == g.len());
     for i in 0..g.len() {
         let mut pi = p[i];

@@ -19,7 +19,12 @@ pub const STATE_BLOCKSIZE: usize = 256;
 /// The signed (m) and unsigned (v) 8-bit quantizers, built once.
 pub fn state_quantizers() -> &'static (Blockwise8, Blockwise8) {
     static Q: OnceLock<(Blockwise8, Blockwise8)> = OnceLock::new();
-    Q.get_or_init(|| (Blockwise8::new(dynamic_map(true)), Blockwise8::new(dynamic_map(false))))
+    Q.get_or_init(|| {
+        (
+            Blockwise8::new(dynamic_map(true)),
+            Blockwise8::new(dynamic_map(false)),
+        )
+    })
 }
 
 /// Scalars of one bnb step (`step` counts from 1).
@@ -81,7 +86,13 @@ impl State8 {
 }
 
 /// One 8-bit step on p [n] with gradient g [n]; `scratch` holds 2n f32 (reused between calls).
-pub fn adamw8bit_step(p: &mut [f32], st: &mut State8, g: &[f32], s: &BnbScalars, scratch: &mut Vec<f32>) {
+pub fn adamw8bit_step(
+    p: &mut [f32],
+    st: &mut State8,
+    g: &[f32],
+    s: &BnbScalars,
+    scratch: &mut Vec<f32>,
+) {
     let n = g.len();
     assert!(p.len() == n && st.m.len() == n && st.v.len() == n);
     let (qm, qv) = state_quantizers();

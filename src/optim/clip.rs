@@ -8,9 +8,18 @@
 pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     let norms: Vec<f32> = grads
         .iter()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32)
+        .map(|g| {
+            g.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
         .collect();
-    let total = norms.iter().map(|&n| (n as f64) * (n as f64)).sum::<f64>().sqrt() as f32;
+    let total = norms
+        .iter()
+        .map(|&n| (n as f64) * (n as f64))
+        .sum::<f64>()
+        .sqrt() as f32;
     let coef = max_norm / (total + 1e-6f32);
     // torch.clamp(max=1): NaN stays NaN
     let coef = if coef > 1.0 { 1.0 } else { coef };

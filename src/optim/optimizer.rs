@@ -165,7 +165,11 @@ impl Optimizer {
 
     /// One update of every tensor with learning rate `lr` (the scheduler's value for this step).
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f64) {
-        assert_eq!(params.len(), self.states.len(), "one params slice per state");
+        assert_eq!(
+            params.len(),
+            self.states.len(),
+            "one params slice per state"
+        );
         assert_eq!(grads.len(), self.states.len(), "one grads slice per state");
         self.step += 1;
         let c = &self.config;

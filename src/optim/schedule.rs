@@ -77,7 +77,8 @@ impl Schedule {
                     let den = (self.total_steps as i64 - self.warmup_steps as i64).max(1) as f64;
                     let progress = (s - w) / den;
                     let num_cycles = 0.5f64;
-                    (0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos())).max(0.0)
+                    (0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos()))
+                        .max(0.0)
                 }
             }
         }

@@ -35,8 +35,14 @@ impl Optimizer {
         meta.insert("beta1".to_string(), format!("{:?}", self.config.betas.0));
         meta.insert("beta2".to_string(), format!("{:?}", self.config.betas.1));
         meta.insert("eps".to_string(), format!("{:?}", self.config.eps));
-        meta.insert("weight_decay".to_string(), format!("{:?}", self.config.weight_decay));
-        meta.insert("min_8bit_size".to_string(), self.config.min_8bit_size.to_string());
+        meta.insert(
+            "weight_decay".to_string(),
+            format!("{:?}", self.config.weight_decay),
+        );
+        meta.insert(
+            "min_8bit_size".to_string(),
+            self.config.min_8bit_size.to_string(),
+        );
         meta.insert("params".to_string(), self.states.len().to_string());
         let mut bufs: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
         for (i, st) in self.states.iter().enumerate() {
@@ -59,18 +65,24 @@ impl Optimizer {
         let views = bufs
             .iter()
             .map(|(name, dt, data)| {
-                let n = if *dt == Dtype::F32 { data.len() / 4 } else { data.len() };
+                let n = if *dt == Dtype::F32 {
+                    data.len() / 4
+                } else {
+                    data.len()
+                };
                 TensorView::new(*dt, vec![n], data).map(|v| (name.clone(), v))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file_err(path, e.to_string()))?;
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| file_err(path, e.to_string()))
+        safetensors::serialize_to_file(views, Some(meta), path)
+            .map_err(|e| file_err(path, e.to_string()))
     }
 
     /// Read a state written by [`Optimizer::save`].
     pub fn load(path: &Path) -> Result<Optimizer, OptimError> {
         let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
-        let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e.to_string()))?;
+        let (_, md) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e.to_string()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, e.to_string()))?;
         let meta = md.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
@@ -99,9 +111,14 @@ impl Optimizer {
             min_8bit_size: int("min_8bit_size")? as usize,
         };
         let f32s = |name: &str| -> Result<Vec<f32>, OptimError> {
-            let t = st.tensor(name).map_err(|_| file_err(path, format!("missing tensor `{name}`")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| file_err(path, format!("missing tensor `{name}`")))?;
             if t.dtype() != Dtype::F32 {
-                return Err(file_err(path, format!("tensor `{name}`: expected F32, got {:?}", t.dtype())));
+                return Err(file_err(
+                    path,
+                    format!("tensor `{name}`: expected F32, got {:?}", t.dtype()),
+                ));
             }
             Ok(t.data()
                 .chunks_exact(4)
@@ -109,9 +126,14 @@ impl Optimizer {
                 .collect())
         };
         let u8s = |name: &str| -> Result<Vec<u8>, OptimError> {
-            let t = st.tensor(name).map_err(|_| file_err(path, format!("missing tensor `{name}`")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| file_err(path, format!("missing tensor `{name}`")))?;
             if t.dtype() != Dtype::U8 {
-                return Err(file_err(path, format!("tensor `{name}`: expected U8, got {:?}", t.dtype())));
+                return Err(file_err(
+                    path,
+                    format!("tensor `{name}`: expected U8, got {:?}", t.dtype()),
+                ));
             }
             Ok(t.data().to_vec())
         };

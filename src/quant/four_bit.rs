@@ -210,7 +210,14 @@ impl Quantized4 {
     pub fn dequantize(&self) -> Vec<f32> {
         let absmax = self.state.absmax_f32();
         let mut out = vec![0f32; self.state.numel()];
-        dequantize_range(&mut out, &self.packed, &absmax, &self.state.code, self.state.blocksize, 0);
+        dequantize_range(
+            &mut out,
+            &self.packed,
+            &absmax,
+            &self.state.code,
+            self.state.blocksize,
+            0,
+        );
         out
     }
 }

@@ -27,7 +27,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 fn f32_from(key: &str, t: &TensorRef) -> Result<Vec<f32>, QuantError> {
     if t.dtype != Dtype::F32 || t.data.len() % 4 != 0 {
-        return Err(state_err(key, format!("expected F32 data, got {:?}", t.dtype)));
+        return Err(state_err(
+            key,
+            format!("expected F32 data, got {:?}", t.dtype),
+        ));
     }
     Ok(t.data
         .chunks_exact(4)
@@ -66,7 +69,11 @@ pub fn py_float_repr(x: f64) -> String {
         let s = if exp < 0 {
             format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
         } else if nd > exp + 1 {
-            format!("{}.{}", &digits[..(exp + 1) as usize], &digits[(exp + 1) as usize..])
+            format!(
+                "{}.{}",
+                &digits[..(exp + 1) as usize],
+                &digits[(exp + 1) as usize..]
+            )
         } else {
             format!("{}{}.0", digits, "0".repeat((exp + 1 - nd) as usize))
         };
@@ -118,7 +125,12 @@ impl QuantState {
         let mut out = Vec::new();
         match &self.absmax {
             Absmax::Plain(a) => {
-                out.push((format!("{prefix}.absmax"), Dtype::F32, vec![a.len()], f32_bytes(a)));
+                out.push((
+                    format!("{prefix}.absmax"),
+                    Dtype::F32,
+                    vec![a.len()],
+                    f32_bytes(a),
+                ));
             }
             Absmax::Nested {
                 codes,
@@ -126,7 +138,12 @@ impl QuantState {
                 code,
                 ..
             } => {
-                out.push((format!("{prefix}.absmax"), Dtype::U8, vec![codes.len()], codes.clone()));
+                out.push((
+                    format!("{prefix}.absmax"),
+                    Dtype::U8,
+                    vec![codes.len()],
+                    codes.clone(),
+                ));
                 out.push((
                     format!("{prefix}.nested_absmax"),
                     Dtype::F32,
@@ -141,9 +158,19 @@ impl QuantState {
                 ));
             }
         }
-        out.push((format!("{prefix}.quant_map"), Dtype::F32, vec![16], f32_bytes(&self.code)));
+        out.push((
+            format!("{prefix}.quant_map"),
+            Dtype::F32,
+            vec![16],
+            f32_bytes(&self.code),
+        ));
         let json = self.to_json().into_bytes();
-        out.push((format!("{prefix}.{}", self.json_key()), Dtype::U8, vec![json.len()], json));
+        out.push((
+            format!("{prefix}.{}", self.json_key()),
+            Dtype::U8,
+            vec![json.len()],
+            json,
+        ));
         out
     }
 
@@ -154,7 +181,9 @@ impl QuantState {
     ) -> Result<QuantState, QuantError> {
         let need = |suffix: &str| {
             let key = format!("{prefix}.{suffix}");
-            get(&key).map(|t| (key.clone(), t)).ok_or_else(|| state_err(&key, "missing".into()))
+            get(&key)
+                .map(|t| (key.clone(), t))
+                .ok_or_else(|| state_err(&key, "missing".into()))
         };
         let (jkey, jt) = ["nf4", "fp4"]
             .iter()
@@ -163,7 +192,10 @@ impl QuantState {
                 get(&key).map(|t| (key, t))
             })
             .ok_or_else(|| {
-                state_err(&format!("{prefix}.quant_state.bitsandbytes__nf4"), "missing".into())
+                state_err(
+                    &format!("{prefix}.quant_state.bitsandbytes__nf4"),
+                    "missing".into(),
+                )
             })?;
         let meta: serde_json::Value = serde_json::from_slice(jt.data)
             .map_err(|e| state_err(&jkey, format!("invalid JSON: {e}")))?;
@@ -204,7 +236,10 @@ impl QuantState {
                 .ok_or_else(|| state_err(&jkey, "nested_blocksize is not an integer".into()))?
                 as usize;
             if at.dtype != Dtype::U8 {
-                return Err(state_err(&akey, format!("expected U8 codes, got {:?}", at.dtype)));
+                return Err(state_err(
+                    &akey,
+                    format!("expected U8 codes, got {:?}", at.dtype),
+                ));
             }
             let (nkey, nt) = need("nested_absmax")?;
             let absmax2 = f32_from(&nkey, &nt)?;
@@ -213,7 +248,10 @@ impl QuantState {
                 .try_into()
                 .map_err(|_| state_err(&mkey, "expected 256 values".into()))?;
             if absmax2.len() != blocks.div_ceil(nb.max(1)) {
-                return Err(state_err(&nkey, format!("expected {} values", blocks.div_ceil(nb))));
+                return Err(state_err(
+                    &nkey,
+                    format!("expected {} values", blocks.div_ceil(nb)),
+                ));
             }
             Absmax::Nested {
                 codes: at.data.to_vec(),
@@ -230,7 +268,10 @@ impl QuantState {
             Absmax::Nested { codes, .. } => codes.len(),
         };
         if got != blocks {
-            return Err(state_err(&akey, format!("expected {blocks} blocks, got {got}")));
+            return Err(state_err(
+                &akey,
+                format!("expected {blocks} blocks, got {got}"),
+            ));
         }
         Ok(QuantState {
             quant_type,
@@ -294,4 +335,21 @@ impl Quantized4 {
         };
         Quantized4::from_tensors(prefix, &get)
     }
+}
+
+/// Write tensor entries (e.g. from [`Quantized4::to_tensors`] plus plain weights) to one
+/// safetensors file with optional metadata (transformers writes `{"format": "pt"}`).
+pub fn write_safetensors(
+    path: &std::path::Path,
+    entries: &[TensorEntry],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), safetensors::SafeTensorError> {
+    let views = entries
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, metadata, path)
 }

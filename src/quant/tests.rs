@@ -31,7 +31,10 @@ fn scale(case: &Value) -> f64 {
 }
 
 fn fixture() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant/quant4.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quant/quant4.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).expect("read quant4.json")).expect("json")
 }
 
@@ -43,8 +46,13 @@ pub(crate) fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
         .take(5)
         .map(|i| (i, got[i], want[i]))
         .collect();
-    let count = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).count();
-    assert!(bad.is_empty(), "{what}: {count} mismatches, first (i, got, want): {bad:?}");
+    let count = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .count();
+    assert!(
+        bad.is_empty(),
+        "{what}: {count} mismatches, first (i, got, want): {bad:?}"
+    );
 }
 
 fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
@@ -55,7 +63,10 @@ fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
         .map(|i| (i, got[i], want[i]))
         .collect();
     let count = (0..got.len()).filter(|&i| got[i] != want[i]).count();
-    assert!(bad.is_empty(), "{what}: {count} mismatches, first (i, got, want): {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{what}: {count} mismatches, first (i, got, want): {bad:?}"
+    );
 }
 
 #[test]
@@ -63,11 +74,19 @@ fn code_tables_match_bitsandbytes() {
     let fx = fixture();
     for case in fx["blockwise8"].as_array().unwrap() {
         let signed = case["signed"].as_bool().unwrap();
-        assert_bits_eq("dynamic map", &dynamic_map(signed), &unhex_f32(case["code"].as_str().unwrap()));
+        assert_bits_eq(
+            "dynamic map",
+            &dynamic_map(signed),
+            &unhex_f32(case["code"].as_str().unwrap()),
+        );
     }
     for case in fx["cases"].as_array().unwrap() {
         let qt = QuantType::from_name(case["quant_type"].as_str().unwrap()).unwrap();
-        assert_bits_eq("quant_map", &qt.code(), &unhex_f32(case["quant_map"].as_str().unwrap()));
+        assert_bits_eq(
+            "quant_map",
+            &qt.code(),
+            &unhex_f32(case["quant_map"].as_str().unwrap()),
+        );
     }
     assert_eq!(fp4()[2], 8.0f32 / 12.0);
     assert_eq!(NF4[7], 0.0);
@@ -101,8 +120,12 @@ fn blockwise8_matches_bitsandbytes_cpu() {
 }
 
 fn case_input(case: &Value) -> (Vec<f32>, Vec<usize>) {
-    let shape: Vec<usize> =
-        case["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = case["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
     let n: usize = shape.iter().product();
     let name = case["name"].as_str().unwrap();
     let x = if let Some(h) = case.get("input") {
@@ -130,11 +153,31 @@ fn quantize_4bit_matches_bitsandbytes_cpu() {
         let q = quantize_4bit(&x, &shape, bs, qt, dq, "float32").unwrap();
         assert_bytes_eq(name, &q.packed, &unhex(case["packed"].as_str().unwrap()));
         match &q.state.absmax {
-            Absmax::Plain(a) => assert_bits_eq(name, a, &unhex_f32(case["absmax"].as_str().unwrap())),
-            Absmax::Nested { codes, absmax2, offset, code, .. } => {
-                assert_bits_eq(name, &[*offset], &unhex_f32(case["offset"].as_str().unwrap()));
-                assert_bits_eq(name, absmax2, &unhex_f32(case["nested_absmax"].as_str().unwrap()));
-                assert_bits_eq(name, code, &unhex_f32(case["nested_code"].as_str().unwrap()));
+            Absmax::Plain(a) => {
+                assert_bits_eq(name, a, &unhex_f32(case["absmax"].as_str().unwrap()))
+            }
+            Absmax::Nested {
+                codes,
+                absmax2,
+                offset,
+                code,
+                ..
+            } => {
+                assert_bits_eq(
+                    name,
+                    &[*offset],
+                    &unhex_f32(case["offset"].as_str().unwrap()),
+                );
+                assert_bits_eq(
+                    name,
+                    absmax2,
+                    &unhex_f32(case["nested_absmax"].as_str().unwrap()),
+                );
+                assert_bits_eq(
+                    name,
+                    code,
+                    &unhex_f32(case["nested_code"].as_str().unwrap()),
+                );
                 assert_bytes_eq(name, codes, &unhex(case["absmax_u8"].as_str().unwrap()));
                 assert_bits_eq(
                     name,
@@ -146,15 +189,38 @@ fn quantize_4bit_matches_bitsandbytes_cpu() {
         let stride = case["dequant_stride"].as_u64().unwrap() as usize;
         let deq: Vec<f32> = q.dequantize().into_iter().step_by(stride).collect();
         assert_bits_eq(name, &deq, &unhex_f32(case["dequant"].as_str().unwrap()));
-        assert_eq!(q.state.to_json(), case["quant_state_json"].as_str().unwrap(), "{name}");
-        assert_eq!(q.state.json_key(), case["quant_state_key"].as_str().unwrap());
+        assert_eq!(
+            q.state.to_json(),
+            case["quant_state_json"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            q.state.json_key(),
+            case["quant_state_key"].as_str().unwrap()
+        );
 
         // safetensors layout round trip
         let tensors = q.to_tensors("m.weight");
-        let map: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> =
-            tensors.into_iter().map(|(k, d, s, b)| (k, (d, s, b))).collect();
-        assert_eq!(map["m.weight"].1, case["packed_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect::<Vec<_>>());
-        let get = |k: &str| map.get(k).map(|(d, s, b)| TensorRef { dtype: *d, shape: s.clone(), data: b });
+        let map: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(k, d, s, b)| (k, (d, s, b)))
+            .collect();
+        assert_eq!(
+            map["m.weight"].1,
+            case["packed_shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect::<Vec<_>>()
+        );
+        let get = |k: &str| {
+            map.get(k).map(|(d, s, b)| TensorRef {
+                dtype: *d,
+                shape: s.clone(),
+                data: b,
+            })
+        };
         let back = Quantized4::from_tensors("m.weight", &get).unwrap();
         assert_eq!(back, q, "{name}: round trip");
     }
@@ -182,7 +248,10 @@ fn bad_blocksize_is_an_error() {
     let e = quantize_4bit(&[1.0; 10], &[10], 48, QuantType::Nf4, false, "float32").unwrap_err();
     assert!(e.to_string().contains("invalid 4-bit blocksize 48"), "{e}");
     let e = quantize_4bit(&[1.0; 10], &[3, 4], 64, QuantType::Nf4, false, "float32").unwrap_err();
-    assert!(e.to_string().contains("12 elements but the data has 10"), "{e}");
+    assert!(
+        e.to_string().contains("12 elements but the data has 10"),
+        "{e}"
+    );
 }
 
 /// Dense f64 reference of y = x·Wᵀ and dx = dy·W from the dequantized weight.
@@ -202,7 +271,9 @@ fn linear4bit_matmuls_match_dense() {
         lin.matmul_xwt(&mut y, &x, n);
         let mut dx = vec![f32::NAN; n * i];
         lin.matmul_dyw(&mut dx, &dy, n);
-        let tol = |got: f32, want: f64, scale: f64| (got as f64 - want).abs() <= 1e-5 * scale + 1e-5 * want.abs();
+        let tol = |got: f32, want: f64, scale: f64| {
+            (got as f64 - want).abs() <= 1e-5 * scale + 1e-5 * want.abs()
+        };
         for r in 0..n {
             for c in 0..o {
                 let (mut want, mut scale) = (0f64, 0f64);
@@ -210,7 +281,11 @@ fn linear4bit_matmuls_match_dense() {
                     want += x[r * i + k] as f64 * wd[c * i + k] as f64;
                     scale += (x[r * i + k] as f64 * wd[c * i + k] as f64).abs();
                 }
-                assert!(tol(y[r * o + c], want, scale), "y[{r},{c}] {} vs {want}", y[r * o + c]);
+                assert!(
+                    tol(y[r * o + c], want, scale),
+                    "y[{r},{c}] {} vs {want}",
+                    y[r * o + c]
+                );
             }
             for c in 0..i {
                 let (mut want, mut scale) = (0f64, 0f64);
@@ -218,8 +293,86 @@ fn linear4bit_matmuls_match_dense() {
                     want += dy[r * o + k] as f64 * wd[k * i + c] as f64;
                     scale += (dy[r * o + k] as f64 * wd[k * i + c] as f64).abs();
                 }
-                assert!(tol(dx[r * i + c], want, scale), "dx[{r},{c}] {} vs {want}", dx[r * i + c]);
+                assert!(
+                    tol(dx[r * i + c], want, scale),
+                    "dx[{r},{c}] {} vs {want}",
+                    dx[r * i + c]
+                );
             }
         }
+    }
+}
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/quant/tiny_llama/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect(path)
+}
+
+/// Quantizing the f32 tiny LLaMA ourselves reproduces every 4-bit tensor transformers saved
+/// with BitsAndBytesConfig(load_in_4bit=True) (NF4 + double quant, and FP4), byte for byte,
+/// and the saved state loads back to the same Quantized4.
+#[test]
+fn transformers_load_in_4bit_save_is_reproduced() {
+    let f32_bytes = read("f32/model.safetensors");
+    let orig = safetensors::SafeTensors::deserialize(&f32_bytes).unwrap();
+    for dir in ["nf4_dq", "fp4"] {
+        let bytes = read(&format!("{dir}/model.safetensors"));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let prefixes: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter_map(|k| k.split_once(".quant_state.").map(|(p, _)| p.to_string()))
+            .collect();
+        assert_eq!(prefixes.len(), 7, "{dir}: seven linear layers");
+        let mut written = Vec::new();
+        for prefix in &prefixes {
+            let saved = Quantized4::from_safetensors(prefix, &st).unwrap();
+            let w = orig.tensor(prefix).unwrap();
+            let x: Vec<f32> = w
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let dq = matches!(saved.state.absmax, Absmax::Nested { .. });
+            let ours = quantize_4bit(
+                &x,
+                w.shape(),
+                saved.state.blocksize,
+                saved.state.quant_type,
+                dq,
+                "float32",
+            )
+            .unwrap();
+            assert_eq!(ours, saved, "{dir} {prefix}");
+            for (name, dtype, shape, data) in ours.to_tensors(prefix) {
+                let t = st
+                    .tensor(&name)
+                    .unwrap_or_else(|_| panic!("{dir}: no {name}"));
+                assert_eq!(
+                    (t.dtype(), t.shape()),
+                    (dtype, shape.as_slice()),
+                    "{dir} {name}"
+                );
+                assert_bytes_eq(&format!("{dir} {name}"), &data, t.data());
+            }
+            written.extend(ours.to_tensors(prefix));
+        }
+        // every tensor of the saved file that belongs to a 4-bit layer was produced by us
+        let n4 = st
+            .names()
+            .iter()
+            .filter(|k| prefixes.iter().any(|p| k.starts_with(p.as_str())))
+            .count();
+        assert_eq!(n4, written.len(), "{dir}: tensor count");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("q.safetensors");
+        super::serialize::write_safetensors(&path, &written, None).unwrap();
+        let again = std::fs::read(&path).unwrap();
+        let back = safetensors::SafeTensors::deserialize(&again).unwrap();
+        let q = Quantized4::from_safetensors(&prefixes[0], &back).unwrap();
+        assert_eq!(q, Quantized4::from_safetensors(&prefixes[0], &st).unwrap());
     }
 }
