@@ -59,7 +59,7 @@ impl BnbScalars {
             eps: eps as f32,
             eps_c2: (eps * c2) as f32,
             step_size32: (-lr * c2 / c1) as f32,
-            decay: (weight_decay > 0.0).then(|| (1.0 - lr * weight_decay) as f32),
+            decay: (weight_decay > 0.0).then_some((1.0 - lr * weight_decay) as f32),
         }
     }
 }

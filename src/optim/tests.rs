@@ -3,21 +3,8 @@
 
 use super::*;
 use crate::quant::testgen::gen;
+use crate::quant::tests::{assert_bits_eq as bits_eq, unhex, unhex_f32};
 use serde_json::Value;
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn unhex_f32(s: &str) -> Vec<f32> {
-    unhex(s)
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
 
 /// One f64 stored as hex of its little-endian bytes.
 fn f64_hex(v: &Value) -> f64 {
@@ -53,20 +40,6 @@ fn fixture() -> Value {
         "/tests/fixtures/quant/optim.json"
     );
     serde_json::from_str(&std::fs::read_to_string(p).expect("read optim.json")).expect("json")
-}
-
-fn bits_eq(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad: Vec<_> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .map(|i| (i, got[i], want[i]))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} mismatches, first: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
 }
 
 fn sizes(v: &Value) -> Vec<usize> {

@@ -35,6 +35,7 @@ pub enum QuantError {
 }
 
 /// Per-block scales: plain f32, or double-quantized (u8 codes + f32 absmax per 256 + offset).
+#[allow(clippy::large_enum_variant)] // the 1 KiB code book sits beside megabytes of codes
 #[derive(Clone, Debug, PartialEq)]
 pub enum Absmax {
     Plain(Vec<f32>),

@@ -137,6 +137,7 @@ impl QuantLinear for Linear4bit {
             let nr = rows.min(o - r0);
             let mut scratch = vec![0f32; nr * i];
             self.dequantize_tile(&mut scratch, r0, nr, 0, i);
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw field
             let yp = yp;
             // SAFETY: y is [n, o]; this task writes only columns r0..r0+nr of it; x is
             // [n, i] and scratch [nr, i], both read within bounds.
@@ -177,6 +178,7 @@ impl QuantLinear for Linear4bit {
             let nc = cols.min(i - c0);
             let mut scratch = vec![0f32; o * nc];
             self.dequantize_tile(&mut scratch, 0, o, c0, nc);
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw field
             let dxp = dxp;
             // SAFETY: dx is [n, i]; this task writes only columns c0..c0+nc; dy is [n, o]
             // and scratch [o, nc], both read within bounds.

@@ -18,4 +18,4 @@ pub use linear::{Linear4bit, QuantLinear};
 pub use serialize::{TensorEntry, TensorRef};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -55,7 +55,7 @@ pub(crate) fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
     );
 }
 
-fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
+pub(crate) fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let bad: Vec<_> = (0..got.len())
         .filter(|&i| got[i] != want[i])
@@ -271,35 +271,31 @@ fn linear4bit_matmuls_match_dense() {
         lin.matmul_xwt(&mut y, &x, n);
         let mut dx = vec![f32::NAN; n * i];
         lin.matmul_dyw(&mut dx, &dy, n);
-        let tol = |got: f32, want: f64, scale: f64| {
-            (got as f64 - want).abs() <= 1e-5 * scale + 1e-5 * want.abs()
+        // got[r, c] vs Σ_k a(r, k)·b(k, c) in f64, tolerance 1e-5 of Σ|terms| and of |want|
+        let check = |what: &str,
+                     got: &[f32],
+                     cols: usize,
+                     inner: usize,
+                     a: &dyn Fn(usize, usize) -> f64,
+                     b: &dyn Fn(usize, usize) -> f64| {
+            for r in 0..n {
+                for c in 0..cols {
+                    let terms = (0..inner).map(|k| a(r, k) * b(k, c));
+                    let (want, scale) = terms.fold((0f64, 0f64), |(s, m), t| (s + t, m + t.abs()));
+                    let g = got[r * cols + c] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * scale + 1e-5 * want.abs(),
+                        "{what}[{r},{c}] {g} vs {want}"
+                    );
+                }
+            }
         };
-        for r in 0..n {
-            for c in 0..o {
-                let (mut want, mut scale) = (0f64, 0f64);
-                for k in 0..i {
-                    want += x[r * i + k] as f64 * wd[c * i + k] as f64;
-                    scale += (x[r * i + k] as f64 * wd[c * i + k] as f64).abs();
-                }
-                assert!(
-                    tol(y[r * o + c], want, scale),
-                    "y[{r},{c}] {} vs {want}",
-                    y[r * o + c]
-                );
-            }
-            for c in 0..i {
-                let (mut want, mut scale) = (0f64, 0f64);
-                for k in 0..o {
-                    want += dy[r * o + k] as f64 * wd[k * i + c] as f64;
-                    scale += (dy[r * o + k] as f64 * wd[k * i + c] as f64).abs();
-                }
-                assert!(
-                    tol(dx[r * i + c], want, scale),
-                    "dx[{r},{c}] {} vs {want}",
-                    dx[r * i + c]
-                );
-            }
-        }
+        check("y", &y, o, i, &|r, k| x[r * i + k] as f64, &|k, c| {
+            wd[c * i + k] as f64
+        });
+        check("dx", &dx, i, o, &|r, k| dy[r * o + k] as f64, &|k, c| {
+            wd[k * i + c] as f64
+        });
     }
 }
 

@@ -4,6 +4,8 @@
 //! Used for the double-quant offset `absmax.mean()`, so that offsets match bit for bit.
 //! (With several threads torch splits inputs above 32768 elements; that order is not modelled.)
 
+#![allow(clippy::needless_range_loop)] // index loops mirror ATen's code
+
 /// Lanes of the `Vectorized<float>` torch sums with.
 const LANES: usize = 8;
 const ILP: usize = 4;
