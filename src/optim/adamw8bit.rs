@@ -11,6 +11,7 @@
 //! "Paged" only changes where the GPU keeps the state; on the CPU it is the same update.
 
 use crate::quant::{dynamic_map, Blockwise8};
+use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Block size of the 8-bit optimizer states (bnb hard-codes 256).
@@ -85,34 +86,44 @@ impl State8 {
     }
 }
 
-/// One 8-bit step on p [n] with gradient g [n]; `scratch` holds 2n f32 (reused between calls).
-pub fn adamw8bit_step(
-    p: &mut [f32],
-    st: &mut State8,
-    g: &[f32],
-    s: &BnbScalars,
-    scratch: &mut Vec<f32>,
-) {
+/// Blocks per parallel task (16 × 256 = 4096 elements).
+const BLOCKS_PER_TASK: usize = 16;
+
+/// One 8-bit step on p [n] with gradient g [n]. Blocks are independent, so groups of blocks
+/// run in parallel (rayon) with identical results.
+pub fn adamw8bit_step(p: &mut [f32], st: &mut State8, g: &[f32], s: &BnbScalars) {
     let n = g.len();
     assert!(p.len() == n && st.m.len() == n && st.v.len() == n);
     let (qm, qv) = state_quantizers();
-    scratch.resize(2 * n, 0.0);
-    let (m, v) = scratch.split_at_mut(n);
-    qm.dequantize(m, &st.m, &st.absmax_m, STATE_BLOCKSIZE);
-    qv.dequantize(v, &st.v, &st.absmax_v, STATE_BLOCKSIZE);
-    for i in 0..n {
-        let gi = g[i];
-        m[i] = gi.mul_add(s.one_minus_beta1, m[i] * s.beta1);
-        v[i] = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
-        let denom = v[i].sqrt() / s.correction2 + s.eps;
-        let mut pi = p[i];
-        if let Some(d) = s.decay {
-            pi *= d;
-        }
-        p[i] = pi + (s.neg_lr_over_c1 * m[i]) / denom;
-    }
-    qm.quantize(&mut st.m, &mut st.absmax_m, m, STATE_BLOCKSIZE);
-    qv.quantize(&mut st.v, &mut st.absmax_v, v, STATE_BLOCKSIZE);
+    let chunk = STATE_BLOCKSIZE * BLOCKS_PER_TASK;
+    p.par_chunks_mut(chunk)
+        .zip(g.par_chunks(chunk))
+        .zip(st.m.par_chunks_mut(chunk).zip(st.v.par_chunks_mut(chunk)))
+        .zip(
+            st.absmax_m
+                .par_chunks_mut(BLOCKS_PER_TASK)
+                .zip(st.absmax_v.par_chunks_mut(BLOCKS_PER_TASK)),
+        )
+        .for_each(|(((p, g), (qm8, qv8)), (am, av))| {
+            let len = g.len();
+            let mut m = vec![0f32; len];
+            let mut v = vec![0f32; len];
+            qm.dequantize(&mut m, qm8, am, STATE_BLOCKSIZE);
+            qv.dequantize(&mut v, qv8, av, STATE_BLOCKSIZE);
+            for i in 0..len {
+                let gi = g[i];
+                m[i] = gi.mul_add(s.one_minus_beta1, m[i] * s.beta1);
+                v[i] = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
+                let denom = v[i].sqrt() / s.correction2 + s.eps;
+                let mut pi = p[i];
+                if let Some(d) = s.decay {
+                    pi *= d;
+                }
+                p[i] = pi + (s.neg_lr_over_c1 * m[i]) / denom;
+            }
+            qm.quantize(qm8, am, &m, STATE_BLOCKSIZE);
+            qv.quantize(qv8, av, &v, STATE_BLOCKSIZE);
+        });
 }
 
 /// bnb's 32-bit update for tensors below `min_8bit_size`.

@@ -3,6 +3,7 @@
 
 use super::adamw::{adamw_step, AdamwScalars};
 use super::adamw8bit::{adamw8bit_step, bnb_adam32_step, BnbScalars, State8};
+use rayon::prelude::*;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -17,6 +18,24 @@ pub enum OptimError {
     },
     #[error("optimizer state file {path}: {msg}")]
     File { path: String, msg: String },
+}
+
+/// Elements per parallel task of the element-wise (32-bit) updates.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+/// Run an element-wise update over matching chunks of p, m, v, g in parallel.
+fn par_elementwise(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    f: impl Fn(&mut [f32], &mut [f32], &mut [f32], &[f32]) + Sync,
+) {
+    p.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(m.par_chunks_mut(ELEMS_PER_TASK))
+        .zip(v.par_chunks_mut(ELEMS_PER_TASK))
+        .zip(g.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(((p, m), v), g)| f(p, m, v, g));
 }
 
 /// Which update rule.
@@ -108,24 +127,13 @@ impl ParamState {
 }
 
 /// AdamW family optimizer over a fixed list of parameter tensors.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
     pub kind: OptimKind,
     pub config: OptimConfig,
     /// Steps taken so far (the next step is `step + 1`).
     pub step: u64,
     pub states: Vec<ParamState>,
-    scratch: Vec<f32>,
-}
-
-impl PartialEq for Optimizer {
-    /// Same kind, hyper-parameters, step and state (the scratch buffer does not count).
-    fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind
-            && self.config == other.config
-            && self.step == other.step
-            && self.states == other.states
-    }
 }
 
 impl Optimizer {
@@ -154,7 +162,6 @@ impl Optimizer {
             config: config.clone(),
             step: 0,
             states,
-            scratch: Vec::new(),
         }
     }
 
@@ -179,9 +186,13 @@ impl Optimizer {
             assert_eq!(p.len(), st.len(), "param length");
             assert_eq!(g.len(), st.len(), "grad length");
             match st {
-                ParamState::F32 { m, v } => adamw_step(p, m, v, g, &torch, c.weight_decay != 0.0),
-                ParamState::Bnb32 { m, v } => bnb_adam32_step(p, m, v, g, &bnb),
-                ParamState::Q8(s) => adamw8bit_step(p, s, g, &bnb, &mut self.scratch),
+                ParamState::F32 { m, v } => par_elementwise(p, m, v, g, |p, m, v, g| {
+                    adamw_step(p, m, v, g, &torch, c.weight_decay != 0.0)
+                }),
+                ParamState::Bnb32 { m, v } => {
+                    par_elementwise(p, m, v, g, |p, m, v, g| bnb_adam32_step(p, m, v, g, &bnb))
+                }
+                ParamState::Q8(s) => adamw8bit_step(p, s, g, &bnb),
             }
         }
     }

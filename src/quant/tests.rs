@@ -372,3 +372,17 @@ fn transformers_load_in_4bit_save_is_reproduced() {
         assert_eq!(q, Quantized4::from_safetensors(&prefixes[0], &st).unwrap());
     }
 }
+
+/// `cargo test --lib quant::tests::throughput -- --ignored --nocapture` prints rough numbers.
+#[test]
+#[ignore]
+fn throughput() {
+    eprintln!(
+        "quantize NF4+dq: {:.2} GB/s of f32 input",
+        super::bench::quantize_throughput(1 << 22, 3)
+    );
+    eprintln!(
+        "matmul_xwt 64x2048x2048 NF4: {:.1} GFLOP/s",
+        super::bench::matmul_throughput(64, 2048, 2048, 3)
+    );
+}
