@@ -23,7 +23,7 @@ pub fn matmul_throughput(n: usize, out_f: usize, in_f: usize, iters: usize) -> f
     let w = gen(2, out_f * in_f, 0.05);
     let q = quantize_4bit(&w, &[out_f, in_f], 64, QuantType::Nf4, true, "float32")
         .expect("blocksize 64 is valid");
-    let lin = Linear4bit::new(q);
+    let lin = Linear4bit::new(q).expect("2-D weight");
     let x = gen(3, n * in_f, 1.0);
     let mut y = vec![0f32; n * out_f];
     let t = Instant::now();

@@ -2,7 +2,7 @@
 //! No dense copy of W is kept: each rayon task dequantizes a tile of W into a small scratch
 //! buffer and multiplies it with the `gemm` crate.
 
-use super::four_bit::{dequantize_range, Quantized4};
+use super::four_bit::{dequantize_range, QuantError, Quantized4};
 use rayon::prelude::*;
 
 /// A frozen linear weight W[out, in] (nn.Linear convention) that can multiply without being
@@ -39,16 +39,23 @@ unsafe impl Sync for OutPtr {}
 
 impl Linear4bit {
     /// Wrap a quantized 2-D weight [out, in].
-    pub fn new(q: Quantized4) -> Linear4bit {
-        assert_eq!(q.state.shape.len(), 2, "Linear4bit needs a 2-D weight");
+    pub fn new(q: Quantized4) -> Result<Linear4bit, QuantError> {
+        let [out_features, in_features] = q.state.shape[..] else {
+            return Err(QuantError::State {
+                key: "shape".into(),
+                msg: format!(
+                    "a linear weight must be 2-D [out, in], got {:?}",
+                    q.state.shape
+                ),
+            });
+        };
         let absmax = q.state.absmax_f32();
-        let (out_features, in_features) = (q.state.shape[0], q.state.shape[1]);
-        Linear4bit {
+        Ok(Linear4bit {
             q,
             absmax,
             out_features,
             in_features,
-        }
+        })
     }
 
     pub fn quantized(&self) -> &Quantized4 {

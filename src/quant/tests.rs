@@ -247,6 +247,12 @@ fn python_float_repr() {
 fn bad_blocksize_is_an_error() {
     let e = quantize_4bit(&[1.0; 10], &[10], 48, QuantType::Nf4, false, "float32").unwrap_err();
     assert!(e.to_string().contains("invalid 4-bit blocksize 48"), "{e}");
+    let q1 = quantize_4bit(&[1.0; 10], &[10], 64, QuantType::Nf4, false, "float32").unwrap();
+    let e = Linear4bit::new(q1).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "quant state `shape`: a linear weight must be 2-D [out, in], got [10]"
+    );
     let e = quantize_4bit(&[1.0; 10], &[3, 4], 64, QuantType::Nf4, false, "float32").unwrap_err();
     assert!(
         e.to_string().contains("12 elements but the data has 10"),
@@ -263,7 +269,8 @@ fn linear4bit_matmuls_match_dense() {
         (300, 257, 4, QuantType::Nf4, true, 128), // several tiles, odd row length
     ] {
         let w = gen(20, o * i, 0.05);
-        let lin = Linear4bit::new(quantize_4bit(&w, &[o, i], bs, qt, dq, "float32").unwrap());
+        let lin =
+            Linear4bit::new(quantize_4bit(&w, &[o, i], bs, qt, dq, "float32").unwrap()).unwrap();
         let wd = lin.dequantize();
         let x = gen(21, n * i, 1.0);
         let dy = gen(22, n * o, 1.0);
