@@ -1,0 +1,21 @@
+//! Blockwise quantization as bitsandbytes does it on the CPU: NF4/FP4 4-bit weights with
+//! double-quantized absmax (QLoRA), their safetensors layout, 8-bit blockwise quantization with
+//! the dynamic maps (also used by the 8-bit optimizer), and matmuls that dequantize on the fly.
+
+pub mod bench;
+pub mod blockwise8;
+pub mod codes;
+pub mod four_bit;
+pub mod linear;
+pub mod serialize;
+pub mod testgen;
+pub mod torch_sum;
+
+pub use blockwise8::Blockwise8;
+pub use codes::{dynamic_map, QuantType};
+pub use four_bit::{quantize_4bit, Absmax, QuantError, QuantState, Quantized4};
+pub use linear::{Linear4bit, QuantLinear};
+pub use serialize::{TensorEntry, TensorRef};
+
+#[cfg(test)]
+pub(crate) mod tests;
