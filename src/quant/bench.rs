@@ -2,7 +2,8 @@
 
 use super::codes::QuantType;
 use super::four_bit::quantize_4bit;
-use super::linear::{Linear4bit, QuantLinear};
+use super::linear::Linear4bit;
+use crate::model::linear::QuantLinear;
 use super::testgen::gen;
 use std::time::Instant;
 

@@ -2,21 +2,11 @@
 //! No dense copy of W is kept: each rayon task dequantizes a tile of W into a small scratch
 //! buffer and multiplies it with the `gemm` crate.
 
+use crate::model::linear::QuantLinear;
 use super::four_bit::{dequantize_range, QuantError, Quantized4};
 use rayon::prelude::*;
 
-/// A frozen linear weight W[out, in] (nn.Linear convention) that can multiply without being
-/// stored densely. Outputs are overwritten, not accumulated.
-pub trait QuantLinear: Send + Sync {
-    fn out_features(&self) -> usize;
-    fn in_features(&self) -> usize;
-    /// y[n, out] = x[n, in] · Wᵀ
-    fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize);
-    /// dx[n, in] = dy[n, out] · W
-    fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize);
-    /// Dense W[out, in], row-major (for merging / checks).
-    fn dequantize(&self) -> Vec<f32>;
-}
+
 
 /// Scratch elements per tile (256 KiB of f32).
 const TILE_ELEMS: usize = 1 << 16;
@@ -92,6 +82,7 @@ unsafe fn gemm_strided(
     rhs: *const f32,
     rhs_rs: isize,
     rhs_cs: isize,
+    accumulate: bool,
 ) {
     gemm::gemm(
         m,
@@ -100,14 +91,14 @@ unsafe fn gemm_strided(
         dst,
         1,
         dst_rs,
-        false,
+        accumulate,
         lhs,
         lhs_cs,
         lhs_rs,
         rhs,
         rhs_cs,
         rhs_rs,
-        0.0,
+        if accumulate { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
@@ -116,12 +107,28 @@ unsafe fn gemm_strided(
     );
 }
 
-impl QuantLinear for Linear4bit {
-    fn out_features(&self) -> usize {
+impl Linear4bit {
+    pub fn out_features(&self) -> usize {
         self.out_features
     }
 
-    fn in_features(&self) -> usize {
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Dense W[out, in], row-major (for merging / checks).
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q.dequantize()
+    }
+}
+
+/// The engine's frozen-weight interface: y = x·Wᵀ (overwrite), dx += dy·W.
+impl QuantLinear for Linear4bit {
+    fn d_out(&self) -> usize {
+        self.out_features
+    }
+
+    fn d_in(&self) -> usize {
         self.in_features
     }
 
@@ -161,12 +168,13 @@ impl QuantLinear for Linear4bit {
                     scratch.as_ptr(),
                     1,
                     i as isize,
+                    false,
                 );
             }
         });
     }
 
-    /// Tiles over columns of W: dx[:, c0..c1] = dy · W[:, c0..c1].
+    /// Tiles over columns of W: dx[:, c0..c1] += dy · W[:, c0..c1].
     fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize) {
         let (o, i) = (self.out_features, self.in_features);
         assert_eq!(dy.len(), n * o, "dy must be [n, out]");
@@ -175,7 +183,6 @@ impl QuantLinear for Linear4bit {
             return;
         }
         if o == 0 {
-            dx.fill(0.0);
             return;
         }
         let cols = ((TILE_ELEMS / o).max(16).next_multiple_of(2)).min(i);
@@ -202,12 +209,10 @@ impl QuantLinear for Linear4bit {
                     scratch.as_ptr(),
                     nc as isize,
                     1,
+                    true,
                 );
             }
         });
     }
 
-    fn dequantize(&self) -> Vec<f32> {
-        self.q.dequantize()
-    }
 }

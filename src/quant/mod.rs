@@ -14,7 +14,7 @@ pub mod torch_sum;
 pub use blockwise8::Blockwise8;
 pub use codes::{dynamic_map, QuantType};
 pub use four_bit::{quantize_4bit, Absmax, QuantError, QuantState, Quantized4};
-pub use linear::{Linear4bit, QuantLinear};
+pub use linear::Linear4bit;
 pub use serialize::{TensorEntry, TensorRef};
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use super::codes::{dynamic_map, fp4, QuantType, NF4};
 use super::four_bit::{quantize_4bit, Absmax, Quantized4};
-use super::linear::{Linear4bit, QuantLinear};
+use super::linear::Linear4bit;
+use crate::model::linear::QuantLinear;
 use super::serialize::{py_float_repr, TensorRef};
 use super::testgen::gen;
 use super::Blockwise8;
@@ -276,7 +277,7 @@ fn linear4bit_matmuls_match_dense() {
         let dy = gen(22, n * o, 1.0);
         let mut y = vec![f32::NAN; n * o];
         lin.matmul_xwt(&mut y, &x, n);
-        let mut dx = vec![f32::NAN; n * i];
+        let mut dx = vec![0.0f32; n * i]; // matmul_dyw accumulates
         lin.matmul_dyw(&mut dx, &dy, n);
         // got[r, c] vs Σ_k a(r, k)·b(k, c) in f64, tolerance 1e-5 of Σ|terms| and of |want|
         let check = |what: &str,
