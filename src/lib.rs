@@ -2,3 +2,4 @@
 pub mod cli;
 pub mod data;
 pub mod text;
+pub mod cuda;
