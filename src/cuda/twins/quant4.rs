@@ -105,8 +105,8 @@ mod tests {
         let mut out = vec![0f32; x.len()];
         dequant_4bit(&mut out, &p, &a, &NF4_CODE, 64);
         for i in 0..x.len() {
-            // Widest NF4 gap is 1 - 0.7229... = 0.277; half of it times absmax.
-            assert!((out[i] - x[i]).abs() <= 0.139 * a[i / 64] + 1e-6, "{i}");
+            // Widest NF4 gap is -0.6962 - (-1) = 0.304; half of it times absmax.
+            assert!((out[i] - x[i]).abs() <= 0.1520 * a[i / 64] + 1e-6, "{i}");
         }
     }
 
