@@ -1,5 +1,5 @@
 //! recipe: fine-tune large language models from declarative TOML recipes.
 pub mod cli;
+pub mod cuda;
 pub mod data;
 pub mod text;
-pub mod cuda;

@@ -25,18 +25,30 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     eprintln!("NVRTC {:?}", nvrtc_version().unwrap());
     let mut failures = Vec::new();
     for file in ALL {
-        for (cc, target) in [((8, 0), Target::Ptx), ((9, 0), Target::Ptx), ((9, 0), Target::Cubin)] {
+        for (cc, target) in [
+            ((8, 0), Target::Ptx),
+            ((9, 0), Target::Ptx),
+            ((9, 0), Target::Cubin),
+        ] {
             match compile(file, cc, target, None) {
                 Ok(image) => {
                     for f in file.functions {
                         if !image.defines(f) {
-                            failures.push(format!("{}.cu {cc:?} {target:?}: function {f} missing", file.name));
+                            failures.push(format!(
+                                "{}.cu {cc:?} {target:?}: function {f} missing",
+                                file.name
+                            ));
                         }
                     }
                     if let recipe::cuda::nvrtc::Image::Ptx(p) = &image {
                         let entries = p.matches(".entry ").count();
                         if entries != file.functions.len() {
-                            failures.push(format!("{}.cu: {} entries in PTX, {} listed in kernels.rs", file.name, entries, file.functions.len()));
+                            failures.push(format!(
+                                "{}.cu: {} entries in PTX, {} listed in kernels.rs",
+                                file.name,
+                                entries,
+                                file.functions.len()
+                            ));
                         }
                     }
                 }
@@ -55,12 +67,17 @@ fn compile_cache_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let file = &recipe::cuda::kernels::QUANT4;
     let a = compile(file, (8, 0), Target::Ptx, Some(dir.path())).unwrap();
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].extension().unwrap() == "ptx");
     let b = compile(file, (8, 0), Target::Ptx, Some(dir.path())).unwrap();
     match (a, b) {
-        (recipe::cuda::nvrtc::Image::Ptx(a), recipe::cuda::nvrtc::Image::Ptx(b)) => assert_eq!(a, b),
+        (recipe::cuda::nvrtc::Image::Ptx(a), recipe::cuda::nvrtc::Image::Ptx(b)) => {
+            assert_eq!(a, b)
+        }
         _ => panic!("expected PTX"),
     }
 }
@@ -70,8 +87,17 @@ fn compile_errors_name_the_file() {
     if !nvrtc_or_skip() {
         return;
     }
-    let bad = recipe::cuda::kernels::KernelFile { name: "broken", source: "extern \"C\" __global__ void f() { undefined_thing(); }", functions: &["f"] };
-    let e = compile(&bad, (8, 0), Target::Ptx, None).unwrap_err().to_string();
-    assert!(e.starts_with("NVRTC failed to compile kernels/broken.cu for compute_80"), "{e}");
+    let bad = recipe::cuda::kernels::KernelFile {
+        name: "broken",
+        source: "extern \"C\" __global__ void f() { undefined_thing(); }",
+        functions: &["f"],
+    };
+    let e = compile(&bad, (8, 0), Target::Ptx, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("NVRTC failed to compile kernels/broken.cu for compute_80"),
+        "{e}"
+    );
     assert!(e.contains("undefined_thing"), "{e}");
 }

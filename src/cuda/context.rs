@@ -32,11 +32,16 @@ impl Gpu {
     /// [`CudaError::Unavailable`], never a panic.
     pub fn new(ordinal: usize) -> Result<Self> {
         let requested = format!("cuda:{ordinal}");
-        let count = cuda_device_count().map_err(|reason| CudaError::Unavailable { requested: requested.clone(), reason })?;
+        let count = cuda_device_count().map_err(|reason| CudaError::Unavailable {
+            requested: requested.clone(),
+            reason,
+        })?;
         if ordinal >= count {
             return Err(CudaError::Unavailable {
                 requested,
-                reason: format!("GPU index {ordinal} does not exist ({count} CUDA device(s) found)"),
+                reason: format!(
+                    "GPU index {ordinal} does not exist ({count} CUDA device(s) found)"
+                ),
             });
         }
         if !nvrtc::nvrtc_available() {
@@ -69,14 +74,20 @@ impl Gpu {
             match map.get(file.name) {
                 Some(m) => m.clone(),
                 None => {
-                    let image = nvrtc::compile(file, self.cc, self.target, self.cache_dir.as_deref())?;
+                    let image =
+                        nvrtc::compile(file, self.cc, self.target, self.cache_dir.as_deref())?;
                     let m = self.ctx.load_module(image.into_cudarc())?;
                     map.insert(file.name, m.clone());
                     m
                 }
             }
         };
-        module.load_function(name).map_err(|_| CudaError::MissingFunction { file: file.name.into(), name: name.into() })
+        module
+            .load_function(name)
+            .map_err(|_| CudaError::MissingFunction {
+                file: file.name.into(),
+                name: name.into(),
+            })
     }
 
     /// The cuBLAS handle bound to this GPU's stream.
@@ -93,6 +104,8 @@ impl Gpu {
     /// Number of streaming multiprocessors.
     pub fn sm_count(&self) -> Result<u32> {
         use cudarc::driver::sys::CUdevice_attribute_enum as A;
-        Ok(self.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32)
+        Ok(self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32)
     }
 }

@@ -83,7 +83,9 @@ impl DeviceRequest {
     /// why, for the run log. An explicit `cuda[:N]` that cannot be honoured is an error.
     pub fn resolve(self) -> Result<(Device, String)> {
         match self {
-            DeviceRequest::Exact(Device::Cpu) => Ok((Device::Cpu, "device: cpu (requested)".into())),
+            DeviceRequest::Exact(Device::Cpu) => {
+                Ok((Device::Cpu, "device: cpu (requested)".into()))
+            }
             DeviceRequest::Exact(Device::Cuda(n)) => {
                 let count = cuda_device_count().map_err(|reason| CudaError::Unavailable {
                     requested: self.to_string(),
@@ -92,14 +94,25 @@ impl DeviceRequest {
                 if n >= count {
                     return Err(CudaError::Unavailable {
                         requested: self.to_string(),
-                        reason: format!("GPU index {n} does not exist ({count} CUDA device(s) found)"),
+                        reason: format!(
+                            "GPU index {n} does not exist ({count} CUDA device(s) found)"
+                        ),
                     });
                 }
-                Ok((Device::Cuda(n), format!("device: cuda:{n} (requested; {count} CUDA device(s))")))
+                Ok((
+                    Device::Cuda(n),
+                    format!("device: cuda:{n} (requested; {count} CUDA device(s))"),
+                ))
             }
             DeviceRequest::Auto => match cuda_device_count() {
-                Ok(n) if n > 0 => Ok((Device::Cuda(0), format!("device: cuda:0 (auto; {n} CUDA device(s) found)"))),
-                Ok(_) => Ok((Device::Cpu, "device: cpu (auto; the CUDA driver reports no GPU)".into())),
+                Ok(n) if n > 0 => Ok((
+                    Device::Cuda(0),
+                    format!("device: cuda:0 (auto; {n} CUDA device(s) found)"),
+                )),
+                Ok(_) => Ok((
+                    Device::Cpu,
+                    "device: cpu (auto; the CUDA driver reports no GPU)".into(),
+                )),
                 Err(reason) => Ok((Device::Cpu, format!("device: cpu (auto; {reason})"))),
             },
         }
@@ -119,10 +132,22 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
-        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cpu));
-        assert_eq!("cuda".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cuda(0)));
-        assert_eq!("cuda:3".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cuda(3)));
+        assert_eq!(
+            "auto".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Auto
+        );
+        assert_eq!(
+            "CPU".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cpu)
+        );
+        assert_eq!(
+            "cuda".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cuda(0))
+        );
+        assert_eq!(
+            "cuda:3".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cuda(3))
+        );
     }
 
     #[test]

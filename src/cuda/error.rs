@@ -5,7 +5,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
     /// `--device` text that is not `auto`, `cpu`, `cuda` or `cuda:N`.
-    #[error("invalid device '{0}': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)")]
+    #[error(
+        "invalid device '{0}': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)"
+    )]
     BadDevice(String),
     /// CUDA was asked for but this machine cannot provide it.
     #[error("--device {requested}: {reason}")]
@@ -18,9 +20,16 @@ pub enum CudaError {
     NoHeaders { tried: String },
     /// NVRTC rejected a kernel file.
     #[error("NVRTC failed to compile kernels/{file} for {arch}: {log}")]
-    Compile { file: String, arch: String, log: String },
+    Compile {
+        file: String,
+        arch: String,
+        log: String,
+    },
     #[error("PTX cache {path}: {source}")]
-    Cache { path: PathBuf, source: std::io::Error },
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
     #[error("cuBLAS: {0}")]
@@ -36,5 +45,8 @@ pub type Result<T, E = CudaError> = std::result::Result<T, E>;
 
 /// Shorthand for a launcher's shape error.
 pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> CudaError {
-    CudaError::Shape { op, msg: msg.into() }
+    CudaError::Shape {
+        op,
+        msg: msg.into(),
+    }
 }

@@ -71,7 +71,11 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: the library is present (checked above); both pointers are valid for the call.
     let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    r.result().map_err(|e| CudaError::Compile { file: "-".into(), arch: "-".into(), log: format!("{e:?}") })?;
+    r.result().map_err(|e| CudaError::Compile {
+        file: "-".into(),
+        arch: "-".into(),
+        log: format!("{e:?}"),
+    })?;
     Ok((major, minor))
 }
 
@@ -104,9 +108,17 @@ pub fn include_candidates() -> Vec<PathBuf> {
 /// The first candidate directory that holds cuda_bf16.h.
 pub fn find_include_dir() -> Result<PathBuf> {
     let cands = include_candidates();
-    cands.iter().find(|d| d.join("cuda_bf16.h").is_file()).cloned().ok_or_else(|| CudaError::NoHeaders {
-        tried: cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    cands
+        .iter()
+        .find(|d| d.join("cuda_bf16.h").is_file())
+        .cloned()
+        .ok_or_else(|| CudaError::NoHeaders {
+            tried: cands
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// `compute_XY` / `sm_XY` for a compute capability.
@@ -154,7 +166,12 @@ pub fn cache_key(source: &str, options: &[String], target: Target, nvrtc: (i32, 
 }
 
 /// Compiles `file` for compute capability `cc`, through the cache when `cache_dir` is given.
-pub fn compile(file: &KernelFile, cc: (u32, u32), target: Target, cache_dir: Option<&Path>) -> Result<Image> {
+pub fn compile(
+    file: &KernelFile,
+    cc: (u32, u32),
+    target: Target,
+    cache_dir: Option<&Path>,
+) -> Result<Image> {
     let version = nvrtc_version()?;
     let include = find_include_dir()?;
     let source = file.full_source();
@@ -186,12 +203,17 @@ pub fn compile(file: &KernelFile, cc: (u32, u32), target: Target, cache_dir: Opt
 
 /// Writes `bytes` to `path` via a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let err = |source| CudaError::Cache { path: path.to_path_buf(), source };
+    let err = |source| CudaError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::write(&tmp, bytes).map_err(err)?;
@@ -209,21 +231,39 @@ impl Drop for Program {
 }
 
 fn c_chars_to_string(v: &[c_char]) -> String {
-    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = v
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn compile_uncached(name: &str, source: &str, options: &[String], target: Target, arch: &str) -> Result<Image> {
+fn compile_uncached(
+    name: &str,
+    source: &str,
+    options: &[String],
+    target: Target,
+    arch: &str,
+) -> Result<Image> {
     use cudarc::nvrtc::{result, sys};
-    let fail = |log: String| CudaError::Compile { file: format!("{name}.cu"), arch: arch.to_string(), log };
+    let fail = |log: String| CudaError::Compile {
+        file: format!("{name}.cu"),
+        arch: arch.to_string(),
+        log,
+    };
     let src = CString::new(source).map_err(|_| fail("source contains a NUL byte".into()))?;
     let cname = CString::new(format!("{name}.cu")).map_err(|_| fail("bad file name".into()))?;
-    let prog = Program(result::create_program(&src, Some(cname.as_c_str())).map_err(|e| fail(format!("{e:?}")))?);
+    let prog = Program(
+        result::create_program(&src, Some(cname.as_c_str())).map_err(|e| fail(format!("{e:?}")))?,
+    );
     // SAFETY: prog is a live program created above; src and cname outlive it (dropped after prog).
     let compiled = unsafe { result::compile_program(prog.0, options) };
     if let Err(e) = compiled {
         // SAFETY: as above.
-        let log = unsafe { result::get_program_log(prog.0) }.map(|l| c_chars_to_string(&l)).unwrap_or_default();
+        let log = unsafe { result::get_program_log(prog.0) }
+            .map(|l| c_chars_to_string(&l))
+            .unwrap_or_default();
         return Err(fail(format!("{e:?}\n{log}")));
     }
     match target {
@@ -237,7 +277,9 @@ fn compile_uncached(name: &str, source: &str, options: &[String], target: Target
             // SAFETY: the program compiled for a real sm_XY target, so a CUBIN exists; the buffer
             // has exactly the size NVRTC reported.
             unsafe {
-                sys::nvrtcGetCUBINSize(prog.0, &mut size).result().map_err(|e| fail(format!("{e:?}")))?;
+                sys::nvrtcGetCUBINSize(prog.0, &mut size)
+                    .result()
+                    .map_err(|e| fail(format!("{e:?}")))?;
                 let mut buf = vec![0u8; size];
                 sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut c_char)
                     .result()
@@ -247,7 +289,6 @@ fn compile_uncached(name: &str, source: &str, options: &[String], target: Target
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -259,7 +300,15 @@ mod tests {
         let base = cache_key("src", &o, Target::Ptx, (13, 0));
         assert_eq!(base, cache_key("src", &o, Target::Ptx, (13, 0)));
         assert_ne!(base, cache_key("src2", &o, Target::Ptx, (13, 0)));
-        assert_ne!(base, cache_key("src", &["--gpu-architecture=compute_80".to_string()], Target::Ptx, (13, 0)));
+        assert_ne!(
+            base,
+            cache_key(
+                "src",
+                &["--gpu-architecture=compute_80".to_string()],
+                Target::Ptx,
+                (13, 0)
+            )
+        );
         assert_ne!(base, cache_key("src", &o, Target::Cubin, (13, 0)));
         assert_ne!(base, cache_key("src", &o, Target::Ptx, (13, 5)));
     }
@@ -270,7 +319,10 @@ mod tests {
         let p = dir.path().join("sub/a.ptx");
         write_atomic(&p, b"hello").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"hello");
-        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1);
     }
 

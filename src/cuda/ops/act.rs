@@ -17,7 +17,15 @@ pub enum GluLayout {
 
 /// a[rows, cols] = silu(e)·g. Separate: e, g = `e`, `g`; Packed: both from `e` ([rows, 2·cols]),
 /// `g` unused (pass `e` again).
-pub fn swiglu_fwd<T: Elem>(gpu: &Gpu, a: &mut CudaSlice<T>, e: &CudaSlice<T>, g: &CudaSlice<T>, rows: usize, cols: usize, layout: GluLayout) -> Result<()> {
+pub fn swiglu_fwd<T: Elem>(
+    gpu: &Gpu,
+    a: &mut CudaSlice<T>,
+    e: &CudaSlice<T>,
+    g: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    layout: GluLayout,
+) -> Result<()> {
     const OP: &str = "swiglu_fwd";
     need(OP, "a", a.len(), rows * cols)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
@@ -44,18 +52,40 @@ pub fn swiglu_fwd<T: Elem>(gpu: &Gpu, a: &mut CudaSlice<T>, e: &CudaSlice<T>, g:
 /// Packed: `e` is h [rows, 2·cols] and `de` receives dh [rows, 2·cols] (gate grads first, up
 /// grads second); `dg` and `g` are not touched (pass any buffers).
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_bwd<T: Elem>(gpu: &Gpu, de: &mut CudaSlice<T>, dg: &mut CudaSlice<T>, da: &CudaSlice<T>, e: &CudaSlice<T>, g: &CudaSlice<T>, rows: usize, cols: usize, layout: GluLayout) -> Result<()> {
+pub fn swiglu_bwd<T: Elem>(
+    gpu: &Gpu,
+    de: &mut CudaSlice<T>,
+    dg: &mut CudaSlice<T>,
+    da: &CudaSlice<T>,
+    e: &CudaSlice<T>,
+    g: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    layout: GluLayout,
+) -> Result<()> {
     const OP: &str = "swiglu_bwd";
     need(OP, "da", da.len(), rows * cols)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
     match layout {
         GluLayout::Separate => {
-            for (what, len) in [("de", de.len()), ("dg", dg.len()), ("e", e.len()), ("g", g.len())] {
+            for (what, len) in [
+                ("de", de.len()),
+                ("dg", dg.len()),
+                ("e", e.len()),
+                ("g", g.len()),
+            ] {
                 need(OP, what, len, rows * cols)?;
             }
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(de).arg(dg).arg(da).arg(e).arg(g).arg(&r).arg(&c).arg(&c);
+            b.arg(de)
+                .arg(dg)
+                .arg(da)
+                .arg(e)
+                .arg(g)
+                .arg(&r)
+                .arg(&c)
+                .arg(&c);
             // SAFETY: all buffers hold rows*cols (checked); one thread per element.
             unsafe { b.launch(grid1(rows * cols, 256)) }?;
         }
@@ -66,7 +96,14 @@ pub fn swiglu_bwd<T: Elem>(gpu: &Gpu, de: &mut CudaSlice<T>, dg: &mut CudaSlice<
             let (ev, gv) = (e.slice(..), e.slice(cols..));
             let (mut d_gate, mut d_up): (CudaViewMut<T>, CudaViewMut<T>) = de.split_at_mut(cols);
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&mut d_gate).arg(&mut d_up).arg(da).arg(&ev).arg(&gv).arg(&r).arg(&c).arg(&ld);
+            b.arg(&mut d_gate)
+                .arg(&mut d_up)
+                .arg(da)
+                .arg(&ev)
+                .arg(&gv)
+                .arg(&r)
+                .arg(&c)
+                .arg(&ld);
             // SAFETY: the kernel writes d_gate[r*ld + c] and d_up[r*ld + c] (c < cols): gate and
             // up halves of the same row, disjoint, within the checked rows*2*cols buffer (the
             // d_up view starts at `cols`, so its last write is at rows*ld - 1 overall).
@@ -91,7 +128,12 @@ pub fn gelu_tanh_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, x: &CudaSlice<T>)
 }
 
 /// dx = dy·gelu_tanh'(x), [n].
-pub fn gelu_tanh_bwd<T: Elem>(gpu: &Gpu, dx: &mut CudaSlice<T>, dy: &CudaSlice<T>, x: &CudaSlice<T>) -> Result<()> {
+pub fn gelu_tanh_bwd<T: Elem>(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<T>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+) -> Result<()> {
     const OP: &str = "gelu_tanh_bwd";
     let n = x.len();
     need(OP, "dx", dx.len(), n)?;
@@ -121,7 +163,13 @@ pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, t: &CudaSlice<T>, s: 
 
 /// y = dropout(x) with a counter hash of (seed, index): call again with the same seed on the
 /// gradient for the backward. p in [0, 1).
-pub fn dropout<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, x: &CudaSlice<T>, p: f32, seed: u64) -> Result<()> {
+pub fn dropout<T: Elem>(
+    gpu: &Gpu,
+    y: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    p: f32,
+    seed: u64,
+) -> Result<()> {
     const OP: &str = "dropout";
     if !(0.0..1.0).contains(&p) {
         return Err(shape_err(OP, format!("p = {p} outside [0, 1)")));

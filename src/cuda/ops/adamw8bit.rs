@@ -25,7 +25,10 @@ pub struct DeviceMaps {
 impl DeviceMaps {
     pub fn upload(gpu: &Gpu) -> Result<Self> {
         use crate::cuda::twins::adamw8bit::dynamic_map;
-        Ok(DeviceMaps { code_m: gpu.stream.clone_htod(&dynamic_map(true))?, code_v: gpu.stream.clone_htod(&dynamic_map(false))? })
+        Ok(DeviceMaps {
+            code_m: gpu.stream.clone_htod(&dynamic_map(true))?,
+            code_v: gpu.stream.clone_htod(&dynamic_map(false))?,
+        })
     }
 }
 
@@ -44,7 +47,14 @@ impl DeviceState8 {
 }
 
 /// One AdamW step over `n` = p.len() parameters (f32 master weights and f32 grads).
-pub fn adamw8bit_step(gpu: &Gpu, p: &mut CudaSlice<f32>, grad: &CudaSlice<f32>, st: &mut DeviceState8, maps: &DeviceMaps, h: &AdamHyper) -> Result<()> {
+pub fn adamw8bit_step(
+    gpu: &Gpu,
+    p: &mut CudaSlice<f32>,
+    grad: &CudaSlice<f32>,
+    st: &mut DeviceState8,
+    maps: &DeviceMaps,
+    h: &AdamHyper,
+) -> Result<()> {
     const OP: &str = "adamw8bit";
     let n = p.len();
     need(OP, "grad", grad.len(), n)?;
@@ -94,10 +104,28 @@ fn launch(
     let (bc1, bc2) = h.bias_corrections();
     let n64 = n as i64;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(p).arg(grad).arg(qm).arg(absmax_m).arg(qv).arg(absmax_v);
-    b.arg(&maps.code_m).arg(&maps.code_v).arg(&h.lr).arg(&h.beta1).arg(&h.beta2).arg(&h.eps);
-    b.arg(&h.weight_decay).arg(&bc1).arg(&bc2).arg(&h.grad_scale).arg(&n64);
-    let cfg = LaunchConfig { grid_dim: (n.div_ceil(QBLOCK) as u32, 1, 1), block_dim: (QBLOCK as u32, 1, 1), shared_mem_bytes: 0 };
+    b.arg(p)
+        .arg(grad)
+        .arg(qm)
+        .arg(absmax_m)
+        .arg(qv)
+        .arg(absmax_v);
+    b.arg(&maps.code_m)
+        .arg(&maps.code_v)
+        .arg(&h.lr)
+        .arg(&h.beta1)
+        .arg(&h.beta2)
+        .arg(&h.eps);
+    b.arg(&h.weight_decay)
+        .arg(&bc1)
+        .arg(&bc2)
+        .arg(&h.grad_scale)
+        .arg(&n64);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(QBLOCK) as u32, 1, 1),
+        block_dim: (QBLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: callers pass views of n elements (absmax: ceil(n/256)); one block of 256 threads per
     // state block, the tail block masks i >= n; the maps hold 256 entries (checked).
     unsafe { b.launch(cfg) }?;
@@ -119,15 +147,29 @@ pub struct PagedAdamW8bit {
 impl PagedAdamW8bit {
     pub fn new(gpu: &Gpu, n: usize, chunk: usize) -> Result<Self> {
         if chunk == 0 || chunk % QBLOCK != 0 {
-            return Err(shape_err("paged_adamw8bit", format!("chunk {chunk} must be a positive multiple of {QBLOCK}")));
+            return Err(shape_err(
+                "paged_adamw8bit",
+                format!("chunk {chunk} must be a positive multiple of {QBLOCK}"),
+            ));
         }
         use crate::cuda::twins::adamw8bit::{dynamic_map, State8};
         let host = State8::zeros(n, &dynamic_map(true), &dynamic_map(false));
-        Ok(PagedAdamW8bit { chunk, host, staging: DeviceState8::zeros(gpu, chunk.min(n.max(1)))? })
+        Ok(PagedAdamW8bit {
+            chunk,
+            host,
+            staging: DeviceState8::zeros(gpu, chunk.min(n.max(1)))?,
+        })
     }
 
     /// One step over all of `p` (device) with `grad` (device), chunk by chunk.
-    pub fn step(&mut self, gpu: &Gpu, p: &mut CudaSlice<f32>, grad: &CudaSlice<f32>, maps: &DeviceMaps, h: &AdamHyper) -> Result<()> {
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        p: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        maps: &DeviceMaps,
+        h: &AdamHyper,
+    ) -> Result<()> {
         const OP: &str = "paged_adamw8bit";
         let n = p.len();
         need(OP, "state", self.host.qm.len(), n)?;
@@ -141,8 +183,14 @@ impl PagedAdamW8bit {
             let (len, nb) = (end - start, b1 - b0);
             s.memcpy_htod(&self.host.qm[start..end], &mut st.qm.slice_mut(..len))?;
             s.memcpy_htod(&self.host.qv[start..end], &mut st.qv.slice_mut(..len))?;
-            s.memcpy_htod(&self.host.absmax_m[b0..b1], &mut st.absmax_m.slice_mut(..nb))?;
-            s.memcpy_htod(&self.host.absmax_v[b0..b1], &mut st.absmax_v.slice_mut(..nb))?;
+            s.memcpy_htod(
+                &self.host.absmax_m[b0..b1],
+                &mut st.absmax_m.slice_mut(..nb),
+            )?;
+            s.memcpy_htod(
+                &self.host.absmax_v[b0..b1],
+                &mut st.absmax_v.slice_mut(..nb),
+            )?;
             launch(
                 gpu,
                 &mut p.slice_mut(start..end),

@@ -23,10 +23,19 @@ pub struct DeviceMasks<'a> {
 
 fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
     if dm.d == 0 || dm.d > DMAX {
-        return Err(shape_err(op, format!("head dim {} outside 1..={DMAX}", dm.d)));
+        return Err(shape_err(
+            op,
+            format!("head dim {} outside 1..={DMAX}", dm.d),
+        ));
     }
     if dm.hkv == 0 || dm.hq % dm.hkv != 0 {
-        return Err(shape_err(op, format!("query heads {} not a multiple of kv heads {}", dm.hq, dm.hkv)));
+        return Err(shape_err(
+            op,
+            format!(
+                "query heads {} not a multiple of kv heads {}",
+                dm.hq, dm.hkv
+            ),
+        ));
     }
     if let Some(m) = mk.kmask {
         need(op, "kmask", m.len(), dm.batch * dm.t)?;
@@ -42,7 +51,11 @@ fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
 
 fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (dm.t.div_ceil(ROWS) as u32, grid_u32(op, "heads", heads, 65535)?, grid_u32(op, "batch", dm.batch, 65535)?),
+        grid_dim: (
+            dm.t.div_ceil(ROWS) as u32,
+            grid_u32(op, "heads", heads, 65535)?,
+            grid_u32(op, "batch", dm.batch, 65535)?,
+        ),
         block_dim: (32 * ROWS as u32, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -50,17 +63,34 @@ fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
 
 /// o [B, T, Hq, D], lse [B, Hq, T] from q [B, T, Hq, D], k, v [B, T, Hkv, D].
 #[allow(clippy::too_many_arguments)]
-pub fn attn_fwd<T: Elem>(gpu: &Gpu, o: &mut CudaSlice<T>, lse: &mut CudaSlice<f32>, q: &CudaSlice<T>, k: &CudaSlice<T>, v: &CudaSlice<T>, mk: &DeviceMasks, dm: &AttnDims) -> Result<()> {
+pub fn attn_fwd<T: Elem>(
+    gpu: &Gpu,
+    o: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    mk: &DeviceMasks,
+    dm: &AttnDims,
+) -> Result<()> {
     const OP: &str = "attn_fwd";
     check(OP, dm, mk)?;
-    let (nq, nk) = (dm.batch * dm.t * dm.hq * dm.d, dm.batch * dm.t * dm.hkv * dm.d);
+    let (nq, nk) = (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+    );
     need(OP, "q", q.len(), nq)?;
     need(OP, "o", o.len(), nq)?;
     need(OP, "k", k.len(), nk)?;
     need(OP, "v", v.len(), nk)?;
     need(OP, "lse", lse.len(), dm.batch * dm.hq * dm.t)?;
     let f = gpu.function(&ATTENTION, &kname::<T>(OP))?;
-    let (t, hq, hkv, d) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?, dim(OP, "hkv", dm.hkv)?, dim(OP, "d", dm.d)?);
+    let (t, hq, hkv, d) = (
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "hkv", dm.hkv)?,
+        dim(OP, "d", dm.d)?,
+    );
     let null = 0u64;
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(o).arg(lse).arg(q).arg(k).arg(v);
@@ -103,27 +133,58 @@ pub fn attn_bwd<T: Elem>(
 ) -> Result<()> {
     const OP: &str = "attn_bwd";
     check(OP, dm, mk)?;
-    let (nq, nk) = (dm.batch * dm.t * dm.hq * dm.d, dm.batch * dm.t * dm.hkv * dm.d);
-    for (what, len) in [("q", q.len()), ("o", o.len()), ("dout", dout.len()), ("dq", dq.len())] {
+    let (nq, nk) = (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+    );
+    for (what, len) in [
+        ("q", q.len()),
+        ("o", o.len()),
+        ("dout", dout.len()),
+        ("dq", dq.len()),
+    ] {
         need(OP, what, len, nq)?;
     }
-    for (what, len) in [("k", k.len()), ("v", v.len()), ("dk", dk.len()), ("dv", dv.len())] {
+    for (what, len) in [
+        ("k", k.len()),
+        ("v", v.len()),
+        ("dk", dk.len()),
+        ("dv", dv.len()),
+    ] {
         need(OP, what, len, nk)?;
     }
     need(OP, "lse", lse.len(), dm.batch * dm.hq * dm.t)?;
     need(OP, "delta", delta.len(), dm.batch * dm.hq * dm.t)?;
-    let (bsz, t, hq, hkv, d) = (dim(OP, "batch", dm.batch)?, dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?, dim(OP, "hkv", dm.hkv)?, dim(OP, "d", dm.d)?);
+    let (bsz, t, hq, hkv, d) = (
+        dim(OP, "batch", dm.batch)?,
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "hkv", dm.hkv)?,
+        dim(OP, "d", dm.d)?,
+    );
     let null = 0u64;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_delta"))?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(&mut *delta).arg(dout).arg(o).arg(&bsz).arg(&t).arg(&hq).arg(&d);
+    b.arg(&mut *delta)
+        .arg(dout)
+        .arg(o)
+        .arg(&bsz)
+        .arg(&t)
+        .arg(&hq)
+        .arg(&d);
     // SAFETY: one warp per (b, i, h) row of nq/D rows; sizes checked.
     unsafe { b.launch(grid1(dm.batch * dm.t * dm.hq * 32, 256)) }?;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dq"))?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(dq).arg(dout).arg(q).arg(k).arg(v).arg(lse).arg(&*delta);
+    b.arg(dq)
+        .arg(dout)
+        .arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(lse)
+        .arg(&*delta);
     match mk.kmask {
         Some(m) => b.arg(m),
         None => b.arg(&null),
@@ -142,7 +203,14 @@ pub fn attn_bwd<T: Elem>(
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dkdv"))?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(dk).arg(dv).arg(dout).arg(q).arg(k).arg(v).arg(lse).arg(&*delta);
+    b.arg(dk)
+        .arg(dv)
+        .arg(dout)
+        .arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(lse)
+        .arg(&*delta);
     match mk.kmask {
         Some(m) => b.arg(m),
         None => b.arg(&null),

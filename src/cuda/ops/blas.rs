@@ -29,7 +29,15 @@ pub struct MatMul {
 impl MatMul {
     /// nn.Linear: Y[m, n] = X[m, k]·Wᵀ with W [n, k].
     pub fn linear(m: usize, n: usize, k: usize) -> Self {
-        MatMul { m, n, k, trans_a: false, trans_b: true, alpha: 1.0, beta: 0.0 }
+        MatMul {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
 }
 
@@ -46,7 +54,13 @@ fn i(v: usize) -> Result<i32> {
 }
 
 /// C = alpha·op(A)·op(B) + beta·C, bf16 in and out, f32 accumulation (cuBLAS gemmEx).
-pub fn matmul_bf16(gpu: &Gpu, c: &mut CudaViewMut<bf16>, a: &CudaView<bf16>, b: &CudaView<bf16>, mm: &MatMul) -> Result<()> {
+pub fn matmul_bf16(
+    gpu: &Gpu,
+    c: &mut CudaViewMut<bf16>,
+    a: &CudaView<bf16>,
+    b: &CudaView<bf16>,
+    mm: &MatMul,
+) -> Result<()> {
     const OP: &str = "matmul_bf16";
     need(OP, "a", a.len(), mm.m * mm.k)?;
     need(OP, "b", b.len(), mm.k * mm.n)?;
@@ -71,12 +85,24 @@ pub fn matmul_bf16(gpu: &Gpu, c: &mut CudaViewMut<bf16>, a: &CudaView<bf16>, b: 
 }
 
 /// Convenience over whole slices.
-pub fn matmul_bf16_slices(gpu: &Gpu, c: &mut CudaSlice<bf16>, a: &CudaSlice<bf16>, b: &CudaSlice<bf16>, mm: &MatMul) -> Result<()> {
+pub fn matmul_bf16_slices(
+    gpu: &Gpu,
+    c: &mut CudaSlice<bf16>,
+    a: &CudaSlice<bf16>,
+    b: &CudaSlice<bf16>,
+    mm: &MatMul,
+) -> Result<()> {
     matmul_bf16(gpu, &mut c.slice_mut(..), &a.slice(..), &b.slice(..), mm)
 }
 
 /// f32 variant (for the self-test and small f32 paths).
-pub fn matmul_f32(gpu: &Gpu, c: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>, mm: &MatMul) -> Result<()> {
+pub fn matmul_f32(
+    gpu: &Gpu,
+    c: &mut CudaSlice<f32>,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    mm: &MatMul,
+) -> Result<()> {
     const OP: &str = "matmul_f32";
     need(OP, "a", a.len(), mm.m * mm.k)?;
     need(OP, "b", b.len(), mm.k * mm.n)?;
@@ -105,8 +131,16 @@ pub fn matmul_ref(c: &mut [f32], a: &[f32], b: &[f32], mm: &MatMul) {
         for col in 0..mm.n {
             let mut acc = 0f64;
             for t in 0..mm.k {
-                let av = if mm.trans_a { a[t * mm.m + r] } else { a[r * mm.k + t] };
-                let bv = if mm.trans_b { b[col * mm.k + t] } else { b[t * mm.n + col] };
+                let av = if mm.trans_a {
+                    a[t * mm.m + r]
+                } else {
+                    a[r * mm.k + t]
+                };
+                let bv = if mm.trans_b {
+                    b[col * mm.k + t]
+                } else {
+                    b[t * mm.n + col]
+                };
                 acc += av as f64 * bv as f64;
             }
             c[r * mm.n + col] = mm.alpha * acc as f32 + mm.beta * c[r * mm.n + col];

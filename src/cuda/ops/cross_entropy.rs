@@ -12,7 +12,14 @@ use crate::cuda::Gpu;
 const THREADS: u32 = 512;
 
 /// loss[n], lse[n] from logits [n, v] and targets [n] (shifted; -100 ignored → loss 0).
-pub fn cross_entropy_fwd<T: Elem>(gpu: &Gpu, loss: &mut CudaSlice<f32>, lse: &mut CudaSlice<f32>, logits: &CudaSlice<T>, targets: &CudaSlice<i32>, v: usize) -> Result<()> {
+pub fn cross_entropy_fwd<T: Elem>(
+    gpu: &Gpu,
+    loss: &mut CudaSlice<f32>,
+    lse: &mut CudaSlice<f32>,
+    logits: &CudaSlice<T>,
+    targets: &CudaSlice<i32>,
+    v: usize,
+) -> Result<()> {
     const OP: &str = "cross_entropy_fwd";
     let n = targets.len();
     need(OP, "logits", logits.len(), n * v)?;
@@ -28,7 +35,14 @@ pub fn cross_entropy_fwd<T: Elem>(gpu: &Gpu, loss: &mut CudaSlice<f32>, lse: &mu
 }
 
 /// dlogits = grad_scale·(softmax − onehot) in place over `logits` [n, v] (ignored rows → 0).
-pub fn cross_entropy_bwd_inplace<T: Elem>(gpu: &Gpu, logits: &mut CudaSlice<T>, lse: &CudaSlice<f32>, targets: &CudaSlice<i32>, v: usize, grad_scale: f32) -> Result<()> {
+pub fn cross_entropy_bwd_inplace<T: Elem>(
+    gpu: &Gpu,
+    logits: &mut CudaSlice<T>,
+    lse: &CudaSlice<f32>,
+    targets: &CudaSlice<i32>,
+    v: usize,
+    grad_scale: f32,
+) -> Result<()> {
     const OP: &str = "cross_entropy_bwd";
     let n = targets.len();
     need(OP, "logits", logits.len(), n * v)?;
@@ -42,7 +56,12 @@ pub fn cross_entropy_bwd_inplace<T: Elem>(gpu: &Gpu, logits: &mut CudaSlice<T>, 
         logits.device_ptr(&gpu.stream)
     };
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(&ptr).arg(&ptr).arg(lse).arg(targets).arg(&vi).arg(&grad_scale);
+    b.arg(&ptr)
+        .arg(&ptr)
+        .arg(lse)
+        .arg(targets)
+        .arg(&vi)
+        .arg(&grad_scale);
     // SAFETY: n*v elements checked; each thread reads logits[row, c] before writing the same
     // element (no other thread touches it), so the alias is benign; _sync keeps the buffer's
     // stream bookkeeping alive across the launch.

@@ -8,7 +8,13 @@ use crate::cuda::kernels::EMBEDDING;
 use crate::cuda::Gpu;
 
 /// out[n, d] = table[ids[n], :].  table: [vocab, d]; ids out of range give zero rows.
-pub fn embedding_fwd<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<T>, ids: &CudaSlice<i32>, table: &CudaSlice<T>, d: usize) -> Result<()> {
+pub fn embedding_fwd<T: Elem>(
+    gpu: &Gpu,
+    out: &mut CudaSlice<T>,
+    ids: &CudaSlice<i32>,
+    table: &CudaSlice<T>,
+    d: usize,
+) -> Result<()> {
     const OP: &str = "embedding_fwd";
     let n = ids.len();
     need(OP, "out", out.len(), n * d)?;
@@ -23,7 +29,13 @@ pub fn embedding_fwd<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<T>, ids: &CudaSlice
 }
 
 /// dtable[ids[i], :] += dout[i, :] (f32 accumulator [vocab, d], zeroed by the caller).
-pub fn embedding_bwd<T: Elem>(gpu: &Gpu, dtable: &mut CudaSlice<f32>, ids: &CudaSlice<i32>, dout: &CudaSlice<T>, d: usize) -> Result<()> {
+pub fn embedding_bwd<T: Elem>(
+    gpu: &Gpu,
+    dtable: &mut CudaSlice<f32>,
+    ids: &CudaSlice<i32>,
+    dout: &CudaSlice<T>,
+    d: usize,
+) -> Result<()> {
     const OP: &str = "embedding_bwd";
     let n = ids.len();
     need(OP, "dout", dout.len(), n * d)?;

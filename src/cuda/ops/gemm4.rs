@@ -12,12 +12,23 @@ use crate::cuda::Gpu;
 const TILE: usize = 64;
 
 fn cfg(rows: usize, cols: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Y[m, n] (+)= X[m, k]·Wᵀ with W = w [n, k] dequantized tile by tile in shared memory.
 /// `accumulate` adds into y (LoRA: base output then the adapter term, or vice versa).
-pub fn gemm_4bit(gpu: &Gpu, y: &mut CudaSlice<bf16>, x: &CudaSlice<bf16>, w: &Quant4Weight, m: usize, accumulate: bool) -> Result<()> {
+pub fn gemm_4bit(
+    gpu: &Gpu,
+    y: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &Quant4Weight,
+    m: usize,
+    accumulate: bool,
+) -> Result<()> {
     const OP: &str = "gemm_4bit";
     w.check(OP)?;
     let (n, k) = (w.rows, w.cols);
@@ -27,12 +38,30 @@ pub fn gemm_4bit(gpu: &Gpu, y: &mut CudaSlice<bf16>, x: &CudaSlice<bf16>, w: &Qu
     need(OP, "x", x.len(), m * k)?;
     need(OP, "y", y.len(), m * n)?;
     if m.div_ceil(TILE) > 65535 {
-        return Err(shape_err(OP, format!("m = {m} too large for one launch (max {})", 65535 * TILE)));
+        return Err(shape_err(
+            OP,
+            format!("m = {m} too large for one launch (max {})", 65535 * TILE),
+        ));
     }
     let f = gpu.function(&GEMM4, "gemm_4bit_bf16")?;
-    let (mi, ni, ki, bs, acc) = (dim(OP, "m", m)?, dim(OP, "n", n)?, dim(OP, "k", k)?, dim(OP, "blocksize", w.blocksize)?, accumulate as i32);
+    let (mi, ni, ki, bs, acc) = (
+        dim(OP, "m", m)?,
+        dim(OP, "n", n)?,
+        dim(OP, "k", k)?,
+        dim(OP, "blocksize", w.blocksize)?,
+        accumulate as i32,
+    );
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(y).arg(x).arg(&w.packed).arg(&w.absmax).arg(&w.code).arg(&mi).arg(&ni).arg(&ki).arg(&bs).arg(&acc);
+    b.arg(y)
+        .arg(x)
+        .arg(&w.packed)
+        .arg(&w.absmax)
+        .arg(&w.code)
+        .arg(&mi)
+        .arg(&ni)
+        .arg(&ki)
+        .arg(&bs)
+        .arg(&acc);
     // SAFETY: x has m*k, y m*n elements and w's buffers match n*k (checked); the kernel
     // bounds-checks every load/store against m, n, k and zero-fills ragged tiles.
     unsafe { b.launch(cfg(m, n)) }?;
@@ -40,7 +69,14 @@ pub fn gemm_4bit(gpu: &Gpu, y: &mut CudaSlice<bf16>, x: &CudaSlice<bf16>, w: &Qu
 }
 
 /// dX[m, k] (+)= dY[m, n]·W.
-pub fn gemm_4bit_dx(gpu: &Gpu, dx: &mut CudaSlice<bf16>, dy: &CudaSlice<bf16>, w: &Quant4Weight, m: usize, accumulate: bool) -> Result<()> {
+pub fn gemm_4bit_dx(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<bf16>,
+    dy: &CudaSlice<bf16>,
+    w: &Quant4Weight,
+    m: usize,
+    accumulate: bool,
+) -> Result<()> {
     const OP: &str = "gemm_4bit_dx";
     w.check(OP)?;
     let (n, k) = (w.rows, w.cols);
@@ -53,9 +89,24 @@ pub fn gemm_4bit_dx(gpu: &Gpu, dx: &mut CudaSlice<bf16>, dy: &CudaSlice<bf16>, w
         return Err(shape_err(OP, format!("m = {m} too large for one launch")));
     }
     let f = gpu.function(&GEMM4, "gemm_4bit_dx_bf16")?;
-    let (mi, ni, ki, bs, acc) = (dim(OP, "m", m)?, dim(OP, "n", n)?, dim(OP, "k", k)?, dim(OP, "blocksize", w.blocksize)?, accumulate as i32);
+    let (mi, ni, ki, bs, acc) = (
+        dim(OP, "m", m)?,
+        dim(OP, "n", n)?,
+        dim(OP, "k", k)?,
+        dim(OP, "blocksize", w.blocksize)?,
+        accumulate as i32,
+    );
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(dx).arg(dy).arg(&w.packed).arg(&w.absmax).arg(&w.code).arg(&mi).arg(&ni).arg(&ki).arg(&bs).arg(&acc);
+    b.arg(dx)
+        .arg(dy)
+        .arg(&w.packed)
+        .arg(&w.absmax)
+        .arg(&w.code)
+        .arg(&mi)
+        .arg(&ni)
+        .arg(&ki)
+        .arg(&bs)
+        .arg(&acc);
     // SAFETY: as in gemm_4bit, with dy [m, n] and dx [m, k].
     unsafe { b.launch(cfg(m, k)) }?;
     Ok(())

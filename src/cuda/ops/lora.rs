@@ -30,12 +30,24 @@ pub struct LoraAdapter {
 }
 
 /// y [n, d_out] = x·Wᵀ + s·(x·Aᵀ)·Bᵀ; `v` is scratch [n, r].
-pub fn lora_fwd(gpu: &Gpu, y: &mut CudaSlice<bf16>, v: &mut CudaSlice<bf16>, x: &CudaSlice<bf16>, w: &Quant4Weight, ad: &LoraAdapter, n: usize) -> Result<()> {
+pub fn lora_fwd(
+    gpu: &Gpu,
+    y: &mut CudaSlice<bf16>,
+    v: &mut CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    w: &Quant4Weight,
+    ad: &LoraAdapter,
+    n: usize,
+) -> Result<()> {
     let (d_out, d_in, r) = (w.rows, w.cols, ad.r);
     need("lora_fwd", "v", v.len(), n * r)?;
     gemm_4bit(gpu, y, x, w, n, false)?;
     matmul_bf16_slices(gpu, v, x, &ad.a, &MatMul::linear(n, r, d_in))?;
-    let mm = MatMul { alpha: ad.scale, beta: 1.0, ..MatMul::linear(n, d_out, r) };
+    let mm = MatMul {
+        alpha: ad.scale,
+        beta: 1.0,
+        ..MatMul::linear(n, d_out, r)
+    };
     matmul_bf16_slices(gpu, y, v, &ad.b, &mm)
 }
 
@@ -57,14 +69,65 @@ pub fn lora_bwd(
 ) -> Result<()> {
     let (d_out, d_in, r, s) = (w.rows, w.cols, ad.r, ad.scale);
     // u = dY·B : [n, d_out]·[d_out, r]
-    matmul_bf16_slices(gpu, u, dy, &ad.b, &MatMul { trans_b: false, ..MatMul::linear(n, r, d_out) })?;
+    matmul_bf16_slices(
+        gpu,
+        u,
+        dy,
+        &ad.b,
+        &MatMul {
+            trans_b: false,
+            ..MatMul::linear(n, r, d_out)
+        },
+    )?;
     // v = x·Aᵀ
     matmul_bf16_slices(gpu, v, x, &ad.a, &MatMul::linear(n, r, d_in))?;
     // dA = s·uᵀ·x : [r, n]·[n, d_in]
-    matmul_bf16_slices(gpu, da, u, x, &MatMul { m: r, n: d_in, k: n, trans_a: true, trans_b: false, alpha: s, beta: 0.0 })?;
+    matmul_bf16_slices(
+        gpu,
+        da,
+        u,
+        x,
+        &MatMul {
+            m: r,
+            n: d_in,
+            k: n,
+            trans_a: true,
+            trans_b: false,
+            alpha: s,
+            beta: 0.0,
+        },
+    )?;
     // dB = s·dYᵀ·v : [d_out, n]·[n, r]
-    matmul_bf16_slices(gpu, db, dy, v, &MatMul { m: d_out, n: r, k: n, trans_a: true, trans_b: false, alpha: s, beta: 0.0 })?;
+    matmul_bf16_slices(
+        gpu,
+        db,
+        dy,
+        v,
+        &MatMul {
+            m: d_out,
+            n: r,
+            k: n,
+            trans_a: true,
+            trans_b: false,
+            alpha: s,
+            beta: 0.0,
+        },
+    )?;
     // dX = dY·W (4-bit) + s·u·A
     gemm_4bit_dx(gpu, dx, dy, w, n, false)?;
-    matmul_bf16_slices(gpu, dx, u, &ad.a, &MatMul { m: n, n: d_in, k: r, trans_a: false, trans_b: false, alpha: s, beta: 1.0 })
+    matmul_bf16_slices(
+        gpu,
+        dx,
+        u,
+        &ad.a,
+        &MatMul {
+            m: n,
+            n: d_in,
+            k: r,
+            trans_a: false,
+            trans_b: false,
+            alpha: s,
+            beta: 1.0,
+        },
+    )
 }

@@ -20,7 +20,9 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use super::error::{shape_err, Result};
 
 /// A storage dtype with kernels (`_f32` / `_bf16` suffix). Arithmetic is always f32.
-pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Unpin + Send + Sync + 'static {
+pub trait Elem:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Unpin + Send + Sync + 'static
+{
     const SUFFIX: &'static str;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
@@ -53,18 +55,29 @@ pub(crate) fn kname<T: Elem>(base: &str) -> String {
 
 /// 1-D grid over `n` items with `threads` per block.
 pub(crate) fn grid1(n: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((n as u64).div_ceil(threads as u64).max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: ((n as u64).div_ceil(threads as u64).max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// One block of `threads` per row.
 pub(crate) fn per_row(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Checks that buffer `what` holds at least `want` elements.
 pub(crate) fn need(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
     if got < want {
-        return Err(shape_err(op, format!("{what} has {got} elements, needs {want}")));
+        return Err(shape_err(
+            op,
+            format!("{what} has {got} elements, needs {want}"),
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,16 @@ use crate::cuda::Gpu;
 const THREADS: u32 = 256;
 
 /// RMSNorm forward. y, x: [rows, d]; w: [d]; rstd: [rows] (saved for the backward).
-pub fn rmsnorm_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, rstd: &mut CudaSlice<f32>, x: &CudaSlice<T>, w: &CudaSlice<T>, rows: usize, d: usize, eps: f32) -> Result<()> {
+pub fn rmsnorm_fwd<T: Elem>(
+    gpu: &Gpu,
+    y: &mut CudaSlice<T>,
+    rstd: &mut CudaSlice<f32>,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
     const OP: &str = "rmsnorm_fwd";
     need(OP, "x", x.len(), rows * d)?;
     need(OP, "y", y.len(), rows * d)?;
@@ -27,7 +36,17 @@ pub fn rmsnorm_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, rstd: &mut CudaSlic
 
 /// RMSNorm backward. dx, dy, x: [rows, d]; dw: [d] f32, ACCUMULATED (zero it first).
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_bwd<T: Elem>(gpu: &Gpu, dx: &mut CudaSlice<T>, dw: &mut CudaSlice<f32>, dy: &CudaSlice<T>, x: &CudaSlice<T>, w: &CudaSlice<T>, rstd: &CudaSlice<f32>, rows: usize, d: usize) -> Result<()> {
+pub fn rmsnorm_bwd<T: Elem>(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<T>,
+    dw: &mut CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    rstd: &CudaSlice<f32>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
     const OP: &str = "rmsnorm_bwd";
     for (what, len) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
         need(OP, what, len, rows * d)?;
@@ -46,7 +65,18 @@ pub fn rmsnorm_bwd<T: Elem>(gpu: &Gpu, dx: &mut CudaSlice<T>, dw: &mut CudaSlice
 
 /// LayerNorm forward. y, x: [rows, d]; w, b: [d]; mean, rstd: [rows].
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, mean: &mut CudaSlice<f32>, rstd: &mut CudaSlice<f32>, x: &CudaSlice<T>, w: &CudaSlice<T>, bias: &CudaSlice<T>, rows: usize, d: usize, eps: f32) -> Result<()> {
+pub fn layernorm_fwd<T: Elem>(
+    gpu: &Gpu,
+    y: &mut CudaSlice<T>,
+    mean: &mut CudaSlice<f32>,
+    rstd: &mut CudaSlice<f32>,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    bias: &CudaSlice<T>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
     const OP: &str = "layernorm_fwd";
     need(OP, "x", x.len(), rows * d)?;
     need(OP, "y", y.len(), rows * d)?;
@@ -57,7 +87,14 @@ pub fn layernorm_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, mean: &mut CudaSl
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(y).arg(mean).arg(rstd).arg(x).arg(w).arg(bias).arg(&di).arg(&eps);
+    b.arg(y)
+        .arg(mean)
+        .arg(rstd)
+        .arg(x)
+        .arg(w)
+        .arg(bias)
+        .arg(&di)
+        .arg(&eps);
     // SAFETY: buffer sizes checked; one block per row.
     unsafe { b.launch(per_row(rows, THREADS)) }?;
     Ok(())
@@ -65,7 +102,19 @@ pub fn layernorm_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, mean: &mut CudaSl
 
 /// LayerNorm backward. dw, db: [d] f32, ACCUMULATED (zero them first).
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_bwd<T: Elem>(gpu: &Gpu, dx: &mut CudaSlice<T>, dw: &mut CudaSlice<f32>, db: &mut CudaSlice<f32>, dy: &CudaSlice<T>, x: &CudaSlice<T>, w: &CudaSlice<T>, mean: &CudaSlice<f32>, rstd: &CudaSlice<f32>, rows: usize, d: usize) -> Result<()> {
+pub fn layernorm_bwd<T: Elem>(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<T>,
+    dw: &mut CudaSlice<f32>,
+    db: &mut CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    mean: &CudaSlice<f32>,
+    rstd: &CudaSlice<f32>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
     const OP: &str = "layernorm_bwd";
     for (what, len) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
         need(OP, what, len, rows * d)?;
@@ -78,7 +127,15 @@ pub fn layernorm_bwd<T: Elem>(gpu: &Gpu, dx: &mut CudaSlice<T>, dw: &mut CudaSli
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(dx).arg(dw).arg(db).arg(dy).arg(x).arg(w).arg(mean).arg(rstd).arg(&di);
+    b.arg(dx)
+        .arg(dw)
+        .arg(db)
+        .arg(dy)
+        .arg(x)
+        .arg(w)
+        .arg(mean)
+        .arg(rstd)
+        .arg(&di);
     // SAFETY: buffer sizes checked; dw/db updated with atomicAdd.
     unsafe { b.launch(per_row(rows, THREADS)) }?;
     Ok(())

@@ -16,7 +16,16 @@ pub fn swiglu_fwd(a: &mut [f32], e: &[f32], g: &[f32], rows: usize, cols: usize,
 
 /// dg = da·e·σ(e); de = da·g·σ(e)·(1 + e·(1−σ(e)))   (written at stride ld_in like e and g)
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_bwd(de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32], rows: usize, cols: usize, ld_in: usize) {
+pub fn swiglu_bwd(
+    de: &mut [f32],
+    dg: &mut [f32],
+    da: &[f32],
+    e: &[f32],
+    g: &[f32],
+    rows: usize,
+    cols: usize,
+    ld_in: usize,
+) {
     for r in 0..rows {
         for c in 0..cols {
             let src = r * ld_in + c;
@@ -42,7 +51,8 @@ pub fn gelu_tanh_bwd(dx: &mut [f32], dy: &[f32], x: &[f32]) {
     for i in 0..x.len() {
         let v = x[i];
         let th = (K0 * (v + 0.044715 * v * v * v)).tanh();
-        dx[i] = dy[i] * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * K0 * (1.0 + 3.0 * 0.044715 * v * v));
+        dx[i] = dy[i]
+            * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * K0 * (1.0 + 3.0 * 0.044715 * v * v));
     }
 }
 
@@ -55,7 +65,9 @@ pub fn scale_add(y: &mut [f32], t: &[f32], s: f32) {
 
 /// The kernel's counter hash (SplitMix64 finalizer over seed and index), upper 32 bits.
 pub fn hash_u32(seed: u64, i: u64) -> u32 {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -67,7 +79,11 @@ pub fn hash_u32(seed: u64, i: u64) -> u32 {
 pub fn dropout(y: &mut [f32], x: &[f32], p: f32, seed: u64) {
     let thr = (p * 4294967296.0).min(4294967295.0) as u32;
     for i in 0..x.len() {
-        y[i] = if hash_u32(seed, i as u64) >= thr { x[i] / (1.0 - p) } else { 0.0 };
+        y[i] = if hash_u32(seed, i as u64) >= thr {
+            x[i] / (1.0 - p)
+        } else {
+            0.0
+        };
     }
 }
 
@@ -98,7 +114,9 @@ mod tests {
                 dh[rr * 2 * cols + cols + c] = dg[rr * 2 * cols + c];
             }
         }
-        let num: Vec<f32> = (0..h.len()).map(|i| numgrad(&mut h, i, 1e-3, &mut |x: &[f32]| f(x)) as f32).collect();
+        let num: Vec<f32> = (0..h.len())
+            .map(|i| numgrad(&mut h, i, 1e-3, &mut |x: &[f32]| f(x)) as f32)
+            .collect();
         assert_close(&dh, &num, 1e-3, 1e-2, "swiglu");
     }
 
@@ -108,11 +126,13 @@ mod tests {
         let mut dx = vec![0f32; 20];
         gelu_tanh_bwd(&mut dx, &[1.0; 20], &x);
         let num: Vec<f32> = (0..20)
-            .map(|i| numgrad(&mut x, i, 1e-3, &mut |xx: &[f32]| {
-                let mut y = vec![0f32; 20];
-                gelu_tanh_fwd(&mut y, xx);
-                y.iter().map(|&v| v as f64).sum()
-            }) as f32)
+            .map(|i| {
+                numgrad(&mut x, i, 1e-3, &mut |xx: &[f32]| {
+                    let mut y = vec![0f32; 20];
+                    gelu_tanh_fwd(&mut y, xx);
+                    y.iter().map(|&v| v as f64).sum()
+                }) as f32
+            })
             .collect();
         assert_close(&dx, &num, 1e-3, 1e-2, "gelu");
         // Known value: gelu_tanh(1) = 0.8411920

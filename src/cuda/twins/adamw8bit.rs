@@ -12,8 +12,14 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
     let non_sign = 7i32;
     let mut data: Vec<f32> = Vec::with_capacity(256);
     for i in 0..max_exp {
-        let items = if signed { (1usize << (i + non_sign - max_exp)) + 1 } else { (1usize << (i + non_sign - max_exp + 1)) + 1 };
-        let bounds: Vec<f32> = (0..items).map(|t| 0.1 + 0.9 * t as f32 / (items - 1) as f32).collect();
+        let items = if signed {
+            (1usize << (i + non_sign - max_exp)) + 1
+        } else {
+            (1usize << (i + non_sign - max_exp + 1)) + 1
+        };
+        let bounds: Vec<f32> = (0..items)
+            .map(|t| 0.1 + 0.9 * t as f32 / (items - 1) as f32)
+            .collect();
         let scale = 10f32.powi(-(max_exp - 1) + i);
         for w in bounds.windows(2) {
             let mean = (w[0] + w[1]) / 2.0;
@@ -72,7 +78,10 @@ pub struct AdamHyper {
 impl AdamHyper {
     /// (1 - beta1^t, 1 - beta2^t)
     pub fn bias_corrections(&self) -> (f32, f32) {
-        (1.0 - self.beta1.powi(self.step as i32), 1.0 - self.beta2.powi(self.step as i32))
+        (
+            1.0 - self.beta1.powi(self.step as i32),
+            1.0 - self.beta2.powi(self.step as i32),
+        )
     }
 }
 
@@ -91,12 +100,24 @@ impl State8 {
         let zm = quantize_nearest(code_m, 0.0);
         let zv = quantize_nearest(code_v, 0.0);
         let nb = n.div_ceil(QBLOCK);
-        State8 { qm: vec![zm; n], absmax_m: vec![0.0; nb], qv: vec![zv; n], absmax_v: vec![0.0; nb] }
+        State8 {
+            qm: vec![zm; n],
+            absmax_m: vec![0.0; nb],
+            qv: vec![zv; n],
+            absmax_v: vec![0.0; nb],
+        }
     }
 }
 
 /// One AdamW step on `p` with 8-bit state, block by block (see the kernel's doc comment).
-pub fn adamw8bit_step(p: &mut [f32], st: &mut State8, grad: &[f32], code_m: &[f32; 256], code_v: &[f32; 256], h: &AdamHyper) {
+pub fn adamw8bit_step(
+    p: &mut [f32],
+    st: &mut State8,
+    grad: &[f32],
+    code_m: &[f32; 256],
+    code_v: &[f32; 256],
+    h: &AdamHyper,
+) {
     let (bc1, bc2) = h.bias_corrections();
     let mut m = vec![0f32; QBLOCK];
     let mut v = vec![0f32; QBLOCK];
@@ -139,7 +160,11 @@ mod tests {
         }
         // Smallest positive signed magnitude: 1e-6 * 0.55.
         let c = dynamic_map(true);
-        let min_pos = c.iter().copied().filter(|&x| x > 0.0).fold(f32::MAX, f32::min);
+        let min_pos = c
+            .iter()
+            .copied()
+            .filter(|&x| x > 0.0)
+            .fold(f32::MAX, f32::min);
         assert!((min_pos - 0.55e-6).abs() < 1e-9, "{min_pos}");
     }
 
@@ -164,7 +189,15 @@ mod tests {
         let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
         for step in 1..=5 {
             let g = r.normals(n, 0.1);
-            let h = AdamHyper { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step, grad_scale: 1.0 };
+            let h = AdamHyper {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+                grad_scale: 1.0,
+            };
             adamw8bit_step(&mut p8, &mut st, &g, &cm, &cv, &h);
             let (bc1, bc2) = h.bias_corrections();
             for i in 0..n {
@@ -174,7 +207,11 @@ mod tests {
             }
         }
         // Five steps move each weight by up to 5e-2; the 8-bit state must track within 15% of that.
-        let worst = p8.iter().zip(&p32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = p8
+            .iter()
+            .zip(&p32)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 7.5e-3, "{worst}");
     }
 }

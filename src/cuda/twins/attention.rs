@@ -37,7 +37,15 @@ fn kidx(dm: &AttnDims, b: usize, j: usize, h: usize) -> usize {
 }
 
 /// Scores of row (b, h, i) over keys 0..=i (None = not visible).
-fn scores(dm: &AttnDims, mk: &AttnMasks, q: &[f32], k: &[f32], b: usize, h: usize, i: usize) -> Vec<Option<f32>> {
+fn scores(
+    dm: &AttnDims,
+    mk: &AttnMasks,
+    q: &[f32],
+    k: &[f32],
+    b: usize,
+    h: usize,
+    i: usize,
+) -> Vec<Option<f32>> {
     let kvh = h / (dm.hq / dm.hkv);
     let slope = mk.slopes.map_or(0.0, |s| s[h]);
     (0..=i)
@@ -52,7 +60,15 @@ fn scores(dm: &AttnDims, mk: &AttnMasks, q: &[f32], k: &[f32], b: usize, h: usiz
 }
 
 /// o = softmax(s)·v per row; lse [batch, hq, t] (+inf for a row that sees no key, o = 0).
-pub fn attn_fwd(o: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], mk: &AttnMasks, dm: &AttnDims) {
+pub fn attn_fwd(
+    o: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mk: &AttnMasks,
+    dm: &AttnDims,
+) {
     let kvh_of = |h: usize| h / (dm.hq / dm.hkv);
     for b in 0..dm.batch {
         for h in 0..dm.hq {
@@ -84,7 +100,19 @@ pub fn attn_fwd(o: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32],
 /// Gradients of <dout, o> (see the kernel's doc comment): dq, dk, dv (dk/dv summed over each
 /// kv head's group of query heads).
 #[allow(clippy::too_many_arguments)]
-pub fn attn_bwd(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], mk: &AttnMasks, dm: &AttnDims) {
+pub fn attn_bwd(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    mk: &AttnMasks,
+    dm: &AttnDims,
+) {
     dq.fill(0.0);
     dk.fill(0.0);
     dv.fill(0.0);
@@ -128,8 +156,11 @@ mod tests {
                 for i in 0..dm.t {
                     for j in 0..dm.t {
                         if mk.visible(b, dm.t, i, j) {
-                            let dot: f32 = (0..dm.d).map(|c| q[qidx(dm, b, i, h) + c] * k[kidx(dm, b, j, g) + c]).sum();
-                            s[i][j] = dot * dm.scale + mk.slopes.map_or(0.0, |sl| sl[h]) * (j as f32 - i as f32);
+                            let dot: f32 = (0..dm.d)
+                                .map(|c| q[qidx(dm, b, i, h) + c] * k[kidx(dm, b, j, g) + c])
+                                .sum();
+                            s[i][j] = dot * dm.scale
+                                + mk.slopes.map_or(0.0, |sl| sl[h]) * (j as f32 - i as f32);
                         }
                     }
                     let m = s[i].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
@@ -150,7 +181,14 @@ mod tests {
     }
 
     fn setup(seed: u64) -> (AttnDims, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let dm = AttnDims { batch: 2, t: 5, hq: 4, hkv: 2, d: 3, scale: 0.6 };
+        let dm = AttnDims {
+            batch: 2,
+            t: 5,
+            hq: 4,
+            hkv: 2,
+            d: 3,
+            scale: 0.6,
+        };
         let mut r = Rng::new(seed);
         let q = r.normals(dm.batch * dm.t * dm.hq * dm.d, 1.0);
         let k = r.normals(dm.batch * dm.t * dm.hkv * dm.d, 1.0);
@@ -166,14 +204,21 @@ mod tests {
         let slopes = [0.5, 0.25, 0.125, 0.0625];
         for mk in [
             AttnMasks::default(),
-            AttnMasks { kmask: Some(&kmask), seg: Some(&seg), slopes: Some(&slopes) },
+            AttnMasks {
+                kmask: Some(&kmask),
+                seg: Some(&seg),
+                slopes: Some(&slopes),
+            },
         ] {
             let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);
             attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
             assert_close(&o, &naive(&q, &k, &v, &mk, &dm), 1e-5, 1e-5, "attn fwd");
         }
         // Query 0 of batch 0 sees only key 0, which is padding: empty row -> zeros, lse = +inf.
-        let mk = AttnMasks { kmask: Some(&kmask), ..Default::default() };
+        let mk = AttnMasks {
+            kmask: Some(&kmask),
+            ..Default::default()
+        };
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);
         attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
         assert_eq!(lse[0], f32::INFINITY);
@@ -185,25 +230,44 @@ mod tests {
         let (dm, mut q, mut k, mut v) = setup(12);
         let seg = [0, 0, 1, 1, 1, 0, 0, 0, 0, 0];
         let slopes = [0.5, 0.25, 0.125, 0.0625];
-        let mk = AttnMasks { kmask: None, seg: Some(&seg), slopes: Some(&slopes) };
+        let mk = AttnMasks {
+            kmask: None,
+            seg: Some(&seg),
+            slopes: Some(&slopes),
+        };
         let dout = Rng::new(13).normals(q.len(), 1.0);
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);
         attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
-        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
-        attn_bwd(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &mk, &dm);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; q.len()],
+            vec![0f32; k.len()],
+            vec![0f32; v.len()],
+        );
+        attn_bwd(
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o, &lse, &mk, &dm,
+        );
         let loss = |q: &[f32], k: &[f32], v: &[f32]| {
             let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);
             attn_fwd(&mut o, &mut lse, q, k, v, &mk, &dm);
-            o.iter().zip(&dout).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
+            o.iter()
+                .zip(&dout)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum::<f64>()
         };
         let (kc, vc) = (k.clone(), v.clone());
-        let nq: Vec<f32> = (0..q.len()).map(|i| numgrad(&mut q, i, 1e-2, &mut |x: &[f32]| loss(x, &kc, &vc)) as f32).collect();
+        let nq: Vec<f32> = (0..q.len())
+            .map(|i| numgrad(&mut q, i, 1e-2, &mut |x: &[f32]| loss(x, &kc, &vc)) as f32)
+            .collect();
         assert_close(&dq, &nq, 2e-3, 2e-2, "dq");
         let qc = q.clone();
-        let nk: Vec<f32> = (0..k.len()).map(|i| numgrad(&mut k, i, 1e-2, &mut |x: &[f32]| loss(&qc, x, &vc)) as f32).collect();
+        let nk: Vec<f32> = (0..k.len())
+            .map(|i| numgrad(&mut k, i, 1e-2, &mut |x: &[f32]| loss(&qc, x, &vc)) as f32)
+            .collect();
         assert_close(&dk, &nk, 2e-3, 2e-2, "dk");
         let kc = k.clone();
-        let nv: Vec<f32> = (0..v.len()).map(|i| numgrad(&mut v, i, 1e-2, &mut |x: &[f32]| loss(&qc, &kc, x)) as f32).collect();
+        let nv: Vec<f32> = (0..v.len())
+            .map(|i| numgrad(&mut v, i, 1e-2, &mut |x: &[f32]| loss(&qc, &kc, x)) as f32)
+            .collect();
         assert_close(&dv, &nv, 2e-3, 2e-2, "dv");
     }
 }

@@ -1,19 +1,36 @@
 //! Twins of kernels/cross_entropy.cu: per-row softmax cross-entropy with -100 ignored.
 
 /// loss[r] = lse(z_r) − z_r[target] (0 when ignored); lse[r] saved.  logits: [n, v]
-pub fn cross_entropy_fwd(loss: &mut [f32], lse: &mut [f32], logits: &[f32], targets: &[i32], v: usize) {
+pub fn cross_entropy_fwd(
+    loss: &mut [f32],
+    lse: &mut [f32],
+    logits: &[f32],
+    targets: &[i32],
+    v: usize,
+) {
     for (r, z) in logits.chunks(v).enumerate() {
         let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let s: f64 = z.iter().map(|&x| ((x - m) as f64).exp()).sum();
         let l = m + s.ln() as f32;
         lse[r] = l;
         let t = targets[r];
-        loss[r] = if t < 0 || t as usize >= v { 0.0 } else { l - z[t as usize] };
+        loss[r] = if t < 0 || t as usize >= v {
+            0.0
+        } else {
+            l - z[t as usize]
+        };
     }
 }
 
 /// dz = grad_scale·(softmax(z) − onehot(target)), 0 for ignored rows.
-pub fn cross_entropy_bwd(dlogits: &mut [f32], logits: &[f32], lse: &[f32], targets: &[i32], v: usize, grad_scale: f32) {
+pub fn cross_entropy_bwd(
+    dlogits: &mut [f32],
+    logits: &[f32],
+    lse: &[f32],
+    targets: &[i32],
+    v: usize,
+    grad_scale: f32,
+) {
     for r in 0..targets.len() {
         let t = targets[r];
         let ignored = t < 0 || t as usize >= v;
@@ -21,7 +38,8 @@ pub fn cross_entropy_bwd(dlogits: &mut [f32], logits: &[f32], lse: &[f32], targe
             dlogits[r * v + c] = if ignored {
                 0.0
             } else {
-                grad_scale * ((logits[r * v + c] - lse[r]).exp() - if c as i32 == t { 1.0 } else { 0.0 })
+                grad_scale
+                    * ((logits[r * v + c] - lse[r]).exp() - if c as i32 == t { 1.0 } else { 0.0 })
             };
         }
     }
@@ -54,11 +72,13 @@ mod tests {
         let mut dz = vec![0f32; n * v];
         cross_entropy_bwd(&mut dz, &z, &lse, &targets, v, 0.5);
         let num: Vec<f32> = (0..n * v)
-            .map(|i| numgrad(&mut z, i, 1e-3, &mut |zz: &[f32]| {
-                let (mut l, mut s) = (vec![0f32; n], vec![0f32; n]);
-                cross_entropy_fwd(&mut l, &mut s, zz, &targets, v);
-                0.5 * l.iter().map(|&x| x as f64).sum::<f64>()
-            }) as f32)
+            .map(|i| {
+                numgrad(&mut z, i, 1e-3, &mut |zz: &[f32]| {
+                    let (mut l, mut s) = (vec![0f32; n], vec![0f32; n]);
+                    cross_entropy_fwd(&mut l, &mut s, zz, &targets, v);
+                    0.5 * l.iter().map(|&x| x as f64).sum::<f64>()
+                }) as f32
+            })
             .collect();
         assert_close(&dz, &num, 1e-3, 1e-2, "ce grad");
     }

@@ -4,7 +4,17 @@ use super::quant4::dequant_4bit;
 
 /// Y[m, n] = X[m, k] · Wᵀ   (W dequantized from 4-bit, nn.Linear layout)
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_4bit(y: &mut [f32], x: &[f32], packed: &[u8], absmax: &[f32], code: &[f32; 16], m: usize, n: usize, k: usize, blocksize: usize) {
+pub fn gemm_4bit(
+    y: &mut [f32],
+    x: &[f32],
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    m: usize,
+    n: usize,
+    k: usize,
+    blocksize: usize,
+) {
     let mut w = vec![0f32; n * k];
     dequant_4bit(&mut w, packed, absmax, code, blocksize);
     for i in 0..m {
@@ -20,7 +30,17 @@ pub fn gemm_4bit(y: &mut [f32], x: &[f32], packed: &[u8], absmax: &[f32], code: 
 
 /// dX[m, k] = dY[m, n] · W
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_4bit_dx(dx: &mut [f32], dy: &[f32], packed: &[u8], absmax: &[f32], code: &[f32; 16], m: usize, n: usize, k: usize, blocksize: usize) {
+pub fn gemm_4bit_dx(
+    dx: &mut [f32],
+    dy: &[f32],
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    m: usize,
+    n: usize,
+    k: usize,
+    blocksize: usize,
+) {
     let mut w = vec![0f32; n * k];
     dequant_4bit(&mut w, packed, absmax, code, blocksize);
     for i in 0..m {
@@ -54,6 +74,9 @@ mod tests {
         gemm_4bit_dx(&mut dx, &dy, &p, &a, &NF4_CODE, m, n, k, 64);
         let lhs: f32 = dy.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f32 = dx.iter().zip(&x).map(|(a, b)| a * b).sum();
-        assert!((lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        assert!(
+            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 }

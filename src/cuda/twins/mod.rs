@@ -11,6 +11,8 @@ pub mod embedding;
 pub mod gemm4;
 pub mod norm;
 pub mod quant4;
+#[cfg(test)]
+mod reference;
 pub mod rope;
 
 /// Small seeded generator (SplitMix64) for test and self-test inputs.
@@ -48,7 +50,9 @@ impl Rng {
 
 /// Rounds every value to bf16 and back (what a bf16 buffer stores).
 pub fn round_bf16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
 }
 
 /// Max abs error and max relative error (|a-b| / max(|b|, floor)) of `got` against `want`.
@@ -92,6 +96,9 @@ pub(crate) mod testutil {
             .filter(|(_, (g, w))| !((**g - **w).abs() <= atol + rtol * w.abs()))
             .take(5)
             .collect();
-        assert!(bad.is_empty(), "{what}: first mismatches (index, (got, want)): {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "{what}: first mismatches (index, (got, want)): {bad:?}"
+        );
     }
 }

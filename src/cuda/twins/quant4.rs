@@ -3,17 +3,43 @@
 
 /// bitsandbytes NF4 code (DESIGN.md §2).
 pub const NF4_CODE: [f32; 16] = [
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-    0.7229568362236023, 1.0,
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
 ];
 
 /// bitsandbytes FP4 code (`get_4bit_type("fp4")`: [0, 0.0625, 8, 12, 4, 6, 2, 3, and negatives] / 12),
 /// indexed by nibble (bit 3 = sign).
 pub const FP4_CODE: [f32; 16] = [
-    0.0, 0.0625 / 12.0, 8.0 / 12.0, 1.0, 4.0 / 12.0, 0.5, 2.0 / 12.0, 0.25,
-    -0.0, -0.0625 / 12.0, -8.0 / 12.0, -1.0, -4.0 / 12.0, -0.5, -2.0 / 12.0, -0.25,
+    0.0,
+    0.0625 / 12.0,
+    8.0 / 12.0,
+    1.0,
+    4.0 / 12.0,
+    0.5,
+    2.0 / 12.0,
+    0.25,
+    -0.0,
+    -0.0625 / 12.0,
+    -8.0 / 12.0,
+    -1.0,
+    -4.0 / 12.0,
+    -0.5,
+    -2.0 / 12.0,
+    -0.25,
 ];
 
 /// Nearest code index for a value already scaled to [-1, 1] (exact ties go to the lower code
@@ -31,11 +57,18 @@ pub fn nearest_code(code: &[f32], x: f32) -> u8 {
 
 /// Blockwise 4-bit quantization: (packed bytes [(n+1)/2], absmax [ceil(n/blocksize)]).
 pub fn quantize_4bit(x: &[f32], blocksize: usize, code: &[f32; 16]) -> (Vec<u8>, Vec<f32>) {
-    let absmax: Vec<f32> = x.chunks(blocksize).map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+    let absmax: Vec<f32> = x
+        .chunks(blocksize)
+        .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect();
     let mut packed = vec![0u8; x.len().div_ceil(2)];
     for (i, &v) in x.iter().enumerate() {
         let a = absmax[i / blocksize];
-        let s = if a > 0.0 { (v / a).clamp(-1.0, 1.0) } else { 0.0 };
+        let s = if a > 0.0 {
+            (v / a).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
         let q = nearest_code(code, s);
         packed[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
     }
@@ -43,7 +76,13 @@ pub fn quantize_4bit(x: &[f32], blocksize: usize, code: &[f32; 16]) -> (Vec<u8>,
 }
 
 /// out[i] = code[nibble(i)] * absmax[i / blocksize]  (first element of a byte = HIGH nibble)
-pub fn dequant_4bit(out: &mut [f32], packed: &[u8], absmax: &[f32], code: &[f32; 16], blocksize: usize) {
+pub fn dequant_4bit(
+    out: &mut [f32],
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    blocksize: usize,
+) {
     for (i, o) in out.iter_mut().enumerate() {
         let byte = packed[i / 2];
         let nib = if i % 2 == 0 { byte >> 4 } else { byte & 15 };
@@ -52,7 +91,14 @@ pub fn dequant_4bit(out: &mut [f32], packed: &[u8], absmax: &[f32], code: &[f32;
 }
 
 /// absmax[b] = code8[q[b]] * absmax2[b / nested_blocksize] + offset
-pub fn dequant_absmax(absmax: &mut [f32], q: &[u8], code8: &[f32], absmax2: &[f32], offset: f32, nested_blocksize: usize) {
+pub fn dequant_absmax(
+    absmax: &mut [f32],
+    q: &[u8],
+    code8: &[f32],
+    absmax2: &[f32],
+    offset: f32,
+    nested_blocksize: usize,
+) {
     for (b, a) in absmax.iter_mut().enumerate() {
         *a = code8[q[b] as usize] * absmax2[b / nested_blocksize] + offset;
     }
@@ -60,7 +106,10 @@ pub fn dequant_absmax(absmax: &mut [f32], q: &[u8], code8: &[f32], absmax2: &[f3
 
 /// Blockwise 8-bit quantization against a sorted 256-entry map: (codes, absmax per block).
 pub fn quantize_8bit(x: &[f32], blocksize: usize, code8: &[f32]) -> (Vec<u8>, Vec<f32>) {
-    let absmax: Vec<f32> = x.chunks(blocksize).map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+    let absmax: Vec<f32> = x
+        .chunks(blocksize)
+        .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect();
     let q = x
         .iter()
         .enumerate()
@@ -73,7 +122,16 @@ pub fn quantize_8bit(x: &[f32], blocksize: usize, code8: &[f32]) -> (Vec<u8>, Ve
 }
 
 /// y[o] = Σ_c x[c] * W[o, c], W [n_out, k] 4-bit (flat quantization over o*k + c)
-pub fn gemv_4bit(y: &mut [f32], x: &[f32], packed: &[u8], absmax: &[f32], code: &[f32; 16], n_out: usize, k: usize, blocksize: usize) {
+pub fn gemv_4bit(
+    y: &mut [f32],
+    x: &[f32],
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    n_out: usize,
+    k: usize,
+    blocksize: usize,
+) {
     let mut w = vec![0f32; n_out * k];
     dequant_4bit(&mut w, packed, absmax, code, blocksize);
     for o in 0..n_out {

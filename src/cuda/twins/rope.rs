@@ -27,7 +27,18 @@ pub enum RopeLayout {
 /// y = rotate(x) by +theta (sgn = 1, forward) or -theta (sgn = -1, backward).
 /// y, x: [tokens, heads, hd]; pos: [tokens]; dims >= rot pass through.
 #[allow(clippy::too_many_arguments)]
-pub fn rope(y: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], pos: &[i32], heads: usize, hd: usize, rot: usize, layout: RopeLayout, sgn: f32) {
+pub fn rope(
+    y: &mut [f32],
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    pos: &[i32],
+    heads: usize,
+    hd: usize,
+    rot: usize,
+    layout: RopeLayout,
+    sgn: f32,
+) {
     let half = rot / 2;
     for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {
@@ -86,7 +97,18 @@ mod tests {
         for layout in [RopeLayout::Half, RopeLayout::Glm] {
             let (mut y, mut back) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             rope(&mut y, &x, &c, &s, &[0, 5, 9], heads, hd, rot, layout, 1.0);
-            rope(&mut back, &y, &c, &s, &[0, 5, 9], heads, hd, rot, layout, -1.0);
+            rope(
+                &mut back,
+                &y,
+                &c,
+                &s,
+                &[0, 5, 9],
+                heads,
+                hd,
+                rot,
+                layout,
+                -1.0,
+            );
             assert_close(&back, &x, 1e-5, 0.0, "rope inverse");
             // Position 0 is the identity; pass-through dims are untouched.
             assert_close(&y[..heads * hd], &x[..heads * hd], 0.0, 0.0, "pos 0");
@@ -99,16 +121,39 @@ mod tests {
         // x = [1, 0, 0, 1] at position 1, rot 4: pair (0,1) by theta_0 = 1, pair (2,3) by 10000^-0.5.
         let (c, s) = rope_tables(2, 4, 10000.0);
         let mut y = [0f32; 4];
-        rope(&mut y, &[1.0, 0.0, 0.0, 1.0], &c, &s, &[1], 1, 4, 4, RopeLayout::Glm, 1.0);
+        rope(
+            &mut y,
+            &[1.0, 0.0, 0.0, 1.0],
+            &c,
+            &s,
+            &[1],
+            1,
+            4,
+            4,
+            RopeLayout::Glm,
+            1.0,
+        );
         let t1 = 0.01f32;
-        assert_close(&y, &[1f32.cos(), 1f32.sin(), -t1.sin(), t1.cos()], 1e-6, 0.0, "glm");
+        assert_close(
+            &y,
+            &[1f32.cos(), 1f32.sin(), -t1.sin(), t1.cos()],
+            1e-6,
+            0.0,
+            "glm",
+        );
     }
 
     #[test]
     fn alibi_slopes_match_bloom() {
         // HF build_alibi_tensor: 8 heads -> 2^-1 .. 2^-8; 12 heads adds 2^-0.5, 2^-1.5, ...
         let s8 = alibi_slopes(8);
-        assert_close(&s8, &(1..=8).map(|i| 0.5f32.powi(i)).collect::<Vec<_>>(), 1e-7, 0.0, "8");
+        assert_close(
+            &s8,
+            &(1..=8).map(|i| 0.5f32.powi(i)).collect::<Vec<_>>(),
+            1e-7,
+            0.0,
+            "8",
+        );
         let s12 = alibi_slopes(12);
         assert_eq!(s12.len(), 12);
         assert!((s12[8] - 2f32.powf(-0.5)).abs() < 1e-6 && (s12[9] - 2f32.powf(-1.5)).abs() < 1e-6);
