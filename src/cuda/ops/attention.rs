@@ -1,6 +1,6 @@
 //! Launchers for kernels/attention.cu: causal flash-style attention forward and backward.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::{dim, grid1, grid_u32, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -49,6 +49,22 @@ fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
     Ok(())
 }
 
+/// Pushes the three optional mask pointers (absent ones as a null device pointer).
+fn push_masks<'a>(b: &mut LaunchArgs<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
+    match mk.kmask {
+        Some(m) => b.arg(m),
+        None => b.arg(null),
+    };
+    match mk.seg {
+        Some(s) => b.arg(s),
+        None => b.arg(null),
+    };
+    match mk.slopes {
+        Some(s) => b.arg(s),
+        None => b.arg(null),
+    };
+}
+
 fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (
@@ -94,18 +110,7 @@ pub fn attn_fwd<T: Elem>(
     let null = 0u64;
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(o).arg(lse).arg(q).arg(k).arg(v);
-    match mk.kmask {
-        Some(m) => b.arg(m),
-        None => b.arg(&null),
-    };
-    match mk.seg {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
-    match mk.slopes {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
+    push_masks(&mut b, mk, &null);
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
     // SAFETY: all sizes checked against (B, T, Hq, Hkv, D); absent masks are passed as null
     // pointers (8-byte zero) which the kernel tests before reading; D <= 128 fits the static
@@ -185,18 +190,7 @@ pub fn attn_bwd<T: Elem>(
         .arg(v)
         .arg(lse)
         .arg(&*delta);
-    match mk.kmask {
-        Some(m) => b.arg(m),
-        None => b.arg(&null),
-    };
-    match mk.seg {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
-    match mk.slopes {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
+    push_masks(&mut b, mk, &null);
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
     // SAFETY: as attn_fwd; dq rows are owned by one warp each (no races).
     unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
@@ -211,18 +205,7 @@ pub fn attn_bwd<T: Elem>(
         .arg(v)
         .arg(lse)
         .arg(&*delta);
-    match mk.kmask {
-        Some(m) => b.arg(m),
-        None => b.arg(&null),
-    };
-    match mk.seg {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
-    match mk.slopes {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
+    push_masks(&mut b, mk, &null);
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
     // SAFETY: as attn_fwd; grid over kv heads, each warp owns one key row of dk/dv.
     unsafe { b.launch(grid(OP, dm, dm.hkv)?) }?;

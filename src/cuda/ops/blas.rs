@@ -49,6 +49,22 @@ fn op(t: bool) -> cublasOperation_t {
     }
 }
 
+/// Column-major cuBLAS config for the row-major product (see module docs).
+fn config<T>(mm: &MatMul, alpha: T, beta: T) -> Result<GemmConfig<T>> {
+    Ok(GemmConfig {
+        transa: op(mm.trans_b),
+        transb: op(mm.trans_a),
+        m: i(mm.n)?,
+        n: i(mm.m)?,
+        k: i(mm.k)?,
+        alpha,
+        lda: i(if mm.trans_b { mm.k } else { mm.n })?,
+        ldb: i(if mm.trans_a { mm.m } else { mm.k })?,
+        beta,
+        ldc: i(mm.n)?,
+    })
+}
+
 fn i(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| shape_err("matmul", format!("dim {v} exceeds i32")))
 }
@@ -65,18 +81,7 @@ pub fn matmul_bf16(
     need(OP, "a", a.len(), mm.m * mm.k)?;
     need(OP, "b", b.len(), mm.k * mm.n)?;
     need(OP, "c", c.len(), mm.m * mm.n)?;
-    let cfg = GemmConfig {
-        transa: op(mm.trans_b),
-        transb: op(mm.trans_a),
-        m: i(mm.n)?,
-        n: i(mm.m)?,
-        k: i(mm.k)?,
-        alpha: bf16::from_f32(mm.alpha),
-        lda: i(if mm.trans_b { mm.k } else { mm.n })?,
-        ldb: i(if mm.trans_a { mm.m } else { mm.k })?,
-        beta: bf16::from_f32(mm.beta),
-        ldc: i(mm.n)?,
-    };
+    let cfg = config(mm, bf16::from_f32(mm.alpha), bf16::from_f32(mm.beta))?;
     let blas = gpu.blas()?;
     // SAFETY: buffer lengths checked against m, n, k; the leading dimensions above describe
     // exactly those row-major layouts; all buffers live on blas's stream (gpu.stream).
@@ -107,18 +112,7 @@ pub fn matmul_f32(
     need(OP, "a", a.len(), mm.m * mm.k)?;
     need(OP, "b", b.len(), mm.k * mm.n)?;
     need(OP, "c", c.len(), mm.m * mm.n)?;
-    let cfg = GemmConfig {
-        transa: op(mm.trans_b),
-        transb: op(mm.trans_a),
-        m: i(mm.n)?,
-        n: i(mm.m)?,
-        k: i(mm.k)?,
-        alpha: mm.alpha,
-        lda: i(if mm.trans_b { mm.k } else { mm.n })?,
-        ldb: i(if mm.trans_a { mm.m } else { mm.k })?,
-        beta: mm.beta,
-        ldc: i(mm.n)?,
-    };
+    let cfg = config(mm, mm.alpha, mm.beta)?;
     let blas = gpu.blas()?;
     // SAFETY: as matmul_bf16.
     unsafe { blas.gemm(cfg, b, a, c) }?;

@@ -29,43 +29,17 @@ pub fn gemm_4bit(
     m: usize,
     accumulate: bool,
 ) -> Result<()> {
-    const OP: &str = "gemm_4bit";
-    w.check(OP)?;
-    let (n, k) = (w.rows, w.cols);
-    if k % 2 != 0 {
-        return Err(shape_err(OP, format!("in features k = {k} must be even")));
-    }
-    need(OP, "x", x.len(), m * k)?;
-    need(OP, "y", y.len(), m * n)?;
-    if m.div_ceil(TILE) > 65535 {
-        return Err(shape_err(
-            OP,
-            format!("m = {m} too large for one launch (max {})", 65535 * TILE),
-        ));
-    }
-    let f = gpu.function(&GEMM4, "gemm_4bit_bf16")?;
-    let (mi, ni, ki, bs, acc) = (
-        dim(OP, "m", m)?,
-        dim(OP, "n", n)?,
-        dim(OP, "k", k)?,
-        dim(OP, "blocksize", w.blocksize)?,
-        accumulate as i32,
-    );
-    let mut b = gpu.stream.launch_builder(&f);
-    b.arg(y)
-        .arg(x)
-        .arg(&w.packed)
-        .arg(&w.absmax)
-        .arg(&w.code)
-        .arg(&mi)
-        .arg(&ni)
-        .arg(&ki)
-        .arg(&bs)
-        .arg(&acc);
-    // SAFETY: x has m*k, y m*n elements and w's buffers match n*k (checked); the kernel
-    // bounds-checks every load/store against m, n, k and zero-fills ragged tiles.
-    unsafe { b.launch(cfg(m, n)) }?;
-    Ok(())
+    launch(
+        "gemm_4bit",
+        "gemm_4bit_bf16",
+        gpu,
+        y,
+        x,
+        w,
+        m,
+        (w.cols, w.rows),
+        accumulate,
+    )
 }
 
 /// dX[m, k] (+)= dY[m, n]·W.
@@ -77,28 +51,57 @@ pub fn gemm_4bit_dx(
     m: usize,
     accumulate: bool,
 ) -> Result<()> {
-    const OP: &str = "gemm_4bit_dx";
-    w.check(OP)?;
+    launch(
+        "gemm_4bit_dx",
+        "gemm_4bit_dx_bf16",
+        gpu,
+        dx,
+        dy,
+        w,
+        m,
+        (w.rows, w.cols),
+        accumulate,
+    )
+}
+
+/// Shared launcher: input [m, inner], output [m, outer] with (inner, outer) = (k, n) for the
+/// forward and (n, k) for dX. Both kernels take (out, in, packed, absmax, code, m, n, k, bs, acc).
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    op: &'static str,
+    kernel: &str,
+    gpu: &Gpu,
+    out: &mut CudaSlice<bf16>,
+    inp: &CudaSlice<bf16>,
+    w: &Quant4Weight,
+    m: usize,
+    (inner, outer): (usize, usize),
+    accumulate: bool,
+) -> Result<()> {
+    w.check(op)?;
     let (n, k) = (w.rows, w.cols);
     if k % 2 != 0 {
-        return Err(shape_err(OP, format!("in features k = {k} must be even")));
+        return Err(shape_err(op, format!("in features k = {k} must be even")));
     }
-    need(OP, "dy", dy.len(), m * n)?;
-    need(OP, "dx", dx.len(), m * k)?;
+    need(op, "input", inp.len(), m * inner)?;
+    need(op, "output", out.len(), m * outer)?;
     if m.div_ceil(TILE) > 65535 {
-        return Err(shape_err(OP, format!("m = {m} too large for one launch")));
+        return Err(shape_err(
+            op,
+            format!("m = {m} too large for one launch (max {})", 65535 * TILE),
+        ));
     }
-    let f = gpu.function(&GEMM4, "gemm_4bit_dx_bf16")?;
+    let f = gpu.function(&GEMM4, kernel)?;
     let (mi, ni, ki, bs, acc) = (
-        dim(OP, "m", m)?,
-        dim(OP, "n", n)?,
-        dim(OP, "k", k)?,
-        dim(OP, "blocksize", w.blocksize)?,
+        dim(op, "m", m)?,
+        dim(op, "n", n)?,
+        dim(op, "k", k)?,
+        dim(op, "blocksize", w.blocksize)?,
         accumulate as i32,
     );
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(dx)
-        .arg(dy)
+    b.arg(out)
+        .arg(inp)
         .arg(&w.packed)
         .arg(&w.absmax)
         .arg(&w.code)
@@ -107,7 +110,8 @@ pub fn gemm_4bit_dx(
         .arg(&ki)
         .arg(&bs)
         .arg(&acc);
-    // SAFETY: as in gemm_4bit, with dy [m, n] and dx [m, k].
-    unsafe { b.launch(cfg(m, k)) }?;
+    // SAFETY: input has m*inner and output m*outer elements, w's buffers match n*k (checked);
+    // the kernels bounds-check every load/store against m, n, k and zero-fill ragged tiles.
+    unsafe { b.launch(cfg(m, outer)) }?;
     Ok(())
 }
