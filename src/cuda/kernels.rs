@@ -43,6 +43,12 @@ pub const ADAMW8BIT: KernelFile = KernelFile {
     functions: &["adamw8bit_f32"],
 };
 
+pub const OPTIM: KernelFile = KernelFile {
+    name: "optim",
+    source: include_str!("../../kernels/optim.cu"),
+    functions: &["adamw_f32", "sumsq_f32", "sumsq_bf16"],
+};
+
 pub const NORM: KernelFile = KernelFile {
     name: "norm",
     source: include_str!("../../kernels/norm.cu"),
@@ -135,6 +141,7 @@ pub const ALL: &[KernelFile] = &[
     QUANT4,
     GEMM4,
     ADAMW8BIT,
+    OPTIM,
     NORM,
     ROPE,
     ACT,

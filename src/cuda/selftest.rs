@@ -163,6 +163,7 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
         ("quant4", |g, c, r| quant4_checks(g, c, r)),
         ("gemm4", |g, c, r| gemm4_checks(g, c, r)),
         ("adamw8bit", |g, c, r| adamw_checks(g, c, r)),
+        ("optim", |g, c, r| optim_checks(g, c, r)),
         ("norm f32", |g, c, r| norm_checks::<f32>(g, c, r)),
         ("norm bf16", |g, c, r| norm_checks::<bf16>(g, c, r)),
         ("rope f32", |g, c, r| rope_checks::<f32>(g, c, r)),
@@ -180,6 +181,7 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
             attention_checks::<bf16>(g, c, r)
         }),
         ("cublas", |g, c, r| blas_checks(g, c, r)),
+        ("cublas batched", |g, c, r| blas_batched_check(g, c, r)),
         ("lora", |g, c, r| lora_checks(g, c, r)),
     ];
     for (i, (name, f)) in families.iter().enumerate() {
@@ -494,6 +496,73 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+    use twins::adamw8bit::AdamHyper;
+    for n in [1usize, 1000, 100_003] {
+        let (mut p, mut m, mut v) = (rng.normals(n, 1.0), vec![0f32; n], vec![0f32; n]);
+        let (mut pd, mut md, mut vd) = (
+            gpu.stream.clone_htod(&p)?,
+            gpu.stream.clone_htod(&m)?,
+            gpu.stream.clone_htod(&v)?,
+        );
+        for step in 1..=3 {
+            let g = rng.normals(n, 0.1);
+            let h = AdamHyper {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+                grad_scale: 0.7,
+            };
+            twins::optim::adamw_step(&mut p, &mut m, &mut v, &g, &h);
+            ops::optim::adamw_step(
+                gpu,
+                &mut pd,
+                &mut md,
+                &mut vd,
+                &gpu.stream.clone_htod(&g)?,
+                &h,
+            )?;
+        }
+        let t = Tol {
+            atol: 1e-6,
+            rtol: 1e-5,
+        };
+        ck.check(
+            &format!("adamw_f32 n={n} 3 steps params"),
+            &down(gpu, &pd)?,
+            &p,
+            t,
+        );
+        ck.check(
+            &format!("adamw_f32 n={n} 3 steps v"),
+            &down(gpu, &vd)?,
+            &v,
+            Tol {
+                atol: 1e-12,
+                rtol: 1e-5,
+            },
+        );
+        let x = rng.normals(n, 1.0);
+        let mut out = gpu.stream.alloc_zeros::<f32>(1)?;
+        ops::optim::sumsq(gpu, &mut out, &gpu.stream.clone_htod(&x)?)?;
+        ops::optim::sumsq(gpu, &mut out, &up::<bf16>(gpu, &x)?)?;
+        let want = (twins::optim::sumsq(&x) + twins::optim::sumsq(&rounded::<bf16>(&x))) as f32;
+        ck.check(
+            &format!("sumsq_f32+sumsq_bf16 n={n}"),
+            &down(gpu, &out)?,
+            &[want],
+            Tol {
+                atol: 1e-4,
+                rtol: 1e-5,
+            },
+        );
     }
     Ok(())
 }
@@ -1063,6 +1132,51 @@ fn blas_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn blas_batched_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+    use ops::blas::{matmul_bf16_batched, matmul_ref, MatMul};
+    let (batch, m, n, k) = (5usize, 17usize, 33usize, 64usize);
+    let mm = MatMul {
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let a = rounded::<bf16>(&rng.normals(batch * m * k, 1.0));
+    let b = rounded::<bf16>(&rng.normals(batch * n * k, 1.0));
+    let mut want = vec![0f32; batch * m * n];
+    for i in 0..batch {
+        matmul_ref(
+            &mut want[i * m * n..(i + 1) * m * n],
+            &a[i * m * k..(i + 1) * m * k],
+            &b[i * n * k..(i + 1) * n * k],
+            &mm,
+        );
+    }
+    let mut c = gpu.stream.alloc_zeros::<bf16>(batch * m * n)?;
+    matmul_bf16_batched(
+        gpu,
+        &mut c,
+        &up::<bf16>(gpu, &a)?,
+        &up::<bf16>(gpu, &b)?,
+        &mm,
+        batch,
+        (m * k, n * k, m * n),
+    )?;
+    ck.check(
+        "cublas bf16 strided batched 5x(17x33x64)",
+        &down(gpu, &c)?,
+        &want,
+        Tol {
+            atol: 5e-2,
+            rtol: 1e-2,
+        },
+    );
     Ok(())
 }
 

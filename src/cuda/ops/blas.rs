@@ -5,7 +5,7 @@
 //! keep each one's transpose flag, and pass m ↔ n. Leading dimensions are row lengths.
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
@@ -86,6 +86,39 @@ pub fn matmul_bf16(
     // SAFETY: buffer lengths checked against m, n, k; the leading dimensions above describe
     // exactly those row-major layouts; all buffers live on blas's stream (gpu.stream).
     unsafe { blas.gemm(cfg, b, a, c) }?;
+    Ok(())
+}
+
+/// Batched row-major matmul over `batch` problems laid out back to back with element strides
+/// (stride_a, stride_b, stride_c) (e.g. per-head products): C_i = alpha·op(A_i)·op(B_i) + beta·C_i.
+pub fn matmul_bf16_batched(
+    gpu: &Gpu,
+    c: &mut CudaSlice<bf16>,
+    a: &CudaSlice<bf16>,
+    b: &CudaSlice<bf16>,
+    mm: &MatMul,
+    batch: usize,
+    strides: (usize, usize, usize),
+) -> Result<()> {
+    const OP: &str = "matmul_bf16_batched";
+    if batch == 0 {
+        return Ok(());
+    }
+    let (sa, sb, sc) = strides;
+    need(OP, "a", a.len(), (batch - 1) * sa + mm.m * mm.k)?;
+    need(OP, "b", b.len(), (batch - 1) * sb + mm.k * mm.n)?;
+    need(OP, "c", c.len(), (batch - 1) * sc + mm.m * mm.n)?;
+    let cfg = StridedBatchedConfig {
+        gemm: config(mm, bf16::from_f32(mm.alpha), bf16::from_f32(mm.beta))?,
+        batch_size: i(batch)?,
+        stride_a: sb as i64,
+        stride_b: sa as i64,
+        stride_c: sc as i64,
+    };
+    let blas = gpu.blas()?;
+    // SAFETY: the last problem of each operand ends inside its buffer (checked above); operands
+    // swapped for the row-major trick, strides swapped with them.
+    unsafe { blas.gemm_strided_batched(cfg, b, a, c) }?;
     Ok(())
 }
 

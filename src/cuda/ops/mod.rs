@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod gemm4;
 pub mod lora;
 pub mod norm;
+pub mod optim;
 pub mod quant4;
 pub mod rope;
 

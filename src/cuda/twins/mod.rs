@@ -10,6 +10,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gemm4;
 pub mod norm;
+pub mod optim;
 pub mod quant4;
 #[cfg(test)]
 mod reference;
