@@ -1180,141 +1180,326 @@ fn blas_batched_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> 
     Ok(())
 }
 
+/// Host copy of one LoRA linear for the CPU composite (W already dequantized and bf16-rounded).
+struct HostLora {
+    w: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    d_out: usize,
+    d_in: usize,
+    r: usize,
+    s: f32,
+    p: f32,
+}
+
+impl HostLora {
+    fn new(
+        rng: &mut Rng,
+        d_out: usize,
+        d_in: usize,
+        r: usize,
+        p: f32,
+    ) -> (Self, Vec<u8>, Vec<f32>) {
+        use twins::quant4::{dequant_4bit, quantize_4bit, NF4_CODE};
+        let (packed, absmax) = quantize_4bit(&rng.normals(d_out * d_in, 0.05), 64, &NF4_CODE);
+        let mut w = vec![0f32; d_out * d_in];
+        dequant_4bit(&mut w, &packed, &absmax, &NF4_CODE, 64);
+        let h = HostLora {
+            w: rounded::<bf16>(&w),
+            a: rounded::<bf16>(&rng.normals(r * d_in, 0.06)),
+            b: rounded::<bf16>(&rng.normals(d_out * r, 0.1)),
+            d_out,
+            d_in,
+            r,
+            s: 4.0,
+            p,
+        };
+        (h, packed, absmax)
+    }
+
+    fn upload(&self, gpu: &Gpu, packed: &[u8], absmax: &[f32]) -> Result<ops::lora::LoraLinear> {
+        Ok(ops::lora::LoraLinear {
+            w: ops::quant4::Quant4Weight {
+                packed: gpu.stream.clone_htod(packed)?,
+                absmax: gpu.stream.clone_htod(absmax)?,
+                code: gpu.stream.clone_htod(&twins::quant4::NF4_CODE[..])?,
+                blocksize: 64,
+                rows: self.d_out,
+                cols: self.d_in,
+            },
+            adapter: Some(ops::lora::LoraAdapter {
+                a: up::<bf16>(gpu, &self.a)?,
+                b: up::<bf16>(gpu, &self.b)?,
+                r: self.r,
+                scale: self.s,
+                dropout: self.p,
+            }),
+        })
+    }
+
+    /// d(x) as the GPU stores it.
+    fn dropped(&self, x: &[f32], seed: u64) -> Vec<f32> {
+        if self.p == 0.0 {
+            return x.to_vec();
+        }
+        let mut y = vec![0f32; x.len()];
+        twins::act::dropout(&mut y, x, self.p, seed);
+        rounded::<bf16>(&y)
+    }
+
+    /// y = x·Wᵀ + s·(d(x)·Aᵀ)·Bᵀ, rounding where the GPU stores bf16.
+    fn fwd(&self, x: &[f32], n: usize, seed: u64) -> Vec<f32> {
+        use ops::blas::{matmul_ref, MatMul};
+        let mut y = vec![0f32; n * self.d_out];
+        matmul_ref(
+            &mut y,
+            x,
+            &self.w,
+            &MatMul::linear(n, self.d_out, self.d_in),
+        );
+        let mut y = rounded::<bf16>(&y);
+        let mut v = vec![0f32; n * self.r];
+        matmul_ref(
+            &mut v,
+            &self.dropped(x, seed),
+            &self.a,
+            &MatMul::linear(n, self.r, self.d_in),
+        );
+        let v = rounded::<bf16>(&v);
+        matmul_ref(
+            &mut y,
+            &v,
+            &self.b,
+            &MatMul {
+                alpha: self.s,
+                beta: 1.0,
+                ..MatMul::linear(n, self.d_out, self.r)
+            },
+        );
+        rounded::<bf16>(&y)
+    }
+
+    /// (dx, dA, dB) for dy, rounding where the GPU stores bf16.
+    fn bwd(&self, dy: &[f32], x: &[f32], n: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        use ops::blas::{matmul_ref, MatMul};
+        let (d_out, d_in, r, s) = (self.d_out, self.d_in, self.r, self.s);
+        let xd = self.dropped(x, seed);
+        let mut u = vec![0f32; n * r];
+        matmul_ref(
+            &mut u,
+            dy,
+            &self.b,
+            &MatMul {
+                trans_b: false,
+                ..MatMul::linear(n, r, d_out)
+            },
+        );
+        let u = rounded::<bf16>(&u);
+        let mut v = vec![0f32; n * r];
+        matmul_ref(&mut v, &xd, &self.a, &MatMul::linear(n, r, d_in));
+        let v = rounded::<bf16>(&v);
+        let mut da = vec![0f32; r * d_in];
+        matmul_ref(
+            &mut da,
+            &u,
+            &xd,
+            &MatMul {
+                m: r,
+                n: d_in,
+                k: n,
+                trans_a: true,
+                trans_b: false,
+                alpha: s,
+                beta: 0.0,
+            },
+        );
+        let mut db = vec![0f32; d_out * r];
+        matmul_ref(
+            &mut db,
+            dy,
+            &v,
+            &MatMul {
+                m: d_out,
+                n: r,
+                k: n,
+                trans_a: true,
+                trans_b: false,
+                alpha: s,
+                beta: 0.0,
+            },
+        );
+        let mut dx = vec![0f32; n * d_in];
+        matmul_ref(
+            &mut dx,
+            dy,
+            &self.w,
+            &MatMul {
+                trans_b: false,
+                ..MatMul::linear(n, d_in, d_out)
+            },
+        );
+        let mut dx = rounded::<bf16>(&dx);
+        let mut t = vec![0f32; n * d_in];
+        matmul_ref(
+            &mut t,
+            &u,
+            &self.a,
+            &MatMul {
+                m: n,
+                n: d_in,
+                k: r,
+                trans_a: false,
+                trans_b: false,
+                alpha: s,
+                beta: 0.0,
+            },
+        );
+        let t = self.dropped(&rounded::<bf16>(&t), seed);
+        twins::act::scale_add(&mut dx, &t, 1.0);
+        (
+            rounded::<bf16>(&dx),
+            rounded::<bf16>(&da),
+            rounded::<bf16>(&db),
+        )
+    }
+}
+
 fn lora_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
-    use ops::blas::{matmul_ref, MatMul};
-    use twins::quant4::{dequant_4bit, quantize_4bit, NF4_CODE};
-    let (n, d_in, d_out, r, s) = (70usize, 256usize, 192usize, 8usize, 4.0f32);
-    let wv = rng.normals(d_out * d_in, 0.05);
-    let (packed, absmax) = quantize_4bit(&wv, 64, &NF4_CODE);
-    let mut wd = vec![0f32; d_out * d_in];
-    dequant_4bit(&mut wd, &packed, &absmax, &NF4_CODE, 64);
-    let wd = rounded::<bf16>(&wd);
-    let w = ops::quant4::Quant4Weight {
-        packed: gpu.stream.clone_htod(&packed)?,
-        absmax: gpu.stream.clone_htod(&absmax)?,
-        code: gpu.stream.clone_htod(&NF4_CODE[..])?,
-        blocksize: 64,
-        rows: d_out,
-        cols: d_in,
-    };
-    let x = rounded::<bf16>(&rng.normals(n * d_in, 1.0));
-    let a = rounded::<bf16>(&rng.normals(r * d_in, 0.06));
-    let b = rounded::<bf16>(&rng.normals(d_out * r, 0.1));
-    let dy = rounded::<bf16>(&rng.normals(n * d_out, 1.0));
-    let ad = ops::lora::LoraAdapter {
-        a: up::<bf16>(gpu, &a)?,
-        b: up::<bf16>(gpu, &b)?,
-        r,
-        scale: s,
-    };
-    // CPU composite, rounding the stored intermediates (v, u) to bf16 like the GPU path.
-    let mut v = vec![0f32; n * r];
-    matmul_ref(&mut v, &x, &a, &MatMul::linear(n, r, d_in));
-    let v = rounded::<bf16>(&v);
-    let mut y = vec![0f32; n * d_out];
-    matmul_ref(&mut y, &x, &wd, &MatMul::linear(n, d_out, d_in));
-    let y = rounded::<bf16>(&y);
-    let mut y2 = y.clone();
-    matmul_ref(
-        &mut y2,
-        &v,
-        &b,
-        &MatMul {
-            alpha: s,
-            beta: 1.0,
-            ..MatMul::linear(n, d_out, r)
-        },
-    );
-    let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
-    let (mut yg, mut vg) = (
-        gpu.stream.alloc_zeros::<bf16>(n * d_out)?,
-        gpu.stream.alloc_zeros::<bf16>(n * r)?,
-    );
-    ops::lora::lora_fwd(gpu, &mut yg, &mut vg, &xd, &w, &ad, n)?;
+    let (n, d_in, d_out, r) = (70usize, 256usize, 192usize, 8usize);
     let t = Tol {
         atol: 5e-2,
         rtol: 2e-2,
     };
-    ck.check("lora_fwd nf4 n=70 256->192 r=8", &down(gpu, &yg)?, &y2, t);
-    let mut u = vec![0f32; n * r];
-    matmul_ref(
-        &mut u,
-        &dy,
-        &b,
-        &MatMul {
-            trans_b: false,
-            ..MatMul::linear(n, r, d_out)
-        },
-    );
-    let u = rounded::<bf16>(&u);
-    let mut da = vec![0f32; r * d_in];
-    matmul_ref(
-        &mut da,
-        &u,
-        &x,
-        &MatMul {
-            m: r,
-            n: d_in,
-            k: n,
-            trans_a: true,
-            trans_b: false,
-            alpha: s,
-            beta: 0.0,
-        },
-    );
-    let mut db = vec![0f32; d_out * r];
-    matmul_ref(
-        &mut db,
-        &dy,
-        &v,
-        &MatMul {
-            m: d_out,
-            n: r,
-            k: n,
-            trans_a: true,
-            trans_b: false,
-            alpha: s,
-            beta: 0.0,
-        },
-    );
-    let mut dx = vec![0f32; n * d_in];
-    matmul_ref(
-        &mut dx,
-        &dy,
-        &wd,
-        &MatMul {
-            trans_b: false,
-            ..MatMul::linear(n, d_in, d_out)
-        },
-    );
-    let mut dx = rounded::<bf16>(&dx);
-    matmul_ref(
-        &mut dx,
-        &u,
-        &a,
-        &MatMul {
-            m: n,
-            n: d_in,
-            k: r,
-            trans_a: false,
-            trans_b: false,
-            alpha: s,
-            beta: 1.0,
-        },
-    );
-    let mut dxg = gpu.stream.alloc_zeros::<bf16>(n * d_in)?;
-    let mut dag = gpu.stream.alloc_zeros::<bf16>(r * d_in)?;
-    let mut dbg = gpu.stream.alloc_zeros::<bf16>(d_out * r)?;
-    let mut ug = gpu.stream.alloc_zeros::<bf16>(n * r)?;
-    ops::lora::lora_bwd(
-        gpu, &mut dxg, &mut dag, &mut dbg, &mut ug, &mut vg, &dyd, &xd, &w, &ad, n,
-    )?;
     let tg = Tol {
         atol: 1e-1,
         rtol: 3e-2,
     };
-    ck.check("lora_bwd nf4 dA", &down(gpu, &dag)?, &da, tg);
-    ck.check("lora_bwd nf4 dB", &down(gpu, &dbg)?, &db, tg);
-    ck.check("lora_bwd nf4 dX", &down(gpu, &dxg)?, &dx, t);
+    for p in [0.0f32, 0.1] {
+        let (h, packed, absmax) = HostLora::new(rng, d_out, d_in, r, p);
+        let lin = h.upload(gpu, &packed, &absmax)?;
+        let x = rounded::<bf16>(&rng.normals(n * d_in, 1.0));
+        let dy = rounded::<bf16>(&rng.normals(n * d_out, 1.0));
+        let seed = 99;
+        let mut sc = ops::lora::LoraScratch::new(gpu, n, r, d_in, p > 0.0)?;
+        let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
+        let mut yg = gpu.stream.alloc_zeros::<bf16>(n * d_out)?;
+        ops::lora::lora_fwd(gpu, &mut yg, &mut sc, &xd, &lin, n, seed)?;
+        ck.check(
+            &format!("lora_fwd nf4 n={n} {d_in}->{d_out} r={r} dropout={p}"),
+            &down(gpu, &yg)?,
+            &h.fwd(&x, n, seed),
+            t,
+        );
+        let (dx, da, db) = h.bwd(&dy, &x, n, seed);
+        let mut dxg = gpu.stream.alloc_zeros::<bf16>(n * d_in)?;
+        let mut gr = ops::lora::LoraGrads {
+            da: gpu.stream.alloc_zeros(r * d_in)?,
+            db: gpu.stream.alloc_zeros(d_out * r)?,
+        };
+        ops::lora::lora_bwd(
+            gpu,
+            &mut dxg,
+            Some(&mut gr),
+            &mut sc,
+            &dyd,
+            &xd,
+            &lin,
+            n,
+            seed,
+            false,
+        )?;
+        ck.check(
+            &format!("lora_bwd nf4 dropout={p} dA"),
+            &down(gpu, &gr.da)?,
+            &da,
+            tg,
+        );
+        ck.check(
+            &format!("lora_bwd nf4 dropout={p} dB"),
+            &down(gpu, &gr.db)?,
+            &db,
+            tg,
+        );
+        ck.check(
+            &format!("lora_bwd nf4 dropout={p} dX"),
+            &down(gpu, &dxg)?,
+            &dx,
+            t,
+        );
+    }
+    // SwiGLU MLP with LoRA on gate/up/down (no dropout): forward output and input gradient.
+    let (n, d, ff, r) = (40usize, 128usize, 320usize, 8usize);
+    let (hg, pg, ag) = HostLora::new(rng, ff, d, r, 0.0);
+    let (hu, pu, au) = HostLora::new(rng, ff, d, r, 0.0);
+    let (hd, pd, adn) = HostLora::new(rng, d, ff, r, 0.0);
+    let mlp = ops::lora::LoraMlp {
+        gate: hg.upload(gpu, &pg, &ag)?,
+        up: hu.upload(gpu, &pu, &au)?,
+        down: hd.upload(gpu, &pd, &adn)?,
+    };
+    let x = rounded::<bf16>(&rng.normals(n * d, 1.0));
+    let dy = rounded::<bf16>(&rng.normals(n * d, 1.0));
+    let e = hg.fwd(&x, n, 0);
+    let g = hu.fwd(&x, n, 0);
+    let mut a = vec![0f32; n * ff];
+    twins::act::swiglu_fwd(&mut a, &e, &g, n, ff, ff);
+    let a = rounded::<bf16>(&a);
+    let y = hd.fwd(&a, n, 0);
+    let (da, _, _) = hd.bwd(&dy, &a, n, 0);
+    let (mut de, mut dg) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+    twins::act::swiglu_bwd(&mut de, &mut dg, &da, &e, &g, n, ff, ff);
+    let (de, dg) = (rounded::<bf16>(&de), rounded::<bf16>(&dg));
+    let (dx_up, _, _) = hu.bwd(&dg, &x, n, 0);
+    let (dx_gate, _, _) = hg.bwd(&de, &x, n, 0);
+    let dx: Vec<f32> = dx_up.iter().zip(&dx_gate).map(|(a, b)| a + b).collect();
+    let alloc =
+        |len: usize| -> Result<CudaSlice<bf16>> { Ok(gpu.stream.alloc_zeros::<bf16>(len)?) };
+    let mut sc = ops::lora::LoraScratch::new(gpu, n, r, ff, false)?;
+    let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
+    let (mut yg, mut eg, mut gg, mut ag2) = (
+        alloc(n * d)?,
+        alloc(n * ff)?,
+        alloc(n * ff)?,
+        alloc(n * ff)?,
+    );
+    ops::lora::lora_mlp_fwd(
+        gpu, &mut yg, &mut eg, &mut gg, &mut ag2, &mut sc, &xd, &mlp, n, 0,
+    )?;
+    ck.check(
+        "lora_mlp_fwd swiglu n=40 128->320->128",
+        &down(gpu, &yg)?,
+        &y,
+        t,
+    );
+    let grads = |fin: usize, fout: usize| -> Result<ops::lora::LoraGrads> {
+        Ok(ops::lora::LoraGrads {
+            da: alloc(r * fin)?,
+            db: alloc(fout * r)?,
+        })
+    };
+    let mut gr = ops::lora::LoraMlpGrads {
+        gate: grads(d, ff)?,
+        up: grads(d, ff)?,
+        down: grads(ff, d)?,
+    };
+    let (mut dxg, mut dag, mut deg, mut dgg) = (
+        alloc(n * d)?,
+        alloc(n * ff)?,
+        alloc(n * ff)?,
+        alloc(n * ff)?,
+    );
+    ops::lora::lora_mlp_bwd(
+        gpu, &mut dxg, &mut gr, &mut ag2, &mut dag, &mut deg, &mut dgg, &mut sc, &dyd, &xd, &eg,
+        &gg, &mlp, n, 0,
+    )?;
+    ck.check(
+        "lora_mlp_bwd swiglu dX",
+        &down(gpu, &dxg)?,
+        &dx,
+        Tol {
+            atol: 1e-1,
+            rtol: 5e-2,
+        },
+    );
     Ok(())
 }
