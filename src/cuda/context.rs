@@ -96,6 +96,10 @@ impl Gpu {
         if let Some(h) = b.as_ref() {
             return Ok(h.clone());
         }
+        // SAFETY: only tries to dlopen libcublas (cudarc would panic on first use otherwise).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::NoCublas);
+        }
         let h = Arc::new(CudaBlas::new(self.stream.clone())?);
         *b = Some(h.clone());
         Ok(h)

@@ -15,6 +15,9 @@ pub enum CudaError {
     /// libnvrtc could not be loaded.
     #[error("NVRTC (libnvrtc.so.13) is not loadable: put its directory on LD_LIBRARY_PATH (see .ci/nvrtc.sh)")]
     NoNvrtc,
+    /// libcublas could not be loaded.
+    #[error("cuBLAS (libcublas.so.13) is not loadable: put the CUDA library directory on LD_LIBRARY_PATH")]
+    NoCublas,
     /// cuda_bf16.h was not found in any include directory we know of.
     #[error("CUDA headers (cuda_bf16.h) not found: set RECIPE_CUDA_INCLUDE to the CUDA include directory (tried: {tried})")]
     NoHeaders { tried: String },
