@@ -99,6 +99,12 @@ fn launch(
         dim(op, "blocksize", w.blocksize)?,
         accumulate as i32,
     );
+    let aligned = {
+        use cudarc::driver::DevicePtr;
+        let (pi, _si) = inp.device_ptr(&gpu.stream);
+        let (pw, _sw) = w.packed.device_ptr(&gpu.stream);
+        i32::from(pi % 16 == 0 && pw % 16 == 0)
+    };
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(out)
         .arg(inp)
@@ -109,8 +115,10 @@ fn launch(
         .arg(&ni)
         .arg(&ki)
         .arg(&bs)
-        .arg(&acc);
+        .arg(&acc)
+        .arg(&aligned);
     // SAFETY: input has m*inner and output m*outer elements, w's buffers match n*k (checked);
+    // the vectorized path runs only when both base pointers are 16-byte aligned (`aligned`);
     // the kernels bounds-check every load/store against m, n, k and zero-fill ragged tiles.
     unsafe { b.launch(cfg(m, outer)) }?;
     Ok(())
