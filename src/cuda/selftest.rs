@@ -977,7 +977,7 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         let v = rounded::<T>(&rng.normals(batch * tt * hkv * d, 1.0));
         let dout = rounded::<T>(&rng.normals(q.len(), 1.0));
         // Left padding of 3 in batch 0, two packed segments in batch 1.
-        let kmask: Vec<u8> = (0..batch * tt).map(|i| u8::from(!(i < 3))).collect();
+        let kmask: Vec<u8> = (0..batch * tt).map(|i| u8::from(i >= 3)).collect();
         let seg: Vec<i32> = (0..batch * tt)
             .map(|i| if i >= tt && (i - tt) >= tt / 2 { 1 } else { 0 })
             .collect();

@@ -3,6 +3,8 @@
 //! their own tests check them against independent formulas (naive softmax attention, log-softmax,
 //! finite differences).
 
+#![allow(clippy::too_many_arguments)] // twins mirror the kernels' argument lists
+
 pub mod act;
 pub mod adamw8bit;
 pub mod attention;
@@ -75,6 +77,7 @@ pub fn max_errors(got: &[f32], want: &[f32], floor: f32) -> (f32, f32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub(crate) mod testutil {
     /// Central finite difference of scalar `f` with respect to x[i].
     pub fn numgrad(x: &mut [f32], i: usize, h: f32, f: &mut dyn FnMut(&[f32]) -> f64) -> f64 {
@@ -94,6 +97,7 @@ pub(crate) mod testutil {
             .iter()
             .zip(want)
             .enumerate()
+            // Negated so that NaN counts as a mismatch.
             .filter(|(_, (g, w))| !((**g - **w).abs() <= atol + rtol * w.abs()))
             .take(5)
             .collect();

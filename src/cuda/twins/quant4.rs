@@ -1,7 +1,8 @@
 //! Twins of kernels/quant4.cu: bitsandbytes 4-bit (NF4/FP4) dequantization, double-quant absmax
 //! and the batch-1 GEMV; plus the quantizers used to make test inputs.
 
-/// bitsandbytes NF4 code (DESIGN.md §2).
+/// bitsandbytes NF4 code (DESIGN.md §2; literals as bnb prints them).
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.6961928009986877,
