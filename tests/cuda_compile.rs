@@ -59,6 +59,24 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The dequant-GEMM really uses the bf16 tensor-core instruction, and `defines` can say no.
+#[test]
+fn gemm_uses_mma_and_missing_names_are_reported() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptx = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Ptx, None).unwrap();
+    match &ptx {
+        recipe::cuda::nvrtc::Image::Ptx(p) => {
+            assert!(p.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"))
+        }
+        _ => panic!("expected PTX"),
+    }
+    assert!(!ptx.defines("no_such_kernel"));
+    let cubin = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Cubin, None).unwrap();
+    assert!(cubin.defines("gemm_4bit_bf16") && !cubin.defines("no_such_kernel"));
+}
+
 #[test]
 fn compile_cache_round_trips() {
     if !nvrtc_or_skip() {
