@@ -66,9 +66,10 @@ RESULTS = []
 
 def check(name, got, want, atol, rtol):
     got, want = np.asarray(got, np.float64).ravel(), np.asarray(want, np.float64).ravel()
-    same = (got == want) | (np.abs(got - want) <= atol + rtol * np.abs(want))
+    with np.errstate(invalid="ignore"):
+        same = (got == want) | (np.abs(got - want) <= atol + rtol * np.abs(want))
+        err = np.max(np.abs(np.where(got == want, 0, got - want))) if got.size else 0.0
     ok = bool(same.all()) and got.shape == want.shape
-    err = np.max(np.abs(np.where(got == want, 0, got - want))) if got.size else 0.0
     RESULTS.append(ok)
     print("%-52s max_abs %.3e  %s" % (name, err, "PASS" if ok else "FAIL"))
     if not ok:
@@ -256,9 +257,134 @@ def test_adamw8bit(rng):
     check("adamw8bit_f32 step 1 m (dequantized, within map resolution)", deq, m, 1e-3 * am_ref.max(), 0.1)
 
 
+def test_rope(rng):
+    lib, _ = build("rope")
+    for layout, T, H, HD, ROT in [("half", 9, 3, 64, 64), ("half", 5, 2, 80, 40), ("glm", 11, 4, 128, 64)]:
+        maxp, half = 40, ROT // 2
+        theta = 10000.0 ** (-2 * np.arange(half) / ROT)
+        ang = np.arange(maxp)[:, None] * theta[None, :]
+        c, s_ = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+        pos = rng.integers(0, maxp, T).astype(np.int32)
+        x = rng.standard_normal((T, H, HD)).astype(np.float32)
+        for sgn, kind in [(1, "fwd"), (-1, "bwd")]:
+            cc, ss = c[pos][:, None, :], sgn * s_[pos][:, None, :]
+            y = x.copy()
+            if layout == "half":
+                a, b = x[..., :half], x[..., half:ROT]
+                y[..., :half], y[..., half:ROT] = a * cc - b * ss, b * cc + a * ss
+            else:
+                a, b = x[..., 0:ROT:2], x[..., 1:ROT:2]
+                y[..., 0:ROT:2], y[..., 1:ROT:2] = a * cc - b * ss, b * cc + a * ss
+            out = np.zeros_like(x)
+            fn = getattr(lib, "emu_rope_%s_%s_f32" % (layout, kind))
+            nthreads = T * H * (HD - half)
+            fn(-(-nthreads // 256), 1, 1, 256, ptr(out), ptr(x), ptr(c), ptr(s_), ptr(pos), T, H, HD, ROT)
+            check("rope_%s_%s_f32 T=%d H=%d HD=%d ROT=%d" % (layout, kind, T, H, HD, ROT), out, y, 1e-6, 1e-5)
+    slopes = np.array([2.0 ** -(h + 1) for h in range(12)], np.float32)
+    kpos = np.tile(np.arange(33, dtype=np.int32), 2)
+    bias = np.zeros(2 * 12 * 33, np.float32)
+    lib.emu_alibi_bias_f32(-(-bias.size // 256), 1, 1, 256, ptr(bias), ptr(slopes), ptr(kpos), 2, 12, 33)
+    check("alibi_bias_f32 b=2 h=12 t=33", bias, (slopes[None, :, None] * kpos.reshape(2, 1, 33)).ravel(), 0, 1e-6)
+
+
+def hash_u32(seed, i):
+    M = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + i * 0xD1B54A32D192ED03) & M
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+    z ^= z >> 31
+    return z >> 32
+
+
+def test_act(rng):
+    lib, _ = build("act")
+    rows, cols = 5, 37
+    h = (rng.standard_normal((rows, 2 * cols)) * 1.5).astype(np.float32)
+    da = rng.standard_normal((rows, cols)).astype(np.float32)
+    e, g = h[:, :cols].astype(np.float64), h[:, cols:].astype(np.float64)
+    sg = 1 / (1 + np.exp(-e))
+    a = np.zeros((rows, cols), np.float32)
+    n = rows * cols
+    lib.emu_swiglu_fwd_f32(-(-n // 256), 1, 1, 256, ptr(a), ptr(h), ctypes.c_void_p(h.ctypes.data + 4 * cols), rows, cols, 2 * cols)
+    check("swiglu_fwd_f32 packed %dx%d" % (rows, cols), a, e * sg * g, 1e-6, 1e-5)
+    dh = np.zeros_like(h)
+    lib.emu_swiglu_bwd_f32(-(-n // 256), 1, 1, 256, ptr(dh), ctypes.c_void_p(dh.ctypes.data + 4 * cols), ptr(da), ptr(h), ctypes.c_void_p(h.ctypes.data + 4 * cols), rows, cols, 2 * cols)
+    want = np.concatenate([da * g * sg * (1 + e * (1 - sg)), da * e * sg], axis=1)
+    check("swiglu_bwd_f32 packed %dx%d" % (rows, cols), dh, want, 1e-6, 1e-5)
+    x = (rng.standard_normal(1000) * 3).astype(np.float32)
+    y = np.zeros_like(x)
+    lib.emu_gelu_tanh_fwd_f32(4, 1, 1, 256, ptr(y), ptr(x), 1000)
+    xd = x.astype(np.float64)
+    check("gelu_tanh_fwd_f32 n=1000", y, 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * (xd + 0.044715 * xd ** 3))), 1e-6, 1e-5)
+    lib.emu_dropout_f32(4, 1, 1, 256, ptr(y), ptr(x), ctypes.c_float(0.1), 1234, 1000)
+    thr = int(0.1 * 2 ** 32)
+    keep = np.array([hash_u32(1234, i) >= thr for i in range(1000)])
+    check("dropout_f32 n=1000 (mask = Rust twin's hash)", y, np.where(keep, x / np.float32(0.9), 0), 1e-7, 1e-6)
+
+
+def test_embedding(rng):
+    lib, _ = build("embedding")
+    vocab, d, n = 50, 72, 37
+    table = rng.standard_normal((vocab, d)).astype(np.float32)
+    ids = rng.integers(0, vocab, n).astype(np.int32)
+    ids[3], ids[5], ids[7] = -1, vocab, ids[8]
+    dout = rng.standard_normal((n, d)).astype(np.float32)
+    out = np.zeros((n, d), np.float32)
+    lib.emu_embedding_fwd_f32(-(-n * d // 256), 1, 1, 256, ptr(out), ptr(ids), ptr(table), n, d, vocab)
+    valid = (ids >= 0) & (ids < vocab)
+    check("embedding_fwd_f32", out, np.where(valid[:, None], table[np.clip(ids, 0, vocab - 1)], 0), 0, 0)
+    dt = np.zeros((vocab, d), np.float32)
+    lib.emu_embedding_bwd_f32(-(-n * d // 256), 1, 1, 256, ptr(dt), ptr(ids), ptr(dout), n, d, vocab)
+    want = np.zeros((vocab, d))
+    for i in range(n):
+        if valid[i]:
+            want[ids[i]] += dout[i]
+    check("embedding_bwd_f32 (atomic scatter)", dt, want, 1e-6, 1e-6)
+
+
+def test_layernorm_bf16(rng):
+    lib, _ = build("norm")
+    rows, d = 4, 300
+    xu, x = bf16(rng.standard_normal((rows, d)))
+    wu, w = bf16(rng.standard_normal(d))
+    bu, b = bf16(rng.standard_normal(d))
+    y = np.zeros(rows * d, np.uint16)
+    mean, rstd = np.zeros(rows, np.float32), np.zeros(rows, np.float32)
+    lib.emu_layernorm_fwd_bf16(rows, 1, 1, 256, ptr(y), ptr(mean), ptr(rstd), ptr(xu), ptr(wu), ptr(bu), d, ctypes.c_float(1e-5))
+    xd = x.astype(np.float64)
+    mu = xd.mean(1, keepdims=True)
+    r = 1 / np.sqrt(((xd - mu) ** 2).mean(1, keepdims=True) + 1e-5)
+    check("layernorm_fwd_bf16 %dx%d" % (rows, d), f32_of(y), (xd - mu) * r * w + b, 2e-2, 1e-2)
+
+
+def test_attention_bf16(rng):
+    lib, _ = build("attention")
+    B, T, HQ, HKV, D = 1, 19, 4, 1, 64
+    (qu, q), (ku, k), (vu, v) = (bf16(rng.standard_normal(s)) for s in [(B, T, HQ, D), (B, T, HKV, D), (B, T, HKV, D)])
+    o_ref, lse_ref = attn_ref(q, k, v, None, None, None, 0.125)
+    o = np.zeros(q.size, np.uint16)
+    lse = np.zeros((B, HQ, T), np.float32)
+    lib.emu_attn_fwd_bf16(-(-T // 8), HQ, B, 256, ptr(o), ptr(lse), ptr(qu), ptr(ku), ptr(vu), None, None, None, T, HQ, HKV, D, ctypes.c_float(0.125))
+    check("attn_fwd_bf16 MQA B=1 T=19 HQ=4 HKV=1 D=64", f32_of(o), o_ref, 2e-2, 2e-2)
+
+
+def test_optim(rng):
+    lib, _ = build("optim")
+    n = 1000
+    p, m, v = rng.standard_normal(n).astype(np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    g = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    p0 = p.copy()
+    lib.emu_adamw_f32(4, 1, 1, 256, ptr(p), ptr(m), ptr(v), ptr(g), *[ctypes.c_float(x) for x in (1e-3, 0.9, 0.999, 1e-8, 0.01, 0.1, 0.001, 1.0)], n)
+    check("adamw_f32 step 1", p, p0 * (1 - 1e-5) - 1e-3 * g / (np.abs(g) + 1e-8), 1e-6, 1e-5)
+    out = np.zeros(1, np.float32)
+    lib.emu_sumsq_f32(3, 1, 1, 256, ptr(out), ptr(p0), n)
+    check("sumsq_f32 n=1000 (grid-stride, 3 blocks)", out, [(p0.astype(np.float64) ** 2).sum()], 1e-3, 1e-5)
+
+
 def main():
     rng = np.random.default_rng(0)
-    for t in [test_quant4, test_gemm4, test_norm, test_cross_entropy, test_adamw8bit, test_attention]:
+    for t in [test_quant4, test_gemm4, test_norm, test_cross_entropy, test_adamw8bit, test_rope, test_act,
+              test_embedding, test_layernorm_bf16, test_optim, test_attention_bf16, test_attention]:
         t(rng)
     print("%d checks, %d failed" % (len(RESULTS), RESULTS.count(False)))
     sys.exit(0 if all(RESULTS) else 1)
