@@ -176,6 +176,7 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
         }),
         ("cross_entropy f32", |g, c, r| ce_checks::<f32>(g, c, r)),
         ("cross_entropy bf16", |g, c, r| ce_checks::<bf16>(g, c, r)),
+        ("lm_head_ce", |g, c, r| lm_head_ce_check(g, c, r)),
         ("attention f32", |g, c, r| attention_checks::<f32>(g, c, r)),
         ("attention bf16", |g, c, r| {
             attention_checks::<bf16>(g, c, r)
@@ -952,6 +953,98 @@ fn ce_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> 
         );
         drop(zd);
     }
+    Ok(())
+}
+
+fn lm_head_ce_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+    use ops::blas::{matmul_ref, MatMul};
+    let (n, d, v, chunk, scale) = (45usize, 64usize, 1000usize, 16usize, 1.0f32 / 40.0);
+    let h = rounded::<bf16>(&rng.normals(n * d, 1.0));
+    let w = rounded::<bf16>(&rng.normals(v * d, 0.2));
+    let mut targets: Vec<i32> = (0..n).map(|_| rng.below(v as u32) as i32).collect();
+    targets[0] = -100;
+    targets[17] = -100;
+    // CPU: logits stored as bf16 chunk by chunk, exactly as the driver does.
+    let mut z = vec![0f32; n * v];
+    matmul_ref(&mut z, &h, &w, &MatMul::linear(n, v, d));
+    let z = rounded::<bf16>(&z);
+    let (mut loss, mut lse) = (vec![0f32; n], vec![0f32; n]);
+    twins::cross_entropy::cross_entropy_fwd(&mut loss, &mut lse, &z, &targets, v);
+    let mut dz = vec![0f32; n * v];
+    twins::cross_entropy::cross_entropy_bwd(&mut dz, &z, &lse, &targets, v, scale);
+    let dz = rounded::<bf16>(&dz);
+    let mut dh = vec![0f32; n * d];
+    matmul_ref(
+        &mut dh,
+        &dz,
+        &w,
+        &MatMul {
+            trans_b: false,
+            ..MatMul::linear(n, d, v)
+        },
+    );
+    let mut dw = vec![0f32; v * d];
+    matmul_ref(
+        &mut dw,
+        &dz,
+        &h,
+        &MatMul {
+            m: v,
+            n: d,
+            k: n,
+            trans_a: true,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    );
+    let mut drv = ops::cross_entropy::LmHeadCe::new(gpu, chunk, v)?;
+    let mut lossg = gpu.stream.alloc_zeros::<f32>(n)?;
+    let mut dhg = gpu.stream.alloc_zeros::<bf16>(n * d)?;
+    let mut dwg = gpu.stream.alloc_zeros::<bf16>(v * d)?;
+    let (hd, wd, td) = (
+        up::<bf16>(gpu, &h)?,
+        up::<bf16>(gpu, &w)?,
+        gpu.stream.clone_htod(&targets)?,
+    );
+    drv.run(
+        gpu,
+        &mut lossg,
+        &mut dhg,
+        Some(&mut dwg),
+        &hd,
+        &wd,
+        &td,
+        d,
+        scale,
+    )?;
+    ck.check(
+        "lm_head_ce n=45 d=64 v=1000 chunk=16 loss",
+        &down(gpu, &lossg)?,
+        &loss,
+        Tol {
+            atol: 2e-2,
+            rtol: 1e-2,
+        },
+    );
+    ck.check(
+        "lm_head_ce dh",
+        &down(gpu, &dhg)?,
+        &dh,
+        Tol {
+            atol: 2e-3,
+            rtol: 2e-2,
+        },
+    );
+    ck.check(
+        "lm_head_ce dw (accumulated over 3 chunks)",
+        &down(gpu, &dwg)?,
+        &dw,
+        Tol {
+            atol: 2e-3,
+            rtol: 3e-2,
+        },
+    );
     Ok(())
 }
 
