@@ -12,6 +12,11 @@
 //!
 //! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
 //!
+//! Testing without a GPU: the twins' unit tests (`cargo test --lib cuda::`), the NVRTC compile
+//! test (`eval "$(.ci/nvrtc.sh)"; RECIPE_REQUIRE_NVRTC=1 cargo test --test cuda_compile`) and a
+//! CPU emulation of the kernels themselves (`tests/reference/cuda_emu.py`). With a GPU:
+//! `cargo run --release --example cuda_selftest -- selftest|bench` (see kernels/NOTES.md).
+//!
 //! ## Paged 8-bit AdamW (design)
 //! The 8-bit optimizer state (u8 m, u8 v, f32 absmax per 256 elements: 2.03 bytes/param) lives on
 //! the device when it fits. When the memory plan says it does not, the state is kept in
