@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cache;
 pub mod cli;
+pub mod cuda;
 pub mod data;
 pub mod diag;
 pub mod eval;

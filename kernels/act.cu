@@ -1,0 +1,93 @@
+// act.cu: activations (SwiGLU, GELU-tanh) forward/backward and the small element-wise pieces of
+// the fused LoRA path (scaled accumulate, hash dropout). One thread per element; rows/cols with
+// input row stride `ld_in` so ChatGLM's packed [gate | up] (ld_in = 2*cols) needs no copy.
+
+// SwiGLU:  a = silu(e) * g = e*σ(e)*g
+template <typename T>
+__device__ void swiglu_fwd(T* a, const T* e, const T* g, i32 rows, i32 cols, i32 ld_in) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)rows * cols) return;
+    i64 r = idx / cols, c = idx % cols, src = r * ld_in + c;
+    float ev = ld(e, src), sg = 1.f / (1.f + __expf(-ev));
+    st(a, idx, ev * sg * ld(g, src));
+}
+// SwiGLU backward (DESIGN.md §1), σ = σ(e):
+//   dg = da * e*σ ;  de = da * g * σ * (1 + e*(1-σ))
+template <typename T>
+__device__ void swiglu_bwd(T* de, T* dg, const T* da, const T* e, const T* g, i32 rows, i32 cols,
+                           i32 ld_in) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)rows * cols) return;
+    i64 r = idx / cols, c = idx % cols, src = r * ld_in + c;
+    float ev = ld(e, src), gv = ld(g, src), d = ld(da, idx);
+    float sg = 1.f / (1.f + __expf(-ev));
+    st(dg, src, d * ev * sg);
+    st(de, src, d * gv * sg * (1.f + ev * (1.f - sg)));
+}
+
+// GELU (tanh approximation):  u = k0*(x + 0.044715 x³), k0 = sqrt(2/π) ;  y = 0.5 x (1 + tanh u)
+//   dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k0 (1 + 3*0.044715 x²)
+template <typename T>
+__device__ void gelu_fwd(T* y, const T* x, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld(x, i), u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    st(y, i, 0.5f * v * (1.f + tanhf(u)));
+}
+template <typename T>
+__device__ void gelu_bwd(T* dx, const T* dy, const T* x, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld(x, i), u = 0.7978845608028654f * (v + 0.044715f * v * v * v), th = tanhf(u);
+    float d = 0.5f * (1.f + th) +
+              0.5f * v * (1.f - th * th) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * v * v);
+    st(dx, i, ld(dy, i) * d);
+}
+
+// LoRA accumulate:  y += s * t   (the s·(xAᵀ)Bᵀ term when it is computed apart from y)
+template <typename T>
+__device__ void scale_add(T* y, const T* t, float s, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) st(y, i, ld(y, i) + s * ld(t, i));
+}
+
+// Dropout with a counter-based hash, so the backward re-derives the mask instead of storing it:
+//   keep(i) = hash(seed, i) >= p * 2^32 ;  y = keep ? x / (1-p) : 0
+// The backward is the same kernel applied to the gradient with the same seed.
+__device__ __forceinline__ u32 hash_u32(u64 seed, u64 i) {
+    u64 z = seed * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z = z ^ (z >> 31);
+    return (u32)(z >> 32);
+}
+template <typename T>
+__device__ void dropout(T* y, const T* x, float p, u64 seed, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    u32 thr = (u32)fminf(p * 4294967296.f, 4294967295.f);
+    bool keep = hash_u32(seed, (u64)i) >= thr;
+    st(y, i, keep ? ld(x, i) / (1.f - p) : 0.f);
+}
+
+#define ACT_KERNELS(T, S)                                                                          \
+    extern "C" __global__ void swiglu_fwd_##S(T* a, const T* e, const T* g, i32 rows, i32 cols,    \
+                                              i32 ld_in) {                                         \
+        swiglu_fwd(a, e, g, rows, cols, ld_in);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void swiglu_bwd_##S(T* de, T* dg, const T* da, const T* e, const T* g,   \
+                                              i32 rows, i32 cols, i32 ld_in) {                     \
+        swiglu_bwd(de, dg, da, e, g, rows, cols, ld_in);                                           \
+    }                                                                                              \
+    extern "C" __global__ void gelu_tanh_fwd_##S(T* y, const T* x, i64 n) { gelu_fwd(y, x, n); }   \
+    extern "C" __global__ void gelu_tanh_bwd_##S(T* dx, const T* dy, const T* x, i64 n) {          \
+        gelu_bwd(dx, dy, x, n);                                                                    \
+    }                                                                                              \
+    extern "C" __global__ void scale_add_##S(T* y, const T* t, float s, i64 n) {                   \
+        scale_add(y, t, s, n);                                                                     \
+    }                                                                                              \
+    extern "C" __global__ void dropout_##S(T* y, const T* x, float p, u64 seed, i64 n) {           \
+        dropout(y, x, p, seed, n);                                                                 \
+    }
+ACT_KERNELS(float, f32)
+ACT_KERNELS(bf16, bf16)

@@ -1,0 +1,273 @@
+// attention.cu: causal flash-style attention forward/backward (online softmax; no T x T matrix is
+// ever stored). f32 math on CUDA cores; T storage f32 or bf16. A first, correct version: the
+// tensor-core version is future work (see src/cuda/bench.rs).
+//
+// q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
+// GQA/MQA: query head h reads kv head h / (Hq/Hkv) (consecutive heads share a group).
+// Key j is visible to query i iff j <= i, kmask[b,j] != 0 (if kmask), seg[b,i] == seg[b,j] (if
+// seg: packed sequences). Score s_ij = scale * q_i·k_j + slope_h * (j - i) (if slopes: ALiBi).
+// Forward:   o_i = Σ_j softmax_j(s_i·) v_j ;  lse_i = log Σ_j exp(s_ij)  (+inf for a row that sees
+//            no key: its o is 0 and every p in the backward is exp(s - inf) = 0).
+// Backward:  p_ij = exp(s_ij - lse_i) ; delta_i = do_i·o_i ; ds_ij = p_ij (do_i·v_j - delta_i)
+//            dq_i = scale Σ_j ds_ij k_j ; dk_j = scale Σ_i ds_ij q_i ; dv_j = Σ_i p_ij do_i
+// D <= 128. Nullable pointers (kmask, seg, slopes) are passed as 0.
+
+#define DMAX 128
+#define ROWS 8
+#define KT 32
+
+__device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
+                                        const i32* seg) {
+    if (j > i || j >= t || i >= t) return false;
+    if (kmask && kmask[(i64)b * t + j] == 0) return false;
+    if (seg && seg[(i64)b * t + j] != seg[(i64)b * t + i]) return false;
+    return true;
+}
+
+// Block: 8 warps = 8 consecutive query rows of one (b, h); lane = key within a 32-key tile for
+// scores and = head dim (lane + 32r) for the output accumulator.
+template <typename T>
+__device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask,
+                         const i32* seg, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
+                         float scale) {
+    __shared__ float Ks[KT][DMAX + 1];
+    __shared__ float Vs[KT][DMAX];
+    __shared__ float Qs[ROWS][DMAX];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i32 b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * ROWS, i = i0 + warp;
+    i32 kvh = h / (hq / hkv);
+    for (int e = threadIdx.x; e < ROWS * d; e += blockDim.x) {
+        int r = e / d, c = e % d, ii = i0 + r;
+        Qs[r][c] = ii < t ? ld(q, (((i64)b * t + ii) * hq + h) * d + c) : 0.f;
+    }
+    float slope = slopes ? slopes[h] : 0.f;
+    float m = -RECIPE_INF, l = 0.f, acc[DMAX / 32] = {};
+    i32 jend = min(i0 + ROWS, t);
+    for (i32 j0 = 0; j0 < jend; j0 += KT) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
+            int r = e / d, c = e % d, jj = j0 + r;
+            i64 src = (((i64)b * t + jj) * hkv + kvh) * d + c;
+            Ks[r][c] = jj < t ? ld(k, src) : 0.f;
+            Vs[r][c] = jj < t ? ld(v, src) : 0.f;
+        }
+        __syncthreads();
+        if (i < t) {
+            i32 j = j0 + lane;
+            bool ok = visible(i, j, b, t, kmask, seg);
+            float s = -RECIPE_INF;
+            if (ok) {
+                float dot = 0.f;
+                for (int c = 0; c < d; c++) dot += Qs[warp][c] * Ks[lane][c];
+                s = dot * scale + slope * (float)(j - i);
+            }
+            float mnew = fmaxf(m, warp_max(s));
+            if (mnew != -RECIPE_INF) {
+                float p = ok ? __expf(s - mnew) : 0.f;
+                float alpha = (m == -RECIPE_INF) ? 0.f : __expf(m - mnew);
+                l = l * alpha + warp_sum(p);
+#pragma unroll
+                for (int r = 0; r < DMAX / 32; r++) acc[r] *= alpha;
+                for (int jj = 0; jj < KT; jj++) {
+                    float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+                    for (int r = 0; r < DMAX / 32; r++) {
+                        int c = lane + 32 * r;
+                        if (c < d) acc[r] += pj * Vs[jj][c];
+                    }
+                }
+                m = mnew;
+            }
+        }
+    }
+    if (i < t) {
+        float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+        for (int r = 0; r < DMAX / 32; r++) {
+            int c = lane + 32 * r;
+            if (c < d) st(o, (((i64)b * t + i) * hq + h) * d + c, acc[r] * inv);
+        }
+        if (lane == 0) lse[((i64)b * hq + h) * t + i] = l > 0.f ? m + __logf(l) : RECIPE_INF;
+    }
+}
+
+// delta[b, h, i] = Σ_c do[b, i, h, c] * o[b, i, h, c]; one warp per (b, i, h) row.
+template <typename T>
+__device__ void attn_bwd_delta(float* delta, const T* dout, const T* o, i32 bsz, i32 t, i32 hq,
+                               i32 d) {
+    int lane = threadIdx.x & 31;
+    i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // (b*t + i)*hq + h
+    if (row >= (i64)bsz * t * hq) return;
+    float s = 0.f;
+    for (int c = lane; c < d; c += 32) s += ld(dout, row * d + c) * ld(o, row * d + c);
+    s = warp_sum(s);
+    i64 h = row % hq, bi = row / hq, i = bi % t, b = bi / t;
+    if (lane == 0) delta[(b * hq + h) * t + i] = s;
+}
+
+// dq: same tiling as the forward (8 query rows per block, 32-key tiles).
+template <typename T>
+__device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const T* v,
+                            const float* lse, const float* delta, const u8* kmask, const i32* seg,
+                            const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {
+    __shared__ float Ks[KT][DMAX + 1];
+    __shared__ float Vs[KT][DMAX + 1];
+    __shared__ float Qs[ROWS][DMAX];
+    __shared__ float Ds[ROWS][DMAX];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i32 b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * ROWS, i = i0 + warp;
+    i32 kvh = h / (hq / hkv);
+    for (int e = threadIdx.x; e < ROWS * d; e += blockDim.x) {
+        int r = e / d, c = e % d, ii = i0 + r;
+        i64 src = (((i64)b * t + ii) * hq + h) * d + c;
+        Qs[r][c] = ii < t ? ld(q, src) : 0.f;
+        Ds[r][c] = ii < t ? ld(dout, src) : 0.f;
+    }
+    float slope = slopes ? slopes[h] : 0.f;
+    float lse_i = i < t ? lse[((i64)b * hq + h) * t + i] : 0.f;
+    float delta_i = i < t ? delta[((i64)b * hq + h) * t + i] : 0.f;
+    float acc[DMAX / 32] = {};
+    i32 jend = min(i0 + ROWS, t);
+    for (i32 j0 = 0; j0 < jend; j0 += KT) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
+            int r = e / d, c = e % d, jj = j0 + r;
+            i64 src = (((i64)b * t + jj) * hkv + kvh) * d + c;
+            Ks[r][c] = jj < t ? ld(k, src) : 0.f;
+            Vs[r][c] = jj < t ? ld(v, src) : 0.f;
+        }
+        __syncthreads();
+        if (i < t) {
+            i32 j = j0 + lane;
+            float ds = 0.f;
+            if (visible(i, j, b, t, kmask, seg)) {
+                float qk = 0.f, dp = 0.f;
+                for (int c = 0; c < d; c++) {
+                    qk += Qs[warp][c] * Ks[lane][c];
+                    dp += Ds[warp][c] * Vs[lane][c];
+                }
+                float p = __expf(qk * scale + slope * (float)(j - i) - lse_i);
+                ds = p * (dp - delta_i);
+            }
+            for (int jj = 0; jj < KT; jj++) {
+                float dsj = __shfl_sync(0xffffffffu, ds, jj);
+#pragma unroll
+                for (int r = 0; r < DMAX / 32; r++) {
+                    int c = lane + 32 * r;
+                    if (c < d) acc[r] += dsj * Ks[jj][c];
+                }
+            }
+        }
+    }
+    if (i < t) {
+#pragma unroll
+        for (int r = 0; r < DMAX / 32; r++) {
+            int c = lane + 32 * r;
+            if (c < d) st(dq, (((i64)b * t + i) * hq + h) * d + c, acc[r] * scale);
+        }
+    }
+}
+
+// dk, dv: 8 keys per block (one per warp) of one (b, kv head); loops over the group's query
+// heads and 32-query tiles at or after the block's first key. No atomics: each block owns its rows.
+template <typename T>
+__device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                              const float* lse, const float* delta, const u8* kmask,
+                              const i32* seg, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
+                              float scale) {
+    __shared__ float Qs[KT][DMAX + 1];
+    __shared__ float Ds[KT][DMAX + 1];
+    __shared__ float Ks[ROWS][DMAX];
+    __shared__ float Vs[ROWS][DMAX];
+    __shared__ float Ls[KT], Es[KT];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i32 b = blockIdx.z, kvh = blockIdx.y, j0 = blockIdx.x * ROWS, j = j0 + warp;
+    i32 group = hq / hkv;
+    for (int e = threadIdx.x; e < ROWS * d; e += blockDim.x) {
+        int r = e / d, c = e % d, jj = j0 + r;
+        i64 src = (((i64)b * t + jj) * hkv + kvh) * d + c;
+        Ks[r][c] = jj < t ? ld(k, src) : 0.f;
+        Vs[r][c] = jj < t ? ld(v, src) : 0.f;
+    }
+    float dka[DMAX / 32] = {}, dva[DMAX / 32] = {};
+    for (i32 h = kvh * group; h < (kvh + 1) * group; h++) {
+        float slope = slopes ? slopes[h] : 0.f;
+        for (i32 q0 = (j0 / KT) * KT; q0 < t; q0 += KT) {
+            __syncthreads();
+            for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
+                int r = e / d, c = e % d, ii = q0 + r;
+                i64 src = (((i64)b * t + ii) * hq + h) * d + c;
+                Qs[r][c] = ii < t ? ld(q, src) : 0.f;
+                Ds[r][c] = ii < t ? ld(dout, src) : 0.f;
+            }
+            if (threadIdx.x < KT) {
+                i32 ii = q0 + threadIdx.x;
+                Ls[threadIdx.x] = ii < t ? lse[((i64)b * hq + h) * t + ii] : RECIPE_INF;
+                Es[threadIdx.x] = ii < t ? delta[((i64)b * hq + h) * t + ii] : 0.f;
+            }
+            __syncthreads();
+            if (j < t) {
+                i32 i = q0 + lane;
+                float p = 0.f, ds = 0.f;
+                if (visible(i, j, b, t, kmask, seg)) {
+                    float qk = 0.f, dp = 0.f;
+                    for (int c = 0; c < d; c++) {
+                        qk += Qs[lane][c] * Ks[warp][c];
+                        dp += Ds[lane][c] * Vs[warp][c];
+                    }
+                    p = __expf(qk * scale + slope * (float)(j - i) - Ls[lane]);
+                    ds = p * (dp - Es[lane]);
+                }
+                for (int ii = 0; ii < KT; ii++) {
+                    float pi = __shfl_sync(0xffffffffu, p, ii);
+                    float dsi = __shfl_sync(0xffffffffu, ds, ii);
+#pragma unroll
+                    for (int r = 0; r < DMAX / 32; r++) {
+                        int c = lane + 32 * r;
+                        if (c < d) {
+                            dva[r] += pi * Ds[ii][c];
+                            dka[r] += dsi * Qs[ii][c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if (j < t) {
+#pragma unroll
+        for (int r = 0; r < DMAX / 32; r++) {
+            int c = lane + 32 * r;
+            if (c < d) {
+                i64 dst = (((i64)b * t + j) * hkv + kvh) * d + c;
+                st(dk, dst, dka[r] * scale);
+                st(dv, dst, dva[r]);
+            }
+        }
+    }
+}
+
+#define ATTN_KERNELS(T, S)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) attn_fwd_##S(                                \
+        T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask, const i32* seg,     \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
+        attn_fwd(o, lse, q, k, v, kmask, seg, slopes, t, hq, hkv, d, scale);                       \
+    }                                                                                              \
+    extern "C" __global__ void attn_bwd_delta_##S(float* delta, const T* dout, const T* o,         \
+                                                  i32 bsz, i32 t, i32 hq, i32 d) {                 \
+        attn_bwd_delta(delta, dout, o, bsz, t, hq, d);                                             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_##S(                             \
+        T* dq, const T* dout, const T* q, const T* k, const T* v, const float* lse,                \
+        const float* delta, const u8* kmask, const i32* seg, const float* slopes, i32 t, i32 hq,   \
+        i32 hkv, i32 d, float scale) {                                                             \
+        attn_bwd_dq(dq, dout, q, k, v, lse, delta, kmask, seg, slopes, t, hq, hkv, d, scale);      \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_##S(                           \
+        T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse,         \
+        const float* delta, const u8* kmask, const i32* seg, const float* slopes, i32 t, i32 hq,   \
+        i32 hkv, i32 d, float scale) {                                                             \
+        attn_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, kmask, seg, slopes, t, hq, hkv, d,        \
+                      scale);                                                                      \
+    }
+ATTN_KERNELS(float, f32)
+ATTN_KERNELS(bf16, bf16)

@@ -1,0 +1,49 @@
+// common.cuh: prelude prepended (by src/cuda/nvrtc.rs) to every kernels/*.cu file before NVRTC
+// compiles it. NVRTC has no libc: the integer typedefs live here. Storage dtypes are f32 and bf16;
+// all arithmetic is f32 (`ld` widens, `st` rounds to nearest even).
+#include <cuda_bf16.h>
+
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef int i32;
+typedef long long i64;
+typedef unsigned long long u64;
+typedef __nv_bfloat16 bf16;
+
+#define RECIPE_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float ld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16* p, i64 i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16* p, i64 i, float v) { p[i] = __float2bfloat16(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). Every thread gets the sum.
+// `scratch` holds 32 floats of shared memory; the call ends with a barrier so it can be reused.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? scratch[lane] : 0.f;
+    t = warp_sum(t);
+    __syncthreads();
+    return t;
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? scratch[lane] : -RECIPE_INF;
+    t = warp_max(t);
+    __syncthreads();
+    return t;
+}

@@ -1,0 +1,186 @@
+//! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate, hash dropout.
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+
+use super::{dim, grid1, kname, need, Elem};
+use crate::cuda::error::{shape_err, Result};
+use crate::cuda::kernels::ACT;
+use crate::cuda::Gpu;
+
+/// Where gate (e) and up (g) live: two separate [rows, cols] buffers, or ChatGLM's packed
+/// [rows, 2·cols] buffer with gate first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GluLayout {
+    Separate,
+    Packed,
+}
+
+/// a[rows, cols] = silu(e)·g. Separate: e, g = `e`, `g`; Packed: both from `e` ([rows, 2·cols]),
+/// `g` unused (pass `e` again).
+pub fn swiglu_fwd<T: Elem>(
+    gpu: &Gpu,
+    a: &mut CudaSlice<T>,
+    e: &CudaSlice<T>,
+    g: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    layout: GluLayout,
+) -> Result<()> {
+    const OP: &str = "swiglu_fwd";
+    need(OP, "a", a.len(), rows * cols)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
+    let (ev, gv, ld): (CudaView<T>, CudaView<T>, i32) = match layout {
+        GluLayout::Separate => {
+            need(OP, "e", e.len(), rows * cols)?;
+            need(OP, "g", g.len(), rows * cols)?;
+            (e.slice(..), g.slice(..), c)
+        }
+        GluLayout::Packed => {
+            need(OP, "h", e.len(), rows * 2 * cols)?;
+            (e.slice(..), e.slice(cols..), 2 * c)
+        }
+    };
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(a).arg(&ev).arg(&gv).arg(&r).arg(&c).arg(&ld);
+    // SAFETY: e/g views cover (rows-1)*ld + cols elements (checked above); one thread per output.
+    unsafe { b.launch(grid1(rows * cols, 256)) }?;
+    Ok(())
+}
+
+/// de, dg from da (DESIGN.md SwiGLU backward). Separate: de, dg, e, g all [rows, cols].
+/// Packed: `e` is h [rows, 2·cols] and `de` receives dh [rows, 2·cols] (gate grads first, up
+/// grads second); `dg` and `g` are not touched (pass any buffers).
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_bwd<T: Elem>(
+    gpu: &Gpu,
+    de: &mut CudaSlice<T>,
+    dg: &mut CudaSlice<T>,
+    da: &CudaSlice<T>,
+    e: &CudaSlice<T>,
+    g: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    layout: GluLayout,
+) -> Result<()> {
+    const OP: &str = "swiglu_bwd";
+    need(OP, "da", da.len(), rows * cols)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
+    match layout {
+        GluLayout::Separate => {
+            for (what, len) in [
+                ("de", de.len()),
+                ("dg", dg.len()),
+                ("e", e.len()),
+                ("g", g.len()),
+            ] {
+                need(OP, what, len, rows * cols)?;
+            }
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(de)
+                .arg(dg)
+                .arg(da)
+                .arg(e)
+                .arg(g)
+                .arg(&r)
+                .arg(&c)
+                .arg(&c);
+            // SAFETY: all buffers hold rows*cols (checked); one thread per element.
+            unsafe { b.launch(grid1(rows * cols, 256)) }?;
+        }
+        GluLayout::Packed => {
+            need(OP, "dh", de.len(), rows * 2 * cols)?;
+            need(OP, "h", e.len(), rows * 2 * cols)?;
+            let ld = 2 * c;
+            let (ev, gv) = (e.slice(..), e.slice(cols..));
+            let (mut d_gate, mut d_up): (CudaViewMut<T>, CudaViewMut<T>) = de.split_at_mut(cols);
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(&mut d_gate)
+                .arg(&mut d_up)
+                .arg(da)
+                .arg(&ev)
+                .arg(&gv)
+                .arg(&r)
+                .arg(&c)
+                .arg(&ld);
+            // SAFETY: the kernel writes d_gate[r*ld + c] and d_up[r*ld + c] (c < cols): gate and
+            // up halves of the same row, disjoint, within the checked rows*2*cols buffer (the
+            // d_up view starts at `cols`, so its last write is at rows*ld - 1 overall).
+            unsafe { b.launch(grid1(rows * cols, 256)) }?;
+        }
+    }
+    Ok(())
+}
+
+/// y = gelu_tanh(x), [n].
+pub fn gelu_tanh_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, x: &CudaSlice<T>) -> Result<()> {
+    const OP: &str = "gelu_tanh_fwd";
+    let n = x.len();
+    need(OP, "y", y.len(), n)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(y).arg(x).arg(&n64);
+    // SAFETY: y holds n (checked); one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// dx = dy·gelu_tanh'(x), [n].
+pub fn gelu_tanh_bwd<T: Elem>(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<T>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+) -> Result<()> {
+    const OP: &str = "gelu_tanh_bwd";
+    let n = x.len();
+    need(OP, "dx", dx.len(), n)?;
+    need(OP, "dy", dy.len(), n)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(dx).arg(dy).arg(x).arg(&n64);
+    // SAFETY: sizes checked; one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// y += s·t over t.len() elements (the LoRA term when computed apart).
+pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, t: &CudaSlice<T>, s: f32) -> Result<()> {
+    const OP: &str = "scale_add";
+    let n = t.len();
+    need(OP, "y", y.len(), n)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(y).arg(t).arg(&s).arg(&n64);
+    // SAFETY: sizes checked; one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// y = dropout(x) with a counter hash of (seed, index): call again with the same seed on the
+/// gradient for the backward. p in [0, 1).
+pub fn dropout<T: Elem>(
+    gpu: &Gpu,
+    y: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    p: f32,
+    seed: u64,
+) -> Result<()> {
+    const OP: &str = "dropout";
+    if !(0.0..1.0).contains(&p) {
+        return Err(shape_err(OP, format!("p = {p} outside [0, 1)")));
+    }
+    let n = x.len();
+    need(OP, "y", y.len(), n)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(y).arg(x).arg(&p).arg(&seed).arg(&n64);
+    // SAFETY: sizes checked; one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Launchers for kernels/attention.cu: causal flash-style attention forward and backward.
+
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+
+use super::{dim, grid1, grid_u32, kname, need, Elem};
+use crate::cuda::error::{shape_err, Result};
+use crate::cuda::kernels::ATTENTION;
+use crate::cuda::twins::attention::AttnDims;
+use crate::cuda::Gpu;
+
+/// Rows per block in the kernels (8 warps).
+const ROWS: usize = 8;
+const DMAX: usize = 128;
+
+/// Optional masks on the device: kmask [batch, t] u8 (0 = padding key), seg [batch, t] i32
+/// (packed-sequence ids), slopes [hq] f32 (ALiBi).
+#[derive(Default, Clone, Copy)]
+pub struct DeviceMasks<'a> {
+    pub kmask: Option<&'a CudaSlice<u8>>,
+    pub seg: Option<&'a CudaSlice<i32>>,
+    pub slopes: Option<&'a CudaSlice<f32>>,
+}
+
+fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
+    if dm.d == 0 || dm.d > DMAX {
+        return Err(shape_err(
+            op,
+            format!("head dim {} outside 1..={DMAX}", dm.d),
+        ));
+    }
+    if dm.hkv == 0 || dm.hq % dm.hkv != 0 {
+        return Err(shape_err(
+            op,
+            format!(
+                "query heads {} not a multiple of kv heads {}",
+                dm.hq, dm.hkv
+            ),
+        ));
+    }
+    if let Some(m) = mk.kmask {
+        need(op, "kmask", m.len(), dm.batch * dm.t)?;
+    }
+    if let Some(s) = mk.seg {
+        need(op, "seg", s.len(), dm.batch * dm.t)?;
+    }
+    if let Some(s) = mk.slopes {
+        need(op, "slopes", s.len(), dm.hq)?;
+    }
+    Ok(())
+}
+
+/// Pushes the three optional mask pointers (absent ones as a null device pointer).
+fn push_masks<'a>(b: &mut LaunchArgs<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
+    match mk.kmask {
+        Some(m) => b.arg(m),
+        None => b.arg(null),
+    };
+    match mk.seg {
+        Some(s) => b.arg(s),
+        None => b.arg(null),
+    };
+    match mk.slopes {
+        Some(s) => b.arg(s),
+        None => b.arg(null),
+    };
+}
+
+fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            dm.t.div_ceil(ROWS) as u32,
+            grid_u32(op, "heads", heads, 65535)?,
+            grid_u32(op, "batch", dm.batch, 65535)?,
+        ),
+        block_dim: (32 * ROWS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// o [B, T, Hq, D], lse [B, Hq, T] from q [B, T, Hq, D], k, v [B, T, Hkv, D].
+#[allow(clippy::too_many_arguments)]
+pub fn attn_fwd<T: Elem>(
+    gpu: &Gpu,
+    o: &mut CudaSlice<T>,
+    lse: &mut CudaSlice<f32>,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    mk: &DeviceMasks,
+    dm: &AttnDims,
+) -> Result<()> {
+    const OP: &str = "attn_fwd";
+    check(OP, dm, mk)?;
+    let (nq, nk) = (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+    );
+    need(OP, "q", q.len(), nq)?;
+    need(OP, "o", o.len(), nq)?;
+    need(OP, "k", k.len(), nk)?;
+    need(OP, "v", v.len(), nk)?;
+    need(OP, "lse", lse.len(), dm.batch * dm.hq * dm.t)?;
+    let f = gpu.function(&ATTENTION, &kname::<T>(OP))?;
+    let (t, hq, hkv, d) = (
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "hkv", dm.hkv)?,
+        dim(OP, "d", dm.d)?,
+    );
+    let null = 0u64;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(o).arg(lse).arg(q).arg(k).arg(v);
+    push_masks(&mut b, mk, &null);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    // SAFETY: all sizes checked against (B, T, Hq, Hkv, D); absent masks are passed as null
+    // pointers (8-byte zero) which the kernel tests before reading; D <= 128 fits the static
+    // shared tiles; Hq % Hkv == 0 keeps the kv head index in range.
+    unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
+    Ok(())
+}
+
+/// Backward: dq [B,T,Hq,D], dk, dv [B,T,Hkv,D]; `delta` is scratch [B, Hq, T] f32.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd<T: Elem>(
+    gpu: &Gpu,
+    dq: &mut CudaSlice<T>,
+    dk: &mut CudaSlice<T>,
+    dv: &mut CudaSlice<T>,
+    delta: &mut CudaSlice<f32>,
+    dout: &CudaSlice<T>,
+    q: &CudaSlice<T>,
+    k: &CudaSlice<T>,
+    v: &CudaSlice<T>,
+    o: &CudaSlice<T>,
+    lse: &CudaSlice<f32>,
+    mk: &DeviceMasks,
+    dm: &AttnDims,
+) -> Result<()> {
+    const OP: &str = "attn_bwd";
+    check(OP, dm, mk)?;
+    let (nq, nk) = (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+    );
+    for (what, len) in [
+        ("q", q.len()),
+        ("o", o.len()),
+        ("dout", dout.len()),
+        ("dq", dq.len()),
+    ] {
+        need(OP, what, len, nq)?;
+    }
+    for (what, len) in [
+        ("k", k.len()),
+        ("v", v.len()),
+        ("dk", dk.len()),
+        ("dv", dv.len()),
+    ] {
+        need(OP, what, len, nk)?;
+    }
+    need(OP, "lse", lse.len(), dm.batch * dm.hq * dm.t)?;
+    need(OP, "delta", delta.len(), dm.batch * dm.hq * dm.t)?;
+    let (bsz, t, hq, hkv, d) = (
+        dim(OP, "batch", dm.batch)?,
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "hkv", dm.hkv)?,
+        dim(OP, "d", dm.d)?,
+    );
+    let null = 0u64;
+
+    let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_delta"))?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&mut *delta)
+        .arg(dout)
+        .arg(o)
+        .arg(&bsz)
+        .arg(&t)
+        .arg(&hq)
+        .arg(&d);
+    // SAFETY: one warp per (b, i, h) row of nq/D rows; sizes checked.
+    unsafe { b.launch(grid1(dm.batch * dm.t * dm.hq * 32, 256)) }?;
+
+    let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dq"))?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(dq)
+        .arg(dout)
+        .arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(lse)
+        .arg(&*delta);
+    push_masks(&mut b, mk, &null);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    // SAFETY: as attn_fwd; dq rows are owned by one warp each (no races).
+    unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
+
+    let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dkdv"))?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(dk)
+        .arg(dv)
+        .arg(dout)
+        .arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(lse)
+        .arg(&*delta);
+    push_masks(&mut b, mk, &null);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    // SAFETY: as attn_fwd; grid over kv heads, each warp owns one key row of dk/dv.
+    unsafe { b.launch(grid(OP, dm, dm.hkv)?) }?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Compiles every kernels/*.cu file with NVRTC for sm_80 and sm_90 (PTX, plus a CUBIN for sm_90)
+//! and checks that every expected `extern "C"` function is in the output. Needs no GPU: NVRTC and
+//! the CUDA headers come from pip wheels (`eval "$(.ci/nvrtc.sh)"`). Without a loadable libnvrtc
+//! the test prints a skip message and passes, unless RECIPE_REQUIRE_NVRTC=1 (CI sets it).
+
+use recipe::cuda::kernels::ALL;
+use recipe::cuda::nvrtc::{compile, nvrtc_available, nvrtc_version, Target};
+
+fn nvrtc_or_skip() -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    if std::env::var("RECIPE_REQUIRE_NVRTC").as_deref() == Ok("1") {
+        panic!("RECIPE_REQUIRE_NVRTC=1 but libnvrtc is not loadable: run `eval \"$(.ci/nvrtc.sh)\"` first");
+    }
+    eprintln!("SKIP cuda_compile: libnvrtc not loadable (eval \"$(.ci/nvrtc.sh)\" to enable)");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    eprintln!("NVRTC {:?}", nvrtc_version().unwrap());
+    let mut failures = Vec::new();
+    for file in ALL {
+        for (cc, target) in [
+            ((8, 0), Target::Ptx),
+            ((9, 0), Target::Ptx),
+            ((9, 0), Target::Cubin),
+        ] {
+            match compile(file, cc, target, None) {
+                Ok(image) => {
+                    for f in file.functions {
+                        if !image.defines(f) {
+                            failures.push(format!(
+                                "{}.cu {cc:?} {target:?}: function {f} missing",
+                                file.name
+                            ));
+                        }
+                    }
+                    if let recipe::cuda::nvrtc::Image::Ptx(p) = &image {
+                        let entries = p.matches(".entry ").count();
+                        if entries != file.functions.len() {
+                            failures.push(format!(
+                                "{}.cu: {} entries in PTX, {} listed in kernels.rs",
+                                file.name,
+                                entries,
+                                file.functions.len()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The dequant-GEMM really uses the bf16 tensor-core instruction, and `defines` can say no.
+#[test]
+fn gemm_uses_mma_and_missing_names_are_reported() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptx = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Ptx, None).unwrap();
+    match &ptx {
+        recipe::cuda::nvrtc::Image::Ptx(p) => {
+            assert!(p.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"))
+        }
+        _ => panic!("expected PTX"),
+    }
+    assert!(!ptx.defines("no_such_kernel"));
+    let cubin = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Cubin, None).unwrap();
+    assert!(cubin.defines("gemm_4bit_bf16") && !cubin.defines("no_such_kernel"));
+}
+
+#[test]
+fn compile_cache_round_trips() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = &recipe::cuda::kernels::QUANT4;
+    let a = compile(file, (8, 0), Target::Ptx, Some(dir.path())).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].extension().unwrap() == "ptx");
+    let b = compile(file, (8, 0), Target::Ptx, Some(dir.path())).unwrap();
+    match (a, b) {
+        (recipe::cuda::nvrtc::Image::Ptx(a), recipe::cuda::nvrtc::Image::Ptx(b)) => {
+            assert_eq!(a, b)
+        }
+        _ => panic!("expected PTX"),
+    }
+}
+
+#[test]
+fn compile_errors_name_the_file() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let bad = recipe::cuda::kernels::KernelFile {
+        name: "broken",
+        source: "extern \"C\" __global__ void f() { undefined_thing(); }",
+        functions: &["f"],
+    };
+    let e = compile(&bad, (8, 0), Target::Ptx, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("NVRTC failed to compile kernels/broken.cu for compute_80"),
+        "{e}"
+    );
+    assert!(e.contains("undefined_thing"), "{e}");
+}
