@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod export;
 pub mod plan;
 pub mod recipe;
 pub mod run;
