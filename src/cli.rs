@@ -140,23 +140,13 @@ enum CacheCmd {
     /// List entries, most recently used first.
     #[command(after_help = "Example:\n  recipe cache ls --cache-dir recipes/.recipe/cache")]
     Ls {
-        #[arg(
-            long,
-            value_name = "DIR",
-            default_value = ".recipe/cache",
-            env = "RECIPE_CACHE"
-        )]
+        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
         cache_dir: PathBuf,
     },
     /// Prune entries by age and total size (least recently used first).
     #[command(after_help = "Example:\n  recipe cache gc --max-size 20GB --older-than 14d")]
     Gc {
-        #[arg(
-            long,
-            value_name = "DIR",
-            default_value = ".recipe/cache",
-            env = "RECIPE_CACHE"
-        )]
+        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
         cache_dir: PathBuf,
         /// Keep the cache under this size, e.g. 20GB.
         #[arg(long)]
@@ -181,37 +171,20 @@ pub fn main() -> i32 {
         }
     };
     match cli.cmd {
-        Cmd::Run {
-            r,
-            plan,
-            format,
-            jobs,
-            only,
-            until,
-            device,
-        } => {
+        Cmd::Run { r, plan, format, jobs, only, until, device } => {
             if plan {
                 cmd_plan(&r, format)
             } else {
-                cmd_run(
-                    &r,
-                    RunOptions {
-                        jobs,
-                        only,
-                        until,
-                        device,
-                        progress: std::io::stderr().is_terminal(),
-                    },
-                )
+                cmd_run(&r, RunOptions { jobs, only, until, device, progress: std::io::stderr().is_terminal() })
             }
         }
         Cmd::Plan { r, format } => cmd_plan(&r, format),
         Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect { .. } => fail("`recipe inspect` is not implemented yet in this version"),
-        Cmd::Selftest { .. } | Cmd::Bench { .. } => fail(
-            "the CUDA backend is not part of this build yet; `selftest` and `bench` come with it",
-        ),
+        Cmd::Selftest { .. } | Cmd::Bench { .. } => {
+            fail("the CUDA backend is not part of this build yet; `selftest` and `bench` come with it")
+        }
     }
 }
 
@@ -221,10 +194,7 @@ fn fail(msg: &str) -> i32 {
 }
 
 /// Load, validate, and build the DAG. Prints diagnostics; `Err(2)` on errors.
-fn prepare(
-    r: &RecipeArgs,
-    plan_only: bool,
-) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
+fn prepare(r: &RecipeArgs, plan_only: bool) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
     let (recipe, mut diags) = crate::recipe::load(&r.file, &r.sets);
     let color = color_enabled();
     let Some(recipe) = recipe else {
@@ -277,24 +247,10 @@ fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
         }
     };
     match format {
-        Format::Text => print!(
-            "{}",
-            render_text(
-                &checked,
-                &plan,
-                &cache,
-                std::io::stdout().is_terminal() && color_enabled()
-            )
-        ),
+        Format::Text => print!("{}", render_text(&checked, &plan, &cache, std::io::stdout().is_terminal() && color_enabled())),
         Format::Json => {
-            let ws: Vec<String> = warnings
-                .iter()
-                .map(|w| {
-                    w.render(&checked.recipe.sources, false)
-                        .trim_end()
-                        .to_string()
-                })
-                .collect();
+            let ws: Vec<String> =
+                warnings.iter().map(|w| w.render(&checked.recipe.sources, false).trim_end().to_string()).collect();
             println!("{}", render_json(&checked, &plan, &cache, &ws))
         }
     }
@@ -347,10 +303,7 @@ fn cmd_explain(kind: Option<&str>) -> i32 {
         }
         Some(k) => {
             let Some(s) = crate::steps::find(k) else {
-                eprintln!(
-                    "error: unknown step kind `{k}`; known kinds: {}",
-                    crate::steps::kind_names().join(", ")
-                );
+                eprintln!("error: unknown step kind `{k}`; known kinds: {}", crate::steps::kind_names().join(", "));
                 return 2;
             };
             println!("{} — {}\n", s.kind(), s.about());
@@ -360,14 +313,7 @@ fn cmd_explain(kind: Option<&str>) -> i32 {
                     (false, Some(d)) => format!("default {d}"),
                     (false, None) => "optional".to_string(),
                 };
-                println!(
-                    "  {:<28} {:<16} {}\n  {:<28} {}",
-                    p.name,
-                    d,
-                    p.ty.describe(),
-                    "",
-                    p.doc
-                );
+                println!("  {:<28} {:<16} {}\n  {:<28} {}", p.name, d, p.ty.describe(), "", p.doc);
             }
             0
         }
@@ -382,10 +328,7 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             };
             let entries = cache.list();
             let total: u64 = entries.iter().map(|(m, _)| m.size_bytes).sum();
-            println!(
-                "{:<12} {:<14} {:<16} {:>10} {:>9}  recipe",
-                "key", "kind", "step", "size", "wall"
-            );
+            println!("{:<12} {:<14} {:<16} {:>10} {:>9}  recipe", "key", "kind", "step", "size", "wall");
             for (m, _) in &entries {
                 println!(
                     "{:<12} {:<14} {:<16} {:>10} {:>9}  {}",
@@ -397,18 +340,10 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
                     m.recipe
                 );
             }
-            println!(
-                "{} entries, {}",
-                entries.len(),
-                crate::util::human_bytes(total)
-            );
+            println!("{} entries, {}", entries.len(), crate::util::human_bytes(total));
             0
         }
-        CacheCmd::Gc {
-            cache_dir,
-            max_size,
-            older_than,
-        } => {
+        CacheCmd::Gc { cache_dir, max_size, older_than } => {
             let Ok(cache) = open_existing(&cache_dir) else {
                 return fail(&format!("no cache at `{}`", cache_dir.display()));
             };
@@ -424,10 +359,7 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             };
             match cache.gc(max, age) {
                 Ok((n, bytes)) => {
-                    println!(
-                        "removed {n} entries, freed {}",
-                        crate::util::human_bytes(bytes)
-                    );
+                    println!("removed {n} entries, freed {}", crate::util::human_bytes(bytes));
                     0
                 }
                 Err(e) => fail(&format!("{e:#}")),

@@ -6,28 +6,10 @@ use super::{def, req, ParamSpec, Step, Ty};
 pub struct Merge;
 
 static PARAMS: &[ParamSpec] = &[
-    req(
-        "model",
-        Ty::Step(&["load.model", "quantize"]),
-        "the base model",
-    ),
-    req(
-        "adapter",
-        Ty::Step(&["train"]),
-        "the train step whose adapter is merged",
-    ),
-    def(
-        "dtype",
-        Ty::Enum(&["auto", "f32", "bf16", "f16"]),
-        "\"auto\"",
-        "dtype of the merged weights",
-    ),
-    def(
-        "requantize",
-        Ty::Bool,
-        "false",
-        "re-quantize the merged model to NF4 (bitsandbytes layout)",
-    ),
+    req("model", Ty::Step(&["load.model", "quantize"]), "the base model"),
+    req("adapter", Ty::Step(&["train"]), "the train step whose adapter is merged"),
+    def("dtype", Ty::Enum(&["auto", "f32", "bf16", "f16"]), "\"auto\"", "dtype of the merged weights"),
+    def("requantize", Ty::Bool, "false", "re-quantize the merged model to NF4 (bitsandbytes layout)"),
 ];
 
 impl Step for Merge {

@@ -22,32 +22,11 @@ pub static BUILTIN: &[&str] = &[
 
 static PARAMS: &[ParamSpec] = &[
     req("data", Ty::Step(&["load.dataset"]), "the dataset step"),
-    opt(
-        "model",
-        Ty::Step(&["load.model"]),
-        "model whose chat_template / special tokens are used",
-    ),
-    def(
-        "template",
-        Ty::Str,
-        "\"model\"",
-        "a built-in name, or \"model\" for the model's own chat_template",
-    ),
-    opt(
-        "source",
-        Ty::Str,
-        "an inline Jinja chat template (overrides `template`)",
-    ),
-    opt(
-        "file",
-        Ty::Path,
-        "a Jinja chat template file (overrides `template`)",
-    ),
-    opt(
-        "system",
-        Ty::Str,
-        "default system message for conversations without one",
-    ),
+    opt("model", Ty::Step(&["load.model"]), "model whose chat_template / special tokens are used"),
+    def("template", Ty::Str, "\"model\"", "a built-in name, or \"model\" for the model's own chat_template"),
+    opt("source", Ty::Str, "an inline Jinja chat template (overrides `template`)"),
+    opt("file", Ty::Path, "a Jinja chat template file (overrides `template`)"),
+    opt("system", Ty::Str, "default system message for conversations without one"),
 ];
 
 impl Step for Template {
@@ -62,21 +41,14 @@ impl Step for Template {
     }
     fn check(&self, c: &mut CheckCtx) {
         let t = c.params.str("template").to_string();
-        if c.params.get("source").is_none()
-            && c.params.get("file").is_none()
-            && !BUILTIN.contains(&t.as_str())
-        {
+        if c.params.get("source").is_none() && c.params.get("file").is_none() && !BUILTIN.contains(&t.as_str()) {
             let mut msg = format!("unknown template `{t}`");
             if let Some(s) = crate::diag::did_you_mean(&t, BUILTIN.iter().copied()) {
                 msg.push_str(&format!(" (did you mean `{s}`?)"));
             }
             c.error("template", msg).expected = Some(format!("one of {}", BUILTIN.join(", ")));
         }
-        if t == "model"
-            && c.params.get("model").is_none()
-            && c.params.get("source").is_none()
-            && c.params.get("file").is_none()
-        {
+        if t == "model" && c.params.get("model").is_none() && c.params.get("source").is_none() && c.params.get("file").is_none() {
             c.error("model", "template = \"model\" needs `model = \"<load.model step>\"` to read its chat_template");
         }
     }

@@ -47,12 +47,7 @@ impl Step for Tokenize {
         PARAMS
     }
     fn check(&self, c: &mut CheckCtx) {
-        for k in [
-            "max_length",
-            "max_input_length",
-            "max_output_length",
-            "pad_to",
-        ] {
+        for k in ["max_length", "max_input_length", "max_output_length", "pad_to"] {
             if let Some(v) = c.params.opt_i64(k) {
                 if v <= 0 {
                     c.error(k, "must be positive").got = Some(v.to_string());
@@ -63,12 +58,8 @@ impl Step for Tokenize {
             c.error("pack", "packing needs `max_length`");
         }
         let pad = c.params.str("padding");
-        if pad != "none" && c.params.get("pad_to").is_none() && c.params.get("max_length").is_none()
-        {
-            c.error(
-                "padding",
-                "padding to a fixed length needs `pad_to` or `max_length`",
-            );
+        if pad != "none" && c.params.get("pad_to").is_none() && c.params.get("max_length").is_none() {
+            c.error("padding", "padding to a fixed length needs `pad_to` or `max_length`");
         }
     }
 }
