@@ -133,19 +133,17 @@ mod tests {
         ];
         let back = decode_f32(Dtype::BF16, &encode_f32(Dtype::BF16, &x).unwrap()).unwrap();
         assert_eq!(back, vec![1.0, 1.0 + 2f32.powi(-6), 1.0 + 2f32.powi(-7)]);
-        // Every bf16 value survives bf16 -> f32 -> bf16 exactly (all 65536 bit patterns but NaNs).
-        let all: Vec<u8> = (0..=u16::MAX)
-            .filter(|b| !half::bf16::from_bits(*b).is_nan())
-            .flat_map(|b| b.to_le_bytes())
-            .collect();
-        let f = decode_f32(Dtype::BF16, &all).unwrap();
-        assert_eq!(encode_f32(Dtype::BF16, &f).unwrap(), all);
-        let all16: Vec<u8> = (0..=u16::MAX)
-            .filter(|b| !half::f16::from_bits(*b).is_nan())
-            .flat_map(|b| b.to_le_bytes())
-            .collect();
-        let f = decode_f32(Dtype::F16, &all16).unwrap();
-        assert_eq!(encode_f32(Dtype::F16, &f).unwrap(), all16);
+        // Every bf16 / f16 value survives -> f32 -> back exactly (all bit patterns but NaNs).
+        let bf16_nan: fn(u16) -> bool = |b| half::bf16::from_bits(b).is_nan();
+        let f16_nan: fn(u16) -> bool = |b| half::f16::from_bits(b).is_nan();
+        for (d, is_nan) in [(Dtype::BF16, bf16_nan), (Dtype::F16, f16_nan)] {
+            let all: Vec<u8> = (0..=u16::MAX)
+                .filter(|b| !is_nan(*b))
+                .flat_map(|b| b.to_le_bytes())
+                .collect();
+            let f = decode_f32(d, &all).unwrap();
+            assert_eq!(encode_f32(d, &f).unwrap(), all, "{d:?}");
+        }
     }
 
     #[test]

@@ -386,3 +386,66 @@ fn write_fixture_exports() {
         eprintln!("{case}: {rep:?}");
     }
 }
+
+/// One call: merge in f16 and export; every float tensor is f16 and equals the f32 merge
+/// rounded once.
+#[test]
+fn merge_and_export_in_f16() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("m");
+    let (m, e) = merge_and_export(
+        &fixture("gpt2/base"),
+        &fixture("gpt2/adapter"),
+        &dir,
+        OutDtype::F16,
+        1 << 30,
+    )
+    .unwrap();
+    assert_eq!((m.merged.len(), e.dtype), (2, Some(Dtype::F16)));
+    assert_eq!(read_config(&dir).unwrap()["dtype"], "float16");
+    let back = read_safetensors_dir(&dir).unwrap();
+    let f32m = merged("gpt2", "gpt2", OutDtype::Auto);
+    assert_eq!(back.len(), f32m.model.tensors.len());
+    for (k, t) in &f32m.model.tensors {
+        assert_eq!(
+            back[k].bytes(),
+            t.to_dtype(Dtype::F16).unwrap().bytes(),
+            "{k}"
+        );
+    }
+}
+
+/// Broken weight dirs are named with what is wrong.
+#[test]
+fn weight_dir_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let d = out.path();
+    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    assert!(
+        e.ends_with("no model.safetensors or model.safetensors.index.json"),
+        "{e}"
+    );
+    std::fs::write(d.join("pytorch_model.bin"), b"x").unwrap();
+    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    assert!(
+        e.ends_with(
+            "(pytorch_model.bin is not supported: save the model with safe_serialization=True)"
+        ),
+        "{e}"
+    );
+    std::fs::write(d.join("model.safetensors"), b"not safetensors").unwrap();
+    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors: not a safetensors file"),
+        "{e}"
+    );
+    std::fs::copy(
+        fixture("llama/base/model.safetensors"),
+        d.join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
+    let index = r#"{"metadata": {}, "weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors", "x.weight": "model-00001-of-00001.safetensors"}}"#;
+    std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
+    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    assert!(e.contains("model-00001-of-00001.safetensors: tensor `lm_head.weight` is not listed for this shard"), "{e}");
+}

@@ -108,6 +108,26 @@ pub fn merge_adapter(base_dir: &Path, adapter_dir: &Path, opts: &MergeOptions) -
     Ok(Merged { model, report })
 }
 
+/// Merge and write in one go, with the same dtype for both: read `base_dir` and `adapter_dir`,
+/// merge, and write a Hugging Face dir into `out_dir` (tokenizer and generation config files
+/// from the adapter dir first, then the base dir).
+pub fn merge_and_export(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+    dtype: OutDtype,
+    max_shard_size: u64,
+) -> Result<(MergeReport, super::hf_dir::ExportReport)> {
+    let merged = merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype })?;
+    let opts = super::hf_dir::ExportOptions {
+        max_shard_size,
+        dtype,
+    };
+    let export =
+        super::hf_dir::write_hf_dir(&merged.model, &[adapter_dir, base_dir], out_dir, &opts)?;
+    Ok((merged.report, export))
+}
+
 /// Merge `adapter` into `model` in place (dequantizing a 4-bit base first).
 pub fn merge_into(
     model: &mut HfModel,

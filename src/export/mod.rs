@@ -30,5 +30,8 @@ pub use dtype::OutDtype;
 pub use error::{ExportError, Result};
 pub use hf_dir::{read_config, write_hf_dir, ExportOptions, ExportReport};
 pub use io::{read_safetensors, read_safetensors_dir, write_safetensors};
-pub use merge::{merge_adapter, merge_into, HfModel, MergeOptions, MergeReport, Merged};
+pub use merge::{
+    merge_adapter, merge_and_export, merge_into, ties_embeddings, HfModel, MergeOptions,
+    MergeReport, Merged,
+};
 pub use tensor::{Tensor, Tensors};

@@ -10,6 +10,8 @@
 //! Dequant:  absmax[b] = nested_quant_map[q8[b]] · nested_absmax[b / nested_blocksize] + offset
 //!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]   (computed in f32)
 
+#![allow(clippy::excessive_precision)] // the codes are copied digit for digit from bitsandbytes
+
 use safetensors::Dtype;
 
 use super::dtype::from_hf_name;
@@ -41,7 +43,7 @@ pub const FP4_CODE: [f32; 16] = [
     0.0,
     0.0625 / 12.0,
     8.0 / 12.0,
-    12.0 / 12.0,
+    1.0,
     4.0 / 12.0,
     6.0 / 12.0,
     2.0 / 12.0,
@@ -49,7 +51,7 @@ pub const FP4_CODE: [f32; 16] = [
     -0.0,
     -0.0625 / 12.0,
     -8.0 / 12.0,
-    -12.0 / 12.0,
+    -1.0,
     -4.0 / 12.0,
     -6.0 / 12.0,
     -2.0 / 12.0,
