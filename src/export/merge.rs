@@ -142,7 +142,7 @@ pub fn merge_into(
     }
     let mut report = MergeReport::default();
     if nf4::has_4bit(&model.tensors) {
-        report.dequantized = nf4::dequantize_all(&mut model.tensors)?;
+        report.dequantized = nf4::dequantize_all(&mut model.tensors)?.into_iter().map(|(n, _)| n).collect();
         if let Some(c) = model.config.as_object_mut() {
             c.remove("quantization_config");
         }

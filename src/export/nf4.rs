@@ -62,7 +62,7 @@ const STATE_SUFFIXES: [&str; 2] = [
     ".quant_state.bitsandbytes__nf4",
     ".quant_state.bitsandbytes__fp4",
 ];
-const PIECES: [&str; 4] = ["absmax", "nested_absmax", "nested_quant_map", "quant_map"];
+pub(crate) const PIECES: [&str; 4] = ["absmax", "nested_absmax", "nested_quant_map", "quant_map"];
 
 /// Whether the tensors hold any bitsandbytes 4-bit weight.
 pub fn has_4bit(tensors: &Tensors) -> bool {
@@ -71,9 +71,23 @@ pub fn has_4bit(tensors: &Tensors) -> bool {
         .any(|k| STATE_SUFFIXES.iter().any(|s| k.ends_with(s)))
 }
 
+/// How a weight was quantized (enough to quantize it again the same way).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantSpec {
+    /// `nf4` or `fp4`.
+    pub quant_type: String,
+    pub blocksize: usize,
+    /// The compute dtype (the quant state's `dtype`).
+    pub dtype: Dtype,
+    /// The 16-entry 4-bit code.
+    pub code: Vec<f32>,
+    /// Double quant: (nested blocksize, the 256-entry signed dynamic 8-bit map).
+    pub nested: Option<(usize, Vec<f32>)>,
+}
+
 /// Replace every 4-bit weight (and its state tensors) by a dense tensor in its quant state's
-/// dtype, keeping its position. Returns the dequantized names.
-pub fn dequantize_all(tensors: &mut Tensors) -> Result<Vec<String>> {
+/// dtype, keeping its position. Returns the dequantized names with their quant specs.
+pub fn dequantize_all(tensors: &mut Tensors) -> Result<Vec<(String, QuantSpec)>> {
     let states: Vec<(String, String)> = tensors
         .keys()
         .filter_map(|k| {
@@ -85,12 +99,14 @@ pub fn dequantize_all(tensors: &mut Tensors) -> Result<Vec<String>> {
         .collect();
     let mut dense = std::collections::HashMap::new();
     let mut drop = std::collections::HashSet::new();
+    let mut done = Vec::new();
     for (weight, state_key) in &states {
-        dense.insert(weight.clone(), dequantize(tensors, weight, state_key)?);
+        let (t, spec) = dequantize(tensors, weight, state_key)?;
+        dense.insert(weight.clone(), t);
+        done.push((weight.clone(), spec));
         drop.insert(state_key.clone());
         drop.extend(PIECES.iter().map(|p| format!("{weight}.{p}")));
     }
-    let done = states.into_iter().map(|(w, _)| w).collect();
     // Rebuild in one pass, keeping each weight where its packed form was.
     *tensors = std::mem::take(tensors)
         .into_iter()
@@ -104,7 +120,7 @@ pub fn dequantize_all(tensors: &mut Tensors) -> Result<Vec<String>> {
 }
 
 /// Dequantize the 4-bit weight `weight` whose JSON state is `tensors[state_key]`.
-pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<Tensor> {
+pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<(Tensor, QuantSpec)> {
     let bad = |msg: String| ExportError::mismatch(weight, msg);
     let get = |suffix: &str| tensors.get(&format!("{weight}.{suffix}"));
     let state: serde_json::Value = serde_json::from_slice(tensors[state_key].bytes())
@@ -164,6 +180,7 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<Te
     }
     let nblocks = n.div_ceil(blocksize);
     let absmax_t = get("absmax").ok_or_else(|| bad("no absmax".into()))?;
+    let mut nested = None;
     let absmax: Vec<f32> = if absmax_t.dtype == Dtype::U8 {
         let nested_absmax = get("nested_absmax")
             .ok_or_else(|| bad("u8 absmax without nested_absmax".into()))?
@@ -179,12 +196,14 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<Te
         {
             return Err(bad("inconsistent nested absmax".into()));
         }
-        absmax_t
+        let absmax = absmax_t
             .bytes()
             .iter()
             .enumerate()
             .map(|(i, q)| nested_code[*q as usize] * nested_absmax[i / nb] + offset)
-            .collect()
+            .collect();
+        nested = Some((nb, nested_code));
+        absmax
     } else {
         absmax_t.to_f32()?
     };
@@ -202,7 +221,8 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<Te
             code[q as usize] * absmax[j / blocksize]
         })
         .collect();
-    Tensor::from_f32(dtype, shape, &values)
+    let spec = QuantSpec { quant_type: quant_type.to_string(), blocksize, dtype, code, nested };
+    Ok((Tensor::from_f32(dtype, shape, &values)?, spec))
 }
 
 #[cfg(test)]
@@ -219,7 +239,7 @@ mod tests {
             ("fp4", "fp4.weight.quant_state.bitsandbytes__fp4"),
             ("nf4", "nf4.weight.quant_state.bitsandbytes__nf4"),
         ] {
-            let got = dequantize(&t, &format!("{tag}.weight"), state).unwrap();
+            let (got, _) = dequantize(&t, &format!("{tag}.weight"), state).unwrap();
             let want = &t[&format!("{tag}.expected")];
             assert_eq!(got.numel(), want.numel(), "{tag}");
             assert!(got.to_f32().unwrap() == want.to_f32().unwrap(), "{tag}");
@@ -247,7 +267,8 @@ mod tests {
             .keys()
             .all(|k| !k.contains(".absmax") && !k.contains("quant_")));
         let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
-        for n in &names {
+        for (n, spec) in &names {
+            assert_eq!((spec.blocksize, spec.nested.as_ref().map(|n| n.0)), (64, Some(256)));
             assert_eq!(t[n].dtype, Dtype::BF16);
             assert!(
                 t[n].to_f32().unwrap() == want[&format!("dequant.{n}")].to_f32().unwrap(),
