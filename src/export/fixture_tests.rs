@@ -19,7 +19,7 @@ fn merged(case: &str, base: &str, dtype: OutDtype) -> Merged {
     merge_adapter(
         &fixture(&format!("{base}/base")),
         &fixture(&format!("{case}/adapter")),
-        &MergeOptions { dtype },
+        &MergeOptions { dtype, requantize: false },
     )
     .unwrap()
 }
@@ -148,6 +148,7 @@ fn transposed_delta_by_hand() {
         &ad,
         &MergeOptions {
             dtype: OutDtype::F32,
+            requantize: false,
         },
     )
     .unwrap();
@@ -448,4 +449,35 @@ fn weight_dir_errors() {
     std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
     let e = read_safetensors_dir(d).unwrap_err().to_string();
     assert!(e.contains("model-00001-of-00001.safetensors: tensor `lm_head.weight` is not listed for this shard"), "{e}");
+}
+
+/// requantize: merged weights go back to NF4 exactly as bitsandbytes quantizes them, untouched
+/// ones keep their bytes, the config keeps quantization_config, and the export is 4-bit.
+#[test]
+fn nf4_requantize_round_trip() {
+    let base = fixture("llama_nf4/base");
+    let opts = MergeOptions { dtype: OutDtype::Auto, requantize: true };
+    let m = merge_adapter(&base, &fixture("llama/adapter"), &opts).unwrap();
+    assert_eq!(m.report.requantized.len(), 4);
+    assert!(m.model.config.get("quantization_config").is_some());
+    let orig = read_safetensors_dir(&base).unwrap();
+    let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+    let mut names: Vec<&String> = m.model.tensors.keys().collect();
+    let mut orig_names: Vec<&String> = orig.keys().collect();
+    names.sort();
+    orig_names.sort();
+    assert_eq!(names, orig_names);
+    for (k, t) in &m.model.tensors {
+        let requant = m.report.requantized.iter().any(|n| k.starts_with(n.as_str()));
+        if !requant {
+            assert!(t.bytes() == orig[k].bytes(), "{k} changed");
+        } else if k.ends_with(".weight") || k.ends_with(".absmax") {
+            assert!(t.bytes() == want[&format!("requant.{k}")].bytes(), "{k}");
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    write_hf_dir(&m.model, &[&base], out.path(), &ExportOptions::default()).unwrap();
+    assert!(read_config(out.path()).unwrap().get("quantization_config").is_some());
+    let e = merge_adapter(&fixture("llama/base"), &fixture("llama/adapter"), &opts).unwrap_err().to_string();
+    assert!(e.ends_with("requantize needs a 4-bit (bitsandbytes) base; this one is not quantized"), "{e}");
 }

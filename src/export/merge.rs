@@ -54,6 +54,10 @@ pub struct MergeOptions {
     /// dtype of the merged (and replaced) tensors; `Auto` = each base tensor's dtype
     /// (a dequantized 4-bit base: its compute dtype). Export with the same dtype.
     pub dtype: OutDtype,
+    /// Quantize the merged weights of a 4-bit base back to 4-bit (same quant type, blocksize
+    /// and double quant; untouched weights keep their original bytes) and keep the config's
+    /// `quantization_config`. An error for a base that is not 4-bit.
+    pub requantize: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -67,6 +71,8 @@ pub struct MergeReport {
     /// The adapter replaced a tied embedding (modules_to_save): as PEFT's merge_and_unload
     /// does, `lm_head.weight` keeps the old embedding and `tie_word_embeddings` becomes false.
     pub untied: bool,
+    /// Weights quantized back to 4-bit (`requantize`).
+    pub requantized: Vec<String>,
 }
 
 /// Input embedding names of the families whose lm_head may be tied to it.
@@ -118,7 +124,7 @@ pub fn merge_and_export(
     dtype: OutDtype,
     max_shard_size: u64,
 ) -> Result<(MergeReport, super::hf_dir::ExportReport)> {
-    let merged = merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype })?;
+    let merged = merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype, requantize: false })?;
     let opts = super::hf_dir::ExportOptions {
         max_shard_size,
         dtype,
@@ -141,11 +147,20 @@ pub fn merge_into(
         )));
     }
     let mut report = MergeReport::default();
+    let mut specs = Vec::new();
+    let original = model.tensors.clone(); // cheap: mapped tensors share the file
+    let quant_config = model.config.get("quantization_config").cloned();
     if nf4::has_4bit(&model.tensors) {
-        report.dequantized = nf4::dequantize_all(&mut model.tensors)?.into_iter().map(|(n, _)| n).collect();
+        specs = nf4::dequantize_all(&mut model.tensors)?;
+        report.dequantized = specs.iter().map(|(n, _)| n.clone()).collect();
         if let Some(c) = model.config.as_object_mut() {
             c.remove("quantization_config");
         }
+    } else if opts.requantize {
+        return Err(ExportError::Unsupported(format!(
+            "{}: requantize needs a 4-bit (bitsandbytes) base; this one is not quantized",
+            model.dir.display()
+        )));
     }
     let tensors = &mut model.tensors;
     let tied = ties_embeddings(&model.config) && !tensors.contains_key(LM_HEAD);
@@ -236,7 +251,45 @@ pub fn merge_into(
             report.merged.push(bname);
         }
     }
+    if opts.requantize {
+        requantize(model, &original, &specs, &mut report)?;
+        if let (Some(c), Some(q)) = (model.config.as_object_mut(), quant_config) {
+            c.insert("quantization_config".into(), q);
+        }
+    }
     Ok(report)
+}
+
+/// Put 4-bit weights back where the dense ones are: merged ones quantized again, the others
+/// with their original pieces from `original`.
+fn requantize(model: &mut HfModel, original: &Tensors, specs: &[(String, nf4::QuantSpec)], report: &mut MergeReport) -> Result<()> {
+    let mut pieces: std::collections::HashMap<&str, Vec<(String, Tensor)>> = std::collections::HashMap::new();
+    for (name, spec) in specs {
+        let p = if report.merged.contains(name) {
+            report.requantized.push(name.clone());
+            super::requant::quantize(name, &model.tensors[name], spec)?
+        } else {
+            let prefix = format!("{name}.");
+            original
+                .iter()
+                .filter(|(k, _)| *k == name || (k.starts_with(&prefix) && is_quant_piece(&k[prefix.len()..])))
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect()
+        };
+        pieces.insert(name, p);
+    }
+    model.tensors = std::mem::take(&mut model.tensors)
+        .into_iter()
+        .flat_map(|(k, t)| match pieces.remove(k.as_str()) {
+            Some(p) => p,
+            None => vec![(k, t)],
+        })
+        .collect();
+    Ok(())
+}
+
+fn is_quant_piece(suffix: &str) -> bool {
+    nf4::PIECES.contains(&suffix) || suffix.starts_with("quant_state.bitsandbytes__")
 }
 
 /// The base weight must be [d_out, d_in] ([d_in, d_out] when transposed) and float.

@@ -3,7 +3,7 @@
 //! PEFT adapter dirs, independent of the training engine.
 //!
 //! ```text
-//! merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype })  -> Merged { model: HfModel, report }
+//! merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype, requantize })  -> Merged { model: HfModel, report }
 //! write_hf_dir(&merged.model, &[adapter_dir, base_dir], out_tmp_dir, &ExportOptions { max_shard_size, dtype })
 //! ```
 //!
@@ -18,6 +18,7 @@ pub mod hf_dir;
 pub mod io;
 pub mod merge;
 pub mod nf4;
+pub mod requant;
 pub mod tensor;
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ Writes, for each case in CASES (llama, llama_rs, gpt2, bloom):
 And for the 4-bit path:
 - llama_nf4/base/: the llama base loaded with BitsAndBytesConfig(nf4, double quant,
   compute dtype bf16) on the CPU and saved (bitsandbytes serialized layout).
-- llama_nf4/expected.safetensors: `dequant.<name>` = bitsandbytes `dequantize_4bit` of each
+- llama_nf4/expected.safetensors: `requant.<name>.weight*` = bitsandbytes `quantize_4bit` (nf4,
+  double quant) of the merged bf16 weights, in transformers' serialized layout; `dequant.<name>` = bitsandbytes `dequantize_4bit` of each
   4-bit weight (bf16 values, stored as f32); `merged.<name>` = bf16(f32(dequant) + s*B@A) for
   the llama adapter's modules; `logits` of the llama model with those merged weights (f32 compute).
 - quant4.safetensors: `quantize_4bit` of odd-sized f32 vectors (fp4 without double quant, nf4
@@ -105,6 +106,7 @@ def make_case(case, model_name):
             emb = pm.base_model.model.transformer.word_embeddings.modules_to_save["default"]
             emb.weight.add_(0.05 * torch.randn_like(emb.weight))
     pm.save_pretrained(os.path.join(OUT, case, "adapter"))
+    os.remove(os.path.join(OUT, case, "adapter", "README.md"))  # peft's model card
     merged = pm.merge_and_unload().eval()
     with torch.no_grad():
         logits = merged(INPUT_IDS).logits
@@ -162,6 +164,13 @@ def make_nf4():
         b = ad["base_model.model." + mod + ".lora_B.weight"]
         m = (expected[k] + (b @ a) * s).to(torch.bfloat16).float()
         expected["merged." + mod + ".weight"] = m
+        # Re-quantized like transformers does it (nf4, double quant, blocksize 64).
+        packed, st = F.quantize_4bit(m.to(torch.bfloat16), blocksize=64, quant_type="nf4",
+                                     compress_statistics=True)
+        expected["requant." + mod + ".weight"] = packed.contiguous()
+        for kk, v in st.as_dict(packed=True).items():
+            if isinstance(v, torch.Tensor):
+                expected["requant." + mod + ".weight." + kk] = v.contiguous()
         merged_sd[mod + ".weight"] = m
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     model.load_state_dict(merged_sd, strict=True)
@@ -203,8 +212,13 @@ def check_export(export_dir):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--check-export":
         sys.exit(0 if check_export(sys.argv[2]) < 1e-4 else 1)
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
+    os.makedirs(OUT, exist_ok=True)
+    for entry in os.listdir(OUT):  # keep README.md
+        path = os.path.join(OUT, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif entry != "README.md":
+            os.remove(path)
     for case, model_name in [("llama", "llama"), ("llama_rs", "llama"), ("gpt2", "gpt2"),
                              ("bloom", "bloom")]:
         make_case(case, model_name)
