@@ -19,7 +19,10 @@ fn merged(case: &str, base: &str, dtype: OutDtype) -> Merged {
     merge_adapter(
         &fixture(&format!("{base}/base")),
         &fixture(&format!("{case}/adapter")),
-        &MergeOptions { dtype, requantize: false },
+        &MergeOptions {
+            dtype,
+            requantize: false,
+        },
     )
     .unwrap()
 }
@@ -160,14 +163,14 @@ fn transposed_delta_by_hand() {
 #[test]
 fn mismatched_adapters_name_the_module() {
     // A llama adapter on a gpt2 base: no such module.
-    let e = merge_adapter(
-        &fixture("gpt2/base"),
-        &fixture("llama/adapter"),
-        &MergeOptions::default(),
-    )
-    .unwrap_err();
+    let merge_err = |base: &str, adapter: &str| {
+        let opts = MergeOptions::default();
+        merge_adapter(&fixture(base), &fixture(adapter), &opts)
+            .unwrap_err()
+            .to_string()
+    };
     assert_eq!(
-        e.to_string(),
+        merge_err("gpt2/base", "llama/adapter"),
         "module `model.layers.0.self_attn.q_proj`: the adapter has a LoRA for it but the base model has no tensor \
          `model.layers.0.self_attn.q_proj.weight`"
     );
@@ -185,14 +188,8 @@ fn mismatched_adapters_name_the_module() {
          so the base weight should be [8, 16], but the base weight is [8, 12]"
     );
     // modules_to_save for a tensor the base lacks.
-    let e = merge_adapter(
-        &fixture("llama/base"),
-        &fixture("bloom/adapter"),
-        &MergeOptions::default(),
-    )
-    .unwrap_err();
     assert_eq!(
-        e.to_string(),
+        merge_err("llama/base", "bloom/adapter"),
         "module `transformer.word_embeddings.weight`: the adapter saves this tensor (modules_to_save) but the base model has no such tensor"
     );
 }
@@ -375,12 +372,21 @@ fn write_fixture_exports() {
     let Ok(dir) = std::env::var("RECIPE_EXPORT_CHECK_DIR") else {
         return;
     };
-    for (case, base) in CASES.into_iter().chain([("llama_nf4", "llama_nf4")]) {
-        let adapter = if case == "llama_nf4" { "llama" } else { case };
-        let m = merged(adapter, base, OutDtype::Auto);
+    let cases = CASES.iter().map(|(c, b)| (*c, *c, *b, false));
+    let nf4 = [
+        ("llama_nf4", "llama", "llama_nf4", false),
+        ("llama_nf4_requant", "llama", "llama_nf4", true),
+    ];
+    for (case, adapter, base, requantize) in cases.chain(nf4) {
         let base_dir = fixture(&format!("{base}/base"));
+        let opts = MergeOptions {
+            dtype: OutDtype::Auto,
+            requantize,
+        };
+        let m = merge_adapter(&base_dir, &fixture(&format!("{adapter}/adapter")), &opts).unwrap();
+        let max_shard_size = if case == "llama" { 6000 } else { 5_000_000_000 };
         let opts = ExportOptions {
-            max_shard_size: if case == "llama" { 6000 } else { 5_000_000_000 },
+            max_shard_size,
             ..Default::default()
         };
         let rep = write_hf_dir(&m.model, &[&base_dir], &Path::new(&dir).join(case), &opts).unwrap();
@@ -456,7 +462,10 @@ fn weight_dir_errors() {
 #[test]
 fn nf4_requantize_round_trip() {
     let base = fixture("llama_nf4/base");
-    let opts = MergeOptions { dtype: OutDtype::Auto, requantize: true };
+    let opts = MergeOptions {
+        dtype: OutDtype::Auto,
+        requantize: true,
+    };
     let m = merge_adapter(&base, &fixture("llama/adapter"), &opts).unwrap();
     assert_eq!(m.report.requantized.len(), 4);
     assert!(m.model.config.get("quantization_config").is_some());
@@ -468,7 +477,11 @@ fn nf4_requantize_round_trip() {
     orig_names.sort();
     assert_eq!(names, orig_names);
     for (k, t) in &m.model.tensors {
-        let requant = m.report.requantized.iter().any(|n| k.starts_with(n.as_str()));
+        let requant = m
+            .report
+            .requantized
+            .iter()
+            .any(|n| k.starts_with(n.as_str()));
         if !requant {
             assert!(t.bytes() == orig[k].bytes(), "{k} changed");
         } else if k.ends_with(".weight") || k.ends_with(".absmax") {
@@ -477,7 +490,15 @@ fn nf4_requantize_round_trip() {
     }
     let out = tempfile::tempdir().unwrap();
     write_hf_dir(&m.model, &[&base], out.path(), &ExportOptions::default()).unwrap();
-    assert!(read_config(out.path()).unwrap().get("quantization_config").is_some());
-    let e = merge_adapter(&fixture("llama/base"), &fixture("llama/adapter"), &opts).unwrap_err().to_string();
-    assert!(e.ends_with("requantize needs a 4-bit (bitsandbytes) base; this one is not quantized"), "{e}");
+    assert!(read_config(out.path())
+        .unwrap()
+        .get("quantization_config")
+        .is_some());
+    let e = merge_adapter(&fixture("llama/base"), &fixture("llama/adapter"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("requantize needs a 4-bit (bitsandbytes) base; this one is not quantized"),
+        "{e}"
+    );
 }

@@ -124,7 +124,14 @@ pub fn merge_and_export(
     dtype: OutDtype,
     max_shard_size: u64,
 ) -> Result<(MergeReport, super::hf_dir::ExportReport)> {
-    let merged = merge_adapter(base_dir, adapter_dir, &MergeOptions { dtype, requantize: false })?;
+    let merged = merge_adapter(
+        base_dir,
+        adapter_dir,
+        &MergeOptions {
+            dtype,
+            requantize: false,
+        },
+    )?;
     let opts = super::hf_dir::ExportOptions {
         max_shard_size,
         dtype,
@@ -262,8 +269,14 @@ pub fn merge_into(
 
 /// Put 4-bit weights back where the dense ones are: merged ones quantized again, the others
 /// with their original pieces from `original`.
-fn requantize(model: &mut HfModel, original: &Tensors, specs: &[(String, nf4::QuantSpec)], report: &mut MergeReport) -> Result<()> {
-    let mut pieces: std::collections::HashMap<&str, Vec<(String, Tensor)>> = std::collections::HashMap::new();
+fn requantize(
+    model: &mut HfModel,
+    original: &Tensors,
+    specs: &[(String, nf4::QuantSpec)],
+    report: &mut MergeReport,
+) -> Result<()> {
+    let mut pieces: std::collections::HashMap<&str, Vec<(String, Tensor)>> =
+        std::collections::HashMap::new();
     for (name, spec) in specs {
         let p = if report.merged.contains(name) {
             report.requantized.push(name.clone());
@@ -272,7 +285,9 @@ fn requantize(model: &mut HfModel, original: &Tensors, specs: &[(String, nf4::Qu
             let prefix = format!("{name}.");
             original
                 .iter()
-                .filter(|(k, _)| *k == name || (k.starts_with(&prefix) && is_quant_piece(&k[prefix.len()..])))
+                .filter(|(k, _)| {
+                    *k == name || (k.starts_with(&prefix) && is_quant_piece(&k[prefix.len()..]))
+                })
                 .map(|(k, t)| (k.clone(), t.clone()))
                 .collect()
         };

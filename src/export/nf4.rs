@@ -221,7 +221,13 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<(T
             code[q as usize] * absmax[j / blocksize]
         })
         .collect();
-    let spec = QuantSpec { quant_type: quant_type.to_string(), blocksize, dtype, code, nested };
+    let spec = QuantSpec {
+        quant_type: quant_type.to_string(),
+        blocksize,
+        dtype,
+        code,
+        nested,
+    };
     Ok((Tensor::from_f32(dtype, shape, &values)?, spec))
 }
 
@@ -268,7 +274,10 @@ mod tests {
             .all(|k| !k.contains(".absmax") && !k.contains("quant_")));
         let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
         for (n, spec) in &names {
-            assert_eq!((spec.blocksize, spec.nested.as_ref().map(|n| n.0)), (64, Some(256)));
+            assert_eq!(
+                (spec.blocksize, spec.nested.as_ref().map(|n| n.0)),
+                (64, Some(256))
+            );
             assert_eq!(t[n].dtype, Dtype::BF16);
             assert!(
                 t[n].to_f32().unwrap() == want[&format!("dequant.{n}")].to_f32().unwrap(),

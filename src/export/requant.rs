@@ -21,7 +21,9 @@ use super::tensor::Tensor;
 pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(String, Tensor)>> {
     let bad = |msg: String| ExportError::mismatch(name, msg);
     if spec.blocksize == 0 || spec.code.len() != 16 {
-        return Err(bad("4-bit spec needs a blocksize and a 16-entry code".into()));
+        return Err(bad(
+            "4-bit spec needs a blocksize and a 16-entry code".into()
+        ));
     }
     let x = dense.to_f32()?;
     let n = x.len();
@@ -30,7 +32,10 @@ pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(Str
     // Sorted code and midpoints; q_sorted -> code index.
     let mut order: Vec<usize> = (0..16).collect();
     order.sort_by(|a, b| spec.code[*a].total_cmp(&spec.code[*b]));
-    let mids: Vec<f32> = order.windows(2).map(|w| (spec.code[w[0]] + spec.code[w[1]]) / 2.0).collect();
+    let mids: Vec<f32> = order
+        .windows(2)
+        .map(|w| (spec.code[w[0]] + spec.code[w[1]]) / 2.0)
+        .collect();
     let quant = |s: f32| order[mids.iter().filter(|m| **m < s).count()] as u8;
 
     let mut absmax = Vec::with_capacity(n.div_ceil(bs));
@@ -50,25 +55,48 @@ pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(Str
     }
     let packed: Vec<u8> = q.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
 
-    let dtype = hf_name(spec.dtype).ok_or_else(|| bad(format!("compute dtype {:?} is not a float", spec.dtype)))?;
-    let shape = dense.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let dtype = hf_name(spec.dtype)
+        .ok_or_else(|| bad(format!("compute dtype {:?} is not a float", spec.dtype)))?;
+    let shape = dense
+        .shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut state = format!(
         r#"{{"quant_type": "{}", "blocksize": {bs}, "dtype": "{dtype}", "shape": [{shape}]"#,
         spec.quant_type
     );
-    let mut out = vec![(name.to_string(), Tensor::from_bytes(Dtype::U8, vec![packed.len(), 1], packed)?)];
+    let mut out = vec![(
+        name.to_string(),
+        Tensor::from_bytes(Dtype::U8, vec![packed.len(), 1], packed)?,
+    )];
     match &spec.nested {
-        None => out.push((format!("{name}.absmax"), Tensor::from_f32(Dtype::F32, vec![absmax.len()], &absmax)?)),
+        None => out.push((
+            format!("{name}.absmax"),
+            Tensor::from_f32(Dtype::F32, vec![absmax.len()], &absmax)?,
+        )),
         Some((nbs, code8)) => {
             if *nbs == 0 || code8.len() != 256 {
-                return Err(bad("double quant needs a nested blocksize and a 256-entry map".into()));
+                return Err(bad(
+                    "double quant needs a nested blocksize and a 256-entry map".into(),
+                ));
             }
             let offset = absmax.iter().sum::<f32>() / absmax.len() as f32;
             let centered: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
             let (q8, absmax2) = quantize_8bit(&centered, code8, *nbs);
-            out.push((format!("{name}.absmax"), Tensor::from_bytes(Dtype::U8, vec![q8.len()], q8)?));
-            out.push((format!("{name}.nested_absmax"), Tensor::from_f32(Dtype::F32, vec![absmax2.len()], &absmax2)?));
-            out.push((format!("{name}.nested_quant_map"), Tensor::from_f32(Dtype::F32, vec![256], code8)?));
+            out.push((
+                format!("{name}.absmax"),
+                Tensor::from_bytes(Dtype::U8, vec![q8.len()], q8)?,
+            ));
+            out.push((
+                format!("{name}.nested_absmax"),
+                Tensor::from_f32(Dtype::F32, vec![absmax2.len()], &absmax2)?,
+            ));
+            out.push((
+                format!("{name}.nested_quant_map"),
+                Tensor::from_f32(Dtype::F32, vec![256], code8)?,
+            ));
             state += &format!(
                 r#", "nested_blocksize": {nbs}, "nested_dtype": "float32", "nested_offset": {}"#,
                 serde_json::Value::from(offset as f64)
@@ -76,10 +104,16 @@ pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(Str
         }
     }
     state.push('}');
-    out.push((format!("{name}.quant_map"), Tensor::from_f32(Dtype::F32, vec![16], &spec.code)?));
+    out.push((
+        format!("{name}.quant_map"),
+        Tensor::from_f32(Dtype::F32, vec![16], &spec.code)?,
+    ));
     let state = state.into_bytes();
     let key = format!("{name}.quant_state.bitsandbytes__{}", spec.quant_type);
-    out.push((key, Tensor::from_bytes(Dtype::U8, vec![state.len()], state)?));
+    out.push((
+        key,
+        Tensor::from_bytes(Dtype::U8, vec![state.len()], state)?,
+    ));
     Ok(out)
 }
 
@@ -97,7 +131,11 @@ fn quantize_8bit(x: &[f32], code: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32
             let s = v / am;
             // Largest i with search[i] <= s (0 when s is below them all).
             let i = search.partition_point(|c| *c <= s).saturating_sub(1);
-            let i = if i < 255 && (s - search[i + 1]).abs() < (s - search[i]).abs() { i + 1 } else { i };
+            let i = if i < 255 && (s - search[i + 1]).abs() < (s - search[i]).abs() {
+                i + 1
+            } else {
+                i
+            };
             q.push(i as u8);
         }
     }
@@ -119,7 +157,9 @@ mod tests {
         let mut checked = 0;
         for key in t.keys().filter(|k| k.starts_with("merged.")) {
             let name = &key["merged.".len()..];
-            let code8 = t[&format!("requant.{name}.nested_quant_map")].to_f32().unwrap();
+            let code8 = t[&format!("requant.{name}.nested_quant_map")]
+                .to_f32()
+                .unwrap();
             let spec = QuantSpec {
                 quant_type: "nf4".into(),
                 blocksize: 64,
@@ -134,8 +174,14 @@ mod tests {
                 if k.ends_with("bitsandbytes__nf4") {
                     let a: serde_json::Value = serde_json::from_slice(v.bytes()).unwrap();
                     let b: serde_json::Value = serde_json::from_slice(want.bytes()).unwrap();
-                    let (oa, ob) = (a["nested_offset"].as_f64().unwrap() as f32, b["nested_offset"].as_f64().unwrap() as f32);
-                    assert!((oa - ob).abs() <= ob.abs() * f32::EPSILON, "{k}: {oa} vs {ob}");
+                    let (oa, ob) = (
+                        a["nested_offset"].as_f64().unwrap() as f32,
+                        b["nested_offset"].as_f64().unwrap() as f32,
+                    );
+                    assert!(
+                        (oa - ob).abs() <= ob.abs() * f32::EPSILON,
+                        "{k}: {oa} vs {ob}"
+                    );
                     assert_eq!(a["shape"], b["shape"]);
                     assert_eq!(a["blocksize"], b["blocksize"]);
                     continue;
@@ -146,8 +192,16 @@ mod tests {
             // And it dequantizes through our reader.
             let mut tensors = crate::export::Tensors::new();
             tensors.extend(ours);
-            let (back, spec2) = dequantize(&tensors, name, &format!("{name}.quant_state.bitsandbytes__nf4")).unwrap();
-            assert_eq!((back.shape.clone(), spec2.blocksize), (dense.shape.clone(), 64));
+            let (back, spec2) = dequantize(
+                &tensors,
+                name,
+                &format!("{name}.quant_state.bitsandbytes__nf4"),
+            )
+            .unwrap();
+            assert_eq!(
+                (back.shape.clone(), spec2.blocksize),
+                (dense.shape.clone(), 64)
+            );
             checked += 1;
         }
         assert_eq!(checked, 4);
