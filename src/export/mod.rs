@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Files: `io` (safetensors read/write, sharded dirs), `tensor` (dtype + shape + bytes),
-//! `dtype` (bf16/f16 conversion), `nf4` (bitsandbytes 4-bit dequant), `adapter` (PEFT dirs),
-//! `merge` (the math), `hf_dir` (config, shards, index, tokenizer files).
+//! `dtype` (bf16/f16 conversion), `nf4` (bitsandbytes 4-bit dequant), `requant` (4-bit
+//! quantization back to the same layout), `adapter` (PEFT dirs), `merge` (the math), `hf_dir`
+//! (config, shards, index, tokenizer files). Fixtures: tests/reference/export_make_fixtures.py.
 
 pub mod adapter;
 pub mod dtype;
