@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod data;
 pub mod diag;
 pub mod eval;
+pub mod export;
 pub mod lora;
 pub mod model;
 pub mod optim;

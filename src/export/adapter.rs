@@ -1,0 +1,312 @@
+//! PEFT LoRA adapter dirs: `adapter_config.json` + `adapter_model.safetensors`, sorted into
+//! per-module LoRA pairs (with their scale) and whole tensors that replace base tensors
+//! (`modules_to_save`, saved embedding base layers, trained biases).
+//!
+//! Saved keys (adapter name already stripped by PEFT), with `M` a module of the base model:
+//! - `base_model.model.M.lora_A.weight` [r, d_in], `...M.lora_B.weight` [d_out, r]
+//! - `base_model.model.M.lora_embedding_A` [r, num_embeddings], `...lora_embedding_B` [dim, r]
+//! - `base_model.model.M.lora_B.bias` [d_out] (lora_bias = true)
+//! - `base_model.model.M.weight` (modules_to_save; older PEFT: `M.modules_to_save.weight`),
+//!   `base_model.model.M.base_layer.weight` (saved embedding layers), `...M.bias` (bias = all)
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::error::{ExportError, Result};
+use super::io::{read_json, read_safetensors};
+use super::tensor::{Tensor, Tensors};
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const PREFIX: &str = "base_model.model.";
+
+/// The fields of PEFT's `LoraConfig` that matter for merging (others are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdapterConfig {
+    #[serde(default = "lora")]
+    pub peft_type: String,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// A list of names or one regex string, as PEFT stores it.
+    #[serde(default)]
+    pub target_modules: serde_json::Value,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub modules_to_save: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub rank_pattern: IndexMap<String, usize>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub alpha_pattern: IndexMap<String, f64>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+}
+
+fn lora() -> String {
+    "LORA".into()
+}
+
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl AdapterConfig {
+    /// PEFT's `get_pattern_key`: the first pattern `p` with `^(.*\.)?(p)$` matching `module`.
+    fn pattern<'a, V>(patterns: &'a IndexMap<String, V>, module: &str) -> Result<Option<&'a V>> {
+        for (p, v) in patterns {
+            let re = regex::Regex::new(&format!(r"^(.*\.)?({p})$")).map_err(|e| {
+                ExportError::Unsupported(format!("adapter pattern {p:?} is not a regex: {e}"))
+            })?;
+            if re.is_match(module) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The rank the config gives `module` (rank_pattern, else r).
+    pub fn rank_for(&self, module: &str) -> Result<usize> {
+        Ok(Self::pattern(&self.rank_pattern, module)?
+            .copied()
+            .unwrap_or(self.r))
+    }
+
+    /// s = alpha / r, or alpha / sqrt(r) with rsLoRA (alpha from alpha_pattern, else lora_alpha).
+    pub fn scale_for(&self, module: &str, r: usize) -> Result<f32> {
+        let alpha = Self::pattern(&self.alpha_pattern, module)?
+            .copied()
+            .unwrap_or(self.lora_alpha);
+        let r = r as f64;
+        Ok((if self.use_rslora {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        }) as f32)
+    }
+}
+
+/// One adapted module: ΔW = scale · B·A (transposed for Conv1D and embeddings).
+#[derive(Debug, Clone)]
+pub struct LoraModule {
+    /// Module name in the base model, e.g. `model.layers.0.self_attn.q_proj`.
+    pub module: String,
+    /// [r, d_in] (embedding: [r, num_embeddings]).
+    pub a: Tensor,
+    /// [d_out, r] (embedding: [dim, r]).
+    pub b: Tensor,
+    /// lora_B's bias [d_out] (lora_bias = true): the base bias gains scale · bias.
+    pub bias: Option<Tensor>,
+    /// `lora_embedding_A/B`: ΔW = scale · (B·A)ᵀ for an embedding stored [num, dim].
+    pub embedding: bool,
+    pub r: usize,
+    pub scale: f32,
+}
+
+#[derive(Debug)]
+pub struct Adapter {
+    pub dir: PathBuf,
+    pub config: AdapterConfig,
+    /// LoRA pairs in file order.
+    pub lora: Vec<LoraModule>,
+    /// Base tensor name -> its new value (modules_to_save, saved base layers, biases).
+    pub replace: Tensors,
+}
+
+/// Read and check a PEFT LoRA adapter dir.
+pub fn read_adapter(dir: &Path) -> Result<Adapter> {
+    let cfg_path = dir.join(ADAPTER_CONFIG);
+    if !cfg_path.is_file() {
+        return Err(ExportError::format(
+            dir,
+            format!("no {ADAPTER_CONFIG}: not a PEFT adapter dir"),
+        ));
+    }
+    let config: AdapterConfig = serde_json::from_value(read_json(&cfg_path)?)
+        .map_err(|e| ExportError::format(&cfg_path, format!("not a LoRA adapter config: {e}")))?;
+    if !config.peft_type.eq_ignore_ascii_case("LORA") {
+        return Err(ExportError::Unsupported(format!(
+            "{}: peft_type {} is not supported (only LORA)",
+            cfg_path.display(),
+            config.peft_type
+        )));
+    }
+    if config.use_dora {
+        return Err(ExportError::Unsupported(format!(
+            "{}: DoRA adapters (use_dora) cannot be merged yet",
+            cfg_path.display()
+        )));
+    }
+    let weights = dir.join(ADAPTER_WEIGHTS);
+    if !weights.is_file() {
+        let hint = if dir.join("adapter_model.bin").exists() {
+            " (adapter_model.bin is not supported: save the adapter with safe_serialization=True)"
+        } else {
+            ""
+        };
+        return Err(ExportError::format(
+            dir,
+            format!("no {ADAPTER_WEIGHTS}{hint}"),
+        ));
+    }
+    let tensors = read_safetensors(&weights)?;
+
+    // module -> (A, B, bias, embedding)
+    let mut pairs: IndexMap<String, [Option<Tensor>; 3]> = IndexMap::new();
+    let mut embedding = std::collections::HashSet::new();
+    let mut replace = Tensors::new();
+    for (key, t) in tensors {
+        let name = key.strip_prefix(PREFIX).unwrap_or(&key);
+        let bad = |msg: &str| ExportError::format(&weights, format!("tensor `{key}`: {msg}"));
+        let lora_part = [
+            (".lora_A.weight", 0, false),
+            (".lora_B.weight", 1, false),
+            (".lora_B.bias", 2, false),
+            (".lora_embedding_A", 0, true),
+            (".lora_embedding_B", 1, true),
+        ]
+        .into_iter()
+        .find_map(|(suffix, slot, emb)| name.strip_suffix(suffix).map(|m| (m, slot, emb)));
+        if let Some((module, slot, emb)) = lora_part {
+            if emb {
+                embedding.insert(module.to_string());
+            }
+            if !t.is_float() {
+                return Err(bad("LoRA weights must be float"));
+            }
+            pairs.entry(module.to_string()).or_default()[slot] = Some(t);
+        } else if name.contains("lora_magnitude_vector") {
+            return Err(ExportError::Unsupported(format!(
+                "{}: `{key}`: DoRA adapters cannot be merged yet",
+                weights.display()
+            )));
+        } else if name.contains(".lora_") {
+            return Err(bad("unknown LoRA tensor (expected lora_A/lora_B weights)"));
+        } else {
+            // A whole tensor for the base: strip the wrappers PEFT may leave in its name.
+            let base_name = name
+                .replace(".modules_to_save.default.", ".")
+                .replace(".modules_to_save.", ".")
+                .replace(".base_layer.", ".");
+            replace.insert(base_name, t);
+        }
+    }
+
+    let mut lora = Vec::new();
+    for (module, [a, b, bias]) in pairs {
+        let missing =
+            |what: &str| ExportError::format(&weights, format!("module `{module}` has no {what}"));
+        let a = a.ok_or_else(|| missing("lora_A"))?;
+        let b = b.ok_or_else(|| missing("lora_B"))?;
+        if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != b.shape[1] {
+            return Err(ExportError::mismatch(
+                &module,
+                format!(
+                    "lora_A is {:?} and lora_B is {:?}: expected [r, d_in] and [d_out, r]",
+                    a.shape, b.shape
+                ),
+            ));
+        }
+        let r = a.shape[0];
+        let want_r = config.rank_for(&module)?;
+        if r != want_r {
+            return Err(ExportError::mismatch(
+                &module,
+                format!("lora_A has rank {r} but adapter_config gives r = {want_r}"),
+            ));
+        }
+        let scale = config.scale_for(&module, r)?;
+        let embedding = embedding.contains(&module);
+        lora.push(LoraModule {
+            module,
+            a,
+            b,
+            bias,
+            embedding,
+            r,
+            scale,
+        });
+    }
+    Ok(Adapter {
+        dir: dir.to_path_buf(),
+        config,
+        lora,
+        replace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::testutil::fixture;
+
+    #[test]
+    fn reads_rslora_patterns_embedding_and_saved_layers() {
+        let ad = read_adapter(&fixture("llama_rs/adapter")).unwrap();
+        assert!(ad.config.use_rslora);
+        let by = |m: &str| ad.lora.iter().find(|l| l.module == m).unwrap();
+        // q_proj: rank_pattern 2, alpha 8 -> 8/sqrt(2); v_proj: alpha_pattern 16, r 4 -> 8.
+        assert_eq!(by("model.layers.0.self_attn.q_proj").r, 2);
+        assert_eq!(
+            by("model.layers.1.self_attn.q_proj").scale,
+            (8.0 / 2f64.sqrt()) as f32
+        );
+        assert_eq!(by("model.layers.0.self_attn.v_proj").scale, 8.0);
+        let emb = by("model.embed_tokens");
+        assert!(emb.embedding);
+        assert_eq!(
+            (emb.scale, emb.a.shape.clone(), emb.b.shape.clone()),
+            (4.0, vec![4, 48], vec![16, 4])
+        );
+        assert_eq!(ad.lora.len(), 5);
+        assert_eq!(
+            ad.replace.keys().collect::<Vec<_>>(),
+            vec!["model.embed_tokens.weight"]
+        );
+    }
+
+    #[test]
+    fn reads_modules_to_save_and_fan_in_fan_out() {
+        let ad = read_adapter(&fixture("bloom/adapter")).unwrap();
+        assert_eq!(ad.config.modules_to_save, vec!["word_embeddings"]);
+        assert_eq!(
+            ad.replace.keys().collect::<Vec<_>>(),
+            vec!["transformer.word_embeddings.weight"]
+        );
+        assert_eq!(ad.lora[0].scale, 2.0);
+        let ad = read_adapter(&fixture("gpt2/adapter")).unwrap();
+        assert!(ad.config.fan_in_fan_out);
+        assert_eq!(ad.lora[0].module, "transformer.h.0.attn.c_attn");
+        assert_eq!(ad.lora[0].scale, 4.0);
+    }
+
+    #[test]
+    fn missing_or_bin_adapter_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_adapter(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("no adapter_config.json: not a PEFT adapter dir"),
+            "{e}"
+        );
+        std::fs::copy(
+            fixture("llama/adapter/adapter_config.json"),
+            dir.path().join(ADAPTER_CONFIG),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("adapter_model.bin"), b"x").unwrap();
+        let e = read_adapter(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("no adapter_model.safetensors (adapter_model.bin is not supported"),
+            "{e}"
+        );
+    }
+}
