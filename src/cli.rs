@@ -137,11 +137,23 @@ The step must be cached: run `recipe run FILE --until STEP` first.")]
         rows: usize,
     },
     /// Run the kernel self-test: every CUDA kernel against its CPU twin.
+    #[command(after_help = "\
+Examples:
+  recipe selftest --device cuda        every kernel vs its CPU twin, PASS/FAIL with max errors
+  recipe selftest --device cuda:1
+
+Without a CUDA driver, --device cuda is one clear error; --device auto falls back to the CPU,
+where there are no kernels to test (the CPU twins are covered by `cargo test`).")]
     Selftest {
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Benchmarks: kernels and train-step throughput.
+    /// Benchmarks: kernel timings against measured peaks (GPU).
+    #[command(after_help = "\
+Examples:
+  recipe bench --device cuda           NF4 GEMM vs cuBLAS, NF4 GEMV, 8-bit AdamW vs bandwidth
+
+CPU benchmarks are cargo examples: see BENCHMARKS.md.")]
     Bench {
         #[arg(long, default_value = "auto")]
         device: String,
@@ -202,9 +214,8 @@ pub fn main() -> i32 {
         Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect { r, step, split, n, format } => cmd_inspect(&r, &step, &split, n, format),
-        Cmd::Selftest { .. } | Cmd::Bench { .. } => {
-            fail("the CUDA backend is not part of this build yet; `selftest` and `bench` come with it")
-        }
+        Cmd::Selftest { device } => cmd_selftest(&device),
+        Cmd::Bench { device } => cmd_bench(&device),
     }
 }
 
@@ -490,6 +501,45 @@ fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: Inspec
     })();
     match result {
         Ok(()) => 0,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+/// `auto|cpu|cuda[:N]` -> the CUDA ordinal to use, or an exit code.
+fn cuda_ordinal(spec: &str) -> Result<usize, i32> {
+    match crate::cuda::Device::resolve(spec) {
+        Ok((crate::cuda::Device::Cuda(n), line)) => {
+            eprintln!("{line}");
+            Ok(n)
+        }
+        Ok((crate::cuda::Device::Cpu, line)) => {
+            eprintln!("{line}");
+            eprintln!("nothing to do on the CPU: the CUDA kernels' CPU twins are tested by `cargo test`");
+            Err(0)
+        }
+        Err(e) => Err(fail(&format!("{e:#}"))),
+    }
+}
+
+fn cmd_selftest(device: &str) -> i32 {
+    let n = match cuda_ordinal(device) {
+        Ok(n) => n,
+        Err(c) => return c,
+    };
+    match crate::cuda::selftest::selftest(n, &mut std::io::stdout()) {
+        Ok(r) if r.passed() => 0,
+        Ok(_) => fail("selftest: some kernels FAILED (see above)"),
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn cmd_bench(device: &str) -> i32 {
+    let n = match cuda_ordinal(device) {
+        Ok(n) => n,
+        Err(c) => return c,
+    };
+    match crate::cuda::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
+        Ok(_) => 0,
         Err(e) => fail(&format!("{e:#}")),
     }
 }
