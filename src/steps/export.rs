@@ -1,7 +1,9 @@
 //! `export`: write a Hugging Face model dir (config, generation config,
 //! sharded safetensors + index, tokenizer files) that transformers loads.
 
-use super::{def, opt, req, ParamSpec, Step, Ty};
+use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use anyhow::{Context, Result};
+use std::path::Path;
 
 pub struct Export;
 
@@ -22,9 +24,62 @@ impl Step for Export {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    /// Writes the Hugging Face dir; with `verify`, compares its logits with
+    /// base + adapter and prints the largest difference.
+    fn run(&self, ctx: &RunCtx) -> Result<()> {
+        let input = ctx.input("model")?;
+        let dirs = io::model_dirs(input)?;
+        let model = crate::export::HfModel::load(&dirs.weights)
+            .with_context(|| format!("reading the model of step `{}`", input.step))?;
+        let max = crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
+        let opts = crate::export::ExportOptions { max_shard_size: max, dtype: crate::export::OutDtype::Auto };
+        let report = crate::export::write_hf_dir(&model, &[&dirs.weights, &dirs.tokenizer], ctx.out, &opts)?;
+        ctx.info(format!(
+            "wrote {} shard(s), {}{}",
+            report.shards,
+            crate::util::human_bytes(report.total_size),
+            report.dtype.and_then(crate::export::dtype::hf_name).map(|d| format!(" ({d})")).unwrap_or_default()
+        ));
+        // A converted SentencePiece tokenizer is also written as tokenizer.json.
+        if !ctx.out.join("tokenizer.json").exists() && ctx.out.join("tokenizer.model").exists() {
+            if let Ok(b) = crate::text::TokenizerBundle::from_dir(ctx.out) {
+                let _ = b.tok.save(ctx.out.join("tokenizer.json"), false);
+            }
+        }
+        if ctx.params.bool("verify") {
+            let merge_meta = dirs.weights.join("merge.json");
+            match std::fs::read(&merge_meta).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+                Some(m) if m["base_kind"] == "load.model" => {
+                    let base = Path::new(m["base"].as_str().unwrap_or(""));
+                    let adapter = Path::new(m["adapter"].as_str().unwrap_or(""));
+                    let d = max_logit_diff(base, adapter, ctx.out)?;
+                    ctx.info(format!("verify: max |logits(export) - logits(base + adapter)| = {d:.3e}"));
+                }
+                Some(_) => ctx.info("verify: skipped (the base is quantized)"),
+                None => ctx.info("verify: skipped (no adapter to compare with)"),
+            }
+        }
+        Ok(())
+    }
     fn check(&self, c: &mut super::CheckCtx) {
         if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {
             c.error("max_shard_size", "not a size").expected = Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
         }
     }
+}
+
+/// Largest absolute logit difference between `exported` and base + adapter
+/// on two seeded rows of 16 tokens.
+pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<f32> {
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+    let mut a = crate::model::Model::load(base, &Default::default()).map_err(|e| err(&e))?;
+    crate::lora::load_peft(&mut a, adapter).map_err(|e| err(&e))?;
+    let b = crate::model::Model::load(exported, &Default::default()).map_err(|e| err(&e))?;
+    let vocab = a.arch.vocab as u64;
+    let mut rng = crate::train::rng::Rng::new(7);
+    let ids: Vec<u32> = (0..32).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let batch = crate::model::Batch { b: 2, t: 16, input_ids: ids, attention_mask: vec![1; 32], labels: None, segments: None };
+    let la = a.forward(&batch).map_err(|e| err(&e))?.logits;
+    let lb = b.forward(&batch).map_err(|e| err(&e))?.logits;
+    Ok(la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
 }

@@ -1,7 +1,8 @@
 //! `merge`: fold LoRA (and modules_to_save) into the base weights. An NF4
 //! base is dequantized to bf16/f16 first; never merged into 4-bit silently.
 
-use super::{def, req, ParamSpec, Step, Ty};
+use super::{def, io, req, ParamSpec, RunCtx, Step, Ty};
+use anyhow::{Context, Result};
 
 pub struct Merge;
 
@@ -21,5 +22,36 @@ impl Step for Merge {
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+    /// Writes the merged model as a Hugging Face dir, plus `merge.json`
+    /// (base and adapter dirs, for the export step's logit check).
+    fn run(&self, ctx: &RunCtx) -> Result<()> {
+        let base = io::model_dirs(ctx.input("model")?)?;
+        let adapter = ctx.input("adapter")?;
+        let dtype = crate::export::OutDtype::parse(ctx.params.str("dtype")).unwrap_or_default();
+        let opts = crate::export::MergeOptions { dtype, requantize: ctx.params.bool("requantize") };
+        let merged = crate::export::merge_adapter(&base.weights, &adapter.dir, &opts)
+            .with_context(|| format!("merging the adapter of step `{}` into `{}`", adapter.step, base.weights.display()))?;
+        let r = &merged.report;
+        ctx.info(format!(
+            "merged LoRA into {} weights{}{}",
+            r.merged.len(),
+            if r.replaced.is_empty() { String::new() } else { format!(", replaced {} (modules_to_save)", r.replaced.len()) },
+            if r.dequantized.is_empty() {
+                String::new()
+            } else {
+                format!(", dequantized {} 4-bit weights first", r.dequantized.len())
+            }
+        ));
+        let eopts = crate::export::ExportOptions { max_shard_size: u64::MAX, dtype };
+        crate::export::write_hf_dir(&merged.model, &[&adapter.dir, &base.tokenizer, &base.weights], ctx.out, &eopts)?;
+        let meta = serde_json::json!({
+            "base": base.weights.display().to_string(),
+            "base_kind": ctx.input("model")?.kind,
+            "adapter": adapter.dir.display().to_string(),
+            "tokenizer": base.tokenizer.display().to_string(),
+        });
+        std::fs::write(ctx.out.join("merge.json"), serde_json::to_vec_pretty(&meta)?)?;
+        Ok(())
     }
 }

@@ -14,10 +14,10 @@ pub mod io;
 mod load_dataset;
 mod load_model;
 mod merge;
-mod quantize;
+pub mod quantize;
 mod template;
 mod tokenize;
-mod train;
+pub mod train;
 
 use crate::diag::{Diagnostic, Span};
 use indexmap::IndexMap;

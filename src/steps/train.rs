@@ -1,7 +1,13 @@
 //! `train`: LoRA (or full) fine-tuning with AdamW / 8-bit AdamW, schedules,
 //! accumulation, clipping, eval, checkpoints and resume.
 
-use super::{def, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, Params, RunCtx, Step, Ty};
+use crate::lora::{LoraConfig, Targets};
+use crate::train::batch::PadSide;
+use crate::train::engine::{EngineModel, EngineOptim, Saved, TokenSamples};
+use crate::train::{SaveStrategy, TrainConfig, TrainIo};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
 
 pub struct Train;
 
@@ -108,5 +114,208 @@ impl Step for Train {
     }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
         crate::plan::memory::train_estimate(e)
+    }
+    /// Writes the adapter (PEFT format) or the full model, metrics.jsonl,
+    /// loss.png and train_report.json; checkpoints go to the work dir, so a
+    /// killed run resumes where it stopped.
+    fn run(&self, ctx: &RunCtx) -> Result<()> {
+        run(ctx)
+    }
+}
+
+fn run(ctx: &RunCtx) -> Result<()> {
+    let p = ctx.params;
+    check_device(p.str("device"))?;
+    let minput = ctx.input("model")?;
+    let dirs = io::model_dirs(minput)?;
+    let mut model = load_model(minput.kind, &dirs.weights)?;
+    ctx.info(format!(
+        "{} model from {} ({} layers, hidden {})",
+        dirs.family,
+        dirs.weights.display(),
+        model.arch.layers,
+        model.arch.hidden
+    ));
+    let bundle = crate::text::TokenizerBundle::from_dir(&dirs.tokenizer)
+        .with_context(|| format!("loading the tokenizer from `{}`", dirs.tokenizer.display()))?;
+
+    let saved = if p.str("method") == "full" {
+        model.set_full_trainable().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Saved::Full
+    } else {
+        let cfg = match p.path("init_adapter") {
+            Some(dir) => crate::lora::load_peft(&mut model, &dir)
+                .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
+            None => {
+                let cfg = lora_config(p, &dirs.family);
+                let adapted = crate::lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+                ctx.info(format!("LoRA r {} on {} modules", cfg.r, adapted.len()));
+                cfg
+            }
+        };
+        Saved::Lora { cfg, base_name: dirs.weights.display().to_string() }
+    };
+    let n_train: usize = model.params_mut().iter().map(|p| p.value.len()).sum();
+    ctx.info(format!("{n_train} trainable parameters"));
+
+    let data = ctx.input("data")?;
+    let train = TokenSamples(crate::text::TokenDataset::open(data.dir.join("train.tokens"))?);
+    let eval_path = match ctx.opt_input("eval_data") {
+        Some(e) => Some(first_existing(&e.dir, &["test.tokens", "train.tokens"])),
+        None => Some(data.dir.join("test.tokens")).filter(|p| p.is_file()),
+    };
+    let eval = match eval_path {
+        Some(path) => Some(TokenSamples(crate::text::TokenDataset::open(&path)?)),
+        None => None,
+    };
+
+    let cfg = TrainConfig {
+        batch_size: p.usize("batch_size"),
+        grad_accum: p.usize("gradient_accumulation_steps"),
+        num_epochs: p.f64("num_epochs"),
+        max_steps: p.i64("max_steps"),
+        max_grad_norm: p.f64("max_grad_norm"),
+        seed: p.i64("seed") as u64,
+        group_by_length: p.bool("group_by_length"),
+        logging_steps: p.usize("logging_steps"),
+        eval_steps: p.opt_usize("eval_steps"),
+        save: match p.str("save_strategy") {
+            "no" => SaveStrategy::No,
+            "epoch" => SaveStrategy::Epoch,
+            _ => SaveStrategy::Steps(p.usize("save_steps")),
+        },
+        save_total_limit: p.opt_usize("save_total_limit"),
+        pad_id: bundle.pad_id.or(bundle.eos_id).unwrap_or(0),
+        pad_side: match bundle.padding_side {
+            crate::text::PaddingSide::Left => PadSide::Left,
+            crate::text::PaddingSide::Right => PadSide::Right,
+        },
+    };
+    let total = cfg.total_steps(train.0.len());
+    let warmup = match p.usize("warmup_steps") {
+        0 => crate::optim::warmup_steps(total, p.f64("warmup_ratio")),
+        n => n,
+    };
+    let kind = crate::optim::ScheduleKind::from_name(p.str("lr_scheduler"))
+        .with_context(|| format!("unknown lr_scheduler `{}`", p.str("lr_scheduler")))?;
+    let schedule = crate::optim::Schedule::new(kind, total, warmup);
+    let base_lr = p.f64("learning_rate");
+    let lr_at = move |step: usize| schedule.lr(step, base_lr);
+    let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
+    let okind = crate::optim::OptimKind::from_name(p.str("optim")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ocfg = crate::optim::OptimConfig {
+        betas: (p.f64("adam_beta1"), p.f64("adam_beta2")),
+        eps: p.f64("adam_epsilon"),
+        weight_decay: p.f64("weight_decay"),
+        ..Default::default()
+    };
+    let mut optim = EngineOptim(crate::optim::Optimizer::new(okind, &ocfg, &sizes));
+    ctx.info(format!(
+        "{} examples, {total} steps (batch {} × accumulation {}), warmup {warmup}, {} {}",
+        train.0.len(),
+        cfg.batch_size,
+        cfg.grad_accum,
+        p.str("optim"),
+        p.str("lr_scheduler")
+    ));
+    let mut em = EngineModel {
+        model,
+        saved,
+        checkpointing: p.bool("gradient_checkpointing"),
+        copy_from: Some(dirs.tokenizer.clone()),
+    };
+    let log = |s: &str| ctx.info(s);
+    let tio = TrainIo {
+        work: ctx.work,
+        out: ctx.out,
+        log: &log,
+        bar: Some(ctx.bar(total as u64, "train")),
+        stop_after: kill_after(),
+    };
+    let report = crate::train::train(
+        &mut em,
+        &mut optim,
+        &lr_at,
+        &train,
+        eval.as_ref().map(|e| e as &dyn crate::train::batch::Samples),
+        &cfg,
+        &tio,
+    )?;
+    if report.steps < total {
+        // Test hook: behave like a kill (no output published).
+        ctx.info(format!("stopping after step {} (RECIPE_TEST_KILL_AFTER_STEPS)", report.steps));
+        std::process::exit(137);
+    }
+    if let Ok(recs) = crate::eval::report::read_train_metrics(&ctx.out.join("metrics.jsonl")) {
+        if let Err(e) = crate::eval::plot::plot_loss_curve(&recs, &ctx.out.join("loss.png"), 800, 500) {
+            ctx.info(format!("warning: no loss plot: {e}"));
+        }
+    }
+    ctx.info(format!(
+        "done: {} steps, final loss {:.4}{}",
+        report.steps,
+        report.final_loss.unwrap_or(f64::NAN),
+        report.eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// Test hook: `RECIPE_TEST_KILL_AFTER_STEPS=N` makes the run exit like a
+/// killed process after N optimizer steps (checkpoints already written stay).
+fn kill_after() -> Option<usize> {
+    std::env::var("RECIPE_TEST_KILL_AFTER_STEPS").ok().and_then(|v| v.parse().ok())
+}
+
+fn first_existing(dir: &Path, names: &[&str]) -> std::path::PathBuf {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).unwrap_or_else(|| dir.join(names[0]))
+}
+
+/// Only the CPU backend trains today; say so instead of pretending.
+pub fn check_device(dev: &str) -> Result<()> {
+    match dev {
+        "auto" | "cpu" | "" => Ok(()),
+        d => bail!(
+            "device `{d}`: training on CUDA is not wired into the train step yet (the kernels exist and \
+             are checked by `recipe selftest --device cuda`); use device = \"cpu\" or \"auto\""
+        ),
+    }
+}
+
+/// The frozen base: dense weights, or a quantize step's 4-bit model.
+fn load_model(kind: &str, dir: &Path) -> Result<crate::model::Model> {
+    if kind == "quantize" {
+        return crate::steps::quantize::load(dir);
+    }
+    crate::model::Model::load(dir, &Default::default()).map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
+}
+
+fn lora_config(p: &Params, family: &str) -> LoraConfig {
+    let names = p.strs("target_modules");
+    let targets = if let Some(re) = p.opt_str("target_regex") {
+        Targets::Regex(re.to_string())
+    } else if names.iter().any(|n| n == "all-linear") {
+        Targets::AllLinear
+    } else if names.is_empty() {
+        Targets::Names(default_targets(family).iter().map(|s| s.to_string()).collect())
+    } else {
+        Targets::Names(names)
+    };
+    LoraConfig {
+        r: p.usize("r"),
+        alpha: p.f64("lora_alpha") as f32,
+        dropout: p.f64("lora_dropout") as f32,
+        targets,
+        use_rslora: p.bool("use_rslora"),
+        modules_to_save: p.strs("modules_to_save"),
+        seed: p.i64("seed") as u64,
+    }
+}
+
+/// PEFT's default LoRA targets per family.
+pub fn default_targets(family: &str) -> &'static [&'static str] {
+    match family {
+        "chatglm" | "bloom" => &["query_key_value"],
+        "gpt2" | "qwen" => &["c_attn"],
+        _ => &["q_proj", "v_proj"],
     }
 }

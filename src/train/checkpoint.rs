@@ -44,7 +44,7 @@ pub fn latest(work: &Path) -> Option<PathBuf> {
 pub fn save(
     work: &Path,
     state: &TrainerState,
-    model: &dyn TrainModel,
+    model: &mut dyn TrainModel,
     optim: &dyn Optim,
     keep: Option<usize>,
 ) -> Result<PathBuf> {

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod engine;
 pub mod rng;
 
 use anyhow::{bail, Result};
@@ -31,7 +32,7 @@ pub trait TrainModel: Send {
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
     fn zero_grad(&mut self);
     /// Write the trained result (a PEFT adapter, or full weights) into `dir`.
-    fn save(&self, dir: &Path) -> Result<()>;
+    fn save(&mut self, dir: &Path) -> Result<()>;
     /// Restore trainable values written by `save`.
     fn load(&mut self, dir: &Path) -> Result<()>;
 }
@@ -124,19 +125,14 @@ pub struct TrainReport {
     pub tokens: u64,
 }
 
-/// Global L2 norm of all gradients; scales them down to `max_norm` if above
-/// (torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), ≤ 1).
+/// Global L2 norm of all gradients, clipped to `max_norm` when > 0
+/// (torch.nn.utils.clip_grad_norm_ semantics, via `optim::clip_grad_norm`).
 pub fn clip_grad_norm(pg: &mut [(&mut [f32], &mut [f32])], max_norm: f64) -> f64 {
-    let total: f64 = pg.iter().map(|(_, g)| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt();
+    let mut grads: Vec<&mut [f32]> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
     if max_norm > 0.0 {
-        let coef = (max_norm / (total + 1e-6)).min(1.0) as f32;
-        if coef < 1.0 {
-            for (_, g) in pg.iter_mut() {
-                g.iter_mut().for_each(|x| *x *= coef);
-            }
-        }
+        return crate::optim::clip_grad_norm(&mut grads, max_norm as f32) as f64;
     }
-    total
+    grads.iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt()
 }
 
 /// Mean loss and token accuracy over a dataset.

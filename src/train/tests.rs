@@ -64,7 +64,7 @@ impl TrainModel for Bigram {
     fn zero_grad(&mut self) {
         self.g.fill(0.0);
     }
-    fn save(&self, dir: &Path) -> Result<()> {
+    fn save(&mut self, dir: &Path) -> Result<()> {
         let bytes: Vec<u8> = self.w.iter().flat_map(|x| x.to_le_bytes()).collect();
         std::fs::write(dir.join("w.bin"), bytes)?;
         Ok(())

@@ -1,0 +1,231 @@
+//! Adapters that let the training loop drive the engine: the CPU `Model`
+//! as a [`TrainModel`], `optim::Optimizer` as an [`Optim`], and a token
+//! dataset file as [`Samples`].
+
+use super::batch::{Batch, Sample, Samples};
+use super::{Optim, TrainModel};
+use crate::lora::LoraConfig;
+use crate::model::{Model, TrainOptions};
+use crate::text::TokenDataset;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Raw trainables inside a checkpoint (names as `Model::params_mut`).
+const TRAINABLES: &str = "trainables.safetensors";
+
+/// What the trained result is saved as.
+pub enum Saved {
+    /// A PEFT adapter (adapter_config.json + adapter_model.safetensors).
+    Lora { cfg: LoraConfig, base_name: String },
+    /// Full weights (config.json + model.safetensors), loadable by transformers.
+    Full,
+}
+
+pub struct EngineModel {
+    pub model: Model,
+    pub saved: Saved,
+    pub checkpointing: bool,
+    /// Files copied next to a full save (tokenizer, generation config).
+    pub copy_from: Option<std::path::PathBuf>,
+}
+
+/// Our batch -> the engine's batch (labels widened, packed boundaries to segment ids).
+pub fn to_engine(b: &Batch) -> crate::model::Batch {
+    crate::model::Batch {
+        b: b.b,
+        t: b.t,
+        input_ids: b.input_ids.clone(),
+        attention_mask: b.attention_mask.clone(),
+        labels: Some(b.labels.iter().map(|&l| l as i64).collect()),
+        segments: (!b.segments.is_empty()).then(|| b.segments.clone()),
+    }
+}
+
+impl TrainModel for EngineModel {
+    fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)> {
+        let n = batch.trained_tokens();
+        if n == 0 {
+            return Ok((0.0, 0));
+        }
+        // The engine adds ∂(mean loss) into the grads; we want scale·∂(Σ loss)
+        // = (scale·n)·∂(mean). Keep what earlier micro-batches accumulated.
+        let factor = scale * n as f32;
+        let stash: Vec<Vec<f32>> = if factor != 1.0 {
+            self.model.params_mut().iter().map(|p| p.grad.to_vec()).collect()
+        } else {
+            Vec::new()
+        };
+        if !stash.is_empty() {
+            for p in self.model.params_mut() {
+                p.grad.fill(0.0);
+            }
+        }
+        let mean = self
+            .model
+            .forward_backward(&to_engine(batch), TrainOptions { checkpointing: self.checkpointing, dropout_seed: seed })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !stash.is_empty() {
+            for (p, old) in self.model.params_mut().into_iter().zip(stash) {
+                for (g, o) in p.grad.iter_mut().zip(old) {
+                    *g = *g * factor + o;
+                }
+            }
+        }
+        Ok((mean as f64 * n as f64, n))
+    }
+
+    fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)> {
+        let out = self.model.forward(&to_engine(batch)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let v = out.logits.len() / (batch.b * batch.t).max(1);
+        let (mut correct, mut n, mut sum) = (0usize, 0usize, 0.0f64);
+        for r in 0..batch.b {
+            for t in 0..batch.t.saturating_sub(1) {
+                let i = r * batch.t + t;
+                let label = batch.labels[i + 1];
+                if label < 0 || batch.attention_mask[i] == 0 {
+                    continue;
+                }
+                if !batch.segments.is_empty() && batch.segments[i] != batch.segments[i + 1] {
+                    continue;
+                }
+                let row = &out.logits[i * v..(i + 1) * v];
+                let mut best = 0;
+                let mut max = f32::MIN;
+                for (j, &x) in row.iter().enumerate() {
+                    if x > max {
+                        max = x;
+                        best = j;
+                    }
+                }
+                let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+                sum += (lse - row[label as usize]) as f64;
+                correct += usize::from(best == label as usize);
+                n += 1;
+            }
+        }
+        Ok((sum, n, correct))
+    }
+
+    fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])> {
+        self.model.params_mut().into_iter().map(|p| (p.value, p.grad)).collect()
+    }
+
+    fn zero_grad(&mut self) {
+        self.model.zero_grad();
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        match &self.saved {
+            Saved::Lora { cfg, base_name } => {
+                crate::lora::save_peft(&self.model, cfg, base_name, dir).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+            Saved::Full => {
+                self.model.save_pretrained(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(src) = &self.copy_from {
+                    copy_tokenizer_files(src, dir)?;
+                }
+            }
+        }
+        // Exact values for resume (names and layouts as the engine holds them).
+        let params = self.model.params_mut();
+        let views: Vec<(String, Vec<usize>, &[f32])> =
+            params.iter().map(|p| (p.name.clone(), vec![p.value.len()], &p.value[..])).collect();
+        crate::model::load::write_f32(&dir.join(TRAINABLES), &views).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<()> {
+        let p = dir.join(TRAINABLES);
+        let saved = crate::model::load::read_all(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for pm in self.model.params_mut() {
+            let Some((v, _)) = saved.get(&pm.name) else {
+                bail!("checkpoint `{}` has no tensor `{}`", p.display(), pm.name);
+            };
+            if v.len() != pm.value.len() {
+                bail!("checkpoint `{}`: `{}` has {} values, the model {}", p.display(), pm.name, v.len(), pm.value.len());
+            }
+            pm.value.copy_from_slice(v);
+        }
+        Ok(())
+    }
+}
+
+pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+        "added_tokens.json",
+        "generation_config.json",
+    ] {
+        let p = src.join(f);
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(f)).with_context(|| format!("copying `{}`", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The optimizer crate behind the loop's `Optim` trait.
+pub struct EngineOptim(pub crate::optim::Optimizer);
+
+impl Optim for EngineOptim {
+    fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()> {
+        let mut params: Vec<&mut [f32]> = Vec::with_capacity(pg.len());
+        let mut grads: Vec<&[f32]> = Vec::with_capacity(pg.len());
+        for (p, g) in pg.iter_mut() {
+            params.push(&mut **p);
+            grads.push(&**g);
+        }
+        self.0.step(&mut params, &grads, lr as f64);
+        Ok(())
+    }
+    fn save(&self, path: &Path) -> Result<()> {
+        self.0.save(path).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    fn load(&mut self, path: &Path) -> Result<()> {
+        self.0 = crate::optim::Optimizer::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+}
+
+/// A token dataset file as training samples.
+pub struct TokenSamples(pub TokenDataset);
+
+impl Samples for TokenSamples {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, i: usize) -> Sample {
+        let r = self.0.get(i);
+        // Padded rows carry their padding; keep only real tokens so the
+        // trainer can pad per batch (left or right) itself.
+        let keep: Vec<usize> = (0..r.input_ids.len()).filter(|&k| r.attention_mask.get(k).is_none_or(|&m| m == 1)).collect();
+        let segments = if r.boundaries.len() > 1 {
+            let mut seg = vec![0u32; r.input_ids.len()];
+            let mut s = 0u32;
+            for (k, x) in seg.iter_mut().enumerate() {
+                while (s as usize + 1) < r.boundaries.len() && r.boundaries[s as usize + 1] as usize <= k {
+                    s += 1;
+                }
+                *x = s;
+            }
+            keep.iter().map(|&k| seg[k]).collect()
+        } else {
+            Vec::new()
+        };
+        Sample {
+            input_ids: keep.iter().map(|&k| r.input_ids[k]).collect(),
+            labels: keep.iter().map(|&k| r.labels[k]).collect(),
+            segments,
+        }
+    }
+    fn length(&self, i: usize) -> usize {
+        self.0.get(i).input_ids.len()
+    }
+}
