@@ -103,18 +103,11 @@ impl Shape {
             ],
         }
     }
-    /// PEFT's default LoRA targets for the family.
-    pub fn default_targets(&self) -> &'static [&'static str] {
-        match self.family {
-            "chatglm" | "bloom" => &["query_key_value"],
-            "gpt2" | "qwen" => &["c_attn"],
-            _ => &["q_proj", "v_proj"],
-        }
-    }
     /// LoRA parameters of rank r on the targeted modules (names, or "all-linear").
     pub fn lora_params(&self, r: u64, targets: &[String]) -> u64 {
         let all = targets.iter().any(|t| t == "all-linear");
-        let defaults: Vec<String> = self.default_targets().iter().map(|s| s.to_string()).collect();
+        let defaults: Vec<String> =
+            crate::steps::train::default_targets(self.family).iter().map(|s| s.to_string()).collect();
         let targets = if targets.is_empty() { &defaults } else { targets };
         let per_layer: u64 = self
             .module_shapes()
