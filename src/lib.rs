@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod diag;
 pub mod eval;
+pub mod gen_cli;
 pub mod lora;
 pub mod model;
 pub mod plan;
