@@ -86,6 +86,22 @@ impl Session {
         }
     }
 
+    /// An example's generation prompt (everything before its last assistant reply, plus the
+    /// generation prompt) and that reply as the reference, if it ends with one.
+    pub fn example_prompt(&self, ex: &Example) -> Result<(Vec<u32>, Option<String>)> {
+        match &self.renderer {
+            Some(r) => prompt_ids(r, &self.bundle, ex, &TokenizeOptions::default()),
+            None => {
+                let mut head = ex.messages.clone();
+                let reference = match head.last() {
+                    Some(m) if m.role == Role::Assistant => head.pop().map(|m| m.content),
+                    _ => None,
+                };
+                Ok((self.conversation_ids(&head)?, reference))
+            }
+        }
+    }
+
     /// Prompt ids of one user message with an optional system message.
     pub fn prompt(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
         let mut msgs = Vec::new();
