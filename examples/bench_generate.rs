@@ -32,22 +32,49 @@ fn make_model(dir: &std::path::Path) {
     let mut rng = recipe::lora::SplitMix(1);
     let mut rand = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * s).collect() };
     let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![V, H], rand(V * H, 0.035)),
+        (
+            "model.embed_tokens.weight".into(),
+            vec![V, H],
+            rand(V * H, 0.035),
+        ),
         ("lm_head.weight".into(), vec![V, H], rand(V * H, 0.035)),
         ("model.norm.weight".into(), vec![H], vec![1.0; H]),
     ];
     for i in 0..L {
         let p = format!("model.layers.{i}.");
         for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            t.push((format!("{p}self_attn.{n}.weight"), vec![H, H], rand(H * H, 0.035)));
+            t.push((
+                format!("{p}self_attn.{n}.weight"),
+                vec![H, H],
+                rand(H * H, 0.035),
+            ));
         }
-        t.push((format!("{p}mlp.gate_proj.weight"), vec![FF, H], rand(FF * H, 0.035)));
-        t.push((format!("{p}mlp.up_proj.weight"), vec![FF, H], rand(FF * H, 0.035)));
-        t.push((format!("{p}mlp.down_proj.weight"), vec![H, FF], rand(FF * H, 0.035)));
+        t.push((
+            format!("{p}mlp.gate_proj.weight"),
+            vec![FF, H],
+            rand(FF * H, 0.035),
+        ));
+        t.push((
+            format!("{p}mlp.up_proj.weight"),
+            vec![FF, H],
+            rand(FF * H, 0.035),
+        ));
+        t.push((
+            format!("{p}mlp.down_proj.weight"),
+            vec![H, FF],
+            rand(FF * H, 0.035),
+        ));
         t.push((format!("{p}input_layernorm.weight"), vec![H], vec![1.0; H]));
-        t.push((format!("{p}post_attention_layernorm.weight"), vec![H], vec![1.0; H]));
+        t.push((
+            format!("{p}post_attention_layernorm.weight"),
+            vec![H],
+            vec![1.0; H],
+        ));
     }
-    let views: Vec<(String, Vec<usize>, &[f32])> = t.iter().map(|(n, s, d)| (n.clone(), s.clone(), &d[..])).collect();
+    let views: Vec<(String, Vec<usize>, &[f32])> = t
+        .iter()
+        .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
+        .collect();
     recipe::model::load::write_f32(&dir.join("model.safetensors"), &views).expect("weights");
 }
 
@@ -58,9 +85,18 @@ fn main() {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!("llama h{H} l{L} ff{FF} v{V}; prompt {PROMPT} + {NEW} new tokens, greedy, threads {threads}");
     for batch in [1usize, 8] {
-        let prompts: Vec<Vec<u32>> =
-            (0..batch).map(|r| (0..PROMPT).map(|i| ((r * 131 + i * 17) % (V - 3) + 3) as u32).collect()).collect();
-        let cfg = GenConfig { max_new_tokens: NEW, stop_ids: vec![], ..Default::default() };
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|r| {
+                (0..PROMPT)
+                    .map(|i| ((r * 131 + i * 17) % (V - 3) + 3) as u32)
+                    .collect()
+            })
+            .collect();
+        let cfg = GenConfig {
+            max_new_tokens: NEW,
+            stop_ids: vec![],
+            ..Default::default()
+        };
         let mut best = f64::MAX;
         for rep in 0..4 {
             let mut lm = EngineLm::new(&model, 0, NEW);
@@ -73,7 +109,12 @@ fn main() {
             }
         }
         let toks = (batch * NEW) as f64;
-        println!("batch {batch}: {:.3} s for {} tokens = {:.1} tokens/s (best of 3 after warmup)", best, batch * NEW, toks / best);
+        println!(
+            "batch {batch}: {:.3} s for {} tokens = {:.1} tokens/s (best of 3 after warmup)",
+            best,
+            batch * NEW,
+            toks / best
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,7 +40,8 @@ pub fn renderer_for(spec: &str, bundle: &TokenizerBundle) -> Result<Option<Rende
     let t = Template::from_name_or_source(spec, None)?;
     Ok(Some(Renderer::new(t, Some(bundle)).with_context(|| {
         if spec == "model" {
-            "use --template NAME (e.g. chatml, chatglm3, human_assistant) or --template none".to_string()
+            "use --template NAME (e.g. chatml, chatglm3, human_assistant) or --template none"
+                .to_string()
         } else {
             format!("template {spec:?}")
         }
@@ -50,7 +51,12 @@ pub fn renderer_for(spec: &str, bundle: &TokenizerBundle) -> Result<Option<Rende
 impl Session {
     /// Loads `weights` (+ the adapter in `adapter`, unmerged) and the tokenizer in `tokenizer`
     /// (default: the model dir).
-    pub fn open(weights: &Path, tokenizer: Option<&Path>, adapter: Option<&Path>, template: &str) -> Result<Session> {
+    pub fn open(
+        weights: &Path,
+        tokenizer: Option<&Path>,
+        adapter: Option<&Path>,
+        template: &str,
+    ) -> Result<Session> {
         let tok_dir = tokenizer.unwrap_or(weights);
         let bundle = TokenizerBundle::from_dir(tok_dir)
             .with_context(|| format!("loading the tokenizer from `{}`", tok_dir.display()))?;
@@ -137,9 +143,10 @@ impl Session {
     /// top_k, top_p, repetition_penalty), transformers' defaults otherwise.
     pub fn default_sampling(&self) -> SamplingParams {
         let mut s = SamplingParams::default();
-        let g: Option<serde_json::Value> = std::fs::read(self.weights.join("generation_config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let g: Option<serde_json::Value> =
+            std::fs::read(self.weights.join("generation_config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(g) = g {
             let f = |k: &str| g.get(k).and_then(|v| v.as_f64());
             if let Some(b) = g.get("do_sample").and_then(|v| v.as_bool()) {
@@ -330,7 +337,12 @@ fn report(e: anyhow::Error) -> i32 {
 
 /// Generates one reply for `prompt`, writing text to `out` as it is produced. Returns the
 /// full reply text.
-fn stream_reply(s: &Session, prompt: Vec<u32>, cfg: &GenConfig, out: &mut dyn Write) -> Result<String> {
+fn stream_reply(
+    s: &Session,
+    prompt: Vec<u32>,
+    cfg: &GenConfig,
+    out: &mut dyn Write,
+) -> Result<String> {
     let mut stream = TextStream::new(&s.bundle);
     let mut err: Option<anyhow::Error> = None;
     s.generate(&[prompt], cfg, |_, id| {
@@ -357,7 +369,12 @@ fn stream_reply(s: &Session, prompt: Vec<u32>, cfg: &GenConfig, out: &mut dyn Wr
 pub fn generate_cmd(args: &GenerateArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(&m.model, m.tokenizer.as_deref(), m.adapter.as_deref(), &args.template)?;
+        let s = Session::open(
+            &m.model,
+            m.tokenizer.as_deref(),
+            m.adapter.as_deref(),
+            &args.template,
+        )?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let prompt = s.prompt(m.system.as_deref(), &args.prompt)?;
@@ -428,18 +445,33 @@ pub fn chat_loop(
 pub fn chat_cmd(args: &ChatArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(&m.model, m.tokenizer.as_deref(), m.adapter.as_deref(), &args.template)?;
+        let s = Session::open(
+            &m.model,
+            m.tokenizer.as_deref(),
+            m.adapter.as_deref(),
+            &args.template,
+        )?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let stdin = std::io::stdin();
         let tty = stdin.is_terminal();
         let mut marker: Box<dyn Write> = if tty {
-            eprintln!("chat with {} (/reset clears the history, /exit quits)", m.model.display());
+            eprintln!(
+                "chat with {} (/reset clears the history, /exit quits)",
+                m.model.display()
+            );
             Box::new(std::io::stderr())
         } else {
             Box::new(std::io::sink())
         };
-        chat_loop(&s, &cfg, m.system.as_deref(), &mut stdin.lock(), &mut std::io::stdout().lock(), &mut marker)
+        chat_loop(
+            &s,
+            &cfg,
+            m.system.as_deref(),
+            &mut stdin.lock(),
+            &mut std::io::stdout().lock(),
+            &mut marker,
+        )
     };
     match run() {
         Ok(()) => 0,
@@ -499,7 +531,9 @@ mod tests {
 
     #[test]
     fn model_template_missing_is_a_clear_error() {
-        let err = Session::open(&quickstart(), None, None, "model").err().expect("no chat template");
+        let err = Session::open(&quickstart(), None, None, "model")
+            .err()
+            .expect("no chat template");
         let msg = format!("{err:#}");
         assert!(msg.contains("has no chat_template"), "{msg}");
         assert!(msg.contains("--template"), "{msg}");

@@ -138,7 +138,9 @@ impl CausalLm for EngineLm<'_> {
                 }
             }
             let mut g = Group {
-                cache: self.use_cache.then(|| self.model.new_cache(rows.len(), cap)),
+                cache: self
+                    .use_cache
+                    .then(|| self.model.new_cache(rows.len(), cap)),
                 ids: vec![Vec::new(); rows.len()],
                 mask: vec![Vec::new(); rows.len()],
                 rows,
@@ -159,7 +161,11 @@ impl CausalLm for EngineLm<'_> {
         let mut groups = std::mem::take(&mut self.groups);
         for g in &mut groups {
             // A finished group needs no compute (its logits are ignored).
-            if !g.rows.iter().any(|&r| active.get(r).copied().unwrap_or(true)) {
+            if !g
+                .rows
+                .iter()
+                .any(|&r| active.get(r).copied().unwrap_or(true))
+            {
                 for &r in &g.rows {
                     out[r] = vec![0.0; self.model.arch.vocab];
                 }
@@ -179,7 +185,11 @@ impl CausalLm for EngineLm<'_> {
 fn eos_ids(v: &Value) -> Vec<u32> {
     match v.get("eos_token_id") {
         Some(Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -242,7 +252,11 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
             d.display()
         )
     })?;
-    let n = model.linears_mut().iter().filter(|l| l.lora.is_some()).count();
+    let n = model
+        .linears_mut()
+        .iter()
+        .filter(|l| l.lora.is_some())
+        .count();
     if n == 0 && cfg.modules_to_save.is_empty() {
         bail!(
             "adapter `{}`: no LoRA weights matched a module of this model",
@@ -316,7 +330,12 @@ mod tests {
     #[test]
     fn greedy_matches_transformers_every_family() {
         let fx = fixtures();
-        let prompts: Vec<Vec<u32>> = fx["prompts"].as_array().expect("p").iter().map(ids).collect();
+        let prompts: Vec<Vec<u32>> = fx["prompts"]
+            .as_array()
+            .expect("p")
+            .iter()
+            .map(ids)
+            .collect();
         let eos = fx["eos"].as_u64().expect("eos") as u32;
         let cfg = GenConfig {
             max_new_tokens: fx["max_new_tokens"].as_u64().expect("n") as usize,
@@ -335,7 +354,11 @@ mod tests {
                     .collect();
                 assert_eq!(single, gens(&want["single"], eos), "{what}: single prompts");
                 let batch = run(&model, &prompts, &cfg, true);
-                assert_eq!(batch, gens(&want["batch"], eos), "{what}: left-padded batch");
+                assert_eq!(
+                    batch,
+                    gens(&want["batch"], eos),
+                    "{what}: left-padded batch"
+                );
                 let slow = run(&model, &prompts, &cfg, false);
                 assert_eq!(slow, batch, "{what}: no-cache path");
             }
@@ -364,7 +387,9 @@ mod tests {
                         );
                     }
                 }
-                let next: Vec<u32> = (0..3).map(|r| ((step * 7 + r * 5) % 40 + 3) as u32).collect();
+                let next: Vec<u32> = (0..3)
+                    .map(|r| ((step * 7 + r * 5) % 40 + 3) as u32)
+                    .collect();
                 a = fast.decode(&next, &[true; 3]).expect("decode");
                 b = slow.decode(&next, &[true; 3]).expect("decode");
             }
@@ -375,7 +400,11 @@ mod tests {
             let unmerged = run(&model, &prompts, &cfg, true);
             let mut merged = load_model(&dir, Some(&dir.join("adapter"))).expect("load");
             crate::lora::merge(&mut merged).expect("merge");
-            assert_eq!(run(&merged, &prompts, &cfg, true), unmerged, "{fam}: merged");
+            assert_eq!(
+                run(&merged, &prompts, &cfg, true),
+                unmerged,
+                "{fam}: merged"
+            );
         }
     }
 
@@ -406,13 +435,19 @@ mod tests {
         let err = attach_adapter(&mut m, &fixture_dir("qwen2").join("adapter")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("does not fit this base model"), "{msg}");
-        assert!(msg.contains("model.layers.1.self_attn.k_proj.lora_B.weight"), "{msg}");
+        assert!(
+            msg.contains("model.layers.1.self_attn.k_proj.lora_B.weight"),
+            "{msg}"
+        );
         // A family with other module names: the first unknown tensor is named.
         let mut m = Model::load(&fixture_dir("llama"), &LoadOptions::default()).expect("load");
         let err = attach_adapter(&mut m, &fixture_dir("bloom").join("adapter")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("matches no module of this model"), "{msg}");
-        assert!(msg.contains("query_key_value") || msg.contains("dense"), "{msg}");
+        assert!(
+            msg.contains("query_key_value") || msg.contains("dense"),
+            "{msg}"
+        );
         let err = attach_adapter(&mut m, &fixture_dir("nope")).unwrap_err();
         assert!(format!("{err:#}").contains("holds no PEFT adapter"));
     }
