@@ -541,4 +541,40 @@ mod tests {
         let s = Session::open(&quickstart(), None, None, "auto").expect("auto");
         assert!(s.renderer.is_none());
     }
+
+    /// ChatGLM3: the tokenizer's stop ids (eos, <|user|>, <|observation|>) plus the config's eos;
+    /// a multi-turn prompt is [gMASK] sop, <|role|> per turn, and ends with <|assistant|>.
+    #[test]
+    fn chatglm3_stops_and_multi_turn_prompt() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let weights = root.join("tests/fixtures/engine/chatglm");
+        let bundle =
+            TokenizerBundle::from_dir(root.join("tests/fixtures/text/glm3")).expect("glm3");
+        let (user, asst, obs) = (706, 707, 708);
+        let stops = stop_ids(&weights, &bundle.stop_ids);
+        let eos = bundle.eos_id.expect("eos");
+        assert_eq!(
+            stops,
+            [eos, user, obs],
+            "eos first, then <|user|> <|observation|>; config eos 2 = eos"
+        );
+        let s = Session {
+            model: load_model(&weights, None).expect("model"),
+            renderer: renderer_for("chatglm3", &bundle).expect("template"),
+            pad_id: 0,
+            stop_ids: stops,
+            weights: weights.clone(),
+            bundle,
+        };
+        let msgs = [
+            message(Role::User, "hi"),
+            message(Role::Assistant, "yo"),
+            message(Role::User, "again"),
+        ];
+        let ids = s.conversation_ids(&msgs).expect("ids");
+        assert_eq!(&ids[..3], &[701, 703, user]);
+        assert_eq!(*ids.last().expect("last"), asst);
+        assert_eq!(ids.iter().filter(|&&i| i == user).count(), 2);
+        assert_eq!(ids.iter().filter(|&&i| i == asst).count(), 2);
+    }
 }
