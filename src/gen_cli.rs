@@ -577,4 +577,62 @@ mod tests {
         assert_eq!(ids.iter().filter(|&&i| i == user).count(), 2);
         assert_eq!(ids.iter().filter(|&&i| i == asst).count(), 2);
     }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        #[command(after_help = GENERATE_HELP)]
+        Generate(GenerateArgs),
+        #[command(after_help = CHAT_HELP)]
+        Chat(ChatArgs),
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "recipe",
+            "generate",
+            "--model",
+            "m",
+            "--adapter",
+            "a",
+            "--prompt",
+            "hi",
+            "--greedy",
+            "--top-k",
+            "5",
+            "--max-new-tokens",
+            "7",
+            "--template",
+            "chatglm3",
+            "--system",
+            "be brief",
+        ])
+        .expect("parse");
+        let Cmd::Generate(g) = c.cmd else {
+            panic!("generate")
+        };
+        assert_eq!((g.prompt.as_str(), g.template.as_str()), ("hi", "chatglm3"));
+        assert!(g.m.greedy);
+        assert_eq!((g.m.top_k, g.m.max_new_tokens, g.m.seed), (Some(5), 7, 42));
+        assert_eq!(g.m.adapter.as_deref(), Some(Path::new("a")));
+        assert_eq!(g.m.system.as_deref(), Some("be brief"));
+        let c = Cli::try_parse_from(["recipe", "chat", "--model", "m", "--temperature", "0.7"])
+            .expect("parse");
+        let Cmd::Chat(ch) = c.cmd else { panic!("chat") };
+        assert_eq!(
+            (ch.template.as_str(), ch.m.temperature),
+            ("model", Some(0.7))
+        );
+        assert!(
+            Cli::try_parse_from(["recipe", "generate", "--model", "m"]).is_err(),
+            "--prompt is required"
+        );
+    }
 }

@@ -115,11 +115,13 @@ impl Step for Evaluate {
     }
 }
 
+/// One token row for loss metrics: (ids, labels, mask, packed-example index per token).
+type LossRow = (Vec<u32>, Vec<i64>, Vec<u8>, Vec<u32>);
+
 /// What to evaluate, read once (the base and the fine-tuned model see the same data).
 struct Plan {
     metrics: Vec<String>,
-    /// Token rows for loss metrics: (ids, labels, mask, segment per token).
-    rows: Vec<(Vec<u32>, Vec<i64>, Vec<u8>, Vec<u32>)>,
+    rows: Vec<LossRow>,
     /// Generation examples.
     examples: Vec<crate::data::example::Example>,
     batch_size: usize,
