@@ -136,6 +136,12 @@ The step must be cached: run `recipe run FILE --until STEP` first.")]
         #[arg(long, default_value_t = 20)]
         rows: usize,
     },
+    /// Generate a reply from a model (+ adapter), streamed to the terminal.
+    #[command(after_help = crate::gen_cli::GENERATE_HELP)]
+    Generate(crate::gen_cli::GenerateArgs),
+    /// Chat with a model (+ adapter): multi-turn, the model's template, streamed replies.
+    #[command(after_help = crate::gen_cli::CHAT_HELP)]
+    Chat(crate::gen_cli::ChatArgs),
     /// Run the kernel self-test: every CUDA kernel against its CPU twin.
     #[command(after_help = "\
 Examples:
@@ -214,6 +220,8 @@ pub fn main() -> i32 {
         Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect { r, step, split, n, format } => cmd_inspect(&r, &step, &split, n, format),
+        Cmd::Generate(a) => crate::gen_cli::generate_cmd(&a),
+        Cmd::Chat(a) => crate::gen_cli::chat_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
         Cmd::Bench { device } => cmd_bench(&device),
     }

@@ -9,6 +9,7 @@
 pub mod bleu;
 pub mod cut;
 pub mod generate;
+pub mod lm;
 pub mod metrics;
 pub mod plot;
 pub mod pystr;

@@ -1,7 +1,12 @@
 //! `generate`: sample continuations from a model (+ adapter) for a list of
 //! prompts or a templated dataset; writes generations.jsonl.
 
-use super::{def, opt, req, ParamSpec, Step, Ty};
+use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use crate::eval::generate::{FinishReason, GenConfig};
+use crate::eval::sampling::SamplingParams;
+use crate::gen_cli::Session;
+use anyhow::Context;
+use std::io::Write;
 
 pub struct Generate;
 
@@ -37,5 +42,114 @@ impl Step for Generate {
         if c.params.get("prompts").is_none() && c.params.get("data").is_none() {
             c.error("prompts", "give `prompts = [...]` or `data = \"<template step>\"`");
         }
+        if c.params.i64("num_return_sequences") < 1 {
+            c.error("num_return_sequences", "must be at least 1");
+        }
+        let s = sampling(c.params);
+        if let Err(e) = s.validate() {
+            let key = e.split(':').next().unwrap_or("temperature").to_string();
+            c.error(&key, e);
+        }
+    }
+    /// Writes `generations.jsonl`: one {prompt, generation, tokens, finish} per continuation.
+    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
+        let p = ctx.params;
+        let dirs = io::model_dirs(ctx.input("model")?)?;
+        let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
+        // Prompts: the user messages rendered with `template`, or a template step's test split.
+        let (template, examples) = match ctx.opt_input("data") {
+            Some(d) => {
+                let split = ["test", "train"]
+                    .iter()
+                    .map(|s| d.dir.join(format!("{s}.jsonl")))
+                    .find(|f| f.is_file())
+                    .with_context(|| format!("step `{}` wrote no test.jsonl or train.jsonl", d.step))?;
+                let spec = template_spec(&d.dir)?;
+                (spec, io::read_examples(&split)?)
+            }
+            None => {
+                let exs = p
+                    .strs("prompts")
+                    .iter()
+                    .map(|u| {
+                        let mut msgs = Vec::new();
+                        if let Some(sys) = p.opt_str("system") {
+                            msgs.push(crate::gen_cli::message(crate::data::example::Role::System, sys));
+                        }
+                        msgs.push(crate::gen_cli::message(crate::data::example::Role::User, u));
+                        crate::data::example::Example { messages: msgs, ..Default::default() }
+                    })
+                    .collect();
+                (p.str("template").to_string(), exs)
+            }
+        };
+        let s = Session::open(&dirs.weights, Some(&dirs.tokenizer), adapter.as_deref(), &template)?;
+        ctx.info(format!(
+            "model {}{}, template {template}, {} prompts",
+            dirs.weights.display(),
+            adapter.as_ref().map(|a| format!(" + adapter {}", a.display())).unwrap_or_default(),
+            examples.len()
+        ));
+        let n_ret = p.usize("num_return_sequences").max(1);
+        let mut prompts = Vec::new();
+        for ex in &examples {
+            let (ids, _) = s.example_prompt(ex).with_context(|| format!("prompt of {}", ex.source))?;
+            for _ in 0..n_ret {
+                prompts.push(ids.clone());
+            }
+        }
+        let cfg = GenConfig {
+            max_new_tokens: p.usize("max_new_tokens"),
+            stop_ids: s.stop_ids.clone(),
+            sampling: sampling(p),
+            seed: p.i64("seed") as u64,
+        };
+        let bar = ctx.bar(prompts.len() as u64, "generating");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(ctx.out.join("generations.jsonl"))?);
+        const BATCH: usize = 8;
+        for (b, chunk) in prompts.chunks(BATCH).enumerate() {
+            // Row seeds stay seed + global row index whatever the batching.
+            let c = GenConfig { seed: cfg.seed.wrapping_add((b * BATCH) as u64), ..cfg.clone() };
+            let gens = s.generate(chunk, &c, |_, _| {})?;
+            for (i, g) in gens.iter().enumerate() {
+                let row = b * BATCH + i;
+                let text = s.decode(&g.tokens)?;
+                let prompt = s.bundle.decode(&chunk[i], false)?;
+                ctx.info(format!("[{}] {}", row / n_ret, text.trim()));
+                let finish = match g.finish {
+                    FinishReason::Stop(id) => format!("stop:{id}"),
+                    FinishReason::Length => "length".to_string(),
+                };
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({"index": row / n_ret, "prompt": prompt, "generation": text,
+                                        "tokens": g.tokens, "finish": finish}),
+                )?;
+                out.write_all(b"\n")?;
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// The template spec a template step recorded (`template.json`).
+pub fn template_spec(dir: &std::path::Path) -> anyhow::Result<String> {
+    let p = dir.join("template.json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?)?;
+    Ok(v.get("template").and_then(|x| x.as_str()).unwrap_or("plain").to_string())
+}
+
+/// The sampling keys of a step's params.
+pub fn sampling(p: &super::Params) -> SamplingParams {
+    SamplingParams {
+        do_sample: p.bool("do_sample"),
+        temperature: p.opt_f64("temperature").unwrap_or(1.0) as f32,
+        top_k: p.opt_usize("top_k").unwrap_or(50),
+        top_p: p.opt_f64("top_p").unwrap_or(1.0) as f32,
+        repetition_penalty: p.opt_f64("repetition_penalty").unwrap_or(1.0) as f32,
     }
 }
