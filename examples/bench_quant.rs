@@ -30,7 +30,9 @@ struct Size {
 }
 
 fn lcg(seed: &mut u64) -> f32 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
@@ -44,7 +46,11 @@ fn write_model(dir: &Path, s: &Size) {
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
         "dtype": "float32", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
     let (h, f, v) = (s.hidden, s.inter, s.vocab);
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         ("model.embed_tokens.weight".into(), vec![v, h]),
@@ -79,8 +85,11 @@ fn write_model(dir: &Path, s: &Size) {
             }
         })
         .collect();
-    let views: Vec<(String, Vec<usize>, &[f32])> =
-        shapes.iter().zip(&data).map(|((n, s), d)| (n.clone(), s.clone(), &d[..])).collect();
+    let views: Vec<(String, Vec<usize>, &[f32])> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| (n.clone(), s.clone(), &d[..]))
+        .collect();
     recipe::model::load::write_f32(&dir.join("model.safetensors"), &views).unwrap();
 }
 
@@ -120,8 +129,9 @@ fn child(method: &str, dir: &Path) {
     let vocab = m.arch.vocab as u32;
     let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..BATCH)
         .map(|_| {
-            let ids: Vec<u32> =
-                (0..SEQ).map(|_| ((lcg(&mut seed) + 1.0) * 0.5 * (vocab - 1) as f32) as u32).collect();
+            let ids: Vec<u32> = (0..SEQ)
+                .map(|_| ((lcg(&mut seed) + 1.0) * 0.5 * (vocab - 1) as f32) as u32)
+                .collect();
             let labels = ids.iter().map(|&i| i as i64).collect();
             (ids, labels)
         })
@@ -140,22 +150,36 @@ fn child(method: &str, dir: &Path) {
         opt.step(&mut vals, &grads, 1e-4);
     }
     let tps = (STEPS * BATCH * SEQ) as f64 / t.elapsed().as_secs_f64();
-    println!("{}", json!({"tokens_per_s": tps, "vm_hwm": vm_hwm(), "load_hwm": load_hwm}));
+    println!(
+        "{}",
+        json!({"tokens_per_s": tps, "vm_hwm": vm_hwm(), "load_hwm": load_hwm})
+    );
 }
 
 fn params(v: serde_json::Value) -> Params {
-    Params { map: v.as_object().unwrap().clone().into_iter().collect() }
+    Params {
+        map: v.as_object().unwrap().clone().into_iter().collect(),
+    }
 }
 
 /// The plan's train estimate for this model and batch (quantized or not).
 fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
     let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
-    all.insert("base".into(), ("load.model", params(json!({"path": dir.display().to_string()}))));
+    all.insert(
+        "base".into(),
+        (
+            "load.model",
+            params(json!({"path": dir.display().to_string()})),
+        ),
+    );
     all.insert(
         "q".into(),
         ("quantize", params(json!({"model": "base", "quant_type": "nf4", "blocksize": 64, "double_quant": true}))),
     );
-    all.insert("tok".into(), ("tokenize", params(json!({"max_length": SEQ}))));
+    all.insert(
+        "tok".into(),
+        ("tokenize", params(json!({"max_length": SEQ}))),
+    );
     let model = if quantized { "q" } else { "base" };
     let train = params(json!({
         "model": model, "data": "tok", "method": "lora", "r": R, "optim": "adamw",
@@ -164,7 +188,11 @@ fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
     let mut inputs = IndexMap::new();
     inputs.insert("model".to_string(), (all[model].0, &all[model].1));
     inputs.insert("data".to_string(), ("tokenize", &all["tok"].1));
-    let e = EstimateCtx { params: &train, inputs, all: &all };
+    let e = EstimateCtx {
+        params: &train,
+        inputs,
+        all: &all,
+    };
     let est = recipe::plan::memory::train_estimate(&e).expect("estimate");
     for (name, b) in &est.rows {
         eprintln!("    plan {name:<32} {:>10.1} MiB", *b as f64 / 1048576.0);
@@ -179,19 +207,37 @@ fn main() {
     }
     let small = args.get(1).map(String::as_str) == Some("small");
     let s = if small {
-        Size { hidden: 256, inter: 688, layers: 2, heads: 4, vocab: 2048 }
+        Size {
+            hidden: 256,
+            inter: 688,
+            layers: 2,
+            heads: 4,
+            vocab: 2048,
+        }
     } else {
-        Size { hidden: 1024, inter: 2752, layers: 6, heads: 16, vocab: 8192 }
+        Size {
+            hidden: 1024,
+            inter: 2752,
+            layers: 6,
+            heads: 16,
+            vocab: 8192,
+        }
     };
     println!("threads: {}", rayon::current_num_threads());
     let n = 1 << 24;
-    println!("quantize_4bit nf4+dq, 64 MiB f32: {:.3} GB/s", recipe::quant::bench::quantize_throughput(n, 3));
+    println!(
+        "quantize_4bit nf4+dq, 64 MiB f32: {:.3} GB/s",
+        recipe::quant::bench::quantize_throughput(n, 3)
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dense = tmp.path().join("dense");
     let q = tmp.path().join("nf4");
     write_model(&dense, &s);
     let t = Instant::now();
-    let spec = QuantizeSpec { compute_dtype: "float32".into(), ..QuantizeSpec::default() };
+    let spec = QuantizeSpec {
+        compute_dtype: "float32".into(),
+        ..QuantizeSpec::default()
+    };
     let st = save_quantized(&dense, &q, &spec, &mut |_, _, _| {}).unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -205,10 +251,16 @@ fn main() {
     );
     let exe = std::env::current_exe().unwrap();
     for (method, dir, quantized) in [("lora", &dense, false), ("qlora", &q, true)] {
-        let out = std::process::Command::new(&exe).args(["child", method, &dir.display().to_string()]).output().unwrap();
+        let out = std::process::Command::new(&exe)
+            .args(["child", method, &dir.display().to_string()])
+            .output()
+            .unwrap();
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
-            panic!("child {method} failed: {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "child {method} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         let hwm = v["vm_hwm"].as_u64().unwrap();
         println!(

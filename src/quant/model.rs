@@ -184,7 +184,10 @@ fn read_4bit(files: &WeightFiles, wname: &str) -> Result<Option<Quantized4>, Qua
         return Ok(None);
     }
     let get = |n: &str| {
-        files.raw(n).ok().map(|(dtype, shape, data)| TensorRef { dtype, shape, data })
+        files
+            .raw(n)
+            .ok()
+            .map(|(dtype, shape, data)| TensorRef { dtype, shape, data })
     };
     Quantized4::from_tensors(wname, &get)
         .map(Some)
@@ -254,7 +257,11 @@ fn layer_linear(
         }
         None => {
             let w = dense_weight(files, &wname, arch.conv1d, d_in, d_out)?;
-            match opts.quantize.as_ref().and_then(|q| q(&name, &w, d_in, d_out)) {
+            match opts
+                .quantize
+                .as_ref()
+                .and_then(|q| q(&name, &w, d_in, d_out))
+            {
                 Some(q) => LinearWeight::Quant(q),
                 None => LinearWeight::Dense(w),
             }
@@ -297,7 +304,11 @@ pub fn load_quantized_model(dir: &Path, opts: &LoadOptions) -> Result<Model, Qua
             .map(|spec| layer_linear(&files, &arch, opts, spec))
             .collect::<Result<Vec<_>, _>>()?;
         let mlp_out = lin.pop().expect("mlp out");
-        let n_qkv = if arch.qkv == QkvLayout::Separate { 3 } else { 1 };
+        let n_qkv = if arch.qkv == QkvLayout::Separate {
+            3
+        } else {
+            1
+        };
         let mut rest = lin.split_off(n_qkv).into_iter();
         let o = rest.next().expect("o");
         layers.push(Layer {
@@ -480,7 +491,11 @@ pub fn save_quantized(
     )
     .map_err(|e| ferr(&src.join("config.json"), e))?;
     let default_skip = spec.modules.is_none()
-        && spec.skip_modules.iter().map(String::as_str).eq(DEFAULT_SKIP.iter().copied());
+        && spec
+            .skip_modules
+            .iter()
+            .map(String::as_str)
+            .eq(DEFAULT_SKIP.iter().copied());
     let skip_list = if default_skip && skipped.is_empty() {
         None
     } else {
@@ -489,14 +504,19 @@ pub fn save_quantized(
         Some(s)
     };
     if let Value::Object(m) = &mut cfg {
-        m.insert("quantization_config".into(), spec.quantization_config(skip_list));
-        let sorted: BTreeMap<String, Value> =
-            std::mem::take(m).into_iter().collect();
+        m.insert(
+            "quantization_config".into(),
+            spec.quantization_config(skip_list),
+        );
+        let sorted: BTreeMap<String, Value> = std::mem::take(m).into_iter().collect();
         cfg = json!(sorted);
     }
     let cp = out.join("config.json");
-    std::fs::write(&cp, serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n")
-        .map_err(|e| ferr(&cp, e))?;
+    std::fs::write(
+        &cp,
+        serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| ferr(&cp, e))?;
     copy_other_files(src, out)?;
     Ok(stats)
 }
@@ -546,9 +566,18 @@ fn copy_other_files(src: &Path, out: &Path) -> Result<(), QuantModelError> {
     for e in std::fs::read_dir(src).map_err(|e| ferr(src, e))?.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().to_string();
-        let weights = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack"]
-            .iter()
-            .any(|x| name.ends_with(x))
+        let weights = [
+            ".safetensors",
+            ".bin",
+            ".pt",
+            ".pth",
+            ".ckpt",
+            ".gguf",
+            ".h5",
+            ".msgpack",
+        ]
+        .iter()
+        .any(|x| name.ends_with(x))
             || name == "model.safetensors.index.json"
             || name == "pytorch_model.bin.index.json";
         if !p.is_file() || weights || name == "config.json" || name == "model.json" {

@@ -10,11 +10,15 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn tiny(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant/tiny_llama").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/quant/tiny_llama")
+        .join(rel)
 }
 
 fn qlora(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qlora").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qlora")
+        .join(rel)
 }
 
 fn reference() -> Value {
@@ -22,7 +26,11 @@ fn reference() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 /// The reference batch: 2 rows × 8 tokens, no padding, some labels -100.
@@ -31,7 +39,12 @@ fn batch(r: &Value) -> Batch {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32))
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+        })
         .collect();
     let labels: Vec<i64> = r["labels"]
         .as_array()
@@ -85,9 +98,14 @@ fn transformers_4bit_save_loads_with_equal_logits() {
     let r = reference();
     let m = load_quantized_model(&qlora("llama64_nf4_dq"), &LoadOptions::default()).expect("load");
     for layer in &m.layers {
-        assert!(layer.linears().all(|l| matches!(l.weight, crate::model::LinearWeight::Quant(_))));
+        assert!(layer
+            .linears()
+            .all(|l| matches!(l.weight, crate::model::LinearWeight::Quant(_))));
     }
-    assert!(matches!(m.head.as_ref().unwrap().weight, crate::model::LinearWeight::Dense(_)));
+    assert!(matches!(
+        m.head.as_ref().unwrap().weight,
+        crate::model::LinearWeight::Dense(_)
+    ));
     let out = m.forward(&batch(&r)).expect("forward");
     assert_close("logits", &out.logits, &floats(&r["logits"]), 1e-5);
 }
@@ -97,18 +115,29 @@ fn transformers_4bit_save_loads_with_equal_logits() {
 /// `quantization_config`.
 #[test]
 fn save_quantized_writes_transformers_bytes() {
-    for (name, qt, dq) in [("nf4_dq", QuantType::Nf4, true), ("fp4", QuantType::Fp4, false)] {
+    for (name, qt, dq) in [
+        ("nf4_dq", QuantType::Nf4, true),
+        ("fp4", QuantType::Fp4, false),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let mut calls = 0;
-        let stats = save_quantized(&tiny("f32"), tmp.path(), &spec(qt, dq), &mut |done, total, _| {
-            calls += 1;
-            assert!(done <= total);
-        })
+        let stats = save_quantized(
+            &tiny("f32"),
+            tmp.path(),
+            &spec(qt, dq),
+            &mut |done, total, _| {
+                calls += 1;
+                assert!(done <= total);
+            },
+        )
         .expect("save");
         assert_eq!((stats.quantized, calls), (7, stats.tensors));
         let got = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
         let want = std::fs::read(tiny(name).join("model.safetensors")).unwrap();
-        assert!(got == want, "{name}: model.safetensors differs from transformers' save");
+        assert!(
+            got == want,
+            "{name}: model.safetensors differs from transformers' save"
+        );
         let cfg = |p: PathBuf| -> Value {
             serde_json::from_slice(&std::fs::read(p.join("config.json")).unwrap()).unwrap()
         };
@@ -127,13 +156,23 @@ fn save_quantized_writes_transformers_bytes() {
 #[test]
 fn quantize_on_load_equals_loading_the_saved_model() {
     let r = reference();
-    let a = quantize_on_load(&tiny("f32"), &spec(QuantType::Nf4, true), &LoadOptions::default())
-        .expect("quantize on load");
+    let a = quantize_on_load(
+        &tiny("f32"),
+        &spec(QuantType::Nf4, true),
+        &LoadOptions::default(),
+    )
+    .expect("quantize on load");
     let b = load_quantized_model(&tiny("nf4_dq"), &LoadOptions::default()).expect("load");
-    let (la, lb) = (a.forward(&batch(&r)).unwrap().logits, b.forward(&batch(&r)).unwrap().logits);
+    let (la, lb) = (
+        a.forward(&batch(&r)).unwrap().logits,
+        b.forward(&batch(&r)).unwrap().logits,
+    );
     assert!(la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()));
     // A module subset leaves the rest dense.
-    let only = QuantizeSpec { modules: Some(vec!["q_proj".into()]), ..spec(QuantType::Nf4, true) };
+    let only = QuantizeSpec {
+        modules: Some(vec!["q_proj".into()]),
+        ..spec(QuantType::Nf4, true)
+    };
     let c = quantize_on_load(&tiny("f32"), &only, &LoadOptions::default()).unwrap();
     let quant: Vec<bool> = c.layers[0]
         .linears()
@@ -145,7 +184,13 @@ fn quantize_on_load_equals_loading_the_saved_model() {
 fn lora_state(m: &mut Model) -> Vec<(String, Vec<f32>, Vec<f32>)> {
     m.params_mut()
         .into_iter()
-        .map(|p| (p.name.trim_end_matches(".weight").to_string(), p.value.to_vec(), p.grad.to_vec()))
+        .map(|p| {
+            (
+                p.name.trim_end_matches(".weight").to_string(),
+                p.value.to_vec(),
+                p.grad.to_vec(),
+            )
+        })
         .collect()
 }
 
@@ -163,15 +208,28 @@ fn qlora_grads_and_adamw_steps_match_peft_bnb() {
     let losses = floats(&r["losses"]);
     let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
     assert_eq!(sizes.len(), 28, "2 layers × 7 adapted linears × (A, B)");
-    let cfg = OptimConfig { weight_decay: r["weight_decay"].as_f64().unwrap(), ..OptimConfig::default() };
+    let cfg = OptimConfig {
+        weight_decay: r["weight_decay"].as_f64().unwrap(),
+        ..OptimConfig::default()
+    };
     let mut opt = Optimizer::new(OptimKind::AdamW, &cfg, &sizes);
     for (step, want_loss) in losses.iter().enumerate() {
         m.zero_grad();
-        let loss = m.forward_backward(&b, TrainOptions::default()).expect("forward_backward");
-        assert!((loss - want_loss).abs() <= 1e-4 * want_loss.abs(), "step {step}: loss {loss} vs {want_loss}");
+        let loss = m
+            .forward_backward(&b, TrainOptions::default())
+            .expect("forward_backward");
+        assert!(
+            (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
+            "step {step}: loss {loss} vs {want_loss}"
+        );
         if step == 0 {
             for (name, _, grad) in lora_state(&mut m) {
-                assert_close(&format!("grad {name}"), &grad, &floats(&r["grads"][&name]), 1e-4);
+                assert_close(
+                    &format!("grad {name}"),
+                    &grad,
+                    &floats(&r["grads"][&name]),
+                    1e-4,
+                );
             }
         }
         let mut ps = m.params_mut();
@@ -180,6 +238,11 @@ fn qlora_grads_and_adamw_steps_match_peft_bnb() {
         opt.step(&mut vals, &grads, r["lr"].as_f64().unwrap());
     }
     for (name, value, _) in lora_state(&mut m) {
-        assert_close(&format!("adapter {name}"), &value, &floats(&r["adapter_after"][&name]), 1e-4);
+        assert_close(
+            &format!("adapter {name}"),
+            &value,
+            &floats(&r["adapter_after"][&name]),
+            1e-4,
+        );
     }
 }

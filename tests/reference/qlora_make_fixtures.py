@@ -2,9 +2,9 @@
 gradients / AdamW steps over the tiny LLaMA of tests/fixtures/quant/tiny_llama.
 
     /work/pyenv/bin/python tests/reference/qlora_make_fixtures.py            # write fixtures
-    /work/pyenv/bin/python tests/reference/qlora_make_fixtures.py --check DIR
-        # load a 4-bit dir written by `recipe` (save_quantized) in transformers and compare
-        # its logits with transformers' own nf4_dq save.
+    /work/pyenv/bin/python tests/reference/qlora_make_fixtures.py --check OURS THEIRS
+        # load a 4-bit dir written by `recipe` (the quantize step) and transformers' own save
+        # of the same weights, both in transformers, and compare their logits.
 
 Writes tests/fixtures/qlora/ref.json and tests/fixtures/qlora/adapter_init/ (the PEFT adapter
 with NONZERO lora_B both sides start from). compute dtype float32 so f32 parity is possible.
@@ -49,9 +49,9 @@ def logits_of(m):
         return m(input_ids=input_ids).logits
 
 
-if len(sys.argv) == 3 and sys.argv[1] == "--check":
+if len(sys.argv) == 4 and sys.argv[1] == "--check":
     ours = logits_of(load4(sys.argv[2]))
-    theirs = logits_of(load4(MODEL))
+    theirs = logits_of(load4(sys.argv[3]))
     err = ((ours - theirs).abs().max() / theirs.abs().max()).item()
     print("max |ours - transformers| / max |transformers| =", err)
     sys.exit(0 if err <= 1e-5 else 1)
