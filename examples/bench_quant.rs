@@ -269,7 +269,7 @@ fn main() {
             v["load_hwm"].as_u64().unwrap() as f64 / 1048576.0,
             hwm as f64 / 1048576.0
         );
-        let plan = plan_bytes(dir_for_plan(&dense), quantized);
+        let plan = plan_bytes(&dense, quantized);
         println!(
             "    plan {:.1} MiB vs measured {:.1} MiB: {:+.1}%",
             plan as f64 / 1048576.0,
@@ -277,9 +277,4 @@ fn main() {
             (plan as f64 / hwm as f64 - 1.0) * 100.0
         );
     }
-}
-
-/// The plan reads config.json of the source (dense) model.
-fn dir_for_plan(dense: &Path) -> &Path {
-    dense
 }

@@ -442,7 +442,7 @@ pub fn save_quantized(
     let mut owned: Vec<TensorEntry> = Vec::new();
     let mut passthrough: Vec<String> = Vec::new();
     for (done, name) in names.iter().enumerate() {
-        let (dtype, shape, data) = files.raw(name)?;
+        let (dtype, _, data) = files.raw(name)?;
         stats.tensors += 1;
         stats.bytes_in += data.len() as u64;
         if let Some(&(d_in, d_out)) = targets.get(name) {
@@ -464,7 +464,6 @@ pub fn save_quantized(
             owned.extend(q.to_tensors(name));
             stats.quantized += 1;
         } else {
-            let _ = shape;
             passthrough.push(name.clone());
         }
         on_tensor(done + 1, total, name);

@@ -181,6 +181,31 @@ fn quantize_on_load_equals_loading_the_saved_model() {
     assert_eq!(quant, [true, false, false, false, false, false, false]);
 }
 
+/// A module subset: the others stay dense in the file, `llm_int8_skip_modules` names them (so
+/// transformers keeps them as nn.Linear), and the dir loads back with the same split.
+#[test]
+fn save_quantized_module_subset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let only = QuantizeSpec {
+        modules: Some(vec!["mlp".into()]),
+        ..spec(QuantType::Nf4, true)
+    };
+    let st = save_quantized(&tiny("f32"), tmp.path(), &only, &mut |_, _, _| {}).unwrap();
+    assert_eq!(st.quantized, 3);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("config.json")).unwrap()).unwrap();
+    let skip = &cfg["quantization_config"]["llm_int8_skip_modules"];
+    assert_eq!(skip[3], "model.layers.0.self_attn.q_proj", "{skip}");
+    assert_eq!(skip.as_array().unwrap().len(), 3 + 4);
+    let m = load_quantized_model(tmp.path(), &LoadOptions::default()).unwrap();
+    let quant: Vec<bool> = m.layers[0]
+        .linears()
+        .map(|l| matches!(l.weight, crate::model::LinearWeight::Quant(_)))
+        .collect();
+    assert_eq!(quant, [false, false, false, false, true, true, true]);
+    assert!(!super::model::is_quantized_dir(&tiny("f32")));
+}
+
 fn lora_state(m: &mut Model) -> Vec<(String, Vec<f32>, Vec<f32>)> {
     m.params_mut()
         .into_iter()
