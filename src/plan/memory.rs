@@ -220,11 +220,14 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let b = p.usize("batch_size") as u64;
     let bt = b * seq;
     let h = s.hidden;
-    let qkv = (s.heads + 2 * s.kv_heads) * s.head_dim;
-    // Per layer, f32: inputs of norms and linears, q/k/v, attention probs,
-    // MLP intermediates (gate, up, act).
-    let per_layer = 4 * (bt * (4 * h + qkv + 3 * s.inter) + b * s.heads * seq * seq);
-    let logits = 4 * bt * s.vocab * 2;
+    let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    // Per layer, f32, as the CPU engine keeps it (`Arch::activation_floats_per_layer`): x, h1,
+    // q, k, v, attention output, x2, h2, MLP e/g/a, norm stats, and the probs [B, NH, T, T].
+    let per_layer = 4 * (bt * (4 * h + 2 * q + 2 * kv + 3 * s.inter + 4) + b * s.heads * seq * seq);
+    // The head + cross-entropy run in row chunks of at most HEAD_CHUNK logits (and their
+    // gradient): the full [B, T, V] logits are never live.
+    const HEAD_CHUNK: u64 = 1 << 22;
+    let logits = 4 * (bt * s.vocab).min(HEAD_CHUNK) * 2;
     let act_full = s.layers * per_layer + logits;
     let act_ckpt = s.layers * 4 * bt * h + per_layer + logits;
     let act = if p.bool("gradient_checkpointing") { act_ckpt } else { act_full };

@@ -7,6 +7,7 @@ pub mod blockwise8;
 pub mod codes;
 pub mod four_bit;
 pub mod linear;
+pub mod model;
 pub mod serialize;
 pub mod testgen;
 pub mod torch_sum;
@@ -19,3 +20,5 @@ pub use serialize::{TensorEntry, TensorRef};
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod model_tests;

@@ -1,0 +1,280 @@
+//! Quantization and QLoRA on the CPU: quantize throughput, QLoRA vs LoRA train-step tokens/s,
+//! and measured peak RSS (VmHWM, each run in a child process) next to the plan's estimate.
+//!
+//!     cargo run --example bench_quant            # BENCHMARKS.md "Quantization and QLoRA"
+//!     cargo run --example bench_quant -- small   # a smaller model (quick check)
+//!
+//! The model is a synthetic LLaMA (f32, seeded weights) written to a temp dir; QLoRA loads its
+//! pre-quantized NF4 + double-quant save (what a `quantize` step hands to `train`).
+
+use indexmap::IndexMap;
+use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
+use recipe::optim::{OptimConfig, OptimKind, Optimizer};
+use recipe::quant::model::{load_quantized_model, save_quantized, QuantizeSpec};
+use recipe::steps::{EstimateCtx, Params};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+const BATCH: usize = 4;
+const SEQ: usize = 128;
+const STEPS: usize = 3;
+const R: usize = 8;
+
+struct Size {
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+    heads: usize,
+    vocab: usize,
+}
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// config.json + model.safetensors (f32) of a random LLaMA.
+fn write_model(dir: &Path, s: &Size) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
+        "intermediate_size": s.inter, "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.heads, "vocab_size": s.vocab,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
+        "dtype": "float32", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let (h, f, v) = (s.hidden, s.inter, s.vocab);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+        ("lm_head.weight".into(), vec![v, h]),
+    ];
+    for i in 0..s.layers {
+        let p = format!("model.layers.{i}");
+        for (n, sh) in [
+            ("self_attn.q_proj", vec![h, h]),
+            ("self_attn.k_proj", vec![h, h]),
+            ("self_attn.v_proj", vec![h, h]),
+            ("self_attn.o_proj", vec![h, h]),
+            ("mlp.gate_proj", vec![f, h]),
+            ("mlp.up_proj", vec![f, h]),
+            ("mlp.down_proj", vec![h, f]),
+            ("input_layernorm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+        ] {
+            shapes.push((format!("{p}.{n}.weight"), sh));
+        }
+    }
+    let mut seed = 7u64;
+    let data: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|(n, sh)| {
+            let len: usize = sh.iter().product();
+            if n.contains("norm") {
+                vec![1.0; len]
+            } else {
+                (0..len).map(|_| lcg(&mut seed) * 0.035).collect()
+            }
+        })
+        .collect();
+    let views: Vec<(String, Vec<usize>, &[f32])> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| (n.clone(), s.clone(), &d[..]))
+        .collect();
+    recipe::model::load::write_f32(&dir.join("model.safetensors"), &views).unwrap();
+}
+
+fn vm_hwm() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Child: load (dense or 4-bit), LoRA r 8 on q_proj/v_proj, AdamW, 1 warm-up + STEPS steps.
+fn child(method: &str, dir: &Path) {
+    let opts = LoadOptions::default();
+    let mut m: Model = if method == "qlora" {
+        load_quantized_model(dir, &opts).unwrap()
+    } else {
+        Model::load(dir, &opts).unwrap()
+    };
+    let cfg = recipe::lora::LoraConfig {
+        r: R,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: recipe::lora::Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 1,
+    };
+    // Peak while loading (a dense load holds the mapped file and its f32 copy), then reset the
+    // peak (Linux: `5` > clear_refs) so VmHWM measures the training steps alone.
+    let load_hwm = vm_hwm();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    recipe::lora::apply(&mut m, &cfg).unwrap();
+    let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
+    let mut opt = Optimizer::new(OptimKind::AdamW, &OptimConfig::default(), &sizes);
+    let mut seed = 3u64;
+    let vocab = m.arch.vocab as u32;
+    let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..BATCH)
+        .map(|_| {
+            let ids: Vec<u32> = (0..SEQ)
+                .map(|_| ((lcg(&mut seed) + 1.0) * 0.5 * (vocab - 1) as f32) as u32)
+                .collect();
+            let labels = ids.iter().map(|&i| i as i64).collect();
+            (ids, labels)
+        })
+        .collect();
+    let batch = Batch::padded(&rows, 0, true);
+    let mut t = Instant::now();
+    for step in 0..=STEPS {
+        if step == 1 {
+            t = Instant::now();
+        }
+        m.zero_grad();
+        m.forward_backward(&batch, TrainOptions::default()).unwrap();
+        let mut ps = m.params_mut();
+        let (mut vals, grads): (Vec<&mut [f32]>, Vec<&[f32]>) =
+            ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
+        opt.step(&mut vals, &grads, 1e-4);
+    }
+    let tps = (STEPS * BATCH * SEQ) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"tokens_per_s": tps, "vm_hwm": vm_hwm(), "load_hwm": load_hwm})
+    );
+}
+
+fn params(v: serde_json::Value) -> Params {
+    Params {
+        map: v.as_object().unwrap().clone().into_iter().collect(),
+    }
+}
+
+/// The plan's train estimate for this model and batch (quantized or not).
+fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
+    let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
+    all.insert(
+        "base".into(),
+        (
+            "load.model",
+            params(json!({"path": dir.display().to_string()})),
+        ),
+    );
+    all.insert(
+        "q".into(),
+        ("quantize", params(json!({"model": "base", "quant_type": "nf4", "blocksize": 64, "double_quant": true}))),
+    );
+    all.insert(
+        "tok".into(),
+        ("tokenize", params(json!({"max_length": SEQ}))),
+    );
+    let model = if quantized { "q" } else { "base" };
+    let train = params(json!({
+        "model": model, "data": "tok", "method": "lora", "r": R, "optim": "adamw",
+        "batch_size": BATCH, "gradient_checkpointing": false, "target_modules": ["q_proj", "v_proj"]
+    }));
+    let mut inputs = IndexMap::new();
+    inputs.insert("model".to_string(), (all[model].0, &all[model].1));
+    inputs.insert("data".to_string(), ("tokenize", &all["tok"].1));
+    let e = EstimateCtx {
+        params: &train,
+        inputs,
+        all: &all,
+    };
+    let est = recipe::plan::memory::train_estimate(&e).expect("estimate");
+    for (name, b) in &est.rows {
+        eprintln!("    plan {name:<32} {:>10.1} MiB", *b as f64 / 1048576.0);
+    }
+    est.peak_bytes.unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("child") {
+        return child(&args[2], Path::new(&args[3]));
+    }
+    let small = args.get(1).map(String::as_str) == Some("small");
+    let s = if small {
+        Size {
+            hidden: 256,
+            inter: 688,
+            layers: 2,
+            heads: 4,
+            vocab: 2048,
+        }
+    } else {
+        Size {
+            hidden: 1024,
+            inter: 2752,
+            layers: 6,
+            heads: 16,
+            vocab: 8192,
+        }
+    };
+    println!("threads: {}", rayon::current_num_threads());
+    let n = 1 << 24;
+    println!(
+        "quantize_4bit nf4+dq, 64 MiB f32: {:.3} GB/s",
+        recipe::quant::bench::quantize_throughput(n, 3)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dense = tmp.path().join("dense");
+    let q = tmp.path().join("nf4");
+    write_model(&dense, &s);
+    let t = Instant::now();
+    let spec = QuantizeSpec {
+        compute_dtype: "float32".into(),
+        ..QuantizeSpec::default()
+    };
+    let st = save_quantized(&dense, &q, &spec, &mut |_, _, _| {}).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "save_quantized (read, quantize, write): {} linears, {:.1} MiB f32 -> file {:.1} MiB -> {:.1} MiB in {:.2}s = {:.3} GB/s of f32 linear input",
+        st.quantized,
+        st.f32_bytes_quantized as f64 / 1048576.0,
+        st.bytes_in as f64 / 1048576.0,
+        st.bytes_out as f64 / 1048576.0,
+        secs,
+        st.f32_bytes_quantized as f64 / secs / 1e9
+    );
+    let exe = std::env::current_exe().unwrap();
+    for (method, dir, quantized) in [("lora", &dense, false), ("qlora", &q, true)] {
+        let out = std::process::Command::new(&exe)
+            .args(["child", method, &dir.display().to_string()])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+            panic!(
+                "child {method} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let hwm = v["vm_hwm"].as_u64().unwrap();
+        println!(
+            "{method}: batch {BATCH} x seq {SEQ}, r {R} q/v: {:.0} tokens/s, peak RSS while loading {:.1} MiB, while training {:.1} MiB",
+            v["tokens_per_s"].as_f64().unwrap(),
+            v["load_hwm"].as_u64().unwrap() as f64 / 1048576.0,
+            hwm as f64 / 1048576.0
+        );
+        let plan = plan_bytes(&dense, quantized);
+        println!(
+            "    plan {:.1} MiB vs measured {:.1} MiB: {:+.1}%",
+            plan as f64 / 1048576.0,
+            hwm as f64 / 1048576.0,
+            (plan as f64 / hwm as f64 - 1.0) * 100.0
+        );
+    }
+}

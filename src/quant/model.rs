@@ -1,0 +1,588 @@
+//! Quantized models: load a checkpoint in bitsandbytes' serialized 4-bit layout (what
+//! transformers `save_pretrained` writes for a `load_in_4bit` model), quantize a dense checkpoint
+//! as it loads, and write a dense checkpoint out in that layout (the `quantize` step).
+//!
+//! Only the layer linears are quantized (never embeddings, norms or the head), as transformers
+//! does with its default `llm_int8_skip_modules`. Weights stay in nn.Linear layout [out, in]
+//! (a GPT-2 Conv1D weight is transposed before quantization, as transformers does).
+//!
+//! `Model::load` reads every layer linear as a dense tensor, which a pre-quantized file does not
+//! have; [`load_quantized_model`] therefore assembles the `Model` itself from the same `Arch`
+//! names (embedding, norms and head exactly as `Model::load` reads them).
+
+use super::codes::QuantType;
+use super::four_bit::{check_blocksize, quantize_4bit, QuantError, Quantized4};
+use super::linear::Linear4bit;
+use super::serialize::{TensorEntry, TensorRef};
+use crate::backend::CpuBackend;
+use crate::model::arch::Positions;
+use crate::model::{
+    Arch, Layer, Linear, LinearWeight, LoadError, LoadOptions, Model, ModelError, Norm, NormKind,
+    Param, QkvLayout, QuantLinear, WeightFiles,
+};
+use safetensors::Dtype;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Module names transformers never quantizes by default (the output heads).
+pub const DEFAULT_SKIP: &[&str] = &["lm_head", "output_layer", "embed_out"];
+
+/// Largest safetensors file `save_quantized` writes before sharding (transformers: 5 GB).
+const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantModelError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{name}: {source}")]
+    Quant { name: String, source: QuantError },
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+}
+
+fn ferr(p: &Path, msg: impl std::fmt::Display) -> QuantModelError {
+    QuantModelError::File {
+        path: p.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+/// What to quantize and how (transformers' `BitsAndBytesConfig` 4-bit fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeSpec {
+    pub quant_type: QuantType,
+    pub blocksize: usize,
+    pub double_quant: bool,
+    /// torch dtype name of the dequantized matmul ("bfloat16", "float16", "float32"); recorded
+    /// in `quantization_config` (the CPU engine computes in f32 either way).
+    pub compute_dtype: String,
+    /// Only these linear modules (PEFT-style name suffixes); None: every layer linear.
+    pub modules: Option<Vec<String>>,
+    /// Never these (name suffixes or path fragments, as `llm_int8_skip_modules`).
+    pub skip_modules: Vec<String>,
+}
+
+impl Default for QuantizeSpec {
+    fn default() -> Self {
+        QuantizeSpec {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: true,
+            compute_dtype: "bfloat16".into(),
+            modules: None,
+            skip_modules: DEFAULT_SKIP.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// `name` equals `key`, ends with `.key`, or contains `key.` (transformers' skip test).
+fn name_matches(name: &str, key: &str) -> bool {
+    name == key || name.ends_with(&format!(".{key}")) || name.contains(&format!("{key}."))
+}
+
+impl QuantizeSpec {
+    /// Whether the layer linear `name` gets quantized.
+    pub fn selects(&self, name: &str) -> bool {
+        let wanted = self
+            .modules
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|k| name_matches(name, k)));
+        wanted && !self.skip_modules.iter().any(|k| name_matches(name, k))
+    }
+
+    /// torch dtype name for a recipe's `compute_dtype` ("bf16" | "f16" | "f32").
+    pub fn torch_dtype_name(short: &str) -> &'static str {
+        match short {
+            "f32" | "float32" => "float32",
+            "f16" | "float16" => "float16",
+            _ => "bfloat16",
+        }
+    }
+
+    /// `quantization_config` as transformers writes it for this `BitsAndBytesConfig`
+    /// (keys sorted). `skipped`: the skip list to record (None writes `null`, the default).
+    pub fn quantization_config(&self, skipped: Option<Vec<String>>) -> Value {
+        json!({
+            "_load_in_4bit": true,
+            "_load_in_8bit": false,
+            "bnb_4bit_compute_dtype": self.compute_dtype,
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": self.quant_type.name(),
+            "bnb_4bit_use_double_quant": self.double_quant,
+            "llm_int8_enable_fp32_cpu_offload": false,
+            "llm_int8_has_fp16_weight": false,
+            "llm_int8_skip_modules": skipped,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": true,
+            "load_in_8bit": false,
+            "quant_method": "bitsandbytes"
+        })
+    }
+}
+
+/// torch's name of a safetensors dtype (bnb records it in the quant state).
+fn torch_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// Whether `dir`'s config.json carries a bitsandbytes 4-bit `quantization_config`.
+pub fn is_quantized_dir(dir: &Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| c.get("quantization_config").cloned())
+        .is_some_and(|q| {
+            q.get("quant_method").and_then(Value::as_str) == Some("bitsandbytes")
+                && q.get("load_in_4bit").and_then(Value::as_bool) == Some(true)
+        })
+}
+
+/// GPT-2 / BLOOM base checkpoints have no `transformer.` prefix (as in `Model::load`).
+fn resolve(files: &WeightFiles, name: &str) -> String {
+    if !files.contains(name) {
+        if let Some(s) = name.strip_prefix("transformer.") {
+            if files.contains(s) {
+                return s.to_string();
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
+    let h = arch.hidden;
+    let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
+    let b = match arch.norm {
+        NormKind::Layer => Some(Param::frozen(
+            files.get_shaped(&resolve(files, &format!("{name}.bias")), &[h])?,
+        )),
+        NormKind::Rms => None,
+    };
+    Ok(Norm {
+        name: name.to_string(),
+        kind: arch.norm,
+        eps: arch.eps,
+        w,
+        b,
+    })
+}
+
+/// The packed 4-bit weight `wname` (with its quant state), if the file has one.
+fn read_4bit(files: &WeightFiles, wname: &str) -> Result<Option<Quantized4>, QuantModelError> {
+    let has_state = ["nf4", "fp4"]
+        .iter()
+        .any(|q| files.contains(&format!("{wname}.quant_state.bitsandbytes__{q}")));
+    if !has_state {
+        return Ok(None);
+    }
+    let get = |n: &str| {
+        files
+            .raw(n)
+            .ok()
+            .map(|(dtype, shape, data)| TensorRef { dtype, shape, data })
+    };
+    Quantized4::from_tensors(wname, &get)
+        .map(Some)
+        .map_err(|source| QuantModelError::Quant {
+            name: wname.to_string(),
+            source,
+        })
+}
+
+/// Dense W [d_out, d_in] (nn.Linear layout; a Conv1D weight [in, out] is transposed).
+fn dense_weight(
+    files: &WeightFiles,
+    wname: &str,
+    conv1d: bool,
+    d_in: usize,
+    d_out: usize,
+) -> Result<Vec<f32>, LoadError> {
+    if !conv1d {
+        return files.get_shaped(wname, &[d_out, d_in]);
+    }
+    let t = files.get_shaped(wname, &[d_in, d_out])?;
+    Ok(transpose(&t, d_in, d_out))
+}
+
+/// [rows, cols] -> [cols, rows]
+fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut w = vec![0.0; t.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            w[c * rows + r] = t[r * cols + c];
+        }
+    }
+    w
+}
+
+/// One layer linear: the serialized 4-bit weight when present, else the dense weight (passed
+/// through `opts.quantize` when set).
+fn layer_linear(
+    files: &WeightFiles,
+    arch: &Arch,
+    opts: &LoadOptions,
+    (name, d_in, d_out, bias): (String, usize, usize, bool),
+) -> Result<Linear, QuantModelError> {
+    let wname = resolve(files, &format!("{name}.weight"));
+    let b = if bias {
+        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
+    } else {
+        None
+    };
+    let weight = match read_4bit(files, &wname)? {
+        Some(q) => {
+            if q.state.shape != [d_out, d_in] {
+                return Err(ferr(
+                    Path::new(&wname),
+                    format!(
+                        "4-bit weight has shape {:?}, expected {:?}",
+                        q.state.shape,
+                        [d_out, d_in]
+                    ),
+                ));
+            }
+            let l = Linear4bit::new(q).map_err(|source| QuantModelError::Quant {
+                name: wname.clone(),
+                source,
+            })?;
+            LinearWeight::Quant(Box::new(l))
+        }
+        None => {
+            let w = dense_weight(files, &wname, arch.conv1d, d_in, d_out)?;
+            match opts
+                .quantize
+                .as_ref()
+                .and_then(|q| q(&name, &w, d_in, d_out))
+            {
+                Some(q) => LinearWeight::Quant(q),
+                None => LinearWeight::Dense(w),
+            }
+        }
+    };
+    let mut l = Linear::dense(name, d_in, d_out, Vec::new(), b);
+    l.weight = weight;
+    l.conv1d = arch.conv1d;
+    Ok(l)
+}
+
+/// Loads a model dir whose layer linears may be stored in bitsandbytes' 4-bit layout (e.g. a
+/// transformers `load_in_4bit` save, or the `quantize` step's output). Dense layer linears go
+/// through `opts.quantize` as in `Model::load`; the head is always dense.
+pub fn load_quantized_model(dir: &Path, opts: &LoadOptions) -> Result<Model, QuantModelError> {
+    let arch = Arch::from_dir(dir).map_err(ModelError::from)?;
+    let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    let files = WeightFiles::open(dir)?;
+    let names = arch.names();
+    let (v, h) = (arch.vocab, arch.hidden);
+    let emb = Param::frozen(
+        files.get_shaped(&resolve(&files, &format!("{}.weight", names.emb)), &[v, h])?,
+    );
+    let pos_emb = match (arch.positions, &names.pos_emb) {
+        (Positions::Learned { max }, Some(p)) => Some(Param::frozen(
+            files.get_shaped(&resolve(&files, &format!("{p}.weight")), &[max, h])?,
+        )),
+        _ => None,
+    };
+    let emb_norm = match &names.emb_norm {
+        Some(n) => Some(norm_of(&files, &arch, n)?),
+        None => None,
+    };
+    let mut layers = Vec::with_capacity(arch.layers);
+    for i in 0..arch.layers {
+        let ln = arch.layer_names(i);
+        let mut lin = arch
+            .layer_linears(i)
+            .into_iter()
+            .map(|spec| layer_linear(&files, &arch, opts, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mlp_out = lin.pop().expect("mlp out");
+        let n_qkv = if arch.qkv == QkvLayout::Separate {
+            3
+        } else {
+            1
+        };
+        let mut rest = lin.split_off(n_qkv).into_iter();
+        let o = rest.next().expect("o");
+        layers.push(Layer {
+            ln1: norm_of(&files, &arch, &ln.ln1)?,
+            qkv: lin,
+            o,
+            ln2: norm_of(&files, &arch, &ln.ln2)?,
+            mlp_in: rest.collect(),
+            mlp_out,
+        });
+    }
+    let final_norm = norm_of(&files, &arch, &names.final_norm)?;
+    let head = match &names.head {
+        Some(n) => {
+            let w = files.get_shaped(&resolve(&files, &format!("{n}.weight")), &[v, h])?;
+            Some(Linear::dense(n.clone(), h, v, w, None))
+        }
+        None => None,
+    };
+    let backend = opts.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend));
+    Ok(Model {
+        arch,
+        emb,
+        emb_name: names.emb,
+        pos_emb,
+        emb_norm,
+        layers,
+        final_norm,
+        head,
+        backend,
+        config_json,
+    })
+}
+
+/// Loads a dense model dir, quantizing each selected layer linear as it is read (one dense
+/// weight alive at a time). Pre-quantized layer linears in the dir are used as they are.
+pub fn quantize_on_load(
+    dir: &Path,
+    spec: &QuantizeSpec,
+    opts: &LoadOptions,
+) -> Result<Model, QuantModelError> {
+    check_blocksize(spec.blocksize).map_err(|source| QuantModelError::Quant {
+        name: "blocksize".into(),
+        source,
+    })?;
+    // Source dtype per weight, recorded in the quant state as transformers does.
+    let dtypes: HashMap<String, &'static str> = {
+        let files = WeightFiles::open(dir)?;
+        files
+            .names()
+            .filter_map(|n| Some((n.to_string(), torch_name(files.raw(n).ok()?.0))))
+            .collect()
+    };
+    let spec2 = spec.clone();
+    let hook: crate::model::QuantizeHook =
+        Arc::new(move |name: &str, w: &[f32], d_in: usize, d_out: usize| {
+            if !spec2.selects(name) {
+                return None;
+            }
+            let dtype = dtypes
+                .get(&format!("{name}.weight"))
+                .copied()
+                .unwrap_or("float32");
+            let q = quantize_4bit(
+                w,
+                &[d_out, d_in],
+                spec2.blocksize,
+                spec2.quant_type,
+                spec2.double_quant,
+                dtype,
+            )
+            .ok()?;
+            Some(Box::new(Linear4bit::new(q).ok()?) as Box<dyn QuantLinear>)
+        });
+    let opts = LoadOptions {
+        quantize: Some(hook),
+        ..opts.clone()
+    };
+    load_quantized_model(dir, &opts)
+}
+
+/// What `save_quantized` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuantizeStats {
+    /// Weight tensors read / written.
+    pub tensors: usize,
+    /// Layer linears quantized.
+    pub quantized: usize,
+    /// Bytes of the source tensors (as stored) and of the written ones.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Bytes of the quantized weights' source as f32 (for throughput).
+    pub f32_bytes_quantized: u64,
+}
+
+/// Writes `src` (a dense HF model dir) to `out` in bitsandbytes' serialized 4-bit layout:
+/// selected layer linears as packed 4-bit weights plus quant state, every other tensor in its
+/// stored dtype, config.json with `quantization_config`, and every other non-weight file
+/// (tokenizer, generation config, remote code) copied. `on_tensor(done, total, name)` is called
+/// after each tensor. Only one dense f32 weight is alive at a time; the rest of the output is
+/// written from the memory-mapped source.
+pub fn save_quantized(
+    src: &Path,
+    out: &Path,
+    spec: &QuantizeSpec,
+    on_tensor: &mut dyn FnMut(usize, usize, &str),
+) -> Result<QuantizeStats, QuantModelError> {
+    check_blocksize(spec.blocksize).map_err(|source| QuantModelError::Quant {
+        name: "blocksize".into(),
+        source,
+    })?;
+    let arch = Arch::from_dir(src).map_err(ModelError::from)?;
+    let files = WeightFiles::open(src)?;
+    // weight tensor name -> (module name, d_in, d_out) of every selected layer linear
+    let mut targets: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for i in 0..arch.layers {
+        for (name, d_in, d_out, _) in arch.layer_linears(i) {
+            if spec.selects(&name) {
+                targets.insert(resolve(&files, &format!("{name}.weight")), (d_in, d_out));
+            } else {
+                skipped.push(name);
+            }
+        }
+    }
+    let mut names: Vec<String> = files.names().map(str::to_string).collect();
+    names.sort();
+    let total = names.len();
+    let mut stats = QuantizeStats::default();
+    // Quantized tensors (owned) and pass-through tensors (borrowed from the mmap).
+    let mut owned: Vec<TensorEntry> = Vec::new();
+    let mut passthrough: Vec<String> = Vec::new();
+    for (done, name) in names.iter().enumerate() {
+        let (dtype, _, data) = files.raw(name)?;
+        stats.tensors += 1;
+        stats.bytes_in += data.len() as u64;
+        if let Some(&(d_in, d_out)) = targets.get(name) {
+            let w = dense_weight(&files, name, arch.conv1d, d_in, d_out)?;
+            stats.f32_bytes_quantized += 4 * w.len() as u64;
+            let q = quantize_4bit(
+                &w,
+                &[d_out, d_in],
+                spec.blocksize,
+                spec.quant_type,
+                spec.double_quant,
+                torch_name(dtype),
+            )
+            .map_err(|source| QuantModelError::Quant {
+                name: name.clone(),
+                source,
+            })?;
+            drop(w);
+            owned.extend(q.to_tensors(name));
+            stats.quantized += 1;
+        } else {
+            passthrough.push(name.clone());
+        }
+        on_tensor(done + 1, total, name);
+    }
+    std::fs::create_dir_all(out).map_err(|e| ferr(out, e))?;
+    // All views, then shards of at most MAX_SHARD_BYTES in safetensors' own (sorted) order.
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    for (name, dtype, shape, data) in &owned {
+        let v = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+            .map_err(|e| ferr(out, format!("{name}: {e}")))?;
+        views.push((name.clone(), v));
+    }
+    for name in &passthrough {
+        let (dtype, shape, data) = files.raw(name)?;
+        let v = safetensors::tensor::TensorView::new(dtype, shape, data)
+            .map_err(|e| ferr(out, format!("{name}: {e}")))?;
+        views.push((name.clone(), v));
+    }
+    stats.bytes_out = views.iter().map(|(_, v)| v.data().len() as u64).sum();
+    write_shards(out, views, stats.bytes_out)?;
+    // config.json with the quantization_config
+    let mut cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("config.json")).map_err(|e| ferr(src, e))?,
+    )
+    .map_err(|e| ferr(&src.join("config.json"), e))?;
+    let default_skip = spec.modules.is_none()
+        && spec
+            .skip_modules
+            .iter()
+            .map(String::as_str)
+            .eq(DEFAULT_SKIP.iter().copied());
+    let skip_list = if default_skip && skipped.is_empty() {
+        None
+    } else {
+        let mut s = spec.skip_modules.clone();
+        s.extend(skipped);
+        Some(s)
+    };
+    if let Value::Object(m) = &mut cfg {
+        m.insert(
+            "quantization_config".into(),
+            spec.quantization_config(skip_list),
+        );
+        let sorted: BTreeMap<String, Value> = std::mem::take(m).into_iter().collect();
+        cfg = json!(sorted);
+    }
+    let cp = out.join("config.json");
+    std::fs::write(
+        &cp,
+        serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| ferr(&cp, e))?;
+    copy_other_files(src, out)?;
+    Ok(stats)
+}
+
+/// One `model.safetensors`, or `model-0000i-of-0000N.safetensors` + index when larger.
+fn write_shards(
+    out: &Path,
+    mut views: Vec<(String, safetensors::tensor::TensorView<'_>)>,
+    total: u64,
+) -> Result<(), QuantModelError> {
+    let meta = || Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    if total as usize <= MAX_SHARD_BYTES {
+        let p = out.join("model.safetensors");
+        return safetensors::serialize_to_file(views, meta(), &p).map_err(|e| ferr(&p, e));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut shards: Vec<Vec<(String, safetensors::tensor::TensorView<'_>)>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for (n, v) in views {
+        let len = v.data().len();
+        if size > 0 && size + len > MAX_SHARD_BYTES {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        shards.last_mut().expect("shard").push((n, v));
+    }
+    let count = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, count);
+        for (n, _) in &shard {
+            weight_map.insert(n.clone(), json!(file));
+        }
+        let p = out.join(&file);
+        safetensors::serialize_to_file(shard, meta(), &p).map_err(|e| ferr(&p, e))?;
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let p = out.join("model.safetensors.index.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap_or_default())
+        .map_err(|e| ferr(&p, e))
+}
+
+/// Copies tokenizer files, generation config, remote code...: every plain file but weights
+/// and config.json.
+fn copy_other_files(src: &Path, out: &Path) -> Result<(), QuantModelError> {
+    for e in std::fs::read_dir(src).map_err(|e| ferr(src, e))?.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        let weights = [
+            ".safetensors",
+            ".bin",
+            ".pt",
+            ".pth",
+            ".ckpt",
+            ".gguf",
+            ".h5",
+            ".msgpack",
+        ]
+        .iter()
+        .any(|x| name.ends_with(x))
+            || name == "model.safetensors.index.json"
+            || name == "pytorch_model.bin.index.json";
+        if !p.is_file() || weights || name == "config.json" || name == "model.json" {
+            continue;
+        }
+        std::fs::copy(&p, out.join(&name)).map_err(|e| ferr(&p, e))?;
+    }
+    Ok(())
+}
