@@ -18,6 +18,7 @@ use super::template::{Builtin, EndToken, MaskRule, Rendered, Renderer, Template}
 use super::tokenizer::{PaddingSide, TokenizerBundle};
 use crate::data::example::{Example, Role};
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -418,12 +419,33 @@ fn pad_row(row: &mut TokenRow, len: usize, side: PaddingSide, pad: u32) {
     }
 }
 
+/// Examples encoded per parallel batch; small enough to bound the memory
+/// of a batch's rendered text, large enough to keep every thread busy.
+const BATCH: usize = 4096;
+
 /// Tokenizes all examples into rows (padded / packed per `opts`).
+///
+/// Examples are encoded in parallel (rayon, per batch of `BATCH`) and
+/// consumed in order, so rows, stats and the first error are those of a
+/// sequential loop.
 pub fn tokenize_rows(
     examples: impl IntoIterator<Item = Example>,
     renderer: &Renderer,
     bundle: &TokenizerBundle,
     opts: &TokenizeOptions,
+) -> Result<(TokenDatasetWriter, TokenizeStats)> {
+    tokenize_rows_in(examples, renderer, bundle, opts, BATCH, true)
+}
+
+/// `tokenize_rows` with batches of `batch` examples, encoded on the rayon
+/// pool (`parallel`) or on this thread.
+fn tokenize_rows_in(
+    examples: impl IntoIterator<Item = Example>,
+    renderer: &Renderer,
+    bundle: &TokenizerBundle,
+    opts: &TokenizeOptions,
+    batch: usize,
+    parallel: bool,
 ) -> Result<(TokenDatasetWriter, TokenizeStats)> {
     let problems = opts.problems();
     if !problems.is_empty() {
@@ -446,37 +468,51 @@ pub fn tokenize_rows(
         }
         w.push(row);
     };
-    for ex in examples {
-        stats.examples += 1;
-        let Some(e) = tokenize_example(renderer, bundle, &ex, opts)? else {
-            stats.skipped_empty += 1;
-            if stats.skipped_sources.len() < 10 {
-                stats.skipped_sources.push(where_(&ex));
-            }
-            continue;
-        };
-        stats.add_length(e.input_ids.len());
-        stats.tokens += e.input_ids.len();
-        stats.trained_tokens += e.labels.iter().filter(|&&l| l != IGNORE).count();
-        stats.truncated += usize::from(e.truncated);
-        stats.eos_truncated += usize::from(e.end_truncated);
-        let n = e.input_ids.len();
-        if opts.packing {
-            if !cur.input_ids.is_empty() && cur.input_ids.len() + n > cap.unwrap_or(usize::MAX) {
-                finish(std::mem::take(&mut cur), &mut w);
-            }
-            cur.boundaries.push(cur.input_ids.len() as u32);
-            cur.input_ids.extend(e.input_ids);
-            cur.labels.extend(e.labels);
-            cur.attention_mask.extend(std::iter::repeat_n(1, n));
+    let mut examples = examples.into_iter();
+    loop {
+        let chunk: Vec<Example> = examples.by_ref().take(batch.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let one = |ex: &Example| tokenize_example(renderer, bundle, ex, opts);
+        let encoded: Vec<Result<Option<Encoded>>> = if parallel {
+            chunk.par_iter().map(one).collect()
         } else {
-            let row = TokenRow {
-                input_ids: e.input_ids,
-                labels: e.labels,
-                attention_mask: vec![1; n],
-                boundaries: vec![0],
+            chunk.iter().map(one).collect()
+        };
+        for (ex, e) in chunk.iter().zip(encoded) {
+            stats.examples += 1;
+            let Some(e) = e? else {
+                stats.skipped_empty += 1;
+                if stats.skipped_sources.len() < 10 {
+                    stats.skipped_sources.push(where_(ex));
+                }
+                continue;
             };
-            finish(row, &mut w);
+            stats.add_length(e.input_ids.len());
+            stats.tokens += e.input_ids.len();
+            stats.trained_tokens += e.labels.iter().filter(|&&l| l != IGNORE).count();
+            stats.truncated += usize::from(e.truncated);
+            stats.eos_truncated += usize::from(e.end_truncated);
+            let n = e.input_ids.len();
+            if opts.packing {
+                if !cur.input_ids.is_empty() && cur.input_ids.len() + n > cap.unwrap_or(usize::MAX)
+                {
+                    finish(std::mem::take(&mut cur), &mut w);
+                }
+                cur.boundaries.push(cur.input_ids.len() as u32);
+                cur.input_ids.extend(e.input_ids);
+                cur.labels.extend(e.labels);
+                cur.attention_mask.extend(std::iter::repeat_n(1, n));
+            } else {
+                let row = TokenRow {
+                    input_ids: e.input_ids,
+                    labels: e.labels,
+                    attention_mask: vec![1; n],
+                    boundaries: vec![0],
+                };
+                finish(row, &mut w);
+            }
         }
     }
     if !cur.input_ids.is_empty() {
@@ -517,4 +553,110 @@ pub fn tokenize(
     let (w, stats) = tokenize_rows(examples, renderer, bundle, opts)?;
     w.write(out_path)?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::example::Message;
+
+    /// Parallel batches give the file, stats and first error of a
+    /// sequential one-by-one loop (padding, packing, skipping, truncation).
+    #[test]
+    fn parallel_equals_sequential() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/bloom");
+        let bundle = TokenizerBundle::from_dir(dir).unwrap();
+        let msg = |role, c: String| Message {
+            role,
+            content: c,
+            metadata: String::new(),
+        };
+        let examples: Vec<Example> = (0..50)
+            .map(|i| Example {
+                messages: vec![
+                    msg(
+                        Role::User,
+                        format!("问题{i}: 三原色是什么？ {}", "why ".repeat(i % 7)),
+                    ),
+                    // Every 9th example has an empty reply (nothing to train
+                    // once eos is off).
+                    msg(
+                        Role::Assistant,
+                        if i % 9 == 4 {
+                            String::new()
+                        } else {
+                            format!("答案 {i} 红绿蓝。{}", "色".repeat(i % 13))
+                        },
+                    ),
+                ],
+                source: format!("t.jsonl:{}", i + 1),
+                ..Default::default()
+            })
+            .collect();
+        let renderer = Renderer::new(
+            Template::from_name_or_source("human_assistant", None).unwrap(),
+            Some(&bundle),
+        )
+        .unwrap();
+        // Caps between the shortest and the longest example, so some
+        // examples are truncated (and some of those lose every label).
+        let free = TokenizeOptions {
+            on_empty: OnEmpty::Skip,
+            ..Default::default()
+        };
+        let (_, s) = tokenize_rows(examples.clone(), &renderer, &bundle, &free).unwrap();
+        let mid = (s.min_len + s.max_len) / 2;
+        let variants = [
+            TokenizeOptions {
+                add_eos: Some(false),
+                on_empty: OnEmpty::Skip,
+                max_length: Some(mid),
+                ..Default::default()
+            },
+            TokenizeOptions {
+                max_length: Some(mid),
+                pad_to_max_length: true,
+                padding_side: Some(PaddingSide::Left),
+                on_empty: OnEmpty::Skip,
+                ..Default::default()
+            },
+            TokenizeOptions {
+                max_length: Some(s.max_len),
+                packing: true,
+                pad_to_max_length: true,
+                on_empty: OnEmpty::Skip,
+                ..Default::default()
+            },
+        ];
+        for opts in &variants {
+            let (a, sa) =
+                tokenize_rows_in(examples.clone(), &renderer, &bundle, opts, 7, true).unwrap();
+            let (b, sb) =
+                tokenize_rows_in(examples.clone(), &renderer, &bundle, opts, 1, false).unwrap();
+            assert!(
+                a.len() > 1 && sa.truncated + sa.skipped_empty > 0,
+                "{opts:?}"
+            );
+            assert_eq!(a.to_bytes(), b.to_bytes(), "{opts:?}");
+            assert_eq!(sa, sb, "{opts:?}");
+        }
+        assert_eq!(
+            tokenize_rows(examples.clone(), &renderer, &bundle, &variants[0])
+                .unwrap()
+                .1
+                .skipped_empty,
+            6
+        );
+        // The first failing example in order is the one reported.
+        let opts = TokenizeOptions {
+            add_eos: Some(false),
+            ..Default::default()
+        };
+        let e = tokenize_rows_in(examples, &renderer, &bundle, &opts, 7, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("t.jsonl:5: no trained tokens"), "{e}");
+    }
 }
