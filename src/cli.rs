@@ -136,6 +136,31 @@ The step must be cached: run `recipe run FILE --until STEP` first.")]
         #[arg(long, default_value_t = 20)]
         rows: usize,
     },
+    /// Merge a PEFT adapter into its base and write a Hugging Face model dir.
+    #[command(after_help = "\
+Examples:
+  recipe merge --model models/chatglm3-6b --adapter output/chatglm3_lora/adapter --out merged/
+  recipe merge --model base/ --adapter adapter/ --out merged/ --dtype bf16 --max-shard-size 2GB
+
+An NF4 base (bitsandbytes layout) is dequantized first; the merge never writes into 4-bit.
+The output dir must not exist (it is written under a temporary name, then renamed).")]
+    Merge {
+        /// The base model dir (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// The PEFT adapter dir (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Where to write the merged model.
+        #[arg(long)]
+        out: PathBuf,
+        /// auto (the base's dtype), f32, bf16 or f16.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Largest safetensors shard, e.g. 2GB.
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
+    },
     /// Generate a reply from a model (+ adapter), streamed to the terminal.
     #[command(after_help = crate::gen_cli::GENERATE_HELP)]
     Generate(crate::gen_cli::GenerateArgs),
@@ -220,6 +245,9 @@ pub fn main() -> i32 {
         Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect { r, step, split, n, format } => cmd_inspect(&r, &step, &split, n, format),
+        Cmd::Merge { model, adapter, out, dtype, max_shard_size } => {
+            cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size)
+        }
         Cmd::Generate(a) => crate::gen_cli::generate_cmd(&a),
         Cmd::Chat(a) => crate::gen_cli::chat_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
@@ -549,5 +577,41 @@ fn cmd_bench(device: &str) -> i32 {
     match crate::cuda::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
         Ok(_) => 0,
         Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn cmd_merge(model: &Path, adapter: &Path, out: &Path, dtype: &str, shard: &str) -> i32 {
+    let Some(dt) = crate::export::OutDtype::parse(dtype) else {
+        return fail(&format!("--dtype `{dtype}`: expected auto, f32, bf16 or f16"));
+    };
+    let Some(max) = crate::util::parse_size(shard) else {
+        return fail(&format!("--max-shard-size `{shard}`: not a size (e.g. 2GB)"));
+    };
+    if out.exists() {
+        return fail(&format!("--out `{}` already exists", out.display()));
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".{}.tmp.{}", out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    match crate::export::merge_and_export(model, adapter, &tmp, dt, max) {
+        Ok((m, e)) => {
+            if let Err(err) = std::fs::rename(&tmp, out) {
+                return fail(&format!("cannot write `{}`: {err}", out.display()));
+            }
+            eprintln!(
+                "merged {} weights ({} replaced, {} dequantized) into {}: {} shard(s), {}",
+                m.merged.len(),
+                m.replaced.len(),
+                m.dequantized.len(),
+                out.display(),
+                e.shards,
+                crate::util::human_bytes(e.total_size)
+            );
+            0
+        }
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            fail(&format!("{err}"))
+        }
     }
 }
