@@ -50,9 +50,7 @@ fn assert_adapter(out: &Path) {
     ] {
         assert!(a.join(f).is_file(), "missing {}", a.join(f).display());
     }
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg = read_json(&a.join("adapter_config.json"));
     assert_eq!(cfg["peft_type"], "LORA", "{cfg}");
     let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().count() > 0, "empty metrics.jsonl");
@@ -75,7 +73,27 @@ fn assert_export(out: &Path) {
     assert!(has_weights, "no safetensors in {}", m.display());
 }
 
-fn recipe_runs(name: &str, family: &str, sets: &[&str], exports: bool) {
+fn read_json(p: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The tensor names in a safetensors file (its JSON header).
+fn tensor_names(p: &Path) -> Vec<String> {
+    let bytes = std::fs::read(p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let names = header.as_object().unwrap().keys();
+    names.filter(|k| *k != "__metadata__").cloned().collect()
+}
+
+/// Runs the recipe in a fresh cache; returns the temp dir and the output dir.
+fn recipe_runs(
+    name: &str,
+    family: &str,
+    sets: &[&str],
+    exports: bool,
+) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out");
     run(name, family, &d.path().join("cache"), &out, sets);
@@ -83,12 +101,26 @@ fn recipe_runs(name: &str, family: &str, sets: &[&str], exports: bool) {
     if exports {
         assert_export(&out);
     }
+    (d, out)
 }
 
 #[test]
 fn chatglm3_lora_runs() {
     let sets = ["steps.train.max_steps=2", "steps.eval.max_new_tokens=4"];
-    recipe_runs("chatglm3_lora", "chatglm", &sets, true);
+    let (_d, out) = recipe_runs("chatglm3_lora", "chatglm", &sets, true);
+    // Adapter and base, each with the finetune_demo metrics.
+    let m = read_json(&out.join("eval/metrics.json"));
+    for k in [
+        "loss",
+        "perplexity",
+        "rouge-1",
+        "rouge-2",
+        "rouge-l",
+        "bleu-4",
+    ] {
+        assert!(m[k].is_number(), "no {k} in {m}");
+        assert!(m["base"][k].is_number(), "no base {k} in {m}");
+    }
 }
 
 // The recipe's `eval` evaluates on the NF4 base (`model = "nf4"`), and the
@@ -165,7 +197,10 @@ fn gpt2_chinese_generation_runs() {
         "steps.samples.max_new_tokens=4",
         "steps.samples.template=none",
     ];
-    recipe_runs("gpt2_chinese_generation", "gpt2", &sets, false);
+    let (_d, out) = recipe_runs("gpt2_chinese_generation", "gpt2", &sets, false);
+    // c_attn is a Conv1D.
+    let cfg = read_json(&out.join("adapter/adapter_config.json"));
+    assert_eq!(cfg["fan_in_fan_out"], true, "{cfg}");
 }
 
 // As for GPT-2: the prompt is already rendered ("Human: ...\n\nAssistant: ")
@@ -177,7 +212,24 @@ fn bloom_lora_alpaca_zh_runs() {
         "steps.generate.max_new_tokens=4",
         "steps.generate.template=none",
     ];
-    recipe_runs("bloom_lora_alpaca_zh", "bloom", &sets, false);
+    let (_d, out) = recipe_runs("bloom_lora_alpaca_zh", "bloom", &sets, false);
+    // LoRA on layer 1 only (the regex) and word_embeddings saved whole.
+    let cfg = read_json(&out.join("adapter/adapter_config.json"));
+    assert_eq!(
+        cfg["modules_to_save"],
+        serde_json::json!(["word_embeddings"])
+    );
+    let mut names = tensor_names(&out.join("adapter/adapter_model.safetensors"));
+    names.sort();
+    let prefix = "base_model.model.transformer.";
+    assert_eq!(
+        names,
+        [
+            format!("{prefix}h.1.self_attention.query_key_value.lora_A.weight"),
+            format!("{prefix}h.1.self_attention.query_key_value.lora_B.weight"),
+            format!("{prefix}word_embeddings.weight"),
+        ]
+    );
 }
 
 #[test]
