@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 const COLORS: &[(&str, &str)] = &[
@@ -75,12 +75,15 @@ const OPPOSITES: &[(&str, &str)] = &[
     ("loud", "quiet"),
 ];
 const NUMBERS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve",
 ];
 
 fn cap(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// (question, answer) pairs; every answer is also a sentence of the corpus.
@@ -93,13 +96,22 @@ fn facts() -> Vec<(String, String)> {
         v.push((format!("What does a {a} say?"), format!("A {a} says {s}.")));
     }
     for (c, p) in CAPITALS {
-        v.push((format!("What is the capital of {c}?"), format!("The capital of {c} is {p}.")));
+        v.push((
+            format!("What is the capital of {c}?"),
+            format!("The capital of {c} is {p}."),
+        ));
     }
     for (a, b) in OPPOSITES {
-        v.push((format!("What is the opposite of {a}?"), format!("The opposite of {a} is {b}.")));
+        v.push((
+            format!("What is the opposite of {a}?"),
+            format!("The opposite of {a} is {b}."),
+        ));
     }
     for w in NUMBERS.windows(2) {
-        v.push((format!("What number comes after {}?", w[0]), format!("After {} comes {}.", w[0], w[1])));
+        v.push((
+            format!("What number comes after {}?", w[0]),
+            format!("After {} comes {}.", w[0], w[1]),
+        ));
     }
     v
 }
@@ -132,7 +144,9 @@ fn corpus() -> Vec<String> {
     for _ in 0..400 {
         let mut d = Vec::new();
         for _ in 0..4 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             d.push(s[(rng >> 33) as usize % s.len()].clone());
         }
         docs.push(d.join(" "));
@@ -154,11 +168,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&init)?;
 
     let docs = corpus();
-    write_jsonl(&root.join("corpus.jsonl"), &docs.iter().map(|d| serde_json::json!({ "text": d })).collect::<Vec<_>>())?;
+    write_jsonl(
+        &root.join("corpus.jsonl"),
+        &docs
+            .iter()
+            .map(|d| serde_json::json!({ "text": d }))
+            .collect::<Vec<_>>(),
+    )?;
     let qa = facts();
     write_jsonl(
         &root.join("instructions.jsonl"),
-        &qa.iter().map(|(q, a)| serde_json::json!({ "instruction": q, "input": "", "output": a })).collect::<Vec<_>>(),
+        &qa.iter()
+            .map(|(q, a)| serde_json::json!({ "instruction": q, "input": "", "output": a }))
+            .collect::<Vec<_>>(),
     )?;
 
     // Byte-level BPE, vocab 384, trained on the corpus and the questions.
@@ -168,7 +190,12 @@ fn main() -> anyhow::Result<()> {
         .min_frequency(2)
         .show_progress(false)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
         .build()
         .into();
     let mut tok = Tokenizer::new(BPE::default());
@@ -176,8 +203,10 @@ fn main() -> anyhow::Result<()> {
     tok.with_decoder(Some(ByteLevel::default()));
     let mut texts: Vec<String> = docs.clone();
     texts.extend(qa.iter().map(|(q, a)| format!("{q} {a}")));
-    tok.train(&mut trainer, texts.into_iter()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    tok.save(init.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tok.train(&mut trainer, texts.into_iter())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tok.save(init.join("tokenizer.json"), true)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let vocab = tok.get_vocab_size(true);
     let id = |s: &str| tok.token_to_id(s).unwrap_or(0);
     std::fs::write(
@@ -215,14 +244,19 @@ fn main() -> anyhow::Result<()> {
         "pad_token_id": id("<|pad|>"),
         "torch_dtype": "float32",
     });
-    std::fs::write(init.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        init.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
 
     let mut rng = 42u64;
     let mut normal = |n: usize| -> Vec<f32> {
         (0..n)
             .map(|_| {
                 let mut u = || {
-                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((rng >> 11) as f64 + 0.5) / (1u64 << 53) as f64
                 };
                 let (a, b) = (u(), u());
@@ -231,7 +265,10 @@ fn main() -> anyhow::Result<()> {
             .collect()
     };
     let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    t.insert("model.embed_tokens.weight".into(), (vec![vocab, h], normal(vocab * h)));
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        (vec![vocab, h], normal(vocab * h)),
+    );
     t.insert("lm_head.weight".into(), (vec![vocab, h], normal(vocab * h)));
     t.insert("model.norm.weight".into(), (vec![h], vec![1.0; h]));
     for l in 0..layers {
@@ -247,17 +284,33 @@ fn main() -> anyhow::Result<()> {
         ] {
             t.insert(format!("{p}.{n}.weight"), (vec![o, i], normal(o * i)));
         }
-        t.insert(format!("{p}.input_layernorm.weight"), (vec![h], vec![1.0; h]));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), (vec![h], vec![1.0; h]));
+        t.insert(
+            format!("{p}.input_layernorm.weight"),
+            (vec![h], vec![1.0; h]),
+        );
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            (vec![h], vec![1.0; h]),
+        );
     }
-    let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> =
-        t.into_iter().map(|(k, (s, v))| (k, (s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))).collect();
+    let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = t
+        .into_iter()
+        .map(|(k, (s, v))| (k, (s, v.iter().flat_map(|x| x.to_le_bytes()).collect())))
+        .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(k, (s, b))| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let meta = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let meta = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     safetensors::serialize_to_file(views, meta, &init.join("model.safetensors"))?;
-    println!("wrote {} (vocab {vocab}), {} facts, {} corpus documents", init.display(), qa.len(), docs.len());
+    println!(
+        "wrote {} (vocab {vocab}), {} facts, {} corpus documents",
+        init.display(),
+        qa.len(),
+        docs.len()
+    );
     Ok(())
 }

@@ -202,13 +202,23 @@ enum CacheCmd {
     /// List entries, most recently used first.
     #[command(after_help = "Example:\n  recipe cache ls --cache-dir recipes/.recipe/cache")]
     Ls {
-        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = ".recipe/cache",
+            env = "RECIPE_CACHE"
+        )]
         cache_dir: PathBuf,
     },
     /// Prune entries by age and total size (least recently used first).
     #[command(after_help = "Example:\n  recipe cache gc --max-size 20GB --older-than 14d")]
     Gc {
-        #[arg(long, value_name = "DIR", default_value = ".recipe/cache", env = "RECIPE_CACHE")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = ".recipe/cache",
+            env = "RECIPE_CACHE"
+        )]
         cache_dir: PathBuf,
         /// Keep the cache under this size, e.g. 20GB.
         #[arg(long)]
@@ -233,21 +243,48 @@ pub fn main() -> i32 {
         }
     };
     match cli.cmd {
-        Cmd::Run { r, plan, format, jobs, only, until, device } => {
+        Cmd::Run {
+            r,
+            plan,
+            format,
+            jobs,
+            only,
+            until,
+            device,
+        } => {
             if plan {
                 cmd_plan(&r, format)
             } else {
-                cmd_run(&r, RunOptions { jobs, only, until, device, progress: std::io::stderr().is_terminal() })
+                cmd_run(
+                    &r,
+                    RunOptions {
+                        jobs,
+                        only,
+                        until,
+                        device,
+                        progress: std::io::stderr().is_terminal(),
+                    },
+                )
             }
         }
         Cmd::Plan { r, format } => cmd_plan(&r, format),
         Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
         Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
         Cmd::Cache { cmd } => cmd_cache(cmd),
-        Cmd::Inspect { r, step, split, n, format } => cmd_inspect(&r, &step, &split, n, format),
-        Cmd::Merge { model, adapter, out, dtype, max_shard_size } => {
-            cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size)
-        }
+        Cmd::Inspect {
+            r,
+            step,
+            split,
+            n,
+            format,
+        } => cmd_inspect(&r, &step, &split, n, format),
+        Cmd::Merge {
+            model,
+            adapter,
+            out,
+            dtype,
+            max_shard_size,
+        } => cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size),
         Cmd::Generate(a) => crate::gen_cli::generate_cmd(&a),
         Cmd::Chat(a) => crate::gen_cli::chat_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
@@ -261,7 +298,10 @@ fn fail(msg: &str) -> i32 {
 }
 
 /// Load, validate, and build the DAG. Prints diagnostics; `Err(2)` on errors.
-fn prepare(r: &RecipeArgs, plan_only: bool) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
+fn prepare(
+    r: &RecipeArgs,
+    plan_only: bool,
+) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
     let (recipe, mut diags) = crate::recipe::load(&r.file, &r.sets);
     let color = color_enabled();
     let Some(recipe) = recipe else {
@@ -314,10 +354,24 @@ fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
         }
     };
     match format {
-        Format::Text => print!("{}", render_text(&checked, &plan, &cache, std::io::stdout().is_terminal() && color_enabled())),
+        Format::Text => print!(
+            "{}",
+            render_text(
+                &checked,
+                &plan,
+                &cache,
+                std::io::stdout().is_terminal() && color_enabled()
+            )
+        ),
         Format::Json => {
-            let ws: Vec<String> =
-                warnings.iter().map(|w| w.render(&checked.recipe.sources, false).trim_end().to_string()).collect();
+            let ws: Vec<String> = warnings
+                .iter()
+                .map(|w| {
+                    w.render(&checked.recipe.sources, false)
+                        .trim_end()
+                        .to_string()
+                })
+                .collect();
             println!("{}", render_json(&checked, &plan, &cache, &ws))
         }
     }
@@ -370,7 +424,10 @@ fn cmd_explain(kind: Option<&str>) -> i32 {
         }
         Some(k) => {
             let Some(s) = crate::steps::find(k) else {
-                eprintln!("error: unknown step kind `{k}`; known kinds: {}", crate::steps::kind_names().join(", "));
+                eprintln!(
+                    "error: unknown step kind `{k}`; known kinds: {}",
+                    crate::steps::kind_names().join(", ")
+                );
                 return 2;
             };
             println!("{} — {}\n", s.kind(), s.about());
@@ -380,7 +437,14 @@ fn cmd_explain(kind: Option<&str>) -> i32 {
                     (false, Some(d)) => format!("default {d}"),
                     (false, None) => "optional".to_string(),
                 };
-                println!("  {:<28} {:<16} {}\n  {:<28} {}", p.name, d, p.ty.describe(), "", p.doc);
+                println!(
+                    "  {:<28} {:<16} {}\n  {:<28} {}",
+                    p.name,
+                    d,
+                    p.ty.describe(),
+                    "",
+                    p.doc
+                );
             }
             0
         }
@@ -395,7 +459,10 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             };
             let entries = cache.list();
             let total: u64 = entries.iter().map(|(m, _)| m.size_bytes).sum();
-            println!("{:<12} {:<14} {:<16} {:>10} {:>9}  recipe", "key", "kind", "step", "size", "wall");
+            println!(
+                "{:<12} {:<14} {:<16} {:>10} {:>9}  recipe",
+                "key", "kind", "step", "size", "wall"
+            );
             for (m, _) in &entries {
                 println!(
                     "{:<12} {:<14} {:<16} {:>10} {:>9}  {}",
@@ -407,10 +474,18 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
                     m.recipe
                 );
             }
-            println!("{} entries, {}", entries.len(), crate::util::human_bytes(total));
+            println!(
+                "{} entries, {}",
+                entries.len(),
+                crate::util::human_bytes(total)
+            );
             0
         }
-        CacheCmd::Gc { cache_dir, max_size, older_than } => {
+        CacheCmd::Gc {
+            cache_dir,
+            max_size,
+            older_than,
+        } => {
             let Ok(cache) = open_existing(&cache_dir) else {
                 return fail(&format!("no cache at `{}`", cache_dir.display()));
             };
@@ -426,7 +501,10 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             };
             match cache.gc(max, age) {
                 Ok((n, bytes)) => {
-                    println!("removed {n} entries, freed {}", crate::util::human_bytes(bytes));
+                    println!(
+                        "removed {n} entries, freed {}",
+                        crate::util::human_bytes(bytes)
+                    );
                     0
                 }
                 Err(e) => fail(&format!("{e:#}")),
@@ -463,7 +541,10 @@ fn cmd_report(dir: &Path, rows: usize) -> i32 {
         }
     }
     if !shown {
-        return fail(&format!("`{}` has no metrics.jsonl (train) or metrics.json (evaluate)", dir.display()));
+        return fail(&format!(
+            "`{}` has no metrics.jsonl (train) or metrics.json (evaluate)",
+            dir.display()
+        ));
     }
     0
 }
@@ -496,7 +577,10 @@ fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: Inspec
             "tokenize" => {
                 let path = dir.join(format!("{split}.tokens"));
                 let ds = crate::text::TokenDataset::open(&path)?;
-                let model = checked.steps[step].refs.get("model").and_then(|m| plan.get(m));
+                let model = checked.steps[step]
+                    .refs
+                    .get("model")
+                    .and_then(|m| plan.get(m));
                 let bundle = match model.and_then(|m| cache.lookup(&m.key)) {
                     Some(mdir) => {
                         let input = crate::steps::InputRef {
@@ -514,7 +598,9 @@ fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: Inspec
                 for i in 0..n.min(ds.len()) {
                     let row = ds.get(i);
                     match (format, &bundle) {
-                        (InspectFormat::Jsonl, _) | (_, None) => println!("{}", crate::text::row_json(&row)),
+                        (InspectFormat::Jsonl, _) | (_, None) => {
+                            println!("{}", crate::text::row_json(&row))
+                        }
                         (InspectFormat::Text, Some(b)) => {
                             println!("--- example {i}");
                             println!("{}", crate::text::inspect_text(b, &row, color)?);
@@ -526,8 +612,9 @@ fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: Inspec
                 let seg = dir.join(format!("{split}.segments.jsonl"));
                 let plain = dir.join(format!("{split}.jsonl"));
                 let path = if seg.is_file() { seg } else { plain };
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| anyhow::anyhow!("step `{step}` has no `{}`: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("step `{step}` has no `{}`: {e}", path.display())
+                })?;
                 for line in text.lines().take(n) {
                     println!("{line}");
                 }
@@ -550,7 +637,9 @@ fn cuda_ordinal(spec: &str) -> Result<usize, i32> {
         }
         Ok((crate::cuda::Device::Cpu, line)) => {
             eprintln!("{line}");
-            eprintln!("nothing to do on the CPU: the CUDA kernels' CPU twins are tested by `cargo test`");
+            eprintln!(
+                "nothing to do on the CPU: the CUDA kernels' CPU twins are tested by `cargo test`"
+            );
             Err(0)
         }
         Err(e) => Err(fail(&format!("{e:#}"))),
@@ -582,16 +671,29 @@ fn cmd_bench(device: &str) -> i32 {
 
 fn cmd_merge(model: &Path, adapter: &Path, out: &Path, dtype: &str, shard: &str) -> i32 {
     let Some(dt) = crate::export::OutDtype::parse(dtype) else {
-        return fail(&format!("--dtype `{dtype}`: expected auto, f32, bf16 or f16"));
+        return fail(&format!(
+            "--dtype `{dtype}`: expected auto, f32, bf16 or f16"
+        ));
     };
     let Some(max) = crate::util::parse_size(shard) else {
-        return fail(&format!("--max-shard-size `{shard}`: not a size (e.g. 2GB)"));
+        return fail(&format!(
+            "--max-shard-size `{shard}`: not a size (e.g. 2GB)"
+        ));
     };
     if out.exists() {
         return fail(&format!("--out `{}` already exists", out.display()));
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".{}.tmp.{}", out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        ".{}.tmp.{}",
+        out.file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     match crate::export::merge_and_export(model, adapter, &tmp, dt, max) {
         Ok((m, e)) => {

@@ -34,7 +34,11 @@ pub struct Sources {
 
 impl Sources {
     pub fn add(&mut self, display: String, path: PathBuf, text: String) -> usize {
-        self.files.push(SourceFile { display, path, text });
+        self.files.push(SourceFile {
+            display,
+            path,
+            text,
+        });
         self.files.len() - 1
     }
     pub fn get(&self, id: usize) -> &SourceFile {
@@ -46,7 +50,9 @@ impl Sources {
         if p.is_dir() {
             return p.clone();
         }
-        p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        p.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
     /// 1-based line and column (in chars) of a byte offset.
     pub fn line_col(&self, id: usize, offset: usize) -> (usize, usize) {
@@ -107,7 +113,10 @@ impl Diagnostic {
         }
     }
     pub fn warning(message: impl Into<String>) -> Self {
-        Diagnostic { level: Level::Warning, ..Diagnostic::error(message) }
+        Diagnostic {
+            level: Level::Warning,
+            ..Diagnostic::error(message)
+        }
     }
     pub fn at(mut self, span: Span) -> Self {
         self.span = Some(span);
@@ -141,7 +150,12 @@ impl Diagnostic {
     pub fn location(&self, sources: &Sources) -> Option<String> {
         let span = self.span?;
         let (line, col) = sources.line_col(span.file, span.start);
-        Some(format!("{}:{}:{}", sources.get(span.file).display, line, col))
+        Some(format!(
+            "{}:{}:{}",
+            sources.get(span.file).display,
+            line,
+            col
+        ))
     }
 
     pub fn render(&self, sources: &Sources, color: bool) -> String {
@@ -149,7 +163,13 @@ impl Diagnostic {
             Level::Error => ("error", "1;31"),
             Level::Warning => ("warning", "1;33"),
         };
-        let paint = |s: &str, c: &str| if color { format!("\x1b[{c}m{s}\x1b[0m") } else { s.to_string() };
+        let paint = |s: &str, c: &str| {
+            if color {
+                format!("\x1b[{c}m{s}\x1b[0m")
+            } else {
+                s.to_string()
+            }
+        };
         let mut head = String::new();
         match (&self.step, &self.key) {
             (Some(s), Some(k)) => write!(head, "step `{s}`, key `{k}`: ").ok(),
@@ -208,14 +228,24 @@ pub fn render_all(diags: &[Diagnostic], sources: &Sources, color: bool) -> Strin
             "{} error{}{} in recipe",
             errors,
             if errors == 1 { "" } else { "s" },
-            if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() }
+            if warnings > 0 {
+                format!(
+                    ", {warnings} warning{}",
+                    if warnings == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            }
         );
     }
     out
 }
 
 /// The closest candidate by edit distance, if it is close enough to suggest.
-pub fn did_you_mean<'a>(got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    got: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = levenshtein(got, c);
@@ -248,8 +278,19 @@ mod tests {
     #[test]
     fn caret_under_span() {
         let mut s = Sources::default();
-        let f = s.add("r.toml".into(), "r.toml".into(), "[steps.a]\nkindd = \"x\"\n".into());
-        let d = Diagnostic::error("unknown key").at(Span { file: f, start: 10, end: 15 }).step("a").key("kindd");
+        let f = s.add(
+            "r.toml".into(),
+            "r.toml".into(),
+            "[steps.a]\nkindd = \"x\"\n".into(),
+        );
+        let d = Diagnostic::error("unknown key")
+            .at(Span {
+                file: f,
+                start: 10,
+                end: 15,
+            })
+            .step("a")
+            .key("kindd");
         assert_eq!(
             d.render(&s, false),
             "error: step `a`, key `kindd`: unknown key\n --> r.toml:2:1\n  |\n2 | kindd = \"x\"\n  | ^^^^^\n"
@@ -258,7 +299,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("lerning_rate", ["learning_rate", "seed"]), Some("learning_rate"));
+        assert_eq!(
+            did_you_mean("lerning_rate", ["learning_rate", "seed"]),
+            Some("learning_rate")
+        );
         assert_eq!(did_you_mean("zzz", ["learning_rate"]), None);
     }
 }

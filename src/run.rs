@@ -37,8 +37,10 @@ impl Progress {
     pub fn bar(&self, step: &str, len: u64, msg: &str) -> ProgressBar {
         let pb = self.multi.add(ProgressBar::new(len));
         pb.set_style(
-            ProgressStyle::with_template("  [{prefix}] {msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "  [{prefix}] {msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb.set_prefix(step.to_string());
         pb.set_message(msg.to_string());
@@ -71,7 +73,9 @@ fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<St
         }
         return Ok(vec![only.clone()]);
     }
-    let Some(until) = &opts.until else { return Ok(order) };
+    let Some(until) = &opts.until else {
+        return Ok(order);
+    };
     if !checked.steps.contains_key(until) {
         bail!("--until: no step named `{until}`");
     }
@@ -85,7 +89,12 @@ fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<St
     Ok(order.into_iter().filter(|s| need.contains(s)).collect())
 }
 
-pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions) -> Result<RunSummary> {
+pub fn execute(
+    checked: &Checked,
+    plan: &Plan,
+    cache: &Cache,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
     let chosen = selection(checked, plan, opts)?;
     let progress = Progress::new(opts.progress);
     let mut outputs: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -99,7 +108,9 @@ pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions)
         }
     }
     for id in &chosen {
-        let s = plan.get(id).ok_or_else(|| anyhow!("step `{id}` is not in the plan"))?;
+        let s = plan
+            .get(id)
+            .ok_or_else(|| anyhow!("step `{id}` is not in the plan"))?;
         if outputs.contains_key(id) {
             cache.touch(&s.key);
             progress.println(&format!("{id}: cached ({})", s.kind));
@@ -128,7 +139,12 @@ pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions)
                 let ready: Vec<String> = pending
                     .iter()
                     .filter(|id| !running.contains(*id))
-                    .filter(|id| checked.steps[*id].refs.values().all(|t| outputs.contains_key(t)))
+                    .filter(|id| {
+                        checked.steps[*id]
+                            .refs
+                            .values()
+                            .all(|t| outputs.contains_key(t))
+                    })
                     .cloned()
                     .collect();
                 for id in ready {
@@ -142,7 +158,15 @@ pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions)
                         .filter(|(p, _)| !p.starts_with("after["))
                         .map(|(p, t)| {
                             let ts = &checked.steps[t];
-                            (p.clone(), InputRef { step: t.clone(), kind: ts.kind(), dir: outputs[t].clone(), params: ts.params.clone() })
+                            (
+                                p.clone(),
+                                InputRef {
+                                    step: t.clone(),
+                                    kind: ts.kind(),
+                                    dir: outputs[t].clone(),
+                                    params: ts.params.clone(),
+                                },
+                            )
                         })
                         .collect();
                     let tx = tx.clone();
@@ -162,7 +186,11 @@ pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions)
             pending.retain(|p| p != &id);
             match r {
                 Ok((dir, secs)) => {
-                    progress.println(&format!("{id}: ran ({}) in {}", checked.steps[&id].kind(), fmt_secs(secs)));
+                    progress.println(&format!(
+                        "{id}: ran ({}) in {}",
+                        checked.steps[&id].kind(),
+                        fmt_secs(secs)
+                    ));
                     outputs.insert(id.clone(), dir);
                     summary.ran.push(id.clone());
                     if let Err(e) = copy_output(checked, &id, &outputs[&id]) {
@@ -171,7 +199,10 @@ pub fn execute(checked: &Checked, plan: &Plan, cache: &Cache, opts: &RunOptions)
                 }
                 Err(e) => {
                     progress.println(&format!("{id}: failed"));
-                    failed.get_or_insert(e.context(format!("step `{id}` ({}) failed", checked.steps[&id].kind())));
+                    failed.get_or_insert(e.context(format!(
+                        "step `{id}` ({}) failed",
+                        checked.steps[&id].kind()
+                    )));
                 }
             }
         }
@@ -193,11 +224,14 @@ fn run_one(
     progress: &Progress,
 ) -> Result<(PathBuf, f64)> {
     let s = &checked.steps[id];
-    let p = plan.get(id).ok_or_else(|| anyhow!("step `{id}` is not in the plan"))?;
+    let p = plan
+        .get(id)
+        .ok_or_else(|| anyhow!("step `{id}` is not in the plan"))?;
     let t0 = Instant::now();
     let tmp = cache.begin(&p.key)?;
     let work = cache.work_dir(&p.key);
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create `{}`", work.display()))?;
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("cannot create `{}`", work.display()))?;
     let ctx = RunCtx {
         id,
         params: &s.params,
@@ -214,7 +248,10 @@ fn run_one(
     }
     // Test hook: widen the window between writing and publishing so the
     // kill-safety test can SIGKILL a step mid-write.
-    if let Some(ms) = std::env::var("RECIPE_TEST_PAUSE_BEFORE_PUBLISH_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("RECIPE_TEST_PAUSE_BEFORE_PUBLISH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -238,15 +275,28 @@ fn run_one(
 
 /// `output = "..."`: copy the entry (minus the manifest) to where the recipe says.
 fn copy_output(checked: &Checked, id: &str, dir: &std::path::Path) -> Result<()> {
-    let Some(out) = checked.steps[id].params.path("output") else { return Ok(()) };
-    let parent = out.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let Some(out) = checked.steps[id].params.path("output") else {
+        return Ok(());
+    };
+    let parent = out
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent)?;
-    let tmp = parent.join(format!(".{}.tmp.{}", out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.tmp.{}",
+        out.file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
-    crate::util::copy_dir(dir, &tmp).with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))?;
+    crate::util::copy_dir(dir, &tmp)
+        .with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))?;
     let _ = std::fs::remove_file(tmp.join("manifest.json"));
     if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("cannot replace `{}`", out.display()))?;
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("cannot replace `{}`", out.display()))?;
     }
     std::fs::rename(&tmp, &out).with_context(|| format!("cannot write `{}`", out.display()))?;
     Ok(())

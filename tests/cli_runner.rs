@@ -11,11 +11,18 @@ fn bin() -> Command {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    bin().current_dir(dir).args(args).output().expect("spawn recipe")
+    bin()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("spawn recipe")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -36,7 +43,11 @@ fn workspace() -> tempfile::TempDir {
         r#"{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 128, "torch_dtype": "float32"}"#,
     );
-    write(d.path(), "a.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n");
+    write(
+        d.path(),
+        "a.jsonl",
+        "{\"text\": \"one\"}\n{\"text\": \"two\"}\n",
+    );
     write(d.path(), "b.jsonl", "{\"text\": \"three\"}\n");
     d
 }
@@ -80,7 +91,11 @@ fn step_lines(stderr: &str) -> Vec<String> {
 #[test]
 fn unknown_key_exact_text() {
     let d = workspace();
-    write(d.path(), "r.toml", "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\nformt = \"alpaca\"\n");
+    write(
+        d.path(),
+        "r.toml",
+        "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\nformt = \"alpaca\"\n",
+    );
     let o = run(d.path(), &["plan", "r.toml"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
@@ -94,7 +109,11 @@ fn unknown_key_exact_text() {
 #[test]
 fn unknown_kind_exact_text() {
     let d = workspace();
-    write(d.path(), "r.toml", "[steps.base]\nkind = \"load.modle\"\npath = \"model\"\n");
+    write(
+        d.path(),
+        "r.toml",
+        "[steps.base]\nkind = \"load.modle\"\npath = \"model\"\n",
+    );
     let o = run(d.path(), &["plan", "r.toml"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
@@ -128,17 +147,28 @@ fn cycle_exact_text() {
 #[test]
 fn missing_input_exact_text() {
     let d = workspace();
-    write(d.path(), "r.toml", "[steps.data]\nkind = \"load.dataset\"\npath = \"nope.jsonl\"\n");
+    write(
+        d.path(),
+        "r.toml",
+        "[steps.data]\nkind = \"load.dataset\"\npath = \"nope.jsonl\"\n",
+    );
     let o = run(d.path(), &["plan", "r.toml"]);
     assert_eq!(o.status.code(), Some(2));
-    let want = format!(
+    let want =
+        format!(
         "error: step `data`, key `path`: input path `{}` does not exist\n --> r.toml:3:8\n  |\n\
          3 | path = \"nope.jsonl\"\n  |        ^^^^^^^^^^^^\n\n1 error in recipe\n",
         d.path().canonicalize().unwrap().join("nope.jsonl").display()
     );
     // The temp dir may be reached through a symlink; compare on the file name part.
     let got = text(&o).1;
-    assert_eq!(got.replace(&d.path().display().to_string(), &d.path().canonicalize().unwrap().display().to_string()), want);
+    assert_eq!(
+        got.replace(
+            &d.path().display().to_string(),
+            &d.path().canonicalize().unwrap().display().to_string()
+        ),
+        want
+    );
 }
 
 #[test]
@@ -191,7 +221,10 @@ fn rerun_unchanged_is_all_cached_and_edit_reruns_dependents() {
     assert_eq!(step_lines(&text(&o).1), ["a: ran", "b: ran", "base: ran"]);
 
     let o = run(d.path(), &["run", "r.toml"]);
-    assert_eq!(step_lines(&text(&o).1), ["a: cached", "b: cached", "base: cached"]);
+    assert_eq!(
+        step_lines(&text(&o).1),
+        ["a: cached", "b: cached", "base: cached"]
+    );
     let plan = text(&run(d.path(), &["plan", "r.toml"])).0;
     assert_eq!(plan.matches("cached").count(), 4, "{plan}"); // header line + 3 steps
     assert!(plan.contains("3 cached, 0 will run"), "{plan}");
@@ -199,18 +232,34 @@ fn rerun_unchanged_is_all_cached_and_edit_reruns_dependents() {
     // Edit one file: only the step reading it runs, and the plan says why.
     write(d.path(), "b.jsonl", "{\"text\": \"three, edited\"}\n");
     let plan = text(&run(d.path(), &["plan", "r.toml"])).0;
-    assert!(plan.contains("will run (file content changed (b.jsonl))"), "{plan}");
+    assert!(
+        plan.contains("will run (file content changed (b.jsonl))"),
+        "{plan}"
+    );
     let o = run(d.path(), &["run", "r.toml"]);
-    assert_eq!(step_lines(&text(&o).1), ["a: cached", "b: ran", "base: cached"]);
-    let out = std::fs::read_dir(d.path().join(".recipe/cache/entries")).unwrap().count();
+    assert_eq!(
+        step_lines(&text(&o).1),
+        ["a: cached", "b: ran", "base: cached"]
+    );
+    let out = std::fs::read_dir(d.path().join(".recipe/cache/entries"))
+        .unwrap()
+        .count();
     assert_eq!(out, 4);
 }
 
 #[test]
 fn include_shares_cache_entries() {
     let d = workspace();
-    write(d.path(), "common/data.toml", "[steps.a]\nkind = \"load.dataset\"\npath = \"../a.jsonl\"\n");
-    write(d.path(), "first.toml", "include = [\"common/data.toml\"]\n[recipe]\nname = \"first\"\n");
+    write(
+        d.path(),
+        "common/data.toml",
+        "[steps.a]\nkind = \"load.dataset\"\npath = \"../a.jsonl\"\n",
+    );
+    write(
+        d.path(),
+        "first.toml",
+        "include = [\"common/data.toml\"]\n[recipe]\nname = \"first\"\n",
+    );
     write(
         d.path(),
         "second.toml",
@@ -226,14 +275,26 @@ fn include_shares_cache_entries() {
 #[test]
 fn including_file_keys_win() {
     let d = workspace();
-    write(d.path(), "common/data.toml", "[steps.a]\nkind = \"load.dataset\"\npath = \"../a.jsonl\"\nlimit = 5\n");
-    write(d.path(), "r.toml", "include = [\"common/data.toml\"]\n[steps.a]\nlimit = 1\n");
+    write(
+        d.path(),
+        "common/data.toml",
+        "[steps.a]\nkind = \"load.dataset\"\npath = \"../a.jsonl\"\nlimit = 5\n",
+    );
+    write(
+        d.path(),
+        "r.toml",
+        "include = [\"common/data.toml\"]\n[steps.a]\nlimit = 1\n",
+    );
     let o = run(d.path(), &["plan", "r.toml", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
     let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
     assert_eq!(v["steps"][0]["id"], "a");
     // Different `limit` values give different keys; compare against a direct recipe.
-    write(d.path(), "direct.toml", "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\nlimit = 1\n");
+    write(
+        d.path(),
+        "direct.toml",
+        "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\nlimit = 1\n",
+    );
     let o2 = run(d.path(), &["plan", "direct.toml", "--format", "json"]);
     let v2: serde_json::Value = serde_json::from_str(&text(&o2).0).unwrap();
     assert_eq!(v["steps"][0]["key"], v2["steps"][0]["key"]);
@@ -262,13 +323,21 @@ fn set_overrides_vars_and_step_keys() {
     // A bad override is a recipe error pointing at the command line.
     let o = run(d.path(), &["plan", "r.toml", "--set", "steps.a.limit=many"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("--> <command line>:1:21"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("--> <command line>:1:21"),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[test]
 fn sigkill_mid_write_leaves_nothing_trusted() {
     let d = workspace();
-    write(d.path(), "r.toml", "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\n");
+    write(
+        d.path(),
+        "r.toml",
+        "[steps.a]\nkind = \"load.dataset\"\npath = \"a.jsonl\"\n",
+    );
     let mut child = bin()
         .current_dir(d.path())
         .args(["run", "r.toml"])
@@ -291,7 +360,12 @@ fn sigkill_mid_write_leaves_nothing_trusted() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!(std::fs::read_dir(d.path().join(".recipe/cache/entries")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".recipe/cache/entries"))
+            .unwrap()
+            .count(),
+        0
+    );
     let plan = text(&run(d.path(), &["plan", "r.toml"])).0;
     assert!(plan.contains("will run"), "{plan}");
     let o = run(d.path(), &["run", "r.toml"]);
@@ -324,7 +398,12 @@ fn every_shipped_recipe_plans() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "toml") {
             let o = bin()
-                .args(["plan", p.to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()])
+                .args([
+                    "plan",
+                    p.to_str().unwrap(),
+                    "--cache-dir",
+                    cache.path().to_str().unwrap(),
+                ])
                 .output()
                 .unwrap();
             assert_eq!(o.status.code(), Some(0), "{}: {}", p.display(), text(&o).1);

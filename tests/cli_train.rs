@@ -61,7 +61,9 @@ output = "out/adapter"
 
 fn run(dir: &Path, cache: &str, env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_recipe"));
-    c.current_dir(dir).args(["run", "r.toml", "--cache-dir", cache]).env("NO_COLOR", "1");
+    c.current_dir(dir)
+        .args(["run", "r.toml", "--cache-dir", cache])
+        .env("NO_COLOR", "1");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -74,9 +76,19 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
     recipe(d.path());
     // Uninterrupted.
     let o = run(d.path(), "c1", &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = d.path().join("out/adapter");
-    for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.png"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let cfg: serde_json::Value =
@@ -89,12 +101,20 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
 
     // Killed after step 3 (checkpoint at step 2), then resumed.
     let o = run(d.path(), "c2", &[("RECIPE_TEST_KILL_AFTER_STEPS", "3")]);
-    assert_eq!(o.status.code(), Some(137), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::fs::remove_dir_all(&out).unwrap();
     let o = run(d.path(), "c2", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("resuming from"), "{err}");
     let resumed = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
-    assert!(full == resumed, "resumed adapter differs from the uninterrupted one");
+    assert!(
+        full == resumed,
+        "resumed adapter differs from the uninterrupted one"
+    );
 }

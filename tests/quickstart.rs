@@ -31,12 +31,24 @@ fn quickstart_improves_and_reruns_cached() {
     let f = |v: &serde_json::Value| v.as_f64().unwrap();
     // Margins: held-out loss at least halved, token accuracy up by 0.15 or more.
     assert!(f(&m["loss"]) < 0.5 * f(&m["base"]["loss"]), "{m}");
-    assert!(f(&m["token_accuracy"]) > f(&m["base"]["token_accuracy"]) + 0.15, "{m}");
+    assert!(
+        f(&m["token_accuracy"]) > f(&m["base"]["token_accuracy"]) + 0.15,
+        "{m}"
+    );
     // The merged export equals base + adapter (f32 round-off only).
-    let line = err.lines().find(|l| l.contains("verify: max |logits")).expect("verify line");
+    let line = err
+        .lines()
+        .find(|l| l.contains("verify: max |logits"))
+        .expect("verify line");
     let diff: f64 = line.rsplit("= ").next().unwrap().trim().parse().unwrap();
     assert!(diff < 1e-4, "{line}");
-    for f in ["adapter/adapter_model.safetensors", "adapter/metrics.jsonl", "adapter/loss.png", "merged/config.json", "merged/model.safetensors"] {
+    for f in [
+        "adapter/adapter_model.safetensors",
+        "adapter/metrics.jsonl",
+        "adapter/loss.png",
+        "merged/config.json",
+        "merged/model.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     assert!(err.contains("[answer] [0] "), "{err}");

@@ -126,7 +126,12 @@ fn chatglm3_lora_runs() {
 // The recipe as shipped: QLoRA training and evaluation on the NF4 base.
 #[test]
 fn chatglm3_qlora_runs() {
-    recipe_runs("chatglm3_qlora", "chatglm", &["steps.train.max_steps=2"], false);
+    recipe_runs(
+        "chatglm3_qlora",
+        "chatglm",
+        &["steps.train.max_steps=2"],
+        false,
+    );
 }
 
 #[test]
@@ -176,10 +181,7 @@ fn chinese_llama_ner_runs() {
 // the prompts are raw text (the recipe sets `template = "none"`).
 #[test]
 fn gpt2_chinese_generation_runs() {
-    let sets = [
-        "steps.train.max_steps=2",
-        "steps.samples.max_new_tokens=4",
-    ];
+    let sets = ["steps.train.max_steps=2", "steps.samples.max_new_tokens=4"];
     let (_d, out) = recipe_runs("gpt2_chinese_generation", "gpt2", &sets, false);
     // c_attn is a Conv1D.
     let cfg = read_json(&out.join("adapter/adapter_config.json"));
@@ -190,10 +192,7 @@ fn gpt2_chinese_generation_runs() {
 // and BLOOM has no chat_template.
 #[test]
 fn bloom_lora_alpaca_zh_runs() {
-    let sets = [
-        "steps.train.max_steps=2",
-        "steps.generate.max_new_tokens=4",
-    ];
+    let sets = ["steps.train.max_steps=2", "steps.generate.max_new_tokens=4"];
     let (_d, out) = recipe_runs("bloom_lora_alpaca_zh", "bloom", &sets, false);
     // LoRA on layer 1 only (the regex) and word_embeddings saved whole.
     let cfg = read_json(&out.join("adapter/adapter_config.json"));

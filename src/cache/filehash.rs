@@ -23,8 +23,15 @@ pub struct FileHasher {
 impl FileHasher {
     pub fn open(cache_root: &Path) -> Self {
         let store = cache_root.join("filehash.json");
-        let known = std::fs::read(&store).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        FileHasher { store, known: Mutex::new(known), dirty: Mutex::new(false) }
+        let known = std::fs::read(&store)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        FileHasher {
+            store,
+            known: Mutex::new(known),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// blake3 of a file, or of a directory's (relative path, file hash) list.
@@ -48,7 +55,8 @@ impl FileHasher {
     }
 
     fn hash_file(&self, p: &Path) -> Result<String> {
-        let meta = std::fs::metadata(p).with_context(|| format!("cannot read `{}`", p.display()))?;
+        let meta =
+            std::fs::metadata(p).with_context(|| format!("cannot read `{}`", p.display()))?;
         let mtime_ns = meta
             .modified()
             .ok()
@@ -65,11 +73,19 @@ impl FileHasher {
         }
         let mut h = blake3::Hasher::new();
         if meta.len() > 0 {
-            h.update_mmap_rayon(p).with_context(|| format!("cannot read `{}`", p.display()))?;
+            h.update_mmap_rayon(p)
+                .with_context(|| format!("cannot read `{}`", p.display()))?;
         }
         let hash = h.finalize().to_hex().to_string();
         if let Ok(mut known) = self.known.lock() {
-            known.insert(key, Entry { size: meta.len(), mtime_ns, hash: hash.clone() });
+            known.insert(
+                key,
+                Entry {
+                    size: meta.len(),
+                    mtime_ns,
+                    hash: hash.clone(),
+                },
+            );
             if let Ok(mut d) = self.dirty.lock() {
                 *d = true;
             }

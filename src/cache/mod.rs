@@ -49,7 +49,9 @@ impl Cache {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("cannot create cache dir `{}`", root.join(d).display()))?;
         }
-        Ok(Cache { root: root.to_path_buf() })
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {
@@ -73,7 +75,10 @@ impl Cache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let d = self.root.join("tmp").join(format!("{key}.{}.{nanos}", std::process::id()));
+        let d = self
+            .root
+            .join("tmp")
+            .join(format!("{key}.{}.{nanos}", std::process::id()));
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create `{}`", d.display()))?;
         Ok(d)
     }
@@ -93,7 +98,8 @@ impl Cache {
             if self.lookup(&m.key).is_some() {
                 let _ = std::fs::remove_dir_all(tmp);
             } else {
-                return Err(e).with_context(|| format!("cannot publish cache entry `{}`", dst.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot publish cache entry `{}`", dst.display()));
             }
         }
         // A finished step needs no scratch any more.
@@ -103,7 +109,10 @@ impl Cache {
 
     /// Mark an entry as used now (gc prunes the least recently used first).
     pub fn touch(&self, key: &str) {
-        if let Ok(f) = std::fs::File::options().write(true).open(self.entry_dir(key).join("manifest.json")) {
+        if let Ok(f) = std::fs::File::options()
+            .write(true)
+            .open(self.entry_dir(key).join("manifest.json"))
+        {
             let _ = f.set_modified(std::time::SystemTime::now());
         }
     }
@@ -120,7 +129,10 @@ impl Cache {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                if let Some(m) = std::fs::read(&mpath).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) {
+                if let Some(m) = std::fs::read(&mpath)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                {
                     out.push((m, used));
                 }
             }
@@ -173,7 +185,10 @@ impl Cache {
     /// Where the last resolution of `recipe`'s step `id` is remembered.
     pub fn state_path(&self, recipe: &Path, id: &str) -> PathBuf {
         let tag = blake3::hash(recipe.display().to_string().as_bytes()).to_hex();
-        self.root.join("state").join(&tag[..16]).join(format!("{id}.json"))
+        self.root
+            .join("state")
+            .join(&tag[..16])
+            .join(format!("{id}.json"))
     }
 }
 

@@ -270,8 +270,9 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
 /// its weights in 4 bits) and, if given, attaches a PEFT adapter.
 pub fn load_model(weights: &Path, adapter: Option<&Path>) -> Result<Model> {
     let mut model = if crate::quant::model::is_quantized_dir(weights) {
-        crate::quant::model::load_quantized_model(weights, &LoadOptions::default())
-            .map_err(|e| anyhow::anyhow!("loading the 4-bit model in `{}`: {e}", weights.display()))?
+        crate::quant::model::load_quantized_model(weights, &LoadOptions::default()).map_err(
+            |e| anyhow::anyhow!("loading the 4-bit model in `{}`: {e}", weights.display()),
+        )?
     } else {
         Model::load(weights, &LoadOptions::default())
             .with_context(|| format!("loading the model in `{}`", weights.display()))?

@@ -39,32 +39,64 @@ pub struct Shape {
 
 impl Shape {
     pub fn from_config(cfg: &Value) -> Option<Shape> {
-        let g = |keys: &[&str]| keys.iter().find_map(|k| cfg.get(*k).and_then(Value::as_u64));
+        let g = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| cfg.get(*k).and_then(Value::as_u64))
+        };
         let hidden = g(&["hidden_size", "n_embd", "d_model"])?;
         let layers = g(&["num_hidden_layers", "num_layers", "n_layer"])?;
         let heads = g(&["num_attention_heads", "n_head"])?;
         let mt = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let mq = cfg.get("multi_query_attention").and_then(Value::as_bool).unwrap_or(false);
-        let kv_heads = if mq { g(&["multi_query_group_num"]) } else { g(&["num_key_value_heads"]) }.unwrap_or(heads);
+        let mq = cfg
+            .get("multi_query_attention")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let kv_heads = if mq {
+            g(&["multi_query_group_num"])
+        } else {
+            g(&["num_key_value_heads"])
+        }
+        .unwrap_or(heads);
         let head_dim = g(&["head_dim", "kv_channels"]).unwrap_or(hidden / heads.max(1));
         let gated = !matches!(mt, "bloom" | "gpt2");
         let inter = match mt {
             // Qwen v1's intermediate_size counts both w1 and w2.
-            "qwen" => g(&["intermediate_size"]).map(|i| i / 2).unwrap_or(hidden * 4),
+            "qwen" => g(&["intermediate_size"])
+                .map(|i| i / 2)
+                .unwrap_or(hidden * 4),
             _ => g(&["intermediate_size", "ffn_hidden_size", "n_inner"]).unwrap_or(hidden * 4),
         };
         let vocab = g(&["padded_vocab_size", "vocab_size"])?;
         let tied = match mt {
             "bloom" | "gpt2" => true,
             "chatglm" => false,
-            _ => cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            _ => cfg
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
-        let dtype_bytes = match cfg.get("torch_dtype").or(cfg.get("dtype")).and_then(Value::as_str) {
+        let dtype_bytes = match cfg
+            .get("torch_dtype")
+            .or(cfg.get("dtype"))
+            .and_then(Value::as_str)
+        {
             Some("float32") => 4,
             _ => 2,
         };
         let family = family_of(cfg).ok()?;
-        Some(Shape { hidden, layers, heads, kv_heads, head_dim, inter, vocab, tied, gated, dtype_bytes, family })
+        Some(Shape {
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            inter,
+            vocab,
+            tied,
+            gated,
+            dtype_bytes,
+            family,
+        })
     }
 
     /// Parameters of all linear layers inside the blocks (what gets quantized).
@@ -73,7 +105,11 @@ impl Shape {
         let q = self.heads * self.head_dim;
         let kv = self.kv_heads * self.head_dim;
         let attn = h * (q + 2 * kv) + q * h;
-        let mlp = if self.gated { 3 * h * self.inter } else { 2 * h * self.inter };
+        let mlp = if self.gated {
+            3 * h * self.inter
+        } else {
+            2 * h * self.inter
+        };
         self.layers * (attn + mlp)
     }
     pub fn embed_params(&self) -> u64 {
@@ -88,10 +124,31 @@ impl Shape {
         let q = self.heads * self.head_dim;
         let kv = self.kv_heads * self.head_dim;
         match self.family {
-            "chatglm" => vec![("query_key_value", h, q + 2 * kv), ("dense", q, h), ("dense_h_to_4h", h, 2 * i), ("dense_4h_to_h", i, h)],
-            "bloom" => vec![("query_key_value", h, 3 * h), ("dense", h, h), ("dense_h_to_4h", h, i), ("dense_4h_to_h", i, h)],
-            "gpt2" => vec![("c_attn", h, 3 * h), ("c_proj", h, h), ("c_fc", h, i), ("c_proj", i, h)],
-            "qwen" => vec![("c_attn", h, 3 * h), ("c_proj", h, h), ("w1", h, i), ("w2", h, i), ("c_proj", i, h)],
+            "chatglm" => vec![
+                ("query_key_value", h, q + 2 * kv),
+                ("dense", q, h),
+                ("dense_h_to_4h", h, 2 * i),
+                ("dense_4h_to_h", i, h),
+            ],
+            "bloom" => vec![
+                ("query_key_value", h, 3 * h),
+                ("dense", h, h),
+                ("dense_h_to_4h", h, i),
+                ("dense_4h_to_h", i, h),
+            ],
+            "gpt2" => vec![
+                ("c_attn", h, 3 * h),
+                ("c_proj", h, h),
+                ("c_fc", h, i),
+                ("c_proj", i, h),
+            ],
+            "qwen" => vec![
+                ("c_attn", h, 3 * h),
+                ("c_proj", h, h),
+                ("w1", h, i),
+                ("w2", h, i),
+                ("c_proj", i, h),
+            ],
             _ => vec![
                 ("q_proj", h, q),
                 ("k_proj", h, kv),
@@ -106,9 +163,15 @@ impl Shape {
     /// LoRA parameters of rank r on the targeted modules (names, or "all-linear").
     pub fn lora_params(&self, r: u64, targets: &[String]) -> u64 {
         let all = targets.iter().any(|t| t == "all-linear");
-        let defaults: Vec<String> =
-            crate::steps::train::default_targets(self.family).iter().map(|s| s.to_string()).collect();
-        let targets = if targets.is_empty() { &defaults } else { targets };
+        let defaults: Vec<String> = crate::steps::train::default_targets(self.family)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let targets = if targets.is_empty() {
+            &defaults
+        } else {
+            targets
+        };
         let per_layer: u64 = self
             .module_shapes()
             .iter()
@@ -135,7 +198,11 @@ pub fn family_of(cfg: &Value) -> Result<&'static str> {
     }
     bail!(
         "unsupported model_type `{mt}`; supported families: {}",
-        FAMILY_TYPES.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+        FAMILY_TYPES
+            .iter()
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -166,14 +233,22 @@ pub fn model_estimate(p: &Params) -> Option<Estimate> {
 /// double quant, else f32) + nested absmax per 256 blocks.
 pub fn nf4_bytes(n: u64, blocksize: u64, double_quant: bool) -> u64 {
     let blocks = n.div_ceil(blocksize);
-    let absmax = if double_quant { blocks + 4 * blocks.div_ceil(256) + 4 } else { 4 * blocks };
+    let absmax = if double_quant {
+        blocks + 4 * blocks.div_ceil(256) + 4
+    } else {
+        4 * blocks
+    };
     n.div_ceil(2) + absmax
 }
 
 pub fn quantize_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let mp = e.upstream("model", "load.model")?;
     let s = Shape::from_config(&config_of(mp)?)?;
-    let q = nf4_bytes(s.linear_params(), e.params.usize("blocksize") as u64, e.params.bool("double_quant"));
+    let q = nf4_bytes(
+        s.linear_params(),
+        e.params.usize("blocksize") as u64,
+        e.params.bool("double_quant"),
+    );
     let rest = (s.embed_params() + s.layers * 2 * s.hidden) * s.dtype_bytes;
     Some(Estimate {
         summary: format!(
@@ -196,14 +271,21 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let quant = e.upstream("model", "quantize");
     let weights = match quant {
         Some(q) => {
-            nf4_bytes(s.linear_params(), q.usize("blocksize") as u64, q.bool("double_quant"))
-                + (s.embed_params() + s.layers * 2 * s.hidden) * s.dtype_bytes
+            nf4_bytes(
+                s.linear_params(),
+                q.usize("blocksize") as u64,
+                q.bool("double_quant"),
+            ) + (s.embed_params() + s.layers * 2 * s.hidden) * s.dtype_bytes
         }
         None => s.total_params() * s.dtype_bytes,
     };
     let full = p.str("method") == "full";
     let r = p.usize("r") as u64;
-    let trainable = if full { s.total_params() } else { s.lora_params(r, &p.strs("target_modules")) };
+    let trainable = if full {
+        s.total_params()
+    } else {
+        s.lora_params(r, &p.strs("target_modules"))
+    };
     let train_bytes = trainable * 4;
     let grads = trainable * 4;
     let optim = match p.str("optim") {
@@ -213,9 +295,13 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     // Activations at (batch, seq): max_length of the tokenize step, else 512.
     let seq = e
         .upstream("data", "tokenize")
-        .and_then(|t| t.opt_usize("max_length").or(t.opt_usize("pad_to")).or_else(|| {
-            Some(t.opt_usize("max_input_length")? + t.opt_usize("max_output_length")?)
-        }))
+        .and_then(|t| {
+            t.opt_usize("max_length")
+                .or(t.opt_usize("pad_to"))
+                .or_else(|| {
+                    Some(t.opt_usize("max_input_length")? + t.opt_usize("max_output_length")?)
+                })
+        })
         .unwrap_or(512) as u64;
     let b = p.usize("batch_size") as u64;
     let bt = b * seq;
@@ -230,7 +316,11 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let logits = 4 * (bt * s.vocab).min(HEAD_CHUNK) * 2;
     let act_full = s.layers * per_layer + logits;
     let act_ckpt = s.layers * 4 * bt * h + per_layer + logits;
-    let act = if p.bool("gradient_checkpointing") { act_ckpt } else { act_full };
+    let act = if p.bool("gradient_checkpointing") {
+        act_ckpt
+    } else {
+        act_full
+    };
     let total = weights + train_bytes + grads + optim + act;
     let wlabel = match quant {
         Some(q) => format!("weights ({})", q.str("quant_type")),
@@ -241,12 +331,23 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
             "memory ≈ {} at batch {b} × seq {seq} ({} trainable params{})",
             human_bytes(total),
             trainable,
-            if p.bool("gradient_checkpointing") { ", checkpointing" } else { "" }
+            if p.bool("gradient_checkpointing") {
+                ", checkpointing"
+            } else {
+                ""
+            }
         ),
         peak_bytes: Some(total),
         rows: vec![
             (wlabel, weights),
-            (if full { "trainable (f32 copy)".into() } else { "adapters (f32)".into() }, train_bytes),
+            (
+                if full {
+                    "trainable (f32 copy)".into()
+                } else {
+                    "adapters (f32)".into()
+                },
+                train_bytes,
+            ),
             ("gradients".into(), grads),
             (format!("optimizer ({})", p.str("optim")), optim),
             ("activations, checkpointing".into(), act_ckpt),
@@ -259,14 +360,21 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
 /// `load.model`'s output: the resolved family and config (weights stay in
 /// place and are memory-mapped by the steps that read them).
 pub fn write_model_summary(ctx: &RunCtx) -> Result<()> {
-    let dir = ctx.params.path("path").context("load.model: `path` is not set")?;
+    let dir = ctx
+        .params
+        .path("path")
+        .context("load.model: `path` is not set")?;
     if !dir.is_dir() {
         bail!("model dir `{}` does not exist", dir.display());
     }
     let cfg = read_config(&dir)?;
     let family = match ctx.params.str("family") {
         "auto" | "" => family_of(&cfg)?,
-        f => FAMILY_TYPES.iter().find(|(n, _)| *n == f).map(|(n, _)| *n).unwrap_or("llama"),
+        f => FAMILY_TYPES
+            .iter()
+            .find(|(n, _)| *n == f)
+            .map(|(n, _)| *n)
+            .unwrap_or("llama"),
     };
     let summary = serde_json::json!({
         "path": dir.display().to_string(),
@@ -275,7 +383,10 @@ pub fn write_model_summary(ctx: &RunCtx) -> Result<()> {
         "dtype": ctx.params.str("dtype"),
         "config": cfg,
     });
-    std::fs::write(ctx.out.join("model.json"), serde_json::to_vec_pretty(&summary)?)?;
+    std::fs::write(
+        ctx.out.join("model.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
     ctx.info(format!("{family} model at {}", dir.display()));
     Ok(())
 }

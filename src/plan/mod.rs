@@ -58,7 +58,9 @@ pub fn build_dag(checked: &Checked, diags: &mut Vec<Diagnostic>) -> Option<Dag> 
                 .filter(|n| comp.contains(n))
                 .collect();
             next.sort_by_key(|n| n.index());
-            let Some(&n) = next.iter().find(|n| !path.contains(n) || **n == start) else { break };
+            let Some(&n) = next.iter().find(|n| !path.contains(n) || **n == start) else {
+                break;
+            };
             path.push(n);
             if n == start {
                 break;
@@ -67,8 +69,13 @@ pub fn build_dag(checked: &Checked, diags: &mut Vec<Diagnostic>) -> Option<Dag> 
         }
         let names: Vec<&str> = path.iter().map(|n| graph[*n].as_str()).collect();
         let first = &checked.steps[names[0]];
-        let via = names.get(1).and_then(|n| checked.steps[names[0]].refs.iter().find(|(_, t)| t == n));
-        let span = via.and_then(|(k, _)| first.spans.get(k)).copied().unwrap_or(first.header);
+        let via = names
+            .get(1)
+            .and_then(|n| checked.steps[names[0]].refs.iter().find(|(_, t)| t == n));
+        let span = via
+            .and_then(|(k, _)| first.spans.get(k))
+            .copied()
+            .unwrap_or(first.header);
         diags.push(
             Diagnostic::error(format!("dependency cycle: {}", names.join(" -> ")))
                 .at(span)
@@ -82,19 +89,29 @@ pub fn build_dag(checked: &Checked, diags: &mut Vec<Diagnostic>) -> Option<Dag> 
     // Kahn's algorithm with file order as the tie-break.
     let n = graph.node_count();
     let mut indeg: Vec<usize> = (0..n)
-        .map(|i| graph.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming).count())
+        .map(|i| {
+            graph
+                .neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming)
+                .count()
+        })
         .collect();
     let mut done = vec![false; n];
     let mut order = Vec::with_capacity(n);
     while order.len() < n {
-        let Some(i) = (0..n).find(|&i| !done[i] && indeg[i] == 0) else { break };
+        let Some(i) = (0..n).find(|&i| !done[i] && indeg[i] == 0) else {
+            break;
+        };
         done[i] = true;
         order.push(graph[NodeIndex::new(i)].clone());
         for m in graph.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing) {
             indeg[m.index()] -= 1;
         }
     }
-    Some(Dag { graph, index, order })
+    Some(Dag {
+        graph,
+        index,
+        order,
+    })
 }
 
 /// What each step resolved to last time (to explain "will run").
@@ -135,8 +152,11 @@ impl Plan {
 pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHasher) -> Result<Plan> {
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     let mut steps = Vec::new();
-    let all: IndexMap<String, (&'static str, Params)> =
-        checked.steps.iter().map(|(k, s)| (k.clone(), (s.kind(), s.params.clone()))).collect();
+    let all: IndexMap<String, (&'static str, Params)> = checked
+        .steps
+        .iter()
+        .map(|(k, s)| (k.clone(), (s.kind(), s.params.clone())))
+        .collect();
     for id in &dag.order {
         let s = &checked.steps[id];
         let mut files = BTreeMap::new();
@@ -152,7 +172,9 @@ pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHashe
             }
             let spec = s.step.params().iter().find(|p| p.name == k);
             let v = match (spec.map(|p| p.ty), v.as_str()) {
-                (Some(Ty::Step(_)), Some(t)) => json!({ "step": keys.get(t).cloned().unwrap_or_default() }),
+                (Some(Ty::Step(_)), Some(t)) => {
+                    json!({ "step": keys.get(t).cloned().unwrap_or_default() })
+                }
                 (Some(Ty::Path | Ty::ModelPath), Some(p)) => {
                     json!({ "file": files.get(p).cloned().unwrap_or_else(|| format!("missing:{p}")) })
                 }
@@ -160,8 +182,11 @@ pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHashe
             };
             kp.insert(k.clone(), v);
         }
-        let inputs: BTreeMap<String, String> =
-            s.refs.iter().map(|(p, t)| (p.clone(), keys.get(t).cloned().unwrap_or_default())).collect();
+        let inputs: BTreeMap<String, String> = s
+            .refs
+            .iter()
+            .map(|(p, t)| (p.clone(), keys.get(t).cloned().unwrap_or_default()))
+            .collect();
         let material = json!({
             "epoch": CACHE_EPOCH,
             "kind": s.kind(),
@@ -173,18 +198,41 @@ pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHashe
         keys.insert(id.clone(), key.clone());
         let resolution = Resolution {
             key: key.clone(),
-            params: s.params.map.iter().filter(|(k, _)| !matches!(k.as_str(), "output" | "description")).map(|(k, v)| (k.clone(), v.clone())).collect(),
-            inputs: s.refs.iter().map(|(p, t)| (format!("{p}={t}"), keys.get(t).cloned().unwrap_or_default())).collect(),
+            params: s
+                .params
+                .map
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "output" | "description"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            inputs: s
+                .refs
+                .iter()
+                .map(|(p, t)| (format!("{p}={t}"), keys.get(t).cloned().unwrap_or_default()))
+                .collect(),
             files,
         };
         let cached = cache.lookup(&key).is_some();
-        let reason = if cached { String::new() } else { why(cache, checked, id, &resolution) };
+        let reason = if cached {
+            String::new()
+        } else {
+            why(cache, checked, id, &resolution)
+        };
         let est_inputs = s
             .refs
             .iter()
-            .filter_map(|(p, t)| checked.steps.get(t).map(|ts| (p.clone(), (ts.kind(), &ts.params))))
+            .filter_map(|(p, t)| {
+                checked
+                    .steps
+                    .get(t)
+                    .map(|ts| (p.clone(), (ts.kind(), &ts.params)))
+            })
             .collect();
-        let estimate = s.step.estimate(&EstimateCtx { params: &s.params, inputs: est_inputs, all: &all });
+        let estimate = s.step.estimate(&EstimateCtx {
+            params: &s.params,
+            inputs: est_inputs,
+            all: &all,
+        });
         steps.push(PlannedStep {
             id: id.clone(),
             kind: s.kind(),
@@ -203,7 +251,10 @@ pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHashe
 /// Explain a cache miss by comparing with what the step resolved to last.
 fn why(cache: &Cache, checked: &Checked, id: &str, now: &Resolution) -> String {
     let path = cache.state_path(&checked.recipe.path, id);
-    let Some(prev) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Resolution>(&b).ok()) else {
+    let Some(prev) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Resolution>(&b).ok())
+    else {
         return "new".into();
     };
     let mut reasons = Vec::new();
@@ -226,7 +277,12 @@ fn why(cache: &Cache, checked: &Checked, id: &str, now: &Resolution) -> String {
     if !files.is_empty() {
         let names: Vec<String> = files
             .iter()
-            .map(|f| std::path::Path::new(f).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+            .map(|f| {
+                std::path::Path::new(f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            })
             .collect();
         reasons.push(format!("file content changed ({})", names.join(", ")));
     }
@@ -236,7 +292,9 @@ fn why(cache: &Cache, checked: &Checked, id: &str, now: &Resolution) -> String {
     let inputs: Vec<String> = now
         .inputs
         .iter()
-        .filter(|(k, v)| prev.inputs.get(*k).is_some_and(|p| p != *v) || !prev.inputs.contains_key(*k))
+        .filter(|(k, v)| {
+            prev.inputs.get(*k).is_some_and(|p| p != *v) || !prev.inputs.contains_key(*k)
+        })
         .map(|(k, _)| k.split('=').nth(1).unwrap_or(k).to_string())
         .collect();
     if !inputs.is_empty() {
@@ -268,7 +326,13 @@ pub fn save_resolutions(cache: &Cache, checked: &Checked, plan: &Plan, only_cach
 /// Human-readable plan.
 pub fn render_text(checked: &Checked, plan: &Plan, cache: &Cache, color: bool) -> String {
     use std::fmt::Write;
-    let paint = |s: &str, c: &str| if color { format!("\x1b[{c}m{s}\x1b[0m") } else { s.to_string() };
+    let paint = |s: &str, c: &str| {
+        if color {
+            format!("\x1b[{c}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
     let cached = plan.steps.iter().filter(|s| s.cached).count();
     let mut out = String::new();
     let _ = writeln!(
@@ -285,21 +349,46 @@ pub fn render_text(checked: &Checked, plan: &Plan, cache: &Cache, color: bool) -
         if s.inputs.is_empty() {
             "-".to_string()
         } else {
-            s.inputs.iter().map(|(p, t)| format!("{p}={t}")).collect::<Vec<_>>().join(", ")
+            s.inputs
+                .iter()
+                .map(|(p, t)| format!("{p}={t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     let w = plan.steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
     let kw = plan.steps.iter().map(|s| s.kind.len()).max().unwrap_or(0);
-    let iw = plan.steps.iter().map(|s| inputs_of(s).chars().count()).max().unwrap_or(0);
+    let iw = plan
+        .steps
+        .iter()
+        .map(|s| inputs_of(s).chars().count())
+        .max()
+        .unwrap_or(0);
     for (i, s) in plan.steps.iter().enumerate() {
-        let status =
-            if s.cached { paint("cached", "32") } else { format!("{} ({})", paint("will run", "33"), s.reason) };
-        let _ = writeln!(out, "{:>2}. {:<w$}  {:<kw$}  <- {:<iw$}  {}", i + 1, s.id, s.kind, inputs_of(s), status);
+        let status = if s.cached {
+            paint("cached", "32")
+        } else {
+            format!("{} ({})", paint("will run", "33"), s.reason)
+        };
+        let _ = writeln!(
+            out,
+            "{:>2}. {:<w$}  {:<kw$}  <- {:<iw$}  {}",
+            i + 1,
+            s.id,
+            s.kind,
+            inputs_of(s),
+            status
+        );
         if let Some(e) = &s.estimate {
             let pad = " ".repeat(w + kw + 8);
             let _ = writeln!(out, "{pad}{}", e.summary);
             for (name, bytes) in &e.rows {
-                let _ = writeln!(out, "{pad}  {:<32} {:>11}", name, crate::util::human_bytes(*bytes));
+                let _ = writeln!(
+                    out,
+                    "{pad}  {:<32} {:>11}",
+                    name,
+                    crate::util::human_bytes(*bytes)
+                );
             }
         }
     }

@@ -3,8 +3,8 @@
 use super::codes::QuantType;
 use super::four_bit::quantize_4bit;
 use super::linear::Linear4bit;
-use crate::model::linear::QuantLinear;
 use super::testgen::gen;
+use crate::model::linear::QuantLinear;
 use std::time::Instant;
 
 /// Quantize `n` f32 values to NF4 with double quant `iters` times; returns input GB/s.

@@ -2,11 +2,9 @@
 //! No dense copy of W is kept: each rayon task dequantizes a tile of W into a small scratch
 //! buffer and multiplies it with the `gemm` crate.
 
-use crate::model::linear::QuantLinear;
 use super::four_bit::{dequantize_range, QuantError, Quantized4};
+use crate::model::linear::QuantLinear;
 use rayon::prelude::*;
-
-
 
 /// Scratch elements per tile (256 KiB of f32).
 const TILE_ELEMS: usize = 1 << 16;
@@ -214,5 +212,4 @@ impl QuantLinear for Linear4bit {
             }
         });
     }
-
 }

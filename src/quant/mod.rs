@@ -19,6 +19,6 @@ pub use linear::Linear4bit;
 pub use serialize::{TensorEntry, TensorRef};
 
 #[cfg(test)]
-pub(crate) mod tests;
-#[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+pub(crate) mod tests;

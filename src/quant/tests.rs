@@ -4,10 +4,10 @@
 use super::codes::{dynamic_map, fp4, QuantType, NF4};
 use super::four_bit::{quantize_4bit, Absmax, Quantized4};
 use super::linear::Linear4bit;
-use crate::model::linear::QuantLinear;
 use super::serialize::{py_float_repr, TensorRef};
 use super::testgen::gen;
 use super::Blockwise8;
+use crate::model::linear::QuantLinear;
 use serde_json::Value;
 use std::collections::HashMap;
 

@@ -52,9 +52,15 @@ pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
 
     let mut recipe = Recipe {
         path: path.to_path_buf(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+        dir: path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
         sources,
-        name: path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
         description: String::new(),
         vars: Table::new(),
         steps: IndexMap::new(),
@@ -75,16 +81,35 @@ pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
                     for (id, se) in t {
                         match se.node.v {
                             V::Table(mut params) => {
-                                let kind = params.shift_remove("kind").and_then(|k| match k.node.v {
-                                    V::Str(s) => Some((s, k.node.span)),
-                                    _ => {
-                                        diags.push(type_err(Some(&id), "kind", "a string", &k.node));
-                                        None
-                                    }
-                                });
-                                recipe.steps.insert(id.clone(), StepDef { id, span: se.key_span, kind, params });
+                                let kind =
+                                    params.shift_remove("kind").and_then(|k| match k.node.v {
+                                        V::Str(s) => Some((s, k.node.span)),
+                                        _ => {
+                                            diags.push(type_err(
+                                                Some(&id),
+                                                "kind",
+                                                "a string",
+                                                &k.node,
+                                            ));
+                                            None
+                                        }
+                                    });
+                                recipe.steps.insert(
+                                    id.clone(),
+                                    StepDef {
+                                        id,
+                                        span: se.key_span,
+                                        kind,
+                                        params,
+                                    },
+                                );
                             }
-                            _ => diags.push(type_err(Some(&id), &id, "a table `[steps.<id>]`", &se.node)),
+                            _ => diags.push(type_err(
+                                Some(&id),
+                                &id,
+                                "a table `[steps.<id>]`",
+                                &se.node,
+                            )),
                         }
                     }
                 }
@@ -104,7 +129,10 @@ pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
         }
     }
     if recipe.steps.is_empty() && !diags.iter().any(Diagnostic::is_error) {
-        diags.push(Diagnostic::error("the recipe has no steps").help("add a `[steps.<id>]` table with a `kind`"));
+        diags.push(
+            Diagnostic::error("the recipe has no steps")
+                .help("add a `[steps.<id>]` table with a `kind`"),
+        );
     }
     interpolate_vars(&mut recipe, &mut diags);
     (Some(recipe), diags)
@@ -119,7 +147,9 @@ fn read_header(recipe: &mut Recipe, e: Entry, diags: &mut Vec<Diagnostic>) {
         match (k.as_str(), &v.node.v) {
             ("name", V::Str(s)) => recipe.name = s.clone(),
             ("description", V::Str(s)) => recipe.description = s.clone(),
-            ("name" | "description", _) => diags.push(type_err(None, &format!("recipe.{k}"), "a string", &v.node)),
+            ("name" | "description", _) => {
+                diags.push(type_err(None, &format!("recipe.{k}"), "a string", &v.node))
+            }
             _ => diags.push(
                 Diagnostic::error(format!("unknown key `{k}` in [recipe]"))
                     .at(v.key_span)
@@ -154,7 +184,10 @@ fn load_file(
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(Diagnostic::error(format!("cannot read recipe `{}`: {e}", path.display())));
+            diags.push(Diagnostic::error(format!(
+                "cannot read recipe `{}`: {e}",
+                path.display()
+            )));
             return None;
         }
     };
@@ -174,7 +207,12 @@ fn load_file(
         V::Array(a) => a,
         V::Str(_) => vec![inc.node.clone()],
         _ => {
-            diags.push(type_err(None, "include", "an array of file paths", &inc.node));
+            diags.push(type_err(
+                None,
+                "include",
+                "an array of file paths",
+                &inc.node,
+            ));
             return Some(table);
         }
     };
@@ -197,7 +235,11 @@ fn load_file(
             continue;
         }
         if stack.contains(&pc) {
-            diags.push(Diagnostic::error(format!("include cycle: `{rel}` includes itself")).at(item.span).key("include"));
+            diags.push(
+                Diagnostic::error(format!("include cycle: `{rel}` includes itself"))
+                    .at(item.span)
+                    .key("include"),
+            );
             continue;
         }
         let shown = Path::new(&sources.get(file).display)
@@ -218,13 +260,32 @@ fn load_file(
 pub fn overlay(base: &mut Table, top: Table) {
     for (k, e) in top {
         match (base.get_mut(&k), e.node.v) {
-            (Some(Entry { node: Node { v: V::Table(bt), span }, key_span }), V::Table(tt)) => {
+            (
+                Some(Entry {
+                    node:
+                        Node {
+                            v: V::Table(bt),
+                            span,
+                        },
+                    key_span,
+                }),
+                V::Table(tt),
+            ) => {
                 overlay(bt, tt);
                 *span = e.node.span;
                 *key_span = e.key_span;
             }
             (_, v) => {
-                base.insert(k, Entry { key_span: e.key_span, node: Node { v, span: e.node.span } });
+                base.insert(
+                    k,
+                    Entry {
+                        key_span: e.key_span,
+                        node: Node {
+                            v,
+                            span: e.node.span,
+                        },
+                    },
+                );
             }
         }
     }
@@ -238,16 +299,31 @@ fn apply_set(root: &mut Table, s: &str, sources: &mut Sources, diags: &mut Vec<D
     let Some((path, value)) = s.split_once('=') else {
         diags.push(
             Diagnostic::error("`--set` needs KEY=VALUE")
-                .at(Span { file, start: 6, end: 6 + s.len() })
+                .at(Span {
+                    file,
+                    start: 6,
+                    end: 6 + s.len(),
+                })
                 .expected("e.g. `--set steps.train.max_steps=10` or `--set vars.lr=1e-4`")
                 .got(format!("`{s}`")),
         );
         return;
     };
-    let key_span = Span { file, start: 6, end: 6 + path.len() };
-    let node = parse_set_value(value.trim(), file, 6 + path.len() + 1 + (value.len() - value.trim_start().len()));
+    let key_span = Span {
+        file,
+        start: 6,
+        end: 6 + path.len(),
+    };
+    let node = parse_set_value(
+        value.trim(),
+        file,
+        6 + path.len() + 1 + (value.len() - value.trim_start().len()),
+    );
     let parts: Vec<&str> = path.trim().split('.').collect();
-    if !matches!(parts[0], "vars" | "steps" | "recipe") || parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+    if !matches!(parts[0], "vars" | "steps" | "recipe")
+        || parts.len() < 2
+        || parts.iter().any(|p| p.is_empty())
+    {
         diags.push(
             Diagnostic::error("`--set` key must start with `vars.`, `steps.<id>.` or `recipe.`")
                 .at(key_span)
@@ -258,16 +334,31 @@ fn apply_set(root: &mut Table, s: &str, sources: &mut Sources, diags: &mut Vec<D
     let mut t = root;
     for (i, part) in parts.iter().enumerate() {
         if i + 1 == parts.len() {
-            t.insert(part.to_string(), Entry { key_span, node: node.clone() });
+            t.insert(
+                part.to_string(),
+                Entry {
+                    key_span,
+                    node: node.clone(),
+                },
+            );
             return;
         }
-        let e = t
-            .entry(part.to_string())
-            .or_insert_with(|| Entry { key_span, node: Node { v: V::Table(Table::new()), span: key_span } });
+        let e = t.entry(part.to_string()).or_insert_with(|| Entry {
+            key_span,
+            node: Node {
+                v: V::Table(Table::new()),
+                span: key_span,
+            },
+        });
         if !matches!(e.node.v, V::Table(_)) {
-            e.node = Node { v: V::Table(Table::new()), span: key_span };
+            e.node = Node {
+                v: V::Table(Table::new()),
+                span: key_span,
+            };
         }
-        let V::Table(inner) = &mut e.node.v else { return };
+        let V::Table(inner) = &mut e.node.v else {
+            return;
+        };
         t = inner;
     }
 }
@@ -290,7 +381,13 @@ fn interpolate_vars(recipe: &mut Recipe, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn subst(node: &mut Node, vars: &Table, step: Option<&str>, key: &str, diags: &mut Vec<Diagnostic>) {
+fn subst(
+    node: &mut Node,
+    vars: &Table,
+    step: Option<&str>,
+    key: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
     match &mut node.v {
         V::Str(s) if s.contains("${") => {
             // Whole-string reference keeps the var's type.
@@ -305,7 +402,10 @@ fn subst(node: &mut Node, vars: &Table, step: Option<&str>, key: &str, diags: &m
                     return;
                 }
             }
-            let start_var = s.strip_prefix("${").and_then(|r| r.split_once('}')).map(|(n, _)| n.to_string());
+            let start_var = s
+                .strip_prefix("${")
+                .and_then(|r| r.split_once('}'))
+                .map(|(n, _)| n.to_string());
             let mut out = String::new();
             let mut rest = s.as_str();
             while let Some(i) = rest.find("${") {
@@ -322,9 +422,11 @@ fn subst(node: &mut Node, vars: &Table, step: Option<&str>, key: &str, diags: &m
                     Some(V::Float(v)) => out.push_str(&v.to_string()),
                     Some(V::Bool(v)) => out.push_str(&v.to_string()),
                     Some(_) => diags.push(
-                        Diagnostic::error(format!("var `{name}` is not a scalar and cannot be put inside a string"))
-                            .at(node.span)
-                            .key(key),
+                        Diagnostic::error(format!(
+                            "var `{name}` is not a scalar and cannot be put inside a string"
+                        ))
+                        .at(node.span)
+                        .key(key),
                     ),
                     None => diags.push(unknown_var(name, vars, node.span, step, key)),
                 }
@@ -340,7 +442,9 @@ fn subst(node: &mut Node, vars: &Table, step: Option<&str>, key: &str, diags: &m
             }
         }
         V::Array(a) => a.iter_mut().for_each(|n| subst(n, vars, step, key, diags)),
-        V::Table(t) => t.values_mut().for_each(|e| subst(&mut e.node, vars, step, key, diags)),
+        V::Table(t) => t
+            .values_mut()
+            .for_each(|e| subst(&mut e.node, vars, step, key, diags)),
         _ => {}
     }
 }
@@ -352,7 +456,13 @@ fn unknown_var(name: &str, vars: &Table, span: Span, step: Option<&str>, key: &s
         .expected(if vars.is_empty() {
             "a key of [vars] (the recipe has none)".to_string()
         } else {
-            format!("one of {}", vars.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+            format!(
+                "one of {}",
+                vars.keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         });
     if let Some(s) = step {
         d = d.step(s);

@@ -46,7 +46,12 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
     let kinds: IndexMap<&str, Option<&str>> = recipe
         .steps
         .values()
-        .map(|d| (d.id.as_str(), steps.get(&d.id).map(|s: &CheckedStep| s.kind())))
+        .map(|d| {
+            (
+                d.id.as_str(),
+                steps.get(&d.id).map(|s: &CheckedStep| s.kind()),
+            )
+        })
         .collect();
     for s in steps.values() {
         for (param, target) in &s.refs {
@@ -60,7 +65,12 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
                         .key(base)
                         .expected(format!(
                             "one of the recipe's steps: {}",
-                            recipe.steps.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                            recipe
+                                .steps
+                                .keys()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     if let Some(m) = did_you_mean(target, recipe.steps.keys().map(String::as_str)) {
                         d = d.help(format!("did you mean `{m}`?"));
@@ -69,7 +79,11 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
                 }
                 Some(Some(kind)) => {
                     let spec = s.step.params().iter().find(|p| p.name == base);
-                    if let Some(ParamSpec { ty: Ty::Step(allowed), .. }) = spec {
+                    if let Some(ParamSpec {
+                        ty: Ty::Step(allowed),
+                        ..
+                    }) = spec
+                    {
                         if !allowed.is_empty() && !allowed.contains(kind) {
                             diags.push(
                                 Diagnostic::error(format!("`{target}` is a `{kind}` step"))
@@ -89,7 +103,12 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
     Checked { recipe, steps }
 }
 
-fn check_step(recipe: &Recipe, def: &StepDef, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Option<CheckedStep> {
+fn check_step(
+    recipe: &Recipe,
+    def: &StepDef,
+    plan_only: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<CheckedStep> {
     let Some((kind, kind_span)) = &def.kind else {
         diags.push(
             Diagnostic::error("missing `kind`")
@@ -150,7 +169,11 @@ fn check_step(recipe: &Recipe, def: &StepDef, plan_only: bool, diags: &mut Vec<D
                             if pb.exists() {
                                 files.push(pb);
                             } else {
-                                let what = if matches!(spec.ty, Ty::ModelPath) { "model dir" } else { "input path" };
+                                let what = if matches!(spec.ty, Ty::ModelPath) {
+                                    "model dir"
+                                } else {
+                                    "input path"
+                                };
                                 let d = Diagnostic::error(format!("{what} `{p}` does not exist"))
                                     .at(entry.node.span)
                                     .step(&def.id)
@@ -193,15 +216,33 @@ fn check_step(recipe: &Recipe, def: &StepDef, plan_only: bool, diags: &mut Vec<D
                     .expected(format!("{} ({})", spec.ty.describe(), spec.doc)),
             );
         } else if let Some(d) = spec.default {
-            params.map.insert(spec.name.to_string(), serde_json::from_str(d).unwrap_or(Value::Null));
+            params.map.insert(
+                spec.name.to_string(),
+                serde_json::from_str(d).unwrap_or(Value::Null),
+            );
         }
     }
     // Step-specific checks only make sense when the types are right.
     if diags.iter().filter(|d| d.is_error()).count() == before {
-        let mut c = CheckCtx { step: &def.id, params: &params, spans: &spans, header: def.span, plan_only, diags };
+        let mut c = CheckCtx {
+            step: &def.id,
+            params: &params,
+            spans: &spans,
+            header: def.span,
+            plan_only,
+            diags,
+        };
         step.check(&mut c);
     }
-    Some(CheckedStep { id: def.id.clone(), step, params, refs, files, spans, header: def.span })
+    Some(CheckedStep {
+        id: def.id.clone(),
+        step,
+        params,
+        refs,
+        files,
+        spans,
+        header: def.span,
+    })
 }
 
 /// Type-check one value and turn it into canonical JSON.
@@ -251,7 +292,11 @@ fn convert(recipe: &Recipe, spec: &ParamSpec, node: &Node) -> Result<Value, Diag
         (Ty::Table, V::Table(_)) => node.to_json(),
         (Ty::Path | Ty::ModelPath | Ty::OutPath, V::Str(s)) => {
             let p = PathBuf::from(s);
-            let abs = if p.is_absolute() { p } else { recipe.sources.base_dir(node.span.file).join(p) };
+            let abs = if p.is_absolute() {
+                p
+            } else {
+                recipe.sources.base_dir(node.span.file).join(p)
+            };
             Value::String(normalize(&abs).display().to_string())
         }
         _ => return Err(wrong()),
@@ -264,7 +309,9 @@ pub fn normalize(p: &std::path::Path) -> PathBuf {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     };
     let mut out = PathBuf::new();
     for c in abs.components() {

@@ -59,7 +59,10 @@ impl Node {
             V::Float(f) => f.to_string(),
             V::Bool(b) => b.to_string(),
             V::Datetime(d) => d.clone(),
-            V::Array(a) => format!("[{}]", a.iter().map(Node::show).collect::<Vec<_>>().join(", ")),
+            V::Array(a) => format!(
+                "[{}]",
+                a.iter().map(Node::show).collect::<Vec<_>>().join(", ")
+            ),
             V::Table(t) => format!("{{{}}}", t.keys().cloned().collect::<Vec<_>>().join(", ")),
         }
     }
@@ -70,17 +73,27 @@ impl Node {
         match &self.v {
             V::Str(s) => J::String(s.clone()),
             V::Int(i) => J::from(*i),
-            V::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            V::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or(J::Null),
             V::Bool(b) => J::Bool(*b),
             V::Datetime(d) => J::String(d.clone()),
             V::Array(a) => J::Array(a.iter().map(Node::to_json).collect()),
-            V::Table(t) => J::Object(t.iter().map(|(k, e)| (k.clone(), e.node.to_json())).collect()),
+            V::Table(t) => J::Object(
+                t.iter()
+                    .map(|(k, e)| (k.clone(), e.node.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
 
 fn span(file: usize, r: std::ops::Range<usize>) -> Span {
-    Span { file, start: r.start, end: r.end }
+    Span {
+        file,
+        start: r.start,
+        end: r.end,
+    }
 }
 
 /// Parse one TOML text into a spanned table. Syntax errors become
@@ -90,7 +103,10 @@ pub fn parse_toml(text: &str, file: usize) -> Result<Table, Diagnostic> {
         Ok(t) => convert_table(t.get_ref(), file),
         Err(e) => {
             let r = e.span().unwrap_or(0..0);
-            Err(Diagnostic::error(format!("invalid TOML: {}", e.message().trim())).at(span(file, r)))
+            Err(
+                Diagnostic::error(format!("invalid TOML: {}", e.message().trim()))
+                    .at(span(file, r)),
+            )
         }
     }
 }
@@ -98,16 +114,26 @@ pub fn parse_toml(text: &str, file: usize) -> Result<Table, Diagnostic> {
 /// Parse a single value as written after `--set key=`. Anything that is not
 /// valid TOML is taken as a bare string, so `--set vars.name=run1` works.
 pub fn parse_set_value(text: &str, file: usize, offset: usize) -> Node {
-    let whole = Span { file, start: offset, end: offset + text.len() };
+    let whole = Span {
+        file,
+        start: offset,
+        end: offset + text.len(),
+    };
     match DeValue::parse(text) {
         Ok(v) => match convert_value(&v, file) {
             Ok(mut n) => {
                 shift(&mut n, offset);
                 n
             }
-            Err(_) => Node { v: V::Str(text.to_string()), span: whole },
+            Err(_) => Node {
+                v: V::Str(text.to_string()),
+                span: whole,
+            },
         },
-        Err(_) => Node { v: V::Str(text.to_string()), span: whole },
+        Err(_) => Node {
+            v: V::Str(text.to_string()),
+            span: whole,
+        },
     }
 }
 
@@ -129,7 +155,13 @@ fn convert_table(t: &DeTable<'_>, file: usize) -> Result<Table, Diagnostic> {
     let mut out = Table::new();
     for (k, v) in t.iter() {
         let node = convert_value(v, file)?;
-        out.insert(k.get_ref().to_string(), Entry { key_span: span(file, k.span()), node });
+        out.insert(
+            k.get_ref().to_string(),
+            Entry {
+                key_span: span(file, k.span()),
+                node,
+            },
+        );
     }
     Ok(out)
 }
@@ -145,7 +177,10 @@ fn convert_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Diagnost
                 Some(b) => (true, b.to_string()),
                 None => (false, digits.trim_start_matches('+').to_string()),
             };
-            let body = body.trim_start_matches("0x").trim_start_matches("0o").trim_start_matches("0b");
+            let body = body
+                .trim_start_matches("0x")
+                .trim_start_matches("0o")
+                .trim_start_matches("0b");
             let n = i64::from_str_radix(body, i.radix()).map_err(|_| bad("integer"))?;
             V::Int(if neg { -n } else { n })
         }
@@ -161,7 +196,11 @@ fn convert_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Diagnost
         }
         DeValue::Boolean(b) => V::Bool(*b),
         DeValue::Datetime(d) => V::Datetime(d.to_string()),
-        DeValue::Array(a) => V::Array(a.iter().map(|x| convert_value(x, file)).collect::<Result<_, _>>()?),
+        DeValue::Array(a) => V::Array(
+            a.iter()
+                .map(|x| convert_value(x, file))
+                .collect::<Result<_, _>>()?,
+        ),
         DeValue::Table(t) => V::Table(convert_table(t, file)?),
     };
     Ok(Node { v: val, span: sp })

@@ -4,7 +4,9 @@
 
 use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
 use crate::eval::generate::GenConfig;
-use crate::eval::report::{example_scores_map, render_comparison, write_metrics_json, write_predictions_jsonl};
+use crate::eval::report::{
+    example_scores_map, render_comparison, write_metrics_json, write_predictions_jsonl,
+};
 use crate::eval::sampling::{argmax, SamplingParams};
 use crate::eval::{compute_generation_metrics, PredictionRecord};
 use crate::gen_cli::Session;
@@ -15,21 +17,64 @@ use indexmap::IndexMap;
 
 pub struct Evaluate;
 
-pub static METRICS: &[&str] =
-    &["loss", "perplexity", "token_accuracy", "bleu", "rouge", "exact_match", "label_accuracy"];
+pub static METRICS: &[&str] = &[
+    "loss",
+    "perplexity",
+    "token_accuracy",
+    "bleu",
+    "rouge",
+    "exact_match",
+    "label_accuracy",
+];
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["load.model", "quantize", "merge"]), "the base (or merged) model"),
-    opt("adapter", Ty::Step(&["train"]), "a train step whose adapter is applied"),
-    opt("data", Ty::Step(&["tokenize"]), "tokenized data for loss metrics"),
-    opt("prompts", Ty::Step(&["template"]), "templated data for generation metrics"),
+    req(
+        "model",
+        Ty::Step(&["load.model", "quantize", "merge"]),
+        "the base (or merged) model",
+    ),
+    opt(
+        "adapter",
+        Ty::Step(&["train"]),
+        "a train step whose adapter is applied",
+    ),
+    opt(
+        "data",
+        Ty::Step(&["tokenize"]),
+        "tokenized data for loss metrics",
+    ),
+    opt(
+        "prompts",
+        Ty::Step(&["template"]),
+        "templated data for generation metrics",
+    ),
     def("split", Ty::Str, "\"test\"", "which split to evaluate"),
-    def("metrics", Ty::StrList, "[\"loss\", \"perplexity\"]", "metrics to compute"),
-    def("compare_base", Ty::Bool, "false", "also evaluate the base without the adapter (before/after table)"),
+    def(
+        "metrics",
+        Ty::StrList,
+        "[\"loss\", \"perplexity\"]",
+        "metrics to compute",
+    ),
+    def(
+        "compare_base",
+        Ty::Bool,
+        "false",
+        "also evaluate the base without the adapter (before/after table)",
+    ),
     opt("limit", Ty::Int, "evaluate at most N examples"),
     def("batch_size", Ty::Int, "8", "examples per forward pass"),
-    def("max_new_tokens", Ty::Int, "128", "generation length for generation metrics"),
-    def("do_sample", Ty::Bool, "false", "sample instead of greedy decoding"),
+    def(
+        "max_new_tokens",
+        Ty::Int,
+        "128",
+        "generation length for generation metrics",
+    ),
+    def(
+        "do_sample",
+        Ty::Bool,
+        "false",
+        "sample instead of greedy decoding",
+    ),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
@@ -47,14 +92,25 @@ impl Step for Evaluate {
         let ms = c.params.strs("metrics");
         for m in &ms {
             if !METRICS.contains(&m.as_str()) {
-                c.error("metrics", format!("unknown metric `{m}`")).expected = Some(format!("any of {}", METRICS.join(", ")));
+                c.error("metrics", format!("unknown metric `{m}`")).expected =
+                    Some(format!("any of {}", METRICS.join(", ")));
             }
         }
-        let needs_gen = ms.iter().any(|m| matches!(m.as_str(), "bleu" | "rouge" | "exact_match" | "label_accuracy"));
+        let needs_gen = ms.iter().any(|m| {
+            matches!(
+                m.as_str(),
+                "bleu" | "rouge" | "exact_match" | "label_accuracy"
+            )
+        });
         if needs_gen && c.params.get("prompts").is_none() {
-            c.error("prompts", "generation metrics need `prompts = \"<template step>\"`");
+            c.error(
+                "prompts",
+                "generation metrics need `prompts = \"<template step>\"`",
+            );
         }
-        let needs_loss = ms.iter().any(|m| matches!(m.as_str(), "loss" | "perplexity" | "token_accuracy"));
+        let needs_loss = ms
+            .iter()
+            .any(|m| matches!(m.as_str(), "loss" | "perplexity" | "token_accuracy"));
         if needs_loss && c.params.get("data").is_none() {
             c.error("data", "loss metrics need `data = \"<tokenize step>\"`");
         }
@@ -78,7 +134,10 @@ impl Step for Evaluate {
         ctx.info(format!(
             "model {}{}: {} loss rows, {} generation examples",
             dirs.weights.display(),
-            adapter.as_ref().map(|a| format!(" + adapter {}", a.display())).unwrap_or_default(),
+            adapter
+                .as_ref()
+                .map(|a| format!(" + adapter {}", a.display()))
+                .unwrap_or_default(),
             plan.rows.len(),
             plan.examples.len()
         ));
@@ -89,7 +148,11 @@ impl Step for Evaluate {
         if let Some(a) = &adapter {
             crate::eval::lm::attach_adapter(&mut s.model, a)?;
         }
-        let label = if adapter.is_some() { "fine-tuned" } else { "model" };
+        let label = if adapter.is_some() {
+            "fine-tuned"
+        } else {
+            "model"
+        };
         let (tuned, preds) = evaluate(ctx, &s, &plan, label)?;
         let mut out = serde_json::Map::new();
         for (k, v) in &tuned {
@@ -138,7 +201,8 @@ impl Plan {
         if want("loss") || want("perplexity") || want("token_accuracy") {
             let d = ctx.input("data")?;
             let f = d.dir.join(format!("{split}.tokens"));
-            let ds = TokenDataset::open(&f).with_context(|| format!("step `{}` has no `{split}` split", d.step))?;
+            let ds = TokenDataset::open(&f)
+                .with_context(|| format!("step `{}` has no `{split}` split", d.step))?;
             for r in ds.iter().take(limit) {
                 let mut seg = Vec::with_capacity(r.input_ids.len());
                 let mut k = 0u32;
@@ -161,7 +225,11 @@ impl Plan {
             let d = ctx.input("prompts")?;
             let f = d.dir.join(format!("{split}.jsonl"));
             if !f.is_file() {
-                anyhow::bail!("step `{}` has no `{split}` split ({} is missing)", d.step, f.display());
+                anyhow::bail!(
+                    "step `{}` has no `{split}` split ({} is missing)",
+                    d.step,
+                    f.display()
+                );
             }
             examples = io::read_examples(&f)?.into_iter().take(limit).collect();
         }
@@ -173,7 +241,10 @@ impl Plan {
             gen: GenConfig {
                 max_new_tokens: p.usize("max_new_tokens"),
                 stop_ids: Vec::new(),
-                sampling: SamplingParams { do_sample: p.bool("do_sample"), ..Default::default() },
+                sampling: SamplingParams {
+                    do_sample: p.bool("do_sample"),
+                    ..Default::default()
+                },
                 seed: 42,
             },
         })
@@ -191,7 +262,11 @@ fn evaluate(
     let mut out = IndexMap::new();
     if !plan.rows.is_empty() {
         let (loss_sum, count, hits) = loss_metrics(ctx, s, plan, label, want("token_accuracy"))?;
-        let loss = if count > 0 { loss_sum / count as f64 } else { f64::NAN };
+        let loss = if count > 0 {
+            loss_sum / count as f64
+        } else {
+            f64::NAN
+        };
         if want("loss") {
             out.insert("loss".to_string(), loss);
         }
@@ -199,7 +274,14 @@ fn evaluate(
             out.insert("perplexity".to_string(), loss.exp());
         }
         if want("token_accuracy") {
-            out.insert("token_accuracy".to_string(), if count > 0 { hits as f64 / count as f64 } else { f64::NAN });
+            out.insert(
+                "token_accuracy".to_string(),
+                if count > 0 {
+                    hits as f64 / count as f64
+                } else {
+                    f64::NAN
+                },
+            );
         }
     }
     let mut preds = Vec::new();
@@ -208,13 +290,18 @@ fn evaluate(
         let mut prompts = Vec::new();
         let mut refs = Vec::new();
         for ex in &plan.examples {
-            let (ids, reference) = s.example_prompt(ex).with_context(|| format!("prompt of {}", ex.source))?;
+            let (ids, reference) = s
+                .example_prompt(ex)
+                .with_context(|| format!("prompt of {}", ex.source))?;
             prompts.push(ids);
             refs.push(reference.unwrap_or_default());
         }
         let mut texts = Vec::new();
         for (b, chunk) in prompts.chunks(plan.batch_size).enumerate() {
-            let c = GenConfig { seed: plan.gen.seed.wrapping_add((b * plan.batch_size) as u64), ..plan.gen.clone() };
+            let c = GenConfig {
+                seed: plan.gen.seed.wrapping_add((b * plan.batch_size) as u64),
+                ..plan.gen.clone()
+            };
             for g in s.generate(chunk, &c, |_, _| {})? {
                 texts.push(s.decode(&g.tokens)?);
                 bar.inc(1);
@@ -231,10 +318,16 @@ fn evaluate(
             out.insert("bleu-4".to_string(), gm.mean.bleu4);
         }
         if want("exact_match") {
-            out.insert("exact_match".to_string(), crate::eval::exact_match(&texts, &refs));
+            out.insert(
+                "exact_match".to_string(),
+                crate::eval::exact_match(&texts, &refs),
+            );
         }
         if want("label_accuracy") {
-            out.insert("label_accuracy".to_string(), crate::eval::label_accuracy(&texts, &refs));
+            out.insert(
+                "label_accuracy".to_string(),
+                crate::eval::label_accuracy(&texts, &refs),
+            );
         }
         for (i, (t, r)) in texts.iter().zip(&refs).enumerate() {
             preds.push(PredictionRecord {
@@ -290,7 +383,9 @@ fn loss_metrics(
             let seg = batch.segments.as_ref().expect("segments");
             for k in 0..b * t {
                 if k % t + 1 < t && seg[k] == seg[k + 1] && labels[k + 1] >= 0 {
-                    hits += usize::from(i64::from(argmax(&o.logits[k * v..(k + 1) * v])) == labels[k + 1]);
+                    hits += usize::from(
+                        i64::from(argmax(&o.logits[k * v..(k + 1) * v])) == labels[k + 1],
+                    );
                 }
             }
         } else {
@@ -319,7 +414,12 @@ mod tests {
     }
 
     fn input(step: &str, kind: &'static str, dir: &Path) -> InputRef {
-        InputRef { step: step.into(), kind, dir: dir.to_path_buf(), params: Params::default() }
+        InputRef {
+            step: step.into(),
+            kind,
+            dir: dir.to_path_buf(),
+            params: Params::default(),
+        }
     }
 
     /// The quickstart base + a random (nonzero) LoRA adapter: compare_base evaluates the base,
@@ -351,26 +451,64 @@ mod tests {
         let ad = t.join("train");
         crate::lora::save_peft(&m, &cfg, "base", &ad).expect("save");
         // template + tokenize outputs
-        let exs: Vec<Example> = [("What color is the sky?", "The sky is blue."), ("Hi", "Hello there."), ("2+2?", "4")]
-            .iter()
-            .map(|(u, a)| Example { messages: vec![message(Role::User, u), message(Role::Assistant, a)], ..Default::default() })
-            .collect();
+        let exs: Vec<Example> = [
+            ("What color is the sky?", "The sky is blue."),
+            ("Hi", "Hello there."),
+            ("2+2?", "4"),
+        ]
+        .iter()
+        .map(|(u, a)| Example {
+            messages: vec![message(Role::User, u), message(Role::Assistant, a)],
+            ..Default::default()
+        })
+        .collect();
         let pd = t.join("prompts");
         std::fs::create_dir_all(&pd).expect("mkdir");
-        std::fs::write(pd.join("template.json"), json!({"template": "human_assistant"}).to_string()).expect("w");
-        let lines: Vec<String> = exs.iter().map(|e| serde_json::to_string(e).expect("json")).collect();
+        std::fs::write(
+            pd.join("template.json"),
+            json!({"template": "human_assistant"}).to_string(),
+        )
+        .expect("w");
+        let lines: Vec<String> = exs
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("json"))
+            .collect();
         std::fs::write(pd.join("test.jsonl"), lines.join("\n") + "\n").expect("w");
         let bundle = TokenizerBundle::from_dir(base_dir()).expect("tok");
-        let renderer = Renderer::new(Template::from_name_or_source("human_assistant", None).expect("t"), Some(&bundle)).expect("r");
+        let renderer = Renderer::new(
+            Template::from_name_or_source("human_assistant", None).expect("t"),
+            Some(&bundle),
+        )
+        .expect("r");
         let dd = t.join("tokens");
         std::fs::create_dir_all(&dd).expect("mkdir");
-        let opts = TokenizeOptions { add_eos: Some(true), ..Default::default() };
-        crate::text::tokenize(exs.clone(), &renderer, &bundle, &opts, &dd.join("test.tokens")).expect("tokenize");
+        let opts = TokenizeOptions {
+            add_eos: Some(true),
+            ..Default::default()
+        };
+        crate::text::tokenize(
+            exs.clone(),
+            &renderer,
+            &bundle,
+            &opts,
+            &dd.join("test.tokens"),
+        )
+        .expect("tokenize");
 
         let mut params = Params::default();
         for (k, v) in [
             ("split", json!("test")),
-            ("metrics", json!(["loss", "perplexity", "token_accuracy", "exact_match", "bleu", "rouge"])),
+            (
+                "metrics",
+                json!([
+                    "loss",
+                    "perplexity",
+                    "token_accuracy",
+                    "exact_match",
+                    "bleu",
+                    "rouge"
+                ]),
+            ),
             ("compare_base", json!(true)),
             ("batch_size", json!(2)),
             ("max_new_tokens", json!(5)),
@@ -379,7 +517,10 @@ mod tests {
             params.map.insert(k.into(), v);
         }
         let mut inputs = IndexMap::new();
-        inputs.insert("model".to_string(), input("base", "load.model", &base_dir()));
+        inputs.insert(
+            "model".to_string(),
+            input("base", "load.model", &base_dir()),
+        );
         inputs.insert("adapter".to_string(), input("train", "train", &ad));
         inputs.insert("data".to_string(), input("tokens", "tokenize", &dd));
         inputs.insert("prompts".to_string(), input("prompts", "template", &pd));
@@ -398,7 +539,9 @@ mod tests {
         };
         Evaluate.run(&ctx).expect("run");
 
-        let got: Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics")).expect("json");
+        let got: Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics"))
+                .expect("json");
         let ds = TokenDataset::open(dd.join("test.tokens")).expect("ds");
         let check = |model: &crate::model::Model, m: &Value, what: &str| {
             let (mut sum, mut n, mut hits, mut preds) = (0.0, 0usize, 0.0, 0usize);
@@ -417,7 +560,10 @@ mod tests {
             }
             let close = |k: &str, want: f64| {
                 let g = m[k].as_f64().expect(k);
-                assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "{what} {k}: got {g} want {want}");
+                assert!(
+                    (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{what} {k}: got {g} want {want}"
+                );
             };
             close("loss", sum / n as f64);
             close("perplexity", (sum / n as f64).exp());
@@ -427,7 +573,10 @@ mod tests {
         check(&model, &got["base"], "base");
         crate::eval::lm::attach_adapter(&mut model, &ad).expect("adapter");
         check(&model, &got, "fine-tuned");
-        assert_ne!(got["loss"], got["base"]["loss"], "the adapter changes the loss");
+        assert_ne!(
+            got["loss"], got["base"]["loss"],
+            "the adapter changes the loss"
+        );
 
         // comparison table and predictions
         let table = std::fs::read_to_string(out.join("comparison.txt")).expect("table");
@@ -435,13 +584,22 @@ mod tests {
         assert!(table.contains("token_accuracy"), "{table}");
         let s = Session::open(&base_dir(), None, Some(&ad), "human_assistant").expect("session");
         let preds = std::fs::read_to_string(out.join("predictions.jsonl")).expect("preds");
-        let preds: Vec<Value> = preds.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let preds: Vec<Value> = preds
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
         assert_eq!(preds.len(), 3);
-        let gcfg = GenConfig { max_new_tokens: 5, ..Default::default() };
+        let gcfg = GenConfig {
+            max_new_tokens: 5,
+            ..Default::default()
+        };
         for (p, ex) in preds.iter().zip(&exs) {
             let (ids, reference) = s.example_prompt(ex).expect("prompt");
             let g = s.generate(&[ids], &gcfg, |_, _| {}).expect("gen");
-            assert_eq!(p["prediction"], json!(s.decode(&g[0].tokens).expect("decode")));
+            assert_eq!(
+                p["prediction"],
+                json!(s.decode(&g[0].tokens).expect("decode"))
+            );
             assert_eq!(p["reference"], json!(reference.expect("reference")));
         }
     }

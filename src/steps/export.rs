@@ -8,10 +8,28 @@ use std::path::Path;
 pub struct Export;
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["merge", "load.model", "quantize", "train"]), "the model to export (a train step with method = \"full\" is a model)"),
-    opt("adapter", Ty::Step(&["train"]), "the adapter, to compare merged logits with base + adapter"),
-    def("max_shard_size", Ty::Str, "\"5GB\"", "largest safetensors shard, e.g. \"2GB\", \"500MB\""),
-    def("verify", Ty::Bool, "true", "compare logits of the export with base + adapter on a few inputs"),
+    req(
+        "model",
+        Ty::Step(&["merge", "load.model", "quantize", "train"]),
+        "the model to export (a train step with method = \"full\" is a model)",
+    ),
+    opt(
+        "adapter",
+        Ty::Step(&["train"]),
+        "the adapter, to compare merged logits with base + adapter",
+    ),
+    def(
+        "max_shard_size",
+        Ty::Str,
+        "\"5GB\"",
+        "largest safetensors shard, e.g. \"2GB\", \"500MB\"",
+    ),
+    def(
+        "verify",
+        Ty::Bool,
+        "true",
+        "compare logits of the export with base + adapter on a few inputs",
+    ),
 ];
 
 impl Step for Export {
@@ -31,14 +49,23 @@ impl Step for Export {
         let dirs = io::model_dirs(input)?;
         let model = crate::export::HfModel::load(&dirs.weights)
             .with_context(|| format!("reading the model of step `{}`", input.step))?;
-        let max = crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
-        let opts = crate::export::ExportOptions { max_shard_size: max, dtype: crate::export::OutDtype::Auto };
-        let report = crate::export::write_hf_dir(&model, &[&dirs.weights, &dirs.tokenizer], ctx.out, &opts)?;
+        let max =
+            crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
+        let opts = crate::export::ExportOptions {
+            max_shard_size: max,
+            dtype: crate::export::OutDtype::Auto,
+        };
+        let report =
+            crate::export::write_hf_dir(&model, &[&dirs.weights, &dirs.tokenizer], ctx.out, &opts)?;
         ctx.info(format!(
             "wrote {} shard(s), {}{}",
             report.shards,
             crate::util::human_bytes(report.total_size),
-            report.dtype.and_then(crate::export::dtype::hf_name).map(|d| format!(" ({d})")).unwrap_or_default()
+            report
+                .dtype
+                .and_then(crate::export::dtype::hf_name)
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         ));
         // A converted SentencePiece tokenizer is also written as tokenizer.json.
         if !ctx.out.join("tokenizer.json").exists() && ctx.out.join("tokenizer.model").exists() {
@@ -48,12 +75,17 @@ impl Step for Export {
         }
         if ctx.params.bool("verify") {
             let merge_meta = dirs.weights.join("merge.json");
-            match std::fs::read(&merge_meta).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+            match std::fs::read(&merge_meta)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
                 Some(m) if m["base_kind"] == "load.model" => {
                     let base = Path::new(m["base"].as_str().unwrap_or(""));
                     let adapter = Path::new(m["adapter"].as_str().unwrap_or(""));
                     let d = max_logit_diff(base, adapter, ctx.out)?;
-                    ctx.info(format!("verify: max |logits(export) - logits(base + adapter)| = {d:.3e}"));
+                    ctx.info(format!(
+                        "verify: max |logits(export) - logits(base + adapter)| = {d:.3e}"
+                    ));
                 }
                 Some(_) => ctx.info("verify: skipped (the base is quantized)"),
                 None => ctx.info("verify: skipped (no adapter to compare with)"),
@@ -63,7 +95,8 @@ impl Step for Export {
     }
     fn check(&self, c: &mut super::CheckCtx) {
         if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {
-            c.error("max_shard_size", "not a size").expected = Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
+            c.error("max_shard_size", "not a size").expected =
+                Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
         }
     }
 }
@@ -78,8 +111,19 @@ pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<f3
     let vocab = a.arch.vocab as u64;
     let mut rng = crate::train::rng::Rng::new(7);
     let ids: Vec<u32> = (0..32).map(|_| (rng.next_u64() % vocab) as u32).collect();
-    let batch = crate::model::Batch { b: 2, t: 16, input_ids: ids, attention_mask: vec![1; 32], labels: None, segments: None };
+    let batch = crate::model::Batch {
+        b: 2,
+        t: 16,
+        input_ids: ids,
+        attention_mask: vec![1; 32],
+        labels: None,
+        segments: None,
+    };
     let la = a.forward(&batch).map_err(|e| err(&e))?.logits;
     let lb = b.forward(&batch).map_err(|e| err(&e))?.logits;
-    Ok(la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
+    Ok(la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max))
 }

@@ -11,19 +11,65 @@ use std::io::Write;
 pub struct Generate;
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["load.model", "quantize", "merge", "export"]), "the model"),
-    opt("adapter", Ty::Step(&["train"]), "a train step whose adapter is applied"),
-    opt("prompts", Ty::StrList, "user messages, rendered with `template`"),
-    def("template", Ty::Str, "\"model\"", "how prompts are rendered: a built-in template name, \"model\", or \"none\" (raw text)"),
-    opt("data", Ty::Step(&["template"]), "or: templated examples whose prompts are used"),
+    req(
+        "model",
+        Ty::Step(&["load.model", "quantize", "merge", "export"]),
+        "the model",
+    ),
+    opt(
+        "adapter",
+        Ty::Step(&["train"]),
+        "a train step whose adapter is applied",
+    ),
+    opt(
+        "prompts",
+        Ty::StrList,
+        "user messages, rendered with `template`",
+    ),
+    def(
+        "template",
+        Ty::Str,
+        "\"model\"",
+        "how prompts are rendered: a built-in template name, \"model\", or \"none\" (raw text)",
+    ),
+    opt(
+        "data",
+        Ty::Step(&["template"]),
+        "or: templated examples whose prompts are used",
+    ),
     opt("system", Ty::Str, "system message"),
-    def("max_new_tokens", Ty::Int, "64", "tokens to generate per prompt"),
-    def("do_sample", Ty::Bool, "false", "sample (true) or greedy (false)"),
+    def(
+        "max_new_tokens",
+        Ty::Int,
+        "64",
+        "tokens to generate per prompt",
+    ),
+    def(
+        "do_sample",
+        Ty::Bool,
+        "false",
+        "sample (true) or greedy (false)",
+    ),
     def("temperature", Ty::Float, "1.0", "sampling temperature"),
-    def("top_k", Ty::Int, "50", "keep the k most likely tokens (0 = off)"),
+    def(
+        "top_k",
+        Ty::Int,
+        "50",
+        "keep the k most likely tokens (0 = off)",
+    ),
     def("top_p", Ty::Float, "1.0", "nucleus sampling mass"),
-    def("repetition_penalty", Ty::Float, "1.0", "penalise tokens already present (>1)"),
-    def("num_return_sequences", Ty::Int, "1", "continuations per prompt"),
+    def(
+        "repetition_penalty",
+        Ty::Float,
+        "1.0",
+        "penalise tokens already present (>1)",
+    ),
+    def(
+        "num_return_sequences",
+        Ty::Int,
+        "1",
+        "continuations per prompt",
+    ),
     def("seed", Ty::Int, "42", "sampling seed"),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
@@ -40,7 +86,10 @@ impl Step for Generate {
     }
     fn check(&self, c: &mut super::CheckCtx) {
         if c.params.get("prompts").is_none() && c.params.get("data").is_none() {
-            c.error("prompts", "give `prompts = [...]` or `data = \"<template step>\"`");
+            c.error(
+                "prompts",
+                "give `prompts = [...]` or `data = \"<template step>\"`",
+            );
         }
         if c.params.i64("num_return_sequences") < 1 {
             c.error("num_return_sequences", "must be at least 1");
@@ -63,7 +112,9 @@ impl Step for Generate {
                     .iter()
                     .map(|s| d.dir.join(format!("{s}.jsonl")))
                     .find(|f| f.is_file())
-                    .with_context(|| format!("step `{}` wrote no test.jsonl or train.jsonl", d.step))?;
+                    .with_context(|| {
+                        format!("step `{}` wrote no test.jsonl or train.jsonl", d.step)
+                    })?;
                 let spec = template_spec(&d.dir)?;
                 (spec, io::read_examples(&split)?)
             }
@@ -74,26 +125,42 @@ impl Step for Generate {
                     .map(|u| {
                         let mut msgs = Vec::new();
                         if let Some(sys) = p.opt_str("system") {
-                            msgs.push(crate::gen_cli::message(crate::data::example::Role::System, sys));
+                            msgs.push(crate::gen_cli::message(
+                                crate::data::example::Role::System,
+                                sys,
+                            ));
                         }
                         msgs.push(crate::gen_cli::message(crate::data::example::Role::User, u));
-                        crate::data::example::Example { messages: msgs, ..Default::default() }
+                        crate::data::example::Example {
+                            messages: msgs,
+                            ..Default::default()
+                        }
                     })
                     .collect();
                 (p.str("template").to_string(), exs)
             }
         };
-        let s = Session::open(&dirs.weights, Some(&dirs.tokenizer), adapter.as_deref(), &template)?;
+        let s = Session::open(
+            &dirs.weights,
+            Some(&dirs.tokenizer),
+            adapter.as_deref(),
+            &template,
+        )?;
         ctx.info(format!(
             "model {}{}, template {template}, {} prompts",
             dirs.weights.display(),
-            adapter.as_ref().map(|a| format!(" + adapter {}", a.display())).unwrap_or_default(),
+            adapter
+                .as_ref()
+                .map(|a| format!(" + adapter {}", a.display()))
+                .unwrap_or_default(),
             examples.len()
         ));
         let n_ret = p.usize("num_return_sequences").max(1);
         let mut prompts = Vec::new();
         for ex in &examples {
-            let (ids, _) = s.example_prompt(ex).with_context(|| format!("prompt of {}", ex.source))?;
+            let (ids, _) = s
+                .example_prompt(ex)
+                .with_context(|| format!("prompt of {}", ex.source))?;
             for _ in 0..n_ret {
                 prompts.push(ids.clone());
             }
@@ -105,11 +172,15 @@ impl Step for Generate {
             seed: p.i64("seed") as u64,
         };
         let bar = ctx.bar(prompts.len() as u64, "generating");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(ctx.out.join("generations.jsonl"))?);
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(ctx.out.join("generations.jsonl"))?);
         const BATCH: usize = 8;
         for (b, chunk) in prompts.chunks(BATCH).enumerate() {
             // Row seeds stay seed + global row index whatever the batching.
-            let c = GenConfig { seed: cfg.seed.wrapping_add((b * BATCH) as u64), ..cfg.clone() };
+            let c = GenConfig {
+                seed: cfg.seed.wrapping_add((b * BATCH) as u64),
+                ..cfg.clone()
+            };
             let gens = s.generate(chunk, &c, |_, _| {})?;
             for (i, g) in gens.iter().enumerate() {
                 let row = b * BATCH + i;
@@ -138,9 +209,13 @@ impl Step for Generate {
 /// The template spec a template step recorded (`template.json`).
 pub fn template_spec(dir: &std::path::Path) -> anyhow::Result<String> {
     let p = dir.join("template.json");
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?)?;
-    Ok(v.get("template").and_then(|x| x.as_str()).unwrap_or("plain").to_string())
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?,
+    )?;
+    Ok(v.get("template")
+        .and_then(|x| x.as_str())
+        .unwrap_or("plain")
+        .to_string())
 }
 
 /// The sampling keys of a step's params.

@@ -11,11 +11,17 @@ pub const SPLITS: &[&str] = &["train", "test"];
 
 /// Files `<split>.jsonl` present in a step's output.
 pub fn splits(dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    SPLITS.iter().map(|s| (*s, dir.join(format!("{s}.jsonl")))).filter(|(_, p)| p.is_file()).collect()
+    SPLITS
+        .iter()
+        .map(|s| (*s, dir.join(format!("{s}.jsonl"))))
+        .filter(|(_, p)| p.is_file())
+        .collect()
 }
 
 pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
-    crate::data::read_examples(path).collect::<Result<Vec<_>, _>>().with_context(|| format!("reading `{}`", path.display()))
+    crate::data::read_examples(path)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading `{}`", path.display()))
 }
 
 /// What a model step resolves to: the weights dir and the tokenizer dir.
@@ -37,8 +43,16 @@ pub fn model_dirs(input: &InputRef) -> Result<ModelDirs> {
         let weights = get("path").unwrap_or_else(|| input.dir.clone());
         return Ok(ModelDirs {
             tokenizer: get("tokenizer").unwrap_or_else(|| weights.clone()),
-            weights: if weights.is_relative() { input.dir.join(weights) } else { weights },
-            family: v.get("family").and_then(|x| x.as_str()).unwrap_or("").to_string(),
+            weights: if weights.is_relative() {
+                input.dir.join(weights)
+            } else {
+                weights
+            },
+            family: v
+                .get("family")
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+                .to_string(),
         });
     }
     if input.dir.join("config.json").is_file() {
@@ -46,10 +60,16 @@ pub fn model_dirs(input: &InputRef) -> Result<ModelDirs> {
         return Ok(ModelDirs {
             weights: input.dir.clone(),
             tokenizer: input.dir.clone(),
-            family: crate::plan::memory::family_of(&cfg).unwrap_or("").to_string(),
+            family: crate::plan::memory::family_of(&cfg)
+                .unwrap_or("")
+                .to_string(),
         });
     }
-    bail!("step `{}` ({}) did not produce a model", input.step, input.kind)
+    bail!(
+        "step `{}` ({}) did not produce a model",
+        input.step,
+        input.kind
+    )
 }
 
 pub fn tokenizer(ctx: &RunCtx, param: &str) -> Result<crate::text::TokenizerBundle> {
@@ -61,8 +81,12 @@ pub fn tokenizer(ctx: &RunCtx, param: &str) -> Result<crate::text::TokenizerBund
 /// The template a `template` step used, as it wrote it into `template.json`.
 pub fn template_of(dir: &Path) -> Result<crate::text::Template> {
     let p = dir.join("template.json");
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?)?;
-    let spec = v.get("template").and_then(|x| x.as_str()).unwrap_or("plain");
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?,
+    )?;
+    let spec = v
+        .get("template")
+        .and_then(|x| x.as_str())
+        .unwrap_or("plain");
     crate::text::Template::from_name_or_source(spec, None)
 }

@@ -7,30 +7,73 @@ use super::{def, opt, req, CheckCtx, ParamSpec, Params, RunCtx, Step, Ty};
 pub struct LoadDataset;
 
 static PARAMS: &[ParamSpec] = &[
-    req("path", Ty::Path, "a data file, a folder of shards, or a Hugging Face save_to_disk folder"),
+    req(
+        "path",
+        Ty::Path,
+        "a data file, a folder of shards, or a Hugging Face save_to_disk folder",
+    ),
     def(
         "file_format",
-        Ty::Enum(&["auto", "json", "jsonl", "csv", "parquet", "arrow", "hf_disk"]),
+        Ty::Enum(&[
+            "auto", "json", "jsonl", "csv", "parquet", "arrow", "hf_disk",
+        ]),
         "\"auto\"",
         "how to read `path`; auto looks at the extension or folder contents",
     ),
-    opt("hf_split", Ty::Str, "split to read from a DatasetDict folder (e.g. \"train\")"),
+    opt(
+        "hf_split",
+        Ty::Str,
+        "split to read from a DatasetDict folder (e.g. \"train\")",
+    ),
     def(
         "format",
-        Ty::Enum(&["alpaca", "conversations", "text", "text_label", "prompt_response", "raw"]),
+        Ty::Enum(&[
+            "alpaca",
+            "conversations",
+            "text",
+            "text_label",
+            "prompt_response",
+            "raw",
+        ]),
         "\"raw\"",
         "record format: how a row becomes a conversation",
     ),
-    opt("columns", Ty::Table, "role -> column name, e.g. {prompt = \"content\", response = \"summary\"}"),
-    opt("classes", Ty::StrList, "class names for integer labels (text_label)"),
+    opt(
+        "columns",
+        Ty::Table,
+        "role -> column name, e.g. {prompt = \"content\", response = \"summary\"}",
+    ),
+    opt(
+        "classes",
+        Ty::StrList,
+        "class names for integer labels (text_label)",
+    ),
     opt("rename", Ty::Table, "rename columns, old = \"new\""),
     opt("select", Ty::StrList, "keep only these columns"),
-    opt("drop_null", Ty::StrList, "drop rows where any of these columns is null or missing"),
+    opt(
+        "drop_null",
+        Ty::StrList,
+        "drop rows where any of these columns is null or missing",
+    ),
     opt("limit", Ty::Int, "keep the first N rows"),
     opt("sample", Ty::Int, "keep N rows sampled with `seed`"),
-    opt("test_size", Ty::Number, "split off a test set: a fraction (0.2) or a row count (100)"),
-    def("seed", Ty::Int, "42", "seed for `sample` and the train/test split"),
-    def("on_error", Ty::Enum(&["fail", "skip"]), "\"fail\"", "bad rows: stop with file:line, or skip and count"),
+    opt(
+        "test_size",
+        Ty::Number,
+        "split off a test set: a fraction (0.2) or a row count (100)",
+    ),
+    def(
+        "seed",
+        Ty::Int,
+        "42",
+        "seed for `sample` and the train/test split",
+    ),
+    def(
+        "on_error",
+        Ty::Enum(&["fail", "skip"]),
+        "\"fail\"",
+        "bad rows: stop with file:line, or skip and count",
+    ),
     def("csv_delimiter", Ty::Str, "\",\"", "CSV field delimiter"),
 ];
 
@@ -47,12 +90,18 @@ impl Step for LoadDataset {
     fn check(&self, c: &mut CheckCtx) {
         if let Some(t) = c.params.opt_f64("test_size") {
             if t <= 0.0 || (t >= 1.0 && t.fract() != 0.0) {
-                c.error("test_size", "test_size must be a fraction in (0, 1) or a whole row count")
-                    .got = Some(t.to_string());
+                c.error(
+                    "test_size",
+                    "test_size must be a fraction in (0, 1) or a whole row count",
+                )
+                .got = Some(t.to_string());
             }
         }
         if c.params.str("csv_delimiter").len() != 1 {
-            c.error("csv_delimiter", "the CSV delimiter must be exactly one byte");
+            c.error(
+                "csv_delimiter",
+                "the CSV delimiter must be exactly one byte",
+            );
             return;
         }
         // Cheap checks against file headers (columns, formats, splits).
@@ -87,7 +136,6 @@ impl Step for LoadDataset {
         Ok(())
     }
 }
-
 
 /// The step's params as the data library's `LoadSpec`.
 fn spec(p: &Params) -> anyhow::Result<crate::data::LoadSpec> {

@@ -9,9 +9,23 @@ pub struct LoadModel;
 pub static FAMILIES: &[&str] = &["auto", "llama", "qwen2", "qwen", "chatglm", "bloom", "gpt2"];
 
 static PARAMS: &[ParamSpec] = &[
-    req("path", Ty::ModelPath, "a Hugging Face model dir: config.json, *.safetensors, tokenizer files"),
-    def("family", Ty::Enum(FAMILIES), "\"auto\"", "model family; auto reads config.json's model_type"),
-    def("dtype", Ty::Enum(&["auto", "f32", "bf16", "f16"]), "\"auto\"", "storage dtype of the frozen weights"),
+    req(
+        "path",
+        Ty::ModelPath,
+        "a Hugging Face model dir: config.json, *.safetensors, tokenizer files",
+    ),
+    def(
+        "family",
+        Ty::Enum(FAMILIES),
+        "\"auto\"",
+        "model family; auto reads config.json's model_type",
+    ),
+    def(
+        "dtype",
+        Ty::Enum(&["auto", "f32", "bf16", "f16"]),
+        "\"auto\"",
+        "storage dtype of the frozen weights",
+    ),
     opt("tokenizer", Ty::Path, "tokenizer dir if not the model dir"),
 ];
 

@@ -7,10 +7,28 @@ use anyhow::{Context, Result};
 pub struct Merge;
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["load.model", "quantize"]), "the base model"),
-    req("adapter", Ty::Step(&["train"]), "the train step whose adapter is merged"),
-    def("dtype", Ty::Enum(&["auto", "f32", "bf16", "f16"]), "\"auto\"", "dtype of the merged weights"),
-    def("requantize", Ty::Bool, "false", "re-quantize the merged model to NF4 (bitsandbytes layout)"),
+    req(
+        "model",
+        Ty::Step(&["load.model", "quantize"]),
+        "the base model",
+    ),
+    req(
+        "adapter",
+        Ty::Step(&["train"]),
+        "the train step whose adapter is merged",
+    ),
+    def(
+        "dtype",
+        Ty::Enum(&["auto", "f32", "bf16", "f16"]),
+        "\"auto\"",
+        "dtype of the merged weights",
+    ),
+    def(
+        "requantize",
+        Ty::Bool,
+        "false",
+        "re-quantize the merged model to NF4 (bitsandbytes layout)",
+    ),
 ];
 
 impl Step for Merge {
@@ -29,29 +47,53 @@ impl Step for Merge {
         let base = io::model_dirs(ctx.input("model")?)?;
         let adapter = ctx.input("adapter")?;
         let dtype = crate::export::OutDtype::parse(ctx.params.str("dtype")).unwrap_or_default();
-        let opts = crate::export::MergeOptions { dtype, requantize: ctx.params.bool("requantize") };
+        let opts = crate::export::MergeOptions {
+            dtype,
+            requantize: ctx.params.bool("requantize"),
+        };
         let merged = crate::export::merge_adapter(&base.weights, &adapter.dir, &opts)
-            .with_context(|| format!("merging the adapter of step `{}` into `{}`", adapter.step, base.weights.display()))?;
+            .with_context(|| {
+                format!(
+                    "merging the adapter of step `{}` into `{}`",
+                    adapter.step,
+                    base.weights.display()
+                )
+            })?;
         let r = &merged.report;
         ctx.info(format!(
             "merged LoRA into {} weights{}{}",
             r.merged.len(),
-            if r.replaced.is_empty() { String::new() } else { format!(", replaced {} (modules_to_save)", r.replaced.len()) },
+            if r.replaced.is_empty() {
+                String::new()
+            } else {
+                format!(", replaced {} (modules_to_save)", r.replaced.len())
+            },
             if r.dequantized.is_empty() {
                 String::new()
             } else {
                 format!(", dequantized {} 4-bit weights first", r.dequantized.len())
             }
         ));
-        let eopts = crate::export::ExportOptions { max_shard_size: u64::MAX, dtype };
-        crate::export::write_hf_dir(&merged.model, &[&adapter.dir, &base.tokenizer, &base.weights], ctx.out, &eopts)?;
+        let eopts = crate::export::ExportOptions {
+            max_shard_size: u64::MAX,
+            dtype,
+        };
+        crate::export::write_hf_dir(
+            &merged.model,
+            &[&adapter.dir, &base.tokenizer, &base.weights],
+            ctx.out,
+            &eopts,
+        )?;
         let meta = serde_json::json!({
             "base": base.weights.display().to_string(),
             "base_kind": ctx.input("model")?.kind,
             "adapter": adapter.dir.display().to_string(),
             "tokenizer": base.tokenizer.display().to_string(),
         });
-        std::fs::write(ctx.out.join("merge.json"), serde_json::to_vec_pretty(&meta)?)?;
+        std::fs::write(
+            ctx.out.join("merge.json"),
+            serde_json::to_vec_pretty(&meta)?,
+        )?;
         Ok(())
     }
 }

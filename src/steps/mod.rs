@@ -82,7 +82,13 @@ impl Ty {
             Ty::Int => "an integer".into(),
             Ty::Float | Ty::Number => "a number".into(),
             Ty::Bool => "true or false".into(),
-            Ty::Enum(v) => format!("one of {}", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")),
+            Ty::Enum(v) => format!(
+                "one of {}",
+                v.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Ty::StrList => "an array of strings".into(),
             Ty::StrOrList => "a string or an array of strings".into(),
             Ty::Table => "a table".into(),
@@ -106,20 +112,51 @@ pub struct ParamSpec {
 }
 
 pub const fn req(name: &'static str, ty: Ty, doc: &'static str) -> ParamSpec {
-    ParamSpec { name, ty, default: None, required: true, doc }
+    ParamSpec {
+        name,
+        ty,
+        default: None,
+        required: true,
+        doc,
+    }
 }
 pub const fn opt(name: &'static str, ty: Ty, doc: &'static str) -> ParamSpec {
-    ParamSpec { name, ty, default: None, required: false, doc }
+    ParamSpec {
+        name,
+        ty,
+        default: None,
+        required: false,
+        doc,
+    }
 }
-pub const fn def(name: &'static str, ty: Ty, default: &'static str, doc: &'static str) -> ParamSpec {
-    ParamSpec { name, ty, default: Some(default), required: false, doc }
+pub const fn def(
+    name: &'static str,
+    ty: Ty,
+    default: &'static str,
+    doc: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        default: Some(default),
+        required: false,
+        doc,
+    }
 }
 
 /// Keys every step accepts besides its own.
 pub static COMMON: &[ParamSpec] = &[
-    opt("output", Ty::OutPath, "copy this step's result here when it finishes (relative to the recipe)"),
+    opt(
+        "output",
+        Ty::OutPath,
+        "copy this step's result here when it finishes (relative to the recipe)",
+    ),
     opt("description", Ty::Str, "free text shown by `recipe plan`"),
-    opt("after", Ty::StrList, "extra step ids this step must wait for"),
+    opt(
+        "after",
+        Ty::StrList,
+        "extra step ids this step must wait for",
+    ),
 ];
 
 /// Canonical parameters: every declared key, defaults filled, paths absolute.
@@ -163,7 +200,10 @@ impl Params {
     pub fn strs(&self, k: &str) -> Vec<String> {
         match self.get(k) {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -171,7 +211,10 @@ impl Params {
         self.opt_str(k).map(PathBuf::from)
     }
     pub fn table(&self, k: &str) -> serde_json::Map<String, Value> {
-        self.get(k).and_then(Value::as_object).cloned().unwrap_or_default()
+        self.get(k)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -189,13 +232,15 @@ impl CheckCtx<'_> {
     /// An error on `key` (or on the step header if the key is not written).
     pub fn error(&mut self, key: &str, msg: impl Into<String>) -> &mut Diagnostic {
         let span = self.spans.get(key).copied().unwrap_or(self.header);
-        self.diags.push(Diagnostic::error(msg).at(span).step(self.step).key(key));
+        self.diags
+            .push(Diagnostic::error(msg).at(span).step(self.step).key(key));
         let n = self.diags.len() - 1;
         &mut self.diags[n]
     }
     pub fn warn(&mut self, key: &str, msg: impl Into<String>) {
         let span = self.spans.get(key).copied().unwrap_or(self.header);
-        self.diags.push(Diagnostic::warning(msg).at(span).step(self.step).key(key));
+        self.diags
+            .push(Diagnostic::warning(msg).at(span).step(self.step).key(key));
     }
 }
 
@@ -217,7 +262,9 @@ impl EstimateCtx<'_> {
             if cur.0 == kind {
                 return Some(cur.1);
             }
-            let next = ["model", "data", "base"].iter().find_map(|n| cur.1.opt_str(n))?;
+            let next = ["model", "data", "base"]
+                .iter()
+                .find_map(|n| cur.1.opt_str(n))?;
             let (k, p) = self.all.get(next)?;
             cur = (k, p);
         }
@@ -270,7 +317,8 @@ impl RunCtx<'_> {
         self.inputs.get(name)
     }
     pub fn info(&self, msg: impl AsRef<str>) {
-        self.progress.println(&format!("  [{}] {}", self.id, msg.as_ref()));
+        self.progress
+            .println(&format!("  [{}] {}", self.id, msg.as_ref()));
     }
     pub fn bar(&self, len: u64, msg: &str) -> indicatif::ProgressBar {
         self.progress.bar(self.id, len, msg)

@@ -11,11 +11,35 @@ pub struct Quantize;
 
 static PARAMS: &[ParamSpec] = &[
     req("model", Ty::Step(&["load.model"]), "the model to quantize"),
-    def("quant_type", Ty::Enum(&["nf4", "fp4"]), "\"nf4\"", "4-bit code"),
-    def("blocksize", Ty::Int, "64", "elements per absmax block (32..4096, power of two)"),
-    def("double_quant", Ty::Bool, "true", "quantize the absmax too (8-bit, blocks of 256)"),
-    def("compute_dtype", Ty::Enum(&["bf16", "f16", "f32"]), "\"bf16\"", "dtype of the dequantized matmul"),
-    opt("modules", Ty::StrList, "only these linear modules (default: all linear layers but the head)"),
+    def(
+        "quant_type",
+        Ty::Enum(&["nf4", "fp4"]),
+        "\"nf4\"",
+        "4-bit code",
+    ),
+    def(
+        "blocksize",
+        Ty::Int,
+        "64",
+        "elements per absmax block (32..4096, power of two)",
+    ),
+    def(
+        "double_quant",
+        Ty::Bool,
+        "true",
+        "quantize the absmax too (8-bit, blocks of 256)",
+    ),
+    def(
+        "compute_dtype",
+        Ty::Enum(&["bf16", "f16", "f32"]),
+        "\"bf16\"",
+        "dtype of the dequantized matmul",
+    ),
+    opt(
+        "modules",
+        Ty::StrList,
+        "only these linear modules (default: all linear layers but the head)",
+    ),
     def(
         "skip_modules",
         Ty::StrList,
@@ -37,7 +61,8 @@ impl Step for Quantize {
     fn check(&self, c: &mut CheckCtx) {
         let b = c.params.i64("blocksize");
         if !(32..=4096).contains(&b) || (b & (b - 1)) != 0 {
-            c.error("blocksize", "blocksize must be a power of two in 32..=4096").got = Some(b.to_string());
+            c.error("blocksize", "blocksize must be a power of two in 32..=4096")
+                .got = Some(b.to_string());
         }
     }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
@@ -53,7 +78,11 @@ impl Step for Quantize {
             "{} blocksize {}{} of `{}`",
             spec.quant_type.name(),
             spec.blocksize,
-            if spec.double_quant { " + double quant" } else { "" },
+            if spec.double_quant {
+                " + double quant"
+            } else {
+                ""
+            },
             m.weights.display()
         ));
         let bar = ctx.bar(0, "quantize");
@@ -70,7 +99,10 @@ impl Step for Quantize {
             "tokenizer": m.tokenizer.display().to_string(),
             "family": m.family,
         });
-        std::fs::write(ctx.out.join("model.json"), serde_json::to_vec_pretty(&summary)?)?;
+        std::fs::write(
+            ctx.out.join("model.json"),
+            serde_json::to_vec_pretty(&summary)?,
+        )?;
         ctx.info(format!(
             "quantized {} of {} tensors: {} -> {} in {:.1}s",
             stats.quantized,
@@ -86,7 +118,11 @@ impl Step for Quantize {
 /// The step's params as a [`QuantizeSpec`] (values were validated by the recipe checker).
 pub fn spec_of(p: &super::Params) -> QuantizeSpec {
     QuantizeSpec {
-        quant_type: if p.str("quant_type") == "fp4" { QuantType::Fp4 } else { QuantType::Nf4 },
+        quant_type: if p.str("quant_type") == "fp4" {
+            QuantType::Fp4
+        } else {
+            QuantType::Nf4
+        },
         blocksize: p.usize("blocksize"),
         double_quant: p.bool("double_quant"),
         compute_dtype: QuantizeSpec::torch_dtype_name(p.str("compute_dtype")).to_string(),
@@ -106,7 +142,8 @@ mod tests {
     /// to its own dir (weights) and the source dir (tokenizer).
     #[test]
     fn run_writes_the_bnb_layout_and_model_json() {
-        let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant/tiny_llama");
+        let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/quant/tiny_llama");
         let out = tempfile::tempdir().unwrap();
         let mut params = Params::default();
         for (k, v) in [
@@ -114,14 +151,22 @@ mod tests {
             ("blocksize", json!(64)),
             ("double_quant", json!(true)),
             ("compute_dtype", json!("f32")),
-            ("skip_modules", json!(["lm_head", "output_layer", "embed_out"])),
+            (
+                "skip_modules",
+                json!(["lm_head", "output_layer", "embed_out"]),
+            ),
         ] {
             params.map.insert(k.into(), v);
         }
         let mut inputs = IndexMap::new();
         inputs.insert(
             "model".to_string(),
-            InputRef { step: "base".into(), kind: "load.model", dir: src.join("f32"), params: Params::default() },
+            InputRef {
+                step: "base".into(),
+                kind: "load.model",
+                dir: src.join("f32"),
+                params: Params::default(),
+            },
         );
         let progress = crate::run::Progress::new(false);
         let ctx = RunCtx {
@@ -137,9 +182,17 @@ mod tests {
         Quantize.run(&ctx).expect("run");
         let got = std::fs::read(out.path().join("model.safetensors")).unwrap();
         assert!(got == std::fs::read(src.join("nf4_dq/model.safetensors")).unwrap());
-        let r = InputRef { step: "q".into(), kind: "quantize", dir: out.path().to_path_buf(), params: Params::default() };
+        let r = InputRef {
+            step: "q".into(),
+            kind: "quantize",
+            dir: out.path().to_path_buf(),
+            params: Params::default(),
+        };
         let dirs = crate::steps::io::model_dirs(&r).unwrap();
-        assert_eq!((dirs.weights, dirs.tokenizer, dirs.family.as_str()), (out.path().join("."), src.join("f32"), "llama"));
+        assert_eq!(
+            (dirs.weights, dirs.tokenizer, dirs.family.as_str()),
+            (out.path().join("."), src.join("f32"), "llama")
+        );
     }
 }
 

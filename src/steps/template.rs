@@ -24,11 +24,32 @@ pub static BUILTIN: &[&str] = &[
 
 static PARAMS: &[ParamSpec] = &[
     req("data", Ty::Step(&["load.dataset"]), "the dataset step"),
-    opt("model", Ty::Step(&["load.model"]), "model whose chat_template / special tokens are used"),
-    def("template", Ty::Str, "\"model\"", "a built-in name, or \"model\" for the model's own chat_template"),
-    opt("source", Ty::Str, "an inline Jinja chat template (overrides `template`)"),
-    opt("file", Ty::Path, "a Jinja chat template file (overrides `template`)"),
-    opt("system", Ty::Str, "default system message for conversations without one"),
+    opt(
+        "model",
+        Ty::Step(&["load.model"]),
+        "model whose chat_template / special tokens are used",
+    ),
+    def(
+        "template",
+        Ty::Str,
+        "\"model\"",
+        "a built-in name, or \"model\" for the model's own chat_template",
+    ),
+    opt(
+        "source",
+        Ty::Str,
+        "an inline Jinja chat template (overrides `template`)",
+    ),
+    opt(
+        "file",
+        Ty::Path,
+        "a Jinja chat template file (overrides `template`)",
+    ),
+    opt(
+        "system",
+        Ty::Str,
+        "default system message for conversations without one",
+    ),
 ];
 
 impl Step for Template {
@@ -43,14 +64,21 @@ impl Step for Template {
     }
     fn check(&self, c: &mut CheckCtx) {
         let t = c.params.str("template").to_string();
-        if c.params.get("source").is_none() && c.params.get("file").is_none() && !BUILTIN.contains(&t.as_str()) {
+        if c.params.get("source").is_none()
+            && c.params.get("file").is_none()
+            && !BUILTIN.contains(&t.as_str())
+        {
             let mut msg = format!("unknown template `{t}`");
             if let Some(s) = crate::diag::did_you_mean(&t, BUILTIN.iter().copied()) {
                 msg.push_str(&format!(" (did you mean `{s}`?)"));
             }
             c.error("template", msg).expected = Some(format!("one of {}", BUILTIN.join(", ")));
         }
-        if t == "model" && c.params.get("model").is_none() && c.params.get("source").is_none() && c.params.get("file").is_none() {
+        if t == "model"
+            && c.params.get("model").is_none()
+            && c.params.get("source").is_none()
+            && c.params.get("file").is_none()
+        {
             c.error("model", "template = \"model\" needs `model = \"<load.model step>\"` to read its chat_template");
         }
     }
@@ -60,7 +88,8 @@ impl Step for Template {
         let p = ctx.params;
         let spec = match (p.opt_str("source"), p.path("file")) {
             (Some(src), _) => src.to_string(),
-            (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read `{}`", f.display()))?,
+            (None, Some(f)) => std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read `{}`", f.display()))?,
             (None, None) => p.str("template").to_string(),
         };
         let template = crate::text::Template::from_name_or_source(&spec, Some(ctx.recipe_dir))?;
@@ -75,7 +104,11 @@ impl Step for Template {
             let mut examples = io::read_examples(&path)?;
             if let Some(sys) = p.opt_str("system") {
                 for ex in &mut examples {
-                    if !ex.messages.iter().any(|m| m.role == crate::data::example::Role::System) {
+                    if !ex
+                        .messages
+                        .iter()
+                        .any(|m| m.role == crate::data::example::Role::System)
+                    {
                         let m = crate::data::example::Message {
                             role: crate::data::example::Role::System,
                             content: sys.to_string(),
@@ -85,14 +118,22 @@ impl Step for Template {
                     }
                 }
             }
-            let mut ex_out = std::io::BufWriter::new(std::fs::File::create(ctx.out.join(format!("{split}.jsonl")))?);
-            let mut seg_out =
-                std::io::BufWriter::new(std::fs::File::create(ctx.out.join(format!("{split}.segments.jsonl")))?);
+            let mut ex_out = std::io::BufWriter::new(std::fs::File::create(
+                ctx.out.join(format!("{split}.jsonl")),
+            )?);
+            let mut seg_out = std::io::BufWriter::new(std::fs::File::create(
+                ctx.out.join(format!("{split}.segments.jsonl")),
+            )?);
             for ex in &examples {
-                let r = renderer.render(ex).with_context(|| format!("rendering example {}", ex.source))?;
+                let r = renderer
+                    .render(ex)
+                    .with_context(|| format!("rendering example {}", ex.source))?;
                 serde_json::to_writer(&mut ex_out, ex)?;
                 ex_out.write_all(b"\n")?;
-                serde_json::to_writer(&mut seg_out, &serde_json::json!({"source": ex.source, "whole_string": r.whole_string, "segments": r.segments}))?;
+                serde_json::to_writer(
+                    &mut seg_out,
+                    &serde_json::json!({"source": ex.source, "whole_string": r.whole_string, "segments": r.segments}),
+                )?;
                 seg_out.write_all(b"\n")?;
             }
             ex_out.flush()?;
@@ -101,7 +142,9 @@ impl Step for Template {
         }
         std::fs::write(
             ctx.out.join("template.json"),
-            serde_json::to_vec_pretty(&serde_json::json!({ "template": spec, "system": p.opt_str("system") }))?,
+            serde_json::to_vec_pretty(
+                &serde_json::json!({ "template": spec, "system": p.opt_str("system") }),
+            )?,
         )?;
         ctx.info(format!("rendered {} examples", counts.join(", ")));
         Ok(())

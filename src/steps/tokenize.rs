@@ -72,7 +72,13 @@ impl Step for Tokenize {
         let mut all = serde_json::Map::new();
         for (split, path) in io::splits(&data.dir) {
             let examples = io::read_examples(&path)?;
-            let stats = crate::text::tokenize(examples, &renderer, &bundle, &opts, &ctx.out.join(format!("{split}.tokens")))?;
+            let stats = crate::text::tokenize(
+                examples,
+                &renderer,
+                &bundle,
+                &opts,
+                &ctx.out.join(format!("{split}.tokens")),
+            )?;
             for line in stats.summary().lines() {
                 ctx.info(format!("{split}: {line}"));
             }
@@ -113,6 +119,10 @@ pub fn options(p: &Params) -> TokenizeOptions {
         },
         pad_token: p.opt_str("pad_token").map(str::to_string),
         packing: p.bool("pack"),
-        on_empty: if p.str("on_empty") == "skip" { OnEmpty::Skip } else { OnEmpty::Error },
+        on_empty: if p.str("on_empty") == "skip" {
+            OnEmpty::Skip
+        } else {
+            OnEmpty::Error
+        },
     }
 }

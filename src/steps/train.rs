@@ -1,7 +1,9 @@
 //! `train`: LoRA (or full) fine-tuning with AdamW / 8-bit AdamW, schedules,
 //! accumulation, clipping, eval, checkpoints and resume.
 
-use super::{def, io, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, Params, RunCtx, Step, Ty};
+use super::{
+    def, io, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, Params, RunCtx, Step, Ty,
+};
 use crate::lora::{LoraConfig, Targets};
 use crate::train::batch::PadSide;
 use crate::train::engine::{EngineModel, EngineOptim, Saved, TokenSamples};
@@ -15,19 +17,67 @@ pub static OPTIMS: &[&str] = &["adamw", "adamw_8bit", "paged_adamw_8bit"];
 pub static SCHEDULES: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
 
 static PARAMS: &[ParamSpec] = &[
-    req("model", Ty::Step(&["load.model", "quantize"]), "frozen base: a load.model or quantize step"),
-    req("data", Ty::Step(&["tokenize"]), "training data: a tokenize step"),
-    opt("eval_data", Ty::Step(&["tokenize"]), "evaluation data (default: the test split of `data`, if any)"),
-    def("method", Ty::Enum(&["lora", "full"]), "\"lora\"", "lora adapters, or full fine-tuning"),
+    req(
+        "model",
+        Ty::Step(&["load.model", "quantize"]),
+        "frozen base: a load.model or quantize step",
+    ),
+    req(
+        "data",
+        Ty::Step(&["tokenize"]),
+        "training data: a tokenize step",
+    ),
+    opt(
+        "eval_data",
+        Ty::Step(&["tokenize"]),
+        "evaluation data (default: the test split of `data`, if any)",
+    ),
+    def(
+        "method",
+        Ty::Enum(&["lora", "full"]),
+        "\"lora\"",
+        "lora adapters, or full fine-tuning",
+    ),
     // LoRA
     def("r", Ty::Int, "8", "LoRA rank"),
-    def("lora_alpha", Ty::Float, "16", "LoRA scale numerator: s = alpha / r (alpha / sqrt(r) with rsLoRA)"),
-    def("lora_dropout", Ty::Float, "0.0", "dropout on the LoRA input"),
-    opt("target_modules", Ty::StrOrList, "module names, or \"all-linear\" (default: the family's PEFT default)"),
-    opt("target_regex", Ty::Str, "a full-match regex over module names, e.g. '.*\\.1.*query_key_value'"),
-    def("use_rslora", Ty::Bool, "false", "rank-stabilised scale alpha / sqrt(r)"),
-    opt("modules_to_save", Ty::StrList, "modules trained fully and saved with the adapter, e.g. [\"word_embeddings\"]"),
-    opt("init_adapter", Ty::Path, "start from an existing PEFT adapter dir"),
+    def(
+        "lora_alpha",
+        Ty::Float,
+        "16",
+        "LoRA scale numerator: s = alpha / r (alpha / sqrt(r) with rsLoRA)",
+    ),
+    def(
+        "lora_dropout",
+        Ty::Float,
+        "0.0",
+        "dropout on the LoRA input",
+    ),
+    opt(
+        "target_modules",
+        Ty::StrOrList,
+        "module names, or \"all-linear\" (default: the family's PEFT default)",
+    ),
+    opt(
+        "target_regex",
+        Ty::Str,
+        "a full-match regex over module names, e.g. '.*\\.1.*query_key_value'",
+    ),
+    def(
+        "use_rslora",
+        Ty::Bool,
+        "false",
+        "rank-stabilised scale alpha / sqrt(r)",
+    ),
+    opt(
+        "modules_to_save",
+        Ty::StrList,
+        "modules trained fully and saved with the adapter, e.g. [\"word_embeddings\"]",
+    ),
+    opt(
+        "init_adapter",
+        Ty::Path,
+        "start from an existing PEFT adapter dir",
+    ),
     // Optimisation
     def("optim", Ty::Enum(OPTIMS), "\"adamw\"", "optimizer"),
     def("learning_rate", Ty::Float, "5e-5", "peak learning rate"),
@@ -35,23 +85,96 @@ static PARAMS: &[ParamSpec] = &[
     def("adam_beta1", Ty::Float, "0.9", "AdamW beta1"),
     def("adam_beta2", Ty::Float, "0.999", "AdamW beta2"),
     def("adam_epsilon", Ty::Float, "1e-8", "AdamW epsilon"),
-    def("lr_scheduler", Ty::Enum(SCHEDULES), "\"linear\"", "learning-rate schedule"),
-    def("warmup_steps", Ty::Int, "0", "warmup steps (overrides warmup_ratio when > 0)"),
-    def("warmup_ratio", Ty::Float, "0.0", "warmup as a fraction of all steps"),
-    def("max_grad_norm", Ty::Float, "1.0", "global-norm gradient clipping (0 = off)"),
-    def("num_epochs", Ty::Float, "1", "epochs (ignored when max_steps > 0)"),
-    def("max_steps", Ty::Int, "-1", "optimizer steps; -1 = use num_epochs"),
+    def(
+        "lr_scheduler",
+        Ty::Enum(SCHEDULES),
+        "\"linear\"",
+        "learning-rate schedule",
+    ),
+    def(
+        "warmup_steps",
+        Ty::Int,
+        "0",
+        "warmup steps (overrides warmup_ratio when > 0)",
+    ),
+    def(
+        "warmup_ratio",
+        Ty::Float,
+        "0.0",
+        "warmup as a fraction of all steps",
+    ),
+    def(
+        "max_grad_norm",
+        Ty::Float,
+        "1.0",
+        "global-norm gradient clipping (0 = off)",
+    ),
+    def(
+        "num_epochs",
+        Ty::Float,
+        "1",
+        "epochs (ignored when max_steps > 0)",
+    ),
+    def(
+        "max_steps",
+        Ty::Int,
+        "-1",
+        "optimizer steps; -1 = use num_epochs",
+    ),
     def("batch_size", Ty::Int, "4", "examples per micro-batch"),
-    def("gradient_accumulation_steps", Ty::Int, "1", "micro-batches per optimizer step"),
-    def("gradient_checkpointing", Ty::Bool, "false", "recompute layers in backward to save memory"),
-    def("group_by_length", Ty::Bool, "false", "batch examples of similar length together"),
-    def("seed", Ty::Int, "42", "seed for init, shuffling and dropout"),
+    def(
+        "gradient_accumulation_steps",
+        Ty::Int,
+        "1",
+        "micro-batches per optimizer step",
+    ),
+    def(
+        "gradient_checkpointing",
+        Ty::Bool,
+        "false",
+        "recompute layers in backward to save memory",
+    ),
+    def(
+        "group_by_length",
+        Ty::Bool,
+        "false",
+        "batch examples of similar length together",
+    ),
+    def(
+        "seed",
+        Ty::Int,
+        "42",
+        "seed for init, shuffling and dropout",
+    ),
     // Logging, eval, checkpoints
-    def("logging_steps", Ty::Int, "10", "log loss/lr/grad-norm/tokens-per-s every N steps"),
-    opt("eval_steps", Ty::Int, "evaluate the eval loss every N steps"),
-    def("save_strategy", Ty::Enum(&["no", "steps", "epoch"]), "\"steps\"", "when to checkpoint"),
-    def("save_steps", Ty::Int, "500", "checkpoint every N steps (save_strategy = \"steps\")"),
-    opt("save_total_limit", Ty::Int, "keep only the newest N checkpoints"),
+    def(
+        "logging_steps",
+        Ty::Int,
+        "10",
+        "log loss/lr/grad-norm/tokens-per-s every N steps",
+    ),
+    opt(
+        "eval_steps",
+        Ty::Int,
+        "evaluate the eval loss every N steps",
+    ),
+    def(
+        "save_strategy",
+        Ty::Enum(&["no", "steps", "epoch"]),
+        "\"steps\"",
+        "when to checkpoint",
+    ),
+    def(
+        "save_steps",
+        Ty::Int,
+        "500",
+        "checkpoint every N steps (save_strategy = \"steps\")",
+    ),
+    opt(
+        "save_total_limit",
+        Ty::Int,
+        "keep only the newest N checkpoints",
+    ),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
@@ -90,14 +213,18 @@ impl Step for Train {
             c.error("batch_size", "must be positive").got = Some(bs.to_string());
         }
         if ga <= 0 {
-            c.error("gradient_accumulation_steps", "must be positive").got = Some(ga.to_string());
+            c.error("gradient_accumulation_steps", "must be positive")
+                .got = Some(ga.to_string());
         }
         let d = p.f64("lora_dropout");
         if !(0.0..1.0).contains(&d) {
             c.error("lora_dropout", "must be in [0, 1)").got = Some(d.to_string());
         }
         if p.get("target_modules").is_some() && p.get("target_regex").is_some() {
-            c.error("target_regex", "give either target_modules or target_regex, not both");
+            c.error(
+                "target_regex",
+                "give either target_modules or target_regex, not both",
+            );
         }
         if let Some(re) = p.opt_str("target_regex") {
             if let Err(e) = regex::Regex::new(re) {
@@ -106,9 +233,12 @@ impl Step for Train {
         }
         if let Some(dev) = p.opt_str("device") {
             let ok = matches!(dev, "auto" | "cpu" | "cuda")
-                || dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+                || dev
+                    .strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
             if !ok {
-                c.error("device", "unknown device").expected = Some("auto, cpu, cuda or cuda:N".into());
+                c.error("device", "unknown device").expected =
+                    Some("auto, cpu, cuda or cuda:N".into());
             }
         }
     }
@@ -140,7 +270,9 @@ fn run(ctx: &RunCtx) -> Result<()> {
         .with_context(|| format!("loading the tokenizer from `{}`", dirs.tokenizer.display()))?;
 
     let saved = if p.str("method") == "full" {
-        model.set_full_trainable().map_err(|e| anyhow::anyhow!("{e}"))?;
+        model
+            .set_full_trainable()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Saved::Full
     } else {
         let cfg = match p.path("init_adapter") {
@@ -148,18 +280,24 @@ fn run(ctx: &RunCtx) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
             None => {
                 let cfg = lora_config(p, &dirs.family);
-                let adapted = crate::lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let adapted =
+                    crate::lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
                 ctx.info(format!("LoRA r {} on {} modules", cfg.r, adapted.len()));
                 cfg
             }
         };
-        Saved::Lora { cfg, base_name: dirs.weights.display().to_string() }
+        Saved::Lora {
+            cfg,
+            base_name: dirs.weights.display().to_string(),
+        }
     };
     let n_train: usize = model.params_mut().iter().map(|p| p.value.len()).sum();
     ctx.info(format!("{n_train} trainable parameters"));
 
     let data = ctx.input("data")?;
-    let train = TokenSamples(crate::text::TokenDataset::open(data.dir.join("train.tokens"))?);
+    let train = TokenSamples(crate::text::TokenDataset::open(
+        data.dir.join("train.tokens"),
+    )?);
     let eval_path = match ctx.opt_input("eval_data") {
         Some(e) => Some(first_existing(&e.dir, &["test.tokens", "train.tokens"])),
         None => Some(data.dir.join("test.tokens")).filter(|p| p.is_file()),
@@ -202,7 +340,8 @@ fn run(ctx: &RunCtx) -> Result<()> {
     let base_lr = p.f64("learning_rate");
     let lr_at = move |step: usize| schedule.lr(step, base_lr);
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let okind = crate::optim::OptimKind::from_name(p.str("optim")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let okind =
+        crate::optim::OptimKind::from_name(p.str("optim")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ocfg = crate::optim::OptimConfig {
         betas: (p.f64("adam_beta1"), p.f64("adam_beta2")),
         eps: p.f64("adam_epsilon"),
@@ -237,17 +376,23 @@ fn run(ctx: &RunCtx) -> Result<()> {
         &mut optim,
         &lr_at,
         &train,
-        eval.as_ref().map(|e| e as &dyn crate::train::batch::Samples),
+        eval.as_ref()
+            .map(|e| e as &dyn crate::train::batch::Samples),
         &cfg,
         &tio,
     )?;
     if report.steps < total {
         // Test hook: behave like a kill (no output published).
-        ctx.info(format!("stopping after step {} (RECIPE_TEST_KILL_AFTER_STEPS)", report.steps));
+        ctx.info(format!(
+            "stopping after step {} (RECIPE_TEST_KILL_AFTER_STEPS)",
+            report.steps
+        ));
         std::process::exit(137);
     }
     if let Ok(recs) = crate::eval::report::read_train_metrics(&ctx.out.join("metrics.jsonl")) {
-        if let Err(e) = crate::eval::plot::plot_loss_curve(&recs, &ctx.out.join("loss.png"), 800, 500) {
+        if let Err(e) =
+            crate::eval::plot::plot_loss_curve(&recs, &ctx.out.join("loss.png"), 800, 500)
+        {
             ctx.info(format!("warning: no loss plot: {e}"));
         }
     }
@@ -255,7 +400,10 @@ fn run(ctx: &RunCtx) -> Result<()> {
         "done: {} steps, final loss {:.4}{}",
         report.steps,
         report.final_loss.unwrap_or(f64::NAN),
-        report.eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default()
+        report
+            .eval_loss
+            .map(|e| format!(", eval loss {e:.4}"))
+            .unwrap_or_default()
     ));
     Ok(())
 }
@@ -263,11 +411,17 @@ fn run(ctx: &RunCtx) -> Result<()> {
 /// Test hook: `RECIPE_TEST_KILL_AFTER_STEPS=N` makes the run exit like a
 /// killed process after N optimizer steps (checkpoints already written stay).
 fn kill_after() -> Option<usize> {
-    std::env::var("RECIPE_TEST_KILL_AFTER_STEPS").ok().and_then(|v| v.parse().ok())
+    std::env::var("RECIPE_TEST_KILL_AFTER_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 fn first_existing(dir: &Path, names: &[&str]) -> std::path::PathBuf {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).unwrap_or_else(|| dir.join(names[0]))
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(names[0]))
 }
 
 /// Only the CPU backend trains today; say so instead of pretending.
@@ -286,7 +440,8 @@ fn load_model(kind: &str, dir: &Path) -> Result<crate::model::Model> {
     if kind == "quantize" {
         return crate::steps::quantize::load(dir);
     }
-    crate::model::Model::load(dir, &Default::default()).map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
+    crate::model::Model::load(dir, &Default::default())
+        .map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
 }
 
 fn lora_config(p: &Params, family: &str) -> LoraConfig {
@@ -296,7 +451,12 @@ fn lora_config(p: &Params, family: &str) -> LoraConfig {
     } else if names.iter().any(|n| n == "all-linear") {
         Targets::AllLinear
     } else if names.is_empty() {
-        Targets::Names(default_targets(family).iter().map(|s| s.to_string()).collect())
+        Targets::Names(
+            default_targets(family)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
     } else {
         Targets::Names(names)
     };

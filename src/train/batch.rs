@@ -53,7 +53,12 @@ impl Batch {
     /// Tokens whose label is trained after the causal shift (label at t+1).
     pub fn trained_tokens(&self) -> usize {
         (0..self.b)
-            .map(|r| self.labels[r * self.t + 1..(r + 1) * self.t].iter().filter(|&&l| l != -100).count())
+            .map(|r| {
+                self.labels[r * self.t + 1..(r + 1) * self.t]
+                    .iter()
+                    .filter(|&&l| l != -100)
+                    .count()
+            })
             .sum()
     }
     /// Non-padding tokens.
@@ -71,7 +76,12 @@ pub enum PadSide {
 /// Pad samples to the longest one with `pad_id` (labels -100, mask 0).
 pub fn collate(samples: &[Sample], pad_id: u32, side: PadSide) -> Batch {
     let b = samples.len();
-    let t = samples.iter().map(|s| s.input_ids.len()).max().unwrap_or(0).max(1);
+    let t = samples
+        .iter()
+        .map(|s| s.input_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let packed = samples.iter().any(|s| !s.segments.is_empty());
     let mut out = Batch {
         b,
@@ -79,7 +89,11 @@ pub fn collate(samples: &[Sample], pad_id: u32, side: PadSide) -> Batch {
         input_ids: vec![pad_id; b * t],
         labels: vec![-100; b * t],
         attention_mask: vec![0; b * t],
-        segments: if packed { vec![u32::MAX; b * t] } else { Vec::new() },
+        segments: if packed {
+            vec![u32::MAX; b * t]
+        } else {
+            Vec::new()
+        },
     };
     for (r, s) in samples.iter().enumerate() {
         let n = s.input_ids.len();
@@ -100,7 +114,13 @@ pub fn collate(samples: &[Sample], pad_id: u32, side: PadSide) -> Batch {
 /// The order of examples in `epoch`: a seeded shuffle, or with
 /// `group_by_length` megabatches of 50 batches sorted by length (longest
 /// first) as transformers' LengthGroupedSampler does.
-pub fn epoch_order(data: &dyn Samples, seed: u64, epoch: u64, batch: usize, group_by_length: bool) -> Vec<usize> {
+pub fn epoch_order(
+    data: &dyn Samples,
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+    group_by_length: bool,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..data.len()).collect();
     Rng::derive(seed, &[1, epoch]).shuffle(&mut idx);
     if group_by_length {
@@ -119,8 +139,16 @@ mod tests {
     #[test]
     fn collate_pads_both_sides() {
         let s = vec![
-            Sample { input_ids: vec![5, 6, 7], labels: vec![-100, 6, 7], segments: vec![] },
-            Sample { input_ids: vec![8], labels: vec![8], segments: vec![] },
+            Sample {
+                input_ids: vec![5, 6, 7],
+                labels: vec![-100, 6, 7],
+                segments: vec![],
+            },
+            Sample {
+                input_ids: vec![8],
+                labels: vec![8],
+                segments: vec![],
+            },
         ];
         let r = collate(&s, 0, PadSide::Right);
         assert_eq!(r.input_ids, [5, 6, 7, 8, 0, 0]);
@@ -134,8 +162,13 @@ mod tests {
 
     #[test]
     fn order_is_a_seeded_permutation() {
-        let data: Vec<Sample> =
-            (0..10).map(|i| Sample { input_ids: vec![1; i + 1], labels: vec![1; i + 1], segments: vec![] }).collect();
+        let data: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                input_ids: vec![1; i + 1],
+                labels: vec![1; i + 1],
+                segments: vec![],
+            })
+            .collect();
         let a = epoch_order(&data, 7, 0, 2, false);
         assert_eq!(a, epoch_order(&data, 7, 0, 2, false));
         assert_ne!(a, epoch_order(&data, 7, 1, 2, false));
@@ -143,6 +176,8 @@ mod tests {
         s.sort();
         assert_eq!(s, (0..10).collect::<Vec<_>>());
         let g = epoch_order(&data, 7, 0, 2, true);
-        assert!(g.windows(2).all(|w| data[w[0]].input_ids.len() >= data[w[1]].input_ids.len()));
+        assert!(g
+            .windows(2)
+            .all(|w| data[w[0]].input_ids.len() >= data[w[1]].input_ids.len()));
     }
 }

@@ -19,7 +19,11 @@ pub struct TrainerState {
 }
 
 fn step_of(p: &Path) -> Option<usize> {
-    p.file_name()?.to_str()?.strip_prefix("checkpoint-")?.parse().ok()
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .parse()
+        .ok()
 }
 
 /// Complete checkpoints in `work`, oldest first.
@@ -49,16 +53,24 @@ pub fn save(
     keep: Option<usize>,
 ) -> Result<PathBuf> {
     let dst = work.join(format!("checkpoint-{}", state.step));
-    let tmp = work.join(format!(".checkpoint-{}.tmp.{}", state.step, std::process::id()));
+    let tmp = work.join(format!(
+        ".checkpoint-{}.tmp.{}",
+        state.step,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create `{}`", tmp.display()))?;
     model.save(&tmp)?;
     optim.save(&tmp.join("optimizer.bin"))?;
-    std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(state)?)?;
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_vec_pretty(state)?,
+    )?;
     if dst.exists() {
         std::fs::remove_dir_all(&dst)?;
     }
-    std::fs::rename(&tmp, &dst).with_context(|| format!("cannot publish checkpoint `{}`", dst.display()))?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("cannot publish checkpoint `{}`", dst.display()))?;
     if let Some(k) = keep {
         let all = list(work);
         for old in all.iter().take(all.len().saturating_sub(k.max(1))) {
@@ -70,7 +82,8 @@ pub fn save(
 
 pub fn load(dir: &Path, model: &mut dyn TrainModel, optim: &mut dyn Optim) -> Result<TrainerState> {
     let state: TrainerState = serde_json::from_slice(
-        &std::fs::read(dir.join("trainer_state.json")).with_context(|| format!("cannot read checkpoint `{}`", dir.display()))?,
+        &std::fs::read(dir.join("trainer_state.json"))
+            .with_context(|| format!("cannot read checkpoint `{}`", dir.display()))?,
     )
     .with_context(|| format!("bad trainer_state.json in `{}`", dir.display()))?;
     model.load(dir)?;

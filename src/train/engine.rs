@@ -51,7 +51,11 @@ impl TrainModel for EngineModel {
         // = (scale·n)·∂(mean). Keep what earlier micro-batches accumulated.
         let factor = scale * n as f32;
         let stash: Vec<Vec<f32>> = if factor != 1.0 {
-            self.model.params_mut().iter().map(|p| p.grad.to_vec()).collect()
+            self.model
+                .params_mut()
+                .iter()
+                .map(|p| p.grad.to_vec())
+                .collect()
         } else {
             Vec::new()
         };
@@ -62,7 +66,13 @@ impl TrainModel for EngineModel {
         }
         let mean = self
             .model
-            .forward_backward(&to_engine(batch), TrainOptions { checkpointing: self.checkpointing, dropout_seed: seed })
+            .forward_backward(
+                &to_engine(batch),
+                TrainOptions {
+                    checkpointing: self.checkpointing,
+                    dropout_seed: seed,
+                },
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !stash.is_empty() {
             for (p, old) in self.model.params_mut().into_iter().zip(stash) {
@@ -75,7 +85,10 @@ impl TrainModel for EngineModel {
     }
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)> {
-        let out = self.model.forward(&to_engine(batch)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = self
+            .model
+            .forward(&to_engine(batch))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let v = out.logits.len() / (batch.b * batch.t).max(1);
         let (mut correct, mut n, mut sum) = (0usize, 0usize, 0.0f64);
         for r in 0..batch.b {
@@ -107,7 +120,11 @@ impl TrainModel for EngineModel {
     }
 
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])> {
-        self.model.params_mut().into_iter().map(|p| (p.value, p.grad)).collect()
+        self.model
+            .params_mut()
+            .into_iter()
+            .map(|p| (p.value, p.grad))
+            .collect()
     }
 
     fn zero_grad(&mut self) {
@@ -118,10 +135,13 @@ impl TrainModel for EngineModel {
         std::fs::create_dir_all(dir)?;
         match &self.saved {
             Saved::Lora { cfg, base_name } => {
-                crate::lora::save_peft(&self.model, cfg, base_name, dir).map_err(|e| anyhow::anyhow!("{e}"))?
+                crate::lora::save_peft(&self.model, cfg, base_name, dir)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
             }
             Saved::Full => {
-                self.model.save_pretrained(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+                self.model
+                    .save_pretrained(dir)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some(src) = &self.copy_from {
                     copy_tokenizer_files(src, dir)?;
                 }
@@ -129,9 +149,12 @@ impl TrainModel for EngineModel {
         }
         // Exact values for resume (names and layouts as the engine holds them).
         let params = self.model.params_mut();
-        let views: Vec<(String, Vec<usize>, &[f32])> =
-            params.iter().map(|p| (p.name.clone(), vec![p.value.len()], &p.value[..])).collect();
-        crate::model::load::write_f32(&dir.join(TRAINABLES), &views).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let views: Vec<(String, Vec<usize>, &[f32])> = params
+            .iter()
+            .map(|p| (p.name.clone(), vec![p.value.len()], &p.value[..]))
+            .collect();
+        crate::model::load::write_f32(&dir.join(TRAINABLES), &views)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 
@@ -143,7 +166,13 @@ impl TrainModel for EngineModel {
                 bail!("checkpoint `{}` has no tensor `{}`", p.display(), pm.name);
             };
             if v.len() != pm.value.len() {
-                bail!("checkpoint `{}`: `{}` has {} values, the model {}", p.display(), pm.name, v.len(), pm.value.len());
+                bail!(
+                    "checkpoint `{}`: `{}` has {} values, the model {}",
+                    p.display(),
+                    pm.name,
+                    v.len(),
+                    pm.value.len()
+                );
             }
             pm.value.copy_from_slice(v);
         }
@@ -205,12 +234,16 @@ impl Samples for TokenSamples {
         let r = self.0.get(i);
         // Padded rows carry their padding; keep only real tokens so the
         // trainer can pad per batch (left or right) itself.
-        let keep: Vec<usize> = (0..r.input_ids.len()).filter(|&k| r.attention_mask.get(k).is_none_or(|&m| m == 1)).collect();
+        let keep: Vec<usize> = (0..r.input_ids.len())
+            .filter(|&k| r.attention_mask.get(k).is_none_or(|&m| m == 1))
+            .collect();
         let segments = if r.boundaries.len() > 1 {
             let mut seg = vec![0u32; r.input_ids.len()];
             let mut s = 0u32;
             for (k, x) in seg.iter_mut().enumerate() {
-                while (s as usize + 1) < r.boundaries.len() && r.boundaries[s as usize + 1] as usize <= k {
+                while (s as usize + 1) < r.boundaries.len()
+                    && r.boundaries[s as usize + 1] as usize <= k
+                {
                     s += 1;
                 }
                 *x = s;

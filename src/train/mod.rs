@@ -132,11 +132,19 @@ pub fn clip_grad_norm(pg: &mut [(&mut [f32], &mut [f32])], max_norm: f64) -> f64
     if max_norm > 0.0 {
         return crate::optim::clip_grad_norm(&mut grads, max_norm as f32) as f64;
     }
-    grads.iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt()
+    grads
+        .iter()
+        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Mean loss and token accuracy over a dataset.
-pub fn evaluate(model: &mut dyn TrainModel, data: &dyn Samples, cfg: &TrainConfig) -> Result<(f64, f64)> {
+pub fn evaluate(
+    model: &mut dyn TrainModel,
+    data: &dyn Samples,
+    cfg: &TrainConfig,
+) -> Result<(f64, f64)> {
     let (mut loss, mut n, mut correct) = (0.0, 0usize, 0usize);
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(cfg.batch_size.max(1)) {
@@ -171,7 +179,11 @@ pub fn train(
     let resumed_from = match checkpoint::latest(io.work) {
         Some(dir) => {
             state = checkpoint::load(&dir, model, optim)?;
-            (io.log)(&format!("resuming from {} (step {})", dir.display(), state.step));
+            (io.log)(&format!(
+                "resuming from {} (step {})",
+                dir.display(),
+                state.step
+            ));
             Some(state.step)
         }
         None => None,
@@ -188,14 +200,26 @@ pub fn train(
     let mut last_eval = None;
 
     'outer: while state.step < total {
-        let order = epoch_order(data, cfg.seed, state.epoch as u64, cfg.batch_size, cfg.group_by_length);
+        let order = epoch_order(
+            data,
+            cfg.seed,
+            state.epoch as u64,
+            cfg.batch_size,
+            cfg.group_by_length,
+        );
         let batches: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
         while state.micro < batches.len() {
             // One accumulation window (cut short at the end of the epoch).
             let end = (state.micro + cfg.grad_accum.max(1)).min(batches.len());
             let window: Vec<Batch> = batches[state.micro..end]
                 .iter()
-                .map(|ix| collate(&ix.iter().map(|&i| data.get(i)).collect::<Vec<_>>(), cfg.pad_id, cfg.pad_side))
+                .map(|ix| {
+                    collate(
+                        &ix.iter().map(|&i| data.get(i)).collect::<Vec<_>>(),
+                        cfg.pad_id,
+                        cfg.pad_side,
+                    )
+                })
                 .collect();
             let items: usize = window.iter().map(Batch::trained_tokens).sum();
             let scale = 1.0 / items.max(1) as f32;
@@ -221,7 +245,10 @@ pub fn train(
                 let mut pg = model.trainables();
                 let norm = clip_grad_norm(&mut pg, cfg.max_grad_norm);
                 if !norm.is_finite() {
-                    bail!("gradient norm is {norm} at step {}; stopped, last good checkpoint kept", state.step + 1);
+                    bail!(
+                        "gradient norm is {norm} at step {}; stopped, last good checkpoint kept",
+                        state.step + 1
+                    );
                 }
                 optim.step(&mut pg, lr as f32)?;
                 norm
@@ -236,7 +263,8 @@ pub fn train(
                 bar.set_position(state.step as u64);
                 bar.set_message(format!("loss {loss:.4}"));
             }
-            if cfg.logging_steps > 0 && (state.step % cfg.logging_steps == 0 || state.step == total) {
+            if cfg.logging_steps > 0 && (state.step % cfg.logging_steps == 0 || state.step == total)
+            {
                 let secs = t_log.elapsed().as_secs_f64().max(1e-9);
                 let line = LogLine {
                     step: state.step,
@@ -265,7 +293,10 @@ pub fn train(
             if let (Some(every), Some(ev)) = (cfg.eval_steps, eval) {
                 if every > 0 && state.step % every == 0 {
                     let (el, acc) = evaluate(model, ev, cfg)?;
-                    (io.log)(&format!("step {:>5}/{total}  eval_loss {el:.4}  token_accuracy {acc:.4}", state.step));
+                    (io.log)(&format!(
+                        "step {:>5}/{total}  eval_loss {el:.4}  token_accuracy {acc:.4}",
+                        state.step
+                    ));
                     last_eval = Some(el);
                     state.log.push(LogLine {
                         step: state.step,
@@ -340,7 +371,10 @@ pub fn train(
         wall_secs: t0.elapsed().as_secs_f64(),
         tokens: 0,
     };
-    std::fs::write(io.out.join("train_report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        io.out.join("train_report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
     Ok(report)
 }
 

@@ -15,7 +15,12 @@ struct Bigram {
 impl Bigram {
     fn new(v: usize) -> Self {
         let mut r = rng::Rng::new(3);
-        Bigram { v, w: (0..v * v).map(|_| r.next_f32() - 0.5).collect(), g: vec![0.0; v * v], poison: false }
+        Bigram {
+            v,
+            w: (0..v * v).map(|_| r.next_f32() - 0.5).collect(),
+            g: vec![0.0; v * v],
+            poison: false,
+        }
     }
     /// Σ losses, count, correct; adds scale·grad when `grad`.
     fn pass(&mut self, b: &Batch, scale: f32, grad: bool) -> (f64, usize, usize) {
@@ -35,7 +40,9 @@ impl Bigram {
                 if self.poison {
                     loss = f64::NAN;
                 }
-                let argmax = (0..self.v).max_by(|&a, &c| row[a].total_cmp(&row[c])).unwrap_or(0);
+                let argmax = (0..self.v)
+                    .max_by(|&a, &c| row[a].total_cmp(&row[c]))
+                    .unwrap_or(0);
                 correct += usize::from(argmax == lab);
                 n += 1;
                 if grad {
@@ -71,7 +78,10 @@ impl TrainModel for Bigram {
     }
     fn load(&mut self, dir: &Path) -> Result<()> {
         let b = std::fs::read(dir.join("w.bin"))?;
-        self.w = b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        self.w = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok(())
     }
 }
@@ -95,12 +105,21 @@ impl Optim for Momentum {
         Ok(())
     }
     fn save(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.0.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+        std::fs::write(
+            path,
+            self.0
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
         Ok(())
     }
     fn load(&mut self, path: &Path) -> Result<()> {
         let b = std::fs::read(path)?;
-        self.0 = b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        self.0 = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok(())
     }
 }
@@ -113,7 +132,11 @@ fn data() -> Vec<Sample> {
             let ids: Vec<u32> = (0..n).map(|i| ((i * 3 + r.below(2)) % 8) as u32).collect();
             let mut labels: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
             labels[0] = -100;
-            Sample { input_ids: ids, labels, segments: vec![] }
+            Sample {
+                input_ids: ids,
+                labels,
+                segments: vec![],
+            }
         })
         .collect()
 }
@@ -144,7 +167,13 @@ fn run(cfg: &TrainConfig, work: &Path, out: &Path, stop: Option<usize>) -> (Bigr
     let d = data();
     let mut m = Bigram::new(8);
     let mut o = Momentum(vec![]);
-    let io = TrainIo { work, out, log: &|_| {}, bar: None, stop_after: stop };
+    let io = TrainIo {
+        work,
+        out,
+        log: &|_| {},
+        bar: None,
+        stop_after: stop,
+    };
     let r = train(&mut m, &mut o, &lr, &d, Some(&d), cfg, &io).unwrap();
     (m, r)
 }
@@ -164,7 +193,10 @@ fn loss_goes_down_and_metrics_are_written() {
     assert!(losses[5] < losses[0] * 0.9, "{losses:?}");
     assert!(log.last().unwrap().eval_loss.is_some());
     // save_total_limit 2 keeps checkpoint-4 and checkpoint-8.
-    let kept: Vec<_> = checkpoint::list(w.path()).iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    let kept: Vec<_> = checkpoint::list(w.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
     assert_eq!(kept, ["checkpoint-4", "checkpoint-8"]);
 }
 
@@ -179,8 +211,16 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert_eq!(r.resumed_from, Some(4));
     assert_eq!(full.w, resumed.w);
     assert_eq!(
-        std::fs::read_to_string(o1.path().join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count(),
-        std::fs::read_to_string(o2.path().join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count()
+        std::fs::read_to_string(o1.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"loss\""))
+            .count(),
+        std::fs::read_to_string(o2.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"loss\""))
+            .count()
     );
 }
 
@@ -196,7 +236,11 @@ fn accumulation_matches_a_bigger_batch() {
     let (m1, r1) = run(&big, a.path(), a.path(), None);
     let (m2, r2) = run(&acc, b.path(), b.path(), None);
     assert_eq!(r1.steps, r2.steps);
-    let max = m1.w.iter().zip(&m2.w).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max =
+        m1.w.iter()
+            .zip(&m2.w)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
     assert!(max < 1e-5, "max diff {max}");
 }
 
@@ -206,7 +250,17 @@ fn nan_loss_stops_with_the_step() {
     let d = data();
     let mut m = Bigram::new(8);
     m.poison = true;
-    let io = TrainIo { work: w.path(), out: o.path(), log: &|_| {}, bar: None, stop_after: None };
+    let io = TrainIo {
+        work: w.path(),
+        out: o.path(),
+        log: &|_| {},
+        bar: None,
+        stop_after: None,
+    };
     let e = train(&mut m, &mut Momentum(vec![]), &lr, &d, None, &cfg(), &io).unwrap_err();
-    assert!(e.to_string().starts_with("loss is NaN at step 1 (epoch 0); stopped."), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("loss is NaN at step 1 (epoch 0); stopped."),
+        "{e}"
+    );
 }
