@@ -180,18 +180,12 @@ impl TrainModel for EngineModel {
     }
 }
 
+/// Tokenizer files and the generation config, copied next to full weights.
 pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "tokenizer.model",
-        "vocab.json",
-        "merges.txt",
-        "chat_template.jinja",
-        "added_tokens.json",
-        "generation_config.json",
-    ] {
+    let names = crate::export::hf_dir::TOKENIZER_FILES
+        .iter()
+        .chain(&["generation_config.json"]);
+    for f in names {
         let p = src.join(f);
         if p.is_file() {
             std::fs::copy(&p, dst.join(f)).with_context(|| format!("copying `{}`", p.display()))?;
