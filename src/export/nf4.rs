@@ -10,53 +10,14 @@
 //! Dequant:  absmax[b] = nested_quant_map[q8[b]] · nested_absmax[b / nested_blocksize] + offset
 //!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]   (computed in f32)
 
-#![allow(clippy::excessive_precision)] // the codes are copied digit for digit from bitsandbytes
-
 use safetensors::Dtype;
 
 use super::dtype::from_hf_name;
 use super::error::{ExportError, Result};
 use super::tensor::{Tensor, Tensors};
 
-/// The NF4 code (bitsandbytes), used when a file has no `quant_map`.
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-];
-
-/// The FP4 code (bitsandbytes `get_4bit_type("fp4")`: e2m1 values / 12).
-pub const FP4_CODE: [f32; 16] = [
-    0.0,
-    0.0625 / 12.0,
-    8.0 / 12.0,
-    1.0,
-    4.0 / 12.0,
-    6.0 / 12.0,
-    2.0 / 12.0,
-    3.0 / 12.0,
-    -0.0,
-    -0.0625 / 12.0,
-    -8.0 / 12.0,
-    -1.0,
-    -4.0 / 12.0,
-    -6.0 / 12.0,
-    -2.0 / 12.0,
-    -3.0 / 12.0,
-];
+/// The bitsandbytes codes, used when a file has no `quant_map`.
+pub use crate::quant::codes::{FP4 as FP4_CODE, NF4 as NF4_CODE};
 
 const STATE_SUFFIXES: [&str; 2] = [
     ".quant_state.bitsandbytes__nf4",

@@ -27,12 +27,23 @@ pub const NF4: [f32; 16] = [
 
 /// FP4 (1 sign, 2 exponent, 1 mantissa bit) code, indexed by nibble; NOT sorted. Nibble 8
 /// is +0.0: bnb writes the integer `-0` in its Python list.
-pub fn fp4() -> [f32; 16] {
+pub const FP4: [f32; 16] = {
     const RAW: [f32; 16] = [
         0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0,
         -3.0,
     ];
-    RAW.map(|v| v / 12.0)
+    let mut out = RAW;
+    let mut i = 0;
+    while i < 16 {
+        out[i] = RAW[i] / 12.0;
+        i += 1;
+    }
+    out
+};
+
+/// The FP4 code as a value (see [`FP4`]).
+pub fn fp4() -> [f32; 16] {
+    FP4
 }
 
 /// torch.linspace(start, end, steps, dtype=float32) on the CPU: the first half counts up from

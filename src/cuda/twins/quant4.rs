@@ -1,47 +1,8 @@
 //! Twins of kernels/quant4.cu: bitsandbytes 4-bit (NF4/FP4) dequantization, double-quant absmax
 //! and the batch-1 GEMV; plus the quantizers used to make test inputs.
 
-/// bitsandbytes NF4 code (DESIGN.md §2; literals as bnb prints them).
-#[allow(clippy::excessive_precision)]
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-];
-
-/// bitsandbytes FP4 code (`get_4bit_type("fp4")`: [0, 0.0625, 8, 12, 4, 6, 2, 3, and negatives] / 12),
-/// indexed by nibble (bit 3 = sign).
-pub const FP4_CODE: [f32; 16] = [
-    0.0,
-    0.0625 / 12.0,
-    8.0 / 12.0,
-    1.0,
-    4.0 / 12.0,
-    0.5,
-    2.0 / 12.0,
-    0.25,
-    -0.0,
-    -0.0625 / 12.0,
-    -8.0 / 12.0,
-    -1.0,
-    -4.0 / 12.0,
-    -0.5,
-    -2.0 / 12.0,
-    -0.25,
-];
+/// The bitsandbytes codes (shared with the CPU quantizer, bit for bit).
+pub use crate::quant::codes::{FP4 as FP4_CODE, NF4 as NF4_CODE};
 
 /// Nearest code index for a value already scaled to [-1, 1] (exact ties go to the lower code
 /// value, as bnb's midpoint search does for NF4's sorted table).
