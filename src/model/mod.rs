@@ -47,7 +47,17 @@ pub struct LoadOptions {
     /// layer linear as it loads (not the head); a returned `QuantLinear` replaces the dense
     /// weight, so a quantized load never holds more than one dense f32 weight at a time.
     pub quantize: Option<QuantizeHook>,
+    /// Consulted first for every layer linear with (weight files, weight tensor name, d_in,
+    /// d_out): a returned `QuantLinear` is used as the frozen weight instead of reading a dense
+    /// tensor (a checkpoint saved already quantized, e.g. bitsandbytes 4-bit).
+    pub prequantized: Option<PrequantHook>,
 }
+
+pub type PrequantHook = Arc<
+    dyn Fn(&WeightFiles, &str, usize, usize) -> Result<Option<Box<dyn QuantLinear>>, LoadError>
+        + Send
+        + Sync,
+>;
 
 pub type QuantizeHook =
     Arc<dyn Fn(&str, &[f32], usize, usize) -> Option<Box<dyn QuantLinear>> + Send + Sync>;
@@ -212,7 +222,7 @@ fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadErr
 
 /// GPT-2 and BLOOM checkpoints saved from the base model have no `transformer.` prefix; module
 /// names stay canonical (as PEFT sees them on the *ForCausalLM model).
-fn resolve(files: &WeightFiles, name: &str) -> String {
+pub fn resolve(files: &WeightFiles, name: &str) -> String {
     if !files.contains(name) {
         if let Some(s) = name.strip_prefix("transformer.") {
             if files.contains(s) {
@@ -227,11 +237,25 @@ fn linear_of(
     files: &WeightFiles,
     arch: &Arch,
     name: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
+    (d_in, d_out, bias): (usize, usize, bool),
+    pre: Option<&PrequantHook>,
 ) -> Result<Linear, LoadError> {
     let wname = resolve(files, &format!("{name}.weight"));
+    let b = if bias {
+        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
+    } else {
+        None
+    };
+    let quant = match pre {
+        Some(p) => p(files, &wname, d_in, d_out)?,
+        None => None,
+    };
+    if let Some(q) = quant {
+        let mut l = Linear::dense(name.to_string(), d_in, d_out, Vec::new(), b);
+        l.weight = LinearWeight::Quant(q);
+        l.conv1d = arch.conv1d;
+        return Ok(l);
+    }
     let w = if arch.conv1d {
         let t = files.get_shaped(&wname, &[d_in, d_out])?;
         let mut w = vec![0.0; d_in * d_out];
@@ -243,11 +267,6 @@ fn linear_of(
         w
     } else {
         files.get_shaped(&wname, &[d_out, d_in])?
-    };
-    let b = if bias {
-        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
-    } else {
-        None
     };
     let mut l = Linear::dense(name.to_string(), d_in, d_out, w, b);
     l.conv1d = arch.conv1d;
@@ -295,7 +314,8 @@ impl Model {
                 .layer_linears(i)
                 .into_iter()
                 .map(|(n, di, d_o, b)| {
-                    let mut l = linear_of(&files, &arch, &n, di, d_o, b)?;
+                    let mut l =
+                        linear_of(&files, &arch, &n, (di, d_o, b), opts.prequantized.as_ref())?;
                     if let (Some(q), LinearWeight::Dense(w)) = (&opts.quantize, &l.weight) {
                         if let Some(qw) = q(&n, w, di, d_o) {
                             l.weight = LinearWeight::Quant(qw);
@@ -331,9 +351,8 @@ impl Model {
                     ..arch.clone()
                 },
                 n,
-                h,
-                v,
-                false,
+                (h, v, false),
+                None,
             )?),
             None => None,
         };

@@ -14,12 +14,8 @@ use super::codes::QuantType;
 use super::four_bit::{check_blocksize, quantize_4bit, QuantError, Quantized4};
 use super::linear::Linear4bit;
 use super::serialize::{TensorEntry, TensorRef};
-use crate::backend::CpuBackend;
-use crate::model::arch::Positions;
-use crate::model::{
-    Arch, Layer, Linear, LinearWeight, LoadError, LoadOptions, Model, ModelError, Norm, NormKind,
-    Param, QkvLayout, QuantLinear, WeightFiles,
-};
+use crate::model::resolve;
+use crate::model::{Arch, LoadError, LoadOptions, Model, ModelError, QuantLinear, WeightFiles};
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -145,36 +141,6 @@ pub fn is_quantized_dir(dir: &Path) -> bool {
         })
 }
 
-/// GPT-2 / BLOOM base checkpoints have no `transformer.` prefix (as in `Model::load`).
-fn resolve(files: &WeightFiles, name: &str) -> String {
-    if !files.contains(name) {
-        if let Some(s) = name.strip_prefix("transformer.") {
-            if files.contains(s) {
-                return s.to_string();
-            }
-        }
-    }
-    name.to_string()
-}
-
-fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
-    let h = arch.hidden;
-    let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
-    let b = match arch.norm {
-        NormKind::Layer => Some(Param::frozen(
-            files.get_shaped(&resolve(files, &format!("{name}.bias")), &[h])?,
-        )),
-        NormKind::Rms => None,
-    };
-    Ok(Norm {
-        name: name.to_string(),
-        kind: arch.norm,
-        eps: arch.eps,
-        w,
-        b,
-    })
-}
-
 /// The packed 4-bit weight `wname` (with its quant state), if the file has one.
 fn read_4bit(files: &WeightFiles, wname: &str) -> Result<Option<Quantized4>, QuantModelError> {
     let has_state = ["nf4", "fp4"]
@@ -223,124 +189,33 @@ fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     w
 }
 
-/// One layer linear: the serialized 4-bit weight when present, else the dense weight (passed
-/// through `opts.quantize` when set).
-fn layer_linear(
-    files: &WeightFiles,
-    arch: &Arch,
-    opts: &LoadOptions,
-    (name, d_in, d_out, bias): (String, usize, usize, bool),
-) -> Result<Linear, QuantModelError> {
-    let wname = resolve(files, &format!("{name}.weight"));
-    let b = if bias {
-        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
-    } else {
-        None
-    };
-    let weight = match read_4bit(files, &wname)? {
-        Some(q) => {
-            if q.state.shape != [d_out, d_in] {
-                return Err(ferr(
-                    Path::new(&wname),
-                    format!(
-                        "4-bit weight has shape {:?}, expected {:?}",
-                        q.state.shape,
-                        [d_out, d_in]
-                    ),
-                ));
-            }
-            let l = Linear4bit::new(q).map_err(|source| QuantModelError::Quant {
-                name: wname.clone(),
-                source,
-            })?;
-            LinearWeight::Quant(Box::new(l))
-        }
-        None => {
-            let w = dense_weight(files, &wname, arch.conv1d, d_in, d_out)?;
-            match opts
-                .quantize
-                .as_ref()
-                .and_then(|q| q(&name, &w, d_in, d_out))
-            {
-                Some(q) => LinearWeight::Quant(q),
-                None => LinearWeight::Dense(w),
-            }
-        }
-    };
-    let mut l = Linear::dense(name, d_in, d_out, Vec::new(), b);
-    l.weight = weight;
-    l.conv1d = arch.conv1d;
-    Ok(l)
-}
-
 /// Loads a model dir whose layer linears may be stored in bitsandbytes' 4-bit layout (e.g. a
 /// transformers `load_in_4bit` save, or the `quantize` step's output). Dense layer linears go
 /// through `opts.quantize` as in `Model::load`; the head is always dense.
 pub fn load_quantized_model(dir: &Path, opts: &LoadOptions) -> Result<Model, QuantModelError> {
-    let arch = Arch::from_dir(dir).map_err(ModelError::from)?;
-    let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
-    let files = WeightFiles::open(dir)?;
-    let names = arch.names();
-    let (v, h) = (arch.vocab, arch.hidden);
-    let emb = Param::frozen(
-        files.get_shaped(&resolve(&files, &format!("{}.weight", names.emb)), &[v, h])?,
-    );
-    let pos_emb = match (arch.positions, &names.pos_emb) {
-        (Positions::Learned { max }, Some(p)) => Some(Param::frozen(
-            files.get_shaped(&resolve(&files, &format!("{p}.weight")), &[max, h])?,
-        )),
-        _ => None,
-    };
-    let emb_norm = match &names.emb_norm {
-        Some(n) => Some(norm_of(&files, &arch, n)?),
-        None => None,
-    };
-    let mut layers = Vec::with_capacity(arch.layers);
-    for i in 0..arch.layers {
-        let ln = arch.layer_names(i);
-        let mut lin = arch
-            .layer_linears(i)
-            .into_iter()
-            .map(|spec| layer_linear(&files, &arch, opts, spec))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mlp_out = lin.pop().expect("mlp out");
-        let n_qkv = if arch.qkv == QkvLayout::Separate {
-            3
-        } else {
-            1
-        };
-        let mut rest = lin.split_off(n_qkv).into_iter();
-        let o = rest.next().expect("o");
-        layers.push(Layer {
-            ln1: norm_of(&files, &arch, &ln.ln1)?,
-            qkv: lin,
-            o,
-            ln2: norm_of(&files, &arch, &ln.ln2)?,
-            mlp_in: rest.collect(),
-            mlp_out,
-        });
-    }
-    let final_norm = norm_of(&files, &arch, &names.final_norm)?;
-    let head = match &names.head {
-        Some(n) => {
-            let w = files.get_shaped(&resolve(&files, &format!("{n}.weight")), &[v, h])?;
-            Some(Linear::dense(n.clone(), h, v, w, None))
-        }
-        None => None,
-    };
-    let backend = opts.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend));
-    Ok(Model {
-        arch,
-        emb,
-        emb_name: names.emb,
-        pos_emb,
-        emb_norm,
-        layers,
-        final_norm,
-        head,
-        backend,
-        config_json,
-    })
+    let mut opts = opts.clone();
+    opts.prequantized = Some(Arc::new(
+        move |files: &WeightFiles, wname: &str, d_in: usize, d_out: usize| {
+            let err = |msg: String| LoadError::Tensor {
+                path: "4-bit weights".into(),
+                name: wname.to_string(),
+                msg,
+            };
+            let Some(q) = read_4bit(files, wname).map_err(|e| err(e.to_string()))? else {
+                return Ok(None);
+            };
+            if q.state.shape != [d_out, d_in] {
+                return Err(err(format!(
+                    "4-bit weight has shape {:?}, expected {:?}",
+                    q.state.shape,
+                    [d_out, d_in]
+                )));
+            }
+            let l = Linear4bit::new(q).map_err(|e| err(e.to_string()))?;
+            Ok(Some(Box::new(l) as Box<dyn QuantLinear>))
+        },
+    ));
+    Ok(Model::load(dir, &opts)?)
 }
 
 /// Loads a dense model dir, quantizing each selected layer linear as it is read (one dense
