@@ -4,7 +4,7 @@
 //! + eos; labels -100 on the prompt; truncation at 256) with the library
 //! path the `tokenize` step runs (`recipe::text::tokenize`, same options).
 //!
-//!   cargo run --release --example bench_tokenize -- --tokenizer DIR --records 100000 [--dump 100] [--out DIR] [--runs 3]
+//!   cargo run --release --example bench_tokenize -- --tokenizer DIR --records 100000 [--dump 100] [--out DIR] [--runs 3] [--check]
 //!
 //! Writes into `--out` (default /tmp/bench_tokenize): `records.jsonl` (the
 //! generated records, for `tests/reference/bench_tokenize_hf.py`),
@@ -179,6 +179,7 @@ fn main() -> anyhow::Result<()> {
     let mut tokenizer: Option<PathBuf> = None;
     let mut records = 100_000usize;
     let mut dump = 0usize;
+    let mut check = false;
     let mut runs = 3usize;
     let mut out = PathBuf::from("/tmp/bench_tokenize");
     let mut args = std::env::args().skip(1);
@@ -192,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             "--records" => records = val()?.parse()?,
             "--dump" => dump = val()?.parse()?,
             "--runs" => runs = val()?.parse()?,
+            "--check" => check = true,
             "--out" => out = val()?.into(),
             _ => anyhow::bail!(
                 "unknown argument {a} (--tokenizer DIR --records N --dump N --runs N --out DIR)"
@@ -283,6 +285,24 @@ fn main() -> anyhow::Result<()> {
         "tokenizer alone (encode prompt + response, {n} tokens): {et:.3} s  cpu {ec:.3} s  ({:.0}% of the tokenize cpu)",
         100.0 * ec / dc
     );
+
+    // `--check`: the ids `encode` gave (the fast encoder when the tokenizer
+    // has one) equal `tokenizers`' for every prompt and response.
+    if check {
+        use rayon::prelude::*;
+        let bad = texts
+            .par_iter()
+            .flat_map(|(p, r)| [p, r])
+            .filter(|t| {
+                let slow = bundle.tok.encode(t.as_str(), false).map(|e| e.get_ids().to_vec());
+                bundle.encode(t).ok() != slow.ok()
+            })
+            .count();
+        println!("check: {bad} of {} texts differ from tokenizers", 2 * texts.len());
+        if bad > 0 {
+            std::process::exit(1);
+        }
+    }
 
     if dump > 0 {
         let ds = TokenDataset::open(&path)?;

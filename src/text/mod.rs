@@ -11,6 +11,7 @@
 //! let ds = TokenDataset::open(out_dir.join("tokens.bin"))?;
 //! ```
 pub mod dataset;
+pub mod fast_bpe;
 pub mod inspect;
 pub mod jinja;
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! tokens, but its text preprocessing (<n>, <|tab|>, <|blank_n|>) is not
 //! reproduced.
 
+use super::fast_bpe::FastBpe;
 use super::sentencepiece::{added_token_json, SpModel};
 use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
@@ -57,6 +58,9 @@ pub struct TokenizerBundle {
     /// `encode` (segment text). `encode_with_offsets` (whole rendered
     /// strings) still matches them.
     tok_plain: Option<Tokenizer>,
+    /// The ids-only encoder `encode` uses when the tokenizer is one it
+    /// supports (byte-level BPE); `RECIPE_SLOW_TOKENIZER=1` turns it off.
+    fast: Option<FastBpe>,
     pub dir: PathBuf,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -174,6 +178,9 @@ impl TokenizerBundle {
             bail!("{}: no tokenizer.json or tokenizer.model", dir.display());
         };
         normalise_merges(&mut tj);
+        let fast = (!is_glm && std::env::var_os("RECIPE_SLOW_TOKENIZER").is_none())
+            .then(|| FastBpe::from_json(&tj).ok())
+            .flatten();
         let tok: Tokenizer = serde_json::to_string(&tj)?
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: loading tokenizer: {e}", dir.display()))?;
@@ -331,6 +338,7 @@ impl TokenizerBundle {
         Ok(TokenizerBundle {
             tok,
             tok_plain,
+            fast,
             dir: dir.to_path_buf(),
             bos_token,
             eos_token,
@@ -353,6 +361,9 @@ impl TokenizerBundle {
     /// Ids of `text` without special tokens added (added tokens in the text
     /// are still matched, as transformers does, except for ChatGLM).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(f) = &self.fast {
+            return Ok(f.encode(text));
+        }
         let e = self
             .tok_plain
             .as_ref()
