@@ -294,11 +294,17 @@ fn main() -> anyhow::Result<()> {
             .par_iter()
             .flat_map(|(p, r)| [p, r])
             .filter(|t| {
-                let slow = bundle.tok.encode(t.as_str(), false).map(|e| e.get_ids().to_vec());
+                let slow = bundle
+                    .tok
+                    .encode(t.as_str(), false)
+                    .map(|e| e.get_ids().to_vec());
                 bundle.encode(t).ok() != slow.ok()
             })
             .count();
-        println!("check: {bad} of {} texts differ from tokenizers", 2 * texts.len());
+        println!(
+            "check: {bad} of {} texts differ from tokenizers",
+            2 * texts.len()
+        );
         if bad > 0 {
             std::process::exit(1);
         }

@@ -32,6 +32,8 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BinaryHeap;
 
+use super::tokenizer::Span;
+
 /// GPT-2's pattern, which `ByteLevel { use_regex: true }` applies.
 const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -230,14 +232,18 @@ impl Added {
         }))
     }
 
-    /// Calls `f` on the gaps (`Ok(text)`) and the matches (`Err(id)`), in order.
-    fn split<'a>(&self, s: &'a str, mut f: impl FnMut(Result<&'a str, u32>)) {
+    /// Calls `f` on the gaps (`Ok(text)`) and the matches (`Err((id,
+    /// matched text))`), in order.
+    fn split<'a>(&self, s: &'a str, mut f: impl FnMut(Result<&'a str, (u32, &'a str)>)) {
         let mut pos = 0;
         for m in self.ac.find_iter(s) {
             if m.start() > pos {
                 f(Ok(&s[pos..m.start()]));
             }
-            f(Err(self.ids[m.pattern().as_usize()]));
+            f(Err((
+                self.ids[m.pattern().as_usize()],
+                &s[m.start()..m.end()],
+            )));
             pos = m.end();
         }
         if pos < s.len() {
@@ -252,6 +258,91 @@ pub struct FastBpe {
     nfc: bool,
     splitter: Splitter,
     merges: Merges,
+    /// Byte length of each BPE token (offsets need it).
+    token_len: Vec<u32>,
+    /// How the post-processor trims offsets; None: offsets unsupported.
+    trim: Option<Trim>,
+}
+
+/// The ByteLevel post-processor's `trim_offsets` (it runs even without
+/// special tokens): leading/trailing spaces leave a token's offsets.
+#[derive(Clone, Copy)]
+enum Trim {
+    No,
+    Spaces { add_prefix_space: bool },
+}
+
+/// Where `encode` puts what it finds: ids, and with `offsets` their byte
+/// spans in `text` (every piece handed in is a slice of it unless a
+/// normalizer changed it).
+struct Sink<'a> {
+    ids: Vec<u32>,
+    spans: Vec<Span>,
+    offsets: Option<Trim>,
+    text: &'a str,
+    /// Set when normalization changed a piece (offsets are then unknown).
+    normalized: bool,
+}
+
+impl Sink<'_> {
+    fn offset_of(&self, piece: &str) -> usize {
+        piece.as_ptr() as usize - self.text.as_ptr() as usize
+    }
+
+    /// Spans for the ids pushed since `from` (a word at byte `start`):
+    /// each token's bytes widened to whole characters, as byte-level
+    /// alignments are, then trimmed of spaces (`lead`/`trail`: the
+    /// token's leading/trailing space bytes).
+    fn word_spans(&mut self, from: usize, start: usize, token_len: &[u32]) {
+        let t = self.text.as_bytes();
+        let mut at = start;
+        for i in from..self.ids.len() {
+            let len = token_len.get(self.ids[i] as usize).copied().unwrap_or(0) as usize;
+            let end = (at + len).min(t.len());
+            let raw = &t[at..end];
+            let lead = raw.iter().take_while(|&&b| b == b' ').count();
+            let trail = raw.iter().rev().take_while(|&&b| b == b' ').count();
+            let (mut a, mut b) = (at, end);
+            while !self.text.is_char_boundary(a) {
+                a -= 1;
+            }
+            while !self.text.is_char_boundary(b) {
+                b += 1;
+            }
+            self.push_span((a, b), lead, trail);
+            at = end;
+        }
+    }
+
+    /// An added token matched as `m` (a slice of the text unless normalized).
+    fn token(&mut self, id: u32, m: &str) {
+        self.ids.push(id);
+        if self.offsets.is_some() && !self.normalized {
+            let a = self.offset_of(m);
+            // Its token string is its content: spaces are whitespace chars.
+            let space = |c: &char| c.is_whitespace() || *c == '\u{120}';
+            let lead = m.chars().take_while(space).count();
+            let trail = m.chars().rev().take_while(space).count();
+            self.push_span((a, a + m.len()), lead, trail);
+        }
+    }
+
+    /// tokenizers' `process_offsets` (ByteLevel `trim_offsets`).
+    fn push_span(&mut self, mut span: Span, mut lead: usize, trail: usize) {
+        if let Some(Trim::Spaces { add_prefix_space }) = self.offsets {
+            if lead > 0 {
+                let first = self.spans.is_empty() || span.0 == 0;
+                if first && add_prefix_space && lead == 1 {
+                    lead = 0;
+                }
+                span.0 = (span.0 + lead).min(span.1);
+            }
+            if trail > 0 && span.1 >= trail {
+                span.1 = (span.1 - trail).max(span.0);
+            }
+        }
+        self.spans.push(span);
+    }
 }
 
 fn flag(v: &Value, key: &str, default: bool) -> bool {
@@ -324,7 +415,8 @@ impl FastBpe {
         let vocab = model["vocab"].as_object().ok_or("no vocab")?;
         let id = |t: &str| -> Result<u32, String> {
             let v = vocab.get(t).and_then(Value::as_u64);
-            v.map(|x| x as u32).ok_or_else(|| format!("{t:?} not in the vocab"))
+            v.map(|x| x as u32)
+                .ok_or_else(|| format!("{t:?} not in the vocab"))
         };
         let table = bytes_char();
         let mut byte_id = [0u32; 256];
@@ -332,7 +424,12 @@ impl FastBpe {
             byte_id[b] = id(&c.to_string())?;
         }
         let mut pairs = FxHashMap::default();
-        for (rank, m) in model["merges"].as_array().ok_or("no merges")?.iter().enumerate() {
+        for (rank, m) in model["merges"]
+            .as_array()
+            .ok_or("no merges")?
+            .iter()
+            .enumerate()
+        {
             let (a, b) = match m {
                 Value::String(s) => s.split_once(' ').ok_or("a merge without a space")?,
                 Value::Array(p) => match (p.first().and_then(Value::as_str), p.get(1)) {
@@ -357,8 +454,23 @@ impl FastBpe {
                 .collect()
         });
 
+        let mut token_len = vec![0u32; vocab.len()];
+        for (t, v) in vocab {
+            if let Some(slot) = v.as_u64().and_then(|i| token_len.get_mut(i as usize)) {
+                *slot = t.chars().count() as u32;
+            }
+        }
+        let trim = match &tj["post_processor"] {
+            Value::Null => Some(Trim::No),
+            p => post_processor_trim(p),
+        };
+
         let (mut raw, mut normalized) = (Vec::new(), Vec::new());
-        for t in tj["added_tokens"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for t in tj["added_tokens"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             if flag(t, "lstrip", false) || flag(t, "rstrip", false) || flag(t, "single_word", false)
             {
                 return Err("added tokens with lstrip, rstrip or single_word".into());
@@ -366,7 +478,11 @@ impl FastBpe {
             let (Some(c), Some(i)) = (t["content"].as_str(), t["id"].as_u64()) else {
                 return Err("a malformed added token".into());
             };
-            let list = if flag(t, "normalized", true) { &mut normalized } else { &mut raw };
+            let list = if flag(t, "normalized", true) {
+                &mut normalized
+            } else {
+                &mut raw
+            };
             list.push((c.to_string(), i as u32));
         }
         Ok(FastBpe {
@@ -374,45 +490,105 @@ impl FastBpe {
             normalized_added: Added::new(normalized)?,
             nfc,
             splitter,
-            merges: Merges { byte_id, pairs, whole },
+            merges: Merges {
+                byte_id,
+                pairs,
+                whole,
+            },
+            token_len,
+            trim,
         })
     }
 
     /// The ids of `text`, as `tokenizers`' `encode(text, false)` gives them.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.run(text, None).ids
+    }
+
+    /// Ids and byte spans, as `tokenizers`' `encode(text, false)` gives
+    /// `get_ids()` and `get_offsets()`; None when this tokenizer's
+    /// post-processor is not one we reproduce, or normalization changed
+    /// the text (the caller then asks `tokenizers`).
+    pub fn encode_with_offsets(&self, text: &str) -> Option<(Vec<u32>, Vec<Span>)> {
+        let sink = self.run(text, Some(self.trim?));
+        if sink.normalized {
+            return None;
+        }
+        Some((sink.ids, sink.spans))
+    }
+
+    fn run<'t>(&self, text: &'t str, offsets: Option<Trim>) -> Sink<'t> {
+        let mut sink = Sink {
+            ids: Vec::with_capacity(text.len() / 3 + 1),
+            spans: Vec::new(),
+            offsets,
+            text,
+            normalized: false,
+        };
         let mut sc = Scratch::default();
         match &self.raw_added {
-            None => self.encode_piece(text, &mut out, &mut sc),
+            None => self.encode_piece(text, &mut sink, &mut sc),
             Some(a) => a.split(text, |p| match p {
-                Ok(s) => self.encode_piece(s, &mut out, &mut sc),
-                Err(id) => out.push(id),
+                Ok(s) => self.encode_piece(s, &mut sink, &mut sc),
+                Err((id, m)) => sink.token(id, m),
             }),
         }
-        out
+        sink
     }
 
     /// A piece between raw added tokens: normalize, split on normalized
     /// added tokens, pre-tokenize, merge.
-    fn encode_piece(&self, s: &str, out: &mut Vec<u32>, sc: &mut Scratch) {
+    fn encode_piece(&self, s: &str, sink: &mut Sink, sc: &mut Scratch) {
         let s: Cow<str> = if self.nfc && !s.is_ascii() && !is_nfc(s) {
             let mut n = tokenizers::NormalizedString::from(s);
             n.nfc();
+            sink.normalized = true;
             Cow::Owned(n.get().to_string())
         } else {
             Cow::Borrowed(s)
         };
-        let words = |t: &str, out: &mut Vec<u32>, sc: &mut Scratch| {
-            self.splitter
-                .split(t, |w| self.merges.encode_word(w.as_bytes(), out, sc))
+        let words = |t: &str, sink: &mut Sink, sc: &mut Scratch| {
+            self.splitter.split(t, |w| {
+                let from = sink.ids.len();
+                self.merges.encode_word(w.as_bytes(), &mut sink.ids, sc);
+                if sink.offsets.is_some() && !sink.normalized {
+                    let at = sink.offset_of(w);
+                    sink.word_spans(from, at, &self.token_len);
+                }
+            })
         };
         match &self.normalized_added {
-            None => words(&s, out, sc),
+            None => words(&s, sink, sc),
             Some(a) => a.split(&s, |p| match p {
-                Ok(t) => words(t, out, sc),
-                Err(id) => out.push(id),
+                Ok(t) => words(t, sink, sc),
+                Err((id, m)) => sink.token(id, m),
             }),
         }
+    }
+}
+
+/// The offsets trim of a supported post-processor (ByteLevel, and
+/// TemplateProcessing, which adds nothing without special tokens).
+fn post_processor_trim(p: &Value) -> Option<Trim> {
+    match p["type"].as_str()? {
+        "ByteLevel" => Some(if flag(p, "trim_offsets", true) {
+            Trim::Spaces {
+                add_prefix_space: flag(p, "add_prefix_space", true),
+            }
+        } else {
+            Trim::No
+        }),
+        "TemplateProcessing" => Some(Trim::No),
+        "Sequence" => {
+            let mut trim = Trim::No;
+            for q in p["processors"].as_array()? {
+                if let Trim::Spaces { .. } = post_processor_trim(q)? {
+                    trim = post_processor_trim(q)?;
+                }
+            }
+            Some(trim)
+        }
+        _ => None,
     }
 }
 
@@ -428,27 +604,249 @@ fn is_nfc(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use tokenizers::models::bpe::BpeTrainer;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::Tokenizer;
+
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const BLOOM: &str = r" ?[^(\s|[.,!?…。，、।۔،])]+";
+
+    #[rustfmt::skip]
+    const TEXTS: &[&str] = &[
+        "Hello world! I'm here, DON'T panic; it'S fine. We'll see: you've 3.14159 and 2024-11-23.",
+        "人工智能是未来的重要方向，我们需要学习机器学习和深度学习。中国的历史文化源远流长！",
+        "Human: 请解释一下transformer模型\n\nAssistant: Transformer是一种基于attention的模型。",
+        "日本語のテキストと한국어 텍스트, emoji 😀🎉 and naïve café (NFD: cafe\u{301}, \u{212B}ngstr\u{f6}m).",
+        "  leading spaces,   runs   of spaces\t\ttabs\r\nwindows\r\n\r\nlines   \n  \n",
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
+        "numbers 1234567890 ١٢٣ ½ and symbols @#$%^&*()_+-=[]{}|\\:;\"'<>,.?/~` …。，、",
+    ];
+
+    /// SplitMix64 strings from an alphabet with every class the patterns
+    /// care about (letters, CJK, digits, spaces, newlines, marks, tokens).
+    fn random_texts(n: usize) -> Vec<String> {
+        let parts = [
+            "a",
+            "b",
+            "The",
+            " the",
+            "s",
+            "'",
+            "'S",
+            "'ll",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\u{3000}",
+            "中",
+            "文",
+            "学习",
+            "模型",
+            "。",
+            "，",
+            "😀",
+            "1",
+            "23",
+            "٣",
+            ".",
+            "!!",
+            "e\u{301}",
+            "\u{212B}",
+            "é",
+            "é!",
+            "<|im_end|>",
+            "<|im_",
+            "end|>",
+            "-",
+            "_",
+            "ü",
+            "Ω",
+            "한",
+        ];
+        let mut st = 0x5EEDu64;
+        let mut next = move || {
+            st = st.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = st;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as usize
+        };
+        (0..n)
+            .map(|_| {
+                (0..next() % 40)
+                    .map(|_| parts[next() % parts.len()])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A byte-level BPE with `pre`/`normalizer`, trained by `tokenizers`
+    /// on TEXTS so that CJK and multi-byte merges exist.
+    fn trained(pre: Value, normalizer: Value) -> Value {
+        let base = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": {}, "merges": []}
+        });
+        let mut tok: Tokenizer = base.to_string().parse().unwrap();
+        let mut trainer: TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(900)
+            .show_progress(false)
+            .initial_alphabet(bytes_char().into_iter().collect())
+            .build()
+            .into();
+        let corpus: Vec<String> = TEXTS
+            .iter()
+            .map(|t| t.to_string())
+            .chain(random_texts(300))
+            .collect();
+        tok.train(&mut trainer, corpus.into_iter()).unwrap();
+        serde_json::from_str(&tok.to_string(false).unwrap()).unwrap()
+    }
+
+    fn split_pre(pattern: &str) -> Value {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
+    }
+
+    fn add_tokens(tj: &mut Value) {
+        let n = tj["model"]["vocab"].as_object().unwrap().len();
+        let added = [("<|im_start|>", false), ("<|im_end|>", false), ("é!", true)];
+        tj["added_tokens"] = added
+            .iter()
+            .enumerate()
+            .map(|(i, (c, norm))| {
+                json!({"id": n + i, "content": c, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": norm, "special": !norm})
+            })
+            .collect();
+    }
+
+    /// Every text gives `tokenizers`' ids, and its offsets where we give
+    /// offsets; returns the number of tokens.
+    fn same_ids(tj: &Value) -> usize {
+        let fast = FastBpe::from_json(tj).unwrap();
+        let tok: Tokenizer = tj.to_string().parse().unwrap();
+        let (mut n, mut with_offsets) = (0, 0);
+        for t in TEXTS
+            .iter()
+            .map(|t| t.to_string())
+            .chain(random_texts(3000))
+        {
+            let e = tok.encode(t.as_str(), false).unwrap();
+            assert_eq!(fast.encode(&t), e.get_ids(), "{t:?}");
+            if let Some((ids, spans)) = fast.encode_with_offsets(&t) {
+                assert_eq!(
+                    (ids.as_slice(), spans.as_slice()),
+                    (e.get_ids(), e.get_offsets()),
+                    "{t:?}"
+                );
+                with_offsets += 1;
+            }
+            n += e.len();
+        }
+        assert!(with_offsets > 1000, "{with_offsets} texts with offsets");
+        n
+    }
+
+    #[test]
+    fn same_ids_as_tokenizers_for_each_supported_pipeline() {
+        let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let mut cases = vec![
+            ("gpt2", trained(gpt2, Value::Null)),
+            (
+                "qwen2 + nfc",
+                trained(split_pre(QWEN2), json!({"type": "NFC"})),
+            ),
+            ("bloom", trained(split_pre(BLOOM), Value::Null)),
+        ];
+        let mut ignore = cases[1].1.clone();
+        ignore["model"]["ignore_merges"] = json!(true);
+        cases.push(("qwen2 + ignore_merges", ignore));
+        // Post-processors that move offsets (ByteLevel trim_offsets).
+        for (trim, prefix) in [(true, false), (true, true), (false, false)] {
+            let mut t = cases[if prefix { 2 } else { 0 }].1.clone();
+            t["post_processor"] = json!({"type": "ByteLevel", "add_prefix_space": prefix,
+                "trim_offsets": trim, "use_regex": false});
+            cases.push(("trim offsets", t));
+        }
+        for (name, mut tj) in cases {
+            assert!(
+                tj["model"]["merges"].as_array().unwrap().len() > 500,
+                "{name}"
+            );
+            let plain = same_ids(&tj);
+            add_tokens(&mut tj);
+            let with_added = same_ids(&tj);
+            assert!(
+                plain > 20_000 && with_added < plain,
+                "{name}: {plain} {with_added}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_fixture_tokenizers_are_supported() {
+        for d in [
+            "tests/fixtures/e2e/qwen2",
+            "tests/fixtures/e2e/gpt2",
+            "tests/fixtures/text/bloom",
+        ] {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(d)
+                .join("tokenizer.json");
+            let tj: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            same_ids(&tj);
+        }
+    }
+
+    #[test]
+    fn unsupported_pipelines_are_refused() {
+        let base = trained(split_pre(QWEN2), Value::Null);
+        let edits: [(&str, fn(&mut Value)); 4] = [
+            ("byte fallback", |t| {
+                t["model"]["byte_fallback"] = json!(true)
+            }),
+            ("dropout", |t| t["model"]["dropout"] = json!(0.1)),
+            ("lstrip", |t| {
+                add_tokens(t);
+                t["added_tokens"][0]["lstrip"] = json!(true)
+            }),
+            ("prefix space", |t| {
+                t["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = json!(true)
+            }),
+        ];
+        for (name, edit) in edits {
+            let mut tj = base.clone();
+            edit(&mut tj);
+            assert!(FastBpe::from_json(&tj).is_err(), "{name}");
+        }
+    }
 
     #[test]
     fn lookahead_emulation_matches_fancy_regex() {
-        let sp = Splitter::new(GPT2_PATTERN).unwrap();
-        let fancy = fancy_regex::Regex::new(GPT2_PATTERN).unwrap();
-        for s in [
-            "a  b",
-            "a   b   ",
-            "x \n\n  y\t\tz",
-            "  lead",
-            "end   ",
-            "hi  ,  there!!  42  ",
-            "\u{3000}\u{3000}中文  text",
-        ] {
-            let mut ours = vec![];
-            sp.split(s, |w| ours.push(w.to_string()));
-            let theirs: Vec<String> = fancy
-                .find_iter(s)
-                .map(|m| m.unwrap().as_str().to_string())
-                .collect();
-            assert_eq!(ours, theirs, "{s:?}");
+        for pattern in [GPT2_PATTERN, QWEN2] {
+            let sp = Splitter::new(pattern).unwrap();
+            let fancy = fancy_regex::Regex::new(pattern).unwrap();
+            for s in TEXTS
+                .iter()
+                .map(|t| t.to_string())
+                .chain(random_texts(2000))
+            {
+                let mut ours = vec![];
+                sp.split(&s, |w| ours.push(w.to_string()));
+                let theirs: Vec<String> = fancy
+                    .find_iter(&s)
+                    .map(|m| m.unwrap().as_str().to_string())
+                    .collect();
+                assert_eq!(ours, theirs, "{pattern} on {s:?}");
+            }
         }
     }
 }

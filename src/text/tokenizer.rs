@@ -373,8 +373,16 @@ impl TokenizerBundle {
         Ok(e.get_ids().to_vec())
     }
 
+    /// Whether `encode` runs the fast ids-only encoder (`fast_bpe`).
+    pub fn has_fast_encoder(&self) -> bool {
+        self.fast.is_some()
+    }
+
     /// Ids and byte offsets (start, end) into `text`, without special tokens.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        if let Some(r) = self.fast.as_ref().and_then(|f| f.encode_with_offsets(text)) {
+            return Ok(r);
+        }
         let e = self
             .tok
             .encode(text, false)
