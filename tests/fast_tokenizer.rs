@@ -1,6 +1,6 @@
 //! The fast ids-only encoder (`text::fast_bpe`) gives `tokenizers`' ids on
 //! real text: every string in `examples/data` plus mixed random strings,
-//! for the shipped byte-level fixtures and, when `.ci/qwen_tokenizer.sh`
+//! for the shipped byte-level and SentencePiece fixtures and, when `.ci/qwen_tokenizer.sh`
 //! fetched it (RECIPE_QWEN_TOKENIZER), Qwen2.5's real 151k-token
 //! tokenizer.json (NFC, the Qwen2 split regex, ~150k merges).
 
@@ -90,22 +90,18 @@ fn corpus() -> Vec<String> {
 fn check(dir: &Path, corpus: &[String]) -> usize {
     let b = TokenizerBundle::from_dir(dir).unwrap();
     assert!(b.has_fast_encoder(), "{}: no fast encoder", dir.display());
+    // ChatGLM's encode leaves special tokens in text unmatched.
+    let mut plain = b.tok.clone();
+    plain.set_encode_special_tokens(b.is_chatglm());
     let mut n = 0;
     for t in corpus {
+        let p = plain.encode(t.as_str(), false).unwrap();
+        let d = dir.display();
+        assert_eq!(b.encode(t).unwrap(), p.get_ids(), "{d}: {t:?}");
         let e = b.tok.encode(t.as_str(), false).unwrap();
-        assert_eq!(
-            b.encode(t).unwrap(),
-            e.get_ids(),
-            "{}: {t:?}",
-            dir.display()
-        );
         let (ids, spans) = b.encode_with_offsets(t).unwrap();
-        assert_eq!(
-            (&ids[..], &spans[..]),
-            (e.get_ids(), e.get_offsets()),
-            "{}: {t:?}",
-            dir.display()
-        );
+        let want = (e.get_ids(), e.get_offsets());
+        assert_eq!((&ids[..], &spans[..]), want, "{d}: {t:?}");
         n += ids.len();
     }
     n
@@ -114,12 +110,19 @@ fn check(dir: &Path, corpus: &[String]) -> usize {
 #[test]
 fn fixture_tokenizers() {
     let c = corpus();
-    for d in ["qwen2", "qwen", "llama3", "gpt2", "bloom"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/e2e")
-            .join(d);
-        assert!(check(&dir, &c) > 50_000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for d in [
+        "qwen2", "qwen", "llama3", "gpt2", "bloom", "llama", "chatglm",
+    ] {
+        assert!(check(&root.join("e2e").join(d), &c) > 50_000, "{d}");
     }
+    // SentencePiece models converted from tokenizer.model (byte fallback).
+    for d in ["llama", "glm3"] {
+        assert!(check(&root.join("text").join(d), &c) > 50_000, "{d}");
+    }
+    // A Precompiled (nmt_nfkc) normalizer is left to tokenizers.
+    let nfkc = TokenizerBundle::from_dir(root.join("text/sp_nfkc")).unwrap();
+    assert!(!nfkc.has_fast_encoder());
 }
 
 #[test]

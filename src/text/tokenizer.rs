@@ -178,8 +178,10 @@ impl TokenizerBundle {
             bail!("{}: no tokenizer.json or tokenizer.model", dir.display());
         };
         normalise_merges(&mut tj);
-        let fast = (!is_glm && std::env::var_os("RECIPE_SLOW_TOKENIZER").is_none())
-            .then(|| FastBpe::from_json(&tj).ok())
+        // ChatGLM's `encode` (segment text) skips special tokens in text.
+        let fast = std::env::var_os("RECIPE_SLOW_TOKENIZER")
+            .is_none()
+            .then(|| FastBpe::from_json(&tj, is_glm).ok())
             .flatten();
         let tok: Tokenizer = serde_json::to_string(&tj)?
             .parse()
@@ -380,7 +382,9 @@ impl TokenizerBundle {
 
     /// Ids and byte offsets (start, end) into `text`, without special tokens.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
-        if let Some(r) = self.fast.as_ref().and_then(|f| f.encode_with_offsets(text)) {
+        // (Not for ChatGLM, whose fast encoder skips special tokens.)
+        let fast = self.fast.as_ref().filter(|_| self.tok_plain.is_none());
+        if let Some(r) = fast.and_then(|f| f.encode_with_offsets(text)) {
             return Ok(r);
         }
         let e = self
