@@ -102,6 +102,22 @@ pub struct Arch {
     /// Linear weights stored [in, out] (GPT-2 Conv1D).
     pub conv1d: bool,
     pub eos_token_id: Option<u32>,
+    /// Where the reference model starts attending differently and we do
+    /// not follow it (longer inputs are an error, not a silent mismatch).
+    #[serde(default)]
+    pub long_context: Option<LongContext>,
+}
+
+/// A length past which the reference attention changes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LongContext {
+    /// Sequences up to this many positions match the reference.
+    pub len: usize,
+    /// What changes, for the error message (e.g. "use_logn_attn").
+    pub what: String,
+    /// Whether training changes too (a sliding window), or only inference
+    /// (Qwen v1's logn scaling and dynamic NTK run only in eval mode).
+    pub training: bool,
 }
 
 /// Checkpoint names (without `.weight` / `.bias`) of one layer's pieces; the same strings are the
@@ -126,6 +142,35 @@ pub struct Names {
     pub final_norm: String,
     /// None when tied to `emb`.
     pub head: Option<String>,
+}
+
+/// Qwen v1: `use_logn_attn` / `use_dynamic_ntk` change attention past
+/// `seq_length` at inference. Mistral (`sliding_window`) and Qwen2
+/// (`use_sliding_window`): keys farther back than the window are not seen.
+fn long_context(c: &Value, model_type: &str) -> Option<LongContext> {
+    let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
+    match model_type {
+        "qwen" => {
+            let what: Vec<&str> = ["use_logn_attn", "use_dynamic_ntk"]
+                .into_iter()
+                .filter(|k| on(k))
+                .collect();
+            (!what.is_empty()).then(|| LongContext {
+                len: num("seq_length").unwrap_or(2048),
+                what: what.join(" and "),
+                training: false,
+            })
+        }
+        "mistral" | "qwen2" if model_type == "mistral" || on("use_sliding_window") => {
+            num("sliding_window").map(|len| LongContext {
+                len,
+                what: "sliding_window attention".into(),
+                training: true,
+            })
+        }
+        _ => None,
+    }
 }
 
 fn get<'a>(c: &'a Value, path: &str, key: &str) -> Result<&'a Value, ArchError> {
@@ -250,6 +295,7 @@ impl Arch {
                     conv1d: false,
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
+                    long_context: None,
                 }
             }
             "qwen" => {
@@ -282,6 +328,7 @@ impl Arch {
                     conv1d: false,
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
+                    long_context: None,
                 }
             }
             "chatglm"
@@ -336,6 +383,7 @@ impl Arch {
                     conv1d: false,
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
+                    long_context: None,
                 }
             }
             "bloom" => {
@@ -379,6 +427,7 @@ impl Arch {
                     conv1d: false,
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
+                    long_context: None,
                 }
             }
             "gpt2" => {
@@ -407,6 +456,7 @@ impl Arch {
                     conv1d: true,
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
+                    long_context: None,
                 }
             }
             _ => {
@@ -416,6 +466,8 @@ impl Arch {
                 })
             }
         };
+        let mut a = a;
+        a.long_context = long_context(&c, &mt);
         if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
             return Err(ArchError::Key {
                 path: path.into(),

@@ -91,6 +91,7 @@ impl Model {
             )));
         }
         let tn = ids.len() / b;
+        self.check_length(past + tn, false)?;
         if past + tn > cache.cap {
             return Err(ModelError::Batch(format!(
                 "forward_step: cache capacity {} exceeded ({} + {tn})",

@@ -457,9 +457,26 @@ impl Model {
         Ok(())
     }
 
-    fn ctx(&self, batch: &Batch) -> Result<Ctx, ModelError> {
+    /// Errors when `len` positions pass where the reference model attends
+    /// differently (`Arch::long_context`).
+    pub(crate) fn check_length(&self, len: usize, training: bool) -> Result<(), ModelError> {
+        match &self.arch.long_context {
+            Some(lc) if len > lc.len && (!training || lc.training) => {
+                Err(ModelError::Batch(format!(
+                "sequence length {len} > {} with {} in config.json: the reference model attends \
+                 differently past that length and this engine does not reproduce it; use \
+                 max_length <= {}",
+                lc.len, lc.what, lc.len
+            )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn ctx(&self, batch: &Batch, training: bool) -> Result<Ctx, ModelError> {
         let (b, t) = (batch.b, batch.t);
         let n = b * t;
+        self.check_length(t, training)?;
         if batch.input_ids.len() != n || batch.attention_mask.len() != n {
             return Err(ModelError::Batch(format!(
                 "input_ids/attention_mask must have B*T = {n} entries"
@@ -628,7 +645,7 @@ impl Model {
     /// Final-norm hidden states [N,H] (no activations kept beyond one layer).
     fn final_hidden(&self, batch: &Batch) -> Result<(Ctx, Vec<f32>), ModelError> {
         let be = &*self.backend;
-        let ctx = self.ctx(batch)?;
+        let ctx = self.ctx(batch, false)?;
         let (n, h) = (ctx.n, self.arch.hidden);
         let (mut x, _, _) = self.embed(&ctx, &batch.input_ids);
         let mut acts = Acts::default();
@@ -649,7 +666,7 @@ impl Model {
         batch: &Batch,
         opts: TrainOptions,
     ) -> Result<f32, ModelError> {
-        let ctx = self.ctx(batch)?;
+        let ctx = self.ctx(batch, true)?;
         let targets = Self::targets(batch, &ctx)
             .ok_or_else(|| ModelError::Batch("labels are required for training".into()))?;
         for (i, l) in self.linears_mut().into_iter().enumerate() {

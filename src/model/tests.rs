@@ -985,3 +985,54 @@ fn eval_loss_and_last_logits() {
         "capacity exceeded"
     );
 }
+
+/// Past Qwen v1's `seq_length` (logn / dynamic NTK, inference only) and past
+/// a sliding window (training too), inputs are refused with a clear error.
+#[test]
+fn long_context_the_reference_changes_is_refused() {
+    let (mut model, _, _) = fixture("qwen");
+    let lc = model
+        .arch
+        .long_context
+        .clone()
+        .expect("the qwen fixture sets use_logn_attn");
+    assert_eq!((lc.len, lc.training), (64, false));
+    let t = lc.len + 1;
+    let batch = Batch {
+        b: 1,
+        t,
+        input_ids: vec![1; t],
+        attention_mask: vec![1; t],
+        labels: Some(vec![1; t]),
+        segments: None,
+    };
+    let e = model
+        .forward(&batch)
+        .err()
+        .expect("inference past seq_length")
+        .to_string();
+    assert!(
+        e.contains("sequence length 65 > 64 with use_logn_attn and use_dynamic_ntk"),
+        "{e}"
+    );
+    let mut cache = model.new_cache(1, t);
+    assert!(model
+        .forward_step(&mut cache, &vec![1; t], &vec![1; t])
+        .is_err());
+    // Training runs in HF's train mode, where Qwen v1 applies neither.
+    model.forward_backward(&batch, Default::default()).unwrap();
+
+    let mistral = r#"{"model_type": "mistral", "hidden_size": 8, "num_attention_heads": 2,
+        "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 10, "sliding_window": 4096}"#;
+    let a = crate::model::arch::Arch::from_config_json(mistral, "config.json").unwrap();
+    let lc = a.long_context.unwrap();
+    assert_eq!(
+        (lc.len, lc.training, lc.what.as_str()),
+        (4096, true, "sliding_window attention")
+    );
+    let qwen2 = mistral.replace("mistral", "qwen2");
+    assert!(crate::model::arch::Arch::from_config_json(&qwen2, "c")
+        .unwrap()
+        .long_context
+        .is_none());
+}
