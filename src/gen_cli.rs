@@ -1,4 +1,4 @@
-//! `recipe generate` and `recipe chat`: a model (+ optional PEFT adapter) on the CPU, prompts
+//! `recipe generate` and `recipe chat`: a model (+ optional PEFT adapter) on `--device`, prompts
 //! rendered with a template, replies streamed to stdout as tokens are chosen.
 //!
 //! [`Session`] is the shared front end (also used by the `generate` and `evaluate` steps):
@@ -260,9 +260,27 @@ pub struct ModelArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// auto, cpu, cuda or cuda:N (auto: CUDA when a driver and GPU are present, else the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 impl ModelArgs {
+    /// Opens the session on `--device` (resolved first, so a bad device fails before loading),
+    /// printing which device runs to stderr.
+    fn open(&self, template: &str) -> Result<Session> {
+        let (backend, line) = crate::backend::backend_for_spec(&self.device)?;
+        eprintln!("{line}");
+        let mut s = Session::open(
+            &self.model,
+            self.tokenizer.as_deref(),
+            self.adapter.as_deref(),
+            template,
+        )?;
+        s.model.backend = backend;
+        Ok(s)
+    }
+
     fn config(&self, s: &Session) -> GenConfig {
         let mut sampling = s.default_sampling();
         sampling.do_sample = !self.greedy;
@@ -369,12 +387,7 @@ fn stream_reply(
 pub fn generate_cmd(args: &GenerateArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(
-            &m.model,
-            m.tokenizer.as_deref(),
-            m.adapter.as_deref(),
-            &args.template,
-        )?;
+        let s = m.open(&args.template)?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let prompt = s.prompt(m.system.as_deref(), &args.prompt)?;
@@ -445,12 +458,7 @@ pub fn chat_loop(
 pub fn chat_cmd(args: &ChatArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(
-            &m.model,
-            m.tokenizer.as_deref(),
-            m.adapter.as_deref(),
-            &args.template,
-        )?;
+        let s = m.open(&args.template)?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let stdin = std::io::stdin();
