@@ -608,7 +608,10 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("gelu_bwd", |g| {
-            let (gdy, gx) = (g.stream.clone_htod(&dy[..n])?, g.stream.clone_htod(&x[..n])?);
+            let (gdy, gx) = (
+                g.stream.clone_htod(&dy[..n])?,
+                g.stream.clone_htod(&x[..n])?,
+            );
             let mut gdx = g.stream.alloc_zeros::<f32>(n)?;
             gelu_tanh_bwd::<f32>(g, &mut gdx, &gdy, &gx)?;
             down(g, &gdx, dx)
@@ -658,7 +661,13 @@ impl Backend for CudaBackend {
         // The kernels ignore targets outside [0, v); the trait ignores t < 0.
         let tg: Vec<i32> = targets
             .iter()
-            .map(|&t| if t < 0 || t as usize >= v { -100 } else { t as i32 })
+            .map(|&t| {
+                if t < 0 || t as usize >= v {
+                    -100
+                } else {
+                    t as i32
+                }
+            })
             .collect();
         self.run("cross_entropy", |g| {
             let (mut z, gt) = (up(g, &logits[..n * v])?, up(g, &tg)?);
@@ -771,7 +780,11 @@ impl Backend for CudaBackend {
 mod tests {
     use super::*;
 
-    fn mask<'a>(valid: &'a [u8], seg: &'a [u32], alibi: Option<(&'a [f32], &'a [f32])>) -> AttnMask<'a> {
+    fn mask<'a>(
+        valid: &'a [u8],
+        seg: &'a [u32],
+        alibi: Option<(&'a [f32], &'a [f32])>,
+    ) -> AttnMask<'a> {
         AttnMask {
             valid,
             segment: seg,
@@ -788,10 +801,18 @@ mod tests {
         let valid = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
         let seg = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1];
         let kpos = [0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 0.0, 1.0, 2.0];
-        assert!(alibi_is_relative(&mask(&valid, &seg, Some((&slopes, &kpos))), 2, 5));
+        assert!(alibi_is_relative(
+            &mask(&valid, &seg, Some((&slopes, &kpos))),
+            2,
+            5
+        ));
         // A gap inside one segment is not.
         let kpos = [0.0, 0.0, 0.0, 2.0, 3.0, 0.0, 1.0, 0.0, 1.0, 2.0];
-        assert!(!alibi_is_relative(&mask(&valid, &seg, Some((&slopes, &kpos))), 2, 5));
+        assert!(!alibi_is_relative(
+            &mask(&valid, &seg, Some((&slopes, &kpos))),
+            2,
+            5
+        ));
         assert!(alibi_is_relative(&mask(&valid, &seg, None), 2, 5));
     }
 
