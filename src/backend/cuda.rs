@@ -96,7 +96,13 @@ impl CudaBackend {
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        match f(&self.gpu).and_then(|r| {
+        let result = self
+            .gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(CudaError::from)
+            .and_then(|_| f(&self.gpu));
+        match result.and_then(|r| {
             self.gpu.stream.synchronize()?;
             Ok(r)
         }) {
@@ -174,28 +180,44 @@ fn attention_on_gpu(mask: &AttnMask, dims: AttnDims) -> bool {
     hd > 0 && hd <= ATTN_DMAX && nkv > 0 && nh % nkv == 0 && alibi_is_relative(mask, b, t)
 }
 
-/// The kernel's masks from the trait's: kmask = valid; segment ids with every padding token
-/// moved to segment −1, so a padding query sees no key (output 0, as the CPU) while real
-/// queries never see padding keys (kmask).
-fn device_masks(
-    gpu: &Gpu,
-    mask: &AttnMask,
-    n: usize,
-) -> Result<(CudaSlice<u8>, CudaSlice<i32>, Option<CudaSlice<f32>>)> {
-    let seg: Vec<i32> = (0..n)
-        .map(|i| {
-            if mask.valid[i] == 0 {
-                -1
-            } else {
-                mask.segment[i] as i32
-            }
+/// The kernel's masks on the device (see [`GpuMasks::new`]).
+struct GpuMasks {
+    kmask: CudaSlice<u8>,
+    seg: CudaSlice<i32>,
+    slopes: Option<CudaSlice<f32>>,
+}
+
+impl GpuMasks {
+    /// From the trait's mask over `n` = B·T tokens: kmask = valid; segment ids with every
+    /// padding token moved to segment −1, so a padding query sees no key (output 0, as the CPU)
+    /// while real queries never see padding keys (kmask); ALiBi slopes if any.
+    fn new(gpu: &Gpu, mask: &AttnMask, n: usize) -> Result<Self> {
+        let seg: Vec<i32> = (0..n)
+            .map(|i| {
+                if mask.valid[i] == 0 {
+                    -1
+                } else {
+                    mask.segment[i] as i32
+                }
+            })
+            .collect();
+        Ok(GpuMasks {
+            kmask: up(gpu, &mask.valid[..n])?,
+            seg: up(gpu, &seg)?,
+            slopes: match mask.alibi {
+                Some((s, _)) => Some(up(gpu, s)?),
+                None => None,
+            },
         })
-        .collect();
-    let slopes = match mask.alibi {
-        Some((s, _)) => Some(up(gpu, s)?),
-        None => None,
-    };
-    Ok((up(gpu, &mask.valid[..n])?, up(gpu, &seg)?, slopes))
+    }
+
+    fn view(&self) -> DeviceMasks<'_> {
+        DeviceMasks {
+            kmask: Some(&self.kmask),
+            seg: Some(&self.seg),
+            slopes: self.slopes.as_ref(),
+        }
+    }
 }
 
 fn kdims(dims: AttnDims, scale: f32) -> KDims {
@@ -461,12 +483,8 @@ impl Backend for CudaBackend {
         let nlse = b * nh * t;
         self.run("attention_fwd", |g| {
             let (dq, dk, dv) = (up(g, &q[..nq])?, up(g, &k[..nk])?, up(g, &v[..nk])?);
-            let (km, seg, slopes) = device_masks(g, mask, ntok)?;
-            let mk = DeviceMasks {
-                kmask: Some(&km),
-                seg: Some(&seg),
-                slopes: slopes.as_ref(),
-            };
+            let masks = GpuMasks::new(g, mask, ntok)?;
+            let mk = masks.view();
             let (mut o, mut lse) = (zeros(g, nq)?, zeros(g, nlse)?);
             attn_fwd::<f32>(g, &mut o, &mut lse, &dq, &dk, &dv, &mk, &kdims(dims, scale))?;
             down(g, &o, &mut out[..nq])?;
@@ -505,12 +523,8 @@ impl Backend for CudaBackend {
             let (gq, gk, gv) = (up(g, &q[..nq])?, up(g, &k[..nk])?, up(g, &v[..nk])?);
             let (go, gdo) = (up(g, &saved[nlse..nlse + nq])?, up(g, &dout[..nq])?);
             let lse = up(g, &saved[..nlse])?;
-            let (km, seg, slopes) = device_masks(g, mask, ntok)?;
-            let mk = DeviceMasks {
-                kmask: Some(&km),
-                seg: Some(&seg),
-                slopes: slopes.as_ref(),
-            };
+            let masks = GpuMasks::new(g, mask, ntok)?;
+            let mk = masks.view();
             let (mut gdq, mut gdk, mut gdv) = (zeros(g, nq)?, zeros(g, nk)?, zeros(g, nk)?);
             let mut delta = zeros(g, nlse)?;
             attn_bwd::<f32>(
