@@ -310,6 +310,7 @@ Examples:
   recipe generate --model output/quickstart/merged --prompt \"What color is the sky?\" --greedy
   recipe generate --model base --adapter output/run/adapter --prompt \"你好\" --template chatglm3
   recipe generate --model base --prompt \"Once upon a time\" --template none --top-p 0.9 --seed 1
+  recipe generate --model base --prompt \"你好\" --device cuda      on GPU 0 (auto: GPU if present)
 
 --template: auto (the model's chat template if it has one, else raw text), model, none (raw
 text), or a built-in: chatglm3, chatglm, alpaca, human_assistant, sharp_human, chatml, qwen,
@@ -631,6 +632,7 @@ mod tests {
         assert_eq!((g.m.top_k, g.m.max_new_tokens, g.m.seed), (Some(5), 7, 42));
         assert_eq!(g.m.adapter.as_deref(), Some(Path::new("a")));
         assert_eq!(g.m.system.as_deref(), Some("be brief"));
+        assert_eq!(g.m.device, "auto");
         let c = Cli::try_parse_from(["recipe", "chat", "--model", "m", "--temperature", "0.7"])
             .expect("parse");
         let Cmd::Chat(ch) = c.cmd else { panic!("chat") };

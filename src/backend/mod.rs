@@ -308,3 +308,42 @@ pub trait Backend: Send + Sync {
         self.matmul(dx, &u, a, n, din, r, false, false, 1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_key_wins_unless_auto() {
+        assert_eq!(step_device("auto", "cuda:1"), "cuda:1");
+        assert_eq!(step_device("", "cpu"), "cpu");
+        assert_eq!(step_device("cpu", "cuda"), "cpu");
+        assert_eq!(step_device("auto", ""), "auto");
+    }
+
+    /// Without a driver (this build machine, CI): `auto` and `cpu` give the CPU with the
+    /// resolve line; `cuda` is one error naming the device; bad text names the accepted forms.
+    #[test]
+    fn device_specs_without_a_driver() {
+        let (_, line) = backend_for_spec("cpu").unwrap();
+        assert_eq!(line, "device: cpu (requested)");
+        let e = backend_for_spec("tpu").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "invalid device 'tpu': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)"
+        );
+        if crate::cuda::device::driver_present() {
+            return;
+        }
+        let (_, line) = backend_for_spec("auto").unwrap();
+        assert_eq!(
+            line,
+            "device: cpu (auto; no CUDA driver found (libcuda.so is not loadable on this machine))"
+        );
+        let e = backend_for_spec("cuda:1").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "device cuda:1: no CUDA driver found (libcuda.so is not loadable on this machine)"
+        );
+    }
+}
