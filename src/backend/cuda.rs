@@ -24,6 +24,9 @@
 //! - 4-bit (QLoRA) base weights: the model's `QuantLinear` multiplies on the host, outside the
 //!   backend, so a quantized base runs its frozen matmuls on the CPU with the rest on the GPU.
 //!
+//! Memory: `attention_saved_len` is larger than the CPU's (the kernels' backward needs the
+//! forward output O besides the logsumexp), so each layer keeps an extra [B,T,NH,HD] on the host.
+//!
 //! The trait returns no errors, so a CUDA failure inside an op (out of memory, a kernel fault)
 //! panics with one line naming the device and the op. Everything that can be checked before the
 //! first op is checked by [`CudaBackend::new`]: driver, GPU index, NVRTC, headers (every kernel
@@ -180,6 +183,37 @@ fn attention_on_gpu(mask: &AttnMask, dims: AttnDims) -> bool {
     hd > 0 && hd <= ATTN_DMAX && nkv > 0 && nh % nkv == 0 && alibi_is_relative(mask, b, t)
 }
 
+/// The kernels' segment ids: the trait's, with every padding token in segment −1.
+fn kernel_segments(mask: &AttnMask, n: usize) -> Vec<i32> {
+    (0..n)
+        .map(|i| {
+            if mask.valid[i] == 0 {
+                -1
+            } else {
+                mask.segment[i] as i32
+            }
+        })
+        .collect()
+}
+
+/// Per-token rope tables [n, rot_dim/2]: row t = cos/sin(pos[t]·θ_i) with θ_i computed in f32
+/// exactly as `CpuBackend::rope` does.
+fn rope_token_tables(pos: &[f32], n: usize, rot_dim: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = rot_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
+        .collect();
+    let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+    for t in 0..n {
+        for (i, f) in inv.iter().enumerate() {
+            let ang = pos[t] * f;
+            cos[t * half + i] = ang.cos();
+            sin[t * half + i] = ang.sin();
+        }
+    }
+    (cos, sin)
+}
+
 /// The kernel's masks on the device (see [`GpuMasks::new`]).
 struct GpuMasks {
     kmask: CudaSlice<u8>,
@@ -192,18 +226,9 @@ impl GpuMasks {
     /// padding token moved to segment −1, so a padding query sees no key (output 0, as the CPU)
     /// while real queries never see padding keys (kmask); ALiBi slopes if any.
     fn new(gpu: &Gpu, mask: &AttnMask, n: usize) -> Result<Self> {
-        let seg: Vec<i32> = (0..n)
-            .map(|i| {
-                if mask.valid[i] == 0 {
-                    -1
-                } else {
-                    mask.segment[i] as i32
-                }
-            })
-            .collect();
         Ok(GpuMasks {
             kmask: up(gpu, &mask.valid[..n])?,
-            seg: up(gpu, &seg)?,
+            seg: up(gpu, &kernel_segments(mask, n))?,
             slopes: match mask.alibi {
                 Some((s, _)) => Some(up(gpu, s)?),
                 None => None,
@@ -421,17 +446,7 @@ impl Backend for CudaBackend {
         if n * heads * hd == 0 || half == 0 {
             return;
         }
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
-            .collect();
-        let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
-        for t in 0..n {
-            for (i, f) in inv.iter().enumerate() {
-                let ang = pos[t] * f;
-                cos[t * half + i] = ang.cos();
-                sin[t * half + i] = ang.sin();
-            }
-        }
+        let (cos, sin) = rope_token_tables(pos, n, rot_dim, base);
         let idx: Vec<i32> = (0..n as i32).collect();
         let layout = match kind {
             RopeKind::Half => RopeLayout::Half,
@@ -828,6 +843,102 @@ mod tests {
             5
         ));
         assert!(alibi_is_relative(&mask(&valid, &seg, None), 2, 5));
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: kernel path {g} vs cpu {w}"
+            );
+        }
+    }
+
+    /// The host-side glue of the attention path, with the kernels' CPU twins standing in for
+    /// the kernels (the self-test checks kernel = twin on the GPU): kmask + `kernel_segments`
+    /// + relative ALiBi through the twin give CpuBackend's outputs and gradients, on left
+    /// padding, a packed row, GQA and BLOOM-style key positions.
+    #[test]
+    fn attention_glue_matches_cpu_backend_via_twins() {
+        use crate::cuda::twins::attention::{attn_bwd, attn_fwd, AttnMasks};
+        use crate::cuda::twins::Rng;
+        let dims = AttnDims {
+            b: 2,
+            t: 7,
+            nh: 4,
+            nkv: 2,
+            hd: 8,
+        };
+        let (nq, nk, nl) = (2 * 7 * 4 * 8, 2 * 7 * 2 * 8, 2 * 4 * 7);
+        let mut rng = Rng::new(5);
+        let (q, k, v, dout) = (
+            rng.normals(nq, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nq, 1.0),
+        );
+        // row 0: two left pads; row 1: two packed examples [3 | 4].
+        let valid = [0u8, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+        let seg = [0u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
+        let kpos = [0f32, 0., 0., 1., 2., 3., 4., 0., 1., 2., 0., 1., 2., 3.];
+        let slopes = [0.5f32, 0.25, 0.125, 0.0625];
+        for alibi in [None, Some((&slopes[..], &kpos[..]))] {
+            let m = mask(&valid, &seg, alibi);
+            assert!(attention_on_gpu(&m, dims));
+            let scale = 0.35;
+            let cpu = CpuBackend;
+            let (mut out, mut lse_cpu) = (vec![0f32; nq], vec![0f32; nl]);
+            cpu.attention_fwd(&mut out, &mut lse_cpu, &q, &k, &v, &m, dims, scale);
+            let (mut dq, mut dk, mut dv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
+            cpu.attention_bwd(
+                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &lse_cpu, &m, dims, scale,
+            );
+
+            let kseg = kernel_segments(&m, 14);
+            let mk = AttnMasks {
+                kmask: Some(&valid),
+                seg: Some(&kseg),
+                slopes: alibi.map(|(s, _)| s),
+            };
+            let kd = kdims(dims, scale);
+            let (mut o, mut lse) = (vec![0f32; nq], vec![0f32; nl]);
+            attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &kd);
+            close("out", &o, &out, 1e-5);
+            let (mut gq, mut gk, mut gv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
+            attn_bwd(
+                &mut gq, &mut gk, &mut gv, &dout, &q, &k, &v, &o, &lse, &mk, &kd,
+            );
+            close("dq", &gq, &dq, 1e-4);
+            close("dk", &gk, &dk, 1e-4);
+            close("dv", &gv, &dv, 1e-4);
+        }
+    }
+
+    /// Per-token tables + the rope twin = CpuBackend::rope bit for bit, both layouts, both ways,
+    /// partial rotation and non-integer positions.
+    #[test]
+    fn rope_glue_matches_cpu_backend_via_twin() {
+        use crate::cuda::twins::rope::rope as twin_rope;
+        use crate::cuda::twins::Rng;
+        let (n, heads, hd, rot) = (5, 3, 8, 4);
+        let pos = [0.0f32, 3.0, 17.0, 1000.0, 2.5];
+        let x = Rng::new(9).normals(n * heads * hd, 1.0);
+        let (cos, sin) = rope_token_tables(&pos, n, rot, 10000.0);
+        let idx: Vec<i32> = (0..n as i32).collect();
+        for (kind, layout) in [
+            (RopeKind::Half, RopeLayout::Half),
+            (RopeKind::Interleaved, RopeLayout::Glm),
+        ] {
+            for inverse in [false, true] {
+                let mut want = x.clone();
+                CpuBackend.rope(&mut want, &pos, n, heads, hd, rot, 10000.0, kind, inverse);
+                let mut got = vec![0f32; x.len()];
+                let sgn = if inverse { -1.0 } else { 1.0 };
+                twin_rope(&mut got, &x, &cos, &sin, &idx, heads, hd, rot, layout, sgn);
+                assert_eq!(got, want, "{kind:?} inverse {inverse}");
+            }
+        }
     }
 
     /// Without a driver (this build machine, CI) construction is one error naming the device.
