@@ -856,8 +856,8 @@ mod tests {
     }
 
     /// The host-side glue of the attention path, with the kernels' CPU twins standing in for
-    /// the kernels (the self-test checks kernel = twin on the GPU): kmask + `kernel_segments`
-    /// + relative ALiBi through the twin give CpuBackend's outputs and gradients, on left
+    /// the kernels (the self-test checks kernel = twin on the GPU): kmask, `kernel_segments`
+    /// and the relative ALiBi through the twin give CpuBackend's outputs and gradients, on left
     /// padding, a packed row, GQA and BLOOM-style key positions.
     #[test]
     fn attention_glue_matches_cpu_backend_via_twins() {
