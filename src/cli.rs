@@ -167,10 +167,12 @@ The output dir must not exist (it is written under a temporary name, then rename
     /// Chat with a model (+ adapter): multi-turn, the model's template, streamed replies.
     #[command(after_help = crate::gen_cli::CHAT_HELP)]
     Chat(crate::gen_cli::ChatArgs),
-    /// Run the kernel self-test: every CUDA kernel against its CPU twin.
+    /// Run the kernel self-test: every CUDA kernel against its CPU twin, then a tiny training
+    /// run on the CPU and CUDA backends.
     #[command(after_help = "\
 Examples:
-  recipe selftest --device cuda        every kernel vs its CPU twin, PASS/FAIL with max errors
+  recipe selftest --device cuda        every kernel vs its CPU twin, PASS/FAIL with max errors,
+                                       then a tiny LoRA training run on the CPU vs CUDA backend
   recipe selftest --device cuda:1
 
 Without a CUDA driver, --device cuda is one clear error; --device auto falls back to the CPU,

@@ -1,4 +1,4 @@
-//! `recipe generate` and `recipe chat`: a model (+ optional PEFT adapter) on the CPU, prompts
+//! `recipe generate` and `recipe chat`: a model (+ optional PEFT adapter) on `--device`, prompts
 //! rendered with a template, replies streamed to stdout as tokens are chosen.
 //!
 //! [`Session`] is the shared front end (also used by the `generate` and `evaluate` steps):
@@ -260,9 +260,27 @@ pub struct ModelArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// auto, cpu, cuda or cuda:N (auto: CUDA when a driver and GPU are present, else the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 impl ModelArgs {
+    /// Opens the session on `--device` (resolved first, so a bad device fails before loading),
+    /// printing which device runs to stderr.
+    fn open(&self, template: &str) -> Result<Session> {
+        let (backend, line) = crate::backend::backend_for_spec(&self.device)?;
+        eprintln!("{line}");
+        let mut s = Session::open(
+            &self.model,
+            self.tokenizer.as_deref(),
+            self.adapter.as_deref(),
+            template,
+        )?;
+        s.model.backend = backend;
+        Ok(s)
+    }
+
     fn config(&self, s: &Session) -> GenConfig {
         let mut sampling = s.default_sampling();
         sampling.do_sample = !self.greedy;
@@ -292,6 +310,7 @@ Examples:
   recipe generate --model output/quickstart/merged --prompt \"What color is the sky?\" --greedy
   recipe generate --model base --adapter output/run/adapter --prompt \"你好\" --template chatglm3
   recipe generate --model base --prompt \"Once upon a time\" --template none --top-p 0.9 --seed 1
+  recipe generate --model base --prompt \"你好\" --device cuda      on GPU 0 (auto: GPU if present)
 
 --template: auto (the model's chat template if it has one, else raw text), model, none (raw
 text), or a built-in: chatglm3, chatglm, alpaca, human_assistant, sharp_human, chatml, qwen,
@@ -369,12 +388,7 @@ fn stream_reply(
 pub fn generate_cmd(args: &GenerateArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(
-            &m.model,
-            m.tokenizer.as_deref(),
-            m.adapter.as_deref(),
-            &args.template,
-        )?;
+        let s = m.open(&args.template)?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let prompt = s.prompt(m.system.as_deref(), &args.prompt)?;
@@ -445,12 +459,7 @@ pub fn chat_loop(
 pub fn chat_cmd(args: &ChatArgs) -> i32 {
     let run = || -> Result<()> {
         let m = &args.m;
-        let s = Session::open(
-            &m.model,
-            m.tokenizer.as_deref(),
-            m.adapter.as_deref(),
-            &args.template,
-        )?;
+        let s = m.open(&args.template)?;
         let cfg = m.config(&s);
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let stdin = std::io::stdin();
@@ -623,6 +632,7 @@ mod tests {
         assert_eq!((g.m.top_k, g.m.max_new_tokens, g.m.seed), (Some(5), 7, 42));
         assert_eq!(g.m.adapter.as_deref(), Some(Path::new("a")));
         assert_eq!(g.m.system.as_deref(), Some("be brief"));
+        assert_eq!(g.m.device, "auto");
         let c = Cli::try_parse_from(["recipe", "chat", "--model", "m", "--temperature", "0.7"])
             .expect("parse");
         let Cmd::Chat(ch) = c.cmd else { panic!("chat") };

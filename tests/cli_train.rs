@@ -1,6 +1,8 @@
 //! The train step end to end through the binary on the shipped tiny model:
 //! PEFT adapter + metrics written, and a run killed mid-training resumes to
-//! the same adapter as an uninterrupted one.
+//! the same adapter as an uninterrupted one. Also: asking for CUDA on a machine
+//! without a driver is one clear error naming the device (train step and
+//! `recipe generate`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,6 +84,14 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    if !recipe::cuda::device::driver_present() {
+        // device = "auto" (the default) trains on the CPU here and says why.
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("[train] device: cpu (auto; no CUDA driver found"),
+            "{err}"
+        );
+    }
     let out = d.path().join("out/adapter");
     for f in [
         "adapter_config.json",
@@ -116,5 +126,55 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
     assert!(
         full == resumed,
         "resumed adapter differs from the uninterrupted one"
+    );
+}
+
+/// `device = "cuda"` without a CUDA driver: the train step fails with one line naming the device
+/// (nothing is trained, nothing published). Skipped where a driver is present.
+#[test]
+fn train_on_cuda_without_a_driver_is_one_clear_error() {
+    if recipe::cuda::device::driver_present() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    recipe(d.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .current_dir(d.path())
+        .args([
+            "run",
+            "r.toml",
+            "--cache-dir",
+            "c",
+            "--set",
+            "steps.train.device=cuda",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    let msg = "device cuda:0: no CUDA driver found (libcuda.so is not loadable on this machine)";
+    assert_eq!(err.matches(msg).count(), 1, "{err}");
+    assert!(!d.path().join("out/adapter").exists());
+}
+
+/// `recipe generate --device cuda` without a driver: the exact error, before the model loads.
+#[test]
+fn generate_on_cuda_without_a_driver_is_one_clear_error() {
+    if recipe::cuda::device::driver_present() {
+        return;
+    }
+    let model = root().join("examples/quickstart/base-init");
+    let o = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "hi", "--device", "cuda"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "error: device cuda:0: no CUDA driver found (libcuda.so is not loadable on this machine)\n"
     );
 }

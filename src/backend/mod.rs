@@ -4,10 +4,57 @@
 //!
 //! Conventions: row-major; arguments are outputs first, then inputs, then dims; shapes in comments.
 //! `N` is the number of tokens (batch × time).
+//!
+//! [`backend_for_spec`] turns a `device` setting (`auto|cpu|cuda|cuda:N`) into a backend; the
+//! train and evaluate steps and `recipe generate` / `recipe chat` all go through it, so the same
+//! model code runs on either device.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+
+use crate::cuda::{Device, DeviceRequest};
+use std::sync::Arc;
+
+/// The backend for a resolved device: the CPU, or GPU `n` (an error naming the device when it
+/// cannot be opened: no driver, no such GPU, no NVRTC / headers / cuBLAS).
+pub fn backend_for(device: Device) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match device {
+        Device::Cpu => Arc::new(CpuBackend),
+        Device::Cuda(n) => Arc::new(CudaBackend::new(n)?),
+    })
+}
+
+/// Parses and resolves `auto|cpu|cuda|cuda:N` against this machine and opens its backend.
+/// Returns the backend and one line for the log saying which device runs and why (the
+/// `DeviceRequest::resolve` line). An explicit `cuda[:N]` that cannot be honoured is an error
+/// naming the device; `auto` falls back to the CPU when there is no driver or GPU, and also when
+/// a GPU is present but cannot be used (the line says why).
+pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (device, line) = req
+        .resolve()
+        .map_err(|e| cuda::device_error(&req.to_string(), e))?;
+    match (req, backend_for(device)) {
+        (_, Ok(be)) => Ok((be, line)),
+        (DeviceRequest::Auto, Err(e)) => Ok((
+            Arc::new(CpuBackend),
+            format!("device: cpu (auto; {device} was found but cannot be used: {e:#})"),
+        )),
+        (_, Err(e)) => Err(e),
+    }
+}
+
+/// The device a step uses: its own `device` key, or the run's `--device` when the key is
+/// `auto` (its default).
+pub fn step_device<'a>(step_key: &'a str, run_flag: &'a str) -> &'a str {
+    match step_key {
+        "" | "auto" if !run_flag.is_empty() => run_flag,
+        k => k,
+    }
+}
 
 /// How the rotary embedding pairs dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -259,5 +306,44 @@ pub trait Backend: Send + Sync {
         self.matmul(da, &u, x, r, din, n, true, false, 1.0);
         self.matmul(db, dy, &v, dout, r, n, true, false, 1.0);
         self.matmul(dx, &u, a, n, din, r, false, false, 1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_key_wins_unless_auto() {
+        assert_eq!(step_device("auto", "cuda:1"), "cuda:1");
+        assert_eq!(step_device("", "cpu"), "cpu");
+        assert_eq!(step_device("cpu", "cuda"), "cpu");
+        assert_eq!(step_device("auto", ""), "auto");
+    }
+
+    /// Without a driver (this build machine, CI): `auto` and `cpu` give the CPU with the
+    /// resolve line; `cuda` is one error naming the device; bad text names the accepted forms.
+    #[test]
+    fn device_specs_without_a_driver() {
+        let (_, line) = backend_for_spec("cpu").unwrap();
+        assert_eq!(line, "device: cpu (requested)");
+        let e = backend_for_spec("tpu").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "invalid device 'tpu': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)"
+        );
+        if crate::cuda::device::driver_present() {
+            return;
+        }
+        let (_, line) = backend_for_spec("auto").unwrap();
+        assert_eq!(
+            line,
+            "device: cpu (auto; no CUDA driver found (libcuda.so is not loadable on this machine))"
+        );
+        let e = backend_for_spec("cuda:1").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "device cuda:1: no CUDA driver found (libcuda.so is not loadable on this machine)"
+        );
     }
 }

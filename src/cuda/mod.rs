@@ -9,6 +9,8 @@
 //! - [`ops`]: one launcher per kernel, checking shapes and alignment (`// SAFETY:` notes).
 //! - [`twins`]: the same math in plain Rust loops; the oracle for [`selftest`] and for tests.
 //! - [`selftest`], [`bench`]: GPU-only runs (`recipe selftest --device cuda`, `recipe bench`).
+//! - [`train_check`]: a tiny model trained on the CPU and on the GPU backend
+//!   (`crate::backend::CudaBackend`), losses compared; the last part of the self-test.
 //!
 //! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
 //!
@@ -35,6 +37,7 @@ pub mod kernels;
 pub mod nvrtc;
 pub mod ops;
 pub mod selftest;
+pub mod train_check;
 pub mod twins;
 
 pub use context::Gpu;

@@ -5,6 +5,9 @@
 //! Tolerances: an element passes when |gpu − twin| <= atol + rtol·|twin|. The twin runs on the
 //! same (bf16-rounded, for bf16 variants) inputs, so the error left is f32 reassociation (f32:
 //! ~1e-5 relative) plus the final bf16 rounding of outputs (bf16: 2^-8 relative, so rtol 1e-2).
+//!
+//! Last, the whole model: a tiny LLaMA trained with LoRA on `CpuBackend` and on `CudaBackend`
+//! from the same seed, per-step losses within 1e-3 relative (`train_check`).
 
 use std::io::Write;
 
@@ -191,6 +194,7 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
             ck.error(name, &e);
         }
     }
+    train_check(device_ordinal, &mut ck);
     let report = SelftestReport {
         device,
         results: ck.results,
@@ -204,6 +208,33 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
         if fails == 0 { "PASS" } else { "FAIL" }
     );
     Ok(report)
+}
+
+/// The whole model on `CudaBackend` vs `CpuBackend`: a tiny LLaMA, LoRA on every linear,
+/// `train_check::STEPS` AdamW steps from the same seed; per-step losses within
+/// `train_check::LOSS_RTOL` (1e-3) relative.
+fn train_check(device_ordinal: usize, ck: &mut Checker) {
+    use super::train_check::{cpu_vs_cuda, LOSS_RTOL, STEPS};
+    let name = format!("train: tiny llama LoRA, {STEPS} steps cpu vs cuda");
+    match cpu_vs_cuda(device_ordinal) {
+        Ok(r) => {
+            let pass = r.passed();
+            let losses = |v: &[f32]| {
+                v.iter()
+                    .map(|l| format!("{l:.6}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            ck.record(
+                &name,
+                pass,
+                &format!("max_rel {:.3e} (rtol {LOSS_RTOL:.0e})", r.max_rel),
+            );
+            let _ = writeln!(ck.out, "    cpu  losses: {}", losses(&r.cpu));
+            let _ = writeln!(ck.out, "    cuda losses: {}", losses(&r.cuda));
+        }
+        Err(e) => ck.record(&name, false, &format!("ERROR {e:#}")),
+    }
 }
 
 fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {

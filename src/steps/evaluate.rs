@@ -121,6 +121,7 @@ impl Step for Evaluate {
     /// `compare_base`, `comparison.txt` (the before/after table).
     fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
         let p = ctx.params;
+        let backend = ctx.backend()?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
         let metrics = p.strs("metrics");
         let want = |m: &str| metrics.iter().any(|x| x == m);
@@ -129,6 +130,7 @@ impl Step for Evaluate {
             None => "none".to_string(),
         };
         let mut s = Session::open(&dirs.weights, Some(&dirs.tokenizer), None, &template)?;
+        s.model.backend = backend;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
         let plan = Plan::new(ctx, &metrics)?;
         ctx.info(format!(

@@ -103,6 +103,7 @@ impl Step for Generate {
     /// Writes `generations.jsonl`: one {prompt, generation, tokens, finish} per continuation.
     fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
         let p = ctx.params;
+        let backend = ctx.backend()?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
         // Prompts: the user messages rendered with `template`, or a template step's test split.
@@ -140,12 +141,13 @@ impl Step for Generate {
                 (p.str("template").to_string(), exs)
             }
         };
-        let s = Session::open(
+        let mut s = Session::open(
             &dirs.weights,
             Some(&dirs.tokenizer),
             adapter.as_deref(),
             &template,
         )?;
+        s.model.backend = backend;
         ctx.info(format!(
             "model {}{}, template {template}, {} prompts",
             dirs.weights.display(),

@@ -323,6 +323,15 @@ impl RunCtx<'_> {
     pub fn bar(&self, len: u64, msg: &str) -> indicatif::ProgressBar {
         self.progress.bar(self.id, len, msg)
     }
+    /// The backend for this step's `device` key (or the run's `--device` when the key is
+    /// `auto`); logs which device runs and why. `cuda` without a usable GPU is an error.
+    pub fn backend(&self) -> anyhow::Result<std::sync::Arc<dyn crate::backend::Backend>> {
+        let key = self.params.opt_str("device").unwrap_or("auto");
+        let spec = crate::backend::step_device(key, self.device);
+        let (be, line) = crate::backend::backend_for_spec(spec)?;
+        self.info(line);
+        Ok(be)
+    }
 }
 
 /// A step kind. Implementations are unit structs listed in [`KINDS`].

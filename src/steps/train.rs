@@ -8,7 +8,7 @@ use crate::lora::{LoraConfig, Targets};
 use crate::train::batch::PadSide;
 use crate::train::engine::{EngineModel, EngineOptim, Saved, TokenSamples};
 use crate::train::{SaveStrategy, TrainConfig, TrainIo};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 
 pub struct Train;
@@ -255,10 +255,12 @@ impl Step for Train {
 
 fn run(ctx: &RunCtx) -> Result<()> {
     let p = ctx.params;
-    check_device(p.str("device"))?;
+    let backend = ctx.backend()?;
     let minput = ctx.input("model")?;
     let dirs = io::model_dirs(minput)?;
     let mut model = load_model(minput.kind, &dirs.weights)?;
+    // The same model code on either device (a 4-bit base keeps its frozen matmuls on the host).
+    model.backend = backend;
     ctx.info(format!(
         "{} model from {} ({} layers, hidden {})",
         dirs.family,
@@ -422,17 +424,6 @@ fn first_existing(dir: &Path, names: &[&str]) -> std::path::PathBuf {
         .map(|n| dir.join(n))
         .find(|p| p.is_file())
         .unwrap_or_else(|| dir.join(names[0]))
-}
-
-/// Only the CPU backend trains today; say so instead of pretending.
-pub fn check_device(dev: &str) -> Result<()> {
-    match dev {
-        "auto" | "cpu" | "" => Ok(()),
-        d => bail!(
-            "device `{d}`: training on CUDA is not wired into the train step yet (the kernels exist and \
-             are checked by `recipe selftest --device cuda`); use device = \"cpu\" or \"auto\""
-        ),
-    }
 }
 
 /// The frozen base: dense weights, or a quantize step's 4-bit model.
