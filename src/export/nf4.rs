@@ -8,7 +8,8 @@
 //! JSON bytes {quant_type, blocksize, dtype, shape, nested_blocksize, nested_offset}.
 //!
 //! Dequant:  absmax[b] = nested_quant_map[q8[b]] · nested_absmax[b / nested_blocksize] + offset
-//!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]   (computed in f32)
+//!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]   (computed in f32 by
+//!           `quant::four_bit::dequantize_range`)
 
 use safetensors::Dtype;
 
@@ -133,12 +134,6 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<(T
         None if quant_type == "nf4" => NF4_CODE.to_vec(),
         None => FP4_CODE.to_vec(),
     };
-    if code.len() != 16 {
-        return Err(bad(format!(
-            "quant_map has {} entries, expected 16",
-            code.len()
-        )));
-    }
     let nblocks = n.div_ceil(blocksize);
     let absmax_t = get("absmax").ok_or_else(|| bad("no absmax".into()))?;
     let mut nested = None;
@@ -174,14 +169,19 @@ pub fn dequantize(tensors: &Tensors, weight: &str, state_key: &str) -> Result<(T
             absmax.len()
         )));
     }
-    let bytes = packed.bytes();
-    let values: Vec<f32> = (0..n)
-        .map(|j| {
-            let b = bytes[j / 2];
-            let q = if j % 2 == 0 { b >> 4 } else { b & 0x0f };
-            code[q as usize] * absmax[j / blocksize]
-        })
-        .collect();
+    let code16: [f32; 16] = code
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad(format!("quant_map has {} entries, expected 16", code.len())))?;
+    let mut values = vec![0f32; n];
+    crate::quant::four_bit::dequantize_range(
+        &mut values,
+        packed.bytes(),
+        &absmax,
+        &code16,
+        blocksize,
+        0,
+    );
     let spec = QuantSpec {
         quant_type: quant_type.to_string(),
         blocksize,
