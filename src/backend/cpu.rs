@@ -457,6 +457,14 @@ impl CpuBackend {
     }
 }
 
+/// RoPE's θ_i = 1 / base^(2i/rot_dim), i < rot_dim/2, in f32 as transformers computes
+/// `inv_freq` (the CUDA backend builds its tables from the same values).
+pub(crate) fn inv_freq(rot_dim: usize, base: f32) -> Vec<f32> {
+    (0..rot_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
+        .collect()
+}
+
 fn parallelism(flops: usize) -> gemm::Parallelism {
     if flops > 1 << 18 {
         gemm::Parallelism::Rayon(0)
@@ -663,10 +671,7 @@ impl Backend for CpuBackend {
         inverse: bool,
     ) {
         let half = rot_dim / 2;
-        // inv_freq as transformers computes it (f32).
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
-            .collect();
+        let inv = inv_freq(rot_dim, base);
         x[..n * heads * hd]
             .par_chunks_mut(heads * hd)
             .enumerate()

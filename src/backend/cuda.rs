@@ -14,7 +14,7 @@
 //! On kernels: matmul (cuBLAS), rmsnorm / layernorm fwd+bwd, rope (both layouts, fwd and
 //! inverse), attention fwd+bwd (padding, packed segments, GQA, ALiBi with per-segment
 //! contiguous key positions, head dim <= 128), swiglu / gelu fwd+bwd, embedding fwd+bwd,
-//! cross_entropy, lora_fwd / lora_bwd (cuBLAS, all operands uploaded once).
+//! cross_entropy; lora_fwd / lora_bwd are the trait's defaults, i.e. this matmul.
 //!
 //! On the CPU ([`CpuBackend`]), because no kernel covers them yet:
 //! - `attention_cached_fwd` (generation's KV-cache attention);
@@ -197,12 +197,10 @@ fn kernel_segments(mask: &AttnMask, n: usize) -> Vec<i32> {
 }
 
 /// Per-token rope tables [n, rot_dim/2]: row t = cos/sin(pos[t]·θ_i) with θ_i computed in f32
-/// exactly as `CpuBackend::rope` does.
+/// from the same `inv_freq` as `CpuBackend::rope`.
 fn rope_token_tables(pos: &[f32], n: usize, rot_dim: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
     let half = rot_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
-        .collect();
+    let inv = super::cpu::inv_freq(rot_dim, base);
     let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
     for t in 0..n {
         for (i, f) in inv.iter().enumerate() {
@@ -709,98 +707,6 @@ impl Backend for CudaBackend {
             let mut host = vec![0f32; n];
             down(g, &loss, &mut host)?;
             Ok(host.iter().map(|&l| l as f64).sum())
-        })
-    }
-
-    /// y += s·(x·Aᵀ)·Bᵀ on cuBLAS, x/A/B/y uploaded once.
-    fn lora_fwd(
-        &self,
-        y: &mut [f32],
-        x: &[f32],
-        a: &[f32],
-        b: &[f32],
-        n: usize,
-        din: usize,
-        dout: usize,
-        r: usize,
-        s: f32,
-    ) {
-        if n * din * dout * r == 0 {
-            return;
-        }
-        self.run("lora_fwd", |g| {
-            let (gx, ga, gb) = (
-                up(g, &x[..n * din])?,
-                up(g, &a[..r * din])?,
-                up(g, &b[..dout * r])?,
-            );
-            let mut gy = up(g, &y[..n * dout])?;
-            let mut v = zeros(g, n * r)?;
-            matmul_f32(g, &mut v, &gx, &ga, &MatMul::linear(n, r, din))?;
-            let mm = MatMul {
-                alpha: s,
-                beta: 1.0,
-                ..MatMul::linear(n, dout, r)
-            };
-            matmul_f32(g, &mut gy, &v, &gb, &mm)?;
-            down(g, &gy, &mut y[..n * dout])
-        })
-    }
-
-    /// u = dY·B; v = x·Aᵀ; dA += s·uᵀx; dB += s·dYᵀv; dX += s·u·A, on cuBLAS.
-    fn lora_bwd(
-        &self,
-        dx: &mut [f32],
-        da: &mut [f32],
-        db: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
-        a: &[f32],
-        b: &[f32],
-        n: usize,
-        din: usize,
-        dout: usize,
-        r: usize,
-        s: f32,
-    ) {
-        if n * din * dout * r == 0 {
-            return;
-        }
-        self.run("lora_bwd", |g| {
-            let (gdy, gx) = (up(g, &dy[..n * dout])?, up(g, &x[..n * din])?);
-            let (ga, gb) = (up(g, &a[..r * din])?, up(g, &b[..dout * r])?);
-            let (mut gdx, mut gda, mut gdb) = (
-                up(g, &dx[..n * din])?,
-                up(g, &da[..r * din])?,
-                up(g, &db[..dout * r])?,
-            );
-            let (mut u, mut v) = (zeros(g, n * r)?, zeros(g, n * r)?);
-            let acc = |m, nn, k, trans_a, trans_b| MatMul {
-                m,
-                n: nn,
-                k,
-                trans_a,
-                trans_b,
-                alpha: s,
-                beta: 1.0,
-            };
-            // u = dY·B : [n, dout]·[dout, r]
-            let mm_u = MatMul {
-                trans_b: false,
-                ..MatMul::linear(n, r, dout)
-            };
-            matmul_f32(g, &mut u, &gdy, &gb, &mm_u)?;
-            // v = x·Aᵀ : [n, din]·[din, r]
-            matmul_f32(g, &mut v, &gx, &ga, &MatMul::linear(n, r, din))?;
-            // dA += s·uᵀ·x : [r, n]·[n, din]
-            matmul_f32(g, &mut gda, &u, &gx, &acc(r, din, n, true, false))?;
-            // dB += s·dYᵀ·v : [dout, n]·[n, r]
-            matmul_f32(g, &mut gdb, &gdy, &v, &acc(dout, r, n, true, false))?;
-            // dX += s·u·A : [n, r]·[r, din]
-            matmul_f32(g, &mut gdx, &u, &ga, &acc(n, din, r, false, false))?;
-            down(g, &gdx, &mut dx[..n * din])?;
-            down(g, &gda, &mut da[..r * din])?;
-            down(g, &gdb, &mut db[..dout * r])
         })
     }
 }
