@@ -21,61 +21,19 @@ const NEW: usize = 64;
 
 /// Writes config.json + model.safetensors with seeded random weights (std ≈ 0.02).
 fn make_model(dir: &std::path::Path) {
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
-        "intermediate_size": FF, "num_hidden_layers": L, "num_attention_heads": NH,
-        "num_key_value_heads": NH, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": false, "vocab_size": V,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32"
-    });
-    std::fs::write(dir.join("config.json"), cfg.to_string()).expect("config");
+    let shape = recipe::model::random::RandomLlama {
+        hidden: H,
+        ffn: FF,
+        layers: L,
+        heads: NH,
+        kv_heads: NH,
+        vocab: V,
+        max_positions: 512,
+    };
     let mut rng = recipe::lora::SplitMix(1);
-    let mut rand = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * s).collect() };
-    let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
-        (
-            "model.embed_tokens.weight".into(),
-            vec![V, H],
-            rand(V * H, 0.035),
-        ),
-        ("lm_head.weight".into(), vec![V, H], rand(V * H, 0.035)),
-        ("model.norm.weight".into(), vec![H], vec![1.0; H]),
-    ];
-    for i in 0..L {
-        let p = format!("model.layers.{i}.");
-        for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            t.push((
-                format!("{p}self_attn.{n}.weight"),
-                vec![H, H],
-                rand(H * H, 0.035),
-            ));
-        }
-        t.push((
-            format!("{p}mlp.gate_proj.weight"),
-            vec![FF, H],
-            rand(FF * H, 0.035),
-        ));
-        t.push((
-            format!("{p}mlp.up_proj.weight"),
-            vec![FF, H],
-            rand(FF * H, 0.035),
-        ));
-        t.push((
-            format!("{p}mlp.down_proj.weight"),
-            vec![H, FF],
-            rand(FF * H, 0.035),
-        ));
-        t.push((format!("{p}input_layernorm.weight"), vec![H], vec![1.0; H]));
-        t.push((
-            format!("{p}post_attention_layernorm.weight"),
-            vec![H],
-            vec![1.0; H],
-        ));
-    }
-    let views: Vec<(String, Vec<usize>, &[f32])> = t
-        .iter()
-        .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
-        .collect();
-    recipe::model::load::write_f32(&dir.join("model.safetensors"), &views).expect("weights");
+    shape
+        .write(dir, |n| (0..n).map(|_| rng.uniform() * 0.035).collect())
+        .expect("writing the model");
 }
 
 fn main() {

@@ -38,59 +38,19 @@ fn lcg(seed: &mut u64) -> f32 {
 
 /// config.json + model.safetensors (f32) of a random LLaMA.
 fn write_model(dir: &Path, s: &Size) {
-    std::fs::create_dir_all(dir).unwrap();
-    let cfg = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
-        "intermediate_size": s.inter, "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads, "num_key_value_heads": s.heads, "vocab_size": s.vocab,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
-        "dtype": "float32", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0
-    });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&cfg).unwrap(),
-    )
-    .unwrap();
-    let (h, f, v) = (s.hidden, s.inter, s.vocab);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![v, h]),
-        ("model.norm.weight".into(), vec![h]),
-        ("lm_head.weight".into(), vec![v, h]),
-    ];
-    for i in 0..s.layers {
-        let p = format!("model.layers.{i}");
-        for (n, sh) in [
-            ("self_attn.q_proj", vec![h, h]),
-            ("self_attn.k_proj", vec![h, h]),
-            ("self_attn.v_proj", vec![h, h]),
-            ("self_attn.o_proj", vec![h, h]),
-            ("mlp.gate_proj", vec![f, h]),
-            ("mlp.up_proj", vec![f, h]),
-            ("mlp.down_proj", vec![h, f]),
-            ("input_layernorm", vec![h]),
-            ("post_attention_layernorm", vec![h]),
-        ] {
-            shapes.push((format!("{p}.{n}.weight"), sh));
-        }
-    }
+    let shape = recipe::model::random::RandomLlama {
+        hidden: s.hidden,
+        ffn: s.inter,
+        layers: s.layers,
+        heads: s.heads,
+        kv_heads: s.heads,
+        vocab: s.vocab,
+        max_positions: 2048,
+    };
     let mut seed = 7u64;
-    let data: Vec<Vec<f32>> = shapes
-        .iter()
-        .map(|(n, sh)| {
-            let len: usize = sh.iter().product();
-            if n.contains("norm") {
-                vec![1.0; len]
-            } else {
-                (0..len).map(|_| lcg(&mut seed) * 0.035).collect()
-            }
-        })
-        .collect();
-    let views: Vec<(String, Vec<usize>, &[f32])> = shapes
-        .iter()
-        .zip(&data)
-        .map(|((n, s), d)| (n.clone(), s.clone(), &d[..]))
-        .collect();
-    recipe::model::load::write_f32(&dir.join("model.safetensors"), &views).unwrap();
+    shape
+        .write(dir, |n| (0..n).map(|_| lcg(&mut seed) * 0.035).collect())
+        .unwrap();
 }
 
 fn vm_hwm() -> u64 {

@@ -6,7 +6,7 @@
 //! The PyTorch + peft twin is `tests/reference/bench_train_torch.py` (same shape and batch).
 
 use recipe::lora::{self, LoraConfig, Targets};
-use recipe::model::load::write_f32;
+use recipe::model::random::RandomLlama;
 use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
 use std::time::Instant;
 
@@ -58,62 +58,18 @@ fn peak_rss_mib() -> f64 {
 
 /// Writes config.json + model.safetensors of a random LLaMA (std ≈ 0.02 weights, unit norms).
 fn write_model(dir: &std::path::Path) -> anyhow::Result<usize> {
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": HEADS,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": false,
-        "hidden_act": "silu",
-        "torch_dtype": "float32",
-    });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
+    let shape = RandomLlama {
+        hidden: HIDDEN,
+        ffn: FFN,
+        layers: LAYERS,
+        heads: HEADS,
+        kv_heads: HEADS,
+        vocab: VOCAB,
+        max_positions: 2048,
+    };
     let mut rng = Rng(42);
     let bound = 0.02 * 3f32.sqrt(); // uniform with std 0.02
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut rand = |name: String, shape: Vec<usize>| {
-        let n = shape.iter().product();
-        let data = (0..n).map(|_| rng.uniform(bound)).collect();
-        (name, shape, data)
-    };
-    tensors.push(rand(
-        "model.embed_tokens.weight".into(),
-        vec![VOCAB, HIDDEN],
-    ));
-    tensors.push(rand("lm_head.weight".into(), vec![VOCAB, HIDDEN]));
-    for i in 0..LAYERS {
-        let p = format!("model.layers.{i}");
-        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            tensors.push(rand(
-                format!("{p}.self_attn.{m}.weight"),
-                vec![HIDDEN, HIDDEN],
-            ));
-        }
-        tensors.push(rand(format!("{p}.mlp.gate_proj.weight"), vec![FFN, HIDDEN]));
-        tensors.push(rand(format!("{p}.mlp.up_proj.weight"), vec![FFN, HIDDEN]));
-        tensors.push(rand(format!("{p}.mlp.down_proj.weight"), vec![HIDDEN, FFN]));
-        for ln in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((format!("{p}.{ln}.weight"), vec![HIDDEN], vec![1.0; HIDDEN]));
-        }
-    }
-    tensors.push(("model.norm.weight".into(), vec![HIDDEN], vec![1.0; HIDDEN]));
-    let params = tensors.iter().map(|t| t.2.len()).sum();
-    let views: Vec<(String, Vec<usize>, &[f32])> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
-        .collect();
-    write_f32(&dir.join("model.safetensors"), &views)?;
-    Ok(params)
+    shape.write(dir, |n| (0..n).map(|_| rng.uniform(bound)).collect())
 }
 
 /// AdamW (torch defaults: betas 0.9/0.999, eps 1e-8) over every trainable tensor, in place.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, CpuBackend, CudaBackend};
 use crate::lora::{self, LoraConfig, Targets};
-use crate::model::load::write_f32;
+use crate::model::random::RandomLlama;
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
 use crate::optim::{OptimConfig, OptimKind, Optimizer};
 
@@ -164,68 +164,17 @@ fn batch(s: usize) -> Batch {
 
 /// config.json + model.safetensors of a random LLaMA with GQA (std 0.05 weights, unit norms).
 pub fn write_model(dir: &Path) -> anyhow::Result<()> {
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": false,
-        "hidden_act": "silu",
-        "torch_dtype": "float32",
-    });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
+    let shape = RandomLlama {
+        hidden: HIDDEN,
+        ffn: FFN,
+        layers: LAYERS,
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        vocab: VOCAB,
+        max_positions: 128,
+    };
     let mut rng = Rng::new(42);
-    let kv = HIDDEN / HEADS * KV_HEADS;
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![VOCAB, HIDDEN]),
-        ("lm_head.weight".into(), vec![VOCAB, HIDDEN]),
-    ];
-    for i in 0..LAYERS {
-        let p = format!("model.layers.{i}");
-        for (m, rows) in [
-            ("q_proj", HIDDEN),
-            ("k_proj", kv),
-            ("v_proj", kv),
-            ("o_proj", HIDDEN),
-        ] {
-            shapes.push((format!("{p}.self_attn.{m}.weight"), vec![rows, HIDDEN]));
-        }
-        shapes.push((format!("{p}.mlp.gate_proj.weight"), vec![FFN, HIDDEN]));
-        shapes.push((format!("{p}.mlp.up_proj.weight"), vec![FFN, HIDDEN]));
-        shapes.push((format!("{p}.mlp.down_proj.weight"), vec![HIDDEN, FFN]));
-    }
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
-        .into_iter()
-        .map(|(n, s)| {
-            let data = rng.normals(s.iter().product(), 0.05);
-            (n, s, data)
-        })
-        .collect();
-    for i in 0..LAYERS {
-        for ln in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((
-                format!("model.layers.{i}.{ln}.weight"),
-                vec![HIDDEN],
-                vec![1.0; HIDDEN],
-            ));
-        }
-    }
-    tensors.push(("model.norm.weight".into(), vec![HIDDEN], vec![1.0; HIDDEN]));
-    let views: Vec<(String, Vec<usize>, &[f32])> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
-        .collect();
-    write_f32(&dir.join("model.safetensors"), &views)?;
+    shape.write(dir, |n| rng.normals(n, 0.05))?;
     Ok(())
 }
 

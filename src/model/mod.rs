@@ -7,6 +7,7 @@ pub mod block;
 pub mod cache;
 pub mod linear;
 pub mod load;
+pub mod random;
 #[cfg(test)]
 mod tests;
 
