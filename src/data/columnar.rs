@@ -17,32 +17,55 @@ const BATCH_ROWS: usize = 1024;
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>>>;
 
+/// Runs a third-party reader call; a panic in it (arrow and parquet panic on some corrupt
+/// files) becomes a format error for `path`.
+fn guarded<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, DataError>,
+) -> Result<T, DataError> {
+    crate::util::catch_panic(f).unwrap_or_else(|msg| {
+        Err(DataError::format(
+            path,
+            format!("{what}: corrupt file ({msg})"),
+        ))
+    })
+}
+
 pub fn open_parquet(path: &Path) -> Result<FileRows, DataError> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let f = File::open(path).map_err(|e| DataError::io(path, e))?;
     let perr = |e: parquet::errors::ParquetError| DataError::format(path, format!("parquet: {e}"));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?;
-    let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(perr)?;
-    Ok(batch_rows(path, schema, Box::new(reader)))
+    guarded(path, "parquet", || {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?;
+        let schema = builder.schema().clone();
+        let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(perr)?;
+        Ok(batch_rows(path, schema, Box::new(reader)))
+    })
 }
 
 /// The column names of a Parquet file (reads only the footer).
 pub fn parquet_columns(path: &Path) -> Result<Vec<String>, DataError> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let f = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| DataError::format(path, format!("parquet: {e}")))?;
-    Ok(names(builder.schema()))
+    guarded(path, "parquet", || {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| DataError::format(path, format!("parquet: {e}")))?;
+        Ok(names(builder.schema()))
+    })
 }
 
 /// Opens an Arrow IPC file, stream format or file format (`ARROW1` magic).
 pub fn open_arrow(path: &Path) -> Result<FileRows, DataError> {
-    let aerr = |e: ArrowError| DataError::format(path, format!("arrow: {e}"));
     let mut f = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut magic = [0u8; 6];
     let is_file_format = f.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
     let f = File::open(path).map_err(|e| DataError::io(path, e))?;
+    guarded(path, "arrow", || open_arrow_reader(path, f, is_file_format))
+}
+
+fn open_arrow_reader(path: &Path, f: File, is_file_format: bool) -> Result<FileRows, DataError> {
+    let aerr = |e: ArrowError| DataError::format(path, format!("arrow: {e}"));
     if is_file_format {
         let r = arrow_ipc::reader::FileReader::try_new(BufReader::new(f), None).map_err(aerr)?;
         let schema = r.schema();
@@ -72,6 +95,7 @@ fn batch_rows(path: &Path, schema: SchemaRef, batches: Batches) -> FileRows {
             cur: None,
             pos: 0,
             row: 0,
+            done: false,
         }),
     }
 }
@@ -86,6 +110,8 @@ struct BatchRows {
     pos: usize,
     /// Next row index in the file.
     row: u64,
+    /// A broken batch was reported: the file ends there.
+    done: bool,
 }
 
 impl Iterator for BatchRows {
@@ -101,7 +127,8 @@ impl Iterator for BatchRows {
                     };
                     let mut fields = Fields::new();
                     for (name, col) in self.columns.iter().zip(b.columns()) {
-                        match value_at(col.as_ref(), self.pos) {
+                        let at = crate::util::catch_panic(|| value_at(col.as_ref(), self.pos));
+                        match at.unwrap_or_else(|p| Err(format!("corrupt file ({p})"))) {
                             Ok(v) => {
                                 fields.insert(name.clone(), v);
                             }
@@ -120,7 +147,13 @@ impl Iterator for BatchRows {
                     return Some(Ok(Row { loc, fields }));
                 }
             }
-            match self.batches.next()? {
+            if self.done {
+                return None;
+            }
+            let next = crate::util::catch_panic(|| self.batches.next());
+            let next = next
+                .unwrap_or_else(|p| Some(Err(ArrowError::IpcError(format!("corrupt file ({p})")))));
+            match next? {
                 Ok(b) => {
                     self.cur = Some(b);
                     self.pos = 0;
@@ -128,6 +161,7 @@ impl Iterator for BatchRows {
                 Err(e) => {
                     // A broken batch ends the file: later rows cannot be located.
                     self.cur = None;
+                    self.done = true;
                     return Some(Err(DataError::format(&self.path, format!("arrow: {e}"))));
                 }
             }
