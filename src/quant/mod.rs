@@ -23,4 +23,4 @@ mod model_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
-mod unaligned_tests;
+pub(crate) mod unaligned_tests;

@@ -326,6 +326,24 @@ fn qlora_on_rows_not_a_multiple_of_the_blocksize_matches_peft_bnb() {
     let r = QloraRef::new(&raw, &|v: &Value| {
         super::tests::unhex_f32(v.as_str().expect("hex"))
     });
+    // Tensor by tensor, our dequantization of the saved file is bnb's flattened one, bit for bit.
+    let bytes = std::fs::read(unaligned("llama48_nf4_dq/model.safetensors")).expect("model");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let want = raw["dequant_fnv"].as_object().expect("dequant_fnv");
+    assert_eq!(want.len(), 14);
+    for (name, fnv) in want {
+        let q = super::Quantized4::from_safetensors(name, &st).expect(name);
+        let got: Vec<u8> = q
+            .dequantize()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            super::unaligned_tests::fnv64(&got),
+            fnv.as_str().unwrap(),
+            "{name}"
+        );
+    }
     let m =
         load_quantized_model(&unaligned("llama48_nf4_dq"), &LoadOptions::default()).expect("load");
     let shapes: Vec<[usize; 2]> = m.layers[0]

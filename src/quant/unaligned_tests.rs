@@ -30,7 +30,7 @@ fn cases() -> Vec<Value> {
 }
 
 /// FNV-1a 64 of `bytes` as 16 hex digits (what the script stores for large arrays).
-fn fnv64(bytes: &[u8]) -> String {
+pub(crate) fn fnv64(bytes: &[u8]) -> String {
     let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     });

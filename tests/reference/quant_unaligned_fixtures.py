@@ -188,6 +188,7 @@ model = load4(MODEL)
 cpu_kernel_loss = loss_of(model)  # bnb's C++ CPU dequant (wrong for these rows)
 # Tensor by tensor: bnb's C++ CPU kernel vs the flattened reference.
 cpu_kernel_diffs = {}
+flat_fnv = {}  # weight name -> FNV-1a 64 of its flattened-block f32 dequantization
 for n_, mod in model.named_modules():
     if isinstance(mod, bnb.nn.Linear4bit):
         w, st = mod.weight, mod.weight.quant_state
@@ -195,6 +196,7 @@ for n_, mod in model.named_modules():
         flat = flat_dequantize_4bit(w.data, am, st.blocksize, st.quant_type, list(st.shape), torch.float32)
         d = (F.dequantize_4bit(w.data, st) - flat).abs().max().item()
         cpu_kernel_diffs[n_] = d
+        flat_fnv[n_ + ".weight"] = fnv64_np(flat.reshape(-1).numpy())
         print(f"  {n_:40s} {list(st.shape)}  C++ CPU kernel vs flat: max diff {d:.4g}")
 # From here on every bnb dequantize_4bit on the CPU is the flattened (CUDA-equivalent) one.
 torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", flat_dequantize_4bit)
@@ -204,7 +206,7 @@ print(f"loss: dense {dense_loss:.6f}  4-bit with bnb's C++ CPU kernel {cpu_kerne
       f"4-bit with flattened blocks {flat_loss:.6f}")
 ref = {"versions": VERSIONS, "input_ids": input_ids.tolist(), "labels": labels.tolist(),
        "dense_loss": dense_loss, "cpu_kernel_loss": cpu_kernel_loss,
-       "cpu_kernel_max_diff": cpu_kernel_diffs}
+       "cpu_kernel_max_diff": cpu_kernel_diffs, "dequant_fnv": flat_fnv}
 with torch.no_grad():
     ref["logits"] = hexf(model(input_ids=input_ids).logits.flatten().numpy())
 
@@ -224,6 +226,7 @@ os.remove(os.path.join(ADAPTER, "README.md"))
 cfg_path = os.path.join(ADAPTER, "adapter_config.json")
 acfg = json.load(open(cfg_path))
 acfg["base_model_name_or_path"] = "llama48_nf4_dq"  # not the machine's absolute path
+acfg["target_modules"] = sorted(acfg["target_modules"])  # a set in peft: stable order
 json.dump(acfg, open(cfg_path, "w"), indent=2, sort_keys=True)
 
 
