@@ -199,6 +199,44 @@ fn uint_or(c: &Value, path: &str, key: &str, d: usize) -> Result<usize, ArchErro
         uint(c, path, key)
     }
 }
+/// A count other sizes are divided by: 0 is a config error here, not a
+/// division by zero later.
+fn count(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
+    match uint(c, path, key)? {
+        0 => Err(ArchError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+/// `a_key` must split evenly into `b_key` parts.
+fn divides(path: &str, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
+    if a % b != 0 {
+        return Err(ArchError::Key {
+            path: path.into(),
+            key: a_key.into(),
+            msg: format!("{a} does not divide into {b_key} = {b} equal parts"),
+        });
+    }
+    Ok(())
+}
+/// The per-head size: `key` if the config has it, else hidden_size / heads
+/// (which must divide).
+fn head_dim(
+    c: &Value,
+    path: &str,
+    key: &str,
+    hidden: usize,
+    heads: usize,
+) -> Result<usize, ArchError> {
+    if c.get(key).is_some_and(|v| !v.is_null()) {
+        return count(c, path, key);
+    }
+    divides(path, "hidden_size", hidden, "num_attention_heads", heads)?;
+    Ok(hidden / heads)
+}
 fn float_or(c: &Value, key: &str, d: f64) -> f64 {
     c.get(key).and_then(|v| v.as_f64()).unwrap_or(d)
 }
@@ -267,8 +305,8 @@ impl Arch {
                     });
                 }
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "head_dim", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "head_dim", hidden, heads)?;
                 let q2 = mt == "qwen2";
                 Arch {
                     family: if q2 { Family::Qwen2 } else { Family::Llama },
@@ -300,8 +338,8 @@ impl Arch {
             }
             "qwen" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let pct = float_or(&c, "rotary_pct", 1.0);
                 Arch {
                     family: Family::Qwen,
@@ -343,8 +381,8 @@ impl Arch {
             }
             "chatglm" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let mqa = bool_or(&c, "multi_query_attention", false);
                 if !bool_or(&c, "rmsnorm", true) {
                     return Err(ArchError::Key {
@@ -401,6 +439,7 @@ impl Arch {
                         msg: "missing".into(),
                     });
                 }
+                divides(path, "hidden_size", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Bloom,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -432,7 +471,8 @@ impl Arch {
             }
             "gpt2" => {
                 let hidden = uint(&c, path, "n_embd")?;
-                let heads = uint(&c, path, "n_head")?;
+                let heads = count(&c, path, "n_head")?;
+                divides(path, "n_embd", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Gpt2,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -468,6 +508,15 @@ impl Arch {
         };
         let mut a = a;
         a.long_context = long_context(&c, &mt);
+        for (key, n) in [("hidden_size", a.hidden), ("vocab_size", a.vocab)] {
+            if n == 0 {
+                return Err(ArchError::Key {
+                    path: path.into(),
+                    key: key.into(),
+                    msg: "must be at least 1".into(),
+                });
+            }
+        }
         if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
             return Err(ArchError::Key {
                 path: path.into(),
