@@ -299,19 +299,42 @@ fn panicked(p: &(dyn std::any::Any + Send)) -> anyhow::Error {
 /// holding it (written by the same step of the same recipe) is ever replaced.
 pub const OUTPUT_MARKER: &str = ".recipe-output";
 
+/// The marker's content. `recipe` is relative to the output dir, so a
+/// project (with its outputs) can move or be cloned and still match.
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct OutputMarker {
     recipe: String,
     step: String,
 }
 
-fn marker_for(recipe: &Path, step: &str) -> OutputMarker {
+/// Absolute, symlinks resolved as far as the path exists.
+fn real(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => real(d).join(n),
+        _ => crate::recipe::validate::normalize(p),
+    }
+}
+
+/// `to` as a relative path from the dir `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}
+
+fn marker_for(out: &Path, recipe: &Path, step: &str) -> OutputMarker {
     OutputMarker {
-        recipe: recipe
-            .canonicalize()
-            .unwrap_or_else(|_| recipe.to_path_buf())
-            .display()
-            .to_string(),
+        recipe: relative(&real(out), &real(recipe)).display().to_string(),
         step: step.to_string(),
     }
 }
@@ -327,12 +350,12 @@ pub fn check_output(out: &Path, recipe: &Path, step: &str) -> std::result::Resul
         .filter(|_| out.is_dir() && !out.is_symlink())
         .and_then(|b| serde_json::from_slice::<OutputMarker>(&b).ok());
     match theirs {
-        Some(m) if m == marker_for(recipe, step) => Ok(()),
+        Some(m) if m == marker_for(out, recipe, step) => Ok(()),
         Some(m) => Err(format!(
             "`{}` is the output of step `{}` of `{}`",
             out.display(),
             m.step,
-            m.recipe
+            crate::recipe::validate::normalize(&real(out).join(&m.recipe)).display()
         )),
         None => Err(format!(
             "`{}` already exists and was not written by recipe",
@@ -376,7 +399,7 @@ fn copy_output(checked: &Checked, id: &str, dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))
         .and_then(|()| {
             let _ = std::fs::remove_file(tmp.join("manifest.json"));
-            let m = serde_json::to_vec_pretty(&marker_for(recipe, id))?;
+            let m = serde_json::to_vec_pretty(&marker_for(&out, recipe, id))?;
             std::fs::write(tmp.join(OUTPUT_MARKER), m)
                 .with_context(|| format!("cannot write `{}`", tmp.display()))
         });
