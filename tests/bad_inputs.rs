@@ -313,6 +313,16 @@ fn corpus() -> Vec<Case> {
         ),
         train("target_regex_invalid", "target_regex = \"(\"\n", "error: step `train`, key `target_regex`: invalid regex: regex parse error:\n    (\n    ^\nerror: unclosed group\n  --> r.toml:23:16\n   |\n23 | target_regex = \"(\"\n   |                ^^^\n\n1 error in recipe\n"),
 
+        plan(
+            "generate_device_banana",
+            &format!("{MODEL}[steps.gen]\nkind = \"generate\"\nmodel = \"base\"\nprompts = [\"hi\"]\ndevice = \"banana\"\n"),
+            "error: step `gen`, key `device`: invalid device 'banana': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)\n --> r.toml:8:10\n  |\n8 | device = \"banana\"\n  |          ^^^^^^^^\n\n1 error in recipe\n",
+        ),
+        plan(
+            "generate_no_prompts",
+            &format!("{MODEL}[steps.gen]\nkind = \"generate\"\nmodel = \"base\"\n"),
+            "error: step `gen`, key `prompts`: give `prompts = [...]` or `data = \"<template step>\"`\n --> r.toml:4:8\n  |\n4 | [steps.gen]\n  |        ^^^\n\n1 error in recipe\n",
+        ),
         // ---- model dirs (config.json) ----
         config(
             "config_zero_heads",
@@ -361,6 +371,28 @@ fn corpus() -> Vec<Case> {
             "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
         ),
         config("config_not_json", "{\"model_type\": ", "error: step `base`, key `path`: {dir}/model/config.json: invalid JSON: EOF while parsing a value at line 1 column 15\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n"),
+        config(
+            "config_gpt2_embd_does_not_divide",
+            r#"{"model_type": "gpt2", "n_embd": 30, "n_layer": 2, "n_head": 4, "vocab_size": 128, "n_positions": 64}"#,
+            "error: step `base`, key `path`: {dir}/model/config.json: key \"n_embd\": 30 does not divide into n_head = 4 equal parts\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+        ),
+        config(
+            "config_bloom_does_not_divide",
+            r#"{"model_type": "bloom", "hidden_size": 30, "n_layer": 2, "n_head": 4, "vocab_size": 128}"#,
+            "error: step `base`, key `path`: {dir}/model/config.json: key \"hidden_size\": 30 does not divide into n_head = 4 equal parts\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+        ),
+        config(
+            "config_chatglm_zero_heads",
+            r#"{"model_type": "chatglm", "hidden_size": 32, "num_layers": 2, "num_attention_heads": 0,
+                "padded_vocab_size": 128, "ffn_hidden_size": 64}"#,
+            "error: step `base`, key `path`: {dir}/model/config.json: key \"num_attention_heads\": must be at least 1\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+        ),
+        config(
+            "config_qwen_heads_do_not_divide",
+            r#"{"model_type": "qwen", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 5,
+                "intermediate_size": 128, "vocab_size": 128}"#,
+            "error: step `base`, key `path`: {dir}/model/config.json: key \"hidden_size\": 32 does not divide into num_attention_heads = 5 equal parts\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+        ),
         config(
             "config_negative_hidden",
             r#"{"model_type": "llama", "hidden_size": -32, "num_hidden_layers": 2, "num_attention_heads": 4,
