@@ -305,6 +305,20 @@ mod tests {
     }
 
     #[test]
+    fn span_into_a_missing_source_renders_without_excerpt() {
+        let d = Diagnostic::error("invalid TOML").at(Span {
+            file: 3,
+            start: 0,
+            end: 1,
+        });
+        assert_eq!(
+            d.render(&Sources::default(), false),
+            "error: invalid TOML\n"
+        );
+        assert_eq!(d.location(&Sources::default()), None);
+    }
+
+    #[test]
     fn suggestions() {
         assert_eq!(
             did_you_mean("lerning_rate", ["learning_rate", "seed"]),

@@ -436,3 +436,42 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_paths_are_relative_to_the_output() {
+        assert_eq!(
+            relative(Path::new("/p/out/a"), Path::new("/p/r.toml")),
+            PathBuf::from("../../r.toml")
+        );
+        assert_eq!(
+            relative(
+                Path::new("/p/examples/base"),
+                Path::new("/p/recipes/x.toml")
+            ),
+            PathBuf::from("../../recipes/x.toml")
+        );
+    }
+
+    #[test]
+    fn only_this_steps_marked_output_may_be_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let recipe = d.path().join("r.toml");
+        std::fs::write(&recipe, "").unwrap();
+        let out = d.path().join("out");
+        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
+        std::fs::create_dir(&out).unwrap();
+        assert!(check_output(&out, &recipe, "a")
+            .unwrap_err()
+            .ends_with("already exists and was not written by recipe"));
+        let m = serde_json::to_vec(&marker_for(&out, &recipe, "a")).unwrap();
+        std::fs::write(out.join(OUTPUT_MARKER), m).unwrap();
+        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
+        assert!(check_output(&out, &recipe, "b")
+            .unwrap_err()
+            .contains("is the output of step `a` of"));
+    }
+}

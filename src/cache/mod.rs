@@ -254,3 +254,41 @@ pub fn default_root(recipe_dir: &Path, flag: Option<&Path>) -> PathBuf {
     }
     recipe_dir.join(".recipe").join("cache")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_32_lowercase_hex_digits() {
+        assert!(is_key("0123456789abcdef0123456789abcdef"));
+        assert!(!is_key("../../../../../../../../../../etc"));
+        assert!(!is_key("0123456789ABCDEF0123456789ABCDEF"));
+        assert!(!is_key("0123456789abcdef"));
+    }
+
+    #[test]
+    fn only_a_cache_is_opened_for_gc() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("entries")).unwrap();
+        let e = Cache::open_existing(d.path()).err().unwrap().to_string();
+        assert!(
+            e.ends_with(
+                "is not a recipe cache (no CACHEDIR.TAG written by recipe); nothing removed"
+            ),
+            "{e}"
+        );
+        Cache::open(d.path()).unwrap();
+        assert!(Cache::open_existing(d.path()).is_ok());
+    }
+
+    #[test]
+    fn state_paths_stay_inside_the_cache() {
+        let c = Cache {
+            root: PathBuf::from("/c"),
+        };
+        let p = c.state_path(Path::new("r.toml"), "../../../etc/passwd");
+        assert!(p.starts_with("/c/state/"));
+        assert_eq!(p.components().count(), 5, "{}", p.display());
+    }
+}

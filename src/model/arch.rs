@@ -758,6 +758,32 @@ mod tests {
     }
 
     #[test]
+    fn zero_heads_and_sizes_that_do_not_divide_are_config_errors() {
+        let cfg = |heads: u32, hidden: u32| {
+            format!(
+                r#"{{"model_type":"llama","hidden_size":{hidden},"num_hidden_layers":1,
+                    "num_attention_heads":{heads},"intermediate_size":8,"vocab_size":10}}"#
+            )
+        };
+        let err = |t: String| {
+            Arch::from_config_json(&t, "config.json")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(cfg(0, 32)),
+            "config.json: key \"num_attention_heads\": must be at least 1"
+        );
+        assert_eq!(
+            err(cfg(3, 32)),
+            "config.json: key \"hidden_size\": 32 does not divide into num_attention_heads = 3 equal parts"
+        );
+        // An explicit head_dim need not divide the hidden size.
+        let t = cfg(3, 32).replace("\"vocab_size\"", "\"head_dim\":8,\"vocab_size\"");
+        assert_eq!(Arch::from_config_json(&t, "c").unwrap().head_dim, 8);
+    }
+
+    #[test]
     fn unknown_model_type_lists_supported() {
         let e = Arch::from_config_json(r#"{"model_type":"t5"}"#, "m/config.json")
             .unwrap_err()

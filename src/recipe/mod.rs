@@ -585,3 +585,71 @@ fn expected_vars<'a>(names: impl Iterator<Item = &'a str>) -> String {
         format!("one of {}", names.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, sets: &[&str]) -> (Recipe, Vec<Diagnostic>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.toml");
+        std::fs::write(&p, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        load(&p, &sets)
+    }
+
+    #[test]
+    fn step_ids_are_single_safe_path_components() {
+        for ok in ["train", "tokens-2", "eval_v1.1", "A"] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".x",
+            "a/b",
+            "/etc/config",
+            "a\\b",
+            "a b",
+            "é",
+        ] {
+            assert!(!is_safe_name(bad), "{bad}");
+        }
+        assert!(!is_safe_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn var_cycles_are_named_and_forward_refs_resolve() {
+        let (_, diags) = load_text(
+            "[vars]\na = \"${b}\"\nb = \"${c}/x\"\nc = \"${a}\"\n[steps.s]\nkind = \"k\"\n",
+            &[],
+        );
+        let msgs: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(msgs, ["var cycle: a -> b -> c -> a"]);
+
+        let (r, diags) = load_text(
+            "[vars]\nout = \"${dir}/x\"\ndir = \"runs\"\n[steps.s]\nkind = \"k\"\np = \"${out}\"\n",
+            &[],
+        );
+        assert!(diags.is_empty());
+        assert_eq!(r.steps["s"].params["p"].node.v, V::Str("runs/x".into()));
+    }
+
+    #[test]
+    fn set_of_an_unknown_var_is_an_error() {
+        let (_, diags) = load_text("[vars]\nlr = 1\n[steps.s]\nkind = \"k\"\n", &["vars.lrr=2"]);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].message, "`--set`: unknown var `lrr`");
+        assert_eq!(diags[0].help.as_deref(), Some("did you mean `lr`?"));
+    }
+
+    #[test]
+    fn a_toml_error_keeps_its_source_for_rendering() {
+        let (r, diags) = load_text("[steps.a\n", &[]);
+        assert_eq!(
+            diags[0].location(&r.sources).as_deref(),
+            Some(format!("{}:1:9", r.path.display()).as_str())
+        );
+    }
+}
