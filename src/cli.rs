@@ -356,7 +356,7 @@ fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
             return 1;
         }
     };
-    for line in crate::plan::above_machine_memory(&plan) {
+    for line in crate::plan::above_machine_memory(&plan, None) {
         eprintln!("warning: {line}; `recipe run` will need --allow-large");
     }
     match format {
@@ -407,7 +407,8 @@ fn cmd_run(r: &RecipeArgs, opts: RunOptions, allow_large: bool) -> i32 {
             return 1;
         }
     };
-    let too_large = crate::plan::above_machine_memory(&plan);
+    let chosen = crate::run::selection(&checked, &plan, &opts).ok();
+    let too_large = crate::plan::above_machine_memory(&plan, chosen.as_deref());
     if !too_large.is_empty() && !allow_large {
         for line in &too_large {
             eprintln!("error: {line}");

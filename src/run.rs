@@ -65,7 +65,7 @@ pub struct RunSummary {
 }
 
 /// Steps to execute for `--only` / `--until`, in schedule order.
-fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<String>> {
+pub fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<String>> {
     let order: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
     if let Some(only) = &opts.only {
         if !checked.steps.contains_key(only) {

@@ -581,6 +581,7 @@ fn corpus() -> Vec<Case> {
     );
     batch.env.push(("RECIPE_TEST_MEMORY_BYTES", "1000000000"));
     v.push(batch);
+
     // A chain of 100 includes stops at the depth limit, naming the file.
     let mut deep = case("include_chain_too_deep", &[], &["plan", "r.toml"], 2, "error: key `include`: include chain deeper than 64 files at `64.toml`\n --> i/63.toml:1:12\n  |\n1 | include = [\"64.toml\"]\n  |            ^^^^^^^^^\n  = help: includes nest too deeply; flatten the chain\n\n1 error in recipe\n");
     deep.files
@@ -800,4 +801,31 @@ fn vars_may_use_vars_defined_later() {
     );
     let o = run(&root, &["plan", "r.toml"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+}
+
+#[test]
+fn memory_check_covers_only_the_steps_asked_for() {
+    let (_d, root) = workspace();
+    write(&root, "r.toml", &format!("{TRAIN}batch_size = 100000000\n"));
+    let run_with = |args: &[&str]| {
+        bin()
+            .current_dir(&root)
+            .args(args)
+            .env("RECIPE_TEST_MEMORY_BYTES", "1000000000")
+            .output()
+            .unwrap()
+    };
+    let o = run_with(&["run", "r.toml", "--until", "data"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(text(&o).1.contains("data: ran"), "{}", text(&o).1);
+    // `plan` only warns.
+    let o = run_with(&["plan", "r.toml"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        text(&o)
+            .1
+            .ends_with("is above this machine's 953.7 MiB; `recipe run` will need --allow-large\n"),
+        "{}",
+        text(&o).1
+    );
 }

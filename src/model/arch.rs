@@ -213,7 +213,7 @@ fn count(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
 }
 /// `a_key` must split evenly into `b_key` parts.
 fn divides(path: &str, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
-    if a % b != 0 {
+    if !a.is_multiple_of(b) {
         return Err(ArchError::Key {
             path: path.into(),
             key: a_key.into(),

@@ -203,13 +203,15 @@ fn model_size(a: &crate::model::arch::Arch) -> std::result::Result<u64, String> 
 /// Models larger than this (2^44, ~17.6T weights) are config mistakes.
 const MAX_PARAMS: u64 = 1 << 44;
 
-/// One line per step whose memory estimate is above this machine's memory.
-pub fn above_machine_memory(plan: &Plan) -> Vec<String> {
+/// One line per step to run (of `ids`, default all) whose memory estimate is
+/// above this machine's memory.
+pub fn above_machine_memory(plan: &Plan, ids: Option<&[String]>) -> Vec<String> {
     let Some(total) = machine_memory() else {
         return Vec::new();
     };
     plan.steps
         .iter()
+        .filter(|s| ids.is_none_or(|ids| ids.contains(&s.id)))
         // load.model maps weights lazily; its estimate is the weights' size.
         .filter(|s| !s.cached && s.kind != "load.model")
         .filter_map(|s| {
