@@ -637,6 +637,18 @@ mod tests {
     }
 
     #[test]
+    fn a_long_var_chain_resolves_without_deep_recursion() {
+        let mut t = String::from("[vars]\n");
+        for i in 0..20_000 {
+            t.push_str(&format!("v{i} = \"${{v{}}}\"\n", i + 1));
+        }
+        t.push_str("v20000 = \"end\"\n[steps.s]\nkind = \"k\"\np = \"${v0}\"\n");
+        let (r, diags) = load_text(&t, &[]);
+        assert!(diags.is_empty());
+        assert_eq!(r.steps["s"].params["p"].node.v, V::Str("end".into()));
+    }
+
+    #[test]
     fn set_of_an_unknown_var_is_an_error() {
         let (_, diags) = load_text("[vars]\nlr = 1\n[steps.s]\nkind = \"k\"\n", &["vars.lrr=2"]);
         assert_eq!(diags.len(), 1);
