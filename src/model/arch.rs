@@ -199,6 +199,44 @@ fn uint_or(c: &Value, path: &str, key: &str, d: usize) -> Result<usize, ArchErro
         uint(c, path, key)
     }
 }
+/// A count other sizes are divided by: 0 is a config error here, not a
+/// division by zero later.
+fn count(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
+    match uint(c, path, key)? {
+        0 => Err(ArchError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+/// `a_key` must split evenly into `b_key` parts.
+fn divides(path: &str, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
+    if !a.is_multiple_of(b) {
+        return Err(ArchError::Key {
+            path: path.into(),
+            key: a_key.into(),
+            msg: format!("{a} does not divide into {b_key} = {b} equal parts"),
+        });
+    }
+    Ok(())
+}
+/// The per-head size: `key` if the config has it, else hidden_size / heads
+/// (which must divide).
+fn head_dim(
+    c: &Value,
+    path: &str,
+    key: &str,
+    hidden: usize,
+    heads: usize,
+) -> Result<usize, ArchError> {
+    if c.get(key).is_some_and(|v| !v.is_null()) {
+        return count(c, path, key);
+    }
+    divides(path, "hidden_size", hidden, "num_attention_heads", heads)?;
+    Ok(hidden / heads)
+}
 fn float_or(c: &Value, key: &str, d: f64) -> f64 {
     c.get(key).and_then(|v| v.as_f64()).unwrap_or(d)
 }
@@ -267,8 +305,8 @@ impl Arch {
                     });
                 }
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "head_dim", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "head_dim", hidden, heads)?;
                 let q2 = mt == "qwen2";
                 Arch {
                     family: if q2 { Family::Qwen2 } else { Family::Llama },
@@ -300,8 +338,8 @@ impl Arch {
             }
             "qwen" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let pct = float_or(&c, "rotary_pct", 1.0);
                 Arch {
                     family: Family::Qwen,
@@ -343,8 +381,8 @@ impl Arch {
             }
             "chatglm" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let mqa = bool_or(&c, "multi_query_attention", false);
                 if !bool_or(&c, "rmsnorm", true) {
                     return Err(ArchError::Key {
@@ -401,6 +439,7 @@ impl Arch {
                         msg: "missing".into(),
                     });
                 }
+                divides(path, "hidden_size", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Bloom,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -432,7 +471,8 @@ impl Arch {
             }
             "gpt2" => {
                 let hidden = uint(&c, path, "n_embd")?;
-                let heads = uint(&c, path, "n_head")?;
+                let heads = count(&c, path, "n_head")?;
+                divides(path, "n_embd", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Gpt2,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -468,6 +508,15 @@ impl Arch {
         };
         let mut a = a;
         a.long_context = long_context(&c, &mt);
+        for (key, n) in [("hidden_size", a.hidden), ("vocab_size", a.vocab)] {
+            if n == 0 {
+                return Err(ArchError::Key {
+                    path: path.into(),
+                    key: key.into(),
+                    msg: "must be at least 1".into(),
+                });
+            }
+        }
         if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
             return Err(ArchError::Key {
                 path: path.into(),
@@ -706,6 +755,32 @@ mod tests {
         // ChatGLM3-6B's published count: 2·65024·4096 (embedding + output_layer) + 28·(4096·4608
         // + 4608 + 4096² + 4096·27392 + 13696·4096 + 2·4096) + 4096 = 6,243,584,000.
         assert_eq!(a.param_counts().total(), 6_243_584_000);
+    }
+
+    #[test]
+    fn zero_heads_and_sizes_that_do_not_divide_are_config_errors() {
+        let cfg = |heads: u32, hidden: u32| {
+            format!(
+                r#"{{"model_type":"llama","hidden_size":{hidden},"num_hidden_layers":1,
+                    "num_attention_heads":{heads},"intermediate_size":8,"vocab_size":10}}"#
+            )
+        };
+        let err = |t: String| {
+            Arch::from_config_json(&t, "config.json")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(cfg(0, 32)),
+            "config.json: key \"num_attention_heads\": must be at least 1"
+        );
+        assert_eq!(
+            err(cfg(3, 32)),
+            "config.json: key \"hidden_size\": 32 does not divide into num_attention_heads = 3 equal parts"
+        );
+        // An explicit head_dim need not divide the hidden size.
+        let t = cfg(3, 32).replace("\"vocab_size\"", "\"head_dim\":8,\"vocab_size\"");
+        assert_eq!(Arch::from_config_json(&t, "c").unwrap().head_dim, 8);
     }
 
     #[test]
