@@ -1053,7 +1053,7 @@ fn long_context_the_reference_changes_is_refused() {
 /// YaRN's cos/sin factor 0.1·ln(4) + 1.
 #[test]
 fn rope_frequencies_match_transformers() {
-    let cases: [(&str, usize, [f32; 4], f32); 6] = [
+    let cases: [(&str, usize, [f64; 4], f64); 6] = [
         (
             "rope_linear",
             0,
@@ -1133,8 +1133,9 @@ fn rope_frequencies_match_transformers() {
             panic!("{name}: no rope")
         };
         let f = scaling.freqs(rot_dim, base, seq);
+        let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
         close(&format!("{name} inv_freq"), &f.inv, &want, 1e-6);
-        assert!((f.scale - scale).abs() < 1e-6, "{name}: scale {}", f.scale);
+        assert_eq!(f.scale, scale as f32, "{name}: scale");
     }
 }
 
