@@ -569,7 +569,14 @@ fn kv_cache_steps_match_full_forward() {
 /// save_pretrained then load gives the same model; merging an adapter keeps its logits.
 #[test]
 fn save_pretrained_and_merge() {
-    for family in ["gpt2", "chatglm", "bloom"] {
+    for family in [
+        "gpt2",
+        "chatglm",
+        "bloom",
+        "bases/qwen3",
+        "bases/rope_yarn",
+        "bases/mistral",
+    ] {
         let (mut model, r, batch) = fixture(family);
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
         lora::merge(&mut model).unwrap();
