@@ -15,6 +15,7 @@ use std::path::Path;
 pub const FAMILY_TYPES: &[(&str, &[&str])] = &[
     ("llama", &["llama", "mistral"]),
     ("qwen2", &["qwen2"]),
+    ("qwen3", &["qwen3"]),
     ("qwen", &["qwen"]),
     ("chatglm", &["chatglm", "glm"]),
     ("bloom", &["bloom"]),
