@@ -368,7 +368,7 @@ fn corpus() -> Vec<Case> {
         config(
             "config_unsupported_model_type",
             r#"{"model_type": "mamba", "hidden_size": 32}"#,
-            "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+            "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
         ),
         config("config_not_json", "{\"model_type\": ", "error: step `base`, key `path`: {dir}/model/config.json: invalid JSON: EOF while parsing a value at line 1 column 15\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n"),
         config(
