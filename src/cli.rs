@@ -81,6 +81,9 @@ Examples:
         /// auto, cpu, cuda or cuda:N (steps with their own `device` key use that).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Run even when a step's memory estimate is above this machine's memory.
+        #[arg(long)]
+        allow_large: bool,
     },
     /// Validate a recipe and print the schedule, cache hits and estimates.
     #[command(after_help = "\
@@ -253,6 +256,7 @@ pub fn main() -> i32 {
             only,
             until,
             device,
+            allow_large,
         } => {
             if plan {
                 cmd_plan(&r, format)
@@ -266,6 +270,7 @@ pub fn main() -> i32 {
                         device,
                         progress: std::io::stderr().is_terminal(),
                     },
+                    allow_large,
                 )
             }
         }
@@ -306,13 +311,9 @@ fn prepare(
 ) -> Result<(Checked, crate::plan::Dag, Vec<Diagnostic>), i32> {
     let (recipe, mut diags) = crate::recipe::load(&r.file, &r.sets);
     let color = color_enabled();
-    let Some(recipe) = recipe else {
-        let srcs = crate::diag::Sources::default();
-        eprint!("{}", render_all(&diags, &srcs, color));
-        return Err(2);
-    };
     let checked = check(recipe, plan_only, &mut diags);
     let dag = build_dag(&checked, &mut diags);
+    crate::plan::preflight(&checked, &mut diags);
     let (errors, warnings): (Vec<_>, Vec<_>) = diags.into_iter().partition(Diagnostic::is_error);
     let srcs = &checked.recipe.sources;
     if !errors.is_empty() {
@@ -355,6 +356,9 @@ fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
             return 1;
         }
     };
+    for line in crate::plan::above_machine_memory(&plan, None) {
+        eprintln!("warning: {line}; `recipe run` will need --allow-large");
+    }
     match format {
         Format::Text => print!(
             "{}",
@@ -380,8 +384,13 @@ fn cmd_plan(r: &RecipeArgs, format: Format) -> i32 {
     0
 }
 
-fn cmd_run(r: &RecipeArgs, opts: RunOptions) -> i32 {
+fn cmd_run(r: &RecipeArgs, opts: RunOptions, allow_large: bool) -> i32 {
     let t0 = Instant::now();
+    // Bad flags fail before any step runs.
+    if let Err(e) = opts.device.parse::<crate::cuda::device::DeviceRequest>() {
+        eprintln!("error: --device: {e}");
+        return 2;
+    }
     let (checked, dag, _) = match prepare(r, false) {
         Ok(x) => x,
         Err(c) => return c,
@@ -398,6 +407,15 @@ fn cmd_run(r: &RecipeArgs, opts: RunOptions) -> i32 {
             return 1;
         }
     };
+    let chosen = crate::run::selection(&checked, &plan, &opts).ok();
+    let too_large = crate::plan::above_machine_memory(&plan, chosen.as_deref());
+    if !too_large.is_empty() && !allow_large {
+        for line in &too_large {
+            eprintln!("error: {line}");
+        }
+        eprintln!("pass --allow-large to run anyway");
+        return 2;
+    }
     match execute(&checked, &plan, &cache, &opts) {
         Ok(s) => {
             eprintln!(
@@ -456,8 +474,9 @@ fn cmd_explain(kind: Option<&str>) -> i32 {
 fn cmd_cache(cmd: CacheCmd) -> i32 {
     match cmd {
         CacheCmd::Ls { cache_dir } => {
-            let Ok(cache) = open_existing(&cache_dir) else {
-                return fail(&format!("no cache at `{}`", cache_dir.display()));
+            let cache = match Cache::open_existing(&cache_dir) {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("{e:#}")),
             };
             let entries = cache.list();
             let total: u64 = entries.iter().map(|(m, _)| m.size_bytes).sum();
@@ -488,8 +507,9 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             max_size,
             older_than,
         } => {
-            let Ok(cache) = open_existing(&cache_dir) else {
-                return fail(&format!("no cache at `{}`", cache_dir.display()));
+            let cache = match Cache::open_existing(&cache_dir) {
+                Ok(c) => c,
+                Err(e) => return fail(&format!("{e:#}")),
             };
             let max = match max_size.as_deref().map(crate::util::parse_size) {
                 Some(None) => return fail("--max-size: not a size (e.g. 20GB, 500MB)"),
@@ -513,11 +533,6 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
             }
         }
     }
-}
-
-fn open_existing(dir: &Path) -> anyhow::Result<Cache> {
-    anyhow::ensure!(dir.join("entries").is_dir(), "no cache");
-    Cache::open(dir)
 }
 
 fn cmd_report(dir: &Path, rows: usize) -> i32 {
@@ -552,6 +567,14 @@ fn cmd_report(dir: &Path, rows: usize) -> i32 {
 }
 
 fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: InspectFormat) -> i32 {
+    // The split names a file in the cache entry.
+    if !crate::recipe::is_safe_name(split) {
+        eprintln!(
+            "error: --split `{split}`: expected {}",
+            crate::recipe::SAFE_NAME
+        );
+        return 2;
+    }
     let (checked, dag, _) = match prepare(r, false) {
         Ok(x) => x,
         Err(c) => return c,

@@ -41,12 +41,15 @@ impl Sources {
         });
         self.files.len() - 1
     }
-    pub fn get(&self, id: usize) -> &SourceFile {
-        &self.files[id]
+    pub fn get(&self, id: usize) -> Option<&SourceFile> {
+        self.files.get(id)
     }
     /// Directory that relative paths written in file `id` are resolved from.
     pub fn base_dir(&self, id: usize) -> PathBuf {
-        let p = &self.files[id].path;
+        let Some(f) = self.files.get(id) else {
+            return PathBuf::from(".");
+        };
+        let p = &f.path;
         if p.is_dir() {
             return p.clone();
         }
@@ -56,7 +59,10 @@ impl Sources {
     }
     /// 1-based line and column (in chars) of a byte offset.
     pub fn line_col(&self, id: usize, offset: usize) -> (usize, usize) {
-        let text = &self.files[id].text;
+        let Some(f) = self.files.get(id) else {
+            return (1, 1);
+        };
+        let text = &f.text;
         let offset = offset.min(text.len());
         let before = &text[..floor_char(text, offset)];
         let line = before.matches('\n').count() + 1;
@@ -152,7 +158,7 @@ impl Diagnostic {
         let (line, col) = sources.line_col(span.file, span.start);
         Some(format!(
             "{}:{}:{}",
-            sources.get(span.file).display,
+            sources.get(span.file)?.display,
             line,
             col
         ))
@@ -178,9 +184,10 @@ impl Diagnostic {
             (None, None) => None,
         };
         let mut out = format!("{}: {}{}\n", paint(label, code), head, self.message);
-        if let Some(span) = self.span {
+        // A span into a source that is not there (a bug) drops the excerpt, not the message.
+        let span = self.span.filter(|s| sources.get(s.file).is_some());
+        if let (Some(span), Some(src)) = (span, span.and_then(|s| sources.get(s.file))) {
             let (line, col) = sources.line_col(span.file, span.start);
-            let src = sources.get(span.file);
             let gutter = line.to_string().len();
             let pad = " ".repeat(gutter);
             let _ = writeln!(out, "{pad}--> {}:{}:{}", src.display, line, col);
@@ -196,7 +203,7 @@ impl Diagnostic {
             let caret = format!("{}{}", " ".repeat(col - 1), "^".repeat(width));
             let _ = writeln!(out, "{pad} | {}", paint(&caret, code));
         }
-        let pad = match self.span {
+        let pad = match span {
             Some(s) => " ".repeat(sources.line_col(s.file, s.start).0.to_string().len()),
             None => String::new(),
         };
@@ -295,6 +302,20 @@ mod tests {
             d.render(&s, false),
             "error: step `a`, key `kindd`: unknown key\n --> r.toml:2:1\n  |\n2 | kindd = \"x\"\n  | ^^^^^\n"
         );
+    }
+
+    #[test]
+    fn span_into_a_missing_source_renders_without_excerpt() {
+        let d = Diagnostic::error("invalid TOML").at(Span {
+            file: 3,
+            start: 0,
+            end: 1,
+        });
+        assert_eq!(
+            d.render(&Sources::default(), false),
+            "error: invalid TOML\n"
+        );
+        assert_eq!(d.location(&Sources::default()), None);
     }
 
     #[test]

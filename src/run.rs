@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indexmap::IndexMap;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -65,7 +65,7 @@ pub struct RunSummary {
 }
 
 /// Steps to execute for `--only` / `--until`, in schedule order.
-fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<String>> {
+pub fn selection(checked: &Checked, plan: &Plan, opts: &RunOptions) -> Result<Vec<String>> {
     let order: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
     if let Some(only) = &opts.only {
         if !checked.steps.contains_key(only) {
@@ -173,7 +173,11 @@ pub fn execute(
                     let progress = &progress;
                     let device = opts.device.clone();
                     scope.spawn(move || {
-                        let r = run_one(checked, plan, cache, &id, &inputs, &device, progress);
+                        // A panic must still report back, or the loop below waits forever.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            run_one(checked, plan, cache, &id, &inputs, &device, progress)
+                        }))
+                        .unwrap_or_else(|p| Err(panicked(p.as_ref())));
                         let _ = tx.send((id, r));
                     });
                 }
@@ -242,7 +246,15 @@ fn run_one(
         device,
         progress,
     };
-    if let Err(e) = s.step.run(&ctx) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Test hook: a step that panics (every known panic is fixed).
+        if std::env::var("RECIPE_TEST_PANIC_IN_STEP").is_ok_and(|v| v == id) {
+            panic!("test panic (RECIPE_TEST_PANIC_IN_STEP)");
+        }
+        s.step.run(&ctx)
+    }))
+    .unwrap_or_else(|p| Err(panicked(p.as_ref())));
+    if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -273,32 +285,145 @@ fn run_one(
     Ok((dir, secs))
 }
 
-/// `output = "..."`: copy the entry (minus the manifest) to where the recipe says.
-fn copy_output(checked: &Checked, id: &str, dir: &std::path::Path) -> Result<()> {
+/// A step's panic as an error (the panic hook has already printed where).
+fn panicked(p: &(dyn std::any::Any + Send)) -> anyhow::Error {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    anyhow!("panicked (a bug in recipe): {msg}")
+}
+
+/// The file recipe writes into every `output` dir it creates; only a dir
+/// holding it (written by the same step of the same recipe) is ever replaced.
+pub const OUTPUT_MARKER: &str = ".recipe-output";
+
+/// The marker's content. `recipe` is relative to the output dir, so a
+/// project (with its outputs) can move or be cloned and still match.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct OutputMarker {
+    recipe: String,
+    step: String,
+}
+
+/// Absolute, symlinks resolved as far as the path exists.
+fn real(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => real(d).join(n),
+        _ => crate::recipe::validate::normalize(p),
+    }
+}
+
+/// `to` as a relative path from the dir `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}
+
+fn marker_for(out: &Path, recipe: &Path, step: &str) -> OutputMarker {
+    OutputMarker {
+        recipe: relative(&real(out), &real(recipe)).display().to_string(),
+        step: step.to_string(),
+    }
+}
+
+/// Whether step `step` of `recipe` may write its `output` at `out`: the path
+/// does not exist, or it is a dir this very step wrote before. Err says why not.
+pub fn check_output(out: &Path, recipe: &Path, step: &str) -> std::result::Result<(), String> {
+    if std::fs::symlink_metadata(out).is_err() {
+        return Ok(());
+    }
+    let theirs = std::fs::read(out.join(OUTPUT_MARKER))
+        .ok()
+        .filter(|_| out.is_dir() && !out.is_symlink())
+        .and_then(|b| serde_json::from_slice::<OutputMarker>(&b).ok());
+    match theirs {
+        Some(m) if m == marker_for(out, recipe, step) => Ok(()),
+        Some(m) => Err(format!(
+            "`{}` is the output of step `{}` of `{}`",
+            out.display(),
+            m.step,
+            crate::recipe::validate::normalize(&real(out).join(&m.recipe)).display()
+        )),
+        None => Err(format!(
+            "`{}` already exists and was not written by recipe",
+            out.display()
+        )),
+    }
+}
+
+/// `output = "..."`: copy the entry (minus the manifest) to where the recipe
+/// says. Only a previous output of the same step is replaced, by a rename:
+/// the new copy is written beside it first, so nothing is ever half there.
+fn copy_output(checked: &Checked, id: &str, dir: &Path) -> Result<()> {
     let Some(out) = checked.steps[id].params.path("output") else {
         return Ok(());
     };
-    let parent = out
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent)?;
-    let tmp = parent.join(format!(
-        ".{}.tmp.{}",
-        out.file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    crate::util::copy_dir(dir, &tmp)
-        .with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))?;
-    let _ = std::fs::remove_file(tmp.join("manifest.json"));
-    if out.exists() {
-        std::fs::remove_dir_all(&out)
+    let recipe = &checked.recipe.path;
+    check_output(&out, recipe, id).map_err(|e| anyhow!("step `{id}`, key `output`: {e}"))?;
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        bail!(
+            "step `{id}`, key `output`: `{}` is not a dir recipe can write",
+            out.display()
+        );
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create `{}`", parent.display()))?;
+    let sibling = |what: &str| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        parent.join(format!(
+            ".{}.{what}.{}.{nanos}",
+            name.to_string_lossy(),
+            std::process::id()
+        ))
+    };
+    let tmp = sibling("tmp");
+    // create_dir (not _all): a fresh name, never someone else's dir.
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    let written = crate::util::copy_dir(dir, &tmp)
+        .with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))
+        .and_then(|()| {
+            let _ = std::fs::remove_file(tmp.join("manifest.json"));
+            let m = serde_json::to_vec_pretty(&marker_for(&out, recipe, id))?;
+            std::fs::write(tmp.join(OUTPUT_MARKER), m)
+                .with_context(|| format!("cannot write `{}`", tmp.display()))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // The old output (checked above to be ours) steps aside, the new one
+    // takes its name, then the old one goes.
+    let old = out.exists().then(|| sibling("old"));
+    if let Some(old) = &old {
+        std::fs::rename(&out, old)
             .with_context(|| format!("cannot replace `{}`", out.display()))?;
     }
-    std::fs::rename(&tmp, &out).with_context(|| format!("cannot write `{}`", out.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &out) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, &out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e).with_context(|| format!("cannot write `{}`", out.display()));
+    }
+    if let Some(old) = &old {
+        let _ = std::fs::remove_dir_all(old);
+    }
     Ok(())
 }
 
@@ -309,5 +434,44 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{s:.1} s")
     } else {
         format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_paths_are_relative_to_the_output() {
+        assert_eq!(
+            relative(Path::new("/p/out/a"), Path::new("/p/r.toml")),
+            PathBuf::from("../../r.toml")
+        );
+        assert_eq!(
+            relative(
+                Path::new("/p/examples/base"),
+                Path::new("/p/recipes/x.toml")
+            ),
+            PathBuf::from("../../recipes/x.toml")
+        );
+    }
+
+    #[test]
+    fn only_this_steps_marked_output_may_be_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let recipe = d.path().join("r.toml");
+        std::fs::write(&recipe, "").unwrap();
+        let out = d.path().join("out");
+        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
+        std::fs::create_dir(&out).unwrap();
+        assert!(check_output(&out, &recipe, "a")
+            .unwrap_err()
+            .ends_with("already exists and was not written by recipe"));
+        let m = serde_json::to_vec(&marker_for(&out, &recipe, "a")).unwrap();
+        std::fs::write(out.join(OUTPUT_MARKER), m).unwrap();
+        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
+        assert!(check_output(&out, &recipe, "b")
+            .unwrap_err()
+            .contains("is the output of step `a` of"));
     }
 }

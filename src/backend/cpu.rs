@@ -1,6 +1,6 @@
 //! CPU backend: f32 compute, `gemm` for matmul, rayon over rows. The oracle for every other backend.
 
-use super::{AttnDims, AttnMask, Backend, RopeKind};
+use super::{AttnDims, AttnMask, Backend, RopeFreqs, RopeKind};
 use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,7 +30,10 @@ fn scores(
     let mut any = false;
     for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
         let tj = bi * t + j;
-        if mask.valid[tj] == 0 || mask.segment[tj] != mask.segment[ti] {
+        if mask.valid[tj] == 0
+            || mask.segment[tj] != mask.segment[ti]
+            || mask.window.is_some_and(|w| j + w <= i)
+        {
             *pj = f32::NEG_INFINITY;
             continue;
         }
@@ -117,7 +120,11 @@ fn mask_row(row: &mut [f32], mask: &AttnMask, t: usize, bi: usize, i: usize, h: 
     let mut any = false;
     for (j, s) in row.iter_mut().enumerate() {
         let tj = bi * t + j;
-        if j > i || mask.valid[tj] == 0 || mask.segment[tj] != mask.segment[ti] {
+        if j > i
+            || mask.valid[tj] == 0
+            || mask.segment[tj] != mask.segment[ti]
+            || mask.window.is_some_and(|w| j + w <= i)
+        {
             *s = f32::NEG_INFINITY;
             continue;
         }
@@ -665,20 +672,20 @@ impl Backend for CpuBackend {
         n: usize,
         heads: usize,
         hd: usize,
-        rot_dim: usize,
-        base: f32,
+        freqs: &RopeFreqs,
         kind: RopeKind,
         inverse: bool,
     ) {
-        let half = rot_dim / 2;
-        let inv = inv_freq(rot_dim, base);
+        let (inv, m) = (&freqs.inv, freqs.scale);
+        let half = inv.len();
         x[..n * heads * hd]
             .par_chunks_mut(heads * hd)
             .enumerate()
             .for_each(|(t, row)| {
                 for (i, f) in inv.iter().enumerate() {
                     let ang = pos[t] * f;
-                    let (c, mut s) = (ang.cos(), ang.sin());
+                    // transformers: cos = cos(pos·θ)·attention_scaling, sin likewise.
+                    let (c, mut s) = (ang.cos() * m, ang.sin() * m);
                     if inverse {
                         s = -s;
                     }
@@ -766,6 +773,7 @@ impl Backend for CpuBackend {
         v: &[f32],
         valid: &[u8],
         alibi: Option<(&[f32], &[f32])>,
+        window: Option<usize>,
         dims: AttnDims,
         cap: usize,
         past: usize,
@@ -787,7 +795,7 @@ impl Backend for CpuBackend {
                 let mut mx = f32::NEG_INFINITY;
                 for (j, pj) in p.iter_mut().enumerate() {
                     let slot = bi * cap + j;
-                    if valid[slot] == 0 {
+                    if valid[slot] == 0 || window.is_some_and(|w| j + w <= past + i) {
                         *pj = f32::NEG_INFINITY;
                         continue;
                     }
@@ -1005,6 +1013,7 @@ mod tests {
                 valid: &valid,
                 segment: &segment,
                 alibi,
+                window: None,
             };
             let be = CpuBackend;
             let nl = be.attention_saved_len(dims);
@@ -1049,8 +1058,7 @@ mod tests {
             3,
             heads,
             hd,
-            rot,
-            base,
+            &RopeFreqs::plain(rot, base),
             RopeKind::Interleaved,
             false,
         );
@@ -1081,8 +1089,7 @@ mod tests {
             3,
             heads,
             hd,
-            rot,
-            base,
+            &RopeFreqs::plain(rot, base),
             RopeKind::Interleaved,
             true,
         );

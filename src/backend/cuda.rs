@@ -19,7 +19,7 @@
 //! On the CPU ([`CpuBackend`]), because no kernel covers them yet:
 //! - `attention_cached_fwd` (generation's KV-cache attention);
 //! - `attention_fwd` / `attention_bwd` when the head dim exceeds 128, when query heads are not a
-//!   multiple of kv heads, or when ALiBi key positions are not `index + constant` within each
+//!   multiple of kv heads, with a sliding window, or when ALiBi key positions are not `index + constant` within each
 //!   (row, segment) (the kernel's bias is slope·(j − i));
 //! - 4-bit (QLoRA) base weights: the model's `QuantLinear` multiplies on the host, outside the
 //!   backend, so a quantized base runs its frozen matmuls on the CPU with the rest on the GPU.
@@ -37,7 +37,7 @@ use std::sync::Mutex;
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use super::{AttnDims, AttnMask, Backend, CpuBackend, RopeKind};
+use super::{AttnDims, AttnMask, Backend, CpuBackend, RopeFreqs, RopeKind};
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{gelu_tanh_bwd, gelu_tanh_fwd, swiglu_bwd, swiglu_fwd, GluLayout};
@@ -180,7 +180,12 @@ fn alibi_is_relative(mask: &AttnMask, b: usize, t: usize) -> bool {
 /// Whether the attention kernels can run these dims and mask (else the CPU does).
 fn attention_on_gpu(mask: &AttnMask, dims: AttnDims) -> bool {
     let AttnDims { b, t, nh, nkv, hd } = dims;
-    hd > 0 && hd <= ATTN_DMAX && nkv > 0 && nh % nkv == 0 && alibi_is_relative(mask, b, t)
+    hd > 0
+        && hd <= ATTN_DMAX
+        && nkv > 0
+        && nh % nkv == 0
+        && mask.window.is_none()
+        && alibi_is_relative(mask, b, t)
 }
 
 /// The kernels' segment ids: the trait's, with every padding token in segment −1.
@@ -196,17 +201,16 @@ fn kernel_segments(mask: &AttnMask, n: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Per-token rope tables [n, rot_dim/2]: row t = cos/sin(pos[t]·θ_i) with θ_i computed in f32
-/// from the same `inv_freq` as `CpuBackend::rope`.
-fn rope_token_tables(pos: &[f32], n: usize, rot_dim: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = rot_dim / 2;
-    let inv = super::cpu::inv_freq(rot_dim, base);
+/// Per-token rope tables [n, rot_dim/2]: row t = cos/sin(pos[t]·θ_i)·scale with the same
+/// frequencies and f32 arithmetic as `CpuBackend::rope`.
+fn rope_token_tables(pos: &[f32], n: usize, freqs: &RopeFreqs) -> (Vec<f32>, Vec<f32>) {
+    let half = freqs.inv.len();
     let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
     for t in 0..n {
-        for (i, f) in inv.iter().enumerate() {
+        for (i, f) in freqs.inv.iter().enumerate() {
             let ang = pos[t] * f;
-            cos[t * half + i] = ang.cos();
-            sin[t * half + i] = ang.sin();
+            cos[t * half + i] = ang.cos() * freqs.scale;
+            sin[t * half + i] = ang.sin() * freqs.scale;
         }
     }
     (cos, sin)
@@ -435,16 +439,16 @@ impl Backend for CudaBackend {
         n: usize,
         heads: usize,
         hd: usize,
-        rot_dim: usize,
-        base: f32,
+        freqs: &RopeFreqs,
         kind: RopeKind,
         inverse: bool,
     ) {
-        let half = rot_dim / 2;
+        let half = freqs.inv.len();
+        let rot_dim = 2 * half;
         if n * heads * hd == 0 || half == 0 {
             return;
         }
-        let (cos, sin) = rope_token_tables(pos, n, rot_dim, base);
+        let (cos, sin) = rope_token_tables(pos, n, freqs);
         let idx: Vec<i32> = (0..n as i32).collect();
         let layout = match kind {
             RopeKind::Half => RopeLayout::Half,
@@ -570,13 +574,14 @@ impl Backend for CudaBackend {
         v: &[f32],
         valid: &[u8],
         alibi: Option<(&[f32], &[f32])>,
+        window: Option<usize>,
         dims: AttnDims,
         cap: usize,
         past: usize,
         scale: f32,
     ) {
         self.cpu
-            .attention_cached_fwd(out, q, k, v, valid, alibi, dims, cap, past, scale)
+            .attention_cached_fwd(out, q, k, v, valid, alibi, window, dims, cap, past, scale)
     }
 
     fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
@@ -724,6 +729,7 @@ mod tests {
             valid,
             segment: seg,
             alibi,
+            window: None,
         }
     }
 
@@ -830,7 +836,8 @@ mod tests {
         let (n, heads, hd, rot) = (5, 3, 8, 4);
         let pos = [0.0f32, 3.0, 17.0, 1000.0, 2.5];
         let x = Rng::new(9).normals(n * heads * hd, 1.0);
-        let (cos, sin) = rope_token_tables(&pos, n, rot, 10000.0);
+        let freqs = RopeFreqs::plain(rot, 10000.0);
+        let (cos, sin) = rope_token_tables(&pos, n, &freqs);
         let idx: Vec<i32> = (0..n as i32).collect();
         for (kind, layout) in [
             (RopeKind::Half, RopeLayout::Half),
@@ -838,7 +845,7 @@ mod tests {
         ] {
             for inverse in [false, true] {
                 let mut want = x.clone();
-                CpuBackend.rope(&mut want, &pos, n, heads, hd, rot, 10000.0, kind, inverse);
+                CpuBackend.rope(&mut want, &pos, n, heads, hd, &freqs, kind, inverse);
                 let mut got = vec![0f32; x.len()];
                 let sgn = if inverse { -1.0 } else { 1.0 };
                 twin_rope(&mut got, &x, &cos, &sin, &idx, heads, hd, rot, layout, sgn);

@@ -65,6 +65,24 @@ pub enum RopeKind {
     Interleaved,
 }
 
+/// The rotary frequencies of one forward: θ_i (`inv`, rot_dim/2 of them, so rot_dim = 2·len)
+/// and the factor cos/sin are multiplied by (YaRN's attention scaling; 1 otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeFreqs {
+    pub inv: Vec<f32>,
+    pub scale: f32,
+}
+
+impl RopeFreqs {
+    /// The original RoPE: θ_i = base^(−2i/rot_dim), no scaling.
+    pub fn plain(rot_dim: usize, base: f32) -> RopeFreqs {
+        RopeFreqs {
+            inv: cpu::inv_freq(rot_dim, base),
+            scale: 1.0,
+        }
+    }
+}
+
 /// Which keys each query may see. Key j is visible to query i (same batch row) iff
 /// j <= i, `valid[j]`, `valid[i]` and `segment[i] == segment[j]`. A query with no visible key outputs 0.
 pub struct AttnMask<'a> {
@@ -74,6 +92,8 @@ pub struct AttnMask<'a> {
     pub segment: &'a [u32],
     /// ALiBi: (slopes [NH], key positions [B*T]); bias = slope_h · pos_j.
     pub alibi: Option<(&'a [f32], &'a [f32])>,
+    /// Sliding window w: key j is also hidden from query i when j <= i − w (slot indices).
+    pub window: Option<usize>,
 }
 
 /// Attention dims: q [B,T,NH,HD], k/v [B,T,KV,HD]; head h reads kv group h / (NH/KV).
@@ -159,8 +179,9 @@ pub trait Backend: Send + Sync {
         d: usize,
     );
 
-    /// In place on x[n, heads, hd]; pos[n]; rotates the first rot_dim dims of each head.
-    /// `inverse` applies the transpose rotation (the backward).
+    /// In place on x[n, heads, hd]; pos[n]; rotates the first 2·freqs.inv.len() dims of each
+    /// head by angles pos·θ_i, cos/sin scaled by `freqs.scale`. `inverse` applies the transpose
+    /// (the backward).
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
@@ -169,8 +190,7 @@ pub trait Backend: Send + Sync {
         n: usize,
         heads: usize,
         hd: usize,
-        rot_dim: usize,
-        base: f32,
+        freqs: &RopeFreqs,
         kind: RopeKind,
         inverse: bool,
     );
@@ -215,7 +235,8 @@ pub trait Backend: Send + Sync {
 
     /// Attention of new queries over a KV cache (generation, no backward).
     /// out, q [B,Tn,NH,HD]; k, v caches [B,cap,KV,HD] already holding the new keys at
-    /// past..past+Tn; valid [B*cap]; query i (cache slot past+i) sees valid slots j <= past+i.
+    /// past..past+Tn; valid [B*cap]; query i (cache slot past+i) sees valid slots j <= past+i
+    /// (and j > past+i − w with a sliding window w).
     /// ALiBi: (slopes [NH], key positions [B*cap]). `dims.t` is Tn.
     #[allow(clippy::too_many_arguments)]
     fn attention_cached_fwd(
@@ -226,6 +247,7 @@ pub trait Backend: Send + Sync {
         v: &[f32],
         valid: &[u8],
         alibi: Option<(&[f32], &[f32])>,
+        window: Option<usize>,
         dims: AttnDims,
         cap: usize,
         past: usize,

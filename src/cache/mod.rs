@@ -43,15 +43,50 @@ pub struct Cache {
     pub root: PathBuf,
 }
 
+/// The marker of a cache root (the Cache Directory Tagging convention, so
+/// backup tools skip it too); `gc` removes nothing from a dir without it.
+pub const TAG_FILE: &str = "CACHEDIR.TAG";
+const TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by recipe (the step cache).\n";
+
+const LAYOUT: [&str; 4] = ["entries", "tmp", "work", "state"];
+
+/// A cache key as `plan` makes them: 32 lowercase hex digits. Anything else
+/// found on disk (a hand-edited manifest) never becomes a path.
+pub fn is_key(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl Cache {
     pub fn open(root: &Path) -> Result<Cache> {
-        for d in ["entries", "tmp", "work", "state"] {
+        for d in LAYOUT {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("cannot create cache dir `{}`", root.join(d).display()))?;
+        }
+        let tag = root.join(TAG_FILE);
+        if !tag.is_file() {
+            crate::util::write_atomic(&tag, TAG.as_bytes())
+                .with_context(|| format!("cannot write `{}`", tag.display()))?;
         }
         Ok(Cache {
             root: root.to_path_buf(),
         })
+    }
+
+    /// An existing cache, for `cache ls` / `cache gc`: a dir holding recipe's
+    /// `CACHEDIR.TAG`, or (made before the tag existed) the full layout.
+    pub fn open_existing(root: &Path) -> Result<Cache> {
+        let tagged = std::fs::read_to_string(root.join(TAG_FILE))
+            .is_ok_and(|t| t.contains("created by recipe"));
+        let layout = LAYOUT.iter().all(|d| root.join(d).is_dir());
+        anyhow::ensure!(
+            tagged || layout,
+            "`{}` is not a recipe cache (no {TAG_FILE} written by recipe); nothing removed",
+            root.display()
+        );
+        Cache::open(root)
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {
@@ -129,9 +164,11 @@ impl Cache {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
+                // Only an entry whose manifest names its own dir counts.
                 if let Some(m) = std::fs::read(&mpath)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                    .filter(|m| is_key(&m.key) && e.file_name().to_str() == Some(&m.key))
                 {
                     out.push((m, used));
                 }
@@ -171,8 +208,15 @@ impl Cache {
         }
         if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
             for e in rd.flatten() {
+                // `<key>.<pid>.<nanos>`, as `begin` names them; nothing else is touched.
                 let name = e.file_name().to_string_lossy().to_string();
-                let pid: Option<u32> = name.split('.').nth(1).and_then(|p| p.parse().ok());
+                let parts: Vec<&str> = name.split('.').collect();
+                let pid: Option<u32> = match parts[..] {
+                    [key, pid, nanos] if is_key(key) && nanos.parse::<u32>().is_ok() => {
+                        pid.parse().ok()
+                    }
+                    _ => None,
+                };
                 if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
                     freed += crate::util::dir_size(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
@@ -185,10 +229,17 @@ impl Cache {
     /// Where the last resolution of `recipe`'s step `id` is remembered.
     pub fn state_path(&self, recipe: &Path, id: &str) -> PathBuf {
         let tag = blake3::hash(recipe.display().to_string().as_bytes()).to_hex();
+        // Recipe validation allows only safe step ids; hash anything else so
+        // no id can name a path outside the cache.
+        let name = if crate::recipe::is_safe_name(id) {
+            id.to_string()
+        } else {
+            blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
+        };
         self.root
             .join("state")
             .join(&tag[..16])
-            .join(format!("{id}.json"))
+            .join(format!("{name}.json"))
     }
 }
 
@@ -202,4 +253,42 @@ pub fn default_root(recipe_dir: &Path, flag: Option<&Path>) -> PathBuf {
         return PathBuf::from(e);
     }
     recipe_dir.join(".recipe").join("cache")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_32_lowercase_hex_digits() {
+        assert!(is_key("0123456789abcdef0123456789abcdef"));
+        assert!(!is_key("../../../../../../../../../../etc"));
+        assert!(!is_key("0123456789ABCDEF0123456789ABCDEF"));
+        assert!(!is_key("0123456789abcdef"));
+    }
+
+    #[test]
+    fn only_a_cache_is_opened_for_gc() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("entries")).unwrap();
+        let e = Cache::open_existing(d.path()).err().unwrap().to_string();
+        assert!(
+            e.ends_with(
+                "is not a recipe cache (no CACHEDIR.TAG written by recipe); nothing removed"
+            ),
+            "{e}"
+        );
+        Cache::open(d.path()).unwrap();
+        assert!(Cache::open_existing(d.path()).is_ok());
+    }
+
+    #[test]
+    fn state_paths_stay_inside_the_cache() {
+        let c = Cache {
+            root: PathBuf::from("/c"),
+        };
+        let p = c.state_path(Path::new("r.toml"), "../../../etc/passwd");
+        assert!(p.starts_with("/c/state/"));
+        assert_eq!(p.components().count(), 5, "{}", p.display());
+    }
 }

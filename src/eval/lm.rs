@@ -4,11 +4,12 @@
 //!
 //! Rows are left-padded into one batch and run with a KV cache: the prompt as one prefill
 //! step, then one token per row per step ([`Model::forward_step_last`]). transformers gives a
-//! left-padded row the positions cumsum(mask) − 1; the engine counts slots. RoPE and ALiBi
-//! only see relative positions (and the engine's ALiBi uses the mask count), so the two agree;
-//! learned absolute positions (GPT-2) do not, so those rows are batched by prompt length
-//! instead (no padding at all). [`EngineLm::no_cache`] runs the full forward every step: the
-//! slow oracle the cached path is tested against.
+//! left-padded row the positions cumsum(mask) − 1, and so does the KV cache for RoPE and ALiBi
+//! (dynamic NTK RoPE needs them: its frequencies change between steps); the full forward counts
+//! slots, which RoPE and ALiBi cannot tell apart otherwise. Learned absolute positions (GPT-2)
+//! count slots everywhere, so those rows are batched by prompt length instead (no padding at
+//! all). [`EngineLm::no_cache`] runs the full forward every step: the slow oracle the cached
+//! path is tested against (except under dynamic NTK, see `model::cache`).
 
 use super::generate::{left_pad, CausalLm};
 use crate::model::{Batch, KvCache, LoadOptions, Model, Positions};

@@ -17,11 +17,17 @@ pub enum LoraError {
         "target_modules {targets}: matches no linear layer of this model (first names: {examples})"
     )]
     NoMatch { targets: String, examples: String },
+    #[error("r = {r}: LoRA rank must be in 1..={MAX_RANK}")]
+    Rank { r: usize },
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
+
+/// The largest LoRA rank accepted (recipes are checked against it at plan
+/// time; `apply` checks again before allocating r × d floats).
+pub const MAX_RANK: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Targets {
@@ -101,6 +107,9 @@ impl SplitMix {
 /// Attaches fresh adapters to every target linear (A kaiming-uniform, bound 1/√d_in; B = 0) and
 /// makes `modules_to_save` fully trainable. Returns the adapted module names.
 pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraError> {
+    if !(1..=MAX_RANK).contains(&cfg.r) {
+        return Err(LoraError::Rank { r: cfg.r });
+    }
     let re = cfg.targets.compile()?;
     let mut rng = SplitMix(cfg.seed);
     let s = cfg.scale();
@@ -309,7 +318,11 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
     let r = c
         .get("r")
         .and_then(|v| v.as_u64())
-        .ok_or_else(|| key_err("r", "expected an integer"))? as usize;
+        .ok_or_else(|| key_err("r", "expected an integer"))?;
+    if !(1..=MAX_RANK as u64).contains(&r) {
+        return Err(key_err("r", &format!("{r} is not in 1..={MAX_RANK}")));
+    }
+    let r = r as usize;
     let alpha = c
         .get("lora_alpha")
         .and_then(|v| v.as_f64())

@@ -1,11 +1,12 @@
 //! `Arch`: one description of a decoder-only transformer, built from a Hugging Face `config.json`
 //! for each supported family, plus the checkpoint names of every weight and parameter counts.
 
-use crate::backend::RopeKind;
+use crate::backend::cpu::inv_freq;
+use crate::backend::{RopeFreqs, RopeKind};
 use serde_json::Value;
 use std::path::Path;
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen, chatglm, bloom, gpt2";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchError {
@@ -33,6 +34,8 @@ pub enum ArchError {
 pub enum Family {
     Llama,
     Qwen2,
+    /// Qwen2's layout plus per-head q/k RMSNorm (`Arch::qk_norm`), no q/k/v bias.
+    Qwen3,
     Qwen,
     ChatGlm,
     Bloom,
@@ -51,11 +54,127 @@ pub enum Positions {
         kind: RopeKind,
         rot_dim: usize,
         base: f32,
+        #[serde(default)]
+        scaling: RopeScaling,
     },
     Alibi,
     Learned {
         max: usize,
     },
+}
+
+/// RoPE frequency scaling, computed as transformers' `modeling_rope_utils.py` does (f32 where
+/// it uses tensors, f64 where it uses Python floats).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// θ_i / factor.
+    Linear { factor: f64 },
+    /// NTK: past `max_pos` (max_position_embeddings) positions the base grows with the length
+    /// the reference has seen (see `Model::rope_freqs`).
+    Dynamic { factor: f64, max_pos: usize },
+    /// Llama 3.1: low frequencies / factor, high ones kept, a smooth band between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original: usize,
+    },
+    /// YaRN: interpolation blended by a linear ramp over dims; cos/sin × attention_factor.
+    Yarn {
+        factor: f64,
+        original: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
+}
+
+impl RopeScaling {
+    /// θ_i (rot_dim/2 of them) and the cos/sin factor. `seq`: for `Dynamic`, the sequence
+    /// length the base is scaled to (at most `max_pos` means unscaled); ignored otherwise.
+    pub fn freqs(&self, rot_dim: usize, base: f32, seq: usize) -> RopeFreqs {
+        let plain = inv_freq(rot_dim, base);
+        let half = rot_dim / 2;
+        let (inv, scale) = match *self {
+            RopeScaling::None => (plain, 1.0),
+            RopeScaling::Linear { factor } => {
+                (plain.iter().map(|x| x / factor as f32).collect(), 1.0)
+            }
+            RopeScaling::Dynamic { factor, max_pos } if seq > max_pos => {
+                // transformers passes seq_len as a 0-d tensor here, so this is f32 arithmetic.
+                let f = factor as f32;
+                let t = f * seq as f32 / max_pos as f32 - (factor - 1.0) as f32;
+                let e = (rot_dim as f64 / (rot_dim as f64 - 2.0)) as f32;
+                let b = base * t.powf(e);
+                let inv = (0..half)
+                    .map(|i| 1.0 / b.powf((2 * i) as f32 / rot_dim as f32))
+                    .collect();
+                (inv, 1.0)
+            }
+            RopeScaling::Dynamic { .. } => (plain, 1.0),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: lf,
+                high_freq_factor: hf,
+                original,
+            } => {
+                let old = original as f64;
+                let (low_wl, high_wl) = ((old / lf) as f32, (old / hf) as f32);
+                let f = factor as f32;
+                let inv = plain
+                    .iter()
+                    .map(|&x| {
+                        let wl = (2.0 * std::f64::consts::PI) as f32 / x;
+                        let scaled = if wl > low_wl { x / f } else { x };
+                        if wl < high_wl || wl > low_wl {
+                            scaled
+                        } else {
+                            let s = (old as f32 / wl - lf as f32) / (hf - lf) as f32;
+                            (1.0 - s) * scaled / f + s * scaled
+                        }
+                    })
+                    .collect();
+                (inv, 1.0)
+            }
+            RopeScaling::Yarn {
+                factor,
+                original,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            } => {
+                let (dim, b) = (rot_dim as f64, base as f64);
+                let corr = |rot: f64| {
+                    dim * (original as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * b.ln())
+                };
+                let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
+                if truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                let inv = (0..half)
+                    .map(|i| {
+                        let pf = base.powf((2 * i) as f32 / rot_dim as f32);
+                        let (extra, inter) = (1.0 / pf, 1.0 / (factor as f32 * pf));
+                        let ramp = ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0);
+                        let ef = 1.0 - ramp;
+                        inter * (1.0 - ef) + extra * ef
+                    })
+                    .collect();
+                (inv, attention_factor as f32)
+            }
+        };
+        RopeFreqs { inv, scale }
+    }
 }
 
 /// How the q/k/v projections are stored.
@@ -93,6 +212,9 @@ pub struct Arch {
     pub positions: Positions,
     pub qkv: QkvLayout,
     pub qkv_bias: bool,
+    /// RMSNorm over each q and k head (weights [head_dim]) before RoPE (Qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
     /// Bias on the attention output and the MLP linears.
     pub out_bias: bool,
     pub mlp: MlpKind,
@@ -106,6 +228,16 @@ pub struct Arch {
     /// not follow it (longer inputs are an error, not a silent mismatch).
     #[serde(default)]
     pub long_context: Option<LongContext>,
+    #[serde(default)]
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// Sliding-window attention: on the layers flagged in `layers`, key j is visible to query i
+/// (slot indices, left padding included, as transformers' cache positions) iff i − len < j ≤ i.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SlidingWindow {
+    pub len: usize,
+    pub layers: Vec<bool>,
 }
 
 /// A length past which the reference attention changes.
@@ -145,8 +277,7 @@ pub struct Names {
 }
 
 /// Qwen v1: `use_logn_attn` / `use_dynamic_ntk` change attention past
-/// `seq_length` at inference. Mistral (`sliding_window`) and Qwen2
-/// (`use_sliding_window`): keys farther back than the window are not seen.
+/// `seq_length` at inference.
 fn long_context(c: &Value, model_type: &str) -> Option<LongContext> {
     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
     let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
@@ -162,15 +293,37 @@ fn long_context(c: &Value, model_type: &str) -> Option<LongContext> {
                 training: false,
             })
         }
-        "mistral" | "qwen2" if model_type == "mistral" || on("use_sliding_window") => {
-            num("sliding_window").map(|len| LongContext {
-                len,
-                what: "sliding_window attention".into(),
-                training: true,
-            })
-        }
         _ => None,
     }
+}
+
+/// Mistral: `sliding_window` on every layer. Qwen2/3 with `use_sliding_window`: on the layers
+/// `layer_types` marks "sliding_attention" (by default those from `max_window_layers` on), as
+/// transformers builds them.
+fn sliding_window(c: &Value, model_type: &str, layers: usize) -> Option<SlidingWindow> {
+    let len = c.get("sliding_window").and_then(Value::as_u64)? as usize;
+    let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let flags = match model_type {
+        "mistral" => vec![true; layers],
+        "qwen2" | "qwen3" if on("use_sliding_window") => {
+            match c.get("layer_types").and_then(Value::as_array) {
+                Some(t) => (0..layers)
+                    .map(|i| t.get(i).and_then(Value::as_str) == Some("sliding_attention"))
+                    .collect(),
+                None => {
+                    let from = c
+                        .get("max_window_layers")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(28) as usize;
+                    (0..layers).map(|i| i >= from).collect()
+                }
+            }
+        }
+        _ => return None,
+    };
+    flags
+        .contains(&true)
+        .then_some(SlidingWindow { len, layers: flags })
 }
 
 fn get<'a>(c: &'a Value, path: &str, key: &str) -> Result<&'a Value, ArchError> {
@@ -199,6 +352,44 @@ fn uint_or(c: &Value, path: &str, key: &str, d: usize) -> Result<usize, ArchErro
         uint(c, path, key)
     }
 }
+/// A count other sizes are divided by: 0 is a config error here, not a
+/// division by zero later.
+fn count(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
+    match uint(c, path, key)? {
+        0 => Err(ArchError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+/// `a_key` must split evenly into `b_key` parts.
+fn divides(path: &str, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
+    if !a.is_multiple_of(b) {
+        return Err(ArchError::Key {
+            path: path.into(),
+            key: a_key.into(),
+            msg: format!("{a} does not divide into {b_key} = {b} equal parts"),
+        });
+    }
+    Ok(())
+}
+/// The per-head size: `key` if the config has it, else hidden_size / heads
+/// (which must divide).
+fn head_dim(
+    c: &Value,
+    path: &str,
+    key: &str,
+    hidden: usize,
+    heads: usize,
+) -> Result<usize, ArchError> {
+    if c.get(key).is_some_and(|v| !v.is_null()) {
+        return count(c, path, key);
+    }
+    divides(path, "hidden_size", hidden, "num_attention_heads", heads)?;
+    Ok(hidden / heads)
+}
 fn float_or(c: &Value, key: &str, d: f64) -> f64 {
     c.get(key).and_then(|v| v.as_f64()).unwrap_or(d)
 }
@@ -212,15 +403,147 @@ fn eos(c: &Value) -> Option<u32> {
         _ => None,
     }
 }
-fn rope_theta(c: &Value) -> f64 {
-    c.get("rope_theta")
-        .and_then(|v| v.as_f64())
-        .or_else(|| {
-            c.get("rope_parameters")
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(|v| v.as_f64())
+/// RoPE base and scaling of a LLaMA-layout config, read as transformers 5 standardizes it:
+/// `rope_scaling` (transformers 4) or else `rope_parameters` (5), whose own `rope_theta` wins over
+/// the top-level one; a `rope_parameters` nested per layer type is accepted when every type has
+/// the same parameters. Types other than default/linear/dynamic/llama3/yarn are refused.
+fn rope_config(c: &Value, path: &str) -> Result<(f32, RopeScaling), ArchError> {
+    let present = |k: &str| {
+        c.get(k)
+            .filter(|v| !v.is_null() && *v != &Value::Object(Default::default()))
+    };
+    let (key, params) = match (present("rope_scaling"), present("rope_parameters")) {
+        (Some(p), _) => ("rope_scaling", p.clone()),
+        (None, Some(p)) => ("rope_parameters", p.clone()),
+        (None, None) => ("rope_parameters", Value::Object(Default::default())),
+    };
+    let err = |key: &str, msg: String| ArchError::Key {
+        path: path.into(),
+        key: key.into(),
+        msg,
+    };
+    let Value::Object(map) = &params else {
+        return Err(err(key, "expected an object".into()));
+    };
+    // Nested per layer type: {"full_attention": {...}, "sliding_attention": {...}}.
+    let nested = !map.is_empty() && map.values().all(|v| v.is_object() || v.is_null());
+    let params = if nested {
+        let used: Vec<&str> = match c.get("layer_types").and_then(Value::as_array) {
+            Some(a) => a.iter().filter_map(Value::as_str).collect(),
+            None => map.keys().map(String::as_str).collect(),
+        };
+        let mut one: Option<&Value> = None;
+        for t in used {
+            let p = map
+                .get(t)
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| err(key, format!("no RoPE parameters for layer type \"{t}\"")))?;
+            match one {
+                Some(o) if o != p => {
+                    return Err(err(
+                        key,
+                        "different RoPE parameters per layer type are not supported".into(),
+                    ))
+                }
+                _ => one = Some(p),
+            }
+        }
+        one.cloned().unwrap_or_default()
+    } else {
+        params
+    };
+    let num = |k: &str| params.get(k).and_then(Value::as_f64);
+    let top = |k: &str| c.get(k).and_then(Value::as_f64);
+    let base = num("rope_theta").or(top("rope_theta")).unwrap_or(10000.0) as f32;
+    let rope_type = params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type == "default" {
+        return Ok((base, RopeScaling::None));
+    }
+    if let Some(p) = num("partial_rotary_factor").or(top("partial_rotary_factor")) {
+        if p != 1.0 {
+            return Err(err(
+                "partial_rotary_factor",
+                format!("{p} with rope type \"{rope_type}\" is not supported (only 1.0)"),
+            ));
+        }
+    }
+    let need = |k: &str| {
+        num(k).ok_or_else(|| {
+            err(
+                key,
+                format!("rope type \"{rope_type}\" needs a number \"{k}\""),
+            )
         })
-        .unwrap_or(10000.0)
+    };
+    let max_pos = || {
+        top("max_position_embeddings")
+            .map(|v| v as usize)
+            .ok_or_else(|| err("max_position_embeddings", "missing".into()))
+    };
+    // transformers: a top-level original_max_position_embeddings wins, else the dict's, else
+    // max_position_embeddings.
+    let original = || match top("original_max_position_embeddings")
+        .or(num("original_max_position_embeddings"))
+    {
+        Some(v) => Ok(v as usize),
+        None => max_pos(),
+    };
+    let scaling = match rope_type {
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "dynamic" => RopeScaling::Dynamic {
+            factor: need("factor")?,
+            max_pos: max_pos()?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original: original()?,
+        },
+        "yarn" => {
+            let original = original()?;
+            let factor = match num("factor") {
+                Some(f) => f,
+                None => max_pos()? as f64 / original as f64,
+            };
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let nonzero = |k: &str| num(k).filter(|&v| v != 0.0);
+            let attention_factor = match (num("attention_factor"), nonzero("mscale"), nonzero("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(md)) => mscale(factor, m) / mscale(factor, md),
+                _ => mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original,
+                beta_fast: nonzero("beta_fast").unwrap_or(32.0),
+                beta_slow: nonzero("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: params.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+            }
+        }
+        other => {
+            return Err(err(
+                key,
+                format!(
+                    "rope type \"{other}\" is not supported (supported: default, linear, dynamic, llama3, yarn)"
+                ),
+            ))
+        }
+    };
+    Ok((base, scaling))
 }
 
 impl Arch {
@@ -248,30 +571,18 @@ impl Arch {
             .to_string();
         let tie = |d| bool_or(&c, "tie_word_embeddings", d);
         let a = match mt.as_str() {
-            "llama" | "mistral" | "qwen2" => {
-                let scaling = c
-                    .get("rope_scaling")
-                    .filter(|v| !v.is_null())
-                    .or_else(|| c.get("rope_parameters"));
-                let rope_type = scaling
-                    .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
-                if rope_type != "default" {
-                    return Err(ArchError::Key {
-                        path: path.into(),
-                        key: "rope_scaling".into(),
-                        msg: format!(
-                            "rope type \"{rope_type}\" is not supported (only the default RoPE)"
-                        ),
-                    });
-                }
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
+                let (base, scaling) = rope_config(&c, path)?;
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "head_dim", hidden / heads)?;
-                let q2 = mt == "qwen2";
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "head_dim", hidden, heads)?;
+                let (q2, q3) = (mt == "qwen2", mt == "qwen3");
                 Arch {
-                    family: if q2 { Family::Qwen2 } else { Family::Llama },
+                    family: match mt.as_str() {
+                        "qwen2" => Family::Qwen2,
+                        "qwen3" => Family::Qwen3,
+                        _ => Family::Llama,
+                    },
                     vocab: uint(&c, path, "vocab_size")?,
                     hidden,
                     layers: uint(&c, path, "num_hidden_layers")?,
@@ -284,10 +595,12 @@ impl Arch {
                     positions: Positions::Rope {
                         kind: RopeKind::Half,
                         rot_dim: hd,
-                        base: rope_theta(&c) as f32,
+                        base,
+                        scaling,
                     },
                     qkv: QkvLayout::Separate,
                     qkv_bias: q2 || bool_or(&c, "attention_bias", false),
+                    qk_norm: q3,
                     out_bias: false,
                     mlp: MlpKind::SwiGlu { fused: false },
                     tied: tie(false),
@@ -296,12 +609,13 @@ impl Arch {
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
                     long_context: None,
+                    sliding_window: None,
                 }
             }
             "qwen" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let pct = float_or(&c, "rotary_pct", 1.0);
                 Arch {
                     family: Family::Qwen,
@@ -318,9 +632,11 @@ impl Arch {
                         kind: RopeKind::Half,
                         rot_dim: (hd as f64 * pct) as usize,
                         base: float_or(&c, "rotary_emb_base", 10000.0) as f32,
+                        scaling: RopeScaling::None,
                     },
                     qkv: QkvLayout::Concat,
                     qkv_bias: true,
+                    qk_norm: false,
                     out_bias: !bool_or(&c, "no_bias", true),
                     mlp: MlpKind::SwiGlu { fused: false },
                     tied: tie(false),
@@ -329,6 +645,7 @@ impl Arch {
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
                     long_context: None,
+                    sliding_window: None,
                 }
             }
             "chatglm"
@@ -343,8 +660,8 @@ impl Arch {
             }
             "chatglm" => {
                 let hidden = uint(&c, path, "hidden_size")?;
-                let heads = uint(&c, path, "num_attention_heads")?;
-                let hd = uint_or(&c, path, "kv_channels", hidden / heads)?;
+                let heads = count(&c, path, "num_attention_heads")?;
+                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
                 let mqa = bool_or(&c, "multi_query_attention", false);
                 if !bool_or(&c, "rmsnorm", true) {
                     return Err(ArchError::Key {
@@ -372,10 +689,12 @@ impl Arch {
                         kind: RopeKind::Interleaved,
                         rot_dim: hd / 2,
                         base: 10000.0 * float_or(&c, "rope_ratio", 1.0) as f32,
+                        scaling: RopeScaling::None,
                     },
                     qkv: QkvLayout::Concat,
                     qkv_bias: bool_or(&c, "add_qkv_bias", true)
                         || bool_or(&c, "add_bias_linear", false),
+                    qk_norm: false,
                     out_bias: bool_or(&c, "add_bias_linear", false),
                     mlp: MlpKind::SwiGlu { fused: true },
                     tied: false,
@@ -384,6 +703,7 @@ impl Arch {
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
                     long_context: None,
+                    sliding_window: None,
                 }
             }
             "bloom" => {
@@ -401,6 +721,7 @@ impl Arch {
                         msg: "missing".into(),
                     });
                 }
+                divides(path, "hidden_size", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Bloom,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -420,6 +741,7 @@ impl Arch {
                     positions: Positions::Alibi,
                     qkv: QkvLayout::PerHead,
                     qkv_bias: true,
+                    qk_norm: false,
                     out_bias: true,
                     mlp: MlpKind::GeluTanh,
                     tied: tie(true),
@@ -428,11 +750,13 @@ impl Arch {
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
                     long_context: None,
+                    sliding_window: None,
                 }
             }
             "gpt2" => {
                 let hidden = uint(&c, path, "n_embd")?;
-                let heads = uint(&c, path, "n_head")?;
+                let heads = count(&c, path, "n_head")?;
+                divides(path, "n_embd", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Gpt2,
                     vocab: uint(&c, path, "vocab_size")?,
@@ -449,6 +773,7 @@ impl Arch {
                     },
                     qkv: QkvLayout::Concat,
                     qkv_bias: true,
+                    qk_norm: false,
                     out_bias: true,
                     mlp: MlpKind::GeluTanh,
                     tied: tie(true),
@@ -457,6 +782,7 @@ impl Arch {
                     eos_token_id: eos(&c),
                     model_type: mt.clone(),
                     long_context: None,
+                    sliding_window: None,
                 }
             }
             _ => {
@@ -468,6 +794,16 @@ impl Arch {
         };
         let mut a = a;
         a.long_context = long_context(&c, &mt);
+        a.sliding_window = sliding_window(&c, &mt, a.layers);
+        for (key, n) in [("hidden_size", a.hidden), ("vocab_size", a.vocab)] {
+            if n == 0 {
+                return Err(ArchError::Key {
+                    path: path.into(),
+                    key: key.into(),
+                    msg: "must be at least 1".into(),
+                });
+            }
+        }
         if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
             return Err(ArchError::Key {
                 path: path.into(),
@@ -481,6 +817,12 @@ impl Arch {
         Ok(a)
     }
 
+    /// The attention window of layer i (None: full causal attention).
+    pub fn window(&self, i: usize) -> Option<usize> {
+        let w = self.sliding_window.as_ref()?;
+        w.layers.get(i).copied().unwrap_or(false).then_some(w.len)
+    }
+
     pub fn q_dim(&self) -> usize {
         self.heads * self.head_dim
     }
@@ -491,7 +833,7 @@ impl Arch {
     pub fn names(&self) -> Names {
         let s = String::from;
         match self.family {
-            Family::Llama | Family::Qwen2 => Names {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => Names {
                 emb: s("model.embed_tokens"),
                 pos_emb: None,
                 emb_norm: None,
@@ -531,7 +873,7 @@ impl Arch {
 
     pub fn layer_names(&self, i: usize) -> LayerNames {
         match self.family {
-            Family::Llama | Family::Qwen2 => {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => {
                 let p = format!("model.layers.{i}");
                 LayerNames {
                     ln1: format!("{p}.input_layernorm"),
@@ -591,6 +933,14 @@ impl Arch {
                 }
             }
         }
+    }
+
+    /// Checkpoint names of layer i's per-head q and k norms (`qk_norm`, Qwen3), weights [head_dim].
+    pub fn qk_norm_names(&self, i: usize) -> Option<(String, String)> {
+        self.qk_norm.then(|| {
+            let p = format!("model.layers.{i}.self_attn");
+            (format!("{p}.q_norm"), format!("{p}.k_norm"))
+        })
     }
 
     /// (module name, d_in, d_out, has_bias) of every linear layer of layer i, in forward order.
@@ -663,7 +1013,12 @@ impl Arch {
             embedding: emb,
             attention_per_layer: attn,
             mlp_per_layer: mlp,
-            norms_per_layer: 2 * norm,
+            norms_per_layer: 2 * norm
+                + if self.qk_norm {
+                    2 * self.head_dim as u64
+                } else {
+                    0
+                },
             final_norm: norm,
             head: if self.tied { 0 } else { self.vocab as u64 * h },
             layers: self.layers as u64,
@@ -709,10 +1064,36 @@ mod tests {
     }
 
     #[test]
+    fn zero_heads_and_sizes_that_do_not_divide_are_config_errors() {
+        let cfg = |heads: u32, hidden: u32| {
+            format!(
+                r#"{{"model_type":"llama","hidden_size":{hidden},"num_hidden_layers":1,
+                    "num_attention_heads":{heads},"intermediate_size":8,"vocab_size":10}}"#
+            )
+        };
+        let err = |t: String| {
+            Arch::from_config_json(&t, "config.json")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(cfg(0, 32)),
+            "config.json: key \"num_attention_heads\": must be at least 1"
+        );
+        assert_eq!(
+            err(cfg(3, 32)),
+            "config.json: key \"hidden_size\": 32 does not divide into num_attention_heads = 3 equal parts"
+        );
+        // An explicit head_dim need not divide the hidden size.
+        let t = cfg(3, 32).replace("\"vocab_size\"", "\"head_dim\":8,\"vocab_size\"");
+        assert_eq!(Arch::from_config_json(&t, "c").unwrap().head_dim, 8);
+    }
+
+    #[test]
     fn unknown_model_type_lists_supported() {
         let e = Arch::from_config_json(r#"{"model_type":"t5"}"#, "m/config.json")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "m/config.json: unsupported model_type \"t5\" (supported: llama, mistral, qwen2, qwen, chatglm, bloom, gpt2)");
+        assert_eq!(e, "m/config.json: unsupported model_type \"t5\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)");
     }
 }

@@ -3,7 +3,7 @@
 
 use super::arch::{Arch, MlpKind, NormKind, Positions, QkvLayout};
 use super::linear::Linear;
-use crate::backend::{AttnDims, AttnMask, Backend};
+use crate::backend::{AttnDims, AttnMask, Backend, RopeFreqs};
 
 /// A trainable-or-frozen tensor with its gradient (allocated when trainable).
 pub struct Param {
@@ -114,10 +114,15 @@ pub struct Layer {
     /// Separate: [q, k, v]; fused: [qkv].
     pub qkv: Vec<Linear>,
     pub o: Linear,
+    /// Per-head RMSNorm of q and k before RoPE (`Arch::qk_norm`, Qwen3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub ln2: Norm,
     /// SwiGLU separate: [gate, up]; fused SwiGLU or GELU: [one].
     pub mlp_in: Vec<Linear>,
     pub mlp_out: Linear,
+    /// Sliding attention window of this layer (`Arch::window`).
+    pub window: Option<usize>,
 }
 
 /// Per-batch attention context shared by all layers.
@@ -130,14 +135,18 @@ pub struct Ctx {
     pub segment: Vec<u32>,
     /// ALiBi (slopes [NH], key positions [N]).
     pub alibi: Option<(Vec<f32>, Vec<f32>)>,
+    /// This forward's rotary frequencies (`Model::rope_freqs`); None without RoPE.
+    pub rope: Option<RopeFreqs>,
 }
 
 impl Ctx {
-    pub fn mask(&self) -> AttnMask<'_> {
+    /// The attention mask of a layer with sliding window `window` (None: full causal).
+    pub fn mask(&self, window: Option<usize>) -> AttnMask<'_> {
         AttnMask {
             valid: &self.valid,
             segment: &self.segment,
             alibi: self.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
+            window,
         }
     }
 }
@@ -147,6 +156,11 @@ impl Ctx {
 pub struct Acts {
     pub h1: Vec<f32>,
     pub st1: NormStats,
+    /// q and k before their per-head norm, and its stats (`Arch::qk_norm` only).
+    pub q_pre: Vec<f32>,
+    pub k_pre: Vec<f32>,
+    pub st_q: NormStats,
+    pub st_k: NormStats,
     /// Fused QKV output (before split) is not kept; q/k/v after RoPE are.
     pub q: Vec<f32>,
     pub k: Vec<f32>,
@@ -238,11 +252,11 @@ impl Layer {
     ) {
         let n = ctx.n;
         let hd = ctx.dims.hd;
-        self.qkv_fwd(be, arch, acts, x, &ctx.pos, n);
+        self.qkv_fwd(be, arch, acts, x, &ctx.pos, ctx.rope.as_ref(), n);
         acts.attn_saved
             .resize(be.attention_saved_len(ctx.dims), 0.0);
         acts.att.resize(n * arch.q_dim(), 0.0);
-        let mask = ctx.mask();
+        let mask = ctx.mask(self.window);
         be.attention_fwd(
             &mut acts.att,
             &mut acts.attn_saved,
@@ -256,7 +270,9 @@ impl Layer {
         self.post_attn_fwd(be, arch, out, acts, x, n);
     }
 
-    /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), RoPE at pos [n].
+    /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), the per-head
+    /// q/k norm if any, RoPE with `rope` at pos [n].
+    #[allow(clippy::too_many_arguments)]
     pub fn qkv_fwd(
         &self,
         be: &dyn Backend,
@@ -264,6 +280,7 @@ impl Layer {
         acts: &mut Acts,
         x: &[f32],
         pos: &[f32],
+        rope: Option<&RopeFreqs>,
         n: usize,
     ) {
         let (h, qd, kd, hd) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.head_dim);
@@ -281,34 +298,21 @@ impl Layer {
             self.qkv[0].forward(be, &mut buf, &acts.h1, n);
             split_qkv(arch, &mut acts.q, &mut acts.k, &mut acts.v, &buf, n);
         }
-        if let Positions::Rope {
-            kind,
-            rot_dim,
-            base,
-        } = arch.positions
-        {
-            be.rope(
-                &mut acts.q,
-                pos,
-                n,
-                arch.heads,
-                hd,
-                rot_dim,
-                base,
-                kind,
-                false,
-            );
-            be.rope(
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            acts.q_pre.clone_from(&acts.q);
+            acts.k_pre.clone_from(&acts.k);
+            qn.forward(be, &mut acts.q, &mut acts.st_q, &acts.q_pre, n * arch.heads);
+            kn.forward(
+                be,
                 &mut acts.k,
-                pos,
-                n,
-                arch.kv_heads,
-                hd,
-                rot_dim,
-                base,
-                kind,
-                false,
+                &mut acts.st_k,
+                &acts.k_pre,
+                n * arch.kv_heads,
             );
+        }
+        if let (Positions::Rope { kind, .. }, Some(f)) = (arch.positions, rope) {
+            be.rope(&mut acts.q, pos, n, arch.heads, hd, f, kind, false);
+            be.rope(&mut acts.k, pos, n, arch.kv_heads, hd, f, kind, false);
         }
     }
 
@@ -403,7 +407,7 @@ impl Layer {
         self.o
             .backward(be, Some(&mut datt), false, &dx2, &acts.att, n);
         let (mut dq, mut dk, mut dv) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
-        let mask = ctx.mask();
+        let mask = ctx.mask(self.window);
         be.attention_bwd(
             &mut dq,
             &mut dk,
@@ -417,14 +421,17 @@ impl Layer {
             ctx.dims,
             1.0 / (hd as f32).sqrt(),
         );
-        if let Positions::Rope {
-            kind,
-            rot_dim,
-            base,
-        } = arch.positions
-        {
-            be.rope(&mut dq, &ctx.pos, n, nh, hd, rot_dim, base, kind, true);
-            be.rope(&mut dk, &ctx.pos, n, nkv, hd, rot_dim, base, kind, true);
+        if let (Positions::Rope { kind, .. }, Some(f)) = (arch.positions, &ctx.rope) {
+            be.rope(&mut dq, &ctx.pos, n, nh, hd, f, kind, true);
+            be.rope(&mut dk, &ctx.pos, n, nkv, hd, f, kind, true);
+        }
+        if let (Some(qn), Some(kn)) = (&mut self.q_norm, &mut self.k_norm) {
+            let mut d = vec![0.0; n * qd];
+            qn.backward(be, &mut d, &dq, &acts.q_pre, &acts.st_q, n * nh);
+            dq = d;
+            let mut d = vec![0.0; n * kd];
+            kn.backward(be, &mut d, &dk, &acts.k_pre, &acts.st_k, n * nkv);
+            dk = d;
         }
         let mut dh1 = vec![0.0; n * h];
         if self.qkv.len() == 3 {

@@ -1,7 +1,10 @@
 //! Incremental decoding with a KV cache: `Model::forward_step` runs new tokens against the
 //! cached keys/values of everything before them (prefill = the whole prompt as one step).
-//! Positions follow `Model::forward` (RoPE / learned: slot index incl. left padding; ALiBi:
-//! count of real tokens − 1), so a prefill plus steps reproduces the full forward's logits.
+//! Positions: learned ones follow `Model::forward` (slot index incl. left padding); RoPE and
+//! ALiBi count the row's real tokens − 1 (padding 0), as transformers' `generate` does. RoPE
+//! only sees relative positions, so a prefill plus steps reproduces the full forward's logits,
+//! except under dynamic NTK, whose frequencies change between steps and so need the reference's
+//! absolute positions.
 
 use super::block::Acts;
 use super::{alibi_slopes, Model, ModelError, Positions};
@@ -115,13 +118,15 @@ impl Model {
         let be = &*self.backend;
         let (h, kd, n) = (self.arch.hidden, self.arch.kv_dim(), b * tn);
         let mut pos = vec![0.0; n];
+        let is_rope = matches!(self.arch.positions, Positions::Rope { .. });
         for r in 0..b {
             for i in 0..tn {
                 let slot = r * cache.cap + past + i;
-                pos[r * tn + i] = (past + i) as f32;
                 cache.valid[slot] = mask[r * tn + i];
                 cache.count[r] += mask[r * tn + i] as i64;
-                cache.kpos[slot] = ((cache.count[r] - 1) * mask[r * tn + i] as i64) as f32;
+                let counted = (cache.count[r] - 1).max(0) as f32;
+                pos[r * tn + i] = if is_rope { counted } else { (past + i) as f32 };
+                cache.kpos[slot] = counted * mask[r * tn + i] as f32;
             }
         }
         // embedding
@@ -150,10 +155,12 @@ impl Model {
             nkv: self.arch.kv_heads,
             hd: self.arch.head_dim,
         };
+        let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
+        let rope = self.rope_freqs(seq_len);
         let mut acts = Acts::default();
         let mut y = vec![0.0; n * h];
         for (li, l) in self.layers.iter().enumerate() {
-            l.qkv_fwd(be, &self.arch, &mut acts, &x, &pos, n);
+            l.qkv_fwd(be, &self.arch, &mut acts, &x, &pos, rope.as_ref(), n);
             for r in 0..b {
                 for i in 0..tn {
                     let slot = r * cache.cap + past + i;
@@ -172,6 +179,7 @@ impl Model {
                 &cache.v[li],
                 &cache.valid,
                 alibi,
+                l.window,
                 dims,
                 cache.cap,
                 past,

@@ -11,14 +11,17 @@ pub mod random;
 #[cfg(test)]
 mod tests;
 
-pub use arch::{Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout};
+pub use arch::{
+    Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout, RopeScaling,
+};
 pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
 pub use load::{LoadError, WeightFiles};
 
-use crate::backend::{AttnDims, Backend, CpuBackend};
+use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,10 +204,16 @@ pub struct Model {
     pub backend: Arc<dyn Backend>,
     /// The checkpoint's config.json text (written back by `save_pretrained`).
     pub config_json: String,
+    /// Dynamic NTK RoPE: the length the base is scaled to, transformers' `max_seq_len_cached`
+    /// (0 = max_position_embeddings); see `rope_freqs`.
+    rope_cached: AtomicUsize,
 }
 
 fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
-    let h = arch.hidden;
+    norm_of_dim(files, arch, name, arch.hidden)
+}
+
+fn norm_of_dim(files: &WeightFiles, arch: &Arch, name: &str, h: usize) -> Result<Norm, LoadError> {
     let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
     let b = match arch.norm {
         NormKind::Layer => Some(Param::frozen(
@@ -334,13 +343,23 @@ impl Model {
             let rest = lin.split_off(n_qkv);
             let mut rest = rest.into_iter();
             let o = rest.next().expect("o");
+            let (q_norm, k_norm) = match arch.qk_norm_names(i) {
+                Some((q, k)) => (
+                    Some(norm_of_dim(&files, &arch, &q, arch.head_dim)?),
+                    Some(norm_of_dim(&files, &arch, &k, arch.head_dim)?),
+                ),
+                None => (None, None),
+            };
             layers.push(Layer {
                 ln1: norm_of(&files, &arch, &ln.ln1)?,
                 qkv: lin,
                 o,
+                q_norm,
+                k_norm,
                 ln2: norm_of(&files, &arch, &ln.ln2)?,
                 mlp_in: rest.collect(),
                 mlp_out,
+                window: arch.window(i),
             });
         }
         let final_norm = norm_of(&files, &arch, &names.final_norm)?;
@@ -369,7 +388,41 @@ impl Model {
             head,
             backend,
             config_json,
+            rope_cached: AtomicUsize::new(0),
         })
+    }
+
+    /// The rotary frequencies of a forward whose largest position is `seq_len` − 1 (None
+    /// without RoPE). Dynamic NTK follows transformers' `dynamic_rope_update`, state included:
+    /// the base is scaled to the longest length seen so far once past max_position_embeddings,
+    /// and back to the original when a forward is shorter than max_position_embeddings. So, as
+    /// there, keys cached during generation keep the rotation they were computed with.
+    pub(crate) fn rope_freqs(&self, seq_len: usize) -> Option<RopeFreqs> {
+        let Positions::Rope {
+            rot_dim,
+            base,
+            scaling,
+            ..
+        } = self.arch.positions
+        else {
+            return None;
+        };
+        let seq = match scaling {
+            RopeScaling::Dynamic { max_pos, .. } => {
+                let cached = self.rope_cached.load(Ordering::Relaxed).max(max_pos);
+                let next = if seq_len > cached {
+                    seq_len
+                } else if seq_len < max_pos {
+                    max_pos
+                } else {
+                    cached
+                };
+                self.rope_cached.store(next, Ordering::Relaxed);
+                next
+            }
+            _ => 0,
+        };
+        Some(scaling.freqs(rot_dim, base, seq))
     }
 
     /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
@@ -389,9 +442,10 @@ impl Model {
             ));
         }
         let norm = |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &Norm| {
-            out.push((format!("{}.weight", n.name), vec![h], n.w.value.clone()));
+            let d = n.w.value.len();
+            out.push((format!("{}.weight", n.name), vec![d], n.w.value.clone()));
             if let Some(b) = &n.b {
-                out.push((format!("{}.bias", n.name), vec![h], b.value.clone()));
+                out.push((format!("{}.bias", n.name), vec![d], b.value.clone()));
             }
         };
         let lin =
@@ -428,6 +482,9 @@ impl Model {
         for layer in &self.layers {
             norm(&mut out, &layer.ln1);
             norm(&mut out, &layer.ln2);
+            for n in layer.q_norm.iter().chain(&layer.k_norm) {
+                norm(&mut out, n);
+            }
             for l in layer.linears() {
                 lin(&mut out, l)?;
             }
@@ -519,6 +576,8 @@ impl Model {
         }
         let alibi = (self.arch.positions == Positions::Alibi)
             .then(|| (alibi_slopes(self.arch.heads), kpos));
+        let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
+        let rope = self.rope_freqs(seq_len);
         let dims = AttnDims {
             b,
             t,
@@ -533,6 +592,7 @@ impl Model {
             valid: batch.attention_mask.clone(),
             segment,
             alibi,
+            rope,
         })
     }
 
@@ -818,6 +878,8 @@ impl Model {
         for l in &mut self.layers {
             v.push(&mut l.ln1);
             v.push(&mut l.ln2);
+            v.extend(l.q_norm.as_mut());
+            v.extend(l.k_norm.as_mut());
         }
         v.push(&mut self.final_norm);
         v
@@ -866,6 +928,8 @@ impl Model {
         for l in &mut self.layers {
             norms.push(&mut l.ln1);
             norms.push(&mut l.ln2);
+            norms.extend(l.q_norm.as_mut());
+            norms.extend(l.k_norm.as_mut());
             lins.extend(l.qkv.iter_mut());
             lins.push(&mut l.o);
             lins.extend(l.mlp_in.iter_mut());

@@ -11,10 +11,14 @@ use std::sync::Arc;
 
 type Tensors = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
+/// An engine fixture (`llama`) or another fixture set's model (`bases/qwen3`).
 fn dir(family: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/engine")
-        .join(family)
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if family.contains('/') {
+        fx.join(family)
+    } else {
+        fx.join("engine").join(family)
+    }
 }
 
 fn fixture(family: &str) -> (Model, Tensors, Batch) {
@@ -211,6 +215,14 @@ family_tests!(gpt2, "gpt2");
 family_tests!(bloom, "bloom");
 family_tests!(chatglm, "chatglm");
 family_tests!(qwen, "qwen");
+// tests/reference/bases_make_fixtures.py: RoPE scaling on a tiny LLaMA, Qwen3, sliding windows.
+family_tests!(rope_linear, "bases/rope_linear");
+family_tests!(rope_dynamic, "bases/rope_dynamic");
+family_tests!(rope_llama3, "bases/rope_llama3");
+family_tests!(rope_yarn, "bases/rope_yarn");
+family_tests!(qwen3, "bases/qwen3");
+family_tests!(mistral_sliding, "bases/mistral");
+family_tests!(qwen2_sliding, "bases/qwen2_sliding");
 
 /// A row packing two examples equals running each example alone (positions restart, no
 /// attention across the boundary, no prediction across it).
@@ -557,7 +569,14 @@ fn kv_cache_steps_match_full_forward() {
 /// save_pretrained then load gives the same model; merging an adapter keeps its logits.
 #[test]
 fn save_pretrained_and_merge() {
-    for family in ["gpt2", "chatglm", "bloom"] {
+    for family in [
+        "gpt2",
+        "chatglm",
+        "bloom",
+        "bases/qwen3",
+        "bases/rope_yarn",
+        "bases/mistral",
+    ] {
         let (mut model, r, batch) = fixture(family);
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
         lora::merge(&mut model).unwrap();
@@ -705,7 +724,7 @@ fn write_adapters_for_peft_check() {
 }
 
 #[test]
-fn quantize_hook_and_rope_scaling_error() {
+fn quantize_hook_replaces_layer_linears() {
     let hook: QuantizeHook = Arc::new(
         |name: &str, _w: &[f32], d_in: usize, d_out: usize| -> Option<Box<dyn QuantLinear>> {
             struct Zero(usize, usize);
@@ -752,12 +771,6 @@ fn quantize_hook_and_rope_scaling_error() {
     assert_eq!(
         (dt, shape, bytes.len()),
         (safetensors::Dtype::F32, vec![16], 64)
-    );
-    let cfg = r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,"vocab_size":10,
-        "intermediate_size":8,"rope_scaling":{"rope_type":"llama3","factor":8.0}}"#;
-    assert_eq!(
-        Arch::from_config_json(cfg, "c.json").unwrap_err().to_string(),
-        "c.json: key \"rope_scaling\": rope type \"llama3\" is not supported (only the default RoPE)"
     );
 }
 
@@ -986,8 +999,8 @@ fn eval_loss_and_last_logits() {
     );
 }
 
-/// Past Qwen v1's `seq_length` (logn / dynamic NTK, inference only) and past
-/// a sliding window (training too), inputs are refused with a clear error.
+/// Past Qwen v1's `seq_length` (logn / dynamic NTK, inference only) inputs are refused with a
+/// clear error.
 #[test]
 fn long_context_the_reference_changes_is_refused() {
     let (mut model, _, _) = fixture("qwen");
@@ -1022,17 +1035,305 @@ fn long_context_the_reference_changes_is_refused() {
     // Training runs in HF's train mode, where Qwen v1 applies neither.
     model.forward_backward(&batch, Default::default()).unwrap();
 
+    // Sliding windows are followed (see the bases/mistral and bases/qwen2_sliding fixtures):
+    // Mistral on every layer, Qwen2 with use_sliding_window from max_window_layers on.
     let mistral = r#"{"model_type": "mistral", "hidden_size": 8, "num_attention_heads": 2,
-        "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 10, "sliding_window": 4096}"#;
+        "num_hidden_layers": 2, "intermediate_size": 16, "vocab_size": 10, "sliding_window": 4096}"#;
     let a = crate::model::arch::Arch::from_config_json(mistral, "config.json").unwrap();
-    let lc = a.long_context.unwrap();
     assert_eq!(
-        (lc.len, lc.training, lc.what.as_str()),
-        (4096, true, "sliding_window attention")
+        (a.long_context.is_none(), a.window(0), a.window(1)),
+        (true, Some(4096), Some(4096))
     );
     let qwen2 = mistral.replace("mistral", "qwen2");
-    assert!(crate::model::arch::Arch::from_config_json(&qwen2, "c")
-        .unwrap()
-        .long_context
-        .is_none());
+    let a = crate::model::arch::Arch::from_config_json(&qwen2, "c").unwrap();
+    assert_eq!(a.sliding_window, None);
+    let on = qwen2.replace(
+        "4096}",
+        r#"4096, "use_sliding_window": true, "max_window_layers": 1}"#,
+    );
+    let a = crate::model::arch::Arch::from_config_json(&on, "c").unwrap();
+    assert_eq!((a.window(0), a.window(1)), (None, Some(4096)));
+}
+
+/// θ_i of each scaled fixture config equal transformers' `inv_freq` (printed by loading the
+/// fixture with transformers 5.24; dynamic: `_compute_dynamic_ntk_parameters(seq_len=12)`), and
+/// YaRN's cos/sin factor 0.1·ln(4) + 1.
+#[test]
+fn rope_frequencies_match_transformers() {
+    let cases: [(&str, usize, [f64; 4], f64); 6] = [
+        (
+            "rope_linear",
+            0,
+            [
+                0.5,
+                0.05000000074505806,
+                0.004999999888241291,
+                0.0005000000237487257,
+            ],
+            1.0,
+        ),
+        (
+            "rope_dynamic",
+            8,
+            [
+                1.0,
+                0.10000000149011612,
+                0.009999999776482582,
+                0.0010000000474974513,
+            ],
+            1.0,
+        ),
+        (
+            "rope_dynamic",
+            12,
+            [
+                1.0,
+                0.07937005162239075,
+                0.006299605127424002,
+                0.0005000000237487257,
+            ],
+            1.0,
+        ),
+        (
+            "rope_llama3",
+            0,
+            [
+                1.0,
+                0.0958399772644043,
+                0.012500000186264515,
+                0.0039528473280370235,
+            ],
+            1.0,
+        ),
+        (
+            "rope_yarn",
+            0,
+            [
+                1.0,
+                0.02500000037252903,
+                0.0024999999441206455,
+                0.0002500000118743628,
+            ],
+            1.138629436111989,
+        ),
+        (
+            "qwen3",
+            0,
+            [
+                1.0,
+                0.17782793939113617,
+                0.03162277489900589,
+                0.005623413249850273,
+            ],
+            1.0,
+        ),
+    ];
+    for (name, seq, want, scale) in cases {
+        let a = Arch::from_dir(&dir(&format!("bases/{name}"))).unwrap();
+        let Positions::Rope {
+            rot_dim,
+            base,
+            scaling,
+            ..
+        } = a.positions
+        else {
+            panic!("{name}: no rope")
+        };
+        let f = scaling.freqs(rot_dim, base, seq);
+        let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+        close(&format!("{name} inv_freq"), &f.inv, &want, 1e-6);
+        assert_eq!(f.scale, scale as f32, "{name}: scale");
+    }
+}
+
+/// Dynamic NTK keeps transformers' state: after the 12-token forwards a 10-token forward still
+/// uses the base scaled to 12 (the fixture's `lora_short_logits`), while a fresh model scales
+/// to 10 and so differs.
+#[test]
+fn dynamic_ntk_keeps_the_length_it_scaled_to() {
+    let (mut model, r, batch) = fixture("bases/rope_dynamic");
+    lora::load_peft(&mut model, &dir("bases/rope_dynamic").join("adapter")).unwrap();
+    let cut = |b: &Batch, t: usize| Batch {
+        b: b.b,
+        t,
+        input_ids: (0..b.b)
+            .flat_map(|r| b.input_ids[r * b.t..r * b.t + t].to_vec())
+            .collect(),
+        attention_mask: (0..b.b)
+            .flat_map(|r| b.attention_mask[r * b.t..r * b.t + t].to_vec())
+            .collect(),
+        labels: None,
+        segments: None,
+    };
+    let short = cut(&batch, 10);
+    let v = model.arch.vocab;
+    let fresh = model.forward(&short).unwrap().logits;
+    model.forward(&batch).unwrap();
+    let after = model.forward(&short).unwrap().logits;
+    let want = valid_logits(&r["lora_short_logits"].0, &short, v);
+    close(
+        "dynamic short logits",
+        &valid_logits(&after, &short, v),
+        &want,
+        1e-5,
+    );
+    let d = valid_logits(&fresh, &short, v)
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        d > 1e-3,
+        "a fresh model should scale to 10, not 12 (max diff {d})"
+    );
+}
+
+/// Greedy generation (KV cache) of every tests/fixtures/bases model, base and with its
+/// adapter, equals transformers' `generate`: each prompt alone, then as one left-padded batch,
+/// in the order the reference ran them (dynamic NTK is stateful). The no-cache path agrees
+/// except under dynamic NTK, where transformers' cached keys keep their older rotation.
+#[test]
+fn greedy_matches_transformers_bases() {
+    use crate::eval::generate::{generate, FinishReason, GenConfig, Generation};
+    use crate::eval::lm::{load_model, EngineLm};
+    let p = dir("bases/greedy.json");
+    let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let prompts: Vec<Vec<u32>> = fx["prompts"].as_array().unwrap().iter().map(ids).collect();
+    let eos = fx["eos"].as_u64().unwrap() as u32;
+    let cfg = GenConfig {
+        max_new_tokens: fx["max_new_tokens"].as_u64().unwrap() as usize,
+        stop_ids: vec![eos],
+        ..Default::default()
+    };
+    let gens = |v: &serde_json::Value| -> Vec<Generation> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Generation {
+                tokens: ids(&r["tokens"]),
+                finish: if r["finish"] == "stop" {
+                    FinishReason::Stop(eos)
+                } else {
+                    FinishReason::Length
+                },
+            })
+            .collect()
+    };
+    let run = |m: &Model, ps: &[Vec<u32>], cache: bool| {
+        let mut lm = if cache {
+            EngineLm::new(m, 0, cfg.max_new_tokens)
+        } else {
+            EngineLm::no_cache(m, 0, cfg.max_new_tokens)
+        };
+        generate(&mut lm, ps, &cfg, |_, _| {}).unwrap()
+    };
+    let mut n = 0;
+    for (name, entry) in fx["models"].as_object().unwrap() {
+        for (variant, want) in entry.as_object().unwrap() {
+            let d = dir(&format!("bases/{name}"));
+            let adapter = (variant == "adapter").then(|| d.join("adapter"));
+            let model = load_model(&d, adapter.as_deref()).unwrap();
+            let what = format!("{name}/{variant}");
+            let single: Vec<Generation> = prompts
+                .iter()
+                .map(|p| run(&model, std::slice::from_ref(p), true).remove(0))
+                .collect();
+            assert_eq!(single, gens(&want["single"]), "{what}: single prompts");
+            let batch = run(&model, &prompts, true);
+            assert_eq!(batch, gens(&want["batch"]), "{what}: left-padded batch");
+            if name != "rope_dynamic" {
+                assert_eq!(run(&model, &prompts, false), batch, "{what}: no-cache path");
+            }
+            n += 1;
+        }
+    }
+    assert_eq!(n, 14);
+}
+
+/// `rope_scaling` / `rope_parameters` forms: transformers 4's `type` key, a dict nested per
+/// layer type (one shared set is accepted), and clear errors for what is not followed.
+#[test]
+fn rope_config_forms_and_refusals() {
+    let cfg = |rope: &str| {
+        format!(
+            r#"{{"model_type":"llama","hidden_size":16,"num_attention_heads":2,"num_hidden_layers":2,
+            "vocab_size":10,"intermediate_size":8,"max_position_embeddings":64,
+            "layer_types":["full_attention","full_attention"],{rope}}}"#
+        )
+    };
+    let rope = |text: &str| match Arch::from_config_json(&cfg(text), "c.json") {
+        Ok(a) => Ok(a.positions),
+        Err(e) => Err(e.to_string()),
+    };
+    let flat = rope(r#""rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":500.0}"#);
+    let Ok(Positions::Rope { base, scaling, .. }) = flat else {
+        panic!("{flat:?}")
+    };
+    assert_eq!(base, 500.0);
+    assert_eq!(
+        scaling,
+        RopeScaling::Yarn {
+            factor: 4.0,
+            original: 64,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            truncate: true
+        }
+    );
+    assert_eq!(
+        rope(
+            r#""rope_parameters":{"full_attention":{"rope_type":"yarn","factor":4.0,"rope_theta":500.0}}"#
+        ),
+        flat
+    );
+    assert_eq!(
+        rope(r#""rope_theta":500.0,"rope_scaling":{"type":"yarn","factor":4.0}"#),
+        flat
+    );
+    assert_eq!(
+        rope(
+            r#""rope_theta":500.0,"original_max_position_embeddings":16,"rope_scaling":{"type":"dynamic","factor":2.0}"#
+        ),
+        Ok(Positions::Rope {
+            kind: crate::backend::RopeKind::Half,
+            rot_dim: 8,
+            base: 500.0,
+            scaling: RopeScaling::Dynamic {
+                factor: 2.0,
+                max_pos: 64
+            }
+        })
+    );
+    let two = cfg(
+        r#""rope_parameters":{"full_attention":{"rope_type":"default","rope_theta":1e4},
+        "sliding_attention":{"rope_type":"default","rope_theta":1e6}}"#,
+    )
+    .replace(
+        r#"["full_attention","full_attention"]"#,
+        r#"["sliding_attention","full_attention"]"#,
+    );
+    assert_eq!(
+        Arch::from_config_json(&two, "c.json").unwrap_err().to_string(),
+        "c.json: key \"rope_parameters\": different RoPE parameters per layer type are not supported"
+    );
+    assert_eq!(
+        rope(r#""rope_scaling":{"rope_type":"longrope","factor":8.0}"#).unwrap_err(),
+        "c.json: key \"rope_scaling\": rope type \"longrope\" is not supported (supported: default, linear, dynamic, llama3, yarn)"
+    );
+    assert_eq!(
+        rope(r#""rope_scaling":{"rope_type":"llama3","factor":8.0}"#).unwrap_err(),
+        "c.json: key \"rope_scaling\": rope type \"llama3\" needs a number \"low_freq_factor\""
+    );
+    assert_eq!(
+        rope(r#""partial_rotary_factor":0.5,"rope_scaling":{"rope_type":"linear","factor":2.0}"#).unwrap_err(),
+        "c.json: key \"partial_rotary_factor\": 0.5 with rope type \"linear\" is not supported (only 1.0)"
+    );
 }

@@ -15,6 +15,7 @@ use std::path::Path;
 pub const FAMILY_TYPES: &[(&str, &[&str])] = &[
     ("llama", &["llama", "mistral"]),
     ("qwen2", &["qwen2"]),
+    ("qwen3", &["qwen3"]),
     ("qwen", &["qwen"]),
     ("chatglm", &["chatglm", "glm"]),
     ("bloom", &["bloom"]),
@@ -304,24 +305,29 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
         })
         .unwrap_or(512) as u64;
     let b = p.usize("batch_size") as u64;
-    let bt = b * seq;
+    // Activations in f64 (exact below 2^53), cast back saturating: a
+    // recipe's batch × length may be absurd (the estimate then says so), but
+    // never overflows.
+    let f = |x: u64| x as f64;
+    let bt = f(b) * f(seq);
     let h = s.hidden;
     let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     // Per layer, f32, as the CPU engine keeps it (`Arch::activation_floats_per_layer`): x, h1,
     // q, k, v, attention output, x2, h2, MLP e/g/a, norm stats, and the probs [B, NH, T, T].
-    let per_layer = 4 * (bt * (4 * h + 2 * q + 2 * kv + 3 * s.inter + 4) + b * s.heads * seq * seq);
+    let per_layer = 4.0
+        * (bt * f(4 * h + 2 * q + 2 * kv + 3 * s.inter + 4) + f(b) * f(s.heads) * f(seq) * f(seq));
     // The head + cross-entropy run in row chunks of at most HEAD_CHUNK logits (and their
     // gradient): the full [B, T, V] logits are never live.
-    const HEAD_CHUNK: u64 = 1 << 22;
-    let logits = 4 * (bt * s.vocab).min(HEAD_CHUNK) * 2;
-    let act_full = s.layers * per_layer + logits;
-    let act_ckpt = s.layers * 4 * bt * h + per_layer + logits;
+    const HEAD_CHUNK: f64 = (1u64 << 22) as f64;
+    let logits = 4.0 * (bt * f(s.vocab)).min(HEAD_CHUNK) * 2.0;
+    let act_full = (f(s.layers) * per_layer + logits) as u64;
+    let act_ckpt = (f(s.layers) * 4.0 * bt * f(h) + per_layer + logits) as u64;
     let act = if p.bool("gradient_checkpointing") {
         act_ckpt
     } else {
         act_full
     };
-    let total = weights + train_bytes + grads + optim + act;
+    let total = (weights + train_bytes + grads + optim).saturating_add(act);
     let wlabel = match quant {
         Some(q) => format!("weights ({})", q.str("quant_type")),
         None => format!("weights ({}-bit)", s.dtype_bytes * 8),

@@ -114,6 +114,135 @@ pub fn build_dag(checked: &Checked, diags: &mut Vec<Diagnostic>) -> Option<Dag> 
     })
 }
 
+/// Checks that need more than one step's keys, so that `plan` catches what
+/// would otherwise fail (or panic) mid-run: each model's config.json read as
+/// the engine reads it (zero heads, sizes that do not divide or overflow),
+/// LoRA ranks, and `device` keys of every step.
+pub fn preflight(checked: &Checked, diags: &mut Vec<Diagnostic>) {
+    for s in checked.steps.values() {
+        let at = |key: &str| s.spans.get(key).copied().unwrap_or(s.header);
+        let reported = |diags: &Vec<Diagnostic>, key: &str| {
+            diags.iter().any(|d| {
+                d.is_error() && d.step.as_deref() == Some(&s.id) && d.key.as_deref() == Some(key)
+            })
+        };
+        if s.kind() == "load.model" {
+            let dir = s.params.path("path");
+            if let Some(dir) = dir.filter(|d| d.join("config.json").is_file()) {
+                let problem = match crate::model::arch::Arch::from_dir(&dir) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(a) => model_size(&a)
+                        .err()
+                        .map(|m| format!("{}: {m}", dir.join("config.json").display())),
+                };
+                if let Some(msg) = problem {
+                    diags.push(
+                        Diagnostic::error(msg)
+                            .at(at("path"))
+                            .step(&s.id)
+                            .key("path"),
+                    );
+                }
+            }
+        }
+        if s.kind() == "train" && !reported(diags, "r") {
+            let r = s.params.i64("r");
+            if r > crate::lora::MAX_RANK as i64 {
+                diags.push(
+                    Diagnostic::error(format!("LoRA rank above {}", crate::lora::MAX_RANK))
+                        .at(at("r"))
+                        .step(&s.id)
+                        .key("r")
+                        .expected(format!("1..={} (usually 4 to 64)", crate::lora::MAX_RANK))
+                        .got(r.to_string()),
+                );
+            }
+        }
+        if let Some(dev) = s.params.opt_str("device") {
+            if !reported(diags, "device") {
+                if let Err(e) = dev.parse::<crate::cuda::device::DeviceRequest>() {
+                    diags.push(
+                        Diagnostic::error(e.to_string())
+                            .at(at("device"))
+                            .step(&s.id)
+                            .key("device"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The weight count of a model, or why it cannot be represented: a
+/// config.json with absurd sizes would overflow the estimates.
+fn model_size(a: &crate::model::arch::Arch) -> std::result::Result<u64, String> {
+    let m = |x: u64, y: u64| x.checked_mul(y);
+    let n = (|| {
+        let (h, f, v, l) = (
+            a.hidden as u64,
+            a.ffn as u64,
+            a.vocab as u64,
+            a.layers as u64,
+        );
+        let q = m(a.heads as u64, a.head_dim as u64)?;
+        let kv = m(a.kv_heads as u64, a.head_dim as u64)?;
+        let attn = m(h, q.checked_add(m(2, kv)?)?.checked_add(q)?)?;
+        let mlp = m(m(3, h)?, f)?;
+        let per_layer = attn.checked_add(mlp)?;
+        m(l, per_layer)?.checked_add(m(m(2, v)?, h)?)
+    })();
+    match n {
+        Some(n) if n <= MAX_PARAMS => Ok(n),
+        _ => Err(format!(
+            "the sizes describe more than 2^44 weights (hidden_size {}, num_hidden_layers {}, vocab_size {})",
+            a.hidden, a.layers, a.vocab
+        )),
+    }
+}
+
+/// Models larger than this (2^44, ~17.6T weights) are config mistakes.
+const MAX_PARAMS: u64 = 1 << 44;
+
+/// One line per step to run (of `ids`, default all) whose memory estimate is
+/// above this machine's memory.
+pub fn above_machine_memory(plan: &Plan, ids: Option<&[String]>) -> Vec<String> {
+    let Some(total) = machine_memory() else {
+        return Vec::new();
+    };
+    plan.steps
+        .iter()
+        .filter(|s| ids.is_none_or(|ids| ids.contains(&s.id)))
+        // load.model maps weights lazily; its estimate is the weights' size.
+        .filter(|s| !s.cached && s.kind != "load.model")
+        .filter_map(|s| {
+            let peak = s.estimate.as_ref()?.peak_bytes?;
+            (peak > total).then(|| {
+                format!(
+                    "step `{}`: estimated memory {} is above this machine's {}",
+                    s.id,
+                    crate::util::human_bytes(peak),
+                    crate::util::human_bytes(total)
+                )
+            })
+        })
+        .collect()
+}
+
+/// Total memory of this machine (`MemTotal` of /proc/meminfo), if known.
+/// `RECIPE_TEST_MEMORY_BYTES` overrides it for tests.
+fn machine_memory() -> Option<u64> {
+    if let Some(v) = std::env::var("RECIPE_TEST_MEMORY_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(v);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// What each step resolved to last time (to explain "will run").
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Resolution {

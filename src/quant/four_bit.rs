@@ -2,6 +2,14 @@
 //! the CPU, with optional double quantization of the per-block absmax.
 //!
 //! - Flatten, split into blocks of `blocksize` (32..4096, default 64); absmax per block (f32).
+//!   Blocks run over the FLATTENED row-major tensor, never per row: when a row is not a whole
+//!   number of blocks (e.g. [out, 48] with blocksize 64) blocks straddle rows, and element
+//!   (r, c) of an [out, in] weight belongs to block (r·in + c) / blocksize. bnb's CUDA kernels
+//!   and its generic torch ops do exactly this. bnb 0.50.2's C++ CPU dequant kernel does not:
+//!   its AVX-512 branch (in % 16 == 0, blocksize < 2048) reads absmax[r·(in / blocksize) +
+//!   c / blocksize], per-row blocks, and returns wrong weights for such shapes, so
+//!   transformers' 4-bit models on an AVX-512 CPU disagree with us there and we are the
+//!   correct side (issue 12; tests/reference/quant_unaligned_fixtures.py, `unaligned_tests`).
 //!   Full blocks scale by x·(1/max(absmax, 1e-38)); the partial last block divides by
 //!   max(absmax, 1e-38) and stores that clamped value.
 //! - Clamp to [-1, 1], pick the code by midpoints (a tie goes to the lower code).
@@ -223,7 +231,8 @@ impl Quantized4 {
     }
 }
 
-/// Dequantize elements [start, start + out.len()) of a packed tensor.
+/// Dequantize elements [start, start + out.len()) of a packed tensor, indexed flat (a range
+/// may start and end mid-block, and a block may straddle rows).
 /// out[i] = code[nibble(start + i)] · absmax[(start + i) / blocksize]
 pub fn dequantize_range(
     out: &mut [f32],

@@ -51,6 +51,7 @@ impl Linear4bit {
     }
 
     /// Dequantize W[r0..r0+rows, c0..c0+cols] into `scratch` (row-major rows × cols).
+    /// Each row piece starts at its flat index (r·in + c0): blocks are flat, not per row.
     fn dequantize_tile(&self, scratch: &mut [f32], r0: usize, rows: usize, c0: usize, cols: usize) {
         let st = &self.q.state;
         for r in 0..rows {

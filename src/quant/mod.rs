@@ -22,3 +22,5 @@ pub use serialize::{TensorEntry, TensorRef};
 mod model_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+pub(crate) mod unaligned_tests;

@@ -1,5 +1,5 @@
 //! Deterministic test inputs shared with the Python fixture scripts
-//! (`tests/reference/quant_fixtures.py::gen`): bell-shaped values from splitmix64.
+//! (`tests/reference/quant_gen.py::gen`): bell-shaped values from splitmix64.
 
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

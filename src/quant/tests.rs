@@ -261,7 +261,44 @@ fn bad_blocksize_is_an_error() {
     );
 }
 
-/// Dense f64 reference of y = x·Wᵀ and dx = dy·W from the dequantized weight.
+/// Linear4bit's y = x·Wᵀ and dx += dy·W against an f64 reference from its dequantized weight:
+/// |got − want| ≤ 1e-5·(Σ|terms| + |want|) per element, n rows of inputs from `seed`.
+pub(crate) fn assert_matmuls_match_dense(what: &str, lin: &Linear4bit, n: usize, seed: u64) {
+    let (o, i) = (lin.out_features(), lin.in_features());
+    let wd = lin.dequantize();
+    let x = gen(seed, n * i, 1.0);
+    let dy = gen(seed + 1, n * o, 1.0);
+    let mut y = vec![f32::NAN; n * o];
+    lin.matmul_xwt(&mut y, &x, n);
+    let mut dx = vec![0.0f32; n * i]; // matmul_dyw accumulates
+    lin.matmul_dyw(&mut dx, &dy, n);
+    // got[r, c] vs Σ_k a(r, k)·b(k, c) in f64
+    let check = |which: &str,
+                 got: &[f32],
+                 cols: usize,
+                 inner: usize,
+                 a: &dyn Fn(usize, usize) -> f64,
+                 b: &dyn Fn(usize, usize) -> f64| {
+        for r in 0..n {
+            for c in 0..cols {
+                let terms = (0..inner).map(|k| a(r, k) * b(k, c));
+                let (want, scale) = terms.fold((0f64, 0f64), |(s, m), t| (s + t, m + t.abs()));
+                let g = got[r * cols + c] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-5 * scale + 1e-5 * want.abs(),
+                    "{what}: {which}[{r},{c}] {g} vs {want}"
+                );
+            }
+        }
+    };
+    check("y", &y, o, i, &|r, k| x[r * i + k] as f64, &|k, c| {
+        wd[c * i + k] as f64
+    });
+    check("dx", &dx, i, o, &|r, k| dy[r * o + k] as f64, &|k, c| {
+        wd[k * i + c] as f64
+    });
+}
+
 #[test]
 fn linear4bit_matmuls_match_dense() {
     for (o, i, n, qt, dq, bs) in [
@@ -272,38 +309,7 @@ fn linear4bit_matmuls_match_dense() {
         let w = gen(20, o * i, 0.05);
         let lin =
             Linear4bit::new(quantize_4bit(&w, &[o, i], bs, qt, dq, "float32").unwrap()).unwrap();
-        let wd = lin.dequantize();
-        let x = gen(21, n * i, 1.0);
-        let dy = gen(22, n * o, 1.0);
-        let mut y = vec![f32::NAN; n * o];
-        lin.matmul_xwt(&mut y, &x, n);
-        let mut dx = vec![0.0f32; n * i]; // matmul_dyw accumulates
-        lin.matmul_dyw(&mut dx, &dy, n);
-        // got[r, c] vs Σ_k a(r, k)·b(k, c) in f64, tolerance 1e-5 of Σ|terms| and of |want|
-        let check = |what: &str,
-                     got: &[f32],
-                     cols: usize,
-                     inner: usize,
-                     a: &dyn Fn(usize, usize) -> f64,
-                     b: &dyn Fn(usize, usize) -> f64| {
-            for r in 0..n {
-                for c in 0..cols {
-                    let terms = (0..inner).map(|k| a(r, k) * b(k, c));
-                    let (want, scale) = terms.fold((0f64, 0f64), |(s, m), t| (s + t, m + t.abs()));
-                    let g = got[r * cols + c] as f64;
-                    assert!(
-                        (g - want).abs() <= 1e-5 * scale + 1e-5 * want.abs(),
-                        "{what}[{r},{c}] {g} vs {want}"
-                    );
-                }
-            }
-        };
-        check("y", &y, o, i, &|r, k| x[r * i + k] as f64, &|k, c| {
-            wd[c * i + k] as f64
-        });
-        check("dx", &dx, i, o, &|r, k| dy[r * o + k] as f64, &|k, c| {
-            wd[k * i + c] as f64
-        });
+        assert_matmuls_match_dense(&format!("{o}x{i}"), &lin, n, 21);
     }
 }
 

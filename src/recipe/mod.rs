@@ -37,15 +37,20 @@ pub struct StepDef {
     pub params: Table,
 }
 
+/// Include chains deeper than this are an error (a chain of thousands would
+/// overflow the stack).
+pub const MAX_INCLUDE_DEPTH: usize = 64;
+
 /// Load a recipe file, apply includes and `--set` overrides. Returns the
-/// recipe (possibly partial) and every diagnostic found on the way.
-pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
+/// recipe (partial, perhaps with no steps, when there are errors) and every
+/// diagnostic found on the way; the recipe's `sources` hold every text a
+/// diagnostic points into.
+pub fn load(path: &Path, sets: &[String]) -> (Recipe, Vec<Diagnostic>) {
     let mut sources = Sources::default();
     let mut diags = Vec::new();
     let display = path.display().to_string();
-    let Some(mut root) = load_file(path, display, &mut sources, &mut diags, &mut Vec::new()) else {
-        return (None, diags);
-    };
+    let mut root =
+        load_file(path, display, &mut sources, &mut diags, &mut Vec::new()).unwrap_or_default();
     for s in sets {
         apply_set(&mut root, s, &mut sources, &mut diags);
     }
@@ -79,6 +84,15 @@ pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
             "steps" => match e.node.v {
                 V::Table(t) => {
                     for (id, se) in t {
+                        if !is_safe_name(&id) {
+                            diags.push(
+                                Diagnostic::error(format!("invalid step id {id:?}"))
+                                    .at(se.key_span)
+                                    .expected(SAFE_NAME.to_string())
+                                    .help("a step id names files in the cache; rename the step"),
+                            );
+                            continue;
+                        }
                         match se.node.v {
                             V::Table(mut params) => {
                                 let kind =
@@ -135,7 +149,20 @@ pub fn load(path: &Path, sets: &[String]) -> (Option<Recipe>, Vec<Diagnostic>) {
         );
     }
     interpolate_vars(&mut recipe, &mut diags);
-    (Some(recipe), diags)
+    (recipe, diags)
+}
+
+/// What `is_safe_name` accepts, for messages.
+pub const SAFE_NAME: &str = "1 to 128 letters, digits, `_`, `-` or `.`, not starting with `.`";
+
+/// A name that may become one path component: no separators, not `.` or
+/// `..`, not hidden. Step ids (and split names) are used as file names.
+pub fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn read_header(recipe: &mut Recipe, e: Entry, diags: &mut Vec<Diagnostic>) {
@@ -192,8 +219,9 @@ fn load_file(
         }
     };
     let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let file = sources.add(display, path.to_path_buf(), text);
-    let mut table = match parse_toml(&sources.get(file).text, file) {
+    let parsed = parse_toml(&text, sources.files.len());
+    let file = sources.add(display.clone(), path.to_path_buf(), text);
+    let mut table = match parsed {
         Ok(t) => t,
         Err(d) => {
             diags.push(d);
@@ -242,7 +270,18 @@ fn load_file(
             );
             continue;
         }
-        let shown = Path::new(&sources.get(file).display)
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            diags.push(
+                Diagnostic::error(format!(
+                    "include chain deeper than {MAX_INCLUDE_DEPTH} files at `{rel}`"
+                ))
+                .at(item.span)
+                .key("include")
+                .help("includes nest too deeply; flatten the chain"),
+            );
+            continue;
+        }
+        let shown = Path::new(&display)
             .parent()
             .map(|d| d.join(rel).display().to_string())
             .unwrap_or_else(|| rel.clone());
@@ -331,6 +370,24 @@ fn apply_set(root: &mut Table, s: &str, sources: &mut Sources, diags: &mut Vec<D
         );
         return;
     }
+    // `--set vars.X=` only overrides a var the recipe defines: a typo must
+    // not be silently ignored.
+    if parts[0] == "vars" {
+        let defined: Vec<&str> = match root.get("vars").map(|e| &e.node.v) {
+            Some(V::Table(t)) => t.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !defined.contains(&parts[1]) {
+            let mut d = Diagnostic::error(format!("`--set`: unknown var `{}`", parts[1]))
+                .at(key_span)
+                .expected(expected_vars(defined.iter().copied()));
+            if let Some(m) = did_you_mean(parts[1], defined.iter().copied()) {
+                d = d.help(format!("did you mean `{m}`?"));
+            }
+            diags.push(d);
+            return;
+        }
+    }
     let mut t = root;
     for (i, part) in parts.iter().enumerate() {
         if i + 1 == parts.len() {
@@ -367,17 +424,73 @@ fn apply_set(root: &mut Table, s: &str, sources: &mut Sources, diags: &mut Vec<D
 /// `vars.name`. A string that is exactly `${name}` takes the var's type
 /// (so `lr = "${lr}"` stays a float).
 fn interpolate_vars(recipe: &mut Recipe, diags: &mut Vec<Diagnostic>) {
-    // Vars may use earlier vars.
-    let mut vars = Table::new();
-    for (k, mut e) in std::mem::take(&mut recipe.vars) {
-        subst(&mut e.node, &vars, None, &k, diags);
-        vars.insert(k, e);
+    // Vars may use other vars, in any order: resolve them depth-first (an
+    // explicit stack, so a long chain cannot overflow), each after the vars
+    // it uses. Until resolved, a var holds its text as written.
+    let mut vars = std::mem::take(&mut recipe.vars);
+    let names: Vec<String> = vars.keys().cloned().collect();
+    let mut finished: std::collections::HashSet<String> = Default::default();
+    for root in &names {
+        if finished.contains(root) {
+            continue;
+        }
+        // (var, the vars it uses, how many of those are visited)
+        let mut stack: Vec<(String, Vec<String>, usize)> =
+            vec![(root.clone(), var_refs(&vars[root].node), 0)];
+        while let Some((name, deps, i)) = stack.last_mut() {
+            if let Some(d) = deps.get(*i).cloned() {
+                *i += 1;
+                if finished.contains(&d) || !vars.contains_key(&d) {
+                    continue; // done, or unknown (reported by `subst`)
+                }
+                if let Some(at) = stack.iter().position(|(n, _, _)| *n == d) {
+                    let mut cycle: Vec<&str> =
+                        stack[at..].iter().map(|(n, _, _)| n.as_str()).collect();
+                    cycle.push(&d);
+                    diags.push(
+                        Diagnostic::error(format!("var cycle: {}", cycle.join(" -> ")))
+                            .at(vars[&d].node.span)
+                            .key(&format!("vars.{d}"))
+                            .help("a var cannot use its own value; remove one of these references"),
+                    );
+                    continue;
+                }
+                let refs = var_refs(&vars[&d].node);
+                stack.push((d, refs, 0));
+                continue;
+            }
+            let name = name.clone();
+            stack.pop();
+            let mut e = vars[&name].clone();
+            subst(&mut e.node, &vars, None, &name, diags);
+            vars.insert(name.clone(), e);
+            finished.insert(name);
+        }
     }
     recipe.vars = vars;
     for (id, step) in recipe.steps.iter_mut() {
         for (k, e) in step.params.iter_mut() {
             subst(&mut e.node, &recipe.vars, Some(id), k, diags);
         }
+    }
+}
+
+/// The `${name}`s used anywhere in a value.
+fn var_refs(node: &Node) -> Vec<String> {
+    match &node.v {
+        V::Str(s) => {
+            let mut out = Vec::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                let Some(j) = rest[i..].find('}') else { break };
+                out.push(rest[i + 2..i + j].to_string());
+                rest = &rest[i + j + 1..];
+            }
+            out
+        }
+        V::Array(a) => a.iter().flat_map(var_refs).collect(),
+        V::Table(t) => t.values().flat_map(|e| var_refs(&e.node)).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -453,17 +566,7 @@ fn unknown_var(name: &str, vars: &Table, span: Span, step: Option<&str>, key: &s
     let mut d = Diagnostic::error(format!("unknown var `{name}`"))
         .at(span)
         .key(key)
-        .expected(if vars.is_empty() {
-            "a key of [vars] (the recipe has none)".to_string()
-        } else {
-            format!(
-                "one of {}",
-                vars.keys()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
+        .expected(expected_vars(vars.keys().map(String::as_str)));
     if let Some(s) = step {
         d = d.step(s);
     }
@@ -471,4 +574,94 @@ fn unknown_var(name: &str, vars: &Table, span: Span, step: Option<&str>, key: &s
         d = d.help(format!("did you mean `{s}`?"));
     }
     d
+}
+
+/// "one of `a`, `b`" for an unknown var.
+fn expected_vars<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(|k| format!("`{k}`")).collect();
+    if names.is_empty() {
+        "a key of [vars] (the recipe has none)".to_string()
+    } else {
+        format!("one of {}", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, sets: &[&str]) -> (Recipe, Vec<Diagnostic>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.toml");
+        std::fs::write(&p, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        load(&p, &sets)
+    }
+
+    #[test]
+    fn step_ids_are_single_safe_path_components() {
+        for ok in ["train", "tokens-2", "eval_v1.1", "A"] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".x",
+            "a/b",
+            "/etc/config",
+            "a\\b",
+            "a b",
+            "é",
+        ] {
+            assert!(!is_safe_name(bad), "{bad}");
+        }
+        assert!(!is_safe_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn var_cycles_are_named_and_forward_refs_resolve() {
+        let (_, diags) = load_text(
+            "[vars]\na = \"${b}\"\nb = \"${c}/x\"\nc = \"${a}\"\n[steps.s]\nkind = \"k\"\n",
+            &[],
+        );
+        let msgs: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(msgs, ["var cycle: a -> b -> c -> a"]);
+
+        let (r, diags) = load_text(
+            "[vars]\nout = \"${dir}/x\"\ndir = \"runs\"\n[steps.s]\nkind = \"k\"\np = \"${out}\"\n",
+            &[],
+        );
+        assert!(diags.is_empty());
+        assert_eq!(r.steps["s"].params["p"].node.v, V::Str("runs/x".into()));
+    }
+
+    #[test]
+    fn a_long_var_chain_resolves_without_deep_recursion() {
+        let mut t = String::from("[vars]\n");
+        for i in 0..20_000 {
+            t.push_str(&format!("v{i} = \"${{v{}}}\"\n", i + 1));
+        }
+        t.push_str("v20000 = \"end\"\n[steps.s]\nkind = \"k\"\np = \"${v0}\"\n");
+        let (r, diags) = load_text(&t, &[]);
+        assert!(diags.is_empty());
+        assert_eq!(r.steps["s"].params["p"].node.v, V::Str("end".into()));
+    }
+
+    #[test]
+    fn set_of_an_unknown_var_is_an_error() {
+        let (_, diags) = load_text("[vars]\nlr = 1\n[steps.s]\nkind = \"k\"\n", &["vars.lrr=2"]);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].message, "`--set`: unknown var `lrr`");
+        assert_eq!(diags[0].help.as_deref(), Some("did you mean `lr`?"));
+    }
+
+    #[test]
+    fn a_toml_error_keeps_its_source_for_rendering() {
+        let (r, diags) = load_text("[steps.a\n", &[]);
+        assert_eq!(
+            diags[0].location(&r.sources).as_deref(),
+            Some(format!("{}:1:9", r.path.display()).as_str())
+        );
+    }
 }

@@ -100,6 +100,26 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
             }
         }
     }
+    // Two steps writing the same output would replace each other.
+    let mut outs: IndexMap<PathBuf, &str> = IndexMap::new();
+    for s in steps.values() {
+        if let Some(out) = s.params.path("output") {
+            if let Some(first) = outs.get(&out) {
+                let span = s.spans.get("output").copied().unwrap_or(s.header);
+                diags.push(
+                    Diagnostic::error(format!(
+                        "`{}` is also the output of step `{first}`",
+                        out.display()
+                    ))
+                    .at(span)
+                    .step(&s.id)
+                    .key("output"),
+                );
+            } else {
+                outs.insert(out, &s.id);
+            }
+        }
+    }
     Checked { recipe, steps }
 }
 
@@ -110,6 +130,12 @@ fn check_step(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<CheckedStep> {
     let Some((kind, kind_span)) = &def.kind else {
+        let reported = diags
+            .iter()
+            .any(|d| d.step.as_deref() == Some(&def.id) && d.key.as_deref() == Some("kind"));
+        if reported {
+            return None; // `kind` of the wrong type
+        }
         diags.push(
             Diagnostic::error("missing `kind`")
                 .at(def.span)
@@ -168,6 +194,8 @@ fn check_step(
                             let pb = PathBuf::from(p);
                             if pb.exists() {
                                 files.push(pb);
+                            } else if p.contains("${") {
+                                // An unknown var or a var cycle, reported already.
                             } else {
                                 let what = if matches!(spec.ty, Ty::ModelPath) {
                                     "model dir"
@@ -222,6 +250,9 @@ fn check_step(
             );
         }
     }
+    if let (Some(out), Some(span)) = (params.path("output"), spans.get("output")) {
+        check_output_path(recipe, &def.id, &out, &files, *span, diags);
+    }
     // Step-specific checks only make sense when the types are right.
     if diags.iter().filter(|d| d.is_error()).count() == before {
         let mut c = CheckCtx {
@@ -243,6 +274,49 @@ fn check_step(
         spans,
         header: def.span,
     })
+}
+
+/// `output` may only be a new path or this step's own earlier output, and
+/// never a dir that holds the recipe or one of the step's inputs.
+fn check_output_path(
+    recipe: &Recipe,
+    step: &str,
+    out: &std::path::Path,
+    inputs: &[PathBuf],
+    span: Span,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let err = |msg: String| Diagnostic::error(msg).at(span).step(step).key("output");
+    let help = "an output must not hold the recipe or the step's inputs; choose a new path";
+    let recipe_file = normalize(&recipe.path);
+    if recipe_file.starts_with(out) {
+        let msg = format!(
+            "`{}` holds the recipe `{}`",
+            out.display(),
+            recipe_file.display()
+        );
+        diags.push(err(msg).help(help));
+        return;
+    }
+    if let Some(input) = inputs.iter().find(|p| p.starts_with(out)) {
+        let msg = if input == out {
+            format!("`{}` is an input of this step", out.display())
+        } else {
+            format!(
+                "`{}` holds `{}`, an input of this step",
+                out.display(),
+                input.display()
+            )
+        };
+        diags.push(err(msg).help(help));
+        return;
+    }
+    if let Err(msg) = crate::run::check_output(out, &recipe.path, step) {
+        diags.push(err(msg).help(format!(
+            "recipe only replaces an output it wrote (marked by `{}`); choose a path that does not exist, or remove this one",
+            crate::run::OUTPUT_MARKER
+        )));
+    }
 }
 
 /// Type-check one value and turn it into canonical JSON.

@@ -6,7 +6,9 @@ use super::{def, opt, req, Estimate, EstimateCtx, ParamSpec, RunCtx, Step, Ty};
 
 pub struct LoadModel;
 
-pub static FAMILIES: &[&str] = &["auto", "llama", "qwen2", "qwen", "chatglm", "bloom", "gpt2"];
+pub static FAMILIES: &[&str] = &[
+    "auto", "llama", "qwen2", "qwen3", "qwen", "chatglm", "bloom", "gpt2",
+];
 
 static PARAMS: &[ParamSpec] = &[
     req(
@@ -34,7 +36,7 @@ impl Step for LoadModel {
         "load.model"
     }
     fn about(&self) -> &'static str {
-        "a Hugging Face model dir (llama, qwen2, qwen, chatglm, bloom, gpt2)"
+        "a Hugging Face model dir (llama, qwen2, qwen3, qwen, chatglm, bloom, gpt2)"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
