@@ -123,13 +123,9 @@ fn put(sub: &str, name: &str, data: &[u8]) -> PathBuf {
 pub fn recipe_toml(data: &[u8]) {
     let path = put("recipe", "recipe.toml", data);
     let (recipe, mut diags) = crate::recipe::load(&path, &[]);
-    let Some(recipe) = recipe else {
-        let srcs = crate::diag::Sources::default();
-        let _ = crate::diag::render_all(&diags, &srcs, false);
-        return;
-    };
     let checked = crate::recipe::validate::check(recipe, true, &mut diags);
     let _ = crate::plan::build_dag(&checked, &mut diags);
+    crate::plan::preflight(&checked, &mut diags);
     let _ = crate::diag::render_all(&diags, &checked.recipe.sources, false);
 }
 
