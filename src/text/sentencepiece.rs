@@ -311,7 +311,13 @@ fn parse_piece(b: &[u8]) -> Result<SpPiece> {
     while let Some((num, f)) = r.next()? {
         match (num, f) {
             (1, Field::Bytes(s)) => p.piece = as_string(s, "piece")?,
-            (2, Field::Fixed32(v)) => p.score = f32::from_bits(v),
+            (2, Field::Fixed32(v)) => {
+                p.score = f32::from_bits(v);
+                // A NaN score has no place in the merge order (found by fuzzing).
+                if p.score.is_nan() {
+                    bail!("piece {:?} has a NaN score", p.piece);
+                }
+            }
             (3, Field::Varint(v)) => {
                 p.kind = match v {
                     1 => PieceType::Normal,

@@ -183,8 +183,10 @@ impl TokenizerBundle {
             .is_none()
             .then(|| FastBpe::from_json(&tj, is_glm).ok())
             .flatten();
-        let tok: Tokenizer = serde_json::to_string(&tj)?
-            .parse()
+        let json = serde_json::to_string(&tj)?;
+        // The tokenizers crate panics on some malformed files (found by fuzzing).
+        let tok: Tokenizer = crate::util::catch_panic(|| json.parse::<Tokenizer>())
+            .map_err(|p| anyhow::anyhow!("{}: loading tokenizer: {p}", dir.display()))?
             .map_err(|e| anyhow::anyhow!("{}: loading tokenizer: {e}", dir.display()))?;
         // Added tokens get ids in order after the model vocab: check they
         // landed where the files say.
