@@ -248,7 +248,7 @@ static CASES: &[Case] = &[
         name: "template that doubles a string",
         files: &[(
             "r.toml",
-            "[steps.data]\nkind = \"load.dataset\"\npath = \"{DATA}\"\nformat = \"alpaca\"\nlimit = 2\n\n[steps.p]\nkind = \"template\"\ndata = \"data\"\nsource = \"{% set s = 'xy' %}{% for i in range(64) %}{% set s = s ~ s %}{% endfor %}{{ s }}\"\n",
+            "[steps.data]\nkind = \"load.dataset\"\npath = \"{DATA}\"\nformat = \"alpaca\"\nlimit = 2\n\n[steps.p]\nkind = \"template\"\ndata = \"data\"\nsource = \"{% set ns = namespace(s='xy') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\"\n",
         )],
         setup: None,
         args: &["run", "r.toml"],
@@ -272,6 +272,37 @@ static CASES: &[Case] = &[
         stderr: &[
             "error: step `data`, key `path`: ",
             "d.csv:1: the header names column 'text' twice (columns 1 and 3): rename one",
+        ],
+        not: &[],
+    },
+    // --- finding 9: target_modules that match nothing
+    Case {
+        name: "target_modules matching nothing (plan)",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\ntarget_modules = [\"query_key_value\"]\n",
+        )],
+        setup: None,
+        args: &["plan", "r.toml"],
+        code: 2,
+        stderr: &[
+            "error: step `train`, key `target_modules`: matches no linear module of the model",
+            "  = expected: some of: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+            "  = got: [\"query_key_value\"]",
+        ],
+        not: &[],
+    },
+    Case {
+        name: "target_regex matching nothing (run)",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\ntarget_regex = \".*nothing_here\"\nmax_steps = 1\n",
+        )],
+        setup: None,
+        args: &["run", "r.toml"],
+        code: 1,
+        stderr: &[
+            "key `target_regex`: regex \".*nothing_here\" matches no linear module of this model; its linear modules are: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
         ],
         not: &[],
     },

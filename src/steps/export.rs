@@ -102,7 +102,7 @@ impl Step for Export {
                         "verify: max |logits(export) - logits(base + adapter)| = {d:.3e} (tolerance {tol:.3e})"
                     );
                     // `!(d <= tol)` also catches a NaN difference.
-                    if !(d as f64 <= tol) {
+                    if !((d as f64) <= tol) {
                         anyhow::bail!(
                             "{msg}: the exported model does not compute what base + adapter does \
                              (key `verify_tolerance` sets the limit)"

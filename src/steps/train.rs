@@ -251,6 +251,48 @@ impl Step for Train {
             }
         }
     }
+    /// `target_modules` that match no linear module of the model (when its config.json is
+    /// readable and its family's module names are known; else the run reports it).
+    fn check_inputs(&self, e: &EstimateCtx, c: &mut CheckCtx) {
+        let p = c.params;
+        if p.str("method") == "full" || p.get("init_adapter").is_some() {
+            return;
+        }
+        let names = p.strs("target_modules");
+        // Dotted entries match by suffix of full names: only plain names are checked here.
+        if names.is_empty() || names.iter().any(|n| n == "all-linear" || n.contains('.')) {
+            return;
+        }
+        let Some(cfg) = e
+            .upstream("model", "load.model")
+            .and_then(|m| m.path("path"))
+            .and_then(|d| crate::plan::memory::read_config(&d).ok())
+        else {
+            return;
+        };
+        let known = ["llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2"];
+        if !cfg
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .is_some_and(|t| known.contains(&t))
+        {
+            return;
+        }
+        let Some(shape) = crate::plan::memory::Shape::from_config(&cfg) else {
+            return;
+        };
+        let mut modules: Vec<&str> = Vec::new();
+        for (n, _, _) in shape.module_shapes() {
+            if !modules.contains(&n) {
+                modules.push(n);
+            }
+        }
+        if !names.iter().any(|n| modules.contains(&n.as_str())) {
+            let d = c.error("target_modules", "matches no linear module of the model");
+            d.expected = Some(format!("some of: {}", modules.join(", ")));
+            d.got = Some(format!("{names:?}"));
+        }
+    }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
         crate::plan::memory::train_estimate(e)
     }

@@ -449,7 +449,7 @@ mod tests {
         let ctx = ChatContext::default();
         // Doubling a string: stopped by the work budget long before memory runs out.
         let t = ChatTemplate::new(
-            "{% set s = 'xy' %}\n{% for i in range(64) %}{% set s = s ~ s %}{% endfor %}{{ s }}",
+            "{% set ns = namespace(s='xy') %}\n{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
         )
         .unwrap();
         let e = t.render(&[], &ctx).unwrap_err().to_string();
