@@ -101,15 +101,30 @@ fn check(c: &Case) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(c.code), "{}: {err}", c.name);
     for want in c.stderr {
-        assert!(err.contains(want), "{}: missing {want:?} in\n{err}", c.name);
+        let want = expand(want);
+        assert!(err.contains(&want), "{}: missing {want:?} in\n{err}", c.name);
     }
     for bad in c.not {
         assert!(!err.contains(bad), "{}: unexpected {bad:?} in\n{err}", c.name);
     }
 }
 
-/// Copy the shipped model into `dir/model` with a NaN written into `tensor`'s element 3.
-fn poisoned_model(dir: &Path, tensor: &str) {
+/// Copy the shipped model into `dir/model` with `value` written into `tensor`'s element 3.
+fn poisoned_model(dir: &Path, tensor: &str, value: f32) {
+    clean_copy(dir);
+    let p = dir.join("model/model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + 3 * 4;
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(&p, bytes).unwrap();
+}
+
+/// A copy of the shipped model in `dir/model` (an identical copy would share the original's
+/// cache entry, and so its path).
+fn clean_copy(dir: &Path) {
     let src = root().join("examples/quickstart/base");
     let dst = dir.join("model");
     std::fs::create_dir_all(&dst).unwrap();
@@ -117,20 +132,17 @@ fn poisoned_model(dir: &Path, tensor: &str) {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    let p = dst.join("model.safetensors");
-    let mut bytes = std::fs::read(&p).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let start = header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
-    let at = 8 + n + start + 3 * 4;
-    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    std::fs::write(&p, bytes).unwrap();
 }
 
 const NAN_TENSOR: &str = "model.layers.1.mlp.up_proj.weight";
 
 fn nan_model(dir: &Path) {
-    poisoned_model(dir, NAN_TENSOR);
+    poisoned_model(dir, NAN_TENSOR, f32::NAN);
+}
+
+/// Another base of the same shapes (one weight differs, so it is not the same cache entry).
+fn other_base(dir: &Path) {
+    poisoned_model(dir, NAN_TENSOR, 0.5);
 }
 
 static CASES: &[Case] = &[
@@ -165,6 +177,36 @@ static CASES: &[Case] = &[
         ],
         not: &[],
     },
+    // --- finding 5: a diverging run warns; a non-finite one stops and names no checkpoint
+    Case {
+        name: "huge learning rate warns about divergence",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\nlearning_rate = 1e6\nmax_steps = 8\nlogging_steps = 2\n",
+        )],
+        setup: None,
+        args: &["run", "r.toml"],
+        code: 0,
+        stderr: &[
+            "  [train] WARNING: the training loss ended above where it started (",
+            "): the run diverged; lower learning_rate\n",
+        ],
+        not: &[],
+    },
+    Case {
+        name: "overflowing learning rate stops at step 1",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\nlearning_rate = 1e38\nmax_steps = 8\nsave_steps = 2\n",
+        )],
+        setup: None,
+        args: &["run", "r.toml"],
+        code: 1,
+        stderr: &[
+            "error: step `train` (train) failed: trainable tensor 0 became non-finite at step 1 (learning rate 1.000e38); stopped. Training diverged: no checkpoint was written before it. Lower learning_rate\n",
+        ],
+        not: &[],
+    },
     // --- finding 6: NaN weights are refused, naming the tensor
     Case {
         name: "generate refuses NaN weights",
@@ -191,6 +233,51 @@ static CASES: &[Case] = &[
         code: 1,
         stderr: &[
             "tensor `model.layers.1.mlp.up_proj.weight` holds NaN (element 3)",
+        ],
+        not: &[],
+    },
+    Case {
+        name: "merge refuses a NaN base",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\nmax_steps = 1\n\n[steps.m]\nkind = \"load.model\"\npath = \"model\"\n\n[steps.merged]\nkind = \"merge\"\nmodel = \"m\"\nadapter = \"train\"\n",
+        )],
+        setup: Some(nan_model),
+        args: &["run", "r.toml"],
+        code: 1,
+        stderr: &[
+            "/model: tensor `model.layers.1.mlp.up_proj.weight` holds NaN (element 3): the weights are broken",
+        ],
+        not: &[],
+    },
+    Case {
+        name: "evaluate refuses a NaN base",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.m]\nkind = \"load.model\"\npath = \"model\"\n\n[steps.ev]\nkind = \"evaluate\"\nmodel = \"m\"\ndata = \"tokens\"\nmetrics = [\"loss\"]\n",
+        )],
+        setup: Some(nan_model),
+        args: &["run", "r.toml"],
+        code: 1,
+        stderr: &[
+            "/model: tensor `model.layers.1.mlp.up_proj.weight` holds NaN (element 3): the weights are broken",
+        ],
+        not: &[],
+    },
+    // --- finding 9: an adapter merged into another base of the same shapes warns
+    Case {
+        name: "merge into another base of the same shapes",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\nmax_steps = 1\n\n[steps.m]\nkind = \"load.model\"\npath = \"model\"\n\n[steps.merged]\nkind = \"merge\"\nmodel = \"m\"\nadapter = \"train\"\n",
+        )],
+        setup: Some(other_base),
+        args: &["run", "r.toml"],
+        code: 0,
+        stderr: &[
+            "  [merged] WARNING: the adapter in `",
+            "` was trained on `{BASE}`, not on `",
+            "/model`; its shapes fit, so it is applied, but check that this is the base you meant\n",
         ],
         not: &[],
     },
