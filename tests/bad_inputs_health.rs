@@ -264,6 +264,33 @@ static CASES: &[Case] = &[
         ],
         not: &[],
     },
+    Case {
+        name: "export logit check fails above its tolerance",
+        files: &[(
+            "r.toml",
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\nmax_steps = 1\n\n[steps.merged]\nkind = \"merge\"\nmodel = \"base\"\nadapter = \"train\"\ndtype = \"bf16\"\n\n[steps.x]\nkind = \"export\"\nmodel = \"merged\"\nverify_tolerance = 1e-9\noutput = \"out\"\n",
+        )],
+        setup: None,
+        args: &["run", "r.toml"],
+        code: 1,
+        stderr: &[
+            "error: step `x` (export) failed: verify: max |logits(export) - logits(base + adapter)| = ",
+            ", above the tolerance 1.000e-9: the exported model does not compute what base + adapter does (key `verify_tolerance` sets the limit)\n",
+        ],
+        not: &[],
+    },
+    Case {
+        name: "negative verify_tolerance",
+        files: &[(
+            "r.toml",
+            "[steps.m]\nkind = \"load.model\"\npath = \"{BASE}\"\n\n[steps.x]\nkind = \"export\"\nmodel = \"m\"\nverify_tolerance = -1.0\n",
+        )],
+        setup: None,
+        args: &["plan", "r.toml"],
+        code: 2,
+        stderr: &["error: step `x`, key `verify_tolerance`: must be a finite number >= 0\n"],
+        not: &[],
+    },
     // --- finding 9: an adapter merged into another base of the same shapes warns
     Case {
         name: "merge into another base of the same shapes",
@@ -443,4 +470,37 @@ fn bad_inputs_health_corpus() {
     for c in CASES {
         check(c);
     }
+}
+
+/// Editing the file behind a template step's `file` re-renders (its content is in the cache
+/// key); the rendered text follows the edit.
+#[test]
+fn template_file_edit_is_not_served_stale() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "r.toml",
+        &expand(
+            "[steps.data]\nkind = \"load.dataset\"\npath = \"{DATA}\"\nformat = \"alpaca\"\nlimit = 2\n\n\
+             [steps.p]\nkind = \"template\"\ndata = \"data\"\nfile = \"t.jinja\"\n",
+        ),
+    );
+    let render = |body: &str| {
+        write(d.path(), "t.jinja", body);
+        let o = run(d.path(), &["run", "r.toml"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        let entries = d.path().join(".recipe/cache/entries");
+        let mut texts: Vec<String> = std::fs::read_dir(&entries)
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("train.segments.jsonl")).ok())
+            .collect();
+        texts.sort();
+        (err, texts)
+    };
+    let (_, first) = render("{% for m in messages %}A:{{ m.content }}{% endfor %}");
+    let (err, second) = render("{% for m in messages %}B:{{ m.content }}{% endfor %}");
+    assert!(err.contains("p: ran ("), "{err}");
+    assert!(first.iter().any(|t| t.contains("A:")), "{first:?}");
+    assert!(second.iter().any(|t| t.contains("B:")), "{second:?}");
 }

@@ -98,14 +98,14 @@ impl Step for Export {
                         };
                         rel * scale.max(1.0) as f64
                     });
-                    let msg = format!(
-                        "verify: max |logits(export) - logits(base + adapter)| = {d:.3e} (tolerance {tol:.3e})"
-                    );
+                    let msg =
+                        format!("verify: max |logits(export) - logits(base + adapter)| = {d:.3e}");
                     // `!(d <= tol)` also catches a NaN difference.
                     if !((d as f64) <= tol) {
                         anyhow::bail!(
-                            "{msg}: the exported model does not compute what base + adapter does \
-                             (key `verify_tolerance` sets the limit)"
+                            "{msg}, above the tolerance {tol:.3e}: the exported model does not \
+                             compute what base + adapter does (key `verify_tolerance` sets the \
+                             limit)"
                         );
                     }
                     ctx.info(msg);
@@ -117,6 +117,11 @@ impl Step for Export {
         Ok(())
     }
     fn check(&self, c: &mut super::CheckCtx) {
+        if let Some(t) = c.params.opt_f64("verify_tolerance") {
+            if !(t >= 0.0 && t.is_finite()) {
+                c.error("verify_tolerance", "must be a finite number >= 0").got = Some(t.to_string());
+            }
+        }
         if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {
             c.error("max_shard_size", "not a size").expected =
                 Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
