@@ -402,9 +402,9 @@ impl ChatTemplate {
         })?;
         if out.len() > MAX_RENDER_BYTES {
             bail!(
-                "rendering chat template: the output is {} MiB, above the limit of {} MiB per \
+                "rendering chat template: the output is {:.1} MiB, above the limit of {} MiB per \
                  example",
-                out.len() >> 20,
+                out.len() as f64 / (1u64 << 20) as f64,
                 MAX_RENDER_BYTES >> 20
             );
         }
@@ -464,6 +464,13 @@ mod tests {
         let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}").unwrap();
         let e = t.render(&[], &ctx).unwrap_err().to_string();
         assert!(e.contains("stopped after its work limit"), "{e}");
+        // Within the budget but above the output limit.
+        let t = ChatTemplate::new("{{ 'x' * 17000000 }}").unwrap();
+        let e = t.render(&[], &ctx).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "rendering chat template: the output is 16.2 MiB, above the limit of 16 MiB per example"
+        );
         // A normal template is far below the budget.
         let t = ChatTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
             .unwrap();
