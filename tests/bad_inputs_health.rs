@@ -36,7 +36,10 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn expand(s: &str) -> String {
     s.replace(
         "{BASE}",
-        &root().join("examples/quickstart/base").display().to_string(),
+        &root()
+            .join("examples/quickstart/base")
+            .display()
+            .to_string(),
     )
     .replace(
         "{DATA}",
@@ -102,10 +105,18 @@ fn check(c: &Case) {
     assert_eq!(o.status.code(), Some(c.code), "{}: {err}", c.name);
     for want in c.stderr {
         let want = expand(want);
-        assert!(err.contains(&want), "{}: missing {want:?} in\n{err}", c.name);
+        assert!(
+            err.contains(&want),
+            "{}: missing {want:?} in\n{err}",
+            c.name
+        );
     }
     for bad in c.not {
-        assert!(!err.contains(bad), "{}: unexpected {bad:?} in\n{err}", c.name);
+        assert!(
+            !err.contains(bad),
+            "{}: unexpected {bad:?} in\n{err}",
+            c.name
+        );
     }
 }
 
@@ -493,7 +504,9 @@ fn template_file_edit_is_not_served_stale() {
         let entries = d.path().join(".recipe/cache/entries");
         let mut texts: Vec<String> = std::fs::read_dir(&entries)
             .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("train.segments.jsonl")).ok())
+            .filter_map(|e| {
+                std::fs::read_to_string(e.unwrap().path().join("train.segments.jsonl")).ok()
+            })
             .collect();
         texts.sort();
         (err, texts)

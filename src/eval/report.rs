@@ -294,11 +294,7 @@ pub fn train_health_warnings(records: &[TrainRecord]) -> Vec<String> {
         .iter()
         .filter_map(|r| r.loss.map(|l| (r.step as usize, l, r.grad_norm)))
         .collect();
-    let zeros = train
-        .iter()
-        .rev()
-        .take_while(|r| r.2 == Some(0.0))
-        .count();
+    let zeros = train.iter().rev().take_while(|r| r.2 == Some(0.0)).count();
     let stuck = (zeros > 0 && zeros >= 2.min(train.len())).then_some(zeros);
     crate::train::health_warnings(
         train.first().map(|r| (r.0, r.1)),

@@ -24,8 +24,7 @@ pub fn first_non_finite(t: &Tensor) -> Option<(usize, &'static str)> {
     match t.dtype {
         Dtype::F32 => b.chunks_exact(4).enumerate().find_map(|(i, c)| {
             let x = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            (x & 0x7f80_0000 == 0x7f80_0000)
-                .then(|| (i, kind(x & 0x007f_ffff != 0, x >> 31 == 1)))
+            (x & 0x7f80_0000 == 0x7f80_0000).then(|| (i, kind(x & 0x007f_ffff != 0, x >> 31 == 1)))
         }),
         Dtype::BF16 => b.chunks_exact(2).enumerate().find_map(|(i, c)| {
             let x = u16::from_le_bytes([c[0], c[1]]);
@@ -37,12 +36,8 @@ pub fn first_non_finite(t: &Tensor) -> Option<(usize, &'static str)> {
         }),
         Dtype::F64 => b.chunks_exact(8).enumerate().find_map(|(i, c)| {
             let x = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-            (x & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000).then(|| {
-                (
-                    i,
-                    kind(x & 0x000f_ffff_ffff_ffff != 0, x >> 63 == 1),
-                )
-            })
+            (x & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000)
+                .then(|| (i, kind(x & 0x000f_ffff_ffff_ffff != 0, x >> 63 == 1)))
         }),
         _ => None,
     }

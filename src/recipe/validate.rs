@@ -125,7 +125,11 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
 }
 
 /// Each step's `check_inputs`, with its inputs' params (as `plan` estimates see them).
-fn check_inputs(steps: &IndexMap<String, CheckedStep>, plan_only: bool, diags: &mut Vec<Diagnostic>) {
+fn check_inputs(
+    steps: &IndexMap<String, CheckedStep>,
+    plan_only: bool,
+    diags: &mut Vec<Diagnostic>,
+) {
     let all: IndexMap<String, (&'static str, Params)> = steps
         .iter()
         .map(|(k, s)| (k.clone(), (s.kind(), s.params.clone())))
@@ -136,8 +140,19 @@ fn check_inputs(steps: &IndexMap<String, CheckedStep>, plan_only: bool, diags: &
             .iter()
             .filter_map(|(p, t)| all.get(t).map(|(k, tp)| (p.clone(), (*k, tp))))
             .collect();
-        let e = crate::steps::EstimateCtx { params: &s.params, inputs, all: &all };
-        let mut c = CheckCtx { step: &s.id, params: &s.params, spans: &s.spans, header: s.header, plan_only, diags };
+        let e = crate::steps::EstimateCtx {
+            params: &s.params,
+            inputs,
+            all: &all,
+        };
+        let mut c = CheckCtx {
+            step: &s.id,
+            params: &s.params,
+            spans: &s.spans,
+            header: s.header,
+            plan_only,
+            diags,
+        };
         s.step.check_inputs(&e, &mut c);
     }
 }

@@ -119,7 +119,8 @@ impl Step for Export {
     fn check(&self, c: &mut super::CheckCtx) {
         if let Some(t) = c.params.opt_f64("verify_tolerance") {
             if !(t >= 0.0 && t.is_finite()) {
-                c.error("verify_tolerance", "must be a finite number >= 0").got = Some(t.to_string());
+                c.error("verify_tolerance", "must be a finite number >= 0")
+                    .got = Some(t.to_string());
             }
         }
         if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {

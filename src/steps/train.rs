@@ -219,11 +219,14 @@ impl Step for Train {
         // 0 optimizer steps is never what was meant.
         let (epochs, max_steps) = (p.f64("num_epochs"), p.i64("max_steps"));
         if max_steps < -1 || max_steps == 0 {
-            c.error("max_steps", "must be a positive step count, or -1 to use num_epochs")
-                .got = Some(max_steps.to_string());
+            c.error(
+                "max_steps",
+                "must be a positive step count, or -1 to use num_epochs",
+            )
+            .got = Some(max_steps.to_string());
         } else if max_steps == -1 && !(epochs > 0.0 && epochs.is_finite()) {
-            c.error("num_epochs", "must be positive (or set max_steps)").got =
-                Some(epochs.to_string());
+            c.error("num_epochs", "must be positive (or set max_steps)")
+                .got = Some(epochs.to_string());
         }
         let d = p.f64("lora_dropout");
         if !(0.0..1.0).contains(&d) {
@@ -270,7 +273,9 @@ impl Step for Train {
         else {
             return;
         };
-        let known = ["llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2"];
+        let known = [
+            "llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2",
+        ];
         if !cfg
             .get("model_type")
             .and_then(|v| v.as_str())

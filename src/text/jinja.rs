@@ -395,7 +395,9 @@ impl ChatTemplate {
                      instructions, or {} MiB of strings built): does it loop or keep growing a \
                      string?{}",
                     RENDER_FUEL * 64 >> 20,
-                    e.line().map(|_| format!(" ({})", describe_line(&e, src))).unwrap_or_default()
+                    e.line()
+                        .map(|_| format!(" ({})", describe_line(&e, src)))
+                        .unwrap_or_default()
                 );
             }
             anyhow!("rendering chat template: {}", describe(&e, src))
@@ -461,7 +463,10 @@ mod tests {
             "{e}"
         );
         // An endless-looking loop.
-        let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}").unwrap();
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
         let e = t.render(&[], &ctx).unwrap_err().to_string();
         assert!(e.contains("stopped after its work limit"), "{e}");
         // Within the budget but above the output limit.
@@ -472,8 +477,9 @@ mod tests {
             "rendering chat template: the output is 16.2 MiB, above the limit of 16 MiB per example"
         );
         // A normal template is far below the budget.
-        let t = ChatTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
-            .unwrap();
+        let t =
+            ChatTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+                .unwrap();
         let msgs: Vec<Value> = (0..200)
             .map(|i| serde_json::json!({"role": "user", "content": format!("message {i}")}))
             .collect();
@@ -487,7 +493,10 @@ mod tests {
         assert!(!e.contains("SECRET"), "{e}");
         assert!(e.starts_with("chat template: syntax error"), "{e}");
         assert!(e.contains("(line 3: `{{ m.content }`)"), "{e}");
-        assert_eq!(excerpt(&"a".repeat(200), 120), format!("{}...", "a".repeat(120)));
+        assert_eq!(
+            excerpt(&"a".repeat(200), 120),
+            format!("{}...", "a".repeat(120))
+        );
         assert_eq!(excerpt("one\ntwo", 120), "one...");
         assert_eq!(excerpt("short", 120), "short");
     }

@@ -810,13 +810,19 @@ mod tests {
             )
         );
         std::fs::write(&p, "{{ messages[0].content }}").unwrap();
-        assert!(matches!(Template::from_file(&p).unwrap(), Template::Jinja { .. }));
+        assert!(matches!(
+            Template::from_file(&p).unwrap(),
+            Template::Jinja { .. }
+        ));
         // A long unknown spec is quoted as a short excerpt.
         let long = format!("{}\nmore", "z".repeat(300));
         let e = Template::from_name_or_source(&long, None)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with(&format!("unknown template \"{}...\"", "z".repeat(120))), "{e}");
+        assert!(
+            e.starts_with(&format!("unknown template \"{}...\"", "z".repeat(120))),
+            "{e}"
+        );
     }
 
     #[test]

@@ -318,7 +318,10 @@ pub fn train(
                 optim.step(&mut pg, lr as f32)?;
                 // A finite gradient at a huge learning rate can still overflow a weight;
                 // checkpoints are only written from finite weights.
-                if let Some(k) = pg.iter().position(|(p, _)| p.iter().any(|x| !x.is_finite())) {
+                if let Some(k) = pg
+                    .iter()
+                    .position(|(p, _)| p.iter().any(|x| !x.is_finite()))
+                {
                     bail!(
                         "trainable tensor {k} became non-finite at step {} (learning rate {lr:.3e}); \
                          stopped. Training diverged: {}. Lower learning_rate",
@@ -328,7 +331,11 @@ pub fn train(
                 }
                 norm
             };
-            zero_grad_run = if grad_norm == 0.0 { zero_grad_run + 1 } else { 0 };
+            zero_grad_run = if grad_norm == 0.0 {
+                zero_grad_run + 1
+            } else {
+                0
+            };
             state.step += 1;
             state.micro = end;
             window_loss += loss;

@@ -305,8 +305,16 @@ fn nan_stop_names_only_a_checkpoint_it_wrote() {
     let mut m = Bigram::new(8);
     m.poison = true;
     let log = Log::new();
-    let e = train_logged(&mut m, &mut Momentum(vec![]), &lr, &cfg(), w.path(), o.path(), &log)
-        .unwrap_err();
+    let e = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "loss is NaN at step 1 (epoch 0); stopped. Training diverged: no checkpoint was written \
@@ -318,8 +326,16 @@ fn nan_stop_names_only_a_checkpoint_it_wrote() {
     run(&cfg(), w.path(), o.path(), Some(5));
     let mut m = Bigram::new(8);
     m.poison = true;
-    let e = train_logged(&mut m, &mut Momentum(vec![]), &lr, &cfg(), w.path(), o.path(), &log)
-        .unwrap_err();
+    let e = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap_err();
     let ck = w.path().join("checkpoint-4");
     assert_eq!(
         e.to_string(),
@@ -342,8 +358,16 @@ fn damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     std::fs::write(newest.join("trainer_state.json"), "{\"step\": 8, \"epo").unwrap();
     let log = Log::new();
     let mut m = Bigram::new(8);
-    let r = train_logged(&mut m, &mut Momentum(vec![]), &lr, &cfg(), w.path(), o.path(), &log)
-        .unwrap();
+    let r = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap();
     assert_eq!(r.resumed_from, Some(4));
     assert_eq!(m.w, full.w, "resumed from checkpoint-4 is bit-exact");
     let lines = log.lines();
@@ -362,8 +386,16 @@ fn zero_steps_is_an_error() {
     let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut c = cfg();
     c.num_epochs = -3.0;
-    let e = train_logged(&mut Bigram::new(8), &mut Momentum(vec![]), &lr, &c, w.path(), o.path(), &Log::new())
-        .unwrap_err();
+    let e = train_logged(
+        &mut Bigram::new(8),
+        &mut Momentum(vec![]),
+        &lr,
+        &c,
+        w.path(),
+        o.path(),
+        &Log::new(),
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "0 optimizer steps (num_epochs -3, max_steps -1, 24 examples): nothing would be trained"
@@ -392,8 +424,16 @@ fn a_diverging_run_ends_with_a_warning() {
     c.max_grad_norm = 0.0;
     let log = Log::new();
     let big = |_: usize| 1e4;
-    let r = train_logged(&mut Bigram::new(8), &mut Momentum(vec![]), &big, &c, w.path(), o.path(), &log)
-        .unwrap();
+    let r = train_logged(
+        &mut Bigram::new(8),
+        &mut Momentum(vec![]),
+        &big,
+        &c,
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap();
     assert!(
         r.warnings[0].starts_with("the training loss ended above where it started"),
         "{:?}",
