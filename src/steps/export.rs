@@ -100,8 +100,7 @@ impl Step for Export {
                     });
                     let msg =
                         format!("verify: max |logits(export) - logits(base + adapter)| = {d:.3e}");
-                    // `!(d <= tol)` also catches a NaN difference.
-                    if !((d as f64) <= tol) {
+                    if d.is_nan() || (d as f64) > tol {
                         anyhow::bail!(
                             "{msg}, above the tolerance {tol:.3e}: the exported model does not \
                              compute what base + adapter does (key `verify_tolerance` sets the \

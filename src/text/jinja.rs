@@ -394,7 +394,7 @@ impl ChatTemplate {
                     "rendering chat template: stopped after its work limit ({RENDER_FUEL} \
                      instructions, or {} MiB of strings built): does it loop or keep growing a \
                      string?{}",
-                    RENDER_FUEL * 64 >> 20,
+                    (RENDER_FUEL * 64) >> 20,
                     e.line()
                         .map(|_| format!(" ({})", describe_line(&e, src)))
                         .unwrap_or_default()
