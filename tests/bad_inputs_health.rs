@@ -214,7 +214,7 @@ static CASES: &[Case] = &[
         args: &["run", "r.toml"],
         code: 1,
         stderr: &[
-            "error: step `train` (train) failed: trainable tensor 0 became non-finite at step 1 (learning rate 1.000e38); stopped. Training diverged: no checkpoint was written before it. Lower learning_rate\n",
+            "error: step `train` (train) failed: trainable tensor `model.layers.0.self_attn.q_proj.lora_A.weight` became non-finite at step 1 (learning rate 1.000e38); stopped. Training diverged: no checkpoint was written before it. Lower learning_rate\n",
         ],
         not: &[],
     },

@@ -127,6 +127,14 @@ impl TrainModel for EngineModel {
             .collect()
     }
 
+    fn trainable_names(&mut self) -> Vec<String> {
+        self.model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     fn zero_grad(&mut self) {
         self.model.zero_grad();
     }

@@ -30,6 +30,10 @@ pub trait TrainModel: Send {
     fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)>;
     /// Trainable tensors and their gradients, in a fixed order.
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
+    /// Names of the `trainables`, same order (for messages; empty when unnamed).
+    fn trainable_names(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     fn zero_grad(&mut self);
     /// Write the trained result (a PEFT adapter, or full weights) into `dir`.
     fn save(&mut self, dir: &Path) -> Result<()>;
@@ -238,7 +242,7 @@ pub fn train(
     // Where to look after a stop: never name a checkpoint that was not written.
     let kept = |last: &Option<(PathBuf, usize)>| match last {
         Some((dir, step)) => format!(
-            "the last good checkpoint is `{}` (step {step}); the run resumes from it",
+            "the last good checkpoint is `{}` (step {step})",
             dir.display()
         ),
         None => "no checkpoint was written before it".to_string(),
@@ -318,18 +322,25 @@ pub fn train(
                 optim.step(&mut pg, lr as f32)?;
                 // A finite gradient at a huge learning rate can still overflow a weight;
                 // checkpoints are only written from finite weights.
-                if let Some(k) = pg
+                let bad = pg
                     .iter()
-                    .position(|(p, _)| p.iter().any(|x| !x.is_finite()))
-                {
+                    .position(|(p, _)| p.iter().any(|x| !x.is_finite()));
+                (norm, bad)
+            };
+            let grad_norm = match grad_norm {
+                (_, Some(k)) => {
+                    let name = model
+                        .trainable_names()
+                        .get(k)
+                        .map_or_else(|| k.to_string(), |n| format!("`{n}`"));
                     bail!(
-                        "trainable tensor {k} became non-finite at step {} (learning rate {lr:.3e}); \
-                         stopped. Training diverged: {}. Lower learning_rate",
+                        "trainable tensor {name} became non-finite at step {} (learning rate \
+                         {lr:.3e}); stopped. Training diverged: {}. Lower learning_rate",
                         state.step + 1,
                         kept(&last_ckpt)
                     );
                 }
-                norm
+                (norm, None) => norm,
             };
             zero_grad_run = if grad_norm == 0.0 {
                 zero_grad_run + 1

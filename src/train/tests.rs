@@ -341,8 +341,7 @@ fn nan_stop_names_only_a_checkpoint_it_wrote() {
         e.to_string(),
         format!(
             "loss is NaN at step 5 (epoch 0); stopped. Training diverged: the last good \
-             checkpoint is `{}` (step 4); the run resumes from it. Lower learning_rate (or \
-             max_grad_norm)",
+             checkpoint is `{}` (step 4). Lower learning_rate (or max_grad_norm)",
             ck.display()
         )
     );
