@@ -517,3 +517,79 @@ fn template_file_edit_is_not_served_stale() {
     assert!(first.iter().any(|t| t.contains("A:")), "{first:?}");
     assert!(second.iter().any(|t| t.contains("B:")), "{second:?}");
 }
+
+/// A damaged newest checkpoint does not block resume: the previous one is used, with a
+/// warning naming the damaged one.
+#[test]
+fn damaged_newest_checkpoint_falls_back() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "r.toml",
+        &expand(&format!(
+            "{PIPELINE}\n[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndata = \"tokens\"\n\
+             max_steps = 6\nsave_steps = 2\nlogging_steps = 1\n"
+        )),
+    );
+    let o = bin()
+        .current_dir(d.path())
+        .args(["run", "r.toml"])
+        .env("RECIPE_TEST_KILL_AFTER_STEPS", "5")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Checkpoints 2 and 4 exist; damage 4.
+    let mut found = Vec::new();
+    let mut stack = vec![d.path().join(".recipe")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                if path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("checkpoint-")
+                {
+                    found.push(path);
+                } else {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    found.sort();
+    let names: Vec<String> = found
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["checkpoint-2", "checkpoint-4"]);
+    std::fs::write(found[1].join("trainables.safetensors"), b"not safetensors").unwrap();
+    let o = run(d.path(), &["run", "r.toml"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // (The cache dir is relative to the working dir here: `./.recipe/cache/work/<key>/`.)
+    let line = |prefix: &str| {
+        err.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in\n{err}"))
+            .to_string()
+    };
+    let warn = line("  [train] WARNING: checkpoint `");
+    assert!(
+        warn.contains("/checkpoint-4` is damaged (")
+            && warn.ends_with(
+                "/checkpoint-4/trainables.safetensors: header too large); trying an older one"
+            ),
+        "{warn}"
+    );
+    assert!(
+        line("  [train] resuming from ").ends_with("/checkpoint-2 (step 2)"),
+        "{err}"
+    );
+}
