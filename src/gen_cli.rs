@@ -37,7 +37,11 @@ pub fn renderer_for(spec: &str, bundle: &TokenizerBundle) -> Result<Option<Rende
         "auto" | "none" => return Ok(None),
         s => s,
     };
-    let t = Template::from_name_or_source(spec, None)?;
+    let t = if Template::looks_like_file(spec) {
+        Template::from_file(std::path::Path::new(spec))?
+    } else {
+        Template::from_name_or_source(spec, None)?
+    };
     Ok(Some(Renderer::new(t, Some(bundle)).with_context(|| {
         if spec == "model" {
             "use --template NAME (e.g. chatml, chatglm3, human_assistant) or --template none"

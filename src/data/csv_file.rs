@@ -50,6 +50,18 @@ pub fn open(path: &Path, opts: CsvOptions) -> Result<FileRows, DataError> {
         let name = std::str::from_utf8(h).map_err(|_| {
             DataError::format(path, format!("header column {} is not valid UTF-8", k + 1))
         })?;
+        // Rows are maps by column name: a second column of the same name would silently
+        // replace the first.
+        if let Some(first) = columns.iter().position(|c| c == name) {
+            return Err(DataError::row(
+                format!("{}:1", path.display()),
+                format!(
+                    "the header names column '{name}' twice (columns {} and {}): rename one",
+                    first + 1,
+                    k + 1
+                ),
+            ));
+        }
         columns.push(name.to_string());
     }
     let file: Arc<str> = path.display().to_string().into();
@@ -163,6 +175,20 @@ mod tests {
                     r#"{"label":"1","review":"好"}"#.to_string()
                 )),
             ]
+        );
+    }
+
+    #[test]
+    fn duplicate_header_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "d.csv", b"text,label,text\na,1,b\n");
+        let e = open(&p, OPTS).err().expect("duplicate header");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:1: the header names column 'text' twice (columns 1 and 3): rename one",
+                p.display()
+            )
         );
     }
 

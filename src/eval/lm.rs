@@ -253,6 +253,7 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
             d.display()
         )
     })?;
+    crate::export::check_finite_file(&d.join(crate::export::adapter::ADAPTER_WEIGHTS))?;
     let n = model
         .linears_mut()
         .iter()
@@ -278,6 +279,7 @@ pub fn load_model(weights: &Path, adapter: Option<&Path>) -> Result<Model> {
         Model::load(weights, &LoadOptions::default())
             .with_context(|| format!("loading the model in `{}`", weights.display()))?
     };
+    crate::export::check_finite_dir(weights)?;
     if let Some(a) = adapter {
         attach_adapter(&mut model, a)?;
     }

@@ -280,7 +280,28 @@ pub fn render_train_summary(records: &[TrainRecord], max_rows: usize) -> String 
             min.0
         );
     }
+    for w in train_health_warnings(records) {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
     out
+}
+
+/// `train::health_warnings` on a metrics.jsonl: the first and last logged training loss,
+/// and the gradient norm of the trailing training records (each is one step's norm: two
+/// logged zeros in a row at the end count as stuck, or one when that is all there is).
+pub fn train_health_warnings(records: &[TrainRecord]) -> Vec<String> {
+    let train: Vec<(usize, f64, Option<f64>)> = records
+        .iter()
+        .filter_map(|r| r.loss.map(|l| (r.step as usize, l, r.grad_norm)))
+        .collect();
+    let zeros = train.iter().rev().take_while(|r| r.2 == Some(0.0)).count();
+    let stuck = (zeros > 0 && zeros >= 2.min(train.len())).then_some(zeros);
+    crate::train::health_warnings(
+        train.first().map(|r| (r.0, r.1)),
+        train.last().map(|r| (r.0, r.1)),
+        stuck,
+        "logged steps",
+    )
 }
 
 #[cfg(test)]
@@ -341,6 +362,33 @@ step    loss        lr  grad_norm  tokens/s  eval_loss
             e.to_string().starts_with("m.jsonl:1: key must be a string"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn train_summary_warns_about_divergence_and_zero_gradients() {
+        let text = "{\"step\":20,\"loss\":2.5,\"grad_norm\":1.5}\n\
+                    {\"step\":40,\"loss\":9.0,\"grad_norm\":0.0}\n\
+                    {\"step\":40,\"eval_loss\":9.5}\n\
+                    {\"step\":60,\"loss\":11.0,\"grad_norm\":0.0}\n";
+        let recs = parse_train_metrics(text, Path::new("m.jsonl")).expect("parse");
+        let s = render_train_summary(&recs, 10);
+        let tail: Vec<&str> = s.lines().rev().take(2).collect();
+        assert_eq!(
+            tail,
+            [
+                "WARNING: the gradient norm was 0 for the last 2 logged steps: training is stuck \
+                 (nothing is learned; a diverged or saturated model?)",
+                "WARNING: the training loss ended above where it started (2.5000 at step 20, \
+                 11.0000 at step 60): the run diverged; lower learning_rate",
+            ]
+        );
+        // A healthy run: no warning.
+        let ok = parse_train_metrics(
+            "{\"step\":1,\"loss\":2.5,\"grad_norm\":1.0}\n{\"step\":2,\"loss\":2.0,\"grad_norm\":0.5}\n",
+            Path::new("m.jsonl"),
+        )
+        .expect("parse");
+        assert!(train_health_warnings(&ok).is_empty());
     }
 
     #[test]

@@ -60,6 +60,30 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A warning when the adapter in `adapter_dir` says it was trained on another base than
+/// `base_dir` (`base_model_name_or_path`): same path (as written or canonical) or same last
+/// path part (a hub id vs its local copy) counts as the same base. Shapes are checked where
+/// the adapter is applied (a mismatch is an error naming the tensor); this is only the name.
+pub fn other_base_warning(adapter_dir: &Path, base_dir: &Path) -> Option<String> {
+    let cfg: AdapterConfig =
+        serde_json::from_value(read_json(&adapter_dir.join(ADAPTER_CONFIG)).ok()?).ok()?;
+    let named = cfg.base_model_name_or_path.filter(|n| !n.is_empty())?;
+    let named_path = Path::new(&named);
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let last = |p: &Path| p.file_name().map(|n| n.to_os_string());
+    let same = named_path == base_dir
+        || canon(named_path).is_some_and(|c| Some(c) == canon(base_dir))
+        || last(named_path).is_some_and(|n| Some(n) == last(base_dir));
+    (!same).then(|| {
+        format!(
+            "the adapter in `{}` was trained on `{named}`, not on `{}`; its shapes fit, so it \
+             is applied, but check that this is the base you meant",
+            adapter_dir.display(),
+            base_dir.display()
+        )
+    })
+}
+
 impl AdapterConfig {
     /// PEFT's `get_pattern_key`: the first pattern `p` with `^(.*\.)?(p)$` matching `module`.
     fn pattern<'a, V>(patterns: &'a IndexMap<String, V>, module: &str) -> Result<Option<&'a V>> {

@@ -16,6 +16,14 @@ pub enum ExportError {
     /// An adapter that does not fit its base: names the module (or tensor) and both shapes.
     #[error("module `{module}`: {msg}")]
     Mismatch { module: String, msg: String },
+    /// A NaN or an infinity in the weights (see `finite`).
+    #[error("{origin}: tensor `{tensor}` holds {what} (element {index}): the weights are broken (a diverged training run?); refusing to use them")]
+    NonFinite {
+        origin: String,
+        tensor: String,
+        index: usize,
+        what: &'static str,
+    },
     /// Something valid elsewhere that this library does not do (DoRA, 8-bit bases, .bin files).
     #[error("{0}")]
     Unsupported(String),

@@ -109,8 +109,12 @@ pub struct Merged {
 /// Read the base model dir and the PEFT adapter dir and merge them.
 pub fn merge_adapter(base_dir: &Path, adapter_dir: &Path, opts: &MergeOptions) -> Result<Merged> {
     let mut model = HfModel::load(base_dir)?;
+    super::finite::check_finite(&model.tensors, &base_dir.display().to_string())?;
     let adapter = read_adapter(adapter_dir)?;
+    super::finite::check_finite_file(&adapter_dir.join(super::adapter::ADAPTER_WEIGHTS))?;
     let report = merge_into(&mut model, &adapter, opts)?;
+    // Finite inputs can still overflow (an f16 base): never write an inf.
+    super::finite::check_finite(&model.tensors, "the merged model")?;
     Ok(Merged { model, report })
 }
 

@@ -8,13 +8,14 @@
 //! ```
 //!
 //! Files: `io` (safetensors read/write, sharded dirs), `tensor` (dtype + shape + bytes),
-//! `dtype` (bf16/f16 conversion), `nf4` (bitsandbytes 4-bit dequant), `requant` (4-bit
+//! `dtype` (bf16/f16 conversion), `finite` (the NaN/inf check every consumer runs), `nf4` (bitsandbytes 4-bit dequant), `requant` (4-bit
 //! quantization back to the same layout), `adapter` (PEFT dirs), `merge` (the math), `hf_dir`
 //! (config, shards, index, tokenizer files). Fixtures: tests/reference/export_make_fixtures.py.
 
 pub mod adapter;
 pub mod dtype;
 pub mod error;
+pub mod finite;
 pub mod hf_dir;
 pub mod io;
 pub mod merge;
@@ -30,6 +31,7 @@ pub(crate) mod testutil;
 pub use adapter::{read_adapter, Adapter, AdapterConfig, LoraModule};
 pub use dtype::OutDtype;
 pub use error::{ExportError, Result};
+pub use finite::{check_finite, check_finite_dir, check_finite_file};
 pub use hf_dir::{read_config, write_hf_dir, ExportOptions, ExportReport};
 pub use io::{read_safetensors, read_safetensors_dir, write_safetensors};
 pub use merge::{

@@ -120,7 +120,41 @@ pub fn check(recipe: Recipe, plan_only: bool, diags: &mut Vec<Diagnostic>) -> Ch
             }
         }
     }
+    check_inputs(&steps, plan_only, diags);
     Checked { recipe, steps }
+}
+
+/// Each step's `check_inputs`, with its inputs' params (as `plan` estimates see them).
+fn check_inputs(
+    steps: &IndexMap<String, CheckedStep>,
+    plan_only: bool,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let all: IndexMap<String, (&'static str, Params)> = steps
+        .iter()
+        .map(|(k, s)| (k.clone(), (s.kind(), s.params.clone())))
+        .collect();
+    for s in steps.values() {
+        let inputs = s
+            .refs
+            .iter()
+            .filter_map(|(p, t)| all.get(t).map(|(k, tp)| (p.clone(), (*k, tp))))
+            .collect();
+        let e = crate::steps::EstimateCtx {
+            params: &s.params,
+            inputs,
+            all: &all,
+        };
+        let mut c = CheckCtx {
+            step: &s.id,
+            params: &s.params,
+            spans: &s.spans,
+            header: s.header,
+            plan_only,
+            diags,
+        };
+        s.step.check_inputs(&e, &mut c);
+    }
 }
 
 fn check_step(

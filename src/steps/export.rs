@@ -30,6 +30,12 @@ static PARAMS: &[ParamSpec] = &[
         "true",
         "compare logits of the export with base + adapter on a few inputs",
     ),
+    opt(
+        "verify_tolerance",
+        Ty::Float,
+        "largest allowed |logit difference| in the check (default: 1e-3 x the largest |logit| \
+         for f32 weights, 5e-2 x for bf16 / f16)",
+    ),
 ];
 
 impl Step for Export {
@@ -49,6 +55,8 @@ impl Step for Export {
         let dirs = io::model_dirs(input)?;
         let model = crate::export::HfModel::load(&dirs.weights)
             .with_context(|| format!("reading the model of step `{}`", input.step))?;
+        crate::export::check_finite(&model.tensors, &dirs.weights.display().to_string())
+            .with_context(|| format!("the model of step `{}`", input.step))?;
         let max =
             crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
         let opts = crate::export::ExportOptions {
@@ -82,10 +90,24 @@ impl Step for Export {
                 Some(m) if m["base_kind"] == "load.model" => {
                     let base = Path::new(m["base"].as_str().unwrap_or(""));
                     let adapter = Path::new(m["adapter"].as_str().unwrap_or(""));
-                    let d = max_logit_diff(base, adapter, ctx.out)?;
-                    ctx.info(format!(
-                        "verify: max |logits(export) - logits(base + adapter)| = {d:.3e}"
-                    ));
+                    let (d, scale) = max_logit_diff(base, adapter, ctx.out)?;
+                    let tol = ctx.params.opt_f64("verify_tolerance").unwrap_or_else(|| {
+                        let rel = match report.dtype {
+                            Some(safetensors::Dtype::F32) | Some(safetensors::Dtype::F64) => 1e-3,
+                            _ => 5e-2,
+                        };
+                        rel * scale.max(1.0) as f64
+                    });
+                    let msg =
+                        format!("verify: max |logits(export) - logits(base + adapter)| = {d:.3e}");
+                    if d.is_nan() || (d as f64) > tol {
+                        anyhow::bail!(
+                            "{msg}, above the tolerance {tol:.3e}: the exported model does not \
+                             compute what base + adapter does (key `verify_tolerance` sets the \
+                             limit)"
+                        );
+                    }
+                    ctx.info(msg);
                 }
                 Some(_) => ctx.info("verify: skipped (the base is quantized)"),
                 None => ctx.info("verify: skipped (no adapter to compare with)"),
@@ -94,6 +116,12 @@ impl Step for Export {
         Ok(())
     }
     fn check(&self, c: &mut super::CheckCtx) {
+        if let Some(t) = c.params.opt_f64("verify_tolerance") {
+            if !(t >= 0.0 && t.is_finite()) {
+                c.error("verify_tolerance", "must be a finite number >= 0")
+                    .got = Some(t.to_string());
+            }
+        }
         if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {
             c.error("max_shard_size", "not a size").expected =
                 Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
@@ -102,8 +130,10 @@ impl Step for Export {
 }
 
 /// Largest absolute logit difference between `exported` and base + adapter
-/// on two seeded rows of 16 tokens.
-pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<f32> {
+/// on two seeded rows of 16 tokens, and the largest |logit| of base + adapter
+/// (the scale a tolerance is relative to). A NaN or inf on either side gives a
+/// NaN difference: it is never folded away.
+pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<(f32, f32)> {
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     let mut a = crate::model::Model::load(base, &Default::default()).map_err(|e| err(&e))?;
     crate::lora::load_peft(&mut a, adapter).map_err(|e| err(&e))?;
@@ -121,9 +151,14 @@ pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<f3
     };
     let la = a.forward(&batch).map_err(|e| err(&e))?.logits;
     let lb = b.forward(&batch).map_err(|e| err(&e))?.logits;
-    Ok(la
-        .iter()
-        .zip(&lb)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max))
+    let scale = la.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let mut d = 0.0f32;
+    for (x, y) in la.iter().zip(&lb) {
+        let e = (x - y).abs();
+        if !e.is_finite() {
+            return Ok((f32::NAN, scale));
+        }
+        d = d.max(e);
+    }
+    Ok((d, scale))
 }

@@ -148,6 +148,12 @@ impl Step for Generate {
             &template,
         )?;
         s.model.backend = backend;
+        if let Some(a) = &adapter {
+            let a = crate::eval::lm::adapter_dir(a)?;
+            if let Some(w) = crate::export::adapter::other_base_warning(&a, &dirs.weights) {
+                ctx.info(format!("WARNING: {w}"));
+            }
+        }
         ctx.info(format!(
             "model {}{}, template {template}, {} prompts",
             dirs.weights.display(),

@@ -88,8 +88,10 @@ impl Step for LoadDataset {
         PARAMS
     }
     fn check(&self, c: &mut CheckCtx) {
+        let mut flagged = Vec::new();
         if let Some(t) = c.params.opt_f64("test_size") {
             if t <= 0.0 || (t >= 1.0 && t.fract() != 0.0) {
+                flagged.push("test_size");
                 c.error(
                     "test_size",
                     "test_size must be a fraction in (0, 1) or a whole row count",
@@ -108,7 +110,10 @@ impl Step for LoadDataset {
         match spec(c.params) {
             Ok(s) if s.path.exists() => {
                 for problem in crate::data::check(&s) {
-                    c.error("path", problem);
+                    let (key, msg) = key_of(&problem, &s);
+                    if !flagged.contains(&key) {
+                        c.error(key, msg);
+                    }
                 }
             }
             Ok(_) => {}
@@ -135,6 +140,25 @@ impl Step for LoadDataset {
         ctx.info(msg);
         Ok(())
     }
+}
+
+/// The recipe key a data problem is about, and the message without its key prefix:
+/// option errors start with `key: `; a missing column is the `columns` key's fault when
+/// `columns` names it; everything else is about the file(s) at `path`.
+fn key_of<'a>(problem: &'a str, spec: &crate::data::LoadSpec) -> (&'static str, &'a str) {
+    if let Some((k, rest)) = problem.split_once(": ") {
+        if let Some(p) = PARAMS.iter().find(|p| p.name == k) {
+            return (p.name, rest);
+        }
+    }
+    let named_in_columns = spec
+        .columns
+        .values()
+        .any(|c| problem.contains(&format!(": no column '{c}' (columns: ")));
+    if named_in_columns {
+        return ("columns", problem);
+    }
+    ("path", problem)
 }
 
 /// The step's params as the data library's `LoadSpec`.

@@ -59,6 +59,9 @@ impl Step for Merge {
                     base.weights.display()
                 )
             })?;
+        if let Some(w) = crate::export::adapter::other_base_warning(&adapter.dir, &base.weights) {
+            ctx.info(format!("WARNING: {w}"));
+        }
         let r = &merged.report;
         ctx.info(format!(
             "merged LoRA into {} weights{}{}",

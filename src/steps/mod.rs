@@ -347,6 +347,9 @@ pub trait Step: Sync + Send {
     }
     /// Cross-key checks beyond types (e.g. `warmup_ratio` in [0, 1)).
     fn check(&self, _c: &mut CheckCtx) {}
+    /// Plan-time checks against the params of upstream steps (run after every step's own
+    /// `check`), e.g. train's `target_modules` against the model's config.json.
+    fn check_inputs(&self, _e: &EstimateCtx, _c: &mut CheckCtx) {}
     /// Plan-time estimate from configs and file headers only.
     fn estimate(&self, _e: &EstimateCtx) -> Option<Estimate> {
         None

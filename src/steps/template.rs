@@ -38,12 +38,12 @@ static PARAMS: &[ParamSpec] = &[
     opt(
         "source",
         Ty::Str,
-        "an inline Jinja chat template (overrides `template`)",
+        "an inline Jinja chat template (overrides `template`); never a file name: use `file`",
     ),
     opt(
         "file",
         Ty::Path,
-        "a Jinja chat template file (overrides `template`)",
+        "a Jinja chat template file (overrides `template`; its content is in the cache key)",
     ),
     opt(
         "system",
@@ -63,6 +63,21 @@ impl Step for Template {
         PARAMS
     }
     fn check(&self, c: &mut CheckCtx) {
+        if let Some(src) = c.params.opt_str("source") {
+            if !(src.contains("{{") || src.contains("{%")) {
+                let looks_like_file = crate::text::Template::looks_like_file(src);
+                let e = c.error(
+                    "source",
+                    "`source` is inline Jinja, and this has no `{{` or `{%`",
+                );
+                if looks_like_file {
+                    e.help = Some(format!("for a template file write `file = {src:?}`"));
+                }
+            }
+            if c.params.get("file").is_some() {
+                c.error("file", "give either `source` or `file`, not both");
+            }
+        }
         let t = c.params.str("template").to_string();
         if c.params.get("source").is_none()
             && c.params.get("file").is_none()
@@ -86,13 +101,26 @@ impl Step for Template {
     /// examples (`<split>.jsonl`) and their segments (`<split>.segments.jsonl`).
     fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
         let p = ctx.params;
-        let spec = match (p.opt_str("source"), p.path("file")) {
-            (Some(src), _) => src.to_string(),
-            (None, Some(f)) => std::fs::read_to_string(&f)
-                .with_context(|| format!("cannot read `{}`", f.display()))?,
-            (None, None) => p.str("template").to_string(),
+        // `file` is resolved (and hashed into the cache key) by the recipe loader.
+        let (spec, template) = match (p.opt_str("source"), p.path("file")) {
+            (Some(src), _) => (
+                src.to_string(),
+                crate::text::Template::from_name_or_source(src, None)?,
+            ),
+            (None, Some(f)) => {
+                let t = crate::text::Template::from_file(&f)?;
+                let src = match &t {
+                    crate::text::Template::Jinja { source, .. } => source.clone(),
+                    _ => String::new(),
+                };
+                (src, t)
+            }
+            (None, None) => {
+                let s = p.str("template").to_string();
+                let t = crate::text::Template::from_name_or_source(&s, None)?;
+                (s, t)
+            }
         };
-        let template = crate::text::Template::from_name_or_source(&spec, Some(ctx.recipe_dir))?;
         let bundle = match ctx.opt_input("model") {
             Some(_) => Some(io::tokenizer(ctx, "model")?),
             None => None,

@@ -200,7 +200,7 @@ impl Step for Train {
             p.i64("batch_size"),
             p.i64("gradient_accumulation_steps"),
         );
-        if lr <= 0.0 {
+        if !(lr > 0.0 && lr.is_finite()) {
             c.error("learning_rate", "must be positive").got = Some(lr.to_string());
         }
         if !(0.0..1.0).contains(&wr) {
@@ -215,6 +215,18 @@ impl Step for Train {
         if ga <= 0 {
             c.error("gradient_accumulation_steps", "must be positive")
                 .got = Some(ga.to_string());
+        }
+        // 0 optimizer steps is never what was meant.
+        let (epochs, max_steps) = (p.f64("num_epochs"), p.i64("max_steps"));
+        if max_steps < -1 || max_steps == 0 {
+            c.error(
+                "max_steps",
+                "must be a positive step count, or -1 to use num_epochs",
+            )
+            .got = Some(max_steps.to_string());
+        } else if max_steps == -1 && !(epochs > 0.0 && epochs.is_finite()) {
+            c.error("num_epochs", "must be positive (or set max_steps)")
+                .got = Some(epochs.to_string());
         }
         let d = p.f64("lora_dropout");
         if !(0.0..1.0).contains(&d) {
@@ -240,6 +252,50 @@ impl Step for Train {
                 c.error("device", "unknown device").expected =
                     Some("auto, cpu, cuda or cuda:N".into());
             }
+        }
+    }
+    /// `target_modules` that match no linear module of the model (when its config.json is
+    /// readable and its family's module names are known; else the run reports it).
+    fn check_inputs(&self, e: &EstimateCtx, c: &mut CheckCtx) {
+        let p = c.params;
+        if p.str("method") == "full" || p.get("init_adapter").is_some() {
+            return;
+        }
+        let names = p.strs("target_modules");
+        // Dotted entries match by suffix of full names: only plain names are checked here.
+        if names.is_empty() || names.iter().any(|n| n == "all-linear" || n.contains('.')) {
+            return;
+        }
+        let Some(cfg) = e
+            .upstream("model", "load.model")
+            .and_then(|m| m.path("path"))
+            .and_then(|d| crate::plan::memory::read_config(&d).ok())
+        else {
+            return;
+        };
+        let known = [
+            "llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2",
+        ];
+        if !cfg
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .is_some_and(|t| known.contains(&t))
+        {
+            return;
+        }
+        let Some(shape) = crate::plan::memory::Shape::from_config(&cfg) else {
+            return;
+        };
+        let mut modules: Vec<&str> = Vec::new();
+        for (n, _, _) in shape.module_shapes() {
+            if !modules.contains(&n) {
+                modules.push(n);
+            }
+        }
+        if !names.iter().any(|n| modules.contains(&n.as_str())) {
+            let d = c.error("target_modules", "matches no linear module of the model");
+            d.expected = Some(format!("some of: {}", modules.join(", ")));
+            d.got = Some(format!("{names:?}"));
         }
     }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
@@ -282,8 +338,27 @@ fn run(ctx: &RunCtx) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
             None => {
                 let cfg = lora_config(p, &dirs.family);
-                let adapted =
-                    crate::lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let adapted = match crate::lora::apply(&mut model, &cfg) {
+                    Ok(a) => a,
+                    Err(crate::lora::LoraError::NoMatch { .. }) => {
+                        let key = if p.get("target_regex").is_some() {
+                            "target_regex"
+                        } else {
+                            "target_modules"
+                        };
+                        anyhow::bail!(
+                            "key `{key}`: {} matches no linear module of this model; its linear \
+                             modules are: {}",
+                            match &cfg.targets {
+                                Targets::Names(n) => format!("{n:?}"),
+                                Targets::Regex(r) => format!("regex {r:?}"),
+                                Targets::AllLinear => "\"all-linear\"".to_string(),
+                            },
+                            linear_module_names(&mut model).join(", ")
+                        )
+                    }
+                    Err(e) => anyhow::bail!("{e}"),
+                };
                 ctx.info(format!("LoRA r {} on {} modules", cfg.r, adapted.len()));
                 cfg
             }
@@ -460,6 +535,23 @@ fn lora_config(p: &Params, family: &str) -> LoraConfig {
         modules_to_save: p.strs("modules_to_save"),
         seed: p.i64("seed") as u64,
     }
+}
+
+/// The distinct last name parts of a model's linear modules (what `target_modules` lists),
+/// in model order, the output head left out.
+pub fn linear_module_names(model: &mut crate::model::Model) -> Vec<String> {
+    let head = model.head.as_ref().map(|h| h.name.clone());
+    let mut out: Vec<String> = Vec::new();
+    for l in model.linears_mut() {
+        if Some(&l.name) == head.as_ref() {
+            continue;
+        }
+        let short = l.name.rsplit('.').next().unwrap_or(&l.name).to_string();
+        if !out.contains(&short) {
+            out.push(short);
+        }
+    }
+    out
 }
 
 /// PEFT's default LoRA targets per family.

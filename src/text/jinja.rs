@@ -301,6 +301,43 @@ fn rewrite_generation(src: &str) -> (String, bool) {
     (out.into_owned(), found)
 }
 
+/// Work budget of one render (minijinja fuel: one unit per instruction, plus one per 64
+/// bytes of strings and list slots built). Real chat templates use a few thousand.
+pub const RENDER_FUEL: u64 = 2_000_000;
+
+/// Largest rendered text of one example.
+pub const MAX_RENDER_BYTES: usize = 16 << 20;
+
+/// At most `max` characters of `s`'s first line, with "..." when cut: what an error may
+/// quote of a user's file.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(max).collect();
+    if out.len() < line.len() || s.lines().nth(1).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A minijinja error without its debug dump of the template: the message, the detail and
+/// at most the offending line (truncated).
+fn describe(e: &Error, src: &str) -> String {
+    let mut s = format!("{}", e.kind());
+    if let Some(d) = e.detail() {
+        let _ = write!(s, ": {d}");
+    }
+    if e.line().is_some() {
+        let _ = write!(s, " ({})", describe_line(e, src));
+    }
+    s
+}
+
+fn describe_line(e: &Error, src: &str) -> String {
+    let n = e.line().unwrap_or(0);
+    let text = src.lines().nth(n.saturating_sub(1)).unwrap_or("").trim();
+    format!("line {n}: `{}`", excerpt(text, 120))
+}
+
 impl ChatTemplate {
     pub fn new(source: &str) -> Result<ChatTemplate> {
         let (src, has_generation) = rewrite_generation(source);
@@ -316,8 +353,11 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", src)
-            .map_err(|e| anyhow!("chat template: {e:#}"))?;
+        // Bounded work and memory per render: a template that loops or keeps doubling a
+        // string stops with an error instead of taking the machine down.
+        env.set_fuel(Some(RENDER_FUEL));
+        env.add_template_owned("chat", src.clone())
+            .map_err(|e| anyhow!("chat template: {}", describe(&e, &src)))?;
         Ok(ChatTemplate {
             env,
             has_generation,
@@ -347,13 +387,30 @@ impl ChatTemplate {
                 .unwrap_or(JValue::from(())),
         ));
         let t = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
-        t.render(JValue::from_pairs(pairs)).map_err(|e| {
-            let mut s = format!("rendering chat template: {e}");
-            if let Some(d) = e.detail() {
-                let _ = write!(s, " ({d})");
+        let src = t.source();
+        let out = t.render(JValue::from_pairs(pairs)).map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                return anyhow!(
+                    "rendering chat template: stopped after its work limit ({RENDER_FUEL} \
+                     instructions, or {} MiB of strings built): does it loop or keep growing a \
+                     string?{}",
+                    (RENDER_FUEL * 64) >> 20,
+                    e.line()
+                        .map(|_| format!(" ({})", describe_line(&e, src)))
+                        .unwrap_or_default()
+                );
             }
-            anyhow!(s)
-        })
+            anyhow!("rendering chat template: {}", describe(&e, src))
+        })?;
+        if out.len() > MAX_RENDER_BYTES {
+            bail!(
+                "rendering chat template: the output is {:.1} MiB, above the limit of {} MiB per \
+                 example",
+                out.len() as f64 / (1u64 << 20) as f64,
+                MAX_RENDER_BYTES >> 20
+            );
+        }
+        Ok(out)
     }
 
     /// The text as transformers renders it (markers removed).
@@ -388,6 +445,61 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runaway_templates_stop_with_a_clear_error() {
+        let ctx = ChatContext::default();
+        // Doubling a string: stopped by the work budget long before memory runs out.
+        let t = ChatTemplate::new(
+            "{% set ns = namespace(s='xy') %}\n{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        )
+        .unwrap();
+        let e = t.render(&[], &ctx).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "rendering chat template: stopped after its work limit (2000000 instructions, \
+                 or 122 MiB of strings built): does it loop or keep growing a string?"
+            ),
+            "{e}"
+        );
+        // An endless-looking loop.
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let e = t.render(&[], &ctx).unwrap_err().to_string();
+        assert!(e.contains("stopped after its work limit"), "{e}");
+        // Within the budget but above the output limit.
+        let t = ChatTemplate::new("{{ 'x' * 17000000 }}").unwrap();
+        let e = t.render(&[], &ctx).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "rendering chat template: the output is 16.2 MiB, above the limit of 16 MiB per example"
+        );
+        // A normal template is far below the budget.
+        let t =
+            ChatTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+                .unwrap();
+        let msgs: Vec<Value> = (0..200)
+            .map(|i| serde_json::json!({"role": "user", "content": format!("message {i}")}))
+            .collect();
+        assert_eq!(t.render(&msgs, &ctx).unwrap().lines().count(), 200);
+    }
+
+    #[test]
+    fn errors_quote_one_line_of_the_template() {
+        let src = "{% for m in messages %}\nSECRET ONE\n{{ m.content }\n{% endfor %}\nSECRET TWO";
+        let e = ChatTemplate::new(src).err().unwrap().to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.starts_with("chat template: syntax error"), "{e}");
+        assert!(e.contains("(line 3: `{{ m.content }`)"), "{e}");
+        assert_eq!(
+            excerpt(&"a".repeat(200), 120),
+            format!("{}...", "a".repeat(120))
+        );
+        assert_eq!(excerpt("one\ntwo", 120), "one...");
+        assert_eq!(excerpt("short", 120), "short");
+    }
 
     #[test]
     fn strftime_known_dates() {

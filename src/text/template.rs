@@ -105,9 +105,11 @@ pub const BUILTIN_NAMES: &[&str] = &[
 ];
 
 impl Template {
-    /// A built-in name, `model`, a path to a `.jinja` file (relative to
-    /// `base_dir`), or inline Jinja (anything containing `{{` or `{%`).
-    pub fn from_name_or_source(s: &str, base_dir: Option<&Path>) -> Result<Template> {
+    /// A built-in name, `model`, or inline Jinja (anything containing `{{` or `{%`).
+    /// Never a file: a recipe's file goes through the template step's `file` key (its
+    /// content is in the cache key), the CLI's through [`Template::from_file`].
+    /// `_base_dir` is kept for callers; nothing is read from it.
+    pub fn from_name_or_source(s: &str, _base_dir: Option<&Path>) -> Result<Template> {
         let b = |x| Ok(Template::Builtin(x));
         match s {
             "chatglm3" => return b(Builtin::ChatGlm3),
@@ -144,22 +146,35 @@ impl Template {
                 source: s.into(),
             });
         }
-        if s.ends_with(".jinja") || s.ends_with(".j2") || s.contains('/') {
-            let p = match base_dir {
-                Some(d) => d.join(s),
-                None => Path::new(s).to_path_buf(),
-            };
-            let source = std::fs::read_to_string(&p)
-                .with_context(|| format!("reading template file {}", p.display()))?;
-            return Ok(Template::Jinja {
-                name: p.display().to_string(),
-                source,
-            });
-        }
         bail!(
-            "unknown template {s:?}: expected one of {}, a .jinja file, or inline Jinja",
+            "unknown template {:?}: expected one of {}, or inline Jinja",
+            super::jinja::excerpt(s, 120),
             BUILTIN_NAMES.join(", ")
         )
+    }
+
+    /// A Jinja template file. Errors name the file and quote none of it (a wrong path may
+    /// point at anything, e.g. `/etc/passwd`).
+    pub fn from_file(path: &Path) -> Result<Template> {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("reading template file `{}`", path.display()))?;
+        if !(source.contains("{{") || source.contains("{%")) {
+            bail!(
+                "template file `{}` has no `{{{{` or `{{%`: not a Jinja chat template",
+                path.display()
+            );
+        }
+        Ok(Template::Jinja {
+            name: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// A path-looking spec (`x.jinja`, `x.j2`, or with a `/`) that is not inline Jinja:
+    /// what the CLI's `--template` reads as a file.
+    pub fn looks_like_file(s: &str) -> bool {
+        !(s.contains("{{") || s.contains("{%"))
+            && (s.ends_with(".jinja") || s.ends_with(".j2") || s.contains('/'))
     }
 
     pub fn name(&self) -> String {
@@ -771,6 +786,41 @@ mod tests {
         .to_string();
         assert!(
             e.contains("data.jsonl:3") && e.contains("generation"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn files_are_read_only_through_from_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.jinja");
+        std::fs::write(&p, "root:x:0:0\nsecond line").unwrap();
+        // A path given as a name is not read.
+        let e = Template::from_name_or_source(&p.display().to_string(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown template"), "{e}");
+        assert!(!e.contains("root:x"), "{e}");
+        let e = Template::from_file(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "template file `{}` has no `{{{{` or `{{%`: not a Jinja chat template",
+                p.display()
+            )
+        );
+        std::fs::write(&p, "{{ messages[0].content }}").unwrap();
+        assert!(matches!(
+            Template::from_file(&p).unwrap(),
+            Template::Jinja { .. }
+        ));
+        // A long unknown spec is quoted as a short excerpt.
+        let long = format!("{}\nmore", "z".repeat(300));
+        let e = Template::from_name_or_source(&long, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("unknown template \"{}...\"", "z".repeat(120))),
             "{e}"
         );
     }

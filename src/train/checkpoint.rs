@@ -16,6 +16,9 @@ pub struct TrainerState {
     /// Micro-batches of the current epoch already consumed.
     pub micro: usize,
     pub log: Vec<LogLine>,
+    /// Loss of the run's first optimizer step (for the divergence warning after a resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_loss: Option<f64>,
 }
 
 fn step_of(p: &Path) -> Option<usize> {
@@ -80,13 +83,62 @@ pub fn save(
     Ok(dst)
 }
 
+/// Restore a checkpoint. The optimizer is loaded before the model; both loads are
+/// all-or-nothing, so an error leaves the model as it was.
 pub fn load(dir: &Path, model: &mut dyn TrainModel, optim: &mut dyn Optim) -> Result<TrainerState> {
     let state: TrainerState = serde_json::from_slice(
         &std::fs::read(dir.join("trainer_state.json"))
             .with_context(|| format!("cannot read checkpoint `{}`", dir.display()))?,
     )
     .with_context(|| format!("bad trainer_state.json in `{}`", dir.display()))?;
-    model.load(dir)?;
     optim.load(&dir.join("optimizer.bin"))?;
+    model.load(dir)?;
     Ok(state)
+}
+
+/// Restore the newest checkpoint in `work` that loads: a damaged one (a truncated file, a
+/// bad JSON) is skipped with a warning naming it and the next older one is tried. `None`
+/// when there is no checkpoint; an error only when every checkpoint is damaged and one of
+/// them had already replaced the optimizer state (the run cannot start clean then).
+pub fn load_newest(
+    work: &Path,
+    model: &mut dyn TrainModel,
+    optim: &mut dyn Optim,
+    log: &dyn Fn(&str),
+) -> Result<Option<(PathBuf, TrainerState)>> {
+    let all = list(work);
+    let mut touched = false;
+    let mut errors = Vec::new();
+    for dir in all.iter().rev() {
+        let state = std::fs::read(dir.join("trainer_state.json"))
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice::<TrainerState>(&b)?));
+        let res = state.and_then(|st| {
+            optim.load(&dir.join("optimizer.bin"))?;
+            touched = true;
+            model.load(dir)?;
+            Ok(st)
+        });
+        match res {
+            Ok(st) => return Ok(Some((dir.clone(), st))),
+            Err(e) => {
+                log(&format!(
+                    "WARNING: checkpoint `{}` is damaged ({e:#}); trying an older one",
+                    dir.display()
+                ));
+                errors.push(format!("`{}`: {e:#}", dir.display()));
+            }
+        }
+    }
+    if touched {
+        anyhow::bail!(
+            "no checkpoint in `{}` could be restored ({}); delete them to start over",
+            work.display(),
+            errors.join("; ")
+        );
+    }
+    if !errors.is_empty() {
+        log("WARNING: no usable checkpoint; starting from the beginning");
+    }
+    Ok(None)
 }

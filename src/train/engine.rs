@@ -127,6 +127,14 @@ impl TrainModel for EngineModel {
             .collect()
     }
 
+    fn trainable_names(&mut self) -> Vec<String> {
+        self.model
+            .params_mut()
+            .into_iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     fn zero_grad(&mut self) {
         self.model.zero_grad();
     }
@@ -161,7 +169,9 @@ impl TrainModel for EngineModel {
     fn load(&mut self, dir: &Path) -> Result<()> {
         let p = dir.join(TRAINABLES);
         let saved = crate::model::load::read_all(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for pm in self.model.params_mut() {
+        // Check everything before changing anything (a damaged checkpoint is skipped whole).
+        let mut params = self.model.params_mut();
+        for pm in &params {
             let Some((v, _)) = saved.get(&pm.name) else {
                 bail!("checkpoint `{}` has no tensor `{}`", p.display(), pm.name);
             };
@@ -174,7 +184,18 @@ impl TrainModel for EngineModel {
                     pm.value.len()
                 );
             }
-            pm.value.copy_from_slice(v);
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "checkpoint `{}`: `{}` holds a NaN or inf",
+                    p.display(),
+                    pm.name
+                );
+            }
+        }
+        for pm in params.iter_mut() {
+            if let Some((v, _)) = saved.get(&pm.name) {
+                pm.value.copy_from_slice(v);
+            }
         }
         Ok(())
     }
@@ -212,7 +233,13 @@ impl Optim for EngineOptim {
         self.0.save(path).map_err(|e| anyhow::anyhow!("{e}"))
     }
     fn load(&mut self, path: &Path) -> Result<()> {
-        self.0 = crate::optim::Optimizer::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = crate::optim::Optimizer::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sizes: Vec<usize> = self.0.states.iter().map(|s| s.len()).collect();
+        if !sizes.is_empty() {
+            o.check_sizes(&sizes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        self.0 = o;
         Ok(())
     }
 }

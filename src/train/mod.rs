@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use batch::{collate, epoch_order, Batch, PadSide, Samples};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What the loop needs from a model.
@@ -30,10 +30,14 @@ pub trait TrainModel: Send {
     fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)>;
     /// Trainable tensors and their gradients, in a fixed order.
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
+    /// Names of the `trainables`, same order (for messages; empty when unnamed).
+    fn trainable_names(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     fn zero_grad(&mut self);
     /// Write the trained result (a PEFT adapter, or full weights) into `dir`.
     fn save(&mut self, dir: &Path) -> Result<()>;
-    /// Restore trainable values written by `save`.
+    /// Restore trainable values written by `save`; on an error nothing is changed.
     fn load(&mut self, dir: &Path) -> Result<()>;
 }
 
@@ -42,6 +46,7 @@ pub trait Optim: Send {
     /// One update of every (param, grad) pair at learning rate `lr`.
     fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()>;
     fn save(&self, path: &Path) -> Result<()>;
+    /// Restore a state written by `save`; on an error nothing is changed.
     fn load(&mut self, path: &Path) -> Result<()>;
 }
 
@@ -119,10 +124,45 @@ pub struct TrainIo<'a> {
 pub struct TrainReport {
     pub steps: usize,
     pub resumed_from: Option<usize>,
+    /// Loss of the first optimizer step (before any update).
+    pub first_loss: Option<f64>,
     pub final_loss: Option<f64>,
     pub eval_loss: Option<f64>,
     pub wall_secs: f64,
     pub tokens: u64,
+    /// Signs of a run that went wrong without a NaN (see [`health_warnings`]).
+    pub warnings: Vec<String>,
+}
+
+/// Optimizer steps in a row with a zero gradient norm that count as "stuck".
+pub const STUCK_GRAD_STEPS: usize = 3;
+
+/// A finished run that went wrong without a NaN: its last loss is above its first (it
+/// diverged), or its gradient norm stayed exactly 0 at the end (`stuck_for` = that many
+/// `unit`s, e.g. "steps"): nothing is learned any more. The loop calls it with per-step
+/// values, `recipe report` with metrics.jsonl (`eval::report::train_health_warnings`).
+pub fn health_warnings(
+    first: Option<(usize, f64)>,
+    last: Option<(usize, f64)>,
+    stuck_for: Option<usize>,
+    unit: &str,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    if let (Some((s1, a)), Some((s2, b))) = (first, last) {
+        if s2 > s1 && b > a {
+            w.push(format!(
+                "the training loss ended above where it started ({a:.4} at step {s1}, \
+                 {b:.4} at step {s2}): the run diverged; lower learning_rate"
+            ));
+        }
+    }
+    if let Some(n) = stuck_for {
+        w.push(format!(
+            "the gradient norm was 0 for the last {n} {unit}: training is stuck \
+             (nothing is learned; a diverged or saturated model?)"
+        ));
+    }
+    w
 }
 
 /// Global L2 norm of all gradients, clipped to `max_norm` when > 0
@@ -174,19 +214,38 @@ pub fn train(
     }
     let t0 = Instant::now();
     let total = cfg.total_steps(data.len());
+    if total == 0 {
+        bail!(
+            "0 optimizer steps (num_epochs {}, max_steps {}, {} examples): nothing would be trained",
+            cfg.num_epochs,
+            cfg.max_steps,
+            data.len()
+        );
+    }
     let micro_per_epoch = data.len().div_ceil(cfg.batch_size.max(1));
     let mut state = checkpoint::TrainerState::default();
-    let resumed_from = match checkpoint::latest(io.work) {
-        Some(dir) => {
-            state = checkpoint::load(&dir, model, optim)?;
+    // The newest checkpoint that loads; a damaged one is skipped with a warning.
+    let mut last_ckpt: Option<(PathBuf, usize)> = None;
+    let resumed_from = match checkpoint::load_newest(io.work, model, optim, io.log)? {
+        Some((dir, st)) => {
+            state = st;
             (io.log)(&format!(
                 "resuming from {} (step {})",
                 dir.display(),
                 state.step
             ));
+            last_ckpt = Some((dir, state.step));
             Some(state.step)
         }
         None => None,
+    };
+    // Where to look after a stop: never name a checkpoint that was not written.
+    let kept = |last: &Option<(PathBuf, usize)>| match last {
+        Some((dir, step)) => format!(
+            "the last good checkpoint is `{}` (step {step})",
+            dir.display()
+        ),
+        None => "no checkpoint was written before it".to_string(),
     };
     if let Some(bar) = &io.bar {
         bar.set_length(total as u64);
@@ -198,6 +257,9 @@ pub fn train(
     let mut t_log = Instant::now();
     let mut last_loss = None;
     let mut last_eval = None;
+    let mut first_loss: Option<f64> = state.first_loss;
+    // Optimizer steps in a row (up to now) whose gradient norm was exactly 0.
+    let mut zero_grad_run = 0usize;
 
     'outer: while state.step < total {
         let order = epoch_order(
@@ -234,11 +296,16 @@ pub fn train(
             let loss = loss_sum / items.max(1) as f64;
             if !loss.is_finite() {
                 bail!(
-                    "loss is {loss} at step {} (epoch {}); stopped. The last good checkpoint is kept in {}",
+                    "loss is {loss} at step {} (epoch {}); stopped. Training diverged: {}. \
+                     Lower learning_rate (or max_grad_norm)",
                     state.step + 1,
                     state.epoch,
-                    io.work.display()
+                    kept(&last_ckpt)
                 );
+            }
+            if first_loss.is_none() {
+                first_loss = Some(loss);
+                state.first_loss = first_loss;
             }
             let lr = lr_at(state.step);
             let grad_norm = {
@@ -246,12 +313,39 @@ pub fn train(
                 let norm = clip_grad_norm(&mut pg, cfg.max_grad_norm);
                 if !norm.is_finite() {
                     bail!(
-                        "gradient norm is {norm} at step {}; stopped, last good checkpoint kept",
-                        state.step + 1
+                        "gradient norm is {norm} at step {}; stopped. Training diverged: {}. \
+                         Lower learning_rate (or max_grad_norm)",
+                        state.step + 1,
+                        kept(&last_ckpt)
                     );
                 }
                 optim.step(&mut pg, lr as f32)?;
-                norm
+                // A finite gradient at a huge learning rate can still overflow a weight;
+                // checkpoints are only written from finite weights.
+                let bad = pg
+                    .iter()
+                    .position(|(p, _)| p.iter().any(|x| !x.is_finite()));
+                (norm, bad)
+            };
+            let grad_norm = match grad_norm {
+                (_, Some(k)) => {
+                    let name = model
+                        .trainable_names()
+                        .get(k)
+                        .map_or_else(|| k.to_string(), |n| format!("`{n}`"));
+                    bail!(
+                        "trainable tensor {name} became non-finite at step {} (learning rate \
+                         {lr:.3e}); stopped. Training diverged: {}. Lower learning_rate",
+                        state.step + 1,
+                        kept(&last_ckpt)
+                    );
+                }
+                (norm, None) => norm,
+            };
+            zero_grad_run = if grad_norm == 0.0 {
+                zero_grad_run + 1
+            } else {
+                0
             };
             state.step += 1;
             state.micro = end;
@@ -321,16 +415,19 @@ pub fn train(
                 state.micro = 0;
             }
             if save_now && state.step < total {
-                checkpoint::save(io.work, &state, model, optim, cfg.save_total_limit)?;
+                let dir = checkpoint::save(io.work, &state, model, optim, cfg.save_total_limit)?;
+                last_ckpt = Some((dir, state.step));
             }
             if io.stop_after.is_some_and(|s| state.step >= s) {
                 return Ok(TrainReport {
                     steps: state.step,
                     resumed_from,
+                    first_loss,
                     final_loss: last_loss,
                     eval_loss: last_eval,
                     wall_secs: t0.elapsed().as_secs_f64(),
                     tokens: 0,
+                    warnings: Vec::new(),
                 });
             }
             if state.step >= total {
@@ -361,15 +458,27 @@ pub fn train(
             eval_token_accuracy: Some(acc),
         });
     }
+    let stuck = (zero_grad_run >= STUCK_GRAD_STEPS.min(state.step)).then_some(zero_grad_run);
+    let warnings = health_warnings(
+        first_loss.map(|l| (1, l)),
+        last_loss.map(|l| (state.step, l)),
+        stuck.filter(|&n| n > 0),
+        "steps",
+    );
+    for w in &warnings {
+        (io.log)(&format!("WARNING: {w}"));
+    }
     model.save(io.out)?;
     write_metrics(&io.out.join("metrics.jsonl"), &state.log)?;
     let report = TrainReport {
         steps: state.step,
         resumed_from,
+        first_loss,
         final_loss: last_loss,
         eval_loss: last_eval,
         wall_secs: t0.elapsed().as_secs_f64(),
         tokens: 0,
+        warnings,
     };
     std::fs::write(
         io.out.join("train_report.json"),

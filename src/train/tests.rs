@@ -264,3 +264,189 @@ fn nan_loss_stops_with_the_step() {
         "{e}"
     );
 }
+
+/// Collects log lines (the loop's warnings go there).
+struct Log(std::sync::Mutex<Vec<String>>);
+
+impl Log {
+    fn new() -> Self {
+        Log(std::sync::Mutex::new(Vec::new()))
+    }
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn train_logged(
+    m: &mut Bigram,
+    o: &mut Momentum,
+    lr: &dyn Fn(usize) -> f64,
+    cfg: &TrainConfig,
+    work: &Path,
+    out: &Path,
+    log: &Log,
+) -> Result<TrainReport> {
+    let d = data();
+    let f = |s: &str| log.0.lock().unwrap().push(s.to_string());
+    let io = TrainIo {
+        work,
+        out,
+        log: &f,
+        bar: None,
+        stop_after: None,
+    };
+    train(m, o, lr, &d, None, cfg, &io)
+}
+
+#[test]
+fn nan_stop_names_only_a_checkpoint_it_wrote() {
+    // No checkpoint yet: says so.
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut m = Bigram::new(8);
+    m.poison = true;
+    let log = Log::new();
+    let e = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "loss is NaN at step 1 (epoch 0); stopped. Training diverged: no checkpoint was written \
+         before it. Lower learning_rate (or max_grad_norm)"
+    );
+    assert!(checkpoint::list(w.path()).is_empty());
+    // Killed after step 5 (checkpoint-4 written), then the resumed run hits a NaN at step 5.
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&cfg(), w.path(), o.path(), Some(5));
+    let mut m = Bigram::new(8);
+    m.poison = true;
+    let e = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap_err();
+    let ck = w.path().join("checkpoint-4");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "loss is NaN at step 5 (epoch 0); stopped. Training diverged: the last good \
+             checkpoint is `{}` (step 4). Lower learning_rate (or max_grad_norm)",
+            ck.display()
+        )
+    );
+}
+
+#[test]
+fn damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+    let (w1, o1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (full, _) = run(&cfg(), w1.path(), o1.path(), None);
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&cfg(), w.path(), o.path(), Some(9)); // checkpoints 4 and 8
+    let newest = w.path().join("checkpoint-8");
+    std::fs::write(newest.join("trainer_state.json"), "{\"step\": 8, \"epo").unwrap();
+    let log = Log::new();
+    let mut m = Bigram::new(8);
+    let r = train_logged(
+        &mut m,
+        &mut Momentum(vec![]),
+        &lr,
+        &cfg(),
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap();
+    assert_eq!(r.resumed_from, Some(4));
+    assert_eq!(m.w, full.w, "resumed from checkpoint-4 is bit-exact");
+    let lines = log.lines();
+    assert!(
+        lines[0].starts_with(&format!(
+            "WARNING: checkpoint `{}` is damaged (",
+            newest.display()
+        )) && lines[0].ends_with("); trying an older one"),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("resuming from "), "{lines:?}");
+}
+
+#[test]
+fn zero_steps_is_an_error() {
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c = cfg();
+    c.num_epochs = -3.0;
+    let e = train_logged(
+        &mut Bigram::new(8),
+        &mut Momentum(vec![]),
+        &lr,
+        &c,
+        w.path(),
+        o.path(),
+        &Log::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "0 optimizer steps (num_epochs -3, max_steps -1, 24 examples): nothing would be trained"
+    );
+}
+
+#[test]
+fn health_warning_texts() {
+    assert!(health_warnings(Some((1, 2.0)), Some((12, 1.0)), None, "steps").is_empty());
+    assert_eq!(
+        health_warnings(Some((1, 2.0)), Some((12, 7.5)), Some(4), "steps"),
+        [
+            "the training loss ended above where it started (2.0000 at step 1, 7.5000 at step \
+             12): the run diverged; lower learning_rate",
+            "the gradient norm was 0 for the last 4 steps: training is stuck (nothing is \
+             learned; a diverged or saturated model?)"
+        ]
+    );
+}
+
+#[test]
+fn a_diverging_run_ends_with_a_warning() {
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c = cfg();
+    c.save = SaveStrategy::No;
+    c.max_grad_norm = 0.0;
+    let log = Log::new();
+    let big = |_: usize| 1e4;
+    let r = train_logged(
+        &mut Bigram::new(8),
+        &mut Momentum(vec![]),
+        &big,
+        &c,
+        w.path(),
+        o.path(),
+        &log,
+    )
+    .unwrap();
+    assert!(
+        r.warnings[0].starts_with("the training loss ended above where it started"),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        log.lines()
+            .iter()
+            .any(|l| l == &format!("WARNING: {}", r.warnings[0])),
+        "{:?}",
+        log.lines()
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o.path().join("train_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["warnings"][0], r.warnings[0].as_str());
+}
