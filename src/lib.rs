@@ -21,6 +21,7 @@ pub mod optim;
 pub mod plan;
 pub mod quant;
 pub mod recipe;
+pub mod rng;
 pub mod run;
 pub mod steps;
 pub mod text;

@@ -88,21 +88,8 @@ impl Targets {
     }
 }
 
-/// SplitMix64: the seeded generator for LoRA init.
-pub struct SplitMix(pub u64);
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+/// The seeded generator for LoRA init (crate::rng).
+pub use crate::rng::SplitMix64 as SplitMix;
 
 /// Attaches fresh adapters to every target linear (A kaiming-uniform, bound 1/√d_in; B = 0) and
 /// makes `modules_to_save` fully trainable. Returns the adapted module names.

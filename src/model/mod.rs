@@ -733,7 +733,7 @@ impl Model {
         for (i, l) in self.linears_mut().into_iter().enumerate() {
             if let Some(lw) = &mut l.lora {
                 lw.dropout_key = Some(
-                    opts.dropout_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    opts.dropout_seed.wrapping_mul(crate::rng::GOLDEN)
                         ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
                 );
             }

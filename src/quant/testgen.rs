@@ -1,12 +1,7 @@
 //! Deterministic test inputs shared with the Python fixture scripts
 //! (`tests/reference/quant_gen.py::gen`): bell-shaped values from splitmix64.
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::rng::splitmix64;
 
 /// n values (u1 + u2 + u3 − 1.5)·scale, computed in f64 and rounded to f32.
 pub fn gen(seed: u64, n: usize, scale: f64) -> Vec<f32> {

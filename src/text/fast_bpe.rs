@@ -817,14 +817,8 @@ mod tests {
             "Ω",
             "한",
         ];
-        let mut st = 0x5EEDu64;
-        let mut next = move || {
-            st = st.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = st;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as usize
-        };
+        let mut st = crate::rng::SplitMix64(0x5EED);
+        let mut next = move || st.next_u64() as usize;
         (0..n)
             .map(|_| {
                 (0..next() % 40)

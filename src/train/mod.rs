@@ -11,7 +11,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod engine;
-pub mod rng;
+pub use crate::rng;
 
 use anyhow::{bail, Result};
 use batch::{collate, epoch_order, Batch, PadSide, Samples};

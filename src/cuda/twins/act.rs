@@ -65,13 +65,10 @@ pub fn scale_add(y: &mut [f32], t: &[f32], s: f32) {
 
 /// The kernel's counter hash (SplitMix64 finalizer over seed and index), upper 32 bits.
 pub fn hash_u32(seed: u64, i: u64) -> u32 {
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let z = seed
+        .wrapping_mul(crate::rng::GOLDEN)
         .wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 32) as u32
+    (crate::rng::mix64(z) >> 32) as u32
 }
 
 /// y = keep(i) ? x/(1−p) : 0 with keep(i) = hash(seed, i) >= p·2³²; the same call drops the

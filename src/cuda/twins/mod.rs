@@ -20,22 +20,18 @@ pub mod rope;
 
 /// Small seeded generator (SplitMix64) for test and self-test inputs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(crate::rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_5EED)
+        Rng(crate::rng::SplitMix64(seed ^ 0x5DEE_CE66_D1CE_5EED))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.next_f32()
     }
     /// Standard normal (Box-Muller).
     pub fn normal(&mut self) -> f32 {
