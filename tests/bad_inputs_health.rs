@@ -2,35 +2,12 @@
 //! through the `recipe` binary: each case is a workspace (files), a command, the exit code
 //! and the exact lines its stderr must hold (and text it must not).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::*;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_recipe"));
-    c.env("NO_COLOR", "1").env_remove("RECIPE_CACHE");
-    c
-}
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("spawn recipe")
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(&p, body).unwrap();
-    p
-}
 
 /// `{BASE}` is the shipped tiny model, `{DATA}` its instruction data.
 fn expand(s: &str) -> String {

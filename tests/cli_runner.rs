@@ -1,38 +1,11 @@
 //! The runner core through the `recipe` binary: validation messages, plan,
 //! cache reuse, partial re-runs, includes, --set, and kill safety.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_recipe"));
-    c.env("NO_COLOR", "1").env_remove("RECIPE_CACHE");
-    c
-}
+mod common;
+use common::*;
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("spawn recipe")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(&p, body).unwrap();
-    p
-}
 
 /// A workspace with a tiny model config and two data files.
 fn workspace() -> tempfile::TempDir {
