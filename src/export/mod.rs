@@ -15,6 +15,7 @@
 pub mod adapter;
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod hf_dir;
 pub mod io;
 pub mod merge;
