@@ -56,6 +56,10 @@ impl GgufDtype {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
     /// `general.file_type` (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
     fn file_type(self) -> u32 {
         match self {
@@ -904,8 +908,8 @@ pub fn export_gguf(
         ("general.architecture".into(), Value::Str(arch.into())),
         ("general.alignment".into(), Value::U32(ALIGNMENT as u32)),
     ];
-    let name = model
-        .dir
+    // The source model's dir name (a cached step's own dir is a hash).
+    let name = tokenizer_dir
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| arch.to_string());
@@ -1330,10 +1334,6 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e").join(case)
     }
 
-    fn dtype_name(d: GgufDtype) -> &'static str {
-        GgufDtype::NAMES[d as usize]
-    }
-
     fn export_case(case: &str, d: GgufDtype, out_dir: &Path) -> (HfModel, GgufReport, GgufFile) {
         let model = HfModel::load(&e2e(case)).unwrap();
         let path = out_dir.join("model.gguf");
@@ -1354,7 +1354,7 @@ mod tests {
             assert_eq!(report.tensors, f.tensors.len());
             let got = f.summary();
             let want_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("tests/fixtures/gguf/{case}_{}.json", dtype_name(d)));
+                .join(format!("tests/fixtures/gguf/{case}_{}.json", d.name()));
             if bless {
                 let mut s = serde_json::to_string_pretty(&got).unwrap();
                 s.push('\n');
