@@ -300,7 +300,9 @@ pub fn main() -> i32 {
                 "--gguf-dtype `{gguf_dtype}`: expected f16, bf16 or q8_0"
             )),
             dt => match cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size) {
-                0 => gguf.zip(dt).map_or(0, |(g, dt)| cmd_merge_gguf(&out, &g, dt)),
+                0 => gguf
+                    .zip(dt)
+                    .map_or(0, |(g, dt)| cmd_merge_gguf(&out, &g, dt)),
                 rc => rc,
             },
         },

@@ -39,7 +39,12 @@ fn export_step_writes_gguf_and_modelfile() {
     );
     std::fs::write(d.path().join("r.toml"), toml).unwrap();
     let o = recipe(
-        &["run", "r.toml", "--cache-dir", d.path().join("cache").to_str().unwrap()],
+        &[
+            "run",
+            "r.toml",
+            "--cache-dir",
+            d.path().join("cache").to_str().unwrap(),
+        ],
         d.path(),
     );
     let err = stderr(&o);
@@ -54,22 +59,34 @@ fn export_step_writes_gguf_and_modelfile() {
     );
 
     let f = read_gguf(&out.join("model.gguf")).unwrap();
-    assert_eq!(f.get("general.architecture"), Some(&Value::Str("qwen2".into())));
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&Value::Str("qwen2".into()))
+    );
     assert_eq!(f.get("general.name"), Some(&Value::Str("qwen2".into())));
     assert_eq!(f.get("general.file_type"), Some(&Value::U32(7)));
     assert_eq!(f.get("qwen2.block_count"), Some(&Value::U32(2)));
     assert_eq!(f.get("qwen2.attention.head_count_kv"), Some(&Value::U32(2)));
-    assert_eq!(f.get("tokenizer.ggml.model"), Some(&Value::Str("gpt2".into())));
+    assert_eq!(
+        f.get("tokenizer.ggml.model"),
+        Some(&Value::Str("gpt2".into()))
+    );
     assert_eq!(f.get("tokenizer.ggml.eos_token_id"), Some(&Value::U32(0)));
     let Some(Value::Str(t)) = f.get("tokenizer.chat_template") else {
         panic!("no chat template")
     };
     assert!(t.starts_with("{% for message in messages %}"), "{t}");
     let q = f.tensor("blk.0.attn_q.weight").unwrap();
-    assert_eq!((q.dims.clone(), q.ty), (vec![32, 32], GgmlType::Q8_0 as u32));
+    assert_eq!(
+        (q.dims.clone(), q.ty),
+        (vec![32, 32], GgmlType::Q8_0 as u32)
+    );
     let b = f.tensor("blk.0.attn_q.bias").unwrap();
     assert_eq!(b.ty, GgmlType::F32 as u32);
-    assert!(f.tensor("output.weight").is_none(), "tied head: no output tensor");
+    assert!(
+        f.tensor("output.weight").is_none(),
+        "tied head: no output tensor"
+    );
 
     let mf = std::fs::read_to_string(out.join("Modelfile")).unwrap();
     assert!(mf.contains("\nFROM ./model.gguf\nTEMPLATE \"\"\"{{- range .Messages }}<|im_start|>"));
@@ -142,15 +159,24 @@ fn merge_cli_writes_gguf_beside_the_merged_dir() {
     let o = run(args("bf16"));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(err.contains("wrote m.gguf (llama, bf16, 21 tensors, "), "{err}");
+    assert!(
+        err.contains("wrote m.gguf (llama, bf16, 21 tensors, "),
+        "{err}"
+    );
     let f = read_gguf(&d.path().join("m.gguf")).unwrap();
     assert_eq!(f.get("general.name"), Some(&Value::Str("merged".into())));
     assert_eq!(f.get("llama.attention.head_count_kv"), Some(&Value::U32(1)));
     assert_eq!(f.get("tokenizer.ggml.bos_token_id"), Some(&Value::U32(1)));
     // Untied head: llama writes `output.weight`.
     let o = f.tensor("output.weight").unwrap();
-    assert_eq!((o.dims.clone(), o.ty), (vec![16, 48], GgmlType::Bf16 as u32));
+    assert_eq!(
+        (o.dims.clone(), o.ty),
+        (vec![16, 48], GgmlType::Bf16 as u32)
+    );
     let mf = std::fs::read_to_string(d.path().join("Modelfile")).unwrap();
-    assert!(mf.contains("\nFROM ./m.gguf\n# TEMPLATE: the model has no chat template"), "{mf}");
+    assert!(
+        mf.contains("\nFROM ./m.gguf\n# TEMPLATE: the model has no chat template"),
+        "{mf}"
+    );
     assert!(mf.ends_with("PARAMETER stop \"</s>\"\n"), "{mf}");
 }

@@ -424,9 +424,7 @@ pub fn read_gguf(path: &Path) -> Result<GgufFile> {
         if nd > 4 {
             return Err(c.err(format!("tensor `{name}`: {nd} dims")));
         }
-        let dims = (0..nd)
-            .map(|_| c.u64(&name))
-            .collect::<Result<Vec<_>>>()?;
+        let dims = (0..nd).map(|_| c.u64(&name)).collect::<Result<Vec<_>>>()?;
         let ty = c.u32(&name)?;
         let offset = c.u64(&name)?;
         tensors.push(TensorInfo {
@@ -577,8 +575,8 @@ impl Family {
             "gpt2" => Family::Gpt2,
             _ => {
                 return Err(ExportError::Unsupported(format!(
-                    "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
-                )))
+                "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
+            )))
             }
         })
     }
@@ -598,12 +596,16 @@ fn cfg_u64(c: &Json, keys: &[&str]) -> Option<u64> {
 }
 
 fn cfg_f64(c: &Json, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| c.pointer(k).and_then(Json::as_f64))
+    keys.iter()
+        .find_map(|k| c.pointer(k).and_then(Json::as_f64))
 }
 
 fn need(c: &Json, keys: &[&str], dir: &Path) -> Result<u64> {
     cfg_u64(c, keys).ok_or_else(|| {
-        ExportError::format(dir.join("config.json"), format!("no `{}`", keys.join("` or `")))
+        ExportError::format(
+            dir.join("config.json"),
+            format!("no `{}`", keys.join("` or `")),
+        )
     })
 }
 
@@ -631,7 +633,10 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             put("attention.head_count", u32v(heads));
             put("attention.head_count_kv", u32v(kv_heads));
             let theta = cfg_f64(c, &["/rope_theta", "/rope_parameters/rope_theta"]);
-            put("rope.freq_base", Value::F32(theta.unwrap_or(10000.0) as f32));
+            put(
+                "rope.freq_base",
+                Value::F32(theta.unwrap_or(10000.0) as f32),
+            );
             let eps = cfg_f64(c, &["/rms_norm_eps"]).unwrap_or(1e-6);
             put("attention.layer_norm_rms_epsilon", Value::F32(eps as f32));
             let head_dim = cfg_u64(c, &["head_dim"]).unwrap_or(hidden / heads.max(1));
@@ -658,7 +663,10 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             );
             put("embedding_length", u32v(hidden));
             put("feed_forward_length", u32v(4 * hidden));
-            put("block_count", u32v(need(c, &["n_layer", "num_hidden_layers"], dir)?));
+            put(
+                "block_count",
+                u32v(need(c, &["n_layer", "num_hidden_layers"], dir)?),
+            );
             put("attention.head_count", u32v(heads));
             put("attention.head_count_kv", u32v(heads));
             let eps = cfg_f64(c, &["/layer_norm_epsilon"]).unwrap_or(1e-5);
@@ -810,9 +818,8 @@ fn transform(
 ) -> Result<(Vec<f32>, Vec<usize>)> {
     let rows = shape.first().copied().unwrap_or(1);
     let cols: usize = shape.iter().skip(1).product();
-    let bad = |what: &str| {
-        ExportError::mismatch(name, format!("shape {shape:?} does not fit {what}"))
-    };
+    let bad =
+        |what: &str| ExportError::mismatch(name, format!("shape {shape:?} does not fit {what}"));
     match tr {
         Transform::None => Ok((v, shape.to_vec())),
         Transform::Permute(n_head) => {
@@ -971,10 +978,7 @@ pub fn export_gguf(
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "model.gguf".into());
     let (text, template) = modelfile(&file_name, tok.chat_template.as_deref(), &tok.stops);
-    let modelfile = out
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("Modelfile");
+    let modelfile = out.parent().unwrap_or(Path::new(".")).join("Modelfile");
     std::fs::write(&modelfile, text).map_err(|e| ExportError::io(&modelfile, e))?;
     Ok(GgufReport {
         arch,
@@ -1218,7 +1222,10 @@ mod tests {
         assert_eq!(shape, vec![4, 2]);
         assert_eq!(out, vec![0., 1., 4., 5., 2., 3., 6., 7.]);
         let err = transform(Transform::Permute(3), vec![0.; 8], &[4, 2], &hp, "q").unwrap_err();
-        assert_eq!(err.to_string(), "module `q`: shape [4, 2] does not fit 3 heads");
+        assert_eq!(
+            err.to_string(),
+            "module `q`: shape [4, 2] does not fit 3 heads"
+        );
     }
 
     #[test]
@@ -1243,12 +1250,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
         let kv = vec![
-            ("general.architecture".to_string(), Value::Str("llama".into())),
+            (
+                "general.architecture".to_string(),
+                Value::Str("llama".into()),
+            ),
             ("a.u8".into(), Value::U8(7)),
             ("a.i64".into(), Value::I64(-3)),
             ("a.f64".into(), Value::F64(0.5)),
             ("a.flag".into(), Value::Bool(true)),
-            ("a.list".into(), Value::strings(["x".to_string(), "yz".into()])),
+            (
+                "a.list".into(),
+                Value::strings(["x".to_string(), "yz".into()]),
+            ),
             ("a.empty".into(), Value::Array(5, vec![])),
         ];
         let tensors = vec![
@@ -1287,7 +1300,10 @@ mod tests {
         let all = std::fs::read(&path).unwrap();
         std::fs::write(&path, &all[..40]).unwrap();
         let err = read_gguf(&path).err().unwrap().to_string();
-        assert!(err.starts_with(&format!("{}: byte ", path.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}: byte ", path.display())),
+            "{err}"
+        );
         std::fs::write(&path, &all[..all.len() - 40]).unwrap();
         let err = read_gguf(&path).err().unwrap().to_string();
         assert!(
@@ -1331,7 +1347,9 @@ mod tests {
     ];
 
     fn e2e(case: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2e").join(case)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/e2e")
+            .join(case)
     }
 
     fn export_case(case: &str, d: GgufDtype, out_dir: &Path) -> (HfModel, GgufReport, GgufFile) {
@@ -1360,8 +1378,7 @@ mod tests {
                 s.push('\n');
                 std::fs::write(&want_path, s).unwrap();
             }
-            let want: Json =
-                serde_json::from_slice(&std::fs::read(&want_path).unwrap()).unwrap();
+            let want: Json = serde_json::from_slice(&std::fs::read(&want_path).unwrap()).unwrap();
             assert_eq!(got, want, "{case}");
         }
     }
@@ -1424,17 +1441,20 @@ mod tests {
     fn unsupported_family_and_quantized_weights_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = HfModel::load(&e2e("qwen")).unwrap();
-        let err = export_gguf(&m, &e2e("qwen"), &dir.path().join("m.gguf"), GgufDtype::F16)
-            .unwrap_err();
+        let err =
+            export_gguf(&m, &e2e("qwen"), &dir.path().join("m.gguf"), GgufDtype::F16).unwrap_err();
         assert_eq!(
             err.to_string(),
             "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `qwen`"
         );
         m.config["model_type"] = json!("gpt2");
         m.config["n_embd"] = json!(32);
-        let err = export_gguf(&m, &e2e("qwen"), &dir.path().join("m.gguf"), GgufDtype::F16)
-            .unwrap_err();
-        assert!(err.to_string().ends_with("config.json: no `n_head`"), "{err}");
+        let err =
+            export_gguf(&m, &e2e("qwen"), &dir.path().join("m.gguf"), GgufDtype::F16).unwrap_err();
+        assert!(
+            err.to_string().ends_with("config.json: no `n_head`"),
+            "{err}"
+        );
     }
 
     /// Writes every family in every dtype for tests/reference/gguf_check.py:
