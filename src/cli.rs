@@ -164,7 +164,7 @@ The output dir must not exist (it is written under a temporary name, then rename
         /// Also write the merged model as GGUF (llama.cpp / Ollama) here, a Modelfile beside it.
         #[arg(long)]
         gguf: Option<PathBuf>,
-        /// Weight type of the GGUF file: f16, bf16 or q8_0.
+        /// Weight type of the GGUF file: f16, bf16, q8_0 or q4_0.
         #[arg(long, default_value = "f16")]
         gguf_dtype: String,
     },
@@ -297,7 +297,7 @@ pub fn main() -> i32 {
             gguf_dtype,
         } => match crate::export::gguf::GgufDtype::parse(&gguf_dtype) {
             None if gguf.is_some() => fail(&format!(
-                "--gguf-dtype `{gguf_dtype}`: expected f16, bf16 or q8_0"
+                "--gguf-dtype `{gguf_dtype}`: expected f16, bf16, q8_0 or q4_0"
             )),
             dt => match cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size) {
                 0 => gguf

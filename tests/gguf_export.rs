@@ -152,7 +152,7 @@ fn merge_cli_writes_gguf_beside_the_merged_dir() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
-        "error: --gguf-dtype `q4_k`: expected f16, bf16 or q8_0\n"
+        "error: --gguf-dtype `q4_k`: expected f16, bf16, q8_0 or q4_0\n"
     );
     assert!(!d.path().join("merged").exists());
 

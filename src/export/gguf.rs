@@ -15,8 +15,9 @@
 //! Little-endian, alignment 32 (`general.alignment`), every tensor's data offset aligned.
 //!
 //! As convert_hf_to_gguf.py does: 1-D tensors, norms, biases and GPT-2's position embeddings
-//! stay f32; a `q8_0` tensor whose rows are not a multiple of 32 falls back to f16. `q4_0` is not
-//! written. Families: llama (incl. Chinese-LLaMA), qwen2, bloom, gpt2.
+//! stay f32; a `q8_0` / `q4_0` tensor whose rows are not a multiple of 32 falls back to f16
+//! (`q4_0` quantizes every other 2-D weight, embeddings and head included, unlike llama-quantize's
+//! mixes). Families: llama (incl. Chinese-LLaMA), qwen2, bloom, gpt2.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,16 +43,18 @@ pub enum GgufDtype {
     F16,
     Bf16,
     Q8_0,
+    Q4_0,
 }
 
 impl GgufDtype {
-    pub const NAMES: &'static [&'static str] = &["f16", "bf16", "q8_0"];
+    pub const NAMES: &'static [&'static str] = &["f16", "bf16", "q8_0", "q4_0"];
 
     pub fn parse(s: &str) -> Option<GgufDtype> {
         match s {
             "f16" => Some(GgufDtype::F16),
             "bf16" => Some(GgufDtype::Bf16),
             "q8_0" => Some(GgufDtype::Q8_0),
+            "q4_0" => Some(GgufDtype::Q4_0),
             _ => None,
         }
     }
@@ -64,6 +67,7 @@ impl GgufDtype {
     fn file_type(self) -> u32 {
         match self {
             GgufDtype::F16 => 1,
+            GgufDtype::Q4_0 => 2,
             GgufDtype::Q8_0 => 7,
             GgufDtype::Bf16 => 32,
         }
@@ -74,6 +78,7 @@ impl GgufDtype {
             GgufDtype::F16 => GgmlType::F16,
             GgufDtype::Bf16 => GgmlType::Bf16,
             GgufDtype::Q8_0 => GgmlType::Q8_0,
+            GgufDtype::Q4_0 => GgmlType::Q4_0,
         }
     }
 }
@@ -83,6 +88,7 @@ impl GgufDtype {
 pub enum GgmlType {
     F32 = 0,
     F16 = 1,
+    Q4_0 = 2,
     Q8_0 = 8,
     Bf16 = 30,
 }
@@ -92,6 +98,7 @@ impl GgmlType {
         match v {
             0 => Some(GgmlType::F32),
             1 => Some(GgmlType::F16),
+            2 => Some(GgmlType::Q4_0),
             8 => Some(GgmlType::Q8_0),
             30 => Some(GgmlType::Bf16),
             _ => None,
@@ -102,17 +109,19 @@ impl GgmlType {
         match self {
             GgmlType::F32 => "F32",
             GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Bf16 => "BF16",
         }
     }
 
-    /// Bytes of `n` values (`n` a multiple of the block size for Q8_0).
+    /// Bytes of `n` values (`n` a multiple of the block size for Q8_0 / Q4_0).
     fn nbytes(self, n: u64) -> u64 {
         match self {
             GgmlType::F32 => 4 * n,
             GgmlType::F16 | GgmlType::Bf16 => 2 * n,
             GgmlType::Q8_0 => n / QK8_0 as u64 * 34,
+            GgmlType::Q4_0 => n / QK8_0 as u64 * 18,
         }
     }
 }
@@ -466,8 +475,10 @@ impl GgufFile {
             .iter()
             .try_fold(1u64, |a, d| a.checked_mul(*d))
             .ok_or_else(|| err("dims overflow".into()))?;
-        if ty == GgmlType::Q8_0 && t.dims.first().is_some_and(|d| d % QK8_0 as u64 != 0) {
-            return Err(err("Q8_0 rows are not a multiple of 32".into()));
+        if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0)
+            && t.dims.first().is_some_and(|d| d % QK8_0 as u64 != 0)
+        {
+            return Err(err("quantized rows are not a multiple of 32".into()));
         }
         let start = self.data_start.checked_add(t.offset);
         let end = start.and_then(|s| s.checked_add(ty.nbytes(n)));
@@ -482,7 +493,7 @@ impl GgufFile {
         }
     }
 
-    /// A tensor's values as f32 (F32, F16, BF16 and Q8_0 are read).
+    /// A tensor's values as f32 (F32, F16, BF16, Q8_0 and Q4_0 are read).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let t = self
             .tensor(name)
@@ -493,6 +504,7 @@ impl GgufFile {
             Some(GgmlType::F16) => decode_f32(Dtype::F16, b),
             Some(GgmlType::Bf16) => decode_f32(Dtype::BF16, b),
             Some(GgmlType::Q8_0) => Ok(dequantize_q8_0(b)),
+            Some(GgmlType::Q4_0) => Ok(dequantize_q4_0(b)),
             None => unreachable!("checked by read_gguf"),
         }
     }
@@ -540,6 +552,40 @@ pub fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// gguf-py quants.py Q4_0: blocks of 32, d = (the value of largest |x|) / -8 (stored f16),
+/// q = trunc(x · (1/d) + 8.5) clipped to 0..=15 (computed in f64 as gguf-py does); byte j holds
+/// q[j] in its low and q[j + 16] in its high nibble.
+pub fn quantize_q4_0(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / QK8_0 * 18);
+    for block in values.chunks(QK8_0) {
+        // argmax of |x|: the first one on ties.
+        let max = block
+            .iter()
+            .fold(0f32, |m, v| if v.abs() > m.abs() { *v } else { m });
+        let d = max / -8.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let q: Vec<u8> = block
+            .iter()
+            .map(|v| ((*v as f64 * id as f64 + 8.5).trunc() as f32).clamp(0.0, 15.0) as u8)
+            .collect();
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend((0..QK8_0 / 2).map(|j| q[j] | (q[j + QK8_0 / 2] << 4)));
+    }
+    out
+}
+
+pub fn dequantize_q4_0(bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / 18 * QK8_0];
+    for (b, o) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(QK8_0)) {
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        for (j, q) in b[2..].iter().enumerate() {
+            o[j] = d * ((q & 15) as f32 - 8.0);
+            o[j + QK8_0 / 2] = d * ((q >> 4) as f32 - 8.0);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hugging Face model -> GGUF
 
@@ -549,7 +595,7 @@ pub struct GgufReport {
     pub arch: &'static str,
     pub tensors: usize,
     pub bytes: u64,
-    /// Tensors a q8_0 export wrote as f16 (rows not a multiple of 32).
+    /// Tensors a q8_0 / q4_0 export wrote as f16 (rows not a multiple of 32).
     pub f16_fallback: Vec<String>,
     /// The Modelfile beside the .gguf.
     pub modelfile: PathBuf,
@@ -886,7 +932,7 @@ fn pick_type(gguf_name: &str, shape: &[usize], dtype: GgufDtype) -> GgmlType {
     }
     let row = shape.last().copied().unwrap_or(0);
     match dtype {
-        GgufDtype::Q8_0 if row % QK8_0 != 0 => GgmlType::F16,
+        GgufDtype::Q8_0 | GgufDtype::Q4_0 if row % QK8_0 != 0 => GgmlType::F16,
         d => d.ggml(),
     }
 }
@@ -897,6 +943,7 @@ fn encode(ty: GgmlType, v: &[f32]) -> Result<Vec<u8>> {
         GgmlType::F16 => encode_f32(Dtype::F16, v),
         GgmlType::Bf16 => encode_f32(Dtype::BF16, v),
         GgmlType::Q8_0 => Ok(quantize_q8_0(v)),
+        GgmlType::Q4_0 => Ok(quantize_q4_0(v)),
     }
 }
 
@@ -948,7 +995,7 @@ pub fn export_gguf(
         let (v, shape) = transform(tr, t.to_f32()?, &t.shape, &hp, hf_name)?;
         let mut push = |gname: String| -> Result<()> {
             let ty = pick_type(&gname, &shape, dtype);
-            if dtype == GgufDtype::Q8_0 && ty == GgmlType::F16 {
+            if dtype != GgufDtype::F16 && ty == GgmlType::F16 {
                 f16_fallback.push(gname.clone());
             }
             tensors.push(OutTensor {
@@ -1072,6 +1119,15 @@ fn tokenizer_kv(
             .ok()
             .and_then(|s| serde_json::from_slice(&s).ok())
             .ok_or_else(|| ExportError::format(&tj_path, "missing or not JSON"))?;
+        if tj.pointer("/model/byte_fallback") == Some(&Json::Bool(true)) {
+            // A SentencePiece vocab converted to tokenizer.json: llama.cpp wants it as
+            // "llama" (pieces + scores), which needs the original tokenizer.model.
+            return Err(ExportError::format(
+                &tj_path,
+                "a SentencePiece-style (byte_fallback) tokenizer without tokenizer.model: \
+                 put the model's tokenizer.model beside it for GGUF export",
+            ));
+        }
         let merges: Vec<String> = tj
             .pointer("/model/merges")
             .and_then(Json::as_array)
@@ -1210,6 +1266,24 @@ mod tests {
     }
 
     #[test]
+    fn q4_0_matches_gguf_py_layout() {
+        // max |x| is -4.0 (first of the ties) -> d = 0.5, id = 2: x = 1.0 -> trunc(10.5) = 10,
+        // -4.0 -> 0, 4.0 -> trunc(16.5) clipped to 15; the rest 0 -> 8.
+        let mut v = vec![0f32; 32];
+        v[0] = 1.0;
+        v[3] = -4.0;
+        v[16] = 4.0;
+        let q = quantize_q4_0(&v);
+        assert_eq!(q.len(), 18);
+        assert_eq!(half::f16::from_le_bytes([q[0], q[1]]).to_f32(), 0.5);
+        assert_eq!(q[2], 10 | (15 << 4));
+        assert_eq!(q[5], 8 << 4);
+        assert_eq!(q[3], 8 | (8 << 4));
+        let back = dequantize_q4_0(&q);
+        assert_eq!((back[0], back[3], back[16], back[1]), (1.0, -4.0, 3.5, 0.0));
+    }
+
+    #[test]
     fn llama_permute_interleaves_the_rotary_halves() {
         // 1 head of dim 4: rows [a0 a1 b0 b1] (half-split) -> [a0 b0 a1 b1].
         let hp = Hp {
@@ -1344,6 +1418,7 @@ mod tests {
         ("qwen2", GgufDtype::Bf16),
         ("bloom", GgufDtype::F16),
         ("gpt2", GgufDtype::Q8_0),
+        ("qwen2", GgufDtype::Q4_0),
     ];
 
     fn e2e(case: &str) -> PathBuf {
@@ -1467,7 +1542,12 @@ mod tests {
         };
         for case in ["llama", "llama3", "qwen2", "bloom", "gpt2"] {
             for (i, name) in GgufDtype::NAMES.iter().enumerate() {
-                let d = [GgufDtype::F16, GgufDtype::Bf16, GgufDtype::Q8_0][i];
+                let d = [
+                    GgufDtype::F16,
+                    GgufDtype::Bf16,
+                    GgufDtype::Q8_0,
+                    GgufDtype::Q4_0,
+                ][i];
                 let out = Path::new(&root).join(format!("{case}_{name}"));
                 std::fs::create_dir_all(&out).unwrap();
                 export_case(case, d, &out);

@@ -123,7 +123,7 @@ fn export_gguf(ctx: &RunCtx, model: &crate::export::HfModel, tokenizer: &Path) -
     use crate::export::gguf;
     let name = ctx.params.str("gguf_dtype");
     let dtype = gguf::GgufDtype::parse(name)
-        .with_context(|| format!("gguf_dtype `{name}`: expected f16, bf16 or q8_0"))?;
+        .with_context(|| format!("gguf_dtype `{name}`: expected f16, bf16, q8_0 or q4_0"))?;
     let path = ctx.out.join("model.gguf");
     let r = gguf::export_gguf(model, tokenizer, &path, dtype)?;
     ctx.info(format!(

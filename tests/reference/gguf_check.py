@@ -10,7 +10,7 @@ For every tests/fixtures/e2e/<case> exported as <case>_<dtype>/model.gguf:
   (what the Rust tests compare with) its summary must equal it;
 - transformers loads the file (`gguf_file=`): every weight must equal the merged safetensors
   model's rounded to the file's type (f16 / bf16 casts, q8_0 through gguf-py's own
-  quantize + dequantize), and the logits on two rows of 16 ids must match the reference model
+  quantize + dequantize, q4_0 likewise), and the logits on two rows of 16 ids must match the reference model
   holding those rounded weights within 1e-5 (also printed: the difference to the f32 model);
 - the tokenizer transformers builds from the file encodes a sample as the source one does.
 
@@ -76,13 +76,14 @@ def rounded(name, p, dtype, family):
         return p.half().float()
     if dtype == "bf16":
         return p.bfloat16().float()
+    qt = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[dtype]
     conv1d = family == "gpt2" and any(s in name for s in ("c_attn", "c_proj", "c_fc"))
     w = p.T.contiguous() if conv1d else p
     a = w.numpy().astype(np.float32)
-    if a.shape[-1] % 32 != 0:  # q8_0 falls back to f16
+    if a.shape[-1] % 32 != 0:  # q8_0 / q4_0 fall back to f16
         return p.half().float()
-    q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
-    d = torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).copy())
+    q = gguf.quants.quantize(a, qt)
+    d = torch.from_numpy(gguf.quants.dequantize(q, qt).copy())
     d = d.reshape(w.shape)
     return d.T.contiguous() if conv1d else d
 
@@ -152,7 +153,7 @@ def main():
         print(f"  {k} = {v}")
     ok = True
     for case in ["llama", "llama3", "qwen2", "bloom", "gpt2"]:
-        for dtype in ["f16", "bf16", "q8_0"]:
+        for dtype in ["f16", "bf16", "q8_0", "q4_0"]:
             ok &= check(out_dir, case, dtype)
     print("ALL OK" if ok else "SOME FAILED")
     sys.exit(0 if ok else 1)
