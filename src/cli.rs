@@ -144,6 +144,7 @@ The step must be cached: run `recipe run FILE --until STEP` first.")]
 Examples:
   recipe merge --model models/chatglm3-6b --adapter output/chatglm3_lora/adapter --out merged/
   recipe merge --model base/ --adapter adapter/ --out merged/ --dtype bf16 --max-shard-size 2GB
+  recipe merge --model base/ --adapter adapter/ --out merged/ --gguf merged.gguf --gguf-dtype q8_0
 
 An NF4 base (bitsandbytes layout) is dequantized first; the merge never writes into 4-bit.
 The output dir must not exist (it is written under a temporary name, then renamed).")]
@@ -163,6 +164,12 @@ The output dir must not exist (it is written under a temporary name, then rename
         /// Largest safetensors shard, e.g. 2GB.
         #[arg(long, default_value = "5GB")]
         max_shard_size: String,
+        /// Also write the merged model as GGUF (llama.cpp / Ollama) here, a Modelfile beside it.
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Weight type of the GGUF file: f16, bf16, q8_0 or q4_0.
+        #[arg(long, default_value = "f16")]
+        gguf_dtype: String,
     },
     /// Generate a reply from a model (+ adapter), streamed to the terminal.
     #[command(after_help = crate::gen_cli::GENERATE_HELP)]
@@ -291,7 +298,19 @@ pub fn main() -> i32 {
             out,
             dtype,
             max_shard_size,
-        } => cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size),
+            gguf,
+            gguf_dtype,
+        } => match crate::export::gguf::GgufDtype::parse(&gguf_dtype) {
+            None if gguf.is_some() => fail(&format!(
+                "--gguf-dtype `{gguf_dtype}`: expected f16, bf16, q8_0 or q4_0"
+            )),
+            dt => match cmd_merge(&model, &adapter, &out, &dtype, &max_shard_size) {
+                0 => gguf
+                    .zip(dt)
+                    .map_or(0, |(g, dt)| cmd_merge_gguf(&out, &g, dt)),
+                rc => rc,
+            },
+        },
         Cmd::Generate(a) => crate::gen_cli::generate_cmd(&a),
         Cmd::Chat(a) => crate::gen_cli::chat_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
@@ -691,6 +710,27 @@ fn cmd_bench(device: &str) -> i32 {
     match crate::cuda::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
         Ok(_) => 0,
         Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+/// `recipe merge --gguf FILE`: the merged dir `out` as GGUF (+ Modelfile beside FILE).
+fn cmd_merge_gguf(out: &Path, file: &Path, dt: crate::export::gguf::GgufDtype) -> i32 {
+    let r = crate::export::HfModel::load(out)
+        .and_then(|m| crate::export::gguf::export_gguf(&m, out, file, dt));
+    match r {
+        Ok(r) => {
+            eprintln!(
+                "wrote {} ({}, {}, {} tensors, {}) and {}",
+                file.display(),
+                r.arch,
+                dt.name(),
+                r.tensors,
+                crate::util::human_bytes(r.bytes),
+                r.modelfile.display()
+            );
+            0
+        }
+        Err(err) => fail(&format!("--gguf `{}`: {err}", file.display())),
     }
 }
 

@@ -10,12 +10,14 @@
 //! Files: `io` (safetensors read/write, sharded dirs), `tensor` (dtype + shape + bytes),
 //! `dtype` (bf16/f16 conversion), `finite` (the NaN/inf check every consumer runs), `nf4` (bitsandbytes 4-bit dequant), `requant` (4-bit
 //! quantization back to the same layout), `adapter` (PEFT dirs), `merge` (the math), `hf_dir`
-//! (config, shards, index, tokenizer files). Fixtures: tests/reference/export_make_fixtures.py.
+//! (config, shards, index, tokenizer files), `gguf` (GGUF v3 for llama.cpp / Ollama: writer,
+//! reader, Modelfile). Fixtures: tests/reference/export_make_fixtures.py.
 
 pub mod adapter;
 pub mod dtype;
 pub mod error;
 pub mod finite;
+pub mod gguf;
 pub mod hf_dir;
 pub mod io;
 pub mod merge;

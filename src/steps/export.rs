@@ -1,5 +1,7 @@
 //! `export`: write a Hugging Face model dir (config, generation config,
-//! sharded safetensors + index, tokenizer files) that transformers loads.
+//! sharded safetensors + index, tokenizer files) that transformers loads,
+//! or with `format = "gguf"` a `model.gguf` + Ollama `Modelfile` for
+//! llama.cpp / Ollama (see `export::gguf`).
 
 use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
 use anyhow::{Context, Result};
@@ -25,6 +27,18 @@ static PARAMS: &[ParamSpec] = &[
         "largest safetensors shard, e.g. \"2GB\", \"500MB\"",
     ),
     def(
+        "format",
+        Ty::Enum(&["hf", "gguf"]),
+        "\"hf\"",
+        "hf: a Hugging Face dir; gguf: model.gguf + an Ollama Modelfile (llama, qwen2, bloom, gpt2)",
+    ),
+    def(
+        "gguf_dtype",
+        Ty::Enum(crate::export::gguf::GgufDtype::NAMES),
+        "\"f16\"",
+        "weight type of a GGUF export (norms and biases stay f32)",
+    ),
+    def(
         "verify",
         Ty::Bool,
         "true",
@@ -43,7 +57,7 @@ impl Step for Export {
         "export"
     }
     fn about(&self) -> &'static str {
-        "write a Hugging Face model dir that transformers loads"
+        "write a Hugging Face model dir that transformers loads, or GGUF for llama.cpp / Ollama"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -57,6 +71,9 @@ impl Step for Export {
             .with_context(|| format!("reading the model of step `{}`", input.step))?;
         crate::export::check_finite(&model.tensors, &dirs.weights.display().to_string())
             .with_context(|| format!("the model of step `{}`", input.step))?;
+        if ctx.params.str("format") == "gguf" {
+            return export_gguf(ctx, &model, &dirs.tokenizer);
+        }
         let max =
             crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
         let opts = crate::export::ExportOptions {
@@ -127,6 +144,42 @@ impl Step for Export {
                 Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
         }
     }
+}
+
+/// `format = "gguf"`: model.gguf + Modelfile in the step's output dir; `verify` re-reads the file.
+fn export_gguf(ctx: &RunCtx, model: &crate::export::HfModel, tokenizer: &Path) -> Result<()> {
+    use crate::export::gguf;
+    let name = ctx.params.str("gguf_dtype");
+    let dtype = gguf::GgufDtype::parse(name)
+        .with_context(|| format!("gguf_dtype `{name}`: expected f16, bf16, q8_0 or q4_0"))?;
+    let path = ctx.out.join("model.gguf");
+    let r = gguf::export_gguf(model, tokenizer, &path, dtype)?;
+    ctx.info(format!(
+        "wrote model.gguf ({}, {name}, {} tensors, {}) and Modelfile{}",
+        r.arch,
+        r.tensors,
+        crate::util::human_bytes(r.bytes),
+        if r.template {
+            ""
+        } else {
+            " (fill in its TEMPLATE)"
+        }
+    ));
+    if !r.f16_fallback.is_empty() {
+        ctx.info(format!(
+            "{} tensor(s) written as f16: rows not a multiple of 32",
+            r.f16_fallback.len()
+        ));
+    }
+    if ctx.params.bool("verify") {
+        let f = gguf::read_gguf(&path)?;
+        ctx.info(format!(
+            "verify: re-read model.gguf: {} metadata keys, {} tensors",
+            f.kv.len(),
+            f.tensors.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Largest absolute logit difference between `exported` and base + adapter
