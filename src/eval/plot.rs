@@ -4,8 +4,9 @@
 //! (a font file registered at run time) features; neither is enabled, and CI machines may
 //! have no fonts. So this file draws tick labels itself with a built-in 3×5 pixel font
 //! (digits, '.', '-', 'e', '+' and the legend's capitals): axes, grid, ticks with numbers, the
-//! training loss in blue and the eval loss (when logged) in orange with a "TRAIN"/"EVAL"
-//! legend. There is no title or axis name.
+//! training loss in blue and the eval loss (when logged) in orange, a dot at every eval
+//! step, with a "TRAIN"/"EVAL" legend; the title "TRAINING LOSS" and the axis names
+//! "STEP" (below) and "LOSS" (left, one letter a line).
 
 use std::path::Path;
 
@@ -30,7 +31,7 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
         '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
         'e' => [0b000, 0b111, 0b111, 0b100, 0b011],
-        // Capitals for the legend ("TRAIN", "EVAL").
+        // Capitals for the legend ("TRAIN", "EVAL"), title and axis names.
         'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
         'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
         'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
@@ -39,6 +40,10 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
         'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
         'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'G' => [0b111, 0b100, 0b101, 0b101, 0b111],
+        'O' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        'S' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        'P' => [0b111, 0b101, 0b111, 0b100, 0b100],
         _ => return None,
     })
 }
@@ -153,7 +158,9 @@ pub fn plot_loss_curve(
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
     let (w, h) = (width as i32, height as i32);
-    let (left, right, top, bottom) = (16 + 9 * ADV, 16, 16, 16 + 5 * PX + 8);
+    // Room for the title above, tick labels and "STEP" below, "LOSS" and tick labels left.
+    let line = 5 * PX + 8;
+    let (left, right, top, bottom) = (16 + ADV + 9 * ADV, 16, 8 + line, 8 + 2 * line);
     let (pw, ph) = ((w - left - right).max(1), (h - top - bottom).max(1));
     let px = |x: f64| left + ((x - x0) / (x1 - x0) * f64::from(pw)).round() as i32;
     let py = |y: f64| top + ph - ((y - y0) / (y1 - y0) * f64::from(ph)).round() as i32;
@@ -187,6 +194,20 @@ pub fn plot_loss_curve(
         BLACK,
     ))
     .map_err(|e| perr(&e))?;
+    let title = "TRAINING LOSS";
+    draw_text(&root, title, left + (pw - text_width(title)) / 2, 8).map_err(|e| perr(&e))?;
+    let xname = "STEP";
+    draw_text(
+        &root,
+        xname,
+        left + (pw - text_width(xname)) / 2,
+        top + ph + line + 4,
+    )
+    .map_err(|e| perr(&e))?;
+    for (i, c) in "LOSS".chars().enumerate() {
+        let y = top + (ph - 4 * 7 * PX) / 2 + i as i32 * 7 * PX;
+        draw_text(&root, &c.to_string(), 6, y).map_err(|e| perr(&e))?;
+    }
 
     let orange = RGBColor(230, 120, 20);
     for (points, color) in [(&train, BLUE), (&eval, orange)] {
@@ -195,8 +216,15 @@ pub fn plot_loss_curve(
             root.draw(&Circle::new(pix[0], 3, color.filled()))
                 .map_err(|e| perr(&e))?;
         } else if pix.len() > 1 {
-            root.draw(&PathElement::new(pix, color.stroke_width(2)))
+            root.draw(&PathElement::new(pix.clone(), color.stroke_width(2)))
                 .map_err(|e| perr(&e))?;
+        }
+        // Evals are sparse: mark each one.
+        if color == orange {
+            for &p in &pix {
+                root.draw(&Circle::new(p, 3, color.filled()))
+                    .map_err(|e| perr(&e))?;
+            }
         }
     }
     if !eval.is_empty() {
@@ -261,6 +289,15 @@ mod tests {
         assert!(count(&|p| p.0 == [0, 0, 255]) > 100);
         assert!(count(&|p| p.0 == [230, 120, 20]) > 50);
         assert!(count(&|p| p.0 == [0, 0, 0]) > 200);
+        // Title (top strip), "STEP" (bottom strip), "LOSS" (left strip): black text there.
+        let black_in = |xs: std::ops::Range<u32>, ys: std::ops::Range<u32>| {
+            ys.flat_map(|y| xs.clone().map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 == [0, 0, 0])
+                .count()
+        };
+        assert!(black_in(0..480, 0..18) > 40, "title");
+        assert!(black_in(0..480, 320 - 24..320) > 20, "x axis name");
+        assert!(black_in(0..14, 0..320) > 20, "y axis name");
         // Empty records still give a valid image with axes.
         plot_loss_curve(&[], &path, 100, 80).expect("plot empty");
         assert_eq!(image::open(&path).expect("decode").width(), 100);
