@@ -131,13 +131,20 @@ The step must be cached: run `recipe run FILE --until STEP` first.")]
         format: InspectFormat,
     },
     /// Summarise a training run: loss, lr, grad norm, tokens/s, eval metrics.
-    #[command(after_help = "Example:\n  recipe report output/quickstart/adapter")]
+    #[command(
+        after_help = "Examples:\n  recipe report output/quickstart/adapter\n  \
+        recipe report output/a/adapter output/b/adapter --plot runs.png"
+    )]
     Report {
-        /// A train step's output dir (holds metrics.jsonl), or an evaluate step's (metrics.json).
-        run_dir: PathBuf,
+        /// Train step output dirs (holding metrics.jsonl), or evaluate steps' (metrics.json).
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
         /// Rows of the table (evenly spaced over the run).
         #[arg(long, default_value_t = 20)]
         rows: usize,
+        /// Also write a PNG overlaying the runs' loss curves (run k drawn as "k").
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Merge a PEFT adapter into its base and write a Hugging Face model dir.
     #[command(after_help = "\
@@ -283,7 +290,11 @@ pub fn main() -> i32 {
         }
         Cmd::Plan { r, format } => cmd_plan(&r, format),
         Cmd::Explain { kind } => cmd_explain(kind.as_deref()),
-        Cmd::Report { run_dir, rows } => cmd_report(&run_dir, rows),
+        Cmd::Report {
+            run_dirs,
+            rows,
+            plot,
+        } => cmd_reports(&run_dirs, rows, plot.as_deref()),
         Cmd::Cache { cmd } => cmd_cache(cmd),
         Cmd::Inspect {
             r,
@@ -551,6 +562,40 @@ fn cmd_cache(cmd: CacheCmd) -> i32 {
                 Err(e) => fail(&format!("{e:#}")),
             }
         }
+    }
+}
+
+/// `recipe report A [B ...] [--plot PNG]`: each run's report (headed "run k: DIR" when
+/// there are several), then the overlay plot of their metrics.jsonl.
+fn cmd_reports(dirs: &[PathBuf], rows: usize, plot: Option<&Path>) -> i32 {
+    for (k, dir) in dirs.iter().enumerate() {
+        if dirs.len() > 1 {
+            println!(
+                "{}run {}: {}",
+                if k > 0 { "\n" } else { "" },
+                k + 1,
+                dir.display()
+            );
+        }
+        let rc = cmd_report(dir, rows);
+        if rc != 0 {
+            return rc;
+        }
+    }
+    let Some(png) = plot else { return 0 };
+    let mut runs = Vec::new();
+    for dir in dirs {
+        match crate::eval::report::read_train_metrics(&dir.join("metrics.jsonl")) {
+            Ok(r) => runs.push(r),
+            Err(e) => return fail(&format!("--plot: {e}")),
+        }
+    }
+    match crate::eval::plot::plot_overlay(&runs, png, 800, 500) {
+        Ok(()) => {
+            eprintln!("wrote {}", png.display());
+            0
+        }
+        Err(e) => fail(&format!("{e}")),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod pystr;
 pub mod report;
 pub mod rouge;
 pub mod sampling;
+pub mod tfevents;
 
 pub use bleu::bleu4;
 pub use cut::cut;

@@ -4,8 +4,10 @@
 //! (a font file registered at run time) features; neither is enabled, and CI machines may
 //! have no fonts. So this file draws tick labels itself with a built-in 3×5 pixel font
 //! (digits, '.', '-', 'e', '+' and the legend's capitals): axes, grid, ticks with numbers, the
-//! training loss in blue and the eval loss (when logged) in orange with a "TRAIN"/"EVAL"
-//! legend. There is no title or axis name.
+//! training loss in blue and the eval loss (when logged) in orange, a dot at every eval
+//! step, with a "TRAIN"/"EVAL" legend; the title "TRAINING LOSS" and the axis names
+//! "STEP" (below) and "LOSS" (left, one letter a line). [`plot_overlay`] draws several
+//! runs on one chart (`recipe report A B --plot`).
 
 use std::path::Path;
 
@@ -30,7 +32,7 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
         '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
         'e' => [0b000, 0b111, 0b111, 0b100, 0b011],
-        // Capitals for the legend ("TRAIN", "EVAL").
+        // Capitals for the legend ("TRAIN", "EVAL"), title and axis names.
         'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
         'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
         'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
@@ -39,6 +41,10 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
         'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
         'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'G' => [0b111, 0b100, 0b101, 0b101, 0b111],
+        'O' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        'S' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        'P' => [0b111, 0b101, 0b111, 0b100, 0b100],
         _ => return None,
     })
 }
@@ -117,23 +123,93 @@ pub fn plot_loss_curve(
     width: u32,
     height: u32,
 ) -> Result<(), ReportError> {
+    let train = points(records, |r| r.loss);
+    let eval = points(records, |r| r.eval_loss);
+    // The legend only when there is something to tell apart.
+    let names = if eval.is_empty() {
+        ["", ""]
+    } else {
+        ["TRAIN", "EVAL"]
+    };
+    let series = [
+        Series {
+            name: names[0].to_string(),
+            color: BLUE,
+            points: train,
+            dots: false,
+        },
+        // Evals are sparse: mark each one.
+        Series {
+            name: names[1].to_string(),
+            color: ORANGE,
+            points: eval,
+            dots: true,
+        },
+    ];
+    draw_chart(&series, path, width, height)
+}
+
+/// `recipe report A B --plot`: the training loss of several runs on one chart, run k
+/// (1-based, in the order given) in the k-th color with legend "k"; its eval losses in
+/// the same color, a dot at each.
+pub fn plot_overlay(
+    runs: &[Vec<TrainRecord>],
+    path: &Path,
+    width: u32,
+    height: u32,
+) -> Result<(), ReportError> {
+    let mut series = Vec::new();
+    for (k, recs) in runs.iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        series.push(Series {
+            name: (k + 1).to_string(),
+            color,
+            points: points(recs, |r| r.loss),
+            dots: false,
+        });
+        series.push(Series {
+            name: String::new(),
+            color,
+            points: points(recs, |r| r.eval_loss),
+            dots: true,
+        });
+    }
+    draw_chart(&series, path, width, height)
+}
+
+const ORANGE: RGBColor = RGBColor(230, 120, 20);
+/// Run colors of an overlay (blue and orange first, as in a single run's chart).
+const PALETTE: [RGBColor; 6] = [
+    BLUE,
+    ORANGE,
+    RGBColor(40, 160, 40),
+    RGBColor(200, 30, 30),
+    RGBColor(140, 60, 190),
+    RGBColor(120, 120, 120),
+];
+
+/// One curve: (step, value) points, a legend name ("" for none), dots at each point.
+struct Series {
+    name: String,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+    dots: bool,
+}
+
+/// The finite values of one field against step.
+fn points(records: &[TrainRecord], f: impl Fn(&TrainRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .filter_map(|r| f(r).filter(|l| l.is_finite()).map(|l| (r.step as f64, l)))
+        .collect()
+}
+
+fn draw_chart(series: &[Series], path: &Path, width: u32, height: u32) -> Result<(), ReportError> {
     let perr = |e: &dyn std::fmt::Display| ReportError::Plot {
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
-    let train: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| r.loss.filter(|l| l.is_finite()).map(|l| (r.step as f64, l)))
-        .collect();
-    let eval: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| {
-            r.eval_loss
-                .filter(|l| l.is_finite())
-                .map(|l| (r.step as f64, l))
-        })
-        .collect();
-    let all = train.iter().chain(&eval);
+    let all = series.iter().flat_map(|s| &s.points);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in all {
         x0 = x0.min(x);
@@ -153,7 +229,9 @@ pub fn plot_loss_curve(
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
     let (w, h) = (width as i32, height as i32);
-    let (left, right, top, bottom) = (16 + 9 * ADV, 16, 16, 16 + 5 * PX + 8);
+    // Room for the title above, tick labels and "STEP" below, "LOSS" and tick labels left.
+    let line = 5 * PX + 8;
+    let (left, right, top, bottom) = (16 + ADV + 9 * ADV, 16, 8 + line, 8 + 2 * line);
     let (pw, ph) = ((w - left - right).max(1), (h - top - bottom).max(1));
     let px = |x: f64| left + ((x - x0) / (x1 - x0) * f64::from(pw)).round() as i32;
     let py = |y: f64| top + ph - ((y - y0) / (y1 - y0) * f64::from(ph)).round() as i32;
@@ -187,29 +265,44 @@ pub fn plot_loss_curve(
         BLACK,
     ))
     .map_err(|e| perr(&e))?;
+    let title = "TRAINING LOSS";
+    draw_text(&root, title, left + (pw - text_width(title)) / 2, 8).map_err(|e| perr(&e))?;
+    let xname = "STEP";
+    draw_text(
+        &root,
+        xname,
+        left + (pw - text_width(xname)) / 2,
+        top + ph + line + 4,
+    )
+    .map_err(|e| perr(&e))?;
+    for (i, c) in "LOSS".chars().enumerate() {
+        let y = top + (ph - 4 * 7 * PX) / 2 + i as i32 * 7 * PX;
+        draw_text(&root, &c.to_string(), 6, y).map_err(|e| perr(&e))?;
+    }
 
-    let orange = RGBColor(230, 120, 20);
-    for (points, color) in [(&train, BLUE), (&eval, orange)] {
-        let pix: Vec<(i32, i32)> = points.iter().map(|&(x, y)| (px(x), py(y))).collect();
-        if pix.len() == 1 {
-            root.draw(&Circle::new(pix[0], 3, color.filled()))
+    for s in series {
+        let pix: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| (px(x), py(y))).collect();
+        if pix.len() > 1 {
+            root.draw(&PathElement::new(pix.clone(), s.color.stroke_width(2)))
                 .map_err(|e| perr(&e))?;
-        } else if pix.len() > 1 {
-            root.draw(&PathElement::new(pix, color.stroke_width(2)))
-                .map_err(|e| perr(&e))?;
+        }
+        if pix.len() == 1 || s.dots {
+            for &p in &pix {
+                root.draw(&Circle::new(p, 3, s.color.filled()))
+                    .map_err(|e| perr(&e))?;
+            }
         }
     }
-    if !eval.is_empty() {
-        let lx = left + pw - 8 - 5 * ADV - 24;
-        for (i, (name, color)) in [("TRAIN", BLUE), ("EVAL", orange)].into_iter().enumerate() {
-            let y = top + 8 + i as i32 * 8 * PX;
-            root.draw(&PathElement::new(
-                vec![(lx, y + 5), (lx + 18, y + 5)],
-                color.stroke_width(2),
-            ))
-            .map_err(|e| perr(&e))?;
-            draw_text(&root, name, lx + 24, y).map_err(|e| perr(&e))?;
-        }
+    let named: Vec<&Series> = series.iter().filter(|s| !s.name.is_empty()).collect();
+    let lx = left + pw - 8 - 5 * ADV - 24;
+    for (i, s) in named.iter().enumerate() {
+        let y = top + 8 + i as i32 * 8 * PX;
+        root.draw(&PathElement::new(
+            vec![(lx, y + 5), (lx + 18, y + 5)],
+            s.color.stroke_width(2),
+        ))
+        .map_err(|e| perr(&e))?;
+        draw_text(&root, &s.name, lx + 24, y).map_err(|e| perr(&e))?;
     }
     root.present().map_err(|e| perr(&e))?;
     Ok(())
@@ -261,6 +354,29 @@ mod tests {
         assert!(count(&|p| p.0 == [0, 0, 255]) > 100);
         assert!(count(&|p| p.0 == [230, 120, 20]) > 50);
         assert!(count(&|p| p.0 == [0, 0, 0]) > 200);
+        // Title (top strip), "STEP" (bottom strip), "LOSS" (left strip): black text there.
+        let black_in = |xs: std::ops::Range<u32>, ys: std::ops::Range<u32>| {
+            ys.flat_map(|y| xs.clone().map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 == [0, 0, 0])
+                .count()
+        };
+        assert!(black_in(0..480, 0..18) > 40, "title");
+        assert!(black_in(0..480, 320 - 24..320) > 20, "x axis name");
+        assert!(black_in(0..14, 0..320) > 20, "y axis name");
+        // Two runs overlaid: run 2 (orange) shifted down, each with its own color.
+        let lower: Vec<TrainRecord> = recs
+            .iter()
+            .map(|r| TrainRecord {
+                loss: r.loss.map(|l| l - 0.3),
+                ..r.clone()
+            })
+            .collect();
+        let over = dir.path().join("overlay.png");
+        plot_overlay(&[recs.clone(), lower], &over, 480, 320).expect("overlay");
+        let img = image::open(&over).expect("decode").to_rgb8();
+        let count = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
+        assert!(count([0, 0, 255]) > 100);
+        assert!(count([230, 120, 20]) > 100);
         // Empty records still give a valid image with axes.
         plot_loss_curve(&[], &path, 100, 80).expect("plot empty");
         assert_eq!(image::open(&path).expect("decode").width(), 100);

@@ -13,7 +13,7 @@ pub mod checkpoint;
 pub mod engine;
 pub use crate::rng;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use batch::{collate, epoch_order, Batch, PadSide, Samples};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -251,6 +251,14 @@ pub fn train(
         bar.set_length(total as u64);
         bar.set_position(state.step as u64);
     }
+    // TensorBoard events beside metrics.jsonl, written as the run goes; a resumed run
+    // rewrites the file from the checkpoint's log, so it holds what metrics.jsonl will.
+    let tb_path = io.out.join(crate::eval::tfevents::FILE_NAME);
+    let mut tb = crate::eval::tfevents::EventWriter::create(&tb_path)
+        .with_context(|| format!("cannot write `{}`", tb_path.display()))?;
+    for l in &state.log {
+        write_event(&mut tb, &tb_path, l)?;
+    }
     let mut window_loss = 0.0;
     let mut window_steps = 0usize;
     let mut tokens_since = 0u64;
@@ -378,7 +386,7 @@ pub fn train(
                     grad_norm,
                     line.tokens_per_s.unwrap_or(0.0)
                 ));
-                state.log.push(line);
+                push_logged(&mut state.log, &mut tb, &tb_path, line)?;
                 window_loss = 0.0;
                 window_steps = 0;
                 tokens_since = 0;
@@ -392,16 +400,21 @@ pub fn train(
                         state.step
                     ));
                     last_eval = Some(el);
-                    state.log.push(LogLine {
-                        step: state.step,
-                        epoch: round4(epoch_f),
-                        loss: None,
-                        lr: None,
-                        grad_norm: None,
-                        tokens_per_s: None,
-                        eval_loss: Some(el),
-                        eval_token_accuracy: Some(acc),
-                    });
+                    push_logged(
+                        &mut state.log,
+                        &mut tb,
+                        &tb_path,
+                        LogLine {
+                            step: state.step,
+                            epoch: round4(epoch_f),
+                            loss: None,
+                            lr: None,
+                            grad_norm: None,
+                            tokens_per_s: None,
+                            eval_loss: Some(el),
+                            eval_token_accuracy: Some(acc),
+                        },
+                    )?;
                 }
             }
             let epoch_done = state.micro >= batches.len();
@@ -447,16 +460,21 @@ pub fn train(
         let (el, acc) = evaluate(model, ev, cfg)?;
         (io.log)(&format!("final eval_loss {el:.4}  token_accuracy {acc:.4}"));
         last_eval = Some(el);
-        state.log.push(LogLine {
-            step: state.step,
-            epoch: state.epoch as f64,
-            loss: None,
-            lr: None,
-            grad_norm: None,
-            tokens_per_s: None,
-            eval_loss: Some(el),
-            eval_token_accuracy: Some(acc),
-        });
+        push_logged(
+            &mut state.log,
+            &mut tb,
+            &tb_path,
+            LogLine {
+                step: state.step,
+                epoch: state.epoch as f64,
+                loss: None,
+                lr: None,
+                grad_norm: None,
+                tokens_per_s: None,
+                eval_loss: Some(el),
+                eval_token_accuracy: Some(acc),
+            },
+        )?;
     }
     let stuck = (zero_grad_run >= STUCK_GRAD_STEPS.min(state.step)).then_some(zero_grad_run);
     let warnings = health_warnings(
@@ -489,6 +507,44 @@ pub fn train(
 
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
+}
+
+impl LogLine {
+    /// This line as TensorBoard scalars (tag, value): `train/…` and `eval/…`.
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("train/loss", self.loss),
+            ("train/lr", self.lr),
+            ("train/grad_norm", self.grad_norm),
+            ("train/tokens_per_s", self.tokens_per_s),
+            ("eval/loss", self.eval_loss),
+            ("eval/token_accuracy", self.eval_token_accuracy),
+        ]
+        .into_iter()
+        .filter_map(|(t, v)| Some((t, v?)))
+        .collect()
+    }
+}
+
+fn write_event(
+    tb: &mut crate::eval::tfevents::EventWriter,
+    path: &Path,
+    l: &LogLine,
+) -> Result<()> {
+    tb.scalars(l.step as u64, &l.scalars())
+        .with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+/// Logs `line`: to the TensorBoard file now, to metrics.jsonl at the end.
+fn push_logged(
+    log: &mut Vec<LogLine>,
+    tb: &mut crate::eval::tfevents::EventWriter,
+    path: &Path,
+    line: LogLine,
+) -> Result<()> {
+    write_event(tb, path, &line)?;
+    log.push(line);
+    Ok(())
 }
 
 pub fn write_metrics(path: &Path, log: &[LogLine]) -> Result<()> {

@@ -224,6 +224,61 @@ fn killed_and_resumed_equals_uninterrupted() {
     );
 }
 
+/// The events file holds, record for record, the scalars of metrics.jsonl (as f32).
+fn assert_events_match_metrics(out: &Path) {
+    use crate::eval::tfevents::{read_events, FILE_NAME};
+    let log: Vec<LogLine> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ev = read_events(&out.join(FILE_NAME)).unwrap();
+    assert_eq!(ev[0].file_version.as_deref(), Some("brain.Event:2"));
+    assert_eq!(ev.len(), log.len() + 1);
+    for (e, l) in ev[1..].iter().zip(&log) {
+        assert_eq!(e.step, l.step as i64);
+        let want: Vec<(String, f32)> = l
+            .scalars()
+            .into_iter()
+            .map(|(t, v)| (t.to_string(), v as f32))
+            .collect();
+        assert_eq!(e.scalars, want);
+    }
+}
+
+#[test]
+fn tensorboard_events_match_metrics_jsonl() {
+    let (w, o) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&cfg(), w.path(), o.path(), None);
+    assert_events_match_metrics(o.path());
+    let ev =
+        crate::eval::tfevents::read_events(&o.path().join("events.out.tfevents.recipe")).unwrap();
+    // 6 logged train steps (every 2) and evals: every training line has all four scalars.
+    let tags = |i: usize| {
+        ev[i]
+            .scalars
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tags(1),
+        [
+            "train/loss",
+            "train/lr",
+            "train/grad_norm",
+            "train/tokens_per_s"
+        ]
+    );
+    assert_eq!(tags(ev.len() - 1), ["eval/loss", "eval/token_accuracy"]);
+    // Killed after step 7 and resumed from checkpoint-4: the file is rewritten from the
+    // checkpoint's log and again matches metrics.jsonl.
+    let (w2, o2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&cfg(), w2.path(), o2.path(), Some(7));
+    run(&cfg(), w2.path(), o2.path(), None);
+    assert_events_match_metrics(o2.path());
+}
+
 #[test]
 fn accumulation_matches_a_bigger_batch() {
     let mut big = cfg();
