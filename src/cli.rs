@@ -654,12 +654,36 @@ fn cmd_inspect(r: &RecipeArgs, step: &str, split: &str, n: usize, format: Inspec
     let Some(ps) = plan.get(step) else {
         return fail(&format!("no step named `{step}` in `{}`", r.file.display()));
     };
-    let Some(dir) = cache.lookup(&ps.key) else {
-        return fail(&format!(
-            "step `{step}` is not cached ({}); run `recipe run {} --until {step}` first",
-            ps.reason,
-            r.file.display()
-        ));
+    let dir = match cache.lookup(&ps.key) {
+        Some(d) => d,
+        // A data step is cheap: run it and what it needs first, as `run --until` would.
+        None if matches!(ps.kind, "load.dataset" | "template" | "tokenize") => {
+            eprintln!(
+                "step `{step}` is not cached ({}): running it first",
+                ps.reason
+            );
+            let opts = RunOptions {
+                jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                only: None,
+                until: Some(step.to_string()),
+                device: "cpu".into(),
+                progress: std::io::stderr().is_terminal(),
+            };
+            if let Err(e) = execute(&checked, &plan, &cache, &opts) {
+                return fail(&format!("{e:#}"));
+            }
+            match cache.lookup(&ps.key) {
+                Some(d) => d,
+                None => return fail(&format!("step `{step}` ran but left no cache entry")),
+            }
+        }
+        None => {
+            return fail(&format!(
+                "step `{step}` is not cached ({}); run `recipe run {} --until {step}` first",
+                ps.reason,
+                r.file.display()
+            ))
+        }
     };
     let result = (|| -> anyhow::Result<()> {
         match ps.kind {

@@ -6,7 +6,6 @@ use std::path::Path;
 mod common;
 use common::*;
 
-
 /// A workspace with a tiny model config and two data files.
 fn workspace() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -384,4 +383,68 @@ fn every_shipped_recipe_plans() {
         }
     }
     assert!(n >= 1);
+}
+
+/// `inspect` on a data step that is not cached runs it (and what it needs) first, as
+/// `run --until` would; a second `inspect` reads the cache.
+#[test]
+fn inspect_runs_the_data_steps_it_needs() {
+    let d = tempfile::tempdir().unwrap();
+    let base = root().join("examples/quickstart/base");
+    let data = root().join("examples/quickstart/instructions.jsonl");
+    let recipe = format!(
+        r#"
+[recipe]
+name = "inspect"
+
+[steps.base]
+kind = "load.model"
+path = "{}"
+
+[steps.data]
+kind = "load.dataset"
+path = "{}"
+format = "alpaca"
+limit = 4
+
+[steps.prompts]
+kind = "template"
+data = "data"
+template = "human_assistant"
+
+[steps.tokens]
+kind = "tokenize"
+data = "prompts"
+model = "base"
+max_length = 48
+"#,
+        base.display(),
+        data.display()
+    );
+    write(d.path(), "r.toml", &recipe);
+    let args = [
+        "inspect", "r.toml", "--step", "tokens", "-n", "2", "--format", "jsonl",
+    ];
+    let o = run(d.path(), &args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("step `tokens` is not cached (new): running it first"),
+        "{err}"
+    );
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let ids = r["input_ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 48, "{r}");
+        assert_eq!(r["labels"].as_array().unwrap().len(), ids.len());
+    }
+    let o = run(d.path(), &args);
+    let (out2, err2) = text(&o);
+    assert!(o.status.success(), "{err2}");
+    assert!(!err2.contains("running it first"), "{err2}");
+    assert_eq!(out2, out);
 }
