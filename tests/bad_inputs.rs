@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::*;
 
-
 const LLAMA: &str = r#"{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 128, "torch_dtype": "float32"}"#;
 

@@ -7,8 +7,6 @@ use std::path::Path;
 mod common;
 use common::*;
 
-
-
 /// `{BASE}` is the shipped tiny model, `{DATA}` its instruction data.
 fn expand(s: &str) -> String {
     s.replace(
