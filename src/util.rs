@@ -124,6 +124,17 @@ mod tests {
     }
 }
 
+/// Row-major [rows, cols] -> [cols, rows] (Conv1D weights to nn.Linear layout and back).
+pub fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut w = vec![0.0; t.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            w[c * rows + r] = t[r * cols + c];
+        }
+    }
+    w
+}
+
 thread_local! {
     /// Set while `catch_panic` runs a closure on this thread: its panics are reported as errors.
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -7,48 +7,6 @@ use std::path::Path;
 mod common;
 use common::*;
 
-/// `{BASE}` is the shipped tiny model, `{DATA}` its instruction data.
-fn expand(s: &str) -> String {
-    s.replace(
-        "{BASE}",
-        &root()
-            .join("examples/quickstart/base")
-            .display()
-            .to_string(),
-    )
-    .replace(
-        "{DATA}",
-        &root()
-            .join("examples/quickstart/instructions.jsonl")
-            .display()
-            .to_string(),
-    )
-}
-
-/// Data -> prompts -> tokens on the shipped model; cases append their steps.
-const PIPELINE: &str = r#"
-[steps.base]
-kind = "load.model"
-path = "{BASE}"
-
-[steps.data]
-kind = "load.dataset"
-path = "{DATA}"
-format = "alpaca"
-limit = 16
-
-[steps.prompts]
-kind = "template"
-data = "data"
-template = "human_assistant"
-
-[steps.tokens]
-kind = "tokenize"
-data = "prompts"
-model = "base"
-max_length = 48
-"#;
-
 struct Case {
     name: &'static str,
     /// (path, content); content gets `{BASE}`, `{DATA}` and `{PIPELINE}` expanded.

@@ -390,37 +390,7 @@ fn every_shipped_recipe_plans() {
 #[test]
 fn inspect_runs_the_data_steps_it_needs() {
     let d = tempfile::tempdir().unwrap();
-    let base = root().join("examples/quickstart/base");
-    let data = root().join("examples/quickstart/instructions.jsonl");
-    let recipe = format!(
-        r#"
-[recipe]
-name = "inspect"
-
-[steps.base]
-kind = "load.model"
-path = "{}"
-
-[steps.data]
-kind = "load.dataset"
-path = "{}"
-format = "alpaca"
-limit = 4
-
-[steps.prompts]
-kind = "template"
-data = "data"
-template = "human_assistant"
-
-[steps.tokens]
-kind = "tokenize"
-data = "prompts"
-model = "base"
-max_length = 48
-"#,
-        base.display(),
-        data.display()
-    );
+    let recipe = expand(&format!("[recipe]\nname = \"inspect\"\n{PIPELINE}"));
     write(d.path(), "r.toml", &recipe);
     let args = [
         "inspect", "r.toml", "--step", "tokens", "-n", "2", "--format", "jsonl",

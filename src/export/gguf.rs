@@ -910,13 +910,7 @@ fn transform(
             if shape.len() != 2 {
                 return Err(bad("a Conv1D weight"));
             }
-            let mut out = vec![0f32; v.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    out[c * rows + r] = v[r * cols + c];
-                }
-            }
-            Ok((out, vec![cols, rows]))
+            Ok((crate::util::transpose(&v, rows, cols), vec![cols, rows]))
         }
     }
 }

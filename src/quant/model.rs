@@ -175,18 +175,7 @@ fn dense_weight(
         return files.get_shaped(wname, &[d_out, d_in]);
     }
     let t = files.get_shaped(wname, &[d_in, d_out])?;
-    Ok(transpose(&t, d_in, d_out))
-}
-
-/// [rows, cols] -> [cols, rows]
-fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut w = vec![0.0; t.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            w[c * rows + r] = t[r * cols + c];
-        }
-    }
-    w
+    Ok(crate::util::transpose(&t, d_in, d_out))
 }
 
 /// Loads a model dir whose layer linears may be stored in bitsandbytes' 4-bit layout (e.g. a

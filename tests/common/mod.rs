@@ -42,3 +42,45 @@ pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::write(&p, body).unwrap();
     p
 }
+
+/// `{BASE}` is the shipped tiny model, `{DATA}` its instruction data.
+pub fn expand(s: &str) -> String {
+    s.replace(
+        "{BASE}",
+        &root()
+            .join("examples/quickstart/base")
+            .display()
+            .to_string(),
+    )
+    .replace(
+        "{DATA}",
+        &root()
+            .join("examples/quickstart/instructions.jsonl")
+            .display()
+            .to_string(),
+    )
+}
+
+/// Data -> prompts -> tokens on the shipped model; cases append their steps.
+pub const PIPELINE: &str = r#"
+[steps.base]
+kind = "load.model"
+path = "{BASE}"
+
+[steps.data]
+kind = "load.dataset"
+path = "{DATA}"
+format = "alpaca"
+limit = 16
+
+[steps.prompts]
+kind = "template"
+data = "data"
+template = "human_assistant"
+
+[steps.tokens]
+kind = "tokenize"
+data = "prompts"
+model = "base"
+max_length = 48
+"#;
