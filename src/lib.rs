@@ -13,6 +13,7 @@ pub mod data;
 pub mod diag;
 pub mod eval;
 pub mod export;
+pub mod formats;
 pub mod fuzzing;
 pub mod gen_cli;
 pub mod lora;
