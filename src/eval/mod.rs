@@ -16,6 +16,7 @@ pub mod pystr;
 pub mod report;
 pub mod rouge;
 pub mod sampling;
+pub mod session;
 pub mod tfevents;
 
 pub use bleu::bleu4;

@@ -7,10 +7,10 @@ use crate::eval::generate::GenConfig;
 use crate::eval::report::{
     example_scores_map, render_comparison, write_metrics_json, write_predictions_jsonl,
 };
-use crate::eval::sampling::{argmax, SamplingParams};
+use crate::eval::sampling::SamplingParams;
+use crate::eval::session::Session;
 use crate::eval::{compute_generation_metrics, PredictionRecord};
-use crate::gen_cli::Session;
-use crate::model::Batch;
+use crate::model::{Batch, EvalSums};
 use crate::text::TokenDataset;
 use anyhow::Context;
 use indexmap::IndexMap;
@@ -267,9 +267,13 @@ fn evaluate(
     let want = |m: &str| plan.metrics.iter().any(|x| x == m);
     let mut out = IndexMap::new();
     if !plan.rows.is_empty() {
-        let (loss_sum, count, hits) = loss_metrics(ctx, s, plan, label, want("token_accuracy"))?;
+        let EvalSums {
+            nll,
+            tokens: count,
+            correct: hits,
+        } = loss_metrics(ctx, s, plan, label)?;
         let loss = if count > 0 {
-            loss_sum / count as f64
+            nll / count as f64
         } else {
             f64::NAN
         };
@@ -347,17 +351,11 @@ fn evaluate(
     Ok((out, preds))
 }
 
-/// (sum of token NLLs, predicted tokens, argmax hits) over the plan's token rows.
-fn loss_metrics(
-    ctx: &RunCtx,
-    s: &Session,
-    plan: &Plan,
-    label: &str,
-    accuracy: bool,
-) -> anyhow::Result<(f64, usize, usize)> {
+/// Σ token NLL, predicted tokens and argmax hits over the plan's token rows
+/// ([`crate::model::Model::eval_loss`], the one evaluation path).
+fn loss_metrics(ctx: &RunCtx, s: &Session, plan: &Plan, label: &str) -> anyhow::Result<EvalSums> {
     let bar = ctx.bar(plan.rows.len() as u64, &format!("{label}: loss"));
-    let (mut sum, mut count, mut hits) = (0f64, 0usize, 0usize);
-    let v = s.model.arch.vocab;
+    let mut sums = EvalSums::default();
     for chunk in plan.rows.chunks(plan.batch_size) {
         let t = chunk.iter().map(|r| r.0.len()).max().unwrap_or(0);
         let b = chunk.len();
@@ -380,36 +378,18 @@ fn loss_metrics(
                 sg[o..o + ids.len()].copy_from_slice(seg);
             }
         }
-        if accuracy {
-            let o = s.model.forward(&batch)?;
-            let n = o.n_tokens;
-            sum += f64::from(o.loss.unwrap_or(0.0)) * n as f64;
-            count += n;
-            let labels = batch.labels.as_ref().expect("labels");
-            let seg = batch.segments.as_ref().expect("segments");
-            for k in 0..b * t {
-                if k % t + 1 < t && seg[k] == seg[k + 1] && labels[k + 1] >= 0 {
-                    hits += usize::from(
-                        i64::from(argmax(&o.logits[k * v..(k + 1) * v])) == labels[k + 1],
-                    );
-                }
-            }
-        } else {
-            let (l, n) = s.model.eval_loss(&batch)?;
-            sum += l;
-            count += n;
-        }
+        sums.add(s.model.eval_loss(&batch)?);
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    Ok((sum, count, hits))
+    Ok(sums)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::example::{Example, Role};
-    use crate::gen_cli::message;
+    use crate::eval::session::message;
     use crate::steps::{InputRef, Params};
     use crate::text::{Renderer, Template, TokenizeOptions, TokenizerBundle};
     use serde_json::{json, Value};
@@ -554,12 +534,13 @@ mod tests {
             for r in ds.iter() {
                 let labels: Vec<i64> = r.labels.iter().map(|&l| l as i64).collect();
                 let b = Batch::padded(&[(r.input_ids.to_vec(), labels.clone())], 0, false);
-                let (l, c) = model.eval_loss(&b).expect("loss");
+                let e = model.eval_loss(&b).expect("loss");
+                let (l, c) = (e.nll, e.tokens);
                 sum += l;
                 n += c;
                 let o = model.forward(&b).expect("fwd");
                 let v = model.arch.vocab;
-                let ids: Vec<u32> = o.logits.chunks(v).map(argmax).collect();
+                let ids: Vec<u32> = o.logits.chunks(v).map(crate::util::argmax).collect();
                 let acc = crate::eval::causal_token_accuracy(&ids, &labels).expect("acc");
                 hits += acc * c as f64;
                 preds += c;

@@ -4,7 +4,7 @@
 use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
 use crate::eval::generate::{FinishReason, GenConfig};
 use crate::eval::sampling::SamplingParams;
-use crate::gen_cli::Session;
+use crate::eval::session::Session;
 use anyhow::Context;
 use std::io::Write;
 
@@ -126,12 +126,15 @@ impl Step for Generate {
                     .map(|u| {
                         let mut msgs = Vec::new();
                         if let Some(sys) = p.opt_str("system") {
-                            msgs.push(crate::gen_cli::message(
+                            msgs.push(crate::eval::session::message(
                                 crate::data::example::Role::System,
                                 sys,
                             ));
                         }
-                        msgs.push(crate::gen_cli::message(crate::data::example::Role::User, u));
+                        msgs.push(crate::eval::session::message(
+                            crate::data::example::Role::User,
+                            u,
+                        ));
                         crate::data::example::Example {
                             messages: msgs,
                             ..Default::default()

@@ -13,8 +13,9 @@ pub mod checkpoint;
 pub mod engine;
 pub use crate::rng;
 
+use crate::model::{Batch, EvalSums};
 use anyhow::{bail, Context, Result};
-use batch::{collate, epoch_order, Batch, PadSide, Samples};
+use batch::{collate, epoch_order, PadSide, Samples};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ pub trait TrainModel: Send {
     /// trained tokens). `seed` drives dropout for this micro-batch.
     fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)>;
     /// No gradients: (Σ token losses, trained tokens, correct argmax).
-    fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)>;
+    fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums>;
     /// Trainable tensors and their gradients, in a fixed order.
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
     /// Names of the `trainables`, same order (for messages; empty when unnamed).
@@ -185,17 +186,15 @@ pub fn evaluate(
     data: &dyn Samples,
     cfg: &TrainConfig,
 ) -> Result<(f64, f64)> {
-    let (mut loss, mut n, mut correct) = (0.0, 0usize, 0usize);
+    let mut sums = EvalSums::default();
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(cfg.batch_size.max(1)) {
         let samples: Vec<_> = chunk.iter().map(|&i| data.get(i)).collect();
         let b = collate(&samples, cfg.pad_id, cfg.pad_side);
-        let (l, c, k) = model.eval_batch(&b)?;
-        loss += l;
-        n += c;
-        correct += k;
+        sums.add(model.eval_batch(&b)?);
     }
-    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+    let n = sums.tokens.max(1) as f64;
+    Ok((sums.nll / n, sums.correct as f64 / n))
 }
 
 /// Train to the end (or to `io.stop_after`), resuming from the newest
