@@ -2,7 +2,7 @@
 //! metrics (BLEU-4, ROUGE with jieba segmentation, exact match, label
 //! accuracy). Writes metrics.json and predictions.jsonl.
 
-use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::eval::generate::GenConfig;
 use crate::eval::report::{
     example_scores_map, render_comparison, write_metrics_json, write_predictions_jsonl,
@@ -16,6 +16,26 @@ use anyhow::Context;
 use indexmap::IndexMap;
 
 pub struct Evaluate;
+
+/// The keys of an `evaluate` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct EvaluateParams {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub data: Option<String>,
+    pub prompts: Option<String>,
+    pub split: String,
+    pub metrics: Vec<String>,
+    pub compare_base: bool,
+    pub limit: Option<usize>,
+    /// Checked (`check`): positive.
+    pub batch_size: i64,
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub device: String,
+}
 
 pub static METRICS: &[&str] = &[
     "loss",
@@ -78,19 +98,18 @@ static PARAMS: &[ParamSpec] = &[
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
-impl Step for Evaluate {
-    fn kind(&self) -> &'static str {
-        "evaluate"
-    }
-    fn about(&self) -> &'static str {
-        "eval loss/perplexity and generation metrics (BLEU-4, ROUGE, accuracy)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut super::CheckCtx) {
-        let ms = c.params.strs("metrics");
-        for m in &ms {
+impl Kind for Evaluate {
+    type Params = EvaluateParams;
+    const KIND: &'static str = "evaluate";
+    const ABOUT: &'static str =
+        "eval loss/perplexity and generation metrics (BLEU-4, ROUGE, accuracy)";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &EvaluateParams, c: &mut CheckCtx) {
+        if p.batch_size <= 0 {
+            c.error("batch_size", "must be positive").got = Some(p.batch_size.to_string());
+        }
+        let ms = &p.metrics;
+        for m in ms {
             if !METRICS.contains(&m.as_str()) {
                 c.error("metrics", format!("unknown metric `{m}`")).expected =
                     Some(format!("any of {}", METRICS.join(", ")));
@@ -102,7 +121,7 @@ impl Step for Evaluate {
                 "bleu" | "rouge" | "exact_match" | "label_accuracy"
             )
         });
-        if needs_gen && c.params.get("prompts").is_none() {
+        if needs_gen && p.prompts.is_none() {
             c.error(
                 "prompts",
                 "generation metrics need `prompts = \"<template step>\"`",
@@ -111,7 +130,7 @@ impl Step for Evaluate {
         let needs_loss = ms
             .iter()
             .any(|m| matches!(m.as_str(), "loss" | "perplexity" | "token_accuracy"));
-        if needs_loss && c.params.get("data").is_none() {
+        if needs_loss && p.data.is_none() {
             c.error("data", "loss metrics need `data = \"<tokenize step>\"`");
         }
     }
@@ -119,11 +138,10 @@ impl Step for Evaluate {
     /// Writes `metrics.json` (the evaluated model's metrics; with `compare_base` also the
     /// base's under "base"), `predictions.jsonl` (generation metrics) and, with
     /// `compare_base`, `comparison.txt` (the before/after table).
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        let p = ctx.params;
-        let backend = ctx.backend()?;
+    fn run(&self, p: &EvaluateParams, ctx: &RunCtx) -> anyhow::Result<()> {
+        let backend = ctx.backend(&p.device)?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
-        let metrics = p.strs("metrics");
+        let metrics = &p.metrics;
         let want = |m: &str| metrics.iter().any(|x| x == m);
         let template = match ctx.opt_input("prompts") {
             Some(t) => super::generate::template_spec(&t.dir)?,
@@ -132,7 +150,7 @@ impl Step for Evaluate {
         let mut s = Session::open(&dirs.weights, Some(&dirs.tokenizer), None, &template)?;
         s.model.backend = backend;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
-        let plan = Plan::new(ctx, &metrics)?;
+        let plan = Plan::new(p, ctx)?;
         ctx.info(format!(
             "model {}{}: {} loss rows, {} generation examples",
             dirs.weights.display(),
@@ -143,7 +161,7 @@ impl Step for Evaluate {
             plan.rows.len(),
             plan.examples.len()
         ));
-        let base = match (&adapter, p.bool("compare_base")) {
+        let base = match (&adapter, p.compare_base) {
             (Some(_), true) => Some(evaluate(ctx, &s, &plan, "base")?),
             _ => None,
         };
@@ -198,10 +216,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ctx: &RunCtx, metrics: &[String]) -> anyhow::Result<Plan> {
-        let p = ctx.params;
-        let split = p.str("split");
-        let limit = p.opt_usize("limit").unwrap_or(usize::MAX);
+    fn new(p: &EvaluateParams, ctx: &RunCtx) -> anyhow::Result<Plan> {
+        let metrics = &p.metrics;
+        let split = &p.split;
+        let limit = p.limit.unwrap_or(usize::MAX);
         let want = |m: &str| metrics.iter().any(|x| x == m);
         let mut rows = Vec::new();
         if want("loss") || want("perplexity") || want("token_accuracy") {
@@ -243,12 +261,12 @@ impl Plan {
             metrics: metrics.to_vec(),
             rows,
             examples,
-            batch_size: p.usize("batch_size").max(1),
+            batch_size: p.batch_size.max(1) as usize,
             gen: GenConfig {
-                max_new_tokens: p.usize("max_new_tokens"),
+                max_new_tokens: p.max_new_tokens,
                 stop_ids: Vec::new(),
                 sampling: SamplingParams {
-                    do_sample: p.bool("do_sample"),
+                    do_sample: p.do_sample,
                     ..Default::default()
                 },
                 seed: 42,
@@ -483,6 +501,10 @@ mod tests {
 
         let mut params = Params::default();
         for (k, v) in [
+            ("model", json!("base")),
+            ("adapter", json!("train")),
+            ("data", json!("tokens")),
+            ("prompts", json!("prompts")),
             ("split", json!("test")),
             (
                 "metrics",
@@ -523,7 +545,7 @@ mod tests {
             device: "cpu",
             progress: &progress,
         };
-        Evaluate.run(&ctx).expect("run");
+        crate::steps::Step::run(&Evaluate, &ctx).expect("run");
 
         let got: Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics"))
