@@ -283,6 +283,24 @@ fn corpus() -> Vec<Case> {
             &TRAIN.replace("model = \"base\"\ndata = \"tokens\"", "model = \"data\"\ndata = \"tokens\""),
             "error: step `train`, key `model`: `data` is a `load.dataset` step\n  --> r.toml:21:9\n   |\n21 | model = \"data\"\n   |         ^^^^^^\n   = expected: the id of a load.model or quantize step\n   = got: a `load.dataset` step\n\n1 error in recipe\n",
         ),
+        // Keys the typed params cannot take (silently clamped to 0 or wrapped before).
+        train("logging_steps_negative", "logging_steps = -1\n", "error: step `train`, key `logging_steps`: must be >= 0\n  --> r.toml:23:17\n   |\n23 | logging_steps = -1\n   |                 ^^\n   = got: -1\n\n1 error in recipe\n"),
+        train("seed_and_save_steps_negative", "seed = -1\nsave_steps = -5\n", "error: step `train`, key `save_steps`: must be >= 0\n  --> r.toml:24:14\n   |\n24 | save_steps = -5\n   |              ^^\n   = got: -5\n\nerror: step `train`, key `seed`: must be >= 0\n  --> r.toml:23:8\n   |\n23 | seed = -1\n   |        ^^\n   = got: -1\n\n2 errors in recipe\n"),
+        plan(
+            "evaluate_batch_size_zero",
+            &format!("{TRAIN}[steps.eval]\nkind = \"evaluate\"\nmodel = \"base\"\ndata = \"tokens\"\nbatch_size = 0\n"),
+            "error: step `eval`, key `batch_size`: must be positive\n  --> r.toml:27:14\n   |\n27 | batch_size = 0\n   |              ^\n   = got: 0\n\n1 error in recipe\n",
+        ),
+        plan(
+            "evaluate_negative_counts",
+            &format!("{TRAIN}[steps.eval]\nkind = \"evaluate\"\nmodel = \"base\"\ndata = \"tokens\"\nlimit = -3\nmax_new_tokens = -1\n"),
+            "error: step `eval`, key `limit`: must be >= 0\n  --> r.toml:27:9\n   |\n27 | limit = -3\n   |         ^^\n   = got: -3\n\nerror: step `eval`, key `max_new_tokens`: must be >= 0\n  --> r.toml:28:18\n   |\n28 | max_new_tokens = -1\n   |                  ^^\n   = got: -1\n\n2 errors in recipe\n",
+        ),
+        plan(
+            "generate_top_k_negative",
+            &format!("{MODEL}[steps.gen]\nkind = \"generate\"\nmodel = \"base\"\nprompts = [\"hi\"]\ntop_k = -1\n"),
+            "error: step `gen`, key `top_k`: must be >= 0\n --> r.toml:8:9\n  |\n8 | top_k = -1\n  |         ^^\n  = got: -1\n\n1 error in recipe\n",
+        ),
         train("target_regex_invalid", "target_regex = \"(\"\n", "error: step `train`, key `target_regex`: invalid regex: regex parse error:\n    (\n    ^\nerror: unclosed group\n  --> r.toml:23:16\n   |\n23 | target_regex = \"(\"\n   |                ^^^\n\n1 error in recipe\n"),
 
         plan(

@@ -189,23 +189,34 @@ impl Params {
             }
         }
         let mut errors: Vec<ParamError> = Vec::new();
-        // serde stops at the first error: drop the key it names and try again, until the
-        // rest fits or an error repeats (a required key that is now missing).
+        // serde stops at the first error: put the declared default in place of the value it
+        // names (or drop the key) and try again, so that every bad key is reported.
         loop {
             match T::deserialize(MapDe(&map)) {
                 Ok(t) if errors.is_empty() => return Ok(t),
                 Ok(_) => return Err(errors),
                 Err(e) => {
-                    let again = e.key.is_empty() || errors.iter().any(|x| x.key == e.key);
-                    if !again {
-                        map.remove(e.key.as_str());
-                    }
-                    if !errors.contains(&e) {
-                        errors.push(e);
-                    }
-                    if again {
+                    // A key reported already (its default does not fit either), or none:
+                    // a consequence of an earlier error.
+                    if e.key.is_empty() || errors.iter().any(|x| x.key == e.key) {
+                        if errors.is_empty() {
+                            errors.push(e);
+                        }
                         return Err(errors);
                     }
+                    let slot = specs
+                        .iter()
+                        .find(|s| s.name == e.key)
+                        .map(|s| (s.name, s.default_value()));
+                    match slot {
+                        Some((name, Some(d))) if map.get(name) != Some(&d) => {
+                            map.insert(name, d);
+                        }
+                        _ => {
+                            map.remove(e.key.as_str());
+                        }
+                    }
+                    errors.push(e);
                 }
             }
         }
@@ -429,5 +440,139 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de> {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
         unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A value of the declared type for every key.
+    fn sample(ty: &Ty) -> Value {
+        match ty {
+            Ty::Str => json!("x"),
+            Ty::Int | Ty::Number => json!(1),
+            Ty::Float => json!(0.5),
+            Ty::Bool => json!(true),
+            Ty::Enum(v) => json!(v[v.len() - 1]),
+            Ty::StrList => json!(["x"]),
+            Ty::StrOrList => json!("x"),
+            Ty::Table => json!({}),
+            Ty::Path | Ty::ModelPath | Ty::OutPath => json!("/nonexistent/x"),
+            Ty::Step(_) => json!("s"),
+        }
+    }
+
+    /// Every kind's typed struct takes exactly its declared keys: with only the required keys
+    /// (defaults filled) and with every key set, `check` reports no key the struct rejects.
+    #[test]
+    fn every_kind_struct_matches_its_keys() {
+        for step in crate::steps::KINDS {
+            for all in [false, true] {
+                let mut p = Params::default();
+                for s in step.params() {
+                    if s.required || all {
+                        p.map.insert(s.name.into(), sample(&s.ty));
+                    } else if let Some(d) = s.default_value() {
+                        p.map.insert(s.name.into(), d);
+                    }
+                }
+                let mut diags = Vec::new();
+                let spans = indexmap::IndexMap::new();
+                let mut c = crate::steps::CheckCtx {
+                    step: "s",
+                    params: &p,
+                    spans: &spans,
+                    header: crate::diag::Span::default(),
+                    plan_only: true,
+                    diags: &mut diags,
+                };
+                step.check(&mut c);
+                let typed: Vec<_> = diags
+                    .iter()
+                    .filter(|d| {
+                        [
+                            "wrong type",
+                            "unknown key",
+                            "missing required",
+                            "invalid value",
+                            "must be >= 0",
+                        ]
+                        .iter()
+                        .any(|m| d.message.starts_with(m))
+                    })
+                    .map(|d| format!("{:?}: {}", d.key, d.message))
+                    .collect();
+                assert!(
+                    typed.is_empty(),
+                    "{} (all keys: {all}): {typed:?}",
+                    step.kind()
+                );
+            }
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Demo {
+        n: usize,
+        seed: u64,
+        mode: Mode,
+        name: String,
+        limit: Option<usize>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        Fast,
+        Slow,
+    }
+
+    static DEMO: &[ParamSpec] = &[
+        def("n", Ty::Int, "4", ""),
+        def("seed", Ty::Int, "42", ""),
+        def("mode", Ty::Enum(&["fast", "slow"]), "\"fast\"", ""),
+        req("name", Ty::Str, ""),
+        opt("limit", Ty::Int, ""),
+    ];
+
+    /// Every key that does not fit is reported (not only the first), on its key, with the
+    /// value written; a required key that is absent is named; common keys are not the kind's.
+    #[test]
+    fn typed_reports_every_bad_key() {
+        let mut p = Params::default();
+        for (k, v) in [
+            ("n", json!(-1)),
+            ("seed", json!(-7)),
+            ("mode", json!("warp")),
+            ("limit", json!(3)),
+            ("output", json!("/tmp/o")),
+        ] {
+            p.map.insert(k.into(), v);
+        }
+        let errs = p.typed::<Demo>(DEMO).unwrap_err();
+        let got: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "key `mode`: invalid value \"warp\" (expected one of \"fast\", \"slow\") (got \"warp\")",
+                "key `n`: must be >= 0 (got -1)",
+                "key `seed`: must be >= 0 (got -7)",
+                "key `name`: missing required key `name`",
+            ]
+        );
+        p.map.insert("name".into(), json!("a"));
+        for k in ["n", "seed", "mode"] {
+            p.map.remove(k);
+        }
+        let d = p.typed::<Demo>(DEMO).expect("defaults fill the rest");
+        assert_eq!(
+            (d.n, d.seed, d.limit, d.name.as_str()),
+            (4, 42, Some(3), "a")
+        );
+        assert!(matches!(d.mode, Mode::Fast));
     }
 }
