@@ -66,7 +66,8 @@ pub type PrequantHook = Arc<
 pub type QuantizeHook =
     Arc<dyn Fn(&str, &[f32], usize, usize) -> Option<Box<dyn QuantLinear>> + Send + Sync>;
 
-/// A batch of token rows. Positions: RoPE / learned positions count from each row's (or packed
+/// A batch of token rows: the one batch type (collated for training by `train::batch::collate`,
+/// for evaluation by the `evaluate` step). Positions: RoPE / learned positions count from each row's (or packed
 /// example's) first token including left padding, as transformers does without position_ids;
 /// ALiBi key positions are cumsum(mask)−1 (BLOOM).
 #[derive(Debug, Clone, Default)]
