@@ -24,6 +24,7 @@ pub mod quant;
 pub mod recipe;
 pub mod rng;
 pub mod run;
+pub mod serve;
 pub mod steps;
 pub mod text;
 pub mod train;
