@@ -16,6 +16,7 @@ pub mod export;
 pub mod formats;
 pub mod fuzzing;
 pub mod gen_cli;
+pub mod init;
 pub mod lora;
 pub mod model;
 pub mod optim;
