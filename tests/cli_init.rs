@@ -47,8 +47,18 @@ fn init_writes_a_recipe_that_plans() {
         text(&o).1,
         "error: `r/q.toml` exists; pass --force to replace it, or -o another file\n"
     );
-    let o = run(d.path(), &["init", &b, &dt, "-o", "r/q.toml", "--force"]);
+    // On a machine too small for anything: batch 1 with checkpointing, and a warning.
+    let o = common::bin()
+        .current_dir(d.path())
+        .env("RECIPE_TEST_MEMORY_BYTES", "1000000")
+        .args(["init", &b, &dt, "-o", "r/q.toml", "--force"])
+        .output()
+        .unwrap();
     assert!(o.status.success());
+    let r = std::fs::read_to_string(d.path().join("r/q.toml")).unwrap();
+    assert!(r.contains("batch_size = 1\n"), "{r}");
+    assert!(r.contains("gradient_checkpointing = true\n"), "{r}");
+    assert!(r.contains("# batch_size / gradient_checkpointing: WARNING: even batch 1 with checkpointing is estimated at "), "{r}");
 }
 
 #[test]
