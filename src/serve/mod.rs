@@ -240,10 +240,7 @@ fn answer(s: &Session, base: &GenConfig, system: Option<&str>, n: u64, job: &Job
                 msgs.iter()
                     .any(|m| m.role == crate::data::example::Role::System),
             ) {
-                msgs.insert(
-                    0,
-                    message(crate::data::example::Role::System, sys),
-                );
+                msgs.insert(0, message(crate::data::example::Role::System, sys));
             }
             s.conversation_ids(&msgs)?
         }
