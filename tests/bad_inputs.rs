@@ -539,7 +539,7 @@ fn corpus() -> Vec<Case> {
         ],
         &["run", "r.toml"],
         2,
-        "error: step `train`: estimated memory 45.3 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
+        "error: step `train`: estimated memory 42.0 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
     );
     big.env.push(("RECIPE_TEST_MEMORY_BYTES", "1000000000"));
     v.push(big);

@@ -219,3 +219,88 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
         ],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indexmap::IndexMap;
+    use serde_json::json;
+
+    fn params(v: serde_json::Value) -> Params {
+        Params {
+            map: v.as_object().cloned().unwrap_or_default().into_iter().collect(),
+        }
+    }
+
+    /// The train estimate of a 4-layer LLaMA (hidden 64, heads 4, ffn 128, vocab 100) with
+    /// these train keys.
+    fn train_rows(keys: serde_json::Value) -> Vec<(String, u64)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,
+                "intermediate_size":128,"vocab_size":100}"#,
+        )
+        .unwrap();
+        let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
+        all.insert(
+            "base".into(),
+            ("load.model", params(json!({"path": dir.path()}))),
+        );
+        all.insert("tok".into(), ("tokenize", params(json!({"max_length": 16}))));
+        let mut train = json!({"model": "base", "data": "tok", "method": "lora", "r": 8,
+            "optim": "adamw", "batch_size": 2, "lora_dropout": 0.0});
+        for (k, v) in keys.as_object().unwrap() {
+            train[k] = v.clone();
+        }
+        let train = params(train);
+        let mut inputs = IndexMap::new();
+        inputs.insert("model".to_string(), ("load.model", &all["base"].1));
+        inputs.insert("data".to_string(), ("tokenize", &all["tok"].1));
+        let e = EstimateCtx {
+            params: &train,
+            inputs,
+            all: &all,
+        };
+        train_estimate(&e).unwrap().rows
+    }
+
+    #[test]
+    fn adapters_follow_the_same_target_matching_as_training() {
+        let adapters = |keys| train_rows(keys)[1].1;
+        // Default (llama: q_proj, v_proj): 4 layers × 2 × r 8 × (64 + 64) f32.
+        assert_eq!(adapters(json!({})), 4 * 2 * 8 * 128 * 4);
+        // A regex picks layer 1's q_proj only (the old plan ignored target_regex).
+        assert_eq!(
+            adapters(json!({"target_regex": r".*\.1\.self_attn\.q_proj"})),
+            8 * 128 * 4
+        );
+        // Names match by suffix of the full module name, as PEFT; gate/up/down are 64->128.
+        assert_eq!(
+            adapters(json!({"target_modules": ["mlp.down_proj"]})),
+            4 * 8 * (128 + 64) * 4
+        );
+        assert_eq!(
+            adapters(json!({"target_modules": "all-linear"})),
+            4 * 8 * (4 * 128 + 3 * 192) * 4
+        );
+    }
+
+    #[test]
+    fn activations_count_what_the_engine_keeps() {
+        let rows = train_rows(json!({}));
+        // n = 2 × 16 tokens. Acts per layer: 3h + 2q + 2kv + NH + 3F + 2 stats = 838 floats a
+        // token (the lse [B,T,NH], not probabilities [B,NH,T,T]).
+        let n = 32u64;
+        let acts = 838 * n;
+        // Layer inputs (L + 1) + the embedding's pre-norm copy, the final norm's output and
+        // gradient; then the backward's dx, dprev and scratch: da/de/dg 3F, dh2/dx2/dh1 3h,
+        // datt q, dq/dk/dv and the per-group copies 2(q + 2kv) = 1024 floats a token. Under
+        // test the head chunk is 100 logits: ceil(100/100) = 1 row (200 floats), smaller.
+        let scratch = (2 * 64 + 1024) * n;
+        let full = (6 * 64 + 2 * 64) * n + 4 * acts + scratch;
+        assert_eq!(rows[5], ("activations, no checkpointing".into(), 4 * full));
+        let ckpt = (6 * 64 + 2 * 64) * n + scratch + acts + 64 * n;
+        assert_eq!(rows[4], ("activations, checkpointing".into(), 4 * ckpt));
+    }
+}
