@@ -228,7 +228,12 @@ mod tests {
 
     fn params(v: serde_json::Value) -> Params {
         Params {
-            map: v.as_object().cloned().unwrap_or_default().into_iter().collect(),
+            map: v
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -247,7 +252,10 @@ mod tests {
             "base".into(),
             ("load.model", params(json!({"path": dir.path()}))),
         );
-        all.insert("tok".into(), ("tokenize", params(json!({"max_length": 16}))));
+        all.insert(
+            "tok".into(),
+            ("tokenize", params(json!({"max_length": 16}))),
+        );
         let mut train = json!({"model": "base", "data": "tok", "method": "lora", "r": 8,
             "optim": "adamw", "batch_size": 2, "lora_dropout": 0.0});
         for (k, v) in keys.as_object().unwrap() {
