@@ -156,6 +156,9 @@ impl Params {
             .and_then(Value::as_i64)
             .map(|v| v.max(0) as usize)
     }
+    pub fn f64(&self, k: &str) -> f64 {
+        self.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+    }
     pub fn bool(&self, k: &str) -> bool {
         self.get(k).and_then(Value::as_bool).unwrap_or(false)
     }
