@@ -2,7 +2,8 @@
 //! `all-linear`), PEFT-style init from a seed, `modules_to_save`, and PEFT adapter read/write
 //! (adapter_config.json + adapter_model.safetensors, keys `base_model.model.<module>.lora_A.weight`).
 
-use crate::model::load::{read_all, write_f32, LoadError};
+use crate::formats::safetensors::{read_all, write_f32};
+use crate::formats::FormatError;
 use crate::model::{LinearWeight, LoraWeights, Model, ModelError};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -20,7 +21,7 @@ pub enum LoraError {
     #[error("r = {r}: LoRA rank must be in 1..={MAX_RANK}")]
     Rank { r: usize },
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] FormatError),
     #[error(transparent)]
     Model(#[from] ModelError),
 }

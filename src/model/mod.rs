@@ -6,18 +6,17 @@ pub mod arch;
 pub mod block;
 pub mod cache;
 pub mod linear;
-pub mod load;
 pub mod random;
 #[cfg(test)]
 mod tests;
 
+pub use crate::formats::{FormatError as LoadError, WeightFiles};
 pub use arch::{
     Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout, RopeScaling,
 };
 pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
-pub use load::{LoadError, WeightFiles};
 
 use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs};
 use std::path::Path;
@@ -498,12 +497,7 @@ impl Model {
 
     /// Writes config.json and model.safetensors (f32) loadable by transformers (and `Model::load`).
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let err = |e: std::io::Error| {
-            ModelError::Load(LoadError::File {
-                path: dir.display().to_string(),
-                msg: e.to_string(),
-            })
-        };
+        let err = |e: std::io::Error| ModelError::Load(LoadError::format(dir, e.to_string()));
         std::fs::create_dir_all(dir).map_err(err)?;
         std::fs::write(dir.join("config.json"), &self.config_json).map_err(err)?;
         let sd = self.state_dict()?;
@@ -511,7 +505,7 @@ impl Model {
             .iter()
             .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
             .collect();
-        load::write_f32(&dir.join("model.safetensors"), &views)?;
+        crate::formats::safetensors::write_f32(&dir.join("model.safetensors"), &views)?;
         Ok(())
     }
 

@@ -1,20 +1,93 @@
-//! Write a Hugging Face model dir that transformers' `from_pretrained` loads: `config.json`
-//! (dtype updated, `quantization_config` dropped once nothing is 4-bit), `generation_config.json`,
-//! safetensors split by `max_shard_size` the way transformers splits them, and the tokenizer
-//! files (plus remote-code `*.py`) of the source dirs.
+//! Hugging Face model dirs: a model in memory ([`HfModel`]: config.json + weights) and the
+//! one writer of model dirs that transformers' `from_pretrained` loads: safetensors split by
+//! `max_shard_size` the way transformers splits them (`safetensors::write_sharded`),
+//! `config.json` (dtype updated, `quantization_config` dropped once nothing is 4-bit),
+//! `generation_config.json`, and the tokenizer files (plus remote-code `*.py`) of the source
+//! dirs ([`TOKENIZER_FILES`]). Merge and export write through [`write_hf_dir`]; the quantize
+//! step writes its weights with the same `write_sharded` and copies the source dir's other
+//! files with [`copy_other_files`]; `Model::save_pretrained` writes one f32 file with
+//! `safetensors::write_f32`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::dtype::{hf_name, OutDtype};
-use super::error::{ExportError, Result};
-use super::io::{read_json, write_json, write_safetensors, INDEX_FILE, SINGLE_FILE};
-use super::merge::HfModel;
-use super::nf4;
-use super::tensor::Tensor;
+use super::bnb4;
+use super::error::{FormatError, Result};
+use super::safetensors::{from_hf_name, hf_name, read_dir, write_sharded, Tensor, Tensors};
+use super::{read_json, write_json};
+
+/// Requested dtype of written weights. `Auto` keeps each tensor's own dtype (a dequantized
+/// 4-bit weight takes its quant state's dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutDtype {
+    #[default]
+    Auto,
+    F32,
+    BF16,
+    F16,
+}
+
+impl OutDtype {
+    /// Parse a recipe value: `auto`, `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`/`fp16`.
+    pub fn parse(s: &str) -> Option<OutDtype> {
+        Some(match s {
+            "auto" => OutDtype::Auto,
+            "f32" | "float32" | "fp32" => OutDtype::F32,
+            "bf16" | "bfloat16" => OutDtype::BF16,
+            "f16" | "float16" | "fp16" => OutDtype::F16,
+            _ => return None,
+        })
+    }
+
+    /// The dtype a float tensor stored as `have` is written in.
+    pub fn resolve(self, have: Dtype) -> Dtype {
+        match self {
+            OutDtype::Auto => have,
+            OutDtype::F32 => Dtype::F32,
+            OutDtype::BF16 => Dtype::BF16,
+            OutDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// A Hugging Face model in memory: its `config.json` and its weights (memory-mapped until
+/// changed).
+#[derive(Debug)]
+pub struct HfModel {
+    /// Where it was read from (tokenizer and generation config files live there).
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    pub tensors: Tensors,
+}
+
+impl HfModel {
+    /// Read `config.json` and the safetensors weights (single file or sharded) of `dir`.
+    pub fn load(dir: &Path) -> Result<HfModel> {
+        let cfg = dir.join("config.json");
+        if !cfg.is_file() {
+            return Err(FormatError::format(
+                dir,
+                "no config.json: not a Hugging Face model dir",
+            ));
+        }
+        Ok(HfModel {
+            dir: dir.to_path_buf(),
+            config: read_json(&cfg)?,
+            tensors: read_dir(dir)?,
+        })
+    }
+}
+
+/// Whether config.json ties lm_head to the input embedding (transformers' default: yes).
+pub fn ties_embeddings(config: &serde_json::Value) -> bool {
+    config
+        .get("tie_word_embeddings")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
+}
 
 /// Files copied from the source dirs when present (first dir that has one wins).
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -72,24 +145,19 @@ pub fn write_hf_dir(
     out_dir: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
-    std::fs::create_dir_all(out_dir).map_err(|e| ExportError::io(out_dir, e))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| FormatError::io(out_dir, e))?;
     let not_empty = std::fs::read_dir(out_dir)
-        .map_err(|e| ExportError::io(out_dir, e))?
+        .map_err(|e| FormatError::io(out_dir, e))?
         .next()
         .is_some();
     if not_empty {
-        return Err(ExportError::format(out_dir, "the output dir is not empty"));
-    }
-    if opts.max_shard_size == 0 {
-        return Err(ExportError::Unsupported(
-            "max_shard_size must be positive".into(),
-        ));
+        return Err(FormatError::format(out_dir, "the output dir is not empty"));
     }
 
-    // What is written, in which dtype, and how big.
+    // What is written, in which dtype.
     let mut skipped = Vec::new();
-    let tied = super::merge::ties_embeddings(&model.config);
-    let mut plan: Vec<(&str, &Tensor, Dtype, u64)> = Vec::new();
+    let tied = ties_embeddings(&model.config);
+    let mut plan: Vec<(&str, &Tensor, Dtype)> = Vec::new();
     for (name, t) in &model.tensors {
         if tied && name == "lm_head.weight" {
             skipped.push(name.clone());
@@ -100,74 +168,23 @@ pub fn write_hf_dir(
         } else {
             t.dtype
         };
-        let bytes = (t.numel() * dtype.bitsize()).div_ceil(8) as u64;
-        plan.push((name, t, dtype, bytes));
+        plan.push((name, t, dtype));
     }
-
-    // transformers / huggingface_hub sharding: fill shards in order; a tensor that does not fit
-    // closes the current shard; one larger than the limit gets its own shard.
-    let mut shards: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut current_size = 0u64;
-    for (i, &(_, _, _, size)) in plan.iter().enumerate() {
-        if size > opts.max_shard_size {
-            shards.push(vec![i]);
-            continue;
-        }
-        if current_size + size > opts.max_shard_size && !current.is_empty() {
-            shards.push(std::mem::take(&mut current));
-            current_size = 0;
-        }
-        current.push(i);
-        current_size += size;
-    }
-    if !current.is_empty() || shards.is_empty() {
-        shards.push(current);
-    }
-
-    let n = shards.len();
-    let mut files = Vec::new();
-    let mut weight_map = BTreeMap::new();
-    for (s, members) in shards.iter().enumerate() {
-        let file = if n == 1 {
-            SINGLE_FILE.to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", s + 1, n)
-        };
-        // Convert this shard's tensors only (at most max_shard_size in memory).
-        let mut converted: Vec<(&str, Tensor)> = Vec::with_capacity(members.len());
-        for &i in members {
-            let (name, t, dtype, _) = plan[i];
-            let t = if dtype == t.dtype {
-                t.clone()
-            } else {
-                t.to_dtype(dtype)?
-            };
-            converted.push((name, t));
-            weight_map.insert(name.to_string(), Value::String(file.clone()));
-        }
-        write_safetensors(&out_dir.join(&file), converted.iter().map(|(k, t)| (*k, t)))?;
-        files.push(file);
-    }
-    let total_size: u64 = plan.iter().map(|p| p.3).sum();
-    if n > 1 {
-        let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
-        write_json(&out_dir.join(INDEX_FILE), &index)?;
-        files.push(INDEX_FILE.to_string());
-    }
+    let shards = write_sharded(out_dir, &plan, opts.max_shard_size)?;
+    let mut files = shards.files;
 
     // config.json: the dtype most of the float weights have.
     let dtype = match opts.dtype {
         OutDtype::Auto => {
             let mut by: BTreeMap<&str, u64> = BTreeMap::new();
-            for (_, t, d, _) in &plan {
+            for (_, t, d) in &plan {
                 if let Some(name) = hf_name(*d) {
                     *by.entry(name).or_default() += t.numel() as u64;
                 }
             }
             by.into_iter()
                 .max_by_key(|(_, n)| *n)
-                .and_then(|(name, _)| super::dtype::from_hf_name(name))
+                .and_then(|(name, _)| from_hf_name(name))
         }
         o => Some(o.resolve(Dtype::F32)),
     };
@@ -185,7 +202,7 @@ pub fn write_hf_dir(
                 c.insert("torch_dtype".into(), Value::String(name.into()));
             }
         }
-        if !nf4::has_4bit(&model.tensors) {
+        if !bnb4::has_4bit(&model.tensors) {
             c.remove("quantization_config");
         }
     }
@@ -244,8 +261,8 @@ pub fn write_hf_dir(
     }
     Ok(ExportReport {
         files,
-        shards: n,
-        total_size,
+        shards: shards.count,
+        total_size: shards.total_size,
         dtype,
         skipped,
     })
@@ -263,5 +280,50 @@ fn find(dirs: &[&Path], name: &str) -> Option<PathBuf> {
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to)
         .map(|_| ())
-        .map_err(|e| ExportError::io(from, e))
+        .map_err(|e| FormatError::io(from, e))
+}
+
+/// Copies tokenizer files, generation config, remote code...: every plain file of `src` but
+/// weights and config.json (the quantize step's output is its source dir, re-quantized).
+pub fn copy_other_files(src: &Path, out: &Path) -> Result<()> {
+    for e in std::fs::read_dir(src)
+        .map_err(|e| FormatError::format(src, e.to_string()))?
+        .flatten()
+    {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        let weights = [
+            ".safetensors",
+            ".bin",
+            ".pt",
+            ".pth",
+            ".ckpt",
+            ".gguf",
+            ".h5",
+            ".msgpack",
+        ]
+        .iter()
+        .any(|x| name.ends_with(x))
+            || name == "model.safetensors.index.json"
+            || name == "pytorch_model.bin.index.json";
+        if !p.is_file() || weights || name == "config.json" || name == "model.json" {
+            continue;
+        }
+        std::fs::copy(&p, out.join(&name)).map_err(|e| FormatError::format(&p, e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_dtype_names() {
+        assert_eq!(OutDtype::parse("bf16"), Some(OutDtype::BF16));
+        assert_eq!(OutDtype::parse("int8"), None);
+        assert_eq!(OutDtype::Auto.resolve(Dtype::F16), Dtype::F16);
+        assert_eq!(from_hf_name("torch.bfloat16"), Some(Dtype::BF16));
+        assert_eq!(hf_name(Dtype::F32), Some("float32"));
+    }
 }

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::error::{ExportError, Result};
-use super::io::{read_json, read_safetensors};
-use super::tensor::{Tensor, Tensors};
+use super::error::{FormatError, Result};
+use super::read_json;
+use super::safetensors::{read_file, Tensor, Tensors};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -89,7 +89,7 @@ impl AdapterConfig {
     fn pattern<'a, V>(patterns: &'a IndexMap<String, V>, module: &str) -> Result<Option<&'a V>> {
         for (p, v) in patterns {
             let re = regex::Regex::new(&format!(r"^(.*\.)?({p})$")).map_err(|e| {
-                ExportError::Unsupported(format!("adapter pattern {p:?} is not a regex: {e}"))
+                FormatError::Unsupported(format!("adapter pattern {p:?} is not a regex: {e}"))
             })?;
             if re.is_match(module) {
                 return Ok(Some(v));
@@ -150,22 +150,22 @@ pub struct Adapter {
 pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     let cfg_path = dir.join(ADAPTER_CONFIG);
     if !cfg_path.is_file() {
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             dir,
             format!("no {ADAPTER_CONFIG}: not a PEFT adapter dir"),
         ));
     }
     let config: AdapterConfig = serde_json::from_value(read_json(&cfg_path)?)
-        .map_err(|e| ExportError::format(&cfg_path, format!("not a LoRA adapter config: {e}")))?;
+        .map_err(|e| FormatError::format(&cfg_path, format!("not a LoRA adapter config: {e}")))?;
     if !config.peft_type.eq_ignore_ascii_case("LORA") {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: peft_type {} is not supported (only LORA)",
             cfg_path.display(),
             config.peft_type
         )));
     }
     if config.use_dora {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: DoRA adapters (use_dora) cannot be merged yet",
             cfg_path.display()
         )));
@@ -177,12 +177,12 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
         } else {
             ""
         };
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             dir,
             format!("no {ADAPTER_WEIGHTS}{hint}"),
         ));
     }
-    let tensors = read_safetensors(&weights)?;
+    let tensors = read_file(&weights)?;
 
     // module -> (A, B, bias, embedding)
     let mut pairs: IndexMap<String, [Option<Tensor>; 3]> = IndexMap::new();
@@ -190,7 +190,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     let mut replace = Tensors::new();
     for (key, t) in tensors {
         let name = key.strip_prefix(PREFIX).unwrap_or(&key);
-        let bad = |msg: &str| ExportError::format(&weights, format!("tensor `{key}`: {msg}"));
+        let bad = |msg: &str| FormatError::format(&weights, format!("tensor `{key}`: {msg}"));
         let lora_part = [
             (".lora_A.weight", 0, false),
             (".lora_B.weight", 1, false),
@@ -209,7 +209,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
             }
             pairs.entry(module.to_string()).or_default()[slot] = Some(t);
         } else if name.contains("lora_magnitude_vector") {
-            return Err(ExportError::Unsupported(format!(
+            return Err(FormatError::Unsupported(format!(
                 "{}: `{key}`: DoRA adapters cannot be merged yet",
                 weights.display()
             )));
@@ -228,11 +228,11 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     let mut lora = Vec::new();
     for (module, [a, b, bias]) in pairs {
         let missing =
-            |what: &str| ExportError::format(&weights, format!("module `{module}` has no {what}"));
+            |what: &str| FormatError::format(&weights, format!("module `{module}` has no {what}"));
         let a = a.ok_or_else(|| missing("lora_A"))?;
         let b = b.ok_or_else(|| missing("lora_B"))?;
         if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != b.shape[1] {
-            return Err(ExportError::mismatch(
+            return Err(FormatError::mismatch(
                 &module,
                 format!(
                     "lora_A is {:?} and lora_B is {:?}: expected [r, d_in] and [d_out, r]",
@@ -243,7 +243,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
         let r = a.shape[0];
         let want_r = config.rank_for(&module)?;
         if r != want_r {
-            return Err(ExportError::mismatch(
+            return Err(FormatError::mismatch(
                 &module,
                 format!("lora_A has rank {r} but adapter_config gives r = {want_r}"),
             ));
