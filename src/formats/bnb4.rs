@@ -14,7 +14,7 @@
 //!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]
 
 use super::error::{FormatError, Result};
-use super::safetensors::{from_hf_name, Tensor, Tensors};
+use super::safetensors::{from_hf_name, Tensor, Tensors, WeightFiles};
 use crate::quant::codes::QuantType;
 use crate::quant::four_bit::{Absmax, QuantError, QuantState, Quantized4};
 use safetensors::Dtype;
@@ -348,15 +348,32 @@ impl Quantized4 {
     }
 }
 
-/// `name` -> a [`TensorRef`] borrowed from `tensors` (for `from_tensors`).
-fn borrow<'a>(tensors: &'a Tensors) -> impl Fn(&str) -> Option<TensorRef<'a>> {
-    move |name: &str| {
-        tensors.get(name).map(|t| TensorRef {
+impl<'a> From<&'a Tensor> for TensorRef<'a> {
+    fn from(t: &'a Tensor) -> TensorRef<'a> {
+        TensorRef {
             dtype: t.dtype,
             shape: t.shape.clone(),
             data: t.bytes(),
-        })
+        }
     }
+}
+
+/// `name` -> a [`TensorRef`] borrowed from `tensors` (for `from_tensors`).
+fn borrow<'a>(tensors: &'a Tensors) -> impl Fn(&str) -> Option<TensorRef<'a>> {
+    move |name: &str| tensors.get(name).map(TensorRef::from)
+}
+
+/// The packed 4-bit weight `weight` (with its quant state) of a model dir being loaded, or
+/// None when the dir stores it dense.
+pub fn read_4bit(files: &WeightFiles, weight: &str) -> Result<Option<Quantized4>, QuantError> {
+    if !STATE_SUFFIXES
+        .iter()
+        .any(|s| files.contains(&format!("{weight}{s}")))
+    {
+        return Ok(None);
+    }
+    let get = |n: &str| files.tensor(n).ok().map(TensorRef::from);
+    Quantized4::from_tensors(weight, &get).map(Some)
 }
 
 const STATE_SUFFIXES: [&str; 2] = [

@@ -327,24 +327,24 @@ pub type TensorMap = HashMap<String, (Vec<f32>, Vec<usize>)>;
 /// Reads a whole safetensors file as f32 (float and i64 tensors); for small files (adapters,
 /// checkpoints of the trainable parameters, fixtures).
 pub fn read_all(path: &Path) -> Result<TensorMap> {
-    let bytes = std::fs::read(path).map_err(|e| FormatError::format(path, e.to_string()))?;
-    let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| FormatError::format(path, e.to_string()))?;
+    let file_err = |e: &dyn std::fmt::Display| FormatError::format(path, e.to_string());
+    let tensors =
+        mapped_tensors(map_file(path).map_err(|e| file_err(&e))?).map_err(|e| file_err(&e))?;
     let mut out = HashMap::new();
-    for (name, t) in st.tensors() {
-        let v = match t.dtype() {
+    for (name, t) in tensors {
+        let v = match t.dtype {
             Dtype::I64 => t
-                .data()
+                .bytes()
                 .chunks_exact(8)
                 .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
                 .collect(),
-            d => decode_f32(d, t.data()).map_err(|_| FormatError::Tensor {
+            d => t.to_f32().map_err(|_| FormatError::Tensor {
                 path: path.to_path_buf(),
                 name: name.clone(),
                 msg: format!("unsupported dtype {d:?}"),
             })?,
         };
-        out.insert(name, (v, t.shape().to_vec()));
+        out.insert(name, (v, t.shape));
     }
     Ok(out)
 }

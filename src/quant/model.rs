@@ -7,15 +7,17 @@
 //! (a GPT-2 Conv1D weight is transposed before quantization, as transformers does).
 //!
 //! `Model::load` reads every layer linear as a dense tensor, which a pre-quantized file does not
-//! have; [`load_quantized_model`] therefore assembles the `Model` itself from the same `Arch`
-//! names (embedding, norms and head exactly as `Model::load` reads them).
+//! have; [`load_quantized_model`] therefore hooks the 4-bit reader (`formats::bnb4`) into it.
+//! [`save_quantized`] writes through the same weights writer as export
+//! (`formats::safetensors::write_sharded`) and copies the source dir's other files
+//! (`formats::hf_dir::copy_other_files`).
 
 use super::codes::QuantType;
-use super::four_bit::{check_blocksize, quantize_4bit, QuantError, Quantized4};
+use super::four_bit::{check_blocksize, quantize_4bit, QuantError};
 use super::linear::Linear4bit;
-use crate::formats::bnb4::TensorRef;
+use crate::formats::bnb4::read_4bit;
 use crate::formats::hf_dir::copy_other_files;
-use crate::formats::safetensors::write_sharded;
+use crate::formats::safetensors::{hf_name, write_sharded};
 use crate::formats::{FormatError, Tensor, WeightFiles};
 use crate::model::resolve;
 use crate::model::{Arch, LoadOptions, Model, ModelError, QuantLinear};
@@ -123,11 +125,11 @@ impl QuantizeSpec {
     }
 }
 
-/// torch's name of a safetensors dtype (bnb records it in the quant state).
+/// torch's name of a safetensors dtype as bnb records it in the quant state (the weights
+/// quantized from anything but f16/bf16 are f32).
 fn torch_name(d: Dtype) -> &'static str {
     match d {
-        Dtype::BF16 => "bfloat16",
-        Dtype::F16 => "float16",
+        Dtype::BF16 | Dtype::F16 => hf_name(d).unwrap_or("float32"),
         _ => "float32",
     }
 }
@@ -141,28 +143,6 @@ pub fn is_quantized_dir(dir: &Path) -> bool {
         .is_some_and(|q| {
             q.get("quant_method").and_then(Value::as_str) == Some("bitsandbytes")
                 && q.get("load_in_4bit").and_then(Value::as_bool) == Some(true)
-        })
-}
-
-/// The packed 4-bit weight `wname` (with its quant state), if the file has one.
-fn read_4bit(files: &WeightFiles, wname: &str) -> Result<Option<Quantized4>, QuantModelError> {
-    let has_state = ["nf4", "fp4"]
-        .iter()
-        .any(|q| files.contains(&format!("{wname}.quant_state.bitsandbytes__{q}")));
-    if !has_state {
-        return Ok(None);
-    }
-    let get = |n: &str| {
-        files
-            .raw(n)
-            .ok()
-            .map(|(dtype, shape, data)| TensorRef { dtype, shape, data })
-    };
-    Quantized4::from_tensors(wname, &get)
-        .map(Some)
-        .map_err(|source| QuantModelError::Quant {
-            name: wname.to_string(),
-            source,
         })
 }
 
@@ -193,7 +173,7 @@ pub fn load_quantized_model(dir: &Path, opts: &LoadOptions) -> Result<Model, Qua
                 name: wname.to_string(),
                 msg,
             };
-            let Some(q) = read_4bit(files, wname).map_err(|e| err(e.to_string()))? else {
+            let Some(q) = read_4bit(files, wname).map_err(|e| err(format!("{wname}: {e}")))? else {
                 return Ok(None);
             };
             if q.state.shape != [d_out, d_in] {
