@@ -261,6 +261,12 @@ pub fn read_file(path: &Path) -> Result<Tensors> {
 /// Read a model dir's weights: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json` (shards in file-name order, tensors in offset order).
 pub fn read_dir(dir: &Path) -> Result<Tensors> {
+    Ok(read_shards(dir)?.into_iter().flat_map(|(_, t)| t).collect())
+}
+
+/// The weight files of a model dir, each with its tensors: the shards the index names (each
+/// holding exactly what the index lists for it), else `model.safetensors`.
+fn read_shards(dir: &Path) -> Result<Vec<(PathBuf, Tensors)>> {
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
         let v = read_json(&index)?;
@@ -278,7 +284,8 @@ pub fn read_dir(dir: &Path) -> Result<Tensors> {
             }
         }
         files.sort();
-        let mut out = Tensors::new();
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for f in files {
             if f.contains('/') || f.contains("..") {
                 return Err(FormatError::format(
@@ -286,17 +293,20 @@ pub fn read_dir(dir: &Path) -> Result<Tensors> {
                     format!("shard name {f:?} leaves the directory"),
                 ));
             }
-            for (name, t) in read_file(&dir.join(f))? {
-                if map.get(&name).and_then(|x| x.as_str()) != Some(f) {
+            let path = dir.join(f);
+            let tensors = read_file(&path)?;
+            for name in tensors.keys() {
+                if map.get(name).and_then(|x| x.as_str()) != Some(f) {
                     return Err(FormatError::format(
-                        dir.join(f),
+                        &path,
                         format!("tensor `{name}` is not listed for this shard in {INDEX_FILE}"),
                     ));
                 }
-                out.insert(name, t);
+                seen.insert(name.clone());
             }
+            out.push((path, tensors));
         }
-        if let Some(missing) = map.keys().find(|k| !out.contains_key(*k)) {
+        if let Some(missing) = map.keys().find(|k| !seen.contains(*k)) {
             return Err(FormatError::format(
                 &index,
                 format!("tensor `{missing}` is listed but no shard has it"),
@@ -306,7 +316,8 @@ pub fn read_dir(dir: &Path) -> Result<Tensors> {
     }
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
-        return read_file(&single);
+        let tensors = read_file(&single)?;
+        return Ok(vec![(single, tensors)]);
     }
     let hint = if dir.join("pytorch_model.bin").exists()
         || dir.join("pytorch_model.bin.index.json").exists()
@@ -358,27 +369,19 @@ pub struct WeightFiles {
 }
 
 impl WeightFiles {
-    /// Opens the files `model.safetensors.index.json` names if present, else every
-    /// `*.safetensors` in `dir` but `adapter_*`.
+    /// Opens the shards `model.safetensors.index.json` names if present (as [`read_dir`]
+    /// checks them), else every `*.safetensors` in `dir` but `adapter_*`.
     pub fn open(dir: &Path) -> Result<WeightFiles> {
         let file_err = |p: &Path, e: &dyn std::fmt::Display| FormatError::format(p, e.to_string());
-        let idx = dir.join(INDEX_FILE);
-        let mut names: Vec<PathBuf> = Vec::new();
-        if idx.exists() {
-            let text = std::fs::read_to_string(&idx).map_err(|e| file_err(&idx, &e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| file_err(&idx, &e))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| file_err(&idx, &"key \"weight_map\": missing"))?;
-            for f in map.values().filter_map(|f| f.as_str()) {
-                let p = dir.join(f);
-                if !names.contains(&p) {
-                    names.push(p);
-                }
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        if dir.join(INDEX_FILE).exists() {
+            for (p, tensors) in read_shards(dir)? {
+                index.extend(tensors.into_iter().map(|(n, t)| (n, (files.len(), t))));
+                files.push(p);
             }
         } else {
+            let mut names: Vec<PathBuf> = Vec::new();
             let rd = std::fs::read_dir(dir).map_err(|e| file_err(dir, &e))?;
             for e in rd.flatten() {
                 let p = e.path();
@@ -391,18 +394,16 @@ impl WeightFiles {
                 }
             }
             names.sort();
-        }
-        if names.is_empty() {
-            return Err(file_err(dir, &"no *.safetensors weights found"));
-        }
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
-        for p in names {
-            let map = map_file(&p).map_err(|e| file_err(&p, &e))?;
-            for (n, t) in mapped_tensors(map).map_err(|e| file_err(&p, &e))? {
-                index.insert(n, (files.len(), t));
+            for p in names {
+                let map = map_file(&p).map_err(|e| file_err(&p, &e))?;
+                for (n, t) in mapped_tensors(map).map_err(|e| file_err(&p, &e))? {
+                    index.insert(n, (files.len(), t));
+                }
+                files.push(p);
             }
-            files.push(p);
+        }
+        if files.is_empty() {
+            return Err(file_err(dir, &"no *.safetensors weights found"));
         }
         Ok(WeightFiles {
             dir: dir.to_path_buf(),
