@@ -5,8 +5,8 @@
 //! `generation_config.json`, and the tokenizer files (plus remote-code `*.py`) of the source
 //! dirs ([`TOKENIZER_FILES`]). Merge and export write through [`write_hf_dir`]; the quantize
 //! step writes its weights with the same `write_sharded` and copies the source dir's other
-//! files with [`copy_other_files`]; `Model::save_pretrained` writes one f32 file with
-//! `safetensors::write_f32`.
+//! files with [`copy_other_files`]; `Model::save_pretrained` writes its config text and f32
+//! weights with [`write_f32_dir`] (the same `write_sharded`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use super::bnb4;
 use super::error::{FormatError, Result};
-use super::safetensors::{from_hf_name, hf_name, read_dir, write_sharded, Tensor, Tensors};
+use super::safetensors::{
+    from_hf_name, hf_name, read_dir, write_sharded, Tensor, Tensors, DEFAULT_MAX_SHARD_SIZE,
+};
 use super::{read_json, write_json};
 
 /// Requested dtype of written weights. `Auto` keeps each tensor's own dtype (a dequantized
@@ -116,7 +118,7 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
-            max_shard_size: 5_000_000_000,
+            max_shard_size: DEFAULT_MAX_SHARD_SIZE,
             dtype: OutDtype::Auto,
         }
     }
@@ -266,6 +268,27 @@ pub fn write_hf_dir(
         dtype,
         skipped,
     })
+}
+
+/// A dense f32 model dir as `Model::save_pretrained` writes it: `config.json` (the
+/// checkpoint's own text, unchanged) and the weights (name, shape, values) through
+/// [`write_sharded`] with transformers' default shard size.
+pub fn write_f32_dir(
+    dir: &Path,
+    config_json: &str,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| FormatError::format(dir, e.to_string()))?;
+    std::fs::write(dir.join("config.json"), config_json)
+        .map_err(|e| FormatError::format(dir, e.to_string()))?;
+    let owned = tensors
+        .iter()
+        .map(|(n, s, v)| Ok((n.as_str(), Tensor::from_f32(Dtype::F32, s.clone(), v)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let plan: Vec<(&str, &Tensor, Dtype)> =
+        owned.iter().map(|(n, t)| (*n, t, Dtype::F32)).collect();
+    write_sharded(dir, &plan, DEFAULT_MAX_SHARD_SIZE)?;
+    Ok(())
 }
 
 /// Read a Hugging Face model dir's `config.json` (for callers that export without merging).

@@ -27,6 +27,8 @@ use super::{read_json, write_json};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// transformers' default `max_shard_size` ("5GB").
+pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
 
 // ---- dtypes -------------------------------------------------------------------------------
 

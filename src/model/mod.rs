@@ -495,17 +495,10 @@ impl Model {
         Ok(out)
     }
 
-    /// Writes config.json and model.safetensors (f32) loadable by transformers (and `Model::load`).
+    /// Writes config.json and model.safetensors (f32; shards past 5 GB) loadable by transformers
+    /// (and `Model::load`).
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let err = |e: std::io::Error| ModelError::Load(LoadError::format(dir, e.to_string()));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::write(dir.join("config.json"), &self.config_json).map_err(err)?;
-        let sd = self.state_dict()?;
-        let views: Vec<(String, Vec<usize>, &[f32])> = sd
-            .iter()
-            .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
-            .collect();
-        crate::formats::safetensors::write_f32(&dir.join("model.safetensors"), &views)?;
+        crate::formats::hf_dir::write_f32_dir(dir, &self.config_json, &self.state_dict()?)?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use super::four_bit::{check_blocksize, quantize_4bit, QuantError};
 use super::linear::Linear4bit;
 use crate::formats::bnb4::read_4bit;
 use crate::formats::hf_dir::copy_other_files;
-use crate::formats::safetensors::{hf_name, write_sharded};
+use crate::formats::safetensors::{hf_name, write_sharded, DEFAULT_MAX_SHARD_SIZE};
 use crate::formats::{FormatError, Tensor, WeightFiles};
 use crate::model::resolve;
 use crate::model::{Arch, LoadOptions, Model, ModelError, QuantLinear};
@@ -29,9 +29,6 @@ use std::sync::Arc;
 
 /// Module names transformers never quantizes by default (the output heads).
 pub const DEFAULT_SKIP: &[&str] = &["lm_head", "output_layer", "embed_out"];
-
-/// Largest safetensors file `save_quantized` writes before sharding (transformers: 5 GB).
-const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantModelError {
@@ -317,13 +314,13 @@ pub fn save_quantized(
         on_tensor(done + 1, total, name);
     }
     std::fs::create_dir_all(out).map_err(|e| ferr(out, e))?;
-    // Shards of at most MAX_SHARD_BYTES, filled in name order.
+    // Shards of at most 5 GB (transformers' default), filled in name order.
     written.sort_by(|a, b| a.0.cmp(&b.0));
     let plan: Vec<(&str, &Tensor, Dtype)> = written
         .iter()
         .map(|(n, t)| (n.as_str(), t, t.dtype))
         .collect();
-    stats.bytes_out = write_sharded(out, &plan, MAX_SHARD_BYTES)?.total_size;
+    stats.bytes_out = write_sharded(out, &plan, DEFAULT_MAX_SHARD_SIZE)?.total_size;
     // config.json with the quantization_config
     let mut cfg: Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("config.json")).map_err(|e| ferr(src, e))?,
