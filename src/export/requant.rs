@@ -55,7 +55,7 @@ mod tests {
     use super::*;
     use crate::export::testutil::fixture;
     use crate::formats::bnb4::dequantize;
-    use crate::formats::safetensors::read_file as read_safetensors;
+    use crate::formats::safetensors::read_file;
     use crate::quant::codes::NF4 as NF4_CODE;
     use safetensors::Dtype;
 
@@ -63,7 +63,7 @@ mod tests {
     /// double quant): packed bytes, u8 absmax and nested absmax; the offset to 1 f32 ulp.
     #[test]
     fn requantize_matches_bitsandbytes() {
-        let t = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+        let t = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
         let mut checked = 0;
         for key in t.keys().filter(|k| k.starts_with("merged.")) {
             let name = &key["merged.".len()..];

@@ -473,13 +473,13 @@ pub fn dequantize(tensors: &Tensors, weight: &str) -> Result<(Tensor, QuantSpec)
 mod tests {
     use super::*;
     use crate::export::testutil::fixture;
-    use crate::formats::safetensors::{read_dir, read_file as read_safetensors};
+    use crate::formats::safetensors::{read_dir, read_file};
     use crate::quant::codes::{FP4 as FP4_CODE, NF4 as NF4_CODE};
 
     /// bitsandbytes `dequantize_4bit` output (fixture) vs ours: exact.
     #[test]
     fn dequant_matches_bitsandbytes_fp4_and_nested_nf4() {
-        let t = read_safetensors(&fixture("quant4.safetensors")).unwrap();
+        let t = read_file(&fixture("quant4.safetensors")).unwrap();
         for tag in ["fp4", "nf4"] {
             let (got, _) = dequantize(&t, &format!("{tag}.weight")).unwrap();
             let want = &t[&format!("{tag}.expected")];
@@ -508,7 +508,7 @@ mod tests {
         assert!(t
             .keys()
             .all(|k| !k.contains(".absmax") && !k.contains("quant_")));
-        let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+        let want = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
         for (n, spec) in &names {
             assert_eq!(
                 (spec.blocksize, spec.nested.as_ref().map(|n| n.0)),

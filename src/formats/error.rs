@@ -1,5 +1,5 @@
-//! Errors of the checkpoint formats (and of merge/export, which re-exports this type as
-//! `ExportError`). Every variant names the file, the tensor or the module it is about.
+//! Errors of the checkpoint formats and of merge/export (which re-exports this type). Every
+//! variant names the file, the tensor or the module it is about.
 
 use std::path::PathBuf;
 
