@@ -34,7 +34,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn f32_from(key: &str, t: &TensorRef) -> Result<Vec<f32>, QuantError> {
-    if t.dtype != Dtype::F32 || t.data.len() % 4 != 0 {
+    if t.dtype != Dtype::F32 || !t.data.len().is_multiple_of(4) {
         return Err(state_err(
             key,
             format!("expected F32 data, got {:?}", t.dtype),

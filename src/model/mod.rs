@@ -10,7 +10,7 @@ pub mod random;
 #[cfg(test)]
 mod tests;
 
-pub use crate::formats::{FormatError as LoadError, WeightFiles};
+use crate::formats::{FormatError, WeightFiles};
 pub use arch::{
     Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout, RopeScaling,
 };
@@ -28,7 +28,7 @@ pub enum ModelError {
     #[error(transparent)]
     Arch(#[from] ArchError),
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] FormatError),
     #[error("batch: {0}")]
     Batch(String),
     #[error("{0}")]
@@ -57,7 +57,7 @@ pub struct LoadOptions {
 }
 
 pub type PrequantHook = Arc<
-    dyn Fn(&WeightFiles, &str, usize, usize) -> Result<Option<Box<dyn QuantLinear>>, LoadError>
+    dyn Fn(&WeightFiles, &str, usize, usize) -> Result<Option<Box<dyn QuantLinear>>, FormatError>
         + Send
         + Sync,
 >;
@@ -208,11 +208,16 @@ pub struct Model {
     rope_cached: AtomicUsize,
 }
 
-fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
+fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, FormatError> {
     norm_of_dim(files, arch, name, arch.hidden)
 }
 
-fn norm_of_dim(files: &WeightFiles, arch: &Arch, name: &str, h: usize) -> Result<Norm, LoadError> {
+fn norm_of_dim(
+    files: &WeightFiles,
+    arch: &Arch,
+    name: &str,
+    h: usize,
+) -> Result<Norm, FormatError> {
     let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
     let b = match arch.norm {
         NormKind::Layer => Some(Param::frozen(
@@ -248,7 +253,7 @@ fn linear_of(
     name: &str,
     (d_in, d_out, bias): (usize, usize, bool),
     pre: Option<&PrequantHook>,
-) -> Result<Linear, LoadError> {
+) -> Result<Linear, FormatError> {
     let wname = resolve(files, &format!("{name}.weight"));
     let b = if bias {
         Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
@@ -330,7 +335,7 @@ impl Model {
                             l.weight = LinearWeight::Quant(qw);
                         }
                     }
-                    Ok::<_, LoadError>(l)
+                    Ok::<_, FormatError>(l)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mlp_out = lin.pop().expect("mlp out");
