@@ -342,6 +342,20 @@ fn corpus() -> Vec<Case> {
             r#"{"model_type": "mamba", "hidden_size": 32}"#,
             "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
         ),
+        // load.model has no dtype or family key (nothing honoured them): a recipe that sets one
+        // is told so, naming the key.
+        case(
+            "load_model_dtype_removed",
+            &[
+                ("r.toml", "[steps.base]\nkind = \"load.model\"\npath = \"model\"\ndtype = \"bf16\"\nfamily = \"llama\"\n"),
+                ("model/config.json", r#"{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 128}"#),
+            ],
+            &["plan", "r.toml"],
+            2,
+            "error: step `base`, key `dtype`: unknown key\n --> r.toml:4:1\n  |\n4 | dtype = \"bf16\"\n  | ^^^^^\n  = expected: a key of `load.model` (see `recipe explain load.model`)\n  = got: `dtype`\n\n\
+             error: step `base`, key `family`: unknown key\n --> r.toml:5:1\n  |\n5 | family = \"llama\"\n  | ^^^^^^\n  = expected: a key of `load.model` (see `recipe explain load.model`)\n  = got: `family`\n\n2 errors in recipe\n",
+        ),
         config("config_not_json", "{\"model_type\": ", "error: step `base`, key `path`: {dir}/model/config.json: invalid JSON: EOF while parsing a value at line 1 column 15\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n"),
         config(
             "config_gpt2_embd_does_not_divide",
@@ -539,7 +553,7 @@ fn corpus() -> Vec<Case> {
         ],
         &["run", "r.toml"],
         2,
-        "error: step `train`: estimated memory 45.3 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
+        "error: step `train`: estimated memory 42.0 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
     );
     big.env.push(("RECIPE_TEST_MEMORY_BYTES", "1000000000"));
     v.push(big);

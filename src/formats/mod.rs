@@ -2,6 +2,7 @@
 //! sharded safetensors, the bitsandbytes 4-bit layout, PEFT adapters and the model-dir writer
 //! used by save, quantize and export. Everything that reads or writes these files goes here.
 //!
+//! - `config`: `config.json` into one typed config.
 //! - `safetensors`: the weights reader and writer (one file, sharded dirs + index, dtypes),
 //!   [`Tensor`]/[`Tensors`] and the loader's [`WeightFiles`].
 //! - `hf_dir`: a model dir in memory ([`HfModel`]) and the one writer of model dirs
@@ -11,6 +12,7 @@
 //! - `error`: [`FormatError`], naming the file, tensor or module.
 
 pub mod bnb4;
+pub mod config;
 pub mod error;
 pub mod hf_dir;
 pub mod peft;

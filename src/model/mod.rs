@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod block;
 pub mod cache;
+pub mod family;
 pub mod linear;
 pub mod random;
 #[cfg(test)]
@@ -41,6 +42,27 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// Row chunk (in logits elements) for the head + cross-entropy in `forward_backward`.
 /// (Tiny under test so the fixture tests run several chunks.)
 const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
+
+/// Peak f32 activations of one `forward_backward` over n = B·T tokens (the memory plan's
+/// activation term), as `forward_backward_inner` allocates them: every layer's input (L+1 of
+/// [n,H]) and the embedding's pre-norm copy; every layer's `Acts`, or with checkpointing only
+/// the one layer being recomputed (and its output); the final norm's output and gradient; then
+/// the larger of the head chunk (logits and their gradient, `HEAD_CHUNK_ELEMS` each at most)
+/// and one layer's backward (dx, dprev and its scratch). `dropout`: LoRA dropout is on.
+pub fn train_activation_floats(arch: &Arch, n: f64, checkpointing: bool, dropout: bool) -> f64 {
+    let (h, l, v) = (arch.hidden as f64, arch.layers as f64, arch.vocab as f64);
+    let inputs = (l + 2.0) * n * h;
+    let acts = Acts::floats(arch, n);
+    let rows = (HEAD_CHUNK_ELEMS as f64 / v).ceil().clamp(1.0, n.max(1.0));
+    let head = 2.0 * rows * v;
+    let final_norm = 2.0 * n * h;
+    let backward = 2.0 * n * h + Layer::backward_scratch_floats(arch, n, dropout);
+    if checkpointing {
+        inputs + final_norm + head.max(backward + acts + n * h)
+    } else {
+        inputs + l * acts + final_norm + head.max(backward)
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct LoadOptions {

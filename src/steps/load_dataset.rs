@@ -163,11 +163,5 @@ fn key_of<'a>(problem: &'a str, spec: &crate::data::LoadSpec) -> (&'static str, 
 
 /// The step's params as the data library's `LoadSpec`.
 fn spec(p: &Params) -> anyhow::Result<crate::data::LoadSpec> {
-    let map: serde_json::Map<String, serde_json::Value> = p
-        .map
-        .iter()
-        .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "output" | "description" | "after"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Ok(serde_json::from_value(serde_json::Value::Object(map))?)
+    Ok(p.typed()?)
 }

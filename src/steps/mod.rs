@@ -216,6 +216,17 @@ impl Params {
             .cloned()
             .unwrap_or_default()
     }
+    /// The step's own keys (set ones, `COMMON` keys left out) deserialized into its typed
+    /// parameter struct.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        let map: serde_json::Map<String, Value> = self
+            .map
+            .iter()
+            .filter(|(k, v)| !v.is_null() && !COMMON.iter().any(|c| c.name == k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_json::from_value(Value::Object(map))
+    }
 }
 
 /// What a step's `check` sees: its params plus where each key was written.

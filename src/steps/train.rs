@@ -254,8 +254,8 @@ impl Step for Train {
             }
         }
     }
-    /// `target_modules` that match no linear module of the model (when its config.json is
-    /// readable and its family's module names are known; else the run reports it).
+    /// `target_modules` that match no linear module of the model (when its config.json
+    /// describes a supported model; else preflight or the run reports it).
     fn check_inputs(&self, e: &EstimateCtx, c: &mut CheckCtx) {
         let p = c.params;
         if p.str("method") == "full" || p.get("init_adapter").is_some() {
@@ -266,33 +266,15 @@ impl Step for Train {
         if names.is_empty() || names.iter().any(|n| n == "all-linear" || n.contains('.')) {
             return;
         }
-        let Some(cfg) = e
+        let Some(arch) = e
             .upstream("model", "load.model")
             .and_then(|m| m.path("path"))
-            .and_then(|d| crate::plan::memory::read_config(&d).ok())
+            .and_then(|d| crate::model::Arch::from_dir(&d).ok())
         else {
             return;
         };
-        let known = [
-            "llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2",
-        ];
-        if !cfg
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .is_some_and(|t| known.contains(&t))
-        {
-            return;
-        }
-        let Some(shape) = crate::plan::memory::Shape::from_config(&cfg) else {
-            return;
-        };
-        let mut modules: Vec<&str> = Vec::new();
-        for (n, _, _) in shape.module_shapes() {
-            if !modules.contains(&n) {
-                modules.push(n);
-            }
-        }
-        if !names.iter().any(|n| modules.contains(&n.as_str())) {
+        let modules = arch.module_names();
+        if !names.iter().any(|n| modules.contains(n)) {
             let d = c.error("target_modules", "matches no linear module of the model");
             d.expected = Some(format!("some of: {}", modules.join(", ")));
             d.got = Some(format!("{names:?}"));
@@ -337,7 +319,7 @@ fn run(ctx: &RunCtx) -> Result<()> {
             Some(dir) => crate::lora::load_peft(&mut model, &dir)
                 .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
             None => {
-                let cfg = lora_config(p, &dirs.family);
+                let cfg = lora_config(p, model.arch.family);
                 let adapted = match crate::lora::apply(&mut model, &cfg) {
                     Ok(a) => a,
                     Err(crate::lora::LoraError::NoMatch { .. }) => {
@@ -354,7 +336,7 @@ fn run(ctx: &RunCtx) -> Result<()> {
                                 Targets::Regex(r) => format!("regex {r:?}"),
                                 Targets::AllLinear => "\"all-linear\"".to_string(),
                             },
-                            linear_module_names(&mut model).join(", ")
+                            model.arch.module_names().join(", ")
                         )
                     }
                     Err(e) => anyhow::bail!("{e}"),
@@ -510,22 +492,8 @@ fn load_model(kind: &str, dir: &Path) -> Result<crate::model::Model> {
         .map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
 }
 
-fn lora_config(p: &Params, family: &str) -> LoraConfig {
-    let names = p.strs("target_modules");
-    let targets = if let Some(re) = p.opt_str("target_regex") {
-        Targets::Regex(re.to_string())
-    } else if names.iter().any(|n| n == "all-linear") {
-        Targets::AllLinear
-    } else if names.is_empty() {
-        Targets::Names(
-            default_targets(family)
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )
-    } else {
-        Targets::Names(names)
-    };
+fn lora_config(p: &Params, family: crate::model::Family) -> LoraConfig {
+    let targets = Targets::from_keys(p.strs("target_modules"), p.opt_str("target_regex"), family);
     LoraConfig {
         r: p.usize("r"),
         alpha: p.f64("lora_alpha") as f32,
@@ -534,31 +502,5 @@ fn lora_config(p: &Params, family: &str) -> LoraConfig {
         use_rslora: p.bool("use_rslora"),
         modules_to_save: p.strs("modules_to_save"),
         seed: p.i64("seed") as u64,
-    }
-}
-
-/// The distinct last name parts of a model's linear modules (what `target_modules` lists),
-/// in model order, the output head left out.
-pub fn linear_module_names(model: &mut crate::model::Model) -> Vec<String> {
-    let head = model.head.as_ref().map(|h| h.name.clone());
-    let mut out: Vec<String> = Vec::new();
-    for l in model.linears_mut() {
-        if Some(&l.name) == head.as_ref() {
-            continue;
-        }
-        let short = l.name.rsplit('.').next().unwrap_or(&l.name).to_string();
-        if !out.contains(&short) {
-            out.push(short);
-        }
-    }
-    out
-}
-
-/// PEFT's default LoRA targets per family.
-pub fn default_targets(family: &str) -> &'static [&'static str] {
-    match family {
-        "chatglm" | "bloom" => &["query_key_value"],
-        "gpt2" | "qwen" => &["c_attn"],
-        _ => &["q_proj", "v_proj"],
     }
 }
