@@ -167,7 +167,7 @@ pub fn data_parquet(data: &[u8]) {
 pub fn safetensors_header(data: &[u8]) {
     let p = put("st", "model.safetensors", data);
     let dir: &Path = p.parent().unwrap_or(Path::new("."));
-    if let Ok(files) = crate::model::load::WeightFiles::open(dir) {
+    if let Ok(files) = crate::formats::WeightFiles::open(dir) {
         let names: Vec<String> = files.names().map(str::to_string).collect();
         for n in names.iter().take(64) {
             let _ = files.get(n);

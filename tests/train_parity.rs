@@ -123,7 +123,8 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
     }
     // The adapter after 3 steps.
     let saved =
-        recipe::model::load::read_all(&out.path().join("adapter_model.safetensors")).unwrap();
+        recipe::formats::safetensors::read_all(&out.path().join("adapter_model.safetensors"))
+            .unwrap();
     let want = r["adapter_after"].as_object().unwrap();
     assert_eq!(want.len(), 12, "2 layers × 3 modules × (A, B)");
     for (k, v) in want {

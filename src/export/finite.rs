@@ -8,9 +8,8 @@ use std::path::Path;
 
 use safetensors::Dtype;
 
-use super::error::{ExportError, Result};
-use super::io::{read_safetensors, read_safetensors_dir};
-use super::tensor::{Tensor, Tensors};
+use crate::formats::safetensors::{read_dir, read_file};
+use crate::formats::{FormatError, Result, Tensor, Tensors};
 
 /// The first non-finite element of a float tensor: (index, value as text), by bit pattern
 /// (no decoding pass: an all-ones exponent is inf or NaN in every IEEE float).
@@ -48,7 +47,7 @@ pub fn first_non_finite(t: &Tensor) -> Option<(usize, &'static str)> {
 pub fn check_finite(tensors: &Tensors, origin: &str) -> Result<()> {
     for (name, t) in tensors {
         if let Some((i, what)) = first_non_finite(t) {
-            return Err(ExportError::NonFinite {
+            return Err(FormatError::NonFinite {
                 origin: origin.to_string(),
                 tensor: name.clone(),
                 index: i,
@@ -61,12 +60,12 @@ pub fn check_finite(tensors: &Tensors, origin: &str) -> Result<()> {
 
 /// [`check_finite`] on a model dir's weights (`model.safetensors` or shards).
 pub fn check_finite_dir(dir: &Path) -> Result<()> {
-    check_finite(&read_safetensors_dir(dir)?, &dir.display().to_string())
+    check_finite(&read_dir(dir)?, &dir.display().to_string())
 }
 
 /// [`check_finite`] on one safetensors file (e.g. `adapter_model.safetensors`).
 pub fn check_finite_file(path: &Path) -> Result<()> {
-    check_finite(&read_safetensors(path)?, &path.display().to_string())
+    check_finite(&read_file(path)?, &path.display().to_string())
 }
 
 #[cfg(test)]

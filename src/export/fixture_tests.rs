@@ -7,6 +7,10 @@ use safetensors::Dtype;
 
 use super::testutil::fixture;
 use super::*;
+use crate::formats::hf_dir::read_config;
+use crate::formats::peft::{read_adapter, Adapter, AdapterConfig, LoraModule};
+use crate::formats::safetensors::{read_dir, read_file, INDEX_FILE};
+use crate::formats::{Tensor, Tensors};
 
 const CASES: [(&str, &str); 4] = [
     ("llama", "llama"),
@@ -44,7 +48,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn merge_matches_peft_merge_and_unload() {
     for (case, base) in CASES {
         let m = merged(case, base, OutDtype::Auto);
-        let want = read_safetensors(&fixture(&format!("{case}/expected.safetensors"))).unwrap();
+        let want = read_file(&fixture(&format!("{case}/expected.safetensors"))).unwrap();
         let mut names: Vec<&String> = m.model.tensors.keys().collect();
         let mut want_names: Vec<&String> = want
             .keys()
@@ -70,7 +74,7 @@ fn merge_matches_peft_merge_and_unload() {
             worst = worst.max(d);
         }
         // The adapter really changed something (nonzero lora_B).
-        let base_t = read_safetensors_dir(&fixture(&format!("{base}/base"))).unwrap();
+        let base_t = read_dir(&fixture(&format!("{base}/base"))).unwrap();
         let changed = m
             .report
             .merged
@@ -211,13 +215,13 @@ fn sharded_export_has_index_and_reloads() {
     let n = rep.shards;
     for s in 1..=n {
         let f = dir.join(format!("model-{s:05}-of-{n:05}.safetensors"));
-        let t = read_safetensors(&f).unwrap();
+        let t = read_file(&f).unwrap();
         let bytes: usize = t.values().map(|t| t.bytes().len()).sum();
         assert!(bytes <= 5000 || t.len() == 1, "{f:?}: {bytes}");
     }
     assert!(!dir.join("model.safetensors").exists());
     let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(io::INDEX_FILE)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
     let total: usize = m.model.tensors.values().map(|t| t.bytes().len()).sum();
     assert_eq!(index["metadata"]["total_size"], total as u64);
     assert_eq!(rep.total_size, total as u64);
@@ -227,7 +231,7 @@ fn sharded_export_has_index_and_reloads() {
         .as_str()
         .unwrap()
         .ends_with(&format!("-of-{n:05}.safetensors")));
-    let back = read_safetensors_dir(&dir).unwrap();
+    let back = read_dir(&dir).unwrap();
     assert_eq!(back.len(), m.model.tensors.len());
     for (k, t) in &m.model.tensors {
         assert_eq!(back[k].bytes(), t.bytes(), "{k}");
@@ -260,7 +264,7 @@ fn single_file_export_of_tied_model() {
     let rep = write_hf_dir(&m.model, &[], out.path(), &ExportOptions::default()).unwrap();
     assert_eq!(rep.shards, 1);
     assert_eq!(rep.skipped, vec!["lm_head.weight"]);
-    assert!(!out.path().join(io::INDEX_FILE).exists());
+    assert!(!out.path().join(INDEX_FILE).exists());
     let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
@@ -323,7 +327,7 @@ fn nf4_base_is_dequantized_then_merged() {
     let m = merged("llama", "llama_nf4", OutDtype::Auto);
     assert_eq!(m.report.dequantized.len(), 14);
     assert!(m.model.config.get("quantization_config").is_none());
-    let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+    let want = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
     let mut off_by_one_ulp = 0;
     for n in &m.report.dequantized {
         let got = &m.model.tensors[n];
@@ -410,7 +414,7 @@ fn merge_and_export_in_f16() {
     .unwrap();
     assert_eq!((m.merged.len(), e.dtype), (2, Some(Dtype::F16)));
     assert_eq!(read_config(&dir).unwrap()["dtype"], "float16");
-    let back = read_safetensors_dir(&dir).unwrap();
+    let back = read_dir(&dir).unwrap();
     let f32m = merged("gpt2", "gpt2", OutDtype::Auto);
     assert_eq!(back.len(), f32m.model.tensors.len());
     for (k, t) in &f32m.model.tensors {
@@ -427,13 +431,13 @@ fn merge_and_export_in_f16() {
 fn weight_dir_errors() {
     let out = tempfile::tempdir().unwrap();
     let d = out.path();
-    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    let e = read_dir(d).unwrap_err().to_string();
     assert!(
         e.ends_with("no model.safetensors or model.safetensors.index.json"),
         "{e}"
     );
     std::fs::write(d.join("pytorch_model.bin"), b"x").unwrap();
-    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    let e = read_dir(d).unwrap_err().to_string();
     assert!(
         e.ends_with(
             "(pytorch_model.bin is not supported: save the model with safe_serialization=True)"
@@ -441,7 +445,7 @@ fn weight_dir_errors() {
         "{e}"
     );
     std::fs::write(d.join("model.safetensors"), b"not safetensors").unwrap();
-    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    let e = read_dir(d).unwrap_err().to_string();
     assert!(
         e.contains("model.safetensors: not a safetensors file"),
         "{e}"
@@ -453,7 +457,7 @@ fn weight_dir_errors() {
     .unwrap();
     let index = r#"{"metadata": {}, "weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors", "x.weight": "model-00001-of-00001.safetensors"}}"#;
     std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
-    let e = read_safetensors_dir(d).unwrap_err().to_string();
+    let e = read_dir(d).unwrap_err().to_string();
     assert!(e.contains("model-00001-of-00001.safetensors: tensor `lm_head.weight` is not listed for this shard"), "{e}");
 }
 
@@ -469,8 +473,8 @@ fn nf4_requantize_round_trip() {
     let m = merge_adapter(&base, &fixture("llama/adapter"), &opts).unwrap();
     assert_eq!(m.report.requantized.len(), 4);
     assert!(m.model.config.get("quantization_config").is_some());
-    let orig = read_safetensors_dir(&base).unwrap();
-    let want = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+    let orig = read_dir(&base).unwrap();
+    let want = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
     let mut names: Vec<&String> = m.model.tensors.keys().collect();
     let mut orig_names: Vec<&String> = orig.keys().collect();
     names.sort();

@@ -26,9 +26,9 @@ use indexmap::IndexMap;
 use safetensors::Dtype;
 use serde_json::{json, Value as Json};
 
-use super::dtype::{decode_f32, encode_f32};
-use super::error::{ExportError, Result};
-use super::merge::{ties_embeddings, HfModel};
+use crate::formats::hf_dir::{ties_embeddings, HfModel};
+use crate::formats::safetensors::{decode_f32, encode_f32};
+use crate::formats::{FormatError, Result};
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 pub const GGUF_VERSION: u32 = 3;
@@ -286,9 +286,9 @@ pub fn write_gguf(path: &Path, kv: &[(String, Value)], tensors: &[OutTensor]) ->
         offset = pad_to(offset + t.data.len() as u64);
     }
     h.resize(pad_to(h.len() as u64) as usize, 0);
-    let file = std::fs::File::create(path).map_err(|e| ExportError::io(path, e))?;
+    let file = std::fs::File::create(path).map_err(|e| FormatError::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
-    let io = |e| ExportError::io(path, e);
+    let io = |e| FormatError::io(path, e);
     w.write_all(&h).map_err(io)?;
     let mut total = h.len() as u64;
     for t in tensors {
@@ -329,8 +329,8 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn err(&self, msg: impl std::fmt::Display) -> ExportError {
-        ExportError::format(self.path, format!("byte {}: {msg}", self.pos))
+    fn err(&self, msg: impl std::fmt::Display) -> FormatError {
+        FormatError::format(self.path, format!("byte {}: {msg}", self.pos))
     }
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         let end = (self.pos as u64)
@@ -396,18 +396,18 @@ impl<'a> Cursor<'a> {
 
 /// Read a whole GGUF file (metadata, tensor infos and data).
 pub fn read_gguf(path: &Path) -> Result<GgufFile> {
-    let bytes = std::fs::read(path).map_err(|e| ExportError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
     let mut c = Cursor {
         b: &bytes,
         pos: 0,
         path,
     };
     if c.take(4, "magic")? != GGUF_MAGIC {
-        return Err(ExportError::format(path, "not a GGUF file (bad magic)"));
+        return Err(FormatError::format(path, "not a GGUF file (bad magic)"));
     }
     let version = c.u32("version")?;
     if version != 3 {
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             path,
             format!("GGUF version {version}, only 3 is read"),
         ));
@@ -468,7 +468,7 @@ impl GgufFile {
     }
 
     fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
-        let err = |m: String| ExportError::format(&self.path, format!("tensor `{}`: {m}", t.name));
+        let err = |m: String| FormatError::format(&self.path, format!("tensor `{}`: {m}", t.name));
         let ty = GgmlType::from_u32(t.ty).ok_or_else(|| err(format!("ggml type {}", t.ty)))?;
         let n = t
             .dims
@@ -497,7 +497,7 @@ impl GgufFile {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let t = self
             .tensor(name)
-            .ok_or_else(|| ExportError::format(&self.path, format!("no tensor `{name}`")))?;
+            .ok_or_else(|| FormatError::format(&self.path, format!("no tensor `{name}`")))?;
         let b = self.tensor_bytes(t)?;
         match GgmlType::from_u32(t.ty) {
             Some(GgmlType::F32) => decode_f32(Dtype::F32, b),
@@ -620,7 +620,7 @@ impl Family {
             "bloom" => Family::Bloom,
             "gpt2" => Family::Gpt2,
             _ => {
-                return Err(ExportError::Unsupported(format!(
+                return Err(FormatError::Unsupported(format!(
                 "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
             )))
             }
@@ -648,7 +648,7 @@ fn cfg_f64(c: &Json, keys: &[&str]) -> Option<f64> {
 
 fn need(c: &Json, keys: &[&str], dir: &Path) -> Result<u64> {
     cfg_u64(c, keys).ok_or_else(|| {
-        ExportError::format(
+        FormatError::format(
             dir.join("config.json"),
             format!("no `{}`", keys.join("` or `")),
         )
@@ -865,7 +865,7 @@ fn transform(
     let rows = shape.first().copied().unwrap_or(1);
     let cols: usize = shape.iter().skip(1).product();
     let bad =
-        |what: &str| ExportError::mismatch(name, format!("shape {shape:?} does not fit {what}"));
+        |what: &str| FormatError::mismatch(name, format!("shape {shape:?} does not fit {what}"));
     match tr {
         Transform::None => Ok((v, shape.to_vec())),
         Transform::Permute(n_head) => {
@@ -981,7 +981,7 @@ pub fn export_gguf(
             continue;
         };
         if !t.is_float() {
-            return Err(ExportError::Unsupported(format!(
+            return Err(FormatError::Unsupported(format!(
                 "`{hf_name}` is {:?}: GGUF export needs float weights (merge without requantize)",
                 t.dtype
             )));
@@ -1007,7 +1007,7 @@ pub fn export_gguf(
         }
     }
     if !tensors.iter().any(|t| t.name == "token_embd.weight") {
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             &model.dir,
             "no token embeddings among the weights",
         ));
@@ -1020,7 +1020,7 @@ pub fn export_gguf(
         .unwrap_or_else(|| "model.gguf".into());
     let (text, template) = modelfile(&file_name, tok.chat_template.as_deref(), &tok.stops);
     let modelfile = out.parent().unwrap_or(Path::new(".")).join("Modelfile");
-    std::fs::write(&modelfile, text).map_err(|e| ExportError::io(&modelfile, e))?;
+    std::fs::write(&modelfile, text).map_err(|e| FormatError::io(&modelfile, e))?;
     Ok(GgufReport {
         arch,
         tensors: tensors.len(),
@@ -1055,13 +1055,13 @@ fn tokenizer_kv(
     vocab: usize,
     kv: &mut Vec<(String, Value)>,
 ) -> Result<TokInfo> {
-    let fmt = |e: anyhow::Error| ExportError::format(dir, format!("{e:#}"));
+    let fmt = |e: anyhow::Error| FormatError::format(dir, format!("{e:#}"));
     let b = crate::text::TokenizerBundle::from_dir(dir).map_err(fmt)?;
     let added = b.tok.get_added_tokens_decoder();
     let mut by_id: Vec<Option<String>> = vec![None; vocab];
     for (s, id) in b.tok.get_vocab(true) {
         let slot = by_id.get_mut(id as usize).ok_or_else(|| {
-            ExportError::format(
+            FormatError::format(
                 dir,
                 format!("token `{s}` has id {id}, past the model's vocab_size {vocab}"),
             )
@@ -1112,11 +1112,11 @@ fn tokenizer_kv(
         let tj: Json = std::fs::read(&tj_path)
             .ok()
             .and_then(|s| serde_json::from_slice(&s).ok())
-            .ok_or_else(|| ExportError::format(&tj_path, "missing or not JSON"))?;
+            .ok_or_else(|| FormatError::format(&tj_path, "missing or not JSON"))?;
         if tj.pointer("/model/byte_fallback") == Some(&Json::Bool(true)) {
             // A SentencePiece vocab converted to tokenizer.json: llama.cpp wants it as
             // "llama" (pieces + scores), which needs the original tokenizer.model.
-            return Err(ExportError::format(
+            return Err(FormatError::format(
                 &tj_path,
                 "a SentencePiece-style (byte_fallback) tokenizer without tokenizer.model: \
                  put the model's tokenizer.model beside it for GGUF export",

@@ -9,45 +9,16 @@
 //! formed first and then added. A 4-bit (bitsandbytes) base is dequantized to its compute dtype
 //! first: the merge never writes back into 4-bit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 use safetensors::Dtype;
 
-use super::adapter::{read_adapter, Adapter, LoraModule};
-use super::dtype::OutDtype;
-use super::error::{ExportError, Result};
-use super::io::{read_json, read_safetensors_dir};
-use super::nf4;
-use super::tensor::{shape_str, Tensor, Tensors};
-
-/// A Hugging Face model in memory: its `config.json` and its weights (memory-mapped until
-/// changed).
-#[derive(Debug)]
-pub struct HfModel {
-    /// Where it was read from (tokenizer and generation config files live there).
-    pub dir: PathBuf,
-    pub config: serde_json::Value,
-    pub tensors: Tensors,
-}
-
-impl HfModel {
-    /// Read `config.json` and the safetensors weights (single file or sharded) of `dir`.
-    pub fn load(dir: &Path) -> Result<HfModel> {
-        let cfg = dir.join("config.json");
-        if !cfg.is_file() {
-            return Err(ExportError::format(
-                dir,
-                "no config.json: not a Hugging Face model dir",
-            ));
-        }
-        Ok(HfModel {
-            dir: dir.to_path_buf(),
-            config: read_json(&cfg)?,
-            tensors: read_safetensors_dir(dir)?,
-        })
-    }
-}
+use crate::formats::bnb4;
+use crate::formats::hf_dir::{ties_embeddings, write_hf_dir, ExportOptions, ExportReport};
+use crate::formats::peft::{read_adapter, Adapter, LoraModule, ADAPTER_WEIGHTS};
+use crate::formats::safetensors::{shape_str, Tensor, Tensors};
+use crate::formats::{FormatError, HfModel, OutDtype, Result};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MergeOptions {
@@ -85,14 +56,6 @@ const EMBEDDINGS: &[&str] = &[
 ];
 const LM_HEAD: &str = "lm_head.weight";
 
-/// Whether config.json ties lm_head to the input embedding (transformers' default: yes).
-pub fn ties_embeddings(config: &serde_json::Value) -> bool {
-    config
-        .get("tie_word_embeddings")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true)
-}
-
 fn embedding_name(tensors: &Tensors) -> Option<String> {
     EMBEDDINGS
         .iter()
@@ -111,7 +74,7 @@ pub fn merge_adapter(base_dir: &Path, adapter_dir: &Path, opts: &MergeOptions) -
     let mut model = HfModel::load(base_dir)?;
     super::finite::check_finite(&model.tensors, &base_dir.display().to_string())?;
     let adapter = read_adapter(adapter_dir)?;
-    super::finite::check_finite_file(&adapter_dir.join(super::adapter::ADAPTER_WEIGHTS))?;
+    super::finite::check_finite_file(&adapter_dir.join(ADAPTER_WEIGHTS))?;
     let report = merge_into(&mut model, &adapter, opts)?;
     // Finite inputs can still overflow (an f16 base): never write an inf.
     super::finite::check_finite(&model.tensors, "the merged model")?;
@@ -127,7 +90,7 @@ pub fn merge_and_export(
     out_dir: &Path,
     dtype: OutDtype,
     max_shard_size: u64,
-) -> Result<(MergeReport, super::hf_dir::ExportReport)> {
+) -> Result<(MergeReport, ExportReport)> {
     let merged = merge_adapter(
         base_dir,
         adapter_dir,
@@ -136,12 +99,11 @@ pub fn merge_and_export(
             requantize: false,
         },
     )?;
-    let opts = super::hf_dir::ExportOptions {
+    let opts = ExportOptions {
         max_shard_size,
         dtype,
     };
-    let export =
-        super::hf_dir::write_hf_dir(&merged.model, &[adapter_dir, base_dir], out_dir, &opts)?;
+    let export = write_hf_dir(&merged.model, &[adapter_dir, base_dir], out_dir, &opts)?;
     Ok((merged.report, export))
 }
 
@@ -152,7 +114,7 @@ pub fn merge_into(
     opts: &MergeOptions,
 ) -> Result<MergeReport> {
     if let Some(k) = model.tensors.keys().find(|k| k.ends_with(".SCB")) {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: `{k}`: 8-bit (LLM.int8) bases cannot be merged; merge into the unquantized model",
             model.dir.display()
         )));
@@ -161,14 +123,14 @@ pub fn merge_into(
     let mut specs = Vec::new();
     let original = model.tensors.clone(); // cheap: mapped tensors share the file
     let quant_config = model.config.get("quantization_config").cloned();
-    if nf4::has_4bit(&model.tensors) {
-        specs = nf4::dequantize_all(&mut model.tensors)?;
+    if bnb4::has_4bit(&model.tensors) {
+        specs = bnb4::dequantize_all(&mut model.tensors)?;
         report.dequantized = specs.iter().map(|(n, _)| n.clone()).collect();
         if let Some(c) = model.config.as_object_mut() {
             c.remove("quantization_config");
         }
     } else if opts.requantize {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: requantize needs a 4-bit (bitsandbytes) base; this one is not quantized",
             model.dir.display()
         )));
@@ -190,10 +152,10 @@ pub fn merge_into(
 
     for (name, new) in &adapter.replace {
         let base = tensors.get(name).ok_or_else(|| {
-            ExportError::mismatch(name, "the adapter saves this tensor (modules_to_save) but the base model has no such tensor")
+            FormatError::mismatch(name, "the adapter saves this tensor (modules_to_save) but the base model has no such tensor")
         })?;
         if base.shape != new.shape {
-            return Err(ExportError::mismatch(
+            return Err(FormatError::mismatch(
                 name,
                 format!(
                     "the adapter's copy is {} but the base tensor is {}",
@@ -226,7 +188,7 @@ pub fn merge_into(
             }
         }
         let base = tensors.get(&wname).ok_or_else(|| {
-            ExportError::mismatch(
+            FormatError::mismatch(
                 &m.module,
                 format!("the adapter has a LoRA for it but the base model has no tensor `{wname}`"),
             )
@@ -238,13 +200,13 @@ pub fn merge_into(
         if let Some(bias) = &m.bias {
             let bname = format!("{}.bias", m.module);
             let base = tensors.get(&bname).ok_or_else(|| {
-                ExportError::mismatch(
+                FormatError::mismatch(
                     &m.module,
                     format!("the adapter has a lora_B bias but the base has no `{bname}`"),
                 )
             })?;
             if base.shape != [m.b.shape[0]] {
-                return Err(ExportError::mismatch(
+                return Err(FormatError::mismatch(
                     &m.module,
                     format!(
                         "lora_B.bias is [{}] but the base bias is {}",
@@ -276,7 +238,7 @@ pub fn merge_into(
 fn requantize(
     model: &mut HfModel,
     original: &Tensors,
-    specs: &[(String, nf4::QuantSpec)],
+    specs: &[(String, bnb4::QuantSpec)],
     report: &mut MergeReport,
 ) -> Result<()> {
     let mut pieces: std::collections::HashMap<&str, Vec<(String, Tensor)>> =
@@ -290,7 +252,8 @@ fn requantize(
             original
                 .iter()
                 .filter(|(k, _)| {
-                    *k == name || (k.starts_with(&prefix) && is_quant_piece(&k[prefix.len()..]))
+                    *k == name
+                        || (k.starts_with(&prefix) && bnb4::is_state_piece(&k[prefix.len()..]))
                 })
                 .map(|(k, t)| (k.clone(), t.clone()))
                 .collect()
@@ -305,10 +268,6 @@ fn requantize(
         })
         .collect();
     Ok(())
-}
-
-fn is_quant_piece(suffix: &str) -> bool {
-    nf4::PIECES.contains(&suffix) || suffix.starts_with("quant_state.bitsandbytes__")
 }
 
 /// The base weight must be [d_out, d_in] ([d_in, d_out] when transposed) and float.
@@ -336,7 +295,7 @@ fn check_shapes(m: &LoraModule, base: &Tensor, transposed: bool) -> Result<()> {
         } else {
             ""
         };
-        return Err(ExportError::mismatch(
+        return Err(FormatError::mismatch(
             &m.module,
             format!(
                 "lora_A is [r, d_in] = {} and lora_B is [d_out, r] = {}, so the base weight should be {}{layout}, but the base weight is {}{hint}",
@@ -348,7 +307,7 @@ fn check_shapes(m: &LoraModule, base: &Tensor, transposed: bool) -> Result<()> {
         ));
     }
     if !base.is_float() {
-        return Err(ExportError::mismatch(
+        return Err(FormatError::mismatch(
             &m.module,
             format!("the base weight is {:?}, not a float tensor", base.dtype),
         ));

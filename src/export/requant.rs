@@ -3,14 +3,13 @@
 //!
 //! The numbers come from the one 4-bit quantizer, `quant::four_bit::quantize_4bit` (bnb 0.50's
 //! `quantize_4bit` on the CPU: blocks over the flattened tensor, a partial last block, double
-//! quant with torch's mean order), and the layout from `Quantized4::to_tensors`. A copy that
+//! quant with torch's mean order), and the layout from `formats::bnb4` (`Quantized4::to_tensors`). A copy that
 //! lived here summed the absmax for the double-quant offset in a different order, which moved
 //! the offset by an ulp and with it some 8-bit codes (issue 12).
 
-use super::dtype::hf_name;
-use super::error::{ExportError, Result};
-use super::nf4::QuantSpec;
-use super::tensor::Tensor;
+use crate::formats::bnb4::QuantSpec;
+use crate::formats::safetensors::{hf_name, Tensor};
+use crate::formats::{FormatError, Result};
 use crate::quant::four_bit::NESTED_BLOCKSIZE;
 use crate::quant::{dynamic_map, quantize_4bit, QuantType};
 
@@ -18,7 +17,7 @@ use crate::quant::{dynamic_map, quantize_4bit, QuantType};
 /// `.absmax`, `.nested_absmax`, `.nested_quant_map`, `.quant_map`, `.quant_state.bitsandbytes__*`.
 /// The spec's codes must be bitsandbytes' own (they are in every file bitsandbytes writes).
 pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(String, Tensor)>> {
-    let bad = |msg: String| ExportError::mismatch(name, msg);
+    let bad = |msg: String| FormatError::mismatch(name, msg);
     let qt = QuantType::from_name(&spec.quant_type)
         .ok_or_else(|| bad(format!("quant_type `{}` is not nf4/fp4", spec.quant_type)))?;
     if spec.code[..] != qt.code()[..] {
@@ -54,16 +53,17 @@ pub fn quantize(name: &str, dense: &Tensor, spec: &QuantSpec) -> Result<Vec<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::io::read_safetensors;
-    use crate::export::nf4::{dequantize, NF4_CODE};
     use crate::export::testutil::fixture;
+    use crate::formats::bnb4::dequantize;
+    use crate::formats::safetensors::read_file;
+    use crate::quant::codes::NF4 as NF4_CODE;
     use safetensors::Dtype;
 
     /// Our re-quantization of the merged bf16 weights equals bitsandbytes' quantize_4bit (nf4,
     /// double quant): packed bytes, u8 absmax and nested absmax; the offset to 1 f32 ulp.
     #[test]
     fn requantize_matches_bitsandbytes() {
-        let t = read_safetensors(&fixture("llama_nf4/expected.safetensors")).unwrap();
+        let t = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
         let mut checked = 0;
         for key in t.keys().filter(|k| k.starts_with("merged.")) {
             let name = &key["merged.".len()..];
@@ -100,14 +100,9 @@ mod tests {
                 assert!(v.bytes() == want.bytes(), "{k}");
             }
             // And it dequantizes through our reader.
-            let mut tensors = crate::export::Tensors::new();
+            let mut tensors = crate::formats::Tensors::new();
             tensors.extend(ours);
-            let (back, spec2) = dequantize(
-                &tensors,
-                name,
-                &format!("{name}.quant_state.bitsandbytes__nf4"),
-            )
-            .unwrap();
+            let (back, spec2) = dequantize(&tensors, name).unwrap();
             assert_eq!(
                 (back.shape.clone(), spec2.blocksize),
                 (dense.shape.clone(), 64)

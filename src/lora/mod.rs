@@ -1,8 +1,13 @@
 //! LoRA adapters: target matching as PEFT does it (module-name suffixes, a full regex, or
-//! `all-linear`), PEFT-style init from a seed, `modules_to_save`, and PEFT adapter read/write
-//! (adapter_config.json + adapter_model.safetensors, keys `base_model.model.<module>.lora_A.weight`).
+//! `all-linear`), PEFT-style init from a seed, `modules_to_save`, and a model's adapters to and
+//! from a PEFT adapter dir ([`save_peft`], [`load_peft`]: which tensors of the `Model` go
+//! where; the files themselves are read and written by `crate::formats::peft`).
 
-use crate::model::load::{read_all, write_f32, LoadError};
+use crate::formats::peft::{
+    key, read_config, read_weights, write_adapter, LoraModule, NewAdapter, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS, PREFIX,
+};
+use crate::formats::{FormatError, Tensor};
 use crate::model::{LinearWeight, LoraWeights, Model, ModelError};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -20,7 +25,7 @@ pub enum LoraError {
     #[error("r = {r}: LoRA rank must be in 1..={MAX_RANK}")]
     Rank { r: usize },
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] FormatError),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -180,21 +185,19 @@ fn ferr(p: &Path, msg: impl std::fmt::Display) -> LoraError {
     }
 }
 
-/// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` in PEFT's format.
+/// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` in PEFT's format
+/// (`formats::peft`): every adapter, and the trained modules_to_save whole.
 pub fn save_peft(
     model: &Model,
     cfg: &LoraConfig,
     base_model: &str,
     dir: &Path,
 ) -> Result<(), LoraError> {
-    std::fs::create_dir_all(dir).map_err(|e| ferr(dir, e))?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let fan_in_fan_out = model.arch.conv1d;
     let hit = |n: &str| cfg.modules_to_save.iter().any(|t| n.ends_with(t.as_str()));
-    let k = |n: &str, s: &str| format!("base_model.model.{n}.{s}");
     if model.emb.grad.is_some() && hit(&model.emb_name) {
         tensors.push((
-            k(&model.emb_name, "weight"),
+            key(&model.emb_name, "weight"),
             vec![model.arch.vocab, model.arch.hidden],
             model.emb.value.clone(),
         ));
@@ -203,12 +206,12 @@ pub fn save_peft(
     for l in layers.chain(model.head.iter()) {
         if let Some(lw) = &l.lora {
             tensors.push((
-                k(&l.name, "lora_A.weight"),
+                key(&l.name, "lora_A.weight"),
                 vec![lw.r, l.d_in],
                 lw.a.clone(),
             ));
             tensors.push((
-                k(&l.name, "lora_B.weight"),
+                key(&l.name, "lora_B.weight"),
                 vec![l.d_out, lw.r],
                 lw.b.clone(),
             ));
@@ -216,19 +219,14 @@ pub fn save_peft(
         if l.grad_w.is_some() && hit(&l.name) {
             if let LinearWeight::Dense(w) = &l.weight {
                 if l.conv1d {
-                    let mut t = vec![0.0; w.len()];
-                    for o in 0..l.d_out {
-                        for i in 0..l.d_in {
-                            t[i * l.d_out + o] = w[o * l.d_in + i];
-                        }
-                    }
-                    tensors.push((k(&l.name, "weight"), vec![l.d_in, l.d_out], t));
+                    let t = crate::util::transpose(w, l.d_out, l.d_in);
+                    tensors.push((key(&l.name, "weight"), vec![l.d_in, l.d_out], t));
                 } else {
-                    tensors.push((k(&l.name, "weight"), vec![l.d_out, l.d_in], w.clone()));
+                    tensors.push((key(&l.name, "weight"), vec![l.d_out, l.d_in], w.clone()));
                 }
             }
             if let Some(b) = &l.bias {
-                tensors.push((k(&l.name, "bias"), vec![l.d_out], b.clone()));
+                tensors.push((key(&l.name, "bias"), vec![l.d_out], b.clone()));
             }
         }
     }
@@ -241,12 +239,12 @@ pub fn save_peft(
     for n in norms {
         if n.w.grad.is_some() && hit(&n.name) {
             tensors.push((
-                k(&n.name, "weight"),
+                key(&n.name, "weight"),
                 vec![n.w.value.len()],
                 n.w.value.clone(),
             ));
             if let Some(b) = &n.b {
-                tensors.push((k(&n.name, "bias"), vec![b.value.len()], b.value.clone()));
+                tensors.push((key(&n.name, "bias"), vec![b.value.len()], b.value.clone()));
             }
         }
     }
@@ -254,8 +252,7 @@ pub fn save_peft(
         .iter()
         .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
         .collect();
-    write_f32(&dir.join("adapter_model.safetensors"), &views)?;
-    let targets = match &cfg.targets {
+    let target_modules = match &cfg.targets {
         Targets::Names(v) => json!(v),
         Targets::Regex(r) => json!(r),
         Targets::AllLinear => {
@@ -270,135 +267,116 @@ pub fn save_peft(
             json!(v)
         }
     };
-    let c = json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": cfg.r,
-        "lora_alpha": if cfg.alpha.fract() == 0.0 { json!(cfg.alpha as i64) } else { json!(cfg.alpha) },
-        "lora_dropout": cfg.dropout,
-        "target_modules": targets,
-        "bias": "none",
-        "fan_in_fan_out": fan_in_fan_out,
-        "use_rslora": cfg.use_rslora,
-        "use_dora": false,
-        "modules_to_save": if cfg.modules_to_save.is_empty() { Value::Null } else { json!(cfg.modules_to_save) },
-        "base_model_name_or_path": base_model,
-        "inference_mode": true,
-        "init_lora_weights": true,
-        "layers_to_transform": null,
-        "layers_pattern": null,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    });
-    let p = dir.join("adapter_config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&c).unwrap_or_default())
-        .map_err(|e| ferr(&p, e))?;
+    let adapter = NewAdapter {
+        r: cfg.r,
+        lora_alpha: cfg.alpha,
+        lora_dropout: cfg.dropout,
+        target_modules,
+        fan_in_fan_out: model.arch.conv1d,
+        use_rslora: cfg.use_rslora,
+        modules_to_save: &cfg.modules_to_save,
+        base_model_name_or_path: base_model,
+    };
+    write_adapter(dir, &adapter, &views)?;
     Ok(())
 }
 
-/// Reads a PEFT adapter directory, attaches its adapters (and modules_to_save weights) to `model`
-/// and returns its config. The adapters are trainable (gradients allocated).
+/// Reads a PEFT adapter directory (`formats::peft`), attaches its adapters (and
+/// modules_to_save weights) to `model` and returns its config. The adapters are trainable
+/// (gradients allocated). Config options this engine cannot train are refused before any
+/// tensor is read; every tensor of the file must land on a module of `model`.
 pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError> {
-    let p = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| ferr(&p, e))?;
-    let c: Value = serde_json::from_str(&text).map_err(|e| ferr(&p, e))?;
+    let p = dir.join(ADAPTER_CONFIG);
+    let c = read_config(dir)?;
     let key_err = |k: &str, m: &str| ferr(&p, format!("key \"{k}\": {m}"));
-    if c.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
+    if c.peft_type != "LORA" {
         return Err(key_err("peft_type", "expected \"LORA\""));
     }
-    if c.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+    if c.use_dora {
         return Err(key_err("use_dora", "DoRA is not supported"));
     }
     // Options that would change the math silently if ignored.
-    for k in ["rank_pattern", "alpha_pattern"] {
-        if c.get(k)
-            .and_then(|v| v.as_object())
-            .is_some_and(|m| !m.is_empty())
-        {
-            return Err(key_err(k, "per-module ranks/alphas are not supported"));
-        }
+    if !c.rank_pattern.is_empty() {
+        return Err(key_err(
+            "rank_pattern",
+            "per-module ranks/alphas are not supported",
+        ));
     }
-    if c.get("layers_to_transform").is_some_and(|v| !v.is_null()) {
+    if !c.alpha_pattern.is_empty() {
+        return Err(key_err(
+            "alpha_pattern",
+            "per-module ranks/alphas are not supported",
+        ));
+    }
+    if !c.layers_to_transform.is_null() {
         return Err(key_err("layers_to_transform", "is not supported"));
     }
-    if c.get("bias")
-        .and_then(|v| v.as_str())
-        .is_some_and(|b| b != "none")
-        || c.get("lora_bias").and_then(|v| v.as_bool()) == Some(true)
-    {
+    if c.bias != "none" || c.lora_bias {
         return Err(key_err("bias", "only \"none\" is supported"));
     }
-    let r = c
-        .get("r")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| key_err("r", "expected an integer"))?;
-    if !(1..=MAX_RANK as u64).contains(&r) {
+    let r = c.r;
+    if !(1..=MAX_RANK).contains(&r) {
         return Err(key_err("r", &format!("{r} is not in 1..={MAX_RANK}")));
     }
-    let r = r as usize;
-    let alpha = c
-        .get("lora_alpha")
-        .and_then(|v| v.as_f64())
-        .ok_or_else(|| key_err("lora_alpha", "expected a number"))? as f32;
-    let targets = match c.get("target_modules") {
-        Some(Value::String(s)) if s == "all-linear" => Targets::AllLinear,
-        Some(Value::String(s)) => Targets::Regex(s.clone()),
-        Some(Value::Array(a)) => Targets::Names(
+    let targets = match &c.target_modules {
+        Value::String(s) if s == "all-linear" => Targets::AllLinear,
+        Value::String(s) => Targets::Regex(s.clone()),
+        Value::Array(a) => Targets::Names(
             a.iter()
                 .filter_map(|v| v.as_str().map(String::from))
                 .collect(),
         ),
         _ => return Err(key_err("target_modules", "expected a string or a list")),
     };
-    let strs = |k: &str| -> Vec<String> {
-        c.get(k)
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let cfg = LoraConfig {
         r,
-        alpha,
-        dropout: c
-            .get("lora_dropout")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0) as f32,
+        alpha: c.lora_alpha as f32,
+        dropout: c.lora_dropout as f32,
         targets,
-        use_rslora: c
-            .get("use_rslora")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        modules_to_save: strs("modules_to_save"),
+        use_rslora: c.use_rslora,
+        modules_to_save: c.modules_to_save.clone(),
         seed: 0,
     };
-    let wp = dir.join("adapter_model.safetensors");
-    let mut t = read_all(&wp)?;
+    let ad = read_weights(dir, c)?;
+    let wp = dir.join(ADAPTER_WEIGHTS);
+    let mut lora: indexmap::IndexMap<String, LoraModule> =
+        ad.lora.into_iter().map(|m| (m.module.clone(), m)).collect();
+    let mut replace = ad.replace;
     let s = cfg.scale();
-    let mut take = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>, LoraError> {
-        match t.remove(name) {
-            Some((v, sh)) if sh == shape => Ok(Some(v)),
-            Some((_, sh)) => Err(ferr(
+    // The values of a saved tensor of `shape` (`name` as saved, for messages).
+    let values = |name: String, t: &Tensor, shape: &[usize]| -> Result<Vec<f32>, LoraError> {
+        if t.shape != shape {
+            return Err(ferr(
                 &wp,
-                format!("tensor \"{name}\": expected shape {shape:?}, got {sh:?}"),
-            )),
+                format!(
+                    "tensor \"{name}\": expected shape {shape:?}, got {:?}",
+                    t.shape
+                ),
+            ));
+        }
+        Ok(t.to_f32()?)
+    };
+    let mut take = |module: &str, part: &str, shape: &[usize]| {
+        let name = format!("{module}.{part}");
+        match replace.shift_remove(&name) {
+            Some(t) => values(key(module, part), &t, shape).map(Some),
             None => Ok(None),
         }
     };
-    let k = |n: &str, s: &str| format!("base_model.model.{n}.{s}");
     let (v, h) = (model.arch.vocab, model.arch.hidden);
     let emb_name = model.emb_name.clone();
-    if let Some(w) = take(&k(&emb_name, "weight"), &[v, h])? {
+    if let Some(w) = take(&emb_name, "weight", &[v, h])? {
         model.emb.value = w;
         model.emb.set_trainable();
     }
     for l in model.linears_mut() {
-        let a = take(&k(&l.name, "lora_A.weight"), &[r, l.d_in])?;
-        let b = take(&k(&l.name, "lora_B.weight"), &[l.d_out, r])?;
-        if let (Some(a), Some(b)) = (a, b) {
+        if let Some(m) = lora
+            .get(&l.name)
+            .filter(|m| !m.embedding && m.bias.is_none())
+        {
+            let a = values(key(&l.name, "lora_A.weight"), &m.a, &[r, l.d_in])?;
+            let b = values(key(&l.name, "lora_B.weight"), &m.b, &[l.d_out, r])?;
+            lora.shift_remove(&l.name);
             let mut lw = LoraWeights::new(r, s, a, b, l.d_in, l.d_out);
             lw.dropout = cfg.dropout;
             l.lora = Some(lw);
@@ -408,20 +386,14 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
         } else {
             [l.d_out, l.d_in]
         };
-        if let Some(w) = take(&k(&l.name, "weight"), &shape)? {
+        if let Some(w) = take(&l.name, "weight", &shape)? {
             let w = if l.conv1d {
-                let mut o = vec![0.0; w.len()];
-                for i in 0..l.d_in {
-                    for j in 0..l.d_out {
-                        o[j * l.d_in + i] = w[i * l.d_out + j];
-                    }
-                }
-                o
+                crate::util::transpose(&w, l.d_in, l.d_out)
             } else {
                 w
             };
             l.weight = LinearWeight::Dense(w);
-            if let Some(b) = take(&k(&l.name, "bias"), &[l.d_out])? {
+            if let Some(b) = take(&l.name, "bias", &[l.d_out])? {
                 l.bias = Some(b);
             }
             l.set_trainable().map_err(ModelError::Train)?;
@@ -429,16 +401,28 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
     }
     for n in model.norms_mut() {
         let d = n.w.value.len();
-        if let Some(w) = take(&k(&n.name, "weight"), &[d])? {
+        if let Some(w) = take(&n.name, "weight", &[d])? {
             n.w.value = w;
             n.w.set_trainable();
-            if let (Some(b), Some(bv)) = (&mut n.b, take(&k(&n.name, "bias"), &[d])?) {
+            if let (Some(b), Some(bv)) = (&mut n.b, take(&n.name, "bias", &[d])?) {
                 b.value = bv;
                 b.set_trainable();
             }
         }
     }
-    if let Some(left) = t.keys().next() {
+    let left = lora
+        .values()
+        .map(|m| {
+            let part = match (m.embedding, m.bias.is_some()) {
+                (true, _) => "lora_embedding_A",
+                (false, true) => "lora_B.bias",
+                (false, false) => "lora_A.weight",
+            };
+            key(&m.module, part)
+        })
+        .chain(replace.keys().map(|n| format!("{PREFIX}{n}")))
+        .next();
+    if let Some(left) = left {
         return Err(ferr(
             &wp,
             format!("tensor \"{left}\" matches no module of this model"),

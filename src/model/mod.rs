@@ -7,18 +7,17 @@ pub mod block;
 pub mod cache;
 pub mod family;
 pub mod linear;
-pub mod load;
 pub mod random;
 #[cfg(test)]
 mod tests;
 
+use crate::formats::{FormatError, WeightFiles};
 pub use arch::{
     Arch, ArchError, Family, MlpKind, NormKind, ParamCounts, Positions, QkvLayout, RopeScaling,
 };
 pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
-pub use load::{LoadError, WeightFiles};
 
 use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs};
 use std::path::Path;
@@ -30,7 +29,7 @@ pub enum ModelError {
     #[error(transparent)]
     Arch(#[from] ArchError),
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] FormatError),
     #[error("batch: {0}")]
     Batch(String),
     #[error("{0}")]
@@ -80,7 +79,7 @@ pub struct LoadOptions {
 }
 
 pub type PrequantHook = Arc<
-    dyn Fn(&WeightFiles, &str, usize, usize) -> Result<Option<Box<dyn QuantLinear>>, LoadError>
+    dyn Fn(&WeightFiles, &str, usize, usize) -> Result<Option<Box<dyn QuantLinear>>, FormatError>
         + Send
         + Sync,
 >;
@@ -277,11 +276,16 @@ pub struct Model {
     rope_cached: AtomicUsize,
 }
 
-fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, LoadError> {
+fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, FormatError> {
     norm_of_dim(files, arch, name, arch.hidden)
 }
 
-fn norm_of_dim(files: &WeightFiles, arch: &Arch, name: &str, h: usize) -> Result<Norm, LoadError> {
+fn norm_of_dim(
+    files: &WeightFiles,
+    arch: &Arch,
+    name: &str,
+    h: usize,
+) -> Result<Norm, FormatError> {
     let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
     let b = match arch.norm {
         NormKind::Layer => Some(Param::frozen(
@@ -317,7 +321,7 @@ fn linear_of(
     name: &str,
     (d_in, d_out, bias): (usize, usize, bool),
     pre: Option<&PrequantHook>,
-) -> Result<Linear, LoadError> {
+) -> Result<Linear, FormatError> {
     let wname = resolve(files, &format!("{name}.weight"));
     let b = if bias {
         Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
@@ -399,7 +403,7 @@ impl Model {
                             l.weight = LinearWeight::Quant(qw);
                         }
                     }
-                    Ok::<_, LoadError>(l)
+                    Ok::<_, FormatError>(l)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mlp_out = lin.pop().expect("mlp out");
@@ -564,22 +568,10 @@ impl Model {
         Ok(out)
     }
 
-    /// Writes config.json and model.safetensors (f32) loadable by transformers (and `Model::load`).
+    /// Writes config.json and model.safetensors (f32; shards past 5 GB) loadable by transformers
+    /// (and `Model::load`).
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let err = |e: std::io::Error| {
-            ModelError::Load(LoadError::File {
-                path: dir.display().to_string(),
-                msg: e.to_string(),
-            })
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::write(dir.join("config.json"), &self.config_json).map_err(err)?;
-        let sd = self.state_dict()?;
-        let views: Vec<(String, Vec<usize>, &[f32])> = sd
-            .iter()
-            .map(|(n, s, d)| (n.clone(), s.clone(), &d[..]))
-            .collect();
-        load::write_f32(&dir.join("model.safetensors"), &views)?;
+        crate::formats::hf_dir::write_f32_dir(dir, &self.config_json, &self.state_dict()?)?;
         Ok(())
     }
 

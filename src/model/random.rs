@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::load::write_f32;
+use crate::formats::safetensors::write_f32;
 
 /// The shape of the checkpoint (LLaMA names; untied head; RMSNorm weights are ones).
 #[derive(Debug, Clone, Copy)]

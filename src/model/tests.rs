@@ -2,8 +2,8 @@
 //! Tolerances: logits/loss 1e-5 and gradients 1e-4, as |ours − ref| ≤ tol·(1 + |ref|)
 //! elementwise (f32 through two layers; the reference is f32 torch on the CPU).
 
-use super::load::read_all;
 use super::*;
+use crate::formats::safetensors::{self as st, read_all};
 use crate::lora;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -289,7 +289,7 @@ fn sharded_and_bf16_weights_load() {
             .iter()
             .map(|n| ((*n).clone(), all[*n].1.clone(), &all[*n].0[..]))
             .collect();
-        load::write_f32(&tmp.path().join(file), &t).unwrap();
+        st::write_f32(&tmp.path().join(file), &t).unwrap();
         for n in part {
             map.insert((*n).clone(), serde_json::json!(file));
         }
@@ -314,12 +314,12 @@ fn sharded_and_bf16_weights_load() {
         .iter()
         .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
         .collect();
-    let got = load::decode_f32(safetensors::Dtype::BF16, &bf[1..]).map(|_| ());
-    assert!(got.is_some(), "unaligned slices decode");
-    let d = load::decode_f32(safetensors::Dtype::BF16, &bf).unwrap();
+    let got = st::decode_f32(safetensors::Dtype::BF16, &bf[1..]).map(|_| ());
+    assert!(got.is_ok(), "unaligned slices decode");
+    let d = st::decode_f32(safetensors::Dtype::BF16, &bf).unwrap();
     assert_eq!(d[..2], [1.5, -0.375]);
     assert!((d[2] - 3.0e-3).abs() < 2e-5);
-    let d = load::decode_f32(safetensors::Dtype::F16, &hf).unwrap();
+    let d = st::decode_f32(safetensors::Dtype::F16, &hf).unwrap();
     assert_eq!(d[..2], [1.5, -0.375]);
 }
 
@@ -709,7 +709,7 @@ fn write_adapters_for_peft_check() {
         let d = out.join(family);
         lora::save_peft(&model, &cfg, &dir(family).display().to_string(), &d).unwrap();
         let shape = vec![batch.b, batch.t, model.arch.vocab];
-        load::write_f32(
+        st::write_f32(
             &d.join("ours.safetensors"),
             &[
                 ("logits".into(), shape, &o.logits[..]),
@@ -848,7 +848,7 @@ fn unprefixed_checkpoints_load() {
                 )
             })
             .collect();
-        load::write_f32(&tmp.path().join("model.safetensors"), &t).unwrap();
+        st::write_f32(&tmp.path().join("model.safetensors"), &t).unwrap();
         let m = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
         assert_eq!(
             m.forward(&batch).unwrap().logits,

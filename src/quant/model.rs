@@ -7,15 +7,20 @@
 //! (a GPT-2 Conv1D weight is transposed before quantization, as transformers does).
 //!
 //! `Model::load` reads every layer linear as a dense tensor, which a pre-quantized file does not
-//! have; [`load_quantized_model`] therefore assembles the `Model` itself from the same `Arch`
-//! names (embedding, norms and head exactly as `Model::load` reads them).
+//! have; [`load_quantized_model`] therefore hooks the 4-bit reader (`formats::bnb4`) into it.
+//! [`save_quantized`] writes through the same weights writer as export
+//! (`formats::safetensors::write_sharded`) and copies the source dir's other files
+//! (`formats::hf_dir::copy_other_files`).
 
 use super::codes::QuantType;
-use super::four_bit::{check_blocksize, quantize_4bit, QuantError, Quantized4};
+use super::four_bit::{check_blocksize, quantize_4bit, QuantError};
 use super::linear::Linear4bit;
-use super::serialize::{TensorEntry, TensorRef};
+use crate::formats::bnb4::read_4bit;
+use crate::formats::hf_dir::copy_other_files;
+use crate::formats::safetensors::{hf_name, write_sharded, DEFAULT_MAX_SHARD_SIZE};
+use crate::formats::{FormatError, Tensor, WeightFiles};
 use crate::model::resolve;
-use crate::model::{Arch, LoadError, LoadOptions, Model, ModelError, QuantLinear, WeightFiles};
+use crate::model::{Arch, LoadOptions, Model, ModelError, QuantLinear};
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -25,15 +30,12 @@ use std::sync::Arc;
 /// Module names transformers never quantizes by default (the output heads).
 pub const DEFAULT_SKIP: &[&str] = &["lm_head", "output_layer", "embed_out"];
 
-/// Largest safetensors file `save_quantized` writes before sharding (transformers: 5 GB).
-const MAX_SHARD_BYTES: usize = 5_000_000_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum QuantModelError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] FormatError),
     #[error("{name}: {source}")]
     Quant { name: String, source: QuantError },
     #[error("{path}: {msg}")]
@@ -120,11 +122,11 @@ impl QuantizeSpec {
     }
 }
 
-/// torch's name of a safetensors dtype (bnb records it in the quant state).
+/// torch's name of a safetensors dtype as bnb records it in the quant state (the weights
+/// quantized from anything but f16/bf16 are f32).
 fn torch_name(d: Dtype) -> &'static str {
     match d {
-        Dtype::BF16 => "bfloat16",
-        Dtype::F16 => "float16",
+        Dtype::BF16 | Dtype::F16 => hf_name(d).unwrap_or("float32"),
         _ => "float32",
     }
 }
@@ -141,28 +143,6 @@ pub fn is_quantized_dir(dir: &Path) -> bool {
         })
 }
 
-/// The packed 4-bit weight `wname` (with its quant state), if the file has one.
-fn read_4bit(files: &WeightFiles, wname: &str) -> Result<Option<Quantized4>, QuantModelError> {
-    let has_state = ["nf4", "fp4"]
-        .iter()
-        .any(|q| files.contains(&format!("{wname}.quant_state.bitsandbytes__{q}")));
-    if !has_state {
-        return Ok(None);
-    }
-    let get = |n: &str| {
-        files
-            .raw(n)
-            .ok()
-            .map(|(dtype, shape, data)| TensorRef { dtype, shape, data })
-    };
-    Quantized4::from_tensors(wname, &get)
-        .map(Some)
-        .map_err(|source| QuantModelError::Quant {
-            name: wname.to_string(),
-            source,
-        })
-}
-
 /// Dense W [d_out, d_in] (nn.Linear layout; a Conv1D weight [in, out] is transposed).
 fn dense_weight(
     files: &WeightFiles,
@@ -170,7 +150,7 @@ fn dense_weight(
     conv1d: bool,
     d_in: usize,
     d_out: usize,
-) -> Result<Vec<f32>, LoadError> {
+) -> Result<Vec<f32>, FormatError> {
     if !conv1d {
         return files.get_shaped(wname, &[d_out, d_in]);
     }
@@ -185,12 +165,12 @@ pub fn load_quantized_model(dir: &Path, opts: &LoadOptions) -> Result<Model, Qua
     let mut opts = opts.clone();
     opts.prequantized = Some(Arc::new(
         move |files: &WeightFiles, wname: &str, d_in: usize, d_out: usize| {
-            let err = |msg: String| LoadError::Tensor {
+            let err = |msg: String| FormatError::Tensor {
                 path: "4-bit weights".into(),
                 name: wname.to_string(),
                 msg,
             };
-            let Some(q) = read_4bit(files, wname).map_err(|e| err(e.to_string()))? else {
+            let Some(q) = read_4bit(files, wname).map_err(|e| err(format!("{wname}: {e}")))? else {
                 return Ok(None);
             };
             if q.state.shape != [d_out, d_in] {
@@ -302,13 +282,12 @@ pub fn save_quantized(
     names.sort();
     let total = names.len();
     let mut stats = QuantizeStats::default();
-    // Quantized tensors (owned) and pass-through tensors (borrowed from the mmap).
-    let mut owned: Vec<TensorEntry> = Vec::new();
-    let mut passthrough: Vec<String> = Vec::new();
+    // Quantized tensors (owned) and pass-through tensors (mapped from the source).
+    let mut written: Vec<(String, Tensor)> = Vec::new();
     for (done, name) in names.iter().enumerate() {
-        let (dtype, _, data) = files.raw(name)?;
+        let t = files.tensor(name)?;
         stats.tensors += 1;
-        stats.bytes_in += data.len() as u64;
+        stats.bytes_in += t.bytes().len() as u64;
         if let Some(&(d_in, d_out)) = targets.get(name) {
             let w = dense_weight(&files, name, arch.conv1d, d_in, d_out)?;
             stats.f32_bytes_quantized += 4 * w.len() as u64;
@@ -318,36 +297,30 @@ pub fn save_quantized(
                 spec.blocksize,
                 spec.quant_type,
                 spec.double_quant,
-                torch_name(dtype),
+                torch_name(t.dtype),
             )
             .map_err(|source| QuantModelError::Quant {
                 name: name.clone(),
                 source,
             })?;
             drop(w);
-            owned.extend(q.to_tensors(name));
+            for (n, dtype, shape, bytes) in q.to_tensors(name) {
+                written.push((n, Tensor::from_bytes(dtype, shape, bytes)?));
+            }
             stats.quantized += 1;
         } else {
-            passthrough.push(name.clone());
+            written.push((name.clone(), t.clone()));
         }
         on_tensor(done + 1, total, name);
     }
     std::fs::create_dir_all(out).map_err(|e| ferr(out, e))?;
-    // All views, then shards of at most MAX_SHARD_BYTES in safetensors' own (sorted) order.
-    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
-    for (name, dtype, shape, data) in &owned {
-        let v = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
-            .map_err(|e| ferr(out, format!("{name}: {e}")))?;
-        views.push((name.clone(), v));
-    }
-    for name in &passthrough {
-        let (dtype, shape, data) = files.raw(name)?;
-        let v = safetensors::tensor::TensorView::new(dtype, shape, data)
-            .map_err(|e| ferr(out, format!("{name}: {e}")))?;
-        views.push((name.clone(), v));
-    }
-    stats.bytes_out = views.iter().map(|(_, v)| v.data().len() as u64).sum();
-    write_shards(out, views, stats.bytes_out)?;
+    // Shards of at most 5 GB (transformers' default), filled in name order.
+    written.sort_by(|a, b| a.0.cmp(&b.0));
+    let plan: Vec<(&str, &Tensor, Dtype)> = written
+        .iter()
+        .map(|(n, t)| (n.as_str(), t, t.dtype))
+        .collect();
+    stats.bytes_out = write_sharded(out, &plan, DEFAULT_MAX_SHARD_SIZE)?.total_size;
     // config.json with the quantization_config
     let mut cfg: Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("config.json")).map_err(|e| ferr(src, e))?,
@@ -374,79 +347,7 @@ pub fn save_quantized(
         let sorted: BTreeMap<String, Value> = std::mem::take(m).into_iter().collect();
         cfg = json!(sorted);
     }
-    let cp = out.join("config.json");
-    std::fs::write(
-        &cp,
-        serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
-    )
-    .map_err(|e| ferr(&cp, e))?;
+    crate::formats::write_json(&out.join("config.json"), &cfg)?;
     copy_other_files(src, out)?;
     Ok(stats)
-}
-
-/// One `model.safetensors`, or `model-0000i-of-0000N.safetensors` + index when larger.
-fn write_shards(
-    out: &Path,
-    mut views: Vec<(String, safetensors::tensor::TensorView<'_>)>,
-    total: u64,
-) -> Result<(), QuantModelError> {
-    let meta = || Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    if total as usize <= MAX_SHARD_BYTES {
-        let p = out.join("model.safetensors");
-        return safetensors::serialize_to_file(views, meta(), &p).map_err(|e| ferr(&p, e));
-    }
-    views.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut shards: Vec<Vec<(String, safetensors::tensor::TensorView<'_>)>> = vec![Vec::new()];
-    let mut size = 0usize;
-    for (n, v) in views {
-        let len = v.data().len();
-        if size > 0 && size + len > MAX_SHARD_BYTES {
-            shards.push(Vec::new());
-            size = 0;
-        }
-        size += len;
-        shards.last_mut().expect("shard").push((n, v));
-    }
-    let count = shards.len();
-    let mut weight_map = serde_json::Map::new();
-    for (i, shard) in shards.into_iter().enumerate() {
-        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, count);
-        for (n, _) in &shard {
-            weight_map.insert(n.clone(), json!(file));
-        }
-        let p = out.join(&file);
-        safetensors::serialize_to_file(shard, meta(), &p).map_err(|e| ferr(&p, e))?;
-    }
-    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    let p = out.join("model.safetensors.index.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap_or_default())
-        .map_err(|e| ferr(&p, e))
-}
-
-/// Copies tokenizer files, generation config, remote code...: every plain file but weights
-/// and config.json.
-fn copy_other_files(src: &Path, out: &Path) -> Result<(), QuantModelError> {
-    for e in std::fs::read_dir(src).map_err(|e| ferr(src, e))?.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().to_string();
-        let weights = [
-            ".safetensors",
-            ".bin",
-            ".pt",
-            ".pth",
-            ".ckpt",
-            ".gguf",
-            ".h5",
-            ".msgpack",
-        ]
-        .iter()
-        .any(|x| name.ends_with(x))
-            || name == "model.safetensors.index.json"
-            || name == "pytorch_model.bin.index.json";
-        if !p.is_file() || weights || name == "config.json" || name == "model.json" {
-            continue;
-        }
-        std::fs::copy(&p, out.join(&name)).map_err(|e| ferr(&p, e))?;
-    }
-    Ok(())
 }

@@ -4,9 +4,9 @@
 use super::codes::{dynamic_map, fp4, QuantType, NF4};
 use super::four_bit::{quantize_4bit, Absmax, Quantized4};
 use super::linear::Linear4bit;
-use super::serialize::{py_float_repr, TensorRef};
 use super::testgen::gen;
 use super::Blockwise8;
+use crate::formats::bnb4::{py_float_repr, TensorRef};
 use crate::model::linear::QuantLinear;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -379,7 +379,15 @@ fn transformers_load_in_4bit_save_is_reproduced() {
         assert_eq!(n4, written.len(), "{dir}: tensor count");
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("q.safetensors");
-        super::serialize::write_safetensors(&path, &written, None).unwrap();
+        let tensors: Vec<(String, crate::formats::Tensor)> = written
+            .into_iter()
+            .map(|(n, d, s, b)| (n, crate::formats::Tensor::from_bytes(d, s, b).unwrap()))
+            .collect();
+        crate::formats::safetensors::write_file(
+            &path,
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        )
+        .unwrap();
         let again = std::fs::read(&path).unwrap();
         let back = safetensors::SafeTensors::deserialize(&again).unwrap();
         let q = Quantized4::from_safetensors(&prefixes[0], &back).unwrap();

@@ -11,10 +11,10 @@
 use super::codes::QuantType;
 use super::four_bit::{quantize_4bit, Absmax, Quantized4};
 use super::linear::Linear4bit;
-use super::serialize::TensorRef;
 use super::testgen::gen;
 use super::tests::{assert_bits_eq, assert_bytes_eq, assert_matmuls_match_dense, unhex, unhex_f32};
-use crate::export::{Tensor, Tensors};
+use crate::formats::bnb4::TensorRef;
+use crate::formats::{Tensor, Tensors};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
@@ -191,10 +191,9 @@ fn unaligned_quantize_and_dequantize_match_bitsandbytes() {
             tensors.insert(n, Tensor::from_bytes(d, s, b).unwrap());
         }
         let state_key = format!("m.weight.{}", q.state.json_key());
-        let (dense, spec) =
-            crate::export::nf4::dequantize(&tensors, "m.weight", &state_key).unwrap();
+        let (dense, spec) = crate::formats::bnb4::dequantize(&tensors, "m.weight").unwrap();
         assert_eq!(dense.shape, k.shape);
-        k.assert_dequant("export::nf4::dequantize", &dense.to_f32().unwrap());
+        k.assert_dequant("formats::bnb4::dequantize", &dense.to_f32().unwrap());
         let x = Tensor::from_f32(safetensors::Dtype::F32, k.shape.clone(), &k.x).unwrap();
         for (n, t) in crate::export::requant::quantize("m.weight", &x, &spec).unwrap() {
             let want = &tensors[&n];

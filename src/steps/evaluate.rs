@@ -168,7 +168,7 @@ impl Kind for Evaluate {
         if let Some(a) = &adapter {
             crate::eval::lm::attach_adapter(&mut s.model, a)?;
             let ad = crate::eval::lm::adapter_dir(a)?;
-            if let Some(w) = crate::export::adapter::other_base_warning(&ad, &dirs.weights) {
+            if let Some(w) = crate::formats::peft::other_base_warning(&ad, &dirs.weights) {
                 ctx.info(format!("WARNING: {w}"));
             }
         }

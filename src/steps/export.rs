@@ -105,7 +105,7 @@ impl Kind for Export {
             crate::util::human_bytes(report.total_size),
             report
                 .dtype
-                .and_then(crate::export::dtype::hf_name)
+                .and_then(crate::formats::safetensors::hf_name)
                 .map(|d| format!(" ({d})"))
                 .unwrap_or_default()
         ));

@@ -171,7 +171,7 @@ impl Kind for Generate {
         s.model.backend = backend;
         if let Some(a) = &adapter {
             let a = crate::eval::lm::adapter_dir(a)?;
-            if let Some(w) = crate::export::adapter::other_base_warning(&a, &dirs.weights) {
+            if let Some(w) = crate::formats::peft::other_base_warning(&a, &dirs.weights) {
                 ctx.info(format!("WARNING: {w}"));
             }
         }

@@ -66,7 +66,7 @@ impl Kind for Merge {
                     base.weights.display()
                 )
             })?;
-        if let Some(w) = crate::export::adapter::other_base_warning(&adapter.dir, &base.weights) {
+        if let Some(w) = crate::formats::peft::other_base_warning(&adapter.dir, &base.weights) {
             ctx.info(format!("WARNING: {w}"));
         }
         let r = &merged.report;

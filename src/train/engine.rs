@@ -120,14 +120,15 @@ impl TrainModel for EngineModel {
             .iter()
             .map(|p| (p.name.clone(), vec![p.value.len()], &p.value[..]))
             .collect();
-        crate::model::load::write_f32(&dir.join(TRAINABLES), &views)
+        crate::formats::safetensors::write_f32(&dir.join(TRAINABLES), &views)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 
     fn load(&mut self, dir: &Path) -> Result<()> {
         let p = dir.join(TRAINABLES);
-        let saved = crate::model::load::read_all(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let saved =
+            crate::formats::safetensors::read_all(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Check everything before changing anything (a damaged checkpoint is skipped whole).
         let mut params = self.model.params_mut();
         for pm in &params {
@@ -162,7 +163,7 @@ impl TrainModel for EngineModel {
 
 /// Tokenizer files and the generation config, copied next to full weights.
 pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
-    let names = crate::export::hf_dir::TOKENIZER_FILES
+    let names = crate::formats::TOKENIZER_FILES
         .iter()
         .chain(&["generation_config.json"]);
     for f in names {

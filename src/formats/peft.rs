@@ -1,6 +1,9 @@
-//! PEFT LoRA adapter dirs: `adapter_config.json` + `adapter_model.safetensors`, sorted into
-//! per-module LoRA pairs (with their scale) and whole tensors that replace base tensors
-//! (`modules_to_save`, saved embedding base layers, trained biases).
+//! PEFT LoRA adapter dirs, the one reader and the one writer: `adapter_config.json` +
+//! `adapter_model.safetensors`, read into per-module LoRA pairs (with their scale) and whole
+//! tensors that replace base tensors (`modules_to_save`, saved embedding base layers, trained
+//! biases). Merge reads with [`read_adapter`]; the training engine (`lora::load_peft`) reads
+//! the config first ([`read_config`]), refuses what it cannot train, then [`read_weights`];
+//! `lora::save_peft` writes with [`write_adapter`].
 //!
 //! Saved keys (adapter name already stripped by PEFT), with `M` a module of the base model:
 //! - `base_model.model.M.lora_A.weight` [r, d_in], `...M.lora_B.weight` [d_out, r]
@@ -14,21 +17,30 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::error::{ExportError, Result};
-use super::io::{read_json, read_safetensors};
-use super::tensor::{Tensor, Tensors};
+use super::error::{FormatError, Result};
+use super::read_json;
+use super::safetensors::{read_file, write_f32, Tensor, Tensors};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-const PREFIX: &str = "base_model.model.";
+pub const PREFIX: &str = "base_model.model.";
 
-/// The fields of PEFT's `LoraConfig` that matter for merging (others are ignored).
+/// The fields of PEFT's `LoraConfig` that merging or training reads (others are ignored).
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdapterConfig {
     #[serde(default = "lora")]
     pub peft_type: String,
     pub r: usize,
     pub lora_alpha: f64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub lora_dropout: f64,
+    /// `none`, `all` or `lora_only`.
+    #[serde(default = "none", deserialize_with = "null_as_none")]
+    pub bias: String,
+    #[serde(default)]
+    pub lora_bias: bool,
+    #[serde(default)]
+    pub layers_to_transform: serde_json::Value,
     #[serde(default)]
     pub use_rslora: bool,
     #[serde(default)]
@@ -50,6 +62,14 @@ pub struct AdapterConfig {
 
 fn lora() -> String {
     "LORA".into()
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+fn null_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(none))
 }
 
 fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
@@ -89,7 +109,7 @@ impl AdapterConfig {
     fn pattern<'a, V>(patterns: &'a IndexMap<String, V>, module: &str) -> Result<Option<&'a V>> {
         for (p, v) in patterns {
             let re = regex::Regex::new(&format!(r"^(.*\.)?({p})$")).map_err(|e| {
-                ExportError::Unsupported(format!("adapter pattern {p:?} is not a regex: {e}"))
+                FormatError::Unsupported(format!("adapter pattern {p:?} is not a regex: {e}"))
             })?;
             if re.is_match(module) {
                 return Ok(Some(v));
@@ -146,30 +166,42 @@ pub struct Adapter {
     pub replace: Tensors,
 }
 
-/// Read and check a PEFT LoRA adapter dir.
-pub fn read_adapter(dir: &Path) -> Result<Adapter> {
+/// Read `adapter_config.json` of a PEFT adapter dir.
+pub fn read_config(dir: &Path) -> Result<AdapterConfig> {
     let cfg_path = dir.join(ADAPTER_CONFIG);
     if !cfg_path.is_file() {
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             dir,
             format!("no {ADAPTER_CONFIG}: not a PEFT adapter dir"),
         ));
     }
-    let config: AdapterConfig = serde_json::from_value(read_json(&cfg_path)?)
-        .map_err(|e| ExportError::format(&cfg_path, format!("not a LoRA adapter config: {e}")))?;
+    serde_json::from_value(read_json(&cfg_path)?)
+        .map_err(|e| FormatError::format(&cfg_path, format!("not a LoRA adapter config: {e}")))
+}
+
+/// Read and check a PEFT LoRA adapter dir for merging (DoRA and other PEFT types refused).
+pub fn read_adapter(dir: &Path) -> Result<Adapter> {
+    let config = read_config(dir)?;
+    let cfg_path = dir.join(ADAPTER_CONFIG);
     if !config.peft_type.eq_ignore_ascii_case("LORA") {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: peft_type {} is not supported (only LORA)",
             cfg_path.display(),
             config.peft_type
         )));
     }
     if config.use_dora {
-        return Err(ExportError::Unsupported(format!(
+        return Err(FormatError::Unsupported(format!(
             "{}: DoRA adapters (use_dora) cannot be merged yet",
             cfg_path.display()
         )));
     }
+    read_weights(dir, config)
+}
+
+/// Read `adapter_model.safetensors` of `dir` (whose config is `config`), sorted into LoRA
+/// pairs (ranks checked against the config) and whole tensors.
+pub fn read_weights(dir: &Path, config: AdapterConfig) -> Result<Adapter> {
     let weights = dir.join(ADAPTER_WEIGHTS);
     if !weights.is_file() {
         let hint = if dir.join("adapter_model.bin").exists() {
@@ -177,12 +209,12 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
         } else {
             ""
         };
-        return Err(ExportError::format(
+        return Err(FormatError::format(
             dir,
             format!("no {ADAPTER_WEIGHTS}{hint}"),
         ));
     }
-    let tensors = read_safetensors(&weights)?;
+    let tensors = read_file(&weights)?;
 
     // module -> (A, B, bias, embedding)
     let mut pairs: IndexMap<String, [Option<Tensor>; 3]> = IndexMap::new();
@@ -190,7 +222,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     let mut replace = Tensors::new();
     for (key, t) in tensors {
         let name = key.strip_prefix(PREFIX).unwrap_or(&key);
-        let bad = |msg: &str| ExportError::format(&weights, format!("tensor `{key}`: {msg}"));
+        let bad = |msg: &str| FormatError::format(&weights, format!("tensor `{key}`: {msg}"));
         let lora_part = [
             (".lora_A.weight", 0, false),
             (".lora_B.weight", 1, false),
@@ -209,7 +241,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
             }
             pairs.entry(module.to_string()).or_default()[slot] = Some(t);
         } else if name.contains("lora_magnitude_vector") {
-            return Err(ExportError::Unsupported(format!(
+            return Err(FormatError::Unsupported(format!(
                 "{}: `{key}`: DoRA adapters cannot be merged yet",
                 weights.display()
             )));
@@ -228,11 +260,11 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     let mut lora = Vec::new();
     for (module, [a, b, bias]) in pairs {
         let missing =
-            |what: &str| ExportError::format(&weights, format!("module `{module}` has no {what}"));
+            |what: &str| FormatError::format(&weights, format!("module `{module}` has no {what}"));
         let a = a.ok_or_else(|| missing("lora_A"))?;
         let b = b.ok_or_else(|| missing("lora_B"))?;
         if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != b.shape[1] {
-            return Err(ExportError::mismatch(
+            return Err(FormatError::mismatch(
                 &module,
                 format!(
                     "lora_A is {:?} and lora_B is {:?}: expected [r, d_in] and [d_out, r]",
@@ -243,7 +275,7 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
         let r = a.shape[0];
         let want_r = config.rank_for(&module)?;
         if r != want_r {
-            return Err(ExportError::mismatch(
+            return Err(FormatError::mismatch(
                 &module,
                 format!("lora_A has rank {r} but adapter_config gives r = {want_r}"),
             ));
@@ -266,6 +298,67 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
         lora,
         replace,
     })
+}
+
+/// The saved name of a module's tensor: `base_model.model.<module>.<part>`.
+pub fn key(module: &str, part: &str) -> String {
+    format!("{PREFIX}{module}.{part}")
+}
+
+/// What [`write_adapter`] records in `adapter_config.json` (a LoRA adapter for causal LM).
+#[derive(Debug, Clone)]
+pub struct NewAdapter<'a> {
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub lora_dropout: f32,
+    /// A list of module names, or one regex string.
+    pub target_modules: serde_json::Value,
+    pub fan_in_fan_out: bool,
+    pub use_rslora: bool,
+    pub modules_to_save: &'a [String],
+    pub base_model_name_or_path: &'a str,
+}
+
+impl NewAdapter<'_> {
+    /// `adapter_config.json` as PEFT writes it (an integral alpha as an integer).
+    pub fn config_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let alpha = self.lora_alpha;
+        json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": self.r,
+            "lora_alpha": if alpha.fract() == 0.0 { json!(alpha as i64) } else { json!(alpha) },
+            "lora_dropout": self.lora_dropout,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "use_rslora": self.use_rslora,
+            "use_dora": false,
+            "modules_to_save": if self.modules_to_save.is_empty() { Value::Null } else { json!(self.modules_to_save) },
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+        })
+    }
+}
+
+/// Writes `dir/adapter_model.safetensors` (f32 tensors under their saved names, see [`key`])
+/// and `dir/adapter_config.json`.
+pub fn write_adapter(
+    dir: &Path,
+    adapter: &NewAdapter,
+    tensors: &[(String, Vec<usize>, &[f32])],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| FormatError::format(dir, e.to_string()))?;
+    write_f32(&dir.join(ADAPTER_WEIGHTS), tensors)?;
+    let p = dir.join(ADAPTER_CONFIG);
+    let text = serde_json::to_string_pretty(&adapter.config_json()).unwrap_or_default();
+    std::fs::write(&p, text).map_err(|e| FormatError::format(&p, e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,14 +1,22 @@
-//! The safetensors layout transformers / bitsandbytes use for `load_in_4bit` weights.
+//! The bitsandbytes 4-bit layout transformers saves and loads for `load_in_4bit` weights: one
+//! codec for the packed weight and its quant state (tensors + JSON), used by the 4-bit loader,
+//! the quantize step, merge (dequantize a 4-bit base) and export (re-quantize). The numbers
+//! (quantize, dequantize) live in `quant::four_bit`; this file owns the names and bytes.
 //!
-//! Beside `X.weight` (u8 [(n+1)/2, 1]) a Linear4bit stores:
+//! Beside `X.weight` (u8 [(n+1)/2, 1], first element in the HIGH nibble) a Linear4bit stores:
 //! `X.weight.absmax` (f32 [blocks], or u8 [blocks] when double-quantized),
 //! `X.weight.quant_map` (f32 [16]), `X.weight.nested_absmax` (f32 [ceil(blocks/256)]),
 //! `X.weight.nested_quant_map` (f32 [256]) and `X.weight.quant_state.bitsandbytes__nf4`
-//! (u8 bytes of `json.dumps` of quant_type, blocksize, dtype, shape and, when nested,
-//! nested_blocksize, nested_dtype, nested_offset).
+//! (or `__fp4`: u8 bytes of `json.dumps` of quant_type, blocksize, dtype, shape and, when
+//! nested, nested_blocksize, nested_dtype, nested_offset).
+//!
+//! Dequant:  absmax[b] = nested_quant_map[q8[b]] · nested_absmax[b / nested_blocksize] + offset
+//!           w[j]      = quant_map[nibble(j)] · absmax[j / blocksize]
 
-use super::codes::QuantType;
-use super::four_bit::{Absmax, QuantError, QuantState, Quantized4};
+use super::error::{FormatError, Result};
+use super::safetensors::{from_hf_name, Tensor, Tensors, WeightFiles};
+use crate::quant::codes::QuantType;
+use crate::quant::four_bit::{Absmax, QuantError, QuantState, Quantized4};
 use safetensors::Dtype;
 
 /// One tensor to write: (name, dtype, shape, little-endian bytes).
@@ -26,7 +34,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn f32_from(key: &str, t: &TensorRef) -> Result<Vec<f32>, QuantError> {
-    if t.dtype != Dtype::F32 || t.data.len() % 4 != 0 {
+    if t.dtype != Dtype::F32 || !t.data.len().is_multiple_of(4) {
         return Err(state_err(
             key,
             format!("expected F32 data, got {:?}", t.dtype),
@@ -208,7 +216,8 @@ impl QuantState {
             .ok_or_else(|| state_err(&jkey, format!("quant_type `{qt_name}` is not nf4/fp4")))?;
         let blocksize = field("blocksize")?
             .as_u64()
-            .ok_or_else(|| state_err(&jkey, "blocksize is not an integer".into()))?
+            .filter(|b| *b > 0)
+            .ok_or_else(|| state_err(&jkey, "blocksize is not a positive integer".into()))?
             as usize;
         let dtype = field("dtype")?.as_str().unwrap_or("float32").to_string();
         let shape = field("shape")?
@@ -233,8 +242,10 @@ impl QuantState {
                 as f32;
             let nb = field("nested_blocksize")?
                 .as_u64()
-                .ok_or_else(|| state_err(&jkey, "nested_blocksize is not an integer".into()))?
-                as usize;
+                .filter(|b| *b > 0)
+                .ok_or_else(|| {
+                    state_err(&jkey, "nested_blocksize is not a positive integer".into())
+                })? as usize;
             if at.dtype != Dtype::U8 {
                 return Err(state_err(
                     &akey,
@@ -337,19 +348,177 @@ impl Quantized4 {
     }
 }
 
-/// Write tensor entries (e.g. from [`Quantized4::to_tensors`] plus plain weights) to one
-/// safetensors file with optional metadata (transformers writes `{"format": "pt"}`).
-pub fn write_safetensors(
-    path: &std::path::Path,
-    entries: &[TensorEntry],
-    metadata: Option<std::collections::HashMap<String, String>>,
-) -> Result<(), safetensors::SafeTensorError> {
-    let views = entries
+impl<'a> From<&'a Tensor> for TensorRef<'a> {
+    fn from(t: &'a Tensor) -> TensorRef<'a> {
+        TensorRef {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: t.bytes(),
+        }
+    }
+}
+
+/// `name` -> a [`TensorRef`] borrowed from `tensors` (for `from_tensors`).
+fn borrow<'a>(tensors: &'a Tensors) -> impl Fn(&str) -> Option<TensorRef<'a>> {
+    move |name: &str| tensors.get(name).map(TensorRef::from)
+}
+
+/// The packed 4-bit weight `weight` (with its quant state) of a model dir being loaded, or
+/// None when the dir stores it dense.
+pub fn read_4bit(files: &WeightFiles, weight: &str) -> Result<Option<Quantized4>, QuantError> {
+    if !STATE_SUFFIXES
         .iter()
-        .map(|(name, dtype, shape, data)| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (name.clone(), v))
+        .any(|s| files.contains(&format!("{weight}{s}")))
+    {
+        return Ok(None);
+    }
+    let get = |n: &str| files.tensor(n).ok().map(TensorRef::from);
+    Quantized4::from_tensors(weight, &get).map(Some)
+}
+
+const STATE_SUFFIXES: [&str; 2] = [
+    ".quant_state.bitsandbytes__nf4",
+    ".quant_state.bitsandbytes__fp4",
+];
+/// The state tensors beside a packed weight `X.weight` (`X.weight.<piece>`), besides the JSON.
+pub const PIECES: [&str; 4] = ["absmax", "nested_absmax", "nested_quant_map", "quant_map"];
+
+/// Whether `suffix` (after `X.weight.`) names a piece of a 4-bit weight's state.
+pub fn is_state_piece(suffix: &str) -> bool {
+    PIECES.contains(&suffix) || suffix.starts_with("quant_state.bitsandbytes__")
+}
+
+/// Whether the tensors hold any bitsandbytes 4-bit weight.
+pub fn has_4bit(tensors: &Tensors) -> bool {
+    tensors
+        .keys()
+        .any(|k| STATE_SUFFIXES.iter().any(|s| k.ends_with(s)))
+}
+
+/// How a weight was quantized (enough to quantize it again the same way).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantSpec {
+    /// `nf4` or `fp4`.
+    pub quant_type: String,
+    pub blocksize: usize,
+    /// The compute dtype (the quant state's `dtype`).
+    pub dtype: Dtype,
+    /// The 16-entry 4-bit code.
+    pub code: Vec<f32>,
+    /// Double quant: (nested blocksize, the 256-entry signed dynamic 8-bit map).
+    pub nested: Option<(usize, Vec<f32>)>,
+}
+
+/// Replace every 4-bit weight (and its state tensors) by a dense tensor in its quant state's
+/// dtype, keeping its position. Returns the dequantized names with their quant specs.
+pub fn dequantize_all(tensors: &mut Tensors) -> Result<Vec<(String, QuantSpec)>> {
+    let weights: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| STATE_SUFFIXES.iter().find_map(|s| k.strip_suffix(s)))
+        .map(str::to_string)
+        .collect();
+    let mut dense = std::collections::HashMap::new();
+    let mut drop = std::collections::HashSet::new();
+    let mut done = Vec::new();
+    for weight in &weights {
+        let (t, spec) = dequantize(tensors, weight)?;
+        dense.insert(weight.clone(), t);
+        drop.extend(STATE_SUFFIXES.iter().map(|s| format!("{weight}{s}")));
+        drop.extend(PIECES.iter().map(|p| format!("{weight}.{p}")));
+        done.push((weight.clone(), spec));
+    }
+    // Rebuild in one pass, keeping each weight where its packed form was.
+    *tensors = std::mem::take(tensors)
+        .into_iter()
+        .filter(|(k, _)| !drop.contains(k))
+        .map(|(k, t)| match dense.remove(&k) {
+            Some(d) => (k, d),
+            None => (k, t),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize_to_file(views, metadata, path)
+        .collect();
+    Ok(done)
+}
+
+/// Dequantize the 4-bit weight `weight` (read with [`Quantized4::from_tensors`]) to a dense
+/// tensor in its quant state's dtype.
+pub fn dequantize(tensors: &Tensors, weight: &str) -> Result<(Tensor, QuantSpec)> {
+    let bad = |msg: String| FormatError::mismatch(weight, msg);
+    let q = Quantized4::from_tensors(weight, &borrow(tensors)).map_err(|e| bad(e.to_string()))?;
+    let s = &q.state;
+    let dtype = from_hf_name(&s.dtype).ok_or_else(|| {
+        bad(format!(
+            "quant state dtype {:?} is not a float dtype",
+            s.dtype
+        ))
+    })?;
+    let spec = QuantSpec {
+        quant_type: s.quant_type.name().to_string(),
+        blocksize: s.blocksize,
+        dtype,
+        code: s.code.to_vec(),
+        nested: match &s.absmax {
+            Absmax::Nested {
+                code, blocksize, ..
+            } => Some((*blocksize, code.to_vec())),
+            Absmax::Plain(_) => None,
+        },
+    };
+    Ok((
+        Tensor::from_f32(dtype, s.shape.clone(), &q.dequantize())?,
+        spec,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::testutil::fixture;
+    use crate::formats::safetensors::{read_dir, read_file};
+    use crate::quant::codes::{FP4 as FP4_CODE, NF4 as NF4_CODE};
+
+    /// bitsandbytes `dequantize_4bit` output (fixture) vs ours: exact.
+    #[test]
+    fn dequant_matches_bitsandbytes_fp4_and_nested_nf4() {
+        let t = read_file(&fixture("quant4.safetensors")).unwrap();
+        for tag in ["fp4", "nf4"] {
+            let (got, _) = dequantize(&t, &format!("{tag}.weight")).unwrap();
+            let want = &t[&format!("{tag}.expected")];
+            assert_eq!(got.numel(), want.numel(), "{tag}");
+            assert!(got.to_f32().unwrap() == want.to_f32().unwrap(), "{tag}");
+        }
+        // The built-in tables equal the stored quant maps.
+        assert_eq!(
+            t["fp4.weight.quant_map"].to_f32().unwrap(),
+            FP4_CODE.to_vec()
+        );
+        assert_eq!(
+            t["nf4.weight.quant_map"].to_f32().unwrap(),
+            NF4_CODE.to_vec()
+        );
+    }
+
+    /// A transformers-saved NF4 llama: every 4-bit weight dequantizes to bnb's bf16 values.
+    #[test]
+    fn dequant_all_matches_bitsandbytes_on_saved_model() {
+        let mut t = read_dir(&fixture("llama_nf4/base")).unwrap();
+        assert!(has_4bit(&t));
+        let names = dequantize_all(&mut t).unwrap();
+        assert_eq!(names.len(), 14);
+        assert!(!has_4bit(&t));
+        assert!(t
+            .keys()
+            .all(|k| !k.contains(".absmax") && !k.contains("quant_")));
+        let want = read_file(&fixture("llama_nf4/expected.safetensors")).unwrap();
+        for (n, spec) in &names {
+            assert_eq!(
+                (spec.blocksize, spec.nested.as_ref().map(|n| n.0)),
+                (64, Some(256))
+            );
+            assert_eq!(t[n].dtype, Dtype::BF16);
+            assert!(
+                t[n].to_f32().unwrap() == want[&format!("dequant.{n}")].to_f32().unwrap(),
+                "{n}"
+            );
+        }
+    }
 }
