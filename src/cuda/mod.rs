@@ -32,14 +32,18 @@
 pub mod bench;
 pub mod context;
 pub mod device;
+pub mod emu;
 pub mod error;
 pub mod kernels;
+pub mod launch;
+pub mod mem;
 pub mod nvrtc;
 pub mod ops;
 pub mod selftest;
 pub mod train_check;
 pub mod twins;
 
-pub use context::Gpu;
+pub use context::{Gpu, Traffic};
+pub use mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
 pub use device::{Device, DeviceRequest};
 pub use error::{CudaError, Result};

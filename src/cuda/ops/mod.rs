@@ -1,6 +1,6 @@
 //! Host launchers: one function per kernel. Each checks lengths against the stated dims (and
 //! alignment where the kernel vectorizes) before launching, so a wrong shape is a
-//! `CudaError::Shape` instead of an out-of-bounds access. Buffers are cudarc `CudaSlice`s on the
+//! `CudaError::Shape` instead of an out-of-bounds access. Buffers are cudarc `DevBuf`s on the
 //! `Gpu`'s default stream; every launch is asynchronous on that stream.
 
 #![allow(clippy::too_many_arguments)] // launchers take outputs, inputs and dims explicitly
