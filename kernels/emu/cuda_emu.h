@@ -125,24 +125,36 @@ inline void emu_launch(dim3 grid, dim3 block, unsigned shared_bytes, const std::
     gridDim = grid;
     blockDim = block;
     unsigned nt = block.x * block.y * block.z;
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                std::barrier<> bar(nt);
-                emu_block_bar = &bar;
-                emu_warps.clear();
-                for (unsigned i = 0; i < (nt + 31) / 32; i++)
-                    emu_warps.emplace_back(new EmuWarp(nt - 32 * i < 32 ? nt - 32 * i : 32));
-                std::vector<std::thread> ts;
-                for (unsigned t = 0; t < nt; t++)
-                    ts.emplace_back([&, t] {
-                        threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                        blockIdx = {bx, by, bz};
-                        body();
-                        emu_warps[t / 32]->bar.arrive_and_drop();
-                        bar.arrive_and_drop();
-                    });
-                for (auto& th : ts) th.join();
+    unsigned long nblocks = (unsigned long)grid.x * grid.y * grid.z, cur = 0;
+    // One host thread per CUDA thread for the whole launch; they run the blocks in order (x
+    // fastest), meeting at `step` between blocks, whose completion sets up the next block's
+    // barriers (a thread that returns early drops out of its block's barriers only).
+    std::unique_ptr<std::barrier<>> bar;
+    auto setup = [&] {
+        bar.reset(new std::barrier<>(nt));
+        emu_block_bar = bar.get();
+        emu_warps.clear();
+        for (unsigned i = 0; i < (nt + 31) / 32; i++)
+            emu_warps.emplace_back(new EmuWarp(nt - 32 * i < 32 ? nt - 32 * i : 32));
+    };
+    setup();
+    auto next = [&]() noexcept {
+        if (++cur < nblocks) setup();
+    };
+    std::barrier<decltype(next)> step(nt, next);
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < nt; t++)
+        ts.emplace_back([&, t] {
+            threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            while (cur < nblocks) {
+                unsigned long b = cur;
+                blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+                body();
+                emu_warps[t / 32]->bar.arrive_and_drop();
+                bar->arrive_and_drop();
+                step.arrive_and_wait();
             }
+        });
+    for (auto& th : ts) th.join();
 }
 inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& body) { emu_launch(grid, block, 0, body); }
