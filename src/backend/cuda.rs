@@ -72,6 +72,12 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> anyhow::Result<Self> {
         let gpu = Gpu::new(ordinal).map_err(|e| device_error(&format!("cuda:{ordinal}"), e))?;
         let label = format!("cuda:{ordinal} {} (sm_{}{})", gpu.name, gpu.cc.0, gpu.cc.1);
+        Self::on(gpu, label)
+    }
+
+    /// The backend on an opened device (a real GPU, or the emulated one in tests), probing its
+    /// kernels (and cuBLAS, on a real GPU) as [`CudaBackend::new`] does.
+    pub fn on(gpu: Gpu, label: String) -> anyhow::Result<Self> {
         let probe = |r: Result<()>| r.map_err(|e| anyhow::anyhow!("device {label}: {e}"));
         for (file, f) in [
             (&NORM, "rmsnorm_fwd_f32"),
@@ -83,13 +89,20 @@ impl CudaBackend {
         ] {
             probe(gpu.function(file, f).map(|_| ()))?;
         }
-        probe(gpu.blas().map(|_| ()))?;
+        if !gpu.is_emulated() {
+            probe(gpu.blas().map(|_| ()))?;
+        }
         Ok(CudaBackend {
             gpu,
             label,
             lock: Mutex::new(()),
             cpu: CpuBackend,
         })
+    }
+
+    /// The device's host<->device byte counters.
+    pub fn traffic(&self) -> crate::cuda::Traffic {
+        self.gpu.traffic()
     }
 
     /// `cuda:N <name> (sm_XY)`.
