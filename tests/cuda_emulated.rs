@@ -152,7 +152,18 @@ fn cuda_backend_ops_match_cpu_backend() {
         let (mut y, mut m, mut r) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
         be.layernorm_fwd(&mut y, &mut m, &mut r, &x, &w, &b, n, d, 1e-5);
         let (mut dx, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; d], vec![0f32; d]);
-        be.layernorm_bwd(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &w, &m, &r, n, d);
+        be.layernorm_bwd(
+            &mut dx,
+            Some(&mut dw),
+            Some(&mut db),
+            &dy,
+            &x,
+            &w,
+            &m,
+            &r,
+            n,
+            d,
+        );
         (y, dx, dw, db)
     };
     let (c, g) = (run_ln(&cpu), run_ln(&cuda));
@@ -221,7 +232,13 @@ fn cuda_backend_ops_match_cpu_backend() {
             let (mut qc, mut qg) = (q0.clone(), q0.clone());
             cpu.rope(&mut qc, &pos, tok, heads, hd, &freqs, kind, inverse);
             cuda.rope(&mut qg, &pos, tok, heads, hd, &freqs, kind, inverse);
-            close(&format!("rope {kind:?} inverse={inverse}"), &qg, &qc, 1e-5, 1e-4);
+            close(
+                &format!("rope {kind:?} inverse={inverse}"),
+                &qg,
+                &qc,
+                1e-5,
+                1e-4,
+            );
         }
     }
 
@@ -331,6 +348,12 @@ fn traffic_counter_counts_exactly_the_bytes_copied() {
     let (mut y, mut r) = (vec![0f32; n * d], vec![0f32; n]);
     cuda.rmsnorm_fwd(&mut y, &mut r, &vec![1.0; n * d], &vec![1.0; d], n, d, 1e-5);
     let after = cuda.traffic();
-    assert_eq!(after.htod_bytes - before.htod_bytes, ((n * d + d) * 4) as u64);
-    assert_eq!(after.dtoh_bytes - before.dtoh_bytes, ((n * d + n) * 4) as u64);
+    assert_eq!(
+        after.htod_bytes - before.htod_bytes,
+        ((n * d + d) * 4) as u64
+    );
+    assert_eq!(
+        after.dtoh_bytes - before.dtoh_bytes,
+        ((n * d + n) * 4) as u64
+    );
 }

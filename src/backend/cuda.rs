@@ -35,8 +35,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::{AttnDims, AttnMask, Backend, CpuBackend, RopeFreqs, RopeKind};
 use crate::cuda::error::{CudaError, Result};
@@ -113,10 +113,7 @@ impl CudaBackend {
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self
-            .gpu
-            .bind_to_thread()
-            .and_then(|_| f(&self.gpu));
+        let result = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));
         match result.and_then(|r| {
             self.gpu.synchronize()?;
             Ok(r)
@@ -142,14 +139,14 @@ pub(crate) fn device_error(device: &str, e: CudaError) -> anyhow::Error {
 /// refused by the driver).
 fn up<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, v: &[T]) -> Result<DevBuf<T>> {
     if v.is_empty() {
-        return Ok(gpu.alloc_zeros(1)?);
+        return gpu.alloc_zeros(1);
     }
-    Ok(gpu.clone_htod(v)?)
+    gpu.clone_htod(v)
 }
 
 /// A zeroed device buffer of `n` (at least 1) elements.
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<DevBuf<T>> {
-    Ok(gpu.alloc_zeros(n.max(1))?)
+    gpu.alloc_zeros(n.max(1))
 }
 
 /// The first `dst.len()` elements of `src` into `dst`.
@@ -652,10 +649,7 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("gelu_bwd", |g| {
-            let (gdy, gx) = (
-                g.clone_htod(&dy[..n])?,
-                g.clone_htod(&x[..n])?,
-            );
+            let (gdy, gx) = (g.clone_htod(&dy[..n])?, g.clone_htod(&x[..n])?);
             let mut gdx = g.alloc_zeros::<f32>(n)?;
             gelu_tanh_bwd::<f32>(g, &mut gdx, &gdy, &gx)?;
             down(g, &gdx, dx)

@@ -12,8 +12,8 @@
 
 use std::io::Write;
 
-use cudarc::driver::sys::CUevent_flags;
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 
 use super::error::Result;
@@ -86,7 +86,7 @@ fn rand_bf16(gpu: &Gpu, rng: &mut Rng, n: usize, scale: f32) -> Result<DevBuf<bf
     let h: Vec<bf16> = (0..n)
         .map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) * scale))
         .collect();
-    Ok(gpu.clone_htod(&h)?)
+    gpu.clone_htod(&h)
 }
 
 fn rand_nf4(
@@ -139,9 +139,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     let nbytes = 1usize << 30;
     let src = gpu.alloc_zeros::<u8>(nbytes)?;
     let mut dst = gpu.alloc_zeros::<u8>(nbytes)?;
-    let ms = time_ms(&gpu, o, &mut |_| {
-        Ok(gpu.memcpy_dtod(&src, &mut dst)?)
-    })?;
+    let ms = time_ms(&gpu, o, &mut |_| gpu.memcpy_dtod(&src, &mut dst))?;
     let peak_gbps = 2.0 * nbytes as f64 / (ms * 1e-3) / 1e9;
     drop((src, dst));
     let _ = writeln!(out, "measured peaks: {peak_tflops:.1} TFLOP/s (cuBLAS bf16 8192^3), {peak_gbps:.0} GB/s (1 GiB D2D copy)");

@@ -180,7 +180,8 @@ impl Gpu {
         match &self.dev {
             Dev::Real(r) => Ok(r
                 .ctx
-                .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32),
+                .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+                as u32),
             Dev::Emu(_) => Ok(1),
         }
     }
@@ -323,7 +324,9 @@ impl Gpu {
             ));
         }
         match (&self.dev, &s.0, &mut d.0) {
-            (Dev::Real(r), ViewRepr::Real(a), ViewMutRepr::Real(b)) => r.stream.memcpy_dtod(a, b)?,
+            (Dev::Real(r), ViewRepr::Real(a), ViewMutRepr::Real(b)) => {
+                r.stream.memcpy_dtod(a, b)?
+            }
             // SAFETY: both views are inside their allocations; ptr::copy allows overlap.
             (Dev::Emu(_), ViewRepr::Emu { ptr: a, len, .. }, ViewMutRepr::Emu { ptr: b, .. }) => unsafe {
                 std::ptr::copy(*a, *b, *len)

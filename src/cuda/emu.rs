@@ -117,8 +117,9 @@ impl EmuDevice {
                     let path = self.build(file)?;
                     // SAFETY: a library we just compiled from our own source; its initializers
                     // only set up the runtime's globals.
-                    let lib = unsafe { libloading::Library::new(&path) }
-                        .map_err(|e| emu_err(file.name, format!("loading {}: {e}", path.display())))?;
+                    let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| {
+                        emu_err(file.name, format!("loading {}: {e}", path.display()))
+                    })?;
                     let lib = Arc::new(lib);
                     map.insert(file.name, lib.clone());
                     lib
@@ -169,7 +170,9 @@ impl EmuDevice {
             path: path.to_path_buf(),
             source,
         };
-        let header = self.cache_dir.join(format!("cuda_emu-{:016x}.h", fnv1a(&[HEADER])));
+        let header = self
+            .cache_dir
+            .join(format!("cuda_emu-{:016x}.h", fnv1a(&[HEADER])));
         if !header.exists() {
             write_atomic(&header, HEADER.as_bytes()).map_err(|e| io(&header, e))?;
         }
@@ -191,7 +194,14 @@ impl EmuDevice {
         self.run(
             file.name,
             Command::new(&self.cxx)
-                .args(["-O2", "-std=c++20", "-DRECIPE_EMU", "-fPIC", "-shared", "-pthread"])
+                .args([
+                    "-O2",
+                    "-std=c++20",
+                    "-DRECIPE_EMU",
+                    "-fPIC",
+                    "-shared",
+                    "-pthread",
+                ])
                 .arg("-include")
                 .arg(&header)
                 .arg(&cpp)
@@ -228,8 +238,8 @@ fn shims(file: &str, pre: &str) -> Result<String> {
         .split_once("namespace recipe_emu_kernels_begin {}")
         .map(|(_, b)| b)
         .unwrap_or(pre);
-    let re = regex::Regex::new(r#"extern\s+"C"\s+void\s+(\w+)\s*\(([^)]*)\)"#)
-        .expect("static regex");
+    let re =
+        regex::Regex::new(r#"extern\s+"C"\s+void\s+(\w+)\s*\(([^)]*)\)"#).expect("static regex");
     let mut out = String::from("#include <cstring>\n#include <exception>\n");
     for cap in re.captures_iter(body) {
         let name = &cap[1];
@@ -247,7 +257,10 @@ fn shims(file: &str, pre: &str) -> Result<String> {
                 .ok_or_else(|| emu_err(file, format!("{name}: cannot parse parameter '{p}'")))?;
             let ty = p[..=split].trim();
             if ty.contains('[') || ty.contains('(') {
-                return Err(emu_err(file, format!("{name}: unsupported parameter '{p}'")));
+                return Err(emu_err(
+                    file,
+                    format!("{name}: unsupported parameter '{p}'"),
+                ));
             }
             unpack.push_str(&format!(
                 "    {ty} a{i}; std::memcpy(&a{i}, args[{i}], sizeof(a{i}));\n"

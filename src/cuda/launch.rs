@@ -130,7 +130,9 @@ impl<'a, 'b: 'a, 'c: 'b, T> KernelArg<'a> for &'b mut DevViewMut<'c, T> {
             (LaunchRepr::Real(b), ViewMutRepr::Real(v)) => {
                 b.arg(v);
             }
-            (LaunchRepr::Emu(_, slots), ViewMutRepr::Emu { ptr, .. }) => slots.push((*ptr as u64, 8)),
+            (LaunchRepr::Emu(_, slots), ViewMutRepr::Emu { ptr, .. }) => {
+                slots.push((*ptr as u64, 8))
+            }
             _ => mixed(),
         }
     }

@@ -153,7 +153,10 @@ impl<T> DevBuf<T> {
         match &mut self.repr {
             BufRepr::Real(s) => {
                 let (a, b) = s.split_at_mut(mid);
-                (DevViewMut(ViewMutRepr::Real(a)), DevViewMut(ViewMutRepr::Real(b)))
+                (
+                    DevViewMut(ViewMutRepr::Real(a)),
+                    DevViewMut(ViewMutRepr::Real(b)),
+                )
             }
             BufRepr::Emu(m) => emu_split(m.ptr, len, mid),
         }
@@ -265,7 +268,10 @@ impl<T> DevViewMut<'_, T> {
         match &mut self.0 {
             ViewMutRepr::Real(v) => {
                 let (a, b) = v.split_at_mut(mid);
-                (DevViewMut(ViewMutRepr::Real(a)), DevViewMut(ViewMutRepr::Real(b)))
+                (
+                    DevViewMut(ViewMutRepr::Real(a)),
+                    DevViewMut(ViewMutRepr::Real(b)),
+                )
             }
             ViewMutRepr::Emu { ptr, .. } => emu_split(*ptr, len, mid),
         }

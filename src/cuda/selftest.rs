@@ -139,11 +139,7 @@ fn up<T: Elem>(gpu: &Gpu, v: &[f32]) -> Result<DevBuf<T>> {
 }
 
 fn down<T: Elem>(gpu: &Gpu, s: &DevBuf<T>) -> Result<Vec<f32>> {
-    Ok(gpu
-        .clone_dtoh(s)?
-        .into_iter()
-        .map(|x| x.to_f32())
-        .collect())
+    Ok(gpu.clone_dtoh(s)?.into_iter().map(|x| x.to_f32()).collect())
 }
 
 /// What a T buffer stores for these values.
@@ -593,14 +589,7 @@ fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                 grad_scale: 0.7,
             };
             twins::optim::adamw_step(&mut p, &mut m, &mut v, &g, &h);
-            ops::optim::adamw_step(
-                gpu,
-                &mut pd,
-                &mut md,
-                &mut vd,
-                &gpu.clone_htod(&g)?,
-                &h,
-            )?;
+            ops::optim::adamw_step(gpu, &mut pd, &mut md, &mut vd, &gpu.clone_htod(&g)?, &h)?;
         }
         let t = Tol {
             atol: 1e-6,
@@ -680,10 +669,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         );
         let (mut dx, mut dw) = (vec![0f32; rows * d], vec![0f32; d]);
         twins::norm::rmsnorm_bwd(&mut dx, &mut dw, &dy, &x, &w, &rs, d);
-        let (mut dxg, mut dwg) = (
-            gpu.alloc_zeros::<T>(rows * d)?,
-            gpu.alloc_zeros::<f32>(d)?,
-        );
+        let (mut dxg, mut dwg) = (gpu.alloc_zeros::<T>(rows * d)?, gpu.alloc_zeros::<f32>(d)?);
         ops::norm::rmsnorm_bwd(gpu, &mut dxg, &mut dwg, &dyd, &xd, &wd, &rsg, rows, d)?;
         ck.check(
             &format!("rmsnorm_bwd_{s} {rows}x{d} dx"),
@@ -700,10 +686,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         // LayerNorm
         let (mut mu, mut rs) = (vec![0f32; rows], vec![0f32; rows]);
         twins::norm::layernorm_fwd(&mut y, &mut mu, &mut rs, &x, &w, &b, d, 1e-5);
-        let (mut mug, mut rsg) = (
-            gpu.alloc_zeros::<f32>(rows)?,
-            gpu.alloc_zeros::<f32>(rows)?,
-        );
+        let (mut mug, mut rsg) = (gpu.alloc_zeros::<f32>(rows)?, gpu.alloc_zeros::<f32>(rows)?);
         ops::norm::layernorm_fwd(
             gpu, &mut yg, &mut mug, &mut rsg, &xd, &wd, &bd, rows, d, 1e-5,
         )?;
@@ -715,10 +698,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         );
         let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
         twins::norm::layernorm_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &mu, &rs, d);
-        let (mut dwg, mut dbg) = (
-            gpu.alloc_zeros::<f32>(d)?,
-            gpu.alloc_zeros::<f32>(d)?,
-        );
+        let (mut dwg, mut dbg) = (gpu.alloc_zeros::<f32>(d)?, gpu.alloc_zeros::<f32>(d)?);
         ops::norm::layernorm_bwd(
             gpu, &mut dxg, &mut dwg, &mut dbg, &dyd, &xd, &wd, &mug, &rsg, rows, d,
         )?;
@@ -998,10 +978,7 @@ fn ce_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> 
         let (zd, td) = (up::<T>(gpu, &z)?, gpu.clone_htod(&targets)?);
         let (mut loss, mut lse) = (vec![0f32; n], vec![0f32; n]);
         twins::cross_entropy::cross_entropy_fwd(&mut loss, &mut lse, &z, &targets, v);
-        let (mut lg, mut lseg) = (
-            gpu.alloc_zeros::<f32>(n)?,
-            gpu.alloc_zeros::<f32>(n)?,
-        );
+        let (mut lg, mut lseg) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
         ops::cross_entropy::cross_entropy_fwd(gpu, &mut lg, &mut lseg, &zd, &td, v)?;
         ck.check(
             &format!("cross_entropy_fwd_{s} n={n} v={v} loss"),
@@ -1617,8 +1594,7 @@ fn lora_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     let (dx_up, _, _) = hu.bwd(&dg, &x, n, 0);
     let (dx_gate, _, _) = hg.bwd(&de, &x, n, 0);
     let dx: Vec<f32> = dx_up.iter().zip(&dx_gate).map(|(a, b)| a + b).collect();
-    let alloc =
-        |len: usize| -> Result<DevBuf<bf16>> { Ok(gpu.alloc_zeros::<bf16>(len)?) };
+    let alloc = |len: usize| -> Result<DevBuf<bf16>> { Ok(gpu.alloc_zeros::<bf16>(len)?) };
     let mut sc = ops::lora::LoraScratch::new(gpu, n, r, ff, false)?;
     let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
     let (mut yg, mut eg, mut gg, mut ag2) = (

@@ -1,7 +1,7 @@
 //! Launcher for kernels/adamw8bit.cu and the paged (host-resident state) driver.
 
-use cudarc::driver::LaunchConfig;
 use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
+use cudarc::driver::LaunchConfig;
 
 use super::need;
 use crate::cuda::error::{shape_err, Result};

@@ -1,13 +1,13 @@
 //! Launchers for kernels/attention.cu: causal flash-style attention forward and backward.
 
-use cudarc::driver::LaunchConfig;
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, grid_u32, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ATTENTION;
-use crate::cuda::twins::attention::AttnDims;
 use crate::cuda::launch::Launch;
+use crate::cuda::twins::attention::AttnDims;
 use crate::cuda::Gpu;
 
 /// Rows per block in the kernels (8 warps).

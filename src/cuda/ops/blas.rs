@@ -12,8 +12,8 @@ use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 use half::bf16;
 
 use super::{need, Elem};
-use crate::cuda::mem::{BufRepr, DevBuf, DevView, DevViewMut, ViewMutRepr, ViewRepr};
 use crate::cuda::error::{shape_err, Result};
+use crate::cuda::mem::{BufRepr, DevBuf, DevView, DevViewMut, ViewMutRepr, ViewRepr};
 use crate::cuda::Gpu;
 
 /// Row-major matmul description: C[m, n] = alpha·op(A)·op(B) + beta·C with op(A) [m, k] and
@@ -210,7 +210,10 @@ fn emu_gemm<T: Elem>(
     let (br, bc) = if tb { (n, k) } else { (k, n) };
     for (what, ld, rows) in [("lda", lda, ar), ("ldb", ldb, br), ("ldc", ldc, m)] {
         if ld < rows.max(1) {
-            return Err(shape_err(op, format!("emulated cuBLAS: {what} = {ld} < {rows} rows")));
+            return Err(shape_err(
+                op,
+                format!("emulated cuBLAS: {what} = {ld} < {rows} rows"),
+            ));
         }
     }
     let reach = |rows: usize, cols: usize, ld: usize, stride: usize| {
@@ -256,7 +259,11 @@ fn emu_gemm<T: Elem>(
                     acc += av.to_f32() * bv.to_f32();
                 }
                 let ci = r + j * ldc;
-                let old = if beta == 0.0 { 0.0 } else { beta * c[ci].to_f32() };
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta * c[ci].to_f32()
+                };
                 c[ci] = T::from_f32(alpha * acc + old);
             }
         }

@@ -1,7 +1,7 @@
 //! Launchers for kernels/gemm4.cu: 4-bit dequant-GEMM (bf16 tensor cores) forward and dX.
 
-use cudarc::driver::LaunchConfig;
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::quant4::Quant4Weight;
@@ -100,7 +100,9 @@ fn launch(
         dim(op, "blocksize", w.blocksize)?,
         accumulate as i32,
     );
-    let aligned = i32::from(inp.device_addr() % 16 == 0 && w.packed.device_addr() % 16 == 0);
+    let aligned = i32::from(
+        inp.device_addr().is_multiple_of(16) && w.packed.device_addr().is_multiple_of(16),
+    );
     let mut b = gpu.launch_builder(&f);
     b.arg(out)
         .arg(inp)

@@ -2,8 +2,8 @@
 //! global gradient clipping (sum sumsq over all grads, clip_factor on the host, pass it as
 //! `grad_scale` to the optimizer step).
 
-use cudarc::driver::LaunchConfig;
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};

@@ -1,7 +1,7 @@
 //! Launchers for kernels/quant4.cu: 4-bit dequantization and batch-1 GEMV.
 
-use cudarc::driver::LaunchConfig;
 use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
