@@ -184,6 +184,14 @@ The output dir must not exist (it is written under a temporary name, then rename
     /// Chat with a model (+ adapter): multi-turn, the model's template, streamed replies.
     #[command(after_help = crate::gen_cli::CHAT_HELP)]
     Chat(crate::gen_cli::ChatArgs),
+    /// Serve a model (+ adapter) over the OpenAI API: /v1/chat/completions (streaming),
+    /// /v1/completions, /v1/models.
+    #[command(after_help = crate::serve::SERVE_HELP)]
+    Serve(crate::serve::ServeArgs),
+    /// Write a commented LoRA recipe for a model dir and a dataset (family, record format,
+    /// template, targets and a batch size that fits this machine are detected).
+    #[command(after_help = crate::init::INIT_HELP)]
+    Init(crate::init::InitArgs),
     /// Run the kernel self-test: every CUDA kernel against its CPU twin, then a tiny training
     /// run on the CPU and CUDA backends.
     #[command(after_help = "\
@@ -324,6 +332,8 @@ pub fn main() -> i32 {
         },
         Cmd::Generate(a) => crate::gen_cli::generate_cmd(&a),
         Cmd::Chat(a) => crate::gen_cli::chat_cmd(&a),
+        Cmd::Serve(a) => crate::serve::serve_cmd(&a),
+        Cmd::Init(a) => crate::init::init_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
         Cmd::Bench { device } => cmd_bench(&device),
     }

@@ -272,7 +272,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Opens the session on `--device` (resolved first, so a bad device fails before loading),
     /// printing which device runs to stderr.
-    fn open(&self, template: &str) -> Result<Session> {
+    pub fn open(&self, template: &str) -> Result<Session> {
         let (backend, line) = crate::backend::backend_for_spec(&self.device)?;
         eprintln!("{line}");
         let mut s = Session::open(
@@ -285,7 +285,7 @@ impl ModelArgs {
         Ok(s)
     }
 
-    fn config(&self, s: &Session) -> GenConfig {
+    pub fn config(&self, s: &Session) -> GenConfig {
         let mut sampling = s.default_sampling();
         sampling.do_sample = !self.greedy;
         if let Some(t) = self.temperature {

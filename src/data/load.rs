@@ -212,6 +212,31 @@ fn open_file(file: &DataFile, spec: &LoadSpec) -> Result<FileRows, DataError> {
     }
 }
 
+/// The columns of the dataset at `path` (auto-detected file format): the schema's (CSV
+/// header, Parquet/Arrow) or the first row's keys (JSON/JSONL). For `recipe init`.
+pub fn peek_columns(path: &Path) -> Result<Vec<String>, DataError> {
+    let spec = LoadSpec {
+        path: path.to_path_buf(),
+        ..Default::default()
+    };
+    let resolved = resolve(path, FileFormat::Auto, None)?;
+    let Some(file) = resolved.files.first() else {
+        return Err(DataError::NotFound(path.to_path_buf()));
+    };
+    let mut rows = open_file(file, &spec)?;
+    if let Some(cols) = rows.columns.take() {
+        return Ok(cols);
+    }
+    match rows.rows.next() {
+        Some(Ok(row)) => Ok(row.fields.keys().cloned().collect()),
+        Some(Err(e)) => Err(e),
+        None => Err(DataError::Empty {
+            path: path.to_path_buf(),
+            detail: String::new(),
+        }),
+    }
+}
+
 /// The data files `spec.path` resolves to (for cache keys: hash these).
 pub fn input_files(spec: &LoadSpec) -> Result<Vec<PathBuf>, DataError> {
     let r = resolve(&spec.path, spec.file_format, spec.hf_split.as_deref())?;

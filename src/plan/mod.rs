@@ -230,7 +230,7 @@ pub fn above_machine_memory(plan: &Plan, ids: Option<&[String]>) -> Vec<String> 
 
 /// Total memory of this machine (`MemTotal` of /proc/meminfo), if known.
 /// `RECIPE_TEST_MEMORY_BYTES` overrides it for tests.
-fn machine_memory() -> Option<u64> {
+pub fn machine_memory() -> Option<u64> {
     if let Some(v) = std::env::var("RECIPE_TEST_MEMORY_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
