@@ -36,6 +36,19 @@ type SigFn = unsafe extern "C" fn(*mut u32) -> *const u32;
 /// one at a time.
 static LAUNCH_LOCK: Mutex<()> = Mutex::new(());
 
+/// One build at a time in this process (devices opened by parallel tests share the cache).
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Unique temporary names (pid + counter) so concurrent builds never share a file.
+fn tmp_name(path: &Path) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Keep the extension last: g++ picks the language from it.
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path.extension().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}.tmp{}-{n}.{ext}", std::process::id()))
+}
+
 /// The emulated device: where compiled kernel libraries are cached, and the loaded ones.
 pub struct EmuDevice {
     pub cache_dir: PathBuf,
@@ -163,6 +176,7 @@ impl EmuDevice {
         let key = fnv1a(&[HEADER, &source, &self.cxx]);
         let stem = format!("{}-{key:016x}", file.name);
         let so = self.cache_dir.join(format!("{stem}.so"));
+        let _one = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if so.exists() {
             return Ok(so);
         }
@@ -176,8 +190,9 @@ impl EmuDevice {
         if !header.exists() {
             write_atomic(&header, HEADER.as_bytes()).map_err(|e| io(&header, e))?;
         }
-        let pre_src = self.cache_dir.join(format!("{stem}.pre.cpp"));
-        write_atomic(&pre_src, source.as_bytes()).map_err(|e| io(&pre_src, e))?;
+        // Per-build file names: another process may be building the same file right now.
+        let pre_src = tmp_name(&self.cache_dir.join(format!("{stem}.pre.cpp")));
+        std::fs::write(&pre_src, source.as_bytes()).map_err(|e| io(&pre_src, e))?;
         let pre = self.run(
             file.name,
             Command::new(&self.cxx)
@@ -186,11 +201,9 @@ impl EmuDevice {
                 .arg(&pre_src),
         )?;
         let shims = shims(file.name, &pre)?;
-        let cpp = self.cache_dir.join(format!("{stem}.cpp"));
-        write_atomic(&cpp, format!("{source}\n{shims}").as_bytes()).map_err(|e| io(&cpp, e))?;
-        let tmp = self
-            .cache_dir
-            .join(format!("{stem}.{}.tmp.so", std::process::id()));
+        let cpp = tmp_name(&self.cache_dir.join(format!("{stem}.cpp")));
+        std::fs::write(&cpp, format!("{source}\n{shims}").as_bytes()).map_err(|e| io(&cpp, e))?;
+        let tmp = tmp_name(&so);
         self.run(
             file.name,
             Command::new(&self.cxx)
@@ -209,6 +222,7 @@ impl EmuDevice {
                 .arg(&tmp),
         )?;
         std::fs::rename(&tmp, &so).map_err(|e| io(&so, e))?;
+        let _ = std::fs::remove_file(&cpp);
         let _ = std::fs::remove_file(&pre_src);
         Ok(so)
     }
@@ -227,7 +241,7 @@ impl EmuDevice {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let tmp = tmp_name(path);
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
