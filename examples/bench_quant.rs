@@ -1,5 +1,7 @@
 //! Quantization and QLoRA on the CPU: quantize throughput, QLoRA vs LoRA train-step tokens/s,
-//! and measured peak RSS (VmHWM, each run in a child process) next to the plan's estimate.
+//! and measured peak RSS (VmHWM, each run in a child process) next to the plan's estimate, for
+//! LoRA / QLoRA on q_proj, v_proj and for LoRA with a `target_regex` (with and without
+//! gradient checkpointing).
 //!
 //!     cargo run --example bench_quant            # BENCHMARKS.md "Quantization and QLoRA"
 //!     cargo run --example bench_quant -- small   # a smaller model (quick check)
@@ -19,7 +21,56 @@ use std::time::Instant;
 const BATCH: usize = 4;
 const SEQ: usize = 128;
 const STEPS: usize = 3;
-const R: usize = 8;
+
+/// One measured run: its name, base, LoRA rank and targets (target_modules or target_regex).
+struct Run {
+    name: &'static str,
+    quantized: bool,
+    r: usize,
+    regex: Option<&'static str>,
+    checkpointing: bool,
+}
+
+const RUNS: &[Run] = &[
+    Run {
+        name: "lora",
+        quantized: false,
+        r: 8,
+        regex: None,
+        checkpointing: false,
+    },
+    Run {
+        name: "qlora",
+        quantized: true,
+        r: 8,
+        regex: None,
+        checkpointing: false,
+    },
+    // Every linear of layers 0-2, rank 64: adapters the q/v-name rule would not see.
+    Run {
+        name: "lora-regex",
+        quantized: false,
+        r: 64,
+        regex: Some(r".*\.[0-2]\..*_proj"),
+        checkpointing: false,
+    },
+    Run {
+        name: "lora-regex-ckpt",
+        quantized: false,
+        r: 64,
+        regex: Some(r".*\.[0-2]\..*_proj"),
+        checkpointing: true,
+    },
+];
+
+impl Run {
+    fn targets(&self) -> recipe::lora::Targets {
+        match self.regex {
+            Some(re) => recipe::lora::Targets::Regex(re.into()),
+            None => recipe::lora::Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+        }
+    }
+}
 
 struct Size {
     hidden: usize,
@@ -61,19 +112,19 @@ fn vm_hwm() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Child: load (dense or 4-bit), LoRA r 8 on q_proj/v_proj, AdamW, 1 warm-up + STEPS steps.
-fn child(method: &str, dir: &Path) {
+/// Child: load (dense or 4-bit), LoRA as the run says, AdamW, 1 warm-up + STEPS steps.
+fn child(run: &Run, dir: &Path) {
     let opts = LoadOptions::default();
-    let mut m: Model = if method == "qlora" {
+    let mut m: Model = if run.quantized {
         load_quantized_model(dir, &opts).unwrap()
     } else {
         Model::load(dir, &opts).unwrap()
     };
     let cfg = recipe::lora::LoraConfig {
-        r: R,
+        r: run.r,
         alpha: 16.0,
         dropout: 0.0,
-        targets: recipe::lora::Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+        targets: run.targets(),
         use_rslora: false,
         modules_to_save: vec![],
         seed: 1,
@@ -103,7 +154,11 @@ fn child(method: &str, dir: &Path) {
             t = Instant::now();
         }
         m.zero_grad();
-        m.forward_backward(&batch, TrainOptions::default()).unwrap();
+        let o = TrainOptions {
+            checkpointing: run.checkpointing,
+            ..TrainOptions::default()
+        };
+        m.forward_backward(&batch, o).unwrap();
         let mut ps = m.params_mut();
         let (mut vals, grads): (Vec<&mut [f32]>, Vec<&[f32]>) =
             ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
@@ -122,8 +177,8 @@ fn params(v: serde_json::Value) -> Params {
     }
 }
 
-/// The plan's train estimate for this model and batch (quantized or not).
-fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
+/// The plan's train estimate for this model, batch and run.
+fn plan_bytes(dir: &Path, run: &Run) -> u64 {
     let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
     all.insert(
         "base".into(),
@@ -140,11 +195,16 @@ fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
         "tok".into(),
         ("tokenize", params(json!({"max_length": SEQ}))),
     );
-    let model = if quantized { "q" } else { "base" };
-    let train = params(json!({
-        "model": model, "data": "tok", "method": "lora", "r": R, "optim": "adamw",
-        "batch_size": BATCH, "gradient_checkpointing": false, "target_modules": ["q_proj", "v_proj"]
-    }));
+    let model = if run.quantized { "q" } else { "base" };
+    let mut train = json!({
+        "model": model, "data": "tok", "method": "lora", "r": run.r, "optim": "adamw",
+        "batch_size": BATCH, "gradient_checkpointing": run.checkpointing
+    });
+    match run.regex {
+        Some(re) => train["target_regex"] = json!(re),
+        None => train["target_modules"] = json!(["q_proj", "v_proj"]),
+    }
+    let train = params(train);
     let mut inputs = IndexMap::new();
     inputs.insert("model".to_string(), (all[model].0, &all[model].1));
     inputs.insert("data".to_string(), ("tokenize", &all["tok"].1));
@@ -163,7 +223,8 @@ fn plan_bytes(dir: &Path, quantized: bool) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("child") {
-        return child(&args[2], Path::new(&args[3]));
+        let run = RUNS.iter().find(|r| r.name == args[2]).expect("run name");
+        return child(run, Path::new(&args[3]));
     }
     let small = args.get(1).map(String::as_str) == Some("small");
     let s = if small {
@@ -210,7 +271,9 @@ fn main() {
         st.f32_bytes_quantized as f64 / secs / 1e9
     );
     let exe = std::env::current_exe().unwrap();
-    for (method, dir, quantized) in [("lora", &dense, false), ("qlora", &q, true)] {
+    for run in RUNS {
+        let dir = if run.quantized { &q } else { &dense };
+        let method = run.name;
         let out = std::process::Command::new(&exe)
             .args(["child", method, &dir.display().to_string()])
             .output()
@@ -224,12 +287,15 @@ fn main() {
         });
         let hwm = v["vm_hwm"].as_u64().unwrap();
         println!(
-            "{method}: batch {BATCH} x seq {SEQ}, r {R} q/v: {:.0} tokens/s, peak RSS while loading {:.1} MiB, while training {:.1} MiB",
+            "{method}: batch {BATCH} x seq {SEQ}, r {} {}{}: {:.0} tokens/s, peak RSS while loading {:.1} MiB, while training {:.1} MiB",
+            run.r,
+            run.regex.unwrap_or("q/v"),
+            if run.checkpointing { ", checkpointing" } else { "" },
             v["tokens_per_s"].as_f64().unwrap(),
             v["load_hwm"].as_u64().unwrap() as f64 / 1048576.0,
             hwm as f64 / 1048576.0
         );
-        let plan = plan_bytes(&dense, quantized);
+        let plan = plan_bytes(&dense, run);
         println!(
             "    plan {:.1} MiB vs measured {:.1} MiB: {:+.1}%",
             plan as f64 / 1048576.0,

@@ -396,9 +396,9 @@ fn init(args: &InitArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating `{}`", dir.display()))?;
 
-    let cfg = crate::plan::memory::read_config(&args.model)?;
-    let family = crate::plan::memory::family_of(&cfg)
-        .with_context(|| format!("`{}`", args.model.join("config.json").display()))?;
+    let cfg = crate::formats::config::HfConfig::read(&args.model)?;
+    let fam = crate::model::Family::of(&cfg)?;
+    let family = fam.name();
     let bundle = crate::text::TokenizerBundle::from_dir(&args.model)
         .with_context(|| format!("loading the tokenizer from `{}`", args.model.display()))?;
     let columns_seen = crate::data::load::peek_columns(&args.data)
@@ -407,7 +407,8 @@ fn init(args: &InitArgs) -> Result<()> {
     let format = detect_format(&columns_seen)
         .map_err(|e| anyhow::anyhow!("`{}`: {e}", args.data.display()))?;
     let template = pick_template(family, format.format, &bundle);
-    let targets = crate::steps::train::default_targets(family)
+    let targets = fam
+        .default_targets()
         .iter()
         .map(|s| s.to_string())
         .collect();

@@ -283,6 +283,24 @@ fn corpus() -> Vec<Case> {
             &TRAIN.replace("model = \"base\"\ndata = \"tokens\"", "model = \"data\"\ndata = \"tokens\""),
             "error: step `train`, key `model`: `data` is a `load.dataset` step\n  --> r.toml:21:9\n   |\n21 | model = \"data\"\n   |         ^^^^^^\n   = expected: the id of a load.model or quantize step\n   = got: a `load.dataset` step\n\n1 error in recipe\n",
         ),
+        // Keys the typed params cannot take (silently clamped to 0 or wrapped before).
+        train("logging_steps_negative", "logging_steps = -1\n", "error: step `train`, key `logging_steps`: must be >= 0\n  --> r.toml:23:17\n   |\n23 | logging_steps = -1\n   |                 ^^\n   = got: -1\n\n1 error in recipe\n"),
+        train("seed_and_save_steps_negative", "seed = -1\nsave_steps = -5\n", "error: step `train`, key `save_steps`: must be >= 0\n  --> r.toml:24:14\n   |\n24 | save_steps = -5\n   |              ^^\n   = got: -5\n\nerror: step `train`, key `seed`: must be >= 0\n  --> r.toml:23:8\n   |\n23 | seed = -1\n   |        ^^\n   = got: -1\n\n2 errors in recipe\n"),
+        plan(
+            "evaluate_batch_size_zero",
+            &format!("{TRAIN}[steps.eval]\nkind = \"evaluate\"\nmodel = \"base\"\ndata = \"tokens\"\nbatch_size = 0\n"),
+            "error: step `eval`, key `batch_size`: must be positive\n  --> r.toml:27:14\n   |\n27 | batch_size = 0\n   |              ^\n   = got: 0\n\n1 error in recipe\n",
+        ),
+        plan(
+            "evaluate_negative_counts",
+            &format!("{TRAIN}[steps.eval]\nkind = \"evaluate\"\nmodel = \"base\"\ndata = \"tokens\"\nlimit = -3\nmax_new_tokens = -1\n"),
+            "error: step `eval`, key `limit`: must be >= 0\n  --> r.toml:27:9\n   |\n27 | limit = -3\n   |         ^^\n   = got: -3\n\nerror: step `eval`, key `max_new_tokens`: must be >= 0\n  --> r.toml:28:18\n   |\n28 | max_new_tokens = -1\n   |                  ^^\n   = got: -1\n\n2 errors in recipe\n",
+        ),
+        plan(
+            "generate_top_k_negative",
+            &format!("{MODEL}[steps.gen]\nkind = \"generate\"\nmodel = \"base\"\nprompts = [\"hi\"]\ntop_k = -1\n"),
+            "error: step `gen`, key `top_k`: must be >= 0\n --> r.toml:8:9\n  |\n8 | top_k = -1\n  |         ^^\n  = got: -1\n\n1 error in recipe\n",
+        ),
         train("target_regex_invalid", "target_regex = \"(\"\n", "error: step `train`, key `target_regex`: invalid regex: regex parse error:\n    (\n    ^\nerror: unclosed group\n  --> r.toml:23:16\n   |\n23 | target_regex = \"(\"\n   |                ^^^\n\n1 error in recipe\n"),
 
         plan(
@@ -341,6 +359,20 @@ fn corpus() -> Vec<Case> {
             "config_unsupported_model_type",
             r#"{"model_type": "mamba", "hidden_size": 32}"#,
             "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+        ),
+        // load.model has no dtype or family key (nothing honoured them): a recipe that sets one
+        // is told so, naming the key.
+        case(
+            "load_model_dtype_removed",
+            &[
+                ("r.toml", "[steps.base]\nkind = \"load.model\"\npath = \"model\"\ndtype = \"bf16\"\nfamily = \"llama\"\n"),
+                ("model/config.json", r#"{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 128}"#),
+            ],
+            &["plan", "r.toml"],
+            2,
+            "error: step `base`, key `dtype`: unknown key\n --> r.toml:4:1\n  |\n4 | dtype = \"bf16\"\n  | ^^^^^\n  = expected: a key of `load.model` (see `recipe explain load.model`)\n  = got: `dtype`\n\n\
+             error: step `base`, key `family`: unknown key\n --> r.toml:5:1\n  |\n5 | family = \"llama\"\n  | ^^^^^^\n  = expected: a key of `load.model` (see `recipe explain load.model`)\n  = got: `family`\n\n2 errors in recipe\n",
         ),
         config("config_not_json", "{\"model_type\": ", "error: step `base`, key `path`: {dir}/model/config.json: invalid JSON: EOF while parsing a value at line 1 column 15\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n"),
         config(
@@ -539,7 +571,7 @@ fn corpus() -> Vec<Case> {
         ],
         &["run", "r.toml"],
         2,
-        "error: step `train`: estimated memory 45.3 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
+        "error: step `train`: estimated memory 42.0 GiB is above this machine's 953.7 MiB\npass --allow-large to run anyway\n",
     );
     big.env.push(("RECIPE_TEST_MEMORY_BYTES", "1000000000"));
     v.push(big);

@@ -90,7 +90,8 @@ fn generate_and_evaluate_steps_run() {
     assert_eq!(o.status.code(), Some(0), "{err}");
 
     // generate: 2 prompts x 2 sequences, greedy => equal pairs, equal to the library's output.
-    let s = recipe::gen_cli::Session::open(&base, None, None, "human_assistant").expect("session");
+    let s = recipe::eval::session::Session::open(&base, None, None, "human_assistant")
+        .expect("session");
     let gens: Vec<serde_json::Value> =
         std::fs::read_to_string(d.path().join("answer/generations.jsonl"))
             .expect("generations")

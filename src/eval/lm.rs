@@ -12,6 +12,7 @@
 //! path is tested against (except under dynamic NTK, see `model::cache`).
 
 use super::generate::{left_pad, CausalLm};
+use crate::formats::config::HfConfig;
 use crate::model::{Batch, KvCache, LoadOptions, Model, Positions};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -182,19 +183,6 @@ impl CausalLm for EngineLm<'_> {
     }
 }
 
-/// The `eos_token_id` of a config.json / generation_config.json value (a number or a list).
-fn eos_ids(v: &Value) -> Vec<u32> {
-    match v.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Ids that end generation: the tokenizer's stop ids (generation_config eos ids, eos, and for
 /// ChatGLM3 <|user|> / <|observation|>), then the eos ids of the model dir's
 /// generation_config.json and config.json. No duplicates, first occurrence kept.
@@ -208,11 +196,12 @@ pub fn stop_ids(model_dir: &Path, tokenizer_stop_ids: &[u32]) -> Vec<u32> {
         }
     };
     push(tokenizer_stop_ids.to_vec());
-    for f in ["generation_config.json", "config.json"] {
-        let read = std::fs::read(model_dir.join(f)).ok();
-        if let Some(v) = read.and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
-            push(eos_ids(&v));
-        }
+    let read = std::fs::read(model_dir.join("generation_config.json")).ok();
+    if let Some(v) = read.and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+        push(crate::formats::config::ids(v.get("eos_token_id")));
+    }
+    if let Ok(c) = HfConfig::read(model_dir) {
+        push(c.eos_ids());
     }
     out
 }
@@ -221,11 +210,10 @@ pub fn stop_ids(model_dir: &Path, tokenizer_stop_ids: &[u32]) -> Vec<u32> {
 /// pad_token_id, else 0 (masked out either way).
 pub fn pad_id(model_dir: &Path, tokenizer_pad: Option<u32>, tokenizer_eos: Option<u32>) -> u32 {
     tokenizer_pad.or(tokenizer_eos).unwrap_or_else(|| {
-        std::fs::read(model_dir.join("config.json"))
+        HfConfig::read(model_dir)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("pad_token_id").and_then(Value::as_u64))
-            .map_or(0, |x| x as u32)
+            .and_then(|c| c.pad_id())
+            .unwrap_or(0)
     })
 }
 

@@ -1,5 +1,9 @@
 //! Evaluation: text metrics (BLEU-4, ROUGE, accuracy, perplexity), logits processing and
-//! sampling, a batched generation loop over any causal LM, and report writers.
+//! sampling, a batched generation loop over any causal LM, the generation [`session::Session`]
+//! (model + tokenizer + template) that the `generate` / `evaluate` steps and `recipe generate` /
+//! `recipe chat` share, and report writers (including a run's health warnings). The eval loss
+//! itself is [`crate::model::Model::eval_loss`], the one path the trainer's eval and the
+//! `evaluate` step both call.
 //!
 //! The metrics reproduce ChatGLM3 finetune_demo's `compute_metrics` (jieba segmentation,
 //! `rouge_chinese`, nltk `sentence_bleu` with smoothing method 3); sampling reproduces the
@@ -16,6 +20,7 @@ pub mod pystr;
 pub mod report;
 pub mod rouge;
 pub mod sampling;
+pub mod session;
 pub mod tfevents;
 
 pub use bleu::bleu4;

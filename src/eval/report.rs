@@ -286,7 +286,35 @@ pub fn render_train_summary(records: &[TrainRecord], max_rows: usize) -> String 
     out
 }
 
-/// `train::health_warnings` on a metrics.jsonl: the first and last logged training loss,
+/// A finished run that went wrong without a NaN: its last loss is above its first (it
+/// diverged), or its gradient norm stayed exactly 0 at the end (`stuck_for` = that many
+/// `unit`s, e.g. "steps"): nothing is learned any more. The loop calls it with per-step
+/// values, `recipe report` with metrics.jsonl ([`train_health_warnings`]).
+pub fn health_warnings(
+    first: Option<(usize, f64)>,
+    last: Option<(usize, f64)>,
+    stuck_for: Option<usize>,
+    unit: &str,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    if let (Some((s1, a)), Some((s2, b))) = (first, last) {
+        if s2 > s1 && b > a {
+            w.push(format!(
+                "the training loss ended above where it started ({a:.4} at step {s1}, \
+                 {b:.4} at step {s2}): the run diverged; lower learning_rate"
+            ));
+        }
+    }
+    if let Some(n) = stuck_for {
+        w.push(format!(
+            "the gradient norm was 0 for the last {n} {unit}: training is stuck \
+             (nothing is learned; a diverged or saturated model?)"
+        ));
+    }
+    w
+}
+
+/// [`health_warnings`] on a metrics.jsonl: the first and last logged training loss,
 /// and the gradient norm of the trailing training records (each is one step's norm: two
 /// logged zeros in a row at the end count as stuck, or one when that is all there is).
 pub fn train_health_warnings(records: &[TrainRecord]) -> Vec<String> {
@@ -296,7 +324,7 @@ pub fn train_health_warnings(records: &[TrainRecord]) -> Vec<String> {
         .collect();
     let zeros = train.iter().rev().take_while(|r| r.2 == Some(0.0)).count();
     let stuck = (zeros > 0 && zeros >= 2.min(train.len())).then_some(zeros);
-    crate::train::health_warnings(
+    health_warnings(
         train.first().map(|r| (r.0, r.1)),
         train.last().map(|r| (r.0, r.1)),
         stuck,
@@ -418,5 +446,19 @@ step    loss        lr  grad_norm  tokens/s  eval_loss
             serde_json::from_str(&std::fs::read_to_string(&mp).expect("read")).expect("json");
         assert_eq!(v["count"], 2.0);
         assert_eq!(v["exact-match"], 50.0);
+    }
+
+    #[test]
+    fn health_warning_texts() {
+        assert!(health_warnings(Some((1, 2.0)), Some((12, 1.0)), None, "steps").is_empty());
+        assert_eq!(
+            health_warnings(Some((1, 2.0)), Some((12, 7.5)), Some(4), "steps"),
+            [
+                "the training loss ended above where it started (2.0000 at step 1, 7.5000 at step \
+                 12): the run diverged; lower learning_rate",
+                "the gradient norm was 0 for the last 4 steps: training is stuck (nothing is \
+                 learned; a diverged or saturated model?)"
+            ]
+        );
     }
 }

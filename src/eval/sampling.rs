@@ -8,6 +8,7 @@
 //! Defaults follow `GenerationConfig`: do_sample false, temperature 1, top_k 50, top_p 1,
 //! repetition_penalty 1 (a processor whose value is neutral is skipped, as in transformers).
 
+use crate::util::argmax;
 use std::collections::HashSet;
 
 /// Sampling knobs (transformers `GenerationConfig` names and defaults).
@@ -132,19 +133,6 @@ pub fn softmax_f32(scores: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
     let sum: f64 = e.iter().map(|&x| f64::from(x)).sum();
     e.iter().map(|&x| (f64::from(x) / sum) as f32).collect()
-}
-
-/// First index of the maximum (torch.argmax); NaNs are skipped.
-pub fn argmax(scores: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in scores.iter().enumerate() {
-        if v > best_v {
-            best_v = v;
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// xoshiro256** seeded through splitmix64: small, fast, deterministic across platforms.

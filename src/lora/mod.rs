@@ -65,6 +65,31 @@ impl LoraConfig {
 }
 
 impl Targets {
+    /// What a train step's keys ask for: `target_regex`, else `target_modules` ("all-linear"
+    /// anywhere: every linear), else the family's PEFT default (`Family::default_targets`).
+    /// The memory plan builds the same targets, so it counts the adapters training attaches.
+    pub fn from_keys(
+        target_modules: Vec<String>,
+        target_regex: Option<&str>,
+        family: crate::model::Family,
+    ) -> Targets {
+        if let Some(re) = target_regex {
+            Targets::Regex(re.to_string())
+        } else if target_modules.iter().any(|n| n == "all-linear") {
+            Targets::AllLinear
+        } else if target_modules.is_empty() {
+            Targets::Names(
+                family
+                    .default_targets()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            )
+        } else {
+            Targets::Names(target_modules)
+        }
+    }
+
     /// Whether the module `name` is a LoRA target (PEFT semantics).
     pub fn matches(&self, name: &str, re: Option<&regex::Regex>) -> bool {
         match self {
@@ -75,7 +100,8 @@ impl Targets {
             Targets::AllLinear => true,
         }
     }
-    fn compile(&self) -> Result<Option<regex::Regex>, LoraError> {
+    /// The compiled full-match regex of `Regex` targets (what `matches` takes).
+    pub fn compile(&self) -> Result<Option<regex::Regex>, LoraError> {
         match self {
             Targets::Regex(p) => regex::Regex::new(&format!("^(?:{p})$"))
                 .map(Some)

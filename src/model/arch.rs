@@ -1,46 +1,14 @@
-//! `Arch`: one description of a decoder-only transformer, built from a Hugging Face `config.json`
-//! for each supported family, plus the checkpoint names of every weight and parameter counts.
+//! `Arch`: one description of a decoder-only transformer, built from a parsed `config.json`
+//! (`formats::config::HfConfig`) for each family of `family::TABLE`, with the linears of a layer
+//! (names from the family table, shapes from the config) and parameter counts.
 
 use crate::backend::cpu::inv_freq;
 use crate::backend::{RopeFreqs, RopeKind};
+pub use crate::formats::config::ConfigError as ArchError;
+use crate::formats::config::HfConfig;
+pub use crate::model::family::{Family, LayerNames, Names};
 use serde_json::Value;
 use std::path::Path;
-
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ArchError {
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("{path}: unsupported model_type \"{got}\" (supported: {SUPPORTED})")]
-    Unsupported { path: String, got: String },
-    #[error("{path}: key \"{key}\": {msg}")]
-    Key {
-        path: String,
-        key: String,
-        msg: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Family {
-    Llama,
-    Qwen2,
-    /// Qwen2's layout plus per-head q/k RMSNorm (`Arch::qk_norm`), no q/k/v bias.
-    Qwen3,
-    Qwen,
-    ChatGlm,
-    Bloom,
-    Gpt2,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NormKind {
@@ -252,33 +220,9 @@ pub struct LongContext {
     pub training: bool,
 }
 
-/// Checkpoint names (without `.weight` / `.bias`) of one layer's pieces; the same strings are the
-/// module names PEFT targets.
-#[derive(Debug, Clone)]
-pub struct LayerNames {
-    pub ln1: String,
-    pub ln2: String,
-    /// Separate: [q, k, v]; fused: [qkv].
-    pub qkv: Vec<String>,
-    pub o: String,
-    /// SwiGLU separate: [gate, up]; fused or GELU: [fc].
-    pub mlp_in: Vec<String>,
-    pub mlp_out: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Names {
-    pub emb: String,
-    pub pos_emb: Option<String>,
-    pub emb_norm: Option<String>,
-    pub final_norm: String,
-    /// None when tied to `emb`.
-    pub head: Option<String>,
-}
-
 /// Qwen v1: `use_logn_attn` / `use_dynamic_ntk` change attention past
 /// `seq_length` at inference.
-fn long_context(c: &Value, model_type: &str) -> Option<LongContext> {
+fn long_context(c: &HfConfig, model_type: &str) -> Option<LongContext> {
     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
     let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
     match model_type {
@@ -300,7 +244,7 @@ fn long_context(c: &Value, model_type: &str) -> Option<LongContext> {
 /// Mistral: `sliding_window` on every layer. Qwen2/3 with `use_sliding_window`: on the layers
 /// `layer_types` marks "sliding_attention" (by default those from `max_window_layers` on), as
 /// transformers builds them.
-fn sliding_window(c: &Value, model_type: &str, layers: usize) -> Option<SlidingWindow> {
+fn sliding_window(c: &HfConfig, model_type: &str, layers: usize) -> Option<SlidingWindow> {
     let len = c.get("sliding_window").and_then(Value::as_u64)? as usize;
     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
     let flags = match model_type {
@@ -326,88 +270,30 @@ fn sliding_window(c: &Value, model_type: &str, layers: usize) -> Option<SlidingW
         .then_some(SlidingWindow { len, layers: flags })
 }
 
-fn get<'a>(c: &'a Value, path: &str, key: &str) -> Result<&'a Value, ArchError> {
-    c.get(key)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| ArchError::Key {
-            path: path.into(),
-            key: key.into(),
-            msg: "missing".into(),
-        })
-}
-fn uint(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
-    get(c, path, key)?
-        .as_u64()
-        .map(|v| v as usize)
-        .ok_or_else(|| ArchError::Key {
-            path: path.into(),
-            key: key.into(),
-            msg: "expected an unsigned integer".into(),
-        })
-}
-fn uint_or(c: &Value, path: &str, key: &str, d: usize) -> Result<usize, ArchError> {
-    if c.get(key).is_none_or(|v| v.is_null()) {
-        Ok(d)
-    } else {
-        uint(c, path, key)
-    }
-}
-/// A count other sizes are divided by: 0 is a config error here, not a
-/// division by zero later.
-fn count(c: &Value, path: &str, key: &str) -> Result<usize, ArchError> {
-    match uint(c, path, key)? {
-        0 => Err(ArchError::Key {
-            path: path.into(),
-            key: key.into(),
-            msg: "must be at least 1".into(),
-        }),
-        n => Ok(n),
-    }
-}
 /// `a_key` must split evenly into `b_key` parts.
-fn divides(path: &str, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
+fn divides(c: &HfConfig, a_key: &str, a: usize, b_key: &str, b: usize) -> Result<(), ArchError> {
     if !a.is_multiple_of(b) {
-        return Err(ArchError::Key {
-            path: path.into(),
-            key: a_key.into(),
-            msg: format!("{a} does not divide into {b_key} = {b} equal parts"),
-        });
+        return Err(c.key_error(
+            a_key,
+            format!("{a} does not divide into {b_key} = {b} equal parts"),
+        ));
     }
     Ok(())
 }
 /// The per-head size: `key` if the config has it, else hidden_size / heads
 /// (which must divide).
-fn head_dim(
-    c: &Value,
-    path: &str,
-    key: &str,
-    hidden: usize,
-    heads: usize,
-) -> Result<usize, ArchError> {
-    if c.get(key).is_some_and(|v| !v.is_null()) {
-        return count(c, path, key);
+fn head_dim(c: &HfConfig, key: &str, hidden: usize, heads: usize) -> Result<usize, ArchError> {
+    if c.has(key) {
+        return c.count(key);
     }
-    divides(path, "hidden_size", hidden, "num_attention_heads", heads)?;
+    divides(c, "hidden_size", hidden, "num_attention_heads", heads)?;
     Ok(hidden / heads)
-}
-fn float_or(c: &Value, key: &str, d: f64) -> f64 {
-    c.get(key).and_then(|v| v.as_f64()).unwrap_or(d)
-}
-fn bool_or(c: &Value, key: &str, d: bool) -> bool {
-    c.get(key).and_then(|v| v.as_bool()).unwrap_or(d)
-}
-fn eos(c: &Value) -> Option<u32> {
-    match c.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_u64().map(|v| v as u32),
-        Some(Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
-        _ => None,
-    }
 }
 /// RoPE base and scaling of a LLaMA-layout config, read as transformers 5 standardizes it:
 /// `rope_scaling` (transformers 4) or else `rope_parameters` (5), whose own `rope_theta` wins over
 /// the top-level one; a `rope_parameters` nested per layer type is accepted when every type has
 /// the same parameters. Types other than default/linear/dynamic/llama3/yarn are refused.
-fn rope_config(c: &Value, path: &str) -> Result<(f32, RopeScaling), ArchError> {
+fn rope_config(c: &HfConfig) -> Result<(f32, RopeScaling), ArchError> {
     let present = |k: &str| {
         c.get(k)
             .filter(|v| !v.is_null() && *v != &Value::Object(Default::default()))
@@ -417,11 +303,7 @@ fn rope_config(c: &Value, path: &str) -> Result<(f32, RopeScaling), ArchError> {
         (None, Some(p)) => ("rope_parameters", p.clone()),
         (None, None) => ("rope_parameters", Value::Object(Default::default())),
     };
-    let err = |key: &str, msg: String| ArchError::Key {
-        path: path.into(),
-        key: key.into(),
-        msg,
-    };
+    let err = |key: &str, msg: String| c.key_error(key, msg);
     let Value::Object(map) = &params else {
         return Err(err(key, "expected an object".into()));
     };
@@ -549,49 +431,37 @@ fn rope_config(c: &Value, path: &str) -> Result<(f32, RopeScaling), ArchError> {
 impl Arch {
     /// Reads `<dir>/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Arch, ArchError> {
-        let path = dir.join("config.json");
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| ArchError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        Self::from_config_json(&text, &p)
+        Self::from_config(&HfConfig::read(dir)?)
     }
 
     /// Parses a config.json text; `path` only names the source in errors.
     pub fn from_config_json(text: &str, path: &str) -> Result<Arch, ArchError> {
-        let c: Value = serde_json::from_str(text).map_err(|source| ArchError::Json {
-            path: path.into(),
-            source,
-        })?;
-        let mt = c
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let tie = |d| bool_or(&c, "tie_word_embeddings", d);
-        let a = match mt.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" => {
-                let (base, scaling) = rope_config(&c, path)?;
-                let hidden = uint(&c, path, "hidden_size")?;
-                let heads = count(&c, path, "num_attention_heads")?;
-                let hd = head_dim(&c, path, "head_dim", hidden, heads)?;
-                let (q2, q3) = (mt == "qwen2", mt == "qwen3");
+        Self::from_config(&HfConfig::parse(text, path)?)
+    }
+
+    /// The architecture a config.json describes, for every family of `family::TABLE`.
+    pub fn from_config(c: &HfConfig) -> Result<Arch, ArchError> {
+        let mt = c.model_type.clone();
+        let family = Family::of(c)?;
+        let tie = |d| c.tie_word_embeddings(d);
+        let a = match family {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => {
+                let (base, scaling) = rope_config(c)?;
+                let hidden = c.uint("hidden_size")?;
+                let heads = c.count("num_attention_heads")?;
+                let hd = head_dim(c, "head_dim", hidden, heads)?;
+                let (q2, q3) = (family == Family::Qwen2, family == Family::Qwen3);
                 Arch {
-                    family: match mt.as_str() {
-                        "qwen2" => Family::Qwen2,
-                        "qwen3" => Family::Qwen3,
-                        _ => Family::Llama,
-                    },
-                    vocab: uint(&c, path, "vocab_size")?,
+                    family,
+                    vocab: c.uint("vocab_size")?,
                     hidden,
-                    layers: uint(&c, path, "num_hidden_layers")?,
+                    layers: c.uint("num_hidden_layers")?,
                     heads,
-                    kv_heads: uint_or(&c, path, "num_key_value_heads", heads)?,
+                    kv_heads: c.uint_or("num_key_value_heads", heads)?,
                     head_dim: hd,
-                    ffn: uint(&c, path, "intermediate_size")?,
+                    ffn: c.uint("intermediate_size")?,
                     norm: NormKind::Rms,
-                    eps: float_or(&c, "rms_norm_eps", 1e-6) as f32,
+                    eps: c.float_or("rms_norm_eps", 1e-6) as f32,
                     positions: Positions::Rope {
                         kind: RopeKind::Half,
                         rot_dim: hd,
@@ -599,145 +469,128 @@ impl Arch {
                         scaling,
                     },
                     qkv: QkvLayout::Separate,
-                    qkv_bias: q2 || bool_or(&c, "attention_bias", false),
+                    qkv_bias: q2 || c.bool_or("attention_bias", false),
                     qk_norm: q3,
                     out_bias: false,
                     mlp: MlpKind::SwiGlu { fused: false },
                     tied: tie(false),
                     emb_norm: false,
                     conv1d: false,
-                    eos_token_id: eos(&c),
+                    eos_token_id: c.eos_id(),
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
                 }
             }
-            "qwen" => {
-                let hidden = uint(&c, path, "hidden_size")?;
-                let heads = count(&c, path, "num_attention_heads")?;
-                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
-                let pct = float_or(&c, "rotary_pct", 1.0);
+            Family::Qwen => {
+                let hidden = c.uint("hidden_size")?;
+                let heads = c.count("num_attention_heads")?;
+                let hd = head_dim(c, "kv_channels", hidden, heads)?;
+                let pct = c.float_or("rotary_pct", 1.0);
                 Arch {
                     family: Family::Qwen,
-                    vocab: uint(&c, path, "vocab_size")?,
+                    vocab: c.uint("vocab_size")?,
                     hidden,
-                    layers: uint(&c, path, "num_hidden_layers")?,
+                    layers: c.uint("num_hidden_layers")?,
                     heads,
                     kv_heads: heads,
                     head_dim: hd,
-                    ffn: uint(&c, path, "intermediate_size")? / 2,
+                    ffn: c.uint("intermediate_size")? / 2,
                     norm: NormKind::Rms,
-                    eps: float_or(&c, "layer_norm_epsilon", 1e-6) as f32,
+                    eps: c.float_or("layer_norm_epsilon", 1e-6) as f32,
                     positions: Positions::Rope {
                         kind: RopeKind::Half,
                         rot_dim: (hd as f64 * pct) as usize,
-                        base: float_or(&c, "rotary_emb_base", 10000.0) as f32,
+                        base: c.float_or("rotary_emb_base", 10000.0) as f32,
                         scaling: RopeScaling::None,
                     },
                     qkv: QkvLayout::Concat,
                     qkv_bias: true,
                     qk_norm: false,
-                    out_bias: !bool_or(&c, "no_bias", true),
+                    out_bias: !c.bool_or("no_bias", true),
                     mlp: MlpKind::SwiGlu { fused: false },
                     tied: tie(false),
                     emb_norm: false,
                     conv1d: false,
-                    eos_token_id: eos(&c),
+                    eos_token_id: c.eos_id(),
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
                 }
             }
-            "chatglm"
+            Family::ChatGlm
                 if c.get("position_encoding_2d").is_some()
                     || c.get("padded_vocab_size").is_none() =>
             {
-                return Err(ArchError::Key {
-                    path: path.into(),
-                    key: "model_type".into(),
-                    msg: "ChatGLM-6B (v1, 2D positions) is not supported; ChatGLM2/3 are".into(),
-                });
+                return Err(c.key_error(
+                    "model_type",
+                    "ChatGLM-6B (v1, 2D positions) is not supported; ChatGLM2/3 are",
+                ));
             }
-            "chatglm" => {
-                let hidden = uint(&c, path, "hidden_size")?;
-                let heads = count(&c, path, "num_attention_heads")?;
-                let hd = head_dim(&c, path, "kv_channels", hidden, heads)?;
-                let mqa = bool_or(&c, "multi_query_attention", false);
-                if !bool_or(&c, "rmsnorm", true) {
-                    return Err(ArchError::Key {
-                        path: path.into(),
-                        key: "rmsnorm".into(),
-                        msg: "only rmsnorm=true (ChatGLM2/3) is supported".into(),
-                    });
+            Family::ChatGlm => {
+                let hidden = c.uint("hidden_size")?;
+                let heads = c.count("num_attention_heads")?;
+                let hd = head_dim(c, "kv_channels", hidden, heads)?;
+                let mqa = c.bool_or("multi_query_attention", false);
+                if !c.bool_or("rmsnorm", true) {
+                    return Err(
+                        c.key_error("rmsnorm", "only rmsnorm=true (ChatGLM2/3) is supported")
+                    );
                 }
                 Arch {
                     family: Family::ChatGlm,
-                    vocab: uint(&c, path, "padded_vocab_size")?,
+                    vocab: c.uint("padded_vocab_size")?,
                     hidden,
-                    layers: uint(&c, path, "num_layers")?,
+                    layers: c.uint("num_layers")?,
                     heads,
                     kv_heads: if mqa {
-                        uint(&c, path, "multi_query_group_num")?
+                        c.uint("multi_query_group_num")?
                     } else {
                         heads
                     },
                     head_dim: hd,
-                    ffn: uint(&c, path, "ffn_hidden_size")?,
+                    ffn: c.uint("ffn_hidden_size")?,
                     norm: NormKind::Rms,
-                    eps: float_or(&c, "layernorm_epsilon", 1e-5) as f32,
+                    eps: c.float_or("layernorm_epsilon", 1e-5) as f32,
                     positions: Positions::Rope {
                         kind: RopeKind::Interleaved,
                         rot_dim: hd / 2,
-                        base: 10000.0 * float_or(&c, "rope_ratio", 1.0) as f32,
+                        base: 10000.0 * c.float_or("rope_ratio", 1.0) as f32,
                         scaling: RopeScaling::None,
                     },
                     qkv: QkvLayout::Concat,
-                    qkv_bias: bool_or(&c, "add_qkv_bias", true)
-                        || bool_or(&c, "add_bias_linear", false),
+                    qkv_bias: c.bool_or("add_qkv_bias", true)
+                        || c.bool_or("add_bias_linear", false),
                     qk_norm: false,
-                    out_bias: bool_or(&c, "add_bias_linear", false),
+                    out_bias: c.bool_or("add_bias_linear", false),
                     mlp: MlpKind::SwiGlu { fused: true },
                     tied: false,
                     emb_norm: false,
                     conv1d: false,
-                    eos_token_id: eos(&c),
+                    eos_token_id: c.eos_id(),
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
                 }
             }
-            "bloom" => {
-                let hidden = uint_or(&c, path, "hidden_size", uint_or(&c, path, "n_embed", 0)?)?;
-                let heads = uint_or(
-                    &c,
-                    path,
-                    "n_head",
-                    uint_or(&c, path, "num_attention_heads", 0)?,
-                )?;
+            Family::Bloom => {
+                let hidden = c.uint_or("hidden_size", c.uint_or("n_embed", 0)?)?;
+                let heads = c.uint_or("n_head", c.uint_or("num_attention_heads", 0)?)?;
                 if hidden == 0 || heads == 0 {
-                    return Err(ArchError::Key {
-                        path: path.into(),
-                        key: "hidden_size/n_head".into(),
-                        msg: "missing".into(),
-                    });
+                    return Err(c.key_error("hidden_size/n_head", "missing"));
                 }
-                divides(path, "hidden_size", hidden, "n_head", heads)?;
+                divides(c, "hidden_size", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Bloom,
-                    vocab: uint(&c, path, "vocab_size")?,
+                    vocab: c.uint("vocab_size")?,
                     hidden,
-                    layers: uint_or(
-                        &c,
-                        path,
-                        "n_layer",
-                        uint_or(&c, path, "num_hidden_layers", 0)?,
-                    )?,
+                    layers: c.uint_or("n_layer", c.uint_or("num_hidden_layers", 0)?)?,
                     heads,
                     kv_heads: heads,
                     head_dim: hidden / heads,
                     ffn: 4 * hidden,
                     norm: NormKind::Layer,
-                    eps: float_or(&c, "layer_norm_epsilon", 1e-5) as f32,
+                    eps: c.float_or("layer_norm_epsilon", 1e-5) as f32,
                     positions: Positions::Alibi,
                     qkv: QkvLayout::PerHead,
                     qkv_bias: true,
@@ -747,29 +600,29 @@ impl Arch {
                     tied: tie(true),
                     emb_norm: true,
                     conv1d: false,
-                    eos_token_id: eos(&c),
+                    eos_token_id: c.eos_id(),
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
                 }
             }
-            "gpt2" => {
-                let hidden = uint(&c, path, "n_embd")?;
-                let heads = count(&c, path, "n_head")?;
-                divides(path, "n_embd", hidden, "n_head", heads)?;
+            Family::Gpt2 => {
+                let hidden = c.uint("n_embd")?;
+                let heads = c.count("n_head")?;
+                divides(c, "n_embd", hidden, "n_head", heads)?;
                 Arch {
                     family: Family::Gpt2,
-                    vocab: uint(&c, path, "vocab_size")?,
+                    vocab: c.uint("vocab_size")?,
                     hidden,
-                    layers: uint(&c, path, "n_layer")?,
+                    layers: c.uint("n_layer")?,
                     heads,
                     kv_heads: heads,
                     head_dim: hidden / heads,
-                    ffn: uint_or(&c, path, "n_inner", 4 * hidden)?,
+                    ffn: c.uint_or("n_inner", 4 * hidden)?,
                     norm: NormKind::Layer,
-                    eps: float_or(&c, "layer_norm_epsilon", 1e-5) as f32,
+                    eps: c.float_or("layer_norm_epsilon", 1e-5) as f32,
                     positions: Positions::Learned {
-                        max: uint(&c, path, "n_positions")?,
+                        max: c.uint("n_positions")?,
                     },
                     qkv: QkvLayout::Concat,
                     qkv_bias: true,
@@ -779,40 +632,29 @@ impl Arch {
                     tied: tie(true),
                     emb_norm: false,
                     conv1d: true,
-                    eos_token_id: eos(&c),
+                    eos_token_id: c.eos_id(),
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
                 }
             }
-            _ => {
-                return Err(ArchError::Unsupported {
-                    path: path.into(),
-                    got: mt,
-                })
-            }
         };
         let mut a = a;
-        a.long_context = long_context(&c, &mt);
-        a.sliding_window = sliding_window(&c, &mt, a.layers);
+        a.long_context = long_context(c, &mt);
+        a.sliding_window = sliding_window(c, &mt, a.layers);
         for (key, n) in [("hidden_size", a.hidden), ("vocab_size", a.vocab)] {
             if n == 0 {
-                return Err(ArchError::Key {
-                    path: path.into(),
-                    key: key.into(),
-                    msg: "must be at least 1".into(),
-                });
+                return Err(c.key_error(key, "must be at least 1"));
             }
         }
         if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
-            return Err(ArchError::Key {
-                path: path.into(),
-                key: "num_key_value_heads".into(),
-                msg: format!(
+            return Err(c.key_error(
+                "num_key_value_heads",
+                format!(
                     "{} heads not divisible into {} kv groups",
                     a.heads, a.kv_heads
                 ),
-            });
+            ));
         }
         Ok(a)
     }
@@ -830,117 +672,19 @@ impl Arch {
         self.kv_heads * self.head_dim
     }
 
+    /// Checkpoint names of the embedding, final norm and head (`family::Family::names`).
     pub fn names(&self) -> Names {
-        let s = String::from;
-        match self.family {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => Names {
-                emb: s("model.embed_tokens"),
-                pos_emb: None,
-                emb_norm: None,
-                final_norm: s("model.norm"),
-                head: (!self.tied).then(|| s("lm_head")),
-            },
-            Family::Qwen => Names {
-                emb: s("transformer.wte"),
-                pos_emb: None,
-                emb_norm: None,
-                final_norm: s("transformer.ln_f"),
-                head: (!self.tied).then(|| s("lm_head")),
-            },
-            Family::ChatGlm => Names {
-                emb: s("transformer.embedding.word_embeddings"),
-                pos_emb: None,
-                emb_norm: None,
-                final_norm: s("transformer.encoder.final_layernorm"),
-                head: Some(s("transformer.output_layer")),
-            },
-            Family::Bloom => Names {
-                emb: s("transformer.word_embeddings"),
-                pos_emb: None,
-                emb_norm: Some(s("transformer.word_embeddings_layernorm")),
-                final_norm: s("transformer.ln_f"),
-                head: (!self.tied).then(|| s("lm_head")),
-            },
-            Family::Gpt2 => Names {
-                emb: s("transformer.wte"),
-                pos_emb: Some(s("transformer.wpe")),
-                emb_norm: None,
-                final_norm: s("transformer.ln_f"),
-                head: (!self.tied).then(|| s("lm_head")),
-            },
-        }
+        self.family.names(self.tied)
     }
 
+    /// Checkpoint names of layer i's norms and linears (`family::Family::layer_names`).
     pub fn layer_names(&self, i: usize) -> LayerNames {
-        match self.family {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => {
-                let p = format!("model.layers.{i}");
-                LayerNames {
-                    ln1: format!("{p}.input_layernorm"),
-                    ln2: format!("{p}.post_attention_layernorm"),
-                    qkv: ["q", "k", "v"]
-                        .iter()
-                        .map(|x| format!("{p}.self_attn.{x}_proj"))
-                        .collect(),
-                    o: format!("{p}.self_attn.o_proj"),
-                    mlp_in: vec![format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj")],
-                    mlp_out: format!("{p}.mlp.down_proj"),
-                }
-            }
-            Family::Qwen => {
-                let p = format!("transformer.h.{i}");
-                // modeling_qwen.py: c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection.
-                LayerNames {
-                    ln1: format!("{p}.ln_1"),
-                    ln2: format!("{p}.ln_2"),
-                    qkv: vec![format!("{p}.attn.c_attn")],
-                    o: format!("{p}.attn.c_proj"),
-                    mlp_in: vec![format!("{p}.mlp.w2"), format!("{p}.mlp.w1")],
-                    mlp_out: format!("{p}.mlp.c_proj"),
-                }
-            }
-            Family::ChatGlm => {
-                let p = format!("transformer.encoder.layers.{i}");
-                LayerNames {
-                    ln1: format!("{p}.input_layernorm"),
-                    ln2: format!("{p}.post_attention_layernorm"),
-                    qkv: vec![format!("{p}.self_attention.query_key_value")],
-                    o: format!("{p}.self_attention.dense"),
-                    mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
-                    mlp_out: format!("{p}.mlp.dense_4h_to_h"),
-                }
-            }
-            Family::Bloom => {
-                let p = format!("transformer.h.{i}");
-                LayerNames {
-                    ln1: format!("{p}.input_layernorm"),
-                    ln2: format!("{p}.post_attention_layernorm"),
-                    qkv: vec![format!("{p}.self_attention.query_key_value")],
-                    o: format!("{p}.self_attention.dense"),
-                    mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
-                    mlp_out: format!("{p}.mlp.dense_4h_to_h"),
-                }
-            }
-            Family::Gpt2 => {
-                let p = format!("transformer.h.{i}");
-                LayerNames {
-                    ln1: format!("{p}.ln_1"),
-                    ln2: format!("{p}.ln_2"),
-                    qkv: vec![format!("{p}.attn.c_attn")],
-                    o: format!("{p}.attn.c_proj"),
-                    mlp_in: vec![format!("{p}.mlp.c_fc")],
-                    mlp_out: format!("{p}.mlp.c_proj"),
-                }
-            }
-        }
+        self.family.layer_names(i)
     }
 
     /// Checkpoint names of layer i's per-head q and k norms (`qk_norm`, Qwen3), weights [head_dim].
     pub fn qk_norm_names(&self, i: usize) -> Option<(String, String)> {
-        self.qk_norm.then(|| {
-            let p = format!("model.layers.{i}.self_attn");
-            (format!("{p}.q_norm"), format!("{p}.k_norm"))
-        })
+        self.qk_norm.then(|| self.family.qk_norm_names(i))
     }
 
     /// (module name, d_in, d_out, has_bias) of every linear layer of layer i, in forward order.
@@ -971,18 +715,17 @@ impl Arch {
         v
     }
 
-    /// f32 values one layer keeps for its backward at batch b × length t (CPU backend: x, h1,
-    /// q, k, v, attention probs [B,NH,T,T], att, x2, h2, MLP e/g/a, norm stats). With gradient
-    /// checkpointing only x (b·t·hidden) stays per layer and one layer's set is live at a time.
-    pub fn activation_floats_per_layer(&self, b: usize, t: usize) -> u64 {
-        let n = (b * t) as u64;
-        let (h, q, kv, f) = (
-            self.hidden as u64,
-            self.q_dim() as u64,
-            self.kv_dim() as u64,
-            self.ffn as u64,
-        );
-        n * (4 * h + 2 * q + 2 * kv + 3 * f + 4) + (b * self.heads * t * t) as u64
+    /// The distinct last name parts of a layer's linears (what `target_modules` lists), in
+    /// forward order; the output head is not among them.
+    pub fn module_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (name, ..) in self.layer_linears(0) {
+            let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+            if !out.contains(&short) {
+                out.push(short);
+            }
+        }
+        out
     }
 
     /// Parameter counts per module group: embedding, per layer (attention, mlp, norms), head.

@@ -177,6 +177,40 @@ pub struct Acts {
     pub a: Vec<f32>,
 }
 
+impl Acts {
+    /// f32 values `Layer::forward` leaves in `Acts` for n = B·T tokens (the memory plan's
+    /// per-layer term; `n` is f64 so an absurd batch saturates instead of overflowing):
+    /// h1, x2, h2 [n,H]; q, att [n,NH·HD]; k, v [n,KV·HD]; the attention's saved buffer
+    /// (`Backend::attention_saved_len`, the CPU's logsumexp [B,T,NH], never the [B,NH,T,T]
+    /// probabilities); e, a (and g for SwiGLU) [n,F]; norm stats; Qwen3's pre-norm q/k.
+    pub fn floats(arch: &Arch, n: f64) -> f64 {
+        let f = |x: usize| x as f64;
+        let (h, q, kv, ffn, nh) = (
+            f(arch.hidden),
+            f(arch.q_dim()),
+            f(arch.kv_dim()),
+            f(arch.ffn),
+            f(arch.heads),
+        );
+        let stats = if arch.norm == NormKind::Layer {
+            2.0
+        } else {
+            1.0
+        };
+        let gated = if matches!(arch.mlp, MlpKind::SwiGlu { .. }) {
+            1.0
+        } else {
+            0.0
+        };
+        let qk_norm = if arch.qk_norm {
+            q + kv + nh + f(arch.kv_heads)
+        } else {
+            0.0
+        };
+        n * (3.0 * h + 2.0 * q + 2.0 * kv + nh + (2.0 + gated) * ffn + 2.0 * stats + qk_norm)
+    }
+}
+
 /// Splits a fused QKV output [n, q+2kv] into q [n, NH·HD], k, v [n, KV·HD].
 fn split_qkv(arch: &Arch, q: &mut [f32], k: &mut [f32], v: &mut [f32], buf: &[f32], n: usize) {
     let (qd, kd, hd) = (arch.q_dim(), arch.kv_dim(), arch.head_dim);
@@ -446,6 +480,35 @@ impl Layer {
         // residual 1: dx = dx2 + ln1ᵀ(dh1)
         self.ln1.backward(be, dx, &dh1, x, &acts.st1, n);
         dx.iter_mut().zip(&dx2).for_each(|(a, b)| *a += b);
+    }
+
+    /// Peak f32 scratch `backward` allocates besides `Acts` for n tokens: da, de, dg [n,F]
+    /// (+ the fused [gate; up] buffer), dh2, dx2, dh1 [n,H], datt, dq, dk, dv, the CPU
+    /// attention backward's per-group copies of dq/dk/dv, the fused QKV buffer, Qwen3's
+    /// norm grads, and a LoRA dropout's masked input and its gradient (`dropout`).
+    pub fn backward_scratch_floats(arch: &Arch, n: f64, dropout: bool) -> f64 {
+        let f = |x: usize| x as f64;
+        let (h, q, kv, ffn) = (
+            f(arch.hidden),
+            f(arch.q_dim()),
+            f(arch.kv_dim()),
+            f(arch.ffn),
+        );
+        let mlp = match arch.mlp {
+            MlpKind::SwiGlu { fused: true } => 5.0 * ffn,
+            MlpKind::SwiGlu { fused: false } => 3.0 * ffn,
+            MlpKind::GeluTanh => 2.0 * ffn,
+        };
+        let qkv = q + 2.0 * kv;
+        let fused_qkv = if arch.qkv == QkvLayout::Separate {
+            0.0
+        } else {
+            qkv
+        };
+        let qk_norm = if arch.qk_norm { q + kv } else { 0.0 };
+        let widest = h.max(ffn).max(q);
+        let dropout = if dropout { 2.0 * widest } else { 0.0 };
+        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout)
     }
 
     /// Every linear of the layer, in forward order.

@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod block;
 pub mod cache;
+pub mod family;
 pub mod linear;
 pub mod load;
 pub mod random;
@@ -43,6 +44,27 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// (Tiny under test so the fixture tests run several chunks.)
 const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
 
+/// Peak f32 activations of one `forward_backward` over n = B·T tokens (the memory plan's
+/// activation term), as `forward_backward_inner` allocates them: every layer's input (L+1 of
+/// [n,H]) and the embedding's pre-norm copy; every layer's `Acts`, or with checkpointing only
+/// the one layer being recomputed (and its output); the final norm's output and gradient; then
+/// the larger of the head chunk (logits and their gradient, `HEAD_CHUNK_ELEMS` each at most)
+/// and one layer's backward (dx, dprev and its scratch). `dropout`: LoRA dropout is on.
+pub fn train_activation_floats(arch: &Arch, n: f64, checkpointing: bool, dropout: bool) -> f64 {
+    let (h, l, v) = (arch.hidden as f64, arch.layers as f64, arch.vocab as f64);
+    let inputs = (l + 2.0) * n * h;
+    let acts = Acts::floats(arch, n);
+    let rows = (HEAD_CHUNK_ELEMS as f64 / v).ceil().clamp(1.0, n.max(1.0));
+    let head = 2.0 * rows * v;
+    let final_norm = 2.0 * n * h;
+    let backward = 2.0 * n * h + Layer::backward_scratch_floats(arch, n, dropout);
+    if checkpointing {
+        inputs + final_norm + head.max(backward + acts + n * h)
+    } else {
+        inputs + l * acts + final_norm + head.max(backward)
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Backend to compute with; the CPU backend when None.
@@ -66,7 +88,8 @@ pub type PrequantHook = Arc<
 pub type QuantizeHook =
     Arc<dyn Fn(&str, &[f32], usize, usize) -> Option<Box<dyn QuantLinear>> + Send + Sync>;
 
-/// A batch of token rows. Positions: RoPE / learned positions count from each row's (or packed
+/// A batch of token rows: the one batch type (collated for training by `train::batch::collate`,
+/// for evaluation by the `evaluate` step). Positions: RoPE / learned positions count from each row's (or packed
 /// example's) first token including left padding, as transformers does without position_ids;
 /// ALiBi key positions are cumsum(mask)−1 (BLOOM).
 #[derive(Debug, Clone, Default)]
@@ -85,6 +108,32 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The label that position `k` predicts: labels[k+1] when k+1 is in the same row and the
+    /// same packed example, else −100 (also without labels).
+    pub fn target(&self, k: usize) -> i64 {
+        let (Some(labels), t) = (&self.labels, self.t) else {
+            return -100;
+        };
+        let in_row = k % t + 1 < t;
+        if in_row && self.segments.as_ref().is_none_or(|s| s[k] == s[k + 1]) {
+            labels[k + 1]
+        } else {
+            -100
+        }
+    }
+
+    /// Positions whose target is trained (what the loss averages over).
+    pub fn trained_tokens(&self) -> usize {
+        (0..self.b * self.t)
+            .filter(|&k| self.target(k) >= 0)
+            .count()
+    }
+
+    /// Non-padding tokens.
+    pub fn real_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m == 1).count()
+    }
+
     /// Pads rows of (ids, labels) to the longest row: `left` pads at the start (as for the
     /// causal-LM recipes), else at the end; padding gets `pad_id`, mask 0 and label −100.
     /// `labels` of a row may be empty (no labels for any row = inference batch).
@@ -163,6 +212,25 @@ impl Batch {
             }
         }
         batch
+    }
+}
+
+/// Evaluation sums over a batch's predicted tokens ([`Model::eval_loss`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalSums {
+    /// Σ token negative log-likelihood.
+    pub nll: f64,
+    /// Predicted (trained) tokens.
+    pub tokens: usize,
+    /// Tokens whose argmax logit is the target.
+    pub correct: usize,
+}
+
+impl EvalSums {
+    pub fn add(&mut self, o: EvalSums) {
+        self.nll += o.nll;
+        self.tokens += o.tokens;
+        self.correct += o.correct;
     }
 }
 
@@ -598,19 +666,8 @@ impl Model {
 
     /// Shifted targets [N]: target[t] = labels[t+1] inside the same row and example, else -100.
     fn targets(batch: &Batch, ctx: &Ctx) -> Option<Vec<i64>> {
-        let labels = batch.labels.as_ref()?;
-        let t = batch.t;
-        Some(
-            (0..ctx.n)
-                .map(|k| {
-                    if k % t + 1 < t && ctx.segment[k] == ctx.segment[k + 1] {
-                        labels[k + 1]
-                    } else {
-                        -100
-                    }
-                })
-                .collect(),
-        )
+        batch.labels.as_ref()?;
+        Some((0..ctx.n).map(|k| batch.target(k)).collect())
     }
 
     /// x [N,H] = embedding (+ learned positions, + embedding layernorm).
@@ -683,24 +740,31 @@ impl Model {
         })
     }
 
-    /// Evaluation loss without keeping logits (head + cross-entropy in row chunks):
-    /// (sum of token losses, number of predicted tokens). Needs labels.
-    pub fn eval_loss(&self, batch: &Batch) -> Result<(f64, usize), ModelError> {
+    /// The evaluation path every evaluator uses (the trainer's eval, the `evaluate` step): head
+    /// + cross-entropy in row chunks, never holding the [N,V] logits, summed over the batch's
+    /// predicted tokens ([`Batch::target`]), with the argmax hits for token accuracy.
+    /// Needs labels.
+    pub fn eval_loss(&self, batch: &Batch) -> Result<EvalSums, ModelError> {
         let (ctx, hf) = self.final_hidden(batch)?;
         let targets = Self::targets(batch, &ctx)
             .ok_or_else(|| ModelError::Batch("labels are required for eval_loss".into()))?;
         let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
         let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
         let mut logits = vec![0.0; rows * v];
-        let mut sum = 0.0;
+        let mut sums = EvalSums::default();
         for r0 in (0..n).step_by(rows) {
             let m = rows.min(n - r0);
-            self.head_fwd(&mut logits[..m * v], &hf[r0 * h..(r0 + m) * h], m);
-            sum += self
-                .backend
-                .cross_entropy(None, &logits[..m * v], &targets[r0..r0 + m], v, 1.0);
+            let (lc, tc) = (&mut logits[..m * v], &targets[r0..r0 + m]);
+            self.head_fwd(lc, &hf[r0 * h..(r0 + m) * h], m);
+            sums.nll += self.backend.cross_entropy(None, lc, tc, v, 1.0);
+            for (row, &tg) in lc.chunks(v).zip(tc) {
+                if tg >= 0 {
+                    sums.tokens += 1;
+                    sums.correct += usize::from(i64::from(crate::util::argmax(row)) == tg);
+                }
+            }
         }
-        Ok((sum, targets.iter().filter(|&&t| t >= 0).count()))
+        Ok(sums)
     }
 
     /// Final-norm hidden states [N,H] (no activations kept beyond one layer).

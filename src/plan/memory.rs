@@ -1,231 +1,53 @@
-//! Plan-time estimates from config.json alone: parameter counts, weight
-//! bytes per dtype / quantization, and the memory of a train step.
+//! Plan-time estimates from config.json alone, on the description training itself uses: the
+//! `Arch` built from `formats::config::HfConfig`, LoRA adapters on the modules
+//! `lora::Targets::from_keys` + `Targets::matches` select (names, `target_regex` or
+//! all-linear, over every layer's module names), and the activations the engine allocates
+//! (`model::train_activation_floats`).
 //!
-//! The numbers are for the CPU backend's layout (f32 compute, frozen
-//! weights kept in their storage dtype or 4-bit) and are meant to be within
-//! ~15% of measured peak RSS; `BENCHMARKS.md` records the comparison.
+//! The numbers are the CPU engine's layout: every dense weight is held as f32 whatever its
+//! storage dtype (4-bit linears of a `quantize` step stay packed), adapters, gradients and
+//! optimizer state f32. `BENCHMARKS.md` compares them with measured peak RSS.
 
-use crate::steps::{Estimate, EstimateCtx, Params, RunCtx};
+use crate::formats::config::HfConfig;
+use crate::lora::Targets;
+use crate::model::Arch;
+use crate::steps::{Estimate, EstimateCtx, Params};
 use crate::util::human_bytes;
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
-use std::path::Path;
 
-/// Model families and the config.json `model_type`s that map to them.
-pub const FAMILY_TYPES: &[(&str, &[&str])] = &[
-    ("llama", &["llama", "mistral"]),
-    ("qwen2", &["qwen2"]),
-    ("qwen3", &["qwen3"]),
-    ("qwen", &["qwen"]),
-    ("chatglm", &["chatglm", "glm"]),
-    ("bloom", &["bloom"]),
-    ("gpt2", &["gpt2"]),
-];
-
-/// The shape facts a memory estimate needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub hidden: u64,
-    pub layers: u64,
-    pub heads: u64,
-    pub kv_heads: u64,
-    pub head_dim: u64,
-    pub inter: u64,
-    pub vocab: u64,
-    pub tied: bool,
-    pub gated: bool,
-    pub dtype_bytes: u64,
-    pub family: &'static str,
+/// The config and architecture of a `load.model` step's `path`, when they parse (a config that
+/// does not is reported by `plan::preflight`, not here).
+fn model_of(p: &Params) -> Option<(HfConfig, Arch)> {
+    let cfg = HfConfig::read(&p.path("path")?).ok()?;
+    let arch = Arch::from_config(&cfg).ok()?;
+    Some((cfg, arch))
 }
 
-impl Shape {
-    pub fn from_config(cfg: &Value) -> Option<Shape> {
-        let g = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| cfg.get(*k).and_then(Value::as_u64))
-        };
-        let hidden = g(&["hidden_size", "n_embd", "d_model"])?;
-        let layers = g(&["num_hidden_layers", "num_layers", "n_layer"])?;
-        let heads = g(&["num_attention_heads", "n_head"])?;
-        let mt = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let mq = cfg
-            .get("multi_query_attention")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let kv_heads = if mq {
-            g(&["multi_query_group_num"])
-        } else {
-            g(&["num_key_value_heads"])
-        }
-        .unwrap_or(heads);
-        let head_dim = g(&["head_dim", "kv_channels"]).unwrap_or(hidden / heads.max(1));
-        let gated = !matches!(mt, "bloom" | "gpt2");
-        let inter = match mt {
-            // Qwen v1's intermediate_size counts both w1 and w2.
-            "qwen" => g(&["intermediate_size"])
-                .map(|i| i / 2)
-                .unwrap_or(hidden * 4),
-            _ => g(&["intermediate_size", "ffn_hidden_size", "n_inner"]).unwrap_or(hidden * 4),
-        };
-        let vocab = g(&["padded_vocab_size", "vocab_size"])?;
-        let tied = match mt {
-            "bloom" | "gpt2" => true,
-            "chatglm" => false,
-            _ => cfg
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        };
-        let dtype_bytes = match cfg
-            .get("torch_dtype")
-            .or(cfg.get("dtype"))
-            .and_then(Value::as_str)
-        {
-            Some("float32") => 4,
-            _ => 2,
-        };
-        let family = family_of(cfg).ok()?;
-        Some(Shape {
-            hidden,
-            layers,
-            heads,
-            kv_heads,
-            head_dim,
-            inter,
-            vocab,
-            tied,
-            gated,
-            dtype_bytes,
-            family,
-        })
-    }
-
-    /// Parameters of all linear layers inside the blocks (what gets quantized).
-    pub fn linear_params(&self) -> u64 {
-        let h = self.hidden;
-        let q = self.heads * self.head_dim;
-        let kv = self.kv_heads * self.head_dim;
-        let attn = h * (q + 2 * kv) + q * h;
-        let mlp = if self.gated {
-            3 * h * self.inter
-        } else {
-            2 * h * self.inter
-        };
-        self.layers * (attn + mlp)
-    }
-    pub fn embed_params(&self) -> u64 {
-        self.vocab * self.hidden * if self.tied { 1 } else { 2 }
-    }
-    pub fn total_params(&self) -> u64 {
-        self.linear_params() + self.embed_params() + self.layers * 2 * self.hidden
-    }
-    /// Linear modules of one block as the family names them: (name, d_in, d_out).
-    pub fn module_shapes(&self) -> Vec<(&'static str, u64, u64)> {
-        let (h, i) = (self.hidden, self.inter);
-        let q = self.heads * self.head_dim;
-        let kv = self.kv_heads * self.head_dim;
-        match self.family {
-            "chatglm" => vec![
-                ("query_key_value", h, q + 2 * kv),
-                ("dense", q, h),
-                ("dense_h_to_4h", h, 2 * i),
-                ("dense_4h_to_h", i, h),
-            ],
-            "bloom" => vec![
-                ("query_key_value", h, 3 * h),
-                ("dense", h, h),
-                ("dense_h_to_4h", h, i),
-                ("dense_4h_to_h", i, h),
-            ],
-            "gpt2" => vec![
-                ("c_attn", h, 3 * h),
-                ("c_proj", h, h),
-                ("c_fc", h, i),
-                ("c_proj", i, h),
-            ],
-            "qwen" => vec![
-                ("c_attn", h, 3 * h),
-                ("c_proj", h, h),
-                ("w1", h, i),
-                ("w2", h, i),
-                ("c_proj", i, h),
-            ],
-            _ => vec![
-                ("q_proj", h, q),
-                ("k_proj", h, kv),
-                ("v_proj", h, kv),
-                ("o_proj", q, h),
-                ("gate_proj", h, i),
-                ("up_proj", h, i),
-                ("down_proj", i, h),
-            ],
-        }
-    }
-    /// LoRA parameters of rank r on the targeted modules (names, or "all-linear").
-    pub fn lora_params(&self, r: u64, targets: &[String]) -> u64 {
-        let all = targets.iter().any(|t| t == "all-linear");
-        let defaults: Vec<String> = crate::steps::train::default_targets(self.family)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let targets = if targets.is_empty() {
-            &defaults
-        } else {
-            targets
-        };
-        let per_layer: u64 = self
-            .module_shapes()
-            .iter()
-            .filter(|(n, _, _)| all || targets.iter().any(|t| t.rsplit('.').next() == Some(*n)))
-            .map(|(_, i, o)| r * (i + o))
-            .sum();
-        self.layers * per_layer
-    }
+/// Weights of the layer linears (what a `quantize` step packs), biases left out.
+fn linear_weights(a: &Arch) -> u64 {
+    let per_layer: u64 = a
+        .layer_linears(0)
+        .iter()
+        .map(|(_, i, o, _)| (i * o) as u64)
+        .sum();
+    a.layers as u64 * per_layer
 }
 
-pub fn read_config(dir: &Path) -> Result<Value> {
-    let p = dir.join("config.json");
-    let b = std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?;
-    serde_json::from_slice(&b).with_context(|| format!("`{}` is not valid JSON", p.display()))
-}
-
-/// Map config.json's model_type onto a supported family.
-pub fn family_of(cfg: &Value) -> Result<&'static str> {
-    let mt = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
-    for (fam, types) in FAMILY_TYPES {
-        if types.contains(&mt) {
-            return Ok(fam);
-        }
-    }
-    bail!(
-        "unsupported model_type `{mt}`; supported families: {}",
-        FAMILY_TYPES
-            .iter()
-            .map(|(f, _)| *f)
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
-fn config_of(p: &Params) -> Option<Value> {
-    read_config(&p.path("path")?).ok()
-}
-
+/// `load.model`: the checkpoint's size in its storage dtype (it maps the weights, nothing more).
 pub fn model_estimate(p: &Params) -> Option<Estimate> {
-    let cfg = config_of(p)?;
-    let s = Shape::from_config(&cfg)?;
-    let fam = family_of(&cfg).unwrap_or("?");
-    let n = s.total_params();
+    let (cfg, a) = model_of(p)?;
+    let n = a.param_counts().total();
+    let bytes = cfg.dtype_bytes();
     Some(Estimate {
         summary: format!(
-            "{fam}: {:.2}B params, {} layers, hidden {}, weights {} ({}-bit)",
+            "{}: {:.2}B params, {} layers, hidden {}, weights {} ({}-bit)",
+            a.family.name(),
             n as f64 / 1e9,
-            s.layers,
-            s.hidden,
-            human_bytes(n * s.dtype_bytes),
-            s.dtype_bytes * 8
+            a.layers,
+            a.hidden,
+            human_bytes(n * bytes),
+            bytes * 8
         ),
-        peak_bytes: Some(n * s.dtype_bytes),
+        peak_bytes: Some(n * bytes),
         rows: Vec::new(),
     })
 }
@@ -242,52 +64,101 @@ pub fn nf4_bytes(n: u64, blocksize: u64, double_quant: bool) -> u64 {
     n.div_ceil(2) + absmax
 }
 
+/// In-memory bytes of a model whose layer linears are 4-bit (each weight quantized on its own,
+/// as the `quantize` step does) and everything else f32.
+fn quantized_bytes(a: &Arch, q: &Params) -> u64 {
+    let (bs, dq) = (q.usize("blocksize").max(1) as u64, q.bool("double_quant"));
+    let per_layer: u64 = a
+        .layer_linears(0)
+        .iter()
+        .map(|(_, i, o, _)| nf4_bytes((i * o) as u64, bs, dq))
+        .sum();
+    a.layers as u64 * per_layer + 4 * (a.param_counts().total() - linear_weights(a))
+}
+
 pub fn quantize_estimate(e: &EstimateCtx) -> Option<Estimate> {
-    let mp = e.upstream("model", "load.model")?;
-    let s = Shape::from_config(&config_of(mp)?)?;
-    let q = nf4_bytes(
-        s.linear_params(),
-        e.params.usize("blocksize") as u64,
-        e.params.bool("double_quant"),
-    );
-    let rest = (s.embed_params() + s.layers * 2 * s.hidden) * s.dtype_bytes;
+    let (_, a) = model_of(e.upstream("model", "load.model")?)?;
+    let total = quantized_bytes(&a, e.params);
+    let rest = 4 * (a.param_counts().total() - linear_weights(&a));
+    let q = total - rest;
     Some(Estimate {
         summary: format!(
             "weights {} ({} 4-bit linear + {} other)",
-            human_bytes(q + rest),
+            human_bytes(total),
             human_bytes(q),
             human_bytes(rest)
         ),
-        peak_bytes: Some(q + rest),
+        peak_bytes: Some(total),
         rows: Vec::new(),
     })
+}
+
+/// Layers whose module names `lora_params` builds one by one.
+const MAX_LAYERS_NAMED: usize = 4096;
+
+/// Parameters of the LoRA adapters a train step attaches: rank r on every layer linear its
+/// targets match (`Targets::matches` over the full module names, as `lora::apply` does), plus
+/// `modules_to_save` trained whole (matched by name suffix, as `lora::set_modules_to_save`).
+pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[String]) -> u64 {
+    let re = targets.compile().ok().flatten();
+    let hit = |n: &str| modules_to_save.iter().any(|t| n.ends_with(t.as_str()));
+    // Layer by layer (a regex may pick layers by index); an absurd layer count (a config
+    // mistake the run would refuse) counts layer 0's adapters for every layer.
+    let each = a.layers.min(MAX_LAYERS_NAMED);
+    let mut n = 0u64;
+    for i in 0..each {
+        for (name, d_in, d_out, bias) in a.layer_linears(i) {
+            if targets.matches(&name, re.as_ref()) {
+                n += r * (d_in + d_out) as u64;
+            }
+            if hit(&name) {
+                n += (d_in * d_out + if bias { d_out } else { 0 }) as u64;
+            }
+        }
+    }
+    if a.layers > each {
+        n = n / each.max(1) as u64 * a.layers as u64;
+    }
+    let names = a.names();
+    let (v, h) = (a.vocab as u64, a.hidden as u64);
+    if hit(&names.emb) {
+        n += v * h;
+    }
+    if names.head.as_deref().is_some_and(hit) {
+        n += v * h;
+    }
+    n
 }
 
 /// Memory of a train step: frozen weights, trainable params, their grads,
 /// optimizer state and activations at the recipe's batch and length.
 pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let p = e.params;
-    let mp = e.upstream("model", "load.model")?;
-    let s = Shape::from_config(&config_of(mp)?)?;
+    let (_, a) = model_of(e.upstream("model", "load.model")?)?;
     let quant = e.upstream("model", "quantize");
+    let total_params = a.param_counts().total();
     let weights = match quant {
-        Some(q) => {
-            nf4_bytes(
-                s.linear_params(),
-                q.usize("blocksize") as u64,
-                q.bool("double_quant"),
-            ) + (s.embed_params() + s.layers * 2 * s.hidden) * s.dtype_bytes
-        }
-        None => s.total_params() * s.dtype_bytes,
+        Some(q) => quantized_bytes(&a, q),
+        None => 4 * total_params,
     };
     let full = p.str("method") == "full";
-    let r = p.usize("r") as u64;
     let trainable = if full {
-        s.total_params()
+        total_params
     } else {
-        s.lora_params(r, &p.strs("target_modules"))
+        let targets = Targets::from_keys(
+            p.strs("target_modules"),
+            p.opt_str("target_regex"),
+            a.family,
+        );
+        lora_params(
+            &a,
+            p.usize("r") as u64,
+            &targets,
+            &p.strs("modules_to_save"),
+        )
     };
-    let train_bytes = trainable * 4;
+    // Full fine-tuning trains the f32 weights in place: no second copy.
+    let train_bytes = if full { 0 } else { trainable * 4 };
     let grads = trainable * 4;
     let optim = match p.str("optim") {
         "adamw" => trainable * 8,
@@ -305,50 +176,36 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
         })
         .unwrap_or(512) as u64;
     let b = p.usize("batch_size") as u64;
-    // Activations in f64 (exact below 2^53), cast back saturating: a
-    // recipe's batch × length may be absurd (the estimate then says so), but
-    // never overflows.
-    let f = |x: u64| x as f64;
-    let bt = f(b) * f(seq);
-    let h = s.hidden;
-    let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-    // Per layer, f32, as the CPU engine keeps it (`Arch::activation_floats_per_layer`): x, h1,
-    // q, k, v, attention output, x2, h2, MLP e/g/a, norm stats, and the probs [B, NH, T, T].
-    let per_layer = 4.0
-        * (bt * f(4 * h + 2 * q + 2 * kv + 3 * s.inter + 4) + f(b) * f(s.heads) * f(seq) * f(seq));
-    // The head + cross-entropy run in row chunks of at most HEAD_CHUNK logits (and their
-    // gradient): the full [B, T, V] logits are never live.
-    const HEAD_CHUNK: f64 = (1u64 << 22) as f64;
-    let logits = 4.0 * (bt * f(s.vocab)).min(HEAD_CHUNK) * 2.0;
-    let act_full = (f(s.layers) * per_layer + logits) as u64;
-    let act_ckpt = (f(s.layers) * 4.0 * bt * f(h) + per_layer + logits) as u64;
-    let act = if p.bool("gradient_checkpointing") {
+    // In f64 (exact below 2^53), cast back saturating: a recipe's batch × length may be absurd
+    // (the estimate then says so), but never overflows.
+    let n = b as f64 * seq as f64;
+    let dropout = !full && p.f64("lora_dropout") > 0.0;
+    let act =
+        |ckpt: bool| (4.0 * crate::model::train_activation_floats(&a, n, ckpt, dropout)) as u64;
+    let (act_ckpt, act_full) = (act(true), act(false));
+    let ckpt = p.bool("gradient_checkpointing");
+    let total = (weights + train_bytes + grads + optim).saturating_add(if ckpt {
         act_ckpt
     } else {
         act_full
-    };
-    let total = (weights + train_bytes + grads + optim).saturating_add(act);
+    });
     let wlabel = match quant {
         Some(q) => format!("weights ({})", q.str("quant_type")),
-        None => format!("weights ({}-bit)", s.dtype_bytes * 8),
+        None => "weights (f32 in memory)".into(),
     };
     Some(Estimate {
         summary: format!(
             "memory ≈ {} at batch {b} × seq {seq} ({} trainable params{})",
             human_bytes(total),
             trainable,
-            if p.bool("gradient_checkpointing") {
-                ", checkpointing"
-            } else {
-                ""
-            }
+            if ckpt { ", checkpointing" } else { "" }
         ),
         peak_bytes: Some(total),
         rows: vec![
             (wlabel, weights),
             (
                 if full {
-                    "trainable (f32 copy)".into()
+                    "trainable (the weights, in place)".into()
                 } else {
                     "adapters (f32)".into()
                 },
@@ -363,36 +220,95 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     })
 }
 
-/// `load.model`'s output: the resolved family and config (weights stay in
-/// place and are memory-mapped by the steps that read them).
-pub fn write_model_summary(ctx: &RunCtx) -> Result<()> {
-    let dir = ctx
-        .params
-        .path("path")
-        .context("load.model: `path` is not set")?;
-    if !dir.is_dir() {
-        bail!("model dir `{}` does not exist", dir.display());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indexmap::IndexMap;
+    use serde_json::json;
+
+    fn params(v: serde_json::Value) -> Params {
+        Params {
+            map: v
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }
     }
-    let cfg = read_config(&dir)?;
-    let family = match ctx.params.str("family") {
-        "auto" | "" => family_of(&cfg)?,
-        f => FAMILY_TYPES
-            .iter()
-            .find(|(n, _)| *n == f)
-            .map(|(n, _)| *n)
-            .unwrap_or("llama"),
-    };
-    let summary = serde_json::json!({
-        "path": dir.display().to_string(),
-        "family": family,
-        "tokenizer": ctx.params.path("tokenizer").unwrap_or(dir.clone()).display().to_string(),
-        "dtype": ctx.params.str("dtype"),
-        "config": cfg,
-    });
-    std::fs::write(
-        ctx.out.join("model.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
-    ctx.info(format!("{family} model at {}", dir.display()));
-    Ok(())
+
+    /// The train estimate of a 4-layer LLaMA (hidden 64, heads 4, ffn 128, vocab 100) with
+    /// these train keys.
+    fn train_rows(keys: serde_json::Value) -> Vec<(String, u64)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,
+                "intermediate_size":128,"vocab_size":100}"#,
+        )
+        .unwrap();
+        let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
+        all.insert(
+            "base".into(),
+            ("load.model", params(json!({"path": dir.path()}))),
+        );
+        all.insert(
+            "tok".into(),
+            ("tokenize", params(json!({"max_length": 16}))),
+        );
+        let mut train = json!({"model": "base", "data": "tok", "method": "lora", "r": 8,
+            "optim": "adamw", "batch_size": 2, "lora_dropout": 0.0});
+        for (k, v) in keys.as_object().unwrap() {
+            train[k] = v.clone();
+        }
+        let train = params(train);
+        let mut inputs = IndexMap::new();
+        inputs.insert("model".to_string(), ("load.model", &all["base"].1));
+        inputs.insert("data".to_string(), ("tokenize", &all["tok"].1));
+        let e = EstimateCtx {
+            params: &train,
+            inputs,
+            all: &all,
+        };
+        train_estimate(&e).unwrap().rows
+    }
+
+    #[test]
+    fn adapters_follow_the_same_target_matching_as_training() {
+        let adapters = |keys| train_rows(keys)[1].1;
+        // Default (llama: q_proj, v_proj): 4 layers × 2 × r 8 × (64 + 64) f32.
+        assert_eq!(adapters(json!({})), 4 * 2 * 8 * 128 * 4);
+        // A regex picks layer 1's q_proj only (the old plan ignored target_regex).
+        assert_eq!(
+            adapters(json!({"target_regex": r".*\.1\.self_attn\.q_proj"})),
+            8 * 128 * 4
+        );
+        // Names match by suffix of the full module name, as PEFT; gate/up/down are 64->128.
+        assert_eq!(
+            adapters(json!({"target_modules": ["mlp.down_proj"]})),
+            4 * 8 * (128 + 64) * 4
+        );
+        assert_eq!(
+            adapters(json!({"target_modules": "all-linear"})),
+            4 * 8 * (4 * 128 + 3 * 192) * 4
+        );
+    }
+
+    #[test]
+    fn activations_count_what_the_engine_keeps() {
+        let rows = train_rows(json!({}));
+        // n = 2 × 16 tokens. Acts per layer: 3h + 2q + 2kv + NH + 3F + 2 stats = 838 floats a
+        // token (the lse [B,T,NH], not probabilities [B,NH,T,T]).
+        let n = 32u64;
+        let acts = 838 * n;
+        // Layer inputs (L + 1) + the embedding's pre-norm copy, the final norm's output and
+        // gradient; then the backward's dx, dprev and scratch: da/de/dg 3F, dh2/dx2/dh1 3h,
+        // datt q, dq/dk/dv and the per-group copies 2(q + 2kv) = 1024 floats a token. Under
+        // test the head chunk is 100 logits: ceil(100/100) = 1 row (200 floats), smaller.
+        let scratch = (2 * 64 + 1024) * n;
+        let full = (6 * 64 + 2 * 64) * n + 4 * acts + scratch;
+        assert_eq!(rows[5], ("activations, no checkpointing".into(), 4 * full));
+        let ckpt = (6 * 64 + 2 * 64) * n + scratch + acts + 64 * n;
+        assert_eq!(rows[4], ("activations, checkpointing".into(), 4 * ckpt));
+    }
 }

@@ -117,7 +117,7 @@ pub fn build_dag(checked: &Checked, diags: &mut Vec<Diagnostic>) -> Option<Dag> 
 /// Checks that need more than one step's keys, so that `plan` catches what
 /// would otherwise fail (or panic) mid-run: each model's config.json read as
 /// the engine reads it (zero heads, sizes that do not divide or overflow),
-/// LoRA ranks, and `device` keys of every step.
+/// and `device` keys of every step.
 pub fn preflight(checked: &Checked, diags: &mut Vec<Diagnostic>) {
     for s in checked.steps.values() {
         let at = |key: &str| s.spans.get(key).copied().unwrap_or(s.header);
@@ -143,19 +143,6 @@ pub fn preflight(checked: &Checked, diags: &mut Vec<Diagnostic>) {
                             .key("path"),
                     );
                 }
-            }
-        }
-        if s.kind() == "train" && !reported(diags, "r") {
-            let r = s.params.i64("r");
-            if r > crate::lora::MAX_RANK as i64 {
-                diags.push(
-                    Diagnostic::error(format!("LoRA rank above {}", crate::lora::MAX_RANK))
-                        .at(at("r"))
-                        .step(&s.id)
-                        .key("r")
-                        .expected(format!("1..={} (usually 4 to 64)", crate::lora::MAX_RANK))
-                        .got(r.to_string()),
-                );
             }
         }
         if let Some(dev) = s.params.opt_str("device") {

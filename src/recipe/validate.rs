@@ -1,6 +1,8 @@
 //! Check every step of a recipe against its kind's schema: unknown keys,
 //! types, enums, required keys, step references, input files. Fills in
-//! defaults and resolves paths, giving canonical `Params`.
+//! defaults and resolves paths, giving canonical `Params`; then each kind's
+//! `check` reads them as its typed struct (`steps::params`), so a value the
+//! struct cannot take is reported here too, on its key.
 
 use super::value::{Node, V};
 use super::{Recipe, StepDef};
@@ -277,17 +279,14 @@ fn check_step(
                     .key(spec.name)
                     .expected(format!("{} ({})", spec.ty.describe(), spec.doc)),
             );
-        } else if let Some(d) = spec.default {
-            params.map.insert(
-                spec.name.to_string(),
-                serde_json::from_str(d).unwrap_or(Value::Null),
-            );
+        } else if let Some(d) = spec.default_value() {
+            params.map.insert(spec.name.to_string(), d);
         }
     }
     if let (Some(out), Some(span)) = (params.path("output"), spans.get("output")) {
         check_output_path(recipe, &def.id, &out, &files, *span, diags);
     }
-    // Step-specific checks only make sense when the types are right.
+    // The typed struct and the step-specific checks only make sense when the types are right.
     if diags.iter().filter(|d| d.is_error()).count() == before {
         let mut c = CheckCtx {
             step: &def.id,

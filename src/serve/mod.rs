@@ -13,7 +13,8 @@ pub mod openai;
 
 use crate::eval::generate::{generate, CausalLm, FinishReason, GenConfig};
 use crate::eval::lm::EngineLm;
-use crate::gen_cli::{ModelArgs, Session, TextStream};
+use crate::eval::session::{message, Session};
+use crate::gen_cli::{ModelArgs, TextStream};
 use anyhow::{Context, Result};
 use clap::Args;
 use openai::{ApiError, GenRequest, Kind, Meta, Prompt};
@@ -239,10 +240,7 @@ fn answer(s: &Session, base: &GenConfig, system: Option<&str>, n: u64, job: &Job
                 msgs.iter()
                     .any(|m| m.role == crate::data::example::Role::System),
             ) {
-                msgs.insert(
-                    0,
-                    crate::gen_cli::message(crate::data::example::Role::System, sys),
-                );
+                msgs.insert(0, message(crate::data::example::Role::System, sys));
             }
             s.conversation_ids(&msgs)?
         }

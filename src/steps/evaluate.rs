@@ -2,20 +2,40 @@
 //! metrics (BLEU-4, ROUGE with jieba segmentation, exact match, label
 //! accuracy). Writes metrics.json and predictions.jsonl.
 
-use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::eval::generate::GenConfig;
 use crate::eval::report::{
     example_scores_map, render_comparison, write_metrics_json, write_predictions_jsonl,
 };
-use crate::eval::sampling::{argmax, SamplingParams};
+use crate::eval::sampling::SamplingParams;
+use crate::eval::session::Session;
 use crate::eval::{compute_generation_metrics, PredictionRecord};
-use crate::gen_cli::Session;
-use crate::model::Batch;
+use crate::model::{Batch, EvalSums};
 use crate::text::TokenDataset;
 use anyhow::Context;
 use indexmap::IndexMap;
 
 pub struct Evaluate;
+
+/// The keys of an `evaluate` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct EvaluateParams {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub data: Option<String>,
+    pub prompts: Option<String>,
+    pub split: String,
+    pub metrics: Vec<String>,
+    pub compare_base: bool,
+    pub limit: Option<usize>,
+    /// Checked (`check`): positive.
+    pub batch_size: i64,
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub device: String,
+}
 
 pub static METRICS: &[&str] = &[
     "loss",
@@ -78,19 +98,18 @@ static PARAMS: &[ParamSpec] = &[
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
-impl Step for Evaluate {
-    fn kind(&self) -> &'static str {
-        "evaluate"
-    }
-    fn about(&self) -> &'static str {
-        "eval loss/perplexity and generation metrics (BLEU-4, ROUGE, accuracy)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut super::CheckCtx) {
-        let ms = c.params.strs("metrics");
-        for m in &ms {
+impl Kind for Evaluate {
+    type Params = EvaluateParams;
+    const KIND: &'static str = "evaluate";
+    const ABOUT: &'static str =
+        "eval loss/perplexity and generation metrics (BLEU-4, ROUGE, accuracy)";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &EvaluateParams, c: &mut CheckCtx) {
+        if p.batch_size <= 0 {
+            c.error("batch_size", "must be positive").got = Some(p.batch_size.to_string());
+        }
+        let ms = &p.metrics;
+        for m in ms {
             if !METRICS.contains(&m.as_str()) {
                 c.error("metrics", format!("unknown metric `{m}`")).expected =
                     Some(format!("any of {}", METRICS.join(", ")));
@@ -102,7 +121,7 @@ impl Step for Evaluate {
                 "bleu" | "rouge" | "exact_match" | "label_accuracy"
             )
         });
-        if needs_gen && c.params.get("prompts").is_none() {
+        if needs_gen && p.prompts.is_none() {
             c.error(
                 "prompts",
                 "generation metrics need `prompts = \"<template step>\"`",
@@ -111,7 +130,7 @@ impl Step for Evaluate {
         let needs_loss = ms
             .iter()
             .any(|m| matches!(m.as_str(), "loss" | "perplexity" | "token_accuracy"));
-        if needs_loss && c.params.get("data").is_none() {
+        if needs_loss && p.data.is_none() {
             c.error("data", "loss metrics need `data = \"<tokenize step>\"`");
         }
     }
@@ -119,11 +138,10 @@ impl Step for Evaluate {
     /// Writes `metrics.json` (the evaluated model's metrics; with `compare_base` also the
     /// base's under "base"), `predictions.jsonl` (generation metrics) and, with
     /// `compare_base`, `comparison.txt` (the before/after table).
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        let p = ctx.params;
-        let backend = ctx.backend()?;
+    fn run(&self, p: &EvaluateParams, ctx: &RunCtx) -> anyhow::Result<()> {
+        let backend = ctx.backend(&p.device)?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
-        let metrics = p.strs("metrics");
+        let metrics = &p.metrics;
         let want = |m: &str| metrics.iter().any(|x| x == m);
         let template = match ctx.opt_input("prompts") {
             Some(t) => super::generate::template_spec(&t.dir)?,
@@ -132,7 +150,7 @@ impl Step for Evaluate {
         let mut s = Session::open(&dirs.weights, Some(&dirs.tokenizer), None, &template)?;
         s.model.backend = backend;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
-        let plan = Plan::new(ctx, &metrics)?;
+        let plan = Plan::new(p, ctx)?;
         ctx.info(format!(
             "model {}{}: {} loss rows, {} generation examples",
             dirs.weights.display(),
@@ -143,7 +161,7 @@ impl Step for Evaluate {
             plan.rows.len(),
             plan.examples.len()
         ));
-        let base = match (&adapter, p.bool("compare_base")) {
+        let base = match (&adapter, p.compare_base) {
             (Some(_), true) => Some(evaluate(ctx, &s, &plan, "base")?),
             _ => None,
         };
@@ -198,10 +216,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ctx: &RunCtx, metrics: &[String]) -> anyhow::Result<Plan> {
-        let p = ctx.params;
-        let split = p.str("split");
-        let limit = p.opt_usize("limit").unwrap_or(usize::MAX);
+    fn new(p: &EvaluateParams, ctx: &RunCtx) -> anyhow::Result<Plan> {
+        let metrics = &p.metrics;
+        let split = &p.split;
+        let limit = p.limit.unwrap_or(usize::MAX);
         let want = |m: &str| metrics.iter().any(|x| x == m);
         let mut rows = Vec::new();
         if want("loss") || want("perplexity") || want("token_accuracy") {
@@ -243,12 +261,12 @@ impl Plan {
             metrics: metrics.to_vec(),
             rows,
             examples,
-            batch_size: p.usize("batch_size").max(1),
+            batch_size: p.batch_size.max(1) as usize,
             gen: GenConfig {
-                max_new_tokens: p.usize("max_new_tokens"),
+                max_new_tokens: p.max_new_tokens,
                 stop_ids: Vec::new(),
                 sampling: SamplingParams {
-                    do_sample: p.bool("do_sample"),
+                    do_sample: p.do_sample,
                     ..Default::default()
                 },
                 seed: 42,
@@ -267,9 +285,13 @@ fn evaluate(
     let want = |m: &str| plan.metrics.iter().any(|x| x == m);
     let mut out = IndexMap::new();
     if !plan.rows.is_empty() {
-        let (loss_sum, count, hits) = loss_metrics(ctx, s, plan, label, want("token_accuracy"))?;
+        let EvalSums {
+            nll,
+            tokens: count,
+            correct: hits,
+        } = loss_metrics(ctx, s, plan, label)?;
         let loss = if count > 0 {
-            loss_sum / count as f64
+            nll / count as f64
         } else {
             f64::NAN
         };
@@ -347,17 +369,11 @@ fn evaluate(
     Ok((out, preds))
 }
 
-/// (sum of token NLLs, predicted tokens, argmax hits) over the plan's token rows.
-fn loss_metrics(
-    ctx: &RunCtx,
-    s: &Session,
-    plan: &Plan,
-    label: &str,
-    accuracy: bool,
-) -> anyhow::Result<(f64, usize, usize)> {
+/// Σ token NLL, predicted tokens and argmax hits over the plan's token rows
+/// ([`crate::model::Model::eval_loss`], the one evaluation path).
+fn loss_metrics(ctx: &RunCtx, s: &Session, plan: &Plan, label: &str) -> anyhow::Result<EvalSums> {
     let bar = ctx.bar(plan.rows.len() as u64, &format!("{label}: loss"));
-    let (mut sum, mut count, mut hits) = (0f64, 0usize, 0usize);
-    let v = s.model.arch.vocab;
+    let mut sums = EvalSums::default();
     for chunk in plan.rows.chunks(plan.batch_size) {
         let t = chunk.iter().map(|r| r.0.len()).max().unwrap_or(0);
         let b = chunk.len();
@@ -380,36 +396,18 @@ fn loss_metrics(
                 sg[o..o + ids.len()].copy_from_slice(seg);
             }
         }
-        if accuracy {
-            let o = s.model.forward(&batch)?;
-            let n = o.n_tokens;
-            sum += f64::from(o.loss.unwrap_or(0.0)) * n as f64;
-            count += n;
-            let labels = batch.labels.as_ref().expect("labels");
-            let seg = batch.segments.as_ref().expect("segments");
-            for k in 0..b * t {
-                if k % t + 1 < t && seg[k] == seg[k + 1] && labels[k + 1] >= 0 {
-                    hits += usize::from(
-                        i64::from(argmax(&o.logits[k * v..(k + 1) * v])) == labels[k + 1],
-                    );
-                }
-            }
-        } else {
-            let (l, n) = s.model.eval_loss(&batch)?;
-            sum += l;
-            count += n;
-        }
+        sums.add(s.model.eval_loss(&batch)?);
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    Ok((sum, count, hits))
+    Ok(sums)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::example::{Example, Role};
-    use crate::gen_cli::message;
+    use crate::eval::session::message;
     use crate::steps::{InputRef, Params};
     use crate::text::{Renderer, Template, TokenizeOptions, TokenizerBundle};
     use serde_json::{json, Value};
@@ -503,6 +501,10 @@ mod tests {
 
         let mut params = Params::default();
         for (k, v) in [
+            ("model", json!("base")),
+            ("adapter", json!("train")),
+            ("data", json!("tokens")),
+            ("prompts", json!("prompts")),
             ("split", json!("test")),
             (
                 "metrics",
@@ -543,7 +545,7 @@ mod tests {
             device: "cpu",
             progress: &progress,
         };
-        Evaluate.run(&ctx).expect("run");
+        crate::steps::Step::run(&Evaluate, &ctx).expect("run");
 
         let got: Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics"))
@@ -554,12 +556,13 @@ mod tests {
             for r in ds.iter() {
                 let labels: Vec<i64> = r.labels.iter().map(|&l| l as i64).collect();
                 let b = Batch::padded(&[(r.input_ids.to_vec(), labels.clone())], 0, false);
-                let (l, c) = model.eval_loss(&b).expect("loss");
+                let e = model.eval_loss(&b).expect("loss");
+                let (l, c) = (e.nll, e.tokens);
                 sum += l;
                 n += c;
                 let o = model.forward(&b).expect("fwd");
                 let v = model.arch.vocab;
-                let ids: Vec<u32> = o.logits.chunks(v).map(argmax).collect();
+                let ids: Vec<u32> = o.logits.chunks(v).map(crate::util::argmax).collect();
                 let acc = crate::eval::causal_token_accuracy(&ids, &labels).expect("acc");
                 hits += acc * c as f64;
                 preds += c;

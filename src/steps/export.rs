@@ -3,11 +3,32 @@
 //! or with `format = "gguf"` a `model.gguf` + Ollama `Modelfile` for
 //! llama.cpp / Ollama (see `export::gguf`).
 
-use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use anyhow::{Context, Result};
 use std::path::Path;
 
 pub struct Export;
+
+/// The keys of an `export` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct ExportParams {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub max_shard_size: String,
+    pub format: Format,
+    pub gguf_dtype: String,
+    pub verify: bool,
+    pub verify_tolerance: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Hf,
+    Gguf,
+}
 
 static PARAMS: &[ParamSpec] = &[
     req(
@@ -52,30 +73,26 @@ static PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-impl Step for Export {
-    fn kind(&self) -> &'static str {
-        "export"
-    }
-    fn about(&self) -> &'static str {
-        "write a Hugging Face model dir that transformers loads, or GGUF for llama.cpp / Ollama"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
+impl Kind for Export {
+    type Params = ExportParams;
+    const KIND: &'static str = "export";
+    const ABOUT: &'static str =
+        "write a Hugging Face model dir that transformers loads, or GGUF for llama.cpp / Ollama";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
     /// Writes the Hugging Face dir; with `verify`, compares its logits with
     /// base + adapter and prints the largest difference.
-    fn run(&self, ctx: &RunCtx) -> Result<()> {
+    fn run(&self, p: &ExportParams, ctx: &RunCtx) -> Result<()> {
         let input = ctx.input("model")?;
         let dirs = io::model_dirs(input)?;
         let model = crate::export::HfModel::load(&dirs.weights)
             .with_context(|| format!("reading the model of step `{}`", input.step))?;
         crate::export::check_finite(&model.tensors, &dirs.weights.display().to_string())
             .with_context(|| format!("the model of step `{}`", input.step))?;
-        if ctx.params.str("format") == "gguf" {
-            return export_gguf(ctx, &model, &dirs.tokenizer);
+        if p.format == Format::Gguf {
+            return export_gguf(p, ctx, &model, &dirs.tokenizer);
         }
-        let max =
-            crate::util::parse_size(ctx.params.str("max_shard_size")).unwrap_or(5_000_000_000);
+        let max = crate::util::parse_size(&p.max_shard_size)
+            .with_context(|| format!("key `max_shard_size`: not a size: {:?}", p.max_shard_size))?;
         let opts = crate::export::ExportOptions {
             max_shard_size: max,
             dtype: crate::export::OutDtype::Auto,
@@ -98,7 +115,7 @@ impl Step for Export {
                 let _ = b.tok.save(ctx.out.join("tokenizer.json"), false);
             }
         }
-        if ctx.params.bool("verify") {
+        if p.verify {
             let merge_meta = dirs.weights.join("merge.json");
             match std::fs::read(&merge_meta)
                 .ok()
@@ -108,7 +125,7 @@ impl Step for Export {
                     let base = Path::new(m["base"].as_str().unwrap_or(""));
                     let adapter = Path::new(m["adapter"].as_str().unwrap_or(""));
                     let (d, scale) = max_logit_diff(base, adapter, ctx.out)?;
-                    let tol = ctx.params.opt_f64("verify_tolerance").unwrap_or_else(|| {
+                    let tol = p.verify_tolerance.unwrap_or_else(|| {
                         let rel = match report.dtype {
                             Some(safetensors::Dtype::F32) | Some(safetensors::Dtype::F64) => 1e-3,
                             _ => 5e-2,
@@ -132,14 +149,14 @@ impl Step for Export {
         }
         Ok(())
     }
-    fn check(&self, c: &mut super::CheckCtx) {
-        if let Some(t) = c.params.opt_f64("verify_tolerance") {
+    fn check(&self, p: &ExportParams, c: &mut CheckCtx) {
+        if let Some(t) = p.verify_tolerance {
             if !(t >= 0.0 && t.is_finite()) {
                 c.error("verify_tolerance", "must be a finite number >= 0")
                     .got = Some(t.to_string());
             }
         }
-        if crate::util::parse_size(c.params.str("max_shard_size")).is_none() {
+        if crate::util::parse_size(&p.max_shard_size).is_none() {
             c.error("max_shard_size", "not a size").expected =
                 Some("e.g. \"2GB\", \"500MB\", \"1GiB\"".into());
         }
@@ -147,9 +164,14 @@ impl Step for Export {
 }
 
 /// `format = "gguf"`: model.gguf + Modelfile in the step's output dir; `verify` re-reads the file.
-fn export_gguf(ctx: &RunCtx, model: &crate::export::HfModel, tokenizer: &Path) -> Result<()> {
+fn export_gguf(
+    p: &ExportParams,
+    ctx: &RunCtx,
+    model: &crate::export::HfModel,
+    tokenizer: &Path,
+) -> Result<()> {
     use crate::export::gguf;
-    let name = ctx.params.str("gguf_dtype");
+    let name = p.gguf_dtype.as_str();
     let dtype = gguf::GgufDtype::parse(name)
         .with_context(|| format!("gguf_dtype `{name}`: expected f16, bf16, q8_0 or q4_0"))?;
     let path = ctx.out.join("model.gguf");
@@ -171,7 +193,7 @@ fn export_gguf(ctx: &RunCtx, model: &crate::export::HfModel, tokenizer: &Path) -
             r.f16_fallback.len()
         ));
     }
-    if ctx.params.bool("verify") {
+    if p.verify {
         let f = gguf::read_gguf(&path)?;
         ctx.info(format!(
             "verify: re-read model.gguf: {} metadata keys, {} tensors",

@@ -1,14 +1,37 @@
 //! `generate`: sample continuations from a model (+ adapter) for a list of
 //! prompts or a templated dataset; writes generations.jsonl.
 
-use super::{def, io, opt, req, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::eval::generate::{FinishReason, GenConfig};
 use crate::eval::sampling::SamplingParams;
-use crate::gen_cli::Session;
+use crate::eval::session::Session;
 use anyhow::Context;
 use std::io::Write;
 
 pub struct Generate;
+
+/// The keys of a `generate` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct GenerateParams {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub prompts: Option<Vec<String>>,
+    pub template: String,
+    pub data: Option<String>,
+    pub system: Option<String>,
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub repetition_penalty: f64,
+    /// Checked (`check`): at least 1.
+    pub num_return_sequences: i64,
+    pub seed: u64,
+    pub device: String,
+}
 
 static PARAMS: &[ParamSpec] = &[
     req(
@@ -74,36 +97,30 @@ static PARAMS: &[ParamSpec] = &[
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
-impl Step for Generate {
-    fn kind(&self) -> &'static str {
-        "generate"
-    }
-    fn about(&self) -> &'static str {
-        "generate continuations (greedy, top-k, top-p, temperature)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut super::CheckCtx) {
-        if c.params.get("prompts").is_none() && c.params.get("data").is_none() {
+impl Kind for Generate {
+    type Params = GenerateParams;
+    const KIND: &'static str = "generate";
+    const ABOUT: &'static str = "generate continuations (greedy, top-k, top-p, temperature)";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &GenerateParams, c: &mut CheckCtx) {
+        if p.prompts.is_none() && p.data.is_none() {
             c.error(
                 "prompts",
                 "give `prompts = [...]` or `data = \"<template step>\"`",
             );
         }
-        if c.params.i64("num_return_sequences") < 1 {
+        if p.num_return_sequences < 1 {
             c.error("num_return_sequences", "must be at least 1");
         }
-        let s = sampling(c.params);
+        let s = sampling(p);
         if let Err(e) = s.validate() {
             let key = e.split(':').next().unwrap_or("temperature").to_string();
             c.error(&key, e);
         }
     }
     /// Writes `generations.jsonl`: one {prompt, generation, tokens, finish} per continuation.
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        let p = ctx.params;
-        let backend = ctx.backend()?;
+    fn run(&self, p: &GenerateParams, ctx: &RunCtx) -> anyhow::Result<()> {
+        let backend = ctx.backend(&p.device)?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
         // Prompts: the user messages rendered with `template`, or a template step's test split.
@@ -121,24 +138,28 @@ impl Step for Generate {
             }
             None => {
                 let exs = p
-                    .strs("prompts")
+                    .prompts
                     .iter()
+                    .flatten()
                     .map(|u| {
                         let mut msgs = Vec::new();
-                        if let Some(sys) = p.opt_str("system") {
-                            msgs.push(crate::gen_cli::message(
+                        if let Some(sys) = &p.system {
+                            msgs.push(crate::eval::session::message(
                                 crate::data::example::Role::System,
                                 sys,
                             ));
                         }
-                        msgs.push(crate::gen_cli::message(crate::data::example::Role::User, u));
+                        msgs.push(crate::eval::session::message(
+                            crate::data::example::Role::User,
+                            u,
+                        ));
                         crate::data::example::Example {
                             messages: msgs,
                             ..Default::default()
                         }
                     })
                     .collect();
-                (p.str("template").to_string(), exs)
+                (p.template.clone(), exs)
             }
         };
         let mut s = Session::open(
@@ -163,7 +184,7 @@ impl Step for Generate {
                 .unwrap_or_default(),
             examples.len()
         ));
-        let n_ret = p.usize("num_return_sequences").max(1);
+        let n_ret = p.num_return_sequences.max(1) as usize;
         let mut prompts = Vec::new();
         for ex in &examples {
             let (ids, _) = s
@@ -174,10 +195,10 @@ impl Step for Generate {
             }
         }
         let cfg = GenConfig {
-            max_new_tokens: p.usize("max_new_tokens"),
+            max_new_tokens: p.max_new_tokens,
             stop_ids: s.stop_ids.clone(),
             sampling: sampling(p),
-            seed: p.i64("seed") as u64,
+            seed: p.seed,
         };
         let bar = ctx.bar(prompts.len() as u64, "generating");
         let mut out =
@@ -227,12 +248,12 @@ pub fn template_spec(dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// The sampling keys of a step's params.
-pub fn sampling(p: &super::Params) -> SamplingParams {
+pub fn sampling(p: &GenerateParams) -> SamplingParams {
     SamplingParams {
-        do_sample: p.bool("do_sample"),
-        temperature: p.opt_f64("temperature").unwrap_or(1.0) as f32,
-        top_k: p.opt_usize("top_k").unwrap_or(50),
-        top_p: p.opt_f64("top_p").unwrap_or(1.0) as f32,
-        repetition_penalty: p.opt_f64("repetition_penalty").unwrap_or(1.0) as f32,
+        do_sample: p.do_sample,
+        temperature: p.temperature as f32,
+        top_k: p.top_k,
+        top_p: p.top_p as f32,
+        repetition_penalty: p.repetition_penalty as f32,
     }
 }

@@ -56,12 +56,12 @@ pub fn model_dirs(input: &InputRef) -> Result<ModelDirs> {
         });
     }
     if input.dir.join("config.json").is_file() {
-        let cfg = crate::plan::memory::read_config(&input.dir)?;
+        let cfg = crate::formats::config::HfConfig::read(&input.dir)?;
         return Ok(ModelDirs {
             weights: input.dir.clone(),
             tokenizer: input.dir.clone(),
-            family: crate::plan::memory::family_of(&cfg)
-                .unwrap_or("")
+            family: crate::model::Family::of(&cfg)
+                .map_or("", crate::model::Family::name)
                 .to_string(),
         });
     }

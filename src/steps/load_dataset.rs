@@ -1,8 +1,10 @@
 //! `load.dataset`: read rows from JSON/JSONL/CSV/Parquet/HF `save_to_disk`,
 //! map them onto `Example`s by record format, filter, split.
 //! Output: `train.jsonl` (and `test.jsonl` when split) + `stats.json`.
+//! Its typed params are the data library's [`LoadSpec`].
 
-use super::{def, opt, req, CheckCtx, ParamSpec, Params, RunCtx, Step, Ty};
+use super::{def, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
+use crate::data::{LoadSpec, TestSize};
 
 pub struct LoadDataset;
 
@@ -77,19 +79,19 @@ static PARAMS: &[ParamSpec] = &[
     def("csv_delimiter", Ty::Str, "\",\"", "CSV field delimiter"),
 ];
 
-impl Step for LoadDataset {
-    fn kind(&self) -> &'static str {
-        "load.dataset"
-    }
-    fn about(&self) -> &'static str {
-        "read a dataset (JSON, JSONL, CSV, Parquet, HF save_to_disk) into conversations"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut CheckCtx) {
+impl Kind for LoadDataset {
+    type Params = LoadSpec;
+    const KIND: &'static str = "load.dataset";
+    const ABOUT: &'static str =
+        "read a dataset (JSON, JSONL, CSV, Parquet, HF save_to_disk) into conversations";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, s: &LoadSpec, c: &mut CheckCtx) {
         let mut flagged = Vec::new();
-        if let Some(t) = c.params.opt_f64("test_size") {
+        if let Some(ts) = s.test_size {
+            let t = match ts {
+                TestSize::Count(n) => n as f64,
+                TestSize::Fraction(f) => f,
+            };
             if t <= 0.0 || (t >= 1.0 && t.fract() != 0.0) {
                 flagged.push("test_size");
                 c.error(
@@ -99,7 +101,7 @@ impl Step for LoadDataset {
                 .got = Some(t.to_string());
             }
         }
-        if c.params.str("csv_delimiter").len() != 1 {
+        if s.csv_delimiter.is_some_and(|d| d.len_utf8() != 1) {
             c.error(
                 "csv_delimiter",
                 "the CSV delimiter must be exactly one byte",
@@ -107,25 +109,18 @@ impl Step for LoadDataset {
             return;
         }
         // Cheap checks against file headers (columns, formats, splits).
-        match spec(c.params) {
-            Ok(s) if s.path.exists() => {
-                for problem in crate::data::check(&s) {
-                    let (key, msg) = key_of(&problem, &s);
-                    if !flagged.contains(&key) {
-                        c.error(key, msg);
-                    }
+        if s.path.exists() {
+            for problem in crate::data::check(s) {
+                let (key, msg) = key_of(&problem, s);
+                if !flagged.contains(&key) {
+                    c.error(key, msg);
                 }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                c.error("format", format!("{e:#}"));
             }
         }
     }
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        let spec = spec(ctx.params)?;
+    fn run(&self, spec: &LoadSpec, ctx: &RunCtx) -> anyhow::Result<()> {
         let bar = ctx.bar(0, "rows");
-        let report = crate::data::load(&spec, ctx.out, &|n| bar.set_position(n))?;
+        let report = crate::data::load(spec, ctx.out, &|n| bar.set_position(n))?;
         bar.finish_and_clear();
         let mut msg = format!("{} rows read: {} train", report.rows_read, report.train);
         if report.test > 0 {
@@ -145,7 +140,7 @@ impl Step for LoadDataset {
 /// The recipe key a data problem is about, and the message without its key prefix:
 /// option errors start with `key: `; a missing column is the `columns` key's fault when
 /// `columns` names it; everything else is about the file(s) at `path`.
-fn key_of<'a>(problem: &'a str, spec: &crate::data::LoadSpec) -> (&'static str, &'a str) {
+fn key_of<'a>(problem: &'a str, spec: &LoadSpec) -> (&'static str, &'a str) {
     if let Some((k, rest)) = problem.split_once(": ") {
         if let Some(p) = PARAMS.iter().find(|p| p.name == k) {
             return (p.name, rest);
@@ -159,15 +154,4 @@ fn key_of<'a>(problem: &'a str, spec: &crate::data::LoadSpec) -> (&'static str, 
         return ("columns", problem);
     }
     ("path", problem)
-}
-
-/// The step's params as the data library's `LoadSpec`.
-fn spec(p: &Params) -> anyhow::Result<crate::data::LoadSpec> {
-    let map: serde_json::Map<String, serde_json::Value> = p
-        .map
-        .iter()
-        .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "output" | "description" | "after"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Ok(serde_json::from_value(serde_json::Value::Object(map))?)
 }

@@ -1,10 +1,21 @@
 //! `merge`: fold LoRA (and modules_to_save) into the base weights. An NF4
 //! base is dequantized to bf16/f16 first; never merged into 4-bit silently.
 
-use super::{def, io, req, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, req, Kind, ParamSpec, RunCtx, Ty};
 use anyhow::{Context, Result};
 
 pub struct Merge;
+
+/// The keys of a `merge` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct MergeParams {
+    pub model: String,
+    pub adapter: String,
+    pub dtype: String,
+    pub requantize: bool,
+}
 
 static PARAMS: &[ParamSpec] = &[
     req(
@@ -31,25 +42,21 @@ static PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-impl Step for Merge {
-    fn kind(&self) -> &'static str {
-        "merge"
-    }
-    fn about(&self) -> &'static str {
-        "merge a LoRA adapter into its base model"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
+impl Kind for Merge {
+    type Params = MergeParams;
+    const KIND: &'static str = "merge";
+    const ABOUT: &'static str = "merge a LoRA adapter into its base model";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
     /// Writes the merged model as a Hugging Face dir, plus `merge.json`
     /// (base and adapter dirs, for the export step's logit check).
-    fn run(&self, ctx: &RunCtx) -> Result<()> {
+    fn run(&self, p: &MergeParams, ctx: &RunCtx) -> Result<()> {
         let base = io::model_dirs(ctx.input("model")?)?;
         let adapter = ctx.input("adapter")?;
-        let dtype = crate::export::OutDtype::parse(ctx.params.str("dtype")).unwrap_or_default();
+        let dtype = crate::export::OutDtype::parse(&p.dtype)
+            .with_context(|| format!("key `dtype`: unknown dtype `{}`", p.dtype))?;
         let opts = crate::export::MergeOptions {
             dtype,
-            requantize: ctx.params.bool("requantize"),
+            requantize: p.requantize,
         };
         let merged = crate::export::merge_adapter(&base.weights, &adapter.dir, &opts)
             .with_context(|| {

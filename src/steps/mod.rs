@@ -1,11 +1,13 @@
-//! Step kinds. Each kind lives in its own file and implements [`Step`]; the
-//! closed list [`KINDS`] maps `kind = "..."` in a recipe to its type.
+//! Step kinds. Each kind lives in its own file and implements [`Kind`] (and through it the
+//! object-safe [`Step`] the runner and planner use); the closed list [`KINDS`] maps
+//! `kind = "..."` in a recipe to its type.
 //!
-//! A step declares its parameters ([`ParamSpec`]) with types and defaults.
-//! The recipe validator checks them all before anything runs, fills in the
-//! defaults, and hands the step a canonical [`Params`] map; that map (with
-//! step references replaced by the inputs' cache keys) is what the cache key
-//! hashes.
+//! A kind declares its parameters ([`ParamSpec`]) with types and defaults, and a typed struct
+//! ([`Kind::Params`]) with one field per key. The recipe validator checks every key before
+//! anything runs, fills in the defaults and builds a canonical [`Params`] map (with step
+//! references replaced by the inputs' cache keys, that map is what the cache key hashes); then
+//! it deserializes the map into the typed struct, so a key the struct cannot take is an error
+//! on that key ([`params`]). `check` and `run` only ever see the typed struct.
 
 mod evaluate;
 mod export;
@@ -14,6 +16,7 @@ pub mod io;
 mod load_dataset;
 mod load_model;
 mod merge;
+pub mod params;
 pub mod quantize;
 mod template;
 mod tokenize;
@@ -21,8 +24,8 @@ pub mod train;
 
 use crate::diag::{Diagnostic, Span};
 use indexmap::IndexMap;
-use serde_json::Value;
-use std::collections::BTreeMap;
+pub use params::{def, opt, req, ParamError, ParamSpec, Params, Ty, COMMON};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
 /// Every step kind, in the order `recipe explain` lists them.
@@ -47,177 +50,6 @@ pub fn kind_names() -> Vec<&'static str> {
     KINDS.iter().map(|s| s.kind()).collect()
 }
 
-/// The type of a parameter, as the validator checks it.
-#[derive(Debug, Clone, Copy)]
-pub enum Ty {
-    Str,
-    Int,
-    /// Integer or float (a float param accepts `3`, stored as 3.0).
-    Float,
-    /// Integer or float, kept as written (e.g. `test_size`: 0.2 or 100).
-    Number,
-    Bool,
-    Enum(&'static [&'static str]),
-    StrList,
-    /// A string or a list of strings (e.g. `target_modules`).
-    StrOrList,
-    /// Free-form table (e.g. a column mapping); values are kept as given.
-    Table,
-    /// An input file or directory, resolved relative to the file that
-    /// names it; must exist and its content is part of the cache key.
-    Path,
-    /// Like `Path`, but under `--plan` a missing path is only a warning
-    /// (a model dir that will be downloaded later).
-    ModelPath,
-    /// A path this step writes; not hashed.
-    OutPath,
-    /// The id of another step, of one of these kinds (empty: any kind).
-    Step(&'static [&'static str]),
-}
-
-impl Ty {
-    pub fn describe(&self) -> String {
-        match self {
-            Ty::Str => "a string".into(),
-            Ty::Int => "an integer".into(),
-            Ty::Float | Ty::Number => "a number".into(),
-            Ty::Bool => "true or false".into(),
-            Ty::Enum(v) => format!(
-                "one of {}",
-                v.iter()
-                    .map(|s| format!("\"{s}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Ty::StrList => "an array of strings".into(),
-            Ty::StrOrList => "a string or an array of strings".into(),
-            Ty::Table => "a table".into(),
-            Ty::Path | Ty::ModelPath => "a path (string)".into(),
-            Ty::OutPath => "an output path (string)".into(),
-            Ty::Step(k) if k.is_empty() => "the id of a step".into(),
-            Ty::Step(k) => format!("the id of a {} step", k.join(" or ")),
-        }
-    }
-}
-
-/// One parameter of a step kind.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamSpec {
-    pub name: &'static str,
-    pub ty: Ty,
-    /// Default as a JSON literal; `None` = optional with no value.
-    pub default: Option<&'static str>,
-    pub required: bool,
-    pub doc: &'static str,
-}
-
-pub const fn req(name: &'static str, ty: Ty, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        default: None,
-        required: true,
-        doc,
-    }
-}
-pub const fn opt(name: &'static str, ty: Ty, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        default: None,
-        required: false,
-        doc,
-    }
-}
-pub const fn def(
-    name: &'static str,
-    ty: Ty,
-    default: &'static str,
-    doc: &'static str,
-) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        default: Some(default),
-        required: false,
-        doc,
-    }
-}
-
-/// Keys every step accepts besides its own.
-pub static COMMON: &[ParamSpec] = &[
-    opt(
-        "output",
-        Ty::OutPath,
-        "copy this step's result here when it finishes (relative to the recipe)",
-    ),
-    opt("description", Ty::Str, "free text shown by `recipe plan`"),
-    opt(
-        "after",
-        Ty::StrList,
-        "extra step ids this step must wait for",
-    ),
-];
-
-/// Canonical parameters: every declared key, defaults filled, paths absolute.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Params {
-    pub map: BTreeMap<String, Value>,
-}
-
-impl Params {
-    pub fn get(&self, k: &str) -> Option<&Value> {
-        self.map.get(k).filter(|v| !v.is_null())
-    }
-    pub fn opt_str(&self, k: &str) -> Option<&str> {
-        self.get(k).and_then(Value::as_str)
-    }
-    pub fn str(&self, k: &str) -> &str {
-        self.opt_str(k).unwrap_or("")
-    }
-    pub fn opt_i64(&self, k: &str) -> Option<i64> {
-        self.get(k).and_then(Value::as_i64)
-    }
-    pub fn i64(&self, k: &str) -> i64 {
-        self.opt_i64(k).unwrap_or(0)
-    }
-    pub fn usize(&self, k: &str) -> usize {
-        self.opt_i64(k).unwrap_or(0).max(0) as usize
-    }
-    pub fn opt_usize(&self, k: &str) -> Option<usize> {
-        self.opt_i64(k).map(|v| v.max(0) as usize)
-    }
-    pub fn opt_f64(&self, k: &str) -> Option<f64> {
-        self.get(k).and_then(Value::as_f64)
-    }
-    pub fn f64(&self, k: &str) -> f64 {
-        self.opt_f64(k).unwrap_or(0.0)
-    }
-    pub fn bool(&self, k: &str) -> bool {
-        self.get(k).and_then(Value::as_bool).unwrap_or(false)
-    }
-    /// A list of strings; a single string counts as a one-element list.
-    pub fn strs(&self, k: &str) -> Vec<String> {
-        match self.get(k) {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-    pub fn path(&self, k: &str) -> Option<PathBuf> {
-        self.opt_str(k).map(PathBuf::from)
-    }
-    pub fn table(&self, k: &str) -> serde_json::Map<String, Value> {
-        self.get(k)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
 /// What a step's `check` sees: its params plus where each key was written.
 pub struct CheckCtx<'a> {
     pub step: &'a str,
@@ -236,6 +68,21 @@ impl CheckCtx<'_> {
             .push(Diagnostic::error(msg).at(span).step(self.step).key(key));
         let n = self.diags.len() - 1;
         &mut self.diags[n]
+    }
+    /// The params as the typed struct `T` of a kind with keys `specs`; every key that does not
+    /// fit is reported as an error on that key.
+    pub fn typed<T: DeserializeOwned>(&mut self, specs: &[ParamSpec]) -> Option<T> {
+        match self.params.typed(specs) {
+            Ok(t) => Some(t),
+            Err(errors) => {
+                for e in errors {
+                    let d = self.error(&e.key, e.message);
+                    d.expected = e.expected;
+                    d.got = e.got;
+                }
+                None
+            }
+        }
     }
     pub fn warn(&mut self, key: &str, msg: impl Into<String>) {
         let span = self.spans.get(key).copied().unwrap_or(self.header);
@@ -316,6 +163,14 @@ impl RunCtx<'_> {
     pub fn opt_input(&self, name: &str) -> Option<&InputRef> {
         self.inputs.get(name)
     }
+    /// The step's params as the typed struct `T` of a kind with keys `specs` (validated
+    /// already when the recipe was checked; an error here names the step and key).
+    pub fn typed<T: DeserializeOwned>(&self, specs: &[ParamSpec]) -> anyhow::Result<T> {
+        self.params.typed(specs).map_err(|errors| {
+            let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("step `{}`: {}", self.id, all.join("; "))
+        })
+    }
     pub fn info(&self, msg: impl AsRef<str>) {
         self.progress
             .println(&format!("  [{}] {}", self.id, msg.as_ref()));
@@ -323,10 +178,12 @@ impl RunCtx<'_> {
     pub fn bar(&self, len: u64, msg: &str) -> indicatif::ProgressBar {
         self.progress.bar(self.id, len, msg)
     }
-    /// The backend for this step's `device` key (or the run's `--device` when the key is
+    /// The backend for the step's `device` key (or the run's `--device` when the key is
     /// `auto`); logs which device runs and why. `cuda` without a usable GPU is an error.
-    pub fn backend(&self) -> anyhow::Result<std::sync::Arc<dyn crate::backend::Backend>> {
-        let key = self.params.opt_str("device").unwrap_or("auto");
+    pub fn backend(
+        &self,
+        key: &str,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::backend::Backend>> {
         let spec = crate::backend::step_device(key, self.device);
         let (be, line) = crate::backend::backend_for_spec(spec)?;
         self.info(line);
@@ -334,7 +191,65 @@ impl RunCtx<'_> {
     }
 }
 
-/// A step kind. Implementations are unit structs listed in [`KINDS`].
+/// A step kind with typed parameters: what each step file implements (unit structs listed in
+/// [`KINDS`]). The blanket [`Step`] impl deserializes [`Kind::Params`] from the canonical
+/// params and hands it to `check`, `check_inputs` and `run`.
+pub trait Kind: Sync + Send {
+    /// One field per key of [`Kind::PARAMS`] (serde names = recipe keys), deny_unknown_fields.
+    type Params: DeserializeOwned;
+    /// The `kind = "..."` string.
+    const KIND: &'static str;
+    /// One line for `recipe explain` and `--help`.
+    const ABOUT: &'static str;
+    /// The keys, their types, defaults and docs.
+    const PARAMS: &'static [ParamSpec];
+    /// Bump when the output format changes: old cache entries stop matching.
+    const FORMAT_VERSION: u32 = 1;
+    /// Checks beyond types (e.g. `warmup_ratio` in [0, 1)).
+    fn check(&self, _p: &Self::Params, _c: &mut CheckCtx) {}
+    /// Plan-time checks against the params of upstream steps.
+    fn check_inputs(&self, _p: &Self::Params, _e: &EstimateCtx, _c: &mut CheckCtx) {}
+    /// Plan-time estimate from configs and file headers only.
+    fn estimate(&self, _e: &EstimateCtx) -> Option<Estimate> {
+        None
+    }
+    /// Does the real work, writing into `ctx.out`.
+    fn run(&self, p: &Self::Params, ctx: &RunCtx) -> anyhow::Result<()>;
+}
+
+impl<K: Kind> Step for K {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+    fn about(&self) -> &'static str {
+        K::ABOUT
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        K::PARAMS
+    }
+    fn format_version(&self) -> u32 {
+        K::FORMAT_VERSION
+    }
+    fn check(&self, c: &mut CheckCtx) {
+        if let Some(p) = c.typed::<K::Params>(K::PARAMS) {
+            Kind::check(self, &p, c);
+        }
+    }
+    fn check_inputs(&self, e: &EstimateCtx, c: &mut CheckCtx) {
+        // Type errors were reported by `check`.
+        if let Ok(p) = c.params.typed::<K::Params>(K::PARAMS) {
+            Kind::check_inputs(self, &p, e, c);
+        }
+    }
+    fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
+        Kind::estimate(self, e)
+    }
+    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
+        Kind::run(self, &ctx.typed::<K::Params>(K::PARAMS)?, ctx)
+    }
+}
+
+/// What the runner and planner see of a step kind (object-safe; see [`Kind`]).
 pub trait Step: Sync + Send {
     /// The `kind = "..."` string.
     fn kind(&self) -> &'static str;

@@ -1,13 +1,27 @@
 //! `quantize`: NF4/FP4 blockwise 4-bit quantization of the frozen base, with
 //! double quantization of the absmax, in bitsandbytes' serialized layout.
 
-use super::{def, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, RunCtx, Step, Ty};
+use super::{def, opt, req, CheckCtx, Estimate, EstimateCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::quant::model::{save_quantized, QuantizeSpec};
 use crate::quant::QuantType;
 use crate::util::human_bytes;
 use anyhow::Context;
 
 pub struct Quantize;
+
+/// The keys of a `quantize` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeParams {
+    pub model: String,
+    pub quant_type: String,
+    /// Checked (`check`): a power of two in 32..=4096.
+    pub blocksize: i64,
+    pub double_quant: bool,
+    pub compute_dtype: String,
+    pub modules: Option<Vec<String>>,
+    pub skip_modules: Vec<String>,
+}
 
 static PARAMS: &[ParamSpec] = &[
     req("model", Ty::Step(&["load.model"]), "the model to quantize"),
@@ -48,18 +62,14 @@ static PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-impl Step for Quantize {
-    fn kind(&self) -> &'static str {
-        "quantize"
-    }
-    fn about(&self) -> &'static str {
-        "NF4/FP4 4-bit quantization with double quant (bitsandbytes layout)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut CheckCtx) {
-        let b = c.params.i64("blocksize");
+impl Kind for Quantize {
+    type Params = QuantizeParams;
+    const KIND: &'static str = "quantize";
+    const ABOUT: &'static str =
+        "NF4/FP4 4-bit quantization with double quant (bitsandbytes layout)";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &QuantizeParams, c: &mut CheckCtx) {
+        let b = p.blocksize;
         if !(32..=4096).contains(&b) || (b & (b - 1)) != 0 {
             c.error("blocksize", "blocksize must be a power of two in 32..=4096")
                 .got = Some(b.to_string());
@@ -71,9 +81,9 @@ impl Step for Quantize {
     /// Reads the input model's safetensors (memory-mapped), quantizes each selected layer
     /// linear, and writes the bitsandbytes layout + config + tokenizer files into `ctx.out`,
     /// with a `model.json` pointing downstream steps at the original tokenizer dir.
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
+    fn run(&self, p: &QuantizeParams, ctx: &RunCtx) -> anyhow::Result<()> {
         let m = super::io::model_dirs(ctx.input("model")?)?;
-        let spec = spec_of(ctx.params);
+        let spec = spec_of(p);
         ctx.info(format!(
             "{} blocksize {}{} of `{}`",
             spec.quant_type.name(),
@@ -116,18 +126,18 @@ impl Step for Quantize {
 }
 
 /// The step's params as a [`QuantizeSpec`] (values were validated by the recipe checker).
-pub fn spec_of(p: &super::Params) -> QuantizeSpec {
+pub fn spec_of(p: &QuantizeParams) -> QuantizeSpec {
     QuantizeSpec {
-        quant_type: if p.str("quant_type") == "fp4" {
+        quant_type: if p.quant_type == "fp4" {
             QuantType::Fp4
         } else {
             QuantType::Nf4
         },
-        blocksize: p.usize("blocksize"),
-        double_quant: p.bool("double_quant"),
-        compute_dtype: QuantizeSpec::torch_dtype_name(p.str("compute_dtype")).to_string(),
-        modules: p.get("modules").map(|_| p.strs("modules")),
-        skip_modules: p.strs("skip_modules"),
+        blocksize: p.blocksize.max(0) as usize,
+        double_quant: p.double_quant,
+        compute_dtype: QuantizeSpec::torch_dtype_name(&p.compute_dtype).to_string(),
+        modules: p.modules.clone(),
+        skip_modules: p.skip_modules.clone(),
     }
 }
 
@@ -147,6 +157,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let mut params = Params::default();
         for (k, v) in [
+            ("model", json!("base")),
             ("quant_type", json!("nf4")),
             ("blocksize", json!(64)),
             ("double_quant", json!(true)),
@@ -179,7 +190,7 @@ mod tests {
             device: "cpu",
             progress: &progress,
         };
-        Quantize.run(&ctx).expect("run");
+        super::super::Step::run(&Quantize, &ctx).expect("run");
         let got = std::fs::read(out.path().join("model.safetensors")).unwrap();
         assert!(got == std::fs::read(src.join("nf4_dq/model.safetensors")).unwrap());
         let r = InputRef {

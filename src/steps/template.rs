@@ -2,11 +2,25 @@
 //! role, trainable) with a built-in template, the model's chat_template,
 //! or an inline / file Jinja template.
 
-use super::{def, io, opt, req, CheckCtx, ParamSpec, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use anyhow::Context;
 use std::io::Write;
+use std::path::PathBuf;
 
 pub struct Template;
+
+/// The keys of a `template` step.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct TemplateParams {
+    pub data: String,
+    pub model: Option<String>,
+    pub template: String,
+    pub source: Option<String>,
+    pub file: Option<PathBuf>,
+    pub system: Option<String>,
+}
 
 pub static BUILTIN: &[&str] = &[
     "chatglm3",
@@ -52,18 +66,13 @@ static PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-impl Step for Template {
-    fn kind(&self) -> &'static str {
-        "template"
-    }
-    fn about(&self) -> &'static str {
-        "render examples into prompt segments with a chat template"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut CheckCtx) {
-        if let Some(src) = c.params.opt_str("source") {
+impl Kind for Template {
+    type Params = TemplateParams;
+    const KIND: &'static str = "template";
+    const ABOUT: &'static str = "render examples into prompt segments with a chat template";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &TemplateParams, c: &mut CheckCtx) {
+        if let Some(src) = &p.source {
             if !(src.contains("{{") || src.contains("{%")) {
                 let looks_like_file = crate::text::Template::looks_like_file(src);
                 let e = c.error(
@@ -74,41 +83,33 @@ impl Step for Template {
                     e.help = Some(format!("for a template file write `file = {src:?}`"));
                 }
             }
-            if c.params.get("file").is_some() {
+            if p.file.is_some() {
                 c.error("file", "give either `source` or `file`, not both");
             }
         }
-        let t = c.params.str("template").to_string();
-        if c.params.get("source").is_none()
-            && c.params.get("file").is_none()
-            && !BUILTIN.contains(&t.as_str())
-        {
+        let t = &p.template;
+        if p.source.is_none() && p.file.is_none() && !BUILTIN.contains(&t.as_str()) {
             let mut msg = format!("unknown template `{t}`");
-            if let Some(s) = crate::diag::did_you_mean(&t, BUILTIN.iter().copied()) {
+            if let Some(s) = crate::diag::did_you_mean(t, BUILTIN.iter().copied()) {
                 msg.push_str(&format!(" (did you mean `{s}`?)"));
             }
             c.error("template", msg).expected = Some(format!("one of {}", BUILTIN.join(", ")));
         }
-        if t == "model"
-            && c.params.get("model").is_none()
-            && c.params.get("source").is_none()
-            && c.params.get("file").is_none()
-        {
+        if t == "model" && p.model.is_none() && p.source.is_none() && p.file.is_none() {
             c.error("model", "template = \"model\" needs `model = \"<load.model step>\"` to read its chat_template");
         }
     }
     /// Writes `template.json` (the resolved template), and per split the
     /// examples (`<split>.jsonl`) and their segments (`<split>.segments.jsonl`).
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
-        let p = ctx.params;
+    fn run(&self, p: &TemplateParams, ctx: &RunCtx) -> anyhow::Result<()> {
         // `file` is resolved (and hashed into the cache key) by the recipe loader.
-        let (spec, template) = match (p.opt_str("source"), p.path("file")) {
+        let (spec, template) = match (&p.source, &p.file) {
             (Some(src), _) => (
                 src.to_string(),
                 crate::text::Template::from_name_or_source(src, None)?,
             ),
             (None, Some(f)) => {
-                let t = crate::text::Template::from_file(&f)?;
+                let t = crate::text::Template::from_file(f)?;
                 let src = match &t {
                     crate::text::Template::Jinja { source, .. } => source.clone(),
                     _ => String::new(),
@@ -116,7 +117,7 @@ impl Step for Template {
                 (src, t)
             }
             (None, None) => {
-                let s = p.str("template").to_string();
+                let s = p.template.clone();
                 let t = crate::text::Template::from_name_or_source(&s, None)?;
                 (s, t)
             }
@@ -130,7 +131,7 @@ impl Step for Template {
         let mut counts = Vec::new();
         for (split, path) in io::splits(&data.dir) {
             let mut examples = io::read_examples(&path)?;
-            if let Some(sys) = p.opt_str("system") {
+            if let Some(sys) = &p.system {
                 for ex in &mut examples {
                     if !ex
                         .messages
@@ -139,7 +140,7 @@ impl Step for Template {
                     {
                         let m = crate::data::example::Message {
                             role: crate::data::example::Role::System,
-                            content: sys.to_string(),
+                            content: sys.clone(),
                             metadata: String::new(),
                         };
                         ex.messages.insert(0, m);
@@ -171,7 +172,7 @@ impl Step for Template {
         std::fs::write(
             ctx.out.join("template.json"),
             serde_json::to_vec_pretty(
-                &serde_json::json!({ "template": spec, "system": p.opt_str("system") }),
+                &serde_json::json!({ "template": spec, "system": p.system }),
             )?,
         )?;
         ctx.info(format!("rendered {} examples", counts.join(", ")));

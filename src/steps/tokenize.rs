@@ -1,10 +1,48 @@
 //! `tokenize`: encode segments, mask labels (-100 on what is not trained),
 //! truncate, pad or pack. Output: a token-dataset file the trainer mmaps.
 
-use super::{def, io, opt, req, CheckCtx, ParamSpec, Params, RunCtx, Step, Ty};
+use super::{def, io, opt, req, CheckCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::text::{OnEmpty, PaddingSide, TokenizeOptions, TrainOn};
+use serde::Deserialize;
 
 pub struct Tokenize;
+
+/// The keys of a `tokenize` step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // step references: the run reads those steps through `ctx.input`
+pub struct TokenizeParams {
+    pub data: String,
+    pub model: String,
+    pub train_on: TrainOn,
+    pub mask: Mask,
+    /// Checked positive (`check`), with the historical message.
+    pub max_length: Option<i64>,
+    pub max_input_length: Option<i64>,
+    pub max_output_length: Option<i64>,
+    pub padding: Padding,
+    pub pack: bool,
+    pub add_eos: Option<bool>,
+    pub pad_token: Option<String>,
+    pub on_empty: OnEmpty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mask {
+    Auto,
+    Standard,
+    Chatglm3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    None,
+    Left,
+    Right,
+    Model,
+}
 
 static PARAMS: &[ParamSpec] = &[
     req("data", Ty::Step(&["template"]), "the template step"),
@@ -36,39 +74,39 @@ static PARAMS: &[ParamSpec] = &[
     def("on_empty", Ty::Enum(&["error", "skip"]), "\"error\"", "an example with no trained token"),
 ];
 
-impl Step for Tokenize {
-    fn kind(&self) -> &'static str {
-        "tokenize"
-    }
-    fn about(&self) -> &'static str {
-        "tokenize segments and mask labels (-100 on what is not trained)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check(&self, c: &mut CheckCtx) {
-        for k in ["max_length", "max_input_length", "max_output_length"] {
-            if let Some(v) = c.params.opt_i64(k) {
+impl Kind for Tokenize {
+    type Params = TokenizeParams;
+    const KIND: &'static str = "tokenize";
+    const ABOUT: &'static str = "tokenize segments and mask labels (-100 on what is not trained)";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &TokenizeParams, c: &mut CheckCtx) {
+        let lengths = [
+            ("max_length", p.max_length),
+            ("max_input_length", p.max_input_length),
+            ("max_output_length", p.max_output_length),
+        ];
+        for (k, v) in lengths {
+            if let Some(v) = v {
                 if v <= 0 {
                     c.error(k, "must be positive").got = Some(v.to_string());
                 }
             }
         }
-        if c.params.bool("pack") && c.params.get("max_length").is_none() {
+        if p.pack && p.max_length.is_none() {
             c.error("pack", "packing needs `max_length`");
         }
-        let o = options(c.params);
+        let o = options(p);
         for problem in o.problems() {
             c.error("max_length", problem);
         }
     }
     /// Writes `<split>.tokens` (the token-dataset file) and `stats.json`.
-    fn run(&self, ctx: &RunCtx) -> anyhow::Result<()> {
+    fn run(&self, p: &TokenizeParams, ctx: &RunCtx) -> anyhow::Result<()> {
         let bundle = io::tokenizer(ctx, "model")?;
         let data = ctx.input("data")?;
         let template = io::template_of(&data.dir)?;
         let renderer = crate::text::Renderer::new(template, Some(&bundle))?;
-        let opts = options(ctx.params);
+        let opts = options(p);
         let mut all = serde_json::Map::new();
         for (split, path) in io::splits(&data.dir) {
             let examples = io::read_examples(&path)?;
@@ -93,36 +131,28 @@ impl Step for Tokenize {
 }
 
 /// The step's params as the text library's options.
-pub fn options(p: &Params) -> TokenizeOptions {
+pub fn options(p: &TokenizeParams) -> TokenizeOptions {
+    let len = |v: Option<i64>| v.map(|v| v.max(0) as usize);
     TokenizeOptions {
-        train_on: match p.str("train_on") {
-            "assistant" => TrainOn::Assistant,
-            "last_assistant" => TrainOn::LastAssistant,
-            "all" => TrainOn::All,
-            _ => TrainOn::Completion,
+        train_on: p.train_on,
+        mask_rule: match p.mask {
+            Mask::Standard => Some(crate::text::MaskRule::Direct),
+            Mask::Chatglm3 => Some(crate::text::MaskRule::Shifted),
+            Mask::Auto => None,
         },
-        mask_rule: match p.str("mask") {
-            "standard" => Some(crate::text::MaskRule::Direct),
-            "chatglm3" => Some(crate::text::MaskRule::Shifted),
-            _ => None,
-        },
-        add_eos: p.get("add_eos").and_then(|v| v.as_bool()),
+        add_eos: p.add_eos,
         add_prefix: None,
-        max_length: p.opt_usize("max_length"),
-        max_input_length: p.opt_usize("max_input_length"),
-        max_output_length: p.opt_usize("max_output_length"),
-        pad_to_max_length: p.str("padding") != "none",
-        padding_side: match p.str("padding") {
-            "left" => Some(PaddingSide::Left),
-            "right" => Some(PaddingSide::Right),
-            _ => None,
+        max_length: len(p.max_length),
+        max_input_length: len(p.max_input_length),
+        max_output_length: len(p.max_output_length),
+        pad_to_max_length: p.padding != Padding::None,
+        padding_side: match p.padding {
+            Padding::Left => Some(PaddingSide::Left),
+            Padding::Right => Some(PaddingSide::Right),
+            Padding::None | Padding::Model => None,
         },
-        pad_token: p.opt_str("pad_token").map(str::to_string),
-        packing: p.bool("pack"),
-        on_empty: if p.str("on_empty") == "skip" {
-            OnEmpty::Skip
-        } else {
-            OnEmpty::Error
-        },
+        pad_token: p.pad_token.clone(),
+        packing: p.pack,
+        on_empty: p.on_empty,
     }
 }

@@ -1,17 +1,90 @@
 //! `train`: LoRA (or full) fine-tuning with AdamW / 8-bit AdamW, schedules,
 //! accumulation, clipping, eval, checkpoints and resume.
 
-use super::{
-    def, io, opt, req, CheckCtx, Estimate, EstimateCtx, ParamSpec, Params, RunCtx, Step, Ty,
-};
+use super::{def, io, opt, req, CheckCtx, Estimate, EstimateCtx, Kind, ParamSpec, RunCtx, Ty};
 use crate::lora::{LoraConfig, Targets};
 use crate::train::batch::PadSide;
 use crate::train::engine::{EngineModel, EngineOptim, Saved, TokenSamples};
 use crate::train::{SaveStrategy, TrainConfig, TrainIo};
 use anyhow::{Context, Result};
-use std::path::Path;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 
 pub struct Train;
+
+/// The keys of a `train` step. Integers whose range `check` reports with its own message
+/// (`r`, `batch_size`, `gradient_accumulation_steps`, `max_steps`) are read as i64.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    pub model: String,
+    pub data: String,
+    pub eval_data: Option<String>,
+    pub method: Method,
+    pub r: i64,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    #[serde(default, deserialize_with = "str_or_list")]
+    pub target_modules: Option<Vec<String>>,
+    pub target_regex: Option<String>,
+    pub use_rslora: bool,
+    pub modules_to_save: Option<Vec<String>>,
+    pub init_adapter: Option<PathBuf>,
+    pub optim: String,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub lr_scheduler: String,
+    pub warmup_steps: usize,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: f64,
+    pub num_epochs: f64,
+    /// −1 = use `num_epochs`.
+    pub max_steps: i64,
+    pub batch_size: i64,
+    pub gradient_accumulation_steps: i64,
+    pub gradient_checkpointing: bool,
+    pub group_by_length: bool,
+    pub seed: u64,
+    pub logging_steps: usize,
+    pub eval_steps: Option<usize>,
+    pub save_strategy: SaveKey,
+    pub save_steps: usize,
+    pub save_total_limit: Option<usize>,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Lora,
+    Full,
+}
+
+/// `save_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveKey {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// A string or a list of strings, as a list.
+fn str_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
+}
 
 pub static OPTIMS: &[&str] = &["adamw", "adamw_8bit", "paged_adamw_8bit"];
 pub static SCHEDULES: &[&str] = &["constant", "constant_with_warmup", "linear", "cosine"];
@@ -178,27 +251,18 @@ static PARAMS: &[ParamSpec] = &[
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
 ];
 
-impl Step for Train {
-    fn kind(&self) -> &'static str {
-        "train"
-    }
-    fn about(&self) -> &'static str {
-        "LoRA / QLoRA / full fine-tuning"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn format_version(&self) -> u32 {
-        1
-    }
-    fn check(&self, c: &mut CheckCtx) {
-        let p = c.params;
+impl Kind for Train {
+    type Params = TrainParams;
+    const KIND: &'static str = "train";
+    const ABOUT: &'static str = "LoRA / QLoRA / full fine-tuning";
+    const PARAMS: &'static [ParamSpec] = PARAMS;
+    fn check(&self, p: &TrainParams, c: &mut CheckCtx) {
         let (lr, wr, r, bs, ga) = (
-            p.f64("learning_rate"),
-            p.f64("warmup_ratio"),
-            p.i64("r"),
-            p.i64("batch_size"),
-            p.i64("gradient_accumulation_steps"),
+            p.learning_rate,
+            p.warmup_ratio,
+            p.r,
+            p.batch_size,
+            p.gradient_accumulation_steps,
         );
         if !(lr > 0.0 && lr.is_finite()) {
             c.error("learning_rate", "must be positive").got = Some(lr.to_string());
@@ -208,6 +272,10 @@ impl Step for Train {
         }
         if r <= 0 {
             c.error("r", "LoRA rank must be positive").got = Some(r.to_string());
+        } else if r > crate::lora::MAX_RANK as i64 {
+            let d = c.error("r", format!("LoRA rank above {}", crate::lora::MAX_RANK));
+            d.expected = Some(format!("1..={} (usually 4 to 64)", crate::lora::MAX_RANK));
+            d.got = Some(r.to_string());
         }
         if bs <= 0 {
             c.error("batch_size", "must be positive").got = Some(bs.to_string());
@@ -217,7 +285,7 @@ impl Step for Train {
                 .got = Some(ga.to_string());
         }
         // 0 optimizer steps is never what was meant.
-        let (epochs, max_steps) = (p.f64("num_epochs"), p.i64("max_steps"));
+        let (epochs, max_steps) = (p.num_epochs, p.max_steps);
         if max_steps < -1 || max_steps == 0 {
             c.error(
                 "max_steps",
@@ -228,22 +296,23 @@ impl Step for Train {
             c.error("num_epochs", "must be positive (or set max_steps)")
                 .got = Some(epochs.to_string());
         }
-        let d = p.f64("lora_dropout");
+        let d = p.lora_dropout;
         if !(0.0..1.0).contains(&d) {
             c.error("lora_dropout", "must be in [0, 1)").got = Some(d.to_string());
         }
-        if p.get("target_modules").is_some() && p.get("target_regex").is_some() {
+        if p.target_modules.is_some() && p.target_regex.is_some() {
             c.error(
                 "target_regex",
                 "give either target_modules or target_regex, not both",
             );
         }
-        if let Some(re) = p.opt_str("target_regex") {
+        if let Some(re) = &p.target_regex {
             if let Err(e) = regex::Regex::new(re) {
                 c.error("target_regex", format!("invalid regex: {e}"));
             }
         }
-        if let Some(dev) = p.opt_str("device") {
+        {
+            let dev = p.device.as_str();
             let ok = matches!(dev, "auto" | "cpu" | "cuda")
                 || dev
                     .strip_prefix("cuda:")
@@ -254,45 +323,26 @@ impl Step for Train {
             }
         }
     }
-    /// `target_modules` that match no linear module of the model (when its config.json is
-    /// readable and its family's module names are known; else the run reports it).
-    fn check_inputs(&self, e: &EstimateCtx, c: &mut CheckCtx) {
-        let p = c.params;
-        if p.str("method") == "full" || p.get("init_adapter").is_some() {
+    /// `target_modules` that match no linear module of the model (when its config.json
+    /// describes a supported model; else preflight or the run reports it).
+    fn check_inputs(&self, p: &TrainParams, e: &EstimateCtx, c: &mut CheckCtx) {
+        if p.method == Method::Full || p.init_adapter.is_some() {
             return;
         }
-        let names = p.strs("target_modules");
+        let names = p.target_modules.clone().unwrap_or_default();
         // Dotted entries match by suffix of full names: only plain names are checked here.
         if names.is_empty() || names.iter().any(|n| n == "all-linear" || n.contains('.')) {
             return;
         }
-        let Some(cfg) = e
+        let Some(arch) = e
             .upstream("model", "load.model")
             .and_then(|m| m.path("path"))
-            .and_then(|d| crate::plan::memory::read_config(&d).ok())
+            .and_then(|d| crate::model::Arch::from_dir(&d).ok())
         else {
             return;
         };
-        let known = [
-            "llama", "mistral", "qwen2", "qwen", "chatglm", "bloom", "gpt2",
-        ];
-        if !cfg
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .is_some_and(|t| known.contains(&t))
-        {
-            return;
-        }
-        let Some(shape) = crate::plan::memory::Shape::from_config(&cfg) else {
-            return;
-        };
-        let mut modules: Vec<&str> = Vec::new();
-        for (n, _, _) in shape.module_shapes() {
-            if !modules.contains(&n) {
-                modules.push(n);
-            }
-        }
-        if !names.iter().any(|n| modules.contains(&n.as_str())) {
+        let modules = arch.module_names();
+        if !names.iter().any(|n| modules.contains(n)) {
             let d = c.error("target_modules", "matches no linear module of the model");
             d.expected = Some(format!("some of: {}", modules.join(", ")));
             d.got = Some(format!("{names:?}"));
@@ -304,14 +354,13 @@ impl Step for Train {
     /// Writes the adapter (PEFT format) or the full model, metrics.jsonl,
     /// loss.png and train_report.json; checkpoints go to the work dir, so a
     /// killed run resumes where it stopped.
-    fn run(&self, ctx: &RunCtx) -> Result<()> {
-        run(ctx)
+    fn run(&self, p: &TrainParams, ctx: &RunCtx) -> Result<()> {
+        run(p, ctx)
     }
 }
 
-fn run(ctx: &RunCtx) -> Result<()> {
-    let p = ctx.params;
-    let backend = ctx.backend()?;
+fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
+    let backend = ctx.backend(&p.device)?;
     let minput = ctx.input("model")?;
     let dirs = io::model_dirs(minput)?;
     let mut model = load_model(minput.kind, &dirs.weights)?;
@@ -327,21 +376,21 @@ fn run(ctx: &RunCtx) -> Result<()> {
     let bundle = crate::text::TokenizerBundle::from_dir(&dirs.tokenizer)
         .with_context(|| format!("loading the tokenizer from `{}`", dirs.tokenizer.display()))?;
 
-    let saved = if p.str("method") == "full" {
+    let saved = if p.method == Method::Full {
         model
             .set_full_trainable()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Saved::Full
     } else {
-        let cfg = match p.path("init_adapter") {
-            Some(dir) => crate::lora::load_peft(&mut model, &dir)
+        let cfg = match &p.init_adapter {
+            Some(dir) => crate::lora::load_peft(&mut model, dir)
                 .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
             None => {
-                let cfg = lora_config(p, &dirs.family);
+                let cfg = lora_config(p, model.arch.family);
                 let adapted = match crate::lora::apply(&mut model, &cfg) {
                     Ok(a) => a,
                     Err(crate::lora::LoraError::NoMatch { .. }) => {
-                        let key = if p.get("target_regex").is_some() {
+                        let key = if p.target_regex.is_some() {
                             "target_regex"
                         } else {
                             "target_modules"
@@ -354,7 +403,7 @@ fn run(ctx: &RunCtx) -> Result<()> {
                                 Targets::Regex(r) => format!("regex {r:?}"),
                                 Targets::AllLinear => "\"all-linear\"".to_string(),
                             },
-                            linear_module_names(&mut model).join(", ")
+                            model.arch.module_names().join(", ")
                         )
                     }
                     Err(e) => anyhow::bail!("{e}"),
@@ -384,22 +433,23 @@ fn run(ctx: &RunCtx) -> Result<()> {
         None => None,
     };
 
+    // `check` made batch_size and gradient_accumulation_steps positive.
     let cfg = TrainConfig {
-        batch_size: p.usize("batch_size"),
-        grad_accum: p.usize("gradient_accumulation_steps"),
-        num_epochs: p.f64("num_epochs"),
-        max_steps: p.i64("max_steps"),
-        max_grad_norm: p.f64("max_grad_norm"),
-        seed: p.i64("seed") as u64,
-        group_by_length: p.bool("group_by_length"),
-        logging_steps: p.usize("logging_steps"),
-        eval_steps: p.opt_usize("eval_steps"),
-        save: match p.str("save_strategy") {
-            "no" => SaveStrategy::No,
-            "epoch" => SaveStrategy::Epoch,
-            _ => SaveStrategy::Steps(p.usize("save_steps")),
+        batch_size: p.batch_size.max(1) as usize,
+        grad_accum: p.gradient_accumulation_steps.max(1) as usize,
+        num_epochs: p.num_epochs,
+        max_steps: p.max_steps,
+        max_grad_norm: p.max_grad_norm,
+        seed: p.seed,
+        group_by_length: p.group_by_length,
+        logging_steps: p.logging_steps,
+        eval_steps: p.eval_steps,
+        save: match p.save_strategy {
+            SaveKey::No => SaveStrategy::No,
+            SaveKey::Epoch => SaveStrategy::Epoch,
+            SaveKey::Steps => SaveStrategy::Steps(p.save_steps),
         },
-        save_total_limit: p.opt_usize("save_total_limit"),
+        save_total_limit: p.save_total_limit,
         pad_id: bundle.pad_id.or(bundle.eos_id).unwrap_or(0),
         pad_side: match bundle.padding_side {
             crate::text::PaddingSide::Left => PadSide::Left,
@@ -407,22 +457,21 @@ fn run(ctx: &RunCtx) -> Result<()> {
         },
     };
     let total = cfg.total_steps(train.0.len());
-    let warmup = match p.usize("warmup_steps") {
-        0 => crate::optim::warmup_steps(total, p.f64("warmup_ratio")),
+    let warmup = match p.warmup_steps {
+        0 => crate::optim::warmup_steps(total, p.warmup_ratio),
         n => n,
     };
-    let kind = crate::optim::ScheduleKind::from_name(p.str("lr_scheduler"))
-        .with_context(|| format!("unknown lr_scheduler `{}`", p.str("lr_scheduler")))?;
+    let kind = crate::optim::ScheduleKind::from_name(&p.lr_scheduler)
+        .with_context(|| format!("unknown lr_scheduler `{}`", p.lr_scheduler))?;
     let schedule = crate::optim::Schedule::new(kind, total, warmup);
-    let base_lr = p.f64("learning_rate");
+    let base_lr = p.learning_rate;
     let lr_at = move |step: usize| schedule.lr(step, base_lr);
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let okind =
-        crate::optim::OptimKind::from_name(p.str("optim")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let okind = crate::optim::OptimKind::from_name(&p.optim).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ocfg = crate::optim::OptimConfig {
-        betas: (p.f64("adam_beta1"), p.f64("adam_beta2")),
-        eps: p.f64("adam_epsilon"),
-        weight_decay: p.f64("weight_decay"),
+        betas: (p.adam_beta1, p.adam_beta2),
+        eps: p.adam_epsilon,
+        weight_decay: p.weight_decay,
         ..Default::default()
     };
     let mut optim = EngineOptim(crate::optim::Optimizer::new(okind, &ocfg, &sizes));
@@ -431,13 +480,13 @@ fn run(ctx: &RunCtx) -> Result<()> {
         train.0.len(),
         cfg.batch_size,
         cfg.grad_accum,
-        p.str("optim"),
-        p.str("lr_scheduler")
+        p.optim,
+        p.lr_scheduler
     ));
     let mut em = EngineModel {
         model,
         saved,
-        checkpointing: p.bool("gradient_checkpointing"),
+        checkpointing: p.gradient_checkpointing,
         copy_from: Some(dirs.tokenizer.clone()),
     };
     let log = |s: &str| ctx.info(s);
@@ -510,55 +559,16 @@ fn load_model(kind: &str, dir: &Path) -> Result<crate::model::Model> {
         .map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
 }
 
-fn lora_config(p: &Params, family: &str) -> LoraConfig {
-    let names = p.strs("target_modules");
-    let targets = if let Some(re) = p.opt_str("target_regex") {
-        Targets::Regex(re.to_string())
-    } else if names.iter().any(|n| n == "all-linear") {
-        Targets::AllLinear
-    } else if names.is_empty() {
-        Targets::Names(
-            default_targets(family)
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )
-    } else {
-        Targets::Names(names)
-    };
+fn lora_config(p: &TrainParams, family: crate::model::Family) -> LoraConfig {
+    let names = p.target_modules.clone().unwrap_or_default();
+    let targets = Targets::from_keys(names, p.target_regex.as_deref(), family);
     LoraConfig {
-        r: p.usize("r"),
-        alpha: p.f64("lora_alpha") as f32,
-        dropout: p.f64("lora_dropout") as f32,
+        r: p.r.max(1) as usize,
+        alpha: p.lora_alpha as f32,
+        dropout: p.lora_dropout as f32,
         targets,
-        use_rslora: p.bool("use_rslora"),
-        modules_to_save: p.strs("modules_to_save"),
-        seed: p.i64("seed") as u64,
-    }
-}
-
-/// The distinct last name parts of a model's linear modules (what `target_modules` lists),
-/// in model order, the output head left out.
-pub fn linear_module_names(model: &mut crate::model::Model) -> Vec<String> {
-    let head = model.head.as_ref().map(|h| h.name.clone());
-    let mut out: Vec<String> = Vec::new();
-    for l in model.linears_mut() {
-        if Some(&l.name) == head.as_ref() {
-            continue;
-        }
-        let short = l.name.rsplit('.').next().unwrap_or(&l.name).to_string();
-        if !out.contains(&short) {
-            out.push(short);
-        }
-    }
-    out
-}
-
-/// PEFT's default LoRA targets per family.
-pub fn default_targets(family: &str) -> &'static [&'static str] {
-    match family {
-        "chatglm" | "bloom" => &["query_key_value"],
-        "gpt2" | "qwen" => &["c_attn"],
-        _ => &["q_proj", "v_proj"],
+        use_rslora: p.use_rslora,
+        modules_to_save: p.modules_to_save.clone().unwrap_or_default(),
+        seed: p.seed,
     }
 }

@@ -315,13 +315,7 @@ impl TokenizerBundle {
 
         let mut stop_ids = Vec::new();
         if let Some(g) = read_json(&dir.join("generation_config.json"))? {
-            match g.get("eos_token_id") {
-                Some(Value::Number(n)) => stop_ids.extend(n.as_u64().map(|x| x as u32)),
-                Some(Value::Array(a)) => {
-                    stop_ids.extend(a.iter().filter_map(Value::as_u64).map(|x| x as u32))
-                }
-                _ => {}
-            }
+            stop_ids.extend(crate::formats::config::ids(g.get("eos_token_id")));
         }
         if is_glm {
             for t in ["<|user|>", "<|observation|>"] {

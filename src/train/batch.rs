@@ -1,7 +1,9 @@
 //! Examples -> micro-batches: epoch order (seeded shuffle or
-//! length-grouped), and collation with padding.
+//! length-grouped), and collation with padding into the engine's
+//! [`Batch`] (the one batch type the model, the trainer and the evaluator share).
 
 use super::rng::Rng;
+pub use crate::model::Batch;
 
 /// One tokenized example as the trainer sees it.
 #[derive(Debug, Clone, Default)]
@@ -36,37 +38,6 @@ impl Samples for Vec<Sample> {
     }
 }
 
-/// A padded micro-batch, row-major [b, t].
-#[derive(Debug, Clone, Default)]
-pub struct Batch {
-    pub b: usize,
-    pub t: usize,
-    pub input_ids: Vec<u32>,
-    pub labels: Vec<i32>,
-    /// 1 = real token, 0 = padding.
-    pub attention_mask: Vec<u8>,
-    /// Packed-sequence ids per token (empty when not packed).
-    pub segments: Vec<u32>,
-}
-
-impl Batch {
-    /// Tokens whose label is trained after the causal shift (label at t+1).
-    pub fn trained_tokens(&self) -> usize {
-        (0..self.b)
-            .map(|r| {
-                self.labels[r * self.t + 1..(r + 1) * self.t]
-                    .iter()
-                    .filter(|&&l| l != -100)
-                    .count()
-            })
-            .sum()
-    }
-    /// Non-padding tokens.
-    pub fn real_tokens(&self) -> usize {
-        self.attention_mask.iter().filter(|&&m| m == 1).count()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadSide {
     Left,
@@ -83,32 +54,33 @@ pub fn collate(samples: &[Sample], pad_id: u32, side: PadSide) -> Batch {
         .unwrap_or(0)
         .max(1);
     let packed = samples.iter().any(|s| !s.segments.is_empty());
-    let mut out = Batch {
-        b,
-        t,
-        input_ids: vec![pad_id; b * t],
-        labels: vec![-100; b * t],
-        attention_mask: vec![0; b * t],
-        segments: if packed {
-            vec![u32::MAX; b * t]
-        } else {
-            Vec::new()
-        },
-    };
+    let mut input_ids = vec![pad_id; b * t];
+    let mut labels = vec![-100i64; b * t];
+    let mut attention_mask = vec![0; b * t];
+    let mut segments = packed.then(|| vec![u32::MAX; b * t]);
     for (r, s) in samples.iter().enumerate() {
         let n = s.input_ids.len();
         let off = match side {
             PadSide::Left => r * t + (t - n),
             PadSide::Right => r * t,
         };
-        out.input_ids[off..off + n].copy_from_slice(&s.input_ids);
-        out.labels[off..off + n].copy_from_slice(&s.labels[..n.min(s.labels.len())]);
-        out.attention_mask[off..off + n].fill(1);
-        if packed && !s.segments.is_empty() {
-            out.segments[off..off + n].copy_from_slice(&s.segments);
+        input_ids[off..off + n].copy_from_slice(&s.input_ids);
+        for (l, &x) in labels[off..off + n].iter_mut().zip(&s.labels) {
+            *l = i64::from(x);
+        }
+        attention_mask[off..off + n].fill(1);
+        if let (Some(seg), false) = (&mut segments, s.segments.is_empty()) {
+            seg[off..off + n].copy_from_slice(&s.segments);
         }
     }
-    out
+    Batch {
+        b,
+        t,
+        input_ids,
+        attention_mask,
+        labels: Some(labels),
+        segments,
+    }
 }
 
 /// The order of examples in `epoch`: a seeded shuffle, or with
@@ -152,11 +124,11 @@ mod tests {
         ];
         let r = collate(&s, 0, PadSide::Right);
         assert_eq!(r.input_ids, [5, 6, 7, 8, 0, 0]);
-        assert_eq!(r.labels, [-100, 6, 7, 8, -100, -100]);
+        assert_eq!(r.labels, Some(vec![-100, 6, 7, 8, -100, -100]));
         assert_eq!(r.attention_mask, [1, 1, 1, 1, 0, 0]);
         let l = collate(&s, 0, PadSide::Left);
         assert_eq!(l.input_ids, [5, 6, 7, 0, 0, 8]);
-        assert_eq!(l.labels, [-100, 6, 7, -100, -100, 8]);
+        assert_eq!(l.labels, Some(vec![-100, 6, 7, -100, -100, 8]));
         assert_eq!(r.trained_tokens(), 2);
     }
 

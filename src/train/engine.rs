@@ -2,10 +2,10 @@
 //! as a [`TrainModel`], `optim::Optimizer` as an [`Optim`], and a token
 //! dataset file as [`Samples`].
 
-use super::batch::{Batch, Sample, Samples};
+use super::batch::{Sample, Samples};
 use super::{Optim, TrainModel};
 use crate::lora::LoraConfig;
-use crate::model::{Model, TrainOptions};
+use crate::model::{Batch, EvalSums, Model, TrainOptions};
 use crate::text::TokenDataset;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -27,18 +27,6 @@ pub struct EngineModel {
     pub checkpointing: bool,
     /// Files copied next to a full save (tokenizer, generation config).
     pub copy_from: Option<std::path::PathBuf>,
-}
-
-/// Our batch -> the engine's batch (labels widened, packed boundaries to segment ids).
-pub fn to_engine(b: &Batch) -> crate::model::Batch {
-    crate::model::Batch {
-        b: b.b,
-        t: b.t,
-        input_ids: b.input_ids.clone(),
-        attention_mask: b.attention_mask.clone(),
-        labels: Some(b.labels.iter().map(|&l| l as i64).collect()),
-        segments: (!b.segments.is_empty()).then(|| b.segments.clone()),
-    }
 }
 
 impl TrainModel for EngineModel {
@@ -67,7 +55,7 @@ impl TrainModel for EngineModel {
         let mean = self
             .model
             .forward_backward(
-                &to_engine(batch),
+                batch,
                 TrainOptions {
                     checkpointing: self.checkpointing,
                     dropout_seed: seed,
@@ -84,39 +72,10 @@ impl TrainModel for EngineModel {
         Ok((mean as f64 * n as f64, n))
     }
 
-    fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)> {
-        let out = self
-            .model
-            .forward(&to_engine(batch))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let v = out.logits.len() / (batch.b * batch.t).max(1);
-        let (mut correct, mut n, mut sum) = (0usize, 0usize, 0.0f64);
-        for r in 0..batch.b {
-            for t in 0..batch.t.saturating_sub(1) {
-                let i = r * batch.t + t;
-                let label = batch.labels[i + 1];
-                if label < 0 || batch.attention_mask[i] == 0 {
-                    continue;
-                }
-                if !batch.segments.is_empty() && batch.segments[i] != batch.segments[i + 1] {
-                    continue;
-                }
-                let row = &out.logits[i * v..(i + 1) * v];
-                let mut best = 0;
-                let mut max = f32::MIN;
-                for (j, &x) in row.iter().enumerate() {
-                    if x > max {
-                        max = x;
-                        best = j;
-                    }
-                }
-                let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-                sum += (lse - row[label as usize]) as f64;
-                correct += usize::from(best == label as usize);
-                n += 1;
-            }
-        }
-        Ok((sum, n, correct))
+    fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums> {
+        self.model
+            .eval_loss(batch)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])> {

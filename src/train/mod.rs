@@ -13,8 +13,9 @@ pub mod checkpoint;
 pub mod engine;
 pub use crate::rng;
 
+use crate::model::{Batch, EvalSums};
 use anyhow::{bail, Context, Result};
-use batch::{collate, epoch_order, Batch, PadSide, Samples};
+use batch::{collate, epoch_order, PadSide, Samples};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ pub trait TrainModel: Send {
     /// trained tokens). `seed` drives dropout for this micro-batch.
     fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)>;
     /// No gradients: (Σ token losses, trained tokens, correct argmax).
-    fn eval_batch(&mut self, batch: &Batch) -> Result<(f64, usize, usize)>;
+    fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums>;
     /// Trainable tensors and their gradients, in a fixed order.
     fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
     /// Names of the `trainables`, same order (for messages; empty when unnamed).
@@ -130,40 +131,12 @@ pub struct TrainReport {
     pub eval_loss: Option<f64>,
     pub wall_secs: f64,
     pub tokens: u64,
-    /// Signs of a run that went wrong without a NaN (see [`health_warnings`]).
+    /// Signs of a run that went wrong without a NaN (see [`crate::eval::report::health_warnings`]).
     pub warnings: Vec<String>,
 }
 
 /// Optimizer steps in a row with a zero gradient norm that count as "stuck".
 pub const STUCK_GRAD_STEPS: usize = 3;
-
-/// A finished run that went wrong without a NaN: its last loss is above its first (it
-/// diverged), or its gradient norm stayed exactly 0 at the end (`stuck_for` = that many
-/// `unit`s, e.g. "steps"): nothing is learned any more. The loop calls it with per-step
-/// values, `recipe report` with metrics.jsonl (`eval::report::train_health_warnings`).
-pub fn health_warnings(
-    first: Option<(usize, f64)>,
-    last: Option<(usize, f64)>,
-    stuck_for: Option<usize>,
-    unit: &str,
-) -> Vec<String> {
-    let mut w = Vec::new();
-    if let (Some((s1, a)), Some((s2, b))) = (first, last) {
-        if s2 > s1 && b > a {
-            w.push(format!(
-                "the training loss ended above where it started ({a:.4} at step {s1}, \
-                 {b:.4} at step {s2}): the run diverged; lower learning_rate"
-            ));
-        }
-    }
-    if let Some(n) = stuck_for {
-        w.push(format!(
-            "the gradient norm was 0 for the last {n} {unit}: training is stuck \
-             (nothing is learned; a diverged or saturated model?)"
-        ));
-    }
-    w
-}
 
 /// Global L2 norm of all gradients, clipped to `max_norm` when > 0
 /// (torch.nn.utils.clip_grad_norm_ semantics, via `optim::clip_grad_norm`).
@@ -185,17 +158,15 @@ pub fn evaluate(
     data: &dyn Samples,
     cfg: &TrainConfig,
 ) -> Result<(f64, f64)> {
-    let (mut loss, mut n, mut correct) = (0.0, 0usize, 0usize);
+    let mut sums = EvalSums::default();
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(cfg.batch_size.max(1)) {
         let samples: Vec<_> = chunk.iter().map(|&i| data.get(i)).collect();
         let b = collate(&samples, cfg.pad_id, cfg.pad_side);
-        let (l, c, k) = model.eval_batch(&b)?;
-        loss += l;
-        n += c;
-        correct += k;
+        sums.add(model.eval_batch(&b)?);
     }
-    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+    let n = sums.tokens.max(1) as f64;
+    Ok((sums.nll / n, sums.correct as f64 / n))
 }
 
 /// Train to the end (or to `io.stop_after`), resuming from the newest
@@ -477,7 +448,7 @@ pub fn train(
         )?;
     }
     let stuck = (zero_grad_run >= STUCK_GRAD_STEPS.min(state.step)).then_some(zero_grad_run);
-    let warnings = health_warnings(
+    let warnings = crate::eval::report::health_warnings(
         first_loss.map(|l| (1, l)),
         last_loss.map(|l| (state.step, l)),
         stuck.filter(|&n| n > 0),
