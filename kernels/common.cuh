@@ -1,7 +1,9 @@
-// common.cuh: prelude prepended (by src/cuda/nvrtc.rs) to every kernels/*.cu file before NVRTC
-// compiles it. NVRTC has no libc: the integer typedefs live here. Storage dtypes are f32 and bf16;
+// common.cuh: prelude prepended (src/cuda/kernels.rs) to every kernels/*.cu file before NVRTC, or
+// g++ for the emulated device, compiles it. NVRTC has no libc: the integer typedefs live here. Storage dtypes are f32 and bf16;
 // all arithmetic is f32 (`ld` widens, `st` rounds to nearest even).
+#ifndef RECIPE_EMU  // the emulated device (kernels/emu/cuda_emu.h) defines bf16 itself
 #include <cuda_bf16.h>
+#endif
 
 typedef unsigned char u8;
 typedef unsigned int u32;

@@ -15,7 +15,7 @@
 #define PAD 8
 
 __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, const u32* b) {
-#ifdef RECIPE_EMU  // CPU emulation for tests/reference/cuda_emu.py; never set under NVRTC
+#ifdef RECIPE_EMU  // the emulated device (kernels/emu/cuda_emu.h); never set under NVRTC
     emu_mma_bf16_16816(c, a, b);
 #else
     asm volatile(

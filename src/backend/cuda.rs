@@ -35,7 +35,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use crate::cuda::mem::DevBuf;
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::{AttnDims, AttnMask, Backend, CpuBackend, RopeFreqs, RopeKind};
 use crate::cuda::error::{CudaError, Result};
@@ -71,6 +72,12 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> anyhow::Result<Self> {
         let gpu = Gpu::new(ordinal).map_err(|e| device_error(&format!("cuda:{ordinal}"), e))?;
         let label = format!("cuda:{ordinal} {} (sm_{}{})", gpu.name, gpu.cc.0, gpu.cc.1);
+        Self::on(gpu, label)
+    }
+
+    /// The backend on an opened device (a real GPU, or the emulated one in tests), probing its
+    /// kernels (and cuBLAS, on a real GPU) as [`CudaBackend::new`] does.
+    pub fn on(gpu: Gpu, label: String) -> anyhow::Result<Self> {
         let probe = |r: Result<()>| r.map_err(|e| anyhow::anyhow!("device {label}: {e}"));
         for (file, f) in [
             (&NORM, "rmsnorm_fwd_f32"),
@@ -82,13 +89,20 @@ impl CudaBackend {
         ] {
             probe(gpu.function(file, f).map(|_| ()))?;
         }
-        probe(gpu.blas().map(|_| ()))?;
+        if !gpu.is_emulated() {
+            probe(gpu.blas().map(|_| ()))?;
+        }
         Ok(CudaBackend {
             gpu,
             label,
             lock: Mutex::new(()),
             cpu: CpuBackend,
         })
+    }
+
+    /// The device's host<->device byte counters.
+    pub fn traffic(&self) -> crate::cuda::Traffic {
+        self.gpu.traffic()
     }
 
     /// `cuda:N <name> (sm_XY)`.
@@ -99,14 +113,9 @@ impl CudaBackend {
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self
-            .gpu
-            .ctx
-            .bind_to_thread()
-            .map_err(CudaError::from)
-            .and_then(|_| f(&self.gpu));
+        let result = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));
         match result.and_then(|r| {
-            self.gpu.stream.synchronize()?;
+            self.gpu.synchronize()?;
             Ok(r)
         }) {
             Ok(r) => r,
@@ -128,24 +137,24 @@ pub(crate) fn device_error(device: &str, e: CudaError) -> anyhow::Error {
 
 /// Host → new device buffer (one element of padding for empty inputs: zero-byte allocations are
 /// refused by the driver).
-fn up<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, v: &[T]) -> Result<CudaSlice<T>> {
+fn up<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, v: &[T]) -> Result<DevBuf<T>> {
     if v.is_empty() {
-        return Ok(gpu.stream.alloc_zeros(1)?);
+        return gpu.alloc_zeros(1);
     }
-    Ok(gpu.stream.clone_htod(v)?)
+    gpu.clone_htod(v)
 }
 
 /// A zeroed device buffer of `n` (at least 1) elements.
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<CudaSlice<T>> {
-    Ok(gpu.stream.alloc_zeros(n.max(1))?)
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<DevBuf<T>> {
+    gpu.alloc_zeros(n.max(1))
 }
 
 /// The first `dst.len()` elements of `src` into `dst`.
-fn down<T: DeviceRepr>(gpu: &Gpu, src: &CudaSlice<T>, dst: &mut [T]) -> Result<()> {
+fn down<T: DeviceRepr>(gpu: &Gpu, src: &DevBuf<T>, dst: &mut [T]) -> Result<()> {
     if dst.is_empty() {
         return Ok(());
     }
-    gpu.stream.memcpy_dtoh(&src.slice(..dst.len()), dst)?;
+    gpu.memcpy_dtoh(&src.slice(..dst.len()), dst)?;
     Ok(())
 }
 
@@ -218,9 +227,9 @@ fn rope_token_tables(pos: &[f32], n: usize, freqs: &RopeFreqs) -> (Vec<f32>, Vec
 
 /// The kernel's masks on the device (see [`GpuMasks::new`]).
 struct GpuMasks {
-    kmask: CudaSlice<u8>,
-    seg: CudaSlice<i32>,
-    slopes: Option<CudaSlice<f32>>,
+    kmask: DevBuf<u8>,
+    seg: DevBuf<i32>,
+    slopes: Option<DevBuf<f32>>,
 }
 
 impl GpuMasks {
@@ -627,8 +636,8 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("gelu_fwd", |g| {
-            let dx = g.stream.clone_htod(&x[..n])?;
-            let mut dy = g.stream.alloc_zeros::<f32>(n)?;
+            let dx = g.clone_htod(&x[..n])?;
+            let mut dy = g.alloc_zeros::<f32>(n)?;
             gelu_tanh_fwd::<f32>(g, &mut dy, &dx)?;
             down(g, &dy, y)
         })
@@ -640,11 +649,8 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("gelu_bwd", |g| {
-            let (gdy, gx) = (
-                g.stream.clone_htod(&dy[..n])?,
-                g.stream.clone_htod(&x[..n])?,
-            );
-            let mut gdx = g.stream.alloc_zeros::<f32>(n)?;
+            let (gdy, gx) = (g.clone_htod(&dy[..n])?, g.clone_htod(&x[..n])?);
+            let mut gdx = g.alloc_zeros::<f32>(n)?;
             gelu_tanh_bwd::<f32>(g, &mut gdx, &gdy, &gx)?;
             down(g, &gdx, dx)
         })

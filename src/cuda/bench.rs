@@ -12,8 +12,8 @@
 
 use std::io::Write;
 
+use crate::cuda::mem::DevBuf;
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::CudaSlice;
 use half::bf16;
 
 use super::error::Result;
@@ -65,27 +65,28 @@ fn time_ms(gpu: &Gpu, o: &BenchOptions, f: &mut dyn FnMut(usize) -> Result<()>) 
     for i in 0..3 {
         f(i)?;
     }
-    gpu.stream.synchronize()?;
+    gpu.synchronize()?;
     let mut v = Vec::with_capacity(o.reps);
     for _ in 0..o.reps {
-        let start = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        let end = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        start.record(&gpu.stream)?;
+        let r = gpu.real()?;
+        let start = r.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        let end = r.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        start.record(&r.stream)?;
         for i in 0..o.iters {
             f(i)?;
         }
-        end.record(&gpu.stream)?;
+        end.record(&r.stream)?;
         v.push(start.elapsed_ms(&end)? as f64 / o.iters as f64);
     }
     v.sort_by(|a, b| a.total_cmp(b));
     Ok(v[v.len() / 2])
 }
 
-fn rand_bf16(gpu: &Gpu, rng: &mut Rng, n: usize, scale: f32) -> Result<CudaSlice<bf16>> {
+fn rand_bf16(gpu: &Gpu, rng: &mut Rng, n: usize, scale: f32) -> Result<DevBuf<bf16>> {
     let h: Vec<bf16> = (0..n)
         .map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) * scale))
         .collect();
-    Ok(gpu.stream.clone_htod(&h)?)
+    gpu.clone_htod(&h)
 }
 
 fn rand_nf4(
@@ -100,9 +101,9 @@ fn rand_nf4(
         .map(|_| 0.01 + 0.05 * rng.uniform())
         .collect();
     Ok(ops::quant4::Quant4Weight {
-        packed: gpu.stream.clone_htod(&packed)?,
-        absmax: gpu.stream.clone_htod(&absmax)?,
-        code: gpu.stream.clone_htod(&super::twins::quant4::NF4_CODE[..])?,
+        packed: gpu.clone_htod(&packed)?,
+        absmax: gpu.clone_htod(&absmax)?,
+        code: gpu.clone_htod(&super::twins::quant4::NF4_CODE[..])?,
         blocksize: 64,
         rows,
         cols,
@@ -128,7 +129,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         rand_bf16(&gpu, &mut rng, p * p, 1.0)?,
         rand_bf16(&gpu, &mut rng, p * p, 1.0)?,
     );
-    let mut c = gpu.stream.alloc_zeros::<bf16>(p * p)?;
+    let mut c = gpu.alloc_zeros::<bf16>(p * p)?;
     let ms = time_ms(&gpu, o, &mut |_| {
         ops::blas::matmul_bf16_slices(&gpu, &mut c, &a, &b, &MatMul::linear(p, p, p))
     })?;
@@ -136,11 +137,9 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     drop((a, b, c));
     // Bandwidth peak: 1 GiB device-to-device copy.
     let nbytes = 1usize << 30;
-    let src = gpu.stream.alloc_zeros::<u8>(nbytes)?;
-    let mut dst = gpu.stream.alloc_zeros::<u8>(nbytes)?;
-    let ms = time_ms(&gpu, o, &mut |_| {
-        Ok(gpu.stream.memcpy_dtod(&src, &mut dst)?)
-    })?;
+    let src = gpu.alloc_zeros::<u8>(nbytes)?;
+    let mut dst = gpu.alloc_zeros::<u8>(nbytes)?;
+    let ms = time_ms(&gpu, o, &mut |_| gpu.memcpy_dtod(&src, &mut dst))?;
     let peak_gbps = 2.0 * nbytes as f64 / (ms * 1e-3) / 1e9;
     drop((src, dst));
     let _ = writeln!(out, "measured peaks: {peak_tflops:.1} TFLOP/s (cuBLAS bf16 8192^3), {peak_gbps:.0} GB/s (1 GiB D2D copy)");
@@ -173,7 +172,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         let x = rand_bf16(&gpu, &mut rng, m * k, 1.0)?;
         let w = rand_nf4(&gpu, &mut rng, n, k)?;
         let wd = rand_bf16(&gpu, &mut rng, n * k, 0.05)?;
-        let mut y = gpu.stream.alloc_zeros::<bf16>(m * n)?;
+        let mut y = gpu.alloc_zeros::<bf16>(m * n)?;
         let ms = time_ms(&gpu, o, &mut |_| {
             ops::gemm4::gemm_4bit(&gpu, &mut y, &x, &w, m, false)
         })?;
@@ -195,7 +194,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             None,
         );
         let dy = rand_bf16(&gpu, &mut rng, m * n, 1.0)?;
-        let mut dx = gpu.stream.alloc_zeros::<bf16>(m * k)?;
+        let mut dx = gpu.alloc_zeros::<bf16>(m * k)?;
         let ms = time_ms(&gpu, o, &mut |_| {
             ops::gemm4::gemm_4bit_dx(&gpu, &mut dx, &dy, &w, m, false)
         })?;
@@ -216,7 +215,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             .map(|_| rand_nf4(&gpu, &mut rng, n, k))
             .collect::<Result<_>>()?;
         let x = rand_bf16(&gpu, &mut rng, k, 1.0)?;
-        let mut y = gpu.stream.alloc_zeros::<bf16>(n)?;
+        let mut y = gpu.alloc_zeros::<bf16>(n)?;
         let ms = time_ms(&gpu, o, &mut |i| {
             ops::quant4::gemv_4bit(&gpu, &mut y, &x, &ws[i % copies])
         })?;
@@ -232,8 +231,8 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     // 8-bit AdamW over 64M parameters.
     let np = 64usize << 20;
     let pvals: Vec<f32> = (0..np).map(|_| rng.uniform() - 0.5).collect();
-    let mut pd = gpu.stream.clone_htod(&pvals)?;
-    let gd = gpu.stream.clone_htod(&pvals)?;
+    let mut pd = gpu.clone_htod(&pvals)?;
+    let gd = gpu.clone_htod(&pvals)?;
     let maps = ops::adamw8bit::DeviceMaps::upload(&gpu)?;
     let mut st = ops::adamw8bit::DeviceState8::zeros(&gpu, np)?;
     let mut step = 0u32;

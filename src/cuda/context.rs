@@ -1,30 +1,55 @@
-//! One GPU: its context, default stream, compute capability, lazily loaded kernel modules and
-//! a lazily created cuBLAS handle.
+//! One device: a real GPU (context, default stream, compute capability, lazily loaded kernel
+//! modules, a lazily created cuBLAS handle) or the emulated device ([`super::emu`]). Both give
+//! the launchers the same interface: allocation, copies (host<->device bytes counted in
+//! [`Traffic`]), kernel lookup and launch.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use super::device::cuda_device_count;
-use super::error::{CudaError, Result};
+use super::emu::EmuDevice;
+use super::error::{shape_err, CudaError, Result};
 use super::kernels::KernelFile;
+use super::launch::{Kernel, Launch, LaunchRepr};
+use super::mem::{AsDevView, AsDevViewMut, BufRepr, DevBuf, EmuMem, ViewMutRepr, ViewRepr};
 use super::nvrtc::{self, Target};
 
 pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    /// Compute capability (major, minor).
+    /// Compute capability (major, minor); (8, 0) for the emulated device (it runs the sm_80 path).
     pub cc: (u32, u32),
     pub name: String,
+    pub(crate) dev: Dev,
+    htod: AtomicU64,
+    dtoh: AtomicU64,
+}
+
+pub(crate) enum Dev {
+    Real(RealGpu),
+    Emu(EmuDevice),
+}
+
+/// The real GPU's cudarc handles.
+pub struct RealGpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
     /// PTX/CUBIN cache directory (None: compile every time).
     pub cache_dir: Option<PathBuf>,
     /// What NVRTC produces for this device (CUBIN by default, see nvrtc.rs).
     pub target: Target,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     blas: Mutex<Option<Arc<CudaBlas>>>,
+}
+
+/// Bytes copied between host and device since the device was opened (or [`Gpu::reset_traffic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traffic {
+    pub htod_bytes: u64,
+    pub dtoh_bytes: u64,
 }
 
 impl Gpu {
@@ -56,43 +81,87 @@ impl Gpu {
             _ => Target::Cubin,
         };
         Ok(Gpu {
-            ctx,
-            stream,
             cc: (major as u32, minor as u32),
             name,
-            cache_dir: Some(nvrtc::default_cache_dir()),
-            target,
-            modules: Mutex::new(HashMap::new()),
-            blas: Mutex::new(None),
+            dev: Dev::Real(RealGpu {
+                ctx,
+                stream,
+                cache_dir: Some(nvrtc::default_cache_dir()),
+                target,
+                modules: Mutex::new(HashMap::new()),
+                blas: Mutex::new(None),
+            }),
+            htod: AtomicU64::new(0),
+            dtoh: AtomicU64::new(0),
         })
     }
 
+    /// The emulated device, caching compiled kernels in `cache_dir` (None:
+    /// [`super::emu::default_cache_dir`]). Needs a C++20 g++ (one clear error otherwise).
+    pub fn emulated(cache_dir: Option<PathBuf>) -> Result<Self> {
+        let dev = EmuDevice::new(cache_dir.unwrap_or_else(super::emu::default_cache_dir))?;
+        Ok(Gpu {
+            cc: (8, 0),
+            name: "emulated CUDA device (kernels compiled for the host)".into(),
+            dev: Dev::Emu(dev),
+            htod: AtomicU64::new(0),
+            dtoh: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.dev, Dev::Emu(_))
+    }
+
+    /// The cudarc handles of a real GPU; an error on the emulated device (timing, events).
+    pub fn real(&self) -> Result<&RealGpu> {
+        match &self.dev {
+            Dev::Real(r) => Ok(r),
+            Dev::Emu(_) => Err(CudaError::NeedsRealGpu),
+        }
+    }
+
     /// Loads (compiling on first use, through the on-disk cache) `file` and returns function `name`.
-    pub fn function(&self, file: &KernelFile, name: &str) -> Result<CudaFunction> {
+    pub fn function(&self, file: &KernelFile, name: &str) -> Result<Kernel> {
+        let r = match &self.dev {
+            Dev::Real(r) => r,
+            Dev::Emu(e) => return Ok(Kernel::Emu(e.function(file, name)?)),
+        };
         let module = {
-            let mut map = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = r.modules.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(file.name) {
                 Some(m) => m.clone(),
                 None => {
-                    let image =
-                        nvrtc::compile(file, self.cc, self.target, self.cache_dir.as_deref())?;
-                    let m = self.ctx.load_module(image.into_cudarc())?;
+                    let image = nvrtc::compile(file, self.cc, r.target, r.cache_dir.as_deref())?;
+                    let m = r.ctx.load_module(image.into_cudarc())?;
                     map.insert(file.name, m.clone());
                     m
                 }
             }
         };
-        module
+        let f = module
             .load_function(name)
             .map_err(|_| CudaError::MissingFunction {
                 file: file.name.into(),
                 name: name.into(),
-            })
+            })?;
+        Ok(Kernel::Real(f))
     }
 
-    /// The cuBLAS handle bound to this GPU's stream.
+    /// Starts the argument list of a launch of `f` (on this device's stream).
+    pub fn launch_builder<'a>(&'a self, f: &'a Kernel) -> Launch<'a> {
+        let repr = match (&self.dev, f) {
+            (Dev::Real(r), Kernel::Real(f)) => LaunchRepr::Real(r.stream.launch_builder(f)),
+            (Dev::Emu(_), Kernel::Emu(k)) => LaunchRepr::Emu(k, Vec::new()),
+            _ => panic!("a kernel of one device launched on the other"),
+        };
+        Launch { repr }
+    }
+
+    /// The cuBLAS handle bound to a real GPU's stream.
     pub fn blas(&self) -> Result<Arc<CudaBlas>> {
-        let mut b = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.real()?;
+        let mut b = r.blas.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = b.as_ref() {
             return Ok(h.clone());
         }
@@ -100,16 +169,187 @@ impl Gpu {
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::NoCublas);
         }
-        let h = Arc::new(CudaBlas::new(self.stream.clone())?);
+        let h = Arc::new(CudaBlas::new(r.stream.clone())?);
         *b = Some(h.clone());
         Ok(h)
     }
 
-    /// Number of streaming multiprocessors.
+    /// Number of streaming multiprocessors (1 for the emulated device).
     pub fn sm_count(&self) -> Result<u32> {
         use cudarc::driver::sys::CUdevice_attribute_enum as A;
-        Ok(self
-            .ctx
-            .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32)
+        match &self.dev {
+            Dev::Real(r) => Ok(r
+                .ctx
+                .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+                as u32),
+            Dev::Emu(_) => Ok(1),
+        }
+    }
+
+    /// Makes this device current on the calling thread (a real GPU's context; no-op emulated).
+    pub fn bind_to_thread(&self) -> Result<()> {
+        if let Dev::Real(r) = &self.dev {
+            r.ctx.bind_to_thread()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for all queued work (a no-op on the emulated device, whose launches are synchronous).
+    pub fn synchronize(&self) -> Result<()> {
+        if let Dev::Real(r) = &self.dev {
+            r.stream.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Host<->device bytes copied so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            htod_bytes: self.htod.load(Ordering::Relaxed),
+            dtoh_bytes: self.dtoh.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn reset_traffic(&self) {
+        self.htod.store(0, Ordering::Relaxed);
+        self.dtoh.store(0, Ordering::Relaxed);
+    }
+
+    fn count_htod<T>(&self, n: usize) {
+        self.htod
+            .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+    }
+
+    fn count_dtoh<T>(&self, n: usize) {
+        self.dtoh
+            .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+    }
+
+    /// A zeroed buffer of `n` elements.
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<DevBuf<T>> {
+        let repr = match &self.dev {
+            Dev::Real(r) => BufRepr::Real(r.stream.alloc_zeros(n)?),
+            Dev::Emu(_) => BufRepr::Emu(EmuMem::zeroed(n)),
+        };
+        Ok(DevBuf { repr })
+    }
+
+    /// A new device buffer holding `src` (counted as host→device traffic).
+    pub fn clone_htod<T: DeviceRepr + ValidAsZeroBits>(&self, src: &[T]) -> Result<DevBuf<T>> {
+        let repr = match &self.dev {
+            Dev::Real(r) => BufRepr::Real(r.stream.clone_htod(src)?),
+            Dev::Emu(_) => {
+                let m = EmuMem::zeroed(src.len());
+                // SAFETY: m holds src.len() elements.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), m.ptr, src.len()) };
+                BufRepr::Emu(m)
+            }
+        };
+        self.count_htod::<T>(src.len());
+        Ok(DevBuf { repr })
+    }
+
+    /// Copies `src` into the start of `dst` (host→device traffic).
+    pub fn memcpy_htod<T: DeviceRepr>(
+        &self,
+        src: &[T],
+        dst: &mut impl AsDevViewMut<T>,
+    ) -> Result<()> {
+        let mut d = dst.dev_view_mut();
+        if d.len() < src.len() {
+            return Err(shape_err(
+                "memcpy_htod",
+                format!("{} elements into a buffer of {}", src.len(), d.len()),
+            ));
+        }
+        match (&self.dev, &mut d.0) {
+            (Dev::Real(r), ViewMutRepr::Real(v)) => r.stream.memcpy_htod(src, v)?,
+            // SAFETY: the view holds at least src.len() elements (checked).
+            (Dev::Emu(_), ViewMutRepr::Emu { ptr, .. }) => unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), *ptr, src.len())
+            },
+            _ => panic!("a buffer of one device copied on the other"),
+        }
+        self.count_htod::<T>(src.len());
+        Ok(())
+    }
+
+    /// The whole of `src` back on the host (device→host traffic; waits for the stream).
+    pub fn clone_dtoh<T: DeviceRepr + Default + Clone>(
+        &self,
+        src: &impl AsDevView<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); src.dev_view().len()];
+        self.memcpy_dtoh(src, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies `src` into the start of `dst` (device→host traffic; waits for the stream).
+    pub fn memcpy_dtoh<T: DeviceRepr>(&self, src: &impl AsDevView<T>, dst: &mut [T]) -> Result<()> {
+        let s = src.dev_view();
+        if dst.len() < s.len() {
+            return Err(shape_err(
+                "memcpy_dtoh",
+                format!("{} elements into a host slice of {}", s.len(), dst.len()),
+            ));
+        }
+        let n = s.len();
+        match (&self.dev, &s.0) {
+            (Dev::Real(r), ViewRepr::Real(v)) => {
+                r.stream.memcpy_dtoh(v, &mut dst[..n])?;
+                r.stream.synchronize()?;
+            }
+            // SAFETY: the view holds n elements and dst at least n (checked).
+            (Dev::Emu(_), ViewRepr::Emu { ptr, .. }) => unsafe {
+                std::ptr::copy_nonoverlapping(*ptr, dst.as_mut_ptr(), n)
+            },
+            _ => panic!("a buffer of one device copied on the other"),
+        }
+        self.count_dtoh::<T>(n);
+        Ok(())
+    }
+
+    /// Device-to-device copy of `src` into the start of `dst` (not host traffic).
+    pub fn memcpy_dtod<T: DeviceRepr>(
+        &self,
+        src: &impl AsDevView<T>,
+        dst: &mut impl AsDevViewMut<T>,
+    ) -> Result<()> {
+        let s = src.dev_view();
+        let mut d = dst.dev_view_mut();
+        if d.len() < s.len() {
+            return Err(shape_err(
+                "memcpy_dtod",
+                format!("{} elements into a buffer of {}", s.len(), d.len()),
+            ));
+        }
+        match (&self.dev, &s.0, &mut d.0) {
+            (Dev::Real(r), ViewRepr::Real(a), ViewMutRepr::Real(b)) => {
+                r.stream.memcpy_dtod(a, b)?
+            }
+            // SAFETY: both views are inside their allocations; ptr::copy allows overlap.
+            (Dev::Emu(_), ViewRepr::Emu { ptr: a, len, .. }, ViewMutRepr::Emu { ptr: b, .. }) => unsafe {
+                std::ptr::copy(*a, *b, *len)
+            },
+            _ => panic!("a buffer of one device copied on the other"),
+        }
+        Ok(())
+    }
+
+    /// Sets every element of `dst` to zero bits.
+    pub fn memset_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        dst: &mut impl AsDevViewMut<T>,
+    ) -> Result<()> {
+        let mut d = dst.dev_view_mut();
+        match (&self.dev, &mut d.0) {
+            (Dev::Real(r), ViewMutRepr::Real(v)) => r.stream.memset_zeros(v)?,
+            // SAFETY: the view is inside its allocation; T is valid as zero bits.
+            (Dev::Emu(_), ViewMutRepr::Emu { ptr, len, .. }) => unsafe {
+                std::ptr::write_bytes(*ptr, 0, *len)
+            },
+            _ => panic!("a buffer of one device used on the other"),
+        }
+        Ok(())
     }
 }

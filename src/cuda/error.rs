@@ -40,6 +40,15 @@ pub enum CudaError {
     /// A launcher's shape, length or alignment check failed.
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },
+    /// The emulated device needs a C++20 compiler (g++) and found none.
+    #[error("the emulated CUDA device needs g++ with C++20 (set RECIPE_EMU_CXX to another compiler): {0}")]
+    NoEmuCompiler(String),
+    /// Building or loading an emulated kernel library failed.
+    #[error("emulated CUDA device, kernels/{file}.cu: {msg}")]
+    Emu { file: String, msg: String },
+    /// Something only a real GPU has (events, timing) was asked of the emulated device.
+    #[error("this needs a real GPU; the emulated CUDA device has no timing or events")]
+    NeedsRealGpu,
     #[error("kernel function {name} missing from kernels/{file}")]
     MissingFunction { file: String, name: String },
 }

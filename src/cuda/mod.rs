@@ -1,23 +1,41 @@
-//! CUDA backend pieces: device selection, run-time kernel compilation (NVRTC), kernel launchers,
-//! CPU twins of every kernel, a self-test and benchmarks.
+//! CUDA backend pieces: the device layer (a real GPU or an emulated one), run-time kernel
+//! compilation, kernel launchers, CPU twins of every kernel, a self-test and benchmarks.
 //!
 //! Layout:
 //! - [`device`]: `--device auto|cpu|cuda|cuda:N` and resolution against the machine.
 //! - [`kernels`]: the embedded `kernels/*.cu` files and the functions each defines.
+//! - [`context`]: [`Gpu`], one device with two implementations: a real GPU (cudarc context,
+//!   stream, NVRTC-compiled modules, cuBLAS) or the emulated device ([`Gpu::emulated`]). Both
+//!   allocate, copy (host<->device bytes counted in [`Traffic`]), load and launch kernels.
+//! - [`mem`]: [`DevBuf`] (a device allocation) and its [`DevView`] / [`DevViewMut`] windows; the
+//!   launchers take these, never cudarc types, so they run on either device.
+//! - [`launch`]: a loaded [`launch::Kernel`] and its argument builder
+//!   (`gpu.launch_builder(&f).arg(..)`, then `unsafe { b.launch(cfg) }`).
 //! - [`nvrtc`]: compile for the device's arch, include-path discovery, on-disk cache.
-//! - [`context`]: [`Gpu`] (context, stream, lazily loaded modules, cuBLAS handle).
-//! - [`ops`]: one launcher per kernel, checking shapes and alignment (`// SAFETY:` notes).
+//! - [`emu`]: the emulated device: each `kernels/*.cu` compiled for the host with g++
+//!   (`-include kernels/emu/cuda_emu.h`, one host thread per CUDA thread, barriers, shuffles and
+//!   mma.sync emulated, vector types with their CUDA alignment), launched through generated C
+//!   shims loaded with libloading; device memory is aligned host memory.
+//! - [`ops`]: one launcher per kernel, checking shapes and alignment (`// SAFETY:` notes);
+//!   `ops::blas` is cuBLAS on a GPU and a reference GEMM with the same transposes, leading
+//!   dimensions and strides on the emulated device.
 //! - [`twins`]: the same math in plain Rust loops; the oracle for [`selftest`] and for tests.
-//! - [`selftest`], [`bench`]: GPU-only runs (`recipe selftest --device cuda`, `recipe bench`).
-//! - [`train_check`]: a tiny model trained on the CPU and on the GPU backend
-//!   (`crate::backend::CudaBackend`), losses compared; the last part of the self-test.
+//! - [`selftest`], [`bench`]: `recipe selftest --device cuda` runs the kernel families
+//!   ([`selftest::kernel_families`], which also run on the emulated device) then the training
+//!   comparison; `recipe bench` needs a real GPU (events).
+//! - [`train_check`]: a tiny model trained on the CPU and through `crate::backend::CudaBackend`,
+//!   losses compared; the last part of the self-test.
 //!
 //! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
 //!
-//! Testing without a GPU: the twins' unit tests (`cargo test --lib cuda::`), the NVRTC compile
-//! test (`eval "$(.ci/nvrtc.sh)"; RECIPE_REQUIRE_NVRTC=1 cargo test --test cuda_compile`) and a
-//! CPU emulation of the kernels themselves (`tests/reference/cuda_emu.py`). With a GPU:
-//! `cargo run --release --example cuda_selftest -- selftest|bench` (see kernels/NOTES.md).
+//! Testing without a GPU: `cargo test --test cuda_emulated` runs every launcher on the emulated
+//! device against its twin, the `CudaBackend` ops against the `CpuBackend`, a tiny LoRA training
+//! run and the traffic counter (needs g++ with C++20; CI sets `RECIPE_REQUIRE_EMU=1` so a missing
+//! compiler fails instead of skipping). Also the twins' unit tests (`cargo test --lib cuda::`) and
+//! the NVRTC compile test (`eval "$(.ci/nvrtc.sh)"; RECIPE_REQUIRE_NVRTC=1 cargo test --test
+//! cuda_compile`). What only a GPU shows: timing, races between blocks, the real driver and
+//! compiler. With a GPU: `cargo run --release --example cuda_selftest -- selftest|bench` (see
+//! kernels/NOTES.md).
 //!
 //! ## Paged 8-bit AdamW (design)
 //! The 8-bit optimizer state (u8 m, u8 v, f32 absmax per 256 elements: 2.03 bytes/param) lives on
@@ -32,14 +50,18 @@
 pub mod bench;
 pub mod context;
 pub mod device;
+pub mod emu;
 pub mod error;
 pub mod kernels;
+pub mod launch;
+pub mod mem;
 pub mod nvrtc;
 pub mod ops;
 pub mod selftest;
 pub mod train_check;
 pub mod twins;
 
-pub use context::Gpu;
+pub use context::{Gpu, Traffic};
 pub use device::{Device, DeviceRequest};
 pub use error::{CudaError, Result};
+pub use mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};

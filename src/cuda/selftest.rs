@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use cudarc::driver::CudaSlice;
+use crate::cuda::mem::DevBuf;
 use half::bf16;
 
 use super::error::{CudaError, Result};
@@ -60,6 +60,9 @@ fn tol<T: Elem>(f: (f32, f32), b: (f32, f32)) -> Tol {
 struct Checker<'a> {
     out: &'a mut dyn Write,
     results: Vec<KernelResult>,
+    /// Smaller shapes for the emulated device (one host thread per CUDA thread); the largest,
+    /// GPU-sized cases are skipped or shrunk there.
+    small: bool,
 }
 
 impl Checker<'_> {
@@ -130,18 +133,13 @@ impl Checker<'_> {
     }
 }
 
-fn up<T: Elem>(gpu: &Gpu, v: &[f32]) -> Result<CudaSlice<T>> {
+fn up<T: Elem>(gpu: &Gpu, v: &[f32]) -> Result<DevBuf<T>> {
     let h: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
-    Ok(gpu.stream.clone_htod(&h)?)
+    Ok(gpu.clone_htod(&h)?)
 }
 
-fn down<T: Elem>(gpu: &Gpu, s: &CudaSlice<T>) -> Result<Vec<f32>> {
-    Ok(gpu
-        .stream
-        .clone_dtoh(s)?
-        .into_iter()
-        .map(|x| x.to_f32())
-        .collect())
+fn down<T: Elem>(gpu: &Gpu, s: &DevBuf<T>) -> Result<Vec<f32>> {
+    Ok(gpu.clone_dtoh(s)?.into_iter().map(|x| x.to_f32()).collect())
 }
 
 /// What a T buffer stores for these values.
@@ -160,7 +158,46 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
     let mut ck = Checker {
         out,
         results: Vec::new(),
+        small: gpu.is_emulated(),
     };
+    kernel_checks(&gpu, &mut ck, |_| true);
+    train_check(device_ordinal, &mut ck);
+    let report = SelftestReport {
+        device,
+        results: ck.results,
+    };
+    let fails = report.failures().len();
+    let _ = writeln!(
+        ck.out,
+        "{} checks, {} failed: {}",
+        report.results.len(),
+        fails,
+        if fails == 0 { "PASS" } else { "FAIL" }
+    );
+    Ok(report)
+}
+
+/// The kernel families on `gpu` (a real GPU or the emulated device), those whose name `want`
+/// accepts; one line per check to `out`. `tests/cuda_emulated.rs` runs these on the emulated
+/// device, `selftest` on a real one.
+pub fn kernel_families(
+    gpu: &Gpu,
+    out: &mut dyn Write,
+    want: impl Fn(&str) -> bool,
+) -> SelftestReport {
+    let mut ck = Checker {
+        out,
+        results: Vec::new(),
+        small: gpu.is_emulated(),
+    };
+    kernel_checks(gpu, &mut ck, want);
+    SelftestReport {
+        device: gpu.name.clone(),
+        results: ck.results,
+    }
+}
+
+fn kernel_checks(gpu: &Gpu, ck: &mut Checker, want: impl Fn(&str) -> bool) {
     type Family = fn(&Gpu, &mut Checker, &mut Rng) -> Result<()>;
     let families: &[(&str, Family)] = &[
         ("quant4", |g, c, r| quant4_checks(g, c, r)),
@@ -189,25 +226,14 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
         ("lora", |g, c, r| lora_checks(g, c, r)),
     ];
     for (i, (name, f)) in families.iter().enumerate() {
+        if !want(name) {
+            continue;
+        }
         let mut rng = Rng::new(1000 + i as u64);
-        if let Err(e) = f(&gpu, &mut ck, &mut rng).and_then(|_| Ok(gpu.stream.synchronize()?)) {
+        if let Err(e) = f(gpu, ck, &mut rng).and_then(|_| Ok(gpu.synchronize()?)) {
             ck.error(name, &e);
         }
     }
-    train_check(device_ordinal, &mut ck);
-    let report = SelftestReport {
-        device,
-        results: ck.results,
-    };
-    let fails = report.failures().len();
-    let _ = writeln!(
-        ck.out,
-        "{} checks, {} failed: {}",
-        report.results.len(),
-        fails,
-        if fails == 0 { "PASS" } else { "FAIL" }
-    );
-    Ok(report)
 }
 
 /// The whole model on `CudaBackend` vs `CpuBackend`: a tiny LLaMA, LoRA on every linear,
@@ -246,14 +272,14 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             let mut want = vec![0f32; n];
             dequant_4bit(&mut want, &packed, &absmax, code, bs);
             let w = ops::quant4::Quant4Weight {
-                packed: gpu.stream.clone_htod(&packed)?,
-                absmax: gpu.stream.clone_htod(&absmax)?,
-                code: gpu.stream.clone_htod(&code[..])?,
+                packed: gpu.clone_htod(&packed)?,
+                absmax: gpu.clone_htod(&absmax)?,
+                code: gpu.clone_htod(&code[..])?,
                 blocksize: bs,
                 rows: 1,
                 cols: n,
             };
-            let mut o32 = gpu.stream.alloc_zeros::<f32>(n)?;
+            let mut o32 = gpu.alloc_zeros::<f32>(n)?;
             ops::quant4::dequant_4bit(gpu, &mut o32, &w)?;
             ck.check(
                 &format!("dequant_4bit_f32 {cname} n={n} bs={bs}"),
@@ -264,7 +290,7 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                     rtol: 1e-6,
                 },
             );
-            let mut o16 = gpu.stream.alloc_zeros::<bf16>(n)?;
+            let mut o16 = gpu.alloc_zeros::<bf16>(n)?;
             ops::quant4::dequant_4bit(gpu, &mut o16, &w)?;
             ck.check(
                 &format!("dequant_4bit_bf16 {cname} n={n} bs={bs}"),
@@ -286,13 +312,13 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     let (q, absmax2) = twins::quant4::quantize_8bit(&centered, 256, &code8);
     let mut want = vec![0f32; nb];
     twins::quant4::dequant_absmax(&mut want, &q, &code8, &absmax2, offset, 256);
-    let mut got = gpu.stream.alloc_zeros::<f32>(nb)?;
+    let mut got = gpu.alloc_zeros::<f32>(nb)?;
     ops::quant4::dequant_absmax(
         gpu,
         &mut got,
-        &gpu.stream.clone_htod(&q)?,
-        &gpu.stream.clone_htod(&code8[..])?,
-        &gpu.stream.clone_htod(&absmax2)?,
+        &gpu.clone_htod(&q)?,
+        &gpu.clone_htod(&code8[..])?,
+        &gpu.clone_htod(&absmax2)?,
         offset,
         256,
     )?;
@@ -306,17 +332,21 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         },
     );
     // GEMV.
+    let small = ck.small;
     for (rows, cols, bs) in [
         (96usize, 256usize, 64usize),
         (130, 608, 32),
         (4096, 4096, 64),
-    ] {
+    ]
+    .into_iter()
+    .filter(|&(rows, _, _)| !small || rows < 4096)
+    {
         let wv = rng.normals(rows * cols, 0.05);
         let (packed, absmax) = quantize_4bit(&wv, bs, &NF4_CODE);
         let w = ops::quant4::Quant4Weight {
-            packed: gpu.stream.clone_htod(&packed)?,
-            absmax: gpu.stream.clone_htod(&absmax)?,
-            code: gpu.stream.clone_htod(&NF4_CODE[..])?,
+            packed: gpu.clone_htod(&packed)?,
+            absmax: gpu.clone_htod(&absmax)?,
+            code: gpu.clone_htod(&NF4_CODE[..])?,
             blocksize: bs,
             rows,
             cols,
@@ -349,7 +379,7 @@ fn gemv_variant<T: Elem>(
         cols,
         bs,
     );
-    let mut y = gpu.stream.alloc_zeros::<T>(rows)?;
+    let mut y = gpu.alloc_zeros::<T>(rows)?;
     ops::quant4::gemv_4bit(gpu, &mut y, &up::<T>(gpu, &xr)?, w)?;
     let t = tol::<T>((1e-4, 1e-4), (2e-2, 1e-2));
     ck.check(
@@ -363,12 +393,16 @@ fn gemv_variant<T: Elem>(
 
 fn gemm4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     use twins::quant4::{dequant_4bit, quantize_4bit, NF4_CODE};
+    let small = ck.small;
     for (m, n, k) in [
         (64usize, 64usize, 64usize),
         (100, 72, 96),
         (3, 130, 258),
         (257, 192, 1024),
-    ] {
+    ]
+    .into_iter()
+    .filter(|&(m, _, _)| !small || m < 257)
+    {
         let bs = 64;
         let wv = rng.normals(n * k, 0.05);
         let (packed, absmax) = quantize_4bit(&wv, bs, &NF4_CODE);
@@ -377,9 +411,9 @@ fn gemm4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         dequant_4bit(&mut wd, &packed, &absmax, &NF4_CODE, bs);
         let wd = rounded::<bf16>(&wd);
         let w = ops::quant4::Quant4Weight {
-            packed: gpu.stream.clone_htod(&packed)?,
-            absmax: gpu.stream.clone_htod(&absmax)?,
-            code: gpu.stream.clone_htod(&NF4_CODE[..])?,
+            packed: gpu.clone_htod(&packed)?,
+            absmax: gpu.clone_htod(&absmax)?,
+            code: gpu.clone_htod(&NF4_CODE[..])?,
             blocksize: bs,
             rows: n,
             cols: k,
@@ -387,7 +421,7 @@ fn gemm4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         let x = rounded::<bf16>(&rng.normals(m * k, 1.0));
         let mut want = vec![0f32; m * n];
         ops::blas::matmul_ref(&mut want, &x, &wd, &ops::blas::MatMul::linear(m, n, k));
-        let mut y = gpu.stream.alloc_zeros::<bf16>(m * n)?;
+        let mut y = gpu.alloc_zeros::<bf16>(m * n)?;
         ops::gemm4::gemm_4bit(gpu, &mut y, &up::<bf16>(gpu, &x)?, &w, m, false)?;
         let t = Tol {
             atol: 2e-2,
@@ -423,7 +457,7 @@ fn gemm4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                 ..ops::blas::MatMul::linear(m, k, n)
             },
         );
-        let mut dx = gpu.stream.alloc_zeros::<bf16>(m * k)?;
+        let mut dx = gpu.alloc_zeros::<bf16>(m * k)?;
         ops::gemm4::gemm_4bit_dx(gpu, &mut dx, &up::<bf16>(gpu, &dy)?, &w, m, false)?;
         ck.check(
             &format!("gemm_4bit_dx_bf16 m={m} n={n} k={k}"),
@@ -439,7 +473,8 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     use twins::adamw8bit::{adamw8bit_step, dynamic_map, AdamHyper, State8};
     let (cm, cv) = (dynamic_map(true), dynamic_map(false));
     let maps = ops::adamw8bit::DeviceMaps::upload(gpu)?;
-    for n in [256 * 5 + 77, 100_000] {
+    let big = if ck.small { 256 * 9 + 5 } else { 100_000 };
+    for n in [256 * 5 + 77, big] {
         let p0 = rng.normals(n, 1.0);
         let mut p_cpu = p0.clone();
         let mut st_cpu = State8::zeros(n, &cm, &cv);
@@ -458,14 +493,14 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             };
             // Each side starts the step from the same state (the CPU one), so one rounding flip
             // in a code does not compound over steps.
-            st_gpu.qm = gpu.stream.clone_htod(&st_cpu.qm)?;
-            st_gpu.qv = gpu.stream.clone_htod(&st_cpu.qv)?;
-            st_gpu.absmax_m = gpu.stream.clone_htod(&st_cpu.absmax_m)?;
-            st_gpu.absmax_v = gpu.stream.clone_htod(&st_cpu.absmax_v)?;
-            let mut p_gpu = gpu.stream.clone_htod(&p_cpu)?;
+            st_gpu.qm = gpu.clone_htod(&st_cpu.qm)?;
+            st_gpu.qv = gpu.clone_htod(&st_cpu.qv)?;
+            st_gpu.absmax_m = gpu.clone_htod(&st_cpu.absmax_m)?;
+            st_gpu.absmax_v = gpu.clone_htod(&st_cpu.absmax_v)?;
+            let mut p_gpu = gpu.clone_htod(&p_cpu)?;
             paged.host = st_cpu.clone();
-            let mut p_paged = gpu.stream.clone_htod(&p_cpu)?;
-            let gd = gpu.stream.clone_htod(&g)?;
+            let mut p_paged = gpu.clone_htod(&p_cpu)?;
+            let gd = gpu.clone_htod(&g)?;
             ops::adamw8bit::adamw8bit_step(gpu, &mut p_gpu, &gd, &mut st_gpu, &maps, &h)?;
             paged.step(gpu, &mut p_paged, &gd, &maps, &h)?;
             adamw8bit_step(&mut p_cpu, &mut st_cpu, &g, &cm, &cv, &h);
@@ -503,8 +538,8 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                     &st_cpu.absmax_v,
                 ),
             ] {
-                let qg: Vec<u8> = gpu.stream.clone_dtoh(q_gpu)?;
-                let ag: Vec<f32> = gpu.stream.clone_dtoh(a_gpu)?;
+                let qg: Vec<u8> = gpu.clone_dtoh(q_gpu)?;
+                let ag: Vec<f32> = gpu.clone_dtoh(a_gpu)?;
                 ck.check(
                     &format!("adamw8bit_f32 n={n} step={step} {which} absmax"),
                     &ag,
@@ -534,12 +569,13 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
 
 fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     use twins::adamw8bit::AdamHyper;
-    for n in [1usize, 1000, 100_003] {
+    let big = if ck.small { 10_003 } else { 100_003 };
+    for n in [1usize, 1000, big] {
         let (mut p, mut m, mut v) = (rng.normals(n, 1.0), vec![0f32; n], vec![0f32; n]);
         let (mut pd, mut md, mut vd) = (
-            gpu.stream.clone_htod(&p)?,
-            gpu.stream.clone_htod(&m)?,
-            gpu.stream.clone_htod(&v)?,
+            gpu.clone_htod(&p)?,
+            gpu.clone_htod(&m)?,
+            gpu.clone_htod(&v)?,
         );
         for step in 1..=3 {
             let g = rng.normals(n, 0.1);
@@ -553,14 +589,7 @@ fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                 grad_scale: 0.7,
             };
             twins::optim::adamw_step(&mut p, &mut m, &mut v, &g, &h);
-            ops::optim::adamw_step(
-                gpu,
-                &mut pd,
-                &mut md,
-                &mut vd,
-                &gpu.stream.clone_htod(&g)?,
-                &h,
-            )?;
+            ops::optim::adamw_step(gpu, &mut pd, &mut md, &mut vd, &gpu.clone_htod(&g)?, &h)?;
         }
         let t = Tol {
             atol: 1e-6,
@@ -582,8 +611,8 @@ fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             },
         );
         let x = rng.normals(n, 1.0);
-        let mut out = gpu.stream.alloc_zeros::<f32>(1)?;
-        ops::optim::sumsq(gpu, &mut out, &gpu.stream.clone_htod(&x)?)?;
+        let mut out = gpu.alloc_zeros::<f32>(1)?;
+        ops::optim::sumsq(gpu, &mut out, &gpu.clone_htod(&x)?)?;
         ops::optim::sumsq(gpu, &mut out, &up::<bf16>(gpu, &x)?)?;
         let want = (twins::optim::sumsq(&x) + twins::optim::sumsq(&rounded::<bf16>(&x))) as f32;
         ck.check(
@@ -619,8 +648,8 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         let (mut y, mut rs) = (vec![0f32; rows * d], vec![0f32; rows]);
         twins::norm::rmsnorm_fwd(&mut y, &mut rs, &x, &w, d, 1e-5);
         let (mut yg, mut rsg) = (
-            gpu.stream.alloc_zeros::<T>(rows * d)?,
-            gpu.stream.alloc_zeros::<f32>(rows)?,
+            gpu.alloc_zeros::<T>(rows * d)?,
+            gpu.alloc_zeros::<f32>(rows)?,
         );
         ops::norm::rmsnorm_fwd(gpu, &mut yg, &mut rsg, &xd, &wd, rows, d, 1e-5)?;
         ck.check(
@@ -640,10 +669,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         );
         let (mut dx, mut dw) = (vec![0f32; rows * d], vec![0f32; d]);
         twins::norm::rmsnorm_bwd(&mut dx, &mut dw, &dy, &x, &w, &rs, d);
-        let (mut dxg, mut dwg) = (
-            gpu.stream.alloc_zeros::<T>(rows * d)?,
-            gpu.stream.alloc_zeros::<f32>(d)?,
-        );
+        let (mut dxg, mut dwg) = (gpu.alloc_zeros::<T>(rows * d)?, gpu.alloc_zeros::<f32>(d)?);
         ops::norm::rmsnorm_bwd(gpu, &mut dxg, &mut dwg, &dyd, &xd, &wd, &rsg, rows, d)?;
         ck.check(
             &format!("rmsnorm_bwd_{s} {rows}x{d} dx"),
@@ -660,10 +686,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         // LayerNorm
         let (mut mu, mut rs) = (vec![0f32; rows], vec![0f32; rows]);
         twins::norm::layernorm_fwd(&mut y, &mut mu, &mut rs, &x, &w, &b, d, 1e-5);
-        let (mut mug, mut rsg) = (
-            gpu.stream.alloc_zeros::<f32>(rows)?,
-            gpu.stream.alloc_zeros::<f32>(rows)?,
-        );
+        let (mut mug, mut rsg) = (gpu.alloc_zeros::<f32>(rows)?, gpu.alloc_zeros::<f32>(rows)?);
         ops::norm::layernorm_fwd(
             gpu, &mut yg, &mut mug, &mut rsg, &xd, &wd, &bd, rows, d, 1e-5,
         )?;
@@ -675,10 +698,7 @@ fn norm_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         );
         let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
         twins::norm::layernorm_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &mu, &rs, d);
-        let (mut dwg, mut dbg) = (
-            gpu.stream.alloc_zeros::<f32>(d)?,
-            gpu.stream.alloc_zeros::<f32>(d)?,
-        );
+        let (mut dwg, mut dbg) = (gpu.alloc_zeros::<f32>(d)?, gpu.alloc_zeros::<f32>(d)?);
         ops::norm::layernorm_bwd(
             gpu, &mut dxg, &mut dwg, &mut dbg, &dyd, &xd, &wd, &mug, &rsg, rows, d,
         )?;
@@ -720,9 +740,9 @@ fn rope_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
             .collect();
         let x = rounded::<T>(&rng.normals(tokens * heads * hd, 1.0));
         let (cd, sd, pd, xd) = (
-            gpu.stream.clone_htod(&c)?,
-            gpu.stream.clone_htod(&sn)?,
-            gpu.stream.clone_htod(&pos)?,
+            gpu.clone_htod(&c)?,
+            gpu.clone_htod(&sn)?,
+            gpu.clone_htod(&pos)?,
             up::<T>(gpu, &x)?,
         );
         let dm = ops::rope::RopeDims {
@@ -746,7 +766,7 @@ fn rope_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
                 layout,
                 if backward { -1.0 } else { 1.0 },
             );
-            let mut y = gpu.stream.alloc_zeros::<T>(x.len())?;
+            let mut y = gpu.alloc_zeros::<T>(x.len())?;
             ops::rope::rope(gpu, &mut y, &xd, &cd, &sd, &pd, dm, layout, backward)?;
             let name = format!(
                 "rope_{:?}_{}_{s} t={tokens} h={heads} hd={hd} rot={rot}",
@@ -766,12 +786,12 @@ fn rope_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()
         .collect();
     let mut want = vec![0f32; batch * heads * tt];
     twins::rope::alibi_bias(&mut want, &slopes, &kpos, batch, tt);
-    let mut got = gpu.stream.alloc_zeros::<f32>(want.len())?;
+    let mut got = gpu.alloc_zeros::<f32>(want.len())?;
     ops::rope::alibi_bias(
         gpu,
         &mut got,
-        &gpu.stream.clone_htod(&slopes)?,
-        &gpu.stream.clone_htod(&kpos)?,
+        &gpu.clone_htod(&slopes)?,
+        &gpu.clone_htod(&kpos)?,
         batch,
         heads,
         tt,
@@ -800,7 +820,7 @@ fn act_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()>
         let (ed, gd, dad) = (up::<T>(gpu, &e)?, up::<T>(gpu, &g)?, up::<T>(gpu, &da)?);
         let mut a = vec![0f32; rows * cols];
         twins::act::swiglu_fwd(&mut a, &e, &g, rows, cols, cols);
-        let mut ag = gpu.stream.alloc_zeros::<T>(rows * cols)?;
+        let mut ag = gpu.alloc_zeros::<T>(rows * cols)?;
         ops::act::swiglu_fwd(gpu, &mut ag, &ed, &gd, rows, cols, GluLayout::Separate)?;
         ck.check(
             &format!("swiglu_fwd_{s} {rows}x{cols}"),
@@ -811,8 +831,8 @@ fn act_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()>
         let (mut de, mut dg) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
         twins::act::swiglu_bwd(&mut de, &mut dg, &da, &e, &g, rows, cols, cols);
         let (mut deg, mut dgg) = (
-            gpu.stream.alloc_zeros::<T>(rows * cols)?,
-            gpu.stream.alloc_zeros::<T>(rows * cols)?,
+            gpu.alloc_zeros::<T>(rows * cols)?,
+            gpu.alloc_zeros::<T>(rows * cols)?,
         );
         ops::act::swiglu_bwd(
             gpu,
@@ -857,8 +877,8 @@ fn act_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()>
                 dh[r * 2 * cols + cols + c] = tmp[r * 2 * cols + c];
             }
         }
-        let mut dhg = gpu.stream.alloc_zeros::<T>(rows * 2 * cols)?;
-        let mut unused = gpu.stream.alloc_zeros::<T>(1)?;
+        let mut dhg = gpu.alloc_zeros::<T>(rows * 2 * cols)?;
+        let mut unused = gpu.alloc_zeros::<T>(1)?;
         ops::act::swiglu_bwd(
             gpu,
             &mut dhg,
@@ -883,7 +903,7 @@ fn act_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()>
         let (xd, dyd) = (up::<T>(gpu, &x)?, up::<T>(gpu, &dy)?);
         let mut y = vec![0f32; n];
         twins::act::gelu_tanh_fwd(&mut y, &x);
-        let mut yg = gpu.stream.alloc_zeros::<T>(n)?;
+        let mut yg = gpu.alloc_zeros::<T>(n)?;
         ops::act::gelu_tanh_fwd(gpu, &mut yg, &xd)?;
         ck.check(&format!("gelu_tanh_fwd_{s} n={n}"), &down(gpu, &yg)?, &y, t);
         twins::act::gelu_tanh_bwd(&mut y, &dy, &x);
@@ -917,12 +937,12 @@ fn embedding_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
     let dout = rounded::<T>(&rng.normals(n * d, 1.0));
     let (td, idd, dod) = (
         up::<T>(gpu, &table)?,
-        gpu.stream.clone_htod(&ids)?,
+        gpu.clone_htod(&ids)?,
         up::<T>(gpu, &dout)?,
     );
     let mut out = vec![0f32; n * d];
     twins::embedding::embedding_fwd(&mut out, &ids, &table, d);
-    let mut og = gpu.stream.alloc_zeros::<T>(n * d)?;
+    let mut og = gpu.alloc_zeros::<T>(n * d)?;
     ops::embedding::embedding_fwd(gpu, &mut og, &idd, &td, d)?;
     ck.check(
         &format!("embedding_fwd_{s} n={n} d={d}"),
@@ -935,7 +955,7 @@ fn embedding_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
     );
     let mut dt = vec![0f32; vocab * d];
     twins::embedding::embedding_bwd(&mut dt, &ids, &dout, d);
-    let mut dtg = gpu.stream.alloc_zeros::<f32>(vocab * d)?;
+    let mut dtg = gpu.alloc_zeros::<f32>(vocab * d)?;
     ops::embedding::embedding_bwd(gpu, &mut dtg, &idd, &dod, d)?;
     ck.check(
         &format!("embedding_bwd_{s} n={n} d={d}"),
@@ -955,13 +975,10 @@ fn ce_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> 
         let z = rounded::<T>(&rng.normals(n * v, 3.0));
         let mut targets: Vec<i32> = (0..n).map(|_| rng.below(v as u32) as i32).collect();
         targets[1] = -100;
-        let (zd, td) = (up::<T>(gpu, &z)?, gpu.stream.clone_htod(&targets)?);
+        let (zd, td) = (up::<T>(gpu, &z)?, gpu.clone_htod(&targets)?);
         let (mut loss, mut lse) = (vec![0f32; n], vec![0f32; n]);
         twins::cross_entropy::cross_entropy_fwd(&mut loss, &mut lse, &z, &targets, v);
-        let (mut lg, mut lseg) = (
-            gpu.stream.alloc_zeros::<f32>(n)?,
-            gpu.stream.alloc_zeros::<f32>(n)?,
-        );
+        let (mut lg, mut lseg) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
         ops::cross_entropy::cross_entropy_fwd(gpu, &mut lg, &mut lseg, &zd, &td, v)?;
         ck.check(
             &format!("cross_entropy_fwd_{s} n={n} v={v} loss"),
@@ -1030,13 +1047,13 @@ fn lm_head_ce_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         },
     );
     let mut drv = ops::cross_entropy::LmHeadCe::new(gpu, chunk, v)?;
-    let mut lossg = gpu.stream.alloc_zeros::<f32>(n)?;
-    let mut dhg = gpu.stream.alloc_zeros::<bf16>(n * d)?;
-    let mut dwg = gpu.stream.alloc_zeros::<bf16>(v * d)?;
+    let mut lossg = gpu.alloc_zeros::<f32>(n)?;
+    let mut dhg = gpu.alloc_zeros::<bf16>(n * d)?;
+    let mut dwg = gpu.alloc_zeros::<bf16>(v * d)?;
     let (hd, wd, td) = (
         up::<bf16>(gpu, &h)?,
         up::<bf16>(gpu, &w)?,
-        gpu.stream.clone_htod(&targets)?,
+        gpu.clone_htod(&targets)?,
     );
     drv.run(
         gpu,
@@ -1083,9 +1100,10 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
     use twins::attention::{attn_bwd, attn_fwd, AttnDims, AttnMasks};
     let s = T::SUFFIX;
     let t = tol::<T>((1e-4, 1e-3), (2e-2, 2e-2));
+    let small = ck.small;
     for (batch, tt, hq, hkv, d, masked) in [
         (2usize, 37usize, 4usize, 2usize, 64usize, true),
-        (1, 70, 2, 1, 128, false),
+        (1, if small { 24 } else { 70 }, 2, 1, 128, false),
         (2, 20, 3, 3, 80, true),
     ] {
         let dm = AttnDims {
@@ -1116,9 +1134,9 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
             AttnMasks::default()
         };
         let (kmd, segd, sld) = (
-            gpu.stream.clone_htod(&kmask)?,
-            gpu.stream.clone_htod(&seg)?,
-            gpu.stream.clone_htod(&slopes)?,
+            gpu.clone_htod(&kmask)?,
+            gpu.clone_htod(&seg)?,
+            gpu.clone_htod(&slopes)?,
         );
         let dmk = if masked {
             ops::attention::DeviceMasks {
@@ -1138,8 +1156,8 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; batch * hq * tt]);
         attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
         let (mut og, mut lseg) = (
-            gpu.stream.alloc_zeros::<T>(q.len())?,
-            gpu.stream.alloc_zeros::<f32>(lse.len())?,
+            gpu.alloc_zeros::<T>(q.len())?,
+            gpu.alloc_zeros::<f32>(lse.len())?,
         );
         ops::attention::attn_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
         let name = format!(
@@ -1167,13 +1185,13 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
             &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o_r, &lse, &mk, &dm,
         );
         let (mut dqg, mut dkg, mut dvg) = (
-            gpu.stream.alloc_zeros::<T>(q.len())?,
-            gpu.stream.alloc_zeros::<T>(k.len())?,
-            gpu.stream.alloc_zeros::<T>(v.len())?,
+            gpu.alloc_zeros::<T>(q.len())?,
+            gpu.alloc_zeros::<T>(k.len())?,
+            gpu.alloc_zeros::<T>(v.len())?,
         );
-        let mut delta = gpu.stream.alloc_zeros::<f32>(lse.len())?;
+        let mut delta = gpu.alloc_zeros::<f32>(lse.len())?;
         let od = up::<T>(gpu, &o_r)?;
-        let lsed = gpu.stream.clone_htod(&lse)?;
+        let lsed = gpu.clone_htod(&lse)?;
         ops::attention::attn_bwd(
             gpu, &mut dqg, &mut dkg, &mut dvg, &mut delta, &dod, &qd, &kd, &vd, &od, &lsed, &dmk,
             &dm,
@@ -1236,12 +1254,12 @@ fn blas_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
                     rtol: 1e-2,
                 },
             );
-            let mut cf = gpu.stream.clone_htod(&c0)?;
+            let mut cf = gpu.clone_htod(&c0)?;
             matmul_f32(
                 gpu,
                 &mut cf,
-                &gpu.stream.clone_htod(&a)?,
-                &gpu.stream.clone_htod(&b)?,
+                &gpu.clone_htod(&a)?,
+                &gpu.clone_htod(&b)?,
                 &mm,
             )?;
             // cuBLAS may use TF32 for f32 only when asked; default is full f32.
@@ -1282,7 +1300,7 @@ fn blas_batched_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> 
             &mm,
         );
     }
-    let mut c = gpu.stream.alloc_zeros::<bf16>(batch * m * n)?;
+    let mut c = gpu.alloc_zeros::<bf16>(batch * m * n)?;
     matmul_bf16_batched(
         gpu,
         &mut c,
@@ -1344,9 +1362,9 @@ impl HostLora {
     fn upload(&self, gpu: &Gpu, packed: &[u8], absmax: &[f32]) -> Result<ops::lora::LoraLinear> {
         Ok(ops::lora::LoraLinear {
             w: ops::quant4::Quant4Weight {
-                packed: gpu.stream.clone_htod(packed)?,
-                absmax: gpu.stream.clone_htod(absmax)?,
-                code: gpu.stream.clone_htod(&twins::quant4::NF4_CODE[..])?,
+                packed: gpu.clone_htod(packed)?,
+                absmax: gpu.clone_htod(absmax)?,
+                code: gpu.clone_htod(&twins::quant4::NF4_CODE[..])?,
                 blocksize: 64,
                 rows: self.d_out,
                 cols: self.d_in,
@@ -1506,7 +1524,7 @@ fn lora_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         let seed = 99;
         let mut sc = ops::lora::LoraScratch::new(gpu, n, r, d_in, p > 0.0)?;
         let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
-        let mut yg = gpu.stream.alloc_zeros::<bf16>(n * d_out)?;
+        let mut yg = gpu.alloc_zeros::<bf16>(n * d_out)?;
         ops::lora::lora_fwd(gpu, &mut yg, &mut sc, &xd, &lin, n, seed)?;
         ck.check(
             &format!("lora_fwd nf4 n={n} {d_in}->{d_out} r={r} dropout={p}"),
@@ -1515,10 +1533,10 @@ fn lora_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             t,
         );
         let (dx, da, db) = h.bwd(&dy, &x, n, seed);
-        let mut dxg = gpu.stream.alloc_zeros::<bf16>(n * d_in)?;
+        let mut dxg = gpu.alloc_zeros::<bf16>(n * d_in)?;
         let mut gr = ops::lora::LoraGrads {
-            da: gpu.stream.alloc_zeros(r * d_in)?,
-            db: gpu.stream.alloc_zeros(d_out * r)?,
+            da: gpu.alloc_zeros(r * d_in)?,
+            db: gpu.alloc_zeros(d_out * r)?,
         };
         ops::lora::lora_bwd(
             gpu,
@@ -1576,8 +1594,7 @@ fn lora_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     let (dx_up, _, _) = hu.bwd(&dg, &x, n, 0);
     let (dx_gate, _, _) = hg.bwd(&de, &x, n, 0);
     let dx: Vec<f32> = dx_up.iter().zip(&dx_gate).map(|(a, b)| a + b).collect();
-    let alloc =
-        |len: usize| -> Result<CudaSlice<bf16>> { Ok(gpu.stream.alloc_zeros::<bf16>(len)?) };
+    let alloc = |len: usize| -> Result<DevBuf<bf16>> { Ok(gpu.alloc_zeros::<bf16>(len)?) };
     let mut sc = ops::lora::LoraScratch::new(gpu, n, r, ff, false)?;
     let (xd, dyd) = (up::<bf16>(gpu, &x)?, up::<bf16>(gpu, &dy)?);
     let (mut yg, mut eg, mut gg, mut ag2) = (

@@ -50,13 +50,18 @@ impl TrainCheck {
 
 /// Trains the tiny model on the CPU and on GPU `ordinal` and compares the per-step losses.
 pub fn cpu_vs_cuda(ordinal: usize) -> anyhow::Result<TrainCheck> {
-    let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::new(ordinal)?);
+    cpu_vs(Arc::new(CudaBackend::new(ordinal)?), STEPS)
+}
+
+/// The same comparison against any backend over `steps` steps (`tests/cuda_emulated.rs`:
+/// `CudaBackend` on the emulated device).
+pub fn cpu_vs(cuda: Arc<dyn Backend>, steps: usize) -> anyhow::Result<TrainCheck> {
     let dir = TempDir::new()?;
     write_model(dir.path())?;
-    let cpu = tiny_lora_losses(dir.path(), Arc::new(CpuBackend), STEPS)?;
+    let cpu = tiny_lora_losses(dir.path(), Arc::new(CpuBackend), steps)?;
     // The trait has no error path: a CUDA failure inside an op panics; report it as an error.
     let gpu = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tiny_lora_losses(dir.path(), cuda, STEPS)
+        tiny_lora_losses(dir.path(), cuda, steps)
     }))
     .map_err(|p| {
         let msg = p

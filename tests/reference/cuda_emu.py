@@ -1,4 +1,4 @@
-"""Runs kernels/*.cu on the CPU (tests/reference/cuda_emu.h) and checks them against numpy.
+"""Runs kernels/*.cu on the CPU (kernels/emu/cuda_emu.h) and checks them against numpy.
 
 A developer tool for machines without a GPU: it exercises the kernels' indexing, tiling, masks,
 reductions and the vectorized/ragged paths. It does NOT prove the real mma.sync fragment layout
@@ -25,7 +25,7 @@ CTYPES = {"float": ctypes.c_float, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
 def build(name):
     common = open(os.path.join(ROOT, "kernels", "common.cuh")).read().replace("#include <cuda_bf16.h>", "")
     body = open(os.path.join(ROOT, "kernels", name + ".cu")).read()
-    src = '#include "%s"\n%s\n%s\n' % (os.path.join(ROOT, "tests", "reference", "cuda_emu.h"), common, body)
+    src = '#include "%s"\n%s\n%s\n' % (os.path.join(ROOT, "kernels", "emu", "cuda_emu.h"), common, body)
     pre = subprocess.run(["g++", "-std=c++20", "-DRECIPE_EMU", "-E", "-P", "-x", "c++", "-"], input=src, capture_output=True, text=True, check=True).stdout
     sigs = re.findall(r'extern "C"\s+void\s+(\w+)\s*\(([^)]*)\)', pre)
     wrappers, table = [], {}

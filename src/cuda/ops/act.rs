@@ -1,6 +1,6 @@
 //! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate, hash dropout.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -19,9 +19,9 @@ pub enum GluLayout {
 /// `g` unused (pass `e` again).
 pub fn swiglu_fwd<T: Elem>(
     gpu: &Gpu,
-    a: &mut CudaSlice<T>,
-    e: &CudaSlice<T>,
-    g: &CudaSlice<T>,
+    a: &mut DevBuf<T>,
+    e: &DevBuf<T>,
+    g: &DevBuf<T>,
     rows: usize,
     cols: usize,
     layout: GluLayout,
@@ -30,7 +30,7 @@ pub fn swiglu_fwd<T: Elem>(
     need(OP, "a", a.len(), rows * cols)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
-    let (ev, gv, ld): (CudaView<T>, CudaView<T>, i32) = match layout {
+    let (ev, gv, ld): (DevView<T>, DevView<T>, i32) = match layout {
         GluLayout::Separate => {
             need(OP, "e", e.len(), rows * cols)?;
             need(OP, "g", g.len(), rows * cols)?;
@@ -41,7 +41,7 @@ pub fn swiglu_fwd<T: Elem>(
             (e.slice(..), e.slice(cols..), 2 * c)
         }
     };
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(a).arg(&ev).arg(&gv).arg(&r).arg(&c).arg(&ld);
     // SAFETY: e/g views cover (rows-1)*ld + cols elements (checked above); one thread per output.
     unsafe { b.launch(grid1(rows * cols, 256)) }?;
@@ -54,11 +54,11 @@ pub fn swiglu_fwd<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub fn swiglu_bwd<T: Elem>(
     gpu: &Gpu,
-    de: &mut CudaSlice<T>,
-    dg: &mut CudaSlice<T>,
-    da: &CudaSlice<T>,
-    e: &CudaSlice<T>,
-    g: &CudaSlice<T>,
+    de: &mut DevBuf<T>,
+    dg: &mut DevBuf<T>,
+    da: &DevBuf<T>,
+    e: &DevBuf<T>,
+    g: &DevBuf<T>,
     rows: usize,
     cols: usize,
     layout: GluLayout,
@@ -77,7 +77,7 @@ pub fn swiglu_bwd<T: Elem>(
             ] {
                 need(OP, what, len, rows * cols)?;
             }
-            let mut b = gpu.stream.launch_builder(&f);
+            let mut b = gpu.launch_builder(&f);
             b.arg(de)
                 .arg(dg)
                 .arg(da)
@@ -94,8 +94,8 @@ pub fn swiglu_bwd<T: Elem>(
             need(OP, "h", e.len(), rows * 2 * cols)?;
             let ld = 2 * c;
             let (ev, gv) = (e.slice(..), e.slice(cols..));
-            let (mut d_gate, mut d_up): (CudaViewMut<T>, CudaViewMut<T>) = de.split_at_mut(cols);
-            let mut b = gpu.stream.launch_builder(&f);
+            let (mut d_gate, mut d_up): (DevViewMut<T>, DevViewMut<T>) = de.split_at_mut(cols);
+            let mut b = gpu.launch_builder(&f);
             b.arg(&mut d_gate)
                 .arg(&mut d_up)
                 .arg(da)
@@ -114,13 +114,13 @@ pub fn swiglu_bwd<T: Elem>(
 }
 
 /// y = gelu_tanh(x), [n].
-pub fn gelu_tanh_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, x: &CudaSlice<T>) -> Result<()> {
+pub fn gelu_tanh_fwd<T: Elem>(gpu: &Gpu, y: &mut DevBuf<T>, x: &DevBuf<T>) -> Result<()> {
     const OP: &str = "gelu_tanh_fwd";
     let n = x.len();
     need(OP, "y", y.len(), n)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y).arg(x).arg(&n64);
     // SAFETY: y holds n (checked); one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
@@ -130,9 +130,9 @@ pub fn gelu_tanh_fwd<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, x: &CudaSlice<T>)
 /// dx = dy·gelu_tanh'(x), [n].
 pub fn gelu_tanh_bwd<T: Elem>(
     gpu: &Gpu,
-    dx: &mut CudaSlice<T>,
-    dy: &CudaSlice<T>,
-    x: &CudaSlice<T>,
+    dx: &mut DevBuf<T>,
+    dy: &DevBuf<T>,
+    x: &DevBuf<T>,
 ) -> Result<()> {
     const OP: &str = "gelu_tanh_bwd";
     let n = x.len();
@@ -140,7 +140,7 @@ pub fn gelu_tanh_bwd<T: Elem>(
     need(OP, "dy", dy.len(), n)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dx).arg(dy).arg(x).arg(&n64);
     // SAFETY: sizes checked; one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
@@ -148,13 +148,13 @@ pub fn gelu_tanh_bwd<T: Elem>(
 }
 
 /// y += s·t over t.len() elements (the LoRA term when computed apart).
-pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, t: &CudaSlice<T>, s: f32) -> Result<()> {
+pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut DevBuf<T>, t: &DevBuf<T>, s: f32) -> Result<()> {
     const OP: &str = "scale_add";
     let n = t.len();
     need(OP, "y", y.len(), n)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y).arg(t).arg(&s).arg(&n64);
     // SAFETY: sizes checked; one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
@@ -165,8 +165,8 @@ pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut CudaSlice<T>, t: &CudaSlice<T>, s: 
 /// gradient for the backward. p in [0, 1).
 pub fn dropout<T: Elem>(
     gpu: &Gpu,
-    y: &mut CudaSlice<T>,
-    x: &CudaSlice<T>,
+    y: &mut DevBuf<T>,
+    x: &DevBuf<T>,
     p: f32,
     seed: u64,
 ) -> Result<()> {
@@ -178,7 +178,7 @@ pub fn dropout<T: Elem>(
     need(OP, "y", y.len(), n)?;
     let f = gpu.function(&ACT, &kname::<T>(OP))?;
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y).arg(x).arg(&p).arg(&seed).arg(&n64);
     // SAFETY: sizes checked; one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;

@@ -1,6 +1,7 @@
 //! Launcher for kernels/adamw8bit.cu and the paged (host-resident state) driver.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
+use cudarc::driver::LaunchConfig;
 
 use super::need;
 use crate::cuda::error::{shape_err, Result};
@@ -10,24 +11,24 @@ use crate::cuda::Gpu;
 
 /// 8-bit state of one parameter tensor on the device.
 pub struct DeviceState8 {
-    pub qm: CudaSlice<u8>,
-    pub absmax_m: CudaSlice<f32>,
-    pub qv: CudaSlice<u8>,
-    pub absmax_v: CudaSlice<f32>,
+    pub qm: DevBuf<u8>,
+    pub absmax_m: DevBuf<f32>,
+    pub qv: DevBuf<u8>,
+    pub absmax_v: DevBuf<f32>,
 }
 
 /// The two 256-entry dynamic maps on the device (signed for m, unsigned for v).
 pub struct DeviceMaps {
-    pub code_m: CudaSlice<f32>,
-    pub code_v: CudaSlice<f32>,
+    pub code_m: DevBuf<f32>,
+    pub code_v: DevBuf<f32>,
 }
 
 impl DeviceMaps {
     pub fn upload(gpu: &Gpu) -> Result<Self> {
         use crate::cuda::twins::adamw8bit::dynamic_map;
         Ok(DeviceMaps {
-            code_m: gpu.stream.clone_htod(&dynamic_map(true))?,
-            code_v: gpu.stream.clone_htod(&dynamic_map(false))?,
+            code_m: gpu.clone_htod(&dynamic_map(true))?,
+            code_v: gpu.clone_htod(&dynamic_map(false))?,
         })
     }
 }
@@ -38,10 +39,10 @@ impl DeviceState8 {
         use crate::cuda::twins::adamw8bit::{dynamic_map, State8};
         let s = State8::zeros(n, &dynamic_map(true), &dynamic_map(false));
         Ok(DeviceState8 {
-            qm: gpu.stream.clone_htod(&s.qm)?,
-            absmax_m: gpu.stream.clone_htod(&s.absmax_m)?,
-            qv: gpu.stream.clone_htod(&s.qv)?,
-            absmax_v: gpu.stream.clone_htod(&s.absmax_v)?,
+            qm: gpu.clone_htod(&s.qm)?,
+            absmax_m: gpu.clone_htod(&s.absmax_m)?,
+            qv: gpu.clone_htod(&s.qv)?,
+            absmax_v: gpu.clone_htod(&s.absmax_v)?,
         })
     }
 }
@@ -49,8 +50,8 @@ impl DeviceState8 {
 /// One AdamW step over `n` = p.len() parameters (f32 master weights and f32 grads).
 pub fn adamw8bit_step(
     gpu: &Gpu,
-    p: &mut CudaSlice<f32>,
-    grad: &CudaSlice<f32>,
+    p: &mut DevBuf<f32>,
+    grad: &DevBuf<f32>,
     st: &mut DeviceState8,
     maps: &DeviceMaps,
     h: &AdamHyper,
@@ -81,12 +82,12 @@ pub fn adamw8bit_step(
 #[allow(clippy::too_many_arguments)]
 fn launch(
     gpu: &Gpu,
-    p: &mut CudaViewMut<f32>,
-    grad: &CudaView<f32>,
-    qm: &mut CudaViewMut<u8>,
-    absmax_m: &mut CudaViewMut<f32>,
-    qv: &mut CudaViewMut<u8>,
-    absmax_v: &mut CudaViewMut<f32>,
+    p: &mut DevViewMut<f32>,
+    grad: &DevView<f32>,
+    qm: &mut DevViewMut<u8>,
+    absmax_m: &mut DevViewMut<f32>,
+    qv: &mut DevViewMut<u8>,
+    absmax_v: &mut DevViewMut<f32>,
     maps: &DeviceMaps,
     h: &AdamHyper,
     n: usize,
@@ -103,7 +104,7 @@ fn launch(
     let f = gpu.function(&ADAMW8BIT, "adamw8bit_f32")?;
     let (bc1, bc2) = h.bias_corrections();
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(p)
         .arg(grad)
         .arg(qm)
@@ -165,8 +166,8 @@ impl PagedAdamW8bit {
     pub fn step(
         &mut self,
         gpu: &Gpu,
-        p: &mut CudaSlice<f32>,
-        grad: &CudaSlice<f32>,
+        p: &mut DevBuf<f32>,
+        grad: &DevBuf<f32>,
         maps: &DeviceMaps,
         h: &AdamHyper,
     ) -> Result<()> {
@@ -174,7 +175,7 @@ impl PagedAdamW8bit {
         let n = p.len();
         need(OP, "state", self.host.qm.len(), n)?;
         need(OP, "grad", grad.len(), n)?;
-        let s = gpu.stream.clone();
+        let s = gpu;
         let st = &mut self.staging;
         let mut start = 0;
         while start < n {

@@ -1,10 +1,12 @@
 //! Launchers for kernels/attention.cu: causal flash-style attention forward and backward.
 
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, grid_u32, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ATTENTION;
+use crate::cuda::launch::Launch;
 use crate::cuda::twins::attention::AttnDims;
 use crate::cuda::Gpu;
 
@@ -16,9 +18,9 @@ const DMAX: usize = 128;
 /// (packed-sequence ids), slopes [hq] f32 (ALiBi).
 #[derive(Default, Clone, Copy)]
 pub struct DeviceMasks<'a> {
-    pub kmask: Option<&'a CudaSlice<u8>>,
-    pub seg: Option<&'a CudaSlice<i32>>,
-    pub slopes: Option<&'a CudaSlice<f32>>,
+    pub kmask: Option<&'a DevBuf<u8>>,
+    pub seg: Option<&'a DevBuf<i32>>,
+    pub slopes: Option<&'a DevBuf<f32>>,
 }
 
 fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
@@ -50,7 +52,7 @@ fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
 }
 
 /// Pushes the three optional mask pointers (absent ones as a null device pointer).
-fn push_masks<'a>(b: &mut LaunchArgs<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
+fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
     match mk.kmask {
         Some(m) => b.arg(m),
         None => b.arg(null),
@@ -81,11 +83,11 @@ fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
 #[allow(clippy::too_many_arguments)]
 pub fn attn_fwd<T: Elem>(
     gpu: &Gpu,
-    o: &mut CudaSlice<T>,
-    lse: &mut CudaSlice<f32>,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
+    o: &mut DevBuf<T>,
+    lse: &mut DevBuf<f32>,
+    q: &DevBuf<T>,
+    k: &DevBuf<T>,
+    v: &DevBuf<T>,
     mk: &DeviceMasks,
     dm: &AttnDims,
 ) -> Result<()> {
@@ -108,7 +110,7 @@ pub fn attn_fwd<T: Elem>(
         dim(OP, "d", dm.d)?,
     );
     let null = 0u64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(o).arg(lse).arg(q).arg(k).arg(v);
     push_masks(&mut b, mk, &null);
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
@@ -123,16 +125,16 @@ pub fn attn_fwd<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd<T: Elem>(
     gpu: &Gpu,
-    dq: &mut CudaSlice<T>,
-    dk: &mut CudaSlice<T>,
-    dv: &mut CudaSlice<T>,
-    delta: &mut CudaSlice<f32>,
-    dout: &CudaSlice<T>,
-    q: &CudaSlice<T>,
-    k: &CudaSlice<T>,
-    v: &CudaSlice<T>,
-    o: &CudaSlice<T>,
-    lse: &CudaSlice<f32>,
+    dq: &mut DevBuf<T>,
+    dk: &mut DevBuf<T>,
+    dv: &mut DevBuf<T>,
+    delta: &mut DevBuf<f32>,
+    dout: &DevBuf<T>,
+    q: &DevBuf<T>,
+    k: &DevBuf<T>,
+    v: &DevBuf<T>,
+    o: &DevBuf<T>,
+    lse: &DevBuf<f32>,
     mk: &DeviceMasks,
     dm: &AttnDims,
 ) -> Result<()> {
@@ -170,7 +172,7 @@ pub fn attn_bwd<T: Elem>(
     let null = 0u64;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_delta"))?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(&mut *delta)
         .arg(dout)
         .arg(o)
@@ -182,7 +184,7 @@ pub fn attn_bwd<T: Elem>(
     unsafe { b.launch(grid1(dm.batch * dm.t * dm.hq * 32, 256)) }?;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dq"))?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dq)
         .arg(dout)
         .arg(q)
@@ -196,7 +198,7 @@ pub fn attn_bwd<T: Elem>(
     unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dkdv"))?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dk)
         .arg(dv)
         .arg(dout)

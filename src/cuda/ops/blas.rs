@@ -3,14 +3,17 @@
 //! cuBLAS is column-major. A row-major [r, c] buffer read column-major is its transpose, so
 //! row-major C = op(A)·op(B) is computed as column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands,
 //! keep each one's transpose flag, and pass m ↔ n. Leading dimensions are row lengths.
+//!
+//! On the emulated device the same column-major call goes to a reference GEMM ([`emu_gemm`])
+//! that honours the transposes, leading dimensions and batch strides exactly as cuBLAS would.
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
-use super::need;
+use super::{need, Elem};
 use crate::cuda::error::{shape_err, Result};
+use crate::cuda::mem::{BufRepr, DevBuf, DevView, DevViewMut, ViewMutRepr, ViewRepr};
 use crate::cuda::Gpu;
 
 /// Row-major matmul description: C[m, n] = alpha·op(A)·op(B) + beta·C with op(A) [m, k] and
@@ -72,9 +75,9 @@ fn i(v: usize) -> Result<i32> {
 /// C = alpha·op(A)·op(B) + beta·C, bf16 in and out, f32 accumulation (cuBLAS gemmEx).
 pub fn matmul_bf16(
     gpu: &Gpu,
-    c: &mut CudaViewMut<bf16>,
-    a: &CudaView<bf16>,
-    b: &CudaView<bf16>,
+    c: &mut DevViewMut<bf16>,
+    a: &DevView<bf16>,
+    b: &DevView<bf16>,
     mm: &MatMul,
 ) -> Result<()> {
     const OP: &str = "matmul_bf16";
@@ -82,10 +85,15 @@ pub fn matmul_bf16(
     need(OP, "b", b.len(), mm.k * mm.n)?;
     need(OP, "c", c.len(), mm.m * mm.n)?;
     let cfg = config(mm, bf16::from_f32(mm.alpha), bf16::from_f32(mm.beta))?;
-    let blas = gpu.blas()?;
-    // SAFETY: buffer lengths checked against m, n, k; the leading dimensions above describe
-    // exactly those row-major layouts; all buffers live on blas's stream (gpu.stream).
-    unsafe { blas.gemm(cfg, b, a, c) }?;
+    match (&a.0, &b.0, &mut c.0) {
+        (ViewRepr::Real(av), ViewRepr::Real(bv), ViewMutRepr::Real(cv)) => {
+            let blas = gpu.blas()?;
+            // SAFETY: buffer lengths checked against m, n, k; the leading dimensions above
+            // describe exactly those row-major layouts; all buffers live on blas's stream.
+            unsafe { blas.gemm(cfg, bv, av, cv) }?;
+        }
+        _ => emu_gemm(OP, &cfg, 1, (0, 0, 0), b, a, c)?,
+    }
     Ok(())
 }
 
@@ -93,9 +101,9 @@ pub fn matmul_bf16(
 /// (stride_a, stride_b, stride_c) (e.g. per-head products): C_i = alpha·op(A_i)·op(B_i) + beta·C_i.
 pub fn matmul_bf16_batched(
     gpu: &Gpu,
-    c: &mut CudaSlice<bf16>,
-    a: &CudaSlice<bf16>,
-    b: &CudaSlice<bf16>,
+    c: &mut DevBuf<bf16>,
+    a: &DevBuf<bf16>,
+    b: &DevBuf<bf16>,
     mm: &MatMul,
     batch: usize,
     strides: (usize, usize, usize),
@@ -108,26 +116,40 @@ pub fn matmul_bf16_batched(
     need(OP, "a", a.len(), (batch - 1) * sa + mm.m * mm.k)?;
     need(OP, "b", b.len(), (batch - 1) * sb + mm.k * mm.n)?;
     need(OP, "c", c.len(), (batch - 1) * sc + mm.m * mm.n)?;
-    let cfg = StridedBatchedConfig {
-        gemm: config(mm, bf16::from_f32(mm.alpha), bf16::from_f32(mm.beta))?,
-        batch_size: i(batch)?,
-        stride_a: sb as i64,
-        stride_b: sa as i64,
-        stride_c: sc as i64,
-    };
-    let blas = gpu.blas()?;
-    // SAFETY: the last problem of each operand ends inside its buffer (checked above); operands
-    // swapped for the row-major trick, strides swapped with them.
-    unsafe { blas.gemm_strided_batched(cfg, b, a, c) }?;
+    let gemm = config(mm, bf16::from_f32(mm.alpha), bf16::from_f32(mm.beta))?;
+    match (&a.repr, &b.repr, &mut c.repr) {
+        (BufRepr::Real(av), BufRepr::Real(bv), BufRepr::Real(cv)) => {
+            let cfg = StridedBatchedConfig {
+                gemm,
+                batch_size: i(batch)?,
+                stride_a: sb as i64,
+                stride_b: sa as i64,
+                stride_c: sc as i64,
+            };
+            let blas = gpu.blas()?;
+            // SAFETY: the last problem of each operand ends inside its buffer (checked above);
+            // operands swapped for the row-major trick, strides swapped with them.
+            unsafe { blas.gemm_strided_batched(cfg, bv, av, cv) }?;
+        }
+        _ => emu_gemm(
+            OP,
+            &gemm,
+            batch,
+            (sb, sa, sc),
+            &b.slice(..),
+            &a.slice(..),
+            &mut c.slice_mut(..),
+        )?,
+    }
     Ok(())
 }
 
 /// Convenience over whole slices.
 pub fn matmul_bf16_slices(
     gpu: &Gpu,
-    c: &mut CudaSlice<bf16>,
-    a: &CudaSlice<bf16>,
-    b: &CudaSlice<bf16>,
+    c: &mut DevBuf<bf16>,
+    a: &DevBuf<bf16>,
+    b: &DevBuf<bf16>,
     mm: &MatMul,
 ) -> Result<()> {
     matmul_bf16(gpu, &mut c.slice_mut(..), &a.slice(..), &b.slice(..), mm)
@@ -136,9 +158,9 @@ pub fn matmul_bf16_slices(
 /// f32 variant (for the self-test and small f32 paths).
 pub fn matmul_f32(
     gpu: &Gpu,
-    c: &mut CudaSlice<f32>,
-    a: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
+    c: &mut DevBuf<f32>,
+    a: &DevBuf<f32>,
+    b: &DevBuf<f32>,
     mm: &MatMul,
 ) -> Result<()> {
     const OP: &str = "matmul_f32";
@@ -146,9 +168,106 @@ pub fn matmul_f32(
     need(OP, "b", b.len(), mm.k * mm.n)?;
     need(OP, "c", c.len(), mm.m * mm.n)?;
     let cfg = config(mm, mm.alpha, mm.beta)?;
-    let blas = gpu.blas()?;
-    // SAFETY: as matmul_bf16.
-    unsafe { blas.gemm(cfg, b, a, c) }?;
+    match (&a.repr, &b.repr, &mut c.repr) {
+        (BufRepr::Real(av), BufRepr::Real(bv), BufRepr::Real(cv)) => {
+            let blas = gpu.blas()?;
+            // SAFETY: as matmul_bf16.
+            unsafe { blas.gemm(cfg, bv, av, cv) }?;
+        }
+        _ => emu_gemm(
+            OP,
+            &cfg,
+            1,
+            (0, 0, 0),
+            &b.slice(..),
+            &a.slice(..),
+            &mut c.slice_mut(..),
+        )?,
+    }
+    Ok(())
+}
+
+/// The emulated device's cuBLAS: a column-major reference GEMM taking exactly the cuBLAS call's
+/// parameters (transposes, m/n/k, leading dimensions, batch strides), accumulating in f32 and
+/// rounding C once, like gemmEx with CUBLAS_COMPUTE_32F. Leading dimensions smaller than cuBLAS
+/// allows, or an operand reaching past its buffer, are errors (a real GPU would fault or refuse).
+/// As in cuBLAS, C is not read when beta is 0.
+fn emu_gemm<T: Elem>(
+    op: &'static str,
+    g: &GemmConfig<T>,
+    batch: usize,
+    (sa, sb, sc): (usize, usize, usize),
+    a: &DevView<T>,
+    b: &DevView<T>,
+    c: &mut DevViewMut<T>,
+) -> Result<()> {
+    let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
+    let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
+    let ta = g.transa == cublasOperation_t::CUBLAS_OP_T;
+    let tb = g.transb == cublasOperation_t::CUBLAS_OP_T;
+    // Stored shapes (rows, cols), column-major.
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    for (what, ld, rows) in [("lda", lda, ar), ("ldb", ldb, br), ("ldc", ldc, m)] {
+        if ld < rows.max(1) {
+            return Err(shape_err(
+                op,
+                format!("emulated cuBLAS: {what} = {ld} < {rows} rows"),
+            ));
+        }
+    }
+    let reach = |rows: usize, cols: usize, ld: usize, stride: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (batch - 1) * stride + (cols - 1) * ld + rows
+        }
+    };
+    for (what, need_len, len) in [
+        ("A", reach(ar, ac, lda, sa), a.len()),
+        ("B", reach(br, bc, ldb, sb), b.len()),
+        ("C", reach(m, n, ldc, sc), c.len()),
+    ] {
+        if need_len > len {
+            return Err(shape_err(
+                op,
+                format!("emulated cuBLAS: operand {what} reaches element {need_len} of {len}"),
+            ));
+        }
+    }
+    let (Some(pa), Some(pb), Some(pc)) = (a.emu_ptr(), b.emu_ptr(), c.emu_ptr()) else {
+        panic!("{op}: buffers of the real and the emulated device mixed");
+    };
+    // SAFETY: emulated views of the stated lengths; C does not alias A or B (distinct
+    // allocations or disjoint views, as cuBLAS requires).
+    let (a, b, c) = unsafe {
+        (
+            std::slice::from_raw_parts(pa, a.len()),
+            std::slice::from_raw_parts(pb, b.len()),
+            std::slice::from_raw_parts_mut(pc, c.len()),
+        )
+    };
+    let (alpha, beta) = (g.alpha.to_f32(), g.beta.to_f32());
+    for p in 0..batch {
+        let (a, b, c) = (&a[p * sa..], &b[p * sb..], &mut c[p * sc..]);
+        for j in 0..n {
+            for r in 0..m {
+                let mut acc = 0f32;
+                for t in 0..k {
+                    let av = if ta { a[t + r * lda] } else { a[r + t * lda] };
+                    let bv = if tb { b[j + t * ldb] } else { b[t + j * ldb] };
+                    acc += av.to_f32() * bv.to_f32();
+                }
+                let ci = r + j * ldc;
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta * c[ci].to_f32()
+                };
+                c[ci] = T::from_f32(alpha * acc + old);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! logit gradient in place (bwd), then dH = dZ·W and dW += dZᵀ·H; full-batch logits never exist
 //! (peak extra memory: chunk × vocab bf16).
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, PushKernelArg};
+use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
 use half::bf16;
 
 use super::blas::{matmul_bf16, MatMul};
@@ -17,10 +17,10 @@ const THREADS: u32 = 512;
 /// loss[n], lse[n] from logits [n, v] and targets [n] (shifted; -100 ignored → loss 0).
 pub fn cross_entropy_fwd<T: Elem>(
     gpu: &Gpu,
-    loss: &mut CudaSlice<f32>,
-    lse: &mut CudaSlice<f32>,
-    logits: &CudaSlice<T>,
-    targets: &CudaSlice<i32>,
+    loss: &mut DevBuf<f32>,
+    lse: &mut DevBuf<f32>,
+    logits: &DevBuf<T>,
+    targets: &DevBuf<i32>,
     v: usize,
 ) -> Result<()> {
     fwd_views(
@@ -36,9 +36,9 @@ pub fn cross_entropy_fwd<T: Elem>(
 /// dlogits = grad_scale·(softmax − onehot) in place over `logits` [n, v] (ignored rows → 0).
 pub fn cross_entropy_bwd_inplace<T: Elem>(
     gpu: &Gpu,
-    logits: &mut CudaSlice<T>,
-    lse: &CudaSlice<f32>,
-    targets: &CudaSlice<i32>,
+    logits: &mut DevBuf<T>,
+    lse: &DevBuf<f32>,
+    targets: &DevBuf<i32>,
     v: usize,
     grad_scale: f32,
 ) -> Result<()> {
@@ -54,10 +54,10 @@ pub fn cross_entropy_bwd_inplace<T: Elem>(
 
 fn fwd_views<T: Elem>(
     gpu: &Gpu,
-    loss: &mut CudaViewMut<f32>,
-    lse: &mut CudaViewMut<f32>,
-    logits: &CudaView<T>,
-    targets: &CudaView<i32>,
+    loss: &mut DevViewMut<f32>,
+    lse: &mut DevViewMut<f32>,
+    logits: &DevView<T>,
+    targets: &DevView<i32>,
     v: usize,
 ) -> Result<()> {
     const OP: &str = "cross_entropy_fwd";
@@ -67,7 +67,7 @@ fn fwd_views<T: Elem>(
     need(OP, "lse", lse.len(), n)?;
     let f = gpu.function(&CROSS_ENTROPY, &kname::<T>(OP))?;
     let vi = dim(OP, "v", v)?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(loss).arg(lse).arg(logits).arg(targets).arg(&vi);
     // SAFETY: sizes checked; one block per row; targets outside [0, v) are treated as ignored.
     unsafe { b.launch(per_row(n, THREADS)) }?;
@@ -76,9 +76,9 @@ fn fwd_views<T: Elem>(
 
 fn bwd_inplace_views<T: Elem>(
     gpu: &Gpu,
-    logits: &mut CudaViewMut<T>,
-    lse: &CudaView<f32>,
-    targets: &CudaView<i32>,
+    logits: &mut DevViewMut<T>,
+    lse: &DevView<f32>,
+    targets: &DevView<i32>,
     v: usize,
     grad_scale: f32,
 ) -> Result<()> {
@@ -88,18 +88,17 @@ fn bwd_inplace_views<T: Elem>(
     need(OP, "lse", lse.len(), n)?;
     let f = gpu.function(&CROSS_ENTROPY, &kname::<T>(OP))?;
     let vi = dim(OP, "v", v)?;
-    // The kernel takes (dlogits, logits): both are this buffer, passed as its raw address twice.
-    let (ptr, _sync) = logits.device_ptr(&gpu.stream);
-    let mut b = gpu.stream.launch_builder(&f);
-    b.arg(&ptr)
-        .arg(&ptr)
+    // The kernel takes (dlogits, logits): both are this buffer, passed twice.
+    let lv = logits.slice(..);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&lv)
+        .arg(&lv)
         .arg(lse)
         .arg(targets)
         .arg(&vi)
         .arg(&grad_scale);
     // SAFETY: n*v elements checked; each thread reads logits[row, c] before writing the same
-    // element (no other thread touches it), so the alias is benign; _sync keeps the buffer's
-    // stream bookkeeping alive across the launch.
+    // element (no other thread touches it), so the alias is benign.
     unsafe { b.launch(per_row(n, THREADS)) }?;
     Ok(())
 }
@@ -108,8 +107,8 @@ fn bwd_inplace_views<T: Elem>(
 pub struct LmHeadCe {
     pub chunk: usize,
     pub vocab: usize,
-    logits: CudaSlice<bf16>,
-    lse: CudaSlice<f32>,
+    logits: DevBuf<bf16>,
+    lse: DevBuf<f32>,
 }
 
 impl LmHeadCe {
@@ -121,8 +120,8 @@ impl LmHeadCe {
         Ok(LmHeadCe {
             chunk,
             vocab,
-            logits: gpu.stream.alloc_zeros(chunk * vocab)?,
-            lse: gpu.stream.alloc_zeros(chunk)?,
+            logits: gpu.alloc_zeros(chunk * vocab)?,
+            lse: gpu.alloc_zeros(chunk)?,
         })
     }
 
@@ -133,12 +132,12 @@ impl LmHeadCe {
     pub fn run(
         &mut self,
         gpu: &Gpu,
-        loss: &mut CudaSlice<f32>,
-        dh: &mut CudaSlice<bf16>,
-        mut dw: Option<&mut CudaSlice<bf16>>,
-        h: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
-        targets: &CudaSlice<i32>,
+        loss: &mut DevBuf<f32>,
+        dh: &mut DevBuf<bf16>,
+        mut dw: Option<&mut DevBuf<bf16>>,
+        h: &DevBuf<bf16>,
+        w: &DevBuf<bf16>,
+        targets: &DevBuf<i32>,
         d: usize,
         grad_scale: f32,
     ) -> Result<()> {

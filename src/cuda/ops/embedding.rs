@@ -1,6 +1,6 @@
 //! Launchers for kernels/embedding.cu.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use crate::cuda::mem::DevBuf;
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::Result;
@@ -10,9 +10,9 @@ use crate::cuda::Gpu;
 /// out[n, d] = table[ids[n], :].  table: [vocab, d]; ids out of range give zero rows.
 pub fn embedding_fwd<T: Elem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<T>,
-    ids: &CudaSlice<i32>,
-    table: &CudaSlice<T>,
+    out: &mut DevBuf<T>,
+    ids: &DevBuf<i32>,
+    table: &DevBuf<T>,
     d: usize,
 ) -> Result<()> {
     const OP: &str = "embedding_fwd";
@@ -21,7 +21,7 @@ pub fn embedding_fwd<T: Elem>(
     let vocab = table.len() / d.max(1);
     let f = gpu.function(&EMBEDDING, &kname::<T>(OP))?;
     let (ni, di, vi) = (dim(OP, "n", n)?, dim(OP, "d", d)?, dim(OP, "vocab", vocab)?);
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(out).arg(ids).arg(table).arg(&ni).arg(&di).arg(&vi);
     // SAFETY: out holds n*d; ids are range-checked against vocab = table.len()/d on the device.
     unsafe { b.launch(grid1(n * d, 256)) }?;
@@ -31,9 +31,9 @@ pub fn embedding_fwd<T: Elem>(
 /// dtable[ids[i], :] += dout[i, :] (f32 accumulator [vocab, d], zeroed by the caller).
 pub fn embedding_bwd<T: Elem>(
     gpu: &Gpu,
-    dtable: &mut CudaSlice<f32>,
-    ids: &CudaSlice<i32>,
-    dout: &CudaSlice<T>,
+    dtable: &mut DevBuf<f32>,
+    ids: &DevBuf<i32>,
+    dout: &DevBuf<T>,
     d: usize,
 ) -> Result<()> {
     const OP: &str = "embedding_bwd";
@@ -42,7 +42,7 @@ pub fn embedding_bwd<T: Elem>(
     let vocab = dtable.len() / d.max(1);
     let f = gpu.function(&EMBEDDING, &kname::<T>(OP))?;
     let (ni, di, vi) = (dim(OP, "n", n)?, dim(OP, "d", d)?, dim(OP, "vocab", vocab)?);
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dtable).arg(ids).arg(dout).arg(&ni).arg(&di).arg(&vi);
     // SAFETY: dout holds n*d; ids range-checked on the device; atomicAdd handles repeats.
     unsafe { b.launch(grid1(n * d, 256)) }?;

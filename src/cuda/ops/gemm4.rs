@@ -1,6 +1,7 @@
 //! Launchers for kernels/gemm4.cu: 4-bit dequant-GEMM (bf16 tensor cores) forward and dX.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::quant4::Quant4Weight;
@@ -23,8 +24,8 @@ fn cfg(rows: usize, cols: usize) -> LaunchConfig {
 /// `accumulate` adds into y (LoRA: base output then the adapter term, or vice versa).
 pub fn gemm_4bit(
     gpu: &Gpu,
-    y: &mut CudaSlice<bf16>,
-    x: &CudaSlice<bf16>,
+    y: &mut DevBuf<bf16>,
+    x: &DevBuf<bf16>,
     w: &Quant4Weight,
     m: usize,
     accumulate: bool,
@@ -45,8 +46,8 @@ pub fn gemm_4bit(
 /// dX[m, k] (+)= dY[m, n]·W.
 pub fn gemm_4bit_dx(
     gpu: &Gpu,
-    dx: &mut CudaSlice<bf16>,
-    dy: &CudaSlice<bf16>,
+    dx: &mut DevBuf<bf16>,
+    dy: &DevBuf<bf16>,
     w: &Quant4Weight,
     m: usize,
     accumulate: bool,
@@ -71,8 +72,8 @@ fn launch(
     op: &'static str,
     kernel: &str,
     gpu: &Gpu,
-    out: &mut CudaSlice<bf16>,
-    inp: &CudaSlice<bf16>,
+    out: &mut DevBuf<bf16>,
+    inp: &DevBuf<bf16>,
     w: &Quant4Weight,
     m: usize,
     (inner, outer): (usize, usize),
@@ -99,13 +100,10 @@ fn launch(
         dim(op, "blocksize", w.blocksize)?,
         accumulate as i32,
     );
-    let aligned = {
-        use cudarc::driver::DevicePtr;
-        let (pi, _si) = inp.device_ptr(&gpu.stream);
-        let (pw, _sw) = w.packed.device_ptr(&gpu.stream);
-        i32::from(pi % 16 == 0 && pw % 16 == 0)
-    };
-    let mut b = gpu.stream.launch_builder(&f);
+    let aligned = i32::from(
+        inp.device_addr().is_multiple_of(16) && w.packed.device_addr().is_multiple_of(16),
+    );
+    let mut b = gpu.launch_builder(&f);
     b.arg(out)
         .arg(inp)
         .arg(&w.packed)

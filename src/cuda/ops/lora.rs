@@ -13,7 +13,7 @@
 //! Backward: a is recomputed from (e, g); da = down_bwd(dY); (de, dg) = swiglu_bwd(da, e, g);
 //! dX = gate_bwd(de) + up_bwd(dg). Saved: x, e, g.
 
-use cudarc::driver::CudaSlice;
+use crate::cuda::mem::DevBuf;
 use half::bf16;
 
 use super::act::{dropout, scale_add, swiglu_bwd, swiglu_fwd, GluLayout};
@@ -27,9 +27,9 @@ use crate::cuda::Gpu;
 /// Adapter weights on the device.
 pub struct LoraAdapter {
     /// [r, d_in]
-    pub a: CudaSlice<bf16>,
+    pub a: DevBuf<bf16>,
     /// [d_out, r]
-    pub b: CudaSlice<bf16>,
+    pub b: DevBuf<bf16>,
     pub r: usize,
     /// alpha/r (or alpha/sqrt(r) for rsLoRA).
     pub scale: f32,
@@ -45,27 +45,27 @@ pub struct LoraLinear {
 
 /// Adapter gradients [r, d_in] and [d_out, r] (overwritten).
 pub struct LoraGrads {
-    pub da: CudaSlice<bf16>,
-    pub db: CudaSlice<bf16>,
+    pub da: DevBuf<bf16>,
+    pub db: DevBuf<bf16>,
 }
 
 /// Scratch for one LoRA linear of up to `n` rows: u, v [n, r]; xd, t [n, d_in] (used only with
 /// dropout > 0). Allocate once per layer shape (e.g. the largest d_in) and reuse.
 pub struct LoraScratch {
-    pub u: CudaSlice<bf16>,
-    pub v: CudaSlice<bf16>,
-    pub xd: CudaSlice<bf16>,
-    pub t: CudaSlice<bf16>,
+    pub u: DevBuf<bf16>,
+    pub v: DevBuf<bf16>,
+    pub xd: DevBuf<bf16>,
+    pub t: DevBuf<bf16>,
 }
 
 impl LoraScratch {
     pub fn new(gpu: &Gpu, n: usize, r: usize, d_in_max: usize, with_dropout: bool) -> Result<Self> {
         let big = if with_dropout { n * d_in_max } else { 1 };
         Ok(LoraScratch {
-            u: gpu.stream.alloc_zeros(n * r)?,
-            v: gpu.stream.alloc_zeros(n * r)?,
-            xd: gpu.stream.alloc_zeros(big)?,
-            t: gpu.stream.alloc_zeros(big)?,
+            u: gpu.alloc_zeros(n * r)?,
+            v: gpu.alloc_zeros(n * r)?,
+            xd: gpu.alloc_zeros(big)?,
+            t: gpu.alloc_zeros(big)?,
         })
     }
 }
@@ -73,9 +73,9 @@ impl LoraScratch {
 /// y [n, d_out] = x·Wᵀ + s·(d(x)·Aᵀ)·Bᵀ.  `seed` selects the dropout mask (same seed in bwd).
 pub fn lora_fwd(
     gpu: &Gpu,
-    y: &mut CudaSlice<bf16>,
+    y: &mut DevBuf<bf16>,
     sc: &mut LoraScratch,
-    x: &CudaSlice<bf16>,
+    x: &DevBuf<bf16>,
     lin: &LoraLinear,
     n: usize,
     seed: u64,
@@ -107,11 +107,11 @@ pub fn lora_fwd(
 #[allow(clippy::too_many_arguments)]
 pub fn lora_bwd(
     gpu: &Gpu,
-    dx: &mut CudaSlice<bf16>,
+    dx: &mut DevBuf<bf16>,
     grads: Option<&mut LoraGrads>,
     sc: &mut LoraScratch,
-    dy: &CudaSlice<bf16>,
-    x: &CudaSlice<bf16>,
+    dy: &DevBuf<bf16>,
+    x: &DevBuf<bf16>,
     lin: &LoraLinear,
     n: usize,
     seed: u64,
@@ -208,12 +208,12 @@ pub struct LoraMlp {
 #[allow(clippy::too_many_arguments)]
 pub fn lora_mlp_fwd(
     gpu: &Gpu,
-    y: &mut CudaSlice<bf16>,
-    e: &mut CudaSlice<bf16>,
-    g: &mut CudaSlice<bf16>,
-    a: &mut CudaSlice<bf16>,
+    y: &mut DevBuf<bf16>,
+    e: &mut DevBuf<bf16>,
+    g: &mut DevBuf<bf16>,
+    a: &mut DevBuf<bf16>,
     sc: &mut LoraScratch,
-    x: &CudaSlice<bf16>,
+    x: &DevBuf<bf16>,
     mlp: &LoraMlp,
     n: usize,
     seed: u64,
@@ -236,17 +236,17 @@ pub struct LoraMlpGrads {
 #[allow(clippy::too_many_arguments)]
 pub fn lora_mlp_bwd(
     gpu: &Gpu,
-    dx: &mut CudaSlice<bf16>,
+    dx: &mut DevBuf<bf16>,
     grads: &mut LoraMlpGrads,
-    a: &mut CudaSlice<bf16>,
-    da: &mut CudaSlice<bf16>,
-    de: &mut CudaSlice<bf16>,
-    dg: &mut CudaSlice<bf16>,
+    a: &mut DevBuf<bf16>,
+    da: &mut DevBuf<bf16>,
+    de: &mut DevBuf<bf16>,
+    dg: &mut DevBuf<bf16>,
     sc: &mut LoraScratch,
-    dy: &CudaSlice<bf16>,
-    x: &CudaSlice<bf16>,
-    e: &CudaSlice<bf16>,
-    g: &CudaSlice<bf16>,
+    dy: &DevBuf<bf16>,
+    x: &DevBuf<bf16>,
+    e: &DevBuf<bf16>,
+    g: &DevBuf<bf16>,
     mlp: &LoraMlp,
     n: usize,
     seed: u64,

@@ -1,7 +1,8 @@
 //! Host launchers: one function per kernel. Each checks lengths against the stated dims (and
 //! alignment where the kernel vectorizes) before launching, so a wrong shape is a
-//! `CudaError::Shape` instead of an out-of-bounds access. Buffers are cudarc `CudaSlice`s on the
-//! `Gpu`'s default stream; every launch is asynchronous on that stream.
+//! `CudaError::Shape` instead of an out-of-bounds access. Buffers are [`crate::cuda::DevBuf`]s
+//! (and views) of either device: on a real GPU every launch is asynchronous on the `Gpu`'s
+//! default stream; on the emulated device it runs to completion before returning.
 
 #![allow(clippy::too_many_arguments)] // launchers take outputs, inputs and dims explicitly
 

@@ -1,6 +1,6 @@
 //! Launchers for kernels/norm.cu (one 256-thread block per row).
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use crate::cuda::mem::DevBuf;
 
 use super::{dim, kname, need, per_row, Elem};
 use crate::cuda::error::Result;
@@ -12,10 +12,10 @@ const THREADS: u32 = 256;
 /// RMSNorm forward. y, x: [rows, d]; w: [d]; rstd: [rows] (saved for the backward).
 pub fn rmsnorm_fwd<T: Elem>(
     gpu: &Gpu,
-    y: &mut CudaSlice<T>,
-    rstd: &mut CudaSlice<f32>,
-    x: &CudaSlice<T>,
-    w: &CudaSlice<T>,
+    y: &mut DevBuf<T>,
+    rstd: &mut DevBuf<f32>,
+    x: &DevBuf<T>,
+    w: &DevBuf<T>,
     rows: usize,
     d: usize,
     eps: f32,
@@ -27,7 +27,7 @@ pub fn rmsnorm_fwd<T: Elem>(
     need(OP, "rstd", rstd.len(), rows)?;
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y).arg(rstd).arg(x).arg(w).arg(&di).arg(&eps);
     // SAFETY: buffer sizes checked; one block per row, threads stride over d.
     unsafe { b.launch(per_row(rows, THREADS)) }?;
@@ -38,12 +38,12 @@ pub fn rmsnorm_fwd<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd<T: Elem>(
     gpu: &Gpu,
-    dx: &mut CudaSlice<T>,
-    dw: &mut CudaSlice<f32>,
-    dy: &CudaSlice<T>,
-    x: &CudaSlice<T>,
-    w: &CudaSlice<T>,
-    rstd: &CudaSlice<f32>,
+    dx: &mut DevBuf<T>,
+    dw: &mut DevBuf<f32>,
+    dy: &DevBuf<T>,
+    x: &DevBuf<T>,
+    w: &DevBuf<T>,
+    rstd: &DevBuf<f32>,
     rows: usize,
     d: usize,
 ) -> Result<()> {
@@ -56,7 +56,7 @@ pub fn rmsnorm_bwd<T: Elem>(
     need(OP, "rstd", rstd.len(), rows)?;
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dx).arg(dw).arg(dy).arg(x).arg(w).arg(rstd).arg(&di);
     // SAFETY: buffer sizes checked; dw updated with atomicAdd.
     unsafe { b.launch(per_row(rows, THREADS)) }?;
@@ -67,12 +67,12 @@ pub fn rmsnorm_bwd<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_fwd<T: Elem>(
     gpu: &Gpu,
-    y: &mut CudaSlice<T>,
-    mean: &mut CudaSlice<f32>,
-    rstd: &mut CudaSlice<f32>,
-    x: &CudaSlice<T>,
-    w: &CudaSlice<T>,
-    bias: &CudaSlice<T>,
+    y: &mut DevBuf<T>,
+    mean: &mut DevBuf<f32>,
+    rstd: &mut DevBuf<f32>,
+    x: &DevBuf<T>,
+    w: &DevBuf<T>,
+    bias: &DevBuf<T>,
     rows: usize,
     d: usize,
     eps: f32,
@@ -86,7 +86,7 @@ pub fn layernorm_fwd<T: Elem>(
     need(OP, "rstd", rstd.len(), rows)?;
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y)
         .arg(mean)
         .arg(rstd)
@@ -104,14 +104,14 @@ pub fn layernorm_fwd<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_bwd<T: Elem>(
     gpu: &Gpu,
-    dx: &mut CudaSlice<T>,
-    dw: &mut CudaSlice<f32>,
-    db: &mut CudaSlice<f32>,
-    dy: &CudaSlice<T>,
-    x: &CudaSlice<T>,
-    w: &CudaSlice<T>,
-    mean: &CudaSlice<f32>,
-    rstd: &CudaSlice<f32>,
+    dx: &mut DevBuf<T>,
+    dw: &mut DevBuf<f32>,
+    db: &mut DevBuf<f32>,
+    dy: &DevBuf<T>,
+    x: &DevBuf<T>,
+    w: &DevBuf<T>,
+    mean: &DevBuf<f32>,
+    rstd: &DevBuf<f32>,
     rows: usize,
     d: usize,
 ) -> Result<()> {
@@ -126,7 +126,7 @@ pub fn layernorm_bwd<T: Elem>(
     need(OP, "rstd", rstd.len(), rows)?;
     let f = gpu.function(&NORM, &kname::<T>(OP))?;
     let di = dim(OP, "d", d)?;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(dx)
         .arg(dw)
         .arg(db)

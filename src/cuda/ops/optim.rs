@@ -2,7 +2,8 @@
 //! global gradient clipping (sum sumsq over all grads, clip_factor on the host, pass it as
 //! `grad_scale` to the optimizer step).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -13,10 +14,10 @@ use crate::cuda::Gpu;
 /// One AdamW step: p, m, v, grad all [n] f32.
 pub fn adamw_step(
     gpu: &Gpu,
-    p: &mut CudaSlice<f32>,
-    m: &mut CudaSlice<f32>,
-    v: &mut CudaSlice<f32>,
-    grad: &CudaSlice<f32>,
+    p: &mut DevBuf<f32>,
+    m: &mut DevBuf<f32>,
+    v: &mut DevBuf<f32>,
+    grad: &DevBuf<f32>,
     h: &AdamHyper,
 ) -> Result<()> {
     const OP: &str = "adamw";
@@ -33,7 +34,7 @@ pub fn adamw_step(
     let f = gpu.function(&OPTIM, "adamw_f32")?;
     let (bc1, bc2) = h.bias_corrections();
     let n64 = n as i64;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(p)
         .arg(m)
         .arg(v)
@@ -53,7 +54,7 @@ pub fn adamw_step(
 }
 
 /// out[0] += Σ x² (out: f32 [1], zero it first; accumulate several tensors into one out).
-pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<f32>, x: &CudaSlice<T>) -> Result<()> {
+pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut DevBuf<f32>, x: &DevBuf<T>) -> Result<()> {
     const OP: &str = "sumsq";
     need(OP, "out", out.len(), 1)?;
     let n = x.len();
@@ -63,7 +64,7 @@ pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<f32>, x: &CudaSlice<T>) -> 
     let f = gpu.function(&OPTIM, &kname::<T>(OP))?;
     let n64 = n as i64;
     let blocks = n.div_ceil(256).min(4096) as u32;
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(out).arg(x).arg(&n64);
     // SAFETY: grid-stride loop bounded by n; out holds one element updated with atomicAdd.
     unsafe {

@@ -1,6 +1,7 @@
 //! Launchers for kernels/quant4.cu: 4-bit dequantization and batch-1 GEMV.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::cuda::mem::DevBuf;
+use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -10,11 +11,11 @@ use crate::cuda::Gpu;
 /// A bitsandbytes 4-bit weight [rows, cols] (nn.Linear: rows = out, cols = in) on the device.
 pub struct Quant4Weight {
     /// (rows*cols + 1) / 2 bytes, first element in the high nibble.
-    pub packed: CudaSlice<u8>,
+    pub packed: DevBuf<u8>,
     /// f32 absmax per block (already de-double-quantized, see [`dequant_absmax`]).
-    pub absmax: CudaSlice<f32>,
+    pub absmax: DevBuf<f32>,
     /// 16-entry code table (NF4 or FP4).
-    pub code: CudaSlice<f32>,
+    pub code: DevBuf<f32>,
     pub blocksize: usize,
     pub rows: usize,
     pub cols: usize,
@@ -43,10 +44,10 @@ impl Quant4Weight {
 /// absmax[b] = code8[q[b]]·absmax2[b/nested_blocksize] + offset.  absmax, q: [nblocks]
 pub fn dequant_absmax(
     gpu: &Gpu,
-    absmax: &mut CudaSlice<f32>,
-    q: &CudaSlice<u8>,
-    code8: &CudaSlice<f32>,
-    absmax2: &CudaSlice<f32>,
+    absmax: &mut DevBuf<f32>,
+    q: &DevBuf<u8>,
+    code8: &DevBuf<f32>,
+    absmax2: &DevBuf<f32>,
     offset: f32,
     nested_blocksize: usize,
 ) -> Result<()> {
@@ -62,7 +63,7 @@ pub fn dequant_absmax(
     )?;
     let f = gpu.function(&QUANT4, "dequant_absmax_f32")?;
     let (nb, nbs) = (n as i64, dim(OP, "nested_blocksize", nested_blocksize)?);
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(absmax)
         .arg(q)
         .arg(code8)
@@ -77,13 +78,13 @@ pub fn dequant_absmax(
 }
 
 /// out = dequant(w), out: [rows*cols] in T.
-pub fn dequant_4bit<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<T>, w: &Quant4Weight) -> Result<()> {
+pub fn dequant_4bit<T: Elem>(gpu: &Gpu, out: &mut DevBuf<T>, w: &Quant4Weight) -> Result<()> {
     const OP: &str = "dequant_4bit";
     w.check(OP)?;
     need(OP, "out", out.len(), w.numel())?;
     let f = gpu.function(&QUANT4, &kname::<T>("dequant_4bit"))?;
     let (n, bs) = (w.numel() as i64, dim(OP, "blocksize", w.blocksize)?);
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(out)
         .arg(&w.packed)
         .arg(&w.absmax)
@@ -100,8 +101,8 @@ pub fn dequant_4bit<T: Elem>(gpu: &Gpu, out: &mut CudaSlice<T>, w: &Quant4Weight
 /// blocksize % 32 == 0 (16-byte loads of 32 weights sharing one absmax).
 pub fn gemv_4bit<T: Elem>(
     gpu: &Gpu,
-    y: &mut CudaSlice<T>,
-    x: &CudaSlice<T>,
+    y: &mut DevBuf<T>,
+    x: &DevBuf<T>,
     w: &Quant4Weight,
 ) -> Result<()> {
     const OP: &str = "gemv_4bit";
@@ -129,7 +130,7 @@ pub fn gemv_4bit<T: Elem>(
         block_dim: (32 * warps_per_block, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y)
         .arg(x)
         .arg(&w.packed)

@@ -1,6 +1,6 @@
 //! Launchers for kernels/rope.cu: RoPE (both layouts) forward/backward and the ALiBi bias.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use crate::cuda::mem::DevBuf;
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -24,11 +24,11 @@ pub struct RopeDims {
 #[allow(clippy::too_many_arguments)]
 pub fn rope<T: Elem>(
     gpu: &Gpu,
-    y: &mut CudaSlice<T>,
-    x: &CudaSlice<T>,
-    cos: &CudaSlice<f32>,
-    sin: &CudaSlice<f32>,
-    pos: &CudaSlice<i32>,
+    y: &mut DevBuf<T>,
+    x: &DevBuf<T>,
+    cos: &DevBuf<f32>,
+    sin: &DevBuf<f32>,
+    pos: &DevBuf<i32>,
     dm: RopeDims,
     layout: RopeLayout,
     backward: bool,
@@ -59,7 +59,7 @@ pub fn rope<T: Elem>(
         dim(OP, "hd", dm.hd)?,
         dim(OP, "rot", dm.rot)?,
     );
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(y)
         .arg(x)
         .arg(cos)
@@ -78,9 +78,9 @@ pub fn rope<T: Elem>(
 /// bias[b, h, j] = slopes[h]·kpos[b, j].  bias: [batch, heads, t]; kpos: [batch, t]
 pub fn alibi_bias(
     gpu: &Gpu,
-    bias: &mut CudaSlice<f32>,
-    slopes: &CudaSlice<f32>,
-    kpos: &CudaSlice<i32>,
+    bias: &mut DevBuf<f32>,
+    slopes: &DevBuf<f32>,
+    kpos: &DevBuf<i32>,
     batch: usize,
     heads: usize,
     t: usize,
@@ -95,7 +95,7 @@ pub fn alibi_bias(
         dim(OP, "heads", heads)?,
         dim(OP, "t", t)?,
     );
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = gpu.launch_builder(&f);
     b.arg(bias).arg(slopes).arg(kpos).arg(&bi).arg(&hi).arg(&ti);
     // SAFETY: sizes checked; one thread per output element.
     unsafe { b.launch(grid1(batch * heads * t, 256)) }?;

@@ -1,8 +1,11 @@
-// cuda_emu.h: runs kernels/*.cu on the CPU for tests/reference/cuda_emu.py (a developer tool for
-// machines without a GPU; not used by CI or by the crate). Every CUDA thread of a block is a
-// std::thread; blocks run one after another, so `__shared__` can be a function-local static.
-// __syncthreads and warp shuffles are std::barrier rendezvous; exited threads drop out of them.
-// mma.sync is emulated from the PTX ISA fragment layout (kernels/gemm4.cu, RECIPE_EMU branch).
+// cuda_emu.h: the emulated CUDA device's runtime (src/cuda/emu.rs force-includes it when it
+// compiles kernels/*.cu for the host with g++ -DRECIPE_EMU; tests/reference/cuda_emu.py uses it
+// too). Every CUDA thread of a block is a std::thread; blocks run one after another, so
+// `__shared__` can be a function-local static (and launches must not overlap: the Rust side
+// serializes them). __syncthreads and warp shuffles are std::barrier rendezvous; exited threads
+// drop out of them. mma.sync is emulated from the PTX ISA fragment layout (kernels/gemm4.cu,
+// RECIPE_EMU branch). Vector types carry their CUDA alignment, so a misaligned 16-byte access
+// that would fault on a GPU is a misaligned SSE access (and usually a crash) here too.
 #pragma once
 #include <atomic>
 #include <barrier>
@@ -11,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -19,7 +23,8 @@ inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
 struct EmuWarp {
-    std::barrier<> bar{32};
+    explicit EmuWarp(unsigned lanes) : bar(lanes) {}
+    std::barrier<> bar;
     float fbuf[32];
     unsigned abuf[32][4], bbuf[32][2];
 };
@@ -49,15 +54,29 @@ inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); 
 
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __shfl_down_sync(unsigned, float v, unsigned d) {
+    unsigned l = threadIdx.x & 31;
+    return emu_shfl(v, l + d < 32 ? l + d : l);
+}
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline float atomicMax(float* p, float v) {
+    std::atomic_ref<float> a(*p);
+    float old = a.load();
+    while (old < v && !a.compare_exchange_weak(old, v)) {}
+    return old;
+}
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
 using std::fabs; using std::sqrt; using std::tanh; using std::fmax; using std::fmin;
 
-struct uint4 { unsigned x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 struct __nv_bfloat16 { uint16_t bits; };
-struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline float __bfloat162float(__nv_bfloat16 h) {
     uint32_t u = (uint32_t)h.bits << 16; float f; std::memcpy(&f, &u, 4); return f;
 }
@@ -99,27 +118,43 @@ inline void emu_mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
     }
 }
 
-// Runs `body` for every thread of every block, blocks in order.
-inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& body) {
+// Runs `body` for every thread of every block, blocks in order. Dynamic shared memory
+// (`extern __shared__`) is not emulated: no kernel uses it, and `shared_bytes` must be 0.
+inline void emu_launch(dim3 grid, dim3 block, unsigned shared_bytes, const std::function<void()>& body) {
+    if (shared_bytes != 0) throw std::runtime_error("emulated launch: dynamic shared memory is not supported");
     gridDim = grid;
     blockDim = block;
     unsigned nt = block.x * block.y * block.z;
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                std::barrier<> bar(nt);
-                emu_block_bar = &bar;
-                emu_warps.clear();
-                for (unsigned i = 0; i < (nt + 31) / 32; i++) emu_warps.emplace_back(new EmuWarp());
-                std::vector<std::thread> ts;
-                for (unsigned t = 0; t < nt; t++)
-                    ts.emplace_back([&, t] {
-                        threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                        blockIdx = {bx, by, bz};
-                        body();
-                        emu_warps[t / 32]->bar.arrive_and_drop();
-                        bar.arrive_and_drop();
-                    });
-                for (auto& th : ts) th.join();
+    unsigned long nblocks = (unsigned long)grid.x * grid.y * grid.z, cur = 0;
+    // One host thread per CUDA thread for the whole launch; they run the blocks in order (x
+    // fastest), meeting at `step` between blocks, whose completion sets up the next block's
+    // barriers (a thread that returns early drops out of its block's barriers only).
+    std::unique_ptr<std::barrier<>> bar;
+    auto setup = [&] {
+        bar.reset(new std::barrier<>(nt));
+        emu_block_bar = bar.get();
+        emu_warps.clear();
+        for (unsigned i = 0; i < (nt + 31) / 32; i++)
+            emu_warps.emplace_back(new EmuWarp(nt - 32 * i < 32 ? nt - 32 * i : 32));
+    };
+    setup();
+    auto next = [&]() noexcept {
+        if (++cur < nblocks) setup();
+    };
+    std::barrier<decltype(next)> step(nt, next);
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < nt; t++)
+        ts.emplace_back([&, t] {
+            threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            while (cur < nblocks) {
+                unsigned long b = cur;
+                blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+                body();
+                emu_warps[t / 32]->bar.arrive_and_drop();
+                bar->arrive_and_drop();
+                step.arrive_and_wait();
             }
+        });
+    for (auto& th : ts) th.join();
 }
+inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& body) { emu_launch(grid, block, 0, body); }
