@@ -30,7 +30,7 @@ fn make_model(dir: &std::path::Path) {
         vocab: V,
         max_positions: 512,
     };
-    let mut rng = recipe::lora::SplitMix(1);
+    let mut rng = recipe::rng::SplitMix64(1);
     shape
         .write(dir, |n| (0..n).map(|_| rng.uniform() * 0.035).collect())
         .expect("writing the model");

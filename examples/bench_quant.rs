@@ -213,7 +213,7 @@ fn plan_bytes(dir: &Path, run: &Run) -> u64 {
         inputs,
         all: &all,
     };
-    let est = recipe::plan::memory::train_estimate(&e).expect("estimate");
+    let est = recipe::steps::memory::train_estimate(&e).expect("estimate");
     for (name, b) in &est.rows {
         eprintln!("    plan {name:<32} {:>10.1} MiB", *b as f64 / 1048576.0);
     }

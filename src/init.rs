@@ -149,12 +149,13 @@ fn pick_template(
     }
 }
 
-/// `target` relative to `base` (both made absolute); `target` as given when that fails.
+/// `target` relative to the dir `base` (both made absolute, `.`/`..` folded); absolute when
+/// they share nothing but the root (reads better than ../../..).
 fn relative_to(target: &Path, base: &Path) -> PathBuf {
     let (Ok(t), Ok(b)) = (std::path::absolute(target), std::path::absolute(base)) else {
         return target.to_path_buf();
     };
-    fn norm(p: &Path) -> Vec<Component<'_>> {
+    fn fold(p: &Path) -> PathBuf {
         let mut v: Vec<Component> = Vec::new();
         for c in p.components() {
             match c {
@@ -165,25 +166,16 @@ fn relative_to(target: &Path, base: &Path) -> PathBuf {
                 c => v.push(c),
             }
         }
-        v
+        v.iter().collect()
     }
-    let (t, b) = (norm(&t), norm(&b));
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    // Nothing in common but the root: the absolute path reads better than ../../..
-    if common <= 1 {
-        return t.iter().collect();
+    let (t, b) = (fold(&t), fold(&b));
+    if t.components().nth(1) != b.components().nth(1) {
+        return t;
     }
-    let mut out = PathBuf::new();
-    for _ in common..b.len() {
-        out.push("..");
+    match crate::util::relative_path(&b, &t) {
+        r if r.as_os_str().is_empty() => PathBuf::from("."),
+        r => r,
     }
-    for c in &t[common..] {
-        out.push(c.as_os_str());
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
 }
 
 /// A TOML string literal.

@@ -4,49 +4,13 @@
 use crate::cache::{Cache, Manifest};
 use crate::plan::Plan;
 use crate::recipe::validate::Checked;
-use crate::steps::{InputRef, RunCtx};
+use crate::steps::{InputRef, Progress, RunCtx};
 use anyhow::{anyhow, bail, Context, Result};
 use indexmap::IndexMap;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
-
-/// Progress bars and log lines that don't tear each other.
-pub struct Progress {
-    multi: MultiProgress,
-    visible: bool,
-}
-
-impl Progress {
-    pub fn new(visible: bool) -> Progress {
-        let multi = MultiProgress::new();
-        if !visible {
-            multi.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        Progress { multi, visible }
-    }
-    pub fn println(&self, msg: &str) {
-        if self.visible {
-            let _ = self.multi.println(msg);
-        } else {
-            eprintln!("{msg}");
-        }
-    }
-    pub fn bar(&self, step: &str, len: u64, msg: &str) -> ProgressBar {
-        let pb = self.multi.add(ProgressBar::new(len));
-        pb.set_style(
-            ProgressStyle::with_template(
-                "  [{prefix}] {msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        pb.set_prefix(step.to_string());
-        pb.set_message(msg.to_string());
-        pb
-    }
-}
 
 pub struct RunOptions {
     pub jobs: usize,
@@ -295,75 +259,6 @@ fn panicked(p: &(dyn std::any::Any + Send)) -> anyhow::Error {
     anyhow!("panicked (a bug in recipe): {msg}")
 }
 
-/// The file recipe writes into every `output` dir it creates; only a dir
-/// holding it (written by the same step of the same recipe) is ever replaced.
-pub const OUTPUT_MARKER: &str = ".recipe-output";
-
-/// The marker's content. `recipe` is relative to the output dir, so a
-/// project (with its outputs) can move or be cloned and still match.
-#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
-struct OutputMarker {
-    recipe: String,
-    step: String,
-}
-
-/// Absolute, symlinks resolved as far as the path exists.
-fn real(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    match (p.parent(), p.file_name()) {
-        (Some(d), Some(n)) => real(d).join(n),
-        _ => crate::recipe::validate::normalize(p),
-    }
-}
-
-/// `to` as a relative path from the dir `from` (both absolute).
-fn relative(from: &Path, to: &Path) -> PathBuf {
-    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
-    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..f.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c);
-    }
-    out
-}
-
-fn marker_for(out: &Path, recipe: &Path, step: &str) -> OutputMarker {
-    OutputMarker {
-        recipe: relative(&real(out), &real(recipe)).display().to_string(),
-        step: step.to_string(),
-    }
-}
-
-/// Whether step `step` of `recipe` may write its `output` at `out`: the path
-/// does not exist, or it is a dir this very step wrote before. Err says why not.
-pub fn check_output(out: &Path, recipe: &Path, step: &str) -> std::result::Result<(), String> {
-    if std::fs::symlink_metadata(out).is_err() {
-        return Ok(());
-    }
-    let theirs = std::fs::read(out.join(OUTPUT_MARKER))
-        .ok()
-        .filter(|_| out.is_dir() && !out.is_symlink())
-        .and_then(|b| serde_json::from_slice::<OutputMarker>(&b).ok());
-    match theirs {
-        Some(m) if m == marker_for(out, recipe, step) => Ok(()),
-        Some(m) => Err(format!(
-            "`{}` is the output of step `{}` of `{}`",
-            out.display(),
-            m.step,
-            crate::recipe::validate::normalize(&real(out).join(&m.recipe)).display()
-        )),
-        None => Err(format!(
-            "`{}` already exists and was not written by recipe",
-            out.display()
-        )),
-    }
-}
-
 /// `output = "..."`: copy the entry (minus the manifest) to where the recipe
 /// says. Only a previous output of the same step is replaced, by a rename:
 /// the new copy is written beside it first, so nothing is ever half there.
@@ -372,7 +267,8 @@ fn copy_output(checked: &Checked, id: &str, dir: &Path) -> Result<()> {
         return Ok(());
     };
     let recipe = &checked.recipe.path;
-    check_output(&out, recipe, id).map_err(|e| anyhow!("step `{id}`, key `output`: {e}"))?;
+    crate::recipe::output::check_output(&out, recipe, id)
+        .map_err(|e| anyhow!("step `{id}`, key `output`: {e}"))?;
     let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
         bail!(
             "step `{id}`, key `output`: `{}` is not a dir recipe can write",
@@ -399,8 +295,9 @@ fn copy_output(checked: &Checked, id: &str, dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot copy step `{id}` output to `{}`", out.display()))
         .and_then(|()| {
             let _ = std::fs::remove_file(tmp.join("manifest.json"));
-            let m = serde_json::to_vec_pretty(&marker_for(&out, recipe, id))?;
-            std::fs::write(tmp.join(OUTPUT_MARKER), m)
+            let m =
+                serde_json::to_vec_pretty(&crate::recipe::output::marker_for(&out, recipe, id))?;
+            std::fs::write(tmp.join(crate::recipe::output::OUTPUT_MARKER), m)
                 .with_context(|| format!("cannot write `{}`", tmp.display()))
         });
     if let Err(e) = written {
@@ -434,44 +331,5 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{s:.1} s")
     } else {
         format!("{:.0} min {:.0} s", (s / 60.0).floor(), s % 60.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn marker_paths_are_relative_to_the_output() {
-        assert_eq!(
-            relative(Path::new("/p/out/a"), Path::new("/p/r.toml")),
-            PathBuf::from("../../r.toml")
-        );
-        assert_eq!(
-            relative(
-                Path::new("/p/examples/base"),
-                Path::new("/p/recipes/x.toml")
-            ),
-            PathBuf::from("../../recipes/x.toml")
-        );
-    }
-
-    #[test]
-    fn only_this_steps_marked_output_may_be_replaced() {
-        let d = tempfile::tempdir().unwrap();
-        let recipe = d.path().join("r.toml");
-        std::fs::write(&recipe, "").unwrap();
-        let out = d.path().join("out");
-        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
-        std::fs::create_dir(&out).unwrap();
-        assert!(check_output(&out, &recipe, "a")
-            .unwrap_err()
-            .ends_with("already exists and was not written by recipe"));
-        let m = serde_json::to_vec(&marker_for(&out, &recipe, "a")).unwrap();
-        std::fs::write(out.join(OUTPUT_MARKER), m).unwrap();
-        assert_eq!(check_output(&out, &recipe, "a"), Ok(()));
-        assert!(check_output(&out, &recipe, "b")
-            .unwrap_err()
-            .contains("is the output of step `a` of"));
     }
 }

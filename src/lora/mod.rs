@@ -120,7 +120,6 @@ impl Targets {
 }
 
 /// The seeded generator for LoRA init (crate::rng).
-pub use crate::rng::SplitMix64 as SplitMix;
 
 /// Attaches fresh adapters to every target linear (A kaiming-uniform, bound 1/√d_in; B = 0) and
 /// makes `modules_to_save` fully trainable. Returns the adapted module names.
@@ -129,7 +128,7 @@ pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraErr
         return Err(LoraError::Rank { r: cfg.r });
     }
     let re = cfg.targets.compile()?;
-    let mut rng = SplitMix(cfg.seed);
+    let mut rng = crate::rng::SplitMix64(cfg.seed);
     let s = cfg.scale();
     let head_name = model.head.as_ref().map(|h| h.name.clone());
     let mut adapted = Vec::new();

@@ -61,7 +61,7 @@ impl LoraWeights {
         if self.dropout <= 0.0 {
             return None;
         }
-        let mut rng = crate::lora::SplitMix(key);
+        let mut rng = crate::rng::SplitMix64(key);
         let keep = 1.0 / (1.0 - self.dropout);
         Some(
             x.iter()
@@ -237,7 +237,7 @@ impl Linear {
                         l.scale,
                     );
                     let keep = 1.0 / (1.0 - l.dropout);
-                    let mut rng = crate::lora::SplitMix(l.dropout_key.unwrap_or(0));
+                    let mut rng = crate::rng::SplitMix64(l.dropout_key.unwrap_or(0));
                     for (d, v) in dx[..n * di].iter_mut().zip(&dxl) {
                         if (rng.uniform() + 1.0) * 0.5 >= l.dropout {
                             *d += v * keep;

@@ -1,8 +1,6 @@
 //! The plan: the recipe's DAG (petgraph), schedule order, cache keys, and
 //! for each step whether it is cached or why it will run.
 
-pub mod memory;
-
 use crate::cache::{filehash::FileHasher, Cache, CACHE_EPOCH};
 use crate::diag::Diagnostic;
 use crate::recipe::validate::Checked;

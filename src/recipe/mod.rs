@@ -6,6 +6,7 @@
 //! (`validate.rs`). All problems are collected as diagnostics; nothing stops
 //! at the first one.
 
+pub mod output;
 pub mod validate;
 pub mod value;
 

@@ -344,10 +344,10 @@ fn check_output_path(
         diags.push(err(msg).help(help));
         return;
     }
-    if let Err(msg) = crate::run::check_output(out, &recipe.path, step) {
+    if let Err(msg) = super::output::check_output(out, &recipe.path, step) {
         diags.push(err(msg).help(format!(
             "recipe only replaces an output it wrote (marked by `{}`); choose a path that does not exist, or remove this one",
-            crate::run::OUTPUT_MARKER
+            super::output::OUTPUT_MARKER
         )));
     }
 }

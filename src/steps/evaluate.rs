@@ -446,7 +446,7 @@ mod tests {
             seed: 3,
         };
         crate::lora::apply(&mut m, &cfg).expect("apply");
-        let mut rng = crate::lora::SplitMix(9);
+        let mut rng = crate::rng::SplitMix64(9);
         for l in m.linears_mut() {
             if let Some(lw) = &mut l.lora {
                 lw.b.iter_mut().for_each(|x| *x = 0.3 * rng.uniform());
@@ -534,7 +534,7 @@ mod tests {
         inputs.insert("prompts".to_string(), input("prompts", "template", &pd));
         let out = t.join("out");
         std::fs::create_dir_all(&out).expect("mkdir");
-        let progress = crate::run::Progress::new(false);
+        let progress = crate::steps::Progress::new(false);
         let ctx = RunCtx {
             id: "eval",
             params: &params,

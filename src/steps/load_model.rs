@@ -39,7 +39,7 @@ impl Kind for LoadModel {
         "a Hugging Face model dir (llama, qwen2, qwen3, qwen, chatglm, bloom, gpt2)";
     const PARAMS: &'static [ParamSpec] = PARAMS;
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
-        crate::plan::memory::model_estimate(e.params)
+        super::memory::model_estimate(e.params)
     }
     fn run(&self, p: &LoadModelParams, ctx: &RunCtx) -> Result<()> {
         if !p.path.is_dir() {

@@ -15,8 +15,10 @@ mod generate;
 pub mod io;
 mod load_dataset;
 mod load_model;
+pub mod memory;
 mod merge;
 pub mod params;
+mod progress;
 pub mod quantize;
 mod template;
 mod tokenize;
@@ -25,6 +27,7 @@ pub mod train;
 use crate::diag::{Diagnostic, Span};
 use indexmap::IndexMap;
 pub use params::{def, opt, req, ParamError, ParamSpec, Params, Ty, COMMON};
+pub use progress::Progress;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
@@ -151,7 +154,7 @@ pub struct RunCtx<'a> {
     pub work: &'a Path,
     pub recipe_dir: &'a Path,
     pub device: &'a str,
-    pub progress: &'a crate::run::Progress,
+    pub progress: &'a crate::steps::Progress,
 }
 
 impl RunCtx<'_> {

@@ -140,7 +140,7 @@ impl Params {
         self.opt_str(k).map(PathBuf::from)
     }
 
-    // Untyped reads, for plan-time code that looks at another step's keys (`plan::memory`);
+    // Untyped reads, for plan-time code that looks at another step's keys (`steps::memory`);
     // a step reads its own keys through its typed struct ([`Params::typed`]).
     pub fn str(&self, k: &str) -> &str {
         self.opt_str(k).unwrap_or("")

@@ -76,7 +76,7 @@ impl Kind for Quantize {
         }
     }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
-        crate::plan::memory::quantize_estimate(e)
+        super::memory::quantize_estimate(e)
     }
     /// Reads the input model's safetensors (memory-mapped), quantizes each selected layer
     /// linear, and writes the bitsandbytes layout + config + tokenizer files into `ctx.out`,
@@ -179,7 +179,7 @@ mod tests {
                 params: Params::default(),
             },
         );
-        let progress = crate::run::Progress::new(false);
+        let progress = crate::steps::Progress::new(false);
         let ctx = RunCtx {
             id: "q",
             params: &params,

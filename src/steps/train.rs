@@ -349,7 +349,7 @@ impl Kind for Train {
         }
     }
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
-        crate::plan::memory::train_estimate(e)
+        super::memory::train_estimate(e)
     }
     /// Writes the adapter (PEFT format) or the full model, metrics.jsonl,
     /// loss.png and train_report.json; checkpoints go to the work dir, so a
