@@ -10,9 +10,9 @@
 //! pre-quantized NF4 + double-quant save (what a `quantize` step hands to `train`).
 
 use indexmap::IndexMap;
+use recipe::model::quantized::{load_quantized_model, save_quantized, QuantizeSpec};
 use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
 use recipe::optim::{OptimConfig, OptimKind, Optimizer};
-use recipe::quant::model::{load_quantized_model, save_quantized, QuantizeSpec};
 use recipe::steps::{EstimateCtx, Params};
 use serde_json::json;
 use std::path::Path;
@@ -248,7 +248,7 @@ fn main() {
     let n = 1 << 24;
     println!(
         "quantize_4bit nf4+dq, 64 MiB f32: {:.3} GB/s",
-        recipe::quant::bench::quantize_throughput(n, 3)
+        recipe::devtools::quant_bench::quantize_throughput(n, 3)
     );
     let tmp = tempfile::tempdir().unwrap();
     let dense = tmp.path().join("dense");

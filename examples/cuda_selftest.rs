@@ -12,13 +12,13 @@ fn main() {
     let ordinal: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut out = std::io::stdout();
     let result = match what {
-        "selftest" => recipe::cuda::selftest::selftest(ordinal, &mut out).map(|r| r.passed()),
+        "selftest" => recipe::devtools::selftest::selftest(ordinal, &mut out).map(|r| r.passed()),
         "bench" => {
-            let mut o = recipe::cuda::bench::BenchOptions::default();
+            let mut o = recipe::devtools::bench::BenchOptions::default();
             if let Some(t) = args.get(2).and_then(|s| s.parse().ok()) {
                 o.tokens = t;
             }
-            recipe::cuda::bench::bench(ordinal, &mut out, &o).map(|_| true)
+            recipe::devtools::bench::bench(ordinal, &mut out, &o).map(|_| true)
         }
         other => {
             eprintln!("unknown command '{other}': expected selftest or bench");

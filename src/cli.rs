@@ -774,7 +774,7 @@ fn cmd_selftest(device: &str) -> i32 {
         Ok(n) => n,
         Err(c) => return c,
     };
-    match crate::cuda::selftest::selftest(n, &mut std::io::stdout()) {
+    match crate::devtools::selftest::selftest(n, &mut std::io::stdout()) {
         Ok(r) if r.passed() => 0,
         Ok(_) => fail("selftest: some kernels FAILED (see above)"),
         Err(e) => fail(&format!("{e:#}")),
@@ -786,7 +786,7 @@ fn cmd_bench(device: &str) -> i32 {
         Ok(n) => n,
         Err(c) => return c,
     };
-    match crate::cuda::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
+    match crate::devtools::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
         Ok(_) => 0,
         Err(e) => fail(&format!("{e:#}")),
     }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cli;
 pub mod cuda;
 pub mod data;
+pub mod devtools;
 pub mod diag;
 pub mod eval;
 pub mod export;

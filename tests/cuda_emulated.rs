@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use recipe::backend::{AttnDims, AttnMask, Backend, CpuBackend, CudaBackend, RopeFreqs, RopeKind};
 use recipe::cuda::twins::Rng;
-use recipe::cuda::{selftest, Gpu};
+use recipe::cuda::Gpu;
+use recipe::devtools::selftest;
 
 /// The emulated device, or None (skip) when no C++20 compiler runs here.
 fn emulated() -> Option<Gpu> {
@@ -310,7 +311,7 @@ fn cuda_backend_ops_match_cpu_backend() {
 fn tiny_llama_lora_steps_match_cpu() {
     let Some(gpu) = emulated() else { return };
     let cuda = CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device");
-    let r = recipe::cuda::train_check::cpu_vs(Arc::new(cuda), 4).expect("training ran");
+    let r = recipe::devtools::train_check::cpu_vs(Arc::new(cuda), 4).expect("training ran");
     println!("cpu  {:?}\ncuda {:?}", r.cpu, r.cuda);
     assert_eq!(r.cuda.len(), 4);
     assert!(r.passed(), "max relative loss difference {:.3e}", r.max_rel);

@@ -1,5 +1,6 @@
 //! CUDA backend pieces: the device layer (a real GPU or an emulated one), run-time kernel
-//! compilation, kernel launchers, CPU twins of every kernel, a self-test and benchmarks.
+//! compilation, kernel launchers, CPU twins of every kernel (the self-test, benchmarks and the
+//! CPU-vs-CUDA training check live in `crate::devtools`).
 //!
 //! Layout:
 //! - [`device`]: `--device auto|cpu|cuda|cuda:N` and resolution against the machine.
@@ -19,11 +20,11 @@
 //! - [`ops`]: one launcher per kernel, checking shapes and alignment (`// SAFETY:` notes);
 //!   `ops::blas` is cuBLAS on a GPU and a reference GEMM with the same transposes, leading
 //!   dimensions and strides on the emulated device.
-//! - [`twins`]: the same math in plain Rust loops; the oracle for [`selftest`] and for tests.
-//! - [`selftest`], [`bench`]: `recipe selftest --device cuda` runs the kernel families
-//!   ([`selftest::kernel_families`], which also run on the emulated device) then the training
+//! - [`twins`]: the same math in plain Rust loops; the oracle for the self-test and for tests.
+//! - `crate::devtools::{selftest, bench}`: `recipe selftest --device cuda` runs the kernel families
+//!   (`selftest::kernel_families`, which also run on the emulated device) then the training
 //!   comparison; `recipe bench` needs a real GPU (events).
-//! - [`train_check`]: a tiny model trained on the CPU and through `crate::backend::CudaBackend`,
+//! - `crate::devtools::train_check`: a tiny model trained on the CPU and through `crate::backend::CudaBackend`,
 //!   losses compared; the last part of the self-test.
 //!
 //! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
@@ -47,7 +48,6 @@
 //! device; only the state moves, 2×2.03 bytes/param per step over PCIe. This replaces bnb's
 //! unified-memory paging (which relies on driver page faults) with explicit, predictable copies.
 
-pub mod bench;
 pub mod context;
 pub mod device;
 pub mod emu;
@@ -57,8 +57,6 @@ pub mod launch;
 pub mod mem;
 pub mod nvrtc;
 pub mod ops;
-pub mod selftest;
-pub mod train_check;
 pub mod twins;
 
 pub use context::{Gpu, Traffic};

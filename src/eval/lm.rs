@@ -259,8 +259,8 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
 /// Loads the model in `weights` (CPU backend; a 4-bit bitsandbytes dir keeps
 /// its weights in 4 bits) and, if given, attaches a PEFT adapter.
 pub fn load_model(weights: &Path, adapter: Option<&Path>) -> Result<Model> {
-    let mut model = if crate::quant::model::is_quantized_dir(weights) {
-        crate::quant::model::load_quantized_model(weights, &LoadOptions::default()).map_err(
+    let mut model = if crate::model::quantized::is_quantized_dir(weights) {
+        crate::model::quantized::load_quantized_model(weights, &LoadOptions::default()).map_err(
             |e| anyhow::anyhow!("loading the 4-bit model in `{}`: {e}", weights.display()),
         )?
     } else {

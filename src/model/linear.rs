@@ -1,17 +1,8 @@
-//! Linear layers (nn.Linear convention, W [d_out, d_in]) with an optional LoRA adapter, and the
-//! `QuantLinear` trait a 4-bit weight implements to plug in as a frozen base weight.
+//! Linear layers (nn.Linear convention, W [d_out, d_in]) with an optional LoRA adapter. A
+//! frozen base weight is dense f32 or a `crate::quant::QuantLinear` (a 4-bit weight).
 
 use crate::backend::Backend;
-
-/// A frozen quantized weight W [d_out, d_in] that can multiply without materializing W.
-pub trait QuantLinear: Send + Sync {
-    fn d_in(&self) -> usize;
-    fn d_out(&self) -> usize;
-    /// y[n, d_out] = x[n, d_in] · Wᵀ (overwrites y).
-    fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize);
-    /// dx[n, d_in] += dy[n, d_out] · W.
-    fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize);
-}
+pub use crate::quant::QuantLinear;
 
 pub enum LinearWeight {
     /// Row-major [d_out, d_in].

@@ -7,6 +7,9 @@ pub mod block;
 pub mod cache;
 pub mod family;
 pub mod linear;
+pub mod quantized;
+#[cfg(test)]
+mod quantized_tests;
 pub mod random;
 #[cfg(test)]
 mod tests;

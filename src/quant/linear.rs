@@ -3,11 +3,20 @@
 //! buffer and multiplies it with the `gemm` crate.
 
 use super::four_bit::{dequantize_range, QuantError, Quantized4};
-use crate::model::linear::QuantLinear;
 use rayon::prelude::*;
 
 /// Scratch elements per tile (256 KiB of f32).
 const TILE_ELEMS: usize = 1 << 16;
+
+/// A frozen quantized weight W [d_out, d_in] that can multiply without materializing W.
+pub trait QuantLinear: Send + Sync {
+    fn d_in(&self) -> usize;
+    fn d_out(&self) -> usize;
+    /// y[n, d_out] = x[n, d_in] · Wᵀ (overwrites y).
+    fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize);
+    /// dx[n, d_in] += dy[n, d_out] · W.
+    fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize);
+}
 
 /// A 4-bit (NF4/FP4, optionally double-quantized) weight of shape [out, in].
 pub struct Linear4bit {

@@ -7,7 +7,7 @@ use super::linear::Linear4bit;
 use super::testgen::gen;
 use super::Blockwise8;
 use crate::formats::bnb4::{py_float_repr, TensorRef};
-use crate::model::linear::QuantLinear;
+use crate::quant::QuantLinear;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -401,10 +401,10 @@ fn transformers_load_in_4bit_save_is_reproduced() {
 fn throughput() {
     eprintln!(
         "quantize NF4+dq: {:.2} GB/s of f32 input",
-        super::bench::quantize_throughput(1 << 22, 3)
+        crate::devtools::quant_bench::quantize_throughput(1 << 22, 3)
     );
     eprintln!(
         "matmul_xwt 64x2048x2048 NF4: {:.1} GFLOP/s",
-        super::bench::matmul_throughput(64, 2048, 2048, 3)
+        crate::devtools::quant_bench::matmul_throughput(64, 2048, 2048, 3)
     );
 }

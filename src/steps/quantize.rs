@@ -2,7 +2,7 @@
 //! double quantization of the absmax, in bitsandbytes' serialized layout.
 
 use super::{def, opt, req, CheckCtx, Estimate, EstimateCtx, Kind, ParamSpec, RunCtx, Ty};
-use crate::quant::model::{save_quantized, QuantizeSpec};
+use crate::model::quantized::{save_quantized, QuantizeSpec};
 use crate::quant::QuantType;
 use crate::util::human_bytes;
 use anyhow::Context;
@@ -209,6 +209,6 @@ mod tests {
 
 /// Load a quantize step's output as a model with 4-bit frozen linears.
 pub fn load(dir: &std::path::Path) -> anyhow::Result<crate::model::Model> {
-    crate::quant::model::load_quantized_model(dir, &Default::default())
+    crate::model::quantized::load_quantized_model(dir, &Default::default())
         .map_err(|e| anyhow::anyhow!("loading the quantized model in `{}`: {e}", dir.display()))
 }

@@ -1,10 +1,10 @@
 //! Throughput helpers for `recipe bench` (not used by tests).
 
-use super::codes::QuantType;
-use super::four_bit::quantize_4bit;
-use super::linear::Linear4bit;
-use super::testgen::gen;
-use crate::model::linear::QuantLinear;
+use crate::quant::codes::QuantType;
+use crate::quant::four_bit::quantize_4bit;
+use crate::quant::linear::Linear4bit;
+use crate::quant::testgen::gen;
+use crate::quant::QuantLinear;
 use std::time::Instant;
 
 /// Quantize `n` f32 values to NF4 with double quant `iters` times; returns input GB/s.

@@ -12,15 +12,15 @@
 //! (`formats::safetensors::write_sharded`) and copies the source dir's other files
 //! (`formats::hf_dir::copy_other_files`).
 
-use super::codes::QuantType;
-use super::four_bit::{check_blocksize, quantize_4bit, QuantError};
-use super::linear::Linear4bit;
 use crate::formats::bnb4::read_4bit;
 use crate::formats::hf_dir::copy_other_files;
 use crate::formats::safetensors::{hf_name, write_sharded, DEFAULT_MAX_SHARD_SIZE};
 use crate::formats::{FormatError, Tensor, WeightFiles};
 use crate::model::resolve;
 use crate::model::{Arch, LoadOptions, Model, ModelError, QuantLinear};
+use crate::quant::codes::QuantType;
+use crate::quant::four_bit::{check_blocksize, quantize_4bit, QuantError};
+use crate::quant::linear::Linear4bit;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};

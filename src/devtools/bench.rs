@@ -16,10 +16,10 @@ use crate::cuda::mem::DevBuf;
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 
-use super::error::Result;
-use super::ops::{self, blas::MatMul};
-use super::twins::Rng;
-use super::Gpu;
+use crate::cuda::error::Result;
+use crate::cuda::ops::{self, blas::MatMul};
+use crate::cuda::twins::Rng;
+use crate::cuda::Gpu;
 
 /// One timed kernel.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ fn rand_nf4(
     Ok(ops::quant4::Quant4Weight {
         packed: gpu.clone_htod(&packed)?,
         absmax: gpu.clone_htod(&absmax)?,
-        code: gpu.clone_htod(&super::twins::quant4::NF4_CODE[..])?,
+        code: gpu.clone_htod(&crate::cuda::twins::quant4::NF4_CODE[..])?,
         blocksize: 64,
         rows,
         cols,
@@ -238,7 +238,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     let mut step = 0u32;
     let ms = time_ms(&gpu, o, &mut |_| {
         step += 1;
-        let h = super::twins::adamw8bit::AdamHyper {
+        let h = crate::cuda::twins::adamw8bit::AdamHyper {
             lr: 1e-4,
             beta1: 0.9,
             beta2: 0.999,
@@ -288,7 +288,7 @@ mod tests {
     /// Without a driver both entry points fail with the one clear "unavailable" error.
     #[test]
     fn without_a_driver_selftest_and_bench_fail_cleanly() {
-        if super::super::device::driver_present() {
+        if crate::cuda::device::driver_present() {
             return;
         }
         let mut out = Vec::new();

@@ -14,10 +14,10 @@ use std::io::Write;
 use crate::cuda::mem::DevBuf;
 use half::bf16;
 
-use super::error::{CudaError, Result};
-use super::ops::{self, Elem};
-use super::twins::{self, max_errors, Rng};
-use super::Gpu;
+use crate::cuda::error::{CudaError, Result};
+use crate::cuda::ops::{self, Elem};
+use crate::cuda::twins::{self, max_errors, Rng};
+use crate::cuda::Gpu;
 
 /// One comparison.
 #[derive(Debug, Clone)]

@@ -2,10 +2,10 @@
 //! (tests/fixtures/quant/tiny_llama, tests/fixtures/qlora; made by
 //! tests/reference/quant_tiny_model.py and tests/reference/qlora_make_fixtures.py).
 
-use super::model::{load_quantized_model, quantize_on_load, save_quantized, QuantizeSpec};
-use super::QuantType;
+use super::quantized::{load_quantized_model, quantize_on_load, save_quantized, QuantizeSpec};
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
 use crate::optim::{OptimConfig, OptimKind, Optimizer};
+use crate::quant::QuantType;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,7 +148,7 @@ fn save_quantized_writes_transformers_bytes() {
             "{name}: quantization_config"
         );
         assert!(tmp.path().join("generation_config.json").is_file());
-        assert!(super::model::is_quantized_dir(tmp.path()));
+        assert!(super::quantized::is_quantized_dir(tmp.path()));
     }
 }
 
@@ -204,7 +204,7 @@ fn save_quantized_module_subset() {
         .map(|l| matches!(l.weight, crate::model::LinearWeight::Quant(_)))
         .collect();
     assert_eq!(quant, [false, false, false, false, true, true, true]);
-    assert!(!super::model::is_quantized_dir(&tiny("f32")));
+    assert!(!super::quantized::is_quantized_dir(&tiny("f32")));
 }
 
 fn lora_state(m: &mut Model) -> Vec<(String, Vec<f32>, Vec<f32>)> {
@@ -324,7 +324,7 @@ fn qlora_on_rows_not_a_multiple_of_the_blocksize_matches_peft_bnb() {
     )
     .expect("json");
     let r = QloraRef::new(&raw, &|v: &Value| {
-        super::tests::unhex_f32(v.as_str().expect("hex"))
+        crate::quant::tests::unhex_f32(v.as_str().expect("hex"))
     });
     // Tensor by tensor, our dequantization of the saved file is bnb's flattened one, bit for bit.
     let bytes = std::fs::read(unaligned("llama48_nf4_dq/model.safetensors")).expect("model");
@@ -332,14 +332,14 @@ fn qlora_on_rows_not_a_multiple_of_the_blocksize_matches_peft_bnb() {
     let want = raw["dequant_fnv"].as_object().expect("dequant_fnv");
     assert_eq!(want.len(), 14);
     for (name, fnv) in want {
-        let q = super::Quantized4::from_safetensors(name, &st).expect(name);
+        let q = crate::quant::Quantized4::from_safetensors(name, &st).expect(name);
         let got: Vec<u8> = q
             .dequantize()
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
         assert_eq!(
-            super::unaligned_tests::fnv64(&got),
+            crate::quant::unaligned_tests::fnv64(&got),
             fnv.as_str().unwrap(),
             "{name}"
         );

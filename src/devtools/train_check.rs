@@ -17,7 +17,7 @@ use crate::model::random::RandomLlama;
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
 use crate::optim::{OptimConfig, OptimKind, Optimizer};
 
-use super::twins::Rng;
+use crate::cuda::twins::Rng;
 
 /// Relative tolerance on each step's loss.
 pub const LOSS_RTOL: f64 = 1e-3;
