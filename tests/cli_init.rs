@@ -18,18 +18,27 @@ fn init_writes_a_recipe_that_plans() {
     assert!(o.status.success(), "{err}");
     assert!(err.starts_with("wrote r/q.toml: llama family; alpaca records; template alpaca; LoRA on [q_proj, v_proj]; batch_size 16, gradient checkpointing off\n"), "{err}");
     let r = std::fs::read_to_string(d.path().join("r/q.toml")).unwrap();
+    // The model path, relative to the recipe's dir (or absolute), leads to the model.
+    let path_line = r.lines().find(|l| l.starts_with("path = ")).unwrap();
+    let rel: String = toml::from_str::<toml::Value>(path_line).unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .into();
+    assert_eq!(
+        d.path().join("r").join(rel).canonicalize().unwrap(),
+        base.canonicalize().unwrap()
+    );
     for line in [
-        format!("path = \"{b}\""),
-        "format = \"alpaca\"".into(),
-        "template = \"alpaca\"".into(),
-        "target_modules = [\"q_proj\", \"v_proj\"]".into(),
-        "max_length = 256".into(),
-        "batch_size = 16".into(),
-        "gradient_checkpointing = false".into(),
-        "# Columns [instruction, input, output] read as the `alpaca` record format.".into(),
+        "format = \"alpaca\"",
+        "template = \"alpaca\"",
+        "target_modules = [\"q_proj\", \"v_proj\"]",
+        "max_length = 256",
+        "batch_size = 16",
+        "gradient_checkpointing = false",
+        "# Columns [instruction, input, output] read as the `alpaca` record format.",
     ] {
         assert!(
-            r.lines().any(|l| l.starts_with(&line)),
+            r.lines().any(|l| l.starts_with(line)),
             "missing {line:?} in\n{r}"
         );
     }
