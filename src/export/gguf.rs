@@ -29,6 +29,7 @@ use serde_json::{json, Value as Json};
 use crate::formats::hf_dir::{ties_embeddings, HfModel};
 use crate::formats::safetensors::{decode_f32, encode_f32};
 use crate::formats::{FormatError, Result};
+use crate::model::Family;
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 pub const GGUF_VERSION: u32 = 3;
@@ -603,37 +604,22 @@ pub struct GgufReport {
     pub template: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Family {
-    Llama,
-    Qwen2,
-    Bloom,
-    Gpt2,
+/// The family of `config` (the family table's) when GGUF export knows it: its own model_type
+/// and a `gguf_arch` in the table. (Mistral, a llama model_type, is not checked against
+/// transformers' GGUF loader yet, so it is refused.)
+fn gguf_family(config: &Json) -> Result<Family> {
+    let mt = config["model_type"].as_str().unwrap_or("");
+    match Family::of_model_type(mt) {
+        Some(f) if f.name() == mt && f.info().gguf_arch.is_some() => Ok(f),
+        _ => Err(FormatError::Unsupported(format!(
+            "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
+        ))),
+    }
 }
 
-impl Family {
-    fn of(config: &Json) -> Result<Family> {
-        let mt = config["model_type"].as_str().unwrap_or("");
-        Ok(match mt {
-            "llama" => Family::Llama,
-            "qwen2" => Family::Qwen2,
-            "bloom" => Family::Bloom,
-            "gpt2" => Family::Gpt2,
-            _ => {
-                return Err(FormatError::Unsupported(format!(
-                "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
-            )))
-            }
-        })
-    }
-    fn arch(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Qwen2 => "qwen2",
-            Family::Bloom => "bloom",
-            Family::Gpt2 => "gpt2",
-        }
-    }
+/// llama.cpp's architecture name of a family [`gguf_family`] accepted.
+fn arch(f: Family) -> &'static str {
+    f.info().gguf_arch.unwrap_or("")
 }
 
 /// The first of `keys` in the config that is an integer.
@@ -657,7 +643,7 @@ fn need(c: &Json, keys: &[&str], dir: &Path) -> Result<u64> {
 
 /// The `{arch}.*` hyperparameters (convert_hf_to_gguf.py's set_gguf_parameters).
 fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Result<Hp> {
-    let a = f.arch();
+    let a = arch(f);
     let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
     let u32v = |v: u64| Value::U32(v as u32);
     let hp = match f {
@@ -746,6 +732,13 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
                 kv_heads: heads,
                 hidden,
             }
+        }
+        // Refused by `gguf_family` before any hyperparameter is read.
+        Family::Qwen3 | Family::Qwen | Family::ChatGlm => {
+            return Err(FormatError::Unsupported(format!(
+                "GGUF export has no {} hyperparameters",
+                f.name()
+            )))
         }
     };
     Ok(hp)
@@ -850,6 +843,7 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
             };
             (g, tr)
         }
+        (Family::Qwen3 | Family::Qwen | Family::ChatGlm, _) => return None,
     };
     Some((format!("blk.{bid}.{g}.{suffix}"), tr))
 }
@@ -949,8 +943,8 @@ pub fn export_gguf(
     out: &Path,
     dtype: GgufDtype,
 ) -> Result<GgufReport> {
-    let family = Family::of(&model.config)?;
-    let arch = family.arch();
+    let family = gguf_family(&model.config)?;
+    let arch = arch(family);
     let c = &model.config;
     let mut kv: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::Str(arch.into())),
@@ -1142,6 +1136,7 @@ fn tokenizer_kv(
             Family::Qwen2 => "qwen2",
             Family::Bloom => "bloom",
             Family::Gpt2 => "gpt-2",
+            Family::Qwen3 | Family::Qwen | Family::ChatGlm => "default",
         };
         put(kv, "tokenizer.ggml.model", Value::Str("gpt2".into()));
         put(kv, "tokenizer.ggml.pre", Value::Str(pre.into()));

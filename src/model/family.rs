@@ -27,6 +27,8 @@ pub struct FamilyInfo {
     pub model_types: &'static [&'static str],
     /// PEFT's default `target_modules` for the family.
     pub default_targets: &'static [&'static str],
+    /// llama.cpp's `general.architecture` for GGUF export (None: not exported).
+    pub gguf_arch: Option<&'static str>,
 }
 
 /// Every supported family.
@@ -36,42 +38,49 @@ pub static TABLE: &[FamilyInfo] = &[
         name: "llama",
         model_types: &["llama", "mistral"],
         default_targets: &["q_proj", "v_proj"],
+        gguf_arch: Some("llama"),
     },
     FamilyInfo {
         family: Family::Qwen2,
         name: "qwen2",
         model_types: &["qwen2"],
         default_targets: &["q_proj", "v_proj"],
+        gguf_arch: Some("qwen2"),
     },
     FamilyInfo {
         family: Family::Qwen3,
         name: "qwen3",
         model_types: &["qwen3"],
         default_targets: &["q_proj", "v_proj"],
+        gguf_arch: None,
     },
     FamilyInfo {
         family: Family::Qwen,
         name: "qwen",
         model_types: &["qwen"],
         default_targets: &["c_attn"],
+        gguf_arch: None,
     },
     FamilyInfo {
         family: Family::ChatGlm,
         name: "chatglm",
         model_types: &["chatglm"],
         default_targets: &["query_key_value"],
+        gguf_arch: None,
     },
     FamilyInfo {
         family: Family::Bloom,
         name: "bloom",
         model_types: &["bloom"],
         default_targets: &["query_key_value"],
+        gguf_arch: Some("bloom"),
     },
     FamilyInfo {
         family: Family::Gpt2,
         name: "gpt2",
         model_types: &["gpt2"],
         default_targets: &["c_attn"],
+        gguf_arch: Some("gpt2"),
     },
 ];
 

@@ -133,9 +133,8 @@ fn torch_name(d: Dtype) -> &'static str {
 
 /// Whether `dir`'s config.json carries a bitsandbytes 4-bit `quantization_config`.
 pub fn is_quantized_dir(dir: &Path) -> bool {
-    std::fs::read(dir.join("config.json"))
+    crate::formats::config::HfConfig::read(dir)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|c| c.get("quantization_config").cloned())
         .is_some_and(|q| {
             q.get("quant_method").and_then(Value::as_str) == Some("bitsandbytes")
