@@ -161,10 +161,25 @@ impl HfConfig {
         }
     }
 
-    /// `tie_word_embeddings`, `d` when missing (the default differs per family).
-    pub fn tie_word_embeddings(&self, d: bool) -> bool {
-        self.bool_or("tie_word_embeddings", d)
+    /// Whether lm_head is the input embedding: `tie_word_embeddings`, or transformers' default
+    /// for the model_type when the key is missing ([`ties_embeddings_by_default`]).
+    pub fn ties_embeddings(&self) -> bool {
+        self.bool_or(
+            "tie_word_embeddings",
+            ties_embeddings_by_default(&self.model_type),
+        )
     }
+}
+
+/// transformers' `tie_word_embeddings` when config.json omits it: false where the model's config
+/// class says so (LLaMA, Mistral, Qwen v1/2/3, ChatGLM's separate output layer), else
+/// PretrainedConfig's true (BLOOM, GPT-2, ...). The one rule the engine, merge, export and GGUF
+/// use.
+pub fn ties_embeddings_by_default(model_type: &str) -> bool {
+    !matches!(
+        model_type,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "qwen" | "chatglm"
+    )
 }
 
 /// Token ids of a config value: a number or a list of numbers.
@@ -183,6 +198,26 @@ pub fn ids(v: Option<&Value>) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config without `tie_word_embeddings` gets transformers' default for its model_type,
+    /// the same from HfConfig (engine) and from the raw JSON (merge, export, GGUF).
+    #[test]
+    fn tied_embeddings_default_per_model_type() {
+        for (mt, key, want) in [
+            ("llama", "", false),
+            ("qwen2", "", false),
+            ("gpt2", "", true),
+            ("bloom", "", true),
+            ("llama", r#","tie_word_embeddings":true"#, true),
+            ("gpt2", r#","tie_word_embeddings":false"#, false),
+        ] {
+            let text = format!(r#"{{"model_type":"{mt}"{key}}}"#);
+            let c = HfConfig::parse(&text, "c").unwrap();
+            assert_eq!(c.ties_embeddings(), want, "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(crate::formats::hf_dir::ties_embeddings(&v), want, "{text}");
+        }
+    }
 
     #[test]
     fn special_ids_dtype_and_errors() {

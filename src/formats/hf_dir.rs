@@ -83,12 +83,16 @@ impl HfModel {
     }
 }
 
-/// Whether config.json ties lm_head to the input embedding (transformers' default: yes).
+/// Whether config.json ties lm_head to the input embedding (`HfConfig::ties_embeddings`'s rule).
 pub fn ties_embeddings(config: &serde_json::Value) -> bool {
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     config
         .get("tie_word_embeddings")
         .and_then(|v| v.as_bool())
-        .unwrap_or(true)
+        .unwrap_or_else(|| super::config::ties_embeddings_by_default(model_type))
 }
 
 /// Files copied from the source dirs when present (first dir that has one wins).

@@ -443,7 +443,7 @@ impl Arch {
     pub fn from_config(c: &HfConfig) -> Result<Arch, ArchError> {
         let mt = c.model_type.clone();
         let family = Family::of(c)?;
-        let tie = |d| c.tie_word_embeddings(d);
+        let tied = c.ties_embeddings();
         let a = match family {
             Family::Llama | Family::Qwen2 | Family::Qwen3 => {
                 let (base, scaling) = rope_config(c)?;
@@ -473,7 +473,7 @@ impl Arch {
                     qk_norm: q3,
                     out_bias: false,
                     mlp: MlpKind::SwiGlu { fused: false },
-                    tied: tie(false),
+                    tied,
                     emb_norm: false,
                     conv1d: false,
                     eos_token_id: c.eos_id(),
@@ -509,7 +509,7 @@ impl Arch {
                     qk_norm: false,
                     out_bias: !c.bool_or("no_bias", true),
                     mlp: MlpKind::SwiGlu { fused: false },
-                    tied: tie(false),
+                    tied,
                     emb_norm: false,
                     conv1d: false,
                     eos_token_id: c.eos_id(),
@@ -597,7 +597,7 @@ impl Arch {
                     qk_norm: false,
                     out_bias: true,
                     mlp: MlpKind::GeluTanh,
-                    tied: tie(true),
+                    tied,
                     emb_norm: true,
                     conv1d: false,
                     eos_token_id: c.eos_id(),
@@ -629,7 +629,7 @@ impl Arch {
                     qk_norm: false,
                     out_bias: true,
                     mlp: MlpKind::GeluTanh,
-                    tied: tie(true),
+                    tied,
                     emb_norm: false,
                     conv1d: true,
                     eos_token_id: c.eos_id(),
