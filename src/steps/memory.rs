@@ -169,7 +169,6 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
         .upstream("data", "tokenize")
         .and_then(|t| {
             t.opt_usize("max_length")
-                .or(t.opt_usize("pad_to"))
                 .or_else(|| {
                     Some(t.opt_usize("max_input_length")? + t.opt_usize("max_output_length")?)
                 })
