@@ -168,10 +168,9 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let seq = e
         .upstream("data", "tokenize")
         .and_then(|t| {
-            t.opt_usize("max_length")
-                .or_else(|| {
-                    Some(t.opt_usize("max_input_length")? + t.opt_usize("max_output_length")?)
-                })
+            t.opt_usize("max_length").or_else(|| {
+                Some(t.opt_usize("max_input_length")? + t.opt_usize("max_output_length")?)
+            })
         })
         .unwrap_or(512) as u64;
     let b = p.usize("batch_size") as u64;
