@@ -5,9 +5,8 @@
 //! memory estimate, from the same plan `recipe plan` prints, fits 80% of this machine's memory.
 //! The written recipe plans cleanly (checked before it is published).
 
-use crate::cache::{filehash::FileHasher, Cache};
 use crate::diag::{render_all, Diagnostic};
-use crate::plan::{build_dag, make_plan};
+use crate::plan::build_dag;
 use crate::recipe::validate::check;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -332,25 +331,18 @@ fn render(f: &Facts, c: &Choice, fit_line: &str, file_name: &str) -> String {
     s
 }
 
-/// Plans `file` (as `recipe plan` does, with a throwaway cache) and returns the train step's
-/// estimated peak bytes; recipe errors come back rendered.
-fn plan_train_peak(file: &Path, cache_dir: &Path) -> Result<Option<u64>> {
+/// Checks `file` as `recipe plan` does and returns the train step's estimated peak bytes;
+/// recipe errors come back rendered.
+fn plan_train_peak(file: &Path) -> Result<Option<u64>> {
     let (recipe, mut diags) = crate::recipe::load(file, &[]);
     let checked = check(recipe, true, &mut diags);
     let dag = build_dag(&checked, &mut diags);
     crate::plan::preflight(&checked, &mut diags);
     let errors: Vec<Diagnostic> = diags.into_iter().filter(Diagnostic::is_error).collect();
-    if !errors.is_empty() {
+    if !errors.is_empty() || dag.is_none() {
         bail!("{}", render_all(&errors, &checked.recipe.sources, false));
     }
-    let Some(dag) = dag else {
-        bail!("the recipe has no plan")
-    };
-    let cache = Cache::open(cache_dir)?;
-    let plan = make_plan(&checked, &dag, &cache, &FileHasher::open(&cache.root))?;
-    Ok(plan
-        .get("train")
-        .and_then(|s| s.estimate.as_ref()?.peak_bytes))
+    Ok(crate::plan::estimate(&checked, "train").and_then(|e| e.peak_bytes))
 }
 
 pub fn init_cmd(args: &InitArgs) -> i32 {
@@ -431,7 +423,6 @@ fn init(args: &InitArgs) -> Result<()> {
     let total = crate::plan::machine_memory();
     let budget = total.map(|m| m / 10 * 8);
     let scratch = dir.join(format!(".{name}.recipe-init.toml"));
-    let cache_dir = std::env::temp_dir().join(format!("recipe-init-{}", std::process::id()));
     let mut chosen = None;
     let mut last_err = None;
     'search: for checkpointing in [false, true] {
@@ -441,7 +432,7 @@ fn init(args: &InitArgs) -> Result<()> {
                 checkpointing,
             };
             crate::util::write_atomic(&scratch, render(&facts, &c, "", &file_name).as_bytes())?;
-            match plan_train_peak(&scratch, &cache_dir) {
+            match plan_train_peak(&scratch) {
                 Ok(peak) => {
                     let fits = match (peak, budget) {
                         (Some(p), Some(b)) => p <= b,
@@ -463,7 +454,6 @@ fn init(args: &InitArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&scratch);
-    let _ = std::fs::remove_dir_all(&cache_dir);
     if let Some(e) = last_err {
         return Err(e.context("the generated recipe does not plan (please report this)"));
     }

@@ -262,15 +262,48 @@ impl Plan {
     }
 }
 
+/// Every step's kind and params, for estimates that walk up the DAG.
+fn kinds_and_params(checked: &Checked) -> IndexMap<String, (&'static str, Params)> {
+    checked
+        .steps
+        .iter()
+        .map(|(k, s)| (k.clone(), (s.kind(), s.params.clone())))
+        .collect()
+}
+
+fn estimate_with(
+    checked: &Checked,
+    all: &IndexMap<String, (&'static str, Params)>,
+    id: &str,
+) -> Option<Estimate> {
+    let s = checked.steps.get(id)?;
+    let inputs = s
+        .refs
+        .iter()
+        .filter_map(|(p, t)| {
+            checked
+                .steps
+                .get(t)
+                .map(|ts| (p.clone(), (ts.kind(), &ts.params)))
+        })
+        .collect();
+    s.step.estimate(&EstimateCtx {
+        params: &s.params,
+        inputs,
+        all,
+    })
+}
+
+/// Step `id`'s plan-time estimate (from configs and file headers; nothing hashed, no cache).
+pub fn estimate(checked: &Checked, id: &str) -> Option<Estimate> {
+    estimate_with(checked, &kinds_and_params(checked), id)
+}
+
 /// Compute cache keys in schedule order and compare with the cache.
 pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHasher) -> Result<Plan> {
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     let mut steps = Vec::new();
-    let all: IndexMap<String, (&'static str, Params)> = checked
-        .steps
-        .iter()
-        .map(|(k, s)| (k.clone(), (s.kind(), s.params.clone())))
-        .collect();
+    let all = kinds_and_params(checked);
     for id in &dag.order {
         let s = &checked.steps[id];
         let mut files = BTreeMap::new();
@@ -332,21 +365,7 @@ pub fn make_plan(checked: &Checked, dag: &Dag, cache: &Cache, hasher: &FileHashe
         } else {
             why(cache, checked, id, &resolution)
         };
-        let est_inputs = s
-            .refs
-            .iter()
-            .filter_map(|(p, t)| {
-                checked
-                    .steps
-                    .get(t)
-                    .map(|ts| (p.clone(), (ts.kind(), &ts.params)))
-            })
-            .collect();
-        let estimate = s.step.estimate(&EstimateCtx {
-            params: &s.params,
-            inputs: est_inputs,
-            all: &all,
-        });
+        let estimate = estimate_with(checked, &all, id);
         steps.push(PlannedStep {
             id: id.clone(),
             kind: s.kind(),
