@@ -85,11 +85,16 @@ impl Session {
             }
             None => {
                 let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-                let mut ids = self.bundle.prefix_ids.clone();
-                ids.extend(self.bundle.encode(&text.join("\n"))?);
-                Ok(ids)
+                self.text_ids(&text.join("\n"))
             }
         }
+    }
+
+    /// Prompt ids of raw text: the tokenizer's prefix (bos) + the text's ids.
+    pub fn text_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.bundle.prefix_ids.clone();
+        ids.extend(self.bundle.encode(text)?);
+        Ok(ids)
     }
 
     /// An example's generation prompt (everything before its last assistant reply, plus the

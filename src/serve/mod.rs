@@ -244,11 +244,7 @@ fn answer(s: &Session, base: &GenConfig, system: Option<&str>, n: u64, job: &Job
             }
             s.conversation_ids(&msgs)?
         }
-        Prompt::Text(t) => {
-            let mut ids = s.bundle.prefix_ids.clone();
-            ids.extend(s.bundle.encode(t)?);
-            ids
-        }
+        Prompt::Text(t) => s.text_ids(t)?,
     };
     let mut cfg = base.clone();
     cfg.max_new_tokens = req
