@@ -18,6 +18,15 @@ pub fn splitmix64(x: u64) -> u64 {
     mix64(x.wrapping_add(GOLDEN))
 }
 
+/// LoRA dropout's mask, the one definition every backend uses: element `i` of a call with key
+/// `key` is kept iff the (i+1)-th draw of `SplitMix64(key)` (24 bits as in
+/// [`SplitMix64::next_f32`]) is >= p. Counter-based, so a kernel computes it per element and
+/// the backward re-derives the forward's mask from the key.
+pub fn dropout_keep(key: u64, i: u64, p: f32) -> bool {
+    let z = mix64(key.wrapping_add(i.wrapping_add(1).wrapping_mul(GOLDEN)));
+    (z >> 40) as f32 / (1u64 << 24) as f32 >= p
+}
+
 /// SplitMix64 from a raw state.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);

@@ -1,10 +1,35 @@
 //! CPU backend: f32 compute, `gemm` for matmul, rayon over rows. The oracle for every other backend.
 
-use super::{AttnDims, AttnMask, Backend, RopeFreqs, RopeKind};
+use super::{
+    Adam8State, AttnDims, AttnMask, Backend, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
+};
 use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
+
+/// [`AttnMask`] on host slices (what the CPU's attention reads).
+#[derive(Clone, Copy)]
+pub struct HostMask<'a> {
+    /// [B*T] 1 = real token, 0 = padding.
+    pub valid: &'a [u8],
+    /// [B*T] packed-example index.
+    pub segment: &'a [i32],
+    /// ALiBi: (slopes [NH], key positions [B*T]).
+    pub alibi: Option<(&'a [f32], &'a [f32])>,
+    pub window: Option<usize>,
+}
+
+impl<'a> HostMask<'a> {
+    pub fn of(m: &AttnMask<'a>) -> HostMask<'a> {
+        HostMask {
+            valid: m.valid.host(),
+            segment: m.segment.host(),
+            alibi: m.alibi.map(|(s, p)| (s.host(), p.host())),
+            window: m.window,
+        }
+    }
+}
 
 /// Scores of query (row bi, position i, head h, kv group g) against keys 0..=i into `p`
 /// (−∞ where masked). Returns false when the query sees no key (padding).
@@ -13,7 +38,7 @@ fn scores(
     p: &mut [f32],
     q: &[f32],
     k: &[f32],
-    mask: &AttnMask,
+    mask: &HostMask,
     dims: AttnDims,
     bi: usize,
     i: usize,
@@ -112,7 +137,7 @@ fn gemm_st(
 /// Masks one row of scores in place for query (row bi, position i, head h): keys 0..row.len()
 /// that the query may not see become −∞, ALiBi is added to the others. False when the query
 /// sees no key.
-fn mask_row(row: &mut [f32], mask: &AttnMask, t: usize, bi: usize, i: usize, h: usize) -> bool {
+fn mask_row(row: &mut [f32], mask: &HostMask, t: usize, bi: usize, i: usize, h: usize) -> bool {
     let ti = bi * t + i;
     if mask.valid[ti] == 0 {
         return false;
@@ -143,7 +168,7 @@ fn attn_head_fwd(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: &AttnMask,
+    mask: &HostMask,
     dims: AttnDims,
     bi: usize,
     h: usize,
@@ -221,7 +246,7 @@ fn attn_group_bwd(
     k: &[f32],
     v: &[f32],
     saved: &[f32],
-    mask: &AttnMask,
+    mask: &HostMask,
     dims: AttnDims,
     bi: usize,
     g: usize,
@@ -331,7 +356,7 @@ impl CpuBackend {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        mask: &AttnMask,
+        mask: &HostMask,
         dims: AttnDims,
         scale: f32,
     ) {
@@ -387,7 +412,7 @@ impl CpuBackend {
         k: &[f32],
         v: &[f32],
         saved: &[f32],
-        mask: &AttnMask,
+        mask: &HostMask,
         dims: AttnDims,
         scale: f32,
     ) {
@@ -480,8 +505,10 @@ fn parallelism(flops: usize) -> gemm::Parallelism {
     }
 }
 
-impl Backend for CpuBackend {
-    fn matmul(
+/// The ops on host slices (the reference every backend is checked against; the trait impl
+/// below unwraps tensors and calls these).
+impl CpuBackend {
+    pub fn matmul(
         &self,
         c: &mut [f32],
         a: &[f32],
@@ -533,7 +560,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rmsnorm_fwd(
+    pub fn rmsnorm_fwd(
         &self,
         y: &mut [f32],
         rstd: &mut [f32],
@@ -557,7 +584,7 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn rmsnorm_bwd(
+    pub fn rmsnorm_bwd(
         &self,
         dx: &mut [f32],
         dw: Option<&mut [f32]>,
@@ -587,7 +614,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn layernorm_fwd(
+    pub fn layernorm_fwd(
         &self,
         y: &mut [f32],
         mean: &mut [f32],
@@ -614,7 +641,7 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn layernorm_bwd(
+    pub fn layernorm_bwd(
         &self,
         dx: &mut [f32],
         dw: Option<&mut [f32]>,
@@ -665,7 +692,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(
+    pub fn rope(
         &self,
         x: &mut [f32],
         pos: &[f32],
@@ -703,14 +730,14 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn attention_fwd(
+    pub fn attention_fwd(
         &self,
         out: &mut [f32],
         saved: &mut [f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        mask: &AttnMask,
+        mask: &HostMask,
         dims: AttnDims,
         scale: f32,
     ) {
@@ -730,7 +757,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention_bwd(
+    pub fn attention_bwd(
         &self,
         dq: &mut [f32],
         dk: &mut [f32],
@@ -740,7 +767,7 @@ impl Backend for CpuBackend {
         k: &[f32],
         v: &[f32],
         saved: &[f32],
-        mask: &AttnMask,
+        mask: &HostMask,
         dims: AttnDims,
         scale: f32,
     ) {
@@ -765,7 +792,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention_cached_fwd(
+    pub fn attention_cached_fwd(
         &self,
         out: &mut [f32],
         q: &[f32],
@@ -830,14 +857,14 @@ impl Backend for CpuBackend {
         });
     }
 
-    fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
+    pub fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
         a.par_iter_mut().enumerate().for_each(|(i, a)| {
             let s = 1.0 / (1.0 + (-e[i]).exp());
             *a = e[i] * s * g[i];
         });
     }
 
-    fn swiglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
+    pub fn swiglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
         de.par_iter_mut()
             .zip(dg.par_iter_mut())
             .enumerate()
@@ -848,7 +875,7 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn gelu_fwd(&self, y: &mut [f32], x: &[f32]) {
+    pub fn gelu_fwd(&self, y: &mut [f32], x: &[f32]) {
         const C: f32 = 0.797_884_6;
         y.par_iter_mut().enumerate().for_each(|(i, y)| {
             let x = x[i];
@@ -856,7 +883,7 @@ impl Backend for CpuBackend {
         });
     }
 
-    fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]) {
+    pub fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]) {
         const C: f32 = 0.797_884_6;
         dx.par_iter_mut().enumerate().for_each(|(i, dx)| {
             let x = x[i];
@@ -867,7 +894,7 @@ impl Backend for CpuBackend {
         });
     }
 
-    fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize) {
+    pub fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize) {
         y.par_chunks_mut(d)
             .zip(ids.par_iter())
             .for_each(|(y, &id)| {
@@ -875,7 +902,7 @@ impl Backend for CpuBackend {
             });
     }
 
-    fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize) {
+    pub fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize) {
         for (i, &id) in ids.iter().enumerate() {
             let row = &mut dtable[id as usize * d..(id as usize + 1) * d];
             for j in 0..d {
@@ -884,7 +911,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn cross_entropy(
+    pub fn cross_entropy(
         &self,
         dlogits: Option<&mut [f32]>,
         logits: &[f32],
@@ -930,6 +957,493 @@ impl Backend for CpuBackend {
                 .map(|i| row_loss(i, None))
                 .sum(),
         }
+    }
+}
+
+/// Elements per parallel task of the element-wise optimizer updates.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+impl Backend for CpuBackend {
+    fn zeros(&self, len: usize) -> Tensor {
+        Tensor::from_host(vec![0.0; len])
+    }
+    fn upload(&self, v: &[f32]) -> Tensor {
+        Tensor::from_host(v.to_vec())
+    }
+    fn upload_i32(&self, v: &[i32]) -> Tensor<i32> {
+        Tensor::from_host(v.to_vec())
+    }
+    fn upload_u8(&self, v: &[u8]) -> Tensor<u8> {
+        Tensor::from_host(v.to_vec())
+    }
+    fn download(&self, t: &Tensor) -> Vec<f32> {
+        t.host().to_vec()
+    }
+    fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8> {
+        t.host().to_vec()
+    }
+
+    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize) {
+        let (dst, src) = (dst.host_mut(), src.host());
+        for r in 0..rows {
+            dst[d.off + r * d.ld..][..cols].copy_from_slice(&src[s.off + r * s.ld..][..cols]);
+        }
+    }
+    fn fill(&self, y: &mut Tensor, v: f32) {
+        y.host_mut().iter_mut().for_each(|x| *x = v);
+    }
+    fn add(&self, y: &mut Tensor, x: &Tensor, n: usize) {
+        let y = &mut y.host_mut()[..n];
+        y.iter_mut().zip(&x.host()[..n]).for_each(|(y, x)| *y += x);
+    }
+    fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
+        y.host_mut()[..n].iter_mut().for_each(|x| *x *= s);
+    }
+    fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize) {
+        let b = &b.host()[..d];
+        for row in y.host_mut()[..n * d].chunks_mut(d) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    }
+    fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize) {
+        let gb = &mut gb.host_mut()[..d];
+        for row in dy.host()[..n * d].chunks(d) {
+            gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+        }
+    }
+    fn dropout(&self, y: &mut Tensor, x: &Tensor, p: f32, key: u64, n: usize, accumulate: bool) {
+        let keep = 1.0 / (1.0 - p);
+        let (y, x) = (&mut y.host_mut()[..n], &x.host()[..n]);
+        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            let v = if crate::rng::dropout_keep(key, i as u64, p) {
+                x * keep
+            } else {
+                0.0
+            };
+            if accumulate {
+                *y += v;
+            } else {
+                *y = v;
+            }
+        }
+    }
+
+    fn matmul(
+        &self,
+        c: &mut Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        beta: f32,
+    ) {
+        CpuBackend::matmul(self, c.host_mut(), a.host(), b.host(), m, n, k, ta, tb, beta)
+    }
+
+    fn quant_matmul(
+        &self,
+        y: &mut Tensor,
+        x: &Tensor,
+        w: &dyn crate::quant::QuantLinear,
+        n: usize,
+        backward: bool,
+    ) {
+        if backward {
+            w.matmul_dyw(y.host_mut(), x.host(), n)
+        } else {
+            w.matmul_xwt(y.host_mut(), x.host(), n)
+        }
+    }
+
+    fn rmsnorm_fwd(
+        &self,
+        y: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        n: usize,
+        d: usize,
+        eps: f32,
+    ) {
+        CpuBackend::rmsnorm_fwd(self, y.host_mut(), rstd.host_mut(), x.host(), w.host(), n, d, eps)
+    }
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
+        n: usize,
+        d: usize,
+    ) {
+        CpuBackend::rmsnorm_bwd(
+            self,
+            dx.host_mut(),
+            dw.map(|t| t.host_mut()),
+            dy.host(),
+            x.host(),
+            w.host(),
+            rstd.host(),
+            n,
+            d,
+        )
+    }
+    fn layernorm_fwd(
+        &self,
+        y: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        n: usize,
+        d: usize,
+        eps: f32,
+    ) {
+        CpuBackend::layernorm_fwd(
+            self,
+            y.host_mut(),
+            mean.host_mut(),
+            rstd.host_mut(),
+            x.host(),
+            w.host(),
+            b.host(),
+            n,
+            d,
+            eps,
+        )
+    }
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        db: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        n: usize,
+        d: usize,
+    ) {
+        CpuBackend::layernorm_bwd(
+            self,
+            dx.host_mut(),
+            dw.map(|t| t.host_mut()),
+            db.map(|t| t.host_mut()),
+            dy.host(),
+            x.host(),
+            w.host(),
+            mean.host(),
+            rstd.host(),
+            n,
+            d,
+        )
+    }
+
+    fn rope_tables(&self, pos: &Tensor, n: usize, freqs: &RopeFreqs) -> RopeTables {
+        let (pos, half) = (pos.host(), freqs.inv.len());
+        let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+        for t in 0..n {
+            for (i, f) in freqs.inv.iter().enumerate() {
+                // transformers: cos = cos(pos·θ)·attention_scaling, sin likewise.
+                let ang = pos[t] * f;
+                cos[t * half + i] = ang.cos() * freqs.scale;
+                sin[t * half + i] = ang.sin() * freqs.scale;
+            }
+        }
+        RopeTables {
+            cos: Tensor::from_host(cos),
+            sin: Tensor::from_host(sin),
+            index: Tensor::default(),
+            half,
+        }
+    }
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        tab: &RopeTables,
+        n: usize,
+        heads: usize,
+        hd: usize,
+        kind: RopeKind,
+        inverse: bool,
+    ) {
+        let (cos, sin, half) = (tab.cos.host(), tab.sin.host(), tab.half);
+        x.host_mut()[..n * heads * hd]
+            .par_chunks_mut(heads * hd)
+            .enumerate()
+            .for_each(|(t, row)| {
+                for i in 0..half {
+                    let (c, mut s) = (cos[t * half + i], sin[t * half + i]);
+                    if inverse {
+                        s = -s;
+                    }
+                    let (i0, i1) = match kind {
+                        RopeKind::Half => (i, i + half),
+                        RopeKind::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    for h in 0..heads {
+                        let x = &mut row[h * hd..(h + 1) * hd];
+                        let (a, b) = (x[i0], x[i1]);
+                        x[i0] = a * c - b * s;
+                        x[i1] = b * c + a * s;
+                    }
+                }
+            });
+    }
+
+    fn attention_fwd(
+        &self,
+        out: &mut Tensor,
+        saved: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    ) {
+        CpuBackend::attention_fwd(
+            self,
+            out.host_mut(),
+            saved.host_mut(),
+            q.host(),
+            k.host(),
+            v.host(),
+            &HostMask::of(mask),
+            dims,
+            scale,
+        )
+    }
+    fn attention_bwd(
+        &self,
+        dq: &mut Tensor,
+        dk: &mut Tensor,
+        dv: &mut Tensor,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        saved: &Tensor,
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    ) {
+        CpuBackend::attention_bwd(
+            self,
+            dq.host_mut(),
+            dk.host_mut(),
+            dv.host_mut(),
+            dout.host(),
+            q.host(),
+            k.host(),
+            v.host(),
+            saved.host(),
+            &HostMask::of(mask),
+            dims,
+            scale,
+        )
+    }
+    fn attention_cached_fwd(
+        &self,
+        out: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        valid: &Tensor<u8>,
+        alibi: Option<(&Tensor, &Tensor)>,
+        window: Option<usize>,
+        dims: AttnDims,
+        cap: usize,
+        past: usize,
+        scale: f32,
+    ) {
+        CpuBackend::attention_cached_fwd(
+            self,
+            out.host_mut(),
+            q.host(),
+            k.host(),
+            v.host(),
+            valid.host(),
+            alibi.map(|(s, p)| (s.host(), p.host())),
+            window,
+            dims,
+            cap,
+            past,
+            scale,
+        )
+    }
+
+    fn swiglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
+        CpuBackend::swiglu_fwd(self, &mut a.host_mut()[..n], e.host(), g.host())
+    }
+    fn swiglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
+        CpuBackend::swiglu_bwd(
+            self,
+            &mut de.host_mut()[..n],
+            &mut dg.host_mut()[..n],
+            da.host(),
+            e.host(),
+            g.host(),
+        )
+    }
+    fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize) {
+        CpuBackend::gelu_fwd(self, &mut y.host_mut()[..n], x.host())
+    }
+    fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
+        CpuBackend::gelu_bwd(self, &mut dx.host_mut()[..n], dy.host(), x.host())
+    }
+
+    fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
+        let ids: Vec<u32> = ids.host()[..n].iter().map(|&i| i as u32).collect();
+        CpuBackend::embedding_fwd(self, &mut y.host_mut()[..n * d], table.host(), &ids, d)
+    }
+    fn embedding_bwd(
+        &self,
+        dtable: &mut Tensor,
+        dy: &Tensor,
+        ids: &Tensor<i32>,
+        n: usize,
+        d: usize,
+    ) {
+        let ids: Vec<u32> = ids.host()[..n].iter().map(|&i| i as u32).collect();
+        CpuBackend::embedding_bwd(self, dtable.host_mut(), dy.host(), &ids, d)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut Tensor,
+        loss: &mut Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
+        v: usize,
+        grad: Option<f32>,
+    ) {
+        let targets = &targets.host()[..n];
+        let row_loss = |l: &mut [f32], tgt: i32| -> f64 {
+            if tgt < 0 {
+                if grad.is_some() {
+                    l.iter_mut().for_each(|x| *x = 0.0);
+                }
+                return 0.0;
+            }
+            let mx = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let at_target = l[tgt as usize];
+            let lse = match grad {
+                // one exp per logit: d = exp(l − mx), then d ·= scale/Σ.
+                Some(scale) => {
+                    let mut sum = 0.0f32;
+                    for x in l.iter_mut() {
+                        *x = (*x - mx).exp();
+                        sum += *x;
+                    }
+                    let k = scale / sum;
+                    l.iter_mut().for_each(|x| *x *= k);
+                    l[tgt as usize] -= scale;
+                    mx + sum.ln()
+                }
+                None => mx + l.iter().map(|x| (x - mx).exp()).sum::<f32>().ln(),
+            };
+            (lse - at_target) as f64
+        };
+        let total: f64 = logits.host_mut()[..n * v]
+            .par_chunks_mut(v)
+            .zip(targets.par_iter())
+            .map(|(l, &t)| row_loss(l, t))
+            .sum();
+        loss.host_mut()[0] += total as f32;
+    }
+    fn argmax_hits(
+        &self,
+        hits: &mut Tensor,
+        logits: &Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
+        v: usize,
+    ) {
+        let count = logits.host()[..n * v]
+            .chunks(v)
+            .zip(&targets.host()[..n])
+            .filter(|&(row, &t)| t >= 0 && crate::util::argmax(row) as i32 == t)
+            .count();
+        hits.host_mut()[0] += count as f32;
+    }
+
+    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
+        grads
+            .iter()
+            .map(|g| {
+                g.host()
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+                    .sqrt() as f32
+            })
+            .collect()
+    }
+    fn adamw(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw::AdamwScalars,
+        weight_decay: bool,
+    ) {
+        p.host_mut()
+            .par_chunks_mut(ELEMS_PER_TASK)
+            .zip(m.host_mut().par_chunks_mut(ELEMS_PER_TASK))
+            .zip(v.host_mut().par_chunks_mut(ELEMS_PER_TASK))
+            .zip(g.host().par_chunks(ELEMS_PER_TASK))
+            .for_each(|(((p, m), v), g)| {
+                crate::optim::adamw::adamw_step(p, m, v, g, s, weight_decay)
+            });
+    }
+    fn bnb_adam32(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    ) {
+        p.host_mut()
+            .par_chunks_mut(ELEMS_PER_TASK)
+            .zip(m.host_mut().par_chunks_mut(ELEMS_PER_TASK))
+            .zip(v.host_mut().par_chunks_mut(ELEMS_PER_TASK))
+            .zip(g.host().par_chunks(ELEMS_PER_TASK))
+            .for_each(|(((p, m), v), g)| crate::optim::adamw8bit::bnb_adam32_step(p, m, v, g, s));
+    }
+    fn adamw8bit(
+        &self,
+        p: &mut Tensor,
+        st: &mut Adam8State,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    ) {
+        crate::optim::adamw8bit::adamw8bit_step(
+            p.host_mut(),
+            st.m.host_mut(),
+            st.v.host_mut(),
+            st.absmax_m.host_mut(),
+            st.absmax_v.host_mut(),
+            g.host(),
+            s,
+        )
     }
 }
 
@@ -1005,11 +1519,11 @@ mod tests {
         let valid: Vec<u8> = (0..n)
             .map(|k| u8::from(!(k < 5 || k >= dims.t + 70)))
             .collect();
-        let segment: Vec<u32> = (0..n).map(|k| u32::from(k >= dims.t + 30)).collect();
+        let segment: Vec<i32> = (0..n).map(|k| i32::from(k >= dims.t + 30)).collect();
         let slopes = [0.5f32, 0.25, 0.125, 0.0625];
         let kpos: Vec<f32> = (0..n).map(|k| (k % dims.t) as f32).collect();
         for alibi in [None, Some((&slopes[..], &kpos[..]))] {
-            let mask = AttnMask {
+            let mask = HostMask {
                 valid: &valid,
                 segment: &segment,
                 alibi,

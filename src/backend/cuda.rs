@@ -1,47 +1,30 @@
-//! `CudaBackend`: the [`Backend`] trait on one GPU, through the launchers in `src/cuda/ops`.
+//! `CudaBackend`: the [`Backend`] trait on one GPU (or the emulated device), on device-resident
+//! tensors. Weights cross to the device once, at load ([`Backend::upload`]); activations,
+//! gradients and optimizer state stay there; the host sees the batch going up and the loss,
+//! gradient norms and checkpoints coming down ([`Backend::download`]). The traffic counter
+//! ([`CudaBackend::traffic`]) counts every byte that crosses.
 //!
-//! This is the CORRECTNESS path: every call uploads its host inputs, launches, downloads its
-//! outputs and synchronizes (weights included, on every matmul). It lets the train step,
-//! evaluation and generation run their unchanged model code on the GPU and be compared with
-//! [`CpuBackend`] op by op and loss by loss. It is not fast: keeping activations, weights and
-//! adapter state resident on the device (device buffers behind the trait instead of host
-//! slices) is the next step.
+//! Precision: f32 storage and arithmetic (the `_f32` kernels, cuBLAS `sgemm` without TF32), so
+//! results track the CPU within f32 reassociation error.
 //!
-//! Precision: f32 storage everywhere (the `_f32` kernels, cuBLAS `sgemm` in its default math
-//! mode, no TF32), f32 accumulation, so results track the CPU within f32 reassociation error
-//! (about 1e-6 relative per op; the self-test's tiny training run allows 1e-3 on the losses).
+//! Each op launches on the device's stream and returns; errors of asynchronous work surface at
+//! the next download. The trait returns no errors, so a CUDA failure (out of memory, a kernel
+//! fault) panics with one line naming the device and the op.
 //!
-//! On kernels: matmul (cuBLAS), rmsnorm / layernorm fwd+bwd, rope (both layouts, fwd and
-//! inverse), attention fwd+bwd (padding, packed segments, GQA, ALiBi with per-segment
-//! contiguous key positions, head dim <= 128), swiglu / gelu fwd+bwd, embedding fwd+bwd,
-//! cross_entropy; lora_fwd / lora_bwd are the trait's defaults, i.e. this matmul.
-//!
-//! On the CPU ([`CpuBackend`]), because no kernel covers them yet:
-//! - `attention_cached_fwd` (generation's KV-cache attention);
-//! - `attention_fwd` / `attention_bwd` when the head dim exceeds 128, when query heads are not a
-//!   multiple of kv heads, with a sliding window, or when ALiBi key positions are not `index + constant` within each
-//!   (row, segment) (the kernel's bias is slope·(j − i));
-//! - 4-bit (QLoRA) base weights: the model's `QuantLinear` multiplies on the host, outside the
-//!   backend, so a quantized base runs its frozen matmuls on the CPU with the rest on the GPU.
-//!
-//! Memory: `attention_saved_len` is larger than the CPU's (the kernels' backward needs the
-//! forward output O besides the logsumexp), so each layer keeps an extra [B,T,NH,HD] on the host.
-//!
-//! The trait returns no errors, so a CUDA failure inside an op (out of memory, a kernel fault)
-//! panics with one line naming the device and the op. Everything that can be checked before the
-//! first op is checked by [`CudaBackend::new`]: driver, GPU index, NVRTC, headers (every kernel
-//! file used here is compiled there) and cuBLAS.
+//! Not on kernels yet (each says so where it is): ops that fall back to the host copy their
+//! operands down and back up (counted as traffic), see [`CudaBackend::host_fallback`].
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::cuda::mem::DevBuf;
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
-use super::{AttnDims, AttnMask, Backend, CpuBackend, RopeFreqs, RopeKind};
-use crate::cuda::error::{CudaError, Result};
+use super::cpu::CpuBackend;
+use super::{
+    Adam8State, AttnDims, AttnMask, Backend, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
+};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
-use crate::cuda::ops::act::{gelu_tanh_bwd, gelu_tanh_fwd, swiglu_bwd, swiglu_fwd, GluLayout};
+use crate::cuda::ops::act::{gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd, swiglu_fwd, GluLayout};
 use crate::cuda::ops::attention::{attn_bwd, attn_fwd, DeviceMasks};
 use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
@@ -59,10 +42,9 @@ pub struct CudaBackend {
     gpu: Gpu,
     /// `cuda:N <name> (sm_XY)`, for messages.
     label: String,
-    /// One op at a time: the trait is Send + Sync and the model may call it from several
-    /// threads, while a cuBLAS handle must not be used concurrently.
+    /// One op at a time: the trait is Send + Sync, while a cuBLAS handle must not be used
+    /// concurrently.
     lock: Mutex<()>,
-    cpu: CpuBackend,
 }
 
 impl CudaBackend {
@@ -70,7 +52,8 @@ impl CudaBackend {
     /// uses and creates the cuBLAS handle, so a missing driver, GPU, NVRTC, header or cuBLAS is
     /// one clear error here instead of a failure in the middle of a run.
     pub fn new(ordinal: usize) -> anyhow::Result<Self> {
-        let gpu = Gpu::new(ordinal).map_err(|e| device_error(&format!("cuda:{ordinal}"), e))?;
+        let gpu = Gpu::new(ordinal)
+            .map_err(|e| crate::cuda::device_error(&format!("cuda:{ordinal}"), e))?;
         let label = format!("cuda:{ordinal} {} (sm_{}{})", gpu.name, gpu.cc.0, gpu.cc.1);
         Self::on(gpu, label)
     }
@@ -96,13 +79,16 @@ impl CudaBackend {
             gpu,
             label,
             lock: Mutex::new(()),
-            cpu: CpuBackend,
         })
     }
 
     /// The device's host<->device byte counters.
     pub fn traffic(&self) -> crate::cuda::Traffic {
         self.gpu.traffic()
+    }
+
+    pub fn reset_traffic(&self) {
+        self.gpu.reset_traffic()
     }
 
     /// `cuda:N <name> (sm_XY)`.
@@ -113,149 +99,67 @@ impl CudaBackend {
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));
-        match result.and_then(|r| {
-            self.gpu.synchronize()?;
-            Ok(r)
-        }) {
+        match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
             Ok(r) => r,
             Err(e) => panic!("CUDA backend on {}: {op}: {e}", self.label),
         }
     }
-}
 
-/// One line naming the device: `device cuda:0: <why>` (the launcher-level error says
-/// `--device`, which is wrong for a recipe's `device` key).
-pub(crate) fn device_error(device: &str, e: CudaError) -> anyhow::Error {
-    match e {
-        CudaError::Unavailable { requested, reason } => {
-            anyhow::anyhow!("device {requested}: {reason}")
-        }
-        e => anyhow::anyhow!("device {device}: {e}"),
-    }
-}
-
-/// Host → new device buffer (one element of padding for empty inputs: zero-byte allocations are
-/// refused by the driver).
-fn up<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, v: &[T]) -> Result<DevBuf<T>> {
-    if v.is_empty() {
-        return gpu.alloc_zeros(1);
-    }
-    gpu.clone_htod(v)
-}
-
-/// A zeroed device buffer of `n` (at least 1) elements.
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<DevBuf<T>> {
-    gpu.alloc_zeros(n.max(1))
-}
-
-/// The first `dst.len()` elements of `src` into `dst`.
-fn down<T: DeviceRepr>(gpu: &Gpu, src: &DevBuf<T>, dst: &mut [T]) -> Result<()> {
-    if dst.is_empty() {
-        return Ok(());
-    }
-    gpu.memcpy_dtoh(&src.slice(..dst.len()), dst)?;
-    Ok(())
-}
-
-/// Whether the kernel's ALiBi bias slope·(j − i) equals the trait's slope·kpos[j] up to a
-/// per-query constant (softmax ignores it): kpos[j] − j must be the same for every valid key of
-/// a (batch row, segment). True for BLOOM's cumsum(mask) − 1 with left or right padding and for
-/// positions that restart per packed example.
-fn alibi_is_relative(mask: &AttnMask, b: usize, t: usize) -> bool {
-    let Some((_, kpos)) = mask.alibi else {
-        return true;
-    };
-    let mut offset: HashMap<(usize, u32), f32> = HashMap::new();
-    for bi in 0..b {
-        for j in 0..t {
-            let idx = bi * t + j;
-            if mask.valid[idx] == 0 {
-                continue;
-            }
-            let off = kpos[idx] - j as f32;
-            match offset.entry((bi, mask.segment[idx])) {
-                std::collections::hash_map::Entry::Occupied(o) if *o.get() != off => return false,
-                std::collections::hash_map::Entry::Occupied(_) => {}
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(off);
-                }
-            }
-        }
-    }
-    true
-}
-
-/// Whether the attention kernels can run these dims and mask (else the CPU does).
-fn attention_on_gpu(mask: &AttnMask, dims: AttnDims) -> bool {
-    let AttnDims { b, t, nh, nkv, hd } = dims;
-    hd > 0
-        && hd <= ATTN_DMAX
-        && nkv > 0
-        && nh % nkv == 0
-        && mask.window.is_none()
-        && alibi_is_relative(mask, b, t)
-}
-
-/// The kernels' segment ids: the trait's, with every padding token in segment −1.
-fn kernel_segments(mask: &AttnMask, n: usize) -> Vec<i32> {
-    (0..n)
-        .map(|i| {
-            if mask.valid[i] == 0 {
-                -1
+    fn up<T: DeviceRepr + ValidAsZeroBits>(&self, v: &[T]) -> Tensor<T> {
+        self.run("upload", |g| {
+            let buf = if v.is_empty() {
+                g.alloc_zeros(1)?
             } else {
-                mask.segment[i] as i32
-            }
+                g.clone_htod(v)?
+            };
+            Ok(Tensor::from_device(buf, v.len()))
         })
-        .collect()
-}
+    }
 
-/// Per-token rope tables [n, rot_dim/2]: row t = cos/sin(pos[t]·θ_i)·scale with the same
-/// frequencies and f32 arithmetic as `CpuBackend::rope`.
-fn rope_token_tables(pos: &[f32], n: usize, freqs: &RopeFreqs) -> (Vec<f32>, Vec<f32>) {
-    let half = freqs.inv.len();
-    let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
-    for t in 0..n {
-        for (i, f) in freqs.inv.iter().enumerate() {
-            let ang = pos[t] * f;
-            cos[t * half + i] = ang.cos() * freqs.scale;
-            sin[t * half + i] = ang.sin() * freqs.scale;
+    fn down<T: DeviceRepr + Default + Clone>(&self, t: &Tensor<T>) -> Vec<T> {
+        if t.is_empty() {
+            return Vec::new();
         }
-    }
-    (cos, sin)
-}
-
-/// The kernel's masks on the device (see [`GpuMasks::new`]).
-struct GpuMasks {
-    kmask: DevBuf<u8>,
-    seg: DevBuf<i32>,
-    slopes: Option<DevBuf<f32>>,
-}
-
-impl GpuMasks {
-    /// From the trait's mask over `n` = B·T tokens: kmask = valid; segment ids with every
-    /// padding token moved to segment −1, so a padding query sees no key (output 0, as the CPU)
-    /// while real queries never see padding keys (kmask); ALiBi slopes if any.
-    fn new(gpu: &Gpu, mask: &AttnMask, n: usize) -> Result<Self> {
-        Ok(GpuMasks {
-            kmask: up(gpu, &mask.valid[..n])?,
-            seg: up(gpu, &kernel_segments(mask, n))?,
-            slopes: match mask.alibi {
-                Some((s, _)) => Some(up(gpu, s)?),
-                None => None,
-            },
+        self.run("download", |g| {
+            let mut out = vec![T::default(); t.len()];
+            g.memcpy_dtoh(&t.device().slice(..t.len()), &mut out)?;
+            Ok(out)
         })
     }
 
-    fn view(&self) -> DeviceMasks<'_> {
-        DeviceMasks {
-            kmask: Some(&self.kmask),
-            seg: Some(&self.seg),
-            slopes: self.slopes.as_ref(),
+    /// Overwrites a device tensor with host values of the same length.
+    fn put(&self, t: &mut Tensor, v: &[f32]) {
+        if v.is_empty() {
+            return;
+        }
+        self.run("upload", |g| g.memcpy_htod(v, &mut t.device_mut().slice_mut(..v.len())))
+    }
+
+    /// Runs the CPU backend's op on host copies of device tensors: `inputs` are downloaded,
+    /// `outputs` downloaded, updated by `f` and uploaded back. The bridge for ops without a
+    /// kernel yet; every byte is counted as traffic.
+    fn host_fallback(
+        &self,
+        outputs: &mut [&mut Tensor],
+        inputs: &[&Tensor],
+        f: impl FnOnce(&CpuBackend, &mut [Tensor], &[Tensor]),
+    ) {
+        let ins: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| Tensor::from_host(self.down(t)))
+            .collect();
+        let mut outs: Vec<Tensor> = outputs
+            .iter()
+            .map(|t| Tensor::from_host(self.down(t)))
+            .collect();
+        f(&CpuBackend, &mut outs, &ins);
+        for (t, h) in outputs.iter_mut().zip(&outs) {
+            self.put(t, h.host());
         }
     }
 }
 
+/// The kernels' attention dims.
 fn kdims(dims: AttnDims, scale: f32) -> KDims {
     KDims {
         batch: dims.b,
@@ -267,12 +171,94 @@ fn kdims(dims: AttnDims, scale: f32) -> KDims {
     }
 }
 
+/// Whether the attention kernels take these dims and mask (else the host runs it).
+fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
+    dims.hd > 0
+        && dims.hd <= ATTN_DMAX
+        && dims.nkv > 0
+        && dims.nh % dims.nkv == 0
+        && mask.window.is_none()
+        && mask.alibi_relative
+}
+
 impl Backend for CudaBackend {
+    fn zeros(&self, len: usize) -> Tensor {
+        self.run("alloc", |g| Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len)))
+    }
+    fn upload(&self, v: &[f32]) -> Tensor {
+        self.up(v)
+    }
+    fn upload_i32(&self, v: &[i32]) -> Tensor<i32> {
+        self.up(v)
+    }
+    fn upload_u8(&self, v: &[u8]) -> Tensor<u8> {
+        self.up(v)
+    }
+    fn download(&self, t: &Tensor) -> Vec<f32> {
+        self.down(t)
+    }
+    fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8> {
+        self.down(t)
+    }
+
+    /// Device-to-device copies, one per row (one in all when both sides are contiguous).
+    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize) {
+        if rows * cols == 0 {
+            return;
+        }
+        let contiguous = d.ld == cols && s.ld == cols;
+        self.run("copy2d", |g| {
+            let (db, sb) = (dst.device_mut(), src.device());
+            if contiguous {
+                let n = rows * cols;
+                return g.memcpy_dtod(&sb.slice(s.off..s.off + n), &mut db.slice_mut(d.off..d.off + n));
+            }
+            for r in 0..rows {
+                let (so, dof) = (s.off + r * s.ld, d.off + r * d.ld);
+                g.memcpy_dtod(&sb.slice(so..so + cols), &mut db.slice_mut(dof..dof + cols))?;
+            }
+            Ok(())
+        })
+    }
+    fn fill(&self, y: &mut Tensor, v: f32) {
+        if v == 0.0 {
+            return self.run("fill", |g| g.memset_zeros(&mut y.device_mut().slice_mut(..)));
+        }
+        let n = y.len();
+        self.host_fallback(&mut [y], &[], |cpu, o, _| {
+            let _ = n;
+            cpu.fill(&mut o[0], v)
+        })
+    }
+    fn add(&self, y: &mut Tensor, x: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if y.len() == n && x.len() == n {
+            return self.run("add", |g| scale_add::<f32>(g, y.device_mut(), x.device(), 1.0));
+        }
+        self.host_fallback(&mut [y], &[x], |cpu, o, i| cpu.add(&mut o[0], &i[0], n))
+    }
+    fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
+        self.host_fallback(&mut [y], &[], |cpu, o, _| cpu.scale(&mut o[0], s, n))
+    }
+    fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize) {
+        self.host_fallback(&mut [y], &[b], |cpu, o, i| cpu.bias_add(&mut o[0], &i[0], n, d))
+    }
+    fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize) {
+        self.host_fallback(&mut [gb], &[dy], |cpu, o, i| cpu.bias_grad(&mut o[0], &i[0], n, d))
+    }
+    fn dropout(&self, y: &mut Tensor, x: &Tensor, p: f32, key: u64, n: usize, accumulate: bool) {
+        self.host_fallback(&mut [y], &[x], |cpu, o, i| {
+            cpu.dropout(&mut o[0], &i[0], p, key, n, accumulate)
+        })
+    }
+
     fn matmul(
         &self,
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
+        c: &mut Tensor,
+        a: &Tensor,
+        b: &Tensor,
         m: usize,
         n: usize,
         k: usize,
@@ -280,44 +266,44 @@ impl Backend for CudaBackend {
         tb: bool,
         beta: f32,
     ) {
-        assert!(
-            c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
-            "matmul shape"
-        );
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            c[..m * n].iter_mut().for_each(|x| *x *= beta);
-            return;
+            return self.scale(c, beta, m * n);
         }
-        self.run("matmul", |g| {
-            let (da, db) = (up(g, &a[..m * k])?, up(g, &b[..k * n])?);
-            let mut dc = if beta != 0.0 {
-                up(g, &c[..m * n])?
-            } else {
-                zeros(g, m * n)?
-            };
-            let mm = MatMul {
-                m,
-                n,
-                k,
-                trans_a: ta,
-                trans_b: tb,
-                alpha: 1.0,
-                beta,
-            };
-            matmul_f32(g, &mut dc, &da, &db, &mm)?;
-            down(g, &dc, &mut c[..m * n])
+        let mm = MatMul {
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            alpha: 1.0,
+            beta,
+        };
+        self.run("matmul", |g| matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm))
+    }
+
+    /// On the host for now: the 4-bit weight is not resident on the device yet.
+    fn quant_matmul(
+        &self,
+        y: &mut Tensor,
+        x: &Tensor,
+        w: &dyn crate::quant::QuantLinear,
+        n: usize,
+        backward: bool,
+    ) {
+        self.host_fallback(&mut [y], &[x], |cpu, o, i| {
+            cpu.quant_matmul(&mut o[0], &i[0], w, n, backward)
         })
     }
 
     fn rmsnorm_fwd(
         &self,
-        y: &mut [f32],
-        rstd: &mut [f32],
-        x: &[f32],
-        w: &[f32],
+        y: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
         n: usize,
         d: usize,
         eps: f32,
@@ -326,58 +312,53 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("rmsnorm_fwd", |g| {
-            let (dx, dw) = (up(g, &x[..n * d])?, up(g, &w[..d])?);
-            let (mut dy, mut dr) = (zeros(g, n * d)?, zeros(g, n)?);
-            rmsnorm_fwd::<f32>(g, &mut dy, &mut dr, &dx, &dw, n, d, eps)?;
-            down(g, &dy, &mut y[..n * d])?;
-            down(g, &dr, &mut rstd[..n])
+            rmsnorm_fwd::<f32>(g, y.device_mut(), rstd.device_mut(), x.device(), w.device(), n, d, eps)
         })
     }
-
     fn rmsnorm_bwd(
         &self,
-        dx: &mut [f32],
-        dw: Option<&mut [f32]>,
-        dy: &[f32],
-        x: &[f32],
-        w: &[f32],
-        rstd: &[f32],
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
         n: usize,
         d: usize,
     ) {
         if n * d == 0 {
             return;
         }
-        self.run("rmsnorm_bwd", |g| {
-            let (ddy, dxx, dww, dr) = (
-                up(g, &dy[..n * d])?,
-                up(g, &x[..n * d])?,
-                up(g, &w[..d])?,
-                up(g, &rstd[..n])?,
-            );
-            let mut ddx = zeros(g, n * d)?;
-            // dw accumulates: start from the caller's values.
-            let mut ddw = match &dw {
-                Some(v) => up(g, &v[..d])?,
-                None => zeros(g, d)?,
-            };
-            rmsnorm_bwd::<f32>(g, &mut ddx, &mut ddw, &ddy, &dxx, &dww, &dr, n, d)?;
-            down(g, &ddx, &mut dx[..n * d])?;
-            if let Some(v) = dw {
-                down(g, &ddw, &mut v[..d])?;
+        let mut scratch;
+        let dw = match dw {
+            Some(t) => t,
+            None => {
+                scratch = self.zeros(d);
+                &mut scratch
             }
-            Ok(())
+        };
+        self.run("rmsnorm_bwd", |g| {
+            rmsnorm_bwd::<f32>(
+                g,
+                dx.device_mut(),
+                dw.device_mut(),
+                dy.device(),
+                x.device(),
+                w.device(),
+                rstd.device(),
+                n,
+                d,
+            )
         })
     }
-
     fn layernorm_fwd(
         &self,
-        y: &mut [f32],
-        mean: &mut [f32],
-        rstd: &mut [f32],
-        x: &[f32],
-        w: &[f32],
-        b: &[f32],
+        y: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
         n: usize,
         d: usize,
         eps: f32,
@@ -386,97 +367,128 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("layernorm_fwd", |g| {
-            let (dx, dw, db) = (up(g, &x[..n * d])?, up(g, &w[..d])?, up(g, &b[..d])?);
-            let (mut dy, mut dm, mut dr) = (zeros(g, n * d)?, zeros(g, n)?, zeros(g, n)?);
-            layernorm_fwd::<f32>(g, &mut dy, &mut dm, &mut dr, &dx, &dw, &db, n, d, eps)?;
-            down(g, &dy, &mut y[..n * d])?;
-            down(g, &dm, &mut mean[..n])?;
-            down(g, &dr, &mut rstd[..n])
+            layernorm_fwd::<f32>(
+                g,
+                y.device_mut(),
+                mean.device_mut(),
+                rstd.device_mut(),
+                x.device(),
+                w.device(),
+                b.device(),
+                n,
+                d,
+                eps,
+            )
         })
     }
-
     fn layernorm_bwd(
         &self,
-        dx: &mut [f32],
-        dw: Option<&mut [f32]>,
-        db: Option<&mut [f32]>,
-        dy: &[f32],
-        x: &[f32],
-        w: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        db: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
         n: usize,
         d: usize,
     ) {
         if n * d == 0 {
             return;
         }
+        let (mut s1, mut s2);
+        let dw = match dw {
+            Some(t) => t,
+            None => {
+                s1 = self.zeros(d);
+                &mut s1
+            }
+        };
+        let db = match db {
+            Some(t) => t,
+            None => {
+                s2 = self.zeros(d);
+                &mut s2
+            }
+        };
         self.run("layernorm_bwd", |g| {
-            let (ddy, dxx, dww) = (up(g, &dy[..n * d])?, up(g, &x[..n * d])?, up(g, &w[..d])?);
-            let (dm, dr) = (up(g, &mean[..n])?, up(g, &rstd[..n])?);
-            let mut ddx = zeros(g, n * d)?;
-            // dw, db accumulate: start from the caller's values.
-            let mut gw = match &dw {
-                Some(v) => up(g, &v[..d])?,
-                None => zeros(g, d)?,
-            };
-            let mut gb = match &db {
-                Some(v) => up(g, &v[..d])?,
-                None => zeros(g, d)?,
-            };
             layernorm_bwd::<f32>(
-                g, &mut ddx, &mut gw, &mut gb, &ddy, &dxx, &dww, &dm, &dr, n, d,
-            )?;
-            down(g, &ddx, &mut dx[..n * d])?;
-            if let Some(v) = dw {
-                down(g, &gw, &mut v[..d])?;
-            }
-            if let Some(v) = db {
-                down(g, &gb, &mut v[..d])?;
-            }
-            Ok(())
+                g,
+                dx.device_mut(),
+                dw.device_mut(),
+                db.device_mut(),
+                dy.device(),
+                x.device(),
+                w.device(),
+                mean.device(),
+                rstd.device(),
+                n,
+                d,
+            )
         })
     }
 
-    /// The kernel reads cos/sin tables by position index; here the tables hold one row per
-    /// TOKEN (row t = cos/sin(pos[t]·θ_i), computed in f32 exactly as the CPU does) and the
-    /// index of token t is t, so any f32 position works and the angles match the CPU bit for bit.
+    fn rope_tables(&self, pos: &Tensor, n: usize, freqs: &RopeFreqs) -> RopeTables {
+        let mut host = RopeTables {
+            cos: Tensor::default(),
+            sin: Tensor::default(),
+            index: Tensor::default(),
+            half: freqs.inv.len(),
+        };
+        let pos_h = Tensor::from_host(self.down(pos));
+        let t = CpuBackend.rope_tables(&pos_h, n, freqs);
+        host.cos = self.up(t.cos.host());
+        host.sin = self.up(t.sin.host());
+        host.index = self.up(&(0..n as i32).collect::<Vec<_>>());
+        host
+    }
+    /// The kernel reads cos/sin by table row; the tables hold one row per token, so row t is
+    /// token t (`tab.index`).
     fn rope(
         &self,
-        x: &mut [f32],
-        pos: &[f32],
+        x: &mut Tensor,
+        tab: &RopeTables,
         n: usize,
         heads: usize,
         hd: usize,
-        freqs: &RopeFreqs,
         kind: RopeKind,
         inverse: bool,
     ) {
-        let half = freqs.inv.len();
-        let rot_dim = 2 * half;
-        if n * heads * hd == 0 || half == 0 {
+        let len = n * heads * hd;
+        if len == 0 || tab.half == 0 {
             return;
         }
-        let (cos, sin) = rope_token_tables(pos, n, freqs);
-        let idx: Vec<i32> = (0..n as i32).collect();
         let layout = match kind {
             RopeKind::Half => RopeLayout::Half,
             RopeKind::Interleaved => RopeLayout::Glm,
         };
-        let len = n * heads * hd;
+        let dm = RopeDims {
+            tokens: n,
+            heads,
+            hd,
+            rot: 2 * tab.half,
+            max_pos: n,
+        };
+        let mut y = self.zeros(len);
         self.run("rope", |g| {
-            let (dx, dc, ds, dp) = (up(g, &x[..len])?, up(g, &cos)?, up(g, &sin)?, up(g, &idx)?);
-            let mut dy = zeros(g, len)?;
-            let dm = RopeDims {
-                tokens: n,
-                heads,
-                hd,
-                rot: rot_dim,
-                max_pos: n,
-            };
-            rope::<f32>(g, &mut dy, &dx, &dc, &ds, &dp, dm, layout, inverse)?;
-            down(g, &dy, &mut x[..len])
-        })
+            rope::<f32>(
+                g,
+                y.device_mut(),
+                x.device(),
+                tab.cos.device(),
+                tab.sin.device(),
+                tab.index.device(),
+                dm,
+                layout,
+                inverse,
+            )
+        });
+        if x.len() == len {
+            *x = y;
+        } else {
+            self.copy2d(x, Strided::rows(len, 0), &y, Strided::rows(len, 0), 1, len);
+        }
     }
 
     /// logsumexp [B,NH,T] (+∞ for a row with no key) followed by the output O [B,T,NH,HD]:
@@ -487,378 +499,343 @@ impl Backend for CudaBackend {
 
     fn attention_fwd(
         &self,
-        out: &mut [f32],
-        saved: &mut [f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        out: &mut Tensor,
+        saved: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
         mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
     ) {
-        if !attention_on_gpu(mask, dims) {
-            return self
-                .cpu
-                .attention_fwd(out, saved, q, k, v, mask, dims, scale);
-        }
-        let AttnDims { b, t, nh, nkv, hd } = dims;
-        let (ntok, nq, nk) = (b * t, b * t * nh * hd, b * t * nkv * hd);
-        if nq == 0 {
+        let AttnDims { b, t, nh, hd, .. } = dims;
+        if b * t * nh * hd == 0 {
             return;
         }
-        let nlse = b * nh * t;
+        if !attention_on_kernels(mask, dims) {
+            // The CPU saves [B,T,NH] logsumexp; keep its layout in the first part of `saved`.
+            let (valid, seg) = (Tensor::from_host(self.down_u8(mask.valid)), Tensor::from_host(self.down_i32(mask.segment)));
+            let alibi = mask.alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
+            let m = AttnMask {
+                valid: &valid,
+                segment: &seg,
+                alibi: alibi.as_ref().map(|(s, p)| (s, p)),
+                alibi_relative: mask.alibi_relative,
+                window: mask.window,
+            };
+            let nl = CpuBackend.attention_saved_len(dims);
+            let mut lse = Tensor::from_host(vec![0.0; nl]);
+            let mut o = Tensor::from_host(vec![0.0; out.len()]);
+            let (qh, kh, vh) = (Tensor::from_host(self.down(q)), Tensor::from_host(self.down(k)), Tensor::from_host(self.down(v)));
+            Backend::attention_fwd(&CpuBackend, &mut o, &mut lse, &qh, &kh, &vh, &m, dims, scale);
+            self.put(out, o.host());
+            let mut s = self.down(saved);
+            s[..nl].copy_from_slice(lse.host());
+            self.put(saved, &s);
+            return;
+        }
+        let (nq, nlse) = (b * t * nh * hd, b * nh * t);
+        let mut lse = self.zeros(nlse);
         self.run("attention_fwd", |g| {
-            let (dq, dk, dv) = (up(g, &q[..nq])?, up(g, &k[..nk])?, up(g, &v[..nk])?);
-            let masks = GpuMasks::new(g, mask, ntok)?;
-            let mk = masks.view();
-            let (mut o, mut lse) = (zeros(g, nq)?, zeros(g, nlse)?);
-            attn_fwd::<f32>(g, &mut o, &mut lse, &dq, &dk, &dv, &mk, &kdims(dims, scale))?;
-            down(g, &o, &mut out[..nq])?;
-            let (s_lse, s_o) = saved[..nlse + nq].split_at_mut(nlse);
-            down(g, &lse, s_lse)?;
-            down(g, &o, s_o)
+            let mk = DeviceMasks {
+                kmask: Some(mask.valid.device()),
+                seg: Some(mask.segment.device()),
+                slopes: mask.alibi.map(|(s, _)| s.device()),
+            };
+            attn_fwd::<f32>(g, out.device_mut(), lse.device_mut(), q.device(), k.device(), v.device(), &mk, &kdims(dims, scale))?;
+            let sd = saved.device_mut();
+            g.memcpy_dtod(&lse.device().slice(..nlse), &mut sd.slice_mut(..nlse))?;
+            g.memcpy_dtod(&out.device().slice(..nq), &mut sd.slice_mut(nlse..nlse + nq))
         })
     }
 
     fn attention_bwd(
         &self,
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-        dout: &[f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        saved: &[f32],
+        dq: &mut Tensor,
+        dk: &mut Tensor,
+        dv: &mut Tensor,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        saved: &Tensor,
         mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
     ) {
-        if !attention_on_gpu(mask, dims) {
-            return self
-                .cpu
-                .attention_bwd(dq, dk, dv, dout, q, k, v, saved, mask, dims, scale);
-        }
-        let AttnDims { b, t, nh, nkv, hd } = dims;
-        let (ntok, nq, nk) = (b * t, b * t * nh * hd, b * t * nkv * hd);
-        if nq == 0 {
+        let AttnDims { b, t, nh, hd, .. } = dims;
+        if b * t * nh * hd == 0 {
             return;
         }
-        let nlse = b * nh * t;
+        if !attention_on_kernels(mask, dims) {
+            let (valid, seg) = (Tensor::from_host(self.down_u8(mask.valid)), Tensor::from_host(self.down_i32(mask.segment)));
+            let alibi = mask.alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
+            let m = AttnMask {
+                valid: &valid,
+                segment: &seg,
+                alibi: alibi.as_ref().map(|(s, p)| (s, p)),
+                alibi_relative: mask.alibi_relative,
+                window: mask.window,
+            };
+            let nl = CpuBackend.attention_saved_len(dims);
+            let sh = Tensor::from_host(self.down(saved)[..nl].to_vec());
+            let h = |t: &Tensor| Tensor::from_host(self.down(t));
+            let (mut gq, mut gk, mut gv) = (h(dq), h(dk), h(dv));
+            Backend::attention_bwd(&CpuBackend, &mut gq, &mut gk, &mut gv, &h(dout), &h(q), &h(k), &h(v), &sh, &m, dims, scale);
+            self.put(dq, gq.host());
+            self.put(dk, gk.host());
+            self.put(dv, gv.host());
+            return;
+        }
+        let (nq, nlse) = (b * t * nh * hd, b * nh * t);
+        let mut lse = self.zeros(nlse);
+        let mut o = self.zeros(nq);
+        let mut delta = self.zeros(nlse);
         self.run("attention_bwd", |g| {
-            let (gq, gk, gv) = (up(g, &q[..nq])?, up(g, &k[..nk])?, up(g, &v[..nk])?);
-            let (go, gdo) = (up(g, &saved[nlse..nlse + nq])?, up(g, &dout[..nq])?);
-            let lse = up(g, &saved[..nlse])?;
-            let masks = GpuMasks::new(g, mask, ntok)?;
-            let mk = masks.view();
-            let (mut gdq, mut gdk, mut gdv) = (zeros(g, nq)?, zeros(g, nk)?, zeros(g, nk)?);
-            let mut delta = zeros(g, nlse)?;
+            let sd = saved.device();
+            g.memcpy_dtod(&sd.slice(..nlse), &mut lse.device_mut().slice_mut(..nlse))?;
+            g.memcpy_dtod(&sd.slice(nlse..nlse + nq), &mut o.device_mut().slice_mut(..nq))?;
+            let mk = DeviceMasks {
+                kmask: Some(mask.valid.device()),
+                seg: Some(mask.segment.device()),
+                slopes: mask.alibi.map(|(s, _)| s.device()),
+            };
             attn_bwd::<f32>(
                 g,
-                &mut gdq,
-                &mut gdk,
-                &mut gdv,
-                &mut delta,
-                &gdo,
-                &gq,
-                &gk,
-                &gv,
-                &go,
-                &lse,
+                dq.device_mut(),
+                dk.device_mut(),
+                dv.device_mut(),
+                delta.device_mut(),
+                dout.device(),
+                q.device(),
+                k.device(),
+                v.device(),
+                o.device(),
+                lse.device(),
                 &mk,
                 &kdims(dims, scale),
-            )?;
-            down(g, &gdq, &mut dq[..nq])?;
-            down(g, &gdk, &mut dk[..nk])?;
-            down(g, &gdv, &mut dv[..nk])
+            )
         })
     }
 
-    /// CPU: no KV-cache attention kernel yet.
+    /// On the host for now (no KV-cache attention kernel yet).
     fn attention_cached_fwd(
         &self,
-        out: &mut [f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        valid: &[u8],
-        alibi: Option<(&[f32], &[f32])>,
+        out: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        valid: &Tensor<u8>,
+        alibi: Option<(&Tensor, &Tensor)>,
         window: Option<usize>,
         dims: AttnDims,
         cap: usize,
         past: usize,
         scale: f32,
     ) {
-        self.cpu
-            .attention_cached_fwd(out, q, k, v, valid, alibi, window, dims, cap, past, scale)
+        let vh = Tensor::from_host(self.down_u8(valid));
+        let al = alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
+        self.host_fallback(&mut [out], &[q, k, v], |cpu, o, i| {
+            Backend::attention_cached_fwd(
+                cpu,
+                &mut o[0],
+                &i[0],
+                &i[1],
+                &i[2],
+                &vh,
+                al.as_ref().map(|(s, p)| (s, p)),
+                window,
+                dims,
+                cap,
+                past,
+                scale,
+            )
+        })
     }
 
-    fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
-        let n = a.len();
+    fn swiglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
         self.run("swiglu_fwd", |gpu| {
-            let (de, dg) = (up(gpu, &e[..n])?, up(gpu, &g[..n])?);
-            let mut da = zeros(gpu, n)?;
-            swiglu_fwd::<f32>(gpu, &mut da, &de, &dg, 1, n, GluLayout::Separate)?;
-            down(gpu, &da, a)
+            swiglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), 1, n, GluLayout::Separate)
         })
     }
-
-    fn swiglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
-        let n = de.len();
+    fn swiglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
         if n == 0 {
             return;
         }
         self.run("swiglu_bwd", |gpu| {
-            let (gda, ge, gg) = (up(gpu, &da[..n])?, up(gpu, &e[..n])?, up(gpu, &g[..n])?);
-            let (mut gde, mut gdg) = (zeros(gpu, n)?, zeros(gpu, n)?);
             swiglu_bwd::<f32>(
                 gpu,
-                &mut gde,
-                &mut gdg,
-                &gda,
-                &ge,
-                &gg,
+                de.device_mut(),
+                dg.device_mut(),
+                da.device(),
+                e.device(),
+                g.device(),
                 1,
                 n,
                 GluLayout::Separate,
-            )?;
-            down(gpu, &gde, de)?;
-            down(gpu, &gdg, &mut dg[..n])
+            )
         })
     }
-
-    fn gelu_fwd(&self, y: &mut [f32], x: &[f32]) {
-        let n = y.len();
+    fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("gelu_fwd", |g| {
-            let dx = g.clone_htod(&x[..n])?;
-            let mut dy = g.alloc_zeros::<f32>(n)?;
-            gelu_tanh_fwd::<f32>(g, &mut dy, &dx)?;
-            down(g, &dy, y)
-        })
+        assert_eq!(y.len(), n, "gelu_fwd: y must hold n values");
+        self.run("gelu_fwd", |g| gelu_tanh_fwd::<f32>(g, y.device_mut(), x.device()))
     }
-
-    fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]) {
-        let n = dx.len();
+    fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("gelu_bwd", |g| {
-            let (gdy, gx) = (g.clone_htod(&dy[..n])?, g.clone_htod(&x[..n])?);
-            let mut gdx = g.alloc_zeros::<f32>(n)?;
-            gelu_tanh_bwd::<f32>(g, &mut gdx, &gdy, &gx)?;
-            down(g, &gdx, dx)
-        })
+        assert_eq!(dx.len(), n, "gelu_bwd: dx must hold n values");
+        self.run("gelu_bwd", |g| gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device()))
     }
 
-    fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize) {
-        let n = ids.len();
+    fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
         if n * d == 0 {
             return;
         }
-        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-        self.run("embedding_fwd", |g| {
-            let (gt, gi) = (up(g, table)?, up(g, &ids)?);
-            let mut gy = zeros(g, n * d)?;
-            embedding_fwd::<f32>(g, &mut gy, &gi, &gt, d)?;
-            down(g, &gy, &mut y[..n * d])
-        })
+        assert_eq!(ids.len(), n, "embedding_fwd: ids must hold n values");
+        self.run("embedding_fwd", |g| embedding_fwd::<f32>(g, y.device_mut(), ids.device(), table.device(), d))
     }
-
-    fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize) {
-        let n = ids.len();
+    fn embedding_bwd(
+        &self,
+        dtable: &mut Tensor,
+        dy: &Tensor,
+        ids: &Tensor<i32>,
+        n: usize,
+        d: usize,
+    ) {
         if n * d == 0 {
             return;
         }
-        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-        self.run("embedding_bwd", |g| {
-            // dtable accumulates: start from the caller's values.
-            let (mut gt, gi, gdy) = (up(g, dtable)?, up(g, &ids)?, up(g, &dy[..n * d])?);
-            embedding_bwd::<f32>(g, &mut gt, &gi, &gdy, d)?;
-            down(g, &gt, dtable)
-        })
+        assert_eq!(ids.len(), n, "embedding_bwd: ids must hold n values");
+        self.run("embedding_bwd", |g| embedding_bwd::<f32>(g, dtable.device_mut(), ids.device(), dy.device(), d))
     }
 
     fn cross_entropy(
         &self,
-        dlogits: Option<&mut [f32]>,
-        logits: &[f32],
-        targets: &[i64],
+        logits: &mut Tensor,
+        loss: &mut Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
         v: usize,
-        scale: f32,
-    ) -> f64 {
-        let n = targets.len();
+        grad: Option<f32>,
+    ) {
         if n * v == 0 {
-            return 0.0;
+            return;
         }
-        // The kernels ignore targets outside [0, v); the trait ignores t < 0.
-        let tg: Vec<i32> = targets
-            .iter()
-            .map(|&t| {
-                if t < 0 || t as usize >= v {
-                    -100
-                } else {
-                    t as i32
-                }
-            })
-            .collect();
+        assert_eq!(targets.len(), n, "cross_entropy: targets must hold n values");
+        let (mut rows, mut lse) = (self.zeros(n), self.zeros(n));
         self.run("cross_entropy", |g| {
-            let (mut z, gt) = (up(g, &logits[..n * v])?, up(g, &tg)?);
-            let (mut loss, mut lse) = (zeros::<f32>(g, n)?, zeros::<f32>(g, n)?);
-            cross_entropy_fwd::<f32>(g, &mut loss, &mut lse, &z, &gt, v)?;
-            if let Some(dl) = dlogits {
-                cross_entropy_bwd_inplace::<f32>(g, &mut z, &lse, &gt, v, scale)?;
-                down(g, &z, &mut dl[..n * v])?;
+            cross_entropy_fwd::<f32>(g, rows.device_mut(), lse.device_mut(), logits.device(), targets.device(), v)?;
+            if let Some(scale) = grad {
+                cross_entropy_bwd_inplace::<f32>(g, logits.device_mut(), lse.device(), targets.device(), v, scale)?;
             }
-            let mut host = vec![0f32; n];
-            down(g, &loss, &mut host)?;
-            Ok(host.iter().map(|&l| l as f64).sum())
+            Ok(())
+        });
+        // Σ rows into loss[0]: on the host for now.
+        self.host_fallback(&mut [loss], &[&rows], |_, o, i| {
+            o[0].host_mut()[0] += i[0].host().iter().map(|&x| x as f64).sum::<f64>() as f32
         })
+    }
+    fn argmax_hits(
+        &self,
+        hits: &mut Tensor,
+        logits: &Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
+        v: usize,
+    ) {
+        let th = Tensor::from_host(self.down_i32(targets));
+        self.host_fallback(&mut [hits], &[logits], |cpu, o, i| {
+            cpu.argmax_hits(&mut o[0], &i[0], &th, n, v)
+        })
+    }
+
+    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
+        grads
+            .iter()
+            .map(|g| {
+                self.down(g)
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+                    .sqrt() as f32
+            })
+            .collect()
+    }
+    fn adamw(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw::AdamwScalars,
+        weight_decay: bool,
+    ) {
+        self.host_fallback(&mut [p, m, v], &[g], |cpu, o, i| {
+            let [p, m, v] = o else { unreachable!("three outputs") };
+            cpu.adamw(p, m, v, &i[0], s, weight_decay)
+        })
+    }
+    fn bnb_adam32(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    ) {
+        self.host_fallback(&mut [p, m, v], &[g], |cpu, o, i| {
+            let [p, m, v] = o else { unreachable!("three outputs") };
+            cpu.bnb_adam32(p, m, v, &i[0], s)
+        })
+    }
+    fn adamw8bit(
+        &self,
+        p: &mut Tensor,
+        st: &mut Adam8State,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    ) {
+        let mut host = Adam8State {
+            m: Tensor::from_host(self.down(&st.m)),
+            v: Tensor::from_host(self.down(&st.v)),
+            absmax_m: Tensor::from_host(self.down(&st.absmax_m)),
+            absmax_v: Tensor::from_host(self.down(&st.absmax_v)),
+        };
+        self.host_fallback(&mut [p], &[g], |cpu, o, i| cpu.adamw8bit(&mut o[0], &mut host, &i[0], s));
+        st.m = self.up(host.m.host());
+        st.v = self.up(host.v.host());
+        st.absmax_m = self.up(host.absmax_m.host());
+        st.absmax_v = self.up(host.absmax_v.host());
+    }
+}
+
+impl CudaBackend {
+    fn down_u8(&self, t: &Tensor<u8>) -> Vec<u8> {
+        self.down(t)
+    }
+    fn down_i32(&self, t: &Tensor<i32>) -> Vec<i32> {
+        self.down(t)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mask<'a>(
-        valid: &'a [u8],
-        seg: &'a [u32],
-        alibi: Option<(&'a [f32], &'a [f32])>,
-    ) -> AttnMask<'a> {
-        AttnMask {
-            valid,
-            segment: seg,
-            alibi,
-            window: None,
-        }
-    }
-
-    /// BLOOM's cumsum(mask) − 1 under left padding, and positions restarting per packed
-    /// example, are `index + constant` per (row, segment): the kernel's relative bias is exact.
-    #[test]
-    fn alibi_relative_check() {
-        let slopes = [0.5f32];
-        // row 0: two pads then 0,1,2; row 1: packed [0,1 | 0,1,2].
-        let valid = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
-        let seg = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1];
-        let kpos = [0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 0.0, 1.0, 2.0];
-        assert!(alibi_is_relative(
-            &mask(&valid, &seg, Some((&slopes, &kpos))),
-            2,
-            5
-        ));
-        // A gap inside one segment is not.
-        let kpos = [0.0, 0.0, 0.0, 2.0, 3.0, 0.0, 1.0, 0.0, 1.0, 2.0];
-        assert!(!alibi_is_relative(
-            &mask(&valid, &seg, Some((&slopes, &kpos))),
-            2,
-            5
-        ));
-        assert!(alibi_is_relative(&mask(&valid, &seg, None), 2, 5));
-    }
-
-    fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() <= tol * (1.0 + w.abs()),
-                "{what}[{i}]: kernel path {g} vs cpu {w}"
-            );
-        }
-    }
-
-    /// The host-side glue of the attention path, with the kernels' CPU twins standing in for
-    /// the kernels (the self-test checks kernel = twin on the GPU): kmask, `kernel_segments`
-    /// and the relative ALiBi through the twin give CpuBackend's outputs and gradients, on left
-    /// padding, a packed row, GQA and BLOOM-style key positions.
-    #[test]
-    fn attention_glue_matches_cpu_backend_via_twins() {
-        use crate::cuda::twins::attention::{attn_bwd, attn_fwd, AttnMasks};
-        use crate::cuda::twins::Rng;
-        let dims = AttnDims {
-            b: 2,
-            t: 7,
-            nh: 4,
-            nkv: 2,
-            hd: 8,
-        };
-        let (nq, nk, nl) = (2 * 7 * 4 * 8, 2 * 7 * 2 * 8, 2 * 4 * 7);
-        let mut rng = Rng::new(5);
-        let (q, k, v, dout) = (
-            rng.normals(nq, 1.0),
-            rng.normals(nk, 1.0),
-            rng.normals(nk, 1.0),
-            rng.normals(nq, 1.0),
-        );
-        // row 0: two left pads; row 1: two packed examples [3 | 4].
-        let valid = [0u8, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
-        let seg = [0u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
-        let kpos = [0f32, 0., 0., 1., 2., 3., 4., 0., 1., 2., 0., 1., 2., 3.];
-        let slopes = [0.5f32, 0.25, 0.125, 0.0625];
-        for alibi in [None, Some((&slopes[..], &kpos[..]))] {
-            let m = mask(&valid, &seg, alibi);
-            assert!(attention_on_gpu(&m, dims));
-            let scale = 0.35;
-            let cpu = CpuBackend;
-            let (mut out, mut lse_cpu) = (vec![0f32; nq], vec![0f32; nl]);
-            cpu.attention_fwd(&mut out, &mut lse_cpu, &q, &k, &v, &m, dims, scale);
-            let (mut dq, mut dk, mut dv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
-            cpu.attention_bwd(
-                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &lse_cpu, &m, dims, scale,
-            );
-
-            let kseg = kernel_segments(&m, 14);
-            let mk = AttnMasks {
-                kmask: Some(&valid),
-                seg: Some(&kseg),
-                slopes: alibi.map(|(s, _)| s),
-            };
-            let kd = kdims(dims, scale);
-            let (mut o, mut lse) = (vec![0f32; nq], vec![0f32; nl]);
-            attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &kd);
-            close("out", &o, &out, 1e-5);
-            let (mut gq, mut gk, mut gv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
-            attn_bwd(
-                &mut gq, &mut gk, &mut gv, &dout, &q, &k, &v, &o, &lse, &mk, &kd,
-            );
-            close("dq", &gq, &dq, 1e-4);
-            close("dk", &gk, &dk, 1e-4);
-            close("dv", &gv, &dv, 1e-4);
-        }
-    }
-
-    /// Per-token tables + the rope twin = CpuBackend::rope bit for bit, both layouts, both ways,
-    /// partial rotation and non-integer positions.
-    #[test]
-    fn rope_glue_matches_cpu_backend_via_twin() {
-        use crate::cuda::twins::rope::rope as twin_rope;
-        use crate::cuda::twins::Rng;
-        let (n, heads, hd, rot) = (5, 3, 8, 4);
-        let pos = [0.0f32, 3.0, 17.0, 1000.0, 2.5];
-        let x = Rng::new(9).normals(n * heads * hd, 1.0);
-        let freqs = RopeFreqs::plain(rot, 10000.0);
-        let (cos, sin) = rope_token_tables(&pos, n, &freqs);
-        let idx: Vec<i32> = (0..n as i32).collect();
-        for (kind, layout) in [
-            (RopeKind::Half, RopeLayout::Half),
-            (RopeKind::Interleaved, RopeLayout::Glm),
-        ] {
-            for inverse in [false, true] {
-                let mut want = x.clone();
-                CpuBackend.rope(&mut want, &pos, n, heads, hd, &freqs, kind, inverse);
-                let mut got = vec![0f32; x.len()];
-                let sgn = if inverse { -1.0 } else { 1.0 };
-                twin_rope(&mut got, &x, &cos, &sin, &idx, heads, hd, rot, layout, sgn);
-                assert_eq!(got, want, "{kind:?} inverse {inverse}");
-            }
-        }
-    }
 
     /// Without a driver (this build machine, CI) construction is one error naming the device.
     #[test]

@@ -11,9 +11,11 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod tensor;
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use tensor::Tensor;
 
 use crate::cuda::{Device, DeviceRequest};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let (device, line) = req
         .resolve()
-        .map_err(|e| cuda::device_error(&req.to_string(), e))?;
+        .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
     match (req, backend_for(device)) {
         (_, Ok(be)) => Ok((be, line)),
         (DeviceRequest::Auto, Err(e)) => Ok((
@@ -83,17 +85,53 @@ impl RopeFreqs {
     }
 }
 
+/// One forward's rotary tables, per token: cos[t, i] = cos(pos[t]·θ_i)·scale, sin likewise
+/// ([n, half] each; angles in f32 as transformers computes them). Built once per forward by
+/// [`Backend::rope_tables`] and used by every layer's [`Backend::rope`].
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// The table row of each token (0..n), for kernels that index tables by position.
+    pub index: Tensor<i32>,
+    /// rot_dim / 2.
+    pub half: usize,
+}
+
 /// Which keys each query may see. Key j is visible to query i (same batch row) iff
 /// j <= i, `valid[j]`, `valid[i]` and `segment[i] == segment[j]`. A query with no visible key outputs 0.
 pub struct AttnMask<'a> {
     /// [B*T] 1 = real token, 0 = padding.
-    pub valid: &'a [u8],
-    /// [B*T] packed-example index (all 0 without packing).
-    pub segment: &'a [u32],
+    pub valid: &'a Tensor<u8>,
+    /// [B*T] packed-example index (all 0 without packing), −1 on padding.
+    pub segment: &'a Tensor<i32>,
     /// ALiBi: (slopes [NH], key positions [B*T]); bias = slope_h · pos_j.
-    pub alibi: Option<(&'a [f32], &'a [f32])>,
+    pub alibi: Option<(&'a Tensor, &'a Tensor)>,
+    /// Whether the ALiBi key positions are `index + constant` within each (row, segment)
+    /// ([`alibi_is_relative`]), so a kernel may use slope·(j − i) instead.
+    pub alibi_relative: bool,
     /// Sliding window w: key j is also hidden from query i when j <= i − w (slot indices).
     pub window: Option<usize>,
+}
+
+/// Whether ALiBi bias slope·kpos[j] equals slope·(j − i) up to a per-query constant (which
+/// softmax ignores): kpos[j] − j is the same for every valid key of a (batch row, segment).
+/// True for BLOOM's cumsum(mask) − 1 with left or right padding and for positions that restart
+/// per packed example. `valid`, `segment`, `kpos` are [b·t].
+pub fn alibi_is_relative(valid: &[u8], segment: &[i32], kpos: &[f32], b: usize, t: usize) -> bool {
+    let mut offset: std::collections::HashMap<(usize, i32), f32> = Default::default();
+    for bi in 0..b {
+        for j in 0..t {
+            let idx = bi * t + j;
+            if valid[idx] == 0 {
+                continue;
+            }
+            let off = kpos[idx] - j as f32;
+            if *offset.entry((bi, segment[idx])).or_insert(off) != off {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Attention dims: q [B,T,NH,HD], k/v [B,T,KV,HD]; head h reads kv group h / (NH/KV).
@@ -106,15 +144,71 @@ pub struct AttnDims {
     pub hd: usize,
 }
 
+/// Adam state of one tensor in bitsandbytes' blockwise 8-bit form: m, v as u8 codes, one f32
+/// absmax per [`crate::optim::adamw8bit::STATE_BLOCKSIZE`] elements.
+pub struct Adam8State {
+    pub m: Tensor<u8>,
+    pub v: Tensor<u8>,
+    pub absmax_m: Tensor,
+    pub absmax_v: Tensor,
+}
+
+/// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided {
+    pub ld: usize,
+    pub off: usize,
+}
+
+impl Strided {
+    pub fn rows(ld: usize, off: usize) -> Strided {
+        Strided { ld, off }
+    }
+}
+
+/// Every numeric op of the transformer, forward and backward side by side, the optimizer's
+/// updates and the host<->backend copies. Tensors are the backend's own ([`Tensor`]); a length
+/// `n` or shape argument says how much of each is used (a tensor may be longer).
 pub trait Backend: Send + Sync {
+    // ---- storage ----
+
+    /// A zeroed f32 tensor.
+    fn zeros(&self, len: usize) -> Tensor;
+    /// Host values into a new tensor (weights at load, batch data).
+    fn upload(&self, v: &[f32]) -> Tensor;
+    fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;
+    fn upload_u8(&self, v: &[u8]) -> Tensor<u8>;
+    /// A tensor's values on the host (checkpoints, the loss, tests).
+    fn download(&self, t: &Tensor) -> Vec<f32>;
+    fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;
+
+    /// dst[d.off + r·d.ld + c] = src[s.off + r·s.ld + c] for r < rows, c < cols.
+    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize);
+    /// y[..] = v (the whole tensor).
+    fn fill(&self, y: &mut Tensor, v: f32);
+    /// y[..n] += x[..n].
+    fn add(&self, y: &mut Tensor, x: &Tensor, n: usize);
+    /// y[..n] *= s.
+    fn scale(&self, y: &mut Tensor, s: f32, n: usize);
+    /// y[r, c] += b[c], y [n, d].
+    fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize);
+    /// gb[c] += Σ_r dy[r, c] (rows in order), dy [n, d].
+    fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize);
+    /// LoRA dropout with one mask definition on every backend ([`crate::rng::dropout_keep`]):
+    /// y[i] (= or += when `accumulate`) keep(key, i, p) ? x[i]·(1/(1−p)) : 0, i < n.
+    #[allow(clippy::too_many_arguments)]
+    fn dropout(&self, y: &mut Tensor, x: &Tensor, p: f32, key: u64, n: usize, accumulate: bool);
+
+    // ---- layers ----
+
     /// C[m,n] = beta·C + op(A)·op(B), op = transpose when the flag is set.
     /// A is [m,k] (or [k,m] when `ta`), B is [k,n] (or [n,k] when `tb`).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
+        c: &mut Tensor,
+        a: &Tensor,
+        b: &Tensor,
         m: usize,
         n: usize,
         k: usize,
@@ -123,14 +217,25 @@ pub trait Backend: Send + Sync {
         beta: f32,
     );
 
+    /// A frozen quantized weight W [d_out, d_in]: forward y[n,d_out] = x·Wᵀ (overwritten), or
+    /// with `backward` dx[n,d_in] += dy·W (x is then dy, y is dx).
+    fn quant_matmul(
+        &self,
+        y: &mut Tensor,
+        x: &Tensor,
+        w: &dyn crate::quant::QuantLinear,
+        n: usize,
+        backward: bool,
+    );
+
     /// y[n,d] = w ⊙ x·rstd, rstd[n] = 1/sqrt(mean(x²)+eps) (HF RMSNorm, f32 variance).
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(
         &self,
-        y: &mut [f32],
-        rstd: &mut [f32],
-        x: &[f32],
-        w: &[f32],
+        y: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
         n: usize,
         d: usize,
         eps: f32,
@@ -139,12 +244,12 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_bwd(
         &self,
-        dx: &mut [f32],
-        dw: Option<&mut [f32]>,
-        dy: &[f32],
-        x: &[f32],
-        w: &[f32],
-        rstd: &[f32],
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
         n: usize,
         d: usize,
     );
@@ -153,12 +258,12 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn layernorm_fwd(
         &self,
-        y: &mut [f32],
-        mean: &mut [f32],
-        rstd: &mut [f32],
-        x: &[f32],
-        w: &[f32],
-        b: &[f32],
+        y: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
         n: usize,
         d: usize,
         eps: f32,
@@ -167,30 +272,30 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn layernorm_bwd(
         &self,
-        dx: &mut [f32],
-        dw: Option<&mut [f32]>,
-        db: Option<&mut [f32]>,
-        dy: &[f32],
-        x: &[f32],
-        w: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
+        dx: &mut Tensor,
+        dw: Option<&mut Tensor>,
+        db: Option<&mut Tensor>,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
         n: usize,
         d: usize,
     );
 
-    /// In place on x[n, heads, hd]; pos[n]; rotates the first 2·freqs.inv.len() dims of each
-    /// head by angles pos·θ_i, cos/sin scaled by `freqs.scale`. `inverse` applies the transpose
-    /// (the backward).
+    /// The rotary tables of one forward for positions `pos` [n] (see [`RopeTables`]).
+    fn rope_tables(&self, pos: &Tensor, n: usize, freqs: &RopeFreqs) -> RopeTables;
+    /// In place on x[n, heads, hd]: rotates the first 2·tab.half dims of each head of token t
+    /// by the angles of table row t. `inverse` applies the transpose (the backward).
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
-        x: &mut [f32],
-        pos: &[f32],
+        x: &mut Tensor,
+        tab: &RopeTables,
         n: usize,
         heads: usize,
         hd: usize,
-        freqs: &RopeFreqs,
         kind: RopeKind,
         inverse: bool,
     );
@@ -206,11 +311,11 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
-        out: &mut [f32],
-        saved: &mut [f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        out: &mut Tensor,
+        saved: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
         mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
@@ -220,14 +325,14 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-        dout: &[f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        saved: &[f32],
+        dq: &mut Tensor,
+        dk: &mut Tensor,
+        dv: &mut Tensor,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        saved: &Tensor,
         mask: &AttnMask,
         dims: AttnDims,
         scale: f32,
@@ -241,12 +346,12 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn attention_cached_fwd(
         &self,
-        out: &mut [f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        valid: &[u8],
-        alibi: Option<(&[f32], &[f32])>,
+        out: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        valid: &Tensor<u8>,
+        alibi: Option<(&Tensor, &Tensor)>,
         window: Option<usize>,
         dims: AttnDims,
         cap: usize,
@@ -254,81 +359,137 @@ pub trait Backend: Send + Sync {
         scale: f32,
     );
 
-    /// a = silu(e) ⊙ g, all [len].
-    fn swiglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]);
+    /// a = silu(e) ⊙ g, all [n].
+    fn swiglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize);
     /// σ = sigmoid(e); dg = da⊙e·σ; de = da⊙g⊙σ·(1 + e·(1−σ)).
-    fn swiglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]);
-    /// y = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
-    fn gelu_fwd(&self, y: &mut [f32], x: &[f32]);
-    fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]);
+    fn swiglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    );
+    /// y = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), [n].
+    fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize);
+    fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize);
 
-    /// y[n,d] = table[ids[i]].
-    fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize);
-    /// dtable[ids[i]] += dy[i] (accumulated).
-    fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize);
+    /// y[i, :] = table[ids[i], :] for i < n; rows of width d.
+    fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize);
+    /// dtable[ids[i], :] += dy[i, :] (accumulated).
+    fn embedding_bwd(
+        &self,
+        dtable: &mut Tensor,
+        dy: &Tensor,
+        ids: &Tensor<i32>,
+        n: usize,
+        d: usize,
+    );
 
-    /// Per row i with target t_i >= 0: loss_i = logsumexp(logits_i) − logits_i[t_i];
-    /// dlogits_i = scale·(softmax(logits_i) − onehot(t_i)); rows with t_i < 0 get 0.
-    /// Returns Σ loss_i (unscaled). logits, dlogits [n,v].
+    /// Per row i < n with target t_i >= 0: loss_i = logsumexp(logits_i) − logits_i[t_i], added
+    /// to `loss[0]` (Σ loss_i, unscaled). With `grad = Some(scale)` the logits are replaced by
+    /// their gradient scale·(softmax(logits_i) − onehot(t_i)) (rows with t_i < 0 get 0).
+    /// logits [n,v], targets [n].
+    #[allow(clippy::too_many_arguments)]
     fn cross_entropy(
         &self,
-        dlogits: Option<&mut [f32]>,
-        logits: &[f32],
-        targets: &[i64],
+        logits: &mut Tensor,
+        loss: &mut Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
         v: usize,
-        scale: f32,
-    ) -> f64;
+        grad: Option<f32>,
+    );
+    /// hits[0] += number of rows i < n with target >= 0 whose first maximal logit is the target.
+    fn argmax_hits(
+        &self,
+        hits: &mut Tensor,
+        logits: &Tensor,
+        targets: &Tensor<i32>,
+        n: usize,
+        v: usize,
+    );
 
-    /// LoRA forward (fused): y[n,dout] += s·(x·Aᵀ)·Bᵀ. x [n,din], A [r,din], B [dout,r].
+    /// LoRA forward: y[n,dout] += s·(x·Aᵀ)·Bᵀ. x [n,din], A [r,din], B [dout,r].
     #[allow(clippy::too_many_arguments)]
     fn lora_fwd(
         &self,
-        y: &mut [f32],
-        x: &[f32],
-        a: &[f32],
-        b: &[f32],
+        y: &mut Tensor,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
         n: usize,
         din: usize,
         dout: usize,
         r: usize,
         s: f32,
     ) {
-        let mut v = vec![0.0; n * r];
+        let mut v = self.zeros(n * r);
         self.matmul(&mut v, x, a, n, r, din, false, true, 0.0);
-        for x in v.iter_mut() {
-            *x *= s;
-        }
+        self.scale(&mut v, s, n * r);
         self.matmul(y, &v, b, n, dout, r, false, true, 1.0);
     }
-    /// LoRA backward (fused): u = dY·B [n,r]; v = x·Aᵀ (recomputed); dA += s·uᵀx; dB += s·dYᵀv;
+    /// LoRA backward: u = dY·B [n,r]; v = x·Aᵀ (recomputed); dA += s·uᵀx; dB += s·dYᵀv;
     /// dX += s·u·A. Never forms xᵀ·dY (din×dout).
     #[allow(clippy::too_many_arguments)]
     fn lora_bwd(
         &self,
-        dx: &mut [f32],
-        da: &mut [f32],
-        db: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
-        a: &[f32],
-        b: &[f32],
+        dx: &mut Tensor,
+        da: &mut Tensor,
+        db: &mut Tensor,
+        dy: &Tensor,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
         n: usize,
         din: usize,
         dout: usize,
         r: usize,
         s: f32,
     ) {
-        let mut u = vec![0.0; n * r];
+        let mut u = self.zeros(n * r);
         self.matmul(&mut u, dy, b, n, r, dout, false, false, 0.0);
-        let mut v = vec![0.0; n * r];
+        let mut v = self.zeros(n * r);
         self.matmul(&mut v, x, a, n, r, din, false, true, 0.0);
-        for t in u.iter_mut().chain(v.iter_mut()) {
-            *t *= s;
-        }
+        self.scale(&mut u, s, n * r);
+        self.scale(&mut v, s, n * r);
         self.matmul(da, &u, x, r, din, n, true, false, 1.0);
         self.matmul(db, dy, &v, dout, r, n, true, false, 1.0);
         self.matmul(dx, &u, a, n, din, r, false, false, 1.0);
     }
+
+    // ---- optimizer ----
+
+    /// ‖g‖₂ of each tensor (one host synchronization for all of them).
+    fn norms(&self, grads: &[&Tensor]) -> Vec<f32>;
+    /// torch AdamW on p, m, v with gradient g ([`crate::optim::adamw::adamw_step`]).
+    fn adamw(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw::AdamwScalars,
+        weight_decay: bool,
+    );
+    /// bitsandbytes' 32-bit Adam update of a small tensor in an 8-bit optimizer.
+    fn bnb_adam32(
+        &self,
+        p: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    );
+    /// bitsandbytes' blockwise 8-bit AdamW update.
+    fn adamw8bit(
+        &self,
+        p: &mut Tensor,
+        st: &mut Adam8State,
+        g: &Tensor,
+        s: &crate::optim::adamw8bit::BnbScalars,
+    );
 }
 
 #[cfg(test)]

@@ -62,3 +62,14 @@ pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> CudaError {
         msg: msg.into(),
     }
 }
+
+/// One line naming the device: `device cuda:0: <why>` (the launcher-level error says
+/// `--device`, which is wrong for a recipe's `device` key).
+pub fn device_error(device: &str, e: CudaError) -> anyhow::Error {
+    match e {
+        CudaError::Unavailable { requested, reason } => {
+            anyhow::anyhow!("device {requested}: {reason}")
+        }
+        e => anyhow::anyhow!("device {device}: {e}"),
+    }
+}

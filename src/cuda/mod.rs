@@ -61,5 +61,5 @@ pub mod twins;
 
 pub use context::{Gpu, Traffic};
 pub use device::{Device, DeviceRequest};
-pub use error::{CudaError, Result};
+pub use error::{device_error, CudaError, Result};
 pub use mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};

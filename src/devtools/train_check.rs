@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::{Backend, CpuBackend, CudaBackend};
+use crate::backend::{Backend, CpuBackend, CudaBackend, Tensor};
 use crate::lora::{self, LoraConfig, Targets};
 use crate::model::random::RandomLlama;
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
@@ -119,7 +119,8 @@ pub fn tiny_lora_losses(
     };
     lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let mut opt = Optimizer::new(OptimKind::AdamW, &OptimConfig::default(), &sizes);
+    let be = model.backend.clone();
+    let mut opt = Optimizer::new(be, OptimKind::AdamW, &OptimConfig::default(), &sizes);
     let mut losses = Vec::with_capacity(steps);
     for s in 0..steps {
         model.zero_grad();
@@ -130,7 +131,7 @@ pub fn tiny_lora_losses(
                 dropout_seed: s as u64,
             },
         )?;
-        let (mut values, grads): (Vec<&mut [f32]>, Vec<&[f32]>) = model
+        let (mut values, grads): (Vec<&mut Tensor>, Vec<&Tensor>) = model
             .params_mut()
             .into_iter()
             .map(|p| (p.value, &*p.grad))

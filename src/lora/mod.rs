@@ -131,6 +131,7 @@ pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraErr
     let mut rng = crate::rng::SplitMix64(cfg.seed);
     let s = cfg.scale();
     let head_name = model.head.as_ref().map(|h| h.name.clone());
+    let be = model.backend.clone();
     let mut adapted = Vec::new();
     let mut all = Vec::new();
     for l in model.linears_mut() {
@@ -139,8 +140,9 @@ pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraErr
             continue;
         }
         let bound = 1.0 / (l.d_in as f32).sqrt();
-        let a = (0..cfg.r * l.d_in).map(|_| rng.uniform() * bound).collect();
-        let mut lw = LoraWeights::new(cfg.r, s, a, vec![0.0; l.d_out * cfg.r], l.d_in, l.d_out);
+        let a: Vec<f32> = (0..cfg.r * l.d_in).map(|_| rng.uniform() * bound).collect();
+        let b = vec![0.0; l.d_out * cfg.r];
+        let mut lw = LoraWeights::new(&*be, cfg.r, s, &a, &b, l.d_in, l.d_out);
         lw.dropout = cfg.dropout;
         l.lora = Some(lw);
         adapted.push(l.name.clone());
@@ -158,20 +160,22 @@ pub fn apply(model: &mut Model, cfg: &LoraConfig) -> Result<Vec<String>, LoraErr
 /// Makes the modules whose names end with one of `names` fully trainable.
 pub fn set_modules_to_save(model: &mut Model, names: &[String]) -> Result<(), LoraError> {
     let hit = |n: &str| names.iter().any(|t| n.ends_with(t.as_str()));
+    let be = model.backend.clone();
+    let be = &*be;
     if hit(&model.emb_name) {
-        model.emb.set_trainable();
+        model.emb.set_trainable(be);
     }
     for n in model.norms_mut() {
         if hit(&n.name) {
-            n.w.set_trainable();
+            n.w.set_trainable(be);
             if let Some(b) = &mut n.b {
-                b.set_trainable();
+                b.set_trainable(be);
             }
         }
     }
     for l in model.linears_mut() {
         if hit(&l.name) {
-            l.set_trainable().map_err(ModelError::Train)?;
+            l.set_trainable(be).map_err(ModelError::Train)?;
         }
     }
     Ok(())
@@ -193,12 +197,13 @@ pub fn save_peft(
     dir: &Path,
 ) -> Result<(), LoraError> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let be = &*model.backend;
     let hit = |n: &str| cfg.modules_to_save.iter().any(|t| n.ends_with(t.as_str()));
     if model.emb.grad.is_some() && hit(&model.emb_name) {
         tensors.push((
             key(&model.emb_name, "weight"),
             vec![model.arch.vocab, model.arch.hidden],
-            model.emb.value.clone(),
+            be.download(&model.emb.value),
         ));
     }
     let layers = model.layers.iter().flat_map(|l| l.linears());
@@ -207,25 +212,26 @@ pub fn save_peft(
             tensors.push((
                 key(&l.name, "lora_A.weight"),
                 vec![lw.r, l.d_in],
-                lw.a.clone(),
+                be.download(&lw.a),
             ));
             tensors.push((
                 key(&l.name, "lora_B.weight"),
                 vec![l.d_out, lw.r],
-                lw.b.clone(),
+                be.download(&lw.b),
             ));
         }
         if l.grad_w.is_some() && hit(&l.name) {
             if let LinearWeight::Dense(w) = &l.weight {
+                let w = be.download(w);
                 if l.conv1d {
-                    let t = crate::util::transpose(w, l.d_out, l.d_in);
+                    let t = crate::util::transpose(&w, l.d_out, l.d_in);
                     tensors.push((key(&l.name, "weight"), vec![l.d_in, l.d_out], t));
                 } else {
-                    tensors.push((key(&l.name, "weight"), vec![l.d_out, l.d_in], w.clone()));
+                    tensors.push((key(&l.name, "weight"), vec![l.d_out, l.d_in], w));
                 }
             }
             if let Some(b) = &l.bias {
-                tensors.push((key(&l.name, "bias"), vec![l.d_out], b.clone()));
+                tensors.push((key(&l.name, "bias"), vec![l.d_out], be.download(b)));
             }
         }
     }
@@ -240,10 +246,14 @@ pub fn save_peft(
             tensors.push((
                 key(&n.name, "weight"),
                 vec![n.w.value.len()],
-                n.w.value.clone(),
+                be.download(&n.w.value),
             ));
             if let Some(b) = &n.b {
-                tensors.push((key(&n.name, "bias"), vec![b.value.len()], b.value.clone()));
+                tensors.push((
+                    key(&n.name, "bias"),
+                    vec![b.value.len()],
+                    be.download(&b.value),
+                ));
             }
         }
     }
@@ -364,9 +374,11 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
     };
     let (v, h) = (model.arch.vocab, model.arch.hidden);
     let emb_name = model.emb_name.clone();
+    let be = model.backend.clone();
+    let be = &*be;
     if let Some(w) = take(&emb_name, "weight", &[v, h])? {
-        model.emb.value = w;
-        model.emb.set_trainable();
+        model.emb.value = be.upload(&w);
+        model.emb.set_trainable(be);
     }
     for l in model.linears_mut() {
         if let Some(m) = lora
@@ -376,7 +388,7 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
             let a = values(key(&l.name, "lora_A.weight"), &m.a, &[r, l.d_in])?;
             let b = values(key(&l.name, "lora_B.weight"), &m.b, &[l.d_out, r])?;
             lora.shift_remove(&l.name);
-            let mut lw = LoraWeights::new(r, s, a, b, l.d_in, l.d_out);
+            let mut lw = LoraWeights::new(be, r, s, &a, &b, l.d_in, l.d_out);
             lw.dropout = cfg.dropout;
             l.lora = Some(lw);
         }
@@ -391,21 +403,21 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
             } else {
                 w
             };
-            l.weight = LinearWeight::Dense(w);
+            l.weight = LinearWeight::Dense(be.upload(&w));
             if let Some(b) = take(&l.name, "bias", &[l.d_out])? {
-                l.bias = Some(b);
+                l.bias = Some(be.upload(&b));
             }
-            l.set_trainable().map_err(ModelError::Train)?;
+            l.set_trainable(be).map_err(ModelError::Train)?;
         }
     }
     for n in model.norms_mut() {
         let d = n.w.value.len();
         if let Some(w) = take(&n.name, "weight", &[d])? {
-            n.w.value = w;
-            n.w.set_trainable();
+            n.w.value = be.upload(&w);
+            n.w.set_trainable(be);
             if let (Some(b), Some(bv)) = (&mut n.b, take(&n.name, "bias", &[d])?) {
-                b.value = bv;
-                b.set_trainable();
+                b.value = be.upload(&bv);
+                b.set_trainable(be);
             }
         }
     }
@@ -432,11 +444,16 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
 
 /// Merges every adapter into its dense base weight (W += s·B·A) and removes the adapters.
 pub fn merge(model: &mut Model) -> Result<(), LoraError> {
+    let be = model.backend.clone();
     for l in model.linears_mut() {
         if let Some(lw) = l.lora.take() {
             match &mut l.weight {
                 LinearWeight::Dense(w) => {
-                    model_matmul_acc(w, &lw.b, &lw.a, l.d_out, l.d_in, lw.r, lw.scale)
+                    // Once per export: on the host, in the reference's order.
+                    let mut host = be.download(w);
+                    let (b, a) = (be.download(&lw.b), be.download(&lw.a));
+                    model_matmul_acc(&mut host, &b, &a, l.d_out, l.d_in, lw.r, lw.scale);
+                    *w = be.upload(&host);
                 }
                 LinearWeight::Quant(_) => {
                     return Err(ModelError::Train(format!(

@@ -3,21 +3,35 @@
 
 use super::arch::{Arch, MlpKind, NormKind, Positions, QkvLayout};
 use super::linear::Linear;
-use crate::backend::{AttnDims, AttnMask, Backend, RopeFreqs};
+use crate::backend::{AttnDims, AttnMask, Backend, RopeTables, Strided, Tensor};
 
 /// A trainable-or-frozen tensor with its gradient (allocated when trainable).
 pub struct Param {
-    pub value: Vec<f32>,
-    pub grad: Option<Vec<f32>>,
+    pub value: Tensor,
+    pub grad: Option<Tensor>,
 }
 
 impl Param {
-    pub fn frozen(value: Vec<f32>) -> Param {
+    pub fn frozen(value: Tensor) -> Param {
         Param { value, grad: None }
     }
-    pub fn set_trainable(&mut self) {
-        self.grad = Some(vec![0.0; self.value.len()]);
+    pub fn set_trainable(&mut self, be: &dyn Backend) {
+        self.grad = Some(be.zeros(self.value.len()));
     }
+}
+
+/// Makes `t` a tensor of `len` elements of this backend, reusing it when it already is one
+/// (its values are then stale: every caller overwrites them).
+pub fn ensure(be: &dyn Backend, t: &mut Tensor, len: usize) {
+    if t.len() != len || t.is_empty() {
+        *t = be.zeros(len);
+    }
+}
+
+/// The whole of `src` into `dst` (same length).
+pub fn copy_all(be: &dyn Backend, dst: &mut Tensor, src: &Tensor) {
+    let len = src.len();
+    be.copy2d(dst, Strided::rows(len, 0), src, Strided::rows(len, 0), 1, len);
 }
 
 pub struct Norm {
@@ -32,8 +46,8 @@ pub struct Norm {
 /// Saved statistics of a norm: mean (LayerNorm) and rstd, [n] each.
 #[derive(Default)]
 pub struct NormStats {
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
+    pub mean: Tensor,
+    pub rstd: Tensor,
 }
 
 impl Norm {
@@ -41,17 +55,17 @@ impl Norm {
     pub fn forward(
         &self,
         be: &dyn Backend,
-        y: &mut [f32],
+        y: &mut Tensor,
         st: &mut NormStats,
-        x: &[f32],
+        x: &Tensor,
         n: usize,
     ) {
         let d = self.w.value.len();
-        st.rstd.resize(n, 0.0);
+        ensure(be, &mut st.rstd, n);
         match self.kind {
             NormKind::Rms => be.rmsnorm_fwd(y, &mut st.rstd, x, &self.w.value, n, d, self.eps),
             NormKind::Layer => {
-                st.mean.resize(n, 0.0);
+                ensure(be, &mut st.mean, n);
                 let b = &self.b.as_ref().expect("layernorm bias").value;
                 be.layernorm_fwd(
                     y,
@@ -72,9 +86,9 @@ impl Norm {
     pub fn backward(
         &mut self,
         be: &dyn Backend,
-        dx: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
+        dx: &mut Tensor,
+        dy: &Tensor,
+        x: &Tensor,
         st: &NormStats,
         n: usize,
     ) {
@@ -82,7 +96,7 @@ impl Norm {
         match self.kind {
             NormKind::Rms => be.rmsnorm_bwd(
                 dx,
-                self.w.grad.as_deref_mut(),
+                self.w.grad.as_mut(),
                 dy,
                 x,
                 &self.w.value,
@@ -94,8 +108,8 @@ impl Norm {
                 let b = self.b.as_mut().expect("layernorm bias");
                 be.layernorm_bwd(
                     dx,
-                    self.w.grad.as_deref_mut(),
-                    b.grad.as_deref_mut(),
+                    self.w.grad.as_mut(),
+                    b.grad.as_mut(),
                     dy,
                     x,
                     &self.w.value,
@@ -125,18 +139,23 @@ pub struct Layer {
     pub window: Option<usize>,
 }
 
-/// Per-batch attention context shared by all layers.
+/// Per-batch attention context shared by all layers, on the backend.
 pub struct Ctx {
     pub n: usize,
     pub dims: AttnDims,
-    /// [N] rotary / learned positions.
+    /// [N] rotary / learned positions (host copy: the learned-position ids are built from it).
     pub pos: Vec<f32>,
-    pub valid: Vec<u8>,
-    pub segment: Vec<u32>,
-    /// ALiBi (slopes [NH], key positions [N]).
-    pub alibi: Option<(Vec<f32>, Vec<f32>)>,
-    /// This forward's rotary frequencies (`Model::rope_freqs`); None without RoPE.
-    pub rope: Option<RopeFreqs>,
+    /// [N] input ids, learned-position ids (`Positions::Learned` only).
+    pub ids: Tensor<i32>,
+    pub pos_ids: Option<Tensor<i32>>,
+    pub valid: Tensor<u8>,
+    /// [N] packed-example index, −1 on padding.
+    pub segment: Tensor<i32>,
+    /// ALiBi (slopes [NH], key positions [N]) and whether the positions are relative.
+    pub alibi: Option<(Tensor, Tensor)>,
+    pub alibi_relative: bool,
+    /// This forward's rotary tables (`Model::rope_freqs` at `pos`); None without RoPE.
+    pub rope: Option<RopeTables>,
 }
 
 impl Ctx {
@@ -145,7 +164,8 @@ impl Ctx {
         AttnMask {
             valid: &self.valid,
             segment: &self.segment,
-            alibi: self.alibi.as_ref().map(|(s, p)| (&s[..], &p[..])),
+            alibi: self.alibi.as_ref().map(|(s, p)| (s, p)),
+            alibi_relative: self.alibi_relative,
             window,
         }
     }
@@ -154,27 +174,27 @@ impl Ctx {
 /// Activations a layer keeps for its backward.
 #[derive(Default)]
 pub struct Acts {
-    pub h1: Vec<f32>,
+    pub h1: Tensor,
     pub st1: NormStats,
     /// q and k before their per-head norm, and its stats (`Arch::qk_norm` only).
-    pub q_pre: Vec<f32>,
-    pub k_pre: Vec<f32>,
+    pub q_pre: Tensor,
+    pub k_pre: Tensor,
     pub st_q: NormStats,
     pub st_k: NormStats,
     /// Fused QKV output (before split) is not kept; q/k/v after RoPE are.
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    /// What the backend's attention saves for its backward (CPU: probabilities).
-    pub attn_saved: Vec<f32>,
-    pub att: Vec<f32>,
-    pub x2: Vec<f32>,
-    pub h2: Vec<f32>,
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// What the backend's attention saves for its backward (CPU: logsumexp).
+    pub attn_saved: Tensor,
+    pub att: Tensor,
+    pub x2: Tensor,
+    pub h2: Tensor,
     pub st2: NormStats,
     /// SwiGLU: e = gate, g = up; GELU: e = fc output, g unused.
-    pub e: Vec<f32>,
-    pub g: Vec<f32>,
-    pub a: Vec<f32>,
+    pub e: Tensor,
+    pub g: Tensor,
+    pub a: Tensor,
 }
 
 impl Acts {
@@ -211,66 +231,40 @@ impl Acts {
     }
 }
 
-/// Splits a fused QKV output [n, q+2kv] into q [n, NH·HD], k, v [n, KV·HD].
-fn split_qkv(arch: &Arch, q: &mut [f32], k: &mut [f32], v: &mut [f32], buf: &[f32], n: usize) {
+/// The pieces of a fused QKV row [q+2kv] as (columns, offset, width) copies, per row of
+/// `rows` rows: per-head layout [h: q|k|v] has n·heads rows of 3·hd; otherwise [q | k | v].
+fn qkv_pieces(arch: &Arch, n: usize) -> (usize, usize, [(usize, usize); 3]) {
     let (qd, kd, hd) = (arch.q_dim(), arch.kv_dim(), arch.head_dim);
-    let w = qd + 2 * kd;
-    for t in 0..n {
-        let row = &buf[t * w..(t + 1) * w];
-        match arch.qkv {
-            QkvLayout::PerHead => {
-                for h in 0..arch.heads {
-                    let o = h * 3 * hd;
-                    q[t * qd + h * hd..][..hd].copy_from_slice(&row[o..o + hd]);
-                    k[t * kd + h * hd..][..hd].copy_from_slice(&row[o + hd..o + 2 * hd]);
-                    v[t * kd + h * hd..][..hd].copy_from_slice(&row[o + 2 * hd..o + 3 * hd]);
-                }
-            }
-            _ => {
-                q[t * qd..(t + 1) * qd].copy_from_slice(&row[..qd]);
-                k[t * kd..(t + 1) * kd].copy_from_slice(&row[qd..qd + kd]);
-                v[t * kd..(t + 1) * kd].copy_from_slice(&row[qd + kd..]);
-            }
-        }
+    match arch.qkv {
+        QkvLayout::PerHead => (n * arch.heads, 3 * hd, [(0, hd), (hd, hd), (2 * hd, hd)]),
+        _ => (n, qd + 2 * kd, [(0, qd), (qd, kd), (qd + kd, kd)]),
+    }
+}
+
+/// Splits a fused QKV output [n, q+2kv] into q [n, NH·HD], k, v [n, KV·HD].
+fn split_qkv(be: &dyn Backend, arch: &Arch, qkv: [&mut Tensor; 3], buf: &Tensor, n: usize) {
+    let (rows, w, pieces) = qkv_pieces(arch, n);
+    for (dst, (off, cols)) in qkv.into_iter().zip(pieces) {
+        be.copy2d(dst, Strided::rows(cols, 0), buf, Strided::rows(w, off), rows, cols);
     }
 }
 
 /// Inverse of `split_qkv`: buf [n, q+2kv] from dq, dk, dv.
-fn merge_qkv(arch: &Arch, buf: &mut [f32], q: &[f32], k: &[f32], v: &[f32], n: usize) {
-    let (qd, kd, hd) = (arch.q_dim(), arch.kv_dim(), arch.head_dim);
-    let w = qd + 2 * kd;
-    for t in 0..n {
-        let row = &mut buf[t * w..(t + 1) * w];
-        match arch.qkv {
-            QkvLayout::PerHead => {
-                for h in 0..arch.heads {
-                    let o = h * 3 * hd;
-                    row[o..o + hd].copy_from_slice(&q[t * qd + h * hd..][..hd]);
-                    row[o + hd..o + 2 * hd].copy_from_slice(&k[t * kd + h * hd..][..hd]);
-                    row[o + 2 * hd..o + 3 * hd].copy_from_slice(&v[t * kd + h * hd..][..hd]);
-                }
-            }
-            _ => {
-                row[..qd].copy_from_slice(&q[t * qd..(t + 1) * qd]);
-                row[qd..qd + kd].copy_from_slice(&k[t * kd..(t + 1) * kd]);
-                row[qd + kd..].copy_from_slice(&v[t * kd..(t + 1) * kd]);
-            }
-        }
+fn merge_qkv(be: &dyn Backend, arch: &Arch, buf: &mut Tensor, qkv: [&Tensor; 3], n: usize) {
+    let (rows, w, pieces) = qkv_pieces(arch, n);
+    for (src, (off, cols)) in qkv.into_iter().zip(pieces) {
+        be.copy2d(buf, Strided::rows(w, off), src, Strided::rows(cols, 0), rows, cols);
     }
 }
 
 /// Splits rows of [n, 2f] into first/second halves (ChatGLM dense_h_to_4h = [gate; up]).
-fn split_halves(a: &mut [f32], b: &mut [f32], buf: &[f32], n: usize, f: usize) {
-    for t in 0..n {
-        a[t * f..(t + 1) * f].copy_from_slice(&buf[t * 2 * f..t * 2 * f + f]);
-        b[t * f..(t + 1) * f].copy_from_slice(&buf[t * 2 * f + f..(t + 1) * 2 * f]);
-    }
+fn split_halves(be: &dyn Backend, a: &mut Tensor, b: &mut Tensor, buf: &Tensor, n: usize, f: usize) {
+    be.copy2d(a, Strided::rows(f, 0), buf, Strided::rows(2 * f, 0), n, f);
+    be.copy2d(b, Strided::rows(f, 0), buf, Strided::rows(2 * f, f), n, f);
 }
-fn merge_halves(buf: &mut [f32], a: &[f32], b: &[f32], n: usize, f: usize) {
-    for t in 0..n {
-        buf[t * 2 * f..t * 2 * f + f].copy_from_slice(&a[t * f..(t + 1) * f]);
-        buf[t * 2 * f + f..(t + 1) * 2 * f].copy_from_slice(&b[t * f..(t + 1) * f]);
-    }
+fn merge_halves(be: &dyn Backend, buf: &mut Tensor, a: &Tensor, b: &Tensor, n: usize, f: usize) {
+    be.copy2d(buf, Strided::rows(2 * f, 0), a, Strided::rows(f, 0), n, f);
+    be.copy2d(buf, Strided::rows(2 * f, f), b, Strided::rows(f, 0), n, f);
 }
 
 impl Layer {
@@ -279,17 +273,16 @@ impl Layer {
         &self,
         be: &dyn Backend,
         arch: &Arch,
-        out: &mut [f32],
+        out: &mut Tensor,
         acts: &mut Acts,
-        x: &[f32],
+        x: &Tensor,
         ctx: &Ctx,
     ) {
         let n = ctx.n;
         let hd = ctx.dims.hd;
-        self.qkv_fwd(be, arch, acts, x, &ctx.pos, ctx.rope.as_ref(), n);
-        acts.attn_saved
-            .resize(be.attention_saved_len(ctx.dims), 0.0);
-        acts.att.resize(n * arch.q_dim(), 0.0);
+        self.qkv_fwd(be, arch, acts, x, ctx.rope.as_ref(), n);
+        ensure(be, &mut acts.attn_saved, be.attention_saved_len(ctx.dims));
+        ensure(be, &mut acts.att, n * arch.q_dim());
         let mask = ctx.mask(self.window);
         be.attention_fwd(
             &mut acts.att,
@@ -305,36 +298,36 @@ impl Layer {
     }
 
     /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), the per-head
-    /// q/k norm if any, RoPE with `rope` at pos [n].
-    #[allow(clippy::too_many_arguments)]
+    /// q/k norm if any, RoPE with the tables `rope` of these n tokens.
     pub fn qkv_fwd(
         &self,
         be: &dyn Backend,
         arch: &Arch,
         acts: &mut Acts,
-        x: &[f32],
-        pos: &[f32],
-        rope: Option<&RopeFreqs>,
+        x: &Tensor,
+        rope: Option<&RopeTables>,
         n: usize,
     ) {
         let (h, qd, kd, hd) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.head_dim);
-        acts.h1.resize(n * h, 0.0);
+        ensure(be, &mut acts.h1, n * h);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
-        acts.q.resize(n * qd, 0.0);
-        acts.k.resize(n * kd, 0.0);
-        acts.v.resize(n * kd, 0.0);
+        ensure(be, &mut acts.q, n * qd);
+        ensure(be, &mut acts.k, n * kd);
+        ensure(be, &mut acts.v, n * kd);
         if self.qkv.len() == 3 {
             self.qkv[0].forward(be, &mut acts.q, &acts.h1, n);
             self.qkv[1].forward(be, &mut acts.k, &acts.h1, n);
             self.qkv[2].forward(be, &mut acts.v, &acts.h1, n);
         } else {
-            let mut buf = vec![0.0; n * (qd + 2 * kd)];
+            let mut buf = be.zeros(n * (qd + 2 * kd));
             self.qkv[0].forward(be, &mut buf, &acts.h1, n);
-            split_qkv(arch, &mut acts.q, &mut acts.k, &mut acts.v, &buf, n);
+            split_qkv(be, arch, [&mut acts.q, &mut acts.k, &mut acts.v], &buf, n);
         }
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            acts.q_pre.clone_from(&acts.q);
-            acts.k_pre.clone_from(&acts.k);
+            std::mem::swap(&mut acts.q, &mut acts.q_pre);
+            std::mem::swap(&mut acts.k, &mut acts.k_pre);
+            ensure(be, &mut acts.q, n * qd);
+            ensure(be, &mut acts.k, n * kd);
             qn.forward(be, &mut acts.q, &mut acts.st_q, &acts.q_pre, n * arch.heads);
             kn.forward(
                 be,
@@ -344,9 +337,9 @@ impl Layer {
                 n * arch.kv_heads,
             );
         }
-        if let (Positions::Rope { kind, .. }, Some(f)) = (arch.positions, rope) {
-            be.rope(&mut acts.q, pos, n, arch.heads, hd, f, kind, false);
-            be.rope(&mut acts.k, pos, n, arch.kv_heads, hd, f, kind, false);
+        if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, rope) {
+            be.rope(&mut acts.q, tab, n, arch.heads, hd, kind, false);
+            be.rope(&mut acts.k, tab, n, arch.kv_heads, hd, kind, false);
         }
     }
 
@@ -356,40 +349,40 @@ impl Layer {
         &self,
         be: &dyn Backend,
         arch: &Arch,
-        out: &mut [f32],
+        out: &mut Tensor,
         acts: &mut Acts,
-        x: &[f32],
+        x: &Tensor,
         n: usize,
     ) {
         let (h, f) = (arch.hidden, arch.ffn);
-        acts.x2.resize(n * h, 0.0);
+        ensure(be, &mut acts.x2, n * h);
         self.o.forward(be, &mut acts.x2, &acts.att, n);
-        acts.x2.iter_mut().zip(x).for_each(|(y, x)| *y += x);
-        acts.h2.resize(n * h, 0.0);
+        be.add(&mut acts.x2, x, n * h);
+        ensure(be, &mut acts.h2, n * h);
         self.ln2
             .forward(be, &mut acts.h2, &mut acts.st2, &acts.x2, n);
-        acts.e.resize(n * f, 0.0);
-        acts.a.resize(n * f, 0.0);
+        ensure(be, &mut acts.e, n * f);
+        ensure(be, &mut acts.a, n * f);
         match arch.mlp {
             MlpKind::SwiGlu { fused } => {
-                acts.g.resize(n * f, 0.0);
+                ensure(be, &mut acts.g, n * f);
                 if fused {
-                    let mut buf = vec![0.0; n * 2 * f];
+                    let mut buf = be.zeros(n * 2 * f);
                     self.mlp_in[0].forward(be, &mut buf, &acts.h2, n);
-                    split_halves(&mut acts.e, &mut acts.g, &buf, n, f);
+                    split_halves(be, &mut acts.e, &mut acts.g, &buf, n, f);
                 } else {
                     self.mlp_in[0].forward(be, &mut acts.e, &acts.h2, n);
                     self.mlp_in[1].forward(be, &mut acts.g, &acts.h2, n);
                 }
-                be.swiglu_fwd(&mut acts.a, &acts.e, &acts.g);
+                be.swiglu_fwd(&mut acts.a, &acts.e, &acts.g, n * f);
             }
             MlpKind::GeluTanh => {
                 self.mlp_in[0].forward(be, &mut acts.e, &acts.h2, n);
-                be.gelu_fwd(&mut acts.a, &acts.e);
+                be.gelu_fwd(&mut acts.a, &acts.e, n * f);
             }
         }
         self.mlp_out.forward(be, out, &acts.a, n);
-        out.iter_mut().zip(&acts.x2).for_each(|(y, x)| *y += x);
+        be.add(out, &acts.x2, n * h);
     }
 
     /// dx [N,H] (overwritten) from dout [N,H], the layer input x and its saved `acts`.
@@ -398,9 +391,9 @@ impl Layer {
         &mut self,
         be: &dyn Backend,
         arch: &Arch,
-        dx: &mut [f32],
-        dout: &[f32],
-        x: &[f32],
+        dx: &mut Tensor,
+        dout: &Tensor,
+        x: &Tensor,
         acts: &Acts,
         ctx: &Ctx,
     ) {
@@ -408,17 +401,17 @@ impl Layer {
         let (h, qd, kd, f) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.ffn);
         let AttnDims { nh, nkv, hd, .. } = ctx.dims;
         // MLP
-        let mut da = vec![0.0; n * f];
+        let mut da = be.zeros(n * f);
         self.mlp_out
             .backward(be, Some(&mut da), false, dout, &acts.a, n);
-        let mut dh2 = vec![0.0; n * h];
+        let mut dh2 = be.zeros(n * h);
         match arch.mlp {
             MlpKind::SwiGlu { fused } => {
-                let (mut de, mut dg) = (vec![0.0; n * f], vec![0.0; n * f]);
-                be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g);
+                let (mut de, mut dg) = (be.zeros(n * f), be.zeros(n * f));
+                be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
                 if fused {
-                    let mut buf = vec![0.0; n * 2 * f];
-                    merge_halves(&mut buf, &de, &dg, n, f);
+                    let mut buf = be.zeros(n * 2 * f);
+                    merge_halves(be, &mut buf, &de, &dg, n, f);
                     self.mlp_in[0].backward(be, Some(&mut dh2), false, &buf, &acts.h2, n);
                 } else {
                     self.mlp_in[0].backward(be, Some(&mut dh2), false, &de, &acts.h2, n);
@@ -426,21 +419,21 @@ impl Layer {
                 }
             }
             MlpKind::GeluTanh => {
-                let mut de = vec![0.0; n * f];
-                be.gelu_bwd(&mut de, &da, &acts.e);
+                let mut de = be.zeros(n * f);
+                be.gelu_bwd(&mut de, &da, &acts.e, n * f);
                 self.mlp_in[0].backward(be, Some(&mut dh2), false, &de, &acts.h2, n);
             }
         }
         // residual 2: dx2 = dout + ln2ᵀ(dh2)
-        let mut dx2 = vec![0.0; n * h];
+        let mut dx2 = be.zeros(n * h);
         self.ln2
             .backward(be, &mut dx2, &dh2, &acts.x2, &acts.st2, n);
-        dx2.iter_mut().zip(dout).for_each(|(a, b)| *a += b);
+        be.add(&mut dx2, dout, n * h);
         // attention
-        let mut datt = vec![0.0; n * qd];
+        let mut datt = be.zeros(n * qd);
         self.o
             .backward(be, Some(&mut datt), false, &dx2, &acts.att, n);
-        let (mut dq, mut dk, mut dv) = (vec![0.0; n * qd], vec![0.0; n * kd], vec![0.0; n * kd]);
+        let (mut dq, mut dk, mut dv) = (be.zeros(n * qd), be.zeros(n * kd), be.zeros(n * kd));
         let mask = ctx.mask(self.window);
         be.attention_bwd(
             &mut dq,
@@ -455,31 +448,31 @@ impl Layer {
             ctx.dims,
             1.0 / (hd as f32).sqrt(),
         );
-        if let (Positions::Rope { kind, .. }, Some(f)) = (arch.positions, &ctx.rope) {
-            be.rope(&mut dq, &ctx.pos, n, nh, hd, f, kind, true);
-            be.rope(&mut dk, &ctx.pos, n, nkv, hd, f, kind, true);
+        if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, &ctx.rope) {
+            be.rope(&mut dq, tab, n, nh, hd, kind, true);
+            be.rope(&mut dk, tab, n, nkv, hd, kind, true);
         }
         if let (Some(qn), Some(kn)) = (&mut self.q_norm, &mut self.k_norm) {
-            let mut d = vec![0.0; n * qd];
+            let mut d = be.zeros(n * qd);
             qn.backward(be, &mut d, &dq, &acts.q_pre, &acts.st_q, n * nh);
             dq = d;
-            let mut d = vec![0.0; n * kd];
+            let mut d = be.zeros(n * kd);
             kn.backward(be, &mut d, &dk, &acts.k_pre, &acts.st_k, n * nkv);
             dk = d;
         }
-        let mut dh1 = vec![0.0; n * h];
+        let mut dh1 = be.zeros(n * h);
         if self.qkv.len() == 3 {
             self.qkv[0].backward(be, Some(&mut dh1), false, &dq, &acts.h1, n);
             self.qkv[1].backward(be, Some(&mut dh1), true, &dk, &acts.h1, n);
             self.qkv[2].backward(be, Some(&mut dh1), true, &dv, &acts.h1, n);
         } else {
-            let mut buf = vec![0.0; n * (qd + 2 * kd)];
-            merge_qkv(arch, &mut buf, &dq, &dk, &dv, n);
+            let mut buf = be.zeros(n * (qd + 2 * kd));
+            merge_qkv(be, arch, &mut buf, [&dq, &dk, &dv], n);
             self.qkv[0].backward(be, Some(&mut dh1), false, &buf, &acts.h1, n);
         }
         // residual 1: dx = dx2 + ln1ᵀ(dh1)
         self.ln1.backward(be, dx, &dh1, x, &acts.st1, n);
-        dx.iter_mut().zip(&dx2).for_each(|(a, b)| *a += b);
+        be.add(dx, &dx2, n * h);
     }
 
     /// Peak f32 scratch `backward` allocates besides `Acts` for n tokens: da, de, dg [n,F]

@@ -6,9 +6,9 @@
 //! except under dynamic NTK, whose frequencies change between steps and so need the reference's
 //! absolute positions.
 
-use super::block::Acts;
+use super::block::{ensure, Acts};
 use super::{alibi_slopes, Model, ModelError, Positions};
-use crate::backend::AttnDims;
+use crate::backend::{AttnDims, Strided, Tensor};
 
 pub struct KvCache {
     pub b: usize,
@@ -16,10 +16,10 @@ pub struct KvCache {
     pub cap: usize,
     /// Tokens already cached per row.
     pub len: usize,
-    /// Per layer [B, cap, KV·HD].
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    /// [B*cap] 1 = real token.
+    /// Per layer [B, cap, KV·HD], on the backend.
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// [B*cap] 1 = real token (host bookkeeping, uploaded per step).
     valid: Vec<u8>,
     /// [B*cap] ALiBi key positions.
     kpos: Vec<f32>,
@@ -36,8 +36,8 @@ impl Model {
             b,
             cap,
             len: 0,
-            k: vec![vec![0.0; b * cap * kd]; layers],
-            v: vec![vec![0.0; b * cap * kd]; layers],
+            k: (0..layers).map(|_| self.backend.zeros(b * cap * kd)).collect(),
+            v: (0..layers).map(|_| self.backend.zeros(b * cap * kd)).collect(),
             valid: vec![0; b * cap],
             kpos: vec![0.0; b * cap],
             count: vec![0; b],
@@ -54,9 +54,9 @@ impl Model {
     ) -> Result<Vec<f32>, ModelError> {
         let y = self.step_hidden(cache, ids, mask)?;
         let n = ids.len();
-        let mut logits = vec![0.0; n * self.arch.vocab];
+        let mut logits = self.backend.zeros(n * self.arch.vocab);
         self.head_fwd(&mut logits, &y, n);
-        Ok(logits)
+        Ok(self.backend.download(&logits))
     }
 
     /// Like `forward_step` but returns only each row's last-position logits [B, V] (what
@@ -68,14 +68,15 @@ impl Model {
         mask: &[u8],
     ) -> Result<Vec<f32>, ModelError> {
         let y = self.step_hidden(cache, ids, mask)?;
+        let be = &*self.backend;
         let (b, h) = (cache.b, self.arch.hidden);
         let tn = ids.len() / b;
-        let last: Vec<f32> = (0..b)
-            .flat_map(|r| y[(r * tn + tn - 1) * h..(r * tn + tn) * h].to_vec())
-            .collect();
-        let mut logits = vec![0.0; b * self.arch.vocab];
+        let mut last = be.zeros(b * h);
+        let row = Strided::rows(tn * h, (tn - 1) * h);
+        be.copy2d(&mut last, Strided::rows(h, 0), &y, row, b, h);
+        let mut logits = be.zeros(b * self.arch.vocab);
         self.head_fwd(&mut logits, &last, b);
-        Ok(logits)
+        Ok(be.download(&logits))
     }
 
     /// Final-norm hidden states [B*Tn, H] of the new tokens; appends their keys/values.
@@ -84,7 +85,7 @@ impl Model {
         cache: &mut KvCache,
         ids: &[u32],
         mask: &[u8],
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<Tensor, ModelError> {
         let (b, past) = (cache.b, cache.len);
         if ids.is_empty() || ids.len() % b != 0 || mask.len() != ids.len() {
             return Err(ModelError::Batch(format!(
@@ -129,25 +130,15 @@ impl Model {
                 cache.kpos[slot] = counted * mask[r * tn + i] as f32;
             }
         }
-        // embedding
-        let mut x = vec![0.0; n * h];
-        be.embedding_fwd(&mut x, &self.emb.value, ids, h);
-        if let Some(pe) = &self.pos_emb {
-            for k in 0..n {
-                let p = pos[k] as usize;
-                x[k * h..(k + 1) * h]
-                    .iter_mut()
-                    .zip(&pe.value[p * h..(p + 1) * h])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
-        if let Some(en) = &self.emb_norm {
-            let mut y = vec![0.0; n * h];
-            en.forward(be, &mut y, &mut Default::default(), &x, n);
-            x = y;
-        }
-        let slopes =
-            (self.arch.positions == Positions::Alibi).then(|| alibi_slopes(self.arch.heads));
+        let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
+            let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+            be.upload_i32(&ids)
+        });
+        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let (mut x, _) = self.embed(&be.upload_i32(&ids), pos_ids.as_ref(), n);
+        let alibi = (self.arch.positions == Positions::Alibi)
+            .then(|| (be.upload(&alibi_slopes(self.arch.heads)), be.upload(&cache.kpos)));
+        let valid = be.upload_u8(&cache.valid);
         let dims = AttnDims {
             b,
             t: tn,
@@ -156,29 +147,30 @@ impl Model {
             hd: self.arch.head_dim,
         };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
-        let rope = self.rope_freqs(seq_len);
+        let rope = self
+            .rope_freqs(seq_len)
+            .map(|f| be.rope_tables(&be.upload(&pos), n, &f));
         let mut acts = Acts::default();
-        let mut y = vec![0.0; n * h];
+        let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
-            l.qkv_fwd(be, &self.arch, &mut acts, &x, &pos, rope.as_ref(), n);
+            l.qkv_fwd(be, &self.arch, &mut acts, &x, rope.as_ref(), n);
+            // new keys/values of row r go to cache slots r·cap + past ..
             for r in 0..b {
-                for i in 0..tn {
-                    let slot = r * cache.cap + past + i;
-                    cache.k[li][slot * kd..(slot + 1) * kd]
-                        .copy_from_slice(&acts.k[(r * tn + i) * kd..][..kd]);
-                    cache.v[li][slot * kd..(slot + 1) * kd]
-                        .copy_from_slice(&acts.v[(r * tn + i) * kd..][..kd]);
-                }
+                let (dst, src) = (
+                    Strided::rows(kd, (r * cache.cap + past) * kd),
+                    Strided::rows(kd, r * tn * kd),
+                );
+                be.copy2d(&mut cache.k[li], dst, &acts.k, src, tn, kd);
+                be.copy2d(&mut cache.v[li], dst, &acts.v, src, tn, kd);
             }
-            acts.att.resize(n * self.arch.q_dim(), 0.0);
-            let alibi = slopes.as_ref().map(|s| (&s[..], &cache.kpos[..]));
+            ensure(be, &mut acts.att, n * self.arch.q_dim());
             be.attention_cached_fwd(
                 &mut acts.att,
                 &acts.q,
                 &cache.k[li],
                 &cache.v[li],
-                &cache.valid,
-                alibi,
+                &valid,
+                alibi.as_ref().map(|(s, p)| (s, p)),
                 l.window,
                 dims,
                 cache.cap,

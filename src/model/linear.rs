@@ -1,12 +1,12 @@
 //! Linear layers (nn.Linear convention, W [d_out, d_in]) with an optional LoRA adapter. A
 //! frozen base weight is dense f32 or a `crate::quant::QuantLinear` (a 4-bit weight).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Tensor};
 pub use crate::quant::QuantLinear;
 
 pub enum LinearWeight {
     /// Row-major [d_out, d_in].
-    Dense(Vec<f32>),
+    Dense(Tensor),
     Quant(Box<dyn QuantLinear>),
 }
 
@@ -14,10 +14,10 @@ pub enum LinearWeight {
 pub struct LoraWeights {
     pub r: usize,
     pub scale: f32,
-    pub a: Vec<f32>,
-    pub b: Vec<f32>,
-    pub grad_a: Vec<f32>,
-    pub grad_b: Vec<f32>,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub grad_a: Tensor,
+    pub grad_b: Tensor,
     /// Dropout probability on the adapter's input (PEFT `lora_dropout`).
     pub dropout: f32,
     /// Set by the model during a training forward/backward: the seed of this call's dropout mask
@@ -26,45 +26,31 @@ pub struct LoraWeights {
 }
 
 impl LoraWeights {
+    /// Adapter weights A [r, d_in], B [d_out, r] (host values, uploaded here) with zero grads.
     pub fn new(
+        be: &dyn Backend,
         r: usize,
         scale: f32,
-        a: Vec<f32>,
-        b: Vec<f32>,
+        a: &[f32],
+        b: &[f32],
         d_in: usize,
         d_out: usize,
     ) -> LoraWeights {
         LoraWeights {
             r,
             scale,
-            a,
-            b,
-            grad_a: vec![0.0; r * d_in],
-            grad_b: vec![0.0; d_out * r],
+            a: be.upload(a),
+            b: be.upload(b),
+            grad_a: be.zeros(r * d_in),
+            grad_b: be.zeros(d_out * r),
             dropout: 0.0,
             dropout_key: None,
         }
     }
 
-    /// x ⊙ mask / (1 − p) with the mask drawn from `dropout_key` (None when no dropout applies).
-    fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
-        let key = self.dropout_key?;
-        if self.dropout <= 0.0 {
-            return None;
-        }
-        let mut rng = crate::rng::SplitMix64(key);
-        let keep = 1.0 / (1.0 - self.dropout);
-        Some(
-            x.iter()
-                .map(|v| {
-                    if (rng.uniform() + 1.0) * 0.5 >= self.dropout {
-                        v * keep
-                    } else {
-                        0.0
-                    }
-                })
-                .collect(),
-        )
+    /// The dropout key of this call, when dropout applies.
+    fn dropout_key(&self) -> Option<u64> {
+        self.dropout_key.filter(|_| self.dropout > 0.0)
     }
 }
 
@@ -74,10 +60,10 @@ pub struct Linear {
     pub d_in: usize,
     pub d_out: usize,
     pub weight: LinearWeight,
-    pub bias: Option<Vec<f32>>,
+    pub bias: Option<Tensor>,
     /// Full fine-tuning / modules_to_save gradients (allocated when trainable).
-    pub grad_w: Option<Vec<f32>>,
-    pub grad_b: Option<Vec<f32>>,
+    pub grad_w: Option<Tensor>,
+    pub grad_b: Option<Tensor>,
     pub lora: Option<LoraWeights>,
     /// Stored [in, out] in the checkpoint (GPT-2 Conv1D; PEFT fan_in_fan_out). Held transposed here.
     pub conv1d: bool,
@@ -88,8 +74,8 @@ impl Linear {
         name: String,
         d_in: usize,
         d_out: usize,
-        w: Vec<f32>,
-        bias: Option<Vec<f32>>,
+        w: Tensor,
+        bias: Option<Tensor>,
     ) -> Linear {
         Linear {
             name,
@@ -105,35 +91,37 @@ impl Linear {
     }
 
     /// Makes W (and b) trainable: allocates their gradients. Fails for quantized weights.
-    pub fn set_trainable(&mut self) -> Result<(), String> {
+    pub fn set_trainable(&mut self, be: &dyn Backend) -> Result<(), String> {
         if matches!(self.weight, LinearWeight::Quant(_)) {
             return Err(format!(
                 "{}: a quantized weight cannot be trained",
                 self.name
             ));
         }
-        self.grad_w = Some(vec![0.0; self.d_in * self.d_out]);
-        self.grad_b = self.bias.as_ref().map(|b| vec![0.0; b.len()]);
+        self.grad_w = Some(be.zeros(self.d_in * self.d_out));
+        self.grad_b = self.bias.as_ref().map(|b| be.zeros(b.len()));
         Ok(())
     }
 
     /// y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ.  y [n, d_out] (overwritten), x [n, d_in].
-    pub fn forward(&self, be: &dyn Backend, y: &mut [f32], x: &[f32], n: usize) {
+    pub fn forward(&self, be: &dyn Backend, y: &mut Tensor, x: &Tensor, n: usize) {
         let (di, dout) = (self.d_in, self.d_out);
         match &self.weight {
             LinearWeight::Dense(w) => be.matmul(y, x, w, n, dout, di, false, true, 0.0),
-            LinearWeight::Quant(q) => q.matmul_xwt(y, x, n),
+            LinearWeight::Quant(q) => be.quant_matmul(y, x, q.as_ref(), n, false),
         }
         if let Some(b) = &self.bias {
-            for row in y[..n * dout].chunks_mut(dout) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
+            be.bias_add(y, b, n, dout);
         }
         if let Some(l) = &self.lora {
-            let xd = l.dropped(&x[..n * di]);
+            let dropped = l.dropout_key().map(|key| {
+                let mut xd = be.zeros(n * di);
+                be.dropout(&mut xd, x, l.dropout, key, n * di, false);
+                xd
+            });
             be.lora_fwd(
                 y,
-                xd.as_deref().unwrap_or(x),
+                dropped.as_ref().unwrap_or(x),
                 &l.a,
                 &l.b,
                 n,
@@ -150,10 +138,10 @@ impl Linear {
     pub fn backward(
         &mut self,
         be: &dyn Backend,
-        dx: Option<&mut [f32]>,
+        dx: Option<&mut Tensor>,
         accumulate: bool,
-        dy: &[f32],
-        x: &[f32],
+        dy: &Tensor,
+        x: &Tensor,
         n: usize,
     ) {
         let (di, dout) = (self.d_in, self.d_out);
@@ -161,9 +149,7 @@ impl Linear {
             be.matmul(gw, dy, x, dout, di, n, true, false, 1.0);
         }
         if let Some(gb) = &mut self.grad_b {
-            for row in dy[..n * dout].chunks(dout) {
-                gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
-            }
+            be.bias_grad(gb, dy, n, dout);
         }
         let mut scratch;
         let dx = match dx {
@@ -182,20 +168,20 @@ impl Linear {
                     ),
                     LinearWeight::Quant(q) => {
                         if !accumulate {
-                            dx[..n * di].iter_mut().for_each(|v| *v = 0.0);
+                            be.scale(dx, 0.0, n * di);
                         }
-                        q.matmul_dyw(dx, dy, n)
+                        be.quant_matmul(dx, dy, q.as_ref(), n, true)
                     }
                 }
                 dx
             }
             None => {
-                scratch = vec![0.0; if self.lora.is_some() { n * di } else { 0 }];
-                &mut scratch[..]
+                scratch = be.zeros(if self.lora.is_some() { n * di } else { 0 });
+                &mut scratch
             }
         };
         if let Some(l) = &mut self.lora {
-            match l.dropped(&x[..n * di]) {
+            match l.dropout_key() {
                 None => be.lora_bwd(
                     dx,
                     &mut l.grad_a,
@@ -210,9 +196,11 @@ impl Linear {
                     l.r,
                     l.scale,
                 ),
-                Some(xd) => {
+                Some(key) => {
                     // x_d = x ⊙ mask/(1−p): dX gets dX_d ⊙ mask/(1−p) (same mask, same key).
-                    let mut dxl = vec![0.0; n * di];
+                    let mut xd = be.zeros(n * di);
+                    be.dropout(&mut xd, x, l.dropout, key, n * di, false);
+                    let mut dxl = be.zeros(n * di);
                     be.lora_bwd(
                         &mut dxl,
                         &mut l.grad_a,
@@ -227,13 +215,7 @@ impl Linear {
                         l.r,
                         l.scale,
                     );
-                    let keep = 1.0 / (1.0 - l.dropout);
-                    let mut rng = crate::rng::SplitMix64(l.dropout_key.unwrap_or(0));
-                    for (d, v) in dx[..n * di].iter_mut().zip(&dxl) {
-                        if (rng.uniform() + 1.0) * 0.5 >= l.dropout {
-                            *d += v * keep;
-                        }
-                    }
+                    be.dropout(dx, &dxl, l.dropout, key, n * di, true);
                 }
             }
         }

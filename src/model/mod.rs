@@ -22,7 +22,7 @@ pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
 
-use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs};
+use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs, Strided, Tensor};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -257,8 +257,8 @@ pub struct TrainOptions {
 /// One trainable tensor and its accumulated gradient, for the optimizer.
 pub struct ParamMut<'a> {
     pub name: String,
-    pub value: &'a mut [f32],
-    pub grad: &'a mut [f32],
+    pub value: &'a mut Tensor,
+    pub grad: &'a mut Tensor,
 }
 
 pub struct Model {
@@ -279,21 +279,40 @@ pub struct Model {
     rope_cached: AtomicUsize,
 }
 
-fn norm_of(files: &WeightFiles, arch: &Arch, name: &str) -> Result<Norm, FormatError> {
-    norm_of_dim(files, arch, name, arch.hidden)
+fn norm_of(
+    be: &dyn Backend,
+    files: &WeightFiles,
+    arch: &Arch,
+    name: &str,
+) -> Result<Norm, FormatError> {
+    norm_of_dim(be, files, arch, name, arch.hidden)
+}
+
+/// A checkpoint tensor of `shape` uploaded to the backend.
+fn tensor_of(
+    be: &dyn Backend,
+    files: &WeightFiles,
+    name: &str,
+    shape: &[usize],
+) -> Result<Tensor, FormatError> {
+    Ok(be.upload(&files.get_shaped(&resolve(files, name), shape)?))
 }
 
 fn norm_of_dim(
+    be: &dyn Backend,
     files: &WeightFiles,
     arch: &Arch,
     name: &str,
     h: usize,
 ) -> Result<Norm, FormatError> {
-    let w = Param::frozen(files.get_shaped(&resolve(files, &format!("{name}.weight")), &[h])?);
+    let w = Param::frozen(tensor_of(be, files, &format!("{name}.weight"), &[h])?);
     let b = match arch.norm {
-        NormKind::Layer => Some(Param::frozen(
-            files.get_shaped(&resolve(files, &format!("{name}.bias")), &[h])?,
-        )),
+        NormKind::Layer => Some(Param::frozen(tensor_of(
+            be,
+            files,
+            &format!("{name}.bias"),
+            &[h],
+        )?)),
         NormKind::Rms => None,
     };
     Ok(Norm {
@@ -318,16 +337,20 @@ pub fn resolve(files: &WeightFiles, name: &str) -> String {
     name.to_string()
 }
 
+/// A layer linear from the checkpoint: prequantized (`pre`), quantized as it loads
+/// (`quantize`, given the dense host weight) or dense, uploaded to the backend.
 fn linear_of(
+    be: &dyn Backend,
     files: &WeightFiles,
     arch: &Arch,
     name: &str,
     (d_in, d_out, bias): (usize, usize, bool),
     pre: Option<&PrequantHook>,
+    quantize: Option<&QuantizeHook>,
 ) -> Result<Linear, FormatError> {
     let wname = resolve(files, &format!("{name}.weight"));
     let b = if bias {
-        Some(files.get_shaped(&resolve(files, &format!("{name}.bias")), &[d_out])?)
+        Some(tensor_of(be, files, &format!("{name}.bias"), &[d_out])?)
     } else {
         None
     };
@@ -335,10 +358,15 @@ fn linear_of(
         Some(p) => p(files, &wname, d_in, d_out)?,
         None => None,
     };
-    if let Some(q) = quant {
-        let mut l = Linear::dense(name.to_string(), d_in, d_out, Vec::new(), b);
+    let quantized = |q| {
+        let mut l = Linear::dense(name.to_string(), d_in, d_out, Tensor::default(), None);
         l.weight = LinearWeight::Quant(q);
         l.conv1d = arch.conv1d;
+        l
+    };
+    if let Some(q) = quant {
+        let mut l = quantized(q);
+        l.bias = b;
         return Ok(l);
     }
     let w = if arch.conv1d {
@@ -353,7 +381,12 @@ fn linear_of(
     } else {
         files.get_shaped(&wname, &[d_out, d_in])?
     };
-    let mut l = Linear::dense(name.to_string(), d_in, d_out, w, b);
+    if let Some(q) = quantize.and_then(|q| q(name, &w, d_in, d_out)) {
+        let mut l = quantized(q);
+        l.bias = b;
+        return Ok(l);
+    }
+    let mut l = Linear::dense(name.to_string(), d_in, d_out, be.upload(&w), b);
     l.conv1d = arch.conv1d;
     Ok(l)
 }
@@ -377,19 +410,22 @@ impl Model {
         let arch = Arch::from_dir(dir)?;
         let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
         let files = WeightFiles::open(dir)?;
+        let backend = opts.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend));
+        let be = &*backend;
         let names = arch.names();
         let (v, h) = (arch.vocab, arch.hidden);
-        let emb = Param::frozen(
-            files.get_shaped(&resolve(&files, &format!("{}.weight", names.emb)), &[v, h])?,
-        );
+        let emb = Param::frozen(tensor_of(be, &files, &format!("{}.weight", names.emb), &[v, h])?);
         let pos_emb = match (arch.positions, &names.pos_emb) {
-            (Positions::Learned { max }, Some(p)) => Some(Param::frozen(
-                files.get_shaped(&resolve(&files, &format!("{p}.weight")), &[max, h])?,
-            )),
+            (Positions::Learned { max }, Some(p)) => Some(Param::frozen(tensor_of(
+                be,
+                &files,
+                &format!("{p}.weight"),
+                &[max, h],
+            )?)),
             _ => None,
         };
         let emb_norm = match &names.emb_norm {
-            Some(n) => Some(norm_of(&files, &arch, n)?),
+            Some(n) => Some(norm_of(be, &files, &arch, n)?),
             None => None,
         };
         let mut layers = Vec::with_capacity(arch.layers);
@@ -399,14 +435,15 @@ impl Model {
                 .layer_linears(i)
                 .into_iter()
                 .map(|(n, di, d_o, b)| {
-                    let mut l =
-                        linear_of(&files, &arch, &n, (di, d_o, b), opts.prequantized.as_ref())?;
-                    if let (Some(q), LinearWeight::Dense(w)) = (&opts.quantize, &l.weight) {
-                        if let Some(qw) = q(&n, w, di, d_o) {
-                            l.weight = LinearWeight::Quant(qw);
-                        }
-                    }
-                    Ok::<_, FormatError>(l)
+                    linear_of(
+                        be,
+                        &files,
+                        &arch,
+                        &n,
+                        (di, d_o, b),
+                        opts.prequantized.as_ref(),
+                        opts.quantize.as_ref(),
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mlp_out = lin.pop().expect("mlp out");
@@ -420,26 +457,27 @@ impl Model {
             let o = rest.next().expect("o");
             let (q_norm, k_norm) = match arch.qk_norm_names(i) {
                 Some((q, k)) => (
-                    Some(norm_of_dim(&files, &arch, &q, arch.head_dim)?),
-                    Some(norm_of_dim(&files, &arch, &k, arch.head_dim)?),
+                    Some(norm_of_dim(be, &files, &arch, &q, arch.head_dim)?),
+                    Some(norm_of_dim(be, &files, &arch, &k, arch.head_dim)?),
                 ),
                 None => (None, None),
             };
             layers.push(Layer {
-                ln1: norm_of(&files, &arch, &ln.ln1)?,
+                ln1: norm_of(be, &files, &arch, &ln.ln1)?,
                 qkv: lin,
                 o,
                 q_norm,
                 k_norm,
-                ln2: norm_of(&files, &arch, &ln.ln2)?,
+                ln2: norm_of(be, &files, &arch, &ln.ln2)?,
                 mlp_in: rest.collect(),
                 mlp_out,
                 window: arch.window(i),
             });
         }
-        let final_norm = norm_of(&files, &arch, &names.final_norm)?;
+        let final_norm = norm_of(be, &files, &arch, &names.final_norm)?;
         let head = match &names.head {
             Some(n) => Some(linear_of(
+                be,
                 &files,
                 &Arch {
                     conv1d: false,
@@ -448,10 +486,10 @@ impl Model {
                 n,
                 (h, v, false),
                 None,
+                None,
             )?),
             None => None,
         };
-        let backend = opts.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend));
         Ok(Model {
             arch,
             emb,
@@ -503,24 +541,25 @@ impl Model {
     /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
     /// weights back to [in, out]; a tied head is not listed). Fails on quantized weights.
     pub fn state_dict(&self) -> Result<Vec<NamedTensor>, ModelError> {
+        let be = &*self.backend;
         let (v, h) = (self.arch.vocab, self.arch.hidden);
         let mut out = vec![(
             format!("{}.weight", self.emb_name),
             vec![v, h],
-            self.emb.value.clone(),
+            be.download(&self.emb.value),
         )];
         if let Some(p) = &self.pos_emb {
             out.push((
                 "transformer.wpe.weight".into(),
                 vec![p.value.len() / h, h],
-                p.value.clone(),
+                be.download(&p.value),
             ));
         }
         let norm = |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &Norm| {
             let d = n.w.value.len();
-            out.push((format!("{}.weight", n.name), vec![d], n.w.value.clone()));
+            out.push((format!("{}.weight", n.name), vec![d], be.download(&n.w.value)));
             if let Some(b) = &n.b {
-                out.push((format!("{}.bias", n.name), vec![d], b.value.clone()));
+                out.push((format!("{}.bias", n.name), vec![d], be.download(&b.value)));
             }
         };
         let lin =
@@ -531,6 +570,7 @@ impl Model {
                         l.name
                     )));
                 };
+                let w = be.download(w);
                 if l.conv1d {
                     let mut t = vec![0.0; w.len()];
                     for o in 0..l.d_out {
@@ -540,14 +580,10 @@ impl Model {
                     }
                     out.push((format!("{}.weight", l.name), vec![l.d_in, l.d_out], t));
                 } else {
-                    out.push((
-                        format!("{}.weight", l.name),
-                        vec![l.d_out, l.d_in],
-                        w.clone(),
-                    ));
+                    out.push((format!("{}.weight", l.name), vec![l.d_out, l.d_in], w));
                 }
                 if let Some(b) = &l.bias {
-                    out.push((format!("{}.bias", l.name), vec![l.d_out], b.clone()));
+                    out.push((format!("{}.bias", l.name), vec![l.d_out], be.download(b)));
                 }
                 Ok(())
             };
@@ -637,10 +673,27 @@ impl Model {
                 )));
             }
         }
-        let alibi = (self.arch.positions == Positions::Alibi)
-            .then(|| (alibi_slopes(self.arch.heads), kpos));
+        let be = &*self.backend;
+        let valid = &batch.attention_mask;
+        let segment: Vec<i32> = (0..n)
+            .map(|k| if valid[k] == 0 { -1 } else { segment[k] as i32 })
+            .collect();
+        let (alibi, alibi_relative) = if self.arch.positions == Positions::Alibi {
+            let rel = crate::backend::alibi_is_relative(valid, &segment, &kpos, b, t);
+            let slopes = alibi_slopes(self.arch.heads);
+            (Some((be.upload(&slopes), be.upload(&kpos))), rel)
+        } else {
+            (None, true)
+        };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
-        let rope = self.rope_freqs(seq_len);
+        let pos_t = be.upload(&pos);
+        let rope = self
+            .rope_freqs(seq_len)
+            .map(|f| be.rope_tables(&pos_t, n, &f));
+        let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
+            let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+            be.upload_i32(&ids)
+        });
         let dims = AttnDims {
             b,
             t,
@@ -652,45 +705,57 @@ impl Model {
             n,
             dims,
             pos,
-            valid: batch.attention_mask.clone(),
-            segment,
+            ids: be.upload_i32(&batch.input_ids.iter().map(|&i| i as i32).collect::<Vec<_>>()),
+            pos_ids,
+            valid: be.upload_u8(valid),
+            segment: be.upload_i32(&segment),
             alibi,
+            alibi_relative,
             rope,
         })
     }
 
-    /// Shifted targets [N]: target[t] = labels[t+1] inside the same row and example, else -100.
-    fn targets(batch: &Batch, ctx: &Ctx) -> Option<Vec<i64>> {
+    /// Shifted targets [N]: target[t] = labels[t+1] inside the same row and example, else
+    /// -100; and how many are trained (>= 0). Uploaded per head chunk ([`Model::chunk`]).
+    fn targets(batch: &Batch, ctx: &Ctx) -> Option<(Vec<i32>, usize)> {
         batch.labels.as_ref()?;
-        Some((0..ctx.n).map(|k| batch.target(k)).collect())
+        let tg: Vec<i32> = (0..ctx.n)
+            .map(|k| batch.target(k).clamp(-100, i32::MAX as i64) as i32)
+            .collect();
+        let cnt = tg.iter().filter(|&&t| t >= 0).count();
+        Some((tg, cnt))
     }
 
-    /// x [N,H] = embedding (+ learned positions, + embedding layernorm).
-    fn embed(&self, ctx: &Ctx, ids: &[u32]) -> (Vec<f32>, Vec<f32>, block::NormStats) {
+    /// x [N,H] = embedding (+ learned positions, + embedding layernorm); also the pre-norm x
+    /// and the norm's stats when there is an embedding norm.
+    pub(crate) fn embed(
+        &self,
+        ids: &Tensor<i32>,
+        pos_ids: Option<&Tensor<i32>>,
+        n: usize,
+    ) -> (Tensor, Option<(Tensor, block::NormStats)>) {
         let be = &*self.backend;
         let h = self.arch.hidden;
-        let mut x = vec![0.0; ctx.n * h];
-        be.embedding_fwd(&mut x, &self.emb.value, ids, h);
-        if let Some(pe) = &self.pos_emb {
-            for k in 0..ctx.n {
-                let p = ctx.pos[k] as usize;
-                x[k * h..(k + 1) * h]
-                    .iter_mut()
-                    .zip(&pe.value[p * h..(p + 1) * h])
-                    .for_each(|(a, b)| *a += b);
+        let mut x = be.zeros(n * h);
+        be.embedding_fwd(&mut x, &self.emb.value, ids, n, h);
+        if let (Some(pe), Some(ids)) = (&self.pos_emb, pos_ids) {
+            let mut p = be.zeros(n * h);
+            be.embedding_fwd(&mut p, &pe.value, ids, n, h);
+            be.add(&mut x, &p, n * h);
+        }
+        match &self.emb_norm {
+            Some(en) => {
+                let mut st = block::NormStats::default();
+                let mut y = be.zeros(n * h);
+                en.forward(be, &mut y, &mut st, &x, n);
+                (y, Some((x, st)))
             }
+            None => (x, None),
         }
-        let mut st = block::NormStats::default();
-        if let Some(en) = &self.emb_norm {
-            let mut y = vec![0.0; ctx.n * h];
-            en.forward(be, &mut y, &mut st, &x, ctx.n);
-            return (y, x, st);
-        }
-        (x.clone(), x, st)
     }
 
     /// logits [N,V] from the final hidden states hf [N,H].
-    pub(crate) fn head_fwd(&self, logits: &mut [f32], hf: &[f32], n: usize) {
+    pub(crate) fn head_fwd(&self, logits: &mut Tensor, hf: &Tensor, n: usize) {
         match &self.head {
             Some(l) => l.forward(&*self.backend, logits, hf, n),
             None => self.backend.matmul(
@@ -709,30 +774,33 @@ impl Model {
 
     /// Forward only (no activations kept beyond one layer): logits [B,T,V] and the loss.
     pub fn forward(&self, batch: &Batch) -> Result<Output, ModelError> {
+        let be = &*self.backend;
         let (ctx, hf) = self.final_hidden(batch)?;
         let (n, v) = (ctx.n, self.arch.vocab);
-        let mut logits = vec![0.0; n * v];
+        let mut logits = be.zeros(n * v);
         self.head_fwd(&mut logits, &hf, n);
+        let host = be.download(&logits);
         let (loss, n_tokens) = match Self::targets(batch, &ctx) {
-            Some(tg) => {
-                let cnt = tg.iter().filter(|&&t| t >= 0).count();
-                let s = self.backend.cross_entropy(None, &logits, &tg, v, 1.0);
-                (
-                    Some(if cnt > 0 {
-                        (s / cnt as f64) as f32
-                    } else {
-                        0.0
-                    }),
-                    cnt,
-                )
+            Some((tg, cnt)) => {
+                let mut sum = be.zeros(1);
+                be.cross_entropy(&mut logits, &mut sum, &be.upload_i32(&tg), n, v, None);
+                let s = be.download(&sum)[0];
+                (Some(if cnt > 0 { s / cnt as f32 } else { 0.0 }), cnt)
             }
             None => (None, 0),
         };
         Ok(Output {
-            logits,
+            logits: host,
             loss,
             n_tokens,
         })
+    }
+
+    /// Rows per head + cross-entropy chunk for n tokens.
+    fn head_rows(&self, n: usize) -> usize {
+        HEAD_CHUNK_ELEMS
+            .div_ceil(self.arch.vocab)
+            .clamp(1, n.max(1))
     }
 
     /// The evaluation path every evaluator uses (the trainer's eval, the `evaluate` step): head
@@ -740,36 +808,57 @@ impl Model {
     /// predicted tokens ([`Batch::target`]), with the argmax hits for token accuracy.
     /// Needs labels.
     pub fn eval_loss(&self, batch: &Batch) -> Result<EvalSums, ModelError> {
+        let be = &*self.backend;
         let (ctx, hf) = self.final_hidden(batch)?;
-        let targets = Self::targets(batch, &ctx)
+        let (targets, cnt) = Self::targets(batch, &ctx)
             .ok_or_else(|| ModelError::Batch("labels are required for eval_loss".into()))?;
         let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
-        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
-        let mut logits = vec![0.0; rows * v];
-        let mut sums = EvalSums::default();
+        let rows = self.head_rows(n);
+        let mut hc = be.zeros(rows * h);
+        let mut logits = be.zeros(rows * v);
+        let (mut nll, mut hits) = (be.zeros(1), be.zeros(1));
         for r0 in (0..n).step_by(rows) {
             let m = rows.min(n - r0);
-            let (lc, tc) = (&mut logits[..m * v], &targets[r0..r0 + m]);
-            self.head_fwd(lc, &hf[r0 * h..(r0 + m) * h], m);
-            sums.nll += self.backend.cross_entropy(None, lc, tc, v, 1.0);
-            for (row, &tg) in lc.chunks(v).zip(tc) {
-                if tg >= 0 {
-                    sums.tokens += 1;
-                    sums.correct += usize::from(i64::from(crate::util::argmax(row)) == tg);
-                }
-            }
+            let (hc, tc) = self.chunk(&mut hc, &hf, &targets, r0, m);
+            self.head_fwd(&mut logits, hc, m);
+            be.argmax_hits(&mut hits, &logits, &tc, m, v);
+            be.cross_entropy(&mut logits, &mut nll, &tc, m, v, None);
         }
-        Ok(sums)
+        Ok(EvalSums {
+            nll: be.download(&nll)[0] as f64,
+            tokens: cnt,
+            correct: be.download(&hits)[0] as usize,
+        })
+    }
+
+    /// Rows r0..r0+m of the hidden states (`hf` itself when the chunk is all of it, else a
+    /// copy into the scratch `hc`) and their targets, uploaded.
+    fn chunk<'a>(
+        &self,
+        hc: &'a mut Tensor,
+        hf: &'a Tensor,
+        targets: &[i32],
+        r0: usize,
+        m: usize,
+    ) -> (&'a Tensor, Tensor<i32>) {
+        let be = &*self.backend;
+        let h = self.arch.hidden;
+        let tc = be.upload_i32(&targets[r0..r0 + m]);
+        if r0 == 0 && m * h == hf.len() {
+            return (hf, tc);
+        }
+        be.copy2d(hc, Strided::rows(h, 0), hf, Strided::rows(h, r0 * h), m, h);
+        (hc, tc)
     }
 
     /// Final-norm hidden states [N,H] (no activations kept beyond one layer).
-    fn final_hidden(&self, batch: &Batch) -> Result<(Ctx, Vec<f32>), ModelError> {
+    fn final_hidden(&self, batch: &Batch) -> Result<(Ctx, Tensor), ModelError> {
         let be = &*self.backend;
         let ctx = self.ctx(batch, false)?;
         let (n, h) = (ctx.n, self.arch.hidden);
-        let (mut x, _, _) = self.embed(&ctx, &batch.input_ids);
+        let (mut x, _) = self.embed(&ctx.ids, ctx.pos_ids.as_ref(), n);
         let mut acts = Acts::default();
-        let mut y = vec![0.0; n * h];
+        let mut y = be.zeros(n * h);
         for l in &self.layers {
             l.forward(be, &self.arch, &mut y, &mut acts, &x, &ctx);
             std::mem::swap(&mut x, &mut y);
@@ -786,8 +875,25 @@ impl Model {
         batch: &Batch,
         opts: TrainOptions,
     ) -> Result<f32, ModelError> {
+        let be = self.backend.clone();
+        let mut loss = be.zeros(1);
+        let cnt = self.forward_backward_acc(batch, opts, &mut loss, None)?;
+        let sum = be.download(&loss)[0];
+        Ok(if cnt > 0 { sum / cnt as f32 } else { 0.0 })
+    }
+
+    /// [`Model::forward_backward`] with the loss sum added to the backend scalar `loss` instead
+    /// of read back, and the gradients of `grad_scale`·Σ token losses accumulated (None: of
+    /// the mean, 1/trained tokens). Returns the trained-token count.
+    pub fn forward_backward_acc(
+        &mut self,
+        batch: &Batch,
+        opts: TrainOptions,
+        loss: &mut Tensor,
+        grad_scale: Option<f32>,
+    ) -> Result<usize, ModelError> {
         let ctx = self.ctx(batch, true)?;
-        let targets = Self::targets(batch, &ctx)
+        let (targets, cnt) = Self::targets(batch, &ctx)
             .ok_or_else(|| ModelError::Batch("labels are required for training".into()))?;
         for (i, l) in self.linears_mut().into_iter().enumerate() {
             if let Some(lw) = &mut l.lora {
@@ -797,32 +903,34 @@ impl Model {
                 );
             }
         }
-        let r = self.forward_backward_inner(batch, opts, ctx, targets);
+        let scale = grad_scale.unwrap_or(if cnt > 0 { 1.0 / cnt as f32 } else { 0.0 });
+        self.forward_backward_inner(opts, ctx, &targets, scale, loss);
         for l in self.linears_mut() {
             if let Some(lw) = &mut l.lora {
                 lw.dropout_key = None;
             }
         }
-        r
+        Ok(cnt)
     }
 
     fn forward_backward_inner(
         &mut self,
-        batch: &Batch,
         opts: TrainOptions,
         ctx: Ctx,
-        targets: Vec<i64>,
-    ) -> Result<f32, ModelError> {
+        targets: &[i32],
+        scale: f32,
+        loss: &mut Tensor,
+    ) {
         let be = self.backend.clone();
         let be = &*be;
         let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
-        let (x0, x_pre_norm, emb_st) = self.embed(&ctx, &batch.input_ids);
+        let (x0, emb_pre) = self.embed(&ctx.ids, ctx.pos_ids.as_ref(), n);
         // forward, keeping each layer's input (and its activations unless checkpointing)
         let mut inputs = vec![x0];
         let mut saved: Vec<Acts> = Vec::new();
         for l in &self.layers {
             let mut acts = Acts::default();
-            let mut y = vec![0.0; n * h];
+            let mut y = be.zeros(n * h);
             l.forward(
                 be,
                 &self.arch,
@@ -837,48 +945,47 @@ impl Model {
             inputs.push(y);
         }
         let xl = inputs.pop().expect("last");
-        let mut hf = vec![0.0; n * h];
+        let mut hf = be.zeros(n * h);
         let mut fst = block::NormStats::default();
         self.final_norm.forward(be, &mut hf, &mut fst, &xl, n);
-        let cnt = targets.iter().filter(|&&t| t >= 0).count();
-        let scale = if cnt > 0 { 1.0 / cnt as f32 } else { 0.0 };
-        // head + cross-entropy in row chunks: logits never exist for all N rows at once.
-        let rows = HEAD_CHUNK_ELEMS.div_ceil(v).clamp(1, n.max(1));
-        let mut logits = vec![0.0; rows * v];
-        let mut dlogits = vec![0.0; rows * v];
-        let mut dhf = vec![0.0; n * h];
-        let mut loss_sum = 0.0;
+        // head + cross-entropy in row chunks: logits never exist for all N rows at once; the
+        // cross-entropy turns each chunk's logits into their gradient in place.
+        let rows = self.head_rows(n);
+        let mut logits = be.zeros(rows * v);
+        let mut dhf = be.zeros(n * h);
+        let mut hc = be.zeros(rows * h);
+        let mut dh = be.zeros(rows * h);
         for r0 in (0..n).step_by(rows) {
             let m = rows.min(n - r0);
-            let (hc, lc, dc) = (
-                &hf[r0 * h..(r0 + m) * h],
-                &mut logits[..m * v],
-                &mut dlogits[..m * v],
-            );
-            self.head_fwd(lc, hc, m);
-            loss_sum += be.cross_entropy(Some(dc), lc, &targets[r0..r0 + m], v, scale);
-            let dh = &mut dhf[r0 * h..(r0 + m) * h];
+            let whole = r0 == 0 && m == n;
+            let (hcv, tcv) = self.chunk(&mut hc, &hf, targets, r0, m);
+            self.head_fwd(&mut logits, hcv, m);
+            be.cross_entropy(&mut logits, loss, &tcv, m, v, Some(scale));
+            let dh_out = if whole { &mut dhf } else { &mut dh };
             match &mut self.head {
-                Some(l) => l.backward(be, Some(dh), false, dc, hc, m),
+                Some(l) => l.backward(be, Some(dh_out), false, &logits, hcv, m),
                 None => {
-                    be.matmul(dh, dc, &self.emb.value, m, h, v, false, false, 0.0);
+                    be.matmul(dh_out, &logits, &self.emb.value, m, h, v, false, false, 0.0);
                     if let Some(g) = &mut self.emb.grad {
-                        be.matmul(g, dc, hc, v, h, m, true, false, 1.0);
+                        be.matmul(g, &logits, hcv, v, h, m, true, false, 1.0);
                     }
                 }
             }
+            if !whole {
+                be.copy2d(&mut dhf, Strided::rows(h, r0 * h), &dh, Strided::rows(h, 0), m, h);
+            }
         }
-        drop((logits, dlogits));
-        let mut dx = vec![0.0; n * h];
+        drop((logits, hc, dh));
+        let mut dx = be.zeros(n * h);
         self.final_norm.backward(be, &mut dx, &dhf, &xl, &fst, n);
         // layers in reverse
-        let mut dprev = vec![0.0; n * h];
+        let mut dprev = be.zeros(n * h);
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
             let x = &inputs[i];
             let recomputed;
             let acts = if opts.checkpointing {
                 let mut a = Acts::default();
-                let mut y = vec![0.0; n * h];
+                let mut y = be.zeros(n * h);
                 l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
                 recomputed = a;
                 &recomputed
@@ -889,30 +996,19 @@ impl Model {
             std::mem::swap(&mut dx, &mut dprev);
         }
         // embedding
-        if let Some(en) = &mut self.emb_norm {
-            let mut d = vec![0.0; n * h];
-            en.backward(be, &mut d, &dx, &x_pre_norm, &emb_st, n);
+        if let (Some(en), Some((x_pre, st))) = (&mut self.emb_norm, &emb_pre) {
+            let mut d = be.zeros(n * h);
+            en.backward(be, &mut d, &dx, x_pre, st, n);
             dx = d;
         }
-        if let Some(pe) = &mut self.pos_emb {
+        if let (Some(pe), Some(ids)) = (&mut self.pos_emb, &ctx.pos_ids) {
             if let Some(g) = &mut pe.grad {
-                for k in 0..n {
-                    let p = ctx.pos[k] as usize;
-                    g[p * h..(p + 1) * h]
-                        .iter_mut()
-                        .zip(&dx[k * h..(k + 1) * h])
-                        .for_each(|(a, b)| *a += b);
-                }
+                be.embedding_bwd(g, &dx, ids, n, h);
             }
         }
         if let Some(g) = &mut self.emb.grad {
-            be.embedding_bwd(g, &dx, &batch.input_ids, h);
+            be.embedding_bwd(g, &dx, &ctx.ids, n, h);
         }
-        Ok(if cnt > 0 {
-            (loss_sum / cnt as f64) as f32
-        } else {
-            0.0
-        })
     }
 
     /// Every linear layer (all layers, then the untied head).
@@ -946,18 +1042,20 @@ impl Model {
 
     /// Full fine-tuning: every weight trainable (fails on quantized weights).
     pub fn set_full_trainable(&mut self) -> Result<(), ModelError> {
-        self.emb.set_trainable();
+        let be = self.backend.clone();
+        let be = &*be;
+        self.emb.set_trainable(be);
         if let Some(p) = &mut self.pos_emb {
-            p.set_trainable();
+            p.set_trainable(be);
         }
         for n in self.norms_mut() {
-            n.w.set_trainable();
+            n.w.set_trainable(be);
             if let Some(b) = &mut n.b {
-                b.set_trainable();
+                b.set_trainable(be);
             }
         }
         for l in self.linears_mut() {
-            l.set_trainable().map_err(ModelError::Train)?;
+            l.set_trainable(be).map_err(ModelError::Train)?;
         }
         Ok(())
     }
@@ -1036,8 +1134,9 @@ impl Model {
     }
 
     pub fn zero_grad(&mut self) {
+        let be = self.backend.clone();
         for p in self.params_mut() {
-            p.grad.iter_mut().for_each(|g| *g = 0.0);
+            be.fill(p.grad, 0.0);
         }
     }
 }

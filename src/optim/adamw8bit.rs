@@ -91,18 +91,26 @@ const BLOCKS_PER_TASK: usize = 16;
 
 /// One 8-bit step on p [n] with gradient g [n]. Blocks are independent, so groups of blocks
 /// run in parallel (rayon) with identical results.
-pub fn adamw8bit_step(p: &mut [f32], st: &mut State8, g: &[f32], s: &BnbScalars) {
+pub fn adamw8bit_step(
+    p: &mut [f32],
+    qm8: &mut [u8],
+    qv8: &mut [u8],
+    absmax_m: &mut [f32],
+    absmax_v: &mut [f32],
+    g: &[f32],
+    s: &BnbScalars,
+) {
     let n = g.len();
-    assert!(p.len() == n && st.m.len() == n && st.v.len() == n);
+    assert!(p.len() == n && qm8.len() == n && qv8.len() == n);
     let (qm, qv) = state_quantizers();
     let chunk = STATE_BLOCKSIZE * BLOCKS_PER_TASK;
     p.par_chunks_mut(chunk)
         .zip(g.par_chunks(chunk))
-        .zip(st.m.par_chunks_mut(chunk).zip(st.v.par_chunks_mut(chunk)))
+        .zip(qm8.par_chunks_mut(chunk).zip(qv8.par_chunks_mut(chunk)))
         .zip(
-            st.absmax_m
+            absmax_m
                 .par_chunks_mut(BLOCKS_PER_TASK)
-                .zip(st.absmax_v.par_chunks_mut(BLOCKS_PER_TASK)),
+                .zip(absmax_v.par_chunks_mut(BLOCKS_PER_TASK)),
         )
         .for_each(|(((p, g), (qm8, qv8)), (am, av))| {
             let len = g.len();

@@ -1,9 +1,10 @@
 //! The optimizer a training run holds: one kind, its hyper-parameters, and a state per
 //! parameter tensor.
 
-use super::adamw::{adamw_step, AdamwScalars};
-use super::adamw8bit::{adamw8bit_step, bnb_adam32_step, BnbScalars, State8};
-use rayon::prelude::*;
+use super::adamw::AdamwScalars;
+use super::adamw8bit::{BnbScalars, State8};
+use crate::backend::{Adam8State, Backend, Tensor};
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -18,24 +19,6 @@ pub enum OptimError {
     },
     #[error("optimizer state file {path}: {msg}")]
     File { path: String, msg: String },
-}
-
-/// Elements per parallel task of the element-wise (32-bit) updates.
-const ELEMS_PER_TASK: usize = 1 << 14;
-
-/// Run an element-wise update over matching chunks of p, m, v, g in parallel.
-fn par_elementwise(
-    p: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    g: &[f32],
-    f: impl Fn(&mut [f32], &mut [f32], &mut [f32], &[f32]) + Sync,
-) {
-    p.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(m.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(v.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(g.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(((p, m), v), g)| f(p, m, v, g));
 }
 
 /// Which update rule.
@@ -94,15 +77,14 @@ impl Default for OptimConfig {
     }
 }
 
-/// State of one parameter tensor.
-#[derive(Clone, Debug, PartialEq)]
+/// State of one parameter tensor, on the backend of its parameter.
 pub enum ParamState {
     /// torch AdamW: exp_avg, exp_avg_sq
-    F32 { m: Vec<f32>, v: Vec<f32> },
+    F32 { m: Tensor, v: Tensor },
     /// bnb 32-bit state of a small tensor in an 8-bit optimizer
-    Bnb32 { m: Vec<f32>, v: Vec<f32> },
+    Bnb32 { m: Tensor, v: Tensor },
     /// bnb blockwise 8-bit state
-    Q8(State8),
+    Q8(Adam8State),
 }
 
 impl ParamState {
@@ -124,36 +106,53 @@ impl ParamState {
             ParamState::Q8(s) => 2 * s.m.len() + 4 * (s.absmax_m.len() + s.absmax_v.len()),
         }
     }
+
+    /// The 8-bit state from its host form.
+    pub fn q8(be: &dyn Backend, s: &State8) -> ParamState {
+        ParamState::Q8(Adam8State {
+            m: be.upload_u8(&s.m),
+            v: be.upload_u8(&s.v),
+            absmax_m: be.upload(&s.absmax_m),
+            absmax_v: be.upload(&s.absmax_v),
+        })
+    }
 }
 
 /// AdamW family optimizer over a fixed list of parameter tensors.
-#[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
     pub kind: OptimKind,
     pub config: OptimConfig,
     /// Steps taken so far (the next step is `step + 1`).
     pub step: u64,
     pub states: Vec<ParamState>,
+    /// Where the states live (the parameters' backend).
+    pub backend: Arc<dyn Backend>,
 }
 
 impl Optimizer {
     /// Zero state for tensors of `param_sizes` elements.
-    pub fn new(kind: OptimKind, config: &OptimConfig, param_sizes: &[usize]) -> Optimizer {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        kind: OptimKind,
+        config: &OptimConfig,
+        param_sizes: &[usize],
+    ) -> Optimizer {
+        let be = &*backend;
         let states = param_sizes
             .iter()
             .map(|&n| {
                 if !kind.is_8bit() {
                     ParamState::F32 {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
+                        m: be.zeros(n),
+                        v: be.zeros(n),
                     }
                 } else if n < config.min_8bit_size {
                     ParamState::Bnb32 {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
+                        m: be.zeros(n),
+                        v: be.zeros(n),
                     }
                 } else {
-                    ParamState::Q8(State8::zeros(n))
+                    ParamState::q8(be, &State8::zeros(n))
                 }
             })
             .collect();
@@ -162,6 +161,7 @@ impl Optimizer {
             config: config.clone(),
             step: 0,
             states,
+            backend,
         }
     }
 
@@ -171,28 +171,25 @@ impl Optimizer {
     }
 
     /// One update of every tensor with learning rate `lr` (the scheduler's value for this step).
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f64) {
+    pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[&Tensor], lr: f64) {
         assert_eq!(
             params.len(),
             self.states.len(),
-            "one params slice per state"
+            "one params tensor per state"
         );
-        assert_eq!(grads.len(), self.states.len(), "one grads slice per state");
+        assert_eq!(grads.len(), self.states.len(), "one grads tensor per state");
         self.step += 1;
         let c = &self.config;
+        let be = &*self.backend;
         let torch = AdamwScalars::new(lr, c.betas, c.eps, c.weight_decay, self.step);
         let bnb = BnbScalars::new(lr, c.betas, c.eps, c.weight_decay, self.step);
         for ((p, g), st) in params.iter_mut().zip(grads).zip(self.states.iter_mut()) {
             assert_eq!(p.len(), st.len(), "param length");
             assert_eq!(g.len(), st.len(), "grad length");
             match st {
-                ParamState::F32 { m, v } => par_elementwise(p, m, v, g, |p, m, v, g| {
-                    adamw_step(p, m, v, g, &torch, c.weight_decay != 0.0)
-                }),
-                ParamState::Bnb32 { m, v } => {
-                    par_elementwise(p, m, v, g, |p, m, v, g| bnb_adam32_step(p, m, v, g, &bnb))
-                }
-                ParamState::Q8(s) => adamw8bit_step(p, s, g, &bnb),
+                ParamState::F32 { m, v } => be.adamw(p, m, v, g, &torch, c.weight_decay != 0.0),
+                ParamState::Bnb32 { m, v } => be.bnb_adam32(p, m, v, g, &bnb),
+                ParamState::Q8(s) => be.adamw8bit(p, s, g, &bnb),
             }
         }
     }

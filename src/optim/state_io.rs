@@ -11,6 +11,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::Backend;
 
 const FORMAT: &str = "recipe-optimizer-v1";
 
@@ -45,20 +48,22 @@ impl Optimizer {
         );
         meta.insert("params".to_string(), self.states.len().to_string());
         let mut bufs: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
+        let be = &*self.backend;
+        let f32s = |t| f32_bytes(&be.download(t));
         for (i, st) in self.states.iter().enumerate() {
             match st {
                 ParamState::F32 { m, v } | ParamState::Bnb32 { m, v } => {
                     if matches!(st, ParamState::Bnb32 { .. }) {
                         meta.insert(format!("{i}.bnb32"), "1".to_string());
                     }
-                    bufs.push((format!("{i}.m"), Dtype::F32, f32_bytes(m)));
-                    bufs.push((format!("{i}.v"), Dtype::F32, f32_bytes(v)));
+                    bufs.push((format!("{i}.m"), Dtype::F32, f32s(m)));
+                    bufs.push((format!("{i}.v"), Dtype::F32, f32s(v)));
                 }
                 ParamState::Q8(s) => {
-                    bufs.push((format!("{i}.m_codes"), Dtype::U8, s.m.clone()));
-                    bufs.push((format!("{i}.v_codes"), Dtype::U8, s.v.clone()));
-                    bufs.push((format!("{i}.m_absmax"), Dtype::F32, f32_bytes(&s.absmax_m)));
-                    bufs.push((format!("{i}.v_absmax"), Dtype::F32, f32_bytes(&s.absmax_v)));
+                    bufs.push((format!("{i}.m_codes"), Dtype::U8, be.download_u8(&s.m)));
+                    bufs.push((format!("{i}.v_codes"), Dtype::U8, be.download_u8(&s.v)));
+                    bufs.push((format!("{i}.m_absmax"), Dtype::F32, f32s(&s.absmax_m)));
+                    bufs.push((format!("{i}.v_absmax"), Dtype::F32, f32s(&s.absmax_v)));
                 }
             }
         }
@@ -78,8 +83,9 @@ impl Optimizer {
             .map_err(|e| file_err(path, e.to_string()))
     }
 
-    /// Read a state written by [`Optimizer::save`].
-    pub fn load(path: &Path) -> Result<Optimizer, OptimError> {
+    /// Read a state written by [`Optimizer::save`] onto `backend`.
+    pub fn load(backend: Arc<dyn Backend>, path: &Path) -> Result<Optimizer, OptimError> {
+        let be = &*backend;
         let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
         let (_, md) =
             SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e.to_string()))?;
@@ -140,14 +146,16 @@ impl Optimizer {
         let mut states = Vec::new();
         for i in 0..int("params")? {
             let state = if st.tensor(&format!("{i}.m_codes")).is_ok() {
-                ParamState::Q8(State8 {
+                let host = State8 {
                     m: u8s(&format!("{i}.m_codes"))?,
                     v: u8s(&format!("{i}.v_codes"))?,
                     absmax_m: f32s(&format!("{i}.m_absmax"))?,
                     absmax_v: f32s(&format!("{i}.v_absmax"))?,
-                })
+                };
+                ParamState::q8(be, &host)
             } else {
                 let (m, v) = (f32s(&format!("{i}.m"))?, f32s(&format!("{i}.v"))?);
+                let (m, v) = (be.upload(&m), be.upload(&v));
                 if meta.contains_key(&format!("{i}.bnb32")) {
                     ParamState::Bnb32 { m, v }
                 } else {
@@ -156,7 +164,7 @@ impl Optimizer {
             };
             states.push(state);
         }
-        let mut opt = Optimizer::new(kind, &config, &[]);
+        let mut opt = Optimizer::new(backend.clone(), kind, &config, &[]);
         opt.step = int("step")?;
         opt.states = states;
         Ok(opt)

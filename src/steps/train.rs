@@ -474,7 +474,12 @@ fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
         weight_decay: p.weight_decay,
         ..Default::default()
     };
-    let mut optim = EngineOptim(crate::optim::Optimizer::new(okind, &ocfg, &sizes));
+    let mut optim = EngineOptim(crate::optim::Optimizer::new(
+        model.backend.clone(),
+        okind,
+        &ocfg,
+        &sizes,
+    ));
     ctx.info(format!(
         "{} examples, {total} steps (batch {} × accumulation {}), warmup {warmup}, {} {}",
         train.0.len(),

@@ -4,11 +4,13 @@
 
 use super::batch::{Sample, Samples};
 use super::{Optim, TrainModel};
+use crate::backend::{Backend, Tensor};
 use crate::lora::LoraConfig;
 use crate::model::{Batch, EvalSums, Model, TrainOptions};
 use crate::text::TokenDataset;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Raw trainables inside a checkpoint (names as `Model::params_mut`).
 const TRAINABLES: &str = "trainables.safetensors";
@@ -31,45 +33,20 @@ pub struct EngineModel {
 
 impl TrainModel for EngineModel {
     fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)> {
-        let n = batch.trained_tokens();
-        if n == 0 {
+        if batch.trained_tokens() == 0 {
             return Ok((0.0, 0));
         }
-        // The engine adds ∂(mean loss) into the grads; we want scale·∂(Σ loss)
-        // = (scale·n)·∂(mean). Keep what earlier micro-batches accumulated.
-        let factor = scale * n as f32;
-        let stash: Vec<Vec<f32>> = if factor != 1.0 {
-            self.model
-                .params_mut()
-                .iter()
-                .map(|p| p.grad.to_vec())
-                .collect()
-        } else {
-            Vec::new()
+        let be = self.model.backend.clone();
+        let mut loss = be.zeros(1);
+        let opts = TrainOptions {
+            checkpointing: self.checkpointing,
+            dropout_seed: seed,
         };
-        if !stash.is_empty() {
-            for p in self.model.params_mut() {
-                p.grad.fill(0.0);
-            }
-        }
-        let mean = self
+        let n = self
             .model
-            .forward_backward(
-                batch,
-                TrainOptions {
-                    checkpointing: self.checkpointing,
-                    dropout_seed: seed,
-                },
-            )
+            .forward_backward_acc(batch, opts, &mut loss, Some(scale))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if !stash.is_empty() {
-            for (p, old) in self.model.params_mut().into_iter().zip(stash) {
-                for (g, o) in p.grad.iter_mut().zip(old) {
-                    *g = *g * factor + o;
-                }
-            }
-        }
-        Ok((mean as f64 * n as f64, n))
+        Ok((be.download(&loss)[0] as f64, n))
     }
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums> {
@@ -78,7 +55,11 @@ impl TrainModel for EngineModel {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])> {
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.model.backend.clone()
+    }
+
+    fn trainables(&mut self) -> Vec<(&mut Tensor, &mut Tensor)> {
         self.model
             .params_mut()
             .into_iter()
@@ -115,10 +96,16 @@ impl TrainModel for EngineModel {
             }
         }
         // Exact values for resume (names and layouts as the engine holds them).
-        let params = self.model.params_mut();
+        let be = self.model.backend.clone();
+        let params: Vec<(String, Vec<f32>)> = self
+            .model
+            .params_mut()
+            .iter()
+            .map(|p| (p.name.clone(), be.download(p.value)))
+            .collect();
         let views: Vec<(String, Vec<usize>, &[f32])> = params
             .iter()
-            .map(|p| (p.name.clone(), vec![p.value.len()], &p.value[..]))
+            .map(|(name, v)| (name.clone(), vec![v.len()], &v[..]))
             .collect();
         crate::formats::safetensors::write_f32(&dir.join(TRAINABLES), &views)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -130,6 +117,7 @@ impl TrainModel for EngineModel {
         let saved =
             crate::formats::safetensors::read_all(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Check everything before changing anything (a damaged checkpoint is skipped whole).
+        let be = self.model.backend.clone();
         let mut params = self.model.params_mut();
         for pm in &params {
             let Some((v, _)) = saved.get(&pm.name) else {
@@ -154,7 +142,7 @@ impl TrainModel for EngineModel {
         }
         for pm in params.iter_mut() {
             if let Some((v, _)) = saved.get(&pm.name) {
-                pm.value.copy_from_slice(v);
+                *pm.value = be.upload(v);
             }
         }
         Ok(())
@@ -179,9 +167,9 @@ pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
 pub struct EngineOptim(pub crate::optim::Optimizer);
 
 impl Optim for EngineOptim {
-    fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()> {
-        let mut params: Vec<&mut [f32]> = Vec::with_capacity(pg.len());
-        let mut grads: Vec<&[f32]> = Vec::with_capacity(pg.len());
+    fn step(&mut self, pg: &mut [(&mut Tensor, &mut Tensor)], lr: f32) -> Result<()> {
+        let mut params: Vec<&mut Tensor> = Vec::with_capacity(pg.len());
+        let mut grads: Vec<&Tensor> = Vec::with_capacity(pg.len());
         for (p, g) in pg.iter_mut() {
             params.push(&mut **p);
             grads.push(&**g);
@@ -193,7 +181,8 @@ impl Optim for EngineOptim {
         self.0.save(path).map_err(|e| anyhow::anyhow!("{e}"))
     }
     fn load(&mut self, path: &Path) -> Result<()> {
-        let o = crate::optim::Optimizer::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = crate::optim::Optimizer::load(self.0.backend.clone(), path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let sizes: Vec<usize> = self.0.states.iter().map(|s| s.len()).collect();
         if !sizes.is_empty() {
             o.check_sizes(&sizes)

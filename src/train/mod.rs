@@ -13,12 +13,14 @@ pub mod checkpoint;
 pub mod engine;
 pub use crate::rng;
 
+use crate::backend::{Backend, Tensor};
 use crate::model::{Batch, EvalSums};
 use anyhow::{bail, Context, Result};
 use batch::{collate, epoch_order, PadSide, Samples};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the loop needs from a model.
@@ -29,8 +31,10 @@ pub trait TrainModel: Send {
     fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)>;
     /// No gradients: (Σ token losses, trained tokens, correct argmax).
     fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums>;
+    /// The backend the trainables live on (clipping and the finite check run there).
+    fn backend(&self) -> Arc<dyn Backend>;
     /// Trainable tensors and their gradients, in a fixed order.
-    fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])>;
+    fn trainables(&mut self) -> Vec<(&mut Tensor, &mut Tensor)>;
     /// Names of the `trainables`, same order (for messages; empty when unnamed).
     fn trainable_names(&mut self) -> Vec<String> {
         Vec::new()
@@ -45,7 +49,7 @@ pub trait TrainModel: Send {
 /// What the loop needs from an optimizer.
 pub trait Optim: Send {
     /// One update of every (param, grad) pair at learning rate `lr`.
-    fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()>;
+    fn step(&mut self, pg: &mut [(&mut Tensor, &mut Tensor)], lr: f32) -> Result<()>;
     fn save(&self, path: &Path) -> Result<()>;
     /// Restore a state written by `save`; on an error nothing is changed.
     fn load(&mut self, path: &Path) -> Result<()>;
@@ -140,16 +144,14 @@ pub const STUCK_GRAD_STEPS: usize = 3;
 
 /// Global L2 norm of all gradients, clipped to `max_norm` when > 0
 /// (torch.nn.utils.clip_grad_norm_ semantics, via `optim::clip_grad_norm`).
-pub fn clip_grad_norm(pg: &mut [(&mut [f32], &mut [f32])], max_norm: f64) -> f64 {
-    let mut grads: Vec<&mut [f32]> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
-    if max_norm > 0.0 {
-        return crate::optim::clip_grad_norm(&mut grads, max_norm as f32) as f64;
-    }
-    grads
-        .iter()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+pub fn clip_grad_norm(
+    be: &dyn Backend,
+    pg: &mut [(&mut Tensor, &mut Tensor)],
+    max_norm: f64,
+) -> f64 {
+    let mut grads: Vec<&mut Tensor> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
+    crate::optim::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32))
+        as f64
 }
 
 /// Mean loss and token accuracy over a dataset.
@@ -288,8 +290,9 @@ pub fn train(
             }
             let lr = lr_at(state.step);
             let grad_norm = {
+                let be = model.backend();
                 let mut pg = model.trainables();
-                let norm = clip_grad_norm(&mut pg, cfg.max_grad_norm);
+                let norm = clip_grad_norm(&*be, &mut pg, cfg.max_grad_norm);
                 if !norm.is_finite() {
                     bail!(
                         "gradient norm is {norm} at step {}; stopped. Training diverged: {}. \
@@ -301,9 +304,8 @@ pub fn train(
                 optim.step(&mut pg, lr as f32)?;
                 // A finite gradient at a huge learning rate can still overflow a weight;
                 // checkpoints are only written from finite weights.
-                let bad = pg
-                    .iter()
-                    .position(|(p, _)| p.iter().any(|x| !x.is_finite()));
+                let params: Vec<&Tensor> = pg.iter().map(|(p, _)| &**p).collect();
+                let bad = be.norms(&params).iter().position(|x| !x.is_finite());
                 (norm, bad)
             };
             let grad_norm = match grad_norm {
