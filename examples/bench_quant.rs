@@ -135,7 +135,12 @@ fn child(run: &Run, dir: &Path) {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     recipe::lora::apply(&mut m, &cfg).unwrap();
     let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
-    let mut opt = Optimizer::new(OptimKind::AdamW, &OptimConfig::default(), &sizes);
+    let mut opt = Optimizer::new(
+        model.backend.clone(),
+        OptimKind::AdamW,
+        &OptimConfig::default(),
+        &sizes,
+    );
     let mut seed = 3u64;
     let vocab = m.arch.vocab as u32;
     let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..BATCH)
@@ -160,7 +165,7 @@ fn child(run: &Run, dir: &Path) {
         };
         m.forward_backward(&batch, o).unwrap();
         let mut ps = m.params_mut();
-        let (mut vals, grads): (Vec<&mut [f32]>, Vec<&[f32]>) =
+        let (mut vals, grads): (Vec<&mut recipe::backend::Tensor>, Vec<&recipe::backend::Tensor>) =
             ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
         opt.step(&mut vals, &grads, 1e-4);
     }

@@ -92,12 +92,13 @@ impl AdamW {
                 self.v.push(vec![0.0; p.value.len()]);
             }
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for j in 0..p.value.len() {
-                let g = p.grad[j];
+            let (value, grad) = (p.value.host_mut(), p.grad.host());
+            for j in 0..value.len() {
+                let g = grad[j];
                 m[j] = b1 * m[j] + (1.0 - b1) * g;
                 v[j] = b2 * v[j] + (1.0 - b2) * g * g;
-                p.value[j] -= self.lr * self.wd * p.value[j];
-                p.value[j] -= self.lr * (m[j] / c1) / ((v[j] / c2).sqrt() + eps);
+                value[j] -= self.lr * self.wd * value[j];
+                value[j] -= self.lr * (m[j] / c1) / ((v[j] / c2).sqrt() + eps);
             }
         }
     }

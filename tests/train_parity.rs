@@ -36,6 +36,7 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
         ..Default::default()
     };
     let mut optim = EngineOptim(recipe::optim::Optimizer::new(
+        model.backend.clone(),
         recipe::optim::OptimKind::AdamW,
         &ocfg,
         &sizes,

@@ -65,6 +65,14 @@ impl<T> Tensor<T> {
         }
     }
 
+    /// Host tensors only: the storage itself.
+    pub fn into_host(self) -> Vec<T> {
+        match self.store {
+            Store::Host(v) => v,
+            Store::Device(_) => panic!("a device tensor reached a host op (backend mix-up)"),
+        }
+    }
+
     /// The device storage (the CUDA backend's side of [`Tensor::host`]).
     pub fn device(&self) -> &DevBuf<T> {
         match &self.store {

@@ -264,7 +264,7 @@ fn assert_qlora_steps_match(mut m: Model, adapter: &std::path::Path, r: &QloraRe
         weight_decay: r.weight_decay,
         ..OptimConfig::default()
     };
-    let mut opt = Optimizer::new(OptimKind::AdamW, &cfg, &sizes);
+    let mut opt = Optimizer::new(m.backend.clone(), OptimKind::AdamW, &cfg, &sizes);
     for (step, want_loss) in r.losses.iter().enumerate() {
         m.zero_grad();
         let loss = m
@@ -280,7 +280,7 @@ fn assert_qlora_steps_match(mut m: Model, adapter: &std::path::Path, r: &QloraRe
             }
         }
         let mut ps = m.params_mut();
-        let (mut vals, grads): (Vec<&mut [f32]>, Vec<&[f32]>) =
+        let (mut vals, grads): (Vec<&mut crate::backend::Tensor>, Vec<&crate::backend::Tensor>) =
             ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
         opt.step(&mut vals, &grads, r.lr);
     }

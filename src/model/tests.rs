@@ -114,7 +114,7 @@ fn check_full_grads(family: &str) {
         } else {
             want.clone()
         };
-        close(&format!("{family} grad {}", p.name), p.grad, &want, 1e-4);
+        close(&format!("{family} grad {}", p.name), p.grad.host(), &want, 1e-4);
         n += 1;
     }
     let n_ref = r.keys().filter(|k| k.starts_with("full_grad.")).count();
@@ -147,7 +147,7 @@ fn check_lora(family: &str) {
         let (want, _) = r
             .get(&key)
             .unwrap_or_else(|| panic!("{family}: no reference grad {key}"));
-        close(&format!("{family} {}", key), p.grad, want, 1e-4);
+        close(&format!("{family} {}", key), p.grad.host(), want, 1e-4);
         n += 1;
     }
     assert_eq!(
@@ -350,7 +350,7 @@ fn lora_targets_match_like_peft() {
     );
     // B = 0 at init: the adapted model computes exactly the base model; A within 1/sqrt(d_in).
     assert_eq!(model.forward(&batch).unwrap().logits, base);
-    let a = &model.layers[1].qkv[0].lora.as_ref().unwrap().a;
+    let a = model.layers[1].qkv[0].lora.as_ref().unwrap().a.host();
     let bound = 1.0 / (model.arch.hidden as f32).sqrt();
     assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
     let (mut llama, _, _) = fixture("llama");
@@ -401,6 +401,7 @@ fn peft_save_load_round_trip() {
         // a training-like change to every trainable tensor
         for (i, p) in model.params_mut().into_iter().enumerate() {
             p.value
+                .host_mut()
                 .iter_mut()
                 .enumerate()
                 .for_each(|(j, x)| *x += 0.01 * ((i * 31 + j) as f32).sin());
@@ -479,7 +480,7 @@ fn lora_dropout_is_seeded_and_differentiable() {
             if let Some(lw) = &mut l.lora {
                 lw.dropout = P;
                 if l.name.ends_with("layers.1.self_attn.q_proj") {
-                    lw.a[3] += delta;
+                    lw.a.host_mut()[3] += delta;
                 }
             }
         }
@@ -495,7 +496,8 @@ fn lora_dropout_is_seeded_and_differentiable() {
         .into_iter()
         .find(|p| p.name == "model.layers.1.self_attn.q_proj.lora_A.weight")
         .unwrap()
-        .grad[3];
+        .grad
+        .host()[3];
     let h = 1e-2;
     set(&mut model, h);
     let lp = model.forward_backward(&batch, opts).unwrap();
@@ -625,7 +627,7 @@ fn quant_linear_plugs_in() {
             for l in model.linears_mut() {
                 if let LinearWeight::Dense(w) = &l.weight {
                     l.weight =
-                        LinearWeight::Quant(Box::new(DenseAsQuant(w.clone(), l.d_in, l.d_out)));
+                        LinearWeight::Quant(Box::new(DenseAsQuant(w.to_vec(), l.d_in, l.d_out)));
                 }
             }
         }
@@ -701,6 +703,7 @@ fn write_adapters_for_peft_check() {
         lora::apply(&mut model, &cfg).unwrap();
         for (i, p) in model.params_mut().into_iter().enumerate() {
             p.value
+                .host_mut()
                 .iter_mut()
                 .enumerate()
                 .for_each(|(j, x)| *x += 0.05 * ((i * 17 + j) as f32).cos());

@@ -3,13 +3,14 @@
 
 use super::batch::{PadSide, Sample};
 use super::*;
+use crate::backend::CpuBackend;
 use crate::model::{Batch, EvalSums};
 
 /// logits(t) = W[input(t)], a V×V table; loss = CE(logits(t), label(t+1)).
 struct Bigram {
     v: usize,
-    w: Vec<f32>,
-    g: Vec<f32>,
+    w: Tensor,
+    g: Tensor,
     poison: bool,
 }
 
@@ -18,8 +19,8 @@ impl Bigram {
         let mut r = rng::Rng::new(3);
         Bigram {
             v,
-            w: (0..v * v).map(|_| r.next_f32() - 0.5).collect(),
-            g: vec![0.0; v * v],
+            w: Tensor::from_host((0..v * v).map(|_| r.next_f32() - 0.5).collect()),
+            g: Tensor::from_host(vec![0.0; v * v]),
             poison: false,
         }
     }
@@ -33,7 +34,7 @@ impl Bigram {
                     continue;
                 }
                 let x = b.input_ids[r * b.t + t] as usize;
-                let row = &self.w[x * self.v..(x + 1) * self.v];
+                let row = &self.w.host()[x * self.v..(x + 1) * self.v];
                 let m = row.iter().cloned().fold(f32::MIN, f32::max);
                 let z: f32 = row.iter().map(|&l| (l - m).exp()).sum();
                 let lab = lab as usize;
@@ -49,7 +50,7 @@ impl Bigram {
                 if grad {
                     for j in 0..self.v {
                         let p = (row[j] - m).exp() / z;
-                        self.g[x * self.v + j] += scale * (p - if j == lab { 1.0 } else { 0.0 });
+                        self.g.host_mut()[x * self.v + j] += scale * (p - if j == lab { 1.0 } else { 0.0 });
                     }
                 }
             }
@@ -71,23 +72,27 @@ impl TrainModel for Bigram {
             correct,
         })
     }
-    fn trainables(&mut self) -> Vec<(&mut [f32], &mut [f32])> {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(CpuBackend)
+    }
+    fn trainables(&mut self) -> Vec<(&mut Tensor, &mut Tensor)> {
         vec![(&mut self.w, &mut self.g)]
     }
     fn zero_grad(&mut self) {
-        self.g.fill(0.0);
+        self.g.host_mut().fill(0.0);
     }
     fn save(&mut self, dir: &Path) -> Result<()> {
-        let bytes: Vec<u8> = self.w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = self.w.host().iter().flat_map(|x| x.to_le_bytes()).collect();
         std::fs::write(dir.join("w.bin"), bytes)?;
         Ok(())
     }
     fn load(&mut self, dir: &Path) -> Result<()> {
         let b = std::fs::read(dir.join("w.bin"))?;
-        self.w = b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        self.w = Tensor::from_host(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
         Ok(())
     }
 }
@@ -96,9 +101,10 @@ impl TrainModel for Bigram {
 struct Momentum(Vec<f32>);
 
 impl Optim for Momentum {
-    fn step(&mut self, pg: &mut [(&mut [f32], &mut [f32])], lr: f32) -> Result<()> {
+    fn step(&mut self, pg: &mut [(&mut Tensor, &mut Tensor)], lr: f32) -> Result<()> {
         let mut k = 0;
         for (p, g) in pg.iter_mut() {
+            let (p, g) = (p.host_mut(), g.host());
             if self.0.len() < k + p.len() {
                 self.0.resize(k + p.len(), 0.0);
             }
@@ -215,7 +221,7 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert_eq!(part.steps, 7);
     let (resumed, r) = run(&cfg(), w2.path(), o2.path(), None);
     assert_eq!(r.resumed_from, Some(4));
-    assert_eq!(full.w, resumed.w);
+    assert_eq!(full.w.host(), resumed.w.host());
     assert_eq!(
         std::fs::read_to_string(o1.path().join("metrics.jsonl"))
             .unwrap()
@@ -298,7 +304,7 @@ fn accumulation_matches_a_bigger_batch() {
     let (m2, r2) = run(&acc, b.path(), b.path(), None);
     assert_eq!(r1.steps, r2.steps);
     let max =
-        m1.w.iter()
+        m1.w.host().iter()
             .zip(&m2.w)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
@@ -429,7 +435,7 @@ fn damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     )
     .unwrap();
     assert_eq!(r.resumed_from, Some(4));
-    assert_eq!(m.w, full.w, "resumed from checkpoint-4 is bit-exact");
+    assert_eq!(m.w.host(), full.w.host(), "resumed from checkpoint-4 is bit-exact");
     let lines = log.lines();
     assert!(
         lines[0].starts_with(&format!(
