@@ -18,6 +18,14 @@ pub fn splitmix64(x: u64) -> u64 {
     mix64(x.wrapping_add(GOLDEN))
 }
 
+/// The LoRA dropout mask, shared by the CPU and the CUDA kernels (kernels/act.cu): element `i`
+/// (0-based) of a call with `key` is kept iff its draw, the (i+1)-th of `SplitMix64(key)`, is
+/// >= p, so a mask element is computed from (key, i) alone.
+pub fn dropout_keep(key: u64, i: u64, p: f32) -> bool {
+    let z = mix64(key.wrapping_add(i.wrapping_add(1).wrapping_mul(GOLDEN)));
+    (z >> 40) as f32 / (1u64 << 24) as f32 >= p
+}
+
 /// SplitMix64 from a raw state.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
