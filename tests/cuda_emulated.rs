@@ -409,15 +409,15 @@ fn tensor_kernels_match_twins() {
         Strided::new(20, 0),
         &sd,
         Strided::new(20, 0),
-        5,
+        6,
         11,
     );
     assert!(e
         .unwrap_err()
         .to_string()
-        .contains("src has 100 elements, needs 91"));
+        .contains("src has 100 elements, needs 111"));
 
-    // bias_add / col_sum (on a view: the second half of a buffer).
+    // bias_add; col_sum into a view (the second half of a buffer).
     let y0 = rng.normals(rows * cols, 1.0);
     let b = rng.normals(cols, 1.0);
     let mut want = y0.clone();
