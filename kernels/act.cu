@@ -1,5 +1,5 @@
 // act.cu: activations (SwiGLU, GELU-tanh) forward/backward and the small element-wise pieces of
-// the fused LoRA path (scaled accumulate, hash dropout). One thread per element; rows/cols with
+// the fused LoRA path (scaled accumulate, LoRA dropout). One thread per element; rows/cols with
 // input row stride `ld_in` so ChatGLM's packed [gate | up] (ld_in = 2*cols) needs no copy.
 
 // SwiGLU:  a = silu(e) * g = e*σ(e)*g
@@ -51,23 +51,33 @@ __device__ void scale_add(T* y, const T* t, float s, i64 n) {
     if (i < n) st(y, i, ld(y, i) + s * ld(t, i));
 }
 
-// Dropout with a counter-based hash, so the backward re-derives the mask instead of storing it:
-//   keep(i) = hash(seed, i) >= p * 2^32 ;  y = keep ? x / (1-p) : 0
-// The backward is the same kernel applied to the gradient with the same seed.
-__device__ __forceinline__ u32 hash_u32(u64 seed, u64 i) {
-    u64 z = seed * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull;
+// LoRA dropout, the CPU's mask exactly (rng::dropout_keep): element i of a call with `key` is kept
+// iff u_i >= p, u_i = (mix64(key + (i+1)·GOLDEN) >> 40) / 2^24 (the (i+1)-th SplitMix64 draw from
+// state `key`, 24 bits); a kept value is scaled by keep = 1/(1-p) (f32, multiplied: same bits as
+// the CPU). The backward re-derives the mask from the key instead of storing it.
+//   dropout:      y  = kept ? x*keep : 0
+//   dropout_acc:  y += kept ? x*keep : 0   (dropped elements untouched; the product is rounded
+//                 before the add, never fused)
+__device__ __forceinline__ bool dropout_keep(u64 key, u64 i, float p) {
+    u64 z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z = z ^ (z >> 31);
-    return (u32)(z >> 32);
+    return (float)(z >> 40) / 16777216.f >= p;
 }
 template <typename T>
-__device__ void dropout(T* y, const T* x, float p, u64 seed, i64 n) {
+__device__ void dropout(T* y, const T* x, float p, u64 key, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    u32 thr = (u32)fminf(p * 4294967296.f, 4294967295.f);
-    bool keep = hash_u32(seed, (u64)i) >= thr;
-    st(y, i, keep ? ld(x, i) / (1.f - p) : 0.f);
+    float keep = 1.f / (1.f - p);
+    st(y, i, dropout_keep(key, (u64)i, p) ? __fmul_rn(ld(x, i), keep) : 0.f);
+}
+template <typename T>
+__device__ void dropout_acc(T* y, const T* x, float p, u64 key, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || !dropout_keep(key, (u64)i, p)) return;
+    float keep = 1.f / (1.f - p);
+    st(y, i, ld(y, i) + __fmul_rn(ld(x, i), keep));
 }
 
 #define ACT_KERNELS(T, S)                                                                          \
@@ -86,8 +96,11 @@ __device__ void dropout(T* y, const T* x, float p, u64 seed, i64 n) {
     extern "C" __global__ void scale_add_##S(T* y, const T* t, float s, i64 n) {                   \
         scale_add(y, t, s, n);                                                                     \
     }                                                                                              \
-    extern "C" __global__ void dropout_##S(T* y, const T* x, float p, u64 seed, i64 n) {           \
-        dropout(y, x, p, seed, n);                                                                 \
+    extern "C" __global__ void dropout_##S(T* y, const T* x, float p, u64 key, i64 n) {            \
+        dropout(y, x, p, key, n);                                                                  \
+    }                                                                                              \
+    extern "C" __global__ void dropout_acc_##S(T* y, const T* x, float p, u64 key, i64 n) {        \
+        dropout_acc(y, x, p, key, n);                                                              \
     }
 ACT_KERNELS(float, f32)
 ACT_KERNELS(bf16, bf16)

@@ -271,3 +271,72 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     }
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)
+
+// Attention of new queries over a KV cache (generation), the CPU backend's
+// `attention_cached_fwd`. q, out: [b*tn, nh, hd]; k, v: [b*cap, nkv, hd] (cache slots);
+// valid: [b*cap] u8; slopes: [nh] and kpos: [b*cap] f32 (ALiBi, both null when off).
+// Query i of row bi sits in cache slot past+i and sees slot j iff j <= past+i, valid[j] != 0 and
+// (window w > 0) j + w > past+i. Score s_j = scale*q·k_j (+ slopes[h]*kpos[j]); out = softmax·v;
+// a query whose own slot is invalid outputs 0. GQA: kv head h / (nh/nkv).
+// One block of 256 threads per (row·query, head); keys in chunks of 256 with an online softmax:
+// each warp scores 32 keys of the chunk (lanes over hd, warp sum), then thread d < hd accumulates
+// acc_d = acc_d·e^(m_old - m_new) + Σ_j p_j v_j[d]; out = acc / l. hd <= 256.
+#define CACHED_THREADS 256
+extern "C" __global__ void __launch_bounds__(CACHED_THREADS)
+    attn_cached_fwd_f32(float* out, const float* q, const float* k, const float* v, const u8* valid,
+                        const float* slopes, const float* kpos, i32 tn, i32 nh, i32 nkv, i32 hd,
+                        i32 cap, i32 past, i32 window, float scale) {
+    __shared__ float Qs[CACHED_THREADS];
+    __shared__ float P[CACHED_THREADS];
+    __shared__ float scratch[32];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = CACHED_THREADS / 32;
+    i64 ti = blockIdx.x;  // row * tn + query
+    i32 h = blockIdx.y, g = h / (nh / nkv);
+    i64 bi = ti / tn;
+    i32 i = ti % tn, last = past + i;  // the query's own slot (in its row)
+    float* o = out + (ti * nh + h) * hd;
+    if (valid[bi * cap + last] == 0) {
+        if (tid < hd) o[tid] = 0.f;
+        return;
+    }
+    if (tid < hd) Qs[tid] = q[(ti * nh + h) * hd + tid];
+    __syncthreads();
+    float slope = slopes ? slopes[h] : 0.f;
+    i32 first = (window > 0 && last + 1 - window > 0) ? last + 1 - window : 0;
+    float m = -RECIPE_INF, l = 0.f, acc = 0.f;
+    for (i32 j0 = first; j0 <= last; j0 += CACHED_THREADS) {
+        for (int jj = warp; jj < CACHED_THREADS; jj += nw) {
+            i32 j = j0 + jj;
+            i64 slot = bi * cap + j;
+            bool ok = j <= last && valid[slot] != 0;  // uniform across the warp
+            float s = -RECIPE_INF;
+            if (ok) {
+                const float* kj = k + (slot * nkv + g) * hd;
+                float dot = 0.f;
+                for (int d = lane; d < hd; d += 32) dot += Qs[d] * kj[d];
+                s = warp_sum(dot) * scale;
+                if (slopes) s += slope * kpos[slot];
+            }
+            if (lane == 0) P[jj] = s;
+        }
+        __syncthreads();
+        float s = P[tid];
+        float mnew = fmaxf(m, block_max(s, scratch));
+        float p = s == -RECIPE_INF ? 0.f : expf(s - mnew);
+        float alpha = m == -RECIPE_INF ? 0.f : expf(m - mnew);
+        l = l * alpha + block_sum(p, scratch);
+        P[tid] = p;
+        __syncthreads();
+        if (tid < hd) {
+            acc *= alpha;
+            i32 cnt = min(CACHED_THREADS, last + 1 - j0);
+            for (int jj = 0; jj < cnt; jj++) {
+                float pj = P[jj];
+                if (pj != 0.f) acc += pj * v[((bi * cap + j0 + jj) * nkv + g) * hd + tid];
+            }
+        }
+        m = mnew;
+        __syncthreads();
+    }
+    if (tid < hd) o[tid] = l > 0.f ? acc / l : 0.f;
+}

@@ -1,19 +1,31 @@
-// optim.cu: plain AdamW with f32 state, and the global gradient norm for clipping.
+// optim.cu: torch AdamW with f32 state (bit for bit the CPU's optim::adamw::adamw_step), and the
+// sums of squares behind global gradient clipping.
 
-// AdamW (torch.optim.AdamW), one thread per parameter, bc1 = 1-b1^t, bc2 = 1-b2^t:
-//   g = grad*grad_scale ; m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g²
-//   p = p*(1 - lr*wd) - lr * (m/bc1) / (sqrt(v/bc2) + eps)
-extern "C" __global__ void adamw_f32(float* p, float* m, float* v, const float* grad, float lr,
-                                     float beta1, float beta2, float eps, float weight_decay,
-                                     float bc1, float bc2, float grad_scale, i64 n) {
+// AdamW (torch.optim.AdamW single-tensor path), one thread per parameter. Scalars come from
+// optim::adamw::AdamwScalars (computed in f64 on the host); grad_scale is the clipping coefficient
+// (1 = none), applied as the CPU applies it: g*coef rounded first.
+//   g = grad*grad_scale ; p = apply_decay ? p*decay : p
+//   m = fma(1-b1, g - m, m) ; v = fma((1-b2)*g, g, v*b2)
+//   p = p + (neg_step_size*m) / (sqrt(v)/bc2_sqrt + eps)
+// Products feeding an add are __fmul_rn (never contracted into an fma), division and sqrt are
+// IEEE (NVRTC's default -prec-div/-prec-sqrt; no fast-math intrinsics here), so every result has
+// the CPU's bits.
+extern "C" __global__ void adamw_torch_f32(float* p, float* m, float* v, const float* grad,
+                                           float decay, float one_minus_beta1, float beta2,
+                                           float one_minus_beta2, float neg_step_size,
+                                           float bc2_sqrt, float eps, float grad_scale,
+                                           i32 apply_decay, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = grad[i] * grad_scale;
-    float mi = beta1 * m[i] + (1.f - beta1) * g;
-    float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    float pi = p[i];
+    if (apply_decay) pi = __fmul_rn(pi, decay);
+    float g = __fmul_rn(grad[i], grad_scale);
+    float mi = fmaf(one_minus_beta1, g - m[i], m[i]);
+    float vi = fmaf(__fmul_rn(one_minus_beta2, g), g, __fmul_rn(v[i], beta2));
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    p[i] = pi + __fmul_rn(neg_step_size, mi) / denom;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * (1.f - lr * weight_decay) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
 }
 
 // Sum of squares (for the global grad norm):  out[0] += Σ_i x[i]²   (out zeroed by the caller;
@@ -31,3 +43,14 @@ __device__ void sumsq(float* out, const T* x, i64 n) {
 }
 extern "C" __global__ void sumsq_f32(float* out, const float* x, i64 n) { sumsq(out, x, n); }
 extern "C" __global__ void sumsq_bf16(float* out, const bf16* x, i64 n) { sumsq(out, x, n); }
+
+// Deterministic sum of squares:  acc[0] += Σ_i x[i]².  ONE block (1024 threads): thread k sums
+// x[k]², x[k+1024]², ... in order (each square rounded, then added), a fixed-order block
+// reduction, one add. Same inputs, same bits.
+extern "C" __global__ void sumsq_acc_f32(float* acc, const float* x, i64 n) {
+    __shared__ float scratch[32];
+    float s = 0.f;
+    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += __fmul_rn(x[i], x[i]);
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) acc[0] += s;
+}

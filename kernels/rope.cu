@@ -93,3 +93,16 @@ extern "C" __global__ void alibi_bias_f32(float* bias, const float* slopes, cons
     i32 b = idx / ((i64)t * heads);
     bias[idx] = slopes[h] * (float)kpos[(i64)b * t + j];
 }
+
+// Per-token rotation tables (the CPU backend's `rope` angles, f32 product then cosf/sinf):
+//   cos[t, i] = cos(pos[t]*inv[i]) * scale ;  sin[t, i] = sin(pos[t]*inv[i]) * scale
+// pos: [n] f32, inv: [half] inverse frequencies, scale: attention_scaling. cos/sin: [n, half],
+// usable by rope_*_fwd/bwd with pos = 0..n.
+extern "C" __global__ void rope_table_f32(float* cos_t, float* sin_t, const float* pos,
+                                          const float* inv, float scale, i32 n, i32 half) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)n * half) return;
+    float ang = pos[idx / half] * inv[idx % half];
+    cos_t[idx] = cosf(ang) * scale;
+    sin_t[idx] = sinf(ang) * scale;
+}

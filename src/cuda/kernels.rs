@@ -46,7 +46,12 @@ pub const ADAMW8BIT: KernelFile = KernelFile {
 pub const OPTIM: KernelFile = KernelFile {
     name: "optim",
     source: include_str!("../../kernels/optim.cu"),
-    functions: &["adamw_f32", "sumsq_f32", "sumsq_bf16"],
+    functions: &[
+        "adamw_torch_f32",
+        "sumsq_f32",
+        "sumsq_bf16",
+        "sumsq_acc_f32",
+    ],
 };
 
 pub const NORM: KernelFile = KernelFile {
@@ -77,6 +82,7 @@ pub const ROPE: KernelFile = KernelFile {
         "rope_glm_fwd_bf16",
         "rope_glm_bwd_bf16",
         "alibi_bias_f32",
+        "rope_table_f32",
     ],
 };
 
@@ -90,12 +96,14 @@ pub const ACT: KernelFile = KernelFile {
         "gelu_tanh_bwd_f32",
         "scale_add_f32",
         "dropout_f32",
+        "dropout_acc_f32",
         "swiglu_fwd_bf16",
         "swiglu_bwd_bf16",
         "gelu_tanh_fwd_bf16",
         "gelu_tanh_bwd_bf16",
         "scale_add_bf16",
         "dropout_bf16",
+        "dropout_acc_bf16",
     ],
 };
 
@@ -133,6 +141,21 @@ pub const ATTENTION: KernelFile = KernelFile {
         "attn_bwd_delta_bf16",
         "attn_bwd_dq_bf16",
         "attn_bwd_dkdv_bf16",
+        "attn_cached_fwd_f32",
+    ],
+};
+
+pub const TENSOR: KernelFile = KernelFile {
+    name: "tensor",
+    source: include_str!("../../kernels/tensor.cu"),
+    functions: &[
+        "copy2d_f32",
+        "bias_add_f32",
+        "col_sum_f32",
+        "scale_f32",
+        "fill_f32",
+        "argmax_hits_f32",
+        "sum_acc_f32",
     ],
 };
 
@@ -148,4 +171,5 @@ pub const ALL: &[KernelFile] = &[
     EMBEDDING,
     CROSS_ENTROPY,
     ATTENTION,
+    TENSOR,
 ];

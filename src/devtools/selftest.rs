@@ -568,7 +568,7 @@ fn adamw_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
 }
 
 fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
-    use twins::adamw8bit::AdamHyper;
+    use crate::optim::adamw::AdamwScalars;
     let big = if ck.small { 10_003 } else { 100_003 };
     for n in [1usize, 1000, big] {
         let (mut p, mut m, mut v) = (rng.normals(n, 1.0), vec![0f32; n], vec![0f32; n]);
@@ -579,37 +579,24 @@ fn optim_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
         );
         for step in 1..=3 {
             let g = rng.normals(n, 0.1);
-            let h = AdamHyper {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-                step,
-                grad_scale: 0.7,
-            };
-            twins::optim::adamw_step(&mut p, &mut m, &mut v, &g, &h);
-            ops::optim::adamw_step(gpu, &mut pd, &mut md, &mut vd, &gpu.clone_htod(&g)?, &h)?;
+            let s = AdamwScalars::new(1e-3, (0.9, 0.999), 1e-8, 0.01, step);
+            twins::optim::adamw_torch(&mut p, &mut m, &mut v, &g, &s, 0.7, true);
+            let gd = gpu.clone_htod(&g)?;
+            ops::optim::adamw_torch(gpu, &mut pd, &mut md, &mut vd, &gd, &s, 0.7, true)?;
         }
-        let t = Tol {
-            atol: 1e-6,
-            rtol: 1e-5,
+        // Bit for bit the CPU optimizer (IEEE division and sqrt, no fused products).
+        let exact = Tol {
+            atol: 0.0,
+            rtol: 0.0,
         };
-        ck.check(
-            &format!("adamw_f32 n={n} 3 steps params"),
-            &down(gpu, &pd)?,
-            &p,
-            t,
-        );
-        ck.check(
-            &format!("adamw_f32 n={n} 3 steps v"),
-            &down(gpu, &vd)?,
-            &v,
-            Tol {
-                atol: 1e-12,
-                rtol: 1e-5,
-            },
-        );
+        for (what, dev, host) in [("params", &pd, &p), ("m", &md, &m), ("v", &vd, &v)] {
+            ck.check(
+                &format!("adamw_torch_f32 n={n} 3 steps {what}"),
+                &down(gpu, dev)?,
+                host,
+                exact,
+            );
+        }
         let x = rng.normals(n, 1.0);
         let mut out = gpu.alloc_zeros::<f32>(1)?;
         ops::optim::sumsq(gpu, &mut out, &gpu.clone_htod(&x)?)?;

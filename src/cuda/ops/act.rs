@@ -1,6 +1,6 @@
-//! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate, hash dropout.
+//! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate, LoRA dropout.
 
-use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -161,26 +161,52 @@ pub fn scale_add<T: Elem>(gpu: &Gpu, y: &mut DevBuf<T>, t: &DevBuf<T>, s: f32) -
     Ok(())
 }
 
-/// y = dropout(x) with a counter hash of (seed, index): call again with the same seed on the
-/// gradient for the backward. p in [0, 1).
+/// y = dropout(x): element i kept iff `rng::dropout_keep(key, i, p)` (the CPU's LoRA mask), kept
+/// values times 1/(1−p), dropped ones 0. y, x: [x.len()] (y at least that long). p in [0, 1).
 pub fn dropout<T: Elem>(
     gpu: &Gpu,
-    y: &mut DevBuf<T>,
-    x: &DevBuf<T>,
+    y: &mut impl AsDevViewMut<T>,
+    x: &impl AsDevView<T>,
     p: f32,
-    seed: u64,
+    key: u64,
 ) -> Result<()> {
-    const OP: &str = "dropout";
+    dropout_launch(gpu, "dropout", y, x, p, key)
+}
+
+/// y += dropout(x) with the same mask as `dropout(.., p, key)`; dropped elements of y are not
+/// touched (the backward: dX += mask·dX_d/(1−p)).
+pub fn dropout_acc<T: Elem>(
+    gpu: &Gpu,
+    y: &mut impl AsDevViewMut<T>,
+    x: &impl AsDevView<T>,
+    p: f32,
+    key: u64,
+) -> Result<()> {
+    dropout_launch(gpu, "dropout_acc", y, x, p, key)
+}
+
+fn dropout_launch<T: Elem>(
+    gpu: &Gpu,
+    op: &'static str,
+    y: &mut impl AsDevViewMut<T>,
+    x: &impl AsDevView<T>,
+    p: f32,
+    key: u64,
+) -> Result<()> {
     if !(0.0..1.0).contains(&p) {
-        return Err(shape_err(OP, format!("p = {p} outside [0, 1)")));
+        return Err(shape_err(op, format!("p = {p} outside [0, 1)")));
     }
-    let n = x.len();
-    need(OP, "y", y.len(), n)?;
-    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let (mut yv, xv) = (y.dev_view_mut(), x.dev_view());
+    let n = xv.len();
+    need(op, "y", yv.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&ACT, &kname::<T>(op))?;
     let n64 = n as i64;
     let mut b = gpu.launch_builder(&f);
-    b.arg(y).arg(x).arg(&p).arg(&seed).arg(&n64);
-    // SAFETY: sizes checked; one thread per element.
+    b.arg(&mut yv).arg(&xv).arg(&p).arg(&key).arg(&n64);
+    // SAFETY: y holds at least n = x.len() elements (checked); one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
     Ok(())
 }

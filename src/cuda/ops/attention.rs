@@ -1,13 +1,14 @@
-//! Launchers for kernels/attention.cu: causal flash-style attention forward and backward.
+//! Launchers for kernels/attention.cu: causal flash-style attention forward and backward, and
+//! the forward of new queries over a KV cache (generation).
 
-use crate::cuda::mem::DevBuf;
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, grid_u32, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::launch::Launch;
-use crate::cuda::twins::attention::AttnDims;
+use crate::cuda::twins::attention::{AttnDims, CachedDims};
 use crate::cuda::Gpu;
 
 /// Rows per block in the kernels (8 warps).
@@ -211,5 +212,100 @@ pub fn attn_bwd<T: Elem>(
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
     // SAFETY: as attn_fwd; grid over kv heads, each warp owns one key row of dk/dv.
     unsafe { b.launch(grid(OP, dm, dm.hkv)?) }?;
+    Ok(())
+}
+
+/// Largest head dim of `attn_cached_fwd` (one thread per output dim in a 256-thread block).
+const CACHED_DMAX: usize = 256;
+
+/// Attention of new queries over a KV cache (generation), the CPU backend's
+/// `attention_cached_fwd`: out, q [b·tn, nh, hd]; k, v [b·cap, nkv, hd]; valid [b·cap] u8;
+/// alibi = (slopes [nh], kpos [b·cap]) or None. Geometry and window in `dm`.
+pub fn attn_cached_fwd(
+    gpu: &Gpu,
+    out: &mut impl AsDevViewMut<f32>,
+    q: &impl AsDevView<f32>,
+    k: &impl AsDevView<f32>,
+    v: &impl AsDevView<f32>,
+    valid: &impl AsDevView<u8>,
+    alibi: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)>,
+    dm: &CachedDims,
+) -> Result<()> {
+    const OP: &str = "attn_cached_fwd";
+    if dm.hd == 0 || dm.hd > CACHED_DMAX {
+        return Err(shape_err(
+            OP,
+            format!("head dim {} outside 1..={CACHED_DMAX}", dm.hd),
+        ));
+    }
+    if dm.nkv == 0 || dm.nh % dm.nkv != 0 {
+        return Err(shape_err(
+            OP,
+            format!(
+                "query heads {} not a multiple of kv heads {}",
+                dm.nh, dm.nkv
+            ),
+        ));
+    }
+    if dm.past + dm.tn > dm.cap {
+        return Err(shape_err(
+            OP,
+            format!(
+                "past {} + {} new tokens exceed the cache's {} slots",
+                dm.past, dm.tn, dm.cap
+            ),
+        ));
+    }
+    if dm.window == Some(0) {
+        return Err(shape_err(OP, "window of 0 slots"));
+    }
+    let (mut ov, qv, kv, vv, mv) = (
+        out.dev_view_mut(),
+        q.dev_view(),
+        k.dev_view(),
+        v.dev_view(),
+        valid.dev_view(),
+    );
+    let (nq, nk) = (dm.b * dm.tn * dm.nh * dm.hd, dm.b * dm.cap * dm.nkv * dm.hd);
+    need(OP, "out", ov.len(), nq)?;
+    need(OP, "q", qv.len(), nq)?;
+    need(OP, "k", kv.len(), nk)?;
+    need(OP, "v", vv.len(), nk)?;
+    need(OP, "valid", mv.len(), dm.b * dm.cap)?;
+    let alibi = alibi.map(|(s, p)| (s.dev_view(), p.dev_view()));
+    if let Some((s, p)) = &alibi {
+        need(OP, "slopes", s.len(), dm.nh)?;
+        need(OP, "kpos", p.len(), dm.b * dm.cap)?;
+    }
+    if nq == 0 {
+        return Ok(());
+    }
+    let rows = grid_u32(OP, "b·tn", dm.b * dm.tn, i32::MAX as usize)?;
+    let heads = grid_u32(OP, "nh", dm.nh, 65535)?;
+    let [tn, nh, nkv, hd, cap, past] =
+        [dm.tn, dm.nh, dm.nkv, dm.hd, dm.cap, dm.past].map(|x| x as i32);
+    dim(OP, "b·cap·nkv·hd", nk)?; // every index above fits i64; the dims themselves fit i32
+    let window = dim(OP, "window", dm.window.unwrap_or(0))?;
+    let null = 0u64;
+    let f = gpu.function(&ATTENTION, "attn_cached_fwd_f32")?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut ov).arg(&qv).arg(&kv).arg(&vv).arg(&mv);
+    match &alibi {
+        Some((s, p)) => b.arg(s).arg(p),
+        None => b.arg(&null).arg(&null),
+    };
+    b.arg(&tn).arg(&nh).arg(&nkv).arg(&hd).arg(&cap).arg(&past);
+    b.arg(&window).arg(&dm.scale);
+    // SAFETY: sizes checked against (b, tn, nh, nkv, hd, cap); past + tn <= cap keeps every
+    // query slot and visible key slot inside its row; nh % nkv == 0 keeps the kv head in range;
+    // hd <= 256 fits the 256-thread block and its static shared arrays; absent ALiBi pointers
+    // are null (8-byte zero), tested by the kernel before reading.
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (rows, heads, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //!   forward:  y = x·Wᵀ + s·(d(x)·Aᵀ)·Bᵀ        x [N, d_in], W [d_out, d_in] (4-bit),
 //!                                               A [r, d_in], B [d_out, r], s = alpha/r,
-//!                                               d = LoRA dropout (hash mask, seeded)
+//!                                               d = LoRA dropout (rng::dropout_keep mask, keyed)
 //!   backward: u = dY·B [N, r];  v = d(x)·Aᵀ (recomputed)
 //!             dA = s·uᵀ·d(x) [r, d_in];  dB = s·dYᵀ·v [d_out, r]
 //!             dX (+)= dY·W + d(s·u·A)

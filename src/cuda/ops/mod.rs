@@ -18,6 +18,7 @@ pub mod norm;
 pub mod optim;
 pub mod quant4;
 pub mod rope;
+pub mod tensor;
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, ValidAsZeroBits};
 

@@ -1,59 +1,68 @@
-//! Launchers for kernels/optim.cu: AdamW (f32 state) and the squared-norm reduction used for
-//! global gradient clipping (sum sumsq over all grads, clip_factor on the host, pass it as
-//! `grad_scale` to the optimizer step).
+//! Launchers for kernels/optim.cu: torch AdamW with f32 state (bit for bit the CPU's
+//! `optim::adamw::adamw_step`) and the squared-norm reductions used for global gradient clipping
+//! (sum of squares over all grads, clip coefficient, passed as `grad_scale` to the step).
 
-use crate::cuda::mem::DevBuf;
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 use cudarc::driver::LaunchConfig;
 
 use super::{grid1, kname, need, Elem};
-use crate::cuda::error::{shape_err, Result};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::OPTIM;
-use crate::cuda::twins::adamw8bit::AdamHyper;
 use crate::cuda::Gpu;
+use crate::optim::adamw::AdamwScalars;
 
-/// One AdamW step: p, m, v, grad all [n] f32.
-pub fn adamw_step(
+/// Threads of the one-block deterministic reductions (`sumsq_acc`, `tensor::sum_acc`).
+pub(crate) const REDUCE_THREADS: u32 = 1024;
+
+/// One torch AdamW step on p, m, v with gradient `grad` (all [p.len()] f32), the scalars of
+/// `optim::adamw::AdamwScalars` for this step. `grad_scale`: the clipping coefficient (1.0 =
+/// none), applied as the CPU's clip does (g·coef rounded, then the step); grad is not written.
+/// `apply_decay`: the CPU's `weight_decay != 0` flag. Same bits as the CPU function.
+pub fn adamw_torch(
     gpu: &Gpu,
-    p: &mut DevBuf<f32>,
-    m: &mut DevBuf<f32>,
-    v: &mut DevBuf<f32>,
-    grad: &DevBuf<f32>,
-    h: &AdamHyper,
+    p: &mut impl AsDevViewMut<f32>,
+    m: &mut impl AsDevViewMut<f32>,
+    v: &mut impl AsDevViewMut<f32>,
+    grad: &impl AsDevView<f32>,
+    s: &AdamwScalars,
+    grad_scale: f32,
+    apply_decay: bool,
 ) -> Result<()> {
-    const OP: &str = "adamw";
-    let n = p.len();
-    need(OP, "m", m.len(), n)?;
-    need(OP, "v", v.len(), n)?;
-    need(OP, "grad", grad.len(), n)?;
-    if h.step == 0 {
-        return Err(shape_err(OP, "step counts from 1"));
-    }
+    const OP: &str = "adamw_torch";
+    let (mut pv, mut mv, mut vv, gv) = (
+        p.dev_view_mut(),
+        m.dev_view_mut(),
+        v.dev_view_mut(),
+        grad.dev_view(),
+    );
+    let n = pv.len();
+    need(OP, "m", mv.len(), n)?;
+    need(OP, "v", vv.len(), n)?;
+    need(OP, "grad", gv.len(), n)?;
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&OPTIM, "adamw_f32")?;
-    let (bc1, bc2) = h.bias_corrections();
-    let n64 = n as i64;
+    let f = gpu.function(&OPTIM, "adamw_torch_f32")?;
+    let (decay_flag, n64) = (i32::from(apply_decay), n as i64);
     let mut b = gpu.launch_builder(&f);
-    b.arg(p)
-        .arg(m)
-        .arg(v)
-        .arg(grad)
-        .arg(&h.lr)
-        .arg(&h.beta1)
-        .arg(&h.beta2)
-        .arg(&h.eps);
-    b.arg(&h.weight_decay)
-        .arg(&bc1)
-        .arg(&bc2)
-        .arg(&h.grad_scale)
+    b.arg(&mut pv).arg(&mut mv).arg(&mut vv).arg(&gv);
+    b.arg(&s.decay)
+        .arg(&s.one_minus_beta1)
+        .arg(&s.beta2)
+        .arg(&s.one_minus_beta2)
+        .arg(&s.neg_step_size)
+        .arg(&s.bias_correction2_sqrt)
+        .arg(&s.eps)
+        .arg(&grad_scale)
+        .arg(&decay_flag)
         .arg(&n64);
-    // SAFETY: all four buffers hold n elements (checked); one thread per element.
+    // SAFETY: m, v, grad hold at least p.len() = n elements (checked); one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
     Ok(())
 }
 
 /// out[0] += Σ x² (out: f32 [1], zero it first; accumulate several tensors into one out).
+/// Blocks add with atomicAdd: the last bits depend on their order (see `sumsq_acc`).
 pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut DevBuf<f32>, x: &DevBuf<T>) -> Result<()> {
     const OP: &str = "sumsq";
     need(OP, "out", out.len(), 1)?;
@@ -71,6 +80,45 @@ pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut DevBuf<f32>, x: &DevBuf<T>) -> Result
         b.launch(LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }?;
+    Ok(())
+}
+
+/// acc[0] += Σ x² over all of x, deterministic (one block, fixed order; see kernels/optim.cu):
+/// the same x gives the same bits every run. acc: f32 [>= 1].
+pub fn sumsq_acc(
+    gpu: &Gpu,
+    acc: &mut impl AsDevViewMut<f32>,
+    x: &impl AsDevView<f32>,
+) -> Result<()> {
+    one_block_reduce(gpu, &OPTIM, "sumsq_acc_f32", acc, x)
+}
+
+/// Launches a one-block `(float* acc, const float* x, i64 n)` reduction over all of x.
+pub(crate) fn one_block_reduce(
+    gpu: &Gpu,
+    file: &crate::cuda::kernels::KernelFile,
+    name: &'static str,
+    acc: &mut impl AsDevViewMut<f32>,
+    x: &impl AsDevView<f32>,
+) -> Result<()> {
+    let (mut av, xv) = (acc.dev_view_mut(), x.dev_view());
+    need(name, "acc", av.len(), 1)?;
+    let n = xv.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(file, name)?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut av).arg(&xv).arg(&n64);
+    // SAFETY: one block striding over x's n elements; only thread 0 writes acc[0] (len checked).
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (REDUCE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         })
     }?;

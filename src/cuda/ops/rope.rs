@@ -1,6 +1,7 @@
-//! Launchers for kernels/rope.cu: RoPE (both layouts) forward/backward and the ALiBi bias.
+//! Launchers for kernels/rope.cu: RoPE (both layouts) forward/backward, per-token cos/sin
+//! tables and the ALiBi bias.
 
-use crate::cuda::mem::DevBuf;
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 
 use super::{dim, grid1, kname, need, Elem};
 use crate::cuda::error::{shape_err, Result};
@@ -99,5 +100,37 @@ pub fn alibi_bias(
     b.arg(bias).arg(slopes).arg(kpos).arg(&bi).arg(&hi).arg(&ti);
     // SAFETY: sizes checked; one thread per output element.
     unsafe { b.launch(grid1(batch * heads * t, 256)) }?;
+    Ok(())
+}
+
+/// Per-token tables for `rope` with pos = 0..n: cos[t, i] = cos(pos[t]·inv[i])·scale, sin
+/// likewise (the CPU backend's f32 angle). pos [n] f32, inv [half], cos/sin [n·half].
+pub fn rope_table(
+    gpu: &Gpu,
+    cos: &mut impl AsDevViewMut<f32>,
+    sin: &mut impl AsDevViewMut<f32>,
+    pos: &impl AsDevView<f32>,
+    inv: &impl AsDevView<f32>,
+    scale: f32,
+    n: usize,
+    half: usize,
+) -> Result<()> {
+    const OP: &str = "rope_table";
+    let (mut cv, mut sv) = (cos.dev_view_mut(), sin.dev_view_mut());
+    let (pv, iv) = (pos.dev_view(), inv.dev_view());
+    need(OP, "cos", cv.len(), n * half)?;
+    need(OP, "sin", sv.len(), n * half)?;
+    need(OP, "pos", pv.len(), n)?;
+    need(OP, "inv", iv.len(), half)?;
+    if n * half == 0 {
+        return Ok(());
+    }
+    let (ni, hi) = (dim(OP, "n", n)?, dim(OP, "half", half)?);
+    let f = gpu.function(&ROPE, "rope_table_f32")?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut cv).arg(&mut sv).arg(&pv).arg(&iv);
+    b.arg(&scale).arg(&ni).arg(&hi);
+    // SAFETY: sizes checked; one thread per (token, frequency).
+    unsafe { b.launch(grid1(n * half, 256)) }?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Twins of kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate and hash dropout.
+//! Twins of kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate and LoRA dropout.
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -63,24 +63,27 @@ pub fn scale_add(y: &mut [f32], t: &[f32], s: f32) {
     }
 }
 
-/// The kernel's counter hash (SplitMix64 finalizer over seed and index), upper 32 bits.
-pub fn hash_u32(seed: u64, i: u64) -> u32 {
-    let z = seed
-        .wrapping_mul(crate::rng::GOLDEN)
-        .wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    (crate::rng::mix64(z) >> 32) as u32
-}
-
-/// y = keep(i) ? x/(1−p) : 0 with keep(i) = hash(seed, i) >= p·2³²; the same call drops the
-/// same elements of the gradient in the backward.
-pub fn dropout(y: &mut [f32], x: &[f32], p: f32, seed: u64) {
-    let thr = (p * 4294967296.0).min(4294967295.0) as u32;
-    for i in 0..x.len() {
-        y[i] = if hash_u32(seed, i as u64) >= thr {
-            x[i] / (1.0 - p)
+/// y = kept(i) ? x·keep : 0 with the shared mask `rng::dropout_keep(key, i, p)` and
+/// keep = 1/(1−p) in f32 (the CPU's LoRA dropout, bit for bit).
+pub fn dropout(y: &mut [f32], x: &[f32], p: f32, key: u64) {
+    let keep = 1.0 / (1.0 - p);
+    for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
+        *o = if crate::rng::dropout_keep(key, i as u64, p) {
+            v * keep
         } else {
             0.0
         };
+    }
+}
+
+/// y += kept(i) ? x·keep : 0 (dropped elements untouched): the backward of `dropout` into an
+/// accumulated gradient.
+pub fn dropout_acc(y: &mut [f32], x: &[f32], p: f32, key: u64) {
+    let keep = 1.0 / (1.0 - p);
+    for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
+        if crate::rng::dropout_keep(key, i as u64, p) {
+            *o += v * keep;
+        }
     }
 }
 
@@ -146,5 +149,42 @@ mod tests {
         let kept = y.iter().filter(|&&v| v != 0.0).count();
         assert!((8800..9200).contains(&kept), "{kept}");
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+    }
+
+    /// The CPU's LoRA dropout loop (model::linear `LoraWeights::dropped`, copied as it stands):
+    /// the shared mask must reproduce it exactly, values bit for bit.
+    #[test]
+    fn dropout_equals_the_cpu_lora_loop() {
+        let x = Rng::new(3).normals(5003, 1.0);
+        for (key, p) in [
+            (0u64, 0.1f32),
+            (0x1234_5678_9abc_def0, 0.05),
+            (u64::MAX, 0.5),
+        ] {
+            let mut rng = crate::rng::SplitMix64(key);
+            let keep = 1.0 / (1.0 - p);
+            let want: Vec<f32> = x
+                .iter()
+                .map(|v| {
+                    if (rng.uniform() + 1.0) * 0.5 >= p {
+                        v * keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut y = vec![7f32; x.len()];
+            dropout(&mut y, &x, p, key);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "key {key:#x} p {p}");
+            // The backward adds the same kept values.
+            let mut acc = vec![0.5f32; x.len()];
+            dropout_acc(&mut acc, &x, p, key);
+            let sum: Vec<f32> = want
+                .iter()
+                .map(|w| if *w == 0.0 { 0.5 } else { 0.5 + w })
+                .collect();
+            assert_eq!(bits(&acc), bits(&sum), "acc key {key:#x} p {p}");
+        }
     }
 }

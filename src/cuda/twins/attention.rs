@@ -29,6 +29,73 @@ impl AttnMasks<'_> {
     }
 }
 
+/// Attention of `tn` new queries per row over a KV cache (generation): query i of row b sits in
+/// slot `past + i` of the row's `cap` slots. q, out [b·tn, nh, hd]; k, v [b·cap, nkv, hd].
+#[derive(Debug, Clone, Copy)]
+pub struct CachedDims {
+    pub b: usize,
+    pub tn: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    pub cap: usize,
+    pub past: usize,
+    /// Sliding window w: slot j is visible to slot s iff j + w > s. None = no window.
+    pub window: Option<usize>,
+    pub scale: f32,
+}
+
+/// out = softmax(s)·v for each new query, s_j = scale·q·k_j (+ slopes[h]·kpos[slot j]) over the
+/// visible slots j <= past+i (valid[slot] != 0, inside the window); a query whose own slot is
+/// invalid gets 0. valid, kpos: [b·cap]; slopes: [nh].
+pub fn attn_cached_fwd(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    valid: &[u8],
+    alibi: Option<(&[f32], &[f32])>,
+    dm: &CachedDims,
+) {
+    let (nh, nkv, hd) = (dm.nh, dm.nkv, dm.hd);
+    for ti in 0..dm.b * dm.tn {
+        let (b, i) = (ti / dm.tn, ti % dm.tn);
+        let last = dm.past + i;
+        for h in 0..nh {
+            let o = &mut out[(ti * nh + h) * hd..][..hd];
+            o.fill(0.0);
+            if valid[b * dm.cap + last] == 0 {
+                continue;
+            }
+            let g = h / (nh / nkv);
+            let qh = &q[(ti * nh + h) * hd..][..hd];
+            let s: Vec<Option<f32>> = (0..=last)
+                .map(|j| {
+                    let slot = b * dm.cap + j;
+                    let seen = valid[slot] != 0 && dm.window.is_none_or(|w| j + w > last);
+                    seen.then(|| {
+                        let kj = &k[(slot * nkv + g) * hd..][..hd];
+                        let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
+                        dot * dm.scale + alibi.map_or(0.0, |(sl, kp)| sl[h] * kp[slot])
+                    })
+                })
+                .collect();
+            let mx = s.iter().flatten().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let p: Vec<f32> = s
+                .iter()
+                .map(|x| x.map_or(0.0, |x| (x - mx).exp()))
+                .collect();
+            let sum: f32 = p.iter().sum();
+            for (j, &pj) in p.iter().enumerate() {
+                let vj = &v[((b * dm.cap + j) * nkv + g) * hd..][..hd];
+                for d in 0..hd {
+                    o[d] += pj / sum * vj[d];
+                }
+            }
+        }
+    }
+}
+
 fn qidx(dm: &AttnDims, b: usize, i: usize, h: usize) -> usize {
     ((b * dm.t + i) * dm.hq + h) * dm.d
 }

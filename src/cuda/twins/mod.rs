@@ -17,6 +17,7 @@ pub mod quant4;
 #[cfg(test)]
 mod reference;
 pub mod rope;
+pub mod tensor;
 
 /// Small seeded generator (SplitMix64) for test and self-test inputs.
 #[derive(Debug, Clone)]

@@ -15,6 +15,19 @@ pub fn rope_tables(max_pos: usize, rot: usize, base: f32) -> (Vec<f32>, Vec<f32>
     (c, s)
 }
 
+/// Per-token tables: cos[t, i] = cos(pos[t]·inv[i])·scale, sin likewise (f32 angle, as the CPU
+/// backend's `rope`). cos, sin: [pos.len(), inv.len()].
+pub fn rope_table(cos: &mut [f32], sin: &mut [f32], pos: &[f32], inv: &[f32], scale: f32) {
+    let half = inv.len();
+    for (t, &p) in pos.iter().enumerate() {
+        for (i, &f) in inv.iter().enumerate() {
+            let ang = p * f;
+            cos[t * half + i] = ang.cos() * scale;
+            sin[t * half + i] = ang.sin() * scale;
+        }
+    }
+}
+
 /// Which pairs rotate together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeLayout {

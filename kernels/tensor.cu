@@ -1,0 +1,95 @@
+// tensor.cu: the small whole-tensor pieces of a model step that runs on the device: strided 2-D
+// copies, bias add and its column-sum backward, scale, fill, the argmax hit count of evaluation
+// and a deterministic sum into a device scalar (per-row losses -> one number per step).
+// f32 storage. One thread per element unless stated.
+
+// 2-D strided copy:  dst[dst_off + r*dst_ld + c] = src[src_off + r*src_ld + c],  r < rows, c < cols
+extern "C" __global__ void copy2d_f32(float* dst, const float* src, i32 rows, i32 cols, i64 dst_ld,
+                                      i64 dst_off, i64 src_ld, i64 src_off) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)rows * cols) return;
+    i64 r = idx / cols, c = idx % cols;
+    dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c];
+}
+
+// Bias:  y[r, c] += b[c]
+extern "C" __global__ void bias_add_f32(float* y, const float* b, i32 rows, i32 cols) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)rows * cols) return;
+    y[idx] += b[idx % cols];
+}
+
+// Bias backward, one thread per column, rows in order (deterministic, and the same additions as
+// the CPU's row loop):  acc = gb[c]; acc += dy[r, c] for r = 0..rows; gb[c] = acc
+extern "C" __global__ void col_sum_f32(float* gb, const float* dy, i32 rows, i32 cols) {
+    i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float acc = gb[c];
+    for (i64 r = 0; r < rows; r++) acc += dy[r * cols + c];
+    gb[c] = acc;
+}
+
+// y *= s
+extern "C" __global__ void scale_f32(float* y, float s, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] *= s;
+}
+
+// y = v
+extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = v;
+}
+
+// Greedy accuracy: hits[0] += #{ r : targets[r] >= 0 and argmax(logits[r, :]) == targets[r] },
+// argmax = first index of the maximum (a strict `>` scan from -inf, as util::argmax: NaNs never
+// win, an all -inf/NaN row gives 0). One block of 256 threads per row: each thread scans its
+// strided columns (first max of its own), then a tree reduction keeps the larger value, ties to
+// the smaller index. The count is added as a float (exact below 2^24).
+#define ARGMAX_THREADS 256
+extern "C" __global__ void argmax_hits_f32(float* hits, const float* logits, const i32* targets,
+                                           i32 rows, i32 v) {
+    __shared__ float sv[ARGMAX_THREADS];
+    __shared__ i32 si[ARGMAX_THREADS];
+    i64 row = blockIdx.x;
+    const float* x = logits + row * (i64)v;
+    float best = -RECIPE_INF;
+    i32 bi = 0x7fffffff;
+    for (i32 c = threadIdx.x; c < v; c += blockDim.x) {
+        float e = x[c];
+        if (e > best) {
+            best = e;
+            bi = c;
+        }
+    }
+    sv[threadIdx.x] = best;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = ARGMAX_THREADS / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+            float ov = sv[threadIdx.x + s];
+            i32 oi = si[threadIdx.x + s];
+            if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x])) {
+                sv[threadIdx.x] = ov;
+                si[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        i32 am = si[0] == 0x7fffffff ? 0 : si[0];
+        i32 t = targets[row];
+        if (t >= 0 && am == t) atomicAdd(hits, 1.f);
+    }
+}
+
+// Deterministic sum into a scalar:  acc[0] += Σ_i x[i].  ONE block (1024 threads): thread k sums
+// x[k], x[k+1024], ... in order, then a fixed-order block reduction, then one add. The same
+// inputs give the same bits on every run.
+extern "C" __global__ void sum_acc_f32(float* acc, const float* x, i64 n) {
+    __shared__ float scratch[32];
+    float s = 0.f;
+    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) acc[0] += s;
+}

@@ -1,0 +1,198 @@
+//! Launchers for kernels/tensor.cu: strided 2-D copy, bias add and its column sum, scale, fill,
+//! the argmax hit count and the deterministic sum into a device scalar. f32 storage; every
+//! buffer argument is a [`DevBuf`](crate::cuda::DevBuf) or a view of one.
+
+use cudarc::driver::LaunchConfig;
+
+use super::optim::one_block_reduce;
+use super::{dim, grid1, need, per_row};
+use crate::cuda::error::{shape_err, Result};
+use crate::cuda::kernels::TENSOR;
+use crate::cuda::mem::{AsDevView, AsDevViewMut};
+use crate::cuda::Gpu;
+
+/// One side of a 2-D copy: element (r, c) is at `off + r·ld + c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strided {
+    pub ld: usize,
+    pub off: usize,
+}
+
+impl Strided {
+    /// Rows of `ld` elements starting at `off`.
+    pub fn new(ld: usize, off: usize) -> Self {
+        Strided { ld, off }
+    }
+}
+
+/// dst[d.off + r·d.ld + c] = src[s.off + r·s.ld + c] for r < rows, c < cols (QKV split/merge,
+/// KV-cache writes, last-token gathers). Destination rows may not overlap (cols <= d.ld when
+/// rows > 1); source rows may (s.ld = 0 broadcasts one row).
+pub fn copy2d(
+    gpu: &Gpu,
+    dst: &mut impl AsDevViewMut<f32>,
+    d: Strided,
+    src: &impl AsDevView<f32>,
+    s: Strided,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "copy2d";
+    let (mut dv, sv) = (dst.dev_view_mut(), src.dev_view());
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    if rows > 1 && cols > d.ld {
+        return Err(shape_err(
+            OP,
+            format!("cols {cols} > dst ld {}: rows overlap", d.ld),
+        ));
+    }
+    let end = |x: Strided| (rows - 1) * x.ld + x.off + cols;
+    need(OP, "dst", dv.len(), end(d))?;
+    need(OP, "src", sv.len(), end(s))?;
+    let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
+    let [dld, doff, sld, soff] = [d.ld, d.off, s.ld, s.off].map(|v| v as i64);
+    let f = gpu.function(&TENSOR, "copy2d_f32")?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut dv).arg(&sv).arg(&r).arg(&c);
+    b.arg(&dld).arg(&doff).arg(&sld).arg(&soff);
+    // SAFETY: the last element either side is (rows-1)·ld + off + cols - 1 < len (checked); dst
+    // rows are disjoint (cols <= ld), so no two threads write one element.
+    unsafe { b.launch(grid1(rows * cols, 256)) }?;
+    Ok(())
+}
+
+/// y[r, c] += b[c]; y [rows, cols] (dense), b [cols].
+pub fn bias_add(
+    gpu: &Gpu,
+    y: &mut impl AsDevViewMut<f32>,
+    b: &impl AsDevView<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "bias_add";
+    rows_cols_launch(
+        gpu,
+        OP,
+        "bias_add_f32",
+        y,
+        b,
+        rows,
+        cols,
+        grid1(rows * cols, 256),
+    )
+}
+
+/// gb[c] += Σ_r dy[r, c], rows added in order onto gb[c] (the CPU's row loop: same bits);
+/// gb [cols], dy [rows, cols].
+pub fn col_sum(
+    gpu: &Gpu,
+    gb: &mut impl AsDevViewMut<f32>,
+    dy: &impl AsDevView<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "col_sum";
+    let (mut gv, dv) = (gb.dev_view_mut(), dy.dev_view());
+    need(OP, "gb", gv.len(), cols)?;
+    need(OP, "dy", dv.len(), rows * cols)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
+    let f = gpu.function(&TENSOR, "col_sum_f32")?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut gv).arg(&dv).arg(&r).arg(&c);
+    // SAFETY: gb holds cols, dy rows·cols (checked); one thread per column.
+    unsafe { b.launch(grid1(cols, 256)) }?;
+    Ok(())
+}
+
+fn rows_cols_launch(
+    gpu: &Gpu,
+    op: &'static str,
+    name: &str,
+    y: &mut impl AsDevViewMut<f32>,
+    b: &impl AsDevView<f32>,
+    rows: usize,
+    cols: usize,
+    cfg: LaunchConfig,
+) -> Result<()> {
+    let (mut yv, bv) = (y.dev_view_mut(), b.dev_view());
+    need(op, "y", yv.len(), rows * cols)?;
+    need(op, "b", bv.len(), cols)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (r, c) = (dim(op, "rows", rows)?, dim(op, "cols", cols)?);
+    let f = gpu.function(&TENSOR, name)?;
+    let mut l = gpu.launch_builder(&f);
+    l.arg(&mut yv).arg(&bv).arg(&r).arg(&c);
+    // SAFETY: y holds rows·cols and b cols elements (checked); one thread per element of y.
+    unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+/// y *= s over all of y.
+pub fn scale(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: f32) -> Result<()> {
+    scalar_launch(gpu, "scale_f32", y, s)
+}
+
+/// y = v over all of y.
+pub fn fill(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, v: f32) -> Result<()> {
+    scalar_launch(gpu, "fill_f32", y, v)
+}
+
+fn scalar_launch(gpu: &Gpu, name: &str, y: &mut impl AsDevViewMut<f32>, s: f32) -> Result<()> {
+    let mut yv = y.dev_view_mut();
+    let n = yv.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&TENSOR, name)?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut yv).arg(&s).arg(&n64);
+    // SAFETY: n is y's length; one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// hits[0] += number of rows r with targets[r] >= 0 and argmax(logits[r, :]) == targets[r]
+/// (first index of the maximum, as `util::argmax`). logits [rows, v], targets [rows] i32 (any
+/// negative value = ignored), hits f32 [>= 1] (an exact count below 2^24).
+pub fn argmax_hits(
+    gpu: &Gpu,
+    hits: &mut impl AsDevViewMut<f32>,
+    logits: &impl AsDevView<f32>,
+    targets: &impl AsDevView<i32>,
+    rows: usize,
+    v: usize,
+) -> Result<()> {
+    const OP: &str = "argmax_hits";
+    let (mut hv, lv, tv) = (hits.dev_view_mut(), logits.dev_view(), targets.dev_view());
+    need(OP, "hits", hv.len(), 1)?;
+    need(OP, "logits", lv.len(), rows * v)?;
+    need(OP, "targets", tv.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if v == 0 {
+        return Err(shape_err(OP, "vocabulary of 0 columns"));
+    }
+    let (r, vv) = (dim(OP, "rows", rows)?, dim(OP, "v", v)?);
+    let f = gpu.function(&TENSOR, "argmax_hits_f32")?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut hv).arg(&lv).arg(&tv).arg(&r).arg(&vv);
+    // SAFETY: one 256-thread block per row (the kernel's fixed reduction width) reading row·v ..
+    // row·v + v - 1 < rows·v (checked); thread 0 of each block adds to hits[0] atomically.
+    unsafe { b.launch(per_row(rows, 256)) }?;
+    Ok(())
+}
+
+/// acc[0] += Σ x over all of x, deterministic (one 1024-thread block, fixed order: the same x
+/// gives the same bits every run). acc: f32 [>= 1]. Per-row losses into a step's loss scalar.
+pub fn sum_acc(gpu: &Gpu, acc: &mut impl AsDevViewMut<f32>, x: &impl AsDevView<f32>) -> Result<()> {
+    one_block_reduce(gpu, &TENSOR, "sum_acc_f32", acc, x)
+}
