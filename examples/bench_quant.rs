@@ -136,7 +136,7 @@ fn child(run: &Run, dir: &Path) {
     recipe::lora::apply(&mut m, &cfg).unwrap();
     let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
     let mut opt = Optimizer::new(
-        model.backend.clone(),
+        m.backend.clone(),
         OptimKind::AdamW,
         &OptimConfig::default(),
         &sizes,

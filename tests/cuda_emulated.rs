@@ -17,7 +17,9 @@
 
 use std::sync::Arc;
 
-use recipe::backend::{AttnDims, AttnMask, Backend, CpuBackend, CudaBackend, RopeFreqs, RopeKind};
+use recipe::backend::{
+    AttnDims, AttnMask, Backend, CpuBackend, CudaBackend, RopeFreqs, RopeKind, Strided, Tensor,
+};
 use recipe::cuda::twins::Rng;
 use recipe::cuda::Gpu;
 use recipe::devtools::selftest;
@@ -123,7 +125,16 @@ fn close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     }
 }
 
-/// Every `CudaBackend` op (f32 kernels on the emulated device) against the `CpuBackend` op.
+/// Runs `f` on backend `be` with `inputs` uploaded; returns the downloaded outputs.
+fn on(be: &dyn Backend, inputs: &[&[f32]], outs: &[usize], f: impl FnOnce(&dyn Backend, &mut [Tensor], &[Tensor])) -> Vec<Vec<f32>> {
+    let ins: Vec<Tensor> = inputs.iter().map(|v| be.upload(v)).collect();
+    let mut o: Vec<Tensor> = outs.iter().map(|&n| be.zeros(n)).collect();
+    f(be, &mut o, &ins);
+    o.iter().map(|t| be.download(t)).collect()
+}
+
+/// Every `CudaBackend` op (f32 kernels on the emulated device) against the `CpuBackend` op, on
+/// backend-owned tensors.
 #[test]
 fn cuda_backend_ops_match_cpu_backend() {
     let Some(gpu) = emulated() else { return };
@@ -135,116 +146,110 @@ fn cuda_backend_ops_match_cpu_backend() {
     let w = rng.normals(d, 1.0);
     let b = rng.normals(d, 1.0);
     let dy = rng.normals(n * d, 1.0);
+    let both = |inputs: &[&[f32]], outs: &[usize], f: &dyn Fn(&dyn Backend, &mut [Tensor], &[Tensor])| {
+        (on(&cpu, inputs, outs, f), on(&cuda, inputs, outs, f))
+    };
 
     // Norms: forward, then backward with accumulated weight grads.
-    let run_rms = |be: &dyn Backend| {
-        let (mut y, mut r) = (vec![0f32; n * d], vec![0f32; n]);
-        be.rmsnorm_fwd(&mut y, &mut r, &x, &w, n, d, 1e-5);
-        let (mut dx, mut dw) = (vec![0f32; n * d], vec![0.5f32; d]);
-        be.rmsnorm_bwd(&mut dx, Some(&mut dw), &dy, &x, &w, &r, n, d);
-        (y, r, dx, dw)
-    };
-    let (c, g) = (run_rms(&cpu), run_rms(&cuda));
-    close("rmsnorm y", &g.0, &c.0, 1e-5, 1e-4);
-    close("rmsnorm rstd", &g.1, &c.1, 1e-6, 1e-5);
-    close("rmsnorm dx", &g.2, &c.2, 1e-5, 1e-4);
-    close("rmsnorm dw", &g.3, &c.3, 1e-4, 1e-4);
-    let run_ln = |be: &dyn Backend| {
-        let (mut y, mut m, mut r) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-        be.layernorm_fwd(&mut y, &mut m, &mut r, &x, &w, &b, n, d, 1e-5);
-        let (mut dx, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; d], vec![0f32; d]);
-        be.layernorm_bwd(
-            &mut dx,
-            Some(&mut dw),
-            Some(&mut db),
-            &dy,
-            &x,
-            &w,
-            &m,
-            &r,
-            n,
-            d,
-        );
-        (y, dx, dw, db)
-    };
-    let (c, g) = (run_ln(&cpu), run_ln(&cuda));
-    close("layernorm y", &g.0, &c.0, 1e-5, 1e-4);
-    close("layernorm dx", &g.1, &c.1, 1e-5, 1e-4);
-    close("layernorm dw", &g.2, &c.2, 1e-4, 1e-4);
-    close("layernorm db", &g.3, &c.3, 1e-4, 1e-4);
+    let (c, g) = both(&[&x, &w, &dy], &[n * d, n, n * d, d], &|be, o, i| {
+        let [y, r, dx, dw] = o else { unreachable!() };
+        be.fill(dw, 0.5);
+        be.rmsnorm_fwd(y, r, &i[0], &i[1], n, d, 1e-5);
+        be.rmsnorm_bwd(dx, Some(dw), &i[2], &i[0], &i[1], r, n, d);
+    });
+    for (k, what) in ["rmsnorm y", "rmsnorm rstd", "rmsnorm dx", "rmsnorm dw"].iter().enumerate() {
+        close(what, &g[k], &c[k], 1e-5, 1e-4);
+    }
+    let (c, g) = both(&[&x, &w, &b, &dy], &[n * d, n, n, n * d, d, d], &|be, o, i| {
+        let [y, m, r, dx, dw, db] = o else { unreachable!() };
+        be.layernorm_fwd(y, m, r, &i[0], &i[1], &i[2], n, d, 1e-5);
+        be.layernorm_bwd(dx, Some(dw), Some(db), &i[3], &i[0], &i[1], m, r, n, d);
+    });
+    for (k, what) in ["layernorm y", "mean", "rstd", "layernorm dx", "dw", "db"].iter().enumerate() {
+        close(what, &g[k], &c[k], 1e-5, 1e-4);
+    }
 
-    // Activations.
+    // Activations, residual/bias ops, dropout (the shared mask: bit-exact).
     let e = rng.normals(n * d, 2.0);
-    let run_act = |be: &dyn Backend| {
-        let mut a = vec![0f32; n * d];
-        be.swiglu_fwd(&mut a, &e, &x);
-        let (mut de, mut dg) = (vec![0f32; n * d], vec![0f32; n * d]);
-        be.swiglu_bwd(&mut de, &mut dg, &dy, &e, &x);
-        let (mut gy, mut gdx) = (vec![0f32; n * d], vec![0f32; n * d]);
-        be.gelu_fwd(&mut gy, &e);
-        be.gelu_bwd(&mut gdx, &dy, &e);
-        (a, de, dg, gy, gdx)
-    };
-    let (c, g) = (run_act(&cpu), run_act(&cuda));
-    close("swiglu a", &g.0, &c.0, 1e-5, 1e-4);
-    close("swiglu de", &g.1, &c.1, 1e-5, 1e-4);
-    close("swiglu dg", &g.2, &c.2, 1e-5, 1e-4);
-    close("gelu y", &g.3, &c.3, 1e-5, 1e-4);
-    close("gelu dx", &g.4, &c.4, 1e-5, 1e-4);
+    let nd = n * d;
+    let (c, g) = both(&[&e, &x, &dy, &b], &[nd; 8], &|be, o, i| {
+        let [a, de, dg, gy, gdx, r, bias, drop] = o else { unreachable!() };
+        be.swiglu_fwd(a, &i[0], &i[1], nd);
+        be.swiglu_bwd(de, dg, &i[2], &i[0], &i[1], nd);
+        be.gelu_fwd(gy, &i[0], nd);
+        be.gelu_bwd(gdx, &i[2], &i[0], nd);
+        be.copy2d(r, Strided::rows(nd, 0), &i[1], Strided::rows(nd, 0), 1, nd);
+        be.add(r, &i[2], nd);
+        be.scale(r, 0.5, nd);
+        be.bias_add(r, &i[3], n, d);
+        be.bias_grad(bias, &i[2], n, d);
+        be.dropout(drop, &i[0], 0.3, 77, nd, false);
+        be.dropout(drop, &i[1], 0.3, 78, nd, true);
+    });
+    let names = ["swiglu a", "swiglu de", "swiglu dg", "gelu y", "gelu dx", "add/scale/bias", "bias grad", "dropout"];
+    for (k, what) in names.iter().enumerate() {
+        let tol = if k >= 5 { 0.0 } else { 1e-5 };
+        close(what, &g[k], &c[k], tol, tol * 10.0);
+    }
 
-    // Embedding (repeated ids accumulate) and cross-entropy (ignored rows).
+    // QKV-style strided copies.
+    let (c, g) = both(&[&x], &[3 * 20], &|be, o, i| {
+        be.copy2d(&mut o[0], Strided::rows(20, 3), &i[0], Strided::rows(d, 11), 3, 17);
+    });
+    close("copy2d", &g[0], &c[0], 0.0, 0.0);
+
+    // Embedding (repeated ids accumulate), cross-entropy (ignored rows), argmax hits.
     let vocab = 13;
-    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 5) % 7).collect();
+    let ids: Vec<i32> = (0..n as i32).map(|i| (i * 5) % 7).collect();
     let table = rng.normals(vocab * d, 1.0);
-    let run_emb = |be: &dyn Backend| {
-        let mut y = vec![0f32; n * d];
-        be.embedding_fwd(&mut y, &table, &ids, d);
-        let mut dt = vec![0.25f32; vocab * d];
-        be.embedding_bwd(&mut dt, &dy, &ids, d);
-        (y, dt)
-    };
-    let (c, g) = (run_emb(&cpu), run_emb(&cuda));
-    close("embedding y", &g.0, &c.0, 0.0, 0.0);
-    close("embedding dtable", &g.1, &c.1, 1e-5, 1e-5);
+    let (c, g) = both(&[&table, &dy], &[n * d, vocab * d], &|be, o, i| {
+        let ids = be.upload_i32(&ids);
+        let [y, dt] = o else { unreachable!() };
+        be.fill(dt, 0.25);
+        be.embedding_fwd(y, &i[0], &ids, n, d);
+        be.embedding_bwd(dt, &i[1], &ids, n, d);
+    });
+    close("embedding y", &g[0], &c[0], 0.0, 0.0);
+    close("embedding dtable", &g[1], &c[1], 1e-5, 1e-5);
     let v = 1001;
     let logits = rng.normals(n * v, 3.0);
-    let targets: Vec<i64> = vec![3, -100, 1000, 0, 517];
-    let run_ce = |be: &dyn Backend| {
-        let mut dl = vec![0f32; n * v];
-        let loss = be.cross_entropy(Some(&mut dl), &logits, &targets, v, 0.25);
-        (loss, dl)
-    };
-    let (c, g) = (run_ce(&cpu), run_ce(&cuda));
-    assert!(
-        (c.0 - g.0).abs() <= 1e-4 * c.0.abs(),
-        "cross-entropy loss: cuda {} cpu {}",
-        g.0,
-        c.0
-    );
-    close("cross-entropy dlogits", &g.1, &c.1, 1e-6, 1e-4);
+    let targets: Vec<i32> = vec![3, -100, 1000, 0, 517];
+    let (c, g) = both(&[&logits], &[1, 1, n * v, 1], &|be, o, i| {
+        let tg = be.upload_i32(&targets);
+        let [loss, hits, dl, loss2] = o else { unreachable!() };
+        be.argmax_hits(hits, &i[0], &tg, n, v);
+        be.copy2d(dl, Strided::rows(n * v, 0), &i[0], Strided::rows(n * v, 0), 1, n * v);
+        be.cross_entropy(dl, loss2, &tg, n, v, None);
+        be.cross_entropy(dl, loss, &tg, n, v, Some(0.25));
+    });
+    close("cross-entropy loss", &g[0], &c[0], 0.0, 1e-5);
+    close("argmax hits", &g[1], &c[1], 0.0, 0.0);
+    close("cross-entropy dlogits", &g[2], &c[2], 1e-6, 1e-4);
+    close("cross-entropy loss (no grad)", &g[3], &c[3], 0.0, 1e-5);
 
-    // RoPE, both layouts, forward and inverse.
+    // RoPE from per-forward tables, both layouts, forward and inverse.
     let (tok, heads, hd) = (6usize, 3usize, 16usize);
     let pos: Vec<f32> = (0..tok).map(|i| (i * 3 % 5) as f32).collect();
     let q0 = rng.normals(tok * heads * hd, 1.0);
     for (kind, rot) in [(RopeKind::Half, hd), (RopeKind::Interleaved, hd / 2)] {
         let freqs = RopeFreqs::plain(rot, 10000.0);
         for inverse in [false, true] {
-            let (mut qc, mut qg) = (q0.clone(), q0.clone());
-            cpu.rope(&mut qc, &pos, tok, heads, hd, &freqs, kind, inverse);
-            cuda.rope(&mut qg, &pos, tok, heads, hd, &freqs, kind, inverse);
-            close(
-                &format!("rope {kind:?} inverse={inverse}"),
-                &qg,
-                &qc,
-                1e-5,
-                1e-4,
-            );
+            let (c, g) = both(&[&q0, &pos], &[], &|be, _, i| {
+                let _ = (be, i);
+            });
+            let _ = (c, g);
+            let run = |be: &dyn Backend| {
+                let mut q = be.upload(&q0);
+                let tab = be.rope_tables(&be.upload(&pos), tok, &freqs);
+                be.rope(&mut q, &tab, tok, heads, hd, kind, inverse);
+                be.download(&q)
+            };
+            close(&format!("rope {kind:?} inverse={inverse}"), &run(&cuda), &run(&cpu), 1e-5, 1e-4);
         }
     }
 
     // Attention: GQA (4 query heads over 2 kv heads), left padding in batch 0, two packed
-    // segments in batch 1, with and without ALiBi.
+    // segments in batch 1, with and without ALiBi; and a sliding window (the host path).
     let dims = AttnDims {
         b: 2,
         t: 11,
@@ -261,34 +266,36 @@ fn cuda_backend_ops_match_cpu_backend() {
         rng.normals(nq, 1.0),
     );
     let valid: Vec<u8> = (0..dims.b * dims.t).map(|i| u8::from(i >= 2)).collect();
-    let segment: Vec<u32> = (0..dims.b * dims.t)
-        .map(|i| u32::from(i >= dims.t && i - dims.t >= 5))
+    let segment: Vec<i32> = (0..dims.b * dims.t)
+        .map(|i| if i < 2 { -1 } else { i32::from(i >= dims.t && i - dims.t >= 5) })
         .collect();
     let slopes = recipe::cuda::twins::rope::alibi_slopes(dims.nh);
     let kpos: Vec<f32> = (0..dims.b * dims.t).map(|i| (i % dims.t) as f32).collect();
-    for alibi in [None, Some((&slopes[..], &kpos[..]))] {
-        let mask = AttnMask {
-            valid: &valid,
-            segment: &segment,
-            alibi,
-            window: None,
+    for (alibi, window) in [(false, None), (true, None), (false, Some(3))] {
+        let run = |be: &dyn Backend| {
+            let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+            let al = alibi.then(|| (be.upload(&slopes), be.upload(&kpos)));
+            let mask = AttnMask {
+                valid: &vt,
+                segment: &st,
+                alibi: al.as_ref().map(|(s, p)| (s, p)),
+                alibi_relative: true,
+                window,
+            };
+            let (qt, kt, vt2, dt) = (be.upload(&q), be.upload(&k), be.upload(&vv), be.upload(&dout));
+            let mut o = be.zeros(nq);
+            let mut saved = be.zeros(be.attention_saved_len(dims));
+            be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.25);
+            let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+            be.attention_bwd(&mut dq, &mut dk, &mut dv, &dt, &qt, &kt, &vt2, &saved, &mask, dims, 0.25);
+            [o, dq, dk, dv].map(|t| be.download(&t))
         };
-        let run_attn = |be: &dyn Backend| {
-            let mut o = vec![0f32; nq];
-            let mut saved = vec![0f32; be.attention_saved_len(dims)];
-            be.attention_fwd(&mut o, &mut saved, &q, &k, &vv, &mask, dims, 0.25);
-            let (mut dq, mut dk, mut dv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
-            be.attention_bwd(
-                &mut dq, &mut dk, &mut dv, &dout, &q, &k, &vv, &saved, &mask, dims, 0.25,
-            );
-            (o, dq, dk, dv)
-        };
-        let (c, g) = (run_attn(&cpu), run_attn(&cuda));
-        let tag = if alibi.is_some() { "alibi" } else { "plain" };
-        close(&format!("attention {tag} out"), &g.0, &c.0, 1e-5, 1e-4);
-        close(&format!("attention {tag} dq"), &g.1, &c.1, 1e-5, 1e-3);
-        close(&format!("attention {tag} dk"), &g.2, &c.2, 1e-5, 1e-3);
-        close(&format!("attention {tag} dv"), &g.3, &c.3, 1e-5, 1e-3);
+        let (c, g) = (run(&cpu), run(&cuda));
+        let tag = format!("alibi {alibi} window {window:?}");
+        close(&format!("attention {tag} out"), &g[0], &c[0], 1e-5, 1e-4);
+        close(&format!("attention {tag} dq"), &g[1], &c[1], 1e-5, 1e-3);
+        close(&format!("attention {tag} dk"), &g[2], &c[2], 1e-5, 1e-3);
+        close(&format!("attention {tag} dv"), &g[3], &c[3], 1e-5, 1e-3);
     }
 
     // Dense matmul (the reference GEMM standing in for cuBLAS), every transpose combination.
@@ -297,11 +304,33 @@ fn cuda_backend_ops_match_cpu_backend() {
     let bm = rng.normals(kk * nn, 1.0);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let c0 = rng.normals(m * nn, 1.0);
-        let (mut cc, mut cg) = (c0.clone(), c0.clone());
-        cpu.matmul(&mut cc, &a, &bm, m, nn, kk, ta, tb, 0.5);
-        cuda.matmul(&mut cg, &a, &bm, m, nn, kk, ta, tb, 0.5);
-        close(&format!("matmul ta={ta} tb={tb}"), &cg, &cc, 1e-5, 1e-4);
+        let (c, g) = both(&[&a, &bm, &c0], &[], &|_, _, _| {});
+        let _ = (c, g);
+        let run = |be: &dyn Backend| {
+            let mut ct = be.upload(&c0);
+            be.matmul(&mut ct, &be.upload(&a), &be.upload(&bm), m, nn, kk, ta, tb, 0.5);
+            be.download(&ct)
+        };
+        close(&format!("matmul ta={ta} tb={tb}"), &run(&cuda), &run(&cpu), 1e-5, 1e-4);
     }
+
+    // Optimizer: torch AdamW bit-exact, norms.
+    let p0 = rng.normals(301, 1.0);
+    let g0 = rng.normals(301, 0.1);
+    let sc = recipe::optim::adamw::AdamwScalars::new(1e-3, (0.9, 0.999), 1e-8, 0.01, 3);
+    let (c, g) = both(&[&g0, &p0], &[301, 301, 301, 2], &|be, o, i| {
+        let [p, m, v, norms] = o else { unreachable!() };
+        be.copy2d(p, Strided::rows(301, 0), &i[1], Strided::rows(301, 0), 1, 301);
+        be.adamw(p, m, v, &i[0], &sc, true);
+        be.adamw(p, m, v, &i[0], &sc, true);
+        let nr = be.norms(&[&i[0], p]);
+        let nt = be.upload(&nr);
+        be.copy2d(norms, Strided::rows(2, 0), &nt, Strided::rows(2, 0), 1, 2);
+    });
+    close("adamw p", &g[0], &c[0], 0.0, 0.0);
+    close("adamw m", &g[1], &c[1], 0.0, 0.0);
+    close("adamw v", &g[2], &c[2], 0.0, 0.0);
+    close("norms", &g[3], &c[3], 0.0, 1e-6);
 }
 
 /// The whole model: a tiny LLaMA (GQA, padding, -100 prompt labels) with LoRA trained through
@@ -342,21 +371,19 @@ fn traffic_counter_counts_exactly_the_bytes_copied() {
     let t = gpu.traffic();
     assert_eq!((t.htod_bytes, t.dtoh_bytes), (156, 188));
 
-    // Through the backend: rmsnorm uploads x [n·d] and w [d], downloads y [n·d] and rstd [n].
+    // Through the backend: uploads and downloads count their bytes; ops on device tensors none.
     let cuda = CudaBackend::on(gpu, "emulated".into()).unwrap();
     let before = cuda.traffic();
     let (n, d) = (3usize, 8usize);
-    let (mut y, mut r) = (vec![0f32; n * d], vec![0f32; n]);
-    cuda.rmsnorm_fwd(&mut y, &mut r, &vec![1.0; n * d], &vec![1.0; d], n, d, 1e-5);
-    let after = cuda.traffic();
-    assert_eq!(
-        after.htod_bytes - before.htod_bytes,
-        ((n * d + d) * 4) as u64
-    );
-    assert_eq!(
-        after.dtoh_bytes - before.dtoh_bytes,
-        ((n * d + n) * 4) as u64
-    );
+    let (mut y, mut r) = (cuda.zeros(n * d), cuda.zeros(n));
+    let (xt, wt) = (cuda.upload(&vec![1.0; n * d]), cuda.upload(&vec![1.0; d]));
+    cuda.rmsnorm_fwd(&mut y, &mut r, &xt, &wt, n, d, 1e-5);
+    cuda.add(&mut y, &xt, n * d);
+    let mid = cuda.traffic();
+    assert_eq!(mid.htod_bytes - before.htod_bytes, ((n * d + d) * 4) as u64);
+    assert_eq!(mid.dtoh_bytes, before.dtoh_bytes);
+    assert_eq!(cuda.download(&r).len(), n);
+    assert_eq!(cuda.traffic().dtoh_bytes - mid.dtoh_bytes, (n * 4) as u64);
 }
 
 // ---- The device-resident step's kernels (kernels/tensor.cu and the additions to act.cu,

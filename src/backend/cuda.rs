@@ -24,8 +24,16 @@ use super::{
 };
 use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
-use crate::cuda::ops::act::{gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd, swiglu_fwd, GluLayout};
-use crate::cuda::ops::attention::{attn_bwd, attn_fwd, DeviceMasks};
+use crate::cuda::ops::act::{
+    dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
+    swiglu_fwd, GluLayout,
+};
+use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
+use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
+use crate::cuda::ops::rope::rope_table;
+use crate::cuda::ops::tensor as tk;
+use crate::cuda::twins::attention::CachedDims;
+use crate::cuda::AsDevView;
 use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
@@ -201,56 +209,59 @@ impl Backend for CudaBackend {
         self.down(t)
     }
 
-    /// Device-to-device copies, one per row (one in all when both sides are contiguous).
     fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize) {
         if rows * cols == 0 {
             return;
         }
-        let contiguous = d.ld == cols && s.ld == cols;
-        self.run("copy2d", |g| {
-            let (db, sb) = (dst.device_mut(), src.device());
-            if contiguous {
-                let n = rows * cols;
-                return g.memcpy_dtod(&sb.slice(s.off..s.off + n), &mut db.slice_mut(d.off..d.off + n));
-            }
-            for r in 0..rows {
-                let (so, dof) = (s.off + r * s.ld, d.off + r * d.ld);
-                g.memcpy_dtod(&sb.slice(so..so + cols), &mut db.slice_mut(dof..dof + cols))?;
-            }
-            Ok(())
-        })
+        let (dk, sk) = (tk::Strided::new(d.ld, d.off), tk::Strided::new(s.ld, s.off));
+        self.run("copy2d", |g| tk::copy2d(g, dst.device_mut(), dk, src.device(), sk, rows, cols))
     }
     fn fill(&self, y: &mut Tensor, v: f32) {
-        if v == 0.0 {
-            return self.run("fill", |g| g.memset_zeros(&mut y.device_mut().slice_mut(..)));
-        }
         let n = y.len();
-        self.host_fallback(&mut [y], &[], |cpu, o, _| {
-            let _ = n;
-            cpu.fill(&mut o[0], v)
-        })
+        if n == 0 {
+            return;
+        }
+        self.run("fill", |g| tk::fill(g, &mut y.device_mut().slice_mut(..n), v))
     }
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
-        if y.len() == n && x.len() == n {
-            return self.run("add", |g| scale_add::<f32>(g, y.device_mut(), x.device(), 1.0));
+        if y.len() != n || x.len() != n {
+            // A prefix of a longer tensor (no caller does this today).
+            return self.host_fallback(&mut [y], &[x], |cpu, o, i| cpu.add(&mut o[0], &i[0], n));
         }
-        self.host_fallback(&mut [y], &[x], |cpu, o, i| cpu.add(&mut o[0], &i[0], n))
+        self.run("add", |g| scale_add::<f32>(g, y.device_mut(), x.device(), 1.0))
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
-        self.host_fallback(&mut [y], &[], |cpu, o, _| cpu.scale(&mut o[0], s, n))
+        if n == 0 {
+            return;
+        }
+        self.run("scale", |g| tk::scale(g, &mut y.device_mut().slice_mut(..n), s))
     }
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize) {
-        self.host_fallback(&mut [y], &[b], |cpu, o, i| cpu.bias_add(&mut o[0], &i[0], n, d))
+        if n * d == 0 {
+            return;
+        }
+        self.run("bias_add", |g| tk::bias_add(g, y.device_mut(), b.device(), n, d))
     }
     fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize) {
-        self.host_fallback(&mut [gb], &[dy], |cpu, o, i| cpu.bias_grad(&mut o[0], &i[0], n, d))
+        if n * d == 0 {
+            return;
+        }
+        self.run("bias_grad", |g| tk::col_sum(g, gb.device_mut(), dy.device(), n, d))
     }
     fn dropout(&self, y: &mut Tensor, x: &Tensor, p: f32, key: u64, n: usize, accumulate: bool) {
-        self.host_fallback(&mut [y], &[x], |cpu, o, i| {
-            cpu.dropout(&mut o[0], &i[0], p, key, n, accumulate)
+        if n == 0 {
+            return;
+        }
+        self.run("dropout", |g| {
+            let (mut yv, xv) = (y.device_mut().slice_mut(..n), x.device().slice(..n));
+            if accumulate {
+                dropout_acc::<f32>(g, &mut yv, &xv, p, key)
+            } else {
+                dropout_k::<f32>(g, &mut yv, &xv, p, key)
+            }
         })
     }
 
@@ -430,18 +441,29 @@ impl Backend for CudaBackend {
     }
 
     fn rope_tables(&self, pos: &Tensor, n: usize, freqs: &RopeFreqs) -> RopeTables {
-        let mut host = RopeTables {
-            cos: Tensor::default(),
-            sin: Tensor::default(),
-            index: Tensor::default(),
-            half: freqs.inv.len(),
-        };
-        let pos_h = Tensor::from_host(self.down(pos));
-        let t = CpuBackend.rope_tables(&pos_h, n, freqs);
-        host.cos = self.up(t.cos.host());
-        host.sin = self.up(t.sin.host());
-        host.index = self.up(&(0..n as i32).collect::<Vec<_>>());
-        host
+        let half = freqs.inv.len();
+        let (mut cos, mut sin) = (self.zeros(n * half), self.zeros(n * half));
+        let inv = self.up(&freqs.inv);
+        if n * half > 0 {
+            self.run("rope_tables", |g| {
+                rope_table(
+                    g,
+                    cos.device_mut(),
+                    sin.device_mut(),
+                    pos.device(),
+                    inv.device(),
+                    freqs.scale,
+                    n,
+                    half,
+                )
+            });
+        }
+        RopeTables {
+            cos,
+            sin,
+            index: self.up(&(0..n as i32).collect::<Vec<_>>()),
+            half,
+        }
     }
     /// The kernel reads cos/sin by table row; the tables hold one row per token, so row t is
     /// token t (`tab.index`).
@@ -618,7 +640,6 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// On the host for now (no KV-cache attention kernel yet).
     fn attention_cached_fwd(
         &self,
         out: &mut Tensor,
@@ -633,23 +654,25 @@ impl Backend for CudaBackend {
         past: usize,
         scale: f32,
     ) {
-        let vh = Tensor::from_host(self.down_u8(valid));
-        let al = alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
-        self.host_fallback(&mut [out], &[q, k, v], |cpu, o, i| {
-            Backend::attention_cached_fwd(
-                cpu,
-                &mut o[0],
-                &i[0],
-                &i[1],
-                &i[2],
-                &vh,
-                al.as_ref().map(|(s, p)| (s, p)),
-                window,
-                dims,
-                cap,
-                past,
-                scale,
-            )
+        let AttnDims { b, t, nh, nkv, hd } = dims;
+        if b * t * nh * hd == 0 {
+            return;
+        }
+        let dm = CachedDims {
+            b,
+            tn: t,
+            nh,
+            nkv,
+            hd,
+            cap,
+            past,
+            window,
+            scale,
+        };
+        self.run("attention_cached_fwd", |g| {
+            let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> =
+                alibi.map(|(s, p)| (s.device() as &dyn AsDevView<f32>, p.device() as &dyn AsDevView<f32>));
+            attn_cached_fwd(g, out.device_mut(), q.device(), k.device(), v.device(), valid.device(), al, &dm)
         })
     }
 
@@ -745,10 +768,7 @@ impl Backend for CudaBackend {
             }
             Ok(())
         });
-        // Σ rows into loss[0]: on the host for now.
-        self.host_fallback(&mut [loss], &[&rows], |_, o, i| {
-            o[0].host_mut()[0] += i[0].host().iter().map(|&x| x as f64).sum::<f64>() as f32
-        })
+        self.run("cross_entropy", |g| tk::sum_acc(g, &mut loss.device_mut().slice_mut(..1), &rows.device().slice(..n)))
     }
     fn argmax_hits(
         &self,
@@ -758,22 +778,28 @@ impl Backend for CudaBackend {
         n: usize,
         v: usize,
     ) {
-        let th = Tensor::from_host(self.down_i32(targets));
-        self.host_fallback(&mut [hits], &[logits], |cpu, o, i| {
-            cpu.argmax_hits(&mut o[0], &i[0], &th, n, v)
+        if n * v == 0 {
+            return;
+        }
+        self.run("argmax_hits", |g| {
+            tk::argmax_hits(g, &mut hits.device_mut().slice_mut(..1), logits.device(), targets.device(), n, v)
         })
     }
 
+    /// Σx² per tensor on the device (f32, fixed order), one download, √ on the host.
     fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        grads
+        let mut acc = self.zeros(grads.len());
+        for (i, g) in grads.iter().enumerate() {
+            if g.is_empty() {
+                continue;
+            }
+            self.run("norms", |gpu| {
+                sumsq_acc(gpu, &mut acc.device_mut().slice_mut(i..i + 1), &g.device().slice(..g.len()))
+            });
+        }
+        self.down(&acc)
             .iter()
-            .map(|g| {
-                self.down(g)
-                    .iter()
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum::<f64>()
-                    .sqrt() as f32
-            })
+            .map(|&s| (s as f64).sqrt() as f32)
             .collect()
     }
     fn adamw(
@@ -785,11 +811,24 @@ impl Backend for CudaBackend {
         s: &crate::optim::adamw::AdamwScalars,
         weight_decay: bool,
     ) {
-        self.host_fallback(&mut [p, m, v], &[g], |cpu, o, i| {
-            let [p, m, v] = o else { unreachable!("three outputs") };
-            cpu.adamw(p, m, v, &i[0], s, weight_decay)
+        let n = g.len();
+        if n == 0 {
+            return;
+        }
+        self.run("adamw", |gpu| {
+            adamw_torch(
+                gpu,
+                &mut p.device_mut().slice_mut(..n),
+                &mut m.device_mut().slice_mut(..n),
+                &mut v.device_mut().slice_mut(..n),
+                &g.device().slice(..n),
+                s,
+                1.0,
+                weight_decay,
+            )
         })
     }
+    /// On the host for now (no kernel for bnb's 32-bit small-tensor update yet).
     fn bnb_adam32(
         &self,
         p: &mut Tensor,
@@ -803,6 +842,7 @@ impl Backend for CudaBackend {
             cpu.bnb_adam32(p, m, v, &i[0], s)
         })
     }
+    /// On the host for now: the 8-bit kernel's state layout is not this one yet.
     fn adamw8bit(
         &self,
         p: &mut Tensor,

@@ -305,7 +305,7 @@ fn accumulation_matches_a_bigger_batch() {
     assert_eq!(r1.steps, r2.steps);
     let max =
         m1.w.host().iter()
-            .zip(&m2.w)
+            .zip(m2.w.host())
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
     assert!(max < 1e-5, "max diff {max}");
