@@ -12,7 +12,8 @@
 use indexmap::IndexMap;
 use recipe::model::quantized::{load_quantized_model, save_quantized, QuantizeSpec};
 use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
-use recipe::optim::{OptimConfig, OptimKind, Optimizer};
+use recipe::optim::{OptimConfig, OptimKind};
+use recipe::train::optimizer::Optimizer;
 use recipe::steps::{EstimateCtx, Params};
 use serde_json::json;
 use std::path::Path;

@@ -35,7 +35,7 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
         weight_decay: 0.01,
         ..Default::default()
     };
-    let mut optim = EngineOptim(recipe::optim::Optimizer::new(
+    let mut optim = EngineOptim(recipe::train::optimizer::Optimizer::new(
         model.backend.clone(),
         recipe::optim::OptimKind::AdamW,
         &ocfg,

@@ -1,7 +1,7 @@
 //! CPU backend: f32 compute, `gemm` for matmul, rayon over rows. The oracle for every other backend.
 
 use super::{
-    Adam8State, AttnDims, AttnMask, Backend, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
+    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
 };
 use rayon::prelude::*;
 
@@ -1043,14 +1043,13 @@ impl Backend for CpuBackend {
         CpuBackend::matmul(self, c.host_mut(), a.host(), b.host(), m, n, k, ta, tb, beta)
     }
 
-    fn quant_matmul(
-        &self,
-        y: &mut Tensor,
-        x: &Tensor,
-        w: &dyn crate::quant::QuantLinear,
-        n: usize,
-        backward: bool,
-    ) {
+    fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
+        QuantWeight::Host(w)
+    }
+    fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
+        let QuantWeight::Host(w) = w else {
+            panic!("a device quantized weight reached the CPU backend (backend mix-up)")
+        };
         if backward {
             w.matmul_dyw(y.host_mut(), x.host(), n)
         } else {

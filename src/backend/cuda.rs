@@ -20,8 +20,10 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::cpu::CpuBackend;
 use super::{
-    Adam8State, AttnDims, AttnMask, Backend, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
+    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables,
+    Strided, Tensor,
 };
+use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
@@ -295,18 +297,47 @@ impl Backend for CudaBackend {
         self.run("matmul", |g| matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm))
     }
 
-    /// On the host for now: the 4-bit weight is not resident on the device yet.
-    fn quant_matmul(
-        &self,
-        y: &mut Tensor,
-        x: &Tensor,
-        w: &dyn crate::quant::QuantLinear,
-        n: usize,
-        backward: bool,
-    ) {
-        self.host_fallback(&mut [y], &[x], |cpu, o, i| {
-            cpu.quant_matmul(&mut o[0], &i[0], w, n, backward)
+    /// A bitsandbytes 4-bit weight goes to the device (packed nibbles, f32 absmax, code);
+    /// other quantized kinds stay on the host.
+    fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
+        let Some(fb) = w.four_bit() else {
+            return QuantWeight::Host(w);
+        };
+        let (packed, absmax, code) = (self.up(fb.packed), self.up(fb.absmax), self.up(fb.code));
+        QuantWeight::Device4(Quant4Weight {
+            packed: packed.into_device(),
+            absmax: absmax.into_device(),
+            code: code.into_device(),
+            blocksize: fb.blocksize,
+            rows: w.d_out(),
+            cols: w.d_in(),
         })
+    }
+
+    /// 4-bit: W dequantized into an f32 scratch [d_out, d_in] on the device, then one GEMM
+    /// (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A host weight runs on
+    /// the host.
+    fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
+        let q = match w {
+            QuantWeight::Device4(q) => q,
+            QuantWeight::Host(h) => {
+                return self.host_fallback(&mut [y], &[x], |_, o, i| {
+                    if backward {
+                        h.matmul_dyw(o[0].host_mut(), i[0].host(), n)
+                    } else {
+                        h.matmul_xwt(o[0].host_mut(), i[0].host(), n)
+                    }
+                })
+            }
+        };
+        let (dout, din) = (q.rows, q.cols);
+        let mut wd = self.zeros(dout * din);
+        self.run("dequant_4bit", |g| dequant_4bit::<f32>(g, wd.device_mut(), q));
+        if backward {
+            self.matmul(y, x, &wd, n, din, dout, false, false, 1.0)
+        } else {
+            self.matmul(y, x, &wd, n, dout, din, false, true, 0.0)
+        }
     }
 
     fn rmsnorm_fwd(

@@ -153,6 +153,15 @@ pub struct Adam8State {
     pub absmax_v: Tensor,
 }
 
+/// A frozen quantized weight owned by a backend ([`Backend::upload_quant`]).
+pub enum QuantWeight {
+    /// On the host, multiplied by its own tiled kernels (the CPU backend, or a weight kind a
+    /// device has no kernel for).
+    Host(Box<dyn crate::quant::QuantLinear>),
+    /// A bitsandbytes 4-bit weight resident on a CUDA device.
+    Device4(crate::cuda::ops::quant4::Quant4Weight),
+}
+
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
 #[derive(Debug, Clone, Copy)]
 pub struct Strided {
@@ -217,16 +226,12 @@ pub trait Backend: Send + Sync {
         beta: f32,
     );
 
+    /// A frozen quantized weight as this backend keeps it (the CPU: as loaded; CUDA: a 4-bit
+    /// weight's packed nibbles, absmax and code on the device).
+    fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight;
     /// A frozen quantized weight W [d_out, d_in]: forward y[n,d_out] = x·Wᵀ (overwritten), or
     /// with `backward` dx[n,d_in] += dy·W (x is then dy, y is dx).
-    fn quant_matmul(
-        &self,
-        y: &mut Tensor,
-        x: &Tensor,
-        w: &dyn crate::quant::QuantLinear,
-        n: usize,
-        backward: bool,
-    );
+    fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool);
 
     /// y[n,d] = w ⊙ x·rstd, rstd[n] = 1/sqrt(mean(x²)+eps) (HF RMSNorm, f32 variance).
     #[allow(clippy::too_many_arguments)]

@@ -73,6 +73,14 @@ impl<T> Tensor<T> {
         }
     }
 
+    /// Device tensors only: the buffer itself.
+    pub fn into_device(self) -> DevBuf<T> {
+        match self.store {
+            Store::Device(b) => b,
+            Store::Host(_) => panic!("a host tensor reached a device op (backend mix-up)"),
+        }
+    }
+
     /// The device storage (the CUDA backend's side of [`Tensor::host`]).
     pub fn device(&self) -> &DevBuf<T> {
         match &self.store {

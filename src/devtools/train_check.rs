@@ -15,7 +15,8 @@ use crate::backend::{Backend, CpuBackend, CudaBackend, Tensor};
 use crate::lora::{self, LoraConfig, Targets};
 use crate::model::random::RandomLlama;
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
-use crate::optim::{OptimConfig, OptimKind, Optimizer};
+use crate::optim::{OptimConfig, OptimKind};
+use crate::train::optimizer::Optimizer;
 
 use crate::cuda::twins::Rng;
 
@@ -103,15 +104,70 @@ pub fn tiny_lora_losses(
     backend: Arc<dyn Backend>,
     steps: usize,
 ) -> anyhow::Result<Vec<f32>> {
+    let run = Run {
+        qlora: false,
+        optim: OptimKind::AdamW,
+        checkpointing: false,
+        dropout: 0.0,
+    };
+    Ok(train(dir, backend, steps, &run)?.losses)
+}
+
+/// One training configuration of [`compare`]: LoRA on every linear of a base model, or QLoRA
+/// (the base quantized to NF4 with double quantization as it loads).
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub qlora: bool,
+    pub optim: OptimKind,
+    pub checkpointing: bool,
+    pub dropout: f32,
+}
+
+/// Per-step losses and the final adapter of one [`Run`] on one backend.
+pub struct Trained {
+    pub losses: Vec<f32>,
+    /// (name, values) of every trainable tensor after the last step.
+    pub adapter: Vec<(String, Vec<f32>)>,
+}
+
+/// CPU vs another backend on the same [`Run`].
+#[derive(Debug, Clone)]
+pub struct RunCheck {
+    pub cpu: Vec<f32>,
+    pub other: Vec<f32>,
+    /// max over steps of |other − cpu| / |cpu|.
+    pub max_rel_loss: f64,
+    /// max over adapter tensors of max|other − cpu| / max|cpu|.
+    pub max_rel_adapter: f64,
+}
+
+/// Trains `run` for `steps` optimizer steps on the model in `dir` (any family) with
+/// `backend`: LoRA r 4 / alpha 8 on every linear (seed 0), lr 1e-3, fixed batches.
+pub fn train(
+    dir: &Path,
+    backend: Arc<dyn Backend>,
+    steps: usize,
+    run: &Run,
+) -> anyhow::Result<Trained> {
     let opts = LoadOptions {
-        backend: Some(backend),
+        backend: Some(backend.clone()),
         ..Default::default()
     };
-    let mut model = Model::load(dir, &opts)?;
+    let mut model = if run.qlora {
+        let spec = crate::model::quantized::QuantizeSpec {
+            quant_type: crate::quant::QuantType::Nf4,
+            double_quant: true,
+            blocksize: 64,
+            ..Default::default()
+        };
+        crate::model::quantized::quantize_on_load(dir, &spec, &opts)?
+    } else {
+        Model::load(dir, &opts)?
+    };
     let cfg = LoraConfig {
         r: 4,
         alpha: 8.0,
-        dropout: 0.0,
+        dropout: run.dropout,
         targets: Targets::AllLinear,
         use_rslora: false,
         modules_to_save: vec![],
@@ -119,15 +175,15 @@ pub fn tiny_lora_losses(
     };
     lora::apply(&mut model, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let be = model.backend.clone();
-    let mut opt = Optimizer::new(be, OptimKind::AdamW, &OptimConfig::default(), &sizes);
+    let mut opt = Optimizer::new(backend.clone(), run.optim, &OptimConfig::default(), &sizes);
+    let vocab = model.arch.vocab;
     let mut losses = Vec::with_capacity(steps);
     for s in 0..steps {
         model.zero_grad();
         let loss = model.forward_backward(
-            &batch(s),
+            &batch_of(s, vocab as u32),
             TrainOptions {
-                checkpointing: false,
+                checkpointing: run.checkpointing,
                 dropout_seed: s as u64,
             },
         )?;
@@ -139,14 +195,50 @@ pub fn tiny_lora_losses(
         opt.step(&mut values, &grads, 1e-3);
         losses.push(loss);
     }
-    Ok(losses)
+    let adapter = model
+        .params_mut()
+        .iter()
+        .map(|p| (p.name.clone(), backend.download(p.value)))
+        .collect();
+    Ok(Trained { losses, adapter })
 }
 
-/// Batch `s` (two of them, alternating): row 0 full length, row 1 right-padded by 5 tokens; the
-/// first 4 labels of each row are -100 (a prompt), as instruction data has.
-fn batch(s: usize) -> Batch {
+/// [`train`] on the CPU and on `other`, compared.
+pub fn compare(
+    dir: &Path,
+    other: Arc<dyn Backend>,
+    steps: usize,
+    run: &Run,
+) -> anyhow::Result<RunCheck> {
+    let cpu = train(dir, Arc::new(CpuBackend), steps, run)?;
+    let oth = train(dir, other, steps, run)?;
+    let max_rel_adapter = cpu
+        .adapter
+        .iter()
+        .zip(&oth.adapter)
+        .map(|((_, a), (_, b))| {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let diff = a
+                .iter()
+                .zip(b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            (diff / scale) as f64
+        })
+        .fold(0.0, f64::max);
+    Ok(RunCheck {
+        max_rel_loss: max_rel(&cpu.losses, &oth.losses),
+        max_rel_adapter,
+        cpu: cpu.losses,
+        other: oth.losses,
+    })
+}
+
+/// Batch `s` (two of them, alternating) over token ids below `vocab`: row 0 full length, row 1
+/// right-padded by 5 tokens; the first 4 labels of each row are -100 (a prompt), as
+/// instruction data has.
+fn batch_of(s: usize, vocab: u32) -> Batch {
     let mut rng = Rng::new(100 + (s % 2) as u64);
-    let ids: Vec<u32> = (0..BATCH * SEQ).map(|_| rng.below(VOCAB as u32)).collect();
+    let ids: Vec<u32> = (0..BATCH * SEQ).map(|_| rng.below(vocab)).collect();
     let mut mask = vec![1u8; BATCH * SEQ];
     mask[2 * SEQ - 5..].fill(0);
     let labels = (0..BATCH * SEQ)

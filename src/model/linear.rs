@@ -1,13 +1,13 @@
 //! Linear layers (nn.Linear convention, W [d_out, d_in]) with an optional LoRA adapter. A
 //! frozen base weight is dense f32 or a `crate::quant::QuantLinear` (a 4-bit weight).
 
-use crate::backend::{Backend, Tensor};
+use crate::backend::{Backend, QuantWeight, Tensor};
 pub use crate::quant::QuantLinear;
 
 pub enum LinearWeight {
     /// Row-major [d_out, d_in].
     Dense(Tensor),
-    Quant(Box<dyn QuantLinear>),
+    Quant(QuantWeight),
 }
 
 /// A LoRA adapter on one linear: A [r, d_in], B [d_out, r], scale s = alpha/r (rsLoRA alpha/√r).
@@ -108,7 +108,7 @@ impl Linear {
         let (di, dout) = (self.d_in, self.d_out);
         match &self.weight {
             LinearWeight::Dense(w) => be.matmul(y, x, w, n, dout, di, false, true, 0.0),
-            LinearWeight::Quant(q) => be.quant_matmul(y, x, q.as_ref(), n, false),
+            LinearWeight::Quant(q) => be.quant_matmul(y, x, q, n, false),
         }
         if let Some(b) = &self.bias {
             be.bias_add(y, b, n, dout);
@@ -170,7 +170,7 @@ impl Linear {
                         if !accumulate {
                             be.scale(dx, 0.0, n * di);
                         }
-                        be.quant_matmul(dx, dy, q.as_ref(), n, true)
+                        be.quant_matmul(dx, dy, q, n, true)
                     }
                 }
                 dx

@@ -360,7 +360,7 @@ fn linear_of(
     };
     let quantized = |q| {
         let mut l = Linear::dense(name.to_string(), d_in, d_out, Tensor::default(), None);
-        l.weight = LinearWeight::Quant(q);
+        l.weight = LinearWeight::Quant(be.upload_quant(q));
         l.conv1d = arch.conv1d;
         l
     };

@@ -4,7 +4,8 @@
 
 use super::quantized::{load_quantized_model, quantize_on_load, save_quantized, QuantizeSpec};
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
-use crate::optim::{OptimConfig, OptimKind, Optimizer};
+use crate::optim::{OptimConfig, OptimKind};
+use crate::train::optimizer::Optimizer;
 use crate::quant::QuantType;
 use serde_json::Value;
 use std::collections::HashMap;

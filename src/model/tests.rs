@@ -627,7 +627,11 @@ fn quant_linear_plugs_in() {
             for l in model.linears_mut() {
                 if let LinearWeight::Dense(w) = &l.weight {
                     l.weight =
-                        LinearWeight::Quant(Box::new(DenseAsQuant(w.to_vec(), l.d_in, l.d_out)));
+                        LinearWeight::Quant(crate::backend::QuantWeight::Host(Box::new(DenseAsQuant(
+                            w.to_vec(),
+                            l.d_in,
+                            l.d_out,
+                        ))));
                 }
             }
         }
@@ -649,11 +653,11 @@ fn quant_linear_plugs_in() {
     }
     let (mut model, _, _) = fixture("qwen");
     let l = &mut model.layers[0].o;
-    l.weight = LinearWeight::Quant(Box::new(DenseAsQuant(
+    l.weight = LinearWeight::Quant(crate::backend::QuantWeight::Host(Box::new(DenseAsQuant(
         vec![0.0; l.d_in * l.d_out],
         l.d_in,
         l.d_out,
-    )));
+    ))));
     assert!(model
         .set_full_trainable()
         .unwrap_err()

@@ -16,6 +16,19 @@ pub trait QuantLinear: Send + Sync {
     fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize);
     /// dx[n, d_in] += dy[n, d_out] · W.
     fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize);
+    /// The bitsandbytes 4-bit form, for a backend that keeps it on its device: (packed nibbles,
+    /// f32 absmax per block (double quantization undone), the 16-entry code, blocksize).
+    fn four_bit(&self) -> Option<FourBit<'_>> {
+        None
+    }
+}
+
+/// A 4-bit weight's buffers, borrowed ([`QuantLinear::four_bit`]).
+pub struct FourBit<'a> {
+    pub packed: &'a [u8],
+    pub absmax: &'a [f32],
+    pub code: &'a [f32; 16],
+    pub blocksize: usize,
 }
 
 /// A 4-bit (NF4/FP4, optionally double-quantized) weight of shape [out, in].
@@ -134,6 +147,15 @@ impl Linear4bit {
 impl QuantLinear for Linear4bit {
     fn d_out(&self) -> usize {
         self.out_features
+    }
+
+    fn four_bit(&self) -> Option<FourBit<'_>> {
+        Some(FourBit {
+            packed: &self.q.packed,
+            absmax: &self.absmax,
+            code: &self.q.state.code,
+            blocksize: self.q.state.blocksize,
+        })
     }
 
     fn d_in(&self) -> usize {

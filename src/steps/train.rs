@@ -474,7 +474,7 @@ fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
         weight_decay: p.weight_decay,
         ..Default::default()
     };
-    let mut optim = EngineOptim(crate::optim::Optimizer::new(
+    let mut optim = EngineOptim(crate::train::optimizer::Optimizer::new(
         model.backend.clone(),
         okind,
         &ocfg,

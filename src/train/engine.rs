@@ -1,5 +1,5 @@
 //! Adapters that let the training loop drive the engine: the CPU `Model`
-//! as a [`TrainModel`], `optim::Optimizer` as an [`Optim`], and a token
+//! as a [`TrainModel`], `train::optimizer::Optimizer` as an [`Optim`], and a token
 //! dataset file as [`Samples`].
 
 use super::batch::{Sample, Samples};
@@ -164,7 +164,7 @@ pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// The optimizer crate behind the loop's `Optim` trait.
-pub struct EngineOptim(pub crate::optim::Optimizer);
+pub struct EngineOptim(pub crate::train::optimizer::Optimizer);
 
 impl Optim for EngineOptim {
     fn step(&mut self, pg: &mut [(&mut Tensor, &mut Tensor)], lr: f32) -> Result<()> {
@@ -181,7 +181,7 @@ impl Optim for EngineOptim {
         self.0.save(path).map_err(|e| anyhow::anyhow!("{e}"))
     }
     fn load(&mut self, path: &Path) -> Result<()> {
-        let o = crate::optim::Optimizer::load(self.0.backend.clone(), path)
+        let o = crate::train::optimizer::Optimizer::load(self.0.backend.clone(), path)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let sizes: Vec<usize> = self.0.states.iter().map(|s| s.len()).collect();
         if !sizes.is_empty() {

@@ -11,6 +11,10 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod engine;
+pub mod optimizer;
+mod optimizer_state;
+#[cfg(test)]
+mod optimizer_tests;
 pub use crate::rng;
 
 use crate::backend::{Backend, Tensor};
@@ -143,14 +147,14 @@ pub struct TrainReport {
 pub const STUCK_GRAD_STEPS: usize = 3;
 
 /// Global L2 norm of all gradients, clipped to `max_norm` when > 0
-/// (torch.nn.utils.clip_grad_norm_ semantics, via `optim::clip_grad_norm`).
+/// (torch.nn.utils.clip_grad_norm_ semantics, via `optimizer::clip_grad_norm`).
 pub fn clip_grad_norm(
     be: &dyn Backend,
     pg: &mut [(&mut Tensor, &mut Tensor)],
     max_norm: f64,
 ) -> f64 {
     let mut grads: Vec<&mut Tensor> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
-    crate::optim::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32))
+    optimizer::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32))
         as f64
 }
 

@@ -1,7 +1,8 @@
-//! Checks against tests/fixtures/quant/optim.json (torch 2.15 AdamW, bitsandbytes 0.50
+//! The optimizer and `crate::optim`'s rules checked against tests/fixtures/quant/optim.json (torch 2.15 AdamW, bitsandbytes 0.50
 //! AdamW8bit on the CPU, transformers 5.23 get_scheduler, torch clip_grad_norm_).
 
-use super::*;
+use super::optimizer::{clip_grad_norm, Optimizer, ParamState};
+use crate::optim::{warmup_steps, OptimConfig, OptimKind, Schedule, ScheduleKind};
 use crate::quant::testgen::gen;
 use crate::quant::tests::{assert_bits_eq as bits_eq, unhex, unhex_f32};
 use crate::backend::{Backend, CpuBackend, Tensor};
@@ -34,9 +35,9 @@ fn snapshot(o: &Optimizer) -> (OptimKind, OptimConfig, u64, Vec<Vec<u8>>) {
         .states
         .iter()
         .flat_map(|s| match s {
-            optimizer::ParamState::F32 { m, v } => vec![b"f".to_vec(), f(m), f(v)],
-            optimizer::ParamState::Bnb32 { m, v } => vec![b"b".to_vec(), f(m), f(v)],
-            optimizer::ParamState::Q8(q) => vec![
+            ParamState::F32 { m, v } => vec![b"f".to_vec(), f(m), f(v)],
+            ParamState::Bnb32 { m, v } => vec![b"b".to_vec(), f(m), f(v)],
+            ParamState::Q8(q) => vec![
                 q.m.to_vec(),
                 q.v.to_vec(),
                 f(&q.absmax_m),
@@ -140,7 +141,7 @@ fn adamw_matches_torch_bitwise() {
                 &unhex_f32(want["params"][i].as_str().unwrap()),
                 4,
             );
-            let optimizer::ParamState::F32 { m, v } = &opt.states[i] else {
+            let ParamState::F32 { m, v } = &opt.states[i] else {
                 panic!("f32 state")
             };
             bits_eq(
@@ -164,7 +165,7 @@ fn adamw8bit_matches_bitsandbytes_cpu() {
         OptimKind::AdamW8bit,
         &fx["adamw8bit"],
         |s, opt, params, want| {
-            let optimizer::ParamState::Q8(q) = &opt.states[0] else {
+            let ParamState::Q8(q) = &opt.states[0] else {
                 panic!("8-bit state for 4128 elements")
             };
             assert_eq!(
@@ -187,7 +188,7 @@ fn adamw8bit_matches_bitsandbytes_cpu() {
                 q.absmax_v.host(),
                 &unhex_f32(want["absmax2"].as_str().unwrap()),
             );
-            let optimizer::ParamState::Bnb32 { m, v } = &opt.states[1] else {
+            let ParamState::Bnb32 { m, v } = &opt.states[1] else {
                 panic!("32-bit state for 96")
             };
             bits_eq(

@@ -5,8 +5,9 @@
 //! (u8) and `i.m_absmax`, `i.v_absmax` (f32). A 32-bit state inside an 8-bit optimizer is
 //! marked by metadata `i.bnb32 = "1"`.
 
-use super::adamw8bit::State8;
-use super::optimizer::{OptimConfig, OptimError, OptimKind, Optimizer, ParamState};
+use super::optimizer::{Optimizer, ParamState};
+use crate::optim::adamw8bit::State8;
+use crate::optim::{OptimConfig, OptimError, OptimKind};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
