@@ -13,8 +13,8 @@ use indexmap::IndexMap;
 use recipe::model::quantized::{load_quantized_model, save_quantized, QuantizeSpec};
 use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
 use recipe::optim::{OptimConfig, OptimKind};
-use recipe::train::optimizer::Optimizer;
 use recipe::steps::{EstimateCtx, Params};
+use recipe::train::optimizer::Optimizer;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -166,8 +166,10 @@ fn child(run: &Run, dir: &Path) {
         };
         m.forward_backward(&batch, o).unwrap();
         let mut ps = m.params_mut();
-        let (mut vals, grads): (Vec<&mut recipe::backend::Tensor>, Vec<&recipe::backend::Tensor>) =
-            ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
+        let (mut vals, grads): (
+            Vec<&mut recipe::backend::Tensor>,
+            Vec<&recipe::backend::Tensor>,
+        ) = ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
         opt.step(&mut vals, &grads, 1e-4);
     }
     let tps = (STEPS * BATCH * SEQ) as f64 / t.elapsed().as_secs_f64();

@@ -1,7 +1,8 @@
 //! CPU backend: f32 compute, `gemm` for matmul, rayon over rows. The oracle for every other backend.
 
 use super::{
-    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided, Tensor,
+    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
+    Tensor,
 };
 use rayon::prelude::*;
 
@@ -983,7 +984,15 @@ impl Backend for CpuBackend {
         t.host().to_vec()
     }
 
-    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize) {
+    fn copy2d(
+        &self,
+        dst: &mut Tensor,
+        d: Strided,
+        src: &Tensor,
+        s: Strided,
+        rows: usize,
+        cols: usize,
+    ) {
         let (dst, src) = (dst.host_mut(), src.host());
         for r in 0..rows {
             dst[d.off + r * d.ld..][..cols].copy_from_slice(&src[s.off + r * s.ld..][..cols]);
@@ -1040,7 +1049,18 @@ impl Backend for CpuBackend {
         tb: bool,
         beta: f32,
     ) {
-        CpuBackend::matmul(self, c.host_mut(), a.host(), b.host(), m, n, k, ta, tb, beta)
+        CpuBackend::matmul(
+            self,
+            c.host_mut(),
+            a.host(),
+            b.host(),
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            beta,
+        )
     }
 
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
@@ -1067,7 +1087,16 @@ impl Backend for CpuBackend {
         d: usize,
         eps: f32,
     ) {
-        CpuBackend::rmsnorm_fwd(self, y.host_mut(), rstd.host_mut(), x.host(), w.host(), n, d, eps)
+        CpuBackend::rmsnorm_fwd(
+            self,
+            y.host_mut(),
+            rstd.host_mut(),
+            x.host(),
+            w.host(),
+            n,
+            d,
+            eps,
+        )
     }
     fn rmsnorm_bwd(
         &self,

@@ -20,10 +20,9 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::cpu::CpuBackend;
 use super::{
-    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables,
-    Strided, Tensor,
+    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
+    Tensor,
 };
-use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
@@ -31,18 +30,19 @@ use crate::cuda::ops::act::{
     swiglu_fwd, GluLayout,
 };
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
-use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
-use crate::cuda::ops::rope::rope_table;
-use crate::cuda::ops::tensor as tk;
-use crate::cuda::twins::attention::CachedDims;
-use crate::cuda::AsDevView;
 use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
+use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
+use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
+use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
+use crate::cuda::ops::tensor as tk;
 use crate::cuda::twins::attention::AttnDims as KDims;
+use crate::cuda::twins::attention::CachedDims;
 use crate::cuda::twins::rope::RopeLayout;
+use crate::cuda::AsDevView;
 use crate::cuda::Gpu;
 
 /// Largest head dim the attention kernels take (static shared tiles).
@@ -142,7 +142,9 @@ impl CudaBackend {
         if v.is_empty() {
             return;
         }
-        self.run("upload", |g| g.memcpy_htod(v, &mut t.device_mut().slice_mut(..v.len())))
+        self.run("upload", |g| {
+            g.memcpy_htod(v, &mut t.device_mut().slice_mut(..v.len()))
+        })
     }
 
     /// Runs the CPU backend's op on host copies of device tensors: `inputs` are downloaded,
@@ -193,7 +195,9 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
 
 impl Backend for CudaBackend {
     fn zeros(&self, len: usize) -> Tensor {
-        self.run("alloc", |g| Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len)))
+        self.run("alloc", |g| {
+            Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))
+        })
     }
     fn upload(&self, v: &[f32]) -> Tensor {
         self.up(v)
@@ -211,19 +215,31 @@ impl Backend for CudaBackend {
         self.down(t)
     }
 
-    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize) {
+    fn copy2d(
+        &self,
+        dst: &mut Tensor,
+        d: Strided,
+        src: &Tensor,
+        s: Strided,
+        rows: usize,
+        cols: usize,
+    ) {
         if rows * cols == 0 {
             return;
         }
         let (dk, sk) = (tk::Strided::new(d.ld, d.off), tk::Strided::new(s.ld, s.off));
-        self.run("copy2d", |g| tk::copy2d(g, dst.device_mut(), dk, src.device(), sk, rows, cols))
+        self.run("copy2d", |g| {
+            tk::copy2d(g, dst.device_mut(), dk, src.device(), sk, rows, cols)
+        })
     }
     fn fill(&self, y: &mut Tensor, v: f32) {
         let n = y.len();
         if n == 0 {
             return;
         }
-        self.run("fill", |g| tk::fill(g, &mut y.device_mut().slice_mut(..n), v))
+        self.run("fill", |g| {
+            tk::fill(g, &mut y.device_mut().slice_mut(..n), v)
+        })
     }
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize) {
         if n == 0 {
@@ -233,25 +249,33 @@ impl Backend for CudaBackend {
             // A prefix of a longer tensor (no caller does this today).
             return self.host_fallback(&mut [y], &[x], |cpu, o, i| cpu.add(&mut o[0], &i[0], n));
         }
-        self.run("add", |g| scale_add::<f32>(g, y.device_mut(), x.device(), 1.0))
+        self.run("add", |g| {
+            scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+        })
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("scale", |g| tk::scale(g, &mut y.device_mut().slice_mut(..n), s))
+        self.run("scale", |g| {
+            tk::scale(g, &mut y.device_mut().slice_mut(..n), s)
+        })
     }
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize) {
         if n * d == 0 {
             return;
         }
-        self.run("bias_add", |g| tk::bias_add(g, y.device_mut(), b.device(), n, d))
+        self.run("bias_add", |g| {
+            tk::bias_add(g, y.device_mut(), b.device(), n, d)
+        })
     }
     fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize) {
         if n * d == 0 {
             return;
         }
-        self.run("bias_grad", |g| tk::col_sum(g, gb.device_mut(), dy.device(), n, d))
+        self.run("bias_grad", |g| {
+            tk::col_sum(g, gb.device_mut(), dy.device(), n, d)
+        })
     }
     fn dropout(&self, y: &mut Tensor, x: &Tensor, p: f32, key: u64, n: usize, accumulate: bool) {
         if n == 0 {
@@ -294,7 +318,9 @@ impl Backend for CudaBackend {
             alpha: 1.0,
             beta,
         };
-        self.run("matmul", |g| matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm))
+        self.run("matmul", |g| {
+            matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm)
+        })
     }
 
     /// A bitsandbytes 4-bit weight goes to the device (packed nibbles, f32 absmax, code);
@@ -332,7 +358,9 @@ impl Backend for CudaBackend {
         };
         let (dout, din) = (q.rows, q.cols);
         let mut wd = self.zeros(dout * din);
-        self.run("dequant_4bit", |g| dequant_4bit::<f32>(g, wd.device_mut(), q));
+        self.run("dequant_4bit", |g| {
+            dequant_4bit::<f32>(g, wd.device_mut(), q)
+        });
         if backward {
             self.matmul(y, x, &wd, n, din, dout, false, false, 1.0)
         } else {
@@ -354,7 +382,16 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("rmsnorm_fwd", |g| {
-            rmsnorm_fwd::<f32>(g, y.device_mut(), rstd.device_mut(), x.device(), w.device(), n, d, eps)
+            rmsnorm_fwd::<f32>(
+                g,
+                y.device_mut(),
+                rstd.device_mut(),
+                x.device(),
+                w.device(),
+                n,
+                d,
+                eps,
+            )
         })
     }
     fn rmsnorm_bwd(
@@ -567,8 +604,16 @@ impl Backend for CudaBackend {
         }
         if !attention_on_kernels(mask, dims) {
             // The CPU saves [B,T,NH] logsumexp; keep its layout in the first part of `saved`.
-            let (valid, seg) = (Tensor::from_host(self.down_u8(mask.valid)), Tensor::from_host(self.down_i32(mask.segment)));
-            let alibi = mask.alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
+            let (valid, seg) = (
+                Tensor::from_host(self.down_u8(mask.valid)),
+                Tensor::from_host(self.down_i32(mask.segment)),
+            );
+            let alibi = mask.alibi.map(|(s, p)| {
+                (
+                    Tensor::from_host(self.down(s)),
+                    Tensor::from_host(self.down(p)),
+                )
+            });
             let m = AttnMask {
                 valid: &valid,
                 segment: &seg,
@@ -579,8 +624,22 @@ impl Backend for CudaBackend {
             let nl = CpuBackend.attention_saved_len(dims);
             let mut lse = Tensor::from_host(vec![0.0; nl]);
             let mut o = Tensor::from_host(vec![0.0; out.len()]);
-            let (qh, kh, vh) = (Tensor::from_host(self.down(q)), Tensor::from_host(self.down(k)), Tensor::from_host(self.down(v)));
-            Backend::attention_fwd(&CpuBackend, &mut o, &mut lse, &qh, &kh, &vh, &m, dims, scale);
+            let (qh, kh, vh) = (
+                Tensor::from_host(self.down(q)),
+                Tensor::from_host(self.down(k)),
+                Tensor::from_host(self.down(v)),
+            );
+            Backend::attention_fwd(
+                &CpuBackend,
+                &mut o,
+                &mut lse,
+                &qh,
+                &kh,
+                &vh,
+                &m,
+                dims,
+                scale,
+            );
             self.put(out, o.host());
             let mut s = self.down(saved);
             s[..nl].copy_from_slice(lse.host());
@@ -595,10 +654,22 @@ impl Backend for CudaBackend {
                 seg: Some(mask.segment.device()),
                 slopes: mask.alibi.map(|(s, _)| s.device()),
             };
-            attn_fwd::<f32>(g, out.device_mut(), lse.device_mut(), q.device(), k.device(), v.device(), &mk, &kdims(dims, scale))?;
+            attn_fwd::<f32>(
+                g,
+                out.device_mut(),
+                lse.device_mut(),
+                q.device(),
+                k.device(),
+                v.device(),
+                &mk,
+                &kdims(dims, scale),
+            )?;
             let sd = saved.device_mut();
             g.memcpy_dtod(&lse.device().slice(..nlse), &mut sd.slice_mut(..nlse))?;
-            g.memcpy_dtod(&out.device().slice(..nq), &mut sd.slice_mut(nlse..nlse + nq))
+            g.memcpy_dtod(
+                &out.device().slice(..nq),
+                &mut sd.slice_mut(nlse..nlse + nq),
+            )
         })
     }
 
@@ -621,8 +692,16 @@ impl Backend for CudaBackend {
             return;
         }
         if !attention_on_kernels(mask, dims) {
-            let (valid, seg) = (Tensor::from_host(self.down_u8(mask.valid)), Tensor::from_host(self.down_i32(mask.segment)));
-            let alibi = mask.alibi.map(|(s, p)| (Tensor::from_host(self.down(s)), Tensor::from_host(self.down(p))));
+            let (valid, seg) = (
+                Tensor::from_host(self.down_u8(mask.valid)),
+                Tensor::from_host(self.down_i32(mask.segment)),
+            );
+            let alibi = mask.alibi.map(|(s, p)| {
+                (
+                    Tensor::from_host(self.down(s)),
+                    Tensor::from_host(self.down(p)),
+                )
+            });
             let m = AttnMask {
                 valid: &valid,
                 segment: &seg,
@@ -634,7 +713,20 @@ impl Backend for CudaBackend {
             let sh = Tensor::from_host(self.down(saved)[..nl].to_vec());
             let h = |t: &Tensor| Tensor::from_host(self.down(t));
             let (mut gq, mut gk, mut gv) = (h(dq), h(dk), h(dv));
-            Backend::attention_bwd(&CpuBackend, &mut gq, &mut gk, &mut gv, &h(dout), &h(q), &h(k), &h(v), &sh, &m, dims, scale);
+            Backend::attention_bwd(
+                &CpuBackend,
+                &mut gq,
+                &mut gk,
+                &mut gv,
+                &h(dout),
+                &h(q),
+                &h(k),
+                &h(v),
+                &sh,
+                &m,
+                dims,
+                scale,
+            );
             self.put(dq, gq.host());
             self.put(dk, gk.host());
             self.put(dv, gv.host());
@@ -647,7 +739,10 @@ impl Backend for CudaBackend {
         self.run("attention_bwd", |g| {
             let sd = saved.device();
             g.memcpy_dtod(&sd.slice(..nlse), &mut lse.device_mut().slice_mut(..nlse))?;
-            g.memcpy_dtod(&sd.slice(nlse..nlse + nq), &mut o.device_mut().slice_mut(..nq))?;
+            g.memcpy_dtod(
+                &sd.slice(nlse..nlse + nq),
+                &mut o.device_mut().slice_mut(..nq),
+            )?;
             let mk = DeviceMasks {
                 kmask: Some(mask.valid.device()),
                 seg: Some(mask.segment.device()),
@@ -701,9 +796,22 @@ impl Backend for CudaBackend {
             scale,
         };
         self.run("attention_cached_fwd", |g| {
-            let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> =
-                alibi.map(|(s, p)| (s.device() as &dyn AsDevView<f32>, p.device() as &dyn AsDevView<f32>));
-            attn_cached_fwd(g, out.device_mut(), q.device(), k.device(), v.device(), valid.device(), al, &dm)
+            let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> = alibi.map(|(s, p)| {
+                (
+                    s.device() as &dyn AsDevView<f32>,
+                    p.device() as &dyn AsDevView<f32>,
+                )
+            });
+            attn_cached_fwd(
+                g,
+                out.device_mut(),
+                q.device(),
+                k.device(),
+                v.device(),
+                valid.device(),
+                al,
+                &dm,
+            )
         })
     }
 
@@ -712,7 +820,15 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("swiglu_fwd", |gpu| {
-            swiglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), 1, n, GluLayout::Separate)
+            swiglu_fwd::<f32>(
+                gpu,
+                a.device_mut(),
+                e.device(),
+                g.device(),
+                1,
+                n,
+                GluLayout::Separate,
+            )
         })
     }
     fn swiglu_bwd(
@@ -746,14 +862,18 @@ impl Backend for CudaBackend {
             return;
         }
         assert_eq!(y.len(), n, "gelu_fwd: y must hold n values");
-        self.run("gelu_fwd", |g| gelu_tanh_fwd::<f32>(g, y.device_mut(), x.device()))
+        self.run("gelu_fwd", |g| {
+            gelu_tanh_fwd::<f32>(g, y.device_mut(), x.device())
+        })
     }
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
         assert_eq!(dx.len(), n, "gelu_bwd: dx must hold n values");
-        self.run("gelu_bwd", |g| gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device()))
+        self.run("gelu_bwd", |g| {
+            gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device())
+        })
     }
 
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
@@ -761,7 +881,9 @@ impl Backend for CudaBackend {
             return;
         }
         assert_eq!(ids.len(), n, "embedding_fwd: ids must hold n values");
-        self.run("embedding_fwd", |g| embedding_fwd::<f32>(g, y.device_mut(), ids.device(), table.device(), d))
+        self.run("embedding_fwd", |g| {
+            embedding_fwd::<f32>(g, y.device_mut(), ids.device(), table.device(), d)
+        })
     }
     fn embedding_bwd(
         &self,
@@ -775,7 +897,9 @@ impl Backend for CudaBackend {
             return;
         }
         assert_eq!(ids.len(), n, "embedding_bwd: ids must hold n values");
-        self.run("embedding_bwd", |g| embedding_bwd::<f32>(g, dtable.device_mut(), ids.device(), dy.device(), d))
+        self.run("embedding_bwd", |g| {
+            embedding_bwd::<f32>(g, dtable.device_mut(), ids.device(), dy.device(), d)
+        })
     }
 
     fn cross_entropy(
@@ -790,16 +914,40 @@ impl Backend for CudaBackend {
         if n * v == 0 {
             return;
         }
-        assert_eq!(targets.len(), n, "cross_entropy: targets must hold n values");
+        assert_eq!(
+            targets.len(),
+            n,
+            "cross_entropy: targets must hold n values"
+        );
         let (mut rows, mut lse) = (self.zeros(n), self.zeros(n));
         self.run("cross_entropy", |g| {
-            cross_entropy_fwd::<f32>(g, rows.device_mut(), lse.device_mut(), logits.device(), targets.device(), v)?;
+            cross_entropy_fwd::<f32>(
+                g,
+                rows.device_mut(),
+                lse.device_mut(),
+                logits.device(),
+                targets.device(),
+                v,
+            )?;
             if let Some(scale) = grad {
-                cross_entropy_bwd_inplace::<f32>(g, logits.device_mut(), lse.device(), targets.device(), v, scale)?;
+                cross_entropy_bwd_inplace::<f32>(
+                    g,
+                    logits.device_mut(),
+                    lse.device(),
+                    targets.device(),
+                    v,
+                    scale,
+                )?;
             }
             Ok(())
         });
-        self.run("cross_entropy", |g| tk::sum_acc(g, &mut loss.device_mut().slice_mut(..1), &rows.device().slice(..n)))
+        self.run("cross_entropy", |g| {
+            tk::sum_acc(
+                g,
+                &mut loss.device_mut().slice_mut(..1),
+                &rows.device().slice(..n),
+            )
+        })
     }
     fn argmax_hits(
         &self,
@@ -813,7 +961,14 @@ impl Backend for CudaBackend {
             return;
         }
         self.run("argmax_hits", |g| {
-            tk::argmax_hits(g, &mut hits.device_mut().slice_mut(..1), logits.device(), targets.device(), n, v)
+            tk::argmax_hits(
+                g,
+                &mut hits.device_mut().slice_mut(..1),
+                logits.device(),
+                targets.device(),
+                n,
+                v,
+            )
         })
     }
 
@@ -825,7 +980,11 @@ impl Backend for CudaBackend {
                 continue;
             }
             self.run("norms", |gpu| {
-                sumsq_acc(gpu, &mut acc.device_mut().slice_mut(i..i + 1), &g.device().slice(..g.len()))
+                sumsq_acc(
+                    gpu,
+                    &mut acc.device_mut().slice_mut(i..i + 1),
+                    &g.device().slice(..g.len()),
+                )
             });
         }
         self.down(&acc)
@@ -869,7 +1028,9 @@ impl Backend for CudaBackend {
         s: &crate::optim::adamw8bit::BnbScalars,
     ) {
         self.host_fallback(&mut [p, m, v], &[g], |cpu, o, i| {
-            let [p, m, v] = o else { unreachable!("three outputs") };
+            let [p, m, v] = o else {
+                unreachable!("three outputs")
+            };
             cpu.bnb_adam32(p, m, v, &i[0], s)
         })
     }
@@ -887,7 +1048,9 @@ impl Backend for CudaBackend {
             absmax_m: Tensor::from_host(self.down(&st.absmax_m)),
             absmax_v: Tensor::from_host(self.down(&st.absmax_v)),
         };
-        self.host_fallback(&mut [p], &[g], |cpu, o, i| cpu.adamw8bit(&mut o[0], &mut host, &i[0], s));
+        self.host_fallback(&mut [p], &[g], |cpu, o, i| {
+            cpu.adamw8bit(&mut o[0], &mut host, &i[0], s)
+        });
         st.m = self.up(host.m.host());
         st.v = self.up(host.v.host());
         st.absmax_m = self.up(host.absmax_m.host());

@@ -192,7 +192,15 @@ pub trait Backend: Send + Sync {
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;
 
     /// dst[d.off + r·d.ld + c] = src[s.off + r·s.ld + c] for r < rows, c < cols.
-    fn copy2d(&self, dst: &mut Tensor, d: Strided, src: &Tensor, s: Strided, rows: usize, cols: usize);
+    fn copy2d(
+        &self,
+        dst: &mut Tensor,
+        d: Strided,
+        src: &Tensor,
+        s: Strided,
+        rows: usize,
+        cols: usize,
+    );
     /// y[..] = v (the whole tensor).
     fn fill(&self, y: &mut Tensor, v: f32);
     /// y[..n] += x[..n].

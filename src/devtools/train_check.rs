@@ -218,10 +218,7 @@ pub fn compare(
         .zip(&oth.adapter)
         .map(|((_, a), (_, b))| {
             let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-            let diff = a
-                .iter()
-                .zip(b)
-                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             (diff / scale) as f64
         })
         .fold(0.0, f64::max);

@@ -31,7 +31,14 @@ pub fn ensure(be: &dyn Backend, t: &mut Tensor, len: usize) {
 /// The whole of `src` into `dst` (same length).
 pub fn copy_all(be: &dyn Backend, dst: &mut Tensor, src: &Tensor) {
     let len = src.len();
-    be.copy2d(dst, Strided::rows(len, 0), src, Strided::rows(len, 0), 1, len);
+    be.copy2d(
+        dst,
+        Strided::rows(len, 0),
+        src,
+        Strided::rows(len, 0),
+        1,
+        len,
+    );
 }
 
 pub struct Norm {
@@ -245,7 +252,14 @@ fn qkv_pieces(arch: &Arch, n: usize) -> (usize, usize, [(usize, usize); 3]) {
 fn split_qkv(be: &dyn Backend, arch: &Arch, qkv: [&mut Tensor; 3], buf: &Tensor, n: usize) {
     let (rows, w, pieces) = qkv_pieces(arch, n);
     for (dst, (off, cols)) in qkv.into_iter().zip(pieces) {
-        be.copy2d(dst, Strided::rows(cols, 0), buf, Strided::rows(w, off), rows, cols);
+        be.copy2d(
+            dst,
+            Strided::rows(cols, 0),
+            buf,
+            Strided::rows(w, off),
+            rows,
+            cols,
+        );
     }
 }
 
@@ -253,12 +267,26 @@ fn split_qkv(be: &dyn Backend, arch: &Arch, qkv: [&mut Tensor; 3], buf: &Tensor,
 fn merge_qkv(be: &dyn Backend, arch: &Arch, buf: &mut Tensor, qkv: [&Tensor; 3], n: usize) {
     let (rows, w, pieces) = qkv_pieces(arch, n);
     for (src, (off, cols)) in qkv.into_iter().zip(pieces) {
-        be.copy2d(buf, Strided::rows(w, off), src, Strided::rows(cols, 0), rows, cols);
+        be.copy2d(
+            buf,
+            Strided::rows(w, off),
+            src,
+            Strided::rows(cols, 0),
+            rows,
+            cols,
+        );
     }
 }
 
 /// Splits rows of [n, 2f] into first/second halves (ChatGLM dense_h_to_4h = [gate; up]).
-fn split_halves(be: &dyn Backend, a: &mut Tensor, b: &mut Tensor, buf: &Tensor, n: usize, f: usize) {
+fn split_halves(
+    be: &dyn Backend,
+    a: &mut Tensor,
+    b: &mut Tensor,
+    buf: &Tensor,
+    n: usize,
+    f: usize,
+) {
     be.copy2d(a, Strided::rows(f, 0), buf, Strided::rows(2 * f, 0), n, f);
     be.copy2d(b, Strided::rows(f, 0), buf, Strided::rows(2 * f, f), n, f);
 }

@@ -36,8 +36,12 @@ impl Model {
             b,
             cap,
             len: 0,
-            k: (0..layers).map(|_| self.backend.zeros(b * cap * kd)).collect(),
-            v: (0..layers).map(|_| self.backend.zeros(b * cap * kd)).collect(),
+            k: (0..layers)
+                .map(|_| self.backend.zeros(b * cap * kd))
+                .collect(),
+            v: (0..layers)
+                .map(|_| self.backend.zeros(b * cap * kd))
+                .collect(),
             valid: vec![0; b * cap],
             kpos: vec![0.0; b * cap],
             count: vec![0; b],
@@ -136,8 +140,12 @@ impl Model {
         });
         let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let (mut x, _) = self.embed(&be.upload_i32(&ids), pos_ids.as_ref(), n);
-        let alibi = (self.arch.positions == Positions::Alibi)
-            .then(|| (be.upload(&alibi_slopes(self.arch.heads)), be.upload(&cache.kpos)));
+        let alibi = (self.arch.positions == Positions::Alibi).then(|| {
+            (
+                be.upload(&alibi_slopes(self.arch.heads)),
+                be.upload(&cache.kpos),
+            )
+        });
         let valid = be.upload_u8(&cache.valid);
         let dims = AttnDims {
             b,

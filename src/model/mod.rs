@@ -414,7 +414,12 @@ impl Model {
         let be = &*backend;
         let names = arch.names();
         let (v, h) = (arch.vocab, arch.hidden);
-        let emb = Param::frozen(tensor_of(be, &files, &format!("{}.weight", names.emb), &[v, h])?);
+        let emb = Param::frozen(tensor_of(
+            be,
+            &files,
+            &format!("{}.weight", names.emb),
+            &[v, h],
+        )?);
         let pos_emb = match (arch.positions, &names.pos_emb) {
             (Positions::Learned { max }, Some(p)) => Some(Param::frozen(tensor_of(
                 be,
@@ -557,7 +562,11 @@ impl Model {
         }
         let norm = |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &Norm| {
             let d = n.w.value.len();
-            out.push((format!("{}.weight", n.name), vec![d], be.download(&n.w.value)));
+            out.push((
+                format!("{}.weight", n.name),
+                vec![d],
+                be.download(&n.w.value),
+            ));
             if let Some(b) = &n.b {
                 out.push((format!("{}.bias", n.name), vec![d], be.download(&b.value)));
             }
@@ -705,7 +714,13 @@ impl Model {
             n,
             dims,
             pos,
-            ids: be.upload_i32(&batch.input_ids.iter().map(|&i| i as i32).collect::<Vec<_>>()),
+            ids: be.upload_i32(
+                &batch
+                    .input_ids
+                    .iter()
+                    .map(|&i| i as i32)
+                    .collect::<Vec<_>>(),
+            ),
             pos_ids,
             valid: be.upload_u8(valid),
             segment: be.upload_i32(&segment),
@@ -972,7 +987,14 @@ impl Model {
                 }
             }
             if !whole {
-                be.copy2d(&mut dhf, Strided::rows(h, r0 * h), &dh, Strided::rows(h, 0), m, h);
+                be.copy2d(
+                    &mut dhf,
+                    Strided::rows(h, r0 * h),
+                    &dh,
+                    Strided::rows(h, 0),
+                    m,
+                    h,
+                );
             }
         }
         drop((logits, hc, dh));

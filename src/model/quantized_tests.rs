@@ -5,8 +5,8 @@
 use super::quantized::{load_quantized_model, quantize_on_load, save_quantized, QuantizeSpec};
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
 use crate::optim::{OptimConfig, OptimKind};
-use crate::train::optimizer::Optimizer;
 use crate::quant::QuantType;
+use crate::train::optimizer::Optimizer;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -281,8 +281,10 @@ fn assert_qlora_steps_match(mut m: Model, adapter: &std::path::Path, r: &QloraRe
             }
         }
         let mut ps = m.params_mut();
-        let (mut vals, grads): (Vec<&mut crate::backend::Tensor>, Vec<&crate::backend::Tensor>) =
-            ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
+        let (mut vals, grads): (
+            Vec<&mut crate::backend::Tensor>,
+            Vec<&crate::backend::Tensor>,
+        ) = ps.iter_mut().map(|p| (&mut *p.value, &*p.grad)).unzip();
         opt.step(&mut vals, &grads, r.lr);
     }
     for (name, value, _) in lora_state(&mut m) {

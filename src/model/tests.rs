@@ -114,7 +114,12 @@ fn check_full_grads(family: &str) {
         } else {
             want.clone()
         };
-        close(&format!("{family} grad {}", p.name), p.grad.host(), &want, 1e-4);
+        close(
+            &format!("{family} grad {}", p.name),
+            p.grad.host(),
+            &want,
+            1e-4,
+        );
         n += 1;
     }
     let n_ref = r.keys().filter(|k| k.starts_with("full_grad.")).count();
@@ -626,12 +631,9 @@ fn quant_linear_plugs_in() {
         if quant {
             for l in model.linears_mut() {
                 if let LinearWeight::Dense(w) = &l.weight {
-                    l.weight =
-                        LinearWeight::Quant(crate::backend::QuantWeight::Host(Box::new(DenseAsQuant(
-                            w.to_vec(),
-                            l.d_in,
-                            l.d_out,
-                        ))));
+                    l.weight = LinearWeight::Quant(crate::backend::QuantWeight::Host(Box::new(
+                        DenseAsQuant(w.to_vec(), l.d_in, l.d_out),
+                    )));
                 }
             }
         }

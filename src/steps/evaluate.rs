@@ -449,7 +449,9 @@ mod tests {
         let mut rng = crate::rng::SplitMix64(9);
         for l in m.linears_mut() {
             if let Some(lw) = &mut l.lora {
-                lw.b.host_mut().iter_mut().for_each(|x| *x = 0.3 * rng.uniform());
+                lw.b.host_mut()
+                    .iter_mut()
+                    .for_each(|x| *x = 0.3 * rng.uniform());
             }
         }
         let ad = t.join("train");

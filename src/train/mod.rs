@@ -154,8 +154,7 @@ pub fn clip_grad_norm(
     max_norm: f64,
 ) -> f64 {
     let mut grads: Vec<&mut Tensor> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
-    optimizer::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32))
-        as f64
+    optimizer::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32)) as f64
 }
 
 /// Mean loss and token accuracy over a dataset.

@@ -2,10 +2,10 @@
 //! AdamW8bit on the CPU, transformers 5.23 get_scheduler, torch clip_grad_norm_).
 
 use super::optimizer::{clip_grad_norm, Optimizer, ParamState};
+use crate::backend::{Backend, CpuBackend, Tensor};
 use crate::optim::{warmup_steps, OptimConfig, OptimKind, Schedule, ScheduleKind};
 use crate::quant::testgen::gen;
 use crate::quant::tests::{assert_bits_eq as bits_eq, unhex, unhex_f32};
-use crate::backend::{Backend, CpuBackend, Tensor};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -37,12 +37,7 @@ fn snapshot(o: &Optimizer) -> (OptimKind, OptimConfig, u64, Vec<Vec<u8>>) {
         .flat_map(|s| match s {
             ParamState::F32 { m, v } => vec![b"f".to_vec(), f(m), f(v)],
             ParamState::Bnb32 { m, v } => vec![b"b".to_vec(), f(m), f(v)],
-            ParamState::Q8(q) => vec![
-                q.m.to_vec(),
-                q.v.to_vec(),
-                f(&q.absmax_m),
-                f(&q.absmax_v),
-            ],
+            ParamState::Q8(q) => vec![q.m.to_vec(), q.v.to_vec(), f(&q.absmax_m), f(&q.absmax_v)],
         })
         .collect();
     (o.kind, o.config.clone(), o.step, states)
@@ -251,7 +246,11 @@ fn clip_matches_torch() {
             .collect();
         let mut gt: Vec<Tensor> = grads.drain(..).map(Tensor::from_host).collect();
         let mut gr: Vec<&mut Tensor> = gt.iter_mut().collect();
-        let total = clip_grad_norm(&CpuBackend, &mut gr, Some(c["max_norm"].as_f64().unwrap() as f32));
+        let total = clip_grad_norm(
+            &CpuBackend,
+            &mut gr,
+            Some(c["max_norm"].as_f64().unwrap() as f32),
+        );
         let grads: Vec<Vec<f32>> = gt.into_iter().map(Tensor::into_host).collect();
         let want = unhex_f32(c["total_norm"].as_str().unwrap())[0];
         assert!(

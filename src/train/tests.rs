@@ -50,7 +50,8 @@ impl Bigram {
                 if grad {
                     for j in 0..self.v {
                         let p = (row[j] - m).exp() / z;
-                        self.g.host_mut()[x * self.v + j] += scale * (p - if j == lab { 1.0 } else { 0.0 });
+                        self.g.host_mut()[x * self.v + j] +=
+                            scale * (p - if j == lab { 1.0 } else { 0.0 });
                     }
                 }
             }
@@ -304,7 +305,8 @@ fn accumulation_matches_a_bigger_batch() {
     let (m2, r2) = run(&acc, b.path(), b.path(), None);
     assert_eq!(r1.steps, r2.steps);
     let max =
-        m1.w.host().iter()
+        m1.w.host()
+            .iter()
             .zip(m2.w.host())
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
@@ -435,7 +437,11 @@ fn damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     )
     .unwrap();
     assert_eq!(r.resumed_from, Some(4));
-    assert_eq!(m.w.host(), full.w.host(), "resumed from checkpoint-4 is bit-exact");
+    assert_eq!(
+        m.w.host(),
+        full.w.host(),
+        "resumed from checkpoint-4 is bit-exact"
+    );
     let lines = log.lines();
     assert!(
         lines[0].starts_with(&format!(
