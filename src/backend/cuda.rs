@@ -23,7 +23,7 @@ use super::{
     Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
     Tensor,
 };
-use crate::cuda::error::Result;
+use crate::cuda::error::{CudaError, Result};
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
     dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
@@ -106,11 +106,27 @@ impl CudaBackend {
         &self.label
     }
 
-    /// Runs one op under the lock; a CUDA error is a panic naming the device and the op.
+    /// Runs one op under the lock; a CUDA error is a panic naming the device and the op (the
+    /// step running it reports the panic as its error). Out of memory also says how much is
+    /// free and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
             Ok(r) => r,
+            Err(CudaError::Driver(e))
+                if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY =>
+            {
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                let free = cudarc::driver::result::mem_get_info()
+                    .map(|(f, t)| format!(" ({:.2} GiB of {:.2} GiB free)", gib(f), gib(t)))
+                    .unwrap_or_default();
+                panic!(
+                    "CUDA backend on {}: {op}: out of device memory{free}; lower batch_size or \
+                     max_length, or set gradient_checkpointing = true (`recipe plan` shows the \
+                     planned memory)",
+                    self.label
+                )
+            }
             Err(e) => panic!("CUDA backend on {}: {op}: {e}", self.label),
         }
     }

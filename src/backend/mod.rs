@@ -1,6 +1,9 @@
 //! The `Backend` trait: every numeric op the transformer needs, forward and backward side by side,
-//! on f32 slices. The model code (src/model/) is written once against this trait; `cpu.rs` is the
-//! reference implementation (plain loops + `gemm` + rayon), CUDA implements the same trait.
+//! the optimizer updates and the host<->backend copies, on tensors the backend owns
+//! ([`Tensor`]: a host `Vec` on the CPU, device memory on CUDA). The model code (src/model/) is
+//! written once against this trait and never reads tensor memory; `cpu.rs` is the reference
+//! implementation (plain loops + `gemm` + rayon), `cuda.rs` the same trait on device-resident
+//! tensors.
 //!
 //! Conventions: row-major; arguments are outputs first, then inputs, then dims; shapes in comments.
 //! `N` is the number of tokens (batch × time).

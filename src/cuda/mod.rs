@@ -30,8 +30,9 @@
 //! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
 //!
 //! Testing without a GPU: `cargo test --test cuda_emulated` runs every launcher on the emulated
-//! device against its twin, the `CudaBackend` ops against the `CpuBackend`, a tiny LoRA training
-//! run and the traffic counter (needs g++ with C++20; CI sets `RECIPE_REQUIRE_EMU=1` so a missing
+//! device against its twin, the `CudaBackend` ops against the `CpuBackend`, LoRA and QLoRA
+//! training on tiny LLaMA / ChatGLM models against the CPU, KV-cache generation, and the traffic
+//! bound of one training step (needs g++ with C++20; CI sets `RECIPE_REQUIRE_EMU=1` so a missing
 //! compiler fails instead of skipping). Also the twins' unit tests (`cargo test --lib cuda::`) and
 //! the NVRTC compile test (`eval "$(.ci/nvrtc.sh)"; RECIPE_REQUIRE_NVRTC=1 cargo test --test
 //! cuda_compile`). What only a GPU shows: timing, races between blocks, the real driver and
