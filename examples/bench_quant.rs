@@ -65,10 +65,10 @@ const RUNS: &[Run] = &[
 ];
 
 impl Run {
-    fn targets(&self) -> recipe::lora::Targets {
+    fn targets(&self) -> recipe::model::lora::Targets {
         match self.regex {
-            Some(re) => recipe::lora::Targets::Regex(re.into()),
-            None => recipe::lora::Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            Some(re) => recipe::model::lora::Targets::Regex(re.into()),
+            None => recipe::model::lora::Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
         }
     }
 }
@@ -121,7 +121,7 @@ fn child(run: &Run, dir: &Path) {
     } else {
         Model::load(dir, &opts).unwrap()
     };
-    let cfg = recipe::lora::LoraConfig {
+    let cfg = recipe::model::lora::LoraConfig {
         r: run.r,
         alpha: 16.0,
         dropout: 0.0,
@@ -134,7 +134,7 @@ fn child(run: &Run, dir: &Path) {
     // peak (Linux: `5` > clear_refs) so VmHWM measures the training steps alone.
     let load_hwm = vm_hwm();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    recipe::lora::apply(&mut m, &cfg).unwrap();
+    recipe::model::lora::apply(&mut m, &cfg).unwrap();
     let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
     let mut opt = Optimizer::new(
         m.backend.clone(),

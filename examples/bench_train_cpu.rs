@@ -5,7 +5,7 @@
 //! `cargo run --release --example bench_train_cpu [-- --steps N --warmup W]`
 //! The PyTorch + peft twin is `tests/reference/bench_train_torch.py` (same shape and batch).
 
-use recipe::lora::{self, LoraConfig, Targets};
+use recipe::model::lora::{self, LoraConfig, Targets};
 use recipe::model::random::RandomLlama;
 use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
 use std::time::Instant;

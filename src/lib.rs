@@ -2,7 +2,7 @@
 //!
 //! Layers, top to bottom: `cli` → `recipe` (parse, include, vars, validate)
 //! → `plan` (DAG, cache keys, estimates) → `run` (scheduler) → `steps`
-//! (one file per kind) → libraries (`data`, `text`, `model`, `lora`,
+//! (one file per kind) → libraries (`data`, `text`, `model`,
 //! `backend`, `train`, `eval`, ...). `cache` stores every step's output by
 //! content.
 pub mod backend;
@@ -18,7 +18,6 @@ pub mod formats;
 pub mod fuzzing;
 pub mod gen_cli;
 pub mod init;
-pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod plan;

@@ -541,16 +541,16 @@ fn one_training_step_moves_only_the_batch() {
         ..Default::default()
     };
     let mut model = Model::load(&dir, &opts).unwrap();
-    let cfg = recipe::lora::LoraConfig {
+    let cfg = recipe::model::lora::LoraConfig {
         r: 4,
         alpha: 8.0,
         dropout: 0.1,
-        targets: recipe::lora::Targets::AllLinear,
+        targets: recipe::model::lora::Targets::AllLinear,
         use_rslora: false,
         modules_to_save: vec![],
         seed: 0,
     };
-    recipe::lora::apply(&mut model, &cfg).unwrap();
+    recipe::model::lora::apply(&mut model, &cfg).unwrap();
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
     let mut opt = recipe::train::optimizer::Optimizer::new(
         cuda.clone(),

@@ -29,7 +29,7 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fx("ref.json")).unwrap()).unwrap();
     let mut model = recipe::model::Model::load(&fx("base"), &Default::default()).unwrap();
-    let cfg = recipe::lora::load_peft(&mut model, &fx("adapter_init")).unwrap();
+    let cfg = recipe::model::lora::load_peft(&mut model, &fx("adapter_init")).unwrap();
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
     let ocfg = recipe::optim::OptimConfig {
         weight_decay: 0.01,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::{Backend, CpuBackend, CudaBackend, Tensor};
-use crate::lora::{self, LoraConfig, Targets};
+use crate::model::lora::{self, LoraConfig, Targets};
 use crate::model::random::RandomLlama;
 use crate::model::{Batch, LoadOptions, Model, TrainOptions};
 use crate::optim::{OptimConfig, OptimKind};

@@ -235,7 +235,7 @@ pub fn adapter_dir(dir: &Path) -> Result<std::path::PathBuf> {
 /// that tensor's module; an adapter with no LoRA tensor at all is an error too.
 pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
     let d = adapter_dir(dir)?;
-    let cfg = crate::lora::load_peft(model, &d).with_context(|| {
+    let cfg = crate::model::lora::load_peft(model, &d).with_context(|| {
         format!(
             "adapter `{}` does not fit this base model (was it trained on another model?)",
             d.display()
@@ -397,7 +397,7 @@ mod tests {
             };
             let unmerged = run(&model, &prompts, &cfg, true);
             let mut merged = load_model(&dir, Some(&dir.join("adapter"))).expect("load");
-            crate::lora::merge(&mut merged).expect("merge");
+            crate::model::lora::merge(&mut merged).expect("merge");
             assert_eq!(
                 run(&merged, &prompts, &cfg, true),
                 unmerged,

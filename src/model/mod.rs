@@ -7,6 +7,7 @@ pub mod block;
 pub mod cache;
 pub mod family;
 pub mod linear;
+pub mod lora;
 pub mod quantized;
 #[cfg(test)]
 mod quantized_tests;

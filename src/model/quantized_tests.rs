@@ -258,7 +258,7 @@ impl QloraRef {
 /// within 1e-4 (relative), the LoRA gradients of the first backward and the adapter after the
 /// 3 steps within 1e-4 of each tensor's largest value.
 fn assert_qlora_steps_match(mut m: Model, adapter: &std::path::Path, r: &QloraRef) {
-    crate::lora::load_peft(&mut m, adapter).expect("adapter");
+    crate::model::lora::load_peft(&mut m, adapter).expect("adapter");
     let sizes: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
     assert_eq!(sizes.len(), 28, "2 layers × 7 adapted linears × (A, B)");
     let cfg = OptimConfig {

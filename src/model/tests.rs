@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::formats::safetensors::{self as st, read_all};
-use crate::lora;
+use crate::model::lora;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -331,7 +331,7 @@ fn sharded_and_bf16_weights_load() {
 /// PEFT target matching: suffix names, full-match regex, all-linear without the head.
 #[test]
 fn lora_targets_match_like_peft() {
-    use crate::lora::{LoraConfig, Targets};
+    use crate::model::lora::{LoraConfig, Targets};
     let names = Targets::Names(vec!["q_proj".into(), "model.layers.1.mlp.down_proj".into()]);
     assert!(names.matches("model.layers.0.self_attn.q_proj", None));
     assert!(!names.matches("model.layers.0.self_attn.xq_proj", None));
@@ -379,7 +379,7 @@ fn lora_targets_match_like_peft() {
 /// An adapter saved here reloads to the same logits; keys and config follow PEFT's format.
 #[test]
 fn peft_save_load_round_trip() {
-    use crate::lora::{LoraConfig, Targets};
+    use crate::model::lora::{LoraConfig, Targets};
     for (family, targets, mts) in [
         (
             "llama",
@@ -672,7 +672,7 @@ fn quant_linear_plugs_in() {
 #[test]
 #[ignore]
 fn write_adapters_for_peft_check() {
-    use crate::lora::{LoraConfig, Targets};
+    use crate::model::lora::{LoraConfig, Targets};
     let out = PathBuf::from(std::env::var("ENGINE_PEFT_CHECK_DIR").expect("ENGINE_PEFT_CHECK_DIR"));
     for (family, targets, mts) in [
         (
@@ -787,7 +787,7 @@ fn quantize_hook_replaces_layer_linears() {
 #[test]
 #[ignore]
 fn bench_forward_backward() {
-    use crate::lora::{LoraConfig, Targets};
+    use crate::model::lora::{LoraConfig, Targets};
     let d = PathBuf::from(std::env::var("ENGINE_BENCH_DIR").expect("ENGINE_BENCH_DIR"));
     let mut model = Model::load(&d, &LoadOptions::default()).unwrap();
     let cfg = LoraConfig {

@@ -436,16 +436,16 @@ mod tests {
         let t = tmp.path();
         // adapter
         let mut m = crate::eval::lm::load_model(&base_dir(), None).expect("load");
-        let cfg = crate::lora::LoraConfig {
+        let cfg = crate::model::lora::LoraConfig {
             r: 4,
             alpha: 8.0,
             dropout: 0.0,
-            targets: crate::lora::Targets::AllLinear,
+            targets: crate::model::lora::Targets::AllLinear,
             use_rslora: false,
             modules_to_save: vec![],
             seed: 3,
         };
-        crate::lora::apply(&mut m, &cfg).expect("apply");
+        crate::model::lora::apply(&mut m, &cfg).expect("apply");
         let mut rng = crate::rng::SplitMix64(9);
         for l in m.linears_mut() {
             if let Some(lw) = &mut l.lora {
@@ -455,7 +455,7 @@ mod tests {
             }
         }
         let ad = t.join("train");
-        crate::lora::save_peft(&m, &cfg, "base", &ad).expect("save");
+        crate::model::lora::save_peft(&m, &cfg, "base", &ad).expect("save");
         // template + tokenize outputs
         let exs: Vec<Example> = [
             ("What color is the sky?", "The sky is blue."),

@@ -211,7 +211,7 @@ fn export_gguf(
 pub fn max_logit_diff(base: &Path, adapter: &Path, exported: &Path) -> Result<(f32, f32)> {
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     let mut a = crate::model::Model::load(base, &Default::default()).map_err(|e| err(&e))?;
-    crate::lora::load_peft(&mut a, adapter).map_err(|e| err(&e))?;
+    crate::model::lora::load_peft(&mut a, adapter).map_err(|e| err(&e))?;
     let b = crate::model::Model::load(exported, &Default::default()).map_err(|e| err(&e))?;
     let vocab = a.arch.vocab as u64;
     let mut rng = crate::train::rng::Rng::new(7);

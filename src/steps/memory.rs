@@ -9,7 +9,7 @@
 //! optimizer state f32. `BENCHMARKS.md` compares them with measured peak RSS.
 
 use crate::formats::config::HfConfig;
-use crate::lora::Targets;
+use crate::model::lora::Targets;
 use crate::model::Arch;
 use crate::steps::{Estimate, EstimateCtx, Params};
 use crate::util::human_bytes;

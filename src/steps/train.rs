@@ -2,7 +2,7 @@
 //! accumulation, clipping, eval, checkpoints and resume.
 
 use super::{def, io, opt, req, CheckCtx, Estimate, EstimateCtx, Kind, ParamSpec, RunCtx, Ty};
-use crate::lora::{LoraConfig, Targets};
+use crate::model::lora::{LoraConfig, Targets};
 use crate::train::batch::PadSide;
 use crate::train::engine::{EngineModel, EngineOptim, Saved, TokenSamples};
 use crate::train::{SaveStrategy, TrainConfig, TrainIo};
@@ -272,9 +272,15 @@ impl Kind for Train {
         }
         if r <= 0 {
             c.error("r", "LoRA rank must be positive").got = Some(r.to_string());
-        } else if r > crate::lora::MAX_RANK as i64 {
-            let d = c.error("r", format!("LoRA rank above {}", crate::lora::MAX_RANK));
-            d.expected = Some(format!("1..={} (usually 4 to 64)", crate::lora::MAX_RANK));
+        } else if r > crate::model::lora::MAX_RANK as i64 {
+            let d = c.error(
+                "r",
+                format!("LoRA rank above {}", crate::model::lora::MAX_RANK),
+            );
+            d.expected = Some(format!(
+                "1..={} (usually 4 to 64)",
+                crate::model::lora::MAX_RANK
+            ));
             d.got = Some(r.to_string());
         }
         if bs <= 0 {
@@ -383,13 +389,13 @@ fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
         Saved::Full
     } else {
         let cfg = match &p.init_adapter {
-            Some(dir) => crate::lora::load_peft(&mut model, dir)
+            Some(dir) => crate::model::lora::load_peft(&mut model, dir)
                 .map_err(|e| anyhow::anyhow!("init_adapter `{}`: {e}", dir.display()))?,
             None => {
                 let cfg = lora_config(p, model.arch.family);
-                let adapted = match crate::lora::apply(&mut model, &cfg) {
+                let adapted = match crate::model::lora::apply(&mut model, &cfg) {
                     Ok(a) => a,
-                    Err(crate::lora::LoraError::NoMatch { .. }) => {
+                    Err(crate::model::lora::LoraError::NoMatch { .. }) => {
                         let key = if p.target_regex.is_some() {
                             "target_regex"
                         } else {

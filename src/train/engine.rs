@@ -5,7 +5,7 @@
 use super::batch::{Sample, Samples};
 use super::{Optim, TrainModel};
 use crate::backend::{Backend, Tensor};
-use crate::lora::LoraConfig;
+use crate::model::lora::LoraConfig;
 use crate::model::{Batch, EvalSums, Model, TrainOptions};
 use crate::text::TokenDataset;
 use anyhow::{bail, Context, Result};
@@ -83,7 +83,7 @@ impl TrainModel for EngineModel {
         std::fs::create_dir_all(dir)?;
         match &self.saved {
             Saved::Lora { cfg, base_name } => {
-                crate::lora::save_peft(&self.model, cfg, base_name, dir)
+                crate::model::lora::save_peft(&self.model, cfg, base_name, dir)
                     .map_err(|e| anyhow::anyhow!("{e}"))?
             }
             Saved::Full => {
