@@ -55,6 +55,9 @@ pub struct CudaBackend {
     /// One op at a time: the trait is Send + Sync, while a cuBLAS handle must not be used
     /// concurrently.
     lock: Mutex<()>,
+    /// The dequantized 4-bit weight of the current matmul: one buffer, grown to the largest
+    /// weight and reused by every 4-bit matmul.
+    dequant_scratch: Mutex<Option<Tensor>>,
 }
 
 impl CudaBackend {
@@ -89,6 +92,7 @@ impl CudaBackend {
             gpu,
             label,
             lock: Mutex::new(()),
+            dequant_scratch: Mutex::new(None),
         })
     }
 
@@ -373,14 +377,21 @@ impl Backend for CudaBackend {
             }
         };
         let (dout, din) = (q.rows, q.cols);
-        let mut wd = self.zeros(dout * din);
+        let mut slot = self
+            .dequant_scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|t| t.len() < dout * din) {
+            *slot = Some(self.zeros(dout * din));
+        }
+        let wd = slot.as_mut().expect("scratch just ensured");
         self.run("dequant_4bit", |g| {
             dequant_4bit::<f32>(g, wd.device_mut(), q)
         });
         if backward {
-            self.matmul(y, x, &wd, n, din, dout, false, false, 1.0)
+            self.matmul(y, x, wd, n, din, dout, false, false, 1.0)
         } else {
-            self.matmul(y, x, &wd, n, dout, din, false, true, 0.0)
+            self.matmul(y, x, wd, n, dout, din, false, true, 0.0)
         }
     }
 
@@ -620,23 +631,8 @@ impl Backend for CudaBackend {
         }
         if !attention_on_kernels(mask, dims) {
             // The CPU saves [B,T,NH] logsumexp; keep its layout in the first part of `saved`.
-            let (valid, seg) = (
-                Tensor::from_host(self.down_u8(mask.valid)),
-                Tensor::from_host(self.down_i32(mask.segment)),
-            );
-            let alibi = mask.alibi.map(|(s, p)| {
-                (
-                    Tensor::from_host(self.down(s)),
-                    Tensor::from_host(self.down(p)),
-                )
-            });
-            let m = AttnMask {
-                valid: &valid,
-                segment: &seg,
-                alibi: alibi.as_ref().map(|(s, p)| (s, p)),
-                alibi_relative: mask.alibi_relative,
-                window: mask.window,
-            };
+            let hm = HostMask::down(self, mask);
+            let m = hm.mask(mask);
             let nl = CpuBackend.attention_saved_len(dims);
             let mut lse = Tensor::from_host(vec![0.0; nl]);
             let mut o = Tensor::from_host(vec![0.0; out.len()]);
@@ -708,23 +704,8 @@ impl Backend for CudaBackend {
             return;
         }
         if !attention_on_kernels(mask, dims) {
-            let (valid, seg) = (
-                Tensor::from_host(self.down_u8(mask.valid)),
-                Tensor::from_host(self.down_i32(mask.segment)),
-            );
-            let alibi = mask.alibi.map(|(s, p)| {
-                (
-                    Tensor::from_host(self.down(s)),
-                    Tensor::from_host(self.down(p)),
-                )
-            });
-            let m = AttnMask {
-                valid: &valid,
-                segment: &seg,
-                alibi: alibi.as_ref().map(|(s, p)| (s, p)),
-                alibi_relative: mask.alibi_relative,
-                window: mask.window,
-            };
+            let hm = HostMask::down(self, mask);
+            let m = hm.mask(mask);
             let nl = CpuBackend.attention_saved_len(dims);
             let sh = Tensor::from_host(self.down(saved)[..nl].to_vec());
             let h = |t: &Tensor| Tensor::from_host(self.down(t));
@@ -1074,12 +1055,31 @@ impl Backend for CudaBackend {
     }
 }
 
-impl CudaBackend {
-    fn down_u8(&self, t: &Tensor<u8>) -> Vec<u8> {
-        self.down(t)
+/// A device attention mask copied to the host, for the attention cases without a kernel.
+struct HostMask {
+    valid: Tensor<u8>,
+    segment: Tensor<i32>,
+    alibi: Option<(Tensor, Tensor)>,
+}
+
+impl HostMask {
+    fn down(be: &CudaBackend, m: &AttnMask) -> HostMask {
+        let h = |t: &Tensor| Tensor::from_host(be.down(t));
+        HostMask {
+            valid: Tensor::from_host(be.down(m.valid)),
+            segment: Tensor::from_host(be.down(m.segment)),
+            alibi: m.alibi.map(|(s, p)| (h(s), h(p))),
+        }
     }
-    fn down_i32(&self, t: &Tensor<i32>) -> Vec<i32> {
-        self.down(t)
+
+    fn mask(&self, like: &AttnMask) -> AttnMask<'_> {
+        AttnMask {
+            valid: &self.valid,
+            segment: &self.segment,
+            alibi: self.alibi.as_ref().map(|(s, p)| (s, p)),
+            alibi_relative: like.alibi_relative,
+            window: like.window,
+        }
     }
 }
 
