@@ -10,7 +10,8 @@
 //   absmax_m = max|m| over the block ; qm = nearest(code_m, m/absmax_m)   (ties to the lower code)
 //   absmax_v = max v  over the block ; qv = nearest(code_v, v/absmax_v)
 // "Paged" state is a host-side driver concern (src/cuda/ops/adamw8bit.rs): this kernel only sees
-// the chunk that is resident.
+// the chunk that is resident. Its rounding is not bnb's (only the self-test and bench use it);
+// the training path (CudaBackend) uses the bnb-exact kernels at the end of this file.
 
 #define QBLOCK 256
 
