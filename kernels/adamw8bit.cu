@@ -10,7 +10,8 @@
 //   absmax_m = max|m| over the block ; qm = nearest(code_m, m/absmax_m)   (ties to the lower code)
 //   absmax_v = max v  over the block ; qv = nearest(code_v, v/absmax_v)
 // "Paged" state is a host-side driver concern (src/cuda/ops/adamw8bit.rs): this kernel only sees
-// the chunk that is resident.
+// the chunk that is resident. Its rounding is not bnb's (only the self-test and bench use it);
+// the training path (CudaBackend) uses the bnb-exact kernels at the end of this file.
 
 #define QBLOCK 256
 
@@ -57,4 +58,79 @@ extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_f32(
         absmax_m[blk] = am;
         absmax_v[blk] = av;
     }
+}
+
+// ---- bitsandbytes AdamW8bit as its CPU backend runs it: bit for bit the CPU's
+// optim::adamw8bit::adamw8bit_step (one state block of 256 per CUDA block) and bnb_adam32_step
+// (one thread per element). Scalars come from optim::adamw8bit::BnbScalars. Products feeding an
+// add are __fmul_rn (never contracted into an fma), fmaf where the CPU calls mul_add, division
+// and sqrt are IEEE (NVRTC's default -prec-div/-prec-sqrt), so every result has the CPU's bits.
+
+// quant::Blockwise8's table lookup: v clamped to [-1, 1] (NaN gives -1 here, and index 0 on the
+// CPU's saturating cast: the same entry), grid index floor(((v+1)*0.5)*65535 + 0.5).
+__device__ __forceinline__ u8 lut_code(const u8* lut, float v) {
+    v = fminf(fmaxf(v, -1.f), 1.f);
+    float g = __fmul_rn((v + 1.f) * 0.5f, 65535.f) + 0.5f;
+    return lut[(u32)g];
+}
+
+// Per block: m = code_m[qm]*absmax_m, v = code_v[qv]*absmax_v (dequantize), then
+//   m = fma(g, 1-b1, m*b1) ; v = fma((1-b2)*g, g, v*b2)
+//   p = apply_decay ? p*decay : p ;  p = p + (neg_lr_over_c1*m) / (sqrt(v)/correction2 + eps)
+// and requantize as Blockwise8::quantize: absmax = max |x| over the block (NaN lanes count as 0),
+// an all-zero block gets absmax 0 and codes 0, else code = lut[index(x * (1/absmax))].
+extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_bnb_f32(
+    float* p, const float* grad, u8* qm, u8* qv, float* absmax_m, float* absmax_v,
+    const float* code_m, const float* code_v, const u8* lut_m, const u8* lut_v, float beta1,
+    float one_minus_beta1, float beta2, float one_minus_beta2, float correction2,
+    float neg_lr_over_c1, float eps, float decay, i32 apply_decay, i64 n) {
+    __shared__ float cm[256], cv[256], scratch[32];
+    cm[threadIdx.x] = code_m[threadIdx.x];
+    cv[threadIdx.x] = code_v[threadIdx.x];
+    __syncthreads();
+    i64 blk = blockIdx.x;
+    i64 i = blk * QBLOCK + threadIdx.x;
+    bool live = i < n;
+    float m = 0.f, v = 0.f;
+    if (live) {
+        float g = grad[i];
+        m = __fmul_rn(cm[qm[i]], absmax_m[blk]);
+        v = __fmul_rn(cv[qv[i]], absmax_v[blk]);
+        m = fmaf(g, one_minus_beta1, __fmul_rn(m, beta1));
+        v = fmaf(__fmul_rn(one_minus_beta2, g), g, __fmul_rn(v, beta2));
+        float denom = sqrtf(v) / correction2 + eps;
+        float pi = p[i];
+        if (apply_decay) pi = __fmul_rn(pi, decay);
+        p[i] = pi + __fmul_rn(neg_lr_over_c1, m) / denom;
+    }
+    // fmaxf(NaN, 0) = 0: NaN lanes drop out of the max, as on the CPU.
+    float am = block_max(fmaxf(fabsf(m), 0.f), scratch);
+    float av = block_max(fmaxf(fabsf(v), 0.f), scratch);
+    if (live) {
+        qm[i] = am == 0.f ? (u8)0 : lut_code(lut_m, __fmul_rn(m, 1.f / am));
+        qv[i] = av == 0.f ? (u8)0 : lut_code(lut_v, __fmul_rn(v, 1.f / av));
+    }
+    if (threadIdx.x == 0) {
+        absmax_m[blk] = am;
+        absmax_v[blk] = av;
+    }
+}
+
+// bnb's 32-bit update (tensors below min_8bit_size), one thread per element:
+//   m = fma(g, 1-b1, m*b1) ; v = fma((1-b2)*g, g, v*b2) ; p = apply_decay ? p*decay : p
+//   p = fma(m / (sqrt(v) + eps_c2), step_size32, p)
+extern "C" __global__ void bnb_adam32_f32(float* p, float* m, float* v, const float* grad,
+                                          float beta1, float one_minus_beta1, float beta2,
+                                          float one_minus_beta2, float eps_c2, float step_size32,
+                                          float decay, i32 apply_decay, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grad[i];
+    float mi = fmaf(g, one_minus_beta1, __fmul_rn(m[i], beta1));
+    float vi = fmaf(__fmul_rn(one_minus_beta2, g), g, __fmul_rn(v[i], beta2));
+    float pi = p[i];
+    if (apply_decay) pi = __fmul_rn(pi, decay);
+    p[i] = fmaf(mi / (sqrtf(vi) + eps_c2), step_size32, pi);
+    m[i] = mi;
+    v[i] = vi;
 }

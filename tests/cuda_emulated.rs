@@ -1045,3 +1045,146 @@ fn cached_attention_matches_twin_and_cpu_backend() {
         }
     }
 }
+
+// ---- bitsandbytes AdamW8bit on the device (kernels/adamw8bit.cu, `adamw8bit_bnb_f32` and
+// `bnb_adam32_f32`): bit for bit the CPU's optim::adamw8bit. ----
+
+/// `adamw8bit_bnb` equals the CPU's `adamw8bit_step` bit for bit (parameters, u8 codes, absmax)
+/// over 4 steps on 16 full blocks + a partial one of 32, with and without weight decay; one
+/// block's gradient is zero throughout (absmax 0, codes 0). Then `CudaBackend::adamw8bit`
+/// against `CpuBackend::adamw8bit`.
+#[test]
+fn adamw8bit_bnb_is_bit_exact_with_cpu() {
+    use recipe::backend::Adam8State;
+    use recipe::cuda::ops::adamw8bit::{adamw8bit_bnb, BnbTables};
+    use recipe::optim::adamw8bit::{adamw8bit_step, BnbScalars, State8};
+    let Some(gpu) = emulated() else { return };
+    let tables = BnbTables::upload(&gpu).unwrap();
+    let mut rng = Rng::new(15);
+    let n = 16 * 256 + 32;
+    for wd in [0.0f64, 0.01] {
+        let mut p = rng.normals(n, 1.0);
+        let mut st = State8::zeros(n);
+        let mut pd = gpu.clone_htod(&p).unwrap();
+        let (mut qm, mut qv) = (
+            gpu.clone_htod(&st.m).unwrap(),
+            gpu.clone_htod(&st.v).unwrap(),
+        );
+        let mut am = gpu.clone_htod(&st.absmax_m).unwrap();
+        let mut av = gpu.clone_htod(&st.absmax_v).unwrap();
+        for step in 1..=4u64 {
+            let mut g = rng.normals(n, 0.3);
+            g[3 * 256..4 * 256].fill(0.0);
+            let s = BnbScalars::new(1e-3 * step as f64, (0.9, 0.995), 1e-8, wd, step);
+            let State8 {
+                m,
+                v,
+                absmax_m,
+                absmax_v,
+            } = &mut st;
+            adamw8bit_step(&mut p, m, v, absmax_m, absmax_v, &g, &s);
+            let gd = gpu.clone_htod(&g).unwrap();
+            adamw8bit_bnb(
+                &gpu, &mut pd, &gd, &mut qm, &mut qv, &mut am, &mut av, &tables, &s,
+            )
+            .unwrap();
+            let tag = format!("wd {wd} step {step}");
+            assert_eq!(bits(&gpu.clone_dtoh(&pd).unwrap()), bits(&p), "p {tag}");
+            assert_eq!(gpu.clone_dtoh(&qm).unwrap(), st.m, "m codes {tag}");
+            assert_eq!(gpu.clone_dtoh(&qv).unwrap(), st.v, "v codes {tag}");
+            assert_eq!(
+                bits(&gpu.clone_dtoh(&am).unwrap()),
+                bits(&st.absmax_m),
+                "absmax_m {tag}"
+            );
+            assert_eq!(
+                bits(&gpu.clone_dtoh(&av).unwrap()),
+                bits(&st.absmax_v),
+                "absmax_v {tag}"
+            );
+        }
+        // The zero block stays at absmax 0 / code 0; the others are live.
+        assert_eq!((st.absmax_m[3], st.absmax_v[3]), (0.0, 0.0));
+        assert!(st.m[3 * 256..4 * 256].iter().all(|&c| c == 0));
+        assert!(st.absmax_m.iter().filter(|&&a| a > 0.0).count() == 16);
+    }
+
+    // Through the backends: two steps on backend-owned state.
+    let cuda = CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device");
+    let p0 = rng.normals(n, 1.0);
+    let run = |be: &dyn Backend| {
+        let zeros = State8::zeros(n);
+        let mut st = Adam8State {
+            m: be.upload_u8(&zeros.m),
+            v: be.upload_u8(&zeros.v),
+            absmax_m: be.upload(&zeros.absmax_m),
+            absmax_v: be.upload(&zeros.absmax_v),
+        };
+        let mut p = be.upload(&p0);
+        let mut r = Rng::new(16);
+        for step in 1..=2u64 {
+            let g = be.upload(&r.normals(n, 0.3));
+            let s = BnbScalars::new(2e-3, (0.9, 0.999), 1e-8, 0.1, step);
+            be.adamw8bit(&mut p, &mut st, &g, &s);
+        }
+        (
+            bits(&be.download(&p)),
+            be.download_u8(&st.m),
+            be.download_u8(&st.v),
+            bits(&be.download(&st.absmax_m)),
+            bits(&be.download(&st.absmax_v)),
+        )
+    };
+    assert!(
+        run(&cuda) == run(&CpuBackend),
+        "CudaBackend::adamw8bit differs from the CPU"
+    );
+}
+
+/// `bnb_adam32` (bnb's update for tensors below min_8bit_size) equals the CPU's
+/// `bnb_adam32_step` bit for bit (p, m, v) over 4 steps, with and without weight decay; then
+/// `CudaBackend::bnb_adam32` against `CpuBackend::bnb_adam32`.
+#[test]
+fn bnb_adam32_is_bit_exact_with_cpu() {
+    use recipe::cuda::ops::adamw8bit::bnb_adam32;
+    use recipe::optim::adamw8bit::{bnb_adam32_step, BnbScalars};
+    let Some(gpu) = emulated() else { return };
+    let mut rng = Rng::new(17);
+    let n = 96;
+    for wd in [0.0f64, 0.01] {
+        let (mut p, mut m, mut v) = (rng.normals(n, 1.0), vec![0f32; n], vec![0f32; n]);
+        let (mut pd, mut md, mut vd) = (
+            gpu.clone_htod(&p).unwrap(),
+            gpu.clone_htod(&m).unwrap(),
+            gpu.clone_htod(&v).unwrap(),
+        );
+        for step in 1..=4u64 {
+            let g = rng.normals(n, 0.3);
+            let s = BnbScalars::new(1e-3 * step as f64, (0.9, 0.995), 1e-8, wd, step);
+            bnb_adam32_step(&mut p, &mut m, &mut v, &g, &s);
+            let gd = gpu.clone_htod(&g).unwrap();
+            bnb_adam32(&gpu, &mut pd, &mut md, &mut vd, &gd, &s).unwrap();
+            let tag = format!("wd {wd} step {step}");
+            assert_eq!(bits(&gpu.clone_dtoh(&pd).unwrap()), bits(&p), "p {tag}");
+            assert_eq!(bits(&gpu.clone_dtoh(&md).unwrap()), bits(&m), "m {tag}");
+            assert_eq!(bits(&gpu.clone_dtoh(&vd).unwrap()), bits(&v), "v {tag}");
+        }
+    }
+
+    let cuda = CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device");
+    let p0 = rng.normals(n, 1.0);
+    let run = |be: &dyn Backend| {
+        let (mut p, mut m, mut v) = (be.upload(&p0), be.zeros(n), be.zeros(n));
+        let mut r = Rng::new(18);
+        for step in 1..=2u64 {
+            let g = be.upload(&r.normals(n, 0.3));
+            let s = BnbScalars::new(2e-3, (0.9, 0.999), 1e-8, 0.1, step);
+            be.bnb_adam32(&mut p, &mut m, &mut v, &g, &s);
+        }
+        [&p, &m, &v].map(|t| bits(&be.download(t)))
+    };
+    assert!(
+        run(&cuda) == run(&CpuBackend),
+        "CudaBackend::bnb_adam32 differs from the CPU"
+    );
+}

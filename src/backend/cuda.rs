@@ -29,6 +29,7 @@ use crate::cuda::ops::act::{
     dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
     swiglu_fwd, GluLayout,
 };
+use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
 use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
@@ -58,6 +59,8 @@ pub struct CudaBackend {
     /// The dequantized 4-bit weight of the current matmul: one buffer, grown to the largest
     /// weight and reused by every 4-bit matmul.
     dequant_scratch: Mutex<Option<Tensor>>,
+    /// The 8-bit optimizer's code books and lookup tables, uploaded at the first 8-bit step.
+    bnb_tables: std::sync::OnceLock<BnbTables>,
 }
 
 impl CudaBackend {
@@ -93,6 +96,7 @@ impl CudaBackend {
             label,
             lock: Mutex::new(()),
             dequant_scratch: Mutex::new(None),
+            bnb_tables: std::sync::OnceLock::new(),
         })
     }
 
@@ -1015,7 +1019,6 @@ impl Backend for CudaBackend {
             )
         })
     }
-    /// On the host for now (no kernel for bnb's 32-bit small-tensor update yet).
     fn bnb_adam32(
         &self,
         p: &mut Tensor,
@@ -1024,14 +1027,21 @@ impl Backend for CudaBackend {
         g: &Tensor,
         s: &crate::optim::adamw8bit::BnbScalars,
     ) {
-        self.host_fallback(&mut [p, m, v], &[g], |cpu, o, i| {
-            let [p, m, v] = o else {
-                unreachable!("three outputs")
-            };
-            cpu.bnb_adam32(p, m, v, &i[0], s)
+        let n = g.len();
+        if n == 0 {
+            return;
+        }
+        self.run("bnb_adam32", |gpu| {
+            bnb_adam32(
+                gpu,
+                &mut p.device_mut().slice_mut(..n),
+                &mut m.device_mut().slice_mut(..n),
+                &mut v.device_mut().slice_mut(..n),
+                &g.device().slice(..n),
+                s,
+            )
         })
     }
-    /// On the host for now: the 8-bit kernel's state layout is not this one yet.
     fn adamw8bit(
         &self,
         p: &mut Tensor,
@@ -1039,19 +1049,31 @@ impl Backend for CudaBackend {
         g: &Tensor,
         s: &crate::optim::adamw8bit::BnbScalars,
     ) {
-        let mut host = Adam8State {
-            m: Tensor::from_host(self.down(&st.m)),
-            v: Tensor::from_host(self.down(&st.v)),
-            absmax_m: Tensor::from_host(self.down(&st.absmax_m)),
-            absmax_v: Tensor::from_host(self.down(&st.absmax_v)),
-        };
-        self.host_fallback(&mut [p], &[g], |cpu, o, i| {
-            cpu.adamw8bit(&mut o[0], &mut host, &i[0], s)
-        });
-        st.m = self.up(host.m.host());
-        st.v = self.up(host.v.host());
-        st.absmax_m = self.up(host.absmax_m.host());
-        st.absmax_v = self.up(host.absmax_v.host());
+        let n = g.len();
+        if n == 0 {
+            return;
+        }
+        let nb = n.div_ceil(crate::optim::adamw8bit::STATE_BLOCKSIZE);
+        self.run("adamw8bit", |gpu| {
+            let tables = match self.bnb_tables.get() {
+                Some(t) => t,
+                None => {
+                    let t = BnbTables::upload(gpu)?;
+                    self.bnb_tables.get_or_init(|| t)
+                }
+            };
+            adamw8bit_bnb(
+                gpu,
+                &mut p.device_mut().slice_mut(..n),
+                &g.device().slice(..n),
+                &mut st.m.device_mut().slice_mut(..n),
+                &mut st.v.device_mut().slice_mut(..n),
+                &mut st.absmax_m.device_mut().slice_mut(..nb),
+                &mut st.absmax_v.device_mut().slice_mut(..nb),
+                tables,
+                s,
+            )
+        })
     }
 }
 

@@ -40,7 +40,7 @@ pub const GEMM4: KernelFile = KernelFile {
 pub const ADAMW8BIT: KernelFile = KernelFile {
     name: "adamw8bit",
     source: include_str!("../../kernels/adamw8bit.cu"),
-    functions: &["adamw8bit_f32"],
+    functions: &["adamw8bit_f32", "adamw8bit_bnb_f32", "bnb_adam32_f32"],
 };
 
 pub const OPTIM: KernelFile = KernelFile {

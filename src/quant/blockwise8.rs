@@ -38,6 +38,11 @@ impl Blockwise8 {
         &self.code
     }
 
+    /// The 65536-entry grid-to-code table (the CUDA kernel uploads it to quantize identically).
+    pub fn lut(&self) -> &[u8] {
+        &self.lut
+    }
+
     #[inline]
     fn index(&self, v: f32) -> u8 {
         let v = v.clamp(-1.0, 1.0);

@@ -1,9 +1,13 @@
-//! Launcher for kernels/adamw8bit.cu and the paged (host-resident state) driver.
+//! Launchers for kernels/adamw8bit.cu: bitsandbytes' AdamW8bit exactly as the CPU runs it
+//! ([`adamw8bit_bnb`], [`bnb_adam32`], with the tables of [`BnbTables`]), and the older
+//! nearest-code 8-bit AdamW ([`adamw8bit_step`]) with its paged (host-resident state) driver,
+//! which only the self-test and the benchmark use.
 
-use crate::cuda::mem::{DevBuf, DevView, DevViewMut};
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
+use crate::optim::adamw8bit::{state_quantizers, BnbScalars, STATE_BLOCKSIZE};
 use cudarc::driver::LaunchConfig;
 
-use super::need;
+use super::{grid1, need};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ADAMW8BIT;
 use crate::cuda::twins::adamw8bit::{AdamHyper, QBLOCK};
@@ -213,4 +217,135 @@ impl PagedAdamW8bit {
         s.synchronize()?;
         Ok(())
     }
+}
+
+/// The code books and lookup tables of `optim::adamw8bit::state_quantizers()` on the device
+/// (signed for m, unsigned for v): upload once, pass to every [`adamw8bit_bnb`] step.
+pub struct BnbTables {
+    pub code_m: DevBuf<f32>,
+    pub code_v: DevBuf<f32>,
+    pub lut_m: DevBuf<u8>,
+    pub lut_v: DevBuf<u8>,
+}
+
+impl BnbTables {
+    pub fn upload(gpu: &Gpu) -> Result<Self> {
+        let (qm, qv) = state_quantizers();
+        Ok(BnbTables {
+            code_m: gpu.clone_htod(qm.code())?,
+            code_v: gpu.clone_htod(qv.code())?,
+            lut_m: gpu.clone_htod(qm.lut())?,
+            lut_v: gpu.clone_htod(qv.lut())?,
+        })
+    }
+}
+
+/// The decay factor and its flag as the kernels take them (`decay: None` = no decay).
+fn decay_args(s: &BnbScalars) -> (f32, i32) {
+    (s.decay.unwrap_or(1.0), i32::from(s.decay.is_some()))
+}
+
+/// One bnb AdamW8bit step on p [n] (n = p's length) with gradient g, the state as u8 codes qm,
+/// qv [n] and per-256 absmax_m, absmax_v [ceil(n/256)]: the same bits as the CPU's
+/// `optim::adamw8bit::adamw8bit_step` (p, codes and absmax).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw8bit_bnb(
+    gpu: &Gpu,
+    p: &mut impl AsDevViewMut<f32>,
+    g: &impl AsDevView<f32>,
+    qm: &mut impl AsDevViewMut<u8>,
+    qv: &mut impl AsDevViewMut<u8>,
+    absmax_m: &mut impl AsDevViewMut<f32>,
+    absmax_v: &mut impl AsDevViewMut<f32>,
+    tables: &BnbTables,
+    s: &BnbScalars,
+) -> Result<()> {
+    const OP: &str = "adamw8bit_bnb";
+    let (mut pv, gv, mut qmv, mut qvv) = (
+        p.dev_view_mut(),
+        g.dev_view(),
+        qm.dev_view_mut(),
+        qv.dev_view_mut(),
+    );
+    let (mut amv, mut avv) = (absmax_m.dev_view_mut(), absmax_v.dev_view_mut());
+    let n = pv.len();
+    let nb = n.div_ceil(STATE_BLOCKSIZE);
+    need(OP, "grad", gv.len(), n)?;
+    need(OP, "qm", qmv.len(), n)?;
+    need(OP, "qv", qvv.len(), n)?;
+    need(OP, "absmax_m", amv.len(), nb)?;
+    need(OP, "absmax_v", avv.len(), nb)?;
+    need(OP, "code_m", tables.code_m.len(), 256)?;
+    need(OP, "code_v", tables.code_v.len(), 256)?;
+    need(OP, "lut_m", tables.lut_m.len(), 65536)?;
+    need(OP, "lut_v", tables.lut_v.len(), 65536)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&ADAMW8BIT, "adamw8bit_bnb_f32")?;
+    let ((decay, apply_decay), n64) = (decay_args(s), n as i64);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut pv).arg(&gv).arg(&mut qmv).arg(&mut qvv);
+    b.arg(&mut amv).arg(&mut avv);
+    b.arg(&tables.code_m)
+        .arg(&tables.code_v)
+        .arg(&tables.lut_m)
+        .arg(&tables.lut_v);
+    b.arg(&s.beta1)
+        .arg(&s.one_minus_beta1)
+        .arg(&s.beta2)
+        .arg(&s.one_minus_beta2)
+        .arg(&s.correction2)
+        .arg(&s.neg_lr_over_c1)
+        .arg(&s.eps)
+        .arg(&decay)
+        .arg(&apply_decay)
+        .arg(&n64);
+    // SAFETY: p, grad and the codes hold n elements, the absmax ceil(n/256), the codes 256 and
+    // the tables 65536 (checked); one block of 256 threads per state block, the tail block masks
+    // i >= n, and the grid index the kernel computes is at most 65535.
+    unsafe { b.launch(grid1(n, STATE_BLOCKSIZE as u32)) }?;
+    Ok(())
+}
+
+/// bnb's 32-bit step (tensors below `min_8bit_size`) on p, m, v with gradient g (all [p.len()]
+/// f32): the same bits as the CPU's `optim::adamw8bit::bnb_adam32_step`.
+pub fn bnb_adam32(
+    gpu: &Gpu,
+    p: &mut impl AsDevViewMut<f32>,
+    m: &mut impl AsDevViewMut<f32>,
+    v: &mut impl AsDevViewMut<f32>,
+    g: &impl AsDevView<f32>,
+    s: &BnbScalars,
+) -> Result<()> {
+    const OP: &str = "bnb_adam32";
+    let (mut pv, mut mv, mut vv, gv) = (
+        p.dev_view_mut(),
+        m.dev_view_mut(),
+        v.dev_view_mut(),
+        g.dev_view(),
+    );
+    let n = pv.len();
+    need(OP, "m", mv.len(), n)?;
+    need(OP, "v", vv.len(), n)?;
+    need(OP, "grad", gv.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&ADAMW8BIT, "bnb_adam32_f32")?;
+    let ((decay, apply_decay), n64) = (decay_args(s), n as i64);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut pv).arg(&mut mv).arg(&mut vv).arg(&gv);
+    b.arg(&s.beta1)
+        .arg(&s.one_minus_beta1)
+        .arg(&s.beta2)
+        .arg(&s.one_minus_beta2)
+        .arg(&s.eps_c2)
+        .arg(&s.step_size32)
+        .arg(&decay)
+        .arg(&apply_decay)
+        .arg(&n64);
+    // SAFETY: m, v, grad hold at least p.len() = n elements (checked); one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
 }

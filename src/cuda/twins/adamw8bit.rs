@@ -1,5 +1,8 @@
-//! Twin of kernels/adamw8bit.cu: AdamW with 8-bit blockwise state (blocks of 256), plus the
-//! bitsandbytes dynamic quantization maps.
+//! Twins of kernels/adamw8bit.cu: AdamW with 8-bit blockwise state (blocks of 256), plus the
+//! bitsandbytes dynamic quantization maps. The bnb-exact kernels' twins are the CPU optimizer's
+//! own functions (`adamw8bit_bnb_f32`: `adamw8bit_step`, `bnb_adam32_f32`: `bnb_adam32_step`).
+
+pub use crate::optim::adamw8bit::{adamw8bit_step as adamw8bit_bnb, bnb_adam32_step as bnb_adam32};
 
 /// Elements per quantization block of the optimizer state.
 pub const QBLOCK: usize = 256;
