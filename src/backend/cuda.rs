@@ -11,8 +11,9 @@
 //! the next download. The trait returns no errors, so a CUDA failure (out of memory, a kernel
 //! fault) panics with one line naming the device and the op.
 //!
-//! Not on kernels yet (each says so where it is): ops that fall back to the host copy their
-//! operands down and back up (counted as traffic), see [`CudaBackend::host_fallback`].
+//! Not on kernels yet: training attention with a sliding window, head dim > 128 or ALiBi key
+//! positions that are not contiguous per (row, segment); quantized weights other than
+//! bitsandbytes 4-bit. These copy their operands to the host and back (counted as traffic).
 
 use std::sync::Mutex;
 
