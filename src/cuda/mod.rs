@@ -14,7 +14,7 @@
 //!   (`gpu.launch_builder(&f).arg(..)`, then `unsafe { b.launch(cfg) }`).
 //! - [`nvrtc`]: compile for the device's arch, include-path discovery, on-disk cache.
 //! - [`emu`]: the emulated device: each `kernels/*.cu` compiled for the host with g++
-//!   (`-include kernels/emu/cuda_emu.h`, one host thread per CUDA thread, barriers, shuffles and
+//!   (`-include kernels/emu/cuda_emu.h`, one fiber per CUDA thread, barriers, shuffles and
 //!   mma.sync emulated, vector types with their CUDA alignment), launched through generated C
 //!   shims loaded with libloading; device memory is aligned host memory.
 //! - [`ops`]: one launcher per kernel, checking shapes and alignment (`// SAFETY:` notes);
