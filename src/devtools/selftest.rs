@@ -60,7 +60,7 @@ fn tol<T: Elem>(f: (f32, f32), b: (f32, f32)) -> Tol {
 struct Checker<'a> {
     out: &'a mut dyn Write,
     results: Vec<KernelResult>,
-    /// Smaller shapes for the emulated device (one host thread per CUDA thread); the largest,
+    /// Smaller shapes for the emulated device (a fiber per CUDA thread on one host thread); the largest,
     /// GPU-sized cases are skipped or shrunk there.
     small: bool,
 }
