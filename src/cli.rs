@@ -807,6 +807,9 @@ fn cmd_merge_gguf(out: &Path, file: &Path, dt: crate::export::gguf::GgufDtype) -
                 crate::util::human_bytes(r.bytes),
                 r.modelfile.display()
             );
+            for n in &r.notes {
+                eprintln!("note: {n}");
+            }
             0
         }
         Err(err) => fail(&format!("--gguf `{}`: {err}", file.display())),

@@ -1,12 +1,16 @@
 //! GGUF export end to end through the binary: an `export` step with `format = "gguf"` on the
 //! tiny qwen2 model of tests/fixtures/e2e, and `recipe merge --gguf` on the llama export
-//! fixture. The files are re-read with `recipe::export::gguf::read_gguf` (what transformers and
-//! gguf-py make of them is checked by hand with tests/reference/gguf_check.py).
+//! fixture and on the Qwen3 / Mistral bases of tests/fixtures/bases (against the committed
+//! tests/fixtures/gguf/bases_*.json). The files are re-read with
+//! `recipe::export::gguf::read_gguf` (what transformers and gguf-py make of them is checked by
+//! hand with tests/reference/gguf_check.py).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use recipe::export::gguf::{read_gguf, GgmlType, Value};
+use recipe::export::HfModel;
+use serde_json::Value as Json;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -111,14 +115,14 @@ fn tiny_tokenizer() -> String {
     )
 }
 
-#[test]
-fn merge_cli_writes_gguf_beside_the_merged_dir() {
-    let d = tempfile::tempdir().unwrap();
-    let base = d.path().join("base");
-    std::fs::create_dir(&base).unwrap();
-    let fx = root().join("tests/fixtures/export/llama");
+/// `d/base`: the model files of `src` (a 48-token vocab) with the tiny tokenizer.
+fn tiny_base(d: &Path, src: &Path) {
+    let base = d.join("base");
+    std::fs::create_dir_all(&base).unwrap();
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(fx.join("base").join(f), base.join(f)).unwrap();
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), base.join(f)).unwrap();
+        }
     }
     std::fs::write(base.join("tokenizer.json"), tiny_tokenizer()).unwrap();
     std::fs::write(
@@ -126,29 +130,39 @@ fn merge_cli_writes_gguf_beside_the_merged_dir() {
         "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"unk_token\": \"<unk>\"}",
     )
     .unwrap();
-    let adapter = fx.join("adapter");
-    let args = |dtype: &str| -> Vec<String> {
-        [
+}
+
+/// `recipe merge --model base --adapter ADAPTER --out merged --gguf GGUF --gguf-dtype DTYPE` in `d`.
+fn merge_gguf(d: &Path, adapter: &Path, gguf: &str, dtype: &str) -> Output {
+    let adapter = adapter.to_str().unwrap();
+    recipe(
+        &[
             "merge",
             "--model",
             "base",
             "--adapter",
-            adapter.to_str().unwrap(),
+            adapter,
             "--out",
             "merged",
             "--gguf",
-            "m.gguf",
+            gguf,
             "--gguf-dtype",
             dtype,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let run = |a: Vec<String>| recipe(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        ],
+        d,
+    )
+}
+
+#[test]
+fn merge_cli_writes_gguf_beside_the_merged_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = root().join("tests/fixtures/export/llama");
+    tiny_base(d.path(), &fx.join("base"));
+    let adapter = fx.join("adapter");
+    let run = |dtype: &str| merge_gguf(d.path(), &adapter, "m.gguf", dtype);
 
     // A bad dtype fails before merging.
-    let o = run(args("q4_k"));
+    let o = run("q4_k");
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -156,7 +170,7 @@ fn merge_cli_writes_gguf_beside_the_merged_dir() {
     );
     assert!(!d.path().join("merged").exists());
 
-    let o = run(args("bf16"));
+    let o = run("bf16");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(
@@ -179,4 +193,154 @@ fn merge_cli_writes_gguf_beside_the_merged_dir() {
         "{mf}"
     );
     assert!(mf.ends_with("PARAMETER stop \"</s>\"\n"), "{mf}");
+}
+
+/// `recipe merge --gguf` on a tests/fixtures/bases model with its adapter; the file's summary
+/// against tests/fixtures/gguf/bases_<case>_<dtype>.json (RECIPE_GGUF_BLESS=1 rewrites it).
+fn merge_base_case(case: &str, dtype: &str, d: &Path) -> (Output, recipe::export::gguf::GgufFile) {
+    let fx = root().join("tests/fixtures/bases").join(case);
+    tiny_base(d, &fx);
+    let o = merge_gguf(d, &fx.join("adapter"), "model.gguf", dtype);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let f = read_gguf(&d.join("model.gguf")).unwrap();
+    let want_path = root().join(format!("tests/fixtures/gguf/bases_{case}_{dtype}.json"));
+    let got = f.summary();
+    if std::env::var("RECIPE_GGUF_BLESS").is_ok() {
+        let mut s = serde_json::to_string_pretty(&got).unwrap();
+        s.push('\n');
+        std::fs::write(&want_path, s).unwrap();
+    }
+    let want: Json = serde_json::from_slice(&std::fs::read(&want_path).unwrap()).unwrap();
+    assert_eq!(got, want, "{case} {dtype}");
+    (o, f)
+}
+
+fn merged_f32(d: &Path, name: &str) -> Vec<f32> {
+    let m = HfModel::load(&d.join("merged")).unwrap();
+    m.tensors[name].to_f32().unwrap()
+}
+
+fn bf16(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|x| half::bf16::from_f32(*x).to_f32())
+        .collect()
+}
+
+/// Qwen3 as llama.cpp's `qwen3`: per-head q/k norms as `attn_q_norm` / `attn_k_norm` (f32),
+/// head_dim 8 with 4 heads on hidden 16 as key/value_length, q rows not permuted, tied head.
+#[test]
+fn merge_cli_writes_qwen3_gguf_with_qk_norms() {
+    let d = tempfile::tempdir().unwrap();
+    let (o, f) = merge_base_case("qwen3", "bf16", d.path());
+    let err = stderr(&o);
+    assert!(
+        err.contains("wrote model.gguf (qwen3, bf16, 24 tensors, "),
+        "{err}"
+    );
+    assert!(!err.contains("note:"), "{err}");
+    let u = |k: &str| f.get(k).and_then(Value::as_u64);
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&Value::Str("qwen3".into()))
+    );
+    assert_eq!(u("qwen3.embedding_length"), Some(16));
+    assert_eq!(u("qwen3.attention.head_count"), Some(4));
+    assert_eq!(u("qwen3.attention.head_count_kv"), Some(2));
+    assert_eq!(u("qwen3.attention.key_length"), Some(8));
+    assert_eq!(u("qwen3.attention.value_length"), Some(8));
+    assert_eq!(u("qwen3.feed_forward_length"), Some(32));
+    assert_eq!(f.get("qwen3.rope.freq_base"), Some(&Value::F32(1000.0)));
+    assert_eq!(f.get("qwen3.rope.dimension_count"), None);
+    assert_eq!(
+        f.get("tokenizer.ggml.pre"),
+        Some(&Value::Str("qwen2".into()))
+    );
+    for (name, dims, ty) in [
+        ("blk.0.attn_q_norm.weight", vec![8], GgmlType::F32),
+        ("blk.1.attn_k_norm.weight", vec![8], GgmlType::F32),
+        ("blk.0.attn_q.weight", vec![16, 32], GgmlType::Bf16),
+        ("blk.0.attn_k.weight", vec![16, 16], GgmlType::Bf16),
+        ("blk.1.attn_output.weight", vec![32, 16], GgmlType::Bf16),
+    ] {
+        let t = f.tensor(name).unwrap();
+        assert_eq!((t.dims.clone(), t.ty), (dims, ty as u32), "{name}");
+    }
+    assert!(f.tensor("output.weight").is_none(), "tied head");
+    assert_eq!(
+        f.tensor_f32("blk.1.attn_q_norm.weight").unwrap(),
+        merged_f32(d.path(), "model.layers.1.self_attn.q_norm.weight")
+    );
+    // The adapter's q_proj delta is in, rows in the source order (NEOX rotary: no permute).
+    assert_eq!(
+        f.tensor_f32("blk.0.attn_q.weight").unwrap(),
+        bf16(&merged_f32(
+            d.path(),
+            "model.layers.0.self_attn.q_proj.weight"
+        ))
+    );
+}
+
+/// Mistral as llama.cpp's `llama` (what convert_hf_to_gguf.py writes): q/k rows permuted, its
+/// own head, and a note that the sliding window is not in the file.
+#[test]
+fn merge_cli_writes_mistral_gguf_as_llama() {
+    let d = tempfile::tempdir().unwrap();
+    let (o, f) = merge_base_case("mistral", "f16", d.path());
+    let err = stderr(&o);
+    assert!(
+        err.contains("wrote model.gguf (llama, f16, 21 tensors, "),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "note: the sliding window (4 positions, layers 0, 1) is not in the GGUF file: \
+             llama.cpp attends to every position, so it matches this model on inputs up to 4 \
+             tokens\n"
+        ),
+        "{err}"
+    );
+    let u = |k: &str| f.get(k).and_then(Value::as_u64);
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&Value::Str("llama".into()))
+    );
+    assert_eq!(u("llama.attention.head_count"), Some(2));
+    assert_eq!(u("llama.attention.head_count_kv"), Some(1));
+    assert_eq!(u("llama.rope.dimension_count"), Some(8));
+    assert_eq!(u("llama.attention.key_length"), None);
+    assert_eq!(
+        f.tensor("output.weight").map(|t| t.dims.clone()),
+        Some(vec![16, 48])
+    );
+    // head_dim 8: the file's row 1 of head 0 is source row 4, 16 columns.
+    let q = f.tensor_f32("blk.0.attn_q.weight").unwrap();
+    let sq = merged_f32(d.path(), "model.layers.0.self_attn.q_proj.weight");
+    let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+    assert_eq!(
+        q[16..32],
+        sq[4 * 16..5 * 16]
+            .iter()
+            .map(|x| f16(*x))
+            .collect::<Vec<_>>()[..]
+    );
+}
+
+/// Writes the Qwen3 and Mistral bases in every dtype for tests/reference/gguf_check.py:
+/// RECIPE_GGUF_CHECK_DIR=/tmp/g cargo test --test gguf_export -- --ignored
+/// (each `bases_<case>_<dtype>/` holds `merged/` and `model.gguf`).
+#[test]
+#[ignore]
+fn write_bases_for_the_python_check() {
+    let Ok(root_dir) = std::env::var("RECIPE_GGUF_CHECK_DIR") else {
+        return;
+    };
+    for case in ["qwen3", "mistral"] {
+        let fx = root().join("tests/fixtures/bases").join(case);
+        for dtype in ["f16", "bf16", "q8_0", "q4_0"] {
+            let d = Path::new(&root_dir).join(format!("bases_{case}_{dtype}"));
+            tiny_base(&d, &fx);
+            let o = merge_gguf(&d, &fx.join("adapter"), "model.gguf", dtype);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        }
+    }
 }

@@ -17,7 +17,9 @@
 //! As convert_hf_to_gguf.py does: 1-D tensors, norms, biases and GPT-2's position embeddings
 //! stay f32; a `q8_0` / `q4_0` tensor whose rows are not a multiple of 32 falls back to f16
 //! (`q4_0` quantizes every other 2-D weight, embeddings and head included, unlike llama-quantize's
-//! mixes). Families: llama (incl. Chinese-LLaMA), qwen2, bloom, gpt2.
+//! mixes). Families: llama (incl. Chinese-LLaMA, and Mistral as arch `llama` like
+//! convert_hf_to_gguf.py: the file has no sliding window, see [`GgufReport::notes`]), qwen2,
+//! qwen3 (per-head `attn_q_norm` / `attn_k_norm`, `qwen3.attention.key_length`), bloom, gpt2.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -602,19 +604,51 @@ pub struct GgufReport {
     pub modelfile: PathBuf,
     /// Whether the Modelfile has a TEMPLATE (else a comment asks to fill it in).
     pub template: bool,
+    /// What the file's readers do differently from the source model (a sliding window they
+    /// don't apply), for the caller to show.
+    pub notes: Vec<String>,
 }
 
-/// The family of `config` (the family table's) when GGUF export knows it: its own model_type
-/// and a `gguf_arch` in the table. (Mistral, a llama model_type, is not checked against
-/// transformers' GGUF loader yet, so it is refused.)
+/// The family of `config` (the family table's) when it has a `gguf_arch` in the table.
 fn gguf_family(config: &Json) -> Result<Family> {
     let mt = config["model_type"].as_str().unwrap_or("");
     match Family::of_model_type(mt) {
-        Some(f) if f.name() == mt && f.info().gguf_arch.is_some() => Ok(f),
-        _ => Err(FormatError::Unsupported(format!(
-            "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `{mt}`"
-        ))),
+        Some(f) if f.info().gguf_arch.is_some() => Ok(f),
+        _ => {
+            let types: Vec<&str> = crate::model::family::TABLE
+                .iter()
+                .filter(|f| f.gguf_arch.is_some())
+                .flat_map(|f| f.model_types.iter().copied())
+                .collect();
+            let (last, rest) = types.split_last().unwrap_or((&"", &[]));
+            Err(FormatError::Unsupported(format!(
+                "GGUF export supports {} and {last} models, not model_type `{mt}`",
+                rest.join(", ")
+            )))
+        }
     }
+}
+
+/// The sliding window the engine reads from `config` (Mistral; Qwen2/3 with
+/// `use_sliding_window`) as a note: llama.cpp's `llama` / `qwen2` / `qwen3` graphs and
+/// transformers' GGUF loader (no `sliding_window` key for these archs) attend to every position,
+/// so they match the source model on inputs up to the window's length only.
+fn sliding_window_note(c: &Json, dir: &Path) -> Option<String> {
+    let path = dir.join("config.json").display().to_string();
+    let sw = crate::model::Arch::from_config_json(&c.to_string(), &path)
+        .ok()?
+        .sliding_window?;
+    let layers: Vec<String> = (sw.layers.iter().enumerate())
+        .filter(|(_, on)| **on)
+        .map(|(i, _)| i.to_string())
+        .collect();
+    Some(format!(
+        "the sliding window ({} positions, layers {}) is not in the GGUF file: llama.cpp attends \
+         to every position, so it matches this model on inputs up to {} tokens",
+        sw.len,
+        layers.join(", "),
+        sw.len
+    ))
 }
 
 /// llama.cpp's architecture name of a family [`gguf_family`] accepted.
@@ -647,7 +681,7 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
     let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
     let u32v = |v: u64| Value::U32(v as u32);
     let hp = match f {
-        Family::Llama | Family::Qwen2 => {
+        Family::Llama | Family::Qwen2 | Family::Qwen3 => {
             let hidden = need(c, &["hidden_size"], dir)?;
             let heads = need(c, &["num_attention_heads"], dir)?;
             let kv_heads = cfg_u64(c, &["num_key_value_heads"]).unwrap_or(heads);
@@ -675,7 +709,9 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             if f == Family::Llama {
                 put("rope.dimension_count", u32v(head_dim));
             }
-            if head_dim * heads != hidden {
+            // Qwen3 always (its head_dim is explicit; transformers' Qwen3Config defaults it to
+            // 128, not hidden / heads), the others where it differs from llama.cpp's default.
+            if head_dim * heads != hidden || f == Family::Qwen3 {
                 put("attention.key_length", u32v(head_dim));
                 put("attention.value_length", u32v(head_dim));
             }
@@ -734,7 +770,7 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             }
         }
         // Refused by `gguf_family` before any hyperparameter is read.
-        Family::Qwen3 | Family::Qwen | Family::ChatGlm => {
+        Family::Qwen | Family::ChatGlm => {
             return Err(FormatError::Unsupported(format!(
                 "GGUF export has no {} hyperparameters",
                 f.name()
@@ -779,8 +815,8 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
         return if tied { None } else { top("output") };
     }
     let global = match (f, stem) {
-        (Family::Llama | Family::Qwen2, "embed_tokens") => Some("token_embd"),
-        (Family::Llama | Family::Qwen2, "norm") => Some("output_norm"),
+        (Family::Llama | Family::Qwen2 | Family::Qwen3, "embed_tokens") => Some("token_embd"),
+        (Family::Llama | Family::Qwen2 | Family::Qwen3, "norm") => Some("output_norm"),
         (Family::Bloom, "word_embeddings") => Some("token_embd"),
         (Family::Bloom, "word_embeddings_layernorm") => Some("token_embd_norm"),
         (Family::Bloom, "ln_f") | (Family::Gpt2, "ln_f") => Some("output_norm"),
@@ -797,11 +833,13 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
     let (bid, part) = rest.split_once('.')?;
     let bid: u64 = bid.parse().ok()?;
     let (g, tr) = match (f, part) {
-        (Family::Llama | Family::Qwen2, p) => {
+        (Family::Llama | Family::Qwen2 | Family::Qwen3, p) => {
             let g = match p {
                 "input_layernorm" => "attn_norm",
                 "self_attn.q_proj" => "attn_q",
+                "self_attn.q_norm" if f == Family::Qwen3 => "attn_q_norm",
                 "self_attn.k_proj" => "attn_k",
+                "self_attn.k_norm" if f == Family::Qwen3 => "attn_k_norm",
                 "self_attn.v_proj" => "attn_v",
                 "self_attn.o_proj" => "attn_output",
                 "post_attention_layernorm" => "ffn_norm",
@@ -843,7 +881,7 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
             };
             (g, tr)
         }
-        (Family::Qwen3 | Family::Qwen | Family::ChatGlm, _) => return None,
+        (Family::Qwen | Family::ChatGlm, _) => return None,
     };
     Some((format!("blk.{bid}.{g}.{suffix}"), tr))
 }
@@ -946,6 +984,7 @@ pub fn export_gguf(
     let family = gguf_family(&model.config)?;
     let arch = arch(family);
     let c = &model.config;
+    let notes: Vec<String> = sliding_window_note(c, &model.dir).into_iter().collect();
     let mut kv: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::Str(arch.into())),
         ("general.alignment".into(), Value::U32(ALIGNMENT as u32)),
@@ -1022,6 +1061,7 @@ pub fn export_gguf(
         f16_fallback,
         modelfile,
         template,
+        notes,
     })
 }
 
@@ -1133,10 +1173,10 @@ fn tokenizer_kv(
         // output in convert_hf_to_gguf.py); we name the family's usual one.
         let pre = match f {
             Family::Llama => "llama-bpe",
-            Family::Qwen2 => "qwen2",
+            Family::Qwen2 | Family::Qwen3 => "qwen2",
             Family::Bloom => "bloom",
             Family::Gpt2 => "gpt-2",
-            Family::Qwen3 | Family::Qwen | Family::ChatGlm => "default",
+            Family::Qwen | Family::ChatGlm => "default",
         };
         put(kv, "tokenizer.ggml.model", Value::Str("gpt2".into()));
         put(kv, "tokenizer.ggml.pre", Value::Str(pre.into()));
@@ -1509,7 +1549,8 @@ mod tests {
             export_gguf(&m, &e2e("qwen"), &dir.path().join("m.gguf"), GgufDtype::F16).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "GGUF export supports llama, qwen2, bloom and gpt2 models, not model_type `qwen`"
+            "GGUF export supports llama, mistral, qwen2, qwen3, bloom and gpt2 models, \
+             not model_type `qwen`"
         );
         m.config["model_type"] = json!("gpt2");
         m.config["n_embd"] = json!(32);

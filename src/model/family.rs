@@ -27,7 +27,8 @@ pub struct FamilyInfo {
     pub model_types: &'static [&'static str],
     /// PEFT's default `target_modules` for the family.
     pub default_targets: &'static [&'static str],
-    /// llama.cpp's `general.architecture` for GGUF export (None: not exported).
+    /// llama.cpp's `general.architecture` for GGUF export of every model_type of the family
+    /// (None: not exported). Mistral is `llama` there, as convert_hf_to_gguf.py writes it.
     pub gguf_arch: Option<&'static str>,
 }
 
@@ -52,7 +53,7 @@ pub static TABLE: &[FamilyInfo] = &[
         name: "qwen3",
         model_types: &["qwen3"],
         default_targets: &["q_proj", "v_proj"],
-        gguf_arch: None,
+        gguf_arch: Some("qwen3"),
     },
     FamilyInfo {
         family: Family::Qwen,

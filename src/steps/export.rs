@@ -187,6 +187,9 @@ fn export_gguf(
             " (fill in its TEMPLATE)"
         }
     ));
+    for n in &r.notes {
+        ctx.info(format!("note: {n}"));
+    }
     if !r.f16_fallback.is_empty() {
         ctx.info(format!(
             "{} tensor(s) written as f16: rows not a multiple of 32",

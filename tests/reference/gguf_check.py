@@ -1,8 +1,9 @@
 """Check recipe's GGUF exports with the reference readers (run by hand; CI has no python).
 
-Versions: torch 2.15.0, transformers 5.23.0, gguf 0.19.0 (/work/pyref; `pip install gguf`).
+Versions: torch 2.15.0, transformers 5.24.0, gguf 0.19.0 (/work/pyref; `pip install gguf`).
 
     RECIPE_GGUF_CHECK_DIR=/tmp/gguf_check cargo test --lib export::gguf -- --ignored
+    RECIPE_GGUF_CHECK_DIR=/tmp/gguf_check cargo test --test gguf_export -- --ignored
     /work/pyref/bin/python tests/reference/gguf_check.py /tmp/gguf_check
 
 For every tests/fixtures/e2e/<case> exported as <case>_<dtype>/model.gguf:
@@ -16,6 +17,17 @@ For every tests/fixtures/e2e/<case> exported as <case>_<dtype>/model.gguf:
 
 transformers maps gpt2's `feed_forward_length` to no config attribute (n_inner stays 4·n_embd),
 so the gpt2 fixture (n_inner = 2·n_embd) is loaded with the source config.
+
+Then the tests/fixtures/bases qwen3 and mistral models, merged with their adapters by
+`recipe merge --gguf` (bases_<case>_<dtype>/{merged/, model.gguf}), against the merged
+safetensors dir, the same way (weights, logits, committed bases_<case>_<dtype>.json); their
+tokenizer is a synthetic 48-token one, not compared. Two limits of transformers' loader show:
+- qwen3: it maps no `qwen3.attention.key_length`, so head_dim stays Qwen3Config's 128 (every
+  released Qwen3 has 128); the fixture's head_dim 8 is loaded with the source config (the
+  load without it is tried and its error printed);
+- mistral: llama.cpp's arch `llama` (loaded as LlamaForCausalLM unless general.name is exactly
+  "mistral") has no sliding window: the logits are compared with the reference model without
+  its window on 16 tokens, and with the windowed reference on inputs up to the window (4).
 """
 
 import json
@@ -142,6 +154,76 @@ def check(out_dir, case, dtype):
     return ok
 
 
+def logits_diff(a, b, ids):
+    with torch.no_grad():
+        return (a(ids).logits - b(ids).logits).abs().max().item()
+
+
+def check_base(out_dir, case, dtype):
+    d = out_dir / f"bases_{case}_{dtype}"
+    src = d / "merged"
+    reader = gguf.GGUFReader(d / "model.gguf")
+    s = summary(reader)
+    want = ROOT / "tests/fixtures/gguf" / f"bases_{case}_{dtype}.json"
+    committed = "-"
+    if want.exists():
+        committed = "equal" if floats_equal(s, json.loads(want.read_text())) else "DIFFERENT"
+    m = s["metadata"]
+    arch = m["general.architecture"]
+    keys = {k: v for k, v in m.items() if k.startswith(arch + ".")}
+
+    bare = "-"
+    try:
+        g = AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", dtype=torch.float32)
+        bare = f"{type(g).__name__} head_dim={g.config.head_dim}"
+    except Exception as e:  # noqa: BLE001 - printed: what the loader makes of it alone
+        hd = AutoConfig.from_pretrained(d, gguf_file="model.gguf").head_dim
+        bare = f"fails ({type(e).__name__}, size mismatch): its config has head_dim={hd}"
+        g = None
+    if case == "qwen3":
+        g = AutoModelForCausalLM.from_pretrained(
+            d, gguf_file="model.gguf", dtype=torch.float32, config=AutoConfig.from_pretrained(src)
+        )
+    g = g.eval()
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    window = getattr(ref.config, "sliding_window", None) if case == "mistral" else None
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, ref.config.vocab_size, (2, 16), generator=gen)
+    sd = ref.state_dict()
+    exp = {k: rounded(k, v, dtype, case) for k, v in sd.items()}
+    gsd = g.state_dict()
+    w_diff = max((gsd[k].float() - exp[k]).abs().max().item() for k in exp if k in gsd)
+    missing = [k for k in exp if k not in gsd]
+    extra = ""
+    if window:
+        full = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, sliding_window=None)
+        d_f32 = logits_diff(g, full.eval(), ids)
+        ref.load_state_dict(exp)
+        full.load_state_dict(exp)
+        d_exp = logits_diff(g, full.eval(), ids)
+        d_short = logits_diff(g, ref, ids[:, :window])
+        d_long = logits_diff(g, ref, ids[:, : window + 1])
+        extra = (
+            f" | vs windowed ref: {window} tokens {d_short:.1e}, {window + 1} tokens {d_long:.1e}"
+        )
+        ok_window = d_short <= 1e-5
+    else:
+        d_f32 = logits_diff(g, ref, ids)
+        ref.load_state_dict(exp)
+        d_exp = logits_diff(g, ref, ids)
+        ok_window = True
+    ok = w_diff == 0 and d_exp <= 1e-5 and ok_window and not missing and committed != "DIFFERENT"
+    print(
+        f"{case:7} {dtype:4} arch={arch} {len(reader.tensors)} tensors, "
+        f"key_length={keys.get(arch + '.attention.key_length', '-')} "
+        f"committed-json={committed} | alone: {bare} | max|w - rounded|={w_diff:.1e} "
+        f"max|logits - rounded ref{' without window' if window else ''}|={d_exp:.1e} "
+        f"max|logits - f32 ref{' without window' if window else ''}|={d_f32:.1e}{extra} "
+        f"{'OK' if ok else 'FAIL'}"
+    )
+    return ok
+
+
 def main():
     out_dir = Path(sys.argv[1])
     r = gguf.GGUFReader(out_dir / "llama_f16" / "model.gguf")
@@ -155,6 +237,9 @@ def main():
     for case in ["llama", "llama3", "qwen2", "bloom", "gpt2"]:
         for dtype in ["f16", "bf16", "q8_0", "q4_0"]:
             ok &= check(out_dir, case, dtype)
+    for case in ["qwen3", "mistral"]:
+        for dtype in ["f16", "bf16", "q8_0", "q4_0"]:
+            ok &= check_base(out_dir, case, dtype)
     print("ALL OK" if ok else "SOME FAILED")
     sys.exit(0 if ok else 1)
 
