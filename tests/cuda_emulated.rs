@@ -471,6 +471,59 @@ fn lora_and_qlora_steps_match_cpu() {
     }
 }
 
+/// Every family the engine has, through `CudaBackend` on the emulated device against the CPU:
+/// 3 LoRA steps (all linears, dropout 0.1) on each tiny fixture model: BLOOM (ALiBi, LayerNorm,
+/// fused per-head QKV), GPT-2 (learned positions, Conv1D, biases), Qwen v1, Qwen2 (QKV bias),
+/// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (the host attention path), and
+/// LLaMA with each RoPE scaling (linear, dynamic, llama3, yarn). Losses within 1e-5 relative,
+/// adapters within 2e-2 (AdamW turns f32 reassociation in near-zero gradients into
+/// whole learning-rate steps, so adapters differ more than losses).
+#[test]
+fn every_family_trains_the_same_on_the_device() {
+    use recipe::devtools::train_check::{compare, Run};
+    let Some(gpu) = emulated() else { return };
+    let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
+    let run = Run {
+        qlora: false,
+        optim: recipe::optim::OptimKind::AdamW,
+        checkpointing: false,
+        dropout: 0.1,
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dirs = [
+        "engine/bloom",
+        "engine/gpt2",
+        "engine/qwen",
+        "engine/qwen2",
+        "bases/qwen3",
+        "bases/mistral",
+        "bases/qwen2_sliding",
+        "bases/rope_linear",
+        "bases/rope_dynamic",
+        "bases/rope_llama3",
+        "bases/rope_yarn",
+    ];
+    for d in dirs {
+        let r = compare(&root.join(d), cuda.clone(), 3, &run).expect(d);
+        println!(
+            "{d}: loss rel {:.2e}, adapter rel {:.2e}",
+            r.max_rel_loss, r.max_rel_adapter
+        );
+        assert!(
+            r.max_rel_loss <= 1e-5,
+            "{d}: loss {:.3e} {:?} vs {:?}",
+            r.max_rel_loss,
+            r.other,
+            r.cpu
+        );
+        assert!(
+            r.max_rel_adapter <= 2e-2,
+            "{d}: adapter {:.3e}",
+            r.max_rel_adapter
+        );
+    }
+}
+
 /// Generation on the device: a left-padded prefill then three single-token steps with the KV
 /// cache on the device (the cached-attention kernel), a tiny LLaMA and a tiny ChatGLM; every
 /// step's last-position logits match the CPU's within 1e-5, and evaluation (`eval_loss`) too.
