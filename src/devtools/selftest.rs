@@ -162,6 +162,7 @@ pub fn selftest(device_ordinal: usize, out: &mut dyn Write) -> Result<SelftestRe
     };
     kernel_checks(&gpu, &mut ck, |_| true);
     train_check(device_ordinal, &mut ck);
+    model_checks(device_ordinal, &mut ck);
     let report = SelftestReport {
         device,
         results: ck.results,
@@ -260,6 +261,83 @@ fn train_check(device_ordinal: usize, ck: &mut Checker) {
             let _ = writeln!(ck.out, "    cuda losses: {}", losses(&r.cuda));
         }
         Err(e) => ck.record(&name, false, &format!("ERROR {e:#}")),
+    }
+}
+
+/// The repository's tiny fixture models (`tests/fixtures`, present when the self-test runs from
+/// a checkout, as on a lent GPU machine) trained on the device and on the CPU, as
+/// `tests/cuda_emulated.rs` does on the emulated device: LLaMA and ChatGLM with 10 LoRA steps and
+/// 10 QLoRA steps (NF4 + double quant, 8-bit AdamW, checkpointing), every other family 3 LoRA
+/// steps. Losses within 1e-2 relative, adapters within 2e-2 of each tensor's largest value.
+fn model_checks(device_ordinal: usize, ck: &mut Checker) {
+    use super::train_check::{compare, Run};
+    use crate::optim::OptimKind;
+    let root = std::path::Path::new("tests/fixtures");
+    if !root.is_dir() {
+        let _ = writeln!(
+            ck.out,
+            "(no tests/fixtures here: fixture model checks skipped)"
+        );
+        return;
+    }
+    let lora = Run {
+        qlora: false,
+        optim: OptimKind::AdamW,
+        checkpointing: false,
+        dropout: 0.1,
+    };
+    let qlora = Run {
+        qlora: true,
+        optim: OptimKind::AdamW8bit,
+        checkpointing: true,
+        dropout: 0.0,
+    };
+    let mut cases: Vec<(&str, &Run, usize)> = vec![
+        ("engine/llama", &lora, 10),
+        ("engine/llama", &qlora, 10),
+        ("engine/chatglm", &lora, 10),
+        ("engine/chatglm", &qlora, 10),
+    ];
+    for d in [
+        "engine/bloom",
+        "engine/gpt2",
+        "engine/qwen",
+        "engine/qwen2",
+        "bases/qwen3",
+        "bases/mistral",
+        "bases/qwen2_sliding",
+        "bases/rope_llama3",
+        "bases/rope_yarn",
+    ] {
+        cases.push((d, &lora, 3));
+    }
+    for (d, run, steps) in cases {
+        let what = if run.qlora { "qlora" } else { "lora" };
+        let name = format!("model: {d} {what}, {steps} steps cpu vs cuda");
+        // A CUDA failure inside an op panics (the trait has no error path): report it as ERROR.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::backend::CudaBackend::new(device_ordinal)
+                .and_then(|be| compare(&root.join(d), std::sync::Arc::new(be), steps, run))
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(anyhow::anyhow!("{msg}"))
+        });
+        match r {
+            Ok(r) => ck.record(
+                &name,
+                r.max_rel_loss <= 1e-2 && r.max_rel_adapter <= 2e-2,
+                &format!(
+                    "loss {:.2e} adapter {:.2e}",
+                    r.max_rel_loss, r.max_rel_adapter
+                ),
+            ),
+            Err(e) => ck.record(&name, false, &format!("ERROR {e:#}")),
+        }
     }
 }
 
