@@ -429,22 +429,10 @@ fn cuda_backend_ops_match_cpu_backend() {
 #[test]
 fn lora_and_qlora_steps_match_cpu() {
     use recipe::devtools::train_check::{compare, Run};
-    use recipe::optim::OptimKind;
     let Some(gpu) = emulated() else { return };
     let cuda: Arc<dyn Backend> =
         Arc::new(CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device"));
-    let lora = Run {
-        qlora: false,
-        optim: OptimKind::AdamW,
-        checkpointing: false,
-        dropout: 0.1,
-    };
-    let qlora = Run {
-        qlora: true,
-        optim: OptimKind::AdamW8bit,
-        checkpointing: true,
-        dropout: 0.0,
-    };
+    let (lora, qlora) = (Run::LORA_DROPOUT, Run::QLORA);
     for family in ["llama", "chatglm"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/engine")
@@ -480,30 +468,12 @@ fn lora_and_qlora_steps_match_cpu() {
 /// whole learning-rate steps, so adapters differ more than losses).
 #[test]
 fn every_family_trains_the_same_on_the_device() {
-    use recipe::devtools::train_check::{compare, Run};
+    use recipe::devtools::train_check::{compare, Run, OTHER_FAMILIES};
     let Some(gpu) = emulated() else { return };
     let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
-    let run = Run {
-        qlora: false,
-        optim: recipe::optim::OptimKind::AdamW,
-        checkpointing: false,
-        dropout: 0.1,
-    };
+    let run = Run::LORA_DROPOUT;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let dirs = [
-        "engine/bloom",
-        "engine/gpt2",
-        "engine/qwen",
-        "engine/qwen2",
-        "bases/qwen3",
-        "bases/mistral",
-        "bases/qwen2_sliding",
-        "bases/rope_linear",
-        "bases/rope_dynamic",
-        "bases/rope_llama3",
-        "bases/rope_yarn",
-    ];
-    for d in dirs {
+    for &d in OTHER_FAMILIES {
         let r = compare(&root.join(d), cuda.clone(), 3, &run).expect(d);
         println!(
             "{d}: loss rel {:.2e}, adapter rel {:.2e}",

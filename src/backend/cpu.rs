@@ -693,44 +693,6 @@ impl CpuBackend {
         }
     }
 
-    pub fn rope(
-        &self,
-        x: &mut [f32],
-        pos: &[f32],
-        n: usize,
-        heads: usize,
-        hd: usize,
-        freqs: &RopeFreqs,
-        kind: RopeKind,
-        inverse: bool,
-    ) {
-        let (inv, m) = (&freqs.inv, freqs.scale);
-        let half = inv.len();
-        x[..n * heads * hd]
-            .par_chunks_mut(heads * hd)
-            .enumerate()
-            .for_each(|(t, row)| {
-                for (i, f) in inv.iter().enumerate() {
-                    let ang = pos[t] * f;
-                    // transformers: cos = cos(pos·θ)·attention_scaling, sin likewise.
-                    let (c, mut s) = (ang.cos() * m, ang.sin() * m);
-                    if inverse {
-                        s = -s;
-                    }
-                    let (i0, i1) = match kind {
-                        RopeKind::Half => (i, i + half),
-                        RopeKind::Interleaved => (2 * i, 2 * i + 1),
-                    };
-                    for h in 0..heads {
-                        let x = &mut row[h * hd..(h + 1) * hd];
-                        let (a, b) = (x[i0], x[i1]);
-                        x[i0] = a * c - b * s;
-                        x[i1] = b * c + a * s;
-                    }
-                }
-            });
-    }
-
     pub fn attention_fwd(
         &self,
         out: &mut [f32],
@@ -895,7 +857,7 @@ impl CpuBackend {
         });
     }
 
-    pub fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[u32], d: usize) {
+    pub fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[i32], d: usize) {
         y.par_chunks_mut(d)
             .zip(ids.par_iter())
             .for_each(|(y, &id)| {
@@ -903,60 +865,12 @@ impl CpuBackend {
             });
     }
 
-    pub fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[u32], d: usize) {
+    pub fn embedding_bwd(&self, dtable: &mut [f32], dy: &[f32], ids: &[i32], d: usize) {
         for (i, &id) in ids.iter().enumerate() {
             let row = &mut dtable[id as usize * d..(id as usize + 1) * d];
             for j in 0..d {
                 row[j] += dy[i * d + j];
             }
-        }
-    }
-
-    pub fn cross_entropy(
-        &self,
-        dlogits: Option<&mut [f32]>,
-        logits: &[f32],
-        targets: &[i64],
-        v: usize,
-        scale: f32,
-    ) -> f64 {
-        let row_loss = |i: usize, d: Option<&mut [f32]>| -> f64 {
-            let l = &logits[i * v..(i + 1) * v];
-            let tgt = targets[i];
-            if tgt < 0 {
-                if let Some(d) = d {
-                    d.iter_mut().for_each(|x| *x = 0.0);
-                }
-                return 0.0;
-            }
-            let mx = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let lse = match d {
-                // one exp per logit: d = exp(l − mx), then d ·= scale/Σ.
-                Some(d) => {
-                    let mut sum = 0.0f32;
-                    for (d, x) in d.iter_mut().zip(l) {
-                        *d = (x - mx).exp();
-                        sum += *d;
-                    }
-                    let k = scale / sum;
-                    d.iter_mut().for_each(|x| *x *= k);
-                    d[tgt as usize] -= scale;
-                    mx + sum.ln()
-                }
-                None => mx + l.iter().map(|x| (x - mx).exp()).sum::<f32>().ln(),
-            };
-            (lse - l[tgt as usize]) as f64
-        };
-        match dlogits {
-            Some(d) => d
-                .par_chunks_mut(v)
-                .enumerate()
-                .map(|(i, d)| row_loss(i, Some(d)))
-                .sum(),
-            None => (0..targets.len())
-                .into_par_iter()
-                .map(|i| row_loss(i, None))
-                .sum(),
         }
     }
 }
@@ -1337,8 +1251,13 @@ impl Backend for CpuBackend {
     }
 
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
-        let ids: Vec<u32> = ids.host()[..n].iter().map(|&i| i as u32).collect();
-        CpuBackend::embedding_fwd(self, &mut y.host_mut()[..n * d], table.host(), &ids, d)
+        CpuBackend::embedding_fwd(
+            self,
+            &mut y.host_mut()[..n * d],
+            table.host(),
+            &ids.host()[..n],
+            d,
+        )
     }
     fn embedding_bwd(
         &self,
@@ -1348,8 +1267,7 @@ impl Backend for CpuBackend {
         n: usize,
         d: usize,
     ) {
-        let ids: Vec<u32> = ids.host()[..n].iter().map(|&i| i as u32).collect();
-        CpuBackend::embedding_bwd(self, dtable.host_mut(), dy.host(), &ids, d)
+        CpuBackend::embedding_bwd(self, dtable.host_mut(), dy.host(), &ids.host()[..n], d)
     }
 
     fn cross_entropy(
@@ -1593,17 +1511,11 @@ mod tests {
         let x: Vec<f32> = (0..3 * heads * hd)
             .map(|i| (i as f32 * 0.13).sin())
             .collect();
-        let mut y = x.clone();
-        CpuBackend.rope(
-            &mut y,
-            &pos,
-            3,
-            heads,
-            hd,
-            &RopeFreqs::plain(rot, base),
-            RopeKind::Interleaved,
-            false,
-        );
+        let be: &dyn Backend = &CpuBackend;
+        let tab = be.rope_tables(&be.upload(&pos), 3, &RopeFreqs::plain(rot, base));
+        let mut yt = be.upload(&x);
+        be.rope(&mut yt, &tab, 3, heads, hd, RopeKind::Interleaved, false);
+        let y = yt.to_vec();
         for t in 0..3 {
             for h in 0..heads {
                 let o = (t * heads + h) * hd;
@@ -1625,16 +1537,8 @@ mod tests {
                 }
             }
         }
-        CpuBackend.rope(
-            &mut y,
-            &pos,
-            3,
-            heads,
-            hd,
-            &RopeFreqs::plain(rot, base),
-            RopeKind::Interleaved,
-            true,
-        );
+        be.rope(&mut yt, &tab, 3, heads, hd, RopeKind::Interleaved, true);
+        let y = yt.to_vec();
         for i in 0..x.len() {
             assert!((y[i] - x[i]).abs() < 1e-5);
         }

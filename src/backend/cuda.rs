@@ -162,7 +162,21 @@ impl CudaBackend {
         })
     }
 
-    /// Overwrites a device tensor with host values of the same length.
+    /// `t`, or (the kernels always write a weight gradient) a zeroed scratch of `len` kept in
+    /// `slot`.
+    fn or_scratch<'a>(
+        &self,
+        t: Option<&'a mut Tensor>,
+        slot: &'a mut Option<Tensor>,
+        len: usize,
+    ) -> &'a mut Tensor {
+        match t {
+            Some(t) => t,
+            None => slot.insert(self.zeros(len)),
+        }
+    }
+
+    /// Overwrites the first `v.len()` values of a device tensor with host values.
     fn put(&self, t: &mut Tensor, v: &[f32]) {
         if v.is_empty() {
             return;
@@ -440,14 +454,8 @@ impl Backend for CudaBackend {
         if n * d == 0 {
             return;
         }
-        let mut scratch;
-        let dw = match dw {
-            Some(t) => t,
-            None => {
-                scratch = self.zeros(d);
-                &mut scratch
-            }
-        };
+        let mut scratch = None;
+        let dw = self.or_scratch(dw, &mut scratch, d);
         self.run("rmsnorm_bwd", |g| {
             rmsnorm_bwd::<f32>(
                 g,
@@ -508,21 +516,9 @@ impl Backend for CudaBackend {
         if n * d == 0 {
             return;
         }
-        let (mut s1, mut s2);
-        let dw = match dw {
-            Some(t) => t,
-            None => {
-                s1 = self.zeros(d);
-                &mut s1
-            }
-        };
-        let db = match db {
-            Some(t) => t,
-            None => {
-                s2 = self.zeros(d);
-                &mut s2
-            }
-        };
+        let (mut s1, mut s2) = (None, None);
+        let dw = self.or_scratch(dw, &mut s1, d);
+        let db = self.or_scratch(db, &mut s2, d);
         self.run("layernorm_bwd", |g| {
             layernorm_bwd::<f32>(
                 g,
@@ -658,9 +654,7 @@ impl Backend for CudaBackend {
                 scale,
             );
             self.put(out, o.host());
-            let mut s = self.down(saved);
-            s[..nl].copy_from_slice(lse.host());
-            self.put(saved, &s);
+            self.put(saved, lse.host());
             return;
         }
         let (nq, nlse) = (b * t * nh * hd, b * nh * t);

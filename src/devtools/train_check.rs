@@ -54,28 +54,15 @@ pub fn cpu_vs_cuda(ordinal: usize) -> anyhow::Result<TrainCheck> {
     cpu_vs(Arc::new(CudaBackend::new(ordinal)?), STEPS)
 }
 
-/// The same comparison against any backend over `steps` steps (`tests/cuda_emulated.rs`:
-/// `CudaBackend` on the emulated device).
+/// The same comparison against any backend over `steps` steps.
 pub fn cpu_vs(cuda: Arc<dyn Backend>, steps: usize) -> anyhow::Result<TrainCheck> {
     let dir = TempDir::new()?;
     write_model(dir.path())?;
-    let cpu = tiny_lora_losses(dir.path(), Arc::new(CpuBackend), steps)?;
-    // The trait has no error path: a CUDA failure inside an op panics; report it as an error.
-    let gpu = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tiny_lora_losses(dir.path(), cuda, steps)
-    }))
-    .map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into());
-        anyhow::anyhow!("{msg}")
-    })??;
+    let r = compare(dir.path(), cuda, steps, &Run::LORA)?;
     Ok(TrainCheck {
-        max_rel: max_rel(&cpu, &gpu),
-        cpu,
-        cuda: gpu,
+        max_rel: r.max_rel_loss,
+        cpu: r.cpu,
+        cuda: r.other,
     })
 }
 
@@ -97,22 +84,6 @@ pub fn max_rel(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Loads the model in `dir` on `backend`, puts LoRA (r 4, alpha 8, seed 0) on every linear and
-/// runs `steps` AdamW steps (lr 1e-3) on fixed batches; returns each step's loss.
-pub fn tiny_lora_losses(
-    dir: &Path,
-    backend: Arc<dyn Backend>,
-    steps: usize,
-) -> anyhow::Result<Vec<f32>> {
-    let run = Run {
-        qlora: false,
-        optim: OptimKind::AdamW,
-        checkpointing: false,
-        dropout: 0.0,
-    };
-    Ok(train(dir, backend, steps, &run)?.losses)
-}
-
 /// One training configuration of [`compare`]: LoRA on every linear of a base model, or QLoRA
 /// (the base quantized to NF4 with double quantization as it loads).
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +93,44 @@ pub struct Run {
     pub checkpointing: bool,
     pub dropout: f32,
 }
+
+impl Run {
+    /// LoRA, torch AdamW, no dropout.
+    pub const LORA: Run = Run {
+        qlora: false,
+        optim: OptimKind::AdamW,
+        checkpointing: false,
+        dropout: 0.0,
+    };
+    /// LoRA with dropout 0.1 (the mask shared by every backend).
+    pub const LORA_DROPOUT: Run = Run {
+        dropout: 0.1,
+        ..Run::LORA
+    };
+    /// QLoRA: NF4 + double quant base, 8-bit AdamW, gradient checkpointing.
+    pub const QLORA: Run = Run {
+        qlora: true,
+        optim: OptimKind::AdamW8bit,
+        checkpointing: true,
+        dropout: 0.0,
+    };
+}
+
+/// The tiny fixture models of every family besides LLaMA and ChatGLM (`tests/fixtures`, relative
+/// to the repository root): the CPU-vs-device checks train each of them.
+pub const OTHER_FAMILIES: &[&str] = &[
+    "engine/bloom",
+    "engine/gpt2",
+    "engine/qwen",
+    "engine/qwen2",
+    "bases/qwen3",
+    "bases/mistral",
+    "bases/qwen2_sliding",
+    "bases/rope_linear",
+    "bases/rope_dynamic",
+    "bases/rope_llama3",
+    "bases/rope_yarn",
+];
 
 /// Per-step losses and the final adapter of one [`Run`] on one backend.
 pub struct Trained {
@@ -208,7 +217,8 @@ pub fn train(
     Ok(Trained { losses, adapter })
 }
 
-/// [`train`] on the CPU and on `other`, compared.
+/// [`train`] on the CPU and on `other`, compared. The backend trait has no error path, so a
+/// CUDA failure inside an op panics; it is reported here as an error.
 pub fn compare(
     dir: &Path,
     other: Arc<dyn Backend>,
@@ -216,7 +226,17 @@ pub fn compare(
     run: &Run,
 ) -> anyhow::Result<RunCheck> {
     let cpu = train(dir, Arc::new(CpuBackend), steps, run)?;
-    let oth = train(dir, other, steps, run)?;
+    let oth = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(dir, other, steps, run)
+    }))
+    .map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        anyhow::anyhow!("{msg}")
+    })??;
     let max_rel_adapter = cpu
         .adapter
         .iter()
@@ -313,8 +333,12 @@ mod tests {
     fn tiny_training_run_is_deterministic_and_learns() {
         let dir = TempDir::new().unwrap();
         write_model(dir.path()).unwrap();
-        let a = tiny_lora_losses(dir.path(), Arc::new(CpuBackend), 4).unwrap();
-        let b = tiny_lora_losses(dir.path(), Arc::new(CpuBackend), 4).unwrap();
+        let run = |_| {
+            train(dir.path(), Arc::new(CpuBackend), 4, &Run::LORA)
+                .unwrap()
+                .losses
+        };
+        let (a, b) = (run(0), run(1));
         assert_eq!(max_rel(&a, &b), 0.0);
         // ln(96) = 4.56: a random model starts near uniform (4.80 with these weights).
         assert!((a[0] - 4.8).abs() < 0.05, "{a:?}");

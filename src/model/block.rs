@@ -150,8 +150,6 @@ pub struct Layer {
 pub struct Ctx {
     pub n: usize,
     pub dims: AttnDims,
-    /// [N] rotary / learned positions (host copy: the learned-position ids are built from it).
-    pub pos: Vec<f32>,
     /// [N] input ids, learned-position ids (`Positions::Learned` only).
     pub ids: Tensor<i32>,
     pub pos_ids: Option<Tensor<i32>>,

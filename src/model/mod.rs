@@ -714,7 +714,6 @@ impl Model {
         Ok(Ctx {
             n,
             dims,
-            pos,
             ids: be.upload_i32(
                 &batch
                     .input_ids
