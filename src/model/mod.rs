@@ -659,6 +659,20 @@ impl Model {
                 self.arch.vocab
             )));
         }
+        if let Some(labels) = &batch.labels {
+            if labels.len() != n {
+                return Err(ModelError::Batch(format!(
+                    "labels must have B*T = {n} entries, got {}",
+                    labels.len()
+                )));
+            }
+            if let Some(&bad) = labels.iter().find(|&&l| l >= self.arch.vocab as i64) {
+                return Err(ModelError::Batch(format!(
+                    "label {bad} >= vocab size {}",
+                    self.arch.vocab
+                )));
+            }
+        }
         let segment = batch.segments.clone().unwrap_or_else(|| vec![0; n]);
         let mut pos = vec![0.0; n];
         let mut kpos = vec![0.0; n];

@@ -1347,3 +1347,32 @@ fn rope_config_forms_and_refusals() {
         "c.json: key \"partial_rotary_factor\": 0.5 with rope type \"linear\" is not supported (only 1.0)"
     );
 }
+
+/// Labels from the data are checked like input ids: one per token and inside the vocabulary
+/// (the cross-entropy would otherwise index past a logits row).
+#[test]
+fn bad_labels_are_errors_not_panics() {
+    let (mut model, _, batch) = fixture("llama");
+    let v = model.arch.vocab as i64;
+    let mut b = batch.clone();
+    if let Some(l) = &mut b.labels {
+        l[3] = v;
+    }
+    let e = model
+        .forward_backward(&b, TrainOptions::default())
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), format!("batch: label {v} >= vocab size {v}"));
+    let e = model.eval_loss(&b).err().unwrap();
+    assert_eq!(e.to_string(), format!("batch: label {v} >= vocab size {v}"));
+    let mut b = batch.clone();
+    b.labels = Some(vec![-100; 3]);
+    let e = model.forward(&b).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "batch: labels must have B*T = {} entries, got 3",
+            batch.b * batch.t
+        )
+    );
+}
