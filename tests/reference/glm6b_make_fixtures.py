@@ -1,0 +1,152 @@
+"""Fixtures for ChatGLM-6B (v1): a tiny random model in THUDM's checkpoint layout and its reference
+numbers from glm6b_modeling.py (our transcription of modeling_chatglm.py; transformers has none).
+
+Run:  /work/pyref/bin/python tests/reference/glm6b_make_fixtures.py
+Writes tests/fixtures/glm6b/{config.json, model.safetensors, ref.safetensors, adapter/, greedy.json}.
+
+Versions used: torch 2.15.0, peft 0.21.2 (printed at start).
+
+The batch is two right-padded rows shaped as seed 001's preprocessing builds them:
+prompt + [gMASK] <sop> + answer + <eop>, labels -100 up to <sop>, padding (pad id 3) -100, with
+different context lengths so the per-row bidirectional prefix and the 2D positions differ. The
+ids of the special tokens are the config's (a 64-token vocabulary cannot hold 130001).
+ref.safetensors: logits, loss, full fine-tuning gradients (autograd), LoRA logits/loss/gradients
+(peft, target query_key_value, B randomized). greedy.json: greedy decoding (8 new tokens) of
+prompts ending in [gMASK] <sop>, each alone then as one left-padded batch, base and with the
+adapter.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+import peft
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+import glm6b_modeling as glm  # noqa: E402
+
+print("torch", torch.__version__, "peft", peft.__version__)
+torch.set_default_dtype(torch.float32)
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "glm6b")
+V, H, NH, FF, L = 64, 32, 2, 64, 2
+MASK, GMASK, SOP, EOP, PAD = 40, 41, 44, 45, 3
+CONFIG = {
+    "architectures": ["ChatGLMModel"],
+    "model_type": "chatglm",
+    "vocab_size": V,
+    "hidden_size": H,
+    "num_layers": L,
+    "num_attention_heads": NH,
+    "inner_hidden_size": FF,
+    "layernorm_epsilon": 1e-5,
+    "position_encoding_2d": True,
+    "max_sequence_length": 64,
+    "bos_token_id": SOP,
+    "eos_token_id": EOP,
+    "mask_token_id": MASK,
+    "gmask_token_id": GMASK,
+    "pad_token_id": PAD,
+    "pre_seq_len": None,
+    "prefix_projection": False,
+    "quantization_bit": 0,
+    "use_cache": True,
+    "torch_dtype": "float32",
+}
+MAX_NEW = 8
+PROMPTS = [[5, 9, 17, 30, 22, GMASK, SOP], [7, 30, GMASK, SOP], [12, 8, 19, 50, GMASK, SOP]]
+
+
+def example(a, b, t):
+    ids = a + [GMASK, SOP] + b + [EOP]
+    ctx = ids.index(SOP)
+    labels = [-100] * ctx + ids[ctx:]
+    pad = t - len(ids)
+    return ids + [PAD] * pad, labels + [-100] * pad, [1] * len(ids) + [0] * pad
+
+
+def batch():
+    rows = [example([5, 9, 17, 30, 22], [11, 13, 6], 12), example([7, 30, 12], [21, 8, 33, 19, 6], 12)]
+    ids = torch.tensor([r[0] for r in rows])
+    labels = torch.tensor([r[1] for r in rows])
+    mask = torch.tensor([r[2] for r in rows])
+    return ids, mask, labels
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif "dense" in name and name.endswith("weight"):
+                # large enough that attention and MLP outweigh the alpha-scaled residual
+                p.copy_(1.5 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def main():
+    shutil.rmtree(ROOT, ignore_errors=True)
+    os.makedirs(ROOT)
+    cfg = glm.Config(**CONFIG)
+    model = glm.ChatGLMForConditionalGeneration(cfg)
+    randomize(model, 7)
+    model.eval()
+    ids, mask, labels = batch()
+    ref = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    out = model(ids, labels=labels)
+    out.loss.backward()
+    ref["logits"] = out.logits.detach()
+    ref["loss"] = out.loss.detach().reshape(1)
+    for n, p in model.named_parameters():
+        ref["full_grad." + n] = p.grad.detach().clone()
+    model.zero_grad()
+
+    # THUDM's checkpoint also stores lm_head.weight (equal to the embedding).
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(ROOT, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(ROOT, "config.json"), "w") as f:
+        json.dump(CONFIG, f, indent=2)
+
+    base_gen = {"single": [glm.greedy(model, [p], PAD, EOP, MAX_NEW)[0] for p in PROMPTS],
+                "batch": glm.greedy(model, PROMPTS, PAD, EOP, MAX_NEW)}
+
+    lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query_key_value"],
+                           task_type="CAUSAL_LM")
+    pm = peft.get_peft_model(model, lcfg)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    pm.eval()
+    out = pm(input_ids=ids, labels=labels)
+    out.loss.backward()
+    ref["lora_logits"] = out.logits.detach()
+    ref["lora_loss"] = out.loss.detach().reshape(1)
+    for n, p in pm.named_parameters():
+        if p.requires_grad:
+            ref["lora_grad." + n.replace(".default", "")] = p.grad.detach().clone()
+    pm.zero_grad()
+    ad = os.path.join(ROOT, "adapter")
+    pm.save_pretrained(ad, safe_serialization=True)
+    if os.path.exists(os.path.join(ad, "README.md")):
+        os.remove(os.path.join(ad, "README.md"))
+    inner = pm.base_model.model
+    lora_gen = {"single": [glm.greedy(inner, [p], PAD, EOP, MAX_NEW)[0] for p in PROMPTS],
+                "batch": glm.greedy(inner, PROMPTS, PAD, EOP, MAX_NEW)}
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(ROOT, "ref.safetensors"))
+    with open(os.path.join(ROOT, "greedy.json"), "w") as f:
+        json.dump({"prompts": PROMPTS, "max_new_tokens": MAX_NEW, "eos": EOP, "pad": PAD,
+                   "models": {"glm6b": {"base": base_gen, "adapter": lora_gen}}}, f, indent=1)
+    print("loss", ref["loss"].item(), "lora_loss", ref["lora_loss"].item())
+    print(json.dumps(base_gen), json.dumps(lora_gen))
+
+
+if __name__ == "__main__":
+    main()
