@@ -300,7 +300,8 @@ fn cuda_backend_ops_match_cpu_backend() {
     }
 
     // Attention: GQA (4 query heads over 2 kv heads), left padding in batch 0, two packed
-    // segments in batch 1, with and without ALiBi; and a sliding window (the host path).
+    // segments in batch 1, with and without ALiBi; a sliding window (the host path); and
+    // ChatGLM-6B's per-row bidirectional prefix (7 slots in batch 0, 3 in batch 1).
     let dims = AttnDims {
         b: 2,
         t: 11,
@@ -328,16 +329,23 @@ fn cuda_backend_ops_match_cpu_backend() {
         .collect();
     let slopes = recipe::cuda::twins::rope::alibi_slopes(dims.nh);
     let kpos: Vec<f32> = (0..dims.b * dims.t).map(|i| (i % dims.t) as f32).collect();
-    for (alibi, window) in [(false, None), (true, None), (false, Some(3))] {
+    for (alibi, window, prefix) in [
+        (false, None, false),
+        (true, None, false),
+        (false, Some(3), false),
+        (false, None, true),
+    ] {
         let run = |be: &dyn Backend| {
             let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
             let al = alibi.then(|| (be.upload(&slopes), be.upload(&kpos)));
+            let pre = prefix.then(|| be.upload_i32(&[7, 3]));
             let mask = AttnMask {
                 valid: &vt,
                 segment: &st,
                 alibi: al.as_ref().map(|(s, p)| (s, p)),
                 alibi_relative: true,
                 window,
+                prefix: pre.as_ref(),
             };
             let (qt, kt, vt2, dt) = (
                 be.upload(&q),
@@ -355,7 +363,7 @@ fn cuda_backend_ops_match_cpu_backend() {
             [o, dq, dk, dv].map(|t| be.download(&t))
         };
         let (c, g) = (run(&cpu), run(&cuda));
-        let tag = format!("alibi {alibi} window {window:?}");
+        let tag = format!("alibi {alibi} window {window:?} prefix {prefix}");
         close(&format!("attention {tag} out"), &g[0], &c[0], 1e-5, 1e-4);
         close(&format!("attention {tag} dq"), &g[1], &c[1], 1e-5, 1e-3);
         close(&format!("attention {tag} dk"), &g[2], &c[2], 1e-5, 1e-3);

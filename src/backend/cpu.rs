@@ -19,6 +19,8 @@ pub struct HostMask<'a> {
     /// ALiBi: (slopes [NH], key positions [B*T]).
     pub alibi: Option<(&'a [f32], &'a [f32])>,
     pub window: Option<usize>,
+    /// [B] bidirectional prefix length per batch row.
+    pub prefix: Option<&'a [i32]>,
 }
 
 impl<'a> HostMask<'a> {
@@ -28,12 +30,28 @@ impl<'a> HostMask<'a> {
             segment: m.segment.host(),
             alibi: m.alibi.map(|(s, p)| (s.host(), p.host())),
             window: m.window,
+            prefix: m.prefix.map(|p| p.host()),
         }
+    }
+
+    /// Keys 0..key_end may be visible to query i of row bi: the causal ones, or the row's prefix.
+    fn key_end(&self, t: usize, bi: usize, i: usize) -> usize {
+        let pre = self.prefix.map_or(0, |p| p[bi].clamp(0, t as i32) as usize);
+        (i + 1).max(pre)
+    }
+
+    /// Whether key j is visible to query i of row bi (the [`AttnMask`] rule).
+    fn visible(&self, t: usize, bi: usize, i: usize, j: usize) -> bool {
+        let (ti, tj) = (bi * t + i, bi * t + j);
+        (j <= i || self.prefix.is_some_and(|p| (j as i64) < p[bi] as i64))
+            && self.valid[tj] != 0
+            && self.segment[tj] == self.segment[ti]
+            && !self.window.is_some_and(|w| j + w <= i)
     }
 }
 
-/// Scores of query (row bi, position i, head h, kv group g) against keys 0..=i into `p`
-/// (−∞ where masked). Returns false when the query sees no key (padding).
+/// Scores of query (row bi, position i, head h, kv group g) against keys 0..p.len()
+/// (`HostMask::key_end`) into `p` (−∞ where masked). Returns false when the query sees no key (padding).
 #[allow(clippy::too_many_arguments)]
 fn scores(
     p: &mut [f32],
@@ -54,12 +72,9 @@ fn scores(
     }
     let qi = &q[(ti * nh + h) * hd..][..hd];
     let mut any = false;
-    for (j, pj) in p.iter_mut().enumerate().take(i + 1) {
+    for (j, pj) in p.iter_mut().enumerate() {
         let tj = bi * t + j;
-        if mask.valid[tj] == 0
-            || mask.segment[tj] != mask.segment[ti]
-            || mask.window.is_some_and(|w| j + w <= i)
-        {
+        if !mask.visible(t, bi, i, j) {
             *pj = f32::NEG_INFINITY;
             continue;
         }
@@ -146,11 +161,7 @@ fn mask_row(row: &mut [f32], mask: &HostMask, t: usize, bi: usize, i: usize, h: 
     let mut any = false;
     for (j, s) in row.iter_mut().enumerate() {
         let tj = bi * t + j;
-        if j > i
-            || mask.valid[tj] == 0
-            || mask.segment[tj] != mask.segment[ti]
-            || mask.window.is_some_and(|w| j + w <= i)
-        {
+        if !mask.visible(t, bi, i, j) {
             *s = f32::NEG_INFINITY;
             continue;
         }
@@ -184,7 +195,7 @@ fn attn_head_fwd(
     let mut sbuf = vec![0.0f32; QB.min(t) * t];
     for r0 in (0..t).step_by(QB) {
         let r1 = (r0 + QB).min(t);
-        let (m, nk) = (r1 - r0, r1);
+        let (m, nk) = (r1 - r0, mask.key_end(t, bi, r1 - 1));
         let s = &mut sbuf[..m * nk];
         let qb = &q[q0 + r0 * qs..];
         gemm_st(
@@ -269,7 +280,7 @@ fn attn_group_bwd(
         let q0 = (bi * t * nh + h) * hd;
         for r0 in (0..t).step_by(QB) {
             let r1 = (r0 + QB).min(t);
-            let (m, nk) = (r1 - r0, r1);
+            let (m, nk) = (r1 - r0, mask.key_end(t, bi, r1 - 1));
             let (p, dp) = (&mut pbuf[..m * nk], &mut dpbuf[..m * nk]);
             let (qb, dob) = (&q[q0 + r0 * qs..], &dout[q0 + r0 * qs..]);
             gemm_st(
@@ -370,7 +381,7 @@ impl CpuBackend {
             .for_each(|(ti, (o, lse))| {
                 let (bi, i) = (ti / t, ti % t);
                 o.iter_mut().for_each(|x| *x = 0.0);
-                let mut p = vec![0.0f32; i + 1];
+                let mut p = vec![0.0f32; mask.key_end(t, bi, i)];
                 for h in 0..nh {
                     lse[h] = f32::NEG_INFINITY;
                     if !scores(&mut p, q, k, mask, dims, bi, i, h, h / rep, scale) {
@@ -435,17 +446,18 @@ impl CpuBackend {
                 let mut dp = vec![0.0f32; t];
                 for i in 0..t {
                     let ti = bi * t + i;
+                    let e = mask.key_end(t, bi, i);
                     for h in 0..nh {
                         let g = h / rep;
                         let lse = saved[ti * nh + h];
                         if lse == f32::NEG_INFINITY
-                            || !scores(&mut p[..=i], q, k, mask, dims, bi, i, h, g, scale)
+                            || !scores(&mut p[..e], q, k, mask, dims, bi, i, h, g, scale)
                         {
                             continue;
                         }
                         let doi = &dout[(ti * nh + h) * hd..][..hd];
                         let mut dot = 0.0;
-                        for j in 0..=i {
+                        for j in 0..e {
                             if p[j] == f32::NEG_INFINITY {
                                 p[j] = 0.0;
                                 continue;
@@ -460,7 +472,7 @@ impl CpuBackend {
                                 .for_each(|(d, o)| *d += p[j] * o);
                         }
                         let qi = &q[(ti * nh + h) * hd..][..hd];
-                        for j in 0..=i {
+                        for j in 0..e {
                             if p[j] == 0.0 {
                                 continue;
                             }
@@ -1468,12 +1480,19 @@ mod tests {
         let segment: Vec<i32> = (0..n).map(|k| i32::from(k >= dims.t + 30)).collect();
         let slopes = [0.5f32, 0.25, 0.125, 0.0625];
         let kpos: Vec<f32> = (0..n).map(|k| (k % dims.t) as f32).collect();
-        for alibi in [None, Some((&slopes[..], &kpos[..]))] {
+        // row 0: a bidirectional prefix of 70 slots (past the first query block's end); row 1 none.
+        let prefix = [70, 0];
+        for (alibi, prefix) in [
+            (None, None),
+            (Some((&slopes[..], &kpos[..])), None),
+            (None, Some(&prefix[..])),
+        ] {
             let mask = HostMask {
                 valid: &valid,
                 segment: &segment,
                 alibi,
                 window: None,
+                prefix,
             };
             let be = CpuBackend;
             let nl = be.attention_saved_len(dims);

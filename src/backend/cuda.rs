@@ -230,6 +230,7 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
         && dims.nh % dims.nkv == 0
         && mask.window.is_none()
         && mask.alibi_relative
+        && mask.prefix.is_none()
 }
 
 impl Backend for CudaBackend {
@@ -1077,6 +1078,7 @@ struct HostMask {
     valid: Tensor<u8>,
     segment: Tensor<i32>,
     alibi: Option<(Tensor, Tensor)>,
+    prefix: Option<Tensor<i32>>,
 }
 
 impl HostMask {
@@ -1086,6 +1088,7 @@ impl HostMask {
             valid: Tensor::from_host(be.down(m.valid)),
             segment: Tensor::from_host(be.down(m.segment)),
             alibi: m.alibi.map(|(s, p)| (h(s), h(p))),
+            prefix: m.prefix.map(|p| Tensor::from_host(be.down(p))),
         }
     }
 
@@ -1096,6 +1099,7 @@ impl HostMask {
             alibi: self.alibi.as_ref().map(|(s, p)| (s, p)),
             alibi_relative: like.alibi_relative,
             window: like.window,
+            prefix: self.prefix.as_ref(),
         }
     }
 }

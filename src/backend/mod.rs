@@ -100,8 +100,9 @@ pub struct RopeTables {
     pub half: usize,
 }
 
-/// Which keys each query may see. Key j is visible to query i (same batch row) iff
-/// j <= i, `valid[j]`, `valid[i]` and `segment[i] == segment[j]`. A query with no visible key outputs 0.
+/// Which keys each query may see. Key j is visible to query i (same batch row b) iff
+/// (j <= i or j < `prefix[b]`), `valid[j]`, `valid[i]` and `segment[i] == segment[j]`. A query
+/// with no visible key outputs 0.
 pub struct AttnMask<'a> {
     /// [B*T] 1 = real token, 0 = padding.
     pub valid: &'a Tensor<u8>,
@@ -114,6 +115,9 @@ pub struct AttnMask<'a> {
     pub alibi_relative: bool,
     /// Sliding window w: key j is also hidden from query i when j <= i − w (slot indices).
     pub window: Option<usize>,
+    /// [B] per batch row: keys at slots j < prefix[b] are visible to every query of the row
+    /// (ChatGLM-6B's bidirectional context up to `<sop>`); None: purely causal.
+    pub prefix: Option<&'a Tensor<i32>>,
 }
 
 /// Whether ALiBi bias slope·kpos[j] equals slope·(j − i) up to a per-query constant (which

@@ -29,6 +29,19 @@ pub enum Positions {
     Learned {
         max: usize,
     },
+    /// ChatGLM-6B (v1) 2D rotary positions: the first half of each head's dims (rot_dim of
+    /// them, `RopeKind::Half` pairing) rotated by the position id, the second half by the block
+    /// position id; θ_i = base^(−2i/rot_dim) rounded to f16 (RotaryEmbedding's `.half()`).
+    /// Position ids count the row's tokens up to `<sop>` (`sop`, the config's bos_token_id),
+    /// then stay at the index of [gMASK] (`gmask`, else [MASK] `mask`); block ids are 0 before
+    /// `<sop>` and 1, 2, ... from it. Keys before `<sop>` are visible to every query.
+    Glm2d {
+        rot_dim: usize,
+        base: f32,
+        sop: u32,
+        gmask: u32,
+        mask: u32,
+    },
 }
 
 /// RoPE frequency scaling, computed as transformers' `modeling_rope_utils.py` does (f32 where
@@ -518,14 +531,71 @@ impl Arch {
                     sliding_window: None,
                 }
             }
-            Family::ChatGlm
-                if c.get("position_encoding_2d").is_some()
-                    || c.get("padded_vocab_size").is_none() =>
-            {
-                return Err(c.key_error(
-                    "model_type",
-                    "ChatGLM-6B (v1, 2D positions) is not supported; ChatGLM2/3 are",
-                ));
+            Family::Glm => {
+                if !c.bool_or("position_encoding_2d", true) {
+                    return Err(c.key_error(
+                        "position_encoding_2d",
+                        "only true (ChatGLM-6B's 2D positions) is supported",
+                    ));
+                }
+                if c.get("pre_seq_len").is_some_and(|v| !v.is_null()) {
+                    return Err(c.key_error(
+                        "pre_seq_len",
+                        "P-tuning v2 prefix checkpoints are not supported; use the base model",
+                    ));
+                }
+                if c.uint_or("quantization_bit", 0)? != 0 {
+                    return Err(c.key_error(
+                        "quantization_bit",
+                        "THUDM's pre-quantized (int4/int8) checkpoints are not supported; use the \
+                         f16 model (with `quantize` for QLoRA)",
+                    ));
+                }
+                let hidden = c.uint("hidden_size")?;
+                let heads = c.count("num_attention_heads")?;
+                divides(c, "hidden_size", hidden, "num_attention_heads", heads)?;
+                let hd = hidden / heads;
+                if hd % 4 != 0 {
+                    return Err(c.key_error(
+                        "hidden_size",
+                        format!("head size {hd} must be a multiple of 4 for 2D rotary positions"),
+                    ));
+                }
+                let id = |k: &str, d: u32| -> Result<u32, ArchError> {
+                    Ok(c.uint_or(k, d as usize)? as u32)
+                };
+                Arch {
+                    family,
+                    vocab: c.uint("vocab_size")?,
+                    hidden,
+                    layers: c.uint("num_layers")?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hd,
+                    ffn: c.uint_or("inner_hidden_size", 4 * hidden)?,
+                    norm: NormKind::Layer,
+                    eps: c.float_or("layernorm_epsilon", 1e-5) as f32,
+                    positions: Positions::Glm2d {
+                        rot_dim: hd / 2,
+                        base: 10000.0,
+                        sop: id("bos_token_id", 130004)?,
+                        gmask: id("gmask_token_id", 130001)?,
+                        mask: id("mask_token_id", 130000)?,
+                    },
+                    qkv: QkvLayout::PerHead,
+                    qkv_bias: true,
+                    qk_norm: false,
+                    out_bias: true,
+                    mlp: MlpKind::GeluTanh,
+                    // PretrainedConfig's default: ChatGLM-6B ties lm_head to the embedding.
+                    tied: c.bool_or("tie_word_embeddings", true),
+                    emb_norm: false,
+                    conv1d: false,
+                    eos_token_id: c.eos_id(),
+                    model_type: mt.clone(),
+                    long_context: None,
+                    sliding_window: None,
+                }
             }
             Family::ChatGlm => {
                 let hidden = c.uint("hidden_size")?;
@@ -663,6 +733,13 @@ impl Arch {
     pub fn window(&self, i: usize) -> Option<usize> {
         let w = self.sliding_window.as_ref()?;
         w.layers.get(i).copied().unwrap_or(false).then_some(w.len)
+    }
+
+    /// The GLM block's residual scale (ChatGLM-6B v1): `out = ln(x)·α + f(ln(x))` around
+    /// attention and MLP, α = sqrt(2·28). THUDM's ChatGLMModel builds its GLMBlocks without
+    /// passing num_layers, so GLMBlock's default 28 holds whatever the config says.
+    pub fn glm_alpha(&self) -> Option<f32> {
+        (self.family == Family::Glm).then(|| (2.0f64 * 28.0).sqrt() as f32)
     }
 
     pub fn q_dim(&self) -> usize {

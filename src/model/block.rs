@@ -3,7 +3,7 @@
 
 use super::arch::{Arch, MlpKind, NormKind, Positions, QkvLayout};
 use super::linear::Linear;
-use crate::backend::{AttnDims, AttnMask, Backend, RopeTables, Strided, Tensor};
+use crate::backend::{AttnDims, AttnMask, Backend, RopeKind, RopeTables, Strided, Tensor};
 
 /// A trainable-or-frozen tensor with its gradient (allocated when trainable).
 pub struct Param {
@@ -161,6 +161,10 @@ pub struct Ctx {
     pub alibi_relative: bool,
     /// This forward's rotary tables (`Model::rope_freqs` at `pos`); None without RoPE.
     pub rope: Option<RopeTables>,
+    /// GLM 2D positions: the block-position tables (`Positions::Glm2d`).
+    pub rope_block: Option<RopeTables>,
+    /// [B] bidirectional prefix per row (`AttnMask::prefix`; GLM: the slot of `<sop>`).
+    pub prefix: Option<Tensor<i32>>,
 }
 
 impl Ctx {
@@ -172,8 +176,56 @@ impl Ctx {
             alibi: self.alibi.as_ref().map(|(s, p)| (s, p)),
             alibi_relative: self.alibi_relative,
             window,
+            prefix: self.prefix.as_ref(),
         }
     }
+}
+
+/// Rotary positions on x [n, heads·hd] in place (`inverse`: the transpose, for the backward).
+/// GLM 2D (`Positions::Glm2d`): the first half of each head rotated by `rope` (position ids),
+/// the second half by `block` (block position ids), both in rotate_half pairs.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_rope(
+    be: &dyn Backend,
+    arch: &Arch,
+    x: &mut Tensor,
+    heads: usize,
+    n: usize,
+    rope: Option<&RopeTables>,
+    block: Option<&RopeTables>,
+    inverse: bool,
+) {
+    let hd = arch.head_dim;
+    match (arch.positions, rope) {
+        (Positions::Rope { kind, .. }, Some(tab)) => be.rope(x, tab, n, heads, hd, kind, inverse),
+        (Positions::Glm2d { .. }, Some(tab)) => {
+            be.rope(x, tab, n, heads, hd, RopeKind::Half, inverse);
+            if let Some(bt) = block {
+                let (half, rows) = (hd / 2, n * heads);
+                let mut tmp = be.zeros(rows * half);
+                let (whole, part) = (Strided::rows(hd, half), Strided::rows(half, 0));
+                be.copy2d(&mut tmp, part, x, whole, rows, half);
+                be.rope(&mut tmp, bt, n, heads, half, RopeKind::Half, inverse);
+                be.copy2d(x, whole, &tmp, part, rows, half);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// y[..len] += s·x[..len] (the GLM block's scaled residual).
+fn add_scaled(be: &dyn Backend, y: &mut Tensor, x: &Tensor, s: f32, len: usize) {
+    let mut t = be.zeros(len);
+    be.copy2d(
+        &mut t,
+        Strided::rows(len, 0),
+        x,
+        Strided::rows(len, 0),
+        1,
+        len,
+    );
+    be.scale(&mut t, s, len);
+    be.add(y, &t, len);
 }
 
 /// Activations a layer keeps for its backward.
@@ -306,7 +358,15 @@ impl Layer {
     ) {
         let n = ctx.n;
         let hd = ctx.dims.hd;
-        self.qkv_fwd(be, arch, acts, x, ctx.rope.as_ref(), n);
+        self.qkv_fwd(
+            be,
+            arch,
+            acts,
+            x,
+            ctx.rope.as_ref(),
+            ctx.rope_block.as_ref(),
+            n,
+        );
         ensure(be, &mut acts.attn_saved, be.attention_saved_len(ctx.dims));
         ensure(be, &mut acts.att, n * arch.q_dim());
         let mask = ctx.mask(self.window);
@@ -324,7 +384,8 @@ impl Layer {
     }
 
     /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), the per-head
-    /// q/k norm if any, RoPE with the tables `rope` of these n tokens.
+    /// q/k norm if any, RoPE with the tables `rope` (and GLM's `block`) of these n tokens.
+    #[allow(clippy::too_many_arguments)]
     pub fn qkv_fwd(
         &self,
         be: &dyn Backend,
@@ -332,9 +393,10 @@ impl Layer {
         acts: &mut Acts,
         x: &Tensor,
         rope: Option<&RopeTables>,
+        block: Option<&RopeTables>,
         n: usize,
     ) {
-        let (h, qd, kd, hd) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.head_dim);
+        let (h, qd, kd) = (arch.hidden, arch.q_dim(), arch.kv_dim());
         ensure(be, &mut acts.h1, n * h);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
         ensure(be, &mut acts.q, n * qd);
@@ -363,14 +425,13 @@ impl Layer {
                 n * arch.kv_heads,
             );
         }
-        if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, rope) {
-            be.rope(&mut acts.q, tab, n, arch.heads, hd, kind, false);
-            be.rope(&mut acts.k, tab, n, arch.kv_heads, hd, kind, false);
-        }
+        apply_rope(be, arch, &mut acts.q, arch.heads, n, rope, block, false);
+        apply_rope(be, arch, &mut acts.k, arch.kv_heads, n, rope, block, false);
     }
 
     /// Second half, from the attention output `acts.att` [n, NH·HD]: x2 = x + o(att);
-    /// out = x2 + mlp(ln2(x2)).
+    /// out = x2 + mlp(ln2(x2)). GLM (`Arch::glm_alpha`): x2 = α·h1 + o(att);
+    /// out = α·h2 + mlp(h2), h2 = ln2(x2).
     pub fn post_attn_fwd(
         &self,
         be: &dyn Backend,
@@ -383,7 +444,10 @@ impl Layer {
         let (h, f) = (arch.hidden, arch.ffn);
         ensure(be, &mut acts.x2, n * h);
         self.o.forward(be, &mut acts.x2, &acts.att, n);
-        be.add(&mut acts.x2, x, n * h);
+        match arch.glm_alpha() {
+            Some(a) => add_scaled(be, &mut acts.x2, &acts.h1, a, n * h),
+            None => be.add(&mut acts.x2, x, n * h),
+        }
         ensure(be, &mut acts.h2, n * h);
         self.ln2
             .forward(be, &mut acts.h2, &mut acts.st2, &acts.x2, n);
@@ -408,7 +472,10 @@ impl Layer {
             }
         }
         self.mlp_out.forward(be, out, &acts.a, n);
-        be.add(out, &acts.x2, n * h);
+        match arch.glm_alpha() {
+            Some(a) => add_scaled(be, out, &acts.h2, a, n * h),
+            None => be.add(out, &acts.x2, n * h),
+        }
     }
 
     /// dx [N,H] (overwritten) from dout [N,H], the layer input x and its saved `acts`.
@@ -450,11 +517,17 @@ impl Layer {
                 self.mlp_in[0].backward(be, Some(&mut dh2), false, &de, &acts.h2, n);
             }
         }
-        // residual 2: dx2 = dout + ln2ᵀ(dh2)
+        // residual 2: dx2 = dout + ln2ᵀ(dh2); GLM: dx2 = ln2ᵀ(dh2 + α·dout)
+        let alpha = arch.glm_alpha();
+        if let Some(a) = alpha {
+            add_scaled(be, &mut dh2, dout, a, n * h);
+        }
         let mut dx2 = be.zeros(n * h);
         self.ln2
             .backward(be, &mut dx2, &dh2, &acts.x2, &acts.st2, n);
-        be.add(&mut dx2, dout, n * h);
+        if alpha.is_none() {
+            be.add(&mut dx2, dout, n * h);
+        }
         // attention
         let mut datt = be.zeros(n * qd);
         self.o
@@ -474,10 +547,9 @@ impl Layer {
             ctx.dims,
             1.0 / (hd as f32).sqrt(),
         );
-        if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, &ctx.rope) {
-            be.rope(&mut dq, tab, n, nh, hd, kind, true);
-            be.rope(&mut dk, tab, n, nkv, hd, kind, true);
-        }
+        let (rope, block) = (ctx.rope.as_ref(), ctx.rope_block.as_ref());
+        apply_rope(be, arch, &mut dq, nh, n, rope, block, true);
+        apply_rope(be, arch, &mut dk, nkv, n, rope, block, true);
         if let (Some(qn), Some(kn)) = (&mut self.q_norm, &mut self.k_norm) {
             let mut d = be.zeros(n * qd);
             qn.backward(be, &mut d, &dq, &acts.q_pre, &acts.st_q, n * nh);
@@ -496,9 +568,14 @@ impl Layer {
             merge_qkv(be, arch, &mut buf, [&dq, &dk, &dv], n);
             self.qkv[0].backward(be, Some(&mut dh1), false, &buf, &acts.h1, n);
         }
-        // residual 1: dx = dx2 + ln1ᵀ(dh1)
+        // residual 1: dx = dx2 + ln1ᵀ(dh1); GLM: dx = ln1ᵀ(dh1 + α·dx2)
+        if let Some(a) = alpha {
+            add_scaled(be, &mut dh1, &dx2, a, n * h);
+        }
         self.ln1.backward(be, dx, &dh1, x, &acts.st1, n);
-        be.add(dx, &dx2, n * h);
+        if alpha.is_none() {
+            be.add(dx, &dx2, n * h);
+        }
     }
 
     /// Peak f32 scratch `backward` allocates besides `Acts` for n tokens: da, de, dg [n,F]
@@ -527,7 +604,8 @@ impl Layer {
         let qk_norm = if arch.qk_norm { q + kv } else { 0.0 };
         let widest = h.max(ffn).max(q);
         let dropout = if dropout { 2.0 * widest } else { 0.0 };
-        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout)
+        let glm = if arch.glm_alpha().is_some() { h } else { 0.0 };
+        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout + glm)
     }
 
     /// Every linear of the layer, in forward order.

@@ -4,11 +4,13 @@
 //! ALiBi count the row's real tokens − 1 (padding 0), as transformers' `generate` does. RoPE
 //! only sees relative positions, so a prefill plus steps reproduces the full forward's logits,
 //! except under dynamic NTK, whose frequencies change between steps and so need the reference's
-//! absolute positions.
+//! absolute positions. ChatGLM-6B (v1): the first step must hold each row's `<sop>`; it runs
+//! as a full attention with the row's bidirectional prefix, the later ones (all after `<sop>`,
+//! so causal) against the cache, with 2D positions from the row's tokens so far.
 
 use super::block::{ensure, Acts};
-use super::{alibi_slopes, Model, ModelError, Positions};
-use crate::backend::{AttnDims, Strided, Tensor};
+use super::{alibi_slopes, glm_row_positions, Model, ModelError, Positions};
+use crate::backend::{AttnDims, AttnMask, Strided, Tensor};
 
 pub struct KvCache {
     pub b: usize,
@@ -25,6 +27,8 @@ pub struct KvCache {
     kpos: Vec<f32>,
     /// [B] real tokens so far.
     count: Vec<i64>,
+    /// ChatGLM-6B: each row's real tokens so far (its 2D positions depend on them).
+    glm_ids: Vec<Vec<u32>>,
 }
 
 impl Model {
@@ -45,6 +49,7 @@ impl Model {
             valid: vec![0; b * cap],
             kpos: vec![0.0; b * cap],
             count: vec![0; b],
+            glm_ids: vec![Vec::new(); b],
         }
     }
 
@@ -134,6 +139,10 @@ impl Model {
                 cache.kpos[slot] = counted * mask[r * tn + i] as f32;
             }
         }
+        let glm = self.glm_step_positions(cache, ids, mask, tn)?;
+        if let Some((p, _, _)) = &glm {
+            pos.clone_from(p);
+        }
         let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
             let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             be.upload_i32(&ids)
@@ -158,10 +167,32 @@ impl Model {
         let rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&be.upload(&pos), n, &f));
+        let rope_block = glm.as_ref().and_then(|(_, block, _)| {
+            let f = self.rope_freqs(seq_len)?;
+            Some(be.rope_tables(&be.upload(block), n, &f))
+        });
+        // GLM's first step: full attention over the step with each row's bidirectional prefix.
+        let prefill = glm.as_ref().map(|(_, _, prefix)| {
+            let step_valid: Vec<u8> = mask.to_vec();
+            let seg: Vec<i32> = mask.iter().map(|&m| if m == 0 { -1 } else { 0 }).collect();
+            (
+                be.upload_u8(&step_valid),
+                be.upload_i32(&seg),
+                be.upload_i32(prefix),
+            )
+        });
         let mut acts = Acts::default();
         let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
-            l.qkv_fwd(be, &self.arch, &mut acts, &x, rope.as_ref(), n);
+            l.qkv_fwd(
+                be,
+                &self.arch,
+                &mut acts,
+                &x,
+                rope.as_ref(),
+                rope_block.as_ref(),
+                n,
+            );
             // new keys/values of row r go to cache slots r·cap + past ..
             for r in 0..b {
                 let (dst, src) = (
@@ -172,6 +203,31 @@ impl Model {
                 be.copy2d(&mut cache.v[li], dst, &acts.v, src, tn, kd);
             }
             ensure(be, &mut acts.att, n * self.arch.q_dim());
+            let scale = 1.0 / (self.arch.head_dim as f32).sqrt();
+            if let (Some((valid, seg, prefix)), 0) = (&prefill, past) {
+                let m = AttnMask {
+                    valid,
+                    segment: seg,
+                    alibi: None,
+                    alibi_relative: true,
+                    window: None,
+                    prefix: Some(prefix),
+                };
+                ensure(be, &mut acts.attn_saved, be.attention_saved_len(dims));
+                be.attention_fwd(
+                    &mut acts.att,
+                    &mut acts.attn_saved,
+                    &acts.q,
+                    &acts.k,
+                    &acts.v,
+                    &m,
+                    dims,
+                    scale,
+                );
+                l.post_attn_fwd(be, &self.arch, &mut y, &mut acts, &x, n);
+                std::mem::swap(&mut x, &mut y);
+                continue;
+            }
             be.attention_cached_fwd(
                 &mut acts.att,
                 &acts.q,
@@ -183,7 +239,7 @@ impl Model {
                 dims,
                 cache.cap,
                 past,
-                1.0 / (self.arch.head_dim as f32).sqrt(),
+                scale,
             );
             l.post_attn_fwd(be, &self.arch, &mut y, &mut acts, &x, n);
             std::mem::swap(&mut x, &mut y);
@@ -192,5 +248,49 @@ impl Model {
             .forward(be, &mut y, &mut Default::default(), &x, n);
         cache.len += tn;
         Ok(y)
+    }
+
+    /// ChatGLM-6B (None for other families): position and block-position ids [B*Tn] of a step's
+    /// tokens from each row's tokens so far, and per row the step slot of `<sop>` (the first
+    /// step's bidirectional prefix). The first step must contain every row's `<sop>`.
+    #[allow(clippy::type_complexity)]
+    fn glm_step_positions(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        mask: &[u8],
+        tn: usize,
+    ) -> Result<Option<(Vec<f32>, Vec<f32>, Vec<i32>)>, ModelError> {
+        let Positions::Glm2d {
+            sop,
+            gmask,
+            mask: m,
+            ..
+        } = self.arch.positions
+        else {
+            return Ok(None);
+        };
+        let b = cache.b;
+        let (mut pos, mut block, mut prefix) = (vec![0.0; b * tn], vec![0.0; b * tn], vec![0; b]);
+        for r in 0..b {
+            let before = cache.glm_ids[r].len();
+            let new: Vec<usize> = (0..tn).filter(|&i| mask[r * tn + i] == 1).collect();
+            cache.glm_ids[r].extend(new.iter().map(|&i| ids[r * tn + i]));
+            let row = glm_row_positions(&cache.glm_ids[r], sop, gmask, m);
+            if row.context == cache.glm_ids[r].len() {
+                return Err(ModelError::Batch(format!(
+                    "ChatGLM-6B (v1) generation needs <sop> (id {sop}) in the first step of every \
+                     row: its prompt ends with [gMASK] <sop> (the chatglm template adds them)"
+                )));
+            }
+            for (k, &i) in new.iter().enumerate() {
+                pos[r * tn + i] = row.pos[before + k] as f32;
+                block[r * tn + i] = row.block[before + k] as f32;
+            }
+            if before == 0 {
+                prefix[r] = new.get(row.context).map_or(tn, |&i| i) as i32;
+            }
+        }
+        Ok(Some((pos, block, prefix)))
     }
 }

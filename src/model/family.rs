@@ -14,6 +14,8 @@ pub enum Family {
     Qwen3,
     Qwen,
     ChatGlm,
+    /// ChatGLM-6B (v1): `model_type` chatglm with `position_encoding_2d` (GLM blocks, 2D RoPE).
+    Glm,
     Bloom,
     Gpt2,
 }
@@ -70,6 +72,14 @@ pub static TABLE: &[FamilyInfo] = &[
         gguf_arch: None,
     },
     FamilyInfo {
+        family: Family::Glm,
+        name: "chatglm6b",
+        // chosen from a chatglm config by `Family::of`, not by model_type alone
+        model_types: &[],
+        default_targets: &["query_key_value"],
+        gguf_arch: None,
+    },
+    FamilyInfo {
         family: Family::Bloom,
         name: "bloom",
         model_types: &["bloom"],
@@ -120,11 +130,19 @@ pub struct Names {
 
 impl Family {
     /// The family of a config.json's `model_type`, or the error naming every supported type.
+    /// A chatglm config with `position_encoding_2d` (or without ChatGLM2/3's `padded_vocab_size`)
+    /// is ChatGLM-6B (v1).
     pub fn of(c: &HfConfig) -> Result<Family, ConfigError> {
-        Family::of_model_type(&c.model_type).ok_or_else(|| ConfigError::Unsupported {
+        let f = Family::of_model_type(&c.model_type).ok_or_else(|| ConfigError::Unsupported {
             path: c.path.clone(),
             got: c.model_type.clone(),
             supported: supported_model_types(),
+        })?;
+        let v1 = c.get("position_encoding_2d").is_some() || c.get("padded_vocab_size").is_none();
+        Ok(if f == Family::ChatGlm && v1 {
+            Family::Glm
+        } else {
+            f
         })
     }
     pub fn of_model_type(mt: &str) -> Option<Family> {
@@ -171,6 +189,13 @@ impl Family {
                 emb_norm: None,
                 final_norm: s("transformer.encoder.final_layernorm"),
                 head: Some(s("transformer.output_layer")),
+            },
+            Family::Glm => Names {
+                emb: s("transformer.word_embeddings"),
+                pos_emb: None,
+                emb_norm: None,
+                final_norm: s("transformer.final_layernorm"),
+                head,
             },
             Family::Bloom => Names {
                 emb: s("transformer.word_embeddings"),
@@ -229,6 +254,17 @@ impl Family {
                     ln2: format!("{p}.post_attention_layernorm"),
                     qkv: vec![format!("{p}.self_attention.query_key_value")],
                     o: format!("{p}.self_attention.dense"),
+                    mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
+                    mlp_out: format!("{p}.mlp.dense_4h_to_h"),
+                }
+            }
+            Family::Glm => {
+                let p = format!("transformer.layers.{i}");
+                LayerNames {
+                    ln1: format!("{p}.input_layernorm"),
+                    ln2: format!("{p}.post_attention_layernorm"),
+                    qkv: vec![format!("{p}.attention.query_key_value")],
+                    o: format!("{p}.attention.dense"),
                     mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
                     mlp_out: format!("{p}.mlp.dense_4h_to_h"),
                 }

@@ -6,6 +6,8 @@ pub mod arch;
 pub mod block;
 pub mod cache;
 pub mod family;
+#[cfg(test)]
+mod glm_tests;
 pub mod linear;
 pub mod lora;
 pub mod quantized;
@@ -392,6 +394,52 @@ fn linear_of(
     Ok(l)
 }
 
+/// GLM 2D positions of a batch: position and block-position ids [B*T] and the per-row prefix
+/// (slot of `<sop>`, or T when a row has none).
+struct GlmPositions {
+    pos: Vec<f32>,
+    block: Vec<f32>,
+    prefix: Vec<i32>,
+}
+
+/// One unpadded ChatGLM-6B row's positions (tokenization_chatglm.py `_pad`, modeling's
+/// get_position_ids): `context` = index of the first `<sop>` (the whole row without one);
+/// position ids count up to it, then stay at the index of [gMASK] (else [MASK]; without either
+/// they keep counting); block ids are 0 before it and 1, 2, ... from it.
+pub(crate) struct GlmRow {
+    pub pos: Vec<usize>,
+    pub block: Vec<usize>,
+    pub context: usize,
+}
+
+pub(crate) fn glm_row_positions(ids: &[u32], sop: u32, gmask: u32, mask: u32) -> GlmRow {
+    let n = ids.len();
+    let context = ids.iter().position(|&x| x == sop).unwrap_or(n);
+    let mpos = ids
+        .iter()
+        .position(|&x| x == gmask)
+        .or_else(|| ids.iter().position(|&x| x == mask));
+    GlmRow {
+        pos: (0..n)
+            .map(|c| if c < context { c } else { mpos.unwrap_or(c) })
+            .collect(),
+        block: (0..n)
+            .map(|c| if c < context { 0 } else { c - context + 1 })
+            .collect(),
+        context,
+    }
+}
+
+/// GLM's θ_i = base^(−2i/rot_dim), rounded to f16 as RotaryEmbedding stores `inv_freq`
+/// (`.half()`; `model.float()` keeps the rounded values, the angles are then f32).
+fn glm_freqs(rot_dim: usize, base: f32) -> RopeFreqs {
+    let inv = crate::backend::cpu::inv_freq(rot_dim, base)
+        .into_iter()
+        .map(|x| half::f16::from_f32(x).to_f32())
+        .collect();
+    RopeFreqs { inv, scale: 1.0 }
+}
+
 /// ALiBi slopes as BLOOM's build_alibi_tensor computes them.
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     let closest = 1usize << (usize::BITS - 1 - heads.leading_zeros());
@@ -517,6 +565,9 @@ impl Model {
     /// and back to the original when a forward is shorter than max_position_embeddings. So, as
     /// there, keys cached during generation keep the rotation they were computed with.
     pub(crate) fn rope_freqs(&self, seq_len: usize) -> Option<RopeFreqs> {
+        if let Positions::Glm2d { rot_dim, base, .. } = self.arch.positions {
+            return Some(glm_freqs(rot_dim, base));
+        }
         let Positions::Rope {
             rot_dim,
             base,
@@ -673,6 +724,17 @@ impl Model {
                 )));
             }
         }
+        let glm = match self.arch.positions {
+            Positions::Glm2d { .. } if batch.segments.is_some() => {
+                return Err(ModelError::Batch(
+                    "packed sequences are not supported for ChatGLM-6B (v1): its bidirectional \
+                     context up to <sop> is per row; turn packing off"
+                        .into(),
+                ))
+            }
+            Positions::Glm2d { .. } => Some(self.glm_positions(batch)),
+            _ => None,
+        };
         let segment = batch.segments.clone().unwrap_or_else(|| vec![0; n]);
         let mut pos = vec![0.0; n];
         let mut kpos = vec![0.0; n];
@@ -709,11 +771,19 @@ impl Model {
         } else {
             (None, true)
         };
+        if let Some(g) = &glm {
+            pos.clone_from(&g.pos);
+        }
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
         let pos_t = be.upload(&pos);
         let rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
+        let rope_block = glm.as_ref().and_then(|g| {
+            let f = self.rope_freqs(seq_len)?;
+            Some(be.rope_tables(&be.upload(&g.block), n, &f))
+        });
+        let prefix = glm.as_ref().map(|g| be.upload_i32(&g.prefix));
         let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
             let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             be.upload_i32(&ids)
@@ -741,7 +811,41 @@ impl Model {
             alibi,
             alibi_relative,
             rope,
+            rope_block,
+            prefix,
         })
+    }
+
+    /// ChatGLM-6B's 2D positions and per-row prefix for an unpacked batch, computed on each
+    /// row's real tokens as THUDM's tokenizer `_pad` does (left padding: position 0).
+    fn glm_positions(&self, batch: &Batch) -> GlmPositions {
+        let Positions::Glm2d {
+            sop, gmask, mask, ..
+        } = self.arch.positions
+        else {
+            unreachable!("glm_positions on a non-GLM model")
+        };
+        let (b, t) = (batch.b, batch.t);
+        let mut g = GlmPositions {
+            pos: vec![0.0; b * t],
+            block: vec![0.0; b * t],
+            prefix: vec![t as i32; b],
+        };
+        for r in 0..b {
+            let slots: Vec<usize> = (0..t)
+                .filter(|&i| batch.attention_mask[r * t + i] == 1)
+                .collect();
+            let ids: Vec<u32> = slots.iter().map(|&i| batch.input_ids[r * t + i]).collect();
+            let rp = glm_row_positions(&ids, sop, gmask, mask);
+            for (c, &i) in slots.iter().enumerate() {
+                g.pos[r * t + i] = rp.pos[c] as f32;
+                g.block[r * t + i] = rp.block[c] as f32;
+            }
+            if let Some(&slot) = slots.get(rp.context) {
+                g.prefix[r] = slot as i32;
+            }
+        }
+        g
     }
 
     /// Shifted targets [N]: target[t] = labels[t+1] inside the same row and example, else

@@ -12,7 +12,7 @@ use std::sync::Arc;
 type Tensors = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
 /// An engine fixture (`llama`) or another fixture set's model (`bases/qwen3`).
-fn dir(family: &str) -> PathBuf {
+pub(super) fn dir(family: &str) -> PathBuf {
     let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     if family.contains('/') {
         fx.join(family)
@@ -21,7 +21,7 @@ fn dir(family: &str) -> PathBuf {
     }
 }
 
-fn fixture(family: &str) -> (Model, Tensors, Batch) {
+pub(super) fn fixture(family: &str) -> (Model, Tensors, Batch) {
     let d = dir(family);
     let model = Model::load(&d, &LoadOptions::default()).unwrap();
     let r = read_all(&d.join("ref.safetensors")).unwrap();
@@ -38,7 +38,7 @@ fn fixture(family: &str) -> (Model, Tensors, Batch) {
 }
 
 #[track_caller]
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+pub(super) fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0.0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -58,14 +58,14 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 /// Logits at real (non-padding) positions only: padded query rows are undefined in transformers.
-fn valid_logits(l: &[f32], batch: &Batch, v: usize) -> Vec<f32> {
+pub(super) fn valid_logits(l: &[f32], batch: &Batch, v: usize) -> Vec<f32> {
     (0..batch.b * batch.t)
         .filter(|&k| batch.attention_mask[k] == 1)
         .flat_map(|k| l[k * v..(k + 1) * v].to_vec())
         .collect()
 }
 
-fn check_forward(family: &str) {
+pub(super) fn check_forward(family: &str) {
     let (model, r, batch) = fixture(family);
     let out = model.forward(&batch).unwrap();
     let v = model.arch.vocab;
@@ -83,7 +83,7 @@ fn check_forward(family: &str) {
     );
 }
 
-fn check_full_grads(family: &str) {
+pub(super) fn check_full_grads(family: &str) {
     let (mut model, r, batch) = fixture(family);
     model.set_full_trainable().unwrap();
     let loss = model
@@ -126,7 +126,7 @@ fn check_full_grads(family: &str) {
     assert_eq!(n, n_ref, "{family}: number of trainable tensors");
 }
 
-fn check_lora(family: &str) {
+pub(super) fn check_lora(family: &str) {
     let (mut model, r, batch) = fixture(family);
     lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
     let out = model.forward(&batch).unwrap();
@@ -163,7 +163,7 @@ fn check_lora(family: &str) {
 }
 
 /// Checkpointing on/off gives bit-identical gradients.
-fn check_checkpointing(family: &str) {
+pub(super) fn check_checkpointing(family: &str) {
     let grads = |ck: bool| {
         let (mut model, _, batch) = fixture(family);
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();

@@ -2,7 +2,8 @@
 numbers from glm6b_modeling.py (our transcription of modeling_chatglm.py; transformers has none).
 
 Run:  /work/pyref/bin/python tests/reference/glm6b_make_fixtures.py
-Writes tests/fixtures/glm6b/{config.json, model.safetensors, ref.safetensors, adapter/, greedy.json}.
+Writes tests/fixtures/glm6b/tiny/{config.json, model.safetensors, ref.safetensors, adapter/} and
+tests/fixtures/glm6b/greedy.json.
 
 Versions used: torch 2.15.0, peft 0.21.2 (printed at start).
 
@@ -29,9 +30,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import glm6b_modeling as glm  # noqa: E402
 
 print("torch", torch.__version__, "peft", peft.__version__)
+torch.manual_seed(0)
 torch.set_default_dtype(torch.float32)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "glm6b")
+MODEL = os.path.join(ROOT, "tiny")
 V, H, NH, FF, L = 64, 32, 2, 64, 2
 MASK, GMASK, SOP, EOP, PAD = 40, 41, 44, 45, 3
 CONFIG = {
@@ -90,8 +93,8 @@ def randomize(model, seed):
 
 
 def main():
-    shutil.rmtree(ROOT, ignore_errors=True)
-    os.makedirs(ROOT)
+    shutil.rmtree(MODEL, ignore_errors=True)
+    os.makedirs(MODEL)
     cfg = glm.Config(**CONFIG)
     model = glm.ChatGLMForConditionalGeneration(cfg)
     randomize(model, 7)
@@ -109,8 +112,8 @@ def main():
 
     # THUDM's checkpoint also stores lm_head.weight (equal to the embedding).
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, os.path.join(ROOT, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(ROOT, "config.json"), "w") as f:
+    save_file(sd, os.path.join(MODEL, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(MODEL, "config.json"), "w") as f:
         json.dump(CONFIG, f, indent=2)
 
     base_gen = {"single": [glm.greedy(model, [p], PAD, EOP, MAX_NEW)[0] for p in PROMPTS],
@@ -133,14 +136,14 @@ def main():
         if p.requires_grad:
             ref["lora_grad." + n.replace(".default", "")] = p.grad.detach().clone()
     pm.zero_grad()
-    ad = os.path.join(ROOT, "adapter")
+    ad = os.path.join(MODEL, "adapter")
     pm.save_pretrained(ad, safe_serialization=True)
     if os.path.exists(os.path.join(ad, "README.md")):
         os.remove(os.path.join(ad, "README.md"))
     inner = pm.base_model.model
     lora_gen = {"single": [glm.greedy(inner, [p], PAD, EOP, MAX_NEW)[0] for p in PROMPTS],
                 "batch": glm.greedy(inner, PROMPTS, PAD, EOP, MAX_NEW)}
-    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(ROOT, "ref.safetensors"))
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(MODEL, "ref.safetensors"))
     with open(os.path.join(ROOT, "greedy.json"), "w") as f:
         json.dump({"prompts": PROMPTS, "max_new_tokens": MAX_NEW, "eos": EOP, "pad": PAD,
                    "models": {"glm6b": {"base": base_gen, "adapter": lora_gen}}}, f, indent=1)
