@@ -12,6 +12,8 @@
 //! ```
 pub mod dataset;
 pub mod fast_bpe;
+#[cfg(test)]
+mod glm1_tests;
 pub mod inspect;
 pub mod jinja;
 #[cfg(test)]

@@ -17,9 +17,10 @@
 //! <|observation|>), eos `</s>`, pad `<unk>`, left padding, and the
 //! [gMASK] sop prefix that `tokenizer(text)` adds. Segment text is encoded
 //! as plain sentencepiece (special tokens inside text are not matched).
-//! ChatGLM-6B v1 (commands inside its SP vocab) loads without the nine
-//! tokens, but its text preprocessing (<n>, <|tab|>, <|blank_n|>) is not
-//! reproduced.
+//! ChatGLM-6B v1 (commands such as [gMASK] <sop> <eop> inside its SP vocab)
+//! loads without the nine tokens and gets its SPTokenizer's text rules
+//! (`glm1_preprocess` / `glm1_postprocess`): newline as `<n>`, tab as
+//! `<|tab|>`, runs of 2..=80 spaces as `<|blank_N|>`.
 
 use super::fast_bpe::FastBpe;
 use super::sentencepiece::{added_token_json, SpModel};
@@ -61,6 +62,12 @@ pub struct TokenizerBundle {
     /// The ids-only encoder `encode` uses when the tokenizer is one it
     /// supports (byte-level BPE); `RECIPE_SLOW_TOKENIZER=1` turns it off.
     fast: Option<FastBpe>,
+    /// ChatGLM-6B v1: text goes through `glm1_preprocess` before encoding and
+    /// `glm1_postprocess` after decoding.
+    glm1: bool,
+    /// ChatGLM-6B v1 from tokenizer.model: `encode` adds sentencepiece's dummy prefix "▁"
+    /// itself (once, at the start of non-empty text).
+    glm1_prefix: bool,
     pub dir: PathBuf,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -91,6 +98,34 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v = serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
     Ok(Some(v))
+}
+
+/// ChatGLM-6B v1's longest `<|blank_N|>` (SPTokenizer max_blank_length).
+const GLM1_MAX_BLANK: usize = 80;
+
+/// ChatGLM-6B v1's SPTokenizer `_preprocess`: "\n" -> `<n>`, "\t" -> `<|tab|>`,
+/// then runs of spaces, longest first (80 down to 2), -> `<|blank_N|>`.
+pub fn glm1_preprocess(text: &str) -> String {
+    let mut t = text.replace('\n', "<n>").replace('\t', "<|tab|>");
+    for n in (2..=GLM1_MAX_BLANK).rev() {
+        let run = " ".repeat(n);
+        if t.contains(&run) {
+            t = t.replace(&run, &format!("<|blank_{n}|>"));
+        }
+    }
+    t
+}
+
+/// ChatGLM-6B v1's SPTokenizer `decode` text rules, the inverse of `glm1_preprocess`.
+pub fn glm1_postprocess(text: &str) -> String {
+    let mut t = text.replace("<n>", "\n").replace("<|tab|>", "\t");
+    for n in 2..=GLM1_MAX_BLANK {
+        let tok = format!("<|blank_{n}|>");
+        if t.contains(&tok) {
+            t = t.replace(&tok, &" ".repeat(n));
+        }
+    }
+    t
 }
 
 /// A token given as "text" or as an AddedToken object {"content": ...}.
@@ -138,6 +173,7 @@ impl TokenizerBundle {
         let tj_path = dir.join("tokenizer.json");
         let sp_path = dir.join("tokenizer.model");
         let mut from_sp = false;
+        let mut glm1_prefix = false;
         let mut tj = if let Some(v) = read_json(&tj_path)? {
             v
         } else if sp_path.exists() {
@@ -151,9 +187,22 @@ impl TokenizerBundle {
             // ChatGLM2/3 keep their commands outside the SP vocab;
             // ChatGLM-6B v1 has [gMASK] <sop> <eop> inside it.
             let glm3 = is_glm && !sp.pieces.iter().any(|p| p.piece == "[gMASK]");
+            let glm1 = is_glm
+                && ["[gMASK]", "<sop>"]
+                    .iter()
+                    .all(|t| sp.pieces.iter().any(|p| p.piece == *t));
             if glm3 {
                 for (i, t) in CHATGLM3_SPECIAL.iter().enumerate() {
                     added.push(added_token_json(n + i, t, true));
+                }
+            } else if glm1 {
+                // sentencepiece adds its dummy prefix once, before the whole text; tokenizers'
+                // Prepend would add it again after every user-defined piece (<n>, <|blank_N|>).
+                // So `encode` prepends it instead.
+                if let Some(norms) = tj["normalizer"]["normalizers"].as_array_mut() {
+                    let before = norms.len();
+                    norms.retain(|x| x["type"] != "Prepend");
+                    glm1_prefix = norms.len() < before;
                 }
             } else if let Some(dec) = cfg.get("added_tokens_decoder").and_then(Value::as_object) {
                 // Tokens beyond the SP vocab, in id order.
@@ -328,6 +377,8 @@ impl TokenizerBundle {
             }
         }
 
+        let glm1 =
+            is_glm && tok.token_to_id("<sop>").is_some() && tok.token_to_id("[gMASK]").is_some();
         let tok_plain = is_glm.then(|| {
             let mut t = tok.clone();
             t.set_encode_special_tokens(true);
@@ -337,6 +388,8 @@ impl TokenizerBundle {
             tok,
             tok_plain,
             fast,
+            glm1,
+            glm1_prefix,
             dir: dir.to_path_buf(),
             bos_token,
             eos_token,
@@ -359,6 +412,18 @@ impl TokenizerBundle {
     /// Ids of `text` without special tokens added (added tokens in the text
     /// are still matched, as transformers does, except for ChatGLM).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let pre;
+        let text = if self.glm1 {
+            let p = if self.glm1_prefix && !text.is_empty() {
+                "\u{2581}"
+            } else {
+                ""
+            };
+            pre = format!("{p}{}", glm1_preprocess(text));
+            pre.as_str()
+        } else {
+            text
+        };
         if let Some(f) = &self.fast {
             return Ok(f.encode(text));
         }
@@ -391,9 +456,11 @@ impl TokenizerBundle {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tok
+        let s = self
+            .tok
             .decode(ids, skip_special)
-            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+        Ok(if self.glm1 { glm1_postprocess(&s) } else { s })
     }
 
     /// Id of a special piece such as "<|user|>" or "[gMASK]".

@@ -15,6 +15,14 @@ ref.safetensors: logits, loss, full fine-tuning gradients (autograd), LoRA logit
 (peft, target query_key_value, B randomized). greedy.json: greedy decoding (8 new tokens) of
 prompts ending in [gMASK] <sop>, each alone then as one left-padded batch, base and with the
 adapter.
+
+The tokenizer part writes tests/fixtures/glm6b/tokenizer/{tokenizer.model, tokenizer_config.json}:
+a small SentencePiece BPE model (trained here on text_make_fixtures.py's corpus) with ChatGLM-6B's
+special-token rules: <n>, <|tab|>, <|blank_2|>..<|blank_80|> and [MASK] [gMASK] [sMASK]
+<unused_0> <sop> <eop> <ENC> <dBLOCK> as user-defined pieces inside the SP vocab, <pad> 3; and
+tests/fixtures/glm6b/tokenizer_ids.json: ids of test strings through SPTokenizer.encode's rules
+(_preprocess then sentencepiece, as tokenization_chatglm.py does with num_image_tokens 0) and
+SPTokenizer.decode's text.
 """
 
 import json
@@ -22,6 +30,9 @@ import os
 import shutil
 import sys
 
+import tempfile
+
+import sentencepiece as spm
 import torch
 import peft
 from safetensors.torch import save_file
@@ -151,5 +162,69 @@ def main():
     print(json.dumps(base_gen), json.dumps(lora_gen))
 
 
+SPECIAL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
+MAX_BLANK = 80
+TOKENIZER_TESTS = [
+    "类型#上衣*材质#牛仔布*颜色#白色",
+    "line one\nline two\n\n",
+    "\tindented\ttab",
+    "two  spaces, three   and four    end",
+    "  a  b \t c\n  d  ",
+    " " * 85 + "x",
+    "混合 English 和中文，标点！",
+    "[Round 0]\n问：你好\n答：",
+    "",
+]
+
+
+def glm1_preprocess(text):
+    """SPTokenizer._preprocess (linebreak and whitespaces on)."""
+    text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
+    for i in range(MAX_BLANK, 1, -1):
+        text = text.replace(" " * i, f"<|blank_{i}|>")
+    return text
+
+
+def glm1_decode(sp, ids):
+    """SPTokenizer.decode."""
+    text = sp.decode(ids)
+    text = text.replace("<n>", "\n").replace("<|tab|>", "\t")
+    for i in range(2, MAX_BLANK + 1):
+        text = text.replace(f"<|blank_{i}|>", " " * i)
+    return text
+
+
+def tokenizer():
+    import text_make_fixtures as tf
+    out = os.path.join(ROOT, "tokenizer")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    tmp = tempfile.mkdtemp()
+    user = ["<n>", "<|tab|>"] + [f"<|blank_{i}|>" for i in range(2, MAX_BLANK + 1)] + SPECIAL
+    path = tf.train_sp(tmp, "glm6b", vocab_size=900, pad_id=3, bos_id=1, eos_id=2, unk_id=0,
+                       user_defined_symbols=user)
+    sp = spm.SentencePieceProcessor(model_file=path)
+    shutil.copy(path, os.path.join(out, "tokenizer.model"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+                   "tokenizer_class": "ChatGLMTokenizer", "bos_token": "<sop>", "eos_token": "<eop>",
+                   "end_token": "</s>", "gmask_token": "[gMASK]", "mask_token": "[MASK]", "pad_token": "<pad>",
+                   "unk_token": "<unk>", "padding_side": "left", "remove_space": False,
+                   "do_lower_case": False, "num_image_tokens": 0}, f, indent=2)
+    cases = []
+    for t in TOKENIZER_TESTS:
+        ids = sp.encode(glm1_preprocess(t))
+        cases.append({"text": t, "ids": ids, "pieces": [sp.id_to_piece(i) for i in ids],
+                      "decoded": glm1_decode(sp, ids)})
+    ids = {p: sp.piece_to_id(p) for p in ["<n>", "<|tab|>", "<|blank_2|>", "[gMASK]", "<sop>", "<eop>", "<pad>"]}
+    with open(os.path.join(ROOT, "tokenizer_ids.json"), "w") as f:
+        json.dump({"special": ids, "cases": cases}, f, ensure_ascii=False, indent=1)
+    print("tokenizer", sp.get_piece_size(), ids)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["tokenizer"]:
+        tokenizer()
+    else:
+        main()
+        tokenizer()
