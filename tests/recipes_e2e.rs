@@ -238,3 +238,24 @@ fn qwen2_lora_runs() {
 fn llama3_lora_runs() {
     recipe_runs("llama3_lora", "llama3", &["steps.train.max_steps=2"], true);
 }
+
+/// ChatGLM-6B (v1) on seed 001's AdvertiseGen preprocessing, with the tiny GLM model of
+/// tests/fixtures/glm6b/e2e (its SentencePiece tokenizer holds [gMASK] <sop> <eop> <pad>).
+#[test]
+fn chatglm6b_advertisegen_runs() {
+    let sets = ["steps.train.max_steps=2", "steps.eval.max_new_tokens=4"];
+    let (_d, out) = recipe_runs("chatglm6b_advertisegen", "../glm6b/e2e", &sets, true);
+    let cfg = read_json(&out.join("adapter/adapter_config.json"));
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["query_key_value"])
+    );
+    let m = read_json(&out.join("eval/metrics.json"));
+    for k in ["loss", "perplexity", "rouge-1", "bleu-4"] {
+        assert!(m[k].is_number(), "no {k} in {m}");
+    }
+    // The export is THUDM's layout with the output layer tied (no lm_head of its own).
+    let names = tensor_names(&out.join("merged/model.safetensors"));
+    assert!(names.contains(&"transformer.layers.0.attention.query_key_value.weight".to_string()));
+    assert!(!names.iter().any(|n| n.starts_with("lm_head")), "{names:?}");
+}

@@ -724,17 +724,24 @@ impl Model {
                 )));
             }
         }
-        let glm = match self.arch.positions {
-            Positions::Glm2d { .. } if batch.segments.is_some() => {
-                return Err(ModelError::Batch(
+        // More than one example in a row (padding aside).
+        let packed = batch.segments.as_ref().is_some_and(|s| {
+            (0..b).any(|r| {
+                let mut real = (r * t..(r + 1) * t).filter(|&k| batch.attention_mask[k] == 1);
+                real.next()
+                    .is_some_and(|k0| real.any(|k| s.get(k) != s.get(k0)))
+            })
+        });
+        let glm =
+            match self.arch.positions {
+                Positions::Glm2d { .. } if packed => return Err(ModelError::Batch(
                     "packed sequences are not supported for ChatGLM-6B (v1): its bidirectional \
                      context up to <sop> is per row; turn packing off"
                         .into(),
-                ))
-            }
-            Positions::Glm2d { .. } => Some(self.glm_positions(batch)),
-            _ => None,
-        };
+                )),
+                Positions::Glm2d { .. } => Some(self.glm_positions(batch)),
+                _ => None,
+            };
         let segment = batch.segments.clone().unwrap_or_else(|| vec![0; n]);
         let mut pos = vec![0.0; n];
         let mut kpos = vec![0.0; n];

@@ -3,7 +3,8 @@
 //! `TokenizerBundle::from_dir` reads, in this order:
 //! - `tokenizer.json` (merges as "a b" strings or [a, b] pairs both load),
 //!   or else `tokenizer.model` (SentencePiece, converted as transformers'
-//!   LlamaConverter does, see `sentencepiece.rs`);
+//!   LlamaConverter does, see `sentencepiece.rs`; ChatGLM-6B v1's is
+//!   `ice_text.model`);
 //! - `tokenizer_config.json`: bos/eos/pad/unk tokens (strings or AddedToken
 //!   objects), `padding_side`, `added_tokens_decoder`, `add_bos_token` /
 //!   `add_eos_token`, `chat_template` (a string or a list of
@@ -171,7 +172,13 @@ impl TokenizerBundle {
             || auto_map.contains("ChatGLMTokenizer");
 
         let tj_path = dir.join("tokenizer.json");
-        let sp_path = dir.join("tokenizer.model");
+        // ChatGLM-6B v1 names its sentencepiece model ice_text.model.
+        let sp_path = match dir.join("tokenizer.model") {
+            p if !p.exists() && is_glm && dir.join("ice_text.model").exists() => {
+                dir.join("ice_text.model")
+            }
+            p => p,
+        };
         let mut from_sp = false;
         let mut glm1_prefix = false;
         let mut tj = if let Some(v) = read_json(&tj_path)? {

@@ -23,6 +23,10 @@ special-token rules: <n>, <|tab|>, <|blank_2|>..<|blank_80|> and [MASK] [gMASK] 
 tests/fixtures/glm6b/tokenizer_ids.json: ids of test strings through SPTokenizer.encode's rules
 (_preprocess then sentencepiece, as tokenization_chatglm.py does with num_image_tokens 0) and
 SPTokenizer.decode's text.
+
+The e2e part writes tests/fixtures/glm6b/e2e/: a tiny random ChatGLM-6B (hidden 16, vocab 900)
+whose special ids are that tokenizer's, with the tokenizer files, for the recipe test
+(tests/recipes_e2e.rs, recipes/chatglm6b_advertisegen.toml).
 """
 
 import json
@@ -222,9 +226,34 @@ def tokenizer():
     print("tokenizer", sp.get_piece_size(), ids)
 
 
+def e2e():
+    tok = os.path.join(ROOT, "tokenizer")
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tok, "tokenizer.model"))
+    out = os.path.join(ROOT, "e2e")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    cfg = dict(CONFIG, vocab_size=sp.get_piece_size(), hidden_size=16, inner_hidden_size=32,
+               mask_token_id=sp.piece_to_id("[MASK]"), gmask_token_id=sp.piece_to_id("[gMASK]"),
+               bos_token_id=sp.piece_to_id("<sop>"), eos_token_id=sp.piece_to_id("<eop>"),
+               pad_token_id=sp.piece_to_id("<pad>"), max_sequence_length=256)
+    torch.manual_seed(0)
+    model = glm.ChatGLMForConditionalGeneration(glm.Config(**cfg))
+    randomize(model, 11)
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    for n in ["tokenizer.model", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(tok, n), os.path.join(out, n))
+    print("e2e", cfg["vocab_size"])
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["tokenizer"]:
         tokenizer()
+    elif sys.argv[1:] == ["e2e"]:
+        e2e()
     else:
         main()
         tokenizer()
+        e2e()
