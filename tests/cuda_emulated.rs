@@ -471,7 +471,8 @@ fn lora_and_qlora_steps_match_cpu() {
 /// 3 LoRA steps (all linears, dropout 0.1) on each tiny fixture model: BLOOM (ALiBi, LayerNorm,
 /// fused per-head QKV), GPT-2 (learned positions, Conv1D, biases), Qwen v1, Qwen2 (QKV bias),
 /// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (the host attention path), and
-/// LLaMA with each RoPE scaling (linear, dynamic, llama3, yarn). Losses within 1e-5 relative,
+/// LLaMA with each RoPE scaling (linear, dynamic, llama3, yarn), ChatGLM-6B v1 (2D positions,
+/// bidirectional prefix: the host attention path, GLM residuals). Losses within 1e-5 relative,
 /// adapters within 2e-2 (AdamW turns f32 reassociation in near-zero gradients into
 /// whole learning-rate steps, so adapters differ more than losses).
 #[test]

@@ -130,6 +130,7 @@ pub const OTHER_FAMILIES: &[&str] = &[
     "bases/rope_dynamic",
     "bases/rope_llama3",
     "bases/rope_yarn",
+    "glm6b/tiny",
 ];
 
 /// Per-step losses and the final adapter of one [`Run`] on one backend.
