@@ -36,7 +36,7 @@ use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
-use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
+use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
@@ -108,6 +108,11 @@ impl CudaBackend {
 
     pub fn reset_traffic(&self) {
         self.gpu.reset_traffic()
+    }
+
+    /// The device allocator's counters: driver allocations so far, bytes in use and cached.
+    pub fn pool_stats(&self) -> crate::cuda::PoolStats {
+        self.gpu.pool_stats()
     }
 
     /// `cuda:N <name> (sm_XY)`.
@@ -290,6 +295,18 @@ impl Backend for CudaBackend {
         }
         self.run("add", |g| {
             scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+        })
+    }
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.run("scale_by", |g| {
+            tk::scale_by(
+                g,
+                &mut y.device_mut().slice_mut(..n),
+                &s.device().slice(..1),
+            )
         })
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
@@ -968,25 +985,36 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// Σx² per tensor on the device (f32, fixed order), one download, √ on the host.
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        let mut acc = self.zeros(grads.len());
-        for (i, g) in grads.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            self.run("norms", |gpu| {
-                sumsq_acc(
-                    gpu,
-                    &mut acc.device_mut().slice_mut(i..i + 1),
-                    &g.device().slice(..g.len()),
-                )
-            });
+    /// Σx² per tensor on the device (f32, fixed order), then √ in f64 rounded to f32.
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]) {
+        let k = xs.len();
+        if k == 0 {
+            return;
         }
-        self.down(&acc)
-            .iter()
-            .map(|&s| (s as f64).sqrt() as f32)
-            .collect()
+        self.run("norms", |gpu| {
+            let mut o = out.device_mut().slice_mut(..k);
+            gpu.memset_zeros(&mut o)?;
+            for (i, x) in xs.iter().enumerate() {
+                if !x.is_empty() {
+                    sumsq_acc(
+                        gpu,
+                        &mut o.slice_mut(i..i + 1),
+                        &x.device().slice(..x.len()),
+                    )?;
+                }
+            }
+            norms_sqrt(gpu, &mut o)
+        })
+    }
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>) {
+        self.run("clip_coef", |g| {
+            clip_coef(
+                g,
+                &mut out.device_mut().slice_mut(..2),
+                &norms.device().slice(..k),
+                max_norm,
+            )
+        })
     }
     fn adamw(
         &self,

@@ -210,6 +210,8 @@ pub trait Backend: Send + Sync {
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize);
     /// y[..n] *= s.
     fn scale(&self, y: &mut Tensor, s: f32, n: usize);
+    /// y[..n] *= s[0], with `s` a backend scalar (no host round trip).
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize);
     /// y[r, c] += b[c], y [n, d].
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize);
     /// gb[c] += Σ_r dy[r, c] (rows in order), dy [n, d].
@@ -477,8 +479,19 @@ pub trait Backend: Send + Sync {
 
     // ---- optimizer ----
 
-    /// ‖g‖₂ of each tensor (one host synchronization for all of them).
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32>;
+    /// out[i] = ‖xs[i]‖₂ (accumulated in f64 on the CPU, f32 in a fixed order on CUDA; rounded
+    /// to f32 per tensor), staying on the backend. out: [>= xs.len()].
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]);
+    /// ‖x‖₂ of each tensor (one host synchronization for all of them).
+    fn norms(&self, xs: &[&Tensor]) -> Vec<f32> {
+        let mut out = self.zeros(xs.len());
+        self.norms_into(&mut out, xs);
+        self.download(&out)
+    }
+    /// torch `clip_grad_norm_`'s coefficient from the per-tensor norms `norms[..k]`, on the
+    /// backend: out[1] = total = √Σ nᵢ² (f64 sum in order, rounded to f32); out[0] = coef =
+    /// min(max_norm / (total + 1e-6), 1) (NaN stays NaN), 1 without `max_norm`. out: [>= 2].
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>);
     /// torch AdamW on p, m, v with gradient g ([`crate::optim::adamw::adamw_step`]).
     fn adamw(
         &self,
