@@ -682,6 +682,44 @@ fn one_training_step_moves_only_the_batch() {
     }
 }
 
+/// A full device is one clear error (a `UserPanic` the step runner reports as the step's error):
+/// what recipe holds, what the plan expected, the knobs. Nothing is printed as a bug.
+#[test]
+fn out_of_device_memory_is_one_clear_error() {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-kernels");
+    let gpu = match Gpu::emulated_with_memory(Some(cache), Some(1 << 20)) {
+        Ok(g) => g,
+        Err(e) => {
+            assert!(
+                std::env::var("RECIPE_REQUIRE_EMU").as_deref() != Ok("1"),
+                "{e}"
+            );
+            return;
+        }
+    };
+    let cuda = CudaBackend::on(gpu, "cuda:0 emulated (1 MiB)".into()).unwrap();
+    cuda.set_planned_peak(3 << 29);
+    let small = cuda.zeros(1 << 16); // 256 KiB
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cuda.zeros(1 << 18)))
+        .err()
+        .expect("1 MiB of device memory cannot hold 256 KiB + 1 MiB");
+    let msg = &p
+        .downcast_ref::<recipe::util::UserPanic>()
+        .expect("a UserPanic payload")
+        .0;
+    assert_eq!(
+        msg,
+        "out of device memory in `alloc` on cuda:0 emulated (1 MiB): recipe holds 256.0 KiB (+0 B \
+         cached); the plan expected a peak of 1.5 GiB; lower batch_size or max_length, or \
+         set gradient_checkpointing = true (`recipe plan` shows the planned memory)"
+    );
+    drop(small);
+    // The freed block is cached; the next fitting allocation reuses it.
+    let fresh = cuda.pool_stats().fresh;
+    let _again = cuda.zeros(1 << 16);
+    assert_eq!(cuda.pool_stats().fresh, fresh);
+}
+
 /// The counter counts exactly the bytes that cross: uploads and downloads, in both directions,
 /// and nothing for allocation, device-to-device copies, memset or kernel launches.
 #[test]

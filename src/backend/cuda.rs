@@ -24,7 +24,7 @@ use super::{
     Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
     Tensor,
 };
-use crate::cuda::error::{CudaError, Result};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
     dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
@@ -62,6 +62,8 @@ pub struct CudaBackend {
     dequant_scratch: Mutex<Option<Tensor>>,
     /// The 8-bit optimizer's code books and lookup tables, uploaded at the first 8-bit step.
     bnb_tables: std::sync::OnceLock<BnbTables>,
+    /// The memory plan's peak for the running step, bytes (0: none given).
+    planned_peak: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -98,6 +100,7 @@ impl CudaBackend {
             lock: Mutex::new(()),
             dequant_scratch: Mutex::new(None),
             bnb_tables: std::sync::OnceLock::new(),
+            planned_peak: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -121,28 +124,41 @@ impl CudaBackend {
     }
 
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op (the
-    /// step running it reports the panic as its error). Out of memory also says how much is
-    /// free and which knobs lower the need.
+    /// step running it reports the panic as its error). Out of memory is a
+    /// [`crate::util::UserPanic`] (reported as the step's error, not as a bug) that says what
+    /// recipe holds, what is free, what the plan expected and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
             Ok(r) => r,
-            Err(CudaError::Driver(e))
-                if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY =>
-            {
-                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-                let free = cudarc::driver::result::mem_get_info()
-                    .map(|(f, t)| format!(" ({:.2} GiB of {:.2} GiB free)", gib(f), gib(t)))
-                    .unwrap_or_default();
-                panic!(
-                    "CUDA backend on {}: {op}: out of device memory{free}; lower batch_size or \
-                     max_length, or set gradient_checkpointing = true (`recipe plan` shows the \
-                     planned memory)",
-                    self.label
-                )
+            Err(e) if crate::cuda::pool::is_oom(&e) => {
+                crate::util::user_panic(self.oom_message(op))
             }
             Err(e) => panic!("CUDA backend on {}: {op}: {e}", self.label),
         }
+    }
+
+    /// The out-of-memory error of `op`.
+    fn oom_message(&self, op: &str) -> String {
+        let h = crate::util::human_bytes;
+        let pool = self.gpu.pool_stats();
+        let mut m = format!(
+            "out of device memory in `{op}` on {}: recipe holds {} (+{} cached)",
+            self.label,
+            h(pool.in_use as u64),
+            h(pool.cached as u64)
+        );
+        if !self.gpu.is_emulated() {
+            if let Ok((free, total)) = cudarc::driver::result::mem_get_info() {
+                m += &format!(", {} of {} free", h(free as u64), h(total as u64));
+            }
+        }
+        match self.planned_peak.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            p => m += &format!("; the plan expected a peak of {}", h(p)),
+        }
+        m + "; lower batch_size or max_length, or set gradient_checkpointing = true \
+             (`recipe plan` shows the planned memory)"
     }
 
     fn up<T: DeviceRepr + ValidAsZeroBits>(&self, v: &[T]) -> Tensor<T> {
@@ -238,6 +254,10 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
 }
 
 impl Backend for CudaBackend {
+    fn set_planned_peak(&self, bytes: u64) {
+        self.planned_peak
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
     fn zeros(&self, len: usize) -> Tensor {
         self.run("alloc", |g| {
             Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))

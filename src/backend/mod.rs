@@ -190,6 +190,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, v: &[f32]) -> Tensor;
     fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;
     fn upload_u8(&self, v: &[u8]) -> Tensor<u8>;
+    /// The memory plan's peak estimate (bytes) for the work about to run, named by an
+    /// out-of-memory error (the CPU ignores it).
+    fn set_planned_peak(&self, _bytes: u64) {}
     /// A tensor's values on the host (checkpoints, the loss, tests).
     fn download(&self, t: &Tensor) -> Vec<f32>;
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;

@@ -89,7 +89,7 @@ impl Gpu {
         Ok(Gpu {
             cc: (major as u32, minor as u32),
             name,
-            pool: Pool::new(Some(stream.clone())),
+            pool: Pool::new(Some(stream.clone()), None),
             dev: Dev::Real(RealGpu {
                 ctx,
                 stream,
@@ -107,12 +107,18 @@ impl Gpu {
     /// The emulated device, caching compiled kernels in `cache_dir` (None:
     /// [`super::emu::default_cache_dir`]). Needs a C++20 g++ (one clear error otherwise).
     pub fn emulated(cache_dir: Option<PathBuf>) -> Result<Self> {
+        Self::emulated_with_memory(cache_dir, None)
+    }
+
+    /// [`Gpu::emulated`] with `memory` bytes of device memory (None: as much as the host has);
+    /// allocations past it fail as a full GPU's do.
+    pub fn emulated_with_memory(cache_dir: Option<PathBuf>, memory: Option<usize>) -> Result<Self> {
         let dev = EmuDevice::new(cache_dir.unwrap_or_else(super::emu::default_cache_dir))?;
         Ok(Gpu {
             cc: (8, 0),
             name: "emulated CUDA device (kernels compiled for the host)".into(),
             dev: Dev::Emu(dev),
-            pool: Pool::new(None),
+            pool: Pool::new(None, memory),
             htod: AtomicU64::new(0),
             dtoh: AtomicU64::new(0),
             dtoh_copies: AtomicU64::new(0),

@@ -48,6 +48,8 @@ pub(crate) struct Pool {
     free: Mutex<BTreeMap<usize, Vec<Block>>>,
     /// The real GPU's stream (None on the emulated device).
     stream: Option<Arc<CudaStream>>,
+    /// The emulated device's capacity in bytes (None: the host's memory).
+    capacity: Option<usize>,
     fresh: AtomicU64,
     in_use: AtomicUsize,
     cached: AtomicUsize,
@@ -63,10 +65,11 @@ fn emu_layout(size: usize) -> Layout {
 }
 
 impl Pool {
-    pub(crate) fn new(stream: Option<Arc<CudaStream>>) -> Arc<Self> {
+    pub(crate) fn new(stream: Option<Arc<CudaStream>>, capacity: Option<usize>) -> Arc<Self> {
         Arc::new(Pool {
             free: Mutex::new(BTreeMap::new()),
             stream,
+            capacity,
             fresh: AtomicU64::new(0),
             in_use: AtomicUsize::new(0),
             cached: AtomicUsize::new(0),
@@ -143,6 +146,14 @@ impl Pool {
                 Ok(Block::Real(slice.leak()))
             }
             None => {
+                let held =
+                    self.in_use.load(Ordering::Relaxed) + self.cached.load(Ordering::Relaxed);
+                if self.capacity.is_some_and(|c| held + bytes > c) {
+                    return Err(cudarc::driver::DriverError(
+                        cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+                    )
+                    .into());
+                }
                 // SAFETY: the layout has a non-zero size.
                 let p = unsafe { std::alloc::alloc(emu_layout(bytes)) };
                 if p.is_null() {
@@ -182,7 +193,8 @@ impl Drop for Pool {
     }
 }
 
-fn is_oom(e: &super::CudaError) -> bool {
+/// Whether `e` is the driver's out of memory.
+pub(crate) fn is_oom(e: &super::CudaError) -> bool {
     matches!(e, super::CudaError::Driver(d)
         if d.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)
 }
@@ -193,7 +205,7 @@ mod tests {
 
     #[test]
     fn blocks_are_reused_by_size_within_a_quarter() {
-        let pool = Pool::new(None);
+        let pool = Pool::new(None, None);
         let (a, sa) = pool.take(4000).unwrap();
         assert_eq!(sa, 4096);
         pool.give(a, sa);
@@ -215,5 +227,25 @@ mod tests {
         pool.give(c, sc);
         assert_eq!(pool.release(), 4096 + 1024);
         assert_eq!(pool.stats().cached, 0);
+    }
+
+    #[test]
+    fn a_full_device_releases_its_cache_then_reports_out_of_memory() {
+        let pool = Pool::new(None, Some(8192));
+        let (a, sa) = pool.take(4096).unwrap();
+        pool.give(a, sa);
+        // 6 KiB does not fit beside the cached 4 KiB: the cache goes, then it fits.
+        let (b, sb) = pool.take(6144).unwrap();
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                fresh: 2,
+                in_use: 6144,
+                cached: 0
+            }
+        );
+        let e = pool.take(4096).err().expect("8 KiB device, 6 KiB in use");
+        assert!(is_oom(&e), "{e}");
+        pool.give(b, sb);
     }
 }

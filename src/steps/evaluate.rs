@@ -545,6 +545,7 @@ mod tests {
             work: t,
             recipe_dir: t,
             device: "cpu",
+            planned_peak: None,
             progress: &progress,
         };
         crate::steps::Step::run(&Evaluate, &ctx).expect("run");

@@ -188,6 +188,7 @@ mod tests {
             work: out.path(),
             recipe_dir: out.path(),
             device: "cpu",
+            planned_peak: None,
             progress: &progress,
         };
         super::super::Step::run(&Quantize, &ctx).expect("run");
