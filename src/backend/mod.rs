@@ -39,6 +39,12 @@ pub fn backend_for(device: Device) -> anyhow::Result<Arc<dyn Backend>> {
 /// a GPU is present but cannot be used (the line says why).
 pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (DeviceRequest::Exact(Device::Cuda(n)), Ok(v)) = (req, std::env::var(EMULATED_CUDA_HOOK))
+    {
+        if !v.is_empty() {
+            return emulated_cuda(n);
+        }
+    }
     let (device, line) = req
         .resolve()
         .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
@@ -50,6 +56,23 @@ pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)
         )),
         (_, Err(e)) => Err(e),
     }
+}
+
+/// Test hook: with this variable set, `cuda[:N]` opens the emulated device (`kernels/*.cu`
+/// compiled for the host, see `crate::cuda::emu`), so the steps' and commands' CUDA path runs
+/// end to end in CI without a GPU (`tests/cli_train.rs`). Never set it for real work: the
+/// emulated device is slow.
+pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
+
+fn emulated_cuda(n: usize) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let gpu = crate::cuda::Gpu::emulated(None)
+        .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
+    let label = format!("cuda:{n} emulated");
+    let be = CudaBackend::on(gpu, label.clone())?;
+    Ok((
+        Arc::new(be),
+        format!("device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host)"),
+    ))
 }
 
 /// The device a step uses: its own `device` key, or the run's `--device` when the key is
