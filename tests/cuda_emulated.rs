@@ -682,6 +682,72 @@ fn one_training_step_moves_only_the_batch() {
     }
 }
 
+/// A bf16 checkpoint on the device: its layer linears stay 16-bit there (half the bytes of the
+/// f32 load), widened per matmul into the shared scratch; one LoRA step equals the CPU's.
+#[test]
+fn a_16bit_base_stays_16bit_on_the_device() {
+    use recipe::model::{lora, Batch, LoadOptions, Model, TrainOptions};
+    let Some(gpu) = emulated() else { return };
+    let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
+    let d = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
+    recipe::quant::testgen::bf16_copy(&src, d.path()).unwrap();
+    let on = |be: Arc<dyn Backend>, keep_16bit| {
+        let before = cuda.pool_stats().in_use;
+        let opts = LoadOptions {
+            backend: Some(be),
+            keep_16bit,
+            ..Default::default()
+        };
+        let m = Model::load(d.path(), &opts).unwrap();
+        (m, cuda.pool_stats().in_use - before)
+    };
+    let (g32, bytes32) = on(cuda.clone(), false);
+    let (mut g, bytes16) = on(cuda.clone(), true);
+    let (mut c, _) = on(Arc::new(CpuBackend), false);
+    // Each layer linear: 4 bytes per weight become 2 (allocations in 512-byte units).
+    let unit = |b: usize| b.div_ceil(512) * 512;
+    let saved: usize = g
+        .layers
+        .iter_mut()
+        .flat_map(|l| l.linears_mut())
+        .map(|l| {
+            let n = l.d_in * l.d_out;
+            unit(4 * n) - unit(2 * n)
+        })
+        .sum();
+    println!("device bytes: f32 load {bytes32}, 16-bit load {bytes16}");
+    assert_eq!(bytes32 - bytes16, saved);
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 5 % 23) as u32 + 2).collect();
+    let batch = Batch {
+        b: 2,
+        t: 9,
+        labels: Some(ids.iter().map(|&i| i as i64).collect()),
+        input_ids: ids,
+        attention_mask: vec![1; 18],
+        segments: None,
+    };
+    let cfg = lora::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: lora::Targets::AllLinear,
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 1,
+    };
+    let mut losses = vec![];
+    for m in [&mut g, &mut c] {
+        lora::apply(m, &cfg).unwrap();
+        losses.push(m.forward_backward(&batch, TrainOptions::default()).unwrap());
+    }
+    assert!(
+        (losses[0] - losses[1]).abs() <= 1e-6 * losses[1].abs(),
+        "{losses:?}"
+    );
+    drop(g32);
+}
+
 /// A full device is one clear error (a `UserPanic` the step runner reports as the step's error):
 /// what recipe holds, what the plan expected, the knobs. Nothing is printed as a bug.
 #[test]

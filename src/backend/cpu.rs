@@ -984,6 +984,12 @@ impl Backend for CpuBackend {
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
         QuantWeight::Host(w)
     }
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor> {
+        match w {
+            QuantWeight::Host(q) => q.dense().map(Tensor::from_host),
+            _ => panic!("a device quantized weight reached the CPU backend (backend mix-up)"),
+        }
+    }
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
         let QuantWeight::Host(w) = w else {
             panic!("a device quantized weight reached the CPU backend (backend mix-up)")

@@ -402,6 +402,14 @@ impl Backend for CudaBackend {
     /// A bitsandbytes 4-bit weight goes to the device (packed nibbles, f32 absmax, code);
     /// other quantized kinds stay on the host.
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
+        if let Some(h) = w.half() {
+            return QuantWeight::Device16 {
+                bits: self.up(h.bits),
+                bf16: h.kind == crate::quant::half::HalfKind::Bf16,
+                d_out: w.d_out(),
+                d_in: w.d_in(),
+            };
+        }
         let Some(fb) = w.four_bit() else {
             return QuantWeight::Host(w);
         };
@@ -416,12 +424,32 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// 4-bit: W dequantized into an f32 scratch [d_out, d_in] on the device, then one GEMM
-    /// (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A host weight runs on
-    /// the host.
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor> {
+        match w {
+            QuantWeight::Device16 {
+                bits,
+                bf16,
+                d_out,
+                d_in,
+            } => {
+                let mut t = self.zeros(d_out * d_in);
+                self.run("widen16", |g| {
+                    tk::widen16(g, t.device_mut(), &bits.device().slice(..bits.len()), *bf16)
+                });
+                Some(t)
+            }
+            QuantWeight::Host(q) => q.dense().map(|v| self.up(&v)),
+            QuantWeight::Device4(_) => None,
+        }
+    }
+
+    /// 4-bit and 16-bit: W widened into an f32 scratch [d_out, d_in] on the device (one buffer,
+    /// reused), then one GEMM (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A
+    /// host weight runs on the host.
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
         let q = match w {
-            QuantWeight::Device4(q) => q,
+            QuantWeight::Device4(q) => Some(q),
+            QuantWeight::Device16 { .. } => None,
             QuantWeight::Host(h) => {
                 return self.host_fallback(&mut [y], &[x], |_, o, i| {
                     if backward {
@@ -432,7 +460,11 @@ impl Backend for CudaBackend {
                 })
             }
         };
-        let (dout, din) = (q.rows, q.cols);
+        let (dout, din) = match (q, w) {
+            (Some(q), _) => (q.rows, q.cols),
+            (None, QuantWeight::Device16 { d_out, d_in, .. }) => (*d_out, *d_in),
+            _ => unreachable!("host weights returned above"),
+        };
         let mut slot = self
             .dequant_scratch
             .lock()
@@ -441,9 +473,20 @@ impl Backend for CudaBackend {
             *slot = Some(self.zeros(dout * din));
         }
         let wd = slot.as_mut().expect("scratch just ensured");
-        self.run("dequant_4bit", |g| {
-            dequant_4bit::<f32>(g, wd.device_mut(), q)
-        });
+        match (q, w) {
+            (Some(q), _) => self.run("dequant_4bit", |g| {
+                dequant_4bit::<f32>(g, wd.device_mut(), q)
+            }),
+            (None, QuantWeight::Device16 { bits, bf16, .. }) => self.run("widen16", |g| {
+                tk::widen16(
+                    g,
+                    wd.device_mut(),
+                    &bits.device().slice(..bits.len()),
+                    *bf16,
+                )
+            }),
+            _ => unreachable!("host weights returned above"),
+        }
         if backward {
             self.matmul(y, x, wd, n, din, dout, false, false, 1.0)
         } else {

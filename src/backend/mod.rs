@@ -186,6 +186,13 @@ pub enum QuantWeight {
     Host(Box<dyn crate::quant::QuantLinear>),
     /// A bitsandbytes 4-bit weight resident on a CUDA device.
     Device4(crate::cuda::ops::quant4::Quant4Weight),
+    /// A 16-bit weight W [d_out, d_in] resident on a CUDA device as its 16-bit values.
+    Device16 {
+        bits: Tensor<u16>,
+        bf16: bool,
+        d_out: usize,
+        d_in: usize,
+    },
 }
 
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
@@ -271,6 +278,9 @@ pub trait Backend: Send + Sync {
     /// A frozen quantized weight W [d_out, d_in]: forward y[n,d_out] = x·Wᵀ (overwritten), or
     /// with `backward` dx[n,d_in] += dy·W (x is then dy, y is dx).
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool);
+    /// W [d_out, d_in] as a dense f32 tensor when that is exact (16-bit weights), to train it;
+    /// None for 4-bit weights.
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor>;
 
     /// y[n,d] = w ⊙ x·rstd, rstd[n] = 1/sqrt(mean(x²)+eps) (HF RMSNorm, f32 variance).
     #[allow(clippy::too_many_arguments)]

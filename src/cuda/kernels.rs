@@ -156,6 +156,7 @@ pub const TENSOR: KernelFile = KernelFile {
         "col_sum_f32",
         "scale_f32",
         "scale_by_f32",
+        "widen16_f32",
         "fill_f32",
         "argmax_hits_f32",
         "sum_acc_f32",

@@ -275,6 +275,7 @@ pub fn load_model_on(
 ) -> Result<Model> {
     let opts = LoadOptions {
         backend: Some(backend),
+        keep_16bit: true,
         ..Default::default()
     };
     let mut model = if crate::model::quantized::is_quantized_dir(weights) {

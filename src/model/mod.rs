@@ -80,6 +80,10 @@ pub struct LoadOptions {
     /// d_out): a returned `QuantLinear` is used as the frozen weight instead of reading a dense
     /// tensor (a checkpoint saved already quantized, e.g. bitsandbytes 4-bit).
     pub prequantized: Option<PrequantHook>,
+    /// Layer linears stored as bf16 / f16 stay 16-bit in memory (`quant::half::Linear16`: half
+    /// of an f32 copy, same results); set for frozen bases (LoRA, inference). A weight made
+    /// trainable later is widened to f32 then.
+    pub keep_16bit: bool,
 }
 
 pub type PrequantHook = Arc<
@@ -348,6 +352,7 @@ fn linear_of(
     (d_in, d_out, bias): (usize, usize, bool),
     pre: Option<&PrequantHook>,
     quantize: Option<&QuantizeHook>,
+    keep_16bit: bool,
 ) -> Result<Linear, FormatError> {
     let wname = resolve(files, &format!("{name}.weight"));
     let b = if bias {
@@ -364,6 +369,13 @@ fn linear_of(
         l.weight = LinearWeight::Quant(be.upload_quant(q));
         l.conv1d = arch.conv1d;
         l
+    };
+    let quant = match quant {
+        Some(q) => Some(q),
+        None if keep_16bit && !arch.conv1d && quantize.is_none() => {
+            half_of(files, &wname, d_in, d_out)?
+        }
+        None => None,
     };
     if let Some(q) = quant {
         let mut l = quantized(q);
@@ -390,6 +402,30 @@ fn linear_of(
     let mut l = Linear::dense(name.to_string(), d_in, d_out, be.upload(&w), b);
     l.conv1d = arch.conv1d;
     Ok(l)
+}
+
+/// A bf16 / f16 weight [d_out, d_in] as its 16-bit values (None: stored otherwise).
+fn half_of(
+    files: &WeightFiles,
+    wname: &str,
+    d_in: usize,
+    d_out: usize,
+) -> Result<Option<Box<dyn QuantLinear>>, FormatError> {
+    use crate::quant::half::{HalfKind, Linear16};
+    // Missing or unreadable: the dense path reports it.
+    let Ok((dtype, shape, bytes)) = files.raw(wname) else {
+        return Ok(None);
+    };
+    let kind = match dtype {
+        safetensors::Dtype::BF16 => HalfKind::Bf16,
+        safetensors::Dtype::F16 => HalfKind::F16,
+        _ => return Ok(None),
+    };
+    match Linear16::from_le_bytes(kind, bytes, d_out, d_in) {
+        Some(l) if shape == [d_out, d_in] => Ok(Some(Box::new(l))),
+        // A wrong shape gets the dense path's error.
+        _ => Ok(None),
+    }
 }
 
 /// ALiBi slopes as BLOOM's build_alibi_tensor computes them.
@@ -449,6 +485,7 @@ impl Model {
                         (di, d_o, b),
                         opts.prequantized.as_ref(),
                         opts.quantize.as_ref(),
+                        opts.keep_16bit,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -493,6 +530,7 @@ impl Model {
                 (h, v, false),
                 None,
                 None,
+                false,
             )?),
             None => None,
         };

@@ -566,8 +566,10 @@ fn load_model(
     dir: &Path,
     backend: std::sync::Arc<dyn crate::backend::Backend>,
 ) -> Result<crate::model::Model> {
+    // A 16-bit base stays 16-bit (frozen); weights made trainable are widened then.
     let opts = crate::model::LoadOptions {
         backend: Some(backend),
+        keep_16bit: true,
         ..Default::default()
     };
     if kind == "quantize" {
