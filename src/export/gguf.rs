@@ -770,7 +770,7 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             }
         }
         // Refused by `gguf_family` before any hyperparameter is read.
-        Family::Qwen | Family::ChatGlm => {
+        Family::Qwen | Family::ChatGlm | Family::Gemma3 => {
             return Err(FormatError::Unsupported(format!(
                 "GGUF export has no {} hyperparameters",
                 f.name()
@@ -881,7 +881,7 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
             };
             (g, tr)
         }
-        (Family::Qwen | Family::ChatGlm, _) => return None,
+        (Family::Qwen | Family::ChatGlm | Family::Gemma3, _) => return None,
     };
     Some((format!("blk.{bid}.{g}.{suffix}"), tr))
 }
@@ -1176,7 +1176,7 @@ fn tokenizer_kv(
             Family::Qwen2 | Family::Qwen3 => "qwen2",
             Family::Bloom => "bloom",
             Family::Gpt2 => "gpt-2",
-            Family::Qwen | Family::ChatGlm => "default",
+            Family::Qwen | Family::ChatGlm | Family::Gemma3 => "default",
         };
         put(kv, "tokenizer.ggml.model", Value::Str("gpt2".into()));
         put(kv, "tokenizer.ggml.pre", Value::Str(pre.into()));

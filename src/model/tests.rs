@@ -228,6 +228,7 @@ family_tests!(rope_yarn, "bases/rope_yarn");
 family_tests!(qwen3, "bases/qwen3");
 family_tests!(mistral_sliding, "bases/mistral");
 family_tests!(qwen2_sliding, "bases/qwen2_sliding");
+family_tests!(gemma3, "bases/gemma3");
 
 /// A row packing two examples equals running each example alone (positions restart, no
 /// attention across the boundary, no prediction across it).
@@ -583,6 +584,7 @@ fn save_pretrained_and_merge() {
         "bases/qwen3",
         "bases/rope_yarn",
         "bases/mistral",
+        "bases/gemma3",
     ] {
         let (mut model, r, batch) = fixture(family);
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
@@ -1264,7 +1266,7 @@ fn greedy_matches_transformers_bases() {
             n += 1;
         }
     }
-    assert_eq!(n, 14);
+    assert_eq!(n, 16);
 }
 
 /// `rope_scaling` / `rope_parameters` forms: transformers 4's `type` key, a dict nested per
