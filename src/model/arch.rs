@@ -309,7 +309,10 @@ fn sliding_window(c: &HfConfig, model_type: &str, layers: usize) -> Option<Slidi
 fn gemma3_checks(c: &HfConfig) -> Result<(), ArchError> {
     for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
         if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
-            return Err(c.key_error(key, format!("{v}: logit soft-capping is not supported (only null)")));
+            return Err(c.key_error(
+                key,
+                format!("{v}: logit soft-capping is not supported (only null)"),
+            ));
         }
     }
     if c.bool_or("use_bidirectional_attention", false) {
@@ -400,7 +403,10 @@ fn rope_config(c: &HfConfig) -> Result<(f32, RopeScaling), ArchError> {
 /// `rope_theta` (global, 1e6 by default) and `rope_local_base_freq` (local, 1e4).
 fn gemma3_rope(c: &HfConfig) -> Result<[(f32, RopeScaling); 2], ArchError> {
     let present = |k: &str| c.get(k).filter(|v| !v.is_null());
-    let mut per_type = [Value::Object(Default::default()), Value::Object(Default::default())];
+    let mut per_type = [
+        Value::Object(Default::default()),
+        Value::Object(Default::default()),
+    ];
     if let Some(p) = present("rope_parameters") {
         let Value::Object(map) = p else {
             return Err(c.key_error("rope_parameters", "expected an object"));
@@ -411,7 +417,10 @@ fn gemma3_rope(c: &HfConfig) -> Result<[(f32, RopeScaling); 2], ArchError> {
                 "expected parameters per layer type (full_attention, sliding_attention)",
             ));
         }
-        for (slot, t) in per_type.iter_mut().zip(["full_attention", "sliding_attention"]) {
+        for (slot, t) in per_type
+            .iter_mut()
+            .zip(["full_attention", "sliding_attention"])
+        {
             if let Some(v) = map.get(t).filter(|v| v.is_object()) {
                 *slot = v.clone();
             }
@@ -428,7 +437,13 @@ fn gemma3_rope(c: &HfConfig) -> Result<[(f32, RopeScaling); 2], ArchError> {
         None => "rope_parameters",
     };
     let global = rope_params(c, key, &per_type[0], "rope_theta", 1e6)?;
-    let local = rope_params(c, "rope_parameters", &per_type[1], "rope_local_base_freq", 1e4)?;
+    let local = rope_params(
+        c,
+        "rope_parameters",
+        &per_type[1],
+        "rope_local_base_freq",
+        1e4,
+    )?;
     if matches!(local.1, RopeScaling::Dynamic { .. }) {
         return Err(c.key_error(
             "rope_parameters",
@@ -581,7 +596,11 @@ impl Arch {
                     kv_heads: c.uint_or("num_key_value_heads", heads)?,
                     head_dim: hd,
                     ffn: c.uint("intermediate_size")?,
-                    norm: if g3 { NormKind::RmsPlusOne } else { NormKind::Rms },
+                    norm: if g3 {
+                        NormKind::RmsPlusOne
+                    } else {
+                        NormKind::Rms
+                    },
                     eps: c.float_or("rms_norm_eps", 1e-6) as f32,
                     positions: Positions::Rope {
                         kind: RopeKind::Half,

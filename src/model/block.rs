@@ -500,8 +500,14 @@ impl Layer {
             }
             None => None,
         };
-        self.mlp_out
-            .backward(be, Some(&mut da), false, dm.as_ref().unwrap_or(dout), &acts.a, n);
+        self.mlp_out.backward(
+            be,
+            Some(&mut da),
+            false,
+            dm.as_ref().unwrap_or(dout),
+            &acts.a,
+            n,
+        );
         drop(dm);
         let mut dh2 = be.zeros(n * h);
         match arch.mlp {
@@ -542,8 +548,14 @@ impl Layer {
             }
             None => None,
         };
-        self.o
-            .backward(be, Some(&mut datt), false, d_o.as_ref().unwrap_or(&dx2), &acts.att, n);
+        self.o.backward(
+            be,
+            Some(&mut datt),
+            false,
+            d_o.as_ref().unwrap_or(&dx2),
+            &acts.att,
+            n,
+        );
         drop(d_o);
         let (mut dq, mut dk, mut dv) = (be.zeros(n * qd), be.zeros(n * kd), be.zeros(n * kd));
         let mask = ctx.mask(self.window);

@@ -624,9 +624,14 @@ impl Model {
         for layer in &self.layers {
             norm(&mut out, &layer.ln1);
             norm(&mut out, &layer.ln2);
-            for n in [&layer.q_norm, &layer.k_norm, &layer.post_attn_norm, &layer.post_mlp_norm]
-                .into_iter()
-                .flatten()
+            for n in [
+                &layer.q_norm,
+                &layer.k_norm,
+                &layer.post_attn_norm,
+                &layer.post_mlp_norm,
+            ]
+            .into_iter()
+            .flatten()
             {
                 norm(&mut out, n);
             }
