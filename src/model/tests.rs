@@ -697,6 +697,7 @@ fn write_adapters_for_peft_check() {
             Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
             vec![],
         ),
+        ("bases/gemma3", Targets::AllLinear, vec![]),
     ] {
         let (mut model, _, batch) = fixture(family);
         let cfg = LoraConfig {
@@ -717,7 +718,7 @@ fn write_adapters_for_peft_check() {
                 .for_each(|(j, x)| *x += 0.05 * ((i * 17 + j) as f32).cos());
         }
         let o = model.forward(&batch).unwrap();
-        let d = out.join(family);
+        let d = out.join(family.replace('/', "_"));
         lora::save_peft(&model, &cfg, &dir(family).display().to_string(), &d).unwrap();
         let shape = vec![batch.b, batch.t, model.arch.vocab];
         st::write_f32(
