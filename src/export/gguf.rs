@@ -1552,6 +1552,19 @@ mod tests {
             "GGUF export supports llama, mistral, qwen2, qwen3, bloom and gpt2 models, \
              not model_type `qwen`"
         );
+        // Gemma 3 too (llama.cpp's gemma3 stores its norms as 1 + w; not written here).
+        let g3 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bases/gemma3");
+        let err = export_gguf(
+            &HfModel::load(&g3).unwrap(),
+            &g3,
+            &dir.path().join("g.gguf"),
+            GgufDtype::F16,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().ends_with("not model_type `gemma3_text`"),
+            "{err}"
+        );
         m.config["model_type"] = json!("gpt2");
         m.config["n_embd"] = json!(32);
         let err =
