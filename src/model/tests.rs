@@ -1499,3 +1499,25 @@ fn gemma3_config_forms_and_refusals() {
         "c.json: key \"rope_parameters\": dynamic RoPE on the sliding_attention layers is not supported"
     );
 }
+
+/// The gemma3 fixture's batch is longer than the sliding window and its local layer's RoPE
+/// differs from the global one: dropping either moves the logits away from transformers'.
+#[test]
+fn gemma3_local_layers_matter() {
+    let worst = |model: &Model, r: &Tensors, batch: &Batch| {
+        let v = model.arch.vocab;
+        let got = valid_logits(&model.forward(batch).unwrap().logits, batch, v);
+        let want = valid_logits(&r["logits"].0, batch, v);
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (mut model, r, batch) = fixture("bases/gemma3");
+    assert!(worst(&model, &r, &batch) < 1e-4);
+    model.layers[0].window = None;
+    assert!(worst(&model, &r, &batch) > 1e-2, "window");
+    let (mut model, r, batch) = fixture("bases/gemma3");
+    model.layers[0].local_rope = false;
+    assert!(worst(&model, &r, &batch) > 1e-2, "local rope");
+}
