@@ -1427,6 +1427,18 @@ fn gemma3_config_forms_and_refusals() {
         (Some(4.0), Some(0.25), Some(4), None)
     );
     assert_eq!((a.local_rope_at(0), a.local_rope_at(1)), (true, false));
+    // A recipe listing no targets gets what peft chose for the fixture's adapter (its defaults).
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir("bases/gemma3/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut peft: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    peft.sort();
+    let lora::Targets::Names(mut ours) = lora::Targets::from_keys(vec![], None, a.family) else {
+        panic!("not names")
+    };
+    ours.sort();
+    assert_eq!(ours, peft);
 
     let cfg = |extra: &str| {
         format!(
