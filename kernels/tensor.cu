@@ -35,6 +35,12 @@ extern "C" __global__ void scale_f32(float* y, float s, i64 n) {
     if (i < n) y[i] *= s;
 }
 
+// y *= s[0]  (s a device scalar: the clipping coefficient, read without a host round trip)
+extern "C" __global__ void scale_by_f32(float* y, const float* s, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] *= s[0];
+}
+
 // y = v
 extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;

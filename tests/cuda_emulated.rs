@@ -423,6 +423,39 @@ fn cuda_backend_ops_match_cpu_backend() {
     close("adamw m", &g[1], &c[1], 0.0, 0.0);
     close("adamw v", &g[2], &c[2], 0.0, 0.0);
     close("norms", &g[3], &c[3], 0.0, 1e-6);
+
+    // Clipping on the backend: norms, coefficient [coef, total], gradients scaled by a backend
+    // scalar; clipped (max 0.5) and not (None: coef 1).
+    let g1 = rng.normals(77, 0.3);
+    for max_norm in [Some(0.5f32), None] {
+        let (c, g) = both(&[&g0, &g1], &[301, 77, 2, 2], &|be, o, i| {
+            let [a, b, coef, norms] = o else {
+                unreachable!()
+            };
+            be.copy2d(
+                a,
+                Strided::rows(301, 0),
+                &i[0],
+                Strided::rows(301, 0),
+                1,
+                301,
+            );
+            be.copy2d(b, Strided::rows(77, 0), &i[1], Strided::rows(77, 0), 1, 77);
+            be.norms_into(norms, &[&*a, &*b]);
+            be.clip_coef(coef, norms, 2, max_norm);
+            be.scale_by(a, coef, 301);
+            be.scale_by(b, coef, 77);
+        });
+        close("clip norms", &g[3], &c[3], 0.0, 1e-6);
+        close("clip [coef, total]", &g[2], &c[2], 0.0, 1e-6);
+        close("clipped a", &g[0], &c[0], 0.0, 1e-6);
+        close("clipped b", &g[1], &c[1], 0.0, 1e-6);
+        assert!(
+            max_norm.is_some() == (c[2][0] < 1.0),
+            "coef {} for {max_norm:?}",
+            c[2][0]
+        );
+    }
 }
 
 /// The whole model through `CudaBackend` on the emulated device against `CpuBackend`: a tiny
@@ -554,13 +587,14 @@ fn kv_cache_generation_and_eval_match_cpu() {
     }
 }
 
-/// After the weights are loaded, one LoRA optimizer step (zero_grad, forward + backward, the
-/// loss read back, clipping's gradient norms, AdamW) moves at most the batch plus 4 KB across
-/// the host<->device boundary: the weights, activations, gradients and optimizer state stay on
-/// the device.
+/// After the weights are loaded, one LoRA optimizer step (`train::optimizer_step`: zero_grad,
+/// forward + backward of two micro-batches, clipping, AdamW, the finite check) moves at most the
+/// batches plus 4 KB across the host<->device boundary (the weights, activations, gradients and
+/// optimizer state stay on the device), reads back once (loss, gradient norm and weight norms in
+/// one download), and, once the allocator is warm, allocates nothing from the driver.
 #[test]
 fn one_training_step_moves_only_the_batch() {
-    use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
+    use recipe::model::{Batch, LoadOptions, Model};
     let Some(gpu) = emulated() else { return };
     let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
@@ -580,12 +614,19 @@ fn one_training_step_moves_only_the_batch() {
     };
     recipe::model::lora::apply(&mut model, &cfg).unwrap();
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let mut opt = recipe::train::optimizer::Optimizer::new(
+    let opt = recipe::train::optimizer::Optimizer::new(
         cuda.clone(),
         recipe::optim::OptimKind::AdamW,
         &Default::default(),
         &sizes,
     );
+    let mut opt = recipe::train::engine::EngineOptim(opt);
+    let mut model = recipe::train::engine::EngineModel {
+        model,
+        saved: recipe::train::engine::Saved::Full,
+        checkpointing: false,
+        copy_from: None,
+    };
     let (b, t) = (2usize, 24usize);
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 29) as u32 + 3).collect();
     let mut mask = vec![1u8; b * t];
@@ -600,40 +641,88 @@ fn one_training_step_moves_only_the_batch() {
     };
     // ids (u32) + labels (i64) + mask (u8), as a data loader holds them.
     let batch_bytes = (b * t * (4 + 8 + 1)) as u64;
-    for step in 0..2 {
-        let before = cuda.traffic();
-        model.zero_grad();
-        let loss = model
-            .forward_backward(
-                &batch,
-                TrainOptions {
-                    checkpointing: step == 1,
-                    dropout_seed: step,
-                },
-            )
-            .unwrap();
-        assert!(loss.is_finite());
-        let mut pg: Vec<(&mut Tensor, &mut Tensor)> = Vec::new();
-        let mut ps = model.params_mut();
-        for p in ps.iter_mut() {
-            pg.push((&mut *p.value, &mut *p.grad));
-        }
-        let norm = recipe::train::clip_grad_norm(&*cuda, &mut pg, 1.0);
-        assert!(norm > 0.0);
-        let (mut vals, grads): (Vec<&mut Tensor>, Vec<&Tensor>) =
-            pg.into_iter().map(|(p, g)| (p, &*g)).unzip();
-        opt.step(&mut vals, &grads, 1e-3);
+    // Two micro-batches per step; each mode's first step warms the device allocator.
+    let window = [batch.clone(), batch];
+    for (step, checkpointing) in [false, false, true, true].into_iter().enumerate() {
+        model.checkpointing = checkpointing;
+        let (before, fresh) = (cuda.traffic(), cuda.pool_stats().fresh);
+        let out = recipe::train::optimizer_step(
+            &mut model,
+            &mut opt,
+            &window,
+            &[step as u64, 7],
+            1.0 / 86.0,
+            1.0,
+            1e-3,
+        )
+        .unwrap();
+        assert!(out.loss_sum.is_finite() && out.grad_norm > 0.0 && out.nonfinite.is_none());
         let after = cuda.traffic();
         let (up, down) = (
             after.htod_bytes - before.htod_bytes,
             after.dtoh_bytes - before.dtoh_bytes,
         );
-        println!("step {step}: {up} bytes up, {down} down (batch {batch_bytes})");
-        assert!(
-            up + down <= batch_bytes + 4096,
-            "step {step}: {up} up + {down} down > batch {batch_bytes} + 4096"
+        let (syncs, allocs) = (
+            after.dtoh_copies - before.dtoh_copies,
+            cuda.pool_stats().fresh - fresh,
         );
+        println!(
+            "step {step}: {up} bytes up, {down} down (batch {batch_bytes} ×2), {syncs} \
+             downloads, {allocs} device allocations"
+        );
+        assert!(
+            up + down <= 2 * batch_bytes + 4096,
+            "step {step}: {up} up + {down} down > 2 × batch {batch_bytes} + 4096"
+        );
+        assert_eq!(
+            syncs, 1,
+            "step {step}: one host synchronization per optimizer step"
+        );
+        if step % 2 == 1 {
+            assert_eq!(
+                allocs, 0,
+                "step {step}: the allocator serves a warm step from its cache"
+            );
+        }
     }
+}
+
+/// A full device is one clear error (a `UserPanic` the step runner reports as the step's error):
+/// what recipe holds, what the plan expected, the knobs. Nothing is printed as a bug.
+#[test]
+fn out_of_device_memory_is_one_clear_error() {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-kernels");
+    let gpu = match Gpu::emulated_with_memory(Some(cache), Some(1 << 20)) {
+        Ok(g) => g,
+        Err(e) => {
+            assert!(
+                std::env::var("RECIPE_REQUIRE_EMU").as_deref() != Ok("1"),
+                "{e}"
+            );
+            return;
+        }
+    };
+    let cuda = CudaBackend::on(gpu, "cuda:0 emulated (1 MiB)".into()).unwrap();
+    cuda.set_planned_peak(3 << 29);
+    let small = cuda.zeros(1 << 16); // 256 KiB
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cuda.zeros(1 << 18)))
+        .err()
+        .expect("1 MiB of device memory cannot hold 256 KiB + 1 MiB");
+    let msg = &p
+        .downcast_ref::<recipe::util::UserPanic>()
+        .expect("a UserPanic payload")
+        .0;
+    assert_eq!(
+        msg,
+        "out of device memory in `alloc` on cuda:0 emulated (1 MiB): recipe holds 256.0 KiB (+0 B \
+         cached); the plan expected a peak of 1.5 GiB; lower batch_size or max_length, or \
+         set gradient_checkpointing = true (`recipe plan` shows the planned memory)"
+    );
+    drop(small);
+    // The freed block is cached; the next fitting allocation reuses it.
+    let fresh = cuda.pool_stats().fresh;
+    let _again = cuda.zeros(1 << 16);
+    assert_eq!(cuda.pool_stats().fresh, fresh);
 }
 
 /// The counter counts exactly the bytes that cross: uploads and downloads, in both directions,

@@ -254,6 +254,7 @@ inline int min(int a, int b) { return a < b ? a : b; }
 // Round-to-nearest product that the GPU compiler never fuses into an fma (g++ here, in ISO C++
 // mode without -mfma, fuses nothing anyway).
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 using std::fabs; using std::sqrt; using std::tanh; using std::fmax; using std::fmin;
 
 struct alignas(16) uint4 { unsigned x, y, z, w; };

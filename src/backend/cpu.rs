@@ -941,6 +941,10 @@ impl Backend for CpuBackend {
         let y = &mut y.host_mut()[..n];
         y.iter_mut().zip(&x.host()[..n]).for_each(|(y, x)| *y += x);
     }
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
+        let s = s.host()[0];
+        self.scale(y, s, n);
+    }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
         y.host_mut()[..n].iter_mut().for_each(|x| *x *= s);
     }
@@ -1372,17 +1376,35 @@ impl Backend for CpuBackend {
         hits.host_mut()[0] += count as f32;
     }
 
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        grads
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]) {
+        for (o, x) in out.host_mut().iter_mut().zip(xs) {
+            *o = x
+                .host()
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+        }
+    }
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>) {
+        let total = norms.host()[..k]
             .iter()
-            .map(|g| {
-                g.host()
-                    .iter()
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum::<f64>()
-                    .sqrt() as f32
-            })
-            .collect()
+            .map(|&n| (n as f64) * (n as f64))
+            .sum::<f64>()
+            .sqrt() as f32;
+        let coef = match max_norm {
+            Some(m) => {
+                let c = m / (total + 1e-6f32);
+                // torch.clamp(max=1): NaN stays NaN
+                if c > 1.0 {
+                    1.0
+                } else {
+                    c
+                }
+            }
+            None => 1.0,
+        };
+        out.host_mut()[..2].copy_from_slice(&[coef, total]);
     }
     fn adamw(
         &self,

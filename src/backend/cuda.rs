@@ -24,7 +24,7 @@ use super::{
     Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
     Tensor,
 };
-use crate::cuda::error::{CudaError, Result};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
     dropout as dropout_k, dropout_acc, geglu_bwd, geglu_fwd, gelu_tanh_bwd, gelu_tanh_fwd,
@@ -36,7 +36,7 @@ use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
-use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
+use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
@@ -62,6 +62,8 @@ pub struct CudaBackend {
     dequant_scratch: Mutex<Option<Tensor>>,
     /// The 8-bit optimizer's code books and lookup tables, uploaded at the first 8-bit step.
     bnb_tables: std::sync::OnceLock<BnbTables>,
+    /// The memory plan's peak for the running step, bytes (0: none given).
+    planned_peak: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -98,6 +100,7 @@ impl CudaBackend {
             lock: Mutex::new(()),
             dequant_scratch: Mutex::new(None),
             bnb_tables: std::sync::OnceLock::new(),
+            planned_peak: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -110,34 +113,52 @@ impl CudaBackend {
         self.gpu.reset_traffic()
     }
 
+    /// The device allocator's counters: driver allocations so far, bytes in use and cached.
+    pub fn pool_stats(&self) -> crate::cuda::PoolStats {
+        self.gpu.pool_stats()
+    }
+
     /// `cuda:N <name> (sm_XY)`.
     pub fn label(&self) -> &str {
         &self.label
     }
 
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op (the
-    /// step running it reports the panic as its error). Out of memory also says how much is
-    /// free and which knobs lower the need.
+    /// step running it reports the panic as its error). Out of memory is a
+    /// [`crate::util::UserPanic`] (reported as the step's error, not as a bug) that says what
+    /// recipe holds, what is free, what the plan expected and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
             Ok(r) => r,
-            Err(CudaError::Driver(e))
-                if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY =>
-            {
-                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-                let free = cudarc::driver::result::mem_get_info()
-                    .map(|(f, t)| format!(" ({:.2} GiB of {:.2} GiB free)", gib(f), gib(t)))
-                    .unwrap_or_default();
-                panic!(
-                    "CUDA backend on {}: {op}: out of device memory{free}; lower batch_size or \
-                     max_length, or set gradient_checkpointing = true (`recipe plan` shows the \
-                     planned memory)",
-                    self.label
-                )
+            Err(e) if crate::cuda::pool::is_oom(&e) => {
+                crate::util::user_panic(self.oom_message(op))
             }
             Err(e) => panic!("CUDA backend on {}: {op}: {e}", self.label),
         }
+    }
+
+    /// The out-of-memory error of `op`.
+    fn oom_message(&self, op: &str) -> String {
+        let h = crate::util::human_bytes;
+        let pool = self.gpu.pool_stats();
+        let mut m = format!(
+            "out of device memory in `{op}` on {}: recipe holds {} (+{} cached)",
+            self.label,
+            h(pool.in_use as u64),
+            h(pool.cached as u64)
+        );
+        if !self.gpu.is_emulated() {
+            if let Ok((free, total)) = cudarc::driver::result::mem_get_info() {
+                m += &format!(", {} of {} free", h(free as u64), h(total as u64));
+            }
+        }
+        match self.planned_peak.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            p => m += &format!("; the plan expected a peak of {}", h(p)),
+        }
+        m + "; lower batch_size or max_length, or set gradient_checkpointing = true \
+             (`recipe plan` shows the planned memory)"
     }
 
     fn up<T: DeviceRepr + ValidAsZeroBits>(&self, v: &[T]) -> Tensor<T> {
@@ -233,6 +254,10 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
 }
 
 impl Backend for CudaBackend {
+    fn set_planned_peak(&self, bytes: u64) {
+        self.planned_peak
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
     fn zeros(&self, len: usize) -> Tensor {
         self.run("alloc", |g| {
             Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))
@@ -290,6 +315,18 @@ impl Backend for CudaBackend {
         }
         self.run("add", |g| {
             scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+        })
+    }
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.run("scale_by", |g| {
+            tk::scale_by(
+                g,
+                &mut y.device_mut().slice_mut(..n),
+                &s.device().slice(..1),
+            )
         })
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
@@ -1000,25 +1037,36 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// Σx² per tensor on the device (f32, fixed order), one download, √ on the host.
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        let mut acc = self.zeros(grads.len());
-        for (i, g) in grads.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            self.run("norms", |gpu| {
-                sumsq_acc(
-                    gpu,
-                    &mut acc.device_mut().slice_mut(i..i + 1),
-                    &g.device().slice(..g.len()),
-                )
-            });
+    /// Σx² per tensor on the device (f32, fixed order), then √ in f64 rounded to f32.
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]) {
+        let k = xs.len();
+        if k == 0 {
+            return;
         }
-        self.down(&acc)
-            .iter()
-            .map(|&s| (s as f64).sqrt() as f32)
-            .collect()
+        self.run("norms", |gpu| {
+            let mut o = out.device_mut().slice_mut(..k);
+            gpu.memset_zeros(&mut o)?;
+            for (i, x) in xs.iter().enumerate() {
+                if !x.is_empty() {
+                    sumsq_acc(
+                        gpu,
+                        &mut o.slice_mut(i..i + 1),
+                        &x.device().slice(..x.len()),
+                    )?;
+                }
+            }
+            norms_sqrt(gpu, &mut o)
+        })
+    }
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>) {
+        self.run("clip_coef", |g| {
+            clip_coef(
+                g,
+                &mut out.device_mut().slice_mut(..2),
+                &norms.device().slice(..k),
+                max_norm,
+            )
+        })
     }
     fn adamw(
         &self,

@@ -39,6 +39,12 @@ pub fn backend_for(device: Device) -> anyhow::Result<Arc<dyn Backend>> {
 /// a GPU is present but cannot be used (the line says why).
 pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (DeviceRequest::Exact(Device::Cuda(n)), Ok(v)) = (req, std::env::var(EMULATED_CUDA_HOOK))
+    {
+        if !v.is_empty() {
+            return emulated_cuda(n);
+        }
+    }
     let (device, line) = req
         .resolve()
         .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
@@ -50,6 +56,23 @@ pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)
         )),
         (_, Err(e)) => Err(e),
     }
+}
+
+/// Test hook: with this variable set, `cuda[:N]` opens the emulated device (`kernels/*.cu`
+/// compiled for the host, see `crate::cuda::emu`), so the steps' and commands' CUDA path runs
+/// end to end in CI without a GPU (`tests/cli_train.rs`). Never set it for real work: the
+/// emulated device is slow.
+pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
+
+fn emulated_cuda(n: usize) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let gpu = crate::cuda::Gpu::emulated(None)
+        .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
+    let label = format!("cuda:{n} emulated");
+    let be = CudaBackend::on(gpu, label.clone())?;
+    Ok((
+        Arc::new(be),
+        format!("device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host)"),
+    ))
 }
 
 /// The device a step uses: its own `device` key, or the run's `--device` when the key is
@@ -190,6 +213,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, v: &[f32]) -> Tensor;
     fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;
     fn upload_u8(&self, v: &[u8]) -> Tensor<u8>;
+    /// The memory plan's peak estimate (bytes) for the work about to run, named by an
+    /// out-of-memory error (the CPU ignores it).
+    fn set_planned_peak(&self, _bytes: u64) {}
     /// A tensor's values on the host (checkpoints, the loss, tests).
     fn download(&self, t: &Tensor) -> Vec<f32>;
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;
@@ -210,6 +236,8 @@ pub trait Backend: Send + Sync {
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize);
     /// y[..n] *= s.
     fn scale(&self, y: &mut Tensor, s: f32, n: usize);
+    /// y[..n] *= s[0], with `s` a backend scalar (no host round trip).
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize);
     /// y[r, c] += b[c], y [n, d].
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize);
     /// gb[c] += Σ_r dy[r, c] (rows in order), dy [n, d].
@@ -489,8 +517,19 @@ pub trait Backend: Send + Sync {
 
     // ---- optimizer ----
 
-    /// ‖g‖₂ of each tensor (one host synchronization for all of them).
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32>;
+    /// out[i] = ‖xs[i]‖₂ (accumulated in f64 on the CPU, f32 in a fixed order on CUDA; rounded
+    /// to f32 per tensor), staying on the backend. out: [>= xs.len()].
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]);
+    /// ‖x‖₂ of each tensor (one host synchronization for all of them).
+    fn norms(&self, xs: &[&Tensor]) -> Vec<f32> {
+        let mut out = self.zeros(xs.len());
+        self.norms_into(&mut out, xs);
+        self.download(&out)
+    }
+    /// torch `clip_grad_norm_`'s coefficient from the per-tensor norms `norms[..k]`, on the
+    /// backend: out[1] = total = √Σ nᵢ² (f64 sum in order, rounded to f32); out[0] = coef =
+    /// min(max_norm / (total + 1e-6), 1) (NaN stays NaN), 1 without `max_norm`. out: [>= 2].
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>);
     /// torch AdamW on p, m, v with gradient g ([`crate::optim::adamw::adamw_step`]).
     fn adamw(
         &self,

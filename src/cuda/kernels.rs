@@ -51,6 +51,8 @@ pub const OPTIM: KernelFile = KernelFile {
         "sumsq_f32",
         "sumsq_bf16",
         "sumsq_acc_f32",
+        "norms_sqrt_f32",
+        "clip_coef_f32",
     ],
 };
 
@@ -157,6 +159,7 @@ pub const TENSOR: KernelFile = KernelFile {
         "bias_add_f32",
         "col_sum_f32",
         "scale_f32",
+        "scale_by_f32",
         "fill_f32",
         "argmax_hits_f32",
         "sum_acc_f32",

@@ -139,6 +139,24 @@ pub fn scale(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: f32) -> Result<()> {
     scalar_launch(gpu, "scale_f32", y, s)
 }
 
+/// y *= s[0] over all of y (s: a device scalar).
+pub fn scale_by(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: &impl AsDevView<f32>) -> Result<()> {
+    const OP: &str = "scale_by_f32";
+    let (mut yv, sv) = (y.dev_view_mut(), s.dev_view());
+    need(OP, "s", sv.len(), 1)?;
+    let n = yv.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&TENSOR, OP)?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut yv).arg(&sv).arg(&n64);
+    // SAFETY: n is y's length, one thread per element; s holds one element (checked).
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
 /// y = v over all of y.
 pub fn fill(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, v: f32) -> Result<()> {
     scalar_launch(gpu, "fill_f32", y, v)
