@@ -533,16 +533,17 @@ fn every_family_trains_the_same_on_the_device() {
 }
 
 /// Generation on the device: a left-padded prefill then three single-token steps with the KV
-/// cache on the device (the cached-attention kernel), a tiny LLaMA and a tiny ChatGLM; every
+/// cache on the device (the cached-attention kernel), a tiny LLaMA, ChatGLM and Gemma 3; every
 /// step's last-position logits match the CPU's within 1e-5, and evaluation (`eval_loss`) too.
 #[test]
 fn kv_cache_generation_and_eval_match_cpu() {
     use recipe::model::{Batch, LoadOptions, Model};
     let Some(gpu) = emulated() else { return };
     let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
-    for family in ["llama", "chatglm"] {
+    // Gemma 3: 4 + 3 cached positions cross its local layer's window of 4.
+    for family in ["engine/llama", "engine/chatglm", "bases/gemma3"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/engine")
+            .join("tests/fixtures")
             .join(family);
         let run = |be: Arc<dyn Backend>| {
             let opts = LoadOptions {
