@@ -986,6 +986,24 @@ mod tests {
         assert_eq!(a.param_counts().total(), 6_243_584_000);
     }
 
+    /// google/gemma-3-1b-pt's config.json: transformers 5.24 counts 999,885,952 parameters
+    /// (tied; four norms per layer and per-head q/k norms of 256), and reads windows of 512 on
+    /// five layers of six with RoPE bases 1e4 (local) and 1e6 (global).
+    #[test]
+    fn gemma3_1b_counts_from_config_alone() {
+        let cfg = r#"{"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": true, "vocab_size": 262144}"#;
+        let a = Arch::from_config_json(cfg, "config.json").unwrap();
+        assert_eq!(a.param_counts().total(), 999_885_952);
+        let w: Vec<Option<usize>> = (0..6).map(|i| a.window(i)).collect();
+        assert_eq!(
+            w,
+            [Some(512), Some(512), Some(512), Some(512), Some(512), None]
+        );
+        assert_eq!(a.local_rope, Some((1e4, RopeScaling::None)));
+        assert!(matches!(a.positions, Positions::Rope { base, .. } if base == 1e6));
+        assert_eq!(a.attn_scale(), 0.0625);
+    }
+
     #[test]
     fn zero_heads_and_sizes_that_do_not_divide_are_config_errors() {
         let cfg = |heads: u32, hidden: u32| {
