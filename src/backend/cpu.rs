@@ -32,6 +32,19 @@ impl<'a> HostMask<'a> {
     }
 }
 
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// d/dx of [`gelu_tanh`].
+fn gelu_tanh_grad(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    let th = (C * (x + 0.044715 * x * x * x)).tanh();
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * C * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
 /// Scores of query (row bi, position i, head h, kv group g) against keys 0..=i into `p`
 /// (−∞ where masked). Returns false when the query sees no key (padding).
 #[allow(clippy::too_many_arguments)]
@@ -839,22 +852,31 @@ impl CpuBackend {
     }
 
     pub fn gelu_fwd(&self, y: &mut [f32], x: &[f32]) {
-        const C: f32 = 0.797_884_6;
-        y.par_iter_mut().enumerate().for_each(|(i, y)| {
-            let x = x[i];
-            *y = 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh());
-        });
+        y.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, y)| *y = gelu_tanh(x[i]));
     }
 
     pub fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]) {
-        const C: f32 = 0.797_884_6;
-        dx.par_iter_mut().enumerate().for_each(|(i, dx)| {
-            let x = x[i];
-            let th = (C * (x + 0.044715 * x * x * x)).tanh();
-            let d =
-                0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * C * (1.0 + 3.0 * 0.044715 * x * x);
-            *dx = dy[i] * d;
-        });
+        dx.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, dx)| *dx = dy[i] * gelu_tanh_grad(x[i]));
+    }
+
+    pub fn geglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
+        a.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, a)| *a = gelu_tanh(e[i]) * g[i]);
+    }
+
+    pub fn geglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
+        de.par_iter_mut()
+            .zip(dg.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (de, dg))| {
+                *dg = da[i] * gelu_tanh(e[i]);
+                *de = da[i] * g[i] * gelu_tanh_grad(e[i]);
+            });
     }
 
     pub fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[i32], d: usize) {
@@ -1258,6 +1280,27 @@ impl Backend for CpuBackend {
     }
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
         CpuBackend::gelu_bwd(self, &mut dx.host_mut()[..n], dy.host(), x.host())
+    }
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
+        CpuBackend::geglu_fwd(self, &mut a.host_mut()[..n], e.host(), g.host())
+    }
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
+        CpuBackend::geglu_bwd(
+            self,
+            &mut de.host_mut()[..n],
+            &mut dg.host_mut()[..n],
+            da.host(),
+            e.host(),
+            g.host(),
+        )
     }
 
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {

@@ -27,8 +27,8 @@ use super::{
 use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
-    dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
-    swiglu_fwd, GluLayout,
+    dropout as dropout_k, dropout_acc, geglu_bwd, geglu_fwd, gelu_tanh_bwd, gelu_tanh_fwd,
+    scale_add, swiglu_bwd, swiglu_fwd, GluLayout,
 };
 use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
@@ -949,6 +949,38 @@ impl Backend for CudaBackend {
         assert_eq!(dx.len(), n, "gelu_bwd: dx must hold n values");
         self.run("gelu_bwd", |g| {
             gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device())
+        })
+    }
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.run("geglu_fwd", |gpu| {
+            geglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), n)
+        })
+    }
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.run("geglu_bwd", |gpu| {
+            geglu_bwd::<f32>(
+                gpu,
+                de.device_mut(),
+                dg.device_mut(),
+                da.device(),
+                e.device(),
+                g.device(),
+                n,
+            )
         })
     }
 

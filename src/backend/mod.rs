@@ -428,6 +428,18 @@ pub trait Backend: Send + Sync {
     /// y = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), [n].
     fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize);
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize);
+    /// GeGLU: a = gelu_tanh(e) ⊙ g, all [n].
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize);
+    /// dg = da⊙gelu_tanh(e); de = da⊙g⊙gelu_tanh'(e).
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    );
 
     /// y[i, :] = table[ids[i], :] for i < n; rows of width d.
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize);

@@ -126,6 +126,7 @@ pub const OTHER_FAMILIES: &[&str] = &[
     "bases/qwen3",
     "bases/mistral",
     "bases/qwen2_sliding",
+    "bases/gemma3",
     "bases/rope_linear",
     "bases/rope_dynamic",
     "bases/rope_llama3",

@@ -318,7 +318,7 @@ fn norm_of_dim(
             &format!("{name}.bias"),
             &[h],
         )?)),
-        NormKind::Rms => None,
+        NormKind::Rms | NormKind::RmsPlusOne => None,
     };
     Ok(Norm {
         name: name.to_string(),
@@ -505,6 +505,13 @@ impl Model {
                 ),
                 None => (None, None),
             };
+            let [post_attn_norm, post_mlp_norm] = match &ln.post_norms {
+                Some([a, m]) => [
+                    Some(norm_of(be, &files, &arch, a)?),
+                    Some(norm_of(be, &files, &arch, m)?),
+                ],
+                None => [None, None],
+            };
             layers.push(Layer {
                 ln1: norm_of(be, &files, &arch, &ln.ln1)?,
                 qkv: lin,
@@ -514,7 +521,10 @@ impl Model {
                 ln2: norm_of(be, &files, &arch, &ln.ln2)?,
                 mlp_in: rest.collect(),
                 mlp_out,
+                post_attn_norm,
+                post_mlp_norm,
                 window: arch.window(i),
+                local_rope: arch.local_rope_at(i),
             });
         }
         let final_norm = norm_of(be, &files, &arch, &names.final_norm)?;
@@ -582,6 +592,17 @@ impl Model {
         Some(scaling.freqs(rot_dim, base, seq))
     }
 
+    /// The rotary frequencies of the `Layer::local_rope` layers (None when the model has no
+    /// local RoPE; `Arch::local_rope` is never dynamic, so no state).
+    pub(crate) fn rope_local_freqs(&self, seq_len: usize) -> Option<RopeFreqs> {
+        let (Positions::Rope { rot_dim, .. }, Some((base, scaling))) =
+            (self.arch.positions, self.arch.local_rope)
+        else {
+            return None;
+        };
+        Some(scaling.freqs(rot_dim, base, seq_len))
+    }
+
     /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
     /// weights back to [in, out]; a tied head is not listed). Fails on quantized weights.
     pub fn state_dict(&self) -> Result<Vec<NamedTensor>, ModelError> {
@@ -641,7 +662,15 @@ impl Model {
         for layer in &self.layers {
             norm(&mut out, &layer.ln1);
             norm(&mut out, &layer.ln2);
-            for n in layer.q_norm.iter().chain(&layer.k_norm) {
+            for n in [
+                &layer.q_norm,
+                &layer.k_norm,
+                &layer.post_attn_norm,
+                &layer.post_mlp_norm,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 norm(&mut out, n);
             }
             for l in layer.linears() {
@@ -752,6 +781,9 @@ impl Model {
         let rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
+        let rope_local = self
+            .rope_local_freqs(seq_len)
+            .map(|f| be.rope_tables(&pos_t, n, &f));
         let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
             let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             be.upload_i32(&ids)
@@ -779,6 +811,7 @@ impl Model {
             alibi,
             alibi_relative,
             rope,
+            rope_local,
         })
     }
 
@@ -793,8 +826,8 @@ impl Model {
         Some((tg, cnt))
     }
 
-    /// x [N,H] = embedding (+ learned positions, + embedding layernorm); also the pre-norm x
-    /// and the norm's stats when there is an embedding norm.
+    /// x [N,H] = embedding (× `Arch::emb_scale`, + learned positions, + embedding layernorm);
+    /// also the pre-norm x and the norm's stats when there is an embedding norm.
     pub(crate) fn embed(
         &self,
         ids: &Tensor<i32>,
@@ -805,6 +838,9 @@ impl Model {
         let h = self.arch.hidden;
         let mut x = be.zeros(n * h);
         be.embedding_fwd(&mut x, &self.emb.value, ids, n, h);
+        if let Some(s) = self.arch.emb_scale {
+            be.scale(&mut x, s, n * h);
+        }
         if let (Some(pe), Some(ids)) = (&self.pos_emb, pos_ids) {
             let mut p = be.zeros(n * h);
             be.embedding_fwd(&mut p, &pe.value, ids, n, h);
@@ -1081,6 +1117,9 @@ impl Model {
             }
         }
         if let Some(g) = &mut self.emb.grad {
+            if let Some(s) = self.arch.emb_scale {
+                be.scale(&mut dx, s, n * h);
+            }
             be.embedding_bwd(g, &dx, &ctx.ids, n, h);
         }
     }
@@ -1109,6 +1148,8 @@ impl Model {
             v.push(&mut l.ln2);
             v.extend(l.q_norm.as_mut());
             v.extend(l.k_norm.as_mut());
+            v.extend(l.post_attn_norm.as_mut());
+            v.extend(l.post_mlp_norm.as_mut());
         }
         v.push(&mut self.final_norm);
         v
@@ -1161,6 +1202,8 @@ impl Model {
             norms.push(&mut l.ln2);
             norms.extend(l.q_norm.as_mut());
             norms.extend(l.k_norm.as_mut());
+            norms.extend(l.post_attn_norm.as_mut());
+            norms.extend(l.post_mlp_norm.as_mut());
             lins.extend(l.qkv.iter_mut());
             lins.push(&mut l.o);
             lins.extend(l.mlp_in.iter_mut());
