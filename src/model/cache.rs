@@ -164,9 +164,13 @@ impl Model {
             hd: self.arch.head_dim,
         };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
+        let pos_t = be.upload(&pos);
         let rope = self
             .rope_freqs(seq_len)
-            .map(|f| be.rope_tables(&be.upload(&pos), n, &f));
+            .map(|f| be.rope_tables(&pos_t, n, &f));
+        let rope_local = self
+            .rope_local_freqs(seq_len)
+            .map(|f| be.rope_tables(&pos_t, n, &f));
         let rope_block = glm.as_ref().and_then(|(_, block, _)| {
             let f = self.rope_freqs(seq_len)?;
             Some(be.rope_tables(&be.upload(block), n, &f))
@@ -184,12 +188,13 @@ impl Model {
         let mut acts = Acts::default();
         let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
+            let tab = if l.local_rope { &rope_local } else { &rope };
             l.qkv_fwd(
                 be,
                 &self.arch,
                 &mut acts,
                 &x,
-                rope.as_ref(),
+                tab.as_ref(),
                 rope_block.as_ref(),
                 n,
             );
@@ -203,7 +208,7 @@ impl Model {
                 be.copy2d(&mut cache.v[li], dst, &acts.v, src, tn, kd);
             }
             ensure(be, &mut acts.att, n * self.arch.q_dim());
-            let scale = 1.0 / (self.arch.head_dim as f32).sqrt();
+            let scale = self.arch.attn_scale();
             if let (Some((valid, seg, prefix)), 0) = (&prefill, past) {
                 let m = AttnMask {
                     valid,
