@@ -697,7 +697,7 @@ fn a_16bit_base_stays_16bit_on_the_device() {
     let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
     let d = tempfile::tempdir().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
-    recipe::quant::testgen::bf16_copy(&src, d.path()).unwrap();
+    recipe::formats::safetensors::bf16_copy(&src, d.path()).unwrap();
     let on = |be: Arc<dyn Backend>, keep_16bit| {
         let before = cuda.pool_stats().in_use;
         let opts = LoadOptions {

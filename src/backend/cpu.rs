@@ -511,14 +511,6 @@ pub(crate) fn inv_freq(rot_dim: usize, base: f32) -> Vec<f32> {
         .collect()
 }
 
-fn parallelism(flops: usize) -> gemm::Parallelism {
-    if flops > 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
 /// The ops on host slices (the reference every backend is checked against; the trait impl
 /// below unwraps tensors and calls these).
 impl CpuBackend {
@@ -534,44 +526,7 @@ impl CpuBackend {
         tb: bool,
         beta: f32,
     ) {
-        assert!(
-            c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
-            "matmul shape"
-        );
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            c[..m * n].iter_mut().for_each(|x| *x *= beta);
-            return;
-        }
-        // A[i,p] at a[i*k+p] (row-major [m,k]) or a[p*m+i] when transposed ([k,m]).
-        let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-        let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-        // SAFETY: the asserted lengths cover every index the strides reach.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                beta != 0.0,
-                a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                b_cs,
-                b_rs,
-                beta,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(m * n * k),
-            )
-        }
+        crate::host_gemm::matmul(c, a, b, m, n, k, ta, tb, beta)
     }
 
     pub fn rmsnorm_fwd(
