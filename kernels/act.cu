@@ -1,4 +1,4 @@
-// act.cu: activations (SwiGLU, GELU-tanh) forward/backward and the small element-wise pieces of
+// act.cu: activations (SwiGLU, GELU-tanh, GeGLU) forward/backward and the small element-wise pieces of
 // the fused LoRA path (scaled accumulate, LoRA dropout). One thread per element; rows/cols with
 // input row stride `ld_in` so ChatGLM's packed [gate | up] (ld_in = 2*cols) needs no copy.
 
@@ -27,21 +27,42 @@ __device__ void swiglu_bwd(T* de, T* dg, const T* da, const T* e, const T* g, i3
 
 // GELU (tanh approximation):  u = k0*(x + 0.044715 x³), k0 = sqrt(2/π) ;  y = 0.5 x (1 + tanh u)
 //   dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k0 (1 + 3*0.044715 x²)
+__device__ __forceinline__ float gelu_tanh(float v) {
+    float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.f + tanhf(u));
+}
+__device__ __forceinline__ float gelu_tanh_grad(float v) {
+    float u = 0.7978845608028654f * (v + 0.044715f * v * v * v), th = tanhf(u);
+    return 0.5f * (1.f + th) +
+           0.5f * v * (1.f - th * th) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * v * v);
+}
 template <typename T>
 __device__ void gelu_fwd(T* y, const T* x, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = ld(x, i), u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-    st(y, i, 0.5f * v * (1.f + tanhf(u)));
+    st(y, i, gelu_tanh(ld(x, i)));
 }
 template <typename T>
 __device__ void gelu_bwd(T* dx, const T* dy, const T* x, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = ld(x, i), u = 0.7978845608028654f * (v + 0.044715f * v * v * v), th = tanhf(u);
-    float d = 0.5f * (1.f + th) +
-              0.5f * v * (1.f - th * th) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * v * v);
-    st(dx, i, ld(dy, i) * d);
+    st(dx, i, ld(dy, i) * gelu_tanh_grad(ld(x, i)));
+}
+
+// GeGLU (Gemma):  a = gelu_tanh(e) * g ;  dg = da * gelu_tanh(e) ;  de = da * g * gelu_tanh'(e)
+template <typename T>
+__device__ void geglu_fwd(T* a, const T* e, const T* g, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    st(a, i, gelu_tanh(ld(e, i)) * ld(g, i));
+}
+template <typename T>
+__device__ void geglu_bwd(T* de, T* dg, const T* da, const T* e, const T* g, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float ev = ld(e, i), d = ld(da, i);
+    st(dg, i, d * gelu_tanh(ev));
+    st(de, i, d * ld(g, i) * gelu_tanh_grad(ev));
 }
 
 // LoRA accumulate:  y += s * t   (the s·(xAᵀ)Bᵀ term when it is computed apart from y)
@@ -92,6 +113,13 @@ __device__ void dropout_acc(T* y, const T* x, float p, u64 key, i64 n) {
     extern "C" __global__ void gelu_tanh_fwd_##S(T* y, const T* x, i64 n) { gelu_fwd(y, x, n); }   \
     extern "C" __global__ void gelu_tanh_bwd_##S(T* dx, const T* dy, const T* x, i64 n) {          \
         gelu_bwd(dx, dy, x, n);                                                                    \
+    }                                                                                              \
+    extern "C" __global__ void geglu_fwd_##S(T* a, const T* e, const T* g, i64 n) {               \
+        geglu_fwd(a, e, g, n);                                                                     \
+    }                                                                                              \
+    extern "C" __global__ void geglu_bwd_##S(T* de, T* dg, const T* da, const T* e, const T* g,    \
+                                             i64 n) {                                              \
+        geglu_bwd(de, dg, da, e, g, n);                                                            \
     }                                                                                              \
     extern "C" __global__ void scale_add_##S(T* y, const T* t, float s, i64 n) {                   \
         scale_add(y, t, s, n);                                                                     \

@@ -1,5 +1,5 @@
 // optim.cu: torch AdamW with f32 state (bit for bit the CPU's optim::adamw::adamw_step), and the
-// sums of squares behind global gradient clipping.
+// sums of squares and the coefficient of global gradient clipping.
 
 // AdamW (torch.optim.AdamW single-tensor path), one thread per parameter. Scalars come from
 // optim::adamw::AdamwScalars (computed in f64 on the host); grad_scale is the clipping coefficient
@@ -53,4 +53,34 @@ extern "C" __global__ void sumsq_acc_f32(float* acc, const float* x, i64 n) {
     for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += __fmul_rn(x[i], x[i]);
     s = block_sum(s, scratch);
     if (threadIdx.x == 0) acc[0] += s;
+}
+
+// Per-tensor norms from their sums of squares, in place: x[i] = (float)sqrt((double)x[i]), the
+// CPU backend's rounding (norms in f64, rounded to f32 per tensor). One thread per tensor.
+extern "C" __global__ void norms_sqrt_f32(float* x, i64 k) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < k) x[i] = (float)sqrt((double)x[i]);
+}
+
+// torch clip_grad_norm_'s coefficient on the device (train::optimizer::clip_grad_norm), so
+// clipping needs no host round trip. From the per-tensor norms n[0..k]:
+//   total = (float)sqrt(Σ (double)n_i²)        (f64 sum in index order, as the CPU)
+//   coef  = clip ? min(max_norm / (total + 1e-6f), 1) : 1     (NaN stays NaN)
+// out[0] = coef, out[1] = total. One thread.
+extern "C" __global__ void clip_coef_f32(float* out, const float* norms, i64 k, float max_norm,
+                                         i32 clip) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (i64 i = 0; i < k; i++) {
+        double n = (double)norms[i];
+        s = s + __dmul_rn(n, n);
+    }
+    float total = (float)sqrt(s);
+    float coef = 1.f;
+    if (clip) {
+        coef = max_norm / (total + 1e-6f);
+        if (coef > 1.f) coef = 1.f;
+    }
+    out[0] = coef;
+    out[1] = total;
 }

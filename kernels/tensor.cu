@@ -35,6 +35,39 @@ extern "C" __global__ void scale_f32(float* y, float s, i64 n) {
     if (i < n) y[i] *= s;
 }
 
+// y *= s[0]  (s a device scalar: the clipping coefficient, read without a host round trip)
+extern "C" __global__ void scale_by_f32(float* y, const float* s, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] *= s[0];
+}
+
+// out = (float)w for 16-bit values: bf16 (kind 0: the high half of an f32) or IEEE f16
+// (kind 1, subnormals included). Exact: every 16-bit value is an f32.
+extern "C" __global__ void widen16_f32(float* out, const u16* w, i32 kind, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned b = w[i];
+    unsigned bits;
+    if (kind == 0) {
+        bits = b << 16;
+    } else {
+        unsigned sign = (b & 0x8000u) << 16, e = (b >> 10) & 0x1fu, m = b & 0x3ffu;
+        if (e == 0x1fu) {
+            bits = sign | 0x7f800000u | (m << 13);  // inf, NaN
+        } else if (e != 0) {
+            bits = sign | ((e + 112u) << 23) | (m << 13);
+        } else if (m == 0) {
+            bits = sign;  // ±0
+        } else {
+            // subnormal: m·2^-24, normalised
+            int s = 0;
+            while (!(m & 0x400u)) { m <<= 1; s++; }
+            bits = sign | ((unsigned)(113 - s) << 23) | ((m & 0x3ffu) << 13);
+        }
+    }
+    out[i] = __uint_as_float(bits);
+}
+
 // y = v
 extern "C" __global__ void fill_f32(float* y, float v, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;

@@ -106,14 +106,13 @@ impl ModelArgs {
     pub fn open(&self, template: &str) -> Result<Session> {
         let (backend, line) = crate::backend::backend_for_spec(&self.device)?;
         eprintln!("{line}");
-        let mut s = Session::open(
+        Session::open_on(
+            backend,
             &self.model,
             self.tokenizer.as_deref(),
             self.adapter.as_deref(),
             template,
-        )?;
-        s.model.backend = backend;
-        Ok(s)
+        )
     }
 
     pub fn config(&self, s: &Session) -> GenConfig {

@@ -208,8 +208,10 @@ fn run_one(
         work: &work,
         recipe_dir: &checked.recipe.dir,
         device,
+        planned_peak: p.estimate.as_ref().and_then(|e| e.peak_bytes),
         progress,
     };
+    crate::util::install_panic_hook();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // Test hook: a step that panics (every known panic is fixed).
         if std::env::var("RECIPE_TEST_PANIC_IN_STEP").is_ok_and(|v| v == id) {
@@ -249,13 +251,13 @@ fn run_one(
     Ok((dir, secs))
 }
 
-/// A step's panic as an error (the panic hook has already printed where).
+/// A step's panic as an error (the panic hook has already printed where). A
+/// [`crate::util::UserPanic`] (out of device memory) is the step's plain error, not a bug.
 fn panicked(p: &(dyn std::any::Any + Send)) -> anyhow::Error {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
+    let msg = crate::util::panic_message(p);
+    if p.is::<crate::util::UserPanic>() {
+        return anyhow!("{msg}");
+    }
     anyhow!("panicked (a bug in recipe): {msg}")
 }
 

@@ -136,6 +136,12 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(604800));
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
+
+    #[test]
+    fn a_user_panic_is_caught_as_its_message() {
+        let r = catch_panic(|| user_panic("out of device memory in `matmul`".into()));
+        assert_eq!(r.err().as_deref(), Some("out of device memory in `matmul`"));
+    }
 }
 
 /// Row-major [rows, cols] -> [cols, rows] (Conv1D weights to nn.Linear layout and back).
@@ -154,28 +160,51 @@ thread_local! {
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f`, turning a panic inside it into `Err(message)` without printing it. For
-/// third-party readers (arrow, parquet) that panic on some corrupt files instead of
-/// returning an error; our own code never relies on this.
-pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// A panic payload that is a user-facing condition, not a bug: running out of device memory
+/// inside a backend op (the `Backend` trait returns no errors). The step runner reports it as
+/// the step's error and the panic hook does not print it.
+#[derive(Debug)]
+pub struct UserPanic(pub String);
+
+/// Panics with a [`UserPanic`] carrying `msg`.
+pub fn user_panic(msg: String) -> ! {
+    install_panic_hook();
+    std::panic::panic_any(UserPanic(msg))
+}
+
+/// Installs (once) the panic hook that stays quiet inside [`catch_panic`] and for
+/// [`UserPanic`] payloads, and prints every other panic as before.
+pub fn install_panic_hook() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !QUIET_PANICS.with(|q| q.get()) {
+            let user = info.payload().downcast_ref::<UserPanic>().is_some();
+            if !user && !QUIET_PANICS.with(|q| q.get()) {
                 prev(info);
             }
         }));
     });
+}
+
+/// The message of a caught panic's payload (`&str`, `String` or [`UserPanic`]).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .or_else(|| p.downcast_ref::<UserPanic>().map(|u| u.0.clone()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)` without printing it. For
+/// third-party readers (arrow, parquet) that panic on some corrupt files instead of
+/// returning an error; our own code never relies on this.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_panic_hook();
     let was = QUIET_PANICS.with(|q| q.replace(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET_PANICS.with(|q| q.set(was));
-    r.map_err(|p| {
-        p.downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into())
-    })
+    r.map_err(|p| panic_message(p.as_ref()))
 }
 
 /// First index of the maximum (torch.argmax); NaNs are skipped.

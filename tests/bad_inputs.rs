@@ -358,7 +358,7 @@ fn corpus() -> Vec<Case> {
         config(
             "config_unsupported_model_type",
             r#"{"model_type": "mamba", "hidden_size": 32}"#,
-            "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
+            "error: step `base`, key `path`: {dir}/model/config.json: unsupported model_type \"mamba\" (supported: llama, mistral, qwen2, qwen3, gemma3_text, qwen, chatglm, bloom, gpt2)\n --> r.toml:3:8\n  |\n3 | path = \"model\"\n  |        ^^^^^^^\n\n1 error in recipe\n",
         ),
         // load.model has no dtype or family key (nothing honoured them): a recipe that sets one
         // is told so, naming the key.

@@ -129,6 +129,107 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
     );
 }
 
+/// `recipe run --device cuda` end to end on the emulated device (the CUDA backend with
+/// `kernels/*.cu` compiled for the host, `RECIPE_TEST_EMULATED_CUDA`): the train step loads the
+/// base onto the device, trains there (LoRA with dropout, clipping, AdamW, checkpoints) and
+/// writes the CPU's adapter (losses within 1e-5 relative; every tensor within 1e-3 of its
+/// largest value, as Adam at lr 1e-2 amplifies f32 reassociation); `recipe generate --device
+/// cuda` prints the CPU's greedy text.
+#[test]
+fn train_and_generate_on_emulated_cuda_match_the_cpu() {
+    let d = tempfile::tempdir().unwrap();
+    recipe(d.path());
+    let kernels = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-kernels");
+    let cmd = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_recipe"))
+            .current_dir(d.path())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env(recipe::backend::EMULATED_CUDA_HOOK, "1")
+            .env("RECIPE_EMU_CACHE", &kernels)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            err,
+        )
+    };
+    let out = d.path().join("out/adapter");
+    let trained = |device: &str| {
+        let (code, _, err) = cmd(&["run", "r.toml", "--cache-dir", device, "--device", device]);
+        assert_eq!(code, Some(0), "{err}");
+        let adapter = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .collect();
+        std::fs::remove_dir_all(&out).unwrap();
+        (adapter, losses, err)
+    };
+    if let Err(e) = recipe::cuda::Gpu::emulated(Some(kernels.clone())) {
+        assert!(
+            std::env::var("RECIPE_REQUIRE_EMU").as_deref() != Ok("1"),
+            "{e}"
+        );
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    let (cpu, cpu_losses, _) = trained("cpu");
+    let (gpu, gpu_losses, err) = trained("cuda");
+    assert!(err.contains("[train] device: cuda:0 emulated"), "{err}");
+    assert_eq!(cpu_losses.len(), 6);
+    for (c, g) in cpu_losses.iter().zip(&gpu_losses) {
+        assert!(
+            (c - g).abs() <= 1e-5 * c.abs(),
+            "losses cpu {cpu_losses:?} cuda {gpu_losses:?}"
+        );
+    }
+    let tensors = |bytes: &[u8]| {
+        let p = d.path().join("a.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = recipe::formats::safetensors::read_all(&p)
+            .unwrap()
+            .into_iter()
+            .map(|(k, (t, _))| (k, t))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (tc, tg) = (tensors(&cpu), tensors(&gpu));
+    assert_eq!(tc.len(), tg.len());
+    for ((name, a), (_, b)) in tc.iter().zip(&tg) {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-3 * scale,
+            "{name}: max diff {diff} (scale {scale})"
+        );
+    }
+
+    let model = root().join("examples/quickstart/base-init");
+    let gen = |device: &str| {
+        let m = model.to_str().unwrap();
+        let (code, stdout, err) = cmd(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hello",
+            "--max-new-tokens",
+            "12",
+            "--greedy",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        stdout
+    };
+    assert_eq!(gen("cuda"), gen("cpu"));
+}
+
 /// `device = "cuda"` without a CUDA driver: the train step fails with one line naming the device
 /// (nothing is trained, nothing published). Skipped where a driver is present.
 #[test]

@@ -190,14 +190,16 @@ fn cuda_backend_ops_match_cpu_backend() {
     // Activations, residual/bias ops, dropout (the shared mask: bit-exact).
     let e = rng.normals(n * d, 2.0);
     let nd = n * d;
-    let (c, g) = both(&[&e, &x, &dy, &b], &[nd; 8], &|be, o, i| {
-        let [a, de, dg, gy, gdx, r, bias, drop] = o else {
+    let (c, g) = both(&[&e, &x, &dy, &b], &[nd; 11], &|be, o, i| {
+        let [a, de, dg, gy, gdx, ga, gde, gdg, r, bias, drop] = o else {
             unreachable!()
         };
         be.swiglu_fwd(a, &i[0], &i[1], nd);
         be.swiglu_bwd(de, dg, &i[2], &i[0], &i[1], nd);
         be.gelu_fwd(gy, &i[0], nd);
         be.gelu_bwd(gdx, &i[2], &i[0], nd);
+        be.geglu_fwd(ga, &i[0], &i[1], nd);
+        be.geglu_bwd(gde, gdg, &i[2], &i[0], &i[1], nd);
         be.copy2d(r, Strided::rows(nd, 0), &i[1], Strided::rows(nd, 0), 1, nd);
         be.add(r, &i[2], nd);
         be.scale(r, 0.5, nd);
@@ -212,12 +214,15 @@ fn cuda_backend_ops_match_cpu_backend() {
         "swiglu dg",
         "gelu y",
         "gelu dx",
+        "geglu a",
+        "geglu de",
+        "geglu dg",
         "add/scale/bias",
         "bias grad",
         "dropout",
     ];
     for (k, what) in names.iter().enumerate() {
-        let tol = if k >= 5 { 0.0 } else { 1e-5 };
+        let tol = if k >= 8 { 0.0 } else { 1e-5 };
         close(what, &g[k], &c[k], tol, tol * 10.0);
     }
 
@@ -418,6 +423,39 @@ fn cuda_backend_ops_match_cpu_backend() {
     close("adamw m", &g[1], &c[1], 0.0, 0.0);
     close("adamw v", &g[2], &c[2], 0.0, 0.0);
     close("norms", &g[3], &c[3], 0.0, 1e-6);
+
+    // Clipping on the backend: norms, coefficient [coef, total], gradients scaled by a backend
+    // scalar; clipped (max 0.5) and not (None: coef 1).
+    let g1 = rng.normals(77, 0.3);
+    for max_norm in [Some(0.5f32), None] {
+        let (c, g) = both(&[&g0, &g1], &[301, 77, 2, 2], &|be, o, i| {
+            let [a, b, coef, norms] = o else {
+                unreachable!()
+            };
+            be.copy2d(
+                a,
+                Strided::rows(301, 0),
+                &i[0],
+                Strided::rows(301, 0),
+                1,
+                301,
+            );
+            be.copy2d(b, Strided::rows(77, 0), &i[1], Strided::rows(77, 0), 1, 77);
+            be.norms_into(norms, &[&*a, &*b]);
+            be.clip_coef(coef, norms, 2, max_norm);
+            be.scale_by(a, coef, 301);
+            be.scale_by(b, coef, 77);
+        });
+        close("clip norms", &g[3], &c[3], 0.0, 1e-6);
+        close("clip [coef, total]", &g[2], &c[2], 0.0, 1e-6);
+        close("clipped a", &g[0], &c[0], 0.0, 1e-6);
+        close("clipped b", &g[1], &c[1], 0.0, 1e-6);
+        assert!(
+            max_norm.is_some() == (c[2][0] < 1.0),
+            "coef {} for {max_norm:?}",
+            c[2][0]
+        );
+    }
 }
 
 /// The whole model through `CudaBackend` on the emulated device against `CpuBackend`: a tiny
@@ -462,8 +500,8 @@ fn lora_and_qlora_steps_match_cpu() {
 /// Every family the engine has, through `CudaBackend` on the emulated device against the CPU:
 /// 3 LoRA steps (all linears, dropout 0.1) on each tiny fixture model: BLOOM (ALiBi, LayerNorm,
 /// fused per-head QKV), GPT-2 (learned positions, Conv1D, biases), Qwen v1, Qwen2 (QKV bias),
-/// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (the host attention path), and
-/// LLaMA with each RoPE scaling (linear, dynamic, llama3, yarn). Losses within 1e-5 relative,
+/// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (the host attention path), Gemma 3
+/// (GeGLU, (1 + w) and sandwich norms, local/global RoPE), and LLaMA with each RoPE scaling (linear, dynamic, llama3, yarn). Losses within 1e-5 relative,
 /// adapters within 2e-2 (AdamW turns f32 reassociation in near-zero gradients into
 /// whole learning-rate steps, so adapters differ more than losses).
 #[test]
@@ -495,16 +533,17 @@ fn every_family_trains_the_same_on_the_device() {
 }
 
 /// Generation on the device: a left-padded prefill then three single-token steps with the KV
-/// cache on the device (the cached-attention kernel), a tiny LLaMA and a tiny ChatGLM; every
+/// cache on the device (the cached-attention kernel), a tiny LLaMA, ChatGLM and Gemma 3; every
 /// step's last-position logits match the CPU's within 1e-5, and evaluation (`eval_loss`) too.
 #[test]
 fn kv_cache_generation_and_eval_match_cpu() {
     use recipe::model::{Batch, LoadOptions, Model};
     let Some(gpu) = emulated() else { return };
     let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
-    for family in ["llama", "chatglm"] {
+    // Gemma 3: 4 + 3 cached positions cross its local layer's window of 4.
+    for family in ["engine/llama", "engine/chatglm", "bases/gemma3"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/engine")
+            .join("tests/fixtures")
             .join(family);
         let run = |be: Arc<dyn Backend>| {
             let opts = LoadOptions {
@@ -593,13 +632,14 @@ fn qwen_long_context_matches_cpu() {
     }
 }
 
-/// After the weights are loaded, one LoRA optimizer step (zero_grad, forward + backward, the
-/// loss read back, clipping's gradient norms, AdamW) moves at most the batch plus 4 KB across
-/// the host<->device boundary: the weights, activations, gradients and optimizer state stay on
-/// the device.
+/// After the weights are loaded, one LoRA optimizer step (`train::optimizer_step`: zero_grad,
+/// forward + backward of two micro-batches, clipping, AdamW, the finite check) moves at most the
+/// batches plus 4 KB across the host<->device boundary (the weights, activations, gradients and
+/// optimizer state stay on the device), reads back once (loss, gradient norm and weight norms in
+/// one download), and, once the allocator is warm, allocates nothing from the driver.
 #[test]
 fn one_training_step_moves_only_the_batch() {
-    use recipe::model::{Batch, LoadOptions, Model, TrainOptions};
+    use recipe::model::{Batch, LoadOptions, Model};
     let Some(gpu) = emulated() else { return };
     let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
@@ -619,12 +659,19 @@ fn one_training_step_moves_only_the_batch() {
     };
     recipe::model::lora::apply(&mut model, &cfg).unwrap();
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let mut opt = recipe::train::optimizer::Optimizer::new(
+    let opt = recipe::train::optimizer::Optimizer::new(
         cuda.clone(),
         recipe::optim::OptimKind::AdamW,
         &Default::default(),
         &sizes,
     );
+    let mut opt = recipe::train::engine::EngineOptim(opt);
+    let mut model = recipe::train::engine::EngineModel {
+        model,
+        saved: recipe::train::engine::Saved::Full,
+        checkpointing: false,
+        copy_from: None,
+    };
     let (b, t) = (2usize, 24usize);
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 29) as u32 + 3).collect();
     let mut mask = vec![1u8; b * t];
@@ -639,40 +686,154 @@ fn one_training_step_moves_only_the_batch() {
     };
     // ids (u32) + labels (i64) + mask (u8), as a data loader holds them.
     let batch_bytes = (b * t * (4 + 8 + 1)) as u64;
-    for step in 0..2 {
-        let before = cuda.traffic();
-        model.zero_grad();
-        let loss = model
-            .forward_backward(
-                &batch,
-                TrainOptions {
-                    checkpointing: step == 1,
-                    dropout_seed: step,
-                },
-            )
-            .unwrap();
-        assert!(loss.is_finite());
-        let mut pg: Vec<(&mut Tensor, &mut Tensor)> = Vec::new();
-        let mut ps = model.params_mut();
-        for p in ps.iter_mut() {
-            pg.push((&mut *p.value, &mut *p.grad));
-        }
-        let norm = recipe::train::clip_grad_norm(&*cuda, &mut pg, 1.0);
-        assert!(norm > 0.0);
-        let (mut vals, grads): (Vec<&mut Tensor>, Vec<&Tensor>) =
-            pg.into_iter().map(|(p, g)| (p, &*g)).unzip();
-        opt.step(&mut vals, &grads, 1e-3);
+    // Two micro-batches per step; each mode's first step warms the device allocator.
+    let window = [batch.clone(), batch];
+    for (step, checkpointing) in [false, false, true, true].into_iter().enumerate() {
+        model.checkpointing = checkpointing;
+        let (before, fresh) = (cuda.traffic(), cuda.pool_stats().fresh);
+        let out = recipe::train::optimizer_step(
+            &mut model,
+            &mut opt,
+            &window,
+            &[step as u64, 7],
+            1.0 / 86.0,
+            1.0,
+            1e-3,
+        )
+        .unwrap();
+        assert!(out.loss_sum.is_finite() && out.grad_norm > 0.0 && out.nonfinite.is_none());
         let after = cuda.traffic();
         let (up, down) = (
             after.htod_bytes - before.htod_bytes,
             after.dtoh_bytes - before.dtoh_bytes,
         );
-        println!("step {step}: {up} bytes up, {down} down (batch {batch_bytes})");
-        assert!(
-            up + down <= batch_bytes + 4096,
-            "step {step}: {up} up + {down} down > batch {batch_bytes} + 4096"
+        let (syncs, allocs) = (
+            after.dtoh_copies - before.dtoh_copies,
+            cuda.pool_stats().fresh - fresh,
         );
+        println!(
+            "step {step}: {up} bytes up, {down} down (batch {batch_bytes} ×2), {syncs} \
+             downloads, {allocs} device allocations"
+        );
+        assert!(
+            up + down <= 2 * batch_bytes + 4096,
+            "step {step}: {up} up + {down} down > 2 × batch {batch_bytes} + 4096"
+        );
+        assert_eq!(
+            syncs, 1,
+            "step {step}: one host synchronization per optimizer step"
+        );
+        if step % 2 == 1 {
+            assert_eq!(
+                allocs, 0,
+                "step {step}: the allocator serves a warm step from its cache"
+            );
+        }
     }
+}
+
+/// A bf16 checkpoint on the device: its layer linears stay 16-bit there (half the bytes of the
+/// f32 load), widened per matmul into the shared scratch; one LoRA step equals the CPU's.
+#[test]
+fn a_16bit_base_stays_16bit_on_the_device() {
+    use recipe::model::{lora, Batch, LoadOptions, Model, TrainOptions};
+    let Some(gpu) = emulated() else { return };
+    let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
+    let d = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
+    recipe::quant::testgen::bf16_copy(&src, d.path()).unwrap();
+    let on = |be: Arc<dyn Backend>, keep_16bit| {
+        let before = cuda.pool_stats().in_use;
+        let opts = LoadOptions {
+            backend: Some(be),
+            keep_16bit,
+            ..Default::default()
+        };
+        let m = Model::load(d.path(), &opts).unwrap();
+        (m, cuda.pool_stats().in_use - before)
+    };
+    let (g32, bytes32) = on(cuda.clone(), false);
+    let (mut g, bytes16) = on(cuda.clone(), true);
+    let (mut c, _) = on(Arc::new(CpuBackend), false);
+    // Each layer linear: 4 bytes per weight become 2 (allocations in 512-byte units).
+    let unit = |b: usize| b.div_ceil(512) * 512;
+    let saved: usize = g
+        .layers
+        .iter_mut()
+        .flat_map(|l| l.linears_mut())
+        .map(|l| {
+            let n = l.d_in * l.d_out;
+            unit(4 * n) - unit(2 * n)
+        })
+        .sum();
+    println!("device bytes: f32 load {bytes32}, 16-bit load {bytes16}");
+    assert_eq!(bytes32 - bytes16, saved);
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 5 % 23) as u32 + 2).collect();
+    let batch = Batch {
+        b: 2,
+        t: 9,
+        labels: Some(ids.iter().map(|&i| i as i64).collect()),
+        input_ids: ids,
+        attention_mask: vec![1; 18],
+        segments: None,
+    };
+    let cfg = lora::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: lora::Targets::AllLinear,
+        use_rslora: false,
+        modules_to_save: vec![],
+        seed: 1,
+    };
+    let mut losses = vec![];
+    for m in [&mut g, &mut c] {
+        lora::apply(m, &cfg).unwrap();
+        losses.push(m.forward_backward(&batch, TrainOptions::default()).unwrap());
+    }
+    assert!(
+        (losses[0] - losses[1]).abs() <= 1e-6 * losses[1].abs(),
+        "{losses:?}"
+    );
+    drop(g32);
+}
+
+/// A full device is one clear error (a `UserPanic` the step runner reports as the step's error):
+/// what recipe holds, what the plan expected, the knobs. Nothing is printed as a bug.
+#[test]
+fn out_of_device_memory_is_one_clear_error() {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-kernels");
+    let gpu = match Gpu::emulated_with_memory(Some(cache), Some(1 << 20)) {
+        Ok(g) => g,
+        Err(e) => {
+            assert!(
+                std::env::var("RECIPE_REQUIRE_EMU").as_deref() != Ok("1"),
+                "{e}"
+            );
+            return;
+        }
+    };
+    let cuda = CudaBackend::on(gpu, "cuda:0 emulated (1 MiB)".into()).unwrap();
+    cuda.set_planned_peak(3 << 29);
+    let small = cuda.zeros(1 << 16); // 256 KiB
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cuda.zeros(1 << 18)))
+        .err()
+        .expect("1 MiB of device memory cannot hold 256 KiB + 1 MiB");
+    let msg = &p
+        .downcast_ref::<recipe::util::UserPanic>()
+        .expect("a UserPanic payload")
+        .0;
+    assert_eq!(
+        msg,
+        "out of device memory in `alloc` on cuda:0 emulated (1 MiB): recipe holds 256.0 KiB (+0 B \
+         cached); the plan expected a peak of 1.5 GiB; lower batch_size or max_length, or \
+         set gradient_checkpointing = true (`recipe plan` shows the planned memory)"
+    );
+    drop(small);
+    // The freed block is cached; the next fitting allocation reuses it.
+    let fresh = cuda.pool_stats().fresh;
+    let _again = cuda.zeros(1 << 16);
+    assert_eq!(cuda.pool_stats().fresh, fresh);
 }
 
 /// The counter counts exactly the bytes that cross: uploads and downloads, in both directions,

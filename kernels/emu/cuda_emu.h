@@ -235,6 +235,7 @@ inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); 
 
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __shfl_down_sync(unsigned, float v, unsigned d) {
     unsigned l = threadIdx.x & 31;
     return emu_shfl(v, l + d < 32 ? l + d : l);
@@ -254,6 +255,7 @@ inline int min(int a, int b) { return a < b ? a : b; }
 // Round-to-nearest product that the GPU compiler never fuses into an fma (g++ here, in ISO C++
 // mode without -mfma, fuses nothing anyway).
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 using std::fabs; using std::sqrt; using std::tanh; using std::fmax; using std::fmin;
 
 struct alignas(16) uint4 { unsigned x, y, z, w; };

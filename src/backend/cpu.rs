@@ -32,6 +32,19 @@ impl<'a> HostMask<'a> {
     }
 }
 
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// d/dx of [`gelu_tanh`].
+fn gelu_tanh_grad(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    let th = (C * (x + 0.044715 * x * x * x)).tanh();
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * C * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
 /// Scores of query (row bi, position i, head h, kv group g) against keys 0..=i into `p`
 /// (−∞ where masked). Returns false when the query sees no key (padding).
 #[allow(clippy::too_many_arguments)]
@@ -842,22 +855,31 @@ impl CpuBackend {
     }
 
     pub fn gelu_fwd(&self, y: &mut [f32], x: &[f32]) {
-        const C: f32 = 0.797_884_6;
-        y.par_iter_mut().enumerate().for_each(|(i, y)| {
-            let x = x[i];
-            *y = 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh());
-        });
+        y.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, y)| *y = gelu_tanh(x[i]));
     }
 
     pub fn gelu_bwd(&self, dx: &mut [f32], dy: &[f32], x: &[f32]) {
-        const C: f32 = 0.797_884_6;
-        dx.par_iter_mut().enumerate().for_each(|(i, dx)| {
-            let x = x[i];
-            let th = (C * (x + 0.044715 * x * x * x)).tanh();
-            let d =
-                0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * C * (1.0 + 3.0 * 0.044715 * x * x);
-            *dx = dy[i] * d;
-        });
+        dx.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, dx)| *dx = dy[i] * gelu_tanh_grad(x[i]));
+    }
+
+    pub fn geglu_fwd(&self, a: &mut [f32], e: &[f32], g: &[f32]) {
+        a.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, a)| *a = gelu_tanh(e[i]) * g[i]);
+    }
+
+    pub fn geglu_bwd(&self, de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
+        de.par_iter_mut()
+            .zip(dg.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (de, dg))| {
+                *dg = da[i] * gelu_tanh(e[i]);
+                *de = da[i] * g[i] * gelu_tanh_grad(e[i]);
+            });
     }
 
     pub fn embedding_fwd(&self, y: &mut [f32], table: &[f32], ids: &[i32], d: usize) {
@@ -922,6 +944,10 @@ impl Backend for CpuBackend {
         let y = &mut y.host_mut()[..n];
         y.iter_mut().zip(&x.host()[..n]).for_each(|(y, x)| *y += x);
     }
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
+        let s = s.host()[0];
+        self.scale(y, s, n);
+    }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
         y.host_mut()[..n].iter_mut().for_each(|x| *x *= s);
     }
@@ -982,6 +1008,12 @@ impl Backend for CpuBackend {
 
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
         QuantWeight::Host(w)
+    }
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor> {
+        match w {
+            QuantWeight::Host(q) => q.dense().map(Tensor::from_host),
+            _ => panic!("a device quantized weight reached the CPU backend (backend mix-up)"),
+        }
     }
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
         let QuantWeight::Host(w) = w else {
@@ -1252,6 +1284,27 @@ impl Backend for CpuBackend {
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
         CpuBackend::gelu_bwd(self, &mut dx.host_mut()[..n], dy.host(), x.host())
     }
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
+        CpuBackend::geglu_fwd(self, &mut a.host_mut()[..n], e.host(), g.host())
+    }
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
+        CpuBackend::geglu_bwd(
+            self,
+            &mut de.host_mut()[..n],
+            &mut dg.host_mut()[..n],
+            da.host(),
+            e.host(),
+            g.host(),
+        )
+    }
 
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
         CpuBackend::embedding_fwd(
@@ -1335,17 +1388,35 @@ impl Backend for CpuBackend {
         hits.host_mut()[0] += count as f32;
     }
 
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        grads
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]) {
+        for (o, x) in out.host_mut().iter_mut().zip(xs) {
+            *o = x
+                .host()
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+        }
+    }
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>) {
+        let total = norms.host()[..k]
             .iter()
-            .map(|g| {
-                g.host()
-                    .iter()
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum::<f64>()
-                    .sqrt() as f32
-            })
-            .collect()
+            .map(|&n| (n as f64) * (n as f64))
+            .sum::<f64>()
+            .sqrt() as f32;
+        let coef = match max_norm {
+            Some(m) => {
+                let c = m / (total + 1e-6f32);
+                // torch.clamp(max=1): NaN stays NaN
+                if c > 1.0 {
+                    1.0
+                } else {
+                    c
+                }
+            }
+            None => 1.0,
+        };
+        out.host_mut()[..2].copy_from_slice(&[coef, total]);
     }
     fn adamw(
         &self,

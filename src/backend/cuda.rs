@@ -24,11 +24,11 @@ use super::{
     Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
     Tensor,
 };
-use crate::cuda::error::{CudaError, Result};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
-    dropout as dropout_k, dropout_acc, gelu_tanh_bwd, gelu_tanh_fwd, scale_add, swiglu_bwd,
-    swiglu_fwd, GluLayout,
+    dropout as dropout_k, dropout_acc, geglu_bwd, geglu_fwd, gelu_tanh_bwd, gelu_tanh_fwd,
+    scale_add, swiglu_bwd, swiglu_fwd, GluLayout,
 };
 use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
@@ -36,7 +36,7 @@ use crate::cuda::ops::blas::{matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
-use crate::cuda::ops::optim::{adamw_torch, sumsq_acc};
+use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
@@ -62,6 +62,8 @@ pub struct CudaBackend {
     dequant_scratch: Mutex<Option<Tensor>>,
     /// The 8-bit optimizer's code books and lookup tables, uploaded at the first 8-bit step.
     bnb_tables: std::sync::OnceLock<BnbTables>,
+    /// The memory plan's peak for the running step, bytes (0: none given).
+    planned_peak: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -98,6 +100,7 @@ impl CudaBackend {
             lock: Mutex::new(()),
             dequant_scratch: Mutex::new(None),
             bnb_tables: std::sync::OnceLock::new(),
+            planned_peak: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -110,34 +113,52 @@ impl CudaBackend {
         self.gpu.reset_traffic()
     }
 
+    /// The device allocator's counters: driver allocations so far, bytes in use and cached.
+    pub fn pool_stats(&self) -> crate::cuda::PoolStats {
+        self.gpu.pool_stats()
+    }
+
     /// `cuda:N <name> (sm_XY)`.
     pub fn label(&self) -> &str {
         &self.label
     }
 
     /// Runs one op under the lock; a CUDA error is a panic naming the device and the op (the
-    /// step running it reports the panic as its error). Out of memory also says how much is
-    /// free and which knobs lower the need.
+    /// step running it reports the panic as its error). Out of memory is a
+    /// [`crate::util::UserPanic`] (reported as the step's error, not as a bug) that says what
+    /// recipe holds, what is free, what the plan expected and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
             Ok(r) => r,
-            Err(CudaError::Driver(e))
-                if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY =>
-            {
-                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-                let free = cudarc::driver::result::mem_get_info()
-                    .map(|(f, t)| format!(" ({:.2} GiB of {:.2} GiB free)", gib(f), gib(t)))
-                    .unwrap_or_default();
-                panic!(
-                    "CUDA backend on {}: {op}: out of device memory{free}; lower batch_size or \
-                     max_length, or set gradient_checkpointing = true (`recipe plan` shows the \
-                     planned memory)",
-                    self.label
-                )
+            Err(e) if crate::cuda::pool::is_oom(&e) => {
+                crate::util::user_panic(self.oom_message(op))
             }
             Err(e) => panic!("CUDA backend on {}: {op}: {e}", self.label),
         }
+    }
+
+    /// The out-of-memory error of `op`.
+    fn oom_message(&self, op: &str) -> String {
+        let h = crate::util::human_bytes;
+        let pool = self.gpu.pool_stats();
+        let mut m = format!(
+            "out of device memory in `{op}` on {}: recipe holds {} (+{} cached)",
+            self.label,
+            h(pool.in_use as u64),
+            h(pool.cached as u64)
+        );
+        if !self.gpu.is_emulated() {
+            if let Ok((free, total)) = cudarc::driver::result::mem_get_info() {
+                m += &format!(", {} of {} free", h(free as u64), h(total as u64));
+            }
+        }
+        match self.planned_peak.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            p => m += &format!("; the plan expected a peak of {}", h(p)),
+        }
+        m + "; lower batch_size or max_length, or set gradient_checkpointing = true \
+             (`recipe plan` shows the planned memory)"
     }
 
     fn up<T: DeviceRepr + ValidAsZeroBits>(&self, v: &[T]) -> Tensor<T> {
@@ -233,6 +254,10 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
 }
 
 impl Backend for CudaBackend {
+    fn set_planned_peak(&self, bytes: u64) {
+        self.planned_peak
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
     fn zeros(&self, len: usize) -> Tensor {
         self.run("alloc", |g| {
             Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))
@@ -290,6 +315,18 @@ impl Backend for CudaBackend {
         }
         self.run("add", |g| {
             scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+        })
+    }
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.run("scale_by", |g| {
+            tk::scale_by(
+                g,
+                &mut y.device_mut().slice_mut(..n),
+                &s.device().slice(..1),
+            )
         })
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
@@ -365,6 +402,14 @@ impl Backend for CudaBackend {
     /// A bitsandbytes 4-bit weight goes to the device (packed nibbles, f32 absmax, code);
     /// other quantized kinds stay on the host.
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
+        if let Some(h) = w.half() {
+            return QuantWeight::Device16 {
+                bits: self.up(h.bits),
+                bf16: h.kind == crate::quant::half::HalfKind::Bf16,
+                d_out: w.d_out(),
+                d_in: w.d_in(),
+            };
+        }
         let Some(fb) = w.four_bit() else {
             return QuantWeight::Host(w);
         };
@@ -379,12 +424,32 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// 4-bit: W dequantized into an f32 scratch [d_out, d_in] on the device, then one GEMM
-    /// (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A host weight runs on
-    /// the host.
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor> {
+        match w {
+            QuantWeight::Device16 {
+                bits,
+                bf16,
+                d_out,
+                d_in,
+            } => {
+                let mut t = self.zeros(d_out * d_in);
+                self.run("widen16", |g| {
+                    tk::widen16(g, t.device_mut(), &bits.device().slice(..bits.len()), *bf16)
+                });
+                Some(t)
+            }
+            QuantWeight::Host(q) => q.dense().map(|v| self.up(&v)),
+            QuantWeight::Device4(_) => None,
+        }
+    }
+
+    /// 4-bit and 16-bit: W widened into an f32 scratch [d_out, d_in] on the device (one buffer,
+    /// reused), then one GEMM (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A
+    /// host weight runs on the host.
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
         let q = match w {
-            QuantWeight::Device4(q) => q,
+            QuantWeight::Device4(q) => Some(q),
+            QuantWeight::Device16 { .. } => None,
             QuantWeight::Host(h) => {
                 return self.host_fallback(&mut [y], &[x], |_, o, i| {
                     if backward {
@@ -395,7 +460,11 @@ impl Backend for CudaBackend {
                 })
             }
         };
-        let (dout, din) = (q.rows, q.cols);
+        let (dout, din) = match (q, w) {
+            (Some(q), _) => (q.rows, q.cols),
+            (None, QuantWeight::Device16 { d_out, d_in, .. }) => (*d_out, *d_in),
+            _ => unreachable!("host weights returned above"),
+        };
         let mut slot = self
             .dequant_scratch
             .lock()
@@ -404,9 +473,20 @@ impl Backend for CudaBackend {
             *slot = Some(self.zeros(dout * din));
         }
         let wd = slot.as_mut().expect("scratch just ensured");
-        self.run("dequant_4bit", |g| {
-            dequant_4bit::<f32>(g, wd.device_mut(), q)
-        });
+        match (q, w) {
+            (Some(q), _) => self.run("dequant_4bit", |g| {
+                dequant_4bit::<f32>(g, wd.device_mut(), q)
+            }),
+            (None, QuantWeight::Device16 { bits, bf16, .. }) => self.run("widen16", |g| {
+                tk::widen16(
+                    g,
+                    wd.device_mut(),
+                    &bits.device().slice(..bits.len()),
+                    *bf16,
+                )
+            }),
+            _ => unreachable!("host weights returned above"),
+        }
         if backward {
             self.matmul(y, x, wd, n, din, dout, false, false, 1.0)
         } else {
@@ -871,6 +951,38 @@ impl Backend for CudaBackend {
             gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device())
         })
     }
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.run("geglu_fwd", |gpu| {
+            geglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), n)
+        })
+    }
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.run("geglu_bwd", |gpu| {
+            geglu_bwd::<f32>(
+                gpu,
+                de.device_mut(),
+                dg.device_mut(),
+                da.device(),
+                e.device(),
+                g.device(),
+                n,
+            )
+        })
+    }
 
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize) {
         if n * d == 0 {
@@ -968,25 +1080,36 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// Σx² per tensor on the device (f32, fixed order), one download, √ on the host.
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32> {
-        let mut acc = self.zeros(grads.len());
-        for (i, g) in grads.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            self.run("norms", |gpu| {
-                sumsq_acc(
-                    gpu,
-                    &mut acc.device_mut().slice_mut(i..i + 1),
-                    &g.device().slice(..g.len()),
-                )
-            });
+    /// Σx² per tensor on the device (f32, fixed order), then √ in f64 rounded to f32.
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]) {
+        let k = xs.len();
+        if k == 0 {
+            return;
         }
-        self.down(&acc)
-            .iter()
-            .map(|&s| (s as f64).sqrt() as f32)
-            .collect()
+        self.run("norms", |gpu| {
+            let mut o = out.device_mut().slice_mut(..k);
+            gpu.memset_zeros(&mut o)?;
+            for (i, x) in xs.iter().enumerate() {
+                if !x.is_empty() {
+                    sumsq_acc(
+                        gpu,
+                        &mut o.slice_mut(i..i + 1),
+                        &x.device().slice(..x.len()),
+                    )?;
+                }
+            }
+            norms_sqrt(gpu, &mut o)
+        })
+    }
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>) {
+        self.run("clip_coef", |g| {
+            clip_coef(
+                g,
+                &mut out.device_mut().slice_mut(..2),
+                &norms.device().slice(..k),
+                max_norm,
+            )
+        })
     }
     fn adamw(
         &self,

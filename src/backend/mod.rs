@@ -39,6 +39,12 @@ pub fn backend_for(device: Device) -> anyhow::Result<Arc<dyn Backend>> {
 /// a GPU is present but cannot be used (the line says why).
 pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (DeviceRequest::Exact(Device::Cuda(n)), Ok(v)) = (req, std::env::var(EMULATED_CUDA_HOOK))
+    {
+        if !v.is_empty() {
+            return emulated_cuda(n);
+        }
+    }
     let (device, line) = req
         .resolve()
         .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
@@ -50,6 +56,23 @@ pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)
         )),
         (_, Err(e)) => Err(e),
     }
+}
+
+/// Test hook: with this variable set, `cuda[:N]` opens the emulated device (`kernels/*.cu`
+/// compiled for the host, see `crate::cuda::emu`), so the steps' and commands' CUDA path runs
+/// end to end in CI without a GPU (`tests/cli_train.rs`). Never set it for real work: the
+/// emulated device is slow.
+pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
+
+fn emulated_cuda(n: usize) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let gpu = crate::cuda::Gpu::emulated(None)
+        .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
+    let label = format!("cuda:{n} emulated");
+    let be = CudaBackend::on(gpu, label.clone())?;
+    Ok((
+        Arc::new(be),
+        format!("device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host)"),
+    ))
 }
 
 /// The device a step uses: its own `device` key, or the run's `--device` when the key is
@@ -163,6 +186,13 @@ pub enum QuantWeight {
     Host(Box<dyn crate::quant::QuantLinear>),
     /// A bitsandbytes 4-bit weight resident on a CUDA device.
     Device4(crate::cuda::ops::quant4::Quant4Weight),
+    /// A 16-bit weight W [d_out, d_in] resident on a CUDA device as its 16-bit values.
+    Device16 {
+        bits: Tensor<u16>,
+        bf16: bool,
+        d_out: usize,
+        d_in: usize,
+    },
 }
 
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
@@ -190,6 +220,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, v: &[f32]) -> Tensor;
     fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;
     fn upload_u8(&self, v: &[u8]) -> Tensor<u8>;
+    /// The memory plan's peak estimate (bytes) for the work about to run, named by an
+    /// out-of-memory error (the CPU ignores it).
+    fn set_planned_peak(&self, _bytes: u64) {}
     /// A tensor's values on the host (checkpoints, the loss, tests).
     fn download(&self, t: &Tensor) -> Vec<f32>;
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;
@@ -210,6 +243,8 @@ pub trait Backend: Send + Sync {
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize);
     /// y[..n] *= s.
     fn scale(&self, y: &mut Tensor, s: f32, n: usize);
+    /// y[..n] *= s[0], with `s` a backend scalar (no host round trip).
+    fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize);
     /// y[r, c] += b[c], y [n, d].
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize);
     /// gb[c] += Σ_r dy[r, c] (rows in order), dy [n, d].
@@ -243,6 +278,9 @@ pub trait Backend: Send + Sync {
     /// A frozen quantized weight W [d_out, d_in]: forward y[n,d_out] = x·Wᵀ (overwritten), or
     /// with `backward` dx[n,d_in] += dy·W (x is then dy, y is dx).
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool);
+    /// W [d_out, d_in] as a dense f32 tensor when that is exact (16-bit weights), to train it;
+    /// None for 4-bit weights.
+    fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor>;
 
     /// y[n,d] = w ⊙ x·rstd, rstd[n] = 1/sqrt(mean(x²)+eps) (HF RMSNorm, f32 variance).
     #[allow(clippy::too_many_arguments)]
@@ -390,6 +428,18 @@ pub trait Backend: Send + Sync {
     /// y = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), [n].
     fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize);
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize);
+    /// GeGLU: a = gelu_tanh(e) ⊙ g, all [n].
+    fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize);
+    /// dg = da⊙gelu_tanh(e); de = da⊙g⊙gelu_tanh'(e).
+    fn geglu_bwd(
+        &self,
+        de: &mut Tensor,
+        dg: &mut Tensor,
+        da: &Tensor,
+        e: &Tensor,
+        g: &Tensor,
+        n: usize,
+    );
 
     /// y[i, :] = table[ids[i], :] for i < n; rows of width d.
     fn embedding_fwd(&self, y: &mut Tensor, table: &Tensor, ids: &Tensor<i32>, n: usize, d: usize);
@@ -477,8 +527,19 @@ pub trait Backend: Send + Sync {
 
     // ---- optimizer ----
 
-    /// ‖g‖₂ of each tensor (one host synchronization for all of them).
-    fn norms(&self, grads: &[&Tensor]) -> Vec<f32>;
+    /// out[i] = ‖xs[i]‖₂ (accumulated in f64 on the CPU, f32 in a fixed order on CUDA; rounded
+    /// to f32 per tensor), staying on the backend. out: [>= xs.len()].
+    fn norms_into(&self, out: &mut Tensor, xs: &[&Tensor]);
+    /// ‖x‖₂ of each tensor (one host synchronization for all of them).
+    fn norms(&self, xs: &[&Tensor]) -> Vec<f32> {
+        let mut out = self.zeros(xs.len());
+        self.norms_into(&mut out, xs);
+        self.download(&out)
+    }
+    /// torch `clip_grad_norm_`'s coefficient from the per-tensor norms `norms[..k]`, on the
+    /// backend: out[1] = total = √Σ nᵢ² (f64 sum in order, rounded to f32); out[0] = coef =
+    /// min(max_norm / (total + 1e-6), 1) (NaN stays NaN), 1 without `max_norm`. out: [>= 2].
+    fn clip_coef(&self, out: &mut Tensor, norms: &Tensor, k: usize, max_norm: Option<f32>);
     /// torch AdamW on p, m, v with gradient g ([`crate::optim::adamw::adamw_step`]).
     fn adamw(
         &self,

@@ -16,16 +16,20 @@ use super::emu::EmuDevice;
 use super::error::{shape_err, CudaError, Result};
 use super::kernels::KernelFile;
 use super::launch::{Kernel, Launch, LaunchRepr};
-use super::mem::{AsDevView, AsDevViewMut, BufRepr, DevBuf, EmuMem, ViewMutRepr, ViewRepr};
+use super::mem::{AsDevView, AsDevViewMut, DevBuf, ViewMutRepr, ViewRepr};
 use super::nvrtc::{self, Target};
+use super::pool::{Pool, PoolStats};
 
 pub struct Gpu {
     /// Compute capability (major, minor); (8, 0) for the emulated device (it runs the sm_80 path).
     pub cc: (u32, u32),
     pub name: String,
     pub(crate) dev: Dev,
+    /// The caching allocator every buffer of this device comes from.
+    pool: Arc<Pool>,
     htod: AtomicU64,
     dtoh: AtomicU64,
+    dtoh_copies: AtomicU64,
 }
 
 pub(crate) enum Dev {
@@ -50,6 +54,8 @@ pub struct RealGpu {
 pub struct Traffic {
     pub htod_bytes: u64,
     pub dtoh_bytes: u64,
+    /// Device→host copies: each one waits for the stream (a host synchronization).
+    pub dtoh_copies: u64,
 }
 
 impl Gpu {
@@ -83,6 +89,7 @@ impl Gpu {
         Ok(Gpu {
             cc: (major as u32, minor as u32),
             name,
+            pool: Pool::new(Some(stream.clone()), None),
             dev: Dev::Real(RealGpu {
                 ctx,
                 stream,
@@ -93,19 +100,28 @@ impl Gpu {
             }),
             htod: AtomicU64::new(0),
             dtoh: AtomicU64::new(0),
+            dtoh_copies: AtomicU64::new(0),
         })
     }
 
     /// The emulated device, caching compiled kernels in `cache_dir` (None:
     /// [`super::emu::default_cache_dir`]). Needs a C++20 g++ (one clear error otherwise).
     pub fn emulated(cache_dir: Option<PathBuf>) -> Result<Self> {
+        Self::emulated_with_memory(cache_dir, None)
+    }
+
+    /// [`Gpu::emulated`] with `memory` bytes of device memory (None: as much as the host has);
+    /// allocations past it fail as a full GPU's do.
+    pub fn emulated_with_memory(cache_dir: Option<PathBuf>, memory: Option<usize>) -> Result<Self> {
         let dev = EmuDevice::new(cache_dir.unwrap_or_else(super::emu::default_cache_dir))?;
         Ok(Gpu {
             cc: (8, 0),
             name: "emulated CUDA device (kernels compiled for the host)".into(),
             dev: Dev::Emu(dev),
+            pool: Pool::new(None, memory),
             htod: AtomicU64::new(0),
             dtoh: AtomicU64::new(0),
+            dtoh_copies: AtomicU64::new(0),
         })
     }
 
@@ -207,12 +223,24 @@ impl Gpu {
         Traffic {
             htod_bytes: self.htod.load(Ordering::Relaxed),
             dtoh_bytes: self.dtoh.load(Ordering::Relaxed),
+            dtoh_copies: self.dtoh_copies.load(Ordering::Relaxed),
         }
     }
 
     pub fn reset_traffic(&self) {
         self.htod.store(0, Ordering::Relaxed);
         self.dtoh.store(0, Ordering::Relaxed);
+        self.dtoh_copies.store(0, Ordering::Relaxed);
+    }
+
+    /// The caching allocator's counters (fresh allocations, bytes in use and cached).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Returns the allocator's cached blocks to the driver; the bytes released.
+    pub fn release_cached(&self) -> usize {
+        self.pool.release()
     }
 
     fn count_htod<T>(&self, n: usize) {
@@ -223,30 +251,31 @@ impl Gpu {
     fn count_dtoh<T>(&self, n: usize) {
         self.dtoh
             .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+        self.dtoh_copies.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An uninitialized buffer of `n` elements from the pool.
+    fn alloc<T>(&self, n: usize) -> Result<DevBuf<T>> {
+        let (block, size) = self.pool.take(n * std::mem::size_of::<T>())?;
+        let stream = match &self.dev {
+            Dev::Real(r) => Some(&r.stream),
+            Dev::Emu(_) => None,
+        };
+        Ok(DevBuf::from_block(&self.pool, block, size, n, stream))
     }
 
     /// A zeroed buffer of `n` elements.
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<DevBuf<T>> {
-        let repr = match &self.dev {
-            Dev::Real(r) => BufRepr::Real(r.stream.alloc_zeros(n)?),
-            Dev::Emu(_) => BufRepr::Emu(EmuMem::zeroed(n)),
-        };
-        Ok(DevBuf { repr })
+        let mut b = self.alloc(n)?;
+        self.memset_zeros(&mut b)?;
+        Ok(b)
     }
 
     /// A new device buffer holding `src` (counted as host→device traffic).
     pub fn clone_htod<T: DeviceRepr + ValidAsZeroBits>(&self, src: &[T]) -> Result<DevBuf<T>> {
-        let repr = match &self.dev {
-            Dev::Real(r) => BufRepr::Real(r.stream.clone_htod(src)?),
-            Dev::Emu(_) => {
-                let m = EmuMem::zeroed(src.len());
-                // SAFETY: m holds src.len() elements.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), m.ptr, src.len()) };
-                BufRepr::Emu(m)
-            }
-        };
-        self.count_htod::<T>(src.len());
-        Ok(DevBuf { repr })
+        let mut b = self.alloc(src.len())?;
+        self.memcpy_htod(src, &mut b)?;
+        Ok(b)
     }
 
     /// Copies `src` into the start of `dst` (host→device traffic).

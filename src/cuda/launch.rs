@@ -92,7 +92,7 @@ impl<'a, 'b: 'a, T> KernelArg<'a> for &'b DevBuf<T> {
     fn push_to(self, l: &mut Launch<'a>) {
         match (&mut l.repr, &self.repr) {
             (LaunchRepr::Real(b), BufRepr::Real(s)) => {
-                b.arg(s);
+                b.arg(&**s);
             }
             (LaunchRepr::Emu(_, slots), BufRepr::Emu(m)) => slots.push((m.ptr as u64, 8)),
             _ => mixed(),
@@ -104,7 +104,7 @@ impl<'a, 'b: 'a, T> KernelArg<'a> for &'b mut DevBuf<T> {
     fn push_to(self, l: &mut Launch<'a>) {
         match (&mut l.repr, &mut self.repr) {
             (LaunchRepr::Real(b), BufRepr::Real(s)) => {
-                b.arg(s);
+                b.arg(&mut **s);
             }
             (LaunchRepr::Emu(_, slots), BufRepr::Emu(m)) => slots.push((m.ptr as u64, 8)),
             _ => mixed(),

@@ -3,60 +3,88 @@
 //!
 //! On a real GPU a buffer is a cudarc `CudaSlice` and a view a `CudaView(Mut)`, so the real path
 //! is exactly cudarc's. On the emulated device ([`crate::cuda::emu`]) a buffer is an aligned,
-//! zeroed host allocation (256-byte aligned like `cudaMalloc`, so a kernel's 16-byte vector
+//! host allocation from the same caching allocator ([`super::pool`]; 256-byte aligned like `cudaMalloc`, so a kernel's 16-byte vector
 //! accesses are aligned exactly when they would be on a GPU) and a view is a pointer + length.
 //! Copies between host and device go through [`crate::cuda::Gpu`], which counts their bytes.
 
-use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::ops::{Bound, Range, RangeBounds};
 
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 
-/// An allocation on the device (real or emulated). Dropping it frees the memory.
+use super::pool::{Block, Pool};
+
+/// An allocation on the device (real or emulated), a block of the device's caching allocator
+/// ([`super::pool`]); dropping it gives the block back for reuse.
 pub struct DevBuf<T> {
     pub(crate) repr: BufRepr<T>,
+    pool: Arc<Pool>,
+    /// Bytes of the block (at least `len · size_of::<T>()`).
+    size: usize,
 }
 
 pub(crate) enum BufRepr<T> {
-    Real(CudaSlice<T>),
+    /// Never dropped as a slice: its memory goes back to the pool (see `Drop for DevBuf`).
+    Real(ManuallyDrop<CudaSlice<T>>),
     Emu(EmuMem<T>),
 }
 
-/// Host memory standing in for device memory.
+/// Host memory standing in for device memory (a pool block).
 pub(crate) struct EmuMem<T> {
     pub(crate) ptr: *mut T,
     pub(crate) len: usize,
-    layout: Layout,
 }
 
-// SAFETY: EmuMem owns its allocation like a Box<[T]>; emulated kernels and copies run while the
-// caller holds the buffer (or a view of it) borrowed, exactly as for device memory.
+// SAFETY: EmuMem points into a block its DevBuf owns like a Box<[T]>; emulated kernels and
+// copies run while the caller holds the buffer (or a view of it) borrowed, exactly as for device
+// memory.
 unsafe impl<T: Send> Send for EmuMem<T> {}
 unsafe impl<T: Sync> Sync for EmuMem<T> {}
 
 /// Alignment of every emulated allocation (what cudaMalloc guarantees).
 pub(crate) const EMU_ALIGN: usize = 256;
 
-impl<T> EmuMem<T> {
-    /// A zeroed allocation of `len` elements (callers only ask for types valid as zero bits).
-    pub(crate) fn zeroed(len: usize) -> Self {
-        let bytes = (len * std::mem::size_of::<T>()).max(1);
-        let layout = Layout::from_size_align(bytes, EMU_ALIGN.max(std::mem::align_of::<T>()))
-            .expect("emulated allocation size overflows");
-        // SAFETY: layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+impl<T> DevBuf<T> {
+    /// `len` elements of `T` in `block` (of `size` bytes) from `pool`; contents as the block's.
+    pub(crate) fn from_block(
+        pool: &Arc<Pool>,
+        block: Block,
+        size: usize,
+        len: usize,
+        stream: Option<&Arc<cudarc::driver::CudaStream>>,
+    ) -> Self {
+        debug_assert!(len * std::mem::size_of::<T>() <= size);
+        let repr = match (block, stream) {
+            // SAFETY: the block holds `size` ≥ len·size_of::<T>() bytes of this stream's
+            // context; the buffer owns it until it is dropped.
+            (Block::Real(p), Some(s)) => {
+                BufRepr::Real(ManuallyDrop::new(unsafe { s.upgrade_device_ptr(p, len) }))
+            }
+            (Block::Emu(p), None) => BufRepr::Emu(EmuMem {
+                ptr: p as *mut T,
+                len,
+            }),
+            _ => unreachable!("a block of one device kind on the other"),
+        };
+        DevBuf {
+            repr,
+            pool: pool.clone(),
+            size,
         }
-        EmuMem { ptr, len, layout }
     }
 }
 
-impl<T> Drop for EmuMem<T> {
+impl<T> Drop for DevBuf<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr as *mut u8, self.layout) }
+        let block = match &mut self.repr {
+            // SAFETY: taken once, here, and never used again.
+            BufRepr::Real(s) => Block::Real(unsafe { ManuallyDrop::take(s) }.leak()),
+            BufRepr::Emu(m) => Block::Emu(m.ptr as *mut u8),
+        };
+        self.pool.give(block, self.size);
     }
 }
 

@@ -10,6 +10,8 @@
 //!   allocate, copy (host<->device bytes counted in [`Traffic`]), load and launch kernels.
 //! - [`mem`]: [`DevBuf`] (a device allocation) and its [`DevView`] / [`DevViewMut`] windows; the
 //!   launchers take these, never cudarc types, so they run on either device.
+//! - [`pool`]: the caching allocator every `DevBuf` comes from (no driver allocation in a
+//!   training loop after its first step).
 //! - [`launch`]: a loaded [`launch::Kernel`] and its argument builder
 //!   (`gpu.launch_builder(&f).arg(..)`, then `unsafe { b.launch(cfg) }`).
 //! - [`nvrtc`]: compile for the device's arch, include-path discovery, on-disk cache.
@@ -56,9 +58,11 @@ pub mod launch;
 pub mod mem;
 pub mod nvrtc;
 pub mod ops;
+pub mod pool;
 pub mod twins;
 
 pub use context::{Gpu, Traffic};
 pub use device::{Device, DeviceRequest};
 pub use error::{device_error, CudaError, Result};
 pub use mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
+pub use pool::PoolStats;

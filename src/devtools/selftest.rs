@@ -939,6 +939,21 @@ fn act_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()>
         twins::act::gelu_tanh_bwd(&mut y, &dy, &x);
         ops::act::gelu_tanh_bwd(gpu, &mut yg, &dyd, &xd)?;
         ck.check(&format!("gelu_tanh_bwd_{s} n={n}"), &down(gpu, &yg)?, &y, t);
+        // GeGLU with x as the gate, dy as the up projection and the gradient.
+        twins::act::geglu_fwd(&mut y, &x, &dy);
+        ops::act::geglu_fwd(gpu, &mut yg, &xd, &dyd, n)?;
+        ck.check(&format!("geglu_fwd_{s} n={n}"), &down(gpu, &yg)?, &y, t);
+        let (mut de, mut dg) = (vec![0f32; n], vec![0f32; n]);
+        twins::act::geglu_bwd(&mut de, &mut dg, &dy, &x, &dy);
+        let mut dgg = gpu.alloc_zeros::<T>(n)?;
+        ops::act::geglu_bwd(gpu, &mut yg, &mut dgg, &dyd, &xd, &dyd, n)?;
+        ck.check(&format!("geglu_bwd_{s} de n={n}"), &down(gpu, &yg)?, &de, t);
+        ck.check(
+            &format!("geglu_bwd_{s} dg n={n}"),
+            &down(gpu, &dgg)?,
+            &dg,
+            t,
+        );
         let mut acc = x.clone();
         twins::act::scale_add(&mut acc, &dy, 0.37);
         let mut accg = up::<T>(gpu, &x)?;

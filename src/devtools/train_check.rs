@@ -126,6 +126,7 @@ pub const OTHER_FAMILIES: &[&str] = &[
     "bases/qwen3",
     "bases/mistral",
     "bases/qwen2_sliding",
+    "bases/gemma3",
     "bases/rope_linear",
     "bases/rope_dynamic",
     "bases/rope_llama3",
@@ -229,14 +230,7 @@ pub fn compare(
     let oth = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train(dir, other, steps, run)
     }))
-    .map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into());
-        anyhow::anyhow!("{msg}")
-    })??;
+    .map_err(|p| anyhow::anyhow!("{}", crate::util::panic_message(p.as_ref())))??;
     let max_rel_adapter = cpu
         .adapter
         .iter()

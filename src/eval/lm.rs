@@ -256,15 +256,34 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Loads the model in `weights` (CPU backend; a 4-bit bitsandbytes dir keeps
-/// its weights in 4 bits) and, if given, attaches a PEFT adapter.
+/// Loads the model in `weights` on the CPU and, if given, attaches a PEFT adapter
+/// ([`load_model_on`]).
 pub fn load_model(weights: &Path, adapter: Option<&Path>) -> Result<Model> {
+    load_model_on(
+        std::sync::Arc::new(crate::backend::CpuBackend),
+        weights,
+        adapter,
+    )
+}
+
+/// Loads the model in `weights` with its weights on `backend` (a 4-bit bitsandbytes dir keeps
+/// its weights in 4 bits) and, if given, attaches a PEFT adapter.
+pub fn load_model_on(
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+    weights: &Path,
+    adapter: Option<&Path>,
+) -> Result<Model> {
+    let opts = LoadOptions {
+        backend: Some(backend),
+        keep_16bit: true,
+        ..Default::default()
+    };
     let mut model = if crate::model::quantized::is_quantized_dir(weights) {
-        crate::model::quantized::load_quantized_model(weights, &LoadOptions::default()).map_err(
-            |e| anyhow::anyhow!("loading the 4-bit model in `{}`: {e}", weights.display()),
-        )?
+        crate::model::quantized::load_quantized_model(weights, &opts).map_err(|e| {
+            anyhow::anyhow!("loading the 4-bit model in `{}`: {e}", weights.display())
+        })?
     } else {
-        Model::load(weights, &LoadOptions::default())
+        Model::load(weights, &opts)
             .with_context(|| format!("loading the model in `{}`", weights.display()))?
     };
     crate::export::check_finite_dir(weights)?;

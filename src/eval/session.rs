@@ -4,13 +4,15 @@
 //! (`gen_cli`) all generate through a [`Session`].
 
 use super::generate::{generate, GenConfig, Generation};
-use super::lm::{load_model, pad_id, stop_ids, EngineLm};
+use super::lm::{load_model_on, pad_id, stop_ids, EngineLm};
 use super::sampling::SamplingParams;
+use crate::backend::Backend;
 use crate::data::example::{Example, Message, Role};
 use crate::model::Model;
 use crate::text::{prompt_ids, Renderer, Template, TokenizeOptions, TokenizerBundle};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A loaded model ready to answer prompts.
 pub struct Session {
@@ -50,8 +52,20 @@ pub fn renderer_for(spec: &str, bundle: &TokenizerBundle) -> Result<Option<Rende
 
 impl Session {
     /// Loads `weights` (+ the adapter in `adapter`, unmerged) and the tokenizer in `tokenizer`
-    /// (default: the model dir).
+    /// (default: the model dir), on the CPU.
     pub fn open(
+        weights: &Path,
+        tokenizer: Option<&Path>,
+        adapter: Option<&Path>,
+        template: &str,
+    ) -> Result<Session> {
+        let cpu: Arc<dyn Backend> = Arc::new(crate::backend::CpuBackend);
+        Self::open_on(cpu, weights, tokenizer, adapter, template)
+    }
+
+    /// [`Session::open`] with the model's weights on `backend` (uploaded once, at load).
+    pub fn open_on(
+        backend: Arc<dyn Backend>,
         weights: &Path,
         tokenizer: Option<&Path>,
         adapter: Option<&Path>,
@@ -61,7 +75,7 @@ impl Session {
         let bundle = TokenizerBundle::from_dir(tok_dir)
             .with_context(|| format!("loading the tokenizer from `{}`", tok_dir.display()))?;
         let renderer = renderer_for(template, &bundle)?;
-        let model = load_model(weights, adapter)?;
+        let model = load_model_on(backend, weights, adapter)?;
         Ok(Session {
             stop_ids: stop_ids(weights, &bundle.stop_ids),
             pad_id: pad_id(weights, bundle.pad_id, bundle.eos_id),
@@ -220,7 +234,7 @@ mod tests {
             "eos first, then <|user|> <|observation|>; config eos 2 = eos"
         );
         let s = Session {
-            model: load_model(&weights, None).expect("model"),
+            model: crate::eval::lm::load_model(&weights, None).expect("model"),
             renderer: renderer_for("chatglm3", &bundle).expect("template"),
             pad_id: 0,
             stop_ids: stops,

@@ -770,7 +770,7 @@ fn hparams(f: Family, c: &Json, dir: &Path, kv: &mut Vec<(String, Value)>) -> Re
             }
         }
         // Refused by `gguf_family` before any hyperparameter is read.
-        Family::Qwen | Family::ChatGlm => {
+        Family::Qwen | Family::ChatGlm | Family::Gemma3 => {
             return Err(FormatError::Unsupported(format!(
                 "GGUF export has no {} hyperparameters",
                 f.name()
@@ -881,7 +881,7 @@ fn map_name(f: Family, name: &str, hp: &Hp, tied: bool) -> Option<(String, Trans
             };
             (g, tr)
         }
-        (Family::Qwen | Family::ChatGlm, _) => return None,
+        (Family::Qwen | Family::ChatGlm | Family::Gemma3, _) => return None,
     };
     Some((format!("blk.{bid}.{g}.{suffix}"), tr))
 }
@@ -1176,7 +1176,7 @@ fn tokenizer_kv(
             Family::Qwen2 | Family::Qwen3 => "qwen2",
             Family::Bloom => "bloom",
             Family::Gpt2 => "gpt-2",
-            Family::Qwen | Family::ChatGlm => "default",
+            Family::Qwen | Family::ChatGlm | Family::Gemma3 => "default",
         };
         put(kv, "tokenizer.ggml.model", Value::Str("gpt2".into()));
         put(kv, "tokenizer.ggml.pre", Value::Str(pre.into()));
@@ -1551,6 +1551,19 @@ mod tests {
             err.to_string(),
             "GGUF export supports llama, mistral, qwen2, qwen3, bloom and gpt2 models, \
              not model_type `qwen`"
+        );
+        // Gemma 3 too (llama.cpp's gemma3 stores its norms as 1 + w; not written here).
+        let g3 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bases/gemma3");
+        let err = export_gguf(
+            &HfModel::load(&g3).unwrap(),
+            &g3,
+            &dir.path().join("g.gguf"),
+            GgufDtype::F16,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().ends_with("not model_type `gemma3_text`"),
+            "{err}"
         );
         m.config["model_type"] = json!("gpt2");
         m.config["n_embd"] = json!(32);

@@ -13,6 +13,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NormKind {
     Rms,
+    /// RMSNorm scaling by (1 + w), the weight stored as w (Gemma): `block::Norm` adds the 1 per
+    /// forward, so the trained, merged and saved weight stays in the checkpoint's convention.
+    RmsPlusOne,
     Layer,
 }
 
@@ -162,6 +165,8 @@ pub enum MlpKind {
     SwiGlu { fused: bool },
     /// proj(gelu_tanh(fc(x))).
     GeluTanh,
+    /// down(gelu_tanh(gate(x)) ⊙ up(x)) (Gemma's GeGLU).
+    GeGlu,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -197,6 +202,20 @@ pub struct Arch {
     pub long_context: Option<LongContext>,
     #[serde(default)]
     pub sliding_window: Option<SlidingWindow>,
+    /// RoPE (base, scaling) of the sliding-window layers when it differs from `positions`'
+    /// (Gemma 3's local layers: `rope_local_base_freq`).
+    #[serde(default)]
+    pub local_rope: Option<(f32, RopeScaling)>,
+    /// The attention scale when it is not 1/√head_dim (Gemma 3: query_pre_attn_scalar^−½).
+    #[serde(default)]
+    pub attn_scale: Option<f32>,
+    /// Token embeddings multiplied by this (Gemma 3: √hidden_size).
+    #[serde(default)]
+    pub emb_scale: Option<f32>,
+    /// Norms on the attention and MLP outputs before each residual add (Gemma 3's
+    /// post_attention_layernorm / post_feedforward_layernorm).
+    #[serde(default)]
+    pub sandwich_norms: bool,
 }
 
 /// Sliding-window attention: on the layers flagged in `layers`, key j is visible to query i
@@ -257,33 +276,74 @@ fn long_context(c: &HfConfig, model_type: &str) -> Option<LongContext> {
     }
 }
 
+/// Which layers `layer_types` marks "sliding_attention".
+fn sliding_layer_types(c: &HfConfig, layers: usize) -> Option<Vec<bool>> {
+    let t = c.get("layer_types").and_then(Value::as_array)?;
+    Some(
+        (0..layers)
+            .map(|i| t.get(i).and_then(Value::as_str) == Some("sliding_attention"))
+            .collect(),
+    )
+}
+
 /// Mistral: `sliding_window` on every layer. Qwen2/3 with `use_sliding_window`: on the layers
 /// `layer_types` marks "sliding_attention" (by default those from `max_window_layers` on), as
-/// transformers builds them.
+/// transformers builds them. Gemma 3: on the `layer_types` "sliding_attention" layers (older
+/// configs: all but every `sliding_window_pattern`-th), window 4096 by default.
 fn sliding_window(c: &HfConfig, model_type: &str, layers: usize) -> Option<SlidingWindow> {
-    let len = c.get("sliding_window").and_then(Value::as_u64)? as usize;
+    let len = match c.get("sliding_window").and_then(Value::as_u64) {
+        None if model_type == "gemma3_text" => 4096,
+        len => len? as usize,
+    };
     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
     let flags = match model_type {
         "mistral" => vec![true; layers],
-        "qwen2" | "qwen3" if on("use_sliding_window") => {
-            match c.get("layer_types").and_then(Value::as_array) {
-                Some(t) => (0..layers)
-                    .map(|i| t.get(i).and_then(Value::as_str) == Some("sliding_attention"))
-                    .collect(),
-                None => {
-                    let from = c
-                        .get("max_window_layers")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(28) as usize;
-                    (0..layers).map(|i| i >= from).collect()
-                }
-            }
-        }
+        "gemma3_text" => sliding_layer_types(c, layers).unwrap_or_else(|| {
+            let every = c
+                .get("sliding_window_pattern")
+                .and_then(Value::as_u64)
+                .unwrap_or(6)
+                .max(1) as usize;
+            (0..layers).map(|i| (i + 1) % every != 0).collect()
+        }),
+        "qwen2" | "qwen3" if on("use_sliding_window") => sliding_layer_types(c, layers)
+            .unwrap_or_else(|| {
+                let from = c
+                    .get("max_window_layers")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(28) as usize;
+                (0..layers).map(|i| i >= from).collect()
+            }),
         _ => return None,
     };
     flags
         .contains(&true)
         .then_some(SlidingWindow { len, layers: flags })
+}
+
+/// What Gemma 3 configs may set that this engine does not follow, refused by key.
+fn gemma3_checks(c: &HfConfig) -> Result<(), ArchError> {
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
+            return Err(c.key_error(
+                key,
+                format!("{v}: logit soft-capping is not supported (only null)"),
+            ));
+        }
+    }
+    if c.bool_or("use_bidirectional_attention", false) {
+        return Err(c.key_error(
+            "use_bidirectional_attention",
+            "bidirectional attention is not supported (only false)",
+        ));
+    }
+    match c.get("hidden_activation").and_then(Value::as_str) {
+        None | Some("gelu_pytorch_tanh") => Ok(()),
+        Some(other) => Err(c.key_error(
+            "hidden_activation",
+            format!("\"{other}\" is not supported (only gelu_pytorch_tanh)"),
+        )),
+    }
 }
 
 /// `a_key` must split evenly into `b_key` parts.
@@ -350,9 +410,78 @@ fn rope_config(c: &HfConfig) -> Result<(f32, RopeScaling), ArchError> {
     } else {
         params
     };
+    rope_params(c, key, &params, "rope_theta", 10000.0)
+}
+
+/// Gemma 3's two RoPEs, (global, local), read as its config class does: `rope_parameters`
+/// per layer type ("full_attention", "sliding_attention"), `rope_scaling` (transformers 4)
+/// updating the global one; bases from each type's `rope_theta`, else the top-level
+/// `rope_theta` (global, 1e6 by default) and `rope_local_base_freq` (local, 1e4).
+fn gemma3_rope(c: &HfConfig) -> Result<[(f32, RopeScaling); 2], ArchError> {
+    let present = |k: &str| c.get(k).filter(|v| !v.is_null());
+    let mut per_type = [
+        Value::Object(Default::default()),
+        Value::Object(Default::default()),
+    ];
+    if let Some(p) = present("rope_parameters") {
+        let Value::Object(map) = p else {
+            return Err(c.key_error("rope_parameters", "expected an object"));
+        };
+        if !map.values().all(|v| v.is_object() || v.is_null()) {
+            return Err(c.key_error(
+                "rope_parameters",
+                "expected parameters per layer type (full_attention, sliding_attention)",
+            ));
+        }
+        for (slot, t) in per_type
+            .iter_mut()
+            .zip(["full_attention", "sliding_attention"])
+        {
+            if let Some(v) = map.get(t).filter(|v| v.is_object()) {
+                *slot = v.clone();
+            }
+        }
+    }
+    let key = match present("rope_scaling") {
+        Some(Value::Object(s)) => {
+            if let Value::Object(full) = &mut per_type[0] {
+                full.extend(s.clone());
+            }
+            "rope_scaling"
+        }
+        Some(_) => return Err(c.key_error("rope_scaling", "expected an object")),
+        None => "rope_parameters",
+    };
+    let global = rope_params(c, key, &per_type[0], "rope_theta", 1e6)?;
+    let local = rope_params(
+        c,
+        "rope_parameters",
+        &per_type[1],
+        "rope_local_base_freq",
+        1e4,
+    )?;
+    if matches!(local.1, RopeScaling::Dynamic { .. }) {
+        return Err(c.key_error(
+            "rope_parameters",
+            "dynamic RoPE on the sliding_attention layers is not supported",
+        ));
+    }
+    Ok([global, local])
+}
+
+/// Base and scaling from one set of RoPE parameters (`key` names them in errors): the base is
+/// their `rope_theta`, else the config's `top_theta`, else `default_base`.
+fn rope_params(
+    c: &HfConfig,
+    key: &str,
+    params: &Value,
+    top_theta: &str,
+    default_base: f64,
+) -> Result<(f32, RopeScaling), ArchError> {
+    let err = |key: &str, msg: String| c.key_error(key, msg);
     let num = |k: &str| params.get(k).and_then(Value::as_f64);
     let top = |k: &str| c.get(k).and_then(Value::as_f64);
-    let base = num("rope_theta").or(top("rope_theta")).unwrap_or(10000.0) as f32;
+    let base = num("rope_theta").or(top(top_theta)).unwrap_or(default_base) as f32;
     let rope_type = params
         .get("rope_type")
         .or_else(|| params.get("type"))
@@ -461,8 +590,15 @@ impl Arch {
         let family = Family::of(c)?;
         let tied = c.ties_embeddings();
         let a = match family {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => {
-                let (base, scaling) = rope_config(c)?;
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
+                let g3 = family == Family::Gemma3;
+                let ((base, scaling), local_rope) = if g3 {
+                    gemma3_checks(c)?;
+                    let [global, local] = gemma3_rope(c)?;
+                    (global, Some(local))
+                } else {
+                    (rope_config(c)?, None)
+                };
                 let hidden = c.uint("hidden_size")?;
                 let heads = c.count("num_attention_heads")?;
                 let hd = head_dim(c, "head_dim", hidden, heads)?;
@@ -476,7 +612,11 @@ impl Arch {
                     kv_heads: c.uint_or("num_key_value_heads", heads)?,
                     head_dim: hd,
                     ffn: c.uint("intermediate_size")?,
-                    norm: NormKind::Rms,
+                    norm: if g3 {
+                        NormKind::RmsPlusOne
+                    } else {
+                        NormKind::Rms
+                    },
                     eps: c.float_or("rms_norm_eps", 1e-6) as f32,
                     positions: Positions::Rope {
                         kind: RopeKind::Half,
@@ -486,9 +626,13 @@ impl Arch {
                     },
                     qkv: QkvLayout::Separate,
                     qkv_bias: q2 || c.bool_or("attention_bias", false),
-                    qk_norm: q3,
+                    qk_norm: q3 || g3,
                     out_bias: false,
-                    mlp: MlpKind::SwiGlu { fused: false },
+                    mlp: if g3 {
+                        MlpKind::GeGlu
+                    } else {
+                        MlpKind::SwiGlu { fused: false }
+                    },
                     tied,
                     emb_norm: false,
                     conv1d: false,
@@ -496,6 +640,12 @@ impl Arch {
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
+                    local_rope,
+                    // transformers: query_pre_attn_scalar**-0.5 and hidden_size**0.5 in f64.
+                    attn_scale: g3
+                        .then(|| c.float_or("query_pre_attn_scalar", 256.0).powf(-0.5) as f32),
+                    emb_scale: g3.then(|| (hidden as f64).sqrt() as f32),
+                    sandwich_norms: g3,
                 }
             }
             Family::Qwen => {
@@ -532,6 +682,10 @@ impl Arch {
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
+                    local_rope: None,
+                    attn_scale: None,
+                    emb_scale: None,
+                    sandwich_norms: false,
                 }
             }
             Family::ChatGlm
@@ -587,6 +741,10 @@ impl Arch {
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
+                    local_rope: None,
+                    attn_scale: None,
+                    emb_scale: None,
+                    sandwich_norms: false,
                 }
             }
             Family::Bloom => {
@@ -620,6 +778,10 @@ impl Arch {
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
+                    local_rope: None,
+                    attn_scale: None,
+                    emb_scale: None,
+                    sandwich_norms: false,
                 }
             }
             Family::Gpt2 => {
@@ -652,12 +814,19 @@ impl Arch {
                     model_type: mt.clone(),
                     long_context: None,
                     sliding_window: None,
+                    local_rope: None,
+                    attn_scale: None,
+                    emb_scale: None,
+                    sandwich_norms: false,
                 }
             }
         };
         let mut a = a;
         a.long_context = long_context(c, &mt);
         a.sliding_window = sliding_window(c, &mt, a.layers);
+        if a.sliding_window.is_none() {
+            a.local_rope = None;
+        }
         for (key, n) in [("hidden_size", a.hidden), ("vocab_size", a.vocab)] {
             if n == 0 {
                 return Err(c.key_error(key, "must be at least 1"));
@@ -673,6 +842,17 @@ impl Arch {
             ));
         }
         Ok(a)
+    }
+
+    /// The attention scale: `attn_scale`, else 1/√head_dim.
+    pub fn attn_scale(&self) -> f32 {
+        self.attn_scale
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// Whether layer i uses `local_rope` (a sliding-window layer of a model that has one).
+    pub fn local_rope_at(&self, i: usize) -> bool {
+        self.local_rope.is_some() && self.window(i).is_some()
     }
 
     /// The attention window of layer i (None: full causal attention).
@@ -718,7 +898,7 @@ impl Arch {
         }
         v.push((n.o.clone(), q, h, self.out_bias));
         match self.mlp {
-            MlpKind::SwiGlu { fused: false } => {
+            MlpKind::SwiGlu { fused: false } | MlpKind::GeGlu => {
                 v.push((n.mlp_in[0].clone(), h, f, self.out_bias));
                 v.push((n.mlp_in[1].clone(), h, f, self.out_bias));
             }
@@ -772,7 +952,7 @@ impl Arch {
             embedding: emb,
             attention_per_layer: attn,
             mlp_per_layer: mlp,
-            norms_per_layer: 2 * norm
+            norms_per_layer: if self.sandwich_norms { 4 } else { 2 } * norm
                 + if self.qk_norm {
                     2 * self.head_dim as u64
                 } else {
@@ -822,6 +1002,24 @@ mod tests {
         assert_eq!(a.param_counts().total(), 6_243_584_000);
     }
 
+    /// google/gemma-3-1b-pt's config.json: transformers 5.24 counts 999,885,952 parameters
+    /// (tied; four norms per layer and per-head q/k norms of 256), and reads windows of 512 on
+    /// five layers of six with RoPE bases 1e4 (local) and 1e6 (global).
+    #[test]
+    fn gemma3_1b_counts_from_config_alone() {
+        let cfg = r#"{"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": true, "vocab_size": 262144}"#;
+        let a = Arch::from_config_json(cfg, "config.json").unwrap();
+        assert_eq!(a.param_counts().total(), 999_885_952);
+        let w: Vec<Option<usize>> = (0..6).map(|i| a.window(i)).collect();
+        assert_eq!(
+            w,
+            [Some(512), Some(512), Some(512), Some(512), Some(512), None]
+        );
+        assert_eq!(a.local_rope, Some((1e4, RopeScaling::None)));
+        assert!(matches!(a.positions, Positions::Rope { base, .. } if base == 1e6));
+        assert_eq!(a.attn_scale(), 0.0625);
+    }
+
     #[test]
     fn zero_heads_and_sizes_that_do_not_divide_are_config_errors() {
         let cfg = |heads: u32, hidden: u32| {
@@ -853,6 +1051,6 @@ mod tests {
         let e = Arch::from_config_json(r#"{"model_type":"t5"}"#, "m/config.json")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "m/config.json: unsupported model_type \"t5\" (supported: llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2)");
+        assert_eq!(e, "m/config.json: unsupported model_type \"t5\" (supported: llama, mistral, qwen2, qwen3, gemma3_text, qwen, chatglm, bloom, gpt2)");
     }
 }

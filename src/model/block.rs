@@ -1,5 +1,6 @@
 //! One transformer layer, forward and backward side by side, for every family through `Arch`:
-//! pre-norm attention (RoPE / ALiBi, MHA/GQA/MQA, fused or split QKV) and a SwiGLU or GELU MLP.
+//! pre-norm attention (RoPE / ALiBi, MHA/GQA/MQA, fused or split QKV) and a SwiGLU, GeGLU or
+//! GELU MLP, with Gemma 3's sandwich norms on both outputs when the model has them.
 
 use super::arch::{Arch, MlpKind, NormKind, Positions, QkvLayout};
 use super::linear::Linear;
@@ -57,6 +58,14 @@ pub struct NormStats {
     pub rstd: Tensor,
 }
 
+/// 1 + w (`NormKind::RmsPlusOne`'s scale), in f32 as transformers computes it.
+fn plus_one(be: &dyn Backend, w: &Tensor) -> Tensor {
+    let mut t = be.zeros(w.len());
+    be.fill(&mut t, 1.0);
+    be.add(&mut t, w, w.len());
+    t
+}
+
 impl Norm {
     /// y [n,d], stats from x [n,d].
     pub fn forward(
@@ -71,6 +80,10 @@ impl Norm {
         ensure(be, &mut st.rstd, n);
         match self.kind {
             NormKind::Rms => be.rmsnorm_fwd(y, &mut st.rstd, x, &self.w.value, n, d, self.eps),
+            NormKind::RmsPlusOne => {
+                let w = plus_one(be, &self.w.value);
+                be.rmsnorm_fwd(y, &mut st.rstd, x, &w, n, d, self.eps)
+            }
             NormKind::Layer => {
                 ensure(be, &mut st.mean, n);
                 let b = &self.b.as_ref().expect("layernorm bias").value;
@@ -111,6 +124,11 @@ impl Norm {
                 n,
                 d,
             ),
+            // d(1 + w)/dw = 1: the gradient of the scale is the weight's.
+            NormKind::RmsPlusOne => {
+                let w = plus_one(be, &self.w.value);
+                be.rmsnorm_bwd(dx, self.w.grad.as_mut(), dy, x, &w, &st.rstd, n, d)
+            }
             NormKind::Layer => {
                 let b = self.b.as_mut().expect("layernorm bias");
                 be.layernorm_bwd(
@@ -139,11 +157,16 @@ pub struct Layer {
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,
     pub ln2: Norm,
-    /// SwiGLU separate: [gate, up]; fused SwiGLU or GELU: [one].
+    /// SwiGLU / GeGLU separate: [gate, up]; fused SwiGLU or GELU: [one].
     pub mlp_in: Vec<Linear>,
     pub mlp_out: Linear,
+    /// Sandwich norms of the attention and MLP outputs (`Arch::sandwich_norms`, Gemma 3).
+    pub post_attn_norm: Option<Norm>,
+    pub post_mlp_norm: Option<Norm>,
     /// Sliding attention window of this layer (`Arch::window`).
     pub window: Option<usize>,
+    /// Whether this layer rotates with `Ctx::rope_local` (`Arch::local_rope_at`).
+    pub local_rope: bool,
 }
 
 /// Per-batch attention context shared by all layers, on the backend.
@@ -163,9 +186,20 @@ pub struct Ctx {
     pub rope: Option<RopeTables>,
     /// The query's own tables when they differ from `rope` (Qwen v1 logn, `Model::long_rope`).
     pub rope_q: Option<RopeTables>,
+    /// The tables of the layers with `Layer::local_rope` (`Arch::local_rope`).
+    pub rope_local: Option<RopeTables>,
 }
 
 impl Ctx {
+    /// The rotary tables of a layer (`local`: `Layer::local_rope`).
+    pub fn rope_for(&self, local: bool) -> Option<&RopeTables> {
+        if local {
+            self.rope_local.as_ref()
+        } else {
+            self.rope.as_ref()
+        }
+    }
+
     /// The attention mask of a layer with sliding window `window` (None: full causal).
     pub fn mask(&self, window: Option<usize>) -> AttnMask<'_> {
         AttnMask {
@@ -195,10 +229,16 @@ pub struct Acts {
     /// What the backend's attention saves for its backward (CPU: logsumexp).
     pub attn_saved: Tensor,
     pub att: Tensor,
+    /// Attention (o) and MLP outputs before their sandwich norms, and the norms' stats
+    /// (`Arch::sandwich_norms` only).
+    pub o_out: Tensor,
+    pub st_o: NormStats,
+    pub m_out: Tensor,
+    pub st_m: NormStats,
     pub x2: Tensor,
     pub h2: Tensor,
     pub st2: NormStats,
-    /// SwiGLU: e = gate, g = up; GELU: e = fc output, g unused.
+    /// SwiGLU / GeGLU: e = gate, g = up; GELU: e = fc output, g unused.
     pub e: Tensor,
     pub g: Tensor,
     pub a: Tensor,
@@ -209,7 +249,8 @@ impl Acts {
     /// per-layer term; `n` is f64 so an absurd batch saturates instead of overflowing):
     /// h1, x2, h2 [n,H]; q, att [n,NH·HD]; k, v [n,KV·HD]; the attention's saved buffer
     /// (`Backend::attention_saved_len`, the CPU's logsumexp [B,T,NH], never the [B,NH,T,T]
-    /// probabilities); e, a (and g for SwiGLU) [n,F]; norm stats; Qwen3's pre-norm q/k.
+    /// probabilities); e, a (and g for SwiGLU / GeGLU) [n,F]; norm stats; Qwen3's pre-norm q/k;
+    /// the sandwich norms' inputs [n,H] and stats.
     pub fn floats(arch: &Arch, n: f64) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn, nh) = (
@@ -224,7 +265,7 @@ impl Acts {
         } else {
             1.0
         };
-        let gated = if matches!(arch.mlp, MlpKind::SwiGlu { .. }) {
+        let gated = if matches!(arch.mlp, MlpKind::SwiGlu { .. } | MlpKind::GeGlu) {
             1.0
         } else {
             0.0
@@ -234,7 +275,13 @@ impl Acts {
         } else {
             0.0
         };
+        let sandwich = if arch.sandwich_norms {
+            2.0 * h + 2.0 * stats
+        } else {
+            0.0
+        };
         n * (3.0 * h + 2.0 * q + 2.0 * kv + nh + (2.0 + gated) * ffn + 2.0 * stats + qk_norm)
+            + n * sandwich
     }
 }
 
@@ -307,8 +354,9 @@ impl Layer {
         ctx: &Ctx,
     ) {
         let n = ctx.n;
-        let hd = ctx.dims.hd;
-        self.qkv_fwd(be, arch, acts, x, ctx.rope.as_ref(), ctx.rope_q.as_ref(), n);
+        // (Qwen v1's logn query tables are never combined with Gemma's local layers.)
+        let rope_q = ctx.rope_q.as_ref().filter(|_| !self.local_rope);
+        self.qkv_fwd(be, arch, acts, x, ctx.rope_for(self.local_rope), rope_q, n);
         ensure(be, &mut acts.attn_saved, be.attention_saved_len(ctx.dims));
         ensure(be, &mut acts.att, n * arch.q_dim());
         let mask = ctx.mask(self.window);
@@ -320,7 +368,7 @@ impl Layer {
             &acts.v,
             &mask,
             ctx.dims,
-            1.0 / (hd as f32).sqrt(),
+            arch.attn_scale(),
         );
         self.post_attn_fwd(be, arch, out, acts, x, n);
     }
@@ -383,7 +431,7 @@ impl Layer {
     }
 
     /// Second half, from the attention output `acts.att` [n, NH·HD]: x2 = x + o(att);
-    /// out = x2 + mlp(ln2(x2)).
+    /// out = x2 + mlp(ln2(x2)), each added output through its sandwich norm if any.
     pub fn post_attn_fwd(
         &self,
         be: &dyn Backend,
@@ -395,7 +443,14 @@ impl Layer {
     ) {
         let (h, f) = (arch.hidden, arch.ffn);
         ensure(be, &mut acts.x2, n * h);
-        self.o.forward(be, &mut acts.x2, &acts.att, n);
+        match &self.post_attn_norm {
+            Some(pn) => {
+                ensure(be, &mut acts.o_out, n * h);
+                self.o.forward(be, &mut acts.o_out, &acts.att, n);
+                pn.forward(be, &mut acts.x2, &mut acts.st_o, &acts.o_out, n);
+            }
+            None => self.o.forward(be, &mut acts.x2, &acts.att, n),
+        }
         be.add(&mut acts.x2, x, n * h);
         ensure(be, &mut acts.h2, n * h);
         self.ln2
@@ -403,9 +458,9 @@ impl Layer {
         ensure(be, &mut acts.e, n * f);
         ensure(be, &mut acts.a, n * f);
         match arch.mlp {
-            MlpKind::SwiGlu { fused } => {
+            MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
                 ensure(be, &mut acts.g, n * f);
-                if fused {
+                if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
                     let mut buf = be.zeros(n * 2 * f);
                     self.mlp_in[0].forward(be, &mut buf, &acts.h2, n);
                     split_halves(be, &mut acts.e, &mut acts.g, &buf, n, f);
@@ -413,14 +468,25 @@ impl Layer {
                     self.mlp_in[0].forward(be, &mut acts.e, &acts.h2, n);
                     self.mlp_in[1].forward(be, &mut acts.g, &acts.h2, n);
                 }
-                be.swiglu_fwd(&mut acts.a, &acts.e, &acts.g, n * f);
+                if arch.mlp == MlpKind::GeGlu {
+                    be.geglu_fwd(&mut acts.a, &acts.e, &acts.g, n * f);
+                } else {
+                    be.swiglu_fwd(&mut acts.a, &acts.e, &acts.g, n * f);
+                }
             }
             MlpKind::GeluTanh => {
                 self.mlp_in[0].forward(be, &mut acts.e, &acts.h2, n);
                 be.gelu_fwd(&mut acts.a, &acts.e, n * f);
             }
         }
-        self.mlp_out.forward(be, out, &acts.a, n);
+        match &self.post_mlp_norm {
+            Some(pn) => {
+                ensure(be, &mut acts.m_out, n * h);
+                self.mlp_out.forward(be, &mut acts.m_out, &acts.a, n);
+                pn.forward(be, out, &mut acts.st_m, &acts.m_out, n);
+            }
+            None => self.mlp_out.forward(be, out, &acts.a, n),
+        }
         be.add(out, &acts.x2, n * h);
     }
 
@@ -439,16 +505,35 @@ impl Layer {
         let n = ctx.n;
         let (h, qd, kd, f) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.ffn);
         let AttnDims { nh, nkv, hd, .. } = ctx.dims;
-        // MLP
+        // MLP (through its sandwich norm)
         let mut da = be.zeros(n * f);
-        self.mlp_out
-            .backward(be, Some(&mut da), false, dout, &acts.a, n);
+        let dm = match &mut self.post_mlp_norm {
+            Some(pn) => {
+                let mut d = be.zeros(n * h);
+                pn.backward(be, &mut d, dout, &acts.m_out, &acts.st_m, n);
+                Some(d)
+            }
+            None => None,
+        };
+        self.mlp_out.backward(
+            be,
+            Some(&mut da),
+            false,
+            dm.as_ref().unwrap_or(dout),
+            &acts.a,
+            n,
+        );
+        drop(dm);
         let mut dh2 = be.zeros(n * h);
         match arch.mlp {
-            MlpKind::SwiGlu { fused } => {
+            MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
                 let (mut de, mut dg) = (be.zeros(n * f), be.zeros(n * f));
-                be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
-                if fused {
+                if arch.mlp == MlpKind::GeGlu {
+                    be.geglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
+                } else {
+                    be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
+                }
+                if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
                     let mut buf = be.zeros(n * 2 * f);
                     merge_halves(be, &mut buf, &de, &dg, n, f);
                     self.mlp_in[0].backward(be, Some(&mut dh2), false, &buf, &acts.h2, n);
@@ -468,10 +553,25 @@ impl Layer {
         self.ln2
             .backward(be, &mut dx2, &dh2, &acts.x2, &acts.st2, n);
         be.add(&mut dx2, dout, n * h);
-        // attention
+        // attention (through its sandwich norm)
         let mut datt = be.zeros(n * qd);
-        self.o
-            .backward(be, Some(&mut datt), false, &dx2, &acts.att, n);
+        let d_o = match &mut self.post_attn_norm {
+            Some(pn) => {
+                let mut d = be.zeros(n * h);
+                pn.backward(be, &mut d, &dx2, &acts.o_out, &acts.st_o, n);
+                Some(d)
+            }
+            None => None,
+        };
+        self.o.backward(
+            be,
+            Some(&mut datt),
+            false,
+            d_o.as_ref().unwrap_or(&dx2),
+            &acts.att,
+            n,
+        );
+        drop(d_o);
         let (mut dq, mut dk, mut dv) = (be.zeros(n * qd), be.zeros(n * kd), be.zeros(n * kd));
         let mask = ctx.mask(self.window);
         be.attention_bwd(
@@ -485,9 +585,11 @@ impl Layer {
             &acts.attn_saved,
             &mask,
             ctx.dims,
-            1.0 / (hd as f32).sqrt(),
+            arch.attn_scale(),
         );
-        if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, &ctx.rope) {
+        if let (Positions::Rope { kind, .. }, Some(tab)) =
+            (arch.positions, ctx.rope_for(self.local_rope))
+        {
             be.rope(&mut dq, tab, n, nh, hd, kind, true);
             be.rope(&mut dk, tab, n, nkv, hd, kind, true);
         }
@@ -517,7 +619,8 @@ impl Layer {
     /// Peak f32 scratch `backward` allocates besides `Acts` for n tokens: da, de, dg [n,F]
     /// (+ the fused [gate; up] buffer), dh2, dx2, dh1 [n,H], datt, dq, dk, dv, the CPU
     /// attention backward's per-group copies of dq/dk/dv, the fused QKV buffer, Qwen3's
-    /// norm grads, and a LoRA dropout's masked input and its gradient (`dropout`).
+    /// norm grads, the sandwich norms' input gradients, and a LoRA dropout's masked input and its
+    /// gradient (`dropout`).
     pub fn backward_scratch_floats(arch: &Arch, n: f64, dropout: bool) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn) = (
@@ -528,7 +631,7 @@ impl Layer {
         );
         let mlp = match arch.mlp {
             MlpKind::SwiGlu { fused: true } => 5.0 * ffn,
-            MlpKind::SwiGlu { fused: false } => 3.0 * ffn,
+            MlpKind::SwiGlu { fused: false } | MlpKind::GeGlu => 3.0 * ffn,
             MlpKind::GeluTanh => 2.0 * ffn,
         };
         let qkv = q + 2.0 * kv;
@@ -540,7 +643,8 @@ impl Layer {
         let qk_norm = if arch.qk_norm { q + kv } else { 0.0 };
         let widest = h.max(ffn).max(q);
         let dropout = if dropout { 2.0 * widest } else { 0.0 };
-        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout)
+        let sandwich = if arch.sandwich_norms { 2.0 * h } else { 0.0 };
+        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout + sandwich)
     }
 
     /// Every linear of the layer, in forward order.

@@ -159,9 +159,13 @@ impl Model {
             hd: self.arch.head_dim,
         };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
+        let pos_t = be.upload(&pos);
         let mut rope = self
             .rope_freqs(seq_len)
-            .map(|f| be.rope_tables(&be.upload(&pos), n, &f));
+            .map(|f| be.rope_tables(&pos_t, n, &f));
+        let rope_local = self
+            .rope_local_freqs(seq_len)
+            .map(|f| be.rope_tables(&pos_t, n, &f));
         let mut rope_q = None;
         if let Some(lc) = &self.arch.long_context {
             if past == 0 {
@@ -179,15 +183,12 @@ impl Model {
         let mut acts = Acts::default();
         let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
-            l.qkv_fwd(
-                be,
-                &self.arch,
-                &mut acts,
-                &x,
-                rope.as_ref(),
-                rope_q.as_ref(),
-                n,
-            );
+            let (tab, tab_q) = if l.local_rope {
+                (&rope_local, None)
+            } else {
+                (&rope, rope_q.as_ref())
+            };
+            l.qkv_fwd(be, &self.arch, &mut acts, &x, tab.as_ref(), tab_q, n);
             // new keys/values of row r go to cache slots r·cap + past ..
             for r in 0..b {
                 let (dst, src) = (
@@ -209,7 +210,7 @@ impl Model {
                 dims,
                 cache.cap,
                 past,
-                1.0 / (self.arch.head_dim as f32).sqrt(),
+                self.arch.attn_scale(),
             );
             l.post_attn_fwd(be, &self.arch, &mut y, &mut acts, &x, n);
             std::mem::swap(&mut x, &mut y);

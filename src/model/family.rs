@@ -12,6 +12,9 @@ pub enum Family {
     Qwen2,
     /// Qwen2's layout plus per-head q/k RMSNorm (`Arch::qk_norm`), no q/k/v bias.
     Qwen3,
+    /// Gemma 3 text: LLaMA's names plus sandwich norms (`LayerNames::post_norms`), (1 + w)
+    /// RMSNorms, GeGLU, local/global layers (`Arch::local_rope`).
+    Gemma3,
     Qwen,
     ChatGlm,
     Bloom,
@@ -54,6 +57,13 @@ pub static TABLE: &[FamilyInfo] = &[
         model_types: &["qwen3"],
         default_targets: &["q_proj", "v_proj"],
         gguf_arch: Some("qwen3"),
+    },
+    FamilyInfo {
+        family: Family::Gemma3,
+        name: "gemma3",
+        model_types: &["gemma3_text"],
+        default_targets: &["q_proj", "v_proj"],
+        gguf_arch: None,
     },
     FamilyInfo {
         family: Family::Qwen,
@@ -99,7 +109,10 @@ pub fn supported_model_types() -> String {
 #[derive(Debug, Clone)]
 pub struct LayerNames {
     pub ln1: String,
+    /// The norm before the MLP.
     pub ln2: String,
+    /// Sandwich norms on the attention and MLP outputs before each residual add (Gemma 3).
+    pub post_norms: Option<[String; 2]>,
     /// Separate: [q, k, v]; fused: [qkv].
     pub qkv: Vec<String>,
     pub o: String,
@@ -151,7 +164,7 @@ impl Family {
         let s = String::from;
         let head = (!tied).then(|| s("lm_head"));
         match self {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => Names {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => Names {
                 emb: s("model.embed_tokens"),
                 pos_emb: None,
                 emb_norm: None,
@@ -192,11 +205,24 @@ impl Family {
     /// Names of layer i's norms and linears.
     pub fn layer_names(self, i: usize) -> LayerNames {
         match self {
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
                 let p = format!("model.layers.{i}");
+                // Gemma 3's post_attention_layernorm is the attention's sandwich norm.
+                let (ln2, post_norms) = if self == Family::Gemma3 {
+                    (
+                        format!("{p}.pre_feedforward_layernorm"),
+                        Some([
+                            format!("{p}.post_attention_layernorm"),
+                            format!("{p}.post_feedforward_layernorm"),
+                        ]),
+                    )
+                } else {
+                    (format!("{p}.post_attention_layernorm"), None)
+                };
                 LayerNames {
                     ln1: format!("{p}.input_layernorm"),
-                    ln2: format!("{p}.post_attention_layernorm"),
+                    ln2,
+                    post_norms,
                     qkv: ["q", "k", "v"]
                         .iter()
                         .map(|x| format!("{p}.self_attn.{x}_proj"))
@@ -212,6 +238,7 @@ impl Family {
                 LayerNames {
                     ln1: format!("{p}.ln_1"),
                     ln2: format!("{p}.ln_2"),
+                    post_norms: None,
                     qkv: vec![format!("{p}.attn.c_attn")],
                     o: format!("{p}.attn.c_proj"),
                     mlp_in: vec![format!("{p}.mlp.w2"), format!("{p}.mlp.w1")],
@@ -227,6 +254,7 @@ impl Family {
                 LayerNames {
                     ln1: format!("{p}.input_layernorm"),
                     ln2: format!("{p}.post_attention_layernorm"),
+                    post_norms: None,
                     qkv: vec![format!("{p}.self_attention.query_key_value")],
                     o: format!("{p}.self_attention.dense"),
                     mlp_in: vec![format!("{p}.mlp.dense_h_to_4h")],
@@ -238,6 +266,7 @@ impl Family {
                 LayerNames {
                     ln1: format!("{p}.ln_1"),
                     ln2: format!("{p}.ln_2"),
+                    post_norms: None,
                     qkv: vec![format!("{p}.attn.c_attn")],
                     o: format!("{p}.attn.c_proj"),
                     mlp_in: vec![format!("{p}.mlp.c_fc")],
@@ -247,7 +276,8 @@ impl Family {
         }
     }
 
-    /// Names of layer i's per-head q and k norms (Qwen3's `qk_norm`), weights [head_dim].
+    /// Names of layer i's per-head q and k norms (Qwen3's and Gemma 3's `qk_norm`), weights
+    /// [head_dim].
     pub fn qk_norm_names(self, i: usize) -> (String, String) {
         let p = format!("model.layers.{i}.self_attn");
         (format!("{p}.q_norm"), format!("{p}.k_norm"))
@@ -262,13 +292,15 @@ mod tests {
     fn table_maps_model_types_and_defaults() {
         assert_eq!(
             supported_model_types(),
-            "llama, mistral, qwen2, qwen3, qwen, chatglm, bloom, gpt2"
+            "llama, mistral, qwen2, qwen3, gemma3_text, qwen, chatglm, bloom, gpt2"
         );
         assert_eq!(Family::of_model_type("mistral"), Some(Family::Llama));
         assert_eq!(Family::of_model_type("glm"), None);
         assert_eq!(Family::ChatGlm.default_targets(), ["query_key_value"]);
         assert_eq!(Family::Qwen.default_targets(), ["c_attn"]);
         assert_eq!(Family::Qwen3.name(), "qwen3");
+        assert_eq!(Family::of_model_type("gemma3_text"), Some(Family::Gemma3));
+        assert_eq!(Family::Gemma3.default_targets(), ["q_proj", "v_proj"]);
         for f in TABLE {
             assert_eq!(f.family.info().name, f.name);
         }

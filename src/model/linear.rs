@@ -90,13 +90,19 @@ impl Linear {
         }
     }
 
-    /// Makes W (and b) trainable: allocates their gradients. Fails for quantized weights.
+    /// Makes W (and b) trainable: allocates their gradients (a 16-bit weight is widened to f32
+    /// first). Fails for 4-bit weights.
     pub fn set_trainable(&mut self, be: &dyn Backend) -> Result<(), String> {
-        if matches!(self.weight, LinearWeight::Quant(_)) {
-            return Err(format!(
-                "{}: a quantized weight cannot be trained",
-                self.name
-            ));
+        if let LinearWeight::Quant(q) = &self.weight {
+            match be.quant_dense(q) {
+                Some(w) => self.weight = LinearWeight::Dense(w),
+                None => {
+                    return Err(format!(
+                        "{}: a quantized weight cannot be trained",
+                        self.name
+                    ))
+                }
+            }
         }
         self.grad_w = Some(be.zeros(self.d_in * self.d_out));
         self.grad_b = self.bias.as_ref().map(|b| be.zeros(b.len()));

@@ -442,11 +442,17 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
     Ok(cfg)
 }
 
-/// Merges every adapter into its dense base weight (W += s·B·A) and removes the adapters.
+/// Merges every adapter into its dense base weight (W += s·B·A; a 16-bit base is widened to
+/// f32 first) and removes the adapters.
 pub fn merge(model: &mut Model) -> Result<(), LoraError> {
     let be = model.backend.clone();
     for l in model.linears_mut() {
         if let Some(lw) = l.lora.take() {
+            if let LinearWeight::Quant(q) = &l.weight {
+                if let Some(w) = be.quant_dense(q) {
+                    l.weight = LinearWeight::Dense(w);
+                }
+            }
             match &mut l.weight {
                 LinearWeight::Dense(w) => {
                     // Once per export: on the host, in the reference's order.

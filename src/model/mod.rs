@@ -81,6 +81,10 @@ pub struct LoadOptions {
     /// d_out): a returned `QuantLinear` is used as the frozen weight instead of reading a dense
     /// tensor (a checkpoint saved already quantized, e.g. bitsandbytes 4-bit).
     pub prequantized: Option<PrequantHook>,
+    /// Layer linears stored as bf16 / f16 stay 16-bit in memory (`quant::half::Linear16`: half
+    /// of an f32 copy, same results); set for frozen bases (LoRA, inference). A weight made
+    /// trainable later is widened to f32 then.
+    pub keep_16bit: bool,
 }
 
 pub type PrequantHook = Arc<
@@ -315,7 +319,7 @@ fn norm_of_dim(
             &format!("{name}.bias"),
             &[h],
         )?)),
-        NormKind::Rms => None,
+        NormKind::Rms | NormKind::RmsPlusOne => None,
     };
     Ok(Norm {
         name: name.to_string(),
@@ -349,6 +353,7 @@ fn linear_of(
     (d_in, d_out, bias): (usize, usize, bool),
     pre: Option<&PrequantHook>,
     quantize: Option<&QuantizeHook>,
+    keep_16bit: bool,
 ) -> Result<Linear, FormatError> {
     let wname = resolve(files, &format!("{name}.weight"));
     let b = if bias {
@@ -365,6 +370,13 @@ fn linear_of(
         l.weight = LinearWeight::Quant(be.upload_quant(q));
         l.conv1d = arch.conv1d;
         l
+    };
+    let quant = match quant {
+        Some(q) => Some(q),
+        None if keep_16bit && !arch.conv1d && quantize.is_none() => {
+            half_of(files, &wname, d_in, d_out)?
+        }
+        None => None,
     };
     if let Some(q) = quant {
         let mut l = quantized(q);
@@ -391,6 +403,30 @@ fn linear_of(
     let mut l = Linear::dense(name.to_string(), d_in, d_out, be.upload(&w), b);
     l.conv1d = arch.conv1d;
     Ok(l)
+}
+
+/// A bf16 / f16 weight [d_out, d_in] as its 16-bit values (None: stored otherwise).
+fn half_of(
+    files: &WeightFiles,
+    wname: &str,
+    d_in: usize,
+    d_out: usize,
+) -> Result<Option<Box<dyn QuantLinear>>, FormatError> {
+    use crate::quant::half::{HalfKind, Linear16};
+    // Missing or unreadable: the dense path reports it.
+    let Ok((dtype, shape, bytes)) = files.raw(wname) else {
+        return Ok(None);
+    };
+    let kind = match dtype {
+        safetensors::Dtype::BF16 => HalfKind::Bf16,
+        safetensors::Dtype::F16 => HalfKind::F16,
+        _ => return Ok(None),
+    };
+    match Linear16::from_le_bytes(kind, bytes, d_out, d_in) {
+        Some(l) if shape == [d_out, d_in] => Ok(Some(Box::new(l))),
+        // A wrong shape gets the dense path's error.
+        _ => Ok(None),
+    }
 }
 
 /// ALiBi slopes as BLOOM's build_alibi_tensor computes them.
@@ -450,6 +486,7 @@ impl Model {
                         (di, d_o, b),
                         opts.prequantized.as_ref(),
                         opts.quantize.as_ref(),
+                        opts.keep_16bit,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -469,6 +506,13 @@ impl Model {
                 ),
                 None => (None, None),
             };
+            let [post_attn_norm, post_mlp_norm] = match &ln.post_norms {
+                Some([a, m]) => [
+                    Some(norm_of(be, &files, &arch, a)?),
+                    Some(norm_of(be, &files, &arch, m)?),
+                ],
+                None => [None, None],
+            };
             layers.push(Layer {
                 ln1: norm_of(be, &files, &arch, &ln.ln1)?,
                 qkv: lin,
@@ -478,7 +522,10 @@ impl Model {
                 ln2: norm_of(be, &files, &arch, &ln.ln2)?,
                 mlp_in: rest.collect(),
                 mlp_out,
+                post_attn_norm,
+                post_mlp_norm,
                 window: arch.window(i),
+                local_rope: arch.local_rope_at(i),
             });
         }
         let final_norm = norm_of(be, &files, &arch, &names.final_norm)?;
@@ -494,6 +541,7 @@ impl Model {
                 (h, v, false),
                 None,
                 None,
+                false,
             )?),
             None => None,
         };
@@ -543,6 +591,17 @@ impl Model {
             _ => 0,
         };
         Some(scaling.freqs(rot_dim, base, seq))
+    }
+
+    /// The rotary frequencies of the `Layer::local_rope` layers (None when the model has no
+    /// local RoPE; `Arch::local_rope` is never dynamic, so no state).
+    pub(crate) fn rope_local_freqs(&self, seq_len: usize) -> Option<RopeFreqs> {
+        let (Positions::Rope { rot_dim, .. }, Some((base, scaling))) =
+            (self.arch.positions, self.arch.local_rope)
+        else {
+            return None;
+        };
+        Some(scaling.freqs(rot_dim, base, seq_len))
     }
 
     /// Every weight under its checkpoint name and shape, in the checkpoint's layout (Conv1D
@@ -604,7 +663,15 @@ impl Model {
         for layer in &self.layers {
             norm(&mut out, &layer.ln1);
             norm(&mut out, &layer.ln2);
-            for n in layer.q_norm.iter().chain(&layer.k_norm) {
+            for n in [
+                &layer.q_norm,
+                &layer.k_norm,
+                &layer.post_attn_norm,
+                &layer.post_mlp_norm,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 norm(&mut out, n);
             }
             for l in layer.linears() {
@@ -711,6 +778,9 @@ impl Model {
                 rope_q = Some(q);
             }
         }
+        let rope_local = self
+            .rope_local_freqs(seq_len)
+            .map(|f| be.rope_tables(&pos_t, n, &f));
         let pos_ids = matches!(self.arch.positions, Positions::Learned { .. }).then(|| {
             let ids: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             be.upload_i32(&ids)
@@ -739,6 +809,7 @@ impl Model {
             alibi_relative,
             rope,
             rope_q,
+            rope_local,
         })
     }
 
@@ -753,8 +824,8 @@ impl Model {
         Some((tg, cnt))
     }
 
-    /// x [N,H] = embedding (+ learned positions, + embedding layernorm); also the pre-norm x
-    /// and the norm's stats when there is an embedding norm.
+    /// x [N,H] = embedding (× `Arch::emb_scale`, + learned positions, + embedding layernorm);
+    /// also the pre-norm x and the norm's stats when there is an embedding norm.
     pub(crate) fn embed(
         &self,
         ids: &Tensor<i32>,
@@ -765,6 +836,9 @@ impl Model {
         let h = self.arch.hidden;
         let mut x = be.zeros(n * h);
         be.embedding_fwd(&mut x, &self.emb.value, ids, n, h);
+        if let Some(s) = self.arch.emb_scale {
+            be.scale(&mut x, s, n * h);
+        }
         if let (Some(pe), Some(ids)) = (&self.pos_emb, pos_ids) {
             let mut p = be.zeros(n * h);
             be.embedding_fwd(&mut p, &pe.value, ids, n, h);
@@ -1041,6 +1115,9 @@ impl Model {
             }
         }
         if let Some(g) = &mut self.emb.grad {
+            if let Some(s) = self.arch.emb_scale {
+                be.scale(&mut dx, s, n * h);
+            }
             be.embedding_bwd(g, &dx, &ctx.ids, n, h);
         }
     }
@@ -1069,6 +1146,8 @@ impl Model {
             v.push(&mut l.ln2);
             v.extend(l.q_norm.as_mut());
             v.extend(l.k_norm.as_mut());
+            v.extend(l.post_attn_norm.as_mut());
+            v.extend(l.post_mlp_norm.as_mut());
         }
         v.push(&mut self.final_norm);
         v
@@ -1121,6 +1200,8 @@ impl Model {
             norms.push(&mut l.ln2);
             norms.extend(l.q_norm.as_mut());
             norms.extend(l.k_norm.as_mut());
+            norms.extend(l.post_attn_norm.as_mut());
+            norms.extend(l.post_mlp_norm.as_mut());
             lins.extend(l.qkv.iter_mut());
             lins.push(&mut l.o);
             lins.extend(l.mlp_in.iter_mut());

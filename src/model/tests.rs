@@ -228,6 +228,7 @@ family_tests!(rope_yarn, "bases/rope_yarn");
 family_tests!(qwen3, "bases/qwen3");
 family_tests!(mistral_sliding, "bases/mistral");
 family_tests!(qwen2_sliding, "bases/qwen2_sliding");
+family_tests!(gemma3, "bases/gemma3");
 
 /// A row packing two examples equals running each example alone (positions restart, no
 /// attention across the boundary, no prediction across it).
@@ -583,6 +584,7 @@ fn save_pretrained_and_merge() {
         "bases/qwen3",
         "bases/rope_yarn",
         "bases/mistral",
+        "bases/gemma3",
     ] {
         let (mut model, r, batch) = fixture(family);
         lora::load_peft(&mut model, &dir(family).join("adapter")).unwrap();
@@ -695,6 +697,7 @@ fn write_adapters_for_peft_check() {
             Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
             vec![],
         ),
+        ("bases/gemma3", Targets::AllLinear, vec![]),
     ] {
         let (mut model, _, batch) = fixture(family);
         let cfg = LoraConfig {
@@ -715,7 +718,7 @@ fn write_adapters_for_peft_check() {
                 .for_each(|(j, x)| *x += 0.05 * ((i * 17 + j) as f32).cos());
         }
         let o = model.forward(&batch).unwrap();
-        let d = out.join(family);
+        let d = out.join(family.replace('/', "_"));
         lora::save_peft(&model, &cfg, &dir(family).display().to_string(), &d).unwrap();
         let shape = vec![batch.b, batch.t, model.arch.vocab];
         st::write_f32(
@@ -1354,7 +1357,7 @@ fn greedy_matches_transformers_bases() {
             n += 1;
         }
     }
-    assert_eq!(n, 14);
+    assert_eq!(n, 16);
 }
 
 /// `rope_scaling` / `rope_parameters` forms: transformers 4's `type` key, a dict nested per
@@ -1465,4 +1468,158 @@ fn bad_labels_are_errors_not_panics() {
             batch.b * batch.t
         )
     );
+}
+
+/// Gemma 3 configs as its config class reads them: the fixture's transformers-5
+/// `rope_parameters` per layer type (θ_i printed from transformers 5.24's rotary embedding), the
+/// transformers-4 form (`rope_scaling` on the global layers, `rope_local_base_freq`,
+/// `sliding_window_pattern`), the defaults, and one error naming the key for what is not
+/// followed.
+#[test]
+fn gemma3_config_forms_and_refusals() {
+    let a = Arch::from_dir(&dir("bases/gemma3")).unwrap();
+    let Positions::Rope {
+        rot_dim,
+        base,
+        scaling,
+        ..
+    } = a.positions
+    else {
+        panic!("no rope")
+    };
+    let global = scaling.freqs(rot_dim, base, 0);
+    let (lb, ls) = a.local_rope.unwrap();
+    let local = ls.freqs(rot_dim, lb, 0);
+    close(
+        "global inv_freq",
+        &global.inv,
+        &[
+            0.5,
+            0.08891396969556808,
+            0.015811389312148094,
+            0.0028117066249251366,
+        ],
+        1e-6,
+    );
+    close(
+        "local inv_freq",
+        &local.inv,
+        &[
+            1.0,
+            0.5623413324356079,
+            0.3162277638912201,
+            0.17782793939113617,
+        ],
+        1e-6,
+    );
+    assert_eq!(
+        (a.emb_scale, a.attn_scale, a.window(0), a.window(1)),
+        (Some(4.0), Some(0.25), Some(4), None)
+    );
+    assert_eq!((a.local_rope_at(0), a.local_rope_at(1)), (true, false));
+    // A recipe listing no targets gets what peft chose for the fixture's adapter (its defaults).
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir("bases/gemma3/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut peft: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    peft.sort();
+    let lora::Targets::Names(mut ours) = lora::Targets::from_keys(vec![], None, a.family) else {
+        panic!("not names")
+    };
+    ours.sort();
+    assert_eq!(ours, peft);
+
+    let cfg = |extra: &str| {
+        format!(
+            r#"{{"model_type":"gemma3_text","hidden_size":16,"num_attention_heads":2,"num_hidden_layers":6,
+            "head_dim":8,"vocab_size":10,"intermediate_size":8{extra}}}"#
+        )
+    };
+    let arch = |extra: &str| Arch::from_config_json(&cfg(extra), "c.json");
+    let v4 = arch(
+        r#","rope_theta":1e6,"rope_local_base_freq":1e4,"sliding_window":512,
+        "sliding_window_pattern":6,"rope_scaling":{"rope_type":"linear","factor":8.0}"#,
+    )
+    .unwrap();
+    let windows: Vec<_> = (0..6).map(|i| v4.window(i)).collect();
+    assert_eq!(
+        windows,
+        [Some(512); 5].into_iter().chain([None]).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (v4.positions, v4.local_rope, v4.attn_scale),
+        (
+            Positions::Rope {
+                kind: crate::backend::RopeKind::Half,
+                rot_dim: 8,
+                base: 1e6,
+                scaling: RopeScaling::Linear { factor: 8.0 }
+            },
+            Some((1e4, RopeScaling::None)),
+            Some(0.0625)
+        )
+    );
+    let d = arch("").unwrap();
+    assert_eq!(
+        (d.local_rope, d.window(0), d.norm, d.mlp, d.tied),
+        (
+            Some((1e4, RopeScaling::None)),
+            Some(4096),
+            NormKind::RmsPlusOne,
+            MlpKind::GeGlu,
+            true
+        )
+    );
+    let Positions::Rope { base, .. } = d.positions else {
+        panic!()
+    };
+    assert_eq!(base, 1e6);
+    let err = |extra: &str| arch(extra).unwrap_err().to_string();
+    assert_eq!(
+        err(r#","final_logit_softcapping":30.0"#),
+        "c.json: key \"final_logit_softcapping\": 30.0: logit soft-capping is not supported (only null)"
+    );
+    assert_eq!(
+        err(r#","attn_logit_softcapping":50.0"#),
+        "c.json: key \"attn_logit_softcapping\": 50.0: logit soft-capping is not supported (only null)"
+    );
+    assert_eq!(
+        err(r#","hidden_activation":"gelu""#),
+        "c.json: key \"hidden_activation\": \"gelu\" is not supported (only gelu_pytorch_tanh)"
+    );
+    assert_eq!(
+        err(r#","use_bidirectional_attention":true"#),
+        "c.json: key \"use_bidirectional_attention\": bidirectional attention is not supported (only false)"
+    );
+    assert_eq!(
+        err(r#","rope_parameters":{"rope_type":"default","rope_theta":1e4}"#),
+        "c.json: key \"rope_parameters\": expected parameters per layer type (full_attention, sliding_attention)"
+    );
+    assert_eq!(
+        err(r#","rope_parameters":{"sliding_attention":{"rope_type":"dynamic","factor":2.0}},"max_position_embeddings":64"#),
+        "c.json: key \"rope_parameters\": dynamic RoPE on the sliding_attention layers is not supported"
+    );
+}
+
+/// The gemma3 fixture's batch is longer than the sliding window and its local layer's RoPE
+/// differs from the global one: dropping either moves the logits away from transformers'.
+#[test]
+fn gemma3_local_layers_matter() {
+    let worst = |model: &Model, r: &Tensors, batch: &Batch| {
+        let v = model.arch.vocab;
+        let got = valid_logits(&model.forward(batch).unwrap().logits, batch, v);
+        let want = valid_logits(&r["logits"].0, batch, v);
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (mut model, r, batch) = fixture("bases/gemma3");
+    assert!(worst(&model, &r, &batch) < 1e-4);
+    model.layers[0].window = None;
+    assert!(worst(&model, &r, &batch) > 1e-2, "window");
+    let (mut model, r, batch) = fixture("bases/gemma3");
+    model.layers[0].local_rope = false;
+    assert!(worst(&model, &r, &batch) > 1e-2, "local rope");
 }

@@ -21,6 +21,14 @@ pub trait QuantLinear: Send + Sync {
     fn four_bit(&self) -> Option<FourBit<'_>> {
         None
     }
+    /// The 16-bit form ([`super::half::Linear16`]), for a backend that keeps it on its device.
+    fn half(&self) -> Option<super::half::HalfBits<'_>> {
+        None
+    }
+    /// W [d_out, d_in] as f32 when that is exact (16-bit weights), to make it trainable.
+    fn dense(&self) -> Option<Vec<f32>> {
+        None
+    }
 }
 
 /// A 4-bit weight's buffers, borrowed ([`QuantLinear::four_bit`]).

@@ -8,6 +8,7 @@
 pub mod blockwise8;
 pub mod codes;
 pub mod four_bit;
+pub mod half;
 pub mod linear;
 pub mod testgen;
 pub mod torch_sum;

@@ -147,8 +147,13 @@ impl Kind for Evaluate {
             Some(t) => super::generate::template_spec(&t.dir)?,
             None => "none".to_string(),
         };
-        let mut s = Session::open(&dirs.weights, Some(&dirs.tokenizer), None, &template)?;
-        s.model.backend = backend;
+        let mut s = Session::open_on(
+            backend,
+            &dirs.weights,
+            Some(&dirs.tokenizer),
+            None,
+            &template,
+        )?;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
         let plan = Plan::new(p, ctx)?;
         ctx.info(format!(
@@ -545,6 +550,7 @@ mod tests {
             work: t,
             recipe_dir: t,
             device: "cpu",
+            planned_peak: None,
             progress: &progress,
         };
         crate::steps::Step::run(&Evaluate, &ctx).expect("run");

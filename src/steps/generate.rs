@@ -162,13 +162,13 @@ impl Kind for Generate {
                 (p.template.clone(), exs)
             }
         };
-        let mut s = Session::open(
+        let s = Session::open_on(
+            backend,
             &dirs.weights,
             Some(&dirs.tokenizer),
             adapter.as_deref(),
             &template,
         )?;
-        s.model.backend = backend;
         if let Some(a) = &adapter {
             let a = crate::eval::lm::adapter_dir(a)?;
             if let Some(w) = crate::formats::peft::other_base_warning(&a, &dirs.weights) {

@@ -36,7 +36,7 @@ impl Kind for LoadModel {
     type Params = LoadModelParams;
     const KIND: &'static str = "load.model";
     const ABOUT: &'static str =
-        "a Hugging Face model dir (llama, qwen2, qwen3, qwen, chatglm, bloom, gpt2)";
+        "a Hugging Face model dir (llama, qwen2, qwen3, gemma3, qwen, chatglm, bloom, gpt2)";
     const PARAMS: &'static [ParamSpec] = PARAMS;
     fn estimate(&self, e: &EstimateCtx) -> Option<Estimate> {
         super::memory::model_estimate(e.params)

@@ -154,6 +154,8 @@ pub struct RunCtx<'a> {
     pub work: &'a Path,
     pub recipe_dir: &'a Path,
     pub device: &'a str,
+    /// The plan's peak memory estimate for this step (named if the device runs out).
+    pub planned_peak: Option<u64>,
     pub progress: &'a crate::steps::Progress,
 }
 
@@ -190,6 +192,9 @@ impl RunCtx<'_> {
         let spec = crate::backend::step_device(key, self.device);
         let (be, line) = crate::backend::backend_for_spec(spec)?;
         self.info(line);
+        if let Some(bytes) = self.planned_peak {
+            be.set_planned_peak(bytes);
+        }
         Ok(be)
     }
 }

@@ -188,6 +188,7 @@ mod tests {
             work: out.path(),
             recipe_dir: out.path(),
             device: "cpu",
+            planned_peak: None,
             progress: &progress,
         };
         super::super::Step::run(&Quantize, &ctx).expect("run");
@@ -208,7 +209,10 @@ mod tests {
 }
 
 /// Load a quantize step's output as a model with 4-bit frozen linears.
-pub fn load(dir: &std::path::Path) -> anyhow::Result<crate::model::Model> {
-    crate::model::quantized::load_quantized_model(dir, &Default::default())
+pub fn load(
+    dir: &std::path::Path,
+    opts: &crate::model::LoadOptions,
+) -> anyhow::Result<crate::model::Model> {
+    crate::model::quantized::load_quantized_model(dir, opts)
         .map_err(|e| anyhow::anyhow!("loading the quantized model in `{}`: {e}", dir.display()))
 }

@@ -369,9 +369,8 @@ fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
     let backend = ctx.backend(&p.device)?;
     let minput = ctx.input("model")?;
     let dirs = io::model_dirs(minput)?;
-    let mut model = load_model(minput.kind, &dirs.weights)?;
-    // The same model code on either device (a 4-bit base keeps its frozen matmuls on the host).
-    model.backend = backend;
+    // Weights go to the step's device once, here (a 4-bit base stays 4-bit there).
+    let mut model = load_model(minput.kind, &dirs.weights, backend)?;
     ctx.info(format!(
         "{} model from {} ({} layers, hidden {})",
         dirs.family,
@@ -561,12 +560,22 @@ fn first_existing(dir: &Path, names: &[&str]) -> std::path::PathBuf {
         .unwrap_or_else(|| dir.join(names[0]))
 }
 
-/// The frozen base: dense weights, or a quantize step's 4-bit model.
-fn load_model(kind: &str, dir: &Path) -> Result<crate::model::Model> {
+/// The frozen base on `backend`: dense weights, or a quantize step's 4-bit model.
+fn load_model(
+    kind: &str,
+    dir: &Path,
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+) -> Result<crate::model::Model> {
+    // A 16-bit base stays 16-bit (frozen); weights made trainable are widened then.
+    let opts = crate::model::LoadOptions {
+        backend: Some(backend),
+        keep_16bit: true,
+        ..Default::default()
+    };
     if kind == "quantize" {
-        return crate::steps::quantize::load(dir);
+        return crate::steps::quantize::load(dir, &opts);
     }
-    crate::model::Model::load(dir, &Default::default())
+    crate::model::Model::load(dir, &opts)
         .map_err(|e| anyhow::anyhow!("loading `{}`: {e}", dir.display()))
 }
 

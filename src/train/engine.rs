@@ -32,21 +32,23 @@ pub struct EngineModel {
 }
 
 impl TrainModel for EngineModel {
-    fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)> {
+    fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        scale: f32,
+        seed: u64,
+        loss: &mut Tensor,
+    ) -> Result<usize> {
         if batch.trained_tokens() == 0 {
-            return Ok((0.0, 0));
+            return Ok(0);
         }
-        let be = self.model.backend.clone();
-        let mut loss = be.zeros(1);
         let opts = TrainOptions {
             checkpointing: self.checkpointing,
             dropout_seed: seed,
         };
-        let n = self
-            .model
-            .forward_backward_acc(batch, opts, &mut loss, Some(scale))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok((be.download(&loss)[0] as f64, n))
+        self.model
+            .forward_backward_acc(batch, opts, loss, Some(scale))
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums> {

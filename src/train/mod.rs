@@ -17,7 +17,7 @@ mod optimizer_state;
 mod optimizer_tests;
 pub use crate::rng;
 
-use crate::backend::{Backend, Tensor};
+use crate::backend::{Backend, Strided, Tensor};
 use crate::model::{Batch, EvalSums};
 use anyhow::{bail, Context, Result};
 use batch::{collate, epoch_order, PadSide, Samples};
@@ -30,9 +30,16 @@ use std::time::Instant;
 /// What the loop needs from a model.
 pub trait TrainModel: Send {
     /// Forward and backward on one micro-batch. Adds `scale · ∂(Σ token
-    /// losses)/∂θ` into the gradient buffers; returns (Σ token losses,
-    /// trained tokens). `seed` drives dropout for this micro-batch.
-    fn forward_backward(&mut self, batch: &Batch, scale: f32, seed: u64) -> Result<(f64, usize)>;
+    /// losses)/∂θ` into the gradient buffers and Σ token losses into `loss[0]`
+    /// (a backend scalar: nothing is read back); returns the trained tokens.
+    /// `seed` drives dropout for this micro-batch.
+    fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        scale: f32,
+        seed: u64,
+        loss: &mut Tensor,
+    ) -> Result<usize>;
     /// No gradients: (Σ token losses, trained tokens, correct argmax).
     fn eval_batch(&mut self, batch: &Batch) -> Result<EvalSums>;
     /// The backend the trainables live on (clipping and the finite check run there).
@@ -146,15 +153,61 @@ pub struct TrainReport {
 /// Optimizer steps in a row with a zero gradient norm that count as "stuck".
 pub const STUCK_GRAD_STEPS: usize = 3;
 
-/// Global L2 norm of all gradients, clipped to `max_norm` when > 0
-/// (torch.nn.utils.clip_grad_norm_ semantics, via `optimizer::clip_grad_norm`).
-pub fn clip_grad_norm(
-    be: &dyn Backend,
-    pg: &mut [(&mut Tensor, &mut Tensor)],
-    max_norm: f64,
-) -> f64 {
-    let mut grads: Vec<&mut Tensor> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
-    optimizer::clip_grad_norm(be, &mut grads, (max_norm > 0.0).then_some(max_norm as f32)) as f64
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Σ token losses over the window.
+    pub loss_sum: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The first trainable (in `trainables` order) that is NaN or inf after the update.
+    pub nonfinite: Option<usize>,
+}
+
+/// One optimizer step over an accumulation window: gradients zeroed, forward + backward of each
+/// micro-batch (`seeds[k]` drives its dropout, `scale` multiplies every gradient) with the token
+/// losses summed on the backend, global-norm clipping to `max_grad_norm` when > 0
+/// (torch.nn.utils.clip_grad_norm_ semantics, [`optimizer::clip_grads`]), the update at `lr`, and
+/// the finite check of the updated weights. Everything stays on the backend until one download
+/// of [weight norms, loss sum, gradient norm]: the step's only host synchronization.
+pub fn optimizer_step(
+    model: &mut dyn TrainModel,
+    optim: &mut dyn Optim,
+    window: &[Batch],
+    seeds: &[u64],
+    scale: f32,
+    max_grad_norm: f64,
+    lr: f32,
+) -> Result<StepOutcome> {
+    let be = model.backend();
+    let mut loss = be.zeros(1);
+    model.zero_grad();
+    for (b, &seed) in window.iter().zip(seeds) {
+        model.forward_backward(b, scale, seed, &mut loss)?;
+    }
+    let mut clip = be.zeros(2);
+    let mut pg = model.trainables();
+    let k = pg.len();
+    {
+        let mut grads: Vec<&mut Tensor> = pg.iter_mut().map(|(_, g)| &mut **g).collect();
+        let max_norm = (max_grad_norm > 0.0).then_some(max_grad_norm as f32);
+        optimizer::clip_grads(&*be, &mut clip, &mut grads, max_norm);
+    }
+    optim.step(&mut pg, lr)?;
+    // [‖p_1‖ … ‖p_k‖, loss sum, grad norm]: a finite gradient at a huge learning rate can still
+    // overflow a weight, and checkpoints are only written from finite weights.
+    let mut stats = be.zeros(k + 2);
+    let params: Vec<&Tensor> = pg.iter().map(|(p, _)| &**p).collect();
+    be.norms_into(&mut stats, &params);
+    let at = |off| Strided::rows(1, off);
+    be.copy2d(&mut stats, at(k), &loss, at(0), 1, 1);
+    be.copy2d(&mut stats, at(k + 1), &clip, at(1), 1, 1);
+    let stats = be.download(&stats);
+    Ok(StepOutcome {
+        loss_sum: stats[k] as f64,
+        grad_norm: stats[k + 1] as f64,
+        nonfinite: stats[..k].iter().position(|x| !x.is_finite()),
+    })
 }
 
 /// Mean loss and token accuracy over a dataset.
@@ -269,15 +322,21 @@ pub fn train(
                 .collect();
             let items: usize = window.iter().map(Batch::trained_tokens).sum();
             let scale = 1.0 / items.max(1) as f32;
-            model.zero_grad();
-            let mut loss_sum = 0.0;
-            for (k, b) in window.iter().enumerate() {
-                let seed = rng::Rng::derive(cfg.seed, &[2, state.step as u64, k as u64]).next_u64();
-                let (l, _) = model.forward_backward(b, scale, seed)?;
-                loss_sum += l;
-                tokens_since += b.real_tokens() as u64;
-            }
-            let loss = loss_sum / items.max(1) as f64;
+            let seeds: Vec<u64> = (0..window.len())
+                .map(|k| rng::Rng::derive(cfg.seed, &[2, state.step as u64, k as u64]).next_u64())
+                .collect();
+            let lr = lr_at(state.step);
+            let out = optimizer_step(
+                model,
+                optim,
+                &window,
+                &seeds,
+                scale,
+                cfg.max_grad_norm,
+                lr as f32,
+            )?;
+            tokens_since += window.iter().map(|b| b.real_tokens() as u64).sum::<u64>();
+            let loss = out.loss_sum / items.max(1) as f64;
             if !loss.is_finite() {
                 bail!(
                     "loss is {loss} at step {} (epoch {}); stopped. Training diverged: {}. \
@@ -291,41 +350,27 @@ pub fn train(
                 first_loss = Some(loss);
                 state.first_loss = first_loss;
             }
-            let lr = lr_at(state.step);
-            let grad_norm = {
-                let be = model.backend();
-                let mut pg = model.trainables();
-                let norm = clip_grad_norm(&*be, &mut pg, cfg.max_grad_norm);
-                if !norm.is_finite() {
-                    bail!(
-                        "gradient norm is {norm} at step {}; stopped. Training diverged: {}. \
-                         Lower learning_rate (or max_grad_norm)",
-                        state.step + 1,
-                        kept(&last_ckpt)
-                    );
-                }
-                optim.step(&mut pg, lr as f32)?;
-                // A finite gradient at a huge learning rate can still overflow a weight;
-                // checkpoints are only written from finite weights.
-                let params: Vec<&Tensor> = pg.iter().map(|(p, _)| &**p).collect();
-                let bad = be.norms(&params).iter().position(|x| !x.is_finite());
-                (norm, bad)
-            };
-            let grad_norm = match grad_norm {
-                (_, Some(k)) => {
-                    let name = model
-                        .trainable_names()
-                        .get(k)
-                        .map_or_else(|| k.to_string(), |n| format!("`{n}`"));
-                    bail!(
-                        "trainable tensor {name} became non-finite at step {} (learning rate \
-                         {lr:.3e}); stopped. Training diverged: {}. Lower learning_rate",
-                        state.step + 1,
-                        kept(&last_ckpt)
-                    );
-                }
-                (norm, None) => norm,
-            };
+            let grad_norm = out.grad_norm;
+            if !grad_norm.is_finite() {
+                bail!(
+                    "gradient norm is {grad_norm} at step {}; stopped. Training diverged: {}. \
+                     Lower learning_rate (or max_grad_norm)",
+                    state.step + 1,
+                    kept(&last_ckpt)
+                );
+            }
+            if let Some(k) = out.nonfinite {
+                let name = model
+                    .trainable_names()
+                    .get(k)
+                    .map_or_else(|| k.to_string(), |n| format!("`{n}`"));
+                bail!(
+                    "trainable tensor {name} became non-finite at step {} (learning rate \
+                     {lr:.3e}); stopped. Training diverged: {}. Lower learning_rate",
+                    state.step + 1,
+                    kept(&last_ckpt)
+                );
+            }
             zero_grad_run = if grad_norm == 0.0 {
                 zero_grad_run + 1
             } else {

@@ -1,10 +1,14 @@
 """Fixtures for the bases people fine-tune now: RoPE scaling (linear, dynamic NTK, llama3, yarn) on
 one tiny LLaMA, Qwen3 (per-head q/k RMSNorm, head_dim != hidden/heads), and sliding-window
-attention (Mistral, Qwen2 with use_sliding_window). For each: logits and
+attention (Mistral, Qwen2 with use_sliding_window), and Gemma 3 text (local/global layers).
+For each: logits and
 loss of a left-padded batch, full fine-tuning gradients (autograd), LoRA logits/gradients (peft),
 and greedy `generate` outputs (KV cache), as engine_make_fixtures.py / gen_make_fixtures.py do.
 
-Run:  /work/pyref/bin/python tests/reference/bases_make_fixtures.py
+Run:  /work/pyref/bin/python tests/reference/bases_make_fixtures.py [NAME ...]
+(names given: only those fixtures are rewritten and their entries replaced in greedy.json; PEFT's
+lora_A init draws from torch's global generator, seeded per fixture since gemma3 was added, so
+the fixtures made before then change when rewritten).
 Writes tests/fixtures/bases/<name>/{config.json, model.safetensors, ref.safetensors, adapter/} and
 tests/fixtures/bases/greedy.json.
 
@@ -20,6 +24,7 @@ has max_position_embeddings 8 under a 12-token batch (and generation crosses 8);
 import json
 import os
 import shutil
+import sys
 
 import torch
 import transformers
@@ -34,6 +39,7 @@ V, H, HD, FF, L = 48, 16, 8, 32, 2
 B, T = 2, 12
 PAD, EOS, MAX_NEW = 0, 2, 8
 PROMPTS = [[5, 9, 17, 3, 22, 40], [7, 30, 11], [44, 12, 8, 19]]
+ONLY = sys.argv[1:]
 
 
 def batch(t=T):
@@ -84,6 +90,9 @@ def record(model):
 
 
 def make(name, model, lora_cfg, v4_config=False):
+    if ONLY and name not in ONLY:
+        return None
+    torch.manual_seed(sum(map(ord, name)))
     d = os.path.join(ROOT, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -206,5 +215,25 @@ randomize(m, 26)
 assert m.config.layer_types == ["full_attention", "sliding_attention"], m.config.layer_types
 gens["qwen2_sliding"] = make("qwen2_sliding", m, lora(None))
 
+# Gemma 3 text: scaled embeddings, (1 + w) RMSNorms (four per layer, and per-head q/k), GeGLU with
+# tanh GELU, query_pre_attn_scalar 16 (not head_dim), tied. Layer 0 local (sliding window 4 under
+# the 12-token batch, rope_theta 10), layer 1 global (linear RoPE scaling on rope_theta 1000).
+cfg = transformers.Gemma3TextConfig(vocab_size=V, hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=HD, rms_norm_eps=1e-6,
+                                    max_position_embeddings=64, query_pre_attn_scalar=16, sliding_window=4,
+                                    layer_types=["sliding_attention", "full_attention"],
+                                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                                     "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                        "rope_theta": 1000.0}},
+                                    tie_word_embeddings=True, bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD,
+                                    attn_implementation="eager")
+m = transformers.Gemma3ForCausalLM(cfg)
+randomize(m, 27)
+gens["gemma3"] = make("gemma3", m, lora(None))
+
+gens = {k: v for k, v in gens.items() if v is not None}
+if ONLY:
+    with open(os.path.join(ROOT, "greedy.json")) as f:
+        gens = {**json.load(f)["models"], **gens}
 with open(os.path.join(ROOT, "greedy.json"), "w") as f:
     json.dump({"prompts": PROMPTS, "max_new_tokens": MAX_NEW, "eos": EOS, "pad": PAD, "models": gens}, f, indent=1)

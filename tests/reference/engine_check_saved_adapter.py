@@ -16,13 +16,19 @@ import transformers
 from safetensors.torch import load_file
 
 root = sys.argv[1]
-fix = os.path.join(os.path.dirname(__file__), "..", "fixtures", "engine")
+fixtures = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 ok = True
 for family in sorted(os.listdir(root)):
+    # engine fixtures by name, tests/fixtures/bases/X as bases_X
+    fix = os.path.join(fixtures, "engine")
+    if family.startswith("bases_"):
+        fix = os.path.join(fixtures, "bases")
+        family = family[len("bases_"):]
+    ours_dir = os.path.join(root, family if fix.endswith("engine") else "bases_" + family)
     ref = load_file(os.path.join(fix, family, "ref.safetensors"))
-    ours = load_file(os.path.join(root, family, "ours.safetensors"))
+    ours = load_file(os.path.join(ours_dir, "ours.safetensors"))
     base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(fix, family), attn_implementation="eager")
-    m = peft.PeftModel.from_pretrained(base, os.path.join(root, family)).eval()
+    m = peft.PeftModel.from_pretrained(base, ours_dir).eval()
     with torch.no_grad():
         out = m(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"], labels=ref["labels"])
     valid = ref["attention_mask"].bool()
@@ -32,7 +38,7 @@ for family in sorted(os.listdir(root)):
     ok &= good
     print(f"{family}: max |logits diff| {err:.2e}, |loss diff| {lerr:.2e} {'OK' if good else 'MISMATCH'}")
     # the adapter merged and written by Model::save_pretrained loads in transformers
-    merged = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(root, family, "merged"), attn_implementation="eager").eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(ours_dir, "merged"), attn_implementation="eager").eval()
     with torch.no_grad():
         out = merged(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
     err = (out.logits[valid] - ours["logits"][valid]).abs().max().item()

@@ -1,4 +1,4 @@
-//! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate, LoRA dropout.
+//! Launchers for kernels/act.cu: SwiGLU, GELU-tanh, GeGLU, scaled accumulate, LoRA dropout.
 
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
 
@@ -143,6 +143,56 @@ pub fn gelu_tanh_bwd<T: Elem>(
     let mut b = gpu.launch_builder(&f);
     b.arg(dx).arg(dy).arg(x).arg(&n64);
     // SAFETY: sizes checked; one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// a = gelu_tanh(e)·g, [n] (Gemma's GeGLU).
+pub fn geglu_fwd<T: Elem>(
+    gpu: &Gpu,
+    a: &mut DevBuf<T>,
+    e: &DevBuf<T>,
+    g: &DevBuf<T>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "geglu_fwd";
+    need(OP, "a", a.len(), n)?;
+    need(OP, "e", e.len(), n)?;
+    need(OP, "g", g.len(), n)?;
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(a).arg(e).arg(g).arg(&n64);
+    // SAFETY: every buffer holds n (checked); one thread per element.
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// dg = da·gelu_tanh(e), de = da·g·gelu_tanh'(e), [n].
+pub fn geglu_bwd<T: Elem>(
+    gpu: &Gpu,
+    de: &mut DevBuf<T>,
+    dg: &mut DevBuf<T>,
+    da: &DevBuf<T>,
+    e: &DevBuf<T>,
+    g: &DevBuf<T>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "geglu_bwd";
+    for (what, len) in [
+        ("de", de.len()),
+        ("dg", dg.len()),
+        ("da", da.len()),
+        ("e", e.len()),
+        ("g", g.len()),
+    ] {
+        need(OP, what, len, n)?;
+    }
+    let f = gpu.function(&ACT, &kname::<T>(OP))?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(de).arg(dg).arg(da).arg(e).arg(g).arg(&n64);
+    // SAFETY: every buffer holds n (checked); one thread per element.
     unsafe { b.launch(grid1(n, 256)) }?;
     Ok(())
 }

@@ -129,7 +129,7 @@ pub fn matmul_bf16_batched(
             let blas = gpu.blas()?;
             // SAFETY: the last problem of each operand ends inside its buffer (checked above);
             // operands swapped for the row-major trick, strides swapped with them.
-            unsafe { blas.gemm_strided_batched(cfg, bv, av, cv) }?;
+            unsafe { blas.gemm_strided_batched(cfg, &**bv, &**av, &mut **cv) }?;
         }
         _ => emu_gemm(
             OP,
@@ -172,7 +172,7 @@ pub fn matmul_f32(
         (BufRepr::Real(av), BufRepr::Real(bv), BufRepr::Real(cv)) => {
             let blas = gpu.blas()?;
             // SAFETY: as matmul_bf16.
-            unsafe { blas.gemm(cfg, bv, av, cv) }?;
+            unsafe { blas.gemm(cfg, &**bv, &**av, &mut **cv) }?;
         }
         _ => emu_gemm(
             OP,

@@ -96,6 +96,46 @@ pub fn sumsq_acc(
     one_block_reduce(gpu, &OPTIM, "sumsq_acc_f32", acc, x)
 }
 
+/// x[i] = √x[i] in f64, rounded to f32 (per-tensor norms from their sums of squares).
+pub fn norms_sqrt(gpu: &Gpu, x: &mut impl AsDevViewMut<f32>) -> Result<()> {
+    let mut xv = x.dev_view_mut();
+    let k = xv.len();
+    if k == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&OPTIM, "norms_sqrt_f32")?;
+    let k64 = k as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut xv).arg(&k64);
+    // SAFETY: one thread per element of x, bounded by k.
+    unsafe { b.launch(grid1(k, 256)) }?;
+    Ok(())
+}
+
+/// torch clip_grad_norm_'s coefficient from the per-tensor norms (kernels/optim.cu
+/// `clip_coef_f32`): out[0] = coef (1 without `max_norm`), out[1] = total norm. out: f32 [>= 2].
+pub fn clip_coef(
+    gpu: &Gpu,
+    out: &mut impl AsDevViewMut<f32>,
+    norms: &impl AsDevView<f32>,
+    max_norm: Option<f32>,
+) -> Result<()> {
+    const OP: &str = "clip_coef_f32";
+    let (mut ov, nv) = (out.dev_view_mut(), norms.dev_view());
+    need(OP, "out", ov.len(), 2)?;
+    let f = gpu.function(&OPTIM, OP)?;
+    let (k, m, clip) = (
+        nv.len() as i64,
+        max_norm.unwrap_or(0.0),
+        max_norm.is_some() as i32,
+    );
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut ov).arg(&nv).arg(&k).arg(&m).arg(&clip);
+    // SAFETY: one thread reads norms[..k] (k is its length) and writes out[0..2] (checked).
+    unsafe { b.launch(grid1(1, 1)) }?;
+    Ok(())
+}
+
 /// Launches a one-block `(float* acc, const float* x, i64 n)` reduction over all of x.
 pub(crate) fn one_block_reduce(
     gpu: &Gpu,

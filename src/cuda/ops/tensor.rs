@@ -139,6 +139,47 @@ pub fn scale(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: f32) -> Result<()> {
     scalar_launch(gpu, "scale_f32", y, s)
 }
 
+/// y *= s[0] over all of y (s: a device scalar).
+pub fn scale_by(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: &impl AsDevView<f32>) -> Result<()> {
+    const OP: &str = "scale_by_f32";
+    let (mut yv, sv) = (y.dev_view_mut(), s.dev_view());
+    need(OP, "s", sv.len(), 1)?;
+    let n = yv.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&TENSOR, OP)?;
+    let n64 = n as i64;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut yv).arg(&sv).arg(&n64);
+    // SAFETY: n is y's length, one thread per element; s holds one element (checked).
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// out[..w.len()] = w widened to f32 (`bf16`: bfloat16 bits, else IEEE f16); exact.
+pub fn widen16(
+    gpu: &Gpu,
+    out: &mut impl AsDevViewMut<f32>,
+    w: &impl AsDevView<u16>,
+    bf16: bool,
+) -> Result<()> {
+    const OP: &str = "widen16_f32";
+    let (mut ov, wv) = (out.dev_view_mut(), w.dev_view());
+    let n = wv.len();
+    need(OP, "out", ov.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&TENSOR, OP)?;
+    let (kind, n64) = (if bf16 { 0i32 } else { 1 }, n as i64);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut ov).arg(&wv).arg(&kind).arg(&n64);
+    // SAFETY: one thread per element of w (n), out holds at least n (checked).
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
 /// y = v over all of y.
 pub fn fill(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, v: f32) -> Result<()> {
     scalar_launch(gpu, "fill_f32", y, v)

@@ -1,4 +1,4 @@
-//! Twins of kernels/act.cu: SwiGLU, GELU-tanh, scaled accumulate and LoRA dropout.
+//! Twins of kernels/act.cu: SwiGLU, GELU-tanh, GeGLU, scaled accumulate and LoRA dropout.
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -54,6 +54,20 @@ pub fn gelu_tanh_bwd(dx: &mut [f32], dy: &[f32], x: &[f32]) {
         dx[i] = dy[i]
             * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * K0 * (1.0 + 3.0 * 0.044715 * v * v));
     }
+}
+
+/// a = gelu_tanh(e)·g
+pub fn geglu_fwd(a: &mut [f32], e: &[f32], g: &[f32]) {
+    gelu_tanh_fwd(a, e);
+    a.iter_mut().zip(g).for_each(|(a, g)| *a *= g);
+}
+
+/// dg = da·gelu_tanh(e); de = da·g·gelu_tanh'(e)
+pub fn geglu_bwd(de: &mut [f32], dg: &mut [f32], da: &[f32], e: &[f32], g: &[f32]) {
+    gelu_tanh_fwd(dg, e);
+    dg.iter_mut().zip(da).for_each(|(dg, d)| *dg *= d);
+    let dag: Vec<f32> = da.iter().zip(g).map(|(d, g)| d * g).collect();
+    gelu_tanh_bwd(de, &dag, e);
 }
 
 /// y += s·t
