@@ -184,6 +184,8 @@ pub struct Ctx {
     pub alibi_relative: bool,
     /// This forward's rotary tables (`Model::rope_freqs` at `pos`); None without RoPE.
     pub rope: Option<RopeTables>,
+    /// The query's own tables when they differ from `rope` (Qwen v1 logn, `Model::long_rope`).
+    pub rope_q: Option<RopeTables>,
     /// The tables of the layers with `Layer::local_rope` (`Arch::local_rope`).
     pub rope_local: Option<RopeTables>,
 }
@@ -352,7 +354,9 @@ impl Layer {
         ctx: &Ctx,
     ) {
         let n = ctx.n;
-        self.qkv_fwd(be, arch, acts, x, ctx.rope_for(self.local_rope), n);
+        // (Qwen v1's logn query tables are never combined with Gemma's local layers.)
+        let rope_q = ctx.rope_q.as_ref().filter(|_| !self.local_rope);
+        self.qkv_fwd(be, arch, acts, x, ctx.rope_for(self.local_rope), rope_q, n);
         ensure(be, &mut acts.attn_saved, be.attention_saved_len(ctx.dims));
         ensure(be, &mut acts.att, n * arch.q_dim());
         let mask = ctx.mask(self.window);
@@ -370,7 +374,9 @@ impl Layer {
     }
 
     /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), the per-head
-    /// q/k norm if any, RoPE with the tables `rope` of these n tokens.
+    /// q/k norm if any, RoPE with the tables `rope` of these n tokens (the query with `rope_q`
+    /// when given).
+    #[allow(clippy::too_many_arguments)]
     pub fn qkv_fwd(
         &self,
         be: &dyn Backend,
@@ -378,6 +384,7 @@ impl Layer {
         acts: &mut Acts,
         x: &Tensor,
         rope: Option<&RopeTables>,
+        rope_q: Option<&RopeTables>,
         n: usize,
     ) {
         let (h, qd, kd, hd) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.head_dim);
@@ -410,7 +417,15 @@ impl Layer {
             );
         }
         if let (Positions::Rope { kind, .. }, Some(tab)) = (arch.positions, rope) {
-            be.rope(&mut acts.q, tab, n, arch.heads, hd, kind, false);
+            be.rope(
+                &mut acts.q,
+                rope_q.unwrap_or(tab),
+                n,
+                arch.heads,
+                hd,
+                kind,
+                false,
+            );
             be.rope(&mut acts.k, tab, n, arch.kv_heads, hd, kind, false);
         }
     }

@@ -4,7 +4,8 @@
 //! ALiBi count the row's real tokens − 1 (padding 0), as transformers' `generate` does. RoPE
 //! only sees relative positions, so a prefill plus steps reproduces the full forward's logits,
 //! except under dynamic NTK, whose frequencies change between steps and so need the reference's
-//! absolute positions.
+//! absolute positions. Qwen v1 past `seq_length` (`long_context`): each row keeps the NTK α of
+//! its prefill for every step, and the logn factor follows the query's cache slot.
 
 use super::block::{ensure, Acts};
 use super::{alibi_slopes, Model, ModelError, Positions};
@@ -25,6 +26,8 @@ pub struct KvCache {
     kpos: Vec<f32>,
     /// [B] real tokens so far.
     count: Vec<i64>,
+    /// [B] Qwen v1 dynamic NTK: each row's α, chosen at the prefill and kept (`long_context`).
+    ntk_alpha: Vec<f64>,
 }
 
 impl Model {
@@ -45,6 +48,7 @@ impl Model {
             valid: vec![0; b * cap],
             kpos: vec![0.0; b * cap],
             count: vec![0; b],
+            ntk_alpha: vec![1.0; b],
         }
     }
 
@@ -156,17 +160,35 @@ impl Model {
         };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
         let pos_t = be.upload(&pos);
-        let rope = self
+        let mut rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
         let rope_local = self
             .rope_local_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
+        let mut rope_q = None;
+        if let Some(lc) = &self.arch.long_context {
+            if past == 0 {
+                cache.ntk_alpha = cache
+                    .count
+                    .iter()
+                    .map(|&c| lc.ntk_alpha(c as usize))
+                    .collect();
+            }
+            if let Some((k, q)) = self.long_rope(&pos, b, tn, past, &cache.ntk_alpha) {
+                rope = Some(k);
+                rope_q = Some(q);
+            }
+        }
         let mut acts = Acts::default();
         let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
-            let tab = if l.local_rope { &rope_local } else { &rope };
-            l.qkv_fwd(be, &self.arch, &mut acts, &x, tab.as_ref(), n);
+            let (tab, tab_q) = if l.local_rope {
+                (&rope_local, None)
+            } else {
+                (&rope, rope_q.as_ref())
+            };
+            l.qkv_fwd(be, &self.arch, &mut acts, &x, tab.as_ref(), tab_q, n);
             // new keys/values of row r go to cache slots r·cap + past ..
             for r in 0..b {
                 let (dst, src) = (
