@@ -17,6 +17,7 @@ pub mod export;
 pub mod formats;
 pub mod fuzzing;
 pub mod gen_cli;
+pub mod host_gemm;
 pub mod init;
 pub mod model;
 pub mod optim;

@@ -598,6 +598,50 @@ fn kv_cache_generation_and_eval_match_cpu() {
     }
 }
 
+/// Qwen v1 past `seq_length` on the device (tests/fixtures/engine/qwen_long: per-row NTK bases and
+/// logn-scaled query tables): evaluation logits of a left-padded batch and every step of a
+/// cached greedy-style continuation match the CPU's within 1e-5.
+#[test]
+fn qwen_long_context_matches_cpu() {
+    use recipe::model::{Batch, LoadOptions, Model};
+    let Some(gpu) = emulated() else { return };
+    let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/qwen_long");
+    let run = |be: Arc<dyn Backend>| {
+        let opts = LoadOptions {
+            backend: Some(be),
+            ..Default::default()
+        };
+        let m = Model::load(&dir, &opts).unwrap();
+        let rows: Vec<(Vec<u32>, Vec<i64>)> = [(3u32, 12usize), (7, 17)]
+            .iter()
+            .map(|&(s, n)| {
+                let ids: Vec<u32> = (0..n as u32).map(|i| (s + 5 * i) % 45 + 3).collect();
+                let labels = ids.iter().map(|&i| i as i64).collect();
+                (ids, labels)
+            })
+            .collect();
+        let logits = m.forward(&Batch::padded(&rows, 0, true)).unwrap().logits;
+        let mut cache = m.new_cache(2, 24);
+        let ids: Vec<u32> = [vec![0; 5], rows[0].0.clone(), rows[1].0.clone()].concat();
+        let mask: Vec<u8> = [vec![0; 5], vec![1; 29]].concat();
+        let mut steps = vec![m.forward_step_last(&mut cache, &ids, &mask).unwrap()];
+        for s in 0..6u32 {
+            steps.push(
+                m.forward_step_last(&mut cache, &[4 + s, 10 + s], &[1, 1])
+                    .unwrap(),
+            );
+        }
+        (logits, steps)
+    };
+    let (c, g) = (run(Arc::new(CpuBackend)), run(cuda));
+    close("qwen_long eval logits", &g.0, &c.0, 1e-5, 1e-4);
+    for (k, (a, b)) in c.1.iter().zip(&g.1).enumerate() {
+        close(&format!("qwen_long step {k} logits"), b, a, 1e-5, 1e-4);
+    }
+}
+
 /// After the weights are loaded, one LoRA optimizer step (`train::optimizer_step`: zero_grad,
 /// forward + backward of two micro-batches, clipping, AdamW, the finite check) moves at most the
 /// batches plus 4 KB across the host<->device boundary (the weights, activations, gradients and
@@ -707,7 +751,7 @@ fn a_16bit_base_stays_16bit_on_the_device() {
     let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
     let d = tempfile::tempdir().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
-    recipe::quant::testgen::bf16_copy(&src, d.path()).unwrap();
+    recipe::formats::safetensors::bf16_copy(&src, d.path()).unwrap();
     let on = |be: Arc<dyn Backend>, keep_16bit| {
         let before = cuda.pool_stats().in_use;
         let opts = LoadOptions {

@@ -1,15 +1,24 @@
 //! `CudaBackend`: the [`Backend`] trait on one GPU (or the emulated device), on device-resident
 //! tensors. Weights cross to the device once, at load ([`Backend::upload`]); activations,
-//! gradients and optimizer state stay there; the host sees the batch going up and the loss,
-//! gradient norms and checkpoints coming down ([`Backend::download`]). The traffic counter
-//! ([`CudaBackend::traffic`]) counts every byte that crosses.
+//! gradients and optimizer state stay there; the host sees the batch going up and, once per
+//! optimizer step, one download of [weight norms, loss, gradient norm]
+//! (`train::optimizer_step`: clipping's coefficient is computed and applied on the device), plus
+//! checkpoints ([`Backend::download`]). The traffic counter ([`CudaBackend::traffic`]) counts
+//! every byte and every download that crosses.
 //!
-//! Precision: f32 storage and arithmetic (the `_f32` kernels, cuBLAS `sgemm` without TF32), so
-//! results track the CPU within f32 reassociation error.
+//! Memory: every buffer comes from the device's caching allocator (`crate::cuda::pool`), so a
+//! training step allocates nothing from the driver once the first step has run. Frozen weights
+//! are held as stored: bitsandbytes 4-bit (packed + absmax + code) and 16-bit checkpoints as
+//! their u16 values; each such matmul widens W into one shared f32 scratch, then one GEMM.
+//!
+//! Precision: f32 activations and arithmetic (the `_f32` kernels, cuBLAS `sgemm` without TF32),
+//! so results track the CPU within f32 reassociation error. bf16 activations and tensor-core
+//! GEMMs are not wired in yet.
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
-//! the next download. The trait returns no errors, so a CUDA failure (out of memory, a kernel
-//! fault) panics with one line naming the device and the op.
+//! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
+//! the device and the op; out of device memory is a [`crate::util::UserPanic`] the step reports
+//! as its error (what recipe holds, what is free, the plan's peak, the knobs).
 //!
 //! Not on kernels yet: training attention with a sliding window, head dim > 128 or ALiBi key
 //! positions that are not contiguous per (row, segment); quantized weights other than

@@ -615,3 +615,22 @@ mod tests {
         }
     }
 }
+
+/// Copies the model dir `src` (config.json + model.safetensors) to `dst` with every tensor
+/// stored as bf16: a 16-bit checkpoint for tests of 16-bit loading.
+pub fn bf16_copy(src: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::copy(src.join("config.json"), dst.join("config.json"))?;
+    let all = read_all(&src.join("model.safetensors"))?;
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for n in names {
+        let (v, shape) = &all[n];
+        tensors.push((n.as_str(), Tensor::from_f32(Dtype::BF16, shape.clone(), v)?));
+    }
+    write_file(
+        &dst.join("model.safetensors"),
+        tensors.iter().map(|(n, t)| (*n, t)),
+    )?;
+    Ok(())
+}

@@ -210,8 +210,7 @@ pub struct Arch {
     /// Linear weights stored [in, out] (GPT-2 Conv1D).
     pub conv1d: bool,
     pub eos_token_id: Option<u32>,
-    /// Where the reference model starts attending differently and we do
-    /// not follow it (longer inputs are an error, not a silent mismatch).
+    /// Qwen v1's logn attention / dynamic NTK past `seq_length` (eval only).
     #[serde(default)]
     pub long_context: Option<LongContext>,
     #[serde(default)]
@@ -240,35 +239,52 @@ pub struct SlidingWindow {
     pub layers: Vec<bool>,
 }
 
-/// A length past which the reference attention changes.
+/// Qwen v1's eval-mode attention past `seq_length` (modeling_qwen.py), followed in evaluation
+/// and generation by `Model::long_rope`. Training uses plain RoPE, as Qwen v1 does (both are
+/// gated on `not self.training` there).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LongContext {
-    /// Sequences up to this many positions match the reference.
+    /// `seq_length`: up to this many slots attention is the plain one.
     pub len: usize,
-    /// What changes, for the error message (e.g. "use_logn_attn").
-    pub what: String,
-    /// Whether training changes too (a sliding window), or only inference
-    /// (Qwen v1's logn scaling and dynamic NTK run only in eval mode).
-    pub training: bool,
+    /// `use_logn_attn`: the query at slot i is scaled by log(i+1)/log(len) once i+1 > len.
+    pub logn: bool,
+    /// `use_dynamic_ntk`: a row's rotary base grows with its length (`LongContext::ntk_alpha`).
+    pub dynamic_ntk: bool,
 }
 
-/// Qwen v1: `use_logn_attn` / `use_dynamic_ntk` change attention past
-/// `seq_length` at inference.
+impl LongContext {
+    /// modeling_qwen.py's `get_ntk_alpha` for a row of `len` tokens (Python floats):
+    /// max(2^ceil(log2(len/seq_length) + 1) − 1, 1); 1 without dynamic NTK.
+    pub fn ntk_alpha(&self, len: usize) -> f64 {
+        if !self.dynamic_ntk || len == 0 {
+            return 1.0;
+        }
+        let c = (len as f64 / self.len as f64).ln() / 2f64.ln() + 1.0;
+        (2f64.powf(c.ceil()) - 1.0).max(1.0)
+    }
+
+    /// The query factor at slot `slot` (0-based, left padding counted): `logn_tensor`, a Python
+    /// `math.log(slot + 1, seq_length)` stored as f32; 1 within `seq_length` or without logn.
+    pub fn logn(&self, slot: usize) -> f32 {
+        if self.logn && slot + 1 > self.len {
+            (((slot + 1) as f64).ln() / (self.len as f64).ln()) as f32
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Qwen v1: `use_logn_attn` / `use_dynamic_ntk` change attention past `seq_length` in eval mode.
 fn long_context(c: &HfConfig, model_type: &str) -> Option<LongContext> {
     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
     let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
     match model_type {
-        "qwen" => {
-            let what: Vec<&str> = ["use_logn_attn", "use_dynamic_ntk"]
-                .into_iter()
-                .filter(|k| on(k))
-                .collect();
-            (!what.is_empty()).then(|| LongContext {
-                len: num("seq_length").unwrap_or(2048),
-                what: what.join(" and "),
-                training: false,
-            })
-        }
+        "qwen" if on("use_logn_attn") || on("use_dynamic_ntk") => Some(LongContext {
+            // (math.log(i, 1) fails in Qwen's own logn table: a length of 1 counts as 2)
+            len: num("seq_length").unwrap_or(2048).max(2),
+            logn: on("use_logn_attn"),
+            dynamic_ntk: on("use_dynamic_ntk"),
+        }),
         _ => None,
     }
 }

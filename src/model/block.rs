@@ -188,6 +188,8 @@ pub struct Ctx {
     pub rope_block: Option<RopeTables>,
     /// [B] bidirectional prefix per row (`AttnMask::prefix`; GLM: the slot of `<sop>`).
     pub prefix: Option<Tensor<i32>>,
+    /// The query's own tables when they differ from `rope` (Qwen v1 logn, `Model::long_rope`).
+    pub rope_q: Option<RopeTables>,
     /// The tables of the layers with `Layer::local_rope` (`Arch::local_rope`).
     pub rope_local: Option<RopeTables>,
 }
@@ -404,12 +406,15 @@ impl Layer {
         ctx: &Ctx,
     ) {
         let n = ctx.n;
+        // (Qwen v1's logn query tables are never combined with Gemma's local layers.)
+        let rope_q = ctx.rope_q.as_ref().filter(|_| !self.local_rope);
         self.qkv_fwd(
             be,
             arch,
             acts,
             x,
             ctx.rope_for(self.local_rope),
+            rope_q,
             ctx.rope_block.as_ref(),
             n,
         );
@@ -430,7 +435,8 @@ impl Layer {
     }
 
     /// First half: h1 = ln1(x), q/k/v projections (split from a fused output), the per-head
-    /// q/k norm if any, RoPE with the tables `rope` (and GLM's `block`) of these n tokens.
+    /// q/k norm if any, RoPE with the tables `rope` of these n tokens (the query with `rope_q`
+    /// when given; GLM's second half with `block`).
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_fwd(
         &self,
@@ -439,6 +445,7 @@ impl Layer {
         acts: &mut Acts,
         x: &Tensor,
         rope: Option<&RopeTables>,
+        rope_q: Option<&RopeTables>,
         block: Option<&RopeTables>,
         n: usize,
     ) {
@@ -471,7 +478,8 @@ impl Layer {
                 n * arch.kv_heads,
             );
         }
-        apply_rope(be, arch, &mut acts.q, arch.heads, n, rope, block, false);
+        let q_tab = rope_q.or(rope);
+        apply_rope(be, arch, &mut acts.q, arch.heads, n, q_tab, block, false);
         apply_rope(be, arch, &mut acts.k, arch.kv_heads, n, rope, block, false);
     }
 

@@ -7,6 +7,8 @@
 //! absolute positions. ChatGLM-6B (v1): the first step must hold each row's `<sop>`; it runs
 //! as a full attention with the row's bidirectional prefix, the later ones (all after `<sop>`,
 //! so causal) against the cache, with 2D positions from the row's tokens so far.
+//! Qwen v1 past `seq_length` (`long_context`): each row keeps the NTK α of
+//! its prefill for every step, and the logn factor follows the query's cache slot.
 
 use super::block::{ensure, Acts};
 use super::{alibi_slopes, glm_row_positions, Model, ModelError, Positions};
@@ -29,6 +31,8 @@ pub struct KvCache {
     count: Vec<i64>,
     /// ChatGLM-6B: each row's real tokens so far (its 2D positions depend on them).
     glm_ids: Vec<Vec<u32>>,
+    /// [B] Qwen v1 dynamic NTK: each row's α, chosen at the prefill and kept (`long_context`).
+    ntk_alpha: Vec<f64>,
 }
 
 impl Model {
@@ -50,6 +54,7 @@ impl Model {
             kpos: vec![0.0; b * cap],
             count: vec![0; b],
             glm_ids: vec![Vec::new(); b],
+            ntk_alpha: vec![1.0; b],
         }
     }
 
@@ -165,7 +170,7 @@ impl Model {
         };
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
         let pos_t = be.upload(&pos);
-        let rope = self
+        let mut rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
         let rope_local = self
@@ -185,16 +190,35 @@ impl Model {
                 be.upload_i32(prefix),
             )
         });
+        let mut rope_q = None;
+        if let Some(lc) = &self.arch.long_context {
+            if past == 0 {
+                cache.ntk_alpha = cache
+                    .count
+                    .iter()
+                    .map(|&c| lc.ntk_alpha(c as usize))
+                    .collect();
+            }
+            if let Some((k, q)) = self.long_rope(&pos, b, tn, past, &cache.ntk_alpha) {
+                rope = Some(k);
+                rope_q = Some(q);
+            }
+        }
         let mut acts = Acts::default();
         let mut y = be.zeros(n * h);
         for (li, l) in self.layers.iter().enumerate() {
-            let tab = if l.local_rope { &rope_local } else { &rope };
+            let (tab, tab_q) = if l.local_rope {
+                (&rope_local, None)
+            } else {
+                (&rope, rope_q.as_ref())
+            };
             l.qkv_fwd(
                 be,
                 &self.arch,
                 &mut acts,
                 &x,
                 tab.as_ref(),
+                tab_q,
                 rope_block.as_ref(),
                 n,
             );

@@ -9,6 +9,7 @@ pub mod family;
 #[cfg(test)]
 mod glm_tests;
 pub mod linear;
+mod long_context;
 pub mod lora;
 pub mod quantized;
 #[cfg(test)]
@@ -742,22 +743,6 @@ impl Model {
         Ok(())
     }
 
-    /// Errors when `len` positions pass where the reference model attends
-    /// differently (`Arch::long_context`).
-    pub(crate) fn check_length(&self, len: usize, training: bool) -> Result<(), ModelError> {
-        match &self.arch.long_context {
-            Some(lc) if len > lc.len && (!training || lc.training) => {
-                Err(ModelError::Batch(format!(
-                "sequence length {len} > {} with {} in config.json: the reference model attends \
-                 differently past that length and this engine does not reproduce it; use \
-                 max_length <= {}",
-                lc.len, lc.what, lc.len
-            )))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn ctx(&self, batch: &Batch, training: bool) -> Result<Ctx, ModelError> {
         let (b, t) = (batch.b, batch.t);
         let n = b * t;
@@ -850,7 +835,7 @@ impl Model {
         }
         let seq_len = pos.iter().fold(0.0f32, |a, &p| a.max(p)) as usize + 1;
         let pos_t = be.upload(&pos);
-        let rope = self
+        let mut rope = self
             .rope_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
         let rope_block = glm.as_ref().and_then(|g| {
@@ -858,6 +843,18 @@ impl Model {
             Some(be.rope_tables(&be.upload(&g.block), n, &f))
         });
         let prefix = glm.as_ref().map(|g| be.upload_i32(&g.prefix));
+        // Qwen v1 past seq_length (eval only): each row's NTK base from its real tokens.
+        let mut rope_q = None;
+        if let (Some(lc), false) = (&self.arch.long_context, training) {
+            let alpha: Vec<f64> = long_context::row_counts(&batch.attention_mask, b, t)
+                .into_iter()
+                .map(|c| lc.ntk_alpha(c))
+                .collect();
+            if let Some((k, q)) = self.long_rope(&pos, b, t, 0, &alpha) {
+                rope = Some(k);
+                rope_q = Some(q);
+            }
+        }
         let rope_local = self
             .rope_local_freqs(seq_len)
             .map(|f| be.rope_tables(&pos_t, n, &f));
@@ -890,6 +887,7 @@ impl Model {
             rope,
             rope_block,
             prefix,
+            rope_q,
             rope_local,
         })
     }

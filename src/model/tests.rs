@@ -1012,42 +1012,132 @@ fn eval_loss_and_last_logits() {
     );
 }
 
-/// Past Qwen v1's `seq_length` (logn / dynamic NTK, inference only) inputs are refused with a
-/// clear error.
+/// Qwen v1 past `seq_length` 8 (tests/reference/qwen_v1_long.py, a transcription of
+/// modeling_qwen.py): evaluation of two rows of 20 slots (NTK α 7 and 3 from their 20 and 15 real
+/// tokens, logn from slot 8) within 1e-5, and greedy generation with the KV cache equal to
+/// Qwen's greedy loop, each prompt alone (5 tokens: α stays 1 while logn grows; 12 tokens: α 3
+/// kept for all 14 steps) and as one left-padded batch, whose every step's logits match too.
 #[test]
-fn long_context_the_reference_changes_is_refused() {
-    let (mut model, _, _) = fixture("qwen");
-    let lc = model
-        .arch
-        .long_context
-        .clone()
-        .expect("the qwen fixture sets use_logn_attn");
-    assert_eq!((lc.len, lc.training), (64, false));
-    let t = lc.len + 1;
-    let batch = Batch {
-        b: 1,
-        t,
-        input_ids: vec![1; t],
-        attention_mask: vec![1; t],
-        labels: Some(vec![1; t]),
-        segments: None,
+fn qwen_logn_and_dynamic_ntk_match_the_reference() {
+    use crate::eval::generate::{generate, FinishReason, GenConfig, Generation};
+    use crate::eval::lm::EngineLm;
+    let (model, r, batch) = fixture("qwen_long");
+    let lc = model.arch.long_context.clone().unwrap();
+    assert_eq!((lc.len, lc.logn, lc.dynamic_ntk), (8, true, true));
+    assert_eq!(
+        [5, 8, 9, 15, 16, 17, 20, 33].map(|n| lc.ntk_alpha(n)),
+        [1.0, 1.0, 3.0, 3.0, 3.0, 7.0, 7.0, 15.0]
+    );
+    assert_eq!(
+        (lc.logn(7), lc.logn(8)),
+        (1.0, (9f64.ln() / 8f64.ln()) as f32)
+    );
+    let v = model.arch.vocab;
+    let out = model.forward(&batch).unwrap();
+    close(
+        "qwen_long logits",
+        &valid_logits(&out.logits, &batch, v),
+        &valid_logits(&r["logits"].0, &batch, v),
+        1e-5,
+    );
+    close("qwen_long loss", &[out.loss.unwrap()], &r["loss"].0, 1e-5);
+
+    let fx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir("qwen_long").join("greedy.json")).unwrap())
+            .unwrap();
+    let rows = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            let a = v.as_array().unwrap();
+            a.iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        v.as_array().unwrap().iter().map(ids).collect()
     };
+    let prompts = rows(&fx["prompts"]);
+    let cfg = GenConfig {
+        max_new_tokens: fx["max_new_tokens"].as_u64().unwrap() as usize,
+        ..Default::default()
+    };
+    let greedy = |ps: &[Vec<u32>]| -> Vec<Vec<u32>> {
+        let mut lm = EngineLm::new(&model, 0, cfg.max_new_tokens);
+        let g: Vec<Generation> = generate(&mut lm, ps, &cfg, |_, _| {}).unwrap();
+        assert!(g.iter().all(|g| g.finish == FinishReason::Length));
+        g.into_iter().map(|g| g.tokens).collect()
+    };
+    let single: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| greedy(std::slice::from_ref(p)).remove(0))
+        .collect();
+    assert_eq!(single, rows(&fx["single"]), "single prompts");
+    assert_eq!(greedy(&prompts), rows(&fx["batch"]), "left-padded batch");
+
+    // Every step of the batched run: its last-position logits [steps, B, V].
+    let want = &r["greedy_logits"].0;
+    let gen = rows(&fx["batch"]);
+    let padded = crate::eval::generate::left_pad(&prompts, 0);
+    let mut cache = model.new_cache(2, padded.len + gen[0].len());
+    let mut got = model
+        .forward_step_last(&mut cache, &padded.ids, &padded.attention_mask)
+        .unwrap();
+    for s in 1..gen[0].len() {
+        let next = [gen[0][s - 1], gen[1][s - 1]];
+        got.extend(model.forward_step_last(&mut cache, &next, &[1, 1]).unwrap());
+    }
+    close("qwen_long greedy step logits", &got, want, 1e-5);
+}
+
+/// Past Qwen v1's `seq_length` only logn attention over a partial rotary (`rotary_pct` < 1) is
+/// refused, in evaluation and generation; training runs plain RoPE as Qwen v1 does in train
+/// mode (the loss of the model without `long_context`).
+#[test]
+fn qwen_long_context_training_and_refusal() {
+    let (mut model, _, batch) = fixture("qwen_long");
+    let mut plain = model.arch.clone();
+    plain.long_context = None;
+    let want = {
+        let (mut m, _, _) = fixture("qwen_long");
+        m.arch = plain;
+        m.forward(&batch).unwrap().loss.unwrap()
+    };
+    let got = model.forward_backward(&batch, Default::default()).unwrap();
+    assert!((got - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
+    let eval = model.forward(&batch).unwrap().loss.unwrap();
+    assert!((eval - want).abs() > 1e-3, "eval differs from training");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir("qwen_long");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    cfg["rotary_pct"] = serde_json::json!(0.5);
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut model = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
     let e = model
         .forward(&batch)
         .err()
-        .expect("inference past seq_length")
+        .expect("partial rotary")
         .to_string();
-    assert!(
-        e.contains("sequence length 65 > 64 with use_logn_attn and use_dynamic_ntk"),
-        "{e}"
+    assert_eq!(
+        e,
+        "batch: sequence length 20 > seq_length 8 with use_logn_attn and rotary_pct < 1 in \
+         config.json: logn attention over a partial rotary is not supported; use max_length <= 8"
     );
-    let mut cache = model.new_cache(1, t);
-    assert!(model
-        .forward_step(&mut cache, &vec![1; t], &vec![1; t])
-        .is_err());
-    // Training runs in HF's train mode, where Qwen v1 applies neither.
+    let mut cache = model.new_cache(1, 9);
+    let e = model.forward_step(&mut cache, &[1; 9], &[1; 9]).err();
+    assert!(e
+        .unwrap()
+        .to_string()
+        .starts_with("batch: sequence length 9 > seq_length 8"));
     model.forward_backward(&batch, Default::default()).unwrap();
+}
 
+/// Sliding windows are read from the config (followed, not refused: see the bases/mistral and
+/// bases/qwen2_sliding fixtures).
+#[test]
+fn sliding_window_configs() {
     // Sliding windows are followed (see the bases/mistral and bases/qwen2_sliding fixtures):
     // Mistral on every layer, Qwen2 with use_sliding_window from max_window_layers on.
     let mistral = r#"{"model_type": "mistral", "hidden_size": 8, "num_attention_heads": 2,

@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 
 use super::linear::QuantLinear;
-use crate::backend::CpuBackend;
 
 /// How the 16 bits encode a float.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +82,11 @@ impl QuantLinear for Linear16 {
     }
     fn matmul_xwt(&self, y: &mut [f32], x: &[f32], n: usize) {
         let (di, dout) = (self.d_in, self.d_out);
-        self.with_f32(|w| CpuBackend.matmul(y, x, w, n, dout, di, false, true, 0.0))
+        self.with_f32(|w| crate::host_gemm::matmul(y, x, w, n, dout, di, false, true, 0.0))
     }
     fn matmul_dyw(&self, dx: &mut [f32], dy: &[f32], n: usize) {
         let (di, dout) = (self.d_in, self.d_out);
-        self.with_f32(|w| CpuBackend.matmul(dx, dy, w, n, di, dout, false, false, 1.0))
+        self.with_f32(|w| crate::host_gemm::matmul(dx, dy, w, n, di, dout, false, false, 1.0))
     }
     fn half(&self) -> Option<HalfBits<'_>> {
         Some(HalfBits {
@@ -124,11 +123,11 @@ mod tests {
             let dy: Vec<f32> = (0..n * dout).map(|_| normal()).collect();
             let (mut y, mut y32) = (vec![0.0; n * dout], vec![0.0; n * dout]);
             l.matmul_xwt(&mut y, &x, n);
-            CpuBackend.matmul(&mut y32, &x, &w, n, dout, di, false, true, 0.0);
+            crate::backend::CpuBackend.matmul(&mut y32, &x, &w, n, dout, di, false, true, 0.0);
             assert_eq!(y, y32);
             let (mut dx, mut dx32) = (vec![1.0; n * di], vec![1.0; n * di]);
             l.matmul_dyw(&mut dx, &dy, n);
-            CpuBackend.matmul(&mut dx32, &dy, &w, n, di, dout, false, false, 1.0);
+            crate::backend::CpuBackend.matmul(&mut dx32, &dy, &w, n, di, dout, false, false, 1.0);
             assert_eq!(dx, dx32);
             assert!(Linear16::from_le_bytes(kind, &bytes[2..], dout, di).is_none());
         }
@@ -142,7 +141,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
-        crate::quant::testgen::bf16_copy(&src, d.path()).unwrap();
+        crate::formats::safetensors::bf16_copy(&src, d.path()).unwrap();
         let load = |keep_16bit| {
             let opts = LoadOptions {
                 keep_16bit,

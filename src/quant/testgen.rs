@@ -13,26 +13,3 @@ pub fn gen(seed: u64, n: usize, scale: f64) -> Vec<f32> {
         })
         .collect()
 }
-
-/// Copies the model dir `src` (config.json + model.safetensors) to `dst` with every tensor
-/// stored as bf16: a 16-bit checkpoint for tests of 16-bit loading.
-pub fn bf16_copy(src: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
-    use crate::formats::safetensors as st;
-    std::fs::copy(src.join("config.json"), dst.join("config.json"))?;
-    let all = st::read_all(&src.join("model.safetensors"))?;
-    let mut names: Vec<&String> = all.keys().collect();
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for n in names {
-        let (v, shape) = &all[n];
-        tensors.push((
-            n.as_str(),
-            st::Tensor::from_f32(safetensors::Dtype::BF16, shape.clone(), v)?,
-        ));
-    }
-    st::write_file(
-        &dst.join("model.safetensors"),
-        tensors.iter().map(|(n, t)| (*n, t)),
-    )?;
-    Ok(())
-}

@@ -270,3 +270,10 @@ def qwen_save(model, d):
 
 make("qwen", m, lora(["o_proj", "up_proj", "gate_proj", "down_proj"]), rename=qwen_rename, convert_full=qwen_fuse,
      save_model=qwen_save)
+
+# ---------------------------------------------------------------- qwen v1 past seq_length
+# Eval-mode logn attention and dynamic NTK, which Qwen2ForCausalLM lacks: a transcription of
+# modeling_qwen.py run on the qwen weights above (writes engine/qwen_long).
+import qwen_v1_long  # noqa: E402
+
+qwen_v1_long.main()
