@@ -4,21 +4,22 @@
 //
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // GQA/MQA: query head h reads kv head h / (Hq/Hkv) (consecutive heads share a group).
-// Key j is visible to query i iff j <= i, kmask[b,j] != 0 (if kmask), seg[b,i] == seg[b,j] (if
-// seg: packed sequences). Score s_ij = scale * q_i·k_j + slope_h * (j - i) (if slopes: ALiBi).
+// Key j is visible to query i iff j <= i or j < prefix[b] (if prefix: ChatGLM-6B's bidirectional
+// prompt), kmask[b,j] != 0 (if kmask), seg[b,i] == seg[b,j] (if seg: packed sequences). Score s_ij = scale * q_i·k_j + slope_h * (j - i) (if slopes: ALiBi).
 // Forward:   o_i = Σ_j softmax_j(s_i·) v_j ;  lse_i = log Σ_j exp(s_ij)  (+inf for a row that sees
 //            no key: its o is 0 and every p in the backward is exp(s - inf) = 0).
 // Backward:  p_ij = exp(s_ij - lse_i) ; delta_i = do_i·o_i ; ds_ij = p_ij (do_i·v_j - delta_i)
 //            dq_i = scale Σ_j ds_ij k_j ; dk_j = scale Σ_i ds_ij q_i ; dv_j = Σ_i p_ij do_i
-// D <= 128. Nullable pointers (kmask, seg, slopes) are passed as 0.
+// D <= 128. Nullable pointers (kmask, seg, prefix, slopes) are passed as 0.
 
 #define DMAX 128
 #define ROWS 8
 #define KT 32
 
 __device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
-                                        const i32* seg) {
-    if (j > i || j >= t || i >= t) return false;
+                                        const i32* seg, const i32* prefix) {
+    if (j >= t || i >= t) return false;
+    if (j > i && !(prefix && j < prefix[b])) return false;
     if (kmask && kmask[(i64)b * t + j] == 0) return false;
     if (seg && seg[(i64)b * t + j] != seg[(i64)b * t + i]) return false;
     return true;
@@ -28,8 +29,8 @@ __device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* km
 // scores and = head dim (lane + 32r) for the output accumulator.
 template <typename T>
 __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask,
-                         const i32* seg, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
-                         float scale) {
+                         const i32* seg, const i32* prefix, const float* slopes, i32 t, i32 hq,
+                         i32 hkv, i32 d, float scale) {
     __shared__ float Ks[KT][DMAX + 1];
     __shared__ float Vs[KT][DMAX];
     __shared__ float Qs[ROWS][DMAX];
@@ -42,7 +43,7 @@ __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, c
     }
     float slope = slopes ? slopes[h] : 0.f;
     float m = -RECIPE_INF, l = 0.f, acc[DMAX / 32] = {};
-    i32 jend = min(i0 + ROWS, t);
+    i32 jend = min(max(i0 + ROWS, prefix ? prefix[b] : 0), t);
     for (i32 j0 = 0; j0 < jend; j0 += KT) {
         __syncthreads();
         for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
@@ -54,7 +55,7 @@ __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, c
         __syncthreads();
         if (i < t) {
             i32 j = j0 + lane;
-            bool ok = visible(i, j, b, t, kmask, seg);
+            bool ok = visible(i, j, b, t, kmask, seg, prefix);
             float s = -RECIPE_INF;
             if (ok) {
                 float dot = 0.f;
@@ -109,7 +110,8 @@ __device__ void attn_bwd_delta(float* delta, const T* dout, const T* o, i32 bsz,
 template <typename T>
 __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const T* v,
                             const float* lse, const float* delta, const u8* kmask, const i32* seg,
-                            const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {
+                            const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
+                            float scale) {
     __shared__ float Ks[KT][DMAX + 1];
     __shared__ float Vs[KT][DMAX + 1];
     __shared__ float Qs[ROWS][DMAX];
@@ -127,7 +129,7 @@ __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const 
     float lse_i = i < t ? lse[((i64)b * hq + h) * t + i] : 0.f;
     float delta_i = i < t ? delta[((i64)b * hq + h) * t + i] : 0.f;
     float acc[DMAX / 32] = {};
-    i32 jend = min(i0 + ROWS, t);
+    i32 jend = min(max(i0 + ROWS, prefix ? prefix[b] : 0), t);
     for (i32 j0 = 0; j0 < jend; j0 += KT) {
         __syncthreads();
         for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
@@ -140,7 +142,7 @@ __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const 
         if (i < t) {
             i32 j = j0 + lane;
             float ds = 0.f;
-            if (visible(i, j, b, t, kmask, seg)) {
+            if (visible(i, j, b, t, kmask, seg, prefix)) {
                 float qk = 0.f, dp = 0.f;
                 for (int c = 0; c < d; c++) {
                     qk += Qs[warp][c] * Ks[lane][c];
@@ -169,12 +171,12 @@ __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const 
 }
 
 // dk, dv: 8 keys per block (one per warp) of one (b, kv head); loops over the group's query
-// heads and 32-query tiles at or after the block's first key. No atomics: each block owns its rows.
+// heads and 32-query tiles at or after the block's first key (all of them for a prefix key). No atomics: each block owns its rows.
 template <typename T>
 __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                               const float* lse, const float* delta, const u8* kmask,
-                              const i32* seg, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
-                              float scale) {
+                              const i32* seg, const i32* prefix, const float* slopes, i32 t,
+                              i32 hq, i32 hkv, i32 d, float scale) {
     __shared__ float Qs[KT][DMAX + 1];
     __shared__ float Ds[KT][DMAX + 1];
     __shared__ float Ks[ROWS][DMAX];
@@ -192,7 +194,9 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     float dka[DMAX / 32] = {}, dva[DMAX / 32] = {};
     for (i32 h = kvh * group; h < (kvh + 1) * group; h++) {
         float slope = slopes ? slopes[h] : 0.f;
-        for (i32 q0 = (j0 / KT) * KT; q0 < t; q0 += KT) {
+        // Queries before the block's first key see it only through the prefix.
+        i32 qstart = (prefix && j0 < prefix[b]) ? 0 : (j0 / KT) * KT;
+        for (i32 q0 = qstart; q0 < t; q0 += KT) {
             __syncthreads();
             for (int e = threadIdx.x; e < KT * d; e += blockDim.x) {
                 int r = e / d, c = e % d, ii = q0 + r;
@@ -209,7 +213,7 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
             if (j < t) {
                 i32 i = q0 + lane;
                 float p = 0.f, ds = 0.f;
-                if (visible(i, j, b, t, kmask, seg)) {
+                if (visible(i, j, b, t, kmask, seg, prefix)) {
                     float qk = 0.f, dp = 0.f;
                     for (int c = 0; c < d; c++) {
                         qk += Qs[lane][c] * Ks[warp][c];
@@ -249,8 +253,8 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
 #define ATTN_KERNELS(T, S)                                                                         \
     extern "C" __global__ void __launch_bounds__(256) attn_fwd_##S(                                \
         T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask, const i32* seg,     \
-        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
-        attn_fwd(o, lse, q, k, v, kmask, seg, slopes, t, hq, hkv, d, scale);                       \
+        const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {      \
+        attn_fwd(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale);               \
     }                                                                                              \
     extern "C" __global__ void attn_bwd_delta_##S(float* delta, const T* dout, const T* o,         \
                                                   i32 bsz, i32 t, i32 hq, i32 d) {                 \
@@ -258,16 +262,17 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_##S(                             \
         T* dq, const T* dout, const T* q, const T* k, const T* v, const float* lse,                \
-        const float* delta, const u8* kmask, const i32* seg, const float* slopes, i32 t, i32 hq,   \
-        i32 hkv, i32 d, float scale) {                                                             \
-        attn_bwd_dq(dq, dout, q, k, v, lse, delta, kmask, seg, slopes, t, hq, hkv, d, scale);      \
+        const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
+        attn_bwd_dq(dq, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv, d,      \
+                    scale);                                                                        \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_##S(                           \
         T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse,         \
-        const float* delta, const u8* kmask, const i32* seg, const float* slopes, i32 t, i32 hq,   \
-        i32 hkv, i32 d, float scale) {                                                             \
-        attn_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, kmask, seg, slopes, t, hq, hkv, d,        \
-                      scale);                                                                      \
+        const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
+        attn_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv,   \
+                      d, scale);                                                                   \
     }
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)

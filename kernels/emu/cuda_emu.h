@@ -252,6 +252,7 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 // Round-to-nearest product that the GPU compiler never fuses into an fma (g++ here, in ISO C++
 // mode without -mfma, fuses nothing anyway).
 inline float __fmul_rn(float a, float b) { return a * b; }

@@ -22,7 +22,7 @@
 //!
 //! Not on kernels yet: training attention with a sliding window, head dim > 128 or ALiBi key
 //! positions that are not contiguous per (row, segment); quantized weights other than
-//! bitsandbytes 4-bit. These copy their operands to the host and back (counted as traffic).
+//! bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back (counted as traffic).
 
 use std::sync::Mutex;
 
@@ -260,7 +260,6 @@ fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
         && dims.nh % dims.nkv == 0
         && mask.window.is_none()
         && mask.alibi_relative
-        && mask.prefix.is_none()
 }
 
 impl Backend for CudaBackend {
@@ -753,6 +752,7 @@ impl Backend for CudaBackend {
             let mk = DeviceMasks {
                 kmask: Some(mask.valid.device()),
                 seg: Some(mask.segment.device()),
+                prefix: mask.prefix.map(|p| p.device()),
                 slopes: mask.alibi.map(|(s, _)| s.device()),
             };
             attn_fwd::<f32>(
@@ -832,6 +832,7 @@ impl Backend for CudaBackend {
             let mk = DeviceMasks {
                 kmask: Some(mask.valid.device()),
                 seg: Some(mask.segment.device()),
+                prefix: mask.prefix.map(|p| p.device()),
                 slopes: mask.alibi.map(|(s, _)| s.device()),
             };
             attn_bwd::<f32>(

@@ -1187,6 +1187,7 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
             ops::attention::DeviceMasks {
                 kmask: Some(&kmd),
                 seg: Some(&segd),
+                prefix: None,
                 slopes: Some(&sld),
             }
         } else {

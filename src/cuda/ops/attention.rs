@@ -16,11 +16,13 @@ const ROWS: usize = 8;
 const DMAX: usize = 128;
 
 /// Optional masks on the device: kmask [batch, t] u8 (0 = padding key), seg [batch, t] i32
-/// (packed-sequence ids), slopes [hq] f32 (ALiBi).
+/// (packed-sequence ids), prefix [batch] i32 (keys before it are visible to every query of the
+/// row), slopes [hq] f32 (ALiBi).
 #[derive(Default, Clone, Copy)]
 pub struct DeviceMasks<'a> {
     pub kmask: Option<&'a DevBuf<u8>>,
     pub seg: Option<&'a DevBuf<i32>>,
+    pub prefix: Option<&'a DevBuf<i32>>,
     pub slopes: Option<&'a DevBuf<f32>>,
 }
 
@@ -46,13 +48,16 @@ fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
     if let Some(s) = mk.seg {
         need(op, "seg", s.len(), dm.batch * dm.t)?;
     }
+    if let Some(p) = mk.prefix {
+        need(op, "prefix", p.len(), dm.batch)?;
+    }
     if let Some(s) = mk.slopes {
         need(op, "slopes", s.len(), dm.hq)?;
     }
     Ok(())
 }
 
-/// Pushes the three optional mask pointers (absent ones as a null device pointer).
+/// Pushes the four optional mask pointers (absent ones as a null device pointer).
 fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
     match mk.kmask {
         Some(m) => b.arg(m),
@@ -60,6 +65,10 @@ fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
     };
     match mk.seg {
         Some(s) => b.arg(s),
+        None => b.arg(null),
+    };
+    match mk.prefix {
+        Some(p) => b.arg(p),
         None => b.arg(null),
     };
     match mk.slopes {
