@@ -147,6 +147,25 @@ impl CudaBackend {
         }
     }
 
+    /// A device-resident frozen weight as f32 into `out` [>= d_out·d_in]: 4-bit dequantized,
+    /// 16-bit widened (exact).
+    fn widen(&self, out: &mut Tensor, w: &QuantWeight) {
+        match w {
+            QuantWeight::Device4(q) => self.run("dequant_4bit", |g| {
+                dequant_4bit::<f32>(g, out.device_mut(), q)
+            }),
+            QuantWeight::Device16 { bits, bf16, .. } => self.run("widen16", |g| {
+                tk::widen16(
+                    g,
+                    out.device_mut(),
+                    &bits.device().slice(..bits.len()),
+                    *bf16,
+                )
+            }),
+            QuantWeight::Host(_) => unreachable!("a host weight is multiplied on the host"),
+        }
+    }
+
     /// The out-of-memory error of `op`.
     fn oom_message(&self, op: &str) -> String {
         let h = crate::util::human_bytes;
@@ -435,16 +454,9 @@ impl Backend for CudaBackend {
 
     fn quant_dense(&self, w: &QuantWeight) -> Option<Tensor> {
         match w {
-            QuantWeight::Device16 {
-                bits,
-                bf16,
-                d_out,
-                d_in,
-            } => {
+            QuantWeight::Device16 { d_out, d_in, .. } => {
                 let mut t = self.zeros(d_out * d_in);
-                self.run("widen16", |g| {
-                    tk::widen16(g, t.device_mut(), &bits.device().slice(..bits.len()), *bf16)
-                });
+                self.widen(&mut t, w);
                 Some(t)
             }
             QuantWeight::Host(q) => q.dense().map(|v| self.up(&v)),
@@ -456,9 +468,9 @@ impl Backend for CudaBackend {
     /// reused), then one GEMM (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A
     /// host weight runs on the host.
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
-        let q = match w {
-            QuantWeight::Device4(q) => Some(q),
-            QuantWeight::Device16 { .. } => None,
+        let (dout, din) = match w {
+            QuantWeight::Device4(q) => (q.rows, q.cols),
+            QuantWeight::Device16 { d_out, d_in, .. } => (*d_out, *d_in),
             QuantWeight::Host(h) => {
                 return self.host_fallback(&mut [y], &[x], |_, o, i| {
                     if backward {
@@ -469,11 +481,6 @@ impl Backend for CudaBackend {
                 })
             }
         };
-        let (dout, din) = match (q, w) {
-            (Some(q), _) => (q.rows, q.cols),
-            (None, QuantWeight::Device16 { d_out, d_in, .. }) => (*d_out, *d_in),
-            _ => unreachable!("host weights returned above"),
-        };
         let mut slot = self
             .dequant_scratch
             .lock()
@@ -482,20 +489,7 @@ impl Backend for CudaBackend {
             *slot = Some(self.zeros(dout * din));
         }
         let wd = slot.as_mut().expect("scratch just ensured");
-        match (q, w) {
-            (Some(q), _) => self.run("dequant_4bit", |g| {
-                dequant_4bit::<f32>(g, wd.device_mut(), q)
-            }),
-            (None, QuantWeight::Device16 { bits, bf16, .. }) => self.run("widen16", |g| {
-                tk::widen16(
-                    g,
-                    wd.device_mut(),
-                    &bits.device().slice(..bits.len()),
-                    *bf16,
-                )
-            }),
-            _ => unreachable!("host weights returned above"),
-        }
+        self.widen(wd, w);
         if backward {
             self.matmul(y, x, wd, n, din, dout, false, false, 1.0)
         } else {
