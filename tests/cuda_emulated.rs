@@ -466,6 +466,118 @@ fn cuda_backend_ops_match_cpu_backend() {
     }
 }
 
+/// Largest |got − want| as a fraction of the largest |want|; fails above `frac`.
+fn close_of_max(what: &str, got: &[f32], want: &[f32], frac: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let top = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    let rel = err / top.max(f32::MIN_POSITIVE);
+    println!("{what}: max err {err:.3e} = {rel:.3e} of max |cpu| {top:.3}");
+    assert!(rel <= frac, "{what}: max err {err} > {frac} of {top}");
+    rel
+}
+
+/// bf16 compute mode's tensor-core attention (bf16 GEMMs with f32 accumulation + the masked
+/// softmax kernels, src/cuda/ops/attention_tc.rs) against the CPU backend: odd T, left padding
+/// in batch 0 (two query rows that see no key), two packed segments in batch 1, GQA, MQA and
+/// MHA, with and without ALiBi and ChatGLM-6B's bidirectional prefix. q, k, v, dO and P are
+/// rounded to bf16 (2^-9 relative each) and the sums run over at most 13 keys and 16 dims, so
+/// out, dq, dk, dv stay within 2e-2 of each tensor's largest value (measured ~5e-3, printed).
+/// The saved buffer (lse [B,NH,T] with +inf for a row without keys, then O) matches the f32
+/// kernels' layout, and the gradients are overwritten, not accumulated. A second call allocates
+/// nothing new: the scores and bf16 operands are reused scratch.
+#[test]
+fn bf16_tensor_core_attention_matches_cpu_backend() {
+    use recipe::backend::Precision;
+    let Some(gpu) = emulated() else { return };
+    let tc = CudaBackend::on(gpu, "emulated".into())
+        .expect("backend on the emulated device")
+        .with_precision(Precision::Bf16);
+    let Some(gpu) = emulated() else { return };
+    let flash = CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device");
+    let cpu = CpuBackend;
+    let mut rng = Rng::new(11);
+    let (b, t, nh, hd) = (2usize, 13usize, 4usize, 16usize);
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 2)).collect();
+    let segment: Vec<i32> = (0..b * t)
+        .map(|i| if i < 2 { -1 } else { i32::from(i >= t + 6) })
+        .collect();
+    let slopes = recipe::cuda::twins::rope::alibi_slopes(nh);
+    let kpos: Vec<f32> = (0..b * t).map(|i| (i % t) as f32).collect();
+    let mut worst = 0f32;
+    for (nkv, alibi, prefix) in [
+        (2, false, false),
+        (2, true, false),
+        (2, false, true),
+        (1, true, true),
+        (4, true, false),
+    ] {
+        let dims = AttnDims { b, t, nh, nkv, hd };
+        let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
+        let (q, k, v, dout) = (
+            rng.normals(nq, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nq, 1.0),
+        );
+        let run = |be: &dyn Backend| {
+            let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+            let al = alibi.then(|| (be.upload(&slopes), be.upload(&kpos)));
+            let pre = prefix.then(|| be.upload_i32(&[7, 3]));
+            let mask = AttnMask {
+                valid: &vt,
+                segment: &st,
+                alibi: al.as_ref().map(|(s, p)| (s, p)),
+                alibi_relative: true,
+                window: None,
+                prefix: pre.as_ref(),
+            };
+            let up = |x: &[f32]| be.upload(x);
+            let (qt, kt, vt2, dt) = (up(&q), up(&k), up(&v), up(&dout));
+            let mut o = be.zeros(nq);
+            let mut saved = be.zeros(be.attention_saved_len(dims));
+            be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.25);
+            let (mut dq, mut dk, mut dv) =
+                (up(&vec![7.0; nq]), up(&vec![7.0; nk]), up(&vec![7.0; nk]));
+            be.attention_bwd(
+                &mut dq, &mut dk, &mut dv, &dt, &qt, &kt, &vt2, &saved, &mask, dims, 0.25,
+            );
+            [o, dq, dk, dv, saved].map(|t| be.download(&t))
+        };
+        let (c, g, f) = (run(&cpu), run(&tc), run(&flash));
+        let tag = format!("nkv {nkv} alibi {alibi} prefix {prefix}");
+        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            let e = close_of_max(&format!("bf16 attention {tag} {what}"), &g[i], &c[i], 2e-2);
+            worst = worst.max(e);
+        }
+        // Saved: lse [B,NH,T] as the f32 kernels (+inf exactly where they have it), then O.
+        let nl = b * nh * t;
+        for (i, (&x, &y)) in g[4][..nl].iter().zip(&f[4][..nl]).enumerate() {
+            assert!(
+                x == y || (x - y).abs() <= 2e-2 * y.abs().max(1.0),
+                "{tag} lse[{i}]: tensor cores {x}, flash kernel {y}"
+            );
+        }
+        assert_eq!(
+            g[4][..nl].iter().filter(|x| **x == f32::INFINITY).count(),
+            2 * nh,
+            "{tag}: the two padded query rows of batch 0 have lse +inf"
+        );
+        assert_eq!(&g[4][nl..], &g[0][..], "{tag}: saved O is the output");
+        let fresh = tc.pool_stats().fresh;
+        run(&tc);
+        assert_eq!(
+            tc.pool_stats().fresh,
+            fresh,
+            "{tag}: a repeated call allocated"
+        );
+    }
+    println!("bf16 tensor-core attention: worst error {worst:.3e} of max");
+}
+
 /// The whole model through `CudaBackend` on the emulated device against `CpuBackend`: a tiny
 /// LLaMA (GQA) and a tiny ChatGLM (fused QKV with bias, multi-query, interleaved RoPE), 10 steps
 /// each of LoRA (all linears, dropout 0.1, torch AdamW) and of QLoRA (NF4 + double quant base
