@@ -358,7 +358,10 @@ impl CudaBackend {
         dims: AttnDims,
         scale: f32,
     ) {
-        let (nq, nlse) = (dims.b * dims.t * dims.nh * dims.hd, dims.b * dims.nh * dims.t);
+        let (nq, nlse) = (
+            dims.b * dims.t * dims.nh * dims.hd,
+            dims.b * dims.nh * dims.t,
+        );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
         self.run("attention_tc_fwd", |g| {
             let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
@@ -384,7 +387,10 @@ impl CudaBackend {
         dims: AttnDims,
         scale: f32,
     ) {
-        let (nq, nlse) = (dims.b * dims.t * dims.nh * dims.hd, dims.b * dims.nh * dims.t);
+        let (nq, nlse) = (
+            dims.b * dims.t * dims.nh * dims.hd,
+            dims.b * dims.nh * dims.t,
+        );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
         self.run("attention_tc_bwd", |g| {
             let sd = saved.device();

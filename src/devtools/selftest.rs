@@ -218,9 +218,14 @@ fn kernel_checks(gpu: &Gpu, ck: &mut Checker, want: impl Fn(&str) -> bool) {
         ("cross_entropy f32", |g, c, r| ce_checks::<f32>(g, c, r)),
         ("cross_entropy bf16", |g, c, r| ce_checks::<bf16>(g, c, r)),
         ("lm_head_ce", |g, c, r| lm_head_ce_check(g, c, r)),
-        ("attention f32", |g, c, r| attention_checks::<f32>(g, c, r)),
+        ("attention f32", |g, c, r| {
+            attention_checks::<f32>(g, c, r, false)
+        }),
         ("attention bf16", |g, c, r| {
-            attention_checks::<bf16>(g, c, r)
+            attention_checks::<bf16>(g, c, r, false)
+        }),
+        ("attention tensor-core", |g, c, r| {
+            attention_checks::<bf16>(g, c, r, true)
         }),
         ("cublas", |g, c, r| blas_checks(g, c, r)),
         ("cublas batched", |g, c, r| blas_batched_check(g, c, r)),
@@ -1141,9 +1146,13 @@ fn lm_head_ce_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     Ok(())
 }
 
-fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+/// The flash-style kernels with T storage, or (`tc`) the tensor-core attention (bf16 GEMMs +
+/// masked softmax, f32 storage) on T-rounded inputs.
+fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: bool) -> Result<()> {
+    use ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
     use twins::attention::{attn_bwd, attn_fwd, AttnDims, AttnMasks};
-    let s = T::SUFFIX;
+    let s = if tc { "tc" } else { T::SUFFIX };
+    let mut sc = TcScratch::default();
     let t = tol::<T>((1e-4, 1e-3), (2e-2, 2e-2));
     let small = ck.small;
     for (batch, tt, hq, hkv, d, masked) in [
@@ -1201,16 +1210,26 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         );
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; batch * hq * tt]);
         attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
-        let (mut og, mut lseg) = (
-            gpu.alloc_zeros::<T>(q.len())?,
-            gpu.alloc_zeros::<f32>(lse.len())?,
-        );
-        ops::attention::attn_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
+        let mut lseg = gpu.alloc_zeros::<f32>(lse.len())?;
+        let got_o = if tc {
+            let (qf, kf, vf) = (
+                gpu.clone_htod(&q)?,
+                gpu.clone_htod(&k)?,
+                gpu.clone_htod(&v)?,
+            );
+            let mut og = gpu.alloc_zeros::<f32>(q.len())?;
+            attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
+            down(gpu, &og)?
+        } else {
+            let mut og = gpu.alloc_zeros::<T>(q.len())?;
+            ops::attention::attn_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
+            down(gpu, &og)?
+        };
         let name = format!(
             "b={batch} t={tt} hq={hq} hkv={hkv} d={d}{}",
             if masked { " masked+alibi" } else { "" }
         );
-        ck.check(&format!("attn_fwd_{s} {name} o"), &down(gpu, &og)?, &o, t);
+        ck.check(&format!("attn_fwd_{s} {name} o"), &got_o, &o, t);
         ck.check(
             &format!("attn_fwd_{s} {name} lse"),
             &down(gpu, &lseg)?,
@@ -1230,37 +1249,38 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         attn_bwd(
             &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o_r, &lse, &mk, &dm,
         );
-        let (mut dqg, mut dkg, mut dvg) = (
-            gpu.alloc_zeros::<T>(q.len())?,
-            gpu.alloc_zeros::<T>(k.len())?,
-            gpu.alloc_zeros::<T>(v.len())?,
-        );
-        let mut delta = gpu.alloc_zeros::<f32>(lse.len())?;
-        let od = up::<T>(gpu, &o_r)?;
         let lsed = gpu.clone_htod(&lse)?;
-        ops::attention::attn_bwd(
-            gpu, &mut dqg, &mut dkg, &mut dvg, &mut delta, &dod, &qd, &kd, &vd, &od, &lsed, &dmk,
-            &dm,
-        )?;
+        let [dqg, dkg, dvg] = if tc {
+            let (mut dqg, mut dkg, mut dvg) = (
+                gpu.alloc_zeros::<f32>(q.len())?,
+                gpu.alloc_zeros::<f32>(k.len())?,
+                gpu.alloc_zeros::<f32>(v.len())?,
+            );
+            let [qf, kf, vf, dof, of] = [&q, &k, &v, &dout, &o_r].map(|x| gpu.clone_htod(x));
+            let (qf, kf, vf, dof, of) = (qf?, kf?, vf?, dof?, of?);
+            attn_tc_bwd(
+                gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed, &dmk,
+                &dm,
+            )?;
+            [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]
+        } else {
+            let (mut dqg, mut dkg, mut dvg) = (
+                gpu.alloc_zeros::<T>(q.len())?,
+                gpu.alloc_zeros::<T>(k.len())?,
+                gpu.alloc_zeros::<T>(v.len())?,
+            );
+            let mut delta = gpu.alloc_zeros::<f32>(lse.len())?;
+            let od = up::<T>(gpu, &o_r)?;
+            ops::attention::attn_bwd(
+                gpu, &mut dqg, &mut dkg, &mut dvg, &mut delta, &dod, &qd, &kd, &vd, &od, &lsed,
+                &dmk, &dm,
+            )?;
+            [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]
+        };
         let tb = tol::<T>((2e-4, 2e-3), (3e-2, 3e-2));
-        ck.check(
-            &format!("attn_bwd_{s} {name} dq"),
-            &down(gpu, &dqg)?,
-            &dq,
-            tb,
-        );
-        ck.check(
-            &format!("attn_bwd_{s} {name} dk"),
-            &down(gpu, &dkg)?,
-            &dk,
-            tb,
-        );
-        ck.check(
-            &format!("attn_bwd_{s} {name} dv"),
-            &down(gpu, &dvg)?,
-            &dv,
-            tb,
-        );
+        ck.check(&format!("attn_bwd_{s} {name} dq"), &dqg, &dq, tb);
+        ck.check(&format!("attn_bwd_{s} {name} dk"), &dkg, &dk, tb);
+        ck.check(&format!("attn_bwd_{s} {name} dv"), &dvg, &dv, tb);
     }
     Ok(())
 }
