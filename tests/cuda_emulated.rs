@@ -761,9 +761,24 @@ fn qwen_long_context_matches_cpu() {
 /// one download), and, once the allocator is warm, allocates nothing from the driver.
 #[test]
 fn one_training_step_moves_only_the_batch() {
+    steps_move_only_the_batch(recipe::backend::Precision::F32);
+}
+
+/// The same in bf16 compute mode: tensor-core GEMMs and attention, their bf16 operands and
+/// scores in reused scratch.
+#[test]
+fn one_bf16_training_step_moves_only_the_batch() {
+    steps_move_only_the_batch(recipe::backend::Precision::Bf16);
+}
+
+fn steps_move_only_the_batch(precision: recipe::backend::Precision) {
     use recipe::model::{Batch, LoadOptions, Model};
     let Some(gpu) = emulated() else { return };
-    let cuda = Arc::new(CudaBackend::on(gpu, "emulated".into()).unwrap());
+    let cuda = Arc::new(
+        CudaBackend::on(gpu, "emulated".into())
+            .unwrap()
+            .with_precision(precision),
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
     let opts = LoadOptions {
         backend: Some(cuda.clone()),
