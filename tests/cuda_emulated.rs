@@ -628,7 +628,9 @@ fn lora_and_qlora_steps_match_cpu_in(precision: recipe::backend::Precision) {
                 // bf16 operands perturb each gradient by ~2^-9 of its inputs; AdamW turns the
                 // perturbed signs of near-zero entries into whole learning-rate steps, so the
                 // adapters (B starts at 0) differ by up to 0.31 of their largest value after 10
-                // steps (measured); in L2 by at most 7.6e-2.
+                // steps with f32 attention, in L2 by at most 7.6e-2 (measured); with the
+                // tensor-core attention (bf16 P and dS too) up to 1.06 (ChatGLM QLoRA), in L2 by
+                // at most 9.5e-2.
                 assert!(
                     r.l2_rel_adapter <= 1e-1,
                     "{family} {what}: adapter l2 {:.3e}",
