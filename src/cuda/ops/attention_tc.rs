@@ -127,7 +127,7 @@ impl Geo {
 
     /// [T, D] = alpha · (scores-like [T, T] of head h) · (kv-like head g) into the q-like head
     /// h = g·rep + r: O = P·V and dQ = scale·dS·K.
-    fn to_q(
+    fn onto_q(
         &self,
         gpu: &Gpu,
         out: &mut DevViewMut<f32>,
@@ -160,7 +160,7 @@ impl Geo {
 
     /// [T, D] (+)= alpha · (scores-like of head h)ᵀ · (q-like head h) into the kv-like head g,
     /// summed over r (beta 0 at r = 0): dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q.
-    fn to_kv(
+    fn onto_kv(
         &self,
         gpu: &Gpu,
         out: &mut DevViewMut<f32>,
@@ -264,7 +264,7 @@ pub fn attn_tc_fwd(
         unsafe { l.launch(grid1(rows * 32, 256)) }?;
         let mut ob = o.slice_mut(q0..);
         for r in 0..g.rep {
-            g.to_q(gpu, &mut ob, p, &vb, 1.0, r)?;
+            g.onto_q(gpu, &mut ob, p, &vb, 1.0, r)?;
         }
     }
     Ok(())
@@ -363,9 +363,9 @@ pub fn attn_tc_bwd(
         let (mut dqb, mut dkb, mut dvb) =
             (dq.slice_mut(q0..), dk.slice_mut(k0..), dv.slice_mut(k0..));
         for r in 0..g.rep {
-            g.to_kv(gpu, &mut dvb, p, &dob, 1.0, r)?;
-            g.to_kv(gpu, &mut dkb, ds, &qb, dm.scale, r)?;
-            g.to_q(gpu, &mut dqb, ds, &kb, dm.scale, r)?;
+            g.onto_kv(gpu, &mut dvb, p, &dob, 1.0, r)?;
+            g.onto_kv(gpu, &mut dkb, ds, &qb, dm.scale, r)?;
+            g.onto_q(gpu, &mut dqb, ds, &kb, dm.scale, r)?;
         }
     }
     Ok(())
