@@ -274,7 +274,7 @@ fn train_check(device_ordinal: usize, ck: &mut Checker) {
 /// `tests/cuda_emulated.rs` does on the emulated device: LLaMA and ChatGLM with 10 LoRA steps and
 /// 10 QLoRA steps (NF4 + double quant, 8-bit AdamW, checkpointing), every other family 3 LoRA
 /// steps, in f32; LLaMA and ChatGLM again in bf16 compute. Losses within 1e-2 relative, adapters
-/// within 2e-2 of each tensor's largest value (f32) or 0.1 in L2 (bf16).
+/// within 2e-2 of each tensor's largest value (f32) or 0.15 in L2 (bf16).
 fn model_checks(device_ordinal: usize, ck: &mut Checker) {
     use super::train_check::{compare, Run, OTHER_FAMILIES};
     let root = std::path::Path::new("tests/fixtures");
@@ -314,7 +314,7 @@ fn model_checks(device_ordinal: usize, ck: &mut Checker) {
                 r.max_rel_loss <= 1e-2
                     && match precision {
                         Precision::F32 => r.max_rel_adapter <= 2e-2,
-                        Precision::Bf16 => r.l2_rel_adapter <= 1e-1,
+                        Precision::Bf16 => r.l2_rel_adapter <= 1.5e-1,
                     },
                 &format!(
                     "loss {:.2e} adapter {:.2e} (l2 {:.2e})",
