@@ -41,12 +41,9 @@ extern "C" __global__ void scale_by_f32(float* y, const float* s, i64 n) {
     if (i < n) y[i] *= s[0];
 }
 
-// out = (float)w for 16-bit values: bf16 (kind 0: the high half of an f32) or IEEE f16
-// (kind 1, subnormals included). Exact: every 16-bit value is an f32.
-extern "C" __global__ void widen16_f32(float* out, const u16* w, i32 kind, i64 n) {
-    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    unsigned b = w[i];
+// (float)b for a 16-bit value: bf16 (kind 0: the high half of an f32) or IEEE f16 (kind 1,
+// subnormals included). Exact: every 16-bit value is an f32.
+__device__ __forceinline__ float widen16_one(unsigned b, i32 kind) {
     unsigned bits;
     if (kind == 0) {
         bits = b << 16;
@@ -65,7 +62,26 @@ extern "C" __global__ void widen16_f32(float* out, const u16* w, i32 kind, i64 n
             bits = sign | ((unsigned)(113 - s) << 23) | ((m & 0x3ffu) << 13);
         }
     }
-    out[i] = __uint_as_float(bits);
+    return __uint_as_float(bits);
+}
+
+// out = (float)w for 16-bit values (see widen16_one).
+extern "C" __global__ void widen16_f32(float* out, const u16* w, i32 kind, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = widen16_one(w[i], kind);
+}
+
+// out = bf16(w) for 16-bit values: bf16 bits copied, f16 rounded to nearest even (the
+// tensor-core operand of a 16-bit frozen weight).
+extern "C" __global__ void widen16_bf16(bf16* out, const u16* w, i32 kind, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) st(out, i, widen16_one(w[i], kind));
+}
+
+// out = bf16(x), round to nearest even (tensor-core operands of the bf16 compute mode).
+extern "C" __global__ void narrow_bf16(bf16* out, const float* x, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) st(out, i, x[i]);
 }
 
 // y = v

@@ -98,13 +98,17 @@ pub struct ModelArgs {
     /// auto, cpu, cuda or cuda:N (auto: CUDA when a driver and GPU are present, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// What matrix products compute in on CUDA: auto (bf16), bf16 (tensor cores, f32
+    /// accumulation) or f32. The CPU computes in f32.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub dtype: String,
 }
 
 impl ModelArgs {
     /// Opens the session on `--device` (resolved first, so a bad device fails before loading),
     /// printing which device runs to stderr.
     pub fn open(&self, template: &str) -> Result<Session> {
-        let (backend, line) = crate::backend::backend_for_spec(&self.device)?;
+        let (backend, line) = crate::backend::backend_for_spec(&self.device, &self.dtype)?;
         eprintln!("{line}");
         Session::open_on(
             backend,

@@ -11,9 +11,13 @@
 //! are held as stored: bitsandbytes 4-bit (packed + absmax + code) and 16-bit checkpoints as
 //! their u16 values; each such matmul widens W into one shared f32 scratch, then one GEMM.
 //!
-//! Precision: f32 activations and arithmetic (the `_f32` kernels, cuBLAS `sgemm` without TF32),
-//! so results track the CPU within f32 reassociation error. bf16 activations and tensor-core
-//! GEMMs are not wired in yet.
+//! Precision ([`Precision`], the steps' `dtype`): activations, norms, softmax, loss and optimizer
+//! state are f32 (the `_f32` kernels). Matrix products are either f32 (`sgemm` without TF32,
+//! tracking the CPU within f32 reassociation error) or, in bf16 mode (the default on a GPU), bf16
+//! tensor-core GEMMs with f32 accumulation and f32 output: both operands are narrowed into two
+//! reused bf16 scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted,
+//! straight into its bf16 operand), as torch autocast computes. Attention still runs in the f32
+//! kernels; activations are stored f32 (2x the memory of bf16 activations).
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
 //! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
@@ -30,8 +34,8 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use super::cpu::CpuBackend;
 use super::{
-    Adam8State, AttnDims, AttnMask, Backend, QuantWeight, RopeFreqs, RopeKind, RopeTables, Strided,
-    Tensor,
+    Adam8State, AttnDims, AttnMask, Backend, Precision, QuantWeight, RopeFreqs, RopeKind,
+    RopeTables, Strided, Tensor,
 };
 use crate::cuda::error::Result;
 use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
@@ -41,7 +45,7 @@ use crate::cuda::ops::act::{
 };
 use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
-use crate::cuda::ops::blas::{matmul_f32, MatMul};
+use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
@@ -54,7 +58,8 @@ use crate::cuda::twins::attention::AttnDims as KDims;
 use crate::cuda::twins::attention::CachedDims;
 use crate::cuda::twins::rope::RopeLayout;
 use crate::cuda::AsDevView;
-use crate::cuda::Gpu;
+use crate::cuda::{DevBuf, Gpu};
+use half::bf16;
 
 /// Largest head dim the attention kernels take (static shared tiles).
 const ATTN_DMAX: usize = 128;
@@ -73,6 +78,11 @@ pub struct CudaBackend {
     bnb_tables: std::sync::OnceLock<BnbTables>,
     /// The memory plan's peak for the running step, bytes (0: none given).
     planned_peak: std::sync::atomic::AtomicU64,
+    /// What matrix products compute in ([`CudaBackend::with_precision`]).
+    precision: Precision,
+    /// bf16 mode: the two tensor-core operands of the current product (A, B), each one buffer
+    /// grown to the largest operand and reused.
+    bf16_scratch: Mutex<[Option<DevBuf<bf16>>; 2]>,
 }
 
 impl CudaBackend {
@@ -110,6 +120,53 @@ impl CudaBackend {
             dequant_scratch: Mutex::new(None),
             bnb_tables: std::sync::OnceLock::new(),
             planned_peak: std::sync::atomic::AtomicU64::new(0),
+            precision: Precision::F32,
+            bf16_scratch: Mutex::new([None, None]),
+        })
+    }
+
+    /// The same backend computing matrix products in `p` (f32 when opened).
+    pub fn with_precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// bf16 mode: C[m,n] = beta·C + op(A)·op(B) with A given as f32 (narrowed into scratch 0) and
+    /// B produced in bf16 into scratch 1 by `fill_b` (narrowed, dequantized or converted), then one
+    /// tensor-core GEMM with f32 accumulation into the f32 C.
+    fn gemm_bf16(
+        &self,
+        c: &mut Tensor,
+        a: &Tensor,
+        mm: &MatMul,
+        fill_b: impl FnOnce(&Gpu, &mut DevBuf<bf16>) -> Result<()>,
+    ) {
+        let (na, nb) = (mm.m * mm.k, mm.k * mm.n);
+        let mut slots = self.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        self.run("matmul_bf16", |g| {
+            for (slot, n) in slots.iter_mut().zip([na, nb]) {
+                if slot.as_ref().is_none_or(|b| b.len() < n) {
+                    *slot = None; // give the old block back before taking a larger one
+                    *slot = Some(g.alloc_zeros::<bf16>(n.max(1))?);
+                }
+            }
+            let [sa, sb] = &mut *slots;
+            let (sa, sb) = (sa.as_mut().expect("ensured"), sb.as_mut().expect("ensured"));
+            tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
+            fill_b(g, sb)?;
+            matmul_bf16_f32(
+                g,
+                &mut c.device_mut().slice_mut(..mm.m * mm.n),
+                &sa.slice(..na),
+                &sb.slice(..nb),
+                mm,
+                1,
+                (0, 0, 0),
+            )
         })
     }
 
@@ -422,6 +479,12 @@ impl Backend for CudaBackend {
             alpha: 1.0,
             beta,
         };
+        if self.precision == Precision::Bf16 {
+            return self.gemm_bf16(c, a, &mm, |g, sb| {
+                let nb = k * n;
+                tk::narrow_bf16(g, &mut sb.slice_mut(..nb), &b.device().slice(..nb))
+            });
+        }
         self.run("matmul", |g| {
             matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm)
         })
@@ -481,6 +544,36 @@ impl Backend for CudaBackend {
                 })
             }
         };
+        // forward y[n,dout] = x·Wᵀ; backward dx[n,din] += dy·W
+        let mm = if backward {
+            MatMul {
+                m: n,
+                n: din,
+                k: dout,
+                trans_a: false,
+                trans_b: false,
+                alpha: 1.0,
+                beta: 1.0,
+            }
+        } else {
+            MatMul::linear(n, dout, din)
+        };
+        if n == 0 {
+            return;
+        }
+        if self.precision == Precision::Bf16 {
+            // W straight into the bf16 operand: dequantized (4-bit) or converted (16-bit).
+            return self.gemm_bf16(y, x, &mm, |g, sb| match w {
+                QuantWeight::Device4(q) => dequant_4bit::<bf16>(g, sb, q),
+                QuantWeight::Device16 { bits, bf16, .. } => tk::widen16::<bf16>(
+                    g,
+                    &mut sb.slice_mut(..bits.len()),
+                    &bits.device().slice(..bits.len()),
+                    *bf16,
+                ),
+                QuantWeight::Host(_) => unreachable!("a host weight is multiplied on the host"),
+            });
+        }
         let mut slot = self
             .dequant_scratch
             .lock()
@@ -490,11 +583,9 @@ impl Backend for CudaBackend {
         }
         let wd = slot.as_mut().expect("scratch just ensured");
         self.widen(wd, w);
-        if backward {
-            self.matmul(y, x, wd, n, din, dout, false, false, 1.0)
-        } else {
-            self.matmul(y, x, wd, n, dout, din, false, true, 0.0)
-        }
+        self.run("quant_matmul", |g| {
+            matmul_f32(g, y.device_mut(), x.device(), wd.device(), &mm)
+        })
     }
 
     fn rmsnorm_fwd(

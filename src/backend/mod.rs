@@ -25,31 +25,42 @@ use std::sync::Arc;
 
 /// The backend for a resolved device: the CPU, or GPU `n` (an error naming the device when it
 /// cannot be opened: no driver, no such GPU, no NVRTC / headers / cuBLAS).
-pub fn backend_for(device: Device) -> anyhow::Result<Arc<dyn Backend>> {
+pub fn backend_for(device: Device, dtype: &str) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match device {
         Device::Cpu => Arc::new(CpuBackend),
-        Device::Cuda(n) => Arc::new(CudaBackend::new(n)?),
+        Device::Cuda(n) => Arc::new(CudaBackend::new(n)?.with_precision(cuda_precision(dtype)?)),
     })
+}
+
+/// The CUDA precision for a `dtype` value (`auto` is bf16 there).
+fn cuda_precision(dtype: &str) -> anyhow::Result<Precision> {
+    Precision::parse(dtype, true)
+        .ok_or_else(|| anyhow::anyhow!("dtype `{dtype}`: expected one of {}", DTYPES.join(", ")))
 }
 
 /// Parses and resolves `auto|cpu|cuda|cuda:N` against this machine and opens its backend.
 /// Returns the backend and one line for the log saying which device runs and why (the
 /// `DeviceRequest::resolve` line). An explicit `cuda[:N]` that cannot be honoured is an error
 /// naming the device; `auto` falls back to the CPU when there is no driver or GPU, and also when
-/// a GPU is present but cannot be used (the line says why).
-pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+/// a GPU is present but cannot be used (the line says why). `dtype` (`auto|bf16|f32`) sets what
+/// CUDA computes products in (the line says which); the CPU always computes in f32.
+pub fn backend_for_spec(spec: &str, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let (DeviceRequest::Exact(Device::Cuda(n)), Ok(v)) = (req, std::env::var(EMULATED_CUDA_HOOK))
     {
         if !v.is_empty() {
-            return emulated_cuda(n);
+            return emulated_cuda(n, dtype);
         }
     }
     let (device, line) = req
         .resolve()
         .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
-    match (req, backend_for(device)) {
-        (_, Ok(be)) => Ok((be, line)),
+    match (req, backend_for(device, dtype)) {
+        (_, Ok(be)) if device == Device::Cpu => Ok((be, line)),
+        (_, Ok(be)) => Ok((
+            be,
+            format!("{line}, {}", precision_words(cuda_precision(dtype)?)),
+        )),
         (DeviceRequest::Auto, Err(e)) => Ok((
             Arc::new(CpuBackend),
             format!("device: cpu (auto; {device} was found but cannot be used: {e:#})"),
@@ -64,15 +75,26 @@ pub fn backend_for_spec(spec: &str) -> anyhow::Result<(Arc<dyn Backend>, String)
 /// emulated device is slow.
 pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
 
-fn emulated_cuda(n: usize) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+fn emulated_cuda(n: usize, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let precision = cuda_precision(dtype)?;
     let gpu = crate::cuda::Gpu::emulated(None)
         .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
     let label = format!("cuda:{n} emulated");
-    let be = CudaBackend::on(gpu, label.clone())?;
+    let be = CudaBackend::on(gpu, label.clone())?.with_precision(precision);
     Ok((
         Arc::new(be),
-        format!("device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host)"),
+        format!(
+            "device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host), {}",
+            precision_words(precision)
+        ),
     ))
+}
+
+fn precision_words(p: Precision) -> &'static str {
+    match p {
+        Precision::Bf16 => "bf16 tensor-core products (dtype = \"f32\" for f32)",
+        Precision::F32 => "f32 products",
+    }
 }
 
 /// The device a step uses: its own `device` key, or the run's `--device` when the key is
@@ -182,6 +204,37 @@ pub struct Adam8State {
     pub absmax_m: Tensor,
     pub absmax_v: Tensor,
 }
+
+/// What a backend computes matrix products in (the `dtype` key of the train, evaluate and
+/// generate steps; `--dtype` of `recipe generate` / `chat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and accumulation (the CPU reference; CUDA `sgemm` without TF32).
+    #[default]
+    F32,
+    /// bf16 operands on tensor cores, f32 accumulation and f32 results (CUDA only): as a
+    /// torch autocast run, activations, norms, softmax, loss and the optimizer stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `bf16` or `f32`; anything else is None.
+    pub fn parse(s: &str, cuda: bool) -> Option<Precision> {
+        match s {
+            "auto" | "" => Some(if cuda {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            }),
+            "bf16" => Some(Precision::Bf16),
+            "f32" => Some(Precision::F32),
+            _ => None,
+        }
+    }
+}
+
+/// The `dtype` values, for key checks and errors.
+pub const DTYPES: &[&str] = &["auto", "bf16", "f32"];
 
 /// A frozen quantized weight owned by a backend ([`Backend::upload_quant`]).
 pub enum QuantWeight {
@@ -589,9 +642,9 @@ mod tests {
     /// resolve line; `cuda` is one error naming the device; bad text names the accepted forms.
     #[test]
     fn device_specs_without_a_driver() {
-        let (_, line) = backend_for_spec("cpu").unwrap();
+        let (_, line) = backend_for_spec("cpu", "auto").unwrap();
         assert_eq!(line, "device: cpu (requested)");
-        let e = backend_for_spec("tpu").err().unwrap();
+        let e = backend_for_spec("tpu", "auto").err().unwrap();
         assert_eq!(
             e.to_string(),
             "invalid device 'tpu': expected auto, cpu, cuda or cuda:N (N = GPU index, e.g. cuda:0)"
@@ -599,12 +652,12 @@ mod tests {
         if crate::cuda::device::driver_present() {
             return;
         }
-        let (_, line) = backend_for_spec("auto").unwrap();
+        let (_, line) = backend_for_spec("auto", "auto").unwrap();
         assert_eq!(
             line,
             "device: cpu (auto; no CUDA driver found (libcuda.so is not loadable on this machine))"
         );
-        let e = backend_for_spec("cuda:1").err().unwrap();
+        let e = backend_for_spec("cuda:1", "auto").err().unwrap();
         assert_eq!(
             e.to_string(),
             "device cuda:1: no CUDA driver found (libcuda.so is not loadable on this machine)"

@@ -161,6 +161,8 @@ pub const TENSOR: KernelFile = KernelFile {
         "scale_f32",
         "scale_by_f32",
         "widen16_f32",
+        "widen16_bf16",
+        "narrow_bf16",
         "fill_f32",
         "argmax_hits_f32",
         "sum_acc_f32",

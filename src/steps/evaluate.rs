@@ -35,6 +35,7 @@ pub struct EvaluateParams {
     pub max_new_tokens: usize,
     pub do_sample: bool,
     pub device: String,
+    pub dtype: String,
 }
 
 pub static METRICS: &[&str] = &[
@@ -96,6 +97,12 @@ static PARAMS: &[ParamSpec] = &[
         "sample instead of greedy decoding",
     ),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
+    def(
+        "dtype",
+        Ty::Enum(crate::backend::DTYPES),
+        "\"auto\"",
+        "what matrix products compute in on CUDA: auto (bf16 on a GPU), bf16 (tensor cores, f32 accumulation) or f32; the CPU computes in f32",
+    ),
 ];
 
 impl Kind for Evaluate {
@@ -139,7 +146,7 @@ impl Kind for Evaluate {
     /// base's under "base"), `predictions.jsonl` (generation metrics) and, with
     /// `compare_base`, `comparison.txt` (the before/after table).
     fn run(&self, p: &EvaluateParams, ctx: &RunCtx) -> anyhow::Result<()> {
-        let backend = ctx.backend(&p.device)?;
+        let backend = ctx.backend(&p.device, &p.dtype)?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
         let metrics = &p.metrics;
         let want = |m: &str| metrics.iter().any(|x| x == m);

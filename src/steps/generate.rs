@@ -31,6 +31,7 @@ pub struct GenerateParams {
     pub num_return_sequences: i64,
     pub seed: u64,
     pub device: String,
+    pub dtype: String,
 }
 
 static PARAMS: &[ParamSpec] = &[
@@ -95,6 +96,12 @@ static PARAMS: &[ParamSpec] = &[
     ),
     def("seed", Ty::Int, "42", "sampling seed"),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
+    def(
+        "dtype",
+        Ty::Enum(crate::backend::DTYPES),
+        "\"auto\"",
+        "what matrix products compute in on CUDA: auto (bf16 on a GPU), bf16 (tensor cores, f32 accumulation) or f32; the CPU computes in f32",
+    ),
 ];
 
 impl Kind for Generate {
@@ -120,7 +127,7 @@ impl Kind for Generate {
     }
     /// Writes `generations.jsonl`: one {prompt, generation, tokens, finish} per continuation.
     fn run(&self, p: &GenerateParams, ctx: &RunCtx) -> anyhow::Result<()> {
-        let backend = ctx.backend(&p.device)?;
+        let backend = ctx.backend(&p.device, &p.dtype)?;
         let dirs = io::model_dirs(ctx.input("model")?)?;
         let adapter = ctx.opt_input("adapter").map(|a| a.dir.clone());
         // Prompts: the user messages rendered with `template`, or a template step's test split.

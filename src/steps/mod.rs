@@ -184,13 +184,15 @@ impl RunCtx<'_> {
         self.progress.bar(self.id, len, msg)
     }
     /// The backend for the step's `device` key (or the run's `--device` when the key is
-    /// `auto`); logs which device runs and why. `cuda` without a usable GPU is an error.
+    /// `auto`) computing products in `dtype`; logs which device runs and why. `cuda` without a
+    /// usable GPU is an error.
     pub fn backend(
         &self,
         key: &str,
+        dtype: &str,
     ) -> anyhow::Result<std::sync::Arc<dyn crate::backend::Backend>> {
         let spec = crate::backend::step_device(key, self.device);
-        let (be, line) = crate::backend::backend_for_spec(spec)?;
+        let (be, line) = crate::backend::backend_for_spec(spec, dtype)?;
         self.info(line);
         if let Some(bytes) = self.planned_peak {
             be.set_planned_peak(bytes);

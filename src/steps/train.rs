@@ -54,6 +54,7 @@ pub struct TrainParams {
     pub save_steps: usize,
     pub save_total_limit: Option<usize>,
     pub device: String,
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -249,6 +250,12 @@ static PARAMS: &[ParamSpec] = &[
         "keep only the newest N checkpoints",
     ),
     def("device", Ty::Str, "\"auto\"", "auto, cpu, cuda or cuda:N"),
+    def(
+        "dtype",
+        Ty::Enum(crate::backend::DTYPES),
+        "\"auto\"",
+        "what matrix products compute in on CUDA: auto (bf16 on a GPU), bf16 (tensor cores, f32 accumulation) or f32; the CPU computes in f32",
+    ),
 ];
 
 impl Kind for Train {
@@ -366,7 +373,7 @@ impl Kind for Train {
 }
 
 fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
-    let backend = ctx.backend(&p.device)?;
+    let backend = ctx.backend(&p.device, &p.dtype)?;
     let minput = ctx.input("model")?;
     let dirs = io::model_dirs(minput)?;
     // Weights go to the step's device once, here (a 4-bit base stays 4-bit there).

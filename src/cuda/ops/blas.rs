@@ -187,19 +187,87 @@ pub fn matmul_f32(
     Ok(())
 }
 
+/// Tensor-core GEMM with f32 output: C (f32) = alpha·op(A_i)·op(B_i) + beta·C_i for `batch`
+/// problems at element strides (stride_a, stride_b, stride_c), A and B bf16, f32 accumulation
+/// (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F). What the CUDA backend's bf16 compute mode
+/// runs for every dense, frozen-weight and attention product; `batch` 1 is a plain GEMM.
+pub fn matmul_bf16_f32(
+    gpu: &Gpu,
+    c: &mut DevViewMut<f32>,
+    a: &DevView<bf16>,
+    b: &DevView<bf16>,
+    mm: &MatMul,
+    batch: usize,
+    strides: (usize, usize, usize),
+) -> Result<()> {
+    use cudarc::cublas::{result, sys};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    const OP: &str = "matmul_bf16_f32";
+    if batch == 0 || mm.m == 0 || mm.n == 0 {
+        return Ok(());
+    }
+    let (sa, sb, sc) = strides;
+    need(OP, "a", a.len(), (batch - 1) * sa + mm.m * mm.k)?;
+    need(OP, "b", b.len(), (batch - 1) * sb + mm.k * mm.n)?;
+    need(OP, "c", c.len(), (batch - 1) * sc + mm.m * mm.n)?;
+    let g = config(mm, mm.alpha, mm.beta)?;
+    match (&a.0, &b.0, &mut c.0) {
+        (ViewRepr::Real(av), ViewRepr::Real(bv), ViewMutRepr::Real(cv)) => {
+            let blas = gpu.blas()?;
+            let stream = &gpu.real()?.stream;
+            let (pa, _ra) = av.device_ptr(stream);
+            let (pb, _rb) = bv.device_ptr(stream);
+            let (pc, _rc) = cv.device_ptr_mut(stream);
+            let bf = sys::cudaDataType_t::CUDA_R_16BF;
+            // SAFETY: the last problem of each operand ends inside its view (checked above);
+            // operands and strides swapped for the row-major trick; alpha/beta are host f32 as
+            // CUBLAS_COMPUTE_32F expects; all views live on blas's stream.
+            unsafe {
+                result::gemm_strided_batched_ex(
+                    *blas.handle(),
+                    g.transa,
+                    g.transb,
+                    g.m,
+                    g.n,
+                    g.k,
+                    (&g.alpha) as *const f32 as *const _,
+                    pb as *const _,
+                    bf,
+                    g.lda,
+                    sb as i64,
+                    pa as *const _,
+                    bf,
+                    g.ldb,
+                    sa as i64,
+                    (&g.beta) as *const f32 as *const _,
+                    pc as *mut _,
+                    sys::cudaDataType_t::CUDA_R_32F,
+                    g.ldc,
+                    sc as i64,
+                    i(batch)?,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }?;
+        }
+        _ => emu_gemm(OP, &g, batch, (sb, sa, sc), b, a, c)?,
+    }
+    Ok(())
+}
+
 /// The emulated device's cuBLAS: a column-major reference GEMM taking exactly the cuBLAS call's
 /// parameters (transposes, m/n/k, leading dimensions, batch strides), accumulating in f32 and
 /// rounding C once, like gemmEx with CUBLAS_COMPUTE_32F. Leading dimensions smaller than cuBLAS
 /// allows, or an operand reaching past its buffer, are errors (a real GPU would fault or refuse).
 /// As in cuBLAS, C is not read when beta is 0.
-fn emu_gemm<T: Elem>(
+fn emu_gemm<S: Elem, T: Elem, U: Elem>(
     op: &'static str,
-    g: &GemmConfig<T>,
+    g: &GemmConfig<S>,
     batch: usize,
     (sa, sb, sc): (usize, usize, usize),
     a: &DevView<T>,
     b: &DevView<T>,
-    c: &mut DevViewMut<T>,
+    c: &mut DevViewMut<U>,
 ) -> Result<()> {
     let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
     let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
@@ -264,7 +332,7 @@ fn emu_gemm<T: Elem>(
                 } else {
                     beta * c[ci].to_f32()
                 };
-                c[ci] = T::from_f32(alpha * acc + old);
+                c[ci] = U::from_f32(alpha * acc + old);
             }
         }
     }

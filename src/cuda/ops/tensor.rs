@@ -1,11 +1,12 @@
 //! Launchers for kernels/tensor.cu: strided 2-D copy, bias add and its column sum, scale, fill,
-//! the argmax hit count and the deterministic sum into a device scalar. f32 storage; every
+//! the argmax hit count, the deterministic sum into a device scalar, and the 16-bit conversions
+//! (16-bit weights widened, f32 narrowed to bf16 tensor-core operands). f32 storage; every
 //! buffer argument is a [`DevBuf`](crate::cuda::DevBuf) or a view of one.
 
 use cudarc::driver::LaunchConfig;
 
 use super::optim::one_block_reduce;
-use super::{dim, grid1, need, per_row};
+use super::{dim, grid1, kname, need, per_row, Elem};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::TENSOR;
 use crate::cuda::mem::{AsDevView, AsDevViewMut};
@@ -157,25 +158,48 @@ pub fn scale_by(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: &impl AsDevView<f3
     Ok(())
 }
 
-/// out[..w.len()] = w widened to f32 (`bf16`: bfloat16 bits, else IEEE f16); exact.
-pub fn widen16(
+/// out[..w.len()] = w as f32 (exact) or bf16 (f16 rounded to nearest even; bf16 bits copied);
+/// `bf16`: w holds bfloat16 bits, else IEEE f16.
+pub fn widen16<T: Elem>(
     gpu: &Gpu,
-    out: &mut impl AsDevViewMut<f32>,
+    out: &mut impl AsDevViewMut<T>,
     w: &impl AsDevView<u16>,
     bf16: bool,
 ) -> Result<()> {
-    const OP: &str = "widen16_f32";
+    let op = kname::<T>("widen16");
     let (mut ov, wv) = (out.dev_view_mut(), w.dev_view());
     let n = wv.len();
+    need("widen16", "out", ov.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&TENSOR, &op)?;
+    let (kind, n64) = (if bf16 { 0i32 } else { 1 }, n as i64);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut ov).arg(&wv).arg(&kind).arg(&n64);
+    // SAFETY: one thread per element of w (n), out holds at least n (checked).
+    unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// out[..n] = bf16(x) (round to nearest even) for the n = x.len() values of x.
+pub fn narrow_bf16(
+    gpu: &Gpu,
+    out: &mut impl AsDevViewMut<half::bf16>,
+    x: &impl AsDevView<f32>,
+) -> Result<()> {
+    const OP: &str = "narrow_bf16";
+    let (mut ov, xv) = (out.dev_view_mut(), x.dev_view());
+    let n = xv.len();
     need(OP, "out", ov.len(), n)?;
     if n == 0 {
         return Ok(());
     }
     let f = gpu.function(&TENSOR, OP)?;
-    let (kind, n64) = (if bf16 { 0i32 } else { 1 }, n as i64);
+    let n64 = n as i64;
     let mut b = gpu.launch_builder(&f);
-    b.arg(&mut ov).arg(&wv).arg(&kind).arg(&n64);
-    // SAFETY: one thread per element of w (n), out holds at least n (checked).
+    b.arg(&mut ov).arg(&xv).arg(&n64);
+    // SAFETY: one thread per element of x (n), out holds at least n (checked).
     unsafe { b.launch(grid1(n, 256)) }?;
     Ok(())
 }
