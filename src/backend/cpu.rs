@@ -1557,6 +1557,17 @@ mod tests {
         }
     }
 
+    /// `n` rows of `d` values of ~0.5 with one massive activation (150 + row, at dim 7), as
+    /// pretrained LLMs' outlier dims.
+    fn outlier_rows(n: usize, d: usize) -> Vec<f32> {
+        (0..n * d)
+            .map(|k| match k % d {
+                7 => 150.0 + (k / d) as f32,
+                j => (((k * 7919 + j) as f32) * 0.618).sin() * 0.7,
+            })
+            .collect()
+    }
+
     /// RMSNorm of rows with one massive activation (150, as pretrained LLMs' outlier dims) among
     /// 575 values of ~0.5: rstd within 1.5e-7 of f64 (measured 8.7e-8, the f32 rounding of
     /// sqrt and 1/x). The f32 running sum of squares it replaced was off by 7.6e-7 (asserted
@@ -1565,12 +1576,7 @@ mod tests {
     #[test]
     fn rmsnorm_sum_of_squares_is_accurate_with_an_outlier() {
         let (n, d) = (16usize, 576usize);
-        let x: Vec<f32> = (0..n * d)
-            .map(|k| match k % d {
-                7 => 150.0 + (k / d) as f32,
-                j => (((k * 7919 + j) as f32) * 0.618).sin() * 0.7,
-            })
-            .collect();
+        let x = outlier_rows(n, d);
         let w = vec![1.0f32; d];
         let (mut y, mut rstd) = (vec![0.0; n * d], vec![0.0; n]);
         CpuBackend.rmsnorm_fwd(&mut y, &mut rstd, &x, &w, n, d, 1e-5);
@@ -1594,12 +1600,7 @@ mod tests {
     #[test]
     fn layernorm_statistics_are_accurate_with_an_outlier() {
         let (n, d) = (16usize, 576usize);
-        let x: Vec<f32> = (0..n * d)
-            .map(|k| match k % d {
-                7 => 150.0 + (k / d) as f32,
-                j => (((k * 7919 + j) as f32) * 0.618).sin() * 0.7,
-            })
-            .collect();
+        let x = outlier_rows(n, d);
         let w: Vec<f32> = (0..d)
             .map(|j| 1.0 + (j as f32 * 0.37).cos() * 0.1)
             .collect();
