@@ -1,6 +1,6 @@
 // attention.cu: causal flash-style attention forward/backward (online softmax; no T x T matrix is
-// ever stored). f32 math on CUDA cores; T storage f32 or bf16. A first, correct version: the
-// tensor-core version is future work (see src/cuda/bench.rs).
+// ever stored). f32 math on CUDA cores; T storage f32 or bf16. The tensor-core attention (cuBLAS
+// GEMMs, src/cuda/ops/attention_tc.rs) uses the attn_tc_* kernels below for its softmax.
 //
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // GQA/MQA: query head h reads kv head h / (Hq/Hkv) (consecutive heads share a group).
@@ -276,6 +276,63 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     }
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)
+
+// Tensor-core attention (src/cuda/ops/attention_tc.rs): the products run as cuBLAS GEMMs on the
+// scores of one batch row b at a time, s [hq, t, t] f32 = scale·q·kᵀ; these kernels are its
+// elementwise part, with the masks, ALiBi and lse of the kernels above. One warp per (h, i) row.
+// Forward: lse_i = log Σ_j exp(s_ij + slope_h (j - i)) over visible j (+inf if none);
+//          p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys, 0 elsewhere (bf16, the
+//          next GEMM's operand). lse is [B, hq, t] as attn_fwd's.
+extern "C" __global__ void attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask,
+                                               const i32* seg, const i32* prefix,
+                                               const float* slopes, i32 b, i32 t, i32 hq) {
+    int lane = threadIdx.x & 31;
+    i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
+    if (row >= (i64)hq * t) return;
+    i32 h = row / t, i = row % t;
+    float slope = slopes ? slopes[h] : 0.f;
+    const float* sr = s + row * t;
+    float m = -RECIPE_INF;
+    for (i32 j = lane; j < t; j += 32)
+        if (visible(i, j, b, t, kmask, seg, prefix)) m = fmaxf(m, sr[j] + slope * (float)(j - i));
+    m = warp_max(m);
+    float l = 0.f;
+    if (m != -RECIPE_INF)
+        for (i32 j = lane; j < t; j += 32)
+            if (visible(i, j, b, t, kmask, seg, prefix))
+                l += __expf(sr[j] + slope * (float)(j - i) - m);
+    l = warp_sum(l);
+    float ls = l > 0.f ? m + __logf(l) : RECIPE_INF;
+    for (i32 j = lane; j < t; j += 32) {
+        bool ok = l > 0.f && visible(i, j, b, t, kmask, seg, prefix);
+        st(p, row * t + j, ok ? __expf(sr[j] + slope * (float)(j - i) - ls) : 0.f);
+    }
+    if (lane == 0) lse[((i64)b * hq + h) * t + i] = ls;
+}
+
+// Backward: with s recomputed by the same GEMM and dp [hq, t, t] = do·vᵀ,
+// p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys (0 elsewhere and for lse = +inf),
+// ds_ij = p_ij (dp_ij - delta_i) (delta as attn_bwd_delta); both bf16 for the GEMMs
+// dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q.
+extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s, const float* dp,
+                                              const float* lse, const float* delta,
+                                              const u8* kmask, const i32* seg, const i32* prefix,
+                                              const float* slopes, i32 b, i32 t, i32 hq) {
+    int lane = threadIdx.x & 31;
+    i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
+    if (row >= (i64)hq * t) return;
+    i32 h = row / t, i = row % t;
+    float slope = slopes ? slopes[h] : 0.f;
+    i64 li = ((i64)b * hq + h) * t + i;
+    float ls = lse[li], de = delta[li];
+    for (i32 j = lane; j < t; j += 32) {
+        float pj = 0.f;
+        if (ls != RECIPE_INF && visible(i, j, b, t, kmask, seg, prefix))
+            pj = __expf(s[row * t + j] + slope * (float)(j - i) - ls);
+        st(p, row * t + j, pj);
+        st(ds, row * t + j, pj * (dp[row * t + j] - de));
+    }
+}
 
 // Attention of new queries over a KV cache (generation), the CPU backend's
 // `attention_cached_fwd`. q, out: [b*tn, nh, hd]; k, v: [b*cap, nkv, hd] (cache slots);

@@ -132,9 +132,11 @@ fn train_writes_peft_adapter_and_resumes_after_kill() {
 /// `recipe run --device cuda` end to end on the emulated device (the CUDA backend with
 /// `kernels/*.cu` compiled for the host, `RECIPE_TEST_EMULATED_CUDA`): the train step loads the
 /// base onto the device, trains there (LoRA with dropout, clipping, AdamW, checkpoints) and
-/// writes the CPU's adapter (losses within 1e-5 relative; every tensor within 1e-3 of its
-/// largest value, as Adam at lr 1e-2 amplifies f32 reassociation; measured 1.1e-4 LoRA, 6.7e-5
-/// QLoRA); `recipe generate --device cuda` prints the CPU's greedy text.
+/// writes the CPU's adapter with `dtype = "f32"` (losses within 1e-5 relative; every tensor
+/// within 1e-3 of its largest value, as Adam at lr 1e-2 amplifies f32 reassociation; measured
+/// 1.1e-4 LoRA, 6.7e-5 QLoRA); with the default dtype (bf16 tensor-core products) the losses
+/// stay within 1e-2 of the CPU's. `recipe generate --device cuda --dtype f32` prints the CPU's
+/// greedy text; the default (bf16) generates too.
 #[test]
 fn train_and_generate_on_emulated_cuda_match_the_cpu() {
     let d = tempfile::tempdir().unwrap();
@@ -157,9 +159,7 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
         )
     };
     let out = d.path().join("out/adapter");
-    let trained = |device: &str| {
-        let (code, _, err) = cmd(&["run", "r.toml", "--cache-dir", device, "--device", device]);
-        assert_eq!(code, Some(0), "{err}");
+    let read_out = || {
         let adapter = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
         let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
@@ -167,6 +167,12 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
             .collect();
         std::fs::remove_dir_all(&out).unwrap();
+        (adapter, losses)
+    };
+    let trained = |device: &str| {
+        let (code, _, err) = cmd(&["run", "r.toml", "--cache-dir", device, "--device", device]);
+        assert_eq!(code, Some(0), "{err}");
+        let (adapter, losses) = read_out();
         (adapter, losses, err)
     };
     if let Err(e) = recipe::cuda::Gpu::emulated(Some(kernels.clone())) {
@@ -190,7 +196,12 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
     };
     // LoRA, then QLoRA (the base quantized to NF4 + double quant by a `quantize` step and kept
     // 4-bit on the device, paged 8-bit AdamW, gradient checkpointing).
-    let lora = std::fs::read_to_string(d.path().join("r.toml")).unwrap();
+    let bf16 = std::fs::read_to_string(d.path().join("r.toml")).unwrap();
+    let lora = bf16.replace(
+        "[steps.train]\nkind = \"train\"\nmodel = \"base\"\n",
+        "[steps.train]\nkind = \"train\"\nmodel = \"base\"\ndtype = \"f32\"\n",
+    );
+    assert_ne!(lora, bf16);
     let qlora = lora.replace(
         "[steps.train]\nkind = \"train\"\nmodel = \"base\"\n",
         "[steps.q]\nkind = \"quantize\"\nmodel = \"base\"\nquant_type = \"nf4\"\nblocksize = 64\n\
@@ -203,6 +214,10 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
         let (cpu, cpu_losses, _) = trained("cpu");
         let (gpu, gpu_losses, err) = trained("cuda");
         assert!(err.contains("[train] device: cuda:0 emulated"), "{err}");
+        assert!(
+            err.contains("kernels run on the host), f32 products"),
+            "{err}"
+        );
         assert_eq!(cpu_losses.len(), 6);
         for (c, g) in cpu_losses.iter().zip(&gpu_losses) {
             assert!(
@@ -222,8 +237,19 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
         }
     }
 
+    // The default dtype on CUDA: bf16 operands, f32 accumulation.
+    std::fs::write(d.path().join("r.toml"), &bf16).unwrap();
+    let (cpu_losses, (_, bf16_losses, err)) = (trained("cpu").1, trained("cuda"));
+    assert!(err.contains("bf16 tensor-core products"), "{err}");
+    for (c, g) in cpu_losses.iter().zip(&bf16_losses) {
+        assert!(
+            (c - g).abs() <= 1e-2 * c.abs(),
+            "bf16: losses cpu {cpu_losses:?} cuda {bf16_losses:?}"
+        );
+    }
+
     let model = root().join("examples/quickstart/base-init");
-    let gen = |device: &str| {
+    let gen = |device: &str, dtype: &str| {
         let m = model.to_str().unwrap();
         let (code, stdout, err) = cmd(&[
             "generate",
@@ -236,11 +262,14 @@ fn train_and_generate_on_emulated_cuda_match_the_cpu() {
             "--greedy",
             "--device",
             device,
+            "--dtype",
+            dtype,
         ]);
         assert_eq!(code, Some(0), "{err}");
         stdout
     };
-    assert_eq!(gen("cuda"), gen("cpu"));
+    assert_eq!(gen("cuda", "f32"), gen("cpu", "auto"));
+    assert!(!gen("cuda", "auto").trim().is_empty());
 }
 
 /// `device = "cuda"` without a CUDA driver: the train step fails with one line naming the device

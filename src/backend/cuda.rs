@@ -16,8 +16,9 @@
 //! tracking the CPU within f32 reassociation error) or, in bf16 mode (the default on a GPU), bf16
 //! tensor-core GEMMs with f32 accumulation and f32 output: both operands are narrowed into two
 //! reused bf16 scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted,
-//! straight into its bf16 operand), as torch autocast computes. Attention still runs in the f32
-//! kernels; activations are stored f32 (2x the memory of bf16 activations).
+//! straight into its bf16 operand), as torch autocast computes. Training attention runs as bf16
+//! GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`), in f32 kernels otherwise;
+//! activations are stored f32 (2x the memory of bf16 activations).
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
 //! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
@@ -45,6 +46,7 @@ use crate::cuda::ops::act::{
 };
 use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
+use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
@@ -83,6 +85,8 @@ pub struct CudaBackend {
     /// bf16 mode: the two tensor-core operands of the current product (A, B), each one buffer
     /// grown to the largest operand and reused.
     bf16_scratch: Mutex<[Option<DevBuf<bf16>>; 2]>,
+    /// bf16 mode: the tensor-core attention's operands and scores, reused.
+    attn_tc: Mutex<TcScratch>,
 }
 
 impl CudaBackend {
@@ -122,6 +126,7 @@ impl CudaBackend {
             planned_peak: std::sync::atomic::AtomicU64::new(0),
             precision: Precision::F32,
             bf16_scratch: Mutex::new([None, None]),
+            attn_tc: Mutex::new(TcScratch::default()),
         })
     }
 
@@ -325,6 +330,76 @@ fn kdims(dims: AttnDims, scale: f32) -> KDims {
         hkv: dims.nkv,
         d: dims.hd,
         scale,
+    }
+}
+
+/// The attention mask's device tensors as the kernels take them.
+fn device_masks<'a>(mask: &AttnMask<'a>) -> DeviceMasks<'a> {
+    DeviceMasks {
+        kmask: Some(mask.valid.device()),
+        seg: Some(mask.segment.device()),
+        prefix: mask.prefix.map(|p| p.device()),
+        slopes: mask.alibi.map(|(s, _)| s.device()),
+    }
+}
+
+/// bf16 mode's attention: tensor-core GEMMs and the masked-softmax kernels
+/// (`crate::cuda::ops::attention_tc`), `saved` in the f32 kernels' layout (lse, then O).
+#[allow(clippy::too_many_arguments)]
+impl CudaBackend {
+    fn attention_tc_fwd(
+        &self,
+        out: &mut Tensor,
+        saved: &mut Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    ) {
+        let (nq, nlse) = (
+            dims.b * dims.t * dims.nh * dims.hd,
+            dims.b * dims.nh * dims.t,
+        );
+        let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
+        self.run("attention_tc_fwd", |g| {
+            let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
+            let mut o = out.device_mut().slice_mut(..nq);
+            let (mk, kd) = (device_masks(mask), kdims(dims, scale));
+            let (q, k, v) = (q.device(), k.device(), v.device());
+            attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+            g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
+        })
+    }
+
+    fn attention_tc_bwd(
+        &self,
+        dq: &mut Tensor,
+        dk: &mut Tensor,
+        dv: &mut Tensor,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        saved: &Tensor,
+        mask: &AttnMask,
+        dims: AttnDims,
+        scale: f32,
+    ) {
+        let (nq, nlse) = (
+            dims.b * dims.t * dims.nh * dims.hd,
+            dims.b * dims.nh * dims.t,
+        );
+        let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
+        self.run("attention_tc_bwd", |g| {
+            let sd = saved.device();
+            let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
+            let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
+            let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
+            let (mk, kd) = (device_masks(mask), kdims(dims, scale));
+            attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+        })
     }
 }
 
@@ -832,14 +907,12 @@ impl Backend for CudaBackend {
             return;
         }
         let (nq, nlse) = (b * t * nh * hd, b * nh * t);
+        if self.precision == Precision::Bf16 {
+            return self.attention_tc_fwd(out, saved, q, k, v, mask, dims, scale);
+        }
         let mut lse = self.zeros(nlse);
         self.run("attention_fwd", |g| {
-            let mk = DeviceMasks {
-                kmask: Some(mask.valid.device()),
-                seg: Some(mask.segment.device()),
-                prefix: mask.prefix.map(|p| p.device()),
-                slopes: mask.alibi.map(|(s, _)| s.device()),
-            };
+            let mk = device_masks(mask);
             attn_fwd::<f32>(
                 g,
                 out.device_mut(),
@@ -904,6 +977,9 @@ impl Backend for CudaBackend {
             return;
         }
         let (nq, nlse) = (b * t * nh * hd, b * nh * t);
+        if self.precision == Precision::Bf16 {
+            return self.attention_tc_bwd(dq, dk, dv, dout, q, k, v, saved, mask, dims, scale);
+        }
         let mut lse = self.zeros(nlse);
         let mut o = self.zeros(nq);
         let mut delta = self.zeros(nlse);
@@ -914,12 +990,7 @@ impl Backend for CudaBackend {
                 &sd.slice(nlse..nlse + nq),
                 &mut o.device_mut().slice_mut(..nq),
             )?;
-            let mk = DeviceMasks {
-                kmask: Some(mask.valid.device()),
-                seg: Some(mask.segment.device()),
-                prefix: mask.prefix.map(|p| p.device()),
-                slopes: mask.alibi.map(|(s, _)| s.device()),
-            };
+            let mk = device_masks(mask);
             attn_bwd::<f32>(
                 g,
                 dq.device_mut(),

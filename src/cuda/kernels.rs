@@ -148,6 +148,8 @@ pub const ATTENTION: KernelFile = KernelFile {
         "attn_bwd_dq_bf16",
         "attn_bwd_dkdv_bf16",
         "attn_cached_fwd_f32",
+        "attn_tc_softmax_f32",
+        "attn_tc_bwd_ds_f32",
     ],
 };
 

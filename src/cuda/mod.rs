@@ -29,7 +29,9 @@
 //! - `crate::devtools::train_check`: a tiny model trained on the CPU and through `crate::backend::CudaBackend`,
 //!   losses compared; the last part of the self-test.
 //!
-//! Precision: bf16 (or f32) storage, f32 arithmetic and accumulation everywhere.
+//! Precision: kernels store bf16 or f32 and compute and accumulate in f32. The backend's bf16
+//! compute mode (`crate::backend::Precision`) runs matrix products on bf16 operands with f32
+//! accumulation (cuBLAS gemmEx); its activations are f32.
 //!
 //! Testing without a GPU: `cargo test --test cuda_emulated` runs every launcher on the emulated
 //! device against its twin, the `CudaBackend` ops against the `CpuBackend`, LoRA and QLoRA

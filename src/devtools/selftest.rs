@@ -218,9 +218,14 @@ fn kernel_checks(gpu: &Gpu, ck: &mut Checker, want: impl Fn(&str) -> bool) {
         ("cross_entropy f32", |g, c, r| ce_checks::<f32>(g, c, r)),
         ("cross_entropy bf16", |g, c, r| ce_checks::<bf16>(g, c, r)),
         ("lm_head_ce", |g, c, r| lm_head_ce_check(g, c, r)),
-        ("attention f32", |g, c, r| attention_checks::<f32>(g, c, r)),
+        ("attention f32", |g, c, r| {
+            attention_checks::<f32>(g, c, r, false)
+        }),
         ("attention bf16", |g, c, r| {
-            attention_checks::<bf16>(g, c, r)
+            attention_checks::<bf16>(g, c, r, false)
+        }),
+        ("attention tensor-core", |g, c, r| {
+            attention_checks::<bf16>(g, c, r, true)
         }),
         ("cublas", |g, c, r| blas_checks(g, c, r)),
         ("cublas batched", |g, c, r| blas_batched_check(g, c, r)),
@@ -268,7 +273,8 @@ fn train_check(device_ordinal: usize, ck: &mut Checker) {
 /// a checkout, as on a lent GPU machine) trained on the device and on the CPU, as
 /// `tests/cuda_emulated.rs` does on the emulated device: LLaMA and ChatGLM with 10 LoRA steps and
 /// 10 QLoRA steps (NF4 + double quant, 8-bit AdamW, checkpointing), every other family 3 LoRA
-/// steps. Losses within 1e-2 relative, adapters within 2e-2 of each tensor's largest value.
+/// steps, in f32; LLaMA and ChatGLM again in bf16 compute. Losses within 1e-2 relative, adapters
+/// within 2e-2 of each tensor's largest value (f32) or 0.15 in L2 (bf16).
 fn model_checks(device_ordinal: usize, ck: &mut Checker) {
     use super::train_check::{compare, Run, OTHER_FAMILIES};
     let root = std::path::Path::new("tests/fixtures");
@@ -279,26 +285,40 @@ fn model_checks(device_ordinal: usize, ck: &mut Checker) {
         );
         return;
     }
+    use crate::backend::Precision;
     let (lora, qlora) = (Run::LORA_DROPOUT, Run::QLORA);
-    let mut cases: Vec<(&str, &Run, usize)> = vec![
-        ("engine/llama", &lora, 10),
-        ("engine/llama", &qlora, 10),
-        ("engine/chatglm", &lora, 10),
-        ("engine/chatglm", &qlora, 10),
-    ];
-    cases.extend(OTHER_FAMILIES.iter().map(|&d| (d, &lora, 3)));
-    for (d, run, steps) in cases {
+    let mut cases: Vec<(&str, &Run, usize, Precision)> = Vec::new();
+    for p in [Precision::F32, Precision::Bf16] {
+        for d in ["engine/llama", "engine/chatglm"] {
+            cases.push((d, &lora, 10, p));
+            cases.push((d, &qlora, 10, p));
+        }
+    }
+    cases.extend(
+        OTHER_FAMILIES
+            .iter()
+            .map(|&d| (d, &lora, 3, Precision::F32)),
+    );
+    for (d, run, steps, precision) in cases {
         let what = if run.qlora { "qlora" } else { "lora" };
-        let name = format!("model: {d} {what}, {steps} steps cpu vs cuda");
-        let r = crate::backend::CudaBackend::new(device_ordinal)
-            .and_then(|be| compare(&root.join(d), std::sync::Arc::new(be), steps, run));
+        let name = format!("model: {d} {what} {precision:?}, {steps} steps cpu vs cuda");
+        let r = crate::backend::CudaBackend::new(device_ordinal).and_then(|be| {
+            let be = std::sync::Arc::new(be.with_precision(precision));
+            compare(&root.join(d), be, steps, run)
+        });
         match r {
             Ok(r) => ck.record(
                 &name,
-                r.max_rel_loss <= 1e-2 && r.max_rel_adapter <= 2e-2,
+                // bf16: AdamW turns bf16-perturbed signs of near-zero gradients into whole
+                // steps, so the adapters are held in L2 (as tests/cuda_emulated.rs does).
+                r.max_rel_loss <= 1e-2
+                    && match precision {
+                        Precision::F32 => r.max_rel_adapter <= 2e-2,
+                        Precision::Bf16 => r.l2_rel_adapter <= 1.5e-1,
+                    },
                 &format!(
-                    "loss {:.2e} adapter {:.2e}",
-                    r.max_rel_loss, r.max_rel_adapter
+                    "loss {:.2e} adapter {:.2e} (l2 {:.2e})",
+                    r.max_rel_loss, r.max_rel_adapter, r.l2_rel_adapter
                 ),
             ),
             Err(e) => ck.record(&name, false, &format!("ERROR {e:#}")),
@@ -1141,9 +1161,13 @@ fn lm_head_ce_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     Ok(())
 }
 
-fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+/// The flash-style kernels with T storage, or (`tc`) the tensor-core attention (bf16 GEMMs +
+/// masked softmax, f32 storage) on T-rounded inputs.
+fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: bool) -> Result<()> {
+    use ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
     use twins::attention::{attn_bwd, attn_fwd, AttnDims, AttnMasks};
-    let s = T::SUFFIX;
+    let s = if tc { "tc" } else { T::SUFFIX };
+    let mut sc = TcScratch::default();
     let t = tol::<T>((1e-4, 1e-3), (2e-2, 2e-2));
     let small = ck.small;
     for (batch, tt, hq, hkv, d, masked) in [
@@ -1201,16 +1225,26 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         );
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; batch * hq * tt]);
         attn_fwd(&mut o, &mut lse, &q, &k, &v, &mk, &dm);
-        let (mut og, mut lseg) = (
-            gpu.alloc_zeros::<T>(q.len())?,
-            gpu.alloc_zeros::<f32>(lse.len())?,
-        );
-        ops::attention::attn_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
+        let mut lseg = gpu.alloc_zeros::<f32>(lse.len())?;
+        let got_o = if tc {
+            let (qf, kf, vf) = (
+                gpu.clone_htod(&q)?,
+                gpu.clone_htod(&k)?,
+                gpu.clone_htod(&v)?,
+            );
+            let mut og = gpu.alloc_zeros::<f32>(q.len())?;
+            attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
+            down(gpu, &og)?
+        } else {
+            let mut og = gpu.alloc_zeros::<T>(q.len())?;
+            ops::attention::attn_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
+            down(gpu, &og)?
+        };
         let name = format!(
             "b={batch} t={tt} hq={hq} hkv={hkv} d={d}{}",
             if masked { " masked+alibi" } else { "" }
         );
-        ck.check(&format!("attn_fwd_{s} {name} o"), &down(gpu, &og)?, &o, t);
+        ck.check(&format!("attn_fwd_{s} {name} o"), &got_o, &o, t);
         ck.check(
             &format!("attn_fwd_{s} {name} lse"),
             &down(gpu, &lseg)?,
@@ -1230,37 +1264,38 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Resu
         attn_bwd(
             &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &o_r, &lse, &mk, &dm,
         );
-        let (mut dqg, mut dkg, mut dvg) = (
-            gpu.alloc_zeros::<T>(q.len())?,
-            gpu.alloc_zeros::<T>(k.len())?,
-            gpu.alloc_zeros::<T>(v.len())?,
-        );
-        let mut delta = gpu.alloc_zeros::<f32>(lse.len())?;
-        let od = up::<T>(gpu, &o_r)?;
         let lsed = gpu.clone_htod(&lse)?;
-        ops::attention::attn_bwd(
-            gpu, &mut dqg, &mut dkg, &mut dvg, &mut delta, &dod, &qd, &kd, &vd, &od, &lsed, &dmk,
-            &dm,
-        )?;
+        let [dqg, dkg, dvg] = if tc {
+            let (mut dqg, mut dkg, mut dvg) = (
+                gpu.alloc_zeros::<f32>(q.len())?,
+                gpu.alloc_zeros::<f32>(k.len())?,
+                gpu.alloc_zeros::<f32>(v.len())?,
+            );
+            let [qf, kf, vf, dof, of] = [&q, &k, &v, &dout, &o_r].map(|x| gpu.clone_htod(x));
+            let (qf, kf, vf, dof, of) = (qf?, kf?, vf?, dof?, of?);
+            attn_tc_bwd(
+                gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed, &dmk,
+                &dm,
+            )?;
+            [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]
+        } else {
+            let (mut dqg, mut dkg, mut dvg) = (
+                gpu.alloc_zeros::<T>(q.len())?,
+                gpu.alloc_zeros::<T>(k.len())?,
+                gpu.alloc_zeros::<T>(v.len())?,
+            );
+            let mut delta = gpu.alloc_zeros::<f32>(lse.len())?;
+            let od = up::<T>(gpu, &o_r)?;
+            ops::attention::attn_bwd(
+                gpu, &mut dqg, &mut dkg, &mut dvg, &mut delta, &dod, &qd, &kd, &vd, &od, &lsed,
+                &dmk, &dm,
+            )?;
+            [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]
+        };
         let tb = tol::<T>((2e-4, 2e-3), (3e-2, 3e-2));
-        ck.check(
-            &format!("attn_bwd_{s} {name} dq"),
-            &down(gpu, &dqg)?,
-            &dq,
-            tb,
-        );
-        ck.check(
-            &format!("attn_bwd_{s} {name} dk"),
-            &down(gpu, &dkg)?,
-            &dk,
-            tb,
-        );
-        ck.check(
-            &format!("attn_bwd_{s} {name} dv"),
-            &down(gpu, &dvg)?,
-            &dv,
-            tb,
-        );
+        ck.check(&format!("attn_bwd_{s} {name} dq"), &dqg, &dq, tb);
+        ck.check(&format!("attn_bwd_{s} {name} dk"), &dkg, &dk, tb);
+        ck.check(&format!("attn_bwd_{s} {name} dv"), &dvg, &dv, tb);
     }
     Ok(())
 }

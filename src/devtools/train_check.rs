@@ -150,6 +150,8 @@ pub struct RunCheck {
     pub max_rel_loss: f64,
     /// max over adapter tensors of max|other − cpu| / max|cpu|.
     pub max_rel_adapter: f64,
+    /// max over adapter tensors of ‖other − cpu‖₂ / ‖cpu‖₂.
+    pub l2_rel_adapter: f64,
 }
 
 /// Trains `run` for `steps` optimizer steps on the model in `dir` (any family) with
@@ -242,9 +244,25 @@ pub fn compare(
             (diff / scale) as f64
         })
         .fold(0.0, f64::max);
+    let l2_rel_adapter = cpu
+        .adapter
+        .iter()
+        .zip(&oth.adapter)
+        .map(|((_, a), (_, b))| {
+            let norm = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            diff / norm.max(1e-30)
+        })
+        .fold(0.0, f64::max);
     Ok(RunCheck {
         max_rel_loss: max_rel(&cpu.losses, &oth.losses),
         max_rel_adapter,
+        l2_rel_adapter,
         cpu: cpu.losses,
         other: oth.losses,
     })

@@ -26,7 +26,7 @@ pub struct DeviceMasks<'a> {
     pub slopes: Option<&'a DevBuf<f32>>,
 }
 
-fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
+pub(super) fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
     if dm.d == 0 || dm.d > DMAX {
         return Err(shape_err(
             op,
@@ -58,7 +58,7 @@ fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
 }
 
 /// Pushes the four optional mask pointers (absent ones as a null device pointer).
-fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
+pub(super) fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
     match mk.kmask {
         Some(m) => b.arg(m),
         None => b.arg(null),
@@ -172,8 +172,7 @@ pub fn attn_bwd<T: Elem>(
     }
     need(OP, "lse", lse.len(), dm.batch * dm.hq * dm.t)?;
     need(OP, "delta", delta.len(), dm.batch * dm.hq * dm.t)?;
-    let (bsz, t, hq, hkv, d) = (
-        dim(OP, "batch", dm.batch)?,
+    let (t, hq, hkv, d) = (
         dim(OP, "t", dm.t)?,
         dim(OP, "hq", dm.hq)?,
         dim(OP, "hkv", dm.hkv)?,
@@ -181,17 +180,7 @@ pub fn attn_bwd<T: Elem>(
     );
     let null = 0u64;
 
-    let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_delta"))?;
-    let mut b = gpu.launch_builder(&f);
-    b.arg(&mut *delta)
-        .arg(dout)
-        .arg(o)
-        .arg(&bsz)
-        .arg(&t)
-        .arg(&hq)
-        .arg(&d);
-    // SAFETY: one warp per (b, i, h) row of nq/D rows; sizes checked.
-    unsafe { b.launch(grid1(dm.batch * dm.t * dm.hq * 32, 256)) }?;
+    attn_delta(gpu, &mut *delta, dout, o, dm)?;
 
     let f = gpu.function(&ATTENTION, &kname::<T>("attn_bwd_dq"))?;
     let mut b = gpu.launch_builder(&f);
@@ -221,6 +210,44 @@ pub fn attn_bwd<T: Elem>(
     b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
     // SAFETY: as attn_fwd; grid over kv heads, each warp owns one key row of dk/dv.
     unsafe { b.launch(grid(OP, dm, dm.hkv)?) }?;
+    Ok(())
+}
+
+/// delta [B, Hq, T] f32 = rowsum(dO ⊙ O) over the head dim, from dout and o [B, T, Hq, D]: the
+/// backward's per-row correction of dS.
+pub fn attn_delta<T: Elem>(
+    gpu: &Gpu,
+    delta: &mut impl AsDevViewMut<f32>,
+    dout: &impl AsDevView<T>,
+    o: &impl AsDevView<T>,
+    dm: &AttnDims,
+) -> Result<()> {
+    const OP: &str = "attn_bwd_delta";
+    let (mut delta, dout, o) = (delta.dev_view_mut(), dout.dev_view(), o.dev_view());
+    let nq = dm.batch * dm.t * dm.hq * dm.d;
+    need(OP, "o", o.len(), nq)?;
+    need(OP, "dout", dout.len(), nq)?;
+    need(OP, "delta", delta.len(), dm.batch * dm.hq * dm.t)?;
+    if nq == 0 {
+        return Ok(());
+    }
+    let (bsz, t, hq, d) = (
+        dim(OP, "batch", dm.batch)?,
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "d", dm.d)?,
+    );
+    let f = gpu.function(&ATTENTION, &kname::<T>(OP))?;
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut delta)
+        .arg(&dout)
+        .arg(&o)
+        .arg(&bsz)
+        .arg(&t)
+        .arg(&hq)
+        .arg(&d);
+    // SAFETY: one warp per (b, i, h) row of nq/D rows; sizes checked.
+    unsafe { b.launch(grid1(nq / dm.d * 32, 256)) }?;
     Ok(())
 }
 

@@ -52,8 +52,46 @@ fn op(t: bool) -> cublasOperation_t {
     }
 }
 
+impl MatMul {
+    /// Row lengths of A, B and C as stored when each is contiguous: (lda, ldb, ldc).
+    pub fn packed_lds(&self) -> (usize, usize, usize) {
+        (
+            if self.trans_a { self.m } else { self.k },
+            if self.trans_b { self.k } else { self.n },
+            self.n,
+        )
+    }
+
+    /// Stored (rows, row length) of A and B: op(A) [m, k] is stored [k, m] when transposed.
+    fn stored(&self) -> ((usize, usize), (usize, usize)) {
+        (
+            if self.trans_a {
+                (self.k, self.m)
+            } else {
+                (self.m, self.k)
+            },
+            if self.trans_b {
+                (self.n, self.k)
+            } else {
+                (self.k, self.n)
+            },
+        )
+    }
+}
+
 /// Column-major cuBLAS config for the row-major product (see module docs).
 fn config<T>(mm: &MatMul, alpha: T, beta: T) -> Result<GemmConfig<T>> {
+    config_ld(mm, alpha, beta, mm.packed_lds())
+}
+
+/// As [`config`] with explicit row-major leading dimensions (lda, ldb, ldc): cuBLAS's column-major
+/// lda is B's row length and ldb is A's (operands swapped).
+fn config_ld<T>(
+    mm: &MatMul,
+    alpha: T,
+    beta: T,
+    (lda, ldb, ldc): (usize, usize, usize),
+) -> Result<GemmConfig<T>> {
     Ok(GemmConfig {
         transa: op(mm.trans_b),
         transb: op(mm.trans_a),
@@ -61,10 +99,10 @@ fn config<T>(mm: &MatMul, alpha: T, beta: T) -> Result<GemmConfig<T>> {
         n: i(mm.m)?,
         k: i(mm.k)?,
         alpha,
-        lda: i(if mm.trans_b { mm.k } else { mm.n })?,
-        ldb: i(if mm.trans_a { mm.m } else { mm.k })?,
+        lda: i(ldb)?,
+        ldb: i(lda)?,
         beta,
-        ldc: i(mm.n)?,
+        ldc: i(ldc)?,
     })
 }
 
@@ -200,6 +238,22 @@ pub fn matmul_bf16_f32(
     batch: usize,
     strides: (usize, usize, usize),
 ) -> Result<()> {
+    matmul_bf16_f32_ld(gpu, c, a, b, mm, batch, strides, mm.packed_lds())
+}
+
+/// [`matmul_bf16_f32`] on operands whose rows are longer than the matrix (row-major leading
+/// dimensions `lds` = (lda, ldb, ldc), each at least its stored row length): e.g. one head of
+/// q [T, NH, HD] is a [T, HD] matrix with row length NH·HD.
+pub fn matmul_bf16_f32_ld(
+    gpu: &Gpu,
+    c: &mut DevViewMut<f32>,
+    a: &DevView<bf16>,
+    b: &DevView<bf16>,
+    mm: &MatMul,
+    batch: usize,
+    strides: (usize, usize, usize),
+    lds: (usize, usize, usize),
+) -> Result<()> {
     use cudarc::cublas::{result, sys};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     const OP: &str = "matmul_bf16_f32";
@@ -207,10 +261,23 @@ pub fn matmul_bf16_f32(
         return Ok(());
     }
     let (sa, sb, sc) = strides;
-    need(OP, "a", a.len(), (batch - 1) * sa + mm.m * mm.k)?;
-    need(OP, "b", b.len(), (batch - 1) * sb + mm.k * mm.n)?;
-    need(OP, "c", c.len(), (batch - 1) * sc + mm.m * mm.n)?;
-    let g = config(mm, mm.alpha, mm.beta)?;
+    let ((ar, ac), (br, bc)) = mm.stored();
+    for (what, len, (rows, cols), ld, stride) in [
+        ("a", a.len(), (ar, ac), lds.0, sa),
+        ("b", b.len(), (br, bc), lds.1, sb),
+        ("c", c.len(), (mm.m, mm.n), lds.2, sc),
+    ] {
+        if ld < cols {
+            return Err(shape_err(
+                OP,
+                format!("leading dimension of {what} {ld} < its row length {cols}"),
+            ));
+        }
+        if rows > 0 && cols > 0 {
+            need(OP, what, len, (batch - 1) * stride + (rows - 1) * ld + cols)?;
+        }
+    }
+    let g = config_ld(mm, mm.alpha, mm.beta, lds)?;
     match (&a.0, &b.0, &mut c.0) {
         (ViewRepr::Real(av), ViewRepr::Real(bv), ViewMutRepr::Real(cv)) => {
             let blas = gpu.blas()?;

@@ -9,6 +9,7 @@
 pub mod act;
 pub mod adamw8bit;
 pub mod attention;
+pub mod attention_tc;
 pub mod blas;
 pub mod cross_entropy;
 pub mod embedding;

@@ -1,0 +1,372 @@
+//! Tensor-core attention: what the CUDA backend runs for training attention in bf16 compute mode.
+//! The products are bf16 cuBLAS GEMMs with f32 accumulation and f32 output
+//! ([`matmul_bf16_f32_ld`]); the masks, ALiBi and the softmax are two elementwise kernels in
+//! kernels/attention.cu (`attn_tc_softmax_f32`, `attn_tc_bwd_ds_f32`) that share `visible()` with
+//! the flash-style f32 kernels, so both define the same attention.
+//!
+//! Layouts as [`super::attention::attn_fwd`]: q, o [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse
+//! [B, Hq, T] (+∞ for a query that sees no key). Query head h reads kv head g = h / rep
+//! (rep = Hq / Hkv); one head of q is a [T, D] matrix with row length Hq·D, so the GEMMs take
+//! leading dimensions instead of copies. For each batch row b and each r < rep, one GEMM batched
+//! over the kv heads g covers the query heads h = g·rep + r. Scores live in an f32 scratch
+//! [Hq, T, T] for one batch row at a time. Math, per (b, h), with bias_ij = slope_h·(j − i):
+//!
+//! - forward: S = scale·Q·Kᵀ; lse_i = log Σ_visible exp(S_ij + bias_ij);
+//!   P_ij = exp(S_ij + bias_ij − lse_i) (0 where hidden), stored bf16; O = P·V.
+//! - backward (P recomputed from Q, K and lse): delta_i = Σ_c dO_ic·O_ic; dP = dO·Vᵀ;
+//!   dS = P ⊙ (dP − delta); dV_g = Σ_r Pᵀ·dO; dQ = scale·dS·K; dK_g = scale·Σ_r dSᵀ·Q.
+//!   dq, dk, dv are overwritten (the group sums start with beta 0).
+//!
+//! q, k, v and dO are narrowed to bf16 once per call; every scratch buffer lives in
+//! [`TcScratch`], grown to the largest call and reused, so a training step allocates nothing
+//! after its first. What it costs: the full T×T scores are computed (twice the causal work) and
+//! held per batch row; a fused flash kernel on mma.sync is the next step.
+
+use half::bf16;
+
+use super::attention::{attn_delta, check, push_masks, DeviceMasks};
+use super::blas::{matmul_bf16_f32_ld, MatMul};
+use super::tensor::narrow_bf16;
+use super::{dim, grid1, need};
+use crate::cuda::error::Result;
+use crate::cuda::kernels::ATTENTION;
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
+use crate::cuda::twins::attention::AttnDims;
+use crate::cuda::Gpu;
+
+/// The reused device buffers of the tensor-core attention (bf16 operands, f32 scores).
+#[derive(Default)]
+pub struct TcScratch {
+    q: Option<DevBuf<bf16>>,
+    k: Option<DevBuf<bf16>>,
+    v: Option<DevBuf<bf16>>,
+    dout: Option<DevBuf<bf16>>,
+    /// [Hq, T, T] of one batch row: the scores S, and dP in the backward.
+    s: Option<DevBuf<f32>>,
+    dp: Option<DevBuf<f32>>,
+    /// [Hq, T, T] bf16: P, and dS in the backward.
+    p: Option<DevBuf<bf16>>,
+    ds: Option<DevBuf<bf16>>,
+    /// [B, Hq, T]: rowsum(dO ⊙ O).
+    delta: Option<DevBuf<f32>>,
+}
+
+/// `slot`'s buffer, replaced by a larger one when it holds fewer than `n` elements.
+fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    slot: &'a mut Option<DevBuf<T>>,
+    n: usize,
+) -> Result<&'a mut DevBuf<T>> {
+    if slot.as_ref().is_none_or(|b| b.len() < n) {
+        *slot = None; // give the old block back before taking a larger one
+        *slot = Some(gpu.alloc_zeros::<T>(n.max(1))?);
+    }
+    Ok(slot.as_mut().expect("just ensured"))
+}
+
+/// The GEMM geometry of one head family: element offsets and row lengths of q-like
+/// ([T, Hq, D]) and kv-like ([T, Hkv, D]) operands and of the [Hq, T, T] scores.
+#[derive(Clone, Copy)]
+struct Geo {
+    t: usize,
+    d: usize,
+    rep: usize,
+    hkv: usize,
+    /// Row lengths: Hq·D and Hkv·D.
+    rq: usize,
+    rk: usize,
+    /// T·T.
+    tt: usize,
+}
+
+impl Geo {
+    fn new(dm: &AttnDims) -> Self {
+        Geo {
+            t: dm.t,
+            d: dm.d,
+            rep: dm.hq / dm.hkv,
+            hkv: dm.hkv,
+            rq: dm.hq * dm.d,
+            rk: dm.hkv * dm.d,
+            tt: dm.t * dm.t,
+        }
+    }
+
+    /// [T, T] = alpha · (q-like head h) · (kv-like head g)ᵀ into the scores of heads g·rep + r:
+    /// S = scale·Q·Kᵀ and dP = dO·Vᵀ.
+    fn scores(
+        &self,
+        gpu: &Gpu,
+        out: &mut DevBuf<f32>,
+        qlike: &DevView<bf16>,
+        kvlike: &DevView<bf16>,
+        alpha: f32,
+        r: usize,
+    ) -> Result<()> {
+        let Geo { t, d, rep, tt, .. } = *self;
+        let mm = MatMul {
+            m: t,
+            n: t,
+            k: d,
+            trans_a: false,
+            trans_b: true,
+            alpha,
+            beta: 0.0,
+        };
+        matmul_bf16_f32_ld(
+            gpu,
+            &mut out.slice_mut(r * tt..),
+            &qlike.slice(r * d..),
+            kvlike,
+            &mm,
+            self.hkv,
+            (rep * d, d, rep * tt),
+            (self.rq, self.rk, t),
+        )
+    }
+
+    /// [T, D] = alpha · (scores-like [T, T] of head h) · (kv-like head g) into the q-like head
+    /// h = g·rep + r: O = P·V and dQ = scale·dS·K.
+    fn onto_q(
+        &self,
+        gpu: &Gpu,
+        out: &mut DevViewMut<f32>,
+        pr: &DevBuf<bf16>,
+        kvlike: &DevView<bf16>,
+        alpha: f32,
+        r: usize,
+    ) -> Result<()> {
+        let Geo { t, d, rep, tt, .. } = *self;
+        let mm = MatMul {
+            m: t,
+            n: d,
+            k: t,
+            trans_a: false,
+            trans_b: false,
+            alpha,
+            beta: 0.0,
+        };
+        matmul_bf16_f32_ld(
+            gpu,
+            &mut out.slice_mut(r * d..),
+            &pr.slice(r * tt..),
+            kvlike,
+            &mm,
+            self.hkv,
+            (rep * tt, d, rep * d),
+            (t, self.rk, self.rq),
+        )
+    }
+
+    /// [T, D] (+)= alpha · (scores-like of head h)ᵀ · (q-like head h) into the kv-like head g,
+    /// summed over r (beta 0 at r = 0): dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q.
+    fn onto_kv(
+        &self,
+        gpu: &Gpu,
+        out: &mut DevViewMut<f32>,
+        pr: &DevBuf<bf16>,
+        qlike: &DevView<bf16>,
+        alpha: f32,
+        r: usize,
+    ) -> Result<()> {
+        let Geo { t, d, rep, tt, .. } = *self;
+        let mm = MatMul {
+            m: t,
+            n: d,
+            k: t,
+            trans_a: true,
+            trans_b: false,
+            alpha,
+            beta: if r == 0 { 0.0 } else { 1.0 },
+        };
+        matmul_bf16_f32_ld(
+            gpu,
+            out,
+            &pr.slice(r * tt..),
+            &qlike.slice(r * d..),
+            &mm,
+            self.hkv,
+            (rep * tt, rep * d, d),
+            (t, self.rq, self.rk),
+        )
+    }
+}
+
+/// The lengths every call checks: q-like nq, kv-like nk, lse nl.
+fn sizes(dm: &AttnDims) -> (usize, usize, usize) {
+    (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+        dm.batch * dm.hq * dm.t,
+    )
+}
+
+/// Forward: o [B, T, Hq, D] and lse [B, Hq, T] from q, k, v (module docs).
+pub fn attn_tc_fwd(
+    gpu: &Gpu,
+    sc: &mut TcScratch,
+    o: &mut impl AsDevViewMut<f32>,
+    lse: &mut impl AsDevViewMut<f32>,
+    q: &impl AsDevView<f32>,
+    k: &impl AsDevView<f32>,
+    v: &impl AsDevView<f32>,
+    mk: &DeviceMasks,
+    dm: &AttnDims,
+) -> Result<()> {
+    const OP: &str = "attn_tc_fwd";
+    check(OP, dm, mk)?;
+    let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
+    let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
+    let (nq, nk, nl) = sizes(dm);
+    for (what, len, want) in [
+        ("q", q.len(), nq),
+        ("o", o.len(), nq),
+        ("k", k.len(), nk),
+        ("v", v.len(), nk),
+        ("lse", lse.len(), nl),
+    ] {
+        need(OP, what, len, want)?;
+    }
+    if nq == 0 {
+        return Ok(());
+    }
+    let g = Geo::new(dm);
+    let rows = dm.hq * dm.t;
+    let sq = grown(gpu, &mut sc.q, nq)?;
+    narrow_bf16(gpu, &mut sq.slice_mut(..nq), &q.slice(..nq))?;
+    let skv = [(&mut sc.k, &k), (&mut sc.v, &v)].map(|(slot, x)| {
+        grown(gpu, slot, nk).and_then(|b| {
+            narrow_bf16(gpu, &mut b.slice_mut(..nk), &x.slice(..nk))?;
+            Ok(&*b)
+        })
+    });
+    let [sk, sv] = skv;
+    let (sk, sv) = (sk?, sv?);
+    let s = grown(gpu, &mut sc.s, rows * dm.t)?;
+    let p = grown(gpu, &mut sc.p, rows * dm.t)?;
+    let (t, hq) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?);
+    let f = gpu.function(&ATTENTION, "attn_tc_softmax_f32")?;
+    let null = 0u64;
+    for b in 0..dm.batch {
+        let (q0, k0) = (b * dm.t * g.rq, b * dm.t * g.rk);
+        let (qb, kb, vb) = (sq.slice(q0..), sk.slice(k0..), sv.slice(k0..));
+        for r in 0..g.rep {
+            g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
+        }
+        let bi = dim(OP, "b", b)?;
+        let mut l = gpu.launch_builder(&f);
+        l.arg(&mut *p).arg(&mut lse).arg(&*s);
+        push_masks(&mut l, mk, &null);
+        l.arg(&bi).arg(&t).arg(&hq);
+        // SAFETY: one warp per (h, i) row of the [hq, t, t] scores (s and p hold rows·t); lse
+        // holds batch·hq·t and b < batch; mask lengths checked by `check`; absent masks are
+        // null pointers, tested by the kernel.
+        unsafe { l.launch(grid1(rows * 32, 256)) }?;
+        let mut ob = o.slice_mut(q0..);
+        for r in 0..g.rep {
+            g.onto_q(gpu, &mut ob, p, &vb, 1.0, r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Backward: dq [B, T, Hq, D], dk, dv [B, T, Hkv, D] overwritten, from dout, q, k, v and the
+/// forward's o and lse (module docs).
+pub fn attn_tc_bwd(
+    gpu: &Gpu,
+    sc: &mut TcScratch,
+    dq: &mut impl AsDevViewMut<f32>,
+    dk: &mut impl AsDevViewMut<f32>,
+    dv: &mut impl AsDevViewMut<f32>,
+    dout: &impl AsDevView<f32>,
+    q: &impl AsDevView<f32>,
+    k: &impl AsDevView<f32>,
+    v: &impl AsDevView<f32>,
+    o: &impl AsDevView<f32>,
+    lse: &impl AsDevView<f32>,
+    mk: &DeviceMasks,
+    dm: &AttnDims,
+) -> Result<()> {
+    const OP: &str = "attn_tc_bwd";
+    check(OP, dm, mk)?;
+    let (mut dq, mut dk, mut dv) = (dq.dev_view_mut(), dk.dev_view_mut(), dv.dev_view_mut());
+    let (dout, q, k, v, o, lse) = (
+        dout.dev_view(),
+        q.dev_view(),
+        k.dev_view(),
+        v.dev_view(),
+        o.dev_view(),
+        lse.dev_view(),
+    );
+    let (nq, nk, nl) = sizes(dm);
+    for (what, len, want) in [
+        ("dout", dout.len(), nq),
+        ("q", q.len(), nq),
+        ("o", o.len(), nq),
+        ("dq", dq.len(), nq),
+        ("k", k.len(), nk),
+        ("v", v.len(), nk),
+        ("dk", dk.len(), nk),
+        ("dv", dv.len(), nk),
+        ("lse", lse.len(), nl),
+    ] {
+        need(OP, what, len, want)?;
+    }
+    if nq == 0 {
+        return Ok(());
+    }
+    let g = Geo::new(dm);
+    let rows = dm.hq * dm.t;
+    let delta = grown(gpu, &mut sc.delta, nl)?;
+    attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
+    let [sq, sdo] = [(&mut sc.q, &q), (&mut sc.dout, &dout)].map(|(slot, x)| {
+        grown(gpu, slot, nq).and_then(|b| {
+            narrow_bf16(gpu, &mut b.slice_mut(..nq), &x.slice(..nq))?;
+            Ok(&*b)
+        })
+    });
+    let [sk, sv] = [(&mut sc.k, &k), (&mut sc.v, &v)].map(|(slot, x)| {
+        grown(gpu, slot, nk).and_then(|b| {
+            narrow_bf16(gpu, &mut b.slice_mut(..nk), &x.slice(..nk))?;
+            Ok(&*b)
+        })
+    });
+    let (sq, sdo, sk, sv) = (sq?, sdo?, sk?, sv?);
+    let s = grown(gpu, &mut sc.s, rows * dm.t)?;
+    let dp = grown(gpu, &mut sc.dp, rows * dm.t)?;
+    let p = grown(gpu, &mut sc.p, rows * dm.t)?;
+    let ds = grown(gpu, &mut sc.ds, rows * dm.t)?;
+    let (t, hq) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?);
+    let f = gpu.function(&ATTENTION, "attn_tc_bwd_ds_f32")?;
+    let null = 0u64;
+    for b in 0..dm.batch {
+        let (q0, k0) = (b * dm.t * g.rq, b * dm.t * g.rk);
+        let (qb, dob) = (sq.slice(q0..), sdo.slice(q0..));
+        let (kb, vb) = (sk.slice(k0..), sv.slice(k0..));
+        for r in 0..g.rep {
+            g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
+            g.scores(gpu, dp, &dob, &vb, 1.0, r)?;
+        }
+        let bi = dim(OP, "b", b)?;
+        let mut l = gpu.launch_builder(&f);
+        l.arg(&mut *p)
+            .arg(&mut *ds)
+            .arg(&*s)
+            .arg(&*dp)
+            .arg(&lse)
+            .arg(&*delta);
+        push_masks(&mut l, mk, &null);
+        l.arg(&bi).arg(&t).arg(&hq);
+        // SAFETY: one warp per (h, i) row of the [hq, t, t] scores (s, dp, p, ds hold rows·t);
+        // lse and delta hold batch·hq·t and b < batch; masks as in attn_tc_fwd.
+        unsafe { l.launch(grid1(rows * 32, 256)) }?;
+        let (mut dqb, mut dkb, mut dvb) =
+            (dq.slice_mut(q0..), dk.slice_mut(k0..), dv.slice_mut(k0..));
+        for r in 0..g.rep {
+            g.onto_kv(gpu, &mut dvb, p, &dob, 1.0, r)?;
+            g.onto_kv(gpu, &mut dkb, ds, &qb, dm.scale, r)?;
+            g.onto_q(gpu, &mut dqb, ds, &kb, dm.scale, r)?;
+        }
+    }
+    Ok(())
+}
