@@ -259,3 +259,86 @@ fn chatglm6b_advertisegen_runs() {
     assert!(names.contains(&"transformer.layers.0.attention.query_key_value.weight".to_string()));
     assert!(!names.iter().any(|n| n.starts_with("lm_head")), "{names:?}");
 }
+
+/// Gemma 3 (gemma3_text) with its own chat_template (tests/fixtures/e2e/gemma3: local/global
+/// layers, sliding window 16 under sequences of 92..322 tokens). The token counts are
+/// transformers' (apply_chat_template + the fixture tokenizer on the same rows: 1546 tokens,
+/// 670 of them in assistant turns); the export loads in transformers and matches peft's
+/// base + adapter to 2.4e-7 (checked once by hand; the recipe's own verify line is asserted here).
+#[test]
+fn gemma3_lora_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = run(
+        "gemma3_lora",
+        "gemma3",
+        &d.path().join("cache"),
+        &out,
+        &["steps.train.max_steps=2"],
+    );
+    assert_adapter(&out);
+    assert_export(&out);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for line in [
+        "[data] 10 rows read: 8 train, 2 test",
+        "[tokens] train: 8 examples -> 8 rows, 1546 tokens (43.3% trained), 0 pad, lengths 96..322",
+        "[tokens] test: 2 examples -> 2 rows, 248 tokens (37.5% trained), 0 pad, lengths 92..156",
+        "[train] LoRA r 16 on 14 modules",
+        "[merged] merged LoRA into 14 weights",
+    ] {
+        assert!(log.contains(line), "expected `{line}` in:\n{log}");
+    }
+    let verify = log
+        .lines()
+        .find_map(|l| l.split("logits(base + adapter)| = ").nth(1))
+        .unwrap_or_else(|| panic!("no export verify line in:\n{log}"));
+    let diff: f64 = verify.trim().parse().unwrap();
+    assert!(diff < 1e-5, "export vs base + adapter: {diff}");
+
+    // PEFT names: every attention and MLP projection of both layers.
+    let mut names = tensor_names(&out.join("adapter/adapter_model.safetensors"));
+    names.sort();
+    let mut want = Vec::new();
+    for l in 0..2 {
+        for m in ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]
+            .into_iter()
+            .chain(["self_attn.k_proj", "self_attn.o_proj"])
+            .chain(["self_attn.q_proj", "self_attn.v_proj"])
+        {
+            for ab in ["A", "B"] {
+                want.push(format!(
+                    "base_model.model.model.layers.{l}.{m}.lora_{ab}.weight"
+                ));
+            }
+        }
+    }
+    assert_eq!(names, want);
+
+    // An untrained random model over 384 tokens: eval loss near ln 384 = 5.9506, and
+    // perplexity is its exponential.
+    let m = read_json(&out.join("eval/metrics.json"));
+    let (loss, ppl) = (
+        m["loss"].as_f64().unwrap(),
+        m["perplexity"].as_f64().unwrap(),
+    );
+    assert!((loss - 384f64.ln()).abs() < 0.1, "{m}");
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl, "{m}");
+
+    // Gemma 3's layout, tied (no lm_head), with its four norms per layer and q/k norms.
+    let cfg = read_json(&out.join("merged/config.json"));
+    assert_eq!(cfg["model_type"], "gemma3_text", "{cfg}");
+    let names = tensor_names(&out.join("merged/model.safetensors"));
+    assert_eq!(names.len(), 28, "{names:?}");
+    for n in [
+        "model.layers.1.pre_feedforward_layernorm.weight",
+        "model.layers.1.post_feedforward_layernorm.weight",
+        "model.layers.0.self_attn.q_norm.weight",
+    ] {
+        assert!(names.contains(&n.to_string()), "{n} not in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with("lm_head")), "{names:?}");
+}

@@ -4,9 +4,12 @@
 //! all-linear, over every layer's module names), and the activations the engine allocates
 //! (`model::train_activation_floats`).
 //!
-//! The numbers are the CPU engine's layout: every dense weight is held as f32 whatever its
-//! storage dtype (4-bit linears of a `quantize` step stay packed), adapters, gradients and
-//! optimizer state f32. `BENCHMARKS.md` compares them with measured peak RSS.
+//! The numbers are the engine's layout: weights are held as f32, except that a `quantize`
+//! step's 4-bit linears stay packed and a frozen 16-bit (bf16 / f16) checkpoint's layer linears
+//! stay 16-bit (`LoadOptions::keep_16bit`, which the train step sets; a linear made trainable,
+//! by full fine-tuning or `modules_to_save`, is widened to f32; Conv1D linears, embeddings,
+//! norms, biases and the output head are f32). Adapters, gradients and optimizer state are
+//! f32. `BENCHMARKS.md` compares them with measured peak RSS.
 
 use crate::formats::config::HfConfig;
 use crate::model::lora::Targets;
@@ -30,6 +33,43 @@ fn linear_weights(a: &Arch) -> u64 {
         .map(|(_, i, o, _)| (i * o) as u64)
         .sum();
     a.layers as u64 * per_layer
+}
+
+/// Whether a module named `name` is in `modules_to_save` (a suffix of its full name, as
+/// `lora::set_modules_to_save` matches).
+fn saved_whole(modules_to_save: &[String], name: &str) -> bool {
+    modules_to_save.iter().any(|t| name.ends_with(t.as_str()))
+}
+
+/// The 16-bit name of the checkpoint's dtype (`bf16`, `f16`) when its layer linears load as
+/// `quant::half::Linear16`: a bf16 / f16 `torch_dtype` (the loader reads each tensor's own
+/// dtype; the plan has only config.json, and a config without a dtype counts as f32) and no
+/// Conv1D layout (GPT-2's linears load as f32 whatever their dtype).
+fn half_dtype(cfg: &HfConfig, a: &Arch) -> Option<&'static str> {
+    match cfg.dtype() {
+        _ if a.conv1d => None,
+        Some("bfloat16") => Some("bf16"),
+        Some("float16") => Some("f16"),
+        _ => None,
+    }
+}
+
+/// Weights of the layer linears a LoRA train step keeps 16-bit on a 16-bit checkpoint: every
+/// layer linear but those `modules_to_save` trains whole (widened to f32).
+fn half_linear_weights(a: &Arch, modules_to_save: &[String]) -> u64 {
+    let each = a.layers.min(MAX_LAYERS_NAMED);
+    let mut n = 0u64;
+    for i in 0..each {
+        for (name, d_in, d_out, _) in a.layer_linears(i) {
+            if !saved_whole(modules_to_save, &name) {
+                n += (d_in * d_out) as u64;
+            }
+        }
+    }
+    if a.layers > each {
+        n = n / each.max(1) as u64 * a.layers as u64;
+    }
+    n
 }
 
 /// `load.model`: the checkpoint's size in its storage dtype (it maps the weights, nothing more).
@@ -101,7 +141,7 @@ const MAX_LAYERS_NAMED: usize = 4096;
 /// `modules_to_save` trained whole (matched by name suffix, as `lora::set_modules_to_save`).
 pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[String]) -> u64 {
     let re = targets.compile().ok().flatten();
-    let hit = |n: &str| modules_to_save.iter().any(|t| n.ends_with(t.as_str()));
+    let hit = |n: &str| saved_whole(modules_to_save, n);
     // Layer by layer (a regex may pick layers by index); an absurd layer count (a config
     // mistake the run would refuse) counts layer 0's adapters for every layer.
     let each = a.layers.min(MAX_LAYERS_NAMED);
@@ -134,14 +174,20 @@ pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[Strin
 /// optimizer state and activations at the recipe's batch and length.
 pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let p = e.params;
-    let (_, a) = model_of(e.upstream("model", "load.model")?)?;
+    let (cfg, a) = model_of(e.upstream("model", "load.model")?)?;
     let quant = e.upstream("model", "quantize");
     let total_params = a.param_counts().total();
-    let weights = match quant {
-        Some(q) => quantized_bytes(&a, q),
-        None => 4 * total_params,
-    };
     let full = p.str("method") == "full";
+    // A frozen 16-bit base (LoRA, no quantize step) keeps its layer linears 16-bit.
+    let half = half_dtype(&cfg, &a).filter(|_| !full && quant.is_none());
+    let weights = match (quant, half) {
+        (Some(q), _) => quantized_bytes(&a, q),
+        (None, Some(_)) => {
+            let h = half_linear_weights(&a, &p.strs("modules_to_save"));
+            2 * h + 4 * (total_params - h)
+        }
+        (None, None) => 4 * total_params,
+    };
     let trainable = if full {
         total_params
     } else {
@@ -187,9 +233,10 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     } else {
         act_full
     });
-    let wlabel = match quant {
-        Some(q) => format!("weights ({})", q.str("quant_type")),
-        None => "weights (f32 in memory)".into(),
+    let wlabel = match (quant, half) {
+        (Some(q), _) => format!("weights ({})", q.str("quant_type")),
+        (None, Some(h)) => format!("weights ({h} layer linears, the rest f32)"),
+        (None, None) => "weights (f32 in memory)".into(),
     };
     Some(Estimate {
         summary: format!(
@@ -238,18 +285,27 @@ mod tests {
     /// The train estimate of a 4-layer LLaMA (hidden 64, heads 4, ffn 128, vocab 100) with
     /// these train keys.
     fn train_rows(keys: serde_json::Value) -> Vec<(String, u64)> {
+        llama_rows("", keys)
+    }
+
+    /// [`train_rows`] with `extra` config keys (e.g. `, "torch_dtype": "bfloat16"`).
+    fn llama_rows(extra: &str, keys: serde_json::Value) -> Vec<(String, u64)> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("config.json"),
-            r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,
-                "intermediate_size":128,"vocab_size":100}"#,
+            format!(
+                r#"{{"model_type":"llama","hidden_size":64,"num_hidden_layers":4,"num_attention_heads":4,
+                "intermediate_size":128,"vocab_size":100{extra}}}"#
+            ),
         )
         .unwrap();
+        rows_in(dir.path(), keys)
+    }
+
+    /// The train estimate of the model dir `dir` with these train keys.
+    fn rows_in(dir: &std::path::Path, keys: serde_json::Value) -> Vec<(String, u64)> {
         let mut all: IndexMap<String, (&'static str, Params)> = IndexMap::new();
-        all.insert(
-            "base".into(),
-            ("load.model", params(json!({"path": dir.path()}))),
-        );
+        all.insert("base".into(), ("load.model", params(json!({"path": dir}))));
         all.insert(
             "tok".into(),
             ("tokenize", params(json!({"max_length": 16}))),
@@ -308,5 +364,81 @@ mod tests {
         assert_eq!(rows[5], ("activations, no checkpointing".into(), 4 * full));
         let ckpt = (6 * 64 + 2 * 64) * n + scratch + acts + 64 * n;
         assert_eq!(rows[4], ("activations, checkpointing".into(), 4 * ckpt));
+    }
+
+    /// A frozen bf16 / f16 base keeps its layer linears 16-bit: 2 bytes a weight; embeddings,
+    /// norms and the (untied) head stay f32, and so does every weight of a full fine-tune or a
+    /// linear in `modules_to_save`.
+    #[test]
+    fn a_16bit_base_holds_its_layer_linears_as_16bit() {
+        let weights = |extra: &str, keys| llama_rows(extra, keys)[0].clone();
+        // 4 layers × (4 × 64·64 attention + 3 × 64·128 MLP) = 163840 linear weights; 13376
+        // others: embedding and head 100·64 each, 9 norms of 64.
+        let (lin, other) = (163_840u64, 13_376u64);
+        let bf16 = r#", "torch_dtype": "bfloat16""#;
+        let half = "weights (bf16 layer linears, the rest f32)".to_string();
+        assert_eq!(weights(bf16, json!({})), (half, 2 * lin + 4 * other));
+        assert_eq!(
+            weights(r#", "torch_dtype": "float16""#, json!({})),
+            (
+                "weights (f16 layer linears, the rest f32)".into(),
+                2 * lin + 4 * other
+            )
+        );
+        let f32 = ("weights (f32 in memory)".to_string(), 4 * (lin + other));
+        assert_eq!(weights(r#", "torch_dtype": "float32""#, json!({})), f32);
+        // Without a dtype the plan cannot tell: f32, the upper bound.
+        assert_eq!(weights("", json!({})), f32);
+        // Full fine-tuning widens every weight it trains.
+        assert_eq!(weights(bf16, json!({"method": "full"})), f32);
+        // down_proj (4 × 64·128) trained whole: widened.
+        let down = 4 * 64 * 128;
+        assert_eq!(
+            weights(bf16, json!({"modules_to_save": ["down_proj"]})).1,
+            2 * (lin - down) + 4 * (other + down)
+        );
+    }
+
+    /// The plan's 16-bit weights are those the train step's load holds as 16-bit: a bf16 copy of
+    /// tests/fixtures/engine/llama loaded as `steps::train` loads it (`keep_16bit`), then with
+    /// `modules_to_save` applied.
+    #[test]
+    fn the_16bit_plan_matches_what_the_loader_holds() {
+        use crate::model::{lora, LinearWeight, LoadOptions, Model};
+        let d = tempfile::tempdir().unwrap();
+        let src =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine/llama");
+        crate::formats::safetensors::bf16_copy(&src, d.path()).unwrap();
+        // bf16_copy keeps the config's dtype (float32): say what the tensors are.
+        let cfg_path = d.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg["dtype"] = json!("bfloat16");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let opts = LoadOptions {
+            keep_16bit: true,
+            ..Default::default()
+        };
+        let mut m = Model::load(d.path(), &opts).unwrap();
+        let total = Arch::from_config(&HfConfig::read(d.path()).unwrap())
+            .unwrap()
+            .param_counts()
+            .total();
+        let held_16bit = |m: &mut Model| -> u64 {
+            let lin = m.linears_mut();
+            lin.iter()
+                .filter(|l| matches!(l.weight, LinearWeight::Quant(_)))
+                .map(|l| (l.d_in * l.d_out) as u64)
+                .sum()
+        };
+        let h = held_16bit(&mut m);
+        // 2 layers × (16·16 + 2 × 16·8 + 16·16 + 3 × 16·32).
+        assert_eq!(h, 2 * (256 + 2 * 128 + 256 + 3 * 512));
+        assert_eq!(rows_in(d.path(), json!({}))[0].1, 2 * h + 4 * (total - h));
+        let keys = json!({"modules_to_save": ["mlp.up_proj"]});
+        lora::set_modules_to_save(&mut m, &["mlp.up_proj".into()]).unwrap();
+        let h = held_16bit(&mut m);
+        assert_eq!(h, 2 * (256 + 2 * 128 + 256 + 2 * 512));
+        assert_eq!(rows_in(d.path(), keys)[0].1, 2 * h + 4 * (total - h));
     }
 }
