@@ -19,7 +19,13 @@
 //! `remove_extra_whitespaces` strips leading/trailing spaces and collapses
 //! runs of spaces before the dummy prefix. LLaMA-style models (identity
 //! normalization, no whitespace removal) get exactly LlamaConverter's
-//! tokenizer. Unigram models are refused.
+//! tokenizer.
+//!
+//! Unigram models (type 1, e.g. ChatGLM-6B v1's ice_text.model) become a
+//! `tokenizers` Unigram model with the pieces' scores, the same normalizer
+//! and decoder. sentencepiece never matches control, unknown, byte or unused
+//! pieces inside text; Unigram's lattice would (a control piece scores 0,
+//! the best score), so those get `UNMATCHABLE` as score.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -176,19 +182,13 @@ impl SpModel {
 
     /// The equivalent `tokenizer.json` (LlamaConverter recipe, see module doc).
     pub fn to_tokenizer_json(&self) -> Result<Value> {
-        if self.model_type != 2 {
-            bail!(
-                "SentencePiece model type {} is not supported (only BPE, type 2, as LLaMA and ChatGLM use)",
-                self.model_type
-            );
-        }
-        let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(self.pieces.len());
-        let mut vocab_json = Map::new();
-        for (i, p) in self.pieces.iter().enumerate() {
-            vocab.insert(p.piece.as_str(), i);
-            vocab_json.insert(p.piece.clone(), json!(i));
-        }
-        let merges = generate_merges(&self.pieces, &vocab);
+        let model = match self.model_type {
+            1 => self.unigram_json(),
+            2 => self.bpe_json(),
+            t => bail!(
+                "SentencePiece model type {t} is not supported (only unigram, type 1, and BPE, type 2)"
+            ),
+        };
         let added: Vec<Value> = self
             .pieces
             .iter()
@@ -232,21 +232,59 @@ impl SpModel {
             "pre_tokenizer": null,
             "post_processor": null,
             "decoder": {"type": "Sequence", "decoders": decs},
-            "model": {
-                "type": "BPE",
-                "dropout": null,
-                "unk_token": self.unk_piece,
-                "continuing_subword_prefix": null,
-                "end_of_word_suffix": null,
-                "fuse_unk": true,
-                "byte_fallback": self.byte_fallback,
-                "ignore_merges": false,
-                "vocab": vocab_json,
-                "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
-            }
+            "model": model,
         }))
     }
+
+    /// LlamaConverter's BPE model: the vocab and `generate_merges`.
+    fn bpe_json(&self) -> Value {
+        let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(self.pieces.len());
+        let mut vocab_json = Map::new();
+        for (i, p) in self.pieces.iter().enumerate() {
+            vocab.insert(p.piece.as_str(), i);
+            vocab_json.insert(p.piece.clone(), json!(i));
+        }
+        let merges = generate_merges(&self.pieces, &vocab);
+        json!({
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": self.unk_piece,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": self.byte_fallback,
+            "ignore_merges": false,
+            "vocab": vocab_json,
+            "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A Unigram model: [piece, score] in id order; pieces sentencepiece
+    /// never matches in text score `UNMATCHABLE`.
+    fn unigram_json(&self) -> Value {
+        let vocab: Vec<Value> = self
+            .pieces
+            .iter()
+            .map(|p| {
+                let score = match p.kind {
+                    PieceType::Normal | PieceType::UserDefined => f64::from(p.score),
+                    _ => UNMATCHABLE,
+                };
+                json!([p.piece, score])
+            })
+            .collect();
+        json!({
+            "type": "Unigram",
+            "unk_id": self.unk_id.max(0),
+            "vocab": vocab,
+            "byte_fallback": self.byte_fallback,
+        })
+    }
 }
+
+/// Unigram score for pieces that must never be picked from text (no real
+/// piece scores anywhere near it; the lattice still holds them for byte fallback).
+const UNMATCHABLE: f64 = -1e9;
 
 /// Standard base64 with padding (tokenizers stores the charsmap so).
 fn base64(b: &[u8]) -> String {

@@ -29,7 +29,8 @@ use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use tokenizers::Tokenizer;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::{NormalizedString, Normalizer, Tokenizer};
 
 /// A token's byte range (start, end) in the encoded text.
 pub type Span = (usize, usize);
@@ -69,6 +70,10 @@ pub struct TokenizerBundle {
     /// ChatGLM-6B v1 from tokenizer.model: `encode` adds sentencepiece's dummy prefix "▁"
     /// itself (once, at the start of non-empty text).
     glm1_prefix: bool,
+    /// ... and sentencepiece's remove_extra_whitespaces on the whole text.
+    glm1_trim: bool,
+    /// ... and its charsmap normalization (nmt_nfkc in ice_text.model), before the trimming.
+    glm1_charsmap: Option<NormalizerWrapper>,
     pub dir: PathBuf,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -181,6 +186,8 @@ impl TokenizerBundle {
         };
         let mut from_sp = false;
         let mut glm1_prefix = false;
+        let mut glm1_trim = false;
+        let mut glm1_charsmap = None;
         let mut tj = if let Some(v) = read_json(&tj_path)? {
             v
         } else if sp_path.exists() {
@@ -203,13 +210,21 @@ impl TokenizerBundle {
                     added.push(added_token_json(n + i, t, true));
                 }
             } else if glm1 {
-                // sentencepiece adds its dummy prefix once, before the whole text; tokenizers'
-                // Prepend would add it again after every user-defined piece (<n>, <|blank_N|>).
-                // So `encode` prepends it instead.
+                // sentencepiece normalizes the whole text (charsmap, then leading/trailing
+                // spaces and its dummy prefix, once); tokenizers normalizes each piece between
+                // user-defined pieces (<n>, <|blank_N|>), which would add "▁" and drop spaces
+                // around every one of them. So `encode` does those steps itself.
                 if let Some(norms) = tj["normalizer"]["normalizers"].as_array_mut() {
                     let before = norms.len();
                     norms.retain(|x| x["type"] != "Prepend");
                     glm1_prefix = norms.len() < before;
+                    glm1_trim = sp.remove_extra_whitespaces;
+                    norms.retain(|x| x["pattern"]["Regex"] != "^ +| +$");
+                    if let Some(i) = norms.iter().position(|x| x["type"] == "Precompiled") {
+                        let n = serde_json::from_value(norms.remove(i))
+                            .with_context(|| format!("{}: charsmap", sp_path.display()))?;
+                        glm1_charsmap = Some(n);
+                    }
                 }
             } else if let Some(dec) = cfg.get("added_tokens_decoder").and_then(Value::as_object) {
                 // Tokens beyond the SP vocab, in id order.
@@ -397,6 +412,8 @@ impl TokenizerBundle {
             fast,
             glm1,
             glm1_prefix,
+            glm1_trim,
+            glm1_charsmap,
             dir: dir.to_path_buf(),
             bos_token,
             eos_token,
@@ -421,12 +438,7 @@ impl TokenizerBundle {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let pre;
         let text = if self.glm1 {
-            let p = if self.glm1_prefix && !text.is_empty() {
-                "\u{2581}"
-            } else {
-                ""
-            };
-            pre = format!("{p}{}", glm1_preprocess(text));
+            pre = self.glm1_normalize(text)?;
             pre.as_str()
         } else {
             text
@@ -441,6 +453,30 @@ impl TokenizerBundle {
             .encode(text, false)
             .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(e.get_ids().to_vec())
+    }
+
+    /// ChatGLM-6B v1 text as sentencepiece sees it: `glm1_preprocess`, then (for a
+    /// tokenizer.model) the charsmap, leading/trailing spaces removed and runs of spaces
+    /// collapsed over the whole text, and one dummy prefix "▁" if anything is left.
+    fn glm1_normalize(&self, text: &str) -> Result<String> {
+        let mut t = glm1_preprocess(text);
+        if let Some(n) = &self.glm1_charsmap {
+            let mut ns = NormalizedString::from(t.as_str());
+            n.normalize(&mut ns)
+                .map_err(|e| anyhow::anyhow!("normalizing {text:?}: {e}"))?;
+            t = ns.get().to_string();
+        }
+        if self.glm1_trim {
+            t = t
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        if self.glm1_prefix && !t.is_empty() {
+            t.insert(0, '\u{2581}');
+        }
+        Ok(t)
     }
 
     /// Whether `encode` runs the fast ids-only encoder (`fast_bpe`).
