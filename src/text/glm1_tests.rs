@@ -1,6 +1,8 @@
 //! ChatGLM-6B (v1) text: SPTokenizer's rules against the `sentencepiece` package
 //! (tests/fixtures/glm6b/tokenizer*, tests/reference/glm6b_make_fixtures.py), and seed 001's
 //! AdvertiseGen example through the `chatglm` template into exactly its printed ids and labels.
+//! The same text rules on a Unigram ice_text.model like THUDM's (tests/fixtures/glm6b/unigram);
+//! the real one is checked by tests/glm6b_tokenizer.rs when it is available.
 
 use super::tokenizer::{glm1_postprocess, glm1_preprocess, TokenizerBundle};
 use std::path::{Path, PathBuf};
@@ -55,6 +57,47 @@ fn glm1_tokenizer_matches_sentencepiece() {
             "decode {text:?}"
         );
     }
+}
+
+/// A SentencePiece *Unigram* model named ice_text.model with the real ChatGLM-6B's settings
+/// (control [gMASK] <sop> <eop>, user-defined <n> <|tab|> <|blank_N|>, a charsmap,
+/// remove_extra_whitespaces) encodes and decodes as SPTokenizer does; among the strings: spaces
+/// before or after a newline, whitespace-only text, ideographic spaces at the ends, "<sop>" as
+/// text (tests/fixtures/glm6b/unigram*, tests/reference/glm6b_real_ids.py).
+#[test]
+fn glm1_unigram_ice_text_matches_sentencepiece() {
+    let b = TokenizerBundle::from_dir(glm6b("unigram")).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(glm6b("unigram_ids.json")).unwrap()).unwrap();
+    for (name, id) in fx["special"].as_object().unwrap() {
+        assert_eq!(
+            b.tok.token_to_id(name),
+            Some(id.as_u64().unwrap() as u32),
+            "{name}"
+        );
+    }
+    assert_eq!((b.pad_id, b.eos_id), (Some(3), Some(9)));
+    let mut bad = vec![];
+    for c in fx["cases"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        let got = b.encode(text).unwrap();
+        if got != want {
+            bad.push(format!(
+                "{text:?}: got {got:?} want {want:?} {}",
+                c["pieces"]
+            ));
+        } else if b.decode(&want, false).unwrap() != c["decoded"].as_str().unwrap() {
+            bad.push(format!("decode {text:?}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    assert_eq!(fx["cases"].as_array().unwrap().len(), 35);
 }
 
 /// Seed 001's AdvertiseGen row: the pieces and ids it prints.

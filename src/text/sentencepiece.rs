@@ -23,9 +23,8 @@
 //!
 //! Unigram models (type 1, e.g. ChatGLM-6B v1's ice_text.model) become a
 //! `tokenizers` Unigram model with the pieces' scores, the same normalizer
-//! and decoder. sentencepiece never matches control, unknown, byte or unused
-//! pieces inside text; Unigram's lattice would (a control piece scores 0,
-//! the best score), so those get `UNMATCHABLE` as score.
+//! and decoder; control, unknown, unused and byte pieces score so low that
+//! text does not produce them (`unigram_json`).
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -259,8 +258,15 @@ impl SpModel {
         })
     }
 
-    /// A Unigram model: [piece, score] in id order; pieces sentencepiece
-    /// never matches in text score `UNMATCHABLE`.
+    /// A Unigram model: [piece, score] in id order. sentencepiece never
+    /// matches control, unknown, unused or byte pieces inside text; Unigram's
+    /// lattice would (they score 0, the best score), so they score
+    /// `UNMATCHABLE`. (Renaming them is not possible: added tokens take the
+    /// model's id for their text.) That lowers the Unigram minimum score and
+    /// so the score of an unknown character, which changes nothing where every
+    /// path holds the same unknown characters: trained pieces only hold
+    /// characters that are pieces, but a control piece holding one that is not
+    /// (ChatGLM-6B's vocabulary has all of ASCII) could still match from text.
     fn unigram_json(&self) -> Value {
         let vocab: Vec<Value> = self
             .pieces
@@ -282,8 +288,7 @@ impl SpModel {
     }
 }
 
-/// Unigram score for pieces that must never be picked from text (no real
-/// piece scores anywhere near it; the lattice still holds them for byte fallback).
+/// Unigram score of pieces that text must not produce (no real score is near it).
 const UNMATCHABLE: f64 = -1e9;
 
 /// Standard base64 with padding (tokenizers stores the charsmap so).
