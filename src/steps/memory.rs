@@ -172,6 +172,34 @@ pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[Strin
 
 /// Memory of a train step: frozen weights, trainable params, their grads,
 /// optimizer state and activations at the recipe's batch and length.
+/// `CudaBackend`'s working buffers (bytes) for a train step on an explicit `cuda[:N]` device, and
+/// the row's label. bf16 compute (`dtype` auto or bf16): the two bf16 operands of the largest
+/// product (A: n tokens × the widest activation; B: the largest weight, the head included) and
+/// the tensor-core attention's four f32 [heads, seq, seq] buffers of one batch row. f32 compute:
+/// the f32 copy of the largest frozen 4-bit or 16-bit linear (none for an f32 base).
+fn cuda_scratch(a: &Arch, n: f64, seq: u64, bf16: bool, frozen_packed: bool) -> (String, u64) {
+    let (h, kv) = (a.heads as u64, a.kv_heads as u64);
+    let wide = (a.hidden as u64)
+        .max(2 * a.ffn as u64)
+        .max((h + 2 * kv) * a.head_dim as u64);
+    let hidden = a.hidden as u64;
+    if bf16 {
+        let operands = (2.0 * n * wide as f64) as u64 + 2 * (a.vocab as u64).max(wide) * hidden;
+        let scores = 16 * h * seq * seq;
+        (
+            "CUDA scratch (bf16 operands, attention scores)".into(),
+            operands.saturating_add(scores),
+        )
+    } else if frozen_packed {
+        (
+            "CUDA scratch (f32 widened weight)".into(),
+            4 * wide * hidden,
+        )
+    } else {
+        ("CUDA scratch".into(), 0)
+    }
+}
+
 pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let p = e.params;
     let (cfg, a) = model_of(e.upstream("model", "load.model")?)?;
@@ -228,11 +256,16 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
         |ckpt: bool| (4.0 * crate::model::train_activation_floats(&a, n, ckpt, dropout)) as u64;
     let (act_ckpt, act_full) = (act(true), act(false));
     let ckpt = p.bool("gradient_checkpointing");
-    let total = (weights + train_bytes + grads + optim).saturating_add(if ckpt {
-        act_ckpt
-    } else {
-        act_full
+    let on_cuda = p
+        .opt_str("device")
+        .is_some_and(|d| d == "cuda" || d.starts_with("cuda:"));
+    let scratch = on_cuda.then(|| {
+        let bf16 = p.opt_str("dtype").is_none_or(|d| d != "f32");
+        cuda_scratch(&a, n, seq, bf16, quant.is_some() || half.is_some())
     });
+    let total = (weights + train_bytes + grads + optim)
+        .saturating_add(if ckpt { act_ckpt } else { act_full })
+        .saturating_add(scratch.as_ref().map_or(0, |s| s.1));
     let wlabel = match (quant, half) {
         (Some(q), _) => format!("weights ({})", q.str("quant_type")),
         (None, Some(h)) => format!("weights ({h} layer linears, the rest f32)"),
@@ -246,7 +279,7 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
             if ckpt { ", checkpointing" } else { "" }
         ),
         peak_bytes: Some(total),
-        rows: vec![
+        rows: [
             (wlabel, weights),
             (
                 if full {
@@ -260,8 +293,11 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
             (format!("optimizer ({})", p.str("optim")), optim),
             ("activations, checkpointing".into(), act_ckpt),
             ("activations, no checkpointing".into(), act_full),
-            ("total".into(), total),
-        ],
+        ]
+        .into_iter()
+        .chain(scratch)
+        .chain([("total".into(), total)])
+        .collect(),
     })
 }
 
@@ -364,6 +400,39 @@ mod tests {
         assert_eq!(rows[5], ("activations, no checkpointing".into(), 4 * full));
         let ckpt = (6 * 64 + 2 * 64) * n + scratch + acts + 64 * n;
         assert_eq!(rows[4], ("activations, checkpointing".into(), 4 * ckpt));
+    }
+
+    /// On `device = "cuda"` the plan adds `CudaBackend`'s scratch: in bf16 compute the operands
+    /// of the largest product and the attention scores of one batch row, in f32 compute the
+    /// widened copy of a frozen 16-bit or 4-bit linear (none for an f32 base).
+    #[test]
+    fn a_cuda_step_plans_the_backend_scratch() {
+        let total = |rows: &[(String, u64)]| rows.last().unwrap().1;
+        let cpu = train_rows(json!({}));
+        let bf16 = train_rows(json!({"device": "cuda"}));
+        // widest activation 2·ffn = 256; A: n 32 × 256 bf16; B: vocab 100 < 256 → 256 × 64
+        // bf16; scores: 4 buffers × 4 heads × 16² f32.
+        let want = 2 * 32 * 256 + 2 * 256 * 64 + 16 * 4 * 16 * 16;
+        assert_eq!(
+            bf16[6],
+            (
+                "CUDA scratch (bf16 operands, attention scores)".into(),
+                want
+            )
+        );
+        assert_eq!(total(&bf16), total(&cpu) + want);
+        assert_eq!(bf16.len(), cpu.len() + 1);
+        let f32_rows = train_rows(json!({"device": "cuda:1", "dtype": "f32"}));
+        assert_eq!(f32_rows[6], ("CUDA scratch".into(), 0));
+        let half = llama_rows(
+            r#", "torch_dtype": "bfloat16""#,
+            json!({"device": "cuda", "dtype": "f32"}),
+        );
+        assert_eq!(
+            half[6],
+            ("CUDA scratch (f32 widened weight)".into(), 4 * 256 * 64)
+        );
+        assert_eq!(train_rows(json!({"device": "auto"})).len(), cpu.len());
     }
 
     /// A frozen bf16 / f16 base keeps its layer linears 16-bit: 2 bytes a weight; embeddings,
