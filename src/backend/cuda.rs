@@ -50,6 +50,7 @@ use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
+use crate::cuda::ops::grown;
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
 use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
@@ -153,15 +154,10 @@ impl CudaBackend {
         let (na, nb) = (mm.m * mm.k, mm.k * mm.n);
         let mut slots = self.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
         self.run("matmul_bf16", |g| {
-            for (slot, n) in slots.iter_mut().zip([na, nb]) {
-                if slot.as_ref().is_none_or(|b| b.len() < n) {
-                    *slot = None; // give the old block back before taking a larger one
-                    *slot = Some(g.alloc_zeros::<bf16>(n.max(1))?);
-                }
-            }
             let [sa, sb] = &mut *slots;
-            let (sa, sb) = (sa.as_mut().expect("ensured"), sb.as_mut().expect("ensured"));
+            let sa = grown(g, sa, na)?;
             tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
+            let sb = grown(g, sb, nb)?;
             fill_b(g, sb)?;
             matmul_bf16_f32(
                 g,

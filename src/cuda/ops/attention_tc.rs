@@ -27,7 +27,7 @@ use half::bf16;
 use super::attention::{attn_delta, check, push_masks, DeviceMasks};
 use super::blas::{matmul_bf16_f32_ld, MatMul};
 use super::tensor::narrow_bf16;
-use super::{dim, grid1, need};
+use super::{dim, grid1, grown, need};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
@@ -51,17 +51,16 @@ pub struct TcScratch {
     delta: Option<DevBuf<f32>>,
 }
 
-/// `slot`'s buffer, replaced by a larger one when it holds fewer than `n` elements.
-fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+/// `x[..n]` narrowed to bf16 into `slot` (grown to hold n).
+fn narrowed<'a>(
     gpu: &Gpu,
-    slot: &'a mut Option<DevBuf<T>>,
+    slot: &'a mut Option<DevBuf<bf16>>,
+    x: &DevView<f32>,
     n: usize,
-) -> Result<&'a mut DevBuf<T>> {
-    if slot.as_ref().is_none_or(|b| b.len() < n) {
-        *slot = None; // give the old block back before taking a larger one
-        *slot = Some(gpu.alloc_zeros::<T>(n.max(1))?);
-    }
-    Ok(slot.as_mut().expect("just ensured"))
+) -> Result<&'a DevBuf<bf16>> {
+    let b = grown(gpu, slot, n)?;
+    narrow_bf16(gpu, &mut b.slice_mut(..n), &x.slice(..n))?;
+    Ok(b)
 }
 
 /// The GEMM geometry of one head family: element offsets and row lengths of q-like
@@ -232,16 +231,9 @@ pub fn attn_tc_fwd(
     }
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
-    let sq = grown(gpu, &mut sc.q, nq)?;
-    narrow_bf16(gpu, &mut sq.slice_mut(..nq), &q.slice(..nq))?;
-    let skv = [(&mut sc.k, &k), (&mut sc.v, &v)].map(|(slot, x)| {
-        grown(gpu, slot, nk).and_then(|b| {
-            narrow_bf16(gpu, &mut b.slice_mut(..nk), &x.slice(..nk))?;
-            Ok(&*b)
-        })
-    });
-    let [sk, sv] = skv;
-    let (sk, sv) = (sk?, sv?);
+    let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
+    let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
+    let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
     let s = grown(gpu, &mut sc.s, rows * dm.t)?;
     let p = grown(gpu, &mut sc.p, rows * dm.t)?;
     let (t, hq) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?);
@@ -319,19 +311,10 @@ pub fn attn_tc_bwd(
     let rows = dm.hq * dm.t;
     let delta = grown(gpu, &mut sc.delta, nl)?;
     attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
-    let [sq, sdo] = [(&mut sc.q, &q), (&mut sc.dout, &dout)].map(|(slot, x)| {
-        grown(gpu, slot, nq).and_then(|b| {
-            narrow_bf16(gpu, &mut b.slice_mut(..nq), &x.slice(..nq))?;
-            Ok(&*b)
-        })
-    });
-    let [sk, sv] = [(&mut sc.k, &k), (&mut sc.v, &v)].map(|(slot, x)| {
-        grown(gpu, slot, nk).and_then(|b| {
-            narrow_bf16(gpu, &mut b.slice_mut(..nk), &x.slice(..nk))?;
-            Ok(&*b)
-        })
-    });
-    let (sq, sdo, sk, sv) = (sq?, sdo?, sk?, sv?);
+    let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
+    let sdo = narrowed(gpu, &mut sc.dout, &dout, nq)?;
+    let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
+    let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
     let s = grown(gpu, &mut sc.s, rows * dm.t)?;
     let dp = grown(gpu, &mut sc.dp, rows * dm.t)?;
     let p = grown(gpu, &mut sc.p, rows * dm.t)?;

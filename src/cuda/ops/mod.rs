@@ -24,6 +24,7 @@ pub mod tensor;
 use cudarc::driver::{DeviceRepr, LaunchConfig, ValidAsZeroBits};
 
 use super::error::{shape_err, Result};
+use super::DevBuf;
 
 /// A storage dtype with kernels (`_f32` / `_bf16` suffix). Arithmetic is always f32.
 pub trait Elem:
@@ -75,6 +76,19 @@ pub(crate) fn per_row(rows: usize, threads: u32) -> LaunchConfig {
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// `slot`'s buffer, replaced by a larger one when it holds fewer than `n` elements.
+pub(crate) fn grown<'a, T: DeviceRepr + ValidAsZeroBits>(
+    gpu: &crate::cuda::Gpu,
+    slot: &'a mut Option<DevBuf<T>>,
+    n: usize,
+) -> Result<&'a mut DevBuf<T>> {
+    if slot.as_ref().is_none_or(|b| b.len() < n) {
+        *slot = None; // give the old block back before taking a larger one
+        *slot = Some(gpu.alloc_zeros::<T>(n.max(1))?);
+    }
+    Ok(slot.as_mut().expect("just ensured"))
 }
 
 /// Checks that buffer `what` holds at least `want` elements.
