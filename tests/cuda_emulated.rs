@@ -1717,3 +1717,51 @@ fn bf16_products_are_bf16_operands_with_f32_accumulation() {
         near(&format!("{what} backward"), &cuda.download(&dx), &want);
     }
 }
+
+/// `RECIPE_CUDA_PROFILE`: each op is timed once per call, a bf16 product as its three parts
+/// (operand A narrowed, operand B filled, the GEMM with its shape), transfers and allocations
+/// included; off means no rows.
+#[test]
+fn the_profile_counts_every_op_and_splits_a_bf16_product() {
+    let Some(gpu) = emulated() else { return };
+    let cuda = CudaBackend::on(gpu, "emulated".into())
+        .unwrap()
+        .with_precision(recipe::backend::Precision::Bf16)
+        .with_profile(true);
+    let (m, n, k) = (4usize, 3usize, 5usize);
+    let (a, b) = (
+        cuda.upload(&vec![0.5; m * k]),
+        cuda.upload(&vec![0.25; k * n]),
+    );
+    let mut c = cuda.zeros(m * n);
+    cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 0.0);
+    cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 1.0);
+    cuda.scale(&mut c, 2.0, m * n);
+    assert_eq!(cuda.download(&c), vec![2.5; m * n]); // 2 · 2 · 5 · 0.5 · 0.25
+    let mut rows: Vec<(String, u64)> = cuda
+        .profile_table()
+        .into_iter()
+        .map(|(name, calls, secs)| {
+            assert!(secs >= 0.0);
+            (name, calls)
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("alloc".to_string(), 1),
+            ("download".to_string(), 1),
+            ("gemm_bf16 4x3x5 NN".to_string(), 2),
+            ("narrow_bf16 A".to_string(), 2),
+            ("narrow_bf16 B".to_string(), 2),
+            ("scale".to_string(), 1),
+            ("upload".to_string(), 2),
+        ]
+    );
+    let off = CudaBackend::on(emulated().unwrap(), "emulated".into())
+        .unwrap()
+        .with_profile(false);
+    off.scale(&mut off.zeros(4), 2.0, 4);
+    assert!(off.profile_table().is_empty());
+}

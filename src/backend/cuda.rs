@@ -88,6 +88,43 @@ pub struct CudaBackend {
     bf16_scratch: Mutex<[Option<DevBuf<bf16>>; 2]>,
     /// bf16 mode: the tensor-core attention's operands and scores, reused.
     attn_tc: Mutex<TcScratch>,
+    /// `RECIPE_CUDA_PROFILE=1`: every op synchronizes and adds its wall time here; the table
+    /// goes to stderr when the backend is dropped ([`CudaBackend::profile_table`]).
+    profile: Option<Mutex<Profile>>,
+}
+
+/// Per-op wall time: name -> (calls, seconds).
+type Profile = std::collections::BTreeMap<String, (u64, f64)>;
+
+impl Drop for CudaBackend {
+    /// With `RECIPE_CUDA_PROFILE=1`, the per-op table to stderr.
+    fn drop(&mut self) {
+        let rows = self.profile_table();
+        if rows.is_empty() {
+            return;
+        }
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        let pool = self.pool_stats();
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        eprintln!(
+            "cuda profile ({}): {total:.3} s in ops, each synchronized; buffers: peak {:.2} GiB live, {:.2} GiB cached now, {} driver allocations",
+            self.label,
+            gib(pool.peak_in_use),
+            gib(pool.cached),
+            pool.fresh
+        );
+        eprintln!(
+            "{:<52} {:>8} {:>10} {:>10} {:>6}",
+            "op", "calls", "total s", "ms/call", "share"
+        );
+        for (name, n, secs) in rows {
+            eprintln!(
+                "{name:<52} {n:>8} {secs:>10.4} {:>10.4} {:>5.1}%",
+                1e3 * secs / n as f64,
+                100.0 * secs / total
+            );
+        }
+    }
 }
 
 impl CudaBackend {
@@ -128,7 +165,40 @@ impl CudaBackend {
             precision: Precision::F32,
             bf16_scratch: Mutex::new([None, None]),
             attn_tc: Mutex::new(TcScratch::default()),
+            profile: std::env::var_os("RECIPE_CUDA_PROFILE")
+                .is_some_and(|v| v != "0")
+                .then(Mutex::default),
         })
+    }
+
+    /// Times every op (synchronizing after each) for [`CudaBackend::profile_table`].
+    pub fn with_profile(mut self, on: bool) -> Self {
+        self.profile = on.then(Mutex::default);
+        self
+    }
+
+    /// The profile so far: one row per op name, largest total first (empty when off).
+    pub fn profile_table(&self) -> Vec<(String, u64, f64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let p = p.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = p.iter().map(|(k, &(n, s))| (k.clone(), n, s)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    }
+
+    /// An op's name for the profile: `op` with its shape when profiling (`detail` is not
+    /// called otherwise).
+    fn op_name(
+        &self,
+        op: &'static str,
+        detail: impl FnOnce() -> String,
+    ) -> std::borrow::Cow<'static, str> {
+        match self.profile {
+            Some(_) => format!("{op} {}", detail()).into(),
+            None => op.into(),
+        }
     }
 
     /// The same backend computing matrix products in `p` (f32 when opened).
@@ -149,16 +219,33 @@ impl CudaBackend {
         c: &mut Tensor,
         a: &Tensor,
         mm: &MatMul,
+        b_name: &str,
         fill_b: impl FnOnce(&Gpu, &mut DevBuf<bf16>) -> Result<()>,
     ) {
         let (na, nb) = (mm.m * mm.k, mm.k * mm.n);
         let mut slots = self.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
-        self.run("matmul_bf16", |g| {
-            let [sa, sb] = &mut *slots;
+        let [sa, sb] = &mut *slots;
+        let sa = self.run("narrow_bf16 A", |g| {
             let sa = grown(g, sa, na)?;
             tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
+            Ok(sa)
+        });
+        let sb = self.run(b_name, |g| {
             let sb = grown(g, sb, nb)?;
             fill_b(g, sb)?;
+            Ok(sb)
+        });
+        let name = self.op_name("gemm_bf16", || {
+            format!(
+                "{}x{}x{} {}{}",
+                mm.m,
+                mm.n,
+                mm.k,
+                ["N", "T"][mm.trans_a as usize],
+                ["N", "T"][mm.trans_b as usize]
+            )
+        });
+        self.run(&name, |g| {
             matmul_bf16_f32(
                 g,
                 &mut c.device_mut().slice_mut(..mm.m * mm.n),
@@ -196,7 +283,16 @@ impl CudaBackend {
     /// recipe holds, what is free, what the plan expected and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        match self.gpu.bind_to_thread().and_then(|_| f(&self.gpu)) {
+        let t0 = std::time::Instant::now();
+        let mut r = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));
+        if let (Some(p), true) = (&self.profile, r.is_ok()) {
+            r = r.and_then(|v| self.gpu.synchronize().map(|_| v));
+            let mut p = p.lock().unwrap_or_else(|p| p.into_inner());
+            let e = p.entry(op.to_string()).or_default();
+            e.0 += 1;
+            e.1 += t0.elapsed().as_secs_f64();
+        }
+        match r {
             Ok(r) => r,
             Err(e) if crate::cuda::pool::is_oom(&e) => {
                 crate::util::user_panic(self.oom_message(op))
@@ -359,7 +455,8 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        self.run("attention_tc_fwd", |g| {
+        let name = self.op_name("attention_tc_fwd", || format!("{dims:?}"));
+        self.run(&name, |g| {
             let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
             let mut o = out.device_mut().slice_mut(..nq);
             let (mk, kd) = (device_masks(mask), kdims(dims, scale));
@@ -388,7 +485,8 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        self.run("attention_tc_bwd", |g| {
+        let name = self.op_name("attention_tc_bwd", || format!("{dims:?}"));
+        self.run(&name, |g| {
             let sd = saved.device();
             let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
@@ -551,7 +649,7 @@ impl Backend for CudaBackend {
             beta,
         };
         if self.precision == Precision::Bf16 {
-            return self.gemm_bf16(c, a, &mm, |g, sb| {
+            return self.gemm_bf16(c, a, &mm, "narrow_bf16 B", |g, sb| {
                 let nb = k * n;
                 tk::narrow_bf16(g, &mut sb.slice_mut(..nb), &b.device().slice(..nb))
             });
@@ -634,7 +732,11 @@ impl Backend for CudaBackend {
         }
         if self.precision == Precision::Bf16 {
             // W straight into the bf16 operand: dequantized (4-bit) or converted (16-bit).
-            return self.gemm_bf16(y, x, &mm, |g, sb| match w {
+            let b_name = match w {
+                QuantWeight::Device4(_) => "dequant_4bit_bf16 W",
+                _ => "widen16_bf16 W",
+            };
+            return self.gemm_bf16(y, x, &mm, b_name, |g, sb| match w {
                 QuantWeight::Device4(q) => dequant_4bit::<bf16>(g, sb, q),
                 QuantWeight::Device16 { bits, bf16, .. } => tk::widen16::<bf16>(
                     g,

@@ -41,6 +41,8 @@ pub struct PoolStats {
     pub in_use: usize,
     /// Bytes cached for reuse.
     pub cached: usize,
+    /// The most bytes live buffers held at once.
+    pub peak_in_use: usize,
 }
 
 pub(crate) struct Pool {
@@ -53,6 +55,7 @@ pub(crate) struct Pool {
     fresh: AtomicU64,
     in_use: AtomicUsize,
     cached: AtomicUsize,
+    peak_in_use: AtomicUsize,
 }
 
 /// `bytes` rounded up to the pool's unit (at least one unit, so empty buffers have an address).
@@ -73,6 +76,7 @@ impl Pool {
             fresh: AtomicU64::new(0),
             in_use: AtomicUsize::new(0),
             cached: AtomicUsize::new(0),
+            peak_in_use: AtomicUsize::new(0),
         })
     }
 
@@ -81,7 +85,13 @@ impl Pool {
             fresh: self.fresh.load(Ordering::Relaxed),
             in_use: self.in_use.load(Ordering::Relaxed),
             cached: self.cached.load(Ordering::Relaxed),
+            peak_in_use: self.peak_in_use.load(Ordering::Relaxed),
         }
+    }
+
+    fn count_in_use(&self, bytes: usize) {
+        let now = self.in_use.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_in_use.fetch_max(now, Ordering::Relaxed);
     }
 
     /// A block of at least `bytes` (a multiple of the unit): a cached one of at most 1.25× the
@@ -102,7 +112,7 @@ impl Pool {
                     free.remove(&size);
                 }
                 self.cached.fetch_sub(size, Ordering::Relaxed);
-                self.in_use.fetch_add(size, Ordering::Relaxed);
+                self.count_in_use(size);
                 return Ok((b, size));
             }
         }
@@ -111,7 +121,7 @@ impl Pool {
             r => r?,
         };
         self.fresh.fetch_add(1, Ordering::Relaxed);
-        self.in_use.fetch_add(bytes, Ordering::Relaxed);
+        self.count_in_use(bytes);
         Ok((b, bytes))
     }
 
@@ -221,7 +231,8 @@ mod tests {
             PoolStats {
                 fresh: 2,
                 in_use: 1024,
-                cached: 4096
+                cached: 4096,
+                peak_in_use: 4096,
             }
         );
         pool.give(c, sc);
@@ -241,7 +252,8 @@ mod tests {
             PoolStats {
                 fresh: 2,
                 in_use: 6144,
-                cached: 0
+                cached: 0,
+                peak_in_use: 6144,
             }
         );
         let e = pool.take(4096).err().expect("8 KiB device, 6 KiB in use");

@@ -1,0 +1,140 @@
+"""GPU side-by-side for `recipe` training speed (issue 15): transformers + peft on the same model.
+
+Two verbs, both run on the lent GPU machine by `.gpu/run.sh` (kernels/NOTES.md):
+
+    python3 tests/reference/gpu_train_ref.py make DIR [--layers 4]
+        A random LLaMA-7B-shaped model dir (hidden 4096, ffn 11008, 32 heads, vocab 32000,
+        bf16 safetensors) with `layers` decoder layers, plus the quickstart tokenizer, so that
+        `recipe run` can load it. Per-layer cost is the 7B's; the head is the 7B's.
+
+    python3 tests/reference/gpu_train_ref.py train DIR [--seq 2048 --batch 4 --r 16 --steps 5]
+        peft LoRA r 16 on all linear layers, bf16 weights and compute, gradient checkpointing,
+        torch AdamW (fused), every label trained; 3 warm-up + `steps` timed steps (CUDA events).
+        Prints one JSON line: tokens/s, ms/step, peak device memory. bitsandbytes is not on the
+        machine, so this is LoRA on a bf16 base, not QLoRA.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+
+def make(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.ffn,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+        torch_dtype="bfloat16",
+    )
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    os.makedirs(args.dir, exist_ok=True)
+    model.save_pretrained(args.dir, safe_serialization=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    qs = os.path.join(here, "..", "..", "examples", "quickstart", "base")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(qs, f), os.path.join(args.dir, f))
+    n = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"made": args.dir, "params": n, "layers": args.layers}))
+
+
+def train(args):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(
+        args.dir, torch_dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).cuda()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    cfg = LoraConfig(
+        r=args.r,
+        lora_alpha=2 * args.r,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, cfg)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True
+    )
+    ids = torch.randint(2, 384, (args.batch, args.seq), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.steps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        loss = step()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    ms = times[len(times) // 2]
+    tokens = args.batch * args.seq
+    print(
+        json.dumps(
+            {
+                "ref": "transformers+peft LoRA bf16, grad ckpt, fused AdamW, sdpa",
+                "torch": torch.__version__,
+                "seq": args.seq,
+                "batch": args.batch,
+                "r": args.r,
+                "ms_per_step": ms,
+                "tokens_per_s": tokens / (ms / 1e3),
+                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "loss": float(loss),
+            }
+        )
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("verb", choices=["make", "train"])
+    ap.add_argument("dir")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=4096)
+    ap.add_argument("--ffn", type=int, default=11008)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    t = time.time()
+    {"make": make, "train": train}[args.verb](args)
+    print(f"# {args.verb} took {time.time() - t:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
