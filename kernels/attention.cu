@@ -16,13 +16,20 @@
 #define ROWS 8
 #define KT 32
 
+// visible() with the row's values loaded once: segi = seg[b, i] (0 without seg), pre =
+// prefix[b] (0 without prefix).
+__device__ __forceinline__ bool visible_q(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
+                                          const i32* seg, i32 segi, i32 pre) {
+    if (j >= t || i >= t) return false;
+    if (j > i && j >= pre) return false;
+    if (kmask && kmask[(i64)b * t + j] == 0) return false;
+    if (seg && seg[(i64)b * t + j] != segi) return false;
+    return true;
+}
 __device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
                                         const i32* seg, const i32* prefix) {
-    if (j >= t || i >= t) return false;
-    if (j > i && !(prefix && j < prefix[b])) return false;
-    if (kmask && kmask[(i64)b * t + j] == 0) return false;
-    if (seg && seg[(i64)b * t + j] != seg[(i64)b * t + i]) return false;
-    return true;
+    i32 segi = (seg && i < t) ? seg[(i64)b * t + i] : 0;
+    return visible_q(i, j, b, t, kmask, seg, segi, prefix ? prefix[b] : 0);
 }
 
 // Block: 8 warps = 8 consecutive query rows of one (b, h); lane = key within a 32-key tile for
@@ -279,41 +286,65 @@ ATTN_KERNELS(bf16, bf16)
 
 // Tensor-core attention (src/cuda/ops/attention_tc.rs): the products run as cuBLAS GEMMs on the
 // scores of one batch row b at a time, s [hq, t, t] f32 = scale·q·kᵀ; these kernels are its
-// elementwise part, with the masks, ALiBi and lse of the kernels above. One warp per (h, i) row.
+// elementwise part, with the masks, ALiBi and lse of the kernels above.
 // Forward: lse_i = log Σ_j exp(s_ij + slope_h (j - i)) over visible j (+inf if none);
 //          p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys, 0 elsewhere (bf16, the
 //          next GEMM's operand). lse is [B, hq, t] as attn_fwd's.
-extern "C" __global__ void attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask,
-                                               const i32* seg, const i32* prefix,
-                                               const float* slopes, i32 b, i32 t, i32 hq) {
-    int lane = threadIdx.x & 31;
-    i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
-    if (row >= (i64)hq * t) return;
+// One block of 256 threads per (h, i) row: thread k holds keys k, k + 256, ... (up to
+// TC_REG·256 = 4096 keys) in registers, so each visible score is read once and the mask is
+// evaluated once; hidden keys (the causal upper triangle) are never read. Keys past 4096 are
+// re-read in each of the three passes.
+#define TC_THREADS 256
+#define TC_REG 16
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask, const i32* seg,
+                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 hq) {
+    __shared__ float scratch[32];
+    i64 row = blockIdx.x;  // h * t + i
     i32 h = row / t, i = row % t;
     float slope = slopes ? slopes[h] : 0.f;
+    i32 segi = seg ? seg[(i64)b * t + i] : 0, pre = prefix ? prefix[b] : 0;
     const float* sr = s + row * t;
+    float x[TC_REG];
     float m = -RECIPE_INF;
-    for (i32 j = lane; j < t; j += 32)
-        if (visible(i, j, b, t, kmask, seg, prefix)) m = fmaxf(m, sr[j] + slope * (float)(j - i));
-    m = warp_max(m);
-    float l = 0.f;
-    if (m != -RECIPE_INF)
-        for (i32 j = lane; j < t; j += 32)
-            if (visible(i, j, b, t, kmask, seg, prefix))
-                l += __expf(sr[j] + slope * (float)(j - i) - m);
-    l = warp_sum(l);
-    float ls = l > 0.f ? m + __logf(l) : RECIPE_INF;
-    for (i32 j = lane; j < t; j += 32) {
-        bool ok = l > 0.f && visible(i, j, b, t, kmask, seg, prefix);
-        st(p, row * t + j, ok ? __expf(sr[j] + slope * (float)(j - i) - ls) : 0.f);
+#pragma unroll
+    for (int c = 0; c < TC_REG; c++) {
+        i32 j = threadIdx.x + c * TC_THREADS;
+        x[c] = -RECIPE_INF;
+        if (visible_q(i, j, b, t, kmask, seg, segi, pre)) x[c] = sr[j] + slope * (float)(j - i);
+        m = fmaxf(m, x[c]);
     }
-    if (lane == 0) lse[((i64)b * hq + h) * t + i] = ls;
+    for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS)
+        if (visible_q(i, j, b, t, kmask, seg, segi, pre)) m = fmaxf(m, sr[j] + slope * (float)(j - i));
+    m = block_max(m, scratch);
+    float l = 0.f;
+    if (m != -RECIPE_INF) {
+#pragma unroll
+        for (int c = 0; c < TC_REG; c++) l += x[c] == -RECIPE_INF ? 0.f : __expf(x[c] - m);
+        for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS)
+            if (visible_q(i, j, b, t, kmask, seg, segi, pre))
+                l += __expf(sr[j] + slope * (float)(j - i) - m);
+    }
+    l = block_sum(l, scratch);
+    float ls = l > 0.f ? m + __logf(l) : RECIPE_INF;
+    bf16* pr = p + row * t;
+#pragma unroll
+    for (int c = 0; c < TC_REG; c++) {
+        i32 j = threadIdx.x + c * TC_THREADS;
+        if (j < t) st(pr, j, l > 0.f && x[c] != -RECIPE_INF ? __expf(x[c] - ls) : 0.f);
+    }
+    for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS) {
+        bool ok = l > 0.f && visible_q(i, j, b, t, kmask, seg, segi, pre);
+        st(pr, j, ok ? __expf(sr[j] + slope * (float)(j - i) - ls) : 0.f);
+    }
+    if (threadIdx.x == 0) lse[((i64)b * hq + h) * t + i] = ls;
 }
 
 // Backward: with s recomputed by the same GEMM and dp [hq, t, t] = do·vᵀ,
 // p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys (0 elsewhere and for lse = +inf),
 // ds_ij = p_ij (dp_ij - delta_i) (delta as attn_bwd_delta); both bf16 for the GEMMs
-// dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q.
+// dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q. One warp per (h, i) row; s and dp are read
+// only where the key is visible.
 extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s, const float* dp,
                                               const float* lse, const float* delta,
                                               const u8* kmask, const i32* seg, const i32* prefix,
@@ -325,12 +356,15 @@ extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s,
     float slope = slopes ? slopes[h] : 0.f;
     i64 li = ((i64)b * hq + h) * t + i;
     float ls = lse[li], de = delta[li];
+    i32 segi = seg ? seg[(i64)b * t + i] : 0, pre = prefix ? prefix[b] : 0;
     for (i32 j = lane; j < t; j += 32) {
-        float pj = 0.f;
-        if (ls != RECIPE_INF && visible(i, j, b, t, kmask, seg, prefix))
+        float pj = 0.f, dsj = 0.f;
+        if (ls != RECIPE_INF && visible_q(i, j, b, t, kmask, seg, segi, pre)) {
             pj = __expf(s[row * t + j] + slope * (float)(j - i) - ls);
+            dsj = pj * (dp[row * t + j] - de);
+        }
         st(p, row * t + j, pj);
-        st(ds, row * t + j, pj * (dp[row * t + j] - de));
+        st(ds, row * t + j, dsj);
     }
 }
 

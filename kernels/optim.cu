@@ -44,15 +44,18 @@ __device__ void sumsq(float* out, const T* x, i64 n) {
 extern "C" __global__ void sumsq_f32(float* out, const float* x, i64 n) { sumsq(out, x, n); }
 extern "C" __global__ void sumsq_bf16(float* out, const bf16* x, i64 n) { sumsq(out, x, n); }
 
-// Deterministic sum of squares:  acc[0] += Σ_i x[i]².  ONE block (1024 threads): thread k sums
-// x[k]², x[k+1024]², ... in order (each square rounded, then added), a fixed-order block
-// reduction, one add. Same inputs, same bits.
-extern "C" __global__ void sumsq_acc_f32(float* acc, const float* x, i64 n) {
+// Deterministic sum of squares, pass 1 of 2:  part[b] = Σ_{i in chunk b} x[i]²,  chunk b =
+// [b·chunk, min((b+1)·chunk, n)). One block (1024 threads) per chunk: thread k sums the chunk's
+// elements k, k+1024, ... in order (each square rounded, then added), then the fixed-order block
+// reduction. Pass 2 is tensor.cu's `sum_acc_f32` over the parts (acc[0] += Σ part). The split
+// depends on n alone (ops::optim::sumsq_chunk), so the same x gives the same bits every run.
+extern "C" __global__ void sumsq_part_f32(float* part, const float* x, i64 n, i64 chunk) {
     __shared__ float scratch[32];
+    i64 lo = (i64)blockIdx.x * chunk, hi = lo + chunk < n ? lo + chunk : n;
     float s = 0.f;
-    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += __fmul_rn(x[i], x[i]);
+    for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) s += __fmul_rn(x[i], x[i]);
     s = block_sum(s, scratch);
-    if (threadIdx.x == 0) acc[0] += s;
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
 // Per-tensor norms from their sums of squares, in place: x[i] = (float)sqrt((double)x[i]), the

@@ -14,19 +14,41 @@ extern "C" __global__ void dequant_absmax_f32(float* absmax, const u8* q, const 
 }
 
 // Dequant:  out[i] = code4[(packed[i/2] >> (i even ? 4 : 0)) & 15] * absmax[i / blocksize]
-// One thread per packed byte (two outputs). n may be odd (the last low nibble is padding).
+// One thread per 16 outputs: when blocksize % 16 == 0 (every bnb blocksize) the 16 share one
+// absmax, the 8 packed bytes come in one 8-byte load and the outputs go out in 16-byte stores
+// (out and packed are allocation-aligned; element 16t sits at byte 32t / 64t and 8t). A partial
+// last group, or another blocksize, takes the scalar path. n may be odd (the last low nibble is
+// padding).
 template <typename T>
 __device__ void dequant_4bit(T* out, const u8* packed, const float* absmax, const float* code4,
                              i64 n, i32 blocksize) {
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = code4[threadIdx.x];
     __syncthreads();
-    i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    i64 i = 2 * k;
-    if (i >= n) return;
-    u8 byte = packed[k];
-    st(out, i, code[byte >> 4] * absmax[i / blocksize]);
-    if (i + 1 < n) st(out, i + 1, code[byte & 15] * absmax[(i + 1) / blocksize]);
+    i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 i0 = 16 * t;
+    if (i0 >= n) return;
+    if (i0 + 16 <= n && blocksize % 16 == 0) {
+        uint2 p = *reinterpret_cast<const uint2*>(packed + 8 * t);
+        float a = absmax[i0 / blocksize];
+        __align__(16) T v[16];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            unsigned byte = ((j < 4 ? p.x : p.y) >> (8 * (j & 3))) & 255u;
+            st(v, 2 * j, code[byte >> 4] * a);
+            st(v, 2 * j + 1, code[byte & 15] * a);
+        }
+        uint4* o = reinterpret_cast<uint4*>(out + i0);
+        const uint4* vv = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+        for (int q = 0; q < (int)(16 * sizeof(T) / 16); q++) o[q] = vv[q];
+        return;
+    }
+    i64 end = i0 + 16 < n ? i0 + 16 : n;
+    for (i64 i = i0; i < end; i++) {
+        u8 byte = packed[i / 2];
+        st(out, i, code[(i & 1) ? byte & 15 : byte >> 4] * absmax[i / blocksize]);
+    }
 }
 extern "C" __global__ void dequant_4bit_f32(float* out, const u8* packed, const float* absmax,
                                             const float* code4, i64 n, i32 blocksize) {

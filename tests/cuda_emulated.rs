@@ -1127,8 +1127,9 @@ fn tensor_kernels_match_twins() {
     let got = gpu.clone_dtoh(&sd).unwrap();
     assert!(got[10..20].iter().all(|&x| x == 2.5) && got[9] == want[9] && got[20] == want[20]);
 
-    // sum_acc / sumsq_acc: exact in the kernel's order, onto a nonzero accumulator.
-    for n in [1usize, 1000, 5003] {
+    // sum_acc / sumsq_acc: exact in the kernels' order, onto a nonzero accumulator (40000: three
+    // sumsq chunks).
+    for n in [1usize, 1000, 5003, 40000] {
         let x = rng.normals(n, 1.0);
         let (mut s, mut q) = ([0.75f32], [0.25f32]);
         tw::sum_acc(&mut s, &x);
@@ -1720,7 +1721,8 @@ fn bf16_products_are_bf16_operands_with_f32_accumulation() {
 
 /// `RECIPE_CUDA_PROFILE`: each op is timed once per call, a bf16 product as its three parts
 /// (operand A narrowed, operand B filled, the GEMM with its shape), transfers and allocations
-/// included; off means no rows.
+/// included; off means no rows. Consecutive products of one A narrow it once, until another op
+/// runs.
 #[test]
 fn the_profile_counts_every_op_and_splits_a_bf16_product() {
     let Some(gpu) = emulated() else { return };
@@ -1735,9 +1737,15 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
     );
     let mut c = cuda.zeros(m * n);
     cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 0.0);
+    // The same A again: its bf16 copy is reused (one "narrow_bf16 A" for both products).
     cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 1.0);
     cuda.scale(&mut c, 2.0, m * n);
     assert_eq!(cuda.download(&c), vec![2.5; m * n]); // 2 · 2 · 5 · 0.5 · 0.25
+                                                     // A changed by another op: narrowed again, and the product sees the new values.
+    let mut a = a;
+    cuda.scale(&mut a, 2.0, m * k);
+    cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 0.0);
+    assert_eq!(cuda.download(&c), vec![1.25; m * n]); // 5 · 1.0 · 0.25
     let mut rows: Vec<(String, u64)> = cuda
         .profile_table()
         .into_iter()
@@ -1751,11 +1759,11 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
         rows,
         [
             ("alloc".to_string(), 1),
-            ("download".to_string(), 1),
-            ("gemm_bf16 4x3x5 NN".to_string(), 2),
+            ("download".to_string(), 2),
+            ("gemm_bf16 4x3x5 NN".to_string(), 3),
             ("narrow_bf16 A".to_string(), 2),
-            ("narrow_bf16 B".to_string(), 2),
-            ("scale".to_string(), 1),
+            ("narrow_bf16 B".to_string(), 3),
+            ("scale".to_string(), 2),
             ("upload".to_string(), 2),
         ]
     );
@@ -1764,4 +1772,73 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
         .with_profile(false);
     off.scale(&mut off.zeros(4), 2.0, 4);
     assert!(off.profile_table().is_empty());
+}
+
+/// The tensor-core softmax keeps 4096 keys per row in registers; a longer row (T 4100) takes its
+/// re-reading tail loop for the last keys. Forward out and lse of the unpadded rows against the
+/// CPU backend, with padded keys and two packed segments.
+#[test]
+fn bf16_tensor_core_attention_past_the_register_window() {
+    use recipe::backend::Precision;
+    let Some(gpu) = emulated() else { return };
+    let tc = CudaBackend::on(gpu, "emulated".into())
+        .expect("backend on the emulated device")
+        .with_precision(Precision::Bf16);
+    let cpu = CpuBackend;
+    let mut rng = Rng::new(5);
+    let (b, t, nh, hd) = (1usize, 4100usize, 1usize, 8usize);
+    let dims = AttnDims {
+        b,
+        t,
+        nh,
+        nkv: 1,
+        hd,
+    };
+    let valid: Vec<u8> = (0..t).map(|i| u8::from(i % 97 != 5)).collect();
+    let segment: Vec<i32> = (0..t).map(|i| i32::from(i >= 1000)).collect();
+    let (q, k, v) = (
+        rng.normals(t * hd, 1.0),
+        rng.normals(t * hd, 1.0),
+        rng.normals(t * hd, 1.0),
+    );
+    let run = |be: &dyn Backend| {
+        let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+        let mask = AttnMask {
+            valid: &vt,
+            segment: &st,
+            alibi: None,
+            alibi_relative: true,
+            window: None,
+            prefix: None,
+        };
+        let mut o = be.zeros(t * hd);
+        let mut saved = be.zeros(be.attention_saved_len(dims));
+        let (qt, kt, vt2) = (be.upload(&q), be.upload(&k), be.upload(&v));
+        be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.35);
+        (be.download(&o), be.download(&saved)[..t].to_vec())
+    };
+    let ((co, cl), (go, gl)) = (run(&cpu), run(&tc));
+    // Padded query rows: the CPU writes 0, the kernels attend (the loss never reads them).
+    let kept = |o: &[f32]| -> Vec<f32> {
+        (0..t)
+            .filter(|&i| valid[i] != 0)
+            .flat_map(|i| o[i * hd..][..hd].to_vec())
+            .collect()
+    };
+    close_of_max("bf16 attention T 4100 out", &kept(&go), &kept(&co), 2e-2);
+    for (i, (&x, &y)) in gl
+        .iter()
+        .zip(&cl)
+        .enumerate()
+        .filter(|(i, _)| valid[*i] != 0)
+    {
+        assert!(
+            x == y || (x - y).abs() <= 2e-2 * y.abs().max(1.0),
+            "lse[{i}]: tensor cores {x}, cpu {y}"
+        );
+    }
+    assert!(
+        gl[4096..].iter().all(|x| x.is_finite()),
+        "the tail rows see keys"
+    );
 }

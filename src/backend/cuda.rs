@@ -39,7 +39,6 @@ use super::{
     RopeTables, Strided, Tensor,
 };
 use crate::cuda::error::Result;
-use crate::cuda::kernels::{ACT, ATTENTION, CROSS_ENTROPY, EMBEDDING, NORM, ROPE};
 use crate::cuda::ops::act::{
     dropout as dropout_k, dropout_acc, geglu_bwd, geglu_fwd, gelu_tanh_bwd, gelu_tanh_fwd,
     scale_add, swiglu_bwd, swiglu_fwd, GluLayout,
@@ -88,6 +87,10 @@ pub struct CudaBackend {
     bf16_scratch: Mutex<[Option<DevBuf<bf16>>; 2]>,
     /// bf16 mode: the tensor-core attention's operands and scores, reused.
     attn_tc: Mutex<TcScratch>,
+    /// bf16 mode: the f32 buffer (device address, elements) whose bf16 copy scratch 0 holds, so
+    /// consecutive products of one activation (q, k, v and their LoRA A's read the same x) narrow
+    /// it once. Every other op forgets it ([`CudaBackend::run`]), as does a product writing over it.
+    narrowed_a: Mutex<Option<(u64, usize)>>,
     /// `RECIPE_CUDA_PROFILE=1`: every op synchronizes and adds its wall time here; the table
     /// goes to stderr when the backend is dropped ([`CudaBackend::profile_table`]).
     profile: Option<Mutex<Profile>>,
@@ -139,18 +142,12 @@ impl CudaBackend {
     }
 
     /// The backend on an opened device (a real GPU, or the emulated one in tests), probing its
-    /// kernels (and cuBLAS, on a real GPU) as [`CudaBackend::new`] does.
+    /// kernels (and cuBLAS, on a real GPU) as [`CudaBackend::new`] does. Every kernel file is
+    /// compiled (or loaded from the cache) here, so no op of a training step pays for NVRTC.
     pub fn on(gpu: Gpu, label: String) -> anyhow::Result<Self> {
         let probe = |r: Result<()>| r.map_err(|e| anyhow::anyhow!("device {label}: {e}"));
-        for (file, f) in [
-            (&NORM, "rmsnorm_fwd_f32"),
-            (&ROPE, "rope_half_fwd_f32"),
-            (&ACT, "swiglu_fwd_f32"),
-            (&EMBEDDING, "embedding_fwd_f32"),
-            (&CROSS_ENTROPY, "cross_entropy_fwd_f32"),
-            (&ATTENTION, "attn_fwd_f32"),
-        ] {
-            probe(gpu.function(file, f).map(|_| ()))?;
+        for file in crate::cuda::kernels::ALL {
+            probe(gpu.function(file, file.functions[0]).map(|_| ()))?;
         }
         if !gpu.is_emulated() {
             probe(gpu.blas().map(|_| ()))?;
@@ -165,6 +162,7 @@ impl CudaBackend {
             precision: Precision::F32,
             bf16_scratch: Mutex::new([None, None]),
             attn_tc: Mutex::new(TcScratch::default()),
+            narrowed_a: Mutex::new(None),
             profile: std::env::var_os("RECIPE_CUDA_PROFILE")
                 .is_some_and(|v| v != "0")
                 .then(Mutex::default),
@@ -225,12 +223,27 @@ impl CudaBackend {
         let (na, nb) = (mm.m * mm.k, mm.k * mm.n);
         let mut slots = self.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
         let [sa, sb] = &mut *slots;
-        let sa = self.run("narrow_bf16 A", |g| {
-            let sa = grown(g, sa, na)?;
-            tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
-            Ok(sa)
-        });
-        let sb = self.run(b_name, |g| {
+        let key = (a.device().device_addr(), na);
+        let mut narrowed = self.narrowed_a.lock().unwrap_or_else(|p| p.into_inner());
+        let sa = if *narrowed == Some(key) && sa.as_ref().is_some_and(|b| b.len() >= na) {
+            sa.as_mut().expect("checked")
+        } else {
+            *narrowed = None;
+            let sa = self.run_keep("narrow_bf16 A", |g| {
+                let sa = grown(g, sa, na)?;
+                tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
+                Ok(sa)
+            });
+            *narrowed = Some(key);
+            sa
+        };
+        // C written over A's f32 values: the bf16 copy is stale after this product.
+        let c_at = c.device().device_addr();
+        if c_at < key.0 + 4 * na as u64 && key.0 < c_at + 4 * (mm.m * mm.n) as u64 {
+            *narrowed = None;
+        }
+        drop(narrowed);
+        let sb = self.run_keep(b_name, |g| {
             let sb = grown(g, sb, nb)?;
             fill_b(g, sb)?;
             Ok(sb)
@@ -245,7 +258,7 @@ impl CudaBackend {
                 ["N", "T"][mm.trans_b as usize]
             )
         });
-        self.run(&name, |g| {
+        self.run_keep(&name, |g| {
             matmul_bf16_f32(
                 g,
                 &mut c.device_mut().slice_mut(..mm.m * mm.n),
@@ -282,6 +295,12 @@ impl CudaBackend {
     /// [`crate::util::UserPanic`] (reported as the step's error, not as a bug) that says what
     /// recipe holds, what is free, what the plan expected and which knobs lower the need.
     fn run<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
+        *self.narrowed_a.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.run_keep(op, f)
+    }
+
+    /// [`CudaBackend::run`] keeping the narrowed A operand (the parts of a bf16 product).
+    fn run_keep<R>(&self, op: &str, f: impl FnOnce(&Gpu) -> Result<R>) -> R {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let t0 = std::time::Instant::now();
         let mut r = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));

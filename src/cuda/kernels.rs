@@ -50,7 +50,7 @@ pub const OPTIM: KernelFile = KernelFile {
         "adamw_torch_f32",
         "sumsq_f32",
         "sumsq_bf16",
-        "sumsq_acc_f32",
+        "sumsq_part_f32",
         "norms_sqrt_f32",
         "clip_coef_f32",
     ],

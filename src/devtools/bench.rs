@@ -8,7 +8,8 @@
 //!
 //! Rows: NF4 dequant-GEMM vs cuBLAS bf16 on LLaMA-7B projection shapes (tokens 2048×4 = 8192;
 //! 4096×4096, 11008×4096, 4096×11008), its dX variant, the batch-1 NF4 GEMV (GB/s of weight bytes
-//! actually read) and the 8-bit AdamW step (GB/s of state + params + grads moved).
+//! actually read), the NF4 dequantize to bf16 (GB/s of weight bytes read + bf16 written) and the
+//! 8-bit AdamW step (GB/s of state + params + grads moved).
 
 use std::io::Write;
 
@@ -204,6 +205,28 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             Some(flops),
             None,
+        );
+    }
+
+    // NF4 dequantize to bf16 (the QLoRA product's B operand), rotating copies past the L2.
+    for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
+        let bytes = n * k / 2 + n * k / 64 * 4 + 2 * n * k;
+        let copies = (512usize << 20).div_ceil(bytes).max(2);
+        let ws: Vec<_> = (0..copies)
+            .map(|_| rand_nf4(&gpu, &mut rng, n, k))
+            .collect::<Result<_>>()?;
+        let mut outs: Vec<_> = (0..copies)
+            .map(|_| gpu.alloc_zeros::<bf16>(n * k))
+            .collect::<Result<_>>()?;
+        let ms = time_ms(&gpu, o, &mut |i| {
+            ops::quant4::dequant_4bit(&gpu, &mut outs[i % copies], &ws[i % copies])
+        })?;
+        push(
+            &mut rows,
+            format!("dequant_4bit_bf16 {n}x{k}"),
+            ms,
+            None,
+            Some(bytes as f64),
         );
     }
 

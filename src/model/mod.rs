@@ -48,7 +48,9 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// Row chunk (in logits elements) for the head + cross-entropy in `forward_backward`.
 /// (Tiny under test so the fixture tests run several chunks.)
-const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 22 };
+/// 2^25 f32 = 128 MiB: ~1000 rows of a 32k vocabulary, so a 2048×4 batch runs 8 chunks (each
+/// chunk narrows a frozen f32 head once more in bf16 mode, and small chunks starve the GEMM).
+const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 25 };
 
 /// Peak f32 activations of one `forward_backward` over n = B·T tokens (the memory plan's
 /// activation term), as `forward_backward_inner` allocates them: every layer's input (L+1 of

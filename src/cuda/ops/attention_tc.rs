@@ -27,7 +27,7 @@ use half::bf16;
 use super::attention::{attn_delta, check, push_masks, DeviceMasks};
 use super::blas::{matmul_bf16_f32_ld, MatMul};
 use super::tensor::narrow_bf16;
-use super::{dim, grid1, grown, need};
+use super::{dim, grid1, grown, need, per_row};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
@@ -250,10 +250,10 @@ pub fn attn_tc_fwd(
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
         push_masks(&mut l, mk, &null);
         l.arg(&bi).arg(&t).arg(&hq);
-        // SAFETY: one warp per (h, i) row of the [hq, t, t] scores (s and p hold rows·t); lse
-        // holds batch·hq·t and b < batch; mask lengths checked by `check`; absent masks are
-        // null pointers, tested by the kernel.
-        unsafe { l.launch(grid1(rows * 32, 256)) }?;
+        // SAFETY: one block of 256 per (h, i) row of the [hq, t, t] scores (s and p hold
+        // rows·t); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
+        // masks are null pointers, tested by the kernel.
+        unsafe { l.launch(per_row(rows, 256)) }?;
         let mut ob = o.slice_mut(q0..);
         for r in 0..g.rep {
             g.onto_q(gpu, &mut ob, p, &vb, 1.0, r)?;

@@ -86,14 +86,44 @@ pub fn sumsq<T: Elem>(gpu: &Gpu, out: &mut DevBuf<f32>, x: &DevBuf<T>) -> Result
     Ok(())
 }
 
-/// acc[0] += Σ x² over all of x, deterministic (one block, fixed order; see kernels/optim.cu):
-/// the same x gives the same bits every run. acc: f32 [>= 1].
+/// The chunk of [`sumsq_acc`]'s first pass for n elements: at least 16 elements per thread of
+/// a 1024-thread block, and at most 1024 chunks (so the second pass is one block).
+pub fn sumsq_chunk(n: usize) -> usize {
+    n.div_ceil(REDUCE_THREADS as usize)
+        .max(16 * REDUCE_THREADS as usize)
+        .next_multiple_of(REDUCE_THREADS as usize)
+}
+
+/// acc[0] += Σ x² over all of x, deterministic in two passes (kernels/optim.cu
+/// `sumsq_part_f32`: one block per [`sumsq_chunk`] elements, then `sum_acc_f32` over the
+/// parts): the same x gives the same bits every run. acc: f32 [>= 1].
 pub fn sumsq_acc(
     gpu: &Gpu,
     acc: &mut impl AsDevViewMut<f32>,
     x: &impl AsDevView<f32>,
 ) -> Result<()> {
-    one_block_reduce(gpu, &OPTIM, "sumsq_acc_f32", acc, x)
+    let (mut av, xv) = (acc.dev_view_mut(), x.dev_view());
+    need("sumsq_acc", "acc", av.len(), 1)?;
+    let n = xv.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let chunk = sumsq_chunk(n);
+    let parts = n.div_ceil(chunk);
+    let mut part = gpu.alloc_zeros::<f32>(parts)?;
+    let f = gpu.function(&OPTIM, "sumsq_part_f32")?;
+    let (n64, c64) = (n as i64, chunk as i64);
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut part).arg(&xv).arg(&n64).arg(&c64);
+    // SAFETY: block b reads x[b·chunk, min(n, (b+1)·chunk)) and writes part[b], b < parts.
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (parts as u32, 1, 1),
+            block_dim: (REDUCE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }?;
+    super::tensor::sum_acc(gpu, &mut av, &part)
 }
 
 /// x[i] = √x[i] in f64, rounded to f32 (per-tensor norms from their sums of squares).

@@ -91,9 +91,9 @@ pub fn dequant_4bit<T: Elem>(gpu: &Gpu, out: &mut DevBuf<T>, w: &Quant4Weight) -
         .arg(&w.code)
         .arg(&n)
         .arg(&bs);
-    // SAFETY: sizes checked by w.check and need(out); one thread per packed byte, bounds-checked
-    // against n in the kernel.
-    unsafe { b.launch(grid1(w.numel().div_ceil(2), 256)) }?;
+    // SAFETY: sizes checked by w.check and need(out); one thread per 16 outputs, bounds-checked
+    // against n in the kernel; out and packed start at allocation-aligned addresses.
+    unsafe { b.launch(grid1(w.numel().div_ceil(16), 256)) }?;
     Ok(())
 }
 

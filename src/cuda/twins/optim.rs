@@ -23,9 +23,18 @@ pub fn sumsq(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64 * v as f64).sum()
 }
 
-/// acc[0] += Σ x² in the `sumsq_acc` kernel's order (each square rounded, then added).
+/// acc[0] += Σ x² in the `sumsq_acc` kernels' order: each chunk's squares (rounded, then
+/// added) reduced as one block does, then the parts summed as `sum_acc` does.
 pub fn sumsq_acc(acc: &mut [f32], x: &[f32]) {
-    acc[0] += block_reduce(x, 1024, |v| v * v);
+    if x.is_empty() {
+        return;
+    }
+    let chunk = crate::cuda::ops::optim::sumsq_chunk(x.len());
+    let parts: Vec<f32> = x
+        .chunks(chunk)
+        .map(|c| block_reduce(c, 1024, |v| v * v))
+        .collect();
+    acc[0] += block_reduce(&parts, 1024, |v| v);
 }
 
 /// The one-block kernels' order (`sumsq_acc`, `tensor::sum_acc`): `threads` strided partial sums
