@@ -285,8 +285,9 @@ ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)
 
 // Tensor-core attention (src/cuda/ops/attention_tc.rs): the products run as cuBLAS GEMMs on the
-// scores of one batch row b at a time, s [hq, t, t] f32 = scale·q·kᵀ; these kernels are its
-// elementwise part, with the masks, ALiBi and lse of the kernels above.
+// scores of one batch row b at a time, s [hq, t, ld] f32 = scale·q·kᵀ (row length ld >= t, the
+// columns past t unused); these kernels are its elementwise part, with the masks, ALiBi and lse
+// of the kernels above.
 // Forward: lse_i = log Σ_j exp(s_ij + slope_h (j - i)) over visible j (+inf if none);
 //          p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys, 0 elsewhere (bf16, the
 //          next GEMM's operand). lse is [B, hq, t] as attn_fwd's.
@@ -298,13 +299,13 @@ ATTN_KERNELS(bf16, bf16)
 #define TC_REG 16
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask, const i32* seg,
-                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 hq) {
+                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq) {
     __shared__ float scratch[32];
     i64 row = blockIdx.x;  // h * t + i
     i32 h = row / t, i = row % t;
     float slope = slopes ? slopes[h] : 0.f;
     i32 segi = seg ? seg[(i64)b * t + i] : 0, pre = prefix ? prefix[b] : 0;
-    const float* sr = s + row * t;
+    const float* sr = s + row * ld;
     float x[TC_REG];
     float m = -RECIPE_INF;
 #pragma unroll
@@ -327,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     }
     l = block_sum(l, scratch);
     float ls = l > 0.f ? m + __logf(l) : RECIPE_INF;
-    bf16* pr = p + row * t;
+    bf16* pr = p + row * ld;
 #pragma unroll
     for (int c = 0; c < TC_REG; c++) {
         i32 j = threadIdx.x + c * TC_THREADS;
@@ -340,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     if (threadIdx.x == 0) lse[((i64)b * hq + h) * t + i] = ls;
 }
 
-// Backward: with s recomputed by the same GEMM and dp [hq, t, t] = do·vᵀ,
+// Backward: with s recomputed by the same GEMM and dp [hq, t, ld] = do·vᵀ,
 // p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys (0 elsewhere and for lse = +inf),
 // ds_ij = p_ij (dp_ij - delta_i) (delta as attn_bwd_delta); both bf16 for the GEMMs
 // dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q. One warp per (h, i) row; s and dp are read
@@ -348,23 +349,24 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
 extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s, const float* dp,
                                               const float* lse, const float* delta,
                                               const u8* kmask, const i32* seg, const i32* prefix,
-                                              const float* slopes, i32 b, i32 t, i32 hq) {
+                                              const float* slopes, i32 b, i32 t, i32 ld,
+                                              i32 hq) {
     int lane = threadIdx.x & 31;
     i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
     if (row >= (i64)hq * t) return;
     i32 h = row / t, i = row % t;
     float slope = slopes ? slopes[h] : 0.f;
-    i64 li = ((i64)b * hq + h) * t + i;
+    i64 li = ((i64)b * hq + h) * t + i, r0 = row * ld;
     float ls = lse[li], de = delta[li];
     i32 segi = seg ? seg[(i64)b * t + i] : 0, pre = prefix ? prefix[b] : 0;
     for (i32 j = lane; j < t; j += 32) {
         float pj = 0.f, dsj = 0.f;
         if (ls != RECIPE_INF && visible_q(i, j, b, t, kmask, seg, segi, pre)) {
-            pj = __expf(s[row * t + j] + slope * (float)(j - i) - ls);
-            dsj = pj * (dp[row * t + j] - de);
+            pj = __expf(s[r0 + j] + slope * (float)(j - i) - ls);
+            dsj = pj * (dp[r0 + j] - de);
         }
-        st(p, row * t + j, pj);
-        st(ds, row * t + j, dsj);
+        st(p, r0 + j, pj);
+        st(ds, r0 + j, dsj);
     }
 }
 

@@ -175,7 +175,8 @@ pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[Strin
 /// `CudaBackend`'s working buffers (bytes) for a train step on an explicit `cuda[:N]` device, and
 /// the row's label. bf16 compute (`dtype` auto or bf16): the two bf16 operands of the largest
 /// product (A: n tokens × the widest activation; B: the largest weight, the head included) and
-/// the tensor-core attention's four f32 [heads, seq, seq] buffers of one batch row. f32 compute:
+/// the tensor-core attention's four f32 [heads, seq, seq rounded up to 8] buffers of one batch
+/// row. f32 compute:
 /// the f32 copy of the largest frozen 4-bit or 16-bit linear (none for an f32 base).
 fn cuda_scratch(a: &Arch, n: f64, seq: u64, bf16: bool, frozen_packed: bool) -> (String, u64) {
     let (h, kv) = (a.heads as u64, a.kv_heads as u64);
@@ -185,7 +186,7 @@ fn cuda_scratch(a: &Arch, n: f64, seq: u64, bf16: bool, frozen_packed: bool) -> 
     let hidden = a.hidden as u64;
     if bf16 {
         let operands = (2.0 * n * wide as f64) as u64 + 2 * (a.vocab as u64).max(wide) * hidden;
-        let scores = 16 * h * seq * seq;
+        let scores = 16 * h * seq * seq.next_multiple_of(8);
         (
             "CUDA scratch (bf16 operands, attention scores)".into(),
             operands.saturating_add(scores),

@@ -9,7 +9,7 @@
 //! (rep = Hq / Hkv); one head of q is a [T, D] matrix with row length Hq·D, so the GEMMs take
 //! leading dimensions instead of copies. For each batch row b and each r < rep, one GEMM batched
 //! over the kv heads g covers the query heads h = g·rep + r. Scores live in an f32 scratch
-//! [Hq, T, T] for one batch row at a time. Math, per (b, h), with bias_ij = slope_h·(j − i):
+//! [Hq, T, ld] for one batch row at a time (ld = T rounded up to 8: aligned rows for cuBLAS). Math, per (b, h), with bias_ij = slope_h·(j − i):
 //!
 //! - forward: S = scale·Q·Kᵀ; lse_i = log Σ_visible exp(S_ij + bias_ij);
 //!   P_ij = exp(S_ij + bias_ij − lse_i) (0 where hidden), stored bf16; O = P·V.
@@ -74,7 +74,11 @@ struct Geo {
     /// Row lengths: Hq·D and Hkv·D.
     rq: usize,
     rk: usize,
-    /// T·T.
+    /// Row length of the scores: T rounded up to 8, so every row of S (f32) and P (bf16)
+    /// starts 16-byte aligned and cuBLAS keeps its vectorized tensor-core kernels (an odd T,
+    /// as packing makes, would otherwise drop it to slow ones).
+    ld: usize,
+    /// T·ld: one head's scores.
     tt: usize,
 }
 
@@ -87,7 +91,8 @@ impl Geo {
             hkv: dm.hkv,
             rq: dm.hq * dm.d,
             rk: dm.hkv * dm.d,
-            tt: dm.t * dm.t,
+            ld: dm.t.next_multiple_of(8),
+            tt: dm.t * dm.t.next_multiple_of(8),
         }
     }
 
@@ -120,7 +125,7 @@ impl Geo {
             &mm,
             self.hkv,
             (rep * d, d, rep * tt),
-            (self.rq, self.rk, t),
+            (self.rq, self.rk, self.ld),
         )
     }
 
@@ -153,7 +158,7 @@ impl Geo {
             &mm,
             self.hkv,
             (rep * tt, d, rep * d),
-            (t, self.rk, self.rq),
+            (self.ld, self.rk, self.rq),
         )
     }
 
@@ -186,7 +191,7 @@ impl Geo {
             &mm,
             self.hkv,
             (rep * tt, rep * d, d),
-            (t, self.rq, self.rk),
+            (self.ld, self.rq, self.rk),
         )
     }
 }
@@ -234,9 +239,13 @@ pub fn attn_tc_fwd(
     let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
     let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
     let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
-    let s = grown(gpu, &mut sc.s, rows * dm.t)?;
-    let p = grown(gpu, &mut sc.p, rows * dm.t)?;
-    let (t, hq) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?);
+    let s = grown(gpu, &mut sc.s, dm.hq * g.tt)?;
+    let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
+    let (t, hq, ld) = (
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "ld", g.ld)?,
+    );
     let f = gpu.function(&ATTENTION, "attn_tc_softmax_f32")?;
     let null = 0u64;
     for b in 0..dm.batch {
@@ -249,9 +258,9 @@ pub fn attn_tc_fwd(
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
         push_masks(&mut l, mk, &null);
-        l.arg(&bi).arg(&t).arg(&hq);
+        l.arg(&bi).arg(&t).arg(&ld).arg(&hq);
         // SAFETY: one block of 256 per (h, i) row of the [hq, t, t] scores (s and p hold
-        // rows·t); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
+        // hq·t·ld); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
         // masks are null pointers, tested by the kernel.
         unsafe { l.launch(per_row(rows, 256)) }?;
         let mut ob = o.slice_mut(q0..);
@@ -315,11 +324,15 @@ pub fn attn_tc_bwd(
     let sdo = narrowed(gpu, &mut sc.dout, &dout, nq)?;
     let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
     let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
-    let s = grown(gpu, &mut sc.s, rows * dm.t)?;
-    let dp = grown(gpu, &mut sc.dp, rows * dm.t)?;
-    let p = grown(gpu, &mut sc.p, rows * dm.t)?;
-    let ds = grown(gpu, &mut sc.ds, rows * dm.t)?;
-    let (t, hq) = (dim(OP, "t", dm.t)?, dim(OP, "hq", dm.hq)?);
+    let s = grown(gpu, &mut sc.s, dm.hq * g.tt)?;
+    let dp = grown(gpu, &mut sc.dp, dm.hq * g.tt)?;
+    let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
+    let ds = grown(gpu, &mut sc.ds, dm.hq * g.tt)?;
+    let (t, hq, ld) = (
+        dim(OP, "t", dm.t)?,
+        dim(OP, "hq", dm.hq)?,
+        dim(OP, "ld", g.ld)?,
+    );
     let f = gpu.function(&ATTENTION, "attn_tc_bwd_ds_f32")?;
     let null = 0u64;
     for b in 0..dm.batch {
@@ -339,8 +352,8 @@ pub fn attn_tc_bwd(
             .arg(&lse)
             .arg(&*delta);
         push_masks(&mut l, mk, &null);
-        l.arg(&bi).arg(&t).arg(&hq);
-        // SAFETY: one warp per (h, i) row of the [hq, t, t] scores (s, dp, p, ds hold rows·t);
+        l.arg(&bi).arg(&t).arg(&ld).arg(&hq);
+        // SAFETY: one warp per (h, i) row of the [hq, t, ld] scores (s, dp, p, ds hold hq·t·ld);
         // lse and delta hold batch·hq·t and b < batch; masks as in attn_tc_fwd.
         unsafe { l.launch(grid1(rows * 32, 256)) }?;
         let (mut dqb, mut dkb, mut dvb) =
