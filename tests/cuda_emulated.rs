@@ -1767,11 +1767,48 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
             ("upload".to_string(), 2),
         ]
     );
+    // The tensor-core attention's stages: one mark each per batch row (2 rows here).
+    let dims = AttnDims {
+        b: 2,
+        t: 5,
+        nh: 2,
+        nkv: 1,
+        hd: 8,
+    };
+    let (vt, st) = (cuda.upload_u8(&[1; 10]), cuda.upload_i32(&[0; 10]));
+    let mask = AttnMask {
+        valid: &vt,
+        segment: &st,
+        alibi: None,
+        alibi_relative: true,
+        window: None,
+        prefix: None,
+    };
+    let (q, kv) = (
+        cuda.upload(&[0.5; 2 * 5 * 2 * 8]),
+        cuda.upload(&[0.25; 2 * 5 * 8]),
+    );
+    let (mut o, mut saved) = (cuda.zeros(160), cuda.zeros(cuda.attention_saved_len(dims)));
+    cuda.attention_fwd(&mut o, &mut saved, &q, &kv, &kv, &mask, dims, 0.5);
+    let stages: Vec<(String, u64)> = cuda
+        .attention_stages()
+        .into_iter()
+        .map(|(s, n, _)| (s, n))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("fwd: O = P·V".to_string(), 2),
+            ("fwd: S = Q·Kᵀ".to_string(), 2),
+            ("fwd: narrow q, k, v".to_string(), 1),
+            ("fwd: softmax".to_string(), 2),
+        ]
+    );
     let off = CudaBackend::on(emulated().unwrap(), "emulated".into())
         .unwrap()
         .with_profile(false);
     off.scale(&mut off.zeros(4), 2.0, 4);
-    assert!(off.profile_table().is_empty());
+    assert!(off.profile_table().is_empty() && off.attention_stages().is_empty());
 }
 
 /// The tensor-core softmax keeps 4096 keys per row in registers; a longer row (T 4100) takes its

@@ -127,6 +127,16 @@ impl Drop for CudaBackend {
                 100.0 * secs / total
             );
         }
+        let stages = self.attention_stages();
+        if !stages.is_empty() {
+            eprintln!("tensor-core attention by stage (inside the attention rows above):");
+            for (name, n, secs) in stages {
+                eprintln!(
+                    "  {name:<50} {n:>8} {secs:>10.4} {:>10.4}",
+                    1e3 * secs / n as f64
+                );
+            }
+        }
     }
 }
 
@@ -163,15 +173,19 @@ impl CudaBackend {
             bf16_scratch: Mutex::new([None, None]),
             attn_tc: Mutex::new(TcScratch::default()),
             narrowed_a: Mutex::new(None),
-            profile: std::env::var_os("RECIPE_CUDA_PROFILE")
-                .is_some_and(|v| v != "0")
-                .then(Mutex::default),
-        })
+            profile: None,
+        }
+        .with_profile(std::env::var_os("RECIPE_CUDA_PROFILE").is_some_and(|v| v != "0")))
     }
 
-    /// Times every op (synchronizing after each) for [`CudaBackend::profile_table`].
+    /// Times every op (synchronizing after each) for [`CudaBackend::profile_table`], and the
+    /// stages of the tensor-core attention.
     pub fn with_profile(mut self, on: bool) -> Self {
         self.profile = on.then(Mutex::default);
+        self.attn_tc
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .stages = on.then(Default::default);
         self
     }
 
@@ -184,6 +198,17 @@ impl CudaBackend {
         let mut rows: Vec<_> = p.iter().map(|(k, &(n, s))| (k.clone(), n, s)).collect();
         rows.sort_by(|a, b| b.2.total_cmp(&a.2));
         rows
+    }
+
+    /// The tensor-core attention's stages so far (profiling only): (stage, marks, seconds).
+    pub fn attention_stages(&self) -> Vec<(String, u64, f64)> {
+        let sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
+        sc.stages.as_ref().map_or(Vec::new(), |st| {
+            st.acc
+                .iter()
+                .map(|(k, &(n, s))| (k.to_string(), n, s))
+                .collect()
+        })
     }
 
     /// An op's name for the profile: `op` with its shape when profiling (`detail` is not

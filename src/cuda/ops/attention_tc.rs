@@ -49,6 +49,31 @@ pub struct TcScratch {
     ds: Option<DevBuf<bf16>>,
     /// [B, Hq, T]: rowsum(dO ⊙ O).
     delta: Option<DevBuf<f32>>,
+    /// Per-stage times when profiling (`RECIPE_CUDA_PROFILE`; None otherwise).
+    pub stages: Option<Stages>,
+}
+
+/// Wall time per stage of the tensor-core attention ("fwd narrow", "fwd scores", ...): each
+/// mark synchronizes the device and adds the time since the previous mark to its stage.
+#[derive(Default)]
+pub struct Stages {
+    last: Option<std::time::Instant>,
+    /// stage -> (marks, seconds)
+    pub acc: std::collections::BTreeMap<&'static str, (u64, f64)>,
+}
+
+/// Starts (`stage` None) or closes a stage of `stages` (no-op when not profiling).
+fn mark(stages: &mut Option<Stages>, gpu: &Gpu, stage: Option<&'static str>) -> Result<()> {
+    let Some(st) = stages else { return Ok(()) };
+    gpu.synchronize()?;
+    let now = std::time::Instant::now();
+    if let (Some(name), Some(last)) = (stage, st.last) {
+        let e = st.acc.entry(name).or_default();
+        e.0 += 1;
+        e.1 += (now - last).as_secs_f64();
+    }
+    st.last = Some(now);
+    Ok(())
 }
 
 /// `x[..n]` narrowed to bf16 into `slot` (grown to hold n).
@@ -236,11 +261,13 @@ pub fn attn_tc_fwd(
     }
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
+    mark(&mut sc.stages, gpu, None)?;
     let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
     let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
     let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
     let s = grown(gpu, &mut sc.s, dm.hq * g.tt)?;
     let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
+    mark(&mut sc.stages, gpu, Some("fwd: narrow q, k, v"))?;
     let (t, hq, ld) = (
         dim(OP, "t", dm.t)?,
         dim(OP, "hq", dm.hq)?,
@@ -254,6 +281,7 @@ pub fn attn_tc_fwd(
         for r in 0..g.rep {
             g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
         }
+        mark(&mut sc.stages, gpu, Some("fwd: S = Q·Kᵀ"))?;
         let bi = dim(OP, "b", b)?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
@@ -263,10 +291,12 @@ pub fn attn_tc_fwd(
         // hq·t·ld); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
         // masks are null pointers, tested by the kernel.
         unsafe { l.launch(per_row(rows, 256)) }?;
+        mark(&mut sc.stages, gpu, Some("fwd: softmax"))?;
         let mut ob = o.slice_mut(q0..);
         for r in 0..g.rep {
             g.onto_q(gpu, &mut ob, p, &vb, 1.0, r)?;
         }
+        mark(&mut sc.stages, gpu, Some("fwd: O = P·V"))?;
     }
     Ok(())
 }
@@ -318,6 +348,7 @@ pub fn attn_tc_bwd(
     }
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
+    mark(&mut sc.stages, gpu, None)?;
     let delta = grown(gpu, &mut sc.delta, nl)?;
     attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
     let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
@@ -328,6 +359,7 @@ pub fn attn_tc_bwd(
     let dp = grown(gpu, &mut sc.dp, dm.hq * g.tt)?;
     let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
     let ds = grown(gpu, &mut sc.ds, dm.hq * g.tt)?;
+    mark(&mut sc.stages, gpu, Some("bwd: delta, narrow q, k, v, dO"))?;
     let (t, hq, ld) = (
         dim(OP, "t", dm.t)?,
         dim(OP, "hq", dm.hq)?,
@@ -343,6 +375,7 @@ pub fn attn_tc_bwd(
             g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
             g.scores(gpu, dp, &dob, &vb, 1.0, r)?;
         }
+        mark(&mut sc.stages, gpu, Some("bwd: S = Q·Kᵀ, dP = dO·Vᵀ"))?;
         let bi = dim(OP, "b", b)?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p)
@@ -356,6 +389,7 @@ pub fn attn_tc_bwd(
         // SAFETY: one warp per (h, i) row of the [hq, t, ld] scores (s, dp, p, ds hold hq·t·ld);
         // lse and delta hold batch·hq·t and b < batch; masks as in attn_tc_fwd.
         unsafe { l.launch(grid1(rows * 32, 256)) }?;
+        mark(&mut sc.stages, gpu, Some("bwd: P, dS"))?;
         let (mut dqb, mut dkb, mut dvb) =
             (dq.slice_mut(q0..), dk.slice_mut(k0..), dv.slice_mut(k0..));
         for r in 0..g.rep {
@@ -363,6 +397,7 @@ pub fn attn_tc_bwd(
             g.onto_kv(gpu, &mut dkb, ds, &qb, dm.scale, r)?;
             g.onto_q(gpu, &mut dqb, ds, &kb, dm.scale, r)?;
         }
+        mark(&mut sc.stages, gpu, Some("bwd: dV, dK, dQ"))?;
     }
     Ok(())
 }
