@@ -209,12 +209,21 @@ where there are no kernels to test (the CPU twins are covered by `cargo test`)."
     /// Benchmarks: kernel timings against measured peaks (GPU).
     #[command(after_help = "\
 Examples:
-  recipe bench --device cuda           NF4 GEMM vs cuBLAS, NF4 GEMV, 8-bit AdamW vs bandwidth
+  recipe bench --device cuda           NF4 GEMM vs cuBLAS, NF4 dequant and GEMV, 8-bit AdamW
+                                       against the measured bf16 and copy peaks
+  recipe bench --device cuda --json bench.json
+                                       the same, also as JSON (rewritten after every row)
+
+Training speed on a GPU (tokens/s, the per-op profile with RECIPE_CUDA_PROFILE=1, the
+transformers + peft side-by-side): kernels/gpu/run.sh, described in kernels/NOTES.md.
 
 CPU benchmarks are cargo examples: see BENCHMARKS.md.")]
     Bench {
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Also write the results as JSON to FILE (rewritten after every row).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
@@ -335,7 +344,7 @@ pub fn main() -> i32 {
         Cmd::Serve(a) => crate::serve::serve_cmd(&a),
         Cmd::Init(a) => crate::init::init_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
-        Cmd::Bench { device } => cmd_bench(&device),
+        Cmd::Bench { device, json } => cmd_bench(&device, json),
     }
 }
 
@@ -781,12 +790,16 @@ fn cmd_selftest(device: &str) -> i32 {
     }
 }
 
-fn cmd_bench(device: &str) -> i32 {
+fn cmd_bench(device: &str, json: Option<PathBuf>) -> i32 {
     let n = match cuda_ordinal(device) {
         Ok(n) => n,
         Err(c) => return c,
     };
-    match crate::devtools::bench::bench(n, &mut std::io::stdout(), &Default::default()) {
+    let o = crate::devtools::bench::BenchOptions {
+        json,
+        ..Default::default()
+    };
+    match crate::devtools::bench::bench(n, &mut std::io::stdout(), &o) {
         Ok(_) => 0,
         Err(e) => fail(&format!("{e:#}")),
     }

@@ -1,30 +1,49 @@
 #!/bin/bash
-# One device call (kernels/NOTES.md): selftest, end-to-end runs, peft reference, kernel bench.
+# The one prepared device call (kernels/NOTES.md): about 4 minutes on an H200.
+#   here:   cargo build --release --bin recipe && mkdir -p .gpu && cp target/release/recipe .gpu/ \
+#           && strip .gpu/recipe && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
+#   device: run(command="OUT=$OUT bash kernels/gpu/run.sh", carry=[".gpu"], timeout_s=480)
+# Writes under $OUT: env.txt, selftest.txt, bench.txt + bench.json, profile.txt (per-op table of a
+# 4-layer QLoRA step), e2e.txt (every run's log) and summary.txt (printed last).
+# Dry run without a GPU (argument handling): L4_ARGS="--layers 1 --hidden 64 --ffn 128 --heads 4"
+# L32_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
+# Models: random LLaMA-7B-shaped dirs made on the device by tests/reference/gpu_train_ref.py,
+# 4 layers (/tmp/l4) and 32 layers (/tmp/l32, the real 7B shape).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
 export RECIPE_CUDA_INCLUDE=/usr/local/cuda/include RECIPE_PTX_CACHE=/tmp/ptx PYTHONUNBUFFERED=1 NO_COLOR=1
-R=.gpu/recipe; S=$OUT/summary.txt; E=$OUT/e2e.txt; M=$OUT/mem.txt
+R=.gpu/recipe; S=$OUT/summary.txt; E=$OUT/e2e.txt
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a $S; }
-{ date -u; nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; ls /usr/local/cuda/lib64 | grep -i nvrtc; python3 -c 'import torch,transformers,peft;print(torch.__version__,transformers.__version__,peft.__version__)'; } > $OUT/env.txt 2>&1
-el "env done: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-# the random 7B-shaped model dir (4 layers) while the selftest runs
-( python3 tests/reference/gpu_train_ref.py make /tmp/l7b ${MAKE_ARGS:---layers 4} > /tmp/make.log 2>&1; for i in $(seq 12); do cat examples/quickstart/corpus.jsonl; done > /tmp/corpus.jsonl ) &
-mk=$!
-timeout 110 $R selftest --device cuda > $OUT/selftest.txt 2>&1; el "selftest rc=$? pass=$(grep -c PASS $OUT/selftest.txt) fail=$(grep -c -E 'FAIL|ERROR' $OUT/selftest.txt)"
-grep -E 'FAIL|ERROR' $OUT/selftest.txt | head -20 | tee -a $S
-echo "=== quickstart cuda" >> $E
-timeout 50 $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c1 >> $E 2>&1; el "quickstart cuda rc=$?"
-wait $mk; cat /tmp/make.log >> $E; el "make: $(tail -c 300 /tmp/make.log | tr '\n' ' ')"
 mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > /tmp/mem_$1.txt 2>/dev/null & echo $!; }
-peak() { kill $1 2>/dev/null; wait $1 2>/dev/null; echo "$2 peak_mib=$(sort -n /tmp/mem_$2.txt | tail -1) base_mib=$(head -1 /tmp/mem_$2.txt)" | tee -a $M >> $S; }
-G="tests/reference/gpu_train.toml --set vars.model_dir=/tmp/l7b --set vars.corpus=/tmp/corpus.jsonl --device cuda"
-echo "=== qlora 7B-shape x4 layers" >> $E
-p=$(mem qlora); timeout 100 $R run $G --cache-dir /tmp/c2 >> $E 2>&1; rc=$?; peak $p qlora; el "qlora rc=$rc $(grep 'tok/s' $E | tail -3 | tr '\n' '|')"
-echo "=== lora bf16 base 7B-shape x4 layers" >> $E
-p=$(mem lora); timeout 80 $R run $G --cache-dir /tmp/c2 --set steps.train.model=base --set steps.train.optim=adamw >> $E 2>&1; rc=$?; peak $p lora; el "lora rc=$rc $(grep 'tok/s' $E | tail -3 | tr '\n' '|')"
-echo "=== peft reference" >> $E
-p=$(mem peft); timeout 70 python3 tests/reference/gpu_train_ref.py train /tmp/l7b --steps 5 >> $E 2>&1; rc=$?; peak $p peft; el "peft rc=$rc $(grep tokens_per_s $E | tail -1)"
-timeout 75 $R bench --device cuda > $OUT/bench.txt 2>&1; el "bench rc=$?"
-cat $OUT/bench.txt | tail -16
+peak() { kill $1 2>/dev/null; wait $1 2>/dev/null; echo "$2 peak_mib=$(sort -n /tmp/mem_$2.txt | tail -1)" >> $S; }
+tps() { grep 'tok/s' $E | tail -3 | sed 's/.*grad_norm [0-9.]* *//' | tr '\n' ' '; }
+{ date -u; nvidia-smi; python3 -c 'import torch,transformers,peft;print(torch.__version__,transformers.__version__,peft.__version__)'; } > $OUT/env.txt 2>&1
+el "driver: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+( python3 tests/reference/gpu_train_ref.py make /tmp/l4 ${L4_ARGS:---layers 4} > /tmp/make4.log 2>&1
+  for i in $(seq 12); do cat examples/quickstart/corpus.jsonl; done > /tmp/corpus.jsonl ) &
+mk=$!
+timeout 90 $R selftest --device cuda > $OUT/selftest.txt 2>&1; el "selftest rc=$? $(tail -1 $OUT/selftest.txt)"
+timeout 60 $R bench --device cuda --json $OUT/bench.json > $OUT/bench.txt 2>&1; el "bench rc=$?"
+wait $mk; el "4-layer model: $(tail -c 90 /tmp/make4.log | tr '\n' ' ')"
+( python3 tests/reference/gpu_train_ref.py make /tmp/l32 ${L32_ARGS:---layers 32} > /tmp/make32.log 2>&1 ) &
+mk=$!
+G="tests/reference/gpu_train.toml --set vars.corpus=/tmp/corpus.jsonl --device cuda --cache-dir /tmp/c2"
+RECIPE_CUDA_PROFILE=1 timeout 60 $R run $G --set vars.model_dir=/tmp/l4 --set steps.train.max_steps=4 > /tmp/prof.txt 2>&1
+el "profile rc=$?"; grep -v '^\s*$' /tmp/prof.txt > $OUT/profile.txt
+wait $mk; el "7B model: $(tail -c 90 /tmp/make32.log | tr '\n' ' ')"
+echo "=== recipe qlora, 4 layers" >> $E
+p=$(mem q4); timeout 60 $R run $G --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p q4; el "qlora 4 layers rc=$rc $(tps)"
+echo "=== recipe qlora, 7B" >> $E
+p=$(mem q32); timeout 120 $R run $G --set vars.model_dir=/tmp/l32 >> $E 2>&1; rc=$?; peak $p q32; el "qlora 7B rc=$rc $(tps)"
+echo "=== peft lora bf16, 4 layers" >> $E
+p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
+echo "=== peft lora bf16, 7B" >> $E
+p=$(mem p32); timeout 90 python3 tests/reference/gpu_train_ref.py train /tmp/l32 --steps 4 >> $E 2>&1; rc=$?; peak $p p32; el "peft 7B rc=$rc $(grep tokens_per_s $E | tail -1)"
+if command -v compute-sanitizer > /dev/null; then
+  timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
+  el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"
+fi
+echo ==== bench; tail -18 $OUT/bench.txt
+echo ==== profile; grep -A24 "cuda profile" $OUT/profile.txt | cut -c1-110; grep -A10 "by stage" $OUT/profile.txt
 echo ==== summary; cat $S

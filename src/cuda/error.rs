@@ -33,6 +33,12 @@ pub enum CudaError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `recipe bench --json FILE` could not be written.
+    #[error("--json {path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
     #[error("cuBLAS: {0}")]

@@ -23,7 +23,7 @@ use crate::cuda::twins::Rng;
 use crate::cuda::Gpu;
 
 /// One timed kernel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRow {
     pub name: String,
     /// Median milliseconds per launch.
@@ -49,6 +49,9 @@ pub struct BenchOptions {
     pub tokens: usize,
     pub iters: usize,
     pub reps: usize,
+    /// `recipe bench --json FILE`: the report so far, rewritten (atomically) after every row,
+    /// so a run cut short still reports.
+    pub json: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -57,6 +60,7 @@ impl Default for BenchOptions {
             tokens: 2048 * 4,
             iters: 10,
             reps: 5,
+            json: None,
         }
     }
 }
@@ -111,6 +115,21 @@ fn rand_nf4(
     })
 }
 
+/// The `--json` document: device, measured peaks and the rows so far.
+pub fn json_report(
+    device: &str,
+    peak_tflops: f64,
+    peak_gbps: f64,
+    rows: &[BenchRow],
+) -> serde_json::Value {
+    serde_json::json!({
+        "device": device,
+        "peak_tflops_bf16": peak_tflops,
+        "peak_gbps_copy": peak_gbps,
+        "rows": rows,
+    })
+}
+
 /// Runs the benchmark on GPU `device_ordinal`, printing a table to `out`.
 pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Result<BenchReport> {
     let gpu = Gpu::new(device_ordinal)?;
@@ -145,6 +164,17 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     drop((src, dst));
     let _ = writeln!(out, "measured peaks: {peak_tflops:.1} TFLOP/s (cuBLAS bf16 8192^3), {peak_gbps:.0} GB/s (1 GiB D2D copy)");
 
+    let save = |rows: &[BenchRow]| -> Result<()> {
+        let Some(path) = &o.json else { return Ok(()) };
+        let doc = json_report(&device, peak_tflops, peak_gbps, rows);
+        crate::util::write_atomic(path, doc.to_string().as_bytes()).map_err(|source| {
+            crate::cuda::error::CudaError::Json {
+                path: path.clone(),
+                source,
+            }
+        })
+    };
+    save(&[])?;
     let mut rows = Vec::new();
     let push = |rows: &mut Vec<BenchRow>,
                 name: String,
@@ -164,6 +194,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             gbps,
             frac_of_peak: frac,
         });
+        save(rows)
     };
 
     // NF4 GEMM vs cuBLAS on LLaMA-7B shapes.
@@ -183,7 +214,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             Some(flops),
             None,
-        );
+        )?;
         let ms = time_ms(&gpu, o, &mut |_| {
             ops::blas::matmul_bf16_slices(&gpu, &mut y, &x, &wd, &MatMul::linear(m, n, k))
         })?;
@@ -193,7 +224,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             Some(flops),
             None,
-        );
+        )?;
         let dy = rand_bf16(&gpu, &mut rng, m * n, 1.0)?;
         let mut dx = gpu.alloc_zeros::<bf16>(m * k)?;
         let ms = time_ms(&gpu, o, &mut |_| {
@@ -205,7 +236,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             Some(flops),
             None,
-        );
+        )?;
     }
 
     // NF4 dequantize to bf16 (the QLoRA product's B operand), rotating copies past the L2.
@@ -227,7 +258,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             None,
             Some(bytes as f64),
-        );
+        )?;
     }
 
     // NF4 GEMV (decode), rotating weight copies past the L2 cache.
@@ -248,7 +279,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             ms,
             None,
             Some((wbytes + 2 * (n + k)) as f64),
-        );
+        )?;
     }
 
     // 8-bit AdamW over 64M parameters.
@@ -279,7 +310,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         ms,
         None,
         Some(16.0 * np as f64),
-    );
+    )?;
 
     let _ = writeln!(
         out,
@@ -308,6 +339,23 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
 
 #[cfg(test)]
 mod tests {
+    /// The `--json` document: peaks and one object per row, null where a row has no rate.
+    #[test]
+    fn the_json_report_holds_peaks_and_rows() {
+        let row = super::BenchRow {
+            name: "dequant_4bit_bf16 4096x4096".into(),
+            ms: 0.019,
+            tflops: None,
+            gbps: Some(2268.6),
+            frac_of_peak: 0.536,
+        };
+        let doc = super::json_report("cuda:0 H200", 757.0, 4233.0, &[row]);
+        assert_eq!(
+            doc.to_string(),
+            r#"{"device":"cuda:0 H200","peak_tflops_bf16":757.0,"peak_gbps_copy":4233.0,"rows":[{"name":"dequant_4bit_bf16 4096x4096","ms":0.019,"tflops":null,"gbps":2268.6,"frac_of_peak":0.536}]}"#
+        );
+    }
+
     /// Without a driver both entry points fail with the one clear "unavailable" error.
     #[test]
     fn without_a_driver_selftest_and_bench_fail_cleanly() {
