@@ -1,6 +1,6 @@
 """GPU side-by-side for `recipe` training speed (issue 15): transformers + peft on the same model.
 
-Two verbs, both run on the lent GPU machine by `.gpu/run.sh` (kernels/NOTES.md):
+Two verbs, both run on the lent GPU machine by `kernels/gpu/run.sh` (kernels/NOTES.md):
 
     python3 tests/reference/gpu_train_ref.py make DIR [--layers 4]
         A random LLaMA-7B-shaped model dir (hidden 4096, ffn 11008, 32 heads, vocab 32000,
