@@ -3,9 +3,9 @@
 //! training loop allocates the same shapes every step, so after its first step it allocates
 //! nothing from the driver (`tests/cuda_emulated.rs` counts [`PoolStats::fresh`]).
 //!
-//! Blocks are sized in 512-byte units; a request takes the smallest cached block of at least its
-//! size and at most 1.25× (+512 B) of it, so varying batch lengths reuse blocks without holding
-//! twice the memory. Out of memory, the cache is returned to the driver and the allocation tried
+//! Blocks are sized in 512-byte units up to 1 MiB and in 8 classes per power of two above
+//! ([`block_size`]); a request takes the smallest cached block of at least its size and at most
+//! 1.25× (+512 B) of it, so varying batch lengths reuse blocks without holding twice the memory. Out of memory, the cache is returned to the driver and the allocation tried
 //! once more ([`Pool::release`]). One stream uses the blocks, so reuse is ordered by the stream
 //! exactly as a free followed by an allocation would be.
 
@@ -58,9 +58,20 @@ pub(crate) struct Pool {
     peak_in_use: AtomicUsize,
 }
 
-/// `bytes` rounded up to the pool's unit (at least one unit, so empty buffers have an address).
+/// Above this, blocks come in size classes instead of 512-byte units.
+const CLASSES_FROM: usize = 1 << 20;
+
+/// The block that serves `bytes`: up to 1 MiB, rounded up to the 512-byte unit (at least one
+/// unit, so empty buffers have an address); above, rounded up to one of 8 size classes per
+/// power of two (at most 12.5% more). Activations whose sizes differ a little from batch to
+/// batch (packed rows of 2039 or 2047 tokens) then share blocks instead of each length leaving
+/// its own generation of blocks in the cache.
 pub(crate) fn block_size(bytes: usize) -> usize {
-    bytes.max(1).div_ceil(UNIT) * UNIT
+    if bytes <= CLASSES_FROM {
+        return bytes.max(1).div_ceil(UNIT) * UNIT;
+    }
+    let step = 1usize << (usize::BITS - 1 - bytes.leading_zeros() - 3);
+    bytes.div_ceil(step) * step
 }
 
 fn emu_layout(size: usize) -> Layout {
@@ -212,6 +223,33 @@ pub(crate) fn is_oom(e: &super::CudaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Units up to 1 MiB, then 8 classes per doubling: never more than 12.5% over, and two
+    /// packed batches 2039 and 2047 tokens long (hidden 4096, f32) get the same block.
+    #[test]
+    fn large_blocks_come_in_eight_classes_per_doubling() {
+        assert_eq!(block_size(0), 512);
+        assert_eq!(block_size(1000), 1024);
+        assert_eq!(block_size(1 << 20), 1 << 20);
+        assert_eq!(block_size((1 << 20) + 1), (1 << 20) + (1 << 17));
+        assert_eq!(block_size(3 << 20), 3 << 20);
+        for b in [(1usize << 20) + 1, 5_000_000, 123_456_789, 1 << 33] {
+            let s = block_size(b);
+            assert!(s >= b && (s - b) * 8 <= b, "{b} -> {s}");
+        }
+        let (a, b) = (4 * 4096 * 4 * 2039, 4 * 4096 * 4 * 2047);
+        assert_eq!(block_size(a), block_size(b));
+        assert_eq!(block_size(b), 8 << 24);
+        // A shorter batch, then a longer one: the longer reuses the shorter's block (with
+        // 512-byte units it was a fresh block, and the short one stayed cached).
+        let pool = Pool::new(None, None);
+        let (short, long) = (4 * 64 * 4 * 2039, 4 * 64 * 4 * 2047);
+        let (x, sx) = pool.take(short).unwrap();
+        pool.give(x, sx);
+        let (y, sy) = pool.take(long).unwrap();
+        assert_eq!((sy, pool.stats().fresh, pool.stats().cached), (sx, 1, 0));
+        pool.give(y, sy);
+    }
 
     #[test]
     fn blocks_are_reused_by_size_within_a_quarter() {
