@@ -27,12 +27,13 @@
 
 #[path = "common/gguf.rs"]
 mod gguf;
+#[path = "common/lora_steps.rs"]
+mod lora_steps;
+use lora_steps::{lora_steps, Knobs, Trained};
 
 use recipe::model::lora::{self, Targets};
 use recipe::model::{Batch, Model};
-use recipe::train::batch::{PadSide, Sample};
-use recipe::train::engine::{EngineModel, EngineOptim, Saved};
-use recipe::train::{train, SaveStrategy, TrainConfig, TrainIo};
+use recipe::train::batch::Sample;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -247,25 +248,6 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
     );
     let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
     assert_eq!(sizes.len(), 420, "30 layers × 7 modules × (A, B)");
-    let ocfg = recipe::optim::OptimConfig {
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let mut optim = EngineOptim(recipe::train::optimizer::Optimizer::new(
-        model.backend.clone(),
-        recipe::optim::OptimKind::AdamW,
-        &ocfg,
-        &sizes,
-    ));
-    let mut em = EngineModel {
-        model,
-        saved: Saved::Lora {
-            cfg,
-            base_name: "base".into(),
-        },
-        checkpointing: false,
-        copy_from: None,
-    };
     let lr = r["lr"].as_f64().unwrap();
     let lr_at = move |_: usize| lr;
     let samples: Vec<Sample> = ids
@@ -276,36 +258,13 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
             segments: vec![],
         })
         .collect();
-    let tc = TrainConfig {
-        batch_size: samples.len(),
-        grad_accum: 1,
-        num_epochs: 1.0,
-        max_steps: 3,
+    let knobs = Knobs {
+        steps: 3,
+        weight_decay: 0.0,
         max_grad_norm: 0.0,
-        seed: 0,
-        group_by_length: false,
-        logging_steps: 1,
-        eval_steps: None,
-        save: SaveStrategy::No,
-        save_total_limit: None,
         pad_id: 2,
-        pad_side: PadSide::Right,
     };
-    let (work, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let io = TrainIo {
-        work: work.path(),
-        out: out.path(),
-        log: &|_| {},
-        bar: None,
-        stop_after: None,
-    };
-    let report = train(&mut em, &mut optim, &lr_at, &samples, None, &tc, &io).unwrap();
-    assert_eq!(report.steps, 3);
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let Trained { out, log } = lora_steps(model, cfg, &samples, &lr_at, &knobs);
     let step_rel = |key: &str| -> Vec<f64> {
         floats(&r[key])
             .iter()

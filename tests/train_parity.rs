@@ -5,9 +5,10 @@
 //! Tolerance: 1e-4 relative to each tensor's largest value (f32 vs torch
 //! f32 with different summation orders).
 
-use recipe::train::batch::{PadSide, Sample};
-use recipe::train::engine::{EngineModel, EngineOptim, Saved};
-use recipe::train::{train, SaveStrategy, TrainConfig, TrainIo};
+#[path = "common/lora_steps.rs"]
+mod lora_steps;
+use lora_steps::{lora_steps, Knobs, Trained};
+use recipe::train::batch::Sample;
 use std::path::PathBuf;
 
 fn fx(rel: &str) -> PathBuf {
@@ -30,26 +31,6 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
         serde_json::from_slice(&std::fs::read(fx("ref.json")).unwrap()).unwrap();
     let mut model = recipe::model::Model::load(&fx("base"), &Default::default()).unwrap();
     let cfg = recipe::model::lora::load_peft(&mut model, &fx("adapter_init")).unwrap();
-    let sizes: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();
-    let ocfg = recipe::optim::OptimConfig {
-        weight_decay: 0.01,
-        ..Default::default()
-    };
-    let mut optim = EngineOptim(recipe::train::optimizer::Optimizer::new(
-        model.backend.clone(),
-        recipe::optim::OptimKind::AdamW,
-        &ocfg,
-        &sizes,
-    ));
-    let mut em = EngineModel {
-        model,
-        saved: Saved::Lora {
-            cfg,
-            base_name: "base".into(),
-        },
-        checkpointing: false,
-        copy_from: None,
-    };
     let schedule = recipe::optim::Schedule::new(recipe::optim::ScheduleKind::Linear, 3, 1);
     let lr_at = move |s: usize| schedule.lr(s, 5e-2);
     let rows: Vec<Sample> = r["input_ids"]
@@ -73,38 +54,15 @@ fn three_lora_steps_with_clipping_and_schedule_match_peft() {
             segments: vec![],
         })
         .collect();
-    let tc = TrainConfig {
-        batch_size: rows.len(),
-        grad_accum: 1,
-        num_epochs: 1.0,
-        max_steps: 3,
+    let knobs = Knobs {
+        steps: 3,
+        weight_decay: 0.01,
         max_grad_norm: 0.1,
-        seed: 0,
-        group_by_length: false,
-        logging_steps: 1,
-        eval_steps: None,
-        save: SaveStrategy::No,
-        save_total_limit: None,
         pad_id: 0,
-        pad_side: PadSide::Right,
     };
-    let (work, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let io = TrainIo {
-        work: work.path(),
-        out: out.path(),
-        log: &|_| {},
-        bar: None,
-        stop_after: None,
-    };
-    let report = train(&mut em, &mut optim, &lr_at, &rows, None, &tc, &io).unwrap();
-    assert_eq!(report.steps, 3);
+    let Trained { out, log } = lora_steps(model, cfg, &rows, &lr_at, &knobs);
 
     // Per-step loss, pre-clip gradient norm and learning rate.
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     for (k, (name, want)) in [
         ("loss", &r["losses"]),
         ("grad_norm", &r["grad_norms"]),
