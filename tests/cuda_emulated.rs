@@ -1137,7 +1137,8 @@ fn tensor_kernels_match_twins() {
         let xd = gpu.clone_htod(&x).unwrap();
         let mut acc = gpu.clone_htod(&[0.75f32, 0.25]).unwrap();
         op::sum_acc(&gpu, &mut acc.slice_mut(0..1), &xd).unwrap();
-        recipe::cuda::ops::optim::sumsq_acc(&gpu, &mut acc.slice_mut(1..2), &xd).unwrap();
+        recipe::cuda::ops::optim::sumsq_acc(&gpu, &mut acc.slice_mut(1..2), &xd, &mut None)
+            .unwrap();
         let got = gpu.clone_dtoh(&acc).unwrap();
         assert_eq!(bits(&got), bits(&[s[0], q[0]]), "sum_acc/sumsq_acc n={n}");
         let exact: f64 = x.iter().map(|&v| v as f64).sum::<f64>() + 0.75;

@@ -49,13 +49,13 @@ use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
-use crate::cuda::ops::grown;
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
 use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
 use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
 use crate::cuda::ops::tensor as tk;
+use crate::cuda::ops::{grown, Timings};
 use crate::cuda::twins::attention::AttnDims as KDims;
 use crate::cuda::twins::attention::CachedDims;
 use crate::cuda::twins::rope::RopeLayout;
@@ -93,11 +93,8 @@ pub struct CudaBackend {
     narrowed_a: Mutex<Option<(u64, usize)>>,
     /// `RECIPE_CUDA_PROFILE=1`: every op synchronizes and adds its wall time here; the table
     /// goes to stderr when the backend is dropped ([`CudaBackend::profile_table`]).
-    profile: Option<Mutex<Profile>>,
+    profile: Option<Mutex<Timings>>,
 }
-
-/// Per-op wall time: name -> (calls, seconds).
-type Profile = std::collections::BTreeMap<String, (u64, f64)>;
 
 impl Drop for CudaBackend {
     /// With `RECIPE_CUDA_PROFILE=1`, the per-op table to stderr.
@@ -194,8 +191,7 @@ impl CudaBackend {
         let Some(p) = &self.profile else {
             return Vec::new();
         };
-        let p = p.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = p.iter().map(|(k, &(n, s))| (k.clone(), n, s)).collect();
+        let mut rows = p.lock().unwrap_or_else(|p| p.into_inner()).rows();
         rows.sort_by(|a, b| b.2.total_cmp(&a.2));
         rows
     }
@@ -203,12 +199,7 @@ impl CudaBackend {
     /// The tensor-core attention's stages so far (profiling only): (stage, marks, seconds).
     pub fn attention_stages(&self) -> Vec<(String, u64, f64)> {
         let sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        sc.stages.as_ref().map_or(Vec::new(), |st| {
-            st.acc
-                .iter()
-                .map(|(k, &(n, s))| (k.to_string(), n, s))
-                .collect()
-        })
+        sc.stages.as_ref().map_or(Vec::new(), |st| st.acc.rows())
     }
 
     /// An op's name for the profile: `op` with its shape when profiling (`detail` is not
@@ -331,10 +322,8 @@ impl CudaBackend {
         let mut r = self.gpu.bind_to_thread().and_then(|_| f(&self.gpu));
         if let (Some(p), true) = (&self.profile, r.is_ok()) {
             r = r.and_then(|v| self.gpu.synchronize().map(|_| v));
-            let mut p = p.lock().unwrap_or_else(|p| p.into_inner());
-            let e = p.entry(op.to_string()).or_default();
-            e.0 += 1;
-            e.1 += t0.elapsed().as_secs_f64();
+            let secs = t0.elapsed().as_secs_f64();
+            p.lock().unwrap_or_else(|p| p.into_inner()).add(op, secs);
         }
         match r {
             Ok(r) => r,
@@ -1398,12 +1387,14 @@ impl Backend for CudaBackend {
         self.run("norms", |gpu| {
             let mut o = out.device_mut().slice_mut(..k);
             gpu.memset_zeros(&mut o)?;
+            let mut part = None;
             for (i, x) in xs.iter().enumerate() {
                 if !x.is_empty() {
                     sumsq_acc(
                         gpu,
                         &mut o.slice_mut(i..i + 1),
                         &x.device().slice(..x.len()),
+                        &mut part,
                     )?;
                 }
             }

@@ -5,9 +5,10 @@
 //!
 //! Blocks are sized in 512-byte units up to 1 MiB and in 8 classes per power of two above
 //! ([`block_size`]); a request takes the smallest cached block of at least its size and at most
-//! 1.25× (+512 B) of it, so varying batch lengths reuse blocks without holding twice the memory. Out of memory, the cache is returned to the driver and the allocation tried
-//! once more ([`Pool::release`]). One stream uses the blocks, so reuse is ordered by the stream
-//! exactly as a free followed by an allocation would be.
+//! 1.25× (+512 B) of it, so varying batch lengths reuse blocks without holding twice the memory.
+//! Out of memory, the cache is returned to the driver and the allocation tried once more
+//! ([`Pool::release`]). One stream uses the blocks, so reuse is ordered by the stream exactly as
+//! a free followed by an allocation would be.
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;

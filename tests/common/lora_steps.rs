@@ -4,7 +4,7 @@
 
 use recipe::model::lora::LoraConfig;
 use recipe::model::Model;
-use recipe::train::batch::{PadSide, Sample};
+use recipe::train::batch::{PadSide, Samples};
 use recipe::train::engine::{EngineModel, EngineOptim, Saved};
 use recipe::train::{train, SaveStrategy, TrainConfig, TrainIo};
 
@@ -28,7 +28,7 @@ pub struct Knobs {
 pub fn lora_steps(
     model: Model,
     cfg: LoraConfig,
-    samples: &[Sample],
+    samples: &dyn Samples,
     lr_at: &dyn Fn(usize) -> f64,
     k: &Knobs,
 ) -> Trained {
@@ -76,8 +76,7 @@ pub fn lora_steps(
         bar: None,
         stop_after: None,
     };
-    let samples = samples.to_vec();
-    let report = train(&mut em, &mut optim, lr_at, &samples, None, &tc, &io).unwrap();
+    let report = train(&mut em, &mut optim, lr_at, samples, None, &tc, &io).unwrap();
     assert_eq!(report.steps as i64, k.steps);
     let log = std::fs::read_to_string(out.path().join("metrics.jsonl"))
         .unwrap()

@@ -9,7 +9,8 @@
 //! (rep = Hq / Hkv); one head of q is a [T, D] matrix with row length Hq·D, so the GEMMs take
 //! leading dimensions instead of copies. For each batch row b and each r < rep, one GEMM batched
 //! over the kv heads g covers the query heads h = g·rep + r. Scores live in an f32 scratch
-//! [Hq, T, ld] for one batch row at a time (ld = T rounded up to 8: aligned rows for cuBLAS). Math, per (b, h), with bias_ij = slope_h·(j − i):
+//! [Hq, T, ld] for one batch row at a time (ld = T rounded up to 8: aligned rows for cuBLAS).
+//! Math, per (b, h), with bias_ij = slope_h·(j − i):
 //!
 //! - forward: S = scale·Q·Kᵀ; lse_i = log Σ_visible exp(S_ij + bias_ij);
 //!   P_ij = exp(S_ij + bias_ij − lse_i) (0 where hidden), stored bf16; O = P·V.
@@ -27,7 +28,7 @@ use half::bf16;
 use super::attention::{attn_delta, check, push_masks, DeviceMasks};
 use super::blas::{matmul_bf16_f32_ld, MatMul};
 use super::tensor::narrow_bf16;
-use super::{dim, grid1, grown, need, per_row};
+use super::{dim, grid1, grown, need, per_row, Timings};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
@@ -53,13 +54,12 @@ pub struct TcScratch {
     pub stages: Option<Stages>,
 }
 
-/// Wall time per stage of the tensor-core attention ("fwd narrow", "fwd scores", ...): each
-/// mark synchronizes the device and adds the time since the previous mark to its stage.
+/// Wall time per stage of the tensor-core attention ("fwd: softmax", ...): each mark
+/// synchronizes the device and adds the time since the previous mark to its stage.
 #[derive(Default)]
 pub struct Stages {
     last: Option<std::time::Instant>,
-    /// stage -> (marks, seconds)
-    pub acc: std::collections::BTreeMap<&'static str, (u64, f64)>,
+    pub acc: Timings,
 }
 
 /// Starts (`stage` None) or closes a stage of `stages` (no-op when not profiling).
@@ -68,9 +68,7 @@ fn mark(stages: &mut Option<Stages>, gpu: &Gpu, stage: Option<&'static str>) -> 
     gpu.synchronize()?;
     let now = std::time::Instant::now();
     if let (Some(name), Some(last)) = (stage, st.last) {
-        let e = st.acc.entry(name).or_default();
-        e.0 += 1;
-        e.1 += (now - last).as_secs_f64();
+        st.acc.add(name, (now - last).as_secs_f64());
     }
     st.last = Some(now);
     Ok(())
@@ -287,7 +285,7 @@ pub fn attn_tc_fwd(
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
         push_masks(&mut l, mk, &null);
         l.arg(&bi).arg(&t).arg(&ld).arg(&hq);
-        // SAFETY: one block of 256 per (h, i) row of the [hq, t, t] scores (s and p hold
+        // SAFETY: one block of 256 per (h, i) row of the [hq, t, ld] scores (s and p hold
         // hq·t·ld); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
         // masks are null pointers, tested by the kernel.
         unsafe { l.launch(per_row(rows, 256)) }?;

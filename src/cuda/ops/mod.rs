@@ -78,6 +78,30 @@ pub(crate) fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
+/// Wall time by name, as the profiler keeps it (`RECIPE_CUDA_PROFILE`: the backend's ops, the
+/// tensor-core attention's stages): name -> (calls, seconds).
+#[derive(Default)]
+pub struct Timings(std::collections::BTreeMap<String, (u64, f64)>);
+
+impl Timings {
+    pub fn add(&mut self, name: &str, secs: f64) {
+        let e = match self.0.get_mut(name) {
+            Some(e) => e,
+            None => self.0.entry(name.to_string()).or_default(),
+        };
+        e.0 += 1;
+        e.1 += secs;
+    }
+
+    /// (name, calls, seconds), by name.
+    pub fn rows(&self) -> Vec<(String, u64, f64)> {
+        self.0
+            .iter()
+            .map(|(k, &(n, s))| (k.clone(), n, s))
+            .collect()
+    }
+}
+
 /// `slot`'s buffer, replaced by a larger one when it holds fewer than `n` elements.
 pub(crate) fn grown<'a, T: DeviceRepr + ValidAsZeroBits>(
     gpu: &crate::cuda::Gpu,

@@ -96,11 +96,13 @@ pub fn sumsq_chunk(n: usize) -> usize {
 
 /// acc[0] += Σ x² over all of x, deterministic in two passes (kernels/optim.cu
 /// `sumsq_part_f32`: one block per [`sumsq_chunk`] elements, then `sum_acc_f32` over the
-/// parts): the same x gives the same bits every run. acc: f32 [>= 1].
+/// parts): the same x gives the same bits every run. acc: f32 [>= 1]; `part` holds the partial
+/// sums (grown as needed, so a caller summing many tensors allocates once).
 pub fn sumsq_acc(
     gpu: &Gpu,
     acc: &mut impl AsDevViewMut<f32>,
     x: &impl AsDevView<f32>,
+    part: &mut Option<DevBuf<f32>>,
 ) -> Result<()> {
     let (mut av, xv) = (acc.dev_view_mut(), x.dev_view());
     need("sumsq_acc", "acc", av.len(), 1)?;
@@ -110,7 +112,7 @@ pub fn sumsq_acc(
     }
     let chunk = sumsq_chunk(n);
     let parts = n.div_ceil(chunk);
-    let mut part = gpu.alloc_zeros::<f32>(parts)?;
+    let mut part = super::grown(gpu, part, parts)?.slice_mut(..parts);
     let f = gpu.function(&OPTIM, "sumsq_part_f32")?;
     let (n64, c64) = (n as i64, chunk as i64);
     let mut b = gpu.launch_builder(&f);
@@ -123,7 +125,7 @@ pub fn sumsq_acc(
             shared_mem_bytes: 0,
         })
     }?;
-    super::tensor::sum_acc(gpu, &mut av, &part)
+    super::tensor::sum_acc(gpu, &mut av, &part.as_view())
 }
 
 /// x[i] = √x[i] in f64, rounded to f32 (per-tensor norms from their sums of squares).

@@ -37,7 +37,7 @@ pub fn sumsq_acc(acc: &mut [f32], x: &[f32]) {
     acc[0] += block_reduce(&parts, 1024, |v| v);
 }
 
-/// The one-block kernels' order (`sumsq_acc`, `tensor::sum_acc`): `threads` strided partial sums
+/// One block's order (`tensor::sum_acc`, each `sumsq_acc` chunk): `threads` strided partial sums
 /// of f(x), combined as the block reduction does (warp butterflies, then the warp totals).
 pub fn block_reduce(x: &[f32], threads: usize, f: impl Fn(f32) -> f32) -> f32 {
     let mut part = vec![0f32; threads];
