@@ -50,3 +50,25 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     return t;
 }
+
+// D = A·B + D on tensor cores: one m16n8k16 bf16 product with f32 accumulate, fragments spread
+// over the warp as in the PTX ISA (lane = 4·g + t): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+// A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]}, c = {C[g][2t], C[g][2t+1], C[g+8][2t],
+// C[g+8][2t+1]} (pairs packed low half first).
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, const u32* b) {
+#ifdef RECIPE_EMU  // the emulated device (kernels/emu/cuda_emu.h); never set under NVRTC
+    emu_mma_bf16_16816(c, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two floats as a bf16 pair (lo in the low half), the packing of an mma operand register.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    bf16 a = __float2bfloat16(lo), b = __float2bfloat16(hi);
+    return (u32)(*(const u16*)&a) | ((u32)(*(const u16*)&b) << 16);
+}

@@ -14,18 +14,6 @@
 #define BK 32
 #define PAD 8
 
-__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, const u32* b) {
-#ifdef RECIPE_EMU  // the emulated device (kernels/emu/cuda_emu.h); never set under NVRTC
-    emu_mma_bf16_16816(c, a, b);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
 __device__ __forceinline__ float w4(const u8* packed, const float* absmax, const float* code,
                                     i64 idx, i32 blocksize) {
     u8 byte = packed[idx >> 1];

@@ -59,19 +59,24 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The dequant-GEMM really uses the bf16 tensor-core instruction, and `defines` can say no.
+/// The dequant-GEMM and the fused attention really use the bf16 tensor-core instruction, and
+/// `defines` can say no.
 #[test]
 fn gemm_uses_mma_and_missing_names_are_reported() {
     if !nvrtc_or_skip() {
         return;
     }
-    let ptx = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Ptx, None).unwrap();
-    match &ptx {
-        recipe::cuda::nvrtc::Image::Ptx(p) => {
-            assert!(p.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"))
+    for file in [recipe::cuda::kernels::GEMM4, recipe::cuda::kernels::FLASH] {
+        match compile(&file, (9, 0), Target::Ptx, None).unwrap() {
+            recipe::cuda::nvrtc::Image::Ptx(p) => assert!(
+                p.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                "{}.cu has no bf16 mma",
+                file.name
+            ),
+            _ => panic!("expected PTX"),
         }
-        _ => panic!("expected PTX"),
     }
+    let ptx = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Ptx, None).unwrap();
     assert!(!ptx.defines("no_such_kernel"));
     let cubin = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Cubin, None).unwrap();
     assert!(cubin.defines("gemm_4bit_bf16") && !cubin.defines("no_such_kernel"));
@@ -118,4 +123,45 @@ fn compile_errors_name_the_file() {
         "{e}"
     );
     assert!(e.contains("undefined_thing"), "{e}");
+}
+
+/// What ptxas reports for the tensor-core kernels on sm_90: registers per thread and spills.
+/// The fused attention kernels (kernels/flash.cu) hold their Q / K / V fragments and their
+/// accumulators in registers; a spill would put them in local memory on every tile. Printed,
+/// and no kernel of flash.cu or gemm4.cu spills.
+#[test]
+fn tensor_core_kernels_do_not_spill() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    use recipe::cuda::kernels::{FLASH, GEMM4};
+    let mut spills = Vec::new();
+    for file in [FLASH, GEMM4] {
+        let log = recipe::cuda::nvrtc::ptxas_report(&file, (9, 0)).unwrap();
+        let mut name = String::new();
+        let mut seen = 0;
+        for line in log.lines() {
+            if let Some(rest) = line.split("entry function '").nth(1) {
+                name = rest.split('\'').next().unwrap_or(rest).to_string();
+            }
+            if line.contains("spill stores") {
+                seen += 1;
+                println!("{}.cu {name}: {}", file.name, line.trim());
+                if !(line.contains(" 0 bytes spill stores")
+                    && line.contains(" 0 bytes spill loads"))
+                {
+                    spills.push(format!("{name}: {}", line.trim()));
+                }
+            }
+            if line.contains("Used") && line.contains("registers") {
+                println!("{}.cu {name}: {}", file.name, line.trim());
+            }
+        }
+        assert_eq!(seen, file.functions.len(), "one report per kernel:\n{log}");
+    }
+    assert!(
+        spills.is_empty(),
+        "kernels that spill:\n{}",
+        spills.join("\n")
+    );
 }

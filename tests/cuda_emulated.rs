@@ -480,8 +480,9 @@ fn close_of_max(what: &str, got: &[f32], want: &[f32], frac: f32) -> f32 {
     rel
 }
 
-/// bf16 compute mode's tensor-core attention (bf16 GEMMs with f32 accumulation + the masked
-/// softmax kernels, src/cuda/ops/attention_tc.rs) against the CPU backend: odd T, left padding
+/// bf16 compute mode's two tensor-core attentions, the fused kernels (kernels/flash.cu, the
+/// default) and bf16 GEMMs with f32 accumulation + the masked softmax kernels
+/// (src/cuda/ops/attention_tc.rs, `RECIPE_CUDA_ATTENTION=gemm`), against the CPU backend: odd T, left padding
 /// in batch 0 (two query rows that see no key), two packed segments in batch 1, GQA, MQA and
 /// MHA, with and without ALiBi and ChatGLM-6B's bidirectional prefix. q, k, v, dO and P are
 /// rounded to bf16 (2^-9 relative each) and the sums run over at most 13 keys and 16 dims, so
@@ -492,10 +493,17 @@ fn close_of_max(what: &str, got: &[f32], want: &[f32], frac: f32) -> f32 {
 #[test]
 fn bf16_tensor_core_attention_matches_cpu_backend() {
     use recipe::backend::Precision;
-    let Some(gpu) = emulated() else { return };
-    let tc = CudaBackend::on(gpu, "emulated".into())
-        .expect("backend on the emulated device")
-        .with_precision(Precision::Bf16);
+    let bf16 = |gemm: bool| {
+        emulated().map(|gpu| {
+            CudaBackend::on(gpu, "emulated".into())
+                .expect("backend on the emulated device")
+                .with_precision(Precision::Bf16)
+                .with_gemm_attention(gemm)
+        })
+    };
+    let (Some(tc), Some(fused)) = (bf16(true), bf16(false)) else {
+        return;
+    };
     let Some(gpu) = emulated() else { return };
     let flash = CudaBackend::on(gpu, "emulated".into()).expect("backend on the emulated device");
     let cpu = CpuBackend;
@@ -547,33 +555,36 @@ fn bf16_tensor_core_attention_matches_cpu_backend() {
             );
             [o, dq, dk, dv, saved].map(|t| be.download(&t))
         };
-        let (c, g, f) = (run(&cpu), run(&tc), run(&flash));
-        let tag = format!("nkv {nkv} alibi {alibi} prefix {prefix}");
-        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
-            let e = close_of_max(&format!("bf16 attention {tag} {what}"), &g[i], &c[i], 2e-2);
-            worst = worst.max(e);
-        }
-        // Saved: lse [B,NH,T] as the f32 kernels (+inf exactly where they have it), then O.
-        let nl = b * nh * t;
-        for (i, (&x, &y)) in g[4][..nl].iter().zip(&f[4][..nl]).enumerate() {
-            assert!(
-                x == y || (x - y).abs() <= 2e-2 * y.abs().max(1.0),
-                "{tag} lse[{i}]: tensor cores {x}, flash kernel {y}"
+        let (c, f) = (run(&cpu), run(&flash));
+        for (path, be) in [("gemm", &tc), ("fused", &fused)] {
+            let g = run(be);
+            let tag = format!("{path} nkv {nkv} alibi {alibi} prefix {prefix}");
+            for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+                let e = close_of_max(&format!("bf16 attention {tag} {what}"), &g[i], &c[i], 2e-2);
+                worst = worst.max(e);
+            }
+            // Saved: lse [B,NH,T] as the f32 kernels (+inf exactly where they have it), then O.
+            let nl = b * nh * t;
+            for (i, (&x, &y)) in g[4][..nl].iter().zip(&f[4][..nl]).enumerate() {
+                assert!(
+                    x == y || (x - y).abs() <= 2e-2 * y.abs().max(1.0),
+                    "{tag} lse[{i}]: tensor cores {x}, f32 kernel {y}"
+                );
+            }
+            assert_eq!(
+                g[4][..nl].iter().filter(|x| **x == f32::INFINITY).count(),
+                2 * nh,
+                "{tag}: the two padded query rows of batch 0 have lse +inf"
+            );
+            assert_eq!(&g[4][nl..], &g[0][..], "{tag}: saved O is the output");
+            let fresh = be.pool_stats().fresh;
+            run(be);
+            assert_eq!(
+                be.pool_stats().fresh,
+                fresh,
+                "{tag}: a repeated call allocated"
             );
         }
-        assert_eq!(
-            g[4][..nl].iter().filter(|x| **x == f32::INFINITY).count(),
-            2 * nh,
-            "{tag}: the two padded query rows of batch 0 have lse +inf"
-        );
-        assert_eq!(&g[4][nl..], &g[0][..], "{tag}: saved O is the output");
-        let fresh = tc.pool_stats().fresh;
-        run(&tc);
-        assert_eq!(
-            tc.pool_stats().fresh,
-            fresh,
-            "{tag}: a repeated call allocated"
-        );
     }
     println!("bf16 tensor-core attention: worst error {worst:.3e} of max");
 }
@@ -1730,6 +1741,7 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
     let cuda = CudaBackend::on(gpu, "emulated".into())
         .unwrap()
         .with_precision(recipe::backend::Precision::Bf16)
+        .with_gemm_attention(true)
         .with_profile(true);
     let (m, n, k) = (4usize, 3usize, 5usize);
     let (a, b) = (
@@ -1768,7 +1780,7 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
             ("upload".to_string(), 2),
         ]
     );
-    // The tensor-core attention's stages: one mark each per batch row (2 rows here).
+    // The GEMM attention's stages: one mark each per batch row (2 rows here).
     let dims = AttnDims {
         b: 2,
         t: 5,
@@ -1812,16 +1824,104 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
     assert!(off.profile_table().is_empty() && off.attention_stages().is_empty());
 }
 
-/// The tensor-core softmax keeps 4096 keys per row in registers; a longer row (T 4100) takes its
-/// re-reading tail loop for the last keys. Forward out and lse of the unpadded rows against the
-/// CPU backend, with padded keys and two packed segments.
+/// The fused kernels across tile edges: T 150 is three 64-row query (and key) tiles and five
+/// 32-wide key (and query) tiles, head dim 40 runs the 64-wide variant with zero columns; left
+/// padding in batch 0, three packed segments in batch 1, ALiBi, GQA and MQA, ChatGLM-6B's
+/// bidirectional prefix reaching past the first tile, and a sliding window of 37 that hides
+/// whole tiles from the diagonal's neighbours. out, dq, dk, dv against the CPU backend within
+/// 2e-2 of each tensor's largest value (bf16 operands, as the test above).
+#[test]
+fn fused_attention_across_tiles_matches_cpu_backend() {
+    use recipe::backend::Precision;
+    let Some(gpu) = emulated() else { return };
+    let fused = CudaBackend::on(gpu, "emulated".into())
+        .expect("backend on the emulated device")
+        .with_precision(Precision::Bf16);
+    let cpu = CpuBackend;
+    let mut rng = Rng::new(23);
+    let (b, t, nh, hd) = (2usize, 150usize, 4usize, 40usize);
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 5)).collect();
+    let segment: Vec<i32> = (0..b * t)
+        .map(|i| match (i / t, i % t) {
+            (0, j) if j < 5 => -1,
+            (0, _) => 0,
+            (_, j) => i32::from(j >= 60) + i32::from(j >= 110),
+        })
+        .collect();
+    let slopes = recipe::cuda::twins::rope::alibi_slopes(nh);
+    let kpos: Vec<f32> = (0..b * t).map(|i| (i % t) as f32).collect();
+    let mut worst = 0f32;
+    for (nkv, alibi, prefix, window) in [
+        (2, true, false, None),
+        (1, false, true, None),
+        (2, false, false, Some(37)),
+        (4, true, true, Some(37)),
+    ] {
+        let dims = AttnDims { b, t, nh, nkv, hd };
+        let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
+        let (q, k, v, dout) = (
+            rng.normals(nq, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nk, 1.0),
+            rng.normals(nq, 1.0),
+        );
+        // The host<->device bytes of the attention calls alone (0: no host fallback).
+        let moved = |be: &CudaBackend| be.traffic().htod_bytes + be.traffic().dtoh_bytes;
+        let run = |be: &dyn Backend, cuda: Option<&CudaBackend>| {
+            let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+            let al = alibi.then(|| (be.upload(&slopes), be.upload(&kpos)));
+            let pre = prefix.then(|| be.upload_i32(&[90, 20]));
+            let mask = AttnMask {
+                valid: &vt,
+                segment: &st,
+                alibi: al.as_ref().map(|(s, p)| (s, p)),
+                alibi_relative: true,
+                window,
+                prefix: pre.as_ref(),
+            };
+            let up = |x: &[f32]| be.upload(x);
+            let (qt, kt, vt2, dt) = (up(&q), up(&k), up(&v), up(&dout));
+            let mut o = be.zeros(nq);
+            let mut saved = be.zeros(be.attention_saved_len(dims));
+            let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+            let before = cuda.map(moved);
+            be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.3);
+            be.attention_bwd(
+                &mut dq, &mut dk, &mut dv, &dt, &qt, &kt, &vt2, &saved, &mask, dims, 0.3,
+            );
+            if let (Some(cu), Some(before)) = (cuda, before) {
+                assert_eq!(moved(cu), before, "no host fallback (window {window:?})");
+            }
+            [o, dq, dk, dv].map(|t| be.download(&t))
+        };
+        let (c, g) = (run(&cpu, None), run(&fused, Some(&fused)));
+        let tag = format!("nkv {nkv} alibi {alibi} prefix {prefix} window {window:?}");
+        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            let e = close_of_max(&format!("fused attention {tag} {what}"), &g[i], &c[i], 2e-2);
+            worst = worst.max(e);
+        }
+    }
+    println!("fused attention across tiles: worst error {worst:.3e} of max");
+}
+
+/// Long rows (T 4100): the GEMM path's softmax keeps 4096 keys per row in registers and takes a
+/// re-reading tail loop for the last keys; the fused kernels run 65 query tiles, the first
+/// ones over 65 key tiles. Forward out and lse of the unpadded rows against the CPU backend,
+/// with padded keys and two packed segments, for both bf16 paths.
 #[test]
 fn bf16_tensor_core_attention_past_the_register_window() {
+    for gemm in [true, false] {
+        bf16_long_rows(gemm);
+    }
+}
+
+fn bf16_long_rows(gemm: bool) {
     use recipe::backend::Precision;
     let Some(gpu) = emulated() else { return };
     let tc = CudaBackend::on(gpu, "emulated".into())
         .expect("backend on the emulated device")
-        .with_precision(Precision::Bf16);
+        .with_precision(Precision::Bf16)
+        .with_gemm_attention(gemm);
     let cpu = CpuBackend;
     let mut rng = Rng::new(5);
     let (b, t, nh, hd) = (1usize, 4100usize, 1usize, 8usize);
@@ -1872,7 +1972,7 @@ fn bf16_tensor_core_attention_past_the_register_window() {
     {
         assert!(
             x == y || (x - y).abs() <= 2e-2 * y.abs().max(1.0),
-            "lse[{i}]: tensor cores {x}, cpu {y}"
+            "gemm {gemm}: lse[{i}]: tensor cores {x}, cpu {y}"
         );
     }
     assert!(

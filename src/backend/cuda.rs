@@ -16,8 +16,9 @@
 //! tracking the CPU within f32 reassociation error) or, in bf16 mode (the default on a GPU), bf16
 //! tensor-core GEMMs with f32 accumulation and f32 output: both operands are narrowed into two
 //! reused bf16 scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted,
-//! straight into its bf16 operand), as torch autocast computes. Training attention runs as bf16
-//! GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`), in f32 kernels otherwise;
+//! straight into its bf16 operand), as torch autocast computes. Training attention runs in bf16
+//! mode on the fused tensor-core kernels (`crate::cuda::ops::flash`; `RECIPE_CUDA_ATTENTION=gemm`:
+//! bf16 GEMMs + a masked-softmax kernel, `crate::cuda::ops::attention_tc`), in f32 kernels otherwise;
 //! activations are stored f32 (2x the memory of bf16 activations).
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
@@ -25,7 +26,8 @@
 //! the device and the op; out of device memory is a [`crate::util::UserPanic`] the step reports
 //! as its error (what recipe holds, what is free, the plan's peak, the knobs).
 //!
-//! Not on kernels yet: training attention with a sliding window, head dim > 128 or ALiBi key
+//! Not on kernels yet: training attention with a sliding window in f32 mode (bf16 mode's fused
+//! kernels take it), head dim > 128 or ALiBi key
 //! positions that are not contiguous per (row, segment); quantized weights other than
 //! bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back (counted as traffic).
 
@@ -49,6 +51,7 @@ use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
+use crate::cuda::ops::flash::{flash_bwd, flash_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
 use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
@@ -87,6 +90,10 @@ pub struct CudaBackend {
     bf16_scratch: Mutex<[Option<DevBuf<bf16>>; 2]>,
     /// bf16 mode: the tensor-core attention's operands and scores, reused.
     attn_tc: Mutex<TcScratch>,
+    /// bf16 mode: training attention as cuBLAS GEMMs + masked softmax instead of the fused
+    /// kernels (`RECIPE_CUDA_ATTENTION=gemm`): kept so one GPU run can time both; the fused
+    /// kernels are not yet measured on a GPU.
+    gemm_attention: bool,
     /// bf16 mode: the f32 buffer (device address, elements) whose bf16 copy scratch 0 holds, so
     /// consecutive products of one activation (q, k, v and their LoRA A's read the same x) narrow
     /// it once. Every other op forgets it ([`CudaBackend::run`]), as does a product writing over it.
@@ -169,10 +176,18 @@ impl CudaBackend {
             precision: Precision::F32,
             bf16_scratch: Mutex::new([None, None]),
             attn_tc: Mutex::new(TcScratch::default()),
+            gemm_attention: std::env::var("RECIPE_CUDA_ATTENTION").is_ok_and(|v| v == "gemm"),
             narrowed_a: Mutex::new(None),
             profile: None,
         }
         .with_profile(std::env::var_os("RECIPE_CUDA_PROFILE").is_some_and(|v| v != "0")))
+    }
+
+    /// bf16 mode's training attention as cuBLAS GEMMs + masked softmax (true) or the fused
+    /// tensor-core kernels (false, the default; `RECIPE_CUDA_ATTENTION=gemm` sets true).
+    pub fn with_gemm_attention(mut self, on: bool) -> Self {
+        self.gemm_attention = on;
+        self
     }
 
     /// Times every op (synchronizing after each) for [`CudaBackend::profile_table`], and the
@@ -468,8 +483,9 @@ fn device_masks<'a>(mask: &AttnMask<'a>) -> DeviceMasks<'a> {
     }
 }
 
-/// bf16 mode's attention: tensor-core GEMMs and the masked-softmax kernels
-/// (`crate::cuda::ops::attention_tc`), `saved` in the f32 kernels' layout (lse, then O).
+/// bf16 mode's attention: the fused tensor-core kernels (`crate::cuda::ops::flash`), or with
+/// `RECIPE_CUDA_ATTENTION=gemm` cuBLAS GEMMs and the masked-softmax kernels
+/// (`crate::cuda::ops::attention_tc`); `saved` in the f32 kernels' layout (lse, then O).
 #[allow(clippy::too_many_arguments)]
 impl CudaBackend {
     fn attention_tc_fwd(
@@ -488,13 +504,23 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let name = self.op_name("attention_tc_fwd", || format!("{dims:?}"));
+        let (gemm, window) = (self.gemm_attention, mask.window.unwrap_or(0));
+        let op = if gemm {
+            "attention_tc_fwd"
+        } else {
+            "flash_fwd"
+        };
+        let name = self.op_name(op, || format!("{dims:?}"));
         self.run(&name, |g| {
             let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
             let mut o = out.device_mut().slice_mut(..nq);
             let (mk, kd) = (device_masks(mask), kdims(dims, scale));
             let (q, k, v) = (q.device(), k.device(), v.device());
-            attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+            if gemm {
+                attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+            } else {
+                flash_fwd(g, &mut o, &mut lse, q, k, v, &mk, &kd, window)?;
+            }
             g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
         })
     }
@@ -518,26 +544,43 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let name = self.op_name("attention_tc_bwd", || format!("{dims:?}"));
+        let (gemm, window) = (self.gemm_attention, mask.window.unwrap_or(0));
+        let op = if gemm {
+            "attention_tc_bwd"
+        } else {
+            "flash_bwd"
+        };
+        let name = self.op_name(op, || format!("{dims:?}"));
         self.run(&name, |g| {
             let sd = saved.device();
             let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
             let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
             let (mk, kd) = (device_masks(mask), kdims(dims, scale));
-            attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+            if gemm {
+                attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+            } else {
+                let delta = sc.delta_slot();
+                flash_bwd(
+                    g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd, window,
+                )
+            }
         })
     }
 }
 
-/// Whether the attention kernels take these dims and mask (else the host runs it).
-fn attention_on_kernels(mask: &AttnMask, dims: AttnDims) -> bool {
-    dims.hd > 0
-        && dims.hd <= ATTN_DMAX
-        && dims.nkv > 0
-        && dims.nh % dims.nkv == 0
-        && mask.window.is_none()
-        && mask.alibi_relative
+impl CudaBackend {
+    /// Whether the attention kernels take these dims and mask (else the host runs it): a
+    /// sliding window only on the fused bf16 kernels.
+    fn attention_on_kernels(&self, mask: &AttnMask, dims: AttnDims) -> bool {
+        let fused = self.precision == Precision::Bf16 && !self.gemm_attention;
+        dims.hd > 0
+            && dims.hd <= ATTN_DMAX
+            && dims.nkv > 0
+            && dims.nh % dims.nkv == 0
+            && (mask.window.is_none() || fused)
+            && mask.alibi_relative
+    }
 }
 
 impl Backend for CudaBackend {
@@ -1010,7 +1053,7 @@ impl Backend for CudaBackend {
         if b * t * nh * hd == 0 {
             return;
         }
-        if !attention_on_kernels(mask, dims) {
+        if !self.attention_on_kernels(mask, dims) {
             // The CPU saves [B,T,NH] logsumexp; keep its layout in the first part of `saved`.
             let hm = HostMask::down(self, mask);
             let m = hm.mask(mask);
@@ -1081,7 +1124,7 @@ impl Backend for CudaBackend {
         if b * t * nh * hd == 0 {
             return;
         }
-        if !attention_on_kernels(mask, dims) {
+        if !self.attention_on_kernels(mask, dims) {
             let hm = HostMask::down(self, mask);
             let m = hm.mask(mask);
             let nl = CpuBackend.attention_saved_len(dims);

@@ -153,6 +153,22 @@ pub const ATTENTION: KernelFile = KernelFile {
     ],
 };
 
+pub const FLASH: KernelFile = KernelFile {
+    name: "flash",
+    source: include_str!("../../kernels/flash.cu"),
+    functions: &[
+        "flash_fwd_d32",
+        "flash_bwd_dq_d32",
+        "flash_bwd_dkdv_d32",
+        "flash_fwd_d64",
+        "flash_bwd_dq_d64",
+        "flash_bwd_dkdv_d64",
+        "flash_fwd_d128",
+        "flash_bwd_dq_d128",
+        "flash_bwd_dkdv_d128",
+    ],
+};
+
 pub const TENSOR: KernelFile = KernelFile {
     name: "tensor",
     source: include_str!("../../kernels/tensor.cu"),
@@ -183,5 +199,6 @@ pub const ALL: &[KernelFile] = &[
     EMBEDDING,
     CROSS_ENTROPY,
     ATTENTION,
+    FLASH,
     TENSOR,
 ];

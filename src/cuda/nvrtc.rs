@@ -190,7 +190,8 @@ pub fn compile(
             });
         }
     }
-    let image = compile_uncached(file.name, &source, &options, target, &arch_flag(cc, target))?;
+    let arch = arch_flag(cc, target);
+    let (image, _) = compile_uncached(file.name, &source, &options, target, &arch)?;
     if let Some(p) = &path {
         let bytes: &[u8] = match &image {
             Image::Ptx(s) => s.as_bytes(),
@@ -239,13 +240,31 @@ fn c_chars_to_string(v: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// ptxas's resource report for every kernel of `file` built as a CUBIN for `cc`: per function a
+/// "Compiling entry function 'NAME'" line, then "N bytes stack frame, N bytes spill stores, N
+/// bytes spill loads" and "Used N registers, ..." lines. Not cached.
+pub fn ptxas_report(file: &KernelFile, cc: (u32, u32)) -> Result<String> {
+    let mut options = compile_options(cc, Target::Cubin, &find_include_dir()?);
+    options.push("--ptxas-options=-v".into());
+    let arch = arch_flag(cc, Target::Cubin);
+    let (_, log) = compile_uncached(
+        file.name,
+        &file.full_source(),
+        &options,
+        Target::Cubin,
+        &arch,
+    )?;
+    Ok(log)
+}
+
+/// The image and the program log (warnings; ptxas's report when asked for).
 fn compile_uncached(
     name: &str,
     source: &str,
     options: &[String],
     target: Target,
     arch: &str,
-) -> Result<Image> {
+) -> Result<(Image, String)> {
     use cudarc::nvrtc::{result, sys};
     let fail = |log: String| CudaError::Compile {
         file: format!("{name}.cu"),
@@ -259,18 +278,18 @@ fn compile_uncached(
     );
     // SAFETY: prog is a live program created above; src and cname outlive it (dropped after prog).
     let compiled = unsafe { result::compile_program(prog.0, options) };
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(prog.0) }
+        .map(|l| c_chars_to_string(&l))
+        .unwrap_or_default();
     if let Err(e) = compiled {
-        // SAFETY: as above.
-        let log = unsafe { result::get_program_log(prog.0) }
-            .map(|l| c_chars_to_string(&l))
-            .unwrap_or_default();
         return Err(fail(format!("{e:?}\n{log}")));
     }
-    match target {
+    let image = match target {
         Target::Ptx => {
             // SAFETY: the program compiled successfully.
             let ptx = unsafe { result::get_ptx(prog.0) }.map_err(|e| fail(format!("{e:?}")))?;
-            Ok(Image::Ptx(c_chars_to_string(&ptx)))
+            Image::Ptx(c_chars_to_string(&ptx))
         }
         Target::Cubin => {
             let mut size = 0usize;
@@ -284,10 +303,11 @@ fn compile_uncached(
                 sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut c_char)
                     .result()
                     .map_err(|e| fail(format!("{e:?}")))?;
-                Ok(Image::Cubin(buf))
+                Image::Cubin(buf)
             }
         }
-    }
+    };
+    Ok((image, log))
 }
 
 #[cfg(test)]

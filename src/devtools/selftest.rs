@@ -219,13 +219,16 @@ fn kernel_checks(gpu: &Gpu, ck: &mut Checker, want: impl Fn(&str) -> bool) {
         ("cross_entropy bf16", |g, c, r| ce_checks::<bf16>(g, c, r)),
         ("lm_head_ce", |g, c, r| lm_head_ce_check(g, c, r)),
         ("attention f32", |g, c, r| {
-            attention_checks::<f32>(g, c, r, false)
+            attention_checks::<f32>(g, c, r, AttnPath::Kernels)
         }),
         ("attention bf16", |g, c, r| {
-            attention_checks::<bf16>(g, c, r, false)
+            attention_checks::<bf16>(g, c, r, AttnPath::Kernels)
         }),
         ("attention tensor-core", |g, c, r| {
-            attention_checks::<bf16>(g, c, r, true)
+            attention_checks::<bf16>(g, c, r, AttnPath::Gemm)
+        }),
+        ("attention fused", |g, c, r| {
+            attention_checks::<bf16>(g, c, r, AttnPath::Fused)
         }),
         ("cublas", |g, c, r| blas_checks(g, c, r)),
         ("cublas batched", |g, c, r| blas_batched_check(g, c, r)),
@@ -1161,12 +1164,34 @@ fn lm_head_ce_check(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     Ok(())
 }
 
-/// The flash-style kernels with T storage, or (`tc`) the tensor-core attention (bf16 GEMMs +
-/// masked softmax, f32 storage) on T-rounded inputs.
-fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: bool) -> Result<()> {
+/// Which attention [`attention_checks`] runs.
+#[derive(Clone, Copy, PartialEq)]
+enum AttnPath {
+    /// kernels/attention.cu with T storage.
+    Kernels,
+    /// bf16 cuBLAS GEMMs + masked softmax (f32 storage, T-rounded inputs).
+    Gemm,
+    /// kernels/flash.cu on tensor cores (f32 storage, T-rounded inputs), with a sliding window
+    /// on the masked shapes.
+    Fused,
+}
+
+/// One attention path against the twin, forward and backward.
+fn attention_checks<T: Elem>(
+    gpu: &Gpu,
+    ck: &mut Checker,
+    rng: &mut Rng,
+    path: AttnPath,
+) -> Result<()> {
     use ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
+    use ops::flash::{flash_bwd, flash_fwd};
     use twins::attention::{attn_bwd, attn_fwd, AttnDims, AttnMasks};
-    let s = if tc { "tc" } else { T::SUFFIX };
+    let s = match path {
+        AttnPath::Kernels => T::SUFFIX,
+        AttnPath::Gemm => "tc",
+        AttnPath::Fused => "fused",
+    };
+    let tc = path != AttnPath::Kernels;
     let mut sc = TcScratch::default();
     let t = tol::<T>((1e-4, 1e-3), (2e-2, 2e-2));
     let small = ck.small;
@@ -1193,11 +1218,13 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: boo
             .map(|i| if i >= tt && (i - tt) >= tt / 2 { 1 } else { 0 })
             .collect();
         let slopes = twins::rope::alibi_slopes(hq);
+        let window = (masked && path == AttnPath::Fused).then_some(tt / 3);
         let mk = if masked {
             AttnMasks {
                 kmask: Some(&kmask),
                 seg: Some(&seg),
                 slopes: Some(&slopes),
+                window,
             }
         } else {
             AttnMasks::default()
@@ -1233,7 +1260,12 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: boo
                 gpu.clone_htod(&v)?,
             );
             let mut og = gpu.alloc_zeros::<f32>(q.len())?;
-            attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
+            if path == AttnPath::Fused {
+                let w = window.unwrap_or(0);
+                flash_fwd(gpu, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm, w)?;
+            } else {
+                attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
+            }
             down(gpu, &og)?
         } else {
             let mut og = gpu.alloc_zeros::<T>(q.len())?;
@@ -1241,8 +1273,9 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: boo
             down(gpu, &og)?
         };
         let name = format!(
-            "b={batch} t={tt} hq={hq} hkv={hkv} d={d}{}",
-            if masked { " masked+alibi" } else { "" }
+            "b={batch} t={tt} hq={hq} hkv={hkv} d={d}{}{}",
+            if masked { " masked+alibi" } else { "" },
+            window.map_or(String::new(), |w| format!(" window={w}"))
         );
         ck.check(&format!("attn_fwd_{s} {name} o"), &got_o, &o, t);
         ck.check(
@@ -1273,10 +1306,29 @@ fn attention_checks<T: Elem>(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng, tc: boo
             );
             let [qf, kf, vf, dof, of] = [&q, &k, &v, &dout, &o_r].map(|x| gpu.clone_htod(x));
             let (qf, kf, vf, dof, of) = (qf?, kf?, vf?, dof?, of?);
-            attn_tc_bwd(
-                gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed, &dmk,
-                &dm,
-            )?;
+            if path == AttnPath::Fused {
+                flash_bwd(
+                    gpu,
+                    sc.delta_slot(),
+                    &mut dqg,
+                    &mut dkg,
+                    &mut dvg,
+                    &dof,
+                    &qf,
+                    &kf,
+                    &vf,
+                    &of,
+                    &lsed,
+                    &dmk,
+                    &dm,
+                    window.unwrap_or(0),
+                )?;
+            } else {
+                attn_tc_bwd(
+                    gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed,
+                    &dmk, &dm,
+                )?;
+            }
             [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]
         } else {
             let (mut dqg, mut dkg, mut dvg) = (

@@ -1,4 +1,5 @@
-//! Tensor-core attention: what the CUDA backend runs for training attention in bf16 compute mode.
+//! Tensor-core attention as cuBLAS GEMMs: bf16 compute mode's training attention with
+//! `RECIPE_CUDA_ATTENTION=gemm`.
 //! The products are bf16 cuBLAS GEMMs with f32 accumulation and f32 output
 //! ([`matmul_bf16_f32_ld`]); the masks, ALiBi and the softmax are two elementwise kernels in
 //! kernels/attention.cu (`attn_tc_softmax_f32`, `attn_tc_bwd_ds_f32`) that share `visible()` with
@@ -21,7 +22,8 @@
 //! q, k, v and dO are narrowed to bf16 once per call; every scratch buffer lives in
 //! [`TcScratch`], grown to the largest call and reused, so a training step allocates nothing
 //! after its first. What it costs: the full T×T scores are computed (twice the causal work) and
-//! held per batch row; a fused flash kernel on mma.sync is the next step.
+//! held per batch row. Training runs the fused kernels ([`super::flash`]) instead unless
+//! `RECIPE_CUDA_ATTENTION=gemm`; this path stays until a GPU has timed the two side by side.
 
 use half::bf16;
 
@@ -219,8 +221,15 @@ impl Geo {
     }
 }
 
+impl TcScratch {
+    /// The [B, Hq, T] rowsum(dO ⊙ O) scratch, lent to the fused kernels' backward.
+    pub fn delta_slot(&mut self) -> &mut Option<DevBuf<f32>> {
+        &mut self.delta
+    }
+}
+
 /// The lengths every call checks: q-like nq, kv-like nk, lse nl.
-fn sizes(dm: &AttnDims) -> (usize, usize, usize) {
+pub(super) fn sizes(dm: &AttnDims) -> (usize, usize, usize) {
     (
         dm.batch * dm.t * dm.hq * dm.d,
         dm.batch * dm.t * dm.hkv * dm.d,

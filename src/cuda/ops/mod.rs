@@ -13,6 +13,7 @@ pub mod attention_tc;
 pub mod blas;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod flash;
 pub mod gemm4;
 pub mod lora;
 pub mod norm;

@@ -1,5 +1,5 @@
-//! Twin of kernels/attention.cu: causal attention with GQA, key padding mask, packed-sequence
-//! segment ids and optional ALiBi, computed row by row with a full softmax (the oracle; the
+//! Twin of kernels/attention.cu and kernels/flash.cu: causal attention with GQA, key padding mask,
+//! packed-sequence segment ids, optional ALiBi and sliding window, computed row by row with a full softmax (the oracle; the
 //! kernel computes the same thing with an online softmax).
 
 /// Shapes and options shared by forward and backward.
@@ -19,6 +19,9 @@ pub struct AttnMasks<'a> {
     pub kmask: Option<&'a [u8]>,
     pub seg: Option<&'a [i32]>,
     pub slopes: Option<&'a [f32]>,
+    /// Sliding window w (kernels/flash.cu only): key j is also hidden from query i when
+    /// j + w <= i.
+    pub window: Option<usize>,
 }
 
 impl AttnMasks<'_> {
@@ -26,6 +29,7 @@ impl AttnMasks<'_> {
         j <= i
             && self.kmask.is_none_or(|m| m[b * t + j] != 0)
             && self.seg.is_none_or(|s| s[b * t + j] == s[b * t + i])
+            && self.window.is_none_or(|w| j + w > i)
     }
 }
 
@@ -275,6 +279,13 @@ mod tests {
                 kmask: Some(&kmask),
                 seg: Some(&seg),
                 slopes: Some(&slopes),
+                window: None,
+            },
+            AttnMasks {
+                kmask: Some(&kmask),
+                seg: Some(&seg),
+                slopes: Some(&slopes),
+                window: Some(2),
             },
         ] {
             let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);
@@ -301,6 +312,7 @@ mod tests {
             kmask: None,
             seg: Some(&seg),
             slopes: Some(&slopes),
+            window: Some(4),
         };
         let dout = Rng::new(13).normals(q.len(), 1.0);
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; dm.batch * dm.hq * dm.t]);

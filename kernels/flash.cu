@@ -1,0 +1,418 @@
+// flash.cu: fused attention on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate) for bf16
+// compute mode's training: the scores never leave the chip (no T x T buffer), and the causal upper
+// triangle is skipped a tile at a time. Inputs and outputs are f32 (the backend's activations);
+// tiles are narrowed to bf16 as they are staged in shared memory.
+//
+// q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
+// Query head h reads kv head h / (Hq/Hkv). Key j is visible to query i iff (j <= i or
+// j < prefix[b]) and kmask[b,j] != 0 and seg[b,i] == seg[b,j] and (window w = 0 or j + w > i):
+// attention.cu's rule plus the sliding window. s_ij = scale·q_i·k_j + slope_h·(j − i) (ALiBi).
+// Forward:   m, l online over key tiles (FlashAttention-2): o_i = Σ_j e^(s_ij − m_i) v_j / l_i;
+//            lse_i = m_i + log l_i (+inf and o_i = 0 for a row that sees no key).
+// Backward:  p_ij = e^(s_ij − lse_i); delta_i = do_i·o_i (attn_bwd_delta); dp_ij = do_i·v_j;
+//            ds_ij = p_ij (dp_ij − delta_i); dq_i = scale Σ_j ds_ij k_j (flash_bwd_dq, one block
+//            per query tile); dk_j = scale Σ_i ds_ij q_i, dv_j = Σ_i p_ij do_i (flash_bwd_dkdv,
+//            one block per key tile, looping over the group's query heads). Two kernels instead of
+//            FlashAttention-2's atomics: S and dP are computed twice, the result is deterministic.
+// Operands of each product are rounded to bf16 (q, k, v, do, p, ds); sums are f32.
+// Heads: DP = 32, 64 or 128 (D <= DP; columns past D are zero). 4 warps of 16 rows each.
+// Nullable pointers (kmask, seg, prefix, slopes) are passed as 0.
+
+#define FBR 64   // forward / dq: query rows per block (16 per warp)
+#define FBC 64   // forward: keys per tile
+#define FBK 32   // dq: keys per tile; dkdv: queries per tile
+#define FPAD 8   // bf16 row padding of every shared tile (rows stay 16-byte aligned)
+
+// dst[r][c] = bf16(src row (r0 + r), column c) for r < rows, c < DP; zero past t or d. Rows of src
+// are `stride` floats apart (the [B, T, H, D] row of one head).
+template <int DP>
+__device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* src, i64 stride,
+                                           i32 r0, int rows, i32 t, i32 d) {
+    for (int e = threadIdx.x; e < rows * DP; e += blockDim.x) {
+        int r = e / DP, c = e % DP;
+        i32 rr = r0 + r;
+        dst[r][c] = __float2bfloat16(rr < t && c < d ? src[(i64)rr * stride + c] : 0.f);
+    }
+}
+
+// The transpose: dst[c][r] for the same elements (the B operand of a product over rows).
+template <int DP, int ROWS>
+__device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const float* src, i64 stride,
+                                           i32 r0, i32 t, i32 d) {
+    for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
+        int r = e / DP, c = e % DP;
+        i32 rr = r0 + r;
+        dst[c][r] = __float2bfloat16(rr < t && c < d ? src[(i64)rr * stride + c] : 0.f);
+    }
+}
+
+// A-operand fragments of a warp's 16 rows (row0..row0+15 of tile) over DP columns.
+template <int DP>
+__device__ __forceinline__ void frag_a(u32 (*a)[4], bf16 (*tile)[DP + FPAD], int row0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+        a[kk][0] = *(const u32*)&tile[row0 + g][kk * 16 + 2 * tq];
+        a[kk][1] = *(const u32*)&tile[row0 + g + 8][kk * 16 + 2 * tq];
+        a[kk][2] = *(const u32*)&tile[row0 + g][kk * 16 + 8 + 2 * tq];
+        a[kk][3] = *(const u32*)&tile[row0 + g + 8][kk * 16 + 8 + 2 * tq];
+    }
+}
+
+// acc[n][·] += A · Bᵀ for a warp: A from fragments a [16 × K], B rows = the N output columns of
+// tile bt [N][K + pad] (reduction index contiguous).
+template <int K, int N, int LD>
+__device__ __forceinline__ void mma_rows(float (*acc)[4], const u32 (*a)[4], bf16 (*bt)[LD]) {
+    int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++)
+#pragma unroll
+        for (int n = 0; n < N / 8; n++) {
+            u32 b[2] = {*(const u32*)&bt[n * 8 + g][kk * 16 + 2 * tq],
+                        *(const u32*)&bt[n * 8 + g][kk * 16 + 8 + 2 * tq]};
+            mma_bf16_16816(acc[n], a[kk], b);
+        }
+}
+
+// A fragments from an accumulator [16 × K] (K/8 n-tiles of 4): the C layout of one product is
+// the A layout of the next (FlashAttention-2's P·V without a trip through shared memory).
+template <int K>
+__device__ __forceinline__ void acc_to_a(u32 (*a)[4], const float (*c)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) {
+        a[kk][0] = pack_bf16x2(c[2 * kk][0], c[2 * kk][1]);
+        a[kk][1] = pack_bf16x2(c[2 * kk][2], c[2 * kk][3]);
+        a[kk][2] = pack_bf16x2(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16x2(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+    }
+}
+
+// The masks of one key tile, staged once: ok[j] = key j0+j exists and is not padding; sg[j] its
+// segment id.
+template <int N>
+__device__ __forceinline__ void stage_keys(u8* ok, i32* sg, const u8* kmask, const i32* seg,
+                                           i32 b, i32 j0, i32 t) {
+    for (int e = threadIdx.x; e < N; e += blockDim.x) {
+        i32 j = j0 + e;
+        ok[e] = j < t && (!kmask || kmask[(i64)b * t + j] != 0);
+        sg[e] = (seg && j < t) ? seg[(i64)b * t + j] : 0;
+    }
+}
+
+// Whether query i (segment segi) sees key j (staged as ok, sgj), given prefix pre and window w.
+__device__ __forceinline__ bool sees(i32 i, i32 j, i32 t, bool ok, i32 sgj, i32 segi, i32 pre,
+                                     i32 w) {
+    return i < t && ok && (j <= i || j < pre) && sgj == segi && (w == 0 || j + w > i);
+}
+
+// Rows a warp holds in the C layout: element e of a tile sits at row g + 8·(e >> 1), column
+// 2·tq + (e & 1) of its 8-wide n-tile.
+#define CROW(e) (g + 8 * ((e) >> 1))
+#define CCOL(n, e) ((n) * 8 + 2 * tq + ((e) & 1))
+
+// Grid (ceil(t / FBR), hq, batch), 128 threads. Query tiles run longest-first (the causal tail).
+template <int DP>
+__device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, const float* v,
+                          const u8* kmask, const i32* seg, const i32* prefix, const float* slopes,
+                          i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {
+    __shared__ __align__(16) bf16 Ks[FBC][DP + FPAD];  // the Q tile first, then each K tile
+    __shared__ __align__(16) bf16 Vt[DP][FBC + FPAD];  // V tile transposed: [dim][key]
+    __shared__ u8 Kok[FBC];
+    __shared__ i32 Kseg[FBC];
+    static_assert(FBR == FBC, "the Q tile is staged in the K tile's buffer");
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    i32 b = blockIdx.z, h = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * FBR;
+    i32 kvh = h / (hq / hkv), iw = i0 + warp * 16;
+    i64 qs = (i64)hq * d, ks = (i64)hkv * d;
+    const float* qb = q + (i64)b * t * qs + (i64)h * d;
+    const float* kb = k + (i64)b * t * ks + (i64)kvh * d;
+    const float* vb = v + (i64)b * t * ks + (i64)kvh * d;
+    stage_rows<DP>(Ks, qb, qs, i0, FBR, t, d);
+    __syncthreads();
+    u32 qa[DP / 16][4];
+    frag_a<DP>(qa, Ks, warp * 16);
+    float slope = slopes ? slopes[h] : 0.f;
+    i32 pre = prefix ? prefix[b] : 0;
+    i32 ri[2] = {iw + g, iw + g + 8}, segi[2];
+    #pragma unroll
+    for (int x = 0; x < 2; x++) segi[x] = (seg && ri[x] < t) ? seg[(i64)b * t + ri[x]] : 0;
+    float m[2] = {-RECIPE_INF, -RECIPE_INF}, l[2] = {0.f, 0.f}, acc[DP / 8][4] = {};
+    i32 jend = min(t, max(i0 + FBR, pre));
+    i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBC * FBC : 0;
+    for (i32 j0 = jbeg; j0 < jend; j0 += FBC) {
+        __syncthreads();  // the previous tile (or the Q fragments) is read
+        stage_rows<DP>(Ks, kb, ks, j0, FBC, t, d);
+        stage_cols<DP, FBC>(Vt, vb, ks, j0, t, d);
+        stage_keys<FBC>(Kok, Kseg, kmask, seg, b, j0, t);
+        __syncthreads();
+        // Warp-uniform: the warp's rows see nothing of this tile (past the diagonal or the window).
+        bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBC - 1 + window <= iw);
+        if (none) continue;
+        float s[FBC / 8][4] = {};
+        mma_rows<DP, FBC, DP + FPAD>(s, qa, Ks);
+        float mx[2] = {-RECIPE_INF, -RECIPE_INF};
+#pragma unroll
+        for (int n = 0; n < FBC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int x = e >> 1, jl = CCOL(n, e);
+                i32 i = ri[x], j = j0 + jl;
+                s[n][e] = sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window)
+                              ? s[n][e] * scale + slope * (float)(j - i)
+                              : -RECIPE_INF;
+                mx[x] = fmaxf(mx[x], s[n][e]);
+            }
+        float alpha[2], sum[2] = {0.f, 0.f};
+        #pragma unroll
+        for (int x = 0; x < 2; x++) {
+            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
+            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
+            float mnew = fmaxf(m[x], mx[x]);
+            alpha[x] = (m[x] == -RECIPE_INF) ? 0.f : __expf(m[x] - mnew);
+            m[x] = mnew;
+        }
+#pragma unroll
+        for (int n = 0; n < FBC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int x = e >> 1;
+                s[n][e] = s[n][e] == -RECIPE_INF ? 0.f : __expf(s[n][e] - m[x]);
+                sum[x] += s[n][e];
+            }
+        #pragma unroll
+        for (int x = 0; x < 2; x++) {
+            sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 1);
+            sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 2);
+            l[x] = l[x] * alpha[x] + sum[x];
+        }
+#pragma unroll
+        for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] *= alpha[e >> 1];
+        u32 pa[FBC / 16][4];
+        acc_to_a<FBC>(pa, s);
+        mma_rows<FBC, DP, FBC + FPAD>(acc, pa, Vt);
+    }
+    float* ob = o + (i64)b * t * qs + (i64)h * d;
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int x = e >> 1, c = CCOL(n, e);
+            if (ri[x] < t && c < d) ob[(i64)ri[x] * qs + c] = l[x] > 0.f ? acc[n][e] / l[x] : 0.f;
+        }
+    if (tq == 0)
+        #pragma unroll
+        for (int x = 0; x < 2; x++)
+            if (ri[x] < t)
+                lse[((i64)b * hq + h) * t + ri[x]] = l[x] > 0.f ? m[x] + __logf(l[x]) : RECIPE_INF;
+}
+
+// dq: grid (ceil(t / FBR), hq, batch), 128 threads; key tiles of FBK. dq is overwritten.
+template <int DP>
+__device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const float* k,
+                             const float* v, const float* lse, const float* delta,
+                             const u8* kmask, const i32* seg, const i32* prefix,
+                             const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,
+                             i32 window) {
+    __shared__ __align__(16) bf16 St[FBR][DP + FPAD];  // Q, then dO, for the fragments
+    __shared__ __align__(16) bf16 Ks[FBK][DP + FPAD];
+    __shared__ __align__(16) bf16 Vs[FBK][DP + FPAD];
+    __shared__ __align__(16) bf16 Kt[DP][FBK + FPAD];
+    __shared__ u8 Kok[FBK];
+    __shared__ i32 Kseg[FBK];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    i32 b = blockIdx.z, h = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * FBR;
+    i32 kvh = h / (hq / hkv), iw = i0 + warp * 16;
+    i64 qs = (i64)hq * d, ks = (i64)hkv * d;
+    i64 qoff = (i64)b * t * qs + (i64)h * d, koff = (i64)b * t * ks + (i64)kvh * d;
+    u32 qa[DP / 16][4], da[DP / 16][4];
+    stage_rows<DP>(St, q + qoff, qs, i0, FBR, t, d);
+    __syncthreads();
+    frag_a<DP>(qa, St, warp * 16);
+    __syncthreads();
+    stage_rows<DP>(St, dout + qoff, qs, i0, FBR, t, d);
+    __syncthreads();
+    frag_a<DP>(da, St, warp * 16);
+    float slope = slopes ? slopes[h] : 0.f;
+    i32 pre = prefix ? prefix[b] : 0;
+    i32 ri[2] = {iw + g, iw + g + 8}, segi[2];
+    float ls[2], de[2];
+    #pragma unroll
+    for (int x = 0; x < 2; x++) {
+        bool in = ri[x] < t;
+        i64 li = ((i64)b * hq + h) * t + ri[x];
+        segi[x] = (seg && in) ? seg[(i64)b * t + ri[x]] : 0;
+        ls[x] = in ? lse[li] : RECIPE_INF;
+        de[x] = in ? delta[li] : 0.f;
+    }
+    float acc[DP / 8][4] = {};
+    i32 jend = min(t, max(i0 + FBR, pre));
+    i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBK * FBK : 0;
+    for (i32 j0 = jbeg; j0 < jend; j0 += FBK) {
+        __syncthreads();
+        stage_rows<DP>(Ks, k + koff, ks, j0, FBK, t, d);
+        stage_rows<DP>(Vs, v + koff, ks, j0, FBK, t, d);
+        stage_cols<DP, FBK>(Kt, k + koff, ks, j0, t, d);
+        stage_keys<FBK>(Kok, Kseg, kmask, seg, b, j0, t);
+        __syncthreads();
+        bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBK - 1 + window <= iw);
+        if (none) continue;
+        float s[FBK / 8][4] = {}, dp[FBK / 8][4] = {};
+        mma_rows<DP, FBK, DP + FPAD>(s, qa, Ks);
+        mma_rows<DP, FBK, DP + FPAD>(dp, da, Vs);
+#pragma unroll
+        for (int n = 0; n < FBK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int x = e >> 1, jl = CCOL(n, e);
+                i32 i = ri[x], j = j0 + jl;
+                float p = 0.f;
+                if (ls[x] != RECIPE_INF && sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window))
+                    p = __expf(s[n][e] * scale + slope * (float)(j - i) - ls[x]);
+                s[n][e] = p * (dp[n][e] - de[x]);  // ds
+            }
+        u32 dsa[FBK / 16][4];
+        acc_to_a<FBK>(dsa, s);
+        mma_rows<FBK, DP, FBK + FPAD>(acc, dsa, Kt);
+    }
+    float* out = dq + qoff;
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int x = e >> 1, c = CCOL(n, e);
+            if (ri[x] < t && c < d) out[(i64)ri[x] * qs + c] = acc[n][e] * scale;
+        }
+}
+
+// dk, dv: grid (ceil(t / FBR), hkv, batch), 128 threads: a block owns FBR keys (16 per warp) of
+// one kv head and loops over the group's query heads and query tiles of QT (16 at DP 128, where
+// 32 would spill: four [16 × DP] operand and accumulator sets live in registers). The products run
+// transposed (keys as rows): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q. Overwritten.
+template <int DP, int QT>
+__device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const float* q,
+                               const float* k, const float* v, const float* lse,
+                               const float* delta, const u8* kmask, const i32* seg,
+                               const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv,
+                               i32 d, float scale, i32 window) {
+    // One buffer: the K and V tiles (FBR rows) for the fragments, then Q and dO tiles (QT rows
+    // each) for the loop.
+    __shared__ __align__(16) bf16 buf[FBR][DP + FPAD];
+    __shared__ __align__(16) bf16 Qt[DP][QT + FPAD];
+    __shared__ __align__(16) bf16 Dt[DP][QT + FPAD];
+    __shared__ float Ls[QT], Es[QT];
+    __shared__ u8 Qok[QT];
+    __shared__ i32 Qseg[QT];
+    static_assert(2 * QT <= FBR, "Q and dO tiles share the K tile's buffer");
+    bf16(*Qs)[DP + FPAD] = buf;
+    bf16(*Ds)[DP + FPAD] = buf + QT;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    i32 b = blockIdx.z, kvh = blockIdx.y, j0 = (gridDim.x - 1 - blockIdx.x) * FBR;
+    i32 group = hq / hkv, jw = j0 + warp * 16;
+    i64 qs = (i64)hq * d, ks = (i64)hkv * d;
+    i64 koff = (i64)b * t * ks + (i64)kvh * d;
+    u32 ka[DP / 16][4], va[DP / 16][4];
+    stage_rows<DP>(buf, k + koff, ks, j0, FBR, t, d);
+    __syncthreads();
+    frag_a<DP>(ka, buf, warp * 16);
+    __syncthreads();
+    stage_rows<DP>(buf, v + koff, ks, j0, FBR, t, d);
+    __syncthreads();
+    frag_a<DP>(va, buf, warp * 16);
+    i32 pre = prefix ? prefix[b] : 0;
+    // The warp's keys as rows: rj[x] (x = 0, 1 for rows g, g + 8), their staged masks.
+    i32 rj[2] = {jw + g, jw + g + 8}, sgj[2];
+    bool okj[2];
+    #pragma unroll
+    for (int x = 0; x < 2; x++) {
+        bool in = rj[x] < t;
+        okj[x] = in && (!kmask || kmask[(i64)b * t + rj[x]] != 0);
+        sgj[x] = (seg && in) ? seg[(i64)b * t + rj[x]] : 0;
+    }
+    float dka[DP / 8][4] = {}, dva[DP / 8][4] = {};
+    // Queries before the block's first key see it only through the prefix; past the window none.
+    i32 qbeg = j0 < pre ? 0 : j0 / QT * QT;
+    i32 qend = window > 0 ? min(t, j0 + FBR - 1 + window) : t;
+    for (i32 h = kvh * group; h < (kvh + 1) * group; h++) {
+        float slope = slopes ? slopes[h] : 0.f;
+        i64 qoff = (i64)b * t * qs + (i64)h * d;
+        for (i32 q0 = qbeg; q0 < qend; q0 += QT) {
+            __syncthreads();
+            stage_rows<DP>(Qs, q + qoff, qs, q0, QT, t, d);
+            stage_rows<DP>(Ds, dout + qoff, qs, q0, QT, t, d);
+            stage_cols<DP, QT>(Qt, q + qoff, qs, q0, t, d);
+            stage_cols<DP, QT>(Dt, dout + qoff, qs, q0, t, d);
+            for (int e = threadIdx.x; e < QT; e += blockDim.x) {
+                i32 i = q0 + e;
+                bool in = i < t;
+                i64 li = ((i64)b * hq + h) * t + i;
+                Ls[e] = in ? lse[li] : RECIPE_INF;
+                Es[e] = in ? delta[li] : 0.f;
+                Qok[e] = in;
+                Qseg[e] = (seg && in) ? seg[(i64)b * t + i] : 0;
+            }
+            __syncthreads();
+            bool none = (q0 + QT - 1 < jw && jw >= pre) ||
+                        (window > 0 && q0 >= jw + 15 + window);
+            if (none) continue;
+            float s[QT / 8][4] = {}, dp[QT / 8][4] = {};
+            mma_rows<DP, QT, DP + FPAD>(s, ka, Qs);
+            mma_rows<DP, QT, DP + FPAD>(dp, va, Ds);
+#pragma unroll
+            for (int n = 0; n < QT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int x = e >> 1, il = CCOL(n, e);
+                    i32 i = q0 + il, j = rj[x];
+                    float p = 0.f;
+                    if (Qok[il] && Ls[il] != RECIPE_INF &&
+                        sees(i, j, t, okj[x], sgj[x], Qseg[il], pre, window))
+                        p = __expf(s[n][e] * scale + slope * (float)(j - i) - Ls[il]);
+                    dp[n][e] = p * (dp[n][e] - Es[il]);  // dsᵀ
+                    s[n][e] = p;                         // pᵀ
+                }
+            u32 pa[QT / 16][4], dsa[QT / 16][4];
+            acc_to_a<QT>(pa, s);
+            acc_to_a<QT>(dsa, dp);
+            mma_rows<QT, DP, QT + FPAD>(dva, pa, Dt);
+            mma_rows<QT, DP, QT + FPAD>(dka, dsa, Qt);
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int x = e >> 1, c = CCOL(n, e);
+            if (rj[x] < t && c < d) {
+                i64 dst = koff + (i64)rj[x] * ks + c;
+                dk[dst] = dka[n][e] * scale;
+                dv[dst] = dva[n][e];
+            }
+        }
+}
+
+#define FLASH_KERNELS(DP)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) flash_fwd_d##DP(                             \
+        float* o, float* lse, const float* q, const float* k, const float* v, const u8* kmask,     \
+        const i32* seg, const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,     \
+        float scale, i32 window) {                                                                 \
+        flash_fwd<DP>(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale, window);  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_d##DP(                          \
+        float* dq, const float* dout, const float* q, const float* k, const float* v,              \
+        const float* lse, const float* delta, const u8* kmask, const i32* seg, const i32* prefix,  \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
+        flash_bwd_dq<DP>(dq, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv, d, \
+                         scale, window);                                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128, 1) flash_bwd_dkdv_d##DP(                        \
+        float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,   \
+        const float* lse, const float* delta, const u8* kmask, const i32* seg, const i32* prefix,  \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
+        flash_bwd_dkdv<DP, DP == 128 ? 16 : FBK>(dk, dv, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq,   \
+                           hkv, d, scale, window);                                                 \
+    }
+FLASH_KERNELS(32)
+FLASH_KERNELS(64)
+FLASH_KERNELS(128)
