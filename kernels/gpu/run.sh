@@ -1,5 +1,5 @@
 #!/bin/bash
-# The one prepared device call (kernels/NOTES.md): about 4 minutes on an H200.
+# The one prepared device call (kernels/NOTES.md): about 5 minutes on an H200.
 #   here:   cargo build --release --bin recipe && mkdir -p .gpu && cp target/release/recipe .gpu/ \
 #           && strip .gpu/recipe && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
 #   device: run(command="OUT=$OUT bash kernels/gpu/run.sh", carry=[".gpu"], timeout_s=480)
@@ -24,18 +24,20 @@ el "driver: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=c
   for i in $(seq 12); do cat examples/quickstart/corpus.jsonl; done > /tmp/corpus.jsonl ) &
 mk=$!
 timeout 90 $R selftest --device cuda > $OUT/selftest.txt 2>&1; el "selftest rc=$? $(tail -1 $OUT/selftest.txt)"
-timeout 60 $R bench --device cuda --json $OUT/bench.json > $OUT/bench.txt 2>&1; el "bench rc=$?"
+timeout 90 $R bench --device cuda --json $OUT/bench.json > $OUT/bench.txt 2>&1; el "bench rc=$?"
 wait $mk; el "4-layer model: $(tail -c 90 /tmp/make4.log | tr '\n' ' ')"
 ( python3 tests/reference/gpu_train_ref.py make /tmp/l32 ${L32_ARGS:---layers 32} > /tmp/make32.log 2>&1 ) &
 mk=$!
-G="tests/reference/gpu_train.toml --set vars.corpus=/tmp/corpus.jsonl --device cuda --cache-dir /tmp/c2"
-RECIPE_CUDA_PROFILE=1 timeout 60 $R run $G --set vars.model_dir=/tmp/l4 --set steps.train.max_steps=4 > /tmp/prof.txt 2>&1
+G="tests/reference/gpu_train.toml --set vars.corpus=/tmp/corpus.jsonl --device cuda"
+RECIPE_CUDA_PROFILE=1 timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 --set steps.train.max_steps=4 > /tmp/prof.txt 2>&1
 el "profile rc=$?"; grep -v '^\s*$' /tmp/prof.txt > $OUT/profile.txt
 wait $mk; el "7B model: $(tail -c 90 /tmp/make32.log | tr '\n' ' ')"
 echo "=== recipe qlora, 4 layers" >> $E
-p=$(mem q4); timeout 60 $R run $G --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p q4; el "qlora 4 layers rc=$rc $(tps)"
+p=$(mem q4); timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p q4; el "qlora 4 layers rc=$rc $(tps)"
+echo "=== recipe qlora, 4 layers, GEMM attention" >> $E
+p=$(mem g4); RECIPE_CUDA_ATTENTION=gemm timeout 60 $R run $G --cache-dir /tmp/c4 --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p g4; el "qlora 4 layers gemm attention rc=$rc $(tps)"
 echo "=== recipe qlora, 7B" >> $E
-p=$(mem q32); timeout 120 $R run $G --set vars.model_dir=/tmp/l32 >> $E 2>&1; rc=$?; peak $p q32; el "qlora 7B rc=$rc $(tps)"
+p=$(mem q32); timeout 120 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l32 >> $E 2>&1; rc=$?; peak $p q32; el "qlora 7B rc=$rc $(tps)"
 echo "=== peft lora bf16, 4 layers" >> $E
 p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
 echo "=== peft lora bf16, 7B" >> $E
@@ -44,6 +46,6 @@ if command -v compute-sanitizer > /dev/null; then
   timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
   el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"
 fi
-echo ==== bench; tail -18 $OUT/bench.txt
+echo ==== bench; tail -26 $OUT/bench.txt
 echo ==== profile; grep -A24 "cuda profile" $OUT/profile.txt | cut -c1-110; grep -A10 "by stage" $OUT/profile.txt
 echo ==== summary; cat $S

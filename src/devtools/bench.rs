@@ -8,8 +8,9 @@
 //!
 //! Rows: NF4 dequant-GEMM vs cuBLAS bf16 on LLaMA-7B projection shapes (tokens 2048×4 = 8192;
 //! 4096×4096, 11008×4096, 4096×11008), its dX variant, the batch-1 NF4 GEMV (GB/s of weight bytes
-//! actually read), the NF4 dequantize to bf16 (GB/s of weight bytes read + bf16 written) and the
-//! 8-bit AdamW step (GB/s of state + params + grads moved).
+//! actually read), the NF4 dequantize to bf16 (GB/s of weight bytes read + bf16 written), causal
+//! training attention forward and backward on the fused kernels and on the GEMM path (TFLOP/s
+//! of the causal half), and the 8-bit AdamW step (GB/s of state + params + grads moved).
 
 use std::io::Write;
 
@@ -280,6 +281,90 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             None,
             Some((wbytes + 2 * (n + k)) as f64),
         )?;
+    }
+
+    // Training attention, causal, on the LLaMA-7B shape (T 2048, 32 heads of 128; MHA and GQA
+    // with 8 kv heads): the fused kernels against the GEMM path, forward and backward. FLOPs
+    // count the causal half only (forward 2 products, backward 5 products), so both paths are
+    // measured against the same useful work.
+    let t = m.min(2048);
+    for hkv in [32usize, 8] {
+        let dm = crate::cuda::twins::attention::AttnDims {
+            batch: (m / t).max(1),
+            t,
+            hq: 32,
+            hkv,
+            d: 128,
+            scale: 1.0 / (128f32).sqrt(),
+        };
+        let (nq, nk) = (dm.batch * t * dm.hq * dm.d, dm.batch * t * hkv * dm.d);
+        let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
+            gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
+        };
+        let (q, k, v, dout) = (
+            f32s(&mut rng, nq)?,
+            f32s(&mut rng, nk)?,
+            f32s(&mut rng, nk)?,
+            f32s(&mut rng, nq)?,
+        );
+        let (mut out, mut lse) = (
+            gpu.alloc_zeros::<f32>(nq)?,
+            gpu.alloc_zeros::<f32>(dm.batch * dm.hq * t)?,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            gpu.alloc_zeros::<f32>(nq)?,
+            gpu.alloc_zeros::<f32>(nk)?,
+            gpu.alloc_zeros::<f32>(nk)?,
+        );
+        let fwd_flops = 4.0 * (dm.batch * dm.hq * t * t * dm.d) as f64 / 2.0;
+        let mk = ops::attention::DeviceMasks::default();
+        let mut sc = ops::attention_tc::TcScratch::default();
+        let shape = format!("b{} t{t} hq32 hkv{hkv} d128", dm.batch);
+        for gemm in [false, true] {
+            let path = if gemm { "attn_gemm" } else { "attn_fused" };
+            let ms = time_ms(&gpu, o, &mut |_| {
+                if gemm {
+                    ops::attention_tc::attn_tc_fwd(
+                        &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
+                    )
+                } else {
+                    ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm, 0)
+                }
+            })?;
+            push(&mut rows, format!("{path} fwd {shape}"), ms, Some(fwd_flops), None)?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                if gemm {
+                    ops::attention_tc::attn_tc_bwd(
+                        &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out,
+                        &lse, &mk, &dm,
+                    )
+                } else {
+                    ops::flash::flash_bwd(
+                        &gpu,
+                        sc.delta_slot(),
+                        &mut dq,
+                        &mut dk,
+                        &mut dv,
+                        &dout,
+                        &q,
+                        &k,
+                        &v,
+                        &out,
+                        &lse,
+                        &mk,
+                        &dm,
+                        0,
+                    )
+                }
+            })?;
+            push(
+                &mut rows,
+                format!("{path} bwd {shape}"),
+                ms,
+                Some(2.5 * fwd_flops),
+                None,
+            )?;
+        }
     }
 
     // 8-bit AdamW over 64M parameters.
