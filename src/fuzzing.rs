@@ -60,6 +60,14 @@ pub const TARGETS: &[Target] = &[
         ],
     },
     Target {
+        name: "torch_bin",
+        run: torch_bin,
+        seeds: &[
+            "tests/fixtures/torch_bin/mixed.bin",
+            "tests/fixtures/torch_bin/glm6b/pytorch_model-00001-of-00002.bin",
+        ],
+    },
+    Target {
         name: "sentencepiece_model",
         run: sentencepiece_model,
         seeds: &[
@@ -165,7 +173,13 @@ pub fn data_parquet(data: &[u8]) {
 
 /// A model dir whose only weight file is `data`: the header is parsed and every tensor decoded.
 pub fn safetensors_header(data: &[u8]) {
-    let p = put("st", "model.safetensors", data);
+    weight_dir("st", "model.safetensors", data);
+}
+
+/// A model dir `sub` whose only weight file is `file` = `data`, opened and (up to 64 tensors)
+/// decoded as the loader does.
+fn weight_dir(sub: &str, file: &str, data: &[u8]) {
+    let p = put(sub, file, data);
     let dir: &Path = p.parent().unwrap_or(Path::new("."));
     if let Ok(files) = crate::formats::WeightFiles::open(dir) {
         let names: Vec<String> = files.names().map(str::to_string).collect();
@@ -173,6 +187,12 @@ pub fn safetensors_header(data: &[u8]) {
             let _ = files.get(n);
         }
     }
+}
+
+/// A model dir whose only weight file is `pytorch_model.bin` = `data`: the zip and the pickle are
+/// parsed and every tensor decoded.
+pub fn torch_bin(data: &[u8]) {
+    weight_dir("bin", "pytorch_model.bin", data);
 }
 
 pub fn sentencepiece_model(data: &[u8]) {

@@ -61,7 +61,7 @@ impl<'a> TextStream<'a> {
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face model dir (config.json, *.safetensors, tokenizer files).
+    /// A Hugging Face model dir (config.json, *.safetensors or pytorch_model*.bin, tokenizer files).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// A PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors), e.g. a train

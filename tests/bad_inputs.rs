@@ -504,7 +504,7 @@ fn corpus() -> Vec<Case> {
             &[],
             &["merge", "--model", "model", "--adapter", "nope", "--out", "merged"],
             1,
-            "error: model: no model.safetensors or model.safetensors.index.json\n",
+            "error: model: no model.safetensors or model.safetensors.index.json (nor pytorch_model.bin or its index)\n",
         ),
         case(
             "merge_adapter_missing",

@@ -119,6 +119,10 @@ fn safetensors_header() {
     check_target("safetensors_header");
 }
 #[test]
+fn torch_bin() {
+    check_target("torch_bin");
+}
+#[test]
 fn sentencepiece_model() {
     check_target("sentencepiece_model");
 }

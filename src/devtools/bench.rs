@@ -331,12 +331,18 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                     ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm, 0)
                 }
             })?;
-            push(&mut rows, format!("{path} fwd {shape}"), ms, Some(fwd_flops), None)?;
+            push(
+                &mut rows,
+                format!("{path} fwd {shape}"),
+                ms,
+                Some(fwd_flops),
+                None,
+            )?;
             let ms = time_ms(&gpu, o, &mut |_| {
                 if gemm {
                     ops::attention_tc::attn_tc_bwd(
-                        &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out,
-                        &lse, &mk, &dm,
+                        &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse,
+                        &mk, &dm,
                     )
                 } else {
                     ops::flash::flash_bwd(

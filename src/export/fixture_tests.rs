@@ -433,14 +433,17 @@ fn weight_dir_errors() {
     let d = out.path();
     let e = read_dir(d).unwrap_err().to_string();
     assert!(
-        e.ends_with("no model.safetensors or model.safetensors.index.json"),
+        e.ends_with(
+            "no model.safetensors or model.safetensors.index.json \
+             (nor pytorch_model.bin or its index)"
+        ),
         "{e}"
     );
     std::fs::write(d.join("pytorch_model.bin"), b"x").unwrap();
     let e = read_dir(d).unwrap_err().to_string();
     assert!(
         e.ends_with(
-            "(pytorch_model.bin is not supported: save the model with safe_serialization=True)"
+            "pytorch_model.bin: not a zip file (no end of central directory): a truncated download?"
         ),
         "{e}"
     );

@@ -9,6 +9,7 @@
 //!   (weights, config.json, generation config, tokenizer files).
 //! - `bnb4`: the bitsandbytes 4-bit layout (packed weight + quant state tensors and JSON).
 //! - `peft`: PEFT adapter dirs (adapter_config.json + adapter_model.safetensors).
+//! - `torch_bin`: PyTorch `.bin` checkpoints (torch.save's zip), read-only.
 //! - `error`: [`FormatError`], naming the file, tensor or module.
 
 pub mod bnb4;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod hf_dir;
 pub mod peft;
 pub mod safetensors;
+pub mod torch_bin;
 
 pub use error::{FormatError, Result};
 pub use hf_dir::{HfModel, OutDtype, TOKENIZER_FILES};

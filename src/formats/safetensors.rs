@@ -246,7 +246,7 @@ fn mapped_tensors(map: Arc<Mmap>) -> std::result::Result<Tensors, safetensors::S
 }
 
 /// Map `path` read-only.
-fn map_file(path: &Path) -> std::io::Result<Arc<Mmap>> {
+pub(crate) fn map_file(path: &Path) -> std::io::Result<Arc<Mmap>> {
     let file = File::open(path)?;
     // SAFETY: the file is opened read-only; like every mmap-based loader we rely on nobody
     // truncating it while it is mapped (outputs are written to new files and renamed).
@@ -267,9 +267,31 @@ pub fn read_dir(dir: &Path) -> Result<Tensors> {
 }
 
 /// The weight files of a model dir, each with its tensors: the shards the index names (each
-/// holding exactly what the index lists for it), else `model.safetensors`.
+/// holding exactly what the index lists for it), else `model.safetensors`; without either, the
+/// same for PyTorch `.bin` files (`pytorch_model.bin.index.json`, `pytorch_model.bin`).
 fn read_shards(dir: &Path) -> Result<Vec<(PathBuf, Tensors)>> {
-    let index = dir.join(INDEX_FILE);
+    if !dir.join(INDEX_FILE).is_file() && !dir.join(SINGLE_FILE).is_file() {
+        use super::torch_bin;
+        if dir.join(torch_bin::INDEX_FILE).is_file() || dir.join(torch_bin::SINGLE_FILE).is_file() {
+            return read_shards_of(
+                dir,
+                torch_bin::INDEX_FILE,
+                torch_bin::SINGLE_FILE,
+                torch_bin::read_file,
+            );
+        }
+    }
+    read_shards_of(dir, INDEX_FILE, SINGLE_FILE, read_file)
+}
+
+/// [`read_shards`] for one format: its index file, single file and file reader.
+fn read_shards_of(
+    dir: &Path,
+    index_file: &str,
+    single_file: &str,
+    read_file: fn(&Path) -> Result<Tensors>,
+) -> Result<Vec<(PathBuf, Tensors)>> {
+    let index = dir.join(index_file);
     if index.is_file() {
         let v = read_json(&index)?;
         let map = v
@@ -301,7 +323,7 @@ fn read_shards(dir: &Path) -> Result<Vec<(PathBuf, Tensors)>> {
                 if map.get(name).and_then(|x| x.as_str()) != Some(f) {
                     return Err(FormatError::format(
                         &path,
-                        format!("tensor `{name}` is not listed for this shard in {INDEX_FILE}"),
+                        format!("tensor `{name}` is not listed for this shard in {index_file}"),
                     ));
                 }
                 seen.insert(name.clone());
@@ -316,21 +338,14 @@ fn read_shards(dir: &Path) -> Result<Vec<(PathBuf, Tensors)>> {
         }
         return Ok(out);
     }
-    let single = dir.join(SINGLE_FILE);
+    let single = dir.join(single_file);
     if single.is_file() {
         let tensors = read_file(&single)?;
         return Ok(vec![(single, tensors)]);
     }
-    let hint = if dir.join("pytorch_model.bin").exists()
-        || dir.join("pytorch_model.bin.index.json").exists()
-    {
-        " (pytorch_model.bin is not supported: save the model with safe_serialization=True)"
-    } else {
-        ""
-    };
     Err(FormatError::format(
         dir,
-        format!("no {SINGLE_FILE} or {INDEX_FILE}{hint}"),
+        format!("no {single_file} or {index_file} (nor pytorch_model.bin or its index)"),
     ))
 }
 
@@ -377,7 +392,16 @@ impl WeightFiles {
         let file_err = |p: &Path, e: &dyn std::fmt::Display| FormatError::format(p, e.to_string());
         let mut files = Vec::new();
         let mut index = HashMap::new();
-        if dir.join(INDEX_FILE).exists() {
+        let bin = [super::torch_bin::INDEX_FILE, super::torch_bin::SINGLE_FILE];
+        let has_safetensors = || {
+            std::fs::read_dir(dir).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            })
+        };
+        if dir.join(INDEX_FILE).exists()
+            || (bin.iter().any(|f| dir.join(f).is_file()) && !has_safetensors())
+        {
             for (p, tensors) in read_shards(dir)? {
                 index.extend(tensors.into_iter().map(|(n, t)| (n, (files.len(), t))));
                 files.push(p);
@@ -405,7 +429,10 @@ impl WeightFiles {
             }
         }
         if files.is_empty() {
-            return Err(file_err(dir, &"no *.safetensors weights found"));
+            return Err(file_err(
+                dir,
+                &"no *.safetensors weights found (nor pytorch_model.bin or its index)",
+            ));
         }
         Ok(WeightFiles {
             dir: dir.to_path_buf(),

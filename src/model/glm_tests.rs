@@ -293,3 +293,22 @@ fn save_pretrained_and_merge() {
     assert_eq!(back.arch, model.arch);
     assert_eq!(back.forward(&batch).unwrap().logits, merged);
 }
+
+/// THUDM ships ChatGLM-6B as PyTorch `.bin` shards only (`pytorch_model-0000N-of-00008.bin` +
+/// `pytorch_model.bin.index.json`). The tiny model in that layout
+/// (tests/reference/torch_bin_make_fixtures.py) loads without conversion to the same model:
+/// logits and loss equal to the reference's.
+#[test]
+fn thudm_bin_shards_load_as_the_same_model() {
+    let (model, r, batch) = fixture(TINY);
+    let bin = Model::load(&dir("torch_bin/glm6b"), &LoadOptions::default()).unwrap();
+    assert_eq!(bin.arch, model.arch);
+    let out = bin.forward(&batch).unwrap();
+    assert_eq!(out.logits, model.forward(&batch).unwrap().logits);
+    close(
+        "glm6b from .bin loss",
+        &[out.loss.unwrap()],
+        &r["loss"].0,
+        1e-5,
+    );
+}

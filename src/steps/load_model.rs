@@ -19,7 +19,7 @@ static PARAMS: &[ParamSpec] = &[
     req(
         "path",
         Ty::ModelPath,
-        "a Hugging Face model dir: config.json, *.safetensors, tokenizer files",
+        "a Hugging Face model dir: config.json, *.safetensors (or pytorch_model*.bin), tokenizer files",
     ),
     opt("tokenizer", Ty::Path, "tokenizer dir if not the model dir"),
 ];
