@@ -59,47 +59,114 @@ extern "C" __global__ void dequant_4bit_bf16(bf16* out, const u8* packed, const 
     dequant_4bit(out, packed, absmax, code4, n, blocksize);
 }
 
-// Batch-1 decode GEMV against a 4-bit weight W [n_out, k] (nn.Linear layout, quantized flat):
-//   y[o] = sum_c x[c] * code4[nib(o*k + c)] * absmax[(o*k + c) / blocksize]
-// One warp per output row. Each lane reads 16 bytes (32 weights) per step with one uint4 load;
-// needs k % 32 == 0 and blocksize % 32 == 0 (so 32 weights share one absmax) and a 16-byte
-// aligned `packed`. Memory-bound: the weight bytes are read exactly once.
+// Small-batch decode GEMV against a 4-bit weight W [n_out, k] (nn.Linear layout, quantized flat):
+//   y[r, o] = sum_c x[r, c] * code4[nib(o*k + c)] * absmax[(o*k + c) / blocksize],  r < m <= 8
+// One warp per output row o; each lane takes 16-byte chunks (32 weights, one absmax since
+// blocksize % 32 == 0) GEMV_UNROLL at a time, all loads issued before any math so a warp keeps
+// that many bytes in flight. A byte decodes through a 256-entry (hi, lo) code-pair table in shared
+// memory; the 32 weights are decoded once and used for all m rows of x, whose 32 values come in
+// 16-byte loads when x is 16-byte aligned (k % 32 == 0 keeps every row so). Memory-bound: each
+// weight byte is read once for the whole batch. Needs k % 32 == 0, blocksize % 32 == 0 and a
+// 16-byte aligned `packed`.
+#define GEMV_MMAX 8
+#define GEMV_UNROLL 4
+
+// xs[0..32) = x[0..32) as f32: 16-byte loads when `vec`, else scalar.
+__device__ __forceinline__ void load_x32(float* xs, const float* x, bool vec) {
+    if (vec) {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            float4 v = ((const float4*)x)[q];
+            xs[4 * q] = v.x, xs[4 * q + 1] = v.y, xs[4 * q + 2] = v.z, xs[4 * q + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < 32; c++) xs[c] = x[c];
+    }
+}
+__device__ __forceinline__ void load_x32(float* xs, const bf16* x, bool vec) {
+    if (vec) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            uint4 v = ((const uint4*)x)[q];
+            u32 words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                xs[8 * q + 2 * e] = __uint_as_float(words[e] << 16);
+                xs[8 * q + 2 * e + 1] = __uint_as_float(words[e] & 0xffff0000u);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < 32; c++) xs[c] = ld(x, c);
+    }
+}
+
 template <typename T>
 __device__ void gemv_4bit(T* y, const T* x, const u8* packed, const float* absmax,
-                          const float* code4, i32 n_out, i32 k, i32 blocksize) {
-    __shared__ float code[16];
-    if (threadIdx.x < 16) code[threadIdx.x] = code4[threadIdx.x];
+                          const float* code4, i32 m, i32 n_out, i32 k, i32 blocksize) {
+    __shared__ float2 pair[256];
+    for (int e = threadIdx.x; e < 256; e += blockDim.x)
+        pair[e] = make_float2(code4[e >> 4], code4[e & 15]);
     __syncthreads();
     int lane = threadIdx.x & 31;
     i64 o = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (o >= n_out) return;
+    bool vec = ((u64)x & 15) == 0;
     const uint4* row = (const uint4*)(packed + o * (i64)k / 2);
-    float acc = 0.f;
-    for (i32 c0 = lane * 32; c0 < k; c0 += 32 * 32) {
-        uint4 w = row[c0 / 32];
-        float a = absmax[(o * (i64)k + c0) / blocksize];
-        u32 words[4] = {w.x, w.y, w.z, w.w};
+    i32 nch = k / 32;
+    float acc[GEMV_MMAX] = {};
+    for (i32 ch0 = lane; ch0 < nch; ch0 += 32 * GEMV_UNROLL) {
+        uint4 w[GEMV_UNROLL];
+        float a[GEMV_UNROLL];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
+        for (int g = 0; g < GEMV_UNROLL; g++) {
+            i32 ch = ch0 + 32 * g;
+            if (ch < nch) {
+                w[g] = row[ch];
+                a[g] = absmax[(o * (i64)k + 32 * (i64)ch) / blocksize];
+            }
+        }
 #pragma unroll
-            for (int b = 0; b < 4; b++) {
-                u32 byte = (words[q] >> (8 * b)) & 255u;
-                int c = c0 + q * 8 + b * 2;
-                acc += ld(x, c) * code[byte >> 4] * a;
-                acc += ld(x, c + 1) * code[byte & 15] * a;
+        for (int g = 0; g < GEMV_UNROLL; g++) {
+            i32 ch = ch0 + 32 * g;
+            if (ch >= nch) break;
+            float wf[32];
+            u32 words[4] = {w[g].x, w[g].y, w[g].z, w[g].w};
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    float2 cw = pair[(words[q] >> (8 * b)) & 255u];
+                    wf[8 * q + 2 * b] = cw.x;
+                    wf[8 * q + 2 * b + 1] = cw.y;
+                }
+#pragma unroll
+            for (int r = 0; r < GEMV_MMAX; r++) {
+                if (r >= m) break;
+                float xs[32];
+                load_x32(xs, x + (i64)r * k + 32 * (i64)ch, vec);
+                float dot = 0.f;
+#pragma unroll
+                for (int c = 0; c < 32; c++) dot += xs[c] * wf[c];
+                acc[r] += a[g] * dot;
             }
         }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) st(y, o, acc);
+#pragma unroll
+    for (int r = 0; r < GEMV_MMAX; r++) {
+        if (r >= m) break;
+        float v = warp_sum(acc[r]);
+        if (lane == 0) st(y, (i64)r * n_out + o, v);
+    }
 }
 extern "C" __global__ void gemv_4bit_f32(float* y, const float* x, const u8* packed,
-                                         const float* absmax, const float* code4, i32 n_out, i32 k,
-                                         i32 blocksize) {
-    gemv_4bit(y, x, packed, absmax, code4, n_out, k, blocksize);
+                                         const float* absmax, const float* code4, i32 m,
+                                         i32 n_out, i32 k, i32 blocksize) {
+    gemv_4bit(y, x, packed, absmax, code4, m, n_out, k, blocksize);
 }
 extern "C" __global__ void gemv_4bit_bf16(bf16* y, const bf16* x, const u8* packed,
-                                          const float* absmax, const float* code4, i32 n_out,
-                                          i32 k, i32 blocksize) {
-    gemv_4bit(y, x, packed, absmax, code4, n_out, k, blocksize);
+                                          const float* absmax, const float* code4, i32 m,
+                                          i32 n_out, i32 k, i32 blocksize) {
+    gemv_4bit(y, x, packed, absmax, code4, m, n_out, k, blocksize);
 }

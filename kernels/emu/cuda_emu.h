@@ -262,6 +262,8 @@ using std::fabs; using std::sqrt; using std::tanh; using std::fmax; using std::f
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
 struct __nv_bfloat16 { uint16_t bits; };
 struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline float __bfloat162float(__nv_bfloat16 h) {

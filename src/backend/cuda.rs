@@ -54,7 +54,7 @@ use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
 use crate::cuda::ops::flash::{flash_bwd, flash_fwd};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
 use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
-use crate::cuda::ops::quant4::{dequant_4bit, Quant4Weight};
+use crate::cuda::ops::quant4::{dequant_4bit, gemv_4bit, Quant4Weight, GEMV_MAX_ROWS};
 use crate::cuda::ops::rope::rope_table;
 use crate::cuda::ops::rope::{rope, RopeDims};
 use crate::cuda::ops::tensor as tk;
@@ -773,7 +773,8 @@ impl Backend for CudaBackend {
     }
 
     /// 4-bit and 16-bit: W widened into an f32 scratch [d_out, d_in] on the device (one buffer,
-    /// reused), then one GEMM (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains. A
+    /// reused), then one GEMM (forward y = x·Wᵀ; backward dx += dy·W), as bitsandbytes trains; a
+    /// 4-bit forward of at most [`GEMV_MAX_ROWS`] rows (decode) is one fused GEMV instead. A
     /// host weight runs on the host.
     fn quant_matmul(&self, y: &mut Tensor, x: &Tensor, w: &QuantWeight, n: usize, backward: bool) {
         let (dout, din) = match w {
@@ -805,6 +806,15 @@ impl Backend for CudaBackend {
         };
         if n == 0 {
             return;
+        }
+        // Decode (a few rows): one fused pass over the packed weight instead of dequantizing all
+        // of it to a bf16/f32 copy and reading that back (4.5 bytes per weight against 0.5).
+        if let QuantWeight::Device4(q) = w {
+            if !backward && n <= GEMV_MAX_ROWS && q.cols % 32 == 0 && q.blocksize % 32 == 0 {
+                return self.run("gemv_4bit", |g| {
+                    gemv_4bit::<f32>(g, y.device_mut(), x.device(), q, n)
+                });
+            }
         }
         if self.precision == Precision::Bf16 {
             // W straight into the bf16 operand: dequantized (4-bit) or converted (16-bit).

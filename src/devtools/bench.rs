@@ -269,17 +269,34 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         let ws: Vec<_> = (0..copies)
             .map(|_| rand_nf4(&gpu, &mut rng, n, k))
             .collect::<Result<_>>()?;
-        let x = rand_bf16(&gpu, &mut rng, k, 1.0)?;
-        let mut y = gpu.alloc_zeros::<bf16>(n)?;
+        let x = rand_bf16(&gpu, &mut rng, 4 * k, 1.0)?;
+        let mut y = gpu.alloc_zeros::<bf16>(4 * n)?;
+        for bm in [1usize, 4] {
+            let ms = time_ms(&gpu, o, &mut |i| {
+                let xv = x.slice(..bm * k);
+                let mut yv = y.slice_mut(..bm * n);
+                ops::quant4::gemv_4bit(&gpu, &mut yv, &xv, &ws[i % copies], bm)
+            })?;
+            push(
+                &mut rows,
+                format!("gemv_4bit_bf16 m={bm} {n}x{k}"),
+                ms,
+                None,
+                Some((wbytes + 2 * bm * (n + k)) as f64),
+            )?;
+        }
+        // The backend's decode path: f32 activations.
+        let xf = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+        let mut yf = gpu.alloc_zeros::<f32>(n)?;
         let ms = time_ms(&gpu, o, &mut |i| {
-            ops::quant4::gemv_4bit(&gpu, &mut y, &x, &ws[i % copies])
+            ops::quant4::gemv_4bit(&gpu, &mut yf, &xf, &ws[i % copies], 1)
         })?;
         push(
             &mut rows,
-            format!("gemv_4bit_bf16 {n}x{k}"),
+            format!("gemv_4bit_f32 m=1 {n}x{k}"),
             ms,
             None,
-            Some((wbytes + 2 * (n + k)) as f64),
+            Some((wbytes + 4 * (n + k)) as f64),
         )?;
     }
 

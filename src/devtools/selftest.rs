@@ -402,6 +402,8 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
     for (rows, cols, bs) in [
         (96usize, 256usize, 64usize),
         (130, 608, 32),
+        // 258 chunks of 32: three passes of a lane's unrolled loads, the last one partial.
+        (20, 8256, 64),
         (4096, 4096, 64),
     ]
     .into_iter()
@@ -417,9 +419,12 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             rows,
             cols,
         };
-        let x = rng.normals(cols, 1.0);
-        gemv_variant::<f32>(gpu, ck, &w, &x, &packed, &absmax, (rows, cols, bs))?;
-        gemv_variant::<bf16>(gpu, ck, &w, &x, &packed, &absmax, (rows, cols, bs))?;
+        for m in [1usize, 3] {
+            let x = rng.normals(m * cols, 1.0);
+            let dims = (m, rows, cols, bs);
+            gemv_variant::<f32>(gpu, ck, &w, &x, &packed, &absmax, dims)?;
+            gemv_variant::<bf16>(gpu, ck, &w, &x, &packed, &absmax, dims)?;
+        }
     }
     Ok(())
 }
@@ -431,25 +436,27 @@ fn gemv_variant<T: Elem>(
     x: &[f32],
     packed: &[u8],
     absmax: &[f32],
-    (rows, cols, bs): (usize, usize, usize),
+    (m, rows, cols, bs): (usize, usize, usize, usize),
 ) -> Result<()> {
     let xr = rounded::<T>(x);
-    let mut want = vec![0f32; rows];
-    twins::quant4::gemv_4bit(
-        &mut want,
-        &xr,
-        packed,
-        absmax,
-        &twins::quant4::NF4_CODE,
-        rows,
-        cols,
-        bs,
-    );
-    let mut y = gpu.alloc_zeros::<T>(rows)?;
-    ops::quant4::gemv_4bit(gpu, &mut y, &up::<T>(gpu, &xr)?, w)?;
+    let mut want = vec![0f32; m * rows];
+    for (yr, xrow) in want.chunks_mut(rows).zip(xr.chunks(cols)) {
+        twins::quant4::gemv_4bit(
+            yr,
+            xrow,
+            packed,
+            absmax,
+            &twins::quant4::NF4_CODE,
+            rows,
+            cols,
+            bs,
+        );
+    }
+    let mut y = gpu.alloc_zeros::<T>(m * rows)?;
+    ops::quant4::gemv_4bit(gpu, &mut y, &up::<T>(gpu, &xr)?, w, m)?;
     let t = tol::<T>((1e-4, 1e-4), (2e-2, 1e-2));
     ck.check(
-        &format!("gemv_4bit_{} {rows}x{cols} bs={bs}", T::SUFFIX),
+        &format!("gemv_4bit_{} m={m} {rows}x{cols} bs={bs}", T::SUFFIX),
         &down(gpu, &y)?,
         &want,
         t,

@@ -1,6 +1,6 @@
-//! Launchers for kernels/quant4.cu: 4-bit dequantization and batch-1 GEMV.
+//! Launchers for kernels/quant4.cu: 4-bit dequantization and small-batch GEMV.
 
-use crate::cuda::mem::DevBuf;
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 use cudarc::driver::LaunchConfig;
 
 use super::{dim, grid1, kname, need, Elem};
@@ -97,13 +97,18 @@ pub fn dequant_4bit<T: Elem>(gpu: &Gpu, out: &mut DevBuf<T>, w: &Quant4Weight) -
     Ok(())
 }
 
-/// y[rows] = W[rows, cols]·x[cols] (batch-1 decode). Needs cols % 32 == 0 and
-/// blocksize % 32 == 0 (16-byte loads of 32 weights sharing one absmax).
+/// Most x rows [`gemv_4bit`] takes (decode batch); larger batches take dequantize + GEMM.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// y[m, rows] = x[m, cols]·W[rows, cols]ᵀ for m <= [`GEMV_MAX_ROWS`] (small-batch decode): every
+/// weight byte is read once for all m rows. Needs cols % 32 == 0 and blocksize % 32 == 0 (16-byte
+/// loads of 32 weights sharing one absmax).
 pub fn gemv_4bit<T: Elem>(
     gpu: &Gpu,
-    y: &mut DevBuf<T>,
-    x: &DevBuf<T>,
+    y: &mut impl AsDevViewMut<T>,
+    x: &impl AsDevView<T>,
     w: &Quant4Weight,
+    m: usize,
 ) -> Result<()> {
     const OP: &str = "gemv_4bit";
     w.check(OP)?;
@@ -116,10 +121,21 @@ pub fn gemv_4bit<T: Elem>(
             ),
         ));
     }
-    need(OP, "x", x.len(), w.cols)?;
-    need(OP, "y", y.len(), w.rows)?;
+    if m > GEMV_MAX_ROWS {
+        return Err(shape_err(
+            OP,
+            format!("{m} rows of x, at most {GEMV_MAX_ROWS}"),
+        ));
+    }
+    let (mut y, x) = (y.dev_view_mut(), x.dev_view());
+    need(OP, "x", x.len(), m * w.cols)?;
+    need(OP, "y", y.len(), m * w.rows)?;
+    if m * w.rows == 0 {
+        return Ok(());
+    }
     let f = gpu.function(&QUANT4, &kname::<T>("gemv_4bit"))?;
-    let (n_out, k, bs) = (
+    let (mi, n_out, k, bs) = (
+        dim(OP, "m", m)?,
         dim(OP, "rows", w.rows)?,
         dim(OP, "cols", w.cols)?,
         dim(OP, "blocksize", w.blocksize)?,
@@ -131,17 +147,20 @@ pub fn gemv_4bit<T: Elem>(
         shared_mem_bytes: 0,
     };
     let mut b = gpu.launch_builder(&f);
-    b.arg(y)
-        .arg(x)
+    b.arg(&mut y)
+        .arg(&x)
         .arg(&w.packed)
         .arg(&w.absmax)
         .arg(&w.code)
+        .arg(&mi)
         .arg(&n_out)
         .arg(&k)
         .arg(&bs);
     // SAFETY: packed is a fresh cudarc allocation (256-byte aligned) and every row starts at
-    // o*cols/2 bytes, a multiple of 16 since cols % 32 == 0, so the uint4 loads are aligned;
-    // sizes checked above; rows >= n_out exit early.
+    // o*cols/2 bytes, a multiple of 16 since cols % 32 == 0, so the uint4 loads are aligned; x
+    // takes 16-byte loads only when its address is 16-byte aligned (tested in the kernel), and
+    // then every row and chunk is too (cols % 32 == 0); sizes checked above (x holds m·cols, y
+    // m·rows); rows >= n_out exit early.
     unsafe { b.launch(cfg) }?;
     Ok(())
 }
