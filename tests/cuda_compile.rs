@@ -125,18 +125,18 @@ fn compile_errors_name_the_file() {
     assert!(e.contains("undefined_thing"), "{e}");
 }
 
-/// What ptxas reports for the tensor-core kernels on sm_90: registers per thread and spills.
-/// The fused attention kernels (kernels/flash.cu) hold their Q / K / V fragments and their
-/// accumulators in registers; a spill would put them in local memory on every tile. Printed,
-/// and no kernel of flash.cu or gemm4.cu spills.
+/// What ptxas reports for the hot kernels on sm_90: registers per thread and spills. The fused
+/// attention (kernels/flash.cu) and the 4-bit GEMM hold their fragments and accumulators in
+/// registers, the 4-bit GEMV its decoded weights; a spill would put them in local memory on every
+/// tile. Printed, and no kernel of flash.cu, gemm4.cu or quant4.cu spills.
 #[test]
-fn tensor_core_kernels_do_not_spill() {
+fn hot_kernels_do_not_spill() {
     if !nvrtc_or_skip() {
         return;
     }
-    use recipe::cuda::kernels::{FLASH, GEMM4};
+    use recipe::cuda::kernels::{FLASH, GEMM4, QUANT4};
     let mut spills = Vec::new();
-    for file in [FLASH, GEMM4] {
+    for file in [FLASH, GEMM4, QUANT4] {
         let log = recipe::cuda::nvrtc::ptxas_report(&file, (9, 0)).unwrap();
         let mut name = String::new();
         let mut seen = 0;
