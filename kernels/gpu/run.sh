@@ -1,5 +1,5 @@
 #!/bin/bash
-# The one prepared device call (kernels/NOTES.md): about 5 minutes on an H200.
+# The one prepared device call (kernels/NOTES.md): about 7 minutes on an H200 (timeout_s 480).
 #   here:   cargo build --release --bin recipe && mkdir -p .gpu && cp target/release/recipe .gpu/ \
 #           && strip .gpu/recipe && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
 #   device: run(command="OUT=$OUT bash kernels/gpu/run.sh", carry=[".gpu"], timeout_s=480)
@@ -8,7 +8,8 @@
 # Dry run without a GPU (argument handling): L4_ARGS="--layers 1 --hidden 64 --ffn 128 --heads 4"
 # L32_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
 # Models: random LLaMA-7B-shaped dirs made on the device by tests/reference/gpu_train_ref.py,
-# 4 layers (/tmp/l4) and 32 layers (/tmp/l32, the real 7B shape).
+# 4 layers (/tmp/l4) and 32 layers (/tmp/l32, the real 7B shape). References: transformers + peft
+# bf16 LoRA, and QLoRA with bitsandbytes when `bash kernels/gpu/pack_bnb.sh` put it in .gpu/py.
 set -u
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
@@ -42,6 +43,15 @@ echo "=== peft lora bf16, 4 layers" >> $E
 p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
 echo "=== peft lora bf16, 7B" >> $E
 p=$(mem p32); timeout 90 python3 tests/reference/gpu_train_ref.py train /tmp/l32 --steps 4 >> $E 2>&1; rc=$?; peak $p p32; el "peft 7B rc=$rc $(grep tokens_per_s $E | tail -1)"
+if [ -d .gpu/py/bitsandbytes ]; then  # kernels/gpu/pack_bnb.sh
+  export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
+  echo "=== peft + bitsandbytes qlora, 4 layers" >> $E
+  p=$(mem b4); timeout 75 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --qlora --steps 5 >> $E 2>&1; rc=$?; peak $p b4; el "bnb qlora 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
+  echo "=== peft + bitsandbytes qlora, 7B" >> $E
+  p=$(mem b32); timeout 120 python3 tests/reference/gpu_train_ref.py train /tmp/l32 --qlora --steps 4 >> $E 2>&1; rc=$?; peak $p b32; el "bnb qlora 7B rc=$rc $(grep tokens_per_s $E | tail -1)"
+else
+  el "no .gpu/py/bitsandbytes (run kernels/gpu/pack_bnb.sh here first): QLoRA reference skipped"
+fi
 if command -v compute-sanitizer > /dev/null; then
   timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
   el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"

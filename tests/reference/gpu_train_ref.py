@@ -10,8 +10,13 @@ Two verbs, both run on the lent GPU machine by `kernels/gpu/run.sh` (kernels/NOT
     python3 tests/reference/gpu_train_ref.py train DIR [--seq 2048 --batch 4 --r 16 --steps 5]
         peft LoRA r 16 on all linear layers, bf16 weights and compute, gradient checkpointing,
         torch AdamW (fused), every label trained; 3 warm-up + `steps` timed steps (CUDA events).
-        Prints one JSON line: tokens/s, ms/step, peak device memory. bitsandbytes is not on the
-        machine, so this is LoRA on a bf16 base, not QLoRA.
+        Prints one JSON line: tokens/s, ms/step, peak device memory.
+
+    python3 tests/reference/gpu_train_ref.py train DIR --qlora [...]
+        QLoRA as its users run it: the base loaded 4-bit by bitsandbytes (NF4, double quant, bf16
+        compute), peft's prepare_model_for_kbit_training (gradient checkpointing), LoRA r 16 on
+        all linear layers, bitsandbytes' PagedAdamW8bit. bitsandbytes is not on the GPU machine:
+        kernels/gpu/pack_bnb.sh puts a trimmed wheel in .gpu/py, which run.sh adds to PYTHONPATH.
 """
 
 import argparse
@@ -60,11 +65,34 @@ def train(args):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM.from_pretrained(
-        args.dir, torch_dtype=torch.bfloat16, attn_implementation="sdpa"
-    ).cuda()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
+    ckpt = {"use_reentrant": False}
+    if args.qlora:
+        import bitsandbytes as bnb
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = LlamaForCausalLM.from_pretrained(
+            args.dir,
+            quantization_config=q,
+            torch_dtype=torch.bfloat16,
+            attn_implementation="sdpa",
+            device_map={"": 0},
+        )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=ckpt
+        )
+    else:
+        model = LlamaForCausalLM.from_pretrained(
+            args.dir, torch_dtype=torch.bfloat16, attn_implementation="sdpa"
+        ).cuda()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        model.enable_input_require_grads()
     cfg = LoraConfig(
         r=args.r,
         lora_alpha=2 * args.r,
@@ -73,9 +101,11 @@ def train(args):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, cfg)
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.qlora:
+        opt = bnb.optim.PagedAdamW8bit(params, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     ids = torch.randint(2, 384, (args.batch, args.seq), device="cuda")
     torch.cuda.reset_peak_memory_stats()
 
@@ -104,8 +134,13 @@ def train(args):
     print(
         json.dumps(
             {
-                "ref": "transformers+peft LoRA bf16, grad ckpt, fused AdamW, sdpa",
+                "ref": (
+                    "transformers+peft+bitsandbytes QLoRA nf4 dq, grad ckpt, paged AdamW 8-bit, sdpa"
+                    if args.qlora
+                    else "transformers+peft LoRA bf16, grad ckpt, fused AdamW, sdpa"
+                ),
                 "torch": torch.__version__,
+                "bitsandbytes": bnb.__version__ if args.qlora else None,
                 "seq": args.seq,
                 "batch": args.batch,
                 "r": args.r,
@@ -130,6 +165,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--qlora", action="store_true")
     args = ap.parse_args()
     t = time.time()
     {"make": make, "train": train}[args.verb](args)
