@@ -192,17 +192,55 @@ fn report(e: anyhow::Error) -> i32 {
     1
 }
 
+/// How long one reply took: tokens generated, seconds to the first one (prefill + one step)
+/// and to the last.
+struct ReplyTimes {
+    tokens: usize,
+    first: f64,
+    total: f64,
+}
+
+impl ReplyTimes {
+    /// "12 tokens in 0.84 s: first after 0.21 s, then 17.5 tok/s".
+    fn line(&self) -> String {
+        let rest = self.tokens.saturating_sub(1);
+        let rate = if rest > 0 && self.total > self.first {
+            format!(
+                ", then {:.1} tok/s",
+                rest as f64 / (self.total - self.first)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{} tokens in {:.2} s: first after {:.2} s{rate}",
+            self.tokens, self.total, self.first
+        )
+    }
+}
+
 /// Generates one reply for `prompt`, writing text to `out` as it is produced. Returns the
-/// full reply text.
+/// full reply text and its timing.
 fn stream_reply(
     s: &Session,
     prompt: Vec<u32>,
     cfg: &GenConfig,
     out: &mut dyn Write,
-) -> Result<String> {
+) -> Result<(String, ReplyTimes)> {
     let mut stream = TextStream::new(&s.bundle);
     let mut err: Option<anyhow::Error> = None;
+    let start = std::time::Instant::now();
+    let mut times = ReplyTimes {
+        tokens: 0,
+        first: 0.0,
+        total: 0.0,
+    };
     s.generate(&[prompt], cfg, |_, id| {
+        times.tokens += 1;
+        times.total = start.elapsed().as_secs_f64();
+        if times.tokens == 1 {
+            times.first = times.total;
+        }
         if err.is_some() {
             return;
         }
@@ -220,7 +258,7 @@ fn stream_reply(
     let rest = stream.finish()?;
     out.write_all(rest.as_bytes())?;
     out.flush()?;
-    Ok(stream.text().to_string())
+    Ok((stream.text().to_string(), times))
 }
 
 pub fn generate_cmd(args: &GenerateArgs) -> i32 {
@@ -231,8 +269,9 @@ pub fn generate_cmd(args: &GenerateArgs) -> i32 {
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!(e))?;
         let prompt = s.prompt(m.system.as_deref(), &args.prompt)?;
         let mut out = std::io::stdout().lock();
-        stream_reply(&s, prompt, &cfg, &mut out)?;
+        let (_, times) = stream_reply(&s, prompt, &cfg, &mut out)?;
         writeln!(out)?;
+        eprintln!("{}", times.line());
         Ok(())
     };
     match run() {
@@ -287,7 +326,7 @@ pub fn chat_loop(
             ..cfg.clone()
         };
         turn += 1;
-        let reply = stream_reply(s, ids, &turn_cfg, out)?;
+        let (reply, _) = stream_reply(s, ids, &turn_cfg, out)?;
         writeln!(out)?;
         history.push(message(Role::Assistant, reply.trim()));
     }
@@ -335,6 +374,29 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart/base-init")
     }
 
+    /// The timing line `recipe generate` prints on stderr: the rate counts the tokens after
+    /// the first (the first one pays for the prompt).
+    #[test]
+    fn reply_times_line() {
+        let t = |tokens, first, total| ReplyTimes {
+            tokens,
+            first,
+            total,
+        };
+        assert_eq!(
+            t(12, 0.2, 1.3).line(),
+            "12 tokens in 1.30 s: first after 0.20 s, then 10.0 tok/s"
+        );
+        assert_eq!(
+            t(1, 0.5, 0.5).line(),
+            "1 tokens in 0.50 s: first after 0.50 s"
+        );
+        assert_eq!(
+            t(0, 0.0, 0.0).line(),
+            "0 tokens in 0.00 s: first after 0.00 s"
+        );
+    }
+
     /// Streaming deltas concatenate to the full decode, for any id sequence.
     #[test]
     fn text_stream_concatenates_to_decode() {
@@ -362,10 +424,12 @@ mod tests {
         };
         let prompt = s.prompt(None, "What color is the sky?").expect("prompt");
         let mut out = Vec::new();
-        let text = stream_reply(&s, prompt.clone(), &cfg, &mut out).expect("reply");
+        let (text, times) = stream_reply(&s, prompt.clone(), &cfg, &mut out).expect("reply");
         assert_eq!(String::from_utf8(out).expect("utf8"), text);
         let g = s.generate(&[prompt], &cfg, |_, _| {}).expect("gen");
         assert_eq!(text, s.decode(&g[0].tokens).expect("decode"));
+        assert_eq!(times.tokens, g[0].tokens.len());
+        assert!(times.first <= times.total);
 
         let mut input = std::io::Cursor::new("hello\n\n/reset\nhello\n/exit\nignored\n");
         let mut out = Vec::new();

@@ -6,7 +6,7 @@
 # Writes under $OUT: env.txt, selftest.txt, bench.txt + bench.json, profile.txt (per-op table of a
 # 4-layer QLoRA step), e2e.txt (every run's log) and summary.txt (printed last).
 # Dry run without a GPU (argument handling): L4_ARGS="--layers 1 --hidden 64 --ffn 128 --heads 4"
-# L32_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
+# L32_ARGS=... G28_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
 # Models: random LLaMA-7B-shaped dirs made on the device by tests/reference/gpu_train_ref.py,
 # 4 layers (/tmp/l4) and 32 layers (/tmp/l32, the real 7B shape). References: transformers + peft
 # bf16 LoRA, and QLoRA with bitsandbytes when `bash kernels/gpu/pack_bnb.sh` put it in .gpu/py.
@@ -33,16 +33,18 @@ G="tests/reference/gpu_train.toml --set vars.corpus=/tmp/corpus.jsonl --device c
 RECIPE_CUDA_PROFILE=1 timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 --set steps.train.max_steps=4 > /tmp/prof.txt 2>&1
 el "profile rc=$?"; grep -v '^\s*$' /tmp/prof.txt > $OUT/profile.txt
 wait $mk; el "7B model: $(tail -c 90 /tmp/make32.log | tr '\n' ' ')"
+( python3 tests/reference/gpu_train_ref.py make /tmp/g28 --family chatglm3 ${G28_ARGS:---layers 28} > /tmp/make28.log 2>&1 ) &
+mk=$!
 echo "=== recipe qlora, 4 layers" >> $E
 p=$(mem q4); timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p q4; el "qlora 4 layers rc=$rc $(tps)"
 echo "=== recipe qlora, 4 layers, GEMM attention" >> $E
 p=$(mem g4); RECIPE_CUDA_ATTENTION=gemm timeout 60 $R run $G --cache-dir /tmp/c4 --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p g4; el "qlora 4 layers gemm attention rc=$rc $(tps)"
 echo "=== recipe qlora, 7B" >> $E
 p=$(mem q32); timeout 120 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l32 >> $E 2>&1; rc=$?; peak $p q32; el "qlora 7B rc=$rc $(tps)"
-echo "=== peft lora bf16, 4 layers" >> $E
-p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
-echo "=== peft lora bf16, 7B" >> $E
-p=$(mem p32); timeout 90 python3 tests/reference/gpu_train_ref.py train /tmp/l32 --steps 4 >> $E 2>&1; rc=$?; peak $p p32; el "peft 7B rc=$rc $(grep tokens_per_s $E | tail -1)"
+# Batch-1 decode on the 7B's 4-bit base (the quantize step's output dir in the cache).
+Q=$(dirname "$(grep -l '"num_hidden_layers": 32' $(grep -l quantization_config /tmp/c2/entries/*/config.json 2>/dev/null) 2>/dev/null | head -1)" 2>/dev/null)
+timeout 60 $R generate --model "$Q" --prompt "Tell me a story." --template none --greedy --max-new-tokens 128 --device cuda > $OUT/gen7b.txt 2>&1
+el "generate 7B nf4 rc=$? $(tail -1 $OUT/gen7b.txt)"
 if [ -d .gpu/py/bitsandbytes ]; then  # kernels/gpu/pack_bnb.sh
   export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
   echo "=== peft + bitsandbytes qlora, 4 layers" >> $E
@@ -52,6 +54,14 @@ if [ -d .gpu/py/bitsandbytes ]; then  # kernels/gpu/pack_bnb.sh
 else
   el "no .gpu/py/bitsandbytes (run kernels/gpu/pack_bnb.sh here first): QLoRA reference skipped"
 fi
+wait $mk; el "ChatGLM3-6B model: $(tail -c 90 /tmp/make28.log | tr '\n' ' ')"
+echo "=== recipe qlora, ChatGLM3-6B shape (chatglm3_qlora.toml's LoRA settings, seq 1024)" >> $E
+GLM="--set steps.tokens.max_length=1024 --set steps.train.r=64 --set steps.train.lora_alpha=16 --set steps.train.lora_dropout=0.05"
+p=$(mem q28); timeout 120 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/g28 $GLM --set 'steps.train.target_modules=["query_key_value"]' >> $E 2>&1; rc=$?; peak $p q28; el "qlora ChatGLM3-6B rc=$rc $(tps)"
+echo "=== peft lora bf16, 4 layers" >> $E
+p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
+echo "=== peft lora bf16, 7B" >> $E
+p=$(mem p32); timeout 90 python3 tests/reference/gpu_train_ref.py train /tmp/l32 --steps 4 >> $E 2>&1; rc=$?; peak $p p32; el "peft 7B rc=$rc $(grep tokens_per_s $E | tail -1)"
 if command -v compute-sanitizer > /dev/null; then
   timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
   el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"

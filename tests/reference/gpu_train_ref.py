@@ -7,6 +7,10 @@ Two verbs, both run on the lent GPU machine by `kernels/gpu/run.sh` (kernels/NOT
         bf16 safetensors) with `layers` decoder layers, plus the quickstart tokenizer, so that
         `recipe run` can load it. Per-layer cost is the 7B's; the head is the 7B's.
 
+    python3 tests/reference/gpu_train_ref.py make DIR --family chatglm3 [--layers 28]
+        A random ChatGLM3-6B-shaped dir (hidden 4096, ffn 13696, 32 heads, 2 kv groups, vocab
+        65024) in THUDM's layout, for `recipe` only (transformers has no ChatGLM3 class).
+
     python3 tests/reference/gpu_train_ref.py train DIR [--seq 2048 --batch 4 --r 16 --steps 5]
         peft LoRA r 16 on all linear layers, bf16 weights and compute, gradient checkpointing,
         torch AdamW (fused), every label trained; 3 warm-up + `steps` timed steps (CUDA events).
@@ -29,9 +33,96 @@ import time
 import torch
 
 
+def copy_tokenizer(d):
+    here = os.path.dirname(os.path.abspath(__file__))
+    qs = os.path.join(here, "..", "..", "examples", "quickstart", "base")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(qs, f), os.path.join(d, f))
+
+
+def make_chatglm3(args):
+    """ChatGLM3-6B's shape (THUDM config and tensor names; 28 layers at full size), random bf16
+    weights (std 0.02) drawn on the device. No modeling code is needed to write it; `recipe`
+    loads it as the `chatglm` family. The quickstart tokenizer stands in for ChatGLM3's."""
+    from safetensors.torch import save_file
+
+    h, f, nh, groups, vocab = args.hidden, args.ffn, args.heads, 2, 65024
+    kv = h // nh
+    cfg = {
+        "architectures": ["ChatGLMModel"],
+        "model_type": "chatglm",
+        "num_layers": args.layers,
+        "padded_vocab_size": vocab,
+        "hidden_size": h,
+        "ffn_hidden_size": f,
+        "kv_channels": kv,
+        "num_attention_heads": nh,
+        "seq_length": 8192,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "layernorm_epsilon": 1e-5,
+        "rmsnorm": True,
+        "apply_residual_connection_post_layernorm": False,
+        "post_layer_norm": True,
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "bias_dropout_fusion": True,
+        "multi_query_attention": True,
+        "multi_query_group_num": groups,
+        "apply_query_key_layer_scaling": True,
+        "attention_softmax_in_fp32": True,
+        "fp32_residual_connection": False,
+        "original_rope": True,
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "torch_dtype": "bfloat16",
+    }
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g, device=dev) * 0.02).to(torch.bfloat16).cpu()
+
+    def ones(n):
+        return torch.ones(n, dtype=torch.bfloat16)
+
+    t = {
+        "transformer.embedding.word_embeddings.weight": rnd(vocab, h),
+        "transformer.rotary_pos_emb.inv_freq": (
+            1.0 / (10000 ** (torch.arange(0, kv // 2, 2, dtype=torch.float32) / (kv // 2)))
+        ).to(torch.bfloat16),
+        "transformer.encoder.final_layernorm.weight": ones(h),
+        "transformer.output_layer.weight": rnd(vocab, h),
+    }
+    qkv = nh * kv + 2 * groups * kv
+    for i in range(args.layers):
+        p = f"transformer.encoder.layers.{i}."
+        t[p + "input_layernorm.weight"] = ones(h)
+        t[p + "post_attention_layernorm.weight"] = ones(h)
+        t[p + "self_attention.query_key_value.weight"] = rnd(qkv, h)
+        t[p + "self_attention.query_key_value.bias"] = rnd(qkv)
+        t[p + "self_attention.dense.weight"] = rnd(h, nh * kv)
+        t[p + "mlp.dense_h_to_4h.weight"] = rnd(2 * f, h)
+        t[p + "mlp.dense_4h_to_h.weight"] = rnd(h, f)
+    os.makedirs(args.dir, exist_ok=True)
+    save_file(t, os.path.join(args.dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(args.dir, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    copy_tokenizer(args.dir)
+    n = sum(x.numel() for x in t.values())
+    print(json.dumps({"made": args.dir, "family": "chatglm3", "params": n, "layers": args.layers}))
+
+
 def make(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    defaults = {"llama": (4096, 11008, 32), "chatglm3": (4096, 13696, 32)}[args.family]
+    args.hidden = args.hidden or defaults[0]
+    args.ffn = args.ffn or defaults[1]
+    args.heads = args.heads or defaults[2]
+    if args.family == "chatglm3":
+        return make_chatglm3(args)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         hidden_size=args.hidden,
@@ -52,10 +143,7 @@ def make(args):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     os.makedirs(args.dir, exist_ok=True)
     model.save_pretrained(args.dir, safe_serialization=True)
-    here = os.path.dirname(os.path.abspath(__file__))
-    qs = os.path.join(here, "..", "..", "examples", "quickstart", "base")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(qs, f), os.path.join(args.dir, f))
+    copy_tokenizer(args.dir)
     n = sum(p.numel() for p in model.parameters())
     print(json.dumps({"made": args.dir, "params": n, "layers": args.layers}))
 
@@ -158,9 +246,10 @@ def main():
     ap.add_argument("verb", choices=["make", "train"])
     ap.add_argument("dir")
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=4096)
-    ap.add_argument("--ffn", type=int, default=11008)
-    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--family", choices=["llama", "chatglm3"], default="llama")
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--ffn", type=int, default=None)
+    ap.add_argument("--heads", type=int, default=None)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--r", type=int, default=16)
