@@ -5,7 +5,9 @@
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // GQA/MQA: query head h reads kv head h / (Hq/Hkv) (consecutive heads share a group).
 // Key j is visible to query i iff j <= i or j < prefix[b] (if prefix: ChatGLM-6B's bidirectional
-// prompt), kmask[b,j] != 0 (if kmask), seg[b,i] == seg[b,j] (if seg: packed sequences). Score s_ij = scale * q_i·k_j + slope_h * (j - i) (if slopes: ALiBi).
+// prompt), kmask[b,j] != 0 (if kmask), seg[b,i] == seg[b,j] (if seg: packed sequences) and
+// j + window > i (if window > 0: sliding window). Score s_ij = scale * q_i·k_j + slope_h * (j - i)
+// (if slopes: ALiBi).
 // Forward:   o_i = Σ_j softmax_j(s_i·) v_j ;  lse_i = log Σ_j exp(s_ij)  (+inf for a row that sees
 //            no key: its o is 0 and every p in the backward is exp(s - inf) = 0).
 // Backward:  p_ij = exp(s_ij - lse_i) ; delta_i = do_i·o_i ; ds_ij = p_ij (do_i·v_j - delta_i)
@@ -19,17 +21,18 @@
 // visible() with the row's values loaded once: segi = seg[b, i] (0 without seg), pre =
 // prefix[b] (0 without prefix).
 __device__ __forceinline__ bool visible_q(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
-                                          const i32* seg, i32 segi, i32 pre) {
+                                          const i32* seg, i32 segi, i32 pre, i32 window) {
     if (j >= t || i >= t) return false;
     if (j > i && j >= pre) return false;
+    if (window > 0 && j + window <= i) return false;
     if (kmask && kmask[(i64)b * t + j] == 0) return false;
     if (seg && seg[(i64)b * t + j] != segi) return false;
     return true;
 }
 __device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* kmask,
-                                        const i32* seg, const i32* prefix) {
+                                        const i32* seg, const i32* prefix, i32 window) {
     i32 segi = (seg && i < t) ? seg[(i64)b * t + i] : 0;
-    return visible_q(i, j, b, t, kmask, seg, segi, prefix ? prefix[b] : 0);
+    return visible_q(i, j, b, t, kmask, seg, segi, prefix ? prefix[b] : 0, window);
 }
 
 // Block: 8 warps = 8 consecutive query rows of one (b, h); lane = key within a 32-key tile for
@@ -37,7 +40,7 @@ __device__ __forceinline__ bool visible(i32 i, i32 j, i32 b, i32 t, const u8* km
 template <typename T>
 __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask,
                          const i32* seg, const i32* prefix, const float* slopes, i32 t, i32 hq,
-                         i32 hkv, i32 d, float scale) {
+                         i32 hkv, i32 d, float scale, i32 window) {
     __shared__ float Ks[KT][DMAX + 1];
     __shared__ float Vs[KT][DMAX];
     __shared__ float Qs[ROWS][DMAX];
@@ -62,7 +65,7 @@ __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, c
         __syncthreads();
         if (i < t) {
             i32 j = j0 + lane;
-            bool ok = visible(i, j, b, t, kmask, seg, prefix);
+            bool ok = visible(i, j, b, t, kmask, seg, prefix, window);
             float s = -RECIPE_INF;
             if (ok) {
                 float dot = 0.f;
@@ -118,7 +121,7 @@ template <typename T>
 __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const T* v,
                             const float* lse, const float* delta, const u8* kmask, const i32* seg,
                             const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,
-                            float scale) {
+                            float scale, i32 window) {
     __shared__ float Ks[KT][DMAX + 1];
     __shared__ float Vs[KT][DMAX + 1];
     __shared__ float Qs[ROWS][DMAX];
@@ -149,7 +152,7 @@ __device__ void attn_bwd_dq(T* dq, const T* dout, const T* q, const T* k, const 
         if (i < t) {
             i32 j = j0 + lane;
             float ds = 0.f;
-            if (visible(i, j, b, t, kmask, seg, prefix)) {
+            if (visible(i, j, b, t, kmask, seg, prefix, window)) {
                 float qk = 0.f, dp = 0.f;
                 for (int c = 0; c < d; c++) {
                     qk += Qs[warp][c] * Ks[lane][c];
@@ -183,7 +186,7 @@ template <typename T>
 __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                               const float* lse, const float* delta, const u8* kmask,
                               const i32* seg, const i32* prefix, const float* slopes, i32 t,
-                              i32 hq, i32 hkv, i32 d, float scale) {
+                              i32 hq, i32 hkv, i32 d, float scale, i32 window) {
     __shared__ float Qs[KT][DMAX + 1];
     __shared__ float Ds[KT][DMAX + 1];
     __shared__ float Ks[ROWS][DMAX];
@@ -220,7 +223,7 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
             if (j < t) {
                 i32 i = q0 + lane;
                 float p = 0.f, ds = 0.f;
-                if (visible(i, j, b, t, kmask, seg, prefix)) {
+                if (visible(i, j, b, t, kmask, seg, prefix, window)) {
                     float qk = 0.f, dp = 0.f;
                     for (int c = 0; c < d; c++) {
                         qk += Qs[lane][c] * Ks[warp][c];
@@ -260,8 +263,9 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
 #define ATTN_KERNELS(T, S)                                                                         \
     extern "C" __global__ void __launch_bounds__(256) attn_fwd_##S(                                \
         T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask, const i32* seg,     \
-        const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {      \
-        attn_fwd(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale);               \
+        const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,        \
+        i32 window) {                                                                              \
+        attn_fwd(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale, window);       \
     }                                                                                              \
     extern "C" __global__ void attn_bwd_delta_##S(float* delta, const T* dout, const T* o,         \
                                                   i32 bsz, i32 t, i32 hq, i32 d) {                 \
@@ -270,16 +274,16 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_##S(                             \
         T* dq, const T* dout, const T* q, const T* k, const T* v, const float* lse,                \
         const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
-        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
         attn_bwd_dq(dq, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv, d,      \
-                    scale);                                                                        \
+                    scale, window);                                                                \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_##S(                           \
         T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse,         \
         const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
-        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale) {                         \
+        const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
         attn_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv,   \
-                      d, scale);                                                                   \
+                      d, scale, window);                                                           \
     }
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)
@@ -299,7 +303,8 @@ ATTN_KERNELS(bf16, bf16)
 #define TC_REG 16
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask, const i32* seg,
-                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq) {
+                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq,
+                        i32 window) {
     __shared__ float scratch[32];
     i64 row = blockIdx.x;  // h * t + i
     i32 h = row / t, i = row % t;
@@ -312,18 +317,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     for (int c = 0; c < TC_REG; c++) {
         i32 j = threadIdx.x + c * TC_THREADS;
         x[c] = -RECIPE_INF;
-        if (visible_q(i, j, b, t, kmask, seg, segi, pre)) x[c] = sr[j] + slope * (float)(j - i);
+        if (visible_q(i, j, b, t, kmask, seg, segi, pre, window)) x[c] = sr[j] + slope * (float)(j - i);
         m = fmaxf(m, x[c]);
     }
     for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS)
-        if (visible_q(i, j, b, t, kmask, seg, segi, pre)) m = fmaxf(m, sr[j] + slope * (float)(j - i));
+        if (visible_q(i, j, b, t, kmask, seg, segi, pre, window)) m = fmaxf(m, sr[j] + slope * (float)(j - i));
     m = block_max(m, scratch);
     float l = 0.f;
     if (m != -RECIPE_INF) {
 #pragma unroll
         for (int c = 0; c < TC_REG; c++) l += x[c] == -RECIPE_INF ? 0.f : __expf(x[c] - m);
         for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS)
-            if (visible_q(i, j, b, t, kmask, seg, segi, pre))
+            if (visible_q(i, j, b, t, kmask, seg, segi, pre, window))
                 l += __expf(sr[j] + slope * (float)(j - i) - m);
     }
     l = block_sum(l, scratch);
@@ -335,7 +340,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
         if (j < t) st(pr, j, l > 0.f && x[c] != -RECIPE_INF ? __expf(x[c] - ls) : 0.f);
     }
     for (i32 j = threadIdx.x + TC_REG * TC_THREADS; j < t; j += TC_THREADS) {
-        bool ok = l > 0.f && visible_q(i, j, b, t, kmask, seg, segi, pre);
+        bool ok = l > 0.f && visible_q(i, j, b, t, kmask, seg, segi, pre, window);
         st(pr, j, ok ? __expf(sr[j] + slope * (float)(j - i) - ls) : 0.f);
     }
     if (threadIdx.x == 0) lse[((i64)b * hq + h) * t + i] = ls;
@@ -350,7 +355,7 @@ extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s,
                                               const float* lse, const float* delta,
                                               const u8* kmask, const i32* seg, const i32* prefix,
                                               const float* slopes, i32 b, i32 t, i32 ld,
-                                              i32 hq) {
+                                              i32 hq, i32 window) {
     int lane = threadIdx.x & 31;
     i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
     if (row >= (i64)hq * t) return;
@@ -361,7 +366,7 @@ extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s,
     i32 segi = seg ? seg[(i64)b * t + i] : 0, pre = prefix ? prefix[b] : 0;
     for (i32 j = lane; j < t; j += 32) {
         float pj = 0.f, dsj = 0.f;
-        if (ls != RECIPE_INF && visible_q(i, j, b, t, kmask, seg, segi, pre)) {
+        if (ls != RECIPE_INF && visible_q(i, j, b, t, kmask, seg, segi, pre, window)) {
             pj = __expf(s[r0 + j] + slope * (float)(j - i) - ls);
             dsj = pj * (dp[r0 + j] - de);
         }

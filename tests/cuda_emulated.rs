@@ -305,7 +305,7 @@ fn cuda_backend_ops_match_cpu_backend() {
     }
 
     // Attention: GQA (4 query heads over 2 kv heads), left padding in batch 0, two packed
-    // segments in batch 1, with and without ALiBi; a sliding window (the host path); and
+    // segments in batch 1, with and without ALiBi; a sliding window; and
     // ChatGLM-6B's per-row bidirectional prefix (7 slots in batch 0, 3 in batch 1).
     let dims = AttnDims {
         b: 2,
@@ -656,7 +656,7 @@ fn lora_and_qlora_steps_match_cpu_in(precision: recipe::backend::Precision) {
 /// Every family the engine has, through `CudaBackend` on the emulated device against the CPU:
 /// 3 LoRA steps (all linears, dropout 0.1) on each tiny fixture model: BLOOM (ALiBi, LayerNorm,
 /// fused per-head QKV), GPT-2 (learned positions, Conv1D, biases), Qwen v1, Qwen2 (QKV bias),
-/// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (the host attention path), Gemma 3
+/// Qwen3 (q/k norms), Mistral and Qwen2 with sliding windows (on the attention kernels), Gemma 3
 /// (GeGLU, (1 + w) and sandwich norms, local/global RoPE), LLaMA with each RoPE scaling (linear,
 /// dynamic, llama3, yarn), and ChatGLM-6B v1 (2D positions, bidirectional prefix: the host
 /// attention path, GLM residuals). Losses within 1e-5 relative,
@@ -1597,7 +1597,8 @@ fn bnb_adam32_is_bit_exact_with_cpu() {
 /// exactly: against an f64 product of the same bf16-rounded operands, within f32 accumulation
 /// error (1e-5 of the largest value): dense products with every transpose and beta, a 4-bit NF4
 /// (double quant) weight dequantized straight into its bf16 operand, bf16 and f16 weights; each
-/// forward (y = x·Wᵀ) and backward (dx += dy·W).
+/// forward (y = x·Wᵀ) and backward (dx += dy·W). A 4-bit forward of at most 8 rows (decode) is
+/// the fused GEMV instead, in f32 throughout.
 #[test]
 fn bf16_products_are_bf16_operands_with_f32_accumulation() {
     use half::{bf16, f16};
@@ -1663,7 +1664,8 @@ fn bf16_products_are_bf16_operands_with_f32_accumulation() {
         );
     }
 
-    let (dout, din, rows) = (48usize, 64usize, 5usize);
+    // 11 rows: past the decode GEMV (at most 8 rows, below), so the 4-bit forward is a GEMM too.
+    let (dout, din, rows) = (48usize, 64usize, 11usize);
     let w = rng.normals(dout * din, 0.5);
     let q = quantize_4bit(&w, &[dout, din], 64, QuantType::Nf4, true, "bfloat16").unwrap();
     let w4 = Linear4bit::new(q).unwrap();
@@ -1728,6 +1730,15 @@ fn bf16_products_are_bf16_operands_with_f32_accumulation() {
         let mut dx = cuda.upload(&dx0);
         cuda.quant_matmul(&mut dx, &cuda.upload(&dy), &wd, rows, true);
         near(&format!("{what} backward"), &cuda.download(&dx), &want);
+        if what == "nf4" {
+            // Decode: 3 rows take the fused GEMV, f32 x against the exact dequantized weight.
+            let x = &x[..3 * din];
+            let mut want = vec![0.0; 3 * dout];
+            reference(&mut want, x, &wf, (3, dout, din), false, true, 0.0);
+            let mut y = cuda.zeros(3 * dout);
+            cuda.quant_matmul(&mut y, &cuda.upload(x), &wd, 3, false);
+            near("nf4 decode (GEMV, f32 x)", &cuda.download(&y), &want);
+        }
     }
 }
 
@@ -1902,6 +1913,73 @@ fn fused_attention_across_tiles_matches_cpu_backend() {
         }
     }
     println!("fused attention across tiles: worst error {worst:.3e} of max");
+}
+
+/// Gemma 3's head dim of 256 is past the fused kernels' 128: bf16 mode runs it as GEMMs + the
+/// masked softmax, sliding window included, on the device (no host traffic), against the CPU
+/// backend within 2e-2 of each tensor's largest value.
+#[test]
+fn bf16_attention_with_head_dim_256_stays_on_the_device() {
+    use recipe::backend::Precision;
+    let Some(gpu) = emulated() else { return };
+    let cuda = CudaBackend::on(gpu, "emulated".into())
+        .expect("backend on the emulated device")
+        .with_precision(Precision::Bf16);
+    let cpu = CpuBackend;
+    let mut rng = Rng::new(29);
+    let dims = AttnDims {
+        b: 2,
+        t: 19,
+        nh: 2,
+        nkv: 1,
+        hd: 256,
+    };
+    let (nq, nk) = (
+        dims.b * dims.t * dims.nh * dims.hd,
+        dims.b * dims.t * dims.hd,
+    );
+    let valid: Vec<u8> = (0..dims.b * dims.t).map(|i| u8::from(i >= 2)).collect();
+    let segment: Vec<i32> = valid.iter().map(|&v| if v == 0 { -1 } else { 0 }).collect();
+    let (q, k, v, dout) = (
+        rng.normals(nq, 1.0),
+        rng.normals(nk, 1.0),
+        rng.normals(nk, 1.0),
+        rng.normals(nq, 1.0),
+    );
+    let run = |be: &dyn Backend, cu: Option<&CudaBackend>| {
+        let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+        let mask = AttnMask {
+            valid: &vt,
+            segment: &st,
+            alibi: None,
+            alibi_relative: true,
+            window: Some(5),
+            prefix: None,
+        };
+        let up = |x: &[f32]| be.upload(x);
+        let (qt, kt, vt2, dt) = (up(&q), up(&k), up(&v), up(&dout));
+        let mut o = be.zeros(nq);
+        let mut saved = be.zeros(be.attention_saved_len(dims));
+        let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+        let before = cu.map(|c| c.traffic());
+        be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.0625);
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dt, &qt, &kt, &vt2, &saved, &mask, dims, 0.0625,
+        );
+        if let (Some(c), Some(b)) = (cu, before) {
+            let now = c.traffic();
+            assert_eq!(
+                (now.htod_bytes, now.dtoh_bytes),
+                (b.htod_bytes, b.dtoh_bytes),
+                "no host fallback"
+            );
+        }
+        [o, dq, dk, dv].map(|t| be.download(&t))
+    };
+    let (c, g) = (run(&cpu, None), run(&cuda, Some(&cuda)));
+    for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        close_of_max(&format!("bf16 attention hd 256 {what}"), &g[i], &c[i], 2e-2);
+    }
 }
 
 /// Long rows (T 4100): the GEMM path's softmax keeps 4096 keys per row in registers and takes a

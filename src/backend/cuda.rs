@@ -26,8 +26,8 @@
 //! the device and the op; out of device memory is a [`crate::util::UserPanic`] the step reports
 //! as its error (what recipe holds, what is free, the plan's peak, the knobs).
 //!
-//! Not on kernels yet: training attention with a sliding window in f32 mode (bf16 mode's fused
-//! kernels take it), head dim > 128 or ALiBi key
+//! Not on kernels yet: training attention with head dim > 128 in f32 mode (bf16 mode runs it as
+//! GEMMs) or ALiBi key
 //! positions that are not contiguous per (row, segment); quantized weights other than
 //! bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back (counted as traffic).
 
@@ -51,7 +51,7 @@ use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
-use crate::cuda::ops::flash::{flash_bwd, flash_fwd};
+use crate::cuda::ops::flash::{flash_bwd, flash_fwd, FLASH_DMAX};
 use crate::cuda::ops::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
 use crate::cuda::ops::optim::{adamw_torch, clip_coef, norms_sqrt, sumsq_acc};
 use crate::cuda::ops::quant4::{dequant_4bit, gemv_4bit, Quant4Weight, GEMV_MAX_ROWS};
@@ -480,12 +480,14 @@ fn device_masks<'a>(mask: &AttnMask<'a>) -> DeviceMasks<'a> {
         seg: Some(mask.segment.device()),
         prefix: mask.prefix.map(|p| p.device()),
         slopes: mask.alibi.map(|(s, _)| s.device()),
+        window: mask.window.unwrap_or(0),
     }
 }
 
-/// bf16 mode's attention: the fused tensor-core kernels (`crate::cuda::ops::flash`), or with
-/// `RECIPE_CUDA_ATTENTION=gemm` cuBLAS GEMMs and the masked-softmax kernels
-/// (`crate::cuda::ops::attention_tc`); `saved` in the f32 kernels' layout (lse, then O).
+/// bf16 mode's attention: the fused tensor-core kernels (`crate::cuda::ops::flash`), or cuBLAS
+/// GEMMs and the masked-softmax kernels (`crate::cuda::ops::attention_tc`) for a head dim past
+/// theirs (Gemma 3's 256) or with `RECIPE_CUDA_ATTENTION=gemm`; `saved` in the f32 kernels'
+/// layout (lse, then O).
 #[allow(clippy::too_many_arguments)]
 impl CudaBackend {
     fn attention_tc_fwd(
@@ -504,7 +506,7 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let (gemm, window) = (self.gemm_attention, mask.window.unwrap_or(0));
+        let gemm = self.gemm_attention || dims.hd > FLASH_DMAX;
         let op = if gemm {
             "attention_tc_fwd"
         } else {
@@ -519,7 +521,7 @@ impl CudaBackend {
             if gemm {
                 attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
             } else {
-                flash_fwd(g, &mut o, &mut lse, q, k, v, &mk, &kd, window)?;
+                flash_fwd(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
             }
             g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
         })
@@ -544,7 +546,7 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let (gemm, window) = (self.gemm_attention, mask.window.unwrap_or(0));
+        let gemm = self.gemm_attention || dims.hd > FLASH_DMAX;
         let op = if gemm {
             "attention_tc_bwd"
         } else {
@@ -561,24 +563,20 @@ impl CudaBackend {
                 attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             } else {
                 let delta = sc.delta_slot();
-                flash_bwd(
-                    g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd, window,
-                )
+                flash_bwd(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             }
         })
     }
 }
 
 impl CudaBackend {
-    /// Whether the attention kernels take these dims and mask (else the host runs it): a
-    /// sliding window only on the fused bf16 kernels.
+    /// Whether the attention kernels take these dims and mask (else the host runs it): bf16
+    /// mode takes every head dim (past 128 on the GEMM path), f32 mode's kernels up to 128.
     fn attention_on_kernels(&self, mask: &AttnMask, dims: AttnDims) -> bool {
-        let fused = self.precision == Precision::Bf16 && !self.gemm_attention;
         dims.hd > 0
-            && dims.hd <= ATTN_DMAX
+            && (dims.hd <= ATTN_DMAX || self.precision == Precision::Bf16)
             && dims.nkv > 0
             && dims.nh % dims.nkv == 0
-            && (mask.window.is_none() || fused)
             && mask.alibi_relative
     }
 }

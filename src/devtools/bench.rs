@@ -345,7 +345,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                         &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
                     )
                 } else {
-                    ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm, 0)
+                    ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm)
                 }
             })?;
             push(
@@ -376,7 +376,6 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                         &lse,
                         &mk,
                         &dm,
-                        0,
                     )
                 }
             })?;

@@ -1178,12 +1178,12 @@ enum AttnPath {
     Kernels,
     /// bf16 cuBLAS GEMMs + masked softmax (f32 storage, T-rounded inputs).
     Gemm,
-    /// kernels/flash.cu on tensor cores (f32 storage, T-rounded inputs), with a sliding window
-    /// on the masked shapes.
+    /// kernels/flash.cu on tensor cores (f32 storage, T-rounded inputs).
     Fused,
 }
 
-/// One attention path against the twin, forward and backward.
+/// One attention path against the twin, forward and backward; the masked shapes add padding,
+/// packing and ALiBi, the first of them a sliding window.
 fn attention_checks<T: Elem>(
     gpu: &Gpu,
     ck: &mut Checker,
@@ -1225,7 +1225,8 @@ fn attention_checks<T: Elem>(
             .map(|i| if i >= tt && (i - tt) >= tt / 2 { 1 } else { 0 })
             .collect();
         let slopes = twins::rope::alibi_slopes(hq);
-        let window = (masked && path == AttnPath::Fused).then_some(tt / 3);
+        // A sliding window on the first masked shape (every path takes one).
+        let window = (masked && d == 64).then_some(tt / 3);
         let mk = if masked {
             AttnMasks {
                 kmask: Some(&kmask),
@@ -1247,6 +1248,7 @@ fn attention_checks<T: Elem>(
                 seg: Some(&segd),
                 prefix: None,
                 slopes: Some(&sld),
+                window: window.unwrap_or(0),
             }
         } else {
             ops::attention::DeviceMasks::default()
@@ -1268,8 +1270,7 @@ fn attention_checks<T: Elem>(
             );
             let mut og = gpu.alloc_zeros::<f32>(q.len())?;
             if path == AttnPath::Fused {
-                let w = window.unwrap_or(0);
-                flash_fwd(gpu, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm, w)?;
+                flash_fwd(gpu, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
             } else {
                 attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
             }
@@ -1328,7 +1329,6 @@ fn attention_checks<T: Elem>(
                     &lsed,
                     &dmk,
                     &dm,
-                    window.unwrap_or(0),
                 )?;
             } else {
                 attn_tc_bwd(

@@ -17,20 +17,36 @@ const DMAX: usize = 128;
 
 /// Optional masks on the device: kmask [batch, t] u8 (0 = padding key), seg [batch, t] i32
 /// (packed-sequence ids), prefix [batch] i32 (keys before it are visible to every query of the
-/// row), slopes [hq] f32 (ALiBi).
+/// row), slopes [hq] f32 (ALiBi), and a sliding window (key j hidden from query i when
+/// j + window <= i; 0 = none).
 #[derive(Default, Clone, Copy)]
 pub struct DeviceMasks<'a> {
     pub kmask: Option<&'a DevBuf<u8>>,
     pub seg: Option<&'a DevBuf<i32>>,
     pub prefix: Option<&'a DevBuf<i32>>,
     pub slopes: Option<&'a DevBuf<f32>>,
+    pub window: usize,
 }
 
-pub(super) fn check(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<()> {
-    if dm.d == 0 || dm.d > DMAX {
+impl DeviceMasks<'_> {
+    /// The window as the kernels' last argument.
+    pub(super) fn window_i32(&self, op: &'static str) -> Result<i32> {
+        dim(op, "window", self.window)
+    }
+}
+
+/// The dims and masks every attention launcher checks; `dmax`: the largest head dim its kernels
+/// take (None: any, the GEMM path).
+pub(super) fn check(
+    op: &'static str,
+    dm: &AttnDims,
+    mk: &DeviceMasks,
+    dmax: Option<usize>,
+) -> Result<()> {
+    if dm.d == 0 || dmax.is_some_and(|m| dm.d > m) {
         return Err(shape_err(
             op,
-            format!("head dim {} outside 1..={DMAX}", dm.d),
+            format!("head dim {} outside 1..={}", dm.d, dmax.unwrap_or(0)),
         ));
     }
     if dm.hkv == 0 || dm.hq % dm.hkv != 0 {
@@ -102,7 +118,7 @@ pub fn attn_fwd<T: Elem>(
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_fwd";
-    check(OP, dm, mk)?;
+    check(OP, dm, mk, Some(DMAX))?;
     let (nq, nk) = (
         dm.batch * dm.t * dm.hq * dm.d,
         dm.batch * dm.t * dm.hkv * dm.d,
@@ -119,11 +135,12 @@ pub fn attn_fwd<T: Elem>(
         dim(OP, "hkv", dm.hkv)?,
         dim(OP, "d", dm.d)?,
     );
+    let w = mk.window_i32(OP)?;
     let null = 0u64;
     let mut b = gpu.launch_builder(&f);
     b.arg(o).arg(lse).arg(q).arg(k).arg(v);
     push_masks(&mut b, mk, &null);
-    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale).arg(&w);
     // SAFETY: all sizes checked against (B, T, Hq, Hkv, D); absent masks are passed as null
     // pointers (8-byte zero) which the kernel tests before reading; D <= 128 fits the static
     // shared tiles; Hq % Hkv == 0 keeps the kv head index in range.
@@ -149,7 +166,7 @@ pub fn attn_bwd<T: Elem>(
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_bwd";
-    check(OP, dm, mk)?;
+    check(OP, dm, mk, Some(DMAX))?;
     let (nq, nk) = (
         dm.batch * dm.t * dm.hq * dm.d,
         dm.batch * dm.t * dm.hkv * dm.d,
@@ -178,6 +195,7 @@ pub fn attn_bwd<T: Elem>(
         dim(OP, "hkv", dm.hkv)?,
         dim(OP, "d", dm.d)?,
     );
+    let w = mk.window_i32(OP)?;
     let null = 0u64;
 
     attn_delta(gpu, &mut *delta, dout, o, dm)?;
@@ -192,7 +210,7 @@ pub fn attn_bwd<T: Elem>(
         .arg(lse)
         .arg(&*delta);
     push_masks(&mut b, mk, &null);
-    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale).arg(&w);
     // SAFETY: as attn_fwd; dq rows are owned by one warp each (no races).
     unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
 
@@ -207,7 +225,7 @@ pub fn attn_bwd<T: Elem>(
         .arg(lse)
         .arg(&*delta);
     push_masks(&mut b, mk, &null);
-    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&d).arg(&dm.scale).arg(&w);
     // SAFETY: as attn_fwd; grid over kv heads, each warp owns one key row of dk/dv.
     unsafe { b.launch(grid(OP, dm, dm.hkv)?) }?;
     Ok(())

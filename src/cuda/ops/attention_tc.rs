@@ -250,7 +250,7 @@ pub fn attn_tc_fwd(
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_tc_fwd";
-    check(OP, dm, mk)?;
+    check(OP, dm, mk, None)?;
     let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
     let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
     let (nq, nk, nl) = sizes(dm);
@@ -280,6 +280,7 @@ pub fn attn_tc_fwd(
         dim(OP, "hq", dm.hq)?,
         dim(OP, "ld", g.ld)?,
     );
+    let w = mk.window_i32(OP)?;
     let f = gpu.function(&ATTENTION, "attn_tc_softmax_f32")?;
     let null = 0u64;
     for b in 0..dm.batch {
@@ -293,7 +294,7 @@ pub fn attn_tc_fwd(
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
         push_masks(&mut l, mk, &null);
-        l.arg(&bi).arg(&t).arg(&ld).arg(&hq);
+        l.arg(&bi).arg(&t).arg(&ld).arg(&hq).arg(&w);
         // SAFETY: one block of 256 per (h, i) row of the [hq, t, ld] scores (s and p hold
         // hq·t·ld); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
         // masks are null pointers, tested by the kernel.
@@ -326,7 +327,7 @@ pub fn attn_tc_bwd(
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_tc_bwd";
-    check(OP, dm, mk)?;
+    check(OP, dm, mk, None)?;
     let (mut dq, mut dk, mut dv) = (dq.dev_view_mut(), dk.dev_view_mut(), dv.dev_view_mut());
     let (dout, q, k, v, o, lse) = (
         dout.dev_view(),
@@ -372,6 +373,7 @@ pub fn attn_tc_bwd(
         dim(OP, "hq", dm.hq)?,
         dim(OP, "ld", g.ld)?,
     );
+    let w = mk.window_i32(OP)?;
     let f = gpu.function(&ATTENTION, "attn_tc_bwd_ds_f32")?;
     let null = 0u64;
     for b in 0..dm.batch {
@@ -392,7 +394,7 @@ pub fn attn_tc_bwd(
             .arg(&lse)
             .arg(&*delta);
         push_masks(&mut l, mk, &null);
-        l.arg(&bi).arg(&t).arg(&ld).arg(&hq);
+        l.arg(&bi).arg(&t).arg(&ld).arg(&hq).arg(&w);
         // SAFETY: one warp per (h, i) row of the [hq, t, ld] scores (s, dp, p, ds hold hq·t·ld);
         // lse and delta hold batch·hq·t and b < batch; masks as in attn_tc_fwd.
         unsafe { l.launch(grid1(rows * 32, 256)) }?;

@@ -5,15 +5,15 @@
 //!
 //! Layouts as [`super::attention::attn_fwd`] (f32 storage, the backend's activations): q, o
 //! [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse [B, Hq, T] (+∞ for a query that sees no key). The
-//! masks are the f32 kernels' plus `window` (key j hidden from query i when j + window <= i;
-//! 0 = none). Head dims up to [`FLASH_DMAX`]; D is padded with zeros to 32, 64 or 128.
+//! masks are the f32 kernels' ([`DeviceMasks`], sliding window included). Head dims up to
+//! [`FLASH_DMAX`]; D is padded with zeros to 32, 64 or 128.
 
 use cudarc::driver::LaunchConfig;
 
 use super::attention::{attn_delta, check, push_masks, DeviceMasks};
 use super::attention_tc::sizes;
 use super::{dim, grid_u32, grown, need};
-use crate::cuda::error::{shape_err, Result};
+use crate::cuda::error::Result;
 use crate::cuda::kernels::FLASH;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 use crate::cuda::twins::attention::AttnDims;
@@ -45,16 +45,10 @@ fn grid(op: &'static str, dm: &AttnDims, heads: usize) -> Result<LaunchConfig> {
     })
 }
 
-/// The checks every call makes: dims, masks, window.
-fn check_flash(op: &'static str, dm: &AttnDims, mk: &DeviceMasks, window: usize) -> Result<i32> {
-    check(op, dm, mk)?;
-    if dm.d > FLASH_DMAX {
-        return Err(shape_err(
-            op,
-            format!("head dim {} outside 1..={FLASH_DMAX}", dm.d),
-        ));
-    }
-    dim(op, "window", window)
+/// The checks every call makes: dims, masks; the window as the kernels take it.
+fn check_flash(op: &'static str, dm: &AttnDims, mk: &DeviceMasks) -> Result<i32> {
+    check(op, dm, mk, Some(FLASH_DMAX))?;
+    mk.window_i32(op)
 }
 
 /// The scalar tail every kernel takes: t, hq, hkv, d.
@@ -78,10 +72,9 @@ pub fn flash_fwd(
     v: &impl AsDevView<f32>,
     mk: &DeviceMasks,
     dm: &AttnDims,
-    window: usize,
 ) -> Result<()> {
     const OP: &str = "flash_fwd";
-    let w = check_flash(OP, dm, mk, window)?;
+    let w = check_flash(OP, dm, mk)?;
     let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
     let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
     let (nq, nk, nl) = sizes(dm);
@@ -129,10 +122,9 @@ pub fn flash_bwd(
     lse: &impl AsDevView<f32>,
     mk: &DeviceMasks,
     dm: &AttnDims,
-    window: usize,
 ) -> Result<()> {
     const OP: &str = "flash_bwd";
-    let w = check_flash(OP, dm, mk, window)?;
+    let w = check_flash(OP, dm, mk)?;
     let (mut dq, mut dk, mut dv) = (dq.dev_view_mut(), dk.dev_view_mut(), dv.dev_view_mut());
     let (dout, q, k, v, o, lse) = (
         dout.dev_view(),
