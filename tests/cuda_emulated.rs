@@ -1915,6 +1915,64 @@ fn fused_attention_across_tiles_matches_cpu_backend() {
     println!("fused attention across tiles: worst error {worst:.3e} of max");
 }
 
+/// The fused kernels never hold the T×T scores: at T 1024 (2 heads of 16) a forward + backward
+/// on them needs under 64 KiB beyond its inputs and outputs (the [B, Hq, T] delta), where the
+/// GEMM path holds S and dP in f32 and P and dS in bf16, 12 bytes per score (24 MiB here).
+#[test]
+fn fused_attention_holds_no_t_by_t_buffer() {
+    use recipe::backend::Precision;
+    let (b, t, nh, hd) = (1usize, 1024usize, 2usize, 16usize);
+    let dims = AttnDims {
+        b,
+        t,
+        nh,
+        nkv: 1,
+        hd,
+    };
+    let (nq, nk) = (b * t * nh * hd, b * t * hd);
+    let mut rng = Rng::new(31);
+    let (q, k, v, dout) = (
+        rng.normals(nq, 1.0),
+        rng.normals(nk, 1.0),
+        rng.normals(nk, 1.0),
+        rng.normals(nq, 1.0),
+    );
+    let extra = |gemm: bool| -> usize {
+        let gpu = emulated().expect("emulated device");
+        let be = CudaBackend::on(gpu, "emulated".into())
+            .expect("backend on the emulated device")
+            .with_precision(Precision::Bf16)
+            .with_gemm_attention(gemm);
+        let (vt, st) = (be.upload_u8(&vec![1; b * t]), be.upload_i32(&vec![0; b * t]));
+        let mask = AttnMask {
+            valid: &vt,
+            segment: &st,
+            alibi: None,
+            alibi_relative: true,
+            window: None,
+            prefix: None,
+        };
+        let up = |x: &[f32]| be.upload(x);
+        let (qt, kt, vt2, dt) = (up(&q), up(&k), up(&v), up(&dout));
+        let mut o = be.zeros(nq);
+        let mut saved = be.zeros(be.attention_saved_len(dims));
+        let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+        let before = be.pool_stats().in_use;
+        be.attention_fwd(&mut o, &mut saved, &qt, &kt, &vt2, &mask, dims, 0.25);
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dt, &qt, &kt, &vt2, &saved, &mask, dims, 0.25,
+        );
+        be.pool_stats().peak_in_use - before
+    };
+    if emulated().is_none() {
+        return;
+    }
+    let (fused, gemm) = (extra(false), extra(true));
+    println!("attention scratch at T {t}: fused {fused} bytes, GEMM path {gemm} bytes");
+    assert!(fused < 64 << 10, "fused kernels held {fused} bytes of scratch");
+    assert!(gemm >= 12 * nh * t * t, "the GEMM path held only {gemm} bytes");
+}
+
 /// Gemma 3's head dim of 256 is past the fused kernels' 128: bf16 mode runs it as GEMMs + the
 /// masked softmax, sliding window included, on the device (no host traffic), against the CPU
 /// backend within 2e-2 of each tensor's largest value.

@@ -4,7 +4,8 @@
 #           && strip .gpu/recipe && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
 #   device: run(command="OUT=$OUT bash kernels/gpu/run.sh", carry=[".gpu"], timeout_s=480)
 # Writes under $OUT: env.txt, selftest.txt, bench.txt + bench.json, profile.txt (per-op table of a
-# 4-layer QLoRA step), e2e.txt (every run's log) and summary.txt (printed last).
+# 4-layer QLoRA step), e2e.txt (every run's log), gen7b.txt, table.txt + summary.json (tok/s, peak
+# memory and MFU side by side: tests/reference/gpu_summary.py) and summary.txt (printed last).
 # Dry run without a GPU (argument handling): L4_ARGS="--layers 1 --hidden 64 --ffn 128 --heads 4"
 # L32_ARGS=... G28_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
 # Models: random LLaMA-7B-shaped dirs made on the device by tests/reference/gpu_train_ref.py,
@@ -66,6 +67,7 @@ if command -v compute-sanitizer > /dev/null; then
   timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
   el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"
 fi
-echo ==== bench; tail -26 $OUT/bench.txt
+echo ==== bench; tail -32 $OUT/bench.txt
 echo ==== profile; grep -A24 "cuda profile" $OUT/profile.txt | cut -c1-110; grep -A10 "by stage" $OUT/profile.txt
+echo ==== side by side; python3 tests/reference/gpu_summary.py $OUT /tmp/make4.log /tmp/make32.log /tmp/make28.log | tee $OUT/table.txt
 echo ==== summary; cat $S
