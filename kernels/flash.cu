@@ -24,10 +24,22 @@
 #define FPAD 8   // bf16 row padding of every shared tile (rows stay 16-byte aligned)
 
 // dst[r][c] = bf16(src row (r0 + r), column c) for r < rows, c < DP; zero past t or d. Rows of src
-// are `stride` floats apart (the [B, T, H, D] row of one head).
+// are `stride` floats apart (the [B, T, H, D] row of one head). With d % 4 == 0 and src 16-byte
+// aligned (then every row is: stride is a multiple of d), 16-byte loads and 8-byte stores.
 template <int DP>
 __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* src, i64 stride,
                                            i32 r0, int rows, i32 t, i32 d) {
+    if (d % 4 == 0 && ((u64)src & 15) == 0) {
+        for (int e = threadIdx.x; e < rows * DP / 4; e += blockDim.x) {
+            int r = e / (DP / 4), c = 4 * (e % (DP / 4));
+            i32 rr = r0 + r;
+            float4 v = {0.f, 0.f, 0.f, 0.f};
+            if (rr < t && c < d) v = *(const float4*)&src[(i64)rr * stride + c];
+            uint2 packed = {pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w)};
+            *(uint2*)&dst[r][c] = packed;
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < rows * DP; e += blockDim.x) {
         int r = e / DP, c = e % DP;
         i32 rr = r0 + r;
@@ -35,10 +47,29 @@ __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* 
     }
 }
 
-// The transpose: dst[c][r] for the same elements (the B operand of a product over rows).
+// The transpose: dst[c][r] for the same elements (the B operand of a product over rows). The
+// vector path (as stage_rows) takes two rows and four columns per step: two 16-byte loads, four
+// 4-byte stores of (row 2i, row 2i + 1) pairs.
 template <int DP, int ROWS>
 __device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const float* src, i64 stride,
                                            i32 r0, i32 t, i32 d) {
+    if (d % 4 == 0 && ((u64)src & 15) == 0) {
+        for (int e = threadIdx.x; e < ROWS / 2 * DP / 4; e += blockDim.x) {
+            int r = 2 * (e / (DP / 4)), c = 4 * (e % (DP / 4));
+            float4 v[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                i32 rr = r0 + r + h;
+                v[h] = {0.f, 0.f, 0.f, 0.f};
+                if (rr < t && c < d) v[h] = *(const float4*)&src[(i64)rr * stride + c];
+            }
+            *(u32*)&dst[c][r] = pack_bf16x2(v[0].x, v[1].x);
+            *(u32*)&dst[c + 1][r] = pack_bf16x2(v[0].y, v[1].y);
+            *(u32*)&dst[c + 2][r] = pack_bf16x2(v[0].z, v[1].z);
+            *(u32*)&dst[c + 3][r] = pack_bf16x2(v[0].w, v[1].w);
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
         int r = e / DP, c = e % DP;
         i32 rr = r0 + r;
