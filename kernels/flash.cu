@@ -24,12 +24,14 @@
 #define FPAD 8   // bf16 row padding of every shared tile (rows stay 16-byte aligned)
 
 // dst[r][c] = bf16(src row (r0 + r), column c) for r < rows, c < DP; zero past t or d. Rows of src
-// are `stride` floats apart (the [B, T, H, D] row of one head). With d % 4 == 0 and src 16-byte
-// aligned (then every row is: stride is a multiple of d), 16-byte loads and 8-byte stores.
-template <int DP>
+// are `stride` floats apart (the [B, T, H, D] row of one head). VEC: with d % 4 == 0 and src
+// 16-byte aligned (then every row is: stride is a multiple of d), 16-byte loads and 8-byte stores.
+// The forward stages element by element: the vector path costs it 40 registers (168 -> 208 at
+// DP 128, two resident blocks per SM instead of three); the backward kernels hold ~250 anyway.
+template <int DP, bool VEC = true>
 __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* src, i64 stride,
                                            i32 r0, int rows, i32 t, i32 d) {
-    if (d % 4 == 0 && ((u64)src & 15) == 0) {
+    if (VEC && d % 4 == 0 && ((u64)src & 15) == 0) {
         for (int e = threadIdx.x; e < rows * DP / 4; e += blockDim.x) {
             int r = e / (DP / 4), c = 4 * (e % (DP / 4));
             i32 rr = r0 + r;
@@ -50,10 +52,10 @@ __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* 
 // The transpose: dst[c][r] for the same elements (the B operand of a product over rows). The
 // vector path (as stage_rows) takes two rows and four columns per step: two 16-byte loads, four
 // 4-byte stores of (row 2i, row 2i + 1) pairs.
-template <int DP, int ROWS>
+template <int DP, int ROWS, bool VEC = true>
 __device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const float* src, i64 stride,
                                            i32 r0, i32 t, i32 d) {
-    if (d % 4 == 0 && ((u64)src & 15) == 0) {
+    if (VEC && d % 4 == 0 && ((u64)src & 15) == 0) {
         for (int e = threadIdx.x; e < ROWS / 2 * DP / 4; e += blockDim.x) {
             int r = 2 * (e / (DP / 4)), c = 4 * (e % (DP / 4));
             float4 v[2];
@@ -158,7 +160,7 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
     const float* qb = q + (i64)b * t * qs + (i64)h * d;
     const float* kb = k + (i64)b * t * ks + (i64)kvh * d;
     const float* vb = v + (i64)b * t * ks + (i64)kvh * d;
-    stage_rows<DP>(Ks, qb, qs, i0, FBR, t, d);
+    stage_rows<DP, false>(Ks, qb, qs, i0, FBR, t, d);
     __syncthreads();
     u32 qa[DP / 16][4];
     frag_a<DP>(qa, Ks, warp * 16);
@@ -172,8 +174,8 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
     i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBC * FBC : 0;
     for (i32 j0 = jbeg; j0 < jend; j0 += FBC) {
         __syncthreads();  // the previous tile (or the Q fragments) is read
-        stage_rows<DP>(Ks, kb, ks, j0, FBC, t, d);
-        stage_cols<DP, FBC>(Vt, vb, ks, j0, t, d);
+        stage_rows<DP, false>(Ks, kb, ks, j0, FBC, t, d);
+        stage_cols<DP, FBC, false>(Vt, vb, ks, j0, t, d);
         stage_keys<FBC>(Kok, Kseg, kmask, seg, b, j0, t);
         __syncthreads();
         // Warp-uniform: the warp's rows see nothing of this tile (past the diagonal or the window).
