@@ -1945,7 +1945,10 @@ fn fused_attention_holds_no_t_by_t_buffer() {
             .expect("backend on the emulated device")
             .with_precision(Precision::Bf16)
             .with_gemm_attention(gemm);
-        let (vt, st) = (be.upload_u8(&vec![1; b * t]), be.upload_i32(&vec![0; b * t]));
+        let (vt, st) = (
+            be.upload_u8(&vec![1; b * t]),
+            be.upload_i32(&vec![0; b * t]),
+        );
         let mask = AttnMask {
             valid: &vt,
             segment: &st,
@@ -1971,8 +1974,14 @@ fn fused_attention_holds_no_t_by_t_buffer() {
     }
     let (fused, gemm) = (extra(false), extra(true));
     println!("attention scratch at T {t}: fused {fused} bytes, GEMM path {gemm} bytes");
-    assert!(fused < 64 << 10, "fused kernels held {fused} bytes of scratch");
-    assert!(gemm >= 12 * nh * t * t, "the GEMM path held only {gemm} bytes");
+    assert!(
+        fused < 64 << 10,
+        "fused kernels held {fused} bytes of scratch"
+    );
+    assert!(
+        gemm >= 12 * nh * t * t,
+        "the GEMM path held only {gemm} bytes"
+    );
 }
 
 /// Gemma 3's head dim of 256 is past the fused kernels' 128: bf16 mode runs it as GEMMs + the

@@ -10,7 +10,8 @@
 //! 4096×4096, 11008×4096, 4096×11008), its dX variant, the batch-1 NF4 GEMV (GB/s of weight bytes
 //! actually read), the NF4 dequantize to bf16 (GB/s of weight bytes read + bf16 written), causal
 //! training attention forward and backward on the fused kernels and on the GEMM path (TFLOP/s
-//! of the causal half), and the 8-bit AdamW step (GB/s of state + params + grads moved).
+//! of the causal half), the f32 RMSNorm, operand narrowing, RoPE, SwiGLU and cross-entropy of
+//! a step (GB/s), and the 8-bit AdamW step (GB/s of state + params + grads moved).
 
 use std::io::Write;
 
@@ -387,6 +388,94 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 None,
             )?;
         }
+    }
+
+    // The elementwise and row kernels of a training step, f32 as the backend stores
+    // activations, on the LLaMA-7B shapes (tokens × 4096, × 11008; a 32000-wide head chunk):
+    // GB/s of bytes read + written.
+    let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
+        gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
+    };
+    let (h, f) = (4096usize, 11008usize);
+    {
+        let x = f32s(&mut rng, m * h)?;
+        let w = f32s(&mut rng, h)?;
+        let mut y = gpu.alloc_zeros::<f32>(m * h)?;
+        let mut rstd = gpu.alloc_zeros::<f32>(m)?;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            ops::norm::rmsnorm_fwd(&gpu, &mut y, &mut rstd, &x, &w, m, h, 1e-5)
+        })?;
+        push(
+            &mut rows,
+            format!("rmsnorm_fwd_f32 {m}x{h}"),
+            ms,
+            None,
+            Some(8.0 * (m * h) as f64),
+        )?;
+        let mut yb = gpu.alloc_zeros::<bf16>(m * h)?;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            ops::tensor::narrow_bf16(&gpu, &mut yb, &x)
+        })?;
+        push(
+            &mut rows,
+            format!("narrow_bf16 {m}x{h}"),
+            ms,
+            None,
+            Some(6.0 * (m * h) as f64),
+        )?;
+        let (half_rot, max_pos) = (64usize, 4096usize);
+        let cos = f32s(&mut rng, max_pos * half_rot)?;
+        let sin = f32s(&mut rng, max_pos * half_rot)?;
+        let pos = gpu.clone_htod(&(0..m).map(|i| (i % 2048) as i32).collect::<Vec<i32>>())?;
+        let dm = ops::rope::RopeDims {
+            tokens: m,
+            heads: 32,
+            hd: 128,
+            rot: 128,
+            max_pos,
+        };
+        let layout = crate::cuda::twins::rope::RopeLayout::Half;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            ops::rope::rope(&gpu, &mut y, &x, &cos, &sin, &pos, dm, layout, false)
+        })?;
+        push(
+            &mut rows,
+            format!("rope_f32 {m}x32x128"),
+            ms,
+            None,
+            Some(8.0 * (m * h) as f64),
+        )?;
+    }
+    {
+        let (e, g) = (f32s(&mut rng, m * f)?, f32s(&mut rng, m * f)?);
+        let mut a = gpu.alloc_zeros::<f32>(m * f)?;
+        let sep = ops::act::GluLayout::Separate;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            ops::act::swiglu_fwd(&gpu, &mut a, &e, &g, m, f, sep)
+        })?;
+        push(
+            &mut rows,
+            format!("swiglu_fwd_f32 {m}x{f}"),
+            ms,
+            None,
+            Some(12.0 * (m * f) as f64),
+        )?;
+    }
+    {
+        let (n, v) = (1024usize.min(m), 32000usize);
+        let logits = f32s(&mut rng, n * v)?;
+        let targets = gpu.clone_htod(&(0..n).map(|i| (i * 7 % v) as i32).collect::<Vec<i32>>())?;
+        let (mut loss, mut lse) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
+        let ms = time_ms(&gpu, o, &mut |_| {
+            ops::cross_entropy::cross_entropy_fwd(&gpu, &mut loss, &mut lse, &logits, &targets, v)
+        })?;
+        push(
+            &mut rows,
+            format!("cross_entropy_fwd_f32 {n}x{v}"),
+            ms,
+            None,
+            Some(4.0 * (n * v) as f64),
+        )?;
     }
 
     // 8-bit AdamW over 64M parameters.
