@@ -209,13 +209,16 @@ where there are no kernels to test (the CPU twins are covered by `cargo test`)."
     /// Benchmarks: kernel timings against measured peaks (GPU).
     #[command(after_help = "\
 Examples:
-  recipe bench --device cuda           NF4 GEMM vs cuBLAS, NF4 dequant and GEMV, 8-bit AdamW
-                                       against the measured bf16 and copy peaks
+  recipe bench --device cuda           NF4 GEMM vs cuBLAS, NF4 dequant and GEMV, training
+                                       attention (fused vs GEMMs), norms, RoPE, SwiGLU,
+                                       cross-entropy, 8-bit AdamW against the measured bf16
+                                       and copy peaks
   recipe bench --device cuda --json bench.json
                                        the same, also as JSON (rewritten after every row)
 
-Training speed on a GPU (tokens/s, the per-op profile with RECIPE_CUDA_PROFILE=1, the
-transformers + peft side-by-side): kernels/gpu/run.sh, described in kernels/NOTES.md.
+Training speed on a GPU (tokens/s, MFU, peak memory, the per-op profile with
+RECIPE_CUDA_PROFILE=1, transformers + peft (+ bitsandbytes) side by side): kernels/gpu/run.sh,
+described in kernels/NOTES.md.
 
 CPU benchmarks are cargo examples: see BENCHMARKS.md.")]
     Bench {
