@@ -78,6 +78,68 @@ extern "C" __global__ void widen16_bf16(bf16* out, const u16* w, i32 kind, i64 n
     if (i < n) st(out, i, widen16_one(w[i], kind));
 }
 
+// Small-batch decode GEMV against a 16-bit weight W [n_out, k] (kind as widen16_one):
+//   y[r, o] = sum_c x[r, c] * w[o, c],  r < m <= 8
+// One warp per output row o; each lane takes 16-byte chunks (8 weights) GEMV16_UNROLL at a time,
+// every load issued before the math; the 8 weights are widened once for all m rows of x, whose
+// values come in 16-byte loads when x is 16-byte aligned (k % 8 == 0 keeps every row so). Reads
+// each weight byte once: 2 bytes per weight, where widening to a bf16 copy and a GEMM read 6.
+// Needs k % 8 == 0 and a 16-byte aligned w.
+#define GEMV16_MMAX 8
+#define GEMV16_UNROLL 4
+extern "C" __global__ void gemv16_f32(float* y, const float* x, const u16* w, i32 kind, i32 m,
+                                      i32 n_out, i32 k) {
+    int lane = threadIdx.x & 31;
+    i64 o = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (o >= n_out) return;
+    bool vec = ((u64)x & 15) == 0;
+    const uint4* row = (const uint4*)(w + o * (i64)k);
+    i32 nch = k / 8;
+    float acc[GEMV16_MMAX] = {};
+    for (i32 ch0 = lane; ch0 < nch; ch0 += 32 * GEMV16_UNROLL) {
+        uint4 wv[GEMV16_UNROLL];
+#pragma unroll
+        for (int g = 0; g < GEMV16_UNROLL; g++)
+            if (ch0 + 32 * g < nch) wv[g] = row[ch0 + 32 * g];
+#pragma unroll
+        for (int g = 0; g < GEMV16_UNROLL; g++) {
+            i32 ch = ch0 + 32 * g;
+            if (ch >= nch) break;
+            u32 words[4] = {wv[g].x, wv[g].y, wv[g].z, wv[g].w};
+            float wf[8];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                wf[2 * q] = widen16_one(words[q] & 0xffffu, kind);
+                wf[2 * q + 1] = widen16_one(words[q] >> 16, kind);
+            }
+#pragma unroll
+            for (int r = 0; r < GEMV16_MMAX; r++) {
+                if (r >= m) break;
+                const float* xr = x + (i64)r * k + 8 * (i64)ch;
+                float xs[8];
+                if (vec) {
+                    float4 a = ((const float4*)xr)[0], b = ((const float4*)xr)[1];
+                    xs[0] = a.x, xs[1] = a.y, xs[2] = a.z, xs[3] = a.w;
+                    xs[4] = b.x, xs[5] = b.y, xs[6] = b.z, xs[7] = b.w;
+                } else {
+#pragma unroll
+                    for (int c = 0; c < 8; c++) xs[c] = xr[c];
+                }
+                float dot = 0.f;
+#pragma unroll
+                for (int c = 0; c < 8; c++) dot += xs[c] * wf[c];
+                acc[r] += dot;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV16_MMAX; r++) {
+        if (r >= m) break;
+        float v = warp_sum(acc[r]);
+        if (lane == 0) y[(i64)r * n_out + o] = v;
+    }
+}
+
 // out = bf16(x), round to nearest even (tensor-core operands of the bf16 compute mode).
 extern "C" __global__ void narrow_bf16(bf16* out, const float* x, i64 n) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;

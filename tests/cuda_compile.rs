@@ -127,16 +127,16 @@ fn compile_errors_name_the_file() {
 
 /// What ptxas reports for the hot kernels on sm_90: registers per thread and spills. The fused
 /// attention (kernels/flash.cu) and the 4-bit GEMM hold their fragments and accumulators in
-/// registers, the 4-bit GEMV its decoded weights; a spill would put them in local memory on every
-/// tile. Printed, and no kernel of flash.cu, gemm4.cu or quant4.cu spills.
+/// registers, the 4-bit and 16-bit GEMVs their decoded weights; a spill would put them in local memory on every
+/// tile. Printed, and no kernel of flash.cu, gemm4.cu, quant4.cu or tensor.cu spills.
 #[test]
 fn hot_kernels_do_not_spill() {
     if !nvrtc_or_skip() {
         return;
     }
-    use recipe::cuda::kernels::{FLASH, GEMM4, QUANT4};
+    use recipe::cuda::kernels::{FLASH, GEMM4, QUANT4, TENSOR};
     let mut spills = Vec::new();
-    for file in [FLASH, GEMM4, QUANT4] {
+    for file in [FLASH, GEMM4, QUANT4, TENSOR] {
         let log = recipe::cuda::nvrtc::ptxas_report(&file, (9, 0)).unwrap();
         let mut name = String::new();
         let mut seen = 0;

@@ -1597,8 +1597,8 @@ fn bnb_adam32_is_bit_exact_with_cpu() {
 /// exactly: against an f64 product of the same bf16-rounded operands, within f32 accumulation
 /// error (1e-5 of the largest value): dense products with every transpose and beta, a 4-bit NF4
 /// (double quant) weight dequantized straight into its bf16 operand, bf16 and f16 weights; each
-/// forward (y = x·Wᵀ) and backward (dx += dy·W). A 4-bit forward of at most 8 rows (decode) is
-/// the fused GEMV instead, in f32 throughout.
+/// forward (y = x·Wᵀ) and backward (dx += dy·W). A 4-bit or 16-bit forward of at most 8 rows
+/// (decode) is a fused GEMV over the stored weight instead, in f32 throughout.
 #[test]
 fn bf16_products_are_bf16_operands_with_f32_accumulation() {
     use half::{bf16, f16};
@@ -1730,15 +1730,17 @@ fn bf16_products_are_bf16_operands_with_f32_accumulation() {
         let mut dx = cuda.upload(&dx0);
         cuda.quant_matmul(&mut dx, &cuda.upload(&dy), &wd, rows, true);
         near(&format!("{what} backward"), &cuda.download(&dx), &want);
-        if what == "nf4" {
-            // Decode: 3 rows take the fused GEMV, f32 x against the exact dequantized weight.
-            let x = &x[..3 * din];
-            let mut want = vec![0.0; 3 * dout];
-            reference(&mut want, x, &wf, (3, dout, din), false, true, 0.0);
-            let mut y = cuda.zeros(3 * dout);
-            cuda.quant_matmul(&mut y, &cuda.upload(x), &wd, 3, false);
-            near("nf4 decode (GEMV, f32 x)", &cuda.download(&y), &want);
-        }
+        // Decode: 3 rows take the fused GEMV, f32 x against the exact stored weight.
+        let x = &x[..3 * din];
+        let mut want = vec![0.0; 3 * dout];
+        reference(&mut want, x, &wf, (3, dout, din), false, true, 0.0);
+        let mut y = cuda.zeros(3 * dout);
+        cuda.quant_matmul(&mut y, &cuda.upload(x), &wd, 3, false);
+        near(
+            &format!("{what} decode (GEMV, f32 x)"),
+            &cuda.download(&y),
+            &want,
+        );
     }
 }
 

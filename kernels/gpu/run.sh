@@ -67,7 +67,7 @@ if command -v compute-sanitizer > /dev/null; then
   timeout 40 compute-sanitizer --tool memcheck $R run recipes/quickstart.toml --device cuda --cache-dir /tmp/c3 --set steps.train.num_epochs=1 > $OUT/memcheck.txt 2>&1
   el "memcheck rc=$? $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' $OUT/memcheck.txt) findings"
 fi
-echo ==== bench; tail -38 $OUT/bench.txt
+echo ==== bench; tail -40 $OUT/bench.txt
 echo ==== profile; grep -A24 "cuda profile" $OUT/profile.txt | cut -c1-110; grep -A10 "by stage" $OUT/profile.txt
 echo ==== side by side; python3 tests/reference/gpu_summary.py $OUT /tmp/make4.log /tmp/make32.log /tmp/make28.log | tee $OUT/table.txt
 echo ==== summary; cat $S

@@ -180,6 +180,7 @@ pub const TENSOR: KernelFile = KernelFile {
         "scale_by_f32",
         "widen16_f32",
         "widen16_bf16",
+        "gemv16_f32",
         "narrow_bf16",
         "fill_f32",
         "argmax_hits_f32",

@@ -301,6 +301,32 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         )?;
     }
 
+    // 16-bit GEMV (decode on a bf16 base), f32 x, rotating weight copies past the L2 cache.
+    for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
+        let wbytes = 2 * n * k;
+        let copies = (512usize << 20).div_ceil(wbytes).max(2);
+        let ws: Vec<DevBuf<u16>> = (0..copies)
+            .map(|_| {
+                let bits: Vec<u16> = (0..n * k)
+                    .map(|_| bf16::from_f32(rng.uniform() - 0.5).to_bits())
+                    .collect();
+                gpu.clone_htod(&bits)
+            })
+            .collect::<Result<_>>()?;
+        let x = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+        let mut y = gpu.alloc_zeros::<f32>(n)?;
+        let ms = time_ms(&gpu, o, &mut |i| {
+            ops::tensor::gemv16(&gpu, &mut y, &x, &ws[i % copies], true, 1, n, k)
+        })?;
+        push(
+            &mut rows,
+            format!("gemv16_f32 bf16 W m=1 {n}x{k}"),
+            ms,
+            None,
+            Some((wbytes + 4 * (n + k)) as f64),
+        )?;
+    }
+
     // Training attention, causal, on the LLaMA-7B shape (T 2048, 32 heads of 128; MHA and GQA
     // with 8 kv heads): the fused kernels against the GEMM path, forward and backward. FLOPs
     // count the causal half only (forward 2 products, backward 5 products), so both paths are

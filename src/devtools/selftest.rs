@@ -426,6 +426,62 @@ fn quant4_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
             gemv_variant::<bf16>(gpu, ck, &w, &x, &packed, &absmax, dims)?;
         }
     }
+    gemv16_checks(gpu, ck, rng)
+}
+
+/// The 16-bit decode GEMV (bf16 and f16 bits, f32 x) against an f64 product of the exact stored
+/// values; 2056 columns are 257 chunks of 8: three passes of a lane's unrolled loads.
+fn gemv16_checks(gpu: &Gpu, ck: &mut Checker, rng: &mut Rng) -> Result<()> {
+    for (rows, cols) in [(40usize, 2056usize), (130, 64)] {
+        let wv = rng.normals(rows * cols, 0.5);
+        for is_bf16 in [true, false] {
+            let (bits, vals): (Vec<u16>, Vec<f32>) = wv
+                .iter()
+                .map(|&v| {
+                    if is_bf16 {
+                        let h = bf16::from_f32(v);
+                        (h.to_bits(), h.to_f32())
+                    } else {
+                        let h = half::f16::from_f32(v);
+                        (h.to_bits(), h.to_f32())
+                    }
+                })
+                .unzip();
+            let wd = gpu.clone_htod(&bits)?;
+            for m in [1usize, 3] {
+                let x = rng.normals(m * cols, 1.0);
+                let want: Vec<f32> = (0..m * rows)
+                    .map(|i| {
+                        let (r, o) = (i / rows, i % rows);
+                        (0..cols)
+                            .map(|c| x[r * cols + c] as f64 * vals[o * cols + c] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                let mut y = gpu.alloc_zeros::<f32>(m * rows)?;
+                ops::tensor::gemv16(
+                    gpu,
+                    &mut y,
+                    &gpu.clone_htod(&x)?,
+                    &wd,
+                    is_bf16,
+                    m,
+                    rows,
+                    cols,
+                )?;
+                let kind = if is_bf16 { "bf16" } else { "f16" };
+                ck.check(
+                    &format!("gemv16 {kind} m={m} {rows}x{cols}"),
+                    &down(gpu, &y)?,
+                    &want,
+                    Tol {
+                        atol: 1e-4,
+                        rtol: 1e-4,
+                    },
+                );
+            }
+        }
+    }
     Ok(())
 }
 

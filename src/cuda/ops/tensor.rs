@@ -9,7 +9,7 @@ use super::optim::one_block_reduce;
 use super::{dim, grid1, kname, need, per_row, Elem};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::TENSOR;
-use crate::cuda::mem::{AsDevView, AsDevViewMut};
+use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
 use crate::cuda::Gpu;
 
 /// One side of a 2-D copy: element (r, c) is at `off + r·ld + c`.
@@ -179,6 +179,69 @@ pub fn widen16<T: Elem>(
     b.arg(&mut ov).arg(&wv).arg(&kind).arg(&n64);
     // SAFETY: one thread per element of w (n), out holds at least n (checked).
     unsafe { b.launch(grid1(n, 256)) }?;
+    Ok(())
+}
+
+/// Most x rows [`gemv16`] takes (decode batch); larger batches take widen + GEMM.
+pub const GEMV16_MAX_ROWS: usize = 8;
+
+/// y[m, rows] = x[m, cols]·Wᵀ for a 16-bit weight W [rows, cols] (`bf16` bits, else IEEE f16) and
+/// m <= [`GEMV16_MAX_ROWS`] (small-batch decode): each weight read once for all m rows. Needs
+/// cols % 8 == 0 (16-byte loads of 8 weights; W's rows then start 16-byte aligned).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv16(
+    gpu: &Gpu,
+    y: &mut impl AsDevViewMut<f32>,
+    x: &impl AsDevView<f32>,
+    w: &DevBuf<u16>,
+    bf16: bool,
+    m: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "gemv16";
+    if cols % 8 != 0 || m > GEMV16_MAX_ROWS {
+        return Err(shape_err(
+            OP,
+            format!("needs cols % 8 == 0 and at most {GEMV16_MAX_ROWS} rows of x, got cols {cols}, {m} rows"),
+        ));
+    }
+    let (mut yv, xv, wv) = (y.dev_view_mut(), x.dev_view(), w.slice(..));
+    need(OP, "w", wv.len(), rows * cols)?;
+    need(OP, "x", xv.len(), m * cols)?;
+    need(OP, "y", yv.len(), m * rows)?;
+    if m * rows == 0 {
+        return Ok(());
+    }
+    if w.device_addr() % 16 != 0 {
+        return Err(shape_err(OP, "weight not 16-byte aligned"));
+    }
+    let f = gpu.function(&TENSOR, "gemv16_f32")?;
+    let (kind, mi, n_out, k) = (
+        if bf16 { 0i32 } else { 1 },
+        dim(OP, "m", m)?,
+        dim(OP, "rows", rows)?,
+        dim(OP, "cols", cols)?,
+    );
+    let mut b = gpu.launch_builder(&f);
+    b.arg(&mut yv)
+        .arg(&xv)
+        .arg(&wv)
+        .arg(&kind)
+        .arg(&mi)
+        .arg(&n_out)
+        .arg(&k);
+    // SAFETY: w is 16-byte aligned (checked) and every row starts at o·cols·2 bytes, a multiple of
+    // 16 (cols % 8 == 0), so the uint4 loads are aligned; x takes 16-byte loads only when its
+    // address is 16-byte aligned (tested in the kernel); sizes checked above; warps past `rows`
+    // exit early.
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }?;
     Ok(())
 }
 
