@@ -73,6 +73,36 @@ pub(super) fn check(
     Ok(())
 }
 
+/// Checks a forward's lengths against the dims: [q, o, k, v, lse]; returns B·T·Hq·D.
+pub(super) fn need_fwd(op: &'static str, dm: &AttnDims, lens: [usize; 5]) -> Result<usize> {
+    let (nq, nk, nl) = lens_of(dm);
+    let names = ["q", "o", "k", "v", "lse"];
+    for ((what, len), want) in names.into_iter().zip(lens).zip([nq, nq, nk, nk, nl]) {
+        need(op, what, len, want)?;
+    }
+    Ok(nq)
+}
+
+/// Checks a backward's lengths: [dout, q, o, dq, k, v, dk, dv, lse]; returns B·T·Hq·D.
+pub(super) fn need_bwd(op: &'static str, dm: &AttnDims, lens: [usize; 9]) -> Result<usize> {
+    let (nq, nk, nl) = lens_of(dm);
+    let names = ["dout", "q", "o", "dq", "k", "v", "dk", "dv", "lse"];
+    let wants = [nq, nq, nq, nq, nk, nk, nk, nk, nl];
+    for ((what, len), want) in names.into_iter().zip(lens).zip(wants) {
+        need(op, what, len, want)?;
+    }
+    Ok(nq)
+}
+
+/// The lengths of q-like ([B, T, Hq, D]), kv-like ([B, T, Hkv, D]) and lse ([B, Hq, T]) tensors.
+pub(super) fn lens_of(dm: &AttnDims) -> (usize, usize, usize) {
+    (
+        dm.batch * dm.t * dm.hq * dm.d,
+        dm.batch * dm.t * dm.hkv * dm.d,
+        dm.batch * dm.hq * dm.t,
+    )
+}
+
 /// Pushes the four optional mask pointers (absent ones as a null device pointer).
 pub(super) fn push_masks<'a>(b: &mut Launch<'a>, mk: &DeviceMasks<'a>, null: &'a u64) {
     match mk.kmask {

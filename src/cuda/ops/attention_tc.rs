@@ -27,10 +27,10 @@
 
 use half::bf16;
 
-use super::attention::{attn_delta, check, push_masks, DeviceMasks};
+use super::attention::{attn_delta, check, lens_of, need_bwd, need_fwd, push_masks, DeviceMasks};
 use super::blas::{matmul_bf16_f32_ld, MatMul};
 use super::tensor::narrow_bf16;
-use super::{dim, grid1, grown, need, per_row, Timings};
+use super::{dim, grid1, grown, per_row, Timings};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
@@ -228,15 +228,6 @@ impl TcScratch {
     }
 }
 
-/// The lengths every call checks: q-like nq, kv-like nk, lse nl.
-pub(super) fn sizes(dm: &AttnDims) -> (usize, usize, usize) {
-    (
-        dm.batch * dm.t * dm.hq * dm.d,
-        dm.batch * dm.t * dm.hkv * dm.d,
-        dm.batch * dm.hq * dm.t,
-    )
-}
-
 /// Forward: o [B, T, Hq, D] and lse [B, Hq, T] from q, k, v (module docs).
 pub fn attn_tc_fwd(
     gpu: &Gpu,
@@ -253,19 +244,10 @@ pub fn attn_tc_fwd(
     check(OP, dm, mk, None)?;
     let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
     let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
-    let (nq, nk, nl) = sizes(dm);
-    for (what, len, want) in [
-        ("q", q.len(), nq),
-        ("o", o.len(), nq),
-        ("k", k.len(), nk),
-        ("v", v.len(), nk),
-        ("lse", lse.len(), nl),
-    ] {
-        need(OP, what, len, want)?;
-    }
-    if nq == 0 {
+    if need_fwd(OP, dm, [q.len(), o.len(), k.len(), v.len(), lse.len()])? == 0 {
         return Ok(());
     }
+    let (nq, nk, _) = lens_of(dm);
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
     mark(&mut sc.stages, gpu, None)?;
@@ -337,23 +319,21 @@ pub fn attn_tc_bwd(
         o.dev_view(),
         lse.dev_view(),
     );
-    let (nq, nk, nl) = sizes(dm);
-    for (what, len, want) in [
-        ("dout", dout.len(), nq),
-        ("q", q.len(), nq),
-        ("o", o.len(), nq),
-        ("dq", dq.len(), nq),
-        ("k", k.len(), nk),
-        ("v", v.len(), nk),
-        ("dk", dk.len(), nk),
-        ("dv", dv.len(), nk),
-        ("lse", lse.len(), nl),
-    ] {
-        need(OP, what, len, want)?;
-    }
-    if nq == 0 {
+    let lens = [
+        dout.len(),
+        q.len(),
+        o.len(),
+        dq.len(),
+        k.len(),
+        v.len(),
+        dk.len(),
+        dv.len(),
+        lse.len(),
+    ];
+    if need_bwd(OP, dm, lens)? == 0 {
         return Ok(());
     }
+    let (nq, nk, nl) = lens_of(dm);
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
     mark(&mut sc.stages, gpu, None)?;

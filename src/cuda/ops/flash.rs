@@ -10,9 +10,8 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::attention::{attn_delta, check, push_masks, DeviceMasks};
-use super::attention_tc::sizes;
-use super::{dim, grid_u32, grown, need};
+use super::attention::{attn_delta, check, lens_of, need_bwd, need_fwd, push_masks, DeviceMasks};
+use super::{dim, grid_u32, grown};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::FLASH;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
@@ -77,16 +76,7 @@ pub fn flash_fwd(
     let w = check_flash(OP, dm, mk)?;
     let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
     let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
-    let (nq, nk, nl) = sizes(dm);
-    for (what, len, want) in [
-        ("q", q.len(), nq),
-        ("o", o.len(), nq),
-        ("k", k.len(), nk),
-        ("v", v.len(), nk),
-        ("lse", lse.len(), nl),
-    ] {
-        need(OP, what, len, want)?;
-    }
+    let nq = need_fwd(OP, dm, [q.len(), o.len(), k.len(), v.len(), lse.len()])?;
     if nq == 0 {
         return Ok(());
     }
@@ -134,23 +124,21 @@ pub fn flash_bwd(
         o.dev_view(),
         lse.dev_view(),
     );
-    let (nq, nk, nl) = sizes(dm);
-    for (what, len, want) in [
-        ("dout", dout.len(), nq),
-        ("q", q.len(), nq),
-        ("o", o.len(), nq),
-        ("dq", dq.len(), nq),
-        ("k", k.len(), nk),
-        ("v", v.len(), nk),
-        ("dk", dk.len(), nk),
-        ("dv", dv.len(), nk),
-        ("lse", lse.len(), nl),
-    ] {
-        need(OP, what, len, want)?;
-    }
-    if nq == 0 {
+    let lens = [
+        dout.len(),
+        q.len(),
+        o.len(),
+        dq.len(),
+        k.len(),
+        v.len(),
+        dk.len(),
+        dv.len(),
+        lse.len(),
+    ];
+    if need_bwd(OP, dm, lens)? == 0 {
         return Ok(());
     }
+    let nl = lens_of(dm).2;
     let [t, hq, hkv, d] = dims_i32(OP, dm)?;
     let delta = grown(gpu, delta, nl)?;
     attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
