@@ -539,6 +539,64 @@ mod tests {
         assert!(e.contains("pre-1.6 (non-zip) format"), "{e}");
     }
 
+    /// Shards past 4 GiB (LLaMA-class `.bin` files) are zip64: sizes and offsets of 0xffffffff
+    /// in the central directory with the real ones in a zip64 extra field, and a zip64 end
+    /// record. mixed.bin rewritten that way reads as the same tensors.
+    #[test]
+    fn zip64_layout_reads_the_same() {
+        let z = std::fs::read(fixture("mixed.bin")).unwrap();
+        let u16_at = |o: usize| u16::from_le_bytes([z[o], z[o + 1]]) as usize;
+        let u32_at = |o: usize| u32::from_le_bytes(z[o..o + 4].try_into().unwrap()) as usize;
+        let eocd = z.len() - 22;
+        assert_eq!(u32_at(eocd), 0x0605_4b50, "fixture has no comment");
+        let (count, cd) = (u16_at(eocd + 10), u32_at(eocd + 16));
+        let mut out = z[..cd].to_vec();
+        let new_cd = out.len();
+        let mut o = cd;
+        for _ in 0..count {
+            let (nlen, xlen, clen) = (u16_at(o + 28), u16_at(o + 30), u16_at(o + 32));
+            let (csize, usize_, local) = (u32_at(o + 20), u32_at(o + 24), u32_at(o + 42));
+            let mut e = z[o..o + 46].to_vec();
+            e[20..28].copy_from_slice(&[0xff; 8]);
+            e[42..46].copy_from_slice(&[0xff; 4]);
+            e[30..32].copy_from_slice(&((xlen + 28) as u16).to_le_bytes());
+            e.extend_from_slice(&z[o + 46..o + 46 + nlen]);
+            e.extend_from_slice(&z[o + 46 + nlen..o + 46 + nlen + xlen]);
+            e.extend_from_slice(&1u16.to_le_bytes());
+            e.extend_from_slice(&24u16.to_le_bytes());
+            for v in [usize_, csize, local] {
+                e.extend_from_slice(&(v as u64).to_le_bytes());
+            }
+            e.extend_from_slice(&z[o + 46 + nlen + xlen..o + 46 + nlen + xlen + clen]);
+            out.extend_from_slice(&e);
+            o += 46 + nlen + xlen + clen;
+        }
+        let (cd_size, rec) = (out.len() - new_cd, out.len());
+        out.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+        out.extend_from_slice(&44u64.to_le_bytes());
+        out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for v in [count, count, cd_size, new_cd] {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(rec as u64).to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        out.extend_from_slice(&[0xff; 8]);
+        out.extend_from_slice(&[0, 0]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("z64.bin");
+        std::fs::write(&p, &out).unwrap();
+        let got = read_file(&p).unwrap();
+        let want = read_file(&fixture("mixed.bin")).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (name, t) in &want {
+            assert_eq!(got[name].bytes(), t.bytes(), "{name}");
+        }
+    }
+
     /// Cut anywhere or with bytes flipped, a checkpoint is an error naming the file, never a
     /// panic or a hang.
     #[test]
