@@ -80,7 +80,7 @@ pub fn read_file(path: &Path) -> Result<Tensors> {
         let bytes = numel
             .and_then(|n| n.checked_mul(esz))
             .ok_or_else(|| terr("size overflows".into()))?;
-        let start = t.offset.checked_mul(esz).unwrap_or(usize::MAX);
+        let start = t.offset.saturating_mul(esz);
         if start.saturating_add(bytes) > range.len() {
             return Err(terr(format!(
                 "elements {}..{} past the end of storage {} ({} bytes)",
