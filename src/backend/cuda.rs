@@ -817,7 +817,10 @@ impl Backend for CudaBackend {
                 });
             }
             QuantWeight::Device16 { bits, bf16, .. }
-                if !backward && n <= tk::GEMV16_MAX_ROWS && din % 8 == 0 =>
+                if !backward
+                    && n <= tk::GEMV16_MAX_ROWS
+                    && din % 8 == 0
+                    && bits.device().device_addr() % 16 == 0 =>
             {
                 return self.run("gemv16", |g| {
                     tk::gemv16(
