@@ -1,12 +1,12 @@
 // flash.cu: fused attention on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate) for bf16
 // compute mode's training: the scores never leave the chip (no T x T buffer), and the causal upper
-// triangle is skipped a tile at a time. Inputs and outputs are f32 (the backend's activations);
+// triangle (and what a sliding window hides) is skipped a tile at a time. Inputs and outputs are f32 (the backend's activations);
 // tiles are narrowed to bf16 as they are staged in shared memory.
 //
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // Query head h reads kv head h / (Hq/Hkv). Key j is visible to query i iff (j <= i or
 // j < prefix[b]) and kmask[b,j] != 0 and seg[b,i] == seg[b,j] and (window w = 0 or j + w > i):
-// attention.cu's rule plus the sliding window. s_ij = scale·q_i·k_j + slope_h·(j − i) (ALiBi).
+// attention.cu's rule. s_ij = scale·q_i·k_j + slope_h·(j − i) (ALiBi).
 // Forward:   m, l online over key tiles (FlashAttention-2): o_i = Σ_j e^(s_ij − m_i) v_j / l_i;
 //            lse_i = m_i + log l_i (+inf and o_i = 0 for a row that sees no key).
 // Backward:  p_ij = e^(s_ij − lse_i); delta_i = do_i·o_i (attn_bwd_delta); dp_ij = do_i·v_j;
