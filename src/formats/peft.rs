@@ -23,6 +23,8 @@ use super::safetensors::{read_file, write_f32, Tensor, Tensors};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// What peft < 0.7 saved by default (torch.save's zip; read through `torch_bin`).
+pub const ADAPTER_WEIGHTS_BIN: &str = "adapter_model.bin";
 pub const PREFIX: &str = "base_model.model.";
 
 /// The fields of PEFT's `LoraConfig` that merging or training reads (others are ignored).
@@ -199,22 +201,22 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     read_weights(dir, config)
 }
 
-/// Read `adapter_model.safetensors` of `dir` (whose config is `config`), sorted into LoRA
-/// pairs (ranks checked against the config) and whole tensors.
+/// Read `adapter_model.safetensors` of `dir` (whose config is `config`), or the
+/// `adapter_model.bin` older peft versions save, sorted into LoRA pairs (ranks checked against
+/// the config) and whole tensors.
 pub fn read_weights(dir: &Path, config: AdapterConfig) -> Result<Adapter> {
-    let weights = dir.join(ADAPTER_WEIGHTS);
-    if !weights.is_file() {
-        let hint = if dir.join("adapter_model.bin").exists() {
-            " (adapter_model.bin is not supported: save the adapter with safe_serialization=True)"
-        } else {
-            ""
-        };
+    let mut weights = dir.join(ADAPTER_WEIGHTS);
+    let tensors = if weights.is_file() {
+        read_file(&weights)?
+    } else if dir.join(ADAPTER_WEIGHTS_BIN).is_file() {
+        weights = dir.join(ADAPTER_WEIGHTS_BIN);
+        super::torch_bin::read_file(&weights)?
+    } else {
         return Err(FormatError::format(
             dir,
-            format!("no {ADAPTER_WEIGHTS}{hint}"),
+            format!("no {ADAPTER_WEIGHTS} (nor {ADAPTER_WEIGHTS_BIN})"),
         ));
-    }
-    let tensors = read_file(&weights)?;
+    };
 
     // module -> (A, B, bias, embedding)
     let mut pairs: IndexMap<String, [Option<Tensor>; 3]> = IndexMap::new();
@@ -419,11 +421,37 @@ mod tests {
             dir.path().join(ADAPTER_CONFIG),
         )
         .unwrap();
+        let e = read_adapter(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("no adapter_model.safetensors (nor adapter_model.bin)"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("adapter_model.bin"), b"x").unwrap();
         let e = read_adapter(dir.path()).unwrap_err().to_string();
         assert!(
-            e.contains("no adapter_model.safetensors (adapter_model.bin is not supported"),
+            e.ends_with(
+                "adapter_model.bin: not a zip file (no end of central directory): a truncated \
+                 download?"
+            ),
             "{e}"
         );
+    }
+
+    /// An adapter saved by peft < 0.7 (`adapter_model.bin`, torch.save's zip) reads as the same
+    /// adapter as its safetensors copy (tests/reference/torch_bin_make_fixtures.py).
+    #[test]
+    fn bin_adapter_reads_as_its_safetensors_copy() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let bin = read_adapter(&root.join("torch_bin/adapter")).unwrap();
+        let st = read_adapter(&root.join("engine/llama/adapter")).unwrap();
+        assert_eq!(format!("{:?}", bin.config), format!("{:?}", st.config));
+        assert_eq!(bin.lora.len(), st.lora.len());
+        assert!(!bin.lora.is_empty());
+        for (b, s) in bin.lora.iter().zip(&st.lora) {
+            assert_eq!((&b.module, b.r, b.scale), (&s.module, s.r, s.scale));
+            assert_eq!(b.a.bytes(), s.a.bytes(), "{} A", b.module);
+            assert_eq!(b.b.bytes(), s.b.bytes(), "{} B", b.module);
+        }
+        assert_eq!(bin.replace.len(), st.replace.len());
     }
 }

@@ -9,6 +9,7 @@ Writes tests/fixtures/torch_bin/:
   (f32, f16, bf16, i64, i32, u8, bool as u8), a view with a storage offset, two tensors sharing one
   storage, an nn.Parameter, a 0-d tensor and an empty one; the safetensors file holds the same
   tensors (contiguous copies) to compare bytes with.
+- adapter/: tests/fixtures/engine/llama/adapter as `adapter_model.bin` (peft < 0.7's default).
 - noncontig.bin: a transposed (non-contiguous) tensor, which the reader refuses.
 - legacy.bin: the pre-1.6 (non-zip) format, which the reader refuses.
 
@@ -46,6 +47,14 @@ for i, part in enumerate([names[:half], names[half:]]):
 total = sum(t.numel() * t.element_size() for t in sd.values())
 with open(os.path.join(glm, "pytorch_model.bin.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+# A PEFT adapter as peft < 0.7 saved it by default: adapter_model.bin (+ its config).
+src = os.path.join(root, "engine", "llama", "adapter")
+ad = os.path.join(out, "adapter")
+shutil.rmtree(ad, ignore_errors=True)
+os.makedirs(ad)
+shutil.copy(os.path.join(src, "adapter_config.json"), ad)
+torch.save(OrderedDict(load_file(os.path.join(src, "adapter_model.safetensors"))), os.path.join(ad, "adapter_model.bin"))
 
 # Every dtype, views and sharing.
 g = torch.Generator().manual_seed(0)
