@@ -556,7 +556,7 @@ fn corpus() -> Vec<Case> {
             &[("ad/adapter_config.json", r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"#)],
             &["merge", "--model", "{fixtures}/engine/llama", "--adapter", "ad", "--out", "merged"],
             1,
-            "error: ad: no adapter_model.safetensors\n",
+            "error: ad: no adapter_model.safetensors (nor adapter_model.bin)\n",
         ),
     ]);
     let mut big = case(
