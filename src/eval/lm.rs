@@ -241,7 +241,7 @@ pub fn attach_adapter(model: &mut Model, dir: &Path) -> Result<()> {
             d.display()
         )
     })?;
-    crate::export::check_finite_file(&d.join(crate::formats::peft::ADAPTER_WEIGHTS))?;
+    crate::export::check_finite_file(&crate::formats::peft::weights_file(&d))?;
     let n = model
         .linears_mut()
         .iter()

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use safetensors::Dtype;
 
-use crate::formats::safetensors::{read_dir, read_file};
+use crate::formats::safetensors::read_dir;
 use crate::formats::{FormatError, Result, Tensor, Tensors};
 
 /// The first non-finite element of a float tensor: (index, value as text), by bit pattern
@@ -65,7 +65,8 @@ pub fn check_finite_dir(dir: &Path) -> Result<()> {
 
 /// [`check_finite`] on one safetensors file (e.g. `adapter_model.safetensors`).
 pub fn check_finite_file(path: &Path) -> Result<()> {
-    check_finite(&read_file(path)?, &path.display().to_string())
+    let tensors = crate::formats::peft::read_any(path)?;
+    check_finite(&tensors, &path.display().to_string())
 }
 
 #[cfg(test)]

@@ -509,3 +509,20 @@ fn nf4_requantize_round_trip() {
         "{e}"
     );
 }
+
+/// A peft < 0.7 adapter (`adapter_model.bin`) merges exactly as its safetensors copy.
+#[test]
+fn bin_adapter_merges_like_its_safetensors_copy() {
+    let fx = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let opts = MergeOptions {
+        dtype: OutDtype::Auto,
+        requantize: false,
+    };
+    let base = fx.join("engine/llama");
+    let bin = merge_adapter(&base, &fx.join("torch_bin/adapter"), &opts).unwrap();
+    let st = merge_adapter(&base, &fx.join("engine/llama/adapter"), &opts).unwrap();
+    assert_eq!(bin.model.tensors.len(), st.model.tensors.len());
+    for (name, t) in &st.model.tensors {
+        assert_eq!(bin.model.tensors[name].bytes(), t.bytes(), "{name}");
+    }
+}

@@ -16,7 +16,7 @@ use safetensors::Dtype;
 
 use crate::formats::bnb4;
 use crate::formats::hf_dir::{ties_embeddings, write_hf_dir, ExportOptions, ExportReport};
-use crate::formats::peft::{read_adapter, Adapter, LoraModule, ADAPTER_WEIGHTS};
+use crate::formats::peft::{read_adapter, weights_file, Adapter, LoraModule};
 use crate::formats::safetensors::{shape_str, Tensor, Tensors};
 use crate::formats::{FormatError, HfModel, OutDtype, Result};
 
@@ -74,7 +74,7 @@ pub fn merge_adapter(base_dir: &Path, adapter_dir: &Path, opts: &MergeOptions) -
     let mut model = HfModel::load(base_dir)?;
     super::finite::check_finite(&model.tensors, &base_dir.display().to_string())?;
     let adapter = read_adapter(adapter_dir)?;
-    super::finite::check_finite_file(&adapter_dir.join(ADAPTER_WEIGHTS))?;
+    super::finite::check_finite_file(&weights_file(adapter_dir))?;
     let report = merge_into(&mut model, &adapter, opts)?;
     // Finite inputs can still overflow (an f16 base): never write an inf.
     super::finite::check_finite(&model.tensors, "the merged model")?;

@@ -201,22 +201,39 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     read_weights(dir, config)
 }
 
+/// The adapter weights file of `dir`: `adapter_model.safetensors`, else `adapter_model.bin`
+/// when only that exists (the safetensors path when neither does).
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let st = dir.join(ADAPTER_WEIGHTS);
+    let bin = dir.join(ADAPTER_WEIGHTS_BIN);
+    if !st.is_file() && bin.is_file() {
+        bin
+    } else {
+        st
+    }
+}
+
+/// The tensors of a weights file in either format (`.bin`: PyTorch's zip, else safetensors).
+pub fn read_any(path: &Path) -> Result<Tensors> {
+    if path.extension().is_some_and(|e| e == "bin") {
+        super::torch_bin::read_file(path)
+    } else {
+        read_file(path)
+    }
+}
+
 /// Read `adapter_model.safetensors` of `dir` (whose config is `config`), or the
 /// `adapter_model.bin` older peft versions save, sorted into LoRA pairs (ranks checked against
 /// the config) and whole tensors.
 pub fn read_weights(dir: &Path, config: AdapterConfig) -> Result<Adapter> {
-    let mut weights = dir.join(ADAPTER_WEIGHTS);
-    let tensors = if weights.is_file() {
-        read_file(&weights)?
-    } else if dir.join(ADAPTER_WEIGHTS_BIN).is_file() {
-        weights = dir.join(ADAPTER_WEIGHTS_BIN);
-        super::torch_bin::read_file(&weights)?
-    } else {
+    let weights = weights_file(dir);
+    if !weights.is_file() {
         return Err(FormatError::format(
             dir,
             format!("no {ADAPTER_WEIGHTS} (nor {ADAPTER_WEIGHTS_BIN})"),
         ));
-    };
+    }
+    let tensors = read_any(&weights)?;
 
     // module -> (A, B, bias, embedding)
     let mut pairs: IndexMap<String, [Option<Tensor>; 3]> = IndexMap::new();

@@ -4,8 +4,8 @@
 //! where; the files themselves are read and written by `crate::formats::peft`).
 
 use crate::formats::peft::{
-    key, read_config, read_weights, write_adapter, LoraModule, NewAdapter, ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS, PREFIX,
+    key, read_config, read_weights, weights_file, write_adapter, LoraModule, NewAdapter,
+    ADAPTER_CONFIG, PREFIX,
 };
 use crate::formats::{FormatError, Tensor};
 use crate::model::{LinearWeight, LoraWeights, Model, ModelError};
@@ -347,7 +347,7 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig, LoraError>
         seed: 0,
     };
     let ad = read_weights(dir, c)?;
-    let wp = dir.join(ADAPTER_WEIGHTS);
+    let wp = weights_file(dir);
     let mut lora: indexmap::IndexMap<String, LoraModule> =
         ad.lora.into_iter().map(|m| (m.module.clone(), m)).collect();
     let mut replace = ad.replace;
