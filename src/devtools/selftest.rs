@@ -1258,11 +1258,17 @@ fn attention_checks<T: Elem>(
     let mut sc = TcScratch::default();
     let t = tol::<T>((1e-4, 1e-3), (2e-2, 2e-2));
     let small = ck.small;
+    // Head dim 256 (Gemma 3) only on the GEMM path, which bf16 mode runs past 128.
+    let wide =
+        (path == AttnPath::Gemm).then_some((1usize, 19usize, 2usize, 1usize, 256usize, true));
     for (batch, tt, hq, hkv, d, masked) in [
         (2usize, 37usize, 4usize, 2usize, 64usize, true),
         (1, if small { 24 } else { 70 }, 2, 1, 128, false),
         (2, 20, 3, 3, 80, true),
-    ] {
+    ]
+    .into_iter()
+    .chain(wide)
+    {
         let dm = AttnDims {
             batch,
             t: tt,
