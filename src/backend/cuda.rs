@@ -16,10 +16,12 @@
 //! tracking the CPU within f32 reassociation error) or, in bf16 mode (the default on a GPU), bf16
 //! tensor-core GEMMs with f32 accumulation and f32 output: both operands are narrowed into two
 //! reused bf16 scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted,
-//! straight into its bf16 operand), as torch autocast computes. Training attention runs in bf16
-//! mode on the fused tensor-core kernels (`crate::cuda::ops::flash`; `RECIPE_CUDA_ATTENTION=gemm`:
-//! bf16 GEMMs + a masked-softmax kernel, `crate::cuda::ops::attention_tc`), in f32 kernels otherwise;
-//! activations are stored f32 (2x the memory of bf16 activations).
+//! straight into its bf16 operand), as torch autocast computes; a forward of at most 8 rows
+//! (decode) against a 4-bit or 16-bit weight is one fused GEMV over the stored weight. Training
+//! attention runs in bf16 mode on the fused tensor-core kernels (`crate::cuda::ops::flash`), or as
+//! bf16 GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`) past their head dim or
+//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels. Activations are stored f32 (2x
+//! the memory of bf16 activations).
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
 //! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
@@ -27,9 +29,9 @@
 //! as its error (what recipe holds, what is free, the plan's peak, the knobs).
 //!
 //! Not on kernels yet: training attention with head dim > 128 in f32 mode (bf16 mode runs it as
-//! GEMMs) or ALiBi key
-//! positions that are not contiguous per (row, segment); quantized weights other than
-//! bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back (counted as traffic).
+//! GEMMs) or ALiBi key positions that are not contiguous per (row, segment); quantized weights
+//! other than bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back
+//! (counted as traffic).
 
 use std::sync::Mutex;
 
