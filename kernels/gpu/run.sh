@@ -28,7 +28,7 @@ mk=$!
 timeout 90 $R selftest --device cuda > $OUT/selftest.txt 2>&1; el "selftest rc=$? $(tail -1 $OUT/selftest.txt)"
 # The fused attention is new and untimed: if its self-test fails, train on the GEMM path instead.
 if grep -q '_fused .*FAIL' $OUT/selftest.txt; then export RECIPE_CUDA_ATTENTION=gemm; el "fused attention FAILED its self-test: training runs use RECIPE_CUDA_ATTENTION=gemm"; fi
-timeout 90 $R bench --device cuda --json $OUT/bench.json > $OUT/bench.txt 2>&1; el "bench rc=$?"
+timeout 120 $R bench --device cuda --json $OUT/bench.json > $OUT/bench.txt 2>&1; el "bench rc=$?"
 wait $mk; el "4-layer model: $(tail -c 90 /tmp/make4.log | tr '\n' ' ')"
 ( python3 tests/reference/gpu_train_ref.py make /tmp/l32 ${L32_ARGS:---layers 32} > /tmp/make32.log 2>&1 ) &
 mk=$!
