@@ -138,6 +138,23 @@ __device__ __forceinline__ bool sees(i32 i, i32 j, i32 t, bool ok, i32 sgj, i32 
     return i < t && ok && (j <= i || j < pre) && sgj == segi && (w == 0 || j + w > i);
 }
 
+// Masks are checked element by element only where they can hide something. A warp's rows are
+// "plain" when all are real queries of one segment (rs); a tile of N staged keys is then fully
+// visible to them when its keys are real keys of segment rs, all at or before the warp's first
+// row (causal) and inside the window of its last one. Both tests are warp-uniform.
+__device__ __forceinline__ bool rows_plain(i32* rs, const i32* ri, const i32* segi, i32 t) {
+    float s0 = __shfl_sync(0xffffffffu, (float)segi[0], 0);
+    bool ok = ri[0] < t && ri[1] < t && (float)segi[0] == s0 && (float)segi[1] == s0;
+    *rs = (i32)s0;
+    return warp_sum(ok ? 1.f : 0.f) == 32.f;
+}
+template <int N>
+__device__ __forceinline__ bool keys_in_segment(const u8* ok, const i32* sg, i32 rs) {
+    float c = 0.f;
+    for (int e = threadIdx.x & 31; e < N; e += 32) c += (ok[e] && sg[e] == rs) ? 1.f : 0.f;
+    return warp_sum(c) == (float)N;
+}
+
 // Rows a warp holds in the C layout: element e of a tile sits at row g + 8·(e >> 1), column
 // 2·tq + (e & 1) of its 8-wide n-tile.
 #define CROW(e) (g + 8 * ((e) >> 1))
@@ -167,8 +184,10 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
     float slope = slopes ? slopes[h] : 0.f;
     i32 pre = prefix ? prefix[b] : 0;
     i32 ri[2] = {iw + g, iw + g + 8}, segi[2];
-    #pragma unroll
+#pragma unroll
     for (int x = 0; x < 2; x++) segi[x] = (seg && ri[x] < t) ? seg[(i64)b * t + ri[x]] : 0;
+    i32 rs;
+    bool plain = rows_plain(&rs, ri, segi, t);
     float m[2] = {-RECIPE_INF, -RECIPE_INF}, l[2] = {0.f, 0.f}, acc[DP / 8][4] = {};
     i32 jend = min(t, max(i0 + FBR, pre));
     i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBC * FBC : 0;
@@ -181,6 +200,8 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
         // Warp-uniform: the warp's rows see nothing of this tile (past the diagonal or the window).
         bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBC - 1 + window <= iw);
         if (none) continue;
+        bool full = plain && j0 + FBC - 1 <= iw && (window == 0 || j0 + window > iw + 15) &&
+                    keys_in_segment<FBC>(Kok, Kseg, rs);
         float s[FBC / 8][4] = {};
         mma_rows<DP, FBC, DP + FPAD>(s, qa, Ks);
         float mx[2] = {-RECIPE_INF, -RECIPE_INF};
@@ -190,13 +211,13 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
             for (int e = 0; e < 4; e++) {
                 int x = e >> 1, jl = CCOL(n, e);
                 i32 i = ri[x], j = j0 + jl;
-                s[n][e] = sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window)
+                s[n][e] = (full || sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window))
                               ? s[n][e] * scale + slope * (float)(j - i)
                               : -RECIPE_INF;
                 mx[x] = fmaxf(mx[x], s[n][e]);
             }
         float alpha[2], sum[2] = {0.f, 0.f};
-        #pragma unroll
+#pragma unroll
         for (int x = 0; x < 2; x++) {
             mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
             mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
@@ -212,7 +233,7 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
                 s[n][e] = s[n][e] == -RECIPE_INF ? 0.f : __expf(s[n][e] - m[x]);
                 sum[x] += s[n][e];
             }
-        #pragma unroll
+#pragma unroll
         for (int x = 0; x < 2; x++) {
             sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 1);
             sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 2);
@@ -235,7 +256,7 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
             if (ri[x] < t && c < d) ob[(i64)ri[x] * qs + c] = l[x] > 0.f ? acc[n][e] / l[x] : 0.f;
         }
     if (tq == 0)
-        #pragma unroll
+#pragma unroll
         for (int x = 0; x < 2; x++)
             if (ri[x] < t)
                 lse[((i64)b * hq + h) * t + ri[x]] = l[x] > 0.f ? m[x] + __logf(l[x]) : RECIPE_INF;
@@ -271,7 +292,7 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const
     i32 pre = prefix ? prefix[b] : 0;
     i32 ri[2] = {iw + g, iw + g + 8}, segi[2];
     float ls[2], de[2];
-    #pragma unroll
+#pragma unroll
     for (int x = 0; x < 2; x++) {
         bool in = ri[x] < t;
         i64 li = ((i64)b * hq + h) * t + ri[x];
@@ -279,6 +300,8 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const
         ls[x] = in ? lse[li] : RECIPE_INF;
         de[x] = in ? delta[li] : 0.f;
     }
+    i32 rs;
+    bool plain = rows_plain(&rs, ri, segi, t);
     float acc[DP / 8][4] = {};
     i32 jend = min(t, max(i0 + FBR, pre));
     i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBK * FBK : 0;
@@ -291,6 +314,8 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const
         __syncthreads();
         bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBK - 1 + window <= iw);
         if (none) continue;
+        bool full = plain && j0 + FBK - 1 <= iw && (window == 0 || j0 + window > iw + 15) &&
+                    keys_in_segment<FBK>(Kok, Kseg, rs);
         float s[FBK / 8][4] = {}, dp[FBK / 8][4] = {};
         mma_rows<DP, FBK, DP + FPAD>(s, qa, Ks);
         mma_rows<DP, FBK, DP + FPAD>(dp, da, Vs);
@@ -301,7 +326,8 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const
                 int x = e >> 1, jl = CCOL(n, e);
                 i32 i = ri[x], j = j0 + jl;
                 float p = 0.f;
-                if (ls[x] != RECIPE_INF && sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window))
+                if (full || (ls[x] != RECIPE_INF &&
+                             sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window)))
                     p = __expf(s[n][e] * scale + slope * (float)(j - i) - ls[x]);
                 s[n][e] = p * (dp[n][e] - de[x]);  // ds
             }
@@ -357,7 +383,7 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const fl
     // The warp's keys as rows: rj[x] (x = 0, 1 for rows g, g + 8), their staged masks.
     i32 rj[2] = {jw + g, jw + g + 8}, sgj[2];
     bool okj[2];
-    #pragma unroll
+#pragma unroll
     for (int x = 0; x < 2; x++) {
         bool in = rj[x] < t;
         okj[x] = in && (!kmask || kmask[(i64)b * t + rj[x]] != 0);
