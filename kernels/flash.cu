@@ -389,6 +389,11 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const fl
         okj[x] = in && (!kmask || kmask[(i64)b * t + rj[x]] != 0);
         sgj[x] = (seg && in) ? seg[(i64)b * t + rj[x]] : 0;
     }
+    // The warp's keys are plain when all are real keys of one segment (rs).
+    float s0 = __shfl_sync(0xffffffffu, (float)sgj[0], 0);
+    bool kok = okj[0] && okj[1] && (float)sgj[0] == s0 && (float)sgj[1] == s0;
+    bool plain = warp_sum(kok ? 1.f : 0.f) == 32.f;
+    i32 rs = (i32)s0;
     float dka[DP / 8][4] = {}, dva[DP / 8][4] = {};
     // Queries before the block's first key see it only through the prefix; past the window none.
     i32 qbeg = j0 < pre ? 0 : j0 / QT * QT;
@@ -415,6 +420,10 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const fl
             bool none = (q0 + QT - 1 < jw && jw >= pre) ||
                         (window > 0 && q0 >= jw + 15 + window);
             if (none) continue;
+            // Every (query, key) pair visible: real queries of segment rs, all at or after the
+            // warp's last key and inside the window of its first.
+            bool full = plain && q0 >= jw + 15 && (window == 0 || q0 + QT - 1 < jw + window) &&
+                        keys_in_segment<QT>(Qok, Qseg, rs);
             float s[QT / 8][4] = {}, dp[QT / 8][4] = {};
             mma_rows<DP, QT, DP + FPAD>(s, ka, Qs);
             mma_rows<DP, QT, DP + FPAD>(dp, va, Ds);
@@ -425,8 +434,8 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const fl
                     int x = e >> 1, il = CCOL(n, e);
                     i32 i = q0 + il, j = rj[x];
                     float p = 0.f;
-                    if (Qok[il] && Ls[il] != RECIPE_INF &&
-                        sees(i, j, t, okj[x], sgj[x], Qseg[il], pre, window))
+                    if (full || (Qok[il] && Ls[il] != RECIPE_INF &&
+                                 sees(i, j, t, okj[x], sgj[x], Qseg[il], pre, window)))
                         p = __expf(s[n][e] * scale + slope * (float)(j - i) - Ls[il]);
                     dp[n][e] = p * (dp[n][e] - Es[il]);  // dsᵀ
                     s[n][e] = p;                         // pᵀ
