@@ -803,7 +803,8 @@ fn cmd_bench(device: &str, json: Option<PathBuf>) -> i32 {
         ..Default::default()
     };
     match crate::devtools::bench::bench(n, &mut std::io::stdout(), &o) {
-        Ok(_) => 0,
+        Ok(r) if r.failed.is_empty() => 0,
+        Ok(r) => fail(&format!("{} row group(s) failed (above)", r.failed.len())),
         Err(e) => fail(&format!("{e:#}")),
     }
 }

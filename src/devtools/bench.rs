@@ -42,6 +42,8 @@ pub struct BenchReport {
     pub peak_tflops: f64,
     pub peak_gbps: f64,
     pub rows: Vec<BenchRow>,
+    /// Row groups that failed ("group: error"); the others ran.
+    pub failed: Vec<String>,
 }
 
 /// Knobs (smaller values for a quick smoke run).
@@ -199,340 +201,381 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         save(rows)
     };
 
-    // NF4 GEMM vs cuBLAS on LLaMA-7B shapes.
     let m = o.tokens;
-    for (n, k) in [(4096usize, 4096usize), (11008, 4096), (4096, 11008)] {
-        let flops = 2.0 * m as f64 * n as f64 * k as f64;
-        let x = rand_bf16(&gpu, &mut rng, m * k, 1.0)?;
-        let w = rand_nf4(&gpu, &mut rng, n, k)?;
-        let wd = rand_bf16(&gpu, &mut rng, n * k, 0.05)?;
-        let mut y = gpu.alloc_zeros::<bf16>(m * n)?;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::gemm4::gemm_4bit(&gpu, &mut y, &x, &w, m, false)
-        })?;
-        push(
-            &mut rows,
-            format!("gemm_4bit_bf16 {m}x{n}x{k}"),
-            ms,
-            Some(flops),
-            None,
-        )?;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::blas::matmul_bf16_slices(&gpu, &mut y, &x, &wd, &MatMul::linear(m, n, k))
-        })?;
-        push(
-            &mut rows,
-            format!("cublas bf16 (dense W) {m}x{n}x{k}"),
-            ms,
-            Some(flops),
-            None,
-        )?;
-        let dy = rand_bf16(&gpu, &mut rng, m * n, 1.0)?;
-        let mut dx = gpu.alloc_zeros::<bf16>(m * k)?;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::gemm4::gemm_4bit_dx(&gpu, &mut dx, &dy, &w, m, false)
-        })?;
-        push(
-            &mut rows,
-            format!("gemm_4bit_dx_bf16 {m}x{n}x{k}"),
-            ms,
-            Some(flops),
-            None,
-        )?;
-    }
+    // Each group of rows runs on its own: one that fails (out of memory, a launch refused) is
+    // reported after the table and the groups after it still run. A kernel fault poisons the
+    // context, so after one the later groups fail too (each says so).
+    let mut failed: Vec<String> = Vec::new();
+    let section = |failed: &mut Vec<String>, name: &str, r: Result<()>| {
+        if let Err(e) = r {
+            failed.push(format!("{name}: {e}"));
+        }
+    };
 
-    // NF4 dequantize to bf16 (the QLoRA product's B operand), rotating copies past the L2.
-    for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
-        let bytes = n * k / 2 + n * k / 64 * 4 + 2 * n * k;
-        let copies = (512usize << 20).div_ceil(bytes).max(2);
-        let ws: Vec<_> = (0..copies)
-            .map(|_| rand_nf4(&gpu, &mut rng, n, k))
-            .collect::<Result<_>>()?;
-        let mut outs: Vec<_> = (0..copies)
-            .map(|_| gpu.alloc_zeros::<bf16>(n * k))
-            .collect::<Result<_>>()?;
-        let ms = time_ms(&gpu, o, &mut |i| {
-            ops::quant4::dequant_4bit(&gpu, &mut outs[i % copies], &ws[i % copies])
-        })?;
-        push(
-            &mut rows,
-            format!("dequant_4bit_bf16 {n}x{k}"),
-            ms,
-            None,
-            Some(bytes as f64),
-        )?;
-    }
-
-    // NF4 GEMV (decode), rotating weight copies past the L2 cache.
-    for (n, k) in [(4096usize, 4096usize), (11008, 4096), (4096, 11008)] {
-        let wbytes = n * k / 2 + n * k / 64 * 4;
-        let copies = (512usize << 20).div_ceil(wbytes).max(2);
-        let ws: Vec<_> = (0..copies)
-            .map(|_| rand_nf4(&gpu, &mut rng, n, k))
-            .collect::<Result<_>>()?;
-        let x = rand_bf16(&gpu, &mut rng, 4 * k, 1.0)?;
-        let mut y = gpu.alloc_zeros::<bf16>(4 * n)?;
-        for bm in [1usize, 4] {
-            let ms = time_ms(&gpu, o, &mut |i| {
-                let xv = x.slice(..bm * k);
-                let mut yv = y.slice_mut(..bm * n);
-                ops::quant4::gemv_4bit(&gpu, &mut yv, &xv, &ws[i % copies], bm)
+    // NF4 GEMM vs cuBLAS on LLaMA-7B shapes.
+    let r = (|| -> Result<()> {
+        for (n, k) in [(4096usize, 4096usize), (11008, 4096), (4096, 11008)] {
+            let flops = 2.0 * m as f64 * n as f64 * k as f64;
+            let x = rand_bf16(&gpu, &mut rng, m * k, 1.0)?;
+            let w = rand_nf4(&gpu, &mut rng, n, k)?;
+            let wd = rand_bf16(&gpu, &mut rng, n * k, 0.05)?;
+            let mut y = gpu.alloc_zeros::<bf16>(m * n)?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::gemm4::gemm_4bit(&gpu, &mut y, &x, &w, m, false)
             })?;
             push(
                 &mut rows,
-                format!("gemv_4bit_bf16 m={bm} {n}x{k}"),
+                format!("gemm_4bit_bf16 {m}x{n}x{k}"),
                 ms,
+                Some(flops),
                 None,
-                Some((wbytes + 2 * bm * (n + k)) as f64),
+            )?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::blas::matmul_bf16_slices(&gpu, &mut y, &x, &wd, &MatMul::linear(m, n, k))
+            })?;
+            push(
+                &mut rows,
+                format!("cublas bf16 (dense W) {m}x{n}x{k}"),
+                ms,
+                Some(flops),
+                None,
+            )?;
+            let dy = rand_bf16(&gpu, &mut rng, m * n, 1.0)?;
+            let mut dx = gpu.alloc_zeros::<bf16>(m * k)?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::gemm4::gemm_4bit_dx(&gpu, &mut dx, &dy, &w, m, false)
+            })?;
+            push(
+                &mut rows,
+                format!("gemm_4bit_dx_bf16 {m}x{n}x{k}"),
+                ms,
+                Some(flops),
+                None,
             )?;
         }
-        // The backend's decode path: f32 activations.
-        let xf = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
-        let mut yf = gpu.alloc_zeros::<f32>(n)?;
-        let ms = time_ms(&gpu, o, &mut |i| {
-            ops::quant4::gemv_4bit(&gpu, &mut yf, &xf, &ws[i % copies], 1)
-        })?;
-        push(
-            &mut rows,
-            format!("gemv_4bit_f32 m=1 {n}x{k}"),
-            ms,
-            None,
-            Some((wbytes + 4 * (n + k)) as f64),
-        )?;
-    }
+        Ok(())
+    })();
+    section(&mut failed, "nf4 gemm", r);
+
+    // NF4 dequantize to bf16 (the QLoRA product's B operand), rotating copies past the L2.
+    let r = (|| -> Result<()> {
+        for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
+            let bytes = n * k / 2 + n * k / 64 * 4 + 2 * n * k;
+            let copies = (512usize << 20).div_ceil(bytes).max(2);
+            let ws: Vec<_> = (0..copies)
+                .map(|_| rand_nf4(&gpu, &mut rng, n, k))
+                .collect::<Result<_>>()?;
+            let mut outs: Vec<_> = (0..copies)
+                .map(|_| gpu.alloc_zeros::<bf16>(n * k))
+                .collect::<Result<_>>()?;
+            let ms = time_ms(&gpu, o, &mut |i| {
+                ops::quant4::dequant_4bit(&gpu, &mut outs[i % copies], &ws[i % copies])
+            })?;
+            push(
+                &mut rows,
+                format!("dequant_4bit_bf16 {n}x{k}"),
+                ms,
+                None,
+                Some(bytes as f64),
+            )?;
+        }
+        Ok(())
+    })();
+    section(&mut failed, "nf4 dequant", r);
+
+    // NF4 GEMV (decode), rotating weight copies past the L2 cache.
+    let r = (|| -> Result<()> {
+        for (n, k) in [(4096usize, 4096usize), (11008, 4096), (4096, 11008)] {
+            let wbytes = n * k / 2 + n * k / 64 * 4;
+            let copies = (512usize << 20).div_ceil(wbytes).max(2);
+            let ws: Vec<_> = (0..copies)
+                .map(|_| rand_nf4(&gpu, &mut rng, n, k))
+                .collect::<Result<_>>()?;
+            let x = rand_bf16(&gpu, &mut rng, 4 * k, 1.0)?;
+            let mut y = gpu.alloc_zeros::<bf16>(4 * n)?;
+            for bm in [1usize, 4] {
+                let ms = time_ms(&gpu, o, &mut |i| {
+                    let xv = x.slice(..bm * k);
+                    let mut yv = y.slice_mut(..bm * n);
+                    ops::quant4::gemv_4bit(&gpu, &mut yv, &xv, &ws[i % copies], bm)
+                })?;
+                push(
+                    &mut rows,
+                    format!("gemv_4bit_bf16 m={bm} {n}x{k}"),
+                    ms,
+                    None,
+                    Some((wbytes + 2 * bm * (n + k)) as f64),
+                )?;
+            }
+            // The backend's decode path: f32 activations.
+            let xf = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+            let mut yf = gpu.alloc_zeros::<f32>(n)?;
+            let ms = time_ms(&gpu, o, &mut |i| {
+                ops::quant4::gemv_4bit(&gpu, &mut yf, &xf, &ws[i % copies], 1)
+            })?;
+            push(
+                &mut rows,
+                format!("gemv_4bit_f32 m=1 {n}x{k}"),
+                ms,
+                None,
+                Some((wbytes + 4 * (n + k)) as f64),
+            )?;
+        }
+        Ok(())
+    })();
+    section(&mut failed, "nf4 gemv", r);
 
     // 16-bit GEMV (decode on a bf16 base), f32 x, rotating weight copies past the L2 cache.
-    for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
-        let wbytes = 2 * n * k;
-        let copies = (512usize << 20).div_ceil(wbytes).max(2);
-        let ws: Vec<DevBuf<u16>> = (0..copies)
-            .map(|_| {
-                let bits: Vec<u16> = (0..n * k)
-                    .map(|_| bf16::from_f32(rng.uniform() - 0.5).to_bits())
-                    .collect();
-                gpu.clone_htod(&bits)
-            })
-            .collect::<Result<_>>()?;
-        let x = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
-        let mut y = gpu.alloc_zeros::<f32>(n)?;
-        let ms = time_ms(&gpu, o, &mut |i| {
-            ops::tensor::gemv16(&gpu, &mut y, &x, &ws[i % copies], true, 1, n, k)
-        })?;
-        push(
-            &mut rows,
-            format!("gemv16_f32 bf16 W m=1 {n}x{k}"),
-            ms,
-            None,
-            Some((wbytes + 4 * (n + k)) as f64),
-        )?;
-    }
+    let r = (|| -> Result<()> {
+        for (n, k) in [(4096usize, 4096usize), (11008, 4096)] {
+            let wbytes = 2 * n * k;
+            let copies = (512usize << 20).div_ceil(wbytes).max(2);
+            let ws: Vec<DevBuf<u16>> = (0..copies)
+                .map(|_| {
+                    let bits: Vec<u16> = (0..n * k)
+                        .map(|_| bf16::from_f32(rng.uniform() - 0.5).to_bits())
+                        .collect();
+                    gpu.clone_htod(&bits)
+                })
+                .collect::<Result<_>>()?;
+            let x = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+            let mut y = gpu.alloc_zeros::<f32>(n)?;
+            let ms = time_ms(&gpu, o, &mut |i| {
+                ops::tensor::gemv16(&gpu, &mut y, &x, &ws[i % copies], true, 1, n, k)
+            })?;
+            push(
+                &mut rows,
+                format!("gemv16_f32 bf16 W m=1 {n}x{k}"),
+                ms,
+                None,
+                Some((wbytes + 4 * (n + k)) as f64),
+            )?;
+        }
+        Ok(())
+    })();
+    section(&mut failed, "16-bit gemv", r);
 
     // Training attention, causal, on the LLaMA-7B shape (T 2048, 32 heads of 128; MHA and GQA
     // with 8 kv heads): the fused kernels against the GEMM path, forward and backward. FLOPs
     // count the causal half only (forward 2 products, backward 5 products), so both paths are
     // measured against the same useful work.
-    let t = m.min(2048);
-    for hkv in [32usize, 8] {
-        let dm = crate::cuda::twins::attention::AttnDims {
-            batch: (m / t).max(1),
-            t,
-            hq: 32,
-            hkv,
-            d: 128,
-            scale: 1.0 / (128f32).sqrt(),
-        };
-        let (nq, nk) = (dm.batch * t * dm.hq * dm.d, dm.batch * t * hkv * dm.d);
-        let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
-            gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
-        };
-        let (q, k, v, dout) = (
-            f32s(&mut rng, nq)?,
-            f32s(&mut rng, nk)?,
-            f32s(&mut rng, nk)?,
-            f32s(&mut rng, nq)?,
-        );
-        let (mut out, mut lse) = (
-            gpu.alloc_zeros::<f32>(nq)?,
-            gpu.alloc_zeros::<f32>(dm.batch * dm.hq * t)?,
-        );
-        let (mut dq, mut dk, mut dv) = (
-            gpu.alloc_zeros::<f32>(nq)?,
-            gpu.alloc_zeros::<f32>(nk)?,
-            gpu.alloc_zeros::<f32>(nk)?,
-        );
-        let fwd_flops = 4.0 * (dm.batch * dm.hq * t * t * dm.d) as f64 / 2.0;
-        let mk = ops::attention::DeviceMasks::default();
-        let mut sc = ops::attention_tc::TcScratch::default();
-        let shape = format!("b{} t{t} hq32 hkv{hkv} d128", dm.batch);
-        for gemm in [false, true] {
-            let path = if gemm { "attn_gemm" } else { "attn_fused" };
-            let ms = time_ms(&gpu, o, &mut |_| {
-                if gemm {
-                    ops::attention_tc::attn_tc_fwd(
-                        &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
-                    )
-                } else {
-                    ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm)
-                }
-            })?;
-            push(
-                &mut rows,
-                format!("{path} fwd {shape}"),
-                ms,
-                Some(fwd_flops),
-                None,
-            )?;
-            let ms = time_ms(&gpu, o, &mut |_| {
-                if gemm {
-                    ops::attention_tc::attn_tc_bwd(
-                        &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse,
-                        &mk, &dm,
-                    )
-                } else {
-                    ops::flash::flash_bwd(
-                        &gpu,
-                        sc.delta_slot(),
-                        &mut dq,
-                        &mut dk,
-                        &mut dv,
-                        &dout,
-                        &q,
-                        &k,
-                        &v,
-                        &out,
-                        &lse,
-                        &mk,
-                        &dm,
-                    )
-                }
-            })?;
-            push(
-                &mut rows,
-                format!("{path} bwd {shape}"),
-                ms,
-                Some(2.5 * fwd_flops),
-                None,
-            )?;
+    let r = (|| -> Result<()> {
+        let t = m.min(2048);
+        for hkv in [32usize, 8] {
+            let dm = crate::cuda::twins::attention::AttnDims {
+                batch: (m / t).max(1),
+                t,
+                hq: 32,
+                hkv,
+                d: 128,
+                scale: 1.0 / (128f32).sqrt(),
+            };
+            let (nq, nk) = (dm.batch * t * dm.hq * dm.d, dm.batch * t * hkv * dm.d);
+            let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
+                gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
+            };
+            let (q, k, v, dout) = (
+                f32s(&mut rng, nq)?,
+                f32s(&mut rng, nk)?,
+                f32s(&mut rng, nk)?,
+                f32s(&mut rng, nq)?,
+            );
+            let (mut out, mut lse) = (
+                gpu.alloc_zeros::<f32>(nq)?,
+                gpu.alloc_zeros::<f32>(dm.batch * dm.hq * t)?,
+            );
+            let (mut dq, mut dk, mut dv) = (
+                gpu.alloc_zeros::<f32>(nq)?,
+                gpu.alloc_zeros::<f32>(nk)?,
+                gpu.alloc_zeros::<f32>(nk)?,
+            );
+            let fwd_flops = 4.0 * (dm.batch * dm.hq * t * t * dm.d) as f64 / 2.0;
+            let mk = ops::attention::DeviceMasks::default();
+            let mut sc = ops::attention_tc::TcScratch::default();
+            let shape = format!("b{} t{t} hq32 hkv{hkv} d128", dm.batch);
+            for gemm in [false, true] {
+                let path = if gemm { "attn_gemm" } else { "attn_fused" };
+                let ms = time_ms(&gpu, o, &mut |_| {
+                    if gemm {
+                        ops::attention_tc::attn_tc_fwd(
+                            &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
+                        )
+                    } else {
+                        ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm)
+                    }
+                })?;
+                push(
+                    &mut rows,
+                    format!("{path} fwd {shape}"),
+                    ms,
+                    Some(fwd_flops),
+                    None,
+                )?;
+                let ms = time_ms(&gpu, o, &mut |_| {
+                    if gemm {
+                        ops::attention_tc::attn_tc_bwd(
+                            &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out,
+                            &lse, &mk, &dm,
+                        )
+                    } else {
+                        ops::flash::flash_bwd(
+                            &gpu,
+                            sc.delta_slot(),
+                            &mut dq,
+                            &mut dk,
+                            &mut dv,
+                            &dout,
+                            &q,
+                            &k,
+                            &v,
+                            &out,
+                            &lse,
+                            &mk,
+                            &dm,
+                        )
+                    }
+                })?;
+                push(
+                    &mut rows,
+                    format!("{path} bwd {shape}"),
+                    ms,
+                    Some(2.5 * fwd_flops),
+                    None,
+                )?;
+            }
         }
-    }
+        Ok(())
+    })();
+    section(&mut failed, "attention", r);
 
     // The elementwise and row kernels of a training step, f32 as the backend stores
     // activations, on the LLaMA-7B shapes (tokens × 4096, × 11008; a 32000-wide head chunk):
     // GB/s of bytes read + written.
-    let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
-        gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
-    };
-    let (h, f) = (4096usize, 11008usize);
-    {
-        let x = f32s(&mut rng, m * h)?;
-        let w = f32s(&mut rng, h)?;
-        let mut y = gpu.alloc_zeros::<f32>(m * h)?;
-        let mut rstd = gpu.alloc_zeros::<f32>(m)?;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::norm::rmsnorm_fwd(&gpu, &mut y, &mut rstd, &x, &w, m, h, 1e-5)
-        })?;
-        push(
-            &mut rows,
-            format!("rmsnorm_fwd_f32 {m}x{h}"),
-            ms,
-            None,
-            Some(8.0 * (m * h) as f64),
-        )?;
-        let mut yb = gpu.alloc_zeros::<bf16>(m * h)?;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::tensor::narrow_bf16(&gpu, &mut yb, &x)
-        })?;
-        push(
-            &mut rows,
-            format!("narrow_bf16 {m}x{h}"),
-            ms,
-            None,
-            Some(6.0 * (m * h) as f64),
-        )?;
-        let (half_rot, max_pos) = (64usize, 4096usize);
-        let cos = f32s(&mut rng, max_pos * half_rot)?;
-        let sin = f32s(&mut rng, max_pos * half_rot)?;
-        let pos = gpu.clone_htod(&(0..m).map(|i| (i % 2048) as i32).collect::<Vec<i32>>())?;
-        let dm = ops::rope::RopeDims {
-            tokens: m,
-            heads: 32,
-            hd: 128,
-            rot: 128,
-            max_pos,
+    let r = (|| -> Result<()> {
+        let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
+            gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
         };
-        let layout = crate::cuda::twins::rope::RopeLayout::Half;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::rope::rope(&gpu, &mut y, &x, &cos, &sin, &pos, dm, layout, false)
-        })?;
-        push(
-            &mut rows,
-            format!("rope_f32 {m}x32x128"),
-            ms,
-            None,
-            Some(8.0 * (m * h) as f64),
-        )?;
-    }
-    {
-        let (e, g) = (f32s(&mut rng, m * f)?, f32s(&mut rng, m * f)?);
-        let mut a = gpu.alloc_zeros::<f32>(m * f)?;
-        let sep = ops::act::GluLayout::Separate;
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::act::swiglu_fwd(&gpu, &mut a, &e, &g, m, f, sep)
-        })?;
-        push(
-            &mut rows,
-            format!("swiglu_fwd_f32 {m}x{f}"),
-            ms,
-            None,
-            Some(12.0 * (m * f) as f64),
-        )?;
-    }
-    {
-        let (n, v) = (1024usize.min(m), 32000usize);
-        let logits = f32s(&mut rng, n * v)?;
-        let targets = gpu.clone_htod(&(0..n).map(|i| (i * 7 % v) as i32).collect::<Vec<i32>>())?;
-        let (mut loss, mut lse) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
-        let ms = time_ms(&gpu, o, &mut |_| {
-            ops::cross_entropy::cross_entropy_fwd(&gpu, &mut loss, &mut lse, &logits, &targets, v)
-        })?;
-        push(
-            &mut rows,
-            format!("cross_entropy_fwd_f32 {n}x{v}"),
-            ms,
-            None,
-            Some(4.0 * (n * v) as f64),
-        )?;
-    }
+        let (h, f) = (4096usize, 11008usize);
+        {
+            let x = f32s(&mut rng, m * h)?;
+            let w = f32s(&mut rng, h)?;
+            let mut y = gpu.alloc_zeros::<f32>(m * h)?;
+            let mut rstd = gpu.alloc_zeros::<f32>(m)?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::norm::rmsnorm_fwd(&gpu, &mut y, &mut rstd, &x, &w, m, h, 1e-5)
+            })?;
+            push(
+                &mut rows,
+                format!("rmsnorm_fwd_f32 {m}x{h}"),
+                ms,
+                None,
+                Some(8.0 * (m * h) as f64),
+            )?;
+            let mut yb = gpu.alloc_zeros::<bf16>(m * h)?;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::tensor::narrow_bf16(&gpu, &mut yb, &x)
+            })?;
+            push(
+                &mut rows,
+                format!("narrow_bf16 {m}x{h}"),
+                ms,
+                None,
+                Some(6.0 * (m * h) as f64),
+            )?;
+            let (half_rot, max_pos) = (64usize, 4096usize);
+            let cos = f32s(&mut rng, max_pos * half_rot)?;
+            let sin = f32s(&mut rng, max_pos * half_rot)?;
+            let pos = gpu.clone_htod(&(0..m).map(|i| (i % 2048) as i32).collect::<Vec<i32>>())?;
+            let dm = ops::rope::RopeDims {
+                tokens: m,
+                heads: 32,
+                hd: 128,
+                rot: 128,
+                max_pos,
+            };
+            let layout = crate::cuda::twins::rope::RopeLayout::Half;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::rope::rope(&gpu, &mut y, &x, &cos, &sin, &pos, dm, layout, false)
+            })?;
+            push(
+                &mut rows,
+                format!("rope_f32 {m}x32x128"),
+                ms,
+                None,
+                Some(8.0 * (m * h) as f64),
+            )?;
+        }
+        {
+            let (e, g) = (f32s(&mut rng, m * f)?, f32s(&mut rng, m * f)?);
+            let mut a = gpu.alloc_zeros::<f32>(m * f)?;
+            let sep = ops::act::GluLayout::Separate;
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::act::swiglu_fwd(&gpu, &mut a, &e, &g, m, f, sep)
+            })?;
+            push(
+                &mut rows,
+                format!("swiglu_fwd_f32 {m}x{f}"),
+                ms,
+                None,
+                Some(12.0 * (m * f) as f64),
+            )?;
+        }
+        {
+            let (n, v) = (1024usize.min(m), 32000usize);
+            let logits = f32s(&mut rng, n * v)?;
+            let targets =
+                gpu.clone_htod(&(0..n).map(|i| (i * 7 % v) as i32).collect::<Vec<i32>>())?;
+            let (mut loss, mut lse) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
+            let ms = time_ms(&gpu, o, &mut |_| {
+                ops::cross_entropy::cross_entropy_fwd(
+                    &gpu, &mut loss, &mut lse, &logits, &targets, v,
+                )
+            })?;
+            push(
+                &mut rows,
+                format!("cross_entropy_fwd_f32 {n}x{v}"),
+                ms,
+                None,
+                Some(4.0 * (n * v) as f64),
+            )?;
+        }
+        Ok(())
+    })();
+    section(&mut failed, "row kernels", r);
 
     // 8-bit AdamW over 64M parameters.
-    let np = 64usize << 20;
-    let pvals: Vec<f32> = (0..np).map(|_| rng.uniform() - 0.5).collect();
-    let mut pd = gpu.clone_htod(&pvals)?;
-    let gd = gpu.clone_htod(&pvals)?;
-    let maps = ops::adamw8bit::DeviceMaps::upload(&gpu)?;
-    let mut st = ops::adamw8bit::DeviceState8::zeros(&gpu, np)?;
-    let mut step = 0u32;
-    let ms = time_ms(&gpu, o, &mut |_| {
-        step += 1;
-        let h = crate::cuda::twins::adamw8bit::AdamHyper {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            step,
-            grad_scale: 1.0,
-        };
-        ops::adamw8bit::adamw8bit_step(&gpu, &mut pd, &gd, &mut st, &maps, &h)
-    })?;
-    // p read+write (8), g read (4), m,v codes read+write (4), absmax (negligible).
-    push(
-        &mut rows,
-        format!("adamw8bit_f32 {np} params"),
-        ms,
-        None,
-        Some(16.0 * np as f64),
-    )?;
+    let r = (|| -> Result<()> {
+        let np = 64usize << 20;
+        let pvals: Vec<f32> = (0..np).map(|_| rng.uniform() - 0.5).collect();
+        let mut pd = gpu.clone_htod(&pvals)?;
+        let gd = gpu.clone_htod(&pvals)?;
+        let maps = ops::adamw8bit::DeviceMaps::upload(&gpu)?;
+        let mut st = ops::adamw8bit::DeviceState8::zeros(&gpu, np)?;
+        let mut step = 0u32;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            step += 1;
+            let h = crate::cuda::twins::adamw8bit::AdamHyper {
+                lr: 1e-4,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                step,
+                grad_scale: 1.0,
+            };
+            ops::adamw8bit::adamw8bit_step(&gpu, &mut pd, &gd, &mut st, &maps, &h)
+        })?;
+        // p read+write (8), g read (4), m,v codes read+write (4), absmax (negligible).
+        push(
+            &mut rows,
+            format!("adamw8bit_f32 {np} params"),
+            ms,
+            None,
+            Some(16.0 * np as f64),
+        )?;
+        Ok(())
+    })();
+    section(&mut failed, "adamw8bit", r);
 
     let _ = writeln!(
         out,
@@ -551,11 +594,15 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             100.0 * r.frac_of_peak
         );
     }
+    for f in &failed {
+        let _ = writeln!(out, "FAILED {f}");
+    }
     Ok(BenchReport {
         device,
         peak_tflops,
         peak_gbps,
         rows,
+        failed,
     })
 }
 
