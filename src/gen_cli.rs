@@ -64,7 +64,7 @@ pub struct ModelArgs {
     /// A Hugging Face model dir (config.json, *.safetensors or pytorch_model*.bin, tokenizer files).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// A PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors), e.g. a train
+    /// A PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors or .bin), e.g. a train
     /// step's output.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
