@@ -508,7 +508,7 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let gemm = self.gemm_attention || dims.hd > FLASH_DMAX;
+        let gemm = self.attention_as_gemms(dims);
         let op = if gemm {
             "attention_tc_fwd"
         } else {
@@ -548,7 +548,7 @@ impl CudaBackend {
             dims.b * dims.nh * dims.t,
         );
         let mut sc = self.attn_tc.lock().unwrap_or_else(|p| p.into_inner());
-        let gemm = self.gemm_attention || dims.hd > FLASH_DMAX;
+        let gemm = self.attention_as_gemms(dims);
         let op = if gemm {
             "attention_tc_bwd"
         } else {
@@ -572,6 +572,12 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// bf16 mode: whether training attention runs as GEMMs + masked softmax (asked for, or a
+    /// head dim past the fused kernels') rather than on the fused kernels.
+    fn attention_as_gemms(&self, dims: AttnDims) -> bool {
+        self.gemm_attention || dims.hd > FLASH_DMAX
+    }
+
     /// Whether the attention kernels take these dims and mask (else the host runs it): bf16
     /// mode takes every head dim (past 128 on the GEMM path), f32 mode's kernels up to 128.
     fn attention_on_kernels(&self, mask: &AttnMask, dims: AttnDims) -> bool {

@@ -182,6 +182,7 @@ fn zip_members(
 }
 
 /// One tensor of the state dict: where its elements are.
+#[derive(Clone)]
 struct TensorRef {
     key: String,
     dtype: Dtype,
@@ -455,14 +456,7 @@ fn unpickle(p: &[u8]) -> std::result::Result<Vec<(String, TensorRef)>, String> {
         };
         match v {
             V::Tensor(t) => {
-                let t = Arc::try_unwrap(t).unwrap_or_else(|t| TensorRef {
-                    key: t.key.clone(),
-                    dtype: t.dtype,
-                    offset: t.offset,
-                    shape: t.shape.clone(),
-                    stride: t.stride.clone(),
-                });
-                out.push((k, t));
+                out.push((k, Arc::unwrap_or_clone(t)));
             }
             V::Dict(_) => {
                 return Err(format!(

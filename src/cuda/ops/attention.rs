@@ -46,7 +46,10 @@ pub(super) fn check(
     if dm.d == 0 || dmax.is_some_and(|m| dm.d > m) {
         return Err(shape_err(
             op,
-            format!("head dim {} outside 1..={}", dm.d, dmax.unwrap_or(0)),
+            match dmax {
+                Some(m) => format!("head dim {} outside 1..={m}", dm.d),
+                None => "head dim 0".into(),
+            },
         ));
     }
     if dm.hkv == 0 || dm.hq % dm.hkv != 0 {
