@@ -91,6 +91,11 @@ fn time_ms(gpu: &Gpu, o: &BenchOptions, f: &mut dyn FnMut(usize) -> Result<()>) 
     Ok(v[v.len() / 2])
 }
 
+/// n uniform values in [-0.5, 0.5), as f32 (the backend's activations).
+fn rand_f32(gpu: &Gpu, rng: &mut Rng, n: usize) -> Result<DevBuf<f32>> {
+    gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
+}
+
 fn rand_bf16(gpu: &Gpu, rng: &mut Rng, n: usize, scale: f32) -> Result<DevBuf<bf16>> {
     let h: Vec<bf16> = (0..n)
         .map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) * scale))
@@ -308,7 +313,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 )?;
             }
             // The backend's decode path: f32 activations.
-            let xf = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+            let xf = rand_f32(&gpu, &mut rng, k)?;
             let mut yf = gpu.alloc_zeros::<f32>(n)?;
             let ms = time_ms(&gpu, o, &mut |i| {
                 ops::quant4::gemv_4bit(&gpu, &mut yf, &xf, &ws[i % copies], 1)
@@ -338,7 +343,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                     gpu.clone_htod(&bits)
                 })
                 .collect::<Result<_>>()?;
-            let x = gpu.clone_htod(&(0..k).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())?;
+            let x = rand_f32(&gpu, &mut rng, k)?;
             let mut y = gpu.alloc_zeros::<f32>(n)?;
             let ms = time_ms(&gpu, o, &mut |i| {
                 ops::tensor::gemv16(&gpu, &mut y, &x, &ws[i % copies], true, 1, n, k)
@@ -371,14 +376,11 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 scale: 1.0 / (128f32).sqrt(),
             };
             let (nq, nk) = (dm.batch * t * dm.hq * dm.d, dm.batch * t * hkv * dm.d);
-            let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
-                gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
-            };
             let (q, k, v, dout) = (
-                f32s(&mut rng, nq)?,
-                f32s(&mut rng, nk)?,
-                f32s(&mut rng, nk)?,
-                f32s(&mut rng, nq)?,
+                rand_f32(&gpu, &mut rng, nq)?,
+                rand_f32(&gpu, &mut rng, nk)?,
+                rand_f32(&gpu, &mut rng, nk)?,
+                rand_f32(&gpu, &mut rng, nq)?,
             );
             let (mut out, mut lse) = (
                 gpu.alloc_zeros::<f32>(nq)?,
@@ -452,13 +454,10 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     // activations, on the LLaMA-7B shapes (tokens × 4096, × 11008; a 32000-wide head chunk):
     // GB/s of bytes read + written.
     let r = (|| -> Result<()> {
-        let f32s = |rng: &mut Rng, n: usize| -> Result<DevBuf<f32>> {
-            gpu.clone_htod(&(0..n).map(|_| rng.uniform() - 0.5).collect::<Vec<f32>>())
-        };
         let (h, f) = (4096usize, 11008usize);
         {
-            let x = f32s(&mut rng, m * h)?;
-            let w = f32s(&mut rng, h)?;
+            let x = rand_f32(&gpu, &mut rng, m * h)?;
+            let w = rand_f32(&gpu, &mut rng, h)?;
             let mut y = gpu.alloc_zeros::<f32>(m * h)?;
             let mut rstd = gpu.alloc_zeros::<f32>(m)?;
             let ms = time_ms(&gpu, o, &mut |_| {
@@ -483,8 +482,8 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 Some(6.0 * (m * h) as f64),
             )?;
             let (half_rot, max_pos) = (64usize, 4096usize);
-            let cos = f32s(&mut rng, max_pos * half_rot)?;
-            let sin = f32s(&mut rng, max_pos * half_rot)?;
+            let cos = rand_f32(&gpu, &mut rng, max_pos * half_rot)?;
+            let sin = rand_f32(&gpu, &mut rng, max_pos * half_rot)?;
             let pos = gpu.clone_htod(&(0..m).map(|i| (i % 2048) as i32).collect::<Vec<i32>>())?;
             let dm = ops::rope::RopeDims {
                 tokens: m,
@@ -506,7 +505,10 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             )?;
         }
         {
-            let (e, g) = (f32s(&mut rng, m * f)?, f32s(&mut rng, m * f)?);
+            let (e, g) = (
+                rand_f32(&gpu, &mut rng, m * f)?,
+                rand_f32(&gpu, &mut rng, m * f)?,
+            );
             let mut a = gpu.alloc_zeros::<f32>(m * f)?;
             let sep = ops::act::GluLayout::Separate;
             let ms = time_ms(&gpu, o, &mut |_| {
@@ -522,7 +524,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
         }
         {
             let (n, v) = (1024usize.min(m), 32000usize);
-            let logits = f32s(&mut rng, n * v)?;
+            let logits = rand_f32(&gpu, &mut rng, n * v)?;
             let targets =
                 gpu.clone_htod(&(0..n).map(|i| (i * 7 % v) as i32).collect::<Vec<i32>>())?;
             let (mut loss, mut lse) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);
