@@ -215,18 +215,39 @@ Examples:
                                        and copy peaks
   recipe bench --device cuda --json bench.json
                                        the same, also as JSON (rewritten after every row)
+  recipe bench --device cuda --model llama-7b --json train.json
+                                       QLoRA training speed of a whole LLaMA-7B-shaped model
+                                       with random NF4 weights (seq 2048, batch 4, LoRA r 16 on
+                                       all linear layers, paged 8-bit AdamW, checkpointing):
+                                       3 warm-up + 10 timed steps; tokens/s, MFU, peak memory
+  recipe bench --device cuda --model chatglm3-6b
+                                       the same on ChatGLM3-6B's shape with
+                                       recipes/chatglm3_qlora.toml's LoRA settings, seq 1024
 
-Training speed on a GPU (tokens/s, MFU, peak memory, the per-op profile with
-RECIPE_CUDA_PROFILE=1, transformers + peft (+ bitsandbytes) side by side): kernels/gpu/run.sh,
+Models: llama-7b, chatglm3-6b, tiny-llama, tiny-chatglm3 (the tiny ones for tests). With
+RECIPE_CUDA_PROFILE=1 the report adds the per-op table (every op synchronized).
+Side by side with transformers + peft (+ bitsandbytes) on the same GPU: kernels/gpu/run.sh,
 described in kernels/NOTES.md.
 
 CPU benchmarks are cargo examples: see BENCHMARKS.md.")]
     Bench {
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Also write the results as JSON to FILE (rewritten after every row).
+        /// Also write the results as JSON to FILE (rewritten after every row or step).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Train a whole model of this shape instead of timing kernels.
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+        /// With --model: untimed steps first.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        warmup: usize,
+        /// With --model: timed steps.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        steps: usize,
+        /// With --model: fewer layers than the shape has (a quick look).
+        #[arg(long, value_name = "N")]
+        layers: Option<usize>,
     },
 }
 
@@ -347,7 +368,15 @@ pub fn main() -> i32 {
         Cmd::Serve(a) => crate::serve::serve_cmd(&a),
         Cmd::Init(a) => crate::init::init_cmd(&a),
         Cmd::Selftest { device } => cmd_selftest(&device),
-        Cmd::Bench { device, json } => cmd_bench(&device, json),
+        Cmd::Bench {
+            device,
+            json,
+            model: Some(model),
+            warmup,
+            steps,
+            layers,
+        } => cmd_train_bench(&device, json, &model, warmup, steps, layers),
+        Cmd::Bench { device, json, .. } => cmd_bench(&device, json),
     }
 }
 
@@ -805,6 +834,42 @@ fn cmd_bench(device: &str, json: Option<PathBuf>) -> i32 {
     match crate::devtools::bench::bench(n, &mut std::io::stdout(), &o) {
         Ok(r) if r.failed.is_empty() => 0,
         Ok(r) => fail(&format!("{} row group(s) failed (above)", r.failed.len())),
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn cmd_train_bench(
+    device: &str,
+    json: Option<PathBuf>,
+    model: &str,
+    warmup: usize,
+    steps: usize,
+    layers: Option<usize>,
+) -> i32 {
+    use crate::devtools::train_bench as tb;
+    let run = || -> anyhow::Result<()> {
+        let mut shape = tb::shape(model)?;
+        match layers {
+            Some(0) => anyhow::bail!("--layers 0: a model needs at least one layer"),
+            Some(l) => shape.layers = l,
+            None => {}
+        }
+        if steps == 0 {
+            anyhow::bail!("--steps 0: nothing would be timed");
+        }
+        let (be, line) = crate::backend::open_cuda(device, "auto")?;
+        eprintln!("{line}");
+        let o = tb::TrainBenchOptions {
+            shape,
+            warmup,
+            steps,
+            json,
+            no_peak: false,
+        };
+        tb::train_bench(be, &mut std::io::stdout(), &o).map(|_| ())
+    };
+    match run() {
+        Ok(()) => 0,
         Err(e) => fail(&format!("{e:#}")),
     }
 }

@@ -321,3 +321,73 @@ fn generate_on_cuda_without_a_driver_is_one_clear_error() {
         "error: device cuda:0: no CUDA driver found (libcuda.so is not loadable on this machine)\n"
     );
 }
+
+/// `recipe bench --model`: a whole tiny ChatGLM3 (bias, MQA, LoRA dropout) built with random
+/// NF4 weights and trained through the train step's code on the emulated device; the JSON
+/// report holds every step and the summary.
+#[test]
+fn bench_model_trains_a_random_nf4_model_on_emulated_cuda() {
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("train.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(["bench", "--device", "cuda", "--model", "tiny-chatglm3"])
+        .args(["--warmup", "1", "--steps", "2", "--json"])
+        .arg(&json)
+        .env(recipe::backend::EMULATED_CUDA_HOOK, "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("step 1/3 (warm-up)"), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["done"], true);
+    assert_eq!(r["model"], "tiny-chatglm3");
+    // 2 layers of hidden 64: emb + head 2·96·64, per layer qkv 64·128 (4 query heads + 2 KV
+    // groups of 16) + bias 128, dense 64·64, h_to_4h 64·192, 4h_to_h 96·64, two norms; the final
+    // norm.
+    let layer = 64 * 128 + 128 + 64 * 64 + 64 * 192 + 96 * 64 + 2 * 64;
+    assert_eq!(r["base_params"], 2 * 96 * 64 + 2 * layer + 64);
+    // LoRA r 8 on query_key_value: A [8, 64] + B [128, 8] per layer.
+    assert_eq!(r["trainable_params"], 2 * (8 * 64 + 128 * 8));
+    let losses: Vec<f64> = serde_json::from_value(r["losses"].clone()).unwrap();
+    assert_eq!(losses.len(), 3);
+    // A random model predicts about uniformly: ln 96 = 4.56.
+    assert!(losses.iter().all(|l| (l - 4.56).abs() < 0.3), "{losses:?}");
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_bytes_live"].as_u64().unwrap() > 0);
+    assert_eq!(r["mfu"], serde_json::Value::Null); // no peak on the emulated device
+}
+
+/// Bad `recipe bench --model` arguments: one line each, before any device is opened.
+#[test]
+fn bench_model_arguments_are_checked() {
+    let err = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_recipe"))
+            .args(["bench", "--device", "cuda"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert_eq!(
+        err(&["--model", "llama-70b"]),
+        "error: --model llama-70b: unknown shape (expected one of llama-7b, chatglm3-6b, \
+         tiny-llama, tiny-chatglm3)\n"
+    );
+    assert_eq!(
+        err(&["--model", "llama-7b", "--layers", "0"]),
+        "error: --layers 0: a model needs at least one layer\n"
+    );
+    assert_eq!(
+        err(&["--model", "llama-7b", "--steps", "0"]),
+        "error: --steps 0: nothing would be timed\n"
+    );
+}

@@ -4,10 +4,11 @@
 #           && strip .gpu/recipe && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
 #   device: run(command="OUT=$OUT bash kernels/gpu/run.sh", carry=[".gpu"], timeout_s=480)
 # Writes under $OUT: env.txt, selftest.txt, bench.txt + bench.json, profile.txt (per-op table of a
-# 4-layer QLoRA step), e2e.txt (every run's log), gen7b.txt, table.txt + summary.json (tok/s, peak
-# memory and MFU side by side: tests/reference/gpu_summary.py) and summary.txt (printed last).
+# 4-layer QLoRA step), e2e.txt (every run's log), gen7b.txt, train_<model>.txt/.json (`recipe bench
+# --model`), table.txt + summary.json (tok/s, peak memory and MFU side by side:
+# tests/reference/gpu_summary.py) and summary.txt (printed last).
 # Dry run without a GPU (argument handling): L4_ARGS="--layers 1 --hidden 64 --ffn 128 --heads 4"
-# L32_ARGS=... G28_ARGS=... OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
+# L32_ARGS=... TB_ARGS="--layers 1 --steps 1" OUT=/tmp/x bash kernels/gpu/run.sh (every CUDA step then fails with one clear error).
 # Models: random LLaMA-7B-shaped dirs made on the device by tests/reference/gpu_train_ref.py,
 # 4 layers (/tmp/l4) and 32 layers (/tmp/l32, the real 7B shape). References: transformers + peft
 # bf16 LoRA, and QLoRA with bitsandbytes when `bash kernels/gpu/pack_bnb.sh` put it in .gpu/py.
@@ -36,8 +37,6 @@ G="tests/reference/gpu_train.toml --set vars.corpus=/tmp/corpus.jsonl --device c
 RECIPE_CUDA_PROFILE=1 timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 --set steps.train.max_steps=4 > /tmp/prof.txt 2>&1
 el "profile rc=$?"; grep -v '^\s*$' /tmp/prof.txt > $OUT/profile.txt
 wait $mk; el "7B model: $(tail -c 90 /tmp/make32.log | tr '\n' ' ')"
-( python3 tests/reference/gpu_train_ref.py make /tmp/g28 --family chatglm3 ${G28_ARGS:---layers 28} > /tmp/make28.log 2>&1 ) &
-mk=$!
 echo "=== recipe qlora, 4 layers" >> $E
 p=$(mem q4); timeout 60 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/l4 >> $E 2>&1; rc=$?; peak $p q4; el "qlora 4 layers rc=$rc $(tps)"
 echo "=== recipe qlora, 4 layers, GEMM attention" >> $E
@@ -57,10 +56,12 @@ if [ -d .gpu/py/bitsandbytes ]; then  # kernels/gpu/pack_bnb.sh
 else
   el "no .gpu/py/bitsandbytes (run kernels/gpu/pack_bnb.sh here first): QLoRA reference skipped"
 fi
-wait $mk; el "ChatGLM3-6B model: $(tail -c 90 /tmp/make28.log | tr '\n' ' ')"
-echo "=== recipe qlora, ChatGLM3-6B shape (chatglm3_qlora.toml's LoRA settings, seq 1024)" >> $E
-GLM="--set steps.tokens.max_length=1024 --set steps.train.r=64 --set steps.train.lora_alpha=16 --set steps.train.lora_dropout=0.05"
-p=$(mem q28); timeout 120 $R run $G --cache-dir /tmp/c2 --set vars.model_dir=/tmp/g28 $GLM --set 'steps.train.target_modules=["query_key_value"]' >> $E 2>&1; rc=$?; peak $p q28; el "qlora ChatGLM3-6B rc=$rc $(tps)"
+# Whole-model QLoRA benches (random NF4 bases built in-process; 3 warm-up + 10 timed steps):
+# LLaMA-7B at seq 2048 and ChatGLM3-6B with chatglm3_qlora.toml's LoRA settings at seq 1024.
+for m in llama-7b chatglm3-6b; do
+  p=$(mem tb_$m); timeout 100 $R bench --device cuda --model $m ${TB_ARGS:-} --json $OUT/train_$m.json > $OUT/train_$m.txt 2>&1; rc=$?; peak $p tb_$m
+  el "bench --model $m rc=$rc $(tail -1 $OUT/train_$m.txt)"
+done
 echo "=== peft lora bf16, 4 layers" >> $E
 p=$(mem p4); timeout 60 python3 tests/reference/gpu_train_ref.py train /tmp/l4 --steps 5 >> $E 2>&1; rc=$?; peak $p p4; el "peft 4 layers rc=$rc $(grep tokens_per_s $E | tail -1)"
 echo "=== peft lora bf16, 7B" >> $E
@@ -71,5 +72,5 @@ if command -v compute-sanitizer > /dev/null; then
 fi
 echo ==== bench; tail -40 $OUT/bench.txt
 echo ==== profile; grep -A24 "cuda profile" $OUT/profile.txt | cut -c1-110; grep -A10 "by stage" $OUT/profile.txt
-echo ==== side by side; python3 tests/reference/gpu_summary.py $OUT /tmp/make4.log /tmp/make32.log /tmp/make28.log | tee $OUT/table.txt
+echo ==== side by side; python3 tests/reference/gpu_summary.py $OUT /tmp/make4.log /tmp/make32.log | tee $OUT/table.txt
 echo ==== summary; cat $S

@@ -318,6 +318,11 @@ impl CudaBackend {
         self.gpu.pool_stats()
     }
 
+    /// The device the backend runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
     /// `cuda:N <name> (sm_XY)`.
     pub fn label(&self) -> &str {
         &self.label

@@ -76,18 +76,43 @@ pub fn backend_for_spec(spec: &str, dtype: &str) -> anyhow::Result<(Arc<dyn Back
 pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
 
 fn emulated_cuda(n: usize, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+    let (be, line) = emulated_cuda_backend(n, dtype)?;
+    Ok((Arc::new(be), line))
+}
+
+fn emulated_cuda_backend(n: usize, dtype: &str) -> anyhow::Result<(CudaBackend, String)> {
     let precision = cuda_precision(dtype)?;
     let gpu = crate::cuda::Gpu::emulated(None)
         .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
     let label = format!("cuda:{n} emulated");
     let be = CudaBackend::on(gpu, label.clone())?.with_precision(precision);
     Ok((
-        Arc::new(be),
+        be,
         format!(
             "device: {label} ({EMULATED_CUDA_HOOK} is set: kernels run on the host), {}",
             precision_words(precision)
         ),
     ))
+}
+
+/// The CUDA backend a `device` setting names, for tools that need the concrete type (`recipe
+/// bench --model`): `cuda[:N]` or `auto` with a GPU; the emulated device under
+/// [`EMULATED_CUDA_HOOK`]. A spec that resolves to the CPU is an error saying so.
+pub fn open_cuda(spec: &str, dtype: &str) -> anyhow::Result<(CudaBackend, String)> {
+    let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hooked = std::env::var(EMULATED_CUDA_HOOK).is_ok_and(|v| !v.is_empty());
+    if let (DeviceRequest::Exact(Device::Cuda(n)), true) = (req, hooked) {
+        return emulated_cuda_backend(n, dtype);
+    }
+    let (device, line) = req
+        .resolve()
+        .map_err(|e| crate::cuda::device_error(&req.to_string(), e))?;
+    let Device::Cuda(n) = device else {
+        anyhow::bail!("{line}: this needs a CUDA device (--device cuda)");
+    };
+    let precision = cuda_precision(dtype)?;
+    let be = CudaBackend::new(n)?.with_precision(precision);
+    Ok((be, format!("{line}, {}", precision_words(precision))))
 }
 
 fn precision_words(p: Precision) -> &'static str {

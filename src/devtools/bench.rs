@@ -124,6 +124,21 @@ fn rand_nf4(
     })
 }
 
+/// The compute peak: TFLOP/s of a cuBLAS bf16 GEMM 8192³ (random inputs).
+pub fn peak_tflops(gpu: &Gpu, o: &BenchOptions) -> Result<f64> {
+    let mut rng = Rng::new(7);
+    let p = 8192;
+    let (a, b) = (
+        rand_bf16(gpu, &mut rng, p * p, 1.0)?,
+        rand_bf16(gpu, &mut rng, p * p, 1.0)?,
+    );
+    let mut c = gpu.alloc_zeros::<bf16>(p * p)?;
+    let ms = time_ms(gpu, o, &mut |_| {
+        ops::blas::matmul_bf16_slices(gpu, &mut c, &a, &b, &MatMul::linear(p, p, p))
+    })?;
+    Ok(2.0 * (p as f64).powi(3) / (ms * 1e-3) / 1e12)
+}
+
 /// The `--json` document: device, measured peaks and the rows so far.
 pub fn json_report(
     device: &str,
@@ -152,18 +167,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     let _ = writeln!(out, "bench on {device}");
     let mut rng = Rng::new(7);
 
-    // Compute peak: cuBLAS bf16 8192³.
-    let p = 8192;
-    let (a, b) = (
-        rand_bf16(&gpu, &mut rng, p * p, 1.0)?,
-        rand_bf16(&gpu, &mut rng, p * p, 1.0)?,
-    );
-    let mut c = gpu.alloc_zeros::<bf16>(p * p)?;
-    let ms = time_ms(&gpu, o, &mut |_| {
-        ops::blas::matmul_bf16_slices(&gpu, &mut c, &a, &b, &MatMul::linear(p, p, p))
-    })?;
-    let peak_tflops = 2.0 * (p as f64).powi(3) / (ms * 1e-3) / 1e12;
-    drop((a, b, c));
+    let peak_tflops = peak_tflops(&gpu, o)?;
     // Bandwidth peak: 1 GiB device-to-device copy.
     let nbytes = 1usize << 30;
     let src = gpu.alloc_zeros::<u8>(nbytes)?;

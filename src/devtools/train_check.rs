@@ -313,10 +313,10 @@ pub fn write_model(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// A directory under the system temp dir, removed on drop (tempfile is a dev-dependency only).
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -325,7 +325,7 @@ impl TempDir {
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -18,6 +18,29 @@ pub struct RandomLlama {
 }
 
 impl RandomLlama {
+    /// The checkpoint's config.json.
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": self.max_positions,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": false,
+            "hidden_act": "silu",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Writes `dir` (created if needed). `init(len)` gives the values of each embedding and
     /// linear weight, called in this order: embed_tokens, lm_head, then for each layer q, k, v,
     /// o, gate, up, down. Returns the number of parameters.
@@ -33,25 +56,7 @@ impl RandomLlama {
             ..
         } = self;
         std::fs::create_dir_all(dir)?;
-        let config = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": h,
-            "intermediate_size": f,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.kv_heads,
-            "vocab_size": v,
-            "max_position_embeddings": self.max_positions,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": false,
-            "hidden_act": "silu",
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-            "torch_dtype": "float32",
-        });
+        let config = self.config();
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_string_pretty(&config)?,

@@ -3,7 +3,7 @@
     python3 tests/reference/gpu_summary.py OUT [MAKE_LOG ...]
 
 Reads OUT/e2e.txt (one "=== name" section per training run: recipe's step lines, or the
-reference's JSON line), OUT/summary.txt (the "key peak_mib=N" lines), OUT/bench.json (the
+reference's JSON line), OUT/train_*.json (`recipe bench --model`), OUT/summary.txt (the "key peak_mib=N" lines), OUT/bench.json (the
 measured bf16 peak) and the make logs (each a JSON line with "made" and "params"). Prints one row
 per run: tokens/s (recipe: the median of its last 3 steps, the first steps warm up; the
 reference: its own median), peak device memory (nvidia-smi) and MFU = 6 · params · tokens/s
@@ -27,7 +27,8 @@ RUNS = {
     "peft lora bf16, 4 layers": ("p4", "/tmp/l4"),
     "peft lora bf16, 7B": ("p32", "/tmp/l32"),
 }
-GLM = "recipe qlora, ChatGLM3-6B shape"
+# `recipe bench --model M` writes OUT/train_M.json; its peak key in summary.txt is tb_M.
+BENCHES = ["llama-7b", "chatglm3-6b"]
 
 
 def sections(text):
@@ -59,7 +60,7 @@ def main():
     out = sys.argv[1]
     read = lambda p: open(p).read() if os.path.exists(p) else ""
     secs = sections(read(os.path.join(out, "e2e.txt")))
-    peaks = dict(re.findall(r"^(\w+) peak_mib=(\d+)", read(os.path.join(out, "summary.txt")), re.M))
+    peaks = dict(re.findall(r"^(\S+) peak_mib=(\d+)", read(os.path.join(out, "summary.txt")), re.M))
     try:
         peak_tflops = json.loads(read(os.path.join(out, "bench.json")))["peak_tflops_bf16"]
     except (ValueError, KeyError):
@@ -73,9 +74,8 @@ def main():
                     params[j["made"]] = j["params"]
                 except (ValueError, KeyError):
                     pass
-    runs = dict(RUNS, **{GLM: ("q28", "/tmp/g28")})
     rows = []
-    for title, (key, model) in runs.items():
+    for title, (key, model) in RUNS.items():
         if title not in secs:
             continue
         tps = tokens_per_s(secs[title])
@@ -84,6 +84,16 @@ def main():
         mib = int(peaks[key]) if peaks.get(key) else None
         rows.append({"run": title, "tokens_per_s": tps, "peak_gib": mib and mib / 1024,
                      "params": n, "mfu": mfu})
+    for m in BENCHES:
+        try:
+            j = json.loads(read(os.path.join(out, f"train_{m}.json")))
+        except ValueError:
+            continue
+        tps, n = j.get("tokens_per_s"), j.get("base_params")
+        mfu = 6 * n * tps / (peak_tflops * 1e12) if (tps and n and peak_tflops) else j.get("mfu")
+        mib = int(peaks[f"tb_{m}"]) if peaks.get(f"tb_{m}") else None
+        rows.append({"run": f"recipe bench --model {m}" + ("" if j.get("done") else " (cut short)"),
+                     "tokens_per_s": tps, "peak_gib": mib and mib / 1024, "params": n, "mfu": mfu})
     fmt = lambda v, f: "-" if v is None else format(v, f)
     print(f"{'run':<48} {'tok/s':>9} {'peak GiB':>9} {'MFU':>6}   (peak {fmt(peak_tflops, '.0f')} TFLOP/s)")
     for r in rows:
