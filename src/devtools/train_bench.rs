@@ -488,6 +488,9 @@ pub fn train_bench(
     if !o.no_peak && !be.gpu().is_emulated() {
         let bo = crate::devtools::bench::BenchOptions::default();
         r.peak_tflops_bf16 = Some(crate::devtools::bench::peak_tflops(be.gpu(), &bo)?);
+        // Its operands go back to the driver, so the device's used memory is the model's.
+        be.gpu().synchronize()?;
+        be.gpu().release_cached();
     }
     let _ = writeln!(
         out,
