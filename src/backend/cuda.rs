@@ -748,6 +748,18 @@ impl Backend for CudaBackend {
 
     /// A bitsandbytes 4-bit weight goes to the device (packed nibbles, f32 absmax, code);
     /// other quantized kinds stay on the host.
+    fn memory_line(&self) -> Option<String> {
+        let h = |b: usize| crate::util::human_bytes(b as u64);
+        let p = self.gpu.pool_stats();
+        Some(format!(
+            "device memory on {}: peak {} live, {} held now ({} driver allocations)",
+            self.label,
+            h(p.peak_in_use),
+            h(p.in_use + p.cached),
+            p.fresh
+        ))
+    }
+
     fn upload_quant(&self, w: Box<dyn crate::quant::QuantLinear>) -> QuantWeight {
         if let Some(h) = w.half() {
             return QuantWeight::Device16 {

@@ -72,7 +72,8 @@ pub fn backend_for_spec(spec: &str, dtype: &str) -> anyhow::Result<(Arc<dyn Back
 /// Test hook: with this variable set, `cuda[:N]` opens the emulated device (`kernels/*.cu`
 /// compiled for the host, see `crate::cuda::emu`), so the steps' and commands' CUDA path runs
 /// end to end in CI without a GPU (`tests/cli_train.rs`). Never set it for real work: the
-/// emulated device is slow.
+/// emulated device is slow. Set to `dry`, nothing is computed (`Gpu::emulated_dry`): a run of
+/// any size then says what it would hold on a GPU (the numbers are meaningless).
 pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
 
 fn emulated_cuda(n: usize, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
@@ -82,9 +83,14 @@ fn emulated_cuda(n: usize, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, Str
 
 fn emulated_cuda_backend(n: usize, dtype: &str) -> anyhow::Result<(CudaBackend, String)> {
     let precision = cuda_precision(dtype)?;
-    let gpu = crate::cuda::Gpu::emulated(None)
-        .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
-    let label = format!("cuda:{n} emulated");
+    let dry = std::env::var(EMULATED_CUDA_HOOK).is_ok_and(|v| v == "dry");
+    let gpu = if dry {
+        crate::cuda::Gpu::emulated_dry(None, None)
+    } else {
+        crate::cuda::Gpu::emulated(None)
+    }
+    .map_err(|e| crate::cuda::device_error(&format!("cuda:{n}"), e))?;
+    let label = format!("cuda:{n} emulated{}", if dry { ", dry" } else { "" });
     let be = CudaBackend::on(gpu, label.clone())?.with_precision(precision);
     Ok((
         be,
@@ -305,6 +311,10 @@ pub trait Backend: Send + Sync {
     /// The memory plan's peak estimate (bytes) for the work about to run, named by an
     /// out-of-memory error (the CPU ignores it).
     fn set_planned_peak(&self, _bytes: u64) {}
+    /// One line on the device memory used so far (None on the CPU): the train step logs it.
+    fn memory_line(&self) -> Option<String> {
+        None
+    }
     /// A tensor's values on the host (checkpoints, the loss, tests).
     fn download(&self, t: &Tensor) -> Vec<f32>;
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8>;

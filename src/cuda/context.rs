@@ -125,6 +125,25 @@ impl Gpu {
         })
     }
 
+    /// The emulated device in dry mode (`EmuDevice::dry`): nothing is computed or copied, every
+    /// launch and GEMM is still checked, and the allocator runs as on a GPU, so
+    /// [`Gpu::pool_stats`] says what a model of any size holds on the device (its memory is
+    /// reserved on the host but never touched). `memory`: the device's capacity, as in
+    /// [`Gpu::emulated_with_memory`].
+    pub fn emulated_dry(cache_dir: Option<PathBuf>, memory: Option<usize>) -> Result<Self> {
+        let mut g = Self::emulated_with_memory(cache_dir, memory)?;
+        if let Dev::Emu(e) = &mut g.dev {
+            e.dry = true;
+        }
+        g.name = "emulated CUDA device, dry (nothing computed)".into();
+        Ok(g)
+    }
+
+    /// Whether this is the dry emulated device.
+    pub fn is_dry(&self) -> bool {
+        matches!(&self.dev, Dev::Emu(e) if e.dry)
+    }
+
     pub fn is_emulated(&self) -> bool {
         matches!(self.dev, Dev::Emu(_))
     }
@@ -294,6 +313,7 @@ impl Gpu {
         match (&self.dev, &mut d.0) {
             (Dev::Real(r), ViewMutRepr::Real(v)) => r.stream.memcpy_htod(src, v)?,
             // SAFETY: the view holds at least src.len() elements (checked).
+            (Dev::Emu(e), _) if e.dry => {}
             (Dev::Emu(_), ViewMutRepr::Emu { ptr, .. }) => unsafe {
                 std::ptr::copy_nonoverlapping(src.as_ptr(), *ptr, src.len())
             },
@@ -329,6 +349,7 @@ impl Gpu {
                 r.stream.synchronize()?;
             }
             // SAFETY: the view holds n elements and dst at least n (checked).
+            (Dev::Emu(e), _) if e.dry => {}
             (Dev::Emu(_), ViewRepr::Emu { ptr, .. }) => unsafe {
                 std::ptr::copy_nonoverlapping(*ptr, dst.as_mut_ptr(), n)
             },
@@ -356,6 +377,7 @@ impl Gpu {
             (Dev::Real(r), ViewRepr::Real(a), ViewMutRepr::Real(b)) => {
                 r.stream.memcpy_dtod(a, b)?
             }
+            (Dev::Emu(e), _, _) if e.dry => {}
             // SAFETY: both views are inside their allocations; ptr::copy allows overlap.
             (Dev::Emu(_), ViewRepr::Emu { ptr: a, len, .. }, ViewMutRepr::Emu { ptr: b, .. }) => unsafe {
                 std::ptr::copy(*a, *b, *len)
@@ -373,6 +395,7 @@ impl Gpu {
         let mut d = dst.dev_view_mut();
         match (&self.dev, &mut d.0) {
             (Dev::Real(r), ViewMutRepr::Real(v)) => r.stream.memset_zeros(v)?,
+            (Dev::Emu(e), _) if e.dry => {}
             // SAFETY: the view is inside its allocation; T is valid as zero bits.
             (Dev::Emu(_), ViewMutRepr::Emu { ptr, len, .. }) => unsafe {
                 std::ptr::write_bytes(*ptr, 0, *len)

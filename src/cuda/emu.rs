@@ -56,6 +56,10 @@ fn tmp_name(path: &Path) -> PathBuf {
 /// The emulated device: where compiled kernel libraries are cached, and the loaded ones.
 pub struct EmuDevice {
     pub cache_dir: PathBuf,
+    /// Launches, copies and GEMMs are checked (arguments, grid, operand reach) but not run, so
+    /// a model of any size "trains" in host time while the allocator counts what it would hold
+    /// ([`super::Gpu::emulated_dry`]).
+    pub dry: bool,
     cxx: String,
     libs: Mutex<HashMap<&'static str, Arc<libloading::Library>>>,
 }
@@ -67,6 +71,7 @@ pub struct EmuKernel {
     last_error: ErrFn,
     pub name: String,
     pub param_sizes: Vec<u32>,
+    dry: bool,
 }
 
 /// The C++ compiler the emulated device uses (`RECIPE_EMU_CXX`, default g++), if it runs.
@@ -120,6 +125,7 @@ impl EmuDevice {
         })?;
         Ok(EmuDevice {
             cache_dir,
+            dry: false,
             cxx,
             libs: Mutex::new(HashMap::new()),
         })
@@ -171,6 +177,7 @@ impl EmuDevice {
             last_error,
             name: name.into(),
             param_sizes,
+            dry: self.dry,
         })
     }
 
@@ -347,6 +354,9 @@ impl EmuKernel {
         }
         if shared != 0 {
             return Err(err("dynamic shared memory is not emulated".into()));
+        }
+        if self.dry {
+            return Ok(());
         }
         let mut ptrs: Vec<*mut c_void> = args
             .iter_mut()

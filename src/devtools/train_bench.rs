@@ -17,6 +17,10 @@
 //! after every step), and with `RECIPE_CUDA_PROFILE=1` the per-op table (GEMM rows with their
 //! TFLOP/s). The JSON file is rewritten (atomically) after loading and after every step, so a
 //! run cut short still reports.
+//!
+//! Under `RECIPE_TEST_EMULATED_CUDA=dry` (the dry emulated device: nothing computed, every
+//! allocation made as on a GPU) it says what a model of any size holds on the device, in
+//! seconds and without a GPU.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -251,6 +255,8 @@ pub struct TrainBenchReport {
     pub mfu: Option<f64>,
     /// The device allocator's most-live bytes.
     pub peak_bytes_live: u64,
+    /// What the allocator holds from the driver after the last step (live + cached blocks).
+    pub bytes_held: u64,
     /// The driver's used memory (whole GPU), the most seen after a step (real GPU only).
     pub peak_bytes_device_used: Option<u64>,
     /// `RECIPE_CUDA_PROFILE=1`: every op (each synchronized, so small ops are inflated).
@@ -455,7 +461,8 @@ fn gemm_tflops(op: &str, ms: f64) -> Option<f64> {
     Some(2.0 * m * n * k / (ms * 1e-3) / 1e12)
 }
 
-/// Runs the benchmark on `be`, printing progress to `out`.
+/// Runs the benchmark on `be`, printing progress to `out`. On the dry emulated device
+/// (`Gpu::emulated_dry`) only the memory numbers mean anything: tokens/s is not reported.
 pub fn train_bench(
     be: CudaBackend,
     out: &mut dyn Write,
@@ -577,9 +584,12 @@ pub fn train_bench(
         }
         r.step_ms.push(ms);
         r.losses.push(loss);
-        r.peak_bytes_live = be.pool_stats().peak_in_use as u64;
+        let pool = be.pool_stats();
+        r.peak_bytes_live = pool.peak_in_use as u64;
+        r.bytes_held = (pool.in_use + pool.cached) as u64;
         let timed: Vec<f64> = r.step_ms.iter().skip(o.warmup).copied().collect();
-        if !timed.is_empty() {
+        // The dry device computes nothing: its step times mean nothing.
+        if !timed.is_empty() && !be.gpu().is_dry() {
             let mut v = timed.clone();
             v.sort_by(f64::total_cmp);
             let tps = tokens / (v[v.len() / 2] * 1e-3);
@@ -621,7 +631,7 @@ pub fn train_bench(
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let _ = writeln!(
         out,
-        "{}: {} tok/s (median of {} steps), MFU {}, peak {:.2} GiB live{}",
+        "{}: {} tok/s (median of {} steps), MFU {}, peak {:.2} GiB live ({:.2} GiB held){}",
         shape.name,
         r.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
         o.steps,
@@ -630,6 +640,7 @@ pub fn train_bench(
             100.0 * m
         )),
         gib(r.peak_bytes_live),
+        gib(r.bytes_held),
         r.peak_bytes_device_used.map_or(String::new(), |u| format!(
             ", {:.2} GiB used on the device",
             gib(u)

@@ -174,10 +174,11 @@ pub fn lora_params(a: &Arch, r: u64, targets: &Targets, modules_to_save: &[Strin
 /// optimizer state and activations at the recipe's batch and length.
 /// `CudaBackend`'s working buffers (bytes) for a train step on an explicit `cuda[:N]` device, and
 /// the row's label. bf16 compute (`dtype` auto or bf16): the two bf16 operands of the largest
-/// product (A: n tokens × the widest activation; B: the largest weight, the head included) and
-/// the tensor-core attention's four f32 [heads, seq, seq rounded up to 8] buffers of one batch
-/// row. f32 compute:
-/// the f32 copy of the largest frozen 4-bit or 16-bit linear (none for an f32 base).
+/// product (A: n tokens × the widest activation; B: the largest weight, the head included),
+/// and past head dim 128, where attention runs as GEMMs instead of the fused kernels (which
+/// need no T×T buffer), their four f32 [heads, seq, seq rounded up to 8] buffers of one batch
+/// row. f32 compute: the f32 copy of the largest frozen 4-bit or 16-bit linear (none for an f32
+/// base).
 fn cuda_scratch(a: &Arch, n: f64, seq: u64, bf16: bool, frozen_packed: bool) -> (String, u64) {
     let (h, kv) = (a.heads as u64, a.kv_heads as u64);
     let wide = (a.hidden as u64)
@@ -186,6 +187,9 @@ fn cuda_scratch(a: &Arch, n: f64, seq: u64, bf16: bool, frozen_packed: bool) -> 
     let hidden = a.hidden as u64;
     if bf16 {
         let operands = (2.0 * n * wide as f64) as u64 + 2 * (a.vocab as u64).max(wide) * hidden;
+        if a.head_dim <= crate::cuda::ops::flash::FLASH_DMAX {
+            return ("CUDA scratch (bf16 operands)".into(), operands);
+        }
         let scores = 16 * h * seq * seq.next_multiple_of(8);
         (
             "CUDA scratch (bf16 operands, attention scores)".into(),
@@ -404,23 +408,17 @@ mod tests {
     }
 
     /// On `device = "cuda"` the plan adds `CudaBackend`'s scratch: in bf16 compute the operands
-    /// of the largest product and the attention scores of one batch row, in f32 compute the
-    /// widened copy of a frozen 16-bit or 4-bit linear (none for an f32 base).
+    /// of the largest product (the fused attention of head dims up to 128 needs no scores), in
+    /// f32 compute the widened copy of a frozen 16-bit or 4-bit linear (none for an f32 base).
     #[test]
     fn a_cuda_step_plans_the_backend_scratch() {
         let total = |rows: &[(String, u64)]| rows.last().unwrap().1;
         let cpu = train_rows(json!({}));
         let bf16 = train_rows(json!({"device": "cuda"}));
         // widest activation 2·ffn = 256; A: n 32 × 256 bf16; B: vocab 100 < 256 → 256 × 64
-        // bf16; scores: 4 buffers × 4 heads × 16² f32.
-        let want = 2 * 32 * 256 + 2 * 256 * 64 + 16 * 4 * 16 * 16;
-        assert_eq!(
-            bf16[6],
-            (
-                "CUDA scratch (bf16 operands, attention scores)".into(),
-                want
-            )
-        );
+        // bf16.
+        let want = 2 * 32 * 256 + 2 * 256 * 64;
+        assert_eq!(bf16[6], ("CUDA scratch (bf16 operands)".into(), want));
         assert_eq!(total(&bf16), total(&cpu) + want);
         assert_eq!(bf16.len(), cpu.len() + 1);
         let f32_rows = train_rows(json!({"device": "cuda:1", "dtype": "f32"}));

@@ -539,6 +539,9 @@ fn run(p: &TrainParams, ctx: &RunCtx) -> Result<()> {
             ctx.info(format!("warning: no loss plot: {e}"));
         }
     }
+    if let Some(line) = em.model.backend.memory_line() {
+        ctx.info(line);
+    }
     ctx.info(format!(
         "done: {} steps, final loss {:.4}{}",
         report.steps,

@@ -130,7 +130,7 @@ pub fn matmul_bf16(
             // describe exactly those row-major layouts; all buffers live on blas's stream.
             unsafe { blas.gemm(cfg, bv, av, cv) }?;
         }
-        _ => emu_gemm(OP, &cfg, 1, (0, 0, 0), b, a, c)?,
+        _ => emu_gemm(gpu.is_dry(), OP, &cfg, 1, (0, 0, 0), b, a, c)?,
     }
     Ok(())
 }
@@ -170,6 +170,7 @@ pub fn matmul_bf16_batched(
             unsafe { blas.gemm_strided_batched(cfg, &**bv, &**av, &mut **cv) }?;
         }
         _ => emu_gemm(
+            gpu.is_dry(),
             OP,
             &gemm,
             batch,
@@ -213,6 +214,7 @@ pub fn matmul_f32(
             unsafe { blas.gemm(cfg, &**bv, &**av, &mut **cv) }?;
         }
         _ => emu_gemm(
+            gpu.is_dry(),
             OP,
             &cfg,
             1,
@@ -317,7 +319,7 @@ pub fn matmul_bf16_f32_ld(
                 )
             }?;
         }
-        _ => emu_gemm(OP, &g, batch, (sb, sa, sc), b, a, c)?,
+        _ => emu_gemm(gpu.is_dry(), OP, &g, batch, (sb, sa, sc), b, a, c)?,
     }
     Ok(())
 }
@@ -328,6 +330,7 @@ pub fn matmul_bf16_f32_ld(
 /// allows, or an operand reaching past its buffer, are errors (a real GPU would fault or refuse).
 /// As in cuBLAS, C is not read when beta is 0.
 fn emu_gemm<S: Elem, T: Elem, U: Elem>(
+    dry: bool,
     op: &'static str,
     g: &GemmConfig<S>,
     batch: usize,
@@ -369,6 +372,9 @@ fn emu_gemm<S: Elem, T: Elem, U: Elem>(
                 format!("emulated cuBLAS: operand {what} reaches element {need_len} of {len}"),
             ));
         }
+    }
+    if dry {
+        return Ok(());
     }
     let (Some(pa), Some(pb), Some(pc)) = (a.emu_ptr(), b.emu_ptr(), c.emu_ptr()) else {
         panic!("{op}: buffers of the real and the emulated device mixed");
