@@ -2239,3 +2239,27 @@ fn the_plan_covers_what_the_device_allocates() {
         assert!((held as f64) <= 1.6 * live as f64, "{what}");
     }
 }
+
+/// Gradient checkpointing's stash: in bf16 mode a layer input is kept as bf16 (half the bytes:
+/// the pool holds 2 bytes a value) and comes back as exactly its bf16 rounding; in f32 mode it
+/// is kept as it is.
+#[test]
+fn checkpointed_inputs_are_stashed_as_bf16_in_bf16_mode() {
+    use recipe::backend::{Precision, Stash};
+    let Some(gpu) = emulated() else { return };
+    let be = CudaBackend::on(gpu, "emu".into())
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    let x: Vec<f32> = Rng::new(5).normals(1000, 3.0);
+    let before = be.pool_stats().in_use;
+    let s = be.stash(be.upload(&x));
+    assert!(matches!(s, Stash::Bf16(_)));
+    assert_eq!(be.pool_stats().in_use - before, 2048); // 2000 bytes in 512-byte units
+    let back = be.download(&s.into_f32(&be));
+    let want: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    assert_eq!(bits(&back), bits(&want));
+    let f32_be = CudaBackend::on(emulated().unwrap(), "emu".into()).unwrap();
+    let s = f32_be.stash(f32_be.upload(&x));
+    assert!(matches!(&s, Stash::Kept(_)));
+    assert_eq!(bits(&f32_be.download(&s.into_f32(&f32_be))), bits(&x));
+}

@@ -20,8 +20,10 @@
 //! (decode) against a 4-bit or 16-bit weight is one fused GEMV over the stored weight. Training
 //! attention runs in bf16 mode on the fused tensor-core kernels (`crate::cuda::ops::flash`), or as
 //! bf16 GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`) past their head dim or
-//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels. Activations are stored f32 (2x
-//! the memory of bf16 activations).
+//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels. Activations are f32 (2x the memory
+//! of bf16), except what gradient checkpointing keeps for the backward pass: in bf16 mode the
+//! layer inputs are stashed as bf16 ([`Backend::stash`]; 1.9 GiB less at the 7B shape on the
+//! dry device), and every layer computes from its stashed input forward and recompute alike.
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
 //! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
@@ -40,7 +42,7 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use super::cpu::CpuBackend;
 use super::{
     Adam8State, AttnDims, AttnMask, Backend, Precision, QuantWeight, RopeFreqs, RopeKind,
-    RopeTables, Strided, Tensor,
+    RopeTables, Stash, Strided, Tensor,
 };
 use crate::cuda::error::Result;
 use crate::cuda::ops::act::{
@@ -595,6 +597,29 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    fn stash(&self, x: Tensor) -> Stash {
+        if self.precision != Precision::Bf16 || x.is_empty() {
+            return Stash::Kept(x);
+        }
+        let n = x.len();
+        Stash::Bf16(self.run("stash bf16", |g| {
+            let mut s = g.alloc::<bf16>(n)?;
+            tk::narrow_bf16(g, &mut s, &x.device().slice(..n))?;
+            Ok(Tensor::from_device(s, n))
+        }))
+    }
+    fn unstash(&self, s: &Stash) -> Tensor {
+        let b = match s {
+            Stash::Kept(t) => return super::copy_of(self, t),
+            Stash::Bf16(b) => b,
+        };
+        let n = b.len();
+        self.run("unstash bf16", |g| {
+            let mut y = g.alloc::<f32>(n)?;
+            tk::widen16(g, &mut y, &b.device().slice(..n), true)?;
+            Ok(Tensor::from_device(y, n))
+        })
+    }
     fn set_planned_peak(&self, bytes: u64) {
         self.planned_peak
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -870,7 +895,7 @@ impl Backend for CudaBackend {
             };
             return self.gemm_bf16(y, x, &mm, b_name, |g, sb| match w {
                 QuantWeight::Device4(q) => dequant_4bit::<bf16>(g, sb, q),
-                QuantWeight::Device16 { bits, bf16, .. } => tk::widen16::<bf16>(
+                QuantWeight::Device16 { bits, bf16, .. } => tk::widen16::<bf16, u16>(
                     g,
                     &mut sb.slice_mut(..bits.len()),
                     &bits.device().slice(..bits.len()),

@@ -283,6 +283,40 @@ pub enum QuantWeight {
     },
 }
 
+/// A layer input kept for the backward pass of gradient checkpointing ([`Backend::stash`]).
+pub enum Stash {
+    /// As it was: f32.
+    Kept(Tensor),
+    /// Narrowed to bf16 (the CUDA backend computing in bf16): half the memory.
+    Bf16(Tensor<half::bf16>),
+}
+
+impl Stash {
+    /// `f` on the stashed values as f32: a kept tensor itself, a narrowed one widened into a
+    /// transient tensor.
+    pub fn with<R>(&self, be: &dyn Backend, f: impl FnOnce(&Tensor) -> R) -> R {
+        match self {
+            Stash::Kept(t) => f(t),
+            Stash::Bf16(_) => f(&be.unstash(self)),
+        }
+    }
+
+    /// The stashed values as an f32 tensor (a kept one is returned as it is).
+    pub fn into_f32(self, be: &dyn Backend) -> Tensor {
+        match self {
+            Stash::Kept(t) => t,
+            s => be.unstash(&s),
+        }
+    }
+}
+
+/// A copy of `t` on its backend.
+fn copy_of<B: Backend + ?Sized>(be: &B, t: &Tensor) -> Tensor {
+    let mut y = be.zeros(t.len());
+    be.add(&mut y, t, t.len());
+    y
+}
+
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
 #[derive(Debug, Clone, Copy)]
 pub struct Strided {
@@ -311,6 +345,19 @@ pub trait Backend: Send + Sync {
     /// The memory plan's peak estimate (bytes) for the work about to run, named by an
     /// out-of-memory error (the CPU ignores it).
     fn set_planned_peak(&self, _bytes: u64) {}
+    /// Keeps `x` [len] until the backward pass of gradient checkpointing: as it is, or where
+    /// products are bf16 anyway narrowed to bf16 (half the memory; the model then computes
+    /// from the stashed values forward and backward alike, as a bf16 model's checkpoints do).
+    fn stash(&self, x: Tensor) -> Stash {
+        Stash::Kept(x)
+    }
+    /// A stash's values as a new f32 tensor.
+    fn unstash(&self, s: &Stash) -> Tensor {
+        match s {
+            Stash::Kept(t) => copy_of(self, t),
+            Stash::Bf16(_) => unreachable!("only a bf16 backend makes bf16 stashes"),
+        }
+    }
     /// One line on the device memory used so far (None on the CPU): the train step logs it.
     fn memory_line(&self) -> Option<String> {
         None

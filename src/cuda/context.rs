@@ -274,7 +274,7 @@ impl Gpu {
     }
 
     /// An uninitialized buffer of `n` elements from the pool.
-    fn alloc<T>(&self, n: usize) -> Result<DevBuf<T>> {
+    pub(crate) fn alloc<T>(&self, n: usize) -> Result<DevBuf<T>> {
         let (block, size) = self.pool.take(n * std::mem::size_of::<T>())?;
         let stream = match &self.dev {
             Dev::Real(r) => Some(&r.stream),

@@ -26,7 +26,7 @@ pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
 
-use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs, Strided, Tensor};
+use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs, Stash, Strided, Tensor};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -1139,26 +1139,27 @@ impl Model {
         let be = &*be;
         let (n, h, v) = (ctx.n, self.arch.hidden, self.arch.vocab);
         let (x0, emb_pre) = self.embed(&ctx.ids, ctx.pos_ids.as_ref(), n);
-        // forward, keeping each layer's input (and its activations unless checkpointing)
-        let mut inputs = vec![x0];
+        // forward, keeping each layer's input (and its activations unless checkpointing). With
+        // checkpointing the inputs are stashed (bf16 where products are bf16) and every layer
+        // computes from its stashed input, so forward and recompute see the same values.
+        let keep = |x: Tensor| match opts.checkpointing {
+            true => be.stash(x),
+            false => Stash::Kept(x),
+        };
+        let mut inputs = vec![keep(x0)];
         let mut saved: Vec<Acts> = Vec::new();
         for l in &self.layers {
             let mut acts = Acts::default();
             let mut y = be.zeros(n * h);
-            l.forward(
-                be,
-                &self.arch,
-                &mut y,
-                &mut acts,
-                inputs.last().expect("input"),
-                &ctx,
-            );
+            inputs.last().expect("input").with(be, |x| {
+                l.forward(be, &self.arch, &mut y, &mut acts, x, &ctx);
+            });
             if !opts.checkpointing {
                 saved.push(acts);
             }
-            inputs.push(y);
+            inputs.push(keep(y));
         }
-        let xl = inputs.pop().expect("last");
+        let xl = inputs.pop().expect("last").into_f32(be);
         let mut hf = be.zeros(n * h);
         let mut fst = block::NormStats::default();
         self.final_norm.forward(be, &mut hf, &mut fst, &xl, n);
@@ -1202,18 +1203,19 @@ impl Model {
         // layers in reverse
         let mut dprev = be.zeros(n * h);
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
-            let x = &inputs[i];
-            let recomputed;
-            let acts = if opts.checkpointing {
-                let mut a = Acts::default();
-                let mut y = be.zeros(n * h);
-                l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
-                recomputed = a;
-                &recomputed
-            } else {
-                &saved[i]
-            };
-            l.backward(be, &self.arch, &mut dprev, &dx, x, acts, &ctx);
+            inputs[i].with(be, |x| {
+                let recomputed;
+                let acts = if opts.checkpointing {
+                    let mut a = Acts::default();
+                    let mut y = be.zeros(n * h);
+                    l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
+                    recomputed = a;
+                    &recomputed
+                } else {
+                    &saved[i]
+                };
+                l.backward(be, &self.arch, &mut dprev, &dx, x, acts, &ctx);
+            });
             std::mem::swap(&mut dx, &mut dprev);
         }
         // embedding

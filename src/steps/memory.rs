@@ -264,10 +264,20 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     let on_cuda = p
         .opt_str("device")
         .is_some_and(|d| d == "cuda" || d.starts_with("cuda:"));
-    let scratch = on_cuda.then(|| {
-        let bf16 = p.opt_str("dtype").is_none_or(|d| d != "f32");
-        cuda_scratch(&a, n, seq, bf16, quant.is_some() || half.is_some())
-    });
+    let bf16 = on_cuda && p.opt_str("dtype").is_none_or(|d| d != "f32");
+    // CUDA in bf16 keeps the checkpointed layer inputs as bf16 (`Backend::stash`): of the
+    // (layers + 2) f32 inputs counted, layers + 1 take 2 bytes a value; the last layer's output
+    // stays f32, and so do the widened copies of the input being recomputed (counted twice:
+    // the dry device measures a little more than one).
+    let act_ckpt = match bf16 {
+        true => {
+            let (l, nh) = (a.layers as f64, n * a.hidden as f64);
+            act_ckpt - (4.0 * (l + 2.0) * nh) as u64 + (2.0 * (l + 1.0) * nh + 12.0 * nh) as u64
+        }
+        false => act_ckpt,
+    };
+    let scratch =
+        on_cuda.then(|| cuda_scratch(&a, n, seq, bf16, quant.is_some() || half.is_some()));
     let total = (weights + train_bytes + grads + optim)
         .saturating_add(if ckpt { act_ckpt } else { act_full })
         .saturating_add(scratch.as_ref().map_or(0, |s| s.1));

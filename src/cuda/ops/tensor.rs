@@ -158,12 +158,17 @@ pub fn scale_by(gpu: &Gpu, y: &mut impl AsDevViewMut<f32>, s: &impl AsDevView<f3
     Ok(())
 }
 
+/// 16-bit values [`widen16`] reads: raw bits (u16) or bf16.
+pub trait Bits16: cudarc::driver::DeviceRepr {}
+impl Bits16 for u16 {}
+impl Bits16 for half::bf16 {}
+
 /// out[..w.len()] = w as f32 (exact) or bf16 (f16 rounded to nearest even; bf16 bits copied);
 /// `bf16`: w holds bfloat16 bits, else IEEE f16.
-pub fn widen16<T: Elem>(
+pub fn widen16<T: Elem, W: Bits16>(
     gpu: &Gpu,
     out: &mut impl AsDevViewMut<T>,
-    w: &impl AsDevView<u16>,
+    w: &impl AsDevView<W>,
     bf16: bool,
 ) -> Result<()> {
     let op = kname::<T>("widen16");
