@@ -255,6 +255,9 @@ pub struct TrainBenchReport {
     pub mfu: Option<f64>,
     /// The device allocator's most-live bytes.
     pub peak_bytes_live: u64,
+    /// Driver allocations so far after each step (constant after the first step: the loop
+    /// allocates nothing new).
+    pub driver_allocations: Vec<u64>,
     /// What the allocator holds from the driver after the last step (live + cached blocks).
     pub bytes_held: u64,
     /// The driver's used memory (whole GPU), the most seen after a step (real GPU only).
@@ -587,6 +590,7 @@ pub fn train_bench(
         let pool = be.pool_stats();
         r.peak_bytes_live = pool.peak_in_use as u64;
         r.bytes_held = (pool.in_use + pool.cached) as u64;
+        r.driver_allocations.push(pool.fresh);
         let timed: Vec<f64> = r.step_ms.iter().skip(o.warmup).copied().collect();
         // The dry device computes nothing: its step times mean nothing.
         if !timed.is_empty() && !be.gpu().is_dry() {
