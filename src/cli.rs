@@ -225,7 +225,9 @@ Examples:
                                        recipes/chatglm3_qlora.toml's LoRA settings, seq 1024
 
 Models: llama-7b, chatglm3-6b, tiny-llama, tiny-chatglm3 (the tiny ones for tests). With
-RECIPE_CUDA_PROFILE=1 the report adds the per-op table (every op synchronized).
+RECIPE_CUDA_PROFILE=1 the report adds the per-op table (every op synchronized). Without a GPU,
+RECIPE_TEST_EMULATED_CUDA=dry runs --model on the dry emulated device: nothing is computed, and
+the peak device memory printed is what the allocator would hold on a GPU.
 Side by side with transformers + peft (+ bitsandbytes) on the same GPU: kernels/gpu/run.sh,
 described in kernels/NOTES.md.
 

@@ -602,13 +602,16 @@ pub fn train_bench(
                 .peak_tflops_bf16
                 .map(|p| 6.0 * r.base_params as f64 * tps / (p * 1e12));
         }
+        let speed = match be.gpu().is_dry() {
+            true => "(dry: nothing computed)".to_string(),
+            false => format!("{ms:9.1} ms {:9.0} tok/s", tokens / (ms * 1e-3)),
+        };
         let _ = writeln!(
             out,
-            "step {}/{}{} {ms:9.1} ms {:9.0} tok/s loss {loss:.4} grad_norm {:.3}",
+            "step {}/{}{} {speed} loss {loss:.4} grad_norm {:.3}",
             s + 1,
             o.warmup + o.steps,
             if s < o.warmup { " (warm-up)" } else { "" },
-            tokens / (ms * 1e-3),
             step.grad_norm
         );
         if !loss.is_finite() {
