@@ -46,11 +46,8 @@ fn cuda_precision(dtype: &str) -> anyhow::Result<Precision> {
 /// CUDA computes products in (the line says which); the CPU always computes in f32.
 pub fn backend_for_spec(spec: &str, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let (DeviceRequest::Exact(Device::Cuda(n)), Ok(v)) = (req, std::env::var(EMULATED_CUDA_HOOK))
-    {
-        if !v.is_empty() {
-            return emulated_cuda(n, dtype);
-        }
+    if let Some(n) = emulated_request(req) {
+        return emulated_cuda(n, dtype);
     }
     let (device, line) = req
         .resolve()
@@ -75,6 +72,16 @@ pub fn backend_for_spec(spec: &str, dtype: &str) -> anyhow::Result<(Arc<dyn Back
 /// emulated device is slow. Set to `dry`, nothing is computed (`Gpu::emulated_dry`): a run of
 /// any size then says what it would hold on a GPU (the numbers are meaningless).
 pub const EMULATED_CUDA_HOOK: &str = "RECIPE_TEST_EMULATED_CUDA";
+
+/// GPU n of an explicit `cuda[:N]` request while [`EMULATED_CUDA_HOOK`] is set (the emulated
+/// device stands in for it).
+fn emulated_request(req: DeviceRequest) -> Option<usize> {
+    let hooked = std::env::var(EMULATED_CUDA_HOOK).is_ok_and(|v| !v.is_empty());
+    match req {
+        DeviceRequest::Exact(Device::Cuda(n)) if hooked => Some(n),
+        _ => None,
+    }
+}
 
 fn emulated_cuda(n: usize, dtype: &str) -> anyhow::Result<(Arc<dyn Backend>, String)> {
     let (be, line) = emulated_cuda_backend(n, dtype)?;
@@ -106,8 +113,7 @@ fn emulated_cuda_backend(n: usize, dtype: &str) -> anyhow::Result<(CudaBackend, 
 /// [`EMULATED_CUDA_HOOK`]. A spec that resolves to the CPU is an error saying so.
 pub fn open_cuda(spec: &str, dtype: &str) -> anyhow::Result<(CudaBackend, String)> {
     let req: DeviceRequest = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hooked = std::env::var(EMULATED_CUDA_HOOK).is_ok_and(|v| !v.is_empty());
-    if let (DeviceRequest::Exact(Device::Cuda(n)), true) = (req, hooked) {
+    if let Some(n) = emulated_request(req) {
         return emulated_cuda_backend(n, dtype);
     }
     let (device, line) = req
@@ -297,7 +303,7 @@ impl Stash {
     pub fn with<R>(&self, be: &dyn Backend, f: impl FnOnce(&Tensor) -> R) -> R {
         match self {
             Stash::Kept(t) => f(t),
-            Stash::Bf16(_) => f(&be.unstash(self)),
+            Stash::Bf16(b) => f(&be.unstash_bf16(b)),
         }
     }
 
@@ -305,16 +311,9 @@ impl Stash {
     pub fn into_f32(self, be: &dyn Backend) -> Tensor {
         match self {
             Stash::Kept(t) => t,
-            s => be.unstash(&s),
+            Stash::Bf16(b) => be.unstash_bf16(&b),
         }
     }
-}
-
-/// A copy of `t` on its backend.
-fn copy_of<B: Backend + ?Sized>(be: &B, t: &Tensor) -> Tensor {
-    let mut y = be.zeros(t.len());
-    be.add(&mut y, t, t.len());
-    y
 }
 
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
@@ -351,12 +350,10 @@ pub trait Backend: Send + Sync {
     fn stash(&self, x: Tensor) -> Stash {
         Stash::Kept(x)
     }
-    /// A stash's values as a new f32 tensor.
-    fn unstash(&self, s: &Stash) -> Tensor {
-        match s {
-            Stash::Kept(t) => copy_of(self, t),
-            Stash::Bf16(_) => unreachable!("only a bf16 backend makes bf16 stashes"),
-        }
+    /// A bf16 stash's values widened into a new f32 tensor (only a backend whose `stash`
+    /// makes bf16 stashes is given one).
+    fn unstash_bf16(&self, _s: &Tensor<half::bf16>) -> Tensor {
+        unreachable!("a bf16 stash reached a backend that makes none")
     }
     /// One line on the device memory used so far (None on the CPU): the train step logs it.
     fn memory_line(&self) -> Option<String> {

@@ -257,25 +257,15 @@ pub fn train_estimate(e: &EstimateCtx) -> Option<Estimate> {
     // (the estimate then says so), but never overflows.
     let n = b as f64 * seq as f64;
     let dropout = !full && p.f64("lora_dropout") > 0.0;
-    let act =
-        |ckpt: bool| (4.0 * crate::model::train_activation_floats(&a, n, ckpt, dropout)) as u64;
-    let (act_ckpt, act_full) = (act(true), act(false));
-    let ckpt = p.bool("gradient_checkpointing");
     let on_cuda = p
         .opt_str("device")
         .is_some_and(|d| d == "cuda" || d.starts_with("cuda:"));
     let bf16 = on_cuda && p.opt_str("dtype").is_none_or(|d| d != "f32");
-    // CUDA in bf16 keeps the checkpointed layer inputs as bf16 (`Backend::stash`): of the
-    // (layers + 2) f32 inputs counted, layers + 1 take 2 bytes a value; the last layer's output
-    // stays f32, and so do the widened copies of the input being recomputed (counted twice:
-    // the dry device measures a little more than one).
-    let act_ckpt = match bf16 {
-        true => {
-            let (l, nh) = (a.layers as f64, n * a.hidden as f64);
-            act_ckpt - (4.0 * (l + 2.0) * nh) as u64 + (2.0 * (l + 1.0) * nh + 12.0 * nh) as u64
-        }
-        false => act_ckpt,
+    let act = |ckpt: bool| {
+        (4.0 * crate::model::train_activation_floats(&a, n, ckpt, dropout, bf16)) as u64
     };
+    let (act_ckpt, act_full) = (act(true), act(false));
+    let ckpt = p.bool("gradient_checkpointing");
     let scratch =
         on_cuda.then(|| cuda_scratch(&a, n, seq, bf16, quant.is_some() || half.is_some()));
     let total = (weights + train_bytes + grads + optim)
