@@ -1,15 +1,24 @@
 // tensor.cu: the small whole-tensor pieces of a model step that runs on the device: strided 2-D
 // copies, bias add and its column-sum backward, scale, fill, the argmax hit count of evaluation
 // and a deterministic sum into a device scalar (per-row losses -> one number per step).
-// f32 storage. One thread per element unless stated.
+// f32 storage (copies also bf16). One thread per element unless stated.
 
 // 2-D strided copy:  dst[dst_off + r*dst_ld + c] = src[src_off + r*src_ld + c],  r < rows, c < cols
-extern "C" __global__ void copy2d_f32(float* dst, const float* src, i32 rows, i32 cols, i64 dst_ld,
-                                      i64 dst_off, i64 src_ld, i64 src_off) {
+template <typename T>
+__device__ void copy2d(T* dst, const T* src, i32 rows, i32 cols, i64 dst_ld, i64 dst_off,
+                       i64 src_ld, i64 src_off) {
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (i64)rows * cols) return;
     i64 r = idx / cols, c = idx % cols;
     dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c];
+}
+extern "C" __global__ void copy2d_f32(float* dst, const float* src, i32 rows, i32 cols, i64 dst_ld,
+                                      i64 dst_off, i64 src_ld, i64 src_off) {
+    copy2d(dst, src, rows, cols, dst_ld, dst_off, src_ld, src_off);
+}
+extern "C" __global__ void copy2d_bf16(bf16* dst, const bf16* src, i32 rows, i32 cols, i64 dst_ld,
+                                       i64 dst_off, i64 src_ld, i64 src_off) {
+    copy2d(dst, src, rows, cols, dst_ld, dst_off, src_ld, src_off);
 }
 
 // Bias:  y[r, c] += b[c]

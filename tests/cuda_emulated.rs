@@ -2270,3 +2270,172 @@ fn checkpointed_inputs_are_stashed_as_bf16_in_bf16_mode() {
     assert!(matches!(&s, Stash::Kept(_)));
     assert_eq!(bits(&f32_be.download(&s.into_f32(&f32_be))), bits(&x));
 }
+
+/// bf16 activations (`Backend::activation` in bf16 mode): stored as bf16 on the device, and every
+/// op of the layer path takes them, as inputs and outputs, giving exactly the op on f32 tensors
+/// holding the same (bf16-rounded) values with the output rounded to bf16: products with a bf16
+/// A, B or C (beta 0 and 1), SwiGLU / GeGLU / GELU forward and backward on their bf16 kernels,
+/// copies and adds between bf16 and f32 tensors, a norm writing a bf16 output, LoRA dropout of a
+/// bf16 input. In f32 mode an activation is an f32 tensor.
+#[test]
+fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
+    use half::bf16;
+    use recipe::backend::Precision;
+    let Some(gpu) = emulated() else { return };
+    let be = CudaBackend::on(gpu, "emulated".into())
+        .unwrap()
+        .with_precision(Precision::Bf16);
+    let be: &dyn Backend = &be;
+    let r16 = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+    let mut rng = Rng::new(41);
+    let mut vals = |n: usize| r16(&rng.normals(n, 1.5));
+    // A bf16 activation holding v (already bf16 values: exact).
+    let act = |v: &[f32]| {
+        let mut t = be.activation(v.len());
+        let n = v.len();
+        be.copy2d(
+            &mut t,
+            Strided::rows(n, 0),
+            &be.upload(v),
+            Strided::rows(n, 0),
+            1,
+            n,
+        );
+        t
+    };
+    let same = |what: &str, got: &Tensor, want: &Tensor| {
+        assert!(got.is_bf16(), "{what}: the output stays bf16");
+        let (g, w) = (be.download(got), r16(&be.download(want)));
+        assert_eq!(
+            bits(&g),
+            bits(&w),
+            "{what}: bf16 activations differ from f32 rounded"
+        );
+    };
+    let (m, n, k) = (5, 7, 9);
+    let (a, b, c0) = (vals(m * k), vals(k * n), vals(m * n));
+    for beta in [0.0, 1.0] {
+        let mut got = act(&c0);
+        be.matmul(&mut got, &act(&a), &act(&b), m, n, k, false, false, beta);
+        let mut want = be.upload(&c0);
+        be.matmul(
+            &mut want,
+            &be.upload(&a),
+            &be.upload(&b),
+            m,
+            n,
+            k,
+            false,
+            false,
+            beta,
+        );
+        same(&format!("matmul beta {beta}"), &got, &want);
+        // Transposed A from an f32 tensor, bf16 B, f32 C: the same f32 result.
+        let mut mixed = be.upload(&c0);
+        be.matmul(
+            &mut mixed,
+            &be.upload(&a),
+            &act(&b),
+            m,
+            n,
+            k,
+            true,
+            false,
+            beta,
+        );
+        let mut f32c = be.upload(&c0);
+        let (ua, ub) = (be.upload(&a), be.upload(&b));
+        be.matmul(&mut f32c, &ua, &ub, m, n, k, true, false, beta);
+        assert_eq!(
+            bits(&be.download(&mixed)),
+            bits(&be.download(&f32c)),
+            "mixed"
+        );
+    }
+    let len = 37;
+    let (e, g, d) = (vals(len), vals(len), vals(len));
+    type Glu = fn(&dyn Backend, &mut Tensor, &Tensor, &Tensor, usize);
+    type GluBwd = fn(&dyn Backend, &mut Tensor, &mut Tensor, &Tensor, &Tensor, &Tensor, usize);
+    let glus: [(&str, Glu, GluBwd); 2] = [
+        (
+            "swiglu",
+            |b, a, e, g, n| b.swiglu_fwd(a, e, g, n),
+            |b, de, dg, da, e, g, n| b.swiglu_bwd(de, dg, da, e, g, n),
+        ),
+        (
+            "geglu",
+            |b, a, e, g, n| b.geglu_fwd(a, e, g, n),
+            |b, de, dg, da, e, g, n| b.geglu_bwd(de, dg, da, e, g, n),
+        ),
+    ];
+    for (what, fwd, bwd) in glus {
+        let mut got = be.activation(len);
+        fwd(be, &mut got, &act(&e), &act(&g), len);
+        let mut want = be.zeros(len);
+        fwd(be, &mut want, &be.upload(&e), &be.upload(&g), len);
+        same(&format!("{what}_fwd"), &got, &want);
+        let (mut gde, mut gdg) = (be.activation(len), be.activation(len));
+        bwd(be, &mut gde, &mut gdg, &act(&d), &act(&e), &act(&g), len);
+        let (mut wde, mut wdg) = (be.zeros(len), be.zeros(len));
+        let (ud, ue, ug) = (be.upload(&d), be.upload(&e), be.upload(&g));
+        bwd(be, &mut wde, &mut wdg, &ud, &ue, &ug, len);
+        same(&format!("{what}_bwd de"), &gde, &wde);
+        same(&format!("{what}_bwd dg"), &gdg, &wdg);
+    }
+    let mut got = be.activation(len);
+    be.gelu_fwd(&mut got, &act(&e), len);
+    let mut want = be.zeros(len);
+    be.gelu_fwd(&mut want, &be.upload(&e), len);
+    same("gelu_fwd", &got, &want);
+    let mut got = be.activation(len);
+    be.gelu_bwd(&mut got, &act(&d), &act(&e), len);
+    let mut want = be.zeros(len);
+    be.gelu_bwd(&mut want, &be.upload(&d), &be.upload(&e), len);
+    same("gelu_bwd", &got, &want);
+    // An f32 tensor plus a bf16 one, and the other way round.
+    let mut got = be.upload(&e);
+    be.add(&mut got, &act(&g), len);
+    let mut want = be.upload(&e);
+    be.add(&mut want, &be.upload(&g), len);
+    assert_eq!(bits(&be.download(&got)), bits(&be.download(&want)), "add");
+    let mut got = act(&e);
+    be.add(&mut got, &be.upload(&g), len);
+    same("add into bf16", &got, &want);
+    // A norm's output into a bf16 activation (x f32, statistics f32).
+    let (rows, dim) = (3, 8);
+    let (x, w) = (vals(rows * dim), vals(dim));
+    let (mut got, mut rs) = (be.activation(rows * dim), be.zeros(rows));
+    be.rmsnorm_fwd(
+        &mut got,
+        &mut rs,
+        &be.upload(&x),
+        &be.upload(&w),
+        rows,
+        dim,
+        1e-6,
+    );
+    let (mut want, mut rs2) = (be.zeros(rows * dim), be.zeros(rows));
+    be.rmsnorm_fwd(
+        &mut want,
+        &mut rs2,
+        &be.upload(&x),
+        &be.upload(&w),
+        rows,
+        dim,
+        1e-6,
+    );
+    same("rmsnorm_fwd", &got, &want);
+    // LoRA dropout of a bf16 input into f32.
+    let mut got = be.zeros(len);
+    be.dropout(&mut got, &act(&e), 0.3, 77, len, false);
+    let mut want = be.zeros(len);
+    be.dropout(&mut want, &be.upload(&e), 0.3, 77, len, false);
+    assert_eq!(
+        bits(&be.download(&got)),
+        bits(&be.download(&want)),
+        "dropout"
+    );
+    // In f32 mode an activation is f32.
+    let f32be = CudaBackend::on(emulated().unwrap(), "emulated".into()).unwrap();
+    assert!(!f32be.activation(4).is_bf16());
+}

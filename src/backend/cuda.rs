@@ -11,19 +11,27 @@
 //! are held as stored: bitsandbytes 4-bit (packed + absmax + code) and 16-bit checkpoints as
 //! their u16 values; each such matmul widens W into one shared f32 scratch, then one GEMM.
 //!
-//! Precision ([`Precision`], the steps' `dtype`): activations, norms, softmax, loss and optimizer
-//! state are f32 (the `_f32` kernels). Matrix products are either f32 (`sgemm` without TF32,
-//! tracking the CPU within f32 reassociation error) or, in bf16 mode (the default on a GPU), bf16
-//! tensor-core GEMMs with f32 accumulation and f32 output: both operands are narrowed into two
-//! reused bf16 scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted,
-//! straight into its bf16 operand), as torch autocast computes; a forward of at most 8 rows
+//! Precision ([`Precision`], the steps' `dtype`): norms, softmax, loss and optimizer state are
+//! f32. In f32 mode everything is f32 and products are `sgemm` without TF32, tracking the CPU
+//! within f32 reassociation error. In bf16 mode (the default on a GPU) products are bf16
+//! tensor-core GEMMs with f32 accumulation, writing f32 or (into a bf16 activation) bf16: an
+//! operand stored as bf16 is read as it is, an f32 one is narrowed into one of two reused bf16
+//! scratch buffers (a frozen 4-bit weight is dequantized, a 16-bit one converted, straight into
+//! its bf16 operand), as torch autocast computes; a forward of at most 8 rows
 //! (decode) against a 4-bit or 16-bit weight is one fused GEMV over the stored weight. Training
 //! attention runs in bf16 mode on the fused tensor-core kernels (`crate::cuda::ops::flash`), or as
 //! bf16 GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`) past their head dim or
-//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels. Activations are f32 (2x the memory
-//! of bf16), except what gradient checkpointing keeps for the backward pass: in bf16 mode the
-//! layer inputs are stashed as bf16 ([`Backend::stash`]; 1.9 GiB less at the 7B shape on the
-//! dry device), and every layer computes from its stashed input forward and recompute alike.
+//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels.
+//!
+//! Activations in bf16 mode: the layer activations that feed products ([`Backend::activation`]:
+//! the norm outputs, the MLP's gate / up / activated values and their gradients) are stored as
+//! bf16, so a product reads them as they are and writes them rounded once; what gradient
+//! checkpointing keeps for the backward pass is stashed as bf16 ([`Backend::stash`]), and every
+//! layer computes from its stashed input forward and recompute alike. The residual stream, q / k
+//! / v and the attention output, the head's logits and every gradient of [n, hidden] stay f32,
+//! as do norm statistics, softmax and loss. An op without a bf16 kernel for its mix of operands
+//! widens a bf16 input into a transient f32 tensor and narrows its f32 result back
+//! ([`CudaBackend::wide`], [`CudaBackend::f32_out`]).
 //!
 //! Each op launches on the device's stream and returns; errors of asynchronous work surface at
 //! the next download. The trait returns no errors, so a CUDA failure panics with one line naming
@@ -72,6 +80,22 @@ use half::bf16;
 
 /// Largest head dim the attention kernels take (static shared tiles).
 const ATTN_DMAX: usize = 128;
+
+/// An f32 view of a tensor ([`CudaBackend::wide`]).
+enum Wide<'a> {
+    Same(&'a Tensor),
+    Widened(Tensor),
+}
+
+impl std::ops::Deref for Wide<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        match self {
+            Wide::Same(t) => t,
+            Wide::Widened(t) => t,
+        }
+    }
+}
 
 pub struct CudaBackend {
     gpu: Gpu,
@@ -244,64 +268,116 @@ impl CudaBackend {
         self.precision
     }
 
-    /// bf16 mode: C[m,n] = beta·C + op(A)·op(B) with A given as f32 (narrowed into scratch 0) and
-    /// B produced in bf16 into scratch 1 by `fill_b` (narrowed, dequantized or converted), then one
-    /// tensor-core GEMM with f32 accumulation into the f32 C.
+    /// bf16 mode: C[m,n] = beta·C + op(A)·op(B), one tensor-core GEMM with f32 accumulation.
+    /// An A stored as bf16 is used as it is; an f32 A is narrowed into scratch 0 (once for
+    /// consecutive products of one activation). B is `b` when given (stored as bf16), else
+    /// produced in bf16 into scratch 1 by `fill_b` (narrowed, dequantized or converted). C keeps
+    /// its storage: f32, or bf16 rounded once from the f32 result.
     fn gemm_bf16(
         &self,
         c: &mut Tensor,
         a: &Tensor,
+        b: Option<&Tensor>,
         mm: &MatMul,
         b_name: &str,
         fill_b: impl FnOnce(&Gpu, &mut DevBuf<bf16>) -> Result<()>,
     ) {
-        let (na, nb) = (mm.m * mm.k, mm.k * mm.n);
+        let (na, nb, nc) = (mm.m * mm.k, mm.k * mm.n, mm.m * mm.n);
         let mut slots = self.bf16_scratch.lock().unwrap_or_else(|p| p.into_inner());
         let [sa, sb] = &mut *slots;
-        let key = (a.device().device_addr(), na);
         let mut narrowed = self.narrowed_a.lock().unwrap_or_else(|p| p.into_inner());
-        let sa = if *narrowed == Some(key) && sa.as_ref().is_some_and(|b| b.len() >= na) {
-            sa.as_mut().expect("checked")
-        } else {
-            *narrowed = None;
-            let sa = self.run_keep("narrow_bf16 A", |g| {
-                let sa = grown(g, sa, na)?;
-                tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))?;
-                Ok(sa)
-            });
-            *narrowed = Some(key);
-            sa
-        };
-        // C written over A's f32 values: the bf16 copy is stale after this product.
-        let c_at = c.device().device_addr();
-        if c_at < key.0 + 4 * na as u64 && key.0 < c_at + 4 * (mm.m * mm.n) as u64 {
-            *narrowed = None;
+        if !a.is_bf16() {
+            let key = (a.device().device_addr(), na);
+            if *narrowed != Some(key) || sa.as_ref().is_none_or(|b| b.len() < na) {
+                *narrowed = None;
+                self.run_keep("narrow_bf16 A", |g| {
+                    let sa = grown(g, sa, na)?;
+                    tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))
+                });
+                *narrowed = Some(key);
+            }
+        }
+        // C written over the f32 values scratch 0 holds a copy of: that copy is stale after this
+        // product.
+        if let (Some((at, len)), false) = (*narrowed, c.is_bf16()) {
+            let c_at = c.device().device_addr();
+            if c_at < at + 4 * len as u64 && at < c_at + 4 * nc as u64 {
+                *narrowed = None;
+            }
         }
         drop(narrowed);
-        let sb = self.run_keep(b_name, |g| {
-            let sb = grown(g, sb, nb)?;
-            fill_b(g, sb)?;
-            Ok(sb)
-        });
+        if b.is_none() {
+            self.run_keep(b_name, |g| fill_b(g, grown(g, sb, nb)?));
+        }
         let name = self.op_name("gemm_bf16", || {
             format!(
-                "{}x{}x{} {}{}",
+                "{}x{}x{} {}{}{}",
                 mm.m,
                 mm.n,
                 mm.k,
                 ["N", "T"][mm.trans_a as usize],
-                ["N", "T"][mm.trans_b as usize]
+                ["N", "T"][mm.trans_b as usize],
+                if c.is_bf16() { " -> bf16" } else { "" }
             )
         });
-        self.run_keep(&name, |g| {
-            matmul_bf16_f32(
+        fn scratch(s: &Option<DevBuf<bf16>>) -> &DevBuf<bf16> {
+            s.as_ref().expect("scratch filled above")
+        }
+        let av = match a.is_bf16() {
+            true => a.device_bf16().slice(..na),
+            false => scratch(sa).slice(..na),
+        };
+        let bv = match b {
+            Some(b) => b.device_bf16().slice(..nb),
+            None => scratch(sb).slice(..nb),
+        };
+        self.run_keep(&name, |g| match c.is_bf16() {
+            true => {
+                let mut cv = c.device_bf16_mut().slice_mut(..nc);
+                matmul_bf16_f32(g, &mut cv, &av, &bv, mm, 1, (0, 0, 0))
+            }
+            false => {
+                let mut cv = c.device_mut().slice_mut(..nc);
+                matmul_bf16_f32(g, &mut cv, &av, &bv, mm, 1, (0, 0, 0))
+            }
+        })
+    }
+
+    /// `t` as f32 for an op without a bf16 kernel: itself, or its bf16 values widened into a
+    /// transient tensor.
+    fn wide<'a>(&self, t: &'a Tensor) -> Wide<'a> {
+        if !t.is_bf16() {
+            return Wide::Same(t);
+        }
+        let n = t.len();
+        Wide::Widened(self.run("widen bf16", |g| {
+            let mut y = g.alloc::<f32>(n.max(1))?;
+            tk::widen16(g, &mut y.slice_mut(..n), &t.device_bf16().slice(..n), true)?;
+            Ok(Tensor::from_device(y, n))
+        }))
+    }
+
+    /// Runs `f` on `y` as f32, for an op without a bf16 kernel: `y` itself, or for a bf16 `y`
+    /// a transient f32 copy (its values widened when `f` reads them: `reads`) narrowed back
+    /// into `y` afterwards.
+    fn f32_out(&self, y: &mut Tensor, reads: bool, f: impl FnOnce(&mut Tensor)) {
+        if !y.is_bf16() {
+            return f(y);
+        }
+        let mut t = match reads {
+            true => match self.wide(y) {
+                Wide::Widened(t) => t,
+                Wide::Same(_) => unreachable!("a bf16 tensor is widened"),
+            },
+            false => self.zeros(y.len()),
+        };
+        f(&mut t);
+        let n = y.len();
+        self.run("narrow bf16", |g| {
+            tk::narrow_bf16(
                 g,
-                &mut c.device_mut().slice_mut(..mm.m * mm.n),
-                &sa.slice(..na),
-                &sb.slice(..nb),
-                mm,
-                1,
-                (0, 0, 0),
+                &mut y.device_bf16_mut().slice_mut(..n),
+                &t.device().slice(..n),
             )
         })
     }
@@ -441,6 +517,9 @@ impl CudaBackend {
         if v.is_empty() {
             return;
         }
+        if t.is_bf16() {
+            return self.f32_out(t, v.len() < t.len(), |t| self.put(t, v));
+        }
         self.run("upload", |g| {
             g.memcpy_htod(v, &mut t.device_mut().slice_mut(..v.len()))
         })
@@ -457,17 +536,22 @@ impl CudaBackend {
     ) {
         let ins: Vec<Tensor> = inputs
             .iter()
-            .map(|t| Tensor::from_host(self.down(t)))
+            .map(|t| Tensor::from_host(self.download(t)))
             .collect();
         let mut outs: Vec<Tensor> = outputs
             .iter()
-            .map(|t| Tensor::from_host(self.down(t)))
+            .map(|t| Tensor::from_host(self.download(t)))
             .collect();
         f(&CpuBackend, &mut outs, &ins);
         for (t, h) in outputs.iter_mut().zip(&outs) {
             self.put(t, h.host());
         }
     }
+}
+
+/// Whether every tensor is stored as bf16 (an op's bf16 kernel applies).
+fn all_bf16(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.is_bf16())
 }
 
 /// The kernels' attention dims.
@@ -625,6 +709,14 @@ impl Backend for CudaBackend {
             Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))
         })
     }
+    fn activation(&self, len: usize) -> Tensor {
+        if self.precision != Precision::Bf16 {
+            return self.zeros(len);
+        }
+        self.run("alloc", |g| {
+            Ok(Tensor::from_device_bf16(g.alloc_zeros(len.max(1))?, len))
+        })
+    }
     fn upload(&self, v: &[f32]) -> Tensor {
         self.up(v)
     }
@@ -635,7 +727,14 @@ impl Backend for CudaBackend {
         self.up(v)
     }
     fn download(&self, t: &Tensor) -> Vec<f32> {
-        self.down(t)
+        if !t.is_bf16() || t.is_empty() {
+            return self.down(t);
+        }
+        self.run("download", |g| {
+            let mut out = vec![bf16::ZERO; t.len()];
+            g.memcpy_dtoh(&t.device_bf16().slice(..t.len()), &mut out)?;
+            Ok(out.into_iter().map(f32::from).collect())
+        })
     }
     fn download_u8(&self, t: &Tensor<u8>) -> Vec<u8> {
         self.down(t)
@@ -654,8 +753,17 @@ impl Backend for CudaBackend {
             return;
         }
         let (dk, sk) = (tk::Strided::new(d.ld, d.off), tk::Strided::new(s.ld, s.off));
-        self.run("copy2d", |g| {
-            tk::copy2d(g, dst.device_mut(), dk, src.device(), sk, rows, cols)
+        if dst.is_bf16() && src.is_bf16() {
+            return self.run("copy2d", |g| {
+                let (dv, sv) = (dst.device_bf16_mut(), src.device_bf16());
+                tk::copy2d(g, dv, dk, sv, sk, rows, cols)
+            });
+        }
+        let src = self.wide(src);
+        self.f32_out(dst, true, |dst| {
+            self.run("copy2d", |g| {
+                tk::copy2d(g, dst.device_mut(), dk, src.device(), sk, rows, cols)
+            })
         })
     }
     fn fill(&self, y: &mut Tensor, v: f32) {
@@ -663,8 +771,10 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        self.run("fill", |g| {
-            tk::fill(g, &mut y.device_mut().slice_mut(..n), v)
+        self.f32_out(y, false, |y| {
+            self.run("fill", |g| {
+                tk::fill(g, &mut y.device_mut().slice_mut(..n), v)
+            })
         })
     }
     fn add(&self, y: &mut Tensor, x: &Tensor, n: usize) {
@@ -675,42 +785,60 @@ impl Backend for CudaBackend {
             // A prefix of a longer tensor (no caller does this today).
             return self.host_fallback(&mut [y], &[x], |cpu, o, i| cpu.add(&mut o[0], &i[0], n));
         }
-        self.run("add", |g| {
-            scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+        if y.is_bf16() && x.is_bf16() {
+            return self.run("add", |g| {
+                scale_add::<bf16>(g, y.device_bf16_mut(), x.device_bf16(), 1.0)
+            });
+        }
+        let x = self.wide(x);
+        self.f32_out(y, true, |y| {
+            self.run("add", |g| {
+                scale_add::<f32>(g, y.device_mut(), x.device(), 1.0)
+            })
         })
     }
     fn scale_by(&self, y: &mut Tensor, s: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("scale_by", |g| {
-            tk::scale_by(
-                g,
-                &mut y.device_mut().slice_mut(..n),
-                &s.device().slice(..1),
-            )
+        self.f32_out(y, true, |y| {
+            self.run("scale_by", |g| {
+                tk::scale_by(
+                    g,
+                    &mut y.device_mut().slice_mut(..n),
+                    &s.device().slice(..1),
+                )
+            })
         })
     }
     fn scale(&self, y: &mut Tensor, s: f32, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("scale", |g| {
-            tk::scale(g, &mut y.device_mut().slice_mut(..n), s)
+        if y.is_bf16() && s == 0.0 && n == y.len() {
+            return self.run("scale", |g| g.memset_zeros(y.device_bf16_mut()));
+        }
+        self.f32_out(y, s != 0.0, |y| {
+            self.run("scale", |g| {
+                tk::scale(g, &mut y.device_mut().slice_mut(..n), s)
+            })
         })
     }
     fn bias_add(&self, y: &mut Tensor, b: &Tensor, n: usize, d: usize) {
         if n * d == 0 {
             return;
         }
-        self.run("bias_add", |g| {
-            tk::bias_add(g, y.device_mut(), b.device(), n, d)
+        self.f32_out(y, true, |y| {
+            self.run("bias_add", |g| {
+                tk::bias_add(g, y.device_mut(), b.device(), n, d)
+            })
         })
     }
     fn bias_grad(&self, gb: &mut Tensor, dy: &Tensor, n: usize, d: usize) {
         if n * d == 0 {
             return;
         }
+        let dy = self.wide(dy);
         self.run("bias_grad", |g| {
             tk::col_sum(g, gb.device_mut(), dy.device(), n, d)
         })
@@ -719,13 +847,16 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        self.run("dropout", |g| {
-            let (mut yv, xv) = (y.device_mut().slice_mut(..n), x.device().slice(..n));
-            if accumulate {
-                dropout_acc::<f32>(g, &mut yv, &xv, p, key)
-            } else {
-                dropout_k::<f32>(g, &mut yv, &xv, p, key)
-            }
+        let x = self.wide(x);
+        self.f32_out(y, accumulate, |y| {
+            self.run("dropout", |g| {
+                let (mut yv, xv) = (y.device_mut().slice_mut(..n), x.device().slice(..n));
+                if accumulate {
+                    dropout_acc::<f32>(g, &mut yv, &xv, p, key)
+                } else {
+                    dropout_k::<f32>(g, &mut yv, &xv, p, key)
+                }
+            })
         })
     }
 
@@ -757,13 +888,17 @@ impl Backend for CudaBackend {
             beta,
         };
         if self.precision == Precision::Bf16 {
-            return self.gemm_bf16(c, a, &mm, "narrow_bf16 B", |g, sb| {
+            let b16 = b.is_bf16().then_some(b);
+            return self.gemm_bf16(c, a, b16, &mm, "narrow_bf16 B", |g, sb| {
                 let nb = k * n;
                 tk::narrow_bf16(g, &mut sb.slice_mut(..nb), &b.device().slice(..nb))
             });
         }
-        self.run("matmul", |g| {
-            matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm)
+        let (a, b) = (self.wide(a), self.wide(b));
+        self.f32_out(c, beta != 0.0, |c| {
+            self.run("matmul", |g| {
+                matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm)
+            })
         })
     }
 
@@ -854,21 +989,22 @@ impl Backend for CudaBackend {
         // Decode (a few rows): one fused pass over the stored weight instead of widening all of
         // it to a bf16/f32 copy and reading that back (4-bit: 4.5 bytes per weight against 0.5;
         // 16-bit: 6 against 2).
-        match w {
-            QuantWeight::Device4(q)
-                if !backward && n <= GEMV_MAX_ROWS && q.cols % 32 == 0 && q.blocksize % 32 == 0 =>
-            {
-                return self.run("gemv_4bit", |g| {
-                    gemv_4bit::<f32>(g, y.device_mut(), x.device(), q, n)
-                });
+        let gemv = match w {
+            QuantWeight::Device4(q) => {
+                n <= GEMV_MAX_ROWS && q.cols % 32 == 0 && q.blocksize % 32 == 0
             }
-            QuantWeight::Device16 { bits, bf16, .. }
-                if !backward
-                    && n <= tk::GEMV16_MAX_ROWS
-                    && din % 8 == 0
-                    && bits.device().device_addr() % 16 == 0 =>
-            {
-                return self.run("gemv16", |g| {
+            QuantWeight::Device16 { bits, .. } => {
+                n <= tk::GEMV16_MAX_ROWS && din % 8 == 0 && bits.device().device_addr() % 16 == 0
+            }
+            QuantWeight::Host(_) => false,
+        };
+        if gemv && !backward {
+            let x = self.wide(x);
+            return self.f32_out(y, false, |y| match w {
+                QuantWeight::Device4(q) => self.run("gemv_4bit", |g| {
+                    gemv_4bit::<f32>(g, y.device_mut(), x.device(), q, n)
+                }),
+                QuantWeight::Device16 { bits, bf16, .. } => self.run("gemv16", |g| {
                     tk::gemv16(
                         g,
                         y.device_mut(),
@@ -879,9 +1015,9 @@ impl Backend for CudaBackend {
                         dout,
                         din,
                     )
-                });
-            }
-            _ => {}
+                }),
+                QuantWeight::Host(_) => unreachable!("a host weight is multiplied on the host"),
+            });
         }
         if self.precision == Precision::Bf16 {
             // W straight into the bf16 operand: dequantized (4-bit) or converted (16-bit).
@@ -889,7 +1025,7 @@ impl Backend for CudaBackend {
                 QuantWeight::Device4(_) => "dequant_4bit_bf16 W",
                 _ => "widen16_bf16 W",
             };
-            return self.gemm_bf16(y, x, &mm, b_name, |g, sb| match w {
+            return self.gemm_bf16(y, x, None, &mm, b_name, |g, sb| match w {
                 QuantWeight::Device4(q) => dequant_4bit::<bf16>(g, sb, q),
                 QuantWeight::Device16 { bits, bf16, .. } => tk::widen16::<bf16, u16>(
                     g,
@@ -909,8 +1045,11 @@ impl Backend for CudaBackend {
         }
         let wd = slot.as_mut().expect("scratch just ensured");
         self.widen(wd, w);
-        self.run("quant_matmul", |g| {
-            matmul_f32(g, y.device_mut(), x.device(), wd.device(), &mm)
+        let x = self.wide(x);
+        self.f32_out(y, backward, |y| {
+            self.run("quant_matmul", |g| {
+                matmul_f32(g, y.device_mut(), x.device(), wd.device(), &mm)
+            })
         })
     }
 
@@ -927,17 +1066,20 @@ impl Backend for CudaBackend {
         if n * d == 0 {
             return;
         }
-        self.run("rmsnorm_fwd", |g| {
-            rmsnorm_fwd::<f32>(
-                g,
-                y.device_mut(),
-                rstd.device_mut(),
-                x.device(),
-                w.device(),
-                n,
-                d,
-                eps,
-            )
+        let x = self.wide(x);
+        self.f32_out(y, false, |y| {
+            self.run("rmsnorm_fwd", |g| {
+                rmsnorm_fwd::<f32>(
+                    g,
+                    y.device_mut(),
+                    rstd.device_mut(),
+                    x.device(),
+                    w.device(),
+                    n,
+                    d,
+                    eps,
+                )
+            })
         })
     }
     fn rmsnorm_bwd(
@@ -956,18 +1098,21 @@ impl Backend for CudaBackend {
         }
         let mut scratch = None;
         let dw = self.or_scratch(dw, &mut scratch, d);
-        self.run("rmsnorm_bwd", |g| {
-            rmsnorm_bwd::<f32>(
-                g,
-                dx.device_mut(),
-                dw.device_mut(),
-                dy.device(),
-                x.device(),
-                w.device(),
-                rstd.device(),
-                n,
-                d,
-            )
+        let (dy, x) = (self.wide(dy), self.wide(x));
+        self.f32_out(dx, true, |dx| {
+            self.run("rmsnorm_bwd", |g| {
+                rmsnorm_bwd::<f32>(
+                    g,
+                    dx.device_mut(),
+                    dw.device_mut(),
+                    dy.device(),
+                    x.device(),
+                    w.device(),
+                    rstd.device(),
+                    n,
+                    d,
+                )
+            })
         })
     }
     fn layernorm_fwd(
@@ -985,19 +1130,22 @@ impl Backend for CudaBackend {
         if n * d == 0 {
             return;
         }
-        self.run("layernorm_fwd", |g| {
-            layernorm_fwd::<f32>(
-                g,
-                y.device_mut(),
-                mean.device_mut(),
-                rstd.device_mut(),
-                x.device(),
-                w.device(),
-                b.device(),
-                n,
-                d,
-                eps,
-            )
+        let x = self.wide(x);
+        self.f32_out(y, false, |y| {
+            self.run("layernorm_fwd", |g| {
+                layernorm_fwd::<f32>(
+                    g,
+                    y.device_mut(),
+                    mean.device_mut(),
+                    rstd.device_mut(),
+                    x.device(),
+                    w.device(),
+                    b.device(),
+                    n,
+                    d,
+                    eps,
+                )
+            })
         })
     }
     fn layernorm_bwd(
@@ -1019,20 +1167,23 @@ impl Backend for CudaBackend {
         let (mut s1, mut s2) = (None, None);
         let dw = self.or_scratch(dw, &mut s1, d);
         let db = self.or_scratch(db, &mut s2, d);
-        self.run("layernorm_bwd", |g| {
-            layernorm_bwd::<f32>(
-                g,
-                dx.device_mut(),
-                dw.device_mut(),
-                db.device_mut(),
-                dy.device(),
-                x.device(),
-                w.device(),
-                mean.device(),
-                rstd.device(),
-                n,
-                d,
-            )
+        let (dy, x) = (self.wide(dy), self.wide(x));
+        self.f32_out(dx, true, |dx| {
+            self.run("layernorm_bwd", |g| {
+                layernorm_bwd::<f32>(
+                    g,
+                    dx.device_mut(),
+                    dw.device_mut(),
+                    db.device_mut(),
+                    dy.device(),
+                    x.device(),
+                    w.device(),
+                    mean.device(),
+                    rstd.device(),
+                    n,
+                    d,
+                )
+            })
         })
     }
 
@@ -1313,16 +1464,18 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        self.run("swiglu_fwd", |gpu| {
-            swiglu_fwd::<f32>(
-                gpu,
-                a.device_mut(),
-                e.device(),
-                g.device(),
-                1,
-                n,
-                GluLayout::Separate,
-            )
+        let sep = GluLayout::Separate;
+        if all_bf16(&[a, e, g]) {
+            return self.run("swiglu_fwd", |gpu| {
+                let (av, ev, gv) = (a.device_bf16_mut(), e.device_bf16(), g.device_bf16());
+                swiglu_fwd::<bf16>(gpu, av, ev, gv, 1, n, sep)
+            });
+        }
+        let (e, g) = (self.wide(e), self.wide(g));
+        self.f32_out(a, false, |a| {
+            self.run("swiglu_fwd", |gpu| {
+                swiglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), 1, n, sep)
+            })
         })
     }
     fn swiglu_bwd(
@@ -1337,18 +1490,32 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        self.run("swiglu_bwd", |gpu| {
-            swiglu_bwd::<f32>(
-                gpu,
-                de.device_mut(),
-                dg.device_mut(),
-                da.device(),
-                e.device(),
-                g.device(),
-                1,
-                n,
-                GluLayout::Separate,
-            )
+        let sep = GluLayout::Separate;
+        if all_bf16(&[de, dg, da, e, g]) {
+            return self.run("swiglu_bwd", |gpu| {
+                let (dev, dgv) = (de.device_bf16_mut(), dg.device_bf16_mut());
+                let (dav, ev, gv) = (da.device_bf16(), e.device_bf16(), g.device_bf16());
+                swiglu_bwd::<bf16>(gpu, dev, dgv, dav, ev, gv, 1, n, sep)
+            });
+        }
+        let (da, e, g) = (self.wide(da), self.wide(e), self.wide(g));
+        self.f32_out(de, false, |de| {
+            self.f32_out(dg, false, |dg| {
+                self.run("swiglu_bwd", |gpu| {
+                    let (dev, dgv) = (de.device_mut(), dg.device_mut());
+                    swiglu_bwd::<f32>(
+                        gpu,
+                        dev,
+                        dgv,
+                        da.device(),
+                        e.device(),
+                        g.device(),
+                        1,
+                        n,
+                        sep,
+                    )
+                })
+            })
         })
     }
     fn gelu_fwd(&self, y: &mut Tensor, x: &Tensor, n: usize) {
@@ -1356,8 +1523,16 @@ impl Backend for CudaBackend {
             return;
         }
         assert_eq!(y.len(), n, "gelu_fwd: y must hold n values");
-        self.run("gelu_fwd", |g| {
-            gelu_tanh_fwd::<f32>(g, y.device_mut(), x.device())
+        if all_bf16(&[y, x]) {
+            return self.run("gelu_fwd", |g| {
+                gelu_tanh_fwd::<bf16>(g, y.device_bf16_mut(), x.device_bf16())
+            });
+        }
+        let x = self.wide(x);
+        self.f32_out(y, false, |y| {
+            self.run("gelu_fwd", |g| {
+                gelu_tanh_fwd::<f32>(g, y.device_mut(), x.device())
+            })
         })
     }
     fn gelu_bwd(&self, dx: &mut Tensor, dy: &Tensor, x: &Tensor, n: usize) {
@@ -1365,16 +1540,34 @@ impl Backend for CudaBackend {
             return;
         }
         assert_eq!(dx.len(), n, "gelu_bwd: dx must hold n values");
-        self.run("gelu_bwd", |g| {
-            gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device())
+        if all_bf16(&[dx, dy, x]) {
+            return self.run("gelu_bwd", |g| {
+                let (dxv, dyv, xv) = (dx.device_bf16_mut(), dy.device_bf16(), x.device_bf16());
+                gelu_tanh_bwd::<bf16>(g, dxv, dyv, xv)
+            });
+        }
+        let (dy, x) = (self.wide(dy), self.wide(x));
+        self.f32_out(dx, false, |dx| {
+            self.run("gelu_bwd", |g| {
+                gelu_tanh_bwd::<f32>(g, dx.device_mut(), dy.device(), x.device())
+            })
         })
     }
     fn geglu_fwd(&self, a: &mut Tensor, e: &Tensor, g: &Tensor, n: usize) {
         if n == 0 {
             return;
         }
-        self.run("geglu_fwd", |gpu| {
-            geglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), n)
+        if all_bf16(&[a, e, g]) {
+            return self.run("geglu_fwd", |gpu| {
+                let (av, ev, gv) = (a.device_bf16_mut(), e.device_bf16(), g.device_bf16());
+                geglu_fwd::<bf16>(gpu, av, ev, gv, n)
+            });
+        }
+        let (e, g) = (self.wide(e), self.wide(g));
+        self.f32_out(a, false, |a| {
+            self.run("geglu_fwd", |gpu| {
+                geglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), n)
+            })
         })
     }
     fn geglu_bwd(
@@ -1389,16 +1582,21 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        self.run("geglu_bwd", |gpu| {
-            geglu_bwd::<f32>(
-                gpu,
-                de.device_mut(),
-                dg.device_mut(),
-                da.device(),
-                e.device(),
-                g.device(),
-                n,
-            )
+        if all_bf16(&[de, dg, da, e, g]) {
+            return self.run("geglu_bwd", |gpu| {
+                let (dev, dgv) = (de.device_bf16_mut(), dg.device_bf16_mut());
+                let (dav, ev, gv) = (da.device_bf16(), e.device_bf16(), g.device_bf16());
+                geglu_bwd::<bf16>(gpu, dev, dgv, dav, ev, gv, n)
+            });
+        }
+        let (da, e, g) = (self.wide(da), self.wide(e), self.wide(g));
+        self.f32_out(de, false, |de| {
+            self.f32_out(dg, false, |dg| {
+                self.run("geglu_bwd", |gpu| {
+                    let (dev, dgv) = (de.device_mut(), dg.device_mut());
+                    geglu_bwd::<f32>(gpu, dev, dgv, da.device(), e.device(), g.device(), n)
+                })
+            })
         })
     }
 

@@ -337,6 +337,13 @@ pub trait Backend: Send + Sync {
 
     /// A zeroed f32 tensor.
     fn zeros(&self, len: usize) -> Tensor;
+    /// A zeroed tensor for a layer activation or its gradient that only the layer's ops read:
+    /// f32 on the CPU and in CUDA's f32 mode; stored as bf16 where products are bf16 anyway
+    /// (CUDA's bf16 mode: half the memory and no narrowing before each product; values are
+    /// rounded to bf16 when written, as a bf16 model's activations are).
+    fn activation(&self, len: usize) -> Tensor {
+        self.zeros(len)
+    }
     /// Host values into a new tensor (weights at load, batch data).
     fn upload(&self, v: &[f32]) -> Tensor;
     fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;

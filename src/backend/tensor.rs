@@ -6,6 +6,10 @@
 //!
 //! A tensor has a logical length; a device tensor of length 0 still holds one element, because
 //! the driver refuses empty allocations.
+//!
+//! A device tensor of f32 values may be stored as bf16 ([`Tensor::from_device_bf16`]): the CUDA
+//! backend's layer activations in bf16 mode ([`super::Backend::activation`]). Its ops read and
+//! write such a tensor through [`Tensor::device_bf16`]; [`Tensor::device`] refuses it.
 
 use crate::cuda::mem::DevBuf;
 
@@ -17,6 +21,8 @@ pub struct Tensor<T = f32> {
 enum Store<T> {
     Host(Vec<T>),
     Device(DevBuf<T>),
+    /// Values rounded to bf16 on the device (activations in bf16 mode).
+    DeviceBf16(DevBuf<half::bf16>),
 }
 
 impl<T> Tensor<T> {
@@ -37,6 +43,16 @@ impl<T> Tensor<T> {
         }
     }
 
+    /// A device tensor of logical length `len` stored as bf16 (the buffer holds at least
+    /// max(len, 1)).
+    pub fn from_device_bf16(buf: DevBuf<half::bf16>, len: usize) -> Tensor<T> {
+        assert!(buf.len() >= len, "device buffer shorter than the tensor");
+        Tensor {
+            len,
+            store: Store::DeviceBf16(buf),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -46,7 +62,27 @@ impl<T> Tensor<T> {
     }
 
     pub fn is_device(&self) -> bool {
-        matches!(self.store, Store::Device(_))
+        matches!(self.store, Store::Device(_) | Store::DeviceBf16(_))
+    }
+
+    /// Whether the values are stored as bf16 on the device.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.store, Store::DeviceBf16(_))
+    }
+
+    /// The bf16 device storage.
+    pub fn device_bf16(&self) -> &DevBuf<half::bf16> {
+        match &self.store {
+            Store::DeviceBf16(b) => b,
+            _ => panic!("a tensor not stored as bf16 reached a bf16 op (backend mix-up)"),
+        }
+    }
+
+    pub fn device_bf16_mut(&mut self) -> &mut DevBuf<half::bf16> {
+        match &mut self.store {
+            Store::DeviceBf16(b) => b,
+            _ => panic!("a tensor not stored as bf16 reached a bf16 op (backend mix-up)"),
+        }
     }
 
     /// The host storage. A device tensor here is a backend bug (an op given another
@@ -54,14 +90,18 @@ impl<T> Tensor<T> {
     pub fn host(&self) -> &[T] {
         match &self.store {
             Store::Host(v) => v,
-            Store::Device(_) => panic!("a device tensor reached a host op (backend mix-up)"),
+            Store::Device(_) | Store::DeviceBf16(_) => {
+                panic!("a device tensor reached a host op (backend mix-up)")
+            }
         }
     }
 
     pub fn host_mut(&mut self) -> &mut [T] {
         match &mut self.store {
             Store::Host(v) => v,
-            Store::Device(_) => panic!("a device tensor reached a host op (backend mix-up)"),
+            Store::Device(_) | Store::DeviceBf16(_) => {
+                panic!("a device tensor reached a host op (backend mix-up)")
+            }
         }
     }
 
@@ -69,7 +109,9 @@ impl<T> Tensor<T> {
     pub fn into_host(self) -> Vec<T> {
         match self.store {
             Store::Host(v) => v,
-            Store::Device(_) => panic!("a device tensor reached a host op (backend mix-up)"),
+            Store::Device(_) | Store::DeviceBf16(_) => {
+                panic!("a device tensor reached a host op (backend mix-up)")
+            }
         }
     }
 
@@ -78,6 +120,9 @@ impl<T> Tensor<T> {
         match self.store {
             Store::Device(b) => b,
             Store::Host(_) => panic!("a host tensor reached a device op (backend mix-up)"),
+            Store::DeviceBf16(_) => {
+                panic!("a bf16 tensor reached an f32 device op (backend mix-up)")
+            }
         }
     }
 
@@ -86,6 +131,9 @@ impl<T> Tensor<T> {
         match &self.store {
             Store::Device(b) => b,
             Store::Host(_) => panic!("a host tensor reached a device op (backend mix-up)"),
+            Store::DeviceBf16(_) => {
+                panic!("a bf16 tensor reached an f32 device op (backend mix-up)")
+            }
         }
     }
 
@@ -93,6 +141,9 @@ impl<T> Tensor<T> {
         match &mut self.store {
             Store::Device(b) => b,
             Store::Host(_) => panic!("a host tensor reached a device op (backend mix-up)"),
+            Store::DeviceBf16(_) => {
+                panic!("a bf16 tensor reached an f32 device op (backend mix-up)")
+            }
         }
     }
 }
@@ -117,6 +168,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Tensor<T> {
         match &self.store {
             Store::Host(v) => write!(f, "Tensor(host, {} elements)", v.len()),
             Store::Device(_) => write!(f, "Tensor(device, {} elements)", self.len),
+            Store::DeviceBf16(_) => write!(f, "Tensor(device bf16, {} elements)", self.len),
         }
     }
 }

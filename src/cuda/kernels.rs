@@ -174,6 +174,7 @@ pub const TENSOR: KernelFile = KernelFile {
     source: include_str!("../../kernels/tensor.cu"),
     functions: &[
         "copy2d_f32",
+        "copy2d_bf16",
         "bias_add_f32",
         "col_sum_f32",
         "scale_f32",

@@ -29,6 +29,14 @@ pub fn ensure(be: &dyn Backend, t: &mut Tensor, len: usize) {
     }
 }
 
+/// [`ensure`] for an activation only the layer's ops read ([`Backend::activation`]: bf16 where
+/// products are bf16).
+fn ensure_act(be: &dyn Backend, t: &mut Tensor, len: usize) {
+    if t.len() != len || t.is_empty() {
+        *t = be.activation(len);
+    }
+}
+
 /// The whole of `src` into `dst` (same length).
 pub fn copy_all(be: &dyn Backend, dst: &mut Tensor, src: &Tensor) {
     let len = src.len();
@@ -302,8 +310,9 @@ impl Acts {
     /// h1, x2, h2 [n,H]; q, att [n,NH·HD]; k, v [n,KV·HD]; the attention's saved buffer
     /// (`Backend::attention_saved_len`, the CPU's logsumexp [B,T,NH], never the [B,NH,T,T]
     /// probabilities); e, a (and g for SwiGLU / GeGLU) [n,F]; norm stats; Qwen3's pre-norm q/k;
-    /// the sandwich norms' inputs [n,H] and stats.
-    pub fn floats(arch: &Arch, n: f64) -> f64 {
+    /// the sandwich norms' inputs [n,H] and stats. `bf16`: h1, h2, e, g, a are bf16
+    /// ([`Backend::activation`]), half a float each.
+    pub fn floats(arch: &Arch, n: f64, bf16: bool) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn, nh) = (
             f(arch.hidden),
@@ -332,7 +341,9 @@ impl Acts {
         } else {
             0.0
         };
-        n * (3.0 * h + 2.0 * q + 2.0 * kv + nh + (2.0 + gated) * ffn + 2.0 * stats + qk_norm)
+        let act = if bf16 { 0.5 } else { 1.0 };
+        n * (h + 2.0 * q + 2.0 * kv + nh + 2.0 * stats + qk_norm)
+            + n * act * (2.0 * h + (2.0 + gated) * ffn)
             + n * sandwich
     }
 }
@@ -450,7 +461,7 @@ impl Layer {
         n: usize,
     ) {
         let (h, qd, kd) = (arch.hidden, arch.q_dim(), arch.kv_dim());
-        ensure(be, &mut acts.h1, n * h);
+        ensure_act(be, &mut acts.h1, n * h);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
         ensure(be, &mut acts.q, n * qd);
         ensure(be, &mut acts.k, n * kd);
@@ -509,16 +520,16 @@ impl Layer {
             Some(a) => add_scaled(be, &mut acts.x2, &acts.h1, a, n * h),
             None => be.add(&mut acts.x2, x, n * h),
         }
-        ensure(be, &mut acts.h2, n * h);
+        ensure_act(be, &mut acts.h2, n * h);
         self.ln2
             .forward(be, &mut acts.h2, &mut acts.st2, &acts.x2, n);
-        ensure(be, &mut acts.e, n * f);
-        ensure(be, &mut acts.a, n * f);
+        ensure_act(be, &mut acts.e, n * f);
+        ensure_act(be, &mut acts.a, n * f);
         match arch.mlp {
             MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
-                ensure(be, &mut acts.g, n * f);
+                ensure_act(be, &mut acts.g, n * f);
                 if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
-                    let mut buf = be.zeros(n * 2 * f);
+                    let mut buf = be.activation(n * 2 * f);
                     self.mlp_in[0].forward(be, &mut buf, &acts.h2, n);
                     split_halves(be, &mut acts.e, &mut acts.g, &buf, n, f);
                 } else {
@@ -566,7 +577,7 @@ impl Layer {
         let (h, qd, kd, f) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.ffn);
         let AttnDims { nh, nkv, .. } = ctx.dims;
         // MLP (through its sandwich norm)
-        let mut da = be.zeros(n * f);
+        let mut da = be.activation(n * f);
         let dm = match &mut self.post_mlp_norm {
             Some(pn) => {
                 let mut d = be.zeros(n * h);
@@ -587,14 +598,14 @@ impl Layer {
         let mut dh2 = be.zeros(n * h);
         match arch.mlp {
             MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
-                let (mut de, mut dg) = (be.zeros(n * f), be.zeros(n * f));
+                let (mut de, mut dg) = (be.activation(n * f), be.activation(n * f));
                 if arch.mlp == MlpKind::GeGlu {
                     be.geglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
                 } else {
                     be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
                 }
                 if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
-                    let mut buf = be.zeros(n * 2 * f);
+                    let mut buf = be.activation(n * 2 * f);
                     merge_halves(be, &mut buf, &de, &dg, n, f);
                     self.mlp_in[0].backward(be, Some(&mut dh2), false, &buf, &acts.h2, n);
                 } else {
@@ -603,7 +614,7 @@ impl Layer {
                 }
             }
             MlpKind::GeluTanh => {
-                let mut de = be.zeros(n * f);
+                let mut de = be.activation(n * f);
                 be.gelu_bwd(&mut de, &da, &acts.e, n * f);
                 self.mlp_in[0].backward(be, Some(&mut dh2), false, &de, &acts.h2, n);
             }
@@ -688,8 +699,9 @@ impl Layer {
     /// (+ the fused [gate; up] buffer), dh2, dx2, dh1 [n,H], datt, dq, dk, dv, the CPU
     /// attention backward's per-group copies of dq/dk/dv, the fused QKV buffer, Qwen3's
     /// norm grads, the sandwich norms' input gradients, and a LoRA dropout's masked input and its
-    /// gradient (`dropout`).
-    pub fn backward_scratch_floats(arch: &Arch, n: f64, dropout: bool) -> f64 {
+    /// gradient (`dropout`). `bf16`: the [n,F] gradients are bf16 ([`Backend::activation`]),
+    /// half a float each.
+    pub fn backward_scratch_floats(arch: &Arch, n: f64, dropout: bool, bf16: bool) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn) = (
             f(arch.hidden),
@@ -697,11 +709,13 @@ impl Layer {
             f(arch.kv_dim()),
             f(arch.ffn),
         );
-        let mlp = match arch.mlp {
-            MlpKind::SwiGlu { fused: true } => 5.0 * ffn,
-            MlpKind::SwiGlu { fused: false } | MlpKind::GeGlu => 3.0 * ffn,
-            MlpKind::GeluTanh => 2.0 * ffn,
-        };
+        let act = if bf16 { 0.5 } else { 1.0 };
+        let mlp = act
+            * match arch.mlp {
+                MlpKind::SwiGlu { fused: true } => 5.0 * ffn,
+                MlpKind::SwiGlu { fused: false } | MlpKind::GeGlu => 3.0 * ffn,
+                MlpKind::GeluTanh => 2.0 * ffn,
+            };
         let qkv = q + 2.0 * kv;
         let fused_qkv = if arch.qkv == QkvLayout::Separate {
             0.0

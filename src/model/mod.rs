@@ -58,8 +58,9 @@ const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 25 };
 /// the one layer being recomputed (and its output); the final norm's output and gradient; then
 /// the larger of the head chunk (logits and their gradient, `HEAD_CHUNK_ELEMS` each at most)
 /// and one layer's backward (dx, dprev and its scratch). `dropout`: LoRA dropout is on.
-/// `stash_bf16`: checkpointed inputs are stashed as bf16 (`Backend::stash` on CUDA in bf16),
-/// counted as half a float each; the last layer's output stays f32, and so do the widened
+/// `bf16`: the CUDA backend computing in bf16, which stashes checkpointed inputs as bf16
+/// (`Backend::stash`) and holds the layer activations `Backend::activation` allocates as bf16,
+/// each counted as half a float; the last layer's output stays f32, and so do the widened
 /// copies of the input being recomputed (counted twice: the dry device measures a little more
 /// than one).
 pub fn train_activation_floats(
@@ -67,18 +68,18 @@ pub fn train_activation_floats(
     n: f64,
     checkpointing: bool,
     dropout: bool,
-    stash_bf16: bool,
+    bf16: bool,
 ) -> f64 {
     let (h, l, v) = (arch.hidden as f64, arch.layers as f64, arch.vocab as f64);
-    let inputs = match checkpointing && stash_bf16 {
+    let inputs = match checkpointing && bf16 {
         true => (0.5 * (l + 1.0) + 3.0) * n * h,
         false => (l + 2.0) * n * h,
     };
-    let acts = Acts::floats(arch, n);
+    let acts = Acts::floats(arch, n, bf16);
     let rows = (HEAD_CHUNK_ELEMS as f64 / v).ceil().clamp(1.0, n.max(1.0));
     let head = 2.0 * rows * v;
     let final_norm = 2.0 * n * h;
-    let backward = 2.0 * n * h + Layer::backward_scratch_floats(arch, n, dropout);
+    let backward = 2.0 * n * h + Layer::backward_scratch_floats(arch, n, dropout, bf16);
     if checkpointing {
         inputs + final_norm + head.max(backward + acts + n * h)
     } else {

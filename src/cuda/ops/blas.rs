@@ -227,13 +227,14 @@ pub fn matmul_f32(
     Ok(())
 }
 
-/// Tensor-core GEMM with f32 output: C (f32) = alpha·op(A_i)·op(B_i) + beta·C_i for `batch`
-/// problems at element strides (stride_a, stride_b, stride_c), A and B bf16, f32 accumulation
-/// (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F). What the CUDA backend's bf16 compute mode
-/// runs for every dense, frozen-weight and attention product; `batch` 1 is a plain GEMM.
-pub fn matmul_bf16_f32(
+/// Tensor-core GEMM: C = alpha·op(A_i)·op(B_i) + beta·C_i for `batch` problems at element
+/// strides (stride_a, stride_b, stride_c), A and B bf16, f32 accumulation
+/// (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F), C f32 or bf16 (rounded once). What the CUDA
+/// backend's bf16 compute mode runs for every dense, frozen-weight and attention product;
+/// `batch` 1 is a plain GEMM.
+pub fn matmul_bf16_f32<C: Elem>(
     gpu: &Gpu,
-    c: &mut DevViewMut<f32>,
+    c: &mut DevViewMut<C>,
     a: &DevView<bf16>,
     b: &DevView<bf16>,
     mm: &MatMul,
@@ -246,9 +247,9 @@ pub fn matmul_bf16_f32(
 /// [`matmul_bf16_f32`] on operands whose rows are longer than the matrix (row-major leading
 /// dimensions `lds` = (lda, ldb, ldc), each at least its stored row length): e.g. one head of
 /// q [T, NH, HD] is a [T, HD] matrix with row length NH·HD.
-pub fn matmul_bf16_f32_ld(
+pub fn matmul_bf16_f32_ld<C: Elem>(
     gpu: &Gpu,
-    c: &mut DevViewMut<f32>,
+    c: &mut DevViewMut<C>,
     a: &DevView<bf16>,
     b: &DevView<bf16>,
     mm: &MatMul,
@@ -310,7 +311,11 @@ pub fn matmul_bf16_f32_ld(
                     sa as i64,
                     (&g.beta) as *const f32 as *const _,
                     pc as *mut _,
-                    sys::cudaDataType_t::CUDA_R_32F,
+                    if C::SUFFIX == "bf16" {
+                        bf
+                    } else {
+                        sys::cudaDataType_t::CUDA_R_32F
+                    },
                     g.ldc,
                     sc as i64,
                     i(batch)?,

@@ -29,11 +29,11 @@ impl Strided {
 /// dst[d.off + r·d.ld + c] = src[s.off + r·s.ld + c] for r < rows, c < cols (QKV split/merge,
 /// KV-cache writes, last-token gathers). Destination rows may not overlap (cols <= d.ld when
 /// rows > 1); source rows may (s.ld = 0 broadcasts one row).
-pub fn copy2d(
+pub fn copy2d<T: Elem>(
     gpu: &Gpu,
-    dst: &mut impl AsDevViewMut<f32>,
+    dst: &mut impl AsDevViewMut<T>,
     d: Strided,
-    src: &impl AsDevView<f32>,
+    src: &impl AsDevView<T>,
     s: Strided,
     rows: usize,
     cols: usize,
@@ -54,7 +54,7 @@ pub fn copy2d(
     need(OP, "src", sv.len(), end(s))?;
     let (r, c) = (dim(OP, "rows", rows)?, dim(OP, "cols", cols)?);
     let [dld, doff, sld, soff] = [d.ld, d.off, s.ld, s.off].map(|v| v as i64);
-    let f = gpu.function(&TENSOR, "copy2d_f32")?;
+    let f = gpu.function(&TENSOR, &kname::<T>("copy2d"))?;
     let mut b = gpu.launch_builder(&f);
     b.arg(&mut dv).arg(&sv).arg(&r).arg(&c);
     b.arg(&dld).arg(&doff).arg(&sld).arg(&soff);
