@@ -24,8 +24,9 @@
 //! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels.
 //!
 //! Activations in bf16 mode: the layer activations that feed products ([`Backend::activation`]:
-//! the norm outputs, the MLP's gate / up / activated values and their gradients) are stored as
-//! bf16, so a product reads them as they are and writes them rounded once; what gradient
+//! the norm outputs, the MLP's gate / up / activated values and their gradients; not the few
+//! rows of a decode step, whose products are f32 GEMVs) are stored as bf16, so a product reads
+//! them as they are and writes them rounded once; what gradient
 //! checkpointing keeps for the backward pass is stashed as bf16 ([`Backend::stash`]), and every
 //! layer computes from its stashed input forward and recompute alike. The residual stream, q / k
 //! / v and the attention output, the head's logits and every gradient of [n, hidden] stay f32,
@@ -50,7 +51,7 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use super::cpu::CpuBackend;
 use super::{
     Adam8State, AttnDims, AttnMask, Backend, Precision, QuantWeight, RopeFreqs, RopeKind,
-    RopeTables, Stash, Strided, Tensor,
+    RopeTables, Strided, Tensor,
 };
 use crate::cuda::error::Result;
 use crate::cuda::ops::act::{
@@ -681,23 +682,15 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    fn stash(&self, x: Tensor) -> Stash {
-        if self.precision != Precision::Bf16 || x.is_empty() {
-            return Stash::Kept(x);
+    fn stash(&self, x: Tensor) -> Tensor {
+        if self.precision != Precision::Bf16 || x.is_empty() || x.is_bf16() {
+            return x;
         }
         let n = x.len();
-        Stash::Bf16(self.run("stash bf16", |g| {
+        self.run("stash bf16", |g| {
             let mut s = g.alloc::<bf16>(n)?;
             tk::narrow_bf16(g, &mut s, &x.device().slice(..n))?;
-            Ok(Tensor::from_device(s, n))
-        }))
-    }
-    fn unstash_bf16(&self, b: &Tensor<bf16>) -> Tensor {
-        let n = b.len();
-        self.run("unstash bf16", |g| {
-            let mut y = g.alloc::<f32>(n)?;
-            tk::widen16(g, &mut y, &b.device().slice(..n), true)?;
-            Ok(Tensor::from_device(y, n))
+            Ok(Tensor::from_device_bf16(s, n))
         })
     }
     fn set_planned_peak(&self, bytes: u64) {
@@ -709,8 +702,9 @@ impl Backend for CudaBackend {
             Ok(Tensor::from_device(g.alloc_zeros(len.max(1))?, len))
         })
     }
-    fn activation(&self, len: usize) -> Tensor {
-        if self.precision != Precision::Bf16 {
+    fn activation(&self, rows: usize, cols: usize) -> Tensor {
+        let len = rows * cols;
+        if self.precision != Precision::Bf16 || rows <= GEMV_MAX_ROWS.max(tk::GEMV16_MAX_ROWS) {
             return self.zeros(len);
         }
         self.run("alloc", |g| {

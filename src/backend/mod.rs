@@ -289,33 +289,6 @@ pub enum QuantWeight {
     },
 }
 
-/// A layer input kept for the backward pass of gradient checkpointing ([`Backend::stash`]).
-pub enum Stash {
-    /// As it was: f32.
-    Kept(Tensor),
-    /// Narrowed to bf16 (the CUDA backend computing in bf16): half the memory.
-    Bf16(Tensor<half::bf16>),
-}
-
-impl Stash {
-    /// `f` on the stashed values as f32: a kept tensor itself, a narrowed one widened into a
-    /// transient tensor.
-    pub fn with<R>(&self, be: &dyn Backend, f: impl FnOnce(&Tensor) -> R) -> R {
-        match self {
-            Stash::Kept(t) => f(t),
-            Stash::Bf16(b) => f(&be.unstash_bf16(b)),
-        }
-    }
-
-    /// The stashed values as an f32 tensor (a kept one is returned as it is).
-    pub fn into_f32(self, be: &dyn Backend) -> Tensor {
-        match self {
-            Stash::Kept(t) => t,
-            Stash::Bf16(b) => be.unstash_bf16(&b),
-        }
-    }
-}
-
 /// A strided 2-D window of a tensor for [`Backend::copy2d`]: row r starts at `off + r·ld`.
 #[derive(Debug, Clone, Copy)]
 pub struct Strided {
@@ -337,12 +310,13 @@ pub trait Backend: Send + Sync {
 
     /// A zeroed f32 tensor.
     fn zeros(&self, len: usize) -> Tensor;
-    /// A zeroed tensor for a layer activation or its gradient that only the layer's ops read:
-    /// f32 on the CPU and in CUDA's f32 mode; stored as bf16 where products are bf16 anyway
-    /// (CUDA's bf16 mode: half the memory and no narrowing before each product; values are
-    /// rounded to bf16 when written, as a bf16 model's activations are).
-    fn activation(&self, len: usize) -> Tensor {
-        self.zeros(len)
+    /// A zeroed [rows, cols] tensor for a layer activation or its gradient that only the
+    /// layer's ops read: f32 on the CPU and in CUDA's f32 mode; stored as bf16 where products are
+    /// bf16 anyway (CUDA's bf16 mode: half the memory and no narrowing before each product;
+    /// values are rounded to bf16 when written, as a bf16 model's activations are), except for
+    /// the few rows of a decode step, whose products are f32 GEMVs over the stored weights.
+    fn activation(&self, rows: usize, cols: usize) -> Tensor {
+        self.zeros(rows * cols)
     }
     /// Host values into a new tensor (weights at load, batch data).
     fn upload(&self, v: &[f32]) -> Tensor;
@@ -352,15 +326,11 @@ pub trait Backend: Send + Sync {
     /// out-of-memory error (the CPU ignores it).
     fn set_planned_peak(&self, _bytes: u64) {}
     /// Keeps `x` [len] until the backward pass of gradient checkpointing: as it is, or where
-    /// products are bf16 anyway narrowed to bf16 (half the memory; the model then computes
-    /// from the stashed values forward and backward alike, as a bf16 model's checkpoints do).
-    fn stash(&self, x: Tensor) -> Stash {
-        Stash::Kept(x)
-    }
-    /// A bf16 stash's values widened into a new f32 tensor (only a backend whose `stash`
-    /// makes bf16 stashes is given one).
-    fn unstash_bf16(&self, _s: &Tensor<half::bf16>) -> Tensor {
-        unreachable!("a bf16 stash reached a backend that makes none")
+    /// products are bf16 anyway stored as bf16 (half the memory; the model then computes from
+    /// the stashed values forward and backward alike, as a bf16 model's checkpoints do; ops
+    /// widen them where they need f32).
+    fn stash(&self, x: Tensor) -> Tensor {
+        x
     }
     /// One line on the device memory used so far (None on the CPU): the train step logs it.
     fn memory_line(&self) -> Option<String> {

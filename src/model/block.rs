@@ -31,9 +31,9 @@ pub fn ensure(be: &dyn Backend, t: &mut Tensor, len: usize) {
 
 /// [`ensure`] for an activation only the layer's ops read ([`Backend::activation`]: bf16 where
 /// products are bf16).
-fn ensure_act(be: &dyn Backend, t: &mut Tensor, len: usize) {
-    if t.len() != len || t.is_empty() {
-        *t = be.activation(len);
+fn ensure_act(be: &dyn Backend, t: &mut Tensor, rows: usize, cols: usize) {
+    if t.len() != rows * cols || t.is_empty() {
+        *t = be.activation(rows, cols);
     }
 }
 
@@ -461,7 +461,7 @@ impl Layer {
         n: usize,
     ) {
         let (h, qd, kd) = (arch.hidden, arch.q_dim(), arch.kv_dim());
-        ensure_act(be, &mut acts.h1, n * h);
+        ensure_act(be, &mut acts.h1, n, h);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
         ensure(be, &mut acts.q, n * qd);
         ensure(be, &mut acts.k, n * kd);
@@ -520,16 +520,16 @@ impl Layer {
             Some(a) => add_scaled(be, &mut acts.x2, &acts.h1, a, n * h),
             None => be.add(&mut acts.x2, x, n * h),
         }
-        ensure_act(be, &mut acts.h2, n * h);
+        ensure_act(be, &mut acts.h2, n, h);
         self.ln2
             .forward(be, &mut acts.h2, &mut acts.st2, &acts.x2, n);
-        ensure_act(be, &mut acts.e, n * f);
-        ensure_act(be, &mut acts.a, n * f);
+        ensure_act(be, &mut acts.e, n, f);
+        ensure_act(be, &mut acts.a, n, f);
         match arch.mlp {
             MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
-                ensure_act(be, &mut acts.g, n * f);
+                ensure_act(be, &mut acts.g, n, f);
                 if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
-                    let mut buf = be.activation(n * 2 * f);
+                    let mut buf = be.activation(n, 2 * f);
                     self.mlp_in[0].forward(be, &mut buf, &acts.h2, n);
                     split_halves(be, &mut acts.e, &mut acts.g, &buf, n, f);
                 } else {
@@ -577,7 +577,7 @@ impl Layer {
         let (h, qd, kd, f) = (arch.hidden, arch.q_dim(), arch.kv_dim(), arch.ffn);
         let AttnDims { nh, nkv, .. } = ctx.dims;
         // MLP (through its sandwich norm)
-        let mut da = be.activation(n * f);
+        let mut da = be.activation(n, f);
         let dm = match &mut self.post_mlp_norm {
             Some(pn) => {
                 let mut d = be.zeros(n * h);
@@ -598,14 +598,14 @@ impl Layer {
         let mut dh2 = be.zeros(n * h);
         match arch.mlp {
             MlpKind::SwiGlu { .. } | MlpKind::GeGlu => {
-                let (mut de, mut dg) = (be.activation(n * f), be.activation(n * f));
+                let (mut de, mut dg) = (be.activation(n, f), be.activation(n, f));
                 if arch.mlp == MlpKind::GeGlu {
                     be.geglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
                 } else {
                     be.swiglu_bwd(&mut de, &mut dg, &da, &acts.e, &acts.g, n * f);
                 }
                 if arch.mlp == (MlpKind::SwiGlu { fused: true }) {
-                    let mut buf = be.activation(n * 2 * f);
+                    let mut buf = be.activation(n, 2 * f);
                     merge_halves(be, &mut buf, &de, &dg, n, f);
                     self.mlp_in[0].backward(be, Some(&mut dh2), false, &buf, &acts.h2, n);
                 } else {
@@ -614,7 +614,7 @@ impl Layer {
                 }
             }
             MlpKind::GeluTanh => {
-                let mut de = be.activation(n * f);
+                let mut de = be.activation(n, f);
                 be.gelu_bwd(&mut de, &da, &acts.e, n * f);
                 self.mlp_in[0].backward(be, Some(&mut dh2), false, &de, &acts.h2, n);
             }

@@ -26,7 +26,7 @@ pub use block::{Acts, Ctx, Layer, Norm, Param};
 pub use cache::KvCache;
 pub use linear::{Linear, LinearWeight, LoraWeights, QuantLinear};
 
-use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs, Stash, Strided, Tensor};
+use crate::backend::{AttnDims, Backend, CpuBackend, RopeFreqs, Strided, Tensor};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,9 +60,8 @@ const HEAD_CHUNK_ELEMS: usize = if cfg!(test) { 100 } else { 1 << 25 };
 /// and one layer's backward (dx, dprev and its scratch). `dropout`: LoRA dropout is on.
 /// `bf16`: the CUDA backend computing in bf16, which stashes checkpointed inputs as bf16
 /// (`Backend::stash`) and holds the layer activations `Backend::activation` allocates as bf16,
-/// each counted as half a float; the last layer's output stays f32, and so do the widened
-/// copies of the input being recomputed (counted twice: the dry device measures a little more
-/// than one).
+/// each counted as half a float (the last layer's output too), plus one f32 [n,H] for the
+/// transient copy an op widens a stashed input into.
 pub fn train_activation_floats(
     arch: &Arch,
     n: f64,
@@ -72,7 +71,7 @@ pub fn train_activation_floats(
 ) -> f64 {
     let (h, l, v) = (arch.hidden as f64, arch.layers as f64, arch.vocab as f64);
     let inputs = match checkpointing && bf16 {
-        true => (0.5 * (l + 1.0) + 3.0) * n * h,
+        true => (0.5 * (l + 1.0) + 1.0) * n * h,
         false => (l + 2.0) * n * h,
     };
     let acts = Acts::floats(arch, n, bf16);
@@ -1158,22 +1157,27 @@ impl Model {
         // computes from its stashed input, so forward and recompute see the same values.
         let keep = |x: Tensor| match opts.checkpointing {
             true => be.stash(x),
-            false => Stash::Kept(x),
+            false => x,
         };
         let mut inputs = vec![keep(x0)];
         let mut saved: Vec<Acts> = Vec::new();
         for l in &self.layers {
             let mut acts = Acts::default();
             let mut y = be.zeros(n * h);
-            inputs.last().expect("input").with(be, |x| {
-                l.forward(be, &self.arch, &mut y, &mut acts, x, &ctx);
-            });
+            l.forward(
+                be,
+                &self.arch,
+                &mut y,
+                &mut acts,
+                inputs.last().expect("input"),
+                &ctx,
+            );
             if !opts.checkpointing {
                 saved.push(acts);
             }
             inputs.push(keep(y));
         }
-        let xl = inputs.pop().expect("last").into_f32(be);
+        let xl = inputs.pop().expect("last");
         let mut hf = be.zeros(n * h);
         let mut fst = block::NormStats::default();
         self.final_norm.forward(be, &mut hf, &mut fst, &xl, n);
@@ -1217,19 +1221,18 @@ impl Model {
         // layers in reverse
         let mut dprev = be.zeros(n * h);
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
-            inputs[i].with(be, |x| {
-                let recomputed;
-                let acts = if opts.checkpointing {
-                    let mut a = Acts::default();
-                    let mut y = be.zeros(n * h);
-                    l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
-                    recomputed = a;
-                    &recomputed
-                } else {
-                    &saved[i]
-                };
-                l.backward(be, &self.arch, &mut dprev, &dx, x, acts, &ctx);
-            });
+            let x = &inputs[i];
+            let recomputed;
+            let acts = if opts.checkpointing {
+                let mut a = Acts::default();
+                let mut y = be.zeros(n * h);
+                l.forward(be, &self.arch, &mut y, &mut a, x, &ctx);
+                recomputed = a;
+                &recomputed
+            } else {
+                &saved[i]
+            };
+            l.backward(be, &self.arch, &mut dprev, &dx, x, acts, &ctx);
             std::mem::swap(&mut dx, &mut dprev);
         }
         // embedding
