@@ -1,7 +1,10 @@
 // flash.cu: fused attention on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate) for bf16
 // compute mode's training: the scores never leave the chip (no T x T buffer), and the causal upper
 // triangle (and what a sliding window hides) is skipped a tile at a time. Inputs and outputs are f32 (the backend's activations);
-// tiles are narrowed to bf16 as they are staged in shared memory.
+// tiles are narrowed to bf16 as they are staged in shared memory. Each kernel comes in two
+// element types for q, k, v and o (the `_f32` and `_bf16` names): f32 (narrowed while staged) or
+// bf16 (the backend's bf16 activations, staged as they are); dout, dq, dk, dv, lse and delta are
+// f32 in both.
 //
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // Query head h reads kv head h / (Hq/Hkv). Key j is visible to query i iff (j <= i or
@@ -76,6 +79,40 @@ __device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const float
         int r = e / DP, c = e % DP;
         i32 rr = r0 + r;
         dst[c][r] = __float2bfloat16(rr < t && c < d ? src[(i64)rr * stride + c] : 0.f);
+    }
+}
+
+// stage_rows from bf16 rows: the same tile, copied (8-byte loads of 4 values when d % 4 == 0
+// and src is 8-byte aligned).
+template <int DP, bool VEC = true>
+__device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const bf16* src, i64 stride,
+                                           i32 r0, int rows, i32 t, i32 d) {
+    if (VEC && d % 4 == 0 && ((u64)src & 7) == 0) {
+        for (int e = threadIdx.x; e < rows * DP / 4; e += blockDim.x) {
+            int r = e / (DP / 4), c = 4 * (e % (DP / 4));
+            i32 rr = r0 + r;
+            uint2 v = {0u, 0u};
+            if (rr < t && c < d) v = *(const uint2*)&src[(i64)rr * stride + c];
+            *(uint2*)&dst[r][c] = v;
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < rows * DP; e += blockDim.x) {
+        int r = e / DP, c = e % DP;
+        i32 rr = r0 + r;
+        dst[r][c] = rr < t && c < d ? src[(i64)rr * stride + c] : __float2bfloat16(0.f);
+    }
+}
+
+// stage_cols from bf16 rows (element by element: a transpose gains little from wide loads of
+// 2-byte values).
+template <int DP, int ROWS, bool VEC = true>
+__device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const bf16* src, i64 stride,
+                                           i32 r0, i32 t, i32 d) {
+    for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
+        int r = e / DP, c = e % DP;
+        i32 rr = r0 + r;
+        dst[c][r] = rr < t && c < d ? src[(i64)rr * stride + c] : __float2bfloat16(0.f);
     }
 }
 
@@ -161,8 +198,8 @@ __device__ __forceinline__ bool keys_in_segment(const u8* ok, const i32* sg, i32
 #define CCOL(n, e) ((n) * 8 + 2 * tq + ((e) & 1))
 
 // Grid (ceil(t / FBR), hq, batch), 128 threads. Query tiles run longest-first (the causal tail).
-template <int DP>
-__device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, const float* v,
+template <int DP, typename T>
+__device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
                           const u8* kmask, const i32* seg, const i32* prefix, const float* slopes,
                           i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {
     __shared__ __align__(16) bf16 Ks[FBC][DP + FPAD];  // the Q tile first, then each K tile
@@ -174,9 +211,9 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
     i32 b = blockIdx.z, h = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * FBR;
     i32 kvh = h / (hq / hkv), iw = i0 + warp * 16;
     i64 qs = (i64)hq * d, ks = (i64)hkv * d;
-    const float* qb = q + (i64)b * t * qs + (i64)h * d;
-    const float* kb = k + (i64)b * t * ks + (i64)kvh * d;
-    const float* vb = v + (i64)b * t * ks + (i64)kvh * d;
+    const T* qb = q + (i64)b * t * qs + (i64)h * d;
+    const T* kb = k + (i64)b * t * ks + (i64)kvh * d;
+    const T* vb = v + (i64)b * t * ks + (i64)kvh * d;
     stage_rows<DP, false>(Ks, qb, qs, i0, FBR, t, d);
     __syncthreads();
     u32 qa[DP / 16][4];
@@ -247,13 +284,13 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
         acc_to_a<FBC>(pa, s);
         mma_rows<FBC, DP, FBC + FPAD>(acc, pa, Vt);
     }
-    float* ob = o + (i64)b * t * qs + (i64)h * d;
+    T* ob = o + (i64)b * t * qs + (i64)h * d;
 #pragma unroll
     for (int n = 0; n < DP / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             int x = e >> 1, c = CCOL(n, e);
-            if (ri[x] < t && c < d) ob[(i64)ri[x] * qs + c] = l[x] > 0.f ? acc[n][e] / l[x] : 0.f;
+            if (ri[x] < t && c < d) st(ob, (i64)ri[x] * qs + c, l[x] > 0.f ? acc[n][e] / l[x] : 0.f);
         }
     if (tq == 0)
 #pragma unroll
@@ -263,9 +300,9 @@ __device__ void flash_fwd(float* o, float* lse, const float* q, const float* k, 
 }
 
 // dq: grid (ceil(t / FBR), hq, batch), 128 threads; key tiles of FBK. dq is overwritten.
-template <int DP>
-__device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const float* k,
-                             const float* v, const float* lse, const float* delta,
+template <int DP, typename T>
+__device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* k,
+                             const T* v, const float* lse, const float* delta,
                              const u8* kmask, const i32* seg, const i32* prefix,
                              const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,
                              i32 window) {
@@ -349,9 +386,9 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const float* q, const
 // one kv head and loops over the group's query heads and query tiles of QT (16 at DP 128, where
 // 32 would spill: four [16 × DP] operand and accumulator sets live in registers). The products run
 // transposed (keys as rows): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q. Overwritten.
-template <int DP, int QT>
-__device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const float* q,
-                               const float* k, const float* v, const float* lse,
+template <int DP, int QT, typename T>
+__device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T* q,
+                               const T* k, const T* v, const float* lse,
                                const float* delta, const u8* kmask, const i32* seg,
                                const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv,
                                i32 d, float scale, i32 window) {
@@ -460,27 +497,30 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const fl
         }
 }
 
-#define FLASH_KERNELS(DP)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) flash_fwd_d##DP(                             \
-        float* o, float* lse, const float* q, const float* k, const float* v, const u8* kmask,     \
-        const i32* seg, const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d,     \
-        float scale, i32 window) {                                                                 \
+#define FLASH_KERNELS(DP, T, S)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) flash_fwd_##S##_d##DP(                       \
+        T* o, float* lse, const T* q, const T* k, const T* v, const u8* kmask, const i32* seg,     \
+        const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,        \
+        i32 window) {                                                                              \
         flash_fwd<DP>(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale, window);  \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_d##DP(                          \
-        float* dq, const float* dout, const float* q, const float* k, const float* v,              \
-        const float* lse, const float* delta, const u8* kmask, const i32* seg, const i32* prefix,  \
+    extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_##S##_d##DP(                    \
+        float* dq, const float* dout, const T* q, const T* k, const T* v, const float* lse,        \
+        const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
         const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
         flash_bwd_dq<DP>(dq, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv, d, \
                          scale, window);                                                           \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128, 1) flash_bwd_dkdv_d##DP(                        \
-        float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,   \
+    extern "C" __global__ void __launch_bounds__(128, 1) flash_bwd_dkdv_##S##_d##DP(               \
+        float* dk, float* dv, const float* dout, const T* q, const T* k, const T* v,               \
         const float* lse, const float* delta, const u8* kmask, const i32* seg, const i32* prefix,  \
         const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
-        flash_bwd_dkdv<DP, DP == 128 ? 16 : FBK>(dk, dv, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq,   \
-                           hkv, d, scale, window);                                                 \
+        flash_bwd_dkdv<DP, DP == 128 ? 16 : FBK>(dk, dv, dout, q, k, v, lse, delta, kmask, seg,     \
+                                                 prefix, slopes, t, hq, hkv, d, scale, window);    \
     }
-FLASH_KERNELS(32)
-FLASH_KERNELS(64)
-FLASH_KERNELS(128)
+FLASH_KERNELS(32, float, f32)
+FLASH_KERNELS(64, float, f32)
+FLASH_KERNELS(128, float, f32)
+FLASH_KERNELS(32, bf16, bf16)
+FLASH_KERNELS(64, bf16, bf16)
+FLASH_KERNELS(128, bf16, bf16)

@@ -641,7 +641,7 @@ fn lora_and_qlora_steps_match_cpu_in(precision: recipe::backend::Precision) {
                 // adapters (B starts at 0) differ by up to 0.31 of their largest value after 10
                 // steps with f32 attention, in L2 by at most 7.6e-2 (measured); with the
                 // tensor-core attention (bf16 P and dS too) up to 1.06 (ChatGLM QLoRA), in L2 by
-                // at most 9.5e-2.
+                // at most 9.5e-2; with bf16 activations in L2 by at most 1.01e-1.
                 assert!(
                     r.l2_rel_adapter <= 1.5e-1,
                     "{family} {what}: adapter l2 {:.3e}",
@@ -692,9 +692,9 @@ fn every_family_trains_the_same_on_the_device() {
 
 /// The same families in bf16 mode (the GPU default: bf16 products, bf16 activations, bf16
 /// checkpoint stash), 3 LoRA steps each against the CPU: losses within 1e-2 relative (measured:
-/// 1.6e-3 at most, Gemma 3), adapters within 0.4 in L2. After 3 AdamW steps from B = 0 an
+/// 1.2e-3 at most, Mistral), adapters within 0.4 in L2. After 3 AdamW steps from B = 0 an
 /// adapter entry is about ±3·lr with the sign of its early gradients, so bf16 noise in
-/// near-zero gradients flips whole steps: measured up to 0.31 in L2 (0.27 with f32 activations
+/// near-zero gradients flips whole steps: measured up to 0.23 in L2 (0.27 with f32 activations
 /// and bf16 products); a wrong gradient gives ~1. Every op the families add (LayerNorm, biases,
 /// GELU, GeGLU, sandwich norms, q/k norms, GLM residuals) meets bf16 activations here.
 #[test]
@@ -1085,6 +1085,18 @@ fn traffic_counter_counts_exactly_the_bytes_copied() {
 
 // ---- The device-resident step's kernels (kernels/tensor.cu and the additions to act.cu,
 // optim.cu, rope.cu, attention.cu): each launcher against its twin, odd sizes. ----
+
+/// The causal mask over `valid` / `segment`: no ALiBi, window or prefix.
+fn causal_mask<'a>(valid: &'a Tensor<u8>, segment: &'a Tensor<i32>) -> AttnMask<'a> {
+    AttnMask {
+        valid,
+        segment,
+        alibi: None,
+        alibi_relative: true,
+        window: None,
+        prefix: None,
+    }
+}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -2124,14 +2136,7 @@ fn bf16_long_rows(gemm: bool) {
     );
     let run = |be: &dyn Backend| {
         let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
-        let mask = AttnMask {
-            valid: &vt,
-            segment: &st,
-            alibi: None,
-            alibi_relative: true,
-            window: None,
-            prefix: None,
-        };
+        let mask = causal_mask(&vt, &st);
         let mut o = be.zeros(t * hd);
         let mut saved = be.zeros(be.attention_saved_len(dims));
         let (qt, kt, vt2) = (be.upload(&q), be.upload(&k), be.upload(&v));
@@ -2263,9 +2268,12 @@ fn the_plan_covers_what_the_device_allocates() {
             no_peak: true,
         };
         let r = train_bench(be, &mut std::io::sink(), &o).unwrap();
-        // After its first step the loop takes nothing new from the driver.
+        // Once warm the loop takes nothing new from the driver. The second step may take one
+        // block: a cached block serves any request up to 1.25× smaller, so what the first
+        // optimizer step allocates can take a block the next forward wanted.
         let fresh = &r.driver_allocations;
-        assert!(fresh.iter().all(|&f| f == fresh[0]), "{fresh:?}");
+        assert!(fresh[1..].iter().all(|&f| f == fresh[1]), "{fresh:?}");
+        assert!(fresh[1] - fresh[0] <= 2, "{fresh:?}");
         let (live, held) = (r.peak_bytes_live, r.bytes_held);
         let what = format!(
             "kv {kv_heads}, {layers} layers, seq {seq}: plan {planned}, live {live}, held {held}"
@@ -2473,4 +2481,95 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
     assert!(!be.activation(8, 64).is_bf16());
     let f32be = CudaBackend::on(emulated().unwrap(), "emulated".into()).unwrap();
     assert!(!f32be.activation(64, 64).is_bf16());
+}
+
+/// q, k, v and the attention output as bf16 activations: the fused kernels' bf16 variants (and
+/// the GEMM path, which widens them) give exactly what f32 inputs holding the same values give,
+/// with O rounded to bf16; the f32 gradients agree within 1e-2 of their largest value (the
+/// backward reads the rounded O); RoPE rotates a bf16 tensor as it does the f32 one, rounded
+/// once.
+#[test]
+fn bf16_attention_and_rope_take_bf16_activations() {
+    use half::bf16;
+    use recipe::backend::Precision;
+    let r16 = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+    let mut rng = Rng::new(23);
+    let (b, t, nh, nkv, hd) = (2usize, 13usize, 4usize, 2usize, 16usize);
+    let dims = AttnDims { b, t, nh, nkv, hd };
+    let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
+    let (q, k, v, dout) = (
+        r16(&rng.normals(nq, 1.0)),
+        r16(&rng.normals(nk, 1.0)),
+        r16(&rng.normals(nk, 1.0)),
+        rng.normals(nq, 1.0),
+    );
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 2)).collect();
+    let segment: Vec<i32> = (0..b * t).map(|i| if i < 2 { -1 } else { 0 }).collect();
+    for gemm in [false, true] {
+        let Some(gpu) = emulated() else { return };
+        let be = CudaBackend::on(gpu, "emulated".into())
+            .unwrap()
+            .with_precision(Precision::Bf16)
+            .with_gemm_attention(gemm);
+        let be: &dyn Backend = &be;
+        let act = |v: &[f32]| {
+            let mut x = be.activation(v.len() / hd, hd);
+            let n = v.len();
+            be.copy2d(
+                &mut x,
+                Strided::rows(n, 0),
+                &be.upload(v),
+                Strided::rows(n, 0),
+                1,
+                n,
+            );
+            assert!(x.is_bf16());
+            x
+        };
+        let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+        let mask = causal_mask(&vt, &st);
+        // (o, dq, dk, dv) downloaded, o as stored.
+        let run = |q: &Tensor, k: &Tensor, v: &Tensor, mut o: Tensor| {
+            let mut saved = be.zeros(be.attention_saved_len(dims));
+            be.attention_fwd(&mut o, &mut saved, q, k, v, &mask, dims, 0.25);
+            let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+            let dt = be.upload(&dout);
+            be.attention_bwd(
+                &mut dq, &mut dk, &mut dv, &dt, q, k, v, &saved, &mask, dims, 0.25,
+            );
+            let down = |x: &Tensor| bits(&be.download(x));
+            (o.is_bf16(), down(&o), down(&dq), down(&dk), down(&dv))
+        };
+        let got = run(&act(&q), &act(&k), &act(&v), be.activation(b * t, nh * hd));
+        let (uq, uk, uv) = (be.upload(&q), be.upload(&k), be.upload(&v));
+        let want = run(&uq, &uk, &uv, be.zeros(nq));
+        let what = if gemm { "GEMM path" } else { "fused" };
+        assert!(got.0, "{what}: o stays bf16");
+        let f = |u: &[u32]| u.iter().map(|&u| f32::from_bits(u)).collect::<Vec<_>>();
+        assert_eq!(got.1, bits(&r16(&f(&want.1))), "{what}: o");
+        // The backward's rowsum(dO ⊙ O) reads the bf16 O: gradients agree to its rounding.
+        for (name, g, w) in [
+            ("dq", &got.2, &want.2),
+            ("dk", &got.3, &want.3),
+            ("dv", &got.4, &want.4),
+        ] {
+            close_of_max(&format!("{what}: {name}"), &f(g), &f(w), 1e-2);
+        }
+        // RoPE on a bf16 q.
+        let tab = be.rope_tables(
+            &be.upload(&(0..b * t).map(|i| (i % t) as f32).collect::<Vec<_>>()),
+            b * t,
+            &RopeFreqs::plain(hd, 10000.0),
+        );
+        let mut x16 = act(&q);
+        be.rope(&mut x16, &tab, b * t, nh, hd, RopeKind::Half, false);
+        let mut x32 = be.upload(&q);
+        be.rope(&mut x32, &tab, b * t, nh, hd, RopeKind::Half, false);
+        assert!(x16.is_bf16(), "rope keeps a bf16 tensor bf16");
+        assert_eq!(
+            bits(&be.download(&x16)),
+            bits(&r16(&be.download(&x32))),
+            "rope"
+        );
+    }
 }

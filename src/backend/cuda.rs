@@ -23,14 +23,15 @@
 //! bf16 GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`) past their head dim or
 //! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels.
 //!
-//! Activations in bf16 mode: the layer activations that feed products ([`Backend::activation`]:
-//! the norm outputs, the MLP's gate / up / activated values and their gradients; not the few
-//! rows of a decode step, whose products are f32 GEMVs) are stored as bf16, so a product reads
-//! them as they are and writes them rounded once; what gradient
-//! checkpointing keeps for the backward pass is stashed as bf16 ([`Backend::stash`]), and every
-//! layer computes from its stashed input forward and recompute alike. The residual stream, q / k
-//! / v and the attention output, the head's logits and every gradient of [n, hidden] stay f32,
-//! as do norm statistics, softmax and loss. An op without a bf16 kernel for its mix of operands
+//! Activations in bf16 mode: the layer activations ([`Backend::activation`]: the norm outputs,
+//! q / k / v and the attention output, the MLP's gate / up / activated values and their
+//! gradients; not the few rows of a decode step, whose products are f32 GEMVs) are stored as
+//! bf16, so a product or the fused attention reads them as they are and writes them rounded
+//! once; what gradient checkpointing keeps for the backward pass is stashed as bf16
+//! ([`Backend::stash`]), and every layer computes from its stashed input forward and recompute
+//! alike. The residual stream, the head's logits, the attention's logsumexp and the gradients of
+//! the residual stream, q / k / v and the attention output stay f32, as do norm statistics,
+//! softmax and loss. An op without a bf16 kernel for its mix of operands
 //! widens a bf16 input into a transient f32 tensor and narrows its f32 result back
 //! ([`CudaBackend::wide`], [`CudaBackend::f32_out`]).
 //!
@@ -607,17 +608,30 @@ impl CudaBackend {
             "flash_fwd"
         };
         let name = self.op_name(op, || format!("{dims:?}"));
-        self.run(&name, |g| {
-            let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
-            let mut o = out.device_mut().slice_mut(..nq);
-            let (mk, kd) = (device_masks(mask), kdims(dims, scale));
-            let (q, k, v) = (q.device(), k.device(), v.device());
-            if gemm {
-                attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
-            } else {
-                flash_fwd(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
-            }
-            g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
+        let (mk, kd) = (device_masks(mask), kdims(dims, scale));
+        if !gemm && all_bf16(&[out, q, k, v]) {
+            // bf16 activations straight into the fused kernels; `saved` keeps O widened.
+            return self.run(&name, |g| {
+                let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
+                let mut o = out.device_bf16_mut().slice_mut(..nq);
+                let (q, k, v) = (q.device_bf16(), k.device_bf16(), v.device_bf16());
+                flash_fwd::<bf16>(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+                tk::widen16(g, &mut so.slice_mut(..nq), &o.as_view(), true)
+            });
+        }
+        let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
+        self.f32_out(out, false, |out| {
+            self.run(&name, |g| {
+                let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
+                let mut o = out.device_mut().slice_mut(..nq);
+                let (q, k, v) = (q.device(), k.device(), v.device());
+                if gemm {
+                    attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+                } else {
+                    flash_fwd::<f32>(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+                }
+                g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
+            })
         })
     }
 
@@ -647,17 +661,30 @@ impl CudaBackend {
             "flash_bwd"
         };
         let name = self.op_name(op, || format!("{dims:?}"));
+        let (mk, kd) = (device_masks(mask), kdims(dims, scale));
+        let dout = self.wide(dout);
+        if !gemm && all_bf16(&[q, k, v]) {
+            return self.run(&name, |g| {
+                let sd = saved.device();
+                let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
+                let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
+                let (q, k, v) = (q.device_bf16(), k.device_bf16(), v.device_bf16());
+                let delta = sc.delta_slot();
+                let dout = dout.device();
+                flash_bwd::<bf16>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+            });
+        }
+        let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
         self.run(&name, |g| {
             let sd = saved.device();
             let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
             let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
-            let (mk, kd) = (device_masks(mask), kdims(dims, scale));
             if gemm {
                 attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             } else {
                 let delta = sc.delta_slot();
-                flash_bwd(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+                flash_bwd::<f32>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             }
         })
     }
@@ -705,6 +732,14 @@ impl Backend for CudaBackend {
     fn activation(&self, rows: usize, cols: usize) -> Tensor {
         let len = rows * cols;
         if self.precision != Precision::Bf16 || rows <= GEMV_MAX_ROWS.max(tk::GEMV16_MAX_ROWS) {
+            return self.zeros(len);
+        }
+        self.run("alloc", |g| {
+            Ok(Tensor::from_device_bf16(g.alloc_zeros(len.max(1))?, len))
+        })
+    }
+    fn zeros_like(&self, like: &Tensor, len: usize) -> Tensor {
+        if !like.is_bf16() {
             return self.zeros(len);
         }
         self.run("alloc", |g| {
@@ -1233,19 +1268,17 @@ impl Backend for CudaBackend {
             rot: 2 * tab.half,
             max_pos: n,
         };
-        let mut y = self.zeros(len);
-        self.run("rope", |g| {
-            rope::<f32>(
-                g,
-                y.device_mut(),
-                x.device(),
-                tab.cos.device(),
-                tab.sin.device(),
-                tab.index.device(),
-                dm,
-                layout,
-                inverse,
-            )
+        let mut y = self.zeros_like(x, len);
+        let (cos, sin, pos) = (tab.cos.device(), tab.sin.device(), tab.index.device());
+        self.run("rope", |g| match x.is_bf16() {
+            true => {
+                let (yv, xv) = (y.device_bf16_mut(), x.device_bf16());
+                rope::<bf16>(g, yv, xv, cos, sin, pos, dm, layout, inverse)
+            }
+            false => {
+                let (yv, xv) = (y.device_mut(), x.device());
+                rope::<f32>(g, yv, xv, cos, sin, pos, dm, layout, inverse)
+            }
         });
         if x.len() == len {
             *x = y;
@@ -1283,9 +1316,9 @@ impl Backend for CudaBackend {
             let mut lse = Tensor::from_host(vec![0.0; nl]);
             let mut o = Tensor::from_host(vec![0.0; out.len()]);
             let (qh, kh, vh) = (
-                Tensor::from_host(self.down(q)),
-                Tensor::from_host(self.down(k)),
-                Tensor::from_host(self.down(v)),
+                Tensor::from_host(self.download(q)),
+                Tensor::from_host(self.download(k)),
+                Tensor::from_host(self.download(v)),
             );
             Backend::attention_fwd(
                 &CpuBackend,
@@ -1351,7 +1384,7 @@ impl Backend for CudaBackend {
             let m = hm.mask(mask);
             let nl = CpuBackend.attention_saved_len(dims);
             let sh = Tensor::from_host(self.down(saved)[..nl].to_vec());
-            let h = |t: &Tensor| Tensor::from_host(self.down(t));
+            let h = |t: &Tensor| Tensor::from_host(self.download(t));
             let (mut gq, mut gk, mut gv) = (h(dq), h(dk), h(dv));
             Backend::attention_bwd(
                 &CpuBackend,
@@ -1434,23 +1467,26 @@ impl Backend for CudaBackend {
             window,
             scale,
         };
-        self.run("attention_cached_fwd", |g| {
-            let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> = alibi.map(|(s, p)| {
-                (
-                    s.device() as &dyn AsDevView<f32>,
-                    p.device() as &dyn AsDevView<f32>,
+        let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
+        self.f32_out(out, false, |out| {
+            self.run("attention_cached_fwd", |g| {
+                let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> = alibi.map(|(s, p)| {
+                    (
+                        s.device() as &dyn AsDevView<f32>,
+                        p.device() as &dyn AsDevView<f32>,
+                    )
+                });
+                attn_cached_fwd(
+                    g,
+                    out.device_mut(),
+                    q.device(),
+                    k.device(),
+                    v.device(),
+                    valid.device(),
+                    al,
+                    &dm,
                 )
-            });
-            attn_cached_fwd(
-                g,
-                out.device_mut(),
-                q.device(),
-                k.device(),
-                v.device(),
-                valid.device(),
-                al,
-                &dm,
-            )
+            })
         })
     }
 

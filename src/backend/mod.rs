@@ -318,6 +318,10 @@ pub trait Backend: Send + Sync {
     fn activation(&self, rows: usize, cols: usize) -> Tensor {
         self.zeros(rows * cols)
     }
+    /// A zeroed tensor of `len` stored as `like` is (f32, or bf16 for a bf16 activation).
+    fn zeros_like(&self, _like: &Tensor, len: usize) -> Tensor {
+        self.zeros(len)
+    }
     /// Host values into a new tensor (weights at load, batch data).
     fn upload(&self, v: &[f32]) -> Tensor;
     fn upload_i32(&self, v: &[i32]) -> Tensor<i32>;

@@ -246,7 +246,7 @@ pub fn apply_rope(
             be.rope(x, tab, n, heads, hd, RopeKind::Half, inverse);
             if let Some(bt) = block {
                 let (half, rows) = (hd / 2, n * heads);
-                let mut tmp = be.zeros(rows * half);
+                let mut tmp = be.zeros_like(x, rows * half);
                 let (whole, part) = (Strided::rows(hd, half), Strided::rows(half, 0));
                 be.copy2d(&mut tmp, part, x, whole, rows, half);
                 be.rope(&mut tmp, bt, n, heads, half, RopeKind::Half, inverse);
@@ -310,8 +310,8 @@ impl Acts {
     /// h1, x2, h2 [n,H]; q, att [n,NH·HD]; k, v [n,KV·HD]; the attention's saved buffer
     /// (`Backend::attention_saved_len`, the CPU's logsumexp [B,T,NH], never the [B,NH,T,T]
     /// probabilities); e, a (and g for SwiGLU / GeGLU) [n,F]; norm stats; Qwen3's pre-norm q/k;
-    /// the sandwich norms' inputs [n,H] and stats. `bf16`: h1, h2, e, g, a are bf16
-    /// ([`Backend::activation`]), half a float each.
+    /// the sandwich norms' inputs [n,H] and stats. `bf16`: h1, h2, q, k, v, att, e, g, a are
+    /// bf16 ([`Backend::activation`]), half a float each.
     pub fn floats(arch: &Arch, n: f64, bf16: bool) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn, nh) = (
@@ -342,8 +342,8 @@ impl Acts {
             0.0
         };
         let act = if bf16 { 0.5 } else { 1.0 };
-        n * (h + 2.0 * q + 2.0 * kv + nh + 2.0 * stats + qk_norm)
-            + n * act * (2.0 * h + (2.0 + gated) * ffn)
+        n * (h + nh + 2.0 * stats + qk_norm)
+            + n * act * (2.0 * h + 2.0 * q + 2.0 * kv + (2.0 + gated) * ffn)
             + n * sandwich
     }
 }
@@ -430,7 +430,7 @@ impl Layer {
             n,
         );
         ensure(be, &mut acts.attn_saved, be.attention_saved_len(ctx.dims));
-        ensure(be, &mut acts.att, n * arch.q_dim());
+        ensure_act(be, &mut acts.att, n, arch.q_dim());
         let mask = ctx.mask(self.window);
         be.attention_fwd(
             &mut acts.att,
@@ -463,23 +463,23 @@ impl Layer {
         let (h, qd, kd) = (arch.hidden, arch.q_dim(), arch.kv_dim());
         ensure_act(be, &mut acts.h1, n, h);
         self.ln1.forward(be, &mut acts.h1, &mut acts.st1, x, n);
-        ensure(be, &mut acts.q, n * qd);
-        ensure(be, &mut acts.k, n * kd);
-        ensure(be, &mut acts.v, n * kd);
+        ensure_act(be, &mut acts.q, n, qd);
+        ensure_act(be, &mut acts.k, n, kd);
+        ensure_act(be, &mut acts.v, n, kd);
         if self.qkv.len() == 3 {
             self.qkv[0].forward(be, &mut acts.q, &acts.h1, n);
             self.qkv[1].forward(be, &mut acts.k, &acts.h1, n);
             self.qkv[2].forward(be, &mut acts.v, &acts.h1, n);
         } else {
-            let mut buf = be.zeros(n * (qd + 2 * kd));
+            let mut buf = be.activation(n, qd + 2 * kd);
             self.qkv[0].forward(be, &mut buf, &acts.h1, n);
             split_qkv(be, arch, [&mut acts.q, &mut acts.k, &mut acts.v], &buf, n);
         }
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             std::mem::swap(&mut acts.q, &mut acts.q_pre);
             std::mem::swap(&mut acts.k, &mut acts.k_pre);
-            ensure(be, &mut acts.q, n * qd);
-            ensure(be, &mut acts.k, n * kd);
+            ensure_act(be, &mut acts.q, n, qd);
+            ensure_act(be, &mut acts.k, n, kd);
             qn.forward(be, &mut acts.q, &mut acts.st_q, &acts.q_pre, n * arch.heads);
             kn.forward(
                 be,

@@ -3,15 +3,16 @@
 //! block keeps its scores on chip, and the causal upper triangle (and what a sliding window
 //! hides) is skipped a tile at a time. The kernel file's header has the math.
 //!
-//! Layouts as [`super::attention::attn_fwd`] (f32 storage, the backend's activations): q, o
-//! [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse [B, Hq, T] (+∞ for a query that sees no key). The
+//! Layouts as [`super::attention::attn_fwd`]: q, o [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse
+//! [B, Hq, T] (+∞ for a query that sees no key). q, k, v and o are f32 or bf16 (the element type
+//! `T`: the backend's bf16 activations are staged as they are); dout, dq, dk, dv, lse are f32. The
 //! masks are the f32 kernels' ([`DeviceMasks`], sliding window included). Head dims up to
 //! [`FLASH_DMAX`]; D is padded with zeros to 32, 64 or 128.
 
 use cudarc::driver::LaunchConfig;
 
 use super::attention::{attn_delta, check, lens_of, need_bwd, need_fwd, push_masks, DeviceMasks};
-use super::{dim, grid_u32, grown};
+use super::{dim, grid_u32, grown, Elem};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::FLASH;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf};
@@ -62,13 +63,13 @@ fn dims_i32(op: &'static str, dm: &AttnDims) -> Result<[i32; 4]> {
 
 /// Forward: o [B, T, Hq, D] and lse [B, Hq, T] from q, k, v (module docs).
 #[allow(clippy::too_many_arguments)]
-pub fn flash_fwd(
+pub fn flash_fwd<T: Elem>(
     gpu: &Gpu,
-    o: &mut impl AsDevViewMut<f32>,
+    o: &mut impl AsDevViewMut<T>,
     lse: &mut impl AsDevViewMut<f32>,
-    q: &impl AsDevView<f32>,
-    k: &impl AsDevView<f32>,
-    v: &impl AsDevView<f32>,
+    q: &impl AsDevView<T>,
+    k: &impl AsDevView<T>,
+    v: &impl AsDevView<T>,
     mk: &DeviceMasks,
     dm: &AttnDims,
 ) -> Result<()> {
@@ -81,7 +82,7 @@ pub fn flash_fwd(
         return Ok(());
     }
     let [t, hq, hkv, d] = dims_i32(OP, dm)?;
-    let f = gpu.function(&FLASH, &format!("{OP}_d{}", padded(dm.d)))?;
+    let f = gpu.function(&FLASH, &format!("{OP}_{}_d{}", T::SUFFIX, padded(dm.d)))?;
     let null = 0u64;
     let mut b = gpu.launch_builder(&f);
     b.arg(&mut o).arg(&mut lse).arg(&q).arg(&k).arg(&v);
@@ -98,16 +99,16 @@ pub fn flash_fwd(
 /// Backward: dq [B, T, Hq, D], dk, dv [B, T, Hkv, D] overwritten, from dout, q, k, v and the
 /// forward's o and lse; `delta` is scratch grown to [B, Hq, T] (module docs).
 #[allow(clippy::too_many_arguments)]
-pub fn flash_bwd(
+pub fn flash_bwd<T: Elem>(
     gpu: &Gpu,
     delta: &mut Option<DevBuf<f32>>,
     dq: &mut impl AsDevViewMut<f32>,
     dk: &mut impl AsDevViewMut<f32>,
     dv: &mut impl AsDevViewMut<f32>,
     dout: &impl AsDevView<f32>,
-    q: &impl AsDevView<f32>,
-    k: &impl AsDevView<f32>,
-    v: &impl AsDevView<f32>,
+    q: &impl AsDevView<T>,
+    k: &impl AsDevView<T>,
+    v: &impl AsDevView<T>,
     o: &impl AsDevView<f32>,
     lse: &impl AsDevView<f32>,
     mk: &DeviceMasks,
@@ -146,7 +147,7 @@ pub fn flash_bwd(
     let pd = padded(dm.d);
     let null = 0u64;
 
-    let f = gpu.function(&FLASH, &format!("flash_bwd_dq_d{pd}"))?;
+    let f = gpu.function(&FLASH, &format!("flash_bwd_dq_{}_d{pd}", T::SUFFIX))?;
     let mut b = gpu.launch_builder(&f);
     b.arg(&mut dq).arg(&dout).arg(&q).arg(&k).arg(&v).arg(&lse);
     b.arg(&delta);
@@ -155,7 +156,7 @@ pub fn flash_bwd(
     // SAFETY: as flash_fwd; each block writes only its own 64 query rows of dq.
     unsafe { b.launch(grid(OP, dm, dm.hq)?) }?;
 
-    let f = gpu.function(&FLASH, &format!("flash_bwd_dkdv_d{pd}"))?;
+    let f = gpu.function(&FLASH, &format!("flash_bwd_dkdv_{}_d{pd}", T::SUFFIX))?;
     let mut b = gpu.launch_builder(&f);
     b.arg(&mut dk)
         .arg(&mut dv)
