@@ -930,6 +930,11 @@ fn steps_move_only_the_batch(precision: recipe::backend::Precision) {
             syncs, 1,
             "step {step}: one host synchronization per optimizer step"
         );
+        let staged = after.staged_htod_bytes - before.staged_htod_bytes;
+        assert_eq!(
+            staged, up,
+            "step {step}: the batch goes up through the staging buffer"
+        );
         if step % 2 == 1 {
             assert_eq!(
                 allocs, 0,
@@ -1067,6 +1072,19 @@ fn traffic_counter_counts_exactly_the_bytes_copied() {
     assert_eq!(part[0], 3.0);
     let t = gpu.traffic();
     assert_eq!((t.htod_bytes, t.dtoh_bytes), (156, 188));
+    // Copies up to STAGE_MAX_BYTES (page-locked on a GPU) are staged; larger ones are not, and
+    // a staged copy lands exactly.
+    assert_eq!(t.staged_htod_bytes, 156);
+    let big = recipe::cuda::context::STAGE_MAX_BYTES / 4 + 1;
+    let mut dst = gpu.alloc_zeros::<f32>(big).unwrap();
+    gpu.memcpy_htod(&vec![1.5f32; big], &mut dst).unwrap();
+    assert_eq!(gpu.traffic().staged_htod_bytes, 156);
+    drop(dst);
+    let small: Vec<i32> = (0..1000).collect();
+    let got = gpu.clone_dtoh(&gpu.clone_htod(&small).unwrap()).unwrap();
+    assert_eq!(got, small);
+    assert_eq!(gpu.traffic().staged_htod_bytes, 156 + 4000);
+    gpu.reset_traffic();
 
     // Through the backend: uploads and downloads count their bytes; ops on device tensors none.
     let cuda = CudaBackend::on(gpu, "emulated".into()).unwrap();

@@ -1,6 +1,7 @@
 //! `CudaBackend`: the [`Backend`] trait on one GPU (or the emulated device), on device-resident
 //! tensors. Weights cross to the device once, at load ([`Backend::upload`]); activations,
-//! gradients and optimizer state stay there; the host sees the batch going up and, once per
+//! gradients and optimizer state stay there; the host sees the batch going up (through a
+//! page-locked staging buffer on a GPU: `crate::cuda::context::STAGE_MAX_BYTES`) and, once per
 //! optimizer step, one download of [weight norms, loss, gradient norm]
 //! (`train::optimizer_step`: clipping's coefficient is computed and applied on the device), plus
 //! checkpoints ([`Backend::download`]). The traffic counter ([`CudaBackend::traffic`]) counts

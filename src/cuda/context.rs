@@ -9,14 +9,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaModule, CudaStream, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+    ValidAsZeroBits,
+};
 
 use super::device::cuda_device_count;
 use super::emu::EmuDevice;
 use super::error::{shape_err, CudaError, Result};
 use super::kernels::KernelFile;
 use super::launch::{Kernel, Launch, LaunchRepr};
-use super::mem::{AsDevView, AsDevViewMut, DevBuf, ViewMutRepr, ViewRepr};
+use super::mem::{AsDevView, AsDevViewMut, DevBuf, DevViewMut, ViewMutRepr, ViewRepr};
 use super::nvrtc::{self, Target};
 use super::pool::{Pool, PoolStats};
 
@@ -28,8 +31,12 @@ pub struct Gpu {
     /// The caching allocator every buffer of this device comes from.
     pool: Arc<Pool>,
     htod: AtomicU64,
+    /// Of `htod`, the bytes that went through `stage`.
+    staged: AtomicU64,
     dtoh: AtomicU64,
     dtoh_copies: AtomicU64,
+    /// Created at the first small host→device copy, grown as needed.
+    stage: Mutex<Option<Staging>>,
 }
 
 pub(crate) enum Dev {
@@ -49,10 +56,46 @@ pub struct RealGpu {
     blas: Mutex<Option<Arc<CudaBlas>>>,
 }
 
+/// Host→device copies up to this size go through the pinned staging buffer (truly asynchronous,
+/// full PCIe speed); larger ones (weights at load) are copied from pageable memory.
+pub const STAGE_MAX_BYTES: usize = 64 << 20;
+
+/// The staging buffer host→device copies of at most [`STAGE_MAX_BYTES`] go through: page-locked
+/// host memory and the event recorded after the last copy out of it on a GPU; a plain host
+/// buffer on the emulated device (whose copies are synchronous), so the same path runs in tests.
+enum Staging {
+    Real {
+        buf: PinnedHostSlice<u8>,
+        done: CudaEvent,
+    },
+    Emu(Vec<u8>),
+}
+
+impl Staging {
+    fn len(&self) -> usize {
+        match self {
+            Staging::Real { buf, .. } => buf.len(),
+            Staging::Emu(v) => v.len(),
+        }
+    }
+}
+
+impl Drop for Staging {
+    /// The last copy out of a page-locked buffer finishes before the buffer is freed.
+    fn drop(&mut self) {
+        if let Staging::Real { done, .. } = self {
+            let _ = done.synchronize();
+        }
+    }
+}
+
 /// Bytes copied between host and device since the device was opened (or [`Gpu::reset_traffic`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Traffic {
     pub htod_bytes: u64,
+    /// Of `htod_bytes`, what went through the staging buffer (page-locked on a GPU): every copy
+    /// of at most [`STAGE_MAX_BYTES`], such as the batch.
+    pub staged_htod_bytes: u64,
     pub dtoh_bytes: u64,
     /// Device→host copies: each one waits for the stream (a host synchronization).
     pub dtoh_copies: u64,
@@ -99,8 +142,10 @@ impl Gpu {
                 blas: Mutex::new(None),
             }),
             htod: AtomicU64::new(0),
+            staged: AtomicU64::new(0),
             dtoh: AtomicU64::new(0),
             dtoh_copies: AtomicU64::new(0),
+            stage: Mutex::new(None),
         })
     }
 
@@ -120,8 +165,10 @@ impl Gpu {
             dev: Dev::Emu(dev),
             pool: Pool::new(None, memory),
             htod: AtomicU64::new(0),
+            staged: AtomicU64::new(0),
             dtoh: AtomicU64::new(0),
             dtoh_copies: AtomicU64::new(0),
+            stage: Mutex::new(None),
         })
     }
 
@@ -241,6 +288,7 @@ impl Gpu {
     pub fn traffic(&self) -> Traffic {
         Traffic {
             htod_bytes: self.htod.load(Ordering::Relaxed),
+            staged_htod_bytes: self.staged.load(Ordering::Relaxed),
             dtoh_bytes: self.dtoh.load(Ordering::Relaxed),
             dtoh_copies: self.dtoh_copies.load(Ordering::Relaxed),
         }
@@ -248,6 +296,7 @@ impl Gpu {
 
     pub fn reset_traffic(&self) {
         self.htod.store(0, Ordering::Relaxed);
+        self.staged.store(0, Ordering::Relaxed);
         self.dtoh.store(0, Ordering::Relaxed);
         self.dtoh_copies.store(0, Ordering::Relaxed);
     }
@@ -290,6 +339,62 @@ impl Gpu {
         Ok(b)
     }
 
+    /// `src` into `dst` through the staging buffer: waits for the previous staged copy to have
+    /// read it, fills it, queues the copy and (GPU) records its event. False when the GPU had no
+    /// page-locked memory to give (the caller copies from pageable memory instead).
+    fn copy_staged<T: DeviceRepr>(&self, src: &[T], dst: &mut DevViewMut<T>) -> Result<bool> {
+        let bytes = std::mem::size_of_val(src);
+        // SAFETY: DeviceRepr types are plain data; `bytes` is exactly src's size.
+        let raw = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, bytes) };
+        let mut slot = self.stage.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|s| s.len() < bytes) {
+            drop(slot.take());
+            let cap = bytes.next_power_of_two().clamp(64 << 10, STAGE_MAX_BYTES);
+            *slot = Some(match &self.dev {
+                // SAFETY: the buffer is written before any copy reads it (below).
+                Dev::Real(r) => match unsafe { r.ctx.alloc_pinned::<u8>(cap) } {
+                    Ok(buf) => Staging::Real {
+                        buf,
+                        done: r.ctx.new_event(None)?,
+                    },
+                    Err(_) => return Ok(false),
+                },
+                Dev::Emu(_) => Staging::Emu(vec![0; cap]),
+            });
+        }
+        match (
+            slot.as_mut().expect("staging just ensured"),
+            &self.dev,
+            &mut dst.0,
+        ) {
+            (Staging::Real { buf, done }, Dev::Real(r), ViewMutRepr::Real(v)) => {
+                done.synchronize()?;
+                let host = buf.as_mut_slice()?;
+                host[..bytes].copy_from_slice(raw);
+                let (ptr, _sync) = v.device_ptr_mut(&r.stream);
+                // SAFETY: dst holds at least src.len() elements (the caller checked); the staged
+                // bytes stay untouched until `done`, recorded right after on the same stream,
+                // has fired.
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(
+                        ptr,
+                        &host[..bytes],
+                        r.stream.cu_stream(),
+                    )
+                }?;
+                done.record(&r.stream)?;
+            }
+            (Staging::Emu(_), Dev::Emu(e), _) if e.dry => {}
+            (Staging::Emu(host), Dev::Emu(_), ViewMutRepr::Emu { ptr, .. }) => {
+                host[..bytes].copy_from_slice(raw);
+                // SAFETY: the view holds at least src.len() elements (the caller checked).
+                unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), *ptr as *mut u8, bytes) }
+            }
+            _ => panic!("a buffer of one device copied on the other"),
+        }
+        Ok(true)
+    }
+
     /// A new device buffer holding `src` (counted as host→device traffic).
     pub fn clone_htod<T: DeviceRepr + ValidAsZeroBits>(&self, src: &[T]) -> Result<DevBuf<T>> {
         let mut b = self.alloc(src.len())?;
@@ -309,6 +414,12 @@ impl Gpu {
                 "memcpy_htod",
                 format!("{} elements into a buffer of {}", src.len(), d.len()),
             ));
+        }
+        let bytes = std::mem::size_of_val(src);
+        if bytes > 0 && bytes <= STAGE_MAX_BYTES && self.copy_staged(src, &mut d)? {
+            self.count_htod::<T>(src.len());
+            self.staged.fetch_add(bytes as u64, Ordering::Relaxed);
+            return Ok(());
         }
         match (&self.dev, &mut d.0) {
             (Dev::Real(r), ViewMutRepr::Real(v)) => r.stream.memcpy_htod(src, v)?,

@@ -7,7 +7,9 @@
 //! - [`kernels`]: the embedded `kernels/*.cu` files and the functions each defines.
 //! - [`context`]: [`Gpu`], one device with two implementations: a real GPU (cudarc context,
 //!   stream, NVRTC-compiled modules, cuBLAS) or the emulated device ([`Gpu::emulated`]). Both
-//!   allocate, copy (host<->device bytes counted in [`Traffic`]), load and launch kernels.
+//!   allocate, copy (host<->device bytes counted in [`Traffic`]), load and launch kernels. On a
+//!   GPU a host→device copy of up to 64 MiB (the batch) goes through a page-locked staging
+//!   buffer (asynchronous, full PCIe speed), waiting only for the previous staged copy.
 //! - [`mem`]: [`DevBuf`] (a device allocation) and its [`DevView`] / [`DevViewMut`] windows; the
 //!   launchers take these, never cudarc types, so they run on either device.
 //! - [`pool`]: the caching allocator every `DevBuf` comes from (no driver allocation in a
@@ -31,7 +33,7 @@
 //!
 //! Precision: kernels store bf16 or f32 and compute and accumulate in f32. The backend's bf16
 //! compute mode (`crate::backend::Precision`) runs matrix products on bf16 operands with f32
-//! accumulation (cuBLAS gemmEx); its activations are f32.
+//! accumulation (cuBLAS gemmEx) and keeps the layer activations bf16 (`crate::backend::cuda`).
 //!
 //! Testing without a GPU: `cargo test --test cuda_emulated` runs every launcher on the emulated
 //! device against its twin, the `CudaBackend` ops against the `CpuBackend`, LoRA and QLoRA
