@@ -299,12 +299,14 @@ ATTN_KERNELS(bf16, bf16)
 // TC_REG·256 = 4096 keys) in registers, so each visible score is read once and the mask is
 // evaluated once; hidden keys (the causal upper triangle) are never read. Keys past 4096 are
 // re-read in each of the three passes.
+// P is bf16 (`attn_tc_softmax_f32`, bf16 mode) or f32 (`attn_tc_softmax_p32`, f32 mode's
+// products on f32 operands).
 #define TC_THREADS 256
 #define TC_REG 16
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
-    attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask, const i32* seg,
-                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq,
-                        i32 window) {
+template <typename TP>
+__device__ void attn_tc_softmax(TP* p, float* lse, const float* s, const u8* kmask, const i32* seg,
+                                const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld,
+                                i32 hq, i32 window) {
     __shared__ float scratch[32];
     i64 row = blockIdx.x;  // h * t + i
     i32 h = row / t, i = row % t;
@@ -333,7 +335,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     }
     l = block_sum(l, scratch);
     float ls = l > 0.f ? m + __logf(l) : RECIPE_INF;
-    bf16* pr = p + row * ld;
+    TP* pr = p + row * ld;
 #pragma unroll
     for (int c = 0; c < TC_REG; c++) {
         i32 j = threadIdx.x + c * TC_THREADS;
@@ -345,17 +347,29 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     }
     if (threadIdx.x == 0) lse[((i64)b * hq + h) * t + i] = ls;
 }
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    attn_tc_softmax_f32(bf16* p, float* lse, const float* s, const u8* kmask, const i32* seg,
+                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq,
+                        i32 window) {
+    attn_tc_softmax(p, lse, s, kmask, seg, prefix, slopes, b, t, ld, hq, window);
+}
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    attn_tc_softmax_p32(float* p, float* lse, const float* s, const u8* kmask, const i32* seg,
+                        const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld, i32 hq,
+                        i32 window) {
+    attn_tc_softmax(p, lse, s, kmask, seg, prefix, slopes, b, t, ld, hq, window);
+}
 
 // Backward: with s recomputed by the same GEMM and dp [hq, t, ld] = do·vᵀ,
 // p_ij = exp(s_ij + slope_h (j - i) - lse_i) on visible keys (0 elsewhere and for lse = +inf),
-// ds_ij = p_ij (dp_ij - delta_i) (delta as attn_bwd_delta); both bf16 for the GEMMs
-// dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q. One warp per (h, i) row; s and dp are read
-// only where the key is visible.
-extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s, const float* dp,
-                                              const float* lse, const float* delta,
-                                              const u8* kmask, const i32* seg, const i32* prefix,
-                                              const float* slopes, i32 b, i32 t, i32 ld,
-                                              i32 hq, i32 window) {
+// ds_ij = p_ij (dp_ij - delta_i) (delta as attn_bwd_delta); both bf16 (`_f32`) or f32 (`_p32`)
+// for the GEMMs dv = pᵀ·do, dq = scale·ds·k, dk = scale·dsᵀ·q. One warp per (h, i) row; s and
+// dp are read only where the key is visible.
+template <typename TP>
+__device__ void attn_tc_bwd_ds(TP* p, TP* ds, const float* s, const float* dp, const float* lse,
+                               const float* delta, const u8* kmask, const i32* seg,
+                               const i32* prefix, const float* slopes, i32 b, i32 t, i32 ld,
+                               i32 hq, i32 window) {
     int lane = threadIdx.x & 31;
     i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // h * t + i
     if (row >= (i64)hq * t) return;
@@ -373,6 +387,20 @@ extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s,
         st(p, r0 + j, pj);
         st(ds, r0 + j, dsj);
     }
+}
+extern "C" __global__ void attn_tc_bwd_ds_f32(bf16* p, bf16* ds, const float* s, const float* dp,
+                                              const float* lse, const float* delta,
+                                              const u8* kmask, const i32* seg, const i32* prefix,
+                                              const float* slopes, i32 b, i32 t, i32 ld,
+                                              i32 hq, i32 window) {
+    attn_tc_bwd_ds(p, ds, s, dp, lse, delta, kmask, seg, prefix, slopes, b, t, ld, hq, window);
+}
+extern "C" __global__ void attn_tc_bwd_ds_p32(float* p, float* ds, const float* s, const float* dp,
+                                              const float* lse, const float* delta,
+                                              const u8* kmask, const i32* seg, const i32* prefix,
+                                              const float* slopes, i32 b, i32 t, i32 ld,
+                                              i32 hq, i32 window) {
+    attn_tc_bwd_ds(p, ds, s, dp, lse, delta, kmask, seg, prefix, slopes, b, t, ld, hq, window);
 }
 
 // Attention of new queries over a KV cache (generation), the CPU backend's

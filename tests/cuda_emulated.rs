@@ -2055,11 +2055,24 @@ fn fused_attention_holds_no_t_by_t_buffer() {
 /// backend within 2e-2 of each tensor's largest value.
 #[test]
 fn bf16_attention_with_head_dim_256_stays_on_the_device() {
-    use recipe::backend::Precision;
+    attention_with_head_dim_256_stays_on_the_device(recipe::backend::Precision::Bf16, 2e-2);
+}
+
+/// The same in f32 mode, past the f32 kernels' 128: f32 GEMMs (no TF32) + the masked softmax
+/// with f32 P and dS, within 1e-5 of each tensor's largest value (f32 reassociation).
+#[test]
+fn f32_attention_with_head_dim_256_stays_on_the_device() {
+    attention_with_head_dim_256_stays_on_the_device(recipe::backend::Precision::F32, 1e-5);
+}
+
+fn attention_with_head_dim_256_stays_on_the_device(
+    precision: recipe::backend::Precision,
+    tol: f32,
+) {
     let Some(gpu) = emulated() else { return };
     let cuda = CudaBackend::on(gpu, "emulated".into())
         .expect("backend on the emulated device")
-        .with_precision(Precision::Bf16);
+        .with_precision(precision);
     let cpu = CpuBackend;
     let mut rng = Rng::new(29);
     let dims = AttnDims {
@@ -2113,7 +2126,12 @@ fn bf16_attention_with_head_dim_256_stays_on_the_device() {
     };
     let (c, g) = (run(&cpu, None), run(&cuda, Some(&cuda)));
     for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
-        close_of_max(&format!("bf16 attention hd 256 {what}"), &g[i], &c[i], 2e-2);
+        close_of_max(
+            &format!("{precision:?} attention hd 256 {what}"),
+            &g[i],
+            &c[i],
+            tol,
+        );
     }
 }
 

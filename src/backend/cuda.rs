@@ -22,7 +22,8 @@
 //! (decode) against a 4-bit or 16-bit weight is one fused GEMV over the stored weight. Training
 //! attention runs in bf16 mode on the fused tensor-core kernels (`crate::cuda::ops::flash`), or as
 //! bf16 GEMMs + a masked-softmax kernel (`crate::cuda::ops::attention_tc`) past their head dim or
-//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels.
+//! with `RECIPE_CUDA_ATTENTION=gemm`; in f32 mode on f32 kernels (head dims past 128 as f32
+//! GEMMs + the masked-softmax kernels).
 //!
 //! Activations in bf16 mode: the layer activations ([`Backend::activation`]: the norm outputs,
 //! q / k / v and the attention output, the MLP's gate / up / activated values and their
@@ -41,10 +42,9 @@
 //! the device and the op; out of device memory is a [`crate::util::UserPanic`] the step reports
 //! as its error (what recipe holds, what is free, the plan's peak, the knobs).
 //!
-//! Not on kernels yet: training attention with head dim > 128 in f32 mode (bf16 mode runs it as
-//! GEMMs) or ALiBi key positions that are not contiguous per (row, segment); quantized weights
-//! other than bitsandbytes 4-bit and 16-bit. These copy their operands to the host and back
-//! (counted as traffic).
+//! Not on kernels yet: attention with ALiBi key positions that are not contiguous per (row,
+//! segment); quantized weights other than bitsandbytes 4-bit and 16-bit (none is loaded today).
+//! These copy their operands to the host and back (counted as traffic).
 
 use std::sync::Mutex;
 
@@ -582,8 +582,9 @@ fn device_masks<'a>(mask: &AttnMask<'a>) -> DeviceMasks<'a> {
 
 /// bf16 mode's attention: the fused tensor-core kernels (`crate::cuda::ops::flash`), or cuBLAS
 /// GEMMs and the masked-softmax kernels (`crate::cuda::ops::attention_tc`) for a head dim past
-/// theirs (Gemma 3's 256) or with `RECIPE_CUDA_ATTENTION=gemm`; `saved` in the f32 kernels'
-/// layout (lse, then O).
+/// theirs (Gemma 3's 256) or with `RECIPE_CUDA_ATTENTION=gemm`; f32 mode's past the f32
+/// kernels' head dim, as f32 GEMMs on the same path; `saved` in the f32 kernels' layout (lse,
+/// then O).
 #[allow(clippy::too_many_arguments)]
 impl CudaBackend {
     fn attention_tc_fwd(
@@ -627,7 +628,14 @@ impl CudaBackend {
                 let mut o = out.device_mut().slice_mut(..nq);
                 let (q, k, v) = (q.device(), k.device(), v.device());
                 if gemm {
-                    attn_tc_fwd(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?;
+                    match self.precision {
+                        Precision::Bf16 => {
+                            attn_tc_fwd::<bf16>(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?
+                        }
+                        Precision::F32 => {
+                            attn_tc_fwd::<f32>(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?
+                        }
+                    }
                 } else {
                     flash_fwd::<f32>(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
                 }
@@ -682,7 +690,14 @@ impl CudaBackend {
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
             let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
             if gemm {
-                attn_tc_bwd(g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
+                match self.precision {
+                    Precision::Bf16 => attn_tc_bwd::<bf16>(
+                        g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd,
+                    ),
+                    Precision::F32 => attn_tc_bwd::<f32>(
+                        g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd,
+                    ),
+                }
             } else {
                 let delta = sc.delta_slot();
                 flash_bwd::<f32>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
@@ -698,14 +713,10 @@ impl CudaBackend {
         self.gemm_attention || dims.hd > FLASH_DMAX
     }
 
-    /// Whether the attention kernels take these dims and mask (else the host runs it): bf16
-    /// mode takes every head dim (past 128 on the GEMM path), f32 mode's kernels up to 128.
+    /// Whether the attention kernels take these dims and mask (else the host runs it): every
+    /// head dim (past the kernels' on the GEMM path), GQA, ALiBi with relative key positions.
     fn attention_on_kernels(&self, mask: &AttnMask, dims: AttnDims) -> bool {
-        dims.hd > 0
-            && (dims.hd <= ATTN_DMAX || self.precision == Precision::Bf16)
-            && dims.nkv > 0
-            && dims.nh % dims.nkv == 0
-            && mask.alibi_relative
+        dims.hd > 0 && dims.nkv > 0 && dims.nh % dims.nkv == 0 && mask.alibi_relative
     }
 }
 
@@ -1337,7 +1348,7 @@ impl Backend for CudaBackend {
             return;
         }
         let (nq, nlse) = (b * t * nh * hd, b * nh * t);
-        if self.precision == Precision::Bf16 {
+        if self.precision == Precision::Bf16 || hd > ATTN_DMAX {
             return self.attention_tc_fwd(out, saved, q, k, v, mask, dims, scale);
         }
         let mut lse = self.zeros(nlse);
@@ -1407,7 +1418,7 @@ impl Backend for CudaBackend {
             return;
         }
         let (nq, nlse) = (b * t * nh * hd, b * nh * t);
-        if self.precision == Precision::Bf16 {
+        if self.precision == Precision::Bf16 || hd > ATTN_DMAX {
             return self.attention_tc_bwd(dq, dk, dv, dout, q, k, v, saved, mask, dims, scale);
         }
         let mut lse = self.zeros(nlse);

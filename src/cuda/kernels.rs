@@ -149,7 +149,9 @@ pub const ATTENTION: KernelFile = KernelFile {
         "attn_bwd_dkdv_bf16",
         "attn_cached_fwd_f32",
         "attn_tc_softmax_f32",
+        "attn_tc_softmax_p32",
         "attn_tc_bwd_ds_f32",
+        "attn_tc_bwd_ds_p32",
     ],
 };
 

@@ -403,7 +403,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 let path = if gemm { "attn_gemm" } else { "attn_fused" };
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
-                        ops::attention_tc::attn_tc_fwd(
+                        ops::attention_tc::attn_tc_fwd::<half::bf16>(
                             &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
                         )
                     } else {
@@ -419,7 +419,7 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 )?;
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
-                        ops::attention_tc::attn_tc_bwd(
+                        ops::attention_tc::attn_tc_bwd::<half::bf16>(
                             &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out,
                             &lse, &mk, &dm,
                         )

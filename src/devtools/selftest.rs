@@ -1334,7 +1334,9 @@ fn attention_checks<T: Elem>(
             if path == AttnPath::Fused {
                 flash_fwd(gpu, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
             } else {
-                attn_tc_fwd(gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
+                attn_tc_fwd::<half::bf16>(
+                    gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm,
+                )?;
             }
             down(gpu, &og)?
         } else {
@@ -1393,7 +1395,7 @@ fn attention_checks<T: Elem>(
                     &dm,
                 )?;
             } else {
-                attn_tc_bwd(
+                attn_tc_bwd::<half::bf16>(
                     gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed,
                     &dmk, &dm,
                 )?;

@@ -1,9 +1,10 @@
-//! Tensor-core attention as cuBLAS GEMMs: bf16 compute mode's training attention with
-//! `RECIPE_CUDA_ATTENTION=gemm`.
-//! The products are bf16 cuBLAS GEMMs with f32 accumulation and f32 output
-//! ([`matmul_bf16_f32_ld`]); the masks, ALiBi and the softmax are two elementwise kernels in
-//! kernels/attention.cu (`attn_tc_softmax_f32`, `attn_tc_bwd_ds_f32`) that share `visible()` with
-//! the flash-style f32 kernels, so both define the same attention.
+//! Attention as cuBLAS GEMMs: bf16 compute mode's training attention past the fused kernels'
+//! head dim (or with `RECIPE_CUDA_ATTENTION=gemm`), and f32 mode's past the f32 kernels' head
+//! dim (Gemma 3's 256). The products are batched GEMMs with f32 accumulation and f32 output
+//! ([`matmul_ld`]) on operands of the element type [`TcElem`]: bf16 (tensor cores) or f32; the
+//! masks, ALiBi and the softmax are two elementwise kernels in kernels/attention.cu
+//! (`attn_tc_softmax_*`, `attn_tc_bwd_ds_*`) that share `visible()` with the flash-style f32
+//! kernels, so both define the same attention.
 //!
 //! Layouts as [`super::attention::attn_fwd`]: q, o [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse
 //! [B, Hq, T] (+∞ for a query that sees no key). Query head h reads kv head g = h / rep
@@ -19,7 +20,8 @@
 //!   dS = P ⊙ (dP − delta); dV_g = Σ_r Pᵀ·dO; dQ = scale·dS·K; dK_g = scale·Σ_r dSᵀ·Q.
 //!   dq, dk, dv are overwritten (the group sums start with beta 0).
 //!
-//! q, k, v and dO are narrowed to bf16 once per call; every scratch buffer lives in
+//! In bf16, q, k, v and dO are narrowed once per call (in f32 they are used as they are), and P
+//! and dS are stored bf16 (f32); every scratch buffer lives in
 //! [`TcScratch`], grown to the largest call and reused, so a training step allocates nothing
 //! after its first. What it costs: the full T×T scores are computed (twice the causal work) and
 //! held per batch row. Training runs the fused kernels ([`super::flash`]) instead unless
@@ -28,9 +30,9 @@
 use half::bf16;
 
 use super::attention::{attn_delta, check, lens_of, need_bwd, need_fwd, push_masks, DeviceMasks};
-use super::blas::{matmul_bf16_f32_ld, MatMul};
+use super::blas::{matmul_ld, MatMul};
 use super::tensor::narrow_bf16;
-use super::{dim, grid1, grown, per_row, Timings};
+use super::{dim, grid1, grown, per_row, Elem, Timings};
 use crate::cuda::error::Result;
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
@@ -50,6 +52,9 @@ pub struct TcScratch {
     /// [Hq, T, T] bf16: P, and dS in the backward.
     p: Option<DevBuf<bf16>>,
     ds: Option<DevBuf<bf16>>,
+    /// The same in f32 (f32 operands).
+    p32: Option<DevBuf<f32>>,
+    ds32: Option<DevBuf<f32>>,
     /// [B, Hq, T]: rowsum(dO ⊙ O).
     delta: Option<DevBuf<f32>>,
     /// Per-stage times when profiling (`RECIPE_CUDA_PROFILE`; None otherwise).
@@ -76,16 +81,64 @@ fn mark(stages: &mut Option<Stages>, gpu: &Gpu, stage: Option<&'static str>) -> 
     Ok(())
 }
 
-/// `x[..n]` narrowed to bf16 into `slot` (grown to hold n).
-fn narrowed<'a>(
-    gpu: &Gpu,
-    slot: &'a mut Option<DevBuf<bf16>>,
-    x: &DevView<f32>,
-    n: usize,
-) -> Result<&'a DevBuf<bf16>> {
-    let b = grown(gpu, slot, n)?;
-    narrow_bf16(gpu, &mut b.slice_mut(..n), &x.slice(..n))?;
-    Ok(b)
+/// The element type of the GEMM operands: bf16 (tensor cores; q, k, v, dO narrowed into reused
+/// scratch, P and dS stored bf16) or f32 (the inputs used as they are, P and dS f32).
+pub trait TcElem: Elem {
+    /// The softmax and dS kernels writing P (and dS) in this type.
+    const SOFTMAX: &'static str;
+    const BWD_DS: &'static str;
+    /// x[..n] as an operand: narrowed into `slot`, or x itself.
+    fn operand<'a>(
+        gpu: &Gpu,
+        slot: &'a mut Option<DevBuf<bf16>>,
+        x: &'a DevView<'_, f32>,
+        n: usize,
+    ) -> Result<DevView<'a, Self>>;
+    /// The P / dS slot of this type.
+    fn slot<'a>(
+        s16: &'a mut Option<DevBuf<bf16>>,
+        s32: &'a mut Option<DevBuf<f32>>,
+    ) -> &'a mut Option<DevBuf<Self>>;
+}
+
+impl TcElem for bf16 {
+    const SOFTMAX: &'static str = "attn_tc_softmax_f32";
+    const BWD_DS: &'static str = "attn_tc_bwd_ds_f32";
+    fn operand<'a>(
+        gpu: &Gpu,
+        slot: &'a mut Option<DevBuf<bf16>>,
+        x: &'a DevView<'_, f32>,
+        n: usize,
+    ) -> Result<DevView<'a, bf16>> {
+        let b = grown(gpu, slot, n)?;
+        narrow_bf16(gpu, &mut b.slice_mut(..n), &x.slice(..n))?;
+        Ok(b.slice(..))
+    }
+    fn slot<'a>(
+        s16: &'a mut Option<DevBuf<bf16>>,
+        _: &'a mut Option<DevBuf<f32>>,
+    ) -> &'a mut Option<DevBuf<bf16>> {
+        s16
+    }
+}
+
+impl TcElem for f32 {
+    const SOFTMAX: &'static str = "attn_tc_softmax_p32";
+    const BWD_DS: &'static str = "attn_tc_bwd_ds_p32";
+    fn operand<'a>(
+        _: &Gpu,
+        _: &'a mut Option<DevBuf<bf16>>,
+        x: &'a DevView<'_, f32>,
+        n: usize,
+    ) -> Result<DevView<'a, f32>> {
+        Ok(x.slice(..n))
+    }
+    fn slot<'a>(
+        _: &'a mut Option<DevBuf<bf16>>,
+        s32: &'a mut Option<DevBuf<f32>>,
+    ) -> &'a mut Option<DevBuf<f32>> {
+        s32
+    }
 }
 
 /// The GEMM geometry of one head family: element offsets and row lengths of q-like
@@ -123,12 +176,12 @@ impl Geo {
 
     /// [T, T] = alpha · (q-like head h) · (kv-like head g)ᵀ into the scores of heads g·rep + r:
     /// S = scale·Q·Kᵀ and dP = dO·Vᵀ.
-    fn scores(
+    fn scores<E: Elem>(
         &self,
         gpu: &Gpu,
         out: &mut DevBuf<f32>,
-        qlike: &DevView<bf16>,
-        kvlike: &DevView<bf16>,
+        qlike: &DevView<E>,
+        kvlike: &DevView<E>,
         alpha: f32,
         r: usize,
     ) -> Result<()> {
@@ -142,7 +195,7 @@ impl Geo {
             alpha,
             beta: 0.0,
         };
-        matmul_bf16_f32_ld(
+        matmul_ld(
             gpu,
             &mut out.slice_mut(r * tt..),
             &qlike.slice(r * d..),
@@ -156,12 +209,12 @@ impl Geo {
 
     /// [T, D] = alpha · (scores-like [T, T] of head h) · (kv-like head g) into the q-like head
     /// h = g·rep + r: O = P·V and dQ = scale·dS·K.
-    fn onto_q(
+    fn onto_q<E: Elem>(
         &self,
         gpu: &Gpu,
         out: &mut DevViewMut<f32>,
-        pr: &DevBuf<bf16>,
-        kvlike: &DevView<bf16>,
+        pr: &DevBuf<E>,
+        kvlike: &DevView<E>,
         alpha: f32,
         r: usize,
     ) -> Result<()> {
@@ -175,7 +228,7 @@ impl Geo {
             alpha,
             beta: 0.0,
         };
-        matmul_bf16_f32_ld(
+        matmul_ld(
             gpu,
             &mut out.slice_mut(r * d..),
             &pr.slice(r * tt..),
@@ -189,12 +242,12 @@ impl Geo {
 
     /// [T, D] (+)= alpha · (scores-like of head h)ᵀ · (q-like head h) into the kv-like head g,
     /// summed over r (beta 0 at r = 0): dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q.
-    fn onto_kv(
+    fn onto_kv<E: Elem>(
         &self,
         gpu: &Gpu,
         out: &mut DevViewMut<f32>,
-        pr: &DevBuf<bf16>,
-        qlike: &DevView<bf16>,
+        pr: &DevBuf<E>,
+        qlike: &DevView<E>,
         alpha: f32,
         r: usize,
     ) -> Result<()> {
@@ -208,7 +261,7 @@ impl Geo {
             alpha,
             beta: if r == 0 { 0.0 } else { 1.0 },
         };
-        matmul_bf16_f32_ld(
+        matmul_ld(
             gpu,
             out,
             &pr.slice(r * tt..),
@@ -228,8 +281,10 @@ impl TcScratch {
     }
 }
 
-/// Forward: o [B, T, Hq, D] and lse [B, Hq, T] from q, k, v (module docs).
-pub fn attn_tc_fwd(
+/// Forward: o [B, T, Hq, D] and lse [B, Hq, T] from q, k, v (module docs), products on `E`
+/// operands.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_tc_fwd<E: TcElem>(
     gpu: &Gpu,
     sc: &mut TcScratch,
     o: &mut impl AsDevViewMut<f32>,
@@ -250,20 +305,30 @@ pub fn attn_tc_fwd(
     let (nq, nk, _) = lens_of(dm);
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
-    mark(&mut sc.stages, gpu, None)?;
-    let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
-    let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
-    let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
-    let s = grown(gpu, &mut sc.s, dm.hq * g.tt)?;
-    let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
-    mark(&mut sc.stages, gpu, Some("fwd: narrow q, k, v"))?;
+    let TcScratch {
+        q: q16,
+        k: k16,
+        v: v16,
+        s: s_slot,
+        p: p16,
+        p32,
+        stages,
+        ..
+    } = sc;
+    mark(stages, gpu, None)?;
+    let sq = E::operand(gpu, q16, &q, nq)?;
+    let sk = E::operand(gpu, k16, &k, nk)?;
+    let sv = E::operand(gpu, v16, &v, nk)?;
+    let s = grown(gpu, s_slot, dm.hq * g.tt)?;
+    let p = grown(gpu, E::slot(p16, p32), dm.hq * g.tt)?;
+    mark(stages, gpu, Some("fwd: narrow q, k, v"))?;
     let (t, hq, ld) = (
         dim(OP, "t", dm.t)?,
         dim(OP, "hq", dm.hq)?,
         dim(OP, "ld", g.ld)?,
     );
     let w = mk.window_i32(OP)?;
-    let f = gpu.function(&ATTENTION, "attn_tc_softmax_f32")?;
+    let f = gpu.function(&ATTENTION, E::SOFTMAX)?;
     let null = 0u64;
     for b in 0..dm.batch {
         let (q0, k0) = (b * dm.t * g.rq, b * dm.t * g.rk);
@@ -271,7 +336,7 @@ pub fn attn_tc_fwd(
         for r in 0..g.rep {
             g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
         }
-        mark(&mut sc.stages, gpu, Some("fwd: S = Q·Kᵀ"))?;
+        mark(stages, gpu, Some("fwd: S = Q·Kᵀ"))?;
         let bi = dim(OP, "b", b)?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p).arg(&mut lse).arg(&*s);
@@ -281,19 +346,20 @@ pub fn attn_tc_fwd(
         // hq·t·ld); lse holds batch·hq·t and b < batch; mask lengths checked by `check`; absent
         // masks are null pointers, tested by the kernel.
         unsafe { l.launch(per_row(rows, 256)) }?;
-        mark(&mut sc.stages, gpu, Some("fwd: softmax"))?;
+        mark(stages, gpu, Some("fwd: softmax"))?;
         let mut ob = o.slice_mut(q0..);
         for r in 0..g.rep {
             g.onto_q(gpu, &mut ob, p, &vb, 1.0, r)?;
         }
-        mark(&mut sc.stages, gpu, Some("fwd: O = P·V"))?;
+        mark(stages, gpu, Some("fwd: O = P·V"))?;
     }
     Ok(())
 }
 
 /// Backward: dq [B, T, Hq, D], dk, dv [B, T, Hkv, D] overwritten, from dout, q, k, v and the
-/// forward's o and lse (module docs).
-pub fn attn_tc_bwd(
+/// forward's o and lse (module docs), products on `E` operands.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_tc_bwd<E: TcElem>(
     gpu: &Gpu,
     sc: &mut TcScratch,
     dq: &mut impl AsDevViewMut<f32>,
@@ -336,25 +402,39 @@ pub fn attn_tc_bwd(
     let (nq, nk, nl) = lens_of(dm);
     let g = Geo::new(dm);
     let rows = dm.hq * dm.t;
-    mark(&mut sc.stages, gpu, None)?;
-    let delta = grown(gpu, &mut sc.delta, nl)?;
+    let TcScratch {
+        q: q16,
+        k: k16,
+        v: v16,
+        dout: do16,
+        s: s_slot,
+        dp: dp_slot,
+        p: p16,
+        ds: ds16,
+        p32,
+        ds32,
+        delta: delta_slot,
+        stages,
+    } = sc;
+    mark(stages, gpu, None)?;
+    let delta = grown(gpu, delta_slot, nl)?;
     attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
-    let sq = narrowed(gpu, &mut sc.q, &q, nq)?;
-    let sdo = narrowed(gpu, &mut sc.dout, &dout, nq)?;
-    let sk = narrowed(gpu, &mut sc.k, &k, nk)?;
-    let sv = narrowed(gpu, &mut sc.v, &v, nk)?;
-    let s = grown(gpu, &mut sc.s, dm.hq * g.tt)?;
-    let dp = grown(gpu, &mut sc.dp, dm.hq * g.tt)?;
-    let p = grown(gpu, &mut sc.p, dm.hq * g.tt)?;
-    let ds = grown(gpu, &mut sc.ds, dm.hq * g.tt)?;
-    mark(&mut sc.stages, gpu, Some("bwd: delta, narrow q, k, v, dO"))?;
+    let sq = E::operand(gpu, q16, &q, nq)?;
+    let sdo = E::operand(gpu, do16, &dout, nq)?;
+    let sk = E::operand(gpu, k16, &k, nk)?;
+    let sv = E::operand(gpu, v16, &v, nk)?;
+    let s = grown(gpu, s_slot, dm.hq * g.tt)?;
+    let dp = grown(gpu, dp_slot, dm.hq * g.tt)?;
+    let p = grown(gpu, E::slot(p16, p32), dm.hq * g.tt)?;
+    let ds = grown(gpu, E::slot(ds16, ds32), dm.hq * g.tt)?;
+    mark(stages, gpu, Some("bwd: delta, narrow q, k, v, dO"))?;
     let (t, hq, ld) = (
         dim(OP, "t", dm.t)?,
         dim(OP, "hq", dm.hq)?,
         dim(OP, "ld", g.ld)?,
     );
     let w = mk.window_i32(OP)?;
-    let f = gpu.function(&ATTENTION, "attn_tc_bwd_ds_f32")?;
+    let f = gpu.function(&ATTENTION, E::BWD_DS)?;
     let null = 0u64;
     for b in 0..dm.batch {
         let (q0, k0) = (b * dm.t * g.rq, b * dm.t * g.rk);
@@ -364,7 +444,7 @@ pub fn attn_tc_bwd(
             g.scores(gpu, s, &qb, &kb, dm.scale, r)?;
             g.scores(gpu, dp, &dob, &vb, 1.0, r)?;
         }
-        mark(&mut sc.stages, gpu, Some("bwd: S = Q·Kᵀ, dP = dO·Vᵀ"))?;
+        mark(stages, gpu, Some("bwd: S = Q·Kᵀ, dP = dO·Vᵀ"))?;
         let bi = dim(OP, "b", b)?;
         let mut l = gpu.launch_builder(&f);
         l.arg(&mut *p)
@@ -378,7 +458,7 @@ pub fn attn_tc_bwd(
         // SAFETY: one warp per (h, i) row of the [hq, t, ld] scores (s, dp, p, ds hold hq·t·ld);
         // lse and delta hold batch·hq·t and b < batch; masks as in attn_tc_fwd.
         unsafe { l.launch(grid1(rows * 32, 256)) }?;
-        mark(&mut sc.stages, gpu, Some("bwd: P, dS"))?;
+        mark(stages, gpu, Some("bwd: P, dS"))?;
         let (mut dqb, mut dkb, mut dvb) =
             (dq.slice_mut(q0..), dk.slice_mut(k0..), dv.slice_mut(k0..));
         for r in 0..g.rep {
@@ -386,7 +466,7 @@ pub fn attn_tc_bwd(
             g.onto_kv(gpu, &mut dkb, ds, &qb, dm.scale, r)?;
             g.onto_q(gpu, &mut dqb, ds, &kb, dm.scale, r)?;
         }
-        mark(&mut sc.stages, gpu, Some("bwd: dV, dK, dQ"))?;
+        mark(stages, gpu, Some("bwd: dV, dK, dQ"))?;
     }
     Ok(())
 }

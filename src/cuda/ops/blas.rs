@@ -257,9 +257,25 @@ pub fn matmul_bf16_f32_ld<C: Elem>(
     strides: (usize, usize, usize),
     lds: (usize, usize, usize),
 ) -> Result<()> {
+    matmul_ld(gpu, c, a, b, mm, batch, strides, lds)
+}
+
+/// [`matmul_bf16_f32_ld`] with operands of element type `E`: bf16 (tensor cores), or f32 (plain
+/// f32 products: CUBLAS_COMPUTE_32F without TF32, what f32 mode's attention GEMMs run).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_ld<E: Elem, C: Elem>(
+    gpu: &Gpu,
+    c: &mut DevViewMut<C>,
+    a: &DevView<E>,
+    b: &DevView<E>,
+    mm: &MatMul,
+    batch: usize,
+    strides: (usize, usize, usize),
+    lds: (usize, usize, usize),
+) -> Result<()> {
     use cudarc::cublas::{result, sys};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
-    const OP: &str = "matmul_bf16_f32";
+    const OP: &str = "matmul_ld";
     if batch == 0 || mm.m == 0 || mm.n == 0 {
         return Ok(());
     }
@@ -288,7 +304,11 @@ pub fn matmul_bf16_f32_ld<C: Elem>(
             let (pa, _ra) = av.device_ptr(stream);
             let (pb, _rb) = bv.device_ptr(stream);
             let (pc, _rc) = cv.device_ptr_mut(stream);
-            let bf = sys::cudaDataType_t::CUDA_R_16BF;
+            let ty = |suffix: &str| match suffix {
+                "bf16" => sys::cudaDataType_t::CUDA_R_16BF,
+                _ => sys::cudaDataType_t::CUDA_R_32F,
+            };
+            let ab = ty(E::SUFFIX);
             // SAFETY: the last problem of each operand ends inside its view (checked above);
             // operands and strides swapped for the row-major trick; alpha/beta are host f32 as
             // CUBLAS_COMPUTE_32F expects; all views live on blas's stream.
@@ -302,20 +322,16 @@ pub fn matmul_bf16_f32_ld<C: Elem>(
                     g.k,
                     (&g.alpha) as *const f32 as *const _,
                     pb as *const _,
-                    bf,
+                    ab,
                     g.lda,
                     sb as i64,
                     pa as *const _,
-                    bf,
+                    ab,
                     g.ldb,
                     sa as i64,
                     (&g.beta) as *const f32 as *const _,
                     pc as *mut _,
-                    if C::SUFFIX == "bf16" {
-                        bf
-                    } else {
-                        sys::cudaDataType_t::CUDA_R_32F
-                    },
+                    ty(C::SUFFIX),
                     g.ldc,
                     sc as i64,
                     i(batch)?,
