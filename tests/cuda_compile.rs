@@ -105,6 +105,25 @@ fn compile_cache_round_trips() {
     }
 }
 
+/// An unwritable kernel cache is a warning, not an error: the kernel still compiles.
+#[test]
+fn an_unwritable_cache_still_compiles() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let image = compile(
+        &recipe::cuda::kernels::TENSOR,
+        (8, 0),
+        Target::Ptx,
+        Some(&file.join("x")),
+    )
+    .expect("compiles without its cache");
+    assert!(image.defines("copy2d_f32"));
+}
+
 #[test]
 fn compile_errors_name_the_file() {
     if !nvrtc_or_skip() {

@@ -197,7 +197,15 @@ pub fn compile(
             Image::Ptx(s) => s.as_bytes(),
             Image::Cubin(b) => b,
         };
-        write_atomic(p, bytes)?;
+        // An unwritable cache costs a compile next time, not this run.
+        if let Err(e) = write_atomic(p, bytes) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!(
+                    "warning: {e}; kernels are not cached (set RECIPE_PTX_CACHE to a writable directory)"
+                )
+            });
+        }
     }
     Ok(image)
 }
