@@ -276,8 +276,9 @@ fn train_check(device_ordinal: usize, ck: &mut Checker) {
 /// a checkout, as on a lent GPU machine) trained on the device and on the CPU, as
 /// `tests/cuda_emulated.rs` does on the emulated device: LLaMA and ChatGLM with 10 LoRA steps and
 /// 10 QLoRA steps (NF4 + double quant, 8-bit AdamW, checkpointing), every other family 3 LoRA
-/// steps, in f32; LLaMA and ChatGLM again in bf16 compute. Losses within 1e-2 relative, adapters
-/// within 2e-2 of each tensor's largest value (f32) or 0.15 in L2 (bf16).
+/// steps, in f32 and again in bf16 compute (bf16 products and activations). Losses within 1e-2
+/// relative, adapters within 2e-2 of each tensor's largest value (f32) or in L2 within 0.15
+/// after 10 bf16 steps and 0.4 after 3 (as tests/cuda_emulated.rs bounds them).
 fn model_checks(device_ordinal: usize, ck: &mut Checker) {
     use super::train_check::{compare, Run, OTHER_FAMILIES};
     let root = std::path::Path::new("tests/fixtures");
@@ -297,11 +298,9 @@ fn model_checks(device_ordinal: usize, ck: &mut Checker) {
             cases.push((d, &qlora, 10, p));
         }
     }
-    cases.extend(
-        OTHER_FAMILIES
-            .iter()
-            .map(|&d| (d, &lora, 3, Precision::F32)),
-    );
+    for p in [Precision::F32, Precision::Bf16] {
+        cases.extend(OTHER_FAMILIES.iter().map(|&d| (d, &lora, 3, p)));
+    }
     for (d, run, steps, precision) in cases {
         let what = if run.qlora { "qlora" } else { "lora" };
         let name = format!("model: {d} {what} {precision:?}, {steps} steps cpu vs cuda");
@@ -315,9 +314,10 @@ fn model_checks(device_ordinal: usize, ck: &mut Checker) {
                 // bf16: AdamW turns bf16-perturbed signs of near-zero gradients into whole
                 // steps, so the adapters are held in L2 (as tests/cuda_emulated.rs does).
                 r.max_rel_loss <= 1e-2
-                    && match precision {
-                        Precision::F32 => r.max_rel_adapter <= 2e-2,
-                        Precision::Bf16 => r.l2_rel_adapter <= 1.5e-1,
+                    && match (precision, steps) {
+                        (Precision::F32, _) => r.max_rel_adapter <= 2e-2,
+                        (Precision::Bf16, 10) => r.l2_rel_adapter <= 1.5e-1,
+                        (Precision::Bf16, _) => r.l2_rel_adapter <= 0.4,
                     },
                 &format!(
                     "loss {:.2e} adapter {:.2e} (l2 {:.2e})",
