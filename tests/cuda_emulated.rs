@@ -2478,6 +2478,13 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
     let mut got = act(&e);
     be.add(&mut got, &be.upload(&g), len);
     same("add into bf16", &got, &want);
+    // An op on a prefix of a bf16 tensor leaves the rest as it was.
+    let mut part = act(&e);
+    be.scale(&mut part, 0.0, 10);
+    be.scale(&mut part, 2.0, 5);
+    let got = be.download(&part);
+    assert!(got[..10].iter().all(|&v| v == 0.0), "scaled prefix");
+    assert_eq!(bits(&got[10..]), bits(&e[10..]), "the rest untouched");
     // A norm's output into a bf16 activation (x f32, statistics f32).
     let (rows, dim) = (3, 8);
     let (x, w) = (vals(rows * dim), vals(dim));

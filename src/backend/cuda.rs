@@ -361,13 +361,13 @@ impl CudaBackend {
     }
 
     /// Runs `f` on `y` as f32, for an op without a bf16 kernel: `y` itself, or for a bf16 `y`
-    /// a transient f32 copy (its values widened when `f` reads them: `reads`) narrowed back
-    /// into `y` afterwards.
-    fn f32_out(&self, y: &mut Tensor, reads: bool, f: impl FnOnce(&mut Tensor)) {
+    /// a transient f32 copy narrowed back into `y` afterwards. `keep`: y's values matter (`f`
+    /// reads them, or writes only a prefix), so the copy starts as y widened, not as zeros.
+    fn f32_out(&self, y: &mut Tensor, keep: bool, f: impl FnOnce(&mut Tensor)) {
         if !y.is_bf16() {
             return f(y);
         }
-        let mut t = match reads {
+        let mut t = match keep {
             true => match self.wide(y) {
                 Wide::Widened(t) => t,
                 Wide::Same(_) => unreachable!("a bf16 tensor is widened"),
@@ -622,7 +622,7 @@ impl CudaBackend {
             });
         }
         let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
-        self.f32_out(out, false, |out| {
+        self.f32_out(out, nq < out.len(), |out| {
             self.run(&name, |g| {
                 let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
                 let mut o = out.device_mut().slice_mut(..nq);
@@ -859,7 +859,7 @@ impl Backend for CudaBackend {
         if y.is_bf16() && s == 0.0 && n == y.len() {
             return self.run("scale", |g| g.memset_zeros(y.device_bf16_mut()));
         }
-        self.f32_out(y, s != 0.0, |y| {
+        self.f32_out(y, s != 0.0 || n < y.len(), |y| {
             self.run("scale", |g| {
                 tk::scale(g, &mut y.device_mut().slice_mut(..n), s)
             })
@@ -889,7 +889,7 @@ impl Backend for CudaBackend {
             return;
         }
         let x = self.wide(x);
-        self.f32_out(y, accumulate, |y| {
+        self.f32_out(y, accumulate || n < y.len(), |y| {
             self.run("dropout", |g| {
                 let (mut yv, xv) = (y.device_mut().slice_mut(..n), x.device().slice(..n));
                 if accumulate {
@@ -936,7 +936,7 @@ impl Backend for CudaBackend {
             });
         }
         let (a, b) = (self.wide(a), self.wide(b));
-        self.f32_out(c, beta != 0.0, |c| {
+        self.f32_out(c, beta != 0.0 || m * n < c.len(), |c| {
             self.run("matmul", |g| {
                 matmul_f32(g, c.device_mut(), a.device(), b.device(), &mm)
             })
@@ -1041,7 +1041,7 @@ impl Backend for CudaBackend {
         };
         if gemv && !backward {
             let x = self.wide(x);
-            return self.f32_out(y, false, |y| match w {
+            return self.f32_out(y, n * dout < y.len(), |y| match w {
                 QuantWeight::Device4(q) => self.run("gemv_4bit", |g| {
                     gemv_4bit::<f32>(g, y.device_mut(), x.device(), q, n)
                 }),
@@ -1087,7 +1087,7 @@ impl Backend for CudaBackend {
         let wd = slot.as_mut().expect("scratch just ensured");
         self.widen(wd, w);
         let x = self.wide(x);
-        self.f32_out(y, backward, |y| {
+        self.f32_out(y, backward || n * dout < y.len(), |y| {
             self.run("quant_matmul", |g| {
                 matmul_f32(g, y.device_mut(), x.device(), wd.device(), &mm)
             })
@@ -1108,7 +1108,7 @@ impl Backend for CudaBackend {
             return;
         }
         let x = self.wide(x);
-        self.f32_out(y, false, |y| {
+        self.f32_out(y, n * d < y.len(), |y| {
             self.run("rmsnorm_fwd", |g| {
                 rmsnorm_fwd::<f32>(
                     g,
@@ -1172,7 +1172,7 @@ impl Backend for CudaBackend {
             return;
         }
         let x = self.wide(x);
-        self.f32_out(y, false, |y| {
+        self.f32_out(y, n * d < y.len(), |y| {
             self.run("layernorm_fwd", |g| {
                 layernorm_fwd::<f32>(
                     g,
@@ -1480,7 +1480,7 @@ impl Backend for CudaBackend {
             scale,
         };
         let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
-        self.f32_out(out, false, |out| {
+        self.f32_out(out, b * t * nh * hd < out.len(), |out| {
             self.run("attention_cached_fwd", |g| {
                 let al: Option<(&dyn AsDevView<f32>, &dyn AsDevView<f32>)> = alibi.map(|(s, p)| {
                     (
@@ -1514,7 +1514,7 @@ impl Backend for CudaBackend {
             });
         }
         let (e, g) = (self.wide(e), self.wide(g));
-        self.f32_out(a, false, |a| {
+        self.f32_out(a, n < a.len(), |a| {
             self.run("swiglu_fwd", |gpu| {
                 swiglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), 1, n, sep)
             })
@@ -1541,8 +1541,8 @@ impl Backend for CudaBackend {
             });
         }
         let (da, e, g) = (self.wide(da), self.wide(e), self.wide(g));
-        self.f32_out(de, false, |de| {
-            self.f32_out(dg, false, |dg| {
+        self.f32_out(de, n < de.len(), |de| {
+            self.f32_out(dg, n < dg.len(), |dg| {
                 self.run("swiglu_bwd", |gpu| {
                     let (dev, dgv) = (de.device_mut(), dg.device_mut());
                     swiglu_bwd::<f32>(
@@ -1606,7 +1606,7 @@ impl Backend for CudaBackend {
             });
         }
         let (e, g) = (self.wide(e), self.wide(g));
-        self.f32_out(a, false, |a| {
+        self.f32_out(a, n < a.len(), |a| {
             self.run("geglu_fwd", |gpu| {
                 geglu_fwd::<f32>(gpu, a.device_mut(), e.device(), g.device(), n)
             })
@@ -1632,8 +1632,8 @@ impl Backend for CudaBackend {
             });
         }
         let (da, e, g) = (self.wide(da), self.wide(e), self.wide(g));
-        self.f32_out(de, false, |de| {
-            self.f32_out(dg, false, |dg| {
+        self.f32_out(de, n < de.len(), |de| {
+            self.f32_out(dg, n < dg.len(), |dg| {
                 self.run("geglu_bwd", |gpu| {
                     let (dev, dgv) = (de.device_mut(), dg.device_mut());
                     geglu_bwd::<f32>(gpu, dev, dgv, da.device(), e.device(), g.device(), n)
