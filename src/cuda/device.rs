@@ -67,10 +67,36 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// The oldest driver API version the build runs on (CUDA 13.0: cudarc's bindings and the
+/// NVRTC 13 kernels).
+const MIN_DRIVER: i32 = 13000;
+
+/// Why a driver reporting `version` (cuDriverGetVersion: 1000·major + 10·minor) cannot run
+/// recipe's kernels, or None.
+fn driver_too_old(version: i32) -> Option<String> {
+    (version < MIN_DRIVER).then(|| {
+        format!(
+            "the NVIDIA driver supports CUDA {}.{}, recipe needs CUDA {}.{} or newer: update the driver",
+            version / 1000,
+            version % 1000 / 10,
+            MIN_DRIVER / 1000,
+            MIN_DRIVER % 1000 / 10
+        )
+    })
+}
+
 /// Number of CUDA devices, or why there are none usable.
 pub fn cuda_device_count() -> std::result::Result<usize, String> {
     if !driver_present() {
         return Err("no CUDA driver found (libcuda.so is not loadable on this machine)".into());
+    }
+    let mut version = 0i32;
+    // SAFETY: cuDriverGetVersion only writes one int; it needs no cuInit.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        if let Some(why) = driver_too_old(version) {
+            return Err(why);
+        }
     }
     match cudarc::driver::CudaContext::device_count() {
         Ok(n) => Ok(n.max(0) as usize),
@@ -129,6 +155,18 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver older than CUDA 13.0 is one clear reason (the device then counts as unusable:
+    /// `auto` falls back to the CPU, `cuda` is an error naming it).
+    #[test]
+    fn an_old_driver_is_named() {
+        assert_eq!(
+            driver_too_old(12040).as_deref(),
+            Some("the NVIDIA driver supports CUDA 12.4, recipe needs CUDA 13.0 or newer: update the driver")
+        );
+        assert_eq!(driver_too_old(13000), None);
+        assert_eq!(driver_too_old(13020), None);
+    }
 
     #[test]
     fn parses_every_form() {
