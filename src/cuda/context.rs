@@ -24,6 +24,9 @@ use super::nvrtc::{self, Target};
 use super::pool::{Pool, PoolStats};
 
 pub struct Gpu {
+    /// Created at the first small host→device copy, grown as needed. First, so it is dropped
+    /// (its last copy waited for) while the device's stream still exists.
+    stage: Mutex<Option<Staging>>,
     /// Compute capability (major, minor); (8, 0) for the emulated device (it runs the sm_80 path).
     pub cc: (u32, u32),
     pub name: String,
@@ -35,8 +38,6 @@ pub struct Gpu {
     staged: AtomicU64,
     dtoh: AtomicU64,
     dtoh_copies: AtomicU64,
-    /// Created at the first small host→device copy, grown as needed.
-    stage: Mutex<Option<Staging>>,
 }
 
 pub(crate) enum Dev {
@@ -368,6 +369,7 @@ impl Gpu {
             &mut dst.0,
         ) {
             (Staging::Real { buf, done }, Dev::Real(r), ViewMutRepr::Real(v)) => {
+                r.ctx.bind_to_thread()?;
                 done.synchronize()?;
                 let host = buf.as_mut_slice()?;
                 host[..bytes].copy_from_slice(raw);
