@@ -349,15 +349,27 @@ impl CudaBackend {
     /// `t` as f32 for an op without a bf16 kernel: itself, or its bf16 values widened into a
     /// transient tensor.
     fn wide<'a>(&self, t: &'a Tensor) -> Wide<'a> {
-        if !t.is_bf16() {
-            return Wide::Same(t);
+        match t.is_bf16() {
+            true => Wide::Widened(self.widened(t)),
+            false => Wide::Same(t),
         }
+    }
+
+    /// A bf16 tensor's values in a new f32 tensor.
+    fn widened(&self, t: &Tensor) -> Tensor {
         let n = t.len();
-        Wide::Widened(self.run("widen bf16", |g| {
+        self.run("widen bf16", |g| {
             let mut y = g.alloc::<f32>(n.max(1))?;
             tk::widen16(g, &mut y.slice_mut(..n), &t.device_bf16().slice(..n), true)?;
             Ok(Tensor::from_device(y, n))
-        }))
+        })
+    }
+
+    /// A zeroed tensor of `len` values stored as bf16.
+    fn zeros_bf16(&self, len: usize) -> Tensor {
+        self.run("alloc", |g| {
+            Ok(Tensor::from_device_bf16(g.alloc_zeros(len.max(1))?, len))
+        })
     }
 
     /// Runs `f` on `y` as f32, for an op without a bf16 kernel: `y` itself, or for a bf16 `y`
@@ -368,10 +380,7 @@ impl CudaBackend {
             return f(y);
         }
         let mut t = match keep {
-            true => match self.wide(y) {
-                Wide::Widened(t) => t,
-                Wide::Same(_) => unreachable!("a bf16 tensor is widened"),
-            },
+            true => self.widened(y),
             false => self.zeros(y.len()),
         };
         f(&mut t);
@@ -746,17 +755,13 @@ impl Backend for CudaBackend {
         if self.precision != Precision::Bf16 || rows <= GEMV_MAX_ROWS.max(tk::GEMV16_MAX_ROWS) {
             return self.zeros(len);
         }
-        self.run("alloc", |g| {
-            Ok(Tensor::from_device_bf16(g.alloc_zeros(len.max(1))?, len))
-        })
+        self.zeros_bf16(len)
     }
     fn zeros_like(&self, like: &Tensor, len: usize) -> Tensor {
-        if !like.is_bf16() {
-            return self.zeros(len);
+        match like.is_bf16() {
+            true => self.zeros_bf16(len),
+            false => self.zeros(len),
         }
-        self.run("alloc", |g| {
-            Ok(Tensor::from_device_bf16(g.alloc_zeros(len.max(1))?, len))
-        })
     }
     fn upload(&self, v: &[f32]) -> Tensor {
         self.up(v)

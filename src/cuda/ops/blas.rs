@@ -241,27 +241,14 @@ pub fn matmul_bf16_f32<C: Elem>(
     batch: usize,
     strides: (usize, usize, usize),
 ) -> Result<()> {
-    matmul_bf16_f32_ld(gpu, c, a, b, mm, batch, strides, mm.packed_lds())
+    matmul_ld(gpu, c, a, b, mm, batch, strides, mm.packed_lds())
 }
 
 /// [`matmul_bf16_f32`] on operands whose rows are longer than the matrix (row-major leading
-/// dimensions `lds` = (lda, ldb, ldc), each at least its stored row length): e.g. one head of
-/// q [T, NH, HD] is a [T, HD] matrix with row length NH·HD.
-pub fn matmul_bf16_f32_ld<C: Elem>(
-    gpu: &Gpu,
-    c: &mut DevViewMut<C>,
-    a: &DevView<bf16>,
-    b: &DevView<bf16>,
-    mm: &MatMul,
-    batch: usize,
-    strides: (usize, usize, usize),
-    lds: (usize, usize, usize),
-) -> Result<()> {
-    matmul_ld(gpu, c, a, b, mm, batch, strides, lds)
-}
-
-/// [`matmul_bf16_f32_ld`] with operands of element type `E`: bf16 (tensor cores), or f32 (plain
-/// f32 products: CUBLAS_COMPUTE_32F without TF32, what f32 mode's attention GEMMs run).
+/// dimensions `lds` = (lda, ldb, ldc), each at least its stored row length: e.g. one head of
+/// q [T, NH, HD] is a [T, HD] matrix with row length NH·HD), with operands of element type `E`:
+/// bf16 (tensor cores), or f32 (plain f32 products: CUBLAS_COMPUTE_32F without TF32, what f32
+/// mode's attention GEMMs run).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_ld<E: Elem, C: Elem>(
     gpu: &Gpu,
