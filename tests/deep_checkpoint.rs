@@ -12,15 +12,21 @@
 //! "within 2e-6 of transformers' f32 loss" would ask us to copy that error. Measured here (2 × 32
 //! tokens of English text; 3 LoRA steps, r 8 on every linear layer, no dropout, AdamW lr 1e-3,
 //! no clipping, from a deterministic nonzero adapter):
-//! - loss 4.5e-8 relative off f64, step losses ≤ 1.6e-7 (asserted: [`LOSS_RTOL`]);
+//! - loss 4.5e-8 relative off f64 and 4.0e-7 off transformers' f32 logits with an exact
+//!   cross-entropy; step losses ≤ 1.6e-7 off f64 (asserted: [`LOSS_RTOL`]);
+//! - the 3-step adapter change, all 2.4M numbers (through 64 random projections per tensor, the
+//!   fixture cannot hold the numbers themselves): ||ours − f64|| / ||f64|| is 2.4e-4 over the
+//!   whole adapter ([`ADAPTER_NORM`], the issue's 1e-3), against 1.38e-3 for peft's own f32 run;
+//!   the worst single tensor is 2.7e-3, against 1.7e-2 for peft f32 ([`TENSOR_NORM`]);
 //! - each adapter tensor's largest change within 1.4e-6 relative of f64's ([`ADAPTER_RTOL`]);
-//! - the change at 32 fixed positions per tensor (the fixture cannot hold 2.4M numbers): worst
-//!   6.2e-3 of the tensor's largest change, worst per-tensor relative RMS 1.2e-3, against
-//!   1.4e-2 and 2.7e-3 for peft's own f32 run. Elementwise 1e-3 is out of reach for f32 runs
-//!   here: AdamW's m/√v gives an element with a small gradient a step of the same size as the
-//!   others, so that gradient's larger relative rounding error lands in the change (the worst
-//!   element's third-step gradient is 1/2500 of its tensor's largest). The test asserts our
-//!   gaps are at most peft f32's and below [`ADAPTER_GAP`] / [`ADAPTER_RMS`].
+//! - at 32 fixed positions per tensor: worst 6.2e-3 of the tensor's largest change, worst
+//!   per-tensor relative RMS 1.2e-3, against 1.4e-2 and 2.7e-3 for peft f32.
+//!
+//! Elementwise (and per small tensor) f32 runs cannot get much closer: AdamW's m/√v gives an
+//! element with a near-zero gradient a step as large as the others, so that gradient's larger
+//! relative rounding error lands in the change (the worst sampled element's third-step gradient
+//! is 1/2500 of its tensor's largest). With every host product accumulated in f64 the worst
+//! tensor is still 1.6e-3 (tried, not kept). The test asserts our gaps are at most peft f32's.
 //!
 //! Without RECIPE_DEEP_CKPT_GGUF the test says it skipped; RECIPE_REQUIRE_DEEP_CKPT=1 (CI) makes
 //! that a failure. It takes about 10 s (debug profile, 2 cores).
@@ -55,6 +61,14 @@ const ADAPTER_GAP: f64 = 1e-2;
 /// Worst per-tensor relative RMS of the sampled change gaps (peft f32: 2.7e-3).
 const ADAPTER_RMS: f64 = 2.5e-3;
 
+/// The whole 3-step adapter change: ||ours − f64|| / ||f64|| over all 420 tensors, through the
+/// projections (the issue's "adapter change within 1e-3 of peft"; peft f32: 1.38e-3).
+const ADAPTER_NORM: f64 = 1e-3;
+/// The same for the worst single tensor (peft f32: 1.7e-2).
+const TENSOR_NORM: f64 = 5e-3;
+/// The base loss vs transformers' f32 logits with an exact cross-entropy (the issue's 2e-6).
+const LOSS_HF_RTOL: f64 = 2e-6;
+
 fn reference() -> serde_json::Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deep_ckpt/ref.json");
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
@@ -74,15 +88,20 @@ fn gguf_path() -> Option<PathBuf> {
     }
 }
 
-/// Adapter init shared with the reference script (`init_value` there): an integer hash of
-/// (tensor, index) mapped to [-scale, scale] in f64, rounded to f32.
-fn init_value(key: &str, n: usize) -> Vec<f32> {
+/// `key` is `model.layers.L.<mlp|self_attn>.M.lora_<A|B>`: L·16 + M·2 + (1 for B), as the
+/// reference script's `tensor_seed`.
+fn tensor_seed(key: &str) -> u64 {
     let parts: Vec<&str> = key.split('.').collect();
     let layer: u64 = parts[2].parse().unwrap();
     let m = MODULES.iter().position(|x| *x == parts[4]).unwrap() as u64;
-    let b = key.ends_with("lora_B");
-    let s = layer * 16 + m * 2 + b as u64;
-    let scale = if b { 0.01 } else { 0.04 };
+    layer * 16 + m * 2 + key.ends_with("lora_B") as u64
+}
+
+/// Adapter init shared with the reference script (`init_value` there): an integer hash of
+/// (tensor, index) mapped to [-scale, scale] in f64, rounded to f32.
+fn init_value(key: &str, n: usize) -> Vec<f32> {
+    let s = tensor_seed(key);
+    let scale = if key.ends_with("lora_B") { 0.01 } else { 0.04 };
     (0..n as u64)
         .map(|i| {
             let h = (i * 2654435761 + s * 40503 + 12345) % (1 << 32);
@@ -90,6 +109,24 @@ fn init_value(key: &str, n: usize) -> Vec<f32> {
             ((k - 1000.0) / 1000.0 * scale) as f32
         })
         .collect()
+}
+
+/// The reference script's `sketch`: projection k of x sums x_i with sign + where bit k of
+/// splitmix64(i + seed·golden) is set, − where not. For independent ±1 signs the mean squared
+/// projection gap estimates ||x − y||² (±9% on the norm at 64 projections).
+fn sketch(key: &str, x: &[f64], k: usize) -> Vec<f64> {
+    let seed = tensor_seed(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut out = vec![0f64; k];
+    for (i, &v) in x.iter().enumerate() {
+        let mut z = (i as u64).wrapping_add(seed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        for (b, o) in out.iter_mut().enumerate() {
+            *o += if z >> b & 1 == 1 { v } else { -v };
+        }
+    }
+    out
 }
 
 fn sample_positions(n: usize, samples: usize) -> impl Iterator<Item = usize> {
@@ -294,6 +331,8 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
     assert_eq!(want.len(), 420);
     let (mut worst, mut worst_key, mut worst_rms, mut worst_max) =
         (0f64, String::new(), 0f64, 0f64);
+    let (mut worst_norm, mut worst_norm_key, mut all_gap2, mut all_norm2) =
+        (0f64, String::new(), 0f64, 0f64);
     for (k, init_v) in &init {
         let w = &want[k];
         let key = format!("base_model.model.{k}.weight");
@@ -314,11 +353,41 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
             }
         }
         worst_rms = worst_rms.max((err2 / ref2).sqrt());
+
+        // The whole tensor, through the projections.
+        let d: Vec<f64> = got
+            .iter()
+            .zip(init_v)
+            .map(|(g, i)| *g as f64 - *i as f64)
+            .collect();
+        let want_sk = floats(&w["sketch"]);
+        let ours_sk = sketch(k, &d, want_sk.len());
+        let gap2 = ours_sk
+            .iter()
+            .zip(&want_sk)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            / want_sk.len() as f64;
+        let norm = w["norm"].as_f64().unwrap();
+        (all_gap2, all_norm2) = (all_gap2 + gap2, all_norm2 + norm * norm);
+        if gap2.sqrt() / norm > worst_norm {
+            (worst_norm, worst_norm_key) = (gap2.sqrt() / norm, k.clone());
+        }
     }
     let peft32 = &r["peft_f32_vs_f64"];
-    let (peft_worst, peft_rms) = (
+    let (peft_worst, peft_rms, peft_norm, peft_norm_sk, peft_all) = (
         peft32["worst_gap"].as_f64().unwrap(),
         peft32["worst_rel_rms"].as_f64().unwrap(),
+        peft32["worst_rel_norm"].as_f64().unwrap(),
+        peft32["worst_rel_norm_sketched"].as_f64().unwrap(),
+        peft32["all_rel_norm"].as_f64().unwrap(),
+    );
+    let all_norm = (all_gap2 / all_norm2).sqrt();
+    println!(
+        "adapter change vs f64, whole tensors (projections): worst ||ours - f64|| / ||f64|| \
+         {worst_norm:.2e} ({worst_norm_key}), all 420 tensors together {all_norm:.2e} (peft f32: \
+         worst {peft_norm:.2e} exact, {peft_norm_sk:.2e} through the projections; together \
+         {peft_all:.2e})"
     );
     println!(
         "adapter change vs f64 at the samples: worst {worst:.2e} of the tensor's largest change \
@@ -329,6 +398,11 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
         rel(loss, want_loss) <= LOSS_RTOL,
         "base loss gap {:.3e}",
         rel(loss, want_loss)
+    );
+    assert!(
+        rel(loss, f32_exact) <= LOSS_HF_RTOL,
+        "base loss vs transformers' f32 logits {:.3e}",
+        rel(loss, f32_exact)
     );
     for (s, g) in step64.iter().enumerate() {
         assert!(*g <= LOSS_RTOL, "step {s} loss gap {g:.3e}");
@@ -344,5 +418,14 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
     assert!(
         worst_rms <= ADAPTER_RMS && worst_rms <= peft_rms,
         "adapter change rel RMS {worst_rms:.3e} (peft f32: {peft_rms:.3e})"
+    );
+    assert!(
+        all_norm <= ADAPTER_NORM && all_norm <= peft_all,
+        "adapter change ||ours - f64|| / ||f64|| {all_norm:.3e} (peft f32: {peft_all:.3e})"
+    );
+    assert!(
+        worst_norm <= TENSOR_NORM && worst_norm <= peft_norm_sk,
+        "adapter change ||ours - f64|| / ||f64|| {worst_norm:.3e} at {worst_norm_key} (peft f32: \
+         {peft_norm_sk:.3e})"
     );
 }

@@ -13,8 +13,12 @@ Then 3 steps of peft LoRA (r 8, alpha 16, every linear layer, no dropout) with t
 (lr 1e-3, no weight decay, no clipping, constant lr) from a deterministic nonzero adapter init
 (`init_value`, the same formula as the Rust test), in f64 (the reference) and in f32 (how far peft's
 own f32 run is from f64, by the test's measures). The adapters are 2.4M numbers, too many to commit:
-for each of the 420 adapter tensors the fixture keeps the f64 run's largest |change| and its change
-at SAMPLES fixed positions (`sample_positions`). Per-tensor checksums of the dequantized weights let
+for each of the 420 adapter tensors the fixture keeps the f64 run's largest |change|, its change
+at SAMPLES fixed positions (`sample_positions`), its norm, and SKETCH random ±1 projections of it
+(`sketch`). The projections give the whole tensor's relative error ||x − y|| / ||y|| without y:
+for independent ±1 signs σ, E[(Σ σ_i (x_i − y_i))²] = ||x − y||², so the mean of the SKETCH squared
+projection gaps estimates it (±9% at SKETCH 64; this script checks the estimate on peft's f32 run,
+whose exact value it can compute). Per-tensor checksums of the dequantized weights let
 the test check that its own GGUF conversion gives the same floats.
 
 Run: /work/pyref/bin/python tests/reference/deep_ckpt_make_fixtures.py PATH/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -29,7 +33,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "deep_ckpt")
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-R, ALPHA, LR, STEPS, SAMPLES = 8, 16, 1e-3, 3, 32
+R, ALPHA, LR, STEPS, SAMPLES, SKETCH = 8, 16, 1e-3, 3, 32, 64
+MASK = (1 << 64) - 1
 TEXT = (
     "The river runs past the old mill and under the stone bridge, where children throw bread to the "
     "ducks every morning. In the afternoon the baker closes his shop, walks along the water and counts "
@@ -38,18 +43,37 @@ TEXT = (
 )
 
 
+def tensor_seed(key):
+    """`key` is `model.layers.L.<mlp|self_attn>.M.lora_<A|B>`: L * 16 + M * 2 + (1 for B)."""
+    return int(key.split(".")[2]) * 16 + MODULES.index(key.split(".")[4]) * 2 + int(key.endswith("lora_B"))
+
+
 def init_value(key, n):
     """Adapter init shared with tests/deep_checkpoint.rs: an integer hash of (tensor, index) mapped to
-    [-scale, scale] in f64, rounded to f32. `key` is `model.layers.L.<mlp|self_attn>.M.lora_<A|B>`."""
-    layer = int(key.split(".")[2])
-    m = MODULES.index(key.split(".")[4])
-    b = key.endswith("lora_B")
-    s = layer * 16 + m * 2 + int(b)
+    [-scale, scale] in f64, rounded to f32."""
+    s, b = tensor_seed(key), key.endswith("lora_B")
     i = np.arange(n, dtype=np.uint64)
     h = (i * np.uint64(2654435761) + np.uint64(s * 40503 + 12345)) % np.uint64(1 << 32)
     k = ((h >> np.uint64(8)) % np.uint64(2001)).astype(np.float64)
     scale = 0.01 if b else 0.04
     return ((k - 1000.0) / 1000.0 * scale).astype(np.float32)
+
+
+def sketch(key, x):
+    """SKETCH projections of the flat f64 tensor x: projection k sums x_i with sign + where bit k of
+    splitmix64(i + seed * golden) is set, − where not (the same hash as tests/deep_checkpoint.rs)."""
+    x = x.numpy()
+    z = np.arange(x.size, dtype=np.uint64) + np.uint64((tensor_seed(key) * 0x9E3779B97F4A7C15) & MASK)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return [float(np.dot(((z >> np.uint64(k)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0, x))
+            for k in range(SKETCH)]
+
+
+def sketch_rel(sx, sy, norm_y):
+    """Estimated ||x − y|| / ||y|| from the projections of x and y."""
+    return float(np.sqrt(np.mean((np.array(sx) - np.array(sy)) ** 2)) / norm_y)
 
 
 def checksums(w):
@@ -135,12 +159,20 @@ def main(gguf):
     losses_hf32, d32 = lora_steps(model, input_ids, torch.float32, True)
     losses64, d64 = lora_steps(model, input_ids, torch.float64, False)
     worst32, rms32 = sample_gaps(d32, d64)
+    sk64 = {k: sketch(k, d) for k, d in d64.items()}
+    exact32 = {k: float((d32[k] - d).norm() / d.norm()) for k, d in d64.items()}
+    est32 = {k: sketch_rel(sketch(k, d32[k]), sk64[k], float(d.norm())) for k, d in d64.items()}
+    ratio = [est32[k] / exact32[k] for k in d64]
+    all32 = float(np.sqrt(sum(float((d32[k] - d).norm()) ** 2 for k, d in d64.items())
+                          / sum(float(d.norm()) ** 2 for d in d64.values())))
 
     adapters = {}
     for k, delta in d64.items():
         adapters[k] = {
             "max_abs_delta": float(delta.abs().max()),
             "delta": [float(f"{float(delta[i]):.9g}") for i in sample_positions(delta.numel())],
+            "norm": float(delta.norm()),
+            "sketch": [float(f"{v:.13g}") for v in sk64[k]],
         }
     ref = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -150,7 +182,10 @@ def main(gguf):
         "input_ids": input_ids.tolist(),
         "loss_f64": loss64, "loss_hf_f32": loss_hf32, "loss_f32_exact_ce": loss_f32_exact_ce,
         "losses_f64": losses64, "losses_hf_f32": losses_hf32,
-        "peft_f32_vs_f64": {"worst_gap": worst32, "worst_rel_rms": rms32},
+        "sketch": SKETCH,
+        "peft_f32_vs_f64": {"worst_gap": worst32, "worst_rel_rms": rms32,
+                            "worst_rel_norm": max(exact32.values()),
+                            "worst_rel_norm_sketched": max(est32.values()), "all_rel_norm": all32},
         "weight_checksums": weights,
         "adapters": adapters,
     }
@@ -161,7 +196,10 @@ def main(gguf):
     print(ref["versions"], "\nloss f64", loss64, "transformers f32", loss_hf32,
           f"(rel {rel(loss_hf32, loss64):.2e}), f32 logits with an f64 cross-entropy", loss_f32_exact_ce,
           f"(rel {rel(loss_f32_exact_ce, loss64):.2e})\nLoRA losses f64", losses64, "peft f32", losses_hf32,
-          f"\npeft f32 vs f64 change at the samples: worst {worst32:.2e}, worst rel RMS {rms32:.2e}")
+          f"\npeft f32 vs f64 change at the samples: worst {worst32:.2e}, worst rel RMS {rms32:.2e}",
+          f"\npeft f32 vs f64 whole tensors: worst ||x - y|| / ||y|| {max(exact32.values()):.2e} exact,"
+          f" {max(est32.values()):.2e} sketched (sketched / exact per tensor: {min(ratio):.2f}..{max(ratio):.2f},"
+          f" mean {np.mean(ratio):.3f}); all 420 tensors together {all32:.2e}")
 
 
 if __name__ == "__main__":
