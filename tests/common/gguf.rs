@@ -103,7 +103,10 @@ impl<'a> Cursor<'a> {
 const F32: u32 = 0;
 const F16: u32 = 1;
 const Q4_1: u32 = 3;
+const Q5_0: u32 = 6;
 const Q8_0: u32 = 8;
+const Q4_K: u32 = 12;
+const Q6_K: u32 = 14;
 
 impl Gguf {
     pub fn read(path: &Path) -> Result<Gguf, String> {
@@ -163,7 +166,10 @@ impl Gguf {
             F32 => (1, 4),
             F16 => (1, 2),
             Q4_1 => (32, 20),
+            Q5_0 => (32, 22),
             Q8_0 => (32, 34),
+            Q4_K => (256, 144),
+            Q6_K => (256, 210),
             ty => return Err(format!("{}: ggml type {ty} is not supported", t.name)),
         };
         let start = self.data_start + t.offset;
@@ -186,10 +192,76 @@ impl Gguf {
                     out.extend(qs.iter().map(|q| d * (q >> 4) as f32 + m));
                 }
             }
-            _ => {
+            // 32 five-bit values: low nibbles in qs, fifth bits in the u32 qh, offset −16.
+            Q5_0 => {
+                for b in raw.chunks_exact(22) {
+                    let (d, qh, qs) = (
+                        f16(&b[0..2]),
+                        u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                        &b[6..22],
+                    );
+                    let q = |j: usize, hi: bool| {
+                        let (nib, bit) = if hi {
+                            (qs[j] >> 4, (qh >> (j + 16)) & 1)
+                        } else {
+                            (qs[j] & 15, (qh >> j) & 1)
+                        };
+                        d * ((nib as u32 | bit << 4) as i32 - 16) as f32
+                    };
+                    out.extend((0..16).map(|j| q(j, false)));
+                    out.extend((0..16).map(|j| q(j, true)));
+                }
+            }
+            Q8_0 => {
                 for b in raw.chunks_exact(34) {
                     let d = f16(&b[0..2]);
                     out.extend(b[2..].iter().map(|&q| d * q as i8 as f32));
+                }
+            }
+            // Super-blocks of 256: eight 32-value sub-blocks with 6-bit scales and mins packed in
+            // 12 bytes (ggml's get_scale_min_k4), x = d·sc·q − dmin·m.
+            Q4_K => {
+                for b in raw.chunks_exact(144) {
+                    let (d, dmin, sc, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..144]);
+                    let scale_min = |j: usize| {
+                        if j < 4 {
+                            (sc[j] & 63, sc[j + 4] & 63)
+                        } else {
+                            (
+                                (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4,
+                                (sc[j + 4] >> 4) | (sc[j] >> 6) << 4,
+                            )
+                        }
+                    };
+                    for (c, q) in qs.chunks_exact(32).enumerate() {
+                        for (j, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
+                            let (s, m) = scale_min(j);
+                            let (d1, m1) = (d * s as f32, dmin * m as f32);
+                            out.extend(q.iter().map(|x| d1 * ((x >> shift) & 15) as f32 - m1));
+                        }
+                    }
+                }
+            }
+            // Super-blocks of 256: 4 low bits in ql, 2 high bits in qh, sixteen i8 scales, offset −32.
+            _ => {
+                for b in raw.chunks_exact(210) {
+                    let (ql, qh, sc, d) =
+                        (&b[0..128], &b[128..192], &b[192..208], f16(&b[208..210]));
+                    for h in 0..2 {
+                        let (ql, qh, sc) = (&ql[64 * h..], &qh[32 * h..], &sc[8 * h..]);
+                        let mut y = [0f32; 128];
+                        for l in 0..32 {
+                            let is = l / 16;
+                            let q = |low: u8, shift: u32| {
+                                ((low as i32) | (((qh[l] >> shift) & 3) as i32) << 4) - 32
+                            };
+                            y[l] = d * sc[is] as i8 as f32 * q(ql[l] & 15, 0) as f32;
+                            y[l + 32] = d * sc[is + 2] as i8 as f32 * q(ql[l + 32] & 15, 2) as f32;
+                            y[l + 64] = d * sc[is + 4] as i8 as f32 * q(ql[l] >> 4, 4) as f32;
+                            y[l + 96] = d * sc[is + 6] as i8 as f32 * q(ql[l + 32] >> 4, 6) as f32;
+                        }
+                        out.extend(y);
+                    }
                 }
             }
         }
@@ -317,4 +389,122 @@ fn hf_name(n: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{module}.weight"))
+}
+
+/// Writes `dir/config.json` and `dir/model.safetensors` (f32) for a `gemma3` GGUF (tied
+/// embeddings), as transformers' GGUF loader reads it: every sixth layer global (rope_theta from
+/// the file), the others local (sliding window, rope_theta 1e4), norms stored as 1 + w.
+pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
+    let arch = g.meta("general.architecture")?;
+    if *arch != Value::Str("gemma3".into()) {
+        return Err(format!("general.architecture is {arch:?}, not gemma3"));
+    }
+    let int = |k: &str| -> Result<usize, String> {
+        g.meta(&format!("gemma3.{k}"))?
+            .int()
+            .map(|v| v as usize)
+            .ok_or_else(|| format!("gemma3.{k} is not an integer"))
+    };
+    let float = |k: &str| -> Result<f64, String> {
+        g.meta(&format!("gemma3.{k}"))?
+            .float()
+            .ok_or_else(|| format!("gemma3.{k} is not a number"))
+    };
+    if g.tensors.iter().any(|t| t.name == "output.weight") {
+        return Err("untied output.weight is not handled".into());
+    }
+    let embd = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .ok_or("no token_embd.weight")?;
+    let layers = int("block_count")?;
+    let layer_types: Vec<&str> = (0..layers)
+        .map(|i| {
+            if (i + 1) % 6 == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect();
+    let tok = |k: &str| {
+        g.meta(&format!("tokenizer.ggml.{k}"))
+            .ok()
+            .and_then(Value::int)
+    };
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": int("embedding_length")?,
+        "intermediate_size": int("feed_forward_length")?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": int("attention.head_count")?,
+        "num_key_value_heads": int("attention.head_count_kv")?,
+        "head_dim": int("attention.key_length")?,
+        "query_pre_attn_scalar": 256,
+        "max_position_embeddings": int("context_length")?,
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?,
+        "sliding_window": int("attention.sliding_window")?,
+        "layer_types": layer_types,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": float("rope.freq_base")?},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        "vocab_size": embd.dims[1],
+        "hidden_activation": "gelu_pytorch_tanh",
+        "final_logit_softcapping": null,
+        "attn_logit_softcapping": null,
+        "attention_bias": false,
+        "tie_word_embeddings": true,
+        "bos_token_id": tok("bos_token_id"),
+        "eos_token_id": tok("eos_token_id"),
+        "pad_token_id": tok("padding_token_id"),
+        "torch_dtype": "float32",
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for t in &g.tensors {
+        let name =
+            gemma3_hf_name(&t.name).ok_or_else(|| format!("unexpected tensor {}", t.name))?;
+        let mut v = g.dequantize(t)?;
+        if t.name.ends_with("norm.weight") {
+            v.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        names.push((name, t.dims.iter().rev().copied().collect::<Vec<_>>()));
+        values.push(v);
+    }
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = names
+        .into_iter()
+        .zip(&values)
+        .map(|((n, s), v)| (n, s, v.as_slice()))
+        .collect();
+    recipe::formats::safetensors::write_f32(&dir.join("model.safetensors"), &tensors)
+        .map_err(|e| e.to_string())
+}
+
+/// llama.cpp's Gemma 3 tensor name → transformers' (no q/k permutation: both rotate halves).
+fn gemma3_hf_name(n: &str) -> Option<String> {
+    let module = match n.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((layer, part)) => {
+            let m = match part.strip_suffix(".weight")? {
+                "attn_norm" => "input_layernorm",
+                "post_attention_norm" => "post_attention_layernorm",
+                "ffn_norm" => "pre_feedforward_layernorm",
+                "post_ffw_norm" => "post_feedforward_layernorm",
+                "attn_q_norm" => "self_attn.q_norm",
+                "attn_k_norm" => "self_attn.k_norm",
+                p => return hf_name(&format!("blk.{layer}.{p}.weight")),
+            };
+            format!("layers.{layer}.{m}")
+        }
+        None => return hf_name(n),
+    };
+    Some(format!("model.{module}.weight"))
 }
