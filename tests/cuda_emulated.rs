@@ -2527,7 +2527,8 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
 }
 
 /// q, k, v and the attention output as bf16 activations: the fused kernels' bf16 variants (and
-/// the GEMM path, which widens them) give exactly what f32 inputs holding the same values give,
+/// the GEMM path, which takes them as its bf16 operands: nothing is widened) give exactly what
+/// f32 inputs holding the same values give,
 /// with O rounded to bf16; the f32 gradients agree within 1e-2 of their largest value (the
 /// backward reads the rounded O); RoPE rotates a bf16 tensor as it does the f32 one, rounded
 /// once.
@@ -2550,11 +2551,12 @@ fn bf16_attention_and_rope_take_bf16_activations() {
     let segment: Vec<i32> = (0..b * t).map(|i| if i < 2 { -1 } else { 0 }).collect();
     for gemm in [false, true] {
         let Some(gpu) = emulated() else { return };
-        let be = CudaBackend::on(gpu, "emulated".into())
+        let cb = CudaBackend::on(gpu, "emulated".into())
             .unwrap()
             .with_precision(Precision::Bf16)
-            .with_gemm_attention(gemm);
-        let be: &dyn Backend = &be;
+            .with_gemm_attention(gemm)
+            .with_profile(true);
+        let be: &dyn Backend = &cb;
         let act = |v: &[f32]| {
             let mut x = be.activation(v.len() / hd, hd);
             let n = v.len();
@@ -2583,10 +2585,20 @@ fn bf16_attention_and_rope_take_bf16_activations() {
             let down = |x: &Tensor| bits(&be.download(x));
             (o.is_bf16(), down(&o), down(&dq), down(&dk), down(&dv))
         };
-        let got = run(&act(&q), &act(&k), &act(&v), be.activation(b * t, nh * hd));
+        let (aq, ak, av) = (act(&q), act(&k), act(&v));
+        let widens = || {
+            cb.profile_table()
+                .iter()
+                .filter(|r| r.0.starts_with("widen"))
+                .map(|r| r.1)
+                .sum::<u64>()
+        };
+        let before = widens();
+        let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd));
+        let what = if gemm { "GEMM path" } else { "fused" };
+        assert_eq!(widens(), before, "{what}: bf16 q, k, v widened");
         let (uq, uk, uv) = (be.upload(&q), be.upload(&k), be.upload(&v));
         let want = run(&uq, &uk, &uv, be.zeros(nq));
-        let what = if gemm { "GEMM path" } else { "fused" };
         assert!(got.0, "{what}: o stays bf16");
         let f = |u: &[u32]| u.iter().map(|&u| f32::from_bits(u)).collect::<Vec<_>>();
         assert_eq!(got.1, bits(&r16(&f(&want.1))), "{what}: o");

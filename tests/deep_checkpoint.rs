@@ -175,6 +175,49 @@ fn check_weights(dir: &Path, want: &serde_json::Map<String, serde_json::Value>) 
     }
 }
 
+/// The base model's loss on the fixture's rows (the evaluation path) against the reference's
+/// three (module docs): within `rtol` of the f64 run's and [`LOSS_HF_RTOL`] of transformers' f32
+/// logits with an exact cross-entropy.
+fn check_base_loss(model: &Model, r: &serde_json::Value, pad: u32, rtol: f64) {
+    let batch = Batch::padded(
+        &rows(r)
+            .iter()
+            .map(|row| (row.clone(), row.iter().map(|&x| x as i64).collect()))
+            .collect::<Vec<_>>(),
+        pad,
+        false,
+    );
+    let sums = model.eval_loss(&batch).unwrap();
+    let loss = sums.nll / sums.tokens as f64;
+    let num = |k: &str| r[k].as_f64().unwrap();
+    let (want, hf32, f32_exact) = (
+        num("loss_f64"),
+        num("loss_hf_f32"),
+        num("loss_f32_exact_ce"),
+    );
+    println!(
+        "base loss {loss}: vs f64 {want} rel {:.2e}; vs transformers f32 {hf32} rel {:.2e} (its \
+         logits with an f64 cross-entropy: {f32_exact}, rel {:.2e})",
+        rel(loss, want),
+        rel(loss, hf32),
+        rel(loss, f32_exact),
+    );
+    assert!(
+        rel(loss, want) <= rtol,
+        "base loss vs f64 {:.3e}",
+        rel(loss, want)
+    );
+    assert!(
+        rel(loss, f32_exact) <= LOSS_HF_RTOL,
+        "base loss vs transformers' f32 logits {:.3e}",
+        rel(loss, f32_exact)
+    );
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
 fn rows(r: &serde_json::Value) -> Vec<Vec<u32>> {
     r["input_ids"]
         .as_array()
@@ -256,30 +299,8 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
     let mut model = Model::load(hf.path(), &Default::default()).unwrap();
     assert_eq!(model.layers.len(), 30);
     let ids = rows(&r);
-    let batch = Batch::padded(
-        &ids.iter()
-            .map(|row| (row.clone(), row.iter().map(|&x| x as i64).collect()))
-            .collect::<Vec<_>>(),
-        2,
-        false,
-    );
-    let sums = model.eval_loss(&batch).unwrap();
-    let loss = sums.nll / sums.tokens as f64;
-    let num = |k: &str| r[k].as_f64().unwrap();
-    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
-    let (want_loss, hf32, f32_exact) = (
-        num("loss_f64"),
-        num("loss_hf_f32"),
-        num("loss_f32_exact_ce"),
-    );
-    println!(
-        "base loss {loss}: vs f64 {want_loss} rel {:.2e}; vs transformers f32 {hf32} rel {:.2e} \
-         (its logits with an f64 cross-entropy: {f32_exact}, rel {:.2e}); {:.1?}",
-        rel(loss, want_loss),
-        rel(loss, hf32),
-        rel(loss, f32_exact),
-        t1.elapsed()
-    );
+    check_base_loss(&model, &r, 2, LOSS_RTOL);
+    println!("base loss in {:.1?}", t1.elapsed());
 
     // 3 LoRA steps.
     let t2 = Instant::now();
@@ -405,16 +426,6 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
          ({worst_key}), worst per-tensor rel RMS {worst_rms:.2e} (peft f32: {peft_worst:.2e}, \
          {peft_rms:.2e}); largest changes agree within {worst_max:.2e}"
     );
-    assert!(
-        rel(loss, want_loss) <= LOSS_RTOL,
-        "base loss gap {:.3e}",
-        rel(loss, want_loss)
-    );
-    assert!(
-        rel(loss, f32_exact) <= LOSS_HF_RTOL,
-        "base loss vs transformers' f32 logits {:.3e}",
-        rel(loss, f32_exact)
-    );
     for (s, g) in step64.iter().enumerate() {
         assert!(*g <= LOSS_RTOL, "step {s} loss gap {g:.3e}");
     }
@@ -482,41 +493,8 @@ fn gemma3_270m_loss_and_greedy_generation_match_transformers() {
     let t1 = Instant::now();
     let model = Model::load(hf.path(), &Default::default()).unwrap();
     assert_eq!(model.layers.len(), 18);
-    let ids = rows(&r);
-    let batch = Batch::padded(
-        &ids.iter()
-            .map(|row| (row.clone(), row.iter().map(|&x| x as i64).collect()))
-            .collect::<Vec<_>>(),
-        0,
-        false,
-    );
-    let sums = model.eval_loss(&batch).unwrap();
-    let loss = sums.nll / sums.tokens as f64;
-    let num = |k: &str| r[k].as_f64().unwrap();
-    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
-    let (want, hf32, f32_exact) = (
-        num("loss_f64"),
-        num("loss_hf_f32"),
-        num("loss_f32_exact_ce"),
-    );
-    println!(
-        "base loss {loss}: vs f64 {want} rel {:.2e}; vs transformers f32 {hf32} rel {:.2e} (its \
-         logits with an f64 cross-entropy: rel {:.2e}); {:.1?}",
-        rel(loss, want),
-        rel(loss, hf32),
-        rel(loss, f32_exact),
-        t1.elapsed()
-    );
-    assert!(
-        rel(loss, want) <= LOSS_HF_RTOL,
-        "loss vs f64 {:.3e}",
-        rel(loss, want)
-    );
-    assert!(
-        rel(loss, f32_exact) <= LOSS_HF_RTOL,
-        "loss vs transformers' f32 logits {:.3e}",
-        rel(loss, f32_exact)
-    );
+    check_base_loss(&model, &r, 0, LOSS_HF_RTOL);
+    println!("base loss in {:.1?}", t1.elapsed());
 
     let t2 = Instant::now();
     let u32s = |v: &serde_json::Value| -> Vec<u32> {

@@ -62,7 +62,7 @@ use crate::cuda::ops::act::{
 };
 use crate::cuda::ops::adamw8bit::{adamw8bit_bnb, bnb_adam32, BnbTables};
 use crate::cuda::ops::attention::{attn_bwd, attn_cached_fwd, attn_fwd, DeviceMasks};
-use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
+use crate::cuda::ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, Src, TcScratch};
 use crate::cuda::ops::blas::{matmul_bf16_f32, matmul_f32, MatMul};
 use crate::cuda::ops::cross_entropy::{cross_entropy_bwd_inplace, cross_entropy_fwd};
 use crate::cuda::ops::embedding::{embedding_bwd, embedding_fwd};
@@ -562,6 +562,14 @@ impl CudaBackend {
 }
 
 /// Whether every tensor is stored as bf16 (an op's bf16 kernel applies).
+/// An attention operand as the tensor holds it.
+fn src(t: &Tensor) -> Src<'_> {
+    match t.is_bf16() {
+        true => Src::Bf16(t.device_bf16().slice(..)),
+        false => Src::F32(t.device().slice(..)),
+    }
+}
+
 fn all_bf16(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| t.is_bf16())
 }
@@ -630,13 +638,17 @@ impl CudaBackend {
                 tk::widen16(g, &mut so.slice_mut(..nq), &o.as_view(), true)
             });
         }
-        let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
+        // The GEMMs take bf16 q, k, v as they are (bf16 mode); the f32 kernels need f32.
+        let (q, k, v) = match gemm && self.precision == Precision::Bf16 {
+            true => (Wide::Same(q), Wide::Same(k), Wide::Same(v)),
+            false => (self.wide(q), self.wide(k), self.wide(v)),
+        };
         self.f32_out(out, nq < out.len(), |out| {
             self.run(&name, |g| {
                 let (mut lse, mut so) = saved.device_mut().split_at_mut(nlse);
                 let mut o = out.device_mut().slice_mut(..nq);
-                let (q, k, v) = (q.device(), k.device(), v.device());
                 if gemm {
+                    let (q, k, v) = (src(&q), src(&k), src(&v));
                     match self.precision {
                         Precision::Bf16 => {
                             attn_tc_fwd::<bf16>(g, &mut sc, &mut o, &mut lse, q, k, v, &mk, &kd)?
@@ -646,6 +658,7 @@ impl CudaBackend {
                         }
                     }
                 } else {
+                    let (q, k, v) = (q.device(), k.device(), v.device());
                     flash_fwd::<f32>(g, &mut o, &mut lse, q, k, v, &mk, &kd)?;
                 }
                 g.memcpy_dtod(&o.as_view(), &mut so.slice_mut(..nq))
@@ -692,13 +705,17 @@ impl CudaBackend {
                 flash_bwd::<bf16>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             });
         }
-        let (q, k, v) = (self.wide(q), self.wide(k), self.wide(v));
+        let (q, k, v) = match gemm && self.precision == Precision::Bf16 {
+            true => (Wide::Same(q), Wide::Same(k), Wide::Same(v)),
+            false => (self.wide(q), self.wide(k), self.wide(v)),
+        };
         self.run(&name, |g| {
             let sd = saved.device();
             let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
-            let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
+            let dout = dout.device();
             if gemm {
+                let (q, k, v) = (src(&q), src(&k), src(&v));
                 match self.precision {
                     Precision::Bf16 => attn_tc_bwd::<bf16>(
                         g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd,
@@ -708,6 +725,7 @@ impl CudaBackend {
                     ),
                 }
             } else {
+                let (q, k, v) = (q.device(), k.device(), v.device());
                 let delta = sc.delta_slot();
                 flash_bwd::<f32>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             }

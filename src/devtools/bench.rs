@@ -403,8 +403,10 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 let path = if gemm { "attn_gemm" } else { "attn_fused" };
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
+                        use ops::attention_tc::Src::F32;
+                        let (qs, ks, vs) = (F32(q.slice(..)), F32(k.slice(..)), F32(v.slice(..)));
                         ops::attention_tc::attn_tc_fwd::<half::bf16>(
-                            &gpu, &mut sc, &mut out, &mut lse, &q, &k, &v, &mk, &dm,
+                            &gpu, &mut sc, &mut out, &mut lse, qs, ks, vs, &mk, &dm,
                         )
                     } else {
                         ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm)
@@ -419,8 +421,10 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 )?;
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
+                        use ops::attention_tc::Src::F32;
+                        let (qs, ks, vs) = (F32(q.slice(..)), F32(k.slice(..)), F32(v.slice(..)));
                         ops::attention_tc::attn_tc_bwd::<half::bf16>(
-                            &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out,
+                            &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, qs, ks, vs, &out,
                             &lse, &mk, &dm,
                         )
                     } else {

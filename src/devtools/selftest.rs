@@ -1246,7 +1246,7 @@ fn attention_checks<T: Elem>(
     rng: &mut Rng,
     path: AttnPath,
 ) -> Result<()> {
-    use ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, TcScratch};
+    use ops::attention_tc::{attn_tc_bwd, attn_tc_fwd, Src::F32, TcScratch};
     use ops::flash::{flash_bwd, flash_fwd};
     use twins::attention::{attn_bwd, attn_fwd, AttnDims, AttnMasks};
     let s = match path {
@@ -1334,9 +1334,8 @@ fn attention_checks<T: Elem>(
             if path == AttnPath::Fused {
                 flash_fwd(gpu, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm)?;
             } else {
-                attn_tc_fwd::<half::bf16>(
-                    gpu, &mut sc, &mut og, &mut lseg, &qf, &kf, &vf, &dmk, &dm,
-                )?;
+                let (qs, ks, vs) = (F32(qf.slice(..)), F32(kf.slice(..)), F32(vf.slice(..)));
+                attn_tc_fwd::<half::bf16>(gpu, &mut sc, &mut og, &mut lseg, qs, ks, vs, &dmk, &dm)?;
             }
             down(gpu, &og)?
         } else {
@@ -1395,9 +1394,10 @@ fn attention_checks<T: Elem>(
                     &dm,
                 )?;
             } else {
+                let (qs, ks, vs) = (F32(qf.slice(..)), F32(kf.slice(..)), F32(vf.slice(..)));
                 attn_tc_bwd::<half::bf16>(
-                    gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, &qf, &kf, &vf, &of, &lsed,
-                    &dmk, &dm,
+                    gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, qs, ks, vs, &of, &lsed, &dmk,
+                    &dm,
                 )?;
             }
             [down(gpu, &dqg)?, down(gpu, &dkg)?, down(gpu, &dvg)?]

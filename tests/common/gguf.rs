@@ -159,6 +159,19 @@ impl Gguf {
         self.kv.get(key).ok_or_else(|| format!("GGUF has no {key}"))
     }
 
+    fn int(&self, key: &str) -> Result<usize, String> {
+        self.meta(key)?
+            .int()
+            .map(|v| v as usize)
+            .ok_or_else(|| format!("{key} is not an integer"))
+    }
+
+    fn float(&self, key: &str) -> Result<f64, String> {
+        self.meta(key)?
+            .float()
+            .ok_or_else(|| format!("{key} is not a number"))
+    }
+
     /// The tensor's values as f32, row-major in the torch shape (`dims` reversed).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, String> {
         let n: usize = t.dims.iter().product();
@@ -291,17 +304,10 @@ pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
     if *arch != Value::Str("llama".into()) {
         return Err(format!("general.architecture is {arch:?}, not llama"));
     }
-    let int = |k: &str| -> Result<usize, String> {
-        g.meta(&format!("llama.{k}"))?
-            .int()
-            .map(|v| v as usize)
-            .ok_or_else(|| format!("llama.{k} is not an integer"))
-    };
-    let float = |k: &str| -> Result<f64, String> {
-        g.meta(&format!("llama.{k}"))?
-            .float()
-            .ok_or_else(|| format!("llama.{k} is not a number"))
-    };
+    let (int, float) = (
+        |k: &str| g.int(&format!("llama.{k}")),
+        |k: &str| g.float(&format!("llama.{k}")),
+    );
     let (hidden, heads, kv_heads) = (
         int("embedding_length")?,
         int("attention.head_count")?,
@@ -337,12 +343,6 @@ pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         "pad_token_id": tok("padding_token_id"),
         "torch_dtype": "float32",
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
-
     let mut names = Vec::new();
     let mut values = Vec::new();
     for t in &g.tensors {
@@ -358,13 +358,7 @@ pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         names.push((name, shape));
         values.push(v);
     }
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = names
-        .into_iter()
-        .zip(&values)
-        .map(|((n, s), v)| (n, s, v.as_slice()))
-        .collect();
-    recipe::formats::safetensors::write_f32(&dir.join("model.safetensors"), &tensors)
-        .map_err(|e| e.to_string())
+    write_hf(dir, &config, names, &values)
 }
 
 /// llama.cpp's tensor name → transformers' LLaMA name.
@@ -399,17 +393,10 @@ pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
     if *arch != Value::Str("gemma3".into()) {
         return Err(format!("general.architecture is {arch:?}, not gemma3"));
     }
-    let int = |k: &str| -> Result<usize, String> {
-        g.meta(&format!("gemma3.{k}"))?
-            .int()
-            .map(|v| v as usize)
-            .ok_or_else(|| format!("gemma3.{k} is not an integer"))
-    };
-    let float = |k: &str| -> Result<f64, String> {
-        g.meta(&format!("gemma3.{k}"))?
-            .float()
-            .ok_or_else(|| format!("gemma3.{k} is not a number"))
-    };
+    let (int, float) = (
+        |k: &str| g.int(&format!("gemma3.{k}")),
+        |k: &str| g.float(&format!("gemma3.{k}")),
+    );
     if g.tensors.iter().any(|t| t.name == "output.weight") {
         return Err("untied output.weight is not handled".into());
     }
@@ -462,12 +449,6 @@ pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         "pad_token_id": tok("padding_token_id"),
         "torch_dtype": "float32",
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
-
     let mut names = Vec::new();
     let mut values = Vec::new();
     for t in &g.tensors {
@@ -480,13 +461,7 @@ pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         names.push((name, t.dims.iter().rev().copied().collect::<Vec<_>>()));
         values.push(v);
     }
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = names
-        .into_iter()
-        .zip(&values)
-        .map(|((n, s), v)| (n, s, v.as_slice()))
-        .collect();
-    recipe::formats::safetensors::write_f32(&dir.join("model.safetensors"), &tensors)
-        .map_err(|e| e.to_string())
+    write_hf(dir, &config, names, &values)
 }
 
 /// llama.cpp's Gemma 3 tensor name → transformers' (no q/k permutation: both rotate halves).
@@ -507,4 +482,26 @@ fn gemma3_hf_name(n: &str) -> Option<String> {
         None => return hf_name(n),
     };
     Some(format!("model.{module}.weight"))
+}
+
+/// `dir/config.json` and `dir/model.safetensors` (f32): tensor i is `names[i]` (name, torch
+/// shape) with `values[i]`.
+fn write_hf(
+    dir: &Path,
+    config: &serde_json::Value,
+    names: Vec<(String, Vec<usize>)>,
+    values: &[Vec<f32>],
+) -> Result<(), String> {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = names
+        .into_iter()
+        .zip(values)
+        .map(|((n, s), v)| (n, s, v.as_slice()))
+        .collect();
+    recipe::formats::safetensors::write_f32(&dir.join("model.safetensors"), &tensors)
+        .map_err(|e| e.to_string())
 }

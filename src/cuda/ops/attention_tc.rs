@@ -20,7 +20,9 @@
 //!   dS = P ⊙ (dP − delta); dV_g = Σ_r Pᵀ·dO; dQ = scale·dS·K; dK_g = scale·Σ_r dSᵀ·Q.
 //!   dq, dk, dv are overwritten (the group sums start with beta 0).
 //!
-//! In bf16, q, k, v and dO are narrowed once per call (in f32 they are used as they are), and P
+//! In bf16, q, k, v arrive as the backend holds them ([`Src`]: bf16 activations are used as
+//! they are) and dO (and f32 q, k, v) are narrowed once per call (in f32 they are used as they
+//! are), and P
 //! and dS are stored bf16 (f32); every scratch buffer lives in
 //! [`TcScratch`], grown to the largest call and reused, so a training step allocates nothing
 //! after its first. What it costs: the full T×T scores are computed (twice the causal work) and
@@ -33,7 +35,7 @@ use super::attention::{attn_delta, check, lens_of, need_bwd, need_fwd, push_mask
 use super::blas::{matmul_ld, MatMul};
 use super::tensor::narrow_bf16;
 use super::{dim, grid1, grown, per_row, Elem, Timings};
-use crate::cuda::error::Result;
+use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ATTENTION;
 use crate::cuda::mem::{AsDevView, AsDevViewMut, DevBuf, DevView, DevViewMut};
 use crate::cuda::twins::attention::AttnDims;
@@ -81,17 +83,33 @@ fn mark(stages: &mut Option<Stages>, gpu: &Gpu, stage: Option<&'static str>) -> 
     Ok(())
 }
 
-/// The element type of the GEMM operands: bf16 (tensor cores; q, k, v, dO narrowed into reused
-/// scratch, P and dS stored bf16) or f32 (the inputs used as they are, P and dS f32).
+/// q, k, v or dO as the caller holds it: f32, or bf16 (the backend's bf16 activations).
+pub enum Src<'a> {
+    F32(DevView<'a, f32>),
+    Bf16(DevView<'a, bf16>),
+}
+
+impl Src<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Src::F32(x) => x.len(),
+            Src::Bf16(x) => x.len(),
+        }
+    }
+}
+
+/// The element type of the GEMM operands: bf16 (tensor cores; bf16 inputs as they are, f32
+/// ones narrowed into reused scratch, P and dS stored bf16) or f32 (f32 inputs as they are, P
+/// and dS f32).
 pub trait TcElem: Elem {
     /// The softmax and dS kernels writing P (and dS) in this type.
     const SOFTMAX: &'static str;
     const BWD_DS: &'static str;
-    /// x[..n] as an operand: narrowed into `slot`, or x itself.
+    /// x[..n] as an operand: x itself, or narrowed into `slot`.
     fn operand<'a>(
         gpu: &Gpu,
         slot: &'a mut Option<DevBuf<bf16>>,
-        x: &'a DevView<'_, f32>,
+        x: &'a Src<'_>,
         n: usize,
     ) -> Result<DevView<'a, Self>>;
     /// The P / dS slot of this type.
@@ -107,12 +125,17 @@ impl TcElem for bf16 {
     fn operand<'a>(
         gpu: &Gpu,
         slot: &'a mut Option<DevBuf<bf16>>,
-        x: &'a DevView<'_, f32>,
+        x: &'a Src<'_>,
         n: usize,
     ) -> Result<DevView<'a, bf16>> {
-        let b = grown(gpu, slot, n)?;
-        narrow_bf16(gpu, &mut b.slice_mut(..n), &x.slice(..n))?;
-        Ok(b.slice(..))
+        match x {
+            Src::Bf16(x) => Ok(x.slice(..n)),
+            Src::F32(x) => {
+                let b = grown(gpu, slot, n)?;
+                narrow_bf16(gpu, &mut b.slice_mut(..n), &x.slice(..n))?;
+                Ok(b.slice(..))
+            }
+        }
     }
     fn slot<'a>(
         s16: &'a mut Option<DevBuf<bf16>>,
@@ -128,10 +151,14 @@ impl TcElem for f32 {
     fn operand<'a>(
         _: &Gpu,
         _: &'a mut Option<DevBuf<bf16>>,
-        x: &'a DevView<'_, f32>,
+        x: &'a Src<'_>,
         n: usize,
     ) -> Result<DevView<'a, f32>> {
-        Ok(x.slice(..n))
+        match x {
+            Src::F32(x) => Ok(x.slice(..n)),
+            // f32 compute never makes bf16 activations (Backend::activation).
+            Src::Bf16(_) => Err(shape_err("attn_tc", "f32 operands given bf16 values")),
+        }
     }
     fn slot<'a>(
         _: &'a mut Option<DevBuf<bf16>>,
@@ -289,16 +316,15 @@ pub fn attn_tc_fwd<E: TcElem>(
     sc: &mut TcScratch,
     o: &mut impl AsDevViewMut<f32>,
     lse: &mut impl AsDevViewMut<f32>,
-    q: &impl AsDevView<f32>,
-    k: &impl AsDevView<f32>,
-    v: &impl AsDevView<f32>,
+    q: Src<'_>,
+    k: Src<'_>,
+    v: Src<'_>,
     mk: &DeviceMasks,
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_tc_fwd";
     check(OP, dm, mk, None)?;
     let (mut o, mut lse) = (o.dev_view_mut(), lse.dev_view_mut());
-    let (q, k, v) = (q.dev_view(), k.dev_view(), v.dev_view());
     if need_fwd(OP, dm, [q.len(), o.len(), k.len(), v.len(), lse.len()])? == 0 {
         return Ok(());
     }
@@ -366,9 +392,9 @@ pub fn attn_tc_bwd<E: TcElem>(
     dk: &mut impl AsDevViewMut<f32>,
     dv: &mut impl AsDevViewMut<f32>,
     dout: &impl AsDevView<f32>,
-    q: &impl AsDevView<f32>,
-    k: &impl AsDevView<f32>,
-    v: &impl AsDevView<f32>,
+    q: Src<'_>,
+    k: Src<'_>,
+    v: Src<'_>,
     o: &impl AsDevView<f32>,
     lse: &impl AsDevView<f32>,
     mk: &DeviceMasks,
@@ -377,14 +403,7 @@ pub fn attn_tc_bwd<E: TcElem>(
     const OP: &str = "attn_tc_bwd";
     check(OP, dm, mk, None)?;
     let (mut dq, mut dk, mut dv) = (dq.dev_view_mut(), dk.dev_view_mut(), dv.dev_view_mut());
-    let (dout, q, k, v, o, lse) = (
-        dout.dev_view(),
-        q.dev_view(),
-        k.dev_view(),
-        v.dev_view(),
-        o.dev_view(),
-        lse.dev_view(),
-    );
+    let (dout, o, lse) = (dout.dev_view(), o.dev_view(), lse.dev_view());
     let lens = [
         dout.len(),
         q.len(),
@@ -420,6 +439,7 @@ pub fn attn_tc_bwd<E: TcElem>(
     let delta = grown(gpu, delta_slot, nl)?;
     attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
     let sq = E::operand(gpu, q16, &q, nq)?;
+    let dout = Src::F32(dout);
     let sdo = E::operand(gpu, do16, &dout, nq)?;
     let sk = E::operand(gpu, k16, &k, nk)?;
     let sv = E::operand(gpu, v16, &v, nk)?;
