@@ -2,7 +2,7 @@
 //
 // State: m as u8 codes of the SIGNED dynamic map, v as u8 codes of the UNSIGNED dynamic map, each
 // with one f32 absmax per 256 elements. Both maps are sorted ascending (256 entries). One CUDA
-// block of 256 threads per state block:
+// block of 256 threads per QPB (4) state blocks, thread t updating element t of each:
 //   m = code_m[qm]*absmax_m ; v = code_v[qv]*absmax_v           (dequantize)
 //   g = grad * grad_scale
 //   m = b1*m + (1-b1)*g ;  v = b2*v + (1-b2)*g²
@@ -27,41 +27,91 @@ __device__ __forceinline__ u8 quantize_nearest(const float* code, float x) {
     return (x - code[lo] <= code[hi] - x) ? (u8)lo : (u8)hi;
 }
 
+// State blocks per CUDA block: each thread updates element tid of QPB consecutive state blocks,
+// with every load issued before any math (memory-level parallelism), and one barrier reduces
+// all 2·QPB absmaxes.
+#define QPB 4
+
+// am[j] = max over the CUDA block of m[j], av[j] likewise (j < QPB), for every thread; one
+// barrier; scratch holds 2·QPB·(QBLOCK/32) floats and is not reused after.
+__device__ __forceinline__ void block_max_qpb(float* am, float* av, const float* m, const float* v,
+                                              float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = QBLOCK / 32;
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        float a = warp_max(m[j]), b = warp_max(v[j]);
+        if (lane == 0) {
+            scratch[j * nw + warp] = a;
+            scratch[(QPB + j) * nw + warp] = b;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        float a = -RECIPE_INF, b = -RECIPE_INF;
+        for (int w = 0; w < nw; w++) {
+            a = fmaxf(a, scratch[j * nw + w]);
+            b = fmaxf(b, scratch[(QPB + j) * nw + w]);
+        }
+        am[j] = a;
+        av[j] = b;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_f32(
     float* p, const float* grad, u8* qm, float* absmax_m, u8* qv, float* absmax_v,
     const float* code_m, const float* code_v, float lr, float beta1, float beta2, float eps,
     float weight_decay, float bc1, float bc2, float grad_scale, i64 n) {
-    __shared__ float cm[256], cv[256], scratch[32];
+    __shared__ float cm[256], cv[256], scratch[2 * QPB * (QBLOCK / 32)];
     cm[threadIdx.x] = code_m[threadIdx.x];
     cv[threadIdx.x] = code_v[threadIdx.x];
-    __syncthreads();
-    i64 blk = blockIdx.x;
-    i64 i = blk * QBLOCK + threadIdx.x;
-    bool live = i < n;
-    float m = 0.f, v = 0.f;
-    if (live) {
-        float g = grad[i] * grad_scale;
-        m = cm[qm[i]] * absmax_m[blk];
-        v = cv[qv[i]] * absmax_v[blk];
-        m = beta1 * m + (1.f - beta1) * g;
-        v = beta2 * v + (1.f - beta2) * g * g;
-        float w = p[i] * (1.f - lr * weight_decay);
-        p[i] = w - lr * (m / bc1) / (sqrtf(v / bc2) + eps);
+    const i64 nb = (n + QBLOCK - 1) / QBLOCK;
+    float g[QPB], w[QPB], m[QPB], v[QPB];
+    u8 cq_m[QPB], cq_v[QPB];
+    float sm[QPB], sv[QPB];
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
+        const bool live = i < n;
+        g[j] = live ? grad[i] : 0.f;
+        w[j] = live ? p[i] : 0.f;
+        cq_m[j] = live ? qm[i] : (u8)0;
+        cq_v[j] = live ? qv[i] : (u8)0;
+        sm[j] = blk < nb ? absmax_m[blk] : 0.f;
+        sv[j] = blk < nb ? absmax_v[blk] : 0.f;
     }
-    float am = block_max(fabsf(m), scratch);
-    float av = block_max(v, scratch);
-    if (live) {
-        qm[i] = quantize_nearest(cm, am > 0.f ? m / am : 0.f);
-        qv[i] = quantize_nearest(cv, av > 0.f ? v / av : 0.f);
+    __syncthreads();  // cm, cv
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 i = ((i64)blockIdx.x * QPB + j) * QBLOCK + threadIdx.x;
+        m[j] = v[j] = 0.f;
+        if (i < n) {
+            float gj = g[j] * grad_scale;
+            m[j] = beta1 * (cm[cq_m[j]] * sm[j]) + (1.f - beta1) * gj;
+            v[j] = beta2 * (cv[cq_v[j]] * sv[j]) + (1.f - beta2) * gj * gj;
+            float wd = w[j] * (1.f - lr * weight_decay);
+            p[i] = wd - lr * (m[j] / bc1) / (sqrtf(v[j] / bc2) + eps);
+        }
+        g[j] = fabsf(m[j]);
     }
-    if (threadIdx.x == 0) {
-        absmax_m[blk] = am;
-        absmax_v[blk] = av;
+    float am[QPB], av[QPB];
+    block_max_qpb(am, av, g, v, scratch);
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
+        if (i < n) {
+            qm[i] = quantize_nearest(cm, am[j] > 0.f ? m[j] / am[j] : 0.f);
+            qv[i] = quantize_nearest(cv, av[j] > 0.f ? v[j] / av[j] : 0.f);
+        }
+        if (threadIdx.x == 0 && blk < nb) {
+            absmax_m[blk] = am[j];
+            absmax_v[blk] = av[j];
+        }
     }
 }
 
 // ---- bitsandbytes AdamW8bit as its CPU backend runs it: bit for bit the CPU's
-// optim::adamw8bit::adamw8bit_step (one state block of 256 per CUDA block) and bnb_adam32_step
+// optim::adamw8bit::adamw8bit_step (QPB state blocks of 256 per CUDA block) and bnb_adam32_step
 // (one thread per element). Scalars come from optim::adamw8bit::BnbScalars. Products feeding an
 // add are __fmul_rn (never contracted into an fma), fmaf where the CPU calls mul_add, division
 // and sqrt are IEEE (NVRTC's default -prec-div/-prec-sqrt), so every result has the CPU's bits.
@@ -84,35 +134,58 @@ extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_bnb_f32(
     const float* code_m, const float* code_v, const u8* lut_m, const u8* lut_v, float beta1,
     float one_minus_beta1, float beta2, float one_minus_beta2, float correction2,
     float neg_lr_over_c1, float eps, float decay, i32 apply_decay, i64 n) {
-    __shared__ float cm[256], cv[256], scratch[32];
+    __shared__ float cm[256], cv[256], scratch[2 * QPB * (QBLOCK / 32)];
     cm[threadIdx.x] = code_m[threadIdx.x];
     cv[threadIdx.x] = code_v[threadIdx.x];
-    __syncthreads();
-    i64 blk = blockIdx.x;
-    i64 i = blk * QBLOCK + threadIdx.x;
-    bool live = i < n;
-    float m = 0.f, v = 0.f;
-    if (live) {
-        float g = grad[i];
-        m = __fmul_rn(cm[qm[i]], absmax_m[blk]);
-        v = __fmul_rn(cv[qv[i]], absmax_v[blk]);
-        m = fmaf(g, one_minus_beta1, __fmul_rn(m, beta1));
-        v = fmaf(__fmul_rn(one_minus_beta2, g), g, __fmul_rn(v, beta2));
-        float denom = sqrtf(v) / correction2 + eps;
-        float pi = p[i];
-        if (apply_decay) pi = __fmul_rn(pi, decay);
-        p[i] = pi + __fmul_rn(neg_lr_over_c1, m) / denom;
+    const i64 nb = (n + QBLOCK - 1) / QBLOCK;
+    float g[QPB], w[QPB], m[QPB], v[QPB], sm[QPB], sv[QPB];
+    u8 cq_m[QPB], cq_v[QPB];
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
+        const bool live = i < n;
+        g[j] = live ? grad[i] : 0.f;
+        w[j] = live ? p[i] : 0.f;
+        cq_m[j] = live ? qm[i] : (u8)0;
+        cq_v[j] = live ? qv[i] : (u8)0;
+        sm[j] = blk < nb ? absmax_m[blk] : 0.f;
+        sv[j] = blk < nb ? absmax_v[blk] : 0.f;
     }
-    // fmaxf(NaN, 0) = 0: NaN lanes drop out of the max, as on the CPU.
-    float am = block_max(fmaxf(fabsf(m), 0.f), scratch);
-    float av = block_max(fmaxf(fabsf(v), 0.f), scratch);
-    if (live) {
-        qm[i] = am == 0.f ? (u8)0 : lut_code(lut_m, __fmul_rn(m, 1.f / am));
-        qv[i] = av == 0.f ? (u8)0 : lut_code(lut_v, __fmul_rn(v, 1.f / av));
+    __syncthreads();  // cm, cv
+    float am_in[QPB], av_in[QPB];
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 i = ((i64)blockIdx.x * QPB + j) * QBLOCK + threadIdx.x;
+        m[j] = v[j] = 0.f;
+        if (i < n) {
+            float mj = __fmul_rn(cm[cq_m[j]], sm[j]);
+            float vj = __fmul_rn(cv[cq_v[j]], sv[j]);
+            mj = fmaf(g[j], one_minus_beta1, __fmul_rn(mj, beta1));
+            vj = fmaf(__fmul_rn(one_minus_beta2, g[j]), g[j], __fmul_rn(vj, beta2));
+            float denom = sqrtf(vj) / correction2 + eps;
+            float pi = w[j];
+            if (apply_decay) pi = __fmul_rn(pi, decay);
+            p[i] = pi + __fmul_rn(neg_lr_over_c1, mj) / denom;
+            m[j] = mj;
+            v[j] = vj;
+        }
+        // fmaxf(NaN, 0) = 0: NaN lanes drop out of the max, as on the CPU.
+        am_in[j] = fmaxf(fabsf(m[j]), 0.f);
+        av_in[j] = fmaxf(fabsf(v[j]), 0.f);
     }
-    if (threadIdx.x == 0) {
-        absmax_m[blk] = am;
-        absmax_v[blk] = av;
+    float am[QPB], av[QPB];
+    block_max_qpb(am, av, am_in, av_in, scratch);
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
+        if (i < n) {
+            qm[i] = am[j] == 0.f ? (u8)0 : lut_code(lut_m, __fmul_rn(m[j], 1.f / am[j]));
+            qv[i] = av[j] == 0.f ? (u8)0 : lut_code(lut_v, __fmul_rn(v[j], 1.f / av[j]));
+        }
+        if (threadIdx.x == 0 && blk < nb) {
+            absmax_m[blk] = am[j];
+            absmax_v[blk] = av[j];
+        }
     }
 }
 

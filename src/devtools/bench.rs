@@ -583,6 +583,27 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             None,
             Some(16.0 * np as f64),
         )?;
+        // The training path's kernel: bitsandbytes' rounding, code lookups through 64 KiB tables.
+        drop(st);
+        let tables = ops::adamw8bit::BnbTables::upload(&gpu)?;
+        let nb = np.div_ceil(crate::optim::adamw8bit::STATE_BLOCKSIZE);
+        let (mut qm, mut qv) = (gpu.alloc_zeros::<u8>(np)?, gpu.alloc_zeros::<u8>(np)?);
+        let (mut am, mut av) = (gpu.alloc_zeros::<f32>(nb)?, gpu.alloc_zeros::<f32>(nb)?);
+        let mut step = 0u64;
+        let ms = time_ms(&gpu, o, &mut |_| {
+            step += 1;
+            let s = crate::optim::adamw8bit::BnbScalars::new(1e-4, (0.9, 0.999), 1e-8, 0.0, step);
+            ops::adamw8bit::adamw8bit_bnb(
+                &gpu, &mut pd, &gd, &mut qm, &mut qv, &mut am, &mut av, &tables, &s,
+            )
+        })?;
+        push(
+            &mut rows,
+            format!("adamw8bit_bnb {np} params"),
+            ms,
+            None,
+            Some(16.0 * np as f64),
+        )?;
         Ok(())
     })();
     section(&mut failed, "adamw8bit", r);

@@ -11,6 +11,9 @@ use super::{grid1, need};
 use crate::cuda::error::{shape_err, Result};
 use crate::cuda::kernels::ADAMW8BIT;
 use crate::cuda::twins::adamw8bit::{AdamHyper, QBLOCK};
+
+/// State blocks per CUDA block (kernels/adamw8bit.cu's QPB).
+const QPB: usize = 4;
 use crate::cuda::Gpu;
 
 /// 8-bit state of one parameter tensor on the device.
@@ -127,12 +130,13 @@ fn launch(
         .arg(&h.grad_scale)
         .arg(&n64);
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(QBLOCK) as u32, 1, 1),
+        grid_dim: (n.div_ceil(QBLOCK).div_ceil(QPB) as u32, 1, 1),
         block_dim: (QBLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: callers pass views of n elements (absmax: ceil(n/256)); one block of 256 threads per
-    // state block, the tail block masks i >= n; the maps hold 256 entries (checked).
+    // QPB state blocks, masking i >= n and state blocks past ceil(n/256); the maps hold 256
+    // entries (checked).
     unsafe { b.launch(cfg) }?;
     Ok(())
 }
@@ -302,9 +306,10 @@ pub fn adamw8bit_bnb(
         .arg(&apply_decay)
         .arg(&n64);
     // SAFETY: p, grad and the codes hold n elements, the absmax ceil(n/256), the codes 256 and
-    // the tables 65536 (checked); one block of 256 threads per state block, the tail block masks
-    // i >= n, and the grid index the kernel computes is at most 65535.
-    unsafe { b.launch(grid1(n, STATE_BLOCKSIZE as u32)) }?;
+    // the tables 65536 (checked); one block of 256 threads per QPB state blocks, masking i >= n
+    // and state blocks past ceil(n/256); the table index the kernel computes is at most 65535.
+    let threads = nb.div_ceil(QPB) * STATE_BLOCKSIZE;
+    unsafe { b.launch(grid1(threads, STATE_BLOCKSIZE as u32)) }?;
     Ok(())
 }
 
