@@ -305,10 +305,10 @@ pub fn adamw8bit_bnb(
         .arg(&decay)
         .arg(&apply_decay)
         .arg(&n64);
+    let threads = nb.div_ceil(QPB) * STATE_BLOCKSIZE;
     // SAFETY: p, grad and the codes hold n elements, the absmax ceil(n/256), the codes 256 and
     // the tables 65536 (checked); one block of 256 threads per QPB state blocks, masking i >= n
     // and state blocks past ceil(n/256); the table index the kernel computes is at most 65535.
-    let threads = nb.div_ceil(QPB) * STATE_BLOCKSIZE;
     unsafe { b.launch(grid1(threads, STATE_BLOCKSIZE as u32)) }?;
     Ok(())
 }
