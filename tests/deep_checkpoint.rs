@@ -475,19 +475,31 @@ fn write_init_adapter(dir: &Path, model: &Model, r: usize, alpha: f64) -> Vec<(S
     init
 }
 
-#[test]
-fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
-    let Some(gguf) = gguf_path("RECIPE_DEEP_CKPT_GGUF") else {
-        return;
-    };
-    let r = reference("ref.json");
+/// The GGUF from `var` converted by `convert` into a temporary HF dir whose weights are checked
+/// against the fixture `file` (None when the GGUF was not fetched).
+fn converted(
+    var: &str,
+    file: &str,
+    convert: fn(&gguf::Gguf, &Path) -> Result<(), String>,
+) -> Option<(serde_json::Value, tempfile::TempDir)> {
+    let gguf = gguf_path(var)?;
+    let r = reference(file);
     let t0 = Instant::now();
     let hf = tempfile::tempdir().unwrap();
     let g = gguf::Gguf::read(&gguf).unwrap();
-    gguf::llama_to_hf_dir(&g, hf.path()).unwrap();
+    convert(&g, hf.path()).unwrap();
     drop(g);
     check_weights(hf.path(), r["weight_checksums"].as_object().unwrap());
     println!("converted + checked in {:.1?}", t0.elapsed());
+    Some((r, hf))
+}
+
+#[test]
+fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
+    let Some((r, hf)) = converted("RECIPE_DEEP_CKPT_GGUF", "ref.json", gguf::llama_to_hf_dir)
+    else {
+        return;
+    };
 
     // The base model's loss (the evaluation path).
     let t1 = Instant::now();
@@ -511,16 +523,10 @@ fn smollm2_30_layers_loss_and_lora_steps_match_transformers_and_peft() {
 fn gemma3_270m_loss_generation_and_lora_steps_match_transformers_and_peft() {
     use recipe::eval::generate::{generate, GenConfig};
     use recipe::eval::lm::EngineLm;
-    let Some(gguf) = gguf_path("RECIPE_GEMMA3_GGUF") else {
+    let Some((r, hf)) = converted("RECIPE_GEMMA3_GGUF", "gemma3.json", gguf::gemma3_to_hf_dir)
+    else {
         return;
     };
-    let r = reference("gemma3.json");
-    let t0 = Instant::now();
-    let hf = tempfile::tempdir().unwrap();
-    let g = gguf::Gguf::read(&gguf).unwrap();
-    gguf::gemma3_to_hf_dir(&g, hf.path()).unwrap();
-    drop(g);
-    check_weights(hf.path(), r["weight_checksums"].as_object().unwrap());
     let ours: serde_json::Value =
         serde_json::from_slice(&std::fs::read(hf.path().join("config.json")).unwrap()).unwrap();
     for key in [
@@ -536,7 +542,6 @@ fn gemma3_270m_loss_generation_and_lora_steps_match_transformers_and_peft() {
     ] {
         assert_eq!(ours[key], r["config"][key], "config.json {key}");
     }
-    println!("converted + checked in {:.1?}", t0.elapsed());
 
     let t1 = Instant::now();
     let model = Model::load(hf.path(), &Default::default()).unwrap();
