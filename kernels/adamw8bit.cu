@@ -58,44 +58,59 @@ __device__ __forceinline__ void block_max_qpb(float* am, float* av, const float*
     }
 }
 
+// What one thread reads for element threadIdx.x of each of its CUDA block's QPB state blocks
+// (zeros past n and past the last state block): gradient, parameter, the two codes and their
+// blocks' absmax. load_qpb also stages the two code tables in shared memory; all loads are
+// issued before the barrier it ends with.
+struct Qpb {
+    float g[QPB], w[QPB], sm[QPB], sv[QPB];
+    u8 qm[QPB], qv[QPB];
+};
+__device__ __forceinline__ void load_qpb(Qpb& in, float* cm, float* cv, const float* code_m,
+                                         const float* code_v, const float* p, const float* grad,
+                                         const u8* qm, const u8* qv, const float* absmax_m,
+                                         const float* absmax_v, i64 n) {
+    cm[threadIdx.x] = code_m[threadIdx.x];
+    cv[threadIdx.x] = code_v[threadIdx.x];
+    const i64 nb = (n + QBLOCK - 1) / QBLOCK;
+#pragma unroll
+    for (int j = 0; j < QPB; j++) {
+        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
+        const bool live = i < n;
+        in.g[j] = live ? grad[i] : 0.f;
+        in.w[j] = live ? p[i] : 0.f;
+        in.qm[j] = live ? qm[i] : (u8)0;
+        in.qv[j] = live ? qv[i] : (u8)0;
+        in.sm[j] = blk < nb ? absmax_m[blk] : 0.f;
+        in.sv[j] = blk < nb ? absmax_v[blk] : 0.f;
+    }
+    __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_f32(
     float* p, const float* grad, u8* qm, float* absmax_m, u8* qv, float* absmax_v,
     const float* code_m, const float* code_v, float lr, float beta1, float beta2, float eps,
     float weight_decay, float bc1, float bc2, float grad_scale, i64 n) {
     __shared__ float cm[256], cv[256], scratch[2 * QPB * (QBLOCK / 32)];
-    cm[threadIdx.x] = code_m[threadIdx.x];
-    cv[threadIdx.x] = code_v[threadIdx.x];
     const i64 nb = (n + QBLOCK - 1) / QBLOCK;
-    float g[QPB], w[QPB], m[QPB], v[QPB];
-    u8 cq_m[QPB], cq_v[QPB];
-    float sm[QPB], sv[QPB];
-#pragma unroll
-    for (int j = 0; j < QPB; j++) {
-        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
-        const bool live = i < n;
-        g[j] = live ? grad[i] : 0.f;
-        w[j] = live ? p[i] : 0.f;
-        cq_m[j] = live ? qm[i] : (u8)0;
-        cq_v[j] = live ? qv[i] : (u8)0;
-        sm[j] = blk < nb ? absmax_m[blk] : 0.f;
-        sv[j] = blk < nb ? absmax_v[blk] : 0.f;
-    }
-    __syncthreads();  // cm, cv
+    Qpb in;
+    load_qpb(in, cm, cv, code_m, code_v, p, grad, qm, qv, absmax_m, absmax_v, n);
+    float m[QPB], v[QPB];
 #pragma unroll
     for (int j = 0; j < QPB; j++) {
         const i64 i = ((i64)blockIdx.x * QPB + j) * QBLOCK + threadIdx.x;
         m[j] = v[j] = 0.f;
         if (i < n) {
-            float gj = g[j] * grad_scale;
-            m[j] = beta1 * (cm[cq_m[j]] * sm[j]) + (1.f - beta1) * gj;
-            v[j] = beta2 * (cv[cq_v[j]] * sv[j]) + (1.f - beta2) * gj * gj;
-            float wd = w[j] * (1.f - lr * weight_decay);
+            float gj = in.g[j] * grad_scale;
+            m[j] = beta1 * (cm[in.qm[j]] * in.sm[j]) + (1.f - beta1) * gj;
+            v[j] = beta2 * (cv[in.qv[j]] * in.sv[j]) + (1.f - beta2) * gj * gj;
+            float wd = in.w[j] * (1.f - lr * weight_decay);
             p[i] = wd - lr * (m[j] / bc1) / (sqrtf(v[j] / bc2) + eps);
         }
-        g[j] = fabsf(m[j]);
+        in.g[j] = fabsf(m[j]);
     }
     float am[QPB], av[QPB];
-    block_max_qpb(am, av, g, v, scratch);
+    block_max_qpb(am, av, in.g, v, scratch);
 #pragma unroll
     for (int j = 0; j < QPB; j++) {
         const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
@@ -135,35 +150,22 @@ extern "C" __global__ void __launch_bounds__(QBLOCK) adamw8bit_bnb_f32(
     float one_minus_beta1, float beta2, float one_minus_beta2, float correction2,
     float neg_lr_over_c1, float eps, float decay, i32 apply_decay, i64 n) {
     __shared__ float cm[256], cv[256], scratch[2 * QPB * (QBLOCK / 32)];
-    cm[threadIdx.x] = code_m[threadIdx.x];
-    cv[threadIdx.x] = code_v[threadIdx.x];
     const i64 nb = (n + QBLOCK - 1) / QBLOCK;
-    float g[QPB], w[QPB], m[QPB], v[QPB], sm[QPB], sv[QPB];
-    u8 cq_m[QPB], cq_v[QPB];
-#pragma unroll
-    for (int j = 0; j < QPB; j++) {
-        const i64 blk = (i64)blockIdx.x * QPB + j, i = blk * QBLOCK + threadIdx.x;
-        const bool live = i < n;
-        g[j] = live ? grad[i] : 0.f;
-        w[j] = live ? p[i] : 0.f;
-        cq_m[j] = live ? qm[i] : (u8)0;
-        cq_v[j] = live ? qv[i] : (u8)0;
-        sm[j] = blk < nb ? absmax_m[blk] : 0.f;
-        sv[j] = blk < nb ? absmax_v[blk] : 0.f;
-    }
-    __syncthreads();  // cm, cv
+    Qpb in;
+    load_qpb(in, cm, cv, code_m, code_v, p, grad, qm, qv, absmax_m, absmax_v, n);
+    float m[QPB], v[QPB];
     float am_in[QPB], av_in[QPB];
 #pragma unroll
     for (int j = 0; j < QPB; j++) {
         const i64 i = ((i64)blockIdx.x * QPB + j) * QBLOCK + threadIdx.x;
         m[j] = v[j] = 0.f;
         if (i < n) {
-            float mj = __fmul_rn(cm[cq_m[j]], sm[j]);
-            float vj = __fmul_rn(cv[cq_v[j]], sv[j]);
-            mj = fmaf(g[j], one_minus_beta1, __fmul_rn(mj, beta1));
-            vj = fmaf(__fmul_rn(one_minus_beta2, g[j]), g[j], __fmul_rn(vj, beta2));
+            float mj = __fmul_rn(cm[in.qm[j]], in.sm[j]);
+            float vj = __fmul_rn(cv[in.qv[j]], in.sv[j]);
+            mj = fmaf(in.g[j], one_minus_beta1, __fmul_rn(mj, beta1));
+            vj = fmaf(__fmul_rn(one_minus_beta2, in.g[j]), in.g[j], __fmul_rn(vj, beta2));
             float denom = sqrtf(vj) / correction2 + eps;
-            float pi = w[j];
+            float pi = in.w[j];
             if (apply_decay) pi = __fmul_rn(pi, decay);
             p[i] = pi + __fmul_rn(neg_lr_over_c1, mj) / denom;
             m[j] = mj;

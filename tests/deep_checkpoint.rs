@@ -408,17 +408,14 @@ fn check_lora_steps(mut model: Model, r: &serde_json::Value, pad_id: u32, b: &Lo
 }
 
 fn rows(r: &serde_json::Value) -> Vec<Vec<u32>> {
-    r["input_ids"]
-        .as_array()
+    r["input_ids"].as_array().unwrap().iter().map(ids).collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
         .unwrap()
         .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
+        .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -550,14 +547,7 @@ fn gemma3_270m_loss_generation_and_lora_steps_match_transformers_and_peft() {
     println!("base loss in {:.1?}", t1.elapsed());
 
     let t2 = Instant::now();
-    let u32s = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let (prompt, want_gen) = (u32s(&r["prompt"]), u32s(&r["greedy"]));
+    let (prompt, want_gen) = (ids(&r["prompt"]), ids(&r["greedy"]));
     let cfg = GenConfig {
         max_new_tokens: want_gen.len(),
         ..Default::default()

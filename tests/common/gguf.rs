@@ -159,6 +159,26 @@ impl Gguf {
         self.kv.get(key).ok_or_else(|| format!("GGUF has no {key}"))
     }
 
+    /// Err unless the file's `general.architecture` is `arch` with tied embeddings (no
+    /// `output.weight`), what the converters below handle.
+    fn expect_tied(&self, arch: &str) -> Result<(), String> {
+        let got = self.meta("general.architecture")?;
+        if *got != Value::Str(arch.into()) {
+            return Err(format!("general.architecture is {got:?}, not {arch}"));
+        }
+        if self.tensors.iter().any(|t| t.name == "output.weight") {
+            return Err("untied output.weight is not handled".into());
+        }
+        Ok(())
+    }
+
+    /// `tokenizer.ggml.{key}` (a special token's id), when present.
+    fn token_id(&self, key: &str) -> Option<i64> {
+        self.meta(&format!("tokenizer.ggml.{key}"))
+            .ok()
+            .and_then(Value::int)
+    }
+
     fn int(&self, key: &str) -> Result<usize, String> {
         self.meta(key)?
             .int()
@@ -300,10 +320,7 @@ fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 /// Writes `dir/config.json` and `dir/model.safetensors` (f32) for a `llama` GGUF with tied
 /// embeddings (no `output.weight`), the shape of SmolLM2.
 pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
-    let arch = g.meta("general.architecture")?;
-    if *arch != Value::Str("llama".into()) {
-        return Err(format!("general.architecture is {arch:?}, not llama"));
-    }
+    g.expect_tied("llama")?;
     let (int, float) = (
         |k: &str| g.int(&format!("llama.{k}")),
         |k: &str| g.float(&format!("llama.{k}")),
@@ -313,14 +330,6 @@ pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         int("attention.head_count")?,
         int("attention.head_count_kv")?,
     );
-    if g.tensors.iter().any(|t| t.name == "output.weight") {
-        return Err("untied output.weight is not handled".into());
-    }
-    let tok = |k: &str| {
-        g.meta(&format!("tokenizer.ggml.{k}"))
-            .ok()
-            .and_then(Value::int)
-    };
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -338,9 +347,9 @@ pub fn llama_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         "tie_word_embeddings": true,
         "attention_bias": false,
         "mlp_bias": false,
-        "bos_token_id": tok("bos_token_id"),
-        "eos_token_id": tok("eos_token_id"),
-        "pad_token_id": tok("padding_token_id"),
+        "bos_token_id": g.token_id("bos_token_id"),
+        "eos_token_id": g.token_id("eos_token_id"),
+        "pad_token_id": g.token_id("padding_token_id"),
         "torch_dtype": "float32",
     });
     let mut names = Vec::new();
@@ -389,17 +398,11 @@ fn hf_name(n: &str) -> Option<String> {
 /// embeddings), as transformers' GGUF loader reads it: every sixth layer global (rope_theta from
 /// the file), the others local (sliding window, rope_theta 1e4), norms stored as 1 + w.
 pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
-    let arch = g.meta("general.architecture")?;
-    if *arch != Value::Str("gemma3".into()) {
-        return Err(format!("general.architecture is {arch:?}, not gemma3"));
-    }
+    g.expect_tied("gemma3")?;
     let (int, float) = (
         |k: &str| g.int(&format!("gemma3.{k}")),
         |k: &str| g.float(&format!("gemma3.{k}")),
     );
-    if g.tensors.iter().any(|t| t.name == "output.weight") {
-        return Err("untied output.weight is not handled".into());
-    }
     let embd = g
         .tensors
         .iter()
@@ -415,11 +418,6 @@ pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
             }
         })
         .collect();
-    let tok = |k: &str| {
-        g.meta(&format!("tokenizer.ggml.{k}"))
-            .ok()
-            .and_then(Value::int)
-    };
     let config = serde_json::json!({
         "architectures": ["Gemma3ForCausalLM"],
         "model_type": "gemma3_text",
@@ -444,9 +442,9 @@ pub fn gemma3_to_hf_dir(g: &Gguf, dir: &Path) -> Result<(), String> {
         "attn_logit_softcapping": null,
         "attention_bias": false,
         "tie_word_embeddings": true,
-        "bos_token_id": tok("bos_token_id"),
-        "eos_token_id": tok("eos_token_id"),
-        "pad_token_id": tok("padding_token_id"),
+        "bos_token_id": g.token_id("bos_token_id"),
+        "eos_token_id": g.token_id("eos_token_id"),
+        "pad_token_id": g.token_id("padding_token_id"),
         "torch_dtype": "float32",
     });
     let mut names = Vec::new();
@@ -475,7 +473,7 @@ fn gemma3_hf_name(n: &str) -> Option<String> {
                 "post_ffw_norm" => "post_feedforward_layernorm",
                 "attn_q_norm" => "self_attn.q_norm",
                 "attn_k_norm" => "self_attn.k_norm",
-                p => return hf_name(&format!("blk.{layer}.{p}.weight")),
+                _ => return hf_name(n),
             };
             format!("layers.{layer}.{m}")
         }
