@@ -72,3 +72,54 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     bf16 a = __float2bfloat16(lo), b = __float2bfloat16(hi);
     return (u32)(*(const u16*)&a) | ((u32)(*(const u16*)&b) << 16);
 }
+
+// Shared-memory operand loads (ldmatrix) and asynchronous global -> shared copies (cp.async),
+// sm_80 and up; the emulated device implements both (kernels/emu/cuda_emu.h).
+// ldsm_x4: lane 8i + r passes the address of row r of 8x8 bf16 matrix i (16-byte aligned); lane
+// 4g + t gets in r[i] matrix i's (row g, columns 2t, 2t + 1) pair: an mma A or B register. TRANS:
+// the transposed matrices' pairs (rows 2t, 2t + 1 of column g): B registers from a tile stored
+// [k][n].
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(u32* r, const bf16* row) {
+#ifdef RECIPE_EMU
+    emu_ldmatrix_x4(r, row, TRANS);
+#else
+    u32 a = (u32)__cvta_generic_to_shared(row);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+// 16 bytes from global src to shared dst (both 16-byte aligned), or 16 zero bytes when !valid
+// (src is then not read). Visible after cp_async_wait and, to other threads, a barrier.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#ifdef RECIPE_EMU
+    emu_cp_async16(dst, src, valid);
+#else
+    u32 a = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+// Closes the group of this thread's copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef RECIPE_EMU
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most `PENDING` of this thread's committed groups (the newest) are in flight.
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef RECIPE_EMU
+    emu_cp_async_wait(PENDING);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}

@@ -1,10 +1,12 @@
 // flash.cu: fused attention on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate) for bf16
 // compute mode's training: the scores never leave the chip (no T x T buffer), and the causal upper
-// triangle (and what a sliding window hides) is skipped a tile at a time. Inputs and outputs are f32 (the backend's activations);
-// tiles are narrowed to bf16 as they are staged in shared memory. Each kernel comes in two
-// element types for q, k, v and o (the `_f32` and `_bf16` names): f32 (narrowed while staged) or
-// bf16 (the backend's bf16 activations, staged as they are); dout, dq, dk, dv, lse and delta are
-// f32 in both.
+// triangle (and what a sliding window hides) is skipped a tile at a time. Each kernel comes in two
+// element types for q, k, v and o (the `_f32` and `_bf16` names): f32 (narrowed to bf16 as the
+// tiles are staged in shared memory) or bf16 (the backend's bf16 activations, copied into shared
+// memory by cp.async); dout, dq, dk, dv, lse and delta are f32 in both. Tiles are stored row by
+// row as in global memory; every operand fragment is read by ldmatrix, transposed (.trans) where
+// the tile's rows are the product's reduction index (V in P·V, K in dS·K, Q and dO in the dK and
+// dV products), so nothing is transposed while staged.
 //
 // q, o, dq, do: [B, T, Hq, D];  k, v, dk, dv: [B, T, Hkv, D];  lse, delta: [B, Hq, T] f32.
 // Query head h reads kv head h / (Hq/Hkv). Key j is visible to query i iff (j <= i or
@@ -52,36 +54,6 @@ __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* 
     }
 }
 
-// The transpose: dst[c][r] for the same elements (the B operand of a product over rows). The
-// vector path (as stage_rows) takes two rows and four columns per step: two 16-byte loads, four
-// 4-byte stores of (row 2i, row 2i + 1) pairs.
-template <int DP, int ROWS, bool VEC = true>
-__device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const float* src, i64 stride,
-                                           i32 r0, i32 t, i32 d) {
-    if (VEC && d % 4 == 0 && ((u64)src & 15) == 0) {
-        for (int e = threadIdx.x; e < ROWS / 2 * DP / 4; e += blockDim.x) {
-            int r = 2 * (e / (DP / 4)), c = 4 * (e % (DP / 4));
-            float4 v[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                i32 rr = r0 + r + h;
-                v[h] = {0.f, 0.f, 0.f, 0.f};
-                if (rr < t && c < d) v[h] = *(const float4*)&src[(i64)rr * stride + c];
-            }
-            *(u32*)&dst[c][r] = pack_bf16x2(v[0].x, v[1].x);
-            *(u32*)&dst[c + 1][r] = pack_bf16x2(v[0].y, v[1].y);
-            *(u32*)&dst[c + 2][r] = pack_bf16x2(v[0].z, v[1].z);
-            *(u32*)&dst[c + 3][r] = pack_bf16x2(v[0].w, v[1].w);
-        }
-        return;
-    }
-    for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
-        int r = e / DP, c = e % DP;
-        i32 rr = r0 + r;
-        dst[c][r] = __float2bfloat16(rr < t && c < d ? src[(i64)rr * stride + c] : 0.f);
-    }
-}
-
 // stage_rows from bf16 rows: the same tile, copied (8-byte loads of 4 values when d % 4 == 0
 // and src is 8-byte aligned).
 template <int DP, bool VEC = true>
@@ -104,43 +76,62 @@ __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const bf16* s
     }
 }
 
-// stage_cols from bf16 rows (element by element: a transpose gains little from wide loads of
-// 2-byte values).
-template <int DP, int ROWS, bool VEC = true>
-__device__ __forceinline__ void stage_cols(bf16 (*dst)[ROWS + FPAD], const bf16* src, i64 stride,
-                                           i32 r0, i32 t, i32 d) {
-    for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
-        int r = e / DP, c = e % DP;
-        i32 rr = r0 + r;
-        dst[c][r] = rr < t && c < d ? src[(i64)rr * stride + c] : __float2bfloat16(0.f);
+// Tile rows r0.. of src into dst, as stage_rows, but by cp.async when src is bf16 with
+// d % 8 == 0 and 16-byte aligned (one 16-byte copy per 8 values, zero-filled past t or d): the
+// copies land while the warps compute, visible after cp_async_wait and a barrier. Otherwise (f32
+// sources, odd head dims) synchronously by stage_rows (VEC false: the forward's register budget).
+// The caller commits the group either way.
+template <int DP, bool VEC = false>
+__device__ __forceinline__ void stage_async(bf16 (*dst)[DP + FPAD], const bf16* src, i64 stride,
+                                            i32 r0, int rows, i32 t, i32 d) {
+    if (d % 8 == 0 && ((u64)src & 15) == 0) {
+        for (int e = threadIdx.x; e < rows * DP / 8; e += blockDim.x) {
+            int r = e / (DP / 8), c = 8 * (e % (DP / 8));
+            i32 rr = r0 + r;
+            bool in = rr < t && c < d;
+            cp_async16(&dst[r][c], in ? &src[(i64)rr * stride + c] : src, in);
+        }
+        return;
     }
+    stage_rows<DP, VEC>(dst, src, stride, r0, rows, t, d);
+}
+template <int DP, bool VEC = false>
+__device__ __forceinline__ void stage_async(bf16 (*dst)[DP + FPAD], const float* src, i64 stride,
+                                            i32 r0, int rows, i32 t, i32 d) {
+    stage_rows<DP, VEC>(dst, src, stride, r0, rows, t, d);
 }
 
-// A-operand fragments of a warp's 16 rows (row0..row0+15 of tile) over DP columns.
+// Operand fragments come from shared tiles by ldmatrix (ldsm_x4): lane 8i + r addresses row r of
+// the 8x8 matrix i that lands in register i. i = lane >> 3, r = lane & 7 below.
+
+// A-operand fragments of a warp's 16 rows (row0..row0+15 of tile) over DP columns: matrix i is
+// rows + 8·(i & 1), columns + 8·(i >> 1) of each 16-column step.
 template <int DP>
 __device__ __forceinline__ void frag_a(u32 (*a)[4], bf16 (*tile)[DP + FPAD], int row0) {
-    int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int lane = threadIdx.x & 31, i = lane >> 3, r = lane & 7;
 #pragma unroll
-    for (int kk = 0; kk < DP / 16; kk++) {
-        a[kk][0] = *(const u32*)&tile[row0 + g][kk * 16 + 2 * tq];
-        a[kk][1] = *(const u32*)&tile[row0 + g + 8][kk * 16 + 2 * tq];
-        a[kk][2] = *(const u32*)&tile[row0 + g][kk * 16 + 8 + 2 * tq];
-        a[kk][3] = *(const u32*)&tile[row0 + g + 8][kk * 16 + 8 + 2 * tq];
-    }
+    for (int kk = 0; kk < DP / 16; kk++)
+        ldsm_x4<false>(a[kk], &tile[row0 + r + 8 * (i & 1)][kk * 16 + 8 * (i >> 1)]);
 }
 
-// acc[n][·] += A · Bᵀ for a warp: A from fragments a [16 × K], B rows = the N output columns of
-// tile bt [N][K + pad] (reduction index contiguous).
-template <int K, int N, int LD>
-__device__ __forceinline__ void mma_rows(float (*acc)[4], const u32 (*a)[4], bf16 (*bt)[LD]) {
-    int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+// acc[n][·] += A · B for a warp: A from fragments a [16 × K], B [K × N] from the shared tile bt,
+// stored either as Bᵀ [N][K + pad] (TRANS false: its rows are the output columns, as K in
+// S = Q·Kᵀ; ldmatrix matrix i is n-tile n + (i >> 1), columns + 8·(i & 1)) or as B [K][N + pad]
+// (TRANS true: its rows are the reduction index, as V in P·V, read by ldmatrix.trans; matrix i is
+// rows + 8·(i & 1), n-tile n + (i >> 1)). One ldmatrix gives the B registers of two n-tiles.
+template <bool TRANS, int K, int N, int LD>
+__device__ __forceinline__ void mma_tile(float (*acc)[4], const u32 (*a)[4], bf16 (*bt)[LD]) {
+    static_assert(N % 16 == 0, "n-tiles are loaded in pairs");
+    int lane = threadIdx.x & 31, i = lane >> 3, r = lane & 7;
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++)
 #pragma unroll
-        for (int n = 0; n < N / 8; n++) {
-            u32 b[2] = {*(const u32*)&bt[n * 8 + g][kk * 16 + 2 * tq],
-                        *(const u32*)&bt[n * 8 + g][kk * 16 + 8 + 2 * tq]};
+        for (int n = 0; n < N / 8; n += 2) {
+            u32 b[4];
+            ldsm_x4<TRANS>(b, TRANS ? &bt[kk * 16 + r + 8 * (i & 1)][(n + (i >> 1)) * 8]
+                                    : &bt[(n + (i >> 1)) * 8 + r][kk * 16 + 8 * (i & 1)]);
             mma_bf16_16816(acc[n], a[kk], b);
+            mma_bf16_16816(acc[n + 1], a[kk], b + 2);
         }
 }
 
@@ -198,14 +189,16 @@ __device__ __forceinline__ bool keys_in_segment(const u8* ok, const i32* sg, i32
 #define CCOL(n, e) ((n) * 8 + 2 * tq + ((e) & 1))
 
 // Grid (ceil(t / FBR), hq, batch), 128 threads. Query tiles run longest-first (the causal tail).
+// K and V tiles are two cp.async groups on one buffer each: the next tile's K lands while this
+// tile's softmax and P·V run, its V while the next S = Q·Kᵀ runs (FlashAttention-2's pipeline).
 template <int DP, typename T>
 __device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
                           const u8* kmask, const i32* seg, const i32* prefix, const float* slopes,
                           i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {
     __shared__ __align__(16) bf16 Ks[FBC][DP + FPAD];  // the Q tile first, then each K tile
-    __shared__ __align__(16) bf16 Vt[DP][FBC + FPAD];  // V tile transposed: [dim][key]
-    __shared__ u8 Kok[FBC];
-    __shared__ i32 Kseg[FBC];
+    __shared__ __align__(16) bf16 Vs[FBC][DP + FPAD];  // V tile [key][dim]
+    __shared__ u8 Kok[2][FBC];                         // the key masks of this and the next tile
+    __shared__ i32 Kseg[2][FBC];
     static_assert(FBR == FBC, "the Q tile is staged in the K tile's buffer");
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     i32 b = blockIdx.z, h = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * FBR;
@@ -214,7 +207,9 @@ __device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
     const T* qb = q + (i64)b * t * qs + (i64)h * d;
     const T* kb = k + (i64)b * t * ks + (i64)kvh * d;
     const T* vb = v + (i64)b * t * ks + (i64)kvh * d;
-    stage_rows<DP, false>(Ks, qb, qs, i0, FBR, t, d);
+    stage_async<DP>(Ks, qb, qs, i0, FBR, t, d);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     u32 qa[DP / 16][4];
     frag_a<DP>(qa, Ks, warp * 16);
@@ -228,61 +223,85 @@ __device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
     float m[2] = {-RECIPE_INF, -RECIPE_INF}, l[2] = {0.f, 0.f}, acc[DP / 8][4] = {};
     i32 jend = min(t, max(i0 + FBR, pre));
     i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBC * FBC : 0;
-    for (i32 j0 = jbeg; j0 < jend; j0 += FBC) {
-        __syncthreads();  // the previous tile (or the Q fragments) is read
-        stage_rows<DP, false>(Ks, kb, ks, j0, FBC, t, d);
-        stage_cols<DP, FBC, false>(Vt, vb, ks, j0, t, d);
-        stage_keys<FBC>(Kok, Kseg, kmask, seg, b, j0, t);
+    __syncthreads();  // every warp holds its Q fragments: Ks takes the K tiles
+    if (jbeg < jend) {
+        stage_async<DP>(Ks, kb, ks, jbeg, FBC, t, d);
+        cp_async_commit();
+        stage_async<DP>(Vs, vb, ks, jbeg, FBC, t, d);
+        cp_async_commit();
+        stage_keys<FBC>(Kok[0], Kseg[0], kmask, seg, b, jbeg, t);
+    }
+    for (i32 j0 = jbeg, u = 0; j0 < jend; j0 += FBC, u ^= 1) {
+        bool more = j0 + FBC < jend;
+        cp_async_wait<1>();  // this tile's K (its V may still be in flight)
         __syncthreads();
         // Warp-uniform: the warp's rows see nothing of this tile (past the diagonal or the window).
         bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBC - 1 + window <= iw);
-        if (none) continue;
-        bool full = plain && j0 + FBC - 1 <= iw && (window == 0 || j0 + window > iw + 15) &&
-                    keys_in_segment<FBC>(Kok, Kseg, rs);
+        bool full = !none && plain && j0 + FBC - 1 <= iw &&
+                    (window == 0 || j0 + window > iw + 15) &&
+                    keys_in_segment<FBC>(Kok[u], Kseg[u], rs);
         float s[FBC / 8][4] = {};
-        mma_rows<DP, FBC, DP + FPAD>(s, qa, Ks);
-        float mx[2] = {-RECIPE_INF, -RECIPE_INF};
-#pragma unroll
-        for (int n = 0; n < FBC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int x = e >> 1, jl = CCOL(n, e);
-                i32 i = ri[x], j = j0 + jl;
-                s[n][e] = (full || sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window))
-                              ? s[n][e] * scale + slope * (float)(j - i)
-                              : -RECIPE_INF;
-                mx[x] = fmaxf(mx[x], s[n][e]);
-            }
-        float alpha[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
-            mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
-            float mnew = fmaxf(m[x], mx[x]);
-            alpha[x] = (m[x] == -RECIPE_INF) ? 0.f : __expf(m[x] - mnew);
-            m[x] = mnew;
+        if (!none) mma_tile<false, DP, FBC, DP + FPAD>(s, qa, Ks);
+        __syncthreads();  // Ks is read: the next K tile may land in it
+        if (more) {
+            stage_async<DP>(Ks, kb, ks, j0 + FBC, FBC, t, d);
+            cp_async_commit();
+            stage_keys<FBC>(Kok[u ^ 1], Kseg[u ^ 1], kmask, seg, b, j0 + FBC, t);
         }
-#pragma unroll
-        for (int n = 0; n < FBC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int x = e >> 1;
-                s[n][e] = s[n][e] == -RECIPE_INF ? 0.f : __expf(s[n][e] - m[x]);
-                sum[x] += s[n][e];
-            }
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 1);
-            sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 2);
-            l[x] = l[x] * alpha[x] + sum[x];
-        }
-#pragma unroll
-        for (int n = 0; n < DP / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[n][e] *= alpha[e >> 1];
         u32 pa[FBC / 16][4];
-        acc_to_a<FBC>(pa, s);
-        mma_rows<FBC, DP, FBC + FPAD>(acc, pa, Vt);
+        if (!none) {
+            float mx[2] = {-RECIPE_INF, -RECIPE_INF};
+#pragma unroll
+            for (int n = 0; n < FBC / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int x = e >> 1, jl = CCOL(n, e);
+                    i32 i = ri[x], j = j0 + jl;
+                    s[n][e] = (full || sees(i, j, t, Kok[u][jl], Kseg[u][jl], segi[x], pre, window))
+                                  ? s[n][e] * scale + slope * (float)(j - i)
+                                  : -RECIPE_INF;
+                    mx[x] = fmaxf(mx[x], s[n][e]);
+                }
+            float alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 1));
+                mx[x] = fmaxf(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], 2));
+                float mnew = fmaxf(m[x], mx[x]);
+                alpha[x] = (m[x] == -RECIPE_INF) ? 0.f : __expf(m[x] - mnew);
+                m[x] = mnew;
+            }
+#pragma unroll
+            for (int n = 0; n < FBC / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int x = e >> 1;
+                    s[n][e] = s[n][e] == -RECIPE_INF ? 0.f : __expf(s[n][e] - m[x]);
+                    sum[x] += s[n][e];
+                }
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 1);
+                sum[x] += __shfl_xor_sync(0xffffffffu, sum[x], 2);
+                l[x] = l[x] * alpha[x] + sum[x];
+            }
+#pragma unroll
+            for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[n][e] *= alpha[e >> 1];
+            acc_to_a<FBC>(pa, s);
+        }
+        if (more)
+            cp_async_wait<1>();  // this tile's V (the next K may still be in flight)
+        else
+            cp_async_wait<0>();
+        __syncthreads();
+        if (!none) mma_tile<true, FBC, DP, DP + FPAD>(acc, pa, Vs);
+        __syncthreads();  // Vs is read
+        if (more) {
+            stage_async<DP>(Vs, vb, ks, j0 + FBC, FBC, t, d);
+            cp_async_commit();
+        }
     }
     T* ob = o + (i64)b * t * qs + (i64)h * d;
 #pragma unroll
@@ -300,31 +319,33 @@ __device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
 }
 
 // dq: grid (ceil(t / FBR), hq, batch), 128 threads; key tiles of FBK. dq is overwritten.
+// Double-buffered: the next tile's K and V (one cp.async group) land while this one is used.
 template <int DP, typename T>
 __device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* k,
                              const T* v, const float* lse, const float* delta,
                              const u8* kmask, const i32* seg, const i32* prefix,
                              const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,
                              i32 window) {
-    __shared__ __align__(16) bf16 St[FBR][DP + FPAD];  // Q, then dO, for the fragments
-    __shared__ __align__(16) bf16 Ks[FBK][DP + FPAD];
-    __shared__ __align__(16) bf16 Vs[FBK][DP + FPAD];
-    __shared__ __align__(16) bf16 Kt[DP][FBK + FPAD];
-    __shared__ u8 Kok[FBK];
-    __shared__ i32 Kseg[FBK];
+    // Q, then dO (FBR rows), for the fragments; then two buffers of a K and a V tile.
+    __shared__ __align__(16) bf16 Sm[4 * FBK][DP + FPAD];
+    __shared__ u8 Kok[2][FBK];
+    __shared__ i32 Kseg[2][FBK];
+    static_assert(FBR == 2 * FBK, "the Q / dO tile is the first K / V buffer");
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     i32 b = blockIdx.z, h = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * FBR;
     i32 kvh = h / (hq / hkv), iw = i0 + warp * 16;
     i64 qs = (i64)hq * d, ks = (i64)hkv * d;
     i64 qoff = (i64)b * t * qs + (i64)h * d, koff = (i64)b * t * ks + (i64)kvh * d;
     u32 qa[DP / 16][4], da[DP / 16][4];
-    stage_rows<DP>(St, q + qoff, qs, i0, FBR, t, d);
+    stage_async<DP, true>(Sm, q + qoff, qs, i0, FBR, t, d);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
-    frag_a<DP>(qa, St, warp * 16);
+    frag_a<DP>(qa, Sm, warp * 16);
     __syncthreads();
-    stage_rows<DP>(St, dout + qoff, qs, i0, FBR, t, d);
+    stage_rows<DP>(Sm, dout + qoff, qs, i0, FBR, t, d);
     __syncthreads();
-    frag_a<DP>(da, St, warp * 16);
+    frag_a<DP>(da, Sm, warp * 16);
     float slope = slopes ? slopes[h] : 0.f;
     i32 pre = prefix ? prefix[b] : 0;
     i32 ri[2] = {iw + g, iw + g + 8}, segi[2];
@@ -342,35 +363,50 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* 
     float acc[DP / 8][4] = {};
     i32 jend = min(t, max(i0 + FBR, pre));
     i32 jbeg = window > 0 ? max(0, i0 - window + 1) / FBK * FBK : 0;
-    for (i32 j0 = jbeg; j0 < jend; j0 += FBK) {
-        __syncthreads();
-        stage_rows<DP>(Ks, k + koff, ks, j0, FBK, t, d);
-        stage_rows<DP>(Vs, v + koff, ks, j0, FBK, t, d);
-        stage_cols<DP, FBK>(Kt, k + koff, ks, j0, t, d);
-        stage_keys<FBK>(Kok, Kseg, kmask, seg, b, j0, t);
+    __syncthreads();  // every warp holds its fragments: Sm takes the K / V tiles
+    if (jbeg < jend) {
+        stage_async<DP, true>(Sm, k + koff, ks, jbeg, FBK, t, d);
+        stage_async<DP, true>(Sm + FBK, v + koff, ks, jbeg, FBK, t, d);
+        cp_async_commit();
+        stage_keys<FBK>(Kok[0], Kseg[0], kmask, seg, b, jbeg, t);
+    }
+    for (i32 j0 = jbeg, u = 0; j0 < jend; j0 += FBK, u ^= 1) {
+        bf16(*Ks)[DP + FPAD] = Sm + 2 * FBK * u;
+        bf16(*Vs)[DP + FPAD] = Ks + FBK;
+        if (j0 + FBK < jend) {  // the next tile into the other buffer (read before the last barrier)
+            stage_async<DP, true>(Sm + 2 * FBK * (u ^ 1), k + koff, ks, j0 + FBK, FBK, t, d);
+            stage_async<DP, true>(Sm + 2 * FBK * (u ^ 1) + FBK, v + koff, ks, j0 + FBK, FBK, t, d);
+            cp_async_commit();
+            stage_keys<FBK>(Kok[u ^ 1], Kseg[u ^ 1], kmask, seg, b, j0 + FBK, t);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         bool none = (j0 > iw + 15 && j0 >= pre) || (window > 0 && j0 + FBK - 1 + window <= iw);
-        if (none) continue;
-        bool full = plain && j0 + FBK - 1 <= iw && (window == 0 || j0 + window > iw + 15) &&
-                    keys_in_segment<FBK>(Kok, Kseg, rs);
-        float s[FBK / 8][4] = {}, dp[FBK / 8][4] = {};
-        mma_rows<DP, FBK, DP + FPAD>(s, qa, Ks);
-        mma_rows<DP, FBK, DP + FPAD>(dp, da, Vs);
+        if (!none) {
+            bool full = plain && j0 + FBK - 1 <= iw && (window == 0 || j0 + window > iw + 15) &&
+                        keys_in_segment<FBK>(Kok[u], Kseg[u], rs);
+            float s[FBK / 8][4] = {}, dp[FBK / 8][4] = {};
+            mma_tile<false, DP, FBK, DP + FPAD>(s, qa, Ks);
+            mma_tile<false, DP, FBK, DP + FPAD>(dp, da, Vs);
 #pragma unroll
-        for (int n = 0; n < FBK / 8; n++)
+            for (int n = 0; n < FBK / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int x = e >> 1, jl = CCOL(n, e);
-                i32 i = ri[x], j = j0 + jl;
-                float p = 0.f;
-                if (full || (ls[x] != RECIPE_INF &&
-                             sees(i, j, t, Kok[jl], Kseg[jl], segi[x], pre, window)))
-                    p = __expf(s[n][e] * scale + slope * (float)(j - i) - ls[x]);
-                s[n][e] = p * (dp[n][e] - de[x]);  // ds
-            }
-        u32 dsa[FBK / 16][4];
-        acc_to_a<FBK>(dsa, s);
-        mma_rows<FBK, DP, FBK + FPAD>(acc, dsa, Kt);
+                for (int e = 0; e < 4; e++) {
+                    int x = e >> 1, jl = CCOL(n, e);
+                    i32 i = ri[x], j = j0 + jl;
+                    float p = 0.f;
+                    if (full || (ls[x] != RECIPE_INF &&
+                                 sees(i, j, t, Kok[u][jl], Kseg[u][jl], segi[x], pre, window)))
+                        p = __expf(s[n][e] * scale + slope * (float)(j - i) - ls[x]);
+                    s[n][e] = p * (dp[n][e] - de[x]);  // ds
+                }
+            u32 dsa[FBK / 16][4];
+            acc_to_a<FBK>(dsa, s);
+            mma_tile<true, FBK, DP, DP + FPAD>(acc, dsa, Ks);
+        }
+        __syncthreads();  // buffer u is read: the tile after next lands in it
     }
     float* out = dq + qoff;
 #pragma unroll
@@ -392,17 +428,17 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T*
                                const float* delta, const u8* kmask, const i32* seg,
                                const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv,
                                i32 d, float scale, i32 window) {
-    // One buffer: the K and V tiles (FBR rows) for the fragments, then Q and dO tiles (QT rows
-    // each) for the loop.
-    __shared__ __align__(16) bf16 buf[FBR][DP + FPAD];
-    __shared__ __align__(16) bf16 Qt[DP][QT + FPAD];
-    __shared__ __align__(16) bf16 Dt[DP][QT + FPAD];
-    __shared__ float Ls[QT], Es[QT];
-    __shared__ u8 Qok[QT];
-    __shared__ i32 Qseg[QT];
-    static_assert(2 * QT <= FBR, "Q and dO tiles share the K tile's buffer");
-    bf16(*Qs)[DP + FPAD] = buf;
-    bf16(*Ds)[DP + FPAD] = buf + QT;
+    // One buffer: the K and V tiles (FBR rows) for the fragments, then two buffers (DB) of a Q
+    // and a dO tile (QT rows each) for the loop: the next (head, query tile)'s land while this
+    // one is used (Q by cp.async; dO, f32, is narrowed as it is staged). At DP 128 the second
+    // buffer's bookkeeping would spill (255 registers hold four [16 × DP] fragment sets), so
+    // there one buffer is staged, waited for and used in turn.
+    constexpr bool DB = DP < 128;
+    constexpr int ROWS = (DB ? 4 : 2) * QT > FBR ? (DB ? 4 : 2) * QT : FBR;
+    __shared__ __align__(16) bf16 buf[ROWS][DP + FPAD];
+    __shared__ float Ls[2][QT], Es[2][QT];
+    __shared__ u8 Qok[2][QT];
+    __shared__ i32 Qseg[2][QT];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     i32 b = blockIdx.z, kvh = blockIdx.y, j0 = (gridDim.x - 1 - blockIdx.x) * FBR;
     i32 group = hq / hkv, jw = j0 + warp * 16;
@@ -435,54 +471,71 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T*
     // Queries before the block's first key see it only through the prefix; past the window none.
     i32 qbeg = j0 < pre ? 0 : j0 / QT * QT;
     i32 qend = window > 0 ? min(t, j0 + FBR - 1 + window) : t;
-    for (i32 h = kvh * group; h < (kvh + 1) * group; h++) {
-        float slope = slopes ? slopes[h] : 0.f;
+    // The steps run over the group's heads, and per head over the query tiles from qbeg.
+    auto stage = [&](int u, i32 h, i32 q0) {
         i64 qoff = (i64)b * t * qs + (i64)h * d;
-        for (i32 q0 = qbeg; q0 < qend; q0 += QT) {
-            __syncthreads();
-            stage_rows<DP>(Qs, q + qoff, qs, q0, QT, t, d);
-            stage_rows<DP>(Ds, dout + qoff, qs, q0, QT, t, d);
-            stage_cols<DP, QT>(Qt, q + qoff, qs, q0, t, d);
-            stage_cols<DP, QT>(Dt, dout + qoff, qs, q0, t, d);
-            for (int e = threadIdx.x; e < QT; e += blockDim.x) {
-                i32 i = q0 + e;
-                bool in = i < t;
-                i64 li = ((i64)b * hq + h) * t + i;
-                Ls[e] = in ? lse[li] : RECIPE_INF;
-                Es[e] = in ? delta[li] : 0.f;
-                Qok[e] = in;
-                Qseg[e] = (seg && in) ? seg[(i64)b * t + i] : 0;
-            }
-            __syncthreads();
-            bool none = (q0 + QT - 1 < jw && jw >= pre) ||
-                        (window > 0 && q0 >= jw + 15 + window);
-            if (none) continue;
+        stage_async<DP, true>(buf + 2 * QT * u, q + qoff, qs, q0, QT, t, d);
+        cp_async_commit();
+        stage_rows<DP>(buf + 2 * QT * u + QT, dout + qoff, qs, q0, QT, t, d);
+        for (int e = threadIdx.x; e < QT; e += blockDim.x) {
+            i32 i = q0 + e;
+            bool in = i < t;
+            i64 li = ((i64)b * hq + h) * t + i;
+            Ls[u][e] = in ? lse[li] : RECIPE_INF;
+            Es[u][e] = in ? delta[li] : 0.f;
+            Qok[u][e] = in;
+            Qseg[u][e] = (seg && in) ? seg[(i64)b * t + i] : 0;
+        }
+    };
+    i32 hend = qbeg < qend ? (kvh + 1) * group : kvh * group;
+    __syncthreads();  // every warp holds its K and V fragments: buf takes the Q / dO tiles
+    if (DB && kvh * group < hend) stage(0, kvh * group, qbeg);
+    for (i32 h = kvh * group, q0 = qbeg, u = 0; h < hend; u ^= (DB ? 1 : 0)) {
+        i32 hn = h, qn = q0 + QT;  // the next step
+        if (qn >= qend) hn++, qn = qbeg;
+        if (!DB) {
+            stage(0, h, q0);
+            cp_async_wait<0>();
+        } else if (hn < hend) {  // into the other buffer (read before the last barrier)
+            stage(u ^ 1, hn, qn);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        float slope = slopes ? slopes[h] : 0.f;
+        bf16(*Qs)[DP + FPAD] = buf + 2 * QT * u;
+        bf16(*Ds)[DP + FPAD] = Qs + QT;
+        bool none = (q0 + QT - 1 < jw && jw >= pre) || (window > 0 && q0 >= jw + 15 + window);
+        if (!none) {
             // Every (query, key) pair visible: real queries of segment rs, all at or after the
             // warp's last key and inside the window of its first.
             bool full = plain && q0 >= jw + 15 && (window == 0 || q0 + QT - 1 < jw + window) &&
-                        keys_in_segment<QT>(Qok, Qseg, rs);
+                        keys_in_segment<QT>(Qok[u], Qseg[u], rs);
             float s[QT / 8][4] = {}, dp[QT / 8][4] = {};
-            mma_rows<DP, QT, DP + FPAD>(s, ka, Qs);
-            mma_rows<DP, QT, DP + FPAD>(dp, va, Ds);
+            mma_tile<false, DP, QT, DP + FPAD>(s, ka, Qs);
+            mma_tile<false, DP, QT, DP + FPAD>(dp, va, Ds);
 #pragma unroll
-            for (int n = 0; n < QT / 8; n++)
+            for (int nt = 0; nt < QT / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    int x = e >> 1, il = CCOL(n, e);
+                    int x = e >> 1, il = CCOL(nt, e);
                     i32 i = q0 + il, j = rj[x];
                     float p = 0.f;
-                    if (full || (Qok[il] && Ls[il] != RECIPE_INF &&
-                                 sees(i, j, t, okj[x], sgj[x], Qseg[il], pre, window)))
-                        p = __expf(s[n][e] * scale + slope * (float)(j - i) - Ls[il]);
-                    dp[n][e] = p * (dp[n][e] - Es[il]);  // dsᵀ
-                    s[n][e] = p;                         // pᵀ
+                    if (full || (Qok[u][il] && Ls[u][il] != RECIPE_INF &&
+                                 sees(i, j, t, okj[x], sgj[x], Qseg[u][il], pre, window)))
+                        p = __expf(s[nt][e] * scale + slope * (float)(j - i) - Ls[u][il]);
+                    dp[nt][e] = p * (dp[nt][e] - Es[u][il]);  // dsᵀ
+                    s[nt][e] = p;                             // pᵀ
                 }
             u32 pa[QT / 16][4], dsa[QT / 16][4];
             acc_to_a<QT>(pa, s);
             acc_to_a<QT>(dsa, dp);
-            mma_rows<QT, DP, QT + FPAD>(dva, pa, Dt);
-            mma_rows<QT, DP, QT + FPAD>(dka, dsa, Qt);
+            mma_tile<true, QT, DP, DP + FPAD>(dva, pa, Ds);
+            mma_tile<true, QT, DP, DP + FPAD>(dka, dsa, Qs);
         }
+        __syncthreads();  // buffer u is read: the step after next lands in it
+        h = hn, q0 = qn;
     }
 #pragma unroll
     for (int n = 0; n < DP / 8; n++)

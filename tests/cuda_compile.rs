@@ -59,8 +59,9 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The dequant-GEMM and the fused attention really use the bf16 tensor-core instruction, and
-/// `defines` can say no.
+/// The dequant-GEMM and the fused attention really use the bf16 tensor-core instruction, the
+/// fused attention reads its operands by ldmatrix (plain and transposed) and stages bf16 tiles
+/// by cp.async, and `defines` can say no.
 #[test]
 fn gemm_uses_mma_and_missing_names_are_reported() {
     if !nvrtc_or_skip() {
@@ -75,6 +76,19 @@ fn gemm_uses_mma_and_missing_names_are_reported() {
             ),
             _ => panic!("expected PTX"),
         }
+    }
+    match compile(&recipe::cuda::kernels::FLASH, (9, 0), Target::Ptx, None).unwrap() {
+        recipe::cuda::nvrtc::Image::Ptx(p) => {
+            for ins in [
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+                "cp.async.cg.shared.global",
+                "cp.async.wait_group",
+            ] {
+                assert!(p.contains(ins), "flash.cu has no {ins}");
+            }
+        }
+        _ => panic!("expected PTX"),
     }
     let ptx = compile(&recipe::cuda::kernels::GEMM4, (9, 0), Target::Ptx, None).unwrap();
     assert!(!ptx.defines("no_such_kernel"));

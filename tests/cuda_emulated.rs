@@ -2528,103 +2528,110 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
 
 /// q, k, v and the attention output as bf16 activations: the fused kernels' bf16 variants (and
 /// the GEMM path, which takes them as its bf16 operands: nothing is widened) give exactly what
-/// f32 inputs holding the same values give,
-/// with O rounded to bf16; the f32 gradients agree within 1e-2 of their largest value (the
-/// backward reads the rounded O); RoPE rotates a bf16 tensor as it does the f32 one, rounded
-/// once.
+/// f32 inputs holding the same values give, with O rounded to bf16; the f32 gradients agree
+/// within 1e-2 of their largest value (the backward reads the rounded O); RoPE rotates a bf16
+/// tensor as it does the f32 one, rounded once. Shapes: one tile (T 13), and T 150 at head dims
+/// 64 and 128 with GQA, where the fused kernels' cp.async pipelines run over several key and
+/// query tiles and heads (the bf16 tiles are copied by cp.async, the f32 ones narrowed as
+/// staged: O must still be bit-equal).
 #[test]
 fn bf16_attention_and_rope_take_bf16_activations() {
     use half::bf16;
     use recipe::backend::Precision;
     let r16 = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
     let mut rng = Rng::new(23);
-    let (b, t, nh, nkv, hd) = (2usize, 13usize, 4usize, 2usize, 16usize);
-    let dims = AttnDims { b, t, nh, nkv, hd };
-    let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
-    let (q, k, v, dout) = (
-        r16(&rng.normals(nq, 1.0)),
-        r16(&rng.normals(nk, 1.0)),
-        r16(&rng.normals(nk, 1.0)),
-        rng.normals(nq, 1.0),
-    );
-    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 2)).collect();
-    let segment: Vec<i32> = (0..b * t).map(|i| if i < 2 { -1 } else { 0 }).collect();
-    for gemm in [false, true] {
-        let Some(gpu) = emulated() else { return };
-        let cb = CudaBackend::on(gpu, "emulated".into())
-            .unwrap()
-            .with_precision(Precision::Bf16)
-            .with_gemm_attention(gemm)
-            .with_profile(true);
-        let be: &dyn Backend = &cb;
-        let act = |v: &[f32]| {
-            let mut x = be.activation(v.len() / hd, hd);
-            let n = v.len();
-            be.copy2d(
-                &mut x,
-                Strided::rows(n, 0),
-                &be.upload(v),
-                Strided::rows(n, 0),
-                1,
-                n,
+    for (b, t, nh, nkv, hd) in [
+        (2usize, 13usize, 4usize, 2usize, 16usize),
+        (1, 150, 4, 2, 64),
+        (1, 150, 2, 1, 128),
+    ] {
+        let dims = AttnDims { b, t, nh, nkv, hd };
+        let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
+        let (q, k, v, dout) = (
+            r16(&rng.normals(nq, 1.0)),
+            r16(&rng.normals(nk, 1.0)),
+            r16(&rng.normals(nk, 1.0)),
+            rng.normals(nq, 1.0),
+        );
+        let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 2)).collect();
+        let segment: Vec<i32> = (0..b * t).map(|i| if i < 2 { -1 } else { 0 }).collect();
+        for gemm in [false, true] {
+            let Some(gpu) = emulated() else { return };
+            let cb = CudaBackend::on(gpu, "emulated".into())
+                .unwrap()
+                .with_precision(Precision::Bf16)
+                .with_gemm_attention(gemm)
+                .with_profile(true);
+            let be: &dyn Backend = &cb;
+            let act = |v: &[f32]| {
+                let mut x = be.activation(v.len() / hd, hd);
+                let n = v.len();
+                be.copy2d(
+                    &mut x,
+                    Strided::rows(n, 0),
+                    &be.upload(v),
+                    Strided::rows(n, 0),
+                    1,
+                    n,
+                );
+                assert!(x.is_bf16());
+                x
+            };
+            let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
+            let mask = causal_mask(&vt, &st);
+            // (o, dq, dk, dv) downloaded, o as stored.
+            let run = |q: &Tensor, k: &Tensor, v: &Tensor, mut o: Tensor| {
+                let mut saved = be.zeros(be.attention_saved_len(dims));
+                be.attention_fwd(&mut o, &mut saved, q, k, v, &mask, dims, 0.25);
+                let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+                let dt = be.upload(&dout);
+                be.attention_bwd(
+                    &mut dq, &mut dk, &mut dv, &dt, q, k, v, &saved, &mask, dims, 0.25,
+                );
+                let down = |x: &Tensor| bits(&be.download(x));
+                (o.is_bf16(), down(&o), down(&dq), down(&dk), down(&dv))
+            };
+            let (aq, ak, av) = (act(&q), act(&k), act(&v));
+            let widens = || {
+                cb.profile_table()
+                    .iter()
+                    .filter(|r| r.0.starts_with("widen"))
+                    .map(|r| r.1)
+                    .sum::<u64>()
+            };
+            let before = widens();
+            let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd));
+            let what = format!("{} hd {hd} t {t}", if gemm { "GEMM path" } else { "fused" });
+            assert_eq!(widens(), before, "{what}: bf16 q, k, v widened");
+            let (uq, uk, uv) = (be.upload(&q), be.upload(&k), be.upload(&v));
+            let want = run(&uq, &uk, &uv, be.zeros(nq));
+            assert!(got.0, "{what}: o stays bf16");
+            let f = |u: &[u32]| u.iter().map(|&u| f32::from_bits(u)).collect::<Vec<_>>();
+            assert_eq!(got.1, bits(&r16(&f(&want.1))), "{what}: o");
+            // The backward's rowsum(dO ⊙ O) reads the bf16 O: gradients agree to its rounding.
+            for (name, g, w) in [
+                ("dq", &got.2, &want.2),
+                ("dk", &got.3, &want.3),
+                ("dv", &got.4, &want.4),
+            ] {
+                close_of_max(&format!("{what}: {name}"), &f(g), &f(w), 1e-2);
+            }
+            // RoPE on a bf16 q.
+            let tab = be.rope_tables(
+                &be.upload(&(0..b * t).map(|i| (i % t) as f32).collect::<Vec<_>>()),
+                b * t,
+                &RopeFreqs::plain(hd, 10000.0),
             );
-            assert!(x.is_bf16());
-            x
-        };
-        let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
-        let mask = causal_mask(&vt, &st);
-        // (o, dq, dk, dv) downloaded, o as stored.
-        let run = |q: &Tensor, k: &Tensor, v: &Tensor, mut o: Tensor| {
-            let mut saved = be.zeros(be.attention_saved_len(dims));
-            be.attention_fwd(&mut o, &mut saved, q, k, v, &mask, dims, 0.25);
-            let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
-            let dt = be.upload(&dout);
-            be.attention_bwd(
-                &mut dq, &mut dk, &mut dv, &dt, q, k, v, &saved, &mask, dims, 0.25,
+            let mut x16 = act(&q);
+            be.rope(&mut x16, &tab, b * t, nh, hd, RopeKind::Half, false);
+            let mut x32 = be.upload(&q);
+            be.rope(&mut x32, &tab, b * t, nh, hd, RopeKind::Half, false);
+            assert!(x16.is_bf16(), "rope keeps a bf16 tensor bf16");
+            assert_eq!(
+                bits(&be.download(&x16)),
+                bits(&r16(&be.download(&x32))),
+                "rope"
             );
-            let down = |x: &Tensor| bits(&be.download(x));
-            (o.is_bf16(), down(&o), down(&dq), down(&dk), down(&dv))
-        };
-        let (aq, ak, av) = (act(&q), act(&k), act(&v));
-        let widens = || {
-            cb.profile_table()
-                .iter()
-                .filter(|r| r.0.starts_with("widen"))
-                .map(|r| r.1)
-                .sum::<u64>()
-        };
-        let before = widens();
-        let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd));
-        let what = if gemm { "GEMM path" } else { "fused" };
-        assert_eq!(widens(), before, "{what}: bf16 q, k, v widened");
-        let (uq, uk, uv) = (be.upload(&q), be.upload(&k), be.upload(&v));
-        let want = run(&uq, &uk, &uv, be.zeros(nq));
-        assert!(got.0, "{what}: o stays bf16");
-        let f = |u: &[u32]| u.iter().map(|&u| f32::from_bits(u)).collect::<Vec<_>>();
-        assert_eq!(got.1, bits(&r16(&f(&want.1))), "{what}: o");
-        // The backward's rowsum(dO ⊙ O) reads the bf16 O: gradients agree to its rounding.
-        for (name, g, w) in [
-            ("dq", &got.2, &want.2),
-            ("dk", &got.3, &want.3),
-            ("dv", &got.4, &want.4),
-        ] {
-            close_of_max(&format!("{what}: {name}"), &f(g), &f(w), 1e-2);
         }
-        // RoPE on a bf16 q.
-        let tab = be.rope_tables(
-            &be.upload(&(0..b * t).map(|i| (i % t) as f32).collect::<Vec<_>>()),
-            b * t,
-            &RopeFreqs::plain(hd, 10000.0),
-        );
-        let mut x16 = act(&q);
-        be.rope(&mut x16, &tab, b * t, nh, hd, RopeKind::Half, false);
-        let mut x32 = be.upload(&q);
-        be.rope(&mut x32, &tab, b * t, nh, hd, RopeKind::Half, false);
-        assert!(x16.is_bf16(), "rope keeps a bf16 tensor bf16");
-        assert_eq!(
-            bits(&be.download(&x16)),
-            bits(&r16(&be.download(&x32))),
-            "rope"
-        );
     }
 }

@@ -37,8 +37,11 @@ struct EmuBarrier { unsigned expected = 0, arrived = 0; unsigned long gen = 0; }
 struct EmuWarp {
     EmuBarrier bar;
     float fbuf[2][32];
+    const uint16_t* pbuf[2][32];  // ldmatrix row addresses
     unsigned abuf[32][4], bbuf[32][2];
 };
+// One cp.async copy: 16 bytes, or 16 zero bytes when `n` is 0.
+struct EmuCopy { void* dst; const void* src; unsigned n; };
 
 // ---- fibers --------------------------------------------------------------------------------
 // x86-64: a hand-written switch (callee-saved registers and the stack pointer; the SSE/x87
@@ -57,6 +60,8 @@ struct EmuFiber {
     EmuBarrier* on = nullptr;  // the barrier this fiber waits at, if any
     unsigned long gen = 0;     // ... and its generation then
     bool done = false;
+    std::vector<EmuCopy> open;                 // cp.async copies not yet committed
+    std::vector<std::vector<EmuCopy>> groups;  // committed groups, oldest first
 };
 
 #ifndef RECIPE_EMU_UCONTEXT
@@ -137,6 +142,32 @@ inline void emu_yield() {
 #endif
 }
 
+// cp.async: a thread's copies are queued and carried out at the cp.async.wait_group that must
+// see them, the latest moment the hardware may; so a kernel that reads a tile before waiting
+// for it, or before the barrier after the wait (another thread's copies), reads stale data here
+// as well, and the tests see it.
+inline void emu_cp_async16(void* dst, const void* src, bool valid) {
+    if (((uintptr_t)dst & 15) != 0 || (valid && ((uintptr_t)src & 15) != 0))
+        throw std::runtime_error("emulated cp.async: address not 16-byte aligned");
+    emu_sched.cur->open.push_back({dst, src, valid ? 16u : 0u});
+}
+inline void emu_cp_async_commit() {
+    EmuFiber& f = *emu_sched.cur;
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+// Waits for all but the newest `pending` committed groups.
+inline void emu_cp_async_wait(unsigned pending) {
+    EmuFiber& f = *emu_sched.cur;
+    while (f.groups.size() > pending) {
+        for (const EmuCopy& c : f.groups.front()) {
+            if (c.n) std::memcpy(c.dst, c.src, 16);
+            else std::memset(c.dst, 0, 16);
+        }
+        f.groups.erase(f.groups.begin());
+    }
+}
+
 inline void emu_fiber_main() {
     EmuSched& s = emu_sched;
     try {
@@ -144,8 +175,11 @@ inline void emu_fiber_main() {
     } catch (...) {
         if (!s.error) s.error = std::current_exception();
     }
-    // Exited: drop out of the block's and the warp's barriers (which may release them).
+    // Exited: copies still in flight land (as they would), then the thread drops out of the
+    // block's and the warp's barriers (which may release them).
     EmuFiber& f = *s.cur;
+    emu_cp_async_commit();
+    emu_cp_async_wait(0);
     f.done = true;
     for (EmuBarrier* b : {&s.block, &s.warps[f.warp].bar}) {
         b->expected--;
@@ -183,6 +217,8 @@ inline void emu_fiber_start(EmuFiber& f) {
 #endif
     f.on = nullptr;
     f.done = false;
+    f.open.clear();
+    f.groups.clear();
 }
 
 // Runs the current block's fibers to completion, round robin.
@@ -304,6 +340,23 @@ inline void emu_mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
         float s = 0.f;
         for (int k = 0; k < 16; k++) s += A[r][k] * B[k][col];
         c[e] += s;
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lane 8i + r passes the address of row r
+// of 8x8 matrix i (16-byte aligned); lane l = 4g + t gets in r[i] the pair (row g, columns 2t,
+// 2t + 1) of matrix i, or with `trans` (rows 2t, 2t + 1 of column g).
+inline void emu_ldmatrix_x4(unsigned* r, const void* row, bool trans) {
+    if (((uintptr_t)row & 15) != 0) throw std::runtime_error("emulated ldmatrix: row address not 16-byte aligned");
+    EmuWarp& w = emu_warp();
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint16_t** rows = w.pbuf[w.bar.gen & 1];
+    rows[lane] = (const uint16_t*)row;
+    emu_wait(w.bar);
+    for (int i = 0; i < 4; i++) {
+        const uint16_t* const* m = rows + 8 * i;
+        unsigned lo = trans ? m[2 * t][g] : m[g][2 * t], hi = trans ? m[2 * t + 1][g] : m[g][2 * t + 1];
+        r[i] = lo | hi << 16;
     }
 }
 

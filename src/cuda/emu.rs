@@ -13,8 +13,9 @@
 //! goes into it, and is loaded with `libloading`.
 //!
 //! What the emulation shows: indexing, masks, tiling edge cases, reductions, barriers, shuffles,
-//! the mma.sync fragment layout as we read the PTX ISA, misaligned vector accesses, barriers that
-//! part of a block never reaches (a deadlock is an error, not a hang). What it cannot:
+//! the mma.sync and ldmatrix fragment layouts as we read the PTX ISA, misaligned vector accesses,
+//! barriers that part of a block never reaches (a deadlock is an error, not a hang), and a tile
+//! read before its cp.async copies were waited for (a thread's copies land at its wait). What it cannot:
 //! timing, races between blocks (blocks run one after another), the real driver and compiler.
 
 use std::collections::HashMap;
@@ -411,8 +412,47 @@ extern "C" __global__ void deadlock(float* out) {
     if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, 1.f, 0);
     __syncthreads();
 }
+// One warp: a 16 x 16 bf16 tile holding 0..255 read by ldmatrix x4 as mma A fragments, plain
+// and transposed; lane l writes its 4 + 4 registers to out[8l..].
+extern "C" __global__ void ldmatrix_layout(u32* out) {
+    __shared__ __align__(16) bf16 tile[16][16];
+    for (int e = threadIdx.x; e < 256; e += blockDim.x) tile[e / 16][e % 16] = __float2bfloat16((float)e);
+    __syncthreads();
+    int lane = threadIdx.x & 31, i = lane >> 3, r = lane & 7;
+    u32 a[4], b[4];
+    ldsm_x4<false>(a, &tile[r + 8 * (i & 1)][8 * (i >> 1)]);
+    ldsm_x4<true>(b, &tile[r + 8 * (i & 1)][8 * (i >> 1)]);
+    for (int k = 0; k < 4; k++) {
+        out[8 * lane + k] = a[k];
+        out[8 * lane + 4 + k] = b[k];
+    }
+}
+// One warp: thread t copies src[4t..4t+4] into s and zero-fills z (both -1 before) by cp.async,
+// then reads its own chunk before the wait (out[t]) and after it (out[32 + t]), a neighbour's
+// after the barrier (out[64 + t]) and its zero-filled chunk (out[96 + t]).
+extern "C" __global__ void cp_async_lands_at_the_wait(float* out, const float* src) {
+    __shared__ __align__(16) float s[128];
+    __shared__ __align__(16) float z[128];
+    int t = threadIdx.x;
+    for (int k = 0; k < 4; k++) s[4 * t + k] = z[4 * t + k] = -1.f;
+    __syncthreads();
+    cp_async16(&s[4 * t], &src[4 * t], true);
+    cp_async16(&z[4 * t], src, false);
+    cp_async_commit();
+    out[t] = s[4 * t];
+    cp_async_wait<0>();
+    out[32 + t] = s[4 * t];
+    __syncthreads();
+    out[64 + t] = s[4 * ((t + 1) % 32) + 1];
+    out[96 + t] = z[4 * t + 3];
+}
 "#,
-        functions: &["barriers_and_exits", "deadlock"],
+        functions: &[
+            "barriers_and_exits",
+            "deadlock",
+            "ldmatrix_layout",
+            "cp_async_lands_at_the_wait",
+        ],
     };
 
     fn device() -> Option<EmuDevice> {
@@ -468,5 +508,62 @@ extern "C" __global__ void deadlock(float* out) {
             "emulated launch: deadlock: the emulated kernel threw: emulated launch: deadlock \
              (threads wait at a barrier that the rest of their block or warp never reaches)"
         );
+    }
+
+    /// ldmatrix gives mma's A layout (common.cuh: a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+    /// A[g+8][2t+8..]}, lane = 4g + t) when lane 8i + r addresses row r of matrix i = the 8 x 8
+    /// block at (8(i & 1), 8(i >> 1)); .trans gives each block's transpose: (rows 2t, 2t + 1 of
+    /// column g).
+    #[test]
+    fn ldmatrix_gives_the_mma_fragment_layout() {
+        let Some(dev) = device() else { return };
+        let k = dev
+            .function(&RUNTIME_CHECKS, "ldmatrix_layout")
+            .expect("compiles");
+        let mut out = vec![0u32; 32 * 8];
+        let mut args = [(out.as_mut_ptr() as u64, 8)];
+        // SAFETY: one warp writes out[8 * lane + k] for k < 8, inside the 256 words.
+        unsafe { k.launch((1, 1, 1), (32, 1, 1), 0, &mut args) }.expect("launch");
+        let at = |r: usize, c: usize| half::bf16::from_f32((16 * r + c) as f32).to_bits() as u32;
+        for lane in 0..32 {
+            let (g, t) = (lane / 4, lane % 4);
+            for i in 0..4 {
+                let (r0, c0) = (8 * (i & 1), 8 * (i >> 1));
+                let plain = at(r0 + g, c0 + 2 * t) | at(r0 + g, c0 + 2 * t + 1) << 16;
+                let trans = at(r0 + 2 * t, c0 + g) | at(r0 + 2 * t + 1, c0 + g) << 16;
+                assert_eq!(out[8 * lane + i], plain, "lane {lane} register {i}");
+                assert_eq!(
+                    out[8 * lane + 4 + i],
+                    trans,
+                    "lane {lane} .trans register {i}"
+                );
+            }
+        }
+    }
+
+    /// A cp.async copy lands at the wait, not before (what lets `cargo test` catch a kernel
+    /// that reads a tile it has not waited for), zero-fills when told, and another thread's copy
+    /// is there after the barrier.
+    #[test]
+    fn cp_async_lands_at_the_wait() {
+        let Some(dev) = device() else { return };
+        let k = dev
+            .function(&RUNTIME_CHECKS, "cp_async_lands_at_the_wait")
+            .expect("compiles");
+        let src: Vec<f32> = (0..128).map(|i| i as f32).collect();
+        let mut out = vec![0f32; 128];
+        let mut args = [(out.as_mut_ptr() as u64, 8), (src.as_ptr() as u64, 8)];
+        // SAFETY: one warp reads src[..128] and writes out[..128].
+        unsafe { k.launch((1, 1, 1), (32, 1, 1), 0, &mut args) }.expect("launch");
+        for t in 0..32 {
+            assert_eq!(out[t], -1.0, "thread {t} before the wait");
+            assert_eq!(out[32 + t], (4 * t) as f32, "thread {t} after the wait");
+            assert_eq!(
+                out[64 + t],
+                (4 * ((t + 1) % 32) + 1) as f32,
+                "thread {t}'s neighbour"
+            );
+            assert_eq!(out[96 + t], 0.0, "thread {t} zero-filled");
+        }
     }
 }
