@@ -103,8 +103,8 @@ __device__ void attn_fwd(T* o, float* lse, const T* q, const T* k, const T* v, c
 }
 
 // delta[b, h, i] = Σ_c do[b, i, h, c] * o[b, i, h, c]; one warp per (b, i, h) row.
-template <typename T>
-__device__ void attn_bwd_delta(float* delta, const T* dout, const T* o, i32 bsz, i32 t, i32 hq,
+template <typename TD, typename TO>
+__device__ void attn_bwd_delta(float* delta, const TD* dout, const TO* o, i32 bsz, i32 t, i32 hq,
                                i32 d) {
     int lane = threadIdx.x & 31;
     i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // (b*t + i)*hq + h
@@ -287,6 +287,11 @@ __device__ void attn_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* 
     }
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(bf16, bf16)
+// The fused kernels' bf16 backward: dO as the bf16 activation it is, O as saved (f32).
+extern "C" __global__ void attn_bwd_delta_bf16_f32(float* delta, const bf16* dout, const float* o,
+                                                   i32 bsz, i32 t, i32 hq, i32 d) {
+    attn_bwd_delta(delta, dout, o, bsz, t, hq, d);
+}
 
 // Tensor-core attention (src/cuda/ops/attention_tc.rs): the products run as cuBLAS GEMMs on the
 // scores of one batch row b at a time, s [hq, t, ld] f32 = scale·q·kᵀ (row length ld >= t, the

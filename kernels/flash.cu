@@ -1,9 +1,9 @@
 // flash.cu: fused attention on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate) for bf16
 // compute mode's training: the scores never leave the chip (no T x T buffer), and the causal upper
 // triangle (and what a sliding window hides) is skipped a tile at a time. Each kernel comes in two
-// element types for q, k, v and o (the `_f32` and `_bf16` names): f32 (narrowed to bf16 as the
-// tiles are staged in shared memory) or bf16 (the backend's bf16 activations, copied into shared
-// memory by cp.async); dout, dq, dk, dv, lse and delta are f32 in both. Tiles are stored row by
+// element types for q, k, v, o and dout (the `_f32` and `_bf16` names): f32 (narrowed to bf16 as
+// the tiles are staged in shared memory) or bf16 (the backend's bf16 activations, copied into
+// shared memory by cp.async); dq, dk, dv, lse and delta are f32 in both. Tiles are stored row by
 // row as in global memory; every operand fragment is read by ldmatrix, transposed (.trans) where
 // the tile's rows are the product's reduction index (V in P·V, K in dS·K, Q and dO in the dK and
 // dV products), so nothing is transposed while staged.
@@ -321,7 +321,7 @@ __device__ void flash_fwd(T* o, float* lse, const T* q, const T* k, const T* v,
 // dq: grid (ceil(t / FBR), hq, batch), 128 threads; key tiles of FBK. dq is overwritten.
 // Double-buffered: the next tile's K and V (one cp.async group) land while this one is used.
 template <int DP, typename T>
-__device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* k,
+__device__ void flash_bwd_dq(float* dq, const T* dout, const T* q, const T* k,
                              const T* v, const float* lse, const float* delta,
                              const u8* kmask, const i32* seg, const i32* prefix,
                              const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale,
@@ -343,7 +343,9 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* 
     __syncthreads();
     frag_a<DP>(qa, Sm, warp * 16);
     __syncthreads();
-    stage_rows<DP>(Sm, dout + qoff, qs, i0, FBR, t, d);
+    stage_async<DP, true>(Sm, dout + qoff, qs, i0, FBR, t, d);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     frag_a<DP>(da, Sm, warp * 16);
     float slope = slopes ? slopes[h] : 0.f;
@@ -423,16 +425,15 @@ __device__ void flash_bwd_dq(float* dq, const float* dout, const T* q, const T* 
 // 32 would spill: four [16 × DP] operand and accumulator sets live in registers). The products run
 // transposed (keys as rows): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q. Overwritten.
 template <int DP, int QT, typename T>
-__device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T* q,
+__device__ void flash_bwd_dkdv(float* dk, float* dv, const T* dout, const T* q,
                                const T* k, const T* v, const float* lse,
                                const float* delta, const u8* kmask, const i32* seg,
                                const i32* prefix, const float* slopes, i32 t, i32 hq, i32 hkv,
                                i32 d, float scale, i32 window) {
     // One buffer: the K and V tiles (FBR rows) for the fragments, then two buffers (DB) of a Q
     // and a dO tile (QT rows each) for the loop: the next (head, query tile)'s land while this
-    // one is used (Q by cp.async; dO, f32, is narrowed as it is staged). At DP 128 the second
-    // buffer's bookkeeping would spill (255 registers hold four [16 × DP] fragment sets), so
-    // there one buffer is staged, waited for and used in turn.
+    // one is used. At DP 128 the second buffer's bookkeeping would spill (255 registers hold
+    // four [16 × DP] fragment sets), so there one buffer is staged, waited for and used in turn.
     constexpr bool DB = DP < 128;
     constexpr int ROWS = (DB ? 4 : 2) * QT > FBR ? (DB ? 4 : 2) * QT : FBR;
     __shared__ __align__(16) bf16 buf[ROWS][DP + FPAD];
@@ -475,8 +476,8 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T*
     auto stage = [&](int u, i32 h, i32 q0) {
         i64 qoff = (i64)b * t * qs + (i64)h * d;
         stage_async<DP, true>(buf + 2 * QT * u, q + qoff, qs, q0, QT, t, d);
+        stage_async<DP, true>(buf + 2 * QT * u + QT, dout + qoff, qs, q0, QT, t, d);
         cp_async_commit();
-        stage_rows<DP>(buf + 2 * QT * u + QT, dout + qoff, qs, q0, QT, t, d);
         for (int e = threadIdx.x; e < QT; e += blockDim.x) {
             i32 i = q0 + e;
             bool in = i < t;
@@ -558,14 +559,14 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const float* dout, const T*
         flash_fwd<DP>(o, lse, q, k, v, kmask, seg, prefix, slopes, t, hq, hkv, d, scale, window);  \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_##S##_d##DP(                    \
-        float* dq, const float* dout, const T* q, const T* k, const T* v, const float* lse,        \
+        float* dq, const T* dout, const T* q, const T* k, const T* v, const float* lse,            \
         const float* delta, const u8* kmask, const i32* seg, const i32* prefix,                    \
         const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
         flash_bwd_dq<DP>(dq, dout, q, k, v, lse, delta, kmask, seg, prefix, slopes, t, hq, hkv, d, \
                          scale, window);                                                           \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128, 1) flash_bwd_dkdv_##S##_d##DP(               \
-        float* dk, float* dv, const float* dout, const T* q, const T* k, const T* v,               \
+        float* dk, float* dv, const T* dout, const T* q, const T* k, const T* v,                   \
         const float* lse, const float* delta, const u8* kmask, const i32* seg, const i32* prefix,  \
         const float* slopes, i32 t, i32 hq, i32 hkv, i32 d, float scale, i32 window) {             \
         flash_bwd_dkdv<DP, DP == 128 ? 16 : FBK>(dk, dv, dout, q, k, v, lse, delta, kmask, seg,     \

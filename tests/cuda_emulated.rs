@@ -2528,8 +2528,9 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
 
 /// q, k, v and the attention output as bf16 activations: the fused kernels' bf16 variants (and
 /// the GEMM path, which takes them as its bf16 operands: nothing is widened) give exactly what
-/// f32 inputs holding the same values give, with O rounded to bf16; the f32 gradients agree
-/// within 1e-2 of their largest value (the backward reads the rounded O); RoPE rotates a bf16
+/// f32 inputs holding the same values give, with O rounded to bf16; the f32 gradients (from a
+/// bf16 dO, taken as it is by the fused backward) agree within 1e-2 of their largest value (the
+/// backward reads the rounded O); RoPE rotates a bf16
 /// tensor as it does the f32 one, rounded once. Shapes: one tile (T 13), and T 150 at head dims
 /// 64 and 128 with GQA, where the fused kernels' cp.async pipelines run over several key and
 /// query tiles and heads (the bf16 tiles are copied by cp.async, the f32 ones narrowed as
@@ -2551,7 +2552,7 @@ fn bf16_attention_and_rope_take_bf16_activations() {
             r16(&rng.normals(nq, 1.0)),
             r16(&rng.normals(nk, 1.0)),
             r16(&rng.normals(nk, 1.0)),
-            rng.normals(nq, 1.0),
+            r16(&rng.normals(nq, 1.0)),
         );
         let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i >= 2)).collect();
         let segment: Vec<i32> = (0..b * t).map(|i| if i < 2 { -1 } else { 0 }).collect();
@@ -2580,13 +2581,12 @@ fn bf16_attention_and_rope_take_bf16_activations() {
             let (vt, st) = (be.upload_u8(&valid), be.upload_i32(&segment));
             let mask = causal_mask(&vt, &st);
             // (o, dq, dk, dv) downloaded, o as stored.
-            let run = |q: &Tensor, k: &Tensor, v: &Tensor, mut o: Tensor| {
+            let run = |q: &Tensor, k: &Tensor, v: &Tensor, mut o: Tensor, dt: &Tensor| {
                 let mut saved = be.zeros(be.attention_saved_len(dims));
                 be.attention_fwd(&mut o, &mut saved, q, k, v, &mask, dims, 0.25);
                 let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
-                let dt = be.upload(&dout);
                 be.attention_bwd(
-                    &mut dq, &mut dk, &mut dv, &dt, q, k, v, &saved, &mask, dims, 0.25,
+                    &mut dq, &mut dk, &mut dv, dt, q, k, v, &saved, &mask, dims, 0.25,
                 );
                 let down = |x: &Tensor| bits(&be.download(x));
                 (o.is_bf16(), down(&o), down(&dq), down(&dk), down(&dv))
@@ -2599,12 +2599,15 @@ fn bf16_attention_and_rope_take_bf16_activations() {
                     .map(|r| r.1)
                     .sum::<u64>()
             };
+            // dO as the bf16 activation it is in training: the fused kernels take it as it is
+            // (the GEMM path widens it, so it gets the f32 dO).
+            let ad = if gemm { be.upload(&dout) } else { act(&dout) };
             let before = widens();
-            let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd));
+            let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd), &ad);
             let what = format!("{} hd {hd} t {t}", if gemm { "GEMM path" } else { "fused" });
-            assert_eq!(widens(), before, "{what}: bf16 q, k, v widened");
+            assert_eq!(widens(), before, "{what}: bf16 q, k, v or dO widened");
             let (uq, uk, uv) = (be.upload(&q), be.upload(&k), be.upload(&v));
-            let want = run(&uq, &uk, &uv, be.zeros(nq));
+            let want = run(&uq, &uk, &uv, be.zeros(nq), &be.upload(&dout));
             assert!(got.0, "{what}: o stays bf16");
             let f = |u: &[u32]| u.iter().map(|&u| f32::from_bits(u)).collect::<Vec<_>>();
             assert_eq!(got.1, bits(&r16(&f(&want.1))), "{what}: o");

@@ -365,6 +365,16 @@ impl CudaBackend {
         })
     }
 
+    /// An f32 tensor's values rounded to bf16 in a new bf16 tensor (the profile's `op`).
+    fn narrowed(&self, op: &str, t: &Tensor) -> Tensor {
+        let n = t.len();
+        self.run(op, |g| {
+            let mut s = g.alloc::<bf16>(n.max(1))?;
+            tk::narrow_bf16(g, &mut s.slice_mut(..n), &t.device().slice(..n))?;
+            Ok(Tensor::from_device_bf16(s, n))
+        })
+    }
+
     /// A zeroed tensor of `len` values stored as bf16.
     fn zeros_bf16(&self, len: usize) -> Tensor {
         self.run("alloc", |g| {
@@ -693,18 +703,22 @@ impl CudaBackend {
         };
         let name = self.op_name(op, || format!("{dims:?}"));
         let (mk, kd) = (device_masks(mask), kdims(dims, scale));
-        let dout = self.wide(dout);
         if !gemm && all_bf16(&[q, k, v]) {
+            // dO as the bf16 activation it is (an f32 one is rounded here: the kernels round
+            // every product's operands anyway; only delta = rowsum(dO ⊙ O) sees the rounding).
+            let d16 = (!dout.is_bf16()).then(|| self.narrowed("narrow dO", dout));
+            let dout = d16.as_ref().unwrap_or(dout);
             return self.run(&name, |g| {
                 let sd = saved.device();
                 let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
                 let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
                 let (q, k, v) = (q.device_bf16(), k.device_bf16(), v.device_bf16());
                 let delta = sc.delta_slot();
-                let dout = dout.device();
+                let dout = dout.device_bf16();
                 flash_bwd::<bf16>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             });
         }
+        let dout = self.wide(dout);
         let (q, k, v) = match gemm && self.precision == Precision::Bf16 {
             true => (Wide::Same(q), Wide::Same(k), Wide::Same(v)),
             false => (self.wide(q), self.wide(k), self.wide(v)),
@@ -752,12 +766,7 @@ impl Backend for CudaBackend {
         if self.precision != Precision::Bf16 || x.is_empty() || x.is_bf16() {
             return x;
         }
-        let n = x.len();
-        self.run("stash bf16", |g| {
-            let mut s = g.alloc::<bf16>(n)?;
-            tk::narrow_bf16(g, &mut s, &x.device().slice(..n))?;
-            Ok(Tensor::from_device_bf16(s, n))
-        })
+        self.narrowed("stash bf16", &x)
     }
     fn set_planned_peak(&self, bytes: u64) {
         self.planned_peak

@@ -145,6 +145,7 @@ pub const ATTENTION: KernelFile = KernelFile {
         "attn_bwd_dkdv_f32",
         "attn_fwd_bf16",
         "attn_bwd_delta_bf16",
+        "attn_bwd_delta_bf16_f32",
         "attn_bwd_dq_bf16",
         "attn_bwd_dkdv_bf16",
         "attn_cached_fwd_f32",

@@ -266,11 +266,11 @@ pub fn attn_bwd<T: Elem>(
 
 /// delta [B, Hq, T] f32 = rowsum(dO ⊙ O) over the head dim, from dout and o [B, T, Hq, D]: the
 /// backward's per-row correction of dS.
-pub fn attn_delta<T: Elem>(
+pub fn attn_delta<TD: Elem, TO: Elem>(
     gpu: &Gpu,
     delta: &mut impl AsDevViewMut<f32>,
-    dout: &impl AsDevView<T>,
-    o: &impl AsDevView<T>,
+    dout: &impl AsDevView<TD>,
+    o: &impl AsDevView<TO>,
     dm: &AttnDims,
 ) -> Result<()> {
     const OP: &str = "attn_bwd_delta";
@@ -288,7 +288,11 @@ pub fn attn_delta<T: Elem>(
         dim(OP, "hq", dm.hq)?,
         dim(OP, "d", dm.d)?,
     );
-    let f = gpu.function(&ATTENTION, &kname::<T>(OP))?;
+    let name = match TD::SUFFIX == TO::SUFFIX {
+        true => kname::<TD>(OP),
+        false => format!("{OP}_{}_{}", TD::SUFFIX, TO::SUFFIX),
+    };
+    let f = gpu.function(&ATTENTION, &name)?;
     let mut b = gpu.launch_builder(&f);
     b.arg(&mut delta)
         .arg(&dout)

@@ -437,7 +437,7 @@ pub fn attn_tc_bwd<E: TcElem>(
     } = sc;
     mark(stages, gpu, None)?;
     let delta = grown(gpu, delta_slot, nl)?;
-    attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
+    attn_delta::<f32, f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
     let sq = E::operand(gpu, q16, &q, nq)?;
     let dout = Src::F32(dout);
     let sdo = E::operand(gpu, do16, &dout, nq)?;

@@ -4,8 +4,9 @@
 //! hides) is skipped a tile at a time. The kernel file's header has the math.
 //!
 //! Layouts as [`super::attention::attn_fwd`]: q, o [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse
-//! [B, Hq, T] (+∞ for a query that sees no key). q, k, v and o are f32 or bf16 (the element type
-//! `T`: the backend's bf16 activations are staged as they are); dout, dq, dk, dv, lse are f32. The
+//! [B, Hq, T] (+∞ for a query that sees no key). q, k, v, o and dout are f32 or bf16 (the element
+//! type `T`: the backend's bf16 activations are staged as they are); dq, dk, dv, lse are f32; the
+//! backward reads the forward's o as f32 (the backend saves it widened). The
 //! masks are the f32 kernels' ([`DeviceMasks`], sliding window included). Head dims up to
 //! [`FLASH_DMAX`]; D is padded with zeros to 32, 64 or 128.
 
@@ -105,7 +106,7 @@ pub fn flash_bwd<T: Elem>(
     dq: &mut impl AsDevViewMut<f32>,
     dk: &mut impl AsDevViewMut<f32>,
     dv: &mut impl AsDevViewMut<f32>,
-    dout: &impl AsDevView<f32>,
+    dout: &impl AsDevView<T>,
     q: &impl AsDevView<T>,
     k: &impl AsDevView<T>,
     v: &impl AsDevView<T>,
@@ -142,7 +143,7 @@ pub fn flash_bwd<T: Elem>(
     let nl = lens_of(dm).2;
     let [t, hq, hkv, d] = dims_i32(OP, dm)?;
     let delta = grown(gpu, delta, nl)?;
-    attn_delta::<f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
+    attn_delta::<T, f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
     let delta = delta.slice(..nl);
     let pd = padded(dm.d);
     let null = 0u64;
