@@ -1419,6 +1419,49 @@ fn attention_checks<T: Elem>(
         ck.check(&format!("attn_bwd_{s} {name} dq"), &dqg, &dq, tb);
         ck.check(&format!("attn_bwd_{s} {name} dk"), &dkg, &dk, tb);
         ck.check(&format!("attn_bwd_{s} {name} dv"), &dvg, &dv, tb);
+        if path == AttnPath::Fused {
+            // The variants bf16 training runs: q, k, v, o and dO stored as T, tiles by cp.async.
+            let mut og = gpu.alloc_zeros::<T>(q.len())?;
+            let mut lseg = gpu.alloc_zeros::<f32>(lse.len())?;
+            flash_fwd(gpu, &mut og, &mut lseg, &qd, &kd, &vd, &dmk, &dm)?;
+            ck.check(
+                &format!("attn_fwd_{s} {name} {} o", T::SUFFIX),
+                &down(gpu, &og)?,
+                &o,
+                t,
+            );
+            let lt = Tol {
+                atol: 1e-4,
+                rtol: 1e-4,
+            };
+            let what = format!("attn_fwd_{s} {name} {} lse", T::SUFFIX);
+            ck.check(&what, &down(gpu, &lseg)?, &lse, lt);
+            let of = gpu.clone_htod(&o_r)?;
+            let (mut dqg, mut dkg, mut dvg) = (
+                gpu.alloc_zeros::<f32>(q.len())?,
+                gpu.alloc_zeros::<f32>(k.len())?,
+                gpu.alloc_zeros::<f32>(v.len())?,
+            );
+            flash_bwd(
+                gpu,
+                sc.delta_slot(),
+                &mut dqg,
+                &mut dkg,
+                &mut dvg,
+                &dod,
+                &qd,
+                &kd,
+                &vd,
+                &of,
+                &lsed,
+                &dmk,
+                &dm,
+            )?;
+            for (x, got, want) in [("dq", &dqg, &dq), ("dk", &dkg, &dk), ("dv", &dvg, &dv)] {
+                let what = format!("attn_bwd_{s} {name} {} {x}", T::SUFFIX);
+                ck.check(&what, &down(gpu, got)?, want, tb);
+            }
+        }
     }
     Ok(())
 }
