@@ -2529,8 +2529,8 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
 /// q, k, v and the attention output as bf16 activations: the fused kernels' bf16 variants (and
 /// the GEMM path, which takes them as its bf16 operands: nothing is widened) give exactly what
 /// f32 inputs holding the same values give, with O rounded to bf16; the f32 gradients (from a
-/// bf16 dO, taken as it is by the fused backward) agree within 1e-2 of their largest value (the
-/// backward reads the rounded O); RoPE rotates a bf16
+/// bf16 dO, also taken as it is) agree within 1e-2 of their largest value (the backward reads
+/// the rounded O); RoPE rotates a bf16
 /// tensor as it does the f32 one, rounded once. Shapes: one tile (T 13), and T 150 at head dims
 /// 64 and 128 with GQA, where the fused kernels' cp.async pipelines run over several key and
 /// query tiles and heads (the bf16 tiles are copied by cp.async, the f32 ones narrowed as
@@ -2599,9 +2599,8 @@ fn bf16_attention_and_rope_take_bf16_activations() {
                     .map(|r| r.1)
                     .sum::<u64>()
             };
-            // dO as the bf16 activation it is in training: the fused kernels take it as it is
-            // (the GEMM path widens it, so it gets the f32 dO).
-            let ad = if gemm { be.upload(&dout) } else { act(&dout) };
+            // dO as the bf16 activation it is in training: both paths take it as it is.
+            let ad = act(&dout);
             let before = widens();
             let got = run(&aq, &ak, &av, be.activation(b * t, nh * hd), &ad);
             let what = format!("{} hd {hd} t {t}", if gemm { "GEMM path" } else { "fused" });

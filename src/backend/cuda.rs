@@ -293,7 +293,15 @@ impl CudaBackend {
             let key = (a.device().device_addr(), na);
             if *narrowed != Some(key) || sa.as_ref().is_none_or(|b| b.len() < na) {
                 *narrowed = None;
-                self.run_keep("narrow_bf16 A", |g| {
+                let name = self.op_name("narrow_bf16 A", || {
+                    let (r, c) = if mm.trans_a {
+                        (mm.k, mm.m)
+                    } else {
+                        (mm.m, mm.k)
+                    };
+                    format!("{r}x{c}")
+                });
+                self.run_keep(&name, |g| {
                     let sa = grown(g, sa, na)?;
                     tk::narrow_bf16(g, &mut sa.slice_mut(..na), &a.device().slice(..na))
                 });
@@ -718,18 +726,22 @@ impl CudaBackend {
                 flash_bwd::<bf16>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             });
         }
-        let dout = self.wide(dout);
-        let (q, k, v) = match gemm && self.precision == Precision::Bf16 {
-            true => (Wide::Same(q), Wide::Same(k), Wide::Same(v)),
-            false => (self.wide(q), self.wide(k), self.wide(v)),
+        // The GEMMs take bf16 q, k, v and dO as they are (bf16 mode); the f32 kernels need f32.
+        let (q, k, v, dout) = match gemm && self.precision == Precision::Bf16 {
+            true => (
+                Wide::Same(q),
+                Wide::Same(k),
+                Wide::Same(v),
+                Wide::Same(dout),
+            ),
+            false => (self.wide(q), self.wide(k), self.wide(v), self.wide(dout)),
         };
         self.run(&name, |g| {
             let sd = saved.device();
             let (lse, o) = (sd.slice(..nlse), sd.slice(nlse..nlse + nq));
             let (dq, dk, dv) = (dq.device_mut(), dk.device_mut(), dv.device_mut());
-            let dout = dout.device();
             if gemm {
-                let (q, k, v) = (src(&q), src(&k), src(&v));
+                let (dout, q, k, v) = (src(&dout), src(&q), src(&k), src(&v));
                 match self.precision {
                     Precision::Bf16 => attn_tc_bwd::<bf16>(
                         g, &mut sc, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd,
@@ -739,7 +751,7 @@ impl CudaBackend {
                     ),
                 }
             } else {
-                let (q, k, v) = (q.device(), k.device(), v.device());
+                let (dout, q, k, v) = (dout.device(), q.device(), k.device(), v.device());
                 let delta = sc.delta_slot();
                 flash_bwd::<f32>(g, delta, dq, dk, dv, dout, q, k, v, &o, &lse, &mk, &kd)
             }

@@ -365,7 +365,8 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
     section(&mut failed, "16-bit gemv", r);
 
     // Training attention, causal, on the LLaMA-7B shape (T 2048, 32 heads of 128; MHA and GQA
-    // with 8 kv heads): the fused kernels against the GEMM path, forward and backward. FLOPs
+    // with 8 kv heads; bf16 q, k, v and dO as in bf16 training): the fused kernels against the
+    // GEMM path, forward and backward. FLOPs
     // count the causal half only (forward 2 products, backward 5 products), so both paths are
     // measured against the same useful work.
     let r = (|| -> Result<()> {
@@ -380,14 +381,17 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 scale: 1.0 / (128f32).sqrt(),
             };
             let (nq, nk) = (dm.batch * t * dm.hq * dm.d, dm.batch * t * hkv * dm.d);
+            // bf16 q, k, v, O and dO, as bf16 training has them (O also as the f32 copy the
+            // backward reads).
             let (q, k, v, dout) = (
-                rand_f32(&gpu, &mut rng, nq)?,
-                rand_f32(&gpu, &mut rng, nk)?,
-                rand_f32(&gpu, &mut rng, nk)?,
-                rand_f32(&gpu, &mut rng, nq)?,
+                rand_bf16(&gpu, &mut rng, nq, 0.5)?,
+                rand_bf16(&gpu, &mut rng, nk, 0.5)?,
+                rand_bf16(&gpu, &mut rng, nk, 0.5)?,
+                rand_bf16(&gpu, &mut rng, nq, 0.5)?,
             );
-            let (mut out, mut lse) = (
+            let (mut out, mut o16, mut lse) = (
                 gpu.alloc_zeros::<f32>(nq)?,
+                gpu.alloc_zeros::<bf16>(nq)?,
                 gpu.alloc_zeros::<f32>(dm.batch * dm.hq * t)?,
             );
             let (mut dq, mut dk, mut dv) = (
@@ -398,18 +402,19 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
             let fwd_flops = 4.0 * (dm.batch * dm.hq * t * t * dm.d) as f64 / 2.0;
             let mk = ops::attention::DeviceMasks::default();
             let mut sc = ops::attention_tc::TcScratch::default();
-            let shape = format!("b{} t{t} hq32 hkv{hkv} d128", dm.batch);
+            let shape = format!("b{} t{t} hq32 hkv{hkv} d128 bf16", dm.batch);
             for gemm in [false, true] {
                 let path = if gemm { "attn_gemm" } else { "attn_fused" };
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
-                        use ops::attention_tc::Src::F32;
-                        let (qs, ks, vs) = (F32(q.slice(..)), F32(k.slice(..)), F32(v.slice(..)));
-                        ops::attention_tc::attn_tc_fwd::<half::bf16>(
+                        use ops::attention_tc::Src::Bf16;
+                        let (qs, ks, vs) =
+                            (Bf16(q.slice(..)), Bf16(k.slice(..)), Bf16(v.slice(..)));
+                        ops::attention_tc::attn_tc_fwd::<bf16>(
                             &gpu, &mut sc, &mut out, &mut lse, qs, ks, vs, &mk, &dm,
                         )
                     } else {
-                        ops::flash::flash_fwd(&gpu, &mut out, &mut lse, &q, &k, &v, &mk, &dm)
+                        ops::flash::flash_fwd(&gpu, &mut o16, &mut lse, &q, &k, &v, &mk, &dm)
                     }
                 })?;
                 push(
@@ -421,11 +426,13 @@ pub fn bench(device_ordinal: usize, out: &mut dyn Write, o: &BenchOptions) -> Re
                 )?;
                 let ms = time_ms(&gpu, o, &mut |_| {
                     if gemm {
-                        use ops::attention_tc::Src::F32;
-                        let (qs, ks, vs) = (F32(q.slice(..)), F32(k.slice(..)), F32(v.slice(..)));
-                        ops::attention_tc::attn_tc_bwd::<half::bf16>(
-                            &gpu, &mut sc, &mut dq, &mut dk, &mut dv, &dout, qs, ks, vs, &out,
-                            &lse, &mk, &dm,
+                        use ops::attention_tc::Src::Bf16;
+                        let (qs, ks, vs) =
+                            (Bf16(q.slice(..)), Bf16(k.slice(..)), Bf16(v.slice(..)));
+                        let dos = Bf16(dout.slice(..));
+                        ops::attention_tc::attn_tc_bwd::<bf16>(
+                            &gpu, &mut sc, &mut dq, &mut dk, &mut dv, dos, qs, ks, vs, &out, &lse,
+                            &mk, &dm,
                         )
                     } else {
                         ops::flash::flash_bwd(

@@ -1395,8 +1395,9 @@ fn attention_checks<T: Elem>(
                 )?;
             } else {
                 let (qs, ks, vs) = (F32(qf.slice(..)), F32(kf.slice(..)), F32(vf.slice(..)));
+                let dos = F32(dof.slice(..));
                 attn_tc_bwd::<half::bf16>(
-                    gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, &dof, qs, ks, vs, &of, &lsed, &dmk,
+                    gpu, &mut sc, &mut dqg, &mut dkg, &mut dvg, dos, qs, ks, vs, &of, &lsed, &dmk,
                     &dm,
                 )?;
             }

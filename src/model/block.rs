@@ -631,7 +631,7 @@ impl Layer {
             be.add(&mut dx2, dout, n * h);
         }
         // attention (through its sandwich norm)
-        let mut datt = be.zeros(n * qd);
+        let mut datt = be.activation(n, qd);
         let d_o = match &mut self.post_attn_norm {
             Some(pn) => {
                 let mut d = be.zeros(n * h);
@@ -699,8 +699,8 @@ impl Layer {
     /// (+ the fused [gate; up] buffer), dh2, dx2, dh1 [n,H], datt, dq, dk, dv, the CPU
     /// attention backward's per-group copies of dq/dk/dv, the fused QKV buffer, Qwen3's
     /// norm grads, the sandwich norms' input gradients, and a LoRA dropout's masked input and its
-    /// gradient (`dropout`). `bf16`: the [n,F] gradients are bf16 ([`Backend::activation`]),
-    /// half a float each.
+    /// gradient (`dropout`). `bf16`: the [n,F] gradients and datt are bf16
+    /// ([`Backend::activation`]), half a float each.
     pub fn backward_scratch_floats(arch: &Arch, n: f64, dropout: bool, bf16: bool) -> f64 {
         let f = |x: usize| x as f64;
         let (h, q, kv, ffn) = (
@@ -727,7 +727,7 @@ impl Layer {
         let dropout = if dropout { 2.0 * widest } else { 0.0 };
         let sandwich = if arch.sandwich_norms { 2.0 * h } else { 0.0 };
         let glm = if arch.glm_alpha().is_some() { h } else { 0.0 };
-        n * (mlp + 3.0 * h + q + 2.0 * qkv + fused_qkv + qk_norm + dropout + sandwich + glm)
+        n * (mlp + 3.0 * h + act * q + 2.0 * qkv + fused_qkv + qk_norm + dropout + sandwich + glm)
     }
 
     /// Every linear of the layer, in forward order.

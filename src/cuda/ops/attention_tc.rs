@@ -391,7 +391,7 @@ pub fn attn_tc_bwd<E: TcElem>(
     dq: &mut impl AsDevViewMut<f32>,
     dk: &mut impl AsDevViewMut<f32>,
     dv: &mut impl AsDevViewMut<f32>,
-    dout: &impl AsDevView<f32>,
+    dout: Src<'_>,
     q: Src<'_>,
     k: Src<'_>,
     v: Src<'_>,
@@ -403,7 +403,7 @@ pub fn attn_tc_bwd<E: TcElem>(
     const OP: &str = "attn_tc_bwd";
     check(OP, dm, mk, None)?;
     let (mut dq, mut dk, mut dv) = (dq.dev_view_mut(), dk.dev_view_mut(), dv.dev_view_mut());
-    let (dout, o, lse) = (dout.dev_view(), o.dev_view(), lse.dev_view());
+    let (o, lse) = (o.dev_view(), lse.dev_view());
     let lens = [
         dout.len(),
         q.len(),
@@ -437,9 +437,11 @@ pub fn attn_tc_bwd<E: TcElem>(
     } = sc;
     mark(stages, gpu, None)?;
     let delta = grown(gpu, delta_slot, nl)?;
-    attn_delta::<f32, f32>(gpu, &mut delta.slice_mut(..nl), &dout, &o, dm)?;
+    match &dout {
+        Src::F32(d) => attn_delta(gpu, &mut delta.slice_mut(..nl), d, &o, dm)?,
+        Src::Bf16(d) => attn_delta(gpu, &mut delta.slice_mut(..nl), d, &o, dm)?,
+    }
     let sq = E::operand(gpu, q16, &q, nq)?;
-    let dout = Src::F32(dout);
     let sdo = E::operand(gpu, do16, &dout, nq)?;
     let sk = E::operand(gpu, k16, &k, nk)?;
     let sv = E::operand(gpu, v16, &v, nk)?;
