@@ -2534,7 +2534,7 @@ fn bf16_activations_are_stored_as_bf16_and_every_layer_op_takes_them() {
 /// tensor as it does the f32 one, rounded once. Shapes: one tile (T 13), and T 150 at head dims
 /// 64 and 128 with GQA, where the fused kernels' cp.async pipelines run over several key and
 /// query tiles and heads (the bf16 tiles are copied by cp.async, the f32 ones narrowed as
-/// staged: O must still be bit-equal).
+/// staged: O must still be bit-equal), and head dim 36 (no cp.async: rows not 16-byte sized).
 #[test]
 fn bf16_attention_and_rope_take_bf16_activations() {
     use half::bf16;
@@ -2545,6 +2545,8 @@ fn bf16_attention_and_rope_take_bf16_activations() {
         (2usize, 13usize, 4usize, 2usize, 16usize),
         (1, 150, 4, 2, 64),
         (1, 150, 2, 1, 128),
+        // hd % 8 != 0: bf16 tiles staged by plain loads instead of cp.async.
+        (1, 70, 2, 2, 36),
     ] {
         let dims = AttnDims { b, t, nh, nkv, hd };
         let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
