@@ -421,9 +421,9 @@ mod tests {
         let want = 2 * 32 * 256 + 2 * 256 * 64;
         assert_eq!(bf16[6], ("CUDA scratch (bf16 operands)".into(), want));
         // bf16 activations: h1, h2, q, k, v, att, e, g, a are half a float each in every layer
-        // (0.5·(2h + 2q + 2kv + 3F) = 384 a token), and so are the backward's da, de, dg
-        // (0.5·3F = 192).
-        let saved = 4 * 32 * (4 * 384 + 192);
+        // (0.5·(2h + 2q + 2kv + 3F) = 384 a token), and so are the backward's da, de, dg and
+        // datt (0.5·(3F + q) = 224).
+        let saved = 4 * 32 * (4 * 384 + 224);
         assert_eq!(total(&bf16), total(&cpu) + want - saved);
         assert_eq!(bf16.len(), cpu.len() + 1);
         let f32_rows = train_rows(json!({"device": "cuda:1", "dtype": "f32"}));
