@@ -1827,7 +1827,7 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
     );
     let mut c = cuda.zeros(m * n);
     cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 0.0);
-    // The same A again: its bf16 copy is reused (one "narrow_bf16 A" for both products).
+    // The same A again: its bf16 copy is reused (one "narrow_bf16 A 4x5" for both products).
     cuda.matmul(&mut c, &a, &b, m, n, k, false, false, 1.0);
     cuda.scale(&mut c, 2.0, m * n);
     assert_eq!(cuda.download(&c), vec![2.5; m * n]); // 2 · 2 · 5 · 0.5 · 0.25
@@ -1851,7 +1851,7 @@ fn the_profile_counts_every_op_and_splits_a_bf16_product() {
             ("alloc".to_string(), 1),
             ("download".to_string(), 2),
             ("gemm_bf16 4x3x5 NN".to_string(), 3),
-            ("narrow_bf16 A".to_string(), 2),
+            ("narrow_bf16 A 4x5".to_string(), 2),
             ("narrow_bf16 B".to_string(), 3),
             ("scale".to_string(), 2),
             ("upload".to_string(), 2),
