@@ -31,8 +31,8 @@
 // dst[r][c] = bf16(src row (r0 + r), column c) for r < rows, c < DP; zero past t or d. Rows of src
 // are `stride` floats apart (the [B, T, H, D] row of one head). VEC: with d % 4 == 0 and src
 // 16-byte aligned (then every row is: stride is a multiple of d), 16-byte loads and 8-byte stores.
-// The forward stages element by element: the vector path costs it 40 registers (168 -> 208 at
-// DP 128, two resident blocks per SM instead of three); the backward kernels hold ~250 anyway.
+// The forward's f32 variant stages element by element (stage_async's VEC false): the vector path
+// costs registers the forward's pipeline already uses.
 template <int DP, bool VEC = true>
 __device__ __forceinline__ void stage_rows(bf16 (*dst)[DP + FPAD], const float* src, i64 stride,
                                            i32 r0, int rows, i32 t, i32 d) {
@@ -435,7 +435,8 @@ __device__ void flash_bwd_dkdv(float* dk, float* dv, const T* dout, const T* q,
     // one is used. At DP 128 the second buffer's bookkeeping would spill (255 registers hold
     // four [16 × DP] fragment sets), so there one buffer is staged, waited for and used in turn.
     constexpr bool DB = DP < 128;
-    constexpr int ROWS = (DB ? 4 : 2) * QT > FBR ? (DB ? 4 : 2) * QT : FBR;
+    constexpr int QROWS = (DB ? 4 : 2) * QT;  // the Q / dO buffers
+    constexpr int ROWS = QROWS > FBR ? QROWS : FBR;
     __shared__ __align__(16) bf16 buf[ROWS][DP + FPAD];
     __shared__ float Ls[2][QT], Es[2][QT];
     __shared__ u8 Qok[2][QT];
